@@ -1,0 +1,135 @@
+"""Every error fourmica_x402 raises, and how each one renders over HTTP.
+
+The hierarchy::
+
+    FourmicaError                     root: catch this to catch everything of ours
+    ├── ConfigurationError            bad configuration, raised at start-up (never per request)
+    ├── PaymentError                  a payment was refused; carries a stable ``reason`` code
+    │   ├── MalformedPayment          the payment header or challenge could not be decoded
+    │   ├── GuaranteeRejected         the Core refused the guarantee (SPEC §6 checks)
+    │   └── Throttled                 too many invalid payments from one payer or address (429)
+    └── Unavailable                   the facilitator or the Core failed or is unreachable (503)
+
+Adapters never invent protocol errors: they call :meth:`FourmicaError.render`
+(or let the gate do it) and copy status, headers and body onto the wire.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "ConfigurationError",
+    "FourmicaError",
+    "GuaranteeRejected",
+    "MalformedPayment",
+    "PaymentError",
+    "Reason",
+    "Throttled",
+    "Unavailable",
+]
+
+
+class Reason(StrEnum):
+    """Stable snake_case reason codes. Clients may switch on these; they never change."""
+
+    PAYMENT_REQUIRED = "payment_required"
+    NO_MATCHING_REQUIREMENTS = "no_matching_requirements"
+    MALFORMED_PAYMENT = "malformed_payment"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    UNSUPPORTED_SCHEME = "unsupported_scheme"
+    INVALID_VALIDATION_POLICY = "invalid_validation_policy"
+    UNTRUSTED_VALIDATION_REGISTRY = "untrusted_validation_registry"
+    INVALID_SIGNATURE = "invalid_signature"
+    PAYER_SUSPENDED = "payer_suspended"
+    REPLAYED_REQUEST_ID = "replayed_request_id"
+    TIMESTAMP_IN_FUTURE = "timestamp_in_future"
+    TIMESTAMP_OUTSIDE_TAB = "timestamp_outside_tab"
+    TAB_EXPIRED = "tab_expired"
+    UNKNOWN_TAB = "unknown_tab"
+    TAB_MISMATCH = "tab_mismatch"
+    RECIPIENT_MISMATCH = "recipient_mismatch"
+    ASSET_MISMATCH = "asset_mismatch"
+    AMOUNT_MISMATCH = "amount_mismatch"
+    NETWORK_MISMATCH = "network_mismatch"
+    INSUFFICIENT_COLLATERAL = "insufficient_collateral"
+    THROTTLED = "throttled"
+    UNAVAILABLE = "facilitator_unavailable"
+
+
+class FourmicaError(Exception):
+    """Root of every error raised by fourmica_x402.
+
+    ``status`` is the HTTP status this error renders as; ``reason`` a stable
+    code; ``message`` human text that never contains a secret.
+    """
+
+    status: int = 500
+    reason: str = "internal_error"
+
+    def __init__(self, message: str | None = None, *, reason: str | None = None) -> None:
+        if reason is not None:
+            self.reason = str(reason)
+        self.message = message or self.reason.replace("_", " ")
+        super().__init__(self.message)
+
+    def headers(self) -> list[tuple[str, str]]:
+        """Extra response headers (besides Content-Type) this error needs."""
+        return []
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": self.reason, "message": self.message}
+
+    def render(self) -> tuple[int, list[tuple[str, str]], bytes]:
+        """``(status, headers, body)`` of a JSON response describing this error."""
+        body = json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        return self.status, [("content-type", "application/json"), *self.headers()], body
+
+
+class ConfigurationError(FourmicaError, ValueError):
+    """The framework was configured wrongly. Raised at start-up, with what to fix."""
+
+    reason = "configuration_error"
+
+
+class PaymentError(FourmicaError):
+    """A payment was refused. Renders as 402 with the reason; the paid work must not run."""
+
+    status = 402
+    reason = Reason.PAYMENT_REQUIRED
+
+
+class MalformedPayment(PaymentError):
+    """A payment header (or a 402 challenge, on the buyer side) could not be decoded."""
+
+    reason = Reason.MALFORMED_PAYMENT
+
+
+class GuaranteeRejected(PaymentError):
+    """The Core refused a guarantee; ``reason`` is one of the codes of SPEC §6."""
+
+
+class Throttled(PaymentError):
+    """Too many invalid payments from one payer or client address."""
+
+    status = 429
+    reason = Reason.THROTTLED
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("retry-after", str(self.retry_after))]
+
+
+class Unavailable(FourmicaError):
+    """The facilitator or the Core failed or could not be reached: fail closed."""
+
+    status = 503
+    reason = Reason.UNAVAILABLE
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("retry-after", "5")]

@@ -1,0 +1,237 @@
+"""Networks (CAIP-2 ``eip155:<chainId>``), their assets, and exact price parsing.
+
+Three networks with USDC are known out of the box; :func:`register_network`
+and :func:`register_asset` add more. Prices are parsed with ``Decimal`` into
+integers of atomic units, and a price finer than the asset can express is a
+configuration error rather than a silent truncation::
+
+    >>> to_atomic("$2.01", default_asset("eip155:84532"))
+    2010000
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from ._eth import parse_address
+from .errors import ConfigurationError
+
+__all__ = [
+    "Asset",
+    "Network",
+    "Price",
+    "TokenAmount",
+    "default_asset",
+    "find_asset",
+    "get_network",
+    "networks",
+    "parse_amount",
+    "register_asset",
+    "register_network",
+    "resolve_price",
+    "to_atomic",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    """A chain, named by its CAIP-2 id."""
+
+    caip2: str
+    chain_id: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    """A token on one network. ``address`` is EIP-55 checksummed."""
+
+    network: str
+    address: str
+    symbol: str
+    decimals: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenAmount:
+    """An explicit price in atomic units of a given asset (bypasses ``$`` parsing)."""
+
+    amount: int
+    asset: str
+
+
+Price = str | int | Decimal | TokenAmount | Mapping[str, Any]
+
+_lock = threading.Lock()
+_networks: dict[str, Network] = {}
+_assets: dict[str, dict[str, Asset]] = {}  # caip2 -> checksummed address -> Asset
+_default_assets: dict[str, str] = {}  # caip2 -> checksummed address
+
+
+def register_network(caip2: str, name: str) -> Network:
+    """Add (or return) a network. ``caip2`` must look like ``eip155:<chainId>``."""
+    namespace, _, reference = caip2.partition(":")
+    if namespace != "eip155" or not reference.isdigit() or int(reference) <= 0:
+        raise ConfigurationError(f"network must be a CAIP-2 id like 'eip155:8453', got {caip2!r}")
+    network = Network(caip2=caip2, chain_id=int(reference), name=name)
+    with _lock:
+        existing = _networks.setdefault(caip2, network)
+    return existing
+
+
+def register_asset(
+    network: str,
+    address: str,
+    *,
+    symbol: str,
+    decimals: int,
+    default: bool = False,
+) -> Asset:
+    """Add an asset to a registered network; ``default=True`` makes ``$`` prices use it."""
+    if network not in _networks:
+        raise ConfigurationError(f"unknown network {network!r}; call register_network first")
+    try:
+        checksummed = parse_address(address)
+    except ValueError as exc:
+        raise ConfigurationError(f"asset address: {exc}") from None
+    if not 0 <= decimals <= 36:
+        raise ConfigurationError(f"asset decimals must be 0..36, got {decimals}")
+    asset = Asset(network, checksummed, symbol, decimals)
+    with _lock:
+        _assets.setdefault(network, {})[checksummed] = asset
+        if default or network not in _default_assets:
+            _default_assets[network] = checksummed
+    return asset
+
+
+def get_network(caip2: str) -> Network:
+    """The registered network ``caip2``; unknown networks are a configuration error."""
+    try:
+        return _networks[caip2]
+    except KeyError:
+        known = ", ".join(sorted(_networks))
+        raise ConfigurationError(f"unknown network {caip2!r} (known: {known})") from None
+
+
+def networks() -> list[Network]:
+    """All registered networks, in registration order."""
+    return list(_networks.values())
+
+
+def default_asset(network: str) -> Asset:
+    """The asset ``$`` prices are denominated in on ``network``."""
+    get_network(network)
+    try:
+        return _assets[network][_default_assets[network]]
+    except KeyError:
+        raise ConfigurationError(f"network {network!r} has no asset registered") from None
+
+
+def find_asset(network: str, address: str) -> Asset | None:
+    """The registered asset at ``address`` on ``network``, or None."""
+    try:
+        key = parse_address(address)
+    except ValueError:
+        return None
+    return _assets.get(network, {}).get(key)
+
+
+def parse_amount(value: object) -> int:
+    """An atomic amount from the wire: decimal string, ``0x`` hex string, or int.
+
+    Raises ``ValueError`` for anything else (negative, float, junk, > 2**256-1).
+    """
+    if isinstance(value, bool):
+        raise ValueError("amount must be an integer")
+    if isinstance(value, int):
+        result = value
+    elif isinstance(value, str) and 0 < len(value) <= 80:
+        text = value.strip()
+        try:
+            if text[:2] in ("0x", "0X"):
+                result = int(text[2:], 16) if text[2:].isalnum() else -1
+            elif text.isdigit() and text.isascii():
+                result = int(text)
+            else:
+                result = -1
+        except ValueError:
+            result = -1
+    else:
+        raise ValueError(f"amount must be a decimal or 0x-hex string, got {type(value).__name__}")
+    if result < 0 or result >= 1 << 256:
+        raise ValueError(f"invalid amount {value!r:.40}")
+    return result
+
+
+def to_atomic(price: Price, asset: Asset) -> int:
+    """Convert a human price into atomic units of ``asset`` exactly.
+
+    Accepts ``"$0.10"``, ``"0.10"``, ``Decimal("0.10")`` and ``int`` (whole
+    units). Floats are refused: they cannot hold most decimal prices exactly.
+    """
+    if isinstance(price, bool | float):
+        raise ConfigurationError(
+            f"price {price!r}: pass a string such as '$0.10' or a Decimal; floats are inexact"
+        )
+    if isinstance(price, int):
+        value = Decimal(price)
+    elif isinstance(price, Decimal):
+        value = price
+    elif isinstance(price, str):
+        text = price.strip().replace("_", "")
+        if text.startswith("$"):
+            text = text[1:].strip()
+        try:
+            value = Decimal(text)
+        except InvalidOperation:
+            raise ConfigurationError(f"price {price!r} is not a number like '$0.10'") from None
+    else:
+        raise ConfigurationError(
+            f"price must be a string, int or Decimal, got {type(price).__name__}"
+        )
+    if not value.is_finite() or value <= 0:
+        raise ConfigurationError(f"price {price!r} must be a positive amount")
+    scaled = value.scaleb(asset.decimals)
+    if scaled != scaled.to_integral_value():
+        raise ConfigurationError(
+            f"price {price!r} has more decimals than {asset.symbol} supports ({asset.decimals})"
+        )
+    return int(scaled)
+
+
+def resolve_price(price: Price, network: str, asset: str | None = None) -> TokenAmount:
+    """A route's price as ``TokenAmount`` on ``network`` (explicit amounts pass through)."""
+    if isinstance(price, TokenAmount):
+        return price
+    if isinstance(price, Mapping):
+        if (
+            set(price) - {"amount", "asset", "extra"}
+            or "amount" not in price
+            or "asset" not in price
+        ):
+            raise ConfigurationError("an explicit price is {'amount': '<atomic>', 'asset': '0x…'}")
+        try:
+            return TokenAmount(parse_amount(price["amount"]), parse_address(price["asset"]))
+        except ValueError as exc:
+            raise ConfigurationError(f"explicit price: {exc}") from None
+    chosen = default_asset(network) if asset is None else find_asset(network, asset)
+    if chosen is None:
+        raise ConfigurationError(f"asset {asset} is not registered on {network}")
+    return TokenAmount(to_atomic(price, chosen), chosen.address)
+
+
+def _install_defaults() -> None:
+    for caip2, name, usdc in (
+        ("eip155:11155111", "Ethereum Sepolia", "0x1c7D4B196Cb0C7B01d743Fbc6116a902379C7238"),
+        ("eip155:84532", "Base Sepolia", "0x036CbD53842c5426634e7929541eC2318f3dCF7e"),
+        ("eip155:8453", "Base", "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"),
+    ):
+        register_network(caip2, name)
+        register_asset(caip2, usdc, symbol="USDC", decimals=6, default=True)
+
+
+_install_defaults()

@@ -1,0 +1,27 @@
+"""`fourmica-x402 bench` runs, compares against eth-account, and reports ratios."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from fourmica_x402.cli import main
+
+
+def test_bench_json_reports_ratios_against_a_same_run_baseline() -> None:
+    result = CliRunner().invoke(main, ["bench", "--quick", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["id"]: row for row in json.loads(result.output)}
+    assert set(rows) == {"recover", "P6"}
+    for row in rows.values():
+        assert row["ours"] > 0 and row["baseline"] > 0
+        assert abs(row["ratio"] - row["ours"] / row["baseline"]) < 1e-9
+
+
+def test_bench_table_and_unknown_name() -> None:
+    runner = CliRunner()
+    table = runner.invoke(main, ["bench", "--quick", "--only", "recover"])
+    assert table.exit_code == 0 and "recover" in table.output
+    bad = runner.invoke(main, ["bench", "--only", "nope"])
+    assert bad.exit_code == 2 and "unknown benchmark" in bad.output

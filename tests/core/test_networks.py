@@ -1,0 +1,96 @@
+"""Networks, assets and exact price parsing."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from fourmica_x402.errors import ConfigurationError
+from fourmica_x402.networks import (
+    TokenAmount,
+    default_asset,
+    find_asset,
+    get_network,
+    parse_amount,
+    register_asset,
+    register_network,
+    resolve_price,
+    to_atomic,
+)
+
+USDC = default_asset("eip155:84532")
+
+
+def test_builtin_networks() -> None:
+    assert get_network("eip155:11155111").chain_id == 11155111
+    assert default_asset("eip155:11155111").address == "0x1c7D4B196Cb0C7B01d743Fbc6116a902379C7238"
+    assert default_asset("eip155:84532").address == "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
+    assert default_asset("eip155:8453").address == "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
+    assert all(
+        default_asset(n).decimals == 6 for n in ("eip155:11155111", "eip155:84532", "eip155:8453")
+    )
+
+
+@pytest.mark.parametrize(
+    ("price", "atomic"),
+    [
+        ("$0.10", 100_000),
+        ("0.10", 100_000),
+        ("$2.01", 2_010_000),
+        (" $ 1 ", 1_000_000),
+        (Decimal("0.000001"), 1),
+        (3, 3_000_000),
+        ("$1_000", 1_000_000_000),
+        ("1e-6", 1),
+    ],
+)
+def test_prices_parse_exactly(price: object, atomic: int) -> None:
+    assert to_atomic(price, USDC) == atomic  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "price",
+    ["$0.0000001", "0.1234567", 0.1, True, "", "$", "abc", "-1", "0", "NaN", "Infinity", None, [1]],
+)
+def test_bad_prices_fail_at_configuration_time(price: object) -> None:
+    with pytest.raises(ConfigurationError):
+        to_atomic(price, USDC)  # type: ignore[arg-type]
+
+
+def test_explicit_amounts_pass_through() -> None:
+    explicit = {"amount": "12345", "asset": USDC.address.lower()}
+    assert resolve_price(explicit, "eip155:84532") == TokenAmount(12345, USDC.address)
+    assert resolve_price("$0.01", "eip155:84532") == TokenAmount(10_000, USDC.address)
+    with pytest.raises(ConfigurationError):
+        resolve_price({"amount": "1"}, "eip155:84532")
+    with pytest.raises(ConfigurationError):
+        resolve_price("$1", "eip155:84532", asset="0x" + "12" * 20)
+
+
+def test_registry_adds_networks_and_assets() -> None:
+    register_network("eip155:31337", "Local")
+    token = register_asset("eip155:31337", "0x" + "ab" * 20, symbol="TOK", decimals=18)
+    assert default_asset("eip155:31337") == token
+    assert find_asset("eip155:31337", token.address.lower()) == token
+    assert to_atomic("$0.5", token) == 5 * 10**17
+    with pytest.raises(ConfigurationError):
+        register_network("solana:mainnet", "nope")
+    with pytest.raises(ConfigurationError):
+        register_asset("eip155:999999", "0x" + "ab" * 20, symbol="X", decimals=6)
+    with pytest.raises(ConfigurationError):
+        get_network("eip155:999999")
+
+
+@pytest.mark.parametrize(("raw", "value"), [("10", 10), ("0x0a", 10), ("0X0A", 10), (7, 7)])
+def test_wire_amounts(raw: object, value: int) -> None:
+    assert parse_amount(raw) == value
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["", "0x", "-1", "1.0", "1e3", "١٢", " ", True, 1.0, None, -1, "0x" + "f" * 65, "9" * 100],
+)
+def test_bad_wire_amounts(raw: object) -> None:
+    with pytest.raises(ValueError):
+        parse_amount(raw)

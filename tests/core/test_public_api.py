@@ -1,0 +1,77 @@
+"""The public surface: what `import fourmica_x402` exposes and what it loads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import fourmica_x402
+
+FRAMEWORKS = ("starlette", "fastapi", "flask", "django", "werkzeug", "uvicorn", "gunicorn")
+
+PINNED_ALL = [
+    "Asset",
+    "ConfigurationError",
+    "Eip712Domain",
+    "FourmicaError",
+    "GuaranteeClaims",
+    "GuaranteeRejected",
+    "MalformedPayment",
+    "Network",
+    "PaymentError",
+    "PaymentPayload",
+    "PaymentPayloadV1",
+    "PaymentRequired",
+    "PaymentRequiredV1",
+    "PaymentRequirements",
+    "PaymentRequirementsV1",
+    "Reason",
+    "ResourceInfo",
+    "SettleResponse",
+    "SignedGuarantee",
+    "Throttled",
+    "TokenAmount",
+    "Unavailable",
+    "ValidationPolicy",
+    "VerifyResponse",
+    "__version__",
+    "address_of",
+    "decode_payment_header",
+    "default_asset",
+    "encode_header",
+    "get_network",
+    "recover_signer",
+    "register_asset",
+    "register_network",
+    "sign_claims",
+    "to_atomic",
+]
+
+
+def test_all_is_sorted_pinned_and_importable() -> None:
+    assert fourmica_x402.__all__ == sorted(fourmica_x402.__all__)
+    assert fourmica_x402.__all__ == PINNED_ALL
+    for name in fourmica_x402.__all__:
+        assert hasattr(fourmica_x402, name), name
+
+
+def test_importing_the_package_loads_no_web_framework() -> None:
+    code = (
+        "import json, sys, fourmica_x402, fourmica_x402.cli, fourmica_x402.bench;"
+        "print(json.dumps(sorted(m.split('.')[0] for m in sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    loaded = set(json.loads(out.stdout))
+    assert "fourmica_x402" in loaded
+    assert not loaded & set(FRAMEWORKS), loaded & set(FRAMEWORKS)
+
+
+def test_errors_render_themselves() -> None:
+    from fourmica_x402 import MalformedPayment, Throttled, Unavailable
+
+    status, headers, body = Throttled(retry_after=7).render()
+    assert status == 429 and ("retry-after", "7") in headers
+    assert json.loads(body) == {"error": "throttled", "message": "throttled"}
+    assert MalformedPayment("bad").render()[0] == 402
+    assert Unavailable().render()[0] == 503
