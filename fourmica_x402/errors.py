@@ -4,6 +4,7 @@ The hierarchy::
 
     FourmicaError                     root: catch this to catch everything of ours
     ├── ConfigurationError            bad configuration, raised at start-up (never per request)
+    ├── CoreError                     a Core operation was refused (unknown id, wrong state, …)
     ├── PaymentError                  a payment was refused; carries a stable ``reason`` code
     │   ├── MalformedPayment          the payment header or challenge could not be decoded
     │   ├── GuaranteeRejected         the Core refused the guarantee (SPEC §6 checks)
@@ -22,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "ConfigurationError",
+    "CoreError",
     "FourmicaError",
     "GuaranteeRejected",
     "MalformedPayment",
@@ -50,6 +52,7 @@ class Reason(StrEnum):
     TAB_EXPIRED = "tab_expired"
     UNKNOWN_TAB = "unknown_tab"
     TAB_MISMATCH = "tab_mismatch"
+    VALIDATION_POLICY_MISMATCH = "validation_policy_mismatch"
     RECIPIENT_MISMATCH = "recipient_mismatch"
     ASSET_MISMATCH = "asset_mismatch"
     AMOUNT_MISMATCH = "amount_mismatch"
@@ -67,7 +70,7 @@ class FourmicaError(Exception):
     """
 
     status: int = 500
-    reason: str = "internal_error"
+    reason: str = "internal_error"  # a Reason member or another stable snake_case code
 
     def __init__(self, message: str | None = None, *, reason: str | None = None) -> None:
         if reason is not None:
@@ -94,17 +97,33 @@ class ConfigurationError(FourmicaError, ValueError):
     reason = "configuration_error"
 
 
+class CoreError(FourmicaError):
+    """A Core operation (void, withdrawal, cycle payment, …) was refused.
+
+    ``reason`` is stable (``unknown_guarantee``, ``invalid_state``,
+    ``not_recipient``, ``withdrawal_unsafe``, …); ``status`` is the HTTP
+    status the service answers with.
+    """
+
+    status = 409
+    reason = "invalid_state"
+
+    def __init__(self, message: str | None = None, *, reason: str, status: int = 409) -> None:
+        super().__init__(message, reason=reason)
+        self.status = status
+
+
 class PaymentError(FourmicaError):
     """A payment was refused. Renders as 402 with the reason; the paid work must not run."""
 
     status = 402
-    reason = Reason.PAYMENT_REQUIRED
+    reason: str = Reason.PAYMENT_REQUIRED
 
 
 class MalformedPayment(PaymentError):
     """A payment header (or a 402 challenge, on the buyer side) could not be decoded."""
 
-    reason = Reason.MALFORMED_PAYMENT
+    reason: str = Reason.MALFORMED_PAYMENT
 
 
 class GuaranteeRejected(PaymentError):
@@ -115,7 +134,7 @@ class Throttled(PaymentError):
     """Too many invalid payments from one payer or client address."""
 
     status = 429
-    reason = Reason.THROTTLED
+    reason: str = Reason.THROTTLED
 
     def __init__(self, message: str | None = None, *, retry_after: int = 1) -> None:
         super().__init__(message)
@@ -129,7 +148,7 @@ class Unavailable(FourmicaError):
     """The facilitator or the Core failed or could not be reached: fail closed."""
 
     status = 503
-    reason = Reason.UNAVAILABLE
+    reason: str = Reason.UNAVAILABLE
 
     def headers(self) -> list[tuple[str, str]]:
         return [("retry-after", "5")]

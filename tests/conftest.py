@@ -1,17 +1,83 @@
-"""Shared fixtures. No tests/__init__.py: pytest runs with --import-mode=importlib."""
+"""Shared fixtures. No tests/__init__.py: pytest runs with --import-mode=importlib.
+
+Databases: ``store_url`` runs a test on a fresh SQLite file and on a fresh PostgreSQL
+database (marked ``postgres``); ``sqlite_url`` and ``postgres_url`` give one of them.
+PostgreSQL comes from the admin URL in ``FOURMICA_TEST_POSTGRES_URL`` (a role that may
+create databases; ``.ci/run`` sets one up): each test gets its own ``fx_test_<hex>``
+database, dropped afterwards. Without a reachable server those tests skip, except in CI
+(``CI=true`` with the URL set), where they fail: CI must really test PostgreSQL.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 DATA = Path(__file__).parent / "data"
+POSTGRES_ENV = "FOURMICA_TEST_POSTGRES_URL"
 
 
 @pytest.fixture(scope="session")
 def vectors() -> dict[str, Any]:
     """The conformance vectors of shared/conformance (copied into tests/data)."""
     return json.loads((DATA / "guarantee_vectors.json").read_text())
+
+
+def _postgres_missing(why: str) -> NoReturn:
+    """Skip, or fail in CI when a PostgreSQL URL was given (the server must be there)."""
+    message = f"PostgreSQL not available: set {POSTGRES_ENV} to an admin URL ({why})"
+    if os.environ.get("CI") == "true" and os.environ.get(POSTGRES_ENV):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def _postgres_admin_url() -> str:
+    """The admin URL, checked once per session: the server answers and we may log in."""
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        _postgres_missing("unset")
+    try:
+        import psycopg
+    except ImportError:
+        _postgres_missing('psycopg is not installed: pip install "fourmica-x402[postgres]"')
+    try:
+        psycopg.connect(url, connect_timeout=5, autocommit=True).close()
+    except psycopg.Error as exc:
+        _postgres_missing(f"cannot connect: {str(exc).splitlines()[0] if str(exc) else exc!r}")
+    return url
+
+
+@pytest.fixture
+def postgres_url(_postgres_admin_url: str) -> Iterator[str]:
+    """The URL of a fresh, empty PostgreSQL database, dropped after the test."""
+    import psycopg
+
+    name = f"fx_test_{uuid.uuid4().hex}"
+    with psycopg.connect(_postgres_admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    parts = urlsplit(_postgres_admin_url)
+    yield urlunsplit(parts._replace(path=f"/{name}"))
+    with psycopg.connect(_postgres_admin_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """The path of a fresh SQLite database file (not created yet)."""
+    return str(tmp_path / "core.db")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database of each engine: a SQLite path, then a PostgreSQL URL."""
+    name = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    url: str = request.getfixturevalue(name)
+    return url

@@ -1,0 +1,94 @@
+"""Storage behind one small protocol: a transaction that runs SQL.
+
+The Core writes its SQL once, with ``?`` placeholders and the common subset
+of SQLite and PostgreSQL (``INSERT … RETURNING``, ``ON CONFLICT``). A store
+supplies transactions and maps its driver's errors onto two of ours:
+
+- :class:`Conflict` — a unique constraint was violated (e.g. a replayed
+  ``(tab_id, req_id)``); the transaction is rolled back.
+- :class:`StoreUnavailable` — the database cannot be reached or written
+  (missing server, read-only file, disk full); callers fail closed.
+
+``open_store("sqlite:///path.db" | "path.db" | "postgresql://…")`` picks the
+implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Literal, Protocol
+
+from ...errors import Unavailable
+
+__all__ = ["Conflict", "Store", "StoreUnavailable", "Tx", "open_store"]
+
+Row = tuple[Any, ...]
+
+
+class Conflict(Exception):
+    """A unique constraint was violated; the transaction was rolled back."""
+
+
+class StoreUnavailable(Unavailable):
+    """The database cannot be reached or written. Renders as 503 (fail closed)."""
+
+    reason: str = "core_unavailable"
+
+
+class Tx(Protocol):
+    """One open transaction."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; return the number of rows it changed."""
+        ...
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        """The first row of a query, or None."""
+        ...
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Every row of a query."""
+        ...
+
+    def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement for each parameter row."""
+        ...
+
+
+class Store(Protocol):
+    """A database the Core can run transactions on."""
+
+    url: str
+
+    @property
+    def dialect(self) -> Literal["sqlite", "postgres"]:
+        """Which SQL dialect the store speaks (the schema fills its placeholders from it)."""
+        ...
+
+    @property
+    def share_lock(self) -> str:
+        """Appended to a SELECT to hold a shared row lock until commit (``FOR SHARE``);
+        empty where write transactions are serialised anyway (SQLite)."""
+        ...
+
+    def transaction(self, *, write: bool = True) -> AbstractContextManager[Tx]:
+        """A transaction: committed on normal exit, rolled back on an exception.
+
+        ``write=True`` takes the write lock up front where the engine needs it
+        (SQLite ``BEGIN IMMEDIATE``), so read-check-write sequences are atomic.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+def open_store(url: str, **options: Any) -> Store:
+    """Open the store named by ``url`` (a SQLite path or URL, or a PostgreSQL URL)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url, **options)
+    from .sqlite import SQLiteStore
+
+    return SQLiteStore(url, **options)

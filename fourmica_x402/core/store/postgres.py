@@ -1,0 +1,348 @@
+"""PostgreSQL store (psycopg 3): for several processes or machines sharing one Core.
+
+``pip install "fourmica-x402[postgres]"``, then ``open_store("postgresql://…")``.
+
+The Core's SQL is written once for both engines; this store makes PostgreSQL
+answer it the way SQLite does:
+
+- ``?`` placeholders become ``%s`` (a literal ``%`` becomes ``%%``), converted
+  once per statement; psycopg prepares a statement server-side after it has
+  run a few times on a connection.
+- Python ints are sent as ``bigint`` (``numeric`` beyond 64 bits) rather than
+  the smallest type that fits, so ``? + ?`` cannot overflow a ``smallint``;
+  ``bool`` is sent as an integer (flags are INTEGER columns, as in SQLite);
+  a ``numeric`` result (``SUM`` of a ``bigint``) comes back as ``int`` when
+  integral and ``float`` otherwise, never ``Decimal``.
+- Transactions run at READ COMMITTED. The Core's read-check-write steps are
+  atomic conditional ``UPDATE`` s, unique constraints and ``INSERT … ON
+  CONFLICT``, which PostgreSQL makes atomic at that level; ``write=True``
+  takes no table lock here (SQLite's ``BEGIN IMMEDIATE`` does).
+
+One connection per thread, closed when the thread ends; a forked child never
+touches its parent's connections (it opens its own, and drops the inherited
+ones without talking to the server through them). A stale connection (server
+restarted) is replaced at the start of the next transaction.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from decimal import Decimal
+from typing import Any, Literal
+
+try:
+    import psycopg
+    from psycopg import errors as pg_errors
+    from psycopg.adapt import AdaptersMap, Loader
+    from psycopg.conninfo import conninfo_to_dict
+    from psycopg.pq import TransactionStatus
+    from psycopg.types.numeric import Int8, Int8Dumper, IntDumper, IntNumeric, IntNumericDumper
+except ImportError as exc:  # pragma: no cover - exercised in an env without the extra
+    raise ImportError(
+        'The PostgreSQL store needs psycopg 3: pip install "fourmica-x402[postgres]"'
+    ) from exc
+
+from . import Conflict, Row, StoreUnavailable
+
+__all__ = ["PostgresStore"]
+
+# Errors that mean "the database cannot be reached or written", not "this SQL is wrong".
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,  # connection lost or refused, shutdown, disk full, deadlock
+    psycopg.InterfaceError,  # the connection is closed
+    pg_errors.ReadOnlySqlTransaction,  # a standby, or default_transaction_read_only
+    pg_errors.IdleInTransactionSessionTimeout,
+)
+
+
+@functools.lru_cache(maxsize=2048)
+def _to_pg(sql: str) -> str:
+    """``?`` placeholders to psycopg's ``%s`` (the Core puts no ``?`` inside literals)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+# --- adaptation: make values round-trip as they do through SQLite ----------------------------
+
+
+class _BigIntDumper(IntDumper):
+    # Distinct wrapper classes: psycopg caches the upgraded dumper by its ``cls``.
+    _int8 = Int8Dumper(Int8)
+    _numeric = IntNumericDumper(IntNumeric)
+
+    def upgrade(self, obj: int, format: Any) -> Any:
+        return self._int8 if -(2**63) <= obj < 2**63 else self._numeric
+
+
+class _NumericLoader(Loader):
+    def load(self, data: Any) -> int | float:
+        text = bytes(data).decode()
+        if "." in text or not text.lstrip("-").isdigit():
+            return float(Decimal(text))
+        return int(text)
+
+
+_ADAPTERS = AdaptersMap(psycopg.adapters)
+_ADAPTERS.register_dumper(int, _BigIntDumper)
+_ADAPTERS.register_dumper(bool, Int8Dumper)  # dumps int(value): 1 or 0
+_ADAPTERS.register_loader("numeric", _NumericLoader)
+
+
+# --- connections --------------------------------------------------------------------------------
+
+
+def _abandon(conn: psycopg.Connection[Any]) -> None:
+    """Drop a connection inherited over fork() without ending the parent's session.
+
+    Closing it normally would send the server a Terminate message on the socket the
+    parent still uses. Point our copy of the descriptor at /dev/null first, then close.
+    """
+    try:
+        fd = conn.pgconn.socket
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
+    except Exception:
+        pass
+    with suppress(Exception):
+        conn.close()
+
+
+class _Slot:
+    """A thread's connection. Freed with the thread's locals, which closes the connection."""
+
+    __slots__ = ("__weakref__", "busy", "conn", "pid")
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self.pid = os.getpid()
+        self.busy = False
+
+    def dispose(self) -> None:
+        if self.pid == os.getpid():
+            with suppress(Exception):
+                self.conn.close()
+        else:
+            _abandon(self.conn)
+
+    def __del__(self) -> None:
+        with suppress(Exception):  # at interpreter shutdown too
+            self.dispose()
+
+
+_STORES: weakref.WeakSet[PostgresStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store._forget_inherited()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Tx:
+    __slots__ = ("_cur",)
+
+    def __init__(self, cur: psycopg.Cursor[Any]) -> None:
+        self._cur = cur
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._cur.execute(_to_pg(sql), tuple(params)).rowcount
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        cur = self._cur.execute(_to_pg(sql), tuple(params))
+        return cur.fetchone() if cur.description is not None else None
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        cur = self._cur.execute(_to_pg(sql), tuple(params))
+        return cur.fetchall() if cur.description is not None else []
+
+    def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._cur.executemany(_to_pg(sql), (tuple(row) for row in rows))
+
+
+class PostgresStore:
+    """A PostgreSQL database, named by a ``postgresql://`` URL (or a libpq conninfo string).
+
+    ``connect_timeout`` is in seconds; other keyword arguments go to :func:`psycopg.connect`
+    (``sslmode=…``, ``prepare_threshold=…``). ``url`` keeps the credentials it was given: show
+    :attr:`safe_url` (or ``repr(store)``) to people and logs.
+    """
+
+    dialect: Literal["postgres"] = "postgres"
+    share_lock: str = " FOR SHARE"  # READ COMMITTED: hold the row until commit
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float = 10,
+        application_name: str = "fourmica-x402",
+        **connect_kwargs: Any,
+    ) -> None:
+        self.url = url
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"invalid PostgreSQL URL: {_scrub(str(exc), [url])}") from None
+        password = str(params.get("password") or "")
+        self._secrets = [s for s in (password, url if password else "") if s]
+        self.safe_url = _describe(params)
+        self._connect_kwargs: dict[str, Any] = {
+            "connect_timeout": max(1, round(connect_timeout)),
+            "application_name": application_name,
+            **connect_kwargs,
+        }
+        self._local = threading.local()
+        self._slots: weakref.WeakSet[_Slot] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        _STORES.add(self)
+        self._slot()  # fail fast: a wrong URL or an unreachable server is a start-up error
+
+    # -- connections
+
+    def _connect(self) -> _Slot:
+        try:
+            conn = psycopg.Connection.connect(
+                self.url, autocommit=True, context=_ADAPTERS, **self._connect_kwargs
+            )
+        except psycopg.Error as exc:
+            raise self._unavailable("cannot connect to", exc) from None
+        slot = _Slot(conn)
+        self._local.slot = slot
+        with self._lock:
+            self._slots.add(slot)
+        return slot
+
+    def _slot(self) -> _Slot:
+        slot: _Slot | None = getattr(self._local, "slot", None)
+        if slot is None or slot.pid != os.getpid() or slot.conn.closed or slot.conn.broken:
+            if slot is not None and slot.pid == os.getpid():
+                slot.dispose()
+            return self._connect()
+        return slot
+
+    def _forget_inherited(self) -> None:
+        with self._lock:
+            slots, self._slots = list(self._slots), weakref.WeakSet()
+        for slot in slots:
+            slot.dispose()  # foreign pid: abandoned, the parent's sessions are untouched
+        self._local = threading.local()
+
+    def _begin(self) -> tuple[_Slot, psycopg.Cursor[Any]]:
+        slot = self._slot()
+        if slot.busy:
+            raise RuntimeError("nested transaction: this thread already has one open on this store")
+        for attempt in (1, 2):
+            cur = slot.conn.cursor()
+            try:
+                cur.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                return slot, cur
+            except _UNAVAILABLE as exc:
+                # A connection that went stale while idle (server restart, idle timeout):
+                # nothing has run yet, so one fresh connection may retry.
+                slot.dispose()
+                if attempt == 2:
+                    raise self._unavailable("lost the connection to", exc) from None
+                slot = self._connect()
+        raise AssertionError("unreachable")
+
+    # -- the Store protocol
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[_Tx]:
+        slot, cur = self._begin()
+        slot.busy = True
+        try:
+            try:
+                yield _Tx(cur)
+            except BaseException as exc:
+                _rollback(slot.conn)
+                mapped = self._map(exc)
+                if mapped is None:
+                    raise
+                raise mapped from None
+            if slot.conn.info.transaction_status == TransactionStatus.INERROR:
+                # A statement failed and the caller caught it; PostgreSQL has already
+                # discarded the whole transaction (SQLite would have kept the rest).
+                _rollback(slot.conn)
+                if write:
+                    raise RuntimeError(
+                        "a statement failed inside this transaction, so PostgreSQL rolled all of "
+                        "it back; do not catch database errors inside a write transaction"
+                    )
+                return
+            try:
+                cur.execute("COMMIT")
+            except BaseException as exc:
+                _rollback(slot.conn)
+                mapped = self._map(exc)
+                if mapped is None:
+                    raise
+                raise mapped from None
+        finally:
+            slot.busy = False
+            cur.close()
+
+    def close(self) -> None:
+        """Close every connection this process opened (each thread's)."""
+        with self._lock:
+            slots, self._slots = list(self._slots), weakref.WeakSet()
+        for slot in slots:
+            slot.dispose()
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.safe_url!r})"
+
+    # -- errors
+
+    def _map(self, exc: BaseException) -> Exception | None:
+        if isinstance(exc, pg_errors.UniqueViolation):
+            return Conflict(_scrub(_first_line(exc), self._secrets))
+        if isinstance(exc, _UNAVAILABLE):
+            return self._unavailable("PostgreSQL error on", exc)
+        return None
+
+    def _unavailable(self, what: str, exc: BaseException) -> StoreUnavailable:
+        detail = _scrub(_first_line(exc), self._secrets)
+        return StoreUnavailable(f"{what} PostgreSQL database {self.safe_url}: {detail}")
+
+
+def _rollback(conn: psycopg.Connection[Any]) -> None:
+    try:
+        if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+            conn.execute("ROLLBACK")
+    except Exception:
+        pass
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    from urllib.parse import quote
+
+    for secret in secrets:
+        for form in {secret, quote(secret, safe="")}:
+            if form:
+                text = text.replace(form, "***")
+    return text
+
+
+def _describe(params: dict[str, Any]) -> str:
+    """The connection target without credentials, e.g. ``postgresql://app@db:5432/core``."""
+    user = params.get("user")
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    port = params.get("port")
+    dbname = params.get("dbname") or ""
+    return f"postgresql://{f'{user}@' if user else ''}{host}{f':{port}' if port else ''}/{dbname}"

@@ -1,0 +1,140 @@
+"""SQLite store: the embedded default (stdlib ``sqlite3``, WAL).
+
+One connection per thread (sqlite3 connections are not for concurrent use).
+Write transactions start with ``BEGIN IMMEDIATE``: the write lock is taken
+before the first read, so a check-then-write sequence is atomic across
+threads and processes sharing the file. ``synchronous=NORMAL`` in WAL mode
+keeps every commit safe from a process crash (SIGKILL) without an fsync per
+commit; only an OS crash or power cut can lose the last commits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+from . import Conflict, Row, StoreUnavailable
+
+__all__ = ["SQLiteStore"]
+
+
+def _path_of(url: str) -> str:
+    if url.startswith("sqlite:///"):
+        return url[len("sqlite:///") :] or ":memory:"
+    if url.startswith("sqlite://"):
+        return url[len("sqlite://") :] or ":memory:"
+    return url
+
+
+class _Tx:
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._conn.execute(sql, params).rowcount
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        row: Row | None = self._conn.execute(sql, params).fetchone()
+        return row
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._conn.executemany(sql, rows)
+
+
+class SQLiteStore:
+    """A SQLite database file (or ``:memory:`` for one-thread scratch use)."""
+
+    dialect: Literal["sqlite"] = "sqlite"
+    share_lock: str = ""  # BEGIN IMMEDIATE already serialises writers
+
+    def __init__(self, url: str, *, busy_timeout_ms: int = 30_000) -> None:
+        self.url = url
+        self.path = _path_of(url)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        if self.path != ":memory:":
+            parent = os.path.dirname(os.path.abspath(self.path))
+            if not os.path.isdir(parent):
+                raise StoreUnavailable(f"directory of the SQLite database does not exist: {parent}")
+        self._connection()  # fail fast on a bad path
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
+            return conn
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=self._busy_timeout_ms / 1000,
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            if self.path != ":memory:":
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from None
+        self._local.conn = conn
+        self._local.pid = os.getpid()
+        with self._lock:
+            self._conns.append(conn)
+        return conn
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[_Tx]:
+        conn = self._connection()
+        if conn.in_transaction:
+            raise RuntimeError("a transaction is already open on this thread; nest none")
+        try:
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite database unavailable: {exc}") from None
+        try:
+            yield _Tx(conn)
+        except sqlite3.IntegrityError as exc:
+            _rollback(conn)
+            if "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc):
+                raise Conflict(str(exc)) from None
+            raise
+        except sqlite3.OperationalError as exc:
+            _rollback(conn)
+            raise StoreUnavailable(f"SQLite error: {exc}") from None
+        except BaseException:
+            _rollback(conn)
+            raise
+        else:
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                _rollback(conn)
+                raise StoreUnavailable(f"SQLite commit failed: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("ROLLBACK")

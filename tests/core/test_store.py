@@ -1,0 +1,519 @@
+"""The stores behind the Core: the same behaviour from SQLite and PostgreSQL.
+
+Each test that takes ``store_url`` runs on a fresh SQLite file and on a fresh PostgreSQL
+database (see tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from fourmica_x402.core.schema import SCHEMA_VERSION, migrate, schema_version
+from fourmica_x402.core.store import Conflict, Store, StoreUnavailable, open_store
+
+BIG = 2**62 + 1  # beyond int32 and beyond float precision: must stay exact
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    s = open_store(store_url)
+    with s.transaction() as tx:
+        tx.execute("CREATE TABLE kv (k TEXT PRIMARY KEY, v BIGINT NOT NULL, note TEXT)")
+    yield s
+    s.close()
+
+
+def _keys(store: Store) -> list[str]:
+    with store.transaction(write=False) as tx:
+        return [row[0] for row in tx.all("SELECT k FROM kv ORDER BY k")]
+
+
+def _in_threads(n: int, work: Callable[[int], None]) -> None:
+    """Run work(0..n-1) in n threads started together; re-raise the first failure."""
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            work(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    if errors:
+        raise errors[0]
+
+
+# --- transactions --------------------------------------------------------------------------
+
+
+def test_dialect_matches_the_url(store: Store, store_url: str) -> None:
+    assert store.dialect == ("postgres" if store_url.startswith("postgresql://") else "sqlite")
+    assert store.url == store_url
+
+
+def test_commit_on_normal_exit(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.execute("INSERT INTO kv (k, v) VALUES (?, ?)", ("a", 1))
+    assert _keys(store) == ["a"]
+    # Visible to another connection too, so it really was committed.
+    other = open_store(store.url)
+    try:
+        with other.transaction(write=False) as tx:
+            assert tx.one("SELECT v FROM kv WHERE k = ?", ("a",)) == (1,)
+    finally:
+        other.close()
+
+
+def test_rollback_on_exception(store: Store) -> None:
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), store.transaction() as tx:
+        tx.execute("INSERT INTO kv (k, v) VALUES (?, ?)", ("a", 1))
+        tx.execute("UPDATE kv SET v = 2")
+        raise Boom
+    assert _keys(store) == []
+    with store.transaction() as tx:  # the store is usable afterwards
+        tx.execute("INSERT INTO kv (k, v) VALUES (?, ?)", ("b", 1))
+    assert _keys(store) == ["b"]
+
+
+def test_unique_violation_is_conflict_and_rolls_back_everything(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.execute("INSERT INTO kv (k, v) VALUES (?, ?)", ("dup", 1))
+    with pytest.raises(Conflict), store.transaction() as tx:
+        tx.execute("INSERT INTO kv (k, v) VALUES (?, ?)", ("fresh", 1))
+        tx.execute("UPDATE kv SET v = 99 WHERE k = ?", ("dup",))
+        tx.execute("INSERT INTO kv (k, v) VALUES (?, ?)", ("dup", 2))
+    with store.transaction(write=False) as tx:
+        assert tx.all("SELECT k, v FROM kv ORDER BY k") == [("dup", 1)]
+    with store.transaction() as tx:  # the connection is clean again
+        assert tx.execute("INSERT INTO kv (k, v) VALUES (?, ?)", ("fresh", 3)) == 1
+    assert _keys(store) == ["dup", "fresh"]
+
+
+def test_on_conflict_do_nothing_is_not_a_conflict(store: Store) -> None:
+    sql = "INSERT INTO kv (k, v) VALUES (?, ?) ON CONFLICT (k) DO NOTHING"
+    with store.transaction() as tx:
+        assert tx.execute(sql, ("a", 1)) == 1
+        assert tx.execute(sql, ("a", 2)) == 0
+        assert tx.one("SELECT v FROM kv WHERE k = 'a'") == (1,)
+
+
+def test_other_database_errors_roll_back_and_propagate(store: Store) -> None:
+    with pytest.raises(Exception) as info, store.transaction() as tx:
+        tx.execute("INSERT INTO kv (k, v) VALUES (?, ?)", ("a", 1))
+        tx.execute("INSERT INTO kv (k, v) VALUES (?, ?)", ("b", None))  # NOT NULL
+    assert not isinstance(info.value, (Conflict, StoreUnavailable))
+    assert _keys(store) == []
+
+
+def test_one_all_many_execute(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.many("INSERT INTO kv (k, v) VALUES (?, ?)", [("a", 1), ("b", 2), ("c", BIG)])
+        tx.many("INSERT INTO kv (k, v) VALUES (?, ?)", [])
+        assert tx.one("SELECT v FROM kv WHERE k = ?", ("c",)) == (BIG,)
+        assert tx.one("SELECT v FROM kv WHERE k = ?", ("zzz",)) is None
+        assert tx.all("SELECT k, v FROM kv WHERE v < ? ORDER BY k", (BIG,)) == [("a", 1), ("b", 2)]
+        assert tx.all("SELECT k FROM kv WHERE k = 'zzz'") == []
+        assert tx.execute("UPDATE kv SET v = v + ? WHERE v < ?", (10, 100)) == 2
+        assert tx.execute("UPDATE kv SET v = 0 WHERE k = 'zzz'") == 0
+        assert tx.execute("DELETE FROM kv WHERE k IN (?, ?)", ("a", "zzz")) == 1
+        row = tx.one("INSERT INTO kv (k, v) VALUES (?, ?) RETURNING k, v", ("d", 4))
+        assert row == ("d", 4)
+    with store.transaction(write=False) as tx:
+        rows = tx.all("SELECT k, v FROM kv ORDER BY k")
+    assert rows == [("b", 12), ("c", BIG), ("d", 4)]
+    assert all(isinstance(r, tuple) and type(r[1]) is int for r in rows)
+
+
+def test_values_round_trip_as_in_sqlite(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.execute(
+            "CREATE TABLE vals (id INTEGER PRIMARY KEY, amount BIGINT, at DOUBLE PRECISION,"
+            " flag INTEGER, label TEXT)"
+        )
+        tx.execute(
+            "INSERT INTO vals VALUES (?, ?, ?, ?, ?)", (1, BIG, 1700000000.25, True, "100% ok")
+        )
+        tx.execute("INSERT INTO vals VALUES (?, ?, ?, ?, ?)", (2, 3, 0.5, False, None))
+        row = tx.one("SELECT id, amount, at, flag, label FROM vals WHERE id = 1")
+        assert row == (1, BIG, 1700000000.25, 1, "100% ok")
+        assert [type(v) for v in row] == [int, int, float, int, str]
+        assert tx.one("SELECT flag, label FROM vals WHERE id = ?", (2,)) == (0, None)
+        # Aggregates of money stay exact integers (PostgreSQL's SUM(bigint) is numeric).
+        total = tx.one("SELECT SUM(amount), COUNT(*), MAX(amount) FROM vals")
+        assert total == (BIG + 3, 2, BIG)
+        assert all(type(v) is int for v in total)  # type: ignore[union-attr]
+        # A literal % and parameters side by side; two small ints added server-side.
+        assert tx.one("SELECT '5%', ? + ?", (30000, 30000)) == ("5%", 60000)
+
+
+def test_large_amount_comparisons(store: Store) -> None:
+    """The Core's headroom check with amounts far beyond 2**31."""
+    with store.transaction() as tx:
+        tx.execute(
+            "CREATE TABLE pos (a TEXT PRIMARY KEY, credit_limit BIGINT NOT NULL,"
+            " locked BIGINT NOT NULL, pending_withdrawal BIGINT NOT NULL)"
+        )
+        tx.execute("INSERT INTO pos VALUES (?, ?, ?, ?)", ("u", 5 * 10**15, 2**40, 3 * 2**32))
+    headroom = 5 * 10**15 - 2**40 - 3 * 2**32
+    lock = (
+        "UPDATE pos SET locked = locked + ?"
+        " WHERE a = ? AND credit_limit - locked - pending_withdrawal >= ?"
+    )
+    with store.transaction() as tx:
+        assert tx.execute(lock, (headroom + 1, "u", headroom + 1)) == 0
+        assert tx.execute(lock, (headroom, "u", headroom)) == 1
+        assert tx.execute(lock, (1, "u", 1)) == 0
+        assert tx.one("SELECT locked FROM pos") == (2**40 + headroom,)
+
+
+def test_each_thread_has_its_own_connection_and_no_update_is_lost(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.execute("INSERT INTO kv (k, v) VALUES ('n', 0)")
+    threads, rounds = 16, 25
+    backends: set[int] = set()
+    started = threading.Barrier(threads)
+
+    def work(i: int) -> None:
+        if store.dialect == "postgres":
+            with store.transaction(write=False) as tx:
+                row = tx.one("SELECT pg_backend_pid()")
+                assert row is not None
+                backends.add(row[0])
+            started.wait(timeout=30)  # all sixteen connections open at once
+        for _ in range(rounds):
+            with store.transaction() as tx:
+                assert tx.execute("UPDATE kv SET v = v + 1 WHERE k = 'n'") == 1
+
+    _in_threads(threads, work)
+    with store.transaction(write=False) as tx:
+        assert tx.one("SELECT v FROM kv WHERE k = 'n'") == (threads * rounds,)
+    if store.dialect == "postgres":
+        assert len(backends) == threads
+        # A thread's connection closes when the thread ends: only ours is left.
+        sql = "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
+        for _ in range(50):
+            with store.transaction(write=False) as tx:
+                if tx.one(sql) == (1,):
+                    break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the threads' connections stayed open")
+
+
+# --- migrations ----------------------------------------------------------------------------
+
+
+def _tables(store: Store) -> set[str]:
+    sql = (
+        "SELECT name FROM sqlite_master WHERE type = 'table'"
+        if store.dialect == "sqlite"
+        else "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+    )
+    with store.transaction(write=False) as tx:
+        return {row[0] for row in tx.all(sql) if row[0].startswith("fx_")}
+
+
+def test_migrate_fresh_database_and_again(store_url: str) -> None:
+    store = open_store(store_url)
+    try:
+        assert schema_version(store) == 0
+        assert migrate(store) == SCHEMA_VERSION
+        assert schema_version(store) == SCHEMA_VERSION
+        tables = _tables(store)
+        assert {"fx_meta", "fx_positions", "fx_guarantees", "fx_cycles", "fx_withdrawals"} <= tables
+        assert migrate(store) == SCHEMA_VERSION  # idempotent
+        assert _tables(store) == tables
+    finally:
+        store.close()
+
+
+def test_old_database_upgrades_with_its_data(store_url: str) -> None:
+    store = open_store(store_url)
+    try:
+        assert migrate(store, target=1) == 1
+        assert "fx_withdrawals" not in _tables(store)
+        with store.transaction() as tx:
+            tx.execute(
+                "INSERT INTO fx_positions (network, asset, address, collateral, credit_limit)"
+                " VALUES (?, ?, ?, ?, ?)",
+                ("eip155:84532", "0xusdc", "0xbuyer", BIG, 10**12),
+            )
+    finally:
+        store.close()
+    store = open_store(store_url)  # a later start of the application
+    try:
+        assert migrate(store) == SCHEMA_VERSION
+        assert "fx_withdrawals" in _tables(store)
+        with store.transaction(write=False) as tx:
+            assert tx.all("SELECT address, collateral, credit_limit, locked FROM fx_positions") == [
+                ("0xbuyer", BIG, 10**12, 0)
+            ]
+    finally:
+        store.close()
+
+
+def test_concurrent_migrations_are_safe(store_url: str) -> None:
+    stores = [open_store(store_url) for _ in range(4)]  # as four processes would
+    results: list[int] = []
+    try:
+        _in_threads(4, lambda i: results.append(migrate(stores[i])))
+        assert results == [SCHEMA_VERSION] * 4
+        assert schema_version(stores[0]) == SCHEMA_VERSION
+        with stores[0].transaction(write=False) as tx:
+            rows = tx.all("SELECT key, value FROM fx_meta")
+        assert rows == [("schema_version", str(SCHEMA_VERSION))]
+    finally:
+        for s in stores:
+            s.close()
+
+
+# --- failures: fail closed, never leak a secret --------------------------------------------
+
+
+def test_sqlite_in_a_missing_directory_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailable) as info:
+        open_store(str(tmp_path / "no" / "such" / "dir" / "core.db"))
+    assert info.value.status == 503
+    assert "does not exist" in str(info.value)
+
+
+def _as_unprivileged(fn: Callable[[], None]) -> None:
+    """Run fn where file permissions apply: as nobody in a forked child when we are root."""
+    if os.geteuid() != 0:
+        fn()
+        return
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        code = 1
+        try:
+            os.close(read)
+            os.setgid(65534)
+            os.setuid(65534)
+            fn()
+            code = 0
+        except BaseException as exc:
+            os.write(write, f"{type(exc).__name__}: {exc}".encode())
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        report = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, report
+
+
+def test_read_only_sqlite_file_is_unavailable() -> None:
+    # Under the system temp dir, which every user can reach (pytest's tmp root is private).
+    with tempfile.TemporaryDirectory() as name:
+        _read_only_sqlite_file_is_unavailable(Path(os.path.realpath(name)))
+
+
+def _read_only_sqlite_file_is_unavailable(directory: Path) -> None:
+    directory.chmod(0o755)
+    for parent in directory.parents:
+        if not parent.stat().st_mode & 0o001:
+            pytest.skip(f"{parent} is not reachable by other users")
+    path = directory / "core.db"
+    store = open_store(str(path))
+    with store.transaction() as tx:
+        tx.execute("CREATE TABLE kv (k TEXT PRIMARY KEY, v BIGINT NOT NULL)")
+        tx.execute("INSERT INTO kv VALUES ('a', 1)")
+    store.close()
+    before = path.read_bytes()
+    path.chmod(0o444)
+    directory.chmod(0o555)
+    try:
+
+        def write() -> None:
+            with pytest.raises(StoreUnavailable) as info:
+                ro = open_store(str(path))
+                with ro.transaction() as tx:
+                    tx.execute("INSERT INTO kv VALUES ('b', 2)")
+            assert info.value.status == 503
+            assert "readonly" in str(info.value) or "read-only" in str(info.value)
+
+        _as_unprivileged(write)
+    finally:
+        directory.chmod(0o755)
+        path.chmod(0o644)
+    assert path.read_bytes() == before
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_postgres_is_unavailable_and_keeps_the_password_secret() -> None:
+    pytest.importorskip("psycopg")
+    password = "s3cret-Pa55word"
+    url = f"postgresql://fx_user:{password}@127.0.0.1:{_closed_port()}/core"
+    with pytest.raises(StoreUnavailable) as info:
+        open_store(url, connect_timeout=2)
+    error = info.value
+    rendered = error.render()[2].decode()
+    for text in (str(error), repr(error), rendered):
+        assert password not in text
+    assert "127.0.0.1" in str(error)
+    assert error.status == 503
+    assert error.__cause__ is None and error.__suppress_context__
+
+
+@pytest.mark.postgres
+def test_wrong_postgres_password_is_unavailable_without_the_password(postgres_url: str) -> None:
+    parts = urlsplit(postgres_url)
+    password = "n0t-the-Right-one"
+    netloc = f"{parts.username}:{password}@{parts.hostname}:{parts.port}"
+    with pytest.raises(StoreUnavailable) as info:
+        open_store(urlunsplit(parts._replace(netloc=netloc)))
+    assert password not in str(info.value)
+    assert "password authentication failed" in str(info.value)
+
+
+# --- PostgreSQL specifics ------------------------------------------------------------------
+
+
+@pytest.fixture
+def pg(postgres_url: str) -> Iterator[Store]:
+    s = open_store(postgres_url)
+    yield s
+    s.close()
+
+
+TERMINATE = "SELECT pg_terminate_backend(CAST(? AS INTEGER), 5000)"  # waits up to 5 s
+
+
+def _backend(store: Store) -> int:
+    with store.transaction(write=False) as tx:
+        row = tx.one("SELECT pg_backend_pid()")
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.postgres
+def test_postgres_repr_hides_the_password(pg: Store) -> None:
+    password = urlsplit(pg.url).password
+    assert password and password not in repr(pg)
+    assert "postgresql://" in repr(pg)
+
+
+@pytest.mark.postgres
+def test_postgres_reconnects_after_the_server_dropped_the_connection(pg: Store) -> None:
+    first = _backend(pg)
+    killer = open_store(pg.url)
+    try:
+        with killer.transaction() as tx:
+            assert tx.one(TERMINATE, (first,)) == (True,)
+    finally:
+        killer.close()
+    assert _backend(pg) != first  # a new connection, no error for the caller
+
+
+@pytest.mark.postgres
+def test_postgres_connection_lost_mid_transaction_is_unavailable(pg: Store) -> None:
+    first = _backend(pg)
+    killer = open_store(pg.url)
+    try:
+        with pytest.raises(StoreUnavailable), pg.transaction() as tx:
+            with killer.transaction() as ktx:
+                assert ktx.one(TERMINATE, (first,)) == (True,)
+            tx.one("SELECT 1")
+    finally:
+        killer.close()
+    assert _backend(pg) != first
+
+
+@pytest.mark.postgres
+def test_postgres_nested_transaction_is_refused(pg: Store) -> None:
+    with pg.transaction() as tx:
+        tx.execute("CREATE TABLE t (a INTEGER)")
+    with pytest.raises(RuntimeError, match="nested"), pg.transaction() as tx:
+        tx.execute("INSERT INTO t VALUES (1)")
+        with pg.transaction():
+            pass
+    with pg.transaction(write=False) as tx:
+        assert tx.all("SELECT a FROM t") == []
+
+
+@pytest.mark.postgres
+def test_postgres_caught_error_in_write_transaction_is_not_committed(pg: Store) -> None:
+    with pg.transaction() as tx:
+        tx.execute("CREATE TABLE t (a INTEGER PRIMARY KEY)")
+    with pytest.raises(RuntimeError, match="rolled"), pg.transaction() as tx:
+        tx.execute("INSERT INTO t VALUES (1)")
+        with contextlib.suppress(Exception):
+            tx.execute("INSERT INTO t VALUES (1)")  # aborts the transaction; SQLite would go on
+    with pg.transaction(write=False) as tx:
+        assert tx.all("SELECT a FROM t") == []
+
+
+@pytest.mark.postgres
+def test_postgres_forked_child_leaves_the_parent_connection_alone(pg: Store) -> None:
+    parent = _backend(pg)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        code = 1
+        try:
+            os.close(read)
+            child = _backend(pg)
+            pg.close()  # must not end the parent's session
+            os.write(write, str(child).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        child = int(pipe.read() or b"0")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert child not in (0, parent)
+    assert _backend(pg) == parent  # the same session, still alive
+
+
+def test_importing_the_package_does_not_import_psycopg() -> None:
+    code = (
+        "import sys, fourmica_x402, fourmica_x402.core.store as s\n"
+        "s.open_store(':memory:').close()\n"
+        "assert 'psycopg' not in sys.modules, 'psycopg imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_missing_psycopg_names_the_extra() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['psycopg'] = None\n"
+        "try:\n"
+        "    import fourmica_x402.core.store.postgres\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60
+    )
+    assert 'pip install "fourmica-x402[postgres]"' in out.stdout
