@@ -1,0 +1,166 @@
+"""Where guarantees go: the Facilitator protocol and its implementations.
+
+- :class:`LocalFacilitator` — in-process, over an embedded :class:`~fourmica_x402.core.Core`.
+- ``HttpFacilitator`` — any x402-4mica-compatible facilitator over HTTP (``remote``).
+
+A facilitator opens tabs, verifies (checks everything that does not change
+state) and settles (the Core accepts the guarantee and locks capacity). Async
+twins carry an ``a`` prefix (``averify``, ``asettle``, …).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..core.models import Expected, Tab
+from ..errors import GuaranteeRejected, MalformedPayment, Reason
+from ..guarantee import SignedGuarantee, ValidationPolicy
+from ..networks import get_network, parse_amount
+from ..wire import (
+    SCHEME,
+    PaymentPayload,
+    PaymentPayloadV1,
+    PaymentRequirements,
+    PaymentRequirementsV1,
+    SettleResponse,
+    VerifyResponse,
+)
+from .local import LocalFacilitator
+
+__all__ = [
+    "Facilitator",
+    "LocalFacilitator",
+    "SettleResult",
+    "expected_from_requirements",
+    "signed_from_payload",
+]
+
+
+@dataclass(frozen=True)
+class SettleResult:
+    """The outcome of settling one payment."""
+
+    success: bool
+    network: str
+    error_reason: str | None = None
+    payer: str | None = None
+    guarantee_id: str | None = None
+    tab_id: int | None = None
+    req_id: int | None = None
+    amount: int | None = None
+    state: str | None = None
+    certificate: dict[str, str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_settle_response(self) -> SettleResponse:
+        """The x402 result-header body: ``transaction`` is the guarantee id."""
+        extra: dict[str, Any] = {}
+        if self.req_id is not None:
+            extra["requestId"] = hex(self.req_id)
+        if self.tab_id is not None:
+            extra["tabId"] = hex(self.tab_id)
+        if self.certificate:
+            extra["certificate"] = self.certificate
+        return SettleResponse(
+            success=self.success,
+            error_reason=self.error_reason,
+            payer=self.payer,
+            transaction=self.guarantee_id or "",
+            network=self.network,
+            extra=extra or None,
+        )
+
+
+class Facilitator(Protocol):
+    """What the seller gate needs from wherever guarantees are settled."""
+
+    def supported(self) -> list[dict[str, Any]]: ...
+
+    def open_tab(
+        self,
+        *,
+        user: str,
+        recipient: str,
+        network: str,
+        asset: str,
+        guarantee_version: int,
+        ttl_seconds: int | None = None,
+    ) -> Tab: ...
+
+    def verify(
+        self, payload: PaymentPayload | PaymentPayloadV1, requirements: PaymentRequirements
+    ) -> VerifyResponse: ...
+
+    def settle(
+        self, payload: PaymentPayload | PaymentPayloadV1, requirements: PaymentRequirements
+    ) -> SettleResult: ...
+
+    def void(self, guarantee_id: str, *, by: str) -> None: ...
+
+    def post_validation(
+        self, guarantee_id: str, *, validator: str, score: int, tag: str = ""
+    ) -> None: ...
+
+    async def asupported(self) -> list[dict[str, Any]]: ...
+
+    async def aopen_tab(
+        self,
+        *,
+        user: str,
+        recipient: str,
+        network: str,
+        asset: str,
+        guarantee_version: int,
+        ttl_seconds: int | None = None,
+    ) -> Tab: ...
+
+    async def averify(
+        self, payload: PaymentPayload | PaymentPayloadV1, requirements: PaymentRequirements
+    ) -> VerifyResponse: ...
+
+    async def asettle(
+        self, payload: PaymentPayload | PaymentPayloadV1, requirements: PaymentRequirements
+    ) -> SettleResult: ...
+
+    async def avoid(self, guarantee_id: str, *, by: str) -> None: ...
+
+    async def apost_validation(
+        self, guarantee_id: str, *, validator: str, score: int, tag: str = ""
+    ) -> None: ...
+
+
+def expected_from_requirements(
+    requirements: PaymentRequirements | PaymentRequirementsV1,
+) -> Expected:
+    """What the seller asked for, from its requirements. Bad requirements → MalformedPayment."""
+    if requirements.scheme != SCHEME:
+        raise GuaranteeRejected(f"scheme {requirements.scheme!r}", reason=Reason.UNSUPPORTED_SCHEME)
+    try:
+        chain_id = get_network(requirements.network).chain_id
+    except Exception:
+        raise GuaranteeRejected(
+            f"unknown network {requirements.network!r}", reason=Reason.NETWORK_MISMATCH
+        ) from None
+    try:
+        policy = ValidationPolicy.from_extra(requirements.extra, chain_id)
+        return Expected(
+            network=requirements.network,
+            pay_to=requirements.pay_to,
+            asset=requirements.asset,
+            amount=parse_amount(requirements.amount),
+            policy=policy,
+        )
+    except ValueError as exc:
+        raise MalformedPayment(f"payment requirements: {exc}") from None
+
+
+def signed_from_payload(
+    payload: PaymentPayload | PaymentPayloadV1, requirements: PaymentRequirements
+) -> SignedGuarantee:
+    """The signed guarantee inside an x402 payload, after the envelope-level checks."""
+    if payload.scheme != SCHEME:
+        raise GuaranteeRejected(f"scheme {payload.scheme!r}", reason=Reason.UNSUPPORTED_SCHEME)
+    if payload.network != requirements.network:
+        raise GuaranteeRejected(reason=Reason.NETWORK_MISMATCH)
+    return SignedGuarantee.from_json(payload.payload)
