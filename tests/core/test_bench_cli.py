@@ -10,10 +10,11 @@ from fourmica_x402.cli import main
 
 
 def test_bench_json_reports_ratios_against_a_same_run_baseline() -> None:
-    result = CliRunner().invoke(main, ["bench", "--quick", "--json"])
+    args = ["bench", "--quick", "--json", "--only", "recover", "--only", "P6", "--only", "P2"]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     rows = {row["id"]: row for row in json.loads(result.output)}
-    assert set(rows) == {"recover", "P6"}
+    assert set(rows) == {"recover", "P6", "P2"}
     for row in rows.values():
         assert row["ours"] > 0 and row["baseline"] > 0
         assert abs(row["ratio"] - row["ours"] / row["baseline"]) < 1e-9
@@ -25,3 +26,10 @@ def test_bench_table_and_unknown_name() -> None:
     assert table.exit_code == 0 and "recover" in table.output
     bad = runner.invoke(main, ["bench", "--only", "nope"])
     assert bad.exit_code == 2 and "unknown benchmark" in bad.output
+
+
+def test_bench_cycle_close_runs_on_real_tables() -> None:
+    result = CliRunner().invoke(main, ["bench", "--quick", "--json", "--only", "P3"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)
+    assert row["id"] == "P3" and row["ours"] > 0 and row["notes"]["guarantees"] == 100_000

@@ -1,0 +1,549 @@
+"""The Core on real databases (SQLite file; PostgreSQL where available)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import pytest
+from py_ecc.bls import G2Basic
+
+from fourmica_x402.core import Core, CoreConfig, Expected
+from fourmica_x402.errors import CoreError, GuaranteeRejected
+from fourmica_x402.guarantee import certificate_message
+from fourmica_x402.networks import default_asset
+from fourmica_x402.testing import NETWORK, FakeClock, TestBuyer, test_policy
+
+USDC = default_asset(NETWORK).address
+OTHER_ASSET = "0x" + "77" * 20
+DAY = 86_400.0
+FAST = CoreConfig(
+    cycle_window=DAY,
+    resolution_delay=10,
+    payment_window=10,
+    finality=10,
+    withdrawal_grace=100,
+    validation_timeout=60,
+)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(1_800_000_000)
+
+
+@pytest.fixture
+def core(store_url: str, clock: FakeClock) -> Iterator[Core]:
+    c = Core(store_url, config=FAST, clock=clock)
+    yield c
+    assert c.audit() == []  # every test leaves a consistent database
+    c.close()
+
+
+@pytest.fixture
+def buyer(core: Core) -> TestBuyer:
+    b = TestBuyer.new()
+    core.deposit(b.address, 1_000_000, network=NETWORK)
+    return b
+
+
+SELLER = TestBuyer.new().address
+
+
+def reason(exc: pytest.ExceptionInfo[GuaranteeRejected]) -> str:
+    return str(exc.value.reason)
+
+
+# -- acceptance --------------------------------------------------------------------------------
+
+
+def test_accept_locks_capacity_and_records(core: Core, buyer: TestBuyer) -> None:
+    signed, expected = buyer.pay(core, SELLER, 10_000)
+    accepted = core.accept(signed, expected)
+    assert accepted.state == "payable" and accepted.total_amount == 10_000
+    position = core.position(buyer.address, network=NETWORK)
+    assert (position.locked, position.capacity) == (10_000, 990_000)
+    record = core.guarantee(accepted.guarantee_id)
+    assert (record.amount, record.user_address, record.recipient_address) == (
+        10_000,
+        buyer.address,
+        SELLER,
+    )
+    assert [e.type for e in core.events()][-1] == "guarantee.accepted"
+
+
+def test_running_total_counts_every_guarantee_of_the_tab(core: Core, buyer: TestBuyer) -> None:
+    totals = [core.accept(*buyer.pay(core, SELLER, amount)).total_amount for amount in (5, 7, 11)]
+    assert totals == [5, 12, 23]
+
+
+def test_verify_checks_capacity_and_changes_nothing(core: Core, buyer: TestBuyer) -> None:
+    signed, expected = buyer.pay(core, SELLER, 10_000)
+    assert core.verify(signed, expected) == buyer.address
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+    big, big_expected = buyer.pay(core, SELLER, 2_000_000)
+    with pytest.raises(GuaranteeRejected) as info:
+        core.verify(big, big_expected)
+    assert reason(info) == "insufficient_collateral"
+    core.accept(signed, expected)  # verify did not consume the request id
+
+
+def test_replays_are_rejected_forever(core: Core, buyer: TestBuyer) -> None:
+    signed, expected = buyer.pay(core, SELLER, 10_000)
+    gid = core.accept(signed, expected).guarantee_id
+    for step in ("again", "after void", "after netting"):
+        with pytest.raises(GuaranteeRejected) as info:
+            core.accept(signed, expected)
+        assert reason(info) == "replayed_request_id", step
+        if step == "again":
+            core.void(gid, by=SELLER)
+        elif step == "after void":
+            core.close_cycle(network=NETWORK)
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
+def _rejection(core: Core, signed, expected) -> str:  # type: ignore[no-untyped-def]
+    with pytest.raises(GuaranteeRejected) as info:
+        core.accept(signed, expected)
+    return reason(info)
+
+
+def test_every_reason_code_is_reachable(core: Core, buyer: TestBuyer, clock: FakeClock) -> None:
+    stranger = TestBuyer.new()
+    now = int(clock())
+
+    signed, expected = buyer.pay(core, SELLER, 100)
+    forged = stranger.sign(signed.claims)
+    assert _rejection(core, forged, expected) == "invalid_signature"
+
+    signed, expected = buyer.pay(core, SELLER, 100)
+    assert _rejection(core, signed, dataclasses.replace(expected, amount=101)) == "amount_mismatch"
+    assert (
+        _rejection(core, signed, dataclasses.replace(expected, pay_to=buyer.address))
+        == "recipient_mismatch"
+    )
+    assert (
+        _rejection(core, signed, dataclasses.replace(expected, asset=OTHER_ASSET))
+        == "asset_mismatch"
+    )
+    other_chain = dataclasses.replace(expected, network="eip155:11155111")
+    resigned = buyer.sign(signed.claims, chain_id=11155111)
+    assert _rejection(core, resigned, other_chain) == "network_mismatch"
+    assert (
+        _rejection(core, signed, dataclasses.replace(expected, network="eip155:1"))
+        == "network_mismatch"
+    )
+
+    assert (
+        _rejection(core, *buyer.pay(core, SELLER, 100, timestamp=now + 60)) == "timestamp_in_future"
+    )
+    assert (
+        _rejection(core, *buyer.pay(core, SELLER, 100, timestamp=now - 3600))
+        == "timestamp_outside_tab"
+    )
+    assert _rejection(core, *buyer.pay(core, SELLER, 100, tab_id=12345)) == "unknown_tab"
+
+    poor = TestBuyer.new()
+    core.deposit(poor.address, 50, network=NETWORK)
+    assert _rejection(core, *poor.pay(core, SELLER, 100)) == "insufficient_collateral"
+    nobody = TestBuyer.new()
+    assert _rejection(core, *nobody.pay(core, SELLER, 100)) == "insufficient_collateral"
+
+    # A G-v1 tab cannot take G-v2 claims (and vice versa): the tab is bound to a version.
+    v1_signed, v1_expected = buyer.pay(core, SELLER, 100)
+    tab = core.tab(v1_signed.claims.tab_id)
+    assert tab is not None
+    v2_claims = buyer.claims(tab, 100, req_id=99, timestamp=now, policy=test_policy())
+    v2_expected = dataclasses.replace(v1_expected, policy=test_policy())
+    assert _rejection(core, buyer.sign(v2_claims), v2_expected) == "tab_mismatch"
+
+    core.suspend(buyer.address)
+    assert _rejection(core, *buyer.pay(core, SELLER, 100)) == "payer_suspended"
+    core.suspend(buyer.address, False)
+    core.accept(*buyer.pay(core, SELLER, 100))
+
+    clock.advance(DAY + 1)
+    assert _rejection(core, v1_signed, v1_expected) == "tab_expired"
+
+
+def test_validation_policy_reasons(core: Core, buyer: TestBuyer) -> None:
+    policy = test_policy()
+    signed, expected = buyer.pay(core, SELLER, 100, policy=policy)
+    # The seller asked for another policy: refuse (a buyer must not pick its own validator).
+    other = dataclasses.replace(policy, validator=buyer.address)
+    assert (
+        _rejection(core, signed, dataclasses.replace(expected, policy=other))
+        == "validation_policy_mismatch"
+    )
+    assert (
+        _rejection(core, signed, dataclasses.replace(expected, policy=None))
+        == "validation_policy_mismatch"
+    )
+
+    bad_hash = buyer.sign(dataclasses.replace(signed.claims, validation_request_hash=b"\x01" * 32))
+    assert _rejection(core, bad_hash, expected) == "invalid_validation_policy"
+    zero_score = buyer.sign(dataclasses.replace(signed.claims, min_validation_score=0))
+    assert _rejection(core, zero_score, expected) == "invalid_validation_policy"
+
+    untrusted = dataclasses.replace(policy, registry="0x" + "99" * 20)
+    assert (
+        _rejection(core, *buyer.pay(core, SELLER, 100, policy=untrusted))
+        == "untrusted_validation_registry"
+    )
+    assert core.accept(signed, expected).state == "pending_validation"
+
+
+def test_unsupported_version(store_url: str, clock: FakeClock) -> None:
+    core = Core(store_url, config=dataclasses.replace(FAST, accepted_versions=(1,)), clock=clock)
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 1000, network=NETWORK)
+    v1 = core.open_tab(buyer.address, SELLER, network=NETWORK, asset=USDC)
+    claims = buyer.claims(v1, 100, timestamp=int(clock()), policy=test_policy())
+    expected = Expected(NETWORK, SELLER, USDC, 100, test_policy())
+    assert _rejection(core, buyer.sign(claims), expected) == "unsupported_version"
+    with pytest.raises(GuaranteeRejected):
+        core.open_tab(buyer.address, SELLER, network=NETWORK, guarantee_version=2)
+    core.close()
+
+
+def test_check_order_follows_the_spec(core: Core, buyer: TestBuyer, clock: FakeClock) -> None:
+    # Signature (step 2) is checked before the tab (step 6) and capacity (step 8).
+    signed, expected = buyer.pay(core, SELLER, 5_000_000, tab_id=42)
+    assert _rejection(core, TestBuyer.new().sign(signed.claims), expected) == "invalid_signature"
+    # Replay (step 4) before timestamp (5) and capacity (8).
+    ok, ok_expected = buyer.pay(core, SELLER, 100)
+    core.accept(ok, ok_expected)
+    clock.advance(DAY + 5)
+    assert _rejection(core, ok, ok_expected) == "replayed_request_id"
+
+
+# -- tabs --------------------------------------------------------------------------------------
+
+
+def test_one_active_tab_per_identity_and_request_ids_increase(core: Core, clock: FakeClock) -> None:
+    user = TestBuyer.new().address
+    ids = [core.open_tab(user, SELLER, network=NETWORK) for _ in range(3)]
+    assert len({t.tab_id for t in ids}) == 1
+    assert [t.next_req_id for t in ids] == [0, 1, 2]
+    v2 = core.open_tab(user, SELLER, network=NETWORK, guarantee_version=2)
+    other_asset = core.open_tab(user, SELLER, network=NETWORK, asset=OTHER_ASSET)
+    assert len({ids[0].tab_id, v2.tab_id, other_asset.tab_id}) == 3
+    clock.advance(DAY + 1)
+    fresh = core.open_tab(user, SELLER, network=NETWORK)
+    assert fresh.tab_id != ids[0].tab_id and fresh.next_req_id == 0
+    assert fresh.ttl_seconds == 86_400 and fresh.to_json()["nextReqId"] == "0x0"
+
+
+# -- G-v2 validation, voids, certificates ------------------------------------------------------
+
+
+def test_validation_makes_payable_or_cancels(
+    core: Core, buyer: TestBuyer, clock: FakeClock
+) -> None:
+    policy = test_policy()
+    good = core.accept(*buyer.pay(core, SELLER, 100, policy=policy))
+    bad = core.accept(*buyer.pay(core, SELLER, 200, policy=policy))
+    late = core.accept(*buyer.pay(core, SELLER, 300, policy=policy))
+    assert core.position(buyer.address, network=NETWORK).locked == 600
+    with pytest.raises(CoreError) as info:
+        core.post_validation(good.guarantee_id, validator=buyer.address, score=100)
+    assert info.value.reason == "not_validator"
+    assert (
+        core.post_validation(good.guarantee_id, validator=policy.validator, score=80).state
+        == "payable"
+    )
+    assert (
+        core.post_validation(bad.guarantee_id, validator=policy.validator, score=79).state
+        == "cancelled"
+    )
+    with pytest.raises(CoreError):
+        core.post_validation(good.guarantee_id, validator=policy.validator, score=0)  # once only
+    clock.advance(61)
+    assert core.tick()["validations_expired"] == 1
+    assert core.guarantee(late.guarantee_id).state == "cancelled"
+    assert core.position(buyer.address, network=NETWORK).locked == 100
+
+
+def test_void_releases_the_lock_only_for_the_recipient(core: Core, buyer: TestBuyer) -> None:
+    accepted = core.accept(*buyer.pay(core, SELLER, 500))
+    with pytest.raises(CoreError) as info:
+        core.void(accepted.guarantee_id, by=buyer.address)
+    assert info.value.reason == "not_recipient"
+    assert core.void(accepted.guarantee_id, by=SELLER).state == "voided"
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+    with pytest.raises(CoreError):
+        core.void(accepted.guarantee_id, by=SELLER)
+    netted = core.accept(*buyer.pay(core, SELLER, 500))
+    core.close_cycle(network=NETWORK)
+    with pytest.raises(CoreError) as info:
+        core.void(netted.guarantee_id, by=SELLER)
+    assert info.value.reason == "invalid_state"
+
+
+def test_certificate_is_bls_signed_in_4mica_format(store_url: str, clock: FakeClock) -> None:
+    core = Core(store_url, config=FAST, clock=clock)
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 10_000, network=NETWORK)
+    signed, expected = buyer.pay(core, SELLER, 700)
+    core.accept(*buyer.pay(core, SELLER, 300))
+    accepted = core.accept(signed, expected)
+    cert = core.certify(accepted.guarantee_id)
+    assert cert.claims == certificate_message(signed.claims, core.guarantee_domain(84532), 1000)
+    assert len(cert.signature) == 96 and len(core.operator.public_key) == 48
+    # The official SDK verifies with py_ecc's G2Basic: so do we.
+    assert G2Basic.Verify(core.operator.public_key, cert.claims, cert.signature)
+    assert core.certify(accepted.guarantee_id) == cert
+    public_key = core.operator.public_key
+    core.close()
+    reopened = Core(store_url, config=FAST, clock=clock)  # the operator key survives a restart
+    assert reopened.operator.public_key == public_key
+    with pytest.raises(CoreError):
+        reopened.certify("0x" + "00" * 32)
+    reopened.close()
+
+
+# -- netting -----------------------------------------------------------------------------------
+
+
+def _fund(core: Core, *buyers: TestBuyer, amount: int = 1_000, asset: str = USDC) -> None:
+    for b in buyers:
+        core.deposit(b.address, amount, network=NETWORK, asset=asset)
+
+
+def _positions(core: Core, cycle_id: int) -> dict[str, tuple[int, str]]:
+    return {p.address: (p.net, p.role) for p in core.cycle_positions(cycle_id)}
+
+
+def test_netting_example_a_owes_b_twenty(core: Core) -> None:
+    a, b = TestBuyer.new(), TestBuyer.new()
+    _fund(core, a, b)
+    for amount in (20, 15, 10):
+        core.accept(*a.pay(core, b.address, amount))
+    for amount in (18, 7):
+        core.accept(*b.pay(core, a.address, amount))
+    cycle = core.close_cycle(network=NETWORK)
+    assert _positions(core, cycle.cycle_id) == {
+        a.address: (-20, "debtor"),
+        b.address: (20, "creditor"),
+    }
+    assert (cycle.guarantee_count, cycle.gross, cycle.net_transfers, cycle.total_debit) == (
+        5,
+        70,
+        2,
+        20,
+    )
+    pairs = {
+        (p.payer, p.payee): (p.amount, p.guarantee_count) for p in core.cycle_pairs(cycle.cycle_id)
+    }
+    assert pairs == {(a.address, b.address): (45, 3), (b.address, a.address): (25, 2)}
+
+
+def test_netting_out_40_in_27_is_a_debit_of_13(core: Core) -> None:
+    a, b, c = TestBuyer.new(), TestBuyer.new(), TestBuyer.new()
+    _fund(core, a, b, c)
+    core.accept(*a.pay(core, b.address, 25))
+    core.accept(*a.pay(core, c.address, 15))
+    core.accept(*b.pay(core, a.address, 20))
+    core.accept(*c.pay(core, a.address, 7))
+    cycle = core.close_cycle(network=NETWORK)
+    positions = {p.address: p for p in core.cycle_positions(cycle.cycle_id)}
+    assert (positions[a.address].gross_out, positions[a.address].gross_in) == (40, 27)
+    assert (positions[a.address].debit, positions[a.address].role) == (13, "debtor")
+    assert sum(p.debit for p in positions.values()) == sum(p.credit for p in positions.values())
+
+
+def test_equal_and_opposite_nets_to_zero(core: Core) -> None:
+    a, b = TestBuyer.new(), TestBuyer.new()
+    _fund(core, a, b)
+    core.accept(*a.pay(core, b.address, 33))
+    core.accept(*b.pay(core, a.address, 33))
+    cycle = core.close_cycle(network=NETWORK)
+    assert _positions(core, cycle.cycle_id) == {
+        a.address: (0, "balanced"),
+        b.address: (0, "balanced"),
+    }
+    assert (cycle.net_transfers, cycle.total_debit) == (0, 0)
+
+
+def test_different_assets_never_net(core: Core) -> None:
+    a, b = TestBuyer.new(), TestBuyer.new()
+    _fund(core, a, b)
+    _fund(core, a, b, asset=OTHER_ASSET)
+    core.accept(*a.pay(core, b.address, 50))
+    core.accept(*b.pay(core, a.address, 50, asset=OTHER_ASSET))
+    usdc = core.close_cycle(network=NETWORK)
+    other = core.close_cycle(network=NETWORK, asset=OTHER_ASSET)
+    assert _positions(core, usdc.cycle_id) == {
+        a.address: (-50, "debtor"),
+        b.address: (50, "creditor"),
+    }
+    assert _positions(core, other.cycle_id) == {
+        a.address: (50, "creditor"),
+        b.address: (-50, "debtor"),
+    }
+
+
+def test_merkle_root_commits_to_positions(core: Core) -> None:
+    a, b = TestBuyer.new(), TestBuyer.new()
+    _fund(core, a, b)
+    core.accept(*a.pay(core, b.address, 10))
+    first = core.close_cycle(network=NETWORK)
+    core.accept(*a.pay(core, b.address, 11))
+    second = core.close_cycle(network=NETWORK)
+    empty = core.close_cycle(network=NETWORK)
+    assert first.merkle_root and second.merkle_root and first.merkle_root != second.merkle_root
+    assert empty.merkle_root == "0x" + "00" * 32
+
+
+# -- a whole cycle: resolution, payment, claims, default coverage -------------------------------
+
+
+def test_cycle_lifecycle_with_payment_and_default(core: Core, clock: FakeClock) -> None:
+    payer, defaulter, c1, c2 = (TestBuyer.new() for _ in range(4))
+    core.deposit(payer.address, 1_000, network=NETWORK)
+    core.deposit(defaulter.address, 60, network=NETWORK)
+    core.accept(*payer.pay(core, c1.address, 300))
+    core.accept(*payer.pay(core, c2.address, 100))
+    core.accept(*defaulter.pay(core, c1.address, 40))
+    core.accept(*defaulter.pay(core, c2.address, 20))
+    cycle = core.close_cycle(network=NETWORK)
+    assert cycle.status == "closed" and cycle.total_debit == 460
+    # Nothing can be paid before resolution; locks still cover the gross amounts.
+    with pytest.raises(CoreError):
+        core.pay_net_debit(cycle.cycle_id, payer.address)
+    assert core.position(payer.address, network=NETWORK).locked == 400
+
+    clock.advance(10)
+    assert core.tick()["resolved"] == 1
+    paid = core.pay_net_debit(cycle.cycle_id, payer.address)
+    assert (paid.paid, paid.status) == (400, "paid")
+    assert core.position(payer.address, network=NETWORK).locked == 0
+    # c1 is owed 340 of 460 owed in total; 400 has been paid in so far.
+    assert core.claim_net_credit(cycle.cycle_id, c1.address) == 340 * 400 // 460
+    with pytest.raises(CoreError) as info:
+        core.claim_net_credit(cycle.cycle_id, payer.address)
+    assert info.value.reason == "not_creditor"
+
+    clock.advance(20)
+    assert core.tick()["finalized"] == 1
+    positions = {p.address: p for p in core.cycle_positions(cycle.cycle_id)}
+    assert (positions[defaulter.address].covered, positions[defaulter.address].status) == (
+        60,
+        "defaulted",
+    )
+    assert core.position(defaulter.address, network=NETWORK).collateral == 0
+    assert core.position(defaulter.address, network=NETWORK).locked == 0
+    assert core.claim_net_credit(cycle.cycle_id, c1.address) == 340 - 340 * 400 // 460
+    assert core.claim_net_credit(cycle.cycle_id, c2.address) == 120
+    assert core.claim_net_credit(cycle.cycle_id, c2.address) == 0
+    states = {g.user_address: g.state for g in core.guarantees(cycle_id=cycle.cycle_id)}
+    assert states == {payer.address: "settled", defaulter.address: "default_covered"}
+    assert core.cycle(cycle.cycle_id).status == "final"
+    types = [e.type for e in core.events()]
+    for expected_type in (
+        "cycle.closed",
+        "cycle.resolved",
+        "debit.paid",
+        "position.defaulted",
+        "credit.claimed",
+    ):
+        assert expected_type in types
+
+
+def test_default_shortfall_is_shared_pro_rata(core: Core, clock: FakeClock) -> None:
+    debtor, c1, c2 = TestBuyer.new(), TestBuyer.new(), TestBuyer.new()
+    core.set_factor(NETWORK, USDC, "2")  # credit: the debtor may promise twice its collateral
+    core.deposit(debtor.address, 50, network=NETWORK)
+    core.accept(*debtor.pay(core, c1.address, 75))
+    core.accept(*debtor.pay(core, c2.address, 25))
+    cycle = core.close_cycle(network=NETWORK)
+    clock.advance(30)
+    core.tick()
+    positions = {p.address: p for p in core.cycle_positions(cycle.cycle_id)}
+    assert (positions[debtor.address].covered, positions[debtor.address].shortfall) == (50, 50)
+    assert positions[c1.address].shortfall == 75 - 75 * 50 // 100
+    assert positions[c2.address].shortfall == 25 - 25 * 50 // 100
+    assert core.claim_net_credit(cycle.cycle_id, c1.address) == 37
+    assert core.claim_net_credit(cycle.cycle_id, c2.address) == 12
+
+
+def test_scheduled_close_by_tick(core: Core, clock: FakeClock) -> None:
+    a, b = TestBuyer.new(), TestBuyer.new()
+    _fund(core, a)
+    first = core.current_cycle(network=NETWORK)
+    core.accept(*a.pay(core, b.address, 10))
+    clock.advance(DAY)
+    assert core.tick()["closed"] == 1
+    closed = core.cycle(first.cycle_id)
+    assert closed.status == "closed" and closed.guarantee_count == 1
+    assert core.current_cycle(network=NETWORK).cycle_id != first.cycle_id
+
+
+# -- collateral and withdrawals ----------------------------------------------------------------
+
+
+def test_factor_scales_capacity(core: Core) -> None:
+    b = TestBuyer.new()
+    core.deposit(b.address, 1_000, network=NETWORK)
+    core.set_factor(NETWORK, USDC, "0.5")
+    assert core.position(b.address, network=NETWORK).capacity == 500
+    core.deposit(b.address, 1, network=NETWORK)
+    assert core.position(b.address, network=NETWORK).capacity == 500  # floor(1001 × 0.5)
+    with pytest.raises(GuaranteeRejected):
+        core.accept(*b.pay(core, SELLER, 501))
+
+
+def test_withdrawal_lifecycle_and_safety_rule(core: Core, clock: FakeClock) -> None:
+    b = TestBuyer.new()
+    core.deposit(b.address, 1_000, network=NETWORK)
+    core.accept(*b.pay(core, SELLER, 300))
+    with pytest.raises(CoreError):
+        core.request_withdrawal(b.address, 701, network=NETWORK)
+    w = core.request_withdrawal(b.address, 700, network=NETWORK)
+    assert core.position(b.address, network=NETWORK).capacity == 0
+    with pytest.raises(GuaranteeRejected):
+        core.accept(*b.pay(core, SELLER, 1))
+    with pytest.raises(CoreError) as info:
+        core.finalize_withdrawal(w.withdrawal_id)
+    assert info.value.reason == "withdrawal_not_ready"
+    clock.advance(100)
+    assert core.finalize_withdrawal(w.withdrawal_id).status == "finalized"
+    assert core.position(b.address, network=NETWORK).collateral == 300
+    # The safety rule: after a factor change, what would remain must still cover the locks.
+    core.deposit(b.address, 100, network=NETWORK)
+    w2 = core.request_withdrawal(b.address, 100, network=NETWORK)
+    core.set_factor(NETWORK, USDC, "0.5")
+    clock.advance(100)
+    with pytest.raises(CoreError) as info:
+        core.finalize_withdrawal(w2.withdrawal_id)
+    assert info.value.reason == "withdrawal_unsafe"
+    assert core.cancel_withdrawal(w2.withdrawal_id).status == "cancelled"
+    core.set_factor(NETWORK, USDC, "1")
+    assert core.position(b.address, network=NETWORK).pending_withdrawal == 0
+    types = [e.type for e in core.events()]
+    assert "withdrawal.requested" in types and "withdrawal.finalized" in types
+
+
+def test_bad_amounts_are_clear_errors(core: Core) -> None:
+    b = TestBuyer.new().address
+    for amount in (0, -1, 1 << 63, True, 1.5):
+        with pytest.raises(CoreError) as info:
+            core.deposit(b, amount, network=NETWORK)  # type: ignore[arg-type]
+        assert info.value.status == 400
+
+
+def test_events_reach_subscribers_after_commit(core: Core, buyer: TestBuyer) -> None:
+    seen: list[str] = []
+
+    def boom(event: object) -> None:
+        raise RuntimeError("a broken subscriber")
+
+    core.subscribe(boom)
+    unsubscribe = core.subscribe(lambda e: seen.append(e.type))
+    core.accept(*buyer.pay(core, SELLER, 10))
+    signed, expected = buyer.pay(core, SELLER, 10**9)
+    with pytest.raises(GuaranteeRejected):
+        core.accept(signed, expected)  # rolled back: no event
+    unsubscribe()
+    core.deposit(buyer.address, 1, network=NETWORK)
+    assert seen == ["guarantee.accepted"]
