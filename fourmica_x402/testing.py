@@ -34,7 +34,15 @@ if TYPE_CHECKING:
     from .core import Core
     from .core.models import Expected, Tab
 
-__all__ = ["NETWORK", "TEST_KEYS", "FakeClock", "TestBuyer", "test_policy"]
+__all__ = [
+    "NETWORK",
+    "TEST_KEYS",
+    "FakeClock",
+    "ShiftedClock",
+    "TestBuyer",
+    "payment_header",
+    "test_policy",
+]
 
 #: The network tests use by default (Base Sepolia).
 NETWORK = "eip155:84532"
@@ -63,6 +71,70 @@ class FakeClock:
         return self.now
 
 
+class ShiftedClock:
+    """Real time plus an offset tests can move: ``clock.advance(3600)`` jumps an hour ahead."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+def payment_header(
+    buyer: TestBuyer,
+    requirements: Any,
+    tab: dict[str, Any],
+    *,
+    version: int = 2,
+    resource: Any = None,
+    timestamp: int | None = None,
+    amount: int | None = None,
+    recipient: str | None = None,
+    asset: str | None = None,
+    tab_id: int | None = None,
+    policy: ValidationPolicy | None = None,
+    sign_with: TestBuyer | None = None,
+    **claim_changes: Any,
+) -> tuple[str, str]:
+    """``(header name, value)`` paying ``requirements`` on ``tab`` (a tab-endpoint JSON answer).
+
+    G-v2 when the requirements carry a validation policy, else G-v1 — as SPEC §4 says a
+    buyer does. To make deliberately bad payments: ``amount``/``recipient``/``asset``/
+    ``tab_id``/``policy`` build consistent claims with other values; ``claim_changes`` tamper with
+    the built claims (before signing); ``sign_with`` signs with another key.
+    """
+    from .wire import PaymentPayload, PaymentPayloadV1, encode_header
+
+    network = get_network(requirements.network)
+    policy = policy or ValidationPolicy.from_extra(requirements.extra, network.chain_id)
+    base: dict[str, Any] = dict(
+        user=buyer.address,
+        recipient=recipient or requirements.pay_to,
+        tab_id=int(tab["tabId"], 16) if tab_id is None else tab_id,
+        req_id=int(tab["nextReqId"], 16),
+        amount=int(requirements.amount) if amount is None else amount,
+        asset=asset or requirements.asset,
+        timestamp=int(time.time()) if timestamp is None else timestamp,
+    )
+    claims = GuaranteeClaims.v2(**base, policy=policy) if policy else GuaranteeClaims.v1(**base)
+    if claim_changes:
+        claims = dataclasses.replace(claims, **claim_changes)
+    signed = (sign_with or buyer).sign(claims, chain_id=network.chain_id)
+    if version == 2:
+        envelope: Any = PaymentPayload(
+            payload=signed.to_json(), accepted=requirements, resource=resource
+        )
+        return "PAYMENT-SIGNATURE", encode_header(envelope)
+    envelope = PaymentPayloadV1(
+        scheme=requirements.scheme, network=requirements.network, payload=signed.to_json()
+    )
+    return "X-PAYMENT", encode_header(envelope)
+
+
 def test_policy(chain_id: int = 84532, validator: str | None = None) -> ValidationPolicy:
     """A G-v2 validation policy on the sandbox registry (test use)."""
     from .core import SANDBOX_REGISTRY
@@ -79,6 +151,7 @@ def test_policy(chain_id: int = 84532, validator: str | None = None) -> Validati
 
 
 test_policy.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+payment_header.__test__ = False  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

@@ -129,27 +129,36 @@ def schema_version(store: Store) -> int:
     return int(row[0]) if row else 0
 
 
-def migrate(store: Store, *, target: int = SCHEMA_VERSION) -> int:
-    """Bring the database up to ``target``; safe to run from many processes at once."""
+def migrate(
+    store: Store,
+    *,
+    target: int | None = None,
+    migrations: list[list[str]] = MIGRATIONS,
+    key: str = "schema_version",
+) -> int:
+    """Bring the database up to ``target`` (default: the last migration).
+
+    Safe to run from many processes at once. ``migrations``/``key`` let other
+    parts (payment records) keep their own tables and version in the same database.
+    """
+    target = len(migrations) if target is None else target
     with store.transaction() as tx:
         if store.dialect == "postgres":
             # Concurrent CREATE TABLE IF NOT EXISTS can still collide on PostgreSQL's catalog.
             tx.execute("SELECT pg_advisory_xact_lock(7340402)")
         tx.execute("CREATE TABLE IF NOT EXISTS fx_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         tx.execute(
-            "INSERT INTO fx_meta (key, value) VALUES ('schema_version', '0') ON CONFLICT (key) DO NOTHING"
+            "INSERT INTO fx_meta (key, value) VALUES (?, '0') ON CONFLICT (key) DO NOTHING", (key,)
         )
     subst = _DIALECT[store.dialect]
     while True:
         with store.transaction() as tx:
             if store.dialect == "postgres":
                 tx.execute("SELECT pg_advisory_xact_lock(7340402)")  # one migrator at a time
-            row = tx.one("SELECT value FROM fx_meta WHERE key = 'schema_version'")
+            row = tx.one("SELECT value FROM fx_meta WHERE key = ?", (key,))
             current = int(row[0]) if row else 0
             if current >= target:
                 return current
-            for statement in MIGRATIONS[current]:
+            for statement in migrations[current]:
                 tx.execute(statement.format(**subst))
-            tx.execute(
-                "UPDATE fx_meta SET value = ? WHERE key = 'schema_version'", (str(current + 1),)
-            )
+            tx.execute("UPDATE fx_meta SET value = ? WHERE key = ?", (str(current + 1), key))

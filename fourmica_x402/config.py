@@ -1,0 +1,117 @@
+"""``PaymentConfig``: the one configuration object every adapter maps onto.
+
+Keyword-only, with documented defaults, validated when built: a bad price,
+address or network fails at start-up with a message saying what to fix.
+
+    payments = PaymentConfig(
+        pay_to="0xYourSellerAddress",
+        network="eip155:84532",
+        routes={"GET /premium": "$0.01"},
+    )
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from ._eth import parse_address
+from .errors import ConfigurationError
+from .guarantee import ValidationPolicy
+from .networks import get_network
+
+if TYPE_CHECKING:
+    from .core import Core
+    from .facilitator import Facilitator
+    from .records import Records
+
+__all__ = ["DEFAULT_DB", "PaymentConfig"]
+
+#: Where the embedded Core keeps its data when nothing else is configured.
+DEFAULT_DB = "sqlite:///fourmica_x402.db"
+
+Hook = Callable[..., Any]
+
+
+@dataclass(kw_only=True)
+class PaymentConfig:
+    """Everything the payment gate needs. Only ``routes`` (and a ``pay_to``) are required."""
+
+    #: Priced routes: ``{"GET /premium": "$0.01", …}`` or the official 4Mica route dict.
+    routes: Mapping[str, Any] = field(default_factory=dict)
+    #: Default seller address (``payTo``); an address or a callable of the request.
+    pay_to: str | Callable[..., Any] | None = None
+    #: Default network (CAIP-2).
+    network: str = "eip155:84532"
+    #: Default asset (token address); None = the network's USDC.
+    asset: str | None = None
+    #: The embedded Core: a database URL or a ``Core``. Ignored when ``facilitator`` is set.
+    core: str | Core = DEFAULT_DB
+    #: A remote facilitator (``HttpFacilitator``) or any ``Facilitator``; None = the embedded Core.
+    facilitator: Facilitator | None = None
+    #: Payment records: a database URL or ``Records``; None = the embedded Core's database.
+    records: str | Records | None = None
+    #: Where the tab endpoint and the Core API subset are mounted (embedded mode).
+    prefix: str = "/x402"
+    #: The public origin buyers reach this app at (``https://api.example.com``), when it is
+    #: behind a proxy; None = taken from each request's scheme and Host header.
+    public_url: str | None = None
+    #: ``"before"``: the Core locks the payment before the handler runs (default).
+    #: ``"after"``: verify first, settle only after a successful handler (cheap deterministic work).
+    settle: Literal["before", "after"] = "before"
+    #: Void the guarantee (the buyer pays nothing) when the handler raises or answers 5xx.
+    refund_on_error: bool = True
+    #: Answer a replayed payment header from its record (no second lock, no second handler run).
+    idempotent_replay: bool = False
+    #: Largest response body kept for idempotent replay (bytes); bigger ones are not replayable.
+    replay_body_limit: int = 256 * 1024
+    #: Advertise the default G-v2 delivery policy in v2 challenges (SPEC §4).
+    delivery_policy: bool = True
+    #: A seller-chosen G-v2 validation policy for every route (overrides the delivery policy).
+    validation_policy: ValidationPolicy | None = None
+    #: Invalid payments allowed per client address (and per payer) per window before 429.
+    throttle_failures: int = 20
+    throttle_window: float = 60.0
+    #: Serve a small HTML paywall page to browsers (Accept: text/html).
+    paywall: bool = True
+    #: maxTimeoutSeconds advertised in requirements.
+    max_timeout_seconds: int = 300
+    #: TTL of tabs opened through the tab endpoint (None = the Core's default, one day).
+    tab_ttl_seconds: int | None = None
+    #: Hooks (sync or async). See ``gate.py`` for their arguments.
+    on_protected_request: Hook | None = None
+    before_settle: Hook | None = None
+    after_settle: Hook | None = None
+    on_failure: Hook | None = None
+    after_delivery: Hook | None = None
+
+    def __post_init__(self) -> None:
+        get_network(self.network)
+        if isinstance(self.pay_to, str):
+            try:
+                self.pay_to = parse_address(self.pay_to)
+            except ValueError as exc:
+                raise ConfigurationError(f"pay_to: {exc}") from None
+        if not self.prefix.startswith("/") or self.prefix.endswith("/"):
+            raise ConfigurationError(
+                "prefix must start with '/' and not end with one, e.g. '/x402'"
+            )
+        if self.settle not in ("before", "after"):
+            raise ConfigurationError("settle must be 'before' or 'after'")
+        if self.public_url is not None:
+            self.public_url = self.public_url.rstrip("/")
+            if not self.public_url.startswith(("http://", "https://")):
+                raise ConfigurationError("public_url must be an absolute http(s) URL")
+        if self.throttle_failures < 1 or self.throttle_window <= 0:
+            raise ConfigurationError("throttle_failures must be ≥ 1 and throttle_window > 0")
+        for name in (
+            "on_protected_request",
+            "before_settle",
+            "after_settle",
+            "on_failure",
+            "after_delivery",
+        ):
+            hook = getattr(self, name)
+            if hook is not None and not callable(hook):
+                raise ConfigurationError(f"{name} must be callable")

@@ -1,0 +1,208 @@
+"""The Core's HTTP API subset (SPEC §5.1, §5.3) as framework-neutral handlers.
+
+Each handler takes parsed JSON (or nothing) and returns ``(status, json)``.
+The seller gate mounts them under its prefix in embedded mode, and the
+``fourmica-x402 serve`` service mounts them on its own app, so buyers built
+on the official SDK can read signing parameters and open tabs from our Core.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._eth import parse_address
+from .core import Core
+from .errors import FourmicaError, GuaranteeRejected, MalformedPayment
+from .guarantee import GUARANTEE_DOMAIN_SELECTOR, GuaranteeClaims, SignedGuarantee, ValidationPolicy
+from .networks import find_asset, get_network, networks, parse_amount
+
+__all__ = [
+    "JsonResult",
+    "core_guarantees",
+    "core_payment_tabs",
+    "json_rpc",
+    "public_params",
+    "tab_endpoint",
+]
+
+JsonResult = tuple[int, Any]
+_GET_VERSION_CONFIG = "0x563550ae"
+
+
+def _error(status: int, message: str, reason: str | None = None) -> JsonResult:
+    body: dict[str, Any] = {"error": message}
+    if reason:
+        body["reason"] = reason
+    return status, body
+
+
+def public_params(core: Core, chain_id: int, rpc_url: str) -> dict[str, Any]:
+    """``GET /core/public-params`` (snake_case, as the official SDK parses it)."""
+    domain = core.domain(chain_id)
+    return {
+        "public_key": list(core.operator.public_key),
+        "contract_address": core.config.contract_address,
+        "ethereum_http_rpc_url": rpc_url,
+        "eip712_name": domain.name,
+        "eip712_version": domain.version,
+        "chain_id": chain_id,
+        "max_accepted_guarantee_version": max(core.config.accepted_versions),
+        "accepted_guarantee_versions": list(core.config.accepted_versions),
+        "active_guarantee_domain_separator": "0x" + core.guarantee_domain(chain_id).hex(),
+        "trusted_validation_registries": list(core.config.trusted_registries),
+        "validation_hash_canonicalization_version": "4MICA_VALIDATION_REQUEST_V2",
+    }
+
+
+def _network_of(chain_id: int) -> str:
+    for network in networks():
+        if network.chain_id == chain_id:
+            return network.caip2
+    raise ValueError(f"chain {chain_id} is not a registered network")
+
+
+def json_rpc(core: Core, chain_id: int, request: Any) -> JsonResult:
+    """The sandbox Ethereum JSON-RPC: ``eth_chainId`` and the Core contract's view calls."""
+    if isinstance(request, list):
+        return 200, [json_rpc(core, chain_id, item)[1] for item in request[:50]]
+    if not isinstance(request, dict):
+        return 200, {
+            "jsonrpc": "2.0",
+            "id": None,
+            "error": {"code": -32600, "message": "invalid request"},
+        }
+    rid, method, params = request.get("id"), request.get("method"), request.get("params") or []
+
+    def ok(result: Any) -> JsonResult:
+        return 200, {"jsonrpc": "2.0", "id": rid, "result": result}
+
+    def fail(code: int, message: str) -> JsonResult:
+        return 200, {"jsonrpc": "2.0", "id": rid, "error": {"code": code, "message": message}}
+
+    if method == "eth_chainId":
+        return ok(hex(chain_id))
+    if method == "net_version":
+        return ok(str(chain_id))
+    if method == "eth_blockNumber":
+        return ok("0x1")
+    if method == "eth_call":
+        call = params[0] if params and isinstance(params[0], dict) else {}
+        data = str(call.get("data") or call.get("input") or "").lower()
+        to = str(call.get("to") or "").lower()
+        if to != core.config.contract_address.lower():
+            return ok("0x")
+        if data == GUARANTEE_DOMAIN_SELECTOR:
+            return ok("0x" + core.guarantee_domain(chain_id).hex())
+        if data.startswith(_GET_VERSION_CONFIG) and len(data) == 10 + 64:
+            version = int(data[10:], 16)
+            enabled = version in core.config.accepted_versions
+            # (G1Point{x_a,x_b,y_a,y_b}, bytes32 domain, address decoder, bool enabled)
+            words = [bytes(32)] * 4 + [
+                core.guarantee_domain(chain_id) if enabled else bytes(32),
+                bytes(32),
+                (1 if enabled else 0).to_bytes(32, "big"),
+            ]
+            return ok("0x" + b"".join(words).hex())
+        return fail(-32000, "execution reverted: unknown selector")
+    return fail(-32601, f"method {method!r} is not available on the sandbox node")
+
+
+def tab_endpoint(
+    core_open_tab: Any, body: Any, *, allowed_pay_to: set[str] | None, tab_ttl: int | None = None
+) -> JsonResult:
+    """``POST <tabEndpoint>``: open (or reuse) the buyer's tab for these requirements.
+
+    ``core_open_tab`` is a facilitator's ``open_tab``. The tab's guarantee version is 2
+    when the requirements carry a validation policy, else 1.
+    """
+    if not isinstance(body, dict):
+        return _error(400, "body must be a JSON object")
+    requirements = body.get("paymentRequirements")
+    if not isinstance(requirements, dict):
+        return _error(400, "paymentRequirements is required")
+    try:
+        user = parse_address(body.get("userAddress"))
+        pay_to = parse_address(requirements.get("payTo", requirements.get("pay_to")))
+        network = str(requirements.get("network"))
+        chain_id = get_network(network).chain_id
+        asset = parse_address(requirements.get("asset"))
+        extra = requirements.get("extra") or {}
+        if not isinstance(extra, dict):
+            raise ValueError("extra must be an object")
+        policy = ValidationPolicy.from_extra(extra, chain_id)
+    except (ValueError, FourmicaError) as exc:
+        return _error(400, f"invalid tab request: {getattr(exc, 'message', exc)}")
+    if allowed_pay_to is not None and pay_to not in allowed_pay_to:
+        return _error(404, "this seller does not receive payments at that payTo")
+    if find_asset(network, asset) is None:
+        return _error(400, f"asset {asset} is not supported on {network}")
+    try:
+        tab = core_open_tab(
+            user=user,
+            recipient=pay_to,
+            network=network,
+            asset=asset,
+            guarantee_version=2 if policy else 1,
+            ttl_seconds=tab_ttl,
+        )
+    except GuaranteeRejected as exc:
+        return _error(400, exc.message, exc.reason)
+    except FourmicaError as exc:
+        return _error(502, f"could not open a tab: {exc.message}", exc.reason)
+    return 200, tab.to_json()
+
+
+def core_payment_tabs(core: Core, chain_id: int, body: Any) -> JsonResult:
+    """``POST /core/payment-tabs`` (the Core's own tab call, snake_case)."""
+    if not isinstance(body, dict):
+        return _error(400, "body must be a JSON object")
+    try:
+        network = _network_of(chain_id)
+        version = int(body.get("guarantee_version") or 1)
+        ttl = body.get("ttl")
+        tab = core.open_tab(
+            parse_address(body.get("user_address")),
+            parse_address(body.get("recipient_address")),
+            network=network,
+            asset=body.get("erc20_token") or None,
+            guarantee_version=version,
+            ttl_seconds=int(ttl) if ttl else None,
+        )
+    except (ValueError, TypeError) as exc:
+        return _error(400, str(exc))
+    except FourmicaError as exc:
+        return _error(exc.status if exc.status < 500 else 400, exc.message, exc.reason)
+    return 200, {
+        "id": hex(tab.tab_id),
+        "tab_id": hex(tab.tab_id),
+        "user_address": tab.user_address,
+        "recipient_address": tab.recipient_address,
+        "erc20_token": tab.asset_address,
+        "start_timestamp": tab.start_timestamp,
+        "ttl_seconds": tab.ttl_seconds,
+        "next_req_id": hex(tab.next_req_id),
+    }
+
+
+def core_guarantees(core: Core, chain_id: int, body: Any) -> JsonResult:
+    """``POST /core/guarantees``: accept a buyer-signed guarantee, answer with the certificate."""
+    from .core.models import Expected
+
+    try:
+        signed = SignedGuarantee.from_json(body)
+        claims: GuaranteeClaims = signed.claims
+        expected = Expected(
+            network=_network_of(chain_id),
+            pay_to=claims.recipient_address,
+            asset=claims.asset_address,
+            amount=parse_amount(claims.amount),
+            policy=claims.policy,
+        )
+        accepted = core.accept(signed, expected)
+    except MalformedPayment as exc:
+        return _error(400, exc.message, exc.reason)
+    except GuaranteeRejected as exc:
+        return _error(400, exc.message, exc.reason)
+    except ValueError as exc:
+        return _error(400, str(exc))
+    return 200, core.certify(accepted.guarantee_id).to_json()

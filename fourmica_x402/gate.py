@@ -1,0 +1,1025 @@
+"""The payment gate: the seller's flow, written once for every framework.
+
+For a protected route (SPEC §7): match → challenge | decode → match offer →
+settle (the Core locks the buyer's collateral) → record → run the handler →
+result header → delivery marker, validation score or refund.
+
+**One flow, two drivers.** The flow is a set of generators that *yield* the
+I/O they need as :class:`Call` objects and receive the results back (the
+pattern of httpx's ``auth_flow``). :meth:`Gate.run_sync` drives them for WSGI
+and sync Django; :meth:`Gate.run_async` for ASGI and async Django. Adapters
+only translate their framework's request into a :class:`RequestView`, call
+:meth:`Gate.before`, and wrap the response with :meth:`Gate.response_start`
+and :meth:`Gate.finish`.
+
+Hooks (sync or async):
+
+- ``on_protected_request(request, route)`` → None to continue, ``GRANT`` to
+  serve without payment, ``DENY`` (403) or a :class:`Response`;
+- ``before_settle(request, payload, requirements)`` may raise a PaymentError;
+- ``after_settle(request, result)``;
+- ``on_failure(request, error)``;
+- ``after_delivery(payment, record_outcome)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import html
+import inspect
+import json
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Generator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, NamedTuple
+from urllib.parse import unquote
+
+from . import coreapi
+from .config import PaymentConfig
+from .core.store import Conflict
+from .errors import (
+    FourmicaError,
+    GuaranteeRejected,
+    MalformedPayment,
+    PaymentError,
+    Reason,
+    Throttled,
+    Unavailable,
+)
+from .facilitator import Facilitator, SettleResult, signed_from_payload
+from .guarantee import ValidationPolicy
+from .networks import find_asset, get_network
+from .records import Records
+from .routes import Offer, Route, RouteTable
+from .wire import (
+    PAYMENT_REQUIRED_HEADER,
+    PAYMENT_RESPONSE_HEADER,
+    PAYMENT_SIGNATURE_HEADER,
+    X_PAYMENT_HEADER,
+    X_PAYMENT_RESPONSE_HEADER,
+    PaymentPayload,
+    PaymentPayloadV1,
+    PaymentRequired,
+    PaymentRequiredV1,
+    PaymentRequirements,
+    ResourceInfo,
+    SettleResponse,
+    decode_payment_header,
+    encode_header,
+)
+
+__all__ = [
+    "DENY",
+    "GRANT",
+    "Call",
+    "Gate",
+    "PassThrough",
+    "Payment",
+    "RequestView",
+    "Response",
+]
+
+log = logging.getLogger("fourmica_x402.gate")
+
+GRANT = object()
+DENY = object()
+_EXPOSE = "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE"
+_DELIVERY_TAG = "delivery"
+
+
+# -- the neutral request and response ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    """What the gate needs of a request, built by each adapter."""
+
+    method: str
+    #: The path the framework routes on (percent-decoded).
+    path: str
+    #: The path as sent, still percent-encoded (for ambiguity checks); "" when unknown.
+    raw_path: str
+    query: str
+    #: Lower-cased names; repeated headers appear repeatedly.
+    headers: tuple[tuple[str, str], ...]
+    scheme: str = "http"
+    host: str = "localhost"
+    client: str | None = None
+    #: Reads the request body (sync or async); only the gate's own endpoints call it.
+    read_body: Callable[[], Any] | None = None
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def header_values(self, name: str) -> list[str]:
+        name = name.lower()
+        return [value for key, value in self.headers if key == name]
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+
+    @classmethod
+    def json(cls, status: int, data: Any, headers: list[tuple[str, str]] | None = None) -> Response:
+        body = json.dumps(data, separators=(",", ":")).encode()
+        return cls(status, [("content-type", "application/json"), *(headers or [])], body)
+
+
+class PassThrough:
+    """Not ours to charge: run the app as if the gate were not there."""
+
+
+PASS = PassThrough()
+
+
+class Call(NamedTuple):
+    """One piece of I/O the flow needs.
+
+    ``fn`` is called by the sync driver (an awaitable result is run to completion);
+    the async driver prefers ``afn``, runs a ``blocking`` ``fn`` in a worker thread,
+    and calls a non-blocking one directly (awaiting it if it returns an awaitable).
+    """
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    afn: Callable[..., Awaitable[Any]] | None = None
+    blocking: bool = True
+
+
+Flow = Generator[Call, Any, Any]
+
+
+# -- what a paid request carries ---------------------------------------------------------------
+
+
+@dataclass
+class Payment:
+    """The payment context handed to a paid handler (``request.state.payment``, ``g.payment``…)."""
+
+    payer: str
+    amount: int
+    asset: str
+    network: str
+    pay_to: str
+    guarantee_id: str | None
+    request_id: str | None
+    tab_id: str | None
+    x402_version: int
+    guarantee_version: int
+    route: str
+    record_id: int | None = None
+    settled: bool = True
+    _certificate: Future[dict[str, str]] | None = field(default=None, repr=False)
+
+    @property
+    def certificate(self) -> dict[str, str] | None:
+        """The Core's BLS certificate, once produced (it is made off the hot path)."""
+        fut = self._certificate
+        if fut is not None and fut.done() and fut.exception() is None:
+            return fut.result()
+        return None
+
+
+@dataclass
+class _Paid:
+    """State carried from :meth:`Gate.before` to :meth:`Gate.finish`."""
+
+    payment: Payment
+    request: RequestView
+    requirements: PaymentRequirements
+    payload: PaymentPayload | PaymentPayloadV1
+    header_hash: str
+    result: SettleResult | None
+    policy: ValidationPolicy | None
+    delivery_policy: bool
+    replay: Response | None = None
+    settle_failed: SettleResult | None = None
+
+
+# -- throttling --------------------------------------------------------------------------------
+
+
+class _Throttle:
+    """Counts invalid payments per key in a sliding window (in-process)."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit, self.window = limit, window
+        self._hits: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def blocked(self, key: str | None) -> float:
+        """Seconds until ``key`` may try again (0: not blocked)."""
+        if not key:
+            return 0.0
+        now = time.monotonic()
+        with self._lock:
+            hits = [t for t in self._hits.get(key, ()) if t > now - self.window]
+            self._hits[key] = hits
+            if len(hits) >= self.limit:
+                return hits[0] + self.window - now
+        return 0.0
+
+    def hit(self, *keys: str | None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._hits) > 100_000:  # bounded memory under a flood of addresses
+                self._hits.clear()
+            for key in keys:
+                if key:
+                    self._hits.setdefault(key, []).append(now)
+
+
+# -- the gate ----------------------------------------------------------------------------------
+
+
+class Gate:
+    """The seller's payment flow for one app. Build once per app (it holds the Core)."""
+
+    def __init__(self, config: PaymentConfig) -> None:
+        self.config = config
+        self.routes = RouteTable(
+            config.routes, network=config.network, pay_to=config.pay_to, asset=config.asset
+        )
+        self.core = None
+        if config.facilitator is None:
+            from .core import Core
+            from .facilitator import LocalFacilitator
+
+            core = config.core if not isinstance(config.core, str) else Core(config.core)
+            self.core = core
+            self.facilitator: Facilitator = LocalFacilitator(core)
+        else:
+            self.facilitator = config.facilitator
+        records = config.records
+        if records is None:
+            if self.core is None:
+                raise FourmicaError("with a remote facilitator, set records= to a database URL")
+            records = Records(self.core.store)
+        self.records = records if isinstance(records, Records) else Records(records)
+        self._throttle = _Throttle(config.throttle_failures, config.throttle_window)
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fourmica-cert")
+        self._prefix = config.prefix
+
+    def add_route(self, key: str, value: Any) -> Route:
+        """Price one more route (adapters use it for decorator-declared prices)."""
+        return self.routes.add(key, value)
+
+    # -- drivers ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def run_sync(flow: Flow) -> Any:
+        """Drive a flow with blocking I/O (WSGI, sync Django)."""
+        result: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                call = flow.throw(error) if error is not None else flow.send(result)
+            except StopIteration as stop:
+                return stop.value
+            error = None
+            try:
+                result = call.fn(*call.args)
+                if inspect.isawaitable(result):
+                    result = _run_coroutine(result)
+            except Exception as exc:  # handed back to the flow, which decides
+                result, error = None, exc
+
+    @staticmethod
+    async def run_async(flow: Flow) -> Any:
+        """Drive a flow on an event loop (ASGI, async Django)."""
+        result: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                call = flow.throw(error) if error is not None else flow.send(result)
+            except StopIteration as stop:
+                return stop.value
+            error = None
+            try:
+                if call.afn is not None:
+                    result = await call.afn(*call.args)
+                elif call.blocking:
+                    result = await asyncio.to_thread(call.fn, *call.args)
+                else:
+                    result = call.fn(*call.args)
+                    if inspect.isawaitable(result):
+                        result = await result
+            except Exception as exc:
+                result, error = None, exc
+
+    # -- before the handler ----------------------------------------------------------------------
+
+    def before(self, request: RequestView) -> Flow:
+        """Decide: pass through, answer (402, 4xx, 503, our endpoints), or run the paid handler.
+
+        Returns :data:`PASS`, a :class:`Response`, or the state to hand to the later steps.
+        """
+        method = request.method.upper()
+        if self.core is not None and (
+            request.path == self._prefix or request.path.startswith(self._prefix + "/")
+        ):
+            return (yield from self._endpoint(request))
+        if method == "OPTIONS":
+            return PASS
+        route = self.routes.match(method, request.path)
+        if _ambiguous(request) and (route is not None or self._matches_variant(method, request)):
+            return self._error_response(400, "ambiguous_path", "ambiguous request path")
+        if route is None:
+            return PASS
+        if self.config.on_protected_request is not None:
+            verdict = yield Call(self.config.on_protected_request, (request, route), blocking=False)
+            if verdict is GRANT:
+                return PASS
+            if verdict is DENY:
+                return self._error_response(403, "denied", "access denied")
+            if isinstance(verdict, Response):
+                return verdict
+        try:
+            requirements = yield from self._requirements(route, request)
+        except Exception as exc:  # a price or payTo callable failed: nothing to charge safely
+            log.exception("could not price %s", route.key)
+            return self._error_response(
+                500, "pricing_failed", f"could not price this request: {exc}"
+            )
+        try:
+            return (yield from self._paid(request, route, requirements))
+        except Unavailable as exc:
+            yield from self._failure(request, exc)
+            return self._error_response(503, exc.reason, exc.message, exc.headers())
+
+    def _paid(
+        self, request: RequestView, route: Route, requirements: list[PaymentRequirements]
+    ) -> Flow:
+        v2_values = request.header_values(PAYMENT_SIGNATURE_HEADER)
+        v1_values = request.header_values(X_PAYMENT_HEADER)
+        if not v2_values and not v1_values:
+            return self._challenge(request, route, requirements, Reason.PAYMENT_REQUIRED)
+        wait = max(self._throttle.blocked(request.client), 0.0)
+        if wait > 0:
+            return self._throttled(wait)
+        try:
+            if len(v2_values) + len(v1_values) != 1:
+                raise MalformedPayment("send exactly one payment header")
+            version = 2 if v2_values else 1
+            header = (v2_values or v1_values)[0]
+            payload = decode_payment_header(header, expected_version=version)
+            chosen = self._match(payload, requirements)
+            signed = signed_from_payload(payload, chosen)
+        except PaymentError as exc:
+            self._throttle.hit(request.client)
+            yield from self._failure(request, exc)
+            return self._challenge(
+                request, route, requirements, exc.reason, version=_version_of(request)
+            )
+        payer = signed.claims.user_address
+        wait = self._throttle.blocked(payer)
+        if wait > 0:
+            return self._throttled(wait)
+        header_hash = hashlib.sha256(header.encode("ascii", "replace")).hexdigest()
+        if self.config.idempotent_replay:
+            found = yield Call(self.records.by_header, (header_hash,))
+            if found is not None:
+                return self._replayed(found, version)
+        if self.config.before_settle is not None:
+            try:
+                yield Call(self.config.before_settle, (request, payload, chosen), blocking=False)
+            except PaymentError as exc:
+                yield from self._failure(request, exc)
+                return self._challenge(request, route, requirements, exc.reason, version=version)
+        policy = ValidationPolicy.from_extra(chosen.extra, get_network(chosen.network).chain_id)
+        delivery = (
+            policy is not None and policy.tag == _DELIVERY_TAG and policy.validator == chosen.pay_to
+        )
+        base: dict[str, Any] = dict(
+            route=route.key,
+            method=request.method.upper(),
+            path=request.path,
+            header_version=version,
+            header_hash=header_hash,
+            pay_to=chosen.pay_to,
+            amount=int(chosen.amount),
+            asset=chosen.asset,
+            network=chosen.network,
+            settle_mode=self.config.settle,
+        )
+        if self.config.settle == "before":
+            result = yield Call(
+                self._settle_and_record, (payload, chosen, base), afn=self._asettle_and_record
+            )
+            if isinstance(result, SettleResult):  # refused
+                self._throttle.hit(request.client, payer)
+                yield from self._failure(
+                    request, GuaranteeRejected(reason=result.error_reason or "rejected")
+                )
+                return self._challenge(
+                    request,
+                    route,
+                    requirements,
+                    result.error_reason or "settle_failed",
+                    version=version,
+                    settle=result,
+                )
+            result, record_id = result
+        else:
+            verdict = yield Call(
+                self.facilitator.verify, (payload, chosen), afn=self.facilitator.averify
+            )
+            if not verdict.is_valid:
+                self._throttle.hit(request.client, payer)
+                yield from self._failure(
+                    request, GuaranteeRejected(reason=verdict.invalid_reason or "invalid")
+                )
+                return self._challenge(
+                    request,
+                    route,
+                    requirements,
+                    verdict.invalid_reason or "invalid",
+                    version=version,
+                )
+            try:  # the record's unique header hash stops a replay before the handler runs
+                record_id = yield Call(
+                    lambda: self.records.begin(
+                        **base, settle_result={}, status="verified", payer=payer
+                    )
+                )
+            except Conflict:
+                return self._challenge(
+                    request, route, requirements, Reason.REPLAYED_REQUEST_ID, version=version
+                )
+            result = None
+        claims = signed.claims
+        payment = Payment(
+            payer=payer,
+            amount=claims.amount,
+            asset=claims.asset_address,
+            network=chosen.network,
+            pay_to=chosen.pay_to,
+            guarantee_id=result.guarantee_id if result else None,
+            request_id=hex(claims.req_id),
+            tab_id=hex(claims.tab_id),
+            x402_version=version,
+            guarantee_version=claims.version,
+            route=route.key,
+            record_id=record_id,
+            settled=result is not None,
+        )
+        if result is not None and result.guarantee_id:
+            payment._certificate = self._certify(result.guarantee_id)
+        if self.config.after_settle is not None and result is not None:
+            yield Call(self.config.after_settle, (request, result), blocking=False)
+        return _Paid(payment, request, chosen, payload, header_hash, result, policy, delivery)
+
+    def _certify(self, guarantee_id: str) -> Future[dict[str, str]] | None:
+        """Start making the certificate (BLS, ~0.5 ms) beside the handler, off the request path."""
+        core = self.core
+        if core is None:
+            return None
+        return self._pool.submit(lambda: core.certify(guarantee_id).to_json())
+
+    def _settle_and_record(
+        self,
+        payload: PaymentPayload | PaymentPayloadV1,
+        chosen: PaymentRequirements,
+        base: dict[str, Any],
+    ) -> SettleResult | tuple[SettleResult, int]:
+        """Settle, then write the record; one worker-thread hop for the async driver."""
+        try:
+            result = self.facilitator.settle(payload, chosen)
+        except FourmicaError:
+            raise
+        except Exception as exc:
+            raise Unavailable(f"facilitator error: {type(exc).__name__}") from exc
+        if not result.success:
+            return result
+        return result, self._record(result, base)
+
+    async def _asettle_and_record(
+        self,
+        payload: PaymentPayload | PaymentPayloadV1,
+        chosen: PaymentRequirements,
+        base: dict[str, Any],
+    ) -> SettleResult | tuple[SettleResult, int]:
+        if self.core is not None:  # local: settle and record in one worker-thread hop
+            return await asyncio.to_thread(self._settle_and_record, payload, chosen, base)
+        try:
+            result = await self.facilitator.asettle(payload, chosen)
+        except FourmicaError:
+            raise
+        except Exception as exc:
+            raise Unavailable(f"facilitator error: {type(exc).__name__}") from exc
+        if not result.success:
+            return result
+        return result, await asyncio.to_thread(self._record, result, base)
+
+    def _record(self, result: SettleResult, base: dict[str, Any]) -> int:
+        return self.records.begin(
+            **base,
+            settle_result=result.to_settle_response().to_dict(),
+            status="settled",
+            request_id=None if result.req_id is None else hex(result.req_id),
+            tab_id=None if result.tab_id is None else hex(result.tab_id),
+            guarantee_id=result.guarantee_id,
+            payer=result.payer,
+        )
+
+    def _match(
+        self, payload: PaymentPayload | PaymentPayloadV1, requirements: list[PaymentRequirements]
+    ) -> PaymentRequirements:
+        """Our requirements the payment was made against (never the buyer's copy)."""
+        if isinstance(payload, PaymentPayload):
+            got = payload.accepted
+            for req in requirements:
+                if (
+                    got.scheme == req.scheme
+                    and got.network == req.network
+                    and int(got.amount) == int(req.amount)
+                    and got.asset.lower() == req.asset.lower()
+                    and got.pay_to.lower() == req.pay_to.lower()
+                ):
+                    return req
+            raise PaymentError(reason=Reason.NO_MATCHING_REQUIREMENTS)
+        claims = payload.payload.get("claims") if isinstance(payload.payload, dict) else None
+        for req in self._v1_requirements(requirements):
+            if payload.scheme == req.scheme and payload.network == req.network:
+                if not isinstance(claims, dict):
+                    return req
+                if str(claims.get("asset_address", "")).lower() == req.asset.lower():
+                    return req
+        raise PaymentError(reason=Reason.NO_MATCHING_REQUIREMENTS)
+
+    # -- after the handler -----------------------------------------------------------------------
+
+    def response_start(self, state: _Paid, status: int) -> Flow:
+        """Headers to add when the handler's response starts (or a replacement response).
+
+        In settle-after mode this is where the payment is settled: a failure replaces
+        the handler's response with a 402.
+        """
+        headers = [("access-control-expose-headers", _EXPOSE)]
+        if state.replay is not None:
+            return headers
+        result = state.result
+        if result is None and 200 <= status < 400:  # settle after a successful handler
+            settled = yield Call(self._settle_after, (state,))
+            if isinstance(settled, SettleResult) and not settled.success:
+                state.settle_failed = settled
+                route = self.routes.match(state.request.method, state.request.path)
+                requirements = [state.requirements]
+                return self._challenge(
+                    state.request,
+                    route,
+                    requirements,
+                    settled.error_reason or "settle_failed",  # type: ignore[arg-type]
+                    version=state.payment.x402_version,
+                    settle=settled,
+                )
+            result = state.result
+        if result is not None:
+            response = result.to_settle_response()
+            certificate = state.payment.certificate
+            if certificate:
+                extra = dict(response.extra or {})
+                extra["certificate"] = certificate
+                response = response.model_copy(update={"extra": extra})
+            name = (
+                PAYMENT_RESPONSE_HEADER
+                if state.payment.x402_version == 2
+                else X_PAYMENT_RESPONSE_HEADER
+            )
+            headers.append((name.lower(), encode_header(response)))
+        return headers
+
+    def _settle_after(self, state: _Paid) -> SettleResult:
+        try:
+            result = self.facilitator.settle(state.payload, state.requirements)
+        except Exception as exc:
+            log.error("settle after the handler failed: %s", exc)
+            result = SettleResult(
+                success=False,
+                network=state.requirements.network,
+                error_reason="facilitator_unavailable",
+            )
+        if result.success:
+            state.result = result
+            state.payment.guarantee_id = result.guarantee_id
+            state.payment.settled = True
+            if result.guarantee_id:
+                state.payment._certificate = self._certify(result.guarantee_id)
+        return result
+
+    def finish(
+        self,
+        state: _Paid,
+        status: int | None,
+        body_hash: str | None,
+        error: BaseException | None = None,
+        body: bytes | None = None,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> Flow:
+        """After the response went out: delivery marker, validation score or refund."""
+        if state.replay is not None:
+            return None
+        payment = state.payment
+        delivered = error is None and status is not None and 200 <= status < 400
+        failed_hard = error is not None or status is None or status >= 500
+        outcome = "delivered" if delivered else "kept"
+        if state.settle_failed is not None:
+            outcome = "not_charged"
+        elif state.result is None:
+            outcome = "not_charged"  # settle-after: a failed handler is never charged
+        elif self.config.refund_on_error and failed_hard:
+            try:
+                yield Call(self._void, (payment,), afn=self._avoid)
+                outcome = "refunded"
+            except Exception as exc:
+                log.error("refund of %s failed: %s", payment.guarantee_id, exc)
+        elif state.delivery_policy and payment.guarantee_version == 2:
+            try:
+                yield Call(self._score, (payment, 100 if delivered else 0), afn=self._ascore)
+                outcome = "delivered" if delivered else "cancelled"
+            except Exception as exc:
+                log.error("posting the delivery score of %s failed: %s", payment.guarantee_id, exc)
+        certificate = None
+        if payment._certificate is not None:
+            try:
+                certificate = payment._certificate.result(timeout=5)
+            except Exception:
+                certificate = None
+        keep = None
+        if self.config.idempotent_replay and body is not None and outcome == "delivered":
+            keep = (headers or [], body)
+        if payment.record_id is not None:
+            yield Call(
+                lambda: self.records.finish(
+                    payment.record_id,  # type: ignore[arg-type]
+                    status="delivered" if delivered else "failed",
+                    http_status=status,
+                    response_hash=body_hash,
+                    outcome=outcome,
+                    certificate=certificate,
+                    response=keep,
+                    settle_result=state.result.to_settle_response().to_dict()
+                    if state.result
+                    else None,
+                )
+            )
+        if self.config.after_delivery is not None:
+            yield Call(self.config.after_delivery, (payment, outcome), blocking=False)
+        return None
+
+    def _void(self, payment: Payment) -> None:
+        assert payment.guarantee_id
+        self.facilitator.void(payment.guarantee_id, by=payment.pay_to)
+
+    async def _avoid(self, payment: Payment) -> None:
+        assert payment.guarantee_id
+        await self.facilitator.avoid(payment.guarantee_id, by=payment.pay_to)
+
+    def _score(self, payment: Payment, score: int) -> None:
+        assert payment.guarantee_id
+        self.facilitator.post_validation(
+            payment.guarantee_id, validator=payment.pay_to, score=score, tag=_DELIVERY_TAG
+        )
+
+    async def _ascore(self, payment: Payment, score: int) -> None:
+        assert payment.guarantee_id
+        await self.facilitator.apost_validation(
+            payment.guarantee_id, validator=payment.pay_to, score=score, tag=_DELIVERY_TAG
+        )
+
+    def _failure(self, request: RequestView, error: FourmicaError) -> Flow:
+        if self.config.on_failure is not None:
+            try:
+                yield Call(self.config.on_failure, (request, error), blocking=False)
+            except Exception:
+                log.exception("on_failure hook raised")
+
+    # -- challenges ------------------------------------------------------------------------------
+
+    def _origin(self, request: RequestView) -> str:
+        return self.config.public_url or f"{request.scheme}://{request.host}"
+
+    def _requirements(self, route: Route, request: RequestView) -> Flow:
+        origin = self._origin(request)
+        reqs = []
+        for offer in route.offers:
+            amount, asset = (
+                (offer.amount.amount, offer.amount.asset) if offer.amount else (None, None)
+            )
+            if amount is None:
+                from .networks import resolve_price
+
+                price = yield Call(offer.price, (request,), blocking=False)  # type: ignore[arg-type]
+                token = resolve_price(price, offer.network, offer.asset)
+                amount, asset = token.amount, token.asset
+            pay_to = offer.pay_to
+            if callable(pay_to):
+                from ._eth import parse_address
+
+                pay_to = parse_address((yield Call(pay_to, (request,), blocking=False)))
+            chain_id = get_network(offer.network).chain_id
+            extra: dict[str, Any] = {"tabEndpoint": f"{origin}{self._prefix}/tab"}
+            if self.core is not None:
+                extra["rpcUrl"] = f"{origin}{self._prefix}"
+            extra.update(offer.extra)
+            reqs.append(
+                (
+                    PaymentRequirements(
+                        scheme=offer.scheme,
+                        network=offer.network,
+                        asset=str(asset),
+                        amount=str(amount),
+                        pay_to=pay_to,
+                        max_timeout_seconds=offer.max_timeout_seconds,
+                        extra=extra,
+                    ),
+                    self._policy_for(route, offer, pay_to, chain_id),
+                )
+            )
+        return [self._with_policy(req, policy) for req, policy in reqs]
+
+    def _policy_for(
+        self, route: Route, offer: Offer, pay_to: str, chain_id: int
+    ) -> tuple[ValidationPolicy | None, bool]:
+        """(policy, seller_chosen): the route's or config's policy, else the delivery policy."""
+        chosen = route.config.validation_policy or self.config.validation_policy
+        if chosen is not None:
+            return chosen, True
+        if (
+            not self.config.delivery_policy
+            or self.core is None
+            or 2 not in self.core.config.accepted_versions
+        ):
+            return None, False
+        from ._eth import keccak
+        from .core.ledger import SANDBOX_REGISTRY
+
+        return ValidationPolicy(
+            registry=self.core.config.trusted_registries[0]
+            if self.core.config.trusted_registries
+            else SANDBOX_REGISTRY,
+            validator=pay_to,
+            validator_agent_id=0,
+            min_score=100,
+            job_hash=keccak(f"fourmica-x402 delivery {route.key}".encode()),
+            chain_id=chain_id,
+            tag=_DELIVERY_TAG,
+        ), False
+
+    @staticmethod
+    def _with_policy(
+        req: PaymentRequirements, policy: tuple[ValidationPolicy | None, bool]
+    ) -> PaymentRequirements:
+        chosen, seller_chosen = policy
+        if chosen is None:
+            return req
+        extra = {**req.extra, **chosen.to_extra(), "_v1Policy": seller_chosen}
+        return req.model_copy(update={"extra": extra})
+
+    @staticmethod
+    def _v1_requirements(requirements: list[PaymentRequirements]) -> list[PaymentRequirements]:
+        """The v1 view: a validation policy only when the seller chose one (v1 buyers sign G-v1)."""
+        out = []
+        for req in requirements:
+            extra = dict(req.extra)
+            seller_chosen = extra.pop("_v1Policy", False)
+            if not seller_chosen:
+                for key in (
+                    *ValidationPolicy._EXTRA_KEYS,
+                    "requiredValidationTag",
+                    "validationChainId",
+                ):
+                    extra.pop(key, None)
+            out.append(req.model_copy(update={"extra": extra}))
+        return out
+
+    @staticmethod
+    def _v2_requirements(requirements: list[PaymentRequirements]) -> list[PaymentRequirements]:
+        out = []
+        for req in requirements:
+            extra = dict(req.extra)
+            extra.pop("_v1Policy", None)
+            out.append(req.model_copy(update={"extra": extra}))
+        return out
+
+    def _challenge(
+        self,
+        request: RequestView,
+        route: Route | None,
+        requirements: list[PaymentRequirements],
+        reason: str,
+        *,
+        version: int | None = None,
+        settle: SettleResult | None = None,
+    ) -> Response:
+        description = route.config.description if route else ""
+        mime = route.config.mime_type if route else ""
+        url = (route.config.resource if route and route.config.resource else None) or (
+            f"{self._origin(request)}{request.path}"
+            + (f"?{request.query}" if request.query else "")
+        )
+        error = "Payment required" if reason == Reason.PAYMENT_REQUIRED else str(reason)
+        if reason == Reason.NO_MATCHING_REQUIREMENTS:
+            error = "No matching payment requirements"
+        resource = ResourceInfo(url=url, description=description, mime_type=mime)
+        v2 = PaymentRequired(
+            error=error, resource=resource, accepts=self._v2_requirements(requirements)
+        )
+        v1 = PaymentRequiredV1(
+            error=error, accepts=[r.to_v1(resource) for r in self._v1_requirements(requirements)]
+        )
+        headers = [
+            (PAYMENT_REQUIRED_HEADER.lower(), encode_header(v2)),
+            ("cache-control", "no-store"),
+            ("access-control-expose-headers", _EXPOSE),
+        ]
+        if settle is not None or (version is not None and reason != Reason.PAYMENT_REQUIRED):
+            failed = SettleResponse(
+                success=False,
+                error_reason=str(reason),
+                transaction="",
+                network=requirements[0].network if requirements else "",
+            )
+            name = PAYMENT_RESPONSE_HEADER if version != 1 else X_PAYMENT_RESPONSE_HEADER
+            headers.append((name.lower(), encode_header(failed)))
+        accept = request.header("accept") or ""
+        if self.config.paywall and "text/html" in accept and reason == Reason.PAYMENT_REQUIRED:
+            body = _paywall(url, description, requirements).encode()
+            return Response(402, [("content-type", "text/html; charset=utf-8"), *headers], body)
+        return Response(402, [("content-type", "application/json"), *headers], v1.to_json_bytes())
+
+    def _replayed(self, found: Any, version: int) -> _Paid | Response:
+        record, stored = found
+        if stored is None or record.status != "delivered":
+            return self._error_response(
+                409,
+                "payment_in_progress" if record.delivered_at is None else "replay_unavailable",
+                "this payment was already used; its response cannot be replayed",
+            )
+        headers, body = stored
+        headers = [(k, v) for k, v in headers if k.lower() not in ("content-length",)]
+        settle = SettleResponse.model_validate(record.settle_result)
+        name = PAYMENT_RESPONSE_HEADER if version == 2 else X_PAYMENT_RESPONSE_HEADER
+        headers.append((name.lower(), encode_header(settle)))
+        headers.append(("access-control-expose-headers", _EXPOSE))
+        return Response(record.http_status or 200, headers, body)
+
+    def _throttled(self, wait: float) -> Response:
+        exc = Throttled(retry_after=int(wait) + 1)
+        return self._error_response(
+            429, exc.reason, "too many invalid payments; slow down", exc.headers()
+        )
+
+    @staticmethod
+    def _error_response(
+        status: int, reason: str, message: str, headers: list[tuple[str, str]] | None = None
+    ) -> Response:
+        return Response.json(
+            status,
+            {"error": str(reason), "message": message},
+            [("cache-control", "no-store"), *(headers or [])],
+        )
+
+    def _matches_variant(self, method: str, request: RequestView) -> bool:
+        raw = request.raw_path or request.path
+        variants = {unquote(raw).replace("\\", "/"), raw.replace("\\", "/")}
+        for variant in list(variants):
+            parts: list[str] = []
+            for seg in variant.split("/"):
+                if seg == "..":
+                    if parts:
+                        parts.pop()
+                elif seg not in (".", ""):
+                    parts.append(seg)
+            variants.add("/" + "/".join(parts))
+        return any(self.routes.match(method, v) for v in variants)
+
+    # -- the gate's own endpoints (embedded mode) ------------------------------------------------
+
+    def _endpoint(self, request: RequestView) -> Flow:
+        core = self.core
+        assert core is not None
+        sub = request.path[len(self._prefix) :] or "/"
+        method = request.method.upper()
+        chain_id = get_network(self.config.network).chain_id
+        origin = self._origin(request)
+        if sub == "/tab":
+            if method != "POST":
+                return Response.json(405, {"error": "use POST"}, [("allow", "POST")])
+            body = yield from self._json_body(request)
+            status, data = yield Call(
+                lambda: coreapi.tab_endpoint(
+                    self.facilitator.open_tab,
+                    body,
+                    allowed_pay_to=self.routes.static_pay_to(),
+                    tab_ttl=self.config.tab_ttl_seconds,
+                )
+            )
+            return Response.json(status, data, [("cache-control", "no-store")])
+        if sub == "/core/public-params" and method in ("GET", "HEAD"):
+            params = coreapi.public_params(core, chain_id, f"{origin}{self._prefix}/rpc")
+            return Response.json(200, params)
+        if sub == "/rpc" and method == "POST":
+            body = yield from self._json_body(request)
+            status, data = coreapi.json_rpc(core, chain_id, body)
+            return Response.json(status, data)
+        if sub == "/core/payment-tabs" and method == "POST":
+            body = yield from self._json_body(request)
+            status, data = yield Call(lambda: coreapi.core_payment_tabs(core, chain_id, body))
+            return Response.json(status, data)
+        if sub == "/core/guarantees" and method == "POST":
+            body = yield from self._json_body(request)
+            status, data = yield Call(lambda: coreapi.core_guarantees(core, chain_id, body))
+            return Response.json(status, data)
+        return Response.json(404, {"error": "not found"})
+
+    def _json_body(self, request: RequestView) -> Flow:
+        if request.read_body is None:
+            return None
+        raw = yield Call(request.read_body, (), blocking=False)
+        if not raw or len(raw) > 64 * 1024:
+            return None
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError):
+            return None
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _version_of(request: RequestView) -> int | None:
+    if request.header_values(PAYMENT_SIGNATURE_HEADER):
+        return 2
+    if request.header_values(X_PAYMENT_HEADER):
+        return 1
+    return None
+
+
+def _ambiguous(request: RequestView) -> bool:
+    """Encodings a proxy and the framework may read differently: refuse, never guess."""
+    raw = request.raw_path or ""
+    lowered = raw.lower()
+    if "%2f" in lowered or "%5c" in lowered or "\\" in raw or "\\" in request.path:
+        return True
+    if "%" in raw:
+        i = raw.find("%")
+        while i != -1:
+            chunk = raw[i + 1 : i + 3]
+            if len(chunk) < 2 or any(c not in "0123456789abcdefABCDEF" for c in chunk):
+                return True
+            i = raw.find("%", i + 1)
+    segments = request.path.split("/")
+    return ".." in segments or "." in segments or ".." in unquote(raw).split("/")
+
+
+def _run_coroutine(awaitable: Any) -> Any:
+    async def runner() -> Any:
+        return await awaitable
+
+    return asyncio.run(runner())
+
+
+def _paywall(url: str, description: str, requirements: list[PaymentRequirements]) -> str:
+    rows = []
+    for req in requirements:
+        asset = find_asset(req.network, req.asset)
+        if asset is not None:
+            human = Decimal(int(req.amount)).scaleb(-asset.decimals).normalize()
+            price = f"{human:f} {asset.symbol}"
+        else:
+            price = f"{req.amount} (atomic units of {req.asset})"
+        rows.append(
+            f"<tr><td>{html.escape(price)}</td><td>{html.escape(get_network(req.network).name)}</td><td><code>{html.escape(req.pay_to)}</code></td></tr>"
+        )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Payment required</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#222}}
+table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ddd;padding:.4rem;text-align:left}}
+code{{font-size:.85em;word-break:break-all}}</style></head>
+<body><h1>Payment required</h1>
+<p>{html.escape(description) or "This resource is paid per request."}</p>
+<p><code>{html.escape(url)}</code></p>
+<table><tr><th>Price</th><th>Network</th><th>Pay to</th></tr>{"".join(rows)}</table>
+<p>Pay with an x402 client that supports the <code>4mica-credit</code> scheme: it reads the
+<code>PAYMENT-REQUIRED</code> header, opens a tab, signs a guarantee and retries.</p>
+</body></html>"""
+
+
+def b64_json(value: str) -> Any:
+    """Decode a base64-JSON header value (for tests and tools)."""
+    return json.loads(base64.b64decode(value))

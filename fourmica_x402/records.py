@@ -1,0 +1,242 @@
+"""Payment records: what was paid, by whom, for what, and how it was delivered.
+
+The gate writes a record **before** the paid handler runs (route, method,
+request and guarantee ids, payer, payTo, amount, asset, network, header
+version, settle result) and completes it afterwards (status, SHA-256 of the
+response body, certificate). In embedded mode the records live in the Core's
+database; otherwise in their own (``Records("sqlite:///records.db")``).
+
+    >>> records.query(payer="0x…", limit=10)     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .core.schema import migrate
+from .core.store import Store, open_store
+
+__all__ = ["PaymentRecord", "Records"]
+
+_MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE fx_records (
+            record_id {autoid}, created_at {real} NOT NULL, route TEXT NOT NULL,
+            method TEXT NOT NULL, path TEXT NOT NULL, header_version INTEGER NOT NULL,
+            header_hash TEXT NOT NULL UNIQUE, request_id TEXT, tab_id TEXT, guarantee_id TEXT,
+            payer TEXT, pay_to TEXT NOT NULL, amount {int} NOT NULL, asset TEXT NOT NULL,
+            network TEXT NOT NULL, settle_mode TEXT NOT NULL, settle_result TEXT NOT NULL,
+            status TEXT NOT NULL, http_status INTEGER, response_hash TEXT, delivered_at {real},
+            certificate TEXT, outcome TEXT, response_body TEXT, response_headers TEXT)""",
+        "CREATE INDEX fx_records_payer ON fx_records (payer, created_at)",
+        "CREATE INDEX fx_records_guarantee ON fx_records (guarantee_id)",
+    ],
+]
+
+_COLUMNS = (
+    "record_id, created_at, route, method, path, header_version, header_hash, request_id, "
+    "tab_id, guarantee_id, payer, pay_to, amount, asset, network, settle_mode, settle_result, "
+    "status, http_status, response_hash, delivered_at, certificate, outcome"
+)
+
+
+@dataclass(frozen=True)
+class PaymentRecord:
+    record_id: int
+    created_at: float
+    route: str
+    method: str
+    path: str
+    header_version: int
+    header_hash: str
+    request_id: str | None
+    tab_id: str | None
+    guarantee_id: str | None
+    payer: str | None
+    pay_to: str
+    amount: int
+    asset: str
+    network: str
+    settle_mode: str
+    settle_result: dict[str, Any]
+    status: str  # settled | verified | delivered | failed | refunded
+    http_status: int | None
+    response_hash: str | None
+    delivered_at: float | None
+    certificate: dict[str, str] | None
+    outcome: str | None  # delivered | refunded | cancelled | kept
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _record(r: Sequence[Any]) -> PaymentRecord:
+    return PaymentRecord(
+        int(r[0]),
+        float(r[1]),
+        r[2],
+        r[3],
+        r[4],
+        int(r[5]),
+        r[6],
+        r[7],
+        r[8],
+        r[9],
+        r[10],
+        r[11],
+        int(r[12]),
+        r[13],
+        r[14],
+        r[15],
+        json.loads(r[16]),
+        r[17],
+        None if r[18] is None else int(r[18]),
+        r[19],
+        None if r[20] is None else float(r[20]),
+        json.loads(r[21]) if r[21] else None,
+        r[22],
+    )
+
+
+class Records:
+    """The payment-record book. Thread-safe; several processes may share its database."""
+
+    def __init__(self, store: Store | str) -> None:
+        self.store = open_store(store) if isinstance(store, str) else store
+        migrate(self.store, migrations=_MIGRATIONS, key="records_schema_version")
+
+    def begin(
+        self,
+        *,
+        route: str,
+        method: str,
+        path: str,
+        header_version: int,
+        header_hash: str,
+        pay_to: str,
+        amount: int,
+        asset: str,
+        network: str,
+        settle_mode: str,
+        settle_result: dict[str, Any],
+        status: str,
+        request_id: str | None = None,
+        tab_id: str | None = None,
+        guarantee_id: str | None = None,
+        payer: str | None = None,
+    ) -> int:
+        """Write the record of a paid request before its handler runs; returns its id."""
+        with self.store.transaction() as tx:
+            row = tx.one(
+                "INSERT INTO fx_records (created_at, route, method, path, header_version, "
+                "header_hash, request_id, tab_id, guarantee_id, payer, pay_to, amount, asset, "
+                "network, settle_mode, settle_result, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING record_id",
+                (
+                    time.time(),
+                    route,
+                    method,
+                    path,
+                    header_version,
+                    header_hash,
+                    request_id,
+                    tab_id,
+                    guarantee_id,
+                    payer,
+                    pay_to,
+                    amount,
+                    asset,
+                    network,
+                    settle_mode,
+                    json.dumps(settle_result, sort_keys=True),
+                    status,
+                ),
+            )
+        assert row is not None
+        return int(row[0])
+
+    def finish(
+        self,
+        record_id: int,
+        *,
+        status: str,
+        http_status: int | None,
+        response_hash: str | None,
+        outcome: str,
+        certificate: dict[str, str] | None = None,
+        response: tuple[list[tuple[str, str]], bytes] | None = None,
+        settle_result: dict[str, Any] | None = None,
+    ) -> None:
+        """Complete a record once the response went out (the delivery marker)."""
+        with self.store.transaction() as tx:
+            tx.execute(
+                "UPDATE fx_records SET status = ?, http_status = ?, response_hash = ?, "
+                "delivered_at = ?, outcome = ?, certificate = COALESCE(?, certificate), "
+                "response_headers = ?, response_body = ?, "
+                "settle_result = COALESCE(?, settle_result) WHERE record_id = ?",
+                (
+                    status,
+                    http_status,
+                    response_hash,
+                    time.time(),
+                    outcome,
+                    json.dumps(certificate) if certificate else None,
+                    json.dumps(response[0]) if response else None,
+                    response[1].hex() if response else None,
+                    json.dumps(settle_result, sort_keys=True) if settle_result else None,
+                    record_id,
+                ),
+            )
+
+    def by_header(
+        self, header_hash: str
+    ) -> tuple[PaymentRecord, tuple[list[Any], bytes] | None] | None:
+        """The record of a payment header (idempotent replay) and its stored response, if any."""
+        with self.store.transaction(write=False) as tx:
+            row = tx.one(
+                f"SELECT {_COLUMNS}, response_headers, response_body FROM fx_records "
+                "WHERE header_hash = ?",
+                (header_hash,),
+            )
+        if row is None:
+            return None
+        stored = None
+        if row[-1] is not None:
+            stored = ([tuple(h) for h in json.loads(row[-2])], bytes.fromhex(row[-1]))
+        return _record(row[:-2]), stored
+
+    def get(self, record_id: int) -> PaymentRecord | None:
+        with self.store.transaction(write=False) as tx:
+            row = tx.one(f"SELECT {_COLUMNS} FROM fx_records WHERE record_id = ?", (record_id,))
+        return None if row is None else _record(row)
+
+    def query(
+        self,
+        *,
+        payer: str | None = None,
+        route: str | None = None,
+        guarantee_id: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+    ) -> list[PaymentRecord]:
+        """Records, newest first, filtered by payer, route, guarantee or status."""
+        where, params = [], []
+        for column, value in (
+            ("payer", payer),
+            ("route", route),
+            ("guarantee_id", guarantee_id),
+            ("status", status),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = f"SELECT {_COLUMNS} FROM fx_records"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self.store.transaction(write=False) as tx:
+            rows = tx.all(sql + " ORDER BY record_id DESC LIMIT ?", (*params, int(limit)))
+        return [_record(r) for r in rows]

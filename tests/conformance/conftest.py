@@ -1,0 +1,132 @@
+"""The conformance harness: one behaviour suite, every adapter.
+
+Each adapter has a builder in ``apps/<kind>_app.py`` exposing
+``build(options: dict, calls: Counter) -> client``. The builder makes the SAME
+app in its framework (see ``apps/README.md`` for the contract) and returns a
+client with ``request(method, path, headers, json) -> (status, headers, body)`` driving
+the framework's own test client. The ``seller`` fixture runs every test once
+per adapter, against the real gate and a real embedded Core on a SQLite file.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fourmica_x402.core import Core, CoreConfig
+from fourmica_x402.testing import NETWORK, ShiftedClock, TestBuyer
+
+APPS = Path(__file__).parent / "apps"
+KINDS = ["starlette", "fastapi", "wsgi", "flask", "django_sync", "django_async"]
+SELLER_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"  # throwaway
+SELLER = TestBuyer.from_key(SELLER_KEY).address
+PREMIUM_PRICE = "$0.01"
+#: Routes priced in config; GET /premium is priced by each framework's own way
+#: (decorator/dependency where the adapter has one, config otherwise).
+ROUTES = {
+    "POST /echo": "$0.01",
+    "GET /items/:item_id": "$0.02",
+    "GET /boom": "$0.01",
+    "GET /fail": "$0.01",
+    "GET /redirect": "$0.01",
+    "GET /stream": "$0.01",
+}
+
+
+@dataclass
+class Resp:
+    status: int
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Seller:
+    kind: str
+    client: Any
+    core: Core
+    clock: ShiftedClock
+    calls: collections.Counter[str]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def request(
+        self, method: str, path: str, headers: dict[str, str] | None = None, json: Any = None
+    ) -> Resp:
+        status, got, body = self.client.request(method, path, headers=headers or {}, json=json)
+        return Resp(int(status), {k.lower(): v for k, v in got.items()}, bytes(body))
+
+    @property
+    def gate(self) -> Any:
+        return self.client.gate
+
+
+def _load(kind: str) -> Any:
+    module = kind.split("_")[0]
+    path = APPS / f"{module}_app.py"
+    if not path.exists():
+        pytest.skip(f"no {kind} builder yet")
+    spec = importlib.util.spec_from_file_location(f"conformance_{module}_app", path)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_seller(kind: str, tmp_path: Path) -> Iterator[Callable[..., Seller]]:
+    """Build the conformance app for ``kind`` with PaymentConfig options overridden."""
+    made: list[Seller] = []
+
+    def make(**overrides: Any) -> Seller:
+        clock = ShiftedClock()
+        core_config = overrides.pop("core_config", CoreConfig(validation_timeout=600))
+        core = Core(str(tmp_path / f"core{len(made)}.db"), config=core_config, clock=clock)
+        options: dict[str, Any] = {
+            "pay_to": SELLER,
+            "network": NETWORK,
+            "routes": dict(ROUTES),
+            "core": core,
+            "premium_price": PREMIUM_PRICE,
+        }
+        options.update(overrides)
+        calls: collections.Counter[str] = collections.Counter()
+        mod = _load(kind)
+        client = (
+            mod.build(options, calls)
+            if kind.split("_")[0] != "django"
+            else mod.build(options, calls, kind)
+        )
+        seller = Seller(kind, client, core, clock, calls, options)
+        made.append(seller)
+        return seller
+
+    yield make
+    for seller in made:
+        close = getattr(seller.client, "close", None)
+        if close:
+            close()
+        seller.core.close()
+
+
+@pytest.fixture
+def seller(make_seller: Callable[..., Seller]) -> Seller:
+    return make_seller()
