@@ -17,7 +17,7 @@ result header is added to ``http.response.start``.
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import MutableMapping
 from typing import Any
 
 from fourmica_x402.config import PaymentConfig
@@ -25,7 +25,7 @@ from fourmica_x402.gate import PASS, Gate, RequestView, Response
 
 __all__ = ["PaymentMiddleware"]
 
-Scope = dict[str, Any]
+Scope = MutableMapping[str, Any]
 _BODY_LIMIT = 64 * 1024
 
 
@@ -64,10 +64,13 @@ def request_view(scope: Scope, receive: Any) -> RequestView:
 
 
 async def send_response(send: Any, response: Response) -> None:
-    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
-    headers.append((b"content-length", str(len(response.body)).encode()))
+    headers = [*_encode(response.headers), (b"content-length", str(len(response.body)).encode())]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})
+
+
+def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
 
 class PaymentMiddleware:
@@ -99,15 +102,13 @@ class PaymentMiddleware:
         state = outcome
         scope.setdefault("state", {})["payment"] = state.payment
         scope["fourmica_x402.payment"] = state.payment
-        hasher = hashlib.sha256()
-        keep: list[bytes] | None = [] if self.gate.config.idempotent_replay else None
-        kept_size = 0
+        tap = self.gate.tap()
         status: int | None = None
         sent_headers: list[tuple[str, str]] = []
         replaced = False
 
         async def wrapped_send(message: dict[str, Any]) -> None:
-            nonlocal status, replaced, kept_size
+            nonlocal status, replaced
             if message["type"] == "http.response.start":
                 status = message["status"]
                 extra = await Gate.run_async(self.gate.response_start(state, status))
@@ -119,17 +120,11 @@ class PaymentMiddleware:
                     (k.decode("latin-1"), v.decode("latin-1"))
                     for k, v in message.get("headers", [])
                 ]
-                encoded = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra]
-                message = {**message, "headers": [*message.get("headers", []), *encoded]}
+                message = {**message, "headers": [*message.get("headers", []), *_encode(extra)]}
             elif message["type"] == "http.response.body":
                 if replaced:
                     return
-                chunk = message.get("body", b"")
-                hasher.update(chunk)
-                if keep is not None:
-                    kept_size += len(chunk)
-                    if kept_size <= self.gate.config.replay_body_limit:
-                        keep.append(chunk)
+                tap.feed(message.get("body", b""))
             await send(message)
 
         error: BaseException | None = None
@@ -139,18 +134,8 @@ class PaymentMiddleware:
             error = exc
             raise
         finally:
-            body = (
-                b"".join(keep)
-                if keep is not None and kept_size <= self.gate.config.replay_body_limit
-                else None
-            )
             await Gate.run_async(
                 self.gate.finish(
-                    state,
-                    None if replaced else status,
-                    hasher.hexdigest(),
-                    error,
-                    body,
-                    sent_headers,
+                    state, None if replaced else status, tap.digest, error, tap.body, sent_headers
                 )
             )

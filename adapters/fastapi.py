@@ -31,12 +31,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from fourmica_x402.config import PaymentConfig
-from fourmica_x402.gate import Gate, Payment
+from fourmica_x402.gate import PASS, Gate, Payment, Response
 from fourmica_x402.routes import RouteConfig
 
-from .asgi import PaymentMiddleware
+from .asgi import PaymentMiddleware, request_view
 
-__all__ = ["FourmicaX402", "Paid"]
+__all__ = ["FourmicaX402", "Paid", "http_middleware"]
 
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(:path)?\}")
 
@@ -98,3 +98,49 @@ class FourmicaX402:
     def __init__(self, app: FastAPI, config: PaymentConfig | None = None, **options: Any) -> None:
         self.gate = Gate(config or PaymentConfig(**options))
         app.add_middleware(_Discovering, gate=self.gate, fastapi_app=app)
+
+
+def http_middleware(config: PaymentConfig) -> Any:
+    """``async def (request, call_next)`` for ``app.middleware("http")`` (the official style).
+
+    Prefer :class:`FourmicaX402`: this form runs inside Starlette's BaseHTTPMiddleware.
+    """
+    import hashlib
+
+    from starlette.responses import Response as StarletteResponse
+
+    gate = Gate(config)
+
+    async def middleware(request: Request, call_next: Any) -> Any:
+        state = await Gate.run_async(gate.before(request_view(request.scope, request.receive)))
+        if state is PASS:
+            return await call_next(request)
+        if isinstance(state, Response):
+            return StarletteResponse(state.body, state.status, headers=dict(state.headers))
+        request.state.payment = request.scope["fourmica_x402.payment"] = state.payment
+        try:
+            response = await call_next(request)
+        except Exception as exc:
+            await Gate.run_async(gate.finish(state, None, None, exc))
+            raise
+        extra = await Gate.run_async(gate.response_start(state, response.status_code))
+        if isinstance(extra, Response):
+            await Gate.run_async(gate.finish(state, None, None))
+            return StarletteResponse(extra.body, extra.status, headers=dict(extra.headers))
+        for key, value in extra:
+            response.headers.append(key, value)
+        hasher, original = hashlib.sha256(), response.body_iterator
+
+        async def body() -> Any:
+            try:
+                async for chunk in original:
+                    hasher.update(chunk)
+                    yield chunk
+            finally:
+                await Gate.run_async(gate.finish(state, response.status_code, hasher.hexdigest()))
+
+        response.body_iterator = body()
+        return response
+
+    middleware.gate = gate  # type: ignore[attr-defined]
+    return middleware

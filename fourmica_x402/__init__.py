@@ -6,8 +6,11 @@ this package never imports a web framework.
 
 from __future__ import annotations
 
+from .config import PaymentConfig
+from .core import Core, CoreConfig
 from .errors import (
     ConfigurationError,
+    CoreError,
     FourmicaError,
     GuaranteeRejected,
     MalformedPayment,
@@ -16,6 +19,8 @@ from .errors import (
     Throttled,
     Unavailable,
 )
+from .facilitator import Facilitator, LocalFacilitator
+from .gate import DENY, GRANT, Gate, Payment
 from .guarantee import (
     Eip712Domain,
     GuaranteeClaims,
@@ -35,6 +40,8 @@ from .networks import (
     register_network,
     to_atomic,
 )
+from .records import PaymentRecord, Records
+from .routes import Offer, RouteConfig
 from .wire import (
     PaymentPayload,
     PaymentPayloadV1,
@@ -54,21 +61,35 @@ __version__ = "0.1.0"
 __all__ = [
     "Asset",
     "ConfigurationError",
+    "Core",
+    "CoreConfig",
+    "CoreError",
+    "DENY",
     "Eip712Domain",
+    "Facilitator",
     "FourmicaError",
+    "GRANT",
+    "Gate",
     "GuaranteeClaims",
     "GuaranteeRejected",
+    "LocalFacilitator",
     "MalformedPayment",
     "Network",
+    "Offer",
+    "Payment",
+    "PaymentConfig",
     "PaymentError",
     "PaymentPayload",
     "PaymentPayloadV1",
+    "PaymentRecord",
     "PaymentRequired",
     "PaymentRequiredV1",
     "PaymentRequirements",
     "PaymentRequirementsV1",
     "Reason",
+    "Records",
     "ResourceInfo",
+    "RouteConfig",
     "SettleResponse",
     "SignedGuarantee",
     "Throttled",

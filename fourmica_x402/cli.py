@@ -28,6 +28,86 @@ def demo(quick: bool) -> None:
 
 
 @main.command()
+@click.argument("url")
+@click.option(
+    "--key",
+    envvar="FOURMICA_X402_KEY",
+    required=True,
+    help="Buyer private key (hex); or set FOURMICA_X402_KEY.",
+)
+@click.option(
+    "--max-price", default=None, help="Refuse to pay more than this per request, e.g. '$0.05'."
+)
+@click.option("--method", default="GET", show_default=True, help="HTTP method.")
+@click.option("--data", default=None, help="JSON request body.")
+@click.option("--receipts", default=None, help="Append the receipt to this SQLite ledger file.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds per HTTP call.")
+def pay(
+    url: str,
+    key: str,
+    max_price: str | None,
+    method: str,
+    data: str | None,
+    receipts: str | None,
+    timeout: float,
+) -> None:
+    """Make one paid request, like curl; print the body and the receipt as JSON."""
+    import httpx
+
+    from .client import RECEIPT_KEY, PaymentTransport, ReceiptLedger, SpendingPolicy
+    from .errors import PaymentRefused
+
+    try:
+        body = json.loads(data) if data is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--data") from None
+    try:
+        transport = PaymentTransport(
+            key,
+            policy=SpendingPolicy(max_per_request=max_price),
+            ledger=ReceiptLedger(receipts) if receipts else None,
+        )
+    except ValueError:
+        raise click.BadParameter("not a 32-byte hex private key", param_hint="--key") from None
+    with httpx.Client(transport=transport, timeout=timeout) as client:
+        try:
+            response = client.request(method.upper(), url, json=body)
+        except PaymentRefused as exc:
+            receipt = exc.receipt.to_dict() if exc.receipt is not None else None  # type: ignore[attr-defined]
+            click.echo(
+                json.dumps(
+                    {
+                        "paid": False,
+                        "error": exc.reason,
+                        "message": exc.message,
+                        "receipt": receipt,
+                    },
+                    indent=2,
+                )
+            )
+            sys.exit(1)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise click.ClickException(f"request failed: {exc}") from None
+        receipt = response.extensions.get(RECEIPT_KEY)
+        try:
+            shown: object = response.json()
+        except ValueError:
+            shown = response.text
+        click.echo(
+            json.dumps(
+                {
+                    "status": response.status_code,
+                    "body": shown,
+                    "receipt": receipt.to_dict() if receipt is not None else None,
+                },
+                indent=2,
+            )
+        )
+        if response.status_code >= 400:
+            sys.exit(1)
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.option("--quick", is_flag=True, help="Fewer iterations (noisier).")
 @click.option("--only", multiple=True, help="Run only these benchmarks (repeatable).")

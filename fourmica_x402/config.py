@@ -54,6 +54,9 @@ class PaymentConfig:
     records: str | Records | None = None
     #: Where the tab endpoint and the Core API subset are mounted (embedded mode).
     prefix: str = "/x402"
+    #: An absolute tab endpoint URL to advertise verbatim (served at its path); None =
+    #: ``<origin><prefix>/tab``. The official package's ``tab_endpoint`` maps here.
+    tab_endpoint: str | None = None
     #: The public origin buyers reach this app at (``https://api.example.com``), when it is
     #: behind a proxy; None = taken from each request's scheme and Host header.
     public_url: str | None = None
@@ -103,6 +106,10 @@ class PaymentConfig:
             self.public_url = self.public_url.rstrip("/")
             if not self.public_url.startswith(("http://", "https://")):
                 raise ConfigurationError("public_url must be an absolute http(s) URL")
+        if self.tab_endpoint is not None and not self.tab_endpoint.startswith(
+            ("http://", "https://")
+        ):
+            raise ConfigurationError("tab_endpoint must be an absolute http(s) URL")
         if self.throttle_failures < 1 or self.throttle_window <= 0:
             raise ConfigurationError("throttle_failures must be ≥ 1 and throttle_window > 0")
         for name in (

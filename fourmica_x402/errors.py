@@ -9,7 +9,13 @@ The hierarchy::
     │   ├── MalformedPayment          the payment header or challenge could not be decoded
     │   ├── GuaranteeRejected         the Core refused the guarantee (SPEC §6 checks)
     │   └── Throttled                 too many invalid payments from one payer or address (429)
-    └── Unavailable                   the facilitator or the Core failed or is unreachable (503)
+    ├── Unavailable                   the facilitator or the Core failed or is unreachable (503)
+    └── PaymentRefused                (buyer side) the client did not pay; carries ``receipt``
+        ├── NeedsApproval             the approval callback said no (or there is none)
+        ├── BlockedSeller             the seller is blocked or not allowed
+        ├── BudgetExhausted           a cap or budget would be exceeded
+        ├── InsufficientCollateral    the Core refused: not enough collateral
+        └── PaymentFailed             the seller or the payment misbehaved (no retry)
 
 Adapters never invent protocol errors: they call :meth:`FourmicaError.render`
 (or let the gate do it) and copy status, headers and body onto the wire.
@@ -22,12 +28,18 @@ from enum import StrEnum
 from typing import Any
 
 __all__ = [
+    "BlockedSeller",
+    "BudgetExhausted",
     "ConfigurationError",
     "CoreError",
     "FourmicaError",
     "GuaranteeRejected",
+    "InsufficientCollateral",
     "MalformedPayment",
+    "NeedsApproval",
     "PaymentError",
+    "PaymentFailed",
+    "PaymentRefused",
     "Reason",
     "Throttled",
     "Unavailable",
@@ -152,3 +164,39 @@ class Unavailable(FourmicaError):
 
     def headers(self) -> list[tuple[str, str]]:
         return [("retry-after", "5")]
+
+
+class PaymentRefused(FourmicaError):
+    """The buyer did not pay (policy refusal or a failed payment). ``receipt`` says what happened.
+
+    Never retried automatically.
+    """
+
+    status = 402
+    reason: str = "payment_failed"
+
+    def __init__(
+        self, message: str | None = None, *, receipt: object = None, reason: str | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.receipt = receipt
+
+
+class NeedsApproval(PaymentRefused):
+    reason: str = "needs_approval"
+
+
+class BlockedSeller(PaymentRefused):
+    reason: str = "blocked_seller"
+
+
+class BudgetExhausted(PaymentRefused):
+    reason: str = "budget_exhausted"
+
+
+class InsufficientCollateral(PaymentRefused):
+    reason: str = "insufficient_collateral"
+
+
+class PaymentFailed(PaymentRefused):
+    reason: str = "payment_failed"

@@ -38,7 +38,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, NamedTuple
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from . import coreapi
 from .config import PaymentConfig
@@ -77,6 +77,7 @@ from .wire import (
 __all__ = [
     "DENY",
     "GRANT",
+    "BodyTap",
     "Call",
     "Gate",
     "PassThrough",
@@ -136,6 +137,40 @@ class Response:
     def json(cls, status: int, data: Any, headers: list[tuple[str, str]] | None = None) -> Response:
         body = json.dumps(data, separators=(",", ":")).encode()
         return cls(status, [("content-type", "application/json"), *(headers or [])], body)
+
+
+class BodyTap:
+    """Watches a response body stream by: hashes it, and keeps a copy for idempotent replay.
+
+    Adapters feed it each chunk as it passes; nothing is buffered unless replay is on,
+    and then only up to ``limit`` bytes.
+    """
+
+    __slots__ = ("_hash", "_kept", "_limit", "_size")
+
+    def __init__(self, keep: bool, limit: int) -> None:
+        self._hash = hashlib.sha256()
+        self._kept: list[bytes] | None = [] if keep else None
+        self._limit, self._size = limit, 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        self._hash.update(chunk)
+        if self._kept is not None:
+            self._size += len(chunk)
+            if self._size <= self._limit:
+                self._kept.append(chunk)
+        return chunk
+
+    @property
+    def digest(self) -> str:
+        return self._hash.hexdigest()
+
+    @property
+    def body(self) -> bytes | None:
+        """The whole body when it was kept and small enough; else None."""
+        if self._kept is None or self._size > self._limit:
+            return None
+        return b"".join(self._kept)
 
 
 class PassThrough:
@@ -271,7 +306,11 @@ class Gate:
         self.records = records if isinstance(records, Records) else Records(records)
         self._throttle = _Throttle(config.throttle_failures, config.throttle_window)
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fourmica-cert")
+        self.tap = lambda: BodyTap(config.idempotent_replay, config.replay_body_limit)
         self._prefix = config.prefix
+        self._tab_path = (
+            urlsplit(config.tab_endpoint).path if config.tab_endpoint else config.prefix + "/tab"
+        )
 
     def add_route(self, key: str, value: Any) -> Route:
         """Price one more route (adapters use it for decorator-declared prices)."""
@@ -328,6 +367,8 @@ class Gate:
         Returns :data:`PASS`, a :class:`Response`, or the state to hand to the later steps.
         """
         method = request.method.upper()
+        if request.path == self._tab_path:
+            return (yield from self._tab(request))
         if self.core is not None and (
             request.path == self._prefix or request.path.startswith(self._prefix + "/")
         ):
@@ -504,7 +545,18 @@ class Gate:
             raise Unavailable(f"facilitator error: {type(exc).__name__}") from exc
         if not result.success:
             return result
-        return result, self._record(result, base)
+        try:
+            return result, self._record(result, base)
+        except Exception as exc:  # accepted but unrecorded: never keep money for work not done
+            self._undo(result, base["pay_to"])
+            raise Unavailable(f"could not record the payment: {type(exc).__name__}") from exc
+
+    def _undo(self, result: SettleResult, pay_to: str) -> None:
+        if result.guarantee_id:
+            try:
+                self.facilitator.void(result.guarantee_id, by=pay_to)
+            except Exception:
+                log.exception("could not void %s after a failed record", result.guarantee_id)
 
     async def _asettle_and_record(
         self,
@@ -522,7 +574,11 @@ class Gate:
             raise Unavailable(f"facilitator error: {type(exc).__name__}") from exc
         if not result.success:
             return result
-        return result, await asyncio.to_thread(self._record, result, base)
+        try:
+            return result, await asyncio.to_thread(self._record, result, base)
+        except Exception as exc:
+            await asyncio.to_thread(self._undo, result, base["pay_to"])
+            raise Unavailable(f"could not record the payment: {type(exc).__name__}") from exc
 
     def _record(self, result: SettleResult, base: dict[str, Any]) -> int:
         return self.records.begin(
@@ -731,7 +787,9 @@ class Gate:
 
                 pay_to = parse_address((yield Call(pay_to, (request,), blocking=False)))
             chain_id = get_network(offer.network).chain_id
-            extra: dict[str, Any] = {"tabEndpoint": f"{origin}{self._prefix}/tab"}
+            extra: dict[str, Any] = {
+                "tabEndpoint": self.config.tab_endpoint or f"{origin}{self._tab_path}"
+            }
             if self.core is not None:
                 extra["rpcUrl"] = f"{origin}{self._prefix}"
             extra.update(offer.extra)
@@ -756,6 +814,8 @@ class Gate:
     ) -> tuple[ValidationPolicy | None, bool]:
         """(policy, seller_chosen): the route's or config's policy, else the delivery policy."""
         chosen = route.config.validation_policy or self.config.validation_policy
+        if chosen is None and offer.extra:  # e.g. an official route dict carrying its own policy
+            chosen = ValidationPolicy.from_extra(offer.extra, chain_id)
         if chosen is not None:
             return chosen, True
         if (
@@ -916,19 +976,6 @@ class Gate:
         method = request.method.upper()
         chain_id = get_network(self.config.network).chain_id
         origin = self._origin(request)
-        if sub == "/tab":
-            if method != "POST":
-                return Response.json(405, {"error": "use POST"}, [("allow", "POST")])
-            body = yield from self._json_body(request)
-            status, data = yield Call(
-                lambda: coreapi.tab_endpoint(
-                    self.facilitator.open_tab,
-                    body,
-                    allowed_pay_to=self.routes.static_pay_to(),
-                    tab_ttl=self.config.tab_ttl_seconds,
-                )
-            )
-            return Response.json(status, data, [("cache-control", "no-store")])
         if sub == "/core/public-params" and method in ("GET", "HEAD"):
             params = coreapi.public_params(core, chain_id, f"{origin}{self._prefix}/rpc")
             return Response.json(200, params)
@@ -945,6 +992,20 @@ class Gate:
             status, data = yield Call(lambda: coreapi.core_guarantees(core, chain_id, body))
             return Response.json(status, data)
         return Response.json(404, {"error": "not found"})
+
+    def _tab(self, request: RequestView) -> Flow:
+        if request.method.upper() != "POST":
+            return Response.json(405, {"error": "use POST"}, [("allow", "POST")])
+        body = yield from self._json_body(request)
+        status, data = yield Call(
+            lambda: coreapi.tab_endpoint(
+                self.facilitator.open_tab,
+                body,
+                allowed_pay_to=self.routes.static_pay_to(),
+                tab_ttl=self.config.tab_ttl_seconds,
+            )
+        )
+        return Response.json(status, data, [("cache-control", "no-store")])
 
     def _json_body(self, request: RequestView) -> Flow:
         if request.read_body is None:

@@ -547,3 +547,36 @@ def test_payment_required_roundtrips_through_the_model(seller: Any) -> None:
     resp = seller.request("GET", "/premium")
     required = PaymentRequired.model_validate(b64json(resp.headers["payment-required"]))
     assert encode_header(required)  # what we emit, we can read back
+
+
+def test_a_payment_that_cannot_be_recorded_is_refunded(seller: Any) -> None:
+    buyer = funded(seller)
+    headers = paid_headers(seller, buyer)
+
+    def broken(**kwargs: Any) -> int:
+        raise RuntimeError("records database is gone")
+
+    seller.gate.records.begin = broken
+    resp = seller.request("GET", "/premium", headers=headers)
+    assert resp.status == 503 and seller.calls["/premium"] == 0
+    assert seller.core.position(buyer.address, network=NETWORK).locked == 0  # voided, not kept
+
+
+def test_failure_hooks_see_refusals(make_seller: Any) -> None:
+    from fourmica_x402.errors import PaymentError
+
+    failures: list[str] = []
+
+    def before_settle(request: Any, payload: Any, requirements: Any) -> None:
+        if request.header("x-block"):
+            raise PaymentError("blocked by policy", reason="blocked_by_seller")
+
+    seller = make_seller(
+        before_settle=before_settle, on_failure=lambda req, err: failures.append(err.reason)
+    )
+    buyer = funded(seller)
+    assert error_of(pay(seller, buyer, sign_with=TestBuyer.new())) == "invalid_signature"
+    headers = {**paid_headers(seller, buyer), "x-block": "1"}
+    assert error_of(seller.request("GET", "/premium", headers=headers)) == "blocked_by_seller"
+    assert failures == ["invalid_signature", "blocked_by_seller"]
+    assert seller.calls["/premium"] == 0

@@ -14,8 +14,11 @@ from fourmica_x402.gate import Payment
 
 
 class Client:
+    interface = "asgi"
+
     def __init__(self, app: Any, gate: Any) -> None:
         self.gate = gate
+        self.app = app
         self._client = TestClient(app, raise_server_exceptions=False, follow_redirects=False)
 
     def request(self, method: str, path: str, headers: dict[str, str], json: Any = None) -> Any:

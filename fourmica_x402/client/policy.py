@@ -1,0 +1,242 @@
+"""The buyer's spending policy: what an agent may pay, to whom, and how much in all.
+
+Checked **before** anything is signed. Caps are human prices (``"$0.05"``) or
+integers of atomic units; they are converted with the asset's decimals when a
+payment is considered. Budgets are *reserved* under a lock when a payment is
+approved and released if it fails, so many concurrent requests can never spend
+the same budget twice.
+
+    policy = SpendingPolicy(max_per_request="$0.05", per_hour="$2", blocked_sellers={"0xBad…"})
+    with policy.task("research", budget="$1"):
+        client.get("https://api.example.com/premium")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..networks import Asset, find_asset, to_atomic
+
+__all__ = ["ApprovalRequest", "Decision", "SpendingPolicy", "Task"]
+
+Money = str | int
+
+
+@dataclass(frozen=True)
+class ApprovalRequest:
+    """What the approval callback is asked about."""
+
+    seller: str
+    url: str
+    amount: int
+    asset: str
+    network: str
+    reason: str  # "new_seller" | "over_threshold"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The policy's answer for one payment. ``outcome`` is ``paid`` when it may go ahead."""
+
+    outcome: str  # paid | needs_approval | blocked_seller | budget_exhausted
+    detail: str = ""
+    approval: ApprovalRequest | None = None
+    reservation: int | None = None
+
+
+@dataclass
+class Task:
+    """A named budget for one piece of work (``with policy.task(...)``)."""
+
+    name: str
+    budget: Money | None
+    spent: dict[str, int] = field(default_factory=dict)  # asset -> atomic
+    reserved: dict[str, int] = field(default_factory=dict)
+
+
+_current_task: contextvars.ContextVar[Task | None] = contextvars.ContextVar(
+    "fourmica_task", default=None
+)
+_WINDOWS = {"per_minute": 60.0, "per_hour": 3_600.0, "per_day": 86_400.0}
+
+
+class SpendingPolicy:
+    """Rules an agent's payments must pass. Every cap is optional."""
+
+    def __init__(
+        self,
+        *,
+        max_per_request: Money | None = None,
+        max_per_seller: Money | None = None,
+        per_minute: Money | None = None,
+        per_hour: Money | None = None,
+        per_day: Money | None = None,
+        allowed_sellers: set[str] | None = None,
+        blocked_sellers: set[str] | None = None,
+        allowed_networks: set[str] | None = None,
+        allowed_assets: set[str] | None = None,
+        approve: Callable[[ApprovalRequest], Any] | None = None,
+        approve_new_sellers: bool = False,
+        approval_threshold: Money | None = None,
+    ) -> None:
+        self.max_per_request = max_per_request
+        self.max_per_seller = max_per_seller
+        self.windows = {"per_minute": per_minute, "per_hour": per_hour, "per_day": per_day}
+        self.allowed_sellers = _lower(allowed_sellers)
+        self.blocked_sellers = _lower(blocked_sellers) or set()
+        self.allowed_networks = allowed_networks
+        self.allowed_assets = _lower(allowed_assets)
+        self.approve = approve
+        self.approve_new_sellers = approve_new_sellers
+        self.approval_threshold = approval_threshold
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        # Spending so far, as (time, seller, asset, amount); unsettled guarantees count too.
+        self._history: list[tuple[float, str, str, int]] = []
+        self._pending: dict[int, tuple[float, str, str, int, Task | None]] = {}
+        self._approved_sellers: set[str] = set()
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def task(self, name: str, budget: Money | None = None) -> Iterator[Task]:
+        """Spend under a named budget for the duration of the block (async-safe)."""
+        task = Task(name, budget)
+        token = _current_task.set(task)
+        try:
+            yield task
+        finally:
+            _current_task.reset(token)
+
+    @staticmethod
+    def current_task() -> Task | None:
+        return _current_task.get()
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def allows(self, network: str, asset: str) -> bool:
+        """Whether an offer on this network and asset may be considered at all."""
+        if self.allowed_networks is not None and network not in self.allowed_networks:
+            return False
+        return self.allowed_assets is None or asset.lower() in self.allowed_assets
+
+    def check(
+        self,
+        *,
+        seller: str,
+        url: str,
+        amount: int,
+        asset: str,
+        network: str,
+        approved: bool = False,
+    ) -> Decision:
+        """Decide, and reserve the amount when the answer is ``paid``."""
+        key = seller.lower()
+        token = find_asset(network, asset)
+        if key in self.blocked_sellers or (
+            self.allowed_sellers is not None and key not in self.allowed_sellers
+        ):
+            return Decision("blocked_seller", f"seller {seller} is not allowed")
+        with self._lock:
+            cap = self._atomic(self.max_per_request, token)
+            if cap is not None and amount > cap:
+                return Decision(
+                    "budget_exhausted", f"price {amount} is over the per-request cap {cap}"
+                )
+            now = time.time()
+            spent = self._spent_since(0.0, seller=key, asset=asset)
+            cap = self._atomic(self.max_per_seller, token)
+            if cap is not None and spent + amount > cap:
+                return Decision("budget_exhausted", f"the per-seller cap {cap} would be exceeded")
+            for name, seconds in _WINDOWS.items():
+                cap = self._atomic(self.windows[name], token)
+                if cap is not None and self._spent_since(now - seconds, asset=asset) + amount > cap:
+                    return Decision(
+                        "budget_exhausted", f"the {name.replace('_', ' ')} budget {cap} is used up"
+                    )
+            task = _current_task.get()
+            if task is not None:
+                cap = self._atomic(task.budget, token)
+                used = task.spent.get(asset, 0) + task.reserved.get(asset, 0)
+                if cap is not None and used + amount > cap:
+                    return Decision(
+                        "budget_exhausted", f"task {task.name!r} budget {cap} is used up"
+                    )
+            if not approved:
+                threshold = self._atomic(self.approval_threshold, token)
+                reason = None
+                if (
+                    self.approve_new_sellers
+                    and key not in self._approved_sellers
+                    and not self._paid_before(key)
+                ):
+                    reason = "new_seller"
+                elif threshold is not None and amount > threshold:
+                    reason = "over_threshold"
+                if reason is not None:
+                    request = ApprovalRequest(seller, url, amount, asset, network, reason)
+                    return Decision(
+                        "needs_approval", f"approval needed: {reason}", approval=request
+                    )
+            if approved:
+                self._approved_sellers.add(key)
+            rid = next(self._ids)
+            self._pending[rid] = (now, key, asset, amount, task)
+            if task is not None:
+                task.reserved[asset] = task.reserved.get(asset, 0) + amount
+            return Decision("paid", reservation=rid)
+
+    def commit(self, reservation: int) -> None:
+        """The payment went through: the reservation becomes spending."""
+        with self._lock:
+            entry = self._pending.pop(reservation, None)
+            if entry is None:
+                return
+            at, seller, asset, amount, task = entry
+            self._history.append((at, seller, asset, amount))
+            if task is not None:
+                task.reserved[asset] -= amount
+                task.spent[asset] = task.spent.get(asset, 0) + amount
+
+    def release(self, reservation: int) -> None:
+        """The payment did not happen: give the reservation back."""
+        with self._lock:
+            entry = self._pending.pop(reservation, None)
+            if entry is not None and entry[4] is not None:
+                entry[4].reserved[entry[2]] -= entry[3]
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _spent_since(self, since: float, *, asset: str, seller: str | None = None) -> int:
+        total = 0
+        for at, who, token, amount in self._history:
+            if at >= since and token == asset and (seller is None or who == seller):
+                total += amount
+        for at, who, token, amount, _ in self._pending.values():
+            if at >= since and token == asset and (seller is None or who == seller):
+                total += amount
+        return total
+
+    def _paid_before(self, seller: str) -> bool:
+        return any(who == seller for _, who, _, _ in self._history)
+
+    @staticmethod
+    def _atomic(value: Money | None, asset: Asset | None) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if asset is None:  # an unknown token: only atomic caps can apply, so refuse to guess
+            return 0
+        return to_atomic(value, asset)
+
+
+def _lower(values: set[str] | None) -> set[str] | None:
+    return None if values is None else {v.lower() for v in values}
