@@ -1,0 +1,123 @@
+"""Plain WSGI conformance app: a hand-written router, priced entirely by config."""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from fourmica_x402.adapters.wsgi import PAYMENT_KEY, PaymentMiddleware
+from werkzeug.test import Client
+
+Handler = Callable[[dict[str, Any], re.Match[str]], tuple[str, list[tuple[str, str]], Any]]
+
+
+def _json(status: str, data: Any) -> tuple[str, list[tuple[str, str]], list[bytes]]:
+    return status, [("Content-Type", "application/json")], [json.dumps(data).encode()]
+
+
+def server_errors(app: Any) -> Any:
+    """What a WSGI server does with an exception from the app: log it, answer 500."""
+
+    def wrapped(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        try:
+            return app(environ, start_response)  # type: ignore[no-any-return]
+        except Exception:
+            start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+            return [b"Internal Server Error"]
+
+    return wrapped
+
+
+class WsgiClient:
+    interface = "wsgi"
+
+    def __init__(self, app: Any, gate: Any) -> None:
+        self.gate, self.app = gate, app
+        self._client = Client(app)
+
+    def request(self, method: str, path: str, headers: dict[str, str], json: Any = None) -> Any:
+        # A server always tells the app who is calling; werkzeug's bare Client does not.
+        environ = {"REMOTE_ADDR": "127.0.0.1"}
+        r = self._client.open(
+            path,
+            method=method,
+            headers=headers,
+            json=json,
+            environ_base=environ,
+            follow_redirects=False,
+        )
+        try:
+            return r.status_code, dict(r.headers.items()), r.get_data()
+        finally:
+            r.close()
+
+
+def build(options: dict[str, Any], calls: collections.Counter[str]) -> WsgiClient:
+    options = dict(options)
+    price = options.pop("premium_price")
+    options["routes"] = {"GET /premium": price, **options["routes"]}
+
+    def premium(environ: dict[str, Any], match: re.Match[str]) -> Any:
+        p = environ[PAYMENT_KEY]
+        return _json(
+            "200 OK",
+            {
+                "ok": True,
+                "payer": p.payer,
+                "amount": p.amount,
+                "guarantee_id": p.guarantee_id,
+                "request_id": p.request_id,
+                "x402_version": p.x402_version,
+            },
+        )
+
+    def echo(environ: dict[str, Any], match: re.Match[str]) -> Any:
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        return _json("200 OK", {"echo": json.loads(body)})
+
+    def boom(environ: dict[str, Any], match: re.Match[str]) -> Any:
+        raise RuntimeError("boom")
+
+    def stream(environ: dict[str, Any], match: re.Match[str]) -> Any:
+        chunks = (f"chunk-{i}\n".encode() for i in range(3))
+        return "200 OK", [("Content-Type", "text/plain")], chunks
+
+    table: list[tuple[str, str, Handler]] = [
+        ("GET", "/free", lambda env, m: _json("200 OK", {"free": True})),
+        ("GET", "/premium", premium),
+        ("POST", "/echo", echo),
+        (
+            "GET",
+            "/items/(?P<item_id>[^/]+)",
+            lambda env, m: _json("200 OK", {"item": m["item_id"]}),
+        ),
+        ("GET", "/boom", boom),
+        ("GET", "/fail", lambda env, m: _json("500 Internal Server Error", {"error": "fail"})),
+        ("GET", "/redirect", lambda env, m: ("302 Found", [("Location", "/free")], [b""])),
+        ("GET", "/stream", stream),
+    ]
+    routes = [(method, re.compile(pattern + r"\Z"), handler) for method, pattern, handler in table]
+
+    def router(environ: dict[str, Any], start_response: Any) -> Any:
+        # Route as werkzeug does: UTF-8 PATH_INFO, leading slashes collapsed.
+        path = "/" + environ["PATH_INFO"].encode("latin-1").decode("utf-8", "replace").lstrip("/")
+        method = "GET" if environ["REQUEST_METHOD"] == "HEAD" else environ["REQUEST_METHOD"]
+        for allowed, regex, handler in routes:
+            match = regex.match(path)
+            if match is None:
+                continue
+            if method != allowed:
+                start_response("405 Method Not Allowed", [("Allow", allowed)])
+                return [b""]
+            calls[path] += 1
+            status, headers, body = handler(environ, match)
+            start_response(status, headers)
+            return body
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found"]
+
+    payments = PaymentMiddleware(router, **options)
+    return WsgiClient(server_errors(payments), payments.gate)
