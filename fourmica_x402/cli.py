@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
+
+from .config import DEFAULT_DB
+from .errors import FourmicaError
 
 __all__ = ["main"]
 
@@ -25,6 +29,203 @@ def demo(quick: bool) -> None:
         "adapters, which are not built yet. Today this package ships the x402 wire codec,\n"
         "4mica-credit guarantee signing and verification, and `fourmica-x402 bench`."
     )
+
+
+def _core(db: str) -> Any:
+    from .core import Core
+
+    try:
+        return Core(db)
+    except FourmicaError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+def _amount(value: str, network: str, asset: str | None) -> int:
+    """'$5' or '5.00' → dollars of the asset; '5000000u' → atomic units."""
+    from .networks import default_asset, find_asset, to_atomic
+
+    if value.endswith("u") and value[:-1].isdigit():
+        return int(value[:-1])
+    token = find_asset(network, asset) if asset else default_asset(network)
+    if token is None:
+        raise click.BadParameter("unknown asset: give the amount in atomic units, e.g. 5000000u")
+    try:
+        return to_atomic(value, token)
+    except FourmicaError as exc:
+        raise click.BadParameter(exc.message) from None
+
+
+_db = click.option(
+    "--db",
+    envvar="FOURMICA_X402_DB",
+    default=DEFAULT_DB,
+    show_default=True,
+    help="Core database URL (or set FOURMICA_X402_DB).",
+)
+_network = click.option(
+    "--network", default="eip155:84532", show_default=True, help="CAIP-2 network."
+)
+_asset = click.option("--asset", default=None, help="Token address (default: the network's USDC).")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=4021, show_default=True, type=int)
+@_db
+@click.option(
+    "--sandbox", is_flag=True, help="Enable the sandbox API (deposits, cycles, debit payments)."
+)
+@click.option(
+    "--api-key",
+    envvar="FOURMICA_X402_API_KEY",
+    default=None,
+    help="Require this bearer token on seller and sandbox calls.",
+)
+@_network
+def serve(host: str, port: int, db: str, sandbox: bool, api_key: str | None, network: str) -> None:
+    """Run the Core as an HTTP service (facilitator API, Core API, dashboard, metrics)."""
+    try:
+        import uvicorn
+
+        from .service import create_app
+    except ImportError:
+        raise click.ClickException(
+            'serve needs the server extra: pip install "fourmica-x402[server]"'
+        ) from None
+    app = create_app(_core(db), sandbox=sandbox, api_key=api_key, network=network)
+    click.echo(
+        f"fourmica-x402 Core on http://{host}:{port}  (dashboard: /, metrics: /metrics, sandbox: {sandbox})"
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@main.command()
+@_db
+@_network
+@_asset
+@click.argument("address")
+@click.argument("amount")
+def deposit(db: str, network: str, asset: str | None, address: str, amount: str) -> None:
+    """Add sandbox collateral: AMOUNT like '$5' (or '5000000u' for atomic units)."""
+    core = _core(db)
+    try:
+        position = core.deposit(
+            address, _amount(amount, network, asset), network=network, asset=asset
+        )
+    except (FourmicaError, ValueError) as exc:
+        raise click.ClickException(getattr(exc, "message", str(exc))) from None
+    click.echo(json.dumps(position.to_dict(), indent=2))
+
+
+@main.command()
+@_db
+@_network
+@_asset
+@click.option(
+    "--finalize", "finalize_id", type=int, default=None, help="Finalize this pending withdrawal."
+)
+@click.option(
+    "--cancel", "cancel_id", type=int, default=None, help="Cancel this pending withdrawal."
+)
+@click.argument("address", required=False)
+@click.argument("amount", required=False)
+def withdraw(
+    db: str,
+    network: str,
+    asset: str | None,
+    finalize_id: int | None,
+    cancel_id: int | None,
+    address: str | None,
+    amount: str | None,
+) -> None:
+    """Request a withdrawal (ADDRESS AMOUNT), or --finalize/--cancel a pending one."""
+    core = _core(db)
+    try:
+        if finalize_id is not None:
+            result = core.finalize_withdrawal(finalize_id)
+        elif cancel_id is not None:
+            result = core.cancel_withdrawal(cancel_id)
+        elif address and amount:
+            result = core.request_withdrawal(
+                address, _amount(amount, network, asset), network=network, asset=asset
+            )
+        else:
+            raise click.UsageError("give ADDRESS AMOUNT, --finalize ID or --cancel ID")
+    except (FourmicaError, ValueError) as exc:
+        raise click.ClickException(getattr(exc, "message", str(exc))) from None
+    click.echo(json.dumps(result.to_dict(), indent=2))
+
+
+@main.group()
+def cycle() -> None:
+    """Clearing cycles: close one now, or keep them running."""
+
+
+@cycle.command("close")
+@_db
+@_network
+@_asset
+def cycle_close(db: str, network: str, asset: str | None) -> None:
+    """Close the open cycle now and net its guarantees."""
+    core = _core(db)
+    closed = core.close_cycle(network=network, asset=asset)
+    click.echo(
+        json.dumps(
+            {
+                "cycle": closed.to_dict(),
+                "positions": [p.to_dict() for p in core.cycle_positions(closed.cycle_id)],
+            },
+            indent=2,
+        )
+    )
+
+
+@cycle.command("run")
+@_db
+@click.option("--interval", default=5.0, show_default=True, help="Seconds between ticks.")
+@click.option("--once", is_flag=True, help="Advance what is due once and exit.")
+def cycle_run(db: str, interval: float, once: bool) -> None:
+    """Advance cycles (close, resolve, finalize with default coverage) as they fall due."""
+    import time
+
+    core = _core(db)
+    while True:
+        done = core.tick()
+        if any(done.values()):
+            click.echo(json.dumps(done))
+        if once:
+            return
+        time.sleep(interval)
+
+
+@main.command()
+@_db
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def positions(db: str, as_json: bool) -> None:
+    """Collateral, locks and capacity of every participant."""
+    core = _core(db)
+    rows = core.positions()
+    if as_json:
+        click.echo(json.dumps([p.to_dict() for p in rows], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"positions ({db})")
+    for column in ("address", "network", "collateral", "locked", "pending", "capacity"):
+        table.add_column(
+            column, justify="right" if column not in ("address", "network") else "left"
+        )
+    for p in rows:
+        table.add_row(
+            p.address,
+            p.network,
+            f"{p.collateral:,}",
+            f"{p.locked:,}",
+            f"{p.pending_withdrawal:,}",
+            f"{p.capacity:,}",
+        )
+    Console().print(table)
 
 
 @main.command()

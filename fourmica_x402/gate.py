@@ -643,7 +643,22 @@ class Gate:
                     settle=settled,
                 )
             result = state.result
-        if result is not None:
+        if result is not None and status >= 500 and self.config.refund_on_error:
+            # The guarantee is voided once the response is done: say so, so buyers do not count it.
+            refunded = SettleResponse(
+                success=False,
+                error_reason="refunded",
+                payer=result.payer,
+                transaction=result.guarantee_id or "",
+                network=result.network,
+            )
+            name = (
+                PAYMENT_RESPONSE_HEADER
+                if state.payment.x402_version == 2
+                else X_PAYMENT_RESPONSE_HEADER
+            )
+            headers.append((name.lower(), encode_header(refunded)))
+        elif result is not None:
             response = result.to_settle_response()
             certificate = state.payment.certificate
             if certificate:

@@ -160,7 +160,10 @@ class BuyerFlow:
         except BaseException:
             self.policy.release(decision.reservation)
             raise
-        self.policy.commit(decision.reservation)
+        if paid.extensions[RECEIPT_KEY].outcome == "paid":
+            self.policy.commit(decision.reservation)
+        else:  # the seller refunded (its handler failed): nothing was spent
+            self.policy.release(decision.reservation)
         return paid
 
     def _pay(self, request: httpx.Request, challenge: _Challenge, base: Receipt) -> Flow:
@@ -225,12 +228,14 @@ class BuyerFlow:
             )
             kind = InsufficientCollateral if reason == "insufficient_collateral" else PaymentFailed
             raise self._refuse(kind, replace(base, outcome=kind.reason, status=402, reason=reason))
+        refunded = result is not None and result.get("success") is False
         receipt = replace(
             base,
-            outcome="paid",
+            outcome="payment_failed" if refunded else "paid",
             status=paid.status_code,
             finished_at=time.time(),
             guarantee_id=(result or {}).get("transaction") or None,
+            reason=f"seller answered {paid.status_code} and refunded" if refunded else None,
         )
         self.ledger.append(receipt)
         paid.extensions = {**paid.extensions, RECEIPT_KEY: receipt}

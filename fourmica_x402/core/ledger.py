@@ -1185,6 +1185,15 @@ class Core:
             )
         return out
 
+    def payer_counts(self, cycle_id: int) -> list[int]:
+        """How many guarantees each payer had in a cycle (for metrics)."""
+        with self.store.transaction(write=False) as tx:
+            rows = tx.all(
+                "SELECT SUM(guarantee_count) FROM fx_cycle_pairs WHERE cycle_id = ? GROUP BY payer",
+                (cycle_id,),
+            )
+        return [int(r[0]) for r in rows]
+
     def cycle_pairs(self, cycle_id: int) -> list[CyclePair]:
         with self.store.transaction(write=False) as tx:
             rows = tx.all(

@@ -27,9 +27,11 @@ from ..wire import (
     VerifyResponse,
 )
 from .local import LocalFacilitator
+from .remote import HttpFacilitator
 
 __all__ = [
     "Facilitator",
+    "HttpFacilitator",
     "LocalFacilitator",
     "SettleResult",
     "expected_from_requirements",

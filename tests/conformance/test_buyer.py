@@ -309,3 +309,14 @@ def test_lying_sellers_get_a_clear_error_and_no_second_signature(seller: Any, li
     assert info.value.receipt.outcome == "payment_failed"
     assert liar.paid_attempts == (1 if lie == "402-again" else 0)
     assert seller.calls["/premium"] == 0
+
+
+def test_a_refunded_failure_is_not_counted_against_budgets(seller: Any) -> None:
+    buyer = funded(seller)
+    policy = SpendingPolicy(per_minute="$0.01")
+    with sync_client(seller, buyer, policy=policy) as client:
+        failed = client.get("/fail")
+        assert failed.status_code == 500
+        assert failed.extensions[RECEIPT_KEY].outcome == "payment_failed"
+        assert client.get("/premium").status_code == 200  # the budget was given back
+    assert seller.core.position(buyer.address, network=NETWORK).locked == 10_000

@@ -415,6 +415,9 @@ def test_failing_handler_refunds_the_buyer(seller: Any, path: str) -> None:
     resp = pay(seller, buyer, path)
     assert resp.status == 500
     assert seller.calls[path] == 1
+    if "payment-response" in resp.headers:  # frameworks may drop headers on an unhandled exception
+        result = b64json(resp.headers["payment-response"])
+        assert result["success"] is False and result["errorReason"] == "refunded"
     record = seller.gate.records.query(payer=buyer.address)[0]
     assert record.outcome == "refunded" and record.http_status in (500, None)
     assert seller.core.guarantee(record.guarantee_id).state == "voided"

@@ -1,0 +1,296 @@
+"""``HttpFacilitator``: any x402-4mica-compatible facilitator over HTTP (sync and async).
+
+    from fourmica_x402.facilitator import HttpFacilitator
+    facilitator = HttpFacilitator("http://127.0.0.1:4021", headers={"Authorization": "Bearer …"})
+    config = PaymentConfig(..., facilitator=facilitator, records="sqlite:///records.db")
+
+Idempotent calls (``/supported``, ``/verify``) are retried with exponential
+backoff on 429/5xx and connection errors; state-changing ones (``/tabs``,
+``/settle``, void, validation) are sent once — a second ``/settle`` of the same
+guarantee would only be refused as a replay. Connection failures, timeouts and
+5xx raise :class:`~fourmica_x402.errors.Unavailable`, so a seller configured with
+a facilitator that is down fails closed (503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from ..core.models import Tab
+from ..errors import CoreError, GuaranteeRejected, MalformedPayment, Unavailable
+from ..guarantee import SignedGuarantee
+from ..networks import parse_amount
+from ..wire import PaymentPayload, PaymentPayloadV1, PaymentRequirements, VerifyResponse
+
+__all__ = ["HttpFacilitator"]
+
+_RETRY_STATUS = {429, 500, 502, 503, 504}
+
+
+class HttpFacilitator:
+    """A remote facilitator. ``headers`` are sent with every call (auth)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.2,
+        transport: httpx.BaseTransport | None = None,
+        async_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("facilitator url must be http(s)")
+        self.url = url.rstrip("/")
+        self._headers = dict(headers or {})
+        self._timeout = timeout
+        self._retries = retries
+        self._backoff = backoff
+        self._client = httpx.Client(
+            base_url=self.url, headers=self._headers, timeout=timeout, transport=transport
+        )
+        self._async_transport = async_transport
+        self._aclient: httpx.AsyncClient | None = None
+
+    def __repr__(self) -> str:  # headers may carry credentials
+        return f"HttpFacilitator({self.url!r})"
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, body: Any = None, *, retry: bool = False) -> Any:
+        attempts = self._retries + 1 if retry else 1
+        for attempt in range(attempts):
+            try:
+                response = self._client.request(method, path, json=body)
+            except httpx.HTTPError as exc:
+                if attempt + 1 < attempts:
+                    time.sleep(self._delay(attempt, None))
+                    continue
+                raise Unavailable(
+                    f"facilitator {self.url} unreachable: {type(exc).__name__}"
+                ) from None
+            if response.status_code in _RETRY_STATUS and attempt + 1 < attempts:
+                time.sleep(self._delay(attempt, response))
+                continue
+            return self._decode(response)
+        raise AssertionError("unreachable")
+
+    async def _acall(self, method: str, path: str, body: Any = None, *, retry: bool = False) -> Any:
+        if self._aclient is None:
+            self._aclient = httpx.AsyncClient(
+                base_url=self.url,
+                headers=self._headers,
+                timeout=self._timeout,
+                transport=self._async_transport,
+            )
+        attempts = self._retries + 1 if retry else 1
+        for attempt in range(attempts):
+            try:
+                response = await self._aclient.request(method, path, json=body)
+            except httpx.HTTPError as exc:
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(self._delay(attempt, None))
+                    continue
+                raise Unavailable(
+                    f"facilitator {self.url} unreachable: {type(exc).__name__}"
+                ) from None
+            if response.status_code in _RETRY_STATUS and attempt + 1 < attempts:
+                await asyncio.sleep(self._delay(attempt, response))
+                continue
+            return self._decode(response)
+        raise AssertionError("unreachable")
+
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+        if response is not None and response.headers.get("retry-after", "").isdigit():
+            return min(float(response.headers["retry-after"]), 5.0)
+        return float(self._backoff * (2**attempt))
+
+    def _decode(self, response: httpx.Response) -> Any:
+        if response.status_code >= 500 or response.status_code == 429:
+            raise Unavailable(f"facilitator answered {response.status_code}")
+        try:
+            data = response.json()
+        except ValueError:
+            raise Unavailable(f"facilitator answered {response.status_code} without JSON") from None
+        if response.status_code >= 400:
+            message = data.get("error") or data.get("message") if isinstance(data, dict) else None
+            reason = data.get("reason") if isinstance(data, dict) else None
+            raise CoreError(
+                str(message or response.status_code),
+                reason=str(reason or "facilitator_error"),
+                status=response.status_code,
+            )
+        return data
+
+    @staticmethod
+    def _body(
+        payload: PaymentPayload | PaymentPayloadV1, requirements: PaymentRequirements
+    ) -> dict[str, Any]:
+        return {
+            "x402Version": payload.x402_version,
+            "paymentPayload": payload.to_dict(),
+            "paymentRequirements": requirements.to_dict(),
+        }
+
+    # -- the protocol ------------------------------------------------------------------------
+
+    def supported(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/supported", retry=True).get("kinds", []))
+
+    async def asupported(self) -> list[dict[str, Any]]:
+        return list((await self._acall("GET", "/supported", retry=True)).get("kinds", []))
+
+    @staticmethod
+    def _tab_body(
+        user: str, recipient: str, network: str, asset: str, version: int, ttl: int | None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "userAddress": user,
+            "recipientAddress": recipient,
+            "network": network,
+            "erc20Token": asset,
+            "guaranteeVersion": version,
+        }
+        if ttl:
+            body["ttlSeconds"] = ttl
+        return body
+
+    @staticmethod
+    def _tab(data: Any, network: str, version: int) -> Tab:
+        def pick(*names: str) -> Any:
+            for name in names:
+                if isinstance(data, dict) and data.get(name) is not None:
+                    return data[name]
+            raise Unavailable(f"facilitator tab answer lacks {names[0]}")
+
+        return Tab(
+            tab_id=parse_amount(pick("tabId", "tab_id")),
+            user_address=str(pick("userAddress", "user_address")),
+            recipient_address=str(pick("recipientAddress", "recipient_address")),
+            network=network,
+            asset_address=str(pick("assetAddress", "asset_address")),
+            guarantee_version=version,
+            start_timestamp=int(pick("startTimestamp", "start_timestamp")),
+            ttl_seconds=int(pick("ttlSeconds", "ttl_seconds")),
+            next_req_id=parse_amount(pick("nextReqId", "next_req_id", "reqId", "req_id")),
+        )
+
+    def open_tab(
+        self,
+        *,
+        user: str,
+        recipient: str,
+        network: str,
+        asset: str,
+        guarantee_version: int,
+        ttl_seconds: int | None = None,
+    ) -> Tab:
+        body = self._tab_body(user, recipient, network, asset, guarantee_version, ttl_seconds)
+        try:
+            return self._tab(self._call("POST", "/tabs", body), network, guarantee_version)
+        except CoreError as exc:
+            raise GuaranteeRejected(exc.message, reason=exc.reason) from None
+
+    async def aopen_tab(
+        self,
+        *,
+        user: str,
+        recipient: str,
+        network: str,
+        asset: str,
+        guarantee_version: int,
+        ttl_seconds: int | None = None,
+    ) -> Tab:
+        body = self._tab_body(user, recipient, network, asset, guarantee_version, ttl_seconds)
+        try:
+            return self._tab(await self._acall("POST", "/tabs", body), network, guarantee_version)
+        except CoreError as exc:
+            raise GuaranteeRejected(exc.message, reason=exc.reason) from None
+
+    def verify(
+        self, payload: PaymentPayload | PaymentPayloadV1, requirements: PaymentRequirements
+    ) -> VerifyResponse:
+        return VerifyResponse.model_validate(
+            self._call("POST", "/verify", self._body(payload, requirements), retry=True)
+        )
+
+    async def averify(
+        self, payload: PaymentPayload | PaymentPayloadV1, requirements: PaymentRequirements
+    ) -> VerifyResponse:
+        data = await self._acall("POST", "/verify", self._body(payload, requirements), retry=True)
+        return VerifyResponse.model_validate(data)
+
+    def settle(
+        self, payload: PaymentPayload | PaymentPayloadV1, requirements: PaymentRequirements
+    ) -> Any:
+        return self._settled(
+            self._call("POST", "/settle", self._body(payload, requirements)), payload, requirements
+        )
+
+    async def asettle(
+        self, payload: PaymentPayload | PaymentPayloadV1, requirements: PaymentRequirements
+    ) -> Any:
+        data = await self._acall("POST", "/settle", self._body(payload, requirements))
+        return self._settled(data, payload, requirements)
+
+    @staticmethod
+    def _settled(
+        data: Any, payload: PaymentPayload | PaymentPayloadV1, requirements: PaymentRequirements
+    ) -> Any:
+        from . import SettleResult
+
+        if not isinstance(data, dict):
+            raise Unavailable("facilitator settle answer is not an object")
+        success = bool(data.get("success"))
+        network = str(data.get("network") or data.get("networkId") or requirements.network)
+        if not success:
+            reason = data.get("error") or data.get("errorReason") or "settle_failed"
+            return SettleResult(success=False, network=network, error_reason=str(reason))
+        try:
+            claims = SignedGuarantee.from_json(payload.payload).claims
+        except MalformedPayment:
+            claims = None
+        certificate = data.get("certificate")
+        return SettleResult(
+            success=True,
+            network=network,
+            payer=data.get("payer") or (claims.user_address if claims else None),
+            guarantee_id=data.get("transaction") or None,
+            tab_id=claims.tab_id if claims else None,
+            req_id=claims.req_id if claims else None,
+            amount=claims.amount if claims else None,
+            state=data.get("state"),
+            certificate=certificate if isinstance(certificate, dict) else None,
+        )
+
+    def void(self, guarantee_id: str, *, by: str) -> None:
+        self._call("POST", f"/guarantees/{guarantee_id}/void", {"by": by})
+
+    async def avoid(self, guarantee_id: str, *, by: str) -> None:
+        await self._acall("POST", f"/guarantees/{guarantee_id}/void", {"by": by})
+
+    def post_validation(
+        self, guarantee_id: str, *, validator: str, score: int, tag: str = ""
+    ) -> None:
+        body = {"validator": validator, "score": score, "tag": tag}
+        self._call("POST", f"/guarantees/{guarantee_id}/validation", body)
+
+    async def apost_validation(
+        self, guarantee_id: str, *, validator: str, score: int, tag: str = ""
+    ) -> None:
+        body = {"validator": validator, "score": score, "tag": tag}
+        await self._acall("POST", f"/guarantees/{guarantee_id}/validation", body)
+
+    def close(self) -> None:
+        self._client.close()
+
+    async def aclose(self) -> None:
+        if self._aclient is not None:
+            await self._aclient.aclose()

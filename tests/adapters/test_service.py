@@ -1,0 +1,272 @@
+"""The Core as a service: facilitator API, Core API subset, sandbox, metrics, HttpFacilitator."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fourmica_x402.adapters.asgi import PaymentMiddleware
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from fourmica_x402 import PaymentConfig
+from fourmica_x402.core import Core
+from fourmica_x402.errors import Unavailable
+from fourmica_x402.facilitator import HttpFacilitator
+from fourmica_x402.service import create_app
+from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
+from fourmica_x402.wire import PaymentRequirements, decode_payment_required
+
+SELLER = TestBuyer.from_key(
+    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
+).address  # test key
+USDC = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
+
+
+def requirements(policy_extra: dict[str, Any] | None = None) -> PaymentRequirements:
+    return PaymentRequirements(
+        scheme="4mica-credit",
+        network=NETWORK,
+        asset=USDC,
+        amount="10000",
+        pay_to=SELLER,
+        extra={"tabEndpoint": "http://seller.test/x402/tab", **(policy_extra or {})},
+    )
+
+
+@pytest.fixture
+def core(tmp_path: Path) -> Iterator[Core]:
+    c = Core(str(tmp_path / "service.db"))
+    yield c
+    assert c.audit() == []
+    c.close()
+
+
+@pytest.fixture
+def client(core: Core) -> Iterator[TestClient]:
+    with TestClient(create_app(core, sandbox=True, api_key="s3cret", tick_interval=None)) as c:
+        yield c
+
+
+def signed_payload(
+    client: TestClient, buyer: TestBuyer, req: PaymentRequirements, **changes: Any
+) -> dict[str, Any]:
+    tab = client.post(
+        "/tabs",
+        json={
+            "userAddress": buyer.address,
+            "recipientAddress": SELLER,
+            "network": NETWORK,
+            "erc20Token": USDC,
+            "guaranteeVersion": 1,
+        },
+    ).json()
+    _, header = payment_header(buyer, req, tab, **changes)
+    return json.loads(base64.b64decode(header))
+
+
+def test_facilitator_api_shapes(client: TestClient, core: Core) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    supported = client.get("/supported").json()
+    assert {"scheme": "4mica-credit", "network": NETWORK, "x402Version": 2} in supported["kinds"]
+    assert supported["extensions"] == [] and supported["signers"] == {}
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 100_000, network=NETWORK)
+    req = requirements()
+    payload = signed_payload(client, buyer, req)
+    body = {"x402Version": 2, "paymentPayload": payload, "paymentRequirements": req.to_dict()}
+    assert client.post("/verify", json=body).json() == {
+        "isValid": True,
+        "invalidReason": None,
+        "payer": buyer.address,
+    }
+    settled = client.post("/settle", json=body).json()
+    assert settled["success"] is True and settled["error"] is None and settled["txHash"] is None
+    assert settled["networkId"] == NETWORK and settled["transaction"].startswith("0x")
+    assert len(bytes.fromhex(settled["certificate"]["signature"][2:])) == 96
+    again = client.post("/settle", json=body).json()
+    assert again["success"] is False and again["error"] == "replayed_request_id"
+    assert client.post("/verify", json=body).json()["invalidReason"] == "replayed_request_id"
+    bad = client.post("/verify", json={"paymentPayload": "nope"}).json()
+    assert bad == {"isValid": False, "invalidReason": "malformed_payment"}
+
+
+def test_seller_endpoints_need_the_api_key(client: TestClient, core: Core) -> None:
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 100_000, network=NETWORK)
+    req = requirements()
+    body = {
+        "x402Version": 2,
+        "paymentPayload": signed_payload(client, buyer, req),
+        "paymentRequirements": req.to_dict(),
+    }
+    gid = client.post("/settle", json=body).json()["transaction"]
+    assert client.post(f"/guarantees/{gid}/void", json={"by": SELLER}).status_code == 401
+    voided = client.post(
+        f"/guarantees/{gid}/void", json={"by": SELLER}, headers={"Authorization": "Bearer s3cret"}
+    )
+    assert voided.status_code == 200 and voided.json()["state"] == "voided"
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
+def test_sandbox_and_read_api(client: TestClient, core: Core, tmp_path: Path) -> None:
+    auth = {"Authorization": "Bearer s3cret"}
+    buyer = TestBuyer.new().address
+    assert (
+        client.post(
+            "/sandbox/deposit", json={"address": buyer, "amount": "$2"}, headers=auth
+        ).json()["collateral"]
+        == 2_000_000
+    )
+    assert (
+        client.post("/sandbox/deposit", json={"address": buyer, "amount": "$2"}).status_code == 401
+    )
+    closed = client.post("/sandbox/cycles/close", json={}, headers=auth).json()
+    assert closed["status"] == "closed"
+    assert (
+        client.get(f"/api/cycles/{closed['cycle_id']}").json()["cycle"]["cycle_id"]
+        == closed["cycle_id"]
+    )
+    assert any(p["address"] == buyer for p in client.get("/api/positions").json())
+    assert client.get("/api/events").json()[0]["type"] == "collateral.deposited"
+    with TestClient(create_app(Core(str(tmp_path / "other.db")), tick_interval=None)) as plain:
+        assert (
+            plain.post("/sandbox/deposit", json={"address": buyer, "amount": 1}).status_code == 403
+        )
+
+
+def test_core_api_subset_and_metrics(client: TestClient, core: Core) -> None:
+    params = client.get("/core/public-params").json()
+    assert len(params["public_key"]) == 48 and params["ethereum_http_rpc_url"].endswith("/rpc")
+    tab = client.post(
+        "/core/payment-tabs",
+        json={
+            "user_address": TestBuyer.new().address,
+            "recipient_address": SELLER,
+            "erc20_token": USDC,
+        },
+    ).json()
+    assert tab["tab_id"] == tab["id"] and tab["next_req_id"] == "0x0"
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 100_000, network=NETWORK)
+    body = {
+        "x402Version": 2,
+        "paymentPayload": signed_payload(client, buyer, requirements()),
+        "paymentRequirements": requirements().to_dict(),
+    }
+    client.post("/settle", json=body)
+    client.post("/settle", json=body)
+    text = client.get("/metrics").text
+    assert 'fourmica_guarantees_accepted_total{network="eip155:84532"} 1.0' in text
+    assert 'fourmica_guarantees_rejected_total{reason="replayed_request_id"} 1.0' in text
+    assert "fourmica_settle_success_ratio 0.5" in text and "fourmica_request_seconds_bucket" in text
+    assert "Clearing cycles" in client.get("/").text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def served(core: Core) -> Iterator[tuple[str, uvicorn.Server]]:
+    """The service under a real uvicorn server on loopback."""
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(core, tick_interval=None), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}", server
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def remote_seller(url: str, tmp_path: Path) -> TestClient:
+    async def premium(request: Request) -> JSONResponse:
+        return JSONResponse({"payer": request.state.payment.payer})
+
+    config = PaymentConfig(
+        pay_to=SELLER,
+        routes={"GET /premium": "$0.01"},
+        facilitator=HttpFacilitator(url, retries=1),
+        records=str(tmp_path / "records.db"),
+        tab_endpoint="http://testserver/x402/tab",
+    )
+    app = Starlette(
+        routes=[Route("/premium", premium)],
+        middleware=[Middleware(PaymentMiddleware, config=config)],
+    )
+    return TestClient(app)
+
+
+def test_seller_on_a_remote_facilitator_pays_and_fails_closed(
+    served: Any, core: Core, tmp_path: Path
+) -> None:
+    url, server = served
+    seller = remote_seller(url, tmp_path)
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 100_000, network=NETWORK)
+    req = decode_payment_required(seller.get("/premium").headers["payment-required"]).accepts[0]
+    assert (
+        "rpcUrl" not in req.extra and "validatorAddress" not in req.extra
+    )  # remote: no delivery policy
+    tab = seller.post(
+        "/x402/tab",
+        json={"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": req.to_dict()},
+    ).json()
+    name, value = payment_header(buyer, req, tab)
+    paid = seller.get("/premium", headers={name: value})
+    assert paid.status_code == 200 and paid.json() == {"payer": buyer.address}
+    result = json.loads(base64.b64decode(paid.headers["payment-response"]))
+    assert result["success"] and result["extra"]["certificate"]["signature"]
+    assert core.position(buyer.address, network=NETWORK).locked == 10_000
+
+    tab = seller.post(
+        "/x402/tab",
+        json={"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": req.to_dict()},
+    ).json()
+    name, value = payment_header(buyer, req, tab)
+    server.should_exit = True
+    time.sleep(0.5)
+    down = seller.get("/premium", headers={name: value})
+    assert down.status_code == 503 and down.json()["error"] == "facilitator_unavailable"
+
+
+def test_http_facilitator_retries_idempotent_calls_only() -> None:
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if len(calls) < 3:
+            return httpx.Response(503, json={"error": "busy"})
+        return httpx.Response(200, json={"kinds": [{"scheme": "4mica-credit"}]})
+
+    facilitator = HttpFacilitator(
+        "http://f.test", transport=httpx.MockTransport(handler), backoff=0.0
+    )
+    assert facilitator.supported() == [{"scheme": "4mica-credit"}]
+    assert calls == ["/supported"] * 3
+    calls.clear()
+    with pytest.raises(Unavailable):
+        facilitator.void("0x01", by=SELLER)  # state-changing: sent once
+    assert calls == ["/guarantees/0x01/void"]
