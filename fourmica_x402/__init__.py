@@ -19,7 +19,7 @@ from .errors import (
     Throttled,
     Unavailable,
 )
-from .facilitator import Facilitator, LocalFacilitator
+from .facilitator import Facilitator, HttpFacilitator, LocalFacilitator
 from .gate import DENY, GRANT, Gate, Payment
 from .guarantee import (
     Eip712Domain,
@@ -42,6 +42,7 @@ from .networks import (
 )
 from .records import PaymentRecord, Records
 from .routes import Offer, RouteConfig
+from .webhooks import Webhooks, verify_signature
 from .wire import (
     PaymentPayload,
     PaymentPayloadV1,
@@ -72,6 +73,7 @@ __all__ = [
     "Gate",
     "GuaranteeClaims",
     "GuaranteeRejected",
+    "HttpFacilitator",
     "LocalFacilitator",
     "MalformedPayment",
     "Network",
@@ -97,6 +99,7 @@ __all__ = [
     "Unavailable",
     "ValidationPolicy",
     "VerifyResponse",
+    "Webhooks",
     "__version__",
     "address_of",
     "decode_payment_header",
@@ -108,4 +111,5 @@ __all__ = [
     "register_network",
     "sign_claims",
     "to_atomic",
+    "verify_signature",
 ]

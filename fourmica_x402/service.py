@@ -13,7 +13,8 @@ Routes (SPEC §5.2, §5.3):
 - ``GET /core/public-params``, ``POST /core/payment-tabs``, ``POST /core/guarantees``,
   ``POST /rpc`` — the Core API subset and its sandbox JSON-RPC;
 - ``/sandbox/*`` — deposits, withdrawals, cycles, debit payments (only with ``sandbox=True``);
-- ``GET /api/*`` — read-only JSON for the CLI and the dashboard; ``GET /metrics``; ``GET /``.
+- ``GET /api/*`` — read-only JSON for the CLI and the dashboard; ``GET /metrics``; ``GET /``;
+- ``/admin/webhooks`` — webhook subscriptions and the delivery log (operator only).
 
 Facilitator errors keep the facilitator shapes: ``/verify`` and ``/settle`` always
 answer 200 with ``isValid``/``success`` false and the stable reason.
@@ -173,9 +174,17 @@ def create_app(
     network: str = "eip155:84532",
     public_url: str | None = None,
     tick_interval: float | None = 1.0,
+    webhooks: bool = True,
 ) -> Starlette:
-    """The service app over ``core``. ``tick_interval`` drives cycles and timeouts (None: off)."""
+    """The service app over ``core``.
+
+    ``tick_interval`` drives cycles and timeouts (None: off); ``webhooks`` runs the
+    webhook delivery worker (subscriptions are managed under ``/admin/webhooks``).
+    """
+    from .webhooks import Webhooks
+
     facilitator = LocalFacilitator(core)
+    hooks = Webhooks(core) if webhooks else None
     metrics = Metrics(core)
     chain_id = get_network(network).chain_id
 
@@ -423,6 +432,46 @@ def create_app(
             200, [e.to_dict() for e in await asyncio.to_thread(core.events, after=after, limit=500)]
         )
 
+    def admin(handler: Handler) -> Handler:
+        async def guarded(request: Request) -> Response:
+            # Subscriptions make the service call out: only its operator may manage them.
+            if hooks is None:
+                return _json(404, {"error": "webhooks are disabled"})
+            if api_key is None and not sandbox:
+                return _json(403, {"error": "set an API key (--api-key) to manage webhooks"})
+            if not authorized(request):
+                return _json(401, {"error": "unauthorized"})
+            try:
+                return await handler(request)
+            except ValueError as exc:
+                return _json(400, {"error": str(exc)})
+
+        return guarded
+
+    async def webhook_subscribe(request: Request) -> Response:
+        assert hooks is not None
+        body = await _body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("url"), str):
+            return _json(400, {"error": "give {url, events?, secret?}"})
+        sub = await asyncio.to_thread(
+            hooks.subscribe, body["url"], body.get("events") or ["*"], body.get("secret")
+        )
+        return _json(200, sub.to_dict(include_secret=True))  # the secret is shown once, here
+
+    async def webhook_list(request: Request) -> Response:
+        assert hooks is not None
+        return _json(200, [sub.to_dict() for sub in await asyncio.to_thread(hooks.subscriptions)])
+
+    async def webhook_delete(request: Request) -> Response:
+        assert hooks is not None
+        removed = await asyncio.to_thread(hooks.unsubscribe, request.path_params["sid"])
+        return _json(200 if removed else 404, {"removed": removed})
+
+    async def webhook_deliveries(request: Request) -> Response:
+        assert hooks is not None
+        rows = await asyncio.to_thread(hooks.deliveries, status=request.query_params.get("status"))
+        return _json(200, [d.to_dict() for d in rows])
+
     async def metrics_endpoint(request: Request) -> Response:
         body = await asyncio.to_thread(metrics.render)
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
@@ -457,6 +506,10 @@ def create_app(
         Route("/api/guarantees", timed(api_guarantees)),
         Route("/api/events", timed(api_events)),
         Route("/metrics", metrics_endpoint),
+        Route("/admin/webhooks", timed(admin(webhook_subscribe)), methods=["POST"]),
+        Route("/admin/webhooks", timed(admin(webhook_list)), methods=["GET"]),
+        Route("/admin/webhooks/deliveries", timed(admin(webhook_deliveries))),
+        Route("/admin/webhooks/{sid}", timed(admin(webhook_delete)), methods=["DELETE"]),
     ]
 
     @contextlib.asynccontextmanager
@@ -471,15 +524,20 @@ def create_app(
                         await asyncio.to_thread(core.tick)
 
             task = asyncio.get_running_loop().create_task(loop())
+        if hooks is not None:
+            hooks.start()
         try:
             yield
         finally:
             if task is not None:
                 task.cancel()
+            if hooks is not None:
+                await asyncio.to_thread(hooks.stop, 10.0)
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.core = core
     app.state.metrics = metrics
+    app.state.webhooks = hooks
     app.state.scheme = SCHEME
     return app
 

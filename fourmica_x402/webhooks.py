@@ -29,7 +29,7 @@ are needed to sign) but never logged, never written to the delivery log, and hid
 
 PostgreSQL hands out ``event_id`` values when rows are inserted, not when they commit: an event
 with a lower id can become visible after one with a higher id. Before reading a batch there,
-:meth:`Webhooks.enqueue` briefly takes ``SHARE`` lock on ``fx_events`` (it waits for the writing
+:meth:`Webhooks.enqueue` briefly takes a ``SHARE`` lock on ``fx_events`` (it waits for the writing
 transactions in flight and is released at once) to learn an id up to which every event has
 committed, and reads no further; so the cursor never skips an event. SQLite serialises writers,
 so its ids commit in order.

@@ -270,3 +270,38 @@ def test_http_facilitator_retries_idempotent_calls_only() -> None:
     with pytest.raises(Unavailable):
         facilitator.void("0x01", by=SELLER)  # state-changing: sent once
     assert calls == ["/guarantees/0x01/void"]
+
+
+def test_webhooks_are_managed_by_the_operator_and_delivered(core: Core) -> None:
+    import http.server
+
+    got: list[tuple[str, bytes]] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers["content-length"]))
+            got.append((self.headers["x-fourmica-event"], body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    auth = {"Authorization": "Bearer s3cret"}
+    with TestClient(create_app(core, api_key="s3cret", tick_interval=None)) as client:
+        url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+        assert client.post("/admin/webhooks", json={"url": url}).status_code == 401
+        sub = client.post(
+            "/admin/webhooks", json={"url": url, "events": ["collateral.deposited"]}, headers=auth
+        ).json()
+        assert sub["secret"] and client.get("/admin/webhooks", headers=auth).json()[0]["url"] == url
+        core.deposit(TestBuyer.new().address, 5, network=NETWORK)
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+    receiver.shutdown()
+    assert (
+        got and got[0][0] == "collateral.deposited" and json.loads(got[0][1])["data"]["amount"] == 5
+    )

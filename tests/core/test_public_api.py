@@ -24,6 +24,7 @@ PINNED_ALL = [
     "Gate",
     "GuaranteeClaims",
     "GuaranteeRejected",
+    "HttpFacilitator",
     "LocalFacilitator",
     "MalformedPayment",
     "Network",
@@ -49,6 +50,7 @@ PINNED_ALL = [
     "Unavailable",
     "ValidationPolicy",
     "VerifyResponse",
+    "Webhooks",
     "__version__",
     "address_of",
     "decode_payment_header",
@@ -60,6 +62,7 @@ PINNED_ALL = [
     "register_network",
     "sign_claims",
     "to_atomic",
+    "verify_signature",
 ]
 
 

@@ -1,0 +1,516 @@
+"""Webhooks on a real Core (SQLite file; PostgreSQL where available) and a real HTTP receiver.
+
+The receiver is a ``ThreadingHTTPServer`` on 127.0.0.1; its answers are scripted per test.
+Retry timing runs on a FakeClock, so no test sleeps through a backoff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from fourmica_x402.core import Core
+from fourmica_x402.errors import ConfigurationError
+from fourmica_x402.testing import NETWORK, FakeClock, TestBuyer
+from fourmica_x402.webhooks import EVENT_TYPES, Webhooks, sign, verify_signature
+
+T0 = 1_800_000_000.0
+ADDRESS = TestBuyer.new().address
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+    @property
+    def json(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.body)
+        return data
+
+
+class Receiver:
+    """A webhook endpoint: records every request, answers ``statuses`` in turn, then 200."""
+
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self.statuses: deque[int] = deque()
+        self.delay = 0.0
+        self.gate: threading.Event | None = None  # when set up, requests wait for it
+        self.arrived = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with receiver.arrived:
+                    receiver.requests.append(
+                        Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                    )
+                    status = receiver.statuses.popleft() if receiver.statuses else 200
+                    receiver.arrived.notify_all()
+                if receiver.gate is not None:
+                    receiver.gate.wait(30)
+                if receiver.delay:
+                    time.sleep(receiver.delay)
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+        with self.arrived:
+            self.arrived.wait_for(lambda: len(self.requests) >= count, timeout)
+            return list(self.requests)
+
+    def close(self) -> None:
+        if self.gate is not None:
+            self.gate.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def dead_url() -> str:
+    """A URL on a port nobody listens on (connection refused at once)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/hook"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture
+def core(store_url: str, clock: FakeClock) -> Iterator[Core]:
+    c = Core(store_url, clock=clock)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def make_hooks(core: Core, clock: FakeClock) -> Iterator[Callable[..., Webhooks]]:
+    made: list[Webhooks] = []
+
+    def make(on: Core | None = None, **options: object) -> Webhooks:
+        options.setdefault("clock", clock)
+        hooks = Webhooks(on or core, **options)  # type: ignore[arg-type]
+        made.append(hooks)
+        return hooks
+
+    yield make
+    for hooks in made:
+        hooks.close()
+
+
+def deposit(core: Core, amount: int = 100) -> None:
+    core.deposit(ADDRESS, amount, network=NETWORK)
+
+
+def drain(hooks: Webhooks, clock: FakeClock, rounds: int = 30) -> None:
+    """Run rounds, moving the clock past any backoff, until nothing is pending."""
+    for _ in range(rounds):
+        hooks.run_once()
+        if not hooks.deliveries(status="pending"):
+            return
+        clock.advance(hooks.max_delay)
+    raise AssertionError("deliveries still pending")
+
+
+# -- subscriptions, signatures ------------------------------------------------------------------
+
+
+def test_subscriber_gets_exactly_its_event_types_signed(
+    core: Core, clock: FakeClock, make_hooks: Callable[..., Webhooks], receiver: Receiver
+) -> None:
+    hooks = make_hooks()
+    deposit(core)  # before any subscription: concerns nobody
+    only = hooks.subscribe(receiver.url("/withdrawals"), events=["withdrawal.requested"])
+    every = hooks.subscribe(receiver.url("/all"), events="*", secret="s3cret-of-the-receiver")
+    deposit(core, 1_000)
+    core.request_withdrawal(ADDRESS, 300, network=NETWORK)
+    deposit(core, 7)
+
+    assert hooks.enqueue() == 1 + 3
+    assert hooks.deliver_due() == 4
+    got = receiver.wait_for(4)
+    by_path: dict[str, list[Received]] = {}
+    for r in got:
+        by_path.setdefault(r.path, []).append(r)
+    assert [r.headers["x-fourmica-event"] for r in by_path["/withdrawals"]] == [
+        "withdrawal.requested"
+    ]
+    assert sorted(r.headers["x-fourmica-event"] for r in by_path["/all"]) == [
+        "collateral.deposited",
+        "collateral.deposited",
+        "withdrawal.requested",
+    ]
+
+    request = by_path["/withdrawals"][0]
+    event = core.events(type="withdrawal.requested")[0]
+    assert request.json == {
+        "id": event.event_id,
+        "type": "withdrawal.requested",
+        "at": event.at,
+        "network": NETWORK,
+        "asset": event.asset,
+        "address": ADDRESS,
+        "data": event.data,
+    }
+    headers = request.headers
+    assert headers["content-type"] == "application/json"
+    assert headers["x-fourmica-timestamp"] == str(int(clock()))
+    delivery = hooks.deliveries(subscription_id=only.subscription_id)[0]
+    assert headers["x-fourmica-delivery"] == str(delivery.delivery_id)
+    assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("delivered", 1, 200)
+    # The signature, by the helper and by hand.
+    timestamp, signature = headers["x-fourmica-timestamp"], headers["x-fourmica-signature"]
+    assert verify_signature(only.secret, timestamp, request.body, signature, now=clock())
+    manual = hmac.new(
+        only.secret.encode(), timestamp.encode() + b"." + request.body, hashlib.sha256
+    ).hexdigest()
+    assert signature == f"v1={manual}"
+    assert not verify_signature(every.secret, timestamp, request.body, signature, now=clock())
+    for r in by_path["/all"]:
+        assert verify_signature(
+            "s3cret-of-the-receiver",
+            r.headers["x-fourmica-timestamp"],
+            r.body,
+            r.headers["x-fourmica-signature"],
+            now=clock(),
+        )
+    # Nothing new: nothing more.
+    assert hooks.run_once() == 0
+
+
+def test_verify_signature_rejects_tampering_and_stale_timestamps() -> None:
+    body = b'{"id":1}'
+    header = sign("k", 1000, body)
+    assert verify_signature("k", "1000", body, header, now=1000)
+    assert verify_signature("k", 1000, body.decode(), header, now=1299)
+    assert verify_signature("k", 1000, body, f"v1=00, {header}", now=1000)  # rotation
+    assert not verify_signature("k", 1000, body, header, now=1301)  # stale
+    assert not verify_signature("k", 1000, body, header, now=699)  # from the future
+    assert not verify_signature("k", 1001, body, header, now=1000)  # timestamp changed
+    assert not verify_signature("k", 1000, b'{"id":2}', header, now=1000)  # body changed
+    assert not verify_signature("other", 1000, body, header, now=1000)
+    for bad_header in (None, "", "v1=", header[3:], "v0=" + header[3:]):
+        assert not verify_signature("k", 1000, body, bad_header, now=1000)
+    assert not verify_signature("k", "soon", body, header, now=1000)
+    assert not verify_signature("k", None, body, header, now=1000)
+
+
+@pytest.mark.parametrize(
+    ("url", "events", "secret", "message"),
+    [
+        ("ftp://example.com/hook", ["*"], None, "http:// or https://"),
+        ("example.com/hook", ["*"], None, "http:// or https://"),
+        ("https:///no-host", ["*"], None, "no host"),
+        ("https://example.com/a b", ["*"], None, "whitespace"),
+        ("https://example.com/hook", ["debit.payed"], None, "'debit.payed'"),
+        ("https://example.com/hook", [], None, "at least one"),
+        ("https://example.com/hook", ["*"], "", "secret"),
+    ],
+)
+def test_bad_subscriptions_are_refused_clearly(
+    make_hooks: Callable[..., Webhooks],
+    url: str,
+    events: list[str],
+    secret: str | None,
+    message: str,
+) -> None:
+    hooks = make_hooks()
+    with pytest.raises(ConfigurationError, match=message) as exc:
+        hooks.subscribe(url, events=events, secret=secret)
+    assert isinstance(exc.value, ValueError)
+    assert hooks.subscriptions(include_inactive=True) == []
+
+
+def test_bad_settings_are_refused(core: Core) -> None:
+    for options in ({"max_attempts": 0}, {"base_delay": 0}, {"base_delay": 10, "max_delay": 1}):
+        with pytest.raises(ConfigurationError):
+            Webhooks(core, **options)  # type: ignore[arg-type]
+
+
+def test_subscriptions_list_unsubscribe_and_secrets_stay_hidden(
+    core: Core, make_hooks: Callable[..., Webhooks], receiver: Receiver
+) -> None:
+    hooks = make_hooks()
+    sub = hooks.subscribe(receiver.url(), events=["debit.paid", "collateral.deposited"])
+    assert sub.events == ("collateral.deposited", "debit.paid")
+    assert sub.secret.startswith("whsec_") and len(sub.secret) > 40
+    assert sub.secret not in repr(sub) and "secret" not in sub.to_dict()
+    assert hooks.subscriptions() == [sub]
+    assert hooks.subscription(sub.subscription_id) == sub
+    assert set(EVENT_TYPES) >= {"guarantee.validated", "guarantee.cancelled", "debit.paid"}
+
+    deposit(core)
+    assert hooks.enqueue() == 1
+    assert hooks.unsubscribe(sub.subscription_id) is True
+    assert hooks.unsubscribe(sub.subscription_id) is False
+    assert hooks.subscriptions() == []
+    assert [s.active for s in hooks.subscriptions(include_inactive=True)] == [False]
+    [delivery] = hooks.deliveries()
+    assert (delivery.status, delivery.last_error) == ("failed", "unsubscribed")
+    assert hooks.redeliver(delivery.delivery_id) is False  # not for a gone subscription
+    deposit(core)
+    assert hooks.run_once() == 0 and receiver.requests == []
+
+
+# -- retries ------------------------------------------------------------------------------------
+
+
+def test_fails_twice_then_delivered_on_the_third_attempt_with_backoff(
+    core: Core, clock: FakeClock, make_hooks: Callable[..., Webhooks], receiver: Receiver
+) -> None:
+    hooks = make_hooks(base_delay=10, max_delay=1_000, max_attempts=5)
+    sub = hooks.subscribe(receiver.url())
+    receiver.statuses.extend([500, 503])
+    deposit(core)
+
+    assert hooks.run_once() == 1
+    [first] = hooks.deliveries()
+    assert (first.status, first.attempts, first.last_status_code) == ("pending", 1, 500)
+    assert first.last_error == "HTTP 500"
+    assert clock() + 5 <= first.next_attempt_at <= clock() + 10  # 10 s, less jitter
+    clock.now = first.next_attempt_at - 0.01
+    assert hooks.run_once() == 0  # backoff respected
+
+    clock.now = first.next_attempt_at
+    assert hooks.run_once() == 1
+    [second] = hooks.deliveries()
+    assert (second.status, second.attempts, second.last_status_code) == ("pending", 2, 503)
+    assert clock() + 10 <= second.next_attempt_at <= clock() + 20  # doubled
+    assert hooks.run_once() == 0
+
+    clock.now = second.next_attempt_at
+    assert hooks.run_once() == 1
+    [third] = hooks.deliveries(subscription_id=sub.subscription_id)
+    assert (third.status, third.attempts, third.last_status_code) == ("delivered", 3, 200)
+    assert third.last_error is None and third.delivered_at == clock()
+    got = receiver.wait_for(3)
+    assert len(got) == 3
+    assert len({r.headers["x-fourmica-delivery"] for r in got}) == 1  # stable across retries
+    assert len({r.body for r in got}) == 1
+    clock.advance(10_000)
+    assert hooks.run_once() == 0
+
+
+def test_receiver_down_is_retried_up_to_max_attempts_then_failed(
+    core: Core,
+    clock: FakeClock,
+    make_hooks: Callable[..., Webhooks],
+    dead_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    hooks = make_hooks(base_delay=100, max_delay=150, max_attempts=4)
+    sub = hooks.subscribe(dead_url, secret="never-to-be-logged-secret")
+    deposit(core)
+    deposit(core)
+
+    assert hooks.run_once() == 1  # a dead receiver costs one attempt per round, not one per event
+    attempts_before = clock()
+    drain(hooks, clock)
+    log = hooks.deliveries(subscription_id=sub.subscription_id)
+    assert [d.status for d in log] == ["failed", "failed"]
+    for d in log:
+        assert d.attempts == 4
+        assert d.last_status_code is None and d.delivered_at is None
+        assert d.last_error is not None and "ConnectError" in d.last_error
+        assert d.last_attempt_at is not None and d.last_attempt_at > attempts_before
+    clock.advance(10_000)
+    assert hooks.run_once() == 0  # failed for good
+    assert "never-to-be-logged-secret" not in caplog.text
+    assert "never-to-be-logged-secret" not in repr(log) + repr(hooks)
+    assert "will be retried" in caplog.text and "failed for good" in caplog.text
+
+
+def test_backoff_is_capped_at_max_delay(
+    core: Core, clock: FakeClock, make_hooks: Callable[..., Webhooks], dead_url: str
+) -> None:
+    hooks = make_hooks(base_delay=100, max_delay=150, max_attempts=10)
+    hooks.subscribe(dead_url)
+    deposit(core)
+    for attempt in range(1, 6):
+        clock.now = max(clock(), hooks.deliveries()[0].next_attempt_at if attempt > 1 else 0)
+        assert hooks.run_once() == 1
+        d = hooks.deliveries()[0]
+        expected = min(150, 100 * 2 ** (attempt - 1))
+        assert d.attempts == attempt
+        assert clock() + expected / 2 <= d.next_attempt_at <= clock() + expected
+
+
+def test_a_failed_delivery_can_be_redelivered(
+    core: Core, clock: FakeClock, make_hooks: Callable[..., Webhooks], receiver: Receiver
+) -> None:
+    hooks = make_hooks(max_attempts=1)
+    hooks.subscribe(receiver.url())
+    receiver.statuses.append(410)
+    deposit(core)
+    assert hooks.run_once() == 1
+    [failed] = hooks.deliveries(status="failed")
+    assert (failed.attempts, failed.last_status_code) == (1, 410)
+    assert hooks.redeliver(failed.delivery_id) is True
+    assert hooks.run_once() == 1
+    [done] = hooks.deliveries()
+    assert (done.status, done.attempts, done.last_status_code) == ("delivered", 1, 200)
+    assert len(receiver.wait_for(2)) == 2
+
+
+# -- durability ---------------------------------------------------------------------------------
+
+
+def test_outbox_and_cursor_survive_a_restart(
+    store_url: str, clock: FakeClock, receiver: Receiver
+) -> None:
+    core = Core(store_url, clock=clock)
+    hooks = Webhooks(core, clock=clock)
+    sub = hooks.subscribe(receiver.url(), events=["collateral.deposited"])
+    for amount in (1, 2, 3):
+        deposit(core, amount)
+    assert hooks.enqueue() == 3
+    hooks.close()
+    core.close()  # "restart" before anything was delivered
+
+    core = Core(store_url, clock=clock)
+    for amount in (4, 5):  # while no Webhooks object exists
+        deposit(core, amount)
+    core.request_withdrawal(ADDRESS, 1, network=NETWORK)  # not subscribed
+    hooks = Webhooks(core, clock=clock)
+    try:
+        assert hooks.deliver_due() == 3  # the outbox survived
+        assert hooks.run_once() == 2  # the cursor remembered where it was
+        assert hooks.run_once() == 0 and hooks.enqueue() == 0
+        got = receiver.wait_for(5)
+        assert [r.json["data"] for r in got] == [{"amount": n} for n in (1, 2, 3, 4, 5)]
+        deposits = [e.event_id for e in core.events(type="collateral.deposited")]
+        assert sorted(r.json["id"] for r in got) == deposits  # each exactly once
+        log = hooks.deliveries(subscription_id=sub.subscription_id)
+        assert [d.status for d in log] == ["delivered"] * 5
+    finally:
+        hooks.close()
+        core.close()
+
+
+_WORKER = """
+import sys
+from fourmica_x402.core import Core
+from fourmica_x402.webhooks import Webhooks
+Webhooks(Core(sys.argv[1])).run_once()
+"""
+
+
+def test_a_worker_killed_mid_delivery_loses_nothing(sqlite_url: str, receiver: Receiver) -> None:
+    core = Core(sqlite_url)
+    with Webhooks(core) as hooks:
+        sub = hooks.subscribe(receiver.url())
+    deposit(core)
+    receiver.gate = threading.Event()  # the request arrives, the answer never leaves
+    worker = subprocess.Popen([sys.executable, "-c", _WORKER, sqlite_url])
+    try:
+        assert len(receiver.wait_for(1, timeout=60)) == 1
+    finally:
+        worker.kill()
+        worker.wait(30)
+    receiver.gate.set()
+    later = FakeClock(time.time())
+    with Webhooks(core, clock=later) as again:
+        [claimed] = again.deliveries()
+        assert (claimed.status, claimed.attempts) == ("pending", 1)
+        assert again.run_once() == 0  # the dead worker's lease still holds
+        later.now = claimed.next_attempt_at
+        assert again.run_once() == 1
+        [done] = again.deliveries(subscription_id=sub.subscription_id)
+        assert (done.status, done.attempts) == ("delivered", 2)
+    got = receiver.wait_for(2)
+    assert got[0].body == got[1].body  # the same event, at least once
+    core.close()
+
+
+def test_two_workers_deliver_each_event_once(store_url: str, receiver: Receiver) -> None:
+    cores = [Core(store_url), Core(store_url)]  # as two processes would
+    workers = [Webhooks(c) for c in cores]
+    workers[0].subscribe(receiver.url())
+    receiver.delay = 0.002
+    for amount in range(1, 41):
+        deposit(cores[amount % 2], amount)
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def work(hooks: Webhooks) -> None:
+        try:
+            start.wait(10)
+            for _ in range(200):
+                hooks.run_once(limit=5)
+                if not hooks.deliveries(status="pending") and len(receiver.requests) >= 40:
+                    return
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert errors == []
+        counts = Counter(r.json["id"] for r in receiver.requests)
+        assert len(counts) == 40 and set(counts.values()) == {1}
+        assert [d.status for d in workers[0].deliveries(limit=1000)] == ["delivered"] * 40
+        assert all(d.attempts == 1 for d in workers[1].deliveries(limit=1000))
+    finally:
+        for w, c in zip(workers, cores, strict=True):
+            w.close()
+            c.close()
+
+
+def test_background_thread_delivers_as_events_commit(
+    core: Core, make_hooks: Callable[..., Webhooks], receiver: Receiver
+) -> None:
+    hooks = make_hooks(clock=time.time)
+    hooks.subscribe(receiver.url())
+    thread = hooks.start(interval=60)  # woken by the Core's commits, not by the interval
+    assert hooks.start() is thread
+    deposit(core)
+    deposit(core)
+    assert len(receiver.wait_for(2, timeout=20)) == 2
+    hooks.stop()
+    assert not thread.is_alive()
+    assert [d.status for d in hooks.deliveries()] == ["delivered", "delivered"]
