@@ -7,6 +7,7 @@ cross-checked against eth-abi / eth-utils in the test suite.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import sha3  # safe-pysha3: the fastest keccak-256 binding on CPython
@@ -32,8 +33,10 @@ def keccak(data: bytes) -> bytes:
     return sha3.keccak_256(data).digest()
 
 
+@functools.lru_cache(maxsize=8192)
 def checksum_address(address: str) -> str:
-    """EIP-55 mixed-case form of a 0x-prefixed 40-hex-digit address."""
+    """EIP-55 mixed-case form of a 0x-prefixed 40-hex-digit address (memoized: the same
+    buyers, sellers and tokens come back on every request)."""
     lower = address[2:].lower()
     digest = sha3.keccak_256(lower.encode("ascii")).hexdigest()
     return "0x" + "".join(

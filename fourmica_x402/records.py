@@ -192,6 +192,15 @@ class Records:
                 ),
             )
 
+    def attach_certificates(self, certificates: list[tuple[int, dict[str, str]]]) -> None:
+        """File the Core's certificates once made (the gate's batched certifier), in one write."""
+        if certificates:
+            with self.store.transaction() as tx:
+                tx.many(
+                    "UPDATE fx_records SET certificate = ? WHERE record_id = ?",
+                    ((json.dumps(cert), rid) for rid, cert in certificates),
+                )
+
     def by_header(
         self, header_hash: str
     ) -> tuple[PaymentRecord, tuple[list[Any], bytes] | None] | None:

@@ -676,6 +676,39 @@ class Core:
         )
         return cycle_id
 
+    def certify_many(self, guarantee_ids: Sequence[str]) -> dict[str, Certificate]:
+        """Certificates for many guarantees: one read, the BLS signatures, one write."""
+        if not guarantee_ids:
+            return {}
+        marks = ", ".join("?" for _ in guarantee_ids)
+        with self.store.transaction(write=False) as tx:
+            rows = tx.all(
+                "SELECT guarantee_id, claims, total_amount, network, certificate, certificate_claims "
+                f"FROM fx_guarantees WHERE guarantee_id IN ({marks})",
+                tuple(guarantee_ids),
+            )
+        done: dict[str, Certificate] = {}
+        fresh = []
+        for gid, claims_json, total, network, signature, message in rows:
+            if signature:
+                done[gid] = Certificate(bytes.fromhex(message[2:]), bytes.fromhex(signature[2:]))
+                continue
+            claims = GuaranteeClaims.from_json(json.loads(claims_json))
+            domain = self.guarantee_domain(get_network(network).chain_id)
+            done[gid] = self.operator.certify(certificate_message(claims, domain, int(total)))
+            fresh.append(gid)
+        if fresh:
+            with self.store.transaction() as tx:
+                tx.many(
+                    "UPDATE fx_guarantees SET certificate = ?, certificate_claims = ? "
+                    "WHERE guarantee_id = ? AND certificate IS NULL",
+                    (
+                        ("0x" + done[g].signature.hex(), "0x" + done[g].claims.hex(), g)
+                        for g in fresh
+                    ),
+                )
+        return done
+
     def _release(self, tx: Tx, network: str, asset: str, address: str, amount: int) -> None:
         if amount:
             tx.execute(

@@ -64,6 +64,11 @@ class SQLiteStore:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        # Open transactions, so close() never pulls a connection from under a running query.
+        self._idle = threading.Condition()
+        self._active = 0
+        self._closed = False
         if self.path != ":memory:":
             parent = os.path.dirname(os.path.abspath(self.path))
             if not os.path.isdir(parent):
@@ -96,6 +101,31 @@ class SQLiteStore:
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[_Tx]:
+        if not write:
+            with self._transaction(write=False) as tx:
+                yield tx
+            return
+        # Writers of this process queue on a lock (woken at once) rather than in SQLite's busy
+        # handler, which sleeps in millisecond steps; other processes still meet the busy handler.
+        with self._write_lock, self._transaction(write=True) as tx:
+            yield tx
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[_Tx]:
+        with self._idle:
+            if self._closed:
+                raise StoreUnavailable(f"SQLite store {self.path} is closed")
+            self._active += 1
+        try:
+            with self._open(write=write) as tx:
+                yield tx
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
+    @contextmanager
+    def _open(self, *, write: bool) -> Iterator[_Tx]:
         conn = self._connection()
         if conn.in_transaction:
             raise RuntimeError("a transaction is already open on this thread; nest none")
@@ -123,7 +153,11 @@ class SQLiteStore:
                 _rollback(conn)
                 raise StoreUnavailable(f"SQLite commit failed: {exc}") from None
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        """Close every connection once running transactions end; later ones get StoreUnavailable."""
+        with self._idle:
+            self._closed = True
+            self._idle.wait_for(lambda: self._active == 0, timeout=timeout)
         with self._lock:
             conns, self._conns = self._conns, []
         for conn in conns:
