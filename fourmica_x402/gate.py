@@ -325,7 +325,10 @@ class _Certifier:
                     else:
                         future.set_exception(LookupError(gid))
             except Exception as exc:  # a later batch may succeed; never let the thread die
-                log.exception("certificate batch failed")
+                if isinstance(exc, Unavailable):  # the store is closing: certificates can wait
+                    log.debug("certificate batch skipped: %s", exc)
+                else:
+                    log.exception("certificate batch failed")
                 for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)

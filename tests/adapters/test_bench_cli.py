@@ -28,6 +28,15 @@ def test_bench_table_and_unknown_name() -> None:
     assert bad.exit_code == 2 and "unknown benchmark" in bad.output
 
 
+def test_paid_request_overhead_is_measured_through_real_adapters() -> None:
+    args = ["bench", "--quick", "--json", "--only", "P1-asgi", "--only", "P1-wsgi"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    for row in json.loads(result.output):
+        assert row["notes"]["paid_us"] > row["baseline"] > 0  # paid costs more than bare
+        assert abs(row["ours"] - (row["notes"]["paid_us"] - row["baseline"])) < 1e-6
+
+
 def test_bench_cycle_close_runs_on_real_tables() -> None:
     result = CliRunner().invoke(main, ["bench", "--quick", "--json", "--only", "P3"])
     assert result.exit_code == 0, result.output
