@@ -1,8 +1,9 @@
 """Django conformance app: sync (WSGI stack, ``Client``) or async (ASGI stack, ``AsyncClient``).
 
 /premium is priced by ``@paid``, the rest by config. Settings are configured once per
-process; each build sets ``FOURMICA_X402_CONFIG`` and a fresh URLconf, then loads the
-client's middleware chain right away (the middleware reads both in ``__init__``).
+process; each build sets ``FOURMICA_X402_CONFIG`` (a PaymentConfig holding this test's Core)
+and a fresh URLconf, then makes the WSGI or ASGI handler, whose middleware reads both in
+``__init__``. The test client shares that handler's middleware chain, so one gate serves both.
 """
 
 from __future__ import annotations
@@ -66,11 +67,9 @@ class DjangoClient:
         self.gate = middleware.gate
 
     def request(self, method: str, path: str, headers: dict[str, str], json: Any = None) -> Any:
-        data = (
-            {}
-            if json is None
-            else {"data": jsonlib.dumps(json), "content_type": "application/json"}
-        )
+        data: dict[str, Any] = {}
+        if json is not None:
+            data = {"data": jsonlib.dumps(json), "content_type": "application/json"}
         if self._loop is None:
             r = self._client.generic(method, path, headers=headers, **data)
             body = b"".join(r.streaming_content) if r.streaming else r.content

@@ -1,0 +1,43 @@
+"""System checks (fourmica_x402.E001 no FOURMICA_X402 dict, E002 invalid configuration or
+@paid price, W001 no PaymentMiddleware in MIDDLEWARE, W002 a @paid view under re_path: unpriced).
+
+    INSTALLED_APPS = [..., "fourmica_x402.adapters.django"]  # then: manage.py check
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+from django.apps import AppConfig
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Warning, register
+
+from fourmica_x402.config import PaymentConfig
+from fourmica_x402.routes import RouteTable
+
+from . import conf
+
+
+class FourmicaX402Config(AppConfig):
+    name, label, verbose_name = "fourmica_x402.adapters.django", "fourmica_x402", "fourmica x402"
+
+
+@register("fourmica_x402")
+def check_settings(**kwargs: Any) -> list[CheckMessage]:
+    given = getattr(settings, "FOURMICA_X402_CONFIG", None) or getattr(settings, "FOURMICA_X402", 0)
+    if not isinstance(given, Mapping | PaymentConfig):
+        return [Error("FOURMICA_X402 is missing or not a dict", id="fourmica_x402.E001")]
+    try:
+        config = conf.load()
+        RouteTable(config.routes, network=config.network, pay_to=config.pay_to, asset=config.asset)
+    except (ValueError, TypeError) as exc:  # ConfigurationError is a ValueError
+        return [Error(f"FOURMICA_X402: {exc}", id="fourmica_x402.E002")]
+    msg, found = "@paid view {} is routed by a regex (re_path): not priced", conf.paid_patterns()
+    return [Warning(msg.format(v), id="fourmica_x402.W002") for k, v, _ in found if k is None]
+
+
+@register("fourmica_x402")
+def check_middleware(**kwargs: Any) -> list[CheckMessage]:
+    ours = {f"{__package__}.PaymentMiddleware", f"{__package__}.middleware.PaymentMiddleware"}
+    if ours.isdisjoint(getattr(settings, "MIDDLEWARE", None) or ()):
+        return [Warning("PaymentMiddleware is not in MIDDLEWARE", id="fourmica_x402.W001")]
+    return []

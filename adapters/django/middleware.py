@@ -1,0 +1,113 @@
+"""The payment middleware: one class for sync and async stacks.
+
+    MIDDLEWARE = [..., "fourmica_x402.adapters.django.PaymentMiddleware"]
+    # in a paid view: request.payment.payer, .amount, .guarantee_id
+
+Its steps are one flow, driven by ``Gate.run_sync`` or ``Gate.run_async``.
+"""
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.core.exceptions import DisallowedHost
+from django.http import HttpRequest, HttpResponse
+from django.utils.encoding import escape_uri_path
+
+from fourmica_x402.gate import PASS, BodyTap, Call, Flow, Gate, RequestView, Response
+
+from .conf import load
+
+
+def request_view(request: HttpRequest) -> RequestView:
+    meta = request.META
+    raw = meta.get("RAW_URI") or meta.get("REQUEST_URI") or ""  # gunicorn; uWSGI, mod_wsgi
+    if not raw and hasattr(request, "scope"):  # ASGI servers keep the path as sent
+        raw = (request.scope.get("raw_path") or b"").decode("latin-1")
+    raw = raw.partition("?")[0].removeprefix(meta.get("SCRIPT_NAME") or "")
+    try:
+        host = request.get_host()
+    except DisallowedHost:
+        host = meta.get("HTTP_HOST") or meta.get("SERVER_NAME") or "localhost"
+    length = meta.get("CONTENT_LENGTH") or "0"
+    small = length.isdigit() and int(length) <= 65536  # the gate's endpoints read ≤ 64 KiB
+    return RequestView(
+        method=request.method or "GET",
+        path=request.path_info,
+        raw_path=raw or escape_uri_path(request.path_info),  # test clients: decoded only
+        query=meta.get("QUERY_STRING", ""),
+        headers=tuple((name.lower(), value) for name, value in request.headers.items()),
+        scheme=request.scheme or "http",
+        host=host,
+        client=meta.get("REMOTE_ADDR"),
+        read_body=lambda: request.body if small else b"",
+    )
+
+
+class PaymentMiddleware:
+    """Charges for the routes of the settings and for ``@paid`` views."""
+
+    sync_capable = async_capable = True
+
+    def __init__(self, get_response: Callable[..., Any]) -> None:
+        self.get_response, self.async_mode = get_response, iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+        self.gate = Gate(load())  # @paid views included: a bad price fails at start-up
+
+    def __call__(self, request: HttpRequest) -> Any:
+        return self.__acall__(request) if self.async_mode else Gate.run_sync(self._flow(request))
+
+    async def __acall__(self, request: HttpRequest) -> Any:
+        return await Gate.run_async(self._flow(request))
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> None:
+        request.fourmica_x402_error = exception  # type: ignore[attr-defined]  # Django: a 500
+
+    def _flow(self, request: HttpRequest) -> Flow:
+        request.payment = None  # type: ignore[attr-defined]  # unless paid below
+        state = yield from self.gate.before(request_view(request))
+        if state is PASS:
+            return (yield Call(self.get_response, (request,), blocking=False))
+        if isinstance(state, Response):
+            return HttpResponse(state.body, status=state.status, headers=dict(state.headers))
+        request.payment = state.payment
+        response = yield Call(self.get_response, (request,), blocking=False)  # never raises
+        error, status = getattr(request, "fourmica_x402_error", None), response.status_code
+        finish = partial(self.gate.finish, state, status, error=error, headers=[*response.items()])
+        extra = yield from self.gate.response_start(state, status)
+        if isinstance(extra, Response):  # settle-after failed: answer 402 instead
+            yield from self.gate.finish(state, None, None)
+            return HttpResponse(extra.body, status=extra.status, headers=dict(extra.headers))
+        for name, value in extra:
+            response[name] = value
+        tap = self.gate.tap()  # hashes the body; keeps it for idempotent replay when asked
+        if response.streaming:  # passed on unbuffered; the gate is told when it ends
+            wrap = _atap if response.is_async else _tap
+            response.streaming_content = wrap(response.streaming_content, tap, finish)
+            return response
+        tap.feed(response.content)
+        yield from finish(tap.digest, body=tap.body)
+        return response
+
+
+def _tap(chunks: Iterator[bytes], tap: BodyTap, finish: Callable[..., Flow]) -> Iterator[bytes]:
+    try:
+        yield from map(tap.feed, chunks)
+    except BaseException as exc:  # GeneratorExit too: the client left mid-stream
+        Gate.run_sync(finish(tap.digest, error=exc))
+        raise
+    Gate.run_sync(finish(tap.digest, body=tap.body))
+
+
+async def _atap(
+    chunks: AsyncIterator[bytes], tap: BodyTap, finish: Callable[..., Flow]
+) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            yield tap.feed(chunk)
+    except BaseException as exc:
+        await Gate.run_async(finish(tap.digest, error=exc))
+        raise
+    await Gate.run_async(finish(tap.digest, body=tap.body))
