@@ -22,13 +22,18 @@ def main() -> None:
 
 @main.command()
 @click.option("--quick", is_flag=True, help="A short run (≤ 30 s).")
-def demo(quick: bool) -> None:
-    """Run the end-to-end demo on the embedded Core."""
-    click.echo(
-        "The end-to-end demo is coming soon: it needs the embedded Core and the seller\n"
-        "adapters, which are not built yet. Today this package ships the x402 wire codec,\n"
-        "4mica-credit guarantee signing and verification, and `fourmica-x402 bench`."
-    )
+@click.option(
+    "--serve", is_flag=True, help="Keep the sellers and the dashboard running afterwards."
+)
+def demo(quick: bool, serve: bool) -> None:
+    """Run the end-to-end demo on the embedded Core (exit 0 only if every invariant held)."""
+    try:
+        from .demo import run_demo
+    except ImportError as exc:
+        raise click.ClickException(
+            f'the demo needs every framework: pip install "fourmica-x402[all]" ({exc})'
+        ) from None
+    sys.exit(run_demo(quick=quick, serve=serve))
 
 
 def _core(db: str) -> Any:

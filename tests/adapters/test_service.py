@@ -278,7 +278,7 @@ def test_webhooks_are_managed_by_the_operator_and_delivered(core: Core) -> None:
     got: list[tuple[str, bytes]] = []
 
     class Receiver(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["content-length"]))
             got.append((self.headers["x-fourmica-event"], body))
             self.send_response(204)

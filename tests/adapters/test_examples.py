@@ -1,0 +1,146 @@
+"""Each example seller runs as a user runs it (a real server on loopback) and gets paid."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fourmica_x402.core import Core
+from fourmica_x402.testing import NETWORK, TEST_KEYS, TestBuyer, payment_header
+from fourmica_x402.wire import decode_payment_required
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+SELLERS = {
+    "starlette": [str(EXAMPLES / "starlette_seller.py")],
+    "fastapi": [str(EXAMPLES / "fastapi_seller.py")],
+    "flask": [str(EXAMPLES / "flask_seller.py")],
+    "django": [str(EXAMPLES / "django_seller" / "manage.py"), "runserver", "--noreload"],
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running(name: str, tmp_path: Path) -> Iterator[tuple[httpx.Client, Path]]:
+    """Start an example seller as a user would; yield a client on it and its database file."""
+    if not Path(SELLERS[name][0]).exists():
+        pytest.fail(f"example for {name} is missing")
+    port = _free_port()
+    db = tmp_path / "seller.db"
+    env = {**os.environ, "PORT": str(port), "FOURMICA_X402_DB": f"sqlite:///{db}"}
+    args = [sys.executable, *SELLERS[name]]
+    if name == "django":
+        args.append(f"127.0.0.1:{port}")
+    proc = subprocess.Popen(
+        args, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if client.get("/free").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    proc.kill()
+                    out = proc.stdout.read().decode() if proc.stdout else ""
+                    pytest.fail(f"{name} example did not start: {out[-2000:]}")
+                time.sleep(0.1)
+            yield client, db
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SELLERS))
+def test_example_seller_serves_and_gets_paid(name: str, tmp_path: Path) -> None:
+    with running(name, tmp_path) as (client, db):
+        challenge = client.get("/premium")
+        assert challenge.status_code == 402
+        req = decode_payment_required(challenge.headers["payment-required"]).accepts[0]
+        assert req.amount == "10000" and req.network == NETWORK
+        buyer = TestBuyer.new()
+        core = Core(f"sqlite:///{db}")
+        core.deposit(buyer.address, 1_000_000, network=NETWORK)
+        tab = client.post(
+            req.extra["tabEndpoint"],
+            json={
+                "x402Version": 2,
+                "userAddress": buyer.address,
+                "paymentRequirements": req.to_dict(),
+            },
+        ).json()
+        name_, value = payment_header(buyer, req, tab)
+        paid = client.get("/premium", headers={name_: value})
+        assert paid.status_code == 200, paid.text
+        assert paid.json()["payer"] == buyer.address
+        assert "payment-response" in paid.headers
+        assert core.position(buyer.address, network=NETWORK).locked == 10_000
+        core.close()
+
+
+@pytest.mark.slow
+def test_pay_command_pays_a_running_seller(tmp_path: Path) -> None:
+    key = TEST_KEYS[4]  # throwaway test key
+    with running("starlette", tmp_path) as (client, db):
+        core = Core(f"sqlite:///{db}")
+        core.deposit(TestBuyer.from_key(key).address, 50_000, network=NETWORK)
+        url = str(client.base_url.join("/premium"))
+        ok = subprocess.run(
+            [sys.executable, "-m", "fourmica_x402", "pay", url, "--key", key],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ok.returncode == 0, ok.stderr
+        out = json.loads(ok.stdout)
+        assert out["status"] == 200 and out["receipt"]["outcome"] == "paid"
+        assert out["body"]["payer"] == TestBuyer.from_key(key).address
+        assert key[2:] not in ok.stdout + ok.stderr  # the key is never printed
+        capped = subprocess.run(
+            [sys.executable, "-m", "fourmica_x402", "pay", url, "--max-price", "$0.001"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "FOURMICA_X402_KEY": key},
+        )
+        assert capped.returncode == 1
+        assert json.loads(capped.stdout)["receipt"]["outcome"] == "budget_exhausted"
+        assert core.position(TestBuyer.from_key(key).address, network=NETWORK).locked == 10_000
+        core.close()
+
+
+@pytest.mark.slow
+def test_buyer_agent_example_runs(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "buyer_agent.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "SELLER_URL"},
+    )
+    assert out.returncode == 0, out.stderr
+    receipts = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert [r["outcome"] for r in receipts] == ["paid", "paid", "paid", "budget_exhausted"]
+    assert "refused: budget_exhausted" in out.stdout
