@@ -828,7 +828,9 @@ class Gate:
             outcome = "kept" if outcome == "refunded" else outcome
         record_id = payment.record_id
         if record_id is not None:
-            await asyncio.to_thread(lambda: self.records.finish(record_id, outcome=outcome, **record))
+            await asyncio.to_thread(
+                lambda: self.records.finish(record_id, outcome=outcome, **record)
+            )
         return outcome
 
     def _void(self, payment: Payment) -> None:
