@@ -763,7 +763,10 @@ class Gate:
             return None
         payment = state.payment
         delivered = error is None and status is not None and 200 <= status < 400
-        failed_hard = error is not None or status is None or status >= 500
+        # Not served (no such route or method) counts as failed: the buyer got nothing for it.
+        failed_hard = (
+            error is not None or status is None or status >= 500 or status in (404, 405, 501)
+        )
         outcome = "delivered" if delivered else "kept"
         action: tuple[str, int] | None = None
         if state.settle_failed is not None or state.result is None:

@@ -1,9 +1,8 @@
 """Prices: ``settings.FOURMICA_X402`` (PaymentConfig options, upper-cased) and ``@paid``.
 
-    FOURMICA_X402 = {"PAY_TO": "0x…", "NETWORK": "eip155:84532", "ROUTES": {"GET /a": "$0.01"}}
-    @paid(price="$0.01")  # a view, priced at its URL: <int:id> → :id, <path:p> → *
-
-A PaymentConfig built in code (a live Core, hooks) may go in ``FOURMICA_X402_CONFIG``.
+FOURMICA_X402 = {"PAY_TO": "0x…", "NETWORK": "eip155:84532", "ROUTES": {"GET /a": "$0.01"}}
+@paid(price="$0.01")  # GET (and HEAD) of this view's URL: <int:id> → :id, <path:p> → *
+FOURMICA_X402_CONFIG = PaymentConfig(...)  # or one built in code (a live Core, hooks)
 """
 
 import dataclasses
@@ -18,7 +17,7 @@ from fourmica_x402.config import PaymentConfig
 from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.routes import RouteConfig
 
-_MARK = "fourmica_x402_route"
+_MARK = "fourmica_x402_route"  # (RouteConfig, methods) on a @paid view
 KEYS = {f.name.upper(): f.name for f in dataclasses.fields(PaymentConfig)}
 _SEGMENT = re.compile(r"<(?:(?:str|int|slug|uuid):)?(\w+)>")  # converters that never match "/"
 _ANY = re.compile(r"<[^>]*>")  # path and custom converters: wider, never lets a URL through
@@ -37,12 +36,14 @@ def load() -> PaymentConfig:
     return dataclasses.replace(config, routes={**config.routes, **paid}) if paid else config
 
 
-def paid(price: Any = None, **route: Any) -> Callable[[Any], Any]:
-    """Mark a view (function or class) as paid; ``route`` takes the RouteConfig fields."""
+def paid(
+    price: Any = None, *, methods: Iterable[str] = ("GET",), **route: Any
+) -> Callable[[Any], Any]:
+    """Mark a view as paid for ``methods`` (HEAD counts as GET); ``route``: RouteConfig fields."""
     config = RouteConfig(price=price, **route)
 
-    def mark(view: Any) -> Any:
-        setattr(view, _MARK, config)  # functools.wraps copies it to the decorators above
+    def mark(view: Any) -> Any:  # functools.wraps copies the marks to the decorators above
+        setattr(view, _MARK, (config, tuple(m.upper() for m in methods)))
         return view
 
     return mark
@@ -62,7 +63,9 @@ def paid_patterns(
             yield from paid_patterns(entry.url_patterns, path)
             continue
         view, cls = entry.callback, getattr(entry.callback, "view_class", None)  # as_view()
-        config = getattr(view, _MARK, None) or getattr(cls, _MARK, None)
-        if isinstance(config, RouteConfig):
+        mark = getattr(view, _MARK, None) or getattr(cls, _MARK, None)
+        if isinstance(mark, tuple):
+            config, methods = mark
             key = None if path is None else "/" + _ANY.sub("*", _SEGMENT.sub(r":\1", path))
-            yield key, entry.lookup_str, config
+            for method in methods:
+                yield key and f"{method} {key}", entry.lookup_str, config

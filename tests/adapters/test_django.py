@@ -154,11 +154,11 @@ def test_settings_map_onto_payment_config(configured: None, core: Core) -> None:
     )
     assert config.core is core and list(config.routes) == [  # @paid views after the settings
         "GET /r",
-        "/gone",
-        "/items/:item_id",
-        "/async/:item_id",
-        "/api/files/*",
-        "/reports/:day/*",
+        "GET /gone",  # @paid prices its methods only (GET by default): a POST is not charged
+        "GET /items/:item_id",
+        "GET /async/:item_id",
+        "GET /api/files/*",
+        "GET /reports/:day/*",
     ]
     built = PaymentConfig(pay_to=SELLER, core=core, on_failure=print)
     with override_settings(FOURMICA_X402_CONFIG=built):
@@ -195,15 +195,15 @@ def test_paid_converts_url_converters(configured: None) -> None:
     keys = {route.key for route in gate.routes.routes}
     assert keys == {
         "GET /r",
-        "* /gone",
-        "* /items/:item_id",
-        "* /async/:item_id",
-        "* /api/files/*",
-        "* /reports/:day/*",  # a class-based view; a custom converter becomes a wildcard
+        "GET /gone",
+        "GET /items/:item_id",
+        "GET /async/:item_id",
+        "GET /api/files/*",
+        "GET /reports/:day/*",  # a class-based view; a custom converter becomes a wildcard
     }
     client = Client()
     assert amount_of(client.get("/items/7")) == "10000"
-    assert amount_of(client.post("/items/7")) == "10000"  # a view answers every method
+    assert gate.routes.match("POST", "/items/7") is None  # @paid prices GET (and HEAD) only
     assert amount_of(client.get("/api/files/a/b.txt")) == "40000"
     assert amount_of(client.get("/reports/monday/a/b")) == "60000"
     assert client.get("/free").status_code == 200 and seen == [None]
@@ -226,7 +226,7 @@ def test_request_payment_in_a_view(configured: None, core: Core) -> None:
     assert (payment.payer, payment.amount, payment.route) == (
         buyer.address,
         10_000,
-        "* /items/:item_id",
+        "GET /items/:item_id",
     )
     assert "payment-response" in resp.headers
 
