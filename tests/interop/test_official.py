@@ -1,0 +1,595 @@
+"""Interop with the official 4Mica Python stack (SPEC §9), run for real on loopback.
+
+The official packages (``x402==2.20.0``, ``4mica-x402==1.2.3``, ``sdk-4mica==1.2.10``)
+live in a scratch virtualenv of their own, never in this project's environment: their
+import name ``fourmica_x402`` is ours too. The helper scripts in ``scripts/`` run there:
+
+- ``official_buyer.py``: x402's client with the 4mica EVM client scheme;
+- ``official_seller.py``: the official route-dict FastAPI seller.
+
+The virtualenv is ``$FOURMICA_INTEROP_VENV`` when set, else one built from PyPI under
+``~/.cache/fourmica-x402-interop/<hash of the pins>`` (reused). Without network the tests
+skip, except under ``CI=true`` where they fail.
+
+x402 2.20.0 exactly: the seller side of 4mica-x402 1.2.3 breaks on x402 ≥ 2.21
+(its scheme lacks ``payment_flows``), so every protected request would answer 500.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import http.server
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fourmica_x402 import PaymentConfig
+from fourmica_x402.client import PaymentTransport
+from fourmica_x402.core import Core
+from fourmica_x402.guarantee import SignedGuarantee, address_of, recover_signer
+from fourmica_x402.networks import get_network
+from fourmica_x402.testing import NETWORK
+from fourmica_x402.wire import (
+    PaymentPayload,
+    PaymentPayloadV1,
+    decode_payment_header,
+    encode_header,
+)
+
+pytestmark = [pytest.mark.interop, pytest.mark.slow]
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = HERE / "scripts"
+EXAMPLES = HERE.parents[1] / "examples"
+VENV_ENV = "FOURMICA_INTEROP_VENV"
+#: The official packages, pinned (see the module docstring for why x402 is 2.20.0).
+PINS = ("x402==2.20.0", "4mica-x402==1.2.3", "sdk-4mica==1.2.10")
+#: What the helper scripts need besides the pins (the official extras, unpinned).
+DEPS = ("requests>=2.32", "fastapi>=0.115", "uvicorn>=0.29", "eth-account>=0.13")
+PIP_TIMEOUT = 600
+CHAIN_ID = get_network(NETWORK).chain_id
+
+
+# -- the scratch virtualenv ------------------------------------------------------------------
+
+
+def _unavailable(message: str) -> Any:
+    """Skip; in CI (CI=true) fail instead: CI must really run the interop tests."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def _python_in(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def _official_env() -> dict[str, str]:
+    """The environment of every official process: no 4MICA_* overrides, nothing of ours."""
+    drop = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("4MICA_") and k not in drop}
+    no_proxy = ",".join(filter(None, [env.get("NO_PROXY"), "127.0.0.1,localhost"]))
+    env["NO_PROXY"] = env["no_proxy"] = no_proxy
+    return env
+
+
+_CHECK = (
+    "import importlib.metadata as m, fastapi, requests, uvicorn, x402, fourmica_sdk;"
+    "from fourmica_x402.client_scheme import FourMicaEvmScheme;"
+    "from fourmica_x402.http import fastapi_payment_middleware_from_config;"
+    "print(m.version('x402'), m.version('4mica-x402'), m.version('sdk-4mica'))"
+)
+
+
+def _check_venv(python: Path) -> str | None:
+    """None when the virtualenv has the pinned official packages; else what is wrong."""
+    if not python.exists():
+        return f"{python} does not exist"
+    try:
+        out = subprocess.run(
+            [str(python), "-I", "-c", _CHECK],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=_official_env(),
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{python} does not run: {exc}"
+    want = " ".join(pin.split("==")[1] for pin in PINS)
+    if out.returncode != 0:
+        return f"{python} lacks the official packages: {out.stderr.strip()[-500:]}"
+    if out.stdout.strip() != want:
+        return f"{python} has x402/4mica-x402/sdk-4mica {out.stdout.strip()}, want {want}"
+    return None
+
+
+def _cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fourmica-x402-interop"
+
+
+def _build_venv(target: Path) -> None:
+    """python -m venv + pip install of the pins; raises CalledProcessError/TimeoutExpired."""
+    shutil.rmtree(target, ignore_errors=True)
+    subprocess.run(
+        [sys.executable, "-m", "venv", str(target)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    env = {k: v for k, v in _official_env().items() if k not in ("NO_PROXY", "no_proxy")}
+    for key in ("NO_PROXY", "no_proxy"):  # keep the user's proxy settings for PyPI
+        if key in os.environ:
+            env[key] = os.environ[key]
+    subprocess.run(
+        [
+            str(_python_in(target)),
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--quiet",
+            "--timeout",
+            "60",
+            *PINS,
+            *DEPS,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=PIP_TIMEOUT,
+        env=env,
+    )
+
+
+@pytest.fixture(scope="session")
+def official_python() -> Path:
+    """The Python of a virtualenv with the pinned official packages."""
+    given = os.environ.get(VENV_ENV)
+    if given:
+        python = _python_in(Path(given))
+        problem = _check_venv(python)
+        if problem:
+            pytest.fail(f"{VENV_ENV}={given}: {problem}", pytrace=False)
+        return python
+    key = hashlib.sha256(
+        "\n".join([*PINS, *DEPS, f"py{sys.version_info[0]}.{sys.version_info[1]}"]).encode()
+    ).hexdigest()[:16]
+    root = _cache_root()
+    venv = root / key
+    python, done = _python_in(venv), venv / ".fourmica-interop-complete"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(root / f"{key}.lock", "w")  # noqa: SIM115 — held for the whole build
+    except OSError as exc:
+        return _unavailable(f"cannot use the interop cache {root}: {exc}")
+    with lock:
+        try:
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time (parallel sessions)
+        except ImportError:
+            pass
+        if done.exists() and _check_venv(python) is None:
+            return python
+        try:
+            _build_venv(venv)
+        except subprocess.TimeoutExpired:
+            shutil.rmtree(venv, ignore_errors=True)
+            return _unavailable(
+                f"pip install {' '.join(PINS)} took over {PIP_TIMEOUT} s; "
+                f"set {VENV_ENV} to a ready virtualenv"
+            )
+        except (OSError, subprocess.CalledProcessError) as exc:
+            shutil.rmtree(venv, ignore_errors=True)
+            lines = (getattr(exc, "stderr", None) or str(exc)).strip().splitlines()
+            detail = [line for line in lines if line.startswith("ERROR")] or lines
+            return _unavailable(
+                f"could not build the official packages' virtualenv (PyPI reachable?): "
+                f"{' | '.join(detail[-3:])[:600]}; or set {VENV_ENV}"
+            )
+        problem = _check_venv(python)
+        if problem:
+            pytest.fail(f"the built interop virtualenv is broken: {problem}", pytrace=False)
+        done.write_text("\n".join([*PINS, *DEPS]) + "\n")
+        return python
+
+
+def run_official(python: Path, script: str, *args: str, timeout: float = 120) -> dict[str, Any]:
+    """Run a helper script in the official virtualenv; its last stdout line is JSON."""
+    try:
+        out = subprocess.run(
+            [str(python), "-I", str(SCRIPTS / script), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=_official_env(),
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{script} timed out after {timeout} s: {exc.stderr!r}"[-2000:])
+    lines = out.stdout.strip().splitlines()
+    try:
+        result: dict[str, Any] = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        pytest.fail(f"{script} printed no JSON (rc {out.returncode}): {out.stderr[-2000:]}")
+    result["_stderr"] = out.stderr
+    return result
+
+
+# -- servers on loopback ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serving(
+    name: str, args: list[str], ready_url: str, log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process, up (``ready_url`` answers 200) for the block, killed afterwards."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, env=env, cwd=log.parent, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(ready_url, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.fail(f"{name} did not start: {log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def in_thread(app: Any) -> Iterator[str]:
+    """An ASGI app under uvicorn in this process; yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("in-process seller did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "te", "upgrade"}
+
+
+@contextlib.contextmanager
+def v1_only_proxy(upstream: str) -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """A loopback proxy that drops PAYMENT-REQUIRED from 402s, so x402 clients see v1 only.
+
+    Our challenge carries the v2 header and the v1 body; the official client prefers the
+    header. Without it, it reads the v1 body and pays with X-PAYMENT. Yields the proxy's
+    URL and the headers of every request it forwarded.
+    """
+    seen: list[dict[str, str]] = []
+    client = httpx.Client(base_url=upstream, timeout=30)
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _forward(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            body = self.rfile.read(length) if length else b""
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+            seen.append({k.lower(): v for k, v in headers.items()})
+            answer = client.request(self.command, self.path, headers=headers, content=body)
+            self.send_response(answer.status_code)
+            for key, value in answer.headers.multi_items():
+                if key.lower() in _HOP or key.lower() == "content-encoding":
+                    continue
+                if answer.status_code == 402 and key.lower() == "payment-required":
+                    continue
+                self.send_header(key, value)
+            self.send_header("content-length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        do_GET = do_POST = _forward
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        client.close()
+
+
+def new_key() -> tuple[str, str]:
+    """A fresh random throwaway key and its address."""
+    key = "0x" + secrets.token_hex(32)
+    return key, address_of(key)
+
+
+def wait_for(predicate: Any, what: str, timeout: float = 10) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def b64_json(value: str) -> Any:
+    return json.loads(base64.b64decode(value))
+
+
+# -- a. an official buyer pays our sellers ----------------------------------------------------
+
+EXAMPLE_SELLERS = {"starlette": "starlette_seller.py", "flask": "flask_seller.py"}
+
+
+@pytest.mark.parametrize("x402_version", [2, 1], ids=["v2", "v1"])
+@pytest.mark.parametrize("seller", sorted(EXAMPLE_SELLERS))
+def test_official_buyer_pays_our_example_seller(
+    official_python: Path, seller: str, x402_version: int, tmp_path: Path
+) -> None:
+    port = free_port()
+    db = f"sqlite:///{tmp_path / 'seller.db'}"
+    env = {**os.environ, "PORT": str(port), "FOURMICA_X402_DB": db}
+    args = [sys.executable, str(EXAMPLES / EXAMPLE_SELLERS[seller])]
+    base = f"http://127.0.0.1:{port}"
+    key, buyer = new_key()
+    core = Core(db)
+    try:
+        core.deposit(buyer, 1_000_000, network=NETWORK)
+        with serving(seller, args, f"{base}/free", tmp_path / "seller.log", env):
+            if x402_version == 2:
+                result = run_official(official_python, "official_buyer.py", f"{base}/premium", key)
+                seen: list[dict[str, str]] = []
+            else:
+                with v1_only_proxy(base) as (proxy, seen):
+                    result = run_official(
+                        official_python, "official_buyer.py", f"{proxy}/premium", key, "--v1"
+                    )
+            assert result["error"] is None, result["_stderr"][-2000:]
+            assert result["status"] == 200, result
+            assert result["body"]["payer"] == buyer
+            if x402_version == 2:
+                settle, other = result["payment_response_header"], "x_payment_response_header"
+            else:
+                settle, other = result["x_payment_response_header"], "payment_response_header"
+                paid = [h for h in seen if "x-payment" in h]
+                assert len(paid) == 1 and not any("payment-signature" in h for h in seen)
+            assert result[other] is None
+            assert settle["success"] is True and settle["payer"] == buyer
+            assert settle["transaction"] == result["body"]["guarantee"]
+            gid = settle["transaction"]
+            # v2: the default delivery policy (G-v2), scored 100 once the response went out;
+            # v1: a plain G-v1 guarantee, payable at once.
+            record = wait_for(
+                lambda: (g := core.guarantee(gid)).state == "payable" and g, "a payable guarantee"
+            )
+            assert record.version == x402_version and record.user_address == buyer
+            assert record.amount == 10_000
+            if x402_version == 2:
+                assert record.score == 100
+            assert core.position(buyer, network=NETWORK).locked == 10_000
+            assert core.audit() == []
+    finally:
+        core.close()
+
+
+# -- b. the official seller on our service ---------------------------------------------------
+
+
+def test_official_route_dict_seller_uses_our_service(official_python: Path, tmp_path: Path) -> None:
+    service_port, seller_port = free_port(), free_port()
+    service = f"http://127.0.0.1:{service_port}"
+    seller = f"http://127.0.0.1:{seller_port}"
+    db = f"sqlite:///{tmp_path / 'service.db'}"
+    serve = [sys.executable, "-m", "fourmica_x402", "serve", "--db", db]
+    serve += ["--port", str(service_port), "--sandbox"]
+    _, pay_to = new_key()
+    _, validator = new_key()
+    with serving("fourmica-x402 serve", serve, f"{service}/health", tmp_path / "service.log"):
+        params = httpx.get(f"{service}/core/public-params", timeout=10).json()
+        extra = {
+            "rpcUrl": service,
+            "validationRegistryAddress": params["trusted_validation_registries"][0],
+            "validatorAddress": validator,
+            "validatorAgentId": "7",
+            "minValidationScore": 80,
+            "jobHash": "0x" + "77" * 32,
+        }
+        official = [
+            str(official_python),
+            "-I",
+            str(SCRIPTS / "official_seller.py"),
+            str(seller_port),
+            service,
+            pay_to,
+            "--extra",
+            json.dumps(extra),
+        ]
+        with serving(
+            "official seller",
+            official,
+            f"{seller}/health",
+            tmp_path / "official_seller.log",
+            _official_env(),
+        ):
+            challenge = httpx.get(f"{seller}/premium", timeout=30)
+            assert challenge.status_code == 402, challenge.text
+            offer = b64_json(challenge.headers["payment-required"])["accepts"][0]
+            assert offer["extra"]["tabEndpoint"] == f"{seller}/payment/tab"
+
+            # our buyer (PaymentTransport over real HTTP)
+            ours_key, ours = new_key()
+            theirs_key, theirs = new_key()
+            for address in (ours, theirs):
+                funded = httpx.post(
+                    f"{service}/sandbox/deposit",
+                    json={"address": address, "amount": "$1"},
+                    timeout=10,
+                )
+                assert funded.status_code == 200, funded.text
+            with httpx.Client(transport=PaymentTransport(ours_key), timeout=30) as client:
+                paid = client.get(f"{seller}/premium")
+            assert paid.status_code == 200, paid.text
+            assert paid.json() == {"premium": "the good stuff"}
+            receipt = paid.extensions["fourmica_receipt"]
+            assert receipt.outcome == "paid" and receipt.x402_version == 2
+            settle = b64_json(paid.headers["payment-response"])
+            assert settle["success"] is True and settle["payer"] == ours
+            assert settle["transaction"] == receipt.guarantee_id
+
+            # the official buyer, same seller, same service
+            result = run_official(
+                official_python, "official_buyer.py", f"{seller}/premium", theirs_key
+            )
+            assert result["error"] is None, result["_stderr"][-2000:]
+            assert result["status"] == 200, result
+            assert result["payment_response_header"]["success"] is True
+            assert result["payment_response_header"]["payer"] == theirs
+
+        # Tabs, verify and settle went to our service: its Core holds both guarantees, on
+        # the tabs it opened, waiting for the validator's score (nobody posts one here).
+        rows = httpx.get(f"{service}/api/guarantees", timeout=10).json()
+        by_payer = {row["user_address"]: row for row in rows}
+        assert set(by_payer) == {ours, theirs}, rows
+        for row in by_payer.values():
+            assert row["state"] == "pending_validation", row
+            assert row["version"] == 2 and row["amount"] == 10_000
+            assert row["recipient_address"] == pay_to and row["validator"] == validator
+            assert row["min_score"] == 80 and row["certificate"], row
+        assert by_payer[ours]["guarantee_id"] == receipt.guarantee_id
+        assert by_payer[ours]["tab_id"] == receipt.tab_id
+        assert by_payer[theirs]["guarantee_id"] == result["payment_response_header"]["transaction"]
+        positions = httpx.get(f"{service}/api/positions", timeout=10).json()
+        locked = {p["address"]: p["locked"] for p in positions}
+        assert locked[ours] == 10_000 and locked[theirs] == 10_000
+        metrics = httpx.get(f"{service}/metrics", timeout=10).text
+        assert 'fourmica_settle_total{outcome="success"} 2.0' in metrics
+
+
+# -- c. the official payment header, byte for byte -------------------------------------------
+
+
+def _json_diff(ours: bytes, theirs: bytes) -> str:
+    at = next(
+        (i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b),
+        min(len(ours), len(theirs)),
+    )
+    return (
+        f"first difference at byte {at}:\n"
+        f"  official: …{theirs[max(0, at - 80) : at + 80]!r}\n"
+        f"  ours:     …{ours[max(0, at - 80) : at + 80]!r}"
+    )
+
+
+@pytest.mark.parametrize("x402_version", [2, 1], ids=["v2", "v1"])
+def test_official_payment_header_round_trips_byte_for_byte(
+    official_python: Path, x402_version: int, tmp_path: Path
+) -> None:
+    from fourmica_x402.adapters.asgi import PaymentMiddleware
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    captured: list[tuple[str, str]] = []
+
+    def before_settle(request: Any, payload: Any, requirements: Any) -> None:
+        for name in ("payment-signature", "x-payment"):
+            captured.extend((name, value) for value in request.header_values(name))
+
+    async def premium(request: Request) -> JSONResponse:
+        return JSONResponse({"payer": request.state.payment.payer})
+
+    db = str(tmp_path / "core.db")
+    _, seller = new_key()
+    config = PaymentConfig(
+        pay_to=seller, routes={"GET /premium": "$0.01"}, core=db, before_settle=before_settle
+    )
+    app = Starlette(
+        routes=[Route("/premium", premium)],
+        middleware=[Middleware(PaymentMiddleware, config=config)],
+    )
+    key, buyer = new_key()
+    core = Core(db)
+    try:
+        core.deposit(buyer, 1_000_000, network=NETWORK)
+        with in_thread(app) as base:
+            if x402_version == 2:
+                result = run_official(official_python, "official_buyer.py", f"{base}/premium", key)
+            else:
+                with v1_only_proxy(base) as (proxy, _):
+                    result = run_official(
+                        official_python, "official_buyer.py", f"{proxy}/premium", key, "--v1"
+                    )
+        assert result["error"] is None, result["_stderr"][-2000:]
+        assert result["status"] == 200, result
+        assert len(captured) == 1, captured
+        name, raw = captured[0]
+        assert name == ("payment-signature" if x402_version == 2 else "x-payment")
+
+        decoded = decode_payment_header(raw, expected_version=x402_version)
+        assert isinstance(decoded, PaymentPayload if x402_version == 2 else PaymentPayloadV1)
+        signed = SignedGuarantee.from_json(decoded.payload)
+        assert recover_signer(signed, core.domain(CHAIN_ID)) == buyer
+        # The official SDK signs G-v2 when challenged with x402 v2 (our v2 challenge carries
+        # the delivery policy) and G-v1 on our v1 body (no policy there).
+        assert signed.claims.version == x402_version
+        assert signed.claims.user_address == buyer and signed.claims.amount == 10_000
+
+        # Our models reproduce the official bytes: envelope, accepted offer, resource, claims.
+        theirs = base64.b64decode(raw)
+        ours = base64.b64decode(encode_header(decoded))
+        assert ours == theirs, _json_diff(ours, theirs)
+        assert encode_header(decoded) == raw
+        inner = json.dumps(signed.to_json(), separators=(",", ":")).encode()
+        official_inner = json.dumps(decoded.payload, separators=(",", ":")).encode()
+        assert inner == official_inner, _json_diff(inner, official_inner)
+    finally:
+        core.close()
