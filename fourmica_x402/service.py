@@ -577,6 +577,12 @@ def render_dashboard(core: Core) -> str:
     cycles = core.cycles(limit=20)
     recent = core.guarantees(limit=25)
     withdrawals = core.withdrawals(limit=20)
+    # An open cycle's totals are only written at close: show what it holds so far.
+    live = {
+        c.cycle_id: (sum(p.guarantee_count for p in pairs), sum(p.amount for p in pairs))
+        for c in cycles
+        if c.status == "open" and (pairs := core.cycle_pairs(c.cycle_id))
+    }
     defaults = [e for e in core.events(type="position.defaulted", limit=1000)][-20:]
     sections = [
         _table(
@@ -611,8 +617,8 @@ def render_dashboard(core: Core) -> str:
                 [
                     f'<a href="#cycle-{c.cycle_id}">#{c.cycle_id}</a>',
                     html.escape(c.status),
-                    f"{c.guarantee_count:,}",
-                    _money(c.gross, c.network, c.asset),
+                    f"{live.get(c.cycle_id, (c.guarantee_count, 0))[0]:,}",
+                    _money(live.get(c.cycle_id, (0, c.gross))[1], c.network, c.asset),
                     f"{c.net_transfers:,}",
                     _money(c.total_debit, c.network, c.asset),
                     _money(c.collected, c.network, c.asset),
@@ -692,9 +698,9 @@ def render_dashboard(core: Core) -> str:
                 [
                     _short(e.address),
                     str(e.data.get("cycle_id")),
-                    f"{e.data.get('unpaid', 0):,}",
-                    f"{e.data.get('covered', 0):,}",
-                    f"{e.data.get('shortfall', 0):,}",
+                    _money(int(e.data.get("unpaid", 0)), e.network or "", e.asset or ""),
+                    _money(int(e.data.get("covered", 0)), e.network or "", e.asset or ""),
+                    _money(int(e.data.get("shortfall", 0)), e.network or "", e.asset or ""),
                 ]
                 for e in defaults
             ],

@@ -1,0 +1,246 @@
+"""The dashboard as a person sees it: served by uvicorn, opened in a real headless Chromium.
+
+Uses Playwright for Python driving Debian's ``chromium`` (``/usr/bin/chromium``; ``.ci/run``
+installs it) — never Playwright's own browser downloads. Without the browser (or Playwright)
+the test skips, except in CI (``CI=true``), where it fails. A full-page screenshot is left in
+``artifacts/dashboard.png`` at the repository root (git-ignored) for people to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+import uvicorn
+
+from fourmica_x402.core import Core, CoreConfig
+from fourmica_x402.service import create_app
+from fourmica_x402.testing import NETWORK, FakeClock, TestBuyer
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+TIMEOUT_MS = 30_000
+USD = 1_000_000  # one USDC in atomic units (6 decimals)
+
+pytestmark = pytest.mark.slow
+
+
+def _unavailable(why: str) -> NoReturn:
+    """Skip, or fail in CI: CI must really run the browser test."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{why} (CI=true: the dashboard must be tested in a browser)", pytrace=False)
+    pytest.skip(why)
+
+
+def _short(address: str) -> str:
+    """An address as the dashboard shows it (the full one is in the tooltip)."""
+    return f"{address[:6]}…{address[-4:]}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class History:
+    """A Core with a realistic past: one netted cycle gone to finality, and life after it."""
+
+    def __init__(self, path: Path) -> None:
+        self.clock = FakeClock()
+        self.core = Core(
+            str(path),
+            config=CoreConfig(resolution_delay=60, payment_window=60, finality=60),
+            clock=self.clock,
+        )
+        core = self.core
+        self.alice, self.bob, self.carol, self.dave = (TestBuyer.new() for _ in range(4))
+        for who, dollars in (
+            (self.alice, 500),
+            (self.bob, 300),
+            (self.carol, 200),
+            (self.dave, 50),
+        ):
+            core.deposit(who.address, dollars * USD, network=NETWORK)
+
+        def pay(buyer: TestBuyer, seller: TestBuyer, amount: int) -> None:
+            self.clock.advance(7)
+            assert core.accept(*buyer.pay(core, seller.address, amount)).state == "payable"
+
+        # Cycle 1: alice and bob pay each other (both directions), carol buys from bob and dave.
+        pay(self.alice, self.bob, 30 * USD)
+        pay(self.bob, self.alice, 10 * USD)
+        pay(self.alice, self.bob, 30 * USD)
+        pay(self.alice, self.dave, 20 * USD)
+        pay(self.carol, self.dave, 15 * USD)
+        pay(self.carol, self.bob, 5 * USD)
+        self.accepted = 6
+        # alice −70, bob +55, carol −20, dave +35 (USDC).
+        self.cycle = core.close_cycle(network=NETWORK)
+        self.clock.advance(61)
+        assert core.tick()["resolved"] == 1
+        core.pay_net_debit(self.cycle.cycle_id, self.alice.address)  # alice pays; carol does not
+        self.clock.advance(61 + 61)
+        assert core.tick()["finalized"] == 1
+        self.claimed = core.claim_net_credit(self.cycle.cycle_id, self.bob.address)
+        # Cycle 2 (open): business goes on, and dave takes some collateral out.
+        pay(self.bob, self.carol, 4 * USD)
+        pay(self.dave, self.alice, 2 * USD)
+        self.withdrawal = core.request_withdrawal(self.dave.address, 10 * USD, network=NETWORK)
+        self.cycle = core.cycle(self.cycle.cycle_id)
+
+    @property
+    def participants(self) -> list[TestBuyer]:
+        return [self.alice, self.bob, self.carol, self.dave]
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> Iterator[History]:
+    h = History(tmp_path / "dashboard.db")
+    yield h
+    assert h.core.audit() == []
+    h.core.close()
+
+
+@pytest.fixture
+def dashboard_url(history: History) -> Iterator[str]:
+    """The service under a real uvicorn server on loopback (no ticking: the clock is fake)."""
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(history.core, tick_interval=None),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.02)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_dashboard_in_headless_chromium(history: History, dashboard_url: str) -> None:
+    if not CHROMIUM.exists():
+        _unavailable(f"{CHROMIUM} not found (Debian: apt-get install chromium)")
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError:
+        _unavailable('playwright is not installed (pip install -e ".[test]")')
+
+    cycle = history.cycle
+    assert cycle.status == "final" and cycle.guarantee_count == history.accepted
+    cid = cycle.cycle_id
+    screenshot = ARTIFACTS / "dashboard.png"
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot.unlink(missing_ok=True)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=TIMEOUT_MS
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.set_default_timeout(TIMEOUT_MS)
+            expect.set_options(timeout=10_000)
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            response = page.goto(dashboard_url + "/dashboard", wait_until="load")
+            assert response is not None and response.status == 200
+            # First, while the page is fresh (it reloads itself every 5 s): the picture.
+            page.screenshot(path=str(screenshot), full_page=True)
+
+            expect(page).to_have_title("fourmica-x402 Core")
+            expect(page.locator("h1")).to_have_text("fourmica-x402 Core")
+
+            # Positions: every participant, in the short form, once.
+            shown = page.locator("#positions tbody tr td:first-child").all_inner_texts()
+            assert sorted(shown) == sorted(_short(b.address) for b in history.participants)
+            expect(
+                page.locator(f'#positions code[title="{history.alice.address}"]')
+            ).to_be_visible()
+
+            # The closed (now final) cycle: its guarantee count and net transfers.
+            row = page.locator("#cycles tbody tr").filter(
+                has=page.locator(f'a[href="#cycle-{cid}"]')
+            )
+            expect(row).to_have_count(1)
+            cells = row.locator("td")
+            expect(cells.nth(0)).to_have_text(f"#{cid}")
+            expect(cells.nth(1)).to_have_text("final")
+            expect(cells.nth(2)).to_have_text(str(history.accepted))
+            expect(cells.nth(4)).to_have_text(f"{cycle.net_transfers:,}")
+            assert cycle.net_transfers > 0
+            expect(cells.nth(3)).to_have_text("110 USDC")  # gross: 30+10+30+20+15+5
+
+            # Its net positions: who owed, who was owed, who paid, who defaulted.
+            nets = page.locator(f"#cycle-{cid}-positions tbody tr")
+            expect(nets).to_have_count(4)
+            roles = page.locator(f"#cycle-{cid}-positions tbody td:nth-child(2)")
+            assert set(roles.all_inner_texts()) == {"debtor", "creditor"}
+
+            def net_row(who: TestBuyer) -> list[str]:
+                return (
+                    nets.filter(has=page.locator(f'code[title="{who.address}"]'))
+                    .locator("td")
+                    .all_inner_texts()
+                )
+
+            alice, bob, carol = (net_row(w) for w in (history.alice, history.bob, history.carol))
+            assert (alice[1], alice[4], alice[5]) == ("debtor", "−70 USDC", "paid")
+            assert (carol[1], carol[4], carol[5]) == ("debtor", "−20 USDC", "defaulted")
+            assert (bob[1], bob[4]) == ("creditor", "55 USDC")
+            pairs = page.locator(f"#cycle-{cid}-pairs tbody tr")
+            expect(pairs).to_have_count(5)  # alice→bob (twice, one pair), bob→alice, …
+
+            # Defaults: carol, in that cycle, covered from her collateral.
+            defaults = page.locator("#defaults tbody tr")
+            expect(defaults).to_have_count(1)
+            expect(defaults.locator("td")).to_have_text(
+                [_short(history.carol.address), str(cid), "20 USDC", "20 USDC", "0 USDC"]
+            )
+
+            # Withdrawals: dave's pending one.
+            withdrawals = page.locator("#withdrawals tbody tr")
+            expect(withdrawals).to_have_count(1)
+            expect(withdrawals.locator("td").nth(1)).to_have_text(_short(history.dave.address))
+            expect(withdrawals.locator("td").nth(2)).to_have_text("10 USDC")
+            expect(withdrawals.locator("td").nth(3)).to_have_text("pending")
+
+            # Recent guarantees: all eight, newest cycle's two not yet in a closed cycle.
+            expect(page.locator("#guarantees tbody tr")).to_have_count(history.accepted + 2)
+
+            # Following the cycle link brings its section into view.
+            page.locator(f'#cycles a[href="#cycle-{cid}"]').click()
+            expect(page).to_have_url(f"{dashboard_url}/dashboard#cycle-{cid}")
+            section = page.locator(f"#cycle-{cid}")
+            expect(section).to_be_visible()
+            expect(section).to_be_in_viewport()
+            expect(page.locator(f"#cycle-{cid}-positions h2")).to_be_in_viewport()
+            assert errors == []
+        finally:
+            browser.close()
+
+    data = screenshot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 10_000, f"{screenshot} is only {len(data)} bytes"
