@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from fourmica_x402.cli import main
@@ -42,3 +43,14 @@ def test_bench_cycle_close_runs_on_real_tables() -> None:
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.output)
     assert row["id"] == "P3" and row["ours"] > 0 and row["notes"]["guarantees"] == 100_000
+
+
+@pytest.mark.slow
+def test_http_benchmarks_run_real_servers() -> None:
+    args = ["bench", "--quick", "--json", "--only", "P4-asgi", "--only", "P4-wsgi"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    rows = {row["id"]: row for row in json.loads(result.output)}
+    assert set(rows) == {"P4-asgi", "P4-wsgi"}
+    for row in rows.values():  # every request got its 200 (the bench asserts it) and was timed
+        assert row["ours"] > 0 and row["baseline"] > 0 and row["notes"]["requests"] == 300
