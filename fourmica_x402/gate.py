@@ -457,6 +457,13 @@ class Gate:
         except Unavailable as exc:
             yield from self._failure(request, exc)
             return self._error_response(503, exc.reason, exc.message, exc.headers())
+        except FourmicaError as exc:  # e.g. a remote facilitator's 4xx in a shape of its own
+            yield from self._failure(request, exc)
+            if exc.status < 500:
+                return self._challenge(
+                    request, route, requirements, exc.reason, version=_version_of(request)
+                )
+            return self._error_response(503, exc.reason, exc.message)
 
     def _paid(
         self, request: RequestView, route: Route, requirements: list[PaymentRequirements]
@@ -490,6 +497,10 @@ class Gate:
         if self.config.idempotent_replay:
             found = yield Call(self.records.by_header, (header_hash,))
             if found is not None:
+                if (found[0].route, found[0].method) != (route.key, request.method.upper()):
+                    return self._challenge(  # a payment replays only the request it paid for
+                        request, route, requirements, Reason.REPLAYED_REQUEST_ID, version=version
+                    )
                 return self._replayed(found, version)
         if self.config.before_settle is not None:
             try:
@@ -518,7 +529,7 @@ class Gate:
                 self._settle_and_record, (payload, chosen, base), afn=self._asettle_and_record
             )
             if isinstance(result, SettleResult):  # refused
-                self._throttle.hit(request.client, payer)
+                self._count_refusal(request, payer, result.error_reason)
                 yield from self._failure(
                     request, GuaranteeRejected(reason=result.error_reason or "rejected")
                 )
@@ -536,7 +547,7 @@ class Gate:
                 self.facilitator.verify, (payload, chosen), afn=self.facilitator.averify
             )
             if not verdict.is_valid:
-                self._throttle.hit(request.client, payer)
+                self._count_refusal(request, payer, verdict.invalid_reason)
                 yield from self._failure(
                     request, GuaranteeRejected(reason=verdict.invalid_reason or "invalid")
                 )
@@ -577,8 +588,40 @@ class Gate:
         if result is not None and result.guarantee_id:
             payment._certificate = self._certify(result.guarantee_id, record_id)
         if self.config.after_settle is not None and result is not None:
-            yield Call(self.config.after_settle, (request, result), blocking=False)
+            try:
+                yield Call(self.config.after_settle, (request, result), blocking=False)
+            except Exception:  # paid but not served: give the money back before answering
+                log.exception("after_settle hook raised; refunding %s", result.guarantee_id)
+                yield Call(self._abandon, (result, chosen.pay_to, record_id))
+                return self._error_response(
+                    503, "seller_hook_failed", "the seller failed; the payment was voided"
+                )
         return _Paid(payment, request, chosen, payload, header_hash, result, policy, delivery)
+
+    def _abandon(self, result: SettleResult, pay_to: str, record_id: int | None) -> None:
+        """Void a settled payment whose handler will not run, and say so in its record."""
+        self._undo(result, pay_to)
+        if record_id is not None:
+            self.records.finish(
+                record_id, status="failed", http_status=503, response_hash=None, outcome="refunded"
+            )
+
+    def _count_refusal(self, request: RequestView, payer: str, reason: str | None) -> None:
+        """Throttle who caused a refusal, and only them.
+
+        An invalid signature proves nothing about the claimed payer (anyone could name a
+        victim), so it counts against the client address; a refusal of a properly signed
+        payment (no collateral left, a replay, a mismatch) counts against its payer, never
+        against everyone else behind the same address (a NAT, a proxy, an agent platform).
+        """
+        if reason in (
+            Reason.INVALID_SIGNATURE,
+            Reason.MALFORMED_PAYMENT,
+            Reason.UNSUPPORTED_SCHEME,
+        ):
+            self._throttle.hit(request.client)
+        else:
+            self._throttle.hit(payer)
 
     def _certify(self, guarantee_id: str, record_id: int | None) -> Future[dict[str, str]] | None:
         """Queue the certificate (BLS, ~0.5 ms) for the batched certifier, off the request path."""
@@ -1083,14 +1126,10 @@ class Gate:
             body = yield from self._json_body(request)
             status, data = coreapi.json_rpc(core, chain_id, body)
             return Response.json(status, data)
-        if sub == "/core/payment-tabs" and method == "POST":
-            body = yield from self._json_body(request)
-            status, data = yield Call(lambda: coreapi.core_payment_tabs(core, chain_id, body))
-            return Response.json(status, data)
-        if sub == "/core/guarantees" and method == "POST":
-            body = yield from self._json_body(request)
-            status, data = yield Call(lambda: coreapi.core_guarantees(core, chain_id, body))
-            return Response.json(status, data)
+        # The Core's own tab and issue calls (/core/payment-tabs, /core/guarantees) are not
+        # mounted on a seller's public app: unauthenticated, anyone holding a buyer's payment
+        # header could settle it there first and the buyer would pay for a request that the
+        # gate then refuses as a replay. `fourmica-x402 serve --api-key` serves them.
         return Response.json(404, {"error": "not found"})
 
     def _tab(self, request: RequestView) -> Flow:

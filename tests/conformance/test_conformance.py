@@ -583,3 +583,44 @@ def test_failure_hooks_see_refusals(make_seller: Any) -> None:
     assert error_of(seller.request("GET", "/premium", headers=headers)) == "blocked_by_seller"
     assert failures == ["invalid_signature", "blocked_by_seller"]
     assert seller.calls["/premium"] == 0
+
+
+def test_a_buyer_out_of_collateral_does_not_throttle_others_behind_the_same_address(
+    make_seller: Any,
+) -> None:
+    seller = make_seller(throttle_failures=3, throttle_window=60)
+    poor = funded(seller, amount=5)  # cannot pay $0.01
+    for _ in range(3):
+        assert error_of(pay(seller, poor)) == "insufficient_collateral"
+    assert seller.request("GET", "/premium", headers=paid_headers(seller, poor)).status == 429
+    rich = funded(seller)  # same client address, different payer: still served
+    assert pay(seller, rich).status == 200
+    # Bad signatures count against the address, not the payer they claim to be.
+    victim = funded(seller)
+    for _ in range(3):
+        assert error_of(pay(seller, victim, sign_with=TestBuyer.new())) == "invalid_signature"
+    blocked = seller.request("GET", "/premium", headers=paid_headers(seller, victim))
+    assert blocked.status == 429  # this address is throttled now …
+    assert seller.gate._throttle.blocked(victim.address) == 0  # … the named payer is not
+
+
+def test_a_failing_after_settle_hook_refunds_instead_of_keeping_the_money(make_seller: Any) -> None:
+    def after_settle(request: Any, result: Any) -> None:
+        raise RuntimeError("the seller's bookkeeping is down")
+
+    seller = make_seller(after_settle=after_settle)
+    buyer = funded(seller)
+    resp = pay(seller, buyer)
+    assert resp.status == 503 and resp.json()["error"] == "seller_hook_failed"
+    assert seller.calls["/premium"] == 0
+    assert seller.core.position(buyer.address, network=NETWORK).locked == 0
+    assert seller.gate.records.query(payer=buyer.address)[0].outcome == "refunded"
+
+
+def test_idempotent_replay_answers_only_the_route_that_was_paid(make_seller: Any) -> None:
+    seller = make_seller(idempotent_replay=True, routes={"GET /redirect": "$0.01"})
+    buyer = funded(seller)
+    headers = paid_headers(seller, buyer)
+    assert seller.request("GET", "/premium", headers=headers).status == 200
+    other = seller.request("GET", "/redirect", headers=headers)  # same price, same payTo
+    assert error_of(other) == "replayed_request_id" and seller.calls["/redirect"] == 0
