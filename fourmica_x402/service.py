@@ -48,7 +48,10 @@ from .wire import (
     PaymentRequirementsV1,
 )
 
-__all__ = ["Metrics", "create_app"]
+__all__ = ["MAX_TAB_TTL", "Metrics", "create_app"]
+
+#: Longest tab a caller may ask for (30 days): a tab window bounds how long its claims stay valid.
+MAX_TAB_TTL = 30 * 86_400
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -221,6 +224,8 @@ def create_app(
             net = str(body.get("network") or network)
             version = int(body.get("guaranteeVersion") or body.get("x402Version") or 1)
             ttl = body.get("ttlSeconds")
+            if ttl is not None and not (isinstance(ttl, int) and 0 < ttl <= MAX_TAB_TTL):
+                return _json(400, {"error": f"ttlSeconds must be 1..{MAX_TAB_TTL}"})
             tab = await asyncio.to_thread(
                 core.open_tab,
                 parse_address(body.get("userAddress")),
@@ -288,24 +293,46 @@ def create_app(
         metrics.settled(bool(answer["success"]), answer.get("error"))
         return _json(200, answer)
 
-    async def void(request: Request) -> Response:
+    def seller_call(request: Request) -> Response | None:
+        """Void and validation move money: only callers holding the API key may make them.
+
+        The ``by``/``validator`` address in the body is public (``/api/guarantees``), so
+        without a key anyone could void a seller's guarantee or score their own to zero.
+        A local sandbox service (``--sandbox``) without a key stays open for development.
+        """
+        if api_key is None and not sandbox:
+            return _json(
+                403,
+                {"error": "start the service with --api-key to accept void and validation calls"},
+            )
         if not authorized(request):
             return _json(401, {"error": "unauthorized"})
+        return None
+
+    async def void(request: Request) -> Response:
+        if (refused := seller_call(request)) is not None:
+            return refused
         body = await _body(request) or {}
-        record = await asyncio.to_thread(
-            core.void, request.path_params["gid"], by=str(body.get("by", ""))
-        )
+        try:
+            by = parse_address(body.get("by"))
+        except ValueError as exc:
+            return _json(400, {"error": f"by: {exc}"})
+        record = await asyncio.to_thread(core.void, request.path_params["gid"], by=by)
         return _json(200, record.to_dict())
 
     async def validation(request: Request) -> Response:
-        if not authorized(request):
-            return _json(401, {"error": "unauthorized"})
+        if (refused := seller_call(request)) is not None:
+            return refused
         body = await _body(request) or {}
         score = body.get("score")
+        try:
+            validator = parse_address(body.get("validator"))
+        except ValueError as exc:
+            return _json(400, {"error": f"validator: {exc}"})
         record = await asyncio.to_thread(
             core.post_validation,
             request.path_params["gid"],
-            validator=str(body.get("validator", "")),
+            validator=validator,
             score=score if isinstance(score, int) else -1,
             tag=str(body.get("tag", "")),
         )
@@ -327,6 +354,9 @@ def create_app(
         return _json(*(await asyncio.to_thread(coreapi.core_payment_tabs, core, chain_id, body)))
 
     async def guarantees(request: Request) -> Response:
+        # Settling a buyer's signed guarantee outside a seller's gate must be the seller's act.
+        if (refused := seller_call(request)) is not None:
+            return refused
         body = await _body(request)
         return _json(*(await asyncio.to_thread(coreapi.core_guarantees, core, chain_id, body)))
 

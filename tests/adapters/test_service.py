@@ -305,3 +305,57 @@ def test_webhooks_are_managed_by_the_operator_and_delivered(core: Core) -> None:
     assert (
         got and got[0][0] == "collateral.deposited" and json.loads(got[0][1])["data"]["amount"] == 5
     )
+
+
+def test_void_and_validation_need_a_key_and_valid_addresses(core: Core, tmp_path: Path) -> None:
+    with TestClient(create_app(core, tick_interval=None, webhooks=False)) as open_service:
+        refused = open_service.post("/guarantees/0x01/void", json={"by": SELLER})
+        assert refused.status_code == 403  # no key, not a sandbox: nobody may void
+        assert (
+            open_service.post(
+                "/guarantees/0x01/validation", json={"validator": SELLER, "score": 0}
+            ).status_code
+            == 403
+        )
+        too_long = {"userAddress": SELLER, "recipientAddress": SELLER, "ttlSeconds": 10**9}
+        assert open_service.post("/tabs", json=too_long).status_code == 400
+    with TestClient(create_app(core, api_key="k", tick_interval=None, webhooks=False)) as keyed:
+        auth = {"Authorization": "Bearer k"}
+        assert keyed.post("/guarantees/0x01/void", json={"by": ""}, headers=auth).status_code == 400
+        assert keyed.post("/guarantees/0x01/validation", json={}, headers=auth).status_code == 400
+        assert (
+            keyed.post("/guarantees/0x01/void", json={"by": SELLER}, headers=auth).status_code
+            == 404
+        )
+
+
+def test_a_facilitator_refusal_in_its_own_shape_is_a_402_not_a_500(tmp_path: Path) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"error": "bad payment", "reason": "amount_mismatch"})
+
+    mock = httpx.MockTransport(handler)
+    remote = HttpFacilitator("http://f.test", transport=mock, async_transport=mock)
+    runs: list[int] = []
+
+    async def premium(request: Request) -> JSONResponse:
+        runs.append(1)
+        return JSONResponse({})
+
+    config = PaymentConfig(
+        pay_to=SELLER,
+        routes={"GET /premium": "$0.01"},
+        facilitator=remote,
+        records=str(tmp_path / "r.db"),
+        tab_endpoint="http://testserver/x402/tab",
+    )
+    app = Starlette(
+        routes=[Route("/premium", premium)],
+        middleware=[Middleware(PaymentMiddleware, config=config)],
+    )
+    client = TestClient(app)
+    req = decode_payment_required(client.get("/premium").headers["payment-required"]).accepts[0]
+    tab = {"tabId": "0x1", "nextReqId": "0x0"}
+    name, value = payment_header(TestBuyer.new(), req, tab)
+    resp = client.get("/premium", headers={name: value})
+    assert resp.status_code == 402 and not runs
+    assert decode_payment_required(resp.headers["payment-required"]).error == "amount_mismatch"
