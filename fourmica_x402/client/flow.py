@@ -155,18 +155,21 @@ class BuyerFlow:
                 replace(base, outcome=decision.outcome, reason=decision.detail),
             )
         assert decision.reservation is not None
+        sent: list[bool] = []
         try:
-            paid = yield from self._pay(request, challenge, base)
+            paid = yield from self._pay(request, challenge, base, sent)
         except BaseException:
-            self.policy.release(decision.reservation)
+            (self.policy.commit if sent else self.policy.release)(decision.reservation)
             raise
-        if paid.extensions[RECEIPT_KEY].outcome == "paid":
-            self.policy.commit(decision.reservation)
-        else:  # the seller refunded (its handler failed): nothing was spent
-            self.policy.release(decision.reservation)
+        # A signed guarantee has left the client: it counts against the budgets whatever the
+        # seller says became of it (a refund or a refusal cannot be verified from here, and
+        # the seller still holds a signature it could settle later).
+        self.policy.commit(decision.reservation)
         return paid
 
-    def _pay(self, request: httpx.Request, challenge: _Challenge, base: Receipt) -> Flow:
+    def _pay(
+        self, request: httpx.Request, challenge: _Challenge, base: Receipt, sent: list[bool]
+    ) -> Flow:
         offer = challenge.offer
         tab_url = offer.extra.get("tabEndpoint")
         if not isinstance(tab_url, str) or not tab_url.startswith(("http://", "https://")):
@@ -217,6 +220,7 @@ class BuyerFlow:
             content=request.content,
             extensions=request.extensions,
         )
+        sent.append(True)
         paid = yield Send(retry)
         result = self._result(paid)
         if paid.status_code == 402:

@@ -140,6 +140,7 @@ class SpendingPolicy:
         """Decide, and reserve the amount when the answer is ``paid``."""
         key = seller.lower()
         token = find_asset(network, asset)
+        asset = asset.lower()  # one token, whatever case a seller spells its address in
         if key in self.blocked_sellers or (
             self.allowed_sellers is not None and key not in self.allowed_sellers
         ):

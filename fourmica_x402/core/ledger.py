@@ -722,8 +722,8 @@ class Core:
         now = self.clock()
         with self._write() as (tx, events):
             row = tx.one(
-                "SELECT recipient_address, network, asset, user_address, amount, state, cycle_id "
-                "FROM fx_guarantees WHERE guarantee_id = ?",
+                "UPDATE fx_guarantees SET state = state WHERE guarantee_id = ? RETURNING "
+                "recipient_address, network, asset, user_address, amount, state, cycle_id",
                 (guarantee_id,),
             )
             if row is None:
@@ -785,8 +785,8 @@ class Core:
         now = self.clock()
         with self._write() as (tx, events):
             row = tx.one(
-                "SELECT validator, min_score, required_tag, network, asset, user_address, amount, state, "
-                "recipient_address FROM fx_guarantees WHERE guarantee_id = ?",
+                "UPDATE fx_guarantees SET state = state WHERE guarantee_id = ? RETURNING validator, "
+                "min_score, required_tag, network, asset, user_address, amount, state, recipient_address",
                 (guarantee_id,),
             )
             if row is None:
@@ -1258,6 +1258,8 @@ class Core:
                     f"{address} owes nothing in cycle {cycle_id}", reason="not_debtor", status=404
                 )
             outstanding = int(row[0]) - int(row[1])
+            if amount is not None:
+                _check_amount(amount)
             pay = outstanding if amount is None else amount
             if pay <= 0 or pay > outstanding:
                 raise CoreError(
