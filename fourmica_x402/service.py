@@ -584,6 +584,12 @@ def _money(amount: int, network: str, asset: str) -> str:
     return f"{Decimal(amount).scaleb(-token.decimals).normalize():f} {token.symbol}"
 
 
+def _badge(text: str) -> str:
+    """A state or role as a small coloured label (the text stays exactly the state name)."""
+    safe = html.escape(text)
+    return f'<span class="st st-{safe}">{safe}</span>'
+
+
 def _short(address: str | None) -> str:
     if not address:
         return "—"
@@ -646,7 +652,7 @@ def render_dashboard(core: Core) -> str:
             [
                 [
                     f'<a href="#cycle-{c.cycle_id}">#{c.cycle_id}</a>',
-                    html.escape(c.status),
+                    _badge(c.status),
                     f"{live.get(c.cycle_id, (c.guarantee_count, 0))[0]:,}",
                     _money(live.get(c.cycle_id, (0, c.gross))[1], c.network, c.asset),
                     f"{c.net_transfers:,}",
@@ -665,13 +671,13 @@ def render_dashboard(core: Core) -> str:
         net_rows = [
             [
                 _short(p.address),
-                html.escape(p.role),
+                _badge(p.role),
                 _money(p.gross_in, c.network, c.asset),
                 _money(p.gross_out, c.network, c.asset),
                 _money(p.net, c.network, c.asset)
                 if p.net >= 0
                 else "−" + _money(-p.net, c.network, c.asset),
-                html.escape(p.status),
+                _badge(p.status),
                 _money(p.covered, c.network, c.asset),
                 _money(p.shortfall, c.network, c.asset),
             ]
@@ -712,7 +718,7 @@ def render_dashboard(core: Core) -> str:
                     _short(g.user_address),
                     _short(g.recipient_address),
                     _money(g.amount, g.network, g.asset),
-                    html.escape(g.state),
+                    _badge(g.state),
                     str(g.cycle_id or "—"),
                 ]
                 for g in recent
@@ -740,7 +746,7 @@ def render_dashboard(core: Core) -> str:
     sections.append(
         _table(
             "Withdrawals",
-            ["id", "participant", "amount", "status", "available at"],
+            ["id", "participant", "amount", "status", "available at (UTC)"],
             [
                 [
                     str(w.withdrawal_id),
@@ -758,13 +764,17 @@ def render_dashboard(core: Core) -> str:
     updated = time.strftime("%H:%M:%S", time.gmtime())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>fourmica-x402 Core</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"><meta http-equiv="refresh" content="5">
+<meta name="viewport" content="width=device-width, initial-scale=1"><meta http-equiv="refresh" content="30">
 <style>
 body{{font-family:system-ui,sans-serif;margin:1.5rem;color:#1d2430;background:#fafbfc}}
 h1{{font-size:1.4rem;margin:0 0 .2rem}} h2{{font-size:1.05rem;margin:1.4rem 0 .4rem}}
 table{{border-collapse:collapse;width:100%;background:#fff;font-size:.9rem}}
 th,td{{border-bottom:1px solid #e3e7ee;padding:.35rem .5rem;text-align:left}} th{{background:#f0f3f7}}
 td.empty{{color:#8a94a6;font-style:italic}} code{{font-size:.85em}} .cycle{{margin-left:1rem}}
+td{{font-variant-numeric:tabular-nums}} .st{{padding:.05rem .4rem;border-radius:.6rem;background:#eef1f5}}
+.st-defaulted,.st-default_covered,.st-cancelled{{background:#fde8e7;color:#b42318}}
+.st-paid,.st-settled,.st-creditor,.st-final{{background:#e7f6ec;color:#067647}}
+.st-debtor,.st-pending_validation,.st-pending{{background:#fff4e5;color:#93370d}}
 .sub{{color:#5b6576;margin:0 0 1rem}}
 </style></head><body>
 <h1>fourmica-x402 Core</h1>
