@@ -77,8 +77,8 @@ class Seller:
 def _load(kind: str) -> Any:
     module = kind.split("_")[0]
     path = APPS / f"{module}_app.py"
-    if not path.exists():
-        pytest.skip(f"no {kind} builder yet")
+    if not path.exists():  # every adapter must run the suite
+        pytest.fail(f"no conformance builder for {kind}: add {path.name}")
     spec = importlib.util.spec_from_file_location(f"conformance_{module}_app", path)
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
