@@ -25,7 +25,6 @@ Hooks (sync or async):
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import html
 import inspect
@@ -704,7 +703,7 @@ class Gate:
                     and got.asset.lower() == req.asset.lower()
                     and got.pay_to.lower() == req.pay_to.lower()
                 ):
-                    return req
+                    return self._v2_requirements([req])[0]  # the wire form, no internal marks
             raise PaymentError(reason=Reason.NO_MATCHING_REQUIREMENTS)
         claims = payload.payload.get("claims") if isinstance(payload.payload, dict) else None
         for req in self._v1_requirements(requirements):
@@ -1218,8 +1217,3 @@ code{{font-size:.85em;word-break:break-all}}</style></head>
 <p>Pay with an x402 client that supports the <code>4mica-credit</code> scheme: it reads the
 <code>PAYMENT-REQUIRED</code> header, opens a tab, signs a guarantee and retries.</p>
 </body></html>"""
-
-
-def b64_json(value: str) -> Any:
-    """Decode a base64-JSON header value (for tests and tools)."""
-    return json.loads(base64.b64decode(value))

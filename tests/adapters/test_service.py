@@ -331,6 +331,7 @@ def test_void_and_validation_need_a_key_and_valid_addresses(core: Core, tmp_path
 
 def test_a_facilitator_refusal_in_its_own_shape_is_a_402_not_a_500(tmp_path: Path) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
+        assert b"_v1Policy" not in request.content  # nothing internal goes over the wire
         return httpx.Response(400, json={"error": "bad payment", "reason": "amount_mismatch"})
 
     mock = httpx.MockTransport(handler)
