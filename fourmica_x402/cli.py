@@ -28,7 +28,7 @@ def main() -> None:
 def demo(quick: bool, serve: bool) -> None:
     """Run the end-to-end demo on the embedded Core (exit 0 only if every invariant held)."""
     try:
-        from .demo import run_demo
+        from .adapters.demo import run_demo
     except ImportError as exc:
         raise click.ClickException(
             f'the demo needs every framework: pip install "fourmica-x402[all]" ({exc})'
@@ -92,7 +92,7 @@ def serve(host: str, port: int, db: str, sandbox: bool, api_key: str | None, net
     try:
         import uvicorn
 
-        from .service import create_app
+        from .adapters.service import create_app
     except ImportError:
         raise click.ClickException(
             'serve needs the server extra: pip install "fourmica-x402[server]"'

@@ -28,12 +28,12 @@ from typing import Any
 
 import httpx
 
-from .client import RECEIPT_KEY, PaymentTransport, SpendingPolicy
-from .config import PaymentConfig
-from .core import Core, CoreConfig
-from .errors import PaymentRefused
-from .records import Records
-from .testing import TestBuyer
+from fourmica_x402.client import RECEIPT_KEY, PaymentTransport, SpendingPolicy
+from fourmica_x402.config import PaymentConfig
+from fourmica_x402.core import Core, CoreConfig
+from fourmica_x402.errors import PaymentRefused
+from fourmica_x402.records import Records
+from fourmica_x402.testing import TestBuyer
 
 __all__ = ["run_demo"]
 
@@ -73,7 +73,7 @@ def _starlette_planner(config: PaymentConfig) -> Any:
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from .adapters.asgi import PaymentMiddleware
+    from .asgi import PaymentMiddleware
 
     async def plan(request: Request) -> JSONResponse:
         steps = ["gather data", "validate", "summarise"]
@@ -84,14 +84,14 @@ def _starlette_planner(config: PaymentConfig) -> Any:
 
     return Starlette(
         routes=[Route("/plan", plan), Route("/free", free)],
-        middleware=[Middleware(PaymentMiddleware, config=config)],
+        middleware=[Middleware(PaymentMiddleware, config=config)],  # type: ignore[arg-type]
     )
 
 
 def _flask_data(config: PaymentConfig) -> Any:
     from flask import Flask, g
 
-    from .adapters.flask import FourmicaX402, paid
+    from .flask import FourmicaX402, paid
 
     app = Flask("fourmica_demo_data")
     FourmicaX402(app, config=config)
@@ -131,7 +131,7 @@ def _django_validator(config: PaymentConfig) -> Any:
     from django.http import HttpRequest, JsonResponse
     from django.urls import path
 
-    from .adapters.django import paid
+    from .django import paid
 
     @paid(price=PRICES["validator"][1])
     def validate(request: HttpRequest) -> JsonResponse:
@@ -246,7 +246,7 @@ def run_demo(
         "customer": Agent("customer", TestBuyer.new(), "$10"),
     }
     for agent in agents.values():
-        from .networks import default_asset, to_atomic
+        from fourmica_x402.networks import default_asset, to_atomic
 
         core.deposit(
             agent.wallet.address,
