@@ -72,6 +72,7 @@ class Reason(StrEnum):
     INSUFFICIENT_COLLATERAL = "insufficient_collateral"
     THROTTLED = "throttled"
     UNAVAILABLE = "facilitator_unavailable"
+    RECORDS_UNAVAILABLE = "records_unavailable"
 
 
 class FourmicaError(Exception):

@@ -33,16 +33,17 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from . import coreapi
 from .config import PaymentConfig
-from .core.store import Conflict
+from .core.store import Conflict, Tx
 from .errors import (
     FourmicaError,
     GuaranteeRejected,
@@ -52,7 +53,7 @@ from .errors import (
     Throttled,
     Unavailable,
 )
-from .facilitator import Facilitator, SettleResult, signed_from_payload
+from .facilitator import Facilitator, LocalFacilitator, SettleResult, signed_from_payload
 from .guarantee import ValidationPolicy
 from .networks import find_asset, get_network
 from .records import Records
@@ -284,8 +285,10 @@ class _Certifier:
     compete with every paid request; batching turns N writes into two per batch.
     """
 
-    def __init__(self, core: Any, records: Records, max_batch: int = 256) -> None:
-        self._core, self._records, self._max = core, records, max_batch
+    def __init__(
+        self, core: Any, records: Records, max_batch: int = 256, linger: float = 0.02
+    ) -> None:
+        self._core, self._records, self._max, self._linger = core, records, max_batch, linger
         self._queue: queue.SimpleQueue[tuple[str, int | None, Future[dict[str, str]]]] = (
             queue.SimpleQueue()
         )
@@ -304,20 +307,35 @@ class _Certifier:
                     self._thread.start()
         return future
 
+    def _certify(
+        self, batch: list[tuple[str, int | None, Future[dict[str, str]]]]
+    ) -> dict[str, dict[str, str]]:
+        """Make a batch's certificates and file them in the records (one write when shared)."""
+        certs: dict[str, dict[str, str]] = {}
+
+        def file(made: Mapping[str, Any]) -> list[tuple[int, dict[str, str]]]:
+            certs.update((gid, cert.to_json()) for gid, cert in made.items())
+            return [(r, certs[g]) for g, r, _ in batch if r is not None and g in certs]
+
+        ids = [gid for gid, _, _ in batch]
+        if self._records.store is self._core.store:
+            self._core.certify_many(ids, also=lambda tx, made: Records.attach(tx, file(made)))
+        else:
+            self._records.attach_certificates(file(self._core.certify_many(ids)))
+        return certs
+
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
+            # Linger a moment so a busy seller's certificates share one read and one write.
+            deadline = time.monotonic() + self._linger
             while len(batch) < self._max:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch.append(self._queue.get(timeout=max(deadline - time.monotonic(), 0)))
                 except queue.Empty:
                     break
             try:
-                made = self._core.certify_many([gid for gid, _, _ in batch])
-                certs = {gid: cert.to_json() for gid, cert in made.items()}
-                self._records.attach_certificates(
-                    [(rid, certs[gid]) for gid, rid, _ in batch if rid is not None and gid in certs]
-                )
+                certs = self._certify(batch)
                 for gid, _, future in batch:
                     if gid in certs:
                         future.set_result(certs[gid])
@@ -366,6 +384,17 @@ class Gate:
         self._prefix = config.prefix
         self._tab_path = (
             urlsplit(config.tab_endpoint).path if config.tab_endpoint else config.prefix + "/tab"
+        )
+
+    @property
+    def _shared(self) -> bool:
+        """Records in the embedded Core's own database: a payment's record is written in the
+        acceptance's transaction and completed in the validation's (one commit each)."""
+        return (
+            self.core is not None
+            and isinstance(self.facilitator, LocalFacilitator)
+            and self.facilitator.core is self.core
+            and self.records.store is self.core.store
         )
 
     def add_route(self, key: str, value: Any) -> Route:
@@ -635,6 +664,25 @@ class Gate:
         base: dict[str, Any],
     ) -> SettleResult | tuple[SettleResult, int]:
         """Settle, then write the record; one worker-thread hop for the async driver."""
+        if self._shared:  # the embedded Core: acceptance and record commit together
+            assert isinstance(self.facilitator, LocalFacilitator)
+            try:
+                signed = signed_from_payload(payload, chosen)
+            except PaymentError as exc:
+                return SettleResult(success=False, network=chosen.network, error_reason=exc.reason)
+            try:
+                result, record_id = self.facilitator.settle_signed(
+                    signed, chosen, lambda tx, result: self._record(result, base, tx)
+                )
+            except FourmicaError:
+                raise
+            except Exception as exc:  # the record failed: the acceptance was rolled back with it
+                log.exception("could not record a payment; nothing was accepted")
+                raise Unavailable(
+                    f"could not record the payment: {type(exc).__name__}",
+                    reason=Reason.RECORDS_UNAVAILABLE,
+                ) from exc
+            return result if record_id is None else (result, record_id)
         try:
             result = self.facilitator.settle(payload, chosen)
         except FourmicaError:
@@ -647,7 +695,10 @@ class Gate:
             return result, self._record(result, base)
         except Exception as exc:  # accepted but unrecorded: never keep money for work not done
             self._undo(result, base["pay_to"])
-            raise Unavailable(f"could not record the payment: {type(exc).__name__}") from exc
+            raise Unavailable(
+                f"could not record the payment: {type(exc).__name__}",
+                reason=Reason.RECORDS_UNAVAILABLE,
+            ) from exc
 
     def _undo(self, result: SettleResult, pay_to: str) -> None:
         if result.guarantee_id:
@@ -676,10 +727,14 @@ class Gate:
             return result, await asyncio.to_thread(self._record, result, base)
         except Exception as exc:
             await asyncio.to_thread(self._undo, result, base["pay_to"])
-            raise Unavailable(f"could not record the payment: {type(exc).__name__}") from exc
+            raise Unavailable(
+                f"could not record the payment: {type(exc).__name__}",
+                reason=Reason.RECORDS_UNAVAILABLE,
+            ) from exc
 
-    def _record(self, result: SettleResult, base: dict[str, Any]) -> int:
-        return self.records.begin(
+    def _record(self, result: SettleResult, base: dict[str, Any], tx: Tx | None = None) -> int:
+        begin = self.records.begin if tx is None else partial(Records.insert, tx)
+        return begin(
             **base,
             settle_result=result.to_settle_response().to_dict(),
             status="settled",
@@ -848,6 +903,22 @@ class Gate:
     def _finish_io(
         self, payment: Payment, action: tuple[str, int] | None, outcome: str, record: dict[str, Any]
     ) -> str:
+        record_id = payment.record_id
+        if self._shared and action is not None and record_id is not None:
+            assert self.core is not None and payment.guarantee_id
+            try:  # the refund or score and the record's completion, one transaction
+                self.core.resolve(
+                    payment.guarantee_id,
+                    by=payment.pay_to,
+                    score=None if action[0] == "void" else action[1],
+                    tag=_DELIVERY_TAG,
+                    also=lambda tx: Records.complete(tx, record_id, outcome=outcome, **record),
+                )
+                return outcome
+            except Exception as exc:
+                log.error("%s of %s failed: %s", action[0], payment.guarantee_id, exc)
+                outcome = "kept" if outcome == "refunded" else outcome
+                action = None  # record the outcome alone below
         try:
             if action is not None and action[0] == "void":
                 self._void(payment)

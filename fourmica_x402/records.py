@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .core.schema import migrate
-from .core.store import Store, open_store
+from .core.store import Store, Tx, open_store
 
 __all__ = ["PaymentRecord", "Records"]
 
@@ -109,8 +109,17 @@ class Records:
         self.store = open_store(store) if isinstance(store, str) else store
         migrate(self.store, migrations=_MIGRATIONS, key="records_schema_version")
 
-    def begin(
-        self,
+    def begin(self, **fields: Any) -> int:
+        """Write the record of a paid request before its handler runs; returns its id.
+
+        Takes the keyword arguments of :meth:`insert`.
+        """
+        with self.store.transaction() as tx:
+            return self.insert(tx, **fields)
+
+    @staticmethod
+    def insert(
+        tx: Tx,
         *,
         route: str,
         method: str,
@@ -129,38 +138,46 @@ class Records:
         guarantee_id: str | None = None,
         payer: str | None = None,
     ) -> int:
-        """Write the record of a paid request before its handler runs; returns its id."""
-        with self.store.transaction() as tx:
-            row = tx.one(
-                "INSERT INTO fx_records (created_at, route, method, path, header_version, "
-                "header_hash, request_id, tab_id, guarantee_id, payer, pay_to, amount, asset, "
-                "network, settle_mode, settle_result, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING record_id",
-                (
-                    time.time(),
-                    route,
-                    method,
-                    path,
-                    header_version,
-                    header_hash,
-                    request_id,
-                    tab_id,
-                    guarantee_id,
-                    payer,
-                    pay_to,
-                    amount,
-                    asset,
-                    network,
-                    settle_mode,
-                    json.dumps(settle_result, sort_keys=True),
-                    status,
-                ),
-            )
+        """:meth:`begin` inside a transaction the caller holds (e.g. the Core's acceptance)."""
+        row = tx.one(
+            "INSERT INTO fx_records (created_at, route, method, path, header_version, "
+            "header_hash, request_id, tab_id, guarantee_id, payer, pay_to, amount, asset, "
+            "network, settle_mode, settle_result, status) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING record_id",
+            (
+                time.time(),
+                route,
+                method,
+                path,
+                header_version,
+                header_hash,
+                request_id,
+                tab_id,
+                guarantee_id,
+                payer,
+                pay_to,
+                amount,
+                asset,
+                network,
+                settle_mode,
+                json.dumps(settle_result, sort_keys=True),
+                status,
+            ),
+        )
         assert row is not None
         return int(row[0])
 
-    def finish(
-        self,
+    def finish(self, record_id: int, **fields: Any) -> None:
+        """Complete a record once the response went out (the delivery marker).
+
+        Takes the keyword arguments of :meth:`complete`.
+        """
+        with self.store.transaction() as tx:
+            self.complete(tx, record_id, **fields)
+
+    @staticmethod
+    def complete(
+        tx: Tx,
         record_id: int,
         *,
         status: str,
@@ -171,35 +188,39 @@ class Records:
         response: tuple[list[tuple[str, str]], bytes] | None = None,
         settle_result: dict[str, Any] | None = None,
     ) -> None:
-        """Complete a record once the response went out (the delivery marker)."""
-        with self.store.transaction() as tx:
-            tx.execute(
-                "UPDATE fx_records SET status = ?, http_status = ?, response_hash = ?, "
-                "delivered_at = ?, outcome = ?, certificate = COALESCE(?, certificate), "
-                "response_headers = ?, response_body = ?, "
-                "settle_result = COALESCE(?, settle_result) WHERE record_id = ?",
-                (
-                    status,
-                    http_status,
-                    response_hash,
-                    time.time(),
-                    outcome,
-                    json.dumps(certificate) if certificate else None,
-                    json.dumps(response[0]) if response else None,
-                    response[1].hex() if response else None,
-                    json.dumps(settle_result, sort_keys=True) if settle_result else None,
-                    record_id,
-                ),
-            )
+        """:meth:`finish` inside a transaction the caller holds (e.g. the Core's validation)."""
+        tx.execute(
+            "UPDATE fx_records SET status = ?, http_status = ?, response_hash = ?, "
+            "delivered_at = ?, outcome = ?, certificate = COALESCE(?, certificate), "
+            "response_headers = ?, response_body = ?, "
+            "settle_result = COALESCE(?, settle_result) WHERE record_id = ?",
+            (
+                status,
+                http_status,
+                response_hash,
+                time.time(),
+                outcome,
+                json.dumps(certificate) if certificate else None,
+                json.dumps(response[0]) if response else None,
+                response[1].hex() if response else None,
+                json.dumps(settle_result, sort_keys=True) if settle_result else None,
+                record_id,
+            ),
+        )
 
     def attach_certificates(self, certificates: list[tuple[int, dict[str, str]]]) -> None:
         """File the Core's certificates once made (the gate's batched certifier), in one write."""
         if certificates:
             with self.store.transaction() as tx:
-                tx.many(
-                    "UPDATE fx_records SET certificate = ? WHERE record_id = ?",
-                    ((json.dumps(cert), rid) for rid, cert in certificates),
-                )
+                self.attach(tx, certificates)
+
+    @staticmethod
+    def attach(tx: Tx, certificates: list[tuple[int, dict[str, str]]]) -> None:
+        """:meth:`attach_certificates` inside a transaction the caller holds."""
+        tx.many(
+            "UPDATE fx_records SET certificate = ? WHERE record_id = ?",
+            ((json.dumps(cert), rid) for rid, cert in certificates),
+        )
 
     def by_header(
         self, header_hash: str

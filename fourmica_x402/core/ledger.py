@@ -63,7 +63,7 @@ from .models import (
     Withdrawal,
 )
 from .schema import migrate
-from .store import Conflict, Store, Tx, open_store
+from .store import Conflict, Row, Store, Tx, open_store
 
 __all__ = ["SANDBOX_CONTRACT", "SANDBOX_REGISTRY", "Core", "CoreConfig"]
 
@@ -546,8 +546,18 @@ class Core:
             raise _rejected(Reason.INSUFFICIENT_COLLATERAL)
         return claims.user_address
 
-    def accept(self, signed: SignedGuarantee, expected: Expected) -> Acceptance:
+    def accept(
+        self,
+        signed: SignedGuarantee,
+        expected: Expected,
+        *,
+        also: Callable[[Tx, Acceptance], Any] | None = None,
+    ) -> Acceptance:
         """Accept a guarantee (SPEC §6): all checks, then lock capacity, in one transaction.
+
+        ``also(tx, acceptance)`` runs inside that transaction once the guarantee is
+        stored (the gate writes its payment record there: one commit, not two); if it
+        raises, nothing is accepted.
 
         Raises :class:`~fourmica_x402.errors.GuaranteeRejected` with a stable reason.
         """
@@ -621,21 +631,24 @@ class Core:
                     amount=claims.amount,
                     state=state,
                 )
+                accepted = Acceptance(
+                    gid,
+                    claims.tab_id,
+                    claims.req_id,
+                    user,
+                    claims.recipient_address,
+                    claims.amount,
+                    total,
+                    network,
+                    asset,
+                    state,
+                    claims.version,
+                )
+                if also is not None:
+                    also(tx, accepted)
         except Conflict:
             raise _rejected(Reason.REPLAYED_REQUEST_ID) from None
-        return Acceptance(
-            gid,
-            claims.tab_id,
-            claims.req_id,
-            user,
-            claims.recipient_address,
-            claims.amount,
-            total,
-            network,
-            asset,
-            state,
-            claims.version,
-        )
+        return accepted
 
     def certify(self, guarantee_id: str) -> Certificate:
         """The Core's BLS certificate for an accepted guarantee (made once, then stored)."""
@@ -676,8 +689,16 @@ class Core:
         )
         return cycle_id
 
-    def certify_many(self, guarantee_ids: Sequence[str]) -> dict[str, Certificate]:
-        """Certificates for many guarantees: one read, the BLS signatures, one write."""
+    def certify_many(
+        self,
+        guarantee_ids: Sequence[str],
+        *,
+        also: Callable[[Tx, dict[str, Certificate]], Any] | None = None,
+    ) -> dict[str, Certificate]:
+        """Certificates for many guarantees: one read, the BLS signatures, one write.
+
+        ``also(tx, certificates)`` runs in that write (the gate files them in its records).
+        """
         if not guarantee_ids:
             return {}
         marks = ", ".join("?" for _ in guarantee_ids)
@@ -697,7 +718,7 @@ class Core:
             domain = self.guarantee_domain(get_network(network).chain_id)
             done[gid] = self.operator.certify(certificate_message(claims, domain, int(total)))
             fresh.append(gid)
-        if fresh:
+        if fresh or (also is not None and done):
             with self.store.transaction() as tx:
                 tx.many(
                     "UPDATE fx_guarantees SET certificate = ?, certificate_claims = ? "
@@ -707,6 +728,8 @@ class Core:
                         for g in fresh
                     ),
                 )
+                if also is not None:
+                    also(tx, done)
         return done
 
     def _release(self, tx: Tx, network: str, asset: str, address: str, amount: int) -> None:
@@ -718,57 +741,7 @@ class Core:
 
     def void(self, guarantee_id: str, *, by: str) -> GuaranteeRecord:
         """The seller (recipient) refunds a guarantee before it is netted: the lock is released."""
-        by = parse_address(by)
-        now = self.clock()
-        with self._write() as (tx, events):
-            row = tx.one(
-                "UPDATE fx_guarantees SET state = state WHERE guarantee_id = ? RETURNING "
-                "recipient_address, network, asset, user_address, amount, state, cycle_id",
-                (guarantee_id,),
-            )
-            if row is None:
-                raise CoreError(
-                    f"no guarantee {guarantee_id}", reason="unknown_guarantee", status=404
-                )
-            if row[0] != by:
-                raise CoreError(
-                    "only the recipient may void a guarantee", reason="not_recipient", status=403
-                )
-            cycle_id = row[6]
-            if cycle_id is not None:
-                status = tx.one(
-                    "SELECT status FROM fx_cycles WHERE cycle_id = ?" + self.store.share_lock,
-                    (cycle_id,),
-                )
-                if status is None or status[0] != "open":
-                    raise CoreError(
-                        "guarantee is netted, it can no longer be voided", reason="invalid_state"
-                    )
-            if not tx.execute(
-                "UPDATE fx_guarantees SET state = 'voided', resolved_at = ?, cycle_id = NULL "
-                "WHERE guarantee_id = ? AND state IN ('payable', 'pending_validation')",
-                (now, guarantee_id),
-            ):
-                raise CoreError(
-                    f"guarantee is {row[5]}, it can no longer be voided", reason="invalid_state"
-                )
-            if cycle_id is not None:
-                tx.execute(
-                    "UPDATE fx_cycle_pairs SET amount = amount - ?, guarantee_count = guarantee_count - 1 "
-                    "WHERE cycle_id = ? AND payer = ? AND payee = ?",
-                    (int(row[4]), cycle_id, row[3], row[0]),
-                )
-            self._release(tx, row[1], row[2], row[3], int(row[4]))
-            self._event(
-                events,
-                "guarantee.voided",
-                now,
-                row[1],
-                row[2],
-                row[3],
-                guarantee_id=guarantee_id,
-                amount=int(row[4]),
-            )
+        self.resolve(guarantee_id, by=by, score=None)
         return self.guarantee(guarantee_id)
 
     def post_validation(
@@ -779,58 +752,143 @@ class Core:
         ``score ≥ min_validation_score`` makes a G-v2 guarantee payable; a lower
         score cancels it and releases the lock.
         """
-        validator = parse_address(validator)
         if isinstance(score, bool) or not isinstance(score, int) or not 0 <= score <= 100:
             raise CoreError("score must be an integer 0..100", reason="invalid_score", status=400)
+        self.resolve(guarantee_id, by=validator, score=score, tag=tag)
+        return self.guarantee(guarantee_id)
+
+    def resolve(
+        self,
+        guarantee_id: str,
+        *,
+        by: str,
+        score: int | None,
+        tag: str = "",
+        also: Callable[[Tx], Any] | None = None,
+    ) -> None:
+        """Void (``score=None``, by the recipient) or score (by the validator) one guarantee.
+
+        ``also(tx)`` runs in the same transaction (the gate completes its payment
+        record there, so a delivery costs one commit).
+        """
+        by = parse_address(by)
         now = self.clock()
         with self._write() as (tx, events):
-            row = tx.one(
-                "UPDATE fx_guarantees SET state = state WHERE guarantee_id = ? RETURNING validator, "
-                "min_score, required_tag, network, asset, user_address, amount, state, recipient_address",
-                (guarantee_id,),
-            )
-            if row is None:
-                raise CoreError(
-                    f"no guarantee {guarantee_id}", reason="unknown_guarantee", status=404
-                )
-            if row[0] is None or row[0] != validator:
-                raise CoreError(
-                    "only the validator named in the claims may post",
-                    reason="not_validator",
-                    status=403,
-                )
-            if row[2] and tag != row[2]:
-                raise CoreError(
-                    f"validation tag must be {row[2]!r}", reason="tag_mismatch", status=400
-                )
-            new_state = "payable" if score >= int(row[1]) else "cancelled"
-            if not tx.execute(
-                "UPDATE fx_guarantees SET state = ?, score = ?, score_tag = ?, resolved_at = ? "
-                "WHERE guarantee_id = ? AND state = 'pending_validation'",
-                (new_state, score, tag, now, guarantee_id),
-            ):
-                raise CoreError(
-                    f"guarantee is {row[7]}, not pending validation", reason="invalid_state"
-                )
-            if new_state == "cancelled":
-                self._release(tx, row[3], row[4], row[5], int(row[6]))
+            if score is None:
+                self._void_in(tx, events, guarantee_id, by, now)
             else:
-                cycle_id = self._join_cycle(tx, row[3], row[4], row[5], row[8], int(row[6]), now)
-                tx.execute(
-                    "UPDATE fx_guarantees SET cycle_id = ? WHERE guarantee_id = ?",
-                    (cycle_id, guarantee_id),
-                )
-            self._event(
-                events,
-                f"guarantee.{'validated' if new_state == 'payable' else 'cancelled'}",
-                now,
-                row[3],
-                row[4],
-                row[5],
-                guarantee_id=guarantee_id,
-                score=score,
+                self._validate_in(tx, events, guarantee_id, by, score, tag, now)
+            if also is not None:
+                also(tx)
+
+    def _locked_guarantee(self, tx: Tx, guarantee_id: str, columns: str) -> Row:
+        """One guarantee row, locked for this transaction (SQLite: the write lock is held)."""
+        row = tx.one(
+            f"SELECT {columns} FROM fx_guarantees WHERE guarantee_id = ?" + self.store.row_lock,
+            (guarantee_id,),
+        )
+        if row is None:
+            raise CoreError(f"no guarantee {guarantee_id}", reason="unknown_guarantee", status=404)
+        return row
+
+    def _void_in(
+        self, tx: Tx, events: list[tuple[Any, ...]], guarantee_id: str, by: str, now: float
+    ) -> None:
+        row = self._locked_guarantee(
+            tx,
+            guarantee_id,
+            "recipient_address, network, asset, user_address, amount, state, cycle_id",
+        )
+        if row[0] != by:
+            raise CoreError(
+                "only the recipient may void a guarantee", reason="not_recipient", status=403
             )
-        return self.guarantee(guarantee_id)
+        cycle_id = row[6]
+        if cycle_id is not None:
+            status = tx.one(
+                "SELECT status FROM fx_cycles WHERE cycle_id = ?" + self.store.share_lock,
+                (cycle_id,),
+            )
+            if status is None or status[0] != "open":
+                raise CoreError(
+                    "guarantee is netted, it can no longer be voided", reason="invalid_state"
+                )
+        if not tx.execute(
+            "UPDATE fx_guarantees SET state = 'voided', resolved_at = ?, cycle_id = NULL "
+            "WHERE guarantee_id = ? AND state IN ('payable', 'pending_validation')",
+            (now, guarantee_id),
+        ):
+            raise CoreError(
+                f"guarantee is {row[5]}, it can no longer be voided", reason="invalid_state"
+            )
+        if cycle_id is not None:
+            tx.execute(
+                "UPDATE fx_cycle_pairs SET amount = amount - ?, guarantee_count = guarantee_count - 1 "
+                "WHERE cycle_id = ? AND payer = ? AND payee = ?",
+                (int(row[4]), cycle_id, row[3], row[0]),
+            )
+        self._release(tx, row[1], row[2], row[3], int(row[4]))
+        self._event(
+            events,
+            "guarantee.voided",
+            now,
+            row[1],
+            row[2],
+            row[3],
+            guarantee_id=guarantee_id,
+            amount=int(row[4]),
+        )
+
+    def _validate_in(
+        self,
+        tx: Tx,
+        events: list[tuple[Any, ...]],
+        guarantee_id: str,
+        validator: str,
+        score: int,
+        tag: str,
+        now: float,
+    ) -> None:
+        if isinstance(score, bool) or not isinstance(score, int) or not 0 <= score <= 100:
+            raise CoreError("score must be an integer 0..100", reason="invalid_score", status=400)
+        row = self._locked_guarantee(
+            tx,
+            guarantee_id,
+            "validator, min_score, required_tag, network, asset, user_address, amount, state, "
+            "recipient_address",
+        )
+        if row[0] is None or row[0] != validator:
+            raise CoreError(
+                "only the validator named in the claims may post",
+                reason="not_validator",
+                status=403,
+            )
+        if row[2] and tag != row[2]:
+            raise CoreError(f"validation tag must be {row[2]!r}", reason="tag_mismatch", status=400)
+        new_state = "payable" if score >= int(row[1]) else "cancelled"
+        cycle_id = None
+        if new_state == "payable":
+            cycle_id = self._join_cycle(tx, row[3], row[4], row[5], row[8], int(row[6]), now)
+        if not tx.execute(
+            "UPDATE fx_guarantees SET state = ?, score = ?, score_tag = ?, resolved_at = ?, "
+            "cycle_id = ? WHERE guarantee_id = ? AND state = 'pending_validation'",
+            (new_state, score, tag, now, cycle_id, guarantee_id),
+        ):
+            raise CoreError(
+                f"guarantee is {row[7]}, not pending validation", reason="invalid_state"
+            )
+        if new_state == "cancelled":
+            self._release(tx, row[3], row[4], row[5], int(row[6]))
+        self._event(
+            events,
+            f"guarantee.{'validated' if new_state == 'payable' else 'cancelled'}",
+            now,
+            row[3],
+            row[4],
+            row[5],
+            guarantee_id=guarantee_id,
+            score=score,
+        )
 
     # Netting never rewrites guarantee rows: once a cycle closes, a payable guarantee's state
     # follows from its cycle and its payer's net position there.

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import PaymentError
 from ..networks import networks
@@ -11,10 +12,29 @@ from ..wire import SCHEME, PaymentPayload, PaymentPayloadV1, PaymentRequirements
 
 if TYPE_CHECKING:
     from ..core import Core
-    from ..core.models import Tab
+    from ..core.models import Acceptance, Tab
+    from ..core.store import Tx
+    from ..guarantee import SignedGuarantee
     from . import SettleResult
 
 __all__ = ["LocalFacilitator"]
+
+T = TypeVar("T")
+
+
+def _settled(accepted: Acceptance) -> SettleResult:
+    from . import SettleResult
+
+    return SettleResult(
+        success=True,
+        network=accepted.network,
+        payer=accepted.payer,
+        guarantee_id=accepted.guarantee_id,
+        tab_id=accepted.tab_id,
+        req_id=accepted.req_id,
+        amount=accepted.amount,
+        state=accepted.state,
+    )
 
 
 class LocalFacilitator:
@@ -68,25 +88,41 @@ class LocalFacilitator:
     def settle(
         self, payload: PaymentPayload | PaymentPayloadV1, requirements: PaymentRequirements
     ) -> SettleResult:
-        from . import SettleResult, expected_from_requirements, signed_from_payload
+        from . import signed_from_payload
 
         try:
-            expected = expected_from_requirements(requirements)
-            accepted = self.core.accept(signed_from_payload(payload, requirements), expected)
+            signed = signed_from_payload(payload, requirements)
         except PaymentError as exc:
-            return SettleResult(
-                success=False, network=requirements.network, error_reason=exc.reason
-            )
-        return SettleResult(
-            success=True,
-            network=accepted.network,
-            payer=accepted.payer,
-            guarantee_id=accepted.guarantee_id,
-            tab_id=accepted.tab_id,
-            req_id=accepted.req_id,
-            amount=accepted.amount,
-            state=accepted.state,
-        )
+            return self._refused(requirements, exc)
+        return self.settle_signed(signed, requirements)[0]
+
+    def settle_signed(
+        self,
+        signed: SignedGuarantee,
+        requirements: PaymentRequirements,
+        also: Callable[[Tx, SettleResult], T] | None = None,
+    ) -> tuple[SettleResult, T | None]:
+        """Settle an already decoded guarantee; ``also(tx, result)`` runs in the acceptance's
+        transaction (the gate writes its record there) and its value is returned beside."""
+        from . import expected_from_requirements
+
+        extra: list[T] = []
+
+        def then(tx: Tx, accepted: Acceptance) -> None:
+            if also is not None:
+                extra.append(also(tx, _settled(accepted)))
+
+        try:
+            accepted = self.core.accept(signed, expected_from_requirements(requirements), also=then)
+        except PaymentError as exc:
+            return self._refused(requirements, exc), None
+        return _settled(accepted), extra[0] if extra else None
+
+    @staticmethod
+    def _refused(requirements: PaymentRequirements, exc: PaymentError) -> SettleResult:
+        from . import SettleResult
+
+        return SettleResult(success=False, network=requirements.network, error_reason=exc.reason)
 
     def certify(self, guarantee_id: str) -> dict[str, str]:
         return self.core.certify(guarantee_id).to_json()

@@ -552,7 +552,32 @@ def test_payment_required_roundtrips_through_the_model(seller: Any) -> None:
     assert encode_header(required)  # what we emit, we can read back
 
 
-def test_a_payment_that_cannot_be_recorded_is_refunded(seller: Any) -> None:
+def test_a_payment_that_cannot_be_recorded_is_refunded(seller: Any, monkeypatch: Any) -> None:
+    from fourmica_x402.records import Records
+
+    buyer = funded(seller)
+    headers = paid_headers(seller, buyer)
+
+    def broken(*args: Any, **kwargs: Any) -> int:
+        raise RuntimeError("records database is gone")
+
+    monkeypatch.setattr(Records, "insert", staticmethod(broken))
+    resp = seller.request("GET", "/premium", headers=headers)
+    assert resp.status == 503 and seller.calls["/premium"] == 0
+    assert resp.json()["error"] == "records_unavailable"
+    # The record shares the acceptance's transaction: nothing was accepted, nothing is locked.
+    assert seller.core.position(buyer.address, network=NETWORK).locked == 0
+    assert seller.core.guarantees(address=buyer.address) == []
+    monkeypatch.undo()
+    assert seller.request("GET", "/premium", headers=headers).status == 200  # not burnt
+
+
+def test_a_payment_recorded_elsewhere_that_cannot_be_recorded_is_voided(
+    make_seller: Any, tmp_path: Any
+) -> None:
+    from fourmica_x402.records import Records
+
+    seller = make_seller(records=Records(str(tmp_path / "records.db")))
     buyer = funded(seller)
     headers = paid_headers(seller, buyer)
 
@@ -563,6 +588,8 @@ def test_a_payment_that_cannot_be_recorded_is_refunded(seller: Any) -> None:
     resp = seller.request("GET", "/premium", headers=headers)
     assert resp.status == 503 and seller.calls["/premium"] == 0
     assert seller.core.position(buyer.address, network=NETWORK).locked == 0  # voided, not kept
+    [voided] = seller.core.guarantees(address=buyer.address)
+    assert voided.state == "voided"
 
 
 def test_failure_hooks_see_refusals(make_seller: Any) -> None:

@@ -280,6 +280,34 @@ def test_void_releases_the_lock_only_for_the_recipient(core: Core, buyer: TestBu
     assert info.value.reason == "invalid_state"
 
 
+def test_work_joined_to_a_core_transaction_commits_or_rolls_back_with_it(
+    core: Core, buyer: TestBuyer
+) -> None:
+    """``also=`` callbacks (the gate's records) share the Core's transaction: all or nothing."""
+    policy = test_policy()
+
+    def fail(*args: object) -> None:
+        raise RuntimeError("the joined write failed")
+
+    signed, expected = buyer.pay(core, SELLER, 400, policy=policy)
+    with pytest.raises(RuntimeError):
+        core.accept(signed, expected, also=fail)
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+    assert core.guarantees(address=buyer.address) == []
+
+    seen: list[str] = []
+    accepted = core.accept(signed, expected, also=lambda tx, acc: seen.append(acc.guarantee_id))
+    assert seen == [accepted.guarantee_id]  # the same guarantee, once rolled back, now accepted
+    with pytest.raises(RuntimeError):
+        core.resolve(accepted.guarantee_id, by=policy.validator, score=100, also=fail)
+    assert core.guarantee(accepted.guarantee_id).state == "pending_validation"
+    with pytest.raises(RuntimeError):
+        core.resolve(accepted.guarantee_id, by=SELLER, score=None, also=fail)
+    assert core.position(buyer.address, network=NETWORK).locked == 400  # the void rolled back
+    core.resolve(accepted.guarantee_id, by=policy.validator, score=100, tag=policy.tag)
+    assert core.guarantee(accepted.guarantee_id).state == "payable"
+
+
 def test_certificate_is_bls_signed_in_4mica_format(store_url: str, clock: FakeClock) -> None:
     core = Core(store_url, config=FAST, clock=clock)
     buyer = TestBuyer.new()

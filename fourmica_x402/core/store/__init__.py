@@ -72,6 +72,11 @@ class Store(Protocol):
         empty where write transactions are serialised anyway (SQLite)."""
         ...
 
+    @property
+    def row_lock(self) -> str:
+        """Appended to a SELECT to lock its rows for update until commit (``FOR UPDATE``)."""
+        ...
+
     def transaction(self, *, write: bool = True) -> AbstractContextManager[Tx]:
         """A transaction: committed on normal exit, rolled back on an exception.
 

@@ -178,6 +178,7 @@ class PostgresStore:
 
     dialect: Literal["postgres"] = "postgres"
     share_lock: str = " FOR SHARE"  # READ COMMITTED: hold the row until commit
+    row_lock: str = " FOR UPDATE"
 
     def __init__(
         self,

@@ -56,6 +56,7 @@ class SQLiteStore:
 
     dialect: Literal["sqlite"] = "sqlite"
     share_lock: str = ""  # BEGIN IMMEDIATE already serialises writers
+    row_lock: str = ""
 
     def __init__(self, url: str, *, busy_timeout_ms: int = 30_000) -> None:
         self.url = url
