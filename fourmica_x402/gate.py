@@ -54,7 +54,7 @@ from .errors import (
     Unavailable,
 )
 from .facilitator import Facilitator, LocalFacilitator, SettleResult, signed_from_payload
-from .guarantee import ValidationPolicy
+from .guarantee import SignedGuarantee, ValidationPolicy
 from .networks import find_asset, get_network
 from .records import Records
 from .routes import Offer, Route, RouteTable
@@ -554,7 +554,9 @@ class Gate:
         )
         if self.config.settle == "before":
             result = yield Call(
-                self._settle_and_record, (payload, chosen, base), afn=self._asettle_and_record
+                self._settle_and_record,
+                (payload, chosen, base, signed),
+                afn=self._asettle_and_record,
             )
             if isinstance(result, SettleResult):  # refused
                 self._count_refusal(request, payer, result.error_reason)
@@ -662,14 +664,14 @@ class Gate:
         payload: PaymentPayload | PaymentPayloadV1,
         chosen: PaymentRequirements,
         base: dict[str, Any],
+        signed: SignedGuarantee,
     ) -> SettleResult | tuple[SettleResult, int]:
-        """Settle, then write the record; one worker-thread hop for the async driver."""
+        """Settle, then write the record; one worker-thread hop for the async driver.
+
+        ``signed`` is the guarantee the gate decoded from ``payload`` (not decoded twice).
+        """
         if self._shared:  # the embedded Core: acceptance and record commit together
             assert isinstance(self.facilitator, LocalFacilitator)
-            try:
-                signed = signed_from_payload(payload, chosen)
-            except PaymentError as exc:
-                return SettleResult(success=False, network=chosen.network, error_reason=exc.reason)
             try:
                 result, record_id = self.facilitator.settle_signed(
                     signed, chosen, lambda tx, result: self._record(result, base, tx)
@@ -712,9 +714,10 @@ class Gate:
         payload: PaymentPayload | PaymentPayloadV1,
         chosen: PaymentRequirements,
         base: dict[str, Any],
+        signed: SignedGuarantee,
     ) -> SettleResult | tuple[SettleResult, int]:
         if self.core is not None:  # local: settle and record in one worker-thread hop
-            return await asyncio.to_thread(self._settle_and_record, payload, chosen, base)
+            return await asyncio.to_thread(self._settle_and_record, payload, chosen, base, signed)
         try:
             result = await self.facilitator.asettle(payload, chosen)
         except FourmicaError:
