@@ -162,6 +162,8 @@ class Unavailable(FourmicaError):
 
     status = 503
     reason: str = Reason.UNAVAILABLE
+    #: The call may have taken effect (sent, then no answer): a settle then needs undoing.
+    maybe_applied: bool = False
 
     def headers(self) -> list[tuple[str, str]]:
         return [("retry-after", "5")]

@@ -54,7 +54,7 @@ from .errors import (
     Unavailable,
 )
 from .facilitator import Facilitator, LocalFacilitator, SettleResult, signed_from_payload
-from .guarantee import SignedGuarantee, ValidationPolicy
+from .guarantee import SignedGuarantee, ValidationPolicy, guarantee_id
 from .networks import find_asset, get_network
 from .records import Records
 from .routes import Offer, Route, RouteTable
@@ -351,6 +351,45 @@ class _Certifier:
                         future.set_exception(exc)
 
 
+class _Reconciler:
+    """Voids, in the background, guarantees a remote facilitator may have accepted unanswered.
+
+    Runs only while intents are open (:meth:`Gate.reconcile` does the work); woken at
+    once when a new one is filed, and at startup when a previous process left some.
+    """
+
+    def __init__(self, gate: Gate) -> None:
+        self._gate = gate
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def kick(self) -> None:
+        self._wake.set()
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="fourmica-reconciler", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        records = self._gate.records
+        while True:
+            try:
+                self._gate.reconcile()
+                due = records.next_void_due()
+            except Exception:  # the records database may be down too: try again later
+                log.exception("reconciling payments in doubt failed")
+                due = time.time() + 5
+            with self._lock:
+                if due is None and not self._wake.is_set():
+                    self._thread = None
+                    return
+            self._wake.clear()
+            self._wake.wait(min(max((due or 0) - time.time(), 0.0), 5.0))
+
+
 # -- the gate ----------------------------------------------------------------------------------
 
 
@@ -381,6 +420,9 @@ class Gate:
         self._throttle = _Throttle(config.throttle_failures, config.throttle_window)
         self._certifier = _Certifier(self.core, self.records) if self.core is not None else None
         self.tap = lambda: BodyTap(config.idempotent_replay, config.replay_body_limit)
+        self._reconciler = _Reconciler(self)
+        if self.records.next_void_due() is not None:
+            self._reconciler.kick()  # a previous process left voids to do
         self._prefix = config.prefix
         self._tab_path = (
             urlsplit(config.tab_endpoint).path if config.tab_endpoint else config.prefix + "/tab"
@@ -591,7 +633,13 @@ class Gate:
             try:  # the record's unique header hash stops a replay before the handler runs
                 record_id = yield Call(
                     lambda: self.records.begin(
-                        **base, settle_result={}, status="verified", payer=payer
+                        **base,
+                        settle_result={},
+                        status="verified",
+                        payer=payer,
+                        # unique while in flight: another encoding of this guarantee waits
+                        request_id=hex(signed.claims.req_id),
+                        tab_id=hex(signed.claims.tab_id),
                     )
                 )
             except Conflict:
@@ -685,8 +733,11 @@ class Gate:
                     reason=Reason.RECORDS_UNAVAILABLE,
                 ) from exc
             return result if record_id is None else (result, record_id)
+        self._refuse_in_doubt(signed, chosen)
         try:
             result = self.facilitator.settle(payload, chosen)
+        except Unavailable as exc:
+            raise self._in_doubt(exc, signed, chosen) from None
         except FourmicaError:
             raise
         except Exception as exc:
@@ -709,6 +760,80 @@ class Gate:
             except Exception:
                 log.exception("could not void %s after a failed record", result.guarantee_id)
 
+    def _refuse_in_doubt(self, signed: SignedGuarantee, chosen: PaymentRequirements) -> None:
+        """A guarantee whose earlier settle went unanswered is being voided: never serve it."""
+        if self.records.void_intent(self._guarantee_id(signed, chosen)) is not None:
+            raise PaymentError(
+                "this payment's earlier settle went unanswered and is being voided; sign a new one",
+                reason=Reason.REPLAYED_REQUEST_ID,
+            )
+
+    @staticmethod
+    def _guarantee_id(signed: SignedGuarantee, chosen: PaymentRequirements) -> str:
+        claims = signed.claims
+        chain_id = get_network(chosen.network).chain_id
+        return "0x" + guarantee_id(chain_id, claims.tab_id, claims.req_id).hex()
+
+    def _in_doubt(
+        self, error: Unavailable, signed: SignedGuarantee, chosen: PaymentRequirements
+    ) -> Unavailable:
+        """A settle that may have been accepted without an answer: file a void for it."""
+        if not error.maybe_applied:
+            return error
+        gid = self._guarantee_id(signed, chosen)
+        try:
+            self.records.add_void_intent(gid, chosen.pay_to)
+        except Exception:  # nowhere to remember it: say so loudly, the lock needs an operator
+            log.exception("could not file a void for %s after an unanswered settle", gid)
+            return error
+        log.warning("settle of %s went unanswered (%s); it will be voided", gid, error.message)
+        self._reconciler.kick()
+        return error
+
+    #: Backoff between void attempts (seconds), and how long "unknown guarantee" is awaited
+    #: before concluding the facilitator never accepted it.
+    RECONCILE_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+    RECONCILE_UNKNOWN_FOR = 300.0
+    RECONCILE_GIVE_UP = 86_400.0
+
+    def reconcile(self, now: float | None = None) -> dict[str, int]:
+        """Void the guarantees whose settle went unanswered, as far as possible now.
+
+        Runs by itself in the background; callable by hand (a cron job, the CLI, tests).
+        Returns how many intents ended in each state this call.
+        """
+        now = time.time() if now is None else now
+        done: dict[str, int] = {}
+        for gid, pay_to, attempts, created, kind in self.records.due_void_intents(now):
+            status, detail = "open", ""
+            if kind == "in_doubt" and self.records.query(guarantee_id=gid, limit=1):
+                status = "superseded"  # a later settle of the same guarantee was served
+            else:
+                try:
+                    self.facilitator.void(gid, by=pay_to)
+                    status = "voided"
+                except PaymentError as exc:
+                    status, detail = "abandoned", exc.reason
+                except FourmicaError as exc:
+                    detail = exc.reason
+                    unknown = exc.status == 404 or exc.reason == "unknown_guarantee"
+                    if unknown and now - created > self.RECONCILE_UNKNOWN_FOR:
+                        status = "never_accepted"
+                    elif not unknown and exc.status < 500:
+                        status = "abandoned"  # e.g. netted, cancelled or voided already
+                except Exception as exc:
+                    detail = type(exc).__name__
+            if status == "open" and now - created > self.RECONCILE_GIVE_UP:
+                status = "abandoned"
+            if status == "abandoned":
+                log.error("could not void %s after an unanswered settle: %s", gid, detail)
+            delay = self.RECONCILE_BACKOFF[min(attempts, len(self.RECONCILE_BACKOFF) - 1)]
+            self.records.update_void_intent(
+                gid, status=status, next_at=now + delay if status == "open" else None, detail=detail
+            )
+            done[status] = done.get(status, 0) + 1
+        return done
+
     async def _asettle_and_record(
         self,
         payload: PaymentPayload | PaymentPayloadV1,
@@ -718,8 +843,11 @@ class Gate:
     ) -> SettleResult | tuple[SettleResult, int]:
         if self.core is not None:  # local: settle and record in one worker-thread hop
             return await asyncio.to_thread(self._settle_and_record, payload, chosen, base, signed)
+        await asyncio.to_thread(self._refuse_in_doubt, signed, chosen)
         try:
             result = await self.facilitator.asettle(payload, chosen)
+        except Unavailable as exc:
+            raise await asyncio.to_thread(self._in_doubt, exc, signed, chosen) from None
         except FourmicaError:
             raise
         except Exception as exc:
@@ -834,6 +962,9 @@ class Gate:
             result = self.facilitator.settle(state.payload, state.requirements)
         except Exception as exc:
             log.error("settle after the handler failed: %s", exc)
+            if isinstance(exc, Unavailable) and exc.maybe_applied:
+                signed = signed_from_payload(state.payload, state.requirements)
+                self._in_doubt(exc, signed, state.requirements)
             result = SettleResult(
                 success=False,
                 network=state.requirements.network,
@@ -919,8 +1050,7 @@ class Gate:
                 )
                 return outcome
             except Exception as exc:
-                log.error("%s of %s failed: %s", action[0], payment.guarantee_id, exc)
-                outcome = "kept" if outcome == "refunded" else outcome
+                outcome = self._action_failed(payment, action, exc, outcome)
                 action = None  # record the outcome alone below
         try:
             if action is not None and action[0] == "void":
@@ -928,11 +1058,34 @@ class Gate:
             elif action is not None:
                 self._score(payment, action[1])
         except Exception as exc:
-            log.error("%s of %s failed: %s", action[0] if action else "", payment.guarantee_id, exc)
-            outcome = "kept" if outcome == "refunded" else outcome
+            assert action is not None
+            outcome = self._action_failed(payment, action, exc, outcome)
         if payment.record_id is not None:
             self.records.finish(payment.record_id, outcome=outcome, **record)
         return outcome
+
+    def _action_failed(
+        self, payment: Payment, action: tuple[str, int], error: Exception, outcome: str
+    ) -> str:
+        """A refund or score that did not go through: the outcome to record.
+
+        A refund refused for good (netted already, say) is ``kept``; one that only could
+        not reach the facilitator or the database is filed for the reconciler to retry
+        (``refund_pending``, then ``refunded`` once it went through).
+        """
+        log.error("%s of %s failed: %s", action[0], payment.guarantee_id, error)
+        if outcome != "refunded":
+            return outcome
+        definitive = isinstance(error, FourmicaError) and not isinstance(error, Unavailable)
+        if definitive or payment.guarantee_id is None:
+            return "kept"
+        try:
+            self.records.add_void_intent(payment.guarantee_id, payment.pay_to, kind="refund")
+        except Exception:
+            log.exception("could not file the refund of %s for a retry", payment.guarantee_id)
+            return "kept"
+        self._reconciler.kick()
+        return "refund_pending"
 
     async def _afinish_io(
         self, payment: Payment, action: tuple[str, int] | None, outcome: str, record: dict[str, Any]
@@ -943,8 +1096,8 @@ class Gate:
             elif action is not None:
                 await self._ascore(payment, action[1])
         except Exception as exc:
-            log.error("%s of %s failed: %s", action[0] if action else "", payment.guarantee_id, exc)
-            outcome = "kept" if outcome == "refunded" else outcome
+            assert action is not None
+            outcome = await asyncio.to_thread(self._action_failed, payment, action, exc, outcome)
         record_id = payment.record_id
         if record_id is not None:
             await asyncio.to_thread(

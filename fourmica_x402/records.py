@@ -35,6 +35,18 @@ _MIGRATIONS: list[list[str]] = [
         "CREATE INDEX fx_records_payer ON fx_records (payer, created_at)",
         "CREATE INDEX fx_records_guarantee ON fx_records (guarantee_id)",
     ],
+    [  # guarantees to void later: a settle whose answer never came ('in_doubt'), or a
+        # refund the facilitator could not take when the handler failed ('refund')
+        """CREATE TABLE fx_void_intents (
+            guarantee_id TEXT PRIMARY KEY, pay_to TEXT NOT NULL, created_at {real} NOT NULL,
+            next_at {real} NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            status TEXT NOT NULL, detail TEXT, kind TEXT NOT NULL DEFAULT 'in_doubt')""",
+        "CREATE INDEX fx_void_intents_due ON fx_void_intents (status, next_at)",
+    ],
+    [  # settle-after: one handler run per guarantee, however its header is encoded
+        """CREATE UNIQUE INDEX fx_records_after_guarantee ON fx_records (tab_id, request_id)
+            WHERE settle_mode = 'after'""",
+    ],
 ]
 
 _COLUMNS = (
@@ -68,7 +80,7 @@ class PaymentRecord:
     response_hash: str | None
     delivered_at: float | None
     certificate: dict[str, str] | None
-    outcome: str | None  # delivered | refunded | cancelled | kept
+    outcome: str | None  # delivered | refunded | refund_pending | cancelled | kept
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -221,6 +233,66 @@ class Records:
             "UPDATE fx_records SET certificate = ? WHERE record_id = ?",
             ((json.dumps(cert), rid) for rid, cert in certificates),
         )
+
+    # -- payments in doubt ------------------------------------------------------------------------
+
+    def add_void_intent(self, guarantee_id: str, pay_to: str, kind: str = "in_doubt") -> None:
+        """Remember to void a guarantee: ``in_doubt`` (its settle may have been accepted
+        unanswered) or ``refund`` (its handler failed and the refund did not go through)."""
+        now = time.time()
+        with self.store.transaction() as tx:
+            tx.execute(
+                "INSERT INTO fx_void_intents (guarantee_id, pay_to, created_at, next_at, status, "
+                "kind) VALUES (?, ?, ?, ?, 'open', ?) ON CONFLICT (guarantee_id) DO NOTHING",
+                (guarantee_id, pay_to, now, now, kind),
+            )
+
+    def void_intent(self, guarantee_id: str) -> tuple[str, int, str | None] | None:
+        """(status, attempts, detail) of a guarantee's void intent, or None."""
+        with self.store.transaction(write=False) as tx:
+            row = tx.one(
+                "SELECT status, attempts, detail FROM fx_void_intents WHERE guarantee_id = ?",
+                (guarantee_id,),
+            )
+        return None if row is None else (row[0], int(row[1]), row[2])
+
+    def due_void_intents(
+        self, now: float, limit: int = 100
+    ) -> list[tuple[str, str, int, float, str]]:
+        """Open intents due by ``now``: (guarantee id, pay_to, attempts, created_at, kind)."""
+        with self.store.transaction(write=False) as tx:
+            rows = tx.all(
+                "SELECT guarantee_id, pay_to, attempts, created_at, kind FROM fx_void_intents "
+                "WHERE status = 'open' AND next_at <= ? ORDER BY next_at LIMIT ?",
+                (now, limit),
+            )
+        return [(r[0], r[1], int(r[2]), float(r[3]), r[4]) for r in rows]
+
+    def next_void_due(self) -> float | None:
+        """When the next open intent is due (None: nothing open)."""
+        with self.store.transaction(write=False) as tx:
+            row = tx.one("SELECT MIN(next_at) FROM fx_void_intents WHERE status = 'open'")
+        return None if row is None or row[0] is None else float(row[0])
+
+    def update_void_intent(
+        self, guarantee_id: str, *, status: str, next_at: float | None = None, detail: str = ""
+    ) -> None:
+        """Count an attempt; ``status`` 'open' reschedules at ``next_at``, others close it.
+
+        A refund that went through marks the payment's record ``refunded``, in the same write.
+        """
+        with self.store.transaction() as tx:
+            tx.execute(
+                "UPDATE fx_void_intents SET status = ?, attempts = attempts + 1, "
+                "next_at = COALESCE(?, next_at), detail = ? WHERE guarantee_id = ?",
+                (status, next_at, detail, guarantee_id),
+            )
+            if status == "voided":
+                tx.execute(
+                    "UPDATE fx_records SET outcome = 'refunded' WHERE guarantee_id = ? "
+                    "AND outcome = 'refund_pending'",
+                    (guarantee_id,),
+                )
 
     def by_header(
         self, header_hash: str

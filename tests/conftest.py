@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,7 +67,16 @@ def postgres_url(_postgres_admin_url: str) -> Iterator[str]:
     parts = urlsplit(_postgres_admin_url)
     yield urlunsplit(parts._replace(path=f"/{name}"))
     with psycopg.connect(_postgres_admin_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for attempt in range(20):  # bounded
+            try:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                break
+            except psycopg.errors.InsufficientPrivilege:
+                # FORCE may not end a backend of another role (an autovacuum worker that
+                # just started on the busy test database); it finishes in a moment.
+                if attempt == 19:
+                    raise
+                time.sleep(0.25)
 
 
 @pytest.fixture

@@ -73,9 +73,7 @@ class HttpFacilitator:
                 if attempt + 1 < attempts:
                     time.sleep(self._delay(attempt, None))
                     continue
-                raise Unavailable(
-                    f"facilitator {self.url} unreachable: {type(exc).__name__}"
-                ) from None
+                raise self._unreachable(exc) from None
             if response.status_code in _RETRY_STATUS and attempt + 1 < attempts:
                 time.sleep(self._delay(attempt, response))
                 continue
@@ -98,14 +96,19 @@ class HttpFacilitator:
                 if attempt + 1 < attempts:
                     await asyncio.sleep(self._delay(attempt, None))
                     continue
-                raise Unavailable(
-                    f"facilitator {self.url} unreachable: {type(exc).__name__}"
-                ) from None
+                raise self._unreachable(exc) from None
             if response.status_code in _RETRY_STATUS and attempt + 1 < attempts:
                 await asyncio.sleep(self._delay(attempt, response))
                 continue
             return self._decode(response)
         raise AssertionError("unreachable")
+
+    def _unreachable(self, exc: httpx.HTTPError) -> Unavailable:
+        error = Unavailable(f"facilitator {self.url} unreachable: {type(exc).__name__}")
+        # Only a failed connect proves the request never arrived; after a read timeout or a
+        # dropped connection the facilitator may have acted on it.
+        error.maybe_applied = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+        return error
 
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
         if response is not None and response.headers.get("retry-after", "").isdigit():
@@ -114,7 +117,9 @@ class HttpFacilitator:
 
     def _decode(self, response: httpx.Response) -> Any:
         if response.status_code >= 500 or response.status_code == 429:
-            raise Unavailable(f"facilitator answered {response.status_code}")
+            error = Unavailable(f"facilitator answered {response.status_code}")
+            error.maybe_applied = response.status_code != 429  # a 5xx may follow a commit
+            raise error
         try:
             data = response.json()
         except ValueError:

@@ -508,6 +508,36 @@ def test_settle_after_mode_charges_only_success(make_seller: Any) -> None:
     assert seller.core.position(buyer.address, network=NETWORK).locked == 10_000  # not charged
 
 
+def test_settle_after_runs_one_handler_per_guarantee_however_encoded(make_seller: Any) -> None:
+    """Settle-after verifies first; a second encoding of an in-flight guarantee must wait."""
+    seller = make_seller(settle="after")
+    buyer = funded(seller)
+    [(name, value)] = paid_headers(seller, buyer).items()
+    envelope = json.loads(base64.b64decode(value))
+    claims = envelope["payload"]["claims"]
+    seller.gate.records.begin(  # the first encoding is running its handler right now
+        route="GET /premium",
+        method="GET",
+        path="/premium",
+        header_version=2,
+        header_hash="0" * 64,
+        pay_to=seller.gate.config.pay_to,
+        amount=10_000,
+        asset=envelope["accepted"]["asset"],
+        network=NETWORK,
+        settle_mode="after",
+        settle_result={},
+        status="verified",
+        request_id=hex(int(claims["req_id"], 16)),
+        tab_id=hex(int(claims["tab_id"], 16)),
+    )
+    other = base64.b64encode(json.dumps(envelope, indent=1).encode()).decode()
+    assert other != value
+    resp = seller.request("GET", "/premium", headers={name: other})
+    assert resp.status == 402 and seller.calls["/premium"] == 0
+    assert b64json(resp.headers["payment-required"])["error"] == "replayed_request_id"
+
+
 # -- the mounted endpoints ---------------------------------------------------------------------
 
 
