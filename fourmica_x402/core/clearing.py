@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .._eth import address_word, keccak
 
-__all__ = ["Netting", "merkle_root", "net", "pro_rata"]
+__all__ = ["Netting", "merkle_root", "pro_rata"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,15 +43,6 @@ class Netting:
     def transfers(self) -> int:
         """How many net transfers settle the batch: one per debtor and one per creditor."""
         return sum(1 for a in self.gross if self.net_of(a) != 0)
-
-
-def net(pairs: Iterable[tuple[str, str, int]]) -> Netting:
-    """Net ``(payer, payee, amount)`` obligations into positions."""
-    gross: dict[str, list[int]] = {}
-    for payer, payee, amount in pairs:
-        gross.setdefault(payee, [0, 0])[0] += amount
-        gross.setdefault(payer, [0, 0])[1] += amount
-    return Netting({a: (v[0], v[1]) for a, v in gross.items()})
 
 
 def pro_rata(credit: int, collected: int, total_debit: int) -> int:

@@ -1042,12 +1042,24 @@ class Core:
         tx.execute(
             "DELETE FROM fx_cycle_pairs WHERE cycle_id = ? AND guarantee_count = 0", (cycle_id,)
         )
-        pairs = tx.all(
-            "SELECT payer, payee, amount, guarantee_count FROM fx_cycle_pairs WHERE cycle_id = ?",
+        # Gross in and out per participant, summed by the database (a cycle may hold a million
+        # pairs; one row per participant comes back). Payers stream in key order.
+        gross: dict[str, list[int]] = {}
+        count = gross_total = 0
+        for payer, amount, guarantees in tx.all(
+            "SELECT payer, SUM(amount), SUM(guarantee_count) FROM fx_cycle_pairs "
+            "WHERE cycle_id = ? GROUP BY payer",
             (cycle_id,),
-        )
-        count = sum(int(p[3]) for p in pairs)
-        netting = clearing.net((p, q, int(a)) for p, q, a, _ in pairs)
+        ):
+            gross[payer] = [0, int(amount)]
+            count += int(guarantees)
+            gross_total += int(amount)
+        for payee, amount in tx.all(
+            "SELECT payee, SUM(amount) FROM fx_cycle_pairs WHERE cycle_id = ? GROUP BY payee",
+            (cycle_id,),
+        ):
+            gross.setdefault(payee, [0, 0])[0] = int(amount)
+        netting = clearing.Netting({a: (v[0], v[1]) for a, v in gross.items()})
         rows = []
         for address, (gross_in, gross_out) in netting.gross.items():
             value = gross_in - gross_out
@@ -1081,7 +1093,7 @@ class Core:
                 pay_by,
                 pay_by + self.config.finality,
                 count,
-                sum(int(p[2]) for p in pairs),
+                gross_total,
                 netting.transfers,
                 netting.total_debit,
                 "0x" + root.hex(),

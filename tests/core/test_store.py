@@ -274,6 +274,40 @@ def test_old_database_upgrades_with_its_data(store_url: str) -> None:
         store.close()
 
 
+def test_pairwise_matrix_keeps_its_rows_when_clustered(store_url: str) -> None:
+    store = open_store(store_url)
+    try:
+        assert migrate(store, target=3) == 3
+        with store.transaction() as tx:
+            tx.many(
+                "INSERT INTO fx_cycle_pairs (cycle_id, payer, payee, amount, guarantee_count) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(1, "0xa", "0xb", 20, 2), (1, "0xb", "0xa", 7, 1), (2, "0xa", "0xc", BIG, 1)],
+            )
+        assert migrate(store) == SCHEMA_VERSION
+        with store.transaction(write=False) as tx:
+            rows = tx.all("SELECT * FROM fx_cycle_pairs ORDER BY cycle_id, payer, payee")
+            clustered = (
+                tx.one("SELECT sql FROM sqlite_master WHERE name = 'fx_cycle_pairs'")
+                if store.dialect == "sqlite"
+                else None
+            )
+        assert rows == [
+            (1, "0xa", "0xb", 20, 2),
+            (1, "0xb", "0xa", 7, 1),
+            (2, "0xa", "0xc", BIG, 1),
+        ]
+        if clustered is not None:  # SQLite: one b-tree on the key (PostgreSQL keeps its heap)
+            assert "WITHOUT ROWID" in clustered[0]
+        with pytest.raises(Conflict), store.transaction() as tx:
+            tx.execute(
+                "INSERT INTO fx_cycle_pairs (cycle_id, payer, payee, amount, guarantee_count) "
+                "VALUES (1, '0xa', '0xb', 1, 1)"
+            )
+    finally:
+        store.close()
+
+
 def test_concurrent_migrations_are_safe(store_url: str) -> None:
     stores = [open_store(store_url) for _ in range(4)]  # as four processes would
     results: list[int] = []
