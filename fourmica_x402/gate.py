@@ -43,7 +43,7 @@ from urllib.parse import unquote, urlsplit
 
 from . import coreapi
 from .config import PaymentConfig
-from .core.store import Conflict, Tx
+from .core.store import Conflict, Tx, WouldBlock
 from .errors import (
     FourmicaError,
     GuaranteeRejected,
@@ -713,20 +713,31 @@ class Gate:
         chosen: PaymentRequirements,
         base: dict[str, Any],
         signed: SignedGuarantee,
+        nowait: bool = False,
     ) -> SettleResult | tuple[SettleResult, int]:
         """Settle, then write the record; one worker-thread hop for the async driver.
 
         ``signed`` is the guarantee the gate decoded from ``payload`` (not decoded twice).
+        ``nowait``: the event loop's attempt; anything but a clean answer raises
+        :class:`WouldBlock` (nothing was committed) and the caller redoes it in a thread.
         """
         if self._shared:  # the embedded Core: acceptance and record commit together
             assert isinstance(self.facilitator, LocalFacilitator)
             try:
                 result, record_id = self.facilitator.settle_signed(
-                    signed, chosen, lambda tx, result: self._record(result, base, tx)
+                    signed,
+                    chosen,
+                    lambda tx, result: self._record(result, base, tx),
+                    nowait=nowait,
                 )
-            except FourmicaError:
+            except WouldBlock:
                 raise
-            except Exception as exc:  # the record failed: the acceptance was rolled back with it
+            except Exception as exc:
+                if nowait:
+                    raise WouldBlock("redo in a worker thread") from exc
+                if isinstance(exc, FourmicaError):
+                    raise
+                # the record failed: the acceptance was rolled back with it
                 log.exception("could not record a payment; nothing was accepted")
                 raise Unavailable(
                     f"could not record the payment: {type(exc).__name__}",
@@ -841,6 +852,11 @@ class Gate:
         base: dict[str, Any],
         signed: SignedGuarantee,
     ) -> SettleResult | tuple[SettleResult, int]:
+        if self._shared:  # the embedded SQLite Core: on the loop when no writer is in the way
+            try:
+                return self._settle_and_record(payload, chosen, base, signed, nowait=True)
+            except WouldBlock:
+                pass
         if self.core is not None:  # local: settle and record in one worker-thread hop
             return await asyncio.to_thread(self._settle_and_record, payload, chosen, base, signed)
         await asyncio.to_thread(self._refuse_in_doubt, signed, chosen)
@@ -1019,8 +1035,9 @@ class Gate:
             response=keep,
             settle_result=state.result.to_settle_response().to_dict() if state.result else None,
         )
-        # One worker-thread hop for all of it (local Core); remote facilitators go async.
-        afn = None if self.core is not None else self._afinish_io
+        # The local Core: on the loop when it need not wait, else one worker-thread hop for all
+        # of it; remote facilitators go async.
+        afn = self._afinish_local if self.core is not None else self._afinish_io
         outcome = yield Call(self._finish_io, (payment, action, outcome, record), afn=afn)
         if self.config.after_delivery is not None:
             yield Call(self.config.after_delivery, (payment, outcome), blocking=False)
@@ -1034,20 +1051,41 @@ class Gate:
             return future.result()
         return None
 
-    def _finish_io(
+    async def _afinish_local(
         self, payment: Payment, action: tuple[str, int] | None, outcome: str, record: dict[str, Any]
     ) -> str:
+        if self._shared:
+            try:
+                return self._finish_io(payment, action, outcome, record, nowait=True)
+            except WouldBlock:
+                pass
+        return await asyncio.to_thread(self._finish_io, payment, action, outcome, record)
+
+    def _finish_io(
+        self,
+        payment: Payment,
+        action: tuple[str, int] | None,
+        outcome: str,
+        record: dict[str, Any],
+        nowait: bool = False,
+    ) -> str:
         record_id = payment.record_id
+        if nowait:  # the event loop's attempt: one short write to the shared database, or none
+            if not self._shared or record_id is None or payment.guarantee_id is None:
+                raise WouldBlock("not a write the event loop may do")
+            try:
+                if action is None:
+                    self.records.finish(record_id, outcome=outcome, nowait=True, **record)
+                    return outcome
+                self._resolve_and_complete(payment, action, outcome, record, nowait=True)
+                return outcome
+            except WouldBlock:
+                raise
+            except Exception as exc:  # nothing committed: the thread path handles the failure
+                raise WouldBlock("redo in a worker thread") from exc
         if self._shared and action is not None and record_id is not None:
-            assert self.core is not None and payment.guarantee_id
-            try:  # the refund or score and the record's completion, one transaction
-                self.core.resolve(
-                    payment.guarantee_id,
-                    by=payment.pay_to,
-                    score=None if action[0] == "void" else action[1],
-                    tag=_DELIVERY_TAG,
-                    also=lambda tx: Records.complete(tx, record_id, outcome=outcome, **record),
-                )
+            try:
+                self._resolve_and_complete(payment, action, outcome, record)
                 return outcome
             except Exception as exc:
                 outcome = self._action_failed(payment, action, exc, outcome)
@@ -1063,6 +1101,26 @@ class Gate:
         if payment.record_id is not None:
             self.records.finish(payment.record_id, outcome=outcome, **record)
         return outcome
+
+    def _resolve_and_complete(
+        self,
+        payment: Payment,
+        action: tuple[str, int],
+        outcome: str,
+        record: dict[str, Any],
+        nowait: bool = False,
+    ) -> None:
+        """The refund or score and the record's completion, in one transaction."""
+        assert self.core is not None and payment.guarantee_id and payment.record_id is not None
+        record_id = payment.record_id
+        self.core.resolve(
+            payment.guarantee_id,
+            by=payment.pay_to,
+            score=None if action[0] == "void" else action[1],
+            tag=_DELIVERY_TAG,
+            also=lambda tx: Records.complete(tx, record_id, outcome=outcome, **record),
+            nowait=nowait,
+        )
 
     def _action_failed(
         self, payment: Payment, action: tuple[str, int], error: Exception, outcome: str

@@ -179,12 +179,13 @@ class Records:
         assert row is not None
         return int(row[0])
 
-    def finish(self, record_id: int, **fields: Any) -> None:
+    def finish(self, record_id: int, *, nowait: bool = False, **fields: Any) -> None:
         """Complete a record once the response went out (the delivery marker).
 
-        Takes the keyword arguments of :meth:`complete`.
+        Takes the keyword arguments of :meth:`complete`; ``nowait`` as in
+        :meth:`~fourmica_x402.core.store.Store.transaction`.
         """
-        with self.store.transaction() as tx:
+        with self.store.transaction(nowait=nowait) as tx:
             self.complete(tx, record_id, **fields)
 
     @staticmethod

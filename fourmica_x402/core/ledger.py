@@ -154,10 +154,10 @@ class Core:
             return bytes.fromhex(row[0])
 
     @contextmanager
-    def _write(self) -> Iterator[tuple[Tx, list[tuple[Any, ...]]]]:
+    def _write(self, nowait: bool = False) -> Iterator[tuple[Tx, list[tuple[Any, ...]]]]:
         """A write transaction plus an event list, dispatched only after commit."""
         pending: list[tuple[Any, ...]] = []
-        with self.store.transaction() as tx:
+        with self.store.transaction(nowait=nowait) as tx:
             yield tx, pending
             for item in pending:
                 tx.execute(
@@ -552,12 +552,15 @@ class Core:
         expected: Expected,
         *,
         also: Callable[[Tx, Acceptance], Any] | None = None,
+        nowait: bool = False,
     ) -> Acceptance:
         """Accept a guarantee (SPEC §6): all checks, then lock capacity, in one transaction.
 
         ``also(tx, acceptance)`` runs inside that transaction once the guarantee is
         stored (the gate writes its payment record there: one commit, not two); if it
-        raises, nothing is accepted.
+        raises, nothing is accepted. ``nowait=True``: raise
+        :class:`~fourmica_x402.core.store.WouldBlock` rather than wait for the database
+        (nothing is done then), so an event loop may call it directly.
 
         Raises :class:`~fourmica_x402.errors.GuaranteeRejected` with a stable reason.
         """
@@ -567,7 +570,7 @@ class Core:
         gid = "0x" + guarantee_id(chain_id, claims.tab_id, claims.req_id).hex()
         state = "payable" if claims.version == 1 else "pending_validation"
         try:
-            with self._write() as (tx, events):
+            with self._write(nowait) as (tx, events):
                 now = self.clock()
                 self._check(tx, claims, expected, now)
                 if claims.amount > _INT64_MAX or not tx.execute(
@@ -765,15 +768,16 @@ class Core:
         score: int | None,
         tag: str = "",
         also: Callable[[Tx], Any] | None = None,
+        nowait: bool = False,
     ) -> None:
         """Void (``score=None``, by the recipient) or score (by the validator) one guarantee.
 
         ``also(tx)`` runs in the same transaction (the gate completes its payment
-        record there, so a delivery costs one commit).
+        record there, so a delivery costs one commit). ``nowait`` as in :meth:`accept`.
         """
         by = parse_address(by)
         now = self.clock()
-        with self._write() as (tx, events):
+        with self._write(nowait) as (tx, events):
             if score is None:
                 self._void_in(tx, events, guarantee_id, by, now)
             else:

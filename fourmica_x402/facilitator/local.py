@@ -101,6 +101,8 @@ class LocalFacilitator:
         signed: SignedGuarantee,
         requirements: PaymentRequirements,
         also: Callable[[Tx, SettleResult], T] | None = None,
+        *,
+        nowait: bool = False,
     ) -> tuple[SettleResult, T | None]:
         """Settle an already decoded guarantee; ``also(tx, result)`` runs in the acceptance's
         transaction (the gate writes its record there) and its value is returned beside."""
@@ -113,7 +115,9 @@ class LocalFacilitator:
                 extra.append(also(tx, _settled(accepted)))
 
         try:
-            accepted = self.core.accept(signed, expected_from_requirements(requirements), also=then)
+            accepted = self.core.accept(
+                signed, expected_from_requirements(requirements), also=then, nowait=nowait
+            )
         except PaymentError as exc:
             return self._refused(requirements, exc), None
         return _settled(accepted), extra[0] if extra else None

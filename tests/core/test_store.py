@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from fourmica_x402.core.schema import SCHEMA_VERSION, migrate, schema_version
-from fourmica_x402.core.store import Conflict, Store, StoreUnavailable, open_store
+from fourmica_x402.core.store import Conflict, Store, StoreUnavailable, WouldBlock, open_store
 
 BIG = 2**62 + 1  # beyond int32 and beyond float precision: must stay exact
 
@@ -233,6 +234,71 @@ def _tables(store: Store) -> set[str]:
     )
     with store.transaction(write=False) as tx:
         return {row[0] for row in tx.all(sql) if row[0].startswith("fx_")}
+
+
+def test_nowait_never_waits(store: Store, store_url: str) -> None:
+    """``nowait`` runs at once or raises WouldBlock having done nothing (event-loop safe)."""
+    if store.dialect == "postgres":
+        with pytest.raises(WouldBlock), store.transaction(nowait=True):
+            pass  # pragma: no cover - never entered
+        return
+    with store.transaction(nowait=True) as tx:  # nobody in the way: it runs
+        tx.execute("INSERT INTO kv (k, v) VALUES ('a', 1)")
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with store.transaction() as tx:
+            tx.execute("UPDATE kv SET v = 2 WHERE k = 'a'")
+            held.set()
+            assert release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert held.wait(10)
+    began = time.monotonic()
+    with pytest.raises(WouldBlock), store.transaction(nowait=True) as tx:
+        tx.execute("UPDATE kv SET v = 3 WHERE k = 'a'")  # pragma: no cover - never entered
+    assert time.monotonic() - began < 0.5
+    release.set()
+    thread.join(10)
+    # Another process (here: another connection) holding SQLite's own write lock.
+    other = sqlite3.connect(store_url, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    began = time.monotonic()
+    with pytest.raises(WouldBlock), store.transaction(nowait=True):
+        pass  # pragma: no cover - never entered
+    assert time.monotonic() - began < 0.5  # not the 30 s busy timeout
+    other.execute("ROLLBACK")
+    other.close()
+    with store.transaction(write=False) as tx:
+        assert tx.one("SELECT v FROM kv WHERE k = 'a'") == (2,)
+    with store.transaction() as tx:  # the busy timeout is back for waiting transactions
+        assert tx.one("PRAGMA busy_timeout")[0] > 0  # type: ignore[index]
+
+
+def test_nowait_commits_are_checkpointed_in_the_background(sqlite_url: str) -> None:
+    """``nowait`` commits skip SQLite's inline checkpoint (it syncs the disk); a background
+    one runs every so many of them, so the log still starts over."""
+    store = open_store(sqlite_url)
+    try:
+        with store.transaction() as tx:
+            tx.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+        for i in range(100):  # the 100th wakes the checkpointer, once
+            with store.transaction(nowait=True) as tx:
+                tx.execute("INSERT INTO t (k, v) VALUES (?, ?)", (i, "x" * 3000))
+        for _ in range(500):  # bounded: the checkpointer runs on its own thread
+            if store.checkpoints == 1:
+                break
+            time.sleep(0.01)
+        assert store.checkpoints == 1
+        with store.transaction() as tx:  # the next writer starts the log over
+            tx.execute("INSERT INTO t (k, v) VALUES (?, ?)", (100, "x"))
+        probe = sqlite3.connect(sqlite_url, isolation_level=None)
+        busy, wal_frames, _ = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        probe.close()
+        assert busy == 0 and wal_frames < 10, wal_frames  # 100 commits wrote about 300 frames
+    finally:
+        store.close()
 
 
 def test_migrate_fresh_database_and_again(store_url: str) -> None:

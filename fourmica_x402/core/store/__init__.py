@@ -21,13 +21,20 @@ from typing import Any, Literal, Protocol
 
 from ...errors import Unavailable
 
-__all__ = ["Conflict", "Store", "StoreUnavailable", "Tx", "open_store"]
+__all__ = ["Conflict", "Store", "StoreUnavailable", "Tx", "WouldBlock", "open_store"]
 
 Row = tuple[Any, ...]
 
 
 class Conflict(Exception):
     """A unique constraint was violated; the transaction was rolled back."""
+
+
+class WouldBlock(Exception):
+    """A ``nowait`` transaction could not start at once (another writer holds the lock).
+
+    Nothing was done; the caller retries where waiting is harmless (a worker thread).
+    """
 
 
 class StoreUnavailable(Unavailable):
@@ -77,11 +84,16 @@ class Store(Protocol):
         """Appended to a SELECT to lock its rows for update until commit (``FOR UPDATE``)."""
         ...
 
-    def transaction(self, *, write: bool = True) -> AbstractContextManager[Tx]:
+    def transaction(
+        self, *, write: bool = True, nowait: bool = False
+    ) -> AbstractContextManager[Tx]:
         """A transaction: committed on normal exit, rolled back on an exception.
 
         ``write=True`` takes the write lock up front where the engine needs it
         (SQLite ``BEGIN IMMEDIATE``), so read-check-write sequences are atomic.
+        ``nowait=True`` raises :class:`WouldBlock` instead of waiting for anything (a
+        lock, the network): the embedded SQLite Core's short writes may then run on an
+        event loop. Stores that always wait (PostgreSQL) raise it at once.
         """
         ...
 

@@ -47,7 +47,7 @@ except ImportError as exc:  # pragma: no cover - exercised in an env without the
         'The PostgreSQL store needs psycopg 3: pip install "fourmica-x402[postgres]"'
     ) from exc
 
-from . import Conflict, Row, StoreUnavailable
+from . import Conflict, Row, StoreUnavailable, WouldBlock
 
 __all__ = ["PostgresStore"]
 
@@ -258,7 +258,9 @@ class PostgresStore:
     # -- the Store protocol
 
     @contextmanager
-    def transaction(self, *, write: bool = True) -> Iterator[_Tx]:
+    def transaction(self, *, write: bool = True, nowait: bool = False) -> Iterator[_Tx]:
+        if nowait:  # every statement is a network round trip: never on an event loop
+            raise WouldBlock("PostgreSQL transactions wait for the server")
         slot, cur = self._begin()
         slot.busy = True
         try:

@@ -18,9 +18,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
-from . import Conflict, Row, StoreUnavailable
+from . import Conflict, Row, StoreUnavailable, WouldBlock
 
 __all__ = ["SQLiteStore"]
+
+#: Commits made without an automatic checkpoint (``nowait``) before a background one runs;
+#: SQLite's own default checkpoints at 1 000 WAL pages, about this many small commits.
+_CHECKPOINT_EVERY = 100
 
 
 def _path_of(url: str) -> str:
@@ -66,6 +70,11 @@ class SQLiteStore:
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._unchecked = 0
+        #: Background checkpoints done (see ``nowait``).
+        self.checkpoints = 0
+        self._checkpointer: threading.Thread | None = None
+        self._checkpoint_due = threading.Event()
         # Open transactions, so close() never pulls a connection from under a running query.
         self._idle = threading.Condition()
         self._active = 0
@@ -101,37 +110,62 @@ class SQLiteStore:
         return conn
 
     @contextmanager
-    def transaction(self, *, write: bool = True) -> Iterator[_Tx]:
+    def transaction(self, *, write: bool = True, nowait: bool = False) -> Iterator[_Tx]:
         if not write:
-            with self._transaction(write=False) as tx:
+            with self._transaction(write=False, nowait=False) as tx:
                 yield tx
             return
         # Writers of this process queue on a lock (woken at once) rather than in SQLite's busy
         # handler, which sleeps in millisecond steps; other processes still meet the busy handler.
-        with self._write_lock, self._transaction(write=True) as tx:
-            yield tx
+        if not self._write_lock.acquire(blocking=not nowait):
+            raise WouldBlock("another writer of this process holds the database")
+        try:
+            with self._transaction(write=True, nowait=nowait) as tx:
+                yield tx
+        finally:
+            self._write_lock.release()
 
     @contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[_Tx]:
+    def _transaction(self, *, write: bool, nowait: bool) -> Iterator[_Tx]:
         with self._idle:
             if self._closed:
                 raise StoreUnavailable(f"SQLite store {self.path} is closed")
             self._active += 1
         try:
-            with self._open(write=write) as tx:
+            with self._open(write=write, nowait=nowait) as tx:
                 yield tx
         finally:
             with self._idle:
                 self._active -= 1
                 self._idle.notify_all()
 
+    def _begin(self, conn: sqlite3.Connection, write: bool, nowait: bool) -> None:
+        if not nowait:
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            return
+        # No waiting at all: another process holding the write lock means "do it elsewhere".
+        # Commits on this path never checkpoint either (a checkpoint syncs the disk); the
+        # store checkpoints in the background instead.
+        if not getattr(self._local, "nowait_ready", False):
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            self._local.nowait_ready = True
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise WouldBlock(f"SQLite database busy: {exc}") from None
+            raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+
     @contextmanager
-    def _open(self, *, write: bool) -> Iterator[_Tx]:
+    def _open(self, *, write: bool, nowait: bool = False) -> Iterator[_Tx]:
         conn = self._connection()
         if conn.in_transaction:
             raise RuntimeError("a transaction is already open on this thread; nest none")
         try:
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            self._begin(conn, write, nowait)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite database unavailable: {exc}") from None
         try:
@@ -153,12 +187,49 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 _rollback(conn)
                 raise StoreUnavailable(f"SQLite commit failed: {exc}") from None
+        if nowait:
+            self._count_unchecked_commit()
+
+    def _count_unchecked_commit(self) -> None:
+        """Wake the background checkpointer every so many commits made without a checkpoint."""
+        with self._lock:
+            self._unchecked += 1
+            if self._unchecked < _CHECKPOINT_EVERY:
+                return
+            self._unchecked = 0
+            if self._checkpointer is None:
+                self._checkpointer = threading.Thread(
+                    target=self._checkpoints, name="fourmica-checkpoint", daemon=True
+                )
+                self._checkpointer.start()
+        self._checkpoint_due.set()
+
+    def _checkpoints(self) -> None:
+        while self._checkpoint_due.wait():
+            self._checkpoint_due.clear()
+            with self._idle:
+                if self._closed:
+                    return
+                self._active += 1
+            try:
+                # Hold this process's writers back meanwhile, or under steady writes the
+                # checkpoint never catches up with the log and the log never starts over.
+                with self._write_lock:
+                    self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                self.checkpoints += 1
+            except sqlite3.Error:
+                pass  # the next one (or another connection's automatic one) catches up
+            finally:
+                with self._idle:
+                    self._active -= 1
+                    self._idle.notify_all()
 
     def close(self, timeout: float = 10.0) -> None:
         """Close every connection once running transactions end; later ones get StoreUnavailable."""
         with self._idle:
             self._closed = True
             self._idle.wait_for(lambda: self._active == 0, timeout=timeout)
+        self._checkpoint_due.set()  # lets the checkpointer see the store is closed
         with self._lock:
             conns, self._conns = self._conns, []
         for conn in conns:

@@ -1,0 +1,130 @@
+"""ASGI + the embedded SQLite Core: short writes on the event loop, a worker thread otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fourmica_x402.adapters.asgi import PaymentMiddleware
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+import fourmica_x402.gate as gate_module
+from fourmica_x402 import PaymentConfig
+from fourmica_x402.core import Core
+from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
+from fourmica_x402.wire import decode_payment_required
+
+SELLER = TestBuyer.new().address
+
+
+@pytest.fixture
+def hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the functions the gate sent to a worker thread."""
+    seen: list[str] = []
+    real = asyncio.to_thread
+
+    async def counting(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        seen.append(getattr(fn, "__name__", repr(fn)))
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(gate_module.asyncio, "to_thread", counting)
+    return seen
+
+
+def _seller(core: Core, runs: list[str]) -> TestClient:
+    async def premium(request: Request) -> JSONResponse:
+        runs.append(request.state.payment.guarantee_id)
+        return JSONResponse({"ok": True})
+
+    config = PaymentConfig(pay_to=SELLER, routes={"GET /premium": "$0.01"}, core=core)
+    app = Starlette(
+        routes=[Route("/premium", premium)],
+        middleware=[Middleware(PaymentMiddleware, config=config)],
+    )
+    return TestClient(app)
+
+
+def _header(client: TestClient, core: Core, buyer: TestBuyer) -> dict[str, str]:
+    req = decode_payment_required(client.get("/premium").headers["payment-required"]).accepts[0]
+    tab = core.open_tab(buyer.address, req.pay_to, network=NETWORK, guarantee_version=2)
+    name, value = payment_header(buyer, req, tab.to_json())
+    return {name: value}
+
+
+def _pay(client: TestClient, core: Core, buyer: TestBuyer) -> Any:
+    return client.get("/premium", headers=_header(client, core, buyer))
+
+
+def test_uncontended_payment_needs_no_worker_thread(tmp_path: Path, hops: list[str]) -> None:
+    core = Core(str(tmp_path / "core.db"))
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    runs: list[str] = []
+    with _seller(core, runs) as client:
+        resp = _pay(client, core, buyer)
+    assert resp.status_code == 200 and len(runs) == 1
+    assert hops == []  # acceptance + record, score + completion: both on the loop
+    [record] = gate_record(core)
+    assert (record.status, record.outcome) == ("delivered", "delivered")
+    assert core.guarantee(runs[0]).state == "payable"
+    assert core.audit() == []
+    core.close()
+
+
+def test_a_busy_writer_sends_the_work_to_a_thread(tmp_path: Path, hops: list[str]) -> None:
+    core = Core(str(tmp_path / "core.db"))
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    runs: list[str] = []
+    lock = core.store._write_lock  # type: ignore[attr-defined]
+    with _seller(core, runs) as client:
+        headers = _header(client, core, buyer)
+        lock.acquire()  # another writer of this process is mid-transaction
+        timer = threading.Timer(0.3, lock.release)
+        timer.start()
+        try:
+            resp = client.get("/premium", headers=headers)
+        finally:
+            timer.join()
+    assert resp.status_code == 200 and len(runs) == 1
+    assert "_settle_and_record" in hops  # waited in a worker thread, not on the loop
+    assert core.guarantee(runs[0]).state == "payable"
+    assert core.audit() == []
+    core.close()
+
+
+def test_a_failure_on_the_loop_is_handled_by_the_thread_path(
+    tmp_path: Path, hops: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anything but a clean answer on the loop is redone where failures are handled."""
+    from fourmica_x402.records import Records
+
+    core = Core(str(tmp_path / "core.db"))
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    runs: list[str] = []
+
+    def broken(*args: Any, **kwargs: Any) -> int:
+        raise RuntimeError("records database is gone")
+
+    monkeypatch.setattr(Records, "insert", staticmethod(broken))
+    with _seller(core, runs) as client:
+        resp = _pay(client, core, buyer)
+    assert resp.status_code == 503 and resp.json()["error"] == "records_unavailable"
+    assert runs == [] and hops == ["_settle_and_record"]
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+    core.close()
+
+
+def gate_record(core: Core) -> list[Any]:
+    from fourmica_x402.records import Records
+
+    return Records(core.store).query()
