@@ -25,6 +25,7 @@ Hooks (sync or async):
 from __future__ import annotations
 
 import asyncio
+import atexit
 import hashlib
 import html
 import inspect
@@ -33,6 +34,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -289,7 +291,8 @@ class _Certifier:
         self, core: Any, records: Records, max_batch: int = 256, linger: float = 0.02
     ) -> None:
         self._core, self._records, self._max, self._linger = core, records, max_batch, linger
-        self._queue: queue.SimpleQueue[tuple[str, int | None, Future[dict[str, str]]]] = (
+        # Items to certify, or None: stop.
+        self._queue: queue.SimpleQueue[tuple[str, int | None, Future[dict[str, str]]] | None] = (
             queue.SimpleQueue()
         )
         self._thread: threading.Thread | None = None
@@ -305,7 +308,16 @@ class _Certifier:
                         target=self._run, name="fourmica-certifier", daemon=True
                     )
                     self._thread.start()
+                    _LIVE_CERTIFIERS.add(self)
         return future
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Finish the batch in hand and end the thread (certificates not made yet are made
+        on demand later: ``Core.certify``)."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._queue.put(None)
+            thread.join(timeout)
 
     def _certify(
         self, batch: list[tuple[str, int | None, Future[dict[str, str]]]]
@@ -325,15 +337,23 @@ class _Certifier:
         return certs
 
     def _run(self) -> None:
-        while True:
-            batch = [self._queue.get()]
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
             # Linger a moment so a busy seller's certificates share one read and one write.
             deadline = time.monotonic() + self._linger
             while len(batch) < self._max:
                 try:
-                    batch.append(self._queue.get(timeout=max(deadline - time.monotonic(), 0)))
+                    item = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
                 except queue.Empty:
                     break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
             try:
                 certs = self._certify(batch)
                 for gid, _, future in batch:
@@ -349,6 +369,17 @@ class _Certifier:
                 for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
+
+
+# Certifier threads sign in C++ with the GIL released; one still signing when the
+# interpreter exits aborts the process. Let them finish their batch first.
+_LIVE_CERTIFIERS: weakref.WeakSet[_Certifier] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_certifiers() -> None:
+    for certifier in list(_LIVE_CERTIFIERS):
+        certifier.stop()
 
 
 class _Reconciler:
@@ -421,6 +452,7 @@ class Gate:
         self._certifier = _Certifier(self.core, self.records) if self.core is not None else None
         self.tap = lambda: BodyTap(config.idempotent_replay, config.replay_body_limit)
         self._reconciler = _Reconciler(self)
+        self._priced: dict[tuple[str, str], list[PaymentRequirements]] = {}
         if self.records.next_void_due() is not None:
             self._reconciler.kick()  # a previous process left voids to do
         self._prefix = config.prefix
@@ -441,6 +473,7 @@ class Gate:
 
     def add_route(self, key: str, value: Any) -> Route:
         """Price one more route (adapters use it for decorator-declared prices)."""
+        self._priced.clear()
         return self.routes.add(key, value)
 
     # -- drivers ---------------------------------------------------------------------------------
@@ -1196,7 +1229,15 @@ class Gate:
         return self.config.public_url or f"{request.scheme}://{request.host}"
 
     def _requirements(self, route: Route, request: RequestView) -> Flow:
+        """The route's payment requirements for this request (never mutated by callers).
+
+        Static offers (a fixed price and payTo) give the same requirements for every
+        request from the same origin: they are built once and reused.
+        """
         origin = self._origin(request)
+        cached = self._priced.get((route.key, origin))
+        if cached is not None:
+            return cached
         reqs = []
         for offer in route.offers:
             amount, asset = (
@@ -1234,7 +1275,12 @@ class Gate:
                     self._policy_for(route, offer, pay_to, chain_id),
                 )
             )
-        return [self._with_policy(req, policy) for req, policy in reqs]
+        built = [self._with_policy(req, policy) for req, policy in reqs]
+        if all(offer.amount is not None and not callable(offer.pay_to) for offer in route.offers):
+            if len(self._priced) >= 1024:  # the origin comes from the Host header: bounded
+                self._priced.clear()
+            self._priced[(route.key, origin)] = built
+        return built
 
     def _policy_for(
         self, route: Route, offer: Offer, pay_to: str, chain_id: int

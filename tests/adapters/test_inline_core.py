@@ -128,3 +128,19 @@ def gate_record(core: Core) -> list[Any]:
     from fourmica_x402.records import Records
 
     return Records(core.store).query()
+
+
+def test_a_process_exits_cleanly_while_certificates_are_being_made() -> None:
+    """BLS signing runs in C++ on the certifier thread; exiting mid-batch used to abort."""
+    import subprocess
+    import sys
+
+    script = (
+        "from fourmica_x402 import bench; bench.bench_paid_asgi(True); bench.bench_paid_wsgi(True)"
+    )
+    for _ in range(3):
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "terminate called" not in done.stderr
