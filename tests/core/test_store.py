@@ -276,6 +276,36 @@ def test_nowait_never_waits(store: Store, store_url: str) -> None:
         assert tx.one("PRAGMA busy_timeout")[0] > 0  # type: ignore[index]
 
 
+def test_a_writer_polls_for_another_process_lock_in_short_steps(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's busy handler sleeps up to 100 ms a try; the lock is held for ~0.2 ms."""
+    import fourmica_x402.core.store.sqlite as sqlite_store
+
+    store = open_store(sqlite_url)
+    try:
+        with store.transaction() as tx:
+            tx.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+        other = sqlite3.connect(sqlite_url, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")  # another process's writer
+        sleeps: list[float] = []
+        real_sleep = time.sleep
+
+        def recording_sleep(seconds: float) -> None:
+            sleeps.append(seconds)
+            if len(sleeps) == 20:
+                other.execute("COMMIT")  # the other writer finishes while we poll
+            real_sleep(seconds)
+
+        monkeypatch.setattr(sqlite_store.time, "sleep", recording_sleep)
+        with store.transaction() as tx:
+            tx.execute("INSERT INTO t (k) VALUES (1)")
+        other.close()
+        assert 20 <= len(sleeps) <= 21 and max(sleeps) <= 0.001
+    finally:
+        store.close()
+
+
 def test_nowait_commits_are_checkpointed_in_the_background(sqlite_url: str) -> None:
     """``nowait`` commits skip SQLite's inline checkpoint (it syncs the disk); a background
     one runs every so many of them, so the log still starts over."""

@@ -14,6 +14,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -25,6 +26,8 @@ __all__ = ["SQLiteStore"]
 #: Commits made without an automatic checkpoint (``nowait``) before a background one runs;
 #: SQLite's own default checkpoints at 1 000 WAL pages, about this many small commits.
 _CHECKPOINT_EVERY = 100
+#: How long a writer polls for another process's write lock before SQLite's busy handler.
+_POLL_FOR = 1.0
 
 
 def _path_of(url: str) -> str:
@@ -140,15 +143,33 @@ class SQLiteStore:
                 self._idle.notify_all()
 
     def _begin(self, conn: sqlite3.Connection, write: bool, nowait: bool) -> None:
-        if not nowait:
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        if not write:
+            conn.execute("BEGIN")
             return
-        # No waiting at all: another process holding the write lock means "do it elsewhere".
-        # Commits on this path never checkpoint either (a checkpoint syncs the disk); the
-        # store checkpoints in the background instead.
-        if not getattr(self._local, "nowait_ready", False):
-            conn.execute("PRAGMA wal_autocheckpoint = 0")
-            self._local.nowait_ready = True
+        if nowait:
+            # No waiting at all: another process holding the write lock means "do it
+            # elsewhere". Commits on this path never checkpoint either (a checkpoint syncs
+            # the disk); the store checkpoints in the background instead.
+            if not getattr(self._local, "nowait_ready", False):
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
+                self._local.nowait_ready = True
+            self._begin_now(conn)
+            return
+        # Another process holds the write lock for a fraction of a millisecond; SQLite's busy
+        # handler would sleep 1, 2, 5, 10 … 100 ms between tries. Poll in short steps first.
+        pause, deadline = 50e-6, time.monotonic() + _POLL_FOR
+        while True:
+            try:
+                self._begin_now(conn)
+                return
+            except WouldBlock:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(pause)
+                pause = min(pause * 2, 0.001)
+        conn.execute("BEGIN IMMEDIATE")  # still busy: SQLite's own busy timeout from here
+
+    def _begin_now(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA busy_timeout = 0")
         try:
             conn.execute("BEGIN IMMEDIATE")
