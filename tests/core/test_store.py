@@ -276,6 +276,33 @@ def test_nowait_never_waits(store: Store, store_url: str) -> None:
         assert tx.one("PRAGMA busy_timeout")[0] > 0  # type: ignore[index]
 
 
+def test_steady_writes_still_let_the_log_start_over(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checkpoints beside steady writers never catch up; past a size one holds them back."""
+    import fourmica_x402.core.store.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_RESTART_AFTER", 300)
+    store = open_store(sqlite_url)
+    try:
+        with store.transaction() as tx:
+            tx.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+        for i in range(3000):  # ~9 000 log pages if the log never started over
+            with store.transaction() as tx:
+                tx.execute("INSERT INTO t (k, v) VALUES (?, ?)", (i, "x" * 3000))
+        probe = sqlite3.connect(sqlite_url, isolation_level=None)
+        for _ in range(200):  # bounded: until the background checkpointer is done
+            busy, frames, _ = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if busy == 0:
+                break
+            time.sleep(0.02)
+        probe.close()
+        assert busy == 0 and store.checkpoints >= 1
+        assert 0 <= frames < 6000, frames
+    finally:
+        store.close()
+
+
 def test_a_writer_polls_for_another_process_lock_in_short_steps(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -306,9 +333,9 @@ def test_a_writer_polls_for_another_process_lock_in_short_steps(
         store.close()
 
 
-def test_nowait_commits_are_checkpointed_in_the_background(sqlite_url: str) -> None:
-    """``nowait`` commits skip SQLite's inline checkpoint (it syncs the disk); a background
-    one runs every so many of them, so the log still starts over."""
+def test_commits_are_checkpointed_in_the_background(sqlite_url: str) -> None:
+    """Commits skip SQLite's inline checkpoint (it syncs the disk); a background one runs
+    every so many of them, so the log still starts over."""
     store = open_store(sqlite_url)
     try:
         with store.transaction() as tx:

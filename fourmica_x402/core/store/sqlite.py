@@ -6,6 +6,14 @@ before the first read, so a check-then-write sequence is atomic across
 threads and processes sharing the file. ``synchronous=NORMAL`` in WAL mode
 keeps every commit safe from a process crash (SIGKILL) without an fsync per
 commit; only an OS crash or power cut can lose the last commits.
+
+Checkpoints (copying the log back into the database file, with an fsync) never
+run inside a commit: a background thread runs one every 100 commits, beside the
+writers, and holds this process's writers back only when steady writes kept the
+log from starting over. A writer that finds another process's lock polls for it
+in short steps before falling back to SQLite's busy handler. ``nowait``
+transactions start at once or raise :class:`WouldBlock` (an event loop may run
+them).
 """
 
 from __future__ import annotations
@@ -23,9 +31,11 @@ from . import Conflict, Row, StoreUnavailable, WouldBlock
 
 __all__ = ["SQLiteStore"]
 
-#: Commits made without an automatic checkpoint (``nowait``) before a background one runs;
-#: SQLite's own default checkpoints at 1 000 WAL pages, about this many small commits.
+#: Commits between background checkpoints (SQLite's own default, 1 000 log pages, is
+#: about this many small commits), and the log size (pages) at which a checkpoint holds
+#: this process's writers back so the log can start over.
 _CHECKPOINT_EVERY = 100
+_RESTART_AFTER = 4_000
 #: How long a writer polls for another process's write lock before SQLite's busy handler.
 _POLL_FOR = 1.0
 
@@ -103,6 +113,9 @@ class SQLiteStore:
             if self.path != ":memory:":
                 conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
+            # Commits never checkpoint inline (a checkpoint syncs the disk, milliseconds on the
+            # request path): a background thread does it every so many commits.
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from None
@@ -146,13 +159,7 @@ class SQLiteStore:
         if not write:
             conn.execute("BEGIN")
             return
-        if nowait:
-            # No waiting at all: another process holding the write lock means "do it
-            # elsewhere". Commits on this path never checkpoint either (a checkpoint syncs
-            # the disk); the store checkpoints in the background instead.
-            if not getattr(self._local, "nowait_ready", False):
-                conn.execute("PRAGMA wal_autocheckpoint = 0")
-                self._local.nowait_ready = True
+        if nowait:  # no waiting at all: another process holding the lock means "elsewhere"
             self._begin_now(conn)
             return
         # Another process holds the write lock for a fraction of a millisecond; SQLite's busy
@@ -208,11 +215,13 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 _rollback(conn)
                 raise StoreUnavailable(f"SQLite commit failed: {exc}") from None
-        if nowait:
+        if write:
             self._count_unchecked_commit()
 
     def _count_unchecked_commit(self) -> None:
         """Wake the background checkpointer every so many commits made without a checkpoint."""
+        if self.path == ":memory:":
+            return
         with self._lock:
             self._unchecked += 1
             if self._unchecked < _CHECKPOINT_EVERY:
@@ -233,10 +242,14 @@ class SQLiteStore:
                     return
                 self._active += 1
             try:
-                # Hold this process's writers back meanwhile, or under steady writes the
-                # checkpoint never catches up with the log and the log never starts over.
-                with self._write_lock:
-                    self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                conn = self._connection()
+                # Beside the writers: they go on appending while the pages are copied back.
+                row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if row is not None and int(row[1]) > _RESTART_AFTER:
+                    # Under steady writes the copy never catches up and the log never starts
+                    # over; hold this process's writers back for one complete pass.
+                    with self._write_lock:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 self.checkpoints += 1
             except sqlite3.Error:
                 pass  # the next one (or another connection's automatic one) catches up
