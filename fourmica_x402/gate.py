@@ -94,6 +94,9 @@ log = logging.getLogger("fourmica_x402.gate")
 GRANT = object()
 DENY = object()
 _EXPOSE = "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE"
+#: Times the event loop tries the embedded Core's write itself, waiting (without blocking)
+#: for this process's other writers in between, before handing it to a worker thread.
+_LOOP_TRIES = 3
 _DELIVERY_TAG = "delivery"
 
 
@@ -886,10 +889,13 @@ class Gate:
         signed: SignedGuarantee,
     ) -> SettleResult | tuple[SettleResult, int]:
         if self._shared:  # the embedded SQLite Core: on the loop when no writer is in the way
-            try:
-                return self._settle_and_record(payload, chosen, base, signed, nowait=True)
-            except WouldBlock:
-                pass
+            for _ in range(_LOOP_TRIES):
+                try:
+                    return self._settle_and_record(payload, chosen, base, signed, nowait=True)
+                except WouldBlock as exc:
+                    if not exc.local:
+                        break
+                    await self._writable()
         if self.core is not None:  # local: settle and record in one worker-thread hop
             return await asyncio.to_thread(self._settle_and_record, payload, chosen, base, signed)
         await asyncio.to_thread(self._refuse_in_doubt, signed, chosen)
@@ -1088,11 +1094,21 @@ class Gate:
         self, payment: Payment, action: tuple[str, int] | None, outcome: str, record: dict[str, Any]
     ) -> str:
         if self._shared:
-            try:
-                return self._finish_io(payment, action, outcome, record, nowait=True)
-            except WouldBlock:
-                pass
+            for _ in range(_LOOP_TRIES):
+                try:
+                    return self._finish_io(payment, action, outcome, record, nowait=True)
+                except WouldBlock as exc:
+                    if not exc.local:
+                        break
+                    await self._writable()
         return await asyncio.to_thread(self._finish_io, payment, action, outcome, record)
+
+    async def _writable(self) -> None:
+        """Wait, without blocking the loop, for this process's other writer to finish."""
+        assert self.core is not None
+        wait = getattr(self.core.store, "wait_writable", None)
+        if wait is not None:
+            await wait()
 
     def _finish_io(
         self,

@@ -79,7 +79,9 @@ def test_uncontended_payment_needs_no_worker_thread(tmp_path: Path, hops: list[s
     core.close()
 
 
-def test_a_busy_writer_sends_the_work_to_a_thread(tmp_path: Path, hops: list[str]) -> None:
+def test_the_loop_waits_for_this_process_other_writer_without_blocking(
+    tmp_path: Path, hops: list[str]
+) -> None:
     core = Core(str(tmp_path / "core.db"))
     buyer = TestBuyer.new()
     core.deposit(buyer.address, 1_000_000, network=NETWORK)
@@ -87,15 +89,43 @@ def test_a_busy_writer_sends_the_work_to_a_thread(tmp_path: Path, hops: list[str
     lock = core.store._write_lock  # type: ignore[attr-defined]
     with _seller(core, runs) as client:
         headers = _header(client, core, buyer)
-        lock.acquire()  # another writer of this process is mid-transaction
-        timer = threading.Timer(0.3, lock.release)
+        lock.acquire()  # another writer of this process (a thread) is mid-transaction
+        timer = threading.Timer(0.3, core.store._release_writer)  # type: ignore[attr-defined]
         timer.start()
         try:
             resp = client.get("/premium", headers=headers)
         finally:
             timer.join()
     assert resp.status_code == 200 and len(runs) == 1
-    assert "_settle_and_record" in hops  # waited in a worker thread, not on the loop
+    assert hops == []  # woken when it finished, then done on the loop: no thread
+    assert core.guarantee(runs[0]).state == "payable"
+    assert core.audit() == []
+    core.close()
+
+
+def test_another_process_holding_the_database_sends_the_work_to_a_thread(
+    tmp_path: Path, hops: list[str]
+) -> None:
+    import sqlite3
+
+    core = Core(str(tmp_path / "core.db"))
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    runs: list[str] = []
+    with _seller(core, runs) as client:
+        headers = _header(client, core, buyer)
+        other = sqlite3.connect(str(tmp_path / "core.db"), check_same_thread=False)
+        other.isolation_level = None
+        other.execute("BEGIN IMMEDIATE")  # another process's writer
+        timer = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+        timer.start()
+        try:
+            resp = client.get("/premium", headers=headers)
+        finally:
+            timer.join()
+            other.close()
+    assert resp.status_code == 200 and len(runs) == 1
+    assert "_settle_and_record" in hops  # waited in a worker thread, never on the loop
     assert core.guarantee(runs[0]).state == "payable"
     assert core.audit() == []
     core.close()

@@ -34,7 +34,13 @@ class WouldBlock(Exception):
     """A ``nowait`` transaction could not start at once (another writer holds the lock).
 
     Nothing was done; the caller retries where waiting is harmless (a worker thread).
+    ``local``: the holder is a writer of this process, which is done in a moment (an
+    event loop may wait for it: ``SQLiteStore.wait_writable``).
     """
+
+    def __init__(self, message: str = "", *, local: bool = False) -> None:
+        super().__init__(message)
+        self.local = local
 
 
 class StoreUnavailable(Unavailable):

@@ -18,6 +18,7 @@ them).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
@@ -84,6 +85,7 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._unchecked = 0
+        self._loop_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         #: Background checkpoints done (see ``nowait``).
         self.checkpoints = 0
         self._checkpointer: threading.Thread | None = None
@@ -134,12 +136,33 @@ class SQLiteStore:
         # Writers of this process queue on a lock (woken at once) rather than in SQLite's busy
         # handler, which sleeps in millisecond steps; other processes still meet the busy handler.
         if not self._write_lock.acquire(blocking=not nowait):
-            raise WouldBlock("another writer of this process holds the database")
+            raise WouldBlock("another writer of this process holds the database", local=True)
         try:
             with self._transaction(write=True, nowait=nowait) as tx:
                 yield tx
         finally:
-            self._write_lock.release()
+            self._release_writer()
+
+    def _release_writer(self) -> None:
+        self._write_lock.release()
+        if self._loop_waiters:  # wake event loops waiting for the writer (wait_writable)
+            with self._lock:
+                waiters, self._loop_waiters = self._loop_waiters, []
+            for loop, future in waiters:
+                with contextlib.suppress(RuntimeError):  # that loop is closed
+                    loop.call_soon_threadsafe(_wake, future)
+
+    async def wait_writable(self, timeout: float = 1.0) -> None:
+        """Return (on an event loop, without blocking it) once this process's writer lock
+        is free, or after ``timeout``; then a ``nowait`` transaction will likely start."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            self._loop_waiters.append((loop, future))
+        if not self._write_lock.locked():  # released before we registered
+            _wake(future)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(future, timeout)
 
     @contextmanager
     def _transaction(self, *, write: bool, nowait: bool) -> Iterator[_Tx]:
@@ -248,8 +271,11 @@ class SQLiteStore:
                 if row is not None and int(row[1]) > _RESTART_AFTER:
                     # Under steady writes the copy never catches up and the log never starts
                     # over; hold this process's writers back for one complete pass.
-                    with self._write_lock:
+                    self._write_lock.acquire()
+                    try:
                         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    finally:
+                        self._release_writer()
                 self.checkpoints += 1
             except sqlite3.Error:
                 pass  # the next one (or another connection's automatic one) catches up
@@ -273,6 +299,11 @@ class SQLiteStore:
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
