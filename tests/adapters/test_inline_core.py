@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,31 @@ def _seller(core: Core, runs: list[str]) -> TestClient:
     return TestClient(app)
 
 
+@pytest.fixture
+def core(tmp_path: Path) -> Iterator[Core]:
+    core = Core(str(tmp_path / "core.db"))
+    yield core
+    assert core.audit() == []  # every test leaves a consistent Core
+    core.close()
+
+
+@pytest.fixture
+def buyer(core: Core) -> TestBuyer:
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    return buyer
+
+
+def _paid_while(client: TestClient, headers: dict[str, str], release: Any) -> Any:
+    """Send a paid request while something holds a lock that ``release`` frees in 0.3 s."""
+    timer = threading.Timer(0.3, release)
+    timer.start()
+    try:
+        return client.get("/premium", headers=headers)
+    finally:
+        timer.join()
+
+
 def _header(client: TestClient, core: Core, buyer: TestBuyer) -> dict[str, str]:
     req = decode_payment_required(client.get("/premium").headers["payment-required"]).accepts[0]
     tab = core.open_tab(buyer.address, req.pay_to, network=NETWORK, guarantee_version=2)
@@ -63,10 +89,9 @@ def _pay(client: TestClient, core: Core, buyer: TestBuyer) -> Any:
     return client.get("/premium", headers=_header(client, core, buyer))
 
 
-def test_uncontended_payment_needs_no_worker_thread(tmp_path: Path, hops: list[str]) -> None:
-    core = Core(str(tmp_path / "core.db"))
-    buyer = TestBuyer.new()
-    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+def test_uncontended_payment_needs_no_worker_thread(
+    core: Core, buyer: TestBuyer, hops: list[str]
+) -> None:
     runs: list[str] = []
     with _seller(core, runs) as client:
         resp = _pay(client, core, buyer)
@@ -75,71 +100,46 @@ def test_uncontended_payment_needs_no_worker_thread(tmp_path: Path, hops: list[s
     [record] = gate_record(core)
     assert (record.status, record.outcome) == ("delivered", "delivered")
     assert core.guarantee(runs[0]).state == "payable"
-    assert core.audit() == []
-    core.close()
 
 
 def test_the_loop_waits_for_this_process_other_writer_without_blocking(
-    tmp_path: Path, hops: list[str]
+    core: Core, buyer: TestBuyer, hops: list[str]
 ) -> None:
-    core = Core(str(tmp_path / "core.db"))
-    buyer = TestBuyer.new()
-    core.deposit(buyer.address, 1_000_000, network=NETWORK)
     runs: list[str] = []
     lock = core.store._write_lock  # type: ignore[attr-defined]
     with _seller(core, runs) as client:
         headers = _header(client, core, buyer)
         lock.acquire()  # another writer of this process (a thread) is mid-transaction
-        timer = threading.Timer(0.3, core.store._release_writer)  # type: ignore[attr-defined]
-        timer.start()
-        try:
-            resp = client.get("/premium", headers=headers)
-        finally:
-            timer.join()
+        resp = _paid_while(client, headers, core.store._release_writer)  # type: ignore[attr-defined]
     assert resp.status_code == 200 and len(runs) == 1
     assert hops == []  # woken when it finished, then done on the loop: no thread
     assert core.guarantee(runs[0]).state == "payable"
-    assert core.audit() == []
-    core.close()
 
 
 def test_another_process_holding_the_database_sends_the_work_to_a_thread(
-    tmp_path: Path, hops: list[str]
+    core: Core, buyer: TestBuyer, hops: list[str], tmp_path: Path
 ) -> None:
     import sqlite3
 
-    core = Core(str(tmp_path / "core.db"))
-    buyer = TestBuyer.new()
-    core.deposit(buyer.address, 1_000_000, network=NETWORK)
     runs: list[str] = []
     with _seller(core, runs) as client:
         headers = _header(client, core, buyer)
         other = sqlite3.connect(str(tmp_path / "core.db"), check_same_thread=False)
         other.isolation_level = None
         other.execute("BEGIN IMMEDIATE")  # another process's writer
-        timer = threading.Timer(0.3, lambda: other.execute("COMMIT"))
-        timer.start()
-        try:
-            resp = client.get("/premium", headers=headers)
-        finally:
-            timer.join()
-            other.close()
+        resp = _paid_while(client, headers, lambda: other.execute("COMMIT"))
+        other.close()
     assert resp.status_code == 200 and len(runs) == 1
     assert "_settle_and_record" in hops  # waited in a worker thread, never on the loop
     assert core.guarantee(runs[0]).state == "payable"
-    assert core.audit() == []
-    core.close()
 
 
 def test_a_failure_on_the_loop_is_handled_by_the_thread_path(
-    tmp_path: Path, hops: list[str], monkeypatch: pytest.MonkeyPatch
+    core: Core, buyer: TestBuyer, hops: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Anything but a clean answer on the loop is redone where failures are handled."""
     from fourmica_x402.records import Records
 
-    core = Core(str(tmp_path / "core.db"))
-    buyer = TestBuyer.new()
-    core.deposit(buyer.address, 1_000_000, network=NETWORK)
     runs: list[str] = []
 
     def broken(*args: Any, **kwargs: Any) -> int:
@@ -151,7 +151,6 @@ def test_a_failure_on_the_loop_is_handled_by_the_thread_path(
     assert resp.status_code == 503 and resp.json()["error"] == "records_unavailable"
     assert runs == [] and hops == ["_settle_and_record"]
     assert core.position(buyer.address, network=NETWORK).locked == 0
-    core.close()
 
 
 def gate_record(core: Core) -> list[Any]:
