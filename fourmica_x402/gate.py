@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import hashlib
 import html
 import inspect
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -97,6 +99,8 @@ _EXPOSE = "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE"
 #: Times the event loop tries the embedded Core's write itself, waiting (without blocking)
 #: for this process's other writers in between, before handing it to a worker thread.
 _LOOP_TRIES = 3
+#: How much nicer (lower CPU priority) than the serving threads the certifier runs.
+_CERTIFIER_NICE = 10
 _DELIVERY_TAG = "delivery"
 
 
@@ -340,6 +344,7 @@ class _Certifier:
         return certs
 
     def _run(self) -> None:
+        _lower_priority()
         stopping = False
         while not stopping:
             first = self._queue.get()
@@ -372,6 +377,19 @@ class _Certifier:
                 for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
+
+
+def _lower_priority() -> None:
+    """Run this thread at a lower CPU priority where the OS allows it (Linux: per thread).
+
+    Certificates are background work, made when the machine has time: on a busy
+    seller they must not take the CPU from serving paid requests.
+    """
+    setpriority = getattr(os, "setpriority", None)
+    if setpriority is None:
+        return
+    with contextlib.suppress(OSError):  # e.g. a sandbox that forbids it: full priority then
+        setpriority(os.PRIO_PROCESS, threading.get_native_id(), _CERTIFIER_NICE)
 
 
 # Certifier threads sign in C++ with the GIL released; one still signing when the

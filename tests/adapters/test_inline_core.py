@@ -173,3 +173,25 @@ def test_a_process_exits_cleanly_while_certificates_are_being_made() -> None:
         )
         assert done.returncode == 0, done.stderr[-2000:]
         assert "terminate called" not in done.stderr
+
+
+def test_certificates_are_made_at_a_lower_cpu_priority(core: Core, buyer: TestBuyer) -> None:
+    """Certificates are background work: BLS signing must not take the CPU from serving."""
+    import os
+
+    runs: list[str] = []
+    with _seller(core, runs) as client:
+        assert _pay(client, core, buyer).status_code == 200
+        certifiers = [t for t in threading.enumerate() if t.name == "fourmica-certifier"]
+        assert certifiers and certifiers[-1].native_id is not None
+        mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        for _ in range(100):  # bounded: the thread lowers its own priority as it starts
+            if os.getpriority(os.PRIO_PROCESS, certifiers[-1].native_id) > mine:
+                break
+            threading.Event().wait(0.01)
+        assert os.getpriority(os.PRIO_PROCESS, certifiers[-1].native_id) == min(mine + 10, 19)
+        for _ in range(200):  # and the certificate still arrives in the record
+            if gate_record(core)[0].certificate:
+                break
+            threading.Event().wait(0.01)
+        assert gate_record(core)[0].certificate is not None
