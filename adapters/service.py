@@ -9,8 +9,8 @@ Routes (SPEC §5.2, §5.3):
 - ``GET /supported``, ``GET /health``, ``POST /tabs``, ``POST /verify``, ``POST /settle``
   — the x402-4mica facilitator API (official sellers can use us as their facilitator);
 - ``POST /guarantees/{id}/void``, ``POST /guarantees/{id}/validation`` — what a seller's
-  gate needs for refunds and the delivery policy (``Authorization: Bearer <api_key>``
-  when the service has one);
+  gate needs for refunds and the delivery policy (``Authorization: Bearer <key>``: the
+  operator's ``api_key``, or a seller key that acts for its own address only);
 - ``GET /core/public-params``, ``POST /core/payment-tabs``, ``POST /core/guarantees``,
   ``POST /rpc`` — the Core API subset and its sandbox JSON-RPC;
 - ``/sandbox/*`` — deposits, withdrawals, cycles, debit payments (only with ``sandbox=True``);
@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import html
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -182,6 +183,7 @@ def create_app(
     *,
     sandbox: bool = False,
     api_key: str | None = None,
+    seller_keys: Mapping[str, str] | None = None,
     network: str = "eip155:84532",
     public_url: str | None = None,
     tick_interval: float | None = 1.0,
@@ -191,6 +193,9 @@ def create_app(
 
     ``tick_interval`` drives cycles and timeouts (None: off); ``webhooks`` runs the
     webhook delivery worker (subscriptions are managed under ``/admin/webhooks``).
+    ``api_key`` is the operator's token (every call); ``seller_keys`` maps more tokens
+    to the one seller address each may act for (void as its recipient, score as its
+    validator), so sellers sharing a service cannot refund or cancel each other's payments.
     """
     from fourmica_x402.webhooks import Webhooks
 
@@ -213,8 +218,24 @@ def create_app(
 
         return wrapper
 
+    sellers = {token: parse_address(address) for token, address in (seller_keys or {}).items()}
+
+    def bearer(request: Request) -> str:
+        header = request.headers.get("authorization", "")
+        return header[7:] if header[:7].lower() == "bearer " else ""
+
     def authorized(request: Request) -> bool:
-        return api_key is None or request.headers.get("authorization") == f"Bearer {api_key}"
+        return api_key is None or hmac.compare_digest(bearer(request), api_key)
+
+    def acts_for(request: Request) -> str | None:
+        """The seller address a seller key is bound to ("" for the operator key; None: neither)."""
+        token = bearer(request)
+        if api_key is not None and hmac.compare_digest(token, api_key):
+            return ""
+        for known, address in sellers.items():
+            if hmac.compare_digest(token, known):
+                return address
+        return None
 
     # -- facilitator API ---------------------------------------------------------------------
 
@@ -308,13 +329,22 @@ def create_app(
         without a key anyone could void a seller's guarantee or score their own to zero.
         A local sandbox service (``--sandbox``) without a key stays open for development.
         """
-        if api_key is None and not sandbox:
+        if api_key is None and not sellers and not sandbox:
             return _json(
                 403,
                 {"error": "start the service with --api-key to accept void and validation calls"},
             )
-        if not authorized(request):
+        if (api_key is not None or sellers) and acts_for(request) is None:
             return _json(401, {"error": "unauthorized"})
+        return None
+
+    def not_yours(request: Request, address: str) -> Response | None:
+        """A seller key acts for its own address only."""
+        bound = acts_for(request)
+        if bound and bound != address:
+            return _json(
+                403, {"error": "key_not_for_address", "message": f"this key acts for {bound} only"}
+            )
         return None
 
     async def void(request: Request) -> Response:
@@ -325,6 +355,8 @@ def create_app(
             by = parse_address(body.get("by"))
         except ValueError as exc:
             return _json(400, {"error": f"by: {exc}"})
+        if (refused := not_yours(request, by)) is not None:
+            return refused
         record = await asyncio.to_thread(core.void, request.path_params["gid"], by=by)
         return _json(200, record.to_dict())
 
@@ -337,6 +369,8 @@ def create_app(
             validator = parse_address(body.get("validator"))
         except ValueError as exc:
             return _json(400, {"error": f"validator: {exc}"})
+        if (refused := not_yours(request, validator)) is not None:
+            return refused
         record = await asyncio.to_thread(
             core.post_validation,
             request.path_params["gid"],
@@ -366,7 +400,14 @@ def create_app(
         if (refused := seller_call(request)) is not None:
             return refused
         body = await _body(request)
-        return _json(*(await asyncio.to_thread(coreapi.core_guarantees, core, chain_id, body)))
+        only = acts_for(request) or None  # a seller key settles its own guarantees only
+        return _json(
+            *(
+                await asyncio.to_thread(
+                    lambda: coreapi.core_guarantees(core, chain_id, body, recipient=only)
+                )
+            )
+        )
 
     # -- sandbox -----------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from ._eth import parse_address
 from .config import DEFAULT_DB
 from .errors import FourmicaError
 
@@ -84,11 +85,37 @@ _asset = click.option("--asset", default=None, help="Token address (default: the
     "--api-key",
     envvar="FOURMICA_X402_API_KEY",
     default=None,
-    help="Require this bearer token on seller and sandbox calls.",
+    help="Require this bearer token on seller and sandbox calls (the operator's key).",
+)
+@click.option(
+    "--seller-key",
+    "seller_keys",
+    multiple=True,
+    envvar="FOURMICA_X402_SELLER_KEYS",
+    metavar="TOKEN=0xADDRESS",
+    help="A bearer token that may void, score and settle for that seller address only "
+    "(repeatable; the environment variable takes them space-separated).",
 )
 @_network
-def serve(host: str, port: int, db: str, sandbox: bool, api_key: str | None, network: str) -> None:
+def serve(
+    host: str,
+    port: int,
+    db: str,
+    sandbox: bool,
+    api_key: str | None,
+    seller_keys: tuple[str, ...],
+    network: str,
+) -> None:
     """Run the Core as an HTTP service (facilitator API, Core API, dashboard, metrics)."""
+    keys: dict[str, str] = {}
+    for item in seller_keys:
+        token, sep, address = item.partition("=")
+        try:
+            if not sep or not token:
+                raise ValueError("expected TOKEN=0xADDRESS")
+            keys[token] = parse_address(address)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--seller-key") from None
     try:
         import uvicorn
 
@@ -97,7 +124,7 @@ def serve(host: str, port: int, db: str, sandbox: bool, api_key: str | None, net
         raise click.ClickException(
             'serve needs the server extra: pip install "fourmica-x402[server]"'
         ) from None
-    app = create_app(_core(db), sandbox=sandbox, api_key=api_key, network=network)
+    app = create_app(_core(db), sandbox=sandbox, api_key=api_key, seller_keys=keys, network=network)
     click.echo(
         f"fourmica-x402 Core on http://{host}:{port}  (dashboard: /, metrics: /metrics, sandbox: {sandbox})"
     )

@@ -184,13 +184,21 @@ def core_payment_tabs(core: Core, chain_id: int, body: Any) -> JsonResult:
     }
 
 
-def core_guarantees(core: Core, chain_id: int, body: Any) -> JsonResult:
-    """``POST /core/guarantees``: accept a buyer-signed guarantee, answer with the certificate."""
+def core_guarantees(
+    core: Core, chain_id: int, body: Any, *, recipient: str | None = None
+) -> JsonResult:
+    """``POST /core/guarantees``: accept a buyer-signed guarantee, answer with the certificate.
+
+    ``recipient``: the caller acts for this seller only (a seller key): a guarantee to
+    anyone else is refused (settling it first would make its seller refuse the buyer).
+    """
     from .core.models import Expected
 
     try:
         signed = SignedGuarantee.from_json(body)
         claims: GuaranteeClaims = signed.claims
+        if recipient is not None and claims.recipient_address != recipient:
+            return _error(403, f"this key acts for {recipient} only", "key_not_for_address")
         expected = Expected(
             network=_network_of(chain_id),
             pay_to=claims.recipient_address,

@@ -122,6 +122,65 @@ def test_seller_endpoints_need_the_api_key(client: TestClient, core: Core) -> No
     assert core.position(buyer.address, network=NETWORK).locked == 0
 
 
+def test_seller_keys_act_for_their_own_seller_only(core: Core) -> None:
+    """Sellers sharing one service cannot refund, cancel or pre-settle each other's payments."""
+    other = TestBuyer.new().address
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 100_000, network=NETWORK)
+    app = create_app(
+        core,
+        api_key="operator",
+        seller_keys={"key-a": SELLER, "key-b": other},
+        tick_interval=None,
+        webhooks=False,
+    )
+    mine, theirs = {"Authorization": "Bearer key-a"}, {"Authorization": "Bearer key-b"}
+    with TestClient(app) as client:
+        req = requirements()
+        body = {
+            "x402Version": 2,
+            "paymentPayload": signed_payload(client, buyer, req),
+            "paymentRequirements": req.to_dict(),
+        }
+        gid = client.post("/settle", json=body).json()["transaction"]
+        # B's key may not void A's guarantee, not even by claiming to be A...
+        refused = client.post(f"/guarantees/{gid}/void", json={"by": SELLER}, headers=theirs)
+        assert refused.status_code == 403 and refused.json()["error"] == "key_not_for_address"
+        # ...and as itself it is not the recipient.
+        as_b = client.post(f"/guarantees/{gid}/void", json={"by": other}, headers=theirs)
+        assert as_b.status_code == 403 and as_b.json()["error"] == "not_recipient"
+        scored = client.post(
+            f"/guarantees/{gid}/validation",
+            json={"validator": SELLER, "score": 0},
+            headers=theirs,
+        )
+        assert scored.status_code == 403 and scored.json()["error"] == "key_not_for_address"
+        assert core.position(buyer.address, network=NETWORK).locked == 10_000  # untouched
+        wrong = {"Authorization": "Bearer key-c"}
+        assert (
+            client.post(f"/guarantees/{gid}/void", json={"by": SELLER}, headers=wrong).status_code
+            == 401
+        )
+        # A's own key, and the operator's, may.
+        voided = client.post(f"/guarantees/{gid}/void", json={"by": SELLER}, headers=mine)
+        assert voided.status_code == 200 and voided.json()["state"] == "voided"
+        assert core.position(buyer.address, network=NETWORK).locked == 0
+        # /core/guarantees: a seller key settles guarantees made out to its own address only.
+        tab = core.open_tab(buyer.address, SELLER, network=NETWORK, asset=USDC)
+        _, header = payment_header(buyer, req, tab.to_json())
+        signed = json.loads(base64.b64decode(header))["payload"]
+        refused = client.post("/core/guarantees", json=signed, headers=theirs)
+        assert refused.status_code == 403 and refused.json()["reason"] == "key_not_for_address"
+        assert client.post("/core/guarantees", json=signed, headers=mine).status_code == 200
+        [second] = [g for g in core.guarantees(address=buyer.address) if g.state == "payable"]
+        operator = {"Authorization": "Bearer operator"}  # acts for any seller
+        by_operator = client.post(
+            f"/guarantees/{second.guarantee_id}/void", json={"by": SELLER}, headers=operator
+        )
+        assert by_operator.status_code == 200 and by_operator.json()["state"] == "voided"
+        assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
 def test_sandbox_and_read_api(client: TestClient, core: Core, tmp_path: Path) -> None:
     auth = {"Authorization": "Bearer s3cret"}
     buyer = TestBuyer.new().address
@@ -360,3 +419,14 @@ def test_a_facilitator_refusal_in_its_own_shape_is_a_402_not_a_500(tmp_path: Pat
     resp = client.get("/premium", headers={name: value})
     assert resp.status_code == 402 and not runs
     assert decode_payment_required(resp.headers["payment-required"]).error == "amount_mismatch"
+
+
+def test_serve_refuses_a_malformed_seller_key(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from fourmica_x402.cli import main
+
+    db = str(tmp_path / "core.db")
+    for bad in ("no-address", "=0x" + "11" * 20, "token=0xnot-an-address"):
+        result = CliRunner().invoke(main, ["serve", "--db", db, "--seller-key", bad])
+        assert result.exit_code == 2 and "--seller-key" in result.output, result.output
