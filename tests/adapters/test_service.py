@@ -104,8 +104,8 @@ def test_facilitator_api_shapes(client: TestClient, core: Core) -> None:
     assert bad == {"isValid": False, "invalidReason": "malformed_payment"}
 
 
-def test_seller_endpoints_need_the_api_key(client: TestClient, core: Core) -> None:
-    buyer = TestBuyer.new()
+def settled(client: TestClient, core: Core, buyer: TestBuyer) -> str:
+    """Fund ``buyer``, settle one of its payments to SELLER through /settle; its guarantee id."""
     core.deposit(buyer.address, 100_000, network=NETWORK)
     req = requirements()
     body = {
@@ -113,7 +113,12 @@ def test_seller_endpoints_need_the_api_key(client: TestClient, core: Core) -> No
         "paymentPayload": signed_payload(client, buyer, req),
         "paymentRequirements": req.to_dict(),
     }
-    gid = client.post("/settle", json=body).json()["transaction"]
+    return str(client.post("/settle", json=body).json()["transaction"])
+
+
+def test_seller_endpoints_need_the_api_key(client: TestClient, core: Core) -> None:
+    buyer = TestBuyer.new()
+    gid = settled(client, core, buyer)
     assert client.post(f"/guarantees/{gid}/void", json={"by": SELLER}).status_code == 401
     voided = client.post(
         f"/guarantees/{gid}/void", json={"by": SELLER}, headers={"Authorization": "Bearer s3cret"}
@@ -126,7 +131,6 @@ def test_seller_keys_act_for_their_own_seller_only(core: Core) -> None:
     """Sellers sharing one service cannot refund, cancel or pre-settle each other's payments."""
     other = TestBuyer.new().address
     buyer = TestBuyer.new()
-    core.deposit(buyer.address, 100_000, network=NETWORK)
     app = create_app(
         core,
         api_key="operator",
@@ -136,13 +140,7 @@ def test_seller_keys_act_for_their_own_seller_only(core: Core) -> None:
     )
     mine, theirs = {"Authorization": "Bearer key-a"}, {"Authorization": "Bearer key-b"}
     with TestClient(app) as client:
-        req = requirements()
-        body = {
-            "x402Version": 2,
-            "paymentPayload": signed_payload(client, buyer, req),
-            "paymentRequirements": req.to_dict(),
-        }
-        gid = client.post("/settle", json=body).json()["transaction"]
+        gid = settled(client, core, buyer)
         # B's key may not void A's guarantee, not even by claiming to be A...
         refused = client.post(f"/guarantees/{gid}/void", json={"by": SELLER}, headers=theirs)
         assert refused.status_code == 403 and refused.json()["error"] == "key_not_for_address"
@@ -167,7 +165,7 @@ def test_seller_keys_act_for_their_own_seller_only(core: Core) -> None:
         assert core.position(buyer.address, network=NETWORK).locked == 0
         # /core/guarantees: a seller key settles guarantees made out to its own address only.
         tab = core.open_tab(buyer.address, SELLER, network=NETWORK, asset=USDC)
-        _, header = payment_header(buyer, req, tab.to_json())
+        _, header = payment_header(buyer, requirements(), tab.to_json())
         signed = json.loads(base64.b64decode(header))["payload"]
         refused = client.post("/core/guarantees", json=signed, headers=theirs)
         assert refused.status_code == 403 and refused.json()["reason"] == "key_not_for_address"
