@@ -430,7 +430,7 @@ class _Reconciler:
         while True:
             try:
                 self._gate.reconcile()
-                due = records.next_void_due()
+                due = records.next_followup_due()
             except Exception:  # the records database may be down too: try again later
                 log.exception("reconciling payments in doubt failed")
                 due = time.time() + 5
@@ -474,7 +474,7 @@ class Gate:
         self.tap = lambda: BodyTap(config.idempotent_replay, config.replay_body_limit)
         self._reconciler = _Reconciler(self)
         self._priced: dict[tuple[str, str], list[PaymentRequirements]] = {}
-        if self.records.next_void_due() is not None:
+        if self.records.next_followup_due() is not None:
             self._reconciler.kick()  # a previous process left voids to do
         self._prefix = config.prefix
         self._tab_path = (
@@ -827,7 +827,7 @@ class Gate:
 
     def _refuse_in_doubt(self, signed: SignedGuarantee, chosen: PaymentRequirements) -> None:
         """A guarantee whose earlier settle went unanswered is being voided: never serve it."""
-        if self.records.void_intent(self._guarantee_id(signed, chosen)) is not None:
+        if self.records.followup(self._guarantee_id(signed, chosen)) is not None:
             raise PaymentError(
                 "this payment's earlier settle went unanswered and is being voided; sign a new one",
                 reason=Reason.REPLAYED_REQUEST_ID,
@@ -847,7 +847,7 @@ class Gate:
             return error
         gid = self._guarantee_id(signed, chosen)
         try:
-            self.records.add_void_intent(gid, chosen.pay_to)
+            self.records.add_followup(gid, chosen.pay_to, "in_doubt")
         except Exception:  # nowhere to remember it: say so loudly, the lock needs an operator
             log.exception("could not file a void for %s after an unanswered settle", gid)
             return error
@@ -862,21 +862,30 @@ class Gate:
     RECONCILE_GIVE_UP = 86_400.0
 
     def reconcile(self, now: float | None = None) -> dict[str, int]:
-        """Void the guarantees whose settle went unanswered, as far as possible now.
+        """Do the follow-ups that are due, as far as possible now: void the guarantees whose
+        settle went unanswered or whose refund failed, post the delivery scores that failed.
 
         Runs by itself in the background; callable by hand (a cron job, the CLI, tests).
-        Returns how many intents ended in each state this call.
+        Returns how many follow-ups ended in each state this call.
         """
         now = time.time() if now is None else now
         done: dict[str, int] = {}
-        for gid, pay_to, attempts, created, kind in self.records.due_void_intents(now):
+        for item in self.records.due_followups(now):
+            gid, pay_to, created = item.guarantee_id, item.pay_to, item.created_at
             status, detail = "open", ""
-            if kind == "in_doubt" and self.records.query(guarantee_id=gid, limit=1):
+            if item.kind == "in_doubt" and self.records.query(guarantee_id=gid, limit=1):
                 status = "superseded"  # a later settle of the same guarantee was served
             else:
                 try:
-                    self.facilitator.void(gid, by=pay_to)
-                    status = "voided"
+                    if item.kind == "score":
+                        assert item.score is not None
+                        self.facilitator.post_validation(
+                            gid, validator=pay_to, score=item.score, tag=_DELIVERY_TAG
+                        )
+                        status = "scored"
+                    else:
+                        self.facilitator.void(gid, by=pay_to)
+                        status = "voided"
                 except PaymentError as exc:
                     status, detail = "abandoned", exc.reason
                 except FourmicaError as exc:
@@ -891,9 +900,9 @@ class Gate:
             if status == "open" and now - created > self.RECONCILE_GIVE_UP:
                 status = "abandoned"
             if status == "abandoned":
-                log.error("could not void %s after an unanswered settle: %s", gid, detail)
-            delay = self.RECONCILE_BACKOFF[min(attempts, len(self.RECONCILE_BACKOFF) - 1)]
-            self.records.update_void_intent(
+                log.error("gave up the %s follow-up of %s: %s", item.kind, gid, detail)
+            delay = self.RECONCILE_BACKOFF[min(item.attempts, len(self.RECONCILE_BACKOFF) - 1)]
+            self.records.update_followup(
                 gid, status=status, next_at=now + delay if status == "open" else None, detail=detail
             )
             done[status] = done.get(status, 0) + 1
@@ -1194,23 +1203,30 @@ class Gate:
     ) -> str:
         """A refund or score that did not go through: the outcome to record.
 
-        A refund refused for good (netted already, say) is ``kept``; one that only could
-        not reach the facilitator or the database is filed for the reconciler to retry
-        (``refund_pending``, then ``refunded`` once it went through).
+        Refused for good (netted already, say): a refund is ``kept``, a score leaves the
+        outcome as it was. One that only could not reach the facilitator or the database
+        is filed for the reconciler to retry: ``refund_pending`` then ``refunded``, or
+        ``score_pending`` then the outcome the score makes.
         """
         log.error("%s of %s failed: %s", action[0], payment.guarantee_id, error)
-        if outcome != "refunded":
-            return outcome
         definitive = isinstance(error, FourmicaError) and not isinstance(error, Unavailable)
         if definitive or payment.guarantee_id is None:
-            return "kept"
+            return "kept" if outcome == "refunded" else outcome
+        kind, pending = (
+            ("refund", "refund_pending") if action[0] == "void" else ("score", "score_pending")
+        )
         try:
-            self.records.add_void_intent(payment.guarantee_id, payment.pay_to, kind="refund")
+            self.records.add_followup(
+                payment.guarantee_id,
+                payment.pay_to,
+                kind,
+                score=None if kind == "refund" else action[1],
+            )
         except Exception:
-            log.exception("could not file the refund of %s for a retry", payment.guarantee_id)
-            return "kept"
+            log.exception("could not file the %s of %s for a retry", kind, payment.guarantee_id)
+            return "kept" if outcome == "refunded" else outcome
         self._reconciler.kick()
-        return "refund_pending"
+        return pending
 
     async def _afinish_io(
         self, payment: Payment, action: tuple[str, int] | None, outcome: str, record: dict[str, Any]

@@ -20,7 +20,7 @@ from typing import Any
 from .core.schema import migrate
 from .core.store import Store, Tx, open_store
 
-__all__ = ["PaymentRecord", "Records"]
+__all__ = ["Followup", "PaymentRecord", "Records"]
 
 _MIGRATIONS: list[list[str]] = [
     [
@@ -47,6 +47,10 @@ _MIGRATIONS: list[list[str]] = [
         """CREATE UNIQUE INDEX fx_records_after_guarantee ON fx_records (tab_id, request_id)
             WHERE settle_mode = 'after'""",
     ],
+    [  # follow-ups are voids or delivery scores ('score', with its value)
+        "ALTER TABLE fx_void_intents RENAME TO fx_followups",
+        "ALTER TABLE fx_followups ADD COLUMN score INTEGER",
+    ],
 ]
 
 _COLUMNS = (
@@ -54,6 +58,18 @@ _COLUMNS = (
     "tab_id, guarantee_id, payer, pay_to, amount, asset, network, settle_mode, settle_result, "
     "status, http_status, response_hash, delivered_at, certificate, outcome"
 )
+
+
+@dataclass(frozen=True)
+class Followup:
+    """A void or delivery score to retry (see :meth:`Records.add_followup`)."""
+
+    guarantee_id: str
+    pay_to: str
+    attempts: int
+    created_at: float
+    kind: str  # in_doubt | refund | score
+    score: int | None
 
 
 @dataclass(frozen=True)
@@ -80,7 +96,8 @@ class PaymentRecord:
     response_hash: str | None
     delivered_at: float | None
     certificate: dict[str, str] | None
-    outcome: str | None  # delivered | refunded | refund_pending | cancelled | kept
+    # delivered | refunded | cancelled | kept, or refund_pending / score_pending while retried
+    outcome: str | None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -235,64 +252,75 @@ class Records:
             ((json.dumps(cert), rid) for rid, cert in certificates),
         )
 
-    # -- payments in doubt ------------------------------------------------------------------------
+    # -- follow-ups: voids and scores the facilitator could not take at once ------------------
 
-    def add_void_intent(self, guarantee_id: str, pay_to: str, kind: str = "in_doubt") -> None:
-        """Remember to void a guarantee: ``in_doubt`` (its settle may have been accepted
-        unanswered) or ``refund`` (its handler failed and the refund did not go through)."""
+    def add_followup(
+        self, guarantee_id: str, pay_to: str, kind: str, score: int | None = None
+    ) -> None:
+        """Remember to act on a guarantee later (the gate's reconciler does):
+
+        - ``in_doubt``: void it (its settle may have been accepted without an answer);
+        - ``refund``: void it (its handler failed and the refund did not go through);
+        - ``score``: post ``score`` as its delivery validation (the post did not go through).
+        """
         now = time.time()
         with self.store.transaction() as tx:
             tx.execute(
-                "INSERT INTO fx_void_intents (guarantee_id, pay_to, created_at, next_at, status, "
-                "kind) VALUES (?, ?, ?, ?, 'open', ?) ON CONFLICT (guarantee_id) DO NOTHING",
-                (guarantee_id, pay_to, now, now, kind),
+                "INSERT INTO fx_followups (guarantee_id, pay_to, created_at, next_at, status, "
+                "kind, score) VALUES (?, ?, ?, ?, 'open', ?, ?) "
+                "ON CONFLICT (guarantee_id) DO NOTHING",
+                (guarantee_id, pay_to, now, now, kind, score),
             )
 
-    def void_intent(self, guarantee_id: str) -> tuple[str, int, str | None] | None:
-        """(status, attempts, detail) of a guarantee's void intent, or None."""
+    def followup(self, guarantee_id: str) -> tuple[str, int, str | None] | None:
+        """(status, attempts, detail) of a guarantee's follow-up, or None."""
         with self.store.transaction(write=False) as tx:
             row = tx.one(
-                "SELECT status, attempts, detail FROM fx_void_intents WHERE guarantee_id = ?",
+                "SELECT status, attempts, detail FROM fx_followups WHERE guarantee_id = ?",
                 (guarantee_id,),
             )
         return None if row is None else (row[0], int(row[1]), row[2])
 
-    def due_void_intents(
-        self, now: float, limit: int = 100
-    ) -> list[tuple[str, str, int, float, str]]:
-        """Open intents due by ``now``: (guarantee id, pay_to, attempts, created_at, kind)."""
+    def due_followups(self, now: float, limit: int = 100) -> list[Followup]:
+        """Open follow-ups due by ``now``, oldest due first."""
         with self.store.transaction(write=False) as tx:
             rows = tx.all(
-                "SELECT guarantee_id, pay_to, attempts, created_at, kind FROM fx_void_intents "
+                "SELECT guarantee_id, pay_to, attempts, created_at, kind, score FROM fx_followups "
                 "WHERE status = 'open' AND next_at <= ? ORDER BY next_at LIMIT ?",
                 (now, limit),
             )
-        return [(r[0], r[1], int(r[2]), float(r[3]), r[4]) for r in rows]
+        return [
+            Followup(r[0], r[1], int(r[2]), float(r[3]), r[4], None if r[5] is None else int(r[5]))
+            for r in rows
+        ]
 
-    def next_void_due(self) -> float | None:
-        """When the next open intent is due (None: nothing open)."""
+    def next_followup_due(self) -> float | None:
+        """When the next open follow-up is due (None: nothing open)."""
         with self.store.transaction(write=False) as tx:
-            row = tx.one("SELECT MIN(next_at) FROM fx_void_intents WHERE status = 'open'")
+            row = tx.one("SELECT MIN(next_at) FROM fx_followups WHERE status = 'open'")
         return None if row is None or row[0] is None else float(row[0])
 
-    def update_void_intent(
+    def update_followup(
         self, guarantee_id: str, *, status: str, next_at: float | None = None, detail: str = ""
     ) -> None:
         """Count an attempt; ``status`` 'open' reschedules at ``next_at``, others close it.
 
-        A refund that went through marks the payment's record ``refunded``, in the same write.
+        A refund or score that went through updates the payment's record in the same write.
         """
         with self.store.transaction() as tx:
             tx.execute(
-                "UPDATE fx_void_intents SET status = ?, attempts = attempts + 1, "
+                "UPDATE fx_followups SET status = ?, attempts = attempts + 1, "
                 "next_at = COALESCE(?, next_at), detail = ? WHERE guarantee_id = ?",
                 (status, next_at, detail, guarantee_id),
             )
-            if status == "voided":
+            done = {"voided": ("refund_pending", "refunded"), "scored": ("score_pending", None)}
+            if status in done:
+                pending, final = done[status]
                 tx.execute(
-                    "UPDATE fx_records SET outcome = 'refunded' WHERE guarantee_id = ? "
-                    "AND outcome = 'refund_pending'",
-                    (guarantee_id,),
+                    "UPDATE fx_records SET outcome = COALESCE(?, CASE WHEN status = 'delivered' "
+                    "THEN 'delivered' ELSE 'cancelled' END) "
+                    "WHERE guarantee_id = ? AND outcome = ?",
+                    (final, guarantee_id, pending),
                 )
 
     def by_header(

@@ -40,8 +40,10 @@ from starlette.testclient import TestClient
 
 from fourmica_x402 import PaymentConfig
 from fourmica_x402.core import Core
+from fourmica_x402.core.ledger import SANDBOX_REGISTRY
 from fourmica_x402.errors import CoreError
 from fourmica_x402.facilitator import HttpFacilitator, LocalFacilitator
+from fourmica_x402.guarantee import ValidationPolicy
 from fourmica_x402.records import Records
 from fourmica_x402.service import _payment_args
 from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
@@ -319,12 +321,13 @@ class _Slow(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
-        if self.path.startswith("/guarantees/") and self.path.endswith("/void"):
-            on_void = type(self).on_void
-            if on_void is None:
+        if self.path.startswith("/guarantees/") and self.path.endswith(("/void", "/validation")):
+            hook = type(self).on_void  # one hook for both: it sees the path's last part
+            if hook is None:
                 self._send(404, {"error": "not found"})
             else:
-                self._send(*on_void(self.path.split("/")[2], body))  # type: ignore[misc]
+                gid, action = self.path.split("/")[2:4]
+                self._send(*hook(gid, {**body, "_action": action}))  # type: ignore[misc]
             return
         if self.path != "/settle":
             self._send(404, {"error": "not found"})
@@ -390,16 +393,15 @@ def test_slow_facilitator_times_out_and_fails_closed(tmp_path: Path) -> None:
     assert Records(str(tmp_path / "records.db")).query() == []
 
 
-def test_settle_timeout_after_accept_is_voided_by_the_seller(tmp_path: Path) -> None:
-    """The facilitator accepts the guarantee, then answers after the seller gave up.
-
-    The seller answers 503 (nothing served), files the guarantee as in doubt, and its
-    reconciler voids it on the facilitator: the buyer's collateral is released, and the
-    same payment sent again is refused rather than settled a second time.
-    """
+def _funded_core(tmp_path: Path) -> tuple[Core, TestBuyer]:
     core = Core(str(tmp_path / "core.db"))
     buyer = TestBuyer.new()
     core.deposit(buyer.address, 100_000, network=NETWORK)
+    return core, buyer
+
+
+def _settling_with(core: Core) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A fake facilitator's /settle answer, computed by a real embedded Core."""
     local = LocalFacilitator(core)
 
     def accept(body: dict[str, Any]) -> dict[str, Any]:
@@ -412,6 +414,19 @@ def test_settle_timeout_after_accept_is_voided_by_the_seller(tmp_path: Path) -> 
             "transaction": result.guarantee_id or "",
             "payer": result.payer,
         }
+
+    return accept
+
+
+def test_settle_timeout_after_accept_is_voided_by_the_seller(tmp_path: Path) -> None:
+    """The facilitator accepts the guarantee, then answers after the seller gave up.
+
+    The seller answers 503 (nothing served), files the guarantee as in doubt, and its
+    reconciler voids it on the facilitator: the buyer's collateral is released, and the
+    same payment sent again is refused rather than settled a second time.
+    """
+    core, buyer = _funded_core(tmp_path)
+    accept = _settling_with(core)
 
     def void(gid: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         try:
@@ -433,10 +448,10 @@ def test_settle_timeout_after_accept_is_voided_by_the_seller(tmp_path: Path) -> 
                 [accepted] = core.guarantees(address=buyer.address)  # it did land
                 records = Records(str(tmp_path / "records.db"))
                 for _ in range(200):  # bounded: the reconciler works in the background
-                    if (records.void_intent(accepted.guarantee_id) or ("",))[0] == "voided":
+                    if (records.followup(accepted.guarantee_id) or ("",))[0] == "voided":
                         break
                     time.sleep(0.05)
-                assert records.void_intent(accepted.guarantee_id)[0] == "voided"  # type: ignore[index]
+                assert records.followup(accepted.guarantee_id)[0] == "voided"  # type: ignore[index]
                 again = seller.get("/premium", headers={name: value})
                 assert again.status_code == 402
                 assert decode_payment_required(again.headers["payment-required"]).error == (
@@ -453,21 +468,9 @@ def test_settle_timeout_after_accept_is_voided_by_the_seller(tmp_path: Path) -> 
 def test_a_refund_the_facilitator_could_not_take_is_retried(tmp_path: Path) -> None:
     """The handler fails, the refund (void) meets a facilitator error: it is filed and
     retried until it goes through, and the record ends ``refunded``."""
-    core = Core(str(tmp_path / "core.db"))
-    buyer = TestBuyer.new()
-    core.deposit(buyer.address, 100_000, network=NETWORK)
-    local = LocalFacilitator(core)
+    core, buyer = _funded_core(tmp_path)
+    accept = _settling_with(core)
     void_calls: list[str] = []
-
-    def accept(body: dict[str, Any]) -> dict[str, Any]:
-        payload, requirements = _payment_args(body)
-        result = local.settle(payload, requirements)
-        return {
-            "success": result.success,
-            "network": result.network,
-            "transaction": result.guarantee_id or "",
-            "payer": result.payer,
-        }
 
     def void(gid: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         void_calls.append(gid)
@@ -497,9 +500,61 @@ def test_a_refund_the_facilitator_could_not_take_is_retried(tmp_path: Path) -> N
                     time.sleep(0.05)
                 [record] = records.query()
                 assert record.outcome == "refunded" and len(void_calls) == 2
-                assert records.void_intent(record.guarantee_id)[:1] == ("voided",)  # type: ignore[index]
+                assert records.followup(record.guarantee_id)[:1] == ("voided",)  # type: ignore[index]
         assert core.position(buyer.address, network=NETWORK).locked == 0
         assert [g.state for g in core.guarantees(address=buyer.address)] == ["voided"]
+        assert core.audit() == []
+    finally:
+        core.close()
+
+
+def test_a_delivery_score_the_facilitator_could_not_take_is_retried(tmp_path: Path) -> None:
+    """Delivered, but the score post met a facilitator error: it is filed and retried, so the
+    seller is paid (the guarantee would otherwise be cancelled at the validation timeout)."""
+    core, buyer = _funded_core(tmp_path)
+    accept = _settling_with(core)
+    calls: list[str] = []
+
+    def follow(gid: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        calls.append(body["_action"])
+        if len(calls) == 1:
+            return 503, {"error": "busy"}
+        score = body["score"]
+        state = core.post_validation(gid, validator=body["validator"], score=score, tag=body["tag"])
+        return 200, {"state": state.state}
+
+    runs = Counter()
+    try:
+        with slow_facilitator(0.0, accept, follow) as (url, _):
+            config = remote_config(url, tmp_path / "records.db", timeout=5)
+            # The seller validates its own deliveries (G-v2): score 100 when it served.
+            config.validation_policy = ValidationPolicy(
+                registry=SANDBOX_REGISTRY,
+                validator=SELLER,
+                validator_agent_id=0,
+                min_score=100,
+                job_hash=b"\x01" * 32,
+                chain_id=84532,
+                tag="delivery",
+            )
+            with TestClient(seller_app(config, runs)) as seller:
+                req = offer(seller)
+                assert "validatorAddress" in req.extra
+                tab = core.open_tab(
+                    buyer.address, SELLER, network=NETWORK, asset=USDC, guarantee_version=2
+                )
+                name, value = payment_header(buyer, req, tab.to_json())
+                assert seller.get("/premium", headers={name: value}).status_code == 200
+                records = Records(str(tmp_path / "records.db"))
+                for _ in range(200):  # bounded: the reconciler retries in the background
+                    if records.query()[0].outcome == "delivered":
+                        break
+                    time.sleep(0.05)
+                [record] = records.query()
+                assert record.outcome == "delivered" and calls == ["validation", "validation"]
+                assert records.followup(record.guarantee_id)[:1] == ("scored",)  # type: ignore[index]
+        assert runs.n == 1
+        assert [g.state for g in core.guarantees(address=buyer.address)] == ["payable"]
         assert core.audit() == []
     finally:
         core.close()
@@ -541,18 +596,18 @@ def test_reconcile_retries_until_a_definite_answer(tmp_path: Path) -> None:
         )
     )
     gate._reconciler.kick = lambda: None  # type: ignore[method-assign]  # driven by hand here
-    records.add_void_intent("0xaa", SELLER)
+    records.add_followup("0xaa", SELLER, "in_doubt")
     t0 = time.time()
     assert gate.reconcile(t0) == {"open": 1}  # not accepted (yet): try again later
     assert gate.reconcile(t0) == {}  # not due yet
     assert gate.reconcile(t0 + 1) == {"open": 1}  # facilitator down: later again
     assert gate.reconcile(t0 + 10) == {"voided": 1}
-    assert records.void_intent("0xaa") == ("voided", 3, "")
-    records.add_void_intent("0xbb", SELLER)
+    assert records.followup("0xaa") == ("voided", 3, "")
+    records.add_followup("0xbb", SELLER, "in_doubt")
     assert gate.reconcile(t0 + 400) == {"never_accepted": 1}  # unknown long after the settle
-    records.add_void_intent("0xcc", SELLER)
+    records.add_followup("0xcc", SELLER, "in_doubt")
     assert gate.reconcile(time.time()) == {"abandoned": 1}
-    assert records.void_intent("0xcc") == ("abandoned", 1, "invalid_state")
+    assert records.followup("0xcc") == ("abandoned", 1, "invalid_state")
     assert facilitator.voids == ["0xaa", "0xaa", "0xaa", "0xbb", "0xcc"]
 
 
