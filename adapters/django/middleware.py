@@ -84,30 +84,77 @@ class PaymentMiddleware:
             response[name] = value
         tap = self.gate.tap()  # hashes the body; keeps it for idempotent replay when asked
         if response.streaming:  # passed on unbuffered; the gate is told when it ends
-            wrap = _atap if response.is_async else _tap
-            response.streaming_content = wrap(response.streaming_content, tap, finish)
+            content = response.streaming_content
+            wrap = _AsyncTapped if response.is_async else _SyncTapped
+            response.streaming_content = wrap(
+                aiter(content) if response.is_async else iter(content), tap, finish
+            )
             return response
         tap.feed(response.content)
         yield from finish(tap.digest, body=tap.body)
         return response
 
 
-def _tap(chunks: Iterator[bytes], tap: BodyTap, finish: Callable[..., Flow]) -> Iterator[bytes]:
-    try:
-        yield from map(tap.feed, chunks)
-    except BaseException as exc:  # GeneratorExit too: the client left mid-stream
-        Gate.run_sync(finish(tap.digest, error=exc))
-        raise
-    Gate.run_sync(finish(tap.digest, body=tap.body))
+class _Tapped:
+    """A paid streaming body on its way out: hashed as it passes, the gate told once it ends.
+
+    "Ends" includes Django closing the response before the first chunk was read (the client
+    left): a generator that never started would never run its cleanup, so this is a class.
+    """
+
+    _LEFT = "the client left before the response ended"
+
+    def __init__(self, chunks: Any, tap: BodyTap, finish: Callable[..., Flow]) -> None:
+        self._chunks, self._tap, self._finish, self._done = chunks, tap, finish, False
+
+    def _flow(self, error: BaseException | None) -> Flow | None:
+        if self._done:
+            return None
+        self._done = True
+        if error is not None:
+            return self._finish(self._tap.digest, error=error)
+        return self._finish(self._tap.digest, body=self._tap.body)
+
+    def close(self) -> None:  # Django calls it when the response is closed
+        flow = self._flow(ConnectionAbortedError(self._LEFT))
+        if flow is not None:
+            Gate.run_sync(flow)
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
 
 
-async def _atap(
-    chunks: AsyncIterator[bytes], tap: BodyTap, finish: Callable[..., Flow]
-) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in chunks:
-            yield tap.feed(chunk)
-    except BaseException as exc:
-        await Gate.run_async(finish(tap.digest, error=exc))
-        raise
-    await Gate.run_async(finish(tap.digest, body=tap.body))
+class _SyncTapped(_Tapped):
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            chunk = next(self._chunks)
+        except StopIteration:
+            if (flow := self._flow(None)) is not None:
+                Gate.run_sync(flow)
+            raise
+        except BaseException as exc:
+            if (flow := self._flow(exc)) is not None:
+                Gate.run_sync(flow)
+            raise
+        return self._tap.feed(chunk)
+
+
+class _AsyncTapped(_Tapped):
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._chunks.__anext__()
+        except StopAsyncIteration:
+            if (flow := self._flow(None)) is not None:
+                await Gate.run_async(flow)
+            raise
+        except BaseException as exc:
+            if (flow := self._flow(exc)) is not None:
+                await Gate.run_async(flow)
+            raise
+        return self._tap.feed(chunk)

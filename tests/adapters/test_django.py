@@ -20,7 +20,7 @@ from django.conf import settings
 from django.core.checks import run_checks
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.wsgi import WSGIHandler
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, JsonResponse, StreamingHttpResponse
 from django.test import AsyncClient, Client, override_settings
 from django.urls import include, path, re_path, register_converter
 from django.views import View
@@ -81,6 +81,11 @@ class Report(View):
         return JsonResponse({"day": day})
 
 
+@paid(price="$0.07")
+def feed(request: HttpRequest) -> StreamingHttpResponse:
+    return StreamingHttpResponse(f"line {i}\n".encode() for i in range(3))
+
+
 def free(request: HttpRequest) -> JsonResponse:
     seen.append(request.payment)  # None: not a paid request
     return JsonResponse({"free": True})
@@ -101,6 +106,7 @@ URLS = types.ModuleType("django_adapter_urls")
 URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("free", free),
     path("gone", gone),
+    path("feed", feed),
     path("items/<int:item_id>", item),
     path("async/<int:item_id>", aitem),
     path("api/", include([path("files/<path:name>", files)])),
@@ -155,6 +161,7 @@ def test_settings_map_onto_payment_config(configured: None, core: Core) -> None:
     assert config.core is core and list(config.routes) == [  # @paid views after the settings
         "GET /r",
         "GET /gone",  # @paid prices its methods only (GET by default): a POST is not charged
+        "GET /feed",
         "GET /items/:item_id",
         "GET /async/:item_id",
         "GET /api/files/*",
@@ -196,6 +203,7 @@ def test_paid_converts_url_converters(configured: None) -> None:
     assert keys == {
         "GET /r",
         "GET /gone",
+        "GET /feed",
         "GET /items/:item_id",
         "GET /async/:item_id",
         "GET /api/files/*",
@@ -240,6 +248,31 @@ def test_a_view_exception_refunds_even_when_django_answers_4xx(
     gate = client.handler._middleware_chain.__wrapped__.gate
     record = gate.records.query(payer=buyer.address)[0]
     assert record.outcome == "refunded" and core.guarantee(record.guarantee_id).state == "voided"
+
+
+def test_a_paid_stream_nobody_read_is_refunded(configured: None, core: Core) -> None:
+    """The client left before the first chunk: Django closes the response unread."""
+    client = Client()
+    buyer, resp = pay(client, core, "/feed")
+    assert resp.status_code == 200 and resp.streaming
+    gate = client.handler._middleware_chain.__wrapped__.gate
+    [record] = gate.records.query(payer=buyer.address)
+    assert record.status == "settled"  # paid, the body not sent yet
+    resp.close()
+    [record] = gate.records.query(payer=buyer.address)
+    assert (record.status, record.outcome) == ("failed", "refunded")
+    assert core.guarantee(record.guarantee_id).state == "voided"
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
+def test_a_paid_stream_read_to_the_end_is_delivered(configured: None, core: Core) -> None:
+    client = Client()
+    buyer, resp = pay(client, core, "/feed")
+    assert b"".join(resp.streaming_content) == b"line 0\nline 1\nline 2\n"
+    resp.close()  # after the end: nothing more happens
+    gate = client.handler._middleware_chain.__wrapped__.gate
+    [record] = gate.records.query(payer=buyer.address)
+    assert (record.status, record.outcome) == ("delivered", "delivered")
 
 
 def test_async_view_on_the_async_stack(configured: None, core: Core) -> None:
