@@ -625,12 +625,14 @@ def create_app(
 
 
 def _money(amount: int, network: str, asset: str) -> str:
+    """An amount for a table cell, marked so its column is right-aligned."""
     token = find_asset(network, asset)
     if token is None:
-        return f"{amount:,}"
+        return f'<span class="num">{amount:,}</span>'
     from decimal import Decimal
 
-    return f"{Decimal(amount).scaleb(-token.decimals).normalize():f} {token.symbol}"
+    human = Decimal(amount).scaleb(-token.decimals).normalize()
+    return f'<span class="num">{human:f} {html.escape(token.symbol)}</span>'
 
 
 def _badge(text: str) -> str:
@@ -646,13 +648,25 @@ def _short(address: str | None) -> str:
 
 
 def _table(title: str, headers: list[str], rows: list[list[str]], table_id: str) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    # A column of amounts is right-aligned, its header too, so the digits line up.
+    money = {
+        i for i in range(len(headers)) if rows and all('class="num"' in row[i] for row in rows)
+    }
+
+    def cell(tag: str, i: int, content: str) -> str:
+        return (
+            f'<{tag} class="num">{content}</{tag}>' if i in money else f"<{tag}>{content}</{tag}>"
+        )
+
+    head = "".join(cell("th", i, html.escape(h)) for i, h in enumerate(headers))
+    body = "".join(
+        "<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>" for row in rows
+    )
     if not rows:
         body = f'<tr><td colspan="{len(headers)}" class="empty">nothing yet</td></tr>'
     return (
-        f'<section id="{table_id}"><h2>{html.escape(title)}</h2>'
-        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></section>"
+        f'<section id="{table_id}"><h2>{html.escape(title)}</h2><div class="scroll">'
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div></section>"
     )
 
 
@@ -821,6 +835,7 @@ table{{border-collapse:collapse;width:100%;background:#fff;font-size:.9rem}}
 th,td{{border-bottom:1px solid #e3e7ee;padding:.35rem .5rem;text-align:left}} th{{background:#f0f3f7}}
 td.empty{{color:#8a94a6;font-style:italic}} code{{font-size:.85em}} .cycle{{margin-left:1rem}}
 td{{font-variant-numeric:tabular-nums}} .st{{padding:.05rem .4rem;border-radius:.6rem;background:#eef1f5}}
+th.num,td.num{{text-align:right;white-space:nowrap}} .scroll{{overflow-x:auto}}
 .st-defaulted,.st-default_covered,.st-cancelled{{background:#fde8e7;color:#b42318}}
 .st-paid,.st-settled,.st-creditor,.st-final{{background:#e7f6ec;color:#067647}}
 .st-debtor,.st-pending_validation,.st-pending{{background:#fff4e5;color:#93370d}}
