@@ -8,11 +8,10 @@ the test skips, except in CI (``CI=true``), where it fails. A full-page screensh
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -38,13 +37,6 @@ TIMEOUT_MS = 30_000
 USD = 1_000_000  # one USDC in atomic units (6 decimals)
 
 pytestmark = pytest.mark.slow
-
-
-def _unavailable(why: str) -> NoReturn:
-    """Skip, or fail in CI: CI must really run the browser test."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{why} (CI=true: the dashboard must be tested in a browser)", pytrace=False)
-    pytest.skip(why)
 
 
 def _short(address: str) -> str:
@@ -140,13 +132,15 @@ def dashboard_url(history: History) -> Iterator[str]:
     thread.join(timeout=10)
 
 
-def test_dashboard_in_headless_chromium(history: History, dashboard_url: str) -> None:
+def test_dashboard_in_headless_chromium(
+    history: History, dashboard_url: str, environment_missing: Callable[[str], NoReturn]
+) -> None:
     if not CHROMIUM.exists():
-        _unavailable(f"{CHROMIUM} not found (Debian: apt-get install chromium)")
+        environment_missing(f"{CHROMIUM} not found (Debian: apt-get install chromium)")
     try:
         from playwright.sync_api import expect, sync_playwright
     except ImportError:
-        _unavailable('playwright is not installed (pip install -e ".[test]")')
+        environment_missing('playwright is not installed (pip install -e ".[test]")')
 
     cycle = history.cycle
     assert cycle.status == "final" and cycle.guarantee_count == history.accepted

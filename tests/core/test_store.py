@@ -482,17 +482,20 @@ def _as_unprivileged(fn: Callable[[], None]) -> None:
     assert os.waitstatus_to_exitcode(status) == 0, report
 
 
-def test_read_only_sqlite_file_is_unavailable() -> None:
+def test_read_only_sqlite_file_is_unavailable(
+    environment_missing: Callable[[str], None],
+) -> None:
     # Under the system temp dir, which every user can reach (pytest's tmp root is private).
     with tempfile.TemporaryDirectory() as name:
-        _read_only_sqlite_file_is_unavailable(Path(os.path.realpath(name)))
+        directory = Path(os.path.realpath(name))
+        for parent in directory.parents:
+            if not parent.stat().st_mode & 0o001:
+                environment_missing(f"{parent} is not reachable by other users")
+        _read_only_sqlite_file_is_unavailable(directory)
 
 
 def _read_only_sqlite_file_is_unavailable(directory: Path) -> None:
     directory.chmod(0o755)
-    for parent in directory.parents:
-        if not parent.stat().st_mode & 0o001:
-            pytest.skip(f"{parent} is not reachable by other users")
     path = directory / "core.db"
     store = open_store(str(path))
     with store.transaction() as tx:

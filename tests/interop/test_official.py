@@ -30,9 +30,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
@@ -65,13 +65,6 @@ CHAIN_ID = get_network(NETWORK).chain_id
 
 
 # -- the scratch virtualenv ------------------------------------------------------------------
-
-
-def _unavailable(message: str) -> Any:
-    """Skip; in CI (CI=true) fail instead: CI must really run the interop tests."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
 
 
 def _python_in(venv: Path) -> Path:
@@ -159,7 +152,7 @@ def _build_venv(target: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def official_python() -> Path:
+def official_python(environment_missing: Callable[[str], NoReturn]) -> Path:
     """The Python of a virtualenv with the pinned official packages."""
     given = os.environ.get(VENV_ENV)
     if given:
@@ -178,7 +171,7 @@ def official_python() -> Path:
         root.mkdir(parents=True, exist_ok=True)
         lock = open(root / f"{key}.lock", "w")  # noqa: SIM115 — held for the whole build
     except OSError as exc:
-        return _unavailable(f"cannot use the interop cache {root}: {exc}")
+        return environment_missing(f"cannot use the interop cache {root}: {exc}")
     with lock:
         try:
             import fcntl
@@ -192,7 +185,7 @@ def official_python() -> Path:
             _build_venv(venv)
         except subprocess.TimeoutExpired:
             shutil.rmtree(venv, ignore_errors=True)
-            return _unavailable(
+            return environment_missing(
                 f"pip install {' '.join(PINS)} took over {PIP_TIMEOUT} s; "
                 f"set {VENV_ENV} to a ready virtualenv"
             )
@@ -200,7 +193,7 @@ def official_python() -> Path:
             shutil.rmtree(venv, ignore_errors=True)
             lines = (getattr(exc, "stderr", None) or str(exc)).strip().splitlines()
             detail = [line for line in lines if line.startswith("ERROR")] or lines
-            return _unavailable(
+            return environment_missing(
                 f"could not build the official packages' virtualenv (PyPI reachable?): "
                 f"{' | '.join(detail[-3:])[:600]}; or set {VENV_ENV}"
             )

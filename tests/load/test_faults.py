@@ -645,13 +645,13 @@ def _in_child_as_nobody(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to uid 65534")
-def test_read_only_database_fails_closed() -> None:
+def test_read_only_database_fails_closed(environment_missing: Callable[[str], None]) -> None:
     with tempfile.TemporaryDirectory() as name:  # the system temp dir: reachable by nobody
         directory = Path(os.path.realpath(name))
         directory.chmod(0o755)
         for parent in directory.parents:
             if not parent.stat().st_mode & 0o001:
-                pytest.skip(f"{parent} is not reachable by other users")
+                environment_missing(f"{parent} is not reachable by other users")
         path = directory / "core.db"
         core = Core(str(path))
         buyer = TestBuyer.new()
@@ -707,10 +707,10 @@ def test_read_only_database_fails_closed() -> None:
 
 
 @pytest.fixture
-def tiny_disk() -> Iterator[Path]:
+def tiny_disk(environment_missing: Callable[[str], None]) -> Iterator[Path]:
     """A 1 MiB tmpfs (root only); unmounted afterwards."""
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+        environment_missing("mounting a tmpfs needs root")
     directory = Path(tempfile.mkdtemp(prefix="fx-full-"))
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(directory)],
@@ -719,7 +719,7 @@ def tiny_disk() -> Iterator[Path]:
     )
     if mounted.returncode != 0:
         directory.rmdir()
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+        environment_missing(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
     try:
         yield directory
     finally:
