@@ -42,7 +42,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from . import coreapi
@@ -92,6 +92,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("fourmica_x402.gate")
+T = TypeVar("T")
 
 GRANT = object()
 DENY = object()
@@ -772,8 +773,8 @@ class Gate:
         """Settle, then write the record; one worker-thread hop for the async driver.
 
         ``signed`` is the guarantee the gate decoded from ``payload`` (not decoded twice).
-        ``nowait``: the event loop's attempt; anything but a clean answer raises
-        :class:`WouldBlock` (nothing was committed) and the caller redoes it in a thread.
+        ``nowait``: the event loop's attempt (:meth:`_local_write`); anything but a clean
+        answer raises as it is, nothing committed, and is redone in a worker thread.
         """
         if self._shared:  # the embedded Core: acceptance and record commit together
             assert isinstance(self.facilitator, LocalFacilitator)
@@ -784,12 +785,8 @@ class Gate:
                     lambda tx, result: self._record(result, base, tx),
                     nowait=nowait,
                 )
-            except WouldBlock:
-                raise
             except Exception as exc:
-                if nowait:
-                    raise WouldBlock("redo in a worker thread") from exc
-                if isinstance(exc, FourmicaError):
+                if nowait or isinstance(exc, FourmicaError):
                     raise
                 # the record failed: the acceptance was rolled back with it
                 log.exception("could not record a payment; nothing was accepted")
@@ -915,16 +912,8 @@ class Gate:
         base: dict[str, Any],
         signed: SignedGuarantee,
     ) -> SettleResult | tuple[SettleResult, int]:
-        if self._shared:  # the embedded SQLite Core: on the loop when no writer is in the way
-            for _ in range(_LOOP_TRIES):
-                try:
-                    return self._settle_and_record(payload, chosen, base, signed, nowait=True)
-                except WouldBlock as exc:
-                    if not exc.local:
-                        break
-                    await self._writable()
-        if self.core is not None:  # local: settle and record in one worker-thread hop
-            return await asyncio.to_thread(self._settle_and_record, payload, chosen, base, signed)
+        if self.core is not None:  # local: settle and record together
+            return await self._local_write(self._settle_and_record, payload, chosen, base, signed)
         await asyncio.to_thread(self._refuse_in_doubt, signed, chosen)
         try:
             result = await self.facilitator.asettle(payload, chosen)
@@ -1120,22 +1109,30 @@ class Gate:
     async def _afinish_local(
         self, payment: Payment, action: tuple[str, int] | None, outcome: str, record: dict[str, Any]
     ) -> str:
+        return await self._local_write(self._finish_io, payment, action, outcome, record)
+
+    async def _local_write(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` for the embedded Core, on the event loop when it need not wait.
+
+        ``fn(*args, nowait=True)`` is tried on the loop first (records in the Core's own
+        database only); this process's other writer is awaited without blocking, up to
+        ``_LOOP_TRIES`` times. Anything else — another process's lock, or any error, after
+        which nothing was committed — sends the work to a worker thread, where waiting is
+        harmless and failures are handled.
+        """
         if self._shared:
+            assert self.core is not None
+            wait = getattr(self.core.store, "wait_writable", None)
             for _ in range(_LOOP_TRIES):
                 try:
-                    return self._finish_io(payment, action, outcome, record, nowait=True)
+                    return fn(*args, nowait=True)
                 except WouldBlock as exc:
-                    if not exc.local:
+                    if not exc.local or wait is None:
                         break
-                    await self._writable()
-        return await asyncio.to_thread(self._finish_io, payment, action, outcome, record)
-
-    async def _writable(self) -> None:
-        """Wait, without blocking the loop, for this process's other writer to finish."""
-        assert self.core is not None
-        wait = getattr(self.core.store, "wait_writable", None)
-        if wait is not None:
-            await wait()
+                    await wait()
+                except Exception:  # rolled back: the thread path redoes and handles it
+                    break
+        return await asyncio.to_thread(fn, *args)
 
     def _finish_io(
         self,
@@ -1147,18 +1144,13 @@ class Gate:
     ) -> str:
         record_id = payment.record_id
         if nowait:  # the event loop's attempt: one short write to the shared database, or none
-            if not self._shared or record_id is None or payment.guarantee_id is None:
+            if record_id is None or payment.guarantee_id is None:
                 raise WouldBlock("not a write the event loop may do")
-            try:
-                if action is None:
-                    self.records.finish(record_id, outcome=outcome, nowait=True, **record)
-                    return outcome
+            if action is None:
+                self.records.finish(record_id, outcome=outcome, nowait=True, **record)
+            else:
                 self._resolve_and_complete(payment, action, outcome, record, nowait=True)
-                return outcome
-            except WouldBlock:
-                raise
-            except Exception as exc:  # nothing committed: the thread path handles the failure
-                raise WouldBlock("redo in a worker thread") from exc
+            return outcome
         if self._shared and action is not None and record_id is not None:
             try:
                 self._resolve_and_complete(payment, action, outcome, record)
