@@ -13,24 +13,38 @@
 
 Responses stream through untouched (hashed on the way, never buffered); the
 result header is added to ``http.response.start``.
+
+With a Starlette router inside (found through the ``app`` chain, or given as
+``router=``) the middleware prices the route the router resolves, exactly as it
+will route the request: a path it redirects, 404s or 405s is never charged, and
+every route-table entry must name one of its routes (checked at lifespan start-up,
+where a bad configuration fails the start). Without a router the raw path is
+priced. WebSockets on a priced route are refused (close code 1008). See
+docs/architecture.md ("Which route is priced").
 """
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+import logging
+import threading
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 from fourmica_x402.config import PaymentConfig
-from fourmica_x402.gate import PASS, Gate, RequestView, Response
+from fourmica_x402.gate import PASS, Endpoint, Gate, RequestView, Response
 
 __all__ = ["PaymentMiddleware"]
+
+log = logging.getLogger("fourmica_x402.adapters.asgi")
 
 Scope = MutableMapping[str, Any]
 _BODY_LIMIT = 64 * 1024
 
 
-def request_view(scope: Scope, receive: Any) -> RequestView:
-    """The neutral view of an ASGI HTTP request."""
+def request_view(
+    scope: Scope, receive: Any, resolve: Callable[[], Endpoint | None] | None = None
+) -> RequestView:
+    """The neutral view of an ASGI HTTP request (or of a WebSocket handshake, as a GET)."""
     headers = tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"])
     host = next((v for k, v in headers if k == "host"), None)
     if host is None and scope.get("server"):
@@ -51,7 +65,7 @@ def request_view(scope: Scope, receive: Any) -> RequestView:
                 return b"".join(chunks)
 
     return RequestView(
-        method=scope["method"],
+        method=scope.get("method", "GET"),
         path=scope["path"],
         raw_path=raw.decode("latin-1") if raw else "",
         query=scope.get("query_string", b"").decode("latin-1"),
@@ -60,6 +74,7 @@ def request_view(scope: Scope, receive: Any) -> RequestView:
         host=host or "localhost",
         client=scope["client"][0] if scope.get("client") else None,
         read_body=read_body,
+        resolve=resolve,
     )
 
 
@@ -73,6 +88,83 @@ def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
 
+class _Router:
+    """A Starlette router seen from outside: resolves a scope the way it will route it."""
+
+    def __init__(self, router: Any, marker: Callable[[Any], Any]) -> None:
+        from starlette.routing import Host, Match, Mount
+
+        self.router, self._marker = router, marker
+        self._full, self._nested = Match.FULL, (Mount, Host)
+        self._endpoints: dict[int, tuple[Any, Endpoint]] = {}
+
+    def walk(self, routes: Any = None, prefix: str = "") -> Iterator[tuple[Any, str]]:
+        """``(route, template)`` of every endpoint, mounts included."""
+        for route in self.router.routes if routes is None else routes:
+            path = prefix + getattr(route, "path", "")
+            if isinstance(route, self._nested):
+                if route.routes:
+                    yield from self.walk(route.routes, path)
+                    continue
+                path += "/{path:path}"  # a mounted app without routes: everything under it
+            yield route, path
+
+    def resolve(self, scope: Scope) -> Endpoint | None:
+        if scope.get("method") == "HEAD":  # priced like the GET (never served paid, see Gate)
+            scope = {**scope, "method": "GET"}
+        routes, prefix = self.router.routes, ""
+        while True:
+            for route in routes:  # the first full match wins, as in Router.app
+                match, child = route.matches(scope)
+                if match is self._full:
+                    break
+            else:
+                return None  # 404, 405 or a redirect: the router will not serve it
+            prefix += getattr(route, "path", "")
+            if isinstance(route, self._nested) and route.routes:
+                scope, routes = {**scope, **child}, route.routes
+                continue
+            if isinstance(route, self._nested):
+                prefix += "/{path:path}"
+            return self.endpoint(route, prefix)
+
+    def endpoint(self, route: Any, template: str) -> Endpoint:
+        found = self._endpoints.get(id(route))
+        if found is None or found[0] is not route:
+            marker, marker_methods = self._marker(route) or (None, None)
+            methods = getattr(route, "methods", None)
+            endpoint = Endpoint(
+                route,
+                template,
+                marker=marker,
+                marker_methods=marker_methods,
+                methods=frozenset(methods) if methods else None,
+            )
+            found = self._endpoints[id(route)] = (route, endpoint)
+        return found[1]
+
+    def templates(self) -> list[tuple[str, frozenset[str] | None]]:
+        out = []
+        for route, template in self.walk():
+            methods = getattr(route, "methods", None)
+            out.append((template, frozenset(methods) if methods else None))
+        return out
+
+
+def _find_router(app: Any) -> Any:
+    """The Starlette router at the end of a middleware chain, if there is one."""
+    for _ in range(64):
+        if app is None:
+            return None
+        router = getattr(app, "router", None)
+        if router is not None and isinstance(getattr(router, "routes", None), list):
+            return router
+        if isinstance(getattr(app, "routes", None), list) and not hasattr(app, "matches"):
+            return app  # a Router itself (a Mount has routes too, but is a route)
+        app = getattr(app, "app", None)
+    return None
+
+
 class PaymentMiddleware:
     """Charges for the routes of ``config``; everything else passes through."""
 
@@ -82,16 +174,70 @@ class PaymentMiddleware:
         config: PaymentConfig | None = None,
         *,
         gate: Gate | None = None,
+        router: Any = None,
         **options: Any,
     ) -> None:
         self.app = app
-        self.gate = gate or Gate(config or PaymentConfig(**options))
+        self._given_router = router
+        self._router: _Router | None = None
+        self._ready, self._lock = False, threading.Lock()
+        #: A configuration error found when the app started: fails the start, then every request.
+        self.error: str | None = None
+        self.gate: Gate = None  # type: ignore[assignment]  # set below unless the config is bad
+        try:
+            self.gate = gate or Gate(config or PaymentConfig(**options))
+        except Exception as exc:  # reported through the lifespan, and logged: never per request
+            self.error = f"fourmica_x402: {exc}"
+            log.error("%s", self.error)
+
+    def _marker(self, route: Any) -> tuple[Any, frozenset[str] | None] | None:
+        """A per-handler price on ``route`` (``Paid(...)`` in FastAPI); none in plain Starlette."""
+        return None
+
+    def _start(self) -> str | None:
+        """Find the router and check the route table against it, once; the error, if any."""
+        if self._ready or self.error is not None:
+            return self.error
+        with self._lock:
+            if not self._ready and self.error is None:
+                try:
+                    router = self._given_router or _find_router(self.app)
+                    if router is not None:
+                        self._router = _Router(router, self._marker)
+                        self.gate.check_routes(self._router.templates())
+                        for route, template in self._router.walk():  # markers' prices, now
+                            self.gate.routes.prepare(self._router.endpoint(route, template))
+                except Exception as exc:
+                    self.error = f"fourmica_x402: {exc}"
+                    log.error("%s", self.error)
+                self._ready = True
+        return self.error
+
+    def _view(self, scope: Scope, receive: Any) -> RequestView:
+        router = self._router
+        resolve = None if router is None else (lambda: router.resolve(scope))
+        return request_view(scope, receive, resolve)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        kind = scope["type"]
+        broken = self._start() if kind in ("http", "websocket", "lifespan") else None
+        if broken is not None:
+            if kind == "lifespan":  # the server reports it and does not start
+                await receive()
+                await send({"type": "lifespan.startup.failed", "message": broken})
+            elif kind == "http":
+                await send_response(send, Gate._error_response(500, "configuration_error", broken))
+            else:
+                await send({"type": "websocket.close", "code": 1011})
+            return
+        if kind == "websocket" and self.gate.refuses_websocket(self._view(scope, receive)):
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008})  # policy: priced route
+            return
+        if kind != "http":
             await self.app(scope, receive, send)
             return
-        request = request_view(scope, receive)
+        request = self._view(scope, receive)
         outcome = await Gate.run_async(self.gate.before(request))
         if outcome is PASS:
             await self.app(scope, receive, send)
@@ -111,16 +257,19 @@ class PaymentMiddleware:
             nonlocal status, replaced
             if message["type"] == "http.response.start":
                 status = message["status"]
-                extra = await Gate.run_async(self.gate.response_start(state, status))
+                raw_headers = list(message.get("headers", []))
+                sent_headers[:] = [
+                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in raw_headers
+                ]
+                cache = next((v for k, v in sent_headers if k.lower() == "cache-control"), None)
+                extra = await Gate.run_async(self.gate.response_start(state, status, cache))
                 if isinstance(extra, Response):  # settle-after failed: answer 402 instead
                     replaced = True
                     await send_response(send, extra)
                     return
-                sent_headers[:] = [
-                    (k.decode("latin-1"), v.decode("latin-1"))
-                    for k, v in message.get("headers", [])
-                ]
-                message = {**message, "headers": [*message.get("headers", []), *_encode(extra)]}
+                if any(k == "cache-control" for k, _ in extra):  # ours replaces the app's
+                    raw_headers = [(k, v) for k, v in raw_headers if k.lower() != b"cache-control"]
+                message = {**message, "headers": [*raw_headers, *_encode(extra)]}
             elif message["type"] == "http.response.body":
                 if replaced:
                     return

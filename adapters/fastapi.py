@@ -11,19 +11,23 @@
     def premium(payment: Payment = Paid("$0.01")):
         return {"payer": payment.payer}
 
-``Paid`` marks the route; ``FourmicaX402`` installs the pure ASGI middleware,
-which finds the marked routes on the first request. Routes can also be priced
-in ``routes=`` as with any adapter.
+``Paid`` prices the route it is declared on, whatever its path looks like
+(``/items/{id:int}``, ``/files/{p:path}``, custom convertors), for every method
+the route serves unless ``methods=`` names some; ``FourmicaX402`` installs the
+pure ASGI middleware, which prices the route FastAPI's router resolves. ``Paid``
+itself refuses to run its handler without a payment settled for this route
+(a method it does not price is 405; no payment is a 503 ``payment_not_enforced``).
+Routes can also be priced in ``routes=`` by their templates, as with any adapter.
+See docs/architecture.md ("Which route is priced").
 """
 
 from __future__ import annotations
 
-import re
-import threading
 from typing import Any
 
 try:
-    from fastapi import Depends, FastAPI, Request
+    from fastapi import Depends, FastAPI, HTTPException, Request
+    from fastapi.responses import JSONResponse
     from fastapi.routing import APIRoute
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -32,59 +36,57 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from fourmica_x402.config import PaymentConfig
 from fourmica_x402.gate import PASS, Gate, Payment, Response
-from fourmica_x402.routes import RouteConfig
+from fourmica_x402.routes import RouteConfig, validate_marker
 
-from .asgi import PaymentMiddleware, request_view
+from .asgi import PaymentMiddleware
 
-__all__ = ["FourmicaX402", "Paid", "http_middleware"]
+__all__ = ["FourmicaX402", "Paid", "PaymentRefused", "http_middleware"]
 
-_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(:path)?\}")
+PAYMENT_KEY = "fourmica_x402.payment"
 
 
-def Paid(price: Any = None, **route: Any) -> Any:
-    """A dependency that prices its route and hands the handler the :class:`Payment`."""
+class PaymentRefused(HTTPException):
+    """``Paid`` will not run its handler; rendered in the gate's JSON error shape."""
+
+    def __init__(self, status: int, reason: str, message: str, headers: dict[str, str]) -> None:
+        super().__init__(status, {"error": reason, "message": message}, headers)
+        self.reason, self.message = reason, message
+
+
+def Paid(price: Any = None, *, methods: Any = None, **route: Any) -> Any:
+    """A dependency that prices its route and hands the handler the :class:`Payment`.
+
+    A bad static price or payTo fails here, when the module is imported.
+    """
+    config = validate_marker(RouteConfig(price=price, **route), "Paid(...)")
+    priced = None if methods is None else frozenset(m.upper() for m in methods)
 
     async def payment(request: Request) -> Payment:
-        found = request.scope.get("fourmica_x402.payment")
-        if found is None:
-            raise RuntimeError("Paid() needs FourmicaX402(app) (or PaymentMiddleware) installed")
-        return found  # type: ignore[no-any-return]
+        found = request.scope.get(PAYMENT_KEY)
+        refusal = Gate.marker_refusal(found, request.scope.get("route"), request.method, priced)
+        if refusal is not None:
+            status, reason, message = refusal
+            headers = {"cache-control": "no-store"}
+            if status == 405 and priced:
+                headers["allow"] = ", ".join(
+                    sorted(priced | ({"HEAD"} if "GET" in priced else set()))
+                )
+            raise PaymentRefused(status, reason, message, headers)
+        assert isinstance(found, Payment)
+        return found
 
-    payment.__fourmica_route__ = RouteConfig(price=price, **route)  # type: ignore[attr-defined]
+    payment.__fourmica_route__ = (config, priced)  # type: ignore[attr-defined]
     return Depends(payment)
 
 
-class _Discovering(PaymentMiddleware):
-    """The ASGI middleware, plus a one-time scan of the app's routes for ``Paid`` markers."""
+class _FastAPIMiddleware(PaymentMiddleware):
+    """The ASGI middleware on FastAPI's router, reading ``Paid`` markers off its routes."""
 
-    def __init__(self, app: Any, *, gate: Gate, fastapi_app: FastAPI) -> None:
-        super().__init__(app, gate=gate)
-        self._fastapi_app = fastapi_app
-        self._scanned = False
-        self._lock = threading.Lock()
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if not self._scanned:
-            with self._lock:
-                if not self._scanned:
-                    self._scan()
-                    self._scanned = True
-        await super().__call__(scope, receive, send)
-
-    def _scan(self) -> None:
-        for route in self._fastapi_app.routes:
-            if not isinstance(route, APIRoute):
-                continue
-            config = _marker(route.dependant)
-            if config is None:
-                continue
-            path = _PARAM.sub(lambda m: "*" if m.group(2) else f":{m.group(1)}", route.path)
-            for method in sorted(route.methods or {"GET"}):
-                if method != "HEAD":
-                    self.gate.add_route(f"{method} {path}", config)
+    def _marker(self, route: Any) -> tuple[RouteConfig, frozenset[str] | None] | None:
+        return _marker(route.dependant) if isinstance(route, APIRoute) else None
 
 
-def _marker(dependant: Any) -> RouteConfig | None:
+def _marker(dependant: Any) -> tuple[RouteConfig, frozenset[str] | None] | None:
     for dep in dependant.dependencies:
         found = getattr(dep.call, "__fourmica_route__", None) or _marker(dep)
         if found is not None:
@@ -92,12 +94,22 @@ def _marker(dependant: Any) -> RouteConfig | None:
     return None
 
 
+async def _refused(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, PaymentRefused)
+    return JSONResponse(exc.detail, exc.status_code, headers=exc.headers)
+
+
 class FourmicaX402:
-    """Install payments on a FastAPI app; ``config`` or the keyword options of PaymentConfig."""
+    """Install payments on a FastAPI app; ``config`` or the keyword options of PaymentConfig.
+
+    A bad price, payTo, network or database URL fails here; a route-table entry that
+    names no route fails the app's start-up (lifespan).
+    """
 
     def __init__(self, app: FastAPI, config: PaymentConfig | None = None, **options: Any) -> None:
         self.gate = Gate(config or PaymentConfig(**options))
-        app.add_middleware(_Discovering, gate=self.gate, fastapi_app=app)
+        app.add_middleware(_FastAPIMiddleware, gate=self.gate, router=app.router)  # type: ignore[arg-type]
+        app.add_exception_handler(PaymentRefused, _refused)
 
 
 def http_middleware(config: PaymentConfig) -> Any:
@@ -110,9 +122,16 @@ def http_middleware(config: PaymentConfig) -> Any:
     from starlette.responses import Response as StarletteResponse
 
     gate = Gate(config)
+    pricer = _FastAPIMiddleware(None, gate=gate)  # resolves routes; never called as an app
 
     async def middleware(request: Request, call_next: Any) -> Any:
-        state = await Gate.run_async(gate.before(request_view(request.scope, request.receive)))
+        if pricer._given_router is None:  # the app is known only once it serves a request
+            pricer._given_router = request.scope["app"].router
+        error = pricer._start()
+        if error is not None:
+            bad = Gate._error_response(500, "configuration_error", error)
+            return StarletteResponse(bad.body, bad.status, headers=dict(bad.headers))
+        state = await Gate.run_async(gate.before(pricer._view(request.scope, request.receive)))
         if state is PASS:
             return await call_next(request)
         if isinstance(state, Response):
@@ -123,12 +142,16 @@ def http_middleware(config: PaymentConfig) -> Any:
         except Exception as exc:
             await Gate.run_async(gate.finish(state, None, None, exc))
             raise
-        extra = await Gate.run_async(gate.response_start(state, response.status_code))
+        cache = response.headers.get("cache-control")
+        extra = await Gate.run_async(gate.response_start(state, response.status_code, cache))
         if isinstance(extra, Response):
             await Gate.run_async(gate.finish(state, None, None))
             return StarletteResponse(extra.body, extra.status, headers=dict(extra.headers))
         for key, value in extra:
-            response.headers.append(key, value)
+            if key == "cache-control":
+                response.headers[key] = value
+            else:
+                response.headers.append(key, value)
         hasher, original = hashlib.sha256(), response.body_iterator
 
         async def body() -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fourmica_x402.config import PaymentConfig
-from fourmica_x402.gate import PASS, Gate, RequestView, Response
+from fourmica_x402.gate import PASS, Endpoint, Gate, RequestView, Response
 
 __all__ = ["PAYMENT_KEY", "PaymentMiddleware", "request_view"]
 
@@ -27,8 +27,10 @@ _BODY_LIMIT = 64 * 1024
 _CONTENT = {"CONTENT_TYPE": "content-type", "CONTENT_LENGTH": "content-length"}
 
 
-def request_view(environ: dict[str, Any]) -> RequestView:
-    """The neutral view of a WSGI request (PEP 3333)."""
+def request_view(
+    environ: dict[str, Any], resolve: Callable[[], Endpoint | None] | None = None
+) -> RequestView:
+    """The neutral view of a WSGI request (PEP 3333); ``resolve``: the framework's router."""
     headers = [(k[5:].replace("_", "-").lower(), v) for k, v in environ.items() if k[:5] == "HTTP_"]
     headers += [(_CONTENT[k], v) for k, v in environ.items() if k in _CONTENT and v]
     # PATH_INFO holds latin-1 decoded bytes; routers decode UTF-8 and collapse leading slashes.
@@ -53,6 +55,7 @@ def request_view(environ: dict[str, Any]) -> RequestView:
         host=environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "localhost",
         client=environ.get("REMOTE_ADDR") or None,
         read_body=read_body,
+        resolve=resolve,
     )
 
 
@@ -76,8 +79,15 @@ class PaymentMiddleware:
         self.app = app
         self.gate = gate or Gate(config or PaymentConfig(**options))
 
+    def resolver(self, environ: dict[str, Any]) -> Callable[[], Endpoint | None] | None:
+        """The framework's router for this request, for subclasses that have one (Flask):
+        it returns the endpoint the app will serve, or None. None here: the raw path is
+        priced (docs/architecture.md, "Which route is priced")."""
+        return None
+
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        outcome = Gate.run_sync(self.gate.before(request_view(environ)))
+        view = request_view(environ, self.resolver(environ))
+        outcome = Gate.run_sync(self.gate.before(view))
         if outcome is PASS:
             return self.app(environ, start_response)  # type: ignore[no-any-return]
         if isinstance(outcome, Response):
@@ -104,7 +114,8 @@ class _Metered:
 
     def start_response(self, status: str, headers: list[Any], exc_info: Any = None) -> Any:
         if self.extra is None:  # the first call decides; a later one (with exc_info) re-renders
-            got = Gate.run_sync(self.gate.response_start(self.state, int(status[:3])))
+            cache = next((v for k, v in headers if k.lower() == "cache-control"), None)
+            got = Gate.run_sync(self.gate.response_start(self.state, int(status[:3]), cache))
             self.replacement, self.extra = (got, []) if isinstance(got, Response) else (None, got)
             if self.replacement:  # settle-after failed: its 402 goes out instead
                 answer(self._start, self.replacement)
@@ -112,6 +123,8 @@ class _Metered:
             if exc_info:  # our 402 is already out: PEP 3333 says re-raise
                 raise exc_info[1].with_traceback(exc_info[2])
             return lambda data: None
+        if any(k == "cache-control" for k, _ in self.extra):  # ours replaces the app's
+            headers = [(k, v) for k, v in headers if k.lower() != "cache-control"]
         self._send = self._start(status, [*headers, *self.extra], exc_info)
         self.status, self.headers = int(status[:3]), list(headers)
         return self.write

@@ -20,7 +20,7 @@ app.config["FOURMICA_X402_PAY_TO"] = os.environ.get(
 )
 app.config["FOURMICA_X402_NETWORK"] = "eip155:84532"
 app.config["FOURMICA_X402_CORE"] = os.environ.get("FOURMICA_X402_DB", "sqlite:///fourmica_x402.db")
-FourmicaX402(app)
+payments = FourmicaX402(app)
 
 
 @app.get("/free")
@@ -37,6 +37,10 @@ def premium() -> dict[str, Any]:
         "guarantee": g.payment.guarantee_id,
     }
 
+
+# Once the routes exist: a FOURMICA_X402_ROUTES entry naming no route, or a bad @paid, fails
+# here rather than on the first request.
+payments.check()
 
 if __name__ == "__main__":
     app.run(host="127.0.0.1", port=int(os.environ.get("PORT", "8000")))

@@ -69,7 +69,7 @@ class PaymentConfig:
     idempotent_replay: bool = False
     #: Largest response body kept for idempotent replay (bytes); bigger ones are not replayable.
     replay_body_limit: int = 256 * 1024
-    #: Advertise the default G-v2 delivery policy in v2 challenges (SPEC §4).
+    #: Advertise the default G-v2 delivery policy in v2 challenges (docs/protocol.md, "Delivery").
     delivery_policy: bool = True
     #: A seller-chosen G-v2 validation policy for every route (overrides the delivery policy).
     validation_policy: ValidationPolicy | None = None
@@ -82,6 +82,16 @@ class PaymentConfig:
     max_timeout_seconds: int = 300
     #: TTL of tabs opened through the tab endpoint (None = the Core's default, one day).
     tab_ttl_seconds: int | None = None
+    #: New tabs the tab endpoint opens per ``tab_rate_window`` for one client address, and
+    #: for one buyer (``userAddress``); beyond them it answers 429 ``tab_rate_limited`` with
+    #: Retry-After. Reusing the buyer's open tab never counts. None = no limit. See
+    #: docs/operations.md, "The tab endpoint".
+    tab_rate_per_client: int | None = 60
+    tab_rate_per_user: int | None = 10
+    tab_rate_window: float = 60.0
+    #: Open (unexpired) tabs allowed per seller address (payTo); beyond it a *new* tab answers
+    #: 429 ``open_tab_limit`` (an open tab is still reused). None = no cap.
+    max_open_tabs: int | None = 100_000
     #: Hooks (sync or async). See ``gate.py`` for their arguments.
     on_protected_request: Hook | None = None
     before_settle: Hook | None = None
@@ -112,6 +122,18 @@ class PaymentConfig:
             raise ConfigurationError("tab_endpoint must be an absolute http(s) URL")
         if self.throttle_failures < 1 or self.throttle_window <= 0:
             raise ConfigurationError("throttle_failures must be ≥ 1 and throttle_window > 0")
+        for name in ("tab_rate_per_client", "tab_rate_per_user", "max_open_tabs"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ConfigurationError(f"{name} must be a whole number ≥ 1, or None (no limit)")
+        if (
+            isinstance(self.tab_rate_window, bool)
+            or not isinstance(self.tab_rate_window, int | float)
+            or not 0 < self.tab_rate_window <= 86_400
+        ):
+            raise ConfigurationError("tab_rate_window must be seconds in (0, 86400]")
         for name in (
             "on_protected_request",
             "before_settle",

@@ -1,4 +1,4 @@
-"""The Core's HTTP API subset (SPEC §5.1, §5.3) as framework-neutral handlers.
+"""The Core's HTTP API subset (docs/protocol.md, "Endpoints") as framework-neutral handlers.
 
 Each handler takes parsed JSON (or nothing) and returns ``(status, json)``.
 The seller gate mounts them under its prefix in embedded mode, and the
@@ -8,11 +8,12 @@ on the official SDK can read signing parameters and open tabs from our Core.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import Any
 
 from ._eth import parse_address
 from .core import Core
-from .errors import FourmicaError, GuaranteeRejected, MalformedPayment
+from .errors import FourmicaError, GuaranteeRejected, MalformedPayment, TabLimited
 from .guarantee import GUARANTEE_DOMAIN_SELECTOR, GuaranteeClaims, SignedGuarantee, ValidationPolicy
 from .networks import find_asset, get_network, networks, parse_amount
 
@@ -108,20 +109,36 @@ def json_rpc(core: Core, chain_id: int, request: Any) -> JsonResult:
 
 
 def tab_endpoint(
-    core_open_tab: Any, body: Any, *, allowed_pay_to: set[str] | None, tab_ttl: int | None = None
+    core_open_tab: Any,
+    body: Any,
+    *,
+    allowed_pay_to: Container[str] | None,
+    tab_ttl: int | None = None,
 ) -> JsonResult:
     """``POST <tabEndpoint>``: open (or reuse) the buyer's tab for these requirements.
 
-    ``core_open_tab`` is a facilitator's ``open_tab``. The tab's guarantee version is 2
-    when the requirements carry a validation policy, else 1.
+    ``core_open_tab`` is a facilitator's ``open_tab`` (or a guard around it). The tab's
+    guarantee version is 2 when the requirements carry a validation policy, else 1.
+    A :class:`TabLimited` it raises (a new tab refused by the seller's limits) is not
+    answered here: it propagates, for the caller to answer 429 with its Retry-After.
     """
     if not isinstance(body, dict):
         return _error(400, "body must be a JSON object")
+    raw_user = body.get("userAddress")
+    try:
+        user = parse_address(raw_user)
+    except ValueError as exc:
+        return _error(
+            400,
+            f"userAddress must be a 0x-prefixed 20-byte hex address ({exc})",
+            "invalid_user_address",
+        )
+    if int(user, 16) == 0:
+        return _error(400, "userAddress must not be the zero address", "invalid_user_address")
     requirements = body.get("paymentRequirements")
     if not isinstance(requirements, dict):
         return _error(400, "paymentRequirements is required")
     try:
-        user = parse_address(body.get("userAddress"))
         pay_to = parse_address(requirements.get("payTo", requirements.get("pay_to")))
         network = str(requirements.get("network"))
         chain_id = get_network(network).chain_id
@@ -145,6 +162,8 @@ def tab_endpoint(
             guarantee_version=2 if policy else 1,
             ttl_seconds=tab_ttl,
         )
+    except TabLimited:
+        raise
     except GuaranteeRejected as exc:
         return _error(400, exc.message, exc.reason)
     except FourmicaError as exc:

@@ -7,8 +7,9 @@ The hierarchy::
     ├── CoreError                     a Core operation was refused (unknown id, wrong state, …)
     ├── PaymentError                  a payment was refused; carries a stable ``reason`` code
     │   ├── MalformedPayment          the payment header or challenge could not be decoded
-    │   ├── GuaranteeRejected         the Core refused the guarantee (SPEC §6 checks)
+    │   ├── GuaranteeRejected         the Core refused the guarantee (docs/protocol.md, "Acceptance")
     │   └── Throttled                 too many invalid payments from one payer or address (429)
+    ├── TabLimited                    the tab endpoint refused to open a new tab (429)
     ├── Unavailable                   the facilitator or the Core failed or is unreachable (503)
     └── PaymentRefused                (buyer side) the client did not pay; carries ``receipt``
         ├── NeedsApproval             the approval callback said no (or there is none)
@@ -24,6 +25,7 @@ Adapters never invent protocol errors: they call :meth:`FourmicaError.render`
 from __future__ import annotations
 
 import json
+import math
 from enum import StrEnum
 from typing import Any
 
@@ -41,6 +43,7 @@ __all__ = [
     "PaymentFailed",
     "PaymentRefused",
     "Reason",
+    "TabLimited",
     "Throttled",
     "Unavailable",
 ]
@@ -73,6 +76,14 @@ class Reason(StrEnum):
     THROTTLED = "throttled"
     UNAVAILABLE = "facilitator_unavailable"
     RECORDS_UNAVAILABLE = "records_unavailable"
+    #: A payment sent with HEAD: never settled (no body is delivered); use it for the GET.
+    HEAD_NOT_CHARGED = "head_not_charged"
+    #: A paid handler was reached without a payment settled for it: refused, fail closed.
+    PAYMENT_NOT_ENFORCED = "payment_not_enforced"
+    #: Too many new tabs from one client address or for one buyer (tab endpoint, 429).
+    TAB_RATE_LIMITED = "tab_rate_limited"
+    #: The seller's cap on open tabs is reached: no new tab (tab endpoint, 429).
+    OPEN_TAB_LIMIT = "open_tab_limit"
 
 
 class FourmicaError(Exception):
@@ -140,7 +151,7 @@ class MalformedPayment(PaymentError):
 
 
 class GuaranteeRejected(PaymentError):
-    """The Core refused a guarantee; ``reason`` is one of the codes of SPEC §6."""
+    """The Core refused a guarantee; ``reason`` is one of the codes in docs/protocol.md."""
 
 
 class Throttled(PaymentError):
@@ -152,6 +163,25 @@ class Throttled(PaymentError):
     def __init__(self, message: str | None = None, *, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = max(1, int(retry_after))
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("retry-after", str(self.retry_after))]
+
+
+class TabLimited(FourmicaError):
+    """The tab endpoint refused to open a *new* tab (never a reuse of an open one): too many
+    from one client address or for one buyer (``tab_rate_limited``), or the seller's cap on
+    open tabs is reached (``open_tab_limit``). See docs/operations.md, "The tab endpoint".
+    """
+
+    status = 429
+    reason: str = Reason.TAB_RATE_LIMITED
+
+    def __init__(
+        self, message: str | None = None, *, reason: str | None = None, retry_after: float = 1
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after = max(1, math.ceil(retry_after))
 
     def headers(self) -> list[tuple[str, str]]:
         return [("retry-after", str(self.retry_after))]

@@ -1,6 +1,6 @@
 """The payment gate: the seller's flow, written once for every framework.
 
-For a protected route (SPEC §7): match → challenge | decode → match offer →
+For a protected route (docs/architecture.md): match → challenge | decode → match offer →
 settle (the Core locks the buyer's collateral) → record → run the handler →
 result header → delivery marker, validation score or refund.
 
@@ -49,6 +49,7 @@ from . import coreapi
 from .config import PaymentConfig
 from .core.store import Conflict, Tx, WouldBlock
 from .errors import (
+    ConfigurationError,
     FourmicaError,
     GuaranteeRejected,
     MalformedPayment,
@@ -61,7 +62,7 @@ from .facilitator import Facilitator, LocalFacilitator, SettleResult, signed_fro
 from .guarantee import SignedGuarantee, ValidationPolicy, guarantee_id
 from .networks import find_asset, get_network
 from .records import Records
-from .routes import Offer, Route, RouteTable
+from .routes import Endpoint, Offer, Route, RouteTable
 from .wire import (
     PAYMENT_REQUIRED_HEADER,
     PAYMENT_RESPONSE_HEADER,
@@ -82,8 +83,10 @@ from .wire import (
 __all__ = [
     "DENY",
     "GRANT",
+    "PAID_CACHE_CONTROL",
     "BodyTap",
     "Call",
+    "Endpoint",
     "Gate",
     "PassThrough",
     "Payment",
@@ -103,6 +106,9 @@ _LOOP_TRIES = 3
 #: How much nicer (lower CPU priority) than the serving threads the certifier runs.
 _CERTIFIER_NICE = 10
 _DELIVERY_TAG = "delivery"
+#: What a paid response tells caches (docs/protocol.md, "Paid responses"): a shared cache or
+#: a CDN must never hand paid content to an unpaid client.
+PAID_CACHE_CONTROL = "private, no-store"
 
 
 # -- the neutral request and response ---------------------------------------------------------
@@ -125,6 +131,10 @@ class RequestView:
     client: str | None = None
     #: Reads the request body (sync or async); only the gate's own endpoints call it.
     read_body: Callable[[], Any] | None = None
+    #: The framework's router: returns the :class:`Endpoint` it resolves this request to, or
+    #: None when it will not serve it (404, 405, a redirect). None here = an app with no
+    #: router, priced by its raw path. Called at most once, only for requests the gate prices.
+    resolve: Callable[[], Endpoint | None] | None = None
 
     def header(self, name: str) -> str | None:
         name = name.lower()
@@ -228,6 +238,9 @@ class Payment:
     route: str
     record_id: int | None = None
     settled: bool = True
+    #: The framework's own object for the route this payment was settled for (an
+    #: :attr:`Endpoint.key`); per-handler markers check it is theirs.
+    endpoint: Any = field(default=None, repr=False, compare=False)
     _certificate: Future[dict[str, str]] | None = field(default=None, repr=False)
 
     @property
@@ -253,6 +266,7 @@ class _Paid:
     delivery_policy: bool
     replay: Response | None = None
     settle_failed: SettleResult | None = None
+    route: Route | None = None
 
 
 # -- throttling --------------------------------------------------------------------------------
@@ -474,13 +488,16 @@ class Gate:
         self._certifier = _Certifier(self.core, self.records) if self.core is not None else None
         self.tap = lambda: BodyTap(config.idempotent_replay, config.replay_body_limit)
         self._reconciler = _Reconciler(self)
-        self._priced: dict[tuple[str, str], list[PaymentRequirements]] = {}
         if self.records.next_followup_due() is not None:
             self._reconciler.kick()  # a previous process left voids to do
         self._prefix = config.prefix
         self._tab_path = (
             urlsplit(config.tab_endpoint).path if config.tab_endpoint else config.prefix + "/tab"
         )
+        from .tabs import TabGuard
+
+        #: The tab endpoint's recipients and limits on new tabs (docs/operations.md).
+        self._tabs = TabGuard(config, self.routes)
 
     @property
     def _shared(self) -> bool:
@@ -494,9 +511,58 @@ class Gate:
         )
 
     def add_route(self, key: str, value: Any) -> Route:
-        """Price one more route (adapters use it for decorator-declared prices)."""
-        self._priced.clear()
+        """Price one more route (``key`` and ``value`` as in the route table)."""
         return self.routes.add(key, value)
+
+    def check_routes(self, templates: Any) -> None:
+        """Fail (ConfigurationError) when a table entry names no route of the app.
+
+        ``templates``: ``(template, methods)`` of every route the framework knows, methods
+        None when any. Adapters call it at start-up; a typo would otherwise leave a route free.
+        """
+        templates = list(templates)
+        missing = self.routes.unmatched(templates)
+        if missing:
+            known = sorted({t for t, _ in templates})
+            shown = ", ".join(known[:12]) + (", …" if len(known) > 12 else "")
+            raise ConfigurationError(
+                f"priced route(s) {', '.join(repr(m) for m in missing)} name no route of this app "
+                f"(its routes: {shown or 'none'}); a route-table entry names a route template "
+                "the framework knows, e.g. 'GET /items/:id' for /items/{id}"
+            )
+
+    def refuses_websocket(self, request: RequestView) -> bool:
+        """A WebSocket on a priced route: refused (no paid-WebSocket mode exists yet).
+
+        ``request`` describes the handshake (method GET)."""
+        if request.path == self._tab_path or request.path.startswith(self._prefix + "/"):
+            return False
+        if request.resolve is not None:
+            endpoint = request.resolve()
+            return endpoint is not None and self.routes.for_endpoint("GET", endpoint) is not None
+        return self.routes.match("GET", request.path) is not None
+
+    @staticmethod
+    def marker_refusal(
+        payment: Payment | None, key: Any, method: str, methods: frozenset[str] | None
+    ) -> tuple[int, str, str] | None:
+        """Why a per-handler marker must not run its handler: ``(status, reason, message)``,
+        or None when ``payment`` was made for this request on this route (``key``).
+
+        A method the marker does not price is answered 405 (never run unpaid); a missing or
+        foreign payment fails closed (503) with a log line naming the cause.
+        """
+        alias = "GET" if method.upper() == "HEAD" else method.upper()
+        if methods is not None and alias not in methods:
+            return 405, "method_not_allowed", "method not allowed"
+        if payment is None:
+            cause = "no payment middleware ran for it, or it did not price this route"
+        elif payment.endpoint is not key:
+            cause = f"the payment was made for another route ({payment.route})"
+        else:
+            return None
+        log.error("a paid handler was reached without a payment for it: %s", cause)
+        return 503, Reason.PAYMENT_NOT_ENFORCED, "payments are not enforced here; not served"
 
     # -- drivers ---------------------------------------------------------------------------------
 
@@ -557,9 +623,18 @@ class Gate:
             return (yield from self._endpoint(request))
         if method == "OPTIONS":
             return PASS
-        route = self.routes.match(method, request.path)
-        if _ambiguous(request) and (route is not None or self._matches_variant(method, request)):
-            return self._error_response(400, "ambiguous_path", "ambiguous request path")
+        endpoint = None
+        if request.resolve is not None:  # price what the framework's router resolved
+            endpoint = request.resolve()
+            route = None if endpoint is None else self.routes.for_endpoint(method, endpoint)
+            if route is not None and _ambiguous(request):
+                return self._error_response(400, "ambiguous_path", "ambiguous request path")
+        else:  # a router-less app: its raw path
+            route = self.routes.match(method, request.path)
+            if _ambiguous(request) and (
+                route is not None or self._matches_variant(method, request)
+            ):
+                return self._error_response(400, "ambiguous_path", "ambiguous request path")
         if route is None:
             return PASS
         if self.config.on_protected_request is not None:
@@ -577,8 +652,15 @@ class Gate:
             return self._error_response(
                 500, "pricing_failed", f"could not price this request: {exc}"
             )
+        if method == "HEAD" and (
+            request.header_values(PAYMENT_SIGNATURE_HEADER)
+            or request.header_values(X_PAYMENT_HEADER)
+        ):  # a response without a body is never charged: keep the payment for the GET
+            return self._challenge(
+                request, route, requirements, Reason.HEAD_NOT_CHARGED, version=_version_of(request)
+            )
         try:
-            return (yield from self._paid(request, route, requirements))
+            return (yield from self._paid(request, route, requirements, endpoint))
         except Unavailable as exc:
             yield from self._failure(request, exc)
             return self._error_response(503, exc.reason, exc.message, exc.headers())
@@ -591,7 +673,11 @@ class Gate:
             return self._error_response(503, exc.reason, exc.message)
 
     def _paid(
-        self, request: RequestView, route: Route, requirements: list[PaymentRequirements]
+        self,
+        request: RequestView,
+        route: Route,
+        requirements: list[PaymentRequirements],
+        endpoint: Endpoint | None = None,
     ) -> Flow:
         v2_values = request.header_values(PAYMENT_SIGNATURE_HEADER)
         v1_values = request.header_values(X_PAYMENT_HEADER)
@@ -717,6 +803,7 @@ class Gate:
             route=route.key,
             record_id=record_id,
             settled=result is not None,
+            endpoint=None if endpoint is None else endpoint.key,
         )
         if result is not None and result.guarantee_id:
             payment._certificate = self._certify(result.guarantee_id, record_id)
@@ -729,7 +816,9 @@ class Gate:
                 return self._error_response(
                     503, "seller_hook_failed", "the seller failed; the payment was voided"
                 )
-        return _Paid(payment, request, chosen, payload, header_hash, result, policy, delivery)
+        return _Paid(
+            payment, request, chosen, payload, header_hash, result, policy, delivery, route=route
+        )
 
     def _abandon(self, result: SettleResult, pay_to: str, record_id: int | None) -> None:
         """Void a settled payment whose handler will not run, and say so in its record."""
@@ -973,32 +1062,36 @@ class Gate:
 
     # -- after the handler -----------------------------------------------------------------------
 
-    def response_start(self, state: _Paid, status: int) -> Flow:
+    def response_start(self, state: _Paid, status: int, cache_control: str | None = None) -> Flow:
         """Headers to add when the handler's response starts (or a replacement response).
 
+        ``cache_control`` is the handler's own ``Cache-Control`` value, if any: a paid
+        response is never stored by a shared cache, so the result may hold a
+        ``cache-control`` header that *replaces* the handler's (adapters drop theirs then).
         In settle-after mode this is where the payment is settled: a failure replaces
         the handler's response with a 402.
         """
         headers = [("access-control-expose-headers", _EXPOSE)]
+        if not _no_store(cache_control):
+            headers.append(("cache-control", PAID_CACHE_CONTROL))
         if state.replay is not None:
             return headers
         result = state.result
-        if result is None and 200 <= status < 400:  # settle after a successful handler
+        if result is None and 200 <= status < 300:  # settle after a successful handler
             settled = yield Call(self._settle_after, (state,))
             if isinstance(settled, SettleResult) and not settled.success:
                 state.settle_failed = settled
-                route = self.routes.match(state.request.method, state.request.path)
                 requirements = [state.requirements]
                 return self._challenge(
                     state.request,
-                    route,
+                    state.route,
                     requirements,
                     settled.error_reason or "settle_failed",  # type: ignore[arg-type]
                     version=state.payment.x402_version,
                     settle=settled,
                 )
             result = state.result
-        if result is not None and status >= 500 and self.config.refund_on_error:
+        if result is not None and not 200 <= status < 300 and self.config.refund_on_error:
             # The guarantee is voided once the response is done: say so, so buyers do not count it.
             refunded = SettleResponse(
                 success=False,
@@ -1064,16 +1157,14 @@ class Gate:
         if state.replay is not None:
             return None
         payment = state.payment
-        delivered = error is None and status is not None and 200 <= status < 400
-        # Not served (no such route or method) counts as failed: the buyer got nothing for it.
-        failed_hard = (
-            error is not None or status is None or status >= 500 or status in (404, 405, 501)
-        )
+        # Only a 2xx is delivered: a redirect, a 4xx, a 5xx, an exception or a response that
+        # did not finish gave the buyer nothing it paid for (docs/protocol.md, "Delivery").
+        delivered = error is None and status is not None and 200 <= status < 300
         outcome = "delivered" if delivered else "kept"
         action: tuple[str, int] | None = None
         if state.settle_failed is not None or state.result is None:
             outcome = "not_charged"  # settle-after: a failed handler is never charged
-        elif self.config.refund_on_error and failed_hard:
+        elif self.config.refund_on_error and not delivered:
             action, outcome = ("void", 0), "refunded"
         elif state.delivery_policy and payment.guarantee_version == 2:
             action = ("score", 100 if delivered else 0)
@@ -1277,7 +1368,7 @@ class Gate:
         request from the same origin: they are built once and reused.
         """
         origin = self._origin(request)
-        cached = self._priced.get((route.key, origin))
+        cached = route.cache.get(origin)
         if cached is not None:
             return cached
         reqs = []
@@ -1296,6 +1387,7 @@ class Gate:
                 from ._eth import parse_address
 
                 pay_to = parse_address((yield Call(pay_to, (request,), blocking=False)))
+                self._tabs.advertised(pay_to)  # the tab endpoint opens tabs for it
             chain_id = get_network(offer.network).chain_id
             extra: dict[str, Any] = {
                 "tabEndpoint": self.config.tab_endpoint or f"{origin}{self._tab_path}"
@@ -1319,9 +1411,9 @@ class Gate:
             )
         built = [self._with_policy(req, policy) for req, policy in reqs]
         if all(offer.amount is not None and not callable(offer.pay_to) for offer in route.offers):
-            if len(self._priced) >= 1024:  # the origin comes from the Host header: bounded
-                self._priced.clear()
-            self._priced[(route.key, origin)] = built
+            if len(route.cache) >= 64:  # the origin comes from the Host header: bounded
+                route.cache.clear()
+            route.cache[origin] = built
         return built
 
     def _policy_for(
@@ -1445,7 +1537,11 @@ class Gate:
                 "this payment was already used; its response cannot be replayed",
             )
         headers, body = stored
-        headers = [(k, v) for k, v in headers if k.lower() not in ("content-length",)]
+        cache = next((v for k, v in headers if k.lower() == "cache-control"), None)
+        drop = ("content-length",) if _no_store(cache) else ("content-length", "cache-control")
+        headers = [(k, v) for k, v in headers if k.lower() not in drop]
+        if not _no_store(cache):  # paid content, replayed: still never for a shared cache
+            headers.append(("cache-control", PAID_CACHE_CONTROL))
         settle = SettleResponse.model_validate(record.settle_result)
         name = PAYMENT_RESPONSE_HEADER if version == 2 else X_PAYMENT_RESPONSE_HEADER
         headers.append((name.lower(), encode_header(settle)))
@@ -1508,15 +1604,13 @@ class Gate:
         if request.method.upper() != "POST":
             return Response.json(405, {"error": "use POST"}, [("allow", "POST")])
         body = yield from self._json_body(request)
-        status, data = yield Call(
-            lambda: coreapi.tab_endpoint(
-                self.facilitator.open_tab,
-                body,
-                allowed_pay_to=self.routes.static_pay_to(),
-                tab_ttl=self.config.tab_ttl_seconds,
-            )
+        # Only a route's payTo (static, or one a payTo callable chose for a challenge we
+        # served); new tabs limited per client, buyer and seller, reuses never
+        # (docs/operations.md, "The tab endpoint"). Runs off the event loop: it writes the Core.
+        status, data, headers = yield Call(
+            self._tabs.handle, (self.facilitator, request.client, body)
         )
-        return Response.json(status, data, [("cache-control", "no-store")])
+        return Response.json(status, data, [("cache-control", "no-store"), *headers])
 
     def _json_body(self, request: RequestView) -> Flow:
         if request.read_body is None:
@@ -1556,6 +1650,13 @@ def _ambiguous(request: RequestView) -> bool:
             i = raw.find("%", i + 1)
     segments = request.path.split("/")
     return ".." in segments or "." in segments or ".." in unquote(raw).split("/")
+
+
+def _no_store(cache_control: str | None) -> bool:
+    """The handler's Cache-Control already forbids storing (nothing stricter exists)."""
+    if not cache_control:
+        return False
+    return "no-store" in {d.strip().partition("=")[0].lower() for d in cache_control.split(",")}
 
 
 def _run_coroutine(awaitable: Any) -> Any:

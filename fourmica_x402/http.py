@@ -85,11 +85,12 @@ def flask_payment_middleware_from_config(
     sync_facilitator_on_start: bool = True,
     ttl_seconds: int | None = None,
 ) -> Any:
-    """Install payments on a Flask app (wraps ``app.wsgi_app``); returns the middleware."""
-    from .adapters.wsgi import PaymentMiddleware
+    """Install payments on a Flask app (wraps ``app.wsgi_app``); returns the middleware.
 
-    middleware = PaymentMiddleware(
-        app.wsgi_app, config=compat_config(routes, tab_endpoint, facilitator_client, ttl_seconds)
-    )
-    app.wsgi_app = middleware
-    return middleware
+    The routes are priced as Flask routes them (docs/architecture.md): their keys name rules.
+    """
+    from .adapters.flask import FourmicaX402
+
+    config = compat_config(routes, tab_endpoint, facilitator_client, ttl_seconds)
+    FourmicaX402(app, config=config)
+    return app.wsgi_app

@@ -1,10 +1,26 @@
-"""The route table: which ``(method, path)`` costs what.
+"""The route table: which route costs what.
 
-Keys are ``"VERB /path"`` patterns (no verb = any method): ``*`` matches
-anything, ``:name`` and ``[name]`` one path segment, a trailing ``/*`` the
-bare prefix too. Matching ignores case (a case-insensitive miss would let a
-request through unpaid; a case-insensitive hit only ever charges). ``GET``
-also covers ``HEAD``. Values take three forms::
+Keys are ``"VERB /template"`` (no verb = any method). A template names a route
+the way the framework writes it or in the official form: ``:name``, ``[name]``,
+``{name}``, ``{name:int}``, ``<name>`` and ``<int:name>`` each stand for one
+route parameter; ``*`` matches anything, a trailing ``/*`` the bare prefix
+too. ``GET`` also covers ``HEAD``.
+
+**Apps with a router** (Starlette, FastAPI, Flask, Django): the adapter hands the
+gate the endpoint the framework resolved (an :class:`Endpoint`), and the table
+prices that endpoint by its *template*: ``"GET /items/:id"`` prices the route
+``/items/{id:int}``, whatever the request path looked like. A path the framework
+redirects, 404s or 405s never reaches a priced endpoint, so it is never charged.
+Each entry must name at least one route of the app (checked at start-up,
+:meth:`RouteTable.unmatched`). Per-handler markers (``@paid``, ``Paid(...)``)
+price their endpoint directly (:meth:`RouteTable.for_endpoint`).
+
+**Router-less ASGI/WSGI apps**: the request path itself is matched
+(:meth:`RouteTable.match`), ignoring case (a case-insensitive miss would let a
+request through unpaid; a case-insensitive hit only ever charges).
+See ``docs/architecture.md`` ("Which route is priced").
+
+Values take three forms::
 
     {"GET /premium": "$0.01"}                                    # a price
     {"GET /premium": RouteConfig(price="$0.01", description=…)}  # a RouteConfig
@@ -19,8 +35,8 @@ price fails at start-up, not on the first request.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ._eth import parse_address
@@ -29,7 +45,15 @@ from .guarantee import ValidationPolicy
 from .networks import Price, TokenAmount, get_network, resolve_price
 from .wire import SCHEME
 
-__all__ = ["Offer", "Route", "RouteConfig", "RouteTable"]
+__all__ = [
+    "Endpoint",
+    "Offer",
+    "Route",
+    "RouteConfig",
+    "RouteTable",
+    "canonical_template",
+    "validate_marker",
+]
 
 PriceLike = Price | Callable[..., Any]
 AddressLike = str | Callable[..., Any]
@@ -108,10 +132,69 @@ class Route:
     regex: re.Pattern[str]
     offers: tuple[Offer, ...]
     config: RouteConfig
+    #: Matches the canonical template of a framework's route (see :func:`canonical_template`).
+    template_regex: re.Pattern[str] | None = None
+    #: The gate's per-origin requirements for static offers (kept with the route they price).
+    cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def key(self) -> str:
         return f"{self.method} {self.pattern}"
+
+
+class Endpoint:
+    """The endpoint a framework's router resolved for a request; adapters build one per route
+    of the app and keep it (the gate caches what it priced on it).
+
+    ``key`` is the framework's own object for the route (a Starlette route, a Flask rule, a
+    Django view callable): the gate puts it in ``Payment.endpoint`` so that a per-handler
+    marker can check that the payment was settled for *its* route. ``template`` is the route
+    as the framework writes it. ``marker`` is a per-handler price (``@paid``/``Paid``) and
+    ``marker_methods`` the methods it prices (None: every method the endpoint serves).
+    ``methods`` are the methods the endpoint serves, when the framework says (None: any).
+    """
+
+    __slots__ = ("_priced", "key", "marker", "marker_methods", "methods", "template")
+
+    def __init__(
+        self,
+        key: Any,
+        template: str,
+        *,
+        marker: RouteConfig | None = None,
+        marker_methods: frozenset[str] | None = None,
+        methods: frozenset[str] | None = None,
+    ) -> None:
+        self.key, self.template, self.marker = key, template, marker
+        self.marker_methods = marker_methods
+        self.methods = methods
+        self._priced: dict[str, tuple[int, Route | None]] = {}
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.template!r}, marker={self.marker is not None})"
+
+
+#: A route parameter in any of the notations frameworks and route tables use.
+_PARAM = re.compile(
+    r":[A-Za-z_]\w*|\[[A-Za-z_]\w*\]|\{[A-Za-z_]\w*(?::[^{}]*)?\}"
+    r"|<(?:[A-Za-z_]\w*(?:\([^)]*\))?:)?[A-Za-z_]\w*>"
+)
+
+
+def canonical_template(template: str) -> str:
+    """A route template with every parameter written ``{}``: ``/items/<int:id>`` → ``/items/{}``."""
+    return _PARAM.sub("{}", template)
+
+
+def compile_template(pattern: str) -> re.Pattern[str]:
+    """A table entry as a matcher of canonical templates: ``*`` stands for anything."""
+    body, prefix_too = canonical_template(pattern), False
+    if body.endswith("/*"):
+        body, prefix_too = body[:-2], True
+    regex = ".*".join(re.escape(part) for part in body.split("*"))
+    if prefix_too:
+        regex += "(?:/.*)?"
+    return re.compile(regex + r"/?\Z", re.IGNORECASE | re.DOTALL)
 
 
 _SEGMENT = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)|\[([A-Za-z_][A-Za-z0-9_]*)\]|\*")
@@ -135,6 +218,38 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile(regex + r"/?\Z", re.IGNORECASE | re.DOTALL)
 
 
+def validate_marker(config: RouteConfig, where: str = "a paid handler") -> RouteConfig:
+    """Check a per-handler price where it is declared (``@paid``/``Paid``), so that a bad
+    static price, payTo or network fails when the module is imported, not per request.
+
+    What the app supplies later (its network when only an asset is given, its payTo) is
+    checked again when the gate prices the endpoint at start-up.
+    """
+    offers = config.accepts or (
+        Offer(
+            config.price,  # type: ignore[arg-type]  # None is refused just below
+            config.network or "eip155:84532",  # PaymentConfig's default network
+            config.pay_to,  # type: ignore[arg-type]
+            config.asset,
+            config.max_timeout_seconds,
+        ),
+    )
+    for offer in offers:
+        if offer.price is None:
+            raise ConfigurationError(f"{where}: no price")
+        if config.asset and not config.network:  # priced on the app's network: later
+            offer = replace(offer, price=_LATER)
+        try:
+            replace(offer, pay_to=offer.pay_to or _LATER).checked()
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{where}: {exc.message}") from None
+    return config
+
+
+def _LATER(request: Any) -> None:
+    """Stands in for what the app's settings supply, while the rest of an offer is checked."""
+
+
 class RouteTable:
     """An ordered table of priced routes; the first match wins."""
 
@@ -148,6 +263,10 @@ class RouteTable:
     ) -> None:
         self._defaults = (network, pay_to, asset)
         self.routes: list[Route] = []
+        #: Bumped when a route is added, so that endpoints price themselves again.
+        self.version = 0
+        #: Static payTo addresses of per-handler markers (they are not in ``routes``).
+        self.marker_pay_to: set[str] = set()
         for key, value in (routes or {}).items():
             self.add(key, value)
 
@@ -159,9 +278,70 @@ class RouteTable:
         method = method.upper()
         config = self._config(key, value)
         offers = self._offers(key, config)
-        route = Route(method, path.strip(), compile_pattern(path.strip()), offers, config)
+        path = path.strip()
+        route = Route(method, path, compile_pattern(path), offers, config, compile_template(path))
         self.routes.append(route)
+        self.version += 1
         return route
+
+    def marker_route(self, endpoint: Endpoint) -> Route:
+        """The route a per-handler marker prices (validated like a table entry)."""
+        assert endpoint.marker is not None
+        methods = ",".join(sorted(endpoint.marker_methods)) if endpoint.marker_methods else "*"
+        key = f"{methods} {endpoint.template}"
+        offers = self._offers(key, endpoint.marker)
+        self.marker_pay_to.update(o.pay_to for o in offers if isinstance(o.pay_to, str))
+        regex = re.compile(re.escape(endpoint.template) + r"\Z")
+        return Route(methods, endpoint.template, regex, offers, endpoint.marker)
+
+    def prepare(self, endpoint: Endpoint) -> None:
+        """Price an endpoint's marker now (adapters call it at start-up for every route): a
+        price these defaults make invalid fails at start-up, and its payTo takes tabs."""
+        if endpoint.marker is not None and "*" not in endpoint._priced:
+            endpoint._priced["*"] = (0, self.marker_route(endpoint))
+
+    def for_endpoint(self, method: str, endpoint: Endpoint) -> Route | None:
+        """The route pricing ``method`` on the endpoint the framework resolved, or None (free).
+
+        A marker prices its endpoint (every method it serves unless it names some); else
+        the first table entry whose method fits and whose template names this endpoint.
+        """
+        method = method.upper()
+        found = endpoint._priced.get(method)
+        if found is not None and found[0] == self.version:
+            return found[1]
+        alias = "GET" if method == "HEAD" else method
+        route: Route | None = None
+        if endpoint.methods is not None and alias not in endpoint.methods:
+            route = None  # the framework answers 405 (HEAD is priced like the GET it mirrors)
+        elif endpoint.marker is not None:
+            if endpoint.marker_methods is None or alias in endpoint.marker_methods:
+                self.prepare(endpoint)
+                route = endpoint._priced["*"][1]
+        else:
+            template = canonical_template(endpoint.template)
+            for entry in self.routes:
+                fits = entry.template_regex is not None and entry.template_regex.match(template)
+                if fits and entry.method in ("*", method, alias):
+                    route = entry
+                    break
+        endpoint._priced[method] = (self.version, route)
+        return route
+
+    def unmatched(self, templates: Iterable[tuple[str, frozenset[str] | None]]) -> list[str]:
+        """Table entries that name no route among ``(template, methods)`` (None = any method)."""
+        known = [(canonical_template(t), m) for t, m in templates]
+        missing = []
+        for entry in self.routes:
+            assert entry.template_regex is not None
+            methods = {"GET", "HEAD"} if entry.method == "GET" else {entry.method}
+            if not any(
+                entry.template_regex.match(t)
+                and (entry.method == "*" or m is None or not methods.isdisjoint(m))
+                for t, m in known
+            ):
+                missing.append(entry.key)
+        return missing
 
     def _config(self, key: str, value: Any) -> RouteConfig:
         if isinstance(value, RouteConfig):

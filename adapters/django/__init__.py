@@ -4,7 +4,8 @@
     MIDDLEWARE = [..., "fourmica_x402.adapters.django.PaymentMiddleware"]
     FOURMICA_X402 = {"PAY_TO": "0xYourAddress", "ROUTES": {"GET /premium": "$0.01"}}
 
-Paid views read ``request.payment``; ``@paid(price=…)`` prices a view where it is defined.
+Paid views read ``request.payment``; ``@paid(price=…)`` prices a view where it is defined
+(every method it serves, or ``methods=``) and refuses to run it unpaid.
 """
 
 try:

@@ -1,5 +1,5 @@
 """System checks (fourmica_x402.E001 no FOURMICA_X402 dict, E002 invalid configuration or
-@paid price, W001 no PaymentMiddleware in MIDDLEWARE, W002 a @paid view under re_path: unpriced).
+@paid price, E003 a ROUTES entry naming no URL pattern, W001 no PaymentMiddleware in MIDDLEWARE).
 
     INSTALLED_APPS = [..., "fourmica_x402.adapters.django"]  # then: manage.py check
 """
@@ -28,11 +28,15 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
         return [Error("FOURMICA_X402 is missing or not a dict", id="fourmica_x402.E001")]
     try:
         config = conf.load()
-        RouteTable(config.routes, network=config.network, pay_to=config.pay_to, asset=config.asset)
+        table = RouteTable(
+            config.routes, network=config.network, pay_to=config.pay_to, asset=config.asset
+        )
+        found = conf.endpoints(table)  # each @paid price, with the settings' payTo and network
     except (ValueError, TypeError) as exc:  # ConfigurationError is a ValueError
         return [Error(f"FOURMICA_X402: {exc}", id="fourmica_x402.E002")]
-    msg, found = "@paid view {} is routed by a regex (re_path): not priced", conf.paid_patterns()
-    return [Warning(msg.format(v), id="fourmica_x402.W002") for k, v, _ in found if k is None]
+    msg = "FOURMICA_X402 ROUTES entry {!r} names no URL pattern: it prices nothing (a typo?)"
+    missing = table.unmatched((each.template, each.methods) for each in found)
+    return [Error(msg.format(key), id="fourmica_x402.E003") for key in missing]
 
 
 @register("fourmica_x402")

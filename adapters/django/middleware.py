@@ -11,16 +11,17 @@ from functools import partial
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django import urls
 from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, HttpResponse
 from django.utils.encoding import escape_uri_path
 
-from fourmica_x402.gate import PASS, BodyTap, Call, Flow, Gate, RequestView, Response
+from fourmica_x402.gate import PASS, BodyTap, Call, Endpoint, Flow, Gate, RequestView, Response
 
-from .conf import load
+from .conf import endpoint, endpoints, load
 
 
-def request_view(request: HttpRequest) -> RequestView:
+def request_view(request: HttpRequest, resolve: Callable[[], Any] | None = None) -> RequestView:
     meta = request.META
     raw = meta.get("RAW_URI") or meta.get("REQUEST_URI") or ""  # gunicorn; uWSGI, mod_wsgi
     if not raw and hasattr(request, "scope"):  # ASGI servers keep the path as sent
@@ -42,6 +43,7 @@ def request_view(request: HttpRequest) -> RequestView:
         host=host,
         client=meta.get("REMOTE_ADDR"),
         read_body=lambda: request.body if small else b"",
+        resolve=resolve,
     )
 
 
@@ -54,7 +56,12 @@ class PaymentMiddleware:
         self.get_response, self.async_mode = get_response, iscoroutinefunction(get_response)
         if self.async_mode:
             markcoroutinefunction(self)
-        self.gate = Gate(load())  # @paid views included: a bad price fails at start-up
+        self.gate = Gate(load())
+        # Priced is what Django's resolver serves (docs/architecture.md, "Which route is
+        # priced"): a @paid price or a ROUTES entry naming no URL pattern fails at start-up.
+        found = endpoints(self.gate.routes)
+        self.gate.check_routes((each.template, each.methods) for each in found)
+        self._endpoints = {(each.key, each.template): each for each in found}
 
     def __call__(self, request: HttpRequest) -> Any:
         return self.__acall__(request) if self.async_mode else Gate.run_sync(self._flow(request))
@@ -65,9 +72,21 @@ class PaymentMiddleware:
     def process_exception(self, request: HttpRequest, exception: Exception) -> None:
         request.fourmica_x402_error = exception  # type: ignore[attr-defined]  # Django: a 500
 
+    def _resolve(self, request: HttpRequest) -> Endpoint | None:
+        """The endpoint Django will serve (None: a 404, an APPEND_SLASH redirect), one per route
+        and view kept for the app's lifetime; request.urlconf is set by middleware before us."""
+        try:
+            match = urls.resolve(request.path_info, urlconf=getattr(request, "urlconf", None))
+        except urls.Resolver404:
+            return None
+        key = (match.func, "/" + match.route)  # a route unseen at start-up: i18n, request.urlconf
+        found = self._endpoints.get(key)
+        return found or self._endpoints.setdefault(key, endpoint(match.func, match.route))
+
     def _flow(self, request: HttpRequest) -> Flow:
         request.payment = None  # type: ignore[attr-defined]  # unless paid below
-        state = yield from self.gate.before(request_view(request))
+        view = request_view(request, partial(self._resolve, request))
+        state = yield from self.gate.before(view)
         if state is PASS:
             return (yield Call(self.get_response, (request,), blocking=False))
         if isinstance(state, Response):
@@ -76,11 +95,11 @@ class PaymentMiddleware:
         response = yield Call(self.get_response, (request,), blocking=False)  # never raises
         error, status = getattr(request, "fourmica_x402_error", None), response.status_code
         finish = partial(self.gate.finish, state, status, error=error, headers=[*response.items()])
-        extra = yield from self.gate.response_start(state, status)
+        extra = yield from self.gate.response_start(state, status, response.get("Cache-Control"))
         if isinstance(extra, Response):  # settle-after failed: answer 402 instead
             yield from self.gate.finish(state, None, None)
             return HttpResponse(extra.body, status=extra.status, headers=dict(extra.headers))
-        for name, value in extra:
+        for name, value in extra:  # names ignore case: the gate's Cache-Control replaces the view's
             response[name] = value
         tap = self.gate.tap()  # hashes the body; keeps it for idempotent replay when asked
         if response.streaming:  # passed on unbuffered; the gate is told when it ends

@@ -37,7 +37,7 @@ from fractions import Fraction
 from typing import Any
 
 from .._eth import keccak, parse_address
-from ..errors import CoreError, GuaranteeRejected, Reason
+from ..errors import CoreError, GuaranteeRejected, Reason, TabLimited
 from ..guarantee import (
     Eip712Domain,
     GuaranteeClaims,
@@ -77,6 +77,8 @@ SANDBOX_REGISTRY = parse_address(
 )
 _INT64_MAX = (1 << 63) - 1
 _LIVE = ("payable", "pending_validation")
+#: Seconds a count of a seller's open tabs is trusted while well below the cap.
+_OPEN_COUNT_FRESH = 5.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,6 +137,9 @@ class Core:
         self._guarantee_domains: dict[int, bytes] = {}
         self._subscribers: list[Callable[[Event], None]] = []
         self._sub_lock = threading.Lock()
+        #: recipient → (monotonic time counted, open tabs then + opened here since).
+        self._open_counts: dict[str, tuple[float, int]] = {}
+        self._open_lock = threading.Lock()
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -355,10 +360,19 @@ class Core:
         asset: str | None = None,
         guarantee_version: int = 1,
         ttl_seconds: int | None = None,
+        max_open_tabs: int | None = None,
+        admit_new: Callable[[], None] | None = None,
     ) -> Tab:
         """The active tab of (user, recipient, asset, version), opened if needed.
 
-        Every call hands out the next unused request id.
+        Every call hands out the next unused request id (0 on a new tab, ≥ 1 on a reuse).
+        Only a *new* tab is subject to the two guards, never a reuse of the active one
+        (docs/operations.md, "The tab endpoint"):
+
+        - ``max_open_tabs``: refuse (:class:`TabLimited`, ``open_tab_limit``) when the
+          recipient already has that many unexpired tabs;
+        - ``admit_new``: called inside the transaction just before a new tab is written;
+          whatever it raises refuses the tab, and nothing is written.
         """
         user, recipient = parse_address(user), parse_address(recipient)
         asset = self._asset(network, asset)
@@ -370,13 +384,19 @@ class Core:
         key = (user, recipient, network, asset, guarantee_version)
         for _attempt in range(5):
             try:
-                return self._open_tab_once(key, ttl)
+                return self._open_tab_once(key, ttl, max_open_tabs, admit_new)
             except _Retry:  # another process replaced the active tab first (PostgreSQL)
                 continue
         raise CoreError("could not open a tab under contention", reason="conflict", status=503)
 
-    def _open_tab_once(self, key: tuple[str, str, str, str, int], ttl: int) -> Tab:
-        _, _, _, asset, guarantee_version = key
+    def _open_tab_once(
+        self,
+        key: tuple[str, str, str, str, int],
+        ttl: int,
+        max_open: int | None = None,
+        admit_new: Callable[[], None] | None = None,
+    ) -> Tab:
+        _, recipient, _, asset, guarantee_version = key
         now = int(self.clock())
         with self._write() as (tx, _):
             row = tx.one(
@@ -402,6 +422,10 @@ class Core:
                     int(row[2]),
                     int(nxt[0]) - 1,
                 )
+            if max_open is not None:
+                self._check_open_cap(tx, recipient, now, max_open)
+            if admit_new is not None:
+                admit_new()
             tab_id = secrets.randbits(256)
             tx.execute(
                 "INSERT INTO fx_tabs (tab_id, user_address, recipient_address, network, asset, "
@@ -422,8 +446,63 @@ class Core:
                     (_hex(tab_id), *key, row[0]),
                 )
             if changed == 1:
+                if max_open is not None:
+                    self._counted_open_tab(recipient)
                 return Tab(tab_id, *key[:3], asset, guarantee_version, now, ttl, 0)
             raise _Retry
+
+    #: A recipient's unexpired tabs: a range of the fx_tabs_recipient_expiry index.
+    _OPEN_TABS_SQL = "FROM fx_tabs WHERE recipient_address = ? AND start_ts + ttl >= ?"
+
+    def open_tab_count(self, recipient: str) -> int:
+        """How many unexpired tabs ``recipient`` has (an indexed range count)."""
+        with self.store.transaction(write=False) as tx:
+            row = tx.one(
+                f"SELECT COUNT(*) {self._OPEN_TABS_SQL}",
+                (parse_address(recipient), int(self.clock())),
+            )
+        return int(row[0]) if row else 0
+
+    def _check_open_cap(self, tx: Tx, recipient: str, now: int, max_open: int) -> None:
+        """Refuse a new tab for ``recipient`` at ``max_open`` unexpired tabs.
+
+        Counting is a range scan of the recipient's unexpired tabs, so it is skipped while a
+        count less than ``_OPEN_COUNT_FRESH`` seconds old (plus the tabs this process opened
+        since) is more than 1 % below the cap; closer to the cap every new tab is counted
+        (exact on SQLite, whose writers are serialised; on PostgreSQL, concurrent openers
+        may pass the cap by the few tabs being opened at that moment). Another process
+        sharing the database is seen at the next count.
+        """
+        mono = time.monotonic()
+        with self._open_lock:
+            known = self._open_counts.get(recipient)
+        if (
+            known is not None
+            and mono - known[0] < _OPEN_COUNT_FRESH
+            and known[1] < max_open - max(1, max_open // 100)
+        ):
+            return
+        row = tx.one(f"SELECT COUNT(*) {self._OPEN_TABS_SQL}", (recipient, now))
+        count = int(row[0]) if row else 0
+        with self._open_lock:
+            if len(self._open_counts) >= 10_000:  # bounded: one entry per seller address
+                self._open_counts.clear()
+            self._open_counts[recipient] = (mono, count)
+        if count >= max_open:
+            first = tx.one(f"SELECT MIN(start_ts + ttl) {self._OPEN_TABS_SQL}", (recipient, now))
+            frees_at = int(first[0]) if first and first[0] is not None else now
+            raise TabLimited(
+                f"this seller has {count} open tabs (the cap is {max_open}); "
+                "no new tab until one expires",
+                reason=Reason.OPEN_TAB_LIMIT,
+                retry_after=frees_at - now + 1,
+            )
+
+    def _counted_open_tab(self, recipient: str) -> None:
+        with self._open_lock:
+            known = self._open_counts.get(recipient)
+            if known is not None:
+                self._open_counts[recipient] = (known[0], known[1] + 1)
 
     def tab(self, tab_id: int) -> Tab | None:
         with self.store.transaction(write=False) as tx:
@@ -449,7 +528,7 @@ class Core:
     # -- guarantees -----------------------------------------------------------------------------
 
     def _precheck(self, signed: SignedGuarantee, expected: Expected) -> GuaranteeClaims:
-        """SPEC §6 steps 1–2: everything that needs no database."""
+        """Acceptance steps 1–2 (docs/protocol.md): everything that needs no database."""
         claims = signed.claims
         if claims.version not in self.config.accepted_versions:
             raise _rejected(
@@ -483,7 +562,7 @@ class Core:
         return claims
 
     def _check(self, tx: Tx, claims: GuaranteeClaims, expected: Expected, now: float) -> None:
-        """SPEC §6 steps 3–7, inside the transaction."""
+        """Acceptance steps 3–7 (docs/protocol.md), inside the transaction."""
         suspended = tx.one(
             "SELECT suspended FROM fx_participants WHERE address = ?", (claims.user_address,)
         )
@@ -554,7 +633,7 @@ class Core:
         also: Callable[[Tx, Acceptance], Any] | None = None,
         nowait: bool = False,
     ) -> Acceptance:
-        """Accept a guarantee (SPEC §6): all checks, then lock capacity, in one transaction.
+        """Accept a guarantee (docs/protocol.md, "Acceptance"): all checks, then lock capacity, in one transaction.
 
         ``also(tx, acceptance)`` runs inside that transaction once the guarantee is
         stored (the gate writes its payment record there: one commit, not two); if it

@@ -122,6 +122,11 @@ MIGRATIONS: list[list[str]] = [
         "sqlite: DROP TABLE fx_cycle_pairs",
         "sqlite: ALTER TABLE fx_cycle_pairs_new RENAME TO fx_cycle_pairs",
     ],
+    # 5: a seller's open tabs, counted by a range scan on (recipient, expiry): the tab
+    # endpoint's cap on open tabs per payTo (docs/operations.md, "The tab endpoint").
+    [
+        "CREATE INDEX fx_tabs_recipient_expiry ON fx_tabs (recipient_address, (start_ts + ttl))",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

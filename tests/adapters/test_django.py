@@ -1,5 +1,9 @@
 """Django-only behaviour: settings, system checks, request.payment, @paid, the async stack.
 
+Priced is the view Django's resolver serves (docs/architecture.md, "Which route is priced"):
+``@paid`` prices every method of its view wherever it is routed (re_path, i18n_patterns), a
+ROUTES entry names a URL pattern, and a @paid view never runs without a payment made for it.
+
 What every adapter does (challenges, payments, refunds…) lives in tests/conformance.
 """
 
@@ -17,12 +21,14 @@ import django
 import pytest
 from django.apps import apps
 from django.conf import settings
+from django.conf.urls.i18n import i18n_patterns
 from django.core.checks import run_checks
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.wsgi import WSGIHandler
 from django.http import Http404, HttpRequest, JsonResponse, StreamingHttpResponse
 from django.test import AsyncClient, Client, override_settings
 from django.urls import include, path, re_path, register_converter
+from django.urls.converters import get_converters
 from django.views import View
 
 if not settings.configured:  # the conformance builder may have configured them already
@@ -45,6 +51,7 @@ from fourmica_x402.wire import decode_payment_required
 
 SELLER = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 MIDDLEWARE = ["fourmica_x402.adapters.django.PaymentMiddleware"]
+ROUTES = {"GET /r/:n": "$0.03"}  # the table names /r/<int:n>/ in its own notation
 seen: list[Any] = []
 
 
@@ -71,8 +78,33 @@ def gone(request: HttpRequest) -> JsonResponse:
 
 
 @paid(price="$0.09")
-def legacy(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({})
+def legacy(request: HttpRequest, n: str) -> JsonResponse:
+    seen.append(request.payment)
+    return JsonResponse({"legacy": n})
+
+
+@paid(price="$0.08")  # no methods=: every method the view serves
+def anything(request: HttpRequest) -> JsonResponse:
+    seen.append(request.payment)
+    return JsonResponse({"method": request.method, "payer": request.payment.payer})
+
+
+@paid(price="$0.08", methods=["GET"])
+def get_only(request: HttpRequest) -> JsonResponse:
+    seen.append(request.payment)
+    return JsonResponse({"payer": request.payment.payer})
+
+
+@paid(price="$0.06")
+class AsyncReport(View):
+    async def get(self, request: HttpRequest) -> JsonResponse:
+        seen.append(request.payment)
+        return JsonResponse({"payer": request.payment.payer})
+
+
+def by_table(request: HttpRequest, n: int) -> JsonResponse:
+    seen.append(request.payment)
+    return JsonResponse({"n": n, "payer": request.payment.payer})
 
 
 @paid(price="$0.06")
@@ -101,7 +133,19 @@ class Custom:
         return value
 
 
-register_converter(Custom, "custom")
+class SwitchUrlconf:
+    """A middleware after ours that serves the request from another URLconf."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> Any:
+        request.urlconf = OTHER_URLS.__name__  # type: ignore[attr-defined]
+        return self.get_response(request)
+
+
+if "custom" not in get_converters():  # the conformance app may share this process
+    register_converter(Custom, "custom")
 URLS = types.ModuleType("django_adapter_urls")
 URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("free", free),
@@ -111,10 +155,27 @@ URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("async/<int:item_id>", aitem),
     path("api/", include([path("files/<path:name>", files)])),
     path("reports/<slug:day>/<custom:x>", Report.as_view()),
+    path("areport", AsyncReport.as_view()),
+    path("anything", anything),
+    path("get-only", get_only),
+    path("r/<int:n>/", by_table),
+    re_path(r"^legacy/(\d+)$", legacy),
+    *i18n_patterns(path("intl", anything)),
 ]
-REGEX_URLS = types.ModuleType("django_adapter_regex_urls")
-REGEX_URLS.urlpatterns = [re_path(r"^legacy/(\d+)$", legacy)]  # type: ignore[attr-defined]
-sys.modules.update({URLS.__name__: URLS, REGEX_URLS.__name__: REGEX_URLS})
+OTHER_URLS = types.ModuleType("django_adapter_other_urls")
+OTHER_URLS.urlpatterns = [path("elsewhere", anything)]  # type: ignore[attr-defined]
+BAD_URLS = types.ModuleType("django_adapter_bad_urls")
+
+
+@paid(price="$0.01", asset="0x000000000000000000000000000000000000dEaD")  # on which network?
+def bad(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({})
+
+
+BAD_URLS.urlpatterns = [path("bad", bad)]  # type: ignore[attr-defined]
+HELPERS = types.ModuleType("django_adapter_helpers")
+HELPERS.SwitchUrlconf = SwitchUrlconf  # type: ignore[attr-defined]
+sys.modules.update({m.__name__: m for m in (URLS, OTHER_URLS, BAD_URLS, HELPERS)})
 
 
 @pytest.fixture
@@ -126,7 +187,7 @@ def core(tmp_path: Path) -> Iterator[Core]:
 
 @pytest.fixture
 def configured(core: Core) -> Iterator[None]:
-    options = {"PAY_TO": SELLER, "NETWORK": NETWORK, "CORE": core, "ROUTES": {"GET /r": "$0.03"}}
+    options = {"PAY_TO": SELLER, "NETWORK": NETWORK, "CORE": core, "ROUTES": ROUTES}
     with override_settings(
         FOURMICA_X402=options,
         FOURMICA_X402_CONFIG=None,
@@ -158,21 +219,11 @@ def test_settings_map_onto_payment_config(configured: None, core: Core) -> None:
         "/pay",
         "after",
     )
-    assert config.core is core and list(config.routes) == [  # @paid views after the settings
-        "GET /r",
-        "GET /gone",  # @paid prices its methods only (GET by default): a POST is not charged
-        "GET /feed",
-        "GET /items/:item_id",
-        "GET /async/:item_id",
-        "GET /api/files/*",
-        "GET /reports/:day/*",
-    ]
+    # @paid views are not table entries: each prices the view Django resolves
+    assert config.core is core and dict(config.routes) == ROUTES
     built = PaymentConfig(pay_to=SELLER, core=core, on_failure=print)
     with override_settings(FOURMICA_X402_CONFIG=built):
-        loaded = conf.load()  # objects pass through; the built config wins over FOURMICA_X402
-    assert (loaded.core, loaded.on_failure, loaded.prefix) == (core, print, "/x402")
-    with override_settings(FOURMICA_X402_CONFIG=built, ROOT_URLCONF=REGEX_URLS.__name__):
-        assert conf.load() is built  # no @paid route to add: the very object
+        assert conf.load() is built  # objects pass through; the built config wins
 
 
 def test_unknown_settings_are_named(configured: None) -> None:
@@ -194,37 +245,69 @@ def test_system_checks(configured: None) -> None:
     assert ids(FOURMICA_X402={"PAY_TOO": SELLER}) == ["fourmica_x402.E002"]
     assert ids(FOURMICA_X402_CONFIG="nope") == ["fourmica_x402.E001"]
     assert ids(MIDDLEWARE=["django.middleware.common.CommonMiddleware"]) == ["fourmica_x402.W001"]
-    assert ids(ROOT_URLCONF=REGEX_URLS.__name__) == ["fourmica_x402.W002"]
+    assert ids(ROOT_URLCONF=OTHER_URLS.__name__) == ["fourmica_x402.E003"]  # no /r/<n>/ there
+    with_typo = {**settings.FOURMICA_X402, "ROUTES": {**ROUTES, "GET /itmes/:id": "$0.01"}}
+    assert ids(FOURMICA_X402=with_typo) == ["fourmica_x402.E003"]
+    no_pay_to = {"NETWORK": NETWORK, "ROUTES": {}}  # every @paid view needs one
+    assert ids(FOURMICA_X402=no_pay_to) == ["fourmica_x402.E002"]
+    assert ids(ROOT_URLCONF=BAD_URLS.__name__, FOURMICA_X402={"PAY_TO": SELLER}) == [
+        "fourmica_x402.E002"  # @paid(asset=…) without network=: checked with the settings'
+    ]
 
 
-def test_paid_converts_url_converters(configured: None) -> None:
-    gate = WSGIHandler()._middleware_chain.__wrapped__.gate
-    keys = {route.key for route in gate.routes.routes}
-    assert keys == {
-        "GET /r",
-        "GET /gone",
-        "GET /feed",
-        "GET /items/:item_id",
-        "GET /async/:item_id",
-        "GET /api/files/*",
-        "GET /reports/:day/*",  # a class-based view; a custom converter becomes a wildcard
-    }
+def test_a_table_entry_naming_no_url_pattern_fails_at_start_up(configured: None) -> None:
+    with_typo = {**settings.FOURMICA_X402, "ROUTES": {**ROUTES, "GET /itmes/:id": "$0.01"}}
+    with override_settings(FOURMICA_X402=with_typo):
+        with pytest.raises(ConfigurationError, match="/itmes/:id"):
+            WSGIHandler()
+        with pytest.raises(ConfigurationError, match="/itmes/:id"):
+            ASGIHandler()
+    bad = override_settings(ROOT_URLCONF=BAD_URLS.__name__, FOURMICA_X402={"PAY_TO": SELLER})
+    with bad, pytest.raises(ConfigurationError, match="not registered"):
+        WSGIHandler()  # a @paid price the settings make invalid
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"price": "ten dollars"},
+        {"price": "$0.01", "pay_to": "0xnot-an-address"},
+        {"price": "$0.01", "network": "eip155:999999"},
+        {"price": "$0.01", "max_timeout_seconds": 0},
+        {},  # no price
+    ],
+)
+def test_a_bad_paid_price_fails_when_the_view_is_decorated(bad: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError, match="@paid"):
+        paid(**bad)
+
+
+def test_paid_prices_the_view_django_resolved(configured: None) -> None:
     client = Client()
     assert amount_of(client.get("/items/7")) == "10000"
-    assert gate.routes.match("POST", "/items/7") is None  # @paid prices GET (and HEAD) only
+    assert amount_of(client.post("/items/7")) == "10000"  # every method the view serves
     assert amount_of(client.get("/api/files/a/b.txt")) == "40000"
-    assert amount_of(client.get("/reports/monday/a/b")) == "60000"
+    assert amount_of(client.get("/reports/monday/a/b")) == "60000"  # a class, a custom converter
+    assert client.post("/reports/monday/a/b").status_code == 405  # a method it does not serve
+    assert amount_of(client.get("/r/5/")) == "30000"  # the table entry, in its own notation
     assert client.get("/free").status_code == 200 and seen == [None]
 
 
-def pay(client: Any, core: Core, url: str, run: Any = lambda r: r) -> Any:
+def header(client: Any, core: Core, url: str, method: str = "GET", run: Any = lambda r: r) -> Any:
+    """A funded buyer and a valid payment header for ``method url`` (challenge, tab, sign)."""
     buyer = TestBuyer.new()
     core.deposit(buyer.address, 1_000_000, network=NETWORK)
-    req = decode_payment_required(run(client.get(url)).headers["payment-required"]).accepts[0]
+    challenge = run(client.generic(method, url))
+    req = decode_payment_required(challenge.headers["payment-required"]).accepts[0]
     body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": req.to_dict()}
     tab = run(client.post("/x402/tab", body, content_type="application/json")).json()
     name, value = payment_header(buyer, req, tab)
-    return buyer, run(client.get(url, headers={name: value}))
+    return buyer, {name: value}
+
+
+def pay(client: Any, core: Core, url: str, run: Any = lambda r: r, method: str = "GET") -> Any:
+    buyer, headers = header(client, core, url, method, run)
+    return buyer, run(client.generic(method, url, headers=headers))
 
 
 def test_request_payment_in_a_view(configured: None, core: Core) -> None:
@@ -234,7 +317,7 @@ def test_request_payment_in_a_view(configured: None, core: Core) -> None:
     assert (payment.payer, payment.amount, payment.route) == (
         buyer.address,
         10_000,
-        "GET /items/:item_id",
+        "* /items/<int:item_id>",  # every method of the URL pattern, as Django writes it
     )
     assert "payment-response" in resp.headers
 
@@ -295,3 +378,93 @@ def test_missing_django_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.delitem(sys.modules, "fourmica_x402.adapters.django")
     with pytest.raises(ImportError, match=r'pip install "fourmica-x402\[django\]"'):
         importlib.import_module("fourmica_x402.adapters.django")
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+def test_a_paid_view_charges_every_method_it_serves(
+    configured: None, core: Core, method: str
+) -> None:
+    """@paid without methods= used to price GET only: the other methods ran unpaid."""
+    client = Client()
+    resp = client.generic(method, "/anything")
+    assert amount_of(resp) == "80000" and seen == []
+    buyer, resp = pay(client, core, "/anything", method=method)
+    assert resp.status_code == 200
+    assert resp.json() == {"method": method, "payer": buyer.address}
+    (payment,) = seen
+    assert (payment.payer, payment.amount) == (buyer.address, 80_000)
+    assert core.position(buyer.address, network=NETWORK).locked == 80_000
+
+
+def test_paid_methods_refuses_the_others_without_running_the_view(configured: None) -> None:
+    client = Client()
+    assert amount_of(client.get("/get-only")) == "80000"
+    resp = client.post("/get-only")
+    assert resp.status_code == 405 and resp["Allow"] == "GET, HEAD, OPTIONS"
+    resp = client.options("/get-only")  # answered by @paid: the view does not run for it
+    assert resp.status_code == 200 and resp["Allow"] == "GET, HEAD, OPTIONS"
+    assert client.options("/anything")["Allow"] == "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+    assert seen == []
+
+
+@pytest.mark.parametrize(("url", "amount"), [("/legacy/4", 90_000), ("/en-us/intl", 80_000)])
+def test_paid_views_under_re_path_and_i18n_patterns_are_charged(
+    configured: None, core: Core, url: str, amount: int
+) -> None:
+    """Both used to be unpriced (system check W002) and their views ran for free."""
+    client = Client()
+    assert amount_of(client.get(url)) == str(amount) and seen == []
+    buyer, resp = pay(client, core, url)
+    assert resp.status_code == 200 and seen[0].payer == buyer.address
+    assert core.position(buyer.address, network=NETWORK).locked == amount
+
+
+@pytest.mark.parametrize(
+    ("url", "middleware"),
+    [
+        ("/items/3", []),  # the payment middleware is missing
+        ("/areport", []),  # an async class-based view
+        ("/elsewhere", [*MIDDLEWARE, "django_adapter_helpers.SwitchUrlconf"]),  # not priced by it
+    ],
+)
+def test_a_paid_view_the_middleware_did_not_charge_for_fails_closed(
+    configured: None, url: str, middleware: list[str]
+) -> None:
+    with override_settings(MIDDLEWARE=middleware):
+        resp = Client().get(url)
+    assert resp.status_code == 503 and resp["Cache-Control"] == "no-store"
+    assert resp.json()["error"] == "payment_not_enforced"
+    assert seen == []  # the view never ran
+
+
+def test_an_append_slash_redirect_of_a_priced_path_is_not_charged(
+    configured: None, core: Core
+) -> None:
+    """/r/5 is not a URL pattern: Django redirects it to /r/5/, and only that one is priced."""
+    common = [*MIDDLEWARE, "django.middleware.common.CommonMiddleware"]
+    with override_settings(MIDDLEWARE=common, APPEND_SLASH=True):
+        client = Client()
+        buyer, headers = header(client, core, "/r/5/")
+        resp = client.get("/r/5", headers=headers)
+        assert resp.status_code == 301 and resp["Location"] == "/r/5/"
+        assert "payment-required" not in resp and "payment-response" not in resp
+        assert core.guarantees() == [] and seen == []
+        resp = client.get("/r/5/", headers=headers)  # the payment is still good for the route
+    assert resp.status_code == 200 and resp.json() == {"n": 5, "payer": buyer.address}
+    assert core.position(buyer.address, network=NETWORK).locked == 30_000
+
+
+def test_an_async_class_based_view_is_charged_on_the_async_stack(
+    configured: None, core: Core
+) -> None:
+    app = ASGIHandler()
+    client = AsyncClient()
+    client.handler._middleware_chain = app._middleware_chain
+    loop = asyncio.new_event_loop()
+    try:
+        assert amount_of(loop.run_until_complete(client.get("/areport"))) == "60000"
+        assert loop.run_until_complete(client.post("/areport")).status_code == 405
+        buyer, resp = pay(client, core, "/areport", loop.run_until_complete)
+    finally:
+        loop.close()
+    assert resp.status_code == 200 and resp.json() == {"payer": buyer.address}

@@ -144,3 +144,19 @@ def test_buyer_agent_example_runs(tmp_path: Path) -> None:
     receipts = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert [r["outcome"] for r in receipts] == ["paid", "paid", "paid", "budget_exhausted"]
     assert "refused: budget_exhausted" in out.stdout
+
+
+@pytest.mark.parametrize("name", sorted(SELLERS))
+def test_an_example_with_a_bad_database_refuses_to_start(name: str, tmp_path: Path) -> None:
+    """A bad FOURMICA_X402_DB stops the server at start-up with the reason; it never starts
+    and then fails every request (the Starlette example used to)."""
+    env = {**os.environ, "PORT": str(_free_port())}
+    env["FOURMICA_X402_DB"] = f"sqlite:///{tmp_path}/no/such/dir/seller.db"
+    args = [sys.executable, *SELLERS[name]]
+    if name == "django":
+        args.append(f"127.0.0.1:{env['PORT']}")
+    done = subprocess.run(
+        args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert "does not exist" in done.stdout + done.stderr

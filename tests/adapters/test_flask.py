@@ -1,18 +1,22 @@
-"""Flask-only behaviour: app.config settings, g.payment, @paid with converters, init_app.
+"""Flask-only behaviour: app.config settings, g.payment, @paid with converters, init_app, and
+pricing the rule Flask's own router resolves (docs/architecture.md, "Which route is priced").
 
 What every adapter does (challenges, payments, refunds…) lives in tests/conformance.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask, g
+from flask import Flask, g, request
 from fourmica_x402.adapters.flask import FourmicaX402, paid
+from werkzeug.routing import BaseConverter
 
 from fourmica_x402.core import Core
 from fourmica_x402.errors import ConfigurationError
@@ -41,6 +45,24 @@ def amount_of(client: Any, path: str) -> str:
     return decode_payment_required(resp.headers["payment-required"]).accepts[0].amount
 
 
+def funded(core: Core) -> TestBuyer:
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    return buyer
+
+
+def payment_for(client: Any, buyer: TestBuyer, path: str, method: str = "GET") -> dict[str, str]:
+    """A payment header for ``path``, from its challenge and the seller's tab endpoint."""
+    resp = client.open(path, method=method)
+    assert resp.status_code == 402, (path, resp.status_code, resp.get_data())
+    req = decode_payment_required(resp.headers["payment-required"]).accepts[0]
+    body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": req.to_dict()}
+    tab = client.post("/x402/tab", json=body)
+    assert tab.status_code == 200, tab.get_data()
+    name, value = payment_header(buyer, req, tab.get_json())
+    return {name: value}
+
+
 def test_settings_come_from_app_config_and_options_win(core: Core) -> None:
     app = make_app(
         pay_to=SELLER,
@@ -53,6 +75,7 @@ def test_settings_come_from_app_config_and_options_win(core: Core) -> None:
         delivery_policy=False,
     )
     ext = FourmicaX402(app, prefix="/payments")
+    app.add_url_rule("/report", "report", lambda: {"report": True})
     assert ext.gate is not None and app.extensions["fourmica_x402"] is ext
     config = ext.gate.config
     assert (config.settle, config.idempotent_replay, config.delivery_policy) == (
@@ -113,7 +136,7 @@ def test_init_app_factory_pattern(core: Core) -> None:
 
 def test_paid_converts_rule_converters(core: Core) -> None:
     app = make_app(pay_to=SELLER, core=core)
-    ext = FourmicaX402(app)
+    FourmicaX402(app)
 
     @app.route("/orders/<int:order_id>", methods=["GET", "POST"])
     @paid(price="$0.02", description="one order")
@@ -131,21 +154,16 @@ def test_paid_converts_rule_converters(core: Core) -> None:
         return {"user": uid}
 
     client = app.test_client()
-    assert client.get("/orders/7").status_code == 402  # the first request finds the marks
-    assert ext.gate is not None
-    keys = {route.key for route in ext.gate.routes.routes}
-    assert keys == {
-        "GET /orders/:order_id",
-        "POST /orders/:order_id",
-        "GET /files/*",
-        "GET /users/:uid/:slug",
-    }
+    resp = client.get("/orders/7")
+    assert resp.status_code == 402
+    challenge = decode_payment_required(resp.headers["payment-required"])
+    assert challenge.resource is not None and challenge.resource.description == "one order"
+    assert challenge.accepts[0].amount == "20000"
     assert client.post("/orders/7").status_code == 402
     assert client.head("/orders/7").status_code == 402  # HEAD is priced as GET
+    assert client.get("/orders/seven").status_code == 404  # Flask's int converter: not ours
     assert amount_of(client, "/files/a/b/c.txt") == "40000"
     assert amount_of(client, "/users/-3/ada") == "60000"
-    route = ext.gate.routes.match("GET", "/orders/7")
-    assert route is not None and route.config.description == "one order"
 
 
 def test_g_payment_in_a_paid_view(core: Core) -> None:
@@ -166,22 +184,216 @@ def test_g_payment_in_a_paid_view(core: Core) -> None:
 
     client = app.test_client()
     assert client.get("/free").status_code == 200 and seen == [None]
-    buyer = TestBuyer.new()
-    core.deposit(buyer.address, 1_000_000, network=NETWORK)
-    resp = client.get("/premium/3")
-    req = decode_payment_required(resp.headers["payment-required"]).accepts[0]
-    body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": req.to_dict()}
-    tab = client.post("/x402/tab", json=body).get_json()
-    name, value = payment_header(buyer, req, tab)
-    resp = client.get("/premium/3", headers={name: value})
+    buyer = funded(core)
+    resp = client.get("/premium/3", headers=payment_for(client, buyer, "/premium/3"))
     assert resp.status_code == 200 and resp.get_json() == {"payer": buyer.address, "n": 3}
     payment = seen[-1]
-    assert (payment.payer, payment.amount, payment.route) == (
-        buyer.address,
-        10_000,
-        "GET /premium/:n",
-    )
+    assert (payment.payer, payment.amount) == (buyer.address, 10_000)
+    assert payment.route.endswith(" /premium/<int:n>")  # the rule as Flask writes it
     assert "payment-response" in resp.headers
+
+
+class DocConverter(BaseConverter):
+    regex = "[a-z0-9/]+"  # a custom converter whose regex matches "/"
+
+
+def test_paid_rule_with_a_custom_converter_matching_slashes_is_charged(core: Core) -> None:
+    """The rule Flask resolved is priced, whatever its converters accept."""
+    app = make_app(pay_to=SELLER, network=NETWORK, core=core)
+    app.url_map.converters["doc"] = DocConverter
+    FourmicaX402(app)
+    runs: list[Any] = []
+
+    @app.get("/docs/<doc:value>")
+    @paid("$0.03")
+    def docs(value: str) -> Any:
+        runs.append(g.payment)
+        return {"doc": value, "payer": g.payment.payer}
+
+    client = app.test_client()
+    assert amount_of(client, "/docs/a/b/c") == "30000" and runs == []
+    buyer = funded(core)
+    resp = client.get("/docs/a/b/c", headers=payment_for(client, buyer, "/docs/a/b/c"))
+    assert resp.status_code == 200 and resp.get_json() == {"doc": "a/b/c", "payer": buyer.address}
+    assert len(runs) == 1 and runs[0].payer == buyer.address
+    assert core.position(buyer.address, network=NETWORK).locked == 30_000
+
+
+def test_a_path_flask_does_not_serve_on_a_paid_rule_is_never_charged(core: Core) -> None:
+    """Strict slashes: /premium/ is a 404 and /reports a redirect in Flask; neither is charged."""
+    app = make_app(pay_to=SELLER, network=NETWORK, core=core, routes={"GET /reports/": "$0.01"})
+    ext = FourmicaX402(app)
+
+    @app.get("/premium")
+    @paid("$0.01")
+    def premium() -> Any:
+        return {"ok": True}
+
+    @app.get("/reports/")
+    def reports() -> Any:
+        return {"reports": True}
+
+    client = app.test_client()
+    buyer = funded(core)
+    headers = payment_for(client, buyer, "/premium")
+    resp = client.get("/premium/", headers=headers)
+    assert resp.status_code == 404 and "payment-response" not in resp.headers
+    resp = client.get("/reports", headers=payment_for(client, buyer, "/reports/"))
+    assert resp.status_code == 308 and "payment-response" not in resp.headers
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+    assert ext.gate is not None and ext.gate.records.query(payer=buyer.address) == []
+    assert client.get("/premium", headers=headers).status_code == 200  # still good for its rule
+
+
+def test_paid_methods_answers_405_for_the_others_without_running_the_view(core: Core) -> None:
+    app = make_app(pay_to=SELLER, network=NETWORK, core=core)
+    FourmicaX402(app)
+    runs: list[str] = []
+
+    @app.route("/limited", methods=["GET", "POST"])
+    @paid("$0.01", methods=["GET"])
+    def limited() -> Any:
+        runs.append(request.method)
+        return {"method": request.method}
+
+    @app.route("/multi", methods=["GET", "PUT", "DELETE"])
+    @paid("$0.01")  # every method the rule serves
+    def multi() -> Any:
+        runs.append(request.method)
+        return {"method": request.method}
+
+    client = app.test_client()
+    resp = client.post("/limited")
+    assert resp.status_code == 405 and runs == []
+    assert set(resp.headers["allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
+    assert client.get("/limited").status_code == 402
+    for method in ("GET", "PUT", "DELETE", "HEAD"):
+        assert client.open("/multi", method=method).status_code == 402, method
+    buyer = funded(core)
+    resp = client.put("/multi", headers=payment_for(client, buyer, "/multi", "PUT"))
+    assert resp.status_code == 200 and runs == ["PUT"]
+
+
+@pytest.mark.parametrize(
+    "mark",
+    [
+        {"price": "ten dollars"},
+        {"price": "$0.01", "pay_to": "0x1234"},
+        {"price": "$0.01", "network": "eip155:0"},
+        {"price": None},
+        {"price": "$0.01", "max_timeout_seconds": 0},
+    ],
+)
+def test_a_bad_paid_fails_at_decoration(mark: dict[str, Any]) -> None:
+    """At import, not on the first paying request."""
+    price = mark.pop("price")
+    with pytest.raises(ConfigurationError, match=r"@paid on .*view"):
+
+        @paid(price, **mark)
+        def view() -> Any:
+            return {}
+
+
+def test_a_route_entry_naming_no_route_fails_check_and_every_request(
+    core: Core, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(pay_to=SELLER, core=core, routes={"GET /reprot": "$0.01"})
+    ext = FourmicaX402(app)
+    runs: list[str] = []
+
+    @app.get("/report")
+    def report() -> Any:
+        runs.append("report")
+        return {"report": True}
+
+    with pytest.raises(ConfigurationError, match="'GET /reprot' name no route"):
+        ext.check()
+    client = app.test_client()
+    with caplog.at_level(logging.ERROR, logger="fourmica_x402"):
+        for path in ("/report", "/reprot", "/x402/tab"):
+            resp = client.get(path)
+            assert resp.status_code == 500, path
+            assert resp.get_json()["error"] == "configuration_error"
+            assert "GET /reprot" in resp.get_json()["message"]
+    assert runs == [] and "GET /reprot" in caplog.text
+
+
+def test_check_passes_and_runs_once_routes_exist(core: Core) -> None:
+    ext = FourmicaX402(pay_to=SELLER, core=core, routes={"GET /items/:id": "$0.02"})
+    with pytest.raises(ConfigurationError, match="init_app"):
+        ext.check()
+    app = Flask(__name__)
+    ext.init_app(app)
+
+    @app.get("/items/<int:item_id>")
+    def item(item_id: int) -> Any:
+        return {"item": item_id}
+
+    ext.check()
+    assert amount_of(app.test_client(), "/items/4") == "20000"
+
+
+def test_check_prices_paid_views_on_the_app_settings(core: Core) -> None:
+    """A @paid view without a payTo anywhere fails check(), before any buyer sees it."""
+    app = make_app(core=core)
+    ext = FourmicaX402(app)
+
+    @app.get("/premium")
+    @paid("$0.01")
+    def premium() -> Any:
+        return {"ok": True}
+
+    with pytest.raises(ConfigurationError, match="payTo"):
+        ext.check()
+
+
+def _undecorated(view: Any) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:  # no functools.wraps: the mark is hidden
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+@pytest.mark.parametrize("installed", [False, True])
+def test_paid_view_without_a_payment_for_it_is_refused(
+    core: Core, installed: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No extension (or a decorator hiding the mark): the view never runs unpaid (503)."""
+    app = make_app(pay_to=SELLER, core=core)
+    if installed:
+        FourmicaX402(app)
+    runs: list[str] = []
+
+    @app.get("/premium")
+    @_undecorated
+    @paid("$0.01")
+    def premium() -> Any:
+        runs.append("premium")
+        return {"ok": True}
+
+    with caplog.at_level(logging.ERROR, logger="fourmica_x402"):
+        resp = app.test_client().get("/premium")
+    assert resp.status_code == 503 and runs == []
+    assert resp.get_json()["error"] == "payment_not_enforced"
+    assert resp.headers["cache-control"] == "no-store"
+    assert "without a payment" in caplog.text
+
+
+def test_paid_async_view(core: Core) -> None:
+    pytest.importorskip("asgiref")  # Flask's async views: flask[async]
+    app = make_app(pay_to=SELLER, network=NETWORK, core=core)
+    FourmicaX402(app)
+
+    @app.get("/slow")
+    @paid("$0.01")
+    async def slow() -> Any:
+        await asyncio.sleep(0)
+        return {"payer": g.payment.payer}
+
+    client = app.test_client()
+    buyer = funded(core)
+    resp = client.get("/slow", headers=payment_for(client, buyer, "/slow"))
+    assert resp.status_code == 200 and resp.get_json() == {"payer": buyer.address}
 
 
 def test_missing_flask_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,6 +10,7 @@ per adapter, against the real gate and a real embedded Core on a SQLite file.
 
 from __future__ import annotations
 
+import base64
 import collections
 import importlib.util
 import json
@@ -21,7 +22,8 @@ from typing import Any
 import pytest
 
 from fourmica_x402.core import Core, CoreConfig
-from fourmica_x402.testing import NETWORK, ShiftedClock, TestBuyer
+from fourmica_x402.testing import NETWORK, ShiftedClock, TestBuyer, payment_header
+from fourmica_x402.wire import PaymentRequirementsV1, decode_payment_required
 
 APPS = Path(__file__).parent / "apps"
 KINDS = ["starlette", "fastapi", "wsgi", "flask", "django_sync", "django_async"]
@@ -37,6 +39,9 @@ ROUTES = {
     "GET /fail": "$0.01",
     "GET /redirect": "$0.01",
     "GET /stream": "$0.01",
+    "GET /missing": "$0.01",
+    "GET /cached": "$0.01",
+    "GET /stored": "$0.01",
 }
 
 
@@ -130,3 +135,68 @@ def make_seller(kind: str, tmp_path: Path) -> Iterator[Callable[..., Seller]]:
 @pytest.fixture
 def seller(make_seller: Callable[..., Seller]) -> Seller:
     return make_seller()
+
+
+# -- paying helpers (shared by the suites below; tests ask for the ``kit`` fixture) -------------
+
+
+class Kit:
+    """A buyer's moves against a conformance seller, through its test client."""
+
+    @staticmethod
+    def b64json(value: str) -> Any:
+        return json.loads(base64.b64decode(value))
+
+    @staticmethod
+    def funded(seller: Seller, amount: int = 1_000_000) -> TestBuyer:
+        buyer = TestBuyer.new()
+        seller.core.deposit(buyer.address, amount, network=NETWORK)
+        return buyer
+
+    @staticmethod
+    def challenge(seller: Seller, path: str, method: str = "GET", version: int = 2) -> Any:
+        """The route's payment requirements, read off its 402 (v2 header, or v1 body)."""
+        resp = seller.request(method, path, json={"x": 1} if method in ("POST", "PUT") else None)
+        assert resp.status == 402, (method, path, resp.status, resp.text)
+        if version == 2:
+            return decode_payment_required(resp.headers["payment-required"]).accepts[0]
+        return PaymentRequirementsV1.model_validate(resp.json()["accepts"][0]).to_v2()
+
+    def header(
+        self, seller: Seller, buyer: TestBuyer, path: str, method: str = "GET", version: int = 2
+    ) -> dict[str, str]:
+        """A valid payment header for ``method path`` (challenge → tab → signature)."""
+        req = self.challenge(seller, path, "GET" if method == "HEAD" else method, version)
+        body = {"x402Version": version, "userAddress": buyer.address}
+        resp = seller.request(
+            "POST", "/x402/tab", json={**body, "paymentRequirements": req.to_dict()}
+        )
+        assert resp.status == 200, resp.text
+        name, value = payment_header(buyer, req, resp.json(), version=version)
+        return {name: value}
+
+    def pay(self, seller: Seller, buyer: TestBuyer, path: str, method: str = "GET") -> Resp:
+        headers = self.header(seller, buyer, path, method)
+        body = {"x": 1} if method in ("POST", "PUT", "PATCH") else None
+        return seller.request(method, path, headers=headers, json=body)
+
+    @staticmethod
+    def error_of(resp: Resp) -> str:
+        """The reason a paid request was refused (from the v2 challenge header)."""
+        assert resp.status == 402, (resp.status, resp.text)
+        return str(decode_payment_required(resp.headers["payment-required"]).error)
+
+    @staticmethod
+    def locked(seller: Seller, buyer: TestBuyer) -> int:
+        return int(seller.core.position(buyer.address, network=NETWORK).locked)
+
+
+@pytest.fixture
+def base_routes() -> dict[str, Any]:
+    """The routes every builder prices by config (builders may add their own)."""
+    return dict(ROUTES)
+
+
+@pytest.fixture
+def kit() -> Kit:
+    return Kit()

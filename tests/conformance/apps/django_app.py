@@ -1,9 +1,10 @@
 """Django conformance app: sync (WSGI stack, ``Client``) or async (ASGI stack, ``AsyncClient``).
 
-/premium is priced by ``@paid``, the rest by config. Settings are configured once per
-process; each build sets ``FOURMICA_X402_CONFIG`` (a PaymentConfig holding this test's Core)
-and a fresh URLconf, then makes the WSGI or ASGI handler, whose middleware reads both in
-``__init__``. The test client shares that handler's middleware chain, so one gate serves both.
+/premium, /multi, /limited, /files, /docs and /numbers are priced by ``@paid``, the rest by
+config. Settings are configured once per process; each build sets ``FOURMICA_X402_CONFIG``
+(a PaymentConfig holding this test's Core) and a fresh URLconf, then makes the WSGI or ASGI
+handler, whose middleware reads both in ``__init__``. The test client shares that handler's
+middleware chain, so one gate serves both.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from django.http import (
     StreamingHttpResponse,
 )
 from django.test import AsyncClient, Client
-from django.urls import clear_url_caches, path
+from django.urls import clear_url_caches, path, register_converter
+from django.urls.converters import get_converters
 
 from fourmica_x402.config import PaymentConfig
 
@@ -48,6 +50,24 @@ if not settings.configured:
     django.setup()
 
 from fourmica_x402.adapters.django import PaymentMiddleware, paid  # noqa: E402
+
+#: Priced by config here (the conftest's ROUTES hold the routes every builder shares).
+
+
+class DocConverter:
+    """A custom converter whose regex matches "/" (the README's ``/docs/<any>``)."""
+
+    regex = "[a-z0-9/]+"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+if "doc" not in get_converters():  # this module is loaded again for every app built
+    register_converter(DocConverter, "doc")
 
 
 class DjangoClient:
@@ -112,7 +132,7 @@ def build(options: dict[str, Any], calls: collections.Counter[str], kind: str) -
         return wrap
 
     @view("GET")
-    @paid(price=price)  # the marker survives functools.wraps
+    @paid(price=price, methods=["GET"])  # the marker survives functools.wraps
     def premium(request: Any) -> JsonResponse:
         p = request.payment
         return JsonResponse(
@@ -162,6 +182,43 @@ def build(options: dict[str, Any], calls: collections.Counter[str], kind: str) -
             achunks() if is_async else iter(chunks), content_type="text/plain"
         )
 
+    @view("GET")
+    def missing(request: Any) -> JsonResponse:
+        return JsonResponse({"error": "missing"}, status=404)
+
+    @paid(price=price)  # every method the view serves
+    @view("GET", "POST", "PUT", "PATCH", "DELETE")
+    def multi(request: Any) -> JsonResponse:
+        return JsonResponse({"method": request.method, "payer": request.payment.payer})
+
+    @paid(price=price, methods=["GET"])  # POST: 405, the view never runs
+    @view("GET", "POST")
+    def limited(request: Any) -> JsonResponse:
+        return JsonResponse({"method": request.method})
+
+    @paid(price=price)
+    @view("GET")
+    def files(request: Any, path: str) -> JsonResponse:
+        return JsonResponse({"file": path, "payer": request.payment.payer})
+
+    @paid(price=price)
+    @view("GET")
+    def docs(request: Any, value: str) -> JsonResponse:
+        return JsonResponse({"doc": value, "payer": request.payment.payer})
+
+    @paid(price=price)
+    @view("GET")
+    def numbers(request: Any, n: int) -> JsonResponse:
+        return JsonResponse({"n": n, "payer": request.payment.payer})
+
+    @view("GET")
+    def cached(request: Any) -> JsonResponse:
+        return JsonResponse({"cached": True}, headers={"Cache-Control": "public, max-age=600"})
+
+    @view("GET")
+    def stored(request: Any) -> JsonResponse:
+        return JsonResponse({"stored": False}, headers={"Cache-Control": "no-store, max-age=0"})
+
     urls = sys.modules.setdefault(URLCONF, types.ModuleType(URLCONF))
     urls.urlpatterns = [  # type: ignore[attr-defined]
         path("free", free),
@@ -172,6 +229,14 @@ def build(options: dict[str, Any], calls: collections.Counter[str], kind: str) -
         path("fail", fail),
         path("redirect", redirect),
         path("stream", stream),
+        path("missing", missing),
+        path("multi", multi),
+        path("limited", limited),
+        path("files/<path:path>", files),
+        path("docs/<doc:value>", docs),
+        path("numbers/<int:n>", numbers),
+        path("cached", cached),
+        path("stored", stored),
     ]
     clear_url_caches()
     settings.ROOT_URLCONF = URLCONF

@@ -5,9 +5,10 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from fourmica_x402.adapters.fastapi import FourmicaX402, Paid
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.testclient import TestClient
 
 from fourmica_x402.gate import Payment
@@ -32,6 +33,7 @@ class Client:
 def build(options: dict[str, Any], calls: collections.Counter[str]) -> Client:
     options = dict(options)
     price = options.pop("premium_price")
+    options["routes"] = {**options["routes"], "GET /ws": "$0.01"}
     app = FastAPI()
     payments = FourmicaX402(app, **options)
 
@@ -84,4 +86,66 @@ def build(options: dict[str, Any], calls: collections.Counter[str]) -> Client:
             (f"chunk-{i}\n".encode() for i in range(3)), media_type="text/plain"
         )
 
+    @app.get("/missing")
+    def missing(request: Request) -> JSONResponse:
+        calls[request.url.path] += 1
+        return JSONResponse({"error": "missing"}, status_code=404)
+
+    @app.api_route("/multi", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    def multi(request: Request, p: Payment = Paid(price)) -> dict[str, Any]:  # noqa: B008
+        calls[request.url.path] += 1
+        return {"method": request.method, "payer": p.payer}
+
+    @app.api_route("/limited", methods=["GET", "POST"])
+    def limited(request: Request, p: Payment = Paid(price, methods=["GET"])) -> dict[str, Any]:  # noqa: B008
+        calls[request.url.path] += 1
+        return {"method": request.method}
+
+    @app.get("/files/{p:path}")
+    def files(p: str, request: Request, pay: Payment = Paid(price)) -> dict[str, Any]:  # noqa: B008
+        calls[request.url.path] += 1
+        return {"file": p, "payer": pay.payer}
+
+    @app.get("/docs/{d:anypath}")
+    def docs(d: str, request: Request, pay: Payment = Paid(price)) -> dict[str, Any]:  # noqa: B008
+        calls[request.url.path] += 1
+        return {"doc": d, "payer": pay.payer}
+
+    @app.get("/numbers/{n:int}")
+    def numbers(n: int, request: Request, pay: Payment = Paid(price)) -> dict[str, Any]:  # noqa: B008
+        calls[request.url.path] += 1
+        return {"n": n, "payer": pay.payer}
+
+    @app.get("/cached")
+    def cached(request: Request) -> JSONResponse:
+        calls[request.url.path] += 1
+        return JSONResponse({"cached": True}, headers={"cache-control": "public, max-age=600"})
+
+    @app.get("/stored")
+    def stored(request: Request) -> JSONResponse:
+        calls[request.url.path] += 1
+        return JSONResponse({"stored": False}, headers={"cache-control": "no-store, max-age=0"})
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket) -> None:
+        calls["/ws"] += 1
+        await websocket.accept()
+        await websocket.send_text("paid content")
+        await websocket.close()
+
     return Client(app, payments.gate)
+
+
+class AnyPath(Convertor[str]):
+    """A custom convertor whose regex matches '/' (the kind a raw-path table got wrong)."""
+
+    regex = "[a-z0-9/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anypath", AnyPath())

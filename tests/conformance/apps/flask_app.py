@@ -1,4 +1,5 @@
-"""Flask conformance app: settings in app.config, /premium priced by @paid, the rest by config."""
+"""Flask conformance app: settings in app.config; /premium, /multi, /limited, /files, /docs and
+/numbers priced by @paid, the rest by config (see README.md)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,13 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, redirect, request
 from fourmica_x402.adapters.flask import FourmicaX402, paid
+from werkzeug.routing import BaseConverter
+
+
+class DocConverter(BaseConverter):
+    """A custom converter whose regex matches "/" (a path by another name)."""
+
+    regex = "[a-z0-9/]+"
 
 
 class FlaskClient:
@@ -30,6 +38,7 @@ def build(options: dict[str, Any], calls: collections.Counter[str]) -> FlaskClie
     options = dict(options)
     price = options.pop("premium_price")
     app = Flask(__name__)
+    app.url_map.converters["doc"] = DocConverter
     # A handler exception becomes a 500 response, as in production.
     app.config["PROPAGATE_EXCEPTIONS"] = False
     app.config.update({f"FOURMICA_X402_{name.upper()}": v for name, v in options.items()})
@@ -86,5 +95,50 @@ def build(options: dict[str, Any], calls: collections.Counter[str]) -> FlaskClie
     def stream() -> Any:
         counted()
         return Response((f"chunk-{i}\n".encode() for i in range(3)), mimetype="text/plain")
+
+    @app.get("/missing")
+    def missing() -> Any:
+        counted()
+        return jsonify(error="missing"), 404
+
+    @app.route("/multi", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    @paid(price=price)
+    def multi() -> Any:
+        counted()
+        return {"method": request.method, "payer": g.payment.payer}
+
+    @app.route("/limited", methods=["GET", "POST"])
+    @paid(price=price, methods=["GET"])
+    def limited() -> Any:
+        counted()
+        return {"method": request.method}
+
+    @app.get("/files/<path:path>")
+    @paid(price=price)
+    def files(path: str) -> Any:
+        counted()
+        return {"file": path, "payer": g.payment.payer}
+
+    @app.get("/docs/<doc:value>")
+    @paid(price=price)
+    def docs(value: str) -> Any:
+        counted()
+        return {"doc": value, "payer": g.payment.payer}
+
+    @app.get("/numbers/<int:n>")
+    @paid(price=price)
+    def numbers(n: int) -> Any:
+        counted()
+        return {"n": n, "payer": g.payment.payer}
+
+    @app.get("/cached")
+    def cached() -> Any:
+        counted()
+        return {"cached": True}, 200, {"Cache-Control": "public, max-age=600"}
+
+    @app.get("/stored")
+    def stored() -> Any:
+        counted()
+        return {"stored": False}, 200, {"Cache-Control": "no-store, max-age=0"}
 
     return FlaskClient(app, payments.gate)

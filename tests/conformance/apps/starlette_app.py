@@ -7,11 +7,13 @@ from typing import Any
 
 from fourmica_x402.adapters.asgi import PaymentMiddleware
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
+from starlette.websockets import WebSocket
 
 from fourmica_x402.config import PaymentConfig
 
@@ -35,7 +37,7 @@ class AsgiClient:
 def build(options: dict[str, Any], calls: collections.Counter[str]) -> AsgiClient:
     options = dict(options)
     price = options.pop("premium_price")
-    options["routes"] = {"GET /premium": price, **options["routes"]}
+    options["routes"] = {"GET /premium": price, **EXTRA_ROUTES, **options["routes"]}
 
     def counted(request: Request) -> None:
         calls[request.url.path] += 1
@@ -87,6 +89,44 @@ def build(options: dict[str, Any], calls: collections.Counter[str]) -> AsgiClien
 
         return StreamingResponse(chunks(), media_type="text/plain")
 
+    async def missing(request: Request) -> JSONResponse:
+        counted(request)
+        return JSONResponse({"error": "missing"}, status_code=404)
+
+    def paid_json(request: Request, **data: Any) -> JSONResponse:
+        counted(request)
+        return JSONResponse({**data, "payer": request.state.payment.payer})
+
+    async def multi(request: Request) -> JSONResponse:
+        return paid_json(request, method=request.method)
+
+    async def limited(request: Request) -> JSONResponse:
+        counted(request)
+        return JSONResponse({"method": request.method})
+
+    async def files(request: Request) -> JSONResponse:
+        return paid_json(request, file=request.path_params["p"])
+
+    async def docs(request: Request) -> JSONResponse:
+        return paid_json(request, doc=request.path_params["d"])
+
+    async def numbers(request: Request) -> JSONResponse:
+        return paid_json(request, n=request.path_params["n"])
+
+    async def cached(request: Request) -> JSONResponse:
+        counted(request)
+        return JSONResponse({"cached": True}, headers={"cache-control": "public, max-age=600"})
+
+    async def stored(request: Request) -> JSONResponse:
+        counted(request)
+        return JSONResponse({"stored": False}, headers={"cache-control": "no-store, max-age=0"})
+
+    async def ws(websocket: WebSocket) -> None:
+        calls["/ws"] += 1
+        await websocket.accept()
+        await websocket.send_text("paid content")
+        await websocket.close()
+
     config = PaymentConfig(**options)
     app = Starlette(
         routes=[
@@ -98,16 +138,50 @@ def build(options: dict[str, Any], calls: collections.Counter[str]) -> AsgiClien
             Route("/fail", fail),
             Route("/redirect", redirect),
             Route("/stream", stream),
+            Route("/missing", missing),
+            Route("/multi", multi, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+            Route("/limited", limited, methods=["GET", "POST"]),
+            Route("/files/{p:path}", files),
+            Route("/docs/{d:anypath}", docs),
+            Route("/numbers/{n:int}", numbers),
+            Route("/cached", cached),
+            Route("/stored", stored),
+            WebSocketRoute("/ws", ws),
         ],
         middleware=[Middleware(PaymentMiddleware, config=config)],
     )
     client = AsgiClient(app, None)
     client._client.__enter__()
     # Starlette builds its middleware stack lazily: reach the gate after the first call.
-    client._client.get("/free")
-    calls["/free"] -= 1
+    if client._client.get("/free").status_code == 200:
+        calls["/free"] -= 1
     client.gate = _find_gate(app)
     return client
+
+
+class AnyPath(Convertor[str]):
+    """A custom convertor whose regex matches '/' (the kind a raw-path table got wrong)."""
+
+    regex = "[a-z0-9/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anypath", AnyPath())
+
+#: Priced by config: Starlette has no per-handler marker (see apps/README.md).
+EXTRA_ROUTES = {
+    "/multi": "$0.01",
+    "GET /limited": "$0.01",
+    "GET /files/*": "$0.01",
+    "GET /docs/*": "$0.01",
+    "GET /numbers/:n": "$0.01",
+    "GET /ws": "$0.01",
+}
 
 
 def _find_gate(app: Any) -> Any:

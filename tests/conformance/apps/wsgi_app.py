@@ -58,7 +58,16 @@ class WsgiClient:
 def build(options: dict[str, Any], calls: collections.Counter[str]) -> WsgiClient:
     options = dict(options)
     price = options.pop("premium_price")
-    options["routes"] = {"GET /premium": price, **options["routes"]}
+    # What other frameworks price with a marker is priced here by config (see README.md).
+    marked = (
+        "GET /premium",
+        "/multi",
+        "GET /limited",
+        "GET /files/*",
+        "GET /docs/*",
+        "GET /numbers/:n",
+    )
+    options["routes"] = {**dict.fromkeys(marked, price), **options["routes"]}
 
     def premium(environ: dict[str, Any], match: re.Match[str]) -> Any:
         p = environ[PAYMENT_KEY]
@@ -85,6 +94,19 @@ def build(options: dict[str, Any], calls: collections.Counter[str]) -> WsgiClien
         chunks = (f"chunk-{i}\n".encode() for i in range(3))
         return "200 OK", [("Content-Type", "text/plain")], chunks
 
+    def paid(key: str, value: Callable[[re.Match[str]], Any] | None = None) -> Handler:
+        """A handler answering ``{key: value(match), "payer": …}`` (``method`` for /multi)."""
+
+        def handler(environ: dict[str, Any], match: re.Match[str]) -> Any:
+            got = environ["REQUEST_METHOD"] if value is None else value(match)
+            return _json("200 OK", {key: got, "payer": environ[PAYMENT_KEY].payer})
+
+        return handler
+
+    def cache(data: dict[str, Any], control: str) -> Handler:
+        headers = [("Content-Type", "application/json"), ("Cache-Control", control)]
+        return lambda env, m: ("200 OK", headers, [json.dumps(data).encode()])
+
     table: list[tuple[str, str, Handler]] = [
         ("GET", "/free", lambda env, m: _json("200 OK", {"free": True})),
         ("GET", "/premium", premium),
@@ -98,6 +120,14 @@ def build(options: dict[str, Any], calls: collections.Counter[str]) -> WsgiClien
         ("GET", "/fail", lambda env, m: _json("500 Internal Server Error", {"error": "fail"})),
         ("GET", "/redirect", lambda env, m: ("302 Found", [("Location", "/free")], [b""])),
         ("GET", "/stream", stream),
+        ("GET", "/missing", lambda env, m: _json("404 Not Found", {"error": "missing"})),
+        ("GET POST PUT PATCH DELETE", "/multi", paid("method")),
+        ("GET POST", "/limited", lambda env, m: _json("200 OK", {"method": env["REQUEST_METHOD"]})),
+        ("GET", "/files/(?P<path>.+)", paid("file", lambda m: m["path"])),
+        ("GET", "/docs/(?P<doc>[a-z0-9/]+)", paid("doc", lambda m: m["doc"])),
+        ("GET", "/numbers/(?P<n>[0-9]+)", paid("n", lambda m: int(m["n"]))),
+        ("GET", "/cached", cache({"cached": True}, "public, max-age=600")),
+        ("GET", "/stored", cache({"stored": False}, "no-store, max-age=0")),
     ]
     routes = [(method, re.compile(pattern + r"\Z"), handler) for method, pattern, handler in table]
 
@@ -109,8 +139,8 @@ def build(options: dict[str, Any], calls: collections.Counter[str]) -> WsgiClien
             match = regex.match(path)
             if match is None:
                 continue
-            if method != allowed:
-                start_response("405 Method Not Allowed", [("Allow", allowed)])
+            if method not in allowed.split():
+                start_response("405 Method Not Allowed", [("Allow", ", ".join(allowed.split()))])
                 return [b""]
             calls[path] += 1
             status, headers, body = handler(environ, match)

@@ -1,0 +1,269 @@
+"""The gate prices the route the framework resolved, and charges only for a delivered 2xx.
+
+Every test runs against all six adapters with valid payments (an attacker holding a good
+payment, not a broken one): path variants, methods, HEAD, converters, WebSockets, caching
+headers and start-up checks. Apps with a router (all but plain WSGI) price the endpoint their
+router resolves; plain WSGI prices its raw path (docs/architecture.md, "Which route is priced").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fourmica_x402.core import Core
+
+#: Adapters whose framework has a per-handler marker (``@paid``, ``Paid``).
+MARKERS = {"fastapi", "flask", "django_sync", "django_async"}
+
+
+def routed(seller: Any) -> bool:
+    return seller.kind != "wsgi"
+
+
+def guarantees(core: Core) -> int:
+    return len(core.guarantees())
+
+
+# -- path variants and redirects ---------------------------------------------------------------
+
+
+def test_a_trailing_slash_variant_never_settles_and_the_payment_stays_usable(
+    seller: Any, kit: Any
+) -> None:
+    """Starlette redirected /premium/ (307) after settling it, and the buyer paid twice;
+    Flask and Django voided it after a 404, using up the buyer's payment for nothing."""
+    buyer = kit.funded(seller)
+    headers = kit.header(seller, buyer, "/premium")
+    variant = seller.request("GET", "/premium/", headers=headers)
+    assert not 200 <= variant.status < 300 and seller.calls["/premium"] == 0
+    assert kit.locked(seller, buyer) == 0
+    if routed(seller):  # the router never served it: nothing was settled, the payment is intact
+        assert variant.status in (307, 308, 404), variant.status
+        assert guarantees(seller.core) == 0
+        resp = seller.request("GET", "/premium", headers=headers)
+        assert resp.status == 200 and resp.json()["payer"] == buyer.address
+        assert seller.calls["/premium"] == 1 and kit.locked(seller, buyer) == 10_000
+    else:  # a raw path: priced, and voided when the app did not serve it (not charged)
+        assert variant.status == 404
+
+
+def test_an_unpaid_path_variant_gets_the_frameworks_answer_not_a_challenge(
+    seller: Any, kit: Any
+) -> None:
+    resp = seller.request("GET", "/premium/")
+    if routed(seller):
+        assert resp.status in (307, 308, 404) and "payment-required" not in resp.headers
+    else:
+        assert resp.status == 402
+    if seller.kind == "starlette" or seller.kind == "fastapi":  # redirect_slashes
+        assert resp.status == 307 and resp.headers["location"].endswith("/premium")
+
+
+# -- methods -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE"])
+def test_a_priced_handler_prices_every_method_it_serves(seller: Any, kit: Any, method: str) -> None:
+    """Django's @paid priced GET/HEAD only: POST/PUT/DELETE/PATCH ran the view unpaid."""
+    body = {"x": 1} if method in ("POST", "PUT", "PATCH") else None
+    unpaid = seller.request(method, "/multi", json=body)
+    assert unpaid.status == 402 and seller.calls["/multi"] == 0
+    buyer = kit.funded(seller)
+    resp = kit.pay(seller, buyer, "/multi", method)
+    assert resp.status == 200, resp.text
+    assert resp.json() == {"method": method, "payer": buyer.address}
+    assert seller.calls["/multi"] == 1 and kit.locked(seller, buyer) == 10_000
+
+
+def test_a_method_the_marker_does_not_price_is_405_never_run_unpaid(seller: Any, kit: Any) -> None:
+    resp = seller.request("POST", "/limited", json={"x": 1})
+    if seller.kind in MARKERS:
+        assert resp.status == 405 and seller.calls["/limited"] == 0
+    else:  # priced by the table as "GET /limited": the seller left POST free
+        assert resp.status == 200 and resp.json() == {"method": "POST"}
+    assert seller.request("GET", "/limited").status == 402
+
+
+# -- converters --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "key", "value"),
+    [
+        ("/files/a/b/c.txt", "file", "a/b/c.txt"),  # the framework's path converter
+        ("/docs/guides/intro", "doc", "guides/intro"),  # a custom converter matching '/'
+        ("/numbers/7", "n", 7),  # an int converter
+    ],
+)
+def test_routes_with_converters_are_priced(
+    seller: Any, kit: Any, path: str, key: str, value: Any
+) -> None:
+    """Flask ran a custom-converter view unpaid; FastAPI answered 500 on every converter."""
+    assert seller.request("GET", path).status == 402
+    assert sum(seller.calls.values()) == 0
+    buyer = kit.funded(seller)
+    resp = kit.pay(seller, buyer, path)
+    assert resp.status == 200, resp.text
+    assert resp.json() == {key: value, "payer": buyer.address}
+    assert kit.locked(seller, buyer) == 10_000
+
+
+def test_a_path_the_converter_refuses_is_the_frameworks_404(seller: Any) -> None:
+    resp = seller.request("GET", "/numbers/seven")
+    if routed(seller):
+        assert resp.status == 404 and "payment-required" not in resp.headers
+    assert sum(seller.calls.values()) == 0
+
+
+# -- HEAD --------------------------------------------------------------------------------------
+
+
+def test_head_gets_the_challenge_but_a_payment_sent_with_head_is_not_settled(
+    seller: Any, kit: Any
+) -> None:
+    unpaid = seller.request("HEAD", "/premium")
+    assert unpaid.status == 402 and "payment-required" in unpaid.headers
+    buyer = kit.funded(seller)
+    headers = kit.header(seller, buyer, "/premium")
+    head = seller.request("HEAD", "/premium", headers=headers)
+    assert kit.error_of(head) == "head_not_charged"
+    assert seller.calls["/premium"] == 0 and kit.locked(seller, buyer) == 0
+    assert guarantees(seller.core) == 0
+    resp = seller.request("GET", "/premium", headers=headers)  # the same payment, on the GET
+    assert resp.status == 200 and resp.json()["payer"] == buyer.address
+
+
+# -- caching -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/premium", "private, no-store"),
+        ("/cached", "private, no-store"),  # the handler's "public, max-age=600" is replaced
+        ("/stored", "no-store, max-age=0"),  # already forbids storing: kept as it is
+    ],
+)
+def test_paid_responses_are_never_stored_by_shared_caches(
+    seller: Any, kit: Any, path: str, expected: str
+) -> None:
+    assert seller.request("GET", path).headers["cache-control"] == "no-store"  # the 402
+    resp = kit.pay(seller, kit.funded(seller), path)
+    assert resp.status == 200
+    assert resp.headers["cache-control"] == expected
+
+
+def test_free_responses_keep_their_own_caching(seller: Any) -> None:
+    resp = seller.request("GET", "/free")
+    assert resp.status == 200 and "no-store" not in resp.headers.get("cache-control", "")
+
+
+# -- start-up checks ---------------------------------------------------------------------------
+
+
+def test_a_table_entry_naming_no_route_fails_at_start_up(
+    make_seller: Any, kind: str, base_routes: dict[str, Any]
+) -> None:
+    routes = {**base_routes, "GET /premiun": "$0.01"}  # a typo: it would leave nothing priced
+    if kind == "wsgi":  # no router to check against: the raw path is priced as written
+        seller = make_seller(routes=routes)
+        assert seller.request("GET", "/premiun").status == 402
+        return
+    try:
+        seller = make_seller(routes=routes)
+    except Exception as exc:  # refused while the app was built or started
+        assert "/premiun" in str(exc), exc
+        return
+    resp = seller.request("GET", "/free")  # refused when it first served, if not earlier
+    assert resp.status == 500 and resp.json()["error"] == "configuration_error"
+    assert "/premiun" in resp.json()["message"]
+    assert seller.calls["/free"] == 0
+
+
+# -- WebSockets (ASGI only: WSGI has none) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["starlette", "fastapi"])
+def test_a_websocket_on_a_priced_route_is_refused(seller: Any) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    with (
+        pytest.raises(WebSocketDisconnect) as refused,
+        seller.client._client.websocket_connect("/ws") as ws,
+    ):
+        ws.receive_text()
+    assert refused.value.code == 1008
+    assert seller.calls["/ws"] == 0
+
+
+@pytest.mark.parametrize("kind", ["starlette", "fastapi"])
+def test_a_bad_database_fails_the_asgi_lifespan_start_up(
+    make_seller: Any, kind: str, tmp_path: Any
+) -> None:
+    """The Starlette example started ("Application startup complete") and then answered 500
+    to every request, /free too: the server must refuse to start instead."""
+    import asyncio
+
+    from fourmica_x402.errors import FourmicaError
+
+    bad = f"sqlite:///{tmp_path}/no/such/dir/core.db"
+    if kind == "fastapi":  # FourmicaX402(app, …) builds the gate at once: the import fails
+        with pytest.raises(FourmicaError, match="does not exist"):
+            make_seller(core=bad)
+        return
+    seller = make_seller(core=bad)  # Starlette builds its middleware when it first starts
+    sent: list[dict[str, Any]] = []
+
+    async def lifespan() -> None:
+        messages = [{"type": "lifespan.startup"}]
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop(0) if messages else {"type": "lifespan.shutdown"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await seller.client.app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+
+    asyncio.run(lifespan())
+    assert sent[0]["type"] == "lifespan.startup.failed"
+    assert "does not exist" in sent[0]["message"]
+    resp = seller.request("GET", "/free")  # a server that started anyway still fails closed
+    assert resp.status == 500 and resp.json()["error"] == "configuration_error"
+
+
+def test_a_markers_own_pay_to_takes_tabs_from_start_up(tmp_path: Any) -> None:
+    """A ``Paid(pay_to=…)`` address is not in the route table: the tab endpoint must know it
+    from start-up (another worker may have served the challenge)."""
+    from fastapi import FastAPI
+    from fourmica_x402.adapters.fastapi import FourmicaX402, Paid
+    from starlette.testclient import TestClient
+
+    from fourmica_x402.testing import NETWORK, TestBuyer
+
+    other = TestBuyer.new().address
+    app = FastAPI()
+    FourmicaX402(
+        app, pay_to=TestBuyer.new().address, network=NETWORK, core=f"sqlite:///{tmp_path}/c.db"
+    )
+
+    @app.get("/premium")
+    def premium(p: Any = Paid("$0.01", pay_to=other)) -> dict[str, Any]:  # noqa: B008
+        return {"payer": p.payer}
+
+    with TestClient(app) as client:  # lifespan: the app starts; no challenge served yet
+        requirements = {
+            "scheme": "4mica-credit",
+            "network": NETWORK,
+            "amount": "10000",
+            "asset": "0x036CbD53842c5426634e7929541eC2318f3dCF7e",
+            "payTo": other,
+            "maxTimeoutSeconds": 300,
+            "extra": {},
+        }
+        body = {"x402Version": 2, "userAddress": TestBuyer.new().address}
+        resp = client.post("/x402/tab", json={**body, "paymentRequirements": requirements})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["recipientAddress"] == other
