@@ -4,7 +4,7 @@ facilitator API, Core API subset, sandbox API, metrics, dashboard.
     fourmica-x402 serve --db sqlite:///core.db --sandbox          # or, in code:
     app = create_app(Core("sqlite:///core.db"), sandbox=True)
 
-Routes (SPEC §5.2, §5.3):
+Routes (docs/protocol.md, "Endpoints"):
 
 - ``GET /supported``, ``GET /health``, ``POST /tabs``, ``POST /verify``, ``POST /settle``
   — the x402-4mica facilitator API (official sellers can use us as their facilitator);

@@ -33,6 +33,8 @@ def free() -> dict[str, Any]:
     return {"free": True}
 
 
+# Paid() prices the route it is declared on (every method it serves unless methods=…) and
+# refuses to run the handler without a payment settled for it.
 @app.get("/premium")
 def premium(payment: Payment = Paid("$0.01")) -> dict[str, Any]:  # noqa: B008
     return {"premium": "the good stuff", "payer": payment.payer, "guarantee": payment.guarantee_id}

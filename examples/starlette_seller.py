@@ -40,6 +40,8 @@ async def premium(request: Request) -> JSONResponse:
 config = PaymentConfig(
     pay_to=PAY_TO,
     network="eip155:84532",
+    # Keys name routes of this app (templates: "GET /items/:id" prices Route("/items/{id:int}")):
+    # what Starlette routes is what is priced; a key naming no route stops the start-up.
     routes={"GET /premium": "$0.01"},
     core=os.environ.get("FOURMICA_X402_DB", "sqlite:///fourmica_x402.db"),
 )

@@ -233,7 +233,7 @@ class ValidationPolicy:
 
 @dataclass(frozen=True, slots=True)
 class GuaranteeClaims:
-    """What a buyer signs. Attribute names are the JSON keys of SPEC §4.
+    """What a buyer signs. Attribute names are the JSON keys of the claims (docs/protocol.md, "Guarantees").
 
     Addresses are EIP-55; ids, amounts and scores are ints; hashes 32 bytes.
     The G-v2 fields are None on a G-v1 guarantee.
@@ -373,7 +373,7 @@ class GuaranteeClaims:
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The claims JSON of SPEC §4, keys in the canonical order."""
+        """The claims JSON (docs/protocol.md, "Guarantees"), keys in the canonical order."""
         data: dict[str, Any] = {
             "version": f"v{self.version}",
             "user_address": self.user_address,
@@ -693,7 +693,7 @@ def guarantee_id(chain_id: int, tab_id: int, req_id: int) -> bytes:
 
 
 def certificate_message(claims: GuaranteeClaims, domain: bytes, total_amount: int) -> bytes:
-    """The bytes the Core's BLS key signs, in 4Mica's certificate format (SPEC §6 step 9)."""
+    """The bytes the Core's BLS key signs, in 4Mica's certificate format (docs/protocol.md, "Certificates")."""
     words = (
         domain
         + uint_word(claims.tab_id)

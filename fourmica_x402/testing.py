@@ -102,7 +102,7 @@ def payment_header(
 ) -> tuple[str, str]:
     """``(header name, value)`` paying ``requirements`` on ``tab`` (a tab-endpoint JSON answer).
 
-    G-v2 when the requirements carry a validation policy, else G-v1 — as SPEC §4 says a
+    G-v2 when the requirements carry a validation policy, else G-v1 — as docs/protocol.md says a
     buyer does. To make deliberately bad payments: ``amount``/``recipient``/``asset``/
     ``tab_id``/``policy`` build consistent claims with other values; ``claim_changes`` tamper with
     the built claims (before signing); ``sign_with`` signs with another key.

@@ -69,7 +69,7 @@ __all__ = [
 
 log = logging.getLogger("fourmica_x402.webhooks")
 
-#: Every event type the Core emits (SPEC §6 "Events"); ``"*"`` subscribes to all, future ones too.
+#: Every event type the Core emits (docs/protocol.md, "Events"); ``"*"`` subscribes to all, future ones too.
 EVENT_TYPES: frozenset[str] = frozenset(
     {
         "collateral.deposited",

@@ -57,7 +57,7 @@ class Tab:
     next_req_id: int
 
     def to_json(self) -> dict[str, Any]:
-        """The tab response of SPEC §5.1 (camelCase, ids as 0x hex)."""
+        """The tab response (docs/protocol.md, "Endpoints") (camelCase, ids as 0x hex)."""
         return {
             "tabId": hex(self.tab_id),
             "userAddress": self.user_address,
@@ -71,7 +71,7 @@ class Tab:
 
 @dataclass(frozen=True, slots=True)
 class Expected:
-    """What the seller asked for: the claims must match it exactly (SPEC §6 step 7)."""
+    """What the seller asked for: the claims must match it exactly (docs/protocol.md, "Acceptance", step 7)."""
 
     network: str
     pay_to: str
@@ -199,7 +199,7 @@ class Withdrawal:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """Something that happened in the Core (SPEC §6 "Events")."""
+    """Something that happened in the Core (docs/protocol.md, "Events")."""
 
     event_id: int
     type: str
