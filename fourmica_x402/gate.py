@@ -25,20 +25,14 @@ Hooks (sync or async):
 from __future__ import annotations
 
 import asyncio
-import atexit
-import contextlib
 import hashlib
 import html
 import inspect
 import json
 import logging
-import os
-import queue
 import threading
 import time
-import weakref
-from collections.abc import Awaitable, Callable, Generator, Mapping
-from concurrent.futures import Future
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import partial
@@ -103,8 +97,6 @@ _EXPOSE = "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE"
 #: Times the event loop tries the embedded Core's write itself, waiting (without blocking)
 #: for this process's other writers in between, before handing it to a worker thread.
 _LOOP_TRIES = 3
-#: How much nicer (lower CPU priority) than the serving threads the certifier runs.
-_CERTIFIER_NICE = 10
 _DELIVERY_TAG = "delivery"
 #: What a paid response tells caches (docs/protocol.md, "Paid responses"): a shared cache or
 #: a CDN must never hand paid content to an unpaid client.
@@ -241,15 +233,24 @@ class Payment:
     #: The framework's own object for the route this payment was settled for (an
     #: :attr:`Endpoint.key`); per-handler markers check it is theirs.
     endpoint: Any = field(default=None, repr=False, compare=False)
-    _certificate: Future[dict[str, str]] | None = field(default=None, repr=False)
+    #: Makes the certificate when asked (embedded Core); None when the facilitator gave it.
+    _certify: Callable[[], dict[str, str]] | None = field(default=None, repr=False)
+    _made: dict[str, str] | None = field(default=None, repr=False)
 
     @property
     def certificate(self) -> dict[str, str] | None:
-        """The Core's BLS certificate, once produced (it is made off the hot path)."""
-        fut = self._certificate
-        if fut is not None and fut.done() and fut.exception() is None:
-            return fut.result()
-        return None
+        """The Core's BLS certificate for this payment's guarantee.
+
+        Made on demand (~0.5 ms of BLS signing, then stored by the Core): a paid request
+        never pays for it unless its handler asks (docs/architecture.md, "Certificates").
+        """
+        if self._made is None and self._certify is not None:
+            try:
+                self._made = self._certify()
+            except Exception:  # the guarantee was voided meanwhile, the store is closing…
+                log.exception("could not make the certificate of %s", self.guarantee_id)
+                return None
+        return self._made
 
 
 @dataclass
@@ -300,122 +301,6 @@ class _Throttle:
             for key in keys:
                 if key:
                     self._hits.setdefault(key, []).append(now)
-
-
-class _Certifier:
-    """Makes the Core's certificates in batches on one background thread.
-
-    BLS signing (~0.5 ms each, GIL-free) and its database writes would otherwise
-    compete with every paid request; batching turns N writes into two per batch.
-    """
-
-    def __init__(
-        self, core: Any, records: Records, max_batch: int = 256, linger: float = 0.02
-    ) -> None:
-        self._core, self._records, self._max, self._linger = core, records, max_batch, linger
-        # Items to certify, or None: stop.
-        self._queue: queue.SimpleQueue[tuple[str, int | None, Future[dict[str, str]]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def submit(self, guarantee_id: str, record_id: int | None) -> Future[dict[str, str]]:
-        future: Future[dict[str, str]] = Future()
-        self._queue.put((guarantee_id, record_id, future))
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._run, name="fourmica-certifier", daemon=True
-                    )
-                    self._thread.start()
-                    _LIVE_CERTIFIERS.add(self)
-        return future
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Finish the batch in hand and end the thread (certificates not made yet are made
-        on demand later: ``Core.certify``)."""
-        thread = self._thread
-        if thread is not None and thread.is_alive():
-            self._queue.put(None)
-            thread.join(timeout)
-
-    def _certify(
-        self, batch: list[tuple[str, int | None, Future[dict[str, str]]]]
-    ) -> dict[str, dict[str, str]]:
-        """Make a batch's certificates and file them in the records (one write when shared)."""
-        certs: dict[str, dict[str, str]] = {}
-
-        def file(made: Mapping[str, Any]) -> list[tuple[int, dict[str, str]]]:
-            certs.update((gid, cert.to_json()) for gid, cert in made.items())
-            return [(r, certs[g]) for g, r, _ in batch if r is not None and g in certs]
-
-        ids = [gid for gid, _, _ in batch]
-        if self._records.store is self._core.store:
-            self._core.certify_many(ids, also=lambda tx, made: Records.attach(tx, file(made)))
-        else:
-            self._records.attach_certificates(file(self._core.certify_many(ids)))
-        return certs
-
-    def _run(self) -> None:
-        _lower_priority()
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            # Linger a moment so a busy seller's certificates share one read and one write.
-            deadline = time.monotonic() + self._linger
-            while len(batch) < self._max:
-                try:
-                    item = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-            try:
-                certs = self._certify(batch)
-                for gid, _, future in batch:
-                    if gid in certs:
-                        future.set_result(certs[gid])
-                    else:
-                        future.set_exception(LookupError(gid))
-            except Exception as exc:  # a later batch may succeed; never let the thread die
-                if isinstance(exc, Unavailable):  # the store is closing: certificates can wait
-                    log.debug("certificate batch skipped: %s", exc)
-                else:
-                    log.exception("certificate batch failed")
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-
-
-def _lower_priority() -> None:
-    """Run this thread at a lower CPU priority where the OS allows it (Linux: per thread).
-
-    Certificates are background work, made when the machine has time: on a busy
-    seller they must not take the CPU from serving paid requests.
-    """
-    setpriority = getattr(os, "setpriority", None)
-    if setpriority is None:
-        return
-    with contextlib.suppress(OSError):  # e.g. a sandbox that forbids it: full priority then
-        setpriority(os.PRIO_PROCESS, threading.get_native_id(), _CERTIFIER_NICE)
-
-
-# Certifier threads sign in C++ with the GIL released; one still signing when the
-# interpreter exits aborts the process. Let them finish their batch first.
-_LIVE_CERTIFIERS: weakref.WeakSet[_Certifier] = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_certifiers() -> None:
-    for certifier in list(_LIVE_CERTIFIERS):
-        certifier.stop()
 
 
 class _Reconciler:
@@ -485,7 +370,6 @@ class Gate:
             records = Records(self.core.store)
         self.records = records if isinstance(records, Records) else Records(records)
         self._throttle = _Throttle(config.throttle_failures, config.throttle_window)
-        self._certifier = _Certifier(self.core, self.records) if self.core is not None else None
         self.tap = lambda: BodyTap(config.idempotent_replay, config.replay_body_limit)
         self._reconciler = _Reconciler(self)
         if self.records.next_followup_due() is not None:
@@ -805,8 +689,7 @@ class Gate:
             settled=result is not None,
             endpoint=None if endpoint is None else endpoint.key,
         )
-        if result is not None and result.guarantee_id:
-            payment._certificate = self._certify(result.guarantee_id, record_id)
+        self._certificate_source(payment, result)
         if self.config.after_settle is not None and result is not None:
             try:
                 yield Call(self.config.after_settle, (request, result), blocking=False)
@@ -845,11 +728,15 @@ class Gate:
         else:
             self._throttle.hit(payer)
 
-    def _certify(self, guarantee_id: str, record_id: int | None) -> Future[dict[str, str]] | None:
-        """Queue the certificate (BLS, ~0.5 ms) for the batched certifier, off the request path."""
-        if self._certifier is None:
-            return None
-        return self._certifier.submit(guarantee_id, record_id)
+    def _certificate_source(self, payment: Payment, result: SettleResult | None) -> None:
+        """Where the payment's certificate comes from: the facilitator's answer when it sent
+        one (a remote ``/settle``), else the embedded Core, on demand."""
+        if result is None or not result.guarantee_id:
+            return
+        if result.certificate:
+            payment._made = result.certificate
+        elif self.core is not None:
+            payment._certify = partial(self.facilitator.certify, result.guarantee_id)
 
     def _settle_and_record(
         self,
@@ -1108,7 +995,7 @@ class Gate:
             headers.append((name.lower(), encode_header(refunded)))
         elif result is not None:
             response = result.to_settle_response()
-            certificate = state.payment.certificate
+            certificate = state.payment._made  # only if made already: never on the hot path
             if certificate:
                 extra = dict(response.extra or {})
                 extra["certificate"] = certificate
@@ -1138,10 +1025,7 @@ class Gate:
             state.result = result
             state.payment.guarantee_id = result.guarantee_id
             state.payment.settled = True
-            if result.guarantee_id:
-                state.payment._certificate = self._certify(
-                    result.guarantee_id, state.payment.record_id
-                )
+            self._certificate_source(state.payment, result)
         return result
 
     def finish(
@@ -1169,7 +1053,7 @@ class Gate:
         elif state.delivery_policy and payment.guarantee_version == 2:
             action = ("score", 100 if delivered else 0)
             outcome = "delivered" if delivered else "cancelled"
-        certificate = self._certificate_when_ready(payment)
+        certificate = payment._made  # if the handler asked for it; else the Core makes it later
         keep = None
         if self.config.idempotent_replay and body is not None and outcome == "delivered":
             keep = (headers or [], body)
@@ -1187,14 +1071,6 @@ class Gate:
         outcome = yield Call(self._finish_io, (payment, action, outcome, record), afn=afn)
         if self.config.after_delivery is not None:
             yield Call(self.config.after_delivery, (payment, outcome), blocking=False)
-        return None
-
-    @staticmethod
-    def _certificate_when_ready(payment: Payment) -> dict[str, str] | None:
-        """The certificate if it is made already (else the certifier files it in the record)."""
-        future = payment._certificate
-        if future is not None and future.done() and future.exception() is None:
-            return future.result()
         return None
 
     async def _afinish_local(
