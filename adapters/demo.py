@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import shutil
 import socket
 import sys
 import tempfile
@@ -222,7 +223,28 @@ def _money(atomic: int) -> str:
 def run_demo(
     *, quick: bool = False, serve: bool = False, echo: Callable[[str], None] | None = None
 ) -> int:
-    """Run the demo; returns the process exit code (0: every invariant held)."""
+    """Run the demo; returns the process exit code (0: every invariant held).
+
+    Its Core lives in a temporary directory, removed when the demo ends (failed runs too).
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="fourmica-demo-"))
+    opened: list[Core] = []
+    try:
+        return _run_demo(workdir, opened, quick=quick, serve=serve, echo=echo)
+    finally:
+        for core in opened:
+            core.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_demo(
+    workdir: Path,
+    opened: list[Core],
+    *,
+    quick: bool = False,
+    serve: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> int:
     from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
@@ -230,13 +252,13 @@ def run_demo(
     console = Console()
     say = echo or console.print
     started = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="fourmica-demo-"))
     db = f"sqlite:///{workdir / 'core.db'}"
     # Seconds instead of hours, so a whole clearing cycle fits in the demo.
     core_config = CoreConfig(
         resolution_delay=1.0, payment_window=1.0, finality=1.0, withdrawal_grace=2.0
     )
     core = Core(db, config=core_config)
+    opened.append(core)
     say(f"[bold]fourmica-x402 demo[/bold] · Core on {db}")
 
     agents = {
@@ -452,17 +474,18 @@ def run_demo(
         for problem in problems:
             say(f"[red]invariant broken:[/red] {problem}")
 
-        from .service import create_app
+        if serve:  # a dashboard link is printed only while something serves it
+            from .service import create_app
 
-        port = _port()
-        dashboard = stack.enter_context(
-            _serve_asgi(create_app(core, tick_interval=None, webhooks=False), port)
-        )
-        del dashboard
-        say(f"dashboard: http://127.0.0.1:{port}/")
-        if serve:
+            port = _port()
+            stack.enter_context(
+                _serve_asgi(create_app(core, tick_interval=None, webhooks=False), port)
+            )
+            say(f"dashboard: http://127.0.0.1:{port}/")
             say("serving the sellers and the dashboard; Ctrl-C to stop")
             with contextlib.suppress(KeyboardInterrupt):
                 while True:
                     time.sleep(1)
+        else:
+            say("run with --serve to keep the sellers and the dashboard up")
     return 0 if not problems else 1

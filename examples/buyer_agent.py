@@ -5,7 +5,9 @@ Needs:    pip install "fourmica-x402[starlette,server]"
 
 With SELLER_URL unset it starts a small local seller (embedded Core, SQLite in a temp
 directory) and funds itself there with sandbox collateral. With SELLER_URL set it pays
-that seller instead; BUYER_KEY then must hold collateral in that seller's Core.
+that seller instead (PATHS, comma-separated, default "/premium,/premium,/free": the example
+sellers' routes); BUYER_KEY then must hold collateral in that seller's Core, e.g.
+`fourmica-x402 deposit --db <the seller's FOURMICA_X402_DB> <the buyer's address> '$1'`.
 """
 
 from __future__ import annotations
@@ -71,7 +73,10 @@ def start_local_seller() -> str:
 
 
 def main() -> None:
-    base = os.environ.get("SELLER_URL") or start_local_seller()
+    base = os.environ.get("SELLER_URL")
+    default = "/premium,/premium,/free" if base else "/search,/search,/summary,/report"
+    paths = [p.strip() for p in os.environ.get("PATHS", default).split(",") if p.strip()]
+    base = base or start_local_seller()
     policy = SpendingPolicy(max_per_request="$0.10", per_hour="$1")
     ledger = ReceiptLedger()
     with (
@@ -80,13 +85,15 @@ def main() -> None:
         ) as client,
         policy.task("market research", budget="$0.05"),
     ):
-        for path in ("/search", "/search", "/summary", "/report"):
+        for path in paths:
             try:
                 response = client.get(path)
-                receipt = response.extensions[RECEIPT_KEY]
-                print(f"{path:10} {response.status_code} paid {receipt.amount} → {response.json()}")
             except PaymentRefused as refused:
                 print(f"{path:10} refused: {refused.reason} ({refused.message})")
+                continue
+            receipt = response.extensions.get(RECEIPT_KEY)  # None: the route was not paid
+            paid = f"paid {receipt.amount} atomic units" if receipt else "not paid"
+            print(f"{path:10} {response.status_code} {paid} → {response.text[:200]}")
     print("\nreceipts (JSON lines):")
     for receipt in ledger:
         print(json.dumps(receipt.to_dict(), sort_keys=True))

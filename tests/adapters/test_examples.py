@@ -146,6 +146,29 @@ def test_buyer_agent_example_runs(tmp_path: Path) -> None:
     assert "refused: budget_exhausted" in out.stdout
 
 
+@pytest.mark.slow
+def test_buyer_agent_pays_an_example_seller(tmp_path: Path) -> None:
+    """Pointed at an example seller (SELLER_URL), the agent died with KeyError 'fourmica_receipt'."""
+    key = TEST_KEYS[3]  # throwaway test key
+    with running("starlette", tmp_path) as (client, db):
+        core = Core(f"sqlite:///{db}")
+        core.deposit(TestBuyer.from_key(key).address, 1_000_000, network=NETWORK)
+        env = {**os.environ, "SELLER_URL": str(client.base_url).rstrip("/"), "BUYER_KEY": key}
+        out = subprocess.run(
+            [sys.executable, str(EXAMPLES / "buyer_agent.py")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env=env,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.count("/premium   200 paid 10000") == 2, out.stdout
+        assert "/free      200 not paid" in out.stdout
+        assert core.position(TestBuyer.from_key(key).address, network=NETWORK).locked == 20_000
+        core.close()
+
+
 @pytest.mark.parametrize("name", sorted(SELLERS))
 def test_an_example_with_a_bad_database_refuses_to_start(name: str, tmp_path: Path) -> None:
     """A bad FOURMICA_X402_DB stops the server at start-up with the reason; it never starts

@@ -31,9 +31,18 @@ def test_every_package_is_listed_in_pyproject() -> None:
     assert set(config["tool"]["setuptools"]["packages"]) == _tree_packages()
 
 
-def test_adapters_resolve_to_the_adapters_directory() -> None:
-    assert Path(fourmica_x402.adapters.__file__).resolve().parent == ROOT / "adapters"
-    assert Path(fourmica_x402.__file__).resolve().parent == ROOT / "fourmica_x402"
+def test_adapters_ship_as_fourmica_x402_adapters() -> None:
+    """The package-dir mapping: adapters/ is installed as fourmica_x402.adapters (editable
+    or not: tox installs the built distribution, a developer the work tree)."""
+    installed = Path(fourmica_x402.adapters.__file__).resolve().parent
+    assert installed.parent == Path(fourmica_x402.__file__).resolve().parent or installed == (
+        ROOT / "adapters"
+    )
+
+    def modules(folder: Path) -> set[str]:
+        return {p.relative_to(folder).as_posix() for p in folder.rglob("*.py")}
+
+    assert modules(installed) == modules(ROOT / "adapters")
 
 
 def test_console_script_runs() -> None:
