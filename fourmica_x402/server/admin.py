@@ -1,0 +1,69 @@
+"""``/admin/webhooks``: webhook subscriptions and their delivery log.
+
+A subscription makes the service call out to any URL, so only its operator may manage them:
+the operator's key, or no key at all on a sandbox service. Seller keys are not enough.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from fourmica_x402.webhooks import Webhooks
+
+from .base import Call, Reply, refusal
+
+if TYPE_CHECKING:
+    from .context import Service
+
+__all__ = ["deliveries", "subscribe", "subscriptions", "unsubscribe"]
+
+Action = Callable[[Webhooks, Call], Reply]
+Handler = Callable[["Service", Call], Reply]
+
+
+def _admin(action: Action) -> Handler:
+    """The handler of an admin action: webhooks on, operator only; ValueError answers 400."""
+
+    def handler(service: Service, call: Call) -> Reply:
+        if service.hooks is None:
+            return refusal(404, "webhooks are disabled")
+        if service.keys.api_key is None and not service.sandbox:
+            return refusal(403, "set an API key (--api-key) to manage webhooks")
+        if not service.keys.authorized(call):
+            return refusal(401, "unauthorized")
+        try:
+            return action(service.hooks, call)
+        except ValueError as exc:
+            return refusal(400, str(exc))
+
+    handler.__name__ = handler.__qualname__ = action.__name__
+    handler.__doc__ = action.__doc__
+    return handler
+
+
+@_admin
+def subscribe(hooks: Webhooks, call: Call) -> Reply:
+    """``POST /admin/webhooks`` ``{url, events?, secret?}``."""
+    body = call.body
+    if not isinstance(body, dict) or not isinstance(body.get("url"), str):
+        return refusal(400, "give {url, events?, secret?}")
+    sub = hooks.subscribe(body["url"], body.get("events") or ["*"], body.get("secret"))
+    return 200, sub.to_dict(include_secret=True)  # the secret is shown once, here
+
+
+@_admin
+def subscriptions(hooks: Webhooks, call: Call) -> Reply:
+    return 200, [sub.to_dict() for sub in hooks.subscriptions()]
+
+
+@_admin
+def unsubscribe(hooks: Webhooks, call: Call) -> Reply:
+    removed = hooks.unsubscribe(call.path["sid"])
+    return 200 if removed else 404, {"removed": removed}
+
+
+@_admin
+def deliveries(hooks: Webhooks, call: Call) -> Reply:
+    """``?status=`` filters the log (``pending``, ``delivered``, ``failed``)."""
+    return 200, [d.to_dict() for d in hooks.deliveries(status=call.query.get("status"))]

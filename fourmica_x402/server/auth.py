@@ -1,0 +1,71 @@
+"""Who may call what: the operator's API key and the per-seller keys (docs/operations.md, "Keys").
+
+The operator's key (``--api-key``) may make every call. A seller key (``--seller-key
+TOKEN=0xADDRESS``) acts for its own address only, so sellers sharing one service cannot
+refund, cancel or pre-settle each other's payments. Tokens are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+
+from fourmica_x402._eth import parse_address
+
+from .base import Call, Reply, error, refusal
+
+__all__ = ["Keys"]
+
+
+class Keys:
+    """The service's tokens, and the checks its handlers make with them."""
+
+    def __init__(
+        self,
+        api_key: str | None,
+        seller_keys: Mapping[str, str] | None = None,
+        *,
+        sandbox: bool = False,
+    ) -> None:
+        self.api_key = api_key
+        self.sellers = {
+            token: parse_address(address) for token, address in (seller_keys or {}).items()
+        }
+        self.sandbox = sandbox
+
+    def authorized(self, call: Call) -> bool:
+        """The operator's key is presented, or the service has none."""
+        return self.api_key is None or hmac.compare_digest(call.bearer, self.api_key)
+
+    def acts_for(self, call: Call) -> str | None:
+        """The seller address a seller key is bound to ("" for the operator key; None: neither)."""
+        token = call.bearer
+        if self.api_key is not None and hmac.compare_digest(token, self.api_key):
+            return ""
+        for known, address in self.sellers.items():
+            if hmac.compare_digest(token, known):
+                return address
+        return None
+
+    def seller_call(self, call: Call) -> Reply | None:
+        """Void and validation move money: only callers holding a key may make them.
+
+        The ``by``/``validator`` address in the body is public (``/api/guarantees``), so
+        without a key anyone could void a seller's guarantee or score their own to zero.
+        A local sandbox service (``--sandbox``) without a key stays open for development.
+        None: the call may go on.
+        """
+        if self.api_key is None and not self.sellers and not self.sandbox:
+            return refusal(
+                403, "start the service with --api-key to accept void and validation calls"
+            )
+        if (self.api_key is not None or self.sellers) and self.acts_for(call) is None:
+            return refusal(401, "unauthorized")
+        return None
+
+    def not_yours(self, call: Call, address: str) -> Reply | None:
+        """A seller key acts for its own address only (None: ``address`` is the caller's)."""
+        bound = self.acts_for(call)
+        if bound and bound != address:
+            return error(403, "key_not_for_address", f"this key acts for {bound} only")
+        return None

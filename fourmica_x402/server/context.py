@@ -1,0 +1,57 @@
+"""The state every handler shares: the Core, its facilitator, webhooks, metrics and keys."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+
+from fourmica_x402.core import Core
+from fourmica_x402.facilitator import LocalFacilitator
+from fourmica_x402.networks import get_network
+from fourmica_x402.webhooks import Webhooks
+
+from .auth import Keys
+from .base import Call
+from .metrics import Metrics
+
+__all__ = ["Service"]
+
+
+class Service:
+    """One service over ``core`` (see ``fourmica_x402.adapters.service.create_app``).
+
+    ``network`` is the default for calls that name none; ``public_url`` the origin handed out
+    in URLs (``/core/public-params``) instead of the one a request reached.
+    """
+
+    def __init__(
+        self,
+        core: Core,
+        *,
+        sandbox: bool = False,
+        api_key: str | None = None,
+        seller_keys: Mapping[str, str] | None = None,
+        network: str = "eip155:84532",
+        public_url: str | None = None,
+        webhooks: bool = True,
+    ) -> None:
+        self.core = core
+        self.sandbox = sandbox
+        self.network = network
+        self.public_url = public_url
+        self.facilitator = LocalFacilitator(core)
+        self.hooks = Webhooks(core) if webhooks else None
+        self.metrics = Metrics(core)
+        self.chain_id = get_network(network).chain_id
+        self.keys = Keys(api_key, seller_keys, sandbox=sandbox)
+
+    def origin(self, call: Call) -> str:
+        return self.public_url or call.origin
+
+    async def tick_forever(self, interval: float) -> None:
+        """Drive cycles and timeouts every ``interval`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):  # keep ticking; the next round retries
+                await asyncio.to_thread(self.core.tick)

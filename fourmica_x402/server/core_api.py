@@ -1,0 +1,39 @@
+"""The Core API subset and its sandbox JSON-RPC (docs/protocol.md, "Endpoints"):
+``GET /core/public-params``, ``POST /core/payment-tabs``, ``POST /core/guarantees``,
+``POST /rpc`` — so buyers built on the official SDK can read signing parameters, open tabs
+and settle from this Core. The bodies are :mod:`fourmica_x402.coreapi`'s, shared with the
+seller gate's embedded mode.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fourmica_x402 import coreapi
+
+from .base import Call, Reply
+
+if TYPE_CHECKING:
+    from .context import Service
+
+__all__ = ["guarantees", "payment_tabs", "public_params", "rpc"]
+
+
+def public_params(service: Service, call: Call) -> Reply:
+    return 200, coreapi.public_params(service.core, service.chain_id, service.origin(call) + "/rpc")
+
+
+def rpc(service: Service, call: Call) -> Reply:
+    return coreapi.json_rpc(service.core, service.chain_id, call.body)
+
+
+def payment_tabs(service: Service, call: Call) -> Reply:
+    return coreapi.core_payment_tabs(service.core, service.chain_id, call.body)
+
+
+def guarantees(service: Service, call: Call) -> Reply:
+    # Settling a buyer's signed guarantee outside a seller's gate must be the seller's act.
+    if (refused := service.keys.seller_call(call)) is not None:
+        return refused
+    only = service.keys.acts_for(call) or None  # a seller key settles its own guarantees only
+    return coreapi.core_guarantees(service.core, service.chain_id, call.body, recipient=only)

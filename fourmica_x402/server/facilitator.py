@@ -1,0 +1,133 @@
+"""The x402-4mica facilitator API (docs/protocol.md, "Endpoints"): ``GET /supported``,
+``GET /health``, ``POST /tabs``, ``POST /verify``, ``POST /settle``.
+
+Official sellers can use the service as their facilitator, so these bodies are the official
+ones, errors included: ``/verify`` and ``/settle`` always answer 200 with ``isValid``/``success``
+false and the stable reason, and ``/tabs`` refuses with ``{"error": text, "reason": code}``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fourmica_x402._eth import parse_address
+from fourmica_x402.errors import FourmicaError, MalformedPayment, PaymentError
+from fourmica_x402.wire import (
+    PaymentPayload,
+    PaymentPayloadV1,
+    PaymentRequirements,
+    PaymentRequirementsV1,
+)
+
+from .base import Call, Reply, refusal
+
+if TYPE_CHECKING:
+    from .context import Service
+
+__all__ = ["MAX_TAB_TTL", "health", "payment_args", "settle", "supported", "tabs", "verify"]
+
+#: Longest tab a caller may ask for (30 days): a tab window bounds how long its claims stay valid.
+MAX_TAB_TTL = 30 * 86_400
+
+
+def payment_args(body: Any) -> tuple[PaymentPayload | PaymentPayloadV1, PaymentRequirements]:
+    """The payload and requirements of a ``/verify`` or ``/settle`` body (x402 v1 or v2)."""
+    if not isinstance(body, dict):
+        raise MalformedPayment("body must be a JSON object")
+    try:
+        raw_payload, raw_req = body["paymentPayload"], body["paymentRequirements"]
+        version = (
+            raw_payload.get("x402Version", body.get("x402Version", 1))
+            if isinstance(raw_payload, dict)
+            else 0
+        )
+        payload = (PaymentPayload if version == 2 else PaymentPayloadV1).model_validate(raw_payload)
+        requirements = (
+            PaymentRequirements.model_validate(raw_req)
+            if isinstance(raw_req, dict) and "amount" in raw_req
+            else PaymentRequirementsV1.model_validate(raw_req).to_v2()
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MalformedPayment(f"invalid facilitator request: {str(exc)[:200]}") from None
+    return payload, requirements
+
+
+def supported(service: Service, call: Call) -> Reply:
+    return 200, {"kinds": service.facilitator.supported(), "extensions": [], "signers": {}}
+
+
+def health(service: Service, call: Call) -> Reply:
+    return 200, {"status": "ok"}
+
+
+def tabs(service: Service, call: Call) -> Reply:
+    body = call.body
+    if not isinstance(body, dict):
+        return refusal(400, "body must be a JSON object")
+    try:
+        net = str(body.get("network") or service.network)
+        version = int(body.get("guaranteeVersion") or body.get("x402Version") or 1)
+        ttl = body.get("ttlSeconds")
+        if ttl is not None and not (isinstance(ttl, int) and 0 < ttl <= MAX_TAB_TTL):
+            return refusal(400, f"ttlSeconds must be 1..{MAX_TAB_TTL}")
+        tab = service.core.open_tab(
+            parse_address(body.get("userAddress")),
+            parse_address(body.get("recipientAddress")),
+            network=net,
+            asset=body.get("erc20Token") or None,
+            guarantee_version=version,
+            ttl_seconds=int(ttl) if ttl else None,
+        )
+    except FourmicaError as exc:
+        # The official tab-endpoint shape: clients read ``reason`` (docs/operations.md).
+        return 400 if exc.status < 500 else 502, {"error": exc.message, "reason": exc.reason}
+    except (ValueError, TypeError) as exc:
+        return refusal(400, str(exc))
+    return 200, tab.to_json()
+
+
+def verify(service: Service, call: Call) -> Reply:
+    try:
+        payload, requirements = payment_args(call.body)
+        verdict = service.facilitator.verify(payload, requirements)
+    except PaymentError as exc:
+        return 200, {"isValid": False, "invalidReason": exc.reason}
+    return 200, {
+        "isValid": verdict.is_valid,
+        "invalidReason": verdict.invalid_reason,
+        "payer": verdict.payer,
+    }
+
+
+def settle(service: Service, call: Call) -> Reply:
+    answer: dict[str, Any]
+    try:
+        payload, requirements = payment_args(call.body)
+        result = service.facilitator.settle(payload, requirements)
+        certificate = (
+            service.core.certify(result.guarantee_id).to_json()
+            if result.success and result.guarantee_id
+            else None
+        )
+        answer = {
+            "success": result.success,
+            "error": result.error_reason,
+            "txHash": None,
+            "networkId": result.network,
+            "network": result.network,
+            "transaction": result.guarantee_id or "",
+            "payer": result.payer,
+            "certificate": certificate,
+        }
+    except PaymentError as exc:
+        answer = {
+            "success": False,
+            "error": exc.reason,
+            "txHash": None,
+            "networkId": service.network,
+            "network": service.network,
+            "transaction": "",
+            "certificate": None,
+        }
+    service.metrics.settled(bool(answer["success"]), answer.get("error"))
+    return 200, answer

@@ -1,0 +1,53 @@
+"""What a seller's gate asks of a remote Core after a paid request (docs/architecture.md,
+"The Core's transactions"): ``POST /guarantees/{gid}/void`` (a refund) and
+``POST /guarantees/{gid}/validation`` (the delivery policy's score).
+
+Both move money, so both need a key (:meth:`Keys.seller_call`), and a seller key may only
+act as its own address (:meth:`Keys.not_yours`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fourmica_x402._eth import parse_address
+
+from .base import Call, Reply, refusal
+
+if TYPE_CHECKING:
+    from .context import Service
+
+__all__ = ["validation", "void"]
+
+
+def void(service: Service, call: Call) -> Reply:
+    if (refused := service.keys.seller_call(call)) is not None:
+        return refused
+    body = call.body or {}
+    try:
+        by = parse_address(body.get("by"))
+    except ValueError as exc:
+        return refusal(400, f"by: {exc}")
+    if (refused := service.keys.not_yours(call, by)) is not None:
+        return refused
+    return 200, service.core.void(call.path["gid"], by=by).to_dict()
+
+
+def validation(service: Service, call: Call) -> Reply:
+    if (refused := service.keys.seller_call(call)) is not None:
+        return refused
+    body = call.body or {}
+    score = body.get("score")
+    try:
+        validator = parse_address(body.get("validator"))
+    except ValueError as exc:
+        return refusal(400, f"validator: {exc}")
+    if (refused := service.keys.not_yours(call, validator)) is not None:
+        return refused
+    record = service.core.post_validation(
+        call.path["gid"],
+        validator=validator,
+        score=score if isinstance(score, int) else -1,
+        tag=str(body.get("tag", "")),
+    )
+    return 200, record.to_dict()

@@ -1,0 +1,41 @@
+"""``GET /api/*``: read-only JSON of the Core for the CLI and scripts (positions, cycles,
+guarantees, events). Open like the dashboard, which shows the same data."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import Call, Reply
+
+if TYPE_CHECKING:
+    from .context import Service
+
+__all__ = ["cycle", "cycles", "events", "guarantees", "positions"]
+
+
+def positions(service: Service, call: Call) -> Reply:
+    return 200, [p.to_dict() for p in service.core.positions()]
+
+
+def cycles(service: Service, call: Call) -> Reply:
+    return 200, [c.to_dict() for c in service.core.cycles(limit=200)]
+
+
+def cycle(service: Service, call: Call) -> Reply:
+    """One cycle with its net positions and pairwise obligations."""
+    core, cycle_id = service.core, int(call.path["cycle_id"])
+    return 200, {
+        "cycle": core.cycle(cycle_id).to_dict(),
+        "positions": [p.to_dict() for p in core.cycle_positions(cycle_id)],
+        "pairs": [p.to_dict() for p in core.cycle_pairs(cycle_id)],
+    }
+
+
+def guarantees(service: Service, call: Call) -> Reply:
+    rows = service.core.guarantees(address=call.query.get("address"), limit=200)
+    return 200, [g.to_dict() for g in rows]
+
+
+def events(service: Service, call: Call) -> Reply:
+    after = int(call.query.get("after", "0") or 0)
+    return 200, [e.to_dict() for e in service.core.events(after=after, limit=500)]
