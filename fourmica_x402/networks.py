@@ -11,6 +11,7 @@ configuration error rather than a silent truncation::
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,9 +28,11 @@ __all__ = [
     "TokenAmount",
     "default_asset",
     "find_asset",
+    "format_amount",
     "get_network",
     "networks",
     "parse_amount",
+    "parse_money",
     "register_asset",
     "register_network",
     "resolve_price",
@@ -201,6 +204,81 @@ def to_atomic(price: Price, asset: Asset) -> int:
             f"price {price!r} has more decimals than {asset.symbol} supports ({asset.decimals})"
         )
     return int(scaled)
+
+
+#: Symbols of tokens pegged to the US dollar: their amounts are shown as ``$1.50``.
+_DOLLAR_SYMBOLS = frozenset({"USDC", "USDT", "USDBC", "DAI", "PYUSD", "USDS", "USDE"})
+_EXPONENT = re.compile(r"[+-]?(?=[0-9.,]*[0-9])[0-9.,]+[eE][+-]?[0-9]+\Z")
+
+
+def format_amount(amount: int, asset: Asset | None, *, units: bool = False) -> str:
+    """An amount of atomic units as people read it: ``$5.00`` for a dollar token,
+    ``0.5 WETH`` for another registered token, ``1234 atomic units`` for an unknown one.
+
+    At least two decimals for dollars, more only when the amount has them (``$0.000001``),
+    never rounded. ``units=True`` appends the atomic amount: ``$0.01 (10000 units)``.
+
+        >>> format_amount(5_000_000, default_asset("eip155:84532"))
+        '$5.00'
+    """
+    if asset is None:
+        return f"{amount} atomic unit{'' if amount in (1, -1) else 's'}"
+    sign = "-" if amount < 0 else ""
+    whole, frac = divmod(abs(amount), 10**asset.decimals)
+    digits = str(frac).rjust(asset.decimals, "0").rstrip("0") if asset.decimals else ""
+    dollars = asset.symbol.upper() in _DOLLAR_SYMBOLS
+    if dollars:
+        digits = digits.ljust(min(2, asset.decimals), "0")
+    number = f"{whole:,}" + (f".{digits}" if digits else "")
+    text = f"{sign}${number}" if dollars else f"{sign}{number} {asset.symbol}"
+    return f"{text} ({amount} units)" if units else text
+
+
+def parse_money(
+    text: str, asset: Asset, *, what: str = "amount", maximum: int | None = None
+) -> int:
+    """Atomic units from an amount a person typed (``"$5"``, ``"0.25"``, ``"1,000"``).
+
+    Stricter than :func:`to_atomic`, and its messages name ``what`` (an amount, a cap…):
+    exponents (``1e30``), signs, NaN and infinity are refused, as is anything finer than
+    the asset's decimals or (when given) above ``maximum`` atomic units.
+    """
+    raw = text
+    text = text.strip().replace("_", "")
+    if text.startswith("$"):
+        text = text[1:].strip()
+    example = "'$5' or '$0.25'"
+    if not text:
+        raise ConfigurationError(f"{what} is empty: give a number such as {example}")
+    if _EXPONENT.match(text):
+        raise ConfigurationError(
+            f"{what} {raw!r} uses exponent notation: write it out, such as {example}"
+        )
+    if text.startswith("-") and text[1:].strip():
+        raise ConfigurationError(f"{what} {raw!r} must be more than zero")
+    if "," in text:  # thousands separators: "1,000.50"; anything else is refused below
+        head, _, tail = text.partition(".")
+        groups = head.split(",")
+        if not (1 <= len(groups[0]) <= 3 and all(len(g) == 3 for g in groups[1:])):
+            raise ConfigurationError(f"{what} {raw!r} is not a number such as {example}")
+        text = "".join(groups) + (f".{tail}" if "." in text else "")
+    whole, _, frac = text.partition(".")
+    if not (whole or frac) or not (whole + frac).isdigit() or not (whole + frac).isascii():
+        raise ConfigurationError(f"{what} {raw!r} is not a number such as {example}")
+    value = Decimal(text)
+    if value <= 0:
+        raise ConfigurationError(f"{what} {raw!r} must be more than zero")
+    scaled = value.scaleb(asset.decimals)
+    if scaled != scaled.to_integral_value():
+        raise ConfigurationError(
+            f"{what} {raw!r} has more decimals than {asset.symbol} supports ({asset.decimals})"
+        )
+    atomic = int(scaled)
+    if maximum is not None and atomic > maximum:
+        raise ConfigurationError(
+            f"{what} {raw!r} is too large: at most {format_amount(maximum, asset)}"
+        )
+    return atomic
 
 
 def resolve_price(price: Price, network: str, asset: str | None = None) -> TokenAmount:

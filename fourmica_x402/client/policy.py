@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..networks import Asset, find_asset, to_atomic
+from ..networks import Asset, find_asset, format_amount, to_atomic
 
 __all__ = ["ApprovalRequest", "Decision", "SpendingPolicy", "Task"]
 
@@ -149,18 +149,26 @@ class SpendingPolicy:
             cap = self._atomic(self.max_per_request, token)
             if cap is not None and amount > cap:
                 return Decision(
-                    "budget_exhausted", f"price {amount} is over the per-request cap {cap}"
+                    "budget_exhausted",
+                    f"price {_money(amount, token)} is over the per-request cap "
+                    f"{_money(cap, token)}",
                 )
             now = time.time()
             spent = self._spent_since(0.0, seller=key, asset=asset)
             cap = self._atomic(self.max_per_seller, token)
             if cap is not None and spent + amount > cap:
-                return Decision("budget_exhausted", f"the per-seller cap {cap} would be exceeded")
+                return Decision(
+                    "budget_exhausted",
+                    f"the per-seller cap {_money(cap, token)} would be exceeded "
+                    f"({_money(spent, token, units=False)} spent, "
+                    f"{_money(amount, token, units=False)} more asked)",
+                )
             for name, seconds in _WINDOWS.items():
                 cap = self._atomic(self.windows[name], token)
                 if cap is not None and self._spent_since(now - seconds, asset=asset) + amount > cap:
                     return Decision(
-                        "budget_exhausted", f"the {name.replace('_', ' ')} budget {cap} is used up"
+                        "budget_exhausted",
+                        f"the {name.replace('_', ' ')} budget {_money(cap, token)} is used up",
                     )
             task = _current_task.get()
             if task is not None:
@@ -168,7 +176,8 @@ class SpendingPolicy:
                 used = task.spent.get(asset, 0) + task.reserved.get(asset, 0)
                 if cap is not None and used + amount > cap:
                     return Decision(
-                        "budget_exhausted", f"task {task.name!r} budget {cap} is used up"
+                        "budget_exhausted",
+                        f"task {task.name!r} budget {_money(cap, token)} is used up",
                     )
             if not approved:
                 threshold = self._atomic(self.approval_threshold, token)
@@ -237,6 +246,11 @@ class SpendingPolicy:
         if asset is None:  # an unknown token: only atomic caps can apply, so refuse to guess
             return 0
         return to_atomic(value, asset)
+
+
+def _money(amount: int, asset: Asset | None, *, units: bool = True) -> str:
+    """Amounts in refusals, as people read them: ``$0.01 (10000 units)``."""
+    return format_amount(amount, asset, units=units and asset is not None)
 
 
 def _lower(values: set[str] | None) -> set[str] | None:

@@ -1,0 +1,547 @@
+"""`fourmica-x402`: every bad input ends in one ``Error: …`` line and a non-zero exit, never a
+traceback; money is shown in dollars, times in UTC. Real SQLite files, real sockets, no mocks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+
+from fourmica_x402.cli import main
+from fourmica_x402.client import SpendingPolicy
+from fourmica_x402.networks import default_asset, format_amount, parse_money
+from fourmica_x402.testing import NETWORK, TEST_KEYS, TestBuyer
+
+KEY = TEST_KEYS[0]  # a throwaway test key
+ADDRESS = "0x" + "11" * 20
+USDC = default_asset(NETWORK)
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+# Nothing from the caller's shell may change what the CLI is given.
+CLEAN_ENV: dict[str, str | None] = {
+    name: None
+    for name in (
+        "FOURMICA_X402_DB",
+        "FOURMICA_X402_KEY",
+        "FOURMICA_X402_API_KEY",
+        "FOURMICA_X402_SELLER_KEYS",
+    )
+}
+
+
+def cli(*args: str, columns: int = 200) -> Result:
+    return CliRunner(env={**CLEAN_ENV, "COLUMNS": str(columns)}).invoke(main, list(args))
+
+
+def refused(result: Result, code: int, *needles: str) -> str:
+    """Assert a clean refusal: exit ``code``, no traceback, one ``Error:`` line (returned) last."""
+    everything = result.stdout + result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        f"uncaught {result.exception!r}\n{everything}"
+    )
+    assert "Traceback" not in everything, everything
+    assert result.exit_code == code, (result.exit_code, everything)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'core.db'}"
+
+
+@pytest.fixture
+def closed_url() -> Iterator[str]:
+    """An http URL on loopback where nothing listens (bound, not listening: refused at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/premium"
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port something already listens on: a `serve` that got this far cannot start."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+# -- the reported inputs, one by one ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("timeout", ["-1", "0", "nan", "inf", "soon"])
+def test_pay_refuses_a_bad_timeout(closed_url: str, timeout: str) -> None:
+    refused(cli("pay", closed_url, "--key", KEY, "--timeout", timeout), 2, "'--timeout'")
+
+
+@pytest.mark.parametrize(
+    ("price", "says"),
+    [
+        ("cheap", "'cheap' is not a number"),
+        ("$1e30", "exponent"),
+        ("-1", "more than zero"),
+        ("$0", "more than zero"),
+        ("", "empty"),
+    ],
+)
+def test_pay_refuses_a_bad_max_price(closed_url: str, price: str, says: str) -> None:
+    refused(cli("pay", closed_url, "--key", KEY, "--max-price", price), 2, "'--max-price'", says)
+
+
+def test_pay_refuses_a_receipts_ledger_it_cannot_open(tmp_path: Path, closed_url: str) -> None:
+    missing = tmp_path / "no" / "such" / "dir" / "r.db"
+    refused(cli("pay", closed_url, "--key", KEY, "--receipts", str(missing)), 2, "'--receipts'")
+    assert not missing.parent.exists()
+    not_sqlite = tmp_path / "notes.txt"
+    not_sqlite.write_text("not a database, and long enough to be read as one " * 4)
+    refused(cli("pay", closed_url, "--key", KEY, "--receipts", str(not_sqlite)), 2, "ledger")
+    refused(cli("pay", closed_url, "--key", KEY, "--receipts", str(tmp_path)), 2, "ledger")
+    refused(cli("pay", closed_url, "--key", KEY, "--receipts", ""), 2, "'--receipts'")
+
+
+@pytest.mark.parametrize("command", [["cycle", "close"], ["serve"], ["deposit", ADDRESS, "$1"]])
+def test_an_unknown_network_is_refused(db: str, command: list[str]) -> None:
+    refused(cli(*command, "--db", db, "--network", "foo"), 2, "'--network'", "unknown network")
+
+
+@pytest.mark.parametrize("interval", ["-1", "0", "nan", "inf", "often"])
+def test_cycle_run_refuses_a_bad_interval(db: str, interval: str) -> None:
+    refused(cli("cycle", "run", "--db", db, "--interval", interval, "--once"), 2, "'--interval'")
+
+
+def test_cycle_run_once_still_runs(db: str) -> None:
+    result = cli("cycle", "run", "--db", db, "--interval", "0.5", "--once")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [
+        ("0x1234", "this one is 2 bytes"),
+        (ADDRESS, "that is an address, not a private key"),
+        ("0x" + "ab" * 33, "this one is 33 bytes"),
+        ("0x" + "zz" * 32, "not a hex private key"),
+        ("0x" + "0" * 64, "not a valid secp256k1 private key"),
+    ],
+)
+def test_pay_refuses_anything_but_a_32_byte_key(closed_url: str, key: str, says: str) -> None:
+    line = refused(cli("pay", closed_url, "--key", key), 2, "'--key'", says)
+    assert key[2:] not in line  # the key is never echoed
+
+
+def test_a_key_from_the_environment_is_checked_too(closed_url: str) -> None:
+    result = CliRunner(env={**CLEAN_ENV, "FOURMICA_X402_KEY": "0x1234"}).invoke(
+        main, ["pay", closed_url]
+    )
+    refused(result, 2, "'--key'", "32 bytes")
+
+
+def test_pay_refuses_a_bad_url_method_and_body(closed_url: str) -> None:
+    refused(cli("pay", "not a url", "--key", KEY), 2, "URL", "http(s)://")
+    refused(cli("pay", "ftp://example.com/x", "--key", KEY), 2, "URL")
+    refused(cli("pay", closed_url, "--key", KEY, "--method", "GE T"), 2, "'--method'")
+    refused(cli("pay", closed_url, "--key", KEY, "--data", "{bad"), 2, "'--data'", "not JSON")
+    refused(cli("pay", closed_url, "--key", KEY, "--data", "1e999"), 2, "'--data'")
+    refused(cli("pay", closed_url, "--key", KEY, "--data", "NaN"), 2, "'--data'")
+    refused(cli("pay", closed_url, "--key", KEY), 1, "request failed")
+
+
+@pytest.mark.parametrize("url", ["not a url", "core.db", "sqlite://", "sqlite:///", "mysql://h/d"])
+def test_db_must_be_a_sqlite_or_postgresql_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    refused(cli("positions", "--db", url), 2, "'--db'", "sqlite:///")
+    assert list(tmp_path.iterdir()) == []  # no file named "not a url" (or anything else)
+
+
+def test_an_empty_db_is_refused_not_taken_as_memory(tmp_path: Path) -> None:
+    refused(cli("positions", "--db", ""), 2, "'--db'", "empty")
+    result = CliRunner(env={**CLEAN_ENV, "FOURMICA_X402_DB": " "}).invoke(main, ["positions"])
+    refused(result, 2, "'--db'", "empty")
+
+
+def test_a_refused_db_url_does_not_show_its_password() -> None:
+    line = refused(cli("positions", "--db", "mysql://app:hunter2@db/core"), 2, "'--db'")
+    assert "hunter2" not in line and "app:***@db" in line
+
+
+def test_postgres_password_is_masked_only_where_it_is_written() -> None:
+    pytest.importorskip("psycopg")
+    with socket.socket() as sock:  # a port nothing listens on: connection refused at once
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        line = refused(cli("positions", "--db", f"postgres://u:p@127.0.0.1:{port}/db"), 1)
+    assert "***ort" not in line and f"port {port}" in line, line
+    assert ":p@" not in line and "u@127.0.0.1" in line
+
+
+@pytest.mark.parametrize(
+    ("amount", "says"),
+    [
+        ("$1e30", "uses exponent notation"),
+        ("1E5", "uses exponent notation"),
+        ("cheap", "amount 'cheap' is not a number"),
+        ("$0", "must be more than zero"),
+        ("$0.0000001", "more decimals than USDC supports (6)"),
+        ("$10000000000000", "too large: at most $9,223,372,036,854.775807"),
+        ("0u", "must be 1 to 9223372036854775807 atomic units"),
+    ],
+)
+def test_deposit_amounts_are_called_amounts(db: str, amount: str, says: str) -> None:
+    line = refused(cli("deposit", "--db", db, ADDRESS, amount), 2, "AMOUNT", says)
+    assert "price" not in line and "positive integer of atomic units" not in line
+
+
+def test_deposit_refuses_a_bad_address_and_asset(db: str) -> None:
+    refused(cli("deposit", "--db", db, "0x1234", "$1"), 2, "ADDRESS", "not an address")
+    refused(cli("deposit", "--db", db, "--asset", "usdc", ADDRESS, "$1"), 2, "'--asset'")
+
+
+def test_valid_deposits_still_work(db: str) -> None:
+    for amount in ("$5", "5.00", "5000000u", "$1,000.50"):
+        result = cli("deposit", "--db", db, ADDRESS, amount)
+        assert result.exit_code == 0, result.output
+    position = json.loads(result.output)
+    assert position["collateral"] == 3 * 5_000_000 + 1_000_500_000  # JSON stays atomic
+
+
+# -- missing optional frameworks (a fresh interpreter where the package cannot be imported) --
+
+
+def _without(modules: list[str], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a fresh interpreter where ``modules`` cannot be imported, as when the
+    extra that installs them was left out."""
+    hide = "".join(f"sys.modules[{m!r}] = None; " for m in modules)
+    code = f"import sys; {hide}from fourmica_x402.cli import main; main({list(args)!r})"
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=cwd
+    )
+
+
+@pytest.mark.parametrize("missing", ["starlette", "django", "uvicorn"])
+def test_demo_names_the_extra_to_install(tmp_path: Path, missing: str) -> None:
+    out = _without([missing], "demo", "--quick", cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"Error: the demo needs every framework ({missing} is not installed): "
+        'pip install "fourmica-x402[all]"'
+    )
+
+
+@pytest.mark.parametrize(("name", "missing"), [("P4-asgi", "uvicorn"), ("P4-wsgi", "gunicorn")])
+def test_bench_names_the_missing_server(tmp_path: Path, name: str, missing: str) -> None:
+    out = _without([missing], "bench", "--quick", "--only", name, cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("Error:") and missing in line, line
+    assert 'pip install "fourmica-x402[server]"' in line and "did not start" not in line
+
+
+def test_serve_without_the_server_extra(tmp_path: Path, busy_port: int) -> None:
+    db = f"sqlite:///{tmp_path / 'core.db'}"
+    out = _without(["uvicorn"], "serve", "--db", db, cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert 'pip install "fourmica-x402[server]"' in out.stderr.strip().splitlines()[-1]
+
+
+def test_serve_says_when_its_port_is_taken(db: str, busy_port: int) -> None:
+    refused(cli("serve", "--db", db, "--port", str(busy_port)), 1, "cannot listen", str(busy_port))
+
+
+def test_serve_refuses_an_empty_api_key(db: str) -> None:
+    # An empty operator key would let any request through as the operator.
+    refused(cli("serve", "--db", db, "--api-key", ""), 2, "'--api-key'")
+    refused(cli("serve", "--db", db, "--api-key", "two words"), 2, "'--api-key'")
+
+
+# -- money in dollars, addresses in full, times in UTC ------------------------------------------
+
+
+def test_positions_shows_dollars_and_json_keeps_atomic_units(db: str) -> None:
+    assert cli("deposit", "--db", db, ADDRESS, "5000000u").exit_code == 0
+    table = cli("positions", "--db", db, columns=200)
+    assert table.exit_code == 0, table.output
+    assert "$5.00" in table.output and "5,000,000" not in table.output
+    assert ADDRESS in table.output
+    rows = json.loads(cli("positions", "--db", db, "--json").output)
+    assert rows[0]["collateral"] == 5_000_000 and rows[0]["capacity"] == 5_000_000
+
+
+@pytest.mark.parametrize("columns", [30, 60, 80, 120])
+def test_positions_never_cuts_an_address(db: str, columns: int) -> None:
+    addresses = [TestBuyer.new().address for _ in range(2)]
+    for address in addresses:
+        assert cli("deposit", "--db", db, address, "$1234.5").exit_code == 0
+    out = cli("positions", "--db", db, columns=columns)
+    assert out.exit_code == 0, out.output
+    assert "…" not in out.output
+    for address in addresses:
+        assert address in out.output  # on one line, whole
+    assert out.output.count("$1,234.50") == 4  # collateral and capacity of each
+
+
+def test_withdrawals_show_utc_times_and_say_until_when(db: str) -> None:
+    assert cli("deposit", "--db", db, ADDRESS, "$5").exit_code == 0
+    asked = cli("withdraw", "--db", db, ADDRESS, "$1")
+    assert asked.exit_code == 0, asked.output
+    withdrawal = json.loads(asked.output)
+    assert ISO_UTC.fullmatch(withdrawal["requested_at"]), withdrawal
+    assert ISO_UTC.fullmatch(withdrawal["available_at"]), withdrawal
+    assert withdrawal["amount"] == 1_000_000 and withdrawal["finished_at"] is None
+    early = refused(cli("withdraw", "--db", db, "--finalize", "1"), 1, "grace period", "until")
+    assert withdrawal["available_at"] in early and "from now" in early
+    cancelled = json.loads(cli("withdraw", "--db", db, "--cancel", "1").output)
+    assert cancelled["status"] == "cancelled" and ISO_UTC.fullmatch(cancelled["finished_at"])
+    refused(cli("withdraw", "--db", db, "--cancel", "1"), 1, "withdrawal is cancelled")
+    refused(cli("withdraw", "--db", db, "--finalize", "99"), 1, "no withdrawal 99")
+    refused(cli("withdraw", "--db", db, "--finalize", "0"), 2, "'--finalize'")
+    refused(cli("withdraw", "--db", db), 2, "give ADDRESS AMOUNT")
+    refused(cli("withdraw", "--db", db, "--finalize", "1", "--cancel", "1"), 2, "not both")
+
+
+def test_cycle_close_shows_utc_times(db: str) -> None:
+    closed = cli("cycle", "close", "--db", db)
+    assert closed.exit_code == 0, closed.output
+    cycle = json.loads(closed.output)["cycle"]
+    assert ISO_UTC.fullmatch(cycle["opened_at"]) and ISO_UTC.fullmatch(cycle["closed_at"])
+
+
+def test_policy_refusals_speak_dollars() -> None:
+    seller, asset = "0x" + "22" * 20, USDC.address
+    policy = SpendingPolicy(max_per_request="$0.001")
+    decision = policy.check(seller=seller, url="u", amount=10_000, asset=asset, network=NETWORK)
+    assert decision.detail == (
+        "price $0.01 (10000 units) is over the per-request cap $0.001 (1000 units)"
+    )
+    policy = SpendingPolicy(per_hour=50_000)
+    for _ in range(2):
+        ok = policy.check(seller=seller, url="u", amount=20_000, asset=asset, network=NETWORK)
+        assert ok.reservation is not None
+        policy.commit(ok.reservation)
+    decision = policy.check(seller=seller, url="u", amount=20_000, asset=asset, network=NETWORK)
+    assert decision.detail == "the per hour budget $0.05 (50000 units) is used up"
+    policy = SpendingPolicy(max_per_seller="$0.03")
+    ok = policy.check(seller=seller, url="u", amount=20_000, asset=asset, network=NETWORK)
+    assert ok.reservation is not None
+    decision = policy.check(seller=seller, url="u", amount=20_000, asset=asset, network=NETWORK)
+    assert decision.detail.startswith("the per-seller cap $0.03 (30000 units) would be exceeded")
+    with policy.task("job", budget="$0.0001"):
+        decision = policy.check(seller="0x" + "33" * 20, url="u", amount=1_000, asset=asset,
+                                network=NETWORK)  # fmt: skip
+    assert decision.detail == "task 'job' budget $0.0001 (100 units) is used up"
+    unknown = SpendingPolicy(max_per_request=500).check(
+        seller=seller, url="u", amount=900, asset="0x" + "44" * 20, network=NETWORK
+    )
+    assert decision.outcome == unknown.outcome == "budget_exhausted"
+    assert unknown.detail == "price 900 atomic units is over the per-request cap 500 atomic units"
+
+
+def test_format_amount_and_parse_money() -> None:
+    assert format_amount(5_000_000, USDC) == "$5.00"
+    assert format_amount(10_000, USDC) == "$0.01"
+    assert format_amount(1, USDC) == "$0.000001"
+    assert format_amount(1_234_567_890, USDC) == "$1,234.56789"
+    assert format_amount(-1_500_000, USDC) == "-$1.50"
+    assert format_amount(10_000, USDC, units=True) == "$0.01 (10000 units)"
+    assert format_amount(7, None) == "7 atomic units"
+    assert parse_money("$5", USDC) == 5_000_000
+    assert parse_money("1,000.25", USDC) == 1_000_250_000
+    assert parse_money(" $ 0.5 ", USDC) == 500_000
+    for bad in ("1e5", "$1E-3", "inf", "NaN", "0x10", "1,00", "+1", "", "$", "١"):
+        with pytest.raises(Exception, match="amount"):
+            parse_money(bad, USDC)
+
+
+# -- a paid request through the real entry point, refused by --max-price -----------------------
+
+
+@contextlib.contextmanager
+def _seller(db: str) -> Iterator[str]:
+    """A WSGI seller (the repository's WSGI middleware) on loopback, priced at $0.01."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from fourmica_x402.adapters.wsgi import PaymentMiddleware
+
+    from fourmica_x402 import PaymentConfig
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("content-type", "application/json")])
+        return [b'{"premium": true}']
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    config = PaymentConfig(pay_to="0x" + "22" * 20, routes={"GET /premium": "$0.01"}, core=db)
+    server = make_server("127.0.0.1", 0, PaymentMiddleware(app, config=config), handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/premium"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+def test_pay_refusal_and_payment_in_dollars(tmp_path: Path, db: str) -> None:
+    buyer = TestBuyer.from_key(KEY)
+    assert cli("deposit", "--db", db, buyer.address, "$1").exit_code == 0
+    ledger = tmp_path / "receipts.db"
+    with _seller(db) as url:
+        capped = cli("pay", url, "--key", KEY, "--max-price", "$0.001")
+        assert capped.exit_code == 1 and "Traceback" not in capped.output, capped.output
+        out = json.loads(capped.stdout)
+        assert out["paid"] is False and out["error"] == "budget_exhausted"
+        assert "$0.01 (10000 units)" in out["message"] and "$0.001" in out["message"]
+        paid = cli("pay", url, "--key", KEY, "--max-price", "$0.05", "--receipts", str(ledger))
+        assert paid.exit_code == 0, paid.output
+        result = json.loads(paid.stdout)
+        assert result["status"] == 200 and result["receipt"]["outcome"] == "paid"
+    assert ledger.exists()
+
+
+# -- the sweep: every subcommand, malformed arguments, no traceback ------------------------------
+
+GARBAGE = ["not a url", "", " ", "-1", "nan", "1e999", "0x1234", "$1e30", ADDRESS]
+#: Garbage that is a good value for that one option: any token address may hold collateral
+#: (amounts in atomic units), so cycles of an unregistered token can be closed.
+VALID_AS_IS = {"asset": ADDRESS}
+
+
+def _leaves(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            yield from _leaves(command, (*path, name))
+        else:
+            yield (*path, name)
+
+
+COMMANDS = list(_leaves(main))
+
+
+def _command(path: tuple[str, ...]) -> click.Command:
+    command: click.Command = main
+    for name in path:
+        assert isinstance(command, click.Group)
+        command = command.commands[name]
+    return command
+
+
+def _valid(name: str, tmp_path: Path, url: str, port: int) -> str:
+    """A value each argument or option is happy with, so one garbage value at a time is tested."""
+    values = {
+        "db": f"sqlite:///{tmp_path / 'sweep.db'}",
+        "url": url,
+        "key": KEY,
+        "address": ADDRESS,
+        "amount": "$1",
+        "port": str(port),
+    }
+    assert name in values, f"the sweep needs a valid value for {name!r}: add it here"
+    return values[name]
+
+
+def _base(
+    path: tuple[str, ...], tmp_path: Path, url: str, port: int
+) -> tuple[list[str], list[str]]:
+    """Options and arguments giving every required value (and --db, --port, and --once so a
+    loop that accepted its arguments returns) a valid value."""
+    options: list[str] = []
+    arguments: list[str] = []
+    for param in _command(path).params:
+        if isinstance(param, click.Option) and param.name == "once":
+            options.append("--once")
+        elif isinstance(param, click.Option) and (param.required or param.name in ("db", "port")):
+            options += [param.opts[0], _valid(str(param.name), tmp_path, url, port)]
+        elif isinstance(param, click.Argument) and (param.required or path == ("withdraw",)):
+            arguments.append(_valid(str(param.name), tmp_path, url, port))
+    return options, arguments
+
+
+def _variants(
+    path: tuple[str, ...], options: list[str], arguments: list[str]
+) -> Iterator[list[str]]:
+    """The valid call with one value made garbage: each option (given or not), each argument;
+    then an unknown option, then one argument too many."""
+    command = _command(path)
+    for option in command.params:
+        if not isinstance(option, click.Option) or option.is_flag:
+            continue
+        flag = option.opts[0]
+        others = list(options)
+        if flag in others:
+            i = others.index(flag)
+            del others[i : i + 2]
+        for junk in GARBAGE:
+            if junk != VALID_AS_IS.get(str(option.name)):
+                yield [*others, flag, junk, "--", *arguments]
+    for i in range(len(arguments)):
+        for junk in GARBAGE:
+            if junk != arguments[i]:  # an address is garbage only where an address is not asked
+                changed = list(arguments)
+                changed[i] = junk
+                yield [*options, "--", *changed]
+    yield [*options, "--no-such-option", "--", *arguments]
+    yield [*options, "--", *arguments, "an-extra-argument"]
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=" ".join)
+def test_sweep_malformed_arguments_never_give_a_traceback(
+    path: tuple[str, ...],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    closed_url: str,
+    busy_port: int,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # a garbage file name lands here, not in the repository
+    options, arguments = _base(path, tmp_path, closed_url, busy_port)
+    ran = 0
+    for args in _variants(path, options, arguments):
+        result = cli(*path, *args)
+        everything = result.stdout + result.stderr
+        where = f"{' '.join(path)} {args!r}"
+        assert result.exception is None or isinstance(result.exception, SystemExit), (
+            f"{where}: uncaught {result.exception!r}"
+        )
+        assert "Traceback" not in everything, f"{where}:\n{everything}"
+        assert result.exit_code != 0, f"{where} was accepted:\n{everything}"
+        last = [line for line in result.stderr.splitlines() if line.strip()][-1:]
+        assert last and last[0].startswith("Error: "), f"{where}:\n{everything}"
+        ran += 1
+    assert ran >= 2
+
+
+def test_the_sweep_covers_every_command() -> None:
+    assert set(COMMANDS) >= {
+        ("bench",),
+        ("cycle", "close"),
+        ("cycle", "run"),
+        ("demo",),
+        ("deposit",),
+        ("pay",),
+        ("positions",),
+        ("serve",),
+        ("withdraw",),
+    }
+
+
+@pytest.mark.parametrize("path", [(), *COMMANDS], ids=lambda p: " ".join(p) or "main")
+def test_help_works_everywhere(path: tuple[str, ...]) -> None:
+    result = cli(*path, "--help")
+    assert result.exit_code == 0 and "Usage:" in result.output, result.output
