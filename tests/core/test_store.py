@@ -544,6 +544,17 @@ def test_unreachable_postgres_is_unavailable_and_keeps_the_password_secret() -> 
     assert error.__cause__ is None and error.__suppress_context__
 
 
+def test_a_short_password_is_masked_without_mangling_the_message() -> None:
+    """A password "p" used to turn every "p" of the message into "***" ("***ort")."""
+    pytest.importorskip("psycopg")
+    url = f"postgresql://fx_user:p@127.0.0.1:{_closed_port()}/core"
+    with pytest.raises(StoreUnavailable) as info:
+        open_store(url, connect_timeout=2)
+    text = str(info.value)
+    assert "***ort" not in text and "fx_user:p@" not in text
+    assert "PostgreSQL" in text and "127.0.0.1" in text
+
+
 @pytest.mark.postgres
 def test_wrong_postgres_password_is_unavailable_without_the_password(postgres_url: str) -> None:
     parts = urlsplit(postgres_url)

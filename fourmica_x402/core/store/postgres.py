@@ -333,12 +333,15 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _scrub(text: str, secrets: Sequence[str]) -> str:
+    """Mask each secret where it stands as a token of its own (``:p@``, ``password=p``): a
+    short password must not mask every letter it shares with the message ("***ort")."""
+    import re
     from urllib.parse import quote
 
     for secret in secrets:
         for form in {secret, quote(secret, safe="")}:
             if form:
-                text = text.replace(form, "***")
+                text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(form)}(?![A-Za-z0-9])", "***", text)
     return text
 
 
