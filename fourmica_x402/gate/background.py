@@ -1,0 +1,116 @@
+"""The reconciler: follow-ups the request path could not finish, retried in the background.
+
+A follow-up is filed when a remote facilitator may have accepted a settle without answering
+(``in_doubt``: void it), or when a refund or a delivery score could not reach the facilitator
+or the database (``refund``, ``score``). The records keep them, so a restarted process picks
+up what the last one left. :meth:`Reconciler.reconcile` does the due ones (``Gate.reconcile``
+is the same call, for a cron job, the CLI or tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from ..errors import FourmicaError, PaymentError
+from .challenge import DELIVERY_TAG
+
+if TYPE_CHECKING:
+    from .flow import Gate
+
+log = logging.getLogger("fourmica_x402.gate")
+
+
+class Reconciler:
+    """Does the gate's follow-ups: in a daemon thread while any are open, or when called.
+
+    The thread runs only while follow-ups are open; it is woken at once when a new one is
+    filed (:meth:`kick`), and at start-up when a previous process left some. It reads the
+    gate's records and facilitator when it runs, so it follows the gate's current ones.
+    """
+
+    #: Backoff between attempts (seconds), how long "unknown guarantee" is awaited before
+    #: concluding the facilitator never accepted it, and when to give up (operator's turn).
+    BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+    UNKNOWN_FOR = 300.0
+    GIVE_UP = 86_400.0
+
+    def __init__(self, gate: Gate) -> None:
+        self._gate = gate
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def kick(self) -> None:
+        self._wake.set()
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="fourmica-reconciler", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        records = self._gate.records
+        while True:
+            try:
+                self.reconcile()
+                due = records.next_followup_due()
+            except Exception:  # the records database may be down too: try again later
+                log.exception("reconciling payments in doubt failed")
+                due = time.time() + 5
+            with self._lock:
+                if due is None and not self._wake.is_set():
+                    self._thread = None
+                    return
+            self._wake.clear()
+            self._wake.wait(min(max((due or 0) - time.time(), 0.0), 5.0))
+
+    def reconcile(self, now: float | None = None) -> dict[str, int]:
+        """Do the follow-ups that are due, as far as possible now: void the guarantees whose
+        settle went unanswered or whose refund failed, post the delivery scores that failed.
+
+        Returns how many follow-ups ended in each state this call.
+        """
+        records, facilitator = self._gate.records, self._gate.facilitator
+        now = time.time() if now is None else now
+        done: dict[str, int] = {}
+        for item in records.due_followups(now):
+            gid, pay_to, created = item.guarantee_id, item.pay_to, item.created_at
+            status, detail = "open", ""
+            if item.kind == "in_doubt" and records.query(guarantee_id=gid, limit=1):
+                status = "superseded"  # a later settle of the same guarantee was served
+            else:
+                try:
+                    if item.kind == "score":
+                        assert item.score is not None
+                        facilitator.post_validation(
+                            gid, validator=pay_to, score=item.score, tag=DELIVERY_TAG
+                        )
+                        status = "scored"
+                    else:
+                        facilitator.void(gid, by=pay_to)
+                        status = "voided"
+                except PaymentError as exc:
+                    status, detail = "abandoned", exc.reason
+                except FourmicaError as exc:
+                    detail = exc.reason
+                    unknown = exc.status == 404 or exc.reason == "unknown_guarantee"
+                    if unknown and now - created > self.UNKNOWN_FOR:
+                        status = "never_accepted"
+                    elif not unknown and exc.status < 500:
+                        status = "abandoned"  # e.g. netted, cancelled or voided already
+                except Exception as exc:
+                    detail = type(exc).__name__
+            if status == "open" and now - created > self.GIVE_UP:
+                status = "abandoned"
+            if status == "abandoned":
+                log.error("gave up the %s follow-up of %s: %s", item.kind, gid, detail)
+            delay = self.BACKOFF[min(item.attempts, len(self.BACKOFF) - 1)]
+            records.update_followup(
+                gid, status=status, next_at=now + delay if status == "open" else None, detail=detail
+            )
+            done[status] = done.get(status, 0) + 1
+        return done

@@ -1,0 +1,233 @@
+"""What a priced route asks for, and the 402 that says so.
+
+The payment requirements of a route for one request (price, ``payTo``, the tab endpoint, the
+Core API URL), the validation policy they carry (the seller's, or the default delivery policy:
+docs/protocol.md, "Delivery"), their v1 and v2 views, and the 402 challenge — JSON, or an HTML
+paywall for a browser (docs/protocol.md, "Envelope" and "Reason codes").
+"""
+
+from __future__ import annotations
+
+import html
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from ..errors import Reason
+from ..facilitator import SettleResult
+from ..guarantee import ValidationPolicy
+from ..networks import find_asset, get_network
+from ..routes import Offer, Route
+from ..wire import (
+    PAYMENT_REQUIRED_HEADER,
+    PAYMENT_RESPONSE_HEADER,
+    X_PAYMENT_RESPONSE_HEADER,
+    PaymentRequired,
+    PaymentRequiredV1,
+    PaymentRequirements,
+    ResourceInfo,
+    SettleResponse,
+    encode_header,
+)
+from .types import EXPOSE_HEADERS, Call, Flow, RequestView, Response
+
+if TYPE_CHECKING:
+    from .flow import Gate
+
+#: The validation tag of the default delivery policy: the seller scores its own delivery.
+DELIVERY_TAG = "delivery"
+
+
+def origin(gate: Gate, request: RequestView) -> str:
+    return gate.config.public_url or f"{request.scheme}://{request.host}"
+
+
+def requirements(gate: Gate, route: Route, request: RequestView) -> Flow:
+    """The route's payment requirements for this request (never mutated by callers).
+
+    Static offers (a fixed price and payTo) give the same requirements for every
+    request from the same origin: they are built once and reused.
+    """
+    base = origin(gate, request)
+    cached = route.cache.get(base)
+    if cached is not None:
+        return cached
+    reqs = []
+    for offer in route.offers:
+        amount, asset = (offer.amount.amount, offer.amount.asset) if offer.amount else (None, None)
+        if amount is None:
+            from ..networks import resolve_price
+
+            price = yield Call(offer.price, (request,), blocking=False)  # type: ignore[arg-type]
+            token = resolve_price(price, offer.network, offer.asset)
+            amount, asset = token.amount, token.asset
+        pay_to = offer.pay_to
+        if callable(pay_to):
+            from .._eth import parse_address
+
+            pay_to = parse_address((yield Call(pay_to, (request,), blocking=False)))
+            gate._tabs.advertised(pay_to)  # the tab endpoint opens tabs for it
+        chain_id = get_network(offer.network).chain_id
+        extra: dict[str, Any] = {
+            "tabEndpoint": gate.config.tab_endpoint or f"{base}{gate._tab_path}"
+        }
+        if gate.core is not None:
+            extra["rpcUrl"] = f"{base}{gate._prefix}"
+        extra.update(offer.extra)
+        reqs.append(
+            (
+                PaymentRequirements(
+                    scheme=offer.scheme,
+                    network=offer.network,
+                    asset=str(asset),
+                    amount=str(amount),
+                    pay_to=pay_to,
+                    max_timeout_seconds=offer.max_timeout_seconds,
+                    extra=extra,
+                ),
+                _policy_for(gate, route, offer, pay_to, chain_id),
+            )
+        )
+    built = [_with_policy(req, policy) for req, policy in reqs]
+    if all(offer.amount is not None and not callable(offer.pay_to) for offer in route.offers):
+        if len(route.cache) >= 64:  # the origin comes from the Host header: bounded
+            route.cache.clear()
+        route.cache[base] = built
+    return built
+
+
+def _policy_for(
+    gate: Gate, route: Route, offer: Offer, pay_to: str, chain_id: int
+) -> tuple[ValidationPolicy | None, bool]:
+    """(policy, seller_chosen): the route's or config's policy, else the delivery policy."""
+    chosen = route.config.validation_policy or gate.config.validation_policy
+    if chosen is None and offer.extra:  # e.g. an official route dict carrying its own policy
+        chosen = ValidationPolicy.from_extra(offer.extra, chain_id)
+    if chosen is not None:
+        return chosen, True
+    core = gate.core
+    if not gate.config.delivery_policy or core is None or 2 not in core.config.accepted_versions:
+        return None, False
+    from .._eth import keccak
+    from ..core.ledger import SANDBOX_REGISTRY
+
+    return ValidationPolicy(
+        registry=core.config.trusted_registries[0]
+        if core.config.trusted_registries
+        else SANDBOX_REGISTRY,
+        validator=pay_to,
+        validator_agent_id=0,
+        min_score=100,
+        job_hash=keccak(f"fourmica-x402 delivery {route.key}".encode()),
+        chain_id=chain_id,
+        tag=DELIVERY_TAG,
+    ), False
+
+
+def _with_policy(
+    req: PaymentRequirements, policy: tuple[ValidationPolicy | None, bool]
+) -> PaymentRequirements:
+    chosen, seller_chosen = policy
+    if chosen is None:
+        return req
+    extra = {**req.extra, **chosen.to_extra(), "_v1Policy": seller_chosen}
+    return req.model_copy(update={"extra": extra})
+
+
+def v1_requirements(requirements: list[PaymentRequirements]) -> list[PaymentRequirements]:
+    """The v1 view: a validation policy only when the seller chose one (v1 buyers sign G-v1)."""
+    out = []
+    for req in requirements:
+        extra = dict(req.extra)
+        seller_chosen = extra.pop("_v1Policy", False)
+        if not seller_chosen:
+            for key in (
+                *ValidationPolicy._EXTRA_KEYS,
+                "requiredValidationTag",
+                "validationChainId",
+            ):
+                extra.pop(key, None)
+        out.append(req.model_copy(update={"extra": extra}))
+    return out
+
+
+def v2_requirements(requirements: list[PaymentRequirements]) -> list[PaymentRequirements]:
+    """The v2 view, the wire form: without the gate's internal marks."""
+    out = []
+    for req in requirements:
+        extra = dict(req.extra)
+        extra.pop("_v1Policy", None)
+        out.append(req.model_copy(update={"extra": extra}))
+    return out
+
+
+def challenge(
+    gate: Gate,
+    request: RequestView,
+    route: Route | None,
+    requirements: list[PaymentRequirements],
+    reason: str,
+    *,
+    version: int | None = None,
+    settle: SettleResult | None = None,
+) -> Response:
+    """The 402: both envelopes (v2 header, v1 body), and the failed result header when a
+    payment was refused (``reason`` other than ``payment_required``, or a failed ``settle``)."""
+    description = route.config.description if route else ""
+    mime = route.config.mime_type if route else ""
+    url = (route.config.resource if route and route.config.resource else None) or (
+        f"{origin(gate, request)}{request.path}" + (f"?{request.query}" if request.query else "")
+    )
+    error = "Payment required" if reason == Reason.PAYMENT_REQUIRED else str(reason)
+    if reason == Reason.NO_MATCHING_REQUIREMENTS:
+        error = "No matching payment requirements"
+    resource = ResourceInfo(url=url, description=description, mime_type=mime)
+    v2 = PaymentRequired(error=error, resource=resource, accepts=v2_requirements(requirements))
+    v1 = PaymentRequiredV1(
+        error=error, accepts=[r.to_v1(resource) for r in v1_requirements(requirements)]
+    )
+    headers = [
+        (PAYMENT_REQUIRED_HEADER.lower(), encode_header(v2)),
+        ("cache-control", "no-store"),
+        ("access-control-expose-headers", EXPOSE_HEADERS),
+    ]
+    if settle is not None or (version is not None and reason != Reason.PAYMENT_REQUIRED):
+        failed = SettleResponse(
+            success=False,
+            error_reason=str(reason),
+            transaction="",
+            network=requirements[0].network if requirements else "",
+        )
+        name = PAYMENT_RESPONSE_HEADER if version != 1 else X_PAYMENT_RESPONSE_HEADER
+        headers.append((name.lower(), encode_header(failed)))
+    accept = request.header("accept") or ""
+    if gate.config.paywall and "text/html" in accept and reason == Reason.PAYMENT_REQUIRED:
+        body = _paywall(url, description, requirements).encode()
+        return Response(402, [("content-type", "text/html; charset=utf-8"), *headers], body)
+    return Response(402, [("content-type", "application/json"), *headers], v1.to_json_bytes())
+
+
+def _paywall(url: str, description: str, requirements: list[PaymentRequirements]) -> str:
+    rows = []
+    for req in requirements:
+        asset = find_asset(req.network, req.asset)
+        if asset is not None:
+            human = Decimal(int(req.amount)).scaleb(-asset.decimals).normalize()
+            price = f"{human:f} {asset.symbol}"
+        else:
+            price = f"{req.amount} (atomic units of {req.asset})"
+        rows.append(
+            f"<tr><td>{html.escape(price)}</td><td>{html.escape(get_network(req.network).name)}</td><td><code>{html.escape(req.pay_to)}</code></td></tr>"
+        )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Payment required</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#222}}
+table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ddd;padding:.4rem;text-align:left}}
+code{{font-size:.85em;word-break:break-all}}</style></head>
+<body><h1>Payment required</h1>
+<p>{html.escape(description) or "This resource is paid per request."}</p>
+<p><code>{html.escape(url)}</code></p>
+<table><tr><th>Price</th><th>Network</th><th>Pay to</th></tr>{"".join(rows)}</table>
+<p>Pay with an x402 client that supports the <code>4mica-credit</code> scheme: it reads the
+<code>PAYMENT-REQUIRED</code> header, opens a tab, signs a guarantee and retries.</p>
+</body></html>"""

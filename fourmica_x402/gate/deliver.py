@@ -1,0 +1,253 @@
+"""After the handler: the result header, then the delivery marker, a score or a refund.
+
+:func:`response_start` runs when the handler's response starts: it adds the result header and
+``Cache-Control`` (docs/protocol.md, "Paid responses") and, in settle-after mode, settles —
+a failed settle replaces the response with a 402. :func:`finish` runs when the body went out
+(or did not): only a 2xx is delivered (docs/protocol.md, "Delivery"); the payment is then
+scored, kept or voided, and its record completed — with the embedded Core, in one transaction
+(docs/architecture.md, "The Core's transactions"). A refund or score that cannot be done now
+is filed for the reconciler (:mod:`.background`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..core.store import WouldBlock
+from ..errors import FourmicaError, Unavailable
+from ..facilitator import SettleResult
+from ..records import Records
+from ..wire import PAYMENT_RESPONSE_HEADER, X_PAYMENT_RESPONSE_HEADER, SettleResponse, encode_header
+from . import settle
+from .challenge import DELIVERY_TAG, challenge
+from .drive import local_write
+from .types import EXPOSE_HEADERS, PAID_CACHE_CONTROL, Call, Flow, Paid, Payment, no_store
+
+if TYPE_CHECKING:
+    from .flow import Gate
+
+log = logging.getLogger("fourmica_x402.gate")
+
+#: What ``finish`` does to the guarantee: ``("void", 0)`` or ``("score", score)``; None: nothing.
+Action = tuple[str, int] | None
+
+
+def response_start(gate: Gate, state: Paid, status: int, cache_control: str | None = None) -> Flow:
+    """Headers to add when the handler's response starts (or a replacement response).
+
+    ``cache_control`` is the handler's own ``Cache-Control`` value, if any: a paid
+    response is never stored by a shared cache, so the result may hold a
+    ``cache-control`` header that *replaces* the handler's (adapters drop theirs then).
+    In settle-after mode this is where the payment is settled: a failure replaces
+    the handler's response with a 402.
+    """
+    headers = [("access-control-expose-headers", EXPOSE_HEADERS)]
+    if not no_store(cache_control):
+        headers.append(("cache-control", PAID_CACHE_CONTROL))
+    if state.replay is not None:
+        return headers
+    result = state.result
+    if result is None and 200 <= status < 300:  # settle after a successful handler
+        settled = yield Call(settle.settle_after, (gate, state))
+        if isinstance(settled, SettleResult) and not settled.success:
+            state.settle_failed = settled
+            return challenge(
+                gate,
+                state.request,
+                state.route,
+                [state.requirements],
+                settled.error_reason or "settle_failed",  # type: ignore[arg-type]
+                version=state.payment.x402_version,
+                settle=settled,
+            )
+        result = state.result
+    name = PAYMENT_RESPONSE_HEADER if state.payment.x402_version == 2 else X_PAYMENT_RESPONSE_HEADER
+    if result is not None and not 200 <= status < 300 and gate.config.refund_on_error:
+        # The guarantee is voided once the response is done: say so, so buyers do not count it.
+        refunded = SettleResponse(
+            success=False,
+            error_reason="refunded",
+            payer=result.payer,
+            transaction=result.guarantee_id or "",
+            network=result.network,
+        )
+        headers.append((name.lower(), encode_header(refunded)))
+    elif result is not None:
+        response = result.to_settle_response()
+        certificate = state.payment._made  # only if made already: never on the hot path
+        if certificate:
+            extra = dict(response.extra or {})
+            extra["certificate"] = certificate
+            response = response.model_copy(update={"extra": extra})
+        headers.append((name.lower(), encode_header(response)))
+    return headers
+
+
+def finish(
+    gate: Gate,
+    state: Paid,
+    status: int | None,
+    body_hash: str | None,
+    error: BaseException | None = None,
+    body: bytes | None = None,
+    headers: list[tuple[str, str]] | None = None,
+) -> Flow:
+    """After the response went out: delivery marker, validation score or refund."""
+    if state.replay is not None:
+        return None
+    config, payment = gate.config, state.payment
+    # Only a 2xx is delivered: a redirect, a 4xx, a 5xx, an exception or a response that
+    # did not finish gave the buyer nothing it paid for (docs/protocol.md, "Delivery").
+    delivered = error is None and status is not None and 200 <= status < 300
+    outcome = "delivered" if delivered else "kept"
+    action: Action = None
+    if state.settle_failed is not None or state.result is None:
+        outcome = "not_charged"  # settle-after: a failed handler is never charged
+    elif config.refund_on_error and not delivered:
+        action, outcome = ("void", 0), "refunded"
+    elif state.delivery_policy and payment.guarantee_version == 2:
+        action = ("score", 100 if delivered else 0)
+        outcome = "delivered" if delivered else "cancelled"
+    certificate = payment._made  # if the handler asked for it; else the Core makes it later
+    keep = None
+    if config.idempotent_replay and body is not None and outcome == "delivered":
+        keep = (headers or [], body)
+    record = dict(
+        status="delivered" if delivered else "failed",
+        http_status=status,
+        response_hash=body_hash,
+        certificate=certificate,
+        response=keep,
+        settle_result=state.result.to_settle_response().to_dict() if state.result else None,
+    )
+    # The local Core: on the loop when it need not wait, else one worker-thread hop for all
+    # of it; remote facilitators go async.
+    afn = _afinish_local if gate.core is not None else _afinish_io
+    outcome = yield Call(_finish_io, (gate, payment, action, outcome, record), afn=afn)
+    if config.after_delivery is not None:
+        yield Call(config.after_delivery, (payment, outcome), blocking=False)
+    return None
+
+
+def _finish_io(
+    gate: Gate,
+    payment: Payment,
+    action: Action,
+    outcome: str,
+    record: dict[str, Any],
+    nowait: bool = False,
+) -> str:
+    """Score or void (``action``), then complete the record; returns the outcome recorded."""
+    record_id = payment.record_id
+    if nowait:  # the event loop's attempt: one short write to the shared database, or none
+        if record_id is None or payment.guarantee_id is None:
+            raise WouldBlock("not a write the event loop may do")
+        if action is None:
+            gate.records.finish(record_id, outcome=outcome, nowait=True, **record)
+        else:
+            _resolve_and_complete(gate, payment, action, outcome, record, nowait=True)
+        return outcome
+    if gate._shared and action is not None and record_id is not None:
+        try:
+            _resolve_and_complete(gate, payment, action, outcome, record)
+            return outcome
+        except Exception as exc:
+            outcome = _action_failed(gate, payment, action, exc, outcome)
+            action = None  # record the outcome alone below
+    try:
+        if action is not None and action[0] == "void":
+            assert payment.guarantee_id
+            gate.facilitator.void(payment.guarantee_id, by=payment.pay_to)
+        elif action is not None:
+            assert payment.guarantee_id
+            gate.facilitator.post_validation(
+                payment.guarantee_id, validator=payment.pay_to, score=action[1], tag=DELIVERY_TAG
+            )
+    except Exception as exc:
+        assert action is not None
+        outcome = _action_failed(gate, payment, action, exc, outcome)
+    if payment.record_id is not None:
+        gate.records.finish(payment.record_id, outcome=outcome, **record)
+    return outcome
+
+
+async def _afinish_local(
+    gate: Gate, payment: Payment, action: Action, outcome: str, record: dict[str, Any]
+) -> str:
+    store = gate.core.store if gate.core is not None and gate._shared else None
+    return await local_write(store, _finish_io, gate, payment, action, outcome, record)
+
+
+async def _afinish_io(
+    gate: Gate, payment: Payment, action: Action, outcome: str, record: dict[str, Any]
+) -> str:
+    try:
+        if action is not None and action[0] == "void":
+            assert payment.guarantee_id
+            await gate.facilitator.avoid(payment.guarantee_id, by=payment.pay_to)
+        elif action is not None:
+            assert payment.guarantee_id
+            await gate.facilitator.apost_validation(
+                payment.guarantee_id, validator=payment.pay_to, score=action[1], tag=DELIVERY_TAG
+            )
+    except Exception as exc:
+        assert action is not None
+        outcome = await asyncio.to_thread(_action_failed, gate, payment, action, exc, outcome)
+    record_id = payment.record_id
+    if record_id is not None:
+        await asyncio.to_thread(lambda: gate.records.finish(record_id, outcome=outcome, **record))
+    return outcome
+
+
+def _resolve_and_complete(
+    gate: Gate,
+    payment: Payment,
+    action: tuple[str, int],
+    outcome: str,
+    record: dict[str, Any],
+    nowait: bool = False,
+) -> None:
+    """The refund or score and the record's completion, in one transaction."""
+    assert gate.core is not None and payment.guarantee_id and payment.record_id is not None
+    record_id = payment.record_id
+    gate.core.resolve(
+        payment.guarantee_id,
+        by=payment.pay_to,
+        score=None if action[0] == "void" else action[1],
+        tag=DELIVERY_TAG,
+        also=lambda tx: Records.complete(tx, record_id, outcome=outcome, **record),
+        nowait=nowait,
+    )
+
+
+def _action_failed(
+    gate: Gate, payment: Payment, action: tuple[str, int], error: Exception, outcome: str
+) -> str:
+    """A refund or score that did not go through: the outcome to record.
+
+    Refused for good (netted already, say): a refund is ``kept``, a score leaves the
+    outcome as it was. One that only could not reach the facilitator or the database
+    is filed for the reconciler to retry: ``refund_pending`` then ``refunded``, or
+    ``score_pending`` then the outcome the score makes.
+    """
+    log.error("%s of %s failed: %s", action[0], payment.guarantee_id, error)
+    definitive = isinstance(error, FourmicaError) and not isinstance(error, Unavailable)
+    if definitive or payment.guarantee_id is None:
+        return "kept" if outcome == "refunded" else outcome
+    kind, pending = (
+        ("refund", "refund_pending") if action[0] == "void" else ("score", "score_pending")
+    )
+    try:
+        gate.records.add_followup(
+            payment.guarantee_id,
+            payment.pay_to,
+            kind,
+            score=None if kind == "refund" else action[1],
+        )
+    except Exception:
+        log.exception("could not file the %s of %s for a retry", kind, payment.guarantee_id)
+        return "kept" if outcome == "refunded" else outcome
+    gate._reconciler.kick()
+    return pending

@@ -1,0 +1,64 @@
+"""The gate's own endpoints: the tab endpoint, and the Core API subset (embedded Core).
+
+The tab endpoint (``tabEndpoint`` in every challenge; docs/protocol.md, "Endpoints";
+docs/operations.md, "The tab endpoint") opens a tab for a buyer, only towards a route's
+``payTo`` and within the limits on new tabs. Under the prefix, the embedded Core's public
+parameters and its JSON-RPC subset (``rpcUrl``) are mounted; nothing that accepts a guarantee.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from .. import coreapi
+from ..networks import get_network
+from .challenge import origin
+from .types import Call, Flow, RequestView, Response
+
+if TYPE_CHECKING:
+    from .flow import Gate
+
+
+def tab(gate: Gate, request: RequestView) -> Flow:
+    if request.method.upper() != "POST":
+        return Response.json(405, {"error": "use POST"}, [("allow", "POST")])
+    body = yield from _json_body(request)
+    # Only a route's payTo (static, or one a payTo callable chose for a challenge we
+    # served); new tabs limited per client, buyer and seller, reuses never
+    # (docs/operations.md, "The tab endpoint"). Runs off the event loop: it writes the Core.
+    status, data, headers = yield Call(gate._tabs.handle, (gate.facilitator, request.client, body))
+    return Response.json(status, data, [("cache-control", "no-store"), *headers])
+
+
+def core_api(gate: Gate, request: RequestView) -> Flow:
+    core = gate.core
+    assert core is not None
+    sub = request.path[len(gate._prefix) :] or "/"
+    method = request.method.upper()
+    chain_id = get_network(gate.config.network).chain_id
+    base = origin(gate, request)
+    if sub == "/core/public-params" and method in ("GET", "HEAD"):
+        params = coreapi.public_params(core, chain_id, f"{base}{gate._prefix}/rpc")
+        return Response.json(200, params)
+    if sub == "/rpc" and method == "POST":
+        body = yield from _json_body(request)
+        status, data = coreapi.json_rpc(core, chain_id, body)
+        return Response.json(status, data)
+    # The Core's own tab and issue calls (/core/payment-tabs, /core/guarantees) are not
+    # mounted on a seller's public app: unauthenticated, anyone holding a buyer's payment
+    # header could settle it there first and the buyer would pay for a request that the
+    # gate then refuses as a replay. `fourmica-x402 serve --api-key` serves them.
+    return Response.json(404, {"error": "not found"})
+
+
+def _json_body(request: RequestView) -> Flow:
+    if request.read_body is None:
+        return None
+    raw = yield Call(request.read_body, (), blocking=False)
+    if not raw or len(raw) > 64 * 1024:
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None

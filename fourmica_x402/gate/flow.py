@@ -1,0 +1,278 @@
+"""The gate: built once per app; decides, for each request, what happens to it.
+
+:meth:`Gate.before` decides (docs/architecture.md, "A paid request" and "Which route is
+priced"): the gate's own endpoints answer; OPTIONS and anything the framework will not route
+to a priced endpoint pass through; an ambiguous path near a priced route is refused; otherwise
+the ``on_protected_request`` hook may grant, deny or answer, the route is priced, and the
+request is challenged or its payment settled (:mod:`.pay`). :meth:`Gate.response_start` and
+:meth:`Gate.finish` are :mod:`.deliver`'s; the rest here is what adapters call at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from ..config import PaymentConfig
+from ..errors import ConfigurationError, FourmicaError, Reason, Unavailable
+from ..facilitator import Facilitator, LocalFacilitator
+from ..records import Records
+from ..routes import Route, RouteTable
+from ..wire import PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER
+from . import deliver, drive, endpoints
+from .background import Reconciler
+from .challenge import challenge, requirements
+from .pay import failure, paid, version_of
+from .throttle import Throttle
+from .types import (
+    DENY,
+    GRANT,
+    PASS,
+    BodyTap,
+    Call,
+    Flow,
+    Paid,
+    Payment,
+    RequestView,
+    Response,
+    error_response,
+)
+
+log = logging.getLogger("fourmica_x402.gate")
+
+
+class Gate:
+    """The seller's payment flow for one app. Build once per app (it holds the Core).
+
+    The steps in the sibling modules are functions of the gate: they read its state
+    (``config``, ``core``, ``facilitator``, ``records``, the throttle, the reconciler) when
+    they run, never a copy, so a facilitator swapped on a live gate is the one used.
+    """
+
+    def __init__(self, config: PaymentConfig) -> None:
+        self.config = config
+        self.routes = RouteTable(
+            config.routes, network=config.network, pay_to=config.pay_to, asset=config.asset
+        )
+        self.core = None
+        if config.facilitator is None:
+            from ..core import Core
+
+            core = config.core if not isinstance(config.core, str) else Core(config.core)
+            self.core = core
+            self.facilitator: Facilitator = LocalFacilitator(core)
+        else:
+            self.facilitator = config.facilitator
+        records = config.records
+        if records is None:
+            if self.core is None:
+                raise FourmicaError("with a remote facilitator, set records= to a database URL")
+            records = Records(self.core.store)
+        self.records = records if isinstance(records, Records) else Records(records)
+        self._throttle = Throttle(config.throttle_failures, config.throttle_window)
+        self.tap = lambda: BodyTap(config.idempotent_replay, config.replay_body_limit)
+        self._reconciler = Reconciler(self)
+        if self.records.next_followup_due() is not None:
+            self._reconciler.kick()  # a previous process left voids to do
+        self._prefix = config.prefix
+        self._tab_path = (
+            urlsplit(config.tab_endpoint).path if config.tab_endpoint else config.prefix + "/tab"
+        )
+        from ..tabs import TabGuard
+
+        #: The tab endpoint's recipients and limits on new tabs (docs/operations.md).
+        self._tabs = TabGuard(config, self.routes)
+
+    @property
+    def _shared(self) -> bool:
+        """Records in the embedded Core's own database: a payment's record is written in the
+        acceptance's transaction and completed in the validation's (one commit each)."""
+        return (
+            self.core is not None
+            and isinstance(self.facilitator, LocalFacilitator)
+            and self.facilitator.core is self.core
+            and self.records.store is self.core.store
+        )
+
+    # -- what adapters call ------------------------------------------------------------------
+
+    #: The drivers of a flow (:mod:`.drive`).
+    run_sync = staticmethod(drive.run_sync)
+    run_async = staticmethod(drive.run_async)
+    #: An error answer other than a challenge (adapters render configuration errors with it).
+    _error_response = staticmethod(error_response)
+
+    def add_route(self, key: str, value: Any) -> Route:
+        """Price one more route (``key`` and ``value`` as in the route table)."""
+        return self.routes.add(key, value)
+
+    def check_routes(self, templates: Any) -> None:
+        """Fail (ConfigurationError) when a table entry names no route of the app.
+
+        ``templates``: ``(template, methods)`` of every route the framework knows, methods
+        None when any. Adapters call it at start-up; a typo would otherwise leave a route free.
+        """
+        templates = list(templates)
+        missing = self.routes.unmatched(templates)
+        if missing:
+            known = sorted({t for t, _ in templates})
+            shown = ", ".join(known[:12]) + (", …" if len(known) > 12 else "")
+            raise ConfigurationError(
+                f"priced route(s) {', '.join(repr(m) for m in missing)} name no route of this app "
+                f"(its routes: {shown or 'none'}); a route-table entry names a route template "
+                "the framework knows, e.g. 'GET /items/:id' for /items/{id}"
+            )
+
+    def refuses_websocket(self, request: RequestView) -> bool:
+        """A WebSocket on a priced route: refused (no paid-WebSocket mode exists yet).
+
+        ``request`` describes the handshake (method GET)."""
+        if request.path == self._tab_path or request.path.startswith(self._prefix + "/"):
+            return False
+        if request.resolve is not None:
+            endpoint = request.resolve()
+            return endpoint is not None and self.routes.for_endpoint("GET", endpoint) is not None
+        return self.routes.match("GET", request.path) is not None
+
+    @staticmethod
+    def marker_refusal(
+        payment: Payment | None, key: Any, method: str, methods: frozenset[str] | None
+    ) -> tuple[int, str, str] | None:
+        """Why a per-handler marker must not run its handler: ``(status, reason, message)``,
+        or None when ``payment`` was made for this request on this route (``key``).
+
+        A method the marker does not price is answered 405 (never run unpaid); a missing or
+        foreign payment fails closed (503) with a log line naming the cause.
+        """
+        alias = "GET" if method.upper() == "HEAD" else method.upper()
+        if methods is not None and alias not in methods:
+            return 405, "method_not_allowed", "method not allowed"
+        if payment is None:
+            cause = "no payment middleware ran for it, or it did not price this route"
+        elif payment.endpoint is not key:
+            cause = f"the payment was made for another route ({payment.route})"
+        else:
+            return None
+        log.error("a paid handler was reached without a payment for it: %s", cause)
+        return 503, Reason.PAYMENT_NOT_ENFORCED, "payments are not enforced here; not served"
+
+    def reconcile(self, now: float | None = None) -> dict[str, int]:
+        """Do the follow-ups that are due (voids, refunds, delivery scores): see
+        :meth:`.background.Reconciler.reconcile`. Runs by itself in the background;
+        callable by hand (a cron job, the CLI, tests)."""
+        return self._reconciler.reconcile(now)
+
+    # -- the flow ------------------------------------------------------------------------------
+
+    def before(self, request: RequestView) -> Flow:
+        """Decide: pass through, answer (402, 4xx, 503, our endpoints), or run the paid handler.
+
+        Returns :data:`PASS`, a :class:`Response`, or the state to hand to the later steps.
+        """
+        method = request.method.upper()
+        if request.path == self._tab_path:
+            return (yield from endpoints.tab(self, request))
+        if self.core is not None and (
+            request.path == self._prefix or request.path.startswith(self._prefix + "/")
+        ):
+            return (yield from endpoints.core_api(self, request))
+        if method == "OPTIONS":
+            return PASS
+        endpoint = None
+        if request.resolve is not None:  # price what the framework's router resolved
+            endpoint = request.resolve()
+            route = None if endpoint is None else self.routes.for_endpoint(method, endpoint)
+            if route is not None and _ambiguous(request):
+                return error_response(400, "ambiguous_path", "ambiguous request path")
+        else:  # a router-less app: its raw path
+            route = self.routes.match(method, request.path)
+            if _ambiguous(request) and (
+                route is not None or self._matches_variant(method, request)
+            ):
+                return error_response(400, "ambiguous_path", "ambiguous request path")
+        if route is None:
+            return PASS
+        if self.config.on_protected_request is not None:
+            verdict = yield Call(self.config.on_protected_request, (request, route), blocking=False)
+            if verdict is GRANT:
+                return PASS
+            if verdict is DENY:
+                return error_response(403, "denied", "access denied")
+            if isinstance(verdict, Response):
+                return verdict
+        try:
+            reqs = yield from requirements(self, route, request)
+        except Exception as exc:  # a price or payTo callable failed: nothing to charge safely
+            log.exception("could not price %s", route.key)
+            return error_response(500, "pricing_failed", f"could not price this request: {exc}")
+        if method == "HEAD" and (
+            request.header_values(PAYMENT_SIGNATURE_HEADER)
+            or request.header_values(X_PAYMENT_HEADER)
+        ):  # a response without a body is never charged: keep the payment for the GET
+            return challenge(
+                self, request, route, reqs, Reason.HEAD_NOT_CHARGED, version=version_of(request)
+            )
+        try:
+            return (yield from paid(self, request, route, reqs, endpoint))
+        except Unavailable as exc:
+            yield from failure(self, request, exc)
+            return error_response(503, exc.reason, exc.message, exc.headers())
+        except FourmicaError as exc:  # e.g. a remote facilitator's 4xx in a shape of its own
+            yield from failure(self, request, exc)
+            if exc.status < 500:
+                return challenge(
+                    self, request, route, reqs, exc.reason, version=version_of(request)
+                )
+            return error_response(503, exc.reason, exc.message)
+
+    def response_start(self, state: Paid, status: int, cache_control: str | None = None) -> Flow:
+        """Headers to add when the handler's response starts, or a replacement response
+        (settle-after mode): see :func:`.deliver.response_start`."""
+        return deliver.response_start(self, state, status, cache_control)
+
+    def finish(
+        self,
+        state: Paid,
+        status: int | None,
+        body_hash: str | None,
+        error: BaseException | None = None,
+        body: bytes | None = None,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> Flow:
+        """After the response went out: delivery marker, validation score or refund
+        (:func:`.deliver.finish`)."""
+        return deliver.finish(self, state, status, body_hash, error, body, headers)
+
+    def _matches_variant(self, method: str, request: RequestView) -> bool:
+        """A priced route that some reading of the raw path (decoded, dot segments resolved,
+        backslashes as slashes) would reach: a proxy may read it that way."""
+        raw = request.raw_path or request.path
+        variants = {unquote(raw).replace("\\", "/"), raw.replace("\\", "/")}
+        for variant in list(variants):
+            parts: list[str] = []
+            for seg in variant.split("/"):
+                if seg == "..":
+                    if parts:
+                        parts.pop()
+                elif seg not in (".", ""):
+                    parts.append(seg)
+            variants.add("/" + "/".join(parts))
+        return any(self.routes.match(method, v) for v in variants)
+
+
+def _ambiguous(request: RequestView) -> bool:
+    """Encodings a proxy and the framework may read differently: refuse, never guess."""
+    raw = request.raw_path or ""
+    lowered = raw.lower()
+    if "%2f" in lowered or "%5c" in lowered or "\\" in raw or "\\" in request.path:
+        return True
+    if "%" in raw:
+        i = raw.find("%")
+        while i != -1:
+            chunk = raw[i + 1 : i + 3]
+            if len(chunk) < 2 or any(c not in "0123456789abcdefABCDEF" for c in chunk):
+                return True
+            i = raw.find("%", i + 1)
+    segments = request.path.split("/")
+    return ".." in segments or "." in segments or ".." in unquote(raw).split("/")

@@ -1,0 +1,269 @@
+"""A request that carries a payment: decode it, match it to an offer, settle and record it.
+
+The steps between "this route is priced" and "run the handler" (docs/protocol.md, "Paying";
+docs/architecture.md, "A paid request"): the throttle, the header decoded and matched to the
+requirements the gate itself advertised (never the buyer's copy), an idempotent replay, the
+``before_settle`` hook, then settle-and-record (settle-before mode) or verify-and-reserve
+(settle-after mode), and the :class:`~.types.Payment` handed to the handler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..core.store import Conflict
+from ..errors import FourmicaError, GuaranteeRejected, MalformedPayment, PaymentError, Reason
+from ..facilitator import SettleResult, signed_from_payload
+from ..guarantee import ValidationPolicy
+from ..networks import get_network
+from ..routes import Endpoint, Route
+from ..wire import (
+    PAYMENT_RESPONSE_HEADER,
+    PAYMENT_SIGNATURE_HEADER,
+    X_PAYMENT_HEADER,
+    X_PAYMENT_RESPONSE_HEADER,
+    PaymentPayload,
+    PaymentPayloadV1,
+    PaymentRequirements,
+    SettleResponse,
+    decode_payment_header,
+    encode_header,
+)
+from . import settle
+from .challenge import DELIVERY_TAG, challenge, v1_requirements, v2_requirements
+from .types import (
+    EXPOSE_HEADERS,
+    PAID_CACHE_CONTROL,
+    Call,
+    Flow,
+    Paid,
+    Payment,
+    RequestView,
+    Response,
+    error_response,
+    no_store,
+)
+
+if TYPE_CHECKING:
+    from .flow import Gate
+
+log = logging.getLogger("fourmica_x402.gate")
+
+
+def version_of(request: RequestView) -> int | None:
+    """The x402 version of the payment header the request carries, if any."""
+    if request.header_values(PAYMENT_SIGNATURE_HEADER):
+        return 2
+    if request.header_values(X_PAYMENT_HEADER):
+        return 1
+    return None
+
+
+def failure(gate: Gate, request: RequestView, error: FourmicaError) -> Flow:
+    """The ``on_failure`` hook; what it raises is logged, never answered."""
+    if gate.config.on_failure is not None:
+        try:
+            yield Call(gate.config.on_failure, (request, error), blocking=False)
+        except Exception:
+            log.exception("on_failure hook raised")
+
+
+def paid(
+    gate: Gate,
+    request: RequestView,
+    route: Route,
+    requirements: list[PaymentRequirements],
+    endpoint: Endpoint | None = None,
+) -> Flow:
+    """The challenge when no payment came; else the payment settled and recorded.
+
+    Returns a :class:`Response` (a 402, 409, 429 or 503) or the :class:`Paid` state.
+    """
+    config, throttle = gate.config, gate._throttle
+    v2_values = request.header_values(PAYMENT_SIGNATURE_HEADER)
+    v1_values = request.header_values(X_PAYMENT_HEADER)
+    if not v2_values and not v1_values:
+        return challenge(gate, request, route, requirements, Reason.PAYMENT_REQUIRED)
+    wait = max(throttle.blocked(request.client), 0.0)
+    if wait > 0:
+        return throttle.answer(wait)
+    try:
+        if len(v2_values) + len(v1_values) != 1:
+            raise MalformedPayment("send exactly one payment header")
+        version = 2 if v2_values else 1
+        header = (v2_values or v1_values)[0]
+        payload = decode_payment_header(header, expected_version=version)
+        chosen = _match(payload, requirements)
+        signed = signed_from_payload(payload, chosen)
+    except PaymentError as exc:
+        throttle.hit(request.client)
+        yield from failure(gate, request, exc)
+        return challenge(
+            gate, request, route, requirements, exc.reason, version=version_of(request)
+        )
+    payer = signed.claims.user_address
+    wait = throttle.blocked(payer)
+    if wait > 0:
+        return throttle.answer(wait)
+    header_hash = hashlib.sha256(header.encode("ascii", "replace")).hexdigest()
+    if config.idempotent_replay:
+        found = yield Call(gate.records.by_header, (header_hash,))
+        if found is not None:
+            if (found[0].route, found[0].method) != (route.key, request.method.upper()):
+                return challenge(  # a payment replays only the request it paid for
+                    gate, request, route, requirements, Reason.REPLAYED_REQUEST_ID, version=version
+                )
+            return _replayed(found, version)
+    if config.before_settle is not None:
+        try:
+            yield Call(config.before_settle, (request, payload, chosen), blocking=False)
+        except PaymentError as exc:
+            yield from failure(gate, request, exc)
+            return challenge(gate, request, route, requirements, exc.reason, version=version)
+    policy = ValidationPolicy.from_extra(chosen.extra, get_network(chosen.network).chain_id)
+    delivery = (
+        policy is not None and policy.tag == DELIVERY_TAG and policy.validator == chosen.pay_to
+    )
+    base: dict[str, Any] = dict(
+        route=route.key,
+        method=request.method.upper(),
+        path=request.path,
+        header_version=version,
+        header_hash=header_hash,
+        pay_to=chosen.pay_to,
+        amount=int(chosen.amount),
+        asset=chosen.asset,
+        network=chosen.network,
+        settle_mode=config.settle,
+    )
+    if config.settle == "before":
+        result = yield settle.settle_and_record(gate, payload, chosen, base, signed)
+        if isinstance(result, SettleResult):  # refused
+            throttle.refused(request.client, payer, result.error_reason)
+            yield from failure(
+                gate, request, GuaranteeRejected(reason=result.error_reason or "rejected")
+            )
+            return challenge(
+                gate,
+                request,
+                route,
+                requirements,
+                result.error_reason or "settle_failed",
+                version=version,
+                settle=result,
+            )
+        result, record_id = result
+    else:
+        verdict = yield Call(
+            gate.facilitator.verify, (payload, chosen), afn=gate.facilitator.averify
+        )
+        if not verdict.is_valid:
+            throttle.refused(request.client, payer, verdict.invalid_reason)
+            yield from failure(
+                gate, request, GuaranteeRejected(reason=verdict.invalid_reason or "invalid")
+            )
+            return challenge(
+                gate,
+                request,
+                route,
+                requirements,
+                verdict.invalid_reason or "invalid",
+                version=version,
+            )
+        try:  # the record's unique header hash stops a replay before the handler runs
+            record_id = yield Call(
+                lambda: gate.records.begin(
+                    **base,
+                    settle_result={},
+                    status="verified",
+                    payer=payer,
+                    # unique while in flight: another encoding of this guarantee waits
+                    request_id=hex(signed.claims.req_id),
+                    tab_id=hex(signed.claims.tab_id),
+                )
+            )
+        except Conflict:
+            return challenge(
+                gate, request, route, requirements, Reason.REPLAYED_REQUEST_ID, version=version
+            )
+        result = None
+    claims = signed.claims
+    payment = Payment(
+        payer=payer,
+        amount=claims.amount,
+        asset=claims.asset_address,
+        network=chosen.network,
+        pay_to=chosen.pay_to,
+        guarantee_id=result.guarantee_id if result else None,
+        request_id=hex(claims.req_id),
+        tab_id=hex(claims.tab_id),
+        x402_version=version,
+        guarantee_version=claims.version,
+        route=route.key,
+        record_id=record_id,
+        settled=result is not None,
+        endpoint=None if endpoint is None else endpoint.key,
+    )
+    settle.certificate_source(gate, payment, result)
+    if config.after_settle is not None and result is not None:
+        try:
+            yield Call(config.after_settle, (request, result), blocking=False)
+        except Exception:  # paid but not served: give the money back before answering
+            log.exception("after_settle hook raised; refunding %s", result.guarantee_id)
+            yield Call(settle.abandon, (gate, result, chosen.pay_to, record_id))
+            return error_response(
+                503, "seller_hook_failed", "the seller failed; the payment was voided"
+            )
+    return Paid(
+        payment, request, chosen, payload, header_hash, result, policy, delivery, route=route
+    )
+
+
+def _match(
+    payload: PaymentPayload | PaymentPayloadV1, requirements: list[PaymentRequirements]
+) -> PaymentRequirements:
+    """Our requirements the payment was made against (never the buyer's copy)."""
+    if isinstance(payload, PaymentPayload):
+        got = payload.accepted
+        for req in requirements:
+            if (
+                got.scheme == req.scheme
+                and got.network == req.network
+                and int(got.amount) == int(req.amount)
+                and got.asset.lower() == req.asset.lower()
+                and got.pay_to.lower() == req.pay_to.lower()
+            ):
+                return v2_requirements([req])[0]  # the wire form, no internal marks
+        raise PaymentError(reason=Reason.NO_MATCHING_REQUIREMENTS)
+    claims = payload.payload.get("claims") if isinstance(payload.payload, dict) else None
+    for req in v1_requirements(requirements):
+        if payload.scheme == req.scheme and payload.network == req.network:
+            if not isinstance(claims, dict):
+                return req
+            if str(claims.get("asset_address", "")).lower() == req.asset.lower():
+                return req
+    raise PaymentError(reason=Reason.NO_MATCHING_REQUIREMENTS)
+
+
+def _replayed(found: Any, version: int) -> Paid | Response:
+    """A payment header seen before (idempotent replay): its stored response, or a 409."""
+    record, stored = found
+    if stored is None or record.status != "delivered":
+        return error_response(
+            409,
+            "payment_in_progress" if record.delivered_at is None else "replay_unavailable",
+            "this payment was already used; its response cannot be replayed",
+        )
+    headers, body = stored
+    cache = next((v for k, v in headers if k.lower() == "cache-control"), None)
+    drop = ("content-length",) if no_store(cache) else ("content-length", "cache-control")
+    headers = [(k, v) for k, v in headers if k.lower() not in drop]
+    if not no_store(cache):  # paid content, replayed: still never for a shared cache
+        headers.append(("cache-control", PAID_CACHE_CONTROL))
+    settle_response = SettleResponse.model_validate(record.settle_result)
+    name = PAYMENT_RESPONSE_HEADER if version == 2 else X_PAYMENT_RESPONSE_HEADER
+    headers.append((name.lower(), encode_header(settle_response)))
+    headers.append(("access-control-expose-headers", EXPOSE_HEADERS))
+    return Response(record.http_status or 200, headers, body)

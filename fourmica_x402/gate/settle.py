@@ -1,0 +1,229 @@
+"""Settling a payment and recording it, as one unit; settles whose answer was lost.
+
+With the embedded Core and the records in its database, the acceptance and the payment's
+record commit in one transaction (docs/architecture.md, "The Core's transactions"). Otherwise
+the facilitator settles and the record follows; a record that cannot be written voids the
+acceptance, since money is never kept for work that will not be done. A remote settle that went
+unanswered may have been accepted: it is filed for the reconciler to void
+(:mod:`.background`), and the same guarantee is refused until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from ..core.store import Tx
+from ..errors import FourmicaError, PaymentError, Reason, Unavailable
+from ..facilitator import LocalFacilitator, SettleResult, signed_from_payload
+from ..guarantee import SignedGuarantee, guarantee_id
+from ..networks import get_network
+from ..records import Records
+from ..wire import PaymentPayload, PaymentPayloadV1, PaymentRequirements
+from .drive import local_write
+from .types import Call, Paid, Payment
+
+if TYPE_CHECKING:
+    from .flow import Gate
+
+log = logging.getLogger("fourmica_x402.gate")
+
+
+def settle_and_record(
+    gate: Gate,
+    payload: PaymentPayload | PaymentPayloadV1,
+    chosen: PaymentRequirements,
+    base: dict[str, Any],
+    signed: SignedGuarantee,
+) -> Call:
+    """The I/O that settles a payment and writes its record (settle-before mode).
+
+    Its result: ``(SettleResult, record_id)`` when accepted, a failed :class:`SettleResult`
+    when refused; it raises :class:`Unavailable` when nothing can be said. ``base``: the
+    record's fields; ``signed``: the guarantee decoded from ``payload`` (not decoded twice).
+    """
+    return Call(_settle_and_record, (gate, payload, chosen, base, signed), afn=_asettle_and_record)
+
+
+def _settle_and_record(
+    gate: Gate,
+    payload: PaymentPayload | PaymentPayloadV1,
+    chosen: PaymentRequirements,
+    base: dict[str, Any],
+    signed: SignedGuarantee,
+    nowait: bool = False,
+) -> SettleResult | tuple[SettleResult, int]:
+    """Settle, then write the record; one worker-thread hop for the async driver.
+
+    ``nowait``: the event loop's attempt (:func:`.drive.local_write`); anything but a clean
+    answer raises as it is, nothing committed, and is redone in a worker thread.
+    """
+    facilitator = gate.facilitator
+    if gate._shared:  # the embedded Core: acceptance and record commit together
+        assert isinstance(facilitator, LocalFacilitator)
+        try:
+            result, record_id = facilitator.settle_signed(
+                signed, chosen, lambda tx, result: record(gate, result, base, tx), nowait=nowait
+            )
+        except Exception as exc:
+            if nowait or isinstance(exc, FourmicaError):
+                raise
+            # the record failed: the acceptance was rolled back with it
+            log.exception("could not record a payment; nothing was accepted")
+            raise Unavailable(
+                f"could not record the payment: {type(exc).__name__}",
+                reason=Reason.RECORDS_UNAVAILABLE,
+            ) from exc
+        return result if record_id is None else (result, record_id)
+    refuse_in_doubt(gate, signed, chosen)
+    try:
+        result = facilitator.settle(payload, chosen)
+    except Unavailable as exc:
+        raise in_doubt(gate, exc, signed, chosen) from None
+    except FourmicaError:
+        raise
+    except Exception as exc:
+        raise Unavailable(f"facilitator error: {type(exc).__name__}") from exc
+    if not result.success:
+        return result
+    try:
+        return result, record(gate, result, base)
+    except Exception as exc:  # accepted but unrecorded: never keep money for work not done
+        undo(gate, result, base["pay_to"])
+        raise Unavailable(
+            f"could not record the payment: {type(exc).__name__}",
+            reason=Reason.RECORDS_UNAVAILABLE,
+        ) from exc
+
+
+async def _asettle_and_record(
+    gate: Gate,
+    payload: PaymentPayload | PaymentPayloadV1,
+    chosen: PaymentRequirements,
+    base: dict[str, Any],
+    signed: SignedGuarantee,
+) -> SettleResult | tuple[SettleResult, int]:
+    if gate.core is not None:  # local: settle and record together
+        store = gate.core.store if gate._shared else None
+        return await local_write(store, _settle_and_record, gate, payload, chosen, base, signed)
+    await asyncio.to_thread(refuse_in_doubt, gate, signed, chosen)
+    try:
+        result = await gate.facilitator.asettle(payload, chosen)
+    except Unavailable as exc:
+        raise await asyncio.to_thread(in_doubt, gate, exc, signed, chosen) from None
+    except FourmicaError:
+        raise
+    except Exception as exc:
+        raise Unavailable(f"facilitator error: {type(exc).__name__}") from exc
+    if not result.success:
+        return result
+    try:
+        return result, await asyncio.to_thread(record, gate, result, base)
+    except Exception as exc:
+        await asyncio.to_thread(undo, gate, result, base["pay_to"])
+        raise Unavailable(
+            f"could not record the payment: {type(exc).__name__}",
+            reason=Reason.RECORDS_UNAVAILABLE,
+        ) from exc
+
+
+def record(gate: Gate, result: SettleResult, base: dict[str, Any], tx: Tx | None = None) -> int:
+    """Write a settled payment's record (in the acceptance's transaction ``tx`` when given)."""
+    begin = gate.records.begin if tx is None else partial(Records.insert, tx)
+    return begin(
+        **base,
+        settle_result=result.to_settle_response().to_dict(),
+        status="settled",
+        request_id=None if result.req_id is None else hex(result.req_id),
+        tab_id=None if result.tab_id is None else hex(result.tab_id),
+        guarantee_id=result.guarantee_id,
+        payer=result.payer,
+    )
+
+
+def settle_after(gate: Gate, state: Paid) -> SettleResult:
+    """Settle-after mode: settle once the handler succeeded; a failure is a failed result."""
+    try:
+        result = gate.facilitator.settle(state.payload, state.requirements)
+    except Exception as exc:
+        log.error("settle after the handler failed: %s", exc)
+        if isinstance(exc, Unavailable) and exc.maybe_applied:
+            signed = signed_from_payload(state.payload, state.requirements)
+            in_doubt(gate, exc, signed, state.requirements)
+        result = SettleResult(
+            success=False,
+            network=state.requirements.network,
+            error_reason="facilitator_unavailable",
+        )
+    if result.success:
+        state.result = result
+        state.payment.guarantee_id = result.guarantee_id
+        state.payment.settled = True
+        certificate_source(gate, state.payment, result)
+    return result
+
+
+def certificate_source(gate: Gate, payment: Payment, result: SettleResult | None) -> None:
+    """Where the payment's certificate comes from: the facilitator's answer when it sent
+    one (a remote ``/settle``), else the embedded Core, on demand (docs/architecture.md,
+    "Certificates")."""
+    if result is None or not result.guarantee_id:
+        return
+    if result.certificate:
+        payment._made = result.certificate
+    elif gate.core is not None and isinstance(gate.facilitator, LocalFacilitator):
+        payment._certify = partial(gate.facilitator.certify, result.guarantee_id)
+
+
+def abandon(gate: Gate, result: SettleResult, pay_to: str, record_id: int | None) -> None:
+    """Void a settled payment whose handler will not run, and say so in its record."""
+    undo(gate, result, pay_to)
+    if record_id is not None:
+        gate.records.finish(
+            record_id, status="failed", http_status=503, response_hash=None, outcome="refunded"
+        )
+
+
+def undo(gate: Gate, result: SettleResult, pay_to: str) -> None:
+    if result.guarantee_id:
+        try:
+            gate.facilitator.void(result.guarantee_id, by=pay_to)
+        except Exception:
+            log.exception("could not void %s after a failed record", result.guarantee_id)
+
+
+# -- settles in doubt ---------------------------------------------------------------------------
+
+
+def refuse_in_doubt(gate: Gate, signed: SignedGuarantee, chosen: PaymentRequirements) -> None:
+    """A guarantee whose earlier settle went unanswered is being voided: never serve it."""
+    if gate.records.followup(_guarantee_id(signed, chosen)) is not None:
+        raise PaymentError(
+            "this payment's earlier settle went unanswered and is being voided; sign a new one",
+            reason=Reason.REPLAYED_REQUEST_ID,
+        )
+
+
+def in_doubt(
+    gate: Gate, error: Unavailable, signed: SignedGuarantee, chosen: PaymentRequirements
+) -> Unavailable:
+    """A settle that may have been accepted without an answer: file a void for it."""
+    if not error.maybe_applied:
+        return error
+    gid = _guarantee_id(signed, chosen)
+    try:
+        gate.records.add_followup(gid, chosen.pay_to, "in_doubt")
+    except Exception:  # nowhere to remember it: say so loudly, the lock needs an operator
+        log.exception("could not file a void for %s after an unanswered settle", gid)
+        return error
+    log.warning("settle of %s went unanswered (%s); it will be voided", gid, error.message)
+    gate._reconciler.kick()
+    return error
+
+
+def _guarantee_id(signed: SignedGuarantee, chosen: PaymentRequirements) -> str:
+    claims = signed.claims
+    chain_id = get_network(chosen.network).chain_id
+    return "0x" + guarantee_id(chain_id, claims.tab_id, claims.req_id).hex()

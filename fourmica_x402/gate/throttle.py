@@ -1,0 +1,68 @@
+"""The throttle: who keeps sending invalid payments is slowed down (429), and only them.
+
+In-process, per key, in a sliding window (``throttle_failures`` per ``throttle_window``
+seconds). Asking for terms (a request without a payment) is never throttled.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from ..errors import Reason, Throttled
+from .types import Response, error_response
+
+
+class Throttle:
+    """Counts invalid payments per key in a sliding window (in-process)."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit, self.window = limit, window
+        self._hits: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def blocked(self, key: str | None) -> float:
+        """Seconds until ``key`` may try again (0: not blocked)."""
+        if not key:
+            return 0.0
+        now = time.monotonic()
+        with self._lock:
+            hits = [t for t in self._hits.get(key, ()) if t > now - self.window]
+            self._hits[key] = hits
+            if len(hits) >= self.limit:
+                return hits[0] + self.window - now
+        return 0.0
+
+    def hit(self, *keys: str | None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._hits) > 100_000:  # bounded memory under a flood of addresses
+                self._hits.clear()
+            for key in keys:
+                if key:
+                    self._hits.setdefault(key, []).append(now)
+
+    def refused(self, client: str | None, payer: str, reason: str | None) -> None:
+        """Throttle who caused a refusal, and only them.
+
+        An invalid signature proves nothing about the claimed payer (anyone could name a
+        victim), so it counts against the client address; a refusal of a properly signed
+        payment (no collateral left, a replay, a mismatch) counts against its payer, never
+        against everyone else behind the same address (a NAT, a proxy, an agent platform).
+        """
+        if reason in (
+            Reason.INVALID_SIGNATURE,
+            Reason.MALFORMED_PAYMENT,
+            Reason.UNSUPPORTED_SCHEME,
+        ):
+            self.hit(client)
+        else:
+            self.hit(payer)
+
+    @staticmethod
+    def answer(wait: float) -> Response:
+        """The 429 for a key blocked ``wait`` more seconds."""
+        exc = Throttled(retry_after=int(wait) + 1)
+        return error_response(
+            429, exc.reason, "too many invalid payments; slow down", exc.headers()
+        )
