@@ -5,15 +5,28 @@ Public key in G1 (48 bytes), signatures in G2 (96 bytes), DST
 Core and SDK use, so certificates from our Core verify with theirs.
 Signing costs about half a millisecond, so it never runs on the request
 path: the capacity lock is the acceptance, the certificate follows.
+
+The Core makes a certificate once and stores it with its guarantee: the stored
+guarantee is read in one transaction, signed outside any transaction (no lock is
+held across a BLS signature), and filed in a second one (docs/architecture.md,
+"Certificates").
 """
 
 from __future__ import annotations
 
+import json
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from blspy import BasicSchemeMPL, G1Element, G2Element
+
+from ..errors import CoreError
+from ..guarantee import GuaranteeClaims, certificate_message
+from ..networks import get_network
+from .config import Domains
+from .store import Tx
 
 __all__ = ["Certificate", "Operator"]
 
@@ -65,3 +78,89 @@ class Operator:
 
     def __repr__(self) -> str:
         return f"Operator(public_key=0x{self.public_key.hex()[:16]}…)"
+
+
+# -- certificates kept with their guarantees ------------------------------------------------
+
+
+def stored_seed(tx: Tx) -> bytes:
+    """The operator seed kept in the database, made on first use (by one process only)."""
+    row = tx.one("SELECT value FROM fx_meta WHERE key = 'operator_seed'")
+    if row:
+        return bytes.fromhex(row[0])
+    _, seed = Operator.generate()
+    tx.execute(
+        "INSERT INTO fx_meta (key, value) VALUES ('operator_seed', ?) ON CONFLICT (key) DO NOTHING",
+        (seed.hex(),),
+    )
+    row = tx.one("SELECT value FROM fx_meta WHERE key = 'operator_seed'")
+    assert row is not None
+    return bytes.fromhex(row[0])
+
+
+def _stored_or_message(row: Sequence[Any], domains: Domains) -> Certificate | bytes:
+    """From (claims, total_amount, network, certificate, certificate_claims) of a guarantee."""
+    claims_json, total, network, signature, message = row
+    if signature:
+        return Certificate(bytes.fromhex(message[2:]), bytes.fromhex(signature[2:]))
+    claims = GuaranteeClaims.from_json(json.loads(claims_json))
+    domain = domains.guarantee(get_network(network).chain_id)
+    return certificate_message(claims, domain, int(total))
+
+
+def certificate_or_message(tx: Tx, guarantee_id: str, domains: Domains) -> Certificate | bytes:
+    """A guarantee's stored certificate, or the message to sign for it."""
+    row = tx.one(
+        "SELECT claims, total_amount, network, certificate, certificate_claims "
+        "FROM fx_guarantees WHERE guarantee_id = ?",
+        (guarantee_id,),
+    )
+    if row is None:
+        raise CoreError(f"no guarantee {guarantee_id}", reason="unknown_guarantee", status=404)
+    return _stored_or_message(row, domains)
+
+
+def certificates_or_messages(
+    tx: Tx, guarantee_ids: Sequence[str], domains: Domains
+) -> list[tuple[str, Certificate | bytes]]:
+    """:func:`certificate_or_message` of each known guarantee of ``guarantee_ids``, in one read."""
+    marks = ", ".join("?" for _ in guarantee_ids)
+    rows = tx.all(
+        "SELECT guarantee_id, claims, total_amount, network, certificate, certificate_claims "
+        f"FROM fx_guarantees WHERE guarantee_id IN ({marks})",
+        tuple(guarantee_ids),
+    )
+    return [(r[0], _stored_or_message(r[1:], domains)) for r in rows]
+
+
+def save(tx: Tx, guarantee_id: str, cert: Certificate) -> None:
+    """File a certificate with its guarantee, unless another process filed one first."""
+    tx.execute(
+        "UPDATE fx_guarantees SET certificate = ?, certificate_claims = ? "
+        "WHERE guarantee_id = ? AND certificate IS NULL",
+        ("0x" + cert.signature.hex(), "0x" + cert.claims.hex(), guarantee_id),
+    )
+
+
+def save_many(tx: Tx, certs: dict[str, Certificate]) -> None:
+    """:func:`save` of each certificate, as one statement run per row."""
+    tx.many(
+        "UPDATE fx_guarantees SET certificate = ?, certificate_claims = ? "
+        "WHERE guarantee_id = ? AND certificate IS NULL",
+        (("0x" + c.signature.hex(), "0x" + c.claims.hex(), g) for g, c in certs.items()),
+    )
+
+
+def sign_missing(
+    operator: Operator, found: list[tuple[str, Certificate | bytes]]
+) -> tuple[dict[str, Certificate], dict[str, Certificate]]:
+    """Every certificate of ``found`` (in its order), signing each message there; and the
+    ones signed now, still to be saved."""
+    done: dict[str, Certificate] = {}
+    fresh: dict[str, Certificate] = {}
+    for gid, item in found:
+        if isinstance(item, Certificate):
+            done[gid] = item
+        else:
+            done[gid] = fresh[gid] = operator.certify(item)
+    return done, fresh

@@ -1,0 +1,234 @@
+"""Guarantee acceptance, in the order of docs/protocol.md, "Acceptance".
+
+Steps 1–2 need no database (:func:`precheck`: claims shape, binding hashes, the
+signature) and run before the transaction, so a write lock is never held across a
+signature recovery; steps 3–7 (:func:`check`) and the capacity lock (step 8) and the
+stored guarantee (step 9, :func:`accept`) run inside the caller's one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .._eth import parse_address
+from ..errors import Reason
+from ..guarantee import GuaranteeClaims, SignedGuarantee, guarantee_id, recover_signer
+from ..networks import get_network
+from . import cycles
+from .common import INT64_MAX, LockClauses, hex_id, rejected
+from .config import CoreConfig, Domains
+from .feed import Events, emit
+from .models import Acceptance, Expected
+from .store import Tx
+
+__all__ = ["accept", "check", "id_of", "precheck", "verify"]
+
+
+def precheck(
+    signed: SignedGuarantee, expected: Expected, config: CoreConfig, domains: Domains
+) -> GuaranteeClaims:
+    """Acceptance steps 1–2 (docs/protocol.md): everything that needs no database."""
+    claims = signed.claims
+    if claims.version not in config.accepted_versions:
+        raise rejected(
+            Reason.UNSUPPORTED_VERSION, f"guarantee version {claims.version} is not accepted"
+        )
+    try:
+        chain_id = get_network(expected.network).chain_id
+    except Exception:
+        raise rejected(Reason.NETWORK_MISMATCH, f"unknown network {expected.network}") from None
+    if claims.version == 2:
+        score = claims.min_validation_score or 0
+        if not 1 <= score <= 100:
+            raise rejected(Reason.INVALID_VALIDATION_POLICY, "min_validation_score must be 1..100")
+        if claims.validation_chain_id != chain_id:
+            raise rejected(
+                Reason.INVALID_VALIDATION_POLICY,
+                "validation_chain_id is not the network's chain",
+            )
+        if not claims.bindings_are_canonical():
+            raise rejected(
+                Reason.INVALID_VALIDATION_POLICY, "validation binding hashes are not canonical"
+            )
+        if claims.validation_registry_address not in config.trusted_registries:
+            raise rejected(Reason.UNTRUSTED_VALIDATION_REGISTRY)
+    if recover_signer(signed, domains.eip712(chain_id)) != claims.user_address:
+        raise rejected(Reason.INVALID_SIGNATURE, "signature does not recover user_address")
+    return claims
+
+
+def id_of(claims: GuaranteeClaims, network: str) -> str:
+    """The guarantee id (``0x``-hex) of ``claims`` on ``network``."""
+    chain_id = get_network(network).chain_id
+    return "0x" + guarantee_id(chain_id, claims.tab_id, claims.req_id).hex()
+
+
+def check(
+    tx: Tx, claims: GuaranteeClaims, expected: Expected, now: float, max_clock_skew: int
+) -> None:
+    """Acceptance steps 3–7 (docs/protocol.md), inside the transaction."""
+    suspended = tx.one(
+        "SELECT suspended FROM fx_participants WHERE address = ?", (claims.user_address,)
+    )
+    if suspended and suspended[0]:
+        raise rejected(Reason.PAYER_SUSPENDED)
+    tab_key = hex_id(claims.tab_id)
+    if tx.one(
+        "SELECT 1 FROM fx_guarantees WHERE tab_id = ? AND req_id = ?",
+        (tab_key, hex_id(claims.req_id)),
+    ):
+        raise rejected(Reason.REPLAYED_REQUEST_ID)
+    if claims.timestamp > now + max_clock_skew:
+        raise rejected(Reason.TIMESTAMP_IN_FUTURE)
+    tab = tx.one(
+        "SELECT user_address, recipient_address, network, asset, guarantee_version, start_ts, ttl "
+        "FROM fx_tabs WHERE tab_id = ?",
+        (tab_key,),
+    )
+    if tab is None:
+        raise rejected(Reason.UNKNOWN_TAB)
+    start, end = int(tab[5]), int(tab[5]) + int(tab[6])
+    if now > end:
+        raise rejected(Reason.TAB_EXPIRED)
+    if not start <= claims.timestamp <= end:
+        raise rejected(Reason.TIMESTAMP_OUTSIDE_TAB, "timestamp is outside the tab's window")
+    if (tab[0], tab[1], tab[3], int(tab[4])) != (
+        claims.user_address,
+        claims.recipient_address,
+        claims.asset_address,
+        claims.version,
+    ):
+        raise rejected(Reason.TAB_MISMATCH, "claims do not match the tab")
+    if claims.recipient_address != parse_address(expected.pay_to):
+        raise rejected(Reason.RECIPIENT_MISMATCH)
+    if claims.asset_address != parse_address(expected.asset):
+        raise rejected(Reason.ASSET_MISMATCH)
+    if claims.amount != expected.amount:
+        raise rejected(Reason.AMOUNT_MISMATCH)
+    if tab[2] != expected.network:
+        raise rejected(Reason.NETWORK_MISMATCH)
+    if expected.policy is not None and claims.policy != expected.policy:
+        raise rejected(Reason.VALIDATION_POLICY_MISMATCH)
+    if expected.policy is None and claims.version == 2:
+        raise rejected(
+            Reason.VALIDATION_POLICY_MISMATCH,
+            "a G-v2 guarantee for requirements without a validation policy",
+        )
+
+
+def verify(
+    tx: Tx, claims: GuaranteeClaims, expected: Expected, now: float, max_clock_skew: int
+) -> str:
+    """Steps 3–8 without changing anything (step 8 reads the capacity). Returns the payer."""
+    check(tx, claims, expected, now, max_clock_skew)
+    row = tx.one(
+        "SELECT credit_limit - locked - pending_withdrawal FROM fx_positions "
+        "WHERE network = ? AND asset = ? AND address = ?",
+        (expected.network, claims.asset_address, claims.user_address),
+    )
+    if row is None or int(row[0]) < claims.amount:
+        raise rejected(Reason.INSUFFICIENT_COLLATERAL)
+    return claims.user_address
+
+
+def accept(
+    tx: Tx,
+    events: Events,
+    signed: SignedGuarantee,
+    expected: Expected,
+    gid: str,
+    now: float,
+    config: CoreConfig,
+    locks: LockClauses,
+) -> Acceptance:
+    """Steps 3–9: check, lock capacity, store the guarantee (``signed`` passed :func:`precheck`).
+
+    A replay that slips past step 4 concurrently fails the insert with
+    :class:`~fourmica_x402.core.store.Conflict`; the caller maps it to a replay.
+    """
+    claims = signed.claims
+    network, asset, user = expected.network, claims.asset_address, claims.user_address
+    state = "payable" if claims.version == 1 else "pending_validation"
+    check(tx, claims, expected, now, config.max_clock_skew)
+    if claims.amount > INT64_MAX or not tx.execute(
+        "UPDATE fx_positions SET locked = locked + ? WHERE network = ? AND asset = ? "
+        "AND address = ? AND credit_limit - locked - pending_withdrawal >= ?",
+        (claims.amount, network, asset, user, claims.amount),
+    ):
+        raise rejected(Reason.INSUFFICIENT_COLLATERAL)
+    total_row = tx.one(
+        "UPDATE fx_tabs SET total_amount = total_amount + ? WHERE tab_id = ? "
+        "RETURNING total_amount",
+        (claims.amount, hex_id(claims.tab_id)),
+    )
+    assert total_row is not None
+    total = int(total_row[0])
+    cycle_id = None
+    if state == "payable":
+        cycle_id = cycles.join(
+            tx,
+            network,
+            asset,
+            user,
+            claims.recipient_address,
+            claims.amount,
+            now,
+            config,
+            locks,
+        )
+    tx.execute(
+        "INSERT INTO fx_guarantees (tab_id, req_id, guarantee_id, network, asset, "
+        "user_address, recipient_address, amount, total_amount, ts, version, state, "
+        "accepted_at, resolved_at, cycle_id, validator, min_score, required_tag, "
+        "validation_deadline, claims, signature, scheme) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            hex_id(claims.tab_id),
+            hex_id(claims.req_id),
+            gid,
+            network,
+            asset,
+            user,
+            claims.recipient_address,
+            claims.amount,
+            total,
+            claims.timestamp,
+            claims.version,
+            state,
+            now,
+            now if state == "payable" else None,
+            cycle_id,
+            claims.validator_address,
+            claims.min_validation_score,
+            claims.required_validation_tag,
+            now + config.validation_timeout if claims.version == 2 else None,
+            json.dumps(claims.to_json()),
+            "0x" + signed.signature.hex(),
+            signed.scheme,
+        ),
+    )
+    emit(
+        events,
+        "guarantee.accepted",
+        now,
+        network,
+        asset,
+        user,
+        guarantee_id=gid,
+        recipient=claims.recipient_address,
+        amount=claims.amount,
+        state=state,
+    )
+    return Acceptance(
+        gid,
+        claims.tab_id,
+        claims.req_id,
+        user,
+        claims.recipient_address,
+        claims.amount,
+        total,
+        network,
+        asset,
+        state,
+        claims.version,
+    )

@@ -1,0 +1,202 @@
+"""Resolution of an accepted guarantee: a void by its recipient, a validation score, or
+the validation timeout.
+
+The gate voids an undelivered payment and, under the delivery policy, posts its score
+(docs/protocol.md, "Delivery: only a 2xx is delivered"). A void is possible until the
+guarantee is netted; a score of at least the claims' ``min_validation_score`` makes a
+G-v2 guarantee payable (it joins the open cycle), a lower score or no score in time
+cancels it. A voided or cancelled guarantee's lock is released. Every function runs
+inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from ..errors import CoreError
+from . import cycles
+from .collateral import release
+from .common import LockClauses
+from .config import CoreConfig
+from .feed import Events, emit
+from .store import Row, Tx
+
+__all__ = ["check_score", "expire_validations", "resolve", "validate", "void"]
+
+
+def check_score(score: int) -> None:
+    if isinstance(score, bool) or not isinstance(score, int) or not 0 <= score <= 100:
+        raise CoreError("score must be an integer 0..100", reason="invalid_score", status=400)
+
+
+def _locked_guarantee(tx: Tx, guarantee_id: str, columns: str, locks: LockClauses) -> Row:
+    """One guarantee row, locked for this transaction (SQLite: the write lock is held)."""
+    row = tx.one(
+        f"SELECT {columns} FROM fx_guarantees WHERE guarantee_id = ?" + locks.row_lock,
+        (guarantee_id,),
+    )
+    if row is None:
+        raise CoreError(f"no guarantee {guarantee_id}", reason="unknown_guarantee", status=404)
+    return row
+
+
+def void(
+    tx: Tx,
+    events: Events,
+    guarantee_id: str,
+    by: str,
+    now: float,
+    locks: LockClauses,
+) -> None:
+    """The recipient ``by`` voids a guarantee that is not netted yet."""
+    row = _locked_guarantee(
+        tx,
+        guarantee_id,
+        "recipient_address, network, asset, user_address, amount, state, cycle_id",
+        locks,
+    )
+    if row[0] != by:
+        raise CoreError(
+            "only the recipient may void a guarantee", reason="not_recipient", status=403
+        )
+    cycle_id = row[6]
+    if cycle_id is not None:
+        status = tx.one(
+            "SELECT status FROM fx_cycles WHERE cycle_id = ?" + locks.share_lock,
+            (cycle_id,),
+        )
+        if status is None or status[0] != "open":
+            raise CoreError(
+                "guarantee is netted, it can no longer be voided", reason="invalid_state"
+            )
+    if not tx.execute(
+        "UPDATE fx_guarantees SET state = 'voided', resolved_at = ?, cycle_id = NULL "
+        "WHERE guarantee_id = ? AND state IN ('payable', 'pending_validation')",
+        (now, guarantee_id),
+    ):
+        raise CoreError(
+            f"guarantee is {row[5]}, it can no longer be voided", reason="invalid_state"
+        )
+    if cycle_id is not None:
+        tx.execute(
+            "UPDATE fx_cycle_pairs SET amount = amount - ?, guarantee_count = guarantee_count - 1 "
+            "WHERE cycle_id = ? AND payer = ? AND payee = ?",
+            (int(row[4]), cycle_id, row[3], row[0]),
+        )
+    release(tx, row[1], row[2], row[3], int(row[4]))
+    emit(
+        events,
+        "guarantee.voided",
+        now,
+        row[1],
+        row[2],
+        row[3],
+        guarantee_id=guarantee_id,
+        amount=int(row[4]),
+    )
+
+
+def validate(
+    tx: Tx,
+    events: Events,
+    guarantee_id: str,
+    validator: str,
+    score: int,
+    tag: str,
+    now: float,
+    config: CoreConfig,
+    locks: LockClauses,
+) -> None:
+    """The validator named in the claims posts ``score`` for a pending G-v2 guarantee."""
+    check_score(score)
+    row = _locked_guarantee(
+        tx,
+        guarantee_id,
+        "validator, min_score, required_tag, network, asset, user_address, amount, state, "
+        "recipient_address",
+        locks,
+    )
+    if row[0] is None or row[0] != validator:
+        raise CoreError(
+            "only the validator named in the claims may post",
+            reason="not_validator",
+            status=403,
+        )
+    if row[2] and tag != row[2]:
+        raise CoreError(f"validation tag must be {row[2]!r}", reason="tag_mismatch", status=400)
+    new_state = "payable" if score >= int(row[1]) else "cancelled"
+    cycle_id = None
+    if new_state == "payable":
+        cycle_id = cycles.join(
+            tx,
+            row[3],
+            row[4],
+            row[5],
+            row[8],
+            int(row[6]),
+            now,
+            config,
+            locks,
+        )
+    if not tx.execute(
+        "UPDATE fx_guarantees SET state = ?, score = ?, score_tag = ?, resolved_at = ?, "
+        "cycle_id = ? WHERE guarantee_id = ? AND state = 'pending_validation'",
+        (new_state, score, tag, now, cycle_id, guarantee_id),
+    ):
+        raise CoreError(f"guarantee is {row[7]}, not pending validation", reason="invalid_state")
+    if new_state == "cancelled":
+        release(tx, row[3], row[4], row[5], int(row[6]))
+    emit(
+        events,
+        f"guarantee.{'validated' if new_state == 'payable' else 'cancelled'}",
+        now,
+        row[3],
+        row[4],
+        row[5],
+        guarantee_id=guarantee_id,
+        score=score,
+    )
+
+
+def expire_validations(tx: Tx, events: Events, now: float) -> int:
+    """Cancel every G-v2 guarantee whose validation deadline passed. Returns how many."""
+    expired = 0
+    for gid, network, asset, user, amount in tx.all(
+        "SELECT guarantee_id, network, asset, user_address, amount FROM fx_guarantees "
+        "WHERE state = 'pending_validation' AND validation_deadline < ?",
+        (now,),
+    ):
+        if tx.execute(
+            "UPDATE fx_guarantees SET state = 'cancelled', resolved_at = ? WHERE guarantee_id = ? "
+            "AND state = 'pending_validation'",
+            (now, gid),
+        ):
+            release(tx, network, asset, user, int(amount))
+            expired += 1
+            emit(
+                events,
+                "guarantee.cancelled",
+                now,
+                network,
+                asset,
+                user,
+                guarantee_id=gid,
+                reason="validation_timeout",
+            )
+    return expired
+
+
+def resolve(
+    tx: Tx,
+    events: Events,
+    guarantee_id: str,
+    by: str,
+    score: int | None,
+    tag: str,
+    now: float,
+    config: CoreConfig,
+    locks: LockClauses,
+) -> None:
+    """:func:`void` (``score`` None, ``by`` the recipient) or :func:`validate` (``by`` the validator)."""
+    if score is None:
+        void(tx, events, guarantee_id, by, now, locks)
+    else:
+        validate(tx, events, guarantee_id, by, score, tag, now, config, locks)

@@ -1,0 +1,113 @@
+"""Withdrawals: a request lowers capacity at once; the collateral leaves after the grace
+period, and only if what stays still covers the position's locks. Every function runs
+inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from ..errors import CoreError
+from .collateral import factor, lock_position, record_flow, set_collateral
+from .feed import Events, emit
+from .models import Withdrawal
+from .queries import WITHDRAWAL_COLUMNS, withdrawal_from_row
+from .store import Tx
+
+__all__ = ["cancel", "finalize", "request"]
+
+
+def request(
+    tx: Tx,
+    events: Events,
+    network: str,
+    asset: str,
+    address: str,
+    amount: int,
+    now: float,
+    grace: float,
+) -> int:
+    """Reserve ``amount`` of free collateral for a withdrawal. Returns its id."""
+    if not tx.execute(
+        "UPDATE fx_positions SET pending_withdrawal = pending_withdrawal + ? WHERE network = ? "
+        "AND asset = ? AND address = ? AND credit_limit - locked - pending_withdrawal >= ? "
+        "AND collateral - pending_withdrawal >= ?",
+        (amount, network, asset, address, amount, amount),
+    ):
+        raise CoreError("not enough free collateral", reason="insufficient_collateral")
+    row = tx.one(
+        "INSERT INTO fx_withdrawals (network, asset, address, amount, requested_at, available_at, "
+        "status) VALUES (?, ?, ?, ?, ?, ?, 'pending') RETURNING withdrawal_id",
+        (network, asset, address, amount, now, now + grace),
+    )
+    assert row is not None
+    emit(
+        events,
+        "withdrawal.requested",
+        now,
+        network,
+        asset,
+        address,
+        withdrawal_id=int(row[0]),
+        amount=amount,
+    )
+    return int(row[0])
+
+
+def _pending(tx: Tx, withdrawal_id: int) -> Withdrawal:
+    # No-op update: row-locks the withdrawal for the rest of the transaction (PostgreSQL).
+    row = tx.one(
+        f"UPDATE fx_withdrawals SET status = status WHERE withdrawal_id = ? RETURNING {WITHDRAWAL_COLUMNS}",
+        (withdrawal_id,),
+    )
+    if row is None:
+        raise CoreError(f"no withdrawal {withdrawal_id}", reason="unknown_withdrawal", status=404)
+    w = withdrawal_from_row(row)
+    if w.status != "pending":
+        raise CoreError(f"withdrawal is {w.status}", reason="invalid_state")
+    return w
+
+
+def cancel(tx: Tx, withdrawal_id: int, now: float) -> None:
+    w = _pending(tx, withdrawal_id)
+    tx.execute(
+        "UPDATE fx_withdrawals SET status = 'cancelled', finished_at = ? WHERE withdrawal_id = ?",
+        (now, withdrawal_id),
+    )
+    tx.execute(
+        "UPDATE fx_positions SET pending_withdrawal = pending_withdrawal - ? WHERE network = ? "
+        "AND asset = ? AND address = ?",
+        (w.amount, w.network, w.asset, w.address),
+    )
+
+
+def finalize(tx: Tx, events: Events, withdrawal_id: int, now: float) -> None:
+    """Pay out a pending withdrawal whose grace period has passed."""
+    w = _pending(tx, withdrawal_id)
+    if now < w.available_at:
+        raise CoreError("the grace period has not passed", reason="withdrawal_not_ready")
+    collateral, _, locked, _ = lock_position(tx, w.network, w.asset, w.address)
+    remaining = collateral - w.amount
+    if remaining < 0 or remaining * factor(tx, w.network, w.asset) < locked:
+        raise CoreError(
+            "what would remain does not cover the locked amount", reason="withdrawal_unsafe"
+        )
+    set_collateral(tx, w.network, w.asset, w.address, remaining)
+    tx.execute(
+        "UPDATE fx_positions SET pending_withdrawal = pending_withdrawal - ? WHERE network = ? "
+        "AND asset = ? AND address = ?",
+        (w.amount, w.network, w.asset, w.address),
+    )
+    tx.execute(
+        "UPDATE fx_withdrawals SET status = 'finalized', finished_at = ? WHERE withdrawal_id = ?",
+        (now, withdrawal_id),
+    )
+    record_flow(tx, "withdrawal", w.network, w.asset, w.address, w.amount, now, str(withdrawal_id))
+    emit(
+        events,
+        "withdrawal.finalized",
+        now,
+        w.network,
+        w.asset,
+        w.address,
+        withdrawal_id=withdrawal_id,
+        amount=w.amount,
+    )
