@@ -7,10 +7,16 @@ ratio, so results compare across machines. Each benchmark returns a
 Timing method: the operation runs ``number`` times per sample, ``repeat``
 samples are taken alternately for ours and the baseline, and the best
 sample counts (the least disturbed by the rest of the machine).
+
+P5 and P7 run real servers with web frameworks; they live in
+``fourmica_x402.adapters._bench``, imported only when they run. A benchmark this
+machine cannot run (no official packages for P5, say) raises :class:`Skipped`: one
+line on stderr says why, and the others still run.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,7 +33,7 @@ from .guarantee import (
     typed_data,
 )
 
-__all__ = ["BENCHMARKS", "Result", "run"]
+__all__ = ["BENCHMARKS", "Result", "Skipped", "run"]
 
 # Throwaway test key (well known, never funded). Benchmarks only.
 _TEST_KEY = "0x4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"
@@ -56,6 +62,10 @@ class Result:
         data = asdict(self)
         data["ratio"] = self.ratio
         return data
+
+
+class Skipped(Exception):
+    """Raised by a benchmark this machine cannot run; ``str(exc)`` is the one-line reason."""
 
 
 def _best_us(fn: Callable[[], object], number: int) -> float:
@@ -316,7 +326,11 @@ def _headers(core: Any, buyer: Any, challenge_header: str, count: int) -> list[t
             buyer,
             req,
             core.open_tab(
-                buyer.address, req.pay_to, network=req.network, guarantee_version=version
+                buyer.address,
+                req.pay_to,
+                network=req.network,
+                asset=req.asset,
+                guarantee_version=version,
             ).to_json(),
         )
         for _ in range(count)
@@ -636,11 +650,34 @@ def bench_http_wsgi(quick: bool) -> Result:
     return _p4("wsgi", quick)
 
 
+def bench_vs_official(quick: bool) -> list[Result]:
+    """P5: paid req/s of our FastAPI gate (embedded; remote) vs the official middleware."""
+    from .adapters import _bench
+
+    try:
+        return list(_bench.bench_vs_official(quick))
+    except _bench.Skipped as exc:
+        raise Skipped(str(exc)) from None
+
+
+def bench_cpu_per_request(quick: bool) -> Result:
+    """P7: server CPU per paid request / per free request, the FastAPI example."""
+    from .adapters import _bench
+
+    try:
+        result: Result = _bench.bench_cpu_per_request(quick)
+    except _bench.Skipped as exc:
+        raise Skipped(str(exc)) from None
+    return result
+
+
 def _sizes(quick: bool) -> tuple[int, int]:
     return (300, 3) if quick else (3000, 7)
 
 
-BENCHMARKS: dict[str, Callable[[bool], Result]] = {
+#: id → benchmark. A benchmark returns one Result, or several sharing one baseline
+#: (P5: rows P5-embedded and P5-remote, both against the official middleware).
+BENCHMARKS: dict[str, Callable[[bool], Result | list[Result]]] = {
     "P1-asgi": bench_paid_asgi,
     "P1-wsgi": bench_paid_wsgi,
     "recover": bench_recover,
@@ -648,7 +685,9 @@ BENCHMARKS: dict[str, Callable[[bool], Result]] = {
     "P3": bench_close,
     "P4-asgi": bench_http_asgi,
     "P4-wsgi": bench_http_wsgi,
+    "P5": bench_vs_official,
     "P6": bench_sign,
+    "P7": bench_cpu_per_request,
 }
 
 
@@ -660,4 +699,12 @@ def run(only: list[str] | None = None, *, quick: bool = False) -> list[Result]:
         raise KeyError(
             f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}"
         )
-    return [BENCHMARKS[name](quick) for name in chosen]
+    results: list[Result] = []
+    for name in chosen:
+        try:
+            got = BENCHMARKS[name](quick)
+        except Skipped as exc:
+            print(f"bench: {name} skipped: {exc}", file=sys.stderr, flush=True)
+            continue
+        results.extend(got if isinstance(got, list) else [got])
+    return results
