@@ -238,3 +238,34 @@ def test_core_invariants_hold_on_postgres(postgres_url: str) -> None:
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),
     )
+
+
+def _many_operations(machine: type[CoreMachine]) -> None:
+    """About 10⁵ random operations (500 runs of up to 200 steps), invariants after each."""
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            max_examples=500,
+            stateful_step_count=200,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
+
+
+@pytest.mark.slow
+def test_core_invariants_hold_over_a_hundred_thousand_operations() -> None:
+    _many_operations(CoreMachine)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_core_invariants_hold_over_a_hundred_thousand_operations_on_postgres(
+    postgres_url: str,
+) -> None:
+    class OnPostgres(CoreMachine):
+        store_url = postgres_url
+
+    _many_operations(OnPostgres)

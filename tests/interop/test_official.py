@@ -412,6 +412,38 @@ def test_official_buyer_pays_our_example_seller(
         core.close()
 
 
+@pytest.mark.parametrize("seller", sorted(EXAMPLE_SELLERS))
+def test_official_buyer_on_a_path_variant_is_charged_once_or_not_at_all(
+    official_python: Path, seller: str, tmp_path: Path
+) -> None:
+    """GET /premium/ with the official buyer: Starlette redirects (307) and the buyer pays
+    once, at /premium; Flask answers 404 and nothing is charged. (Starlette used to settle
+    /premium/, answer the redirect, and be paid again after it: one response, two charges.)"""
+    port = free_port()
+    db = f"sqlite:///{tmp_path / 'seller.db'}"
+    env = {**os.environ, "PORT": str(port), "FOURMICA_X402_DB": db}
+    args = [sys.executable, str(EXAMPLES / EXAMPLE_SELLERS[seller])]
+    base = f"http://127.0.0.1:{port}"
+    key, buyer = new_key()
+    core = Core(db)
+    try:
+        core.deposit(buyer, 1_000_000, network=NETWORK)
+        with serving(seller, args, f"{base}/free", tmp_path / "seller.log", env):
+            result = run_official(official_python, "official_buyer.py", f"{base}/premium/", key)
+            charged = core.guarantees()
+            if seller == "starlette":
+                assert result["status"] == 200 and result["body"]["payer"] == buyer, result
+                assert len(charged) == 1
+                wait_for(lambda: core.guarantee(charged[0].guarantee_id).state == "payable", "pay")
+                assert core.position(buyer, network=NETWORK).locked == 10_000
+            else:
+                assert result["status"] == 404, result
+                assert charged == [] and core.position(buyer, network=NETWORK).locked == 0
+            assert core.audit() == []
+    finally:
+        core.close()
+
+
 # -- b. the official seller on our service ---------------------------------------------------
 
 
