@@ -20,6 +20,7 @@ from click.testing import CliRunner, Result
 
 from fourmica_x402.cli import main
 from fourmica_x402.client import SpendingPolicy
+from fourmica_x402.core import Core
 from fourmica_x402.networks import default_asset, format_amount, parse_money
 from fourmica_x402.testing import NETWORK, TEST_KEYS, TestBuyer
 
@@ -61,7 +62,10 @@ def refused(result: Result, code: int, *needles: str) -> str:
 
 @pytest.fixture
 def db(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'core.db'}"
+    """The seller's database, made as its app makes it: the Core commands refuse a missing one."""
+    url = f"sqlite:///{tmp_path / 'core.db'}"
+    Core(url).close()
+    return url
 
 
 @pytest.fixture

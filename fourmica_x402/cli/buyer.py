@@ -1,0 +1,244 @@
+"""The buyer's commands: ``pay`` (one paid request, like curl) and ``key`` (a throwaway test
+key, or the address of yours). A key is never printed back, except by ``key new``, which made it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Any
+
+import click
+
+from ..config import DEFAULT_DB
+from ..errors import FourmicaError
+from ._args import METHOD, Seconds, check_key
+
+_KEY_HELP = "Buyer private key (hex); or set FOURMICA_X402_KEY."
+#: How ``key new`` labels what it made (docs/operations.md, "Keys": test keys are labelled).
+_TEST_KEY_NOTE = "a throwaway TEST key for sandbox use: never send real funds to its address"
+
+
+def _max_price(value: str) -> str | int:
+    """``'$0.05'`` (dollars of the asset offered) or ``'50000u'`` (atomic units)."""
+    from decimal import Decimal
+
+    from ..networks import Asset, parse_money
+
+    text = value.strip().replace("_", "")
+    if text.endswith("u") and text[:-1].isdigit() and text[:-1].isascii() and int(text[:-1]) > 0:
+        return int(text[:-1])
+    # Checked here; converted with the offered asset's decimals when a payment is considered.
+    probe = Asset(network="", address="", symbol="", decimals=36)
+    try:
+        exact = parse_money(value, probe, what="price")
+    except FourmicaError as exc:
+        raise click.BadParameter(exc.message, param_hint="'--max-price'") from None
+    return format(Decimal(exact).scaleb(-probe.decimals).normalize(), "f")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _address(key: str) -> str:
+    """The address of a checked key (a 32-byte value outside the curve is refused)."""
+    from ..guarantee import address_of
+
+    try:
+        return address_of(key)
+    except ValueError:
+        raise click.BadParameter(
+            "not a valid secp256k1 private key", param_hint="'--key'"
+        ) from None
+
+
+def _receipt(receipt: Any, payer: str) -> dict[str, Any] | None:
+    """A receipt as JSON, naming the payer (the address the key signs for) after the seller."""
+    if receipt is None:
+        return None
+    shown: dict[str, Any] = {}
+    for name, value in receipt.to_dict().items():
+        shown[name] = value
+        if name == "seller":
+            shown["payer"] = payer
+    return shown
+
+
+def _collateral_hint(receipt: Any, payer: str) -> str:
+    """What to do when the seller's Core has too little collateral for ``payer``: deposit
+    into the database that Core uses (docs/operations.md, "The embedded Core")."""
+    from ..networks import find_asset, format_amount
+
+    price = "'$1'"
+    if receipt is not None and receipt.amount is not None and receipt.network:
+        token = find_asset(receipt.network, receipt.asset) if receipt.asset else None
+        price = f"'{format_amount(receipt.amount, token)}'" if token else f"{receipt.amount}u"
+    return (
+        f"{payer} has too little free collateral on the seller's Core. Deposit at least the "
+        f"price into the database that seller uses (its FOURMICA_X402_DB; the examples use "
+        f"{DEFAULT_DB} in the seller's working directory): fourmica-x402 deposit "
+        f"--db <the seller's database URL> {payer} {price}"
+    )
+
+
+@click.command()
+@click.argument("url")
+@click.option("--key", envvar="FOURMICA_X402_KEY", required=True, help=_KEY_HELP)
+@click.option(
+    "--max-price",
+    default=None,
+    help="Refuse to pay more than this per request, e.g. '$0.05' (or '50000u': atomic units).",
+)
+@click.option("--method", default="GET", show_default=True, help="HTTP method.")
+@click.option("--data", default=None, help="JSON request body.")
+@click.option("--receipts", default=None, help="Append the receipt to this SQLite ledger file.")
+@click.option(
+    "--timeout", default=30.0, show_default=True, type=Seconds(), help="Seconds per HTTP call."
+)
+def pay(
+    url: str,
+    key: str,
+    max_price: str | None,
+    method: str,
+    data: str | None,
+    receipts: str | None,
+    timeout: float,
+) -> None:
+    """Make one paid request, like curl; print the body and the receipt as JSON."""
+    import sqlite3
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        ok_url = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok_url = False
+    if not ok_url:
+        raise click.BadParameter(f"{url!r:.80} is not an http(s):// URL", param_hint="URL")
+    key = check_key(key)
+    cap = None if max_price is None else _max_price(max_price)
+    if not METHOD.match(method):
+        raise click.BadParameter(f"{method!r:.40} is not an HTTP method", param_hint="'--method'")
+    try:
+        body = (
+            json.loads(data, parse_float=_finite_float, parse_constant=_reject_constant)
+            if data is not None
+            else None
+        )
+    except (ValueError, RecursionError) as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="'--data'") from None
+    if receipts is not None and not receipts.strip():
+        raise click.BadParameter("give a file path for the ledger", param_hint="'--receipts'")
+
+    import httpx
+
+    from ..client import RECEIPT_KEY, PaymentTransport, ReceiptLedger, SpendingPolicy
+    from ..errors import PaymentRefused
+
+    try:
+        ledger = ReceiptLedger(receipts) if receipts else None
+    except (sqlite3.Error, OSError) as exc:
+        raise click.BadParameter(
+            f"cannot open the SQLite ledger {receipts!r}: {exc}", param_hint="'--receipts'"
+        ) from None
+    payer = _address(key)
+    try:
+        transport = PaymentTransport(key, policy=SpendingPolicy(max_per_request=cap), ledger=ledger)
+    except ValueError:
+        raise click.BadParameter(
+            "not a valid secp256k1 private key", param_hint="'--key'"
+        ) from None
+    with httpx.Client(transport=transport, timeout=timeout) as client:
+        try:
+            response = client.request(method.upper(), url, json=body)
+        except PaymentRefused as exc:
+            refusal: dict[str, Any] = {
+                "paid": False,
+                "error": exc.reason,
+                "message": exc.message,
+                "payer": payer,
+            }
+            if exc.reason == "insufficient_collateral":
+                refusal["hint"] = _collateral_hint(exc.receipt, payer)
+            refusal["receipt"] = _receipt(exc.receipt, payer)
+            click.echo(json.dumps(refusal, indent=2))
+            sys.exit(1)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise click.ClickException(f"request failed: {exc}") from None
+        except FourmicaError as exc:  # e.g. a --max-price finer than the offered token
+            raise click.ClickException(exc.message) from None
+        except sqlite3.Error as exc:
+            raise click.ClickException(f"cannot write the receipt to {receipts!r}: {exc}") from None
+        try:
+            shown: object = response.json()
+        except ValueError:
+            shown = response.text
+        click.echo(
+            json.dumps(
+                {
+                    "status": response.status_code,
+                    "body": shown,
+                    "receipt": _receipt(response.extensions.get(RECEIPT_KEY), payer),
+                },
+                indent=2,
+            )
+        )
+        if response.status_code >= 400:
+            sys.exit(1)
+
+
+@click.group()
+def key() -> None:
+    """Buyer keys: make a throwaway test key, or show the address of yours."""
+
+
+@key.command("new")
+@click.option("--json", "as_json", is_flag=True, help="Print the key, address and label as JSON.")
+def key_new(as_json: bool) -> None:
+    """Make a fresh TEST key for the sandbox and print it with its address.
+
+    The key goes to standard output as an export line, so that
+    eval "$(fourmica-x402 key new)" puts it in FOURMICA_X402_KEY for `pay` and
+    `key address`; the label and the address go to standard error, for you to read.
+    Nothing stores the key.
+    """
+    import secrets
+
+    import coincurve
+
+    from ..guarantee import address_of
+
+    while True:
+        raw = secrets.token_bytes(32)
+        try:  # all but about 2**-128 of 32-byte strings are valid secp256k1 keys
+            private = coincurve.PrivateKey(raw)
+        except ValueError:
+            continue
+        break
+    secret, address = "0x" + raw.hex(), address_of(private)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"private_key": secret, "address": address, "note": _TEST_KEY_NOTE}, indent=2
+            )
+        )
+        return
+    click.echo(f"# {_TEST_KEY_NOTE}", err=True)
+    click.echo(f"# address: {address}", err=True)
+    click.echo(f"export FOURMICA_X402_KEY={secret}  # TEST key, sandbox only")
+
+
+@key.command("address")
+@click.option("--key", envvar="FOURMICA_X402_KEY", required=True, help=_KEY_HELP)
+def key_address(key: str) -> None:
+    """Print the address of --key (or FOURMICA_X402_KEY); the key itself is never printed."""
+    click.echo(_address(check_key(key)))

@@ -1,0 +1,309 @@
+"""The Core's commands: serve it, fund and withdraw collateral, close cycles, show positions.
+
+Every command but ``serve`` (and ``deposit --create``) works on an existing database: the
+seller's (docs/operations.md, "The embedded Core").
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .._eth import parse_address
+from ..errors import FourmicaError
+from ._args import (
+    TOKEN,
+    Seconds,
+    asset_option,
+    atomic_amount,
+    check_address,
+    check_db,
+    db_error,
+    db_option,
+    duration,
+    missing_extra,
+    network_option,
+    open_core,
+    safe_url,
+    utc,
+    with_times,
+)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=4021, show_default=True, type=click.IntRange(1, 65535))
+@db_option
+@click.option(
+    "--sandbox", is_flag=True, help="Enable the sandbox API (deposits, cycles, debit payments)."
+)
+@click.option(
+    "--api-key",
+    envvar="FOURMICA_X402_API_KEY",
+    default=None,
+    help="Require this bearer token on seller and sandbox calls (the operator's key).",
+)
+@click.option(
+    "--seller-key",
+    "seller_keys",
+    multiple=True,
+    envvar="FOURMICA_X402_SELLER_KEYS",
+    metavar="TOKEN=0xADDRESS",
+    help="A bearer token that may void, score and settle for that seller address only "
+    "(repeatable; the environment variable takes them space-separated).",
+)
+@network_option
+def serve(
+    host: str,
+    port: int,
+    db: str,
+    sandbox: bool,
+    api_key: str | None,
+    seller_keys: tuple[str, ...],
+    network: str,
+) -> None:
+    """Run the Core as an HTTP service (facilitator API, Core API, dashboard, metrics)."""
+    import socket
+
+    keys: dict[str, str] = {}
+    for item in seller_keys:
+        token, sep, address = item.partition("=")
+        try:
+            if not sep or not token:
+                raise ValueError("expected TOKEN=0xADDRESS")
+            if not TOKEN.match(token):
+                raise ValueError("the token must be printable ASCII without spaces")
+            keys[token] = parse_address(address)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--seller-key'") from None
+    if api_key is not None and not TOKEN.match(api_key):
+        # An empty key would let every request through as the operator.
+        raise click.BadParameter(
+            "give a token of printable ASCII without spaces (or leave the option out)",
+            param_hint="'--api-key'",
+        )
+    try:
+        family, _, _, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError) as exc:
+        raise click.BadParameter(
+            f"cannot resolve {host!r:.80}: {exc}", param_hint="'--host'"
+        ) from None
+    try:  # say so now, rather than after the Core is open and the server half started
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(where)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from None
+    check_db(db)
+    try:
+        import uvicorn
+
+        from ..adapters.service import create_app
+    except ImportError as exc:
+        if missing_extra(exc) is None:
+            raise
+        raise click.ClickException(
+            'serve needs the server extra: pip install "fourmica-x402[server]"'
+        ) from None
+    core = open_core(db, create=True)  # the service's Core: made here when new
+    app = create_app(core, sandbox=sandbox, api_key=api_key, seller_keys=keys, network=network)
+    click.echo(
+        f"fourmica-x402 Core on http://{host}:{port}  (dashboard: /, metrics: /metrics, sandbox: {sandbox})"
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@click.command()
+@db_option
+@network_option
+@asset_option
+@click.option(
+    "--create",
+    is_flag=True,
+    help="Make the SQLite database if it does not exist (without it, a missing file is refused: "
+    "deposit into the seller's database).",
+)
+@click.argument("address")
+@click.argument("amount")
+def deposit(
+    db: str, network: str, asset: str | None, create: bool, address: str, amount: str
+) -> None:
+    """Add sandbox collateral: AMOUNT like '$5' (or '5000000u' for atomic units)."""
+    address = check_address(address)
+    atomic = atomic_amount(amount, network, asset)
+    core = open_core(db, create=create, can_create=True)
+    try:
+        position = core.deposit(address, atomic, network=network, asset=asset)
+    except FourmicaError as exc:
+        raise db_error(exc, db) from None
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(position.to_dict(), indent=2))
+
+
+@click.command()
+@db_option
+@network_option
+@asset_option
+@click.option(
+    "--finalize",
+    "finalize_id",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Finalize this pending withdrawal.",
+)
+@click.option(
+    "--cancel",
+    "cancel_id",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Cancel this pending withdrawal.",
+)
+@click.argument("address", required=False)
+@click.argument("amount", required=False)
+def withdraw(
+    db: str,
+    network: str,
+    asset: str | None,
+    finalize_id: int | None,
+    cancel_id: int | None,
+    address: str | None,
+    amount: str | None,
+) -> None:
+    """Request a withdrawal (ADDRESS AMOUNT), or --finalize/--cancel a pending one.
+
+    Times are printed in UTC (ISO 8601), amounts in atomic units.
+    """
+    from ..errors import CoreError
+
+    if finalize_id is not None and cancel_id is not None:
+        raise click.UsageError("give --finalize ID or --cancel ID, not both")
+    if finalize_id is None and cancel_id is None:
+        if not (address and amount):
+            raise click.UsageError("give ADDRESS AMOUNT, --finalize ID or --cancel ID")
+        address = check_address(address)
+        atomic = atomic_amount(amount, network, asset)
+    elif address or amount:
+        raise click.UsageError("--finalize and --cancel take no ADDRESS or AMOUNT")
+    core = open_core(db)
+    try:
+        if finalize_id is not None:
+            try:
+                result = core.finalize_withdrawal(finalize_id)
+            except CoreError as exc:
+                if exc.reason != "withdrawal_not_ready":
+                    raise
+                ready = core.withdrawal(finalize_id).available_at
+                raise click.ClickException(
+                    f"the grace period of withdrawal {finalize_id} has not passed: it runs until "
+                    f"{utc(ready)} (UTC, {duration(ready - core.clock())} from now)"
+                ) from None
+        elif cancel_id is not None:
+            result = core.cancel_withdrawal(cancel_id)
+        else:
+            assert address is not None
+            result = core.request_withdrawal(address, atomic, network=network, asset=asset)
+    except FourmicaError as exc:
+        raise db_error(exc, db) from None
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(with_times(result.to_dict()), indent=2))
+
+
+@click.group()
+def cycle() -> None:
+    """Clearing cycles: close one now, or keep them running."""
+
+
+@cycle.command("close")
+@db_option
+@network_option
+@asset_option
+def cycle_close(db: str, network: str, asset: str | None) -> None:
+    """Close the open cycle now and net its guarantees (times in UTC, amounts atomic)."""
+    core = open_core(db)
+    try:
+        closed = core.close_cycle(network=network, asset=asset)
+        rows = core.cycle_positions(closed.cycle_id)
+    except FourmicaError as exc:
+        raise db_error(exc, db) from None
+    click.echo(
+        json.dumps(
+            {"cycle": with_times(closed.to_dict()), "positions": [p.to_dict() for p in rows]},
+            indent=2,
+        )
+    )
+
+
+@cycle.command("run")
+@db_option
+@click.option(
+    "--interval", default=5.0, show_default=True, type=Seconds(), help="Seconds between ticks."
+)
+@click.option("--once", is_flag=True, help="Advance what is due once and exit.")
+def cycle_run(db: str, interval: float, once: bool) -> None:
+    """Advance cycles (close, resolve, finalize with default coverage) as they fall due."""
+    import time
+
+    core = open_core(db)
+    while True:
+        try:
+            done = core.tick()
+        except FourmicaError as exc:
+            raise db_error(exc, db) from None
+        if any(done.values()):
+            click.echo(json.dumps(done))
+        if once:
+            return
+        time.sleep(interval)
+
+
+@click.command()
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (amounts in atomic units).")
+def positions(db: str, as_json: bool) -> None:
+    """Collateral, locks and capacity of every participant (in dollars; --json: atomic)."""
+    from ..networks import find_asset, format_amount
+
+    core = open_core(db)
+    try:
+        rows = core.positions()
+    except FourmicaError as exc:
+        raise db_error(exc, db) from None
+    if as_json:
+        click.echo(json.dumps([p.to_dict() for p in rows], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    columns = ("collateral", "locked", "pending", "capacity")
+    shown = []
+    for p in rows:
+        token = find_asset(p.network, p.asset)
+        amounts = (p.collateral, p.locked, p.pending_withdrawal, p.capacity)
+        shown.append((p.address, p.network, *(format_amount(a, token) for a in amounts)))
+    title = f"positions ({safe_url(db)})"
+    table = Table(title=title)
+    table.add_column("address", no_wrap=True)
+    table.add_column("network", no_wrap=True)
+    for column in columns:
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in shown:
+        table.add_row(*row)
+    console = Console()
+    headers = ("address", "network", *columns)
+    widths = [max(len(text) for text in column) for column in zip(headers, *shown, strict=True)]
+    if 1 + sum(width + 3 for width in widths) <= console.width:  # "│ cell " per column, "│"
+        console.print(table)
+        return
+    # Too narrow for the table: one block per position, addresses always written out in full.
+    click.echo(title)
+    if not shown:
+        click.echo("(none)")
+    for row in shown:
+        click.echo(f"\n{row[0]}\n  network     {row[1]}")
+        for column, text in zip(columns, row[2:], strict=True):
+            click.echo(f"  {column:<11} {text}")
