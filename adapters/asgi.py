@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from fourmica_x402.config import PaymentConfig
 from fourmica_x402.gate import PASS, Endpoint, Gate, RequestView, Response
+
+from ._starlette import StarletteRouter, find_router
 
 __all__ = ["PaymentMiddleware"]
 
@@ -88,83 +90,6 @@ def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
 
-class _Router:
-    """A Starlette router seen from outside: resolves a scope the way it will route it."""
-
-    def __init__(self, router: Any, marker: Callable[[Any], Any]) -> None:
-        from starlette.routing import Host, Match, Mount
-
-        self.router, self._marker = router, marker
-        self._full, self._nested = Match.FULL, (Mount, Host)
-        self._endpoints: dict[int, tuple[Any, Endpoint]] = {}
-
-    def walk(self, routes: Any = None, prefix: str = "") -> Iterator[tuple[Any, str]]:
-        """``(route, template)`` of every endpoint, mounts included."""
-        for route in self.router.routes if routes is None else routes:
-            path = prefix + getattr(route, "path", "")
-            if isinstance(route, self._nested):
-                if route.routes:
-                    yield from self.walk(route.routes, path)
-                    continue
-                path += "/{path:path}"  # a mounted app without routes: everything under it
-            yield route, path
-
-    def resolve(self, scope: Scope) -> Endpoint | None:
-        if scope.get("method") == "HEAD":  # priced like the GET (never served paid, see Gate)
-            scope = {**scope, "method": "GET"}
-        routes, prefix = self.router.routes, ""
-        while True:
-            for route in routes:  # the first full match wins, as in Router.app
-                match, child = route.matches(scope)
-                if match is self._full:
-                    break
-            else:
-                return None  # 404, 405 or a redirect: the router will not serve it
-            prefix += getattr(route, "path", "")
-            if isinstance(route, self._nested) and route.routes:
-                scope, routes = {**scope, **child}, route.routes
-                continue
-            if isinstance(route, self._nested):
-                prefix += "/{path:path}"
-            return self.endpoint(route, prefix)
-
-    def endpoint(self, route: Any, template: str) -> Endpoint:
-        found = self._endpoints.get(id(route))
-        if found is None or found[0] is not route:
-            marker, marker_methods = self._marker(route) or (None, None)
-            methods = getattr(route, "methods", None)
-            endpoint = Endpoint(
-                route,
-                template,
-                marker=marker,
-                marker_methods=marker_methods,
-                methods=frozenset(methods) if methods else None,
-            )
-            found = self._endpoints[id(route)] = (route, endpoint)
-        return found[1]
-
-    def templates(self) -> list[tuple[str, frozenset[str] | None]]:
-        out = []
-        for route, template in self.walk():
-            methods = getattr(route, "methods", None)
-            out.append((template, frozenset(methods) if methods else None))
-        return out
-
-
-def _find_router(app: Any) -> Any:
-    """The Starlette router at the end of a middleware chain, if there is one."""
-    for _ in range(64):
-        if app is None:
-            return None
-        router = getattr(app, "router", None)
-        if router is not None and isinstance(getattr(router, "routes", None), list):
-            return router
-        if isinstance(getattr(app, "routes", None), list) and not hasattr(app, "matches"):
-            return app  # a Router itself (a Mount has routes too, but is a route)
-        app = getattr(app, "app", None)
-    return None
-
-
 class PaymentMiddleware:
     """Charges for the routes of ``config``; everything else passes through."""
 
@@ -179,7 +104,7 @@ class PaymentMiddleware:
     ) -> None:
         self.app = app
         self._given_router = router
-        self._router: _Router | None = None
+        self._router: StarletteRouter | None = None
         self._ready, self._lock = False, threading.Lock()
         #: A configuration error found when the app started: fails the start, then every request.
         self.error: str | None = None
@@ -201,9 +126,9 @@ class PaymentMiddleware:
         with self._lock:
             if not self._ready and self.error is None:
                 try:
-                    router = self._given_router or _find_router(self.app)
+                    router = self._given_router or find_router(self.app)
                     if router is not None:
-                        self._router = _Router(router, self._marker)
+                        self._router = StarletteRouter(router, self._marker)
                         self.gate.check_routes(self._router.templates())
                         for route, template in self._router.walk():  # markers' prices, now
                             self.gate.routes.prepare(self._router.endpoint(route, template))
