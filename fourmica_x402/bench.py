@@ -12,6 +12,9 @@ P5 and P7 run real servers with web frameworks; they live in
 ``fourmica_x402.adapters._bench``, imported only when they run. A benchmark this
 machine cannot run (no official packages for P5, say) raises :class:`Skipped`: one
 line on stderr says why, and the others still run.
+
+:func:`run` reports each benchmark as it starts and finishes to a :class:`Progress`
+(by default :class:`Lines`: a plain line each on stderr; stdout is left to the results).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import coincurve
 
@@ -33,7 +36,7 @@ from .guarantee import (
     typed_data,
 )
 
-__all__ = ["BENCHMARKS", "Result", "Skipped", "run"]
+__all__ = ["BENCHMARKS", "Lines", "Progress", "Result", "Skipped", "run"]
 
 # Throwaway test key (well known, never funded). Benchmarks only.
 _TEST_KEY = "0x4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"
@@ -691,7 +694,43 @@ BENCHMARKS: dict[str, Callable[[bool], Result | list[Result]]] = {
 }
 
 
-def run(only: list[str] | None = None, *, quick: bool = False) -> list[Result]:
+class Progress(Protocol):
+    """Told about each benchmark as :func:`run` goes (``index`` counts from 1 of ``total``)."""
+
+    def started(self, name: str, index: int, total: int) -> None: ...
+
+    def finished(self, name: str, index: int, total: int, seconds: float) -> None: ...
+
+    def skipped(self, name: str, index: int, total: int, reason: str) -> None: ...
+
+
+class Lines:
+    """A plain line on stderr as each benchmark starts and finishes (a log, a pipe, CI)."""
+
+    def started(self, name: str, index: int, total: int) -> None:
+        _say(f"bench: [{index}/{total}] {name}: {summary(name)}")
+
+    def finished(self, name: str, index: int, total: int, seconds: float) -> None:
+        _say(f"bench: [{index}/{total}] {name} done in {seconds:.1f} s")
+
+    def skipped(self, name: str, index: int, total: int, reason: str) -> None:
+        _say(f"bench: {name} skipped: {reason}")
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def summary(name: str) -> str:
+    """What benchmark ``name`` measures, in a few words (the first line of its docstring)."""
+    doc = (BENCHMARKS[name].__doc__ or name).strip().splitlines()[0].rstrip(".")
+    head, sep, rest = doc.partition(": ")
+    return rest if sep and head.split()[0] == name.split("-")[0] else doc
+
+
+def run(
+    only: list[str] | None = None, *, quick: bool = False, progress: Progress | None = None
+) -> list[Result]:
     """Run the selected benchmarks (all by default) and return their results."""
     chosen = only or list(BENCHMARKS)
     unknown = [name for name in chosen if name not in BENCHMARKS]
@@ -699,12 +738,16 @@ def run(only: list[str] | None = None, *, quick: bool = False) -> list[Result]:
         raise KeyError(
             f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}"
         )
+    report = progress or Lines()
     results: list[Result] = []
-    for name in chosen:
+    for index, name in enumerate(chosen, 1):
+        report.started(name, index, len(chosen))
+        start = time.perf_counter()
         try:
             got = BENCHMARKS[name](quick)
         except Skipped as exc:
-            print(f"bench: {name} skipped: {exc}", file=sys.stderr, flush=True)
+            report.skipped(name, index, len(chosen), str(exc))
             continue
+        report.finished(name, index, len(chosen), time.perf_counter() - start)
         results.extend(got if isinstance(got, list) else [got])
     return results

@@ -4,7 +4,7 @@ Every refused input ends in one ``Error: …`` line and a non-zero exit (2 for a
 argument), never a traceback; amounts are shown to people in dollars and times in UTC.
 
 The commands live by audience: :mod:`.core` (the Core's operator: serve, deposit, withdraw,
-cycle, positions), :mod:`.buyer` (pay, key), :mod:`.tools` (demo, bench); :mod:`._args`
+cycle, positions, factor), :mod:`.buyer` (pay, key), :mod:`.tools` (demo, bench); :mod:`._args`
 holds what they share.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import click
 
 from .buyer import key, pay
-from .core import cycle, deposit, positions, serve, withdraw
+from .core import cycle, deposit, factor, positions, serve, withdraw
 from .tools import bench, demo
 
 __all__ = ["main"]
@@ -25,5 +25,5 @@ def main() -> None:
     """Sell an API per request with the 4Mica credit flow on top of x402."""
 
 
-for _command in (serve, deposit, withdraw, cycle, positions, pay, key, demo, bench):
+for _command in (serve, deposit, withdraw, cycle, positions, factor, pay, key, demo, bench):
     main.add_command(_command)

@@ -3,16 +3,21 @@ and times as people read them (dollars; UTC ISO 8601)."""
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from .._eth import parse_address
 from ..config import DEFAULT_DB
+from ..core.config import CoreConfig
 from ..errors import FourmicaError
 
 #: Optional packages and the extra that installs each (pyproject.toml, [project.optional-dependencies]).
@@ -53,6 +58,77 @@ class Seconds(click.ParamType):
             self.fail(f"{value!r} is not a number of seconds", param, ctx)
         if not math.isfinite(seconds) or seconds <= 0:
             self.fail(f"{value!r} must be a number of seconds above zero", param, ctx)
+        return seconds
+
+
+#: The longest duration a setting takes (ten years): more is a typo, and past what a date shows.
+MAX_DURATION = 3_650 * 86_400
+_UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
+_NUMBER = re.compile(r"\d+(?:\.\d+)?\Z")
+_WITH_UNITS = re.compile(r"(?:\d+(?:\.\d+)?[smhd])+\Z")
+_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+
+
+def parse_duration(text: str) -> float:
+    """``90`` (seconds), ``90s``, ``15m``, ``6h``, ``22d``, ``1h30m`` → seconds. ValueError else."""
+    body = text.strip().lower()
+    if len(body) > 40:
+        raise ValueError(text)
+    if _NUMBER.match(body):
+        return float(body)
+    if not _WITH_UNITS.match(body):
+        raise ValueError(text)
+    return float(sum(float(number) * _UNITS[unit] for number, unit in _PART.findall(body)))
+
+
+def span(seconds: float) -> str:
+    """A duration as an option takes it, in its largest whole unit: ``22d``, ``6h``, ``90s``."""
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s" if seconds == int(seconds) else f"{seconds}s"
+
+
+class Duration(click.ParamType):
+    """A duration: seconds (``90``) or a number with a unit (``90s``, ``15m``, ``6h``, ``22d``),
+    above zero (or zero, when ``zero``), whole seconds when ``whole``, at most ten years."""
+
+    name = "duration"
+
+    def __init__(self, *, zero: bool = False, whole: bool = False) -> None:
+        self.zero = zero
+        self.whole = whole
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        where = ""  # click names the variable; say the value came from it
+        name = None if param is None else param.name
+        if (
+            ctx is not None
+            and name
+            and ctx.get_parameter_source(name) is ParameterSource.ENVIRONMENT
+        ):
+            where = " (from the environment)"
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+        else:
+            try:
+                seconds = parse_duration(str(value))
+            except ValueError:
+                self.fail(
+                    f"{str(value)!r:.60}{where} is not a duration: give seconds (90) or a number "
+                    "and a unit: 90s, 15m, 6h, 22d",
+                    param,
+                    ctx,
+                )
+        if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not self.zero):
+            least = "zero or more" if self.zero else "above zero"
+            self.fail(f"{str(value)!r:.60}{where} must be {least}", param, ctx)
+        if seconds > MAX_DURATION:
+            self.fail(f"{str(value)!r:.60}{where} is longer than {span(MAX_DURATION)}", param, ctx)
+        if self.whole and seconds != int(seconds):
+            self.fail(f"{str(value)!r:.60}{where} must be whole seconds", param, ctx)
         return seconds
 
 
@@ -159,6 +235,124 @@ asset_option = click.option(
 )
 
 
+# -- the Core's settings (docs/operations.md, "Operator settings") -------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A :class:`CoreConfig` duration as an option: ``--cycle-window``, ``FOURMICA_X402_CYCLE_WINDOW``."""
+
+    field: str
+    help: str
+    zero: bool = False  # 0 is a meaningful value (no delay)
+    whole: bool = False  # the Core keeps it in whole seconds
+
+    @property
+    def option(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+    @property
+    def envvar(self) -> str:
+        return "FOURMICA_X402_" + self.field.upper()
+
+    @property
+    def default(self) -> float:
+        value: Any = next(f.default for f in fields(CoreConfig) if f.name == self.field)
+        return float(value)
+
+
+SETTINGS = {
+    setting.field: setting
+    for setting in (
+        Setting(
+            "tab_ttl",
+            "How long a new tab lasts when the buyer names no TTL of its own (fixed when the "
+            "tab opens).",
+            whole=True,
+        ),
+        Setting(
+            "validation_timeout",
+            "How long a G-v2 guarantee waits for its validation score, then is cancelled and "
+            "its lock released (fixed when the guarantee is accepted).",
+        ),
+        Setting(
+            "cycle_window",
+            "How long a clearing cycle stays open (fixed when the cycle opens).",
+        ),
+        Setting(
+            "resolution_delay",
+            "From a cycle's close to its resolution, when only net debits stay locked (fixed "
+            "when the cycle closes).",
+            zero=True,
+        ),
+        Setting(
+            "payment_window",
+            "From a cycle's resolution to the deadline for paying net debits (fixed when the "
+            "cycle closes).",
+            zero=True,
+        ),
+        Setting(
+            "finality",
+            "From the payment deadline to finalization, when unpaid debits are covered from "
+            "collateral (fixed when the cycle closes).",
+            zero=True,
+        ),
+        Setting(
+            "withdrawal_grace",
+            "How long a requested withdrawal waits before it can be finalized (fixed when it "
+            "is requested).",
+            zero=True,
+        ),
+    )
+}
+#: The settings that make a cycle's timetable: its length (fixed when it opens), the rest
+#: (fixed when it closes).
+CYCLE_SETTINGS = ("cycle_window", "resolution_delay", "payment_window", "finality")
+
+
+def core_settings(*names: str, note: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Options (and environment variables) for these :class:`CoreConfig` fields; the command
+    gets them as one ``config`` argument. ``note`` says, in each option's help, what in this
+    command the setting applies to. Settings are per process, never stored in the database."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def with_config(**kwargs: Any) -> Any:
+            given = {name: kwargs.pop(name) for name in names}
+            return command(config=core_config(given), **kwargs)
+
+        for name in reversed(names):
+            setting = SETTINGS[name]
+            with_config = click.option(
+                setting.option,
+                setting.field,
+                envvar=setting.envvar,
+                show_envvar=True,
+                default=span(setting.default),
+                show_default=True,
+                type=Duration(zero=setting.zero, whole=setting.whole),
+                help=f"{setting.help} {note}",
+            )(with_config)
+        return with_config
+
+    return decorate
+
+
+def core_config(given: dict[str, float | None]) -> CoreConfig:
+    """A :class:`CoreConfig` of the settings given (the others keep their defaults)."""
+    values: dict[str, Any] = {
+        name: int(value) if SETTINGS[name].whole else value
+        for name, value in given.items()
+        if value is not None
+    }
+    return CoreConfig(**values)
+
+
+def describe(config: CoreConfig, names: tuple[str, ...]) -> str:
+    """``cycle window 1d, resolution delay 6h``: settings as the start line of a process says them."""
+    return ", ".join(f"{name.replace('_', ' ')} {span(getattr(config, name))}" for name in names)
+
+
 # -- the database ------------------------------------------------------------------------------
 
 
@@ -252,16 +446,19 @@ def db_error(exc: FourmicaError, db: str) -> click.ClickException:
     return click.ClickException(message.replace("\n", " "))
 
 
-def open_core(db: str, *, create: bool = False, can_create: bool = False) -> Any:
-    """The Core in ``db``; a SQLite file that does not exist is made only when ``create``
-    (``serve``, ``deposit --create``), else refused (``can_create``: say --create would do)."""
+def open_core(
+    db: str, *, create: bool = False, can_create: bool = False, config: CoreConfig | None = None
+) -> Any:
+    """The Core in ``db`` with ``config``; a SQLite file that does not exist is made only when
+    ``create`` (``serve``, ``deposit --create``), else refused (``can_create``: say --create
+    would do)."""
     check_db(db)
     if not create:
         require_existing(db, can_create=can_create)
     from ..core import Core
 
     try:
-        return Core(db)
+        return Core(db, config=config)
     except FourmicaError as exc:
         raise db_error(exc, db) from None
     except ImportError as exc:  # PostgreSQL without its driver: the message says what to install

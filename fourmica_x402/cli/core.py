@@ -1,34 +1,52 @@
-"""The Core's commands: serve it, fund and withdraw collateral, close cycles, show positions.
+"""The Core's commands: serve it, fund and withdraw collateral, close cycles, show positions,
+set an asset's collateral factor.
 
 Every command but ``serve`` (and ``deposit --create``) works on an existing database: the
-seller's (docs/operations.md, "The embedded Core").
+seller's (docs/operations.md, "The embedded Core"). The Core's durations are settings of each
+process that opens it, given as options or ``FOURMICA_X402_*`` variables; the collateral
+factor is kept in the database (docs/operations.md, "Operator settings").
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+from fractions import Fraction
+from typing import Any
 
 import click
 
 from .._eth import parse_address
 from ..errors import FourmicaError
 from ._args import (
+    CYCLE_SETTINGS,
+    SETTINGS,
     TOKEN,
-    Seconds,
+    Duration,
     asset_option,
     atomic_amount,
     check_address,
     check_db,
+    core_settings,
     db_error,
     db_option,
+    describe,
     duration,
     missing_extra,
     network_option,
     open_core,
     safe_url,
+    span,
     utc,
     with_times,
 )
+
+#: How often an idle ``cycle run`` says it is still there (seconds).
+IDLE_EVERY = 60.0
+#: The largest collateral factor taken: credit of 100× the collateral is surely a typo.
+MAX_FACTOR = 100
+_FACTOR = re.compile(r"(?:\d+(?:\.\d+)?|\.\d+|\d+/\d+)\Z")
 
 
 @click.command()
@@ -54,6 +72,7 @@ from ._args import (
     "(repeatable; the environment variable takes them space-separated).",
 )
 @network_option
+@core_settings(*SETTINGS, note="Used for as long as the service runs.")
 def serve(
     host: str,
     port: int,
@@ -62,8 +81,14 @@ def serve(
     api_key: str | None,
     seller_keys: tuple[str, ...],
     network: str,
+    config: Any,
 ) -> None:
-    """Run the Core as an HTTP service (facilitator API, Core API, dashboard, metrics)."""
+    """Run the Core as an HTTP service (facilitator API, Core API, dashboard, metrics).
+
+    Durations take seconds (90) or a unit: 90s, 15m, 6h, 22d. They are this process's
+    settings, not the database's: give `cycle run`, `cycle close` and `withdraw` on the same
+    database the same ones (the FOURMICA_X402_* variables do it for all).
+    """
     import socket
 
     keys: dict[str, str] = {}
@@ -108,7 +133,7 @@ def serve(
         raise click.ClickException(
             'serve needs the server extra: pip install "fourmica-x402[server]"'
         ) from None
-    core = open_core(db, create=True)  # the service's Core: made here when new
+    core = open_core(db, create=True, config=config)  # the service's Core: made here when new
     app = create_app(core, sandbox=sandbox, api_key=api_key, seller_keys=keys, network=network)
     click.echo(
         f"fourmica-x402 Core on http://{host}:{port}  (dashboard: /, metrics: /metrics, sandbox: {sandbox})"
@@ -164,6 +189,7 @@ def deposit(
 )
 @click.argument("address", required=False)
 @click.argument("amount", required=False)
+@core_settings("withdrawal_grace", note="Used for this request only.")
 def withdraw(
     db: str,
     network: str,
@@ -172,6 +198,7 @@ def withdraw(
     cancel_id: int | None,
     address: str | None,
     amount: str | None,
+    config: Any,
 ) -> None:
     """Request a withdrawal (ADDRESS AMOUNT), or --finalize/--cancel a pending one.
 
@@ -188,7 +215,7 @@ def withdraw(
         atomic = atomic_amount(amount, network, asset)
     elif address or amount:
         raise click.UsageError("--finalize and --cancel take no ADDRESS or AMOUNT")
-    core = open_core(db)
+    core = open_core(db, config=config)
     try:
         if finalize_id is not None:
             try:
@@ -222,9 +249,13 @@ def cycle() -> None:
 @db_option
 @network_option
 @asset_option
-def cycle_close(db: str, network: str, asset: str | None) -> None:
-    """Close the open cycle now and net its guarantees (times in UTC, amounts atomic)."""
-    core = open_core(db)
+@core_settings(*CYCLE_SETTINGS, note="Used for this close only.")
+def cycle_close(db: str, network: str, asset: str | None, config: Any) -> None:
+    """Close the open cycle now and net its guarantees (times in UTC, amounts atomic).
+
+    Durations take seconds (90) or a unit: 90s, 15m, 6h, 22d.
+    """
+    core = open_core(db, config=config)
     try:
         closed = core.close_cycle(network=network, asset=asset)
         rows = core.cycle_positions(closed.cycle_id)
@@ -241,24 +272,88 @@ def cycle_close(db: str, network: str, asset: str | None) -> None:
 @cycle.command("run")
 @db_option
 @click.option(
-    "--interval", default=5.0, show_default=True, type=Seconds(), help="Seconds between ticks."
+    "--interval",
+    default=5.0,
+    show_default=True,
+    type=Duration(),
+    help="Time between ticks: seconds (5) or with a unit (30s, 1m).",
 )
 @click.option("--once", is_flag=True, help="Advance what is due once and exit.")
-def cycle_run(db: str, interval: float, once: bool) -> None:
-    """Advance cycles (close, resolve, finalize with default coverage) as they fall due."""
+@core_settings(*CYCLE_SETTINGS, note="Used for as long as this process runs.")
+def cycle_run(db: str, interval: float, once: bool, config: Any) -> None:
+    """Advance cycles (close, resolve, finalize with default coverage) as they fall due.
+
+    Prints a line when it starts, one per tick that did something, and, when nothing is due,
+    an "idle" line at most once a minute (times in UTC). Durations take seconds (90) or a
+    unit: 90s, 15m, 6h, 22d.
+    """
     import time
 
-    core = open_core(db)
+    core = open_core(db, config=config)
+    every = "once" if once else f"every {span(interval)}"
+    click.echo(
+        f"{utc(core.clock())} cycle run: Core {_where(db)}, ticking {every} "
+        f"({describe(core.config, CYCLE_SETTINGS)})"
+    )
+    said = -IDLE_EVERY  # when a tick last printed (monotonic): the first idle tick says so
     while True:
         try:
-            done = core.tick()
+            steps = _steps(core.tick())
+            if steps:
+                said = time.monotonic()
+                click.echo(f"{utc(core.clock())} {steps}")
+            elif once or time.monotonic() - said >= IDLE_EVERY:
+                said = time.monotonic()
+                click.echo(f"{utc(core.clock())} idle: nothing due; {_next_due(core)}")
         except FourmicaError as exc:
             raise db_error(exc, db) from None
-        if any(done.values()):
-            click.echo(json.dumps(done))
         if once:
             return
         time.sleep(interval)
+
+
+def _where(db: str) -> str:
+    """The database as the operator finds it: a SQLite file by its full path."""
+    path = db[len("sqlite:///") :] if db.startswith("sqlite:///") else None
+    if path is None or path == ":memory:" or os.path.isabs(path):
+        return safe_url(db)
+    return f"{db} ({os.path.abspath(path)})"
+
+
+def _steps(done: dict[str, int]) -> str:
+    """``closed 1 cycle, cancelled 2 guarantees …``: what one tick did ("" when nothing)."""
+    said = []
+    for key, one, many in (
+        ("closed", "closed {} cycle", "closed {} cycles"),
+        ("resolved", "resolved {} cycle", "resolved {} cycles"),
+        ("finalized", "finalized {} cycle", "finalized {} cycles"),
+        (
+            "validations_expired",
+            "cancelled {} guarantee past its validation timeout",
+            "cancelled {} guarantees past their validation timeout",
+        ),
+    ):
+        count = done.get(key, 0)
+        if count:
+            said.append((one if count == 1 else many).format(count))
+    return ", ".join(said)
+
+
+def _next_due(core: Any) -> str:
+    """What falls due next, and when: ``next: cycle 3 closes at 2025-06-01T12:00:00Z``."""
+    due = []
+    for cycle in core.cycles(status="open"):
+        due.append((cycle.closes_at, f"cycle {cycle.cycle_id} closes"))
+    for cycle in core.cycles(status="closed"):
+        if cycle.resolve_at is not None:
+            due.append((cycle.resolve_at, f"cycle {cycle.cycle_id} resolves"))
+    for cycle in core.cycles(status="resolved"):
+        if cycle.final_at is not None:
+            due.append((cycle.final_at, f"cycle {cycle.cycle_id} is finalized"))
+    if not due:
+        return "no cycle open yet (one opens with the first payment or `cycle close`)"
+    at, what = min(due)
+    return f"next: {what} at {utc(at)} (in {duration(at - core.clock())})"
 
 
 @click.command()
@@ -307,3 +402,58 @@ def positions(db: str, as_json: bool) -> None:
         click.echo(f"\n{row[0]}\n  network     {row[1]}")
         for column, text in zip(columns, row[2:], strict=True):
             click.echo(f"  {column:<11} {text}")
+
+
+@click.command()
+@db_option
+@network_option
+@asset_option
+@click.argument("value", required=False)
+def factor(db: str, network: str, asset: str | None, value: str | None) -> None:
+    """Show an asset's collateral factor, or set it to VALUE (0.5, or 1/2).
+
+    A position's credit limit is its collateral × the factor (1 unless set; above 1 is credit
+    beyond collateral). The factor is kept in the database: every process on it uses the new
+    one at once, and every position's credit limit is recomputed.
+    """
+    from ..core import collateral
+
+    number = None if value is None else _check_factor(value)
+    core = open_core(db)
+    try:
+        token = collateral.asset_address(network, asset)
+        if number is not None:
+            core.set_factor(network, token, number)
+        with core.store.transaction(write=False) as tx:
+            current = collateral.factor(tx, network, token)
+    except FourmicaError as exc:
+        raise db_error(exc, db) from None
+    click.echo(
+        json.dumps(
+            {
+                "network": network,
+                "asset": token,
+                "factor": str(current),
+                "as_decimal": float(current),
+            },
+            indent=2,
+        )
+    )
+
+
+def _check_factor(value: str) -> Fraction:
+    text = value.strip()
+    if len(text) > 40 or not _FACTOR.match(text):
+        raise click.BadParameter(
+            f"{value!r:.60} is not a factor: give a decimal (0.5) or a fraction (1/2)",
+            param_hint="VALUE",
+        )
+    _, _, denominator = text.partition("/")
+    if denominator and int(denominator) == 0:
+        raise click.BadParameter(f"{value!r} divides by zero", param_hint="VALUE")
+    number = Fraction(text)
+    if not 0 < number <= MAX_FACTOR:
+        raise click.BadParameter(
+            f"{value!r} must be above 0 and at most {MAX_FACTOR}", param_hint="VALUE"
+        )
+    return number

@@ -49,7 +49,12 @@ def demo(quick: bool, serve: bool) -> None:
 @click.option("--only", multiple=True, help="Run only these benchmarks (repeatable).")
 @click.option("--check", is_flag=True, help="Exit 1 when a target is missed.")
 def bench(as_json: bool, quick: bool, only: tuple[str, ...], check: bool) -> None:
-    """Measure the hot paths against baselines taken in the same run."""
+    """Measure the hot paths against baselines taken in the same run.
+
+    Each benchmark says on stderr when it starts and finishes (a spinner on a terminal); the
+    table, or the --json, is all that goes to stdout. The eth-account baselines (recover, P6)
+    need the bench extra: pip install "fourmica-x402[bench]".
+    """
     import importlib.util
 
     from .. import bench as benchmarks
@@ -73,18 +78,92 @@ def bench(as_json: bool, quick: bool, only: tuple[str, ...], check: bool) -> Non
         chosen.remove(name)
     if not chosen:
         return
+    spinner = _spinner()  # None: plain progress lines on stderr (bench.Lines)
     try:
-        results = benchmarks.run(chosen, quick=quick)
+        results = benchmarks.run(chosen, quick=quick, progress=spinner)
     except KeyError as exc:
         raise click.UsageError(str(exc.args[0])) from None
     except ImportError as exc:
         raise (missing_extra(exc) or exc) from None
+    finally:
+        if spinner is not None:
+            spinner.close()
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
     else:
         _print_table(results)
+    note = _missing_baselines(results)
+    if note:
+        click.echo(note, err=True)
     if check and any(r.met is False for r in results):
         sys.exit(1)
+
+
+def _spinner() -> _Spinner | None:
+    """On a terminal, ``bench`` shows a spinner on stderr while each benchmark runs."""
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False)
+    if console.is_terminal and not console.is_dumb_terminal:
+        return _Spinner(console)
+    return None
+
+
+class _Spinner:
+    """On a terminal: a spinner while a benchmark runs, then one line saying it is done."""
+
+    def __init__(self, console: Any) -> None:
+        self.console = console
+        self.status: Any = None
+
+    def started(self, name: str, index: int, total: int) -> None:
+        from rich.markup import escape
+
+        from ..bench import summary
+
+        self.close()
+        what = f"[{index}/{total}] {name}: {summary(name)}"
+        room = max(20, self.console.width - 12)  # one line beside the spinner, never wrapped
+        if len(what) > room:
+            what = what[: room - 1] + "…"
+        self.status = self.console.status(f"bench {escape(what)}")
+        self.status.start()
+
+    def finished(self, name: str, index: int, total: int, seconds: float) -> None:
+        from rich.markup import escape
+
+        self.close()
+        self.console.print(
+            f"[green]✓[/] bench {escape(f'[{index}/{total}] {name}')} done in {seconds:.1f} s"
+        )
+
+    def skipped(self, name: str, index: int, total: int, reason: str) -> None:
+        from rich.markup import escape
+
+        self.close()
+        self.console.print(f"[yellow]–[/] bench: {escape(name)} skipped: {escape(reason)}")
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+
+def _missing_baselines(results: list[Any]) -> str | None:
+    """A note when eth-account baselines are missing because its extra is not installed."""
+    missing = [
+        r.id for r in results if r.baseline is None and r.baseline_name.startswith("eth-account")
+    ]
+    if not missing:
+        return None
+    try:
+        import eth_account  # noqa: F401
+    except ImportError:
+        return (
+            f"bench: no baseline for {', '.join(missing)}: eth-account is not installed: "
+            f'pip install "fourmica-x402[{EXTRAS["eth_account"]}]"'
+        )
+    return None
 
 
 def _print_table(results: list[Any]) -> None:

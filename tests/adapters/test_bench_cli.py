@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +18,12 @@ def test_bench_json_reports_ratios_against_a_same_run_baseline() -> None:
     args = ["bench", "--quick", "--json", "--only", "recover", "--only", "P6", "--only", "P2"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    rows = {row["id"]: row for row in json.loads(result.output)}
+    rows = {row["id"]: row for row in json.loads(result.stdout)}
     assert set(rows) == {"recover", "P6", "P2"}
     for row in rows.values():
         assert row["ours"] > 0 and row["baseline"] > 0
         assert abs(row["ratio"] - row["ours"] / row["baseline"]) < 1e-9
+    assert "pip install" not in result.stderr  # eth-account is installed: no note
 
 
 def test_bench_table_and_unknown_name() -> None:
@@ -35,7 +38,7 @@ def test_paid_request_overhead_is_measured_through_real_adapters() -> None:
     args = ["bench", "--quick", "--json", "--only", "P1-asgi", "--only", "P1-wsgi"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    for row in json.loads(result.output):
+    for row in json.loads(result.stdout):
         assert row["notes"]["paid_us"] > row["baseline"] > 0  # paid costs more than bare
         assert abs(row["ours"] - (row["notes"]["paid_us"] - row["baseline"])) < 1e-6
 
@@ -43,7 +46,7 @@ def test_paid_request_overhead_is_measured_through_real_adapters() -> None:
 def test_bench_cycle_close_runs_on_real_tables() -> None:
     result = CliRunner().invoke(main, ["bench", "--quick", "--json", "--only", "P3"])
     assert result.exit_code == 0, result.output
-    (row,) = json.loads(result.output)
+    (row,) = json.loads(result.stdout)
     assert row["id"] == "P3" and row["ours"] > 0 and row["notes"]["guarantees"] == 100_000
 
 
@@ -52,7 +55,7 @@ def test_http_benchmarks_run_real_servers() -> None:
     args = ["bench", "--quick", "--json", "--only", "P4-asgi", "--only", "P4-wsgi"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    rows = {row["id"]: row for row in json.loads(result.output)}
+    rows = {row["id"]: row for row in json.loads(result.stdout)}
     assert set(rows) == {"P4-asgi", "P4-wsgi"}
     for row in rows.values():  # every request got its 200 (the bench asserts it) and was timed
         assert row["ours"] > 0 and row["baseline"] > 0 and row["notes"]["requests"] == 300
@@ -80,8 +83,41 @@ def test_vs_official_skips_in_one_line_without_the_official_packages(tmp_path: P
     result = CliRunner(env={"FOURMICA_INTEROP_VENV": str(missing)}).invoke(main, args)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == []
-    (line,) = result.stderr.strip().splitlines()
+    started, line = result.stderr.strip().splitlines()  # its progress line, then why it skipped
+    assert started.startswith("bench: [1/1] P5: ")
     assert line.startswith("bench: P5 skipped: FOURMICA_INTEROP_VENV=") and "Traceback" not in line
+
+
+def test_bench_says_what_it_runs_on_stderr_and_keeps_stdout_json() -> None:
+    result = CliRunner().invoke(
+        main, ["bench", "--only", "recover", "--only", "P6", "--quick", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert [row["id"] for row in json.loads(result.stdout)] == ["recover", "P6"]  # nothing else
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("bench: [1/2] recover: Hash + recover one G-v1 guarantee"), lines
+    assert lines[1].startswith("bench: [1/2] recover done in ") and lines[1].endswith(" s")
+    assert lines[2].startswith("bench: [2/2] P6: buyer signing one G-v1 guarantee"), lines
+    assert lines[3].startswith("bench: [2/2] P6 done in ") and len(lines) == 4, lines
+    table = CliRunner().invoke(main, ["bench", "--only", "recover", "--quick"])
+    assert table.exit_code == 0 and "bench: [1/1] recover done" in table.stderr
+    assert "bench:" not in table.stdout and "recover" in table.stdout
+
+
+def test_bench_names_the_extra_when_eth_account_is_missing(tmp_path: Path) -> None:
+    # A fresh interpreter where eth_account cannot be imported, as without the bench extra.
+    args = ["bench", "--quick", "--json", "--only", "recover", "--only", "P6"]
+    code = f"import sys; sys.modules['eth_account'] = None; from fourmica_x402.cli import main; main({args!r})"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    rows = json.loads(out.stdout)
+    assert [(row["id"], row["baseline"]) for row in rows] == [("recover", None), ("P6", None)]
+    assert out.stderr.strip().splitlines()[-1] == (
+        "bench: no baseline for recover, P6: eth-account is not installed: "
+        'pip install "fourmica-x402[bench]"'
+    )
 
 
 @pytest.mark.slow

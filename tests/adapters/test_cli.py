@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 
 from fourmica_x402.cli import main
+from fourmica_x402.cli._args import SETTINGS, parse_duration
 from fourmica_x402.client import SpendingPolicy
 from fourmica_x402.core import Core
 from fourmica_x402.networks import default_asset, format_amount, parse_money
@@ -36,12 +41,20 @@ CLEAN_ENV: dict[str, str | None] = {
         "FOURMICA_X402_KEY",
         "FOURMICA_X402_API_KEY",
         "FOURMICA_X402_SELLER_KEYS",
+        "FOURMICA_X402_TAB_TTL",
+        "FOURMICA_X402_VALIDATION_TIMEOUT",
+        "FOURMICA_X402_CYCLE_WINDOW",
+        "FOURMICA_X402_RESOLUTION_DELAY",
+        "FOURMICA_X402_PAYMENT_WINDOW",
+        "FOURMICA_X402_FINALITY",
+        "FOURMICA_X402_WITHDRAWAL_GRACE",
     )
 }
 
 
-def cli(*args: str, columns: int = 200) -> Result:
-    return CliRunner(env={**CLEAN_ENV, "COLUMNS": str(columns)}).invoke(main, list(args))
+def cli(*args: str, columns: int = 200, env: dict[str, str] | None = None) -> Result:
+    environment = {**CLEAN_ENV, "COLUMNS": str(columns), **(env or {})}
+    return CliRunner(env=environment).invoke(main, list(args))
 
 
 def refused(result: Result, code: int, *needles: str) -> str:
@@ -420,6 +433,260 @@ def test_pay_refusal_and_payment_in_dollars(tmp_path: Path, db: str) -> None:
     assert ledger.exists()
 
 
+# -- the operator's settings (docs/operations.md, "Operator settings") ---------------------------
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def test_durations_take_seconds_or_a_unit() -> None:
+    assert parse_duration("90") == 90 and parse_duration("0.5") == 0.5
+    assert parse_duration("90s") == 90 and parse_duration("15m") == 900
+    assert parse_duration("6h") == 21_600 and parse_duration("22d") == 1_900_800
+    assert parse_duration(" 1h30m ") == 5_400 and parse_duration("1.5H") == 5_400
+    for bad in ("", "soon", "-1", "1e3", "0x10", "nan", "inf", "5y", "h", "1 h", "1h-5m"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_every_setting_is_a_core_config_field_with_its_default_in_the_help() -> None:
+    from dataclasses import fields
+
+    from fourmica_x402.core import CoreConfig
+
+    names = {f.name for f in fields(CoreConfig)}
+    expected = {
+        "tab_ttl": "1d",
+        "validation_timeout": "1h",
+        "cycle_window": "1d",
+        "resolution_delay": "6h",
+        "payment_window": "2h",
+        "finality": "2h",
+        "withdrawal_grace": "22d",
+    }
+    assert set(SETTINGS) == set(expected) <= names
+    text = " ".join(cli("serve", "--help", columns=400).output.split())
+    for name, default in expected.items():
+        option, envvar = "--" + name.replace("_", "-"), "FOURMICA_X402_" + name.upper()
+        assert option in text and f"env var: {envvar}; default: {default}]" in text, name
+    assert "as long as the service runs" in text
+    run_help = " ".join(cli("cycle", "run", "--help", columns=400).output.split())
+    assert "--cycle-window" in run_help and "as long as this process runs" in run_help
+
+
+def test_withdraw_takes_its_grace_period_from_the_option_or_the_environment(db: str) -> None:
+    assert cli("deposit", "--db", db, ADDRESS, "$5").exit_code == 0
+
+    def grace(*args: str, env: dict[str, str] | None = None) -> float:
+        out = cli("withdraw", "--db", db, *args, ADDRESS, "$1", env=env)
+        assert out.exit_code == 0, out.output
+        withdrawal = json.loads(out.stdout)
+        return _epoch(withdrawal["available_at"]) - _epoch(withdrawal["requested_at"])
+
+    assert grace() == 22 * 86_400  # the Core's default
+    assert grace("--withdrawal-grace", "2s") == 2
+    assert grace(env={"FOURMICA_X402_WITHDRAWAL_GRACE": "15m"}) == 900
+    assert grace("--withdrawal-grace", "0", env={"FOURMICA_X402_WITHDRAWAL_GRACE": "1h"}) == 0
+    # Once its one-second grace period has passed, the withdrawal can be finalized.
+    short = json.loads(cli("withdraw", "--db", db, "--withdrawal-grace", "1", ADDRESS, "$1").stdout)
+    early = cli("withdraw", "--db", db, "--finalize", str(short["withdrawal_id"]))
+    assert early.exit_code == 1 and "grace period" in early.stderr
+    time.sleep(2)
+    done = cli("withdraw", "--db", db, "--finalize", str(short["withdrawal_id"]))
+    assert done.exit_code == 0 and json.loads(done.stdout)["status"] == "finalized", done.output
+
+
+def test_cycle_close_uses_the_timetable_given(db: str) -> None:
+    args = ["--cycle-window", "90s", "--resolution-delay", "1m", "--payment-window", "0"]
+    closed = cli("cycle", "close", "--db", db, *args, "--finality", "5")
+    assert closed.exit_code == 0, closed.output
+    cycle = {
+        k: _epoch(v)
+        for k, v in json.loads(closed.stdout)["cycle"].items()
+        if k.endswith(("_at", "pay_by"))
+    }
+    assert cycle["closes_at"] - cycle["opened_at"] == 90  # opened by this close
+    assert cycle["resolve_at"] - cycle["closed_at"] == 60
+    assert cycle["pay_by"] == cycle["resolve_at"] and cycle["final_at"] - cycle["pay_by"] == 5
+    env = {"FOURMICA_X402_CYCLE_WINDOW": "2h", "FOURMICA_X402_RESOLUTION_DELAY": "3m"}
+    again = cli("cycle", "close", "--db", db, env=env)
+    assert again.exit_code == 0, again.output
+    second = json.loads(again.stdout)["cycle"]
+    assert _epoch(second["resolve_at"]) - _epoch(second["closed_at"]) == 180
+    core = Core(db)
+    try:
+        (opened,) = core.cycles(status="open")  # the next cycle: FOURMICA_X402_CYCLE_WINDOW
+        assert opened.closes_at - opened.opened_at == 7_200
+    finally:
+        core.close()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--cycle-window", "soon", "is not a duration"),
+        ("--cycle-window", "0", "must be above zero"),
+        ("--cycle-window", "-1", "is not a duration"),
+        ("--resolution-delay", "1e3", "is not a duration"),
+        ("--payment-window", "nan", "is not a duration"),
+        ("--finality", "99999d", "is longer than 3650d"),
+        ("--finality", "", "is not a duration"),
+    ],
+)
+def test_cycle_close_refuses_a_bad_duration(db: str, option: str, value: str, says: str) -> None:
+    refused(cli("cycle", "close", "--db", db, option, value), 2, f"'{option}'", says)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--tab-ttl", "1.5", "must be whole seconds"),
+        ("--tab-ttl", "0", "must be above zero"),
+        ("--validation-timeout", "5y", "is not a duration"),
+        ("--withdrawal-grace", "0x10", "is not a duration"),
+    ],
+)
+def test_serve_refuses_a_bad_setting(db: str, option: str, value: str, says: str) -> None:
+    refused(cli("serve", "--db", db, option, value), 2, f"'{option}'", says)
+
+
+def test_a_bad_setting_from_the_environment_is_refused_by_name(db: str) -> None:
+    result = cli("cycle", "run", "--db", db, "--once", env={"FOURMICA_X402_FINALITY": "soon"})
+    refused(result, 2, "'--finality'", "FOURMICA_X402_FINALITY", "from the environment")
+    result = cli(
+        "withdraw", "--db", db, ADDRESS, "$1", env={"FOURMICA_X402_WITHDRAWAL_GRACE": "-5"}
+    )
+    refused(result, 2, "FOURMICA_X402_WITHDRAWAL_GRACE")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_serve_applies_its_settings(tmp_path: Path) -> None:
+    db, port = f"sqlite:///{tmp_path / 'core.db'}", _free_port()
+    base = f"http://127.0.0.1:{port}"
+    args = ["serve", "--db", db, "--port", str(port), "--sandbox", "--withdrawal-grace", "2s"]
+    args += ["--cycle-window", "90s", "--resolution-delay", "1m", "--finality", "5"]
+    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
+    env |= {"FOURMICA_X402_TAB_TTL": "10m", "FOURMICA_X402_PAYMENT_WINDOW": "0"}
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fourmica_x402", *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.1)
+        tab = httpx.post(
+            f"{base}/tabs", json={"userAddress": ADDRESS, "recipientAddress": "0x" + "22" * 20}
+        )
+        assert tab.status_code == 200 and tab.json()["ttlSeconds"] == 600, tab.text
+        httpx.post(
+            f"{base}/sandbox/deposit", json={"address": ADDRESS, "amount": "$5"}
+        ).raise_for_status()
+        asked = httpx.post(f"{base}/sandbox/withdraw", json={"address": ADDRESS, "amount": "$1"})
+        withdrawal = asked.json()
+        assert asked.status_code == 200, asked.text
+        assert withdrawal["available_at"] - withdrawal["requested_at"] == 2
+        answer = httpx.post(f"{base}/sandbox/cycles/close", json={})
+        closed = answer.json()
+        assert answer.status_code == 200, answer.text
+        assert closed["closes_at"] - closed["opened_at"] == 90
+        assert closed["resolve_at"] - closed["closed_at"] == 60
+        assert closed["pay_by"] == closed["resolve_at"]  # FOURMICA_X402_PAYMENT_WINDOW=0
+        assert closed["final_at"] - closed["pay_by"] == 5
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
+
+
+def test_cycle_run_says_what_it_does(db: str) -> None:
+    first = cli("cycle", "run", "--db", db, "--once")
+    assert first.exit_code == 0, first.output
+    start, idle = first.stdout.splitlines()
+    assert ISO_UTC.match(start) and f"cycle run: Core {db}, ticking once" in start
+    assert "cycle window 1d, resolution delay 6h, payment window 2h, finality 2h" in start
+    assert ISO_UTC.match(idle) and "idle: nothing due; no cycle open yet" in idle
+    timetable = ["--resolution-delay", "0", "--payment-window", "0", "--finality", "0"]
+    assert cli("cycle", "close", "--db", db, *timetable).exit_code == 0
+    second = cli("cycle", "run", "--db", db, "--once", "--cycle-window", "1m")
+    assert second.exit_code == 0, second.output
+    start, step = second.stdout.splitlines()
+    assert "cycle window 1m" in start
+    assert step.endswith(" resolved 1 cycle, finalized 1 cycle"), step
+    third = cli("cycle", "run", "--db", db, "--once")
+    (idle,) = third.stdout.splitlines()[1:]
+    assert re.search(
+        r"idle: nothing due; next: cycle 2 closes at \S+Z \(in (1d 0h|23h 59m)\)", idle
+    ), idle
+
+
+def test_cycle_run_says_it_is_idle_once_a_minute_not_every_tick(tmp_path: Path, db: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fourmica_x402", "cycle", "run", "--db", db, "--interval", "0.05"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline(), proc.stdout.readline()]  # the start and first idle line
+        time.sleep(1.5)  # some 30 ticks, nothing due
+    finally:
+        proc.terminate()
+        rest, errors = proc.communicate(timeout=10)
+    assert "cycle run:" in lines[0] and "every 0.05s" in lines[0], (lines, errors)
+    assert "idle: nothing due" in lines[1], (lines, errors)
+    assert rest == "", rest  # no further idle line within the minute
+
+
+def test_factor_shows_and_sets_the_collateral_factor(db: str) -> None:
+    assert cli("deposit", "--db", db, ADDRESS, "$10").exit_code == 0
+    shown = json.loads(cli("factor", "--db", db).stdout)
+    assert shown == {"network": NETWORK, "asset": USDC.address, "factor": "1", "as_decimal": 1.0}
+    half = cli("factor", "--db", db, "1/2")
+    assert half.exit_code == 0, half.output
+    assert json.loads(half.stdout)["factor"] == "1/2"
+    (row,) = json.loads(cli("positions", "--db", db, "--json").stdout)
+    assert row["collateral"] == 10_000_000 and row["capacity"] == 5_000_000
+    assert json.loads(cli("factor", "--db", db, "0.25").stdout)["as_decimal"] == 0.25
+    assert json.loads(cli("factor", "--db", db).stdout)["factor"] == "1/4"  # kept in the database
+    (row,) = json.loads(cli("positions", "--db", db, "--json").stdout)
+    assert row["capacity"] == 2_500_000
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("0", "above 0"),
+        ("-1", "is not a factor"),
+        ("abc", "is not a factor"),
+        ("1e3", "is not a factor"),
+        ("nan", "is not a factor"),
+        ("1/0", "divides by zero"),
+        ("101", "at most 100"),
+    ],
+)
+def test_factor_refuses_a_bad_value(db: str, value: str, says: str) -> None:
+    refused(cli("factor", "--db", db, "--", value), 2, "VALUE", says)
+
+
 # -- the sweep: every subcommand, malformed arguments, no traceback ------------------------------
 
 GARBAGE = ["not a url", "", " ", "-1", "nan", "1e999", "0x1234", "$1e30", ADDRESS]
@@ -538,6 +805,7 @@ def test_the_sweep_covers_every_command() -> None:
         ("cycle", "run"),
         ("demo",),
         ("deposit",),
+        ("factor",),
         ("pay",),
         ("positions",),
         ("serve",),
