@@ -1,0 +1,175 @@
+"""Delivering the outbox: claim a due delivery, POST it signed, record the outcome.
+
+:meth:`DeliveryMixin.deliver_due` claims a due delivery with a conditional ``UPDATE`` that
+pushes ``next_attempt_at`` one lease into the future (so two workers never send it at the same
+time), POSTs it, and records the outcome: 2xx → ``delivered``; anything else → retried with
+exponential backoff and jitter (capped at ``max_delay``), ``failed`` after ``max_attempts``.
+A worker that dies mid-send leaves the delivery to be retried when its lease runs out.
+
+Delivery is **at least once**: a receiver deduplicates on the body's ``id`` (the event id; the
+``X-Fourmica-Delivery`` header is stable across retries too) and must not rely on ordering.
+The secret signs the request (:mod:`.signing`) but is never logged nor written to the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import secrets
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from .signing import sign
+
+if TYPE_CHECKING:
+    from ..core.store import Store
+
+__all__ = ["DeliveryMixin"]
+
+# One logger name for the whole package: the one log configurations filter on.
+log = logging.getLogger("fourmica_x402.webhooks")
+
+_MAX_ERROR = 500  # characters of an error message kept in the delivery log
+
+
+class DeliveryMixin:
+    """The sending methods of :class:`~fourmica_x402.webhooks.Webhooks`."""
+
+    store: Store
+    clock: Callable[[], float]
+    max_attempts: int
+    base_delay: float
+    max_delay: float
+    timeout: float
+    lease: float
+    _client: httpx.Client
+    _rng: random.Random
+
+    def _backoff(self, attempts: int) -> float:
+        delay = min(self.max_delay, self.base_delay * 2.0 ** min(attempts - 1, 62))
+        return delay * (0.5 + self._rng.random() / 2)
+
+    def _claim(self, delivery_id: int, lease: str) -> tuple[Any, ...] | None:
+        now = self.clock()
+        with self.store.transaction() as tx:
+            if not tx.execute(
+                "UPDATE fx_webhook_deliveries SET attempts = attempts + 1, lease = ?, "
+                "next_attempt_at = ?, last_attempt_at = ? WHERE delivery_id = ? "
+                "AND status = 'pending' AND next_attempt_at <= ? AND attempts < ?",
+                (lease, now + self.lease, now, delivery_id, now, self.max_attempts),
+            ):
+                return None  # another worker has it, or it is no longer due
+            return tx.one(
+                "SELECT d.attempts, w.url, w.secret, e.event_id, e.type, e.at, e.network, "
+                "e.asset, e.address, e.data FROM fx_webhook_deliveries d "
+                "JOIN fx_webhooks w ON w.subscription_id = d.subscription_id "
+                "JOIN fx_events e ON e.event_id = d.event_id WHERE d.delivery_id = ?",
+                (delivery_id,),
+            )
+
+    def _send(self, delivery_id: int, row: Sequence[Any]) -> tuple[int | None, str | None]:
+        _, url, secret, event_id, type_, at, network, asset, address, data = row
+        body = json.dumps(
+            {
+                "id": int(event_id),
+                "type": type_,
+                "at": float(at),
+                "network": network,
+                "asset": asset,
+                "address": address,
+                "data": json.loads(data),
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+        ).encode()
+        timestamp = int(self.clock())
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "fourmica-x402-webhooks",
+            "X-Fourmica-Event": type_,
+            "X-Fourmica-Delivery": str(delivery_id),
+            "X-Fourmica-Timestamp": str(timestamp),
+            "X-Fourmica-Signature": sign(secret, timestamp, body),
+        }
+        try:
+            # Streamed and never read: a receiver's response body is of no interest, whatever size.
+            with self._client.stream(
+                "POST", url, content=body, headers=headers, timeout=self.timeout
+            ) as response:
+                code = response.status_code
+        except Exception as exc:  # network, TLS, a URL httpx refuses: all recorded, retried
+            return None, f"{type(exc).__name__}: {exc}"[:_MAX_ERROR]
+        return code, None if 200 <= code < 300 else f"HTTP {code}"
+
+    def _record(
+        self, delivery_id: int, lease: str, attempts: int, code: int | None, error: str | None
+    ) -> str:
+        now = self.clock()
+        with self.store.transaction() as tx:
+            if error is None:
+                # Whoever holds the lease now: the receiver has it, so it is delivered.
+                tx.execute(
+                    "UPDATE fx_webhook_deliveries SET status = 'delivered', delivered_at = ?, "
+                    "last_status_code = ?, last_error = NULL, lease = NULL "
+                    "WHERE delivery_id = ? AND status = 'pending'",
+                    (now, code, delivery_id),
+                )
+                return "delivered"
+            status = "failed" if attempts >= self.max_attempts else "pending"
+            tx.execute(
+                "UPDATE fx_webhook_deliveries SET status = ?, next_attempt_at = ?, "
+                "last_status_code = ?, last_error = ?, lease = NULL "
+                "WHERE delivery_id = ? AND status = 'pending' AND lease = ?",
+                (status, now + self._backoff(attempts), code, error, delivery_id, lease),
+            )
+            return status
+
+    def deliver_due(self, limit: int = 100) -> int:
+        """Attempt up to ``limit`` due deliveries; returns how many attempts were made.
+
+        After an attempt to a subscription fails with a network error, a 429 or a 5xx, its
+        other deliveries wait for the next round: a dead receiver costs one timeout per round,
+        not one per queued event.
+        """
+        now = self.clock()
+        with self.store.transaction() as tx:
+            # Claimed by a worker that died during its last attempt: nothing left to try.
+            tx.execute(
+                "UPDATE fx_webhook_deliveries SET status = 'failed', lease = NULL, "
+                "last_error = 'worker lost during the last attempt' "
+                "WHERE status = 'pending' AND attempts >= ? AND next_attempt_at <= ?",
+                (self.max_attempts, now),
+            )
+            due = tx.all(
+                "SELECT delivery_id, subscription_id FROM fx_webhook_deliveries "
+                "WHERE status = 'pending' AND next_attempt_at <= ? "
+                "ORDER BY next_attempt_at, delivery_id LIMIT ?",
+                (now, int(limit)),
+            )
+        attempted = 0
+        down: set[str] = set()
+        for delivery_id, sub_id in due:
+            if sub_id in down:
+                continue
+            lease = secrets.token_hex(8)
+            row = self._claim(int(delivery_id), lease)
+            if row is None:
+                continue
+            attempted += 1
+            code, error = self._send(int(delivery_id), row)
+            status = self._record(int(delivery_id), lease, int(row[0]), code, error)
+            if error is not None:
+                log.warning(
+                    "webhook delivery %s (subscription %s, attempt %s) %s: %s",
+                    delivery_id,
+                    sub_id,
+                    row[0],
+                    "failed for good" if status == "failed" else "will be retried",
+                    error,
+                )
+                if code is None or code == 429 or code >= 500:
+                    down.add(sub_id)
+        return attempted

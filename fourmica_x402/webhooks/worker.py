@@ -1,0 +1,142 @@
+"""The :class:`Webhooks` facade and its worker: one round enqueues then delivers, in a thread.
+
+:class:`Webhooks` holds the settings, the HTTP client and the worker thread; its methods come
+from :mod:`.subscriptions`, :mod:`.outbox` and :mod:`.delivery`, which share its store and
+clock. The thread wakes every ``interval`` seconds, or sooner when this process's Core commits
+an event, but leaves at least ``_MIN_GAP`` (50 ms) between rounds, so a busy Core cannot turn it
+into a busy loop. Any number of processes may run workers on one database: enqueuers take
+turns on the cursor row and a delivery is claimed by a conditional ``UPDATE`` (:mod:`.outbox`,
+:mod:`.delivery`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import httpx
+
+from ..core.schema import migrate
+from ..errors import ConfigurationError
+from .delivery import DeliveryMixin
+from .outbox import MIGRATIONS, OutboxMixin
+from .subscriptions import SubscriptionsMixin
+
+if TYPE_CHECKING:
+    from ..core import Core
+
+__all__ = ["Webhooks"]
+
+# One logger name for the whole package: the one log configurations filter on.
+log = logging.getLogger("fourmica_x402.webhooks")
+
+_MIN_GAP = 0.05  # seconds between two rounds of the worker, however busy the Core is
+
+
+class Webhooks(SubscriptionsMixin, OutboxMixin, DeliveryMixin):
+    """Webhook subscriptions, their outbox and delivery log, in the Core's database.
+
+    ``client`` is the ``httpx.Client`` requests go through (default: one of our own, closed by
+    :meth:`close`); ``timeout`` applies to each request. A failed attempt ``n`` is retried after
+    ``min(max_delay, base_delay × 2ⁿ⁻¹)`` seconds, less up to half of that as jitter; after
+    ``max_attempts`` attempts the delivery is ``failed`` (see :meth:`redeliver`). ``clock``
+    gives the time of attempts and of the signature timestamp.
+
+    Thread-safe; any number of processes may run workers on one database.
+    """
+
+    def __init__(
+        self,
+        core: Core,
+        *,
+        client: httpx.Client | None = None,
+        max_attempts: int = 8,
+        base_delay: float = 1.0,
+        max_delay: float = 300.0,
+        timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if int(max_attempts) < 1:
+            raise ConfigurationError("max_attempts must be at least 1")
+        if not 0 < base_delay <= max_delay:
+            raise ConfigurationError("need 0 < base_delay <= max_delay")
+        if not timeout > 0:
+            raise ConfigurationError("timeout must be positive")
+        self.core = core
+        self.store = core.store
+        self.max_attempts = int(max_attempts)
+        self.base_delay = float(base_delay)
+        self.max_delay = float(max_delay)
+        self.timeout = float(timeout)
+        # A claim outlives the slowest attempt (connect + write + read, each up to ``timeout``).
+        self.lease = max(60.0, 4 * self.timeout)
+        self.clock = clock
+        self._own_client = client is None
+        self._client = client or httpx.Client(timeout=self.timeout, follow_redirects=False)
+        self._rng = random.Random()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        migrate(self.store, migrations=MIGRATIONS, key="webhooks_schema_version")
+
+    def run_once(self, limit: int = 100) -> int:
+        """One round: enqueue new events, then deliver what is due. Returns attempts made."""
+        self.enqueue()
+        return self.deliver_due(limit)
+
+    def run(self, stop: threading.Event, interval: float = 1.0) -> None:
+        """Run rounds until ``stop`` is set: every ``interval`` seconds, or sooner when this
+        process's Core commits an event. Errors (a database away) are logged, not raised."""
+        while not stop.is_set():
+            try:
+                while self.run_once() >= 100 and not stop.is_set():
+                    pass  # a backlog: keep going
+            except Exception:
+                log.exception("webhook round failed; retrying in %s s", interval)
+            if stop.wait(_MIN_GAP):
+                return
+            self._wake.wait(max(0.0, interval - _MIN_GAP))
+            self._wake.clear()
+
+    def start(self, interval: float = 1.0) -> threading.Thread:
+        """Run :meth:`run` in a daemon thread (once; a second call returns the same thread)."""
+        if self._thread is not None and self._thread.is_alive():
+            return self._thread
+        self._stop.clear()
+        self._unsubscribe = self.core.subscribe(lambda _event: self._wake.set())
+        self._thread = threading.Thread(
+            target=self.run, args=(self._stop, interval), name="fourmica-webhooks", daemon=True
+        )
+        self._thread.start()
+        return self._thread
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Stop the thread of :meth:`start` after its current round."""
+        self._stop.set()
+        self._wake.set()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def close(self) -> None:
+        """Stop the worker and close our HTTP client (not the Core, not a client passed in)."""
+        self.stop()
+        if self._own_client:
+            self._client.close()
+
+    def __enter__(self) -> Webhooks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Webhooks({self.store!r}, max_attempts={self.max_attempts})"
