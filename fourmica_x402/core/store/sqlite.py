@@ -123,6 +123,7 @@ class SQLiteStore:
             raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from None
         self._local.conn = conn
         self._local.pid = os.getpid()
+        self._local.timeout = int(self._busy_timeout_ms)
         with self._lock:
             self._conns.append(conn)
         return conn
@@ -178,12 +179,22 @@ class SQLiteStore:
                 self._active -= 1
                 self._idle.notify_all()
 
+    def _timeout(self, conn: sqlite3.Connection, ms: int) -> None:
+        """Set this thread's connection's busy timeout, only when it changes (a statement)."""
+        if self._local.timeout != ms:
+            conn.execute(f"PRAGMA busy_timeout = {ms}")
+            self._local.timeout = ms
+
     def _begin(self, conn: sqlite3.Connection, write: bool, nowait: bool) -> None:
         if not write:
+            self._timeout(conn, int(self._busy_timeout_ms))  # a reader may meet a recovery
             conn.execute("BEGIN")
             return
         if nowait:  # no waiting at all: another process holding the lock means "elsewhere"
-            self._begin_now(conn)
+            # The timeout stays 0 for the next nowait writer (the event loop's: two fewer
+            # statements per transaction); once BEGIN IMMEDIATE holds the lock in WAL mode,
+            # nothing inside the transaction waits on it.
+            self._begin_now(conn, restore=False)
             return
         # Another process holds the write lock for a fraction of a millisecond; SQLite's busy
         # handler would sleep 1, 2, 5, 10 … 100 ms between tries. Poll in short steps first.
@@ -197,10 +208,11 @@ class SQLiteStore:
                     break
                 time.sleep(pause)
                 pause = min(pause * 2, 0.001)
+        self._timeout(conn, int(self._busy_timeout_ms))
         conn.execute("BEGIN IMMEDIATE")  # still busy: SQLite's own busy timeout from here
 
-    def _begin_now(self, conn: sqlite3.Connection) -> None:
-        conn.execute("PRAGMA busy_timeout = 0")
+    def _begin_now(self, conn: sqlite3.Connection, restore: bool = True) -> None:
+        self._timeout(conn, 0)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -208,7 +220,8 @@ class SQLiteStore:
                 raise WouldBlock(f"SQLite database busy: {exc}") from None
             raise
         finally:
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            if restore:
+                self._timeout(conn, int(self._busy_timeout_ms))
 
     @contextmanager
     def _open(self, *, write: bool, nowait: bool = False) -> Iterator[_Tx]:
