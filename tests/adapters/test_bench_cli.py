@@ -138,3 +138,49 @@ def test_vs_official_compares_paid_throughput_on_one_facilitator() -> None:
         assert abs(row["ratio"] - row["ours"] / row["baseline"]) < 1e-9
         assert row["notes"]["requests"] == 200 and isinstance(row["met"], bool)
     assert rows["P5-embedded"]["target"] == "≥ 6×" and rows["P5-remote"]["target"] == "≥ 1.5×"
+
+
+def test_scale_out_skips_in_one_line_without_a_postgres_url() -> None:
+    args = ["bench", "--only", "P8", "--quick", "--json"]
+    result = CliRunner(env={"FOURMICA_BENCH_POSTGRES_URL": None}).invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == []
+    started, line = result.stderr.strip().splitlines()  # its progress line, then why it skipped
+    assert started.startswith("bench: [1/1] P8: Core acceptances/s on one PostgreSQL server")
+    assert line.startswith(
+        "bench: P8 skipped: needs a PostgreSQL server: set FOURMICA_BENCH_POSTGRES_URL"
+    ), line
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_scale_out_reports_acceptances_per_second_from_1_2_and_4_processes(
+    _postgres_admin_url: str,
+) -> None:
+    import psycopg
+
+    def scratch_databases() -> set[str]:
+        with psycopg.connect(_postgres_admin_url, autocommit=True) as conn:
+            rows = conn.execute("SELECT datname FROM pg_database").fetchall()
+        return {name for (name,) in rows if name.startswith("fx_bench_")}
+
+    before = scratch_databases()
+    env = {"FOURMICA_BENCH_POSTGRES_URL": _postgres_admin_url}
+    result = CliRunner(env=env).invoke(main, ["bench", "--only", "P8", "--quick", "--json"])
+    (row,) = _rows(result).values()
+    assert row["id"] == "P8" and row["unit"] == "/s" and row["target"] == "≥ 1.7"
+    notes = row["notes"]
+    curve = notes["per_second"]
+    assert set(curve) == {"1", "2", "4"} and all(rate > 0 for rate in curve.values())
+    assert set(notes["worker_cpu_us"]) == set(curve)
+    assert all(us > 0 for us in notes["worker_cpu_us"].values())
+    assert row["ours"] == curve["2"] and row["baseline"] == curve["1"]
+    assert abs(row["ratio"] - curve["2"] / curve["1"]) < 1e-9
+    assert abs(notes["ratio_4_to_1"] - curve["4"] / curve["1"]) < 1e-9
+    assert isinstance(row["met"], bool)
+    # Every guarantee was accepted and stored and the audit held (the bench checks), and the
+    # output says what ran: worker processes with an embedded Core, no HTTP.
+    assert notes["acceptances"] == 1_200 and notes["buyers"] == 16
+    assert "worker processes" in notes["mode"] and "no HTTP" in row["title"]
+    assert "P8: 4 worker process(es)" in result.stderr
+    assert scratch_databases() <= before  # each scratch database was dropped
