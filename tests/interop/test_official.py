@@ -1,4 +1,4 @@
-"""Interop with the official 4Mica Python stack (SPEC §9), run for real on loopback.
+"""Interop with the official 4Mica Python stack, run for real on loopback.
 
 The official packages (``x402==2.20.0``, ``4mica-x402==1.2.3``, ``sdk-4mica==1.2.10``)
 live in a scratch virtualenv of their own, never in this project's environment: their
@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import http.server
 import json
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -36,8 +34,11 @@ from typing import Any, NoReturn
 
 import httpx
 import pytest
+from fourmica_x402.adapters._bench.official import VENV_ENV, official_env
+from fourmica_x402.adapters._bench.official import official_python as build_official_python
 
 from fourmica_x402 import PaymentConfig
+from fourmica_x402.bench import Skipped
 from fourmica_x402.client import PaymentTransport
 from fourmica_x402.core import Core
 from fourmica_x402.guarantee import SignedGuarantee, address_of, recover_signer
@@ -55,153 +56,22 @@ pytestmark = [pytest.mark.interop, pytest.mark.slow]
 HERE = Path(__file__).resolve().parent
 SCRIPTS = HERE / "scripts"
 EXAMPLES = HERE.parents[1] / "examples"
-VENV_ENV = "FOURMICA_INTEROP_VENV"
-#: The official packages, pinned (see the module docstring for why x402 is 2.20.0).
-PINS = ("x402==2.20.0", "4mica-x402==1.2.3", "sdk-4mica==1.2.10")
-#: What the helper scripts need besides the pins (the official extras, unpinned).
-DEPS = ("requests>=2.32", "fastapi>=0.115", "uvicorn>=0.29", "eth-account>=0.13")
-PIP_TIMEOUT = 600
 CHAIN_ID = get_network(NETWORK).chain_id
 
 
-# -- the scratch virtualenv ------------------------------------------------------------------
-
-
-def _python_in(venv: Path) -> Path:
-    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-
-
-def _official_env() -> dict[str, str]:
-    """The environment of every official process: no 4MICA_* overrides, nothing of ours."""
-    drop = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("4MICA_") and k not in drop}
-    no_proxy = ",".join(filter(None, [env.get("NO_PROXY"), "127.0.0.1,localhost"]))
-    env["NO_PROXY"] = env["no_proxy"] = no_proxy
-    return env
-
-
-_CHECK = (
-    "import importlib.metadata as m, fastapi, requests, uvicorn, x402, fourmica_sdk;"
-    "from fourmica_x402.client_scheme import FourMicaEvmScheme;"
-    "from fourmica_x402.http import fastapi_payment_middleware_from_config;"
-    "print(m.version('x402'), m.version('4mica-x402'), m.version('sdk-4mica'))"
-)
-
-
-def _check_venv(python: Path) -> str | None:
-    """None when the virtualenv has the pinned official packages; else what is wrong."""
-    if not python.exists():
-        return f"{python} does not exist"
-    try:
-        out = subprocess.run(
-            [str(python), "-I", "-c", _CHECK],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=_official_env(),
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"{python} does not run: {exc}"
-    want = " ".join(pin.split("==")[1] for pin in PINS)
-    if out.returncode != 0:
-        return f"{python} lacks the official packages: {out.stderr.strip()[-500:]}"
-    if out.stdout.strip() != want:
-        return f"{python} has x402/4mica-x402/sdk-4mica {out.stdout.strip()}, want {want}"
-    return None
-
-
-def _cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "fourmica-x402-interop"
-
-
-def _build_venv(target: Path) -> None:
-    """python -m venv + pip install of the pins; raises CalledProcessError/TimeoutExpired."""
-    shutil.rmtree(target, ignore_errors=True)
-    subprocess.run(
-        [sys.executable, "-m", "venv", str(target)],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    env = {k: v for k, v in _official_env().items() if k not in ("NO_PROXY", "no_proxy")}
-    for key in ("NO_PROXY", "no_proxy"):  # keep the user's proxy settings for PyPI
-        if key in os.environ:
-            env[key] = os.environ[key]
-    subprocess.run(
-        [
-            str(_python_in(target)),
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--no-input",
-            "--quiet",
-            "--timeout",
-            "60",
-            *PINS,
-            *DEPS,
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=PIP_TIMEOUT,
-        env=env,
-    )
+# -- the scratch virtualenv (built and cached by the P5 benchmark's helper, shared) ----------
 
 
 @pytest.fixture(scope="session")
 def official_python(environment_missing: Callable[[str], NoReturn]) -> Path:
     """The Python of a virtualenv with the pinned official packages."""
-    given = os.environ.get(VENV_ENV)
-    if given:
-        python = _python_in(Path(given))
-        problem = _check_venv(python)
-        if problem:
-            pytest.fail(f"{VENV_ENV}={given}: {problem}", pytrace=False)
-        return python
-    key = hashlib.sha256(
-        "\n".join([*PINS, *DEPS, f"py{sys.version_info[0]}.{sys.version_info[1]}"]).encode()
-    ).hexdigest()[:16]
-    root = _cache_root()
-    venv = root / key
-    python, done = _python_in(venv), venv / ".fourmica-interop-complete"
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        lock = open(root / f"{key}.lock", "w")  # noqa: SIM115 — held for the whole build
-    except OSError as exc:
-        return environment_missing(f"cannot use the interop cache {root}: {exc}")
-    with lock:
-        try:
-            import fcntl
-
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time (parallel sessions)
-        except ImportError:
-            pass
-        if done.exists() and _check_venv(python) is None:
-            return python
-        try:
-            _build_venv(venv)
-        except subprocess.TimeoutExpired:
-            shutil.rmtree(venv, ignore_errors=True)
-            return environment_missing(
-                f"pip install {' '.join(PINS)} took over {PIP_TIMEOUT} s; "
-                f"set {VENV_ENV} to a ready virtualenv"
-            )
-        except (OSError, subprocess.CalledProcessError) as exc:
-            shutil.rmtree(venv, ignore_errors=True)
-            lines = (getattr(exc, "stderr", None) or str(exc)).strip().splitlines()
-            detail = [line for line in lines if line.startswith("ERROR")] or lines
-            return environment_missing(
-                f"could not build the official packages' virtualenv (PyPI reachable?): "
-                f"{' | '.join(detail[-3:])[:600]}; or set {VENV_ENV}"
-            )
-        problem = _check_venv(python)
-        if problem:
-            pytest.fail(f"the built interop virtualenv is broken: {problem}", pytrace=False)
-        done.write_text("\n".join([*PINS, *DEPS]) + "\n")
-        return python
+        return build_official_python()
+    except Skipped as exc:
+        why = str(exc)
+        if why.startswith(f"{VENV_ENV}=") or "is broken" in why:  # ours to fix, not the machine's
+            pytest.fail(why, pytrace=False)
+        return environment_missing(why)
 
 
 def run_official(python: Path, script: str, *args: str, timeout: float = 120) -> dict[str, Any]:
@@ -212,7 +82,7 @@ def run_official(python: Path, script: str, *args: str, timeout: float = 120) ->
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=_official_env(),
+            env=official_env(),
         )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{script} timed out after {timeout} s: {exc.stderr!r}"[-2000:])
@@ -481,7 +351,7 @@ def test_official_route_dict_seller_uses_our_service(official_python: Path, tmp_
             official,
             f"{seller}/health",
             tmp_path / "official_seller.log",
-            _official_env(),
+            official_env(),
         ):
             challenge = httpx.get(f"{seller}/premium", timeout=30)
             assert challenge.status_code == 402, challenge.text
