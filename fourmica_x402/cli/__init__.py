@@ -4,8 +4,9 @@ Every refused input ends in one ``Error: …`` line and a non-zero exit (2 for a
 argument), never a traceback; amounts are shown to people in dollars and times in UTC.
 
 The commands live by audience: :mod:`.core` (the Core's operator: serve, deposit, withdraw,
-cycle, positions, factor), :mod:`.buyer` (pay, key), :mod:`.tools` (demo, bench); :mod:`._args`
-holds what they share.
+positions, factor) and :mod:`.cycles` (cycle close, cycle run), :mod:`.buyer` (pay, key),
+:mod:`.tools` (demo, bench); :mod:`._args` holds what they share, :mod:`._format` how
+durations, amounts and times are written and read.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 import click
 
 from .buyer import key, pay
-from .core import cycle, deposit, factor, positions, serve, withdraw
+from .core import deposit, factor, positions, serve, withdraw
+from .cycles import cycle
 from .tools import bench, demo
 
 __all__ = ["main"]

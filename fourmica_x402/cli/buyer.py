@@ -13,7 +13,8 @@ import click
 
 from ..config import DEFAULT_DB
 from ..errors import FourmicaError
-from ._args import METHOD, Seconds, check_key
+from ._args import METHOD, check_key
+from ._format import Seconds
 
 _KEY_HELP = "Buyer private key (hex); or set FOURMICA_X402_KEY."
 #: How ``key new`` labels what it made (docs/operations.md, "Keys": test keys are labelled).

@@ -5,10 +5,11 @@ state changes is one database transaction (docs/architecture.md, "The Core's
 transactions"), opened here and handed (``tx``) to a function of the topic's module —
 :mod:`.collateral`, :mod:`.tabs`, :mod:`.acceptance`, :mod:`.resolution`, :mod:`.certs`,
 :mod:`.cycles`, :mod:`.withdrawals`, :mod:`.queries`, :mod:`.audit` — which never opens
-one itself; events go through :mod:`.feed`. A result read back after a change
-(``deposit`` → its position) is a read transaction of its own, after the commit.
-Checks that need no database (claims shape, binding hashes, the signature) run
-before the transaction, so a write lock is never held across a signature recovery.
+one itself; events go through :mod:`.feed`. The read-only methods, one read transaction
+each, are in :mod:`._reads`. A result read back after a change (``deposit`` → its
+position) is a read transaction of its own, after the commit. Checks that need no
+database (claims shape, binding hashes, the signature) run before the transaction, so a
+write lock is never held across a signature recovery.
 
 Concurrency rules, for SQLite (``BEGIN IMMEDIATE`` serialises writers) and
 PostgreSQL (READ COMMITTED) alike:
@@ -35,7 +36,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from .._eth import parse_address
 from ..errors import CoreError, Reason
 from ..guarantee import Eip712Domain, SignedGuarantee
-from . import acceptance, audit, certs, collateral, cycles, queries, resolution, tabs, withdrawals
+from . import acceptance, certs, collateral, cycles, queries, resolution, tabs, withdrawals
+from ._reads import Reads
 from .certs import Certificate, Operator
 from .common import check_amount, rejected
 from .config import SANDBOX_CONTRACT, SANDBOX_REGISTRY, CoreConfig, Domains
@@ -43,7 +45,6 @@ from .feed import EventFeed, Events
 from .models import (
     Acceptance,
     Cycle,
-    CyclePair,
     CyclePosition,
     Event,
     Expected,
@@ -61,12 +62,13 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
-class Core:
+class Core(Reads):
     """The embedded Core over a :class:`~fourmica_x402.core.store.Store`.
 
     ``Core("sqlite:///fourmica.db")`` opens (and migrates) a SQLite file;
     ``Core("postgresql://…")`` a PostgreSQL database. Thread-safe; several
-    processes may share one database.
+    processes may share one database. Its read-only methods (``position``, ``guarantees``,
+    ``cycles``, ``audit`` …) come from :class:`~._reads.Reads`.
     """
 
     def __init__(
@@ -107,11 +109,6 @@ class Core:
         with self._write() as (tx, events):
             return fn(tx, events, *args, **kw)
 
-    def _query(self, fn: Callable[Concatenate[Tx, _P], _T], *args: _P.args, **kw: _P.kwargs) -> _T:
-        """``fn(tx, …)`` in one read transaction."""
-        with self.store.transaction(write=False) as tx:
-            return fn(tx, *args, **kw)
-
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Call ``callback(event)`` after each committed change; returns an unsubscribe function.
 
@@ -127,9 +124,6 @@ class Core:
     def guarantee_domain(self, chain_id: int) -> bytes:
         """The guarantee domain separator certificates on ``chain_id`` carry."""
         return self._domains.guarantee(chain_id)
-
-    def _asset(self, network: str, asset: str | None) -> str:
-        return collateral.asset_address(network, asset)
 
     # -- collateral -----------------------------------------------------------------------------
 
@@ -151,13 +145,6 @@ class Core:
             raise CoreError("factor must be positive", reason="invalid_amount", status=400)
         with self._write() as (tx, _):
             collateral.set_factor(tx, network, asset, value)
-
-    def position(self, address: str, *, network: str, asset: str | None = None) -> Position:
-        address, asset = parse_address(address), self._asset(network, asset)
-        return self._query(queries.position, network, asset, address)
-
-    def positions(self, *, network: str | None = None) -> list[Position]:
-        return self._query(queries.positions, network)
 
     def suspend(self, address: str, suspended: bool = True) -> None:
         """Suspend (or reinstate) a payer: its guarantees are refused while suspended."""
@@ -208,14 +195,6 @@ class Core:
             except tabs.Retry:  # another process replaced the active tab first (PostgreSQL)
                 continue
         raise CoreError("could not open a tab under contention", reason="conflict", status=503)
-
-    def open_tab_count(self, recipient: str) -> int:
-        """How many unexpired tabs ``recipient`` has (an indexed range count)."""
-        with self.store.transaction(write=False) as tx:
-            return tabs.open_tab_count(tx, parse_address(recipient), int(self.clock()))
-
-    def tab(self, tab_id: int) -> Tab | None:
-        return self._query(queries.tab, tab_id)
 
     # -- guarantees -----------------------------------------------------------------------------
 
@@ -331,21 +310,6 @@ class Core:
             if also is not None:
                 also(tx)
 
-    def guarantee(self, guarantee_id: str) -> GuaranteeRecord:
-        return self._query(queries.guarantee, guarantee_id)
-
-    def guarantees(
-        self,
-        *,
-        address: str | None = None,
-        state: str | None = None,
-        cycle_id: int | None = None,
-        limit: int = 100,
-    ) -> list[GuaranteeRecord]:
-        """Recent guarantees, newest first, filtered by participant, state or cycle."""
-        address = parse_address(address) if address else None
-        return self._query(queries.guarantees, address, state, cycle_id, limit)
-
     # -- clearing cycles ------------------------------------------------------------------------
 
     def current_cycle(self, *, network: str, asset: str | None = None) -> Cycle:
@@ -389,24 +353,6 @@ class Core:
                 done["finalized"] += 1
         return done
 
-    def cycle(self, cycle_id: int) -> Cycle:
-        return self._query(queries.cycle, cycle_id)
-
-    def cycles(
-        self, *, status: str | None = None, network: str | None = None, limit: int = 1000
-    ) -> list[Cycle]:
-        return self._query(queries.cycles, status, network, limit)
-
-    def cycle_positions(self, cycle_id: int) -> list[CyclePosition]:
-        return self._query(queries.cycle_positions, cycle_id)
-
-    def payer_counts(self, cycle_id: int) -> list[int]:
-        """How many guarantees each payer had in a cycle (for metrics)."""
-        return self._query(queries.payer_counts, cycle_id)
-
-    def cycle_pairs(self, cycle_id: int) -> list[CyclePair]:
-        return self._query(queries.cycle_pairs, cycle_id)
-
     def pay_net_debit(
         self, cycle_id: int, address: str, amount: int | None = None
     ) -> CyclePosition:
@@ -449,37 +395,6 @@ class Core:
         now = self.clock()
         self._change(withdrawals.finalize, withdrawal_id, now)
         return self.withdrawal(withdrawal_id)
-
-    def withdrawal(self, withdrawal_id: int) -> Withdrawal:
-        return self._query(queries.withdrawal, withdrawal_id)
-
-    def withdrawals(self, *, address: str | None = None, limit: int = 100) -> list[Withdrawal]:
-        address = parse_address(address) if address else None
-        return self._query(queries.withdrawals, address, limit)
-
-    # -- audit ----------------------------------------------------------------------------------
-
-    def events(self, *, after: int = 0, limit: int = 1000, type: str | None = None) -> list[Event]:
-        """Stored events with ``event_id > after``, oldest first (a durable feed)."""
-        return self._query(queries.events, after, limit, type)
-
-    def totals(self, *, network: str, asset: str | None = None) -> dict[str, int]:
-        """Money totals for the conservation audit of one (network, asset)."""
-        asset = self._asset(network, asset)
-        return self._query(audit.totals, network, asset)
-
-    def audit(self) -> list[str]:
-        """Check the Core's invariants; returns the violations (empty when consistent).
-
-        - every lock is explained: a position's ``locked`` equals its live
-          guarantees (payable, pending validation, netted in a cycle not yet
-          resolved) plus its unpaid net debits in resolved cycles;
-        - money is conserved per (network, asset);
-        - every closed cycle nets to zero (Σ debits = Σ credits) and pays out
-          no more than it collected;
-        - a tab's running total equals the sum of its guarantees.
-        """
-        return self._query(audit.problems)
 
     def close(self) -> None:
         self.store.close()
