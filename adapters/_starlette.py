@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
-from fourmica_x402.gate import Endpoint
+from fourmica_x402.gate import Endpoint, Gate
+from fourmica_x402.gate.lifecycle import Endpoints, Marker
 
 __all__ = ["StarletteRouter", "find_router"]
 
@@ -21,12 +22,24 @@ Scope = MutableMapping[str, Any]
 class StarletteRouter:
     """A Starlette router seen from outside: resolves a scope the way it will route it."""
 
-    def __init__(self, router: Any, marker: Callable[[Any], Any]) -> None:
+    def __init__(self, router: Any, marker: Callable[[Any], Marker | None]) -> None:
         from starlette.routing import Host, Match, Mount
 
-        self.router, self._marker = router, marker
+        self.router = router
         self._full, self._nested = Match.FULL, (Mount, Host)
-        self._endpoints: dict[int, tuple[Any, Endpoint]] = {}
+        self.endpoint = Endpoints(lambda route: (marker(route), getattr(route, "methods", None)))
+
+    @classmethod
+    def start(
+        cls, gate: Gate, router: Any, marker: Callable[[Any], Marker | None]
+    ) -> StarletteRouter | None:
+        """``router`` (None: none) seen from outside, once every route-table entry was found
+        to name one of its routes, and its markers' prices checked."""
+        if router is None:
+            return None
+        found = cls(router, marker)
+        found.endpoint.check(gate, found.walk())
+        return found
 
     def walk(self, routes: Any = None, prefix: str = "") -> Iterator[tuple[Any, str]]:
         """``(route, template)`` of every endpoint, mounts included."""
@@ -58,27 +71,8 @@ class StarletteRouter:
                 prefix += "/{path:path}"
             return self.endpoint(route, prefix)
 
-    def endpoint(self, route: Any, template: str) -> Endpoint:
-        found = self._endpoints.get(id(route))
-        if found is None or found[0] is not route:
-            marker, marker_methods = self._marker(route) or (None, None)
-            methods = getattr(route, "methods", None)
-            endpoint = Endpoint(
-                route,
-                template,
-                marker=marker,
-                marker_methods=marker_methods,
-                methods=frozenset(methods) if methods else None,
-            )
-            found = self._endpoints[id(route)] = (route, endpoint)
-        return found[1]
-
-    def templates(self) -> list[tuple[str, frozenset[str] | None]]:
-        out = []
-        for route, template in self.walk():
-            methods = getattr(route, "methods", None)
-            out.append((template, frozenset(methods) if methods else None))
-        return out
+    def resolver(self, scope: Scope) -> Callable[[], Endpoint | None]:
+        return lambda: self.resolve(scope)
 
 
 def find_router(app: Any) -> Any:

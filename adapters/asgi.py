@@ -11,36 +11,28 @@
     )
     # in a handler: request.state.payment.payer, .amount, .guarantee_id
 
-Responses stream through untouched (hashed on the way, never buffered); the
-result header is added to ``http.response.start``.
-
-With a Starlette router inside (found through the ``app`` chain, or given as
-``router=``) the middleware prices the route the router resolves, exactly as it
-will route the request: a path it redirects, 404s or 405s is never charged, and
-every route-table entry must name one of its routes (checked at lifespan start-up,
-where a bad configuration fails the start). Without a router the raw path is
-priced. WebSockets on a priced route are refused (close code 1008). See
+Responses stream through, hashed on the way, never buffered. With a Starlette router (found
+through the ``app`` chain, or given as ``router=``) the route it resolves is priced: a path it
+redirects, 404s or 405s is never charged, and every route-table entry must name one of its
+routes (checked at lifespan start-up, which a bad configuration fails). Without a router the
+raw path is priced. WebSockets on a priced route are refused (close code 1008). See
 docs/architecture.md ("Which route is priced").
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from fourmica_x402.config import PaymentConfig
 from fourmica_x402.gate import PASS, Endpoint, Gate, RequestView, Response
+from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Marker, Meter, Startup
 
 from ._starlette import StarletteRouter, find_router
 
 __all__ = ["PaymentMiddleware"]
 
-log = logging.getLogger("fourmica_x402.adapters.asgi")
-
 Scope = MutableMapping[str, Any]
-_BODY_LIMIT = 64 * 1024
 
 
 def request_view(
@@ -52,24 +44,18 @@ def request_view(
     if host is None and scope.get("server"):
         server_host, port = scope["server"]
         host = f"{server_host}:{port}" if port else server_host
-    raw = scope.get("raw_path")
 
-    async def read_body() -> bytes:
-        chunks, size = [], 0
-        while True:
+    async def read_body() -> bytes:  # b"" when longer than the gate's endpoints read
+        body, more = b"", True
+        while more and len(body) <= BODY_LIMIT:
             message = await receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > _BODY_LIMIT:
-                return b""
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                return b"".join(chunks)
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        return body if len(body) <= BODY_LIMIT else b""
 
     return RequestView(
         method=scope.get("method", "GET"),
         path=scope["path"],
-        raw_path=raw.decode("latin-1") if raw else "",
+        raw_path=(scope.get("raw_path") or b"").decode("latin-1"),
         query=scope.get("query_string", b"").decode("latin-1"),
         headers=headers,
         scheme=scope.get("scheme", "http"),
@@ -90,6 +76,10 @@ def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
 
+def _decode(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
+
+
 class PaymentMiddleware:
     """Charges for the routes of ``config``; everything else passes through."""
 
@@ -100,116 +90,60 @@ class PaymentMiddleware:
         *,
         gate: Gate | None = None,
         router: Any = None,
+        marker: Callable[[Any], Marker | None] = lambda route: None,
         **options: Any,
     ) -> None:
         self.app = app
-        self._given_router = router
+        #: ``marker(route)``: a per-handler price on a route (FastAPI's ``Paid``), if any.
+        self._given_router, self._marker = router, marker
         self._router: StarletteRouter | None = None
-        self._ready, self._lock = False, threading.Lock()
-        #: A configuration error found when the app started: fails the start, then every request.
-        self.error: str | None = None
-        self.gate: Gate = None  # type: ignore[assignment]  # set below unless the config is bad
-        try:
-            self.gate = gate or Gate(config or PaymentConfig(**options))
-        except Exception as exc:  # reported through the lifespan, and logged: never per request
-            self.error = f"fourmica_x402: {exc}"
-            log.error("%s", self.error)
+        self.startup = Startup()  # a bad configuration fails the start, then every request
+        built = self.startup.attempt(lambda: gate or Gate(config or PaymentConfig(**options)))
+        self.gate: Gate = built  # type: ignore[assignment]  # None only when the start fails
 
-    def _marker(self, route: Any) -> tuple[Any, frozenset[str] | None] | None:
-        """A per-handler price on ``route`` (``Paid(...)`` in FastAPI); none in plain Starlette."""
-        return None
-
-    def _start(self) -> str | None:
-        """Find the router and check the route table against it, once; the error, if any."""
-        if self._ready or self.error is not None:
-            return self.error
-        with self._lock:
-            if not self._ready and self.error is None:
-                try:
-                    router = self._given_router or find_router(self.app)
-                    if router is not None:
-                        self._router = StarletteRouter(router, self._marker)
-                        self.gate.check_routes(self._router.templates())
-                        for route, template in self._router.walk():  # markers' prices, now
-                            self.gate.routes.prepare(self._router.endpoint(route, template))
-                except Exception as exc:
-                    self.error = f"fourmica_x402: {exc}"
-                    log.error("%s", self.error)
-                self._ready = True
-        return self.error
+    def _check(self) -> None:  # once: find the router and check the route table against it
+        router = self._given_router or find_router(self.app)
+        self._router = StarletteRouter.start(self.gate, router, self._marker)
 
     def _view(self, scope: Scope, receive: Any) -> RequestView:
-        router = self._router
-        resolve = None if router is None else (lambda: router.resolve(scope))
+        resolve = None if self._router is None else self._router.resolver(scope)
         return request_view(scope, receive, resolve)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         kind = scope["type"]
-        broken = self._start() if kind in ("http", "websocket", "lifespan") else None
-        if broken is not None:
-            if kind == "lifespan":  # the server reports it and does not start
-                await receive()
-                await send({"type": "lifespan.startup.failed", "message": broken})
-            elif kind == "http":
-                await send_response(send, Gate._error_response(500, "configuration_error", broken))
-            else:
-                await send({"type": "websocket.close", "code": 1011})
-            return
-        if kind == "websocket" and self.gate.refuses_websocket(self._view(scope, receive)):
-            await receive()  # websocket.connect
-            await send({"type": "websocket.close", "code": 1008})  # policy: priced route
-            return
+        broken = self.startup.run(self._check)
+        if kind == "lifespan" and broken is not None:  # the server reports it, and does not start
+            await receive()
+            return await send({"type": "lifespan.startup.failed", "message": broken})
+        if kind == "websocket" and (
+            broken or self.gate.refuses_websocket(self._view(scope, receive))
+        ):
+            await receive()  # websocket.connect; 1008: a policy (a priced route), 1011: broken
+            return await send({"type": "websocket.close", "code": 1011 if broken else 1008})
         if kind != "http":
-            await self.app(scope, receive, send)
-            return
-        request = self._view(scope, receive)
-        outcome = await Gate.run_async(self.gate.before(request))
+            return await self.app(scope, receive, send)
+        if broken is not None:
+            return await send_response(send, self.startup.refusal)
+        outcome = await Gate.run_async(self.gate.before(self._view(scope, receive)))
         if outcome is PASS:
-            await self.app(scope, receive, send)
-            return
+            return await self.app(scope, receive, send)
         if isinstance(outcome, Response):
-            await send_response(send, outcome)
-            return
-        state = outcome
-        scope.setdefault("state", {})["payment"] = state.payment
-        scope["fourmica_x402.payment"] = state.payment
-        tap = self.gate.tap()
-        status: int | None = None
-        sent_headers: list[tuple[str, str]] = []
-        replaced = False
+            return await send_response(send, outcome)
+        scope.setdefault("state", {})["payment"] = scope[PAYMENT_KEY] = outcome.payment
+        meter = Meter(self.gate, outcome)
 
-        async def wrapped_send(message: dict[str, Any]) -> None:
-            nonlocal status, replaced
+        async def metered_send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                status = message["status"]
-                raw_headers = list(message.get("headers", []))
-                sent_headers[:] = [
-                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in raw_headers
-                ]
-                cache = next((v for k, v in sent_headers if k.lower() == "cache-control"), None)
-                extra = await Gate.run_async(self.gate.response_start(state, status, cache))
-                if isinstance(extra, Response):  # settle-after failed: answer 402 instead
-                    replaced = True
-                    await send_response(send, extra)
-                    return
-                if any(k == "cache-control" for k, _ in extra):  # ours replaces the app's
-                    raw_headers = [(k, v) for k, v in raw_headers if k.lower() != b"cache-control"]
-                message = {**message, "headers": [*raw_headers, *_encode(extra)]}
+                headers = _decode(message.get("headers", []))
+                started = await Gate.run_async(meter.start(message["status"], headers))
+                if isinstance(started, Response):  # settle-after failed: answer 402 instead
+                    return await send_response(send, started)
+                message = {**message, "headers": _encode(started)}
             elif message["type"] == "http.response.body":
-                if replaced:
+                if meter.replacement is not None:
                     return
-                tap.feed(message.get("body", b""))
+                meter.feed(message.get("body", b""))
             await send(message)
 
-        error: BaseException | None = None
-        try:
-            await self.app(scope, receive, wrapped_send)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            await Gate.run_async(
-                self.gate.finish(
-                    state, None if replaced else status, tap.digest, error, tap.body, sent_headers
-                )
-            )
+        async with meter:  # the gate is told once the app is done
+            await self.app(scope, receive, metered_send)

@@ -23,12 +23,13 @@ See docs/architecture.md ("Which route is priced").
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 try:
     from fastapi import Depends, FastAPI, HTTPException, Request
-    from fastapi.responses import JSONResponse
     from fastapi.routing import APIRoute
+    from starlette.responses import Response as StarletteResponse
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         'fourmica_x402.adapters.fastapi needs FastAPI: pip install "fourmica-x402[fastapi]"'
@@ -36,21 +37,20 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from fourmica_x402.config import PaymentConfig
 from fourmica_x402.gate import PASS, Gate, Payment, Response
-from fourmica_x402.routes import RouteConfig, validate_marker
+from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Marker, Meter
 
 from .asgi import PaymentMiddleware
 
 __all__ = ["FourmicaX402", "Paid", "PaymentRefused", "http_middleware"]
 
-PAYMENT_KEY = "fourmica_x402.payment"
-
 
 class PaymentRefused(HTTPException):
-    """``Paid`` will not run its handler; rendered in the gate's JSON error shape."""
+    """``Paid`` will not run its handler: ``response`` (the gate's JSON error shape) answers."""
 
-    def __init__(self, status: int, reason: str, message: str, headers: dict[str, str]) -> None:
-        super().__init__(status, {"error": reason, "message": message}, headers)
-        self.reason, self.message = reason, message
+    def __init__(self, response: Response) -> None:
+        detail = json.loads(response.body)
+        super().__init__(response.status, detail, dict(response.headers))
+        self.response, self.reason, self.message = response, detail["error"], detail["message"]
 
 
 def Paid(price: Any = None, *, methods: Any = None, **route: Any) -> Any:
@@ -58,45 +58,39 @@ def Paid(price: Any = None, *, methods: Any = None, **route: Any) -> Any:
 
     A bad static price or payTo fails here, when the module is imported.
     """
-    config = validate_marker(RouteConfig(price=price, **route), "Paid(...)")
-    priced = None if methods is None else frozenset(m.upper() for m in methods)
+    marker = Marker(price, methods, route).validate("Paid(...)")
 
     async def payment(request: Request) -> Payment:
         found = request.scope.get(PAYMENT_KEY)
-        refusal = Gate.marker_refusal(found, request.scope.get("route"), request.method, priced)
-        if refusal is not None:
-            status, reason, message = refusal
-            headers = {"cache-control": "no-store"}
-            if status == 405 and priced:
-                headers["allow"] = ", ".join(
-                    sorted(priced | ({"HEAD"} if "GET" in priced else set()))
-                )
-            raise PaymentRefused(status, reason, message, headers)
+        refused = marker.refusal(found, request.scope.get("route"), request.method)
+        if refused is not None:
+            raise PaymentRefused(refused)
         assert isinstance(found, Payment)
         return found
 
-    payment.__fourmica_route__ = (config, priced)  # type: ignore[attr-defined]
-    return Depends(payment)
+    return Depends(marker.attach(payment))
 
 
-class _FastAPIMiddleware(PaymentMiddleware):
-    """The ASGI middleware on FastAPI's router, reading ``Paid`` markers off its routes."""
+def _marker(route: Any) -> Marker | None:
+    """The ``Paid`` among the dependencies of an APIRoute (nested ones too), if any."""
 
-    def _marker(self, route: Any) -> tuple[RouteConfig, frozenset[str] | None] | None:
-        return _marker(route.dependant) if isinstance(route, APIRoute) else None
+    def find(dependant: Any) -> Marker | None:
+        for dep in dependant.dependencies:
+            found = Marker.of(dep.call) or find(dep)
+            if found is not None:
+                return found
+        return None
 
-
-def _marker(dependant: Any) -> tuple[RouteConfig, frozenset[str] | None] | None:
-    for dep in dependant.dependencies:
-        found = getattr(dep.call, "__fourmica_route__", None) or _marker(dep)
-        if found is not None:
-            return found  # type: ignore[no-any-return]
-    return None
+    return find(route.dependant) if isinstance(route, APIRoute) else None
 
 
-async def _refused(request: Request, exc: Exception) -> JSONResponse:
+def _render(response: Response) -> StarletteResponse:
+    return StarletteResponse(response.body, response.status, headers=dict(response.headers))
+
+
+async def _refused(request: Request, exc: Exception) -> StarletteResponse:
     assert isinstance(exc, PaymentRefused)
-    return JSONResponse(exc.detail, exc.status_code, headers=exc.headers)
+    return _render(exc.response)
 
 
 class FourmicaX402:
@@ -108,7 +102,7 @@ class FourmicaX402:
 
     def __init__(self, app: FastAPI, config: PaymentConfig | None = None, **options: Any) -> None:
         self.gate = Gate(config or PaymentConfig(**options))
-        app.add_middleware(_FastAPIMiddleware, gate=self.gate, router=app.router)  # type: ignore[arg-type]
+        app.add_middleware(PaymentMiddleware, gate=self.gate, router=app.router, marker=_marker)  # type: ignore[arg-type]
         app.add_exception_handler(PaymentRefused, _refused)
 
 
@@ -117,52 +111,35 @@ def http_middleware(config: PaymentConfig) -> Any:
 
     Prefer :class:`FourmicaX402`: this form runs inside Starlette's BaseHTTPMiddleware.
     """
-    import hashlib
-
-    from starlette.responses import Response as StarletteResponse
-
     gate = Gate(config)
-    pricer = _FastAPIMiddleware(None, gate=gate)  # resolves routes; never called as an app
+    pricer = PaymentMiddleware(None, gate=gate, marker=_marker)  # resolves; never an app
 
     async def middleware(request: Request, call_next: Any) -> Any:
         if pricer._given_router is None:  # the app is known only once it serves a request
             pricer._given_router = request.scope["app"].router
-        error = pricer._start()
-        if error is not None:
-            bad = Gate._error_response(500, "configuration_error", error)
-            return StarletteResponse(bad.body, bad.status, headers=dict(bad.headers))
+        if pricer.startup.run(pricer._check) is not None:
+            return _render(pricer.startup.refusal)
         state = await Gate.run_async(gate.before(pricer._view(request.scope, request.receive)))
         if state is PASS:
             return await call_next(request)
         if isinstance(state, Response):
-            return StarletteResponse(state.body, state.status, headers=dict(state.headers))
-        request.state.payment = request.scope["fourmica_x402.payment"] = state.payment
+            return _render(state)
+        request.state.payment = request.scope[PAYMENT_KEY] = state.payment
+        meter = Meter(gate, state)
         try:
             response = await call_next(request)
         except Exception as exc:
-            await Gate.run_async(gate.finish(state, None, None, exc))
+            await Gate.run_async(meter.finish(exc))
             raise
-        cache = response.headers.get("cache-control")
-        extra = await Gate.run_async(gate.response_start(state, response.status_code, cache))
-        if isinstance(extra, Response):
-            await Gate.run_async(gate.finish(state, None, None))
-            return StarletteResponse(extra.body, extra.status, headers=dict(extra.headers))
-        for key, value in extra:
+        started = await Gate.run_async(meter.start(response.status_code, response.headers.items()))
+        if isinstance(started, Response):  # settle-after failed: answer 402 instead
+            return _render(started)
+        for key, value in meter.extra or ():  # ours replaces the app's Cache-Control
             if key == "cache-control":
                 response.headers[key] = value
             else:
                 response.headers.append(key, value)
-        hasher, original = hashlib.sha256(), response.body_iterator
-
-        async def body() -> Any:
-            try:
-                async for chunk in original:
-                    hasher.update(chunk)
-                    yield chunk
-            finally:
-                await Gate.run_async(gate.finish(state, response.status_code, hasher.hexdigest()))
-
-        response.body_iterator = body()
+        response.body_iterator = meter.stream(response.body_iterator)
         return response
 
     middleware.gate = gate  # type: ignore[attr-defined]

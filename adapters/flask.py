@@ -23,18 +23,12 @@ resolves for the request (docs/architecture.md, "Which route is priced"): the vi
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import inspect
-import logging
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 try:
-    from flask import Flask, abort, g, jsonify, request
+    from flask import Flask, abort, current_app, g, request
     from werkzeug.exceptions import HTTPException
-    from werkzeug.routing import Rule
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         'fourmica_x402.adapters.flask needs Flask: pip install "fourmica-x402[flask]"'
@@ -43,15 +37,13 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from fourmica_x402.config import PaymentConfig
 from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.gate import Endpoint, Gate
-from fourmica_x402.routes import RouteConfig, validate_marker
+from fourmica_x402.gate.lifecycle import Endpoints, Marker, config_options
 
-from .wsgi import PAYMENT_KEY, PaymentMiddleware, answer
+from .wsgi import PAYMENT_KEY, PaymentMiddleware
 
 __all__ = ["FourmicaX402", "paid", "settings"]
 
-log = logging.getLogger("fourmica_x402.flask")
 PREFIX = "FOURMICA_X402_"
-_FIELDS = {f.name: f.default for f in dataclasses.fields(PaymentConfig)}
 View = TypeVar("View", bound=Callable[..., Any])
 
 
@@ -63,52 +55,32 @@ def paid(
     ``methods``: the methods priced (default: every method the rule serves); the others
     are answered 405. The view never runs without a payment settled for its rule.
     """
-    config = RouteConfig(price=price, **route)
-    priced = None if methods is None else frozenset(m.upper() for m in methods)
+    marker = Marker(price, methods, route)
 
-    def refusal() -> Any:
-        payment = request.environ.get(PAYMENT_KEY)
-        refused = Gate.marker_refusal(payment, request.url_rule, request.method, priced)
+    def refusal(*args: Any, **kwargs: Any) -> Any:  # g.payment: set by the extension
+        rule = request.url_rule
+        served = sorted((rule.methods if rule else None) or ())
+        refused = marker.refusal(request.environ.get(PAYMENT_KEY), rule, request.method, served)
         if refused is None:
-            g.payment = payment
             return None
-        status, reason, message = refused
-        if status == 405 and priced is not None:
-            served = (request.url_rule.methods if request.url_rule else None) or ()
-            ok = priced | {"OPTIONS"} | ({"HEAD"} if "GET" in priced else set())
-            abort(405, valid_methods=sorted(m for m in served if m in ok))
-        response = jsonify(error=reason, message=message)
-        response.status_code, response.headers["Cache-Control"] = status, "no-store"
-        return response
+        if refused.status == 405:
+            abort(405, valid_methods=marker.allow(served))
+        return current_app.response_class(refused.body, refused.status, refused.headers)
 
     def mark(view: View) -> View:
-        validate_marker(config, f"@paid on {getattr(view, '__qualname__', repr(view))}")
-        if inspect.iscoroutinefunction(view):
-
-            @functools.wraps(view)
-            async def wrapper(*args: Any, **kwargs: Any) -> Any:
-                refused = refusal()
-                return refused if refused is not None else await view(*args, **kwargs)
-        else:
-
-            @functools.wraps(view)
-            def wrapper(*args: Any, **kwargs: Any) -> Any:
-                refused = refusal()
-                return refused if refused is not None else view(*args, **kwargs)
-
-        wrapper.__fourmica_route__ = (config, priced)  # type: ignore[attr-defined]
-        return wrapper  # type: ignore[return-value]
+        marker.validate(f"@paid on {getattr(view, '__qualname__', repr(view))}")
+        return marker.attach(marker.guard(view, refusal))
 
     return mark
 
 
 def settings(app_config: Mapping[str, Any]) -> dict[str, Any]:
     """The PaymentConfig options held in ``app.config`` as ``FOURMICA_X402_*``."""
-    found = {k[len(PREFIX) :].lower(): v for k, v in app_config.items() if k.startswith(PREFIX)}
-    unknown = sorted(PREFIX + name.upper() for name in found if name not in _FIELDS)
-    if unknown:  # a typo would otherwise silently leave a default (a route unpriced, say)
+    given = {k: v for k, v in app_config.items() if k.startswith(PREFIX)}
+    options, unknown = config_options(given, lambda field: PREFIX + field.upper())
+    if unknown:
         raise ConfigurationError(f"unknown Flask settings: {', '.join(unknown)}")
-    return found
+    return options
 
 
 class FourmicaX402:
@@ -155,30 +127,12 @@ class _Routed(PaymentMiddleware):
 
     def __init__(self, app: Any, *, gate: Gate, flask_app: Flask) -> None:
         super().__init__(app, gate=gate)
-        self._flask_app = flask_app
-        self._endpoints: dict[int, Endpoint] = {}
-        self._checked, self._error = False, ""
-        self._lock = threading.RLock()  # check() runs under it too
+        self._flask_app, views = flask_app, flask_app.view_functions
+        self._endpoint = Endpoints(lambda rule: (Marker.of(views.get(rule.endpoint)), rule.methods))
 
-    def endpoint(self, rule: Rule) -> Endpoint:
-        found = self._endpoints.get(id(rule))  # the Endpoint keeps its rule (its id) alive
-        if found is None:
-            view = self._flask_app.view_functions.get(rule.endpoint)
-            marker, priced = getattr(view, "__fourmica_route__", (None, None))
-            methods = frozenset(rule.methods) if rule.methods else None
-            made = Endpoint(rule, rule.rule, marker=marker, marker_methods=priced, methods=methods)
-            found = self._endpoints.setdefault(id(rule), made)
-        return found
-
-    def check(self) -> None:
-        with self._lock:
-            if not self._checked:
-                rules = list(self._flask_app.url_map.iter_rules())
-                self.gate.check_routes((r.rule, frozenset(r.methods or ()) or None) for r in rules)
-                for rule in rules:  # a marker's price on the app's network, its payTo
-                    for method in rule.methods or ("GET",):
-                        self.gate.routes.for_endpoint(method, self.endpoint(rule))
-                self._checked = True
+    def check(self) -> None:  # the first request runs it at the latest: views come after init_app
+        rules = self._flask_app.url_map.iter_rules()
+        self._endpoint.check(self.gate, ((rule, rule.rule) for rule in rules))
 
     def resolver(self, environ: dict[str, Any]) -> Callable[[], Endpoint | None]:
         app = self._flask_app
@@ -189,20 +143,6 @@ class _Routed(PaymentMiddleware):
                 rule, _ = adapter.match(return_rule=True)  # type: ignore[union-attr]
             except HTTPException:  # 404, 405, a redirect (strict slashes): Flask won't serve it
                 return None
-            return self.endpoint(rule)
+            return self._endpoint(rule, rule.rule)
 
         return resolve
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        if not (self._checked or self._error):  # at the latest now: views come after init_app
-            with self._lock:
-                try:
-                    if not self._error:  # another request may have failed it meanwhile
-                        self.check()
-                except Exception as exc:
-                    self._error = f"fourmica_x402: {exc}"
-                    log.error("%s", self._error)
-        if self._error:  # every request, until the seller fixes the prices
-            error = Gate._error_response(500, "configuration_error", self._error)
-            return answer(start_response, error)
-        return super().__call__(environ, start_response)

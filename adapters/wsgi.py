@@ -12,18 +12,17 @@ Bodies stream through, hashed on the way; ``start_response`` gets the result hea
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from http.client import responses
 from typing import Any
 from urllib.parse import quote
 
 from fourmica_x402.config import PaymentConfig
 from fourmica_x402.gate import PASS, Endpoint, Gate, RequestView, Response
+from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Meter, Startup
 
 __all__ = ["PAYMENT_KEY", "PaymentMiddleware", "request_view"]
 
-PAYMENT_KEY = "fourmica_x402.payment"
-_BODY_LIMIT = 64 * 1024
 _CONTENT = {"CONTENT_TYPE": "content-type", "CONTENT_LENGTH": "content-length"}
 
 
@@ -43,7 +42,7 @@ def request_view(
     def read_body() -> bytes:
         length = str(environ.get("CONTENT_LENGTH") or "")
         size = int(length) if length.isdigit() else 0
-        return environ["wsgi.input"].read(size) if 0 < size <= _BODY_LIMIT else b""
+        return environ["wsgi.input"].read(size) if 0 < size <= BODY_LIMIT else b""
 
     return RequestView(
         method=environ["REQUEST_METHOD"],
@@ -78,6 +77,11 @@ class PaymentMiddleware:
     ) -> None:
         self.app = app
         self.gate = gate or Gate(config or PaymentConfig(**options))
+        self.startup = Startup()
+
+    def check(self) -> None:
+        """Start-up checks against the app's routes, for subclasses that have a router (Flask);
+        run once, by the first request at the latest (a failure answers every request 500)."""
 
     def resolver(self, environ: dict[str, Any]) -> Callable[[], Endpoint | None] | None:
         """The framework's router for this request, for subclasses that have one (Flask):
@@ -86,6 +90,8 @@ class PaymentMiddleware:
         return None
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if self.startup.run(self.check) is not None:
+            return answer(start_response, self.startup.refusal)
         view = request_view(environ, self.resolver(environ))
         outcome = Gate.run_sync(self.gate.before(view))
         if outcome is PASS:
@@ -93,71 +99,23 @@ class PaymentMiddleware:
         if isinstance(outcome, Response):
             return answer(start_response, outcome)
         environ[PAYMENT_KEY] = outcome.payment
-        return _Metered(self.gate, outcome, start_response, self.app, environ)
+        meter = Meter(self.gate, outcome)
 
-
-class _Metered:
-    """The app's response on its way out: headers added, body hashed, the gate told once."""
-
-    def __init__(self, gate: Gate, state: Any, start_response: Any, app: Any, environ: Any) -> None:
-        self.gate, self.state, self._start = gate, state, start_response
-        self.status: int | None = None
-        self.headers: list[tuple[str, str]] = []
-        self.extra: list[tuple[str, str]] | None = None  # set once the gate saw the status
-        self.replacement: Response | None = None
-        self.tap, self.finished = gate.tap(), False  # hashes the body, keeps it for replay
-        try:
-            self.body: Iterable[bytes] = app(environ, self.start_response)
-        except BaseException as exc:
-            self.finish(exc)
-            raise  # the server renders it (500)
-
-    def start_response(self, status: str, headers: list[Any], exc_info: Any = None) -> Any:
-        if self.extra is None:  # the first call decides; a later one (with exc_info) re-renders
-            cache = next((v for k, v in headers if k.lower() == "cache-control"), None)
-            got = Gate.run_sync(self.gate.response_start(self.state, int(status[:3]), cache))
-            self.replacement, self.extra = (got, []) if isinstance(got, Response) else (None, got)
-            if self.replacement:  # settle-after failed: its 402 goes out instead
-                answer(self._start, self.replacement)
-        if self.replacement is not None:
+        def metered_start(status: str, headers: list[Any], exc_info: Any = None) -> Any:
+            first = meter.extra is None  # a later call (with exc_info) re-renders
+            started = Gate.run_sync(meter.start(int(status[:3]), headers))
+            if not isinstance(started, Response):
+                write = start_response(status, started, exc_info)
+                return lambda data: write(meter.feed(data))
+            if first:  # settle-after failed: its 402 goes out instead
+                answer(start_response, started)
             if exc_info:  # our 402 is already out: PEP 3333 says re-raise
                 raise exc_info[1].with_traceback(exc_info[2])
             return lambda data: None
-        if any(k == "cache-control" for k, _ in self.extra):  # ours replaces the app's
-            headers = [(k, v) for k, v in headers if k.lower() != "cache-control"]
-        self._send = self._start(status, [*headers, *self.extra], exc_info)
-        self.status, self.headers = int(status[:3]), list(headers)
-        return self.write
 
-    def write(self, data: bytes) -> None:
-        self.tap.feed(data)
-        self._send(data)
-
-    def __iter__(self) -> Iterator[bytes]:
         try:
-            for chunk in self.body:
-                if self.replacement is not None:
-                    break  # settle-after failed once the app started its response lazily
-                self.tap.feed(chunk)
-                yield chunk
-        except Exception as exc:
-            self.finish(exc)
-            raise
-        if self.replacement is not None:
-            yield self.replacement.body
-        self.finish(None)
-
-    def close(self) -> None:
-        try:
-            getattr(self.body, "close", lambda: None)()
-        finally:  # closed before the body was exhausted: the buyer did not get it all
-            self.finish(None if self.finished else ConnectionAbortedError("response not sent"))
-
-    def finish(self, error: BaseException | None) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        tap = self.tap
-        Gate.run_sync(
-            self.gate.finish(self.state, self.status, tap.digest, error, tap.body, self.headers)
-        )
+            body = self.app(environ, metered_start)
+        except BaseException as exc:
+            Gate.run_sync(meter.finish(exc))
+            raise  # the server renders it (500)
+        return meter.stream(body)

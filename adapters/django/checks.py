@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 
 from fourmica_x402.config import PaymentConfig
-from fourmica_x402.routes import RouteTable
+from fourmica_x402.gate.lifecycle import Endpoints
 
 from . import conf
 
@@ -26,16 +26,11 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
     given = getattr(settings, "FOURMICA_X402_CONFIG", None) or getattr(settings, "FOURMICA_X402", 0)
     if not isinstance(given, Mapping | PaymentConfig):
         return [Error("FOURMICA_X402 is missing or not a dict", id="fourmica_x402.E001")]
-    try:
-        config = conf.load()
-        table = RouteTable(
-            config.routes, network=config.network, pay_to=config.pay_to, asset=config.asset
-        )
-        found = conf.endpoints(table)  # each @paid price, with the settings' payTo and network
+    try:  # each @paid price too, with the settings' payTo and network
+        missing = Endpoints(conf.describe).unmatched(conf.load(), conf.patterns())
     except (ValueError, TypeError) as exc:  # ConfigurationError is a ValueError
         return [Error(f"FOURMICA_X402: {exc}", id="fourmica_x402.E002")]
     msg = "FOURMICA_X402 ROUTES entry {!r} names no URL pattern: it prices nothing (a typo?)"
-    missing = table.unmatched((each.template, each.methods) for each in found)
     return [Error(msg.format(key), id="fourmica_x402.E003") for key in missing]
 
 

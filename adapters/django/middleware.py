@@ -6,19 +6,20 @@
 Its steps are one flow, driven by ``Gate.run_sync`` or ``Gate.run_async``.
 """
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django import urls
 from django.core.exceptions import DisallowedHost
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
 from django.utils.encoding import escape_uri_path
 
-from fourmica_x402.gate import PASS, BodyTap, Call, Endpoint, Flow, Gate, RequestView, Response
+from fourmica_x402.gate import PASS, Call, Endpoint, Flow, Gate, RequestView, Response
+from fourmica_x402.gate.lifecycle import BODY_LIMIT, Endpoints, Meter
 
-from .conf import endpoint, endpoints, load
+from .conf import describe, load, patterns, render
 
 
 def request_view(request: HttpRequest, resolve: Callable[[], Any] | None = None) -> RequestView:
@@ -32,7 +33,7 @@ def request_view(request: HttpRequest, resolve: Callable[[], Any] | None = None)
     except DisallowedHost:
         host = meta.get("HTTP_HOST") or meta.get("SERVER_NAME") or "localhost"
     length = meta.get("CONTENT_LENGTH") or "0"
-    small = length.isdigit() and int(length) <= 65536  # the gate's endpoints read ≤ 64 KiB
+    small = length.isdigit() and int(length) <= BODY_LIMIT  # what the gate's endpoints read
     return RequestView(
         method=request.method or "GET",
         path=request.path_info,
@@ -59,9 +60,8 @@ class PaymentMiddleware:
         self.gate = Gate(load())
         # Priced is what Django's resolver serves (docs/architecture.md, "Which route is
         # priced"): a @paid price or a ROUTES entry naming no URL pattern fails at start-up.
-        found = endpoints(self.gate.routes)
-        self.gate.check_routes((each.template, each.methods) for each in found)
-        self._endpoints = {(each.key, each.template): each for each in found}
+        self._endpoint = Endpoints(describe)
+        self._endpoint.check(self.gate, patterns())
 
     def __call__(self, request: HttpRequest) -> Any:
         return self.__acall__(request) if self.async_mode else Gate.run_sync(self._flow(request))
@@ -79,101 +79,26 @@ class PaymentMiddleware:
             match = urls.resolve(request.path_info, urlconf=getattr(request, "urlconf", None))
         except urls.Resolver404:
             return None
-        key = (match.func, "/" + match.route)  # a route unseen at start-up: i18n, request.urlconf
-        found = self._endpoints.get(key)
-        return found or self._endpoints.setdefault(key, endpoint(match.func, match.route))
+        return self._endpoint(match.func, "/" + match.route)  # unseen at start-up too: i18n…
 
     def _flow(self, request: HttpRequest) -> Flow:
         request.payment = None  # type: ignore[attr-defined]  # unless paid below
-        view = request_view(request, partial(self._resolve, request))
-        state = yield from self.gate.before(view)
+        state = yield from self.gate.before(request_view(request, partial(self._resolve, request)))
         if state is PASS:
             return (yield Call(self.get_response, (request,), blocking=False))
         if isinstance(state, Response):
-            return HttpResponse(state.body, status=state.status, headers=dict(state.headers))
+            return render(state)
         request.payment = state.payment
         response = yield Call(self.get_response, (request,), blocking=False)  # never raises
-        error, status = getattr(request, "fourmica_x402_error", None), response.status_code
-        finish = partial(self.gate.finish, state, status, error=error, headers=[*response.items()])
-        extra = yield from self.gate.response_start(state, status, response.get("Cache-Control"))
-        if isinstance(extra, Response):  # settle-after failed: answer 402 instead
-            yield from self.gate.finish(state, None, None)
-            return HttpResponse(extra.body, status=extra.status, headers=dict(extra.headers))
-        for name, value in extra:  # names ignore case: the gate's Cache-Control replaces the view's
+        meter = Meter(self.gate, state, getattr(request, "fourmica_x402_error", None))
+        started = yield from meter.start(response.status_code, response.items())
+        if isinstance(started, Response):  # settle-after failed: answer 402 instead
+            return render(started)
+        for name, value in meter.extra or ():  # names ignore case: ours replace the view's
             response[name] = value
-        tap = self.gate.tap()  # hashes the body; keeps it for idempotent replay when asked
         if response.streaming:  # passed on unbuffered; the gate is told when it ends
-            content = response.streaming_content
-            wrap = _AsyncTapped if response.is_async else _SyncTapped
-            response.streaming_content = wrap(
-                aiter(content) if response.is_async else iter(content), tap, finish
-            )
+            response.streaming_content = meter.stream(response.streaming_content)
             return response
-        tap.feed(response.content)
-        yield from finish(tap.digest, body=tap.body)
+        meter.feed(response.content)
+        yield from meter.finish()
         return response
-
-
-class _Tapped:
-    """A paid streaming body on its way out: hashed as it passes, the gate told once it ends.
-
-    "Ends" includes Django closing the response before the first chunk was read (the client
-    left): a generator that never started would never run its cleanup, so this is a class.
-    """
-
-    _LEFT = "the client left before the response ended"
-
-    def __init__(self, chunks: Any, tap: BodyTap, finish: Callable[..., Flow]) -> None:
-        self._chunks, self._tap, self._finish, self._done = chunks, tap, finish, False
-
-    def _flow(self, error: BaseException | None) -> Flow | None:
-        if self._done:
-            return None
-        self._done = True
-        if error is not None:
-            return self._finish(self._tap.digest, error=error)
-        return self._finish(self._tap.digest, body=self._tap.body)
-
-    def close(self) -> None:  # Django calls it when the response is closed
-        flow = self._flow(ConnectionAbortedError(self._LEFT))
-        if flow is not None:
-            Gate.run_sync(flow)
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
-
-
-class _SyncTapped(_Tapped):
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        try:
-            chunk = next(self._chunks)
-        except StopIteration:
-            if (flow := self._flow(None)) is not None:
-                Gate.run_sync(flow)
-            raise
-        except BaseException as exc:
-            if (flow := self._flow(exc)) is not None:
-                Gate.run_sync(flow)
-            raise
-        return self._tap.feed(chunk)
-
-
-class _AsyncTapped(_Tapped):
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self
-
-    async def __anext__(self) -> bytes:
-        try:
-            chunk = await self._chunks.__anext__()
-        except StopAsyncIteration:
-            if (flow := self._flow(None)) is not None:
-                await Gate.run_async(flow)
-            raise
-        except BaseException as exc:
-            if (flow := self._flow(exc)) is not None:
-                await Gate.run_async(flow)
-            raise
-        return self._tap.feed(chunk)

@@ -7,8 +7,8 @@ result header → delivery marker, validation score or refund.
 **One flow, two drivers.** The flow is a set of generators that *yield* the I/O they need as
 :class:`Call` objects and receive the results back. :meth:`Gate.run_sync` drives them for WSGI
 and sync Django; :meth:`Gate.run_async` for ASGI and async Django. Adapters only translate their
-framework's request into a :class:`RequestView`, call :meth:`Gate.before`, and wrap the response
-with :meth:`Gate.response_start` and :meth:`Gate.finish`.
+framework's request into a :class:`RequestView`, call :meth:`Gate.before`, and hand the
+response to a :class:`~.lifecycle.Meter` (:meth:`Gate.response_start`, :meth:`Gate.finish`).
 
 Where things are, in the order a paid request meets them:
 
@@ -22,6 +22,9 @@ Where things are, in the order a paid request meets them:
 - :mod:`.pay` — a request with a payment: decode, match, replay, hooks, settle or verify;
 - :mod:`.settle` — settling and recording as one unit; settles whose answer was lost;
 - :mod:`.deliver` — ``response_start`` and ``finish``: result header, score, refund, record;
+- :mod:`.lifecycle` — what every adapter does around a request, written once: the paid
+  response on its way out (``Meter``), start-up checks (``Startup``), per-handler markers
+  (``Marker``), the app's routes (``Endpoints``);
 - :mod:`.background` — the reconciler: voids, refunds and scores retried until done.
 
 Hooks (sync or async), set on :class:`~fourmica_x402.PaymentConfig`:

@@ -1,0 +1,362 @@
+"""What every adapter does around a request, written once (docs/architecture.md, "A paid request").
+
+An adapter only translates: it builds a :class:`~.types.RequestView`, drives the gate, and
+renders. Everything else it would otherwise repeat lives here:
+
+- :class:`Meter` — one paid response on its way out: the handler's status and headers
+  captured, the result header and ``Cache-Control`` added (ours replaces the handler's), a
+  failed settle-after answered with its 402 instead, the body hashed as it streams
+  (:meth:`Meter.stream`), and the gate told once it ended — or did
+  not (an error, a client that left);
+- :class:`Startup` — start-up checks run once, at the first request at the latest; a failure
+  is logged and every request answered 500 ``configuration_error`` (fail closed);
+- :class:`Marker` — a per-handler price (``@paid``, ``Paid(...)``): what it prices, and what
+  it answers instead of running its handler unpaid;
+- :class:`Endpoints` — the app's routes as the gate prices them, checked at start-up;
+- :func:`config_options` — a framework's settings as PaymentConfig options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import logging
+import threading
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from typing import Any, TypeVar, overload
+
+from ..config import PaymentConfig
+from ..routes import Endpoint, RouteConfig, RouteTable, validate_marker
+from . import drive
+from .flow import Gate
+from .types import Flow, Paid, Payment, Response, error_response
+
+log = logging.getLogger("fourmica_x402.gate")
+T = TypeVar("T")
+
+#: Where adapters keep a request's :class:`~.types.Payment` (WSGI environ, ASGI scope).
+PAYMENT_KEY = "fourmica_x402.payment"
+#: The most of a request body the gate's own endpoints read.
+BODY_LIMIT = 64 * 1024
+
+
+class Meter:
+    """One paid response on its way out: :meth:`start`, :meth:`feed` each chunk, :meth:`finish`.
+
+    ``error``: one the framework caught while making the response (Django turns it into a
+    500 response, and reports it apart).
+    """
+
+    def __init__(self, gate: Gate, state: Paid, error: BaseException | None = None) -> None:
+        self.gate, self.state, self.tap, self.error = gate, state, gate.tap(), error
+        self.status: int | None = None
+        #: The handler's headers as it sent them (kept with the body for idempotent replay).
+        self.headers: list[tuple[str, str]] = []
+        #: The gate's headers, once the response started ([] when it was replaced).
+        self.extra: list[tuple[str, str]] | None = None
+        #: What goes out instead of the handler's response (settle-after: the settle failed).
+        self.replacement: Response | None = None
+        self.finished = False
+
+    def start(self, status: int, headers: Iterable[tuple[str, str]]) -> Flow:
+        """The response starts: the headers to send, or the :class:`Response` to send instead.
+
+        Only the first call asks the gate (:meth:`Gate.response_start`); a later one (WSGI's
+        ``start_response`` with ``exc_info``) renders the new headers with the same of ours. A
+        replaced response is over for the gate: it is told (:meth:`finish`) at once.
+        """
+        self.status, self.headers = status, list(headers)
+        if self.extra is None:
+            cache = next((v for k, v in self.headers if k.lower() == "cache-control"), None)
+            got = yield from self.gate.response_start(self.state, status, cache)
+            self.replacement, self.extra = (got, []) if isinstance(got, Response) else (None, got)
+            if self.replacement is not None:
+                yield from self.finish()
+        if self.replacement is not None:
+            return self.replacement
+        drop = "cache-control" if any(k == "cache-control" for k, _ in self.extra) else None
+        return [*((k, v) for k, v in self.headers if k.lower() != drop), *self.extra]
+
+    def feed(self, chunk: bytes) -> bytes:
+        """A chunk of the body on its way out: hashed (kept for replay when asked); returned."""
+        return self.tap.feed(chunk)
+
+    def finish(self, error: BaseException | None = None) -> Flow:
+        """The response ended, or failed with ``error``: the gate is told once (:meth:`Gate.finish`).
+
+        Only a response of the handler's that started carries a status and a body hash.
+        """
+        if self.finished:
+            return None
+        self.finished, error = True, error or self.error
+        if self.replacement is not None or self.status is None:
+            yield from self.gate.finish(self.state, None, None, error)
+        else:
+            tap = self.tap
+            yield from self.gate.finish(
+                self.state, self.status, tap.digest, error, tap.body, self.headers
+            )
+        return None
+
+    async def __aenter__(self) -> Meter:
+        return self
+
+    async def __aexit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
+        """``async with meter:`` around the app (ASGI): the gate is told once it returned or
+        raised (the exception goes on)."""
+        await drive.run_async(self.finish(error))
+
+    @overload
+    def stream(self, chunks: AsyncIterable[bytes]) -> AsyncBody: ...
+    @overload
+    def stream(self, chunks: Iterable[bytes]) -> SyncBody: ...
+    def stream(self, chunks: Any) -> SyncBody | AsyncBody:
+        """``chunks`` (sync or async) metered as they are read, with ``close()``: a WSGI body,
+        a Django or Starlette streaming response's content."""
+        return AsyncBody(self, chunks) if hasattr(chunks, "__aiter__") else SyncBody(self, chunks)
+
+
+class _Body:
+    """A paid body streaming out: hashed as it passes, the gate told once it ends.
+
+    "Ends" includes the server or the framework closing it before it was all read (the client
+    left): a generator that never started would never run its cleanup, so this is a class.
+    """
+
+    _LEFT = "the client left before the response ended"
+
+    def __init__(self, meter: Meter, chunks: Any) -> None:
+        self._meter, self._source = meter, chunks
+
+    def close(self) -> None:  # WSGI servers and Django call it once the response is done
+        try:
+            getattr(self._source, "close", lambda: None)()
+        finally:
+            if not self._meter.finished:
+                drive.run_sync(self._meter.finish(ConnectionAbortedError(self._LEFT)))
+
+
+class SyncBody(_Body):
+    def __init__(self, meter: Meter, chunks: Iterable[bytes]) -> None:
+        super().__init__(meter, chunks)
+        self._chunks, self._replaced = iter(chunks), False
+
+    def __iter__(self) -> SyncBody:
+        return self
+
+    def __next__(self) -> bytes:
+        meter = self._meter
+        if meter.replacement is None and not meter.finished:
+            try:
+                chunk = next(self._chunks)
+            except StopIteration:
+                drive.run_sync(meter.finish())
+                raise
+            except BaseException as exc:
+                drive.run_sync(meter.finish(exc))
+                raise
+            if meter.replacement is None:
+                return meter.feed(chunk)
+        # A WSGI app may start its response lazily, in its first chunk: when its settle failed,
+        # the 402's body goes out instead of the app's.
+        if meter.replacement is None or self._replaced:
+            raise StopIteration
+        self._replaced = True
+        return meter.replacement.body
+
+
+class AsyncBody(_Body):
+    def __init__(self, meter: Meter, chunks: AsyncIterable[bytes]) -> None:
+        super().__init__(meter, chunks)
+        self._chunks = aiter(chunks)
+
+    def __aiter__(self) -> AsyncBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await anext(self._chunks)
+        except StopAsyncIteration:
+            await drive.run_async(self._meter.finish())
+            raise
+        except BaseException as exc:
+            await drive.run_async(self._meter.finish(exc))
+            raise
+        return self._meter.feed(chunk)
+
+
+class Startup:
+    """Start-up checks, run once; a failure fails every request closed.
+
+    A bad configuration found when the app starts (or, at the latest, when it first serves)
+    is logged and kept: every request is then answered :attr:`refusal`, never served unpriced.
+    """
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self._done, self._lock = False, threading.Lock()
+
+    def attempt(self, fn: Callable[[], T]) -> T | None:
+        """``fn()``; None when it failed (the error is logged and kept)."""
+        try:
+            return fn()
+        except Exception as exc:
+            self.error = f"fourmica_x402: {exc}"
+            log.error("%s", self.error)
+            return None
+
+    def run(self, check: Callable[[], object]) -> str | None:
+        """``check()`` the first time (concurrent callers wait for it); the error, if any."""
+        if not self._done:
+            with self._lock:
+                if not self._done and self.error is None:
+                    self.attempt(check)
+                self._done = True
+        return self.error
+
+    @property
+    def refusal(self) -> Response:
+        """The answer to every request while the configuration is bad."""
+        return error_response(500, "configuration_error", self.error or "")
+
+
+class Marker:
+    """A per-handler price: ``@paid`` (Flask, Django), ``Paid(...)`` (FastAPI).
+
+    It prices its endpoint for every method it serves, or only ``methods`` (HEAD counts as
+    GET), and refuses to run its handler without a payment settled for that endpoint
+    (docs/architecture.md, "Which route is priced").
+    """
+
+    def __init__(self, price: Any, methods: Iterable[str] | None, route: dict[str, Any]) -> None:
+        self.config = RouteConfig(price=price, **route)
+        self.methods = None if methods is None else frozenset(m.upper() for m in methods)
+
+    @staticmethod
+    def of(handler: Any) -> Marker | None:
+        """The marker on ``handler`` (a view, a class, a dependency), if any."""
+        found = getattr(handler, "__fourmica_marker__", None)
+        return found if isinstance(found, Marker) else None
+
+    def validate(self, where: str) -> Marker:
+        """A bad static price or payTo fails here, where the handler is defined."""
+        validate_marker(self.config, where)
+        return self
+
+    def attach(self, handler: T) -> T:
+        setattr(handler, "__fourmica_marker__", self)  # noqa: B010  # functools.wraps copies it
+        return handler
+
+    def prices(self, method: str) -> bool:
+        method = method.upper()
+        return self.methods is None or ("GET" if method == "HEAD" else method) in self.methods
+
+    def allow(self, served: Iterable[str] | None = None) -> list[str]:
+        """``Allow`` for a method it refuses: those of ``served`` it prices, and OPTIONS
+        (``served`` None: the methods it prices, HEAD with GET)."""
+        if served is None:
+            served = sorted((self.methods or frozenset()) | {"HEAD"})
+        return [m for m in served if m == "OPTIONS" or self.prices(m)]
+
+    def refusal(
+        self, payment: Payment | None, key: Any, method: str, served: Iterable[str] | None = None
+    ) -> Response | None:
+        """What to answer instead of running the handler, or None: ``payment`` was settled for
+        this request on this endpoint (``key``). A method it does not price: 405 with
+        ``Allow``; no payment for it: 503 ``payment_not_enforced`` (see
+        :meth:`Gate.marker_refusal`)."""
+        why = Gate.marker_refusal(payment, key, method, self.methods)
+        if why is None:
+            return None
+        status, reason, message = why
+        allow = [("allow", ", ".join(self.allow(served)))] if status == 405 else []
+        return error_response(status, reason, message, allow)
+
+    @staticmethod
+    def guard(handler: T, refusal: Callable[..., Any], is_async: bool | None = None) -> T:
+        """``handler`` (sync or async) that first asks ``refusal(*args, **kwargs)``: what it
+        returns, when not None, is answered instead."""
+        view: Any = handler
+        if inspect.iscoroutinefunction(view) if is_async is None else is_async:
+
+            async def guarded_async(*args: Any, **kwargs: Any) -> Any:
+                refused = refusal(*args, **kwargs)
+                return refused if refused is not None else await view(*args, **kwargs)
+
+            return functools.wraps(view)(guarded_async)  # type: ignore[return-value]
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            refused = refusal(*args, **kwargs)
+            return refused if refused is not None else view(*args, **kwargs)
+
+        return functools.wraps(view)(guarded)  # type: ignore[return-value]
+
+
+#: What an adapter says of one of its routes: the marker on its handler, the methods it serves.
+Describe = Callable[[Any], tuple[Marker | None, Iterable[str] | None]]
+
+
+class Endpoints:
+    """The app's endpoints, one per route: made when first seen, then kept for the app's
+    lifetime (the gate caches what it priced on each).
+
+    ``describe(route)``: the marker on the route's handler, if any, and the methods the
+    route serves (None or empty: any).
+    """
+
+    def __init__(self, describe: Describe) -> None:
+        self._describe = describe
+        self._found: dict[tuple[int, str], Endpoint] = {}
+
+    def __call__(self, route: Any, template: str) -> Endpoint:
+        """The endpoint of ``route`` (the framework's object), written ``template``."""
+        key = (id(route), template)  # the Endpoint holds its route: the id stays the route's
+        found = self._found.get(key)
+        if found is None:  # two first sights at once: setdefault keeps one
+            marker, methods = self._describe(route)
+            made = Endpoint(
+                route,
+                template,
+                marker=marker.config if marker else None,
+                marker_methods=marker.methods if marker else None,
+                methods=frozenset(methods) if methods else None,
+            )
+            found = self._found.setdefault(key, made)
+        return found
+
+    def price(self, table: RouteTable, routes: Iterable[tuple[Any, str]]) -> list[Endpoint]:
+        """The endpoint of every ``(route, template)`` of the app, each marker priced now on
+        ``table``: a price or payTo these settings make invalid is a ConfigurationError."""
+        found = [self(route, template) for route, template in routes]
+        for each in found:
+            table.prepare(each)
+        return found
+
+    def unmatched(self, config: PaymentConfig, routes: Iterable[tuple[Any, str]]) -> list[str]:
+        """The route-table entries of ``config`` naming no route of the app, every marker
+        priced with its defaults first (ConfigurationError): :meth:`check` with no gate built,
+        for a framework's own checks."""
+        table = RouteTable(
+            config.routes, network=config.network, pay_to=config.pay_to, asset=config.asset
+        )
+        found = self.price(table, routes)
+        return table.unmatched((each.template, each.methods) for each in found)
+
+    def check(self, gate: Gate, routes: Iterable[tuple[Any, str]]) -> list[Endpoint]:
+        """:meth:`price` on the gate's table, which must name routes of the app: an entry naming
+        none is a ConfigurationError at start-up too, never a route silently left free."""
+        found = self.price(gate.routes, routes)
+        gate.check_routes((each.template, each.methods) for each in found)
+        return found
+
+
+def config_options(
+    settings: Mapping[str, Any], name: Callable[[str], str]
+) -> tuple[dict[str, Any], list[str]]:
+    """PaymentConfig options from a framework's settings, each named ``name(field)``, and the
+    settings that name no field, sorted: the adapter refuses them, since a typo would otherwise
+    silently leave a default (a route unpriced, say)."""
+    fields = {name(each.name): each.name for each in dataclasses.fields(PaymentConfig)}
+    unknown = sorted(str(key) for key in settings if key not in fields)
+    return {fields[key]: value for key, value in settings.items() if key in fields}, unknown
