@@ -120,8 +120,8 @@ class PaymentMiddleware:
         ):
             await receive()  # websocket.connect; 1008: a policy (a priced route), 1011: broken
             return await send({"type": "websocket.close", "code": 1011 if broken else 1008})
-        if kind != "http":
-            return await self.app(scope, receive, send)
+        if kind != "http":  # lifespan: queued completions are committed before a shutdown ends
+            return await self.app(scope, receive, self.gate.on_shutdown(send))
         if broken is not None:
             return await send_response(send, self.startup.refusal)
         outcome = await Gate.run_async(self.gate.before(self._view(scope, receive)))

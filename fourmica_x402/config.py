@@ -92,6 +92,11 @@ class PaymentConfig:
     #: Open (unexpired) tabs allowed per seller address (payTo); beyond it a *new* tab answers
     #: 429 ``open_tab_limit`` (an open tab is still reused). None = no cap.
     max_open_tabs: int | None = 100_000
+    #: Seconds a paid request's completion (delivery marker, response hash, delivery score or
+    #: refund) may wait after the response to be committed with a later write of this process,
+    #: in one batch (docs/architecture.md, "Completion off the request path"). None: commit it
+    #: as the response ends, on the request's own time.
+    completion_window: float | None = 0.005
     #: Hooks (sync or async). See ``gate.py`` for their arguments.
     on_protected_request: Hook | None = None
     before_settle: Hook | None = None
@@ -120,6 +125,8 @@ class PaymentConfig:
             ("http://", "https://")
         ):
             raise ConfigurationError("tab_endpoint must be an absolute http(s) URL")
+        if self.completion_window is not None and not 0 <= self.completion_window <= 60:
+            raise ConfigurationError("completion_window must be None or 0..60 seconds")
         if self.throttle_failures < 1 or self.throttle_window <= 0:
             raise ConfigurationError("throttle_failures must be ≥ 1 and throttle_window > 0")
         for name in ("tab_rate_per_client", "tab_rate_per_user", "max_open_tabs"):

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from .core.schema import migrate
 from .core.store import Store, Tx, open_store
+from .core.store.deferred import Task
 
 __all__ = ["Followup", "PaymentRecord", "Records"]
 
@@ -205,6 +206,17 @@ class Records:
         with self.store.transaction(nowait=nowait) as tx:
             self.complete(tx, record_id, **fields)
 
+    def finish_later(
+        self, record_id: int, *, failed: Callable[[Exception], None] | None = None, **fields: Any
+    ) -> None:
+        """:meth:`finish`, committed off the caller's path (:mod:`.core.store.deferred`):
+        with this process's next write, or within the store's window. ``failed(error)`` is
+        called if it could not be written."""
+        fields.setdefault("delivered_at", time.time())
+        self.store.deferred.submit(
+            Task(lambda tx: self.complete(tx, record_id, **fields), failed=failed)
+        )
+
     @staticmethod
     def complete(
         tx: Tx,
@@ -217,8 +229,12 @@ class Records:
         certificate: dict[str, str] | None = None,
         response: tuple[list[tuple[str, str]], bytes] | None = None,
         settle_result: dict[str, Any] | None = None,
+        delivered_at: float | None = None,
     ) -> None:
-        """:meth:`finish` inside a transaction the caller holds (e.g. the Core's validation)."""
+        """:meth:`finish` inside a transaction the caller holds (e.g. the Core's validation).
+
+        ``delivered_at``: when the response went out (default: now).
+        """
         tx.execute(
             "UPDATE fx_records SET status = ?, http_status = ?, response_hash = ?, "
             "delivered_at = ?, outcome = ?, certificate = COALESCE(?, certificate), "
@@ -228,7 +244,7 @@ class Records:
                 status,
                 http_status,
                 response_hash,
-                time.time(),
+                time.time() if delivered_at is None else delivered_at,
                 outcome,
                 json.dumps(certificate) if certificate else None,
                 json.dumps(response[0]) if response else None,
@@ -322,6 +338,15 @@ class Records:
                     "WHERE guarantee_id = ? AND outcome = ?",
                     (final, guarantee_id, pending),
                 )
+
+    def label(self, guarantee_id: str, outcome: str) -> None:
+        """Set the outcome of a record left "settled, delivery unknown" (start-up recovery)."""
+        with self.store.transaction() as tx:
+            tx.execute(
+                "UPDATE fx_records SET outcome = ? "
+                "WHERE guarantee_id = ? AND status = 'settled' AND outcome IS NULL",
+                (outcome, guarantee_id),
+            )
 
     def by_header(
         self, header_hash: str

@@ -27,7 +27,7 @@ POSTGRES_ENV = "FOURMICA_TEST_POSTGRES_URL"
 
 @pytest.fixture(scope="session")
 def vectors() -> dict[str, Any]:
-    """The conformance vectors of shared/conformance (copied into tests/data)."""
+    """The conformance vectors (kept in tests/data)."""
     return json.loads((DATA / "guarantee_vectors.json").read_text())
 
 

@@ -67,24 +67,23 @@ def check(
     tx: Tx, claims: GuaranteeClaims, expected: Expected, now: float, max_clock_skew: int
 ) -> None:
     """Acceptance steps 3–7 (docs/protocol.md), inside the transaction."""
-    suspended = tx.one(
-        "SELECT suspended FROM fx_participants WHERE address = ?", (claims.user_address,)
-    )
-    if suspended and suspended[0]:
-        raise rejected(Reason.PAYER_SUSPENDED)
     tab_key = hex_id(claims.tab_id)
-    if tx.one(
-        "SELECT 1 FROM fx_guarantees WHERE tab_id = ? AND req_id = ?",
-        (tab_key, hex_id(claims.req_id)),
-    ):
+    # One statement reads what steps 3–5 need: the payer's suspension, a replay, the tab.
+    row = tx.one(
+        "SELECT (SELECT suspended FROM fx_participants WHERE address = ?), "
+        "EXISTS (SELECT 1 FROM fx_guarantees WHERE tab_id = ? AND req_id = ?), "
+        "t.user_address, t.recipient_address, t.network, t.asset, t.guarantee_version, "
+        "t.start_ts, t.ttl FROM (SELECT 1 AS one) AS one LEFT JOIN fx_tabs t ON t.tab_id = ?",
+        (claims.user_address, tab_key, hex_id(claims.req_id), tab_key),
+    )
+    assert row is not None
+    if row[0]:
+        raise rejected(Reason.PAYER_SUSPENDED)
+    if row[1]:
         raise rejected(Reason.REPLAYED_REQUEST_ID)
     if claims.timestamp > now + max_clock_skew:
         raise rejected(Reason.TIMESTAMP_IN_FUTURE)
-    tab = tx.one(
-        "SELECT user_address, recipient_address, network, asset, guarantee_version, start_ts, ttl "
-        "FROM fx_tabs WHERE tab_id = ?",
-        (tab_key,),
-    )
+    tab = None if row[2] is None else row[2:]
     if tab is None:
         raise rejected(Reason.UNKNOWN_TAB)
     start, end = int(tab[5]), int(tab[5]) + int(tab[6])

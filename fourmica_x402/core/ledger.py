@@ -55,6 +55,7 @@ from .models import (
 )
 from .schema import migrate
 from .store import Conflict, Store, Tx, open_store
+from .store.deferred import Task
 
 __all__ = ["SANDBOX_CONTRACT", "SANDBOX_REGISTRY", "Core", "CoreConfig"]
 
@@ -309,6 +310,43 @@ class Core(Reads):
             )
             if also is not None:
                 also(tx)
+
+    def resolve_later(
+        self,
+        guarantee_id: str,
+        *,
+        by: str,
+        score: int | None,
+        tag: str = "",
+        also: Callable[[Tx], Any] | None = None,
+        failed: Callable[[Exception], None] | None = None,
+    ) -> None:
+        """:meth:`resolve`, committed off the caller's path: with this process's next write
+        or within the store's window (docs/architecture.md, "Completion off the request path").
+
+        ``also(tx)`` runs in the same transaction. If the resolution is refused (a
+        :class:`~fourmica_x402.errors.CoreError`) or cannot be written, nothing of it or of
+        ``also`` is written and ``failed(error)`` is called, outside any transaction.
+        """
+        by = parse_address(by)
+        events: Events = []
+
+        def apply(tx: Tx) -> None:
+            events.clear()  # a batch that failed elsewhere applies each job again
+            resolution.resolve(
+                tx, events, guarantee_id, by, score, tag, self.clock(), self.config, self.store
+            )
+            if also is not None:
+                also(tx)
+            EventFeed.store(tx, events)
+
+        self.store.deferred.submit(
+            Task(apply, committed=lambda: self._feed.deliver(events), failed=failed)
+        )
+
+    def expire_validations(self) -> int:
+        """Cancel the G-v2 guarantees whose validation deadline passed (part of :meth:`tick`)."""
+        return self._change(resolution.expire_validations, self.clock())
 
     # -- clearing cycles ------------------------------------------------------------------------
 

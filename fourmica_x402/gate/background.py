@@ -5,6 +5,13 @@ A follow-up is filed when a remote facilitator may have accepted a settle withou
 or the database (``refund``, ``score``). The records keep them, so a restarted process picks
 up what the last one left. :meth:`Reconciler.reconcile` does the due ones (``Gate.reconcile``
 is the same call, for a cron job, the CLI or tests).
+
+:func:`recover` runs when a gate on the embedded Core starts: a process that died between a
+paid response and the commit of its completion left the record "settled, delivery unknown"
+(docs/architecture.md, "Completion off the request path"). A G-v1 payment is kept (the
+handler may have run); a G-v2 payment was never scored, so the Core cancels it at its
+validation deadline and the buyer pays nothing — an ``unknown`` follow-up, due then, makes
+sure of it and labels the record.
 """
 
 from __future__ import annotations
@@ -12,8 +19,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ..core.store import StoreUnavailable, Tx
 from ..errors import FourmicaError, PaymentError
 from .challenge import DELIVERY_TAG
 
@@ -84,7 +92,9 @@ class Reconciler:
                 status = "superseded"  # a later settle of the same guarantee was served
             else:
                 try:
-                    if item.kind == "score":
+                    if item.kind == "unknown":
+                        status = self._expire(gid, now)
+                    elif item.kind == "score":
                         assert item.score is not None
                         facilitator.post_validation(
                             gid, validator=pay_to, score=item.score, tag=DELIVERY_TAG
@@ -114,3 +124,70 @@ class Reconciler:
             )
             done[status] = done.get(status, 0) + 1
         return done
+
+    def _expire(self, guarantee_id: str, now: float) -> str:
+        """An ``unknown`` follow-up: past the deadline, the Core cancels the guarantee."""
+        core = self._gate.core
+        if core is None:
+            return "abandoned"
+        core.expire_validations()
+        state = core.guarantee(guarantee_id).state
+        if state == "pending_validation":
+            return "open"  # the Core's clock is not there yet
+        outcome = "cancelled" if state == "cancelled" else None
+        if outcome is not None:
+            self._gate.records.label(guarantee_id, outcome)
+        return "expired"
+
+
+def recover(gate: Gate) -> int:
+    """Label the records a dead process left "settled, delivery unknown"; file a follow-up for
+    each G-v2 one still awaiting its score. Returns how many records it found."""
+    core = gate.core
+    assert core is not None
+    now = time.time()
+    try:
+        with core.store.transaction(write=False) as tx:
+            rows = tx.all(
+                "SELECT r.record_id, r.guarantee_id, r.pay_to, g.state, g.validation_deadline "
+                "FROM fx_records r JOIN fx_guarantees g ON g.guarantee_id = r.guarantee_id "
+                "WHERE r.status = 'settled' AND r.outcome IS NULL AND r.created_at < ?",
+                (now,),
+            )
+        if rows:
+            with core.store.transaction() as tx:
+                for record_id, gid, pay_to, state, deadline in rows:
+                    _recover_one(tx, now, record_id, gid, pay_to, state, deadline)
+    except StoreUnavailable as exc:  # a read-only or missing database: requests fail closed
+        log.error("could not look for payments left unfinished: %s", exc)
+        return 0
+    if rows:
+        log.warning(
+            "%d paid request(s) of a previous process ended with their delivery unknown; "
+            "G-v1 payments are kept, G-v2 ones cancelled at their validation deadline",
+            len(rows),
+        )
+    return len(rows)
+
+
+def _recover_one(
+    tx: Tx, now: float, record_id: int, gid: str, pay_to: str, state: str, deadline: Any
+) -> None:
+    outcome = _UNKNOWN_OUTCOMES.get(state)
+    if deadline is None and state == "payable":
+        outcome = "kept"  # G-v1: the handler may have run
+    if outcome is not None:
+        tx.execute(
+            "UPDATE fx_records SET outcome = ? WHERE record_id = ? AND outcome IS NULL",
+            (outcome, record_id),
+        )
+    elif state == "pending_validation":
+        tx.execute(
+            "INSERT INTO fx_followups (guarantee_id, pay_to, created_at, next_at, status, "
+            "kind) VALUES (?, ?, ?, ?, 'open', 'unknown') ON CONFLICT (guarantee_id) DO NOTHING",
+            (gid, pay_to, now, float(deadline)),
+        )
+
+
+#: A record's outcome from its guarantee's state, when the delivery is unknown.
+_UNKNOWN_OUTCOMES = {"cancelled": "cancelled", "voided": "refunded"}

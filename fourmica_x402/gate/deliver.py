@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..core.store import WouldBlock
@@ -122,6 +123,14 @@ def finish(
         response=keep,
         settle_result=state.result.to_settle_response().to_dict() if state.result else None,
     )
+    if (
+        config.completion_window is not None
+        and config.after_delivery is None  # which must be told the outcome written
+        and payment.record_id is not None
+        and (action is None or gate._shared)
+    ):
+        _complete_later(gate, payment, action, outcome, record)
+        return None
     # The local Core: on the loop when it need not wait, else one worker-thread hop for all
     # of it; remote facilitators go async.
     afn = _afinish_local if gate.core is not None else _afinish_io
@@ -129,6 +138,33 @@ def finish(
     if config.after_delivery is not None:
         yield Call(config.after_delivery, (payment, outcome), blocking=False)
     return None
+
+
+def _complete_later(
+    gate: Gate, payment: Payment, action: Action, outcome: str, record: dict[str, Any]
+) -> None:
+    """Queue the completion: committed with this process's next write or within the window
+    (docs/architecture.md, "Completion off the request path")."""
+    record_id = payment.record_id
+    assert record_id is not None
+    record["delivered_at"] = time.time()
+    if action is None:
+        gate.records.finish_later(record_id, outcome=outcome, **record)
+        return
+
+    def failed(error: Exception) -> None:  # refused (netted already, say): as on the sync path
+        final = _action_failed(gate, payment, action, error, outcome)
+        gate.records.finish(record_id, outcome=final, **record)
+
+    assert gate.core is not None and payment.guarantee_id is not None
+    gate.core.resolve_later(
+        payment.guarantee_id,
+        by=payment.pay_to,
+        score=None if action[0] == "void" else action[1],
+        tag=DELIVERY_TAG,
+        also=lambda tx: Records.complete(tx, record_id, outcome=outcome, **record),
+        failed=failed,
+    )
 
 
 def _finish_io(
@@ -196,7 +232,9 @@ async def _afinish_io(
         assert action is not None
         outcome = await asyncio.to_thread(_action_failed, gate, payment, action, exc, outcome)
     record_id = payment.record_id
-    if record_id is not None:
+    if record_id is not None and gate.config.completion_window is not None:
+        gate.records.finish_later(record_id, outcome=outcome, **record)  # no thread hop
+    elif record_id is not None:
         await asyncio.to_thread(lambda: gate.records.finish(record_id, outcome=outcome, **record))
     return outcome
 

@@ -11,6 +11,7 @@ request is challenged or its payment settled (:mod:`.pay`). :meth:`Gate.response
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -21,7 +22,7 @@ from ..records import Records
 from ..routes import Route, RouteTable
 from ..wire import PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER
 from . import deliver, drive, endpoints
-from .background import Reconciler
+from .background import Reconciler, recover
 from .challenge import challenge, requirements
 from .pay import failure, paid, version_of
 from .throttle import Throttle
@@ -72,7 +73,11 @@ class Gate:
         self.records = records if isinstance(records, Records) else Records(records)
         self._throttle = Throttle(config.throttle_failures, config.throttle_window)
         self.tap = lambda: BodyTap(config.idempotent_replay, config.replay_body_limit)
+        if config.completion_window is not None:  # the queue of the records' database
+            self.records.store.deferred.window = config.completion_window
         self._reconciler = Reconciler(self)
+        if self._shared:
+            recover(self)  # what a process that died mid-completion left
         if self.records.next_followup_due() is not None:
             self._reconciler.kick()  # a previous process left voids to do
         self._prefix = config.prefix
@@ -156,6 +161,24 @@ class Gate:
             return None
         log.error("a paid handler was reached without a payment for it: %s", cause)
         return 503, Reason.PAYMENT_NOT_ENFORCED, "payments are not enforced here; not served"
+
+    def flush(self) -> None:
+        """Commit the completions this process queued (docs/architecture.md, "Completion off
+        the request path"); a graceful stop calls it."""
+        self.records.store.deferred.drain()
+        if self.core is not None and self.core.store is not self.records.store:
+            self.core.store.deferred.drain()
+
+    def on_shutdown(self, send: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Any]:
+        """An ASGI lifespan ``send`` that flushes the queue before the shutdown completes
+        (a server may end the process by signal right after it, skipping ``atexit``)."""
+
+        async def wrapped(message: Any) -> None:
+            if message.get("type") == "lifespan.shutdown.complete":
+                self.flush()  # no request is served any more: the loop may wait for it
+            await send(message)
+
+        return wrapped
 
     def reconcile(self, now: float | None = None) -> dict[str, int]:
         """Do the follow-ups that are due (voids, refunds, delivery scores): see

@@ -149,19 +149,34 @@ class GuaranteeClaims:
         """True when both G-v2 binding hashes equal their recomputation (always for G-v1)."""
         if self.version != 2:
             return True
-        expected = GuaranteeClaims.v2(
-            user=self.user_address,
-            recipient=self.recipient_address,
-            tab_id=self.tab_id,
-            req_id=self.req_id,
-            amount=self.amount,
-            asset=self.asset_address,
-            timestamp=self.timestamp,
-            policy=self.policy,  # type: ignore[arg-type]
+        registry, validator, job = (
+            self.validation_registry_address,
+            self.validator_address,
+            self.job_hash,
         )
-        return (
-            expected.validation_subject_hash == self.validation_subject_hash
-            and expected.validation_request_hash == self.validation_request_hash
+        if not (registry and validator and job):
+            return False
+        # The recomputation of :meth:`v2`, straight from the fields (on the hot path).
+        subject = validation_subject_hash(
+            self.tab_id,
+            self.req_id,
+            self.user_address,
+            self.recipient_address,
+            self.amount,
+            self.asset_address,
+            self.timestamp,
+        )
+        if subject != self.validation_subject_hash:
+            return False
+        return self.validation_request_hash == validation_request_hash(
+            self.validation_chain_id or 0,
+            registry,
+            validator,
+            self.validator_agent_id or 0,
+            subject,
+            self.min_validation_score or 0,
+            self.required_validation_tag or "",
+            job,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Adversarial suite (issue 7): hostile requests against every adapter.
+"""Adversarial suite: hostile requests against every adapter.
 
 Each case in :data:`CASES` is ``(name, builder, reason, statuses)``; the builder gets the seller
 under attack and a buyer funded on its Core, may do legitimate set-up (open tabs, pay once so
@@ -591,7 +591,7 @@ def with_valid_payment(
 
 
 PREFLIGHT = {"Origin": "http://evil.test", "Access-Control-Request-Method": "GET"}
-#: OPTIONS passes through unpriced (SPEC §7.1): the framework answers it (Flask: 200 with
+#: OPTIONS passes through unpriced (docs/protocol.md): the framework answers it (Flask: 200 with
 #: ``Allow``; the others: 405) without running the handler — a 2xx is correct there.
 UNPRICED = frozenset({200, 204, 404, 405})
 

@@ -1,4 +1,4 @@
-"""Fault injection (issue 7): the seller fails closed and recovers.
+"""Fault injection: the seller fails closed and recovers.
 
 - the facilitator process is SIGKILLed mid-run and restarted on the same database and port;
 - a facilitator slower than the seller's timeout;

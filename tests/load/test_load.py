@@ -1,4 +1,4 @@
-"""Load and fault tests (issue 7): bounded, loopback only, kept short.
+"""Load and fault tests: bounded, loopback only, kept short.
 
 A seller under ``uvicorn --workers 2`` takes 200 concurrent paying requests from 20 buyers
 (10 each); half the buyers hold collateral for only 5 payments, so demand is twice their

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ...errors import Unavailable
+
+if TYPE_CHECKING:
+    from .deferred import Deferred
 
 __all__ = ["Conflict", "Store", "StoreUnavailable", "Tx", "WouldBlock", "open_store"]
 
@@ -73,6 +76,8 @@ class Store(Protocol):
     """A database the Core can run transactions on."""
 
     url: str
+    #: Writes queued off the request path, committed in batches (:mod:`.deferred`).
+    deferred: Deferred
 
     @property
     def dialect(self) -> Literal["sqlite", "postgres"]:

@@ -48,6 +48,7 @@ except ImportError as exc:  # pragma: no cover - exercised in an env without the
     ) from exc
 
 from . import Conflict, Row, StoreUnavailable, WouldBlock
+from .deferred import Deferred, drain_all
 
 __all__ = ["PostgresStore"]
 
@@ -204,6 +205,9 @@ class PostgresStore:
         self._local = threading.local()
         self._slots: weakref.WeakSet[_Slot] = weakref.WeakSet()
         self._lock = threading.Lock()
+        #: Writes queued off the request path (:mod:`.deferred`): the flusher commits them in
+        #: a transaction of their own (riding along another would mix row-lock orders).
+        self.deferred = Deferred(self.transaction, self.safe_url)
         _STORES.add(self)
         self._slot()  # fail fast: a wrong URL or an unreachable server is a start-up error
 
@@ -261,8 +265,11 @@ class PostgresStore:
     def transaction(self, *, write: bool = True, nowait: bool = False) -> Iterator[_Tx]:
         if nowait:  # every statement is a network round trip: never on an event loop
             raise WouldBlock("PostgreSQL transactions wait for the server")
+        if not write and not getattr(self._local, "writing", False):
+            drain_all(self.safe_url)  # this process reads its own queued writes
         slot, cur = self._begin()
         slot.busy = True
+        self._local.writing = write
         try:
             try:
                 yield _Tx(cur)
@@ -292,10 +299,12 @@ class PostgresStore:
                 raise mapped from None
         finally:
             slot.busy = False
+            self._local.writing = False
             cur.close()
 
     def close(self) -> None:
         """Close every connection this process opened (each thread's)."""
+        self.deferred.close()
         with self._lock:
             slots, self._slots = list(self._slots), weakref.WeakSet()
         for slot in slots:

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 from . import Conflict, Row, StoreUnavailable, WouldBlock
+from .deferred import Deferred, Job, drain_all
 
 __all__ = ["SQLiteStore"]
 
@@ -94,11 +95,19 @@ class SQLiteStore:
         self._idle = threading.Condition()
         self._active = 0
         self._closed = False
+        #: Writes queued off the request path (:mod:`.deferred`).
+        self.deferred = Deferred(self.transaction, self._key())
         if self.path != ":memory:":
             parent = os.path.dirname(os.path.abspath(self.path))
             if not os.path.isdir(parent):
                 raise StoreUnavailable(f"directory of the SQLite database does not exist: {parent}")
         self._connection()  # fail fast on a bad path
+
+    def _key(self) -> str:
+        """The database as this process knows it (one file, whichever path names it)."""
+        if self.path == ":memory:":
+            return f":memory:{id(self)}"  # each one a database of its own
+        return os.path.realpath(self.path)
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -131,6 +140,8 @@ class SQLiteStore:
     @contextmanager
     def transaction(self, *, write: bool = True, nowait: bool = False) -> Iterator[_Tx]:
         if not write:
+            if not getattr(self._local, "writing", False):
+                drain_all(self.deferred.key)  # this process reads its own queued writes
             with self._transaction(write=False, nowait=False) as tx:
                 yield tx
             return
@@ -138,11 +149,23 @@ class SQLiteStore:
         # handler, which sleeps in millisecond steps; other processes still meet the busy handler.
         if not self._write_lock.acquire(blocking=not nowait):
             raise WouldBlock("another writer of this process holds the database", local=True)
+        jobs: list[Job] = []
+        failures: list[tuple[Job, Exception]] = []
+        committed = False
+        self._local.writing = True
         try:
             with self._transaction(write=True, nowait=nowait) as tx:
+                # The queued completions ride along: one commit for them and this write.
+                jobs = self.deferred.take()
+                if jobs:
+                    failures = self.deferred.run(tx, jobs)
                 yield tx
+            committed = True
         finally:
+            self._local.writing = False
             self._release_writer()
+            if jobs:
+                self.deferred.done(jobs, failures, committed)
 
     def _release_writer(self) -> None:
         self._write_lock.release()
@@ -299,6 +322,7 @@ class SQLiteStore:
 
     def close(self, timeout: float = 10.0) -> None:
         """Close every connection once running transactions end; later ones get StoreUnavailable."""
+        self.deferred.close()
         with self._idle:
             self._closed = True
             self._idle.wait_for(lambda: self._active == 0, timeout=timeout)

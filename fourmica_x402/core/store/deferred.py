@@ -1,0 +1,264 @@
+"""Writes taken off the request path: queued in memory, committed in batches.
+
+What happens after a paid response — its record's delivery marker and response hash, the
+delivery score or the refund — need not hold the request up. It is queued here and committed
+with this process's next write transaction (SQLite: inside it, so a paid request costs one
+commit), or by a flusher thread once ``window`` seconds pass without one: one transaction for
+everything queued (a group commit). A read transaction of this process first waits for the
+queue, so a process always reads its own writes. A crash loses what was queued; start-up
+recovery resolves those payments (docs/architecture.md, "Completion off the request path").
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from . import Tx
+
+__all__ = ["DEFAULT_WINDOW", "Deferred", "Job", "Task", "drain_all"]
+
+log = logging.getLogger("fourmica_x402.core")
+
+#: Seconds the flusher waits, once a job is queued, for a write of this process to take it.
+DEFAULT_WINDOW = 0.005
+
+_ALL: weakref.WeakSet[Deferred] = weakref.WeakSet()
+_BY_KEY: dict[str, weakref.WeakSet[Deferred]] = {}
+
+
+def drain_all(key: str) -> None:
+    """Before a read of database ``key``: commit what any store of this process queued on it,
+    so a process reads its own writes whichever store object wrote them."""
+    for deferred in list(_BY_KEY.get(key, ())):
+        if deferred and not deferred.closed:
+            deferred.drain()
+
+
+class Job(Protocol):
+    """One queued write."""
+
+    def apply(self, tx: Tx) -> None:
+        """Write it, inside the batch's transaction (a savepoint: a failure undoes only it)."""
+        ...
+
+    def committed(self) -> None:
+        """Called once its transaction committed (outside any transaction)."""
+        ...
+
+    def failed(self, error: Exception) -> None:
+        """Called once the batch committed without it: ``apply`` raised ``error``."""
+        ...
+
+
+class Task:
+    """A :class:`Job` made of functions: ``apply(tx)``, and optional callbacks."""
+
+    __slots__ = ("_committed", "_failed", "apply")
+
+    def __init__(
+        self,
+        apply: Callable[[Tx], None],
+        *,
+        committed: Callable[[], None] | None = None,
+        failed: Callable[[Exception], None] | None = None,
+    ) -> None:
+        self.apply = apply
+        self._committed, self._failed = committed, failed
+
+    def committed(self) -> None:
+        if self._committed is not None:
+            self._committed()
+
+    def failed(self, error: Exception) -> None:
+        if self._failed is not None:
+            self._failed(error)
+        else:
+            log.error("a queued write was refused: %s", error)
+
+
+class Deferred:
+    """The queue of one store in this process, and its flusher thread."""
+
+    def __init__(
+        self,
+        transaction: Callable[[], AbstractContextManager[Tx]],
+        key: str,
+        window: float = DEFAULT_WINDOW,
+    ) -> None:
+        self._transaction = transaction
+        #: The database (its path or URL): every store of this process on it drains this queue
+        #: before it reads (:func:`drain_all`).
+        self.key = key
+        self.window = window
+        self._jobs: list[Job] = []
+        self._inflight = 0
+        self._lock = threading.Condition(threading.Lock())
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._taken_at = 0.0
+        self.closed = False
+        _ALL.add(self)
+        _BY_KEY.setdefault(key, weakref.WeakSet()).add(self)
+
+    def __bool__(self) -> bool:  # anything queued or being written
+        return bool(self._jobs) or self._inflight > 0
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job``; it is committed within ``window`` seconds (or with the next write)."""
+        with self._lock:
+            if self.closed:
+                raise RuntimeError("the store is closed")
+            self._jobs.append(job)
+            first = len(self._jobs) == 1
+            if self._thread is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(
+                    target=self._run, name="fourmica-completions", daemon=True
+                )
+                self._thread.start()
+        if first:
+            self._wake.set()
+
+    def take(self) -> list[Job]:
+        """The queued jobs, for the transaction the caller is in (then :meth:`done`)."""
+        if not self._jobs:
+            return []
+        with self._lock:
+            jobs, self._jobs = self._jobs, []
+            self._inflight += len(jobs)
+            self._taken_at = time.monotonic()
+        return jobs
+
+    @staticmethod
+    def run(tx: Tx, jobs: list[Job]) -> list[tuple[Job, Exception]]:
+        """Apply ``jobs`` in ``tx``: all in one savepoint; when one fails, each in its own."""
+        tx.execute("SAVEPOINT fx_batch")
+        try:
+            for job in jobs:
+                job.apply(tx)
+        except Exception:
+            tx.execute("ROLLBACK TO SAVEPOINT fx_batch")
+        else:
+            tx.execute("RELEASE SAVEPOINT fx_batch")
+            return []
+        tx.execute("RELEASE SAVEPOINT fx_batch")
+        failures: list[tuple[Job, Exception]] = []
+        for job in jobs:
+            tx.execute("SAVEPOINT fx_job")
+            try:
+                job.apply(tx)
+            except Exception as exc:
+                tx.execute("ROLLBACK TO SAVEPOINT fx_job")
+                failures.append((job, exc))
+            tx.execute("RELEASE SAVEPOINT fx_job")
+        return failures
+
+    def done(self, jobs: list[Job], failures: list[tuple[Job, Exception]], committed: bool) -> None:
+        """After the transaction that ran ``jobs``: their callbacks, or back in the queue."""
+        with self._lock:
+            self._inflight -= len(jobs)
+            if not committed:
+                self._jobs[:0] = jobs
+            self._lock.notify_all()
+        if not committed:
+            self._wake.set()
+            return
+        failed = {id(job): error for job, error in failures}
+        for job in jobs:
+            try:
+                error = failed.get(id(job))
+                if error is None:
+                    job.committed()
+                else:
+                    job.failed(error)
+            except Exception:
+                log.exception("a completion callback failed")
+
+    def flush(self) -> None:
+        """Commit everything queued now, in the caller's thread (one transaction)."""
+        jobs = self.take()
+        if not jobs:
+            return
+        failures: list[tuple[Job, Exception]] = []
+        committed = False
+        try:
+            with self._transaction() as tx:
+                failures = self.run(tx, jobs)
+            committed = True
+        finally:
+            self.done(jobs, failures, committed)
+
+    def drain(self, timeout: float = 30.0) -> None:
+        """Before a read: commit what is queued and wait for batches other threads write."""
+        if not self._jobs and not self._inflight:
+            return
+        self.flush()
+        with self._lock:
+            self._lock.wait_for(lambda: self._inflight == 0, timeout=timeout)
+
+    def close(self) -> None:
+        """Commit what is queued (best effort) and stop taking jobs."""
+        try:
+            self.drain(timeout=10.0)
+        except Exception:
+            log.exception("could not commit %d queued completion(s) at close", len(self._jobs))
+        with self._lock:
+            self.closed = True
+        self._wake.set()
+
+    def forget(self) -> None:
+        """In a forked child: the parent's queue is the parent's to write."""
+        self._jobs, self._inflight, self._thread = [], 0, None
+        self._lock = threading.Condition(threading.Lock())
+        self._wake = threading.Event()
+
+    def _run(self) -> None:
+        pause = 0.0
+        while not self.closed:
+            self._wake.wait()
+            self._wake.clear()
+            # While this process writes, its writes take the queue along; the flusher steps in
+            # only once the queue waited a whole window without one.
+            while True:
+                time.sleep(self.window + pause)
+                if self.closed or not self._jobs:
+                    break
+                if time.monotonic() - self._taken_at < self.window:
+                    continue
+                try:
+                    self.flush()
+                    pause = 0.0
+                except Exception as exc:  # the database is down: retry, slower each time
+                    if self.closed:
+                        return
+                    log.error("writing queued completions failed, will retry: %s", exc)
+                    pause = min(max(pause * 2, 0.05), 5.0)
+                    continue
+                break
+
+
+def _flush_all() -> None:
+    for deferred in list(_ALL):
+        if deferred and not deferred.closed and deferred._pid == os.getpid():
+            try:
+                deferred.flush()
+            except Exception:
+                log.exception("could not commit queued completions at exit")
+
+
+def _forget_all() -> None:
+    for deferred in list(_ALL):
+        deferred.forget()
+
+
+atexit.register(_flush_all)
+os.register_at_fork(after_in_child=_forget_all)

@@ -1,0 +1,188 @@
+"""The completion queue: a paid request's completion (delivery marker, response hash, delivery
+score or refund) is committed after the response, in batches. A seller SIGKILLed with
+completions still queued leaves "settled, delivery unknown"; the next process on the database
+recovers them: G-v1 payments are kept, G-v2 ones cancelled at their validation deadline (the
+buyer pays nothing). A seller stopped gracefully commits its queue first.
+
+Real uvicorn processes on loopback, a real SQLite file; every loop is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fourmica_x402.client import PaymentTransport
+from fourmica_x402.core import Core
+from fourmica_x402.records import Records
+from fourmica_x402.testing import NETWORK, TestBuyer
+
+pytestmark = pytest.mark.slow
+
+APPS = Path(__file__).resolve().parent / "apps"
+PRICE = 10_000  # "$0.01"
+PAID = 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def seller(
+    db: Path, pay_to: str, *, v2: bool, window: float, timeout: float
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A uvicorn seller process: yields its URL and process; killed if the test left it running."""
+    port = _free_port()
+    env = dict(
+        os.environ,
+        SELLER_CORE=str(db),
+        PAY_TO=pay_to,
+        SELLER_V2="1" if v2 else "0",
+        SELLER_WINDOW=str(window),
+        SELLER_VALIDATION_TIMEOUT=str(timeout),
+    )
+    args = [sys.executable, "-m", "uvicorn", "completion_seller:app", "--app-dir", str(APPS)]
+    args += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(url + "/free", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                out = proc.stdout.read().decode() if proc.stdout else ""
+                pytest.fail(f"seller did not start: {out[-2000:]}")
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def _pay(url: str, buyer: TestBuyer, count: int) -> list[str]:
+    with httpx.Client(transport=PaymentTransport(buyer.key), timeout=10) as client:
+        out = []
+        for _ in range(count):
+            answer = client.get(url + "/premium")
+            assert answer.status_code == 200, answer.text
+            out.append(answer.json()["guarantee"])
+        return out
+
+
+def _state(db: Path, gids: list[str]) -> tuple[list[str], list[tuple[str, str | None]], int]:
+    """(guarantee states, (record status, outcome) per guarantee, buyer's locked amount)."""
+    core = Core(str(db))
+    try:
+        states = [core.guarantee(g).state for g in gids]
+        records = Records(core.store)
+        rows = [records.query(guarantee_id=g, limit=1)[0] for g in gids]
+        return states, [(r.status, r.outcome) for r in rows], _locked(core)
+    finally:
+        core.close()
+
+
+BUYER = TestBuyer.from_key(
+    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a"
+)  # test key
+SELLER = TestBuyer.from_key(
+    "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6"
+)  # test key
+
+
+def _locked(core: Core) -> int:
+    return core.position(BUYER.address, network=NETWORK).locked
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "core.db"
+    core = Core(str(path))
+    core.deposit(BUYER.address, 100 * PRICE, network=NETWORK)
+    core.close()
+    return path
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["G-v1", "G-v2"])
+def test_sigkill_with_completions_queued_is_recovered_conservatively(db: Path, v2: bool) -> None:
+    timeout = 4.0
+    done = ("delivered", "delivered")
+    with seller(db, SELLER.address, v2=v2, window=30.0, timeout=timeout) as (url, proc):
+        gids = _pay(url, BUYER, PAID)
+        # Each completion rode along with the next payment's acceptance (one commit); the
+        # last one is still queued in the seller (a 30 s window).
+        states, records, locked = _state(db, gids)
+        assert records == [done] * (PAID - 1) + [("settled", None)]
+        assert states == ["payable"] * (PAID - 1) + ["pending_validation" if v2 else "payable"]
+        assert locked == PAID * PRICE
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    states, records, locked = _state(db, gids)
+    assert records[-1] == ("settled", None)  # lost with the process: delivery unknown
+
+    # The next process on the database recovers it.
+    with seller(db, SELLER.address, v2=v2, window=0.005, timeout=timeout) as (url, _):
+        if not v2:
+            states, records, locked = _state(db, gids)
+            assert records == [done] * (PAID - 1) + [("settled", "kept")]  # it may have run
+            assert states == ["payable"] * PAID and locked == PAID * PRICE
+        else:
+            deadline = time.monotonic() + timeout + 30
+            while time.monotonic() < deadline:
+                states, records, locked = _state(db, gids)
+                if records[-1] == ("settled", "cancelled"):
+                    break
+                time.sleep(0.25)
+            assert records == [done] * (PAID - 1) + [("settled", "cancelled")]
+            assert states == ["payable"] * (PAID - 1) + ["cancelled"]  # never scored: not paid
+            assert locked == (PAID - 1) * PRICE
+        # and it serves as before, completing what it serves within its window
+        more = _pay(url, BUYER, 2)
+        _until_delivered(db, more)
+
+
+def _until_delivered(db: Path, gids: list[str]) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        states, records, _ = _state(db, gids)
+        if records == [("delivered", "delivered")] * len(gids):
+            break
+        time.sleep(0.02)
+    assert records == [("delivered", "delivered")] * len(gids)
+    assert states == ["payable"] * len(gids)
+
+
+def test_a_graceful_stop_commits_the_queued_completions(db: Path) -> None:
+    with seller(db, SELLER.address, v2=True, window=30.0, timeout=3600) as (url, proc):
+        gids = _pay(url, BUYER, PAID)
+        assert _state(db, gids)[1][-1] == ("settled", None)  # queued
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
+    states, records, locked = _state(db, gids)
+    assert records == [("delivered", "delivered")] * PAID
+    assert states == ["payable"] * PAID and locked == PAID * PRICE
+
+
+def test_completions_land_within_the_window_while_the_seller_runs(db: Path) -> None:
+    with seller(db, SELLER.address, v2=True, window=0.005, timeout=3600) as (url, _):
+        _until_delivered(db, _pay(url, BUYER, PAID))
