@@ -169,6 +169,7 @@ def create_app(
         route("/core/public-params", core_api.public_params, blocking=False),
         route("/core/payment-tabs", core_api.payment_tabs, POST),
         route("/core/guarantees", core_api.guarantees, POST),
+        route("/core/tabs/{tab_id}/guarantees/{req_id}", core_api.guarantee),
         route("/rpc", core_api.rpc, POST, blocking=False),
         # the sandbox
         route("/sandbox/deposit", sandbox_api.deposit, POST),

@@ -14,11 +14,18 @@ from typing import Any
 from ._eth import parse_address
 from .core import Core
 from .errors import FourmicaError, GuaranteeRejected, MalformedPayment, TabLimited
-from .guarantee import GUARANTEE_DOMAIN_SELECTOR, GuaranteeClaims, SignedGuarantee, ValidationPolicy
+from .guarantee import (
+    GUARANTEE_DOMAIN_SELECTOR,
+    GuaranteeClaims,
+    SignedGuarantee,
+    ValidationPolicy,
+    guarantee_id,
+)
 from .networks import find_asset, get_network, networks, parse_amount
 
 __all__ = [
     "JsonResult",
+    "core_guarantee",
     "core_guarantees",
     "core_payment_tabs",
     "json_rpc",
@@ -146,7 +153,9 @@ def tab_endpoint(
         extra = requirements.get("extra") or {}
         if not isinstance(extra, dict):
             raise ValueError("extra must be an object")
-        policy = ValidationPolicy.from_extra(extra, chain_id)
+        # Only picks the tab's guarantee version; the buyer echoes the seller's requirements,
+        # whose numbers may be canonical strings when the seller is on the official stack.
+        policy = ValidationPolicy.from_extra(extra, chain_id, lenient=True)
     except (ValueError, FourmicaError) as exc:
         return _error(400, f"invalid tab request: {getattr(exc, 'message', exc)}")
     if allowed_pay_to is not None and pay_to not in allowed_pay_to:
@@ -233,3 +242,31 @@ def core_guarantees(
     except ValueError as exc:
         return _error(400, str(exc))
     return 200, core.certify(accepted.guarantee_id).to_json()
+
+
+def core_guarantee(core: Core, chain_id: int, tab_id: str, req_id: str) -> JsonResult:
+    """``GET /core/tabs/{tab_id}/guarantees/{req_id}``: one accepted guarantee with the Core's
+    certificate (made now if it was not yet: once, then stored), in the Core API's snake_case
+    shape; ids and amounts ``0x`` hex, ``certificate`` ``{"claims", "signature"}``. Lets a
+    buyer whose seller did not pass the certificate on fetch it (docs/buyer.md)."""
+    try:
+        tab, req = parse_amount(tab_id), parse_amount(req_id)
+    except ValueError:
+        return _error(400, "tab_id and req_id are 0x-hex or decimal integers")
+    gid = "0x" + guarantee_id(chain_id, tab, req).hex()
+    try:
+        record = core.guarantee(gid)
+        certificate = core.certify(gid).to_json()
+    except FourmicaError as exc:
+        return _error(404 if exc.reason == "unknown_guarantee" else 409, exc.message, exc.reason)
+    return 200, {
+        "tab_id": hex(record.tab_id),
+        "req_id": hex(record.req_id),
+        "from_address": record.user_address,
+        "to_address": record.recipient_address,
+        "asset_address": record.asset,
+        "amount": hex(record.amount),
+        "start_timestamp": record.timestamp,
+        "guarantee_id": gid,
+        "certificate": certificate,
+    }

@@ -1,6 +1,9 @@
 """The official x402/4Mica packages for P5, in a scratch virtualenv of their own: the one the
 interop tests (tests/interop/test_official.py) build and cache. Their import name
-``fourmica_x402`` is ours too, so they never run in this interpreter."""
+``fourmica_x402`` is ours too, so they never run in this interpreter.
+
+:func:`scratch_python` is the cache itself, for any set of pinned packages (the interop tests'
+x402 buyer virtualenvs use it too)."""
 
 from __future__ import annotations
 
@@ -9,11 +12,20 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .loopback import Skipped, progress
 
-__all__ = ["DEPS", "PINS", "PIP_TIMEOUT", "VENV_ENV", "official_env", "official_python"]
+__all__ = [
+    "DEPS",
+    "PINS",
+    "PIP_TIMEOUT",
+    "VENV_ENV",
+    "official_env",
+    "official_python",
+    "scratch_python",
+]
 
 #: The official packages and what the official seller needs, exactly as the interop tests pin
 #: them (tests/interop/test_official.py), so both use one cached virtualenv.
@@ -70,8 +82,8 @@ def _cache_root() -> Path:
     return Path(base) / "fourmica-x402-interop"
 
 
-def _build_venv(target: Path) -> None:
-    """python -m venv + pip install of the pins; raises CalledProcessError/TimeoutExpired."""
+def _build_venv(target: Path, packages: Sequence[str]) -> None:
+    """python -m venv + pip install of ``packages``; raises CalledProcessError/TimeoutExpired."""
     shutil.rmtree(target, ignore_errors=True)
     subprocess.run(
         [sys.executable, "-m", "venv", str(target)],
@@ -95,8 +107,7 @@ def _build_venv(target: Path) -> None:
             "--quiet",
             "--timeout",
             "60",
-            *PINS,
-            *DEPS,
+            *packages,
         ],
         check=True,
         capture_output=True,
@@ -104,6 +115,67 @@ def _build_venv(target: Path) -> None:
         timeout=PIP_TIMEOUT,
         env=env,
     )
+
+
+def scratch_python(
+    packages: Sequence[str],
+    *,
+    check: Callable[[Path], str | None],
+    what: str,
+    announce: str,
+    hint: str = "",
+    build: bool = True,
+) -> Path:
+    """The Python of a cached virtualenv holding ``packages`` (pip requirements), built once.
+
+    Cached under ``~/.cache/fourmica-x402-interop/<hash of the packages and Python version>``
+    (``$XDG_CACHE_HOME`` honoured), built under a file lock and marked complete only once
+    ``check(python)`` (None, or what is wrong) passes. ``what`` names the packages in
+    messages, ``announce`` is printed before a build, ``hint`` ends the can't-build message.
+    Raises :class:`Skipped` when there is none and it cannot be built (PyPI unreachable).
+    """
+    key = hashlib.sha256(
+        "\n".join([*packages, f"py{sys.version_info[0]}.{sys.version_info[1]}"]).encode()
+    ).hexdigest()[:16]
+    root = _cache_root()
+    venv = root / key
+    python, done = _python_in(venv), venv / ".fourmica-interop-complete"
+    if not build:
+        if done.exists() and check(python) is None:
+            return python
+        raise Skipped(f"{what} are not installed in {venv}")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(root / f"{key}.lock", "w")  # noqa: SIM115 — held for the whole build
+    except OSError as exc:
+        raise Skipped(f"cannot use the cache of {what} {root}: {exc}") from None
+    with lock:
+        try:
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time (the interop tests too)
+        except ImportError:
+            pass
+        if done.exists() and check(python) is None:
+            return python
+        progress(announce.format(venv=venv))
+        try:
+            _build_venv(venv, packages)
+        except subprocess.TimeoutExpired:
+            shutil.rmtree(venv, ignore_errors=True)
+            raise Skipped(f"pip install of {what} took over {PIP_TIMEOUT} s{hint}") from None
+        except (OSError, subprocess.CalledProcessError) as exc:
+            shutil.rmtree(venv, ignore_errors=True)
+            lines = (getattr(exc, "stderr", None) or str(exc)).strip().splitlines()
+            detail = [line for line in lines if line.startswith("ERROR")] or lines
+            raise Skipped(
+                f"could not install {what} (PyPI reachable?): {' | '.join(detail[-2:])[:300]}{hint}"
+            ) from None
+        problem = check(python)
+        if problem:
+            raise Skipped(f"the virtualenv of {what} is broken: {problem}")
+        done.write_text("\n".join(packages) + "\n")
+        return python
 
 
 def official_python(*, build: bool = True) -> Path:
@@ -120,49 +192,11 @@ def official_python(*, build: bool = True) -> Path:
         if problem:
             raise Skipped(f"{VENV_ENV}={given}: {problem}")
         return python
-    key = hashlib.sha256(
-        "\n".join([*PINS, *DEPS, f"py{sys.version_info[0]}.{sys.version_info[1]}"]).encode()
-    ).hexdigest()[:16]
-    root = _cache_root()
-    venv = root / key
-    python, done = _python_in(venv), venv / ".fourmica-interop-complete"
-    if not build:
-        if done.exists() and _check_venv(python) is None:
-            return python
-        raise Skipped(f"the official packages are not installed in {venv}")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        lock = open(root / f"{key}.lock", "w")  # noqa: SIM115 — held for the whole build
-    except OSError as exc:
-        raise Skipped(f"cannot use the official packages' cache {root}: {exc}") from None
-    with lock:
-        try:
-            import fcntl
-
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time (the interop tests too)
-        except ImportError:
-            pass
-        if done.exists() and _check_venv(python) is None:
-            return python
-        progress(f"P5: installing {' '.join(PINS)} into {venv} (once; may take minutes)")
-        try:
-            _build_venv(venv)
-        except subprocess.TimeoutExpired:
-            shutil.rmtree(venv, ignore_errors=True)
-            raise Skipped(
-                f"pip install of the official packages took over {PIP_TIMEOUT} s; "
-                f"set {VENV_ENV} to a ready virtualenv"
-            ) from None
-        except (OSError, subprocess.CalledProcessError) as exc:
-            shutil.rmtree(venv, ignore_errors=True)
-            lines = (getattr(exc, "stderr", None) or str(exc)).strip().splitlines()
-            detail = [line for line in lines if line.startswith("ERROR")] or lines
-            raise Skipped(
-                "could not install the official packages (PyPI reachable?): "
-                f"{' | '.join(detail[-2:])[:300]}; or set {VENV_ENV}"
-            ) from None
-        problem = _check_venv(python)
-        if problem:
-            raise Skipped(f"the official packages' virtualenv is broken: {problem}")
-        done.write_text("\n".join([*PINS, *DEPS]) + "\n")
-        return python
+    return scratch_python(
+        [*PINS, *DEPS],
+        check=_check_venv,
+        what="the official packages",
+        announce=f"P5: installing {' '.join(PINS)} into {{venv}} (once; may take minutes)",
+        hint=f"; set {VENV_ENV} to a ready virtualenv",
+        build=build,
+    )

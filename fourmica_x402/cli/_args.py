@@ -76,20 +76,23 @@ def check_address(value: str, name: str = "ADDRESS") -> str:
         raise click.BadParameter(str(exc), param_hint=name) from None
 
 
-def check_key(key: str) -> str:
-    """A private key is 32 bytes: 64 hex digits, with or without 0x. Never echoes the key."""
+def check_key(key: str, param_hint: str = "'--key'", where: str = "") -> str:
+    """A private key is 32 bytes: 64 hex digits, with or without 0x. Never echoes the key.
+
+    ``where`` prefixes the message (e.g. the environment variable the key came from)."""
     body = key.strip()
     body = body[2:] if body[:2] in ("0x", "0X") else body
     if not re.fullmatch(r"[0-9a-fA-F]*", body):
         raise click.BadParameter(
-            "not a hex private key (64 hex digits, optionally after 0x)", param_hint="'--key'"
+            f"{where}not a hex private key (64 hex digits, optionally after 0x)",
+            param_hint=param_hint,
         )
     if len(body) != 64:
         size = f"{len(body) // 2} bytes" if len(body) % 2 == 0 else f"{len(body)} hex digits"
         hint = " (that is an address, not a private key)" if len(body) == 40 else ""
         raise click.BadParameter(
-            f"a private key is 32 bytes (64 hex digits); this one is {size}{hint}",
-            param_hint="'--key'",
+            f"{where}a private key is 32 bytes (64 hex digits); this one is {size}{hint}",
+            param_hint=param_hint,
         )
     return "0x" + body
 

@@ -1,20 +1,31 @@
 """The buyer's commands: ``pay`` (one paid request, like curl) and ``key`` (a throwaway test
 key, or the address of yours). A key is never printed back, except by ``key new``, which made it.
+
+Both take the key one of three ways (docs/buyer.md, "Keys"): ``--key HEX`` (or
+``FOURMICA_X402_KEY``), ``--key-env NAME`` (the variable holding it), or ``--key-file PATH``
+(an encrypted keystore; its password from ``--password-env NAME`` or typed at a prompt).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 
 from ..config import DEFAULT_DB
 from ..errors import FourmicaError
 from ._args import METHOD, check_key
 from ._format import Seconds
+
+if TYPE_CHECKING:
+    from ..client import BuyerKey
 
 _KEY_HELP = "Buyer private key (hex); or set FOURMICA_X402_KEY."
 #: How ``key new`` labels what it made (docs/operations.md, "Keys": test keys are labelled).
@@ -50,16 +61,100 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _address(key: str) -> str:
-    """The address of a checked key (a 32-byte value outside the curve is refused)."""
-    from ..guarantee import address_of
+def _key_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The three ways to give the buyer's key (one of them), added to ``command``."""
 
+    @click.option("--key", envvar="FOURMICA_X402_KEY", default=None, help=_KEY_HELP)
+    @click.option(
+        "--key-env",
+        default=None,
+        metavar="NAME",
+        help="Read the hex key from environment variable NAME (keeps it out of the command).",
+    )
+    @click.option(
+        "--key-file",
+        default=None,
+        metavar="PATH",
+        help="An encrypted keystore file (Web3 Secret Storage JSON; needs eth-account).",
+    )
+    @click.option(
+        "--password-env",
+        default=None,
+        metavar="NAME",
+        help="The keystore's password is in environment variable NAME (else it is asked for).",
+    )
+    @functools.wraps(command)
+    def wrapped(
+        *args: Any,
+        key: str | None,
+        key_env: str | None,
+        key_file: str | None,
+        password_env: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        buyer = _load_key(key, key_env, key_file, password_env)
+        return command(*args, buyer=buyer, **kwargs)
+
+    return wrapped
+
+
+def _load_key(
+    key: str | None, key_env: str | None, key_file: str | None, password_env: str | None
+) -> BuyerKey:
+    """The buyer's key from exactly one source; every refusal names the option, never the key."""
+    from ..client import BuyerKey
+
+    from_env = click.get_current_context().get_parameter_source("key")
+    if from_env == ParameterSource.ENVIRONMENT and (key_env is not None or key_file is not None):
+        key = None  # an explicit --key-env/--key-file wins over FOURMICA_X402_KEY
+    sources = (("--key", key), ("--key-env", key_env), ("--key-file", key_file))
+    given = [name for name, value in sources if value is not None]
+    if not given:
+        raise click.UsageError(
+            "Missing option '--key': give the buyer's key as --key HEX, --key-env NAME or "
+            "--key-file PATH (or set FOURMICA_X402_KEY)"
+        )
+    if len(given) > 1:
+        raise click.UsageError(f"give one key, not {' and '.join(given)}")
+    if password_env is not None and key_file is None:
+        raise click.BadParameter("goes with --key-file", param_hint="'--password-env'")
     try:
-        return address_of(key)
-    except ValueError:
-        raise click.BadParameter(
-            "not a valid secp256k1 private key", param_hint="'--key'"
-        ) from None
+        if key is not None:
+            return BuyerKey(check_key(key))
+        if key_env is not None:
+            if not key_env or key_env.strip() != key_env or "=" in key_env:
+                raise click.BadParameter(
+                    "not an environment variable name", param_hint="'--key-env'"
+                )
+            value = os.environ.get(key_env)
+            if value is None or not value.strip():
+                raise click.BadParameter(
+                    f"environment variable {key_env} holds no key", param_hint="'--key-env'"
+                )
+            return BuyerKey(check_key(value, "'--key-env'", f"{key_env}: "))
+        assert key_file is not None
+        if password_env is not None:
+            password = os.environ.get(password_env)
+            if password is None:
+                raise click.BadParameter(
+                    f"environment variable {password_env} is not set",
+                    param_hint="'--password-env'",
+                )
+        else:
+            try:
+                password = click.prompt(
+                    f"Password for {key_file}", hide_input=True, err=True, default=None
+                )
+            except click.Abort:
+                raise click.BadParameter(
+                    "no password given (use --password-env NAME, or type it at the prompt)",
+                    param_hint="'--key-file'",
+                ) from None
+        return BuyerKey.from_keystore(key_file, password or "")
+    except FourmicaError as exc:  # ConfigurationError: says what, never the key or password
+        option = given[0]
+        where = f"{key_env}: " if option == "--key-env" else ""
+        raise click.BadParameter(where + exc.message, param_hint=f"'{option}'") from None
 
 
 def _receipt(receipt: Any, payer: str) -> dict[str, Any] | None:
@@ -93,7 +188,7 @@ def _collateral_hint(receipt: Any, payer: str) -> str:
 
 @click.command()
 @click.argument("url")
-@click.option("--key", envvar="FOURMICA_X402_KEY", required=True, help=_KEY_HELP)
+@_key_options
 @click.option(
     "--max-price",
     default=None,
@@ -107,7 +202,7 @@ def _collateral_hint(receipt: Any, payer: str) -> str:
 )
 def pay(
     url: str,
-    key: str,
+    buyer: BuyerKey,
     max_price: str | None,
     method: str,
     data: str | None,
@@ -125,7 +220,6 @@ def pay(
         ok_url = False
     if not ok_url:
         raise click.BadParameter(f"{url!r:.80} is not an http(s):// URL", param_hint="URL")
-    key = check_key(key)
     cap = None if max_price is None else _max_price(max_price)
     if not METHOD.match(method):
         raise click.BadParameter(f"{method!r:.40} is not an HTTP method", param_hint="'--method'")
@@ -151,13 +245,8 @@ def pay(
         raise click.BadParameter(
             f"cannot open the SQLite ledger {receipts!r}: {exc}", param_hint="'--receipts'"
         ) from None
-    payer = _address(key)
-    try:
-        transport = PaymentTransport(key, policy=SpendingPolicy(max_per_request=cap), ledger=ledger)
-    except ValueError:
-        raise click.BadParameter(
-            "not a valid secp256k1 private key", param_hint="'--key'"
-        ) from None
+    payer = buyer.address
+    transport = PaymentTransport(buyer, policy=SpendingPolicy(max_per_request=cap), ledger=ledger)
     with httpx.Client(transport=transport, timeout=timeout) as client:
         try:
             response = client.request(method.upper(), url, json=body)
@@ -239,7 +328,8 @@ def key_new(as_json: bool) -> None:
 
 
 @key.command("address")
-@click.option("--key", envvar="FOURMICA_X402_KEY", required=True, help=_KEY_HELP)
-def key_address(key: str) -> None:
-    """Print the address of --key (or FOURMICA_X402_KEY); the key itself is never printed."""
-    click.echo(_address(check_key(key)))
+@_key_options
+def key_address(buyer: BuyerKey) -> None:
+    """Print the address of the key (--key, FOURMICA_X402_KEY, --key-env or --key-file); the
+    key itself is never printed."""
+    click.echo(buyer.address)

@@ -9,20 +9,27 @@ the same budget twice.
     policy = SpendingPolicy(max_per_request="$0.05", per_hour="$2", blocked_sellers={"0xBad…"})
     with policy.task("research", budget="$1"):
         client.get("https://api.example.com/premium")
+
+Given a :class:`~.receipts.ReceiptLedger` file (``ledger=``), the spending is kept there:
+a restarted agent finds what it spent, and processes sharing the file reserve in one SQLite
+write transaction each, so together they never pass a cap (docs/buyer.md, "Budgets").
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..networks import Asset, find_asset, format_amount, to_atomic
+from .budgets import Book, LedgerBook, MemoryBook
+
+if TYPE_CHECKING:
+    from .receipts import ReceiptLedger
 
 __all__ = ["ApprovalRequest", "Decision", "SpendingPolicy", "Task"]
 
@@ -85,7 +92,10 @@ class SpendingPolicy:
         approve: Callable[[ApprovalRequest], Any] | None = None,
         approve_new_sellers: bool = False,
         approval_threshold: Money | None = None,
+        ledger: ReceiptLedger | None = None,
     ) -> None:
+        """``ledger``: keep the spending in this receipts ledger (durable, shared by the
+        processes that open the same file); by default it lives in this object."""
         self.max_per_request = max_per_request
         self.max_per_seller = max_per_seller
         self.windows = {"per_minute": per_minute, "per_hour": per_hour, "per_day": per_day}
@@ -96,18 +106,22 @@ class SpendingPolicy:
         self.approve = approve
         self.approve_new_sellers = approve_new_sellers
         self.approval_threshold = approval_threshold
+        self.ledger = ledger
         self._lock = threading.Lock()
-        self._ids = itertools.count(1)
-        # Spending so far, as (time, seller, asset, amount); unsettled guarantees count too.
-        self._history: list[tuple[float, str, str, int]] = []
-        self._pending: dict[int, tuple[float, str, str, int, Task | None]] = {}
+        # Spending so far (unsettled guarantees count too): here, or in the ledger's file.
+        self._book: Book = MemoryBook() if ledger is None else LedgerBook(ledger)
+        # This process's reservations, for the task objects' own tallies.
+        self._pending: dict[int, tuple[str, int, Task | None]] = {}
         self._approved_sellers: set[str] = set()
 
     # -- tasks -------------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def task(self, name: str, budget: Money | None = None) -> Iterator[Task]:
-        """Spend under a named budget for the duration of the block (async-safe)."""
+        """Spend under a named budget for the duration of the block (async-safe).
+
+        With a ledger the budget is kept by ``name``: entering the same task again, in this
+        process or after a restart, goes on spending the same budget."""
         task = Task(name, budget)
         token = _current_task.set(task)
         try:
@@ -145,7 +159,7 @@ class SpendingPolicy:
             self.allowed_sellers is not None and key not in self.allowed_sellers
         ):
             return Decision("blocked_seller", f"seller {seller} is not allowed")
-        with self._lock:
+        with self._lock, self._book.hold() as book:
             cap = self._atomic(self.max_per_request, token)
             if cap is not None and amount > cap:
                 return Decision(
@@ -154,7 +168,7 @@ class SpendingPolicy:
                     f"{_money(cap, token)}",
                 )
             now = time.time()
-            spent = self._spent_since(0.0, seller=key, asset=asset)
+            spent = book.spent(0.0, asset, seller=key)
             cap = self._atomic(self.max_per_seller, token)
             if cap is not None and spent + amount > cap:
                 return Decision(
@@ -165,7 +179,7 @@ class SpendingPolicy:
                 )
             for name, seconds in _WINDOWS.items():
                 cap = self._atomic(self.windows[name], token)
-                if cap is not None and self._spent_since(now - seconds, asset=asset) + amount > cap:
+                if cap is not None and book.spent(now - seconds, asset) + amount > cap:
                     return Decision(
                         "budget_exhausted",
                         f"the {name.replace('_', ' ')} budget {_money(cap, token)} is used up",
@@ -173,19 +187,22 @@ class SpendingPolicy:
             task = _current_task.get()
             if task is not None:
                 cap = self._atomic(task.budget, token)
-                used = task.spent.get(asset, 0) + task.reserved.get(asset, 0)
-                if cap is not None and used + amount > cap:
-                    return Decision(
-                        "budget_exhausted",
-                        f"task {task.name!r} budget {_money(cap, token)} is used up",
-                    )
+                if cap is not None:
+                    used = book.task_used(task.name, asset)
+                    if used is None:  # kept in this object: the task's own tallies
+                        used = task.spent.get(asset, 0) + task.reserved.get(asset, 0)
+                    if used + amount > cap:
+                        return Decision(
+                            "budget_exhausted",
+                            f"task {task.name!r} budget {_money(cap, token)} is used up",
+                        )
             if not approved:
                 threshold = self._atomic(self.approval_threshold, token)
                 reason = None
                 if (
                     self.approve_new_sellers
                     and key not in self._approved_sellers
-                    and not self._paid_before(key)
+                    and not book.paid_before(key)
                 ):
                     reason = "new_seller"
                 elif threshold is not None and amount > threshold:
@@ -197,8 +214,8 @@ class SpendingPolicy:
                     )
             if approved:
                 self._approved_sellers.add(key)
-            rid = next(self._ids)
-            self._pending[rid] = (now, key, asset, amount, task)
+            rid = book.reserve(now, key, asset, amount, task.name if task else None)
+            self._pending[rid] = (asset, amount, task)
             if task is not None:
                 task.reserved[asset] = task.reserved.get(asset, 0) + amount
             return Decision("paid", reservation=rid)
@@ -206,36 +223,28 @@ class SpendingPolicy:
     def commit(self, reservation: int) -> None:
         """The payment went through: the reservation becomes spending."""
         with self._lock:
+            self._book.commit(reservation)
             entry = self._pending.pop(reservation, None)
-            if entry is None:
-                return
-            at, seller, asset, amount, task = entry
-            self._history.append((at, seller, asset, amount))
-            if task is not None:
+            if entry is not None and (task := entry[2]) is not None:
+                asset, amount = entry[0], entry[1]
                 task.reserved[asset] -= amount
                 task.spent[asset] = task.spent.get(asset, 0) + amount
 
     def release(self, reservation: int) -> None:
         """The payment did not happen: give the reservation back."""
         with self._lock:
+            self._book.release(reservation)
             entry = self._pending.pop(reservation, None)
-            if entry is not None and entry[4] is not None:
-                entry[4].reserved[entry[2]] -= entry[3]
+            if entry is not None and entry[2] is not None:
+                entry[2].reserved[entry[0]] -= entry[1]
+
+    def spent(self, asset: str, *, since: float = 0.0, seller: str | None = None) -> int:
+        """Atomic units of ``asset`` spent or reserved since ``since`` (unix seconds), in all
+        or to one seller; with a ledger, by every process that shares it."""
+        with self._lock, self._book.hold() as book:
+            return book.spent(since, asset.lower(), seller=seller.lower() if seller else None)
 
     # -- helpers -----------------------------------------------------------------------------
-
-    def _spent_since(self, since: float, *, asset: str, seller: str | None = None) -> int:
-        total = 0
-        for at, who, token, amount in self._history:
-            if at >= since and token == asset and (seller is None or who == seller):
-                total += amount
-        for at, who, token, amount, _ in self._pending.values():
-            if at >= since and token == asset and (seller is None or who == seller):
-                total += amount
-        return total
-
-    def _paid_before(self, seller: str) -> bool:
-        return any(who == seller for _, who, _, _ in self._history)
 
     @staticmethod
     def _atomic(value: Money | None, asset: Asset | None) -> int | None:

@@ -2,15 +2,19 @@
 
 One row per paid (or refused) request, written once and never changed.
 SQLite by default (``ReceiptLedger("receipts.db")``; ``":memory:"`` keeps it in
-the process); exportable as JSON lines for audit.
+the process); exportable as JSON lines for audit. A paid receipt keeps the claims the
+buyer signed and, when the seller passed it on, the Core's certificate for them
+(docs/buyer.md, "Certificates"). The same file can keep a spending policy's budgets
+(:mod:`.budgets`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, Any
@@ -37,12 +41,36 @@ class Receipt:
     x402_version: int | None = None
     started_at: float = 0.0
     finished_at: float = 0.0
+    #: The guarantee claims the buyer signed (their JSON, as sent).
+    claims: str | None = None
+    #: The Core's BLS certificate for them, ``{"claims": "0x…", "signature": "0x…"}``.
+    certificate: dict[str, str] | None = None
+    #: Whether the buyer checked the certificate against the Core's key: True, False, or
+    #: None when it had no certificate or no key to check with.
+    certificate_verified: bool | None = None
+    #: The Core API the seller named (``rpcUrl``): its public parameters and certificates.
+    core_url: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def verify_certificate(
+        self, public_key: bytes | Sequence[int] | str, *, guarantee_domain: bytes | None = None
+    ) -> bool:
+        """Whether :attr:`certificate` is the Core's signature (``public_key``: 48 bytes, a list
+        of 48 ints as in the Core's public parameters, or hex) over exactly the claims this
+        receipt's buyer signed. False when either is missing."""
+        from .certificates import verify_certificate
+
+        if self.certificate is None or self.claims is None:
+            return False
+        return verify_certificate(
+            self.certificate, self.claims, public_key, guarantee_domain=guarantee_domain
+        )
+
 
 _COLUMNS = [f.name for f in fields(Receipt)]
+_TYPES = {"certificate_verified": "INTEGER"}
 
 
 class ReceiptLedger:
@@ -50,7 +78,10 @@ class ReceiptLedger:
 
     def __init__(self, path: str | Path = ":memory:") -> None:
         self.path = str(path)
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # Processes sharing the file wait for each other's write transactions (budgets).
+        self._conn = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=30
+        )
         self._lock = threading.Lock()
         with self._lock:
             self._conn.execute(
@@ -60,9 +91,14 @@ class ReceiptLedger:
             )
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS receipts (receipt_id INTEGER PRIMARY KEY AUTOINCREMENT, "
-                + ", ".join(f"{c} {'REAL' if c.endswith('_at') else 'TEXT'}" for c in _COLUMNS)
+                + ", ".join(f"{c} {_type(c)}" for c in _COLUMNS)
                 + ")"
             )
+            # A ledger written by an earlier version gains the newer columns (empty).
+            have = {row[1] for row in self._conn.execute("PRAGMA table_info(receipts)")}
+            for column in _COLUMNS:
+                if column not in have:
+                    self._conn.execute(f"ALTER TABLE receipts ADD COLUMN {column} {_type(column)}")
             # Append-only: the database itself refuses edits and deletions.
             self._conn.execute(
                 "CREATE TRIGGER IF NOT EXISTS receipts_no_update BEFORE UPDATE ON receipts "
@@ -73,16 +109,30 @@ class ReceiptLedger:
                 "BEGIN SELECT RAISE(ABORT, 'receipts are append-only'); END"
             )
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The ledger's connection (use it inside :meth:`transaction`)."""
+        return self._conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One SQLite write transaction, taken at once (``BEGIN IMMEDIATE``): no other
+        connection to the file, in any process, writes until it ends."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
     def append(self, receipt: Receipt) -> None:
-        values = [getattr(receipt, c) for c in _COLUMNS]
+        values = [_stored(c, getattr(receipt, c)) for c in _COLUMNS]
         with self._lock:
             self._conn.execute(
                 f"INSERT INTO receipts ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})",
-                # amounts may exceed 64 bits: stored as decimal text
-                [
-                    str(v) if c == "amount" and v is not None else v
-                    for c, v in zip(_COLUMNS, values, strict=True)
-                ],
+                values,
             )
 
     def __iter__(self) -> Iterator[Receipt]:
@@ -95,6 +145,10 @@ class ReceiptLedger:
             for key in ("amount", "status", "x402_version"):
                 if data[key] is not None:
                     data[key] = int(data[key])
+            if data["certificate"] is not None:
+                data["certificate"] = json.loads(data["certificate"])
+            if data["certificate_verified"] is not None:
+                data["certificate_verified"] = bool(data["certificate_verified"])
             yield Receipt(**data)
 
     def __len__(self) -> int:
@@ -112,3 +166,19 @@ class ReceiptLedger:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _type(column: str) -> str:
+    return _TYPES.get(column, "REAL" if column.endswith("_at") else "TEXT")
+
+
+def _stored(column: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if column == "amount":  # amounts may exceed 64 bits: stored as decimal text
+        return str(value)
+    if column == "certificate":
+        return json.dumps(value, sort_keys=True)
+    if column == "certificate_verified":
+        return int(bool(value))
+    return value

@@ -1,6 +1,8 @@
 """httpx transports that pay 402s: :class:`PaymentTransport` (sync) and :class:`AsyncPaymentTransport`.
 
-Both drive the same :class:`~.flow.BuyerFlow`; they only perform its I/O.
+Both drive the same :class:`~.flow.BuyerFlow` with the buyer's one sync and one async driver
+(:mod:`._steps`); they only perform its I/O. :func:`drive` runs the flow synchronously (the
+``requests`` adapter uses it too).
 
     import httpx
     from fourmica_x402.client import PaymentTransport, SpendingPolicy
@@ -13,18 +15,30 @@ Both drive the same :class:`~.flow.BuyerFlow`; they only perform its I/O.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
+from collections.abc import Callable
 from typing import Any
 
 import coincurve
 import httpx
 
-from .flow import Approve, BuyerFlow, Read, Send
+from ._steps import run_async, run_sync
+from .flow import BuyerFlow
+from .keys import BuyerKey
 from .policy import SpendingPolicy
 from .receipts import ReceiptLedger
 
-__all__ = ["AsyncPaymentTransport", "PaymentTransport"]
+__all__ = ["AsyncPaymentTransport", "PaymentTransport", "drive"]
+
+
+def drive(
+    flow: BuyerFlow,
+    request: httpx.Request,
+    send: Callable[[httpx.Request], httpx.Response],
+    read: Callable[[httpx.Response], Any] = httpx.Response.read,
+) -> httpx.Response:
+    """Run the buyer flow for ``request`` synchronously: ``send`` performs each HTTP call,
+    ``read`` reads a response to its end; approval callbacks may be sync or async."""
+    return run_sync(flow.run(request), send, flow.policy.approve, read)
 
 
 class PaymentTransport(httpx.BaseTransport):
@@ -32,7 +46,7 @@ class PaymentTransport(httpx.BaseTransport):
 
     def __init__(
         self,
-        key: str | bytes | coincurve.PrivateKey,
+        key: str | bytes | coincurve.PrivateKey | BuyerKey,
         *,
         policy: SpendingPolicy | None = None,
         ledger: ReceiptLedger | None = None,
@@ -43,27 +57,7 @@ class PaymentTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         request.read()  # the body is sent twice when the first answer is a 402
-        flow = self.flow.run(request)
-        result: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                step = flow.throw(error) if error is not None else flow.send(result)
-            except StopIteration as stop:
-                response: httpx.Response = stop.value
-                return response
-            result, error = None, None
-            try:
-                if isinstance(step, Send):
-                    result = self._inner.handle_request(step.request)
-                elif isinstance(step, Read):
-                    step.response.read()
-                elif isinstance(step, Approve):
-                    result = self.flow.policy.approve(step.request)  # type: ignore[misc]
-                    if inspect.isawaitable(result):
-                        result = asyncio.run(_await(result))
-            except Exception as exc:
-                error = exc
+        return drive(self.flow, request, self._inner.handle_request)
 
     def close(self) -> None:
         self._inner.close()
@@ -74,7 +68,7 @@ class AsyncPaymentTransport(httpx.AsyncBaseTransport):
 
     def __init__(
         self,
-        key: str | bytes | coincurve.PrivateKey,
+        key: str | bytes | coincurve.PrivateKey | BuyerKey,
         *,
         policy: SpendingPolicy | None = None,
         ledger: ReceiptLedger | None = None,
@@ -85,31 +79,10 @@ class AsyncPaymentTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await request.aread()
-        flow = self.flow.run(request)
-        result: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                step = flow.throw(error) if error is not None else flow.send(result)
-            except StopIteration as stop:
-                response: httpx.Response = stop.value
-                return response
-            result, error = None, None
-            try:
-                if isinstance(step, Send):
-                    result = await self._inner.handle_async_request(step.request)
-                elif isinstance(step, Read):
-                    await step.response.aread()
-                elif isinstance(step, Approve):
-                    result = self.flow.policy.approve(step.request)  # type: ignore[misc]
-                    if inspect.isawaitable(result):
-                        result = await result
-            except Exception as exc:
-                error = exc
+        flow = self.flow
+        return await run_async(
+            flow.run(request), self._inner.handle_async_request, flow.policy.approve
+        )
 
     async def aclose(self) -> None:
         await self._inner.aclose()
-
-
-async def _await(awaitable: Any) -> Any:
-    return await awaitable

@@ -135,7 +135,10 @@ class Facilitator(Protocol):
 def expected_from_requirements(
     requirements: PaymentRequirements | PaymentRequirementsV1,
 ) -> Expected:
-    """What the seller asked for, from its requirements. Bad requirements → MalformedPayment."""
+    """What the seller asked for, from its requirements. Bad requirements → MalformedPayment.
+
+    The validation policy's numbers may be JSON integers or canonical strings (docs/protocol.md,
+    "Validation policy"); anything else is malformed."""
     if requirements.scheme != SCHEME:
         raise GuaranteeRejected(f"scheme {requirements.scheme!r}", reason=Reason.UNSUPPORTED_SCHEME)
     try:
@@ -145,7 +148,9 @@ def expected_from_requirements(
             f"unknown network {requirements.network!r}", reason=Reason.NETWORK_MISMATCH
         ) from None
     try:
-        policy = ValidationPolicy.from_extra(requirements.extra, chain_id)
+        # Read as the official facilitator reads it: a seller on the official stack passes its
+        # configured ``extra`` through, so its numbers may be canonical strings ("84532").
+        policy = ValidationPolicy.from_extra(requirements.extra, chain_id, lenient=True)
         return Expected(
             network=requirements.network,
             pay_to=requirements.pay_to,

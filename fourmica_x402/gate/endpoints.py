@@ -3,7 +3,8 @@
 The tab endpoint (``tabEndpoint`` in every challenge; docs/protocol.md, "Endpoints";
 docs/operations.md, "The tab endpoint") opens a tab for a buyer, only towards a route's
 ``payTo`` and within the limits on new tabs. Under the prefix, the embedded Core's public
-parameters and its JSON-RPC subset (``rpcUrl``) are mounted; nothing that accepts a guarantee.
+parameters, its JSON-RPC subset (``rpcUrl``) and its guarantee read (with the certificate) are
+mounted; nothing that accepts a guarantee.
 """
 
 from __future__ import annotations
@@ -45,11 +46,25 @@ def core_api(gate: Gate, request: RequestView) -> Flow:
         body = yield from _json_body(request)
         status, data = coreapi.json_rpc(core, chain_id, body)
         return Response.json(status, data)
+    ids = _guarantee_ids(sub)
+    if ids is not None and method in ("GET", "HEAD"):
+        # A buyer fetching the certificate of what it paid (docs/buyer.md, "Certificates"):
+        # the Core signs it on the first read, so it runs off the event loop.
+        status, data = yield Call(coreapi.core_guarantee, (core, chain_id, *ids))
+        return Response.json(status, data, [("cache-control", "no-store")])
     # The Core's own tab and issue calls (/core/payment-tabs, /core/guarantees) are not
     # mounted on a seller's public app: unauthenticated, anyone holding a buyer's payment
     # header could settle it there first and the buyer would pay for a request that the
     # gate then refuses as a replay. `fourmica-x402 serve --api-key` serves them.
     return Response.json(404, {"error": "not found"})
+
+
+def _guarantee_ids(sub: str) -> tuple[str, str] | None:
+    """``(tab_id, req_id)`` of ``/core/tabs/{tab_id}/guarantees/{req_id}``, else None."""
+    match sub.split("/"):
+        case ["", "core", "tabs", tab_id, "guarantees", req_id] if tab_id and req_id:
+            return tab_id, req_id
+    return None
 
 
 def _json_body(request: RequestView) -> Flow:

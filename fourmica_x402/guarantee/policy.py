@@ -9,6 +9,7 @@ the Core recomputes both hashes before anything else, docs/protocol.md, "Accepta
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -93,10 +94,16 @@ class ValidationPolicy:
     )
 
     @classmethod
-    def from_extra(cls, extra: Mapping[str, Any] | None, chain_id: int) -> ValidationPolicy | None:
+    def from_extra(
+        cls, extra: Mapping[str, Any] | None, chain_id: int, *, lenient: bool = False
+    ) -> ValidationPolicy | None:
         """The policy carried by requirements ``extra``; None when there is none.
 
         Raises ``ValueError`` when only part of a policy is present or a value is invalid.
+        ``lenient`` is how a buyer reads a challenge: sellers on the official stack pass their
+        configured ``extra`` through, so ``minValidationScore`` may arrive as a decimal string
+        and ``validationChainId`` as a decimal or ``0x`` string (docs/buyer.md, "Challenges").
+        A seller checking what it receives keeps the strict default.
         """
         if not extra:
             return None
@@ -107,9 +114,12 @@ class ValidationPolicy:
             missing = sorted(set(cls._EXTRA_KEYS) - set(present))
             raise ValueError(f"incomplete validation policy, missing {', '.join(missing)}")
         score = extra["minValidationScore"]
+        declared_chain = extra.get("validationChainId", chain_id)
+        if lenient:
+            score = _number(score, "minValidationScore", hex_ok=False)
+            declared_chain = _number(declared_chain, "validationChainId", hex_ok=True)
         if isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 100:
             raise ValueError("minValidationScore must be an integer 1..100")
-        declared_chain = extra.get("validationChainId", chain_id)
         if isinstance(declared_chain, bool) or not isinstance(declared_chain, int):
             raise ValueError("validationChainId must be an integer")
         if declared_chain != chain_id:
@@ -143,3 +153,21 @@ class ValidationPolicy:
         extra["jobHash"] = "0x" + self.job_hash.hex()
         extra["validationChainId"] = self.chain_id
         return extra
+
+
+_DECIMAL = re.compile(r"(?:0|[1-9][0-9]*)\Z")
+_HEX = re.compile(r"0x(?:0|[1-9a-fA-F][0-9a-fA-F]{0,63})\Z")
+
+
+def _number(value: object, name: str, *, hex_ok: bool) -> int:
+    """A JSON integer, or the same integer as a canonical string: decimal digits with no sign,
+    space or leading zero (and, where ``hex_ok``, ``0x`` + minimal hex digits)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isascii():
+        if _DECIMAL.match(value) and len(value) <= 78:
+            return int(value)
+        if hex_ok and _HEX.match(value):
+            return int(value[2:], 16)
+    shape = "a decimal or 0x-hex string" if hex_ok else "a decimal string"
+    raise ValueError(f"{name} must be an integer (a JSON number or {shape}), got {value!r:.40}")

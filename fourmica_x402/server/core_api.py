@@ -1,8 +1,9 @@
 """The Core API subset and its sandbox JSON-RPC (docs/protocol.md, "Endpoints"):
 ``GET /core/public-params``, ``POST /core/payment-tabs``, ``POST /core/guarantees``,
-``POST /rpc`` — so buyers built on the official SDK can read signing parameters, open tabs
-and settle from this Core. The bodies are :mod:`fourmica_x402.coreapi`'s, shared with the
-seller gate's embedded mode.
+``GET /core/tabs/{tab_id}/guarantees/{req_id}``, ``POST /rpc`` — so buyers built on the
+official SDK can read signing parameters, open tabs and settle from this Core, and any buyer can
+fetch the certificate of what it paid. The bodies are :mod:`fourmica_x402.coreapi`'s, shared
+with the seller gate's embedded mode.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .base import Call, Reply
 if TYPE_CHECKING:
     from .context import Service
 
-__all__ = ["guarantees", "payment_tabs", "public_params", "rpc"]
+__all__ = ["guarantee", "guarantees", "payment_tabs", "public_params", "rpc"]
 
 
 def public_params(service: Service, call: Call) -> Reply:
@@ -37,3 +38,10 @@ def guarantees(service: Service, call: Call) -> Reply:
         return refused
     only = service.keys.acts_for(call) or None  # a seller key settles its own guarantees only
     return coreapi.core_guarantees(service.core, service.chain_id, call.body, recipient=only)
+
+
+def guarantee(service: Service, call: Call) -> Reply:
+    """One guarantee with its certificate (read-only; see :func:`coreapi.core_guarantee`)."""
+    return coreapi.core_guarantee(
+        service.core, service.chain_id, str(call.path["tab_id"]), str(call.path["req_id"])
+    )

@@ -731,14 +731,17 @@ def _valid(name: str, tmp_path: Path, url: str, port: int) -> str:
 def _base(
     path: tuple[str, ...], tmp_path: Path, url: str, port: int
 ) -> tuple[list[str], list[str]]:
-    """Options and arguments giving every required value (and --db, --port, and --once so a
-    loop that accepted its arguments returns) a valid value."""
+    """Options and arguments giving every required value (and --db, --port, --key — one of
+    the buyer's three key options — and --once so a loop that accepted its arguments
+    returns) a valid value."""
     options: list[str] = []
     arguments: list[str] = []
     for param in _command(path).params:
         if isinstance(param, click.Option) and param.name == "once":
             options.append("--once")
-        elif isinstance(param, click.Option) and (param.required or param.name in ("db", "port")):
+        elif isinstance(param, click.Option) and (
+            param.required or param.name in ("db", "port", "key")
+        ):
             options += [param.opts[0], _valid(str(param.name), tmp_path, url, port)]
         elif isinstance(param, click.Argument) and (param.required or path == ("withdraw",)):
             arguments.append(_valid(str(param.name), tmp_path, url, port))

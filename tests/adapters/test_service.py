@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,12 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from fourmica_x402 import PaymentConfig
+from fourmica_x402.client import Receipt, fetch_certificate, fetch_public_key, verify_certificate
 from fourmica_x402.core import Core
 from fourmica_x402.errors import Unavailable
 from fourmica_x402.facilitator import HttpFacilitator
 from fourmica_x402.service import create_app
-from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
+from fourmica_x402.testing import NETWORK, TestBuyer, payment_header, test_policy
 from fourmica_x402.wire import PaymentRequirements, decode_payment_required
 
 SELLER = TestBuyer.from_key(
@@ -62,7 +64,12 @@ def client(core: Core) -> Iterator[TestClient]:
 
 
 def signed_payload(
-    client: TestClient, buyer: TestBuyer, req: PaymentRequirements, **changes: Any
+    client: TestClient,
+    buyer: TestBuyer,
+    req: PaymentRequirements,
+    *,
+    guarantee_version: int = 1,
+    **changes: Any,
 ) -> dict[str, Any]:
     tab = client.post(
         "/tabs",
@@ -71,7 +78,7 @@ def signed_payload(
             "recipientAddress": SELLER,
             "network": NETWORK,
             "erc20Token": USDC,
-            "guaranteeVersion": 1,
+            "guaranteeVersion": guarantee_version,
         },
     ).json()
     _, header = payment_header(buyer, req, tab, **changes)
@@ -231,6 +238,76 @@ def test_core_api_subset_and_metrics(client: TestClient, core: Core) -> None:
     assert 'fourmica_guarantees_rejected_total{reason="replayed_request_id"} 1.0' in text
     assert "fourmica_settle_success_ratio 0.5" in text and "fourmica_request_seconds_bucket" in text
     assert "Clearing cycles" in client.get("/").text
+
+
+def test_a_buyer_fetches_the_certificate_of_its_payment(client: TestClient, core: Core) -> None:
+    """``GET /core/tabs/{tab_id}/guarantees/{req_id}`` (the Core API's guarantee read, no key
+    needed) through the buyer's fetch_certificate; it verifies with the buyer's own claims."""
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 100_000, network=NETWORK)
+    payload = signed_payload(client, buyer, requirements())
+    req = requirements().to_dict()
+    body = {"x402Version": 2, "paymentPayload": payload, "paymentRequirements": req}
+    settled = client.post("/settle", json=body).json()
+    claims = payload["payload"]["claims"]
+    receipt = Receipt(
+        outcome="paid",
+        url="http://seller.test/premium",
+        tab_id=claims["tab_id"],
+        request_id=claims["req_id"],
+        guarantee_id=settled["transaction"],
+        claims=json.dumps(claims),
+        core_url="http://testserver",
+    )
+    certificate = fetch_certificate(receipt, client=client)
+    assert certificate == settled["certificate"]
+    key = fetch_public_key(receipt.core_url, client=client)
+    domain = client.get("/core/public-params").json()["active_guarantee_domain_separator"]
+    assert verify_certificate(certificate, claims, key, guarantee_domain=bytes.fromhex(domain[2:]))
+    other = TestBuyer.new()  # the same certificate does not verify for another buyer's claims
+    assert not verify_certificate(certificate, {**claims, "user_address": other.address}, key)
+    read = client.get(f"/core/tabs/{claims['tab_id']}/guarantees/{claims['req_id']}").json()
+    assert (read["guarantee_id"], read["from_address"]) == (settled["transaction"], buyer.address)
+    assert fetch_certificate(replace(receipt, request_id="0x99"), client=client) is None
+    assert client.get("/core/tabs/nothex/guarantees/0x0").status_code == 400
+
+
+def official_extra(**numbers: Any) -> dict[str, Any]:
+    """A validation policy as an official seller configures it: its numbers as strings."""
+    extra = test_policy().to_extra()
+    extra.update({"validationChainId": "84532", "minValidationScore": "80", **numbers})
+    return extra
+
+
+def test_an_official_sellers_numbers_as_strings_verify_and_settle(
+    client: TestClient, core: Core
+) -> None:
+    """An official seller with this service as its facilitator passes its configured ``extra``
+    through: canonical numeric strings are read as the official facilitator reads them."""
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 100_000, network=NETWORK)
+
+    def body(req: PaymentRequirements) -> dict[str, Any]:
+        payload = signed_payload(client, buyer, req, guarantee_version=2, policy=test_policy())
+        return {"x402Version": 2, "paymentPayload": payload, "paymentRequirements": req.to_dict()}
+
+    paid = body(requirements(official_extra(validationChainId="0x14a34")))
+    assert client.post("/verify", json=paid).json()["isValid"] is True
+    settled = client.post("/settle", json=paid).json()
+    assert settled["success"] is True, settled
+    record = core.guarantee(settled["transaction"])
+    assert (record.version, record.min_score) == (2, 80)
+    for bad in (
+        {"validationChainId": "084532"},
+        {"minValidationScore": " 80"},
+        {"minValidationScore": "0x50"},
+    ):
+        refused = body(requirements(official_extra(**bad)))
+        verdict = client.post("/verify", json=refused).json()
+        assert (verdict["isValid"], verdict["invalidReason"]) == (False, "malformed_payment")
+        answer = client.post("/settle", json=refused).json()
+        assert answer["success"] is False and answer["error"] == "malformed_payment"
+    assert core.position(buyer.address, network=NETWORK).locked == 10_000  # the one settled
 
 
 def _free_port() -> int:

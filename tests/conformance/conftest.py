@@ -14,9 +14,11 @@ import base64
 import collections
 import importlib.util
 import json
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -200,3 +202,31 @@ def base_routes() -> dict[str, Any]:
 @pytest.fixture
 def kit() -> Kit:
     return Kit()
+
+
+# -- the buyer client through each transport (test_buyer.py asks for ``buyers``) -----------------
+
+TRANSPORTS = ["httpx", "httpx_async", "requests"]
+
+
+def buyer_harness() -> ModuleType:
+    """``buyers.py`` beside this file (Wire, Got, loopback, the clients), loaded once."""
+    name = "conformance_buyers"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "buyers.py")
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+buyer_harness()  # at import: test_buyer.py subclasses its Wire
+
+
+@pytest.fixture(params=TRANSPORTS)
+def buyers(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Buyer clients for one transport: httpx (sync), httpx (async) or requests."""
+    made = buyer_harness().Buyers(str(request.param))
+    yield made
+    made.close()

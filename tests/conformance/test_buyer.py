@@ -1,21 +1,23 @@
-"""The buyer client (sync and async transports) against every seller adapter."""
+"""The buyer client against every seller adapter, through every buyer transport: httpx (sync),
+httpx (async) and requests (the ``buyers`` fixture; the harness is ``buyers.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
+import sys
+from dataclasses import replace
 from typing import Any
 
-import httpx
 import pytest
 
 from fourmica_x402.client import (
-    RECEIPT_KEY,
-    AsyncPaymentTransport,
-    PaymentTransport,
     ReceiptLedger,
     SpendingPolicy,
+    fetch_certificate,
+    fetch_public_key,
+    verify_certificate,
 )
 from fourmica_x402.errors import (
     BlockedSeller,
@@ -25,53 +27,10 @@ from fourmica_x402.errors import (
     PaymentFailed,
 )
 from fourmica_x402.testing import NETWORK, TestBuyer
+from fourmica_x402.wire import PAYMENT_REQUIRED_HEADER
 
-BASE = "http://testserver"
-
-
-class SyncFromAsync(httpx.BaseTransport):
-    """Drive an ASGI app from sync code (one event loop per request)."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
-        self.inner = inner
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        async def run() -> httpx.Response:
-            response = await self.inner.handle_async_request(request)
-            content = await response.aread()
-            return httpx.Response(
-                response.status_code,
-                headers=response.headers,
-                content=content,
-                extensions=response.extensions,
-            )
-
-        return asyncio.run(run())
-
-
-class AsyncFromSync(httpx.AsyncBaseTransport):
-    """Drive a WSGI app from async code (in a worker thread)."""
-
-    def __init__(self, inner: httpx.BaseTransport) -> None:
-        self.inner = inner
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        def run() -> httpx.Response:
-            response = self.inner.handle_request(request)
-            return httpx.Response(
-                response.status_code, headers=response.headers, content=response.read()
-            )
-
-        return await asyncio.to_thread(run)
-
-
-def inner_transport(seller: Any, *, is_async: bool) -> Any:
-    app = seller.client.app
-    if seller.client.interface == "asgi":
-        asgi = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        return asgi if is_async else SyncFromAsync(asgi)
-    wsgi = httpx.WSGITransport(app=app, raise_app_exceptions=False)
-    return AsyncFromSync(wsgi) if is_async else wsgi
+harness = sys.modules["conformance_buyers"]  # loaded by conftest.py, as the fixture needs it
+Wire = harness.Wire
 
 
 def funded(seller: Any, amount: int = 1_000_000) -> TestBuyer:
@@ -80,85 +39,60 @@ def funded(seller: Any, amount: int = 1_000_000) -> TestBuyer:
     return buyer
 
 
-def sync_client(seller: Any, buyer: TestBuyer, **kwargs: Any) -> httpx.Client:
-    transport = PaymentTransport(
-        buyer.key, transport=inner_transport(seller, is_async=False), **kwargs
-    )
-    return httpx.Client(transport=transport, base_url=BASE)
-
-
-def async_client(seller: Any, buyer: TestBuyer, **kwargs: Any) -> httpx.AsyncClient:
-    transport = AsyncPaymentTransport(
-        buyer.key, transport=inner_transport(seller, is_async=True), **kwargs
-    )
-    return httpx.AsyncClient(transport=transport, base_url=BASE)
-
-
-def test_sync_transport_pays(seller: Any) -> None:
+def test_pays_and_keeps_a_receipt(seller: Any, buyers: Any) -> None:
     buyer = funded(seller)
     ledger = ReceiptLedger()
-    with sync_client(seller, buyer, ledger=ledger) as client:
-        resp = client.get("/premium")
-        assert client.get("/free").json() == {"free": True}
-    assert resp.status_code == 200 and resp.json()["payer"] == buyer.address
-    receipt = resp.extensions[RECEIPT_KEY]
+    client = buyers.client(seller, buyer, ledger=ledger)
+    resp = client.get("/premium")
+    free = client.get("/free")
+    assert free.json() == {"free": True} and free.receipt is None
+    assert resp.status == 200 and resp.json()["payer"] == buyer.address
+    receipt = resp.receipt
     assert receipt.outcome == "paid" and receipt.amount == 10_000 and receipt.x402_version == 2
-    assert (
-        receipt.guarantee_id == resp.json()["guarantee_id"]
-        and receipt.seller == seller.options["pay_to"]
-    )
+    assert receipt.guarantee_id == resp.json()["guarantee_id"]
+    assert receipt.seller == seller.options["pay_to"]
+    assert json.loads(receipt.claims)["user_address"] == buyer.address
     assert [r.outcome for r in ledger] == ["paid"]
     assert seller.core.guarantee(receipt.guarantee_id).version == 2  # v2 challenge → G-v2
 
 
-def test_async_transport_pays_with_a_body(seller: Any) -> None:
-    buyer = funded(seller)
-
-    async def go() -> httpx.Response:
-        async with async_client(seller, buyer) as client:
-            return await client.post("/echo", json={"q": 1})
-
-    resp = asyncio.run(go())
-    assert resp.status_code == 200 and resp.json() == {"echo": {"q": 1}}
-    assert resp.extensions[RECEIPT_KEY].outcome == "paid"
+def test_pays_with_a_body(seller: Any, buyers: Any) -> None:
+    client = buyers.client(seller, funded(seller))
+    resp = client.post("/echo", {"q": 1})
+    assert resp.status == 200 and resp.json() == {"echo": {"q": 1}}
+    assert resp.receipt.outcome == "paid"
+    assert seller.calls["/echo"] == 1
 
 
-def test_v1_only_server(seller: Any) -> None:
-    """A seller that answers only with the v1 body: the client signs G-v1 and uses X-PAYMENT."""
-    buyer = funded(seller)
-    inner = inner_transport(seller, is_async=False)
+class StripV2(Wire):
+    """A seller that answers only with the v1 body."""
 
-    class StripV2(httpx.BaseTransport):
-        def handle_request(self, request: httpx.Request) -> httpx.Response:
-            response = inner.handle_request(request)
-            content = response.read()
-            headers = [
-                (k, v) for k, v in response.headers.multi_items() if k.lower() != "payment-required"
-            ]
-            return httpx.Response(response.status_code, headers=headers, content=content)
+    def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
+        return status, [(k, v) for k, v in headers if k.lower() != "payment-required"], body
 
-    with httpx.Client(
-        transport=PaymentTransport(buyer.key, transport=StripV2()), base_url=BASE
-    ) as client:
-        resp = client.get("/premium")
-    assert resp.status_code == 200 and resp.json()["x402_version"] == 1
+
+def test_v1_only_server(seller: Any, buyers: Any) -> None:
+    """The client signs G-v1 and uses X-PAYMENT."""
+    client = buyers.client(seller, funded(seller), wire=StripV2())
+    resp = client.get("/premium")
+    assert resp.status == 200 and resp.json()["x402_version"] == 1
     assert "x-payment-response" in resp.headers
-    assert seller.core.guarantee(resp.extensions[RECEIPT_KEY].guarantee_id).version == 1
+    assert seller.core.guarantee(resp.receipt.guarantee_id).version == 1
 
 
-class Counting(httpx.BaseTransport):
+class Counting(Wire):
     """Counts what reaches the seller (to prove refusals are not retried)."""
 
-    def __init__(self, inner: Any) -> None:
-        self.inner, self.paid_attempts, self.tabs, self.total = inner, 0, 0, 0
+    def __init__(self) -> None:
+        self.paid_attempts, self.tabs, self.total = 0, 0, 0
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
+    def request(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
         self.total += 1
-        if "payment-signature" in request.headers or "x-payment" in request.headers:
+        if "payment-signature" in headers or "x-payment" in headers:
             self.paid_attempts += 1
-        if request.url.path.endswith("/tab"):
+        if path.endswith("/tab"):
             self.tabs += 1
-        return self.inner.handle_request(request)
+        return headers, body
 
 
 @pytest.mark.parametrize(
@@ -175,25 +109,20 @@ class Counting(httpx.BaseTransport):
     ],
 )
 def test_policy_refusals_happen_before_signing_and_are_not_retried(
-    seller: Any, policy: SpendingPolicy, error: type
+    seller: Any, buyers: Any, policy: SpendingPolicy, error: type
 ) -> None:
     if policy.blocked_sellers == {"seller"}:
         policy.blocked_sellers = {seller.options["pay_to"].lower()}
-    buyer = funded(seller)
-    counting = Counting(inner_transport(seller, is_async=False))
-    with (
-        httpx.Client(
-            transport=PaymentTransport(buyer.key, policy=policy, transport=counting), base_url=BASE
-        ) as c,
-        pytest.raises(error) as info,
-    ):
-        c.get("/premium")
+    counting = Counting()
+    client = buyers.client(seller, funded(seller), policy=policy, wire=counting)
+    with pytest.raises(error) as info:
+        client.get("/premium")
     assert info.value.receipt.outcome == error.reason
     assert (counting.total, counting.tabs, counting.paid_attempts) == (1, 0, 0)
     assert seller.calls["/premium"] == 0
 
 
-def test_approval_callbacks_sync_and_async(seller: Any) -> None:
+def test_approval_callbacks_sync_and_async(seller: Any, buyers: Any) -> None:
     buyer = funded(seller)
     asked: list[str] = []
 
@@ -202,126 +131,210 @@ def test_approval_callbacks_sync_and_async(seller: Any) -> None:
         return True
 
     policy = SpendingPolicy(approve_new_sellers=True, approve=approve)
-    with sync_client(seller, buyer, policy=policy) as client:
-        assert client.get("/premium").status_code == 200
-        assert client.get("/premium").status_code == 200  # no longer new
+    client = buyers.client(seller, buyer, policy=policy)
+    assert client.get("/premium").status == 200
+    assert client.get("/premium").status == 200  # no longer new
     assert asked == ["new_seller"]
 
     async def approve_async(request: Any) -> bool:
         await asyncio.sleep(0)
-        return request.amount <= 20_000
+        return request.amount <= 10_000
 
     policy = SpendingPolicy(approval_threshold="$0.005", approve=approve_async)
+    client = buyers.client(seller, buyer, policy=policy)
+    assert client.get("/premium").status == 200  # $0.01: approved
+    with pytest.raises(NeedsApproval):
+        client.get("/items/3")  # $0.02: refused by the callback
+    assert seller.calls["/items/3"] == 0
 
-    async def go() -> list[int]:
-        async with async_client(seller, buyer, policy=policy) as client:
-            return [(await client.get(p)).status_code for p in ("/premium", "/items/3")]
 
-    assert asyncio.run(go()) == [200, 200]
-
-
-def test_insufficient_collateral_is_reported(seller: Any) -> None:
-    buyer = funded(seller, amount=5)
-    with sync_client(seller, buyer) as client, pytest.raises(InsufficientCollateral) as info:
+def test_insufficient_collateral_is_reported(seller: Any, buyers: Any) -> None:
+    client = buyers.client(seller, funded(seller, amount=5))
+    with pytest.raises(InsufficientCollateral) as info:
         client.get("/premium")
     assert info.value.receipt.reason == "insufficient_collateral"
 
 
-def test_per_seller_cap_and_window_budgets_count_unsettled_guarantees(seller: Any) -> None:
+def test_per_seller_cap_and_window_budgets_count_unsettled_guarantees(
+    seller: Any, buyers: Any
+) -> None:
     buyer = funded(seller)
-    policy = SpendingPolicy(max_per_seller="$0.03", per_minute="$1")
-    with sync_client(seller, buyer, policy=policy) as client:
-        assert [client.get("/premium").status_code for _ in range(3)] == [200, 200, 200]
-        with pytest.raises(BudgetExhausted):
-            client.get("/premium")
-    policy = SpendingPolicy(per_minute="$0.02")
-    with sync_client(seller, buyer, policy=policy) as client:
-        assert client.get("/premium").status_code == 200
-        assert client.get("/premium").status_code == 200
-        with pytest.raises(BudgetExhausted) as info:
-            client.get("/premium")
+    client = buyers.client(seller, buyer, policy=SpendingPolicy(max_per_seller="$0.03"))
+    assert [client.get("/premium").status for _ in range(3)] == [200, 200, 200]
+    with pytest.raises(BudgetExhausted):
+        client.get("/premium")
+    client = buyers.client(seller, buyer, policy=SpendingPolicy(per_minute="$0.02"))
+    assert client.get("/premium").status == 200
+    assert client.get("/premium").status == 200
+    with pytest.raises(BudgetExhausted) as info:
+        client.get("/premium")
     assert "per minute" in info.value.receipt.reason
 
 
-def test_task_budget_under_50_concurrent_async_requests(seller: Any) -> None:
+def test_task_budget_under_50_concurrent_requests(seller: Any, buyers: Any) -> None:
     buyer = funded(seller)
     policy = SpendingPolicy()
-
-    async def go() -> list[Any]:
-        async with async_client(seller, buyer, policy=policy) as client:
-            with policy.task("burst", budget="$0.20") as task:  # 20 payments of $0.01
-                results = await asyncio.gather(
-                    *(client.get("/premium") for _ in range(50)), return_exceptions=True
-                )
-            return [results, task]
-
-    results, task = asyncio.run(go())
-    paid = [r for r in results if isinstance(r, httpx.Response)]
+    client = buyers.client(seller, buyer, policy=policy)
+    with policy.task("burst", budget="$0.20") as task:  # 20 payments of $0.01
+        results = client.gather(["/premium"] * 50)
+    paid = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, BudgetExhausted)]
-    assert len(paid) == 20 and len(refused) == 30
-    assert task.spent[paid[0].extensions[RECEIPT_KEY].asset.lower()] == 200_000
-    request_ids = {
-        (r.extensions[RECEIPT_KEY].tab_id, r.extensions[RECEIPT_KEY].request_id) for r in paid
-    }
+    assert len(paid) == 20 and len(refused) == 30, results
+    assert all(r.status == 200 for r in paid)
+    assert task.spent[paid[0].receipt.asset.lower()] == 200_000
+    request_ids = {(r.receipt.tab_id, r.receipt.request_id) for r in paid}
     assert len(request_ids) == 20  # never the same request id twice
     assert seller.core.position(buyer.address, network=NETWORK).locked == 200_000
     assert seller.calls["/premium"] == 20
 
 
-class LyingSeller(httpx.BaseTransport):
+class LyingSeller(Wire):
     """Wraps an honest seller and lies in one way."""
 
-    def __init__(self, inner: Any, lie: str) -> None:
-        self.inner, self.lie, self.paid_attempts = inner, lie, 0
+    def __init__(self, lie: str) -> None:
+        self.lie, self.paid_attempts = lie, 0
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if "payment-signature" in request.headers or "x-payment" in request.headers:
+    def request(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+        if "payment-signature" in headers or "x-payment" in headers:
             self.paid_attempts += 1
             if self.lie == "402-again":
-                request.headers.pop("payment-signature", None)
-        response = self.inner.handle_request(request)
-        content = response.read()
-        if self.lie == "wrong-payto" and request.url.path.endswith("/tab"):
-            data = json.loads(content)
+                headers.pop("payment-signature", None)
+        return headers, body
+
+    def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
+        if self.lie == "wrong-payto" and path.endswith("/tab"):
+            data = json.loads(body)
             data["recipientAddress"] = TestBuyer.new().address
-            content = json.dumps(data).encode()
-        if self.lie == "malformed" and response.status_code == 402:
-            headers = [("payment-required", base64.b64encode(b"{not json").decode())]
-            return httpx.Response(402, headers=headers, content=b"nope")
-        return httpx.Response(
-            response.status_code,
-            headers=[h for h in response.headers.multi_items() if h[0].lower() != "content-length"],
-            content=content,
-        )
+            body = json.dumps(data).encode()
+        if self.lie == "malformed" and status == 402:
+            return 402, [("payment-required", base64.b64encode(b"{not json").decode())], b"nope"
+        return status, headers, body
 
 
 @pytest.mark.parametrize("lie", ["402-again", "wrong-payto", "malformed"])
-def test_lying_sellers_get_a_clear_error_and_no_second_signature(seller: Any, lie: str) -> None:
-    buyer = funded(seller)
-    liar = LyingSeller(inner_transport(seller, is_async=False), lie)
-    with (
-        httpx.Client(
-            transport=PaymentTransport(buyer.key, transport=liar), base_url=BASE
-        ) as client,
-        pytest.raises(PaymentFailed) as info,
-    ):
+def test_lying_sellers_get_a_clear_error_and_no_second_signature(
+    seller: Any, buyers: Any, lie: str
+) -> None:
+    liar = LyingSeller(lie)
+    client = buyers.client(seller, funded(seller), wire=liar)
+    with pytest.raises(PaymentFailed) as info:
         client.get("/premium")
     assert info.value.receipt.outcome == "payment_failed"
     assert liar.paid_attempts == (1 if lie == "402-again" else 0)
     assert seller.calls["/premium"] == 0
 
 
-def test_a_refunded_failure_is_reported_but_still_counted(seller: Any) -> None:
+def test_a_refunded_failure_is_reported_but_still_counted(seller: Any, buyers: Any) -> None:
     buyer = funded(seller)
-    policy = SpendingPolicy(per_minute="$0.01")
-    with sync_client(seller, buyer, policy=policy) as client:
-        failed = client.get("/fail")
-        assert failed.status_code == 500
-        assert failed.extensions[RECEIPT_KEY].outcome == "payment_failed"
-        # The seller says it refunded; the buyer cannot verify that, so the budget counts it.
-        with pytest.raises(BudgetExhausted):
-            client.get("/premium")
+    client = buyers.client(seller, buyer, policy=SpendingPolicy(per_minute="$0.01"))
+    failed = client.get("/fail")
+    assert failed.status == 500
+    assert failed.receipt.outcome == "payment_failed"
+    # The seller says it refunded; the buyer cannot verify that, so the budget counts it.
+    with pytest.raises(BudgetExhausted):
+        client.get("/premium")
     assert seller.core.position(buyer.address, network=NETWORK).locked == 0  # it did refund
+
+
+def test_the_certificate_of_a_payment_is_fetched_from_the_embedded_core(seller: Any) -> None:
+    """``GET <prefix>/core/tabs/{tab_id}/guarantees/{req_id}`` on the seller's app (docs/buyer.md,
+    "Certificates"), read with the buyer's fetch_certificate and checked with its claims."""
+    payer = harness.Buyers("httpx")
+    try:
+        receipt = payer.client(seller, funded(seller)).get("/premium").receipt
+    finally:
+        payer.close()
+    assert receipt.outcome == "paid" and receipt.core_url == "http://testserver/x402"
+    with harness.plain(seller) as http:
+        certificate = fetch_certificate(receipt, client=http)
+        key = fetch_public_key(receipt.core_url, client=http)
+        params = http.get("/x402/core/public-params").json()
+        path = f"/x402/core/tabs/{receipt.tab_id}/guarantees/{receipt.request_id}"
+        read = http.get(path)
+        assert read.headers["cache-control"] == "no-store"
+        assert read.json()["guarantee_id"] == receipt.guarantee_id
+        assert http.post(path).status_code == 404  # a read only
+        assert fetch_certificate(replace(receipt, request_id="0x99"), client=http) is None
+    assert certificate == seller.core.certify(receipt.guarantee_id).to_json()
+    domain = bytes.fromhex(params["active_guarantee_domain_separator"][2:])
+    assert verify_certificate(certificate, receipt.claims, key, guarantee_domain=domain)
+    assert type(receipt)(**{**receipt.to_dict(), "certificate": certificate}).verify_certificate(
+        key
+    )
+
+
+# -- challenges as an official seller sends them (docs/buyer.md, "Challenges") ------------------
+
+
+class OfficialExtra(Wire):
+    """A seller on the official stack passes its configured ``extra`` through: numbers may be
+    strings. ``values`` replaces them in every challenge (header and v1 body); the tab
+    endpoint takes them as configured, as the official one does (it reads no policy)."""
+
+    def __init__(self, **values: Any) -> None:
+        self.values = values
+
+    def request(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+        if path.endswith("/tab"):
+            data = json.loads(body)
+            extra = data["paymentRequirements"]["extra"]
+            for name in self.values:
+                extra[name] = int(str(extra[name]), 0)
+            body = json.dumps(data).encode()
+        return headers, body
+
+    def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
+        if status != 402:
+            return status, headers, body
+        out = []
+        for name, value in headers:
+            if name.lower() == PAYMENT_REQUIRED_HEADER.lower():
+                required = json.loads(base64.b64decode(value))
+                for offer in required["accepts"]:
+                    offer["extra"].update(self.values)
+                value = base64.b64encode(json.dumps(required).encode()).decode()
+            out.append((name, value))
+        return status, out, body
+
+
+def test_numbers_as_strings_in_a_challenge_are_read(seller: Any, buyers: Any) -> None:
+    buyer = funded(seller)
+    wire = OfficialExtra(validationChainId="84532", minValidationScore="100")
+    resp = buyers.client(seller, buyer, wire=wire).get("/premium")
+    assert resp.status == 200 and resp.receipt.outcome == "paid"
+    claims = json.loads(resp.receipt.claims)
+    assert claims["validation_chain_id"] == 84532 and claims["min_validation_score"] == 100
+    assert seller.core.guarantee(resp.receipt.guarantee_id).version == 2
+    hexed = OfficialExtra(validationChainId="0x14a34")
+    assert buyers.client(seller, buyer, wire=hexed).get("/premium").status == 200
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("validationChainId", "084532"),
+        ("validationChainId", " 84532"),
+        ("validationChainId", "+84532"),
+        ("validationChainId", "84532.0"),
+        ("validationChainId", "0x014a34"),
+        ("validationChainId", "1"),  # well formed, but another chain than the network's
+        ("minValidationScore", "0x64"),
+        ("minValidationScore", "101"),
+        ("minValidationScore", True),
+    ],
+)
+def test_bad_numbers_in_a_challenge_are_a_clean_refusal(
+    seller: Any, buyers: Any, field: str, value: Any
+) -> None:
+    counting = Counting()
+    wire = OfficialExtra(**{field: value})
+    wire.request = counting.request  # type: ignore[method-assign]  # count; nothing gets there
+    client = buyers.client(seller, funded(seller), wire=wire)
+    with pytest.raises(PaymentFailed) as info:
+        client.get("/premium")
+    assert field in info.value.message and info.value.receipt.outcome == "payment_failed"
+    assert (counting.total, counting.tabs, counting.paid_attempts) == (1, 0, 0)
+    assert seller.calls["/premium"] == 0
 
 
 def test_asset_case_cannot_split_a_budget() -> None:
@@ -333,4 +346,4 @@ def test_asset_case_cannot_split_a_budget() -> None:
         )
         if decision.outcome == "paid":
             policy.commit(decision.reservation)  # type: ignore[arg-type]
-    assert policy._spent_since(0, asset=usdc.lower()) == 20_000  # only the first fitted
+    assert policy.spent(usdc) == 20_000  # only the first fitted

@@ -211,6 +211,26 @@ def test_malformed_user_address_is_refused(seller: Any) -> None:
     assert opened(seller, good.lower(), req)["userAddress"] == good  # lower-case is well-formed
 
 
+def test_numbers_as_strings_in_the_requirements_are_read_as_the_official_endpoint_reads_them(
+    seller: Any,
+) -> None:
+    """A buyer echoes the requirements it was given; a seller on the official stack passes its
+    configured ``extra`` through, so the policy's numbers may be canonical strings (docs/buyer.md,
+    "Challenges"). They pick the G-v2 tab as the numbers do; anything else is refused."""
+    req = challenge(seller)
+    user = TestBuyer.new().address
+    g_v2 = opened(seller, user, req)["tabId"]
+    assert opened(seller, user, without_policy(req))["tabId"] != g_v2  # a G-v1 tab is another
+    score = str(req.extra["minValidationScore"])
+    for chain in ("84532", "0x14a34"):
+        extra = {**req.extra, "validationChainId": chain, "minValidationScore": score}
+        assert opened(seller, user, {**req.to_dict(), "extra": extra})["tabId"] == g_v2
+    for field, value in [("validationChainId", "084532"), ("minValidationScore", "0x64")]:
+        resp = tab_request(seller, user, {**req.to_dict(), "extra": {**req.extra, field: value}})
+        assert resp.status == 400 and field in resp.json()["error"], resp.text
+    assert tab_rows(seller.core) == 2
+
+
 # -- a remote facilitator: the same limits, on the seller's side -------------------------------
 
 

@@ -66,11 +66,42 @@ PINNED_ALL = [
 ]
 
 
+#: The buyer's surface (``fourmica_x402.client``); the requests adapter and ``register`` stay in
+#: their modules (one imports requests, the other's name is too general for this namespace).
+PINNED_CLIENT_ALL = [
+    "RECEIPT_KEY",
+    "ApprovalRequest",
+    "AsyncFourMicaCreditScheme",
+    "AsyncPaymentTransport",
+    "BuyerFlow",
+    "BuyerKey",
+    "Decision",
+    "FourMicaCreditScheme",
+    "PaymentTransport",
+    "Receipt",
+    "ReceiptLedger",
+    "SpendingPolicy",
+    "Task",
+    "fetch_certificate",
+    "fetch_public_key",
+    "load_key",
+    "verify_certificate",
+]
+
+
 def test_all_is_sorted_pinned_and_importable() -> None:
     assert fourmica_x402.__all__ == sorted(fourmica_x402.__all__)
     assert fourmica_x402.__all__ == PINNED_ALL
     for name in fourmica_x402.__all__:
         assert hasattr(fourmica_x402, name), name
+
+
+def test_the_client_surface_is_pinned() -> None:
+    import fourmica_x402.client as client
+
+    assert client.__all__ == PINNED_CLIENT_ALL
+    for name in client.__all__:
+        assert hasattr(client, name), name
 
 
 def test_importing_the_package_loads_no_web_framework() -> None:
@@ -92,3 +123,18 @@ def test_errors_render_themselves() -> None:
     assert json.loads(body) == {"error": "throttled", "message": "throttled"}
     assert MalformedPayment("bad").render()[0] == 402
     assert Unavailable().render()[0] == 503
+
+
+def test_the_buyer_client_loads_requests_only_for_its_adapter() -> None:
+    code = "import json, sys, fourmica_x402.client;print(json.dumps('requests' in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert json.loads(out.stdout) is False
+    code = (
+        "import sys; sys.modules['requests'] = None\n"
+        "try:\n"
+        "    import fourmica_x402.client.requests_adapter\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert "pip install 'fourmica-x402[requests]'" in out.stdout, out.stdout + out.stderr

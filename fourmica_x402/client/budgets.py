@@ -1,0 +1,157 @@
+"""Where a :class:`~.policy.SpendingPolicy` keeps what was spent: in the object, or in a ledger.
+
+A *book* holds one row per approved payment (time, seller, asset, amount, task, state):
+``reserved`` when the policy said yes, ``committed`` once the signed guarantee left, deleted
+when the payment never happened. Unsettled guarantees count, whatever a seller said became of
+them (docs/buyer.md, "Budgets").
+
+:class:`LedgerBook` keeps the rows in the receipts ledger's SQLite file. The policy's whole
+decision — read the totals, compare with the caps, reserve — runs inside one
+``BEGIN IMMEDIATE`` transaction, which SQLite grants to one connection at a time across every
+process on the file: two agents sharing a budget can never both take its last unit, and an
+agent restarted on the same file finds its spending there.
+
+A reservation left ``reserved`` by a process that died between approving and signing keeps
+counting: whether its guarantee left cannot be known, so the budget errs on the safe side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .receipts import ReceiptLedger
+
+__all__ = ["Book", "LedgerBook", "MemoryBook"]
+
+
+class Book(Protocol):
+    """What the policy reads and writes while it decides (inside :meth:`hold`)."""
+
+    def hold(self) -> contextlib.AbstractContextManager[Book]:
+        """The book, held for one decision: reads and the reservation are one unit."""
+        ...
+
+    def spent(self, since: float, asset: str, *, seller: str | None = None) -> int: ...
+
+    def task_used(self, task: str, asset: str) -> int | None:
+        """A task's spending by name, or None when tasks are tallied by their objects."""
+        ...
+
+    def paid_before(self, seller: str) -> bool: ...
+
+    def reserve(self, at: float, seller: str, asset: str, amount: int, task: str | None) -> int: ...
+
+    def commit(self, reservation: int) -> None: ...
+
+    def release(self, reservation: int) -> None: ...
+
+
+class MemoryBook:
+    """The rows in this object (the policy's lock guards them)."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._rows: dict[int, tuple[float, str, str, int]] = {}  # id -> at, seller, asset, amount
+        self._committed: set[int] = set()
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[MemoryBook]:
+        yield self
+
+    def spent(self, since: float, asset: str, *, seller: str | None = None) -> int:
+        return sum(
+            amount
+            for at, who, token, amount in self._rows.values()
+            if at >= since and token == asset and (seller is None or who == seller)
+        )
+
+    def task_used(self, task: str, asset: str) -> int | None:
+        return None
+
+    def paid_before(self, seller: str) -> bool:
+        return any(self._rows[rid][1] == seller for rid in self._committed)
+
+    def reserve(self, at: float, seller: str, asset: str, amount: int, task: str | None) -> int:
+        rid = next(self._ids)
+        self._rows[rid] = (at, seller, asset, amount)
+        return rid
+
+    def commit(self, reservation: int) -> None:
+        if reservation in self._rows:
+            self._committed.add(reservation)
+
+    def release(self, reservation: int) -> None:
+        if reservation not in self._committed:
+            self._rows.pop(reservation, None)
+
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS spending (reservation_id INTEGER PRIMARY KEY AUTOINCREMENT, "
+    "at REAL NOT NULL, seller TEXT NOT NULL, asset TEXT NOT NULL, amount TEXT NOT NULL, "
+    "task TEXT, state TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS spending_asset_at ON spending (asset, at)",
+    "CREATE INDEX IF NOT EXISTS spending_task ON spending (task, asset)",
+)
+
+
+class LedgerBook:
+    """The rows in the ledger's SQLite file, shared by every process that opens it."""
+
+    def __init__(self, ledger: ReceiptLedger) -> None:
+        self.ledger = ledger
+        with ledger.transaction() as conn:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[LedgerBook]:
+        with self.ledger.transaction():
+            yield self
+
+    # The methods below run inside hold() (or, for commit/release, one statement each).
+
+    def spent(self, since: float, asset: str, *, seller: str | None = None) -> int:
+        sql = "SELECT amount FROM spending WHERE asset = ? AND at >= ?"
+        args: tuple[object, ...] = (asset, since)
+        if seller is not None:
+            sql, args = sql + " AND seller = ?", (*args, seller)
+        # Amounts are decimal text (they may pass 64 bits): summed exactly here, not in SQL.
+        return sum(int(row[0]) for row in self.ledger.connection.execute(sql, args))
+
+    def task_used(self, task: str, asset: str) -> int | None:
+        rows = self.ledger.connection.execute(
+            "SELECT amount FROM spending WHERE task = ? AND asset = ?", (task, asset)
+        )
+        return sum(int(row[0]) for row in rows)
+
+    def paid_before(self, seller: str) -> bool:
+        row = self.ledger.connection.execute(
+            "SELECT 1 FROM spending WHERE seller = ? AND state = 'committed' LIMIT 1", (seller,)
+        ).fetchone()
+        return row is not None
+
+    def reserve(self, at: float, seller: str, asset: str, amount: int, task: str | None) -> int:
+        cursor = self.ledger.connection.execute(
+            "INSERT INTO spending (at, seller, asset, amount, task, state) "
+            "VALUES (?, ?, ?, ?, ?, 'reserved')",
+            (at, seller, asset, str(amount), task),
+        )
+        assert cursor.lastrowid is not None
+        return int(cursor.lastrowid)
+
+    def commit(self, reservation: int) -> None:
+        with self.ledger.transaction() as conn:
+            conn.execute(
+                "UPDATE spending SET state = 'committed' WHERE reservation_id = ?", (reservation,)
+            )
+
+    def release(self, reservation: int) -> None:
+        with self.ledger.transaction() as conn:
+            conn.execute(
+                "DELETE FROM spending WHERE reservation_id = ? AND state = 'reserved'",
+                (reservation,),
+            )

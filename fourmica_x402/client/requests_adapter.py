@@ -1,0 +1,171 @@
+"""A ``requests`` transport adapter that pays 402s: :class:`PaymentAdapter`.
+
+The same buyer flow, policy, receipts and errors as the httpx transports
+(:mod:`.transport`); this module only performs the flow's HTTP calls with ``requests``.
+
+    import requests
+    from fourmica_x402.client import SpendingPolicy
+    from fourmica_x402.client.requests_adapter import PaymentAdapter
+
+    session = requests.Session()
+    adapter = PaymentAdapter(KEY, policy=SpendingPolicy(max_per_request="$0.05"))
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    response = session.get("https://api.example.com/premium")
+    print(response.fourmica_receipt)   # on paid responses (the httpx RECEIPT_KEY)
+
+Refusals raise the same :class:`~fourmica_x402.errors.PaymentRefused` subclasses, out of
+``session.get``. Needs ``pip install 'fourmica-x402[requests]'``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import coincurve
+import httpx
+
+try:
+    import requests
+    from requests.adapters import BaseAdapter, HTTPAdapter
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "fourmica_x402.client.requests_adapter needs requests: "
+        "pip install 'fourmica-x402[requests]'"
+    ) from exc
+
+from .flow import RECEIPT_KEY, BuyerFlow
+from .keys import BuyerKey
+from .policy import SpendingPolicy
+from .receipts import ReceiptLedger
+from .transport import drive
+
+__all__ = ["PaymentAdapter"]
+
+#: Marks the caller's request (and the flow's paid retry, which copies its extensions).
+_CALLER = "fourmica_requests_caller"
+#: Headers that belong to one connection or one encoding, never copied between requests.
+_HOP = frozenset({"host", "content-length", "transfer-encoding", "content-encoding"})
+
+
+class PaymentAdapter(BaseAdapter):  # type: ignore[misc]
+    """Pays for 402 responses on the way through, then returns the paid response.
+
+    ``adapter``: the adapter that does the HTTP (default a fresh ``HTTPAdapter``; pass your
+    own for retries or pool sizes)."""
+
+    def __init__(
+        self,
+        key: str | bytes | coincurve.PrivateKey | BuyerKey,
+        *,
+        policy: SpendingPolicy | None = None,
+        ledger: ReceiptLedger | None = None,
+        adapter: BaseAdapter | None = None,
+    ) -> None:
+        super().__init__()
+        self.flow = BuyerFlow(key, policy=policy, ledger=ledger)
+        self._inner = adapter if adapter is not None else HTTPAdapter()
+
+    def __repr__(self) -> str:
+        return f"PaymentAdapter(address={self.flow.address})"
+
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: Any = None,
+        verify: Any = True,
+        cert: Any = None,
+        proxies: Any = None,
+    ) -> requests.Response:
+        _buffer(request)  # the body is sent twice when the first answer is a 402
+        options = {"timeout": timeout, "verify": verify, "cert": cert, "proxies": proxies}
+        caller = _view(request)
+        seen: dict[int, requests.Response] = {}
+
+        def send(outgoing: httpx.Request) -> httpx.Response:
+            if outgoing is caller:
+                prepared = request
+            elif outgoing.extensions.get(_CALLER):  # the paid retry: the caller's, plus payment
+                prepared = request.copy()
+                for name, value in outgoing.headers.multi_items():
+                    if name.lower() not in _HOP and name not in prepared.headers:
+                        prepared.headers[name] = value
+            else:  # the flow's own calls: the tab endpoint, the Core's public parameters
+                prepared = requests.PreparedRequest()
+                prepared.prepare(
+                    method=outgoing.method,
+                    url=str(outgoing.url),
+                    headers={k: v for k, v in outgoing.headers.items() if k.lower() not in _HOP},
+                    data=outgoing.content or None,
+                )
+            # Streamed: the session reads the final body itself unless its caller streams.
+            got = self._inner.send(prepared, stream=True, **options)
+            answer = httpx.Response(
+                got.status_code,
+                headers=[(k, v) for k, v in got.headers.items() if k.lower() not in _HOP],
+                stream=_Body(got),
+                request=outgoing,
+            )
+            seen[id(answer)] = got
+            return answer
+
+        final = drive(self.flow, caller, send)
+        response = seen[id(final)]
+        receipt = final.extensions.get(RECEIPT_KEY)
+        if receipt is not None:
+            setattr(response, RECEIPT_KEY, receipt)
+        return response
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class _Body(httpx.SyncByteStream):
+    """A requests response's body as the flow reads it (``requests`` keeps it, decoded)."""
+
+    def __init__(self, response: requests.Response) -> None:
+        self._response = response
+
+    def __iter__(self) -> Iterator[bytes]:
+        content = self._response.content
+        # Read whole (a challenge, a tab, the Core's parameters): the connection can go back to
+        # the pool. The content stays readable; a response the flow hands back is never read.
+        self._response.close()
+        yield content
+
+    def close(self) -> None:  # the response may be the one handed back: it stays open
+        pass
+
+
+def _view(request: requests.PreparedRequest) -> httpx.Request:
+    """The caller's request as the flow sees it (it reads URL, method, headers and body)."""
+    body = request.body  # bytes, text or None once buffered
+    content = body.encode("utf-8") if isinstance(body, str) else body
+    return httpx.Request(
+        request.method or "GET",
+        request.url or "",
+        headers=[(k, _str(v)) for k, v in request.headers.items() if k.lower() not in _HOP],
+        content=content if isinstance(content, bytes) else None,
+        extensions={_CALLER: True},
+    )
+
+
+def _str(value: str | bytes) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _buffer(request: requests.PreparedRequest) -> None:
+    """Read a streamed body (file or iterator) into bytes, so it can be sent again."""
+    body = request.body
+    if body is None or isinstance(body, bytes | str):
+        return
+    if hasattr(body, "read"):
+        data = body.read()
+    else:
+        data = b"".join(c.encode("utf-8") if isinstance(c, str) else bytes(c) for c in body)
+    data = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    request.body = data
+    request.headers.pop("Transfer-Encoding", None)
+    request.headers["Content-Length"] = str(len(data))

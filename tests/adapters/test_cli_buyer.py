@@ -1,0 +1,239 @@
+"""`fourmica-x402 pay` and `key address` with every way to give the key (docs/buyer.md, "Keys")
+and against a seller that sends numbers as strings (docs/buyer.md, "Challenges"). A real WSGI
+seller on loopback, a real Core on a SQLite file; the key never shows in output or logs."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from fourmica_x402.cli import main
+from fourmica_x402.core import Core
+from fourmica_x402.testing import NETWORK, TEST_KEYS, TestBuyer
+
+KEY = TEST_KEYS[1]  # a throwaway test key
+ADDRESS = TestBuyer.from_key(KEY).address
+PASSWORD = "tr0ub4dor&3"
+PAY_TO = "0x" + "22" * 20
+CLEAN = {"FOURMICA_X402_KEY": None, "BUYER_KEY": None, "BUYER_PASSWORD": None}
+
+
+def cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> Result:
+    return CliRunner(env={**CLEAN, **(env or {})}).invoke(main, list(args), input=stdin)
+
+
+def clean(result: Result) -> str:
+    """Everything the command wrote; asserts it holds no traceback, key or password."""
+    everything = result.stdout + result.stderr
+    assert "Traceback" not in everything, everything
+    assert result.exception is None or isinstance(result.exception, SystemExit), everything
+    for secret in (KEY, KEY[2:], KEY[2:].upper(), PASSWORD):
+        assert secret not in everything
+    return everything
+
+
+def error_line(result: Result, code: int) -> str:
+    clean(result)
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("Error: "), result.stderr
+    return lines[-1]
+
+
+def official_extra(app: Any, values: dict[str, Any]) -> Any:
+    """The seller as one on the official stack shows itself: its configured ``extra`` passed
+    through, numbers as strings, in every challenge; its tab endpoint takes them as they are."""
+
+    def rewrite(header: str) -> str:
+        required = json.loads(base64.b64decode(header))
+        for offer in required["accepts"]:
+            offer["extra"].update(values)
+        return base64.b64encode(json.dumps(required).encode()).decode()
+
+    def wrapped(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ["PATH_INFO"].endswith("/tab"):
+            body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            data = json.loads(body)
+            extra = data["paymentRequirements"]["extra"]
+            for name in values:
+                extra[name] = int(str(extra[name]), 0)
+            body = json.dumps(data).encode()
+            environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if status.startswith("402"):
+                headers = [
+                    (k, rewrite(v) if k.lower() == "payment-required" else v) for k, v in headers
+                ]
+            return start_response(status, headers, exc_info)
+
+        return app(environ, start)
+
+    return wrapped
+
+
+@contextlib.contextmanager
+def seller(tmp_path: Path, extra: dict[str, Any] | None = None) -> Iterator[tuple[str, Core]]:
+    """Our WSGI seller ($0.01 at /premium) on loopback; ``extra`` rewrites its challenges."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from fourmica_x402.adapters.wsgi import PaymentMiddleware
+
+    from fourmica_x402 import PaymentConfig
+
+    db = f"sqlite:///{tmp_path / 'core.db'}"
+    core = Core(db)
+    core.deposit(ADDRESS, 1_000_000, network=NETWORK)
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("content-type", "application/json")])
+        return [b'{"premium": true}']
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    config = PaymentConfig(pay_to=PAY_TO, routes={"GET /premium": "$0.01"}, core=db)
+    served: Any = PaymentMiddleware(app, config=config)
+    if extra:
+        served = official_extra(served, extra)
+    server = make_server("127.0.0.1", 0, served, handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/premium", core
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+        core.close()
+
+
+@pytest.fixture
+def keystore(tmp_path: Path) -> Path:
+    from eth_account import Account
+
+    path = tmp_path / "buyer.json"
+    path.write_text(json.dumps(Account.encrypt(KEY, PASSWORD, kdf="pbkdf2", iterations=1024)))
+    return path
+
+
+def paid(result: Result) -> dict[str, Any]:
+    clean(result)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout[result.stdout.index("{") :])
+    assert out["status"] == 200 and out["receipt"]["outcome"] == "paid", out
+    assert out["receipt"]["payer"] == ADDRESS
+    return out
+
+
+def test_pay_with_a_keystore_file_an_env_key_or_a_prompt(
+    tmp_path: Path, keystore: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG), seller(tmp_path) as (url, core):
+        env = {"BUYER_PASSWORD": PASSWORD}
+        paid(
+            cli(
+                "pay", url, "--key-file", str(keystore), "--password-env", "BUYER_PASSWORD", env=env
+            )
+        )
+        paid(cli("pay", url, "--key-env", "BUYER_KEY", env={"BUYER_KEY": KEY}))
+        prompted = cli("pay", url, "--key-file", str(keystore), stdin=PASSWORD + "\n")
+        paid(prompted)
+        assert f"Password for {keystore}" in prompted.stderr
+        # FOURMICA_X402_KEY is set to another key: the explicit --key-env wins
+        other = {"FOURMICA_X402_KEY": TEST_KEYS[2], "BUYER_KEY": KEY}
+        paid(cli("pay", url, "--key-env", "BUYER_KEY", env=other))
+        assert len(core.guarantees()) == 4
+    for secret in (KEY, KEY[2:], PASSWORD):
+        assert secret not in caplog.text
+
+
+def test_key_address_takes_the_same_options(keystore: Path) -> None:
+    env = {"BUYER_PASSWORD": PASSWORD, "BUYER_KEY": KEY}
+    for args in (
+        ["--key-file", str(keystore), "--password-env", "BUYER_PASSWORD"],
+        ["--key-env", "BUYER_KEY"],
+        ["--key", KEY],
+    ):
+        result = cli("key", "address", *args, env=env)
+        assert clean(result) and result.exit_code == 0 and result.stdout.strip() == ADDRESS
+    result = cli("key", "address", env={"FOURMICA_X402_KEY": KEY})
+    assert result.stdout.strip() == ADDRESS
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (
+            ["--key-file", "KEYSTORE", "--password-env", "P"],
+            {"P": PASSWORD + "x"},
+            "wrong password",
+        ),
+        (["--key-file", "KEYSTORE", "--password-env", "NOPE"], {}, "NOPE is not set"),
+        (["--key-file", "KEYSTORE"], {}, "no password given"),
+        (["--key-file", "MISSING", "--password-env", "P"], {"P": PASSWORD}, "cannot read"),
+        (["--key-file", "NOT_JSON", "--password-env", "P"], {"P": PASSWORD}, "not a keystore"),
+        (["--key-env", "BUYER_KEY"], {}, "BUYER_KEY holds no key"),
+        (["--key-env", "BUYER_KEY"], {"BUYER_KEY": KEY[:-2]}, "BUYER_KEY: a private key is 32"),
+        (["--key-env", "BUYER_KEY"], {"BUYER_KEY": "0x" + "00" * 32}, "BUYER_KEY: not a valid"),
+        (["--key", KEY, "--key-file", "KEYSTORE"], {}, "give one key, not --key and --key-file"),
+        (["--key-env", "A", "--key-file", "KEYSTORE"], {}, "give one key"),
+        (["--key", KEY, "--password-env", "P"], {}, "'--password-env': goes with --key-file"),
+        ([], {}, "give the buyer's key"),
+    ],
+)
+def test_key_problems_are_one_clean_error_line(
+    tmp_path: Path, keystore: Path, args: list[str], env: dict[str, str], says: str
+) -> None:
+    (tmp_path / "not.json").write_text("{nope")
+    paths = {
+        "KEYSTORE": keystore,
+        "MISSING": tmp_path / "none.json",
+        "NOT_JSON": tmp_path / "not.json",
+    }
+    args = [str(paths.get(a, a)) for a in args]
+    line = error_line(cli("pay", "http://127.0.0.1:9/premium", *args, env=env), 2)
+    assert says in line, line
+
+
+def test_a_seller_sending_numbers_as_strings_is_paid(tmp_path: Path) -> None:
+    strings = {"validationChainId": "84532", "minValidationScore": "100"}
+    with seller(tmp_path, strings) as (url, core):
+        out = paid(cli("pay", url, "--key", KEY))
+        claims = json.loads(out["receipt"]["claims"])
+        assert claims["validation_chain_id"] == 84532 and claims["min_validation_score"] == 100
+        assert core.guarantee(out["receipt"]["guarantee_id"]).version == 2
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("validationChainId", "84532 "),
+        ("validationChainId", "-84532"),
+        ("validationChainId", "eighty"),
+        ("minValidationScore", "1e2"),
+        ("minValidationScore", "0100"),
+    ],
+)
+def test_a_bad_number_in_a_challenge_is_a_clean_refusal(
+    tmp_path: Path, field: str, value: str
+) -> None:
+    with seller(tmp_path, {field: value}) as (url, core):
+        result = cli("pay", url, "--key", KEY)
+        clean(result)
+        assert result.exit_code == 1, result.output
+        out = json.loads(result.stdout)
+        assert out["paid"] is False and out["error"] == "payment_failed"
+        assert field in out["message"], out["message"]
+        assert core.guarantees() == []  # nothing signed, nothing settled

@@ -1,0 +1,192 @@
+"""Budgets kept in the receipts ledger (docs/buyer.md, "Budgets"): they survive a restart, and
+processes sharing one ledger file never overspend together. Real SQLite files, real processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fourmica_x402.client import BuyerFlow, ReceiptLedger, SpendingPolicy
+from fourmica_x402.networks import default_asset
+from fourmica_x402.testing import NETWORK, TEST_KEYS
+
+WORKER = Path(__file__).parent / "workers" / "budget_worker.py"
+USDC = default_asset(NETWORK).address
+SELLER = "0x" + "11" * 20
+
+
+def ask(policy: SpendingPolicy, amount: int = 10_000, seller: str = SELLER) -> str:
+    """One payment decision; an approved one is committed, as a sent guarantee is."""
+    decision = policy.check(seller=seller, url="u", amount=amount, asset=USDC, network=NETWORK)
+    if decision.reservation is not None:
+        policy.commit(decision.reservation)
+    return decision.outcome
+
+
+@pytest.mark.slow
+def test_four_processes_sharing_a_ledger_never_pass_the_cap(tmp_path: Path) -> None:
+    ledger_file = tmp_path / "agent.db"
+    ReceiptLedger(ledger_file).close()  # the file exists before the race
+    go = tmp_path / "go"
+    cap, amount, attempts = 100_000, 7_000, 10  # 40 tries of 7000 for 100000: 14 fit
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(WORKER),
+                str(ledger_file),
+                str(go),
+                str(attempts),
+                str(amount),
+                str(cap),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    time.sleep(0.5)  # let every worker open the ledger and wait at the line
+    go.touch()
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out))
+    won = sum(r["won"] for r in results)
+    assert won == cap // amount == 14, results
+    assert sum(r["refused"] for r in results) == 4 * attempts - won
+    # Every process saw the others: the ledger holds exactly the committed spending.
+    restarted = SpendingPolicy(per_hour=cap, ledger=ReceiptLedger(ledger_file))
+    assert restarted.spent(USDC) == won * amount <= cap
+    assert ask(restarted, amount) == "budget_exhausted"
+    assert ask(restarted, cap - won * amount) == "paid"  # what is left still fits
+
+
+def test_a_decision_waits_for_another_process_write_and_sees_it(tmp_path: Path) -> None:
+    """Check and reserve are one write transaction: while another connection to the file is
+    mid-decision (its reservation not yet committed), a decision elsewhere waits, then sees it."""
+    import sqlite3
+
+    ledger_file = tmp_path / "agent.db"
+    made = ReceiptLedger(ledger_file)
+    SpendingPolicy(ledger=made)  # makes the spending table
+    made.close()
+    other = sqlite3.connect(ledger_file, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute(
+        "INSERT INTO spending (at, seller, asset, amount, task, state) "
+        "VALUES (?, ?, ?, '100000', NULL, 'reserved')",
+        (time.time(), SELLER, USDC.lower()),
+    )
+    go = tmp_path / "go"
+    go.touch()
+    args = [str(ledger_file), str(go), "1", "7000", "100000"]
+    worker = subprocess.Popen(
+        [sys.executable, str(WORKER), *args], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(1.5)
+        assert worker.poll() is None, "the decision did not wait for the other write"
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    out, _ = worker.communicate(timeout=60)
+    assert json.loads(out) == {"won": 0, "refused": 1}
+
+
+def test_a_restarted_policy_finds_what_was_spent(tmp_path: Path) -> None:
+    ledger_file = tmp_path / "agent.db"
+    first = SpendingPolicy(
+        per_hour="$0.05", max_per_seller="$0.04", ledger=ReceiptLedger(ledger_file)
+    )
+    with first.task("research", budget="$0.03"):
+        assert [ask(first) for _ in range(2)] == ["paid", "paid"]
+    assert ask(first, seller="0x" + "22" * 20) == "paid"
+    assert first.ledger is not None
+    first.ledger.close()
+
+    # The agent restarts: a new policy on the same file does not get a fresh budget.
+    again = SpendingPolicy(
+        per_hour="$0.05", max_per_seller="$0.04", ledger=ReceiptLedger(ledger_file)
+    )
+    assert again.spent(USDC) == 30_000 and again.spent(USDC, seller=SELLER) == 20_000
+    with again.task("research", budget="$0.03") as task:
+        assert ask(again) == "paid"  # the task's third cent
+        assert ask(again) == "budget_exhausted"  # "research" is used up, across the restart
+        assert task.spent == {USDC.lower(): 10_000}  # this block's own tally
+    with again.task("other", budget="$0.03"):
+        assert ask(again, seller="0x" + "33" * 20) == "paid"  # the hour's fifth cent
+        assert ask(again, seller="0x" + "33" * 20) == "budget_exhausted"  # per hour: used up
+    assert again.spent(USDC, since=time.time() - 3_600) == 50_000
+
+    # The memory policy of before: each task block is a budget of its own, nothing persists.
+    memory = SpendingPolicy()
+    for _ in range(2):
+        with memory.task("research", budget="$0.01"):
+            assert ask(memory) == "paid"
+
+
+def test_a_released_reservation_gives_the_budget_back_and_a_stale_one_counts(
+    tmp_path: Path,
+) -> None:
+    ledger_file = tmp_path / "agent.db"
+    policy = SpendingPolicy(per_day=20_000, ledger=ReceiptLedger(ledger_file))
+    decision = policy.check(seller=SELLER, url="u", amount=20_000, asset=USDC, network=NETWORK)
+    assert decision.outcome == "paid" and decision.reservation is not None
+    # While reserved, another process on the file sees it (the cap is taken).
+    other = SpendingPolicy(per_day=20_000, ledger=ReceiptLedger(ledger_file))
+    assert ask(other) == "budget_exhausted"
+    policy.release(decision.reservation)  # nothing was signed: the budget comes back
+    assert other.spent(USDC) == 0
+    stale = other.check(seller=SELLER, url="u", amount=20_000, asset=USDC, network=NETWORK)
+    assert stale.outcome == "paid"
+    # Its process dies before committing or releasing: whether it signed cannot be known, so
+    # the reservation keeps counting for whoever opens the file next.
+    assert ask(SpendingPolicy(per_day=20_000, ledger=ReceiptLedger(ledger_file))) == (
+        "budget_exhausted"
+    )
+
+
+def test_new_seller_approval_remembers_sellers_paid_before_a_restart(tmp_path: Path) -> None:
+    ledger_file = tmp_path / "agent.db"
+    first = SpendingPolicy(approve_new_sellers=True, ledger=ReceiptLedger(ledger_file))
+    assert ask(first, 1) == "needs_approval"
+    assert ask(SpendingPolicy(ledger=first.ledger), 1) == "paid"  # no approval rule there
+    again = SpendingPolicy(approve_new_sellers=True, ledger=ReceiptLedger(ledger_file))
+    assert ask(again, 1) == "paid"  # paid before, as the file says
+    assert ask(again, 1, seller="0x" + "44" * 20) == "needs_approval"
+
+
+def test_the_flow_keeps_receipts_in_the_policy_ledger(tmp_path: Path) -> None:
+    ledger = ReceiptLedger(tmp_path / "agent.db")
+    flow = BuyerFlow(TEST_KEYS[0], policy=SpendingPolicy(ledger=ledger))
+    assert flow.ledger is ledger
+    other = ReceiptLedger()
+    assert (
+        BuyerFlow(TEST_KEYS[0], policy=SpendingPolicy(ledger=ledger), ledger=other).ledger is other
+    )
+
+
+def test_an_old_ledger_file_gains_the_new_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the columns a ledger had before certificates
+        conn.execute(
+            "CREATE TABLE receipts (receipt_id INTEGER PRIMARY KEY AUTOINCREMENT, outcome TEXT, "
+            "url TEXT, seller TEXT, amount TEXT, asset TEXT, network TEXT, request_id TEXT, "
+            "tab_id TEXT, guarantee_id TEXT, status TEXT, reason TEXT, task TEXT, "
+            "x402_version TEXT, started_at REAL, finished_at REAL)"
+        )
+        conn.execute("INSERT INTO receipts (outcome, url, amount) VALUES ('paid', 'u', '5')")
+    ledger = ReceiptLedger(path)
+    [old] = list(ledger)
+    assert old.outcome == "paid" and old.amount == 5 and old.certificate is None
+    policy = SpendingPolicy(per_hour=5, ledger=ledger)
+    assert ask(policy, 5) == "paid" and ask(policy, 1) == "budget_exhausted"
