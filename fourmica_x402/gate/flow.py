@@ -92,7 +92,8 @@ class Gate:
     @property
     def _shared(self) -> bool:
         """Records in the embedded Core's own database: a payment's record is written in the
-        acceptance's transaction and completed in the validation's (one commit each)."""
+        acceptance's transaction and completed in the resolution's, which rides along with a
+        later write (docs/architecture.md, "Completion off the request path")."""
         return (
             self.core is not None
             and isinstance(self.facilitator, LocalFacilitator)
