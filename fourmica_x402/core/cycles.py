@@ -33,12 +33,18 @@ __all__ = [
 
 
 def open_cycle(
-    tx: Tx, network: str, asset: str, now: float, config: CoreConfig, locks: LockClauses
+    tx: Tx,
+    network: str,
+    asset: str,
+    now: float,
+    config: CoreConfig,
+    locks: LockClauses,
+    columns: str = CYCLE_COLUMNS,
 ) -> Row:
-    """The open cycle of (network, asset) as a row of ``CYCLE_COLUMNS``, opened if none is;
+    """The open cycle of (network, asset) as a row of ``columns``, opened if none is;
     share-locked so that it cannot close under the caller's transaction (PostgreSQL)."""
     select = (
-        f"SELECT {CYCLE_COLUMNS} FROM fx_cycles WHERE network = ? AND asset = ? "
+        f"SELECT {columns} FROM fx_cycles WHERE network = ? AND asset = ? "
         "AND status = 'open'" + locks.share_lock
     )
     row = tx.one(select, (network, asset))
@@ -65,7 +71,7 @@ def join(
     locks: LockClauses,
 ) -> int:
     """Put a payable obligation into the open cycle: bump its pairwise aggregate. Returns the cycle."""
-    cycle_id = int(open_cycle(tx, network, asset, now, config, locks)[0])
+    cycle_id = int(open_cycle(tx, network, asset, now, config, locks, "cycle_id")[0])
     tx.execute(
         "INSERT INTO fx_cycle_pairs (cycle_id, payer, payee, amount, guarantee_count) "
         "VALUES (?, ?, ?, ?, 1) ON CONFLICT (cycle_id, payer, payee) DO UPDATE SET "

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .._memo import ByIdentity
 from ..core.models import Expected, Tab
 from ..errors import GuaranteeRejected, MalformedPayment, Reason
 from ..guarantee import SignedGuarantee, ValidationPolicy
@@ -138,7 +139,13 @@ def expected_from_requirements(
     """What the seller asked for, from its requirements. Bad requirements → MalformedPayment.
 
     The validation policy's numbers may be JSON integers or canonical strings (docs/protocol.md,
-    "Validation policy"); anything else is malformed."""
+    "Validation policy"); anything else is malformed. Read once per requirements object (a
+    route's are built once and reused).
+    """
+    return _expected(requirements)
+
+
+def _read_expected(requirements: PaymentRequirements | PaymentRequirementsV1) -> Expected:
     if requirements.scheme != SCHEME:
         raise GuaranteeRejected(f"scheme {requirements.scheme!r}", reason=Reason.UNSUPPORTED_SCHEME)
     try:
@@ -160,6 +167,11 @@ def expected_from_requirements(
         )
     except ValueError as exc:
         raise MalformedPayment(f"payment requirements: {exc}") from None
+
+
+_expected: ByIdentity[PaymentRequirements | PaymentRequirementsV1, Expected] = ByIdentity(
+    _read_expected
+)
 
 
 def signed_from_payload(

@@ -121,7 +121,11 @@ def finish(
         response_hash=body_hash,
         certificate=certificate,
         response=keep,
-        settle_result=state.result.to_settle_response().to_dict() if state.result else None,
+        # Settle-before: the record got the settle result with the acceptance; settle-after
+        # settles only now.
+        settle_result=state.result.to_settle_response().to_dict()
+        if state.result and config.settle == "after"
+        else None,
     )
     if (
         config.completion_window is not None

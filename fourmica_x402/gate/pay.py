@@ -13,6 +13,7 @@ import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from .._memo import ByIdentity
 from ..core.store import Conflict
 from ..errors import FourmicaError, GuaranteeRejected, MalformedPayment, PaymentError, Reason
 from ..facilitator import SettleResult, signed_from_payload
@@ -122,10 +123,7 @@ def paid(
         except PaymentError as exc:
             yield from failure(gate, request, exc)
             return challenge(gate, request, route, requirements, exc.reason, version=version)
-    policy = ValidationPolicy.from_extra(chosen.extra, get_network(chosen.network).chain_id)
-    delivery = (
-        policy is not None and policy.tag == DELIVERY_TAG and policy.validator == chosen.pay_to
-    )
+    policy, delivery = _policy_of(chosen)
     base: dict[str, Any] = dict(
         route=route.key,
         method=request.method.upper(),
@@ -235,16 +233,37 @@ def _match(
                 and got.asset.lower() == req.asset.lower()
                 and got.pay_to.lower() == req.pay_to.lower()
             ):
-                return v2_requirements([req])[0]  # the wire form, no internal marks
+                return _v2_view(req)  # the wire form, no internal marks
         raise PaymentError(reason=Reason.NO_MATCHING_REQUIREMENTS)
     claims = payload.payload.get("claims") if isinstance(payload.payload, dict) else None
-    for req in v1_requirements(requirements):
+    for req in map(_v1_view, requirements):
         if payload.scheme == req.scheme and payload.network == req.network:
             if not isinstance(claims, dict):
                 return req
             if str(claims.get("asset_address", "")).lower() == req.asset.lower():
                 return req
     raise PaymentError(reason=Reason.NO_MATCHING_REQUIREMENTS)
+
+
+def _read_policy(chosen: PaymentRequirements) -> tuple[ValidationPolicy | None, bool]:
+    """The validation policy ``chosen`` carries, and whether it is the delivery policy."""
+    policy = ValidationPolicy.from_extra(chosen.extra, get_network(chosen.network).chain_id)
+    delivery = (
+        policy is not None and policy.tag == DELIVERY_TAG and policy.validator == chosen.pay_to
+    )
+    return policy, delivery
+
+
+# A route's requirements are built once (gate/challenge.py): their views and policy too.
+_v2_view: ByIdentity[PaymentRequirements, PaymentRequirements] = ByIdentity(
+    lambda req: v2_requirements([req])[0]
+)
+_v1_view: ByIdentity[PaymentRequirements, PaymentRequirements] = ByIdentity(
+    lambda req: v1_requirements([req])[0]
+)
+_policy_of: ByIdentity[PaymentRequirements, tuple[ValidationPolicy | None, bool]] = ByIdentity(
+    _read_policy
+)
 
 
 def _replayed(found: Any, version: int) -> Paid | Response:
