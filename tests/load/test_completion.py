@@ -164,8 +164,12 @@ def test_sigkill_with_completions_queued_is_recovered_conservatively(db: Path, v
 def _until_delivered(db: Path, gids: list[str]) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
+        # Two reads, not one snapshot: a completion committed between them shows a delivered
+        # record beside a state read a moment earlier, so wait for both.
         states, records, _ = _state(db, gids)
-        if records == [("delivered", "delivered")] * len(gids):
+        if records == [("delivered", "delivered")] * len(gids) and states == ["payable"] * len(
+            gids
+        ):
             break
         time.sleep(0.02)
     assert records == [("delivered", "delivered")] * len(gids)
