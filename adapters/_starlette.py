@@ -23,11 +23,14 @@ class StarletteRouter:
     """A Starlette router seen from outside: resolves a scope the way it will route it."""
 
     def __init__(self, router: Any, marker: Callable[[Any], Marker | None]) -> None:
-        from starlette.routing import Host, Match, Mount
+        from starlette.routing import Host, Match, Mount, WebSocketRoute
 
         self.router = router
         self._full, self._nested = Match.FULL, (Mount, Host)
-        self.endpoint = Endpoints(lambda route: (marker(route), getattr(route, "methods", None)))
+        self.endpoint = Endpoints(
+            lambda route: (marker(route), getattr(route, "methods", None)),
+            lambda route: isinstance(route, WebSocketRoute),
+        )
 
     @classmethod
     def start(

@@ -78,6 +78,12 @@ class PaymentConfig:
     throttle_window: float = 60.0
     #: Serve a small HTML paywall page to browsers (Accept: text/html).
     paywall: bool = True
+    #: Answer ``GET /.well-known/x402`` with the priced routes and their payment requirements
+    #: (docs/protocol.md, "Discovery"); False: that path goes to the app like any other.
+    discovery: bool = True
+    #: Bearer token for ``<prefix>/metrics`` (the monitoring signals, docs/operations.md);
+    #: None = ``FOURMICA_X402_METRICS_TOKEN``, and without either the path answers 404.
+    metrics_token: str | None = field(default=None, repr=False)
     #: maxTimeoutSeconds advertised in requirements.
     max_timeout_seconds: int = 300
     #: TTL of tabs opened through the tab endpoint (None = the Core's default, one day).

@@ -11,6 +11,7 @@ The hierarchy::
     │   └── Throttled                 too many invalid payments from one payer or address (429)
     ├── TabLimited                    the tab endpoint refused to open a new tab (429)
     ├── Unavailable                   the facilitator or the Core failed or is unreachable (503)
+    ├── DiscoveryFailed               (buyer side) a seller's discovery listing could not be read
     └── PaymentRefused                (buyer side) the client did not pay; carries ``receipt``
         ├── NeedsApproval             the approval callback said no (or there is none)
         ├── BlockedSeller             the seller is blocked or not allowed
@@ -34,6 +35,7 @@ __all__ = [
     "BudgetExhausted",
     "ConfigurationError",
     "CoreError",
+    "DiscoveryFailed",
     "FourmicaError",
     "GuaranteeRejected",
     "InsufficientCollateral",
@@ -197,6 +199,14 @@ class Unavailable(FourmicaError):
 
     def headers(self) -> list[tuple[str, str]]:
         return [("retry-after", "5")]
+
+
+class DiscoveryFailed(FourmicaError):
+    """A seller's discovery listing could not be read: unreachable, an HTTP error, not JSON or
+    not a listing (docs/buyer.md, "Listing offers"). ``message`` says which."""
+
+    status = 502
+    reason: str = "discovery_failed"
 
 
 class PaymentRefused(FourmicaError):

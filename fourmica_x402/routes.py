@@ -34,6 +34,7 @@ price fails at start-up, not on the first request.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -43,6 +44,7 @@ from ._eth import parse_address
 from .errors import ConfigurationError
 from .guarantee import ValidationPolicy
 from .networks import Price, TokenAmount, get_network, resolve_price
+from .templates import canonical_template, compile_pattern, compile_template, display_template
 from .wire import SCHEME
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "RouteConfig",
     "RouteTable",
     "canonical_template",
+    "display_template",
     "validate_marker",
 ]
 
@@ -123,6 +126,19 @@ class RouteConfig:
     validation_policy: ValidationPolicy | None = None
     #: Several ways to pay; when set, ``price``/``network``/``pay_to`` above are ignored.
     accepts: tuple[Offer, ...] = ()
+    #: x402 v2 ``extensions`` (e.g. ``{"bazaar": {"info": …, "schema": …}}``): JSON, sent as
+    #: written in the route's challenge and discovery listing (docs/protocol.md, "Discovery").
+    extensions: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:  # they travel in every challenge: fail at start-up
+        ext = self.extensions
+        try:  # TypeError: not a mapping, or a value JSON cannot hold
+            json.dumps(None if ext is None else {**ext}, allow_nan=False)
+            ok = ext is None or all(isinstance(k, str) for k in ext)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigurationError(f"a route's extensions must be a JSON object, not {ext!r:.60}")
 
 
 @dataclass(frozen=True)
@@ -152,9 +168,10 @@ class Endpoint:
     as the framework writes it. ``marker`` is a per-handler price (``@paid``/``Paid``) and
     ``marker_methods`` the methods it prices (None: every method the endpoint serves).
     ``methods`` are the methods the endpoint serves, when the framework says (None: any).
+    ``websocket``: a WebSocket route (priced like a GET so that it is refused, never listed).
     """
 
-    __slots__ = ("_priced", "key", "marker", "marker_methods", "methods", "template")
+    __slots__ = ("_priced", "key", "marker", "marker_methods", "methods", "template", "websocket")
 
     def __init__(
         self,
@@ -164,58 +181,15 @@ class Endpoint:
         marker: RouteConfig | None = None,
         marker_methods: frozenset[str] | None = None,
         methods: frozenset[str] | None = None,
+        websocket: bool = False,
     ) -> None:
         self.key, self.template, self.marker = key, template, marker
         self.marker_methods = marker_methods
-        self.methods = methods
+        self.methods, self.websocket = methods, websocket
         self._priced: dict[str, tuple[int, Route | None]] = {}
 
     def __repr__(self) -> str:
         return f"Endpoint({self.template!r}, marker={self.marker is not None})"
-
-
-#: A route parameter in any of the notations frameworks and route tables use.
-_PARAM = re.compile(
-    r":[A-Za-z_]\w*|\[[A-Za-z_]\w*\]|\{[A-Za-z_]\w*(?::[^{}]*)?\}"
-    r"|<(?:[A-Za-z_]\w*(?:\([^)]*\))?:)?[A-Za-z_]\w*>"
-)
-
-
-def canonical_template(template: str) -> str:
-    """A route template with every parameter written ``{}``: ``/items/<int:id>`` → ``/items/{}``."""
-    return _PARAM.sub("{}", template)
-
-
-def compile_template(pattern: str) -> re.Pattern[str]:
-    """A table entry as a matcher of canonical templates: ``*`` stands for anything."""
-    body, prefix_too = canonical_template(pattern), False
-    if body.endswith("/*"):
-        body, prefix_too = body[:-2], True
-    regex = ".*".join(re.escape(part) for part in body.split("*"))
-    if prefix_too:
-        regex += "(?:/.*)?"
-    return re.compile(regex + r"/?\Z", re.IGNORECASE | re.DOTALL)
-
-
-_SEGMENT = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)|\[([A-Za-z_][A-Za-z0-9_]*)\]|\*")
-
-
-def compile_pattern(pattern: str) -> re.Pattern[str]:
-    if not pattern.startswith("/"):
-        raise ConfigurationError(f"route path must start with '/': {pattern!r}")
-    body, prefix_too = pattern, False
-    if body.endswith("/*"):
-        body, prefix_too = body[:-2], True
-    out, pos = [], 0
-    for m in _SEGMENT.finditer(body):
-        out.append(re.escape(body[pos : m.start()]))
-        out.append(".*" if m.group(0) == "*" else "[^/]+")
-        pos = m.end()
-    out.append(re.escape(body[pos:]))
-    regex = "".join(out)
-    if prefix_too:
-        regex += "(?:/.*)?"
-    return re.compile(regex + r"/?\Z", re.IGNORECASE | re.DOTALL)
 
 
 def validate_marker(config: RouteConfig, where: str = "a paid handler") -> RouteConfig:
@@ -371,6 +345,7 @@ class RouteTable:
                 mime_type=value.get("mimeType", value.get("mime_type", "")),
                 resource=value.get("resource"),
                 accepts=tuple(offers),
+                extensions=value.get("extensions"),
             )
         if isinstance(value, Mapping) and "price" in value:
             known = {f for f in RouteConfig.__dataclass_fields__}

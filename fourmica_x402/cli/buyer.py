@@ -1,5 +1,6 @@
-"""The buyer's commands: ``pay`` (one paid request, like curl) and ``key`` (a throwaway test
-key, or the address of yours). A key is never printed back, except by ``key new``, which made it.
+"""The buyer's commands: ``offers`` (a seller's paid routes and prices, before paying), ``pay``
+(one paid request, like curl) and ``key`` (a throwaway test key, or the address of yours). A key
+is never printed back, except by ``key new``, which made it.
 
 Both take the key one of three ways (docs/buyer.md, "Keys"): ``--key HEX`` (or
 ``FOURMICA_X402_KEY``), ``--key-env NAME`` (the variable holding it), or ``--key-file PATH``
@@ -284,6 +285,59 @@ def pay(
         )
         if response.status_code >= 400:
             sys.exit(1)
+
+
+@click.command()
+@click.argument("url")
+@click.option("--json", "as_json", is_flag=True, help="Print the offers as JSON.")
+@click.option(
+    "--timeout", default=10.0, show_default=True, type=Seconds(), help="Seconds for the HTTP call."
+)
+def offers(url: str, as_json: bool, timeout: float) -> None:
+    """List a seller's paid routes and their prices (its /.well-known/x402); pays nothing.
+
+    URL is any URL of the seller. A price set per request shows as such: the route's 402
+    says how much.
+    """
+    from ..client.discovery import discover, listing_url
+    from ..errors import DiscoveryFailed
+
+    try:
+        listing_url(url)
+    except DiscoveryFailed as exc:
+        raise click.BadParameter(exc.message, param_hint="URL") from None
+    try:
+        found = discover(url, timeout=timeout)
+    except DiscoveryFailed as exc:
+        raise click.ClickException(exc.message) from None
+    if not found and not as_json:
+        click.echo("no paid routes listed")
+        return
+    if as_json:
+        import dataclasses
+
+        shown = []
+        for resource in found:
+            listed = dataclasses.asdict(resource)
+            listed["accepts"] = [
+                {"price": o.price, **dataclasses.asdict(o)} for o in resource.accepts
+            ]
+            shown.append(listed)
+        click.echo(json.dumps(shown, indent=2))
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"offers ({escape(url)})")
+    for column in ("method", "resource", "price", "network", "pay to", "description"):
+        table.add_column(column, overflow="fold")  # a narrow terminal: never cut an address
+    for resource in found:
+        for offer in resource.accepts:
+            cells = (resource.method, resource.url, offer.price, offer.network)
+            pay_to = offer.pay_to or "set per request"
+            table.add_row(*(escape(c) for c in (*cells, pay_to, resource.description)))
+    Console().print(table)
 
 
 @click.group()

@@ -16,10 +16,12 @@ session instead (it imports ``requests``, so it is not imported here); x402's ow
 take :class:`FourMicaCreditScheme` (``fourmica_x402.client.x402_scheme.register``, which
 imports nothing of x402's; docs/x402-client.md). Refusals raise
 :class:`~fourmica_x402.errors.PaymentRefused` subclasses carrying the receipt; they are never
-retried (docs/buyer.md).
+retried (docs/buyer.md). :func:`discover` (and :func:`adiscover`) list a seller's offers and
+their prices before anything is paid (docs/buyer.md, "Listing offers").
 """
 
 from .certificates import fetch_certificate, fetch_public_key, verify_certificate
+from .discovery import ListedOffer, ListedResource, adiscover, discover
 from .flow import RECEIPT_KEY, BuyerFlow
 from .keys import BuyerKey, load_key
 from .policy import ApprovalRequest, Decision, SpendingPolicy, Task
@@ -36,11 +38,15 @@ __all__ = [
     "BuyerKey",
     "Decision",
     "FourMicaCreditScheme",
+    "ListedOffer",
+    "ListedResource",
     "PaymentTransport",
     "Receipt",
     "ReceiptLedger",
     "SpendingPolicy",
     "Task",
+    "adiscover",
+    "discover",
     "fetch_certificate",
     "fetch_public_key",
     "load_key",

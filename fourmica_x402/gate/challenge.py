@@ -3,7 +3,8 @@
 The payment requirements of a route for one request (price, ``payTo``, the tab endpoint, the
 Core API URL), the validation policy they carry (the seller's, or the default delivery policy:
 docs/protocol.md, "Delivery"), their v1 and v2 views, and the 402 challenge — JSON, or an HTML
-paywall for a browser (docs/protocol.md, "Envelope" and "Reason codes").
+paywall for a browser (docs/protocol.md, "Envelope" and "Reason codes"). The discovery listing
+(:mod:`.discovery`) advertises the same requirements.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def requirements(gate: Gate, route: Route, request: RequestView) -> Flow:
     cached = route.cache.get(base)
     if cached is not None:
         return cached
-    reqs = []
+    built = []
     for offer in route.offers:
         amount, asset = (offer.amount.amount, offer.amount.asset) if offer.amount else (None, None)
         if amount is None:
@@ -66,46 +67,58 @@ def requirements(gate: Gate, route: Route, request: RequestView) -> Flow:
 
             pay_to = parse_address((yield Call(pay_to, (request,), blocking=False)))
             gate._tabs.advertised(pay_to)  # the tab endpoint opens tabs for it
-        chain_id = get_network(offer.network).chain_id
-        extra: dict[str, Any] = {
-            "tabEndpoint": gate.config.tab_endpoint or f"{base}{gate._tab_path}"
-        }
-        if gate.core is not None:
-            extra["rpcUrl"] = f"{base}{gate._prefix}"
-        extra.update(offer.extra)
-        reqs.append(
-            (
-                PaymentRequirements(
-                    scheme=offer.scheme,
-                    network=offer.network,
-                    asset=str(asset),
-                    amount=str(amount),
-                    pay_to=pay_to,
-                    max_timeout_seconds=offer.max_timeout_seconds,
-                    extra=extra,
-                ),
-                _policy_for(gate, route, offer, pay_to, chain_id),
-            )
-        )
-    built = [_with_policy(req, policy) for req, policy in reqs]
-    if all(offer.amount is not None and not callable(offer.pay_to) for offer in route.offers):
+        built.append(offer_requirements(gate, route, offer, base, amount, str(asset), pay_to))
+    if is_static(route):
         if len(route.cache) >= 64:  # the origin comes from the Host header: bounded
             route.cache.clear()
         route.cache[base] = built
     return built
 
 
+def is_static(route: Route) -> bool:
+    """Every offer of the route has a fixed price and payTo: no request is needed to price it."""
+    return all(offer.amount is not None and not callable(offer.pay_to) for offer in route.offers)
+
+
+def offer_requirements(
+    gate: Gate, route: Route, offer: Offer, base: str, amount: int, asset: str, pay_to: str | None
+) -> PaymentRequirements:
+    """One offer's requirements, served from ``base``, once its price and payTo are known.
+
+    ``pay_to`` None: not known without a request (a payTo callable; discovery lists such an
+    offer): ``payTo`` is left empty and the delivery policy, which names it, is left out.
+    """
+    extra: dict[str, Any] = {"tabEndpoint": gate.config.tab_endpoint or f"{base}{gate._tab_path}"}
+    if gate.core is not None:
+        extra["rpcUrl"] = f"{base}{gate._prefix}"
+    extra.update(offer.extra)
+    req = PaymentRequirements(
+        scheme=offer.scheme,
+        network=offer.network,
+        asset=asset,
+        amount=str(amount),
+        pay_to=pay_to or "",
+        max_timeout_seconds=offer.max_timeout_seconds,
+        extra=extra,
+    )
+    chain_id = get_network(offer.network).chain_id
+    return _with_policy(req, _policy_for(gate, route, offer, pay_to, chain_id))
+
+
 def _policy_for(
-    gate: Gate, route: Route, offer: Offer, pay_to: str, chain_id: int
+    gate: Gate, route: Route, offer: Offer, pay_to: str | None, chain_id: int
 ) -> tuple[ValidationPolicy | None, bool]:
-    """(policy, seller_chosen): the route's or config's policy, else the delivery policy."""
+    """(policy, seller_chosen): the route's or config's policy, else the delivery policy
+    (whose validator is ``pay_to``: none while it is unknown)."""
     chosen = route.config.validation_policy or gate.config.validation_policy
     if chosen is None and offer.extra:  # e.g. an official route dict carrying its own policy
         chosen = ValidationPolicy.from_extra(offer.extra, chain_id)
     if chosen is not None:
         return chosen, True
     core = gate.core
-    if not gate.config.delivery_policy or core is None or 2 not in core.config.accepted_versions:
+    if pay_to is None or not gate.config.delivery_policy or core is None:
+        return None, False
+    if 2 not in core.config.accepted_versions:
         return None, False
     from .._eth import keccak
     from ..core.ledger import SANDBOX_REGISTRY
@@ -181,7 +194,13 @@ def challenge(
     if reason == Reason.NO_MATCHING_REQUIREMENTS:
         error = "No matching payment requirements"
     resource = ResourceInfo(url=url, description=description, mime_type=mime)
-    v2 = PaymentRequired(error=error, resource=resource, accepts=v2_requirements(requirements))
+    extensions = dict(route.config.extensions) if route and route.config.extensions else None
+    v2 = PaymentRequired(
+        error=error,
+        resource=resource,
+        accepts=v2_requirements(requirements),
+        extensions=extensions,
+    )
     v1 = PaymentRequiredV1(
         error=error, accepts=[r.to_v1(resource) for r in v1_requirements(requirements)]
     )

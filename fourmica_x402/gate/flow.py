@@ -1,11 +1,12 @@
 """The gate: built once per app; decides, for each request, what happens to it.
 
 :meth:`Gate.before` decides (docs/architecture.md, "A paid request" and "Which route is
-priced"): the gate's own endpoints answer; OPTIONS and anything the framework will not route
-to a priced endpoint pass through; an ambiguous path near a priced route is refused; otherwise
-the ``on_protected_request`` hook may grant, deny or answer, the route is priced, and the
-request is challenged or its payment settled (:mod:`.pay`). :meth:`Gate.response_start` and
-:meth:`Gate.finish` are :mod:`.deliver`'s; the rest here is what adapters call at start-up.
+priced"): the discovery listing and the gate's own endpoints answer; OPTIONS and anything the
+framework will not route to a priced endpoint pass through; an ambiguous path near a priced
+route is refused; otherwise the ``on_protected_request`` hook may grant, deny or answer, the
+route is priced, and the request is challenged or its payment settled (:mod:`.pay`).
+:meth:`Gate.response_start` and :meth:`Gate.finish` are :mod:`.deliver`'s; the rest here is
+what adapters call at start-up.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from ..config import PaymentConfig
 from ..errors import ConfigurationError, FourmicaError, Reason, Unavailable
 from ..facilitator import Facilitator, LocalFacilitator
 from ..records import Records
-from ..routes import Route, RouteTable
+from ..routes import Endpoint, Route, RouteTable
 from ..wire import PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER
-from . import deliver, drive, endpoints
+from . import deliver, discovery, drive, endpoints
 from .background import Reconciler, recover
 from .challenge import challenge, requirements
 from .pay import failure, paid, version_of
@@ -88,6 +89,9 @@ class Gate:
 
         #: The tab endpoint's recipients and limits on new tabs (docs/operations.md).
         self._tabs = TabGuard(config, self.routes)
+        #: The app's routes as its adapter found them at start-up; None: an app without a
+        #: router (the discovery listing then shows the route table).
+        self.endpoints: list[Endpoint] | None = None
 
     @property
     def _shared(self) -> bool:
@@ -195,6 +199,8 @@ class Gate:
         Returns :data:`PASS`, a :class:`Response`, or the state to hand to the later steps.
         """
         method = request.method.upper()
+        if request.path == discovery.PATH and self.config.discovery:
+            return (yield from discovery.listing(self, request))
         if request.path == self._tab_path:
             return (yield from endpoints.tab(self, request))
         if self.core is not None and (

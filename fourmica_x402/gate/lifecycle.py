@@ -302,11 +302,13 @@ class Endpoints:
     lifetime (the gate caches what it priced on each).
 
     ``describe(route)``: the marker on the route's handler, if any, and the methods the
-    route serves (None or empty: any).
+    route serves (None or empty: any). ``websocket(route)``: whether it is a WebSocket route.
     """
 
-    def __init__(self, describe: Describe) -> None:
-        self._describe = describe
+    def __init__(
+        self, describe: Describe, websocket: Callable[[Any], bool] = lambda route: False
+    ) -> None:
+        self._describe, self._websocket = describe, websocket
         self._found: dict[tuple[int, str], Endpoint] = {}
 
     def __call__(self, route: Any, template: str) -> Endpoint:
@@ -321,6 +323,7 @@ class Endpoints:
                 marker=marker.config if marker else None,
                 marker_methods=marker.methods if marker else None,
                 methods=frozenset(methods) if methods else None,
+                websocket=self._websocket(route),
             )
             found = self._found.setdefault(key, made)
         return found
@@ -345,9 +348,11 @@ class Endpoints:
 
     def check(self, gate: Gate, routes: Iterable[tuple[Any, str]]) -> list[Endpoint]:
         """:meth:`price` on the gate's table, which must name routes of the app: an entry naming
-        none is a ConfigurationError at start-up too, never a route silently left free."""
+        none is a ConfigurationError at start-up too, never a route silently left free. The
+        gate keeps them: its discovery listing names these routes (docs/protocol.md)."""
         found = self.price(gate.routes, routes)
         gate.check_routes((each.template, each.methods) for each in found)
+        gate.endpoints = found
         return found
 
 

@@ -1,14 +1,17 @@
 """`fourmica-x402 pay` and `key address` with every way to give the key (docs/buyer.md, "Keys")
-and against a seller that sends numbers as strings (docs/buyer.md, "Challenges"). A real WSGI
-seller on loopback, a real Core on a SQLite file; the key never shows in output or logs."""
+and against a seller that sends numbers as strings (docs/buyer.md, "Challenges"); `offers` and
+``discover`` listing a seller's prices before paying (docs/buyer.md, "Listing offers"). A real
+WSGI seller on loopback, a real Core on a SQLite file; the key never shows in output or logs."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import io
 import json
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +21,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from fourmica_x402.cli import main
+from fourmica_x402.client import adiscover, discover
 from fourmica_x402.core import Core
+from fourmica_x402.errors import DiscoveryFailed
 from fourmica_x402.testing import NETWORK, TEST_KEYS, TestBuyer
 
 KEY = TEST_KEYS[1]  # a throwaway test key
@@ -83,10 +88,31 @@ def official_extra(app: Any, values: dict[str, Any]) -> Any:
 
 
 @contextlib.contextmanager
-def seller(tmp_path: Path, extra: dict[str, Any] | None = None) -> Iterator[tuple[str, Core]]:
-    """Our WSGI seller ($0.01 at /premium) on loopback; ``extra`` rewrites its challenges."""
+def loopback(app: Any) -> Iterator[str]:
+    """``app`` (WSGI) served on 127.0.0.1; yields its origin."""
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = make_server("127.0.0.1", 0, app, handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def seller(
+    tmp_path: Path, extra: dict[str, Any] | None = None, **options: Any
+) -> Iterator[tuple[str, Core]]:
+    """Our WSGI seller ($0.01 at /premium) on loopback; ``extra`` rewrites its challenges,
+    ``options`` are PaymentConfig's."""
     from fourmica_x402.adapters.wsgi import PaymentMiddleware
 
     from fourmica_x402 import PaymentConfig
@@ -99,23 +125,14 @@ def seller(tmp_path: Path, extra: dict[str, Any] | None = None) -> Iterator[tupl
         start_response("200 OK", [("content-type", "application/json")])
         return [b'{"premium": true}']
 
-    class Quiet(WSGIRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    config = PaymentConfig(pay_to=PAY_TO, routes={"GET /premium": "$0.01"}, core=db)
-    served: Any = PaymentMiddleware(app, config=config)
+    options = {"routes": {"GET /premium": "$0.01"}, **options}
+    served: Any = PaymentMiddleware(app, config=PaymentConfig(pay_to=PAY_TO, core=db, **options))
     if extra:
         served = official_extra(served, extra)
-    server = make_server("127.0.0.1", 0, served, handler_class=Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}/premium", core
+        with loopback(served) as origin:
+            yield f"{origin}/premium", core
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
         core.close()
 
 
@@ -237,3 +254,83 @@ def test_a_bad_number_in_a_challenge_is_a_clean_refusal(
         assert out["paid"] is False and out["error"] == "payment_failed"
         assert field in out["message"], out["message"]
         assert core.guarantees() == []  # nothing signed, nothing settled
+
+
+# -- listing offers before paying -----------------------------------------------------------------
+
+
+def test_offers_lists_the_prices_and_the_listed_offer_is_paid(tmp_path: Path) -> None:
+    quoted = {"price": lambda request: "$0.05", "description": "a quote"}
+    routes = {"GET /premium": "$0.01", "POST /quote/:id": quoted}
+    with seller(tmp_path, routes=routes) as (url, core):
+        shown = cli("offers", url, env={"COLUMNS": "200"})
+        assert clean(shown) and shown.exit_code == 0, shown.output
+        for text in ("/premium", "$0.01", "/quote/{id}", "set per request", "a quote", PAY_TO):
+            assert text in shown.stdout, (text, shown.stdout)
+        narrow = cli("offers", url, env={"COLUMNS": "60"}).stdout  # folded, never cut
+        assert "…" not in narrow and PAY_TO[-8:] in narrow.replace("│", "").replace(" ", "")
+        as_json = cli("offers", url, "--json")
+        assert clean(as_json) and as_json.exit_code == 0, as_json.output
+        premium, quote = json.loads(as_json.stdout)
+        assert premium["method"] == "GET" and premium["url"].endswith("/premium")
+        (offer,) = premium["accepts"]
+        assert offer["amount"] == 10_000 and offer["price"] == "$0.01"
+        assert offer["pay_to"] == PAY_TO and offer["per_request"] == []
+        assert quote["method"] == "POST" and quote["url"].endswith("/quote/{id}")
+        assert quote["description"] == "a quote"
+        assert quote["accepts"][0]["amount"] is None
+        assert quote["accepts"][0]["per_request"] == ["amount", "asset"]
+        # the library reads the same listing, sync and async, from any URL of the seller
+        origin = url.removesuffix("/premium")
+        found = discover(origin)
+        assert found == asyncio.run(adiscover(url)) == discover(origin + "/.well-known/x402")
+        assert [(r.method, r.accepts[0].amount) for r in found] == [("GET", 10_000), ("POST", None)]
+        # pay no more than the listing said: the receipt charges exactly that
+        out = paid(cli("pay", url, "--key", KEY, "--max-price", f"{offer['amount']}u"))
+        assert out["receipt"]["amount"] == offer["amount"] == 10_000
+        assert len(core.guarantees()) == 1
+
+
+def _answering(status: str, body: bytes, kind: str = "application/json") -> Any:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response(status, [("content-type", kind)])
+        return [body]
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("app", "says"),
+    [
+        (_answering("200 OK", b"<html>hi</html>", "text/html"), "the answer is not JSON"),
+        (_answering("200 OK", b"[1, 2]"), "the listing: expected a JSON object"),
+        (_answering("200 OK", b'{"resources": {}}'), "resources: expected a list"),
+        (
+            _answering("200 OK", b'{"resources": [{"resource": "http://x/a", "method": "GET"}]}'),
+            "resources[0].accepts: expected a list",
+        ),
+        (
+            _answering(
+                "200 OK",
+                b'{"resources": [{"resource": "http://x/a", "accepts": [{"scheme": "s", '
+                b'"network": "n", "amount": "-1"}]}]}',
+            ),
+            "resources[0].accepts[0].amount",
+        ),
+        (_answering("500 Internal Server Error", b"{}"), "answered HTTP 500"),
+        (_answering("404 Not Found", b"{}"), "publishes no listing"),
+    ],
+)
+def test_a_bad_listing_is_one_clean_error_line(app: Any, says: str) -> None:
+    with loopback(app) as origin:
+        line = error_line(cli("offers", origin + "/premium"), 1)
+        assert says in line and "/.well-known/x402" in line, line
+        with pytest.raises(DiscoveryFailed, match=re.escape(says)):
+            discover(origin)
+
+
+def test_offers_refuses_a_bad_url_or_a_seller_without_a_listing(tmp_path: Path) -> None:
+    assert "is not an http(s):// URL" in error_line(cli("offers", "ftp://example.com"), 2)
+    assert "request failed" in error_line(cli("offers", "http://127.0.0.1:9/"), 1)
+    with seller(tmp_path, discovery=False) as (url, _):  # the app answers it: not a listing
+        assert "resources: expected a list" in error_line(cli("offers", url), 1)

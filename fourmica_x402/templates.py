@@ -1,0 +1,65 @@
+"""Route templates and patterns: the notations frameworks and route tables write a route in
+(``:id``, ``[id]``, ``{id}``, ``{id:int}``, ``<int:id>``, ``(?P<id>…)``, ``*``), and the matchers
+the route table builds from them (docs/architecture.md, "Which route is priced")."""
+
+from __future__ import annotations
+
+import re
+
+from .errors import ConfigurationError
+
+__all__ = ["canonical_template", "compile_pattern", "compile_template", "display_template"]
+
+
+#: A route parameter in any of the notations frameworks and route tables use (and its name).
+_PARAM = re.compile(
+    r":([A-Za-z_]\w*)|\[([A-Za-z_]\w*)\]|\{([A-Za-z_]\w*)(?::[^{}]*)?\}"
+    r"|<(?:[A-Za-z_]\w*(?:\([^)]*\))?:)?([A-Za-z_]\w*)>"
+)
+#: A named group of a Django regex route (``re_path``): a parameter too.
+_GROUP = re.compile(r"\(\?P<([A-Za-z_]\w*)>(?:[^()]|\([^()]*\))*\)")
+
+
+def canonical_template(template: str) -> str:
+    """A route template with every parameter written ``{}``: ``/items/<int:id>`` → ``/items/{}``."""
+    return _PARAM.sub("{}", template)
+
+
+def display_template(template: str) -> str:
+    """A route template as people and x402 clients read it, every parameter ``{name}``:
+    ``/items/<int:id>`` → ``/items/{id}``; ``*`` stays (docs/protocol.md, "Discovery")."""
+    if "(?P<" in template:  # a Django regex route: its anchors go
+        template = _GROUP.sub(r"{\1}", template.replace("^", "").removesuffix("$"))
+    return _PARAM.sub(lambda m: "{" + next(g for g in m.groups() if g) + "}", template)
+
+
+def compile_template(pattern: str) -> re.Pattern[str]:
+    """A table entry as a matcher of canonical templates: ``*`` stands for anything."""
+    body, prefix_too = canonical_template(pattern), False
+    if body.endswith("/*"):
+        body, prefix_too = body[:-2], True
+    regex = ".*".join(re.escape(part) for part in body.split("*"))
+    if prefix_too:
+        regex += "(?:/.*)?"
+    return re.compile(regex + r"/?\Z", re.IGNORECASE | re.DOTALL)
+
+
+_SEGMENT = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)|\[([A-Za-z_][A-Za-z0-9_]*)\]|\*")
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    if not pattern.startswith("/"):
+        raise ConfigurationError(f"route path must start with '/': {pattern!r}")
+    body, prefix_too = pattern, False
+    if body.endswith("/*"):
+        body, prefix_too = body[:-2], True
+    out, pos = [], 0
+    for m in _SEGMENT.finditer(body):
+        out.append(re.escape(body[pos : m.start()]))
+        out.append(".*" if m.group(0) == "*" else "[^/]+")
+        pos = m.end()
+    out.append(re.escape(body[pos:]))
+    regex = "".join(out)
+    if prefix_too:
+        regex += "(?:/.*)?"
+    return re.compile(regex + r"/?\Z", re.IGNORECASE | re.DOTALL)
