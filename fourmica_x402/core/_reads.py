@@ -1,7 +1,7 @@
 """The Core's reads: every read-only method of :class:`~.ledger.Core`, each one read
 transaction (docs/architecture.md, "The Core's transactions") over :mod:`.queries`,
-:mod:`.tabs` or :mod:`.audit`. :class:`Reads` is a mixin of the facade, so the Core's public
-API stays one class; nothing here changes the database.
+:mod:`.tabs`, :mod:`.signals` or :mod:`.audit`. :class:`Reads` is a mixin of the facade, so the
+Core's public API stays one class; nothing here changes the database.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Concatenate, ParamSpec, TypeVar
 
 from .._eth import parse_address
-from . import audit, collateral, queries, tabs
+from . import audit, collateral, queries, signals, tabs
 from .models import (
     Cycle,
     CyclePair,
@@ -21,6 +21,7 @@ from .models import (
     Tab,
     Withdrawal,
 )
+from .signals import Signals
 from .store import Store, Tx
 
 _P = ParamSpec("_P")
@@ -98,6 +99,11 @@ class Reads:
 
     def cycle_pairs(self, cycle_id: int) -> list[CyclePair]:
         return self._query(queries.cycle_pairs, cycle_id)
+
+    def signals(self, *, cycles: int = 0) -> Signals:
+        """The monitoring signals per seller and per asset, and the last ``cycles`` closed
+        cycles of each asset (docs/operations.md, "Monitoring signals")."""
+        return self._query(signals.read, cycles)
 
     # -- withdrawals ---------------------------------------------------------------------------
 

@@ -4,18 +4,22 @@ The tab endpoint (``tabEndpoint`` in every challenge; docs/protocol.md, "Endpoin
 docs/operations.md, "The tab endpoint") opens a tab for a buyer, only towards a route's
 ``payTo`` and within the limits on new tabs. Under the prefix, the embedded Core's public
 parameters, its JSON-RPC subset (``rpcUrl``) and its guarantee read (with the certificate) are
-mounted; nothing that accepts a guarantee.
+mounted; nothing that accepts a guarantee. ``<prefix>/metrics`` serves the monitoring signals to
+whoever holds the seller's metrics token (docs/operations.md, "Monitoring signals").
 """
 
 from __future__ import annotations
 
+import hmac
 import json
+import os
 from typing import TYPE_CHECKING
 
 from .. import coreapi
+from ..errors import Unavailable
 from ..networks import get_network
 from .challenge import origin
-from .types import Call, Flow, RequestView, Response
+from .types import Call, Flow, RequestView, Response, error_response
 
 if TYPE_CHECKING:
     from .flow import Gate
@@ -46,6 +50,8 @@ def core_api(gate: Gate, request: RequestView) -> Flow:
         body = yield from _json_body(request)
         status, data = coreapi.json_rpc(core, chain_id, body)
         return Response.json(status, data)
+    if sub == "/metrics" and method in ("GET", "HEAD"):
+        return (yield from metrics(gate, request))
     ids = _guarantee_ids(sub)
     if ids is not None and method in ("GET", "HEAD"):
         # A buyer fetching the certificate of what it paid (docs/buyer.md, "Certificates"):
@@ -57,6 +63,39 @@ def core_api(gate: Gate, request: RequestView) -> Flow:
     # header could settle it there first and the buyer would pay for a request that the
     # gate then refuses as a replay. `fourmica-x402 serve --api-key` serves them.
     return Response.json(404, {"error": "not found"})
+
+
+#: Where a seller's metrics token comes from when ``PaymentConfig`` names none.
+METRICS_TOKEN_ENV = "FOURMICA_X402_METRICS_TOKEN"
+
+
+def metrics(gate: Gate, request: RequestView) -> Flow:
+    """``GET <prefix>/metrics``: the signals computed from the embedded Core's database (the
+    same on every process), and this process's refusals when ``on_failure`` is a
+    :class:`~fourmica_x402.signals.RefusalCounter`. They reveal business data: served only with
+    ``Authorization: Bearer <token>`` (``metrics_token``, else :data:`METRICS_TOKEN_ENV`);
+    without a token configured the path does not exist (404)."""
+    token = gate.config.metrics_token or os.environ.get(METRICS_TOKEN_ENV)
+    if not token:
+        return Response.json(404, {"error": "not found"})
+    header = request.header("authorization") or ""
+    given = header[7:] if header[:7].lower() == "bearer " else ""
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        challenge = [("www-authenticate", 'Bearer realm="metrics"')]
+        return Response.json(401, {"error": "unauthorized"}, challenge)
+    try:
+        from .. import signals
+    except ImportError:  # prometheus_client: the server extra
+        message = 'metrics need prometheus-client: pip install "fourmica-x402[server]"'
+        return Response.json(501, {"error": "metrics_unavailable", "message": message})
+    hook = gate.config.on_failure
+    extra = [hook] if isinstance(hook, signals.RefusalCounter) else []
+    try:
+        body = yield Call(signals.exposition, (gate.core, extra))  # database reads: off the loop
+    except Unavailable as exc:  # the database is down: say so, as every gate answer does
+        return error_response(503, exc.reason, exc.message)
+    headers = [("content-type", signals.MEDIA_TYPE), ("cache-control", "no-store")]
+    return Response(200, headers, body)
 
 
 def _guarantee_ids(sub: str) -> tuple[str, str] | None:

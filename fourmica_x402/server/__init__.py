@@ -9,7 +9,8 @@ mount the same handlers. One module per area:
 - :mod:`.guarantees` — ``/guarantees/{gid}/void`` and ``/validation`` (a seller's refunds, scores);
 - :mod:`.core_api` — ``/core/public-params``, ``/core/payment-tabs``, ``/core/guarantees``, ``/rpc``;
 - :mod:`.sandbox` — ``/sandbox/*``; :mod:`.reads` — ``/api/*``; :mod:`.admin` — ``/admin/webhooks``;
-- :mod:`.metrics` — ``/metrics``; :mod:`.dashboard` — ``/`` and ``/dashboard``;
+- :mod:`.metrics` — ``/metrics``; :mod:`.dashboard` — ``/`` and ``/dashboard`` (its signal
+  charts in :mod:`.charts`, the cells and tables of both in :mod:`.cells`);
 - :mod:`.auth` — the operator's and the sellers' keys; :mod:`.base` — :class:`Call`, answers, errors;
 - :mod:`.context` — :class:`Service`, the state the handlers share.
 """

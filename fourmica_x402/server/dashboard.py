@@ -1,6 +1,7 @@
 """``GET /`` and ``GET /dashboard``: the Core at a glance, as one self-refreshing HTML page
-(positions, cycles with their net positions and pairwise obligations, recent guarantees,
-defaults, withdrawals). Every value from the Core is HTML-escaped.
+(positions, cycles, the monitoring signals with their charts (:mod:`.charts`), each cycle's net
+positions and pairwise obligations, recent guarantees, defaults, withdrawals). Every value from
+the Core is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -10,64 +11,23 @@ import time
 from typing import TYPE_CHECKING
 
 from fourmica_x402.core import Core
-from fourmica_x402.networks import find_asset, get_network, networks
+from fourmica_x402.networks import get_network, networks
 
 from .base import Call, Page
+from .cells import badge, money, short, table
+from .charts import CSS, signals_section
 
 if TYPE_CHECKING:
     from .context import Service
 
-__all__ = ["dashboard", "render_dashboard"]
+__all__ = ["CHART_CYCLES", "dashboard", "render_dashboard"]
+
+#: How many closed cycles of each asset the signal charts show.
+CHART_CYCLES = 20
 
 
 def dashboard(service: Service, call: Call) -> Page:
     return Page(render_dashboard(service.core), "text/html")
-
-
-def _money(amount: int, network: str, asset: str) -> str:
-    """An amount for a table cell, marked so its column is right-aligned."""
-    token = find_asset(network, asset)
-    if token is None:
-        return f'<span class="num">{amount:,}</span>'
-    from decimal import Decimal
-
-    human = Decimal(amount).scaleb(-token.decimals).normalize()
-    return f'<span class="num">{human:f} {html.escape(token.symbol)}</span>'
-
-
-def _badge(text: str) -> str:
-    """A state or role as a small coloured label (the text stays exactly the state name)."""
-    safe = html.escape(text)
-    return f'<span class="st st-{safe}">{safe}</span>'
-
-
-def _short(address: str | None) -> str:
-    if not address:
-        return "—"
-    return f'<code title="{html.escape(address)}">{html.escape(address[:6])}…{html.escape(address[-4:])}</code>'
-
-
-def _table(title: str, headers: list[str], rows: list[list[str]], table_id: str) -> str:
-    # A column of amounts is right-aligned, its header too, so the digits line up.
-    money = {
-        i for i in range(len(headers)) if rows and all('class="num"' in row[i] for row in rows)
-    }
-
-    def cell(tag: str, i: int, content: str) -> str:
-        return (
-            f'<{tag} class="num">{content}</{tag}>' if i in money else f"<{tag}>{content}</{tag}>"
-        )
-
-    head = "".join(cell("th", i, html.escape(h)) for i, h in enumerate(headers))
-    body = "".join(
-        "<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>" for row in rows
-    )
-    if not rows:
-        body = f'<tr><td colspan="{len(headers)}" class="empty">nothing yet</td></tr>'
-    return (
-        f'<section id="{table_id}"><h2>{html.escape(title)}</h2><div class="scroll">'
-        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div></section>"
-    )
 
 
 def render_dashboard(core: Core) -> str:
@@ -84,23 +44,23 @@ def render_dashboard(core: Core) -> str:
     }
     defaults = [e for e in core.events(type="position.defaulted", limit=1000)][-20:]
     sections = [
-        _table(
+        table(
             "Positions",
             ["participant", "network", "collateral", "locked", "pending withdrawal", "capacity"],
             [
                 [
-                    _short(p.address),
+                    short(p.address),
                     html.escape(get_network(p.network).name),
-                    _money(p.collateral, p.network, p.asset),
-                    _money(p.locked, p.network, p.asset),
-                    _money(p.pending_withdrawal, p.network, p.asset),
-                    _money(p.capacity, p.network, p.asset),
+                    money(p.collateral, p.network, p.asset),
+                    money(p.locked, p.network, p.asset),
+                    money(p.pending_withdrawal, p.network, p.asset),
+                    money(p.capacity, p.network, p.asset),
                 ]
                 for p in positions
             ],
             "positions",
         ),
-        _table(
+        table(
             "Clearing cycles",
             [
                 "cycle",
@@ -115,55 +75,56 @@ def render_dashboard(core: Core) -> str:
             [
                 [
                     f'<a href="#cycle-{c.cycle_id}">#{c.cycle_id}</a>',
-                    _badge(c.status),
+                    badge(c.status),
                     f"{live.get(c.cycle_id, (c.guarantee_count, 0))[0]:,}",
-                    _money(live.get(c.cycle_id, (0, c.gross))[1], c.network, c.asset),
+                    money(live.get(c.cycle_id, (0, c.gross))[1], c.network, c.asset),
                     f"{c.net_transfers:,}",
-                    _money(c.total_debit, c.network, c.asset),
-                    _money(c.collected, c.network, c.asset),
-                    _short(c.merkle_root),
+                    money(c.total_debit, c.network, c.asset),
+                    money(c.collected, c.network, c.asset),
+                    short(c.merkle_root),
                 ]
                 for c in cycles
             ],
             "cycles",
         ),
+        signals_section(core.signals(cycles=CHART_CYCLES)),
     ]
     for c in cycles:
         if c.status == "open":
             continue
         net_rows = [
             [
-                _short(p.address),
-                _badge(p.role),
-                _money(p.gross_in, c.network, c.asset),
-                _money(p.gross_out, c.network, c.asset),
-                _money(p.net, c.network, c.asset)
+                short(p.address),
+                badge(p.role),
+                money(p.gross_in, c.network, c.asset),
+                money(p.gross_out, c.network, c.asset),
+                money(p.net, c.network, c.asset)
                 if p.net >= 0
-                else "−" + _money(-p.net, c.network, c.asset),
-                _badge(p.status),
-                _money(p.covered, c.network, c.asset),
-                _money(p.shortfall, c.network, c.asset),
+                else "−" + money(-p.net, c.network, c.asset),
+                badge(p.status),
+                money(p.covered, c.network, c.asset),
+                money(p.shortfall, c.network, c.asset),
             ]
             for p in core.cycle_positions(c.cycle_id)
         ]
         pair_rows = [
             [
-                _short(p.payer),
-                _short(p.payee),
-                _money(p.amount, c.network, c.asset),
+                short(p.payer),
+                short(p.payee),
+                money(p.amount, c.network, c.asset),
                 f"{p.guarantee_count:,}",
             ]
             for p in core.cycle_pairs(c.cycle_id)[:50]
         ]
         sections.append(
             f'<div class="cycle" id="cycle-{c.cycle_id}">'
-            + _table(
+            + table(
                 f"Cycle #{c.cycle_id}: net positions",
                 ["participant", "role", "in", "out", "net", "status", "covered", "shortfall"],
                 net_rows,
                 f"cycle-{c.cycle_id}-positions",
             )
-            + _table(
+            + table(
                 f"Cycle #{c.cycle_id}: pairwise obligations",
                 ["payer", "payee", "amount", "guarantees"],
                 pair_rows,
@@ -172,16 +133,16 @@ def render_dashboard(core: Core) -> str:
             + "</div>"
         )
     sections.append(
-        _table(
+        table(
             "Recent guarantees",
             ["guarantee", "payer", "recipient", "amount", "state", "cycle"],
             [
                 [
-                    _short(g.guarantee_id),
-                    _short(g.user_address),
-                    _short(g.recipient_address),
-                    _money(g.amount, g.network, g.asset),
-                    _badge(g.state),
+                    short(g.guarantee_id),
+                    short(g.user_address),
+                    short(g.recipient_address),
+                    money(g.amount, g.network, g.asset),
+                    badge(g.state),
                     str(g.cycle_id or "—"),
                 ]
                 for g in recent
@@ -190,16 +151,16 @@ def render_dashboard(core: Core) -> str:
         )
     )
     sections.append(
-        _table(
+        table(
             "Defaults",
             ["participant", "cycle", "unpaid", "covered from collateral", "shortfall"],
             [
                 [
-                    _short(e.address),
+                    short(e.address),
                     str(e.data.get("cycle_id")),
-                    _money(int(e.data.get("unpaid", 0)), e.network or "", e.asset or ""),
-                    _money(int(e.data.get("covered", 0)), e.network or "", e.asset or ""),
-                    _money(int(e.data.get("shortfall", 0)), e.network or "", e.asset or ""),
+                    money(int(e.data.get("unpaid", 0)), e.network or "", e.asset or ""),
+                    money(int(e.data.get("covered", 0)), e.network or "", e.asset or ""),
+                    money(int(e.data.get("shortfall", 0)), e.network or "", e.asset or ""),
                 ]
                 for e in defaults
             ],
@@ -207,14 +168,14 @@ def render_dashboard(core: Core) -> str:
         )
     )
     sections.append(
-        _table(
+        table(
             "Withdrawals",
             ["id", "participant", "amount", "status", "available at (UTC)"],
             [
                 [
                     str(w.withdrawal_id),
-                    _short(w.address),
-                    _money(w.amount, w.network, w.asset),
+                    short(w.address),
+                    money(w.amount, w.network, w.asset),
                     html.escape(w.status),
                     time.strftime("%Y-%m-%d %H:%M", time.gmtime(w.available_at)),
                 ]
@@ -239,7 +200,8 @@ th.num,td.num{{text-align:right;white-space:nowrap}} .scroll{{overflow-x:auto}}
 .st-defaulted,.st-default_covered,.st-cancelled{{background:#fde8e7;color:#b42318}}
 .st-paid,.st-settled,.st-creditor,.st-final{{background:#e7f6ec;color:#067647}}
 .st-debtor,.st-pending_validation,.st-pending{{background:#fff4e5;color:#93370d}}
-.sub{{color:#5b6576;margin:0 0 1rem}}
+.sub{{color:#5b6576;margin:0 0 1rem}} h3{{font-size:.95rem;margin:.8rem 0 .3rem}}
+{CSS}
 </style></head><body>
 <h1>fourmica-x402 Core</h1>
 <p class="sub">Netted credit for x402 payments · networks: {nets} · updated {updated} UTC</p>

@@ -235,6 +235,10 @@ def test_core_api_subset_and_metrics(client: TestClient, core: Core) -> None:
     client.post("/settle", json=body)
     text = client.get("/metrics").text
     assert 'fourmica_guarantees_accepted_total{network="eip155:84532"} 1.0' in text
+    # per seller and asset too, from the database
+    seller = f'asset="{USDC}",network="{NETWORK}",seller="{SELLER}"'
+    assert f"fourmica_seller_guarantees_accepted_total{{{seller}}} 1.0" in text
+    assert f"fourmica_payment_amount_average_atomic{{{seller}}} 10000.0" in text
     assert 'fourmica_guarantees_rejected_total{reason="replayed_request_id"} 1.0' in text
     assert "fourmica_settle_success_ratio 0.5" in text and "fourmica_request_seconds_bucket" in text
     assert "Clearing cycles" in client.get("/").text
