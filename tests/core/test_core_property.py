@@ -25,7 +25,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from fourmica_x402.core import Core, CoreConfig
+from fourmica_x402.core import Core, CoreConfig, Cycle, CyclePosition
 from fourmica_x402.errors import CoreError, GuaranteeRejected
 from fourmica_x402.testing import NETWORK, TEST_KEYS, FakeClock, TestBuyer, test_policy
 
@@ -85,6 +85,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.accepted: list[str] = []
         self.pending: list[str] = []
         self.withdrawals: list[int] = []
+        self.positions: dict[int, tuple[Cycle, list[CyclePosition]]] = {}
         for who in PEOPLE:
             self.core.deposit(who.address, 400, network=NETWORK)
 
@@ -144,20 +145,33 @@ class CoreMachine(RuleBasedStateMachine):
         self.clock.advance(seconds)
         self.core.tick()
 
+    def _cycles(self) -> list[tuple[Cycle, list[CyclePosition]]]:
+        """Every cycle with its positions, as of now. A position changes only with its cycle's
+        row (status, collected, claimed move with every write to it), so positions are read
+        again only for a cycle whose row changed: the long runs stay linear in their steps."""
+        out = []
+        for c in self.core.cycles():
+            seen = self.positions.get(c.cycle_id)
+            if seen is None or seen[0] != c:
+                seen = self.positions[c.cycle_id] = (c, self.core.cycle_positions(c.cycle_id))
+            out.append(seen)
+        return out
+
     def _debts(self) -> list[tuple[int, str]]:
         return [
             (c.cycle_id, p.address)
-            for c in self.core.cycles(status="resolved")
-            for p in self.core.cycle_positions(c.cycle_id)
+            for c, positions in self._cycles()
+            if c.status == "resolved"
+            for p in positions
             if p.role == "debtor" and p.paid < p.debit
         ]
 
     def _credits(self) -> list[tuple[int, str]]:
         return [
             (c.cycle_id, p.address)
-            for c in self.core.cycles()
+            for c, positions in self._cycles()
             if c.status in ("resolved", "final") and c.collected > c.claimed
-            for p in self.core.cycle_positions(c.cycle_id)
+            for p in positions
             if p.role == "creditor"
         ]
 
@@ -199,8 +213,7 @@ class CoreMachine(RuleBasedStateMachine):
         for p in self.core.positions():
             assert p.locked >= 0 and p.pending_withdrawal >= 0
             assert p.locked + p.pending_withdrawal <= p.credit_limit, p  # capacity never exceeded
-        for c in self.core.cycles():
-            positions = self.core.cycle_positions(c.cycle_id)
+        for c, positions in self._cycles():
             assert sum(p.debit for p in positions) == sum(p.credit for p in positions)
             assert c.claimed <= c.collected
 
