@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from fourmica_x402.core import Core
+from fourmica_x402.core import AlertRules, Core
 from fourmica_x402.errors import FourmicaError
 from fourmica_x402.server import (
     MAX_TAB_TTL,
@@ -124,6 +124,7 @@ def create_app(
     public_url: str | None = None,
     tick_interval: float | None = 1.0,
     webhooks: bool = True,
+    alerts: AlertRules | None = None,
 ) -> Starlette:
     """The service app over ``core``.
 
@@ -132,6 +133,7 @@ def create_app(
     ``api_key`` is the operator's token (every call); ``seller_keys`` maps more tokens
     to the one seller address each may act for (void as its recipient, score as its
     validator), so sellers sharing a service cannot refund or cancel each other's payments.
+    ``alerts``: the database alert rules the service checks (docs/operations.md, "Alerts").
     """
     service = Service(
         core,
@@ -141,6 +143,7 @@ def create_app(
         network=network,
         public_url=public_url,
         webhooks=webhooks,
+        alerts=alerts,
     )
 
     def route(
@@ -195,15 +198,17 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         hooks = service.hooks
-        task = None
+        loop, tasks = asyncio.get_running_loop(), []
         if tick_interval:
-            task = asyncio.get_running_loop().create_task(service.tick_forever(tick_interval))
+            tasks.append(loop.create_task(service.tick_forever(tick_interval)))
+        if service.alert_checker is not None:
+            tasks.append(loop.create_task(service.check_alerts_forever()))
         if hooks is not None:
             hooks.start()
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
             if hooks is not None:
                 await asyncio.to_thread(hooks.stop, 10.0)

@@ -22,7 +22,7 @@ from .guarantee import ValidationPolicy
 from .networks import get_network
 
 if TYPE_CHECKING:
-    from .core import Core
+    from .core import AlertRules, Core
     from .facilitator import Facilitator
     from .records import Records
 
@@ -103,6 +103,10 @@ class PaymentConfig:
     #: in one batch (docs/architecture.md, "Completion off the request path"). None: commit it
     #: as the response ends, on the request's own time.
     completion_window: float | None = 0.005
+    #: Alert rules (docs/operations.md, "Alerts"): invalid-payment spikes counted by this gate,
+    #: and the database rules checked every ``interval`` seconds on the embedded Core; each
+    #: firing is an ``alert.fired`` event (webhooks) and a log line. None: no alerts.
+    alerts: AlertRules | None = None
     #: Hooks (sync or async). See ``gate.py`` for their arguments.
     on_protected_request: Hook | None = None
     before_settle: Hook | None = None
@@ -147,6 +151,11 @@ class PaymentConfig:
             or not 0 < self.tab_rate_window <= 86_400
         ):
             raise ConfigurationError("tab_rate_window must be seconds in (0, 86400]")
+        if self.alerts is not None:
+            from .core.alerts import AlertRules
+
+            if not isinstance(self.alerts, AlertRules):
+                raise ConfigurationError("alerts must be an AlertRules (fourmica_x402.alerts)")
         for name in (
             "on_protected_request",
             "before_settle",

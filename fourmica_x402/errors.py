@@ -86,6 +86,8 @@ class Reason(StrEnum):
     TAB_RATE_LIMITED = "tab_rate_limited"
     #: The seller's cap on open tabs is reached: no new tab (tab endpoint, 429).
     OPEN_TAB_LIMIT = "open_tab_limit"
+    #: A bundled route could not count the units a request buys (400, nothing charged).
+    INVALID_UNITS = "invalid_units"
 
 
 class FourmicaError(Exception):

@@ -36,9 +36,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._eth import parse_address
 from .errors import ConfigurationError
@@ -46,6 +46,10 @@ from .guarantee import ValidationPolicy
 from .networks import Price, TokenAmount, get_network, resolve_price
 from .templates import canonical_template, compile_pattern, compile_template, display_template
 from .wire import SCHEME
+
+if TYPE_CHECKING:
+    from .gate.bundles import Terms
+    from .gate.types import RequestView
 
 __all__ = [
     "Endpoint",
@@ -129,6 +133,17 @@ class RouteConfig:
     #: x402 v2 ``extensions`` (e.g. ``{"bazaar": {"info": …, "schema": …}}``): JSON, sent as
     #: written in the route's challenge and discovery listing (docs/protocol.md, "Discovery").
     extensions: Mapping[str, Any] | None = None
+    #: The least a request is charged (a price's forms): a static price below it fails at
+    #: start-up, an amount set per request is raised to it (docs/protocol.md, "Minimums,
+    #: bundles and prepaid caps").
+    min_amount: Price | None = None
+    #: Bundles: ``units(request)`` (sync or async) counts what a request buys, at most
+    #: ``max_units``; the static price is then one unit's, ``unit`` its label ("100 records").
+    units: Callable[[RequestView], int | Awaitable[int]] | None = None
+    unit: str = ""
+    max_units: int | None = None
+    #: A prepaid cap: the amount guaranteed (and charged) before a long job or a stream starts.
+    cap: Price | None = None
 
     def __post_init__(self) -> None:  # they travel in every challenge: fail at start-up
         ext = self.extensions
@@ -151,7 +166,9 @@ class Route:
     #: Matches the canonical template of a framework's route (see :func:`canonical_template`).
     template_regex: re.Pattern[str] | None = None
     #: The gate's per-origin requirements for static offers (kept with the route they price).
-    cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: Per offer: its minimum, unit price and cap (None: the route sets none of them).
+    terms: tuple[Terms, ...] | None = None
 
     @property
     def key(self) -> str:
@@ -208,20 +225,33 @@ def validate_marker(config: RouteConfig, where: str = "a paid handler") -> Route
             config.max_timeout_seconds,
         ),
     )
+    checked = []
     for offer in offers:
         if offer.price is None:
             raise ConfigurationError(f"{where}: no price")
         if config.asset and not config.network:  # priced on the app's network: later
             offer = replace(offer, price=_LATER)
         try:
-            replace(offer, pay_to=offer.pay_to or _LATER).checked()
+            checked.append(replace(offer, pay_to=offer.pay_to or _LATER).checked())
         except ConfigurationError as exc:
             raise ConfigurationError(f"{where}: {exc.message}") from None
+    if not any(offer.price is _LATER for offer in checked):
+        _terms(where, config, tuple(checked))
     return config
 
 
 def _LATER(request: Any) -> None:
     """Stands in for what the app's settings supply, while the rest of an offer is checked."""
+
+
+def _terms(where: str, config: RouteConfig, offers: tuple[Offer, ...]) -> tuple[Terms, ...] | None:
+    """Each offer's minimum, unit price and cap, checked (None when the route sets none)."""
+    fields = (config.min_amount, config.units, config.cap, config.max_units, config.unit or None)
+    if all(value is None for value in fields):
+        return None
+    from .gate.bundles import terms
+
+    return terms(where, config, offers)
 
 
 class RouteTable:
@@ -253,7 +283,10 @@ class RouteTable:
         config = self._config(key, value)
         offers = self._offers(key, config)
         path = path.strip()
-        route = Route(method, path, compile_pattern(path), offers, config, compile_template(path))
+        terms = _terms(f"route {key!r}", config, offers)
+        route = Route(
+            method, path, compile_pattern(path), offers, config, compile_template(path), terms=terms
+        )
         self.routes.append(route)
         self.version += 1
         return route
@@ -266,7 +299,8 @@ class RouteTable:
         offers = self._offers(key, endpoint.marker)
         self.marker_pay_to.update(o.pay_to for o in offers if isinstance(o.pay_to, str))
         regex = re.compile(re.escape(endpoint.template) + r"\Z")
-        return Route(methods, endpoint.template, regex, offers, endpoint.marker)
+        terms = _terms(f"route {key!r}", endpoint.marker, offers)
+        return Route(methods, endpoint.template, regex, offers, endpoint.marker, terms=terms)
 
     def prepare(self, endpoint: Endpoint) -> None:
         """Price an endpoint's marker now (adapters call it at start-up for every route): a

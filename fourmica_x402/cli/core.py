@@ -65,6 +65,14 @@ _FACTOR = re.compile(r"(?:\d+(?:\.\d+)?|\.\d+|\d+/\d+)\Z")
     help="A bearer token that may void, score and settle for that seller address only "
     "(repeatable; the environment variable takes them space-separated).",
 )
+@click.option(
+    "--alerts",
+    envvar="FOURMICA_X402_ALERTS",
+    default=None,
+    metavar="RULE=VALUE,…",
+    help="Alert rules the service checks, as rule=value pairs separated by commas (or set "
+    "FOURMICA_X402_ALERTS), e.g. default=0,settlement_deadline=15m (docs/operations.md, Alerts).",
+)
 @network_option
 @core_settings(*SETTINGS, note="Used for as long as the service runs.")
 def serve(
@@ -74,6 +82,7 @@ def serve(
     sandbox: bool,
     api_key: str | None,
     seller_keys: tuple[str, ...],
+    alerts: str | None,
     network: str,
     config: Any,
 ) -> None:
@@ -96,6 +105,14 @@ def serve(
             keys[token] = parse_address(address)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="'--seller-key'") from None
+    rules = None
+    if alerts:
+        from ..core.alerts import AlertRules
+
+        try:
+            rules = AlertRules.parse(alerts)
+        except FourmicaError as exc:
+            raise click.BadParameter(exc.message, param_hint="'--alerts'") from None
     if api_key is not None and not TOKEN.match(api_key):
         # An empty key would let every request through as the operator.
         raise click.BadParameter(
@@ -128,7 +145,9 @@ def serve(
             'serve needs the server extra: pip install "fourmica-x402[server]"'
         ) from None
     core = open_core(db, create=True, config=config)  # the service's Core: made here when new
-    app = create_app(core, sandbox=sandbox, api_key=api_key, seller_keys=keys, network=network)
+    app = create_app(
+        core, sandbox=sandbox, api_key=api_key, seller_keys=keys, network=network, alerts=rules
+    )
     click.echo(
         f"fourmica-x402 Core on http://{host}:{port}  (dashboard: /, metrics: /metrics, sandbox: {sandbox})"
     )

@@ -6,10 +6,12 @@
 See :class:`Core` for the operations and :mod:`.ledger` for the concurrency rules.
 """
 
+from .alerts import AlertRules
 from .certs import Certificate, Operator
 from .ledger import SANDBOX_CONTRACT, SANDBOX_REGISTRY, Core, CoreConfig
 from .models import (
     Acceptance,
+    Alert,
     Cycle,
     CyclePair,
     CyclePosition,
@@ -26,6 +28,8 @@ __all__ = [
     "SANDBOX_CONTRACT",
     "SANDBOX_REGISTRY",
     "Acceptance",
+    "Alert",
+    "AlertRules",
     "Certificate",
     "Conflict",
     "Core",

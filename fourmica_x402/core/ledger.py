@@ -38,6 +38,7 @@ from ..errors import CoreError, Reason
 from ..guarantee import Eip712Domain, SignedGuarantee
 from . import acceptance, certs, collateral, cycles, queries, resolution, tabs, withdrawals
 from ._reads import Reads
+from .alerts import Alerting
 from .certs import Certificate, Operator
 from .common import check_amount, rejected
 from .config import SANDBOX_CONTRACT, SANDBOX_REGISTRY, CoreConfig, Domains
@@ -63,13 +64,14 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
-class Core(Reads):
+class Core(Alerting, Reads):
     """The embedded Core over a :class:`~fourmica_x402.core.store.Store`.
 
     ``Core("sqlite:///fourmica.db")`` opens (and migrates) a SQLite file;
     ``Core("postgresql://…")`` a PostgreSQL database. Thread-safe; several
     processes may share one database. Its read-only methods (``position``, ``guarantees``,
-    ``cycles``, ``audit`` …) come from :class:`~._reads.Reads`.
+    ``cycles``, ``audit`` …) come from :class:`~._reads.Reads`; ``check_alerts`` and
+    ``record_alert`` from :class:`~.alerts.Alerting`.
     """
 
     def __init__(

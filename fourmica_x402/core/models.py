@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -9,6 +10,7 @@ from ..guarantee import ValidationPolicy
 
 __all__ = [
     "Acceptance",
+    "Alert",
     "Cycle",
     "CyclePair",
     "CyclePosition",
@@ -211,3 +213,31 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One firing: which rule, about what (``subject``), the value that crossed the threshold."""
+
+    rule: str
+    #: What the rule watches: a payer, a client address, a route, ``network/asset/address`` of
+    #: a position, ``cycle_id/address`` of a default, a withdrawal id, the follow-ups.
+    subject: str
+    value: int | float
+    threshold: int | float
+    at: float
+    network: str | None = None
+    asset: str | None = None
+    address: str | None = None
+    #: More of the rule's reading (amounts, cycle ids, …), carried in the event's data.
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def data(self) -> dict[str, Any]:
+        """The ``alert.fired`` event's data."""
+        return {
+            **self.detail,
+            "rule": self.rule,
+            "subject": self.subject,
+            "value": self.value,
+            "threshold": self.threshold,
+        }

@@ -127,6 +127,19 @@ MIGRATIONS: list[list[str]] = [
     [
         "CREATE INDEX fx_tabs_recipient_expiry ON fx_tabs (recipient_address, (start_ts + ttl))",
     ],
+    # 6: alert states, one row per (rule, subject) that ever fired (docs/operations.md,
+    # "Alerts"), and the two small sets the alert rules read on every check.
+    [
+        """CREATE TABLE fx_alerts (
+            rule TEXT NOT NULL, subject TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('firing', 'clear')),
+            fired_at {real} NOT NULL, cleared_at {real}, fires {int} NOT NULL DEFAULT 1,
+            PRIMARY KEY (rule, subject))""",
+        """CREATE INDEX fx_cycle_positions_defaulted ON fx_cycle_positions (cycle_id)
+            WHERE status = 'defaulted'""",
+        """CREATE INDEX fx_withdrawals_pending ON fx_withdrawals (withdrawal_id)
+            WHERE status = 'pending'""",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

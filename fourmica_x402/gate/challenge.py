@@ -29,6 +29,7 @@ from ..wire import (
     SettleResponse,
     encode_header,
 )
+from . import bundles
 from .types import EXPOSE_HEADERS, Call, Flow, RequestView, Response
 
 if TYPE_CHECKING:
@@ -46,14 +47,23 @@ def requirements(gate: Gate, route: Route, request: RequestView) -> Flow:
     """The route's payment requirements for this request (never mutated by callers).
 
     Static offers (a fixed price and payTo) give the same requirements for every
-    request from the same origin: they are built once and reused.
+    request from the same origin: they are built once and reused; a bundle's, once per
+    origin and number of units (:mod:`.bundles`: a bad count raises ``InvalidUnits``).
     """
     base = origin(gate, request)
     cached = route.cache.get(base)
     if cached is not None:
         return cached
+    key: Any = base
+    n = None
+    if route.config.units is not None:
+        n = yield from bundles.count(route, request)
+        key = (base, n)
+        cached = route.cache.get(key)
+        if cached is not None:
+            return cached
     built = []
-    for offer in route.offers:
+    for i, offer in enumerate(route.offers):
         amount, asset = (offer.amount.amount, offer.amount.asset) if offer.amount else (None, None)
         if amount is None:
             from ..networks import resolve_price
@@ -67,31 +77,51 @@ def requirements(gate: Gate, route: Route, request: RequestView) -> Flow:
 
             pay_to = parse_address((yield Call(pay_to, (request,), blocking=False)))
             gate._tabs.advertised(pay_to)  # the tab endpoint opens tabs for it
-        built.append(offer_requirements(gate, route, offer, base, amount, str(asset), pay_to))
-    if is_static(route):
+        more = None
+        if route.terms is not None:
+            terms = route.terms[i]
+            amount = bundles.charged(terms, amount, str(asset), n)
+            more = bundles.extra(route.config, terms, n)
+        built.append(offer_requirements(gate, route, offer, base, amount, str(asset), pay_to, more))
+    if _fixed(route):
         if len(route.cache) >= 64:  # the origin comes from the Host header: bounded
             route.cache.clear()
-        route.cache[base] = built
+        route.cache[key] = built
     return built
 
 
 def is_static(route: Route) -> bool:
     """Every offer of the route has a fixed price and payTo: no request is needed to price it."""
+    return route.config.units is None and _fixed(route)
+
+
+def _fixed(route: Route) -> bool:
+    """Every offer's price (a bundle's: one unit's) and payTo are fixed."""
     return all(offer.amount is not None and not callable(offer.pay_to) for offer in route.offers)
 
 
 def offer_requirements(
-    gate: Gate, route: Route, offer: Offer, base: str, amount: int, asset: str, pay_to: str | None
+    gate: Gate,
+    route: Route,
+    offer: Offer,
+    base: str,
+    amount: int,
+    asset: str,
+    pay_to: str | None,
+    terms: dict[str, Any] | None = None,
 ) -> PaymentRequirements:
     """One offer's requirements, served from ``base``, once its price and payTo are known.
 
     ``pay_to`` None: not known without a request (a payTo callable; discovery lists such an
     offer): ``payTo`` is left empty and the delivery policy, which names it, is left out.
+    ``terms``: what ``extra`` says of a minimum, a bundle or a cap (:func:`.bundles.extra`).
     """
     extra: dict[str, Any] = {"tabEndpoint": gate.config.tab_endpoint or f"{base}{gate._tab_path}"}
     if gate.core is not None:
         extra["rpcUrl"] = f"{base}{gate._prefix}"
     extra.update(offer.extra)
+    if terms:
+        extra.update(terms)
     req = PaymentRequirements(
         scheme=offer.scheme,
         network=offer.network,
@@ -186,6 +216,8 @@ def challenge(
     """The 402: both envelopes (v2 header, v1 body), and the failed result header when a
     payment was refused (``reason`` other than ``payment_required``, or a failed ``settle``)."""
     description = route.config.description if route else ""
+    if route is not None and route.terms is not None and requirements:
+        description = bundles.describe(route, requirements[0])  # what the buyer buys
     mime = route.config.mime_type if route else ""
     url = (route.config.resource if route and route.config.resource else None) or (
         f"{origin(gate, request)}{request.path}" + (f"?{request.query}" if request.query else "")

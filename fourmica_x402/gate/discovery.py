@@ -4,8 +4,8 @@ Every priced route of the app, once per method it is priced for, with the v2 pay
 requirements its 402 challenge carries (:mod:`.challenge` builds both). The routes are those
 the adapter found at start-up (:meth:`.lifecycle.Endpoints.check`: route-table entries and
 per-handler markers, as the framework names them), or the route table itself for an app
-without a router. A price or payTo that is a callable of the request is never called here: its
-offer is listed without the fields it sets, which ``perRequest`` names.
+without a router. A price, payTo or bundle's units that are a callable of the request are never
+called here: the offer is listed without the fields they set, which ``perRequest`` names.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..routes import Offer, Route, display_template
+from ..routes import Route, display_template
+from .bundles import describe, extra
 from .challenge import is_static, offer_requirements, origin, requirements, v2_requirements
 from .types import PASS, Flow, RequestView, Response, error_response
 
@@ -47,7 +48,8 @@ def listing(gate: Gate, request: RequestView) -> Flow:
                 built = yield from requirements(gate, route, request)
                 accepts[id(route)] = [r.to_dict() for r in v2_requirements(built)]
             else:
-                accepts[id(route)] = [_advertised(gate, route, o, base) for o in route.offers]
+                offers = range(len(route.offers))
+                accepts[id(route)] = [_advertised(gate, route, i, base) for i in offers]
         config = route.config
         item: dict[str, Any] = {
             "resource": config.resource or base + display_template(template),
@@ -55,7 +57,7 @@ def listing(gate: Gate, request: RequestView) -> Flow:
             "x402Version": 2,
             "method": method,
             "accepts": accepts[id(route)],
-            "description": config.description,
+            "description": config.description if route.terms is None else describe(route),
             "mimeType": config.mime_type,
         }
         if config.extensions:
@@ -95,20 +97,25 @@ def _ordered(served: frozenset[str]) -> list[str]:
     return [m for m in METHODS if m in served] + rest
 
 
-def _advertised(gate: Gate, route: Route, offer: Offer, base: str) -> dict[str, Any]:
-    """An offer's requirements as far as they are known without a request.
+def _advertised(gate: Gate, route: Route, i: int, base: str) -> dict[str, Any]:
+    """The requirements of the route's offer ``i`` as far as they are known without a request.
 
-    A price callable sets ``amount`` and ``asset`` (it may answer in any asset); a payTo
-    callable sets ``payTo`` (and the delivery policy, which names it). Those fields are left
-    out and named in ``perRequest``; a static offer is exactly what its challenge carries.
+    A price callable sets ``amount`` and ``asset`` (it may answer in any asset); a bundle's
+    units set ``amount`` (``extra`` gives the unit price); a payTo callable sets ``payTo`` (and
+    the delivery policy, which names it). Those fields are left out and named in
+    ``perRequest``; a static offer is exactly what its challenge carries.
     """
+    offer = route.offers[i]
     static_price = offer.amount is not None
     per_request = [] if static_price else ["amount", "asset"]
+    if static_price and route.config.units is not None:
+        per_request = ["amount"]
     amount, asset = (offer.amount.amount, offer.amount.asset) if offer.amount else (0, "")
     pay_to = None if callable(offer.pay_to) else offer.pay_to
     if pay_to is None:
         per_request.append("payTo")
-    req = offer_requirements(gate, route, offer, base, amount, asset, pay_to)
+    terms = None if route.terms is None else extra(route.config, route.terms[i], None)
+    req = offer_requirements(gate, route, offer, base, amount, asset, pay_to, terms)
     data = v2_requirements([req])[0].to_dict()
     for name in per_request:
         data.pop(name)

@@ -88,8 +88,10 @@ def metrics(gate: Gate, request: RequestView) -> Flow:
     except ImportError:  # prometheus_client: the server extra
         message = 'metrics need prometheus-client: pip install "fourmica-x402[server]"'
         return Response.json(501, {"error": "metrics_unavailable", "message": message})
-    hook = gate.config.on_failure
-    extra = [hook] if isinstance(hook, signals.RefusalCounter) else []
+    hook, extra = gate.config.on_failure, list[signals.RefusalCounter]()
+    while hook is not None and not extra:  # the alert hook chains the seller's after it
+        extra = [hook] if isinstance(hook, signals.RefusalCounter) else []
+        hook = getattr(hook, "then", None)
     try:
         body = yield Call(signals.exposition, (gate.core, extra))  # database reads: off the loop
     except Unavailable as exc:  # the database is down: say so, as every gate answer does

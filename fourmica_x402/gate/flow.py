@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from ..config import PaymentConfig
@@ -24,6 +24,7 @@ from ..routes import Endpoint, Route, RouteTable
 from ..wire import PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER
 from . import deliver, discovery, drive, endpoints
 from .background import Reconciler, recover
+from .bundles import InvalidUnits
 from .challenge import challenge, requirements
 from .pay import failure, paid, version_of
 from .throttle import Throttle
@@ -40,6 +41,9 @@ from .types import (
     Response,
     error_response,
 )
+
+if TYPE_CHECKING:
+    from ..alerts import GateAlerts
 
 log = logging.getLogger("fourmica_x402.gate")
 
@@ -81,6 +85,13 @@ class Gate:
             recover(self)  # what a process that died mid-completion left
         if self.records.next_followup_due() is not None:
             self._reconciler.kick()  # a previous process left voids to do
+        #: Alerts (docs/operations.md, "Alerts"): their hook rides on this gate's ``config``.
+        self.alerts: GateAlerts | None = None
+        if config.alerts is not None:
+            from ..alerts import GateAlerts
+
+            self.alerts = GateAlerts(self, config.alerts)
+            self.config = self.alerts.config
         self._prefix = config.prefix
         self._tab_path = (
             urlsplit(config.tab_endpoint).path if config.tab_endpoint else config.prefix + "/tab"
@@ -233,6 +244,8 @@ class Gate:
                 return verdict
         try:
             reqs = yield from requirements(self, route, request)
+        except InvalidUnits as exc:  # the request's own fault, before any payment: 400
+            return error_response(exc.status, exc.reason, exc.message)
         except Exception as exc:  # a price or payTo callable failed: nothing to charge safely
             log.exception("could not price %s", route.key)
             return error_response(500, "pricing_failed", f"could not price this request: {exc}")

@@ -32,7 +32,7 @@ from ..wire import (
     decode_payment_header,
     encode_header,
 )
-from . import settle
+from . import bundles, settle
 from .challenge import DELIVERY_TAG, challenge, v1_requirements, v2_requirements
 from .types import (
     EXPOSE_HEADERS,
@@ -204,6 +204,8 @@ def paid(
         settled=result is not None,
         endpoint=None if endpoint is None else endpoint.key,
     )
+    if route.terms is not None:  # a bundle's units, a cap: the requirements it paid say
+        bundles.annotate(payment, chosen.extra)
     settle.certificate_source(gate, payment, result)
     if config.after_settle is not None and result is not None:
         try:

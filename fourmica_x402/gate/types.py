@@ -181,6 +181,11 @@ class Payment:
     route: str
     record_id: int | None = None
     settled: bool = True
+    #: What a bundle or a prepaid cap bought (docs/protocol.md, "Minimums, bundles and prepaid
+    #: caps"): the units, one unit's price and the cap, in atomic units; None elsewhere.
+    units: int | None = None
+    unit_price: int | None = None
+    cap: int | None = None
     #: The framework's own object for the route this payment was settled for (an
     #: :attr:`Endpoint.key`); per-handler markers check it is theirs.
     endpoint: Any = field(default=None, repr=False, compare=False)

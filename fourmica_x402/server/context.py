@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Mapping
 
-from fourmica_x402.core import Core
+from fourmica_x402.alerts import AlertChecker
+from fourmica_x402.core import AlertRules, Core
 from fourmica_x402.facilitator import LocalFacilitator
 from fourmica_x402.networks import get_network
 from fourmica_x402.webhooks import Webhooks
@@ -22,7 +24,9 @@ class Service:
     """One service over ``core`` (see ``fourmica_x402.adapters.service.create_app``).
 
     ``network`` is the default for calls that name none; ``public_url`` the origin handed out
-    in URLs (``/core/public-params``) instead of the one a request reached.
+    in URLs (``/core/public-params``) instead of the one a request reached. ``alerts``: the
+    database alert rules this service checks every ``alerts.interval`` seconds
+    (docs/operations.md, "Alerts"); the invalid-payment rules are the seller gates'.
     """
 
     def __init__(
@@ -35,6 +39,7 @@ class Service:
         network: str = "eip155:84532",
         public_url: str | None = None,
         webhooks: bool = True,
+        alerts: AlertRules | None = None,
     ) -> None:
         self.core = core
         self.sandbox = sandbox
@@ -45,6 +50,14 @@ class Service:
         self.metrics = Metrics(core)
         self.chain_id = get_network(network).chain_id
         self.keys = Keys(api_key, seller_keys, sandbox=sandbox)
+        self.alert_checker = None
+        if alerts is not None and alerts.database_rules:
+            self.alert_checker = AlertChecker(core, alerts)
+        if alerts is not None and alerts.payment_rules:
+            logging.getLogger("fourmica_x402.alerts").warning(
+                "alerts: %s are counted by each seller gate, not by the service",
+                ", ".join(alerts.payment_rules),
+            )
 
     def origin(self, call: Call) -> str:
         return self.public_url or call.origin
@@ -55,3 +68,12 @@ class Service:
             await asyncio.sleep(interval)
             with contextlib.suppress(Exception):  # keep ticking; the next round retries
                 await asyncio.to_thread(self.core.tick)
+
+    async def check_alerts_forever(self) -> None:
+        """Check the database alert rules every ``interval`` seconds until cancelled."""
+        checker = self.alert_checker
+        if checker is None:
+            return
+        while True:
+            await asyncio.sleep(checker.rules.interval)
+            await asyncio.to_thread(checker.check)  # logs a failure; the next round retries

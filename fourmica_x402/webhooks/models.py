@@ -37,6 +37,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "credit.claimed",
         "withdrawal.requested",
         "withdrawal.finalized",
+        "alert.fired",
     }
 )
 

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,6 +27,8 @@ SELLERS = {
     "flask": [str(EXAMPLES / "flask_seller.py")],
     "django": [str(EXAMPLES / "django_seller" / "manage.py"), "runserver", "--noreload"],
 }
+#: Every runnable seller: those above (GET /premium at $0.01) and the bundles seller.
+SERVERS = {**SELLERS, "bundles": [str(EXAMPLES / "bundles_seller.py")]}
 
 
 def _free_port() -> int:
@@ -37,12 +40,12 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def running(name: str, tmp_path: Path) -> Iterator[tuple[httpx.Client, Path]]:
     """Start an example seller as a user would; yield a client on it and its database file."""
-    if not Path(SELLERS[name][0]).exists():
+    if not Path(SERVERS[name][0]).exists():
         pytest.fail(f"example for {name} is missing")
     port = _free_port()
     db = tmp_path / "seller.db"
     env = {**os.environ, "PORT": str(port), "FOURMICA_X402_DB": f"sqlite:///{db}"}
-    args = [sys.executable, *SELLERS[name]]
+    args = [sys.executable, *SERVERS[name]]
     if name == "django":
         args.append(f"127.0.0.1:{port}")
     proc = subprocess.Popen(
@@ -96,6 +99,47 @@ def test_example_seller_serves_and_gets_paid(name: str, tmp_path: Path) -> None:
         assert paid.json()["payer"] == buyer.address
         assert "payment-response" in paid.headers
         assert core.position(buyer.address, network=NETWORK).locked == 10_000
+        core.close()
+
+
+@pytest.mark.slow
+def test_bundles_example_charges_per_bundle_and_prepays_jobs(tmp_path: Path) -> None:
+    with running("bundles", tmp_path) as (client, db):
+        buyer = TestBuyer.new()
+        core = Core(f"sqlite:///{db}")
+        core.deposit(buyer.address, 5_000_000, network=NETWORK)
+
+        def pay(method: str, path: str, **kwargs: Any) -> tuple[Any, Any, httpx.Response]:
+            challenge = client.request(method, path, **kwargs)
+            assert challenge.status_code == 402, challenge.text
+            required = decode_payment_required(challenge.headers["payment-required"])
+            req = required.accepts[0]
+            body = {"x402Version": 2, "userAddress": buyer.address}
+            tab = client.post(
+                req.extra["tabEndpoint"], json={**body, "paymentRequirements": req.to_dict()}
+            ).json()
+            name_, value = payment_header(buyer, req, tab)
+            paid = client.request(method, path, headers={name_: value}, **kwargs)
+            assert paid.status_code == 200, paid.text
+            return required, req, paid
+
+        required, req, paid = pay("GET", "/records?count=250")
+        assert (
+            req.amount == "30000" and req.extra["units"] == 3 and req.extra["unitPrice"] == "10000"
+        )
+        assert required.resource is not None
+        assert required.resource.description == "Records — 3 × 100 records at $0.01"
+        assert len(paid.json()["records"]) == 250 and paid.json()["bundles"] == 3
+        _, small, paid = pay("GET", "/records?count=40")  # one bundle, raised to the minimum
+        assert small.amount == "30000" and paid.json()["paid"] == 30_000
+        refused = client.get("/records?count=lots")
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_units"
+        required, req, paid = pay("POST", "/jobs", json={"task": "render"})
+        assert req.amount == "2000000" and req.extra["cap"] == "2000000"
+        assert required.resource is not None
+        assert required.resource.description == "A long job — prepaid up to $2.00"
+        assert paid.json()["prepaid"] == 2_000_000 and paid.json()["job"] == "done: render"
+        assert core.position(buyer.address, network=NETWORK).locked == 30_000 * 2 + 2_000_000
         core.close()
 
 
@@ -169,13 +213,13 @@ def test_buyer_agent_pays_an_example_seller(tmp_path: Path) -> None:
         core.close()
 
 
-@pytest.mark.parametrize("name", sorted(SELLERS))
+@pytest.mark.parametrize("name", sorted(SERVERS))
 def test_an_example_with_a_bad_database_refuses_to_start(name: str, tmp_path: Path) -> None:
     """A bad FOURMICA_X402_DB stops the server at start-up with the reason; it never starts
     and then fails every request (the Starlette example used to)."""
     env = {**os.environ, "PORT": str(_free_port())}
     env["FOURMICA_X402_DB"] = f"sqlite:///{tmp_path}/no/such/dir/seller.db"
-    args = [sys.executable, *SELLERS[name]]
+    args = [sys.executable, *SERVERS[name]]
     if name == "django":
         args.append(f"127.0.0.1:{env['PORT']}")
     done = subprocess.run(
