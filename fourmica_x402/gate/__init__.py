@@ -18,6 +18,7 @@ Where things are, in the order a paid request meets them:
 - :mod:`.flow` — :class:`Gate`: construction, what adapters call at start-up, ``before()``;
 - :mod:`.endpoints` — the tab endpoint and the Core API subset;
 - :mod:`.challenge` — requirements, validation policy, the 402 challenge and the paywall;
+- :mod:`.bundles` — minimums, bundles of units and prepaid caps: their terms and extra;
 - :mod:`.discovery` — ``GET /.well-known/x402``: the priced routes and their requirements;
 - :mod:`.throttle` — who keeps sending invalid payments is slowed down;
 - :mod:`.pay` — a request with a payment: decode, match, replay, hooks, settle or verify;
