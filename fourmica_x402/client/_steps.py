@@ -259,8 +259,7 @@ class Buyer:
         }
         if resource is not None and version == 2:
             body["resource"] = resource.to_dict()
-        response = yield Send(httpx.Request("POST", url, json=body))
-        yield Read(response)
+        response = yield from _call(httpx.Request("POST", url, json=body))
         try:
             data = response.json()
             if response.status_code != 200 or not isinstance(data, dict):
@@ -293,8 +292,8 @@ class Buyer:
         with self._params_lock:
             known = self._params.get(rpc)
         if known is None:
-            response = yield Send(httpx.Request("GET", rpc.rstrip("/") + "/core/public-params"))
-            yield Read(response)
+            request = httpx.Request("GET", rpc.rstrip("/") + "/core/public-params")
+            response = yield from _call(request)
             known = _read_params(response)
             with self._params_lock:
                 self._params[rpc] = known
@@ -355,6 +354,27 @@ def _read_params(response: httpx.Response) -> CoreParams:
         )
     except (ValueError, KeyError, TypeError):
         return params
+
+
+def _call(request: httpx.Request) -> Steps[httpx.Response]:
+    """One of the flow's own idempotent calls (the tab endpoint, the Core's parameters), read
+    to its end. A connection that closes before any answer is tried once more: a kept-alive
+    connection the server closed as the request left, or a restarted worker. A timeout is
+    not retried (docs/buyer.md, "Dropped connections")."""
+    try:
+        response = yield Send(request)
+    except Exception as exc:
+        if not _dropped(exc):
+            raise
+        response = yield Send(request)
+    yield Read(response)
+    return response
+
+
+def _dropped(exc: BaseException) -> bool:
+    if isinstance(exc, httpx.TimeoutException):
+        return False
+    return isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError, ConnectionError))
 
 
 # -- the drivers -------------------------------------------------------------------------------

@@ -85,6 +85,7 @@ class PaymentAdapter(BaseAdapter):  # type: ignore[misc]
         seen: dict[int, requests.Response] = {}
 
         def send(outgoing: httpx.Request) -> httpx.Response:
+            own = False
             if outgoing is caller:
                 prepared = request
             elif outgoing.extensions.get(_CALLER):  # the paid retry: the caller's, plus payment
@@ -93,6 +94,7 @@ class PaymentAdapter(BaseAdapter):  # type: ignore[misc]
                     if name.lower() not in _HOP and name not in prepared.headers:
                         prepared.headers[name] = value
             else:  # the flow's own calls: the tab endpoint, the Core's public parameters
+                own = True
                 prepared = requests.PreparedRequest()
                 prepared.prepare(
                     method=outgoing.method,
@@ -101,7 +103,13 @@ class PaymentAdapter(BaseAdapter):  # type: ignore[misc]
                     data=outgoing.content or None,
                 )
             # Streamed: the session reads the final body itself unless its caller streams.
-            got = self._inner.send(prepared, stream=True, **options)
+            try:
+                got = self._inner.send(prepared, stream=True, **options)
+            except requests.exceptions.ConnectionError as exc:
+                if not own or isinstance(exc, requests.exceptions.Timeout):
+                    raise
+                # the flow's own calls are tried once more when the connection dropped
+                raise _Dropped(*exc.args, request=exc.request, response=exc.response) from exc
             answer = httpx.Response(
                 got.status_code,
                 headers=[(k, v) for k, v in got.headers.items() if k.lower() not in _HOP],
@@ -120,6 +128,11 @@ class PaymentAdapter(BaseAdapter):  # type: ignore[misc]
 
     def close(self) -> None:
         self._inner.close()
+
+
+class _Dropped(requests.exceptions.ConnectionError, ConnectionError):
+    """A requests connection error the buyer flow recognises as a dropped connection; still
+    a ``requests.ConnectionError`` for the caller when the second try fails too."""
 
 
 class _Body(httpx.SyncByteStream):

@@ -4,9 +4,9 @@
     facilitator = HttpFacilitator("http://127.0.0.1:4021", headers={"Authorization": "Bearer …"})
     config = PaymentConfig(..., facilitator=facilitator, records="sqlite:///records.db")
 
-Idempotent calls (``/supported``, ``/verify``) are retried with exponential
-backoff on 429/5xx and connection errors; state-changing ones (``/tabs``,
-``/settle``, void, validation) are sent once — a second ``/settle`` of the same
+Idempotent calls (``/supported``, ``/verify``, and ``/tabs``, which reuses the
+active tab) are retried with exponential backoff on 429/5xx and connection
+errors; state-changing ones (``/settle``, void, validation) are sent once — a second ``/settle`` of the same
 guarantee would only be refused as a replay. Connection failures, timeouts and
 5xx raise :class:`~fourmica_x402.errors.Unavailable`, so a seller configured with
 a facilitator that is down fails closed (503).
@@ -30,6 +30,10 @@ from ..wire import PaymentPayload, PaymentPayloadV1, PaymentRequirements, Verify
 __all__ = ["HttpFacilitator"]
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
+#: Idle connections are dropped well before common servers close them (uvicorn and Node
+#: after 5 s, gunicorn after 2 s): a kept-alive connection the server closes just as
+#: ``/settle`` leaves on it would fail a payment that cannot be sent again.
+_LIMITS = httpx.Limits(keepalive_expiry=1.5)
 
 
 class HttpFacilitator:
@@ -54,7 +58,11 @@ class HttpFacilitator:
         self._retries = retries
         self._backoff = backoff
         self._client = httpx.Client(
-            base_url=self.url, headers=self._headers, timeout=timeout, transport=transport
+            base_url=self.url,
+            headers=self._headers,
+            timeout=timeout,
+            limits=_LIMITS,
+            transport=transport,
         )
         self._async_transport = async_transport
         self._aclient: httpx.AsyncClient | None = None
@@ -86,6 +94,7 @@ class HttpFacilitator:
                 base_url=self.url,
                 headers=self._headers,
                 timeout=self._timeout,
+                limits=_LIMITS,
                 transport=self._async_transport,
             )
         attempts = self._retries + 1 if retry else 1
@@ -199,7 +208,9 @@ class HttpFacilitator:
     ) -> Tab:
         body = self._tab_body(user, recipient, network, asset, guarantee_version, ttl_seconds)
         try:
-            return self._tab(self._call("POST", "/tabs", body), network, guarantee_version)
+            return self._tab(
+                self._call("POST", "/tabs", body, retry=True), network, guarantee_version
+            )
         except CoreError as exc:
             raise GuaranteeRejected(exc.message, reason=exc.reason) from None
 
@@ -215,7 +226,9 @@ class HttpFacilitator:
     ) -> Tab:
         body = self._tab_body(user, recipient, network, asset, guarantee_version, ttl_seconds)
         try:
-            return self._tab(await self._acall("POST", "/tabs", body), network, guarantee_version)
+            return self._tab(
+                await self._acall("POST", "/tabs", body, retry=True), network, guarantee_version
+            )
         except CoreError as exc:
             raise GuaranteeRejected(exc.message, reason=exc.reason) from None
 

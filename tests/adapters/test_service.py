@@ -410,6 +410,45 @@ def test_http_facilitator_retries_idempotent_calls_only() -> None:
     assert calls == ["/guarantees/0x01/void"]
 
 
+class _DropFirst(httpx.BaseTransport):
+    """Real HTTP to the service, but the first call to ``path`` loses its connection: before
+    the service sees it, or after the service handled it."""
+
+    def __init__(self, path: str, *, after: bool) -> None:
+        self.inner, self.path, self.after, self.sent = httpx.HTTPTransport(), path, after, 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path != self.path:
+            return self.inner.handle_request(request)
+        self.sent += 1
+        if self.sent == 1 and not self.after:
+            raise httpx.RemoteProtocolError("Server disconnected", request=request)
+        response = self.inner.handle_request(request)
+        response.read()
+        if self.sent == 1:
+            raise httpx.ReadError("Connection reset by peer", request=request)
+        return response
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["before-service", "after-service"])
+def test_http_facilitator_opens_a_tab_again_when_the_connection_drops(
+    core: Core, served: tuple[str, uvicorn.Server], after: bool
+) -> None:
+    """Opening a tab reuses the active one, so a dropped ``/tabs`` call is safe to send again:
+    one tab, and the retry hands out the next request id."""
+    url, _ = served
+    transport = _DropFirst("/tabs", after=after)
+    facilitator = HttpFacilitator(url, transport=transport, backoff=0.0)
+    buyer = TestBuyer.new()
+    args = dict(user=buyer.address, recipient=SELLER, network=NETWORK, asset=USDC)
+    tab = facilitator.open_tab(**args, guarantee_version=2)
+    again = facilitator.open_tab(**args, guarantee_version=2)
+    assert transport.sent == 3
+    assert again.tab_id == tab.tab_id  # the dropped attempt opened no second tab
+    assert again.next_req_id == tab.next_req_id + 1
+    assert core.open_tab_count(SELLER) == 1
+
+
 def test_webhooks_are_managed_by_the_operator_and_delivered(core: Core) -> None:
     import http.server
 

@@ -30,9 +30,16 @@ from fourmica_x402.testing import TestBuyer
 BASE = "http://testserver"
 
 
+class Dropped(Exception):
+    """Raised by a :class:`Wire` to close the connection with no answer: before the request
+    reaches the seller (from ``request``) or after the seller handled it (from ``response``).
+    Each transport sees its own library's error for a dropped connection."""
+
+
 class Wire:
     """What passes between a buyer's transport and the seller. Tests subclass it to count the
-    traffic or to make the seller lie; the same wire sits under every transport."""
+    traffic, make the seller lie or drop a connection; the same wire sits under every
+    transport."""
 
     def request(
         self, method: str, path: str, headers: dict[str, str], body: bytes
@@ -68,6 +75,12 @@ class _SyncWire(httpx.BaseTransport):
         self.inner, self.wire = inner, wire
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return self._handle(request)
+        except Dropped:
+            raise httpx.RemoteProtocolError("Server disconnected", request=request) from None
+
+    def _handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         headers, body = self.wire.request(
             request.method, path, {k.lower(): v for k, v in request.headers.items()}, request.read()
@@ -87,6 +100,12 @@ class _AsyncWire(httpx.AsyncBaseTransport):
         self.inner, self.wire = inner, wire
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await self._handle(request)
+        except Dropped:
+            raise httpx.ReadError("Connection reset by peer", request=request) from None
+
+    async def _handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         headers, body = self.wire.request(
             request.method,
@@ -284,6 +303,14 @@ class _RequestsWire:
         self.inner, self.wire = inner, wire
 
     def send(self, request: Any, **options: Any) -> Any:
+        import requests
+
+        try:
+            return self._send(request, **options)
+        except Dropped:
+            raise requests.exceptions.ConnectionError("Connection aborted.") from None
+
+    def _send(self, request: Any, **options: Any) -> Any:
         from requests.structures import CaseInsensitiveDict
 
         path = urlsplit(request.url).path

@@ -7,9 +7,11 @@ import asyncio
 import base64
 import json
 import sys
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
+import httpx
 import pytest
 
 from fourmica_x402.client import (
@@ -222,6 +224,95 @@ def test_lying_sellers_get_a_clear_error_and_no_second_signature(
     assert info.value.receipt.outcome == "payment_failed"
     assert liar.paid_attempts == (1 if lie == "402-again" else 0)
     assert seller.calls["/premium"] == 0
+
+
+def _dropped_connection(exc: BaseException) -> bool:
+    """The transport's own error for a connection closed with no answer."""
+    import requests
+
+    return isinstance(exc, httpx.TransportError | requests.exceptions.ConnectionError)
+
+
+class DroppingWire(Wire):
+    """Closes the connection with no answer on the first ``times`` calls whose path ends with
+    one of ``paths``: before the seller sees them, or after it handled them."""
+
+    def __init__(self, paths: tuple[str, ...], *, after: bool, times: int = 1) -> None:
+        self.paths, self.after, self.left = paths, after, dict.fromkeys(paths, times)
+        self.sent: Counter[str] = Counter()
+
+    def _drop(self, path: str) -> None:
+        for end in self.paths:
+            if path.endswith(end) and self.left[end] > 0:
+                self.left[end] -= 1
+                raise harness.Dropped(path)
+
+    def request(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+        if "payment-signature" in headers or "x-payment" in headers:
+            self.sent["paid"] += 1
+        else:
+            self.sent[path] += 1
+        if not self.after:
+            self._drop(path)
+        return headers, body
+
+    def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
+        if self.after:
+            self._drop(path)
+        return status, headers, body
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["before-seller", "after-seller"])
+def test_a_dropped_connection_on_the_flows_own_calls_is_tried_once_more(
+    seller: Any, buyers: Any, after: bool
+) -> None:
+    """A kept-alive connection the server closes as the tab request leaves (or a restarted
+    worker) costs the buyer nothing: the tab call is idempotent and is sent again once."""
+    buyer = funded(seller)
+    wire = DroppingWire(("/x402/tab",), after=after)
+    ledger = ReceiptLedger()
+    client = buyers.client(seller, buyer, wire=wire, ledger=ledger)
+    resp = client.get("/premium")
+    assert resp.status == 200 and resp.receipt.outcome == "paid"
+    assert wire.left == {"/x402/tab": 0} and wire.sent["/x402/tab"] == 2
+    assert wire.sent["paid"] == 1 and seller.calls["/premium"] == 1
+    assert seller.core.position(buyer.address, network=NETWORK).locked == 10_000
+    assert [r.outcome for r in ledger] == ["paid"]
+
+
+def test_a_tab_endpoint_that_keeps_dropping_fails_cleanly_and_reserves_nothing(
+    seller: Any, buyers: Any
+) -> None:
+    buyer = funded(seller)
+    wire = DroppingWire(("/x402/tab",), after=False, times=2)
+    client = buyers.client(seller, buyer, wire=wire, policy=SpendingPolicy(per_minute="$0.01"))
+    with pytest.raises(Exception) as info:
+        client.get("/premium")
+    assert _dropped_connection(info.value), info.value
+    assert wire.sent["/x402/tab"] == 2 and wire.sent["paid"] == 0  # tried twice, never signed
+    assert seller.core.position(buyer.address, network=NETWORK).locked == 0
+    resp = client.get("/premium")  # the budget held nothing back for the failed attempt
+    assert resp.status == 200 and resp.receipt.outcome == "paid"
+
+
+def test_a_dropped_paid_request_is_not_sent_again(seller: Any, buyers: Any) -> None:
+    """The paid retry is not idempotent from the buyer's side: one signature, one send."""
+    buyer = funded(seller)
+
+    class DropPaid(DroppingWire):
+        def request(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+            headers, body = super().request(method, path, headers, body)
+            if "payment-signature" in headers or "x-payment" in headers:
+                raise harness.Dropped(path)
+            return headers, body
+
+    wire = DropPaid((), after=False)
+    client = buyers.client(seller, buyer, wire=wire)
+    with pytest.raises(Exception) as info:
+        client.get("/premium")
+    assert _dropped_connection(info.value), info.value
+    assert wire.sent["paid"] == 1 and seller.calls["/premium"] == 0
+    assert seller.core.position(buyer.address, network=NETWORK).locked == 0
 
 
 def test_a_refunded_failure_is_reported_but_still_counted(seller: Any, buyers: Any) -> None:
