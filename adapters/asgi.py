@@ -145,5 +145,11 @@ class PaymentMiddleware:
                 meter.feed(message.get("body", b""))
             await send(message)
 
+        async def metered_receive() -> dict[str, Any]:
+            message: dict[str, Any] = await receive()
+            if message["type"] == "http.request":  # hashed as read (docs/operations.md)
+                meter.received(message.get("body", b""), not message.get("more_body", False))
+            return message
+
         async with meter:  # the gate is told once the app is done
-            await self.app(scope, receive, metered_send)
+            await self.app(scope, metered_receive, metered_send)

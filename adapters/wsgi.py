@@ -100,6 +100,10 @@ class PaymentMiddleware:
             return answer(start_response, outcome)
         environ[PAYMENT_KEY] = outcome.payment
         meter = Meter(self.gate, outcome)
+        if "wsgi.input" in environ:  # the body hashed as the handler reads it (docs/operations.md)
+            length = environ.get("CONTENT_LENGTH", "")
+            size = int(length) if length.isdigit() else None
+            environ["wsgi.input"] = meter.input(environ["wsgi.input"], size)
 
         def metered_start(status: str, headers: list[Any], exc_info: Any = None) -> Any:
             first = meter.extra is None  # a later call (with exc_info) re-renders

@@ -84,6 +84,12 @@ class PaymentConfig:
     #: Bearer token for ``<prefix>/metrics`` (the monitoring signals, docs/operations.md);
     #: None = ``FOURMICA_X402_METRICS_TOKEN``, and without either the path answers 404.
     metrics_token: str | None = field(default=None, repr=False)
+    #: Bearer token for ``<prefix>/admin/prices`` (run-time repricing, docs/operations.md,
+    #: "Repricing"); None = ``FOURMICA_X402_ADMIN_TOKEN``, and without either it answers 404.
+    admin_token: str | None = field(default=None, repr=False)
+    #: How often (seconds) a gate reads the shared price book for prices set by another
+    #: process or ``fourmica-x402 reprice``; None = never (prices set here still apply here).
+    price_poll: float | None = 1.0
     #: maxTimeoutSeconds advertised in requirements.
     max_timeout_seconds: int = 300
     #: TTL of tabs opened through the tab endpoint (None = the Core's default, one day).

@@ -2,8 +2,10 @@
 
 The gate writes a record **before** the paid handler runs (route, method,
 request and guarantee ids, payer, payTo, amount, asset, network, header
-version, settle result) and completes it afterwards (status, SHA-256 of the
-response body, certificate). In embedded mode the records live in the Core's
+version, settle result, the request hash of docs/operations.md, "Evidence and
+disputes") and completes it afterwards (status, SHA-256 of the response body,
+certificate). Disputes on a record are kept beside it (``fx_disputes``, see
+:mod:`fourmica_x402.evidence.disputes`). In embedded mode the records live in the Core's
 database; otherwise in their own (``Records("sqlite:///records.db")``).
 
     >>> records.query(payer="0x…", limit=10)     # doctest: +SKIP
@@ -52,12 +54,23 @@ _MIGRATIONS: list[list[str]] = [
         "ALTER TABLE fx_void_intents RENAME TO fx_followups",
         "ALTER TABLE fx_followups ADD COLUMN score INTEGER",
     ],
+    [  # what was asked: a digest of method, path, query and body (docs/operations.md,
+        # "Evidence and disputes"); NULL on records written before it
+        "ALTER TABLE fx_records ADD COLUMN request_hash TEXT",
+    ],
+    [  # disputes on a record: every state change one row, numbered per guarantee
+        """CREATE TABLE fx_disputes (
+            guarantee_id TEXT NOT NULL, seq INTEGER NOT NULL, state TEXT NOT NULL,
+            note TEXT NOT NULL, at {real} NOT NULL, PRIMARY KEY (guarantee_id, seq))""",
+    ],
 ]
+#: The records schema version that made ``fx_disputes`` (readers check it before reading).
+DISPUTES_SCHEMA = 6
 
 _COLUMNS = (
     "record_id, created_at, route, method, path, header_version, header_hash, request_id, "
     "tab_id, guarantee_id, payer, pay_to, amount, asset, network, settle_mode, settle_result, "
-    "status, http_status, response_hash, delivered_at, certificate, outcome"
+    "status, http_status, response_hash, delivered_at, certificate, outcome, request_hash"
 )
 
 
@@ -99,6 +112,8 @@ class PaymentRecord:
     certificate: dict[str, str] | None
     # delivered | refunded | cancelled | kept, or refund_pending / score_pending while retried
     outcome: str | None
+    #: SHA-256 of the request (:func:`fourmica_x402.evidence.request_hash`); None before it
+    request_hash: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,6 +144,7 @@ def _record(r: Sequence[Any]) -> PaymentRecord:
         None if r[20] is None else float(r[20]),
         json.loads(r[21]) if r[21] else None,
         r[22],
+        r[23],
     )
 
 
@@ -167,13 +183,14 @@ class Records:
         tab_id: str | None = None,
         guarantee_id: str | None = None,
         payer: str | None = None,
+        request_hash: str | None = None,
     ) -> int:
         """:meth:`begin` inside a transaction the caller holds (e.g. the Core's acceptance)."""
         row = tx.one(
             "INSERT INTO fx_records (created_at, route, method, path, header_version, "
             "header_hash, request_id, tab_id, guarantee_id, payer, pay_to, amount, asset, "
-            "network, settle_mode, settle_result, status) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING record_id",
+            "network, settle_mode, settle_result, status, request_hash) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING record_id",
             (
                 time.time(),
                 route,
@@ -192,6 +209,7 @@ class Records:
                 settle_mode,
                 json.dumps(settle_result, sort_keys=True),
                 status,
+                request_hash,
             ),
         )
         assert row is not None
@@ -230,16 +248,19 @@ class Records:
         response: tuple[list[tuple[str, str]], bytes] | None = None,
         settle_result: dict[str, Any] | None = None,
         delivered_at: float | None = None,
+        request_hash: str | None = None,
     ) -> None:
         """:meth:`finish` inside a transaction the caller holds (e.g. the Core's validation).
 
-        ``delivered_at``: when the response went out (default: now).
+        ``delivered_at``: when the response went out (default: now). ``request_hash``: one
+        that covers the body the handler read (else the record keeps the one it has).
         """
         tx.execute(
             "UPDATE fx_records SET status = ?, http_status = ?, response_hash = ?, "
             "delivered_at = ?, outcome = ?, certificate = COALESCE(?, certificate), "
             "response_headers = ?, response_body = ?, "
-            "settle_result = COALESCE(?, settle_result) WHERE record_id = ?",
+            "settle_result = COALESCE(?, settle_result), "
+            "request_hash = COALESCE(?, request_hash) WHERE record_id = ?",
             (
                 status,
                 http_status,
@@ -250,6 +271,7 @@ class Records:
                 json.dumps(response[0]) if response else None,
                 response[1].hex() if response else None,
                 json.dumps(settle_result, sort_keys=True) if settle_result else None,
+                request_hash,
                 record_id,
             ),
         )
@@ -368,6 +390,19 @@ class Records:
     def get(self, record_id: int) -> PaymentRecord | None:
         with self.store.transaction(write=False) as tx:
             row = tx.one(f"SELECT {_COLUMNS} FROM fx_records WHERE record_id = ?", (record_id,))
+        return None if row is None else _record(row)
+
+    def for_guarantee(
+        self, guarantee_id: str, tab_id: str, request_id: str
+    ) -> PaymentRecord | None:
+        """The newest record of a guarantee: by its id, else by its tab and request ids (a
+        settle-after record, written before the guarantee had an id; ids as ``hex()``)."""
+        with self.store.transaction(write=False) as tx:
+            row = tx.one(
+                f"SELECT {_COLUMNS} FROM fx_records WHERE guarantee_id = ? "
+                "OR (tab_id = ? AND request_id = ?) ORDER BY record_id DESC LIMIT 1",
+                (guarantee_id, tab_id, request_id),
+            )
         return None if row is None else _record(row)
 
     def query(

@@ -271,42 +271,55 @@ class RouteTable:
         self.version = 0
         #: Static payTo addresses of per-handler markers (they are not in ``routes``).
         self.marker_pay_to: set[str] = set()
+        #: Run-time prices by route key, and each entry's configured ``RouteConfig`` (they
+        #: replace it until reset: :mod:`.gate.prices`, docs/operations.md, "Repricing").
+        self.overrides: dict[str, Price] = {}
+        self.configured: dict[str, RouteConfig] = {}
         for key, value in (routes or {}).items():
             self.add(key, value)
 
     def add(self, key: str, value: Any) -> Route:
         """Add a route (``value`` as in the module docstring)."""
-        method, _, path = key.strip().partition(" ")
-        if not path:
-            method, path = "*", method
-        method = method.upper()
-        config = self._config(key, value)
-        offers = self._offers(key, config)
-        path = path.strip()
-        terms = _terms(f"route {key!r}", config, offers)
-        route = Route(
-            method, path, compile_pattern(path), offers, config, compile_template(path), terms=terms
-        )
+        route = self.build(key, self._config(key, value))
+        self.configured.setdefault(route.key, route.config)
         self.routes.append(route)
         self.version += 1
         return route
+
+    def build(self, key: str, config: RouteConfig) -> Route:
+        """A table entry for ``key`` at ``config``, checked (ConfigurationError)."""
+        method, _, path = key.strip().partition(" ")
+        if not path:
+            method, path = "*", method
+        method, path = method.upper(), path.strip()
+        offers = self._offers(key, config)
+        terms = _terms(f"route {key!r}", config, offers)
+        template = compile_template(path)
+        return Route(method, path, compile_pattern(path), offers, config, template, terms=terms)
 
     def marker_route(self, endpoint: Endpoint) -> Route:
         """The route a per-handler marker prices (validated like a table entry)."""
         assert endpoint.marker is not None
         methods = ",".join(sorted(endpoint.marker_methods)) if endpoint.marker_methods else "*"
         key = f"{methods} {endpoint.template}"
-        offers = self._offers(key, endpoint.marker)
+        self.configured.setdefault(key, endpoint.marker)
+        config = endpoint.marker
+        if key in self.overrides:  # a run-time price
+            from .gate.prices import marker_config
+
+            config = marker_config(self, key, config)
+        offers = self._offers(key, config)
         self.marker_pay_to.update(o.pay_to for o in offers if isinstance(o.pay_to, str))
         regex = re.compile(re.escape(endpoint.template) + r"\Z")
-        terms = _terms(f"route {key!r}", endpoint.marker, offers)
-        return Route(methods, endpoint.template, regex, offers, endpoint.marker, terms=terms)
+        terms = _terms(f"route {key!r}", config, offers)
+        return Route(methods, endpoint.template, regex, offers, config, terms=terms)
 
     def prepare(self, endpoint: Endpoint) -> None:
         """Price an endpoint's marker now (adapters call it at start-up for every route): a
         price these defaults make invalid fails at start-up, and its payTo takes tabs."""
-        if endpoint.marker is not None and "*" not in endpoint._priced:
-            endpoint._priced["*"] = (0, self.marker_route(endpoint))
+        found, version = endpoint._priced.get("*"), self.version  # before the overrides
+        if endpoint.marker is not None and (found is None or found[0] != version):
+            endpoint._priced["*"] = (version, self.marker_route(endpoint))
 
     def for_endpoint(self, method: str, endpoint: Endpoint) -> Route | None:
         """The route pricing ``method`` on the endpoint the framework resolved, or None (free).
@@ -315,8 +328,9 @@ class RouteTable:
         the first table entry whose method fits and whose template names this endpoint.
         """
         method = method.upper()
-        found = endpoint._priced.get(method)
-        if found is not None and found[0] == self.version:
+        # The version is read before the routes: a reprice meanwhile leaves this entry stale.
+        found, version = endpoint._priced.get(method), self.version
+        if found is not None and found[0] == version:
             return found[1]
         alias = "GET" if method == "HEAD" else method
         route: Route | None = None
@@ -333,7 +347,7 @@ class RouteTable:
                 if fits and entry.method in ("*", method, alias):
                     route = entry
                     break
-        endpoint._priced[method] = (self.version, route)
+        endpoint._priced[method] = (version, route)
         return route
 
     def unmatched(self, templates: Iterable[tuple[str, frozenset[str] | None]]) -> list[str]:

@@ -91,6 +91,9 @@ class PaymentMiddleware:
         request.payment = state.payment
         response = yield Call(self.get_response, (request,), blocking=False)  # never raises
         meter = Meter(self.gate, state, getattr(request, "fourmica_x402_error", None))
+        body = getattr(request, "_body", None)  # Django keeps what the view read as .body
+        if isinstance(body, bytes):  # the request hash covers it (docs/operations.md)
+            meter.received(body, True)
         started = yield from meter.start(response.status_code, response.items())
         if isinstance(started, Response):  # settle-after failed: answer 402 instead
             return render(started)

@@ -16,6 +16,8 @@ import click
 from .buyer import key, offers, pay
 from .core import deposit, factor, positions, serve, withdraw
 from .cycles import cycle
+from .evidence import dispute, evidence, verify_evidence
+from .prices import reprice
 from .tools import bench, demo
 
 __all__ = ["main"]
@@ -27,5 +29,21 @@ def main() -> None:
     """Sell an API per request with the 4Mica credit flow on top of x402."""
 
 
-for _command in (serve, deposit, withdraw, cycle, positions, factor, offers, pay, key, demo, bench):
+for _command in (
+    serve,
+    deposit,
+    withdraw,
+    cycle,
+    positions,
+    factor,
+    offers,
+    pay,
+    key,
+    demo,
+    bench,
+    evidence,
+    verify_evidence,
+    dispute,
+    reprice,
+):
     main.add_command(_command)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.store import WouldBlock
 from ..errors import FourmicaError, Unavailable
+from ..evidence.request import request_hash_of
 from ..facilitator import SettleResult
 from ..records import Records
 from ..wire import PAYMENT_RESPONSE_HEADER, X_PAYMENT_RESPONSE_HEADER, SettleResponse, encode_header
@@ -94,6 +95,7 @@ def finish(
     error: BaseException | None = None,
     body: bytes | None = None,
     headers: list[tuple[str, str]] | None = None,
+    request_body: str | None = None,
 ) -> Flow:
     """After the response went out: delivery marker, validation score or refund."""
     if state.replay is not None:
@@ -119,6 +121,12 @@ def finish(
         status="delivered" if delivered else "failed",
         http_status=status,
         response_hash=body_hash,
+        # the request hash again, now covering the body the handler read (if it read it all)
+        request_hash=None
+        if request_body is None
+        else request_hash_of(
+            state.request.method, state.request.path, state.request.query, request_body
+        ),
         certificate=certificate,
         response=keep,
         # Settle-before: the record got the settle result with the acceptance; settle-after

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 #: Where the listing is served.
 PATH = "/.well-known/x402"
-#: The listing changes only when the app is deployed again: shared caches may keep it briefly.
+#: Shared caches may keep the listing briefly: a run-time price (docs/operations.md,
+#: "Repricing") shows there within a minute, in every 402 at once.
 CACHE_CONTROL = "public, max-age=60"
 #: The methods listed for a route that serves (or is priced for) any method, in this order.
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 def tab(gate: Gate, request: RequestView) -> Flow:
     if request.method.upper() != "POST":
         return Response.json(405, {"error": "use POST"}, [("allow", "POST")])
-    body = yield from _json_body(request)
+    body = yield from json_body(request)
     # Only a route's payTo (static, or one a payTo callable chose for a challenge we
     # served); new tabs limited per client, buyer and seller, reuses never
     # (docs/operations.md, "The tab endpoint"). Runs off the event loop: it writes the Core.
@@ -47,7 +47,7 @@ def core_api(gate: Gate, request: RequestView) -> Flow:
         params = coreapi.public_params(core, chain_id, f"{base}{gate._prefix}/rpc")
         return Response.json(200, params)
     if sub == "/rpc" and method == "POST":
-        body = yield from _json_body(request)
+        body = yield from json_body(request)
         status, data = coreapi.json_rpc(core, chain_id, body)
         return Response.json(status, data)
     if sub == "/metrics" and method in ("GET", "HEAD"):
@@ -75,14 +75,9 @@ def metrics(gate: Gate, request: RequestView) -> Flow:
     :class:`~fourmica_x402.signals.RefusalCounter`. They reveal business data: served only with
     ``Authorization: Bearer <token>`` (``metrics_token``, else :data:`METRICS_TOKEN_ENV`);
     without a token configured the path does not exist (404)."""
-    token = gate.config.metrics_token or os.environ.get(METRICS_TOKEN_ENV)
-    if not token:
-        return Response.json(404, {"error": "not found"})
-    header = request.header("authorization") or ""
-    given = header[7:] if header[:7].lower() == "bearer " else ""
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        challenge = [("www-authenticate", 'Bearer realm="metrics"')]
-        return Response.json(401, {"error": "unauthorized"}, challenge)
+    refused = bearer(request, gate.config.metrics_token or os.environ.get(METRICS_TOKEN_ENV))
+    if refused is not None:
+        return refused
     try:
         from .. import signals
     except ImportError:  # prometheus_client: the server extra
@@ -100,6 +95,19 @@ def metrics(gate: Gate, request: RequestView) -> Flow:
     return Response(200, headers, body)
 
 
+def bearer(request: RequestView, token: str | None, realm: str = "metrics") -> Response | None:
+    """None when the request holds ``Authorization: Bearer <token>``; else the answer: 404
+    without a token configured (the path does not exist), 401 otherwise."""
+    if not token:
+        return Response.json(404, {"error": "not found"})
+    header = request.header("authorization") or ""
+    given = header[7:] if header[:7].lower() == "bearer " else ""
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        challenge = [("www-authenticate", f'Bearer realm="{realm}"')]
+        return Response.json(401, {"error": "unauthorized"}, challenge)
+    return None
+
+
 def _guarantee_ids(sub: str) -> tuple[str, str] | None:
     """``(tab_id, req_id)`` of ``/core/tabs/{tab_id}/guarantees/{req_id}``, else None."""
     match sub.split("/"):
@@ -108,7 +116,7 @@ def _guarantee_ids(sub: str) -> tuple[str, str] | None:
     return None
 
 
-def _json_body(request: RequestView) -> Flow:
+def json_body(request: RequestView) -> Flow:
     if request.read_body is None:
         return None
     raw = yield Call(request.read_body, (), blocking=False)

@@ -22,11 +22,12 @@ from ..facilitator import Facilitator, LocalFacilitator
 from ..records import Records
 from ..routes import Endpoint, Route, RouteTable
 from ..wire import PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER
-from . import deliver, discovery, drive, endpoints
+from . import deliver, discovery, drive, endpoints, prices
 from .background import Reconciler, recover
 from .bundles import InvalidUnits
 from .challenge import challenge, requirements
 from .pay import failure, paid, version_of
+from .prices import Repricer
 from .throttle import Throttle
 from .types import (
     DENY,
@@ -103,6 +104,8 @@ class Gate:
         #: The app's routes as its adapter found them at start-up; None: an app without a
         #: router (the discovery listing then shows the route table).
         self.endpoints: list[Endpoint] | None = None
+        #: Run-time prices, shared through the records' database (docs/operations.md).
+        self.prices = Repricer(self)
 
     @property
     def _shared(self) -> bool:
@@ -210,10 +213,13 @@ class Gate:
         Returns :data:`PASS`, a :class:`Response`, or the state to hand to the later steps.
         """
         method = request.method.upper()
+        self.prices.poll()  # prices another process set: at most one read per price_poll
         if request.path == discovery.PATH and self.config.discovery:
             return (yield from discovery.listing(self, request))
         if request.path == self._tab_path:
             return (yield from endpoints.tab(self, request))
+        if request.path == self._prefix + "/admin/prices":
+            return (yield from prices.admin(self, request))
         if self.core is not None and (
             request.path == self._prefix or request.path.startswith(self._prefix + "/")
         ):
@@ -282,10 +288,12 @@ class Gate:
         error: BaseException | None = None,
         body: bytes | None = None,
         headers: list[tuple[str, str]] | None = None,
+        request_body: str | None = None,
     ) -> Flow:
         """After the response went out: delivery marker, validation score or refund
-        (:func:`.deliver.finish`)."""
-        return deliver.finish(self, state, status, body_hash, error, body, headers)
+        (:func:`.deliver.finish`). ``request_body``: the SHA-256 of the request body the
+        handler read whole, if it did."""
+        return deliver.finish(self, state, status, body_hash, error, body, headers, request_body)
 
     def _matches_variant(self, method: str, request: RequestView) -> bool:
         """A priced route that some reading of the raw path (decoded, dot segments resolved,

@@ -23,10 +23,11 @@ import functools
 import inspect
 import logging
 import threading
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar, overload
 
 from ..config import PaymentConfig
+from ..evidence.request import BodyHasher
 from ..routes import Endpoint, RouteConfig, RouteTable, validate_marker
 from . import drive
 from .flow import Gate
@@ -50,6 +51,9 @@ class Meter:
 
     def __init__(self, gate: Gate, state: Paid, error: BaseException | None = None) -> None:
         self.gate, self.state, self.tap, self.error = gate, state, gate.tap(), error
+        #: The request body as the handler reads it (docs/operations.md, "Evidence and
+        #: disputes"): adapters feed it (:meth:`received`, :meth:`input`).
+        self.body_in = BodyHasher()
         self.status: int | None = None
         #: The handler's headers as it sent them (kept with the body for idempotent replay).
         self.headers: list[tuple[str, str]] = []
@@ -78,6 +82,14 @@ class Meter:
         drop = "cache-control" if any(k == "cache-control" for k, _ in self.extra) else None
         return [*((k, v) for k, v in self.headers if k.lower() != drop), *self.extra]
 
+    def received(self, chunk: bytes, last: bool) -> None:
+        """A chunk of the request body on its way to the handler (``last``: the body ends)."""
+        self.body_in.feed(chunk, last)
+
+    def input(self, stream: Any, length: int | None) -> HashedInput:
+        """A WSGI ``wsgi.input`` that hashes what the handler reads of ``length`` bytes."""
+        return HashedInput(stream, self.body_in, length)
+
     def feed(self, chunk: bytes) -> bytes:
         """A chunk of the body on its way out: hashed (kept for replay when asked); returned."""
         return self.tap.feed(chunk)
@@ -95,7 +107,13 @@ class Meter:
         else:
             tap = self.tap
             yield from self.gate.finish(
-                self.state, self.status, tap.digest, error, tap.body, self.headers
+                self.state,
+                self.status,
+                tap.digest,
+                error,
+                tap.body,
+                self.headers,
+                request_body=self.body_in.digest(),
             )
         return None
 
@@ -115,6 +133,50 @@ class Meter:
         """``chunks`` (sync or async) metered as they are read, with ``close()``: a WSGI body,
         a Django or Starlette streaming response's content."""
         return AsyncBody(self, chunks) if hasattr(chunks, "__aiter__") else SyncBody(self, chunks)
+
+
+class HashedInput:
+    """``wsgi.input`` as the handler reads it, hashed; the body ends at EOF or ``length``."""
+
+    def __init__(self, stream: Any, hasher: BodyHasher, length: int | None) -> None:
+        self._stream, self._hasher, self._left = stream, hasher, length
+        if length == 0:
+            hasher.feed(b"", True)
+
+    def _seen(self, data: bytes, asked: int | None) -> bytes:
+        if self._left is not None:
+            self._left -= len(data)
+        ended = (self._left is not None and self._left <= 0) or (
+            not data and (asked is None or asked != 0)
+        )
+        self._hasher.feed(data, ended)
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        asked = None if size is None or size < 0 else size
+        return self._seen(self._stream.read(*(() if asked is None else (asked,))), asked)
+
+    def readinto(self, buffer: Any) -> int:  # werkzeug reads this way when it can
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        asked = None if size is None or size < 0 else size
+        return self._seen(self._stream.readline(*(() if asked is None else (asked,))), asked)
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines = []
+        while line := self.readline():
+            lines.append(line)
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+    def __getattr__(self, name: str) -> Any:  # anything else the server's stream offers
+        return getattr(self._stream, name)
 
 
 class _Body:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .._memo import ByIdentity
 from ..core.store import Conflict
 from ..errors import FourmicaError, GuaranteeRejected, MalformedPayment, PaymentError, Reason
+from ..evidence import hash_request
 from ..facilitator import SettleResult, signed_from_payload
 from ..guarantee import ValidationPolicy
 from ..networks import get_network
@@ -135,6 +136,7 @@ def paid(
         asset=chosen.asset,
         network=chosen.network,
         settle_mode=config.settle,
+        request_hash=hash_request(request),  # for evidence (docs/operations.md)
     )
     if config.settle == "before":
         result = yield settle.settle_and_record(gate, payload, chosen, base, signed)

@@ -1,7 +1,7 @@
 """``GET /`` and ``GET /dashboard``: the Core at a glance, as one self-refreshing HTML page
 (positions, cycles, the monitoring signals with their charts (:mod:`.charts`), each cycle's net
-positions and pairwise obligations, recent guarantees, defaults, withdrawals). Every value from
-the Core is HTML-escaped.
+positions and pairwise obligations, recent guarantees with their dispute state, defaults,
+withdrawals). Every value from the Core is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from fourmica_x402.core import Core
+from fourmica_x402.evidence.disputes import latest_states
 from fourmica_x402.networks import get_network, networks
 
 from .base import Call, Page
@@ -35,6 +36,7 @@ def render_dashboard(core: Core) -> str:
     positions = core.positions()
     cycles = core.cycles(limit=20)
     recent = core.guarantees(limit=25)
+    disputed = latest_states(core.store, (g.guarantee_id for g in recent))  # the sellers' records
     withdrawals = core.withdrawals(limit=20)
     # An open cycle's totals are only written at close: show what it holds so far.
     live = {
@@ -135,7 +137,7 @@ def render_dashboard(core: Core) -> str:
     sections.append(
         table(
             "Recent guarantees",
-            ["guarantee", "payer", "recipient", "amount", "state", "cycle"],
+            ["guarantee", "payer", "recipient", "amount", "state", "cycle", "dispute"],
             [
                 [
                     short(g.guarantee_id),
@@ -144,6 +146,7 @@ def render_dashboard(core: Core) -> str:
                     money(g.amount, g.network, g.asset),
                     badge(g.state),
                     str(g.cycle_id or "—"),
+                    badge(disputed[g.guarantee_id]) if g.guarantee_id in disputed else "—",
                 ]
                 for g in recent
             ],
@@ -200,6 +203,7 @@ th.num,td.num{{text-align:right;white-space:nowrap}} .scroll{{overflow-x:auto}}
 .st-defaulted,.st-default_covered,.st-cancelled{{background:#fde8e7;color:#b42318}}
 .st-paid,.st-settled,.st-creditor,.st-final{{background:#e7f6ec;color:#067647}}
 .st-debtor,.st-pending_validation,.st-pending{{background:#fff4e5;color:#93370d}}
+.st-opened{{background:#fde8e7;color:#b42318}} .st-resolved{{background:#e7f6ec;color:#067647}}
 .sub{{color:#5b6576;margin:0 0 1rem}} h3{{font-size:.95rem;margin:.8rem 0 .3rem}}
 {CSS}
 </style></head><body>

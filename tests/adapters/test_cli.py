@@ -723,6 +723,9 @@ def _valid(name: str, tmp_path: Path, url: str, port: int) -> str:
         "address": ADDRESS,
         "amount": "$1",
         "port": str(port),
+        "guarantee_id": "0x" + "ab" * 32,  # evidence, dispute
+        "note": "a note",
+        "file": __file__,  # verify-evidence: a file that is not a bundle
     }
     assert name in values, f"the sweep needs a valid value for {name!r}: add it here"
     return values[name]

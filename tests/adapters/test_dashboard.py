@@ -20,6 +20,8 @@ import pytest
 import uvicorn
 
 from fourmica_x402.core import Core, CoreConfig
+from fourmica_x402.evidence.disputes import Disputes
+from fourmica_x402.records import Records
 from fourmica_x402.service import create_app
 from fourmica_x402.testing import NETWORK, FakeClock, TestBuyer
 
@@ -99,6 +101,9 @@ class History:
         pay(self.dave, self.alice, 2 * USD)
         self.withdrawal = core.request_withdrawal(self.dave.address, 10 * USD, network=NETWORK)
         self.cycle = core.cycle(self.cycle.cycle_id)
+        # A dispute on the newest guarantee, kept with the seller's records in this database.
+        self.disputed = core.guarantees(limit=1)[0].guarantee_id
+        Disputes(Records(core.store)).open(self.disputed, "the response was empty")
 
     @property
     def participants(self) -> list[TestBuyer]:
@@ -245,6 +250,13 @@ def test_dashboard_in_headless_chromium(
 
         # Recent guarantees: all eight, newest cycle's two not yet in a closed cycle.
         expect(page.locator("#guarantees tbody tr")).to_have_count(history.accepted + 2)
+        # Their dispute state: the disputed one says so, the others show none.
+        disputed = page.locator("#guarantees tbody tr").filter(
+            has=page.locator(f'code[title="{history.disputed}"]')
+        )
+        expect(disputed.locator("td").nth(6)).to_have_text("opened")
+        states = page.locator("#guarantees tbody td:nth-child(7)").all_inner_texts()
+        assert sorted(states) == ["opened"] + ["—"] * (history.accepted + 1)
 
         # Following the cycle link brings its section into view.
         page.locator(f'#cycles a[href="#cycle-{cid}"]').click()

@@ -1,0 +1,311 @@
+"""Run-time repricing (docs/operations.md, "Repricing").
+
+A price set at run time replaces a route's configured price until it is reset. The changes
+are rows of ``fx_prices`` in the records' database (one per change, never updated), so every
+process serving the app picks a change up within ``price_poll`` seconds, and a process that
+starts later starts at the current prices. They are set with ``POST <prefix>/admin/prices``
+(bearer ``admin_token``) or ``fourmica-x402 reprice``. A payment signed at the old price
+matches nothing and is answered with a challenge at the new one; nothing is locked. Each
+payment record keeps the amount its payment was taken at.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from ..core.schema import migrate
+from ..core.store import Store, StoreUnavailable
+from ..errors import ConfigurationError
+from ..networks import Price, TokenAmount
+from ..routes import RouteConfig, RouteTable
+from .types import Flow, RequestView, Response, error_response
+
+if TYPE_CHECKING:
+    from .flow import Gate
+
+__all__ = ["PriceBook", "PriceChange", "Repricer", "UnknownRoute", "reprice", "route_key"]
+
+log = logging.getLogger("fourmica_x402.gate")
+
+#: Where the admin token comes from when ``PaymentConfig`` names none.
+ADMIN_TOKEN_ENV = "FOURMICA_X402_ADMIN_TOKEN"
+
+_MIGRATIONS: list[list[str]] = [
+    [  # price NULL: back to the configured price
+        """CREATE TABLE fx_prices (
+            change_id {autoid}, changed_at {real} NOT NULL, route TEXT NOT NULL,
+            price TEXT, source TEXT NOT NULL)""",
+        "CREATE INDEX fx_prices_route ON fx_prices (route, change_id)",
+    ],
+]
+
+
+def route_key(key: str) -> str:
+    """A route key as the table writes it: ``"get /items/:id"`` → ``"GET /items/:id"``, a
+    bare path → ``"* /path"``."""
+    method, _, path = key.strip().partition(" ")
+    if not path:
+        method, path = "*", method
+    return f"{method.upper()} {path.strip()}"
+
+
+def encode(price: Price) -> str:
+    """A price as JSON text: a string, an integer or ``{"amount", "asset"}``."""
+    if isinstance(price, TokenAmount):
+        return json.dumps({"amount": str(price.amount), "asset": price.asset})
+    if isinstance(price, Decimal):
+        return json.dumps(str(price))
+    if isinstance(price, bool) or not isinstance(price, str | int | Mapping):
+        raise ConfigurationError(
+            f"a price is a string, an integer or an explicit amount: {price!r}"
+        )
+    return json.dumps(price if not isinstance(price, Mapping) else dict(price))
+
+
+@dataclass(frozen=True)
+class PriceChange:
+    """One row of the price book: ``price`` None means back to the configured price."""
+
+    change_id: int
+    changed_at: float
+    route: str
+    price: Any
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "changeId": self.change_id,
+            "changedAt": self.changed_at,
+            "route": self.route,
+            "price": self.price,
+            "source": self.source,
+        }
+
+
+class UnknownRoute(ConfigurationError):
+    """A run-time price for a route key the app does not price."""
+
+    reason = "unknown_route"
+
+
+class PriceBook:
+    """The run-time prices of the routes served from one database (any number of processes)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        migrate(store, migrations=_MIGRATIONS, key="prices_schema_version")
+
+    def set(self, prices: Mapping[str, Price | None], source: str) -> int:
+        """Record the changes in one transaction; the id of the last one."""
+        now, last = time.time(), 0
+        with self.store.transaction() as tx:
+            for key, price in prices.items():
+                text = None if price is None else encode(price)
+                row = tx.one(
+                    "INSERT INTO fx_prices (changed_at, route, price, source) "
+                    "VALUES (?, ?, ?, ?) RETURNING change_id",
+                    (now, route_key(key), text, source),
+                )
+                assert row is not None
+                last = int(row[0])
+        return last
+
+    def latest(self) -> int:
+        """The id of the last change (0: none yet); one indexed read."""
+        with self.store.transaction(write=False) as tx:
+            row = tx.one("SELECT MAX(change_id) FROM fx_prices")
+        return int(row[0] or 0) if row else 0
+
+    def current(self) -> tuple[int, dict[str, Any]]:
+        """``(last change id, {route key: price})``: the routes priced at run time now."""
+        with self.store.transaction(write=False) as tx:
+            rows = tx.all("SELECT change_id, route, price FROM fx_prices ORDER BY change_id")
+        prices: dict[str, Any] = {}
+        last = 0
+        for change_id, route, text in rows:
+            last = int(change_id)
+            if text is None:
+                prices.pop(route, None)
+            else:
+                prices[route] = json.loads(text)
+        return last, prices
+
+    def history(self, route: str | None = None, limit: int = 50) -> list[PriceChange]:
+        """The changes, newest first (of one route when given)."""
+        sql = "SELECT change_id, changed_at, route, price, source FROM fx_prices"
+        params: tuple[Any, ...] = ()
+        if route is not None:
+            sql, params = sql + " WHERE route = ?", (route_key(route),)
+        with self.store.transaction(write=False) as tx:
+            rows = tx.all(sql + " ORDER BY change_id DESC LIMIT ?", (*params, int(limit)))
+        return [
+            PriceChange(int(c), float(t), r, None if p is None else json.loads(p), s)
+            for c, t, r, p, s in rows
+        ]
+
+
+def at_price(config: RouteConfig, price: Price) -> RouteConfig:
+    """``config`` at a run-time price (which applies to each of its offers alike)."""
+    accepts = tuple(replace(offer, price=price, amount=None) for offer in config.accepts)
+    return replace(config, price=price, accepts=accepts)
+
+
+def reprice(table: RouteTable, prices: Mapping[str, Price]) -> None:
+    """Price ``table``'s routes at ``prices`` (route key → price); every other route goes
+    back to its configured price. All at once: a key that names no route, or a price a route
+    refuses (its minimum, a bad amount), raises ConfigurationError and changes nothing."""
+    prices = {route_key(k): v for k, v in prices.items()}
+    for key in prices:
+        if key not in table.configured:
+            known = ", ".join(sorted(table.configured)) or "none"
+            raise UnknownRoute(f"no priced route {key!r} (priced routes: {known})")
+    routes = []
+    for route in table.routes:
+        configured = table.configured[route.key]
+        if route.key in prices:
+            routes.append(table.build(route.key, at_price(configured, prices[route.key])))
+        elif route.config is configured:
+            routes.append(route)  # unchanged: keeps its cached requirements
+        else:
+            routes.append(table.build(route.key, configured))
+    table_keys = {route.key for route in table.routes}
+    for key, price in prices.items():
+        if key not in table_keys:  # a per-handler marker: checked now, built when next priced
+            table.build(key, at_price(table.configured[key], price))
+    table.routes, table.overrides = routes, prices
+    table.version += 1
+
+
+def marker_config(table: RouteTable, key: str, config: RouteConfig) -> RouteConfig:
+    """A per-handler marker's config at its run-time price (checked when it was set)."""
+    return at_price(config, table.overrides[key])
+
+
+class Repricer:
+    """A gate's side of the price book: reads it every ``price_poll`` seconds (on a request,
+    one indexed read) and applies what changed; :meth:`set` validates and records a change."""
+
+    def __init__(self, gate: Gate) -> None:
+        self.table = gate.routes
+        self.book = PriceBook(gate.records.store)
+        self.every = gate.config.price_poll
+        self.due, self.seen = 0.0, -1
+        self._lock = threading.Lock()
+
+    def poll(self) -> None:
+        """Called as a request is priced. The first one reads the book before it goes on
+        (the app's routes, per-handler ones too, are known by then); later ones read it when
+        ``price_poll`` seconds have passed, and only one request reads while the others go on
+        at the prices in force."""
+        if self.every is None or time.monotonic() < self.due:
+            return
+        if self._lock.acquire(blocking=self.seen < 0):
+            try:
+                self.due = time.monotonic() + self.every
+                self._refresh()
+            finally:
+                self._lock.release()
+
+    def _refresh(self) -> None:
+        try:
+            if self.book.latest() == self.seen:
+                return
+            seen, prices = self.book.current()
+        except StoreUnavailable as exc:
+            log.warning("could not read the price book: %s", exc)
+            return
+        mine = {k: v for k, v in prices.items() if k in self.table.configured}
+        try:
+            reprice(self.table, mine)
+        except ConfigurationError:  # one this app refuses (set for another app): skip it
+            good: dict[str, Any] = {}
+            for key, price in mine.items():
+                try:
+                    reprice(self.table, {**good, key: price})
+                    good[key] = price
+                except ConfigurationError as exc:
+                    log.error("run-time price of %s not applied: %s", key, exc.message)
+            reprice(self.table, good)
+        self.seen = seen
+
+    def set(self, prices: Mapping[str, Price | None], source: str) -> None:
+        """Check ``prices`` (None resets a route) against this app, record and apply them."""
+        with self._lock:
+            if self.every is not None:
+                self._refresh()
+            merged = dict(self.table.overrides)
+            for key, price in prices.items():
+                if price is None:
+                    merged.pop(route_key(key), None)
+                else:
+                    merged[route_key(key)] = price
+            reprice(self.table, merged)  # raises before anything is recorded
+            self.book.set(prices, source)
+            if self.every is not None:
+                self.seen = -1  # read back: another process may have set prices meanwhile
+                self._refresh()
+
+    def listing(self) -> dict[str, Any]:
+        rows = []
+        for key, config in sorted(self.table.configured.items()):
+            configured: Any = "dynamic" if callable(config.price) else config.price
+            if config.accepts:
+                configured = [
+                    o.price if not callable(o.price) else "dynamic" for o in config.accepts
+                ]
+            current = self.table.overrides.get(key)
+            rows.append(
+                {
+                    "route": key,
+                    "configured": _jsonable(configured),
+                    "price": _jsonable(configured if current is None else current),
+                    "repriced": current is not None,
+                }
+            )
+        changes = [c.to_dict() for c in self.book.history(limit=20)]
+        return {"routes": rows, "changes": changes}
+
+
+def _jsonable(price: Any) -> Any:
+    if isinstance(price, list):
+        return [_jsonable(p) for p in price]
+    return json.loads(encode(price)) if price is not None and price != "dynamic" else price
+
+
+def admin(gate: Gate, request: RequestView) -> Flow:
+    """``GET|POST <prefix>/admin/prices``: the routes' prices, or a change to them
+    (``{"prices": {"GET /premium": "$0.02", "GET /other": null}}``). Only with
+    ``Authorization: Bearer <admin token>``; without a token configured the path is 404."""
+    from .endpoints import bearer, json_body
+
+    refused = bearer(request, gate.config.admin_token or os.environ.get(ADMIN_TOKEN_ENV), "admin")
+    if refused is not None:
+        return refused
+    method = request.method.upper()
+    headers = [("cache-control", "no-store")]
+    if method == "POST":
+        body = yield from json_body(request)
+        prices = body.get("prices") if isinstance(body, dict) else None
+        if not isinstance(prices, dict) or not prices:
+            message = 'send {"prices": {"<route>": "<price>" or null}}'
+            return error_response(400, "invalid_request", message)
+        try:
+            gate.prices.set(prices, source=f"admin {request.client or ''}".strip())
+        except UnknownRoute as exc:
+            return error_response(400, exc.reason, exc.message)
+        except ConfigurationError as exc:
+            return error_response(400, "invalid_price", exc.message)
+        except StoreUnavailable as exc:
+            return error_response(503, exc.reason, exc.message)
+        log.info("repriced %s", ", ".join(f"{k} -> {v}" for k, v in prices.items()))
+    elif method not in ("GET", "HEAD"):
+        return Response.json(405, {"error": "use GET or POST"}, [("allow", "GET, POST")])
+    return Response.json(200, gate.prices.listing(), headers)

@@ -1,0 +1,102 @@
+"""``fourmica-x402 reprice``, run as its own process against a seller's database while the seller
+serves: the seller charges the new price from its next price read, records keep what each
+payment paid, and a reset goes back (docs/operations.md, "Repricing"). Real SQLite file, real
+subprocesses, the buyer client paying through Starlette's test client."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+from fourmica_x402.adapters.asgi import PaymentMiddleware
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from fourmica_x402 import PaymentConfig
+from fourmica_x402.client import PaymentTransport
+from fourmica_x402.core import Core
+from fourmica_x402.records import Records
+from fourmica_x402.testing import NETWORK, TestBuyer
+from fourmica_x402.wire import decode_payment_required
+
+PAY_TO = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"  # Hardhat account #1 (public test key)
+
+
+def reprice(db: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOURMICA_X402_")}
+    command = [sys.executable, "-m", "fourmica_x402", "reprice", "--db", db, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+
+
+def seller(core: Core) -> TestClient:
+    async def premium(request: Request) -> JSONResponse:
+        return JSONResponse({"paid": request.state.payment.amount})
+
+    config = PaymentConfig(
+        pay_to=PAY_TO, network=NETWORK, routes={"GET /premium": "$0.01"}, core=core, price_poll=0.0
+    )
+    app = Starlette(
+        routes=[Route("/premium", premium)],
+        middleware=[Middleware(PaymentMiddleware, config=config)],
+    )
+    return TestClient(app)
+
+
+def charged(client: TestClient) -> int:
+    resp = client.get("/premium")
+    assert resp.status_code == 402
+    return int(decode_payment_required(resp.headers["payment-required"]).accepts[0].amount)
+
+
+def test_reprice_from_another_process_reaches_a_serving_seller(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'shop.db'}"
+    core = Core(db)
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    with seller(core) as client:
+        payer = httpx.Client(
+            transport=PaymentTransport(buyer.key, transport=client._transport),
+            base_url="http://testserver",
+        )
+        assert charged(client) == 10_000
+        assert payer.get("/premium").json() == {"paid": 10_000}
+        done = reprice(db, "get /premium=$0.03")
+        assert done.returncode == 0, done.stderr
+        assert "GET /premium  $0.03" in done.stdout
+        assert charged(client) == 30_000
+        assert payer.get("/premium").json() == {"paid": 30_000}
+        listing = json.loads(reprice(db, "--json").stdout)
+        assert listing["prices"] == {"GET /premium": "$0.03"}
+        assert [c["source"] for c in listing["changes"]] == ["cli"]
+        assert reprice(db, "--reset", "GET /premium").returncode == 0
+        assert charged(client) == 10_000
+        assert payer.get("/premium").json() == {"paid": 10_000}
+    records = sorted(Records(core.store).query(route="GET /premium"), key=lambda r: r.record_id)
+    assert [r.amount for r in records] == [10_000, 30_000, 10_000]
+    assert core.position(buyer.address, network=NETWORK).locked == 50_000
+    core.close()
+
+
+def test_reprice_refuses_what_it_cannot_take(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'shop.db'}"
+    Core(db).close()
+    cases: list[tuple[list[str], str]] = [
+        (["GET /premium"], "is not ROUTE=PRICE"),
+        (["GET /premium=lots"], "lots"),
+        (["=$0.02"], "is not ROUTE=PRICE"),
+    ]
+    for args, needle in cases:
+        done = reprice(db, *args)
+        assert done.returncode == 2 and needle in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr
+    missing = reprice(f"sqlite:///{tmp_path / 'nope.db'}", "GET /premium=$0.02")
+    assert missing.returncode == 1 and "no Core database" in missing.stderr
+    assert json.loads(reprice(db, "--json").stdout) == {"prices": {}, "changes": []}

@@ -1,0 +1,208 @@
+"""Run-time repricing (docs/operations.md, "Repricing"), on every adapter.
+
+An admin call (``POST /x402/admin/prices`` with the seller's admin token) changes a route's
+price without a restart: the next challenge carries it, a payment signed at the old price is
+refused and locks nothing, each record keeps the amount its payment was taken at, and a reset
+goes back to the configured price. Per-handler prices (``@paid``/``Paid``) are repriced the
+same way. A second gate on the same database follows the change through the price book. A
+bad change (unknown route, bad price, under a minimum) is a 400 with a stable reason and
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+
+from fourmica_x402.errors import ConfigurationError
+from fourmica_x402.gate.prices import PriceBook, reprice
+from fourmica_x402.routes import RouteTable
+from fourmica_x402.testing import NETWORK
+from fourmica_x402.wire import decode_payment_required
+
+harness = sys.modules["conformance_buyers"]  # loaded by conftest.py
+
+TOKEN = "test-admin-token"  # a throwaway token for these tests
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+ITEMS = "GET /items/:item_id"  # $0.02 by config in every conformance app
+
+
+def admin(seller: Any, prices: dict[str, Any] | None = None, headers: dict[str, str] = AUTH) -> Any:
+    if prices is None:
+        return seller.request("GET", "/x402/admin/prices", headers=headers)
+    return seller.request("POST", "/x402/admin/prices", headers=headers, json={"prices": prices})
+
+
+def amount(kit: Any, seller: Any, path: str) -> int:
+    return int(kit.challenge(seller, path).amount)
+
+
+def test_an_admin_call_reprices_a_route_and_records_keep_what_each_payment_paid(
+    make_seller: Any, kit: Any
+) -> None:
+    seller = make_seller(admin_token=TOKEN)
+    buyer = kit.funded(seller)
+    assert kit.pay(seller, buyer, "/items/1").status == 200  # at the configured $0.02
+    stale = kit.header(seller, buyer, "/items/2")  # signed at $0.02, sent after the change
+    changed = admin(seller, {ITEMS: "$0.05"})
+    assert changed.status == 200, changed.text
+    row = next(r for r in changed.json()["routes"] if r["route"] == ITEMS)
+    assert row == {"route": ITEMS, "configured": "$0.02", "price": "$0.05", "repriced": True}
+    assert amount(kit, seller, "/items/3") == 50_000
+    refused = seller.request("GET", "/items/2", headers=stale)
+    assert refused.status == 402 and seller.calls["/items/2"] == 0
+    assert kit.locked(seller, buyer) == 20_000  # the stale payment locked nothing
+    assert kit.pay(seller, buyer, "/items/3").status == 200
+    assert kit.locked(seller, buyer) == 70_000
+    reset = admin(seller, {ITEMS: None})
+    assert reset.status == 200 and not any(r["repriced"] for r in reset.json()["routes"])
+    assert kit.pay(seller, buyer, "/items/4").status == 200
+    assert kit.locked(seller, buyer) == 90_000
+    records = sorted(seller.gate.records.query(route=ITEMS), key=lambda r: r.record_id)
+    assert [r.amount for r in records] == [20_000, 50_000, 20_000]
+    changes = admin(seller).json()["changes"]
+    assert [(c["route"], c["price"]) for c in changes] == [(ITEMS, None), (ITEMS, "$0.05")]
+    assert all(c["source"].startswith("admin") for c in changes)
+
+
+def test_a_per_handler_price_is_repriced_like_a_table_entry(make_seller: Any, kit: Any) -> None:
+    """/premium is priced by ``@paid``/``Paid`` in the Flask, FastAPI and Django apps and by
+    the table in the others: the listing names its key either way."""
+    seller = make_seller(admin_token=TOKEN)
+    listed = admin(seller).json()["routes"]
+    (key,) = [r["route"] for r in listed if r["route"].endswith(" /premium")]
+    assert amount(kit, seller, "/premium") == 10_000
+    assert admin(seller, {key: "$0.03"}).status == 200
+    assert amount(kit, seller, "/premium") == 30_000
+    buyer = kit.funded(seller)
+    assert kit.pay(seller, buyer, "/premium").status == 200
+    assert kit.locked(seller, buyer) == 30_000 and seller.calls["/premium"] == 1
+
+
+@pytest.mark.parametrize(
+    ("prices", "status", "reason"),
+    [
+        ({"GET /nowhere": "$0.05"}, 400, "unknown_route"),
+        ({ITEMS: "a lot"}, 400, "invalid_price"),
+        ({ITEMS: 0.05}, 400, "invalid_price"),  # a float is never a price
+        ({ITEMS: "$-1"}, 400, "invalid_price"),
+        ({ITEMS: "$0.05", "GET /nowhere": "$0.01"}, 400, "unknown_route"),  # all or nothing
+        ({}, 400, "invalid_request"),
+    ],
+)
+def test_a_bad_change_is_refused_with_a_reason_and_changes_nothing(
+    make_seller: Any, kit: Any, prices: dict[str, Any], status: int, reason: str
+) -> None:
+    seller = make_seller(admin_token=TOKEN)
+    resp = admin(seller, prices)
+    assert resp.status == status and resp.json()["error"] == reason, resp.text
+    assert amount(kit, seller, "/items/1") == 20_000
+    assert admin(seller).json()["changes"] == []
+
+
+def test_the_admin_endpoint_needs_its_token(make_seller: Any, monkeypatch: Any) -> None:
+    monkeypatch.delenv("FOURMICA_X402_ADMIN_TOKEN", raising=False)
+    closed = make_seller()
+    assert admin(closed).status == 404  # no token configured: the path does not exist
+    assert admin(closed, {ITEMS: "$0.05"}).status == 404
+    seller = make_seller(admin_token=TOKEN)
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}):
+        resp = admin(seller, {ITEMS: "$0.05"}, headers=headers)
+        assert resp.status == 401 and resp.headers["www-authenticate"].startswith("Bearer")
+    assert admin(seller).json()["changes"] == []
+    assert "test-admin-token" not in repr(seller.gate.config)
+
+
+def test_another_gate_on_the_same_database_follows_the_change(make_seller: Any, kit: Any) -> None:
+    """Two apps serving one database (two processes of one seller): a change made through
+    one is read by the other from the price book, within its ``price_poll``."""
+    first = make_seller(admin_token=TOKEN)
+    second = make_seller(core=first.core, price_poll=0.0)
+    assert amount(kit, second, "/items/1") == 20_000
+    assert admin(first, {ITEMS: "$0.04"}).status == 200
+    assert amount(kit, second, "/items/1") == 40_000
+    buyer = kit.funded(first)  # one database: the first seller's Core is the second's
+    assert kit.pay(second, buyer, "/items/1").status == 200
+    assert kit.locked(first, buyer) == 40_000
+    third = make_seller(core=first.core)  # a process started later starts at the new price
+    assert amount(kit, third, "/items/1") == 40_000
+    assert admin(first, {ITEMS: None}).status == 200
+    assert amount(kit, second, "/items/1") == 20_000
+
+
+def test_prices_changed_under_concurrent_requests_settle_on_the_last_one(
+    make_seller: Any,
+) -> None:
+    """Eight clients keep asking for challenges over a real socket while the price changes 30
+    times: every 402 carries a price that was set, and once the changes stop every client sees
+    the last one (no endpoint keeps a route priced before a change)."""
+    seller = make_seller(admin_token=TOKEN)
+    set_prices = {20_000} | {10_000 * (i % 5 + 1) for i in range(30)}
+    seen: list[int] = []
+    stop = threading.Event()
+    with harness.loopback(seller.client.app, seller.client.interface) as base:
+
+        def ask() -> None:
+            with httpx.Client(base_url=base, timeout=10) as http:
+                while not stop.is_set():
+                    resp = http.get("/items/1")
+                    assert resp.status_code == 402, resp.text
+                    offer = decode_payment_required(resp.headers["payment-required"]).accepts[0]
+                    seen.append(int(offer.amount))
+
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(ask) for _ in range(8)]
+            with httpx.Client(base_url=base, timeout=10) as http:
+                for i in range(30):
+                    body = {"prices": {ITEMS: f"${(i % 5 + 1) / 100:.2f}"}}
+                    resp = http.post("/x402/admin/prices", json=body, headers=AUTH)
+                    assert resp.status_code == 200, resp.text
+            stop.set()
+            for future in futures:
+                future.result()
+        assert seen and set(seen) <= set_prices
+        last = 10_000 * (29 % 5 + 1)
+        with httpx.Client(base_url=base, timeout=10) as http:
+            for _ in range(20):
+                resp = http.get("/items/1")
+                offer = decode_payment_required(resp.headers["payment-required"]).accepts[0]
+                assert int(offer.amount) == last
+
+
+# -- the route table and the price book, without an app -----------------------------------------
+
+
+def test_reprice_is_all_or_nothing_and_a_reset_keeps_the_cached_route() -> None:
+    table = RouteTable(
+        {"GET /a": "$0.01", "GET /b": {"price": "$0.02", "min_amount": "$0.02"}},
+        network=NETWORK,
+        pay_to="0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
+    )
+    a, b = table.routes
+    with pytest.raises(ConfigurationError, match="below min_amount"):
+        reprice(table, {"get /a": "$0.05", "GET /b": "$0.01"})  # under /b's minimum
+    assert table.routes == [a, b] and table.overrides == {}
+    reprice(table, {"get /a": "$0.05"})
+    assert table.routes[0].offers[0].amount is not None
+    assert table.routes[0].offers[0].amount.amount == 50_000 and table.routes[1] is b
+    reprice(table, {})
+    assert table.routes[0].offers[0].amount.amount == 10_000 and table.routes[1] is b
+
+
+def test_the_price_book_keeps_every_change(make_seller: Any) -> None:
+    seller = make_seller()
+    book = PriceBook(seller.core.store)
+    book.set({"get /a": "$0.05", "GET /b": 7}, source="test")
+    book.set({"GET /a": None}, source="test")
+    latest, prices = book.current()
+    assert prices == {"GET /b": 7} and latest == book.latest() == 3
+    assert [(c.route, c.price) for c in book.history()] == [
+        ("GET /a", None),
+        ("GET /b", 7),
+        ("GET /a", "$0.05"),
+    ]

@@ -1,0 +1,392 @@
+"""Evidence bundles and dispute states on a real Core and real SQLite files
+(docs/operations.md, "Evidence and disputes"): what a bundle holds, that any changed byte
+fails its verification, tampering named by the check it fails, the command line's refusals,
+and disputes through the CLI and on the dashboard. The adapters' round trips are in
+tests/conformance/test_evidence.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from fourmica_x402.cli import main
+from fourmica_x402.core import Core, Operator
+from fourmica_x402.evidence import request_hash
+from fourmica_x402.evidence.bundle import build_bundle
+from fourmica_x402.evidence.canonical import seal
+from fourmica_x402.evidence.verify import EvidenceInvalid, verify_bundle
+from fourmica_x402.networks import default_asset
+from fourmica_x402.records import Records
+from fourmica_x402.server.dashboard import render_dashboard
+from fourmica_x402.testing import NETWORK, TestBuyer
+
+USDC = default_asset(NETWORK).address
+BODY = b'{"answer": 42}'
+
+
+def cli(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+def refused(result: Result, code: int, *needles: str) -> str:
+    """A clean refusal: exit ``code``, no traceback, one ``Error: …`` line, the last one."""
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    everything = result.stdout + result.stderr
+    assert "Traceback" not in everything, everything
+    assert result.exit_code == code, (result.exit_code, everything)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+@dataclass
+class Shop:
+    core: Core
+    records: Records
+    path: Path
+    seller: str
+
+    @property
+    def db(self) -> str:
+        return f"sqlite:///{self.path}"
+
+    def sell(self, buyer: TestBuyer, amount: int, *, hashed: bool = True, records: Any = None):
+        """A paid GET /report as the gate records it: accepted, recorded, delivered."""
+        book = records or self.records
+        signed, expected = buyer.pay(self.core, self.seller, amount)
+        accepted = self.core.accept(signed, expected)
+        record_id = book.begin(
+            route="GET /report",
+            method="GET",
+            path="/report",
+            header_version=2,
+            header_hash=hashlib.sha256(signed.signature).hexdigest(),
+            pay_to=self.seller,
+            amount=amount,
+            asset=USDC,
+            network=NETWORK,
+            settle_mode="before",
+            settle_result={"success": True},
+            status="settled",
+            request_id=hex(accepted.req_id),
+            tab_id=hex(accepted.tab_id),
+            guarantee_id=accepted.guarantee_id,
+            payer=buyer.address,
+            request_hash=request_hash("GET", "/report", "q=1", b"") if hashed else None,
+        )
+        book.finish(
+            record_id,
+            status="delivered",
+            http_status=200,
+            response_hash=hashlib.sha256(BODY).hexdigest(),
+            outcome="delivered",
+        )
+        return accepted.guarantee_id
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Iterator[Shop]:
+    path = tmp_path / "shop.db"
+    core = Core(f"sqlite:///{path}")
+    made = Shop(core, Records(core.store), path, TestBuyer.new().address)
+    yield made
+    core.close()
+
+
+@pytest.fixture
+def buyer(shop: Shop) -> TestBuyer:
+    who = TestBuyer.new()
+    shop.core.deposit(who.address, 5_000_000, network=NETWORK)
+    return who
+
+
+@pytest.fixture
+def bundle(shop: Shop, buyer: TestBuyer) -> bytes:
+    return build_bundle(shop.core, shop.records, shop.sell(buyer, 10_000))
+
+
+def content_of(data: bytes) -> dict[str, Any]:
+    return dict(json.loads(data)["content"])
+
+
+def failure(data: bytes, key: Any = None) -> str:
+    with pytest.raises(EvidenceInvalid) as info:
+        verify_bundle(data, key)
+    return str(info.value)
+
+
+# -- what a bundle holds ----------------------------------------------------------------------
+
+
+def test_a_bundle_holds_the_guarantee_certificate_record_and_history(
+    shop: Shop, buyer: TestBuyer
+) -> None:
+    gid = shop.sell(buyer, 10_000)
+    assert shop.core.guarantee(gid).certificate is None  # lazy: made for the bundle
+    data = build_bundle(shop.core, shop.records, gid)
+    content = content_of(data)
+    assert shop.core.guarantee(gid).certificate is not None
+    assert content["guarantee"]["version"] == "G-v1"
+    assert content["guarantee"]["claims"]["user_address"] == buyer.address
+    assert content["eip712_domain"] == {"name": "4mica", "version": "1", "chainId": 84532}
+    assert content["core"]["public_key"] == "0x" + shop.core.operator.public_key.hex()
+    record = content["record"]
+    assert (record["route"], record["status"], record["amount"], record["asset"]) == (
+        "GET /report",
+        "delivered",
+        10_000,
+        USDC,
+    )
+    assert record["request_hash"] == request_hash("GET", "/report", "q=1", b"")
+    assert record["response_hash"] == hashlib.sha256(BODY).hexdigest()
+    assert record["created_at"] <= record["delivered_at"]
+    history = content["history"]
+    assert (history["settled"], history["delivered"], history["refunded"]) == (True, True, False)
+    assert history["cycle"]["status"] == "open" and history["scored"] is None
+    verified = verify_bundle(data)
+    assert verified.guarantee_id == gid and verified.amount == 10_000
+    assert "request hash recorded" in verified.summary()
+
+    # Netted: the closed cycle, the payer's position there and the obligation it is part of.
+    cycle = shop.core.close_cycle(network=NETWORK)
+    netted = content_of(build_bundle(shop.core, shop.records, gid))["history"]
+    assert netted["guarantee_state"] == "netted"
+    assert netted["cycle"]["cycle_id"] == cycle.cycle_id and netted["cycle"]["status"] == "closed"
+    assert netted["cycle"]["payer_position"]["role"] == "debtor"
+    assert netted["cycle"]["payer_position"]["net"] == -10_000
+    assert netted["cycle"]["obligation"] == {
+        "payer": buyer.address,
+        "payee": shop.seller,
+        "amount": 10_000,
+        "guarantee_count": 1,
+    }
+
+
+def test_an_older_record_has_no_request_hash_and_still_verifies(
+    shop: Shop, buyer: TestBuyer
+) -> None:
+    data = build_bundle(shop.core, shop.records, shop.sell(buyer, 7, hashed=False))
+    assert content_of(data)["record"]["request_hash"] is None
+    assert "request hash absent" in verify_bundle(data).summary()
+
+
+def test_the_request_hash_encoding() -> None:
+    digest = request_hash("get", "/a", "b=1", b"")
+    assert digest == request_hash("GET", "/a", "b=1", b"")
+    body = hashlib.sha256(b"").hexdigest().encode()  # the body is encoded by its SHA-256
+    expected = hashlib.sha256(
+        b"fx-request-v1" + b"3:GET," + b"2:/a," + b"3:b=1," + b"64:" + body + b","
+    )
+    assert digest == expected.hexdigest()
+    unknown = hashlib.sha256(b"fx-request-v1" + b"3:GET," + b"2:/a," + b"3:b=1," + b"-")
+    assert request_hash("GET", "/a", "b=1", None) == unknown.hexdigest()
+    # unambiguous: moving a byte between parts, or an unknown body, changes it
+    assert request_hash("GET", "/ab", "=1", b"") != digest
+    assert request_hash("GET", "/a", "b=1", None) != digest
+    assert request_hash("GET", "/a", "b=1", b"x") != digest
+
+
+# -- any changed byte fails -------------------------------------------------------------------
+
+
+def test_every_single_changed_byte_fails(bundle: bytes) -> None:
+    verify_bundle(bundle)
+    for i in range(len(bundle)):
+        for flip in (0x01, 0x80):
+            changed = bundle[:i] + bytes([bundle[i] ^ flip]) + bundle[i + 1 :]
+            with pytest.raises(EvidenceInvalid):
+                verify_bundle(changed)
+    for changed in (bundle + b" ", bundle[:-1], b" " + bundle, bundle.replace(b",", b", ", 1)):
+        with pytest.raises(EvidenceInvalid):
+            verify_bundle(changed)
+
+
+def test_changed_bytes_through_the_command_line(bundle: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "bundle.json"
+    path.write_bytes(bundle)
+    assert cli("verify-evidence", str(path)).exit_code == 0
+    step = max(1, len(bundle) // 12)
+    for i in [*range(0, len(bundle), step), len(bundle) - 1]:
+        path.write_bytes(bundle[:i] + bytes([bundle[i] ^ 0x01]) + bundle[i + 1 :])
+        refused(cli("verify-evidence", str(path)), 1)
+
+
+# -- tampering, named by the check it fails -------------------------------------------------------
+
+
+def resealed(data: bytes, change: Any) -> bytes:
+    """The bundle with ``change(content)`` applied and sealed again (a careful forger)."""
+    content = content_of(data)
+    change(content)
+    return seal(content)
+
+
+def test_a_changed_amount(bundle: bytes) -> None:
+    def record(c: dict[str, Any]) -> None:
+        c["record"]["amount"] += 1
+
+    def claims(c: dict[str, Any]) -> None:
+        c["guarantee"]["claims"]["amount"] = hex(int(c["guarantee"]["claims"]["amount"], 16) + 1)
+        c["record"]["amount"] += 1
+
+    assert failure(resealed(bundle, record)) == "record amount does not match the claims"
+    assert failure(resealed(bundle, claims)) == "buyer signature does not match userAddress"
+    naive = bundle.replace(b'"amount":10000', b'"amount":10001')
+    assert naive != bundle
+    assert failure(naive) == "bundle digest does not match its content"
+
+
+def test_a_swapped_signature(shop: Shop, buyer: TestBuyer, bundle: bytes) -> None:
+    other = content_of(build_bundle(shop.core, shop.records, shop.sell(buyer, 10_000)))
+
+    def swap(c: dict[str, Any]) -> None:
+        c["guarantee"]["signature"] = other["guarantee"]["signature"]
+
+    assert failure(resealed(bundle, swap)) == "buyer signature does not match userAddress"
+
+
+def test_a_wrong_public_key(bundle: bytes, tmp_path: Path) -> None:
+    stranger = "0x" + Operator.generate()[0].public_key.hex()
+    assert failure(bundle, stranger) == (
+        "Core certificate does not verify against the given public key"
+    )
+    path = tmp_path / "bundle.json"
+    path.write_bytes(bundle)
+    refused(cli("verify-evidence", str(path), "--public-key", stranger), 1, "given public key")
+    refused(cli("verify-evidence", str(path), "--public-key", "0x1234"), 2, "48 bytes")
+
+    def replace_key(c: dict[str, Any]) -> None:
+        c["core"]["public_key"] = stranger
+
+    assert failure(resealed(bundle, replace_key)) == (
+        "Core certificate does not verify against the Core public key"
+    )
+
+
+def test_a_changed_response_hash(bundle: bytes) -> None:
+    old = content_of(bundle)["record"]["response_hash"]
+    new = hashlib.sha256(b"another response").hexdigest()
+    assert failure(bundle.replace(old.encode(), new.encode())) == (
+        "bundle digest does not match its content"
+    )
+
+    def garble(c: dict[str, Any]) -> None:
+        c["record"]["response_hash"] = "not a digest"
+
+    assert failure(resealed(bundle, garble)) == "record response_hash is not a SHA-256 hex digest"
+
+
+def test_a_certificate_for_other_claims(shop: Shop, buyer: TestBuyer, bundle: bytes) -> None:
+    other = content_of(build_bundle(shop.core, shop.records, shop.sell(buyer, 10_000)))
+
+    def swap(c: dict[str, Any]) -> None:
+        c["certificate"] = other["certificate"]
+
+    assert failure(resealed(bundle, swap)) == "certificate message does not match the claims"
+
+
+def test_malformed_files_are_one_clean_line(tmp_path: Path) -> None:
+    path = tmp_path / "bundle.json"
+    for text in (b"{not json", b"\xff\xfe", b"[]", b'{"format": "other"}', b""):
+        path.write_bytes(text)
+        refused(cli("verify-evidence", str(path)), 1, "not an evidence bundle")
+    refused(cli("verify-evidence", str(tmp_path / "absent.json")), 2)
+
+
+# -- the evidence command ---------------------------------------------------------------------
+
+
+def test_evidence_to_a_file_or_standard_output(
+    shop: Shop, buyer: TestBuyer, tmp_path: Path
+) -> None:
+    gid = shop.sell(buyer, 10_000)
+    out = tmp_path / "bundle.json"
+    assert cli("evidence", gid, "--db", shop.db, "--out", str(out)).exit_code == 0
+    printed = cli("evidence", gid, "--db", shop.db)
+    assert printed.exit_code == 0
+    assert content_of(printed.stdout_bytes)["record"] == content_of(out.read_bytes())["record"]
+    verify_bundle(printed.stdout_bytes)
+    ok = cli("verify-evidence", str(out))
+    assert ok.exit_code == 0 and ok.output.startswith(f"verified: G-v1 guarantee {gid} ")
+
+
+def test_evidence_refusals(shop: Shop, buyer: TestBuyer, tmp_path: Path) -> None:
+    gid = shop.sell(buyer, 10_000)
+    refused(cli("evidence", "0x" + "ab" * 32, "--db", shop.db), 2, "no guarantee")
+    refused(cli("evidence", "12345", "--db", shop.db), 2, "not a guarantee id")
+    refused(cli("evidence", gid, "--db", "nonsense"), 2, "not a database URL")
+    refused(cli("evidence", gid, "--db", f"sqlite:///{tmp_path / 'absent.db'}"), 2, "no Core")
+    empty = f"sqlite:///{tmp_path / 'other-records.db'}"
+    Records(empty).store.close()
+    refused(cli("evidence", gid, "--db", shop.db, "--records", empty), 2, "no payment record")
+    refused(cli("evidence", gid, "--db", shop.db, "--records", "mysql://x"), 2, "--records")
+
+
+def test_records_kept_apart_from_the_core(shop: Shop, buyer: TestBuyer, tmp_path: Path) -> None:
+    """A seller on a remote facilitator: its records are in their own database."""
+    url = f"sqlite:///{tmp_path / 'records.db'}"
+    apart = Records(url)
+    gid = shop.sell(buyer, 10_000, records=apart)
+    out = tmp_path / "bundle.json"
+    refused(cli("evidence", gid, "--db", shop.db), 2, "no payment record")
+    assert cli("evidence", gid, "--db", shop.db, "--records", url, "--out", str(out)).exit_code == 0
+    assert (
+        cli("dispute", "open", gid, "--note", "late", "--db", shop.db, "--records", url).exit_code
+        == 0
+    )
+    verified = verify_bundle(out.read_bytes())
+    assert verified.dispute is None
+    apart.store.close()
+
+
+# -- disputes -----------------------------------------------------------------------------------
+
+
+def test_disputes_through_the_command_line(shop: Shop, buyer: TestBuyer, tmp_path: Path) -> None:
+    gid = shop.sell(buyer, 10_000)
+    db = ("--db", shop.db)
+    refused(cli("dispute", "resolve", gid, "--note", "nothing to resolve", *db), 2, "not open")
+    opened = cli("dispute", "open", gid, "--note", "empty response body", *db)
+    assert opened.exit_code == 0, opened.output
+    assert json.loads(opened.stdout)["state"] == "opened"
+    refused(cli("dispute", "open", gid, "--note", "again", *db), 2, "already open")
+    refused(cli("dispute", "open", gid, "--note", "  ", *db), 2, "note")
+    refused(cli("dispute", "open", "0x" + "cd" * 32, "--note", "x", *db), 2, "no guarantee")
+
+    # The dashboard shows it, and the bundle carries it.
+    assert '<span class="st st-opened">opened</span>' in render_dashboard(shop.core)
+    data = build_bundle(shop.core, shop.records, gid)
+    assert [e["state"] for e in content_of(data)["disputes"]] == ["opened"]
+    assert verify_bundle(data).dispute == "opened"
+
+    resolved = cli("dispute", "resolve", gid, "--note", "resent; buyer agrees", *db)
+    assert resolved.exit_code == 0, resolved.output
+    refused(cli("dispute", "resolve", gid, "--note", "twice", *db), 2, "not open")
+    history = json.loads(cli("dispute", "history", gid, *db).stdout)
+    assert history["state"] == "resolved"
+    assert [(e["state"], e["note"]) for e in history["history"]] == [
+        ("opened", "empty response body"),
+        ("resolved", "resent; buyer agrees"),
+    ]
+    assert history["history"][0]["at"] <= history["history"][1]["at"]
+    assert '<span class="st st-resolved">resolved</span>' in render_dashboard(shop.core)
+    out = tmp_path / "bundle.json"
+    assert cli("evidence", gid, *db, "--out", str(out)).exit_code == 0
+    assert "dispute resolved" in cli("verify-evidence", str(out)).output
+
+    def rewrite(c: dict[str, Any]) -> None:  # a history that never was: resolved, never opened
+        c["disputes"] = c["disputes"][1:]
+
+    assert failure(resealed(out.read_bytes(), rewrite)) == (
+        "dispute history is not a valid sequence of states"
+    )
