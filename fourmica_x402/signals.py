@@ -76,6 +76,19 @@ _SELLER: list[tuple[Family, str, str, Callable[[SellerSignals], Value]]] = [
         "What claiming its net credits would pay the seller now (resolved and final cycles)",
         lambda s: s.claimable,
     ),
+    (
+        GaugeMetricFamily,
+        "fourmica_downstream_paid_spend_atomic",
+        "What the seller paid upstream for requests it sold: its linked upstream guarantees "
+        "not voided or cancelled, atomic units (sellers with links)",
+        lambda s: s.downstream_spend if s.upstream else None,
+    ),
+    (
+        GaugeMetricFamily,
+        "fourmica_cost_per_fulfilled_request_atomic",
+        "floor(downstream paid spend / the seller's fulfilled paid requests), atomic units",
+        lambda s: s.cost_per_fulfilled if s.upstream else None,
+    ),
 ]
 
 _ASSET: list[tuple[Family, str, str, Callable[[AssetSignals], Value]]] = [

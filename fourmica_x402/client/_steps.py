@@ -363,18 +363,10 @@ def _call(request: httpx.Request) -> Steps[httpx.Response]:
     not retried (docs/buyer.md, "Dropped connections")."""
     try:
         response = yield Send(request)
-    except Exception as exc:
-        if not _dropped(exc):
-            raise
-        response = yield Send(request)
+    except (httpx.NetworkError, httpx.RemoteProtocolError, ConnectionError):
+        response = yield Send(request)  # httpx's timeouts are none of these
     yield Read(response)
     return response
-
-
-def _dropped(exc: BaseException) -> bool:
-    if isinstance(exc, httpx.TimeoutException):
-        return False
-    return isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError, ConnectionError))
 
 
 # -- the drivers -------------------------------------------------------------------------------

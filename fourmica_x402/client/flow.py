@@ -43,6 +43,7 @@ from .certificates import verify_certificate
 from .keys import BuyerKey
 from .policy import SpendingPolicy
 from .receipts import Receipt, ReceiptLedger
+from .receipts import paid as report_paid
 
 __all__ = ["Approve", "BuyerFlow", "Read", "Send"]
 
@@ -169,6 +170,8 @@ class BuyerFlow(Buyer):
         )
         self.ledger.append(receipt)
         paid.extensions = {**paid.extensions, RECEIPT_KEY: receipt}
+        if receipt.outcome == "paid":
+            report_paid(receipt)  # e.g. linked to the request that funds it (docs/buyer.md)
         return paid
 
     # -- pieces --------------------------------------------------------------------------------

@@ -5,21 +5,24 @@ SQLite by default (``ReceiptLedger("receipts.db")``; ``":memory:"`` keeps it in
 the process); exportable as JSON lines for audit. A paid receipt keeps the claims the
 buyer signed and, when the seller passed it on, the Core's certificate for them
 (docs/buyer.md, "Certificates"). The same file can keep a spending policy's budgets
-(:mod:`.budgets`).
+(:mod:`.budgets`). :func:`on_paid` tells a callback of every payment made in a block (how
+:meth:`fourmica_x402.links.Links.funded_by` links upstream payments; docs/buyer.md, "Fee splits
+and agent collaboration").
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["Receipt", "ReceiptLedger"]
+__all__ = ["Receipt", "ReceiptLedger", "on_paid", "paid"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,29 @@ class Receipt:
         return verify_certificate(
             self.certificate, self.claims, public_key, guarantee_domain=guarantee_domain
         )
+
+
+_on_paid: contextvars.ContextVar[tuple[Callable[[Receipt], None], ...]] = contextvars.ContextVar(
+    "fourmica_on_paid", default=()
+)
+
+
+@contextlib.contextmanager
+def on_paid(callback: Callable[[Receipt], None]) -> Iterator[None]:
+    """Call ``callback(receipt)`` for each request the buyer transports pay inside the block
+    (this thread or task and what it starts: a context variable), after its receipt is written.
+    Blocks nest: the innermost callback is told; an exception it raises reaches the caller."""
+    token = _on_paid.set((callback,))
+    try:
+        yield
+    finally:
+        _on_paid.reset(token)
+
+
+def paid(receipt: Receipt) -> None:
+    """Tell the block's :func:`on_paid` callback of a paid receipt (the transports call it)."""
+    for callback in _on_paid.get():
+        callback(receipt)
 
 
 _COLUMNS = [f.name for f in fields(Receipt)]

@@ -4,6 +4,11 @@ signals").
 Every value is an aggregate the database computes (one row per seller, asset or cycle comes
 back, never one per guarantee), so every process on one database — the service, any number of
 seller gates — reads the same numbers. Amounts are integer atomic units. Nothing here writes.
+
+A seller's upstream spending (docs/buyer.md, "Fee splits and agent collaboration") is read from
+the links of :mod:`fourmica_x402.links` where they live in the Core's database, as an embedded
+seller keeps them; a seller on a remote facilitator keeps them in its own records database,
+which the Core never reads: it has none here.
 """
 
 from __future__ import annotations
@@ -44,6 +49,13 @@ class SellerSignals:
     cycle_guarantees: int = 0
     #: What claiming its net credits would pay it now (resolved and final cycles).
     claimable: int = 0
+    #: Upstream guarantees linked to requests the seller sold (whatever became of them), the
+    #: amount of those not voided or cancelled (its downstream paid spend), and its fulfilled
+    #: paid requests (accepted guarantees now payable: delivered, neither voided nor
+    #: cancelled). All three are counted for sellers with links only.
+    upstream: int = 0
+    downstream_spend: int = 0
+    fulfilled: int = 0
 
     @property
     def average_payment(self) -> int:
@@ -57,6 +69,11 @@ class SellerSignals:
     @property
     def guarantees_per_cycle(self) -> float | None:
         return _ratio(self.cycle_guarantees, self.cycles)
+
+    @property
+    def cost_per_fulfilled(self) -> int | None:
+        """``floor(downstream_spend / fulfilled)`` (None without a fulfilled request)."""
+        return self.downstream_spend // self.fulfilled if self.fulfilled else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +150,7 @@ def _sellers(tx: Tx) -> list[SellerSignals]:
     rows: dict[Key, list[int]] = {}
 
     def add(row: Any, at: int, *values: int) -> None:
-        counts = rows.setdefault((row[0], row[1], row[2]), [0] * 7)
+        counts = rows.setdefault((row[0], row[1], row[2]), [0] * 10)
         for i, value in enumerate(values, start=at):
             counts[i] += value
 
@@ -165,7 +182,28 @@ def _sellers(tx: Tx) -> list[SellerSignals]:
     ):
         credit, claimed, collected, total_debit = _ints(r, 3)
         add(r, 6, max(pro_rata(credit, collected, total_debit) - claimed, 0))
+    if _has_links(tx):
+        # An upstream guarantee this Core does not know (another Core's) counts as spent.
+        for r in tx.all(
+            "SELECT l.network, l.asset, l.seller, COUNT(*), SUM(CASE WHEN g.state IS NULL OR "
+            "g.state NOT IN ('voided', 'cancelled') THEN l.amount ELSE 0 END) FROM fx_links l "
+            "LEFT JOIN fx_guarantees g ON g.guarantee_id = l.guarantee_id "
+            "GROUP BY l.network, l.asset, l.seller"
+        ):
+            add(r, 7, *_ints(r, 3))  # upstream, downstream_spend
+        for r in tx.all(
+            "SELECT network, asset, recipient_address, COUNT(*) FROM fx_guarantees "
+            "WHERE state = 'payable' AND recipient_address IN (SELECT seller FROM fx_links) "
+            "GROUP BY network, asset, recipient_address"
+        ):
+            add(r, 9, *_ints(r, 3))  # fulfilled
     return [SellerSignals(*key, *counts) for key, counts in sorted(rows.items())]
+
+
+def _has_links(tx: Tx) -> bool:
+    """Whether the links' table exists in this database (its migration key in ``fx_meta``)."""
+    rows = tx.all("SELECT value FROM fx_meta WHERE key = 'links_schema_version'")
+    return bool(rows) and int(rows[0][0]) >= 1
 
 
 def _assets(tx: Tx) -> list[AssetSignals]:

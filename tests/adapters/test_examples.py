@@ -227,3 +227,59 @@ def test_an_example_with_a_bad_database_refuses_to_start(name: str, tmp_path: Pa
     )
     assert done.returncode != 0, done.stdout + done.stderr
     assert "does not exist" in done.stdout + done.stderr
+
+
+def test_travel_agent_example_links_and_nets_its_fee_splits(tmp_path: Path) -> None:
+    """examples/travel_agent.py: four paid requests to an agent that pays five upstream
+    sellers each; the suite runs its task budget out (the user is refunded); a cycle nets it."""
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "travel_agent.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "TRAVEL_AGENT_DB"},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert time.monotonic() - started < 30
+    lines = out.stdout.splitlines()
+    requests = [line for line in lines if line.startswith("request ")]
+    assert [("-> 200" in r, "-> 503, user refunded" in r) for r in requests] == [
+        (True, False),
+        (True, False),
+        (False, True),
+        (True, False),
+    ]
+    linked = [line.strip() for line in lines if "linked obligations:" in line]
+    assert linked == [f"linked obligations: {n}" for n in (5, 5, 4, 5)]
+    # The refunded request's four upstream payments stay linked to it; the referrer was not paid.
+    third = lines.index(requests[2])
+    assert [line.split()[0] for line in lines[third + 2 : third + 6]] == [
+        "availability",
+        "pricing",
+        "booking",
+        "validator",
+    ]
+    assert sum(line.strip().startswith("referrer") and "guarantee" in line for line in lines) == 3
+    assert "  fourmica_downstream_paid_spend_atomic = 142000 ($0.142)" in lines
+    assert "  fourmica_cost_per_fulfilled_request_atomic = 47333 ($0.047333)" in lines
+    netting = lines.index(
+        "netting: cycle #1 closed: 22 obligations, gross $0.292 -> 7 net transfers moving $0.15"
+    )
+    rows = {line.split()[0]: line.split()[1:] for line in lines[netting + 2 : netting + 9]}
+    assert rows["user"] == ["$0.15", "$0.00", "-$0.15", "debtor"]
+    assert rows["agent"] == ["$0.142", "$0.15", "$0.008", "creditor"]
+    assert rows["booking"] == ["$0.00", "$0.055", "$0.055", "creditor"]
+    assert set(rows) == {
+        "user",
+        "agent",
+        "availability",
+        "pricing",
+        "booking",
+        "validator",
+        "referrer",
+    }
+    assert lines[-1] == "all checks passed"
+    assert TEST_KEYS[1][2:] not in out.stdout + out.stderr  # no key is ever printed
+    assert TEST_KEYS[4][2:] not in out.stdout + out.stderr

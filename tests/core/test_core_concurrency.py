@@ -137,6 +137,7 @@ def _run_and_kill(args: list[str], wait_for: str | None, delay: float) -> list[s
             line = proc.stdout.readline()
             if not line or line.strip() == wait_for:
                 break
+            lines += line.split()
     time.sleep(delay)
     os.kill(proc.pid, signal.SIGKILL)
     out, _ = proc.communicate(timeout=30)
@@ -150,7 +151,7 @@ def test_sigkill_during_acceptance_leaves_a_consistent_database(
     store_url: str, delay: float
 ) -> None:
     committed = _run_and_kill(
-        [str(WORKERS / "crash_worker.py"), store_url, "accept"], None, delay + 1.0
+        [str(WORKERS / "crash_worker.py"), store_url, "accept"], "ready", delay
     )
     core = Core(store_url)  # restart: migrations and recovery run as on any start
     assert core.audit() == []

@@ -1,6 +1,7 @@
 """Crash worker: does Core work until the test kills it with SIGKILL.
 
-python crash_worker.py STORE_URL accept   -> accepts guarantees forever, printing each id once committed
+python crash_worker.py STORE_URL accept   -> accepts guarantees forever, printing each id once
+                                             committed, and "ready" after the first
 python crash_worker.py STORE_URL close N  -> accepts N guarantees, prints "ready", then closes the cycle
 """
 
@@ -21,6 +22,8 @@ def main() -> None:
         for i in range(1, 10**6):
             accepted = core.accept(*buyer.pay(core, seller.address, i))
             print(accepted.guarantee_id, flush=True)
+            if i == 1:  # the test times its kill from here, not from a start slowed by load
+                print("ready", flush=True)
     else:
         others = [TestBuyer.new() for _ in range(20)]
         for other in others:
