@@ -109,7 +109,9 @@ class PaymentAdapter(BaseAdapter):  # type: ignore[misc]
                 if not own or isinstance(exc, requests.exceptions.Timeout):
                     raise
                 # the flow's own calls are tried once more when the connection dropped
-                raise _Dropped(*exc.args, request=exc.request, response=exc.response) from exc
+                dropped = _Dropped(*exc.args)
+                dropped.request, dropped.response = exc.request, exc.response
+                raise dropped from exc
             answer = httpx.Response(
                 got.status_code,
                 headers=[(k, v) for k, v in got.headers.items() if k.lower() not in _HOP],
