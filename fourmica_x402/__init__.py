@@ -30,6 +30,7 @@ from .guarantee import (
     recover_signer,
     sign_claims,
 )
+from .jobs import Job, Jobs, Stage
 from .networks import (
     Asset,
     Network,
@@ -42,6 +43,7 @@ from .networks import (
 )
 from .records import PaymentRecord, Records
 from .routes import Offer, RouteConfig
+from .streams import Slices
 from .webhooks import Webhooks, verify_signature
 from .wire import (
     PaymentPayload,
@@ -74,6 +76,8 @@ __all__ = [
     "GuaranteeClaims",
     "GuaranteeRejected",
     "HttpFacilitator",
+    "Job",
+    "Jobs",
     "LocalFacilitator",
     "MalformedPayment",
     "Network",
@@ -94,6 +98,8 @@ __all__ = [
     "RouteConfig",
     "SettleResponse",
     "SignedGuarantee",
+    "Slices",
+    "Stage",
     "Throttled",
     "TokenAmount",
     "Unavailable",

@@ -1,24 +1,21 @@
 """The route table: which route costs what.
 
-Keys are ``"VERB /template"`` (no verb = any method). A template names a route
-the way the framework writes it or in the official form: ``:name``, ``[name]``,
-``{name}``, ``{name:int}``, ``<name>`` and ``<int:name>`` each stand for one
-route parameter; ``*`` matches anything, a trailing ``/*`` the bare prefix
-too. ``GET`` also covers ``HEAD``.
+Keys are ``"VERB /template"`` (no verb = any method). A template names a route the way the
+framework writes it or in the official form: ``:name``, ``[name]``, ``{name}``, ``{name:int}``,
+``<name>`` and ``<int:name>`` each stand for one route parameter; ``*`` matches anything, a
+trailing ``/*`` the bare prefix too. ``GET`` also covers ``HEAD``.
 
-**Apps with a router** (Starlette, FastAPI, Flask, Django): the adapter hands the
-gate the endpoint the framework resolved (an :class:`Endpoint`), and the table
-prices that endpoint by its *template*: ``"GET /items/:id"`` prices the route
-``/items/{id:int}``, whatever the request path looked like. A path the framework
-redirects, 404s or 405s never reaches a priced endpoint, so it is never charged.
-Each entry must name at least one route of the app (checked at start-up,
-:meth:`RouteTable.unmatched`). Per-handler markers (``@paid``, ``Paid(...)``)
-price their endpoint directly (:meth:`RouteTable.for_endpoint`).
+**Apps with a router** (Starlette, FastAPI, Flask, Django): the adapter hands the gate the
+endpoint the framework resolved (an :class:`Endpoint`), and the table prices that endpoint by
+its *template*: ``"GET /items/:id"`` prices the route ``/items/{id:int}``, whatever the request
+path looked like. A path the framework redirects, 404s or 405s never reaches a priced endpoint,
+so it is never charged. Each entry must name at least one route of the app (checked at
+start-up, :meth:`RouteTable.unmatched`). Per-handler markers (``@paid``, ``Paid(...)``) price
+their endpoint directly (:meth:`RouteTable.for_endpoint`).
 
-**Router-less ASGI/WSGI apps**: the request path itself is matched
-(:meth:`RouteTable.match`), ignoring case (a case-insensitive miss would let a
-request through unpaid; a case-insensitive hit only ever charges).
-See ``docs/architecture.md`` ("Which route is priced").
+**Router-less ASGI/WSGI apps**: the request path itself is matched (:meth:`RouteTable.match`),
+ignoring case (a case-insensitive miss would let a request through unpaid; a case-insensitive
+hit only ever charges). See ``docs/architecture.md`` ("Which route is priced").
 
 Values take three forms::
 
@@ -28,8 +25,7 @@ Values take three forms::
                                   "network": "eip155:84532", "payTo": "0x…"},
                       "description": "…"}}                       # the official 4Mica dict
 
-Static prices and addresses are checked when the table is built, so a bad
-price fails at start-up, not on the first request.
+Static prices and addresses are checked when the table is built: a bad price fails at start-up.
 """
 
 from __future__ import annotations
@@ -43,7 +39,9 @@ from typing import TYPE_CHECKING, Any
 from ._eth import parse_address
 from .errors import ConfigurationError
 from .guarantee import ValidationPolicy
+from .jobs import Stage
 from .networks import Price, TokenAmount, get_network, resolve_price
+from .streams import Slices
 from .templates import canonical_template, compile_pattern, compile_template, display_template
 from .wire import SCHEME
 
@@ -144,8 +142,14 @@ class RouteConfig:
     max_units: int | None = None
     #: A prepaid cap: the amount guaranteed (and charged) before a long job or a stream starts.
     cap: Price | None = None
+    #: Staged work: this route is one stage of a job (docs/protocol.md, "Staged work").
+    stage: Stage | None = None
+    #: A metered stream sold per slice (docs/protocol.md, "Metered streams").
+    slices: Slices | None = None
 
     def __post_init__(self) -> None:  # they travel in every challenge: fail at start-up
+        if self.stage is not None and not isinstance(self.stage, Stage):
+            raise ConfigurationError(f"stage must be a fourmica_x402.Stage, not {self.stage!r:.60}")
         ext = self.extensions
         try:  # TypeError: not a mapping, or a value JSON cannot hold
             json.dumps(None if ext is None else {**ext}, allow_nan=False)
@@ -246,6 +250,8 @@ def _LATER(request: Any) -> None:
 
 def _terms(where: str, config: RouteConfig, offers: tuple[Offer, ...]) -> tuple[Terms, ...] | None:
     """Each offer's minimum, unit price and cap, checked (None when the route sets none)."""
+    if config.slices is not None:
+        config.slices.check(where, config, offers)
     fields = (config.min_amount, config.units, config.cap, config.max_units, config.unit or None)
     if all(value is None for value in fields):
         return None

@@ -23,9 +23,11 @@ their prices before anything is paid (docs/buyer.md, "Listing offers").
 from .certificates import fetch_certificate, fetch_public_key, verify_certificate
 from .discovery import ListedOffer, ListedResource, adiscover, discover
 from .flow import RECEIPT_KEY, BuyerFlow
+from .jobs import AsyncStagedJob, StagedJob, StageFailed
 from .keys import BuyerKey, load_key
 from .policy import ApprovalRequest, Decision, SpendingPolicy, Task
 from .receipts import Receipt, ReceiptLedger
+from .streams import AsyncPaidStream, PaidStream, StreamFailed
 from .transport import AsyncPaymentTransport, PaymentTransport
 from .x402_scheme import AsyncFourMicaCreditScheme, FourMicaCreditScheme
 
@@ -33,17 +35,23 @@ __all__ = [
     "RECEIPT_KEY",
     "ApprovalRequest",
     "AsyncFourMicaCreditScheme",
+    "AsyncPaidStream",
     "AsyncPaymentTransport",
+    "AsyncStagedJob",
     "BuyerFlow",
     "BuyerKey",
     "Decision",
     "FourMicaCreditScheme",
     "ListedOffer",
     "ListedResource",
+    "PaidStream",
     "PaymentTransport",
     "Receipt",
     "ReceiptLedger",
     "SpendingPolicy",
+    "StageFailed",
+    "StagedJob",
+    "StreamFailed",
     "Task",
     "adiscover",
     "discover",

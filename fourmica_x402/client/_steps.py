@@ -49,6 +49,7 @@ from ..guarantee import (
 from ..networks import get_network, parse_amount
 from ..wire import PaymentRequirements, ResourceInfo
 from .certificates import public_key_bytes
+from .jobs import ahead_of
 from .keys import BuyerKey
 from .policy import ApprovalRequest, SpendingPolicy
 from .receipts import Receipt, ReceiptLedger
@@ -234,6 +235,7 @@ class Buyer:
             amount=parse_amount(offer.amount),
             asset=offer.asset,
             network=offer.network,
+            ahead=ahead_of(offer),
         )
         decision = check()
         if decision.outcome == "needs_approval" and policy.approve is not None:

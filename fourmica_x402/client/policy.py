@@ -150,8 +150,11 @@ class SpendingPolicy:
         asset: str,
         network: str,
         approved: bool = False,
+        ahead: int = 0,
     ) -> Decision:
-        """Decide, and reserve the amount when the answer is ``paid``."""
+        """Decide, and reserve the amount when the answer is ``paid``. ``ahead``: what the
+        work this payment starts will still cost after it (a staged job's later stages): a
+        task budget must cover it too, or nothing is paid (docs/buyer.md, "Staged work")."""
         key = seller.lower()
         token = find_asset(network, asset)
         asset = asset.lower()  # one token, whatever case a seller spells its address in
@@ -195,6 +198,13 @@ class SpendingPolicy:
                         return Decision(
                             "budget_exhausted",
                             f"task {task.name!r} budget {_money(cap, token)} is used up",
+                        )
+                    if used + amount + ahead > cap:
+                        return Decision(
+                            "budget_exhausted",
+                            f"task {task.name!r} budget {_money(cap, token)} cannot finish "
+                            f"this job: {_money(ahead, token, units=False)} more comes after "
+                            f"this {_money(amount, token, units=False)}",
                         )
             if not approved:
                 threshold = self._atomic(self.approval_threshold, token)

@@ -19,6 +19,8 @@ Where things are, in the order a paid request meets them:
 - :mod:`.endpoints` — the tab endpoint and the Core API subset;
 - :mod:`.challenge` — requirements, validation policy, the 402 challenge and the paywall;
 - :mod:`.bundles` — minimums, bundles of units and prepaid caps: their terms and extra;
+- :mod:`.stages` — staged work: a stage admitted, tied to its job, the job moved on or failed;
+- :mod:`.metered` — metered streams: the stream a handler sends through, its pay endpoint;
 - :mod:`.discovery` — ``GET /.well-known/x402``: the priced routes and their requirements;
 - :mod:`.throttle` — who keeps sending invalid payments is slowed down;
 - :mod:`.pay` — a request with a payment: decode, match, replay, hooks, settle or verify;

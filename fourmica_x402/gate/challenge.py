@@ -29,7 +29,7 @@ from ..wire import (
     SettleResponse,
     encode_header,
 )
-from . import bundles
+from . import bundles, stages
 from .types import EXPOSE_HEADERS, Call, Flow, RequestView, Response
 
 if TYPE_CHECKING:
@@ -82,6 +82,8 @@ def requirements(gate: Gate, route: Route, request: RequestView) -> Flow:
             terms = route.terms[i]
             amount = bundles.charged(terms, amount, str(asset), n)
             more = bundles.extra(route.config, terms, n)
+        if route.config.stage is not None:  # staged work: which stage, what comes after
+            more = {**(more or {}), "stage": stages.extra(gate, route, offer.network, str(asset))}
         built.append(offer_requirements(gate, route, offer, base, amount, str(asset), pay_to, more))
     if _fixed(route):
         if len(route.cache) >= 64:  # the origin comes from the Host header: bounded

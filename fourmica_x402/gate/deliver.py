@@ -22,7 +22,7 @@ from ..evidence.request import request_hash_of
 from ..facilitator import SettleResult
 from ..records import Records
 from ..wire import PAYMENT_RESPONSE_HEADER, X_PAYMENT_RESPONSE_HEADER, SettleResponse, encode_header
-from . import settle
+from . import settle, stages
 from .challenge import DELIVERY_TAG, challenge
 from .drive import local_write
 from .types import EXPOSE_HEADERS, PAID_CACHE_CONTROL, Call, Flow, Paid, Payment, no_store
@@ -55,6 +55,7 @@ def response_start(gate: Gate, state: Paid, status: int, cache_control: str | No
         settled = yield Call(settle.settle_after, (gate, state))
         if isinstance(settled, SettleResult) and not settled.success:
             state.settle_failed = settled
+            yield from stages.started(gate, state, status)  # a staged job fails
             return challenge(
                 gate,
                 state.request,
@@ -66,7 +67,8 @@ def response_start(gate: Gate, state: Paid, status: int, cache_control: str | No
             )
         result = state.result
     name = PAYMENT_RESPONSE_HEADER if state.payment.x402_version == 2 else X_PAYMENT_RESPONSE_HEADER
-    if result is not None and not 200 <= status < 300 and gate.config.refund_on_error:
+    refunds = gate.config.refund_on_error or state.payment.job is not None
+    if result is not None and not 200 <= status < 300 and refunds:
         # The guarantee is voided once the response is done: say so, so buyers do not count it.
         refunded = SettleResponse(
             success=False,
@@ -84,6 +86,8 @@ def response_start(gate: Gate, state: Paid, status: int, cache_control: str | No
             extra["certificate"] = certificate
             response = response.model_copy(update={"extra": extra})
         headers.append((name.lower(), encode_header(response)))
+    if state.payment.job is not None:  # staged work: the job moves on, or fails
+        headers.extend((yield from stages.started(gate, state, status)))
     return headers
 
 
@@ -104,15 +108,23 @@ def finish(
     # Only a 2xx is delivered: a redirect, a 4xx, a 5xx, an exception or a response that
     # did not finish gave the buyer nothing it paid for (docs/protocol.md, "Delivery").
     delivered = error is None and status is not None and 200 <= status < 300
+    stream = payment.stream
+    if stream is not None:  # metered: slice 1 is delivered once one of its events went out
+        delivered = status is not None and 200 <= status < 300 and stream.first_delivered
     outcome = "delivered" if delivered else "kept"
     action: Action = None
     if state.settle_failed is not None or state.result is None:
         outcome = "not_charged"  # settle-after: a failed handler is never charged
-    elif config.refund_on_error and not delivered:
+    elif (config.refund_on_error or payment.job or stream) and not delivered:
+        # A stage or a slice that was not delivered is always refunded (docs/protocol.md)
         action, outcome = ("void", 0), "refunded"
     elif state.delivery_policy and payment.guarantee_version == 2:
         action = ("score", 100 if delivered else 0)
         outcome = "delivered" if delivered else "cancelled"
+    if payment.job is not None and not delivered:
+        yield from stages.ended(gate, state, delivered)
+    if stream is not None:  # ended (if its body did not end it): no more slices are sold
+        yield Call(stream.ended, (outcome,))
     certificate = payment._made  # if the handler asked for it; else the Core makes it later
     keep = None
     if config.idempotent_replay and body is not None and outcome == "delivered":

@@ -11,6 +11,7 @@ what adapters call at start-up.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -19,10 +20,12 @@ from urllib.parse import unquote, urlsplit
 from ..config import PaymentConfig
 from ..errors import ConfigurationError, FourmicaError, Reason, Unavailable
 from ..facilitator import Facilitator, LocalFacilitator
+from ..jobs import Jobs
 from ..records import Records
 from ..routes import Endpoint, Route, RouteTable
+from ..streams import Streams
 from ..wire import PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER
-from . import deliver, discovery, drive, endpoints, prices
+from . import deliver, discovery, drive, endpoints, metered, prices, stages
 from .background import Reconciler, recover
 from .bundles import InvalidUnits
 from .challenge import challenge, requirements
@@ -106,6 +109,20 @@ class Gate:
         self.endpoints: list[Endpoint] | None = None
         #: Run-time prices, shared through the records' database (docs/operations.md).
         self.prices = Repricer(self)
+        if any(route.config.stage is not None for route in self.routes.routes):
+            self.jobs  # staged work: its tables made now, not on a request  # noqa: B018
+        if any(route.config.slices is not None for route in self.routes.routes):
+            self.streams  # noqa: B018
+
+    @functools.cached_property
+    def jobs(self) -> Jobs:
+        """Staged work's jobs, in the records' database (docs/protocol.md, "Staged work")."""
+        return Jobs(self.records.store)
+
+    @functools.cached_property
+    def streams(self) -> Streams:
+        """Metered streams, in the records' database (docs/protocol.md, "Metered streams")."""
+        return Streams(self.records.store)
 
     @property
     def _shared(self) -> bool:
@@ -220,6 +237,8 @@ class Gate:
             return (yield from endpoints.tab(self, request))
         if request.path == self._prefix + "/admin/prices":
             return (yield from prices.admin(self, request))
+        if request.path.startswith(self._prefix + "/streams/"):
+            return (yield from metered.endpoint(self, request))
         if self.core is not None and (
             request.path == self._prefix or request.path.startswith(self._prefix + "/")
         ):
@@ -248,6 +267,10 @@ class Gate:
                 return error_response(403, "denied", "access denied")
             if isinstance(verdict, Response):
                 return verdict
+        if route.config.stage is not None:  # staged work: admitted before it is priced
+            refused = yield from stages.admit(self, route.config.stage, request)
+            if refused is not None:
+                return refused
         try:
             reqs = yield from requirements(self, route, request)
         except InvalidUnits as exc:  # the request's own fault, before any payment: 400

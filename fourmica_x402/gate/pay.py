@@ -33,7 +33,7 @@ from ..wire import (
     decode_payment_header,
     encode_header,
 )
-from . import bundles, settle
+from . import bundles, metered, settle, stages
 from .challenge import DELIVERY_TAG, challenge, v1_requirements, v2_requirements
 from .types import (
     EXPOSE_HEADERS,
@@ -118,6 +118,11 @@ def paid(
                     gate, request, route, requirements, Reason.REPLAYED_REQUEST_ID, version=version
                 )
             return _replayed(found, version)
+    stage = route.config.stage
+    if stage is not None:  # staged work: this payer's job, at this stage (docs/protocol.md)
+        refused = yield from stages.admit(gate, stage, request, payer)
+        if refused is not None:
+            return refused
     if config.before_settle is not None:
         try:
             yield Call(config.before_settle, (request, payload, chosen), blocking=False)
@@ -218,9 +223,17 @@ def paid(
             return error_response(
                 503, "seller_hook_failed", "the seller failed; the payment was voided"
             )
-    return Paid(
+    if stage is not None:
+        refused = yield from stages.claim(gate, stage, request, payment)
+        if refused is not None:  # a concurrent request took the stage: nothing is charged
+            yield Call(settle.abandon, (gate, result, chosen.pay_to, record_id))
+            return refused
+    state = Paid(
         payment, request, chosen, payload, header_hash, result, policy, delivery, route=route
     )
+    if route.config.slices is not None:  # a metered stream: slice 1 is this payment
+        yield from metered.opened(gate, route, request, state)
+    return state
 
 
 def _match(

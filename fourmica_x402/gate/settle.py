@@ -177,12 +177,18 @@ def certificate_source(gate: Gate, payment: Payment, result: SettleResult | None
         payment._certify = partial(gate.facilitator.certify, result.guarantee_id)
 
 
-def abandon(gate: Gate, result: SettleResult, pay_to: str, record_id: int | None) -> None:
-    """Void a settled payment whose handler will not run, and say so in its record."""
-    undo(gate, result, pay_to)
+def abandon(gate: Gate, result: SettleResult | None, pay_to: str, record_id: int | None) -> None:
+    """Void a settled payment whose handler will not run, and say so in its record
+    (``result`` None: only verified, settle-after: nothing to void)."""
+    if result is not None:
+        undo(gate, result, pay_to)
     if record_id is not None:
         gate.records.finish(
-            record_id, status="failed", http_status=503, response_hash=None, outcome="refunded"
+            record_id,
+            status="failed",
+            http_status=503,
+            response_hash=None,
+            outcome="refunded" if result is not None else "not_charged",
         )
 
 

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 from ..facilitator import SettleResult
 from ..guarantee import ValidationPolicy
+from ..jobs import JobStage
 from ..routes import Endpoint, Route
 from ..wire import PaymentPayload, PaymentPayloadV1, PaymentRequirements
 
@@ -186,6 +187,11 @@ class Payment:
     units: int | None = None
     unit_price: int | None = None
     cap: int | None = None
+    #: Staged work: the job and stage this payment bought (docs/protocol.md, "Staged work").
+    job: JobStage | None = None
+    #: A metered route's stream: the handler sends its events through it (docs/protocol.md,
+    #: "Metered streams"); a ``gate.metered.MeteredStream``.
+    stream: Any = field(default=None, repr=False, compare=False)
     #: The framework's own object for the route this payment was settled for (an
     #: :attr:`Endpoint.key`); per-handler markers check it is theirs.
     endpoint: Any = field(default=None, repr=False, compare=False)

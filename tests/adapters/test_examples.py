@@ -283,3 +283,55 @@ def test_travel_agent_example_links_and_nets_its_fee_splits(tmp_path: Path) -> N
     assert lines[-1] == "all checks passed"
     assert TEST_KEYS[1][2:] not in out.stdout + out.stderr  # no key is ever printed
     assert TEST_KEYS[4][2:] not in out.stdout + out.stderr
+
+
+def test_staged_report_example_charges_only_the_stages_served(tmp_path: Path) -> None:
+    """examples/staged_report.py: a job served in full, one that fails at stage 2 (refunded,
+    stage 3 never sold) and one its budget cannot finish (refused before paying)."""
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "staged_report.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "STAGED_REPORT_DB"},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = [line.strip() for line in out.stdout.splitlines()]
+    stages = [line.split()[:3] for line in lines if line.startswith("/report")]
+    assert stages == [
+        ["/report", "->", "200"],
+        ["/report/analyse", "->", "200"],
+        ["/report/write", "->", "200"],
+        ["/report", "->", "200"],
+        ["/report/analyse", "->", "422:"],
+    ]
+    assert any(line.startswith("refused before paying:") for line in lines)
+    jobs = [line.split()[1:3] for line in lines if line.startswith("job_")]
+    assert jobs == [["done", "3/3"], ["failed", "1/3"]]
+    assert "buyer's collateral locked: $0.07 (served: 3 + 1 stages)" in lines
+    assert "audit: ok" in lines
+
+
+def test_metered_stream_example_charges_only_the_slices_sent(tmp_path: Path) -> None:
+    """examples/metered_stream.py: one transcript paid slice by slice to its end, one stopped
+    when the buyer's budget refused its third slice (no line of it sent)."""
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "metered_stream.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "METERED_STREAM_DB"},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = [line.strip() for line in out.stdout.splitlines()]
+    heard = [line for line in lines if line.endswith("of the keynote")]
+    assert heard == [f"line {n} of the keynote" for n in (*range(1, 11), *range(1, 7))]
+    assert [line for line in lines if line.startswith("ended:")] == [
+        "ended: complete, slices paid: 4",
+        "ended: buyer_stopped, slices paid: 2",
+    ]
+    assert any(line.startswith("the policy refused slice 3:") for line in lines)
+    assert "buyer's collateral locked: $0.012 (slices sent: 4 + 2)" in lines
+    assert "audit: ok" in lines

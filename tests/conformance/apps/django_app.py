@@ -172,6 +172,16 @@ def build(options: dict[str, Any], calls: collections.Counter[str], kind: str) -
 
     @view("GET")
     def stream(request: Any) -> StreamingHttpResponse:
+        metered = getattr(getattr(request, "payment", None), "stream", None)
+        if metered is not None:  # a metered stream (docs/protocol.md): ?n= ticks
+            n = int(request.GET.get("n", "3"))
+
+            async def aticks() -> Any:
+                for i in range(n):
+                    yield {"tick": i}
+
+            ticks = aticks() if is_async else ({"tick": i} for i in range(n))
+            return StreamingHttpResponse(metered.events(ticks), content_type="text/event-stream")
         chunks = [f"chunk-{i}\n".encode() for i in range(3)]
 
         async def achunks() -> Any:

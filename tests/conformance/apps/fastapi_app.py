@@ -82,6 +82,11 @@ def build(options: dict[str, Any], calls: collections.Counter[str]) -> Client:
     @app.get("/stream")
     def stream(request: Request) -> StreamingResponse:
         calls[request.url.path] += 1
+        metered = getattr(getattr(request.state, "payment", None), "stream", None)
+        if metered is not None:  # a metered stream (docs/protocol.md): ?n= ticks
+            n = int(request.query_params.get("n", "3"))
+            ticks = ({"tick": i} for i in range(n))
+            return StreamingResponse(metered.events(ticks), media_type="text/event-stream")
         return StreamingResponse(
             (f"chunk-{i}\n".encode() for i in range(3)), media_type="text/plain"
         )

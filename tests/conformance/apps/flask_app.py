@@ -94,6 +94,10 @@ def build(options: dict[str, Any], calls: collections.Counter[str]) -> FlaskClie
     @app.get("/stream")
     def stream() -> Any:
         counted()
+        metered = getattr(g.get("payment"), "stream", None)
+        if metered is not None:  # a metered stream (docs/protocol.md): ?n= ticks
+            ticks = ({"tick": i} for i in range(int(request.args.get("n", "3"))))
+            return Response(metered.events(ticks), mimetype="text/event-stream")
         return Response((f"chunk-{i}\n".encode() for i in range(3)), mimetype="text/plain")
 
     @app.get("/missing")

@@ -82,6 +82,14 @@ def build(options: dict[str, Any], calls: collections.Counter[str]) -> AsgiClien
 
     async def stream(request: Request) -> StreamingResponse:
         counted(request)
+        metered = getattr(getattr(request.state, "payment", None), "stream", None)
+        if metered is not None:  # a metered stream (docs/protocol.md): ?n= ticks
+
+            async def ticks() -> Any:
+                for i in range(int(request.query_params.get("n", "3"))):
+                    yield {"tick": i}
+
+            return StreamingResponse(metered.events(ticks()), media_type="text/event-stream")
 
         async def chunks() -> Any:
             for i in range(3):

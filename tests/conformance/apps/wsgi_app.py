@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import parse_qs
 
 from fourmica_x402.adapters.wsgi import PAYMENT_KEY, PaymentMiddleware
 from werkzeug.test import Client
@@ -91,6 +92,11 @@ def build(options: dict[str, Any], calls: collections.Counter[str]) -> WsgiClien
         raise RuntimeError("boom")
 
     def stream(environ: dict[str, Any], match: re.Match[str]) -> Any:
+        metered = getattr(environ.get(PAYMENT_KEY), "stream", None)
+        if metered is not None:  # a metered stream (docs/protocol.md): ?n= ticks
+            n = int(parse_qs(environ.get("QUERY_STRING", "")).get("n", ["3"])[0])
+            ticks = ({"tick": i} for i in range(n))
+            return "200 OK", [("Content-Type", "text/event-stream")], metered.events(ticks)
         chunks = (f"chunk-{i}\n".encode() for i in range(3))
         return "200 OK", [("Content-Type", "text/plain")], chunks
 

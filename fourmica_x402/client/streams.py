@@ -1,0 +1,185 @@
+"""Metered streams, the buyer's side: read a stream sold per slice, paying each slice as the
+seller asks (docs/buyer.md, "Metered streams").
+
+The first request pays slice 1 like any paid request. The seller then sends, before each later
+slice, a ``payment-required`` event naming its pay URL; :class:`PaidStream` (and
+:class:`AsyncPaidStream`) ``POST`` there through the same paying client, so the spending policy
+decides each slice as any payment. When the policy refuses one (a task budget used up, say),
+the stream is stopped (``DELETE`` of the stream) and ends cleanly; the refusal is raised once
+the seller's ``end`` event arrived. Nothing of an unpaid slice is ever sent::
+
+    with policy.task("transcript", budget="$0.05"):
+        stream = AsyncPaidStream(client, "GET", f"{seller}/ticks")
+        async for event in stream:          # the seller's own events; the meter's are handled
+            print(event.data)
+    stream.ended, stream.slices             # why it ended ("complete", …), slices paid
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from ..errors import FourmicaError, PaymentRefused
+
+__all__ = ["AsyncPaidStream", "Event", "PaidStream", "StreamFailed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One server-sent event: its name (``message`` when unnamed), data and id."""
+
+    event: str
+    data: str
+    id: str | None = None
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+class StreamFailed(FourmicaError):
+    """The stream could not be opened (not a 2xx), or a slice's payment was answered with
+    something else than a 2xx."""
+
+    status = 502
+    reason = "stream_failed"
+
+    def __init__(self, message: str, response: httpx.Response | None = None) -> None:
+        super().__init__(message)
+        self.response = response
+
+
+class _Parser:
+    """Server-sent events from lines (the text/event-stream format, enough of it)."""
+
+    def __init__(self) -> None:
+        self.event: str = ""
+        self.id: str | None = None
+        self.data: list[str] = []
+
+    def feed(self, line: str) -> Event | None:
+        if line == "":
+            if not self.data and not self.event:
+                return None
+            done = Event(self.event or "message", "\n".join(self.data), self.id)
+            self.event, self.data = "", []
+            return done
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "event":
+            self.event = value
+        elif name == "data":
+            self.data.append(value)
+        elif name == "id":
+            self.id = value
+        return None
+
+
+class _Stream:
+    def __init__(self, method: str, url: str, kwargs: dict[str, Any]) -> None:
+        self.method, self.url, self.kwargs = method, url, kwargs
+        #: The stream's id, why it ended and how many slices were bought (1 once it opened).
+        self.id: str | None = None
+        self.ended: str | None = None
+        self.slices = 0
+        #: The spending policy's refusal that stopped the stream, if one did.
+        self.refusal: PaymentRefused | None = None
+        self.response: httpx.Response | None = None
+
+    def _opened(self, response: httpx.Response) -> None:
+        self.response = response
+        if not response.is_success:
+            raise StreamFailed(f"the stream answered {response.status_code}", response)
+        self.slices = 1
+
+    def _events(self, lines: Iterable[str], parser: _Parser) -> Iterator[Event]:
+        for line in lines:
+            event = parser.feed(line)
+            if event is not None:
+                yield event
+
+    def _control(self, event: Event) -> str | None:
+        """What a meter event asks: ``pay`` (the URL), ``end``, or None (the seller's event)."""
+        if event.event == "stream":
+            self.id = event.json().get("stream")
+            return "skip"
+        if event.event == "end":
+            data = event.json()
+            self.ended, self.slices = data.get("reason"), int(data.get("slices") or self.slices)
+            return "end"
+        if event.event == "payment-required":
+            return str(event.json()["pay"])
+        return None
+
+    def _stop_url(self, pay: str) -> str:
+        return pay.rsplit("/", 1)[0]
+
+    def _check_paid(self, response: httpx.Response) -> None:
+        if not response.is_success:
+            raise StreamFailed(f"a slice's payment was answered {response.status_code}", response)
+
+
+class PaidStream(_Stream):
+    """A metered stream over ``client`` (an :class:`httpx.Client` that pays); iterate it for
+    the seller's events. ``kwargs`` as :meth:`httpx.Client.stream`."""
+
+    def __init__(self, client: httpx.Client, method: str, url: str, **kwargs: Any) -> None:
+        super().__init__(method, url, kwargs)
+        self.client = client
+
+    def __iter__(self) -> Iterator[Event]:
+        parser = _Parser()
+        with self.client.stream(self.method, self.url, **self.kwargs) as response:
+            self._opened(response)
+            for event in self._events(response.iter_lines(), parser):
+                what = self._control(event)
+                if what is None:
+                    yield event
+                elif what == "end":
+                    break
+                elif what != "skip" and self.refusal is None:
+                    try:
+                        self._check_paid(self.client.post(what))
+                        self.slices += 1
+                    except PaymentRefused as exc:  # stop it: the seller ends it cleanly
+                        self.refusal = exc
+                        self.client.delete(self._stop_url(what))
+        if self.refusal is not None:
+            raise self.refusal
+
+
+class AsyncPaidStream(_Stream):
+    """The async twin of :class:`PaidStream` over an :class:`httpx.AsyncClient` that pays."""
+
+    def __init__(self, client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> None:
+        super().__init__(method, url, kwargs)
+        self.client = client
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        parser = _Parser()
+        async with self.client.stream(self.method, self.url, **self.kwargs) as response:
+            self._opened(response)
+            async for line in response.aiter_lines():
+                event = parser.feed(line)
+                if event is None:
+                    continue
+                what = self._control(event)
+                if what is None:
+                    yield event
+                elif what == "end":
+                    break
+                elif what != "skip" and self.refusal is None:
+                    try:
+                        self._check_paid(await self.client.post(what))
+                        self.slices += 1
+                    except PaymentRefused as exc:
+                        self.refusal = exc
+                        await self.client.delete(self._stop_url(what))
+        if self.refusal is not None:
+            raise self.refusal

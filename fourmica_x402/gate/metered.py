@@ -1,0 +1,394 @@
+"""Metered streams in the gate: the stream a paid handler sends through, and its pay endpoint
+(docs/protocol.md, "Metered streams").
+
+A metered route's paid request opens a stream (slice 1 is its own payment) and hands the
+handler ``payment.stream``, a :class:`MeteredStream`. The handler gives it its source of events;
+what comes back is the response body as server-sent events: first ``stream`` (the stream's id
+and pay URL), then the source's events, a slice at a time. Before the first event of each
+later slice the stream asks for it (``payment-required``) and waits for its payment at
+:func:`endpoint` (``POST <prefix>/streams/<id>/<slice>``, answered by any process of the
+seller); the event goes out only once that slice is paid. It ends with ``end`` and a reason.
+
+A slice is charged once its first event went out (the generator was resumed after yielding
+it); a slice paid for but never started is voided when the stream ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from ..streams import SliceRow, Slices, Streams, refusal
+from . import deliver, settle
+from .challenge import origin, requirements
+from .types import Call, Flow, Paid, Payment, RequestView, Response, error_response
+
+if TYPE_CHECKING:
+    from ..routes import Route
+    from .flow import Gate
+
+log = logging.getLogger("fourmica_x402.gate")
+
+#: Each refusal's status and message.
+REFUSALS: dict[str, tuple[int, str]] = {
+    "unknown_stream": (404, "no such stream"),
+    "stream_not_yours": (403, "the stream belongs to another payer"),
+    "stream_closed": (409, "the stream has ended; nothing more is sold on it"),
+    "slice_paid": (409, "this slice is already paid for"),
+    "slice_out_of_order": (409, "pay for the slice the stream asked for"),
+}
+#: How often a waiting stream looks for a payment another process took (seconds).
+POLL = 0.2
+
+
+def _refused(reason: str) -> Response:
+    status, message = REFUSALS[reason]
+    return error_response(status, reason, message)
+
+
+def sse(event: str | None, data: Any, event_id: str | None = None) -> bytes:
+    """One server-sent event: ``data`` as text (``str``), or JSON (anything else)."""
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    lines = [f"event: {event}"] if event else []
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    lines.extend(f"data: {line}" for line in text.split("\n"))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def _encode(item: Any) -> bytes:
+    """A source's item as an event: ``(event, data)`` names it; bytes and str are its data."""
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+        return sse(item[0], item[1])
+    if isinstance(item, bytes | bytearray):
+        return sse(None, bytes(item).decode("utf-8", "replace"))
+    return sse(None, item)
+
+
+class MeteredStream:
+    """``payment.stream`` on a metered route: :meth:`events` wraps the handler's source."""
+
+    def __init__(
+        self, gate: Gate, route: Route, payment: Payment, stream_id: str, base: str
+    ) -> None:
+        slices = route.config.slices
+        assert slices is not None
+        self.gate, self.route, self.payment, self.slices = gate, route, payment, slices
+        self.id, self.base = stream_id, base
+        #: The slice being sent, how many of its events went out, and when it began.
+        self.slice, self.sent, self.began = 1, 0, time.monotonic()
+        #: Whether slice 1 (this request's own payment) had an event go out.
+        self.first_delivered = False
+        self.reason: str | None = None
+        self._paid = threading.Event()
+        _LOCAL[stream_id] = self
+
+    def pay_url(self, slice_: int) -> str:
+        return f"{self.base}{self.gate._prefix}/streams/{self.id}/{slice_}"
+
+    def events(
+        self, source: Iterable[Any] | AsyncIterable[Any]
+    ) -> Iterator[bytes] | AsyncIterator[bytes]:
+        """The response body: ``source``'s items (sync or async) as metered events."""
+        if hasattr(source, "__aiter__"):
+            return self._async(source)  # type: ignore[arg-type]
+        return self._sync(source)  # type: ignore[arg-type]
+
+    # -- the two bodies ---------------------------------------------------------------------------
+
+    def _sync(self, source: Iterable[Any]) -> Iterator[bytes]:
+        reason = "client_left"
+        try:
+            yield self._opened()
+            for item in source:
+                if self._full():
+                    ask = self._ask()
+                    if ask is None:
+                        reason = "max_slices"
+                        break
+                    yield ask
+                    reason = self._wait(time.monotonic() + self.slices.pay_timeout)
+                    if reason != "paid":
+                        break
+                yield _encode(item)
+                self._went_out()
+            else:
+                reason = "complete"
+            yield sse("end", {"reason": reason, "slices": self.slice})
+        except GeneratorExit:
+            raise
+        except Exception:
+            log.exception("a metered stream's source failed")
+            reason = "source_failed"
+            yield sse("end", {"reason": reason, "slices": self.slice})
+        finally:
+            self._finish(reason)
+
+    async def _async(self, source: AsyncIterable[Any]) -> AsyncIterator[bytes]:
+        reason = "client_left"
+        try:
+            yield self._opened()
+            async for item in source:
+                if self._full():
+                    ask = self._ask()
+                    if ask is None:
+                        reason = "max_slices"
+                        break
+                    yield ask
+                    reason = await self._await(time.monotonic() + self.slices.pay_timeout)
+                    if reason != "paid":
+                        break
+                yield _encode(item)
+                if self.sent == 0 and self.slice > 1:
+                    await asyncio.to_thread(self._went_out)
+                else:
+                    self._went_out()
+            else:
+                reason = "complete"
+            yield sse("end", {"reason": reason, "slices": self.slice})
+        except (GeneratorExit, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("a metered stream's source failed")
+            reason = "source_failed"
+            yield sse("end", {"reason": reason, "slices": self.slice})
+        finally:
+            self._finish(reason)  # short local writes: also when the task is being cancelled
+
+    # -- the steps --------------------------------------------------------------------------------
+
+    def _opened(self) -> bytes:
+        s = self.slices
+        return sse(
+            "stream", {"stream": self.id, "slice": 1, "units": s.units, "seconds": s.seconds}
+        )
+
+    def _full(self) -> bool:
+        s = self.slices
+        if s.units is not None and self.sent >= s.units:
+            return True
+        return s.seconds is not None and time.monotonic() - self.began >= s.seconds
+
+    def _ask(self) -> bytes | None:
+        """The ``payment-required`` event for the next slice (None: no more slices sold)."""
+        nxt = self.slice + 1
+        if self.slices.max_slices is not None and nxt > self.slices.max_slices:
+            return None
+        offer = self.route.offers[0]
+        assert offer.amount is not None
+        self._paid.clear()
+        return sse(
+            "payment-required",
+            {
+                "stream": self.id,
+                "slice": nxt,
+                "pay": self.pay_url(nxt),
+                "amount": str(offer.amount.amount),
+                "asset": offer.amount.asset,
+                "network": offer.network,
+                "timeout": self.slices.pay_timeout,
+            },
+        )
+
+    def _check(self) -> str | None:
+        """``paid`` once the next slice is paid; the stream's end reason when it was stopped."""
+        row = self.gate.streams.get(self.id)
+        if row is None or row.state != "open":
+            return row.state if row is not None else "unknown_stream"
+        return "paid" if row.paid > self.slice else None
+
+    def _wait(self, deadline: float) -> str:
+        while True:
+            self._paid.wait(max(0.0, min(POLL, deadline - time.monotonic())))
+            found = self._check()
+            if found is not None:
+                return self._next(found)
+            if time.monotonic() >= deadline:
+                return "payment_timeout"
+
+    async def _await(self, deadline: float) -> str:
+        while True:
+            until = time.monotonic() + min(POLL, max(0.0, deadline - time.monotonic()))
+            while not self._paid.is_set() and time.monotonic() < until:
+                await asyncio.sleep(0.01)
+            found = await asyncio.to_thread(self._check)
+            if found is not None:
+                return self._next(found)
+            if time.monotonic() >= deadline:
+                return "payment_timeout"
+
+    def _next(self, found: str) -> str:
+        if found == "paid":
+            self.slice, self.sent, self.began = self.slice + 1, 0, time.monotonic()
+        return found
+
+    def _went_out(self) -> None:
+        """An event of the current slice went out: its first one charges the slice."""
+        self.sent += 1
+        if self.sent != 1:
+            return
+        if self.slice == 1:
+            self.first_delivered = True
+        else:
+            self._charge(self.slice, delivered=True)
+
+    def ended(self, outcome: str) -> None:
+        """The request is over (the gate's finish): slice 1's outcome recorded, and the stream
+        closed if its body never ran or was dropped before it could close it."""
+        if self.reason is None:
+            self._finish("client_left" if self.sent or self.slice > 1 else "not_started")
+        self.gate.streams.set_outcome(self.id, 1, outcome)
+
+    def _finish(self, reason: str) -> None:
+        """The stream ended: closed for payments; paid slices never started are refunded."""
+        self.reason = reason
+        _LOCAL.pop(self.id, None)
+        try:
+            streams = self.gate.streams
+            streams.close(self.id, reason)
+            for row in streams.slices(self.id):
+                if row.slice > 1 and row.outcome == "paid":
+                    self._charge(row.slice, delivered=False, row=row)
+        except Exception:  # the records database is down: the reconciler's recovery applies
+            log.exception("could not close metered stream %s", self.id)
+
+    def _charge(self, slice_: int, *, delivered: bool, row: SliceRow | None = None) -> None:
+        """Keep (and score) or void one later slice's guarantee, and complete its record."""
+        streams = self.gate.streams
+        if row is None:
+            row = next((r for r in streams.slices(self.id) if r.slice == slice_), None)
+        outcome = "delivered" if delivered else "refunded"
+        if row is None or not streams.set_outcome(self.id, slice_, outcome):
+            return
+        payment = Payment(
+            payer=self.payment.payer,
+            amount=row.amount,
+            asset=self.payment.asset,
+            network=self.payment.network,
+            pay_to=row.pay_to,
+            guarantee_id=row.guarantee_id,
+            request_id=None,
+            tab_id=None,
+            x402_version=2,
+            guarantee_version=row.guarantee_version,
+            route=self.route.key,
+            record_id=row.record_id,
+        )
+        action: deliver.Action = ("void", 0) if not delivered else None
+        if delivered and row.scored and row.guarantee_version == 2:
+            action = ("score", 100)
+        record = {
+            "status": "delivered" if delivered else "failed",
+            "http_status": 200,
+            "response_hash": None,
+        }
+        try:
+            deliver._finish_io(self.gate, payment, action, outcome, record)
+        except Exception:  # filed for the reconciler where it could be; the stream goes on
+            log.exception("could not complete slice %d of stream %s", slice_, self.id)
+
+
+#: The streams this process serves, by id: a payment taken here wakes its stream at once.
+_LOCAL: weakref.WeakValueDictionary[str, MeteredStream] = weakref.WeakValueDictionary()
+
+
+def opened(gate: Gate, route: Route, request: RequestView, state: Paid) -> Flow:
+    """A metered route's request was paid: its stream, with slice 1 this payment."""
+    p = state.payment
+    first = SliceRow(
+        1,
+        p.guarantee_id,
+        p.record_id,
+        p.amount,
+        p.pay_to,
+        p.guarantee_version,
+        state.delivery_policy,
+        "paid",
+    )
+    stream_id = yield Call(gate.streams.open, (route.key, p.payer, first))
+    p.stream = MeteredStream(gate, route, p, stream_id, origin(gate, request))
+
+
+def endpoint(gate: Gate, request: RequestView) -> Flow:
+    """``POST <prefix>/streams/<id>/<slice>`` pays a slice (402 first, like any paid route);
+    ``DELETE <prefix>/streams/<id>`` stops the stream (its buyer does not want more)."""
+    rest = request.path[len(gate._prefix) + len("/streams/") :]
+    stream_id, _, number = rest.partition("/")
+    method = request.method.upper()
+    row = yield Call(gate.streams.get, (stream_id,))
+    if row is None:
+        return _refused("unknown_stream")
+    if method == "DELETE" and not number:
+        stopped = yield Call(gate.streams.close, (stream_id, "buyer_stopped"))
+        _wake(stream_id)
+        return Response.json(
+            200, {"stream": stream_id, "stopped": bool(stopped)}, [("cache-control", "no-store")]
+        )
+    if method != "POST" or not number.isdigit() or len(number) > 9:
+        return error_response(
+            405 if number.isdigit() else 404, "not_found", "POST <stream>/<slice>"
+        )
+    slice_ = int(number)
+    why = refusal((row.payer, row.paid, row.state), slice_, None)
+    route = _route(gate, row.route)
+    if why is not None or route is None:
+        return _refused(why or "unknown_stream")
+    reqs = yield from requirements(gate, route, request)
+    from .pay import paid
+
+    state = yield from paid(gate, request, route, reqs)
+    if not isinstance(state, Paid):
+        return state  # the 402 (no payment, or a refused one), a 409, a 429, a 503
+    p = state.payment
+    if state.result is None:  # settle-after: this endpoint is where the slice is bought
+        result = yield Call(settle.settle_after, (gate, state))
+        if not result.success:
+            yield Call(settle.abandon, (gate, None, p.pay_to, p.record_id))
+            return error_response(
+                402, result.error_reason or "settle_failed", "the slice's payment was refused"
+            )
+    why = yield Call(gate.streams.add_slice, (stream_id, p.payer, _row(slice_, state)))
+    if why is not None:  # another payer, or the stream ended meanwhile: nothing is charged
+        yield Call(settle.abandon, (gate, state.result, p.pay_to, p.record_id))
+        return _refused(why)
+    _wake(stream_id)
+    headers = yield from deliver.response_start(gate, state, 200, "no-store")
+    body = {"stream": stream_id, "slice": slice_, "paid": True}
+    return Response.json(200, body, [("cache-control", "no-store"), *headers])
+
+
+def _wake(stream_id: str) -> None:
+    """The stream, if this process serves it, looks at once (else within :data:`POLL`)."""
+    local = _LOCAL.get(stream_id)
+    if local is not None:
+        local._paid.set()
+
+
+def _row(slice_: int, state: Paid) -> SliceRow:
+    p = state.payment
+    return SliceRow(
+        slice_,
+        p.guarantee_id,
+        p.record_id,
+        p.amount,
+        p.pay_to,
+        p.guarantee_version,
+        state.delivery_policy,
+        "paid",
+    )
+
+
+def _route(gate: Gate, key: str) -> Route | None:
+    """The metered route a stream was opened on (a table entry or a handler's marker)."""
+    from .stages import _routes
+
+    return next((r for r in _routes(gate) if r.key == key and r.config.slices is not None), None)
+
+
+__all__ = ["MeteredStream", "Slices", "Streams", "endpoint", "opened", "sse"]

@@ -1,0 +1,271 @@
+"""Metered streams (docs/protocol.md, "Metered streams"; docs/buyer.md, "Metered streams").
+
+Every adapter serves the conformance app's ``GET /stream?n=N`` over a real socket (uvicorn for
+ASGI, a threaded wsgiref server for WSGI) as a stream sold per slice of 2 events: the request
+pays slice 1, each later slice is paid at its pay URL before any of it is sent, and the stream
+ends with an ``end`` event saying why. The buyer client pays the slices inside its policy and
+stops the stream when its budget runs out. Money is checked at the end of each test: what the
+buyer's collateral locked is the slices whose events went out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from fourmica_x402 import Slices, Stage
+from fourmica_x402.client import (
+    AsyncPaidStream,
+    AsyncPaymentTransport,
+    PaidStream,
+    PaymentTransport,
+    SpendingPolicy,
+)
+from fourmica_x402.errors import BudgetExhausted, ConfigurationError
+from fourmica_x402.routes import RouteTable
+from fourmica_x402.streams import Streams
+from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
+from fourmica_x402.wire import decode_payment_required
+
+harness = sys.modules["conformance_buyers"]  # loaded by conftest.py
+CENT = 10_000
+
+
+def metered(**slices: Any) -> dict[str, Any]:
+    return {"GET /stream": {"price": "$0.01", "slices": Slices(**{"units": 2, **slices})}}
+
+
+def events(response: httpx.Response) -> Iterator[tuple[str, Any]]:
+    """``(event, data)`` of a raw SSE response, read as it arrives."""
+    name, data = "message", []
+    for line in response.iter_lines():
+        if line == "":
+            if data:
+                yield name, json.loads("\n".join(data))
+            name, data = "message", []
+        elif line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            data.append(line[6:])
+
+
+def paid_header(
+    client: httpx.Client, buyer: TestBuyer, path: str, method: str = "GET"
+) -> dict[str, str]:
+    """A valid payment for ``method path`` (challenge, tab, signature) through ``client``."""
+    challenge = client.request(method, path)
+    assert challenge.status_code == 402, challenge.text
+    (offer,) = decode_payment_required(challenge.headers["payment-required"]).accepts
+    body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": offer.to_dict()}
+    tab = client.post("/x402/tab", json=body)
+    assert tab.status_code == 200, tab.text
+    name, value = payment_header(buyer, offer, tab.json())
+    return {name: value}
+
+
+def eventually(check: Any, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_the_buyer_client_pays_each_slice_before_it_is_sent(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    seller = make_seller(routes={**base_routes, **metered()})
+    buyer = kit.funded(seller)
+    with (
+        harness.loopback(seller.client.app, seller.client.interface) as url,
+        httpx.Client(transport=PaymentTransport(buyer.key), base_url=url, timeout=30) as client,
+    ):
+        stream = PaidStream(client, "GET", "/stream", params={"n": "5"})
+        got = [event.json() for event in stream]
+    assert got == [{"tick": i} for i in range(5)]
+    assert (stream.ended, stream.slices) == ("complete", 3)  # 2 + 2 + 1 events
+    assert kit.locked(seller, buyer) == 3 * CENT
+    assert stream.id is not None
+    rows = Streams(seller.core).slices(stream.id)
+    assert [(r.slice, r.outcome, r.amount) for r in rows] == [
+        (i, "delivered", CENT) for i in (1, 2, 3)
+    ]
+    assert seller.core.audit() == []
+
+
+def test_nothing_unpaid_is_sent_and_the_stream_ends_when_the_buyer_stops_paying(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    seller = make_seller(routes={**base_routes, **metered(pay_timeout=1.0)})
+    buyer = kit.funded(seller)
+    with harness.loopback(seller.client.app, seller.client.interface) as url:  # noqa: SIM117
+        with httpx.Client(base_url=url, timeout=30) as client:
+            headers = paid_header(client, buyer, "/stream?n=6")
+            with client.stream("GET", "/stream?n=6", headers=headers) as response:
+                assert response.status_code == 200
+                assert response.headers["content-type"].startswith("text/event-stream")
+                seen = list(events(response))  # nobody pays slice 2: the seller waits, then ends
+            names = [name for name, _ in seen]
+            assert names == ["stream", "message", "message", "payment-required", "end"]
+            opened, asked, end = seen[0][1], seen[3][1], seen[-1][1]
+            assert [data for _, data in seen[1:3]] == [{"tick": 0}, {"tick": 1}]
+            assert (
+                asked["slice"] == 2
+                and asked["amount"] == str(CENT)
+                and asked["stream"] == opened["stream"]
+            )
+            assert end == {"reason": "payment_timeout", "slices": 1}
+            # a payment that comes too late is refused before anything is asked for or locked
+            late = client.post(asked["pay"])
+            assert late.status_code == 409 and late.json()["error"] == "stream_closed"
+            assert "payment-required" not in late.headers
+    assert kit.locked(seller, buyer) == CENT
+    assert Streams(seller.core).get(opened["stream"]).state == "payment_timeout"  # type: ignore[union-attr]
+
+
+def test_a_budget_that_runs_out_mid_stream_stops_it_cleanly(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    seller = make_seller(routes={**base_routes, **metered()})
+    buyer = kit.funded(seller)
+    policy = SpendingPolicy()
+    got: list[Any] = []
+
+    async def run(url: str) -> AsyncPaidStream:
+        transport = AsyncPaymentTransport(buyer.key, policy=policy)
+        async with httpx.AsyncClient(transport=transport, base_url=url, timeout=30) as client:
+            stream = AsyncPaidStream(client, "GET", "/stream", params={"n": "9"})
+            with policy.task("listen", budget="$0.02"), pytest.raises(BudgetExhausted):
+                async for event in stream:
+                    got.append(event.json())
+            return stream
+
+    with harness.loopback(seller.client.app, seller.client.interface) as url:
+        stream = asyncio.run(run(url))
+    assert got == [{"tick": i} for i in range(4)]  # two slices paid, nothing of the third sent
+    assert (stream.ended, stream.slices) == ("buyer_stopped", 2)
+    assert stream.refusal is not None
+    assert kit.locked(seller, buyer) == 2 * CENT
+
+
+def test_a_later_slice_is_only_for_the_streams_payer(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    seller = make_seller(routes={**base_routes, **metered(pay_timeout=10.0)})
+    owner, other = kit.funded(seller), kit.funded(seller)
+    with (
+        harness.loopback(seller.client.app, seller.client.interface) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+        httpx.Client(transport=PaymentTransport(other.key), base_url=url, timeout=30) as theirs,
+    ):
+        opening = paid_header(client, owner, "/stream?n=4")
+        with client.stream("GET", "/stream?n=4", headers=opening) as response:
+            seen = events(response)
+            first = [next(seen) for _ in range(4)]
+            assert [name for name, _ in first][-1] == "payment-required"
+            asked = first[-1][1]
+            # another payer's valid payment for the slice: voided after its settle, 403
+            refused = theirs.post(asked["pay"])
+            assert refused.status_code == 403 and refused.json()["error"] == "stream_not_yours"
+            assert kit.locked(seller, other) == 0
+            ahead = client.post(asked["pay"][: -len("2")] + "5")  # not the slice it asked for
+            assert ahead.status_code == 409 and ahead.json()["error"] == "slice_out_of_order"
+            for bad in ("/x402/streams/str_" + "0" * 32 + "/2", "/x402/streams/nonsense/2"):
+                missing = client.post(bad)
+                assert missing.status_code == 404 and missing.json()["error"] == "unknown_stream"
+            paid = client.post(
+                asked["pay"], headers=paid_header(client, owner, asked["pay"], "POST")
+            )
+            assert paid.status_code == 200, paid.text
+            assert paid.json() == {"stream": asked["stream"], "slice": 2, "paid": True}
+            assert "payment-response" in paid.headers
+            again = client.post(asked["pay"])  # paid already: refused before any challenge
+            assert again.status_code == 409 and again.json()["error"] == "slice_paid"
+            rest = list(seen)
+    assert rest == [
+        ("message", {"tick": 2}),
+        ("message", {"tick": 3}),
+        ("end", {"reason": "complete", "slices": 2}),
+    ]
+    assert kit.locked(seller, owner) == 2 * CENT and kit.locked(seller, other) == 0
+
+
+@pytest.mark.parametrize("kind", ["starlette", "fastapi", "django_async"])
+def test_a_slice_paid_after_the_client_left_is_never_charged(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    """ASGI servers see the client leave at once; the slice it paid for on the way out (or
+    just after) is never sent, so never charged. (A WSGI server only learns it when a write
+    fails: the first event written to the dead connection counts as sent.)"""
+    seller = make_seller(routes={**base_routes, **metered(pay_timeout=10.0)})
+    buyer = kit.funded(seller)
+    with harness.loopback(seller.client.app, seller.client.interface) as url:  # noqa: SIM117
+        with httpx.Client(base_url=url, timeout=30) as client:
+            with client.stream(
+                "GET", "/stream?n=4", headers=paid_header(client, buyer, "/stream?n=4")
+            ) as response:
+                seen = events(response)
+                asked = [next(seen) for _ in range(4)][-1][1]
+            # the connection is closed: pay for slice 2 anyway (when the seller, seeing the
+            # client gone, has not closed the stream already)
+            challenge = client.post(asked["pay"])
+            if challenge.status_code == 402:
+                tab = client.post(
+                    "/x402/tab",
+                    json={
+                        "x402Version": 2,
+                        "userAddress": buyer.address,
+                        "paymentRequirements": decode_payment_required(
+                            challenge.headers["payment-required"]
+                        )
+                        .accepts[0]
+                        .to_dict(),
+                    },
+                )
+                offer = decode_payment_required(challenge.headers["payment-required"]).accepts[0]
+                name, value = payment_header(buyer, offer, tab.json())
+                paid = client.post(asked["pay"], headers={name: value})
+                assert paid.status_code in (200, 409), paid.text
+            else:
+                assert challenge.json()["error"] == "stream_closed", challenge.text
+    streams = Streams(seller.core)
+    eventually(lambda: all(r.outcome != "paid" for r in streams.slices(asked["stream"])))
+    eventually(lambda: kit.locked(seller, buyer) == CENT)
+    assert [r.outcome for r in streams.slices(asked["stream"])][1:] in ([], ["refunded"])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"units": 0},
+        {"units": 2.5},
+        {"seconds": 0},
+        {"units": 1, "pay_timeout": -1},
+        {"units": 1, "max_slices": 0},
+    ],
+)
+def test_bad_slices_fail_at_start_up(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        Slices(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"cap": "$1"},
+        {"units": lambda request: 1},
+        {"stage": Stage("x", 1, of=1)},
+        {"price": lambda request: "$0.01"},
+    ],
+)
+def test_slices_refuse_what_they_cannot_combine_with(extra: dict[str, Any]) -> None:
+    route = {"price": "$0.01", "slices": Slices(units=1), **extra}
+    with pytest.raises(ConfigurationError):
+        RouteTable({"GET /ticks": route}, network=NETWORK, pay_to=TestBuyer.new().address)

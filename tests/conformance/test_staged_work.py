@@ -1,0 +1,307 @@
+"""Staged work (docs/protocol.md, "Staged work"; docs/buyer.md, "Staged work").
+
+On every adapter (a real Core on a SQLite file, each framework's own test client): stage 1
+opens a job and names it, later stages carry its ``Job-Id`` and run in order, one at a time,
+for the job's payer only; a stage that is not delivered is refunded and fails the job, and
+every later stage is refused before anything is asked for or locked. The buyer client drives
+the stages within one task budget, and refuses a job the budget cannot finish before paying
+anything. Money is checked at the end of each test: what the buyer's collateral locked is
+what it was served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from typing import Any
+
+import httpx
+import pytest
+
+from fourmica_x402 import Jobs, Stage
+from fourmica_x402.client import (
+    AsyncPaymentTransport,
+    AsyncStagedJob,
+    PaymentTransport,
+    SpendingPolicy,
+    StagedJob,
+    StageFailed,
+)
+from fourmica_x402.errors import BudgetExhausted, ConfigurationError
+from fourmica_x402.testing import TestBuyer, payment_header
+from fourmica_x402.wire import decode_payment_required
+
+harness = sys.modules["conformance_buyers"]  # loaded by conftest.py
+CENT = 10_000  # "$0.01" in atomic units
+
+
+#: The conformance apps' routes as a three-stage "report" job: gather (POST /echo, $0.01),
+#: analyse (GET /items/:item_id, $0.02), write (GET /cached, $0.03).
+def job(second: str = "GET /items/:item_id", third: str = "GET /cached") -> dict[str, Any]:
+    return {
+        "POST /echo": {"price": "$0.01", "stage": Stage("report", 1, of=3)},
+        second: {"price": "$0.02", "stage": Stage("report", 2, of=3)},
+        third: {"price": "$0.03", "stage": Stage("report", 3, of=3)},
+    }
+
+
+def stage_header(
+    seller: Any, buyer: TestBuyer, path: str, method: str = "GET", job_id: str | None = None
+) -> dict[str, str]:
+    """A valid payment for one stage: its challenge (asked with the job's id), a tab, a
+    signature; the job's id rides along."""
+    headers = {"job-id": job_id} if job_id else {}
+    resp = seller.request(
+        method, path, headers=headers, json={"x": 1} if method == "POST" else None
+    )
+    assert resp.status == 402, (path, resp.status, resp.text)
+    (offer,) = decode_payment_required(resp.headers["payment-required"]).accepts
+    body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": offer.to_dict()}
+    tab = seller.request("POST", "/x402/tab", json=body)
+    assert tab.status == 200, tab.text
+    name, value = payment_header(buyer, offer, tab.json())
+    return {**headers, name: value}
+
+
+def pay_stage(
+    seller: Any, buyer: TestBuyer, path: str, method: str = "GET", job_id: str | None = None
+) -> Any:
+    headers = stage_header(seller, buyer, path, method, job_id)
+    return seller.request(
+        method, path, headers=headers, json={"x": 1} if method == "POST" else None
+    )
+
+
+def refused(resp: Any, status: int, reason: str) -> None:
+    assert resp.status == status, (resp.status, resp.text)
+    assert resp.json()["error"] == reason, resp.text
+    assert "payment-required" not in resp.headers  # a refusal, not a challenge
+
+
+def test_stages_run_in_order_each_charged_once(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    seller = make_seller(routes={**base_routes, **job()})
+    buyer = kit.funded(seller)
+    first = decode_payment_required(
+        seller.request("POST", "/echo", json={"x": 1}).headers["payment-required"]
+    ).accepts[0]
+    assert first.amount == str(CENT)
+    assert first.extra["stage"] == {"job": "report", "stage": 1, "of": 3, "ahead": str(5 * CENT)}
+    opened = pay_stage(seller, buyer, "/echo", "POST")
+    assert opened.status == 200, opened.text
+    job_id = opened.headers["job-id"]
+    assert job_id.startswith("job_") and opened.headers["job-stage"] == "1/3"
+    assert kit.locked(seller, buyer) == CENT
+    # a later stage without its job is refused before it is priced: no challenge, no lock
+    refused(seller.request("GET", "/items/7"), 400, "job_required")
+    second = decode_payment_required(
+        seller.request("GET", "/items/7", headers={"job-id": job_id}).headers["payment-required"]
+    ).accepts[0]
+    assert second.extra["stage"] == {"job": "report", "stage": 2, "of": 3, "ahead": str(3 * CENT)}
+    # stage 3 before stage 2: refused, even with a valid payment for it
+    early = stage_header(seller, buyer, "/items/7", job_id=job_id)
+    refused(seller.request("GET", "/cached", headers={"job-id": job_id}), 409, "stage_out_of_order")
+    analysed = seller.request("GET", "/items/7", headers=early)
+    assert analysed.status == 200 and analysed.json() == {"item": "7"}
+    assert analysed.headers["job-stage"] == "2/3" and analysed.headers["job-id"] == job_id
+    # the same stage again, with a new valid payment: already served, nothing locked
+    again = stage_header(seller, buyer, "/cached", job_id=job_id)
+    again["job-id"] = job_id
+    refused(seller.request("GET", "/items/7", headers={**again}), 409, "stage_done")
+    written = seller.request("GET", "/cached", headers=again)
+    assert written.status == 200 and written.headers["job-stage"] == "3/3"
+    assert kit.locked(seller, buyer) == 6 * CENT
+    assert seller.calls["/echo"] == seller.calls["/items/7"] == seller.calls["/cached"] == 1
+    stored = Jobs(seller.core).get(job_id)
+    assert stored is not None and stored.state == "done" and stored.done == 3
+    assert [(s, o) for s, _, _, o in stored.history] == [
+        (1, "delivered"),
+        (2, "delivered"),
+        (3, "delivered"),
+    ]
+    assert [a for _, _, a, _ in stored.history] == [CENT, 2 * CENT, 3 * CENT]
+    # a done job sells nothing more
+    refused(seller.request("GET", "/cached", headers={"job-id": job_id}), 409, "stage_done")
+
+
+@pytest.mark.parametrize("failing", ["GET /fail", "GET /boom", "GET /redirect", "GET /missing"])
+def test_a_failed_stage_is_refunded_and_later_stages_are_never_charged(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any, failing: str
+) -> None:
+    seller = make_seller(routes={**base_routes, **job(second=failing)})
+    buyer = kit.funded(seller)
+    opened = pay_stage(seller, buyer, "/echo", "POST")
+    job_id = opened.headers["job-id"]
+    path = failing.split()[1]
+    failed = pay_stage(seller, buyer, path, job_id=job_id)
+    assert failed.status >= 300, failed.text
+    assert seller.calls[path] == 1
+    assert kit.locked(seller, buyer) == CENT  # the failed stage's guarantee was voided
+    # every later stage is refused before it is priced or paid: no challenge, no lock
+    refused(seller.request("GET", "/cached", headers={"job-id": job_id}), 409, "job_failed")
+    refused(seller.request("GET", path, headers={"job-id": job_id}), 409, "job_failed")
+    assert seller.calls["/cached"] == 0
+    assert kit.locked(seller, buyer) == CENT
+    stored = Jobs(seller.core).get(job_id)
+    assert stored is not None and stored.state == "failed" and stored.done == 1
+    assert [o for _, _, _, o in stored.history] == ["delivered", "failed"]
+
+
+def test_settle_after_a_stage_is_charged_only_when_delivered(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    seller = make_seller(routes={**base_routes, **job(second="GET /fail")}, settle="after")
+    buyer = kit.funded(seller)
+    opened = pay_stage(seller, buyer, "/echo", "POST")
+    assert opened.status == 200, opened.text
+    job_id = opened.headers["job-id"]
+    assert kit.locked(seller, buyer) == CENT
+    assert pay_stage(seller, buyer, "/fail", job_id=job_id).status == 500
+    assert kit.locked(seller, buyer) == CENT  # a failed handler is never settled
+    refused(seller.request("GET", "/cached", headers={"job-id": job_id}), 409, "job_failed")
+    stored = Jobs(seller.core).get(job_id)
+    assert stored is not None and stored.state == "failed"
+    assert stored.history[0][1] is None  # settle-after: no guarantee yet when a stage starts
+
+
+def test_a_later_stage_is_only_for_the_jobs_payer(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    seller = make_seller(routes={**base_routes, **job()})
+    owner, other = kit.funded(seller), kit.funded(seller)
+    job_id = pay_stage(seller, owner, "/echo", "POST").headers["job-id"]
+    theirs = stage_header(seller, other, "/items/7", job_id=job_id)  # the challenge is open to all
+    refused(seller.request("GET", "/items/7", headers=theirs), 403, "job_not_yours")
+    assert kit.locked(seller, other) == 0 and seller.calls["/items/7"] == 0
+    for bad in ("job_" + "0" * 32, "nonsense", "job_" + "Z" * 32, "x" * 500):
+        refused(seller.request("GET", "/items/7", headers={"job-id": bad}), 404, "unknown_job")
+    assert pay_stage(seller, owner, "/items/7", job_id=job_id).status == 200
+    assert kit.locked(seller, owner) == 3 * CENT
+
+
+# -- the buyer client ---------------------------------------------------------------------------
+
+
+def test_the_buyer_client_drives_a_job_within_one_task_budget(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    seller = make_seller(routes={**base_routes, **job()})
+    buyer = kit.funded(seller)
+    policy = SpendingPolicy()
+    transport = PaymentTransport(
+        buyer.key, policy=policy, transport=harness._inner(seller, is_async=False)
+    )
+    with httpx.Client(transport=transport, base_url=harness.BASE) as client:
+        # a budget that cannot finish the job: refused at stage 1, nothing signed or locked
+        with policy.task("too-small", budget="$0.05"), pytest.raises(BudgetExhausted) as small:
+            StagedJob(client).stage("POST", "/echo", json={"topic": "tides"})
+        assert "cannot finish this job" in small.value.message
+        assert kit.locked(seller, buyer) == 0 and seller.calls["/echo"] == 0
+        with policy.task("report", budget="$0.06"):
+            staged = StagedJob(client)
+            staged.stage("POST", "/echo", json={"topic": "tides"})
+            staged.stage("GET", "/items/7")
+            staged.stage("GET", "/cached")
+        assert staged.id is not None and [r.status_code for r in staged.responses] == [200] * 3
+        assert kit.locked(seller, buyer) == 6 * CENT
+        # the budget runs out mid-task (spent meanwhile on another call): the next stage is
+        # refused before it is signed; the job stays open for a later budget
+        with policy.task("tight", budget="$0.065"):
+            staged = StagedJob(client)
+            staged.stage("POST", "/echo", json={"topic": "reefs"})
+            assert client.get("/premium").status_code == 200
+            with pytest.raises(BudgetExhausted):
+                staged.stage("GET", "/items/7")
+        assert kit.locked(seller, buyer) == 8 * CENT and seller.calls["/items/7"] == 1
+        assert staged.id is not None
+        left = Jobs(seller.core).get(staged.id)
+        assert left is not None and left.state == "open" and left.done == 1
+        resumed = StagedJob(client, staged.id)  # resumed under a budget that covers the rest
+        with policy.task("resume", budget="$0.05"):
+            resumed.stage("GET", "/items/7")
+            resumed.stage("GET", "/cached")
+    assert kit.locked(seller, buyer) == 13 * CENT
+
+
+def test_the_async_buyer_client_stops_at_a_failed_stage(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    seller = make_seller(routes={**base_routes, **job(second="GET /fail")})
+    buyer = kit.funded(seller)
+
+    async def run() -> AsyncStagedJob:
+        transport = AsyncPaymentTransport(
+            buyer.key, transport=harness._inner(seller, is_async=True)
+        )
+        async with httpx.AsyncClient(transport=transport, base_url=harness.BASE) as client:
+            staged = AsyncStagedJob(client)
+            await staged.stage("POST", "/echo", json={"topic": "tides"})
+            with pytest.raises(StageFailed) as failed:
+                await staged.stage("GET", "/fail")
+            assert failed.value.response is not None and failed.value.response.status_code == 500
+            with pytest.raises(StageFailed):  # no request goes out for a later stage
+                await staged.stage("GET", "/cached")
+            return staged
+
+    staged = asyncio.run(run())
+    assert len(staged.responses) == 2 and seller.calls["/cached"] == 0
+    assert kit.locked(seller, buyer) == CENT
+
+
+# -- concurrency and start-up checks ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_one_request_wins_a_stage_raced_by_many(store: str, request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue(f"{store}_url")
+    jobs = Jobs(url)
+    payer = TestBuyer.new().address
+    opened = jobs.open(Stage("render", 1, of=2), payer, "0x01", CENT)
+    jobs.delivered(opened)
+    second = Stage("render", 2, of=2)
+    results: list[Any] = []
+    barrier = threading.Barrier(8)
+
+    def race(i: int) -> None:
+        barrier.wait()
+        results.append(Jobs(url).claim(opened.id, second, payer, f"0x{i + 2:02x}", 2 * CENT))
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    won = [r for r in results if not isinstance(r, str)]
+    assert len(results) == 8 and len(won) == 1
+    assert sorted(set(r for r in results if isinstance(r, str))) == ["stage_in_progress"]
+    stored = jobs.get(opened.id)
+    assert stored is not None and stored.running == 2 and len(stored.history) == 2
+
+
+def test_a_stage_left_running_by_a_dead_process_fails_its_job(sqlite_url: str) -> None:
+    jobs = Jobs(sqlite_url, stale_after=0.0)
+    payer = TestBuyer.new().address
+    opened = jobs.open(Stage("render", 1, of=2), payer, "0x01", CENT)  # never delivered
+    assert jobs.refusal(opened.id, Stage("render", 2, of=2), payer) == "job_failed"
+    assert jobs.claim(opened.id, Stage("render", 2, of=2), payer, "0x02", CENT) == "job_failed"
+    stored = jobs.get(opened.id)
+    assert stored is not None and stored.state == "failed"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("", 1, 1),
+        ("a b", 1, 1),
+        ("x", 0, 1),
+        ("x", 3, 2),
+        ("x", 1, 0),
+        ("x", 1, 65),
+        ("x", True, 2),
+    ],
+)
+def test_a_bad_stage_fails_at_start_up(args: tuple[Any, ...]) -> None:
+    with pytest.raises(ConfigurationError):
+        Stage(*args)
