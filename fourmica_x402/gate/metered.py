@@ -301,17 +301,7 @@ _LOCAL: weakref.WeakValueDictionary[str, MeteredStream] = weakref.WeakValueDicti
 def opened(gate: Gate, route: Route, request: RequestView, state: Paid) -> Flow:
     """A metered route's request was paid: its stream, with slice 1 this payment."""
     p = state.payment
-    first = SliceRow(
-        1,
-        p.guarantee_id,
-        p.record_id,
-        p.amount,
-        p.pay_to,
-        p.guarantee_version,
-        state.delivery_policy,
-        "paid",
-    )
-    stream_id = yield Call(gate.streams.open, (route.key, p.payer, first))
+    stream_id = yield Call(gate.streams.open, (route.key, p.payer, _row(1, state)))
     p.stream = MeteredStream(gate, route, p, stream_id, origin(gate, request))
 
 
