@@ -83,6 +83,17 @@ class Slices:
         if top is not None and (type(top) is not int or top < 1):
             raise ConfigurationError(f"slices: max_slices must be a whole number ≥ 1, not {top!r}")
 
+    def extra(self) -> dict[str, Any]:
+        """What the requirements' ``extra.slices`` says: the price is per slice of this."""
+        out: dict[str, Any] = {"payTimeout": self.pay_timeout}
+        if self.units is not None:
+            out["units"] = self.units
+        if self.seconds is not None:
+            out["seconds"] = self.seconds
+        if self.max_slices is not None:
+            out["maxSlices"] = self.max_slices
+        return out
+
     def check(self, where: str, config: RouteConfig, offers: tuple[Offer, ...]) -> None:
         """What a metered route cannot combine with (ConfigurationError naming ``where``)."""
         clash = [

@@ -84,6 +84,8 @@ def requirements(gate: Gate, route: Route, request: RequestView) -> Flow:
             more = bundles.extra(route.config, terms, n)
         if route.config.stage is not None:  # staged work: which stage, what comes after
             more = {**(more or {}), "stage": stages.extra(gate, route, offer.network, str(asset))}
+        if (sliced := route.config.slices) is not None:  # a metered stream: the price per slice
+            more = {**(more or {}), "slices": sliced.extra()}
         built.append(offer_requirements(gate, route, offer, base, amount, str(asset), pay_to, more))
     if _fixed(route):
         if len(route.cache) >= 64:  # the origin comes from the Host header: bounded

@@ -320,9 +320,11 @@ def endpoint(gate: Gate, request: RequestView) -> Flow:
         return Response.json(
             200, {"stream": stream_id, "stopped": bool(stopped)}, [("cache-control", "no-store")]
         )
-    if method != "POST" or not number.isdigit() or len(number) > 9:
+    if not number.isdigit() or len(number) > 9:
+        return _refused("unknown_stream")
+    if method != "POST":
         return error_response(
-            405 if number.isdigit() else 404, "not_found", "POST <stream>/<slice>"
+            405, "method_not_allowed", "pay for a slice with POST", [("allow", "POST")]
         )
     slice_ = int(number)
     why = refusal((row.payer, row.paid, row.state), slice_, None)

@@ -106,6 +106,11 @@ def test_nothing_unpaid_is_sent_and_the_stream_ends_when_the_buyer_stops_paying(
     buyer = kit.funded(seller)
     with harness.loopback(seller.client.app, seller.client.interface) as url:  # noqa: SIM117
         with httpx.Client(base_url=url, timeout=30) as client:
+            (offer,) = decode_payment_required(
+                client.get("/stream?n=6").headers["payment-required"]
+            ).accepts
+            assert offer.amount == str(CENT)
+            assert offer.extra["slices"] == {"units": 2, "payTimeout": 1.0}
             headers = paid_header(client, buyer, "/stream?n=6")
             with client.stream("GET", "/stream?n=6", headers=headers) as response:
                 assert response.status_code == 200
@@ -185,6 +190,8 @@ def test_a_later_slice_is_only_for_the_streams_payer(
             assert paid.status_code == 200, paid.text
             assert paid.json() == {"stream": asked["stream"], "slice": 2, "paid": True}
             assert "payment-response" in paid.headers
+            wrong = client.get(asked["pay"])
+            assert wrong.status_code == 405 and wrong.json()["error"] == "method_not_allowed"
             again = client.post(asked["pay"])  # paid already: refused before any challenge
             assert again.status_code == 409 and again.json()["error"] == "slice_paid"
             rest = list(seen)
