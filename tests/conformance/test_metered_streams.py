@@ -276,3 +276,27 @@ def test_slices_refuse_what_they_cannot_combine_with(extra: dict[str, Any]) -> N
     route = {"price": "$0.01", "slices": Slices(units=1), **extra}
     with pytest.raises(ConfigurationError):
         RouteTable({"GET /ticks": route}, network=NETWORK, pay_to=TestBuyer.new().address)
+
+
+def test_a_slice_paid_in_another_process_is_found_in_the_database(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker process of the seller takes the payment: the serving process is not
+    woken, and finds the slice paid when it looks in the records database."""
+    from fourmica_x402.gate import metered as metering
+
+    monkeypatch.setattr(metering, "_wake", lambda stream_id: None)  # as if paid elsewhere
+    seller = make_seller(routes={**base_routes, **metered(pay_timeout=10.0)})
+    buyer = kit.funded(seller)
+    with harness.loopback(seller.client.app, seller.client.interface) as url:  # noqa: SIM117
+        with httpx.Client(
+            transport=PaymentTransport(buyer.key), base_url=url, timeout=30
+        ) as client:
+            stream = PaidStream(client, "GET", "/stream", params={"n": "4"})
+            got = [event.json() for event in stream]
+    assert got == [{"tick": i} for i in range(4)] and (stream.ended, stream.slices) == (
+        "complete",
+        2,
+    )
+    # found by polling: without it the stream would have ended "payment_timeout" after slice 1
+    assert kit.locked(seller, buyer) == 2 * CENT
