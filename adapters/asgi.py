@@ -16,7 +16,8 @@ through the ``app`` chain, or given as ``router=``) the route it resolves is pri
 redirects, 404s or 405s is never charged, and every route-table entry must name one of its
 routes (checked at lifespan start-up, which a bad configuration fails). Without a router the
 raw path is priced. WebSockets on a priced route are refused (close code 1008). See
-docs/architecture.md ("Which route is priced").
+docs/architecture.md ("Which route is priced"). A body the gate reads before pricing (a paid
+MCP tool call, docs/mcp.md) is replayed to the app whole.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from fourmica_x402.config import PaymentConfig
 from fourmica_x402.gate import PASS, Endpoint, Gate, RequestView, Response
 from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Marker, Meter, Startup
 
+from ._body import BufferedBody, Judge
 from ._starlette import StarletteRouter, find_router
 
 __all__ = ["PaymentMiddleware"]
@@ -45,13 +47,6 @@ def request_view(
         server_host, port = scope["server"]
         host = f"{server_host}:{port}" if port else server_host
 
-    async def read_body() -> bytes:  # b"" when longer than the gate's endpoints read
-        body, more = b"", True
-        while more and len(body) <= BODY_LIMIT:
-            message = await receive()
-            body, more = body + message.get("body", b""), message.get("more_body", False)
-        return body if len(body) <= BODY_LIMIT else b""
-
     return RequestView(
         method=scope.get("method", "GET"),
         path=scope["path"],
@@ -61,7 +56,7 @@ def request_view(
         scheme=scope.get("scheme", "http"),
         host=host or "localhost",
         client=scope["client"][0] if scope.get("client") else None,
-        read_body=read_body,
+        read_body=BufferedBody(receive, BODY_LIMIT),  # b"" when longer than the gate reads
         resolve=resolve,
     )
 
@@ -124,13 +119,18 @@ class PaymentMiddleware:
             return await self.app(scope, receive, self.gate.on_shutdown(send))
         if broken is not None:
             return await send_response(send, self.startup.refusal)
-        outcome = await Gate.run_async(self.gate.before(self._view(scope, receive)))
+        view = self._view(scope, receive)
+        outcome = await Gate.run_async(self.gate.before(view))
+        body = view.read_body
+        if isinstance(body, BufferedBody) and body.read:  # the app gets what the gate read too
+            receive = body.receive
         if outcome is PASS:
             return await self.app(scope, receive, send)
         if isinstance(outcome, Response):
             return await send_response(send, outcome)
         scope.setdefault("state", {})["payment"] = scope[PAYMENT_KEY] = outcome.payment
         meter = Meter(self.gate, outcome)
+        judge = Judge.of(outcome.route)  # None but for a route whose price judges its answers
 
         async def metered_send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -143,6 +143,8 @@ class PaymentMiddleware:
                 if meter.replacement is not None:
                     return
                 meter.feed(message.get("body", b""))
+                if judge is not None:
+                    judge.feed(message.get("body", b""))
             await send(message)
 
         async def metered_receive() -> dict[str, Any]:
@@ -153,3 +155,7 @@ class PaymentMiddleware:
 
         async with meter:  # the gate is told once the app is done
             await self.app(scope, metered_receive, metered_send)
+            if judge is not None and meter.replacement is None:
+                undelivered = judge.verdict(meter.status, meter.headers)
+                if undelivered is not None:  # e.g. a JSON-RPC error in a 200: refunded
+                    await Gate.run_async(meter.finish(undelivered))

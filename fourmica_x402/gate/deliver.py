@@ -25,7 +25,16 @@ from ..wire import PAYMENT_RESPONSE_HEADER, X_PAYMENT_RESPONSE_HEADER, SettleRes
 from . import settle, stages
 from .challenge import DELIVERY_TAG, challenge
 from .drive import local_write
-from .types import EXPOSE_HEADERS, PAID_CACHE_CONTROL, Call, Flow, Paid, Payment, no_store
+from .types import (
+    EXPOSE_HEADERS,
+    PAID_CACHE_CONTROL,
+    Call,
+    Flow,
+    Paid,
+    Payment,
+    Undelivered,
+    no_store,
+)
 
 if TYPE_CHECKING:
     from .flow import Gate
@@ -115,8 +124,10 @@ def finish(
     action: Action = None
     if state.settle_failed is not None or state.result is None:
         outcome = "not_charged"  # settle-after: a failed handler is never charged
-    elif (config.refund_on_error or payment.job or stream) and not delivered:
-        # A stage or a slice that was not delivered is always refunded (docs/protocol.md)
+    elif (
+        config.refund_on_error or payment.job or stream or isinstance(error, Undelivered)
+    ) and not delivered:
+        # A stage, a slice or a 2xx judged undelivered is always refunded (docs/protocol.md)
         action, outcome = ("void", 0), "refunded"
     elif state.delivery_policy and payment.guarantee_version == 2:
         action = ("score", 100 if delivered else 0)

@@ -135,6 +135,11 @@ class BodyTap:
         return b"".join(self._kept)
 
 
+class Undelivered(Exception):
+    """A 2xx answer the route says was not delivered (e.g. a JSON-RPC error in a 200, judged by
+    the adapter): refunded whatever ``refund_on_error`` says (docs/protocol.md, "Delivery")."""
+
+
 class PassThrough:
     """Not ours to charge: run the app as if the gate were not there."""
 

@@ -313,6 +313,31 @@ def test_staged_report_example_charges_only_the_stages_served(tmp_path: Path) ->
     assert "audit: ok" in lines
 
 
+def test_mcp_tool_server_example_sells_tool_calls(tmp_path: Path) -> None:
+    """examples/mcp_tool_server.py --demo: an MCP session buys a search and a summary, a free
+    ping, and a second search its task budget refuses; locked collateral = what was served."""
+    pytest.importorskip("mcp")
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "mcp_tool_server.py"), "--demo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k not in ("FOURMICA_X402_DB", "PAY_TO")},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    calls = [line.split()[:3] for line in lines if " paid " in line]
+    assert calls == [
+        ["ping", "paid", "$0.00"],
+        ["search", "paid", "$0.01"],
+        ["summarize", "paid", "$0.05"],
+        ["search", "paid", "$0.00"],
+    ]
+    assert "refused (budget_exhausted)" in lines[-2]
+    assert lines[-1] == "paid in all: $0.06; the buyer's collateral locked: $0.06"
+
+
 def test_metered_stream_example_charges_only_the_slices_sent(tmp_path: Path) -> None:
     """examples/metered_stream.py: one transcript paid slice by slice to its end, one stopped
     when the buyer's budget refused its third slice (no line of it sent)."""

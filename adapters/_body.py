@@ -1,0 +1,94 @@
+"""A request body the gate reads before the app, replayed to the app; a paid answer judged.
+
+The gate reads a request body only for its own endpoints and for a route whose pricing needs
+it (a paid MCP tool: docs/mcp.md). :class:`BufferedBody` reads at most ``limit`` bytes of
+it and keeps the messages it read, so that the app still receives the whole body
+(:meth:`BufferedBody.receive`). :class:`Judge` keeps a paid answer (bounded) for a route whose
+price says whether it was delivered (``judge_response``, e.g. a JSON-RPC error in a 200).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fourmica_x402.gate.lifecycle import BODY_LIMIT
+from fourmica_x402.gate.types import Undelivered
+
+__all__ = ["BufferedBody", "Judge", "Undelivered"]
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+#: The most of a paid answer kept to judge it (a longer one is judged by its status alone).
+JUDGE_LIMIT = 1024 * 1024
+
+
+class BufferedBody:
+    """The request body, read on demand up to ``limit`` bytes, then replayed to the app."""
+
+    __slots__ = ("_done", "_limit", "_messages", "_receive", "_replayed", "_size")
+
+    def __init__(self, receive: Receive, limit: int = BODY_LIMIT) -> None:
+        self._receive, self._limit = receive, limit
+        self._messages: list[dict[str, Any]] = []
+        self._size, self._done, self._replayed = 0, False, 0
+
+    @property
+    def read(self) -> bool:
+        """Whether the gate read any of it (the app must then be given :meth:`receive`)."""
+        return bool(self._messages)
+
+    async def peek(self) -> bytes | None:
+        """The whole body, or None when it is longer than the limit (the rest is left unread)."""
+        while not self._done and self._size <= self._limit:
+            message = await self._receive()
+            self._messages.append(message)
+            if message.get("type") != "http.request":  # the client left: what came is all
+                self._done = True
+                break
+            self._size += len(message.get("body", b""))
+            self._done = not message.get("more_body", False)
+        if self._size > self._limit:
+            return None
+        return b"".join(m.get("body", b"") for m in self._messages)
+
+    async def __call__(self) -> bytes:
+        """The RequestView contract: the body, b"" when longer than the limit."""
+        return (await self.peek()) or b""
+
+    async def receive(self) -> dict[str, Any]:
+        """The app's ``receive``: what the gate read, again, then the rest."""
+        if self._replayed < len(self._messages):
+            self._replayed += 1
+            return self._messages[self._replayed - 1]
+        return await self._receive()
+
+
+class Judge:
+    """Keeps a paid answer (at most ``limit`` bytes) for the route's ``judge_response``."""
+
+    __slots__ = ("_chunks", "_judge", "_limit", "_size")
+
+    def __init__(self, judge: Callable[..., str | None], limit: int) -> None:
+        self._judge, self._limit = judge, limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    @classmethod
+    def of(cls, route: Any) -> Judge | None:
+        """A judge for a route whose price judges its answers, else None (nothing kept)."""
+        price = getattr(getattr(route, "config", None), "price", None)
+        judge = getattr(price, "judge_response", None)
+        return None if judge is None else cls(judge, JUDGE_LIMIT)
+
+    def feed(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size <= self._limit:
+            self._chunks.append(chunk)
+
+    def verdict(self, status: int | None, headers: list[tuple[str, str]]) -> Undelivered | None:
+        """Why the answer was not delivered, as the error to tell the gate; None: delivered."""
+        if status is None:
+            return None
+        body = b"".join(self._chunks) if self._size <= self._limit else None
+        why = self._judge(status, headers, body)
+        return None if why is None else Undelivered(why)

@@ -1,0 +1,319 @@
+"""Paid MCP tools (docs/mcp.md): an MCP tool server (the official SDK's FastMCP, streamable
+HTTP) behind the pure-ASGI adapter, served by uvicorn on loopback, one real embedded Core; the
+buyer is the SDK's client session paying through :mod:`fourmica_x402.client.mcp`. Money is
+checked at the end: what the buyer's collateral locked is the tool calls it was served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytest.importorskip("mcp")
+
+import uvicorn
+from fourmica_x402.adapters.asgi import PaymentMiddleware
+from mcp.server.fastmcp import FastMCP
+
+from fourmica_x402.client import SpendingPolicy
+from fourmica_x402.client.mcp import SELLER_REFUSED, paid_session
+from fourmica_x402.core import Core
+from fourmica_x402.errors import BudgetExhausted, PaymentFailed
+from fourmica_x402.mcp import McpTools, ToolPrice, classify
+from fourmica_x402.testing import NETWORK, TestBuyer
+from fourmica_x402.wire import decode_payment_required
+
+SEARCH, SUMMARIZE = 10_000, 50_000
+PRICES = {"search": "$0.01", "summarize": "$0.05", "flaky": "$0.02", "ping": None}
+#: Bodies the gate refuses: longer than it reads (64 KiB); a key its parser and the server's
+#: could read differently.
+OVERSIZE = (
+    b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}' + b" " * 70_000 + b"}"
+)
+TWO_METHODS = b'{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call"}'
+HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+
+@dataclass
+class Shop:
+    """The tool server on loopback, its Core, a funded buyer; what each tool ran."""
+
+    url: str
+    core: Core
+    buyer: TestBuyer
+    ran: Counter[str] = field(default_factory=Counter)
+
+    def locked(self) -> int:
+        return int(self.core.position(self.buyer.address, network=NETWORK).locked)
+
+    def settles_to(self, expected: int) -> None:
+        """Wait for refunds (voids) completed just after a response."""
+        deadline = time.monotonic() + 10
+        while self.locked() != expected and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert self.locked() == expected
+
+    def guarantees(self) -> int:
+        return len(self.core.guarantees(limit=1000))
+
+
+def _server(ran: Counter[str], json_response: bool) -> FastMCP:
+    server = FastMCP("shop", json_response=json_response)
+
+    @server.tool()
+    def search(query: str) -> str:
+        ran["search"] += 1
+        return f"results for {query}"
+
+    @server.tool()
+    def summarize(text: str) -> str:
+        ran["summarize"] += 1
+        return text[:12]
+
+    @server.tool()
+    def ping() -> str:
+        ran["ping"] += 1
+        return "pong"
+
+    @server.tool()
+    def flaky() -> str:
+        ran["flaky"] += 1
+        raise RuntimeError("the upstream index is down")
+
+    @server.tool()
+    def secret() -> str:  # served by the server, not listed in the prices: refused
+        ran["secret"] += 1
+        return "free lunch"
+
+    return server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(params=["sse", "json"])
+def shop(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Shop]:
+    core = Core(str(tmp_path / "core.db"))
+    buyer, seller = TestBuyer.new(), TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    ran: Counter[str] = Counter()
+    tools = McpTools(PRICES)
+    config = tools.config(pay_to=seller.address, core=core, network=NETWORK)
+    app = PaymentMiddleware(_server(ran, request.param == "json").streamable_http_app(), config)
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.02)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield Shop(f"http://127.0.0.1:{port}/mcp", core, buyer, ran)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        core.close()
+
+
+def _text(result: Any) -> str:
+    return str(result.content[0].text)
+
+
+def test_free_methods_pass_and_each_tool_call_is_paid_once(shop: Shop) -> None:
+    async def session() -> list[Any]:
+        async with paid_session(shop.url, shop.buyer.key, policy=SpendingPolicy()) as s:
+            listed = sorted(t.name for t in (await s.list_tools()).tools)
+            assert listed == ["flaky", "ping", "search", "secret", "summarize"]
+            assert shop.locked() == 0  # initialize, notifications and tools/list: free
+            assert _text(await s.call_tool("ping", {})) == "pong"  # a free tool
+            assert shop.locked() == 0
+            assert _text(await s.call_tool("search", {"query": "x402"})) == "results for x402"
+            assert shop.locked() == SEARCH
+            assert _text(await s.call_tool("summarize", {"text": "a long text"})) == "a long text"
+            return list(s.payments.ledger)
+
+    receipts = asyncio.run(session())
+    assert [(r.outcome, r.amount) for r in receipts] == [("paid", SEARCH), ("paid", SUMMARIZE)]
+    assert shop.ran == {"ping": 1, "search": 1, "summarize": 1}
+    assert shop.locked() == SEARCH + SUMMARIZE and shop.guarantees() == 2
+
+
+def test_budget_running_out_mid_task_refuses_cleanly_and_charges_nothing_more(shop: Shop) -> None:
+    policy = SpendingPolicy()
+
+    async def session() -> tuple[BudgetExhausted, list[Any]]:
+        async with paid_session(
+            shop.url, shop.buyer.key, policy=policy, task="research", budget="$0.065"
+        ) as s:
+            await s.call_tool("search", {"query": "a"})
+            await s.call_tool("summarize", {"text": "b"})
+            with pytest.raises(BudgetExhausted) as refused:
+                await s.call_tool("search", {"query": "c"})  # 0.06 + 0.01 > 0.065
+            assert _text(await s.call_tool("ping", {})) == "pong"  # the session goes on
+            return refused.value, list(s.payments.ledger)
+
+    refusal, receipts = asyncio.run(session())
+    assert refusal.reason == "budget_exhausted" and "research" in str(refusal)
+    assert [r.outcome for r in receipts] == ["paid", "paid", "budget_exhausted"]
+    assert receipts[-1].claims is None  # nothing was signed for the refused call
+    assert shop.ran == {"search": 1, "summarize": 1, "ping": 1}
+    assert shop.locked() == SEARCH + SUMMARIZE and shop.guarantees() == 2
+
+
+def test_a_tool_error_is_refunded(shop: Shop) -> None:
+    async def session() -> Any:
+        async with paid_session(shop.url, shop.buyer.key) as s:
+            return await s.call_tool("flaky", {})
+
+    result = asyncio.run(session())
+    assert result.isError and shop.ran == {"flaky": 1}
+    assert shop.guarantees() == 1
+    shop.settles_to(0)  # the payment was voided: an isError result is not delivered
+
+
+class PaysForSearchCallsSummarize(httpx.AsyncBaseTransport):
+    """An attacker's transport: the paid retry of a cheap call asks for the expensive tool."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        if "payment-signature" in request.headers and b'"search"' in request.content:
+            body = request.content.replace(b'"search"', b'"summarize"')
+            headers = [(k, v) for k, v in request.headers.items() if k != "content-length"]
+            request = httpx.Request(request.method, request.url, headers=headers, content=body)
+        return await self.inner.handle_async_request(request)
+
+
+def test_a_payment_for_a_cheap_tool_does_not_buy_an_expensive_one(shop: Shop) -> None:
+    async def session() -> PaymentFailed:
+        async with paid_session(
+            shop.url, shop.buyer.key, transport=PaysForSearchCallsSummarize()
+        ) as s:
+            with pytest.raises(PaymentFailed) as refused:
+                await s.call_tool("search", {"query": "x"})
+            return refused.value
+
+    refusal = asyncio.run(session())
+    assert refusal.reason == "payment_failed" and refusal.message == "no_matching_requirements"
+    assert "summarize" not in shop.ran and shop.locked() == 0 and shop.guarantees() == 0
+
+
+def _post(shop: Shop, body: bytes | Any) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(shop.url, content=content, headers=HEADERS, timeout=10)
+
+
+def _call(name: str, rid: int = 1, method: str = "tools/call") -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": rid, "method": method, "params": {"name": name}}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "reason"),
+    [
+        ([_call("search"), _call("summarize", 2)], 400, "mcp_batch_refused"),
+        ([{"jsonrpc": "2.0", "method": "notifications/initialized"}, _call("ping")], 400, "mcp_batch_refused"),
+        (OVERSIZE, 413, "mcp_body_too_large"),
+        (b"not json", 400, "mcp_invalid_request"),
+        (TWO_METHODS, 400, "mcp_invalid_request"),
+        (b'\xef\xbb\xbf{"jsonrpc":"2.0","id":1,"method":"tools/list"}', 400, "mcp_invalid_request"),
+        ({"id": 1, "method": "tools/call", "params": {"name": "search"}}, 400, "mcp_invalid_request"),
+        (_call("secret"), 400, "mcp_unknown_tool"),
+        (_call("Search"), 400, "mcp_ambiguous_tool"),
+        (_call(" search"), 400, "mcp_ambiguous_tool"),
+        (_call("se\u200barch"), 400, "mcp_ambiguous_tool"),
+        (_call("PING"), 400, "mcp_ambiguous_tool"),
+        (_call("search", method="Tools/Call"), 400, "mcp_ambiguous_tool"),
+        (_call("search"), 402, "payment_required"),
+    ],
+)  # fmt: skip
+def test_what_the_gate_refuses_before_any_payment(
+    shop: Shop, body: Any, status: int, reason: str
+) -> None:
+    answer = _post(shop, body)
+    assert answer.status_code == status, answer.text
+    if status == 402:  # the search's price, and no other
+        required = decode_payment_required(answer.headers["payment-required"])
+        assert [int(offer.amount) for offer in required.accepts] == [SEARCH]
+    else:
+        assert answer.json()["error"] == reason
+    assert not shop.ran and shop.locked() == 0
+
+
+def test_a_refusal_is_an_mcp_error_in_the_session(shop: Shop) -> None:
+    from mcp.shared.exceptions import McpError
+
+    async def session() -> McpError:
+        async with paid_session(shop.url, shop.buyer.key) as s:
+            with pytest.raises(McpError) as refused:
+                await s.call_tool("secret", {})
+            assert _text(await s.call_tool("ping", {})) == "pong"
+            return refused.value
+
+    error = asyncio.run(session()).error
+    assert error.code == SELLER_REFUSED and error.data == {
+        "reason": "mcp_unknown_tool",
+        "status": 400,
+    }
+    assert shop.ran == {"ping": 1}
+
+
+# -- the pieces, without a server ------------------------------------------------------------
+
+
+def test_classify_reads_one_message_or_a_batch_without_calls() -> None:
+    listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    assert classify(json.dumps(listing).encode()) is None
+    assert (
+        classify(json.dumps([listing, {"jsonrpc": "2.0", "id": 2, "result": {}}]).encode()) is None
+    )
+    assert classify(json.dumps(_call("search")).encode()).name == "search"  # type: ignore[union-attr]
+    assert classify(b"[]").reason == "mcp_invalid_request"  # type: ignore[union-attr]
+    assert classify(None).status == 413  # type: ignore[union-attr]
+
+
+def test_unlisted_tools_take_the_default_price_but_lookalikes_are_refused() -> None:
+    tools = McpTools({"search": "$0.01"}, default="$0.002")
+    assert tools.lookup("anything") == "$0.002"
+    assert tools.lookup("SEARCH").reason == "mcp_ambiguous_tool"  # type: ignore[union-attr]
+    with pytest.raises(Exception, match="differ only"):
+        McpTools({"search": "$0.01", "Search": "$0.02"})
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "why"),
+    [
+        ("application/json", {"jsonrpc": "2.0", "id": 1, "result": {"content": []}}, None),
+        ("application/json", {"jsonrpc": "2.0", "id": 1, "error": {"code": -32603, "message": "x"}}, "mcp_tool_error"),
+        ("text/event-stream", {"jsonrpc": "2.0", "id": 1, "result": {"isError": True}}, "mcp_tool_error"),
+        ("text/event-stream", {"jsonrpc": "2.0", "id": 1, "error": {"code": 1, "message": "x"}}, "mcp_tool_error"),
+        ("text/event-stream", {"jsonrpc": "2.0", "id": 1, "result": {"content": []}}, None),
+        ("text/event-stream", {"jsonrpc": "2.0", "method": "notifications/progress"}, "mcp_tool_error"),
+    ],
+)  # fmt: skip
+def test_a_paid_answer_is_judged_by_its_json_rpc_message(
+    kind: str, body: Any, why: str | None
+) -> None:
+    judge = ToolPrice(McpTools(PRICES)).judge_response
+    data = json.dumps(body).encode()
+    raw = b"event: message\r\ndata: " + data + b"\r\n\r\n" if "event" in kind else data
+    assert judge(200, [("content-type", kind)], raw) == why
+    assert judge(200, [("content-type", kind)], None) is None  # too long to read: by status
