@@ -29,8 +29,9 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from decimal import Decimal
 from typing import Any, Literal
@@ -118,12 +119,14 @@ def _abandon(conn: psycopg.Connection[Any]) -> None:
 class _Slot:
     """A thread's connection. Freed with the thread's locals, which closes the connection."""
 
-    __slots__ = ("__weakref__", "busy", "conn", "pid")
+    __slots__ = ("__weakref__", "busy", "conn", "pid", "used")
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
         self.pid = os.getpid()
         self.busy = False
+        #: When a transaction last went through on it (time.monotonic()); 0.0: not yet.
+        self.used = 0.0
 
     def dispose(self) -> None:
         if self.pid == os.getpid():
@@ -149,20 +152,35 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Tx:
-    __slots__ = ("_cur",)
+    __slots__ = ("_cur", "_reconnect")
 
-    def __init__(self, cur: psycopg.Cursor[Any]) -> None:
+    def __init__(
+        self, cur: psycopg.Cursor[Any], reconnect: Callable[[], psycopg.Cursor[Any]] | None = None
+    ) -> None:
         self._cur = cur
+        #: A read without BEGIN: its first statement may find the connection dropped by the
+        #: server since its last use; it is then sent once more on a fresh connection.
+        self._reconnect = reconnect
+
+    def _run(self, sql: str, params: Sequence[Any]) -> psycopg.Cursor[Any]:
+        reconnect, self._reconnect = self._reconnect, None
+        try:
+            return self._cur.execute(_to_pg(sql), tuple(params))
+        except _UNAVAILABLE:
+            if reconnect is None:
+                raise
+            self._cur = reconnect()
+            return self._cur.execute(_to_pg(sql), tuple(params))
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        return self._cur.execute(_to_pg(sql), tuple(params)).rowcount
+        return self._run(sql, params).rowcount
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        cur = self._cur.execute(_to_pg(sql), tuple(params))
+        cur = self._run(sql, params)
         return cur.fetchone() if cur.description is not None else None
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        cur = self._cur.execute(_to_pg(sql), tuple(params))
+        cur = self._run(sql, params)
         return cur.fetchall() if cur.description is not None else []
 
     def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
@@ -241,15 +259,24 @@ class PostgresStore:
             slot.dispose()  # foreign pid: abandoned, the parent's sessions are untouched
         self._local = threading.local()
 
-    def _begin(self) -> tuple[_Slot, psycopg.Cursor[Any]]:
+    def _begin(self, write: bool) -> tuple[_Slot, psycopg.Cursor[Any], bool]:
+        """The thread's connection and a cursor on it, and whether a transaction was begun.
+
+        A read on a connection that went through a moment ago runs its statements on their
+        own (autocommit): under READ COMMITTED each statement of a transaction sees its own
+        snapshot anyway, so BEGIN and COMMIT would only cost two round trips. A write, or a
+        read on a connection idle for longer (which BEGIN checks, and replaces if stale),
+        begins a transaction."""
         slot = self._slot()
         if slot.busy:
             raise RuntimeError("nested transaction: this thread already has one open on this store")
+        if not write and time.monotonic() - slot.used < _FRESH:
+            return slot, slot.conn.cursor(), False
         for attempt in (1, 2):
             cur = slot.conn.cursor()
             try:
                 cur.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-                return slot, cur
+                return slot, cur, True
             except _UNAVAILABLE as exc:
                 # A connection that went stale while idle (server restart, idle timeout):
                 # nothing has run yet, so one fresh connection may retry.
@@ -267,18 +294,30 @@ class PostgresStore:
             raise WouldBlock("PostgreSQL transactions wait for the server")
         if not write and not getattr(self._local, "writing", False):
             drain_all(self.safe_url)  # this process reads its own queued writes
-        slot, cur = self._begin()
+        slot, cur, began = self._begin(write)
         slot.busy = True
         self._local.writing = write
+
+        def reconnect() -> psycopg.Cursor[Any]:
+            nonlocal slot, cur
+            slot.busy = False
+            slot.dispose()
+            slot = self._connect()
+            slot.busy, cur = True, slot.conn.cursor()
+            return cur
+
         try:
             try:
-                yield _Tx(cur)
+                yield _Tx(cur, None if began else reconnect)
             except BaseException as exc:
                 _rollback(slot.conn)
                 mapped = self._map(exc)
                 if mapped is None:
                     raise
                 raise mapped from None
+            if not began:  # statements on their own: each committed (or failed) by itself
+                slot.used = time.monotonic()
+                return
             if slot.conn.info.transaction_status == TransactionStatus.INERROR:
                 # A statement failed and the caller caught it; PostgreSQL has already
                 # discarded the whole transaction (SQLite would have kept the rest).
@@ -297,6 +336,7 @@ class PostgresStore:
                 if mapped is None:
                     raise
                 raise mapped from None
+            slot.used = time.monotonic()
         finally:
             slot.busy = False
             self._local.writing = False
@@ -326,6 +366,10 @@ class PostgresStore:
     def _unavailable(self, what: str, exc: BaseException) -> StoreUnavailable:
         detail = _scrub(_first_line(exc), self._secrets)
         return StoreUnavailable(f"{what} PostgreSQL database {self.safe_url}: {detail}")
+
+
+#: How recently a connection must have gone through for a read to skip BEGIN and COMMIT.
+_FRESH = 5.0
 
 
 def _rollback(conn: psycopg.Connection[Any]) -> None:
