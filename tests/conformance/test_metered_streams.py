@@ -300,3 +300,49 @@ def test_a_slice_paid_in_another_process_is_found_in_the_database(
     )
     # found by polling: without it the stream would have ended "payment_timeout" after slice 1
     assert kit.locked(seller, buyer) == 2 * CENT
+
+
+def test_time_slices_charge_each_started_slice_of_seconds(tmp_path: Any) -> None:
+    """``Slices(seconds=T)``: a slow source (compute that takes time) is charged per started
+    slice of T seconds; whatever the timing, what was locked is the slices paid."""
+    from fourmica_x402.adapters.asgi import PaymentMiddleware
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    from fourmica_x402 import PaymentConfig
+    from fourmica_x402.core import Core
+
+    async def compute(request: Request) -> StreamingResponse:
+        async def steps() -> Any:
+            for i in range(6):
+                await asyncio.sleep(0.1)
+                yield {"step": i}
+
+        return StreamingResponse(request.state.payment.stream.events(steps()))
+
+    core = Core(str(tmp_path / "core.db"))
+    seller = TestBuyer.new().address
+    routes = {"GET /compute": {"price": "$0.01", "slices": Slices(seconds=0.25)}}
+    config = PaymentConfig(pay_to=seller, network=NETWORK, core=core, routes=routes)
+    app = Starlette(
+        routes=[Route("/compute", compute)],
+        middleware=[Middleware(PaymentMiddleware, config=config)],
+    )
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    try:
+        with harness.loopback(app, "asgi") as url:  # noqa: SIM117
+            with httpx.Client(transport=PaymentTransport(buyer.key), base_url=url) as client:
+                stream = PaidStream(client, "GET", "/compute")
+                got = [event.json()["step"] for event in stream]
+        assert got == list(range(6)) and stream.ended == "complete"
+        assert stream.slices >= 2  # 0.6 s of work in slices of 0.25 s
+        assert int(core.position(buyer.address, network=NETWORK).locked) == stream.slices * CENT
+        assert stream.id is not None
+        outcomes = [r.outcome for r in Streams(core).slices(stream.id)]
+        assert outcomes == ["delivered"] * stream.slices
+    finally:
+        core.close()
