@@ -214,12 +214,9 @@ class Endpoint:
 
 
 def validate_marker(config: RouteConfig, where: str = "a paid handler") -> RouteConfig:
-    """Check a per-handler price where it is declared (``@paid``/``Paid``), so that a bad
-    static price, payTo or network fails when the module is imported, not per request.
-
-    What the app supplies later (its network when only an asset is given, its payTo) is
-    checked again when the gate prices the endpoint at start-up.
-    """
+    """Check a per-handler price where it is declared (``@paid``/``Paid``): a bad static price,
+    payTo or network fails at import, not per request. What the app supplies later (its
+    network when only an asset is given, its payTo) is checked when the gate prices it."""
     offers = config.accepts or (
         Offer(
             config.price,  # type: ignore[arg-type]  # None is refused just below
