@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import socket
 import sys
@@ -51,7 +52,7 @@ TOOLS = McpTools({"search": "$0.01", "summarize": "$0.05", "ping": None})
 
 
 def tool_server() -> FastMCP:
-    server = FastMCP("paid-tools")
+    server = FastMCP("paid-tools", log_level="WARNING")
 
     @server.tool()
     def search(query: str) -> str:
@@ -103,11 +104,14 @@ async def buy(url: str) -> list[tuple[str, str, int]]:
                 answer = f"refused ({refused.reason}): {refused.message}"
             paid = sum(r.amount or 0 for r in s.payments.ledger if r.outcome == "paid")
             made.append((name, answer, paid - paid_before))
-            print(f"{name:<10} paid {money(paid - paid_before):>10}  -> {answer}")
+            cost = "refused" if answer.startswith("refused") else money(paid - paid_before)
+            print(f"{name:<10} {cost:>8}  -> {answer}")
     return made
 
 
 def demo(db: str) -> int:
+    # The SDK logs its session's standalone stream being cut when the server stops: expected.
+    logging.getLogger("mcp.server.streamable_http").setLevel(logging.CRITICAL)
     core = Core(db)
     buyer = address_of(BUYER_KEY)
     core.deposit(buyer, 1_000_000, network=NETWORK)  # $1 of test collateral

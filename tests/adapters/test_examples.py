@@ -327,12 +327,12 @@ def test_mcp_tool_server_example_sells_tool_calls(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
-    calls = [line.split()[:3] for line in lines if " paid " in line]
+    calls = [line.split()[:2] for line in lines if "  -> " in line]
     assert calls == [
-        ["ping", "paid", "$0.00"],
-        ["search", "paid", "$0.01"],
-        ["summarize", "paid", "$0.05"],
-        ["search", "paid", "$0.00"],
+        ["ping", "$0.00"],
+        ["search", "$0.01"],
+        ["summarize", "$0.05"],
+        ["search", "refused"],
     ]
     assert "refused (budget_exhausted)" in lines[-2]
     assert lines[-1] == "paid in all: $0.06; the buyer's collateral locked: $0.06"
