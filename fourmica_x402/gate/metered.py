@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..streams import SliceRow, Slices, Streams, refusal
@@ -45,6 +45,9 @@ REFUSALS: dict[str, tuple[int, str]] = {
 }
 #: How often a waiting stream looks for a payment another process took (seconds).
 POLL = 0.2
+#: The steps of a stream's body (:meth:`MeteredStream._body`), and the source's end.
+SEND, NEXT, WAIT, CHARGE = "send", "next", "wait", "charge"
+_END = object()
 
 
 def _refused(reason: str) -> Response:
@@ -100,66 +103,93 @@ class MeteredStream:
             return self._async(source)  # type: ignore[arg-type]
         return self._sync(source)  # type: ignore[arg-type]
 
-    # -- the two bodies ---------------------------------------------------------------------------
+    # -- the body, written once; its two drivers ---------------------------------------------
+
+    def _body(self) -> Generator[tuple[str, Any], Any, None]:
+        """The stream's body as steps: yields ``(SEND, bytes)``, ``(NEXT, None)`` (gets the
+        source's next item, or ``_END``), ``(WAIT, deadline)`` (gets how the wait for the next
+        slice's payment ended) and ``(CHARGE, slice)`` (a later slice's first event went out).
+        A source that raises is thrown in at ``NEXT``."""
+        reason = "client_left"
+        try:
+            yield SEND, self._opened()
+            while True:
+                try:
+                    item = yield NEXT, None
+                except Exception:
+                    log.exception("a metered stream's source failed")
+                    reason = "source_failed"
+                    break
+                if item is _END:
+                    reason = "complete"
+                    break
+                if self._full():
+                    ask = self._ask()
+                    if ask is None:
+                        reason = "max_slices"
+                        break
+                    yield SEND, ask
+                    got = yield WAIT, time.monotonic() + self.slices.pay_timeout
+                    if got != "paid":
+                        reason = got
+                        break
+                yield SEND, _encode(item)
+                self.sent += 1  # it went out: the driver was asked for more after it
+                if self.sent == 1 and self.slice == 1:
+                    self.first_delivered = True
+                elif self.sent == 1:
+                    yield CHARGE, self.slice
+            yield SEND, sse("end", {"reason": reason, "slices": self.slice})
+        finally:
+            self._finish(reason)  # short local writes: also when the client left
 
     def _sync(self, source: Iterable[Any]) -> Iterator[bytes]:
-        reason = "client_left"
+        items, body = iter(source), self._body()
         try:
-            yield self._opened()
-            for item in source:
-                if self._full():
-                    ask = self._ask()
-                    if ask is None:
-                        reason = "max_slices"
-                        break
-                    yield ask
-                    reason = self._wait(time.monotonic() + self.slices.pay_timeout)
-                    if reason != "paid":
-                        break
-                yield _encode(item)
-                self._went_out()
-            else:
-                reason = "complete"
-            yield sse("end", {"reason": reason, "slices": self.slice})
-        except GeneratorExit:
-            raise
-        except Exception:
-            log.exception("a metered stream's source failed")
-            reason = "source_failed"
-            yield sse("end", {"reason": reason, "slices": self.slice})
+            step, arg = next(body)
+            while True:
+                got: Any = None
+                if step is SEND:
+                    yield arg
+                elif step is NEXT:
+                    try:
+                        got = next(items, _END)
+                    except Exception as exc:
+                        step, arg = body.throw(exc)
+                        continue
+                elif step is WAIT:
+                    got = self._wait(arg)
+                else:
+                    self._charge(arg, delivered=True)
+                step, arg = body.send(got)
+        except StopIteration:
+            return
         finally:
-            self._finish(reason)
+            body.close()
 
     async def _async(self, source: AsyncIterable[Any]) -> AsyncIterator[bytes]:
-        reason = "client_left"
+        items, body = aiter(source), self._body()
         try:
-            yield self._opened()
-            async for item in source:
-                if self._full():
-                    ask = self._ask()
-                    if ask is None:
-                        reason = "max_slices"
-                        break
-                    yield ask
-                    reason = await self._await(time.monotonic() + self.slices.pay_timeout)
-                    if reason != "paid":
-                        break
-                yield _encode(item)
-                if self.sent == 0 and self.slice > 1:
-                    await asyncio.to_thread(self._went_out)
+            step, arg = next(body)
+            while True:
+                got: Any = None
+                if step is SEND:
+                    yield arg
+                elif step is NEXT:
+                    try:
+                        got = await anext(items, _END)
+                    except Exception as exc:
+                        step, arg = body.throw(exc)
+                        continue
+                elif step is WAIT:
+                    got = await self._await(arg)
                 else:
-                    self._went_out()
-            else:
-                reason = "complete"
-            yield sse("end", {"reason": reason, "slices": self.slice})
-        except (GeneratorExit, asyncio.CancelledError):
-            raise
-        except Exception:
-            log.exception("a metered stream's source failed")
-            reason = "source_failed"
-            yield sse("end", {"reason": reason, "slices": self.slice})
+                    await asyncio.to_thread(self._charge, arg, delivered=True)
+                step, arg = body.send(got)
+        except StopIteration:
+            return
         finally:
-            self._finish(reason)  # short local writes: also when the task is being cancelled
+            body.close()  # also when the task is cancelled (the client left)
 
     # -- the steps --------------------------------------------------------------------------------
 
@@ -227,16 +257,6 @@ class MeteredStream:
         if found == "paid":
             self.slice, self.sent, self.began = self.slice + 1, 0, time.monotonic()
         return found
-
-    def _went_out(self) -> None:
-        """An event of the current slice went out: its first one charges the slice."""
-        self.sent += 1
-        if self.sent != 1:
-            return
-        if self.slice == 1:
-            self.first_delivered = True
-        else:
-            self._charge(self.slice, delivered=True)
 
     def ended(self, outcome: str) -> None:
         """The request is over (the gate's finish): slice 1's outcome recorded, and the stream

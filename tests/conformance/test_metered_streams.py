@@ -302,9 +302,8 @@ def test_a_slice_paid_in_another_process_is_found_in_the_database(
     assert kit.locked(seller, buyer) == 2 * CENT
 
 
-def test_time_slices_charge_each_started_slice_of_seconds(tmp_path: Any) -> None:
-    """``Slices(seconds=T)``: a slow source (compute that takes time) is charged per started
-    slice of T seconds; whatever the timing, what was locked is the slices paid."""
+def _compute_app(core: Any, slices: Slices, steps: Any) -> Any:
+    """A Starlette app selling ``GET /compute``: ``steps()`` (an async generator) metered."""
     from fourmica_x402.adapters.asgi import PaymentMiddleware
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
@@ -313,36 +312,78 @@ def test_time_slices_charge_each_started_slice_of_seconds(tmp_path: Any) -> None
     from starlette.routing import Route
 
     from fourmica_x402 import PaymentConfig
-    from fourmica_x402.core import Core
 
     async def compute(request: Request) -> StreamingResponse:
-        async def steps() -> Any:
-            for i in range(6):
-                await asyncio.sleep(0.1)
-                yield {"step": i}
-
         return StreamingResponse(request.state.payment.stream.events(steps()))
 
-    core = Core(str(tmp_path / "core.db"))
-    seller = TestBuyer.new().address
-    routes = {"GET /compute": {"price": "$0.01", "slices": Slices(seconds=0.25)}}
-    config = PaymentConfig(pay_to=seller, network=NETWORK, core=core, routes=routes)
-    app = Starlette(
+    routes = {"GET /compute": {"price": "$0.01", "slices": slices}}
+    config = PaymentConfig(
+        pay_to=TestBuyer.new().address, network=NETWORK, core=core, routes=routes
+    )
+    return Starlette(
         routes=[Route("/compute", compute)],
         middleware=[Middleware(PaymentMiddleware, config=config)],
     )
+
+
+def _bought(core: Any, app: Any) -> tuple[PaidStream, list[Any], int]:
+    """A funded buyer reads the app's ``/compute`` stream: the stream, its events, the lock."""
     buyer = TestBuyer.new()
     core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    with harness.loopback(app, "asgi") as url:  # noqa: SIM117
+        with httpx.Client(transport=PaymentTransport(buyer.key), base_url=url) as client:
+            stream = PaidStream(client, "GET", "/compute")
+            got = [event.json() for event in stream]
+    return stream, got, int(core.position(buyer.address, network=NETWORK).locked)
+
+
+def test_time_slices_charge_each_started_slice_of_seconds(tmp_path: Any) -> None:
+    """``Slices(seconds=T)``: a slow source (compute that takes time) is charged per started
+    slice of T seconds; whatever the timing, what was locked is the slices paid."""
+    from fourmica_x402.core import Core
+
+    async def steps() -> Any:
+        for i in range(6):
+            await asyncio.sleep(0.1)
+            yield {"step": i}
+
+    core = Core(str(tmp_path / "core.db"))
     try:
-        with harness.loopback(app, "asgi") as url:  # noqa: SIM117
-            with httpx.Client(transport=PaymentTransport(buyer.key), base_url=url) as client:
-                stream = PaidStream(client, "GET", "/compute")
-                got = [event.json()["step"] for event in stream]
-        assert got == list(range(6)) and stream.ended == "complete"
+        stream, got, locked = _bought(core, _compute_app(core, Slices(seconds=0.25), steps))
+        assert [e["step"] for e in got] == list(range(6)) and stream.ended == "complete"
         assert stream.slices >= 2  # 0.6 s of work in slices of 0.25 s
-        assert int(core.position(buyer.address, network=NETWORK).locked) == stream.slices * CENT
+        assert locked == stream.slices * CENT
         assert stream.id is not None
         outcomes = [r.outcome for r in Streams(core).slices(stream.id)]
         assert outcomes == ["delivered"] * stream.slices
+    finally:
+        core.close()
+
+
+@pytest.mark.parametrize(
+    ("slices", "fail_at", "ended", "events", "charged"),
+    [
+        (Slices(units=2), 3, "source_failed", 3, 2),  # fails in slice 2: both slices started
+        (Slices(units=2), 2, "source_failed", 2, 1),  # fails before slice 2 was asked for
+        (Slices(units=2, max_slices=2), None, "max_slices", 4, 2),
+    ],
+)
+def test_a_stream_ends_with_its_reason_and_charges_only_slices_started(
+    tmp_path: Any, slices: Slices, fail_at: int | None, ended: str, events: int, charged: int
+) -> None:
+    from fourmica_x402.core import Core
+
+    async def steps() -> Any:
+        for i in range(9):
+            if i == fail_at:
+                raise RuntimeError("the model crashed")
+            yield {"step": i}
+
+    core = Core(str(tmp_path / "core.db"))
+    try:
+        stream, got, locked = _bought(core, _compute_app(core, slices, steps))
+        assert [e["step"] for e in got] == list(range(events))
+        assert (stream.ended, stream.slices) == (ended, charged)
+        assert locked == charged * CENT
     finally:
         core.close()
