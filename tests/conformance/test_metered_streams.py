@@ -387,3 +387,22 @@ def test_a_stream_ends_with_its_reason_and_charges_only_slices_started(
         assert locked == charged * CENT
     finally:
         core.close()
+
+
+def test_settle_after_a_slice_is_settled_at_its_pay_url(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    seller = make_seller(routes={**base_routes, **metered()}, settle="after")
+    buyer = kit.funded(seller)
+    with harness.loopback(seller.client.app, seller.client.interface) as url:  # noqa: SIM117
+        with httpx.Client(
+            transport=PaymentTransport(buyer.key), base_url=url, timeout=30
+        ) as client:
+            stream = PaidStream(client, "GET", "/stream", params={"n": "5"})
+            got = [event.json() for event in stream]
+    assert got == [{"tick": i} for i in range(5)]
+    assert (stream.ended, stream.slices) == ("complete", 3)
+    assert kit.locked(seller, buyer) == 3 * CENT
+    assert stream.id is not None
+    outcomes = [r.outcome for r in Streams(seller.core).slices(stream.id)]
+    assert outcomes == ["delivered"] * 3
