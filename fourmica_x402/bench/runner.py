@@ -10,6 +10,7 @@ from typing import Protocol
 
 from .common import Result, Skipped
 from .embedded import bench_accept, bench_close
+from .floor import bench_floor
 from .in_process import bench_paid_asgi, bench_paid_wsgi
 from .scale import bench_scale_out
 from .servers import bench_cpu_per_request, bench_http_asgi, bench_http_wsgi, bench_vs_official
@@ -22,6 +23,7 @@ __all__ = ["BENCHMARKS", "Lines", "Progress", "run", "summary"]
 BENCHMARKS: dict[str, Callable[[bool], Result | list[Result]]] = {
     "P1-asgi": bench_paid_asgi,
     "P1-wsgi": bench_paid_wsgi,
+    "P1-floor": bench_floor,
     "recover": bench_recover,
     "P2": bench_accept,
     "P3": bench_close,

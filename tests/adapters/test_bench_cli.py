@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -186,3 +187,25 @@ def test_scale_out_reports_acceptances_per_second_from_1_2_and_4_processes(
     assert "worker processes" in notes["mode"] and "no HTTP" in row["title"]
     assert "P8: 4 worker process(es)" in result.stderr
     assert scratch_databases() <= before  # each scratch database was dropped
+
+
+def test_paid_request_floor_is_a_signature_and_one_durable_write(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["bench", "--quick", "--json", "--only", "P1-floor"])
+    (row,) = _rows(result).values()
+    notes = row["notes"]
+    assert row["id"] == "P1-floor" and notes["recover_us"] > 0 and notes["write_us"] > 0
+    assert abs(row["ours"] - (notes["recover_us"] + notes["write_us"])) < 1e-6
+    assert "P1-floor: µs of the least any paid request must do" in result.stderr
+    # The write it times does the work a seller's must: a lock, and a replay refused.
+    from fourmica_x402.bench.floor import _LeastWrite
+
+    write = _LeastWrite(str(tmp_path / "floor.db"), "0xabc")
+    for _ in range(5):
+        write()
+    assert write.db.execute("SELECT locked FROM positions").fetchone() == (5,)
+    assert write.db.execute("SELECT COUNT(*) FROM guarantees").fetchone() == (5,)
+    write.req -= 1  # the same tab and request id again
+    with pytest.raises(sqlite3.IntegrityError):
+        write()
+    write.db.execute("ROLLBACK")
+    assert write.db.execute("SELECT locked FROM positions").fetchone() == (5,)
