@@ -1,5 +1,9 @@
 """P1: what a paid request costs over the same request unpaid, through the real ASGI and WSGI
-middleware, in process (no server, no socket), on an embedded SQLite Core."""
+middleware, in process (no server, no socket), on an embedded SQLite Core.
+
+Each payment is good once, so the requests run in chunks of 200, bare and paid alternately;
+the least disturbed chunk of each counts (as in .common), the paid chunks' median is noted.
+"""
 
 from __future__ import annotations
 
@@ -51,6 +55,15 @@ def payment_headers(
         )
         for _ in range(count)
     ]
+
+
+def _chunks(headers: list[tuple[str, str]], size: int = 200) -> list[list[tuple[str, str]]]:
+    return [headers[i : i + size] for i in range(0, len(headers), size)]
+
+
+def _best(paid: list[float], bare: list[float]) -> tuple[float, float, dict[str, float]]:
+    """The least disturbed chunk of each (see .common), and the paid chunks' median."""
+    return min(paid), min(bare), {"paid_median_us": sorted(paid)[len(paid) // 2]}
 
 
 def bench_paid_asgi(quick: bool) -> Result:
@@ -108,17 +121,20 @@ def bench_paid_asgi(quick: bool) -> Result:
     asyncio.run(call(paid_app, None))
     headers = payment_headers(core, buyer, found["payment-required"], count)
 
-    async def run() -> tuple[float, float]:
-        start = time.perf_counter()
-        for _ in range(count):
-            await call(app, None)
-        bare = (time.perf_counter() - start) / count * 1e6
-        start = time.perf_counter()
-        for header in headers:
-            assert await call(paid_app, header) == 200
-        return (time.perf_counter() - start) / count * 1e6, bare
+    async def run() -> tuple[list[float], list[float]]:
+        paid, bare = [], []
+        for chunk in _chunks(headers):
+            start = time.perf_counter()
+            for _ in chunk:
+                await call(app, None)
+            bare.append((time.perf_counter() - start) / len(chunk) * 1e6)
+            start = time.perf_counter()
+            for header in chunk:
+                assert await call(paid_app, header) == 200
+            paid.append((time.perf_counter() - start) / len(chunk) * 1e6)
+        return paid, bare
 
-    paid, bare = asyncio.run(run())
+    paid, bare, notes = _best(*asyncio.run(run()))
     core.close()
     return Result(
         id="P1-asgi",
@@ -129,7 +145,7 @@ def bench_paid_asgi(quick: bool) -> Result:
         baseline_name="the same request unpaid",
         target="≤ 200 µs",
         met=(paid - bare) <= 200,
-        notes={"requests": count, "paid_us": paid},
+        notes={"requests": count, "paid_us": paid, **notes},
     )
 
 
@@ -177,14 +193,17 @@ def bench_paid_wsgi(quick: bool) -> Result:
     found: dict[str, str] = {}
     call(paid_app, None)
     headers = payment_headers(core, buyer, found["payment-required"], count)
-    start = time.perf_counter()
-    for _ in range(count):
-        call(app, None)
-    bare = (time.perf_counter() - start) / count * 1e6
-    start = time.perf_counter()
-    for header in headers:
-        assert call(paid_app, header).startswith("200")
-    paid = (time.perf_counter() - start) / count * 1e6
+    paid_us, bare_us = [], []
+    for chunk in _chunks(headers):
+        start = time.perf_counter()
+        for _ in chunk:
+            call(app, None)
+        bare_us.append((time.perf_counter() - start) / len(chunk) * 1e6)
+        start = time.perf_counter()
+        for header in chunk:
+            assert call(paid_app, header).startswith("200")
+        paid_us.append((time.perf_counter() - start) / len(chunk) * 1e6)
+    paid, bare, notes = _best(paid_us, bare_us)
     core.close()
     return Result(
         id="P1-wsgi",
@@ -195,5 +214,5 @@ def bench_paid_wsgi(quick: bool) -> Result:
         baseline_name="the same request unpaid",
         target="≤ 200 µs",
         met=(paid - bare) <= 200,
-        notes={"requests": count, "paid_us": paid},
+        notes={"requests": count, "paid_us": paid, **notes},
     )
