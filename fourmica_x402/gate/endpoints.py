@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 def tab(gate: Gate, request: RequestView) -> Flow:
     if request.method.upper() != "POST":
-        return Response.json(405, {"error": "use POST"}, [("allow", "POST")])
+        return error_response(405, "method_not_allowed", "use POST", [("allow", "POST")])
     body = yield from json_body(request)
     # Only a route's payTo (static, or one a payTo callable chose for a challenge we
     # served); new tabs limited per client, buyer and seller, reuses never
@@ -62,7 +62,7 @@ def core_api(gate: Gate, request: RequestView) -> Flow:
     # mounted on a seller's public app: unauthenticated, anyone holding a buyer's payment
     # header could settle it there first and the buyer would pay for a request that the
     # gate then refuses as a replay. `fourmica-x402 serve --api-key` serves them.
-    return Response.json(404, {"error": "not found"})
+    return error_response(404, "not_found", f"no such path under {gate._prefix}")
 
 
 #: Where a seller's metrics token comes from when ``PaymentConfig`` names none.
@@ -99,12 +99,12 @@ def bearer(request: RequestView, token: str | None, realm: str = "metrics") -> R
     """None when the request holds ``Authorization: Bearer <token>``; else the answer: 404
     without a token configured (the path does not exist), 401 otherwise."""
     if not token:
-        return Response.json(404, {"error": "not found"})
+        return error_response(404, "not_found", "not found")
     header = request.header("authorization") or ""
     given = header[7:] if header[:7].lower() == "bearer " else ""
     if not hmac.compare_digest(given.encode(), token.encode()):
         challenge = [("www-authenticate", f'Bearer realm="{realm}"')]
-        return Response.json(401, {"error": "unauthorized"}, challenge)
+        return error_response(401, "unauthorized", "a bearer token is required", challenge)
     return None
 
 

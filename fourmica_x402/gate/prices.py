@@ -307,5 +307,7 @@ def admin(gate: Gate, request: RequestView) -> Flow:
             return error_response(503, exc.reason, exc.message)
         log.info("repriced %s", ", ".join(f"{k} -> {v}" for k, v in prices.items()))
     elif method not in ("GET", "HEAD"):
-        return Response.json(405, {"error": "use GET or POST"}, [("allow", "GET, POST")])
+        return error_response(
+            405, "method_not_allowed", "use GET or POST", [("allow", "GET, POST")]
+        )
     return Response.json(200, gate.prices.listing(), headers)

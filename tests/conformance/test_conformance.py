@@ -562,6 +562,21 @@ def test_tab_endpoint(seller: Any) -> None:
     assert seller.request("POST", "/x402/tab", json=body).status == 404
 
 
+def test_the_gates_own_endpoints_refuse_in_the_coded_shape(seller: Any) -> None:
+    """Every error the gate itself answers is ``{"error": code, "message": text}``."""
+    refusals = [
+        (seller.request("GET", "/x402/tab"), 405, "method_not_allowed", "POST"),
+        (seller.request("GET", "/x402/no-such-thing"), 404, "not_found", None),
+        (seller.request("POST", "/x402/core/public-params"), 404, "not_found", None),
+        (seller.request("GET", "/x402/metrics"), 404, "not_found", None),  # no token set
+    ]
+    for resp, status, code, allow in refusals:
+        body = resp.json()
+        assert (resp.status, body["error"]) == (status, code), (resp.status, body)
+        assert set(body) == {"error", "message"} and body["message"]
+        assert resp.headers.get("allow") == allow
+
+
 def test_core_api_subset_is_mounted(seller: Any) -> None:
     params = seller.request("GET", "/x402/core/public-params").json()
     assert len(params["public_key"]) == 48 and params["chain_id"] == 84532

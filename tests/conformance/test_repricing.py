@@ -118,6 +118,16 @@ def test_the_admin_endpoint_needs_its_token(make_seller: Any, monkeypatch: Any) 
     assert "test-admin-token" not in repr(seller.gate.config)
 
 
+def test_the_admin_endpoints_refusals_carry_stable_codes(make_seller: Any) -> None:
+    seller = make_seller(admin_token=TOKEN)
+    refused = admin(seller, {ITEMS: "$0.05"}, headers={"authorization": "Bearer wrong"})
+    assert (refused.status, refused.json()["error"]) == (401, "unauthorized")
+    wrong = seller.request("DELETE", "/x402/admin/prices", headers=AUTH)
+    assert (wrong.status, wrong.json()["error"]) == (405, "method_not_allowed")
+    assert wrong.headers["allow"] == "GET, POST" and wrong.json()["message"]
+    assert admin(seller).json()["changes"] == []  # neither changed anything
+
+
 def test_another_gate_on_the_same_database_follows_the_change(make_seller: Any, kit: Any) -> None:
     """Two apps serving one database (two processes of one seller): a change made through
     one is read by the other from the price book, within its ``price_poll``."""
