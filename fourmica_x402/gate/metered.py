@@ -89,6 +89,8 @@ class MeteredStream:
         #: Whether slice 1 (this request's own payment) had an event go out.
         self.first_delivered = False
         self.reason: str | None = None
+        #: Whether the handler streamed through :meth:`events` (else nothing could be sold).
+        self.used = False
         self._paid = threading.Event()
         _LOCAL[stream_id] = self
 
@@ -99,6 +101,7 @@ class MeteredStream:
         self, source: Iterable[Any] | AsyncIterable[Any]
     ) -> Iterator[bytes] | AsyncIterator[bytes]:
         """The response body: ``source``'s items (sync or async) as metered events."""
+        self.used = True
         if hasattr(source, "__aiter__"):
             return self._async(source)  # type: ignore[arg-type]
         return self._sync(source)  # type: ignore[arg-type]
@@ -263,6 +266,15 @@ class MeteredStream:
         closed if its body never ran or was dropped before it could close it."""
         if self.reason is None:
             self._finish("client_left" if self.sent or self.slice > 1 else "not_started")
+        if not self.used and self.route.key not in _WARNED:
+            _WARNED.add(self.route.key)  # once per route: a seller's mistake, not a buyer's
+            log.warning(
+                "metered route %s answered without streaming through payment.stream.events(): "
+                "no slice was sold and the first payment was %s (docs/protocol.md, "
+                '"Metered streams")',
+                self.route.key,
+                outcome,
+            )
         self.gate.streams.set_outcome(self.id, 1, outcome)
 
     def _finish(self, reason: str) -> None:
@@ -373,6 +385,10 @@ def endpoint(gate: Gate, request: RequestView) -> Flow:
     headers = yield from deliver.response_start(gate, state, 200, "no-store")
     body = {"stream": stream_id, "slice": slice_, "paid": True}
     return Response.json(200, body, [("cache-control", "no-store"), *headers])
+
+
+#: Metered routes whose handler was seen not streaming (warned once per process).
+_WARNED: set[str] = set()
 
 
 def _wake(stream_id: str) -> None:

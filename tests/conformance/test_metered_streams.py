@@ -28,6 +28,7 @@ from fourmica_x402.client import (
     PaymentTransport,
     SpendingPolicy,
 )
+from fourmica_x402.core import Core
 from fourmica_x402.errors import BudgetExhausted, ConfigurationError
 from fourmica_x402.routes import RouteTable
 from fourmica_x402.streams import Streams
@@ -335,6 +336,47 @@ def _bought(core: Any, app: Any) -> tuple[PaidStream, list[Any], int]:
             stream = PaidStream(client, "GET", "/compute")
             got = [event.json() for event in stream]
     return stream, got, int(core.position(buyer.address, network=NETWORK).locked)
+
+
+def test_a_metered_handler_that_does_not_stream_is_refunded_and_named_once(
+    tmp_path: Any, caplog: Any
+) -> None:
+    """A seller's mistake: the handler answers without ``payment.stream.events``. Nothing
+    was sold, so the payment is refunded, and the log names the route (once)."""
+    from fourmica_x402.adapters.asgi import PaymentMiddleware
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from fourmica_x402 import PaymentConfig
+
+    async def forgot(request: Request) -> JSONResponse:
+        return JSONResponse({"text": "all of it at once"})
+
+    core = Core(str(tmp_path / "forgot.db"))
+    routes = {"GET /forgot": {"price": "$0.01", "slices": Slices(units=2)}}
+    config = PaymentConfig(
+        pay_to=TestBuyer.new().address, network=NETWORK, core=core, routes=routes
+    )
+    app = Starlette(
+        routes=[Route("/forgot", forgot)],
+        middleware=[Middleware(PaymentMiddleware, config=config)],
+    )
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    caplog.set_level("WARNING", logger="fourmica_x402.gate")
+    with harness.loopback(app, "asgi") as url:  # noqa: SIM117
+        with httpx.Client(transport=PaymentTransport(buyer.key), base_url=url) as client:
+            for _ in range(2):
+                assert client.get("/forgot").status_code == 200
+    eventually(lambda: core.position(buyer.address, network=NETWORK).locked == 0)
+    named = [r for r in caplog.records if "GET /forgot" in r.getMessage()]
+    assert len(named) == 1 and "payment.stream.events()" in named[0].getMessage()
+    assert "refunded" in named[0].getMessage()
+    assert core.audit() == []
+    core.close()
 
 
 def test_time_slices_charge_each_started_slice_of_seconds(tmp_path: Any) -> None:
