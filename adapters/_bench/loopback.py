@@ -1,4 +1,4 @@
-"""What P5 and P7 share: the source checkout, servers started and stopped on loopback, a small
+"""What P4, P5 and P7 share: the source checkout, servers started and stopped on loopback, a small
 keep-alive load generator, a process's CPU clock, payments for a 402 challenge.
 
 Every server listens on 127.0.0.1 only and is stopped when its measurement ends; every loop
