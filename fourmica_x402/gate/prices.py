@@ -172,8 +172,9 @@ def reprice(table: RouteTable, prices: Mapping[str, Price]) -> None:
         configured = table.configured[route.key]
         if route.key in prices:
             routes.append(table.build(route.key, at_price(configured, prices[route.key])))
-        elif route.config is configured:
+        elif route.config is configured and route.config.stage is None:
             routes.append(route)  # unchanged: keeps its cached requirements
+        # (a stage's challenge says what the later stages cost: rebuilt with every change)
         else:
             routes.append(table.build(route.key, configured))
     table_keys = {route.key for route in table.routes}

@@ -126,6 +126,31 @@ def test_stages_run_in_order_each_charged_once(
     refused(seller.request("GET", "/cached", headers={"job-id": job_id}), 409, "stage_done")
 
 
+def test_a_later_stage_repriced_at_run_time_is_in_the_first_stages_ahead(
+    make_seller: Any, base_routes: dict[str, Any]
+) -> None:
+    """``ahead`` is what the later stages cost now: a buyer's budget check must see a
+    repriced stage before it pays for stage 1 (docs/operations.md, "Repricing")."""
+    token = {"authorization": "Bearer stage-admin-token"}  # a throwaway token for this test
+
+    def ahead() -> str:
+        resp = seller.request("POST", "/echo", json={"x": 1})
+        return (
+            decode_payment_required(resp.headers["payment-required"])
+            .accepts[0]
+            .extra["stage"]["ahead"]
+        )
+
+    seller = make_seller(routes={**base_routes, **job()}, admin_token="stage-admin-token")
+    assert ahead() == str(5 * CENT)
+    change = {"prices": {"GET /cached": "$0.07"}}
+    assert seller.request("POST", "/x402/admin/prices", headers=token, json=change).status == 200
+    assert ahead() == str(9 * CENT)  # $0.02 + $0.07
+    reset = {"prices": {"GET /cached": None}}
+    assert seller.request("POST", "/x402/admin/prices", headers=token, json=reset).status == 200
+    assert ahead() == str(5 * CENT)  # back to the configured prices
+
+
 @pytest.mark.parametrize("failing", ["GET /fail", "GET /boom", "GET /redirect", "GET /missing"])
 def test_a_failed_stage_is_refunded_and_later_stages_are_never_charged(
     make_seller: Any, base_routes: dict[str, Any], kit: Any, failing: str
