@@ -130,7 +130,7 @@ def tab_endpoint(
     answered here: it propagates, for the caller to answer 429 with its Retry-After.
     """
     if not isinstance(body, dict):
-        return _error(400, "body must be a JSON object")
+        return _error(400, "body must be a JSON object", "invalid_request")
     raw_user = body.get("userAddress")
     try:
         user = parse_address(raw_user)
@@ -144,7 +144,7 @@ def tab_endpoint(
         return _error(400, "userAddress must not be the zero address", "invalid_user_address")
     requirements = body.get("paymentRequirements")
     if not isinstance(requirements, dict):
-        return _error(400, "paymentRequirements is required")
+        return _error(400, "paymentRequirements is required", "invalid_request")
     try:
         pay_to = parse_address(requirements.get("payTo", requirements.get("pay_to")))
         network = str(requirements.get("network"))
@@ -157,11 +157,12 @@ def tab_endpoint(
         # whose numbers may be canonical strings when the seller is on the official stack.
         policy = ValidationPolicy.from_extra(extra, chain_id, lenient=True)
     except (ValueError, FourmicaError) as exc:
-        return _error(400, f"invalid tab request: {getattr(exc, 'message', exc)}")
+        message = f"invalid tab request: {getattr(exc, 'message', exc)}"
+        return _error(400, message, "invalid_request")
     if allowed_pay_to is not None and pay_to not in allowed_pay_to:
-        return _error(404, "this seller does not receive payments at that payTo")
+        return _error(404, "this seller does not receive payments at that payTo", "unknown_pay_to")
     if find_asset(network, asset) is None:
-        return _error(400, f"asset {asset} is not supported on {network}")
+        return _error(400, f"asset {asset} is not supported on {network}", "unsupported_asset")
     try:
         tab = core_open_tab(
             user=user,
@@ -183,7 +184,7 @@ def tab_endpoint(
 def core_payment_tabs(core: Core, chain_id: int, body: Any) -> JsonResult:
     """``POST /core/payment-tabs`` (the Core's own tab call, snake_case)."""
     if not isinstance(body, dict):
-        return _error(400, "body must be a JSON object")
+        return _error(400, "body must be a JSON object", "invalid_request")
     try:
         network = _network_of(chain_id)
         version = int(body.get("guarantee_version") or 1)
@@ -197,7 +198,7 @@ def core_payment_tabs(core: Core, chain_id: int, body: Any) -> JsonResult:
             ttl_seconds=int(ttl) if ttl else None,
         )
     except (ValueError, TypeError) as exc:
-        return _error(400, str(exc))
+        return _error(400, str(exc), "invalid_request")
     except FourmicaError as exc:
         return _error(exc.status if exc.status < 500 else 400, exc.message, exc.reason)
     return 200, {
@@ -240,7 +241,7 @@ def core_guarantees(
     except GuaranteeRejected as exc:
         return _error(400, exc.message, exc.reason)
     except ValueError as exc:
-        return _error(400, str(exc))
+        return _error(400, str(exc), "invalid_request")
     return 200, core.certify(accepted.guarantee_id).to_json()
 
 
@@ -252,7 +253,7 @@ def core_guarantee(core: Core, chain_id: int, tab_id: str, req_id: str) -> JsonR
     try:
         tab, req = parse_amount(tab_id), parse_amount(req_id)
     except ValueError:
-        return _error(400, "tab_id and req_id are 0x-hex or decimal integers")
+        return _error(400, "tab_id and req_id are 0x-hex or decimal integers", "invalid_request")
     gid = "0x" + guarantee_id(chain_id, tab, req).hex()
     try:
         record = core.guarantee(gid)

@@ -228,7 +228,33 @@ def test_numbers_as_strings_in_the_requirements_are_read_as_the_official_endpoin
     for field, value in [("validationChainId", "084532"), ("minValidationScore", "0x64")]:
         resp = tab_request(seller, user, {**req.to_dict(), "extra": {**req.extra, field: value}})
         assert resp.status == 400 and field in resp.json()["error"], resp.text
+        assert resp.json()["reason"] == "invalid_request"
     assert tab_rows(seller.core) == 2
+
+
+def test_every_tab_refusal_carries_a_stable_reason(seller: Any) -> None:
+    """The facilitator's shape, ``{"error": text, "reason": code}``, with a code each time."""
+    req = challenge(seller)
+    user = TestBuyer.new().address
+    cases = [
+        (seller.request("POST", "/x402/tab", json=[1, 2]), 400, "invalid_request"),
+        (seller.request("POST", "/x402/tab", json={"userAddress": user}), 400, "invalid_request"),
+        (
+            tab_request(seller, user, {**req.to_dict(), "payTo": TestBuyer.new().address}),
+            404,
+            "unknown_pay_to",
+        ),
+        (
+            tab_request(seller, user, {**req.to_dict(), "asset": TestBuyer.new().address}),
+            400,
+            "unsupported_asset",
+        ),
+    ]
+    for resp, status, reason in cases:
+        body = resp.json()
+        assert (resp.status, body.get("reason")) == (status, reason), (resp.status, body)
+        assert body["error"] and body["error"] != reason  # the text, as the facilitator's
+    assert tab_rows(seller.core) == 0
 
 
 # -- a remote facilitator: the same limits, on the seller's side -------------------------------
