@@ -135,7 +135,7 @@ def finish(
     if payment.job is not None and not delivered:
         yield from stages.ended(gate, state, delivered)
     if stream is not None:  # ended (if its body did not end it): no more slices are sold
-        yield Call(stream.ended, (outcome,))
+        yield Call(stream.ended, (outcome, status))
     certificate = payment._made  # if the handler asked for it; else the Core makes it later
     keep = None
     if config.idempotent_replay and body is not None and outcome == "delivered":

@@ -261,12 +261,14 @@ class MeteredStream:
             self.slice, self.sent, self.began = self.slice + 1, 0, time.monotonic()
         return found
 
-    def ended(self, outcome: str) -> None:
-        """The request is over (the gate's finish): slice 1's outcome recorded, and the stream
-        closed if its body never ran or was dropped before it could close it."""
+    def ended(self, outcome: str, status: int | None = None) -> None:
+        """The request is over (the gate's finish, with the response's ``status``): slice 1's
+        outcome recorded, and the stream closed if its body never ran or was dropped before
+        it could close it."""
         if self.reason is None:
             self._finish("client_left" if self.sent or self.slice > 1 else "not_started")
-        if not self.used and self.route.key not in _WARNED:
+        answered = status is not None and 200 <= status < 300  # a 4xx or 500 is no mistake
+        if answered and not self.used and self.route.key not in _WARNED:
             _WARNED.add(self.route.key)  # once per route: a seller's mistake, not a buyer's
             log.warning(
                 "metered route %s answered without streaming through payment.stream.events(): "

@@ -127,6 +127,7 @@ def _routes(gate: Gate) -> list[Route]:
     """The table's routes and the per-handler markers' the gate priced."""
     found = list(gate.routes.routes)
     for endpoint in gate.endpoints or ():
+        gate.routes.prepare(endpoint)  # at the prices in force (a reprice rebuilds markers late)
         priced = endpoint._priced.get("*")
         if priced is not None and priced[1] is not None:
             found.append(priced[1])

@@ -30,6 +30,7 @@ from fourmica_x402.client import (
 )
 from fourmica_x402.core import Core
 from fourmica_x402.errors import BudgetExhausted, ConfigurationError
+from fourmica_x402.gate import metered as metered_gate
 from fourmica_x402.routes import RouteTable
 from fourmica_x402.streams import Streams
 from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
@@ -355,13 +356,18 @@ def test_a_metered_handler_that_does_not_stream_is_refunded_and_named_once(
     async def forgot(request: Request) -> JSONResponse:
         return JSONResponse({"text": "all of it at once"})
 
+    async def rejects(request: Request) -> JSONResponse:  # no mistake: a refusal, not a sale
+        return JSONResponse({"error": "bad topic"}, status_code=400)
+
+    metered_gate._WARNED.difference_update({"GET /forgot", "GET /rejects"})  # once per process
     core = Core(str(tmp_path / "forgot.db"))
-    routes = {"GET /forgot": {"price": "$0.01", "slices": Slices(units=2)}}
+    slices = {"price": "$0.01", "slices": Slices(units=2)}
+    routes = {"GET /forgot": slices, "GET /rejects": slices}
     config = PaymentConfig(
         pay_to=TestBuyer.new().address, network=NETWORK, core=core, routes=routes
     )
     app = Starlette(
-        routes=[Route("/forgot", forgot)],
+        routes=[Route("/forgot", forgot), Route("/rejects", rejects)],
         middleware=[Middleware(PaymentMiddleware, config=config)],
     )
     buyer = TestBuyer.new()
@@ -369,9 +375,11 @@ def test_a_metered_handler_that_does_not_stream_is_refunded_and_named_once(
     caplog.set_level("WARNING", logger="fourmica_x402.gate")
     with harness.loopback(app, "asgi") as url:  # noqa: SIM117
         with httpx.Client(transport=PaymentTransport(buyer.key), base_url=url) as client:
+            assert client.get("/rejects").status_code == 400
             for _ in range(2):
                 assert client.get("/forgot").status_code == 200
     eventually(lambda: core.position(buyer.address, network=NETWORK).locked == 0)
+    assert not [r for r in caplog.records if "GET /rejects" in r.getMessage()]
     named = [r for r in caplog.records if "GET /forgot" in r.getMessage()]
     assert len(named) == 1 and "payment.stream.events()" in named[0].getMessage()
     assert "refunded" in named[0].getMessage()

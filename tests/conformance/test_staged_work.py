@@ -151,6 +151,51 @@ def test_a_later_stage_repriced_at_run_time_is_in_the_first_stages_ahead(
     assert ahead() == str(5 * CENT)  # back to the configured prices
 
 
+def test_a_per_handler_stage_repriced_shows_in_ahead_before_it_is_requested(
+    tmp_path: Any,
+) -> None:
+    """Stages priced by ``@paid`` markers (Flask): a marker is re-priced when next asked, so
+    stage 1's ``ahead`` must ask for stage 2's current price itself."""
+    from flask import Flask
+    from fourmica_x402.adapters.flask import FourmicaX402, paid
+
+    from fourmica_x402.core import Core
+    from fourmica_x402.testing import NETWORK
+
+    core = Core(str(tmp_path / "marker-stages.db"))
+    app = Flask(__name__)
+    settings = {"pay_to": TestBuyer.new().address, "network": NETWORK, "core": core}
+    settings["admin_token"] = "marker-admin-token"  # a throwaway token for this test
+    app.config.update({f"FOURMICA_X402_{k.upper()}": v for k, v in settings.items()})
+    FourmicaX402(app)
+
+    @app.get("/gather")
+    @paid("$0.01", stage=Stage("memo", 1, of=2))
+    def gather() -> Any:
+        return {"ok": True}
+
+    @app.get("/write")
+    @paid("$0.02", stage=Stage("memo", 2, of=2))
+    def write() -> Any:
+        return {"ok": True}
+
+    client = app.test_client()
+
+    def ahead() -> str:
+        resp = client.get("/gather")
+        required = decode_payment_required(resp.headers["payment-required"])
+        return str(required.accepts[0].extra["stage"]["ahead"])
+
+    assert ahead() == str(2 * CENT)
+    token = {"authorization": "Bearer marker-admin-token"}
+    listed = client.get("/x402/admin/prices", headers=token).get_json()["routes"]
+    (key,) = [r["route"] for r in listed if r["route"].endswith(" /write")]
+    changed = client.post("/x402/admin/prices", headers=token, json={"prices": {key: "$0.06"}})
+    assert changed.status_code == 200, changed.get_data(as_text=True)
+    assert ahead() == str(6 * CENT)  # /write itself was not asked for meanwhile
+    core.close()
+
+
 @pytest.mark.parametrize("failing", ["GET /fail", "GET /boom", "GET /redirect", "GET /missing"])
 def test_a_failed_stage_is_refunded_and_later_stages_are_never_charged(
     make_seller: Any, base_routes: dict[str, Any], kit: Any, failing: str
