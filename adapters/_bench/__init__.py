@@ -1,4 +1,5 @@
-"""The HTTP benchmarks that need real servers and web frameworks: P5 and P7.
+"""The HTTP benchmarks that need real servers and web frameworks: P5 and P7 (and the
+load generator P4 shares with them, :mod:`.loopback`).
 
 :mod:`fourmica_x402.bench` imports this package lazily, only when one of them runs, so the
 core package never imports a web framework; the framework imports here happen inside the

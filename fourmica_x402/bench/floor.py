@@ -4,13 +4,14 @@ request's time goes").
 
 Before paid work runs, a seller must (1) recover the buyer's address from the guarantee's
 signature, and (2) durably lock the buyer's collateral and record the guarantee and the
-request, so that a replay is refused and a crash loses nothing. This benchmark does only
-that, with nothing of ours around it: the EIP-712 digest and a secp256k1 recovery
-(coincurve, the fastest binding there is for CPython), then one stdlib ``sqlite3``
-transaction on a three-table schema with the store's settings (WAL,
-``synchronous=NORMAL``): ``BEGIN IMMEDIATE``, the capacity-checked lock, the guarantee
-row (unique per tab and request id), the record row (unique per payment header),
-``COMMIT``. Checkpoints run between samples, untimed.
+request, so that a replay is refused and a crash of the process loses nothing. This
+benchmark does only that, with nothing of the gate or the Core around it: the EIP-712 digest
+and a secp256k1 recovery of a G-v1 guarantee (coincurve, the fastest binding there is for
+CPython), then one stdlib ``sqlite3`` transaction on a three-table schema with the store's
+settings (WAL, ``synchronous=NORMAL``): ``BEGIN IMMEDIATE``, the capacity-checked lock, the
+guarantee row (unique per tab and request id), the record row (unique per payment header),
+``COMMIT``. The two random ids it makes per write (about 1 µs) are timed with it;
+checkpoints run between samples, untimed.
 """
 
 from __future__ import annotations

@@ -145,10 +145,14 @@ def _p4(kind: str, quick: bool) -> Result:
                     if time.monotonic() > deadline or server.poll() is not None:
                         raise RuntimeError(f"P4 {kind} server did not start") from None
                     time.sleep(0.1)
-        headers = payment_headers(core, buyer, challenge.headers["payment-required"], count)
+        warmup = loopback.WARMUP
+        required = challenge.headers["payment-required"]
+        headers = payment_headers(core, buyer, required, count + warmup)
         paid_requests = [loopback.request(port, "/paid", h) for h in headers]
         bare_request = loopback.request(port, "/bare")
-        loopback.load_all_ok(port, [bare_request] * loopback.WARMUP, "P4 warm-up")
+        warm = [bare_request] * warmup + paid_requests[:warmup]
+        loopback.load_all_ok(port, warm, "P4 warm-up")
+        paid_requests = paid_requests[warmup:]
         # Bare and paid alternately, in chunks; the least disturbed chunk of each counts.
         bare = paid = 0.0
         size = max(count // _ROUNDS, 1)
