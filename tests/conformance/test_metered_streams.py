@@ -390,7 +390,6 @@ def test_a_metered_handler_that_does_not_stream_is_refunded_and_named_once(
 def test_time_slices_charge_each_started_slice_of_seconds(tmp_path: Any) -> None:
     """``Slices(seconds=T)``: a slow source (compute that takes time) is charged per started
     slice of T seconds; whatever the timing, what was locked is the slices paid."""
-    from fourmica_x402.core import Core
 
     async def steps() -> Any:
         for i in range(6):
@@ -421,7 +420,6 @@ def test_time_slices_charge_each_started_slice_of_seconds(tmp_path: Any) -> None
 def test_a_stream_ends_with_its_reason_and_charges_only_slices_started(
     tmp_path: Any, slices: Slices, fail_at: int | None, ended: str, events: int, charged: int
 ) -> None:
-    from fourmica_x402.core import Core
 
     async def steps() -> Any:
         for i in range(9):
