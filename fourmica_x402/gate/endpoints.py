@@ -104,7 +104,7 @@ def bearer(request: RequestView, token: str | None, realm: str = "metrics") -> R
     given = header[7:] if header[:7].lower() == "bearer " else ""
     if not hmac.compare_digest(given.encode(), token.encode()):
         challenge = [("www-authenticate", f'Bearer realm="{realm}"')]
-        return error_response(401, "unauthorized", "a bearer token is required", challenge)
+        return error_response(401, "unauthorized", "a valid bearer token is required", challenge)
     return None
 
 
