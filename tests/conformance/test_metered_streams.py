@@ -72,6 +72,16 @@ def paid_header(
     return {name: value}
 
 
+def read_stream(seller: Any, buyer: TestBuyer, n: int) -> tuple[PaidStream, list[Any]]:
+    """The buyer client reads the seller's ``/stream?n=`` to its end, over a real socket."""
+    with (
+        harness.loopback(seller.client.app, seller.client.interface) as url,
+        httpx.Client(transport=PaymentTransport(buyer.key), base_url=url, timeout=30) as client,
+    ):
+        stream = PaidStream(client, "GET", "/stream", params={"n": str(n)})
+        return stream, [event.json() for event in stream]
+
+
 def eventually(check: Any, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -84,12 +94,7 @@ def test_the_buyer_client_pays_each_slice_before_it_is_sent(
 ) -> None:
     seller = make_seller(routes={**base_routes, **metered()})
     buyer = kit.funded(seller)
-    with (
-        harness.loopback(seller.client.app, seller.client.interface) as url,
-        httpx.Client(transport=PaymentTransport(buyer.key), base_url=url, timeout=30) as client,
-    ):
-        stream = PaidStream(client, "GET", "/stream", params={"n": "5"})
-        got = [event.json() for event in stream]
+    stream, got = read_stream(seller, buyer, 5)
     assert got == [{"tick": i} for i in range(5)]
     assert (stream.ended, stream.slices) == ("complete", 3)  # 2 + 2 + 1 events
     assert kit.locked(seller, buyer) == 3 * CENT
@@ -290,12 +295,7 @@ def test_a_slice_paid_in_another_process_is_found_in_the_database(
     monkeypatch.setattr(metering, "_wake", lambda stream_id: None)  # as if paid elsewhere
     seller = make_seller(routes={**base_routes, **metered(pay_timeout=10.0)})
     buyer = kit.funded(seller)
-    with harness.loopback(seller.client.app, seller.client.interface) as url:  # noqa: SIM117
-        with httpx.Client(
-            transport=PaymentTransport(buyer.key), base_url=url, timeout=30
-        ) as client:
-            stream = PaidStream(client, "GET", "/stream", params={"n": "4"})
-            got = [event.json() for event in stream]
+    stream, got = read_stream(seller, buyer, 4)
     assert got == [{"tick": i} for i in range(4)] and (stream.ended, stream.slices) == (
         "complete",
         2,
@@ -442,12 +442,7 @@ def test_settle_after_a_slice_is_settled_at_its_pay_url(
 ) -> None:
     seller = make_seller(routes={**base_routes, **metered()}, settle="after")
     buyer = kit.funded(seller)
-    with harness.loopback(seller.client.app, seller.client.interface) as url:  # noqa: SIM117
-        with httpx.Client(
-            transport=PaymentTransport(buyer.key), base_url=url, timeout=30
-        ) as client:
-            stream = PaidStream(client, "GET", "/stream", params={"n": "5"})
-            got = [event.json() for event in stream]
+    stream, got = read_stream(seller, buyer, 5)
     assert got == [{"tick": i} for i in range(5)]
     assert (stream.ended, stream.slices) == ("complete", 3)
     assert kit.locked(seller, buyer) == 3 * CENT
