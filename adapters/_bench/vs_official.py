@@ -80,9 +80,10 @@ def _paid_rate(
     count: int,
     tmp: Path,
     others: Sequence[int] = (),
-) -> float:
+) -> tuple[float, list[float]]:
     """Paid req/s of the seller ``args`` start on ``port``: its 402 read, ``count`` payments
-    signed on ``core`` (the Core that seller's tabs live in), then sent.
+    signed on ``core`` (the Core that seller's tabs live in), then sent; and the CPU µs per
+    paid request of that seller and of each process in ``others``, idle to idle.
 
     Every 200 must have left a guarantee in ``core``: each seller really settled each payment.
     The clock starts once this seller and the processes ``others`` are idle (the facilitator
@@ -98,13 +99,16 @@ def _paid_rate(
         headers = payments(core, buyer, challenge, count + WARMUP)
         paid = [request(port, "/premium", h) for h in headers]
         load_all_ok(port, paid[:WARMUP], f"P5 {name} warm-up")
-        for pid in (proc.pid, *others):
-            quiet_cpu(pid)
+        pids = (proc.pid, *others)
+        before_cpu = [quiet_cpu(pid) for pid in pids]
         rate = count / load_all_ok(port, paid[WARMUP:], f"P5 {name}")
+        cpu_us = [
+            (quiet_cpu(pid) - b) / count * 1e6 for pid, b in zip(pids, before_cpu, strict=True)
+        ]
     settled = _guarantee_count(core, buyer.address) - before
     if settled != count + WARMUP:
         raise RuntimeError(f"P5 {name}: {count + WARMUP} payments answered 200, {settled} settled")
-    return rate
+    return rate, cpu_us
 
 
 def _guarantee_count(core: Any, address: str) -> int:
@@ -141,7 +145,7 @@ def bench_vs_official(quick: bool) -> list[Any]:
                 port = free_port()
                 official = [str(python), "-I", str(OFFICIAL_SELLER), str(port), facilitator, pay_to]
                 try:
-                    theirs = _paid_rate(
+                    theirs, theirs_cpu = _paid_rate(
                         "the official seller",
                         port,
                         official,
@@ -159,7 +163,7 @@ def bench_vs_official(quick: bool) -> list[Any]:
                 ours_args += ["--host", "127.0.0.1", "--log-level", "warning", "--port"]
                 env = {**os.environ, "PAY_TO": pay_to}
                 port = free_port()
-                local = _paid_rate(
+                local, local_cpu = _paid_rate(
                     "our gate (embedded Core)",
                     port,
                     [*ours_args, str(port)],
@@ -176,7 +180,7 @@ def bench_vs_official(quick: bool) -> list[Any]:
                     "FOURMICA_BENCH_FACILITATOR": facilitator,
                     "FOURMICA_BENCH_RECORDS": f"sqlite:///{tmp}/records.db",
                 }
-                remote = _paid_rate(
+                remote, remote_cpu = _paid_rate(
                     "our gate (HttpFacilitator)",
                     port,
                     [*ours_args, str(port)],
@@ -191,7 +195,15 @@ def bench_vs_official(quick: bool) -> list[Any]:
         finally:
             serve_core.close()
             own_core.close()
+    # CPU µs per paid request (idle to idle): each seller process, and the serve both use.
+    cpu = {
+        "official_seller_cpu_us": round(theirs_cpu[0]),
+        "serve_cpu_us_for_official": round(theirs_cpu[1]),
+    }
     notes = {"requests": count, "concurrency": CONCURRENCY, "official": " ".join(PINS[:2])}
+    embedded_notes = {**notes, **cpu, "seller_cpu_us": round(local_cpu[0])}
+    remote_notes = {**notes, **cpu, "seller_cpu_us": round(remote_cpu[0])}
+    remote_notes["serve_cpu_us"] = round(remote_cpu[1])
     shared = "the official 4mica-x402 FastAPI middleware on the same serve"
     return [
         Result(
@@ -203,7 +215,7 @@ def bench_vs_official(quick: bool) -> list[Any]:
             baseline_name=shared,
             target="≥ 6×",
             met=local >= 6 * theirs,
-            notes=notes,
+            notes=embedded_notes,
         ),
         Result(
             id="P5-remote",
@@ -214,6 +226,6 @@ def bench_vs_official(quick: bool) -> list[Any]:
             baseline_name=shared,
             target="≥ 1.5×",
             met=remote >= 1.5 * theirs,
-            notes=notes,
+            notes=remote_notes,
         ),
     ]

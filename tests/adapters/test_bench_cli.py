@@ -140,6 +140,11 @@ def test_vs_official_compares_paid_throughput_on_one_facilitator(
         assert row["unit"] == "req/s" and row["ours"] > 0 and row["baseline"] == baseline > 0
         assert abs(row["ratio"] - row["ours"] / row["baseline"]) < 1e-9
         assert row["notes"]["requests"] == 200 and isinstance(row["met"], bool)
+        # each process's CPU per paid request, idle to idle: a seller never costs nothing
+        assert row["notes"]["seller_cpu_us"] > 0 and row["notes"]["official_seller_cpu_us"] > 0
+    # the facilitator worked for both sellers that used it
+    assert rows["P5-remote"]["notes"]["serve_cpu_us"] > 0
+    assert rows["P5-remote"]["notes"]["serve_cpu_us_for_official"] > 0
     assert rows["P5-embedded"]["target"] == "≥ 6×" and rows["P5-remote"]["target"] == "≥ 1.5×"
 
 
