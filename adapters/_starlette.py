@@ -44,20 +44,31 @@ class StarletteRouter:
         found.endpoint.check(gate, found.walk())
         return found
 
-    def walk(self, routes: Any = None, prefix: str = "") -> Iterator[tuple[Any, str]]:
-        """``(route, template)`` of every endpoint, mounts included."""
+    def walk(self, routes: Any = None, prefix: str = "") -> Iterator[tuple[Any, str, Any]]:
+        """``(route, template, source)`` of every endpoint, mounts and included routers
+        included (``source``: what describes the route, see :func:`_effective`)."""
         for route in self.router.routes if routes is None else routes:
-            path = prefix + getattr(route, "path", "")
-            if isinstance(route, self._nested):
-                if route.routes:
-                    yield from self.walk(route.routes, path)
-                    continue
-                path += "/{path:path}"  # a mounted app without routes: everything under it
-            yield route, path
+            if _included(route):
+                for context in route.effective_route_contexts():
+                    yield from self._below(*_effective(context), prefix)
+            else:
+                yield from self._below(route, getattr(route, "path", ""), None, prefix)
+
+    def _below(
+        self, route: Any, path: str, source: Any, prefix: str
+    ) -> Iterator[tuple[Any, str, Any]]:
+        path = prefix + path
+        if isinstance(route, self._nested):
+            if route.routes:
+                yield from self.walk(route.routes, path)
+                return
+            path += "/{path:path}"  # a mounted app without routes: everything under it
+        yield route, path, source
 
     def resolve(self, scope: Scope) -> Endpoint | None:
+        scope = dict(scope)  # FastAPI's matching notes its progress in the scope
         if scope.get("method") == "HEAD":  # priced like the GET (never served paid, see Gate)
-            scope = {**scope, "method": "GET"}
+            scope["method"] = "GET"
         routes, prefix = self.router.routes, ""
         while True:
             for route in routes:  # the first full match wins, as in Router.app
@@ -66,16 +77,41 @@ class StarletteRouter:
                     break
             else:
                 return None  # 404, 405 or a redirect: the router will not serve it
-            prefix += getattr(route, "path", "")
+            path, source = getattr(route, "path", ""), None
+            while _included(route):  # the route it stands for, as its _match picks it
+                match, child, inner, context = route._match(scope)
+                if match is not self._full:
+                    return None
+                route, path, source = (inner, "", None) if context is None else _effective(context)
+            prefix += path
             if isinstance(route, self._nested) and route.routes:
                 scope, routes = {**scope, **child}, route.routes
                 continue
             if isinstance(route, self._nested):
                 prefix += "/{path:path}"
-            return self.endpoint(route, prefix)
+            return self.endpoint(route, prefix, source)
 
     def resolver(self, scope: Scope) -> Callable[[], Endpoint | None]:
         return lambda: self.resolve(scope)
+
+
+def _included(route: Any) -> bool:
+    """FastAPI's ``include_router`` (0.16x on): one entry standing for a whole router."""
+    return hasattr(route, "effective_route_contexts") and hasattr(route, "_match")
+
+
+def _effective(context: Any) -> tuple[Any, str, Any]:
+    """The route an included router's entry serves, its template under that router, and
+    what describes it.
+
+    An APIRoute stays itself (``scope["route"]`` names it) with the included path, and is
+    described by the entry, which adds ``include_router(dependencies=...)`` to its own
+    (a ``Paid`` may be there); other routes are rebuilt with the included path.
+    """
+    route = context.starlette_route
+    if route is None:
+        return context.original_route, context.path_format, context
+    return route, getattr(route, "path", ""), None
 
 
 def find_router(app: Any) -> Any:

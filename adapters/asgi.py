@@ -24,12 +24,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping
 from typing import Any
+from urllib.parse import quote
 
 from fourmica_x402.config import PaymentConfig
+from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.gate import PASS, Endpoint, Gate, RequestView, Response
-from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Marker, Meter, Startup
+from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Marker, Startup
 
-from ._body import BufferedBody, Judge
+from ._body import BufferedBody
+from ._exchange import PaidExchange, send_response
 from ._starlette import StarletteRouter, find_router
 
 __all__ = ["PaymentMiddleware"]
@@ -47,10 +50,19 @@ def request_view(
         server_host, port = scope["server"]
         host = f"{server_host}:{port}" if port else server_host
 
+    path, raw, root = scope["path"], (scope.get("raw_path") or b"").decode("latin-1"), ""
+    mounted = (scope.get("root_path") or "").rstrip("/")
+    if mounted and not path.startswith(mounted):  # an older server: path is already below it
+        root = quote(mounted)
+    elif mounted and path[len(mounted) :][:1] in ("/", ""):
+        # The app routes on the path below root_path (a server's --root-path, a Mount).
+        path, root = path[len(mounted) :] or "/", quote(mounted)
+        raw = raw[len(root) :] if raw.startswith(root) else raw
     return RequestView(
         method=scope.get("method", "GET"),
-        path=scope["path"],
-        raw_path=(scope.get("raw_path") or b"").decode("latin-1"),
+        path=path,
+        raw_path=raw,
+        root=root,
         query=scope.get("query_string", b"").decode("latin-1"),
         headers=headers,
         scheme=scope.get("scheme", "http"),
@@ -59,20 +71,6 @@ def request_view(
         read_body=BufferedBody(receive, BODY_LIMIT),  # b"" when longer than the gate reads
         resolve=resolve,
     )
-
-
-async def send_response(send: Any, response: Response) -> None:
-    headers = [*_encode(response.headers), (b"content-length", str(len(response.body)).encode())]
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    await send({"type": "http.response.body", "body": response.body})
-
-
-def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-
-
-def _decode(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
 
 
 class PaymentMiddleware:
@@ -109,7 +107,8 @@ class PaymentMiddleware:
         broken = self.startup.run(self._check)
         if kind == "lifespan" and broken is not None:  # the server reports it, and does not start
             await receive()
-            return await send({"type": "lifespan.startup.failed", "message": broken})
+            await send({"type": "lifespan.startup.failed", "message": broken})
+            raise ConfigurationError(broken)  # as Starlette's router does: a test client raises
         if kind == "websocket" and (
             broken or self.gate.refuses_websocket(self._view(scope, receive))
         ):
@@ -129,33 +128,4 @@ class PaymentMiddleware:
         if isinstance(outcome, Response):
             return await send_response(send, outcome)
         scope.setdefault("state", {})["payment"] = scope[PAYMENT_KEY] = outcome.payment
-        meter = Meter(self.gate, outcome)
-        judge = Judge.of(outcome.route)  # None but for a route whose price judges its answers
-
-        async def metered_send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                headers = _decode(message.get("headers", []))
-                started = await Gate.run_async(meter.start(message["status"], headers))
-                if isinstance(started, Response):  # settle-after failed: answer 402 instead
-                    return await send_response(send, started)
-                message = {**message, "headers": _encode(started)}
-            elif message["type"] == "http.response.body":
-                if meter.replacement is not None:
-                    return
-                meter.feed(message.get("body", b""))
-                if judge is not None:
-                    judge.feed(message.get("body", b""))
-            await send(message)
-
-        async def metered_receive() -> dict[str, Any]:
-            message: dict[str, Any] = await receive()
-            if message["type"] == "http.request":  # hashed as read (docs/operations.md)
-                meter.received(message.get("body", b""), not message.get("more_body", False))
-            return message
-
-        async with meter:  # the gate is told once the app is done
-            await self.app(scope, metered_receive, metered_send)
-            if judge is not None and meter.replacement is None:
-                undelivered = judge.verdict(meter.status, meter.headers)
-                if undelivered is not None:  # e.g. a JSON-RPC error in a 200: refunded
-                    await Gate.run_async(meter.finish(undelivered))
+        await PaidExchange(self.gate, outcome, receive, send).run(self.app, scope)

@@ -11,14 +11,13 @@
     def premium(payment: Payment = Paid("$0.01")):
         return {"payer": payment.payer}
 
-``Paid`` prices the route it is declared on, whatever its path looks like
-(``/items/{id:int}``, ``/files/{p:path}``, custom convertors), for every method
-the route serves unless ``methods=`` names some; ``FourmicaX402`` installs the
-pure ASGI middleware, which prices the route FastAPI's router resolves. ``Paid``
-itself refuses to run its handler without a payment settled for this route
-(a method it does not price is 405; no payment is a 503 ``payment_not_enforced``).
-Routes can also be priced in ``routes=`` by their templates, as with any adapter.
-See docs/architecture.md ("Which route is priced").
+``Paid`` prices the route it is declared on (in its signature or ``dependencies=``, the
+route's, its router's or its inclusion's), whatever its path looks like, for every method
+the route serves unless ``methods=`` names some; ``FourmicaX402`` installs the pure ASGI
+middleware, which prices the route FastAPI's router resolves. ``Paid`` refuses to run its
+handler without a payment settled for this route (405 for a method it does not price, 503
+``payment_not_enforced`` without a payment). Routes can also be priced in ``routes=`` by
+their templates. See docs/architecture.md ("Which route is priced").
 """
 
 from __future__ import annotations
@@ -48,21 +47,22 @@ class PaymentRefused(HTTPException):
     """``Paid`` will not run its handler: ``response`` (the gate's JSON error shape) answers."""
 
     def __init__(self, response: Response) -> None:
-        detail = json.loads(response.body)
+        detail = json.loads(response.body) if response.body else {}  # OPTIONS: no body
         super().__init__(response.status, detail, dict(response.headers))
-        self.response, self.reason, self.message = response, detail["error"], detail["message"]
+        self.response, self.reason = response, detail.get("error")
+        self.message = detail.get("message", "")
 
 
 def Paid(price: Any = None, *, methods: Any = None, **route: Any) -> Any:
-    """A dependency that prices its route and hands the handler the :class:`Payment`.
-
-    A bad static price or payTo fails here, when the module is imported.
-    """
+    """A dependency that prices its route and hands the handler the :class:`Payment`; a bad
+    static price or payTo fails here, when the module is imported."""
     marker = Marker(price, methods, route).validate("Paid(...)")
 
     async def payment(request: Request) -> Payment:
         found = request.scope.get(PAYMENT_KEY)
-        refused = marker.refusal(found, request.scope.get("route"), request.method)
+        route = request.scope.get("route")
+        served = sorted(getattr(route, "methods", None) or ())
+        refused = marker.refusal(found, route, request.method, served)
         if refused is not None:
             raise PaymentRefused(refused)
         assert isinstance(found, Payment)
@@ -72,7 +72,8 @@ def Paid(price: Any = None, *, methods: Any = None, **route: Any) -> Any:
 
 
 def _marker(route: Any) -> Marker | None:
-    """The ``Paid`` among the dependencies of an APIRoute (nested ones too), if any."""
+    """The ``Paid`` among the dependencies of an APIRoute (nested ones too), if any; or of an
+    included router's entry for one, which holds the inclusion's dependencies too."""
 
     def find(dependant: Any) -> Marker | None:
         for dep in dependant.dependencies:
@@ -81,7 +82,9 @@ def _marker(route: Any) -> Marker | None:
                 return found
         return None
 
-    return find(route.dependant) if isinstance(route, APIRoute) else None
+    if isinstance(route, APIRoute) or isinstance(getattr(route, "original_route", None), APIRoute):
+        return find(route.dependant)
+    return None
 
 
 def _render(response: Response) -> StarletteResponse:

@@ -48,6 +48,7 @@ def request_view(
         method=environ["REQUEST_METHOD"],
         path=path,
         raw_path=raw,
+        root=script.rstrip("/"),
         query=environ.get("QUERY_STRING", ""),
         headers=tuple(headers),
         scheme=environ.get("wsgi.url_scheme", "http"),

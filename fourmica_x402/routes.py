@@ -5,17 +5,11 @@ framework writes it or in the official form: ``:name``, ``[name]``, ``{name}``, 
 ``<name>`` and ``<int:name>`` each stand for one route parameter; ``*`` matches anything, a
 trailing ``/*`` the bare prefix too. ``GET`` also covers ``HEAD``.
 
-**Apps with a router** (Starlette, FastAPI, Flask, Django): the adapter hands the gate the
-endpoint the framework resolved (an :class:`Endpoint`), and the table prices that endpoint by
-its *template*: ``"GET /items/:id"`` prices the route ``/items/{id:int}``, whatever the request
-path looked like. A path the framework redirects, 404s or 405s never reaches a priced endpoint,
-so it is never charged. Each entry must name at least one route of the app (checked at
-start-up, :meth:`RouteTable.unmatched`). Per-handler markers (``@paid``, ``Paid(...)``) price
-their endpoint directly (:meth:`RouteTable.for_endpoint`).
-
-**Router-less ASGI/WSGI apps**: the request path itself is matched (:meth:`RouteTable.match`),
-ignoring case (a case-insensitive miss would let a request through unpaid; a case-insensitive
-hit only ever charges). See ``docs/architecture.md`` ("Which route is priced").
+**Apps with a router** (Starlette, FastAPI, Flask, Django) are priced on the endpoint the
+framework resolved (an :class:`Endpoint`), by its *template* (:meth:`RouteTable.for_endpoint`);
+each entry must name a route of the app (:meth:`RouteTable.unmatched`). **Router-less apps**:
+the request path itself, ignoring case (:meth:`RouteTable.match`). See docs/architecture.md
+("Which route is priced").
 
 Values take three forms::
 
@@ -207,7 +201,8 @@ class Endpoint:
         self.key, self.template, self.marker = key, template, marker
         self.marker_methods = marker_methods
         self.methods, self.websocket = methods, websocket
-        self._priced: dict[str, tuple[int, Route | None]] = {}
+        #: Per method: (table version, its Route or None); "?": the methods the table prices.
+        self._priced: dict[str, tuple[int, Any]] = {}
 
     def __repr__(self) -> str:
         return f"Endpoint({self.template!r}, marker={self.marker is not None})"
@@ -352,6 +347,16 @@ class RouteTable:
                     break
         endpoint._priced[method] = (version, route)
         return route
+
+    def other_methods(self, endpoint: Endpoint) -> frozenset[str]:
+        """The methods table entries price on ``endpoint`` (``*``: all); see ``Gate.before``."""
+        found, version = endpoint._priced.get("?"), self.version
+        if found is None or found[0] != version:
+            template = canonical_template(endpoint.template)
+            match = [e.method for e in self.routes if e.template_regex.match(template)]  # type: ignore[union-attr]
+            endpoint._priced["?"] = found = (version, frozenset(match))
+        methods: frozenset[str] = found[1]
+        return methods
 
     def unmatched(self, templates: Iterable[tuple[str, frozenset[str] | None]]) -> list[str]:
         """Table entries that name no route among ``(template, methods)`` (None = any method)."""

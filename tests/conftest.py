@@ -1,5 +1,7 @@
 """Shared fixtures. No tests/__init__.py: pytest runs with --import-mode=importlib.
 
+``audited_core``: an embedded Core on a fresh SQLite file, audited when the test ends.
+
 Databases: ``store_url`` runs a test on a fresh SQLite file and on a fresh PostgreSQL
 database (marked ``postgres``); ``sqlite_url`` and ``postgres_url`` give one of them.
 PostgreSQL comes from the admin URL in ``FOURMICA_TEST_POSTGRES_URL`` (a role that may
@@ -104,3 +106,14 @@ def store_url(request: pytest.FixtureRequest) -> str:
     name = "sqlite_url" if request.param == "sqlite" else "postgres_url"
     url: str = request.getfixturevalue(name)
     return url
+
+
+@pytest.fixture
+def audited_core(tmp_path: Path) -> Iterator[Any]:
+    """A Core on a fresh SQLite file; the test must leave it consistent (``audit()``)."""
+    from fourmica_x402.core import Core
+
+    core = Core(str(tmp_path / "core.db"))
+    yield core
+    assert core.audit() == []
+    core.close()

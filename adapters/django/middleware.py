@@ -38,6 +38,7 @@ def request_view(request: HttpRequest, resolve: Callable[[], Any] | None = None)
         method=request.method or "GET",
         path=request.path_info,
         raw_path=raw or escape_uri_path(request.path_info),  # test clients: decoded only
+        root=escape_uri_path(request.path.removesuffix(request.path_info)).rstrip("/"),
         query=meta.get("QUERY_STRING", ""),
         headers=tuple((name.lower(), value) for name, value in request.headers.items()),
         scheme=request.scheme or "http",
@@ -46,6 +47,15 @@ def request_view(request: HttpRequest, resolve: Callable[[], Any] | None = None)
         read_body=lambda: request.body if small else b"",
         resolve=resolve,
     )
+
+
+#: Conditional request headers, dropped from a paid GET (docs/protocol.md, "Paid responses").
+_CONDITIONS = (
+    "HTTP_IF_NONE_MATCH",
+    "HTTP_IF_MODIFIED_SINCE",
+    "HTTP_IF_MATCH",
+    "HTTP_IF_UNMODIFIED_SINCE",
+)
 
 
 class PaymentMiddleware:
@@ -89,6 +99,9 @@ class PaymentMiddleware:
         if isinstance(state, Response):
             return render(state)
         request.payment = state.payment
+        if request.method in ("GET", "HEAD"):  # served whole: an outer ConditionalGetMiddleware
+            for name in _CONDITIONS:  # would turn the delivered 200 into a 304 or 412
+                request.META.pop(name, None)
         response = yield Call(self.get_response, (request,), blocking=False)  # never raises
         meter = Meter(self.gate, state, getattr(request, "fourmica_x402_error", None))
         body = getattr(request, "_body", None)  # Django keeps what the view read as .body

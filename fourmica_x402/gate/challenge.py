@@ -40,7 +40,8 @@ DELIVERY_TAG = "delivery"
 
 
 def origin(gate: Gate, request: RequestView) -> str:
-    return gate.config.public_url or f"{request.scheme}://{request.host}"
+    """The app's URL as buyers reach it: its origin, then where it is mounted."""
+    return (gate.config.public_url or f"{request.scheme}://{request.host}") + request.root
 
 
 def requirements(gate: Gate, route: Route, request: RequestView) -> Flow:

@@ -251,6 +251,10 @@ class Gate:
             route = None if endpoint is None else self.routes.for_endpoint(method, endpoint)
             if route is not None and _ambiguous(request):
                 return error_response(400, "ambiguous_path", "ambiguous request path")
+            if route is None and endpoint is not None and endpoint.methods is None:
+                refused = _unpriced_method(self.routes.other_methods(endpoint))
+                if refused is not None:  # a view serving any method, priced for some
+                    return refused
         else:  # a router-less app: its raw path
             route = self.routes.match(method, request.path)
             if _ambiguous(request) and (
@@ -333,6 +337,17 @@ class Gate:
                     parts.append(seg)
             variants.add("/" + "/".join(parts))
         return any(self.routes.match(method, v) for v in variants)
+
+
+def _unpriced_method(priced: frozenset[str]) -> Response | None:
+    """405 for a method the table does not price on a view that serves every method and is
+    priced for some (docs/architecture.md, "Which route is priced"); None when none is."""
+    if not priced or "*" in priced:
+        return None
+    allow = sorted(priced | ({"HEAD"} if "GET" in priced else set()) | {"OPTIONS"})
+    return error_response(
+        405, "method_not_allowed", "method not allowed", [("allow", ", ".join(allow))]
+    )
 
 
 def _ambiguous(request: RequestView) -> bool:

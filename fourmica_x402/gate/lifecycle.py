@@ -117,14 +117,6 @@ class Meter:
             )
         return None
 
-    async def __aenter__(self) -> Meter:
-        return self
-
-    async def __aexit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
-        """``async with meter:`` around the app (ASGI): the gate is told once it returned or
-        raised (the exception goes on)."""
-        await drive.run_async(self.finish(error))
-
     @overload
     def stream(self, chunks: AsyncIterable[bytes]) -> AsyncBody: ...
     @overload
@@ -325,9 +317,13 @@ class Marker:
         self, payment: Payment | None, key: Any, method: str, served: Iterable[str] | None = None
     ) -> Response | None:
         """What to answer instead of running the handler, or None: ``payment`` was settled for
-        this request on this endpoint (``key``). A method it does not price: 405 with
-        ``Allow``; no payment for it: 503 ``payment_not_enforced`` (see
-        :meth:`Gate.marker_refusal`)."""
+        this request on this endpoint (``key``). OPTIONS (which the gate never prices): 200
+        with ``Allow``. A method it does not price: 405 with ``Allow``; no payment for it: 503
+        ``payment_not_enforced`` (see :meth:`Gate.marker_refusal`)."""
+        if method.upper() == "OPTIONS":  # never priced: answered here, the handler never runs
+            allowed = self.allow(served)
+            allowed += [] if "OPTIONS" in allowed else ["OPTIONS"]
+            return Response(200, [("allow", ", ".join(allowed)), ("content-length", "0")])
         why = Gate.marker_refusal(payment, key, method, self.methods)
         if why is None:
             return None
@@ -373,12 +369,13 @@ class Endpoints:
         self._describe, self._websocket = describe, websocket
         self._found: dict[tuple[int, str], Endpoint] = {}
 
-    def __call__(self, route: Any, template: str) -> Endpoint:
-        """The endpoint of ``route`` (the framework's object), written ``template``."""
+    def __call__(self, route: Any, template: str, source: Any = None) -> Endpoint:
+        """The endpoint of ``route`` (the framework's object), written ``template``;
+        ``source``: what describes it when not the route itself (FastAPI's included routes)."""
         key = (id(route), template)  # the Endpoint holds its route: the id stays the route's
         found = self._found.get(key)
         if found is None:  # two first sights at once: setdefault keeps one
-            marker, methods = self._describe(route)
+            marker, methods = self._describe(route if source is None else source)
             made = Endpoint(
                 route,
                 template,
@@ -390,15 +387,15 @@ class Endpoints:
             found = self._found.setdefault(key, made)
         return found
 
-    def price(self, table: RouteTable, routes: Iterable[tuple[Any, str]]) -> list[Endpoint]:
-        """The endpoint of every ``(route, template)`` of the app, each marker priced now on
-        ``table``: a price or payTo these settings make invalid is a ConfigurationError."""
-        found = [self(route, template) for route, template in routes]
+    def price(self, table: RouteTable, routes: Iterable[tuple[Any, ...]]) -> list[Endpoint]:
+        """The endpoint of every ``(route, template[, source])`` of the app, each marker priced
+        now on ``table``: a price or payTo these settings make invalid is a ConfigurationError."""
+        found = [self(*each) for each in routes]
         for each in found:
             table.prepare(each)
         return found
 
-    def unmatched(self, config: PaymentConfig, routes: Iterable[tuple[Any, str]]) -> list[str]:
+    def unmatched(self, config: PaymentConfig, routes: Iterable[tuple[Any, ...]]) -> list[str]:
         """The route-table entries of ``config`` naming no route of the app, every marker
         priced with its defaults first (ConfigurationError): :meth:`check` with no gate built,
         for a framework's own checks."""
@@ -408,7 +405,7 @@ class Endpoints:
         found = self.price(table, routes)
         return table.unmatched((each.template, each.methods) for each in found)
 
-    def check(self, gate: Gate, routes: Iterable[tuple[Any, str]]) -> list[Endpoint]:
+    def check(self, gate: Gate, routes: Iterable[tuple[Any, ...]]) -> list[Endpoint]:
         """:meth:`price` on the gate's table, which must name routes of the app: an entry naming
         none is a ConfigurationError at start-up too, never a route silently left free. The
         gate keeps them: its discovery listing names these routes (docs/protocol.md)."""

@@ -57,6 +57,10 @@ class RequestView:
     #: None when it will not serve it (404, 405, a redirect). None here = an app with no
     #: router, priced by its raw path. Called at most once, only for requests the gate prices.
     resolve: Callable[[], Endpoint | None] | None = None
+    #: Where the app is mounted, percent-encoded ("" at the root; ASGI ``root_path``, WSGI
+    #: ``SCRIPT_NAME``): ``path`` and ``raw_path`` are below it, URLs given to buyers start
+    #: with it (docs/architecture.md, "Which route is priced").
+    root: str = ""
 
     def header(self, name: str) -> str | None:
         name = name.lower()

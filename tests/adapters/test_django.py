@@ -102,6 +102,13 @@ class AsyncReport(View):
         return JsonResponse({"payer": request.payment.payer})
 
 
+@paid(price="$0.01")
+def tagged(request: HttpRequest) -> JsonResponse:
+    response = JsonResponse({"doc": "paid content"})
+    response["ETag"] = '"v1"'
+    return response
+
+
 def by_table(request: HttpRequest, n: int) -> JsonResponse:
     seen.append(request.payment)
     return JsonResponse({"n": n, "payer": request.payment.payer})
@@ -159,6 +166,7 @@ URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("anything", anything),
     path("get-only", get_only),
     path("r/<int:n>/", by_table),
+    path("tagged", tagged),
     re_path(r"^legacy/(\d+)$", legacy),
     *i18n_patterns(path("intl", anything)),
 ]
@@ -320,6 +328,57 @@ def test_request_payment_in_a_view(configured: None, core: Core) -> None:
         "* /items/<int:item_id>",  # every method of the URL pattern, as Django writes it
     )
     assert "payment-response" in resp.headers
+
+
+def test_a_table_entry_on_a_function_view_refuses_the_methods_it_does_not_price(
+    configured: None, core: Core
+) -> None:
+    """A function view serves every method: "GET /r/:n" left POST, PUT and DELETE free."""
+    client = Client()
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        resp = client.generic(method, "/r/3/")
+        assert resp.status_code == 405, (method, resp.status_code)
+        assert resp.json()["error"] == "method_not_allowed"
+        assert resp["Allow"] == "GET, HEAD, OPTIONS"
+    assert seen == [] and core.guarantees() == []
+    assert amount_of(client.get("/r/3/")) == "30000"  # GET is still sold
+    buyer, resp = pay(client, core, "/r/3/")
+    assert resp.status_code == 200 and resp.json() == {"n": 3, "payer": buyer.address}
+
+
+def test_a_paid_get_is_served_whole_past_an_outer_conditional_get_middleware(
+    configured: None, core: Core
+) -> None:
+    """ConditionalGetMiddleware outside ours turned the paid 200 it counted into a 304/412."""
+    outer = ["django.middleware.http.ConditionalGetMiddleware", *MIDDLEWARE]
+    with override_settings(MIDDLEWARE=outer):
+        client = Client()
+        assert client.get("/tagged", headers={"If-None-Match": '"v1"'}).status_code == 402
+        for condition in ({"If-None-Match": '"v1"'}, {"If-Match": '"other"'}):
+            _, headers = header(client, core, "/tagged", "GET", lambda r: r)
+            resp = client.get("/tagged", headers={**headers, **condition})
+            assert resp.status_code == 200 and resp.json() == {"doc": "paid content"}
+    assert [g.amount for g in core.guarantees()] == [10_000, 10_000]
+
+
+def test_a_site_under_a_script_name_advertises_its_urls_under_it(
+    configured: None, core: Core
+) -> None:
+    """Served under SCRIPT_NAME /shop, the tab endpoint at /x402/tab was out of the site."""
+    client = Client(SCRIPT_NAME="/shop")
+    challenge = decode_payment_required(client.get("/items/3").headers["payment-required"])
+    assert challenge.resource is not None
+    assert challenge.resource.url == "http://testserver/shop/items/3"
+    req = challenge.accepts[0]
+    assert req.extra["tabEndpoint"] == "http://testserver/shop/x402/tab"
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 10**9, network=NETWORK)
+    body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": req.to_dict()}
+    tab = client.post("/x402/tab", body, content_type="application/json")  # below SCRIPT_NAME
+    assert tab.status_code == 200, tab.content
+    name, value = payment_header(buyer, req, tab.json())
+    resp = client.get("/items/3", headers={name: value})
+    assert resp.status_code == 200 and resp.json() == {"payer": buyer.address, "item": 3}
 
 
 def test_a_view_exception_refunds_even_when_django_answers_4xx(

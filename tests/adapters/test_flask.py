@@ -401,3 +401,25 @@ def test_missing_flask_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delitem(sys.modules, "fourmica_x402.adapters.flask")
     with pytest.raises(ImportError, match=r'pip install "fourmica-x402\[flask\]"'):
         importlib.import_module("fourmica_x402.adapters.flask")
+
+
+def test_a_paid_rule_serving_options_answers_it_without_running_the_view(core: Core) -> None:
+    """OPTIONS is never priced; a @paid rule listing it refused 503 even with a payment."""
+    app = make_app(pay_to=SELLER, network=NETWORK, core=core)
+    FourmicaX402(app)
+    runs: list[str] = []
+
+    @app.route("/any", methods=["GET", "POST", "OPTIONS"])
+    @paid(price="$0.01")
+    def any_method() -> dict[str, str]:
+        runs.append(request.method)
+        return {"method": request.method}
+
+    client = app.test_client()
+    headers = payment_for(client, funded(core), "/any")
+    for sent in ({}, headers):
+        resp = client.options("/any", headers=sent)
+        assert resp.status_code == 200 and resp.get_data() == b""
+        assert resp.headers["Allow"] == "GET, HEAD, OPTIONS, POST"
+    assert runs == [] and core.guarantees() == []
+    assert client.get("/any", headers=headers).status_code == 200 and runs == ["GET"]

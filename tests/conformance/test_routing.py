@@ -206,14 +206,27 @@ def test_a_bad_database_fails_the_asgi_lifespan_start_up(
     to every request, /free too: the server must refuse to start instead."""
     import asyncio
 
+    from fourmica_x402.adapters.asgi import PaymentMiddleware
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
     from fourmica_x402.errors import FourmicaError
 
     bad = f"sqlite:///{tmp_path}/no/such/dir/core.db"
-    if kind == "fastapi":  # FourmicaX402(app, …) builds the gate at once: the import fails
-        with pytest.raises(FourmicaError, match="does not exist"):
-            make_seller(core=bad)
+    # FastAPI builds the gate in FourmicaX402(app, …), Starlette when its test client starts
+    # the app (lifespan): either way the app is refused before it serves anything.
+    with pytest.raises(FourmicaError, match="does not exist"):
+        make_seller(core=bad)
+    if kind == "fastapi":
         return
-    seller = make_seller(core=bad)  # Starlette builds its middleware when it first starts
+    options = {"pay_to": "0x" + "11" * 20, "routes": {"GET /free": "$0.01"}, "core": bad}
+    app = Starlette(
+        routes=[Route("/free", lambda request: PlainTextResponse("free"))],
+        middleware=[Middleware(PaymentMiddleware, **options)],
+    )
     sent: list[dict[str, Any]] = []
 
     async def lifespan() -> None:
@@ -225,13 +238,14 @@ def test_a_bad_database_fails_the_asgi_lifespan_start_up(
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
-        await seller.client.app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
 
-    asyncio.run(lifespan())
+    with pytest.raises(FourmicaError, match="does not exist"):  # as Starlette's router raises
+        asyncio.run(lifespan())
     assert sent[0]["type"] == "lifespan.startup.failed"
     assert "does not exist" in sent[0]["message"]
-    resp = seller.request("GET", "/free")  # a server that started anyway still fails closed
-    assert resp.status == 500 and resp.json()["error"] == "configuration_error"
+    resp = TestClient(app).get("/free")  # a server that started anyway still fails closed
+    assert resp.status_code == 500 and resp.json()["error"] == "configuration_error"
 
 
 def test_a_markers_own_pay_to_takes_tabs_from_start_up(tmp_path: Any) -> None:

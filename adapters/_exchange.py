@@ -1,0 +1,104 @@
+"""One paid ASGI request: the app's ``send`` and ``receive`` metered for the gate.
+
+The gate is told the response's outcome once, when the app returned or raised
+(docs/architecture.md, "A paid request"):
+
+- a response whose last body message went out is delivered (or, for a route whose price
+  judges its answers, whatever the judge says): what the app does afterwards — a background
+  task, a dependency's cleanup — cannot undo a delivery, even if it raises;
+- a response the server reported the client gone from (``http.disconnect``) before its end
+  was not received whole: the payment is voided. Servers on ASGI 2.3 report it only this way
+  (a ``send`` after the client left does nothing, and Starlette's streaming response stops);
+- otherwise, an exception voids it, and a 2xx is delivered.
+
+The gate is told after the app, never inside a ``send``: a streaming response's task may be
+cancelled as soon as its last message went out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fourmica_x402.gate import Gate, Response
+from fourmica_x402.gate.lifecycle import Meter
+
+from ._body import Judge
+
+__all__ = ["PaidExchange", "send_response"]
+
+_LEFT = "the client left before the response ended"
+
+
+async def send_response(send: Any, response: Response) -> None:
+    headers = [*_encode(response.headers), (b"content-length", str(len(response.body)).encode())]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+
+
+def _decode(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
+
+
+class PaidExchange:
+    """``await PaidExchange(gate, paid, receive, send).run(app, scope)``."""
+
+    __slots__ = ("_complete", "_ending", "_left", "_receive", "_send", "judge", "meter")
+
+    def __init__(self, gate: Gate, paid: Any, receive: Any, send: Any) -> None:
+        self.meter = Meter(gate, paid)
+        self.judge = Judge.of(paid.route)  # None but for a route whose price judges its answers
+        self._receive, self._send = receive, send
+        self._ending = False  # the last body message is on its way: a disconnect now is late
+        self._complete = self._left = False
+
+    async def run(self, app: Any, scope: Any) -> None:
+        try:
+            await app(scope, self.receive, self.send)
+        except BaseException as exc:  # told with it (and it goes on), unless already delivered
+            await self._done(None if self._complete else exc)
+            raise
+        left = self._left and not self._complete
+        await self._done(ConnectionAbortedError(_LEFT) if left else None)
+
+    async def _done(self, error: BaseException | None) -> None:
+        meter = self.meter
+        if error is None and self.judge is not None and meter.replacement is None:
+            error = self.judge.verdict(meter.status, meter.headers)  # e.g. a JSON-RPC error
+        await Gate.run_async(meter.finish(error))
+
+    async def send(self, message: dict[str, Any]) -> None:
+        meter = self.meter
+        if message["type"] == "http.response.start":
+            started = await Gate.run_async(
+                meter.start(message["status"], _decode(message.get("headers", [])))
+            )
+            if isinstance(started, Response):  # settle-after failed: answer 402 instead
+                return await send_response(self._send, started)
+            message = {**message, "headers": _encode(started)}
+        elif message["type"] == "http.response.body":
+            if meter.replacement is not None:
+                return None
+            chunk = message.get("body", b"")
+            meter.feed(chunk)
+            if self.judge is not None:
+                self.judge.feed(chunk)
+            if not message.get("more_body", False):
+                self._ending = True
+                await self._send(message)
+                self._complete = True  # the whole response went out
+                return None
+        await self._send(message)
+        return None
+
+    async def receive(self) -> dict[str, Any]:
+        message: dict[str, Any] = await self._receive()
+        kind = message["type"]
+        if kind == "http.request":  # hashed as read (docs/operations.md)
+            self.meter.received(message.get("body", b""), not message.get("more_body", False))
+        elif kind == "http.disconnect" and not self._ending:
+            self._left = True
+        return message

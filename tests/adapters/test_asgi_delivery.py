@@ -1,0 +1,184 @@
+"""ASGI: a paid response counts as delivered when its last byte went out, and not before.
+
+- Work the app does after the response (a background task, a dependency's cleanup) cannot
+  undo a delivery by failing: the buyer got the whole answer.
+- A client that leaves mid-stream on a server speaking ASGI 2.3 (uvicorn) is seen only as an
+  ``http.disconnect`` (sending after it does nothing and Starlette's streaming response just
+  stops): the payment is voided, as when the send fails (ASGI 2.4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from fastapi import BackgroundTasks, Depends, FastAPI
+from fourmica_x402.adapters.asgi import PaymentMiddleware
+from fourmica_x402.adapters.fastapi import FourmicaX402, Paid
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse, StreamingResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from fourmica_x402.core import Core
+from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
+from fourmica_x402.wire import decode_payment_required
+
+SELLER = TestBuyer.new().address
+ROUTES = {"GET /report": "$0.01", "GET /stream": "$0.01"}
+
+
+@pytest.fixture
+def core(audited_core: Core) -> Core:
+    return audited_core
+
+
+def header(core: Core, client: TestClient, path: str) -> tuple[bytes, bytes]:
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 10**9, network=NETWORK)
+    req = decode_payment_required(client.get(path).headers["payment-required"]).accepts[0]
+    version = 2 if "validatorAddress" in req.extra else 1
+    tab = core.open_tab(
+        buyer.address, req.pay_to, network=NETWORK, asset=req.asset, guarantee_version=version
+    )
+    name, value = payment_header(buyer, req, tab.to_json())
+    return name.encode(), value.encode()
+
+
+def settled(core: Core, gate: Any) -> list[tuple[str, str | None]]:
+    """(guarantee state, record outcome) of every payment, once completions are committed."""
+    gate.flush()
+    outcomes = {r.guarantee_id: r.outcome for r in gate.records.query()}
+    return [(g.state, outcomes.get(g.guarantee_id)) for g in core.guarantees()]
+
+
+def gate_of(app: Any) -> Any:
+    while not isinstance(app, PaymentMiddleware):
+        app = app.app
+    return app.gate
+
+
+def starlette_app(ran: list[str]) -> Starlette:
+    def fail() -> None:
+        ran.append("background")
+        raise RuntimeError("the background task failed after the response")
+
+    async def report(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("the report", background=BackgroundTask(fail))
+
+    async def ticks() -> AsyncIterator[bytes]:
+        for i in range(5):
+            ran.append(f"chunk-{i}")
+            yield f"chunk-{i}\n".encode()
+            await asyncio.sleep(0.02)
+
+    async def stream(request: Any) -> StreamingResponse:
+        return StreamingResponse(ticks(), media_type="text/plain")
+
+    options = {"pay_to": SELLER, "network": NETWORK, "routes": ROUTES}
+    return Starlette(
+        routes=[Route("/report", report), Route("/stream", stream)],
+        middleware=[Middleware(PaymentMiddleware, core=None, **options)],
+    )
+
+
+def test_a_background_task_failing_after_a_paid_answer_keeps_the_payment(core: Core) -> None:
+    ran: list[str] = []
+    app = starlette_app(ran)
+    app.user_middleware[0].kwargs["core"] = core
+    with TestClient(app, raise_server_exceptions=False) as client:
+        resp = client.get("/report", headers=[header(core, client, "/report")])
+        assert resp.status_code == 200 and resp.text == "the report"
+        assert ran == ["background"]  # it ran, after the answer, and raised
+        assert settled(core, gate_of(app.middleware_stack)) == [("payable", "delivered")]
+
+
+def test_fastapi_cleanup_failing_after_a_paid_answer_keeps_the_payment(core: Core) -> None:
+    app = FastAPI()
+    payments = FourmicaX402(app, pay_to=SELLER, network=NETWORK, core=core)
+    cleaned: list[str] = []
+
+    def fail() -> None:
+        cleaned.append("task")
+        raise RuntimeError("the background task failed")
+
+    async def session() -> AsyncIterator[str]:
+        yield "session"
+        cleaned.append("dependency")
+        raise RuntimeError("the cleanup failed after the answer")
+
+    @app.get("/task", dependencies=[Paid("$0.01")])
+    def task(background: BackgroundTasks) -> dict[str, bool]:
+        background.add_task(fail)
+        return {"ok": True}
+
+    @app.get("/cleanup", dependencies=[Paid("$0.01")])
+    def cleanup(s: str = Depends(session)) -> dict[str, str]:
+        return {"session": s}
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for path in ("/task", "/cleanup"):
+            resp = client.get(path, headers=[header(core, client, path)])
+            assert resp.status_code == 200, resp.text
+    assert sorted(cleaned) == ["dependency", "task"]
+    assert settled(core, payments.gate) == [("payable", "delivered")] * 2
+
+
+def test_a_client_leaving_mid_stream_on_asgi_2_3_is_not_charged(core: Core) -> None:
+    ran: list[str] = []
+    app = starlette_app(ran)
+    app.user_middleware[0].kwargs["core"] = core
+    with TestClient(app) as client:
+        paid = header(core, client, "/stream")
+    sent: list[dict[str, Any]] = []
+
+    async def exchange() -> None:
+        first = asyncio.Event()
+        requested = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await first.wait()  # the client reads the first chunk, then hangs up
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)  # ASGI 2.3: a send after the client left goes nowhere
+            if message["type"] == "http.response.body" and message.get("body"):
+                first.set()
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/stream",
+            "raw_path": b"/stream",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"host", b"testserver"), paid],
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+        }
+        await asyncio.wait_for(app(scope, receive, send), 10)
+
+    asyncio.run(exchange())
+    assert sent[0]["status"] == 200 and "chunk-4" not in ran  # the stream stopped early
+    assert settled(core, gate_of(app.middleware_stack)) == [("voided", "refunded")]
+
+
+def test_a_stream_read_to_its_end_on_asgi_2_3_is_charged(core: Core) -> None:
+    ran: list[str] = []
+    app = starlette_app(ran)
+    app.user_middleware[0].kwargs["core"] = core
+    with TestClient(app) as client:
+        resp = client.get("/stream", headers=[header(core, client, "/stream")])
+        assert resp.status_code == 200 and resp.text.count("chunk-") == 5
+        assert settled(core, gate_of(app.middleware_stack)) == [("payable", "delivered")]

@@ -1,0 +1,169 @@
+"""FastAPI's included routers are priced like routes declared on the app.
+
+From FastAPI 0.16x on, ``include_router`` adds one entry standing for the whole router
+instead of copying its routes; the middleware must still find the route it stands for, with
+its prefix, its ``Paid`` wherever it was declared (the route, ``APIRouter(dependencies=)``,
+``include_router(dependencies=)``) and the route table's templates.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi import APIRouter, FastAPI, Request
+from fourmica_x402.adapters.fastapi import FourmicaX402, Paid
+from starlette.testclient import TestClient
+
+from fourmica_x402.core import Core
+from fourmica_x402.gate import Payment
+from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
+from fourmica_x402.wire import decode_payment_required
+
+SELLER = TestBuyer.new().address
+
+
+@pytest.fixture
+def core(audited_core: Core) -> Core:
+    return audited_core
+
+
+def build(core: Core, calls: collections.Counter[str]) -> tuple[FastAPI, Any]:
+    app = FastAPI()
+    payments = FourmicaX402(
+        app, pay_to=SELLER, core=core, network=NETWORK, routes={"GET /v1/table/:n": "$0.04"}
+    )
+
+    @app.get("/free")
+    def free() -> dict[str, bool]:
+        calls["/free"] += 1
+        return {"free": True}
+
+    signature = APIRouter()
+
+    @signature.get("/report")
+    def report(request: Request, p: Payment = Paid("$0.01")) -> dict[str, Any]:  # noqa: B008
+        calls[request.url.path] += 1
+        return {"amount": p.amount}
+
+    on_router = APIRouter(prefix="/router", dependencies=[Paid("$0.02")])
+
+    @on_router.get("/report")
+    def router_report(request: Request) -> dict[str, bool]:
+        calls[request.url.path] += 1
+        return {"ok": True}
+
+    on_include = APIRouter()
+
+    @on_include.get("/report")
+    def include_report(request: Request) -> dict[str, bool]:
+        calls[request.url.path] += 1
+        return {"ok": True}
+
+    table = APIRouter()
+
+    @table.get("/table/{n}")
+    def table_item(n: int, request: Request) -> dict[str, int]:
+        calls[request.url.path] += 1
+        return {"n": n}
+
+    outer = APIRouter(prefix="/v1")
+    outer.include_router(signature, prefix="/signature")
+    outer.include_router(table)
+    app.include_router(outer)
+    app.include_router(on_router)
+    app.include_router(on_include, prefix="/include", dependencies=[Paid("$0.03")])
+    return app, payments.gate
+
+
+@pytest.fixture
+def seller(core: Core) -> Iterator[tuple[TestClient, collections.Counter[str], Any]]:
+    calls: collections.Counter[str] = collections.Counter()
+    app, gate = build(core, calls)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client, calls, gate
+
+
+def pay(core: Core, client: TestClient, path: str) -> tuple[int, dict[str, str]]:
+    """The amount ``path`` is challenged at, and a valid payment header for it."""
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 10**9, network=NETWORK)
+    challenge = client.get(path)
+    assert challenge.status_code == 402, (path, challenge.text)
+    req = decode_payment_required(challenge.headers["payment-required"]).accepts[0]
+    version = 2 if "validatorAddress" in req.extra else 1
+    tab = core.open_tab(
+        buyer.address, req.pay_to, network=NETWORK, asset=req.asset, guarantee_version=version
+    )
+    name, value = payment_header(buyer, req, tab.to_json())
+    return int(req.amount), {name: value}
+
+
+@pytest.mark.parametrize(
+    ("path", "amount"),
+    [
+        ("/v1/signature/report", 10_000),  # Paid in the handler's signature, nested inclusion
+        ("/router/report", 20_000),  # APIRouter(dependencies=[Paid])
+        ("/include/report", 30_000),  # include_router(dependencies=[Paid])
+        ("/v1/table/7", 40_000),  # the route table naming an included route's template
+    ],
+)
+def test_an_included_route_is_challenged_at_its_price_and_charged_once(
+    seller: Any, core: Core, path: str, amount: int
+) -> None:
+    client, calls, gate = seller
+    challenged, headers = pay(core, client, path)
+    assert challenged == amount and calls[path] == 0
+    paid = client.get(path, headers=headers)
+    assert paid.status_code == 200, paid.text
+    assert calls[path] == 1 and "payment-response" in paid.headers
+    gate.flush()
+    (kept,) = core.guarantees(address=core.guarantees()[-1].user_address)
+    assert kept.amount == amount and kept.state in ("payable", "pending_validation")
+    again = client.get(path, headers=headers)  # the same payment cannot buy it twice
+    assert again.status_code == 402 and calls[path] == 1
+
+
+def test_the_table_naming_an_included_route_leaves_the_rest_of_the_app_alone(seller: Any) -> None:
+    client, calls, _ = seller
+    assert client.get("/free").status_code == 200 and calls["/free"] == 1
+    assert client.get("/v1/table/nope").status_code == 402  # priced; FastAPI validates later
+
+
+def test_an_included_route_under_another_method_or_path_is_never_settled(
+    seller: Any, core: Core
+) -> None:
+    client, calls, _ = seller
+    _, headers = pay(core, client, "/router/report")
+    assert client.post("/router/report", headers=headers).status_code == 405
+    assert client.get("/router/report/", headers=headers, follow_redirects=False).status_code in (
+        307,
+        404,
+    )
+    assert core.guarantees() == [] and calls["/router/report"] == 0
+    assert client.get("/router/report", headers=headers).status_code == 200  # still good
+
+
+def test_a_paid_route_serving_options_answers_it_without_running_the_handler(
+    core: Core,
+) -> None:
+    """OPTIONS is never priced; a Paid route listing it refused 503 even with a payment."""
+    app = FastAPI()
+    FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK)
+    runs: list[str] = []
+
+    @app.api_route("/any", methods=["GET", "OPTIONS"], dependencies=[Paid("$0.01")])
+    def any_method(request: Request) -> dict[str, str]:
+        runs.append(request.method)
+        return {"method": request.method}
+
+    with TestClient(app) as client:
+        _, headers = pay(core, client, "/any")
+        for sent in ({}, headers):
+            resp = client.options("/any", headers=sent)
+            assert resp.status_code == 200 and resp.content == b""
+            assert "OPTIONS" in resp.headers["allow"] and "GET" in resp.headers["allow"]
+        assert runs == [] and core.guarantees() == []
+        assert client.get("/any", headers=headers).status_code == 200 and runs == ["GET"]
