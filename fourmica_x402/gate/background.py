@@ -21,7 +21,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..core.store import StoreUnavailable, Tx
+from ..core.store import StoreClosed, StoreUnavailable, Tx
 from ..errors import FourmicaError, PaymentError
 from .challenge import DELIVERY_TAG
 
@@ -66,6 +66,10 @@ class Reconciler:
             try:
                 self.reconcile()
                 due = records.next_followup_due()
+            except StoreClosed:  # the app closed its database: nothing more to do here
+                with self._lock:
+                    self._thread = None
+                return
             except Exception:  # the records database may be down too: try again later
                 log.exception("reconciling payments in doubt failed")
                 due = time.time() + 5

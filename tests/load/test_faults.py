@@ -615,6 +615,31 @@ def test_reconcile_retries_until_a_definite_answer(tmp_path: Path) -> None:
     assert facilitator.voids == ["0xaa", "0xaa", "0xaa", "0xbb", "0xcc"]
 
 
+def test_the_reconciler_stops_quietly_once_its_database_is_closed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stopped app's reconciler logged a traceback every 5 s about the closed database."""
+    from fourmica_x402.gate import Gate
+
+    records = Records(str(tmp_path / "records.db"))
+    gate = Gate(
+        PaymentConfig(
+            pay_to=SELLER,
+            routes={"GET /premium": "$0.01"},
+            facilitator=_Unanswered([]),  # type: ignore[arg-type]
+            records=records,
+        )
+    )
+    records.add_followup("0xaa", SELLER, "in_doubt")  # work left for it
+    records.store.close()
+    gate._reconciler.kick()
+    thread = gate._reconciler._thread
+    assert thread is not None
+    thread.join(10)
+    assert not thread.is_alive()
+    assert "reconciling payments in doubt failed" not in caplog.text
+
+
 # -- 3. the embedded Core's database is read-only or full ---------------------------------------
 
 

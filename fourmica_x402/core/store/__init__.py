@@ -24,7 +24,7 @@ from ...errors import Unavailable
 if TYPE_CHECKING:
     from .deferred import Deferred
 
-__all__ = ["Conflict", "Store", "StoreUnavailable", "Tx", "WouldBlock", "open_store"]
+__all__ = ["Conflict", "Store", "StoreClosed", "StoreUnavailable", "Tx", "WouldBlock", "open_store"]
 
 Row = tuple[Any, ...]
 
@@ -50,6 +50,10 @@ class StoreUnavailable(Unavailable):
     """The database cannot be reached or written. Renders as 503 (fail closed)."""
 
     reason: str = "core_unavailable"
+
+
+class StoreClosed(StoreUnavailable):
+    """The store was closed by its owner (the app is stopping): background work ends."""
 
 
 class Tx(Protocol):

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
-from . import Conflict, Row, StoreUnavailable, WouldBlock
+from . import Conflict, Row, StoreClosed, StoreUnavailable, WouldBlock
 from .deferred import Deferred, Job, drain_all
 
 __all__ = ["SQLiteStore"]
@@ -192,7 +192,7 @@ class SQLiteStore:
     def _transaction(self, *, write: bool, nowait: bool) -> Iterator[_Tx]:
         with self._idle:
             if self._closed:
-                raise StoreUnavailable(f"SQLite store {self.path} is closed")
+                raise StoreClosed(f"SQLite store {self.path} is closed")
             self._active += 1
         try:
             with self._open(write=write, nowait=nowait) as tx:
