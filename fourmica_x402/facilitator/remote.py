@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from .._eth import parse_address
 from ..core.models import Tab
 from ..errors import CoreError, GuaranteeRejected, MalformedPayment, Unavailable
 from ..guarantee import SignedGuarantee
@@ -49,10 +50,20 @@ class HttpFacilitator:
         backoff: float = 0.2,
         transport: httpx.BaseTransport | None = None,
         async_transport: httpx.AsyncBaseTransport | None = None,
+        rpc_url: str | None = None,
+        validation_registry: str | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError("facilitator url must be http(s)")
         self.url = url.rstrip("/")
+        #: The Core API buyers read (``rpcUrl`` in challenges): ``fourmica-x402 serve`` serves
+        #: it beside the facilitator API, so by default this URL (docs/operations.md).
+        self.rpc_url = (rpc_url or self.url).rstrip("/")
+        #: The validation registry the facilitator trusts: with it, challenges carry the
+        #: delivery policy, as on the embedded Core (docs/protocol.md, "Delivery").
+        self.validation_registry = (
+            None if validation_registry is None else parse_address(validation_registry)
+        )
         self._headers = dict(headers or {})
         self._timeout = timeout
         self._retries = retries

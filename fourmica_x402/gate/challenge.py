@@ -122,8 +122,9 @@ def offer_requirements(
     ``terms``: what ``extra`` says of a minimum, a bundle or a cap (:func:`.bundles.extra`).
     """
     extra: dict[str, Any] = {"tabEndpoint": gate.config.tab_endpoint or f"{base}{gate._tab_path}"}
-    if gate.core is not None:
-        extra["rpcUrl"] = f"{base}{gate._prefix}"
+    rpc = f"{base}{gate._prefix}" if gate.core else getattr(gate.facilitator, "rpc_url", None)
+    if rpc:  # a remote facilitator's Core API (HttpFacilitator.rpc_url)
+        extra["rpcUrl"] = rpc
     extra.update(offer.extra)
     if terms:
         extra.update(terms)
@@ -151,17 +152,21 @@ def _policy_for(
     if chosen is not None:
         return chosen, True
     core = gate.core
-    if pay_to is None or not gate.config.delivery_policy or core is None:
-        return None, False
-    if 2 not in core.config.accepted_versions:
+    if pay_to is None or not gate.config.delivery_policy:
         return None, False
     from .._eth import keccak
     from ..core.ledger import SANDBOX_REGISTRY
 
+    if core is None:  # a remote facilitator: the registry it trusts, when it was given one
+        registry = getattr(gate.facilitator, "validation_registry", None)
+    elif 2 in core.config.accepted_versions:
+        registry = (core.config.trusted_registries or (SANDBOX_REGISTRY,))[0]
+    else:
+        registry = None
+    if registry is None:
+        return None, False
     return ValidationPolicy(
-        registry=core.config.trusted_registries[0]
-        if core.config.trusted_registries
-        else SANDBOX_REGISTRY,
+        registry=registry,
         validator=pay_to,
         validator_agent_id=0,
         min_score=100,

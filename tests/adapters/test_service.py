@@ -28,6 +28,7 @@ from fourmica_x402.client import Receipt, fetch_certificate, fetch_public_key, v
 from fourmica_x402.core import Core
 from fourmica_x402.errors import Unavailable
 from fourmica_x402.facilitator import HttpFacilitator
+from fourmica_x402.gate import Gate
 from fourmica_x402.service import create_app
 from fourmica_x402.testing import NETWORK, TestBuyer, payment_header, test_policy
 from fourmica_x402.wire import PaymentRequirements, decode_payment_required
@@ -323,12 +324,12 @@ def _free_port() -> int:
 @pytest.fixture
 def served(core: Core) -> Iterator[tuple[str, uvicorn.Server]]:
     """The service under a real uvicorn server on loopback."""
+    yield from _served(create_app(core, tick_interval=None))
+
+
+def _served(app: Any) -> Iterator[tuple[str, uvicorn.Server]]:
     port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(core, tick_interval=None), host="127.0.0.1", port=port, log_level="warning"
-        )
-    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -365,9 +366,8 @@ def test_seller_on_a_remote_facilitator_pays_and_fails_closed(
     buyer = TestBuyer.new()
     core.deposit(buyer.address, 100_000, network=NETWORK)
     req = decode_payment_required(seller.get("/premium").headers["payment-required"]).accepts[0]
-    assert (
-        "rpcUrl" not in req.extra and "validatorAddress" not in req.extra
-    )  # remote: no delivery policy
+    # the facilitator's Core API (the official buyer reads it); no registry given: no policy
+    assert req.extra["rpcUrl"] == url and "validatorAddress" not in req.extra
     tab = seller.post(
         "/x402/tab",
         json={"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": req.to_dict()},
@@ -388,6 +388,50 @@ def test_seller_on_a_remote_facilitator_pays_and_fails_closed(
     time.sleep(0.5)
     down = seller.get("/premium", headers={name: value})
     assert down.status_code == 503 and down.json()["error"] == "facilitator_unavailable"
+
+
+@pytest.fixture
+def served_sandbox(core: Core) -> Iterator[tuple[str, uvicorn.Server]]:
+    """``fourmica-x402 serve --sandbox``: it takes validation scores without an API key."""
+    yield from _served(create_app(core, sandbox=True, tick_interval=None))
+
+
+def test_a_remote_facilitators_registry_brings_the_delivery_policy(
+    served_sandbox: Any, core: Core, tmp_path: Path
+) -> None:
+    """Without a policy the official buyer (which signs G-v2 for x402 v2) could not pay."""
+    from fourmica_x402.core.ledger import SANDBOX_REGISTRY
+
+    url, _ = served_sandbox
+    gate = Gate(
+        PaymentConfig(
+            pay_to=SELLER,
+            routes={"GET /premium": "$0.01"},
+            facilitator=HttpFacilitator(url, validation_registry=SANDBOX_REGISTRY.lower()),
+            records=str(tmp_path / "records.db"),
+            tab_endpoint="http://testserver/x402/tab",
+        )
+    )
+
+    async def premium(request: Request) -> JSONResponse:
+        return JSONResponse({"payer": request.state.payment.payer})
+
+    app = Starlette(
+        routes=[Route("/premium", premium)], middleware=[Middleware(PaymentMiddleware, gate=gate)]
+    )
+    seller = TestClient(app)
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 100_000, network=NETWORK)
+    req = decode_payment_required(seller.get("/premium").headers["payment-required"]).accepts[0]
+    assert req.extra["validationRegistryAddress"] == SANDBOX_REGISTRY
+    assert req.extra["validatorAddress"] == SELLER and req.extra["rpcUrl"] == url
+    body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": req.to_dict()}
+    tab = seller.post("/x402/tab", json=body).json()
+    name, value = payment_header(buyer, req, tab)
+    assert seller.get("/premium", headers={name: value}).status_code == 200
+    gate.flush()  # the delivery score goes to the facilitator after the response
+    (kept,) = core.guarantees(address=buyer.address)
+    assert (kept.version, kept.state) == (2, "payable")
 
 
 def test_http_facilitator_retries_idempotent_calls_only() -> None:
