@@ -243,8 +243,12 @@ class Gate:
             request.path == self._prefix or request.path.startswith(self._prefix + "/")
         ):
             return (yield from endpoints.core_api(self, request))
-        if method == "OPTIONS":
-            return PASS
+        if method == "OPTIONS":  # never priced; on a view serving any method, never run either
+            endpoint = request.resolve() if request.resolve is not None else None
+            if endpoint is None or endpoint.methods is not None or endpoint.marker is not None:
+                return PASS
+            priced = self.routes.other_methods(endpoint)
+            return PASS if not priced else Response(200, [_allow(priced), ("content-length", "0")])
         endpoint = None
         if request.resolve is not None:  # price what the framework's router resolved
             endpoint = request.resolve()
@@ -344,10 +348,13 @@ def _unpriced_method(priced: frozenset[str]) -> Response | None:
     priced for some (docs/architecture.md, "Which route is priced"); None when none is."""
     if not priced or "*" in priced:
         return None
-    allow = sorted(priced | ({"HEAD"} if "GET" in priced else set()) | {"OPTIONS"})
-    return error_response(
-        405, "method_not_allowed", "method not allowed", [("allow", ", ".join(allow))]
-    )
+    return error_response(405, "method_not_allowed", "method not allowed", [_allow(priced)])
+
+
+def _allow(priced: frozenset[str]) -> tuple[str, str]:
+    """``Allow`` for a view that serves any method: the priced ones (HEAD with GET), OPTIONS."""
+    methods = priced - {"*"} | ({"HEAD"} if "GET" in priced else set()) | {"OPTIONS"}
+    return "allow", ", ".join(sorted(methods))
 
 
 def _ambiguous(request: RequestView) -> bool:

@@ -340,6 +340,9 @@ def test_a_table_entry_on_a_function_view_refuses_the_methods_it_does_not_price(
         assert resp.status_code == 405, (method, resp.status_code)
         assert resp.json()["error"] == "method_not_allowed"
         assert resp["Allow"] == "GET, HEAD, OPTIONS"
+    options = client.options("/r/3/")  # never priced, and the view would serve it whole
+    assert options.status_code == 200 and options.content == b""
+    assert options["Allow"] == "GET, HEAD, OPTIONS"
     assert seen == [] and core.guarantees() == []
     assert amount_of(client.get("/r/3/")) == "30000"  # GET is still sold
     buyer, resp = pay(client, core, "/r/3/")
