@@ -283,6 +283,15 @@ class MeteredStream:
         """The stream ended: closed for payments; paid slices never started are refunded."""
         self.reason = reason
         _LOCAL.pop(self.id, None)
+        stores = {self.gate.streams.store, *([self.gate.core.store] if self.gate.core else [])}
+        if any(getattr(store, "writing_here", lambda: False)() for store in stores):
+            # A body the client left, finalized by the garbage collector inside one of this
+            # thread's own writes: its writes wait for that one on another thread.
+            threading.Thread(target=self._close, args=(reason,), daemon=True).start()
+            return
+        self._close(reason)
+
+    def _close(self, reason: str) -> None:
         try:
             streams = self.gate.streams
             streams.close(self.id, reason)

@@ -689,3 +689,20 @@ def test_missing_psycopg_names_the_extra() -> None:
         [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60
     )
     assert 'pip install "fourmica-x402[postgres]"' in out.stdout
+
+
+def test_a_write_nested_in_a_write_on_one_thread_fails_at_once(sqlite_url: str) -> None:
+    """A metered stream finalized by the garbage collector inside a write wrote again on the
+    same thread and waited for its own lock forever (a CI run hung on it)."""
+    store = open_store(sqlite_url)
+    try:
+        with store.transaction() as tx:
+            tx.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+            assert store.writing_here()
+            with pytest.raises(RuntimeError, match="nest none"), store.transaction():
+                pass  # pragma: no cover - never entered
+        assert not store.writing_here()
+        with store.transaction() as tx:  # the outer write committed; the lock is free
+            assert tx.one("SELECT COUNT(*) FROM t") == (0,)
+    finally:
+        store.close()

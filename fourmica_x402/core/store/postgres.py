@@ -342,6 +342,10 @@ class PostgresStore:
             self._local.writing = False
             cur.close()
 
+    def writing_here(self) -> bool:
+        """Whether this thread is inside one of this store's write transactions."""
+        return bool(getattr(self._local, "writing", False))
+
     def close(self) -> None:
         """Close every connection this process opened (each thread's)."""
         self.deferred.close()

@@ -145,6 +145,8 @@ class SQLiteStore:
             with self._transaction(write=False, nowait=False) as tx:
                 yield tx
             return
+        if self.writing_here():  # the lock is not re-entrant: waiting would never end
+            raise RuntimeError("a write transaction is already open on this thread; nest none")
         # Writers of this process queue on a lock (woken at once) rather than in SQLite's busy
         # handler, which sleeps in millisecond steps; other processes still meet the busy handler.
         if not self._write_lock.acquire(blocking=not nowait):
@@ -166,6 +168,10 @@ class SQLiteStore:
             self._release_writer()
             if jobs:
                 self.deferred.done(jobs, failures, committed)
+
+    def writing_here(self) -> bool:
+        """Whether this thread is inside one of this store's write transactions."""
+        return bool(getattr(self._local, "writing", False))
 
     def _release_writer(self) -> None:
         self._write_lock.release()
