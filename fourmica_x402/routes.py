@@ -19,8 +19,7 @@ Values take three forms::
                                   "network": "eip155:84532", "payTo": "0x…"},
                       "description": "…"}}                       # the official 4Mica dict
 
-Static prices and addresses are checked when the table is built: a bad price fails at start-up.
-"""
+Static prices and addresses are checked when the table is built: a bad price fails at start-up."""
 
 from __future__ import annotations
 
@@ -125,9 +124,8 @@ class RouteConfig:
     #: x402 v2 ``extensions`` (e.g. ``{"bazaar": {"info": …, "schema": …}}``): JSON, sent as
     #: written in the route's challenge and discovery listing (docs/protocol.md, "Discovery").
     extensions: Mapping[str, Any] | None = None
-    #: The least a request is charged (a price's forms): a static price below it fails at
-    #: start-up, an amount set per request is raised to it (docs/protocol.md, "Minimums,
-    #: bundles and prepaid caps").
+    #: The least a request is charged: a static price below it fails at start-up, a price set
+    #: per request is raised to it (docs/protocol.md, "Minimums, bundles and prepaid caps").
     min_amount: Price | None = None
     #: Bundles: ``units(request)`` (sync or async) counts what a request buys, at most
     #: ``max_units``; the static price is then one unit's, ``unit`` its label ("100 records").
@@ -163,8 +161,7 @@ class Route:
     config: RouteConfig
     #: Matches the canonical template of a framework's route (see :func:`canonical_template`).
     template_regex: re.Pattern[str] | None = None
-    #: The gate's per-origin requirements for static offers (kept with the route they price).
-    cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)  # per origin
     #: Per offer: its minimum, unit price and cap (None: the route sets none of them).
     terms: tuple[Terms, ...] | None = None
 
@@ -355,8 +352,7 @@ class RouteTable:
             template = canonical_template(endpoint.template)
             match = [e.method for e in self.routes if e.template_regex.match(template)]  # type: ignore[union-attr]
             endpoint._priced["?"] = found = (version, frozenset(match))
-        methods: frozenset[str] = found[1]
-        return methods
+        return found[1]  # type: ignore[no-any-return]
 
     def unmatched(self, templates: Iterable[tuple[str, frozenset[str] | None]]) -> list[str]:
         """Table entries that name no route among ``(template, methods)`` (None = any method)."""
