@@ -140,8 +140,11 @@ def _run_and_kill(args: list[str], wait_for: str | None, delay: float) -> list[s
             lines += line.split()
     time.sleep(delay)
     os.kill(proc.pid, signal.SIGKILL)
-    out, _ = proc.communicate(timeout=30)
-    lines += out.split()
+    proc.wait(timeout=30)
+    # The rest through the same reader: readline() may already hold lines the worker wrote
+    # after "ready" in its buffer, which communicate() (reading the pipe itself) would skip.
+    lines += proc.stdout.read().split()
+    proc.stdout.close()
     return lines
 
 
