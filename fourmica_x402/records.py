@@ -227,9 +227,8 @@ class Records:
     def finish_later(
         self, record_id: int, *, failed: Callable[[Exception], None] | None = None, **fields: Any
     ) -> None:
-        """:meth:`finish`, committed off the caller's path (:mod:`.core.store.deferred`):
-        with this process's next write, or within the store's window. ``failed(error)`` is
-        called if it could not be written."""
+        """:meth:`finish`, committed off the caller's path (:mod:`.core.store.deferred`);
+        ``failed(error)`` is called if it could not be written."""
         fields.setdefault("delivered_at", time.time())
         self.store.deferred.submit(
             Task(lambda tx: self.complete(tx, record_id, **fields), failed=failed)
@@ -255,6 +254,8 @@ class Records:
         ``delivered_at``: when the response went out (default: now). ``request_hash``: one
         that covers the body the handler read (else the record keeps the one it has).
         """
+        if outcome in _RETRIED:  # the reconciler may have finished its retry already
+            outcome = _retried_outcome(tx, record_id, outcome, status)
         tx.execute(
             "UPDATE fx_records SET status = ?, http_status = ?, response_hash = ?, "
             "delivered_at = ?, outcome = ?, certificate = COALESCE(?, certificate), "
@@ -351,9 +352,8 @@ class Records:
                 "next_at = COALESCE(?, next_at), detail = ? WHERE guarantee_id = ?",
                 (status, next_at, detail, guarantee_id),
             )
-            done = {"voided": ("refund_pending", "refunded"), "scored": ("score_pending", None)}
-            if status in done:
-                pending, final = done[status]
+            if status in _DONE:
+                pending, final = _DONE[status]
                 tx.execute(
                     "UPDATE fx_records SET outcome = COALESCE(?, CASE WHEN status = 'delivered' "
                     "THEN 'delivered' ELSE 'cancelled' END) "
@@ -431,3 +431,19 @@ class Records:
         with self.store.transaction(write=False) as tx:
             rows = tx.all(sql + " ORDER BY record_id DESC LIMIT ?", (*params, int(limit)))
         return [_record(r) for r in rows]
+
+
+#: A closed follow-up: (the outcome waiting for it, the one it makes; None: by the status).
+_DONE = {"voided": ("refund_pending", "refunded"), "scored": ("score_pending", None)}
+_RETRIED = {pending for pending, _ in _DONE.values()}
+
+
+def _retried_outcome(tx: Tx, record_id: int, outcome: str, status: str) -> str:
+    """``outcome``, or what the follow-up made it: filed before the queued completion, the
+    reconciler may close it first."""
+    sql = "SELECT f.status FROM fx_followups f JOIN fx_records r USING (guarantee_id) "
+    row = tx.one(sql + "WHERE r.record_id = ?", (record_id,))
+    if row is None or _DONE.get(row[0], ("",))[0] != outcome:
+        return outcome
+    final = _DONE[row[0]][1]
+    return final or ("delivered" if status == "delivered" else "cancelled")

@@ -498,18 +498,66 @@ def test_a_refund_the_facilitator_could_not_take_is_retried(tmp_path: Path) -> N
                 name, value = payment_header(buyer, req, tab.to_json())
                 assert seller.get("/premium", headers={name: value}).status_code == 500
                 records = Records(str(tmp_path / "records.db"))
-                for _ in range(200):  # bounded: the reconciler retries in the background
-                    if records.query()[0].outcome == "refunded":
+                for _ in range(600):  # bounded (30 s, as for the score below): the reconciler
+                    if records.query()[0].outcome == "refunded":  # retries in the background
                         break
                     time.sleep(0.05)
                 [record] = records.query()
-                assert record.outcome == "refunded" and len(void_calls) == 2
+                followup = records.followup(record.guarantee_id)
+                assert record.outcome == "refunded", (record.outcome, void_calls, followup)
+                assert len(void_calls) == 2, void_calls
                 assert records.followup(record.guarantee_id)[:1] == ("voided",)  # type: ignore[index]
         assert core.position(buyer.address, network=NETWORK).locked == 0
         assert [g.state for g in core.guarantees(address=buyer.address)] == ["voided"]
         assert core.audit() == []
     finally:
         core.close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "final"),
+    [("refund", "failed", "refunded"), ("score", "delivered", "delivered")],
+)
+@pytest.mark.parametrize("completion_first", [True, False], ids=["completion-first", "retry-first"])
+def test_a_follow_up_and_the_record_completion_give_one_outcome_in_either_order(
+    tmp_path: Path, kind: str, status: str, final: str, completion_first: bool
+) -> None:
+    """The reconciler may finish a filed refund or score before the record's queued
+    completion is written (it did on a loaded machine): the outcome must not go back to
+    pending then, nor stay pending when the completion comes first."""
+    records = Records(str(tmp_path / "records.db"))
+    gid = "0x" + "ab" * 32
+    record_id = records.begin(
+        route="GET /premium",
+        method="GET",
+        path="/premium",
+        header_version=2,
+        header_hash="h" * 64,
+        pay_to=SELLER,
+        amount=10_000,
+        asset=USDC,
+        network=NETWORK,
+        settle_mode="before",
+        settle_result={},
+        status="settled",
+        guarantee_id=gid,
+    )
+    records.add_followup(gid, SELLER, kind, score=None if kind == "refund" else 100)
+    pending = f"{kind}_pending"
+
+    def complete() -> None:
+        records.finish(
+            record_id, status=status, http_status=200, response_hash=None, outcome=pending
+        )
+
+    def retry() -> None:
+        records.update_followup(gid, status="voided" if kind == "refund" else "scored")
+
+    for step in (complete, retry) if completion_first else (retry, complete):
+        step()
+    [record] = records.query()
+    assert record.outcome == final
+    records.store.close()
 
 
 def test_a_delivery_score_the_facilitator_could_not_take_is_retried(tmp_path: Path) -> None:
