@@ -11,7 +11,7 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction
 from django.conf import settings
 from django.http import HttpResponse, HttpResponseNotAllowed
-from django.urls.resolvers import URLResolver, get_resolver
+from django.urls.resolvers import LocalePrefixPattern, URLResolver, get_resolver
 
 from fourmica_x402.config import PaymentConfig
 from fourmica_x402.errors import ConfigurationError
@@ -46,19 +46,38 @@ def describe(view: Any) -> tuple[Marker | None, list[str] | None]:
     return Marker.of(view) or Marker.of(cls), [m.upper() for m in served]
 
 
-def patterns() -> Iterator[tuple[Any, str]]:
+def patterns(localized: bool = False) -> Iterator[tuple[Any, str]]:
     """``(view, route)`` of every URL pattern, its route joined as Django joins
-    ResolverMatch.route (re_path: the regex)."""
+    ResolverMatch.route (re_path: the regex), but without the language prefix
+    ``i18n_patterns`` adds: one route for every language (docs/architecture.md, "Which
+    route is priced"). ``localized``: only the patterns under ``i18n_patterns``."""
 
-    def walk(entries: Iterable[Any], prefix: str) -> Iterator[tuple[Any, str]]:
+    def walk(entries: Iterable[Any], prefix: str, under: bool) -> Iterator[tuple[Any, str]]:
         for entry in entries:
-            route = prefix + str(entry.pattern).removeprefix("^" if prefix else "")
+            if isinstance(entry.pattern, LocalePrefixPattern):
+                yield from walk(entry.url_patterns, prefix, True)
+                continue
+            # Below a language prefix Django drops a nested regex's "^"; so does the route.
+            route = prefix + str(entry.pattern).removeprefix("^" if prefix or under else "")
             if isinstance(entry, URLResolver):
-                yield from walk(entry.url_patterns, route)
-            else:
+                yield from walk(entry.url_patterns, route, under)
+            elif under or not localized:
                 yield entry.callback, "/" + route
 
-    return walk(get_resolver().url_patterns if getattr(settings, "ROOT_URLCONF", None) else (), "")
+    return walk(
+        get_resolver().url_patterns if getattr(settings, "ROOT_URLCONF", None) else (), "", False
+    )
+
+
+def language_prefix() -> str | None:
+    """The language prefix ``i18n_patterns`` adds for the active language ("de/", or "" for
+    an unprefixed default), None when the root URLconf has none."""
+    if not getattr(settings, "ROOT_URLCONF", None):
+        return None
+    for entry in get_resolver().url_patterns:
+        if isinstance(entry.pattern, LocalePrefixPattern):
+            return str(entry.pattern.language_prefix)
+    return None
 
 
 def render(response: Response) -> HttpResponse:

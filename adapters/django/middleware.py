@@ -19,7 +19,7 @@ from django.utils.encoding import escape_uri_path
 from fourmica_x402.gate import PASS, Call, Endpoint, Flow, Gate, RequestView, Response
 from fourmica_x402.gate.lifecycle import BODY_LIMIT, Endpoints, Meter
 
-from .conf import describe, load, patterns, render
+from .conf import describe, language_prefix, load, patterns, render
 
 
 def request_view(request: HttpRequest, resolve: Callable[[], Any] | None = None) -> RequestView:
@@ -72,6 +72,7 @@ class PaymentMiddleware:
         # priced"): a @paid price or a ROUTES entry naming no URL pattern fails at start-up.
         self._endpoint = Endpoints(describe)
         self._endpoint.check(self.gate, patterns())
+        self._localized = set(patterns(localized=True))
 
     def __call__(self, request: HttpRequest) -> Any:
         return self.__acall__(request) if self.async_mode else Gate.run_sync(self._flow(request))
@@ -89,7 +90,14 @@ class PaymentMiddleware:
             match = urls.resolve(request.path_info, urlconf=getattr(request, "urlconf", None))
         except urls.Resolver404:
             return None
-        return self._endpoint(match.func, "/" + match.route)  # unseen at start-up too: i18n…
+        route = "/" + match.route
+        if self._localized and getattr(request, "urlconf", None) is None:
+            # The same view under every language prefix is one route (docs/architecture.md).
+            prefix = language_prefix() or ""
+            bare = "/" + match.route.removeprefix(prefix).removeprefix("^")
+            if match.route.startswith(prefix) and (match.func, bare) in self._localized:
+                route = bare
+        return self._endpoint(match.func, route)  # unseen at start-up too: a request's urlconf
 
     def _flow(self, request: HttpRequest) -> Flow:
         request.payment = None  # type: ignore[attr-defined]  # unless paid below

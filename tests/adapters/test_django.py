@@ -29,6 +29,7 @@ from django.http import Http404, HttpRequest, JsonResponse, StreamingHttpRespons
 from django.test import AsyncClient, Client, override_settings
 from django.urls import include, path, re_path, register_converter
 from django.urls.converters import get_converters
+from django.utils import translation
 from django.views import View
 
 if not settings.configured:  # the conformance builder may have configured them already
@@ -130,6 +131,11 @@ def free(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"free": True})
 
 
+def localized(request: HttpRequest) -> JsonResponse:
+    seen.append(request.payment)
+    return JsonResponse({"lang": request.LANGUAGE_CODE})
+
+
 class Custom:
     regex = "[a-z/]+"  # may match "/": priced as a wildcard
 
@@ -168,7 +174,12 @@ URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("r/<int:n>/", by_table),
     path("tagged", tagged),
     re_path(r"^legacy/(\d+)$", legacy),
-    *i18n_patterns(path("intl", anything)),
+    *i18n_patterns(path("intl", anything), path("lreport", localized)),
+]
+UNPREFIXED_URLS = types.ModuleType("django_adapter_unprefixed_urls")
+UNPREFIXED_URLS.urlpatterns = [  # type: ignore[attr-defined]
+    *i18n_patterns(path("lreport", localized), prefix_default_language=False),
+    re_path(r"^de/plain$", free),  # not under i18n_patterns: its prefix is its own
 ]
 OTHER_URLS = types.ModuleType("django_adapter_other_urls")
 OTHER_URLS.urlpatterns = [path("elsewhere", anything)]  # type: ignore[attr-defined]
@@ -183,7 +194,7 @@ def bad(request: HttpRequest) -> JsonResponse:
 BAD_URLS.urlpatterns = [path("bad", bad)]  # type: ignore[attr-defined]
 HELPERS = types.ModuleType("django_adapter_helpers")
 HELPERS.SwitchUrlconf = SwitchUrlconf  # type: ignore[attr-defined]
-sys.modules.update({m.__name__: m for m in (URLS, OTHER_URLS, BAD_URLS, HELPERS)})
+sys.modules.update({m.__name__: m for m in (URLS, UNPREFIXED_URLS, OTHER_URLS, BAD_URLS, HELPERS)})
 
 
 @pytest.fixture
@@ -273,6 +284,42 @@ def test_a_table_entry_naming_no_url_pattern_fails_at_start_up(configured: None)
     bad = override_settings(ROOT_URLCONF=BAD_URLS.__name__, FOURMICA_X402={"PAY_TO": SELLER})
     with bad, pytest.raises(ConfigurationError, match="not registered"):
         WSGIHandler()  # a @paid price the settings make invalid
+
+
+@pytest.mark.parametrize(
+    ("urlconf", "urls"),
+    [
+        (URLS, ["/en/lreport", "/de/lreport", "/fr/lreport"]),
+        (UNPREFIXED_URLS, ["/lreport", "/de/lreport", "/fr/lreport"]),
+    ],
+)
+def test_a_table_entry_under_i18n_patterns_prices_the_view_in_every_language(
+    configured: None, core: Core, urlconf: Any, urls: list[str]
+) -> None:
+    """``GET /lreport`` names the route without its language prefix: every prefix is that
+    route. Priced only under the start-up language, /de/lreport used to run unpaid."""
+    table = {"GET /lreport": "$0.04"}
+    options = {**settings.FOURMICA_X402, "ROUTES": table}
+    locale = ["django.middleware.locale.LocaleMiddleware", *MIDDLEWARE]
+    urlconf_and_table = override_settings(
+        FOURMICA_X402=options, MIDDLEWARE=locale, ROOT_URLCONF=urlconf.__name__
+    )
+    # LocaleMiddleware leaves the language it activates on this thread: undone at the end.
+    with urlconf_and_table, translation.override(None):
+        client = Client()
+        for url in urls:
+            assert amount_of(client.get(url)) == "40000", url
+        assert seen == []
+        buyer, resp = pay(client, core, "/de/lreport")
+        assert resp.status_code == 200 and resp.json() == {"lang": "de"}
+        assert seen[0].payer == buyer.address and seen[0].route == "GET /lreport"
+        assert core.position(buyer.address, network=NETWORK).locked == 40_000
+        if urlconf is UNPREFIXED_URLS:  # a pattern outside i18n_patterns keeps its prefix
+            assert client.get("/de/plain").status_code == 200
+        with_prefix = {**options, "ROUTES": {"GET /de/lreport": "$0.04"}}
+        refused = pytest.raises(ConfigurationError, match="/lreport")
+        with override_settings(FOURMICA_X402=with_prefix), refused:
+            WSGIHandler()  # names no route: the language prefix is not part of it
 
 
 @pytest.mark.parametrize(
