@@ -15,6 +15,7 @@ a facilitator that is down fails closed (503).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -27,10 +28,18 @@ from ..errors import CoreError, GuaranteeRejected, MalformedPayment, Unavailable
 from ..guarantee import SignedGuarantee
 from ..networks import parse_amount
 from ..wire import PaymentPayload, PaymentPayloadV1, PaymentRequirements, VerifyResponse
+from . import _asyncio_http
 
 __all__ = ["HttpFacilitator"]
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
+#: A call that failed on the way (either client), and of those the ones never sent.
+_FAILED: tuple[type[Exception], ...] = (httpx.HTTPError, *_asyncio_http.ERRORS)
+_NOT_SENT: tuple[type[Exception], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    *_asyncio_http.NOT_SENT,
+)
 #: Idle connections are dropped well before common servers close them (uvicorn and Node
 #: after 5 s, gunicorn after 2 s): a kept-alive connection the server closes just as
 #: ``/settle`` leaves on it would fail a payment that cannot be sent again.
@@ -76,7 +85,10 @@ class HttpFacilitator:
             transport=transport,
         )
         self._async_transport = async_transport
-        self._aclient: httpx.AsyncClient | None = None
+        self._aclient: httpx.AsyncClient | None = None  # with ``async_transport`` only
+        #: The event loop's connection pool (docs/architecture.md, "A remote facilitator"),
+        #: made anew when the calls move to another loop (a loop's connections die with it).
+        self._apool: tuple[asyncio.AbstractEventLoop, _asyncio_http.JsonPool] | None = None
 
     def __repr__(self) -> str:  # headers may carry credentials
         return f"HttpFacilitator({self.url!r})"
@@ -94,12 +106,53 @@ class HttpFacilitator:
                     continue
                 raise self._unreachable(exc) from None
             if response.status_code in _RETRY_STATUS and attempt + 1 < attempts:
-                time.sleep(self._delay(attempt, response))
+                time.sleep(self._delay(attempt, response.headers.get("retry-after")))
                 continue
-            return self._decode(response)
+            return self._decode(response.status_code, response.content)
         raise AssertionError("unreachable")
 
     async def _acall(self, method: str, path: str, body: Any = None, *, retry: bool = False) -> Any:
+        send = self._asend
+        if self._async_transport is not None:
+            send = self._asend_httpx
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        attempts = self._retries + 1 if retry else 1
+        for attempt in range(attempts):
+            try:
+                status, retry_after, content = await send(method, path, data)
+            except _FAILED as exc:
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(self._delay(attempt, None))
+                    continue
+                raise self._unreachable(exc) from None
+            if status in _RETRY_STATUS and attempt + 1 < attempts:
+                await asyncio.sleep(self._delay(attempt, retry_after))
+                continue
+            return self._decode(status, content)
+        raise AssertionError("unreachable")
+
+    async def _asend(
+        self, method: str, path: str, data: bytes | None
+    ) -> tuple[int, str | None, bytes]:
+        loop = asyncio.get_running_loop()
+        if self._apool is None or self._apool[0] is not loop:
+            self._apool = (
+                loop,
+                _asyncio_http.JsonPool(
+                    self.url,
+                    headers=self._headers,
+                    timeout=self._timeout,
+                    keepalive_expiry=_LIMITS.keepalive_expiry or 0,
+                    ssl_context=httpx.create_ssl_context(),
+                ),
+            )
+        status, headers, content = await self._apool[1].request(method, path, data)
+        retry_after = next((v.decode() for k, v in headers if k.lower() == b"retry-after"), None)
+        return status, retry_after, content
+
+    async def _asend_httpx(
+        self, method: str, path: str, data: bytes | None
+    ) -> tuple[int, str | None, bytes]:
         if self._aclient is None:
             self._aclient = httpx.AsyncClient(
                 base_url=self.url,
@@ -108,49 +161,38 @@ class HttpFacilitator:
                 limits=_LIMITS,
                 transport=self._async_transport,
             )
-        attempts = self._retries + 1 if retry else 1
-        for attempt in range(attempts):
-            try:
-                response = await self._aclient.request(method, path, json=body)
-            except httpx.HTTPError as exc:
-                if attempt + 1 < attempts:
-                    await asyncio.sleep(self._delay(attempt, None))
-                    continue
-                raise self._unreachable(exc) from None
-            if response.status_code in _RETRY_STATUS and attempt + 1 < attempts:
-                await asyncio.sleep(self._delay(attempt, response))
-                continue
-            return self._decode(response)
-        raise AssertionError("unreachable")
+        extra = {} if data is None else {"content-type": "application/json"}
+        response = await self._aclient.request(method, path, content=data, headers=extra)
+        return response.status_code, response.headers.get("retry-after"), response.content
 
-    def _unreachable(self, exc: httpx.HTTPError) -> Unavailable:
+    def _unreachable(self, exc: Exception) -> Unavailable:
         error = Unavailable(f"facilitator {self.url} unreachable: {type(exc).__name__}")
         # Only a failed connect proves the request never arrived; after a read timeout or a
         # dropped connection the facilitator may have acted on it.
-        error.maybe_applied = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+        error.maybe_applied = not isinstance(exc, _NOT_SENT)
         return error
 
-    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
-        if response is not None and response.headers.get("retry-after", "").isdigit():
-            return min(float(response.headers["retry-after"]), 5.0)
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        if retry_after is not None and retry_after.isdigit():
+            return min(float(retry_after), 5.0)
         return float(self._backoff * (2**attempt))
 
-    def _decode(self, response: httpx.Response) -> Any:
-        if response.status_code >= 500 or response.status_code == 429:
-            error = Unavailable(f"facilitator answered {response.status_code}")
-            error.maybe_applied = response.status_code != 429  # a 5xx may follow a commit
+    def _decode(self, status: int, content: bytes) -> Any:
+        if status >= 500 or status == 429:
+            error = Unavailable(f"facilitator answered {status}")
+            error.maybe_applied = status != 429  # a 5xx may follow a commit
             raise error
         try:
-            data = response.json()
+            data = json.loads(content)
         except ValueError:
-            raise Unavailable(f"facilitator answered {response.status_code} without JSON") from None
-        if response.status_code >= 400:
+            raise Unavailable(f"facilitator answered {status} without JSON") from None
+        if status >= 400:
             message = data.get("error") or data.get("message") if isinstance(data, dict) else None
             reason = data.get("reason") if isinstance(data, dict) else None
             raise CoreError(
-                str(message or response.status_code),
+                str(message or status),
                 reason=str(reason or "facilitator_error"),
-                status=response.status_code,
+                status=status,
             )
         return data
 
@@ -323,3 +365,6 @@ class HttpFacilitator:
     async def aclose(self) -> None:
         if self._aclient is not None:
             await self._aclient.aclose()
+        if self._apool is not None and self._apool[0] is asyncio.get_running_loop():
+            await self._apool[1].aclose()
+        self._apool = None
