@@ -14,11 +14,9 @@
 
     payments.check()  # once the routes exist: a route-table entry naming no route fails here
 
-Every ``PaymentConfig`` field is a setting: ``FOURMICA_X402_<FIELD>`` (``_ROUTES``, ``_CORE``,
-``_SETTLE``…); keyword options given to the extension win. The extension wraps
-``app.wsgi_app`` with the WSGI middleware, which prices the rule Flask's own router
-resolves for the request (docs/architecture.md, "Which route is priced"): the view's
-``@paid`` mark, else the ``FOURMICA_X402_ROUTES`` entry naming the rule's template.
+Every ``PaymentConfig`` field is a setting, ``FOURMICA_X402_<FIELD>``; keyword options win.
+The WSGI middleware wrapped around ``app.wsgi_app`` prices the rule Flask resolves
+(docs/architecture.md, "Which route is priced"): its ``@paid`` mark, else its table entry.
 """
 
 from __future__ import annotations
@@ -109,9 +107,8 @@ class FourmicaX402:
         app.before_request(_expose_payment)
 
     def check(self) -> None:
-        """Check the prices against the app's routes (ConfigurationError: a route-table entry
-        names no route, a ``@paid`` price or payTo is wrong). Call it once the routes are
-        registered; the first request runs it otherwise, and answers 500 when it fails."""
+        """Check the prices against the routes (ConfigurationError: an entry names no route, a
+        ``@paid`` price or payTo is wrong); else the first request does, and answers 500."""
         if not self._routed:
             raise ConfigurationError("FourmicaX402: call init_app(app) first")
         for middleware in self._routed:
@@ -122,13 +119,18 @@ def _expose_payment() -> None:
     g.payment = request.environ.get(PAYMENT_KEY)
 
 
+def _served(rule: Any) -> set[str]:  # Flask answers an OPTIONS it added by itself
+    auto = getattr(rule, "provide_automatic_options", False)  # not on rules added by hand
+    return set(rule.methods or ()) - ({"OPTIONS"} if auto else set())
+
+
 class _Routed(PaymentMiddleware):
     """The WSGI middleware, pricing the rule Flask's router resolves (one Endpoint per rule)."""
 
     def __init__(self, app: Any, *, gate: Gate, flask_app: Flask) -> None:
         super().__init__(app, gate=gate)
         self._flask_app, views = flask_app, flask_app.view_functions
-        self._endpoint = Endpoints(lambda rule: (Marker.of(views.get(rule.endpoint)), rule.methods))
+        self._endpoint = Endpoints(lambda r: (Marker.of(views.get(r.endpoint)), _served(r)))
 
     def check(self) -> None:  # the first request runs it at the latest: views come after init_app
         rules = self._flask_app.url_map.iter_rules()

@@ -40,6 +40,7 @@ from .types import (
     Call,
     Flow,
     Paid,
+    PassThrough,
     Payment,
     RequestView,
     Response,
@@ -243,12 +244,11 @@ class Gate:
             request.path == self._prefix or request.path.startswith(self._prefix + "/")
         ):
             return (yield from endpoints.core_api(self, request))
-        if method == "OPTIONS":  # never priced; on a view serving any method, never run either
+        if method == "OPTIONS":  # never priced, nor run by a view priced for other methods
             endpoint = request.resolve() if request.resolve is not None else None
-            if endpoint is None or endpoint.methods is not None or endpoint.marker is not None:
+            if endpoint is None or endpoint.marker is not None:  # a marker refuses it itself
                 return PASS
-            priced = self.routes.other_methods(endpoint)
-            return PASS if not priced else Response(200, [_allow(priced), ("content-length", "0")])
+            return _options(endpoint, self.routes.other_methods(endpoint))
         endpoint = None
         if request.resolve is not None:  # price what the framework's router resolved
             endpoint = request.resolve()
@@ -349,6 +349,18 @@ def _unpriced_method(priced: frozenset[str]) -> Response | None:
     if not priced or "*" in priced:
         return None
     return error_response(405, "method_not_allowed", "method not allowed", [_allow(priced)])
+
+
+def _options(endpoint: Endpoint, priced: frozenset[str]) -> Response | PassThrough:
+    """OPTIONS on a view the table prices: answered here (200, ``Allow``) when the view itself
+    would serve it (it serves any method, or lists OPTIONS beside a priced one), so that it
+    never runs unpaid; else it goes on (the framework answers it, or a view of its own)."""
+    served = endpoint.methods
+    if served is None:
+        return Response(200, [_allow(priced), ("content-length", "0")]) if priced else PASS
+    if "OPTIONS" in served and priced and ("*" in priced or priced & (served - {"OPTIONS"})):
+        return Response(200, [("allow", ", ".join(sorted(served))), ("content-length", "0")])
+    return PASS
 
 
 def _allow(priced: frozenset[str]) -> tuple[str, str]:

@@ -167,3 +167,44 @@ def test_a_paid_route_serving_options_answers_it_without_running_the_handler(
             assert "OPTIONS" in resp.headers["allow"] and "GET" in resp.headers["allow"]
         assert runs == [] and core.guarantees() == []
         assert client.get("/any", headers=headers).status_code == 200 and runs == ["GET"]
+
+
+@pytest.mark.parametrize("entry", ["GET /report", "* /report"])
+def test_a_table_priced_route_serving_options_answers_it_without_running_the_handler(
+    core: Core, entry: str
+) -> None:
+    """A route listing OPTIONS beside a priced method ran its handler for OPTIONS, unpaid,
+    serving what the GET sells; a route of its own for OPTIONS still runs (never priced)."""
+    from fourmica_x402.adapters.asgi import PaymentMiddleware
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    runs: list[str] = []
+
+    async def report(request: Any) -> JSONResponse:
+        runs.append(request.method)
+        return JSONResponse({"report": "paid content"})
+
+    async def preflight(request: Any) -> JSONResponse:
+        runs.append("preflight")
+        return JSONResponse({})
+
+    routes = [
+        Route("/report", report, methods=["GET", "POST", "OPTIONS"]),
+        Route("/own", preflight, methods=["OPTIONS"]),
+        Route("/own", report, methods=["GET"]),
+    ]
+    table = {entry: "$0.01", "GET /own": "$0.01"}
+    options = {"pay_to": SELLER, "core": core, "network": NETWORK, "routes": table}
+    app = Starlette(routes=routes, middleware=[Middleware(PaymentMiddleware, **options)])
+    with TestClient(app) as client:
+        resp = client.options("/report")
+        assert resp.status_code == 200 and resp.content == b""
+        assert resp.headers["allow"] == "GET, HEAD, OPTIONS, POST"
+        assert runs == []
+        assert client.options("/own").status_code == 200 and runs == ["preflight"]
+        _, headers = pay(core, client, "/report")
+        assert client.get("/report", headers=headers).status_code == 200
+        assert runs == ["preflight", "GET"]

@@ -423,3 +423,35 @@ def test_a_paid_rule_serving_options_answers_it_without_running_the_view(core: C
         assert resp.headers["Allow"] == "GET, HEAD, OPTIONS, POST"
     assert runs == [] and core.guarantees() == []
     assert client.get("/any", headers=headers).status_code == 200 and runs == ["GET"]
+
+
+@pytest.mark.parametrize("entry", ["GET /report", "* /report"])
+def test_a_table_priced_rule_serving_options_answers_it_without_running_the_view(
+    core: Core, entry: str
+) -> None:
+    """A view listing OPTIONS beside a priced method ran for OPTIONS, unpaid, and served
+    what the GET sells. Flask's own OPTIONS (added by itself) still answers as before."""
+    app = make_app(pay_to=SELLER, network=NETWORK, core=core, routes={entry: "$0.01"})
+    FourmicaX402(app)
+    runs: list[str] = []
+
+    @app.route("/report", methods=["GET", "POST", "OPTIONS"])
+    def report() -> dict[str, str]:
+        runs.append(request.method)
+        return {"report": "paid content"}
+
+    @app.get("/auto")  # Flask adds OPTIONS and answers it itself
+    def auto() -> dict[str, str]:
+        runs.append("auto")
+        return {"auto": "free"}
+
+    client = app.test_client()
+    resp = client.options("/report")
+    assert resp.status_code == 200 and resp.get_data() == b""
+    assert resp.headers["Allow"] == "GET, HEAD, OPTIONS, POST"
+    resp = client.options("/auto")
+    assert resp.status_code == 200 and "GET" in resp.headers["Allow"]
+    assert runs == [] and core.guarantees() == []
+    buyer = funded(core)
+    resp = client.get("/report", headers=payment_for(client, buyer, "/report"))
+    assert resp.status_code == 200 and runs == ["GET"]
