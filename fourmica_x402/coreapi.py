@@ -71,21 +71,29 @@ def _network_of(chain_id: int) -> str:
 
 def json_rpc(core: Core, chain_id: int, request: Any) -> JsonResult:
     """The sandbox Ethereum JSON-RPC: ``eth_chainId`` and the Core contract's view calls."""
-    if isinstance(request, list):
-        return 200, [json_rpc(core, chain_id, item)[1] for item in request[:50]]
+    if isinstance(request, list):  # a batch: of requests, never of batches
+        return 200, [_rpc_call(core, chain_id, item) for item in request[:50]]
+    return 200, _rpc_call(core, chain_id, request)
+
+
+def _rpc_call(core: Core, chain_id: int, request: Any) -> dict[str, Any]:
+    """One JSON-RPC call's answer; whatever the input, a JSON-RPC error rather than a 500."""
     if not isinstance(request, dict):
-        return 200, {
+        return {
             "jsonrpc": "2.0",
             "id": None,
             "error": {"code": -32600, "message": "invalid request"},
         }
     rid, method, params = request.get("id"), request.get("method"), request.get("params") or []
 
-    def ok(result: Any) -> JsonResult:
-        return 200, {"jsonrpc": "2.0", "id": rid, "result": result}
+    def ok(result: Any) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "id": rid, "result": result}
 
-    def fail(code: int, message: str) -> JsonResult:
-        return 200, {"jsonrpc": "2.0", "id": rid, "error": {"code": code, "message": message}}
+    def fail(code: int, message: str) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "id": rid, "error": {"code": code, "message": message}}
+
+    if not isinstance(params, list):
+        return fail(-32602, "invalid params: an array is expected")
 
     if method == "eth_chainId":
         return ok(hex(chain_id))
@@ -102,7 +110,10 @@ def json_rpc(core: Core, chain_id: int, request: Any) -> JsonResult:
         if data == GUARANTEE_DOMAIN_SELECTOR:
             return ok("0x" + core.guarantee_domain(chain_id).hex())
         if data.startswith(_GET_VERSION_CONFIG) and len(data) == 10 + 64:
-            version = int(data[10:], 16)
+            try:
+                version = int(data[10:], 16)
+            except ValueError:
+                return fail(-32602, "invalid params: data is not hex")
             enabled = version in core.config.accepted_versions
             # (G1Point{x_a,x_b,y_a,y_b}, bytes32 domain, address decoder, bool enabled)
             words = [bytes(32)] * 4 + [

@@ -597,6 +597,25 @@ def test_core_api_subset_is_mounted(seller: Any) -> None:
     )
 
 
+def test_the_sandbox_rpc_answers_hostile_calls_with_json_rpc_errors(seller: Any) -> None:
+    """Public and unauthenticated: params of the wrong shape, a selector with a word that is
+    not hex, batches of batches, used to escape as 500s."""
+    contract = seller.request("GET", "/x402/core/public-params").json()["contract_address"]
+    call = {"jsonrpc": "2.0", "id": 7, "method": "eth_call"}
+    calls = [
+        ({**call, "params": {"a": 1}}, -32602),
+        ({**call, "params": "latest"}, -32602),
+        ({**call, "params": [{"to": contract, "data": "0x563550ae" + "zz" * 32}]}, -32602),
+        ([[{"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}]], -32600),
+        ([1, "x"], -32600),
+    ]
+    for body, code in calls:
+        resp = seller.request("POST", "/x402/rpc", json=body)
+        assert resp.status == 200, (body, resp.status)
+        answers = resp.json() if isinstance(body, list) else [resp.json()]
+        assert [a["error"]["code"] for a in answers] == [code] * len(answers), (body, answers)
+
+
 def test_payment_required_roundtrips_through_the_model(seller: Any) -> None:
     resp = seller.request("GET", "/premium")
     required = PaymentRequired.model_validate(b64json(resp.headers["payment-required"]))
