@@ -8,8 +8,8 @@ trailing ``/*`` the bare prefix too. ``GET`` also covers ``HEAD``.
 **Apps with a router** (Starlette, FastAPI, Flask, Django) are priced on the endpoint the
 framework resolved (an :class:`Endpoint`), by its *template* (:meth:`RouteTable.for_endpoint`);
 each entry must name a route of the app (:meth:`RouteTable.unmatched`). **Router-less apps**:
-the request path itself, ignoring case (:meth:`RouteTable.match`). See docs/architecture.md
-("Which route is priced").
+the request path itself, ignoring case (:meth:`RouteTable.match`). Of the entries that fit,
+the most specific prices it (docs/architecture.md, "Which route is priced").
 
 Values take three forms::
 
@@ -35,7 +35,13 @@ from .guarantee import ValidationPolicy
 from .jobs import Stage
 from .networks import Price, TokenAmount, get_network, resolve_price
 from .streams import Slices
-from .templates import canonical_template, compile_pattern, compile_template, display_template
+from .templates import (
+    canonical_template,
+    compile_pattern,
+    compile_template,
+    display_template,
+    specificity,
+)
 from .wire import SCHEME
 
 if TYPE_CHECKING:
@@ -93,16 +99,7 @@ class Offer:
             amount = resolve_price(self.price, self.network, self.asset)
         if not 0 < self.max_timeout_seconds <= 86_400:
             raise ConfigurationError("maxTimeoutSeconds must be 1..86400")
-        return Offer(
-            self.price,
-            self.network,
-            pay_to,
-            self.asset,
-            self.max_timeout_seconds,
-            dict(self.extra),
-            self.scheme,
-            amount,
-        )
+        return replace(self, pay_to=pay_to, extra=dict(self.extra), amount=amount)
 
 
 @dataclass(frozen=True)
@@ -277,7 +274,8 @@ class RouteTable:
         """Add a route (``value`` as in the module docstring)."""
         route = self.build(key, self._config(key, value))
         self.configured.setdefault(route.key, route.config)
-        self.routes.append(route)
+        # A new list (requests may be reading this one), most specific first, else in order.
+        self.routes = sorted([*self.routes, route], key=lambda r: specificity(r.method, r.pattern))
         self.version += 1
         return route
 

@@ -63,3 +63,10 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
     if prefix_too:
         regex += "(?:/.*)?"
     return re.compile(regex + r"/?\Z", re.IGNORECASE | re.DOTALL)
+
+
+def specificity(method: str, pattern: str) -> tuple[int, int, bool]:
+    """Sorts table entries most specific first: one naming a route exactly comes before one
+    whose wildcard or parameter also covers it, a named method before ``*``."""
+    shape = canonical_template(pattern)
+    return shape.count("*"), shape.count("{}"), method == "*"

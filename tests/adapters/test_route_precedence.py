@@ -1,0 +1,107 @@
+"""Of the table entries that fit a request, the most specific prices it, whatever their order:
+an entry naming the resolved route exactly beats a wildcard or a parameter that also covers
+it, and a named method beats ``*``. An earlier catch-all used to sell /files/premium at its
+own price (docs/architecture.md, "Which route is priced")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask import Flask
+from fourmica_x402.adapters.asgi import PaymentMiddleware
+from fourmica_x402.adapters.flask import FourmicaX402
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from fourmica_x402.core import Core
+from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
+from fourmica_x402.wire import decode_payment_required
+
+SELLER = TestBuyer.new().address
+#: Listed least specific first: order must not decide.
+TABLE = {
+    "* /files/*": "$0.01",
+    "GET /files/*": "$0.02",
+    "GET /files/:name": "$0.03",
+    "GET /files/premium": "$1.00",
+}
+EXPECTED = {"/files/premium": 1_000_000, "/files/report": 30_000}
+
+
+@pytest.fixture
+def core(audited_core: Core) -> Core:
+    return audited_core
+
+
+def _amount(resp: Any) -> int:
+    assert resp.status_code == 402, resp.status_code
+    return int(decode_payment_required(resp.headers["payment-required"]).accepts[0].amount)
+
+
+def _pay_and_check(client: Any, core: Core, path: str) -> None:
+    """The challenge's price is the one settled: the buyer's lock after a paid request."""
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 10**7, network=NETWORK)
+    req = decode_payment_required(client.get(path).headers["payment-required"]).accepts[0]
+    version = 2 if "validatorAddress" in req.extra else 1
+    tab = core.open_tab(
+        buyer.address, req.pay_to, network=NETWORK, asset=req.asset, guarantee_version=version
+    )
+    name, value = payment_header(buyer, req, tab.to_json())
+    assert client.get(path, headers={name: value}).status_code == 200
+    assert core.position(buyer.address, network=NETWORK).locked == EXPECTED[path]
+
+
+def test_flask_sells_each_rule_at_its_most_specific_entry(core: Core) -> None:
+    app = Flask(__name__)
+    app.config.update(FOURMICA_X402_PAY_TO=SELLER, FOURMICA_X402_CORE=core)
+    app.config["FOURMICA_X402_ROUTES"] = TABLE
+    payments = FourmicaX402(app)
+
+    @app.route("/files/<name>", methods=["GET", "POST"])
+    def named(name: str) -> dict[str, str]:
+        return {"file": name}
+
+    @app.get("/files/premium")
+    def premium() -> dict[str, str]:
+        return {"premium": "expensive content"}
+
+    payments.check()
+    client = app.test_client()
+    for path, amount in EXPECTED.items():
+        assert _amount(client.get(path)) == amount, path
+    assert _amount(client.post("/files/report")) == 10_000  # only "* /files/*" prices POST
+    _pay_and_check(client, core, "/files/premium")
+
+
+def test_starlette_and_a_router_less_app_sell_at_the_most_specific_entry(core: Core) -> None:
+    async def ok(request: Any) -> JSONResponse:
+        return JSONResponse({"path": request.url.path})
+
+    options = {"pay_to": SELLER, "core": core, "network": NETWORK, "routes": TABLE}
+    routed = Starlette(
+        routes=[Route("/files/premium", ok), Route("/files/{name}", ok, methods=["GET", "POST"])],
+        middleware=[Middleware(PaymentMiddleware, **options)],
+    )
+
+    async def bare(scope: Any, receive: Any, send: Any) -> None:  # no router: the raw path
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    for app in (routed, PaymentMiddleware(bare, **options)):
+        with TestClient(app) as client:
+            for path, amount in EXPECTED.items():
+                assert _amount(client.get(path)) == amount, (app, path)
+            assert _amount(client.post("/files/report")) == 10_000
+            if app is not routed:  # two segments: only the wildcards fit the raw path
+                assert _amount(client.get("/files/a/b")) == 20_000
+            _pay_and_check(client, core, "/files/premium")
