@@ -24,7 +24,7 @@ from fourmica_x402.gate.lifecycle import Meter
 
 from ._body import Judge
 
-__all__ = ["PaidExchange", "send_response"]
+__all__ = ["Delegated", "PaidExchange", "app_below", "send_response"]
 
 _LEFT = "the client left before the response ended"
 
@@ -102,3 +102,26 @@ class PaidExchange:
         elif kind == "http.disconnect" and not self._ending:
             self._left = True
         return message
+
+
+def app_below(app: Any, dispatch: Any) -> Any:
+    """The ASGI app below the Starlette ``BaseHTTPMiddleware`` running ``dispatch`` in ``app``'s
+    middleware stack (each layer's ``.app``), or None when it cannot be found."""
+    node = getattr(app, "middleware_stack", None)
+    for _ in range(100):  # bounded: a stack is a few layers deep
+        if node is None or getattr(node, "dispatch_func", None) is dispatch:
+            return None if node is None else getattr(node, "app", None)
+        node = getattr(node, "app", None)
+    return None
+
+
+class Delegated:
+    """A dispatch's answer that runs the app below it as one paid exchange, with the real
+    ``send``: what the app does and how the stream ends are seen, not ``call_next``'s copy
+    (which ends a stream the app raised in, or the client left, as if it were complete)."""
+
+    def __init__(self, gate: Gate, paid: Any, app: Any) -> None:
+        self.gate, self.paid, self.app = gate, paid, app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await PaidExchange(self.gate, self.paid, receive, send).run(self.app, scope)

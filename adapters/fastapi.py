@@ -38,6 +38,7 @@ from fourmica_x402.config import PaymentConfig
 from fourmica_x402.gate import PASS, Gate, Payment, Response
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Marker, Meter
 
+from ._exchange import Delegated, app_below
 from .asgi import PaymentMiddleware
 
 __all__ = ["FourmicaX402", "Paid", "PaymentRefused", "http_middleware"]
@@ -110,10 +111,7 @@ class FourmicaX402:
 
 
 def http_middleware(config: PaymentConfig) -> Any:
-    """``async def (request, call_next)`` for ``app.middleware("http")`` (the official style).
-
-    Prefer :class:`FourmicaX402`: this form runs inside Starlette's BaseHTTPMiddleware.
-    """
+    """``async def (request, call_next)`` for ``app.middleware("http")`` (the official style)."""
     gate = Gate(config)
     pricer = PaymentMiddleware(None, gate=gate, marker=_marker)  # resolves; never an app
 
@@ -128,7 +126,10 @@ def http_middleware(config: PaymentConfig) -> Any:
         if isinstance(state, Response):
             return _render(state)
         request.state.payment = request.scope[PAYMENT_KEY] = state.payment
-        meter = Meter(gate, state)
+        below = app_below(request.scope.get("app"), middleware)
+        if below is not None:  # as the pure ASGI middleware does (docs/architecture.md)
+            return Delegated(gate, state, below)
+        meter = Meter(gate, state)  # call_next's copy of the response: the best it can see
         try:
             response = await call_next(request)
         except Exception as exc:

@@ -87,3 +87,117 @@ def test_accepts_may_be_a_list_and_bad_prices_fail_at_start() -> None:
         )
     with pytest.raises(ConfigurationError):
         compat_config(routes, "http://x/tab", facilitator_client=object())
+
+
+def _streaming_app(core: Any, body: Any) -> FastAPI:
+    """The official style: ``app.middleware("http")``, a paid streaming route."""
+    from fastapi.responses import StreamingResponse
+    from fourmica_x402.adapters.fastapi import http_middleware
+
+    from fourmica_x402.config import PaymentConfig
+
+    app = FastAPI()
+    config = PaymentConfig(pay_to=SELLER, core=core, routes={"GET /report": "$0.50"})
+    app.middleware("http")(http_middleware(config))
+
+    @app.get("/report")
+    def report() -> StreamingResponse:
+        return StreamingResponse(body(), media_type="text/plain")
+
+    return app
+
+
+async def _call(app: Any, headers: dict[str, str], gone_after: int | None = None) -> list[Any]:
+    """One request straight through ASGI; ``gone_after``: body messages before the client
+    leaves (a later send raises, as servers on ASGI 2.4 do)."""
+    import asyncio
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "GET",
+        "path": "/report",
+        "raw_path": b"/report",
+        "root_path": "",
+        "scheme": "http",
+        "query_string": b"",
+        "headers": [(b"host", b"t")]
+        + [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1),
+        "server": ("t", 80),
+    }
+    sent: list[Any] = []
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.sleep(30)  # the client says nothing more
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        bodies = sum(m["type"] == "http.response.body" for m in sent)
+        gone = gone_after is not None and bodies >= gone_after
+        if message["type"] == "http.response.body" and gone:
+            raise OSError("the client is gone")
+        sent.append(message)
+
+    try:
+        await app(scope, receive, send)
+    except Exception as exc:
+        sent.append(exc)
+    return sent
+
+
+def _paid_call(app: Any, core: Any, gone_after: int | None = None) -> tuple[TestBuyer, list[Any]]:
+    import asyncio
+
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 10**7, network=NETWORK)
+    (start, *_) = asyncio.run(_call(app, {}))
+    header = dict(start["headers"])[b"payment-required"].decode()
+    req = decode_payment_required(header).accepts[0]
+    version = 2 if "validatorAddress" in req.extra else 1
+    tab = core.open_tab(
+        buyer.address, req.pay_to, network=NETWORK, asset=req.asset, guarantee_version=version
+    )
+    name, value = payment_header(buyer, req, tab.to_json())
+    return buyer, asyncio.run(_call(app, {name: value}, gone_after))
+
+
+def test_a_stream_that_raises_midway_is_refunded_under_the_http_middleware(
+    audited_core: Any,
+) -> None:
+    """call_next's copy of a stream ends quietly when the app raises in it: the buyer, who
+    got part of the body, was charged."""
+
+    def body() -> Any:
+        yield b"part 1 of 3\n"
+        raise RuntimeError("upstream failed mid-stream")
+
+    buyer, sent = _paid_call(_streaming_app(audited_core, body), audited_core)
+    assert sent[0]["status"] == 200 and isinstance(sent[-1], RuntimeError)
+    [kept] = audited_core.guarantees(address=buyer.address)
+    assert kept.state == "voided"
+    assert audited_core.position(buyer.address, network=NETWORK).locked == 0
+
+
+def test_a_client_that_leaves_midstream_is_refunded_under_the_http_middleware(
+    audited_core: Any,
+) -> None:
+    def body() -> Any:
+        for i in range(5):
+            yield f"chunk {i}\n".encode()
+
+    buyer, sent = _paid_call(_streaming_app(audited_core, body), audited_core, gone_after=1)
+    assert isinstance(sent[-1], Exception)  # the server's disconnect error, as Starlette raises it
+    [kept] = audited_core.guarantees(address=buyer.address)
+    assert kept.state == "voided"
+    assert audited_core.position(buyer.address, network=NETWORK).locked == 0
+    buyer, sent = _paid_call(_streaming_app(audited_core, body), audited_core)
+    assert b"".join(m.get("body", b"") for m in sent[1:]) == b"".join(body())  # whole: kept
+    [kept] = audited_core.guarantees(address=buyer.address)
+    assert kept.state in ("payable", "pending_validation") and kept.state != "voided"
