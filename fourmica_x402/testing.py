@@ -210,6 +210,22 @@ class TestBuyer:
             return GuaranteeClaims.v1(**base)
         return GuaranteeClaims.v2(**base, policy=policy)
 
+    def pay_challenge(self, core: Core, payment_required: str) -> tuple[str, str]:
+        """``(header name, value)`` paying the first offer of a ``PAYMENT-REQUIRED`` header on
+        a tab ``core`` opens, in the guarantee version the offer asks for (G-v2 with a policy)."""
+        from .wire import decode_payment_required
+
+        req = decode_payment_required(payment_required).accepts[0]
+        version = 2 if "validatorAddress" in req.extra else 1
+        tab = core.open_tab(
+            self.address,
+            req.pay_to,
+            network=req.network,
+            asset=req.asset,
+            guarantee_version=version,
+        )
+        return payment_header(self, req, tab.to_json())
+
     def pay(
         self,
         core: Core,

@@ -158,13 +158,8 @@ def _paid_call(app: Any, core: Any, gone_after: int | None = None) -> tuple[Test
     buyer = TestBuyer.new()
     core.deposit(buyer.address, 10**7, network=NETWORK)
     (start, *_) = asyncio.run(_call(app, {}))
-    header = dict(start["headers"])[b"payment-required"].decode()
-    req = decode_payment_required(header).accepts[0]
-    version = 2 if "validatorAddress" in req.extra else 1
-    tab = core.open_tab(
-        buyer.address, req.pay_to, network=NETWORK, asset=req.asset, guarantee_version=version
-    )
-    name, value = payment_header(buyer, req, tab.to_json())
+    challenge = dict(start["headers"])[b"payment-required"].decode()
+    name, value = buyer.pay_challenge(core, challenge)
     return buyer, asyncio.run(_call(app, {name: value}, gone_after))
 
 

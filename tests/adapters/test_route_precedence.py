@@ -18,7 +18,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from fourmica_x402.core import Core
-from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
+from fourmica_x402.testing import NETWORK, TestBuyer
 from fourmica_x402.wire import decode_payment_required
 
 SELLER = TestBuyer.new().address
@@ -46,12 +46,7 @@ def _pay_and_check(client: Any, core: Core, path: str) -> None:
     """The challenge's price is the one settled: the buyer's lock after a paid request."""
     buyer = TestBuyer.new()
     core.deposit(buyer.address, 10**7, network=NETWORK)
-    req = decode_payment_required(client.get(path).headers["payment-required"]).accepts[0]
-    version = 2 if "validatorAddress" in req.extra else 1
-    tab = core.open_tab(
-        buyer.address, req.pay_to, network=NETWORK, asset=req.asset, guarantee_version=version
-    )
-    name, value = payment_header(buyer, req, tab.to_json())
+    name, value = buyer.pay_challenge(core, client.get(path).headers["payment-required"])
     assert client.get(path, headers={name: value}).status_code == 200
     assert core.position(buyer.address, network=NETWORK).locked == EXPECTED[path]
 
