@@ -19,6 +19,8 @@ import json
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 import httpx
 
@@ -44,6 +46,15 @@ _NOT_SENT: tuple[type[Exception], ...] = (
 #: after 5 s, gunicorn after 2 s): a kept-alive connection the server closes just as
 #: ``/settle`` leaves on it would fail a payment that cannot be sent again.
 _LIMITS = httpx.Limits(keepalive_expiry=1.5)
+
+
+def _proxied(url: str) -> bool:
+    """Whether the environment sends ``url`` through a proxy (``HTTPS_PROXY``, ``NO_PROXY``…),
+    which httpx's client honours and the lean pool does not."""
+    parts = urlsplit(url)
+    proxies = getproxies()
+    wanted = proxies.get(parts.scheme) or proxies.get("all")
+    return bool(wanted) and not proxy_bypass(parts.hostname or "")
 
 
 class HttpFacilitator:
@@ -89,6 +100,7 @@ class HttpFacilitator:
         #: The event loop's connection pool (docs/architecture.md, "A remote facilitator"),
         #: made anew when the calls move to another loop (a loop's connections die with it).
         self._apool: tuple[asyncio.AbstractEventLoop, _asyncio_http.JsonPool] | None = None
+        self._proxied = _proxied(self.url)  # read once, as httpx's client reads it
 
     def __repr__(self) -> str:  # headers may carry credentials
         return f"HttpFacilitator({self.url!r})"
@@ -113,7 +125,7 @@ class HttpFacilitator:
 
     async def _acall(self, method: str, path: str, body: Any = None, *, retry: bool = False) -> Any:
         send = self._asend
-        if self._async_transport is not None:
+        if self._async_transport is not None or self._proxied:  # httpx's own features
             send = self._asend_httpx
         data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         attempts = self._retries + 1 if retry else 1

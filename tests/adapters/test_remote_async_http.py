@@ -247,3 +247,27 @@ def test_https_with_a_certificate_the_environment_trusts(
         assert server.connections == 1  # one kept-alive connection (the refused one never got here)
 
     asyncio.run(run())
+
+
+def test_a_proxy_the_environment_names_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY/HTTPS_PROXY (and NO_PROXY) are honoured, as httpx's client honours them:
+    the call goes to the proxy, which sees the facilitator's absolute URL."""
+
+    async def run() -> None:
+        proxy = Server(_kinds)
+        async with proxy as proxy_url:
+            monkeypatch.setenv("HTTP_PROXY", proxy_url)
+            monkeypatch.delenv("NO_PROXY", raising=False)
+            monkeypatch.delenv("no_proxy", raising=False)
+            facilitator = HttpFacilitator("http://facilitator.invalid:4021", retries=0)
+            assert await facilitator.asupported() == KINDS["kinds"]
+            await facilitator.aclose()
+            monkeypatch.setenv("NO_PROXY", "facilitator.invalid")
+            direct = HttpFacilitator("http://facilitator.invalid:4021", retries=0)
+            with pytest.raises(Unavailable):  # not through the proxy: the name does not resolve
+                await direct.asupported()
+            await direct.aclose()
+        [request] = proxy.requests
+        assert request["path"] == "http://facilitator.invalid:4021/supported"
+
+    asyncio.run(run())
