@@ -247,7 +247,7 @@ def _terms(where: str, config: RouteConfig, offers: tuple[Offer, ...]) -> tuple[
 
 
 class RouteTable:
-    """An ordered table of priced routes; the first match wins."""
+    """The priced routes; of the entries that fit a request, the most specific prices it."""
 
     def __init__(
         self,
@@ -259,6 +259,7 @@ class RouteTable:
     ) -> None:
         self._defaults = (network, pay_to, asset)
         self.routes: list[Route] = []
+        self._matching: list[Route] = []
         #: Bumped when a route is added, so that endpoints price themselves again.
         self.version = 0
         #: Static payTo addresses of per-handler markers (they are not in ``routes``).
@@ -274,10 +275,14 @@ class RouteTable:
         """Add a route (``value`` as in the module docstring)."""
         route = self.build(key, self._config(key, value))
         self.configured.setdefault(route.key, route.config)
-        # A new list (requests may be reading this one), most specific first, else in order.
-        self.routes = sorted([*self.routes, route], key=lambda r: specificity(r.method, r.pattern))
+        self.set_routes([*self.routes, route])  # new lists: readers may hold the old ones
         self.version += 1
         return route
+
+    def set_routes(self, routes: list[Route]) -> None:
+        """New entries: ``routes`` as written (listings), a copy most specific first (matching)."""
+        self._matching = sorted(routes, key=lambda r: specificity(r.method, r.pattern))
+        self.routes = routes
 
     def build(self, key: str, config: RouteConfig) -> Route:
         """A table entry for ``key`` at ``config``, checked (ConfigurationError)."""
@@ -335,7 +340,7 @@ class RouteTable:
                 route = endpoint._priced["*"][1]
         else:
             template = canonical_template(endpoint.template)
-            for entry in self.routes:
+            for entry in self._matching:
                 fits = entry.template_regex is not None and entry.template_regex.match(template)
                 if fits and entry.method in ("*", method, alias):
                     route = entry
@@ -377,15 +382,14 @@ class RouteTable:
             for item in items:
                 if not isinstance(item, Mapping) or "price" not in item:
                     raise ConfigurationError(f"route {key!r}: each accepts entry needs a price")
+                timeout = item.get("maxTimeoutSeconds", item.get("max_timeout_seconds", 300))
                 offers.append(
                     Offer(
                         price=item["price"],
                         network=item.get("network", self._defaults[0]),
                         pay_to=item.get("payTo", item.get("pay_to", self._defaults[1])),
                         asset=item.get("asset", self._defaults[2]),
-                        max_timeout_seconds=int(
-                            item.get("maxTimeoutSeconds", item.get("max_timeout_seconds", 300))
-                        ),
+                        max_timeout_seconds=int(timeout),
                         extra=item.get("extra") or {},
                         scheme=item.get("scheme", SCHEME),
                     )
@@ -398,9 +402,7 @@ class RouteTable:
                 extensions=value.get("extensions"),
             )
         if isinstance(value, Mapping) and "price" in value:
-            known = {f for f in RouteConfig.__dataclass_fields__}
-            unknown = set(value) - known
-            if unknown:
+            if unknown := set(value) - set(RouteConfig.__dataclass_fields__):
                 raise ConfigurationError(f"route {key!r}: unknown keys {sorted(unknown)}")
             return RouteConfig(**value)
         return RouteConfig(price=value)
@@ -429,10 +431,10 @@ class RouteTable:
         return tuple(checked)
 
     def match(self, method: str, path: str) -> Route | None:
-        """The first route for ``method`` (HEAD counts as GET) and ``path``."""
+        """The most specific route for ``method`` (HEAD counts as GET) and ``path``."""
         method = method.upper()
         alias = "GET" if method == "HEAD" else method
-        for route in self.routes:
+        for route in self._matching:
             if route.method in ("*", method, alias) and route.regex.match(path):
                 return route
         return None

@@ -65,8 +65,10 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile(regex + r"/?\Z", re.IGNORECASE | re.DOTALL)
 
 
-def specificity(method: str, pattern: str) -> tuple[int, int, bool]:
-    """Sorts table entries most specific first: one naming a route exactly comes before one
-    whose wildcard or parameter also covers it, a named method before ``*``."""
+def specificity(method: str, pattern: str) -> tuple[int, int, int, bool]:
+    """Sorts table entries most specific first: more literal text (``/api/:v/premium/*`` before
+    ``/api/*``), then fewer wildcards, then fewer parameters, then a named method before ``*``.
+    Python's sort is stable: what ties keeps the table's order."""
     shape = canonical_template(pattern)
-    return shape.count("*"), shape.count("{}"), method == "*"
+    literal = len(shape.replace("{}", "").replace("*", ""))
+    return -literal, shape.count("*"), shape.count("{}"), method == "*"

@@ -181,7 +181,8 @@ def reprice(table: RouteTable, prices: Mapping[str, Price]) -> None:
     for key, price in prices.items():
         if key not in table_keys:  # a per-handler marker: checked now, built when next priced
             table.build(key, at_price(table.configured[key], price))
-    table.routes, table.overrides = routes, prices
+    table.set_routes(routes)
+    table.overrides = prices
     table.version += 1
 
 

@@ -100,3 +100,37 @@ def test_starlette_and_a_router_less_app_sell_at_the_most_specific_entry(core: C
             if app is not routed:  # two segments: only the wildcards fit the raw path
                 assert _amount(client.get("/files/a/b")) == 20_000
             _pay_and_check(client, core, "/files/premium")
+
+
+@pytest.mark.parametrize(
+    ("table", "path", "amount"),
+    [
+        (
+            {"GET /api/*": "$0.01", "GET /api/:version/premium/*": "$1.00"},
+            "/api/v1/premium/r",
+            10**6,
+        ),
+        (
+            {"GET /api/:version/premium/*": "$1.00", "GET /api/*": "$0.01"},
+            "/api/v1/premium/r",
+            10**6,
+        ),
+        ({"GET /*": "$0.01", "GET /premium/*/raw/*": "$5.00"}, "/premium/a/raw/b", 5 * 10**6),
+        ({"GET /*": "$0.01", "GET /premium/*/raw/*": "$5.00"}, "/free-ish", 10_000),
+    ],
+)
+def test_literal_text_outranks_a_catch_all_in_either_order(
+    core: Core, table: dict[str, str], path: str, amount: int
+) -> None:
+    """Counting wildcards first sold /api/v1/premium/r at the catch-all's price."""
+
+    async def ok(request: Any) -> JSONResponse:
+        return JSONResponse({})
+
+    routes = [Route("/api/{version}/premium/{name}", ok), Route("/premium/{a}/raw/{b}", ok)]
+    routes.append(Route("/{p}", ok))
+    options = {"pay_to": SELLER, "core": core, "network": NETWORK, "routes": table}
+    app = Starlette(routes=routes, middleware=[Middleware(PaymentMiddleware, **options)])
+    with TestClient(app) as client:
+        assert _amount(client.get(path)) == amount
+    assert [r.key for r in PaymentMiddleware(ok, **options).gate.routes.routes] == list(table)
