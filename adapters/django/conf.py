@@ -46,10 +46,10 @@ def describe(view: Any) -> tuple[Marker | None, list[str] | None]:
     return Marker.of(view) or Marker.of(cls), [m.upper() for m in served]
 
 
-def patterns(localized: bool = False) -> Iterator[tuple[Any, str]]:
-    """``(view, route)`` of every URL pattern, its route joined as Django joins
-    ResolverMatch.route (re_path: the regex), but without the language prefix
-    ``i18n_patterns`` adds: one route for every language (docs/architecture.md, "Which
+def patterns(localized: bool = False, urlconf: Any = None) -> Iterator[tuple[Any, str]]:
+    """``(view, route)`` of every URL pattern of ``urlconf`` (None: ROOT_URLCONF), its route
+    joined as Django joins ResolverMatch.route (re_path: the regex), but without the language
+    prefix ``i18n_patterns`` adds: one route for every language (docs/architecture.md, "Which
     route is priced"). ``localized``: only the patterns under ``i18n_patterns``."""
 
     def walk(entries: Iterable[Any], prefix: str, under: bool) -> Iterator[tuple[Any, str]]:
@@ -64,20 +64,23 @@ def patterns(localized: bool = False) -> Iterator[tuple[Any, str]]:
             elif under or not localized:
                 yield entry.callback, "/" + route
 
-    return walk(
-        get_resolver().url_patterns if getattr(settings, "ROOT_URLCONF", None) else (), "", False
-    )
+    return walk(_top(urlconf), "", False)
 
 
-def language_prefix() -> str | None:
+def language_prefix(urlconf: Any = None) -> str | None:
     """The language prefix ``i18n_patterns`` adds for the active language ("de/", or "" for
-    an unprefixed default), None when the root URLconf has none."""
-    if not getattr(settings, "ROOT_URLCONF", None):
-        return None
-    for entry in get_resolver().url_patterns:
+    an unprefixed default), None when ``urlconf`` (None: ROOT_URLCONF) has none."""
+    for entry in _top(urlconf):
         if isinstance(entry.pattern, LocalePrefixPattern):
             return str(entry.pattern.language_prefix)
     return None
+
+
+def _top(urlconf: Any) -> Iterable[Any]:
+    """The top-level patterns of a URLconf (none when no URLconf is configured)."""
+    if urlconf is None and not getattr(settings, "ROOT_URLCONF", None):
+        return ()
+    return get_resolver(urlconf).url_patterns  # type: ignore[no-any-return]
 
 
 def render(response: Response) -> HttpResponse:

@@ -72,7 +72,7 @@ class PaymentMiddleware:
         # priced"): a @paid price or a ROUTES entry naming no URL pattern fails at start-up.
         self._endpoint = Endpoints(describe)
         self._endpoint.check(self.gate, patterns())
-        self._localized = set(patterns(localized=True))
+        self._localized: dict[Any, set[tuple[Any, str]]] = {}  # per URLconf
 
     def __call__(self, request: HttpRequest) -> Any:
         return self.__acall__(request) if self.async_mode else Gate.run_sync(self._flow(request))
@@ -90,14 +90,16 @@ class PaymentMiddleware:
             match = urls.resolve(request.path_info, urlconf=getattr(request, "urlconf", None))
         except urls.Resolver404:
             return None
-        route = "/" + match.route
-        if self._localized and getattr(request, "urlconf", None) is None:
-            # The same view under every language prefix is one route (docs/architecture.md).
-            prefix = language_prefix() or ""
+        route, urlconf = "/" + match.route, getattr(request, "urlconf", None)
+        localized = self._localized.get(urlconf)
+        if localized is None:
+            localized = self._localized[urlconf] = set(patterns(True, urlconf))
+        if localized:  # the same view under every language prefix is one route
+            prefix = language_prefix(urlconf) or ""
             bare = "/" + match.route.removeprefix(prefix).removeprefix("^")
-            if match.route.startswith(prefix) and (match.func, bare) in self._localized:
+            if match.route.startswith(prefix) and (match.func, bare) in localized:
                 route = bare
-        return self._endpoint(match.func, route)  # unseen at start-up too: a request's urlconf
+        return self._endpoint(match.func, route)  # a request's urlconf: unseen at start-up
 
     def _flow(self, request: HttpRequest) -> Flow:
         request.payment = None  # type: ignore[attr-defined]  # unless paid below

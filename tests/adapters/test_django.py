@@ -157,6 +157,17 @@ class SwitchUrlconf:
         return self.get_response(request)
 
 
+class SameUrlconf:
+    """A middleware that names the URLconf on every request, as django-hosts does."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> Any:
+        request.urlconf = settings.ROOT_URLCONF  # type: ignore[attr-defined]
+        return self.get_response(request)
+
+
 if "custom" not in get_converters():  # the conformance app may share this process
     register_converter(Custom, "custom")
 URLS = types.ModuleType("django_adapter_urls")
@@ -194,6 +205,7 @@ def bad(request: HttpRequest) -> JsonResponse:
 BAD_URLS.urlpatterns = [path("bad", bad)]  # type: ignore[attr-defined]
 HELPERS = types.ModuleType("django_adapter_helpers")
 HELPERS.SwitchUrlconf = SwitchUrlconf  # type: ignore[attr-defined]
+HELPERS.SameUrlconf = SameUrlconf  # type: ignore[attr-defined]
 sys.modules.update({m.__name__: m for m in (URLS, UNPREFIXED_URLS, OTHER_URLS, BAD_URLS, HELPERS)})
 
 
@@ -293,14 +305,18 @@ def test_a_table_entry_naming_no_url_pattern_fails_at_start_up(configured: None)
         (UNPREFIXED_URLS, ["/lreport", "/de/lreport", "/fr/lreport"]),
     ],
 )
+@pytest.mark.parametrize("named", [False, True], ids=["root-urlconf", "request-urlconf"])
 def test_a_table_entry_under_i18n_patterns_prices_the_view_in_every_language(
-    configured: None, core: Core, urlconf: Any, urls: list[str]
+    configured: None, core: Core, urlconf: Any, urls: list[str], named: bool
 ) -> None:
     """``GET /lreport`` names the route without its language prefix: every prefix is that
-    route. Priced only under the start-up language, /de/lreport used to run unpaid."""
+    route. Priced only under the start-up language, /de/lreport used to run unpaid; and so
+    did every language once a middleware named the URLconf on the request."""
     table = {"GET /lreport": "$0.04"}
     options = {**settings.FOURMICA_X402, "ROUTES": table}
     locale = ["django.middleware.locale.LocaleMiddleware", *MIDDLEWARE]
+    if named:
+        locale.insert(1, "django_adapter_helpers.SameUrlconf")
     urlconf_and_table = override_settings(
         FOURMICA_X402=options, MIDDLEWARE=locale, ROOT_URLCONF=urlconf.__name__
     )
