@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fourmica_x402.gate import Gate, Response
+from fourmica_x402.gate import PASS, Gate, Response
 from fourmica_x402.gate.lifecycle import Meter
 
-from ._body import Judge
+from ._body import BufferedBody, Judge
 
 __all__ = ["Delegated", "PaidExchange", "app_below", "send_response"]
 
@@ -116,12 +116,27 @@ def app_below(app: Any, dispatch: Any) -> Any:
 
 
 class Delegated:
-    """A dispatch's answer that runs the app below it as one paid exchange, with the real
-    ``send``: what the app does and how the stream ends are seen, not ``call_next``'s copy
-    (which ends a stream the app raised in, or the client left, as if it were complete)."""
+    """A dispatch's answer that runs the app below it itself, with the real ``send`` and the
+    body the gate read (``call_next`` would give neither): for a paid request, as one paid
+    exchange, so that how the stream ends is seen, not ``call_next``'s copy (which ends a
+    stream the app raised in, or the client left, as if it were complete)."""
 
-    def __init__(self, gate: Gate, paid: Any, app: Any) -> None:
-        self.gate, self.paid, self.app = gate, paid, app
+    def __init__(self, gate: Gate, paid: Any, app: Any, replay: Any = None) -> None:
+        self.gate, self.paid, self.app, self.replay = gate, paid, app, replay
+
+    @classmethod
+    def below(cls, stack: Any, dispatch: Any, gate: Gate, paid: Any, body: Any) -> Any:
+        """One for the app below ``dispatch`` in ``stack`` (None when it cannot be found, or
+        for a free request whose body the gate did not read: ``call_next`` serves those)."""
+        replay = body.receive if isinstance(body, BufferedBody) and body.read else None
+        found = app_below(stack, dispatch)
+        if found is None or (paid is PASS and replay is None):
+            return None
+        return cls(gate, None if paid is PASS else paid, found, replay)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        receive = self.replay or receive
+        if self.paid is None:
+            return await self.app(scope, receive, send)  # type: ignore[no-any-return]
         await PaidExchange(self.gate, self.paid, receive, send).run(self.app, scope)
+        return None

@@ -11,13 +11,11 @@
     def premium(payment: Payment = Paid("$0.01")):
         return {"payer": payment.payer}
 
-``Paid`` prices the route it is declared on (in its signature or ``dependencies=``, the
-route's, its router's or its inclusion's), whatever its path looks like, for every method
-the route serves unless ``methods=`` names some; ``FourmicaX402`` installs the pure ASGI
-middleware, which prices the route FastAPI's router resolves. ``Paid`` refuses to run its
-handler without a payment settled for this route (405 for a method it does not price, 503
-``payment_not_enforced`` without a payment). Routes can also be priced in ``routes=`` by
-their templates. See docs/architecture.md ("Which route is priced").
+``Paid`` prices the route it is declared on (its signature or ``dependencies=``: the route's,
+its router's or its inclusion's), for every method the route serves unless ``methods=`` names
+some, and refuses to run the handler without a payment settled for this route (405, or 503
+``payment_not_enforced``). ``FourmicaX402`` installs the pure ASGI middleware; ``routes=``
+prices routes by their templates (docs/architecture.md, "Which route is priced").
 """
 
 from __future__ import annotations
@@ -38,7 +36,7 @@ from fourmica_x402.config import PaymentConfig
 from fourmica_x402.gate import PASS, Gate, Payment, Response
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Marker, Meter
 
-from ._exchange import Delegated, app_below
+from ._exchange import Delegated
 from .asgi import PaymentMiddleware
 
 __all__ = ["FourmicaX402", "Paid", "PaymentRefused", "http_middleware"]
@@ -120,15 +118,17 @@ def http_middleware(config: PaymentConfig) -> Any:
             pricer._given_router = request.scope["app"].router
         if pricer.startup.run(pricer._check) is not None:
             return _render(pricer.startup.refusal)
-        state = await Gate.run_async(gate.before(pricer._view(request.scope, request.receive)))
-        if state is PASS:
-            return await call_next(request)
+        view = pricer._view(request.scope, request.receive)
+        state = await Gate.run_async(gate.before(view))
         if isinstance(state, Response):
             return _render(state)
-        request.state.payment = request.scope[PAYMENT_KEY] = state.payment
-        below = app_below(request.scope.get("app"), middleware)
-        if below is not None:  # as the pure ASGI middleware does (docs/architecture.md)
-            return Delegated(gate, state, below)
+        if state is not PASS:
+            request.state.payment = request.scope[PAYMENT_KEY] = state.payment
+        stack = request.scope.get("app")
+        if delegated := Delegated.below(stack, middleware, gate, state, view.read_body):
+            return delegated  # the app below runs here, as under the pure ASGI middleware
+        if state is PASS:
+            return await call_next(request)
         meter = Meter(gate, state)  # call_next's copy of the response: the best it can see
         try:
             response = await call_next(request)

@@ -107,22 +107,30 @@ def _streaming_app(core: Any, body: Any) -> FastAPI:
     return app
 
 
-async def _call(app: Any, headers: dict[str, str], gone_after: int | None = None) -> list[Any]:
+async def _call(
+    app: Any,
+    headers: dict[str, str],
+    gone_after: int | None = None,
+    method: str = "GET",
+    path: str = "/report",
+    body: bytes = b"",
+) -> list[Any]:
     """One request straight through ASGI; ``gone_after``: body messages before the client
-    leaves (a later send raises, as servers on ASGI 2.4 do)."""
+    leaves (a later send raises, as servers on ASGI 2.4 do). The client sends ``body`` once;
+    asked again, it waits, then leaves."""
     import asyncio
 
     scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.4"},
         "http_version": "1.1",
-        "method": "GET",
-        "path": "/report",
-        "raw_path": b"/report",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
         "root_path": "",
         "scheme": "http",
         "query_string": b"",
-        "headers": [(b"host", b"t")]
+        "headers": [(b"host", b"t"), (b"content-length", str(len(body)).encode())]
         + [(k.lower().encode(), v.encode()) for k, v in headers.items()],
         "client": ("127.0.0.1", 1),
         "server": ("t", 80),
@@ -134,8 +142,8 @@ async def _call(app: Any, headers: dict[str, str], gone_after: int | None = None
         nonlocal requested
         if not requested:
             requested = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await asyncio.sleep(30)  # the client says nothing more
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.sleep(3)  # the client says nothing more
         return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
@@ -196,3 +204,44 @@ def test_a_client_that_leaves_midstream_is_refunded_under_the_http_middleware(
     assert b"".join(m.get("body", b"") for m in sent[1:]) == b"".join(body())  # whole: kept
     [kept] = audited_core.guarantees(address=buyer.address)
     assert kept.state in ("payable", "pending_validation") and kept.state != "voided"
+
+
+def test_a_body_the_gate_read_reaches_the_app_under_the_http_middleware(
+    audited_core: Any,
+) -> None:
+    """Paid MCP tools: the gate reads the JSON-RPC body to price the call. The app below the
+    http middleware asked the client for it again, and waited until the client left."""
+    import asyncio
+
+    from fourmica_x402.adapters.fastapi import http_middleware
+
+    from fourmica_x402.mcp import McpTools
+
+    seen: list[str] = []
+    app = FastAPI()
+    tools = McpTools({"search": "$0.01", "ping": None})
+    config = tools.config(pay_to=SELLER, network=NETWORK, core=audited_core)
+    app.middleware("http")(http_middleware(config))
+
+    @app.post("/mcp")
+    async def mcp(request: Request) -> dict[str, Any]:
+        call = json.loads(await request.body())
+        seen.append(call["method"])
+        return {"jsonrpc": "2.0", "id": call["id"], "result": {"content": []}}
+
+    def post(method: str, headers: dict[str, str]) -> list[Any]:
+        body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {"name": "search"}}
+        data = json.dumps(body).encode()
+        return asyncio.run(_call(app, headers, method="POST", path="/mcp", body=data))
+
+    assert post("tools/list", {})[0]["status"] == 200 and seen == ["tools/list"]
+    (challenge, *_) = post("tools/call", {})
+    assert challenge["status"] == 402 and seen == ["tools/list"]
+    buyer = TestBuyer.new()
+    audited_core.deposit(buyer.address, 10**7, network=NETWORK)
+    required = dict(challenge["headers"])[b"payment-required"].decode()
+    name, value = buyer.pay_challenge(audited_core, required)
+    assert post("tools/call", {name: value})[0]["status"] == 200
+    assert seen == ["tools/list", "tools/call"]
+    [kept] = audited_core.guarantees(address=buyer.address)
+    assert kept.state != "voided"
