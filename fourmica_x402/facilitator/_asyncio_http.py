@@ -13,13 +13,16 @@ streams below, spends about 0.45 ms for the same call. httpcore keeps the HTTP/1
 from __future__ import annotations
 
 import asyncio
+import base64
 import select
 import socket
 import ssl
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import httpcore
+import httpx
 
 __all__ = ["AsyncioBackend", "JsonPool"]
 
@@ -92,10 +95,16 @@ class _Stream(httpcore.AsyncNetworkStream):
 
     def get_extra_info(self, info: str) -> Any:
         if info == "is_readable":
-            # Asked of idle pooled connections only: the loop has already read anything that
-            # came (an end of file, or bytes nobody asked for), else the socket has it.
+            # Asked of idle pooled connections only: the loop has already read what came (an
+            # end of file, or bytes nobody asked for, which would pass for the next answer).
             reader = self._reader
-            return reader.at_eof() or reader.exception() is not None or _readable(self._socket)
+            stray = bool(getattr(reader, "_buffer", b""))  # where CPython's reader keeps them
+            return (
+                reader.at_eof()
+                or stray
+                or reader.exception() is not None
+                or _readable(self._socket)
+            )
         if info == "socket":
             return self._socket
         return self._writer.get_extra_info(
@@ -160,19 +169,26 @@ class JsonPool:
         *,
         headers: Mapping[str, str],
         timeout: float,
-        keepalive_expiry: float,
+        limits: httpx.Limits,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         from .. import __version__
 
-        self._base = base_url
-        named = {"user-agent": f"fourmica-x402/{__version__}"}
+        url = httpx.URL(base_url)  # as httpx reads it: IDNA, IPv6 brackets, userinfo
+        self._origin = (url.raw_scheme, url.raw_host, url.port)
+        self._prefix = url.raw_path.rstrip(b"/")
+        named = {"host": url.netloc.decode("ascii"), "user-agent": f"fourmica-x402/{__version__}"}
+        if url.username or url.password:  # credentials in the URL: basic auth, as httpx sends
+            pair = f"{url.username}:{url.password}".encode()
+            named["authorization"] = "Basic " + base64.b64encode(pair).decode()
         named.update((k.lower(), v) for k, v in headers.items())
         self._headers = [(k.encode(), v.encode()) for k, v in named.items()]
         self._timeouts = {"timeout": dict.fromkeys(("connect", "read", "write", "pool"), timeout)}
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=ssl_context,
-            keepalive_expiry=keepalive_expiry,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
             network_backend=AsyncioBackend(),
         )
 
@@ -182,8 +198,11 @@ class JsonPool:
         headers = [*self._headers, (b"accept", b"application/json")]
         if body is not None:
             headers.append((b"content-type", b"application/json"))
+        scheme, host, port = self._origin
+        target = self._prefix + quote(path, safe="/:@!$&'()*+,;=%").encode("ascii")
+        url = httpcore.URL(scheme=scheme, host=host, port=port, target=target)
         response = await self._pool.request(
-            method, self._base + path, headers=headers, content=body, extensions=self._timeouts
+            method, url, headers=headers, content=body, extensions=self._timeouts
         )
         return response.status, response.headers, response.content
 

@@ -154,7 +154,7 @@ class HttpFacilitator:
                     self.url,
                     headers=self._headers,
                     timeout=self._timeout,
-                    keepalive_expiry=_LIMITS.keepalive_expiry or 0,
+                    limits=_LIMITS,
                     ssl_context=httpx.create_ssl_context(),
                 ),
             )

@@ -271,3 +271,86 @@ def test_a_proxy_the_environment_names_is_used(monkeypatch: pytest.MonkeyPatch) 
         assert request["path"] == "http://facilitator.invalid:4021/supported"
 
     asyncio.run(run())
+
+
+def test_many_calls_in_flight_are_not_held_to_a_small_pool() -> None:
+    """httpcore's default pool is 10 connections; each paid request waits on its /settle."""
+    in_flight = peak = 0
+
+    async def slow(request: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.3)
+        in_flight -= 1
+        return await _kinds(request)
+
+    async def run() -> None:
+        async with Server(slow) as url:
+            facilitator = HttpFacilitator(url)
+            await asyncio.gather(*(facilitator.asupported() for _ in range(30)))
+            await facilitator.aclose()
+
+    asyncio.run(run())
+    assert peak == 30
+
+
+def test_credentials_in_the_url_and_an_ipv6_host_are_sent_as_httpx_sends_them() -> None:
+    server = Server(_kinds)
+
+    async def run() -> None:
+        try:
+            listening = await asyncio.start_server(server._serve, "::1", 0)
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+        port = listening.sockets[0].getsockname()[1]
+        try:
+            facilitator = HttpFacilitator(f"http://seller:s3cret@[::1]:{port}/fac")
+            assert await facilitator.asupported() == KINDS["kinds"]
+            await facilitator.aclose()
+        finally:
+            listening.close()
+
+    asyncio.run(run())
+    [request] = server.requests
+    assert request["path"] == "/fac/supported"
+    assert request["headers"]["host"] == f"[::1]:{request['headers']['host'].rsplit(':', 1)[1]}"
+    assert request["headers"]["authorization"] == "Basic c2VsbGVyOnMzY3JldA=="  # seller:s3cret
+
+
+def test_bytes_nobody_asked_for_on_an_idle_connection_are_never_taken_for_an_answer() -> None:
+    """A server that writes a stray response on an idle kept-alive connection: the next call
+    must go out on a new connection and get its own answer, not the stray one."""
+    connections: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            answer = json.dumps(KINDS).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(answer) + answer)
+            await writer.drain()
+            await asyncio.sleep(0.02)  # the answer was read; the connection is idle in the pool
+            stray = b'{"kinds": [{"scheme": "stray"}]}'
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(stray) + stray)
+            await writer.drain()
+            await asyncio.sleep(5)  # and keeps the connection open
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            return
+        finally:
+            writer.close()
+
+    async def run() -> None:
+        listening = await asyncio.start_server(serve, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{listening.sockets[0].getsockname()[1]}"
+        try:
+            facilitator = HttpFacilitator(url, retries=0)
+            for _ in range(2):
+                assert await facilitator.asupported() == KINDS["kinds"]
+                await asyncio.sleep(0.3)  # the stray bytes arrive while the connection idles
+            await facilitator.aclose()
+        finally:
+            listening.close()
+
+    asyncio.run(run())
+    assert len(connections) == 2
