@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -208,17 +210,24 @@ def test_an_answer_that_is_not_json_is_unavailable() -> None:
     asyncio.run(run())
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl for a throwaway cert")
 def test_https_with_a_certificate_the_environment_trusts(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """TLS on the same streams: the handshake, the call, keep-alive; and an untrusted
     certificate refused as a connection that never carried the call."""
-    import shutil
     import ssl
     import subprocess
 
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make a throwaway certificate")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     make = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
     make += ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"]
@@ -295,14 +304,12 @@ def test_many_calls_in_flight_are_not_held_to_a_small_pool() -> None:
     assert peak == 30
 
 
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
 def test_credentials_in_the_url_and_an_ipv6_host_are_sent_as_httpx_sends_them() -> None:
     server = Server(_kinds)
 
     async def run() -> None:
-        try:
-            listening = await asyncio.start_server(server._serve, "::1", 0)
-        except OSError:
-            pytest.skip("no IPv6 loopback here")
+        listening = await asyncio.start_server(server._serve, "::1", 0)
         port = listening.sockets[0].getsockname()[1]
         try:
             facilitator = HttpFacilitator(f"http://seller:s3cret@[::1]:{port}/fac")
