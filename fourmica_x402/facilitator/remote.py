@@ -159,7 +159,9 @@ class HttpFacilitator:
                 ),
             )
         status, headers, content = await self._apool[1].request(method, path, data)
-        retry_after = next((v.decode() for k, v in headers if k.lower() == b"retry-after"), None)
+        retry_after = next(
+            (v.decode("latin-1") for k, v in headers if k.lower() == b"retry-after"), None
+        )
         return status, retry_after, content
 
     async def _asend_httpx(
@@ -185,7 +187,7 @@ class HttpFacilitator:
         return error
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
-        if retry_after is not None and retry_after.isdigit():
+        if retry_after is not None and retry_after.isascii() and retry_after.isdigit():
             return min(float(retry_after), 5.0)
         return float(self._backoff * (2**attempt))
 

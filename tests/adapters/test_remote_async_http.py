@@ -62,7 +62,7 @@ class Server:
                 status, extra, content = answer
                 out = [f"HTTP/1.1 {status} X", f"content-length: {len(content)}"]
                 out += [f"{k}: {v}" for k, v in extra.items()]
-                writer.write(("\r\n".join(out) + "\r\n\r\n").encode() + content)
+                writer.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1") + content)
                 await writer.drain()
                 answered += 1
                 if self.close_after is not None and answered >= self.close_after:
@@ -361,3 +361,20 @@ def test_bytes_nobody_asked_for_on_an_idle_connection_are_never_taken_for_an_ans
 
     asyncio.run(run())
     assert len(connections) == 2
+
+
+def test_a_garbled_retry_after_falls_back_to_the_backoff() -> None:
+    answers = iter([(503, {"retry-after": "\u00b2"}, b'{"error":"busy"}')])
+
+    async def busy_once(request: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+        return next(answers, None) or await _kinds(request)
+
+    async def run() -> None:
+        server = Server(busy_once)
+        async with server as url:
+            facilitator = HttpFacilitator(url, backoff=0.0)
+            assert await facilitator.asupported() == KINDS["kinds"]
+            await facilitator.aclose()
+        assert len(server.requests) == 2
+
+    asyncio.run(run())
