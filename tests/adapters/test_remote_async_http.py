@@ -77,6 +77,16 @@ async def _kinds(request: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
     return 200, {"content-type": "application/json"}, json.dumps(KINDS).encode()
 
 
+def _busy_first(retry_after: str | None) -> Answer:
+    """Answers 503 once (with ``retry_after``, if any), then the kinds."""
+    busy = iter([(503, {} if retry_after is None else {"retry-after": retry_after}, b"{}")])
+
+    async def answer(request: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+        return next(busy, None) or await _kinds(request)
+
+    return answer
+
+
 def test_keep_alive_and_what_each_call_sends() -> None:
     async def run() -> None:
         server = Server(_kinds)
@@ -138,25 +148,18 @@ def test_calls_from_another_event_loop_get_their_own_connections() -> None:
     assert server.connections == 3  # a pool per loop: the first loop's again after the second
 
 
-def test_a_busy_answer_is_retried_after_its_retry_after() -> None:
-    answers = iter([(503, {"retry-after": "0"}, b'{"error":"busy"}')])
-
-    async def busy_once(request: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
-        return next(answers, None) or await _kinds(request)
+@pytest.mark.parametrize("retry_after", ["0", "\u00b2"], ids=["digits", "garbled"])
+def test_a_busy_answer_is_retried_after_its_retry_after(retry_after: str) -> None:
+    """A garbled Retry-After ("²" passes str.isdigit) falls back to the backoff."""
 
     async def run() -> None:
-        server = Server(busy_once)
+        server = Server(_busy_first(retry_after))
         async with server as url:
             facilitator = HttpFacilitator(url, backoff=0.0)
             assert await facilitator.asupported() == KINDS["kinds"]
             assert len(server.requests) == 2
             server.requests.clear()
-            answers_again = iter([(503, {}, b'{"error":"busy"}')])
-
-            async def busy(request: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
-                return next(answers_again, None) or await _kinds(request)
-
-            server.answer = busy
+            server.answer = _busy_first(None)
             with pytest.raises(Unavailable) as caught:  # state-changing: sent once
                 await facilitator.avoid("0x01", by=SELLER)
             assert caught.value.maybe_applied  # a 5xx may follow a commit
@@ -361,20 +364,3 @@ def test_bytes_nobody_asked_for_on_an_idle_connection_are_never_taken_for_an_ans
 
     asyncio.run(run())
     assert len(connections) == 2
-
-
-def test_a_garbled_retry_after_falls_back_to_the_backoff() -> None:
-    answers = iter([(503, {"retry-after": "\u00b2"}, b'{"error":"busy"}')])
-
-    async def busy_once(request: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
-        return next(answers, None) or await _kinds(request)
-
-    async def run() -> None:
-        server = Server(busy_once)
-        async with server as url:
-            facilitator = HttpFacilitator(url, backoff=0.0)
-            assert await facilitator.asupported() == KINDS["kinds"]
-            await facilitator.aclose()
-        assert len(server.requests) == 2
-
-    asyncio.run(run())
