@@ -27,6 +27,7 @@ __all__ = [
     "Price",
     "TokenAmount",
     "default_asset",
+    "dollar_assets",
     "find_asset",
     "format_amount",
     "get_network",
@@ -132,6 +133,17 @@ def default_asset(network: str) -> Asset:
         return _assets[network][_default_assets[network]]
     except KeyError:
         raise ConfigurationError(f"network {network!r} has no asset registered") from None
+
+
+def dollar_assets() -> list[Asset]:
+    """The registered tokens pegged to the US dollar, on every network."""
+    with _lock:
+        return [
+            asset
+            for by_address in _assets.values()
+            for asset in by_address.values()
+            if asset.symbol.upper() in _DOLLAR_SYMBOLS
+        ]
 
 
 def find_asset(network: str, address: str) -> Asset | None:

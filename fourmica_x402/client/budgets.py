@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Collection, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from .receipts import ReceiptLedger
@@ -35,10 +35,14 @@ class Book(Protocol):
         """The book, held for one decision: reads and the reservation are one unit."""
         ...
 
-    def spent(self, since: float, asset: str, *, seller: str | None = None) -> int: ...
+    def spent(
+        self, since: float, assets: Collection[str], *, seller: str | None = None
+    ) -> dict[str, int]:
+        """Atomic units spent or reserved since ``since``, per asset of ``assets``."""
+        ...
 
-    def task_used(self, task: str, asset: str) -> int | None:
-        """A task's spending by name, or None when tasks are tallied by their objects."""
+    def task_used(self, task: str, assets: Collection[str]) -> dict[str, int] | None:
+        """A task's spending by name, per asset, or None when tasks are tallied by their objects."""
         ...
 
     def paid_before(self, seller: str) -> bool: ...
@@ -62,14 +66,16 @@ class MemoryBook:
     def hold(self) -> Iterator[MemoryBook]:
         yield self
 
-    def spent(self, since: float, asset: str, *, seller: str | None = None) -> int:
-        return sum(
-            amount
-            for at, who, token, amount in self._rows.values()
-            if at >= since and token == asset and (seller is None or who == seller)
-        )
+    def spent(
+        self, since: float, assets: Collection[str], *, seller: str | None = None
+    ) -> dict[str, int]:
+        totals = dict.fromkeys(assets, 0)
+        for at, who, token, amount in self._rows.values():
+            if at >= since and token in totals and (seller is None or who == seller):
+                totals[token] += amount
+        return totals
 
-    def task_used(self, task: str, asset: str) -> int | None:
+    def task_used(self, task: str, assets: Collection[str]) -> dict[str, int] | None:
         return None
 
     def paid_before(self, seller: str) -> bool:
@@ -114,19 +120,27 @@ class LedgerBook:
 
     # The methods below run inside hold() (or, for commit/release, one statement each).
 
-    def spent(self, since: float, asset: str, *, seller: str | None = None) -> int:
-        sql = "SELECT amount FROM spending WHERE asset = ? AND at >= ?"
-        args: tuple[object, ...] = (asset, since)
-        if seller is not None:
-            sql, args = sql + " AND seller = ?", (*args, seller)
-        # Amounts are decimal text (they may pass 64 bits): summed exactly here, not in SQL.
-        return sum(int(row[0]) for row in self.ledger.connection.execute(sql, args))
+    def spent(
+        self, since: float, assets: Collection[str], *, seller: str | None = None
+    ) -> dict[str, int]:
+        totals = dict.fromkeys(assets, 0)
+        for asset in totals:
+            sql = "SELECT amount FROM spending WHERE asset = ? AND at >= ?"
+            args: tuple[object, ...] = (asset, since)
+            if seller is not None:
+                sql, args = sql + " AND seller = ?", (*args, seller)
+            totals[asset] = _sum(self.ledger.connection.execute(sql, args))
+        return totals
 
-    def task_used(self, task: str, asset: str) -> int | None:
-        rows = self.ledger.connection.execute(
-            "SELECT amount FROM spending WHERE task = ? AND asset = ?", (task, asset)
-        )
-        return sum(int(row[0]) for row in rows)
+    def task_used(self, task: str, assets: Collection[str]) -> dict[str, int] | None:
+        return {
+            asset: _sum(
+                self.ledger.connection.execute(
+                    "SELECT amount FROM spending WHERE task = ? AND asset = ?", (task, asset)
+                )
+            )
+            for asset in assets
+        }
 
     def paid_before(self, seller: str) -> bool:
         row = self.ledger.connection.execute(
@@ -155,3 +169,8 @@ class LedgerBook:
                 "DELETE FROM spending WHERE reservation_id = ? AND state = 'reserved'",
                 (reservation,),
             )
+
+
+def _sum(rows: Iterable[Any]) -> int:
+    # Amounts are decimal text (they may pass 64 bits): summed exactly here, not in SQL.
+    return sum(int(row[0]) for row in rows)

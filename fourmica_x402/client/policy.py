@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..networks import Asset, find_asset, format_amount, to_atomic
+from ..networks import Asset, dollar_assets, find_asset, format_amount, to_atomic
 from .budgets import Book, LedgerBook, MemoryBook
 
 if TYPE_CHECKING:
@@ -171,18 +171,23 @@ class SpendingPolicy:
                     f"{_money(cap, token)}",
                 )
             now = time.time()
-            spent = book.spent(0.0, asset, seller=key)
             cap = self._atomic(self.max_per_seller, token)
-            if cap is not None and spent + amount > cap:
-                return Decision(
-                    "budget_exhausted",
-                    f"the per-seller cap {_money(cap, token)} would be exceeded "
-                    f"({_money(spent, token, units=False)} spent, "
-                    f"{_money(amount, token, units=False)} more asked)",
-                )
+            if cap is not None:
+                covered = _covered(self.max_per_seller, token, asset)
+                spent = _total(book.spent(0.0, covered, seller=key), covered, token)
+                if spent + amount > cap:
+                    return Decision(
+                        "budget_exhausted",
+                        f"the per-seller cap {_money(cap, token)} would be exceeded "
+                        f"({_money(spent, token, units=False)} spent, "
+                        f"{_money(amount, token, units=False)} more asked)",
+                    )
             for name, seconds in _WINDOWS.items():
                 cap = self._atomic(self.windows[name], token)
-                if cap is not None and book.spent(now - seconds, asset) + amount > cap:
+                if cap is None:
+                    continue
+                covered = _covered(self.windows[name], token, asset)
+                if _total(book.spent(now - seconds, covered), covered, token) + amount > cap:
                     return Decision(
                         "budget_exhausted",
                         f"the {name.replace('_', ' ')} budget {_money(cap, token)} is used up",
@@ -191,9 +196,13 @@ class SpendingPolicy:
             if task is not None:
                 cap = self._atomic(task.budget, token)
                 if cap is not None:
-                    used = book.task_used(task.name, asset)
-                    if used is None:  # kept in this object: the task's own tallies
-                        used = task.spent.get(asset, 0) + task.reserved.get(asset, 0)
+                    covered = _covered(task.budget, token, asset)
+                    by_asset = book.task_used(task.name, covered)
+                    if by_asset is None:  # kept in this object: the task's own tallies
+                        by_asset = {
+                            a: task.spent.get(a, 0) + task.reserved.get(a, 0) for a in covered
+                        }
+                    used = _total(by_asset, covered, token)
                     if used + amount > cap:
                         return Decision(
                             "budget_exhausted",
@@ -252,7 +261,9 @@ class SpendingPolicy:
         """Atomic units of ``asset`` spent or reserved since ``since`` (unix seconds), in all
         or to one seller; with a ledger, by every process that shares it."""
         with self._lock, self._book.hold() as book:
-            return book.spent(since, asset.lower(), seller=seller.lower() if seller else None)
+            asset = asset.lower()
+            found = book.spent(since, (asset,), seller=seller.lower() if seller else None)
+            return found[asset]
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -265,6 +276,34 @@ class SpendingPolicy:
         if asset is None:  # an unknown token: only atomic caps can apply, so refuse to guess
             return 0
         return to_atomic(value, asset)
+
+
+def _covered(cap: Money | None, token: Asset | None, asset: str) -> dict[str, int | None]:
+    """The assets whose spending ``cap`` counts for a payment in ``asset``, with their
+    decimals. An atomic cap counts ``asset`` alone. A price cap on a dollar token counts
+    every registered dollar token, on every network: a seller switching tokens or networks
+    gets one budget, not one per token (docs/buyer.md, "Budgets")."""
+    covered: dict[str, int | None] = {asset: None if token is None else token.decimals}
+    if isinstance(cap, int) or token is None or token not in dollar_assets():
+        return covered
+    for peer in dollar_assets():
+        covered.setdefault(peer.address.lower(), peer.decimals)
+    return covered
+
+
+def _total(by_asset: dict[str, int], covered: dict[str, int | None], token: Asset | None) -> int:
+    """The spending of ``covered`` in atomic units of ``token``: other tokens scaled by their
+    decimals, rounded up (a budget errs on the safe side)."""
+    total = 0
+    for asset, amount in by_asset.items():
+        decimals = covered.get(asset)
+        if token is None or decimals is None or decimals == token.decimals:
+            total += amount
+        elif decimals < token.decimals:
+            total += amount * 10 ** (token.decimals - decimals)
+        else:
+            total += -(-amount // 10 ** (decimals - token.decimals))
+    return total
 
 
 def _money(amount: int, asset: Asset | None, *, units: bool = True) -> str:

@@ -3,6 +3,7 @@ processes sharing one ledger file never overspend together. Real SQLite files, r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -20,9 +21,17 @@ USDC = default_asset(NETWORK).address
 SELLER = "0x" + "11" * 20
 
 
-def ask(policy: SpendingPolicy, amount: int = 10_000, seller: str = SELLER) -> str:
+def ask(
+    policy: SpendingPolicy,
+    amount: int = 10_000,
+    seller: str = SELLER,
+    *,
+    network: str = NETWORK,
+    asset: str | None = None,
+) -> str:
     """One payment decision; an approved one is committed, as a sent guarantee is."""
-    decision = policy.check(seller=seller, url="u", amount=amount, asset=USDC, network=NETWORK)
+    asset = asset or default_asset(network).address
+    decision = policy.check(seller=seller, url="u", amount=amount, asset=asset, network=network)
     if decision.reservation is not None:
         policy.commit(decision.reservation)
     return decision.outcome
@@ -190,3 +199,35 @@ def test_an_old_ledger_file_gains_the_new_columns(tmp_path: Path) -> None:
     assert old.outcome == "paid" and old.amount == 5 and old.certificate is None
     policy = SpendingPolicy(per_hour=5, ledger=ledger)
     assert ask(policy, 5) == "paid" and ask(policy, 1) == "budget_exhausted"
+
+
+DOLLAR_NETWORKS = ("eip155:84532", "eip155:11155111", "eip155:8453")  # USDC on each
+
+
+@pytest.mark.parametrize("cap", ["per_hour", "max_per_seller", "task"])
+@pytest.mark.parametrize("kept", ["object", "ledger"])
+def test_a_dollar_cap_is_one_budget_across_tokens_and_networks(
+    tmp_path: Path, cap: str, kept: str
+) -> None:
+    """A seller switching networks (another USDC each time) still meets one "$1"."""
+    ledger = ReceiptLedger(tmp_path / "agent.db") if kept == "ledger" else None
+    policy = SpendingPolicy(**({} if cap == "task" else {cap: "$1"}), ledger=ledger)
+    task = policy.task("t", budget="$1") if cap == "task" else contextlib.nullcontext()
+    with task:
+        outcomes = [ask(policy, 400_000, network=net) for net in DOLLAR_NETWORKS]
+    assert outcomes == ["paid", "paid", "budget_exhausted"]
+    # An atomic cap counts units of one token: it cannot add up different tokens.
+    atomic = SpendingPolicy(per_hour=500_000)
+    assert [ask(atomic, 400_000, network=net) for net in DOLLAR_NETWORKS] == ["paid"] * 3
+
+
+def test_a_dollar_cap_scales_tokens_by_their_decimals(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fourmica_x402 import networks
+
+    monkeypatch.setattr(networks, "_assets", {k: dict(v) for k, v in networks._assets.items()})
+    dai = networks.register_asset(NETWORK, "0x" + "da" * 20, symbol="DAI", decimals=18)
+    policy = SpendingPolicy(per_day="$1")
+    assert ask(policy, 6 * 10**17, asset=dai.address) == "paid"  # $0.60
+    assert ask(policy, 400_001) == "budget_exhausted"  # $0.400001 more: over $1
+    assert ask(policy, 400_000) == "paid"
+    assert ask(policy, 1, asset=dai.address) == "budget_exhausted"  # rounded up, never down
