@@ -48,6 +48,10 @@ from .receipts import paid as report_paid
 __all__ = ["Approve", "BuyerFlow", "Read", "Send"]
 
 RECEIPT_KEY = "fourmica_receipt"
+#: Set on the caller's request when its paid answer was a redirect. HTTP clients copy a
+#: request's extensions into the redirects they follow, so a hop that asks for payment again
+#: is recognised and refused: one call pays once (docs/buyer.md, "Redirects").
+PAID_CALL_KEY = "fourmica_paid_call"
 
 Flow = Steps[httpx.Response]
 
@@ -82,6 +86,12 @@ class BuyerFlow(Buyer):
             return response
         receipt = self._started(str(request.url))
         yield Read(response)  # reading to the end also closes it (sync or async alike)
+        if request.extensions.get(PAID_CALL_KEY):
+            raise self._refuse(
+                PaymentFailed,
+                replace(receipt, status=402),
+                "payment asked again after a redirect from a paid answer: one call pays once",
+            )
         try:
             challenge = self._challenge(response)
         except MalformedPayment as exc:
@@ -99,6 +109,8 @@ class BuyerFlow(Buyer):
             raise
         try:
             paid = yield Send(retry)
+            if paid.has_redirect_location:
+                request.extensions[PAID_CALL_KEY] = True
             return (yield from self._answered(paid, signed, receipt, prepared.params))
         finally:
             # A signed guarantee has left the client: it counts against the budgets whatever

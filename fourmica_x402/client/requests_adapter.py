@@ -20,6 +20,8 @@ Refusals raise the same :class:`~fourmica_x402.errors.PaymentRefused` subclasses
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,7 +37,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "pip install 'fourmica-x402[requests]'"
     ) from exc
 
-from .flow import RECEIPT_KEY, BuyerFlow
+from .flow import PAID_CALL_KEY, RECEIPT_KEY, BuyerFlow
 from .keys import BuyerKey
 from .policy import SpendingPolicy
 from .receipts import ReceiptLedger
@@ -45,6 +47,8 @@ __all__ = ["PaymentAdapter"]
 
 #: Marks the caller's request (and the flow's paid retry, which copies its extensions).
 _CALLER = "fourmica_requests_caller"
+#: How many redirected paid calls the adapter remembers (each is one redirect chain).
+_PAID_CALLS_KEPT = 1024
 #: Headers that belong to one connection or one encoding, never copied between requests.
 _HOP = frozenset({"host", "content-length", "transfer-encoding", "content-encoding"})
 
@@ -66,6 +70,9 @@ class PaymentAdapter(BaseAdapter):  # type: ignore[misc]
         super().__init__()
         self.flow = BuyerFlow(key, policy=policy, ledger=ledger)
         self._inner = adapter if adapter is not None else HTTPAdapter()
+        self._lock = threading.Lock()
+        #: Calls whose paid answer was a redirect, by their hooks dict (see :meth:`send`).
+        self._paid_calls: OrderedDict[int, Any] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"PaymentAdapter(address={self.flow.address})"
@@ -82,6 +89,12 @@ class PaymentAdapter(BaseAdapter):  # type: ignore[misc]
         _buffer(request)  # the body is sent twice when the first answer is a 402
         options = {"timeout": timeout, "verify": verify, "cert": cert, "proxies": proxies}
         caller = _view(request)
+        # requests copies a request for each redirect it follows; the copies share its hooks
+        # dict, so that names the call (one call pays once: docs/buyer.md, "Redirects").
+        call = id(request.hooks)
+        with self._lock:
+            if call in self._paid_calls:
+                caller.extensions[PAID_CALL_KEY] = True
         seen: dict[int, requests.Response] = {}
 
         def send(outgoing: httpx.Request) -> httpx.Response:
@@ -121,12 +134,23 @@ class PaymentAdapter(BaseAdapter):  # type: ignore[misc]
             seen[id(answer)] = got
             return answer
 
-        final = drive(self.flow, caller, send)
+        try:
+            final = drive(self.flow, caller, send)
+        finally:
+            if caller.extensions.get(PAID_CALL_KEY):
+                self._remember_paid(call, request.hooks)
         response = seen[id(final)]
         receipt = final.extensions.get(RECEIPT_KEY)
         if receipt is not None:
             setattr(response, RECEIPT_KEY, receipt)
         return response
+
+    def _remember_paid(self, call: int, hooks: Any) -> None:
+        with self._lock:
+            self._paid_calls[call] = hooks  # held: its id cannot name another call meanwhile
+            self._paid_calls.move_to_end(call)
+            while len(self._paid_calls) > _PAID_CALLS_KEPT:
+                self._paid_calls.popitem(last=False)
 
     def close(self) -> None:
         self._inner.close()

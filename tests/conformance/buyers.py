@@ -219,20 +219,26 @@ class BuyerClient:
     """One transport's client paying a conformance seller; requests and results look alike."""
 
     def __init__(self, transport: str, seller: Any, key: Any, wire: Wire, **kwargs: Any) -> None:
+        # httpx follows redirects when asked (requests always does)
+        follow = kwargs.pop("follow_redirects", False)
         self.transport, self.kwargs = transport, kwargs
         self._stack = contextlib.ExitStack()
         if transport == "httpx":
             payer = PaymentTransport(
                 key, transport=_SyncWire(_inner(seller, is_async=False), wire), **kwargs
             )
-            self._sync = self._stack.enter_context(httpx.Client(transport=payer, base_url=BASE))
+            self._sync = self._stack.enter_context(
+                httpx.Client(transport=payer, base_url=BASE, follow_redirects=follow)
+            )
             self.flow = payer.flow
         elif transport == "httpx_async":
             apayer = AsyncPaymentTransport(
                 key, transport=_AsyncWire(_inner(seller, is_async=True), wire), **kwargs
             )
             self._loop = asyncio.new_event_loop()
-            self._async = httpx.AsyncClient(transport=apayer, base_url=BASE)
+            self._async = httpx.AsyncClient(
+                transport=apayer, base_url=BASE, follow_redirects=follow
+            )
             self._stack.callback(self._loop.close)
             self._stack.callback(lambda: self._loop.run_until_complete(self._async.aclose()))
             self.flow = apayer.flow

@@ -28,6 +28,7 @@ from fourmica_x402.errors import (
     NeedsApproval,
     PaymentFailed,
 )
+from fourmica_x402.networks import default_asset
 from fourmica_x402.testing import NETWORK, TestBuyer
 from fourmica_x402.wire import PAYMENT_REQUIRED_HEADER
 
@@ -224,6 +225,39 @@ def test_lying_sellers_get_a_clear_error_and_no_second_signature(
     assert info.value.receipt.outcome == "payment_failed"
     assert liar.paid_attempts == (1 if lie == "402-again" else 0)
     assert seller.calls["/premium"] == 0
+
+
+class RedirectingSeller(Wire):
+    """Answers every paid request with a redirect to another priced URL, which asks again."""
+
+    def __init__(self) -> None:
+        self.paid_attempts = 0
+
+    def request(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+        if "payment-signature" in headers or "x-payment" in headers:
+            self.paid_attempts += 1
+        return headers, body
+
+    def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
+        if path == "/premium" and status == 200:
+            return 302, [("location", f"/premium?hop={self.paid_attempts}")], b""
+        return status, headers, body
+
+
+def test_one_call_pays_once_however_often_the_seller_redirects(seller: Any, buyers: Any) -> None:
+    """A seller redirecting a paid request to a URL that asks again gets no second signature."""
+    wire = RedirectingSeller()
+    policy = SpendingPolicy()
+    client = buyers.client(seller, funded(seller), wire=wire, policy=policy, follow_redirects=True)
+    with pytest.raises(PaymentFailed) as info:
+        client.get("/premium")
+    assert "redirect" in info.value.receipt.reason
+    assert wire.paid_attempts == 1 and seller.calls["/premium"] == 1
+    assert policy.spent(default_asset(NETWORK).address) == 10_000
+    # The next call is a call of its own: it pays (once) again.
+    with pytest.raises(PaymentFailed):
+        client.get("/premium")
+    assert wire.paid_attempts == 2
 
 
 def _dropped_connection(exc: BaseException) -> bool:
