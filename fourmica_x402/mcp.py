@@ -26,12 +26,12 @@ another adapter a priced MCP request is refused (500 ``mcp_unsupported_adapter``
 
 from __future__ import annotations
 
-import json
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ._json import loads, loads_checked
 from .config import PaymentConfig
 from .errors import ConfigurationError
 from .gate.types import GRANT, RequestView, Response, error_response
@@ -106,7 +106,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _parse(body: bytes) -> Any:
     """The JSON of ``body`` (strict UTF-8, no BOM, no duplicated key); ValueError else."""
-    return json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    return loads_checked(body.decode("utf-8"), object_pairs_hook=_no_duplicates)
 
 
 def _message(value: Any) -> Reading:
@@ -215,7 +215,7 @@ class ToolPrice:
 
 def _json_messages(body: bytes) -> Iterable[dict[str, Any]]:
     try:
-        value = json.loads(body)
+        value = loads(body)
     except ValueError:
         return
     for each in value if isinstance(value, list) else [value]:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.core import ParameterSource
 
+from .._json import loads, loads_checked
 from ..config import DEFAULT_DB
 from ..errors import FourmicaError
 from ._args import METHOD, check_key
@@ -226,7 +227,7 @@ def pay(
         raise click.BadParameter(f"{method!r:.40} is not an HTTP method", param_hint="'--method'")
     try:
         body = (
-            json.loads(data, parse_float=_finite_float, parse_constant=_reject_constant)
+            loads_checked(data, parse_float=_finite_float, parse_constant=_reject_constant)
             if data is not None
             else None
         )
@@ -270,7 +271,7 @@ def pay(
         except sqlite3.Error as exc:
             raise click.ClickException(f"cannot write the receipt to {receipts!r}: {exc}") from None
         try:
-            shown: object = response.json()
+            shown: object = loads(response.content)
         except ValueError:
             shown = response.text
         click.echo(

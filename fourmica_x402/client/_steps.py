@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import coincurve
 import httpx
 
+from .._json import loads
 from ..errors import (
     BlockedSeller,
     BudgetExhausted,
@@ -263,7 +264,7 @@ class Buyer:
             body["resource"] = resource.to_dict()
         response = yield from _call(httpx.Request("POST", url, json=body))
         try:
-            data = response.json()
+            data = loads(response.content)
             if response.status_code != 200 or not isinstance(data, dict):
                 raise ValueError(
                     data.get("error")
@@ -275,8 +276,8 @@ class Buyer:
             user = str(data.get("userAddress", data.get("user_address", "")))
             recipient = data.get("recipientAddress", data.get("recipient_address"))
             asset = data.get("assetAddress", data.get("asset_address"))
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"tab endpoint failed: {exc}") from None
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise ValueError(f"tab endpoint failed: {str(exc)[:200]}") from None
         if user.lower() != self.address.lower():
             raise ValueError("tab is for another user")
         if recipient is not None and str(recipient).lower() != offer.pay_to.lower():
@@ -339,13 +340,16 @@ def _http_url(value: object) -> str | None:
 
 def _read_params(response: httpx.Response) -> CoreParams:
     try:
-        data = response.json()
+        data = loads(response.content)
+        chain_id = data["chain_id"]
+        if isinstance(chain_id, str) and chain_id.isascii() and chain_id.isdigit():
+            chain_id = int(chain_id)
+        if not isinstance(chain_id, int) or isinstance(chain_id, bool):
+            raise TypeError("chain_id is not an integer")
         params = CoreParams(
-            Eip712Domain(
-                int(data["chain_id"]), str(data["eip712_name"]), str(data["eip712_version"])
-            )
+            Eip712Domain(chain_id, str(data["eip712_name"]), str(data["eip712_version"]))
         )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise ValueError("could not read the Core's signing parameters") from None
     try:  # only needed to check certificates: a Core may leave them out
         domain = data.get("active_guarantee_domain_separator")

@@ -14,13 +14,13 @@ another key fails (docs/buyer.md, "Certificates").
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 from blspy import BasicSchemeMPL, G1Element, G2Element
 
+from .._json import loads
 from ..guarantee import GuaranteeClaims, certificate_message
 
 __all__ = ["fetch_certificate", "fetch_public_key", "public_key_bytes", "verify_certificate"]
@@ -79,10 +79,10 @@ def verify_certificate(
     ``guarantee_domain`` (``active_guarantee_domain_separator`` of the public parameters) the
     domain must match too. Malformed input is False, never an exception."""
     try:
-        cert: Any = json.loads(certificate) if isinstance(certificate, str) else certificate
+        cert: Any = loads(certificate) if isinstance(certificate, str) else certificate
         if not isinstance(claims, GuaranteeClaims):
             claims = GuaranteeClaims.from_json(
-                json.loads(claims) if isinstance(claims, str) else dict(claims)
+                loads(claims) if isinstance(claims, str) else dict(claims)
             )
         message, signature = _hex(cert["claims"]), _hex(cert["signature"])
         domain, total = _domain_and_total(message, claims.version)
@@ -101,7 +101,7 @@ def fetch_public_key(core_url: str, *, client: httpx.Client | None = None) -> by
     with _client(client) as http:
         response = http.get(core_url.rstrip("/") + "/core/public-params")
         response.raise_for_status()
-        return public_key_bytes(response.json()["public_key"])
+        return public_key_bytes(loads(response.content)["public_key"])
 
 
 def fetch_certificate(
@@ -119,9 +119,9 @@ def fetch_certificate(
         if response.status_code == 404:
             return None
         response.raise_for_status()
-        found = response.json().get("certificate")
+        found = loads(response.content).get("certificate")
     if isinstance(found, str):  # the Core API may carry it as JSON text
-        found = json.loads(found)
+        found = loads(found)
     if not isinstance(found, dict) or not {"claims", "signature"} <= found.keys():
         return None
     return {"claims": str(found["claims"]), "signature": str(found["signature"])}

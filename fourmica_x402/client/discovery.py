@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from .._json import loads
 from ..errors import DiscoveryFailed
 from ..networks import find_asset, format_amount, parse_amount
 
@@ -126,8 +127,8 @@ def read_listing(response: httpx.Response, where: str = "the listing") -> list[L
     if len(response.content) > MAX_BYTES:
         raise DiscoveryFailed(f"{where}: the listing is larger than {MAX_BYTES} bytes")
     try:
-        data = response.json()
-    except (ValueError, RecursionError):
+        data = loads(response.content)
+    except ValueError:
         raise DiscoveryFailed(f"{where}: the answer is not JSON") from None
     try:
         return parse_listing(data)

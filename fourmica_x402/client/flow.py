@@ -11,7 +11,6 @@ the drivers in :mod:`.transport` (httpx) and :mod:`.requests_adapter` (requests)
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import coincurve
 import httpx
 
+from .._json import loads
 from ..errors import InsufficientCollateral, MalformedPayment, PaymentFailed
 from ..guarantee import SignedGuarantee
 from ..networks import get_network, parse_amount
@@ -154,7 +154,7 @@ class BuyerFlow(Buyer):
         if paid.status_code == 402:
             yield Read(paid)
             reason = (
-                (result or {}).get("errorReason")
+                _text((result or {}).get("errorReason"))
                 or self._challenge_error(paid)
                 or "refused after payment"
             )
@@ -175,7 +175,7 @@ class BuyerFlow(Buyer):
             outcome="payment_failed" if refunded else "paid",
             status=paid.status_code,
             finished_at=time.time(),
-            guarantee_id=(result or {}).get("transaction") or None,
+            guarantee_id=_text((result or {}).get("transaction")),
             reason=f"seller answered {paid.status_code} and refunded" if refunded else None,
             certificate=certificate,
             certificate_verified=verified,
@@ -233,10 +233,16 @@ class BuyerFlow(Buyer):
         header = response.headers.get(PAYMENT_REQUIRED_HEADER)
         try:
             if header:
-                return decode_payment_required(header).error
-            return json.loads(response.content).get("error")
+                return _text(decode_payment_required(header).error)
+            return _text(loads(response.content).get("error"))
         except Exception:
             return None
+
+
+def _text(value: object) -> str | None:
+    """A seller's string field (a guarantee id, a reason), or None when it sent another type:
+    what a seller says after the payment is reported, never trusted to be well formed."""
+    return value[:500] if isinstance(value, str) and value else None
 
 
 def _certificate_of(result: dict[str, Any] | None) -> dict[str, str] | None:

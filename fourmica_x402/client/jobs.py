@@ -47,7 +47,9 @@ def ahead_of(offer: PaymentRequirements) -> int:
     """What a staged job's later stages cost, as the offer says (0 when it says nothing)."""
     stage = offer.extra.get("stage")
     ahead = stage.get("ahead") if isinstance(stage, dict) else None
-    return int(ahead) if isinstance(ahead, str) and ahead.isdigit() and len(ahead) < 80 else 0
+    if not isinstance(ahead, str) or not (ahead.isascii() and ahead.isdigit()) or len(ahead) > 78:
+        return 0  # "²" is a digit to str.isdigit, not to int()
+    return int(ahead)
 
 
 class _Job:

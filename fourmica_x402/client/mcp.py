@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -34,6 +33,7 @@ import httpx
 from mcp import ClientSession
 from mcp.shared.exceptions import McpError
 
+from .._json import loads
 from ..errors import PaymentRefused
 from .keys import BuyerKey
 from .policy import Money, SpendingPolicy
@@ -119,7 +119,7 @@ class McpPaymentTransport(httpx.AsyncBaseTransport):
 def _request_id(request: httpx.Request) -> str | int | None:
     """The id of the JSON-RPC request ``request`` carries (None: a notification, a batch…)."""
     try:
-        message = json.loads(request.content)
+        message = loads(request.content)
     except ValueError:
         return None
     rid = message.get("id") if isinstance(message, dict) and "method" in message else None
@@ -129,7 +129,7 @@ def _request_id(request: httpx.Request) -> str | int | None:
 def _gate_error(response: httpx.Response) -> tuple[str, str]:
     """The gate's ``{"error", "message"}`` of an error answer (docs/protocol.md)."""
     try:
-        body = json.loads(response.content)
+        body = loads(response.content)
     except ValueError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("error"), str):

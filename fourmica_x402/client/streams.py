@@ -17,13 +17,13 @@ the seller's ``end`` event arrived. Nothing of an unpaid slice is ever sent::
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from .._json import loads
 from ..errors import FourmicaError, PaymentRefused
 
 __all__ = ["AsyncPaidStream", "Event", "PaidStream", "StreamFailed"]
@@ -38,7 +38,7 @@ class Event:
     id: str | None = None
 
     def json(self) -> Any:
-        return json.loads(self.data)
+        return loads(self.data)
 
 
 class StreamFailed(FourmicaError):
@@ -51,6 +51,10 @@ class StreamFailed(FourmicaError):
     def __init__(self, message: str, response: httpx.Response | None = None) -> None:
         super().__init__(message)
         self.response = response
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 class _Parser:
@@ -105,17 +109,41 @@ class _Stream:
                 yield event
 
     def _control(self, event: Event) -> str | None:
-        """What a meter event asks: ``pay`` (the URL), ``end``, or None (the seller's event)."""
-        if event.event == "stream":
-            self.id = event.json().get("stream")
-            return "skip"
-        if event.event == "end":
+        """What a meter event asks: ``pay`` (the URL), ``end``, or None (the seller's event).
+        A meter event that is not what docs/buyer.md describes raises :class:`StreamFailed`."""
+        if event.event not in ("stream", "end", "payment-required"):
+            return None
+        try:
             data = event.json()
-            self.ended, self.slices = data.get("reason"), int(data.get("slices") or self.slices)
-            return "end"
-        if event.event == "payment-required":
-            return str(event.json()["pay"])
-        return None
+            if event.event == "stream":
+                self.id = _text(data.get("stream"))
+                return "skip"
+            if event.event == "end":
+                slices = data.get("slices") or self.slices
+                if not isinstance(slices, int) or isinstance(slices, bool) or slices < 0:
+                    raise TypeError("slices is not a count")
+                self.ended, self.slices = _text(data.get("reason")), slices
+                return "end"
+            return self._pay_url(data["pay"])
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+            raise StreamFailed(
+                f"the seller sent a malformed {event.event!r} event", self.response
+            ) from None
+
+    def _pay_url(self, pay: object) -> str:
+        """The slice's pay URL, on the stream's own origin: a seller cannot send the buyer's
+        payment (or the client's credentials) to another host."""
+        assert self.response is not None  # opened before any event
+        stream = self.response.url
+        if not isinstance(pay, str):
+            raise TypeError("pay is not a URL")
+        url = stream.join(pay)
+        if (url.scheme, url.host, url.port) != (stream.scheme, stream.host, stream.port):
+            raise StreamFailed(
+                f"the seller asked to pay a slice at another origin ({url.scheme}://{url.host})",
+                self.response,
+            )
+        return str(url)
 
     def _stop_url(self, pay: str) -> str:
         return pay.rsplit("/", 1)[0]

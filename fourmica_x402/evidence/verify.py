@@ -18,12 +18,12 @@ The checks run in this order; the first that fails is named (:class:`EvidenceInv
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from .._eth import parse_address
+from .._json import loads_checked
 from ..client.certificates import public_key_bytes, verify_certificate
 from ..guarantee import (
     Eip712Domain,
@@ -93,8 +93,8 @@ def verify_bundle(data: bytes, public_key: bytes | str | None = None) -> Verifie
     Returns what was verified; raises :class:`EvidenceInvalid` naming the first failed check.
     """
     try:
-        document = json.loads(data.decode("ascii"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        document = loads_checked(data.decode("ascii"))
+    except (UnicodeDecodeError, ValueError) as exc:
         raise _fail(f"not an evidence bundle: malformed JSON ({type(exc).__name__})") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise _fail(f"not an evidence bundle: the format is not {FORMAT}")

@@ -25,6 +25,7 @@ from urllib.request import getproxies, proxy_bypass
 import httpx
 
 from .._eth import parse_address
+from .._json import loads
 from ..core.models import Tab
 from ..errors import CoreError, GuaranteeRejected, MalformedPayment, Unavailable
 from ..guarantee import SignedGuarantee
@@ -197,7 +198,7 @@ class HttpFacilitator:
             error.maybe_applied = status != 429  # a 5xx may follow a commit
             raise error
         try:
-            data = json.loads(content)
+            data = loads(content)
         except ValueError:
             raise Unavailable(f"facilitator answered {status} without JSON") from None
         if status >= 400:

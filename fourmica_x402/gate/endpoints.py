@@ -11,11 +11,11 @@ whoever holds the seller's metrics token (docs/operations.md, "Monitoring signal
 from __future__ import annotations
 
 import hmac
-import json
 import os
 from typing import TYPE_CHECKING
 
 from .. import coreapi
+from .._json import loads
 from ..errors import Unavailable
 from ..networks import get_network
 from .challenge import origin
@@ -123,6 +123,6 @@ def json_body(request: RequestView) -> Flow:
     if not raw or len(raw) > 64 * 1024:
         return None
     try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):
+        return loads(raw)
+    except ValueError:
         return None

@@ -19,18 +19,17 @@ from ..networks import parse_amount
 
 __all__ = ["ValidationPolicy", "bytes32", "validation_request_hash", "validation_subject_hash"]
 
+_HEX32 = re.compile(r"0x[0-9a-fA-F]{64}\Z")
 _SUBJECT_TAG = keccak(b"4MICA_VALIDATION_SUBJECT_V1")
 _REQUEST_TAG = keccak(b"4MICA_VALIDATION_REQUEST_V2")
 
 
 def bytes32(value: object, name: str) -> bytes:
-    """``0x`` + 64 hex digits as 32 bytes; anything else raises ``ValueError`` naming ``name``."""
-    if not isinstance(value, str) or len(value) != 66 or value[:2] != "0x":
+    """``0x`` + 64 hex digits as 32 bytes; anything else raises ``ValueError`` naming ``name``
+    (``bytes.fromhex`` alone would skip spaces: ``0x`` + 4 spaces + 60 digits is 30 bytes)."""
+    if not isinstance(value, str) or not _HEX32.match(value):
         raise ValueError(f"{name} must be 0x followed by 64 hex digits")
-    try:
-        return bytes.fromhex(value[2:])
-    except ValueError:
-        raise ValueError(f"{name} must be 0x followed by 64 hex digits") from None
+    return bytes.fromhex(value[2:])
 
 
 def validation_subject_hash(

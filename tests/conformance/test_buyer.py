@@ -227,6 +227,46 @@ def test_lying_sellers_get_a_clear_error_and_no_second_signature(
     assert seller.calls["/premium"] == 0
 
 
+class GarbledOwnCalls(Wire):
+    """The seller's tab endpoint or its Core's parameters answer something odd."""
+
+    def __init__(self, where: str, body: bytes) -> None:
+        self.where, self.body = where, body
+
+    def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
+        if path.endswith(self.where):
+            return 200, [("content-type", "application/json")], self.body
+        return status, headers, body
+
+
+def _params(**changed: Any) -> bytes:
+    """A Core's signing parameters (the three fields the buyer signs with), changed."""
+    params = {"chain_id": 84532, "eip712_name": "4Mica", "eip712_version": "1", **changed}
+    return json.dumps(params).encode()
+
+
+@pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
+@pytest.mark.parametrize(
+    ("where", "body"),
+    [
+        ("/tab", b"[" * 100_000 + b"]" * 100_000),
+        ("/core/public-params", b"[" * 100_000 + b"]" * 100_000),
+        ("/core/public-params", _params(chain_id=84532.7)),
+        ("/core/public-params", _params(chain_id=True)),
+    ],
+    ids=["tab-deep-json", "params-deep-json", "params-float-chain", "params-bool-chain"],
+)
+def test_a_garbled_tab_or_core_answer_is_a_clean_refusal(
+    seller: Any, buyers: Any, where: str, body: bytes
+) -> None:
+    policy = SpendingPolicy()
+    client = buyers.client(seller, funded(seller), wire=GarbledOwnCalls(where, body), policy=policy)
+    with pytest.raises(PaymentFailed) as info:
+        client.get("/premium")
+    assert info.value.receipt.outcome == "payment_failed"
+    assert policy.spent(default_asset(NETWORK).address) == 0 and seller.calls["/premium"] == 0
+
+
 class RedirectingSeller(Wire):
     """Answers every paid request with a redirect to another priced URL, which asks again."""
 
@@ -258,6 +298,42 @@ def test_one_call_pays_once_however_often_the_seller_redirects(seller: Any, buye
     with pytest.raises(PaymentFailed):
         client.get("/premium")
     assert wire.paid_attempts == 2
+
+
+class GarbledResult(Wire):
+    """Serves the paid request, then says odd things about it: a result header whose
+    ``transaction`` is no string, or a refusal whose ``errorReason`` is no string."""
+
+    def __init__(self, value: Any, refuse: bool) -> None:
+        self.value, self.refuse = value, refuse
+
+    def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
+        if path != "/premium" or status != 200:
+            return status, headers, body
+        key = "errorReason" if self.refuse else "transaction"
+        result = {"success": not self.refuse, "network": NETWORK, key: self.value}
+        encoded = base64.b64encode(json.dumps(result).encode()).decode()
+        kept = [(k, v) for k, v in headers if k.lower() != "payment-response"]
+        return (402 if self.refuse else 200), [*kept, ("payment-response", encoded)], body
+
+
+@pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
+@pytest.mark.parametrize("value", [{"id": 1}, ["0x1"], 2**70, 1.5, None], ids=repr)
+@pytest.mark.parametrize("refuse", [False, True], ids=["served", "refused"])
+def test_a_garbled_result_after_payment_never_loses_the_answer(
+    seller: Any, buyers: Any, value: Any, refuse: bool
+) -> None:
+    ledger = ReceiptLedger()
+    client = buyers.client(seller, funded(seller), wire=GarbledResult(value, refuse), ledger=ledger)
+    if refuse:
+        with pytest.raises(PaymentFailed) as info:
+            client.get("/premium")
+        assert info.value.receipt.reason == "refused after payment"
+    else:
+        resp = client.get("/premium")
+        assert resp.status == 200 and resp.receipt.outcome == "paid"
+        assert resp.receipt.guarantee_id is None
+    assert [r.outcome for r in ledger] == ["payment_failed" if refuse else "paid"]
 
 
 def _dropped_connection(exc: BaseException) -> bool:
@@ -446,6 +522,8 @@ def test_numbers_as_strings_in_a_challenge_are_read(seller: Any, buyers: Any) ->
         ("minValidationScore", "0x64"),
         ("minValidationScore", "101"),
         ("minValidationScore", True),
+        ("jobHash", "0x    " + "aa" * 30),  # bytes.fromhex alone skips the spaces: 30 bytes
+        ("jobHash", "0x" + "aa" * 31 + "a "),
     ],
 )
 def test_bad_numbers_in_a_challenge_are_a_clean_refusal(

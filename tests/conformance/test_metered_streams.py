@@ -27,6 +27,7 @@ from fourmica_x402.client import (
     PaidStream,
     PaymentTransport,
     SpendingPolicy,
+    StreamFailed,
 )
 from fourmica_x402.core import Core
 from fourmica_x402.errors import BudgetExhausted, ConfigurationError
@@ -449,3 +450,63 @@ def test_settle_after_a_slice_is_settled_at_its_pay_url(
     assert stream.id is not None
     outcomes = [r.outcome for r in Streams(seller.core).slices(stream.id)]
     assert outcomes == ["delivered"] * 3
+
+
+@pytest.mark.parametrize(
+    "meter",
+    [
+        'event: payment-required\ndata: {"pay": "http://elsewhere.test/streams/s1/pay"}',
+        'event: payment-required\ndata: {"pay": "//elsewhere.test/streams/s1/pay"}',
+        'event: payment-required\ndata: {"pay": "https://seller.test/streams/s1/pay"}',
+        'event: payment-required\ndata: {"pay": 5}',
+        "event: payment-required\ndata: {not json",
+        "event: payment-required\ndata: [1]",
+        'event: end\ndata: {"slices": "many"}',
+        "event: stream\ndata: " + "[" * 100_000,
+    ],
+    ids=[
+        "other-host",
+        "scheme-relative",
+        "other-scheme",
+        "not-a-url",
+        "not-json",
+        "a-list",
+        "bad-slices",
+        "deep-json",
+    ],
+)
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_hostile_meter_event_fails_the_stream_and_pays_nowhere(
+    meter: str, is_async: bool
+) -> None:
+    """A seller (here a hostile one, outside the machine) cannot send the buyer's payment, or
+    the client's credentials, to another origin, nor crash the stream with a bad event."""
+    sent: list[str] = []
+    body = f'event: stream\ndata: {{"stream": "s1"}}\n\ndata: {{"tick": 0}}\n\n{meter}\n\n'
+
+    def seller(request: httpx.Request) -> httpx.Response:
+        sent.append(f"{request.method} {request.url}")
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, text=body)
+
+    key, headers = TestBuyer.new().key, {"authorization": "Bearer secret"}
+    got: list[Any] = []
+    with pytest.raises(StreamFailed):
+        if is_async:
+
+            async def read() -> None:
+                transport = AsyncPaymentTransport(key, transport=httpx.MockTransport(seller))
+                async with httpx.AsyncClient(
+                    transport=transport, base_url="http://seller.test", headers=headers
+                ) as client:
+                    async for event in AsyncPaidStream(client, "GET", "/ticks"):
+                        got.append(event.json())
+
+            asyncio.run(read())
+        else:
+            transport = PaymentTransport(key, transport=httpx.MockTransport(seller))
+            with httpx.Client(
+                transport=transport, base_url="http://seller.test", headers=headers
+            ) as client:
+                got.extend(event.json() for event in PaidStream(client, "GET", "/ticks"))
+    assert sent == ["GET http://seller.test/ticks"]  # nothing posted anywhere
+    assert got == [{"tick": 0}]

@@ -375,3 +375,24 @@ def test_a_stage_left_running_by_a_dead_process_fails_its_job(sqlite_url: str) -
 def test_a_bad_stage_fails_at_start_up(args: tuple[Any, ...]) -> None:
     with pytest.raises(ConfigurationError):
         Stage(*args)
+
+
+@pytest.mark.parametrize(
+    ("ahead", "read"),
+    [("30000", 30_000), ("²", 0), ("٣", 0), ("-5", 0), ("1" * 79, 0), (5, 0), (None, 0)],
+)
+def test_a_malformed_ahead_counts_as_nothing_ahead(ahead: Any, read: int) -> None:
+    """``ahead`` is the seller's word for a budget check: ASCII digits, else nothing."""
+    from fourmica_x402.client.jobs import ahead_of
+    from fourmica_x402.wire import PaymentRequirements
+
+    offer = PaymentRequirements(
+        scheme="4mica-credit",
+        network="eip155:84532",
+        amount="10000",
+        asset="0x036CbD53842c5426634e7929541eC2318f3dCF7e",
+        pay_to="0x" + "11" * 20,
+        max_timeout_seconds=300,
+        extra={"stage": {"job": "report", "stage": 1, "of": 2, "ahead": ahead}},
+    )
+    assert ahead_of(offer) == read
