@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from typing import Any
 
 import coincurve
@@ -21,7 +22,7 @@ import httpx
 from .._json import loads
 from ..errors import InsufficientCollateral, MalformedPayment, PaymentFailed
 from ..guarantee import SignedGuarantee
-from ..networks import get_network, parse_amount
+from ..networks import find_asset, get_network, parse_amount
 from ..wire import (
     PAYMENT_REQUIRED_HEADER,
     PAYMENT_RESPONSE_HEADER,
@@ -214,7 +215,7 @@ class BuyerFlow(Buyer):
                 usable.append(offer)
         if not usable:
             raise MalformedPayment("no offer this client can pay (scheme, network or asset)")
-        return _Challenge(min(usable, key=lambda o: parse_amount(o.amount)), version, resource)
+        return _Challenge(min(usable, key=_cost), version, resource)
 
     @staticmethod
     def _result(response: httpx.Response) -> dict[str, Any] | None:
@@ -237,6 +238,16 @@ class BuyerFlow(Buyer):
             return _text(loads(response.content).get("error"))
         except Exception:
             return None
+
+
+def _cost(offer: PaymentRequirements) -> tuple[int, Fraction]:
+    """How an offer ranks: registered tokens first, by value (amounts scaled by decimals, so
+    2 units of an 18-decimal token do not undercut $0.01 of USDC), then unknown tokens."""
+    token = find_asset(offer.network, offer.asset)
+    amount = parse_amount(offer.amount)
+    if token is None:
+        return 1, Fraction(amount)
+    return 0, Fraction(amount, 10**token.decimals)
 
 
 def _text(value: object) -> str | None:

@@ -267,6 +267,32 @@ def test_a_garbled_tab_or_core_answer_is_a_clean_refusal(
     assert policy.spent(default_asset(NETWORK).address) == 0 and seller.calls["/premium"] == 0
 
 
+class DecoyOffer(Wire):
+    """Puts, before the seller's own offer, one of 2 atomic units of a token nobody knows."""
+
+    def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
+        if status != 402:
+            return status, headers, body
+        out = []
+        for name, value in headers:
+            if name.lower() == PAYMENT_REQUIRED_HEADER.lower():
+                required = json.loads(base64.b64decode(value))
+                decoy = {**required["accepts"][0], "amount": "2", "asset": "0x" + "ab" * 20}
+                required["accepts"].insert(0, decoy)
+                value = base64.b64encode(json.dumps(required).encode()).decode()
+            out.append((name, value))
+        return status, out, body
+
+
+@pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
+def test_a_decoy_offer_in_an_unknown_token_does_not_undercut_a_known_one(
+    seller: Any, buyers: Any
+) -> None:
+    resp = buyers.client(seller, funded(seller), wire=DecoyOffer()).get("/premium")
+    assert resp.status == 200 and resp.receipt.outcome == "paid"
+    assert resp.receipt.asset == default_asset(NETWORK).address and resp.receipt.amount == 10_000
+
+
 class RedirectingSeller(Wire):
     """Answers every paid request with a redirect to another priced URL, which asks again."""
 
