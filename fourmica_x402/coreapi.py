@@ -25,16 +25,44 @@ from .networks import find_asset, get_network, networks, parse_amount
 
 __all__ = [
     "JsonResult",
+    "MAX_TAB_TTL",
     "core_guarantee",
     "core_guarantees",
     "core_payment_tabs",
     "json_rpc",
     "public_params",
+    "requested_ttl",
+    "requested_version",
     "tab_endpoint",
 ]
 
 JsonResult = tuple[int, Any]
 _GET_VERSION_CONFIG = "0x563550ae"
+
+#: Longest tab a caller may ask for (30 days): a tab window bounds how long its claims stay valid.
+MAX_TAB_TTL = 30 * 86_400
+
+
+def requested_ttl(value: Any, name: str) -> int | None:
+    """A tab lifetime a caller asks for: None (the Core's default) or whole seconds
+    1..:data:`MAX_TAB_TTL`. Anything else (0, 1.5, a string, 10**9) raises ValueError."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_TAB_TTL:
+        raise ValueError(f"{name} must be 1..{MAX_TAB_TTL}")
+    return value
+
+
+def requested_version(value: Any, name: str) -> int:
+    """A guarantee version a caller asks for: an integer or a decimal string (None: 1); the
+    Core refuses the ones it does not accept. Anything else (1.5, Infinity) raises ValueError."""
+    if value is None:
+        return 1
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer")
+    return value
 
 
 def _error(status: int, message: str, reason: str | None = None) -> JsonResult:
@@ -198,15 +226,15 @@ def core_payment_tabs(core: Core, chain_id: int, body: Any) -> JsonResult:
         return _error(400, "body must be a JSON object", "invalid_request")
     try:
         network = _network_of(chain_id)
-        version = int(body.get("guarantee_version") or 1)
-        ttl = body.get("ttl")
         tab = core.open_tab(
             parse_address(body.get("user_address")),
             parse_address(body.get("recipient_address")),
             network=network,
             asset=body.get("erc20_token") or None,
-            guarantee_version=version,
-            ttl_seconds=int(ttl) if ttl else None,
+            guarantee_version=requested_version(
+                body.get("guarantee_version") or None, "guarantee_version"
+            ),
+            ttl_seconds=requested_ttl(body.get("ttl"), "ttl"),
         )
     except (ValueError, TypeError) as exc:
         return _error(400, str(exc), "invalid_request")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from ..errors import CoreError
 from . import clearing
 from .collateral import lock_position, record_flow, release, set_collateral
-from .common import LockClauses, check_amount
+from .common import INT64_MAX, LockClauses, check_amount
 from .config import CoreConfig
 from .feed import Events, emit
 from .models import Cycle
@@ -130,6 +130,15 @@ def close(
         (cycle_id,),
     ):
         gross.setdefault(payee, [0, 0])[0] = int(amount)
+    if gross_total > INT64_MAX:
+        # Every amount of a cycle (a gross in, a credit, the total debit) is at most its gross,
+        # and each is a BIGINT column: the cycle stays open, nothing unlocked, rather than store
+        # a wrong number (docs/operations.md, "Operator settings").
+        raise CoreError(
+            f"cycle {cycle_id} grosses {gross_total}, beyond 2**63 - 1 atomic units",
+            reason="cycle_overflow",
+            status=503,
+        )
     netting = clearing.Netting({a: (v[0], v[1]) for a, v in gross.items()})
     rows = []
     for address, (gross_in, gross_out) in netting.gross.items():

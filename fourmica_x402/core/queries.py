@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import CoreError
-from .common import hex_id
+from .common import INT64_MAX, hex_id
 from .models import (
     Cycle,
     CyclePair,
@@ -187,7 +187,12 @@ def cycle_from_row(r: Sequence[Any]) -> Cycle:
 
 
 def cycle(tx: Tx, cycle_id: int) -> Cycle:
-    row = tx.one(f"SELECT {CYCLE_COLUMNS} FROM fx_cycles WHERE cycle_id = ?", (cycle_id,))
+    # An id no BIGINT column can hold names no cycle (the driver would refuse to bind it).
+    row = (
+        tx.one(f"SELECT {CYCLE_COLUMNS} FROM fx_cycles WHERE cycle_id = ?", (cycle_id,))
+        if 0 <= cycle_id <= INT64_MAX
+        else None
+    )
     if row is None:
         raise CoreError(f"no cycle {cycle_id}", reason="unknown_cycle", status=404)
     return cycle_from_row(row)

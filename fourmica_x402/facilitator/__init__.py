@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .._eth import parse_address
 from .._memo import ByIdentity
 from ..core.models import Expected, Tab
 from ..errors import GuaranteeRejected, MalformedPayment, Reason
@@ -160,8 +161,8 @@ def _read_expected(requirements: PaymentRequirements | PaymentRequirementsV1) ->
         policy = ValidationPolicy.from_extra(requirements.extra, chain_id, lenient=True)
         return Expected(
             network=requirements.network,
-            pay_to=requirements.pay_to,
-            asset=requirements.asset,
+            pay_to=parse_address(requirements.pay_to),
+            asset=parse_address(requirements.asset),
             amount=parse_amount(requirements.amount),
             policy=policy,
         )

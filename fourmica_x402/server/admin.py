@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from fourmica_x402.webhooks import Webhooks
 
-from .base import Call, Reply, refusal
+from .base import Call, Reply, error, refusal
 
 if TYPE_CHECKING:
     from .context import Service
@@ -23,7 +23,8 @@ Handler = Callable[["Service", Call], Reply]
 
 
 def _admin(action: Action) -> Handler:
-    """The handler of an admin action: webhooks on, operator only; ValueError answers 400."""
+    """The handler of an admin action: webhooks on, operator only; a ValueError (a bad URL,
+    unknown events) answers 400 ``invalid_request`` (docs/protocol.md, "Reason codes")."""
 
     def handler(service: Service, call: Call) -> Reply:
         if service.hooks is None:
@@ -35,7 +36,7 @@ def _admin(action: Action) -> Handler:
         try:
             return action(service.hooks, call)
         except ValueError as exc:
-            return refusal(400, str(exc))
+            return error(400, "invalid_request", str(exc))
 
     handler.__name__ = handler.__qualname__ = action.__name__
     handler.__doc__ = action.__doc__

@@ -17,6 +17,14 @@ from .base import Call, Reply, error, refusal
 __all__ = ["Keys"]
 
 
+def _same(given: str, known: str) -> bool:
+    """Constant-time token comparison. As bytes: a header may carry any Latin-1 text, which
+    ``compare_digest`` refuses to compare as ``str`` (a 401, not a 500)."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), known.encode("utf-8", "surrogatepass")
+    )
+
+
 class Keys:
     """The service's tokens, and the checks its handlers make with them."""
 
@@ -35,15 +43,15 @@ class Keys:
 
     def authorized(self, call: Call) -> bool:
         """The operator's key is presented, or the service has none."""
-        return self.api_key is None or hmac.compare_digest(call.bearer, self.api_key)
+        return self.api_key is None or _same(call.bearer, self.api_key)
 
     def acts_for(self, call: Call) -> str | None:
         """The seller address a seller key is bound to ("" for the operator key; None: neither)."""
         token = call.bearer
-        if self.api_key is not None and hmac.compare_digest(token, self.api_key):
+        if self.api_key is not None and _same(token, self.api_key):
             return ""
         for known, address in self.sellers.items():
-            if hmac.compare_digest(token, known):
+            if _same(token, known):
                 return address
         return None
 

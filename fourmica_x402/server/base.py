@@ -9,12 +9,14 @@ also turns a :class:`~fourmica_x402.errors.FourmicaError` the handler lets throu
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fourmica_x402.errors import FourmicaError
+from fourmica_x402._json import loads_checked
+from fourmica_x402.core.common import INT64_MAX
+from fourmica_x402.errors import CoreError, FourmicaError
 
 __all__ = [
     "MAX_BODY",
@@ -22,10 +24,13 @@ __all__ = [
     "Page",
     "Reply",
     "Result",
+    "bad_request",
     "error",
     "failure",
+    "integer",
     "parse_body",
     "refusal",
+    "required",
 ]
 
 #: Largest request body the service parses; a bigger one reads as no body at all.
@@ -69,13 +74,30 @@ class Call:
         return header[7:] if header[:7].lower() == "bearer " else ""
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as infinity
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
 def parse_body(raw: bytes) -> Any:
-    """The JSON of a request body, or None (empty, over :data:`MAX_BODY`, or not JSON)."""
-    if len(raw) > MAX_BODY:
+    """The JSON of a request body, or None (empty, over :data:`MAX_BODY`, or not JSON).
+
+    Strict JSON only: ``NaN``, ``Infinity`` and numbers too big for a float (Python's parser
+    takes them, but no answer can carry them back) and nesting too deep (docs/architecture.md,
+    "JSON from another party") read as not JSON, so each handler answers them as it answers
+    any bad body.
+    """
+    if len(raw) > MAX_BODY or not raw:
         return None
     try:
-        return json.loads(raw) if raw else None
-    except ValueError:
+        return loads_checked(raw, parse_float=_finite, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
         return None
 
 
@@ -100,3 +122,27 @@ def refusal(status: int, text: str) -> Reply:
     byte for byte; new refusals use :func:`failure`'s ``{"error", "message"}`` shape.
     """
     return status, {"error": text}
+
+
+def bad_request(message: str) -> CoreError:
+    """A request the service cannot read, raised from a handler like any Core error: it answers
+    400 ``{"error": "invalid_request", "message": text}`` (docs/protocol.md, "Reason codes")."""
+    return CoreError(message, reason="invalid_request", status=400)
+
+
+def integer(value: Any, name: str) -> int:
+    """An id or cursor of the request: a JSON integer or a decimal string (a query parameter),
+    0..2**63-1 (the BIGINT columns). Anything else (a float, a bool, a bigger number) is a
+    :func:`bad_request`, never truncated."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT64_MAX:
+        raise bad_request(f"{name} must be an integer 0..{INT64_MAX}")
+    return value
+
+
+def required(body: Mapping[str, Any], name: str) -> Any:
+    """``body[name]``, or a :func:`bad_request` naming the missing field."""
+    if name not in body:
+        raise bad_request(f"{name} is required")
+    return body[name]

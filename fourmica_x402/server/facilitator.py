@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fourmica_x402._eth import parse_address
+from fourmica_x402.coreapi import MAX_TAB_TTL, requested_ttl, requested_version
 from fourmica_x402.errors import FourmicaError, MalformedPayment, PaymentError
+from fourmica_x402.networks import get_network
 from fourmica_x402.wire import (
     PaymentPayload,
     PaymentPayloadV1,
@@ -19,15 +21,12 @@ from fourmica_x402.wire import (
     PaymentRequirementsV1,
 )
 
-from .base import Call, Reply, refusal
+from .base import Call, Reply
 
 if TYPE_CHECKING:
     from .context import Service
 
 __all__ = ["MAX_TAB_TTL", "health", "payment_args", "settle", "supported", "tabs", "verify"]
-
-#: Longest tab a caller may ask for (30 days): a tab window bounds how long its claims stay valid.
-MAX_TAB_TTL = 30 * 86_400
 
 
 def payment_args(body: Any) -> tuple[PaymentPayload | PaymentPayloadV1, PaymentRequirements]:
@@ -60,29 +59,46 @@ def health(service: Service, call: Call) -> Reply:
     return 200, {"status": "ok"}
 
 
+def _tab_refusal(message: str, reason: str = "invalid_request") -> Reply:
+    """A ``/tabs`` refusal in the official shape, ``{"error": text, "reason": code}``
+    (docs/protocol.md, "Reason codes")."""
+    return 400, {"error": message, "reason": reason}
+
+
+def _known_network(network: Any) -> bool:
+    try:
+        get_network(network)
+    except (ValueError, TypeError):  # ConfigurationError: not a network the service knows
+        return False
+    return True
+
+
 def tabs(service: Service, call: Call) -> Reply:
     body = call.body
     if not isinstance(body, dict):
-        return refusal(400, "body must be a JSON object")
+        return _tab_refusal("body must be a JSON object")
+    net = body.get("network") or service.network
+    if not isinstance(net, str) or not _known_network(net):
+        return _tab_refusal(f"unknown network {net!r:.60}")
     try:
-        net = str(body.get("network") or service.network)
-        version = int(body.get("guaranteeVersion") or body.get("x402Version") or 1)
-        ttl = body.get("ttlSeconds")
-        if ttl is not None and not (isinstance(ttl, int) and 0 < ttl <= MAX_TAB_TTL):
-            return refusal(400, f"ttlSeconds must be 1..{MAX_TAB_TTL}")
+        user = parse_address(body.get("userAddress"))
+    except ValueError as exc:
+        return _tab_refusal(str(exc), "invalid_user_address")
+    try:
+        version = body.get("guaranteeVersion") or body.get("x402Version")
         tab = service.core.open_tab(
-            parse_address(body.get("userAddress")),
+            user,
             parse_address(body.get("recipientAddress")),
             network=net,
             asset=body.get("erc20Token") or None,
-            guarantee_version=version,
-            ttl_seconds=int(ttl) if ttl else None,
+            guarantee_version=requested_version(version, "guaranteeVersion"),
+            ttl_seconds=requested_ttl(body.get("ttlSeconds"), "ttlSeconds"),
         )
     except FourmicaError as exc:
         # The official tab-endpoint shape: clients read ``reason`` (docs/operations.md).
         return 400 if exc.status < 500 else 502, {"error": exc.message, "reason": exc.reason}
     except (ValueError, TypeError) as exc:
-        return refusal(400, str(exc))
+        return _tab_refusal(str(exc))
     return 200, tab.to_json()
 
 

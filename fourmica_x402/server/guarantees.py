@@ -8,11 +8,11 @@ act as its own address (:meth:`Keys.not_yours`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fourmica_x402._eth import parse_address
 
-from .base import Call, Reply, refusal
+from .base import Call, Reply, bad_request
 
 if TYPE_CHECKING:
     from .context import Service
@@ -20,14 +20,23 @@ if TYPE_CHECKING:
 __all__ = ["validation", "void"]
 
 
+def _fields(call: Call) -> dict[str, Any]:
+    """The body's fields ({} without a body); a body that is not a JSON object is refused."""
+    if call.body is None:
+        return {}
+    if not isinstance(call.body, dict):
+        raise bad_request("body must be a JSON object")
+    return call.body
+
+
 def void(service: Service, call: Call) -> Reply:
     if (refused := service.keys.seller_call(call)) is not None:
         return refused
-    body = call.body or {}
+    body = _fields(call)
     try:
         by = parse_address(body.get("by"))
     except ValueError as exc:
-        return refusal(400, f"by: {exc}")
+        raise bad_request(f"by: {exc}") from None
     if (refused := service.keys.not_yours(call, by)) is not None:
         return refused
     return 200, service.core.void(call.path["gid"], by=by).to_dict()
@@ -36,12 +45,12 @@ def void(service: Service, call: Call) -> Reply:
 def validation(service: Service, call: Call) -> Reply:
     if (refused := service.keys.seller_call(call)) is not None:
         return refused
-    body = call.body or {}
+    body = _fields(call)
     score = body.get("score")
     try:
         validator = parse_address(body.get("validator"))
     except ValueError as exc:
-        return refusal(400, f"validator: {exc}")
+        raise bad_request(f"validator: {exc}") from None
     if (refused := service.keys.not_yours(call, validator)) is not None:
         return refused
     record = service.core.post_validation(

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Call, Reply
+from fourmica_x402._eth import parse_address
+
+from .base import Call, Reply, bad_request, integer
 
 if TYPE_CHECKING:
     from .context import Service
@@ -32,10 +34,15 @@ def cycle(service: Service, call: Call) -> Reply:
 
 
 def guarantees(service: Service, call: Call) -> Reply:
-    rows = service.core.guarantees(address=call.query.get("address"), limit=200)
+    raw = call.query.get("address")
+    try:
+        address = parse_address(raw) if raw else None
+    except ValueError as exc:
+        raise bad_request(f"address: {exc}") from None
+    rows = service.core.guarantees(address=address, limit=200)
     return 200, [g.to_dict() for g in rows]
 
 
 def events(service: Service, call: Call) -> Reply:
-    after = int(call.query.get("after", "0") or 0)
+    after = integer(call.query.get("after") or 0, "after")
     return 200, [e.to_dict() for e in service.core.events(after=after, limit=500)]

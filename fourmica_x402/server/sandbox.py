@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from fourmica_x402.networks import default_asset, find_asset, parse_amount, to_atomic
 
-from .base import Call, Reply, refusal
+from .base import Call, Reply, error, integer, refusal, required
 
 if TYPE_CHECKING:
     from .context import Service
@@ -35,7 +35,8 @@ def _amount(value: Any, network: str, asset: str | None) -> int:
 
 
 def _sandboxed(action: Action) -> Handler:
-    """The handler of a sandbox action: sandbox on, operator key, a JSON object body."""
+    """The handler of a sandbox action: sandbox on, operator key, a JSON object body; a value
+    the action cannot use answers 400 ``invalid_request`` (docs/protocol.md, "Reason codes")."""
 
     def handler(service: Service, call: Call) -> Reply:
         if not service.sandbox:
@@ -47,7 +48,7 @@ def _sandboxed(action: Action) -> Handler:
         try:
             return 200, action(service, call.body)
         except (ValueError, TypeError) as exc:
-            return refusal(400, str(exc))
+            return error(400, "invalid_request", str(exc))
 
     handler.__name__ = handler.__qualname__ = action.__name__
     handler.__doc__ = action.__doc__
@@ -58,8 +59,8 @@ def _sandboxed(action: Action) -> Handler:
 def deposit(service: Service, body: dict[str, Any]) -> Any:
     net = str(body.get("network") or service.network)
     return service.core.deposit(
-        str(body["address"]),
-        _amount(body["amount"], net, body.get("asset")),
+        str(required(body, "address")),
+        _amount(required(body, "amount"), net, body.get("asset")),
         network=net,
         asset=body.get("asset"),
     ).to_dict()
@@ -71,12 +72,12 @@ def withdraw(service: Service, body: dict[str, Any]) -> Any:
     core = service.core
     net = str(body.get("network") or service.network)
     if body.get("finalize"):
-        return core.finalize_withdrawal(int(body["finalize"])).to_dict()
+        return core.finalize_withdrawal(integer(body["finalize"], "finalize")).to_dict()
     if body.get("cancel"):
-        return core.cancel_withdrawal(int(body["cancel"])).to_dict()
+        return core.cancel_withdrawal(integer(body["cancel"], "cancel")).to_dict()
     return core.request_withdrawal(
-        str(body["address"]),
-        _amount(body["amount"], net, body.get("asset")),
+        str(required(body, "address")),
+        _amount(required(body, "amount"), net, body.get("asset")),
         network=net,
         asset=body.get("asset"),
     ).to_dict()
@@ -90,14 +91,16 @@ def close_cycle(service: Service, body: dict[str, Any]) -> Any:
 
 @_sandboxed
 def pay_debit(service: Service, body: dict[str, Any]) -> Any:
+    cycle_id = integer(required(body, "cycle_id"), "cycle_id")
     return service.core.pay_net_debit(
-        int(body["cycle_id"]), str(body["address"]), body.get("amount")
+        cycle_id, str(required(body, "address")), body.get("amount")
     ).to_dict()
 
 
 @_sandboxed
 def claim(service: Service, body: dict[str, Any]) -> Any:
-    return {"claimed": service.core.claim_net_credit(int(body["cycle_id"]), str(body["address"]))}
+    cycle_id = integer(required(body, "cycle_id"), "cycle_id")
+    return {"claimed": service.core.claim_net_credit(cycle_id, str(required(body, "address")))}
 
 
 @_sandboxed
@@ -107,6 +110,6 @@ def tick(service: Service, body: dict[str, Any]) -> Any:
 
 @_sandboxed
 def suspend(service: Service, body: dict[str, Any]) -> Any:
-    suspended = bool(body.get("suspended", True))
-    service.core.suspend(str(body["address"]), suspended)
-    return {"address": body["address"], "suspended": suspended}
+    address, suspended = str(required(body, "address")), bool(body.get("suspended", True))
+    service.core.suspend(address, suspended)
+    return {"address": address, "suspended": suspended}

@@ -43,7 +43,14 @@ def check_url(url: str) -> str:
 
 def check_events(events: Iterable[str] | str) -> tuple[str, ...]:
     """Known event names, sorted and deduplicated; ``("*",)`` when ``"*"`` is among them."""
-    names = [events] if isinstance(events, str) else list(events)
+    names: list[str] | None = None
+    if isinstance(events, str):
+        names = [events]
+    elif isinstance(events, Iterable):
+        names = list(events)
+    # Names come from JSON too (``/admin/webhooks``): ``true`` or ``[["a"]]`` is refused here.
+    if names is None or not all(isinstance(n, str) for n in names):
+        raise ConfigurationError("webhook events must be a list of event type names")
     if not names:
         raise ConfigurationError('subscribe to at least one event type (or "*" for all)')
     unknown = sorted({n for n in names if n != "*" and n not in EVENT_TYPES})

@@ -592,3 +592,178 @@ def test_serve_refuses_a_malformed_seller_key(tmp_path: Path) -> None:
     for bad in ("no-address", "=0x" + "11" * 20, "token=0xnot-an-address"):
         result = CliRunner().invoke(main, ["serve", "--db", db, "--seller-key", bad])
         assert result.exit_code == 2 and "--seller-key" in result.output, result.output
+
+
+# Bad input: always a 4xx (or a JSON-RPC error) with a stable reason, never a 500.
+
+_AUTH = {"Authorization": "Bearer s3cret"}
+_USER = TestBuyer.from_key("0x" + "33" * 32).address
+_DEEP = b"[" * 1000 + b"]" * 1000
+_HOOK = "http://127.0.0.1:9/hook"
+_NOT_ASCII = {"Authorization": "Bearer \xe9".encode("latin-1")}
+_OPERATOR_NOT_ASCII = {"Authorization": "Bearer s3cret\xe9".encode("latin-1")}
+
+
+def _body(**fields: Any) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def _tab(**fields: Any) -> bytes:
+    return json.dumps({"userAddress": _USER, "recipientAddress": SELLER, **fields}).encode()
+
+
+def _core_tab(**fields: Any) -> bytes:
+    return json.dumps({"user_address": _USER, "recipient_address": SELLER, **fields}).encode()
+
+
+def _reason(answer: httpx.Response) -> str:
+    """The stable code of any of the service's answers: ``reason`` (/tabs, Core API subset),
+    ``error`` (coded errors, /settle), ``invalidReason`` (/verify), a JSON-RPC error code."""
+    data = answer.json()
+    data = data[0] if isinstance(data, list) else data
+    if "jsonrpc" in data:
+        return str(data["error"]["code"])
+    return str(data.get("reason") or data.get("invalidReason") or data["error"])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "raw", "headers", "status", "reason"),
+    [
+        # not JSON: nesting too deep to parse, NaN/Infinity, a float that overflows
+        ("POST", "/verify", _DEEP, {}, 200, "malformed_payment"),
+        ("POST", "/core/payment-tabs", _DEEP, {}, 400, "invalid_request"),
+        ("POST", "/rpc", _DEEP, {}, 200, "-32600"),
+        ("POST", "/rpc", b'[{"jsonrpc":"2.0","id":NaN,"method":"x"}]', {}, 200, "-32600"),
+        ("POST", "/rpc", b'{"jsonrpc":"2.0","id":1e400,"method":"eth_chainId"}', {}, 200, "-32600"),
+        (
+            "POST",
+            "/tabs",
+            _tab()[:-1] + b',"guaranteeVersion":Infinity}',
+            {},
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/core/payment-tabs",
+            _core_tab()[:-1] + b',"ttl":-Infinity}',
+            {},
+            400,
+            "invalid_request",
+        ),
+        # a bearer token that is not ASCII
+        ("POST", "/guarantees/0x01/void", b"{}", _NOT_ASCII, 401, "unauthorized"),
+        ("GET", "/admin/webhooks", None, _OPERATOR_NOT_ASCII, 401, "unauthorized"),
+        # /tabs: the official {"error", "reason"} shape, an unknown network is the caller's error
+        ("POST", "/tabs", _tab(network="bogus"), {}, 400, "invalid_request"),
+        ("POST", "/tabs", _tab(network=True), {}, 400, "invalid_request"),
+        ("POST", "/tabs", _tab(ttlSeconds=0), {}, 400, "invalid_request"),
+        ("POST", "/tabs", _tab(userAddress="nope"), {}, 400, "invalid_user_address"),
+        ("POST", "/tabs", b"[]", {}, 400, "invalid_request"),
+        # /core/payment-tabs: the /tabs rule for ttl (whole seconds 1..MAX_TAB_TTL)
+        ("POST", "/core/payment-tabs", _core_tab(ttl=2**63), {}, 400, "invalid_request"),
+        ("POST", "/core/payment-tabs", _core_tab(ttl=10**9), {}, 400, "invalid_request"),
+        ("POST", "/core/payment-tabs", _core_tab(ttl=1.5), {}, 400, "invalid_request"),
+        (
+            "POST",
+            "/core/payment-tabs",
+            _core_tab(guarantee_version=1.5),
+            {},
+            400,
+            "invalid_request",
+        ),
+        # reads: query strings and ids
+        ("GET", "/api/events?after=abc", None, {}, 400, "invalid_request"),
+        ("GET", f"/api/events?after={2**64}", None, {}, 400, "invalid_request"),
+        ("GET", "/api/guarantees?address=x", None, {}, 400, "invalid_request"),
+        ("GET", f"/api/cycles/{2**63}", None, {}, 404, "unknown_cycle"),
+        # keyed routes: bodies that are not objects, missing fields, numbers no column holds
+        ("POST", "/guarantees/0x01/void", b"[1]", _AUTH, 400, "invalid_request"),
+        ("POST", "/guarantees/0x01/validation", b'"s"', _AUTH, 400, "invalid_request"),
+        ("POST", "/guarantees/0x01/void", b'{"by":"x"}', _AUTH, 400, "invalid_request"),
+        ("POST", "/sandbox/deposit", b"{}", _AUTH, 400, "invalid_request"),
+        ("POST", "/sandbox/withdraw", b"{}", _AUTH, 400, "invalid_request"),
+        ("POST", "/sandbox/withdraw", b'{"finalize":1e300}', _AUTH, 400, "invalid_request"),
+        ("POST", "/sandbox/withdraw", _body(cancel=2**64), _AUTH, 400, "invalid_request"),
+        ("POST", "/sandbox/debits/pay", b"{}", _AUTH, 400, "invalid_request"),
+        ("POST", "/sandbox/debits/pay", b'{"cycle_id":1e300}', _AUTH, 400, "invalid_request"),
+        ("POST", "/sandbox/credits/claim", b'{"cycle_id":1e300}', _AUTH, 400, "invalid_request"),
+        ("POST", "/sandbox/suspend", b"{}", _AUTH, 400, "invalid_request"),
+        (
+            "POST",
+            "/sandbox/deposit",
+            _body(address=_USER, amount=1, network="bogus"),
+            _AUTH,
+            400,
+            "invalid_request",
+        ),
+        ("POST", "/admin/webhooks", _body(url=_HOOK, events=True), _AUTH, 400, "invalid_request"),
+        (
+            "POST",
+            "/admin/webhooks",
+            _body(url=_HOOK, events=[["a"]]),
+            _AUTH,
+            400,
+            "invalid_request",
+        ),
+    ],
+)
+def test_bad_input_is_a_4xx_with_a_reason_never_a_500(
+    client: TestClient,
+    method: str,
+    path: str,
+    raw: bytes | None,
+    headers: dict[str, Any],
+    status: int,
+    reason: str,
+) -> None:
+    headers = {"content-type": "application/json", **headers}
+    answer = client.request(method, path, content=raw, headers=headers)
+    assert (answer.status_code, _reason(answer)) == (status, reason), answer.text
+
+
+@pytest.mark.parametrize("field", ["asset", "payTo"])
+@pytest.mark.parametrize("value", ["", "xyz"])
+@pytest.mark.parametrize("path", ["/verify", "/settle"])
+def test_requirements_naming_no_address_are_a_malformed_payment(
+    client: TestClient, core: Core, field: str, value: str, path: str
+) -> None:
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 100_000, network=NETWORK)
+    req = requirements()
+    body = {
+        "x402Version": 2,
+        "paymentPayload": signed_payload(client, buyer, req),
+        "paymentRequirements": {**req.to_dict(), field: value},
+    }
+    answer = client.post(path, json=body)
+    assert answer.status_code == 200 and _reason(answer) == "malformed_payment"
+    assert core.position(buyer.address, network=NETWORK).locked == 0  # nothing settled
+
+
+def test_totals_past_64_bits_are_summed_exactly(client: TestClient, core: Core) -> None:
+    """Two positions of 2**63 - 1 each (SQLite's SUM overflows on them), then guarantees
+    grossing 2**63 in one cycle: reads, metrics and the audit still answer; that cycle is not
+    closed (its amounts are 64-bit columns) but stays open with its locks, 503 cycle_overflow."""
+    buyers = [TestBuyer.new() for _ in range(2)]
+    for buyer in buyers:
+        deposit = {"address": buyer.address, "amount": 2**63 - 1}
+        assert client.post("/sandbox/deposit", json=deposit, headers=_AUTH).status_code == 200
+    for path in ("/", "/metrics", "/api/positions"):
+        assert client.get(path).status_code == 200, path
+    assert core.audit() == [] and core.totals(network=NETWORK)["collateral"] == 2**64 - 2
+    req = requirements().model_copy(update={"amount": str(2**62)})
+    for buyer in buyers:
+        body = {
+            "x402Version": 2,
+            "paymentPayload": signed_payload(client, buyer, req),
+            "paymentRequirements": req.to_dict(),
+        }
+        assert client.post("/settle", json=body).json()["success"] is True
+    closed = client.post("/sandbox/cycles/close", json={}, headers=_AUTH)
+    assert (closed.status_code, closed.json()["error"]) == (503, "cycle_overflow")
+    assert [c.status for c in core.cycles()] == ["open"]
+    assert core.position(buyers[0].address, network=NETWORK).locked == 2**62
+    core.clock = lambda: time.time() + 10 * 86_400  # the cycle is due: tick goes on past it
+    assert core.tick()["closed"] == 0
+    assert client.get("/metrics").status_code == 200 and client.get("/").status_code == 200

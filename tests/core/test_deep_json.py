@@ -51,6 +51,19 @@ CASES = {
             )
         assert answer.status_code == 400, answer.status_code
     """,
+    "service-body": """
+        import tempfile
+        from starlette.testclient import TestClient
+        from fourmica_x402.core import Core
+        from fourmica_x402.service import create_app
+
+        app = create_app(Core(tempfile.mkdtemp() + "/core.db"), tick_interval=None)
+        body = DEEP[:120_000] + DEEP[-120_000:]  # under the service's 256 KiB
+        with TestClient(app) as client:
+            for path in ("/verify", "/tabs", "/rpc"):
+                answer = client.post(path, content=body)
+                assert answer.status_code in (200, 400), (path, answer.status_code)
+    """,
     "buyer-tab-answer": """
         import httpx
         from fourmica_x402.client import PaymentTransport

@@ -169,6 +169,19 @@ def test_values_round_trip_as_in_sqlite(store: Store) -> None:
         assert tx.one("SELECT '5%', ? + ?", (30000, 30000)) == ("5%", 60000)
 
 
+def test_sums_past_64_bits_are_exact_integers(store: Store) -> None:
+    """SQLite's SUM raises past 2**63 - 1; the store sums exactly there, as PostgreSQL does."""
+    top = 2**63 - 1
+    with store.transaction() as tx:
+        tx.execute("CREATE TABLE big (k TEXT, amount BIGINT NOT NULL)")
+        tx.many("INSERT INTO big VALUES (?, ?)", [("a", top), ("a", top), ("b", 5)])
+        assert tx.one("SELECT COALESCE(SUM(amount), 0), COUNT(*) FROM big") == (2 * top + 5, 3)
+        grouped = tx.all("SELECT k, SUM(amount), SUM(amount - 1) FROM big GROUP BY k ORDER BY k")
+        assert grouped == [("a", 2 * top, 2 * top - 2), ("b", 5, 4)]
+        assert all(type(v) is int for row in grouped for v in row[1:])
+        assert tx.one("SELECT SUM(amount) FROM big WHERE k = 'none'") == (None,)
+
+
 def test_large_amount_comparisons(store: Store) -> None:
     """The Core's headroom check with amounts far beyond 2**31."""
     with store.transaction() as tx:
