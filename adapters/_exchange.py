@@ -9,6 +9,8 @@ The gate is told the response's outcome once, when the app returned or raised
 - a response the server reported the client gone from (``http.disconnect``) before its end
   was not received whole: the payment is voided. Servers on ASGI 2.3 report it only this way
   (a ``send`` after the client left does nothing, and Starlette's streaming response stops);
+- an app that returns without its last body message (or without any response) did not
+  deliver: the client gets a cut body or the server's 500, so the payment is voided;
 - otherwise, an exception voids it, and a 2xx is delivered.
 
 The gate is told after the app, never inside a ``send``: a streaming response's task may be
@@ -27,6 +29,7 @@ from ._body import BufferedBody, Judge
 __all__ = ["Delegated", "PaidExchange", "app_below", "send_response"]
 
 _LEFT = "the client left before the response ended"
+_UNFINISHED = "the app returned before its response ended"
 
 
 async def send_response(send: Any, response: Response) -> None:
@@ -61,8 +64,12 @@ class PaidExchange:
         except BaseException as exc:  # told with it (and it goes on), unless already delivered
             await self._done(None if self._complete else exc)
             raise
-        left = self._left and not self._complete
-        await self._done(ConnectionAbortedError(_LEFT) if left else None)
+        error: BaseException | None = None
+        if self._left and not self._complete:
+            error = ConnectionAbortedError(_LEFT)
+        elif not self._complete and self.meter.replacement is None:
+            error = RuntimeError(_UNFINISHED)  # the server answers the rest (a 500, a cut body)
+        await self._done(error)
 
     async def _done(self, error: BaseException | None) -> None:
         meter = self.meter

@@ -182,3 +182,61 @@ def test_a_stream_read_to_its_end_on_asgi_2_3_is_charged(core: Core) -> None:
         resp = client.get("/stream", headers=[header(core, client, "/stream")])
         assert resp.status_code == 200 and resp.text.count("chunk-") == 5
         assert settled(core, gate_of(app.middleware_stack)) == [("payable", "delivered")]
+
+
+@pytest.mark.parametrize("ending", ["cut-body", "no-body", "nothing"])
+def test_an_app_that_returns_before_its_response_ended_is_not_charged(
+    core: Core, ending: str
+) -> None:
+    """The response started (200, Content-Length 100) but its last body message never came:
+    the client got 7 bytes and a closed connection, not the answer it paid for."""
+
+    async def unfinished(scope: Any, receive: Any, send: Any) -> None:
+        while scope["type"] == "lifespan":
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+        if ending == "nothing":
+            return
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"100")]}
+        )
+        if ending == "cut-body":
+            await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+
+    app = PaymentMiddleware(unfinished, pay_to=SELLER, routes={"GET /raw": "$0.01"}, core=core)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        paid = header(core, client, "/raw")
+    sent: list[dict[str, Any]] = []
+
+    async def exchange() -> None:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/raw",
+            "raw_path": b"/raw",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"host", b"testserver"), paid],
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+        }
+        await asyncio.wait_for(app(scope, receive, send), 10)
+
+    asyncio.run(exchange())
+    assert [m["type"] for m in sent] == {
+        "cut-body": ["http.response.start", "http.response.body"],
+        "no-body": ["http.response.start"],
+        "nothing": [],
+    }[ending]
+    assert settled(core, app.gate) == [("voided", "refunded")]
