@@ -112,7 +112,11 @@ class PaymentMiddleware:
         if request.method in ("GET", "HEAD"):  # served whole: an outer ConditionalGetMiddleware
             for name in _CONDITIONS:  # would turn the delivered 200 into a 304 or 412
                 request.META.pop(name, None)
-        response = yield Call(self.get_response, (request,), blocking=False)  # never raises
+        try:  # Django turns a view's exception into a response; a cancellation goes on
+            response = yield Call(self.get_response, (request,), blocking=False)
+        except BaseException as exc:  # async: the client left, Django cancelled the view
+            yield from Meter(self.gate, state).finish(exc)
+            raise
         meter = Meter(self.gate, state, getattr(request, "fourmica_x402_error", None))
         body = getattr(request, "_body", None)  # Django keeps what the view read as .body
         if isinstance(body, bytes):  # the request hash covers it (docs/operations.md)

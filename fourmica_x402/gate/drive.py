@@ -5,7 +5,8 @@ The gate's flow is written once as generators that *yield* the I/O they need as
 ``auth_flow``; docs/architecture.md, "A paid request"). :func:`run_sync` performs each call
 inline (WSGI, sync Django); :func:`run_async` on an event loop (ASGI, async Django), sending
 blocking calls to a worker thread. An exception raised by a call is thrown back into the flow,
-which decides what it means.
+which decides what it means; on the event loop a cancellation is too (the task of a request
+whose client left), so the flow can void what it was paid for before the task ends.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ async def run_async(flow: Flow) -> Any:
                 result = call.fn(*call.args)
                 if inspect.isawaitable(result):
                     result = await result
-        except Exception as exc:
+        except BaseException as exc:  # a cancellation too: the flow settles its payment first
             result, error = None, exc
 
 

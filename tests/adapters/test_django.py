@@ -48,7 +48,7 @@ from fourmica_x402.config import PaymentConfig
 from fourmica_x402.core import Core
 from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
-from fourmica_x402.wire import decode_payment_required
+from fourmica_x402.wire import PaymentRequirementsV1, decode_payment_required
 
 SELLER = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 MIDDLEWARE = ["fourmica_x402.adapters.django.PaymentMiddleware"]
@@ -71,6 +71,16 @@ def files(request: HttpRequest, name: str) -> JsonResponse:
 async def aitem(request: HttpRequest, item_id: int) -> JsonResponse:
     seen.append(request.payment)
     return JsonResponse({"payer": request.payment.payer, "item": item_id})
+
+
+SLOW_STARTED: list[asyncio.Event] = []
+
+
+@paid(price="$0.03")
+async def aslow(request: HttpRequest) -> JsonResponse:
+    SLOW_STARTED[-1].set()
+    await asyncio.sleep(30)  # cancelled long before: the client leaves
+    return JsonResponse({"late": True})  # pragma: no cover - never reached
 
 
 @paid(price="$0.02")
@@ -177,6 +187,7 @@ URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("feed", feed),
     path("items/<int:item_id>", item),
     path("async/<int:item_id>", aitem),
+    path("aslow", aslow),
     path("api/", include([path("files/<path:name>", files)])),
     path("reports/<slug:day>/<custom:x>", Report.as_view()),
     path("areport", AsyncReport.as_view()),
@@ -593,3 +604,64 @@ def test_an_async_class_based_view_is_charged_on_the_async_stack(
     finally:
         loop.close()
     assert resp.status_code == 200 and resp.json() == {"payer": buyer.address}
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_client_that_leaves_an_async_view_is_not_charged(
+    configured: None, core: Core, version: int
+) -> None:
+    """Django cancels the view of a client that left: the payment used to stay accepted (G-v1
+    charged; G-v2 locked until its validation deadline), the record 'settled' for good."""
+    client = Client()
+    challenge = client.get("/aslow")
+    req = (
+        decode_payment_required(challenge.headers["payment-required"]).accepts[0]
+        if version == 2
+        else PaymentRequirementsV1.model_validate(challenge.json()["accepts"][0]).to_v2()
+    )
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    body = {
+        "x402Version": version,
+        "userAddress": buyer.address,
+        "paymentRequirements": req.to_dict(),
+    }
+    tab = client.post("/x402/tab", body, content_type="application/json").json()
+    name, value = payment_header(buyer, req, tab, version=version)
+
+    app = ASGIHandler()
+
+    async def leave_during_the_view() -> list[dict[str, Any]]:
+        SLOW_STARTED.append(asyncio.Event())
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        await inbox.put({"type": "http.request", "body": b"", "more_body": False})
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/aslow",
+            "raw_path": b"/aslow",
+            "query_string": b"",
+            "root_path": "",
+            "client": ("127.0.0.1", 1),
+            "server": ("testserver", 80),
+            "headers": [(b"host", b"testserver"), (name.lower().encode(), value.encode())],
+        }
+        task = asyncio.ensure_future(app(scope, inbox.get, send))
+        await asyncio.wait_for(SLOW_STARTED[-1].wait(), 10)
+        await inbox.put({"type": "http.disconnect"})
+        await asyncio.wait_for(task, 10)
+        return sent
+
+    assert not any(m["type"] == "http.response.start" for m in asyncio.run(leave_during_the_view()))
+    [record] = app._middleware_chain.__wrapped__.gate.records.query(payer=buyer.address)
+    assert (record.status, record.outcome) == ("failed", "refunded")
+    assert core.guarantee(record.guarantee_id).state == "voided"
+    assert core.position(buyer.address, network=NETWORK).locked == 0
