@@ -14,9 +14,9 @@
 
     payments.check()  # once the routes exist: a route-table entry naming no route fails here
 
-Every ``PaymentConfig`` field is a setting, ``FOURMICA_X402_<FIELD>``; keyword options win.
-The WSGI middleware wrapped around ``app.wsgi_app`` prices the rule Flask resolves
-(docs/architecture.md, "Which route is priced"): its ``@paid`` mark, else its table entry.
+Every ``PaymentConfig`` field is a setting, ``FOURMICA_X402_<FIELD>``; keyword options win. The
+WSGI middleware around ``app.wsgi_app`` prices the rule Flask resolves (docs/architecture.md,
+"Which route is priced"): its ``@paid`` mark, else its table entry.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class FourmicaX402:
         self._routed.append(middleware)
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions["fourmica_x402"] = self
-        app.before_request(_expose_payment)
+        app.before_request(lambda: setattr(g, "payment", request.environ.get(PAYMENT_KEY)))
 
     def check(self) -> None:
         """Check the prices against the routes (ConfigurationError: an entry names no route, a
@@ -113,10 +113,6 @@ class FourmicaX402:
             raise ConfigurationError("FourmicaX402: call init_app(app) first")
         for middleware in self._routed:
             middleware.check()
-
-
-def _expose_payment() -> None:
-    g.payment = request.environ.get(PAYMENT_KEY)
 
 
 def _served(rule: Any) -> set[str]:  # Flask answers an OPTIONS it added by itself
@@ -133,6 +129,7 @@ class _Routed(PaymentMiddleware):
         self._endpoint = Endpoints(lambda r: (Marker.of(views.get(r.endpoint)), _served(r)))
 
     def check(self) -> None:  # the first request runs it at the latest: views come after init_app
+        Marker.check_routed(self._flask_app.view_functions.values())  # @paid over @app.route?
         rules = self._flask_app.url_map.iter_rules()
         self._endpoint.check(self.gate, ((rule, rule.rule) for rule in rules))
 

@@ -318,6 +318,30 @@ def test_a_route_entry_naming_no_route_fails_check_and_every_request(
     assert runs == [] and "GET /reprot" in caplog.text
 
 
+def test_paid_above_the_route_decorator_fails_check_and_every_request(core: Core) -> None:
+    """@paid over @app.get priced a function Flask never serves: the view ran for free."""
+    app = make_app(pay_to=SELLER, core=core)
+    ext = FourmicaX402(app)
+    runs: list[str] = []
+
+    @paid(price="$0.01")
+    @app.get("/report")
+    def report() -> Any:
+        runs.append("report")
+        return {"report": True}
+
+    @app.get("/both")  # the same function served unpriced on one rule and priced on another
+    def both() -> Any:
+        return {"both": True}
+
+    app.add_url_rule("/both-paid", "both_paid", paid(price="$0.02")(both))
+    with pytest.raises(ConfigurationError, match="report is routed without its @paid price"):
+        ext.check()
+    resp = app.test_client().get("/report")
+    assert resp.status_code == 500 and resp.get_json()["error"] == "configuration_error"
+    assert runs == []
+
+
 def test_check_passes_and_runs_once_routes_exist(core: Core) -> None:
     ext = FourmicaX402(pay_to=SELLER, core=core, routes={"GET /items/:id": "$0.02"})
     with pytest.raises(ConfigurationError, match="init_app"):
