@@ -12,6 +12,7 @@ the drivers in :mod:`.transport` (httpx) and :mod:`.requests_adapter` (requests)
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
@@ -49,10 +50,18 @@ from .receipts import paid as report_paid
 __all__ = ["Approve", "BuyerFlow", "Read", "Send"]
 
 RECEIPT_KEY = "fourmica_receipt"
-#: Set on the caller's request when its paid answer was a redirect. HTTP clients copy a
-#: request's extensions into the redirects they follow, so a hop that asks for payment again
-#: is recognised and refused: one call pays once (docs/buyer.md, "Redirects").
+#: Set on the caller's request when its paid answer was a redirect: a weak reference to that
+#: request. HTTP clients copy a request's extensions into the redirects they follow, so a hop
+#: (another request object carrying it) that asks for payment again is refused: one call pays
+#: once. The same request sent again is a call of its own (docs/buyer.md, "Redirects").
 PAID_CALL_KEY = "fourmica_paid_call"
+
+
+def redirected_after_payment(request: httpx.Request) -> bool:
+    """Whether ``request`` is a redirect hop of a call that was already paid."""
+    mark = request.extensions.get(PAID_CALL_KEY)
+    return mark is not None and mark() is not request
+
 
 Flow = Steps[httpx.Response]
 
@@ -87,7 +96,7 @@ class BuyerFlow(Buyer):
             return response
         receipt = self._started(str(request.url))
         yield Read(response)  # reading to the end also closes it (sync or async alike)
-        if request.extensions.get(PAID_CALL_KEY):
+        if redirected_after_payment(request):
             raise self._refuse(
                 PaymentFailed,
                 replace(receipt, status=402),
@@ -111,7 +120,7 @@ class BuyerFlow(Buyer):
         try:
             paid = yield Send(retry)
             if paid.has_redirect_location:
-                request.extensions[PAID_CALL_KEY] = True
+                request.extensions[PAID_CALL_KEY] = weakref.ref(request)
             return (yield from self._answered(paid, signed, receipt, prepared.params))
         finally:
             # A signed guarantee has left the client: it counts against the budgets whatever

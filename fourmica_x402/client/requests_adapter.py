@@ -21,6 +21,7 @@ Refusals raise the same :class:`~fourmica_x402.errors.PaymentRefused` subclasses
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
@@ -71,8 +72,8 @@ class PaymentAdapter(BaseAdapter):  # type: ignore[misc]
         self.flow = BuyerFlow(key, policy=policy, ledger=ledger)
         self._inner = adapter if adapter is not None else HTTPAdapter()
         self._lock = threading.Lock()
-        #: Calls whose paid answer was a redirect, by their hooks dict (see :meth:`send`).
-        self._paid_calls: OrderedDict[int, Any] = OrderedDict()
+        #: Calls whose paid answer was a redirect, by their hooks dict: (the hooks, the request).
+        self._paid_calls: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"PaymentAdapter(address={self.flow.address})"
@@ -93,8 +94,9 @@ class PaymentAdapter(BaseAdapter):  # type: ignore[misc]
         # dict, so that names the call (one call pays once: docs/buyer.md, "Redirects").
         call = id(request.hooks)
         with self._lock:
-            if call in self._paid_calls:
-                caller.extensions[PAID_CALL_KEY] = True
+            paid = self._paid_calls.get(call)
+            if paid is not None and paid[1]() is not request:  # a hop, not the call sent again
+                caller.extensions[PAID_CALL_KEY] = paid[1]
         seen: dict[int, requests.Response] = {}
 
         def send(outgoing: httpx.Request) -> httpx.Response:
@@ -137,17 +139,18 @@ class PaymentAdapter(BaseAdapter):  # type: ignore[misc]
         try:
             final = drive(self.flow, caller, send)
         finally:
-            if caller.extensions.get(PAID_CALL_KEY):
-                self._remember_paid(call, request.hooks)
+            mark = caller.extensions.get(PAID_CALL_KEY)
+            if mark is not None and mark() is caller:  # paid now, and redirected
+                self._remember_paid(call, request)
         response = seen[id(final)]
         receipt = final.extensions.get(RECEIPT_KEY)
         if receipt is not None:
             setattr(response, RECEIPT_KEY, receipt)
         return response
 
-    def _remember_paid(self, call: int, hooks: Any) -> None:
-        with self._lock:
-            self._paid_calls[call] = hooks  # held: its id cannot name another call meanwhile
+    def _remember_paid(self, call: int, request: requests.PreparedRequest) -> None:
+        with self._lock:  # the hooks are held: their id cannot name another call meanwhile
+            self._paid_calls[call] = (request.hooks, weakref.ref(request))
             self._paid_calls.move_to_end(call)
             while len(self._paid_calls) > _PAID_CALLS_KEPT:
                 self._paid_calls.popitem(last=False)

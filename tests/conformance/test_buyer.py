@@ -326,6 +326,34 @@ def test_one_call_pays_once_however_often_the_seller_redirects(seller: Any, buye
     assert wire.paid_attempts == 2
 
 
+@pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
+def test_the_same_request_sent_again_after_a_paid_redirect_pays_again(
+    seller: Any, buyers: Any
+) -> None:
+    """Only the hops of a paid call are refused; sending the caller's request object again (a
+    retry wrapper, a second purchase) is a call of its own."""
+    wire = RedirectingSeller()
+    client = buyers.client(seller, funded(seller), wire=wire)
+    if buyers.transport == "requests":
+        import requests
+
+        prepared = client._session.prepare_request(
+            requests.Request("GET", client.base + "/premium")
+        )
+        statuses = [client._session.send(prepared, allow_redirects=False).status_code for _ in "ab"]
+    elif buyers.transport == "httpx":
+        request = client._sync.build_request("GET", "/premium")
+        statuses = [client._sync.send(request).status_code for _ in "ab"]
+    else:
+        request = client._async.build_request("GET", "/premium")
+
+        async def twice() -> list[int]:
+            return [(await client._async.send(request)).status_code for _ in "ab"]
+
+        statuses = client._loop.run_until_complete(twice())
+    assert statuses == [302, 302] and wire.paid_attempts == 2
+
+
 class GarbledResult(Wire):
     """Serves the paid request, then says odd things about it: a result header whose
     ``transaction`` is no string, or a refusal whose ``errorReason`` is no string."""
