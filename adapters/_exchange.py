@@ -10,7 +10,9 @@ The gate is told the response's outcome once, when the app returned or raised
   was not received whole: the payment is voided. Servers on ASGI 2.3 report it only this way
   (a ``send`` after the client left does nothing, and Starlette's streaming response stops);
 - an app that returns without its last body message (or without any response) did not
-  deliver: the client gets a cut body or the server's 500, so the payment is voided;
+  deliver: the client gets a cut body or the server's 500, so the payment is voided. The
+  file-sending extensions end a response too: ``http.response.pathsend``, and a
+  ``http.response.zerocopysend`` without ``more_body``;
 - otherwise, an exception voids it, and a 2xx is delivered.
 
 The gate is told after the app, never inside a ``send``: a streaming response's task may be
@@ -30,12 +32,18 @@ __all__ = ["Delegated", "PaidExchange", "app_below", "send_response"]
 
 _LEFT = "the client left before the response ended"
 _UNFINISHED = "the app returned before its response ended"
+#: ASGI extensions that send a file's bytes for the app (Starlette's FileResponse uses them).
+_FILE_SENDS = ("http.response.pathsend", "http.response.zerocopysend")
 
 
 async def send_response(send: Any, response: Response) -> None:
     headers = [*_encode(response.headers), (b"content-length", str(len(response.body)).encode())]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})
+
+
+def _ends(message: dict[str, Any]) -> bool:
+    return message["type"] == "http.response.pathsend" or not message.get("more_body", False)
 
 
 def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
@@ -94,12 +102,16 @@ class PaidExchange:
             if self.judge is not None:
                 self.judge.feed(chunk)
             if not message.get("more_body", False):
-                self._ending = True
-                await self._send(message)
-                self._complete = True  # the whole response went out
-                return None
+                return await self._last(message)
+        elif message["type"] in _FILE_SENDS and meter.replacement is None and _ends(message):
+            return await self._last(message)  # a file the server sends for the app: its end
         await self._send(message)
         return None
+
+    async def _last(self, message: dict[str, Any]) -> None:
+        self._ending = True
+        await self._send(message)
+        self._complete = True  # the whole response went out
 
     async def receive(self) -> dict[str, Any]:
         message: dict[str, Any] = await self._receive()

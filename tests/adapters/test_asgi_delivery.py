@@ -240,3 +240,53 @@ def test_an_app_that_returns_before_its_response_ended_is_not_charged(
         "nothing": [],
     }[ending]
     assert settled(core, app.gate) == [("voided", "refunded")]
+
+
+@pytest.mark.parametrize("pathsend", [True, False], ids=["pathsend", "body"])
+def test_a_file_the_server_sends_for_the_app_is_delivered(
+    core: Core, tmp_path: Any, pathsend: bool
+) -> None:
+    """Starlette's FileResponse hands the file to a server offering ``http.response.pathsend``
+    (Granian does): that message, not a body message, ends the response."""
+    from starlette.responses import FileResponse
+
+    report = tmp_path / "report.txt"
+    report.write_text("the report")
+
+    async def download(request: Any) -> FileResponse:
+        return FileResponse(report)
+
+    inner = Starlette(routes=[Route("/file", download)])
+    app = PaymentMiddleware(inner, pay_to=SELLER, routes={"GET /file": "$0.01"}, core=core)
+    with TestClient(app) as client:
+        paid = header(core, client, "/file")
+    sent: list[dict[str, Any]] = []
+
+    async def exchange() -> None:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/file",
+            "raw_path": b"/file",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"host", b"testserver"), paid],
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+            "extensions": {"http.response.pathsend": {}} if pathsend else {},
+        }
+        await asyncio.wait_for(app(scope, receive, send), 10)
+
+    asyncio.run(exchange())
+    last = "http.response.pathsend" if pathsend else "http.response.body"
+    assert sent[0]["status"] == 200 and sent[-1]["type"] == last
+    assert settled(core, app.gate) == [("payable", "delivered")]
