@@ -21,6 +21,7 @@ WSGI middleware around ``app.wsgi_app`` prices the rule Flask resolves (docs/arc
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -35,6 +36,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from fourmica_x402.config import PaymentConfig
 from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.gate import Endpoint, Gate
+from fourmica_x402.gate.guards import check_routed
 from fourmica_x402.gate.lifecycle import Endpoints, Marker, config_options
 
 from .wsgi import PAYMENT_KEY, PaymentMiddleware
@@ -42,6 +44,7 @@ from .wsgi import PAYMENT_KEY, PaymentMiddleware
 __all__ = ["FourmicaX402", "paid", "settings"]
 
 PREFIX = "FOURMICA_X402_"
+_APPS: weakref.WeakSet[Flask] = weakref.WeakSet()  # the process's apps with the extension
 View = TypeVar("View", bound=Callable[..., Any])
 
 
@@ -84,9 +87,8 @@ def settings(app_config: Mapping[str, Any]) -> dict[str, Any]:
 class FourmicaX402:
     """Payments for a Flask app: ``FourmicaX402(app)`` or ``ext.init_app(app)`` in a factory.
 
-    A ``config`` (PaymentConfig) is used as given; otherwise the ``FOURMICA_X402_*``
-    settings are, with keyword ``options`` winning over them.
-    """
+    A ``config`` (PaymentConfig) is used as given; else the ``FOURMICA_X402_*`` settings are,
+    keyword ``options`` winning over them."""
 
     def __init__(
         self, app: Flask | None = None, config: PaymentConfig | None = None, **options: Any
@@ -104,11 +106,11 @@ class FourmicaX402:
         self._routed.append(middleware)
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions["fourmica_x402"] = self
+        _APPS.add(app)
         app.before_request(lambda: setattr(g, "payment", request.environ.get(PAYMENT_KEY)))
 
     def check(self) -> None:
-        """Check the prices against the routes (ConfigurationError: an entry names no route, a
-        ``@paid`` price or payTo is wrong); else the first request does, and answers 500."""
+        """Check prices against routes now (ConfigurationError); else the first request does (500)."""
         if not self._routed:
             raise ConfigurationError("FourmicaX402: call init_app(app) first")
         for middleware in self._routed:
@@ -129,7 +131,8 @@ class _Routed(PaymentMiddleware):
         self._endpoint = Endpoints(lambda r: (Marker.of(views.get(r.endpoint)), _served(r)))
 
     def check(self) -> None:  # the first request runs it at the latest: views come after init_app
-        Marker.check_routed(self._flask_app.view_functions.values())  # @paid over @app.route?
+        everywhere = [view for app in _APPS for view in app.view_functions.values()]
+        check_routed(self._flask_app.view_functions.values(), everywhere)  # @paid over @app.route?
         rules = self._flask_app.url_map.iter_rules()
         self._endpoint.check(self.gate, ((rule, rule.rule) for rule in rules))
 

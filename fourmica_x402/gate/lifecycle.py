@@ -23,22 +23,18 @@ import functools
 import inspect
 import logging
 import threading
-import weakref
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar, overload
 
 from ..config import PaymentConfig
-from ..errors import ConfigurationError
 from ..evidence.request import BodyHasher
 from ..routes import Endpoint, RouteConfig, RouteTable, validate_marker
-from . import drive
+from . import drive, guards
 from .flow import Gate
 from .types import Flow, Paid, Payment, Response, error_response
 
 log = logging.getLogger("fourmica_x402.gate")
 T = TypeVar("T")
-#: Each handler a marker guarded, with (a weak reference to) its guard.
-_GUARDS: weakref.WeakKeyDictionary[Any, weakref.ref[Any]] = weakref.WeakKeyDictionary()
 
 #: Where adapters keep a request's :class:`~.types.Payment` (WSGI environ, ASGI scope).
 PAYMENT_KEY = "fourmica_x402.payment"
@@ -346,32 +342,13 @@ class Marker:
                 refused = refusal(*args, **kwargs)
                 return refused if refused is not None else await view(*args, **kwargs)
 
-            return Marker._wrapped(view, functools.wraps(view)(guarded_async))
+            return guards.remember(view, functools.wraps(view)(guarded_async))  # type: ignore[return-value]
 
         def guarded(*args: Any, **kwargs: Any) -> Any:
             refused = refusal(*args, **kwargs)
             return refused if refused is not None else view(*args, **kwargs)
 
-        return Marker._wrapped(view, functools.wraps(view)(guarded))
-
-    @staticmethod
-    def _wrapped(view: Any, guard: Any) -> Any:
-        _GUARDS[view] = weakref.ref(guard)
-        return guard
-
-    @staticmethod
-    def check_routed(served: Iterable[Any]) -> None:
-        """ConfigurationError when a router serves a handler whose guard it does not serve: a
-        decorator applied above the route's (``@paid`` over ``@app.route``) left it free."""
-        served = list(served)
-        for view in served:
-            guard = _GUARDS.get(view)
-            if guard is not None and guard() not in served:
-                name = getattr(view, "__qualname__", repr(view))
-                raise ConfigurationError(
-                    f"{name} is routed without its @paid price: put @paid below the route "
-                    "decorator (the route decorator registers the function it is given)"
-                )
+        return guards.remember(view, functools.wraps(view)(guarded))  # type: ignore[return-value]
 
 
 #: What an adapter says of one of its routes: the marker on its handler, the methods it serves.

@@ -7,6 +7,7 @@ What every adapter does (challenges, payments, refunds…) lives in tests/confor
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import logging
 import sys
@@ -340,6 +341,33 @@ def test_paid_above_the_route_decorator_fails_check_and_every_request(core: Core
     resp = app.test_client().get("/report")
     assert resp.status_code == 500 and resp.get_json()["error"] == "configuration_error"
     assert runs == []
+
+
+def shared_view() -> Any:
+    return {"shared": True}
+
+
+def test_one_function_priced_in_one_app_and_free_in_another_passes_check(core: Core) -> None:
+    """Not the decorator-order mistake: the priced form of the function is served somewhere."""
+
+    def factory(priced: bool) -> tuple[Flask, FourmicaX402]:
+        app = make_app(pay_to=SELLER, core=core)
+        ext = FourmicaX402(app)
+        app.add_url_rule("/free", "free", shared_view)
+        if priced:
+            app.add_url_rule("/paid", "paid", paid(price="$0.01")(shared_view))
+        return app, ext
+
+    apps = [factory(True), factory(True), factory(False)]  # a factory called again, an admin app
+    for _, ext in apps:
+        ext.check()
+
+    @dataclasses.dataclass
+    class Callable:  # unhashable (eq=True): priced, though not checked
+        def __call__(self) -> Any:
+            return {"callable": True}
+
+    assert paid(price="$0.01")(Callable()) is not None
 
 
 def test_check_passes_and_runs_once_routes_exist(core: Core) -> None:
