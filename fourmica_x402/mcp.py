@@ -26,12 +26,13 @@ another adapter a priced MCP request is refused (500 ``mcp_unsupported_adapter``
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ._json import loads, loads_checked
+from ._json import loads_checked
 from .config import PaymentConfig
 from .errors import ConfigurationError
 from .gate.types import GRANT, RequestView, Response, error_response
@@ -140,7 +141,9 @@ def classify(body: bytes | None) -> Reading:
     try:
         value = _parse(body)
     except (UnicodeDecodeError, ValueError, RecursionError):
-        return Refusal(400, INVALID_REQUEST, "the body is not UTF-8 JSON (or repeats a key)")
+        return Refusal(
+            400, INVALID_REQUEST, "the body is not UTF-8 JSON (or repeats a key, or nests too deep)"
+        )
     if not isinstance(value, list):
         return _message(value)
     if not value:
@@ -214,9 +217,11 @@ class ToolPrice:
 
 
 def _json_messages(body: bytes) -> Iterable[dict[str, Any]]:
+    """The JSON-RPC messages of the server's own answer: read as ``json.loads`` reads it (the
+    answer the buyer got; it may nest deeper than a request the gate accepts)."""
     try:
-        value = loads(body)
-    except ValueError:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
         return
     for each in value if isinstance(value, list) else [value]:
         if isinstance(each, dict):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -119,8 +120,8 @@ class McpPaymentTransport(httpx.AsyncBaseTransport):
 def _request_id(request: httpx.Request) -> str | int | None:
     """The id of the JSON-RPC request ``request`` carries (None: a notification, a batch…)."""
     try:
-        message = loads(request.content)
-    except ValueError:
+        message = json.loads(request.content)  # the buyer's own request
+    except (ValueError, RecursionError):
         return None
     rid = message.get("id") if isinstance(message, dict) and "method" in message else None
     return rid if isinstance(rid, str | int) and not isinstance(rid, bool) else None

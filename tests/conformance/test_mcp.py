@@ -7,6 +7,7 @@ checked at the end: what the buyer's collateral locked is the tool calls it was 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import socket
 import threading
@@ -298,6 +299,10 @@ def test_unlisted_tools_take_the_default_price_but_lookalikes_are_refused() -> N
         McpTools({"search": "$0.01", "Search": "$0.02"})
 
 
+DEEP = {"tree": functools.reduce(lambda tree, _: [tree], range(300), 0)}  # 300 levels
+LONE = {"type": "text", "text": "\ud800"}  # a lone surrogate, as json.dumps writes it
+
+
 @pytest.mark.parametrize(
     ("kind", "body", "why"),
     [
@@ -307,6 +312,9 @@ def test_unlisted_tools_take_the_default_price_but_lookalikes_are_refused() -> N
         ("text/event-stream", {"jsonrpc": "2.0", "id": 1, "error": {"code": 1, "message": "x"}}, "mcp_tool_error"),
         ("text/event-stream", {"jsonrpc": "2.0", "id": 1, "result": {"content": []}}, None),
         ("text/event-stream", {"jsonrpc": "2.0", "method": "notifications/progress"}, "mcp_tool_error"),
+        # the server's own answer, read as json.loads reads it: deep or odd text is delivered
+        ("application/json", {"jsonrpc": "2.0", "id": 1, "result": {"structuredContent": DEEP}}, None),
+        ("text/event-stream", {"jsonrpc": "2.0", "id": 1, "result": {"content": [LONE]}}, None),
     ],
 )  # fmt: skip
 def test_a_paid_answer_is_judged_by_its_json_rpc_message(
