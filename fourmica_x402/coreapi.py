@@ -43,10 +43,13 @@ _GET_VERSION_CONFIG = "0x563550ae"
 MAX_TAB_TTL = 30 * 86_400
 
 
-def requested_ttl(value: Any, name: str) -> int | None:
+def requested_ttl(value: Any, name: str, *, lenient: bool = False) -> int | None:
     """A tab lifetime a caller asks for: None (the Core's default) or whole seconds
-    1..:data:`MAX_TAB_TTL`. Anything else (0, 1.5, a string, 10**9) raises ValueError."""
-    if value is None:
+    1..:data:`MAX_TAB_TTL`; ``lenient`` (the Core API, as it always read it): also 0 for the
+    default, and decimal strings. Anything else (1.5, -1, 10**9) raises ValueError."""
+    if lenient and isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value[:20])
+    if value is None or (lenient and value == 0 and type(value) is int):
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_TAB_TTL:
         raise ValueError(f"{name} must be 1..{MAX_TAB_TTL}")
@@ -234,7 +237,7 @@ def core_payment_tabs(core: Core, chain_id: int, body: Any) -> JsonResult:
             guarantee_version=requested_version(
                 body.get("guarantee_version") or None, "guarantee_version"
             ),
-            ttl_seconds=requested_ttl(body.get("ttl"), "ttl"),
+            ttl_seconds=requested_ttl(body.get("ttl"), "ttl", lenient=True),
         )
     except (ValueError, TypeError) as exc:
         return _error(400, str(exc), "invalid_request")

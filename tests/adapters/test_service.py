@@ -225,6 +225,11 @@ def test_core_api_subset_and_metrics(client: TestClient, core: Core) -> None:
         },
     ).json()
     assert tab["tab_id"] == tab["id"] and tab["next_req_id"] == "0x0"
+    for ttl, lasts in ((0, None), ("3600", 3600), (None, None)):  # the Core API's ttl, as before
+        body = {"user_address": TestBuyer.new().address, "recipient_address": SELLER, "ttl": ttl}
+        made = client.post("/core/payment-tabs", json=body)
+        assert made.status_code == 200, made.text
+        assert lasts is None or made.json()["ttl_seconds"] == lasts
     buyer = TestBuyer.new()
     core.deposit(buyer.address, 100_000, network=NETWORK)
     body = {
@@ -664,6 +669,7 @@ def _reason(answer: httpx.Response) -> str:
         ("POST", "/core/payment-tabs", _core_tab(ttl=2**63), {}, 400, "invalid_request"),
         ("POST", "/core/payment-tabs", _core_tab(ttl=10**9), {}, 400, "invalid_request"),
         ("POST", "/core/payment-tabs", _core_tab(ttl=1.5), {}, 400, "invalid_request"),
+        ("POST", "/core/payment-tabs", _core_tab(ttl="1000000000"), {}, 400, "invalid_request"),
         (
             "POST",
             "/core/payment-tabs",
