@@ -23,7 +23,7 @@ import httpx
 from .._json import loads
 from ..errors import InsufficientCollateral, MalformedPayment, PaymentFailed
 from ..guarantee import SignedGuarantee
-from ..networks import find_asset, get_network, parse_amount
+from ..networks import dollar_assets, find_asset, get_network, parse_amount
 from ..wire import (
     PAYMENT_REQUIRED_HEADER,
     PAYMENT_RESPONSE_HEADER,
@@ -250,13 +250,14 @@ class BuyerFlow(Buyer):
 
 
 def _cost(offer: PaymentRequirements) -> tuple[int, Fraction]:
-    """How an offer ranks: registered tokens first, by value (amounts scaled by decimals, so
-    2 units of an 18-decimal token do not undercut $0.01 of USDC), then unknown tokens."""
+    """How an offer ranks: dollar tokens first, by value (amounts scaled by decimals: 2 units
+    of an 18-decimal token do not undercut $0.01 of USDC), then other registered tokens (their
+    values are not dollars), then unknown tokens."""
     token = find_asset(offer.network, offer.asset)
     amount = parse_amount(offer.amount)
     if token is None:
-        return 1, Fraction(amount)
-    return 0, Fraction(amount, 10**token.decimals)
+        return 2, Fraction(amount)
+    return (0 if token in dollar_assets() else 1), Fraction(amount, 10**token.decimals)
 
 
 def _text(value: object) -> str | None:

@@ -268,7 +268,10 @@ def test_a_garbled_tab_or_core_answer_is_a_clean_refusal(
 
 
 class DecoyOffer(Wire):
-    """Puts, before the seller's own offer, one of 2 atomic units of a token nobody knows."""
+    """Puts, before the seller's own offer, a cheaper-looking one in another token."""
+
+    def __init__(self, asset: str = "0x" + "ab" * 20, amount: str = "2") -> None:
+        self.asset, self.amount = asset, amount
 
     def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
         if status != 402:
@@ -277,7 +280,7 @@ class DecoyOffer(Wire):
         for name, value in headers:
             if name.lower() == PAYMENT_REQUIRED_HEADER.lower():
                 required = json.loads(base64.b64decode(value))
-                decoy = {**required["accepts"][0], "amount": "2", "asset": "0x" + "ab" * 20}
+                decoy = {**required["accepts"][0], "amount": self.amount, "asset": self.asset}
                 required["accepts"].insert(0, decoy)
                 value = base64.b64encode(json.dumps(required).encode()).decode()
             out.append((name, value))
@@ -285,10 +288,20 @@ class DecoyOffer(Wire):
 
 
 @pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
-def test_a_decoy_offer_in_an_unknown_token_does_not_undercut_a_known_one(
-    seller: Any, buyers: Any
+@pytest.mark.parametrize("decoy", ["unknown", "registered"])
+def test_a_decoy_offer_in_another_token_does_not_undercut_a_dollar_one(
+    seller: Any, buyers: Any, decoy: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    resp = buyers.client(seller, funded(seller), wire=DecoyOffer()).get("/premium")
+    """2 units of a token nobody knows, or 0.009 of a registered non-dollar token."""
+    wire = DecoyOffer()
+    if decoy == "registered":
+        from fourmica_x402 import networks
+
+        copied = {k: dict(v) for k, v in networks._assets.items()}
+        monkeypatch.setattr(networks, "_assets", copied)
+        weth = networks.register_asset(NETWORK, "0x" + "ee" * 20, symbol="WETH", decimals=18)
+        wire = DecoyOffer(weth.address, str(9 * 10**15))
+    resp = buyers.client(seller, funded(seller), wire=wire).get("/premium")
     assert resp.status == 200 and resp.receipt.outcome == "paid"
     assert resp.receipt.asset == default_asset(NETWORK).address and resp.receipt.amount == 10_000
 
