@@ -2,6 +2,7 @@
 """A Django seller: GET /premium costs $0.01 (USDC on Base Sepolia); GET /free is open.
 
 Run it:   python examples/django_seller/manage.py          (= runserver on 127.0.0.1:$PORT)
+          or under a server: shop/asgi.py (uvicorn), shop/wsgi.py (gunicorn)
 Needs:    pip install "fourmica-x402[django]"
 Env:      PORT (8000) · FOURMICA_X402_DB (sqlite:///fourmica_x402.db) · PAY_TO (see shop/settings.py)
 """

@@ -21,14 +21,30 @@ from fourmica_x402.testing import NETWORK, TEST_KEYS, TestBuyer, payment_header
 from fourmica_x402.wire import decode_payment_required
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+SHOP = EXAMPLES / "django_seller"
 SELLERS = {
     "starlette": [str(EXAMPLES / "starlette_seller.py")],
     "fastapi": [str(EXAMPLES / "fastapi_seller.py")],
     "flask": [str(EXAMPLES / "flask_seller.py")],
     "django": [str(EXAMPLES / "django_seller" / "manage.py"), "runserver", "--noreload"],
+    # the shop's ASGI and WSGI modules, under the servers their docstrings name
+    "django-uvicorn": ["-m", "uvicorn", "--app-dir", str(SHOP), "shop.asgi:application"],
+    "django-gunicorn": ["-m", "gunicorn", "--chdir", str(SHOP), "-w", "2", "shop.wsgi"],
 }
 #: Every runnable seller: those above (GET /premium at $0.01) and the bundles seller.
 SERVERS = {**SELLERS, "bundles": [str(EXAMPLES / "bundles_seller.py")]}
+
+
+def _command(name: str, port: int) -> list[str]:
+    """The command that runs example ``name`` on ``port``, as its docstring says."""
+    args = [sys.executable, *SERVERS[name]]
+    if name == "django":
+        args.append(f"127.0.0.1:{port}")
+    elif name == "django-uvicorn":
+        args += ["--host", "127.0.0.1", "--port", str(port)]
+    elif name == "django-gunicorn":
+        args += ["-b", f"127.0.0.1:{port}"]
+    return args
 
 
 def _free_port() -> int:
@@ -40,14 +56,12 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def running(name: str, tmp_path: Path) -> Iterator[tuple[httpx.Client, Path]]:
     """Start an example seller as a user would; yield a client on it and its database file."""
-    if not Path(SERVERS[name][0]).exists():
+    if not Path(SERVERS[name][3 if SERVERS[name][0] == "-m" else 0]).exists():
         pytest.fail(f"example for {name} is missing")
     port = _free_port()
     db = tmp_path / "seller.db"
     env = {**os.environ, "PORT": str(port), "FOURMICA_X402_DB": f"sqlite:///{db}"}
-    args = [sys.executable, *SERVERS[name]]
-    if name == "django":
-        args.append(f"127.0.0.1:{port}")
+    args = _command(name, port)
     proc = subprocess.Popen(
         args, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -219,9 +233,7 @@ def test_an_example_with_a_bad_database_refuses_to_start(name: str, tmp_path: Pa
     and then fails every request (the Starlette example used to)."""
     env = {**os.environ, "PORT": str(_free_port())}
     env["FOURMICA_X402_DB"] = f"sqlite:///{tmp_path}/no/such/dir/seller.db"
-    args = [sys.executable, *SERVERS[name]]
-    if name == "django":
-        args.append(f"127.0.0.1:{env['PORT']}")
+    args = _command(name, int(env["PORT"]))
     done = subprocess.run(
         args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
     )
