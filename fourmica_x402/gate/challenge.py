@@ -10,6 +10,8 @@ paywall for a browser (docs/protocol.md, "Envelope" and "Reason codes"). The dis
 from __future__ import annotations
 
 import html
+import logging
+import weakref
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +36,10 @@ from .types import EXPOSE_HEADERS, Call, Flow, RequestView, Response
 
 if TYPE_CHECKING:
     from .flow import Gate
+
+log = logging.getLogger("fourmica_x402.gate")
+#: Remote facilitators already warned about (once each).
+_WARNED: weakref.WeakSet[Any] = weakref.WeakSet()
 
 #: The validation tag of the default delivery policy: the seller scores its own delivery.
 DELIVERY_TAG = "delivery"
@@ -159,6 +165,14 @@ def _policy_for(
 
     if core is None:  # a remote facilitator: the registry it trusts, when it was given one
         registry = getattr(gate.facilitator, "validation_registry", None)
+        if registry is None and gate.facilitator not in _WARNED:
+            _WARNED.add(gate.facilitator)
+            log.warning(
+                "%r has no validation_registry: x402 v2 challenges carry no validation policy "
+                "and the official 4Mica buyer refuses them; pass the registry the facilitator "
+                "trusts (docs/operations.md)",
+                gate.facilitator,
+            )
     elif 2 in core.config.accepted_versions:
         registry = (core.config.trusted_registries or (SANDBOX_REGISTRY,))[0]
     else:

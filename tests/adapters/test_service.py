@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import socket
 import threading
 import time
@@ -437,6 +438,35 @@ def test_a_remote_facilitators_registry_brings_the_delivery_policy(
     gate.flush()  # the delivery score goes to the facilitator after the response
     (kept,) = core.guarantees(address=buyer.address)
     assert (kept.version, kept.state) == (2, "payable")
+
+
+def test_a_remote_facilitator_without_a_registry_is_warned_about_once(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """Its v2 challenges carry no policy, which the official buyer refuses: said at once."""
+    facilitator = HttpFacilitator("http://f.test")
+    gate = Gate(
+        PaymentConfig(
+            pay_to=SELLER,
+            routes={"GET /a": "$0.01", "GET /b": "$0.02"},
+            facilitator=facilitator,
+            records=str(tmp_path / "records.db"),
+            tab_endpoint="http://testserver/x402/tab",
+        )
+    )
+    app = Starlette(
+        routes=[Route(p, lambda r: JSONResponse({})) for p in ("/a", "/b")],
+        middleware=[Middleware(PaymentMiddleware, gate=gate)],
+    )
+    with caplog.at_level(logging.WARNING, logger="fourmica_x402"):
+        for path in ("/a", "/b", "/a"):
+            challenge = TestClient(app).get(path).headers["payment-required"]
+            assert (
+                "validationRegistryAddress"
+                not in decode_payment_required(challenge).accepts[0].extra
+            )
+    warned = [r for r in caplog.records if "has no validation_registry" in r.getMessage()]
+    assert len(warned) == 1 and "validation_registry" in warned[0].getMessage()
 
 
 def test_http_facilitator_retries_idempotent_calls_only() -> None:
