@@ -62,6 +62,39 @@ def gate_of(app: Any) -> Any:
     return app.gate
 
 
+def scope_of(path: str, paid: tuple[bytes, bytes], spec: str = "2.3", **extra: Any) -> Any:
+    """A GET of ``path`` carrying the payment header ``paid``, as a server hands it over."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": spec},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver"), paid],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+        **extra,
+    }
+
+
+def exchange(app: Any, scope: Any) -> list[dict[str, Any]]:
+    """What ``app`` sends for ``scope``, its request read whole and the client staying."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 10))
+    return sent
+
+
 def starlette_app(ran: list[str]) -> Starlette:
     def fail() -> None:
         ran.append("background")
@@ -153,21 +186,7 @@ def test_a_client_leaving_mid_stream_on_asgi_2_3_is_not_charged(core: Core) -> N
             if message["type"] == "http.response.body" and message.get("body"):
                 first.set()
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": "/stream",
-            "raw_path": b"/stream",
-            "root_path": "",
-            "query_string": b"",
-            "headers": [(b"host", b"testserver"), paid],
-            "client": ("127.0.0.1", 50000),
-            "server": ("testserver", 80),
-        }
-        await asyncio.wait_for(app(scope, receive, send), 10)
+        await asyncio.wait_for(app(scope_of("/stream", paid), receive, send), 10)
 
     asyncio.run(exchange())
     assert sent[0]["status"] == 200 and "chunk-4" not in ran  # the stream stopped early
@@ -208,32 +227,7 @@ def test_an_app_that_returns_before_its_response_ended_is_not_charged(
     app = PaymentMiddleware(unfinished, pay_to=SELLER, routes={"GET /raw": "$0.01"}, core=core)
     with TestClient(app, raise_server_exceptions=False) as client:
         paid = header(core, client, "/raw")
-    sent: list[dict[str, Any]] = []
-
-    async def exchange() -> None:
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": "/raw",
-            "raw_path": b"/raw",
-            "root_path": "",
-            "query_string": b"",
-            "headers": [(b"host", b"testserver"), paid],
-            "client": ("127.0.0.1", 50000),
-            "server": ("testserver", 80),
-        }
-        await asyncio.wait_for(app(scope, receive, send), 10)
-
-    asyncio.run(exchange())
+    sent = exchange(app, scope_of("/raw", paid))
     assert [m["type"] for m in sent] == {
         "cut-body": ["http.response.start", "http.response.body"],
         "no-body": ["http.response.start"],
@@ -260,33 +254,8 @@ def test_a_file_the_server_sends_for_the_app_is_delivered(
     app = PaymentMiddleware(inner, pay_to=SELLER, routes={"GET /file": "$0.01"}, core=core)
     with TestClient(app) as client:
         paid = header(core, client, "/file")
-    sent: list[dict[str, Any]] = []
-
-    async def exchange() -> None:
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": "/file",
-            "raw_path": b"/file",
-            "root_path": "",
-            "query_string": b"",
-            "headers": [(b"host", b"testserver"), paid],
-            "client": ("127.0.0.1", 50000),
-            "server": ("testserver", 80),
-            "extensions": {"http.response.pathsend": {}} if pathsend else {},
-        }
-        await asyncio.wait_for(app(scope, receive, send), 10)
-
-    asyncio.run(exchange())
+    extensions = {"http.response.pathsend": {}} if pathsend else {}
+    sent = exchange(app, scope_of("/file", paid, "2.4", extensions=extensions))
     last = "http.response.pathsend" if pathsend else "http.response.body"
     assert sent[0]["status"] == 200 and sent[-1]["type"] == last
     assert settled(core, app.gate) == [("payable", "delivered")]

@@ -191,6 +191,19 @@ def test_task_budget_under_50_concurrent_requests(seller: Any, buyers: Any) -> N
     assert seller.calls["/premium"] == 20
 
 
+def rewritten(headers: Any, change: Any) -> list[tuple[str, str]]:
+    """``headers`` with the challenge of their PAYMENT-REQUIRED header passed through
+    ``change(required)`` (which edits it in place)."""
+    out = []
+    for name, value in headers:
+        if name.lower() == PAYMENT_REQUIRED_HEADER.lower():
+            required = json.loads(base64.b64decode(value))
+            change(required)
+            value = base64.b64encode(json.dumps(required).encode()).decode()
+        out.append((name, value))
+    return out
+
+
 class LyingSeller(Wire):
     """Wraps an honest seller and lies in one way."""
 
@@ -274,17 +287,11 @@ class DecoyOffer(Wire):
         self.asset, self.amount = asset, amount
 
     def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
-        if status != 402:
-            return status, headers, body
-        out = []
-        for name, value in headers:
-            if name.lower() == PAYMENT_REQUIRED_HEADER.lower():
-                required = json.loads(base64.b64decode(value))
-                decoy = {**required["accepts"][0], "amount": self.amount, "asset": self.asset}
-                required["accepts"].insert(0, decoy)
-                value = base64.b64encode(json.dumps(required).encode()).decode()
-            out.append((name, value))
-        return status, out, body
+        def add_decoy(required: Any) -> None:
+            decoy = {**required["accepts"][0], "amount": self.amount, "asset": self.asset}
+            required["accepts"].insert(0, decoy)
+
+        return status, rewritten(headers, add_decoy) if status == 402 else headers, body
 
 
 @pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
@@ -552,17 +559,11 @@ class OfficialExtra(Wire):
         return headers, body
 
     def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
-        if status != 402:
-            return status, headers, body
-        out = []
-        for name, value in headers:
-            if name.lower() == PAYMENT_REQUIRED_HEADER.lower():
-                required = json.loads(base64.b64decode(value))
-                for offer in required["accepts"]:
-                    offer["extra"].update(self.values)
-                value = base64.b64encode(json.dumps(required).encode()).decode()
-            out.append((name, value))
-        return status, out, body
+        def set_values(required: Any) -> None:
+            for offer in required["accepts"]:
+                offer["extra"].update(self.values)
+
+        return status, rewritten(headers, set_values) if status == 402 else headers, body
 
 
 def test_numbers_as_strings_in_a_challenge_are_read(seller: Any, buyers: Any) -> None:
