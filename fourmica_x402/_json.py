@@ -7,6 +7,10 @@ imports, sets 100 000) lets a few hundred kilobytes of ``[`` overflow the C stac
 process. pydantic-core's parser (jiter) stops at its own nesting limit (about 200 levels),
 whatever the recursion limit is, so every body, header or answer another party wrote is read
 through :func:`loads` or checked by it first.
+
+:func:`dumps` writes this library's own data (event payloads, stored settle results) with
+pydantic-core's writer, about ten times faster than ``json.dumps`` on the small objects a paid
+request stores.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 
 import pydantic_core
 
-__all__ = ["loads", "loads_checked"]
+__all__ = ["dumps", "loads", "loads_checked"]
 
 
 def loads(data: str | bytes | bytearray) -> Any:
@@ -30,3 +34,14 @@ def loads_checked(data: str | bytes | bytearray, **options: Any) -> Any:
     :func:`loads` found the nesting bounded; ``ValueError`` else."""
     loads(data)
     return json.loads(data, **options)
+
+
+def dumps(value: Any, *, sort_keys: bool = False) -> str:
+    """Compact JSON text of ``value`` (``sort_keys``: the outer object's keys in order).
+    Text ``json.dumps`` can write and pydantic-core cannot (a lone surrogate) still gets out."""
+    if sort_keys and isinstance(value, dict):
+        value = dict(sorted(value.items()))
+    try:
+        return pydantic_core.to_json(value).decode()
+    except pydantic_core.PydanticSerializationError:
+        return json.dumps(value, sort_keys=sort_keys, separators=(",", ":"))

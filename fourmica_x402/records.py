@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ._json import dumps
 from .core.schema import migrate
 from .core.store import Store, Tx, open_store
 from .core.store.deferred import Task
@@ -207,7 +208,7 @@ class Records:
                 asset,
                 network,
                 settle_mode,
-                json.dumps(settle_result, sort_keys=True),
+                dumps(settle_result, sort_keys=True),
                 status,
                 request_hash,
             ),
@@ -268,10 +269,10 @@ class Records:
                 response_hash,
                 time.time() if delivered_at is None else delivered_at,
                 outcome,
-                json.dumps(certificate) if certificate else None,
-                json.dumps(response[0]) if response else None,
+                dumps(certificate) if certificate else None,
+                dumps(response[0]) if response else None,
                 response[1].hex() if response else None,
-                json.dumps(settle_result, sort_keys=True) if settle_result else None,
+                dumps(settle_result, sort_keys=True) if settle_result else None,
                 request_hash,
                 record_id,
             ),
@@ -288,7 +289,7 @@ class Records:
         """:meth:`attach_certificates` inside a transaction the caller holds."""
         tx.many(
             "UPDATE fx_records SET certificate = ? WHERE record_id = ?",
-            ((json.dumps(cert), rid) for rid, cert in certificates),
+            ((dumps(cert), rid) for rid, cert in certificates),
         )
 
     # -- follow-ups: voids and scores the facilitator could not take at once ------------------

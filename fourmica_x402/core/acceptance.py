@@ -8,9 +8,8 @@ stored guarantee (step 9, :func:`accept`) run inside the caller's one transactio
 
 from __future__ import annotations
 
-import json
-
 from .._eth import parse_address
+from .._json import dumps
 from ..errors import Reason
 from ..guarantee import GuaranteeClaims, SignedGuarantee, guarantee_id, recover_signer
 from ..networks import get_network
@@ -201,7 +200,7 @@ def accept(
             claims.min_validation_score,
             claims.required_validation_tag,
             now + config.validation_timeout if claims.version == 2 else None,
-            json.dumps(claims.to_json()),
+            dumps(claims.to_json()),
             "0x" + signed.signature.hex(),
             signed.scheme,
         ),

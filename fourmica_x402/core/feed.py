@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .._json import dumps
 from .models import Event
 from .store import Tx
 
@@ -34,7 +35,7 @@ def emit(
     **data: Any,
 ) -> None:
     """Queue an event for the transaction that owns ``events``."""
-    events.append((type_, at, network, asset, address, json.dumps(data, sort_keys=True)))
+    events.append((type_, at, network, asset, address, dumps(data, sort_keys=True)))
 
 
 class EventFeed:

@@ -58,7 +58,15 @@ class SettleResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_settle_response(self) -> SettleResponse:
-        """The x402 result-header body: ``transaction`` is the guarantee id."""
+        """The x402 result-header body: ``transaction`` is the guarantee id (made once: the
+        record stores it and the response header carries it)."""
+        made: SettleResponse | None = self.__dict__.get("_response")
+        if made is None:
+            made = self._response()
+            object.__setattr__(self, "_response", made)
+        return made
+
+    def _response(self) -> SettleResponse:
         extra: dict[str, Any] = {}
         if self.req_id is not None:
             extra["requestId"] = hex(self.req_id)

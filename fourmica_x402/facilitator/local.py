@@ -108,11 +108,12 @@ class LocalFacilitator:
         transaction (the gate writes its record there) and its value is returned beside."""
         from . import expected_from_requirements
 
-        extra: list[T] = []
+        made: list[Any] = []  # the result (made once: the record and the answer share it)
 
         def then(tx: Tx, accepted: Acceptance) -> None:
+            made[:] = [_settled(accepted)]
             if also is not None:
-                extra.append(also(tx, _settled(accepted)))
+                made.append(also(tx, made[0]))
 
         try:
             accepted = self.core.accept(
@@ -120,7 +121,9 @@ class LocalFacilitator:
             )
         except PaymentError as exc:
             return self._refused(requirements, exc), None
-        return _settled(accepted), extra[0] if extra else None
+        if not made:
+            return _settled(accepted), None
+        return made[0], made[1] if len(made) > 1 else None
 
     @staticmethod
     def _refused(requirements: PaymentRequirements, exc: PaymentError) -> SettleResult:
