@@ -39,8 +39,8 @@ from .templates import (
     canonical_template,
     compile_pattern,
     compile_template,
-    display_template,
     specificity,
+    typed_template,
 )
 from .wire import SCHEME
 
@@ -54,8 +54,6 @@ __all__ = [
     "Route",
     "RouteConfig",
     "RouteTable",
-    "canonical_template",
-    "display_template",
     "validate_marker",
 ]
 
@@ -165,6 +163,10 @@ class Route:
     @property
     def key(self) -> str:
         return f"{self.method} {self.pattern}"
+
+    def fits(self, shape: str) -> bool:
+        """Whether this entry names a framework route of canonical template ``shape``."""
+        return self.template_regex is not None and bool(self.template_regex.match(shape))
 
 
 class Endpoint:
@@ -338,13 +340,11 @@ class RouteTable:
             if endpoint.marker_methods is None or alias in endpoint.marker_methods:
                 self.prepare(endpoint)
                 route = endpoint._priced["*"][1]
-        else:
-            template = canonical_template(endpoint.template)
-            for entry in self._matching:
-                fits = entry.template_regex is not None and entry.template_regex.match(template)
-                if fits and entry.method in ("*", method, alias):
-                    route = entry
-                    break
+        else:  # the entry written for this very route (its converters too) before a looser one
+            shape, typed = canonical_template(endpoint.template), typed_template(endpoint.template)
+            fits = [e for e in self._matching if e.method in ("*", method, alias) and e.fits(shape)]
+            exact = (entry for entry in fits if typed_template(entry.pattern) == typed)
+            route = next(exact, fits[0] if fits else None)
         endpoint._priced[method] = (version, route)
         return route
 
@@ -353,7 +353,7 @@ class RouteTable:
         found, version = endpoint._priced.get("?"), self.version
         if found is None or found[0] != version:
             template = canonical_template(endpoint.template)
-            match = [e.method for e in self.routes if e.template_regex.match(template)]  # type: ignore[union-attr]
+            match = [e.method for e in self.routes if e.fits(template)]
             endpoint._priced["?"] = found = (version, frozenset(match))
         return found[1]  # type: ignore[no-any-return]
 
@@ -362,11 +362,9 @@ class RouteTable:
         known = [(canonical_template(t), m) for t, m in templates]
         missing = []
         for entry in self.routes:
-            assert entry.template_regex is not None
             methods = {"GET", "HEAD"} if entry.method == "GET" else {entry.method}
             if not any(
-                entry.template_regex.match(t)
-                and (entry.method == "*" or m is None or not methods.isdisjoint(m))
+                entry.fits(t) and (entry.method == "*" or m is None or not methods.isdisjoint(m))
                 for t, m in known
             ):
                 missing.append(entry.key)

@@ -4,11 +4,18 @@ the route table builds from them (docs/architecture.md, "Which route is priced")
 
 from __future__ import annotations
 
+import functools
 import re
 
 from .errors import ConfigurationError
 
-__all__ = ["canonical_template", "compile_pattern", "compile_template", "display_template"]
+__all__ = [
+    "canonical_template",
+    "compile_pattern",
+    "compile_template",
+    "display_template",
+    "typed_template",
+]
 
 
 #: A route parameter in any of the notations frameworks and route tables use (and its name).
@@ -23,6 +30,27 @@ _GROUP = re.compile(r"\(\?P<([A-Za-z_]\w*)>(?:[^()]|\([^()]*\))*\)")
 def canonical_template(template: str) -> str:
     """A route template with every parameter written ``{}``: ``/items/<int:id>`` → ``/items/{}``."""
     return _PARAM.sub("{}", template)
+
+
+#: A parameter's converter in the notations that name one (``{id:int}``, ``<int:id>``).
+_CONVERTER = re.compile(r"\{[A-Za-z_]\w*:([^{}]*)\}|<([A-Za-z_]\w*(?:\([^)]*\))?):[A-Za-z_]\w*>")
+#: The converters that mean "one path segment" in Flask, Starlette and Django.
+_SEGMENT_CONVERTERS = {"", "str", "string", "default"}
+
+
+@functools.lru_cache(maxsize=4096)
+def typed_template(template: str) -> str:
+    """A route template with each parameter written ``{converter}`` (``{}`` for one path
+    segment): ``/items/<int:id>`` and ``/items/{n:int}`` → ``/items/{int}``, ``/items/<name>``
+    → ``/items/{}``. Two routes of an app may differ only by their converters: a table entry
+    written for one of them prices that one (docs/architecture.md, "Which route is priced")."""
+
+    def one(match: re.Match[str]) -> str:
+        typed = _CONVERTER.fullmatch(match.group(0))
+        name = "" if typed is None else (typed.group(1) or typed.group(2) or "").strip()
+        return "{}" if name.lower() in _SEGMENT_CONVERTERS else "{" + name.lower() + "}"
+
+    return _PARAM.sub(one, template)
 
 
 def display_template(template: str) -> str:

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..routes import Route, display_template
+from ..routes import Route
+from ..templates import display_template
 from .bundles import describe, extra
 from .challenge import is_static, offer_requirements, origin, requirements, v2_requirements
 from .types import PASS, Flow, RequestView, Response, error_response

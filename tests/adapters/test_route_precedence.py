@@ -134,3 +134,68 @@ def test_literal_text_outranks_a_catch_all_in_either_order(
     with TestClient(app) as client:
         assert _amount(client.get(path)) == amount
     assert [r.key for r in PaymentMiddleware(ok, **options).gate.routes.routes] == list(table)
+
+
+#: Two routes of one app that differ only by their converters, each priced on its own; both
+#: orders of the table (the first entry written used to price both routes).
+CONVERTER_TABLES = [
+    {"GET /items/<name>": "$0.01", "GET /items/<int:item_id>": "$1.00"},
+    {"GET /items/<int:item_id>": "$1.00", "GET /items/<name>": "$0.01"},
+    {"GET /items/{slug}": "$0.01", "GET /items/{item_id:int}": "$1.00"},
+]
+CONVERTER_PRICES = {"/items/42": 1_000_000, "/items/foo": 10_000}
+
+
+def _pay_at(client: Any, core: Core, path: str, amount: int) -> None:
+    """The challenge names ``amount`` and a paid request locks exactly that."""
+    first = client.get(path)
+    assert _amount(first) == amount, path
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 10**7, network=NETWORK)
+    name, value = buyer.pay_challenge(core, first.headers["payment-required"])
+    assert client.get(path, headers={name: value}).status_code == 200
+    assert core.position(buyer.address, network=NETWORK).locked == amount, path
+
+
+@pytest.mark.parametrize("table", CONVERTER_TABLES)
+def test_routes_differing_by_converter_keep_their_own_prices(
+    core: Core, table: dict[str, str]
+) -> None:
+    app = Flask(__name__)
+    app.config.update(FOURMICA_X402_PAY_TO=SELLER, FOURMICA_X402_CORE=core)
+    app.config["FOURMICA_X402_ROUTES"] = table
+    payments = FourmicaX402(app)
+
+    @app.get("/items/<int:item_id>")
+    def premium(item_id: int) -> dict[str, Any]:
+        return {"premium": item_id}
+
+    @app.get("/items/<name>")
+    def cheap(name: str) -> dict[str, str]:
+        return {"name": name}
+
+    payments.check()
+    client = app.test_client()
+    for path, amount in CONVERTER_PRICES.items():
+        _pay_at(client, core, path, amount)
+
+    async def ok(request: Any) -> JSONResponse:
+        return JSONResponse({})
+
+    routes = [Route("/items/{item_id:int}", ok), Route("/items/{slug}", ok)]
+    options = {"pay_to": SELLER, "core": core, "network": NETWORK, "routes": table}
+    starlette = Starlette(routes=routes, middleware=[Middleware(PaymentMiddleware, **options)])
+    with TestClient(starlette) as client:
+        for path, amount in CONVERTER_PRICES.items():
+            _pay_at(client, core, path, amount)
+
+
+def test_converters_compare_across_notations() -> None:
+    """Flask, Starlette and Django spell a converter their own way; one segment is one kind."""
+    from fourmica_x402.templates import typed_template
+
+    assert {typed_template(t) for t in ("/i/<int:pk>", "/i/{n:int}", "/i/<int:x>")} == {"/i/{int}"}
+    segment = ("/i/<name>", "/i/{name}", "/i/:id", "/i/[id]", "/i/<string:x>", "/i/{x:str}")
+    assert {typed_template(t) for t in segment} == {"/i/{}"}
+    assert typed_template("/f/<path:p>") == typed_template("/f/{p:path}") == "/f/{path}"
+    assert typed_template("/u/<slug:s>") != typed_template("/u/<int:s>")
