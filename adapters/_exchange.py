@@ -21,6 +21,7 @@ cancelled as soon as its last message went out.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fourmica_x402.gate import PASS, Gate, Response
@@ -32,6 +33,7 @@ __all__ = ["Delegated", "PaidExchange", "app_below", "send_response"]
 
 _LEFT = "the client left before the response ended"
 _UNFINISHED = "the app returned before its response ended"
+_WARNED: set[int] = set()  # the dispatches already warned about (by id)
 #: ASGI extensions that send a file's bytes for the app (Starlette's FileResponse uses them).
 _FILE_SENDS = ("http.response.pathsend", "http.response.zerocopysend")
 
@@ -149,6 +151,14 @@ class Delegated:
         for a free request whose body the gate did not read: ``call_next`` serves those)."""
         replay = body.receive if isinstance(body, BufferedBody) and body.read else None
         found = app_below(stack, dispatch)
+        if found is None and paid is not PASS and id(dispatch) not in _WARNED:
+            _WARNED.add(id(dispatch))
+            logging.getLogger("fourmica_x402.gate").warning(
+                "the payment middleware is not registered as the app's own http middleware "
+                "(wrapped in another function?): it sees call_next's copy of each paid "
+                "response, which ends a stream the app failed in as if it were complete "
+                '(docs/architecture.md, "FastAPI\'s http middleware")'
+            )
         if found is None or (paid is PASS and replay is None):
             return None
         return cls(gate, None if paid is PASS else paid, found, replay)

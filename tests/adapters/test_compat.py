@@ -188,6 +188,48 @@ def test_a_stream_that_raises_midway_is_refunded_under_the_http_middleware(
     assert audited_core.position(buyer.address, network=NETWORK).locked == 0
 
 
+def test_a_wrapped_http_middleware_says_what_it_cannot_see(
+    audited_core: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Wrapped in a seller's own function, the middleware cannot find the app below it: it
+    falls back on call_next's copy of the response, and says so once (it used not to)."""
+    from fastapi.responses import PlainTextResponse
+    from fourmica_x402.adapters.fastapi import http_middleware
+
+    from fourmica_x402.config import PaymentConfig
+
+    app = FastAPI()
+    inner = http_middleware(
+        PaymentConfig(pay_to=SELLER, core=audited_core, routes={"GET /r": "$0.5"})
+    )
+
+    @app.middleware("http")
+    async def outer(request: Any, call_next: Any) -> Any:
+        return await inner(request, call_next)
+
+    @app.get("/r")
+    def report() -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    import asyncio
+
+    buyer = TestBuyer.new()
+    audited_core.deposit(buyer.address, 10**7, network=NETWORK)
+    (start, *_) = asyncio.run(_call(app, {}, path="/r"))
+    assert not [r for r in caplog.records if "not registered as the app's own" in r.message]
+    name, value = buyer.pay_challenge(
+        audited_core, dict(start["headers"])[b"payment-required"].decode()
+    )
+    for _ in range(2):
+        sent = asyncio.run(_call(app, {name: value}, path="/r"))
+        name, value = buyer.pay_challenge(
+            audited_core, dict(start["headers"])[b"payment-required"].decode()
+        )
+    assert sent[0]["status"] == 200
+    warned = [r for r in caplog.records if "not registered as the app's own" in r.message]
+    assert len(warned) == 1 and warned[0].levelname == "WARNING"
+
+
 def test_a_client_that_leaves_midstream_is_refunded_under_the_http_middleware(
     audited_core: Any,
 ) -> None:
