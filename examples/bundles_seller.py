@@ -35,9 +35,15 @@ PAY_TO = os.environ.get("PAY_TO", "0x70997970C51812dc3A010C7d01b50e0d17dc79C8")
 
 
 def hundreds(request: RequestView) -> int:
-    """Bundles of 100 records in ?count=N, rounded up. A missing or non-numeric count raises
-    KeyError or ValueError: the buyer gets 400 invalid_units, and nothing is charged."""
-    return -(-int(parse_qs(request.query)["count"][0]) // 100)
+    """Bundles of 100 records in ?count=N, rounded up. A missing, repeated or non-numeric
+    count raises ValueError: the buyer gets 400 invalid_units, and nothing is charged.
+
+    A repeated count is refused, not read: Starlette's handler reads the last of them, and
+    pricing the first would sell ?count=100&count=10000 as one bundle."""
+    counts = parse_qs(request.query).get("count", [])
+    if len(counts) != 1:
+        raise ValueError("send exactly one count")
+    return -(-int(counts[0]) // 100)
 
 
 async def free(request: Request) -> JSONResponse:

@@ -146,8 +146,10 @@ def test_bundles_example_charges_per_bundle_and_prepays_jobs(tmp_path: Path) -> 
         assert len(paid.json()["records"]) == 250 and paid.json()["bundles"] == 3
         _, small, paid = pay("GET", "/records?count=40")  # one bundle, raised to the minimum
         assert small.amount == "30000" and paid.json()["paid"] == 30_000
-        refused = client.get("/records?count=lots")
-        assert refused.status_code == 400 and refused.json()["error"] == "invalid_units"
+        # a repeated count is refused: the handler reads the last one, not the first
+        for query in ("count=lots", "count=100&count=10000", "count=10000&count=100"):
+            refused = client.get(f"/records?{query}")
+            assert refused.status_code == 400 and refused.json()["error"] == "invalid_units"
         required, req, paid = pay("POST", "/jobs", json={"task": "render"})
         assert req.amount == "2000000" and req.extra["cap"] == "2000000"
         assert required.resource is not None
