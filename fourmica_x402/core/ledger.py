@@ -350,6 +350,11 @@ class Core(Alerting, Reads):
         """Cancel the G-v2 guarantees whose validation deadline passed (part of :meth:`tick`)."""
         return self._change(resolution.expire_validations, self.clock())
 
+    def extend_validations(self, guarantee_ids: Sequence[str], *, by: str) -> int:
+        """Validator ``by`` holds them open (responses still going out): deadline now + timeout."""
+        until = self.clock() + self.config.validation_timeout
+        return self._change(resolution.extend, list(guarantee_ids), parse_address(by), until)
+
     # -- clearing cycles ------------------------------------------------------------------------
 
     def current_cycle(self, *, network: str, asset: str | None = None) -> Cycle:

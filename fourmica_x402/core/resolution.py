@@ -19,7 +19,7 @@ from .config import CoreConfig
 from .feed import Events, emit
 from .store import Row, Tx
 
-__all__ = ["check_score", "expire_validations", "resolve", "validate", "void"]
+__all__ = ["check_score", "expire_validations", "extend", "resolve", "validate", "void"]
 
 
 def check_score(score: int) -> None:
@@ -182,6 +182,19 @@ def expire_validations(tx: Tx, events: Events, now: float) -> int:
                 reason="validation_timeout",
             )
     return expired
+
+
+def extend(tx: Tx, events: Events, guarantee_ids: list[str], validator: str, until: float) -> int:
+    """Push the validation deadline of the pending guarantees ``validator`` scores back to
+    ``until`` (never earlier): their paid responses are still going out. Returns how many."""
+    return sum(
+        tx.execute(
+            "UPDATE fx_guarantees SET validation_deadline = ? WHERE guarantee_id = ? "
+            "AND state = 'pending_validation' AND validator = ? AND validation_deadline < ?",
+            (until, gid, validator, until),
+        )
+        for gid in guarantee_ids
+    )
 
 
 def resolve(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from ..core.store import StoreClosed, StoreUnavailable, Tx
@@ -27,6 +28,7 @@ from .challenge import DELIVERY_TAG
 
 if TYPE_CHECKING:
     from .flow import Gate
+    from .types import Paid
 
 log = logging.getLogger("fourmica_x402.gate")
 
@@ -142,6 +144,77 @@ class Reconciler:
         if outcome is not None:
             self._gate.records.label(guarantee_id, outcome)
         return "expired"
+
+
+class Holds:
+    """Paid responses still going out whose G-v2 guarantee this gate scores when they end
+    (the delivery policy, on the embedded Core). While one lasts, its validation deadline is
+    pushed back every half ``validation_timeout``: a response that outlasts the timeout (a
+    long download, a buyer reading slowly) is scored when it ends, not cancelled under it
+    (docs/protocol.md, "Delivery"). A hold ends with its response, or when the request's state
+    is gone; a process that dies holds nothing, and the deadline runs out as before.
+    """
+
+    def __init__(self, gate: Gate) -> None:
+        self._gate = gate
+        self._open: weakref.WeakValueDictionary[str, Paid] = weakref.WeakValueDictionary()
+        self._since: dict[str, float] = {}  # guarantee id → when its deadline was last set
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, state: Paid) -> None:
+        gid = state.payment.guarantee_id
+        if gid is None or self._gate.core is None:
+            return
+        self._open[gid], self._since[gid] = state, time.monotonic()
+        with self._lock:  # the thread runs while anything is held (see _run)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="fourmica-holds", daemon=True
+                )
+                self._thread.start()
+
+    def discard(self, state: Paid) -> None:
+        gid = state.payment.guarantee_id
+        if gid is not None and self._since.pop(gid, None) is not None:
+            self._open.pop(gid, None)
+
+    def extend(self, now: float | None = None) -> int:
+        """One pass: the deadlines of responses held for half a timeout or more move to now +
+        the timeout. Returns how many moved."""
+        core = self._gate.core
+        assert core is not None
+        now = time.monotonic() if now is None else now
+        due: dict[str, list[str]] = {}
+        for gid, since in list(self._since.items()):
+            state = self._open.get(gid)
+            if state is None:  # its request is over
+                self._since.pop(gid, None)
+            elif now - since >= core.config.validation_timeout / 2:
+                due.setdefault(state.payment.pay_to, []).append(gid)
+        moved = 0
+        for validator, ids in due.items():
+            moved += core.extend_validations(ids, by=validator)
+            for gid in ids:
+                if gid in self._since:
+                    self._since[gid] = now
+        return moved
+
+    def _run(self) -> None:
+        core = self._gate.core
+        assert core is not None
+        while True:
+            time.sleep(core.config.validation_timeout / 4)
+            try:
+                self.extend()
+            except StoreClosed:
+                self._since.clear()
+            except Exception:  # the database is down: the next pass tries again
+                log.exception("holding paid responses' validation deadlines failed")
+            with self._lock:
+                if not self._since:
+                    self._thread = None
+                    return
 
 
 def recover(gate: Gate) -> int:

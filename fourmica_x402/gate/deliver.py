@@ -113,6 +113,7 @@ def finish(
     """After the response went out: delivery marker, validation score or refund."""
     if state.replay is not None:
         return None
+    gate._holds.discard(state)  # scored or voided now: no longer held open
     config, payment = gate.config, state.payment
     # Only a 2xx is delivered: a redirect, a 4xx, a 5xx, an exception or a response that
     # did not finish gave the buyer nothing it paid for (docs/protocol.md, "Delivery").

@@ -26,7 +26,7 @@ from ..routes import Endpoint, Route, RouteTable
 from ..streams import Streams
 from ..wire import PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER
 from . import deliver, discovery, drive, endpoints, metered, prices, stages
-from .background import Reconciler, recover
+from .background import Holds, Reconciler, recover
 from .bundles import InvalidUnits
 from .challenge import challenge, requirements
 from .pay import failure, paid, version_of
@@ -86,6 +86,7 @@ class Gate:
         if config.completion_window is not None:  # the queue of the records' database
             self.records.store.deferred.window = config.completion_window
         self._reconciler = Reconciler(self)
+        self._holds = Holds(self)  # responses outlasting the validation timeout (embedded)
         if self._shared:
             recover(self)  # what a process that died mid-completion left
         if self.records.next_followup_due() is not None:

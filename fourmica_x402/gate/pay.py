@@ -231,6 +231,8 @@ def paid(
     state = Paid(
         payment, request, chosen, payload, header_hash, result, policy, delivery, route=route
     )
+    if delivery and result is not None and claims.version == 2:
+        gate._holds.add(state)  # this gate scores it when the response ends
     if route.config.slices is not None:  # a metered stream: slice 1 is this payment
         yield from metered.opened(gate, route, request, state)
     return state

@@ -162,6 +162,8 @@ def settle_after(gate: Gate, state: Paid) -> SettleResult:
         state.payment.guarantee_id = result.guarantee_id
         state.payment.settled = True
         certificate_source(gate, state.payment, result)
+        if state.delivery_policy and state.payment.guarantee_version == 2:
+            gate._holds.add(state)  # scored when the response ends
     return result
 
 

@@ -259,3 +259,56 @@ def test_a_file_the_server_sends_for_the_app_is_delivered(
     last = "http.response.pathsend" if pathsend else "http.response.body"
     assert sent[0]["status"] == 200 and sent[-1]["type"] == last
     assert settled(core, app.gate) == [("payable", "delivered")]
+
+
+def test_a_response_outlasting_the_validation_timeout_is_still_charged(tmp_path: Any) -> None:
+    """The Core cancels a G-v2 guarantee nobody scored by its deadline; a paid response still
+    streaming then used to be delivered free (its score, posted at the end, was refused).
+    The gate holds the deadline open while the response lasts (docs/protocol.md, "Delivery")."""
+    import threading
+    import time
+
+    from fourmica_x402.core import CoreConfig
+
+    core = Core(f"sqlite:///{tmp_path}/core.db", config=CoreConfig(validation_timeout=1.0))
+
+    async def slow(request: Any) -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(5):  # 2 s: twice the timeout
+                yield f"part {i}\n".encode()
+                await asyncio.sleep(0.4)
+
+        return StreamingResponse(chunks())
+
+    options = {
+        "pay_to": SELLER,
+        "core": core,
+        "network": NETWORK,
+        "routes": {"GET /stream": "$0.01"},
+    }
+    app = Starlette(
+        routes=[Route("/stream", slow)], middleware=[Middleware(PaymentMiddleware, **options)]
+    )
+    stop = threading.Event()
+
+    def ticks() -> None:  # what `fourmica-x402 serve` (or a cron job) does
+        while not stop.wait(0.1):
+            core.expire_validations()
+
+    ticker = threading.Thread(target=ticks)
+    ticker.start()
+    try:
+        with TestClient(app) as client:
+            name, value = header(core, client, "/stream")
+            began = time.monotonic()
+            got = client.get("/stream", headers={name.decode(): value.decode()})
+            assert got.status_code == 200 and got.text.count("part") == 5
+            assert time.monotonic() - began > 1.5  # it did outlast the timeout
+            assert settled(core, gate_of(app.middleware_stack)) == [("payable", "delivered")]
+    finally:
+        stop.set()
+        ticker.join(5)
+    [guarantee] = core.guarantees()
+    assert core.position(guarantee.user_address, network=NETWORK).locked == 10_000
+    assert core.audit() == []
+    core.close()

@@ -308,6 +308,26 @@ def test_work_joined_to_a_core_transaction_commits_or_rolls_back_with_it(
     assert core.guarantee(accepted.guarantee_id).state == "payable"
 
 
+def test_a_validator_holds_its_pending_guarantees_open_past_the_timeout(
+    core: Core, buyer: TestBuyer, clock: FakeClock
+) -> None:
+    """A paid response still going out is not cancelled under it: the validator (the gate,
+    under the delivery policy) pushes the deadline back. Nobody else can, and a cancelled
+    guarantee stays cancelled."""
+    policy = test_policy()
+    gid = core.accept(*buyer.pay(core, SELLER, 400, policy=policy)).guarantee_id
+    clock.advance(50)
+    assert core.extend_validations([gid], by=SELLER) == 0  # the recipient is not the validator
+    assert core.extend_validations([gid, "0x" + "00" * 32], by=policy.validator) == 1
+    clock.advance(50)  # past the first deadline (60 s), before the new one (110 s)
+    assert core.expire_validations() == 0
+    assert core.guarantee(gid).state == "pending_validation"
+    clock.advance(11)
+    assert core.expire_validations() == 1 and core.guarantee(gid).state == "cancelled"
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+    assert core.extend_validations([gid], by=policy.validator) == 0
+
+
 def test_certificate_is_bls_signed_in_4mica_format(store_url: str, clock: FakeClock) -> None:
     core = Core(store_url, config=FAST, clock=clock)
     buyer = TestBuyer.new()
