@@ -151,6 +151,14 @@ def serve(
     click.echo(
         f"fourmica-x402 Core on http://{host}:{port}  (dashboard: /, metrics: /metrics, sandbox: {sandbox})"
     )
+    if api_key is None and not keys and not sandbox:
+        click.echo(
+            "warning: no --api-key and no --seller-key: sellers' void and validation calls are "
+            "refused, so their refunds fail and their delivery scores never land (their G-v2 "
+            "payments are cancelled at the validation timeout). Give each seller a key "
+            "(docs/operations.md, Keys).",
+            err=True,
+        )
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

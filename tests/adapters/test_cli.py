@@ -614,6 +614,43 @@ def test_serve_applies_its_settings(tmp_path: Path) -> None:
     assert "Traceback" not in (tmp_path / "serve.log").read_text()
 
 
+def _serve_output(tmp_path: Path, *extra: str) -> str:
+    """What ``serve`` says before it serves (it is stopped once it answers /health)."""
+    port = _free_port()
+    log_path = tmp_path / f"serve-{port}.log"
+    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fourmica_x402", "serve", "--db", f"sqlite:///{tmp_path}/s.db"]
+            + ["--port", str(port), *extra],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                assert proc.poll() is None, log_path.read_text()
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                        break
+                assert time.monotonic() < deadline, "serve did not start"
+                time.sleep(0.1)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    return log_path.read_text()
+
+
+def test_serve_warns_when_sellers_cannot_refund(tmp_path: Path) -> None:
+    """Outside the sandbox and without keys the service refuses every void and score: the
+    sellers' refunds fail and their delivery scores never land. It said nothing."""
+    warning = "no --api-key and no --seller-key"
+    assert warning in _serve_output(tmp_path)
+    assert warning not in _serve_output(tmp_path, "--seller-key", f"tok={ADDRESS}")
+    assert warning not in _serve_output(tmp_path, "--sandbox")
+
+
 def test_cycle_run_says_what_it_does(db: str) -> None:
     first = cli("cycle", "run", "--db", db, "--once")
     assert first.exit_code == 0, first.output
