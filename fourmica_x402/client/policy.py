@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .._eth import parse_address
 from ..networks import Asset, dollar_assets, find_asset, format_amount, to_atomic
 from .budgets import Book, LedgerBook, MemoryBook
 
@@ -99,10 +100,10 @@ class SpendingPolicy:
         self.max_per_request = max_per_request
         self.max_per_seller = max_per_seller
         self.windows = {"per_minute": per_minute, "per_hour": per_hour, "per_day": per_day}
-        self.allowed_sellers = _lower(allowed_sellers)
-        self.blocked_sellers = _lower(blocked_sellers) or set()
+        self.allowed_sellers = _addresses(allowed_sellers, "allowed_sellers")
+        self.blocked_sellers = _addresses(blocked_sellers, "blocked_sellers") or set()
         self.allowed_networks = allowed_networks
-        self.allowed_assets = _lower(allowed_assets)
+        self.allowed_assets = _addresses(allowed_assets, "allowed_assets")
         self.approve = approve
         self.approve_new_sellers = approve_new_sellers
         self.approval_threshold = approval_threshold
@@ -311,5 +312,14 @@ def _money(amount: int, asset: Asset | None, *, units: bool = True) -> str:
     return format_amount(amount, asset, units=units and asset is not None)
 
 
-def _lower(values: set[str] | None) -> set[str] | None:
-    return None if values is None else {v.lower() for v in values}
+def _addresses(values: set[str] | None, name: str) -> set[str] | None:
+    """Lower-cased addresses; a value that is no address raises (a typo in a block list
+    would block nothing)."""
+    if values is None:
+        return None
+    if isinstance(values, str):
+        raise ValueError(f"{name} takes a set of addresses, not one string")
+    try:
+        return {parse_address(v).lower() for v in values}
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None

@@ -620,9 +620,9 @@ def _serve_output(tmp_path: Path, *extra: str) -> str:
     log_path = tmp_path / f"serve-{port}.log"
     env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
     with log_path.open("w") as log:
+        args = ["serve", "--db", f"sqlite:///{tmp_path}/s.db", "--port", str(port), *extra]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fourmica_x402", "serve", "--db", f"sqlite:///{tmp_path}/s.db"]
-            + ["--port", str(port), *extra],
+            [sys.executable, "-m", "fourmica_x402", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

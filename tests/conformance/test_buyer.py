@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from fourmica_x402._eth import ZERO_ADDRESS
 from fourmica_x402.client import (
     ReceiptLedger,
     SpendingPolicy,
@@ -103,7 +104,7 @@ class Counting(Wire):
     [
         (SpendingPolicy(max_per_request="$0.005"), BudgetExhausted),
         (SpendingPolicy(max_per_request=9_999), BudgetExhausted),
-        (SpendingPolicy(blocked_sellers={"SELLER"}), BlockedSeller),
+        (SpendingPolicy(blocked_sellers={ZERO_ADDRESS}), BlockedSeller),  # the seller's, below
         (SpendingPolicy(allowed_sellers={"0x" + "12" * 20}), BlockedSeller),
         (SpendingPolicy(approve_new_sellers=True), NeedsApproval),
         (SpendingPolicy(approval_threshold="$0.001", approve=lambda req: False), NeedsApproval),
@@ -114,7 +115,7 @@ class Counting(Wire):
 def test_policy_refusals_happen_before_signing_and_are_not_retried(
     seller: Any, buyers: Any, policy: SpendingPolicy, error: type
 ) -> None:
-    if policy.blocked_sellers == {"seller"}:
+    if policy.blocked_sellers == {ZERO_ADDRESS}:
         policy.blocked_sellers = {seller.options["pay_to"].lower()}
     counting = Counting()
     client = buyers.client(seller, funded(seller), policy=policy, wire=counting)

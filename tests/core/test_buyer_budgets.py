@@ -231,3 +231,14 @@ def test_a_dollar_cap_scales_tokens_by_their_decimals(monkeypatch: pytest.Monkey
     assert ask(policy, 400_001) == "budget_exhausted"  # $0.400001 more: over $1
     assert ask(policy, 400_000) == "paid"
     assert ask(policy, 1, asset=dai.address) == "budget_exhausted"  # rounded up, never down
+
+
+@pytest.mark.parametrize("name", ["blocked_sellers", "allowed_sellers", "allowed_assets"])
+def test_a_list_of_addresses_refuses_what_is_no_address(name: str) -> None:
+    """A typo in a block list blocked nothing (the list held the typo, never matched)."""
+    address = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+    for bad in ({address[:-1]}, {address[2:]}, {"0xBad…"}, address):
+        with pytest.raises(ValueError, match=name):
+            SpendingPolicy(**{name: bad})  # type: ignore[arg-type]
+    policy = SpendingPolicy(**{name: {address, address.upper().replace("0X", "0x")}})
+    assert getattr(policy, name) == {address.lower()}
