@@ -201,6 +201,7 @@ class Repricer:
         self.every = gate.config.price_poll
         self.due, self.seen = 0.0, -1
         self._lock = threading.Lock()
+        self._foreign: set[str] = set()  # changes of routes this app does not price, logged
 
     def poll(self) -> None:
         """Called as a request is priced. The first one reads the book before it goes on
@@ -225,6 +226,9 @@ class Repricer:
             log.warning("could not read the price book: %s", exc)
             return
         mine = {k: v for k, v in prices.items() if k in self.table.configured}
+        for key in prices.keys() - mine.keys() - self._foreign:  # once each: say why it is moot
+            self._foreign.add(key)
+            log.error("run-time price of %s not applied: this app prices no such route", key)
         try:
             reprice(self.table, mine)
         except ConfigurationError:  # one this app refuses (set for another app): skip it

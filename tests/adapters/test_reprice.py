@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from fourmica_x402.adapters.asgi import PaymentMiddleware
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -100,3 +101,21 @@ def test_reprice_refuses_what_it_cannot_take(tmp_path: Path) -> None:
     missing = reprice(f"sqlite:///{tmp_path / 'nope.db'}", "GET /premium=$0.02")
     assert missing.returncode == 1 and "no Core database" in missing.stderr
     assert json.loads(reprice(db, "--json").stdout) == {"prices": {}, "changes": []}
+
+
+def test_a_misspelled_route_is_logged_by_the_seller_not_applied(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``reprice 'GET /premiun=…'`` is a change no seller of this app can apply: it used to
+    be dropped without a word (docs/operations.md, "Repricing": an error log line)."""
+    db = f"sqlite:///{tmp_path / 'shop.db'}"
+    core = Core(db)
+    with seller(core) as client:
+        assert charged(client) == 10_000
+        assert reprice(db, "GET /premiun=$0.02").returncode == 0
+        for _ in range(3):
+            assert charged(client) == 10_000
+    said = [r for r in caplog.records if "GET /premiun" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "ERROR"
+    assert "prices no such route" in said[0].getMessage()
+    core.close()
