@@ -94,6 +94,9 @@ def test_example_seller_serves_and_gets_paid(name: str, tmp_path: Path) -> None:
     with running(name, tmp_path) as (client, db):
         challenge = client.get("/premium")
         assert challenge.status_code == 402
+        # Only GET /premium is sold: other methods are the framework's 405 (the Django
+        # example priced every method, and listed them all in its discovery document).
+        assert client.post("/premium").status_code == 405
         req = decode_payment_required(challenge.headers["payment-required"]).accepts[0]
         assert req.amount == "10000" and req.network == NETWORK
         buyer = TestBuyer.new()

@@ -7,7 +7,7 @@ def free(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"free": True})
 
 
-@paid(price="$0.01")
+@paid(price="$0.01", methods=["GET"])  # GET (and HEAD); other methods: 405
 def premium(request: HttpRequest) -> JsonResponse:
     payment = request.payment  # type: ignore[attr-defined]
     return JsonResponse(
