@@ -113,7 +113,7 @@ class PaymentConfig:
     #: and the database rules checked every ``interval`` seconds on the embedded Core; each
     #: firing is an ``alert.fired`` event (webhooks) and a log line. None: no alerts.
     alerts: AlertRules | None = None
-    #: Hooks (sync or async). See ``gate.py`` for their arguments.
+    #: Hooks (sync or async): docs/operations.md, "Seller options and hooks".
     on_protected_request: Hook | None = None
     before_settle: Hook | None = None
     after_settle: Hook | None = None
