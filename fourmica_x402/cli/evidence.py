@@ -128,22 +128,24 @@ def evidence(db: str, records: str | None, out: Path | None, guarantee_id: str) 
 @click.option(
     "--public-key",
     default=None,
-    metavar="HEX",
-    help="The Core's BLS public key you trust (48 bytes of hex, from GET /core/public-params): "
-    "the certificate must verify against it too.",
+    metavar="KEY",
+    help="The Core's BLS public key you trust: 48 bytes of hex, or the JSON list of 48 numbers "
+    "GET /core/public-params gives as public_key. The certificate must verify against it too.",
 )
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def verify_evidence(public_key: str | None, file: Path) -> None:
     """Check an evidence bundle offline: exit 0 when every check passes, else exit 1 naming
     the first that failed."""
+    from .._json import loads
     from ..client.certificates import public_key_bytes
     from ..evidence.verify import EvidenceInvalid, verify_bundle
 
     trusted = None
     if public_key is not None:
         try:
-            trusted = public_key_bytes(public_key.strip())
-        except ValueError as exc:
+            given = public_key.strip()
+            trusted = public_key_bytes(loads(given) if given.startswith("[") else given)
+        except (ValueError, TypeError) as exc:
             raise click.BadParameter(str(exc), param_hint="'--public-key'") from None
     try:
         data = file.read_bytes()

@@ -390,3 +390,19 @@ def test_disputes_through_the_command_line(shop: Shop, buyer: TestBuyer, tmp_pat
     assert failure(resealed(out.read_bytes(), rewrite)) == (
         "dispute history is not a valid sequence of states"
     )
+
+
+def test_the_public_key_as_the_public_parameters_list_it(
+    shop: Shop, bundle: bytes, tmp_path: Path
+) -> None:
+    """GET /core/public-params gives ``public_key`` as a JSON list of 48 numbers; pasted as
+    such, the key was refused as bad hex."""
+    path = tmp_path / "bundle.json"
+    path.write_bytes(bundle)
+    listed = json.dumps(list(shop.core.operator.public_key))
+    ok = cli("verify-evidence", str(path), "--public-key", listed)
+    assert ok.exit_code == 0, ok.output
+    stranger = json.dumps(list(Operator.generate()[0].public_key))
+    refused(cli("verify-evidence", str(path), "--public-key", stranger), 1, "given public key")
+    for bad in ("[1, 2", "[1, 2, 3]", '["a"]', "[" + "300," * 47 + "300]"):
+        refused(cli("verify-evidence", str(path), "--public-key", bad), 2, "--public-key")
