@@ -1,9 +1,11 @@
 """System checks (fourmica_x402.E001 no FOURMICA_X402 dict, E002 invalid configuration or
-@paid price, E003 a ROUTES entry naming no URL pattern, W001 no PaymentMiddleware in MIDDLEWARE).
+@paid price, E003 a ROUTES entry naming no URL pattern, E004 a SQLite database in a directory
+that does not exist, W001 no PaymentMiddleware in MIDDLEWARE).
 
     INSTALLED_APPS = [..., "fourmica_x402.adapters.django"]  # then: manage.py check
 """
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,6 +14,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 
 from fourmica_x402.config import PaymentConfig
+from fourmica_x402.core.store.sqlite import _path_of as sqlite_path
 from fourmica_x402.gate.lifecycle import Endpoints
 
 from . import conf
@@ -40,3 +43,26 @@ def check_middleware(**kwargs: Any) -> list[CheckMessage]:
     if ours.isdisjoint(getattr(settings, "MIDDLEWARE", None) or ()):
         return [Warning("PaymentMiddleware is not in MIDDLEWARE", id="fourmica_x402.W001")]
     return []
+
+
+@register("fourmica_x402")
+def check_database(**kwargs: Any) -> list[CheckMessage]:
+    """A SQLite file the gate could not create (its directory is missing); PostgreSQL is left
+    to start-up (a check makes no network call)."""
+    try:
+        config = conf.load()
+    except (ValueError, TypeError):
+        return []  # E002 says why
+    urls = [u for u in (config.core, config.records) if isinstance(u, str)]
+    if config.facilitator is not None and isinstance(config.core, str):
+        urls.remove(config.core)
+    return [
+        Error(
+            f"FOURMICA_X402 database {url!r}: the directory {parent} does not exist",
+            id="fourmica_x402.E004",
+        )
+        for url in urls
+        if not url.startswith(("postgresql://", "postgres://"))
+        and (path := sqlite_path(url)) != ":memory:"
+        and not os.path.isdir(parent := os.path.dirname(os.path.abspath(path)))
+    ]

@@ -297,6 +297,18 @@ def test_system_checks(configured: None) -> None:
     ]
 
 
+def test_a_database_in_a_missing_directory_is_a_system_check_error(
+    configured: None, tmp_path: Any
+) -> None:
+    """``manage.py check`` said "no issues" for a SQLite file the gate could never create."""
+    for key in ("CORE", "RECORDS"):
+        bad = {**settings.FOURMICA_X402, key: f"sqlite:///{tmp_path}/missing/x.db"}
+        assert ids(FOURMICA_X402=bad) == ["fourmica_x402.E004"], key
+    fine = {**settings.FOURMICA_X402, "CORE": f"sqlite:///{tmp_path}/x.db"}
+    assert ids(FOURMICA_X402=fine) == []
+    assert not (tmp_path / "x.db").exists()  # a check creates nothing
+
+
 def test_a_table_entry_naming_no_url_pattern_fails_at_start_up(configured: None) -> None:
     with_typo = {**settings.FOURMICA_X402, "ROUTES": {**ROUTES, "GET /itmes/:id": "$0.01"}}
     with override_settings(FOURMICA_X402=with_typo):
