@@ -178,7 +178,7 @@ class Records:
         asset: str,
         network: str,
         settle_mode: str,
-        settle_result: dict[str, Any],
+        settle_result: dict[str, Any] | str,
         status: str,
         request_id: str | None = None,
         tab_id: str | None = None,
@@ -208,7 +208,9 @@ class Records:
                 asset,
                 network,
                 settle_mode,
-                dumps(settle_result, sort_keys=True),
+                settle_result
+                if isinstance(settle_result, str)
+                else dumps(settle_result, sort_keys=True),
                 status,
                 request_hash,
             ),

@@ -66,6 +66,15 @@ class SettleResult:
             object.__setattr__(self, "_response", made)
         return made
 
+    def response_json(self) -> bytes:
+        """:meth:`to_settle_response` as compact JSON, made once: the record stores it and the
+        result header carries it."""
+        made: bytes | None = self.__dict__.get("_json")
+        if made is None:
+            made = self.to_settle_response().to_json_bytes()
+            object.__setattr__(self, "_json", made)
+        return made
+
     def _response(self) -> SettleResponse:
         extra: dict[str, Any] = {}
         if self.req_id is not None:

@@ -12,6 +12,7 @@ is filed for the reconciler (:mod:`.background`).
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -88,13 +89,15 @@ def response_start(gate: Gate, state: Paid, status: int, cache_control: str | No
         )
         headers.append((name.lower(), encode_header(refunded)))
     elif result is not None:
-        response = result.to_settle_response()
         certificate = state.payment._made  # only if made already: never on the hot path
         if certificate:
+            response = result.to_settle_response()
             extra = dict(response.extra or {})
             extra["certificate"] = certificate
-            response = response.model_copy(update={"extra": extra})
-        headers.append((name.lower(), encode_header(response)))
+            value = encode_header(response.model_copy(update={"extra": extra}))
+        else:  # the JSON the record stored
+            value = base64.b64encode(result.response_json()).decode("ascii")
+        headers.append((name.lower(), value))
     if state.payment.job is not None:  # staged work: the job moves on, or fails
         headers.extend((yield from stages.started(gate, state, status)))
     return headers

@@ -134,7 +134,7 @@ def record(gate: Gate, result: SettleResult, base: dict[str, Any], tx: Tx | None
     begin = gate.records.begin if tx is None else partial(Records.insert, tx)
     return begin(
         **base,
-        settle_result=result.to_settle_response().to_dict(),
+        settle_result=result.response_json().decode(),
         status="settled",
         request_id=None if result.req_id is None else hex(result.req_id),
         tab_id=None if result.tab_id is None else hex(result.tab_id),
