@@ -63,6 +63,13 @@ step <<'EOF'
 export PORT=${PORT:-8000} FOURMICA_X402_DB=${FOURMICA_X402_DB:-sqlite:///fourmica_x402.db}
 EOF
 
+# Another server on that port would answer for the seller (which then fails to bind).
+if ! "$PYTHON" -c 'import socket, sys; socket.socket().bind(("127.0.0.1", int(sys.argv[1])))' \
+    "$PORT" 2>/dev/null; then
+    echo "port $PORT is taken: run with PORT set to a free one" >&2
+    exit 1
+fi
+
 # 1. The seller: GET /premium costs $0.01, settled on the embedded Core in FOURMICA_X402_DB.
 step <<'EOF'
 .venv/bin/python examples/starlette_seller.py &

@@ -180,6 +180,35 @@ def test_the_walkthrough_runs_as_written(
         assert probe.connect_ex(("127.0.0.1", port)) != 0
 
 
+def test_the_walkthrough_refuses_a_taken_port(
+    tmp_path: Path, environment_missing: Callable[[str], NoReturn]
+) -> None:
+    """Another server on PORT answered for the seller (which failed to bind): the deposit
+    went into a database nobody served, and pay failed with insufficient_collateral."""
+    bash = shutil.which("bash")
+    if bash is None:
+        environment_missing("the walkthrough is a bash script and there is no bash")
+    (tmp_path / "examples").mkdir()
+    for name in ("walkthrough.sh", "starlette_seller.py"):
+        shutil.copy(ROOT / "examples" / name, tmp_path / "examples" / name)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
+        env |= {"PORT": str(taken.getsockname()[1]), "FOURMICA_X402": _program()}
+        env["PYTHON"] = sys.executable
+        done = subprocess.run(
+            [bash, "examples/walkthrough.sh"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1 and "is taken" in done.stderr, done.stdout + done.stderr
+    assert not (tmp_path / "fourmica_x402.db").exists()  # nothing was deposited anywhere
+
+
 # -- key new, key address ------------------------------------------------------------------
 
 
