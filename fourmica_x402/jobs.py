@@ -215,7 +215,7 @@ class Jobs:
         return JobStage(job_id, stage.job, stage.number, stage.of)
 
     def delivered(self, job: JobStage) -> None:
-        """The stage's response started with a 2xx: the job moves on (or is done)."""
+        """The stage's 2xx response was delivered whole: the job moves on (or is done)."""
         now = time.time()
         with self.store.transaction() as tx:
             done = tx.execute(

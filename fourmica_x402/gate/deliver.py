@@ -136,7 +136,7 @@ def finish(
     elif state.delivery_policy and payment.guarantee_version == 2:
         action = ("score", 100 if delivered else 0)
         outcome = "delivered" if delivered else "cancelled"
-    if payment.job is not None and not delivered:
+    if payment.job is not None:
         yield from stages.ended(gate, state, delivered)
     if stream is not None:  # ended (if its body did not end it): no more slices are sold
         yield Call(stream.ended, (outcome, status))

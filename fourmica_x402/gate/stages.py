@@ -70,21 +70,23 @@ def claim(gate: Gate, stage: Stage, request: RequestView, payment: Payment) -> F
 
 
 def started(gate: Gate, state: Paid, status: int) -> Flow:
-    """The stage's response starts: the headers naming its job; the job moves on (2xx) or
-    fails (anything else, or a settle that failed)."""
+    """The stage's response starts: the headers naming its job; the job fails at once when
+    it is no 2xx (or its settle failed), and otherwise stays running until it ends."""
     job: JobStage | None = state.payment.job
     if job is None or state.replay is not None:
         return []
-    ok = 200 <= status < 300 and state.settle_failed is None
-    yield Call(gate.jobs.delivered if ok else gate.jobs.failed, (job,))
+    if not 200 <= status < 300 or state.settle_failed is not None:
+        yield Call(gate.jobs.failed, (job,))
     return [(JOB_HEADER, job.id), (STAGE_HEADER, f"{job.stage}/{job.of}")]
 
 
 def ended(gate: Gate, state: Paid, delivered: bool) -> Flow:
-    """A stage whose response broke off after a 2xx start was not delivered: the job fails."""
+    """The stage's response ended: delivered whole, the job moves on (the last stage closes
+    it); else the job fails. Not before: a next stage sold while this one still streamed
+    would stand even if this one broke off (docs/protocol.md, "Staged work")."""
     job: JobStage | None = state.payment.job
-    if job is not None and not delivered and state.replay is None:
-        yield Call(gate.jobs.failed, (job,))
+    if job is not None and state.replay is None:
+        yield Call(gate.jobs.delivered if delivered else gate.jobs.failed, (job,))
 
 
 def extra(gate: Gate, route: Route, network: str, asset: str) -> dict[str, Any]:

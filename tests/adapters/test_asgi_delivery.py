@@ -312,3 +312,112 @@ def test_a_response_outlasting_the_validation_timeout_is_still_charged(tmp_path:
     assert core.position(guarantee.user_address, network=NETWORK).locked == 10_000
     assert core.audit() == []
     core.close()
+
+
+def test_the_next_stage_waits_until_this_one_was_delivered(core: Core) -> None:
+    """A job moved on when a stage's 2xx response *started*: a buyer bought stage 3 while
+    stage 2 still streamed, then left before stage 2's last chunk; stage 2 was refunded,
+    stage 3 stood, and the job read "done" (docs/protocol.md, "Staged work")."""
+    from fourmica_x402 import Jobs, Stage
+
+    gate: dict[str, Any] = {}
+
+    async def plain(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("stage")
+
+    async def streamed(request: Any) -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"part 1 of stage 2\n"
+            await gate["go"].wait()  # the test decides when (and whether) the rest goes out
+            yield b"part 2 of stage 2\n"
+
+        return StreamingResponse(chunks())
+
+    routes = {
+        "GET /s1": {"price": "$0.01", "stage": Stage("report", 1, of=3)},
+        "GET /s2": {"price": "$0.02", "stage": Stage("report", 2, of=3)},
+        "GET /s3": {"price": "$0.03", "stage": Stage("report", 3, of=3)},
+    }
+    options = {"pay_to": SELLER, "core": core, "network": NETWORK, "routes": routes}
+    app = Starlette(
+        routes=[Route("/s1", plain), Route("/s2", streamed), Route("/s3", plain)],
+        middleware=[Middleware(PaymentMiddleware, **options)],
+    )
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 10**9, network=NETWORK)
+
+    def paying(client: TestClient, path: str, job: str | None) -> list[tuple[bytes, bytes]]:
+        extra = {"job-id": job} if job else {}
+        challenge = client.get(path, headers=extra)
+        assert challenge.status_code == 402, challenge.text
+        req = decode_payment_required(challenge.headers["payment-required"]).accepts[0]
+        tab = core.open_tab(
+            buyer.address, req.pay_to, network=NETWORK, asset=req.asset, guarantee_version=2
+        )
+        name, value = payment_header(buyer, req, tab.to_json())
+        return [(k.encode(), v.encode()) for k, v in {**extra, name.lower(): value}.items()]
+
+    for leaves in (False, True):
+        with TestClient(app) as client:
+            first = client.get(
+                "/s1", headers=[(k.decode(), v.decode()) for k, v in paying(client, "/s1", None)]
+            )
+            job = first.headers["job-id"]
+            second = paying(client, "/s2", job)
+
+        async def run(
+            second: list[tuple[bytes, bytes]], job: str, leaves: bool
+        ) -> tuple[list[Any], int, str]:
+            gate["go"] = asyncio.Event()
+            sent: list[Any] = []
+            left, asked = asyncio.Event(), []
+
+            async def receive() -> dict[str, Any]:
+                if asked:  # the request was read: wait, then leave if this round says so
+                    await left.wait()
+                    return {"type": "http.disconnect"}
+                asked.append(True)
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message)
+
+            scope = scope_of("/s2", second[-1])
+            scope["headers"] = [(b"host", b"testserver"), *second]
+            streaming = asyncio.create_task(app(scope, receive, send))
+            while len(sent) < 2:  # the 200 started and its first chunk went out
+                await asyncio.sleep(0.01)
+            third: list[Any] = []
+
+            async def third_send(message: dict[str, Any]) -> None:
+                third.append(message)
+
+            async def third_receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            probe = scope_of("/s3", (b"job-id", job.encode()))
+            await app(probe, third_receive, third_send)
+            body = b"".join(m.get("body", b"") for m in third[1:]).decode()
+            if leaves:
+                left.set()
+            else:
+                gate["go"].set()
+            await asyncio.wait_for(streaming, 10)
+            return sent, third[0]["status"], body
+
+        sent, status, body = asyncio.run(run(second, job, leaves))
+        assert sent[0]["status"] == 200
+        assert status == 409 and "stage_out_of_order" in body, (status, body)  # not a 402
+        with TestClient(app) as client:
+            after = client.get("/s3", headers={"job-id": job})
+        state = Jobs(core.store).get(job)
+        assert state is not None
+        if leaves:  # stage 2 broke off: refunded, the job failed, stage 3 never sold
+            assert after.status_code == 409 and after.json()["error"] == "job_failed"
+            assert state.state == "failed"
+        else:  # delivered whole: now stage 3 is for sale
+            assert after.status_code == 402, after.text
+            assert state.state == "open" and state.done == 2
+    gate_of(app.middleware_stack).flush()
+    # Two stage 1s and one stage 2 delivered; the other stage 2 refunded; no stage 3.
+    assert core.position(buyer.address, network=NETWORK).locked == 2 * 10_000 + 20_000
