@@ -202,8 +202,11 @@ class HttpFacilitator:
         except ValueError:
             raise Unavailable(f"facilitator answered {status} without JSON") from None
         if status >= 400:
-            message = data.get("error") or data.get("message") if isinstance(data, dict) else None
-            reason = data.get("reason") if isinstance(data, dict) else None
+            message = reason = None
+            if isinstance(data, dict):  # {"error": code, "message": text}, or older shapes
+                coded = "reason" not in data and "message" in data
+                reason = data.get("error") if coded else data.get("reason")
+                message = data.get("message") if coded else data.get("error") or data.get("message")
             raise CoreError(
                 str(message or status),
                 reason=str(reason or "facilitator_error"),

@@ -803,3 +803,33 @@ def test_totals_past_64_bits_are_summed_exactly(client: TestClient, core: Core) 
     core.clock = lambda: time.time() + 10 * 86_400  # the cycle is due: tick goes on past it
     assert core.tick()["closed"] == 0
     assert client.get("/metrics").status_code == 200 and client.get("/").status_code == 200
+
+
+def test_a_remote_facilitator_reports_the_services_refusal_codes(core: Core) -> None:
+    """The service refuses with {"error": code, "message": text}; HttpFacilitator read the
+    code as the message and reported every refusal as facilitator_error, so the reconciler
+    could not tell "already voided" from anything else."""
+    from fourmica_x402.errors import CoreError
+
+    app = create_app(core, api_key="op", tick_interval=None, webhooks=False)
+    with TestClient(app) as client:
+        gid = settled(client, core, TestBuyer.new())
+        remote = HttpFacilitator(
+            "http://testserver",
+            transport=client._transport,
+            headers={"Authorization": "Bearer op"},
+            retries=1,
+        )
+        with pytest.raises(CoreError) as refused:
+            remote.void(gid, by=TestBuyer.new().address)
+        assert (refused.value.reason, refused.value.status) == ("not_recipient", 403)
+        assert "recipient" in refused.value.message
+        remote.void(gid, by=SELLER)
+        with pytest.raises(CoreError) as again:
+            remote.void(gid, by=SELLER)
+        assert again.value.reason == "invalid_state"
+        with pytest.raises(CoreError) as unauthorized:  # the older {"error": text} shape
+            HttpFacilitator("http://testserver", transport=client._transport, retries=1).void(
+                gid, by=SELLER
+            )
+        assert unauthorized.value.status == 401 and unauthorized.value.message == "unauthorized"
