@@ -117,10 +117,18 @@ async def _asettle_and_record(
         raise
     except Exception as exc:
         raise Unavailable(f"facilitator error: {type(exc).__name__}") from exc
+    except asyncio.CancelledError:  # the client left (async Django cancels): it may be accepted
+        in_doubt(gate, _cancelled(), signed, chosen)  # a short local write, then the void
+        raise
     if not result.success:
         return result
     try:
         return result, await asyncio.to_thread(record, gate, result, base)
+    except asyncio.CancelledError:  # recorded or not, its handler will not run: refund it
+        if result.guarantee_id:
+            gate.records.add_followup(result.guarantee_id, base["pay_to"], "refund")
+            gate._reconciler.kick()
+        raise
     except Exception as exc:
         await asyncio.to_thread(undo, gate, result, base["pay_to"])
         raise Unavailable(
@@ -228,6 +236,12 @@ def in_doubt(
         return error
     log.warning("settle of %s went unanswered (%s); it will be voided", gid, error.message)
     gate._reconciler.kick()
+    return error
+
+
+def _cancelled() -> Unavailable:
+    error = Unavailable("the request was cancelled while the facilitator settled it")
+    error.maybe_applied = True
     return error
 
 

@@ -833,3 +833,92 @@ def test_a_remote_facilitator_reports_the_services_refusal_codes(core: Core) -> 
                 gid, by=SELLER
             )
         assert unauthorized.value.status == 401 and unauthorized.value.message == "unauthorized"
+
+
+def test_a_remote_settle_cancelled_by_a_leaving_client_is_voided(
+    core: Core, tmp_path: Path
+) -> None:
+    """Async Django cancels the view of a client that left. A remote settle cancelled while
+    the facilitator worked may have been accepted: it used to be left charged, with no
+    record and nothing filed. It is now filed in doubt and voided."""
+    import asyncio
+
+    class Late(httpx.AsyncHTTPTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            response = await super().handle_async_request(request)
+            if request.url.path == "/settle":
+                await asyncio.sleep(30)  # accepted, but the answer comes too late
+            return response
+
+    service = _served(create_app(core, api_key="op", tick_interval=None, webhooks=False))
+    url, _ = next(service)
+    try:
+        auth = {"Authorization": "Bearer op"}
+        gate = Gate(
+            PaymentConfig(
+                pay_to=SELLER,
+                routes={"GET /premium": "$0.01"},
+                facilitator=HttpFacilitator(url, retries=1, headers=auth, async_transport=Late()),
+                records=str(tmp_path / "records.db"),
+                tab_endpoint="http://testserver/x402/tab",
+            )
+        )
+
+        async def premium(request: Request) -> JSONResponse:
+            return JSONResponse({"served": True})
+
+        app = Starlette(
+            routes=[Route("/premium", premium)],
+            middleware=[Middleware(PaymentMiddleware, gate=gate)],
+        )
+        buyer = TestBuyer.new()
+        core.deposit(buyer.address, 100_000, network=NETWORK)
+        with TestClient(app) as seller:
+            challenge = seller.get("/premium").headers["payment-required"]
+            req = decode_payment_required(challenge).accepts[0]
+            body = {"x402Version": 2, "userAddress": buyer.address}
+            tab = seller.post("/x402/tab", json={**body, "paymentRequirements": req.to_dict()})
+            name, value = payment_header(buyer, req, tab.json())
+
+        async def leave_while_settling() -> None:
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0"},
+                "http_version": "1.1",
+                "method": "GET",
+                "scheme": "http",
+                "path": "/premium",
+                "raw_path": b"/premium",
+                "root_path": "",
+                "query_string": b"",
+                "headers": [(b"host", b"testserver"), (name.lower().encode(), value.encode())],
+                "client": ("127.0.0.1", 50000),
+                "server": ("testserver", 80),
+            }
+
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            async def send(message: dict[str, Any]) -> None:
+                raise AssertionError(f"nothing is answered to a client that left: {message}")
+
+            task = asyncio.create_task(app(scope, receive, send))
+            for _ in range(200):  # bounded: until the service accepted it
+                if core.guarantees(address=buyer.address):
+                    break
+                await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(leave_while_settling())
+        [accepted] = core.guarantees(address=buyer.address)
+        for _ in range(200):  # bounded: the reconciler (woken at once) voids it
+            gate.reconcile()
+            if core.guarantee(accepted.guarantee_id).state == "voided":
+                break
+            time.sleep(0.05)
+        assert core.guarantee(accepted.guarantee_id).state == "voided"
+        assert core.position(buyer.address, network=NETWORK).locked == 0
+    finally:
+        next(service, None)
