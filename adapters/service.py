@@ -51,7 +51,7 @@ from fourmica_x402.server import (
     render_dashboard,
 )
 from fourmica_x402.server import sandbox as sandbox_api
-from fourmica_x402.server.base import failure
+from fourmica_x402.server.base import MAX_BODY, failure
 from fourmica_x402.server.dashboard import dashboard
 from fourmica_x402.server.metrics import metrics
 from fourmica_x402.wire import SCHEME
@@ -63,6 +63,20 @@ _payment_args = facilitator.payment_args
 
 Handler = Callable[[Service, Call], Result]
 POST = ["POST"]
+
+
+async def _body(request: Request) -> bytes:
+    """A POST's body, read no further than just past :data:`MAX_BODY` (``parse_body`` refuses
+    a bigger one): an open route must not hold a client's 400 MiB in memory first."""
+    if request.method != "POST":  # only POST routes take a body: others never read one
+        return b""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY:
+            break
+    return b"".join(chunks)
 
 
 def _call(request: Request, raw: bytes) -> Call:
@@ -96,8 +110,7 @@ def _endpoint(
     async def endpoint(request: Request) -> Response:
         start = time.perf_counter()
         try:
-            # Only POST routes take a body; others never read one, however big it is.
-            call = _call(request, await request.body() if request.method == "POST" else b"")
+            call = _call(request, await _body(request))
             if blocking:
                 result = await asyncio.to_thread(handler, service, call)
             else:

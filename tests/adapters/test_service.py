@@ -922,3 +922,43 @@ def test_a_remote_settle_cancelled_by_a_leaving_client_is_voided(
         assert core.position(buyer.address, network=NETWORK).locked == 0
     finally:
         next(service, None)
+
+
+def test_a_huge_body_is_not_read_whole(core: Core) -> None:
+    """POST bodies were read whole before the 256 KiB limit refused them: 400 MiB sent to the
+    keyless /settle sat in the service's memory. It stops reading just past the limit."""
+    import asyncio
+
+    from fourmica_x402.server.base import MAX_BODY
+
+    app = create_app(core, tick_interval=None, webhooks=False)
+    chunk, total = b"[" * 65_536, 16 * 1024 * 1024
+    read, sent = [0], []
+
+    async def receive() -> dict[str, Any]:
+        read[0] += len(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": read[0] < total}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/settle",
+        "raw_path": b"/settle",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+        "app": app,
+    }
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 30))
+    assert read[0] <= MAX_BODY + len(chunk)
+    body = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+    assert sent[0]["status"] == 200 and body["success"] is False
+    assert body["error"] == "malformed_payment"
