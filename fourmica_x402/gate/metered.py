@@ -377,7 +377,7 @@ def endpoint(gate: Gate, request: RequestView) -> Flow:
     reqs = yield from requirements(gate, route, request)
     from .pay import paid
 
-    state = yield from paid(gate, request, route, reqs)
+    state = yield from paid(gate, request, route, reqs, opens_stream=False)
     if not isinstance(state, Paid):
         return state  # the 402 (no payment, or a refused one), a 409, a 429, a 503
     p = state.payment

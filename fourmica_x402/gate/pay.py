@@ -78,10 +78,14 @@ def paid(
     route: Route,
     requirements: list[PaymentRequirements],
     endpoint: Endpoint | None = None,
+    *,
+    opens_stream: bool = True,
 ) -> Flow:
     """The challenge when no payment came; else the payment settled and recorded.
 
     Returns a :class:`Response` (a 402, 409, 429 or 503) or the :class:`Paid` state.
+    ``opens_stream``: a metered route's payment opens its stream (not a later slice's, paid
+    at the stream's pay endpoint).
     """
     config, throttle = gate.config, gate._throttle
     v2_values = request.header_values(PAYMENT_SIGNATURE_HEADER)
@@ -233,7 +237,7 @@ def paid(
     )
     if delivery and result is not None and claims.version == 2:
         gate._holds.add(state)  # this gate scores it when the response ends
-    if route.config.slices is not None:  # a metered stream: slice 1 is this payment
+    if route.config.slices is not None and opens_stream:  # a metered stream: slice 1 is this
         yield from metered.opened(gate, route, request, state)
     return state
 

@@ -104,6 +104,10 @@ def test_the_buyer_client_pays_each_slice_before_it_is_sent(
     assert [(r.slice, r.outcome, r.amount) for r in rows] == [
         (i, "delivered", CENT) for i in (1, 2, 3)
     ]
+    # One stream: a slice paid at the pay URL used to open a phantom stream of its own, left
+    # open for good with the slice's guarantee as its "slice 1".
+    with seller.core.store.transaction(write=False) as tx:
+        assert tx.all("SELECT stream_id, state FROM fx_streams") == [(stream.id, "complete")]
     assert seller.core.audit() == []
 
 
