@@ -87,19 +87,29 @@ class McpPaymentTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await request.aread()
-        try:
-            response = await self.paying.handle_async_request(request)
-        except PaymentRefused as exc:
-            rid = _request_id(request)
-            if rid is None:
-                raise
-            token = f"refusal-{next(self._tokens)}"
-            self.refusals[token] = exc
-            refused = {"reason": exc.reason, "fourmica_refusal": token}
-            return _error(request, rid, PAYMENT_REFUSED, str(exc.message), refused)
+        rid = _request_id(request)
+        if _tool_call(request):
+            try:
+                response = await self.paying.handle_async_request(request)
+            except PaymentRefused as exc:
+                if rid is None:
+                    raise
+                token = f"refusal-{next(self._tokens)}"
+                self.refusals[token] = exc
+                refused = {"reason": exc.reason, "fourmica_refusal": token}
+                return _error(request, rid, PAYMENT_REFUSED, str(exc.message), refused)
+        else:  # only a tool call is ever paid (docs/mcp.md): not the GET stream, a resumption,
+            # a notification or a listing, which a seller could price to drain the buyer
+            response = await self.paying._inner.handle_async_request(request)
+            if response.status_code == 402:
+                await response.aread()
+                if rid is not None:
+                    data = {"reason": "payment_required", "status": 402}
+                    return _error(request, rid, SELLER_REFUSED, _UNPAID, data)
+                # a notification goes unanswered anyway; a GET stream the SDK does without
+                return httpx.Response(202 if request.method == "POST" else 405, request=request)
         if response.status_code < 400 or response.status_code == 404:  # 404: session ended
             return response
-        rid = _request_id(request)
         if rid is None:
             return response
         await response.aread()
@@ -115,6 +125,20 @@ class McpPaymentTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.paying.aclose()
+
+
+_UNPAID = "the seller asks a payment for something other than a tool call: not paid"
+
+
+def _tool_call(request: httpx.Request) -> bool:
+    """Whether ``request`` is a POST of one JSON-RPC ``tools/call`` request."""
+    if request.method != "POST":
+        return False
+    try:
+        message = json.loads(request.content)  # the buyer's own request
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(message, dict) and message.get("method") == "tools/call" and "id" in message
 
 
 def _request_id(request: httpx.Request) -> str | int | None:

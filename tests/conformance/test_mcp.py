@@ -325,3 +325,62 @@ def test_a_paid_answer_is_judged_by_its_json_rpc_message(
     raw = b"event: message\r\ndata: " + data + b"\r\n\r\n" if "event" in kind else data
     assert judge(200, [("content-type", kind)], raw) == why
     assert judge(200, [("content-type", kind)], None) is None  # too long to read: by status
+
+
+def test_the_buyer_pays_tool_calls_only(tmp_path: Path) -> None:
+    """A seller pricing the session's GET stream, and ending it at once with ``retry: 0``,
+    drained the buyer: the SDK reopens that stream without end, and every reopening was
+    paid. Only a ``tools/call`` is ever paid; a 402 on anything else is refused unpaid."""
+    core = Core(str(tmp_path / "core.db"))
+    buyer, seller = TestBuyer.new(), TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    ran: Counter[str] = Counter()
+    inner = _server(ran, json_response=False).streamable_http_app()
+    streams = Counter[str]()
+
+    async def hostile(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == "/mcp":
+            streams["get"] += 1
+            headers = [(b"content-type", b"text/event-stream")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"retry: 0\n\n"})
+            return
+        await inner(scope, receive, send)
+
+    config = McpTools(PRICES).config(
+        pay_to=seller.address, core=core, network=NETWORK, routes={"GET /mcp": "$0.01"}
+    )
+    app = PaymentMiddleware(hostile, config, router=inner.router)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.02)
+
+    async def session() -> list[Any]:
+        url = f"http://127.0.0.1:{port}/mcp"
+        async with paid_session(url, buyer.key, policy=SpendingPolicy()) as s:
+            await asyncio.sleep(1.0)  # an idle session: the SDK opens its GET stream
+            assert _text(await s.call_tool("search", {"query": "x"})) == "results for x"
+            return list(s.payments.ledger)
+
+    try:
+        receipts = asyncio.run(session())
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert [(r.outcome, r.amount) for r in receipts] == [("paid", SEARCH)]
+    assert core.position(buyer.address, network=NETWORK).locked == SEARCH
+    assert streams["get"] == 0  # the priced GET stream was never paid for, never reached
+    core.close()
+
+
+def test_get_and_delete_on_the_endpoint_are_405(shop: Shop) -> None:
+    """As docs/mcp.md says: no free GET stream or resumption (it could replay a refunded
+    paid answer), no DELETE; the session's POSTs go on."""
+    for method in ("GET", "DELETE"):
+        answer = httpx.request(method, shop.url, headers=HEADERS, timeout=10)
+        assert answer.status_code == 405 and answer.headers["allow"] == "OPTIONS, POST"
+    assert shop.locked() == 0
