@@ -25,10 +25,22 @@ JUDGE_LIMIT = 1024 * 1024
 class BufferedBody:
     """The request body, read on demand up to ``limit`` bytes, then replayed to the app."""
 
-    __slots__ = ("_done", "_limit", "_messages", "_receive", "_replayed", "_size")
+    # __weakref__ and ``ended``: paid MCP tools track the request ids in flight by their body
+    __slots__ = (
+        "__weakref__",
+        "_done",
+        "_limit",
+        "_messages",
+        "_receive",
+        "_replayed",
+        "_size",
+        "ended",
+    )
 
     def __init__(self, receive: Receive, limit: int = BODY_LIMIT) -> None:
         self._receive, self._limit = receive, limit
+        #: Set by the adapter once the app is done with the request.
+        self.ended = False
         self._messages: list[dict[str, Any]] = []
         self._size, self._done, self._replayed = 0, False, 0
 

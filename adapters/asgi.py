@@ -121,11 +121,18 @@ class PaymentMiddleware:
         view = self._view(scope, receive)
         outcome = await Gate.run_async(self.gate.before(view))
         body = view.read_body
-        if isinstance(body, BufferedBody) and body.read:  # the app gets what the gate read too
-            receive = body.receive
+        if not isinstance(body, BufferedBody) or not body.read:
+            return await self._serve(outcome, scope, receive, send)
+        try:  # the app gets what the gate read too; then the request is over (``ended``)
+            return await self._serve(outcome, scope, body.receive, send)
+        finally:
+            body.ended = True
+
+    async def _serve(self, outcome: Any, scope: Any, receive: Any, send: Any) -> None:
         if outcome is PASS:
-            return await self.app(scope, receive, send)
+            return await self.app(scope, receive, send)  # type: ignore[no-any-return]
         if isinstance(outcome, Response):
             return await send_response(send, outcome)
         scope.setdefault("state", {})["payment"] = scope[PAYMENT_KEY] = outcome.payment
         await PaidExchange(self.gate, outcome, receive, send).run(self.app, scope)
+        return None

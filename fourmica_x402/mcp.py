@@ -8,6 +8,8 @@ and replays it to the app), then:
 - a single message that is not a ``tools/call`` (``initialize``, ``tools/list``, a
   notification, a response…) and a call of a free tool pass free;
 - a ``tools/call`` of a priced tool is priced at that tool's price and paid as any route;
+- a request reusing the id of one still in flight in its session is refused (409): the server
+  answers by id, so it would get the other request's answer;
 - anything the gate cannot read the same way the server will is refused before any payment:
   a body too large (413), not UTF-8 JSON, with a duplicated key, not a JSON-RPC message, a
   batch holding a call, a tool name that is not listed, or that differs from a listed one
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -38,11 +41,13 @@ from .errors import ConfigurationError
 from .gate.types import GRANT, RequestView, Response, error_response
 from .networks import Price
 from .routes import Route, RouteConfig
+from .wire import PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER
 
 __all__ = [
     "AMBIGUOUS_TOOL",
     "BATCH_REFUSED",
     "BODY_TOO_LARGE",
+    "ID_IN_USE",
     "INVALID_REQUEST",
     "McpTools",
     "REFUSE",
@@ -61,6 +66,7 @@ BATCH_REFUSED: Final = "mcp_batch_refused"
 UNKNOWN_TOOL: Final = "mcp_unknown_tool"
 AMBIGUOUS_TOOL: Final = "mcp_ambiguous_tool"
 UNSUPPORTED_ADAPTER: Final = "mcp_unsupported_adapter"
+ID_IN_USE: Final = "mcp_request_id_in_use"
 #: What the delivery record says of a paid call answered with an error (refunded).
 TOOL_ERROR: Final = "mcp_tool_error"
 
@@ -271,6 +277,11 @@ class McpTools:
         self._folds = folds
         #: The route's price (one object: :meth:`on_protected_request` knows its routes by it).
         self.price = ToolPrice(self)
+        #: (session, request id) → the body of the request in flight with it: the server routes
+        #: answers by id, so a second request reusing one would get the first one's answer.
+        self._inflight: weakref.WeakValueDictionary[tuple[str, str], Any] = (
+            weakref.WeakValueDictionary()
+        )
 
     def lookup(self, name: str) -> Price | Refusal | None:
         """The price of calling ``name``: a price, None (free), or a refusal."""
@@ -310,7 +321,39 @@ class McpTools:
         reading = await self.read(request)
         if isinstance(reading, Refusal):
             return reading.response()
-        return None if isinstance(reading, ToolCall) else GRANT
+        priced = isinstance(reading, ToolCall)
+        paying = request.header_values(PAYMENT_SIGNATURE_HEADER) or request.header_values(
+            X_PAYMENT_HEADER
+        )
+        if not priced or paying:  # it may reach the server (an unpaid call is only challenged)
+            clash = await self._claim(request)
+            if clash is not None:
+                return clash.response()
+        return None if priced else GRANT
+
+    async def _claim(self, request: RequestView) -> Refusal | None:
+        """Hold ``request``'s JSON-RPC ids in its session while it is in flight; a refusal when
+        another request of the session holds one (its answer would go to this one)."""
+        session = next(iter(request.header_values("mcp-session-id")), None)
+        holder = request.read_body
+        body = await peek(request)
+        if not session or not isinstance(body, bytes):
+            return None  # no session (each request is its own), or nothing to read
+        messages = _parse(body)
+        keys = [
+            (session, str(m["id"]))
+            for m in (messages if isinstance(messages, list) else [messages])
+            if isinstance(m, dict) and "method" in m and m.get("id") is not None
+        ]
+        for key in keys:
+            other = self._inflight.get(key)
+            if other is not None and other is not holder and not getattr(other, "ended", False):
+                return Refusal(
+                    409, ID_IN_USE, f"request id {key[1]!r} is in flight in this session"
+                )
+        for key in keys:
+            self._inflight[key] = holder
+        return None
 
     def hook(self, then: Any = None) -> Any:
         """:meth:`on_protected_request`, then ``then(request, route)`` (sync or async) for the

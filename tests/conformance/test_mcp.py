@@ -384,3 +384,82 @@ def test_get_and_delete_on_the_endpoint_are_405(shop: Shop) -> None:
         answer = httpx.request(method, shop.url, headers=HEADERS, timeout=10)
         assert answer.status_code == 405 and answer.headers["allow"] == "OPTIONS, POST"
     assert shop.locked() == 0
+
+
+def test_a_request_id_in_flight_cannot_be_reused_in_its_session(tmp_path: Path) -> None:
+    """The server routes each answer by request id: a second request reusing the id of a
+    paid call still running (a cheap or free tool) got the paid call's answer, and the paid
+    call, never answered, was refunded. A reused id is now refused while the first runs."""
+    core = Core(str(tmp_path / "core.db"))
+    buyer, seller = TestBuyer.new(), TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    server = FastMCP("slow")
+
+    @server.tool()
+    async def summarize(text: str) -> str:  # an upstream call that takes a while
+        await asyncio.sleep(1.0)
+        return f"summary of {text}"
+
+    @server.tool()
+    async def ping() -> str:
+        return "pong"
+
+    tools = McpTools({"summarize": "$0.05", "ping": None})
+    app = PaymentMiddleware(
+        server.streamable_http_app(), tools.config(pay_to=seller.address, core=core)
+    )
+    port = _free_port()
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not uv.started and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{port}/mcp"
+
+    async def run() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(timeout=10) as client:
+            init = {
+                "jsonrpc": "2.0",
+                "id": 0,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "1"},
+                },
+            }
+            opened = await client.post(url, json=init, headers=HEADERS)
+            session = {**HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]}
+            done = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            assert (await client.post(url, json=done, headers=session)).status_code == 202
+            paid = json.dumps(
+                _call("summarize", 7)
+                | {"params": {"name": "summarize", "arguments": {"text": "doc"}}}
+            )
+            challenge = await client.post(url, content=paid, headers=session)
+            name, value = buyer.pay_challenge(core, challenge.headers["payment-required"])
+            first = asyncio.create_task(
+                client.post(url, content=paid, headers={**session, name: value})
+            )
+            await asyncio.sleep(0.4)  # the paid call runs
+            reuse = json.dumps(_call("ping", 7) | {"params": {"name": "ping", "arguments": {}}})
+            second = await client.post(url, content=reuse, headers=session)
+            answered = await first
+            for _ in range(50):  # bounded: once the first request is over, its id is free again
+                after = await client.post(url, content=reuse, headers=session)
+                if after.status_code != 409:
+                    break
+                await asyncio.sleep(0.05)
+            return second, answered, after
+
+    try:
+        second, answered, after = asyncio.run(run())
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
+    assert second.status_code == 409 and second.json()["error"] == "mcp_request_id_in_use"
+    assert answered.status_code == 200 and "summary of doc" in answered.text
+    assert after.status_code == 200 and "pong" in after.text
+    assert core.position(buyer.address, network=NETWORK).locked == SUMMARIZE
+    core.close()
