@@ -62,6 +62,9 @@ class Meter:
         #: What goes out instead of the handler's response (settle-after: the settle failed).
         self.replacement: Response | None = None
         self.finished = False
+        #: The body's bytes that went out, and the ``Content-Length`` the handler declared.
+        self.sent = 0
+        self.length: int | None = None
 
     def start(self, status: int, headers: Iterable[tuple[str, str]]) -> Flow:
         """The response starts: the headers to send, or the :class:`Response` to send instead.
@@ -71,6 +74,8 @@ class Meter:
         replaced response is over for the gate: it is told (:meth:`finish`) at once.
         """
         self.status, self.headers = status, list(headers)
+        declared = next((v for k, v in self.headers if k.lower() == "content-length"), "").strip()
+        self.length = int(declared) if declared.isascii() and declared.isdigit() else None
         if self.extra is None:
             cache = next((v for k, v in self.headers if k.lower() == "cache-control"), None)
             got = yield from self.gate.response_start(self.state, status, cache)
@@ -92,7 +97,17 @@ class Meter:
 
     def feed(self, chunk: bytes) -> bytes:
         """A chunk of the body on its way out: hashed (kept for replay when asked); returned."""
+        self.sent += len(chunk)
         return self.tap.feed(chunk)
+
+    def short(self) -> BaseException | None:
+        """A 2xx body whose chunks ended before its ``Content-Length``: the client could not
+        get it whole (WSGI servers do not check), so it was not delivered."""
+        if self.length is None or self.sent >= self.length or self.status is None:
+            return None
+        if not 200 <= self.status < 300:
+            return None
+        return ConnectionError(f"the body ended after {self.sent} of its {self.length} bytes")
 
     def finish(self, error: BaseException | None = None) -> Flow:
         """The response ended, or failed with ``error``: the gate is told once (:meth:`Gate.finish`).
@@ -205,7 +220,7 @@ class SyncBody(_Body):
             try:
                 chunk = next(self._chunks)
             except StopIteration:
-                drive.run_sync(meter.finish())
+                drive.run_sync(meter.finish(meter.short()))
                 raise
             except BaseException as exc:
                 drive.run_sync(meter.finish(exc))
@@ -232,7 +247,7 @@ class AsyncBody(_Body):
         try:
             chunk = await anext(self._chunks)
         except StopAsyncIteration:
-            await drive.run_async(self._meter.finish())
+            await drive.run_async(self._meter.finish(self._meter.short()))
             raise
         except BaseException as exc:
             await drive.run_async(self._meter.finish(exc))

@@ -507,3 +507,31 @@ def test_a_table_priced_rule_serving_options_answers_it_without_running_the_view
     buyer = funded(core)
     resp = client.get("/report", headers=payment_for(client, buyer, "/report"))
     assert resp.status_code == 200 and runs == ["GET"]
+
+
+def test_a_body_short_of_its_content_length_is_refunded(core: Core) -> None:
+    """WSGI servers do not check that a body is as long as its Content-Length: a body that
+    ended short (a file truncated after it was measured, a generator that stopped early) was
+    charged, the client getting an incomplete read. A whole body is still charged."""
+    from flask import Response
+
+    app = make_app(pay_to=SELLER, core=core, routes={"GET /short": "$0.01", "GET /whole": "$0.01"})
+    FourmicaX402(app)
+
+    @app.get("/short")
+    def short() -> Any:
+        return Response(iter([b"0123456789"]), headers={"Content-Length": "100000"})
+
+    @app.get("/whole")
+    def whole() -> Any:
+        return Response(iter([b"01234", b"56789"]), headers={"Content-Length": "10"})
+
+    client = app.test_client()
+    buyer = funded(core)
+    for path in ("/short", "/whole"):
+        resp = client.get(path, headers=payment_for(client, buyer, path))
+        assert resp.status_code == 200 and resp.get_data() == b"0123456789"
+    app.extensions["fourmica_x402"].gate.flush()
+    states = sorted(g.state for g in core.guarantees(address=buyer.address))
+    assert states == ["payable", "voided"]
+    assert core.position(buyer.address, network=NETWORK).locked == 10_000
