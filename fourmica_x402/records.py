@@ -1,12 +1,11 @@
 """Payment records: what was paid, by whom, for what, and how it was delivered.
 
-The gate writes a record **before** the paid handler runs (route, method,
-request and guarantee ids, payer, payTo, amount, asset, network, header
-version, settle result, the request hash of docs/operations.md, "Evidence and
-disputes") and completes it afterwards (status, SHA-256 of the response body,
-certificate). Disputes on a record are kept beside it (``fx_disputes``, see
-:mod:`fourmica_x402.evidence.disputes`). In embedded mode the records live in the Core's
-database; otherwise in their own (``Records("sqlite:///records.db")``).
+The gate writes a record **before** the paid handler runs (route, method, request and
+guarantee ids, payer, payTo, amount, asset, network, header version, settle result, the request
+hash of docs/operations.md, "Evidence and disputes") and completes it afterwards (status,
+SHA-256 of the response body, certificate). Disputes on a record are kept beside it
+(``fx_disputes``, :mod:`fourmica_x402.evidence.disputes`). In embedded mode the records live
+in the Core's database; otherwise in their own (``Records("sqlite:///records.db")``).
 
     >>> records.query(payer="0x…", limit=10)     # doctest: +SKIP
 """
@@ -208,9 +207,7 @@ class Records:
                 asset,
                 network,
                 settle_mode,
-                settle_result
-                if isinstance(settle_result, str)
-                else dumps(settle_result, sort_keys=True),
+                _text(settle_result),
                 status,
                 request_hash,
             ),
@@ -219,11 +216,8 @@ class Records:
         return int(row[0])
 
     def finish(self, record_id: int, *, nowait: bool = False, **fields: Any) -> None:
-        """Complete a record once the response went out (the delivery marker).
-
-        Takes the keyword arguments of :meth:`complete`; ``nowait`` as in
-        :meth:`~fourmica_x402.core.store.Store.transaction`.
-        """
+        """Complete a record once the response went out (the delivery marker): the keyword
+        arguments of :meth:`complete`; ``nowait`` as in ``Store.transaction``."""
         with self.store.transaction(nowait=nowait) as tx:
             self.complete(tx, record_id, **fields)
 
@@ -439,6 +433,10 @@ class Records:
 #: A closed follow-up: (the outcome waiting for it, the one it makes; None: by the status).
 _DONE = {"voided": ("refund_pending", "refunded"), "scored": ("score_pending", None)}
 _RETRIED = {pending for pending, _ in _DONE.values()}
+
+
+def _text(settle_result: dict[str, Any] | str) -> str:
+    return settle_result if isinstance(settle_result, str) else dumps(settle_result, sort_keys=True)
 
 
 def _retried_outcome(tx: Tx, record_id: int, outcome: str, status: str) -> str:
