@@ -128,7 +128,9 @@ class CoreMachine(RuleBasedStateMachine):
             assert exc.reason == "invalid_state"
 
     @precondition(lambda self: self.pending)
-    @rule(data=st.data(), score=st.integers(0, 100))
+    # Scores around the policy's minimum (80) are drawn often: with integers alone, a run in a
+    # full suite once never passed it and never reached guarantee.validated.
+    @rule(data=st.data(), score=st.one_of(st.sampled_from([100, 80, 79]), st.integers(0, 100)))
     def validate(self, data: st.DataObject, score: int) -> None:
         gid = data.draw(st.sampled_from(self.pending))
         try:
