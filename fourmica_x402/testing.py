@@ -40,6 +40,7 @@ __all__ = [
     "FakeClock",
     "ShiftedClock",
     "TestBuyer",
+    "http_scope",
     "payment_header",
     "test_policy",
 ]
@@ -133,6 +134,28 @@ def payment_header(
         scheme=requirements.scheme, network=requirements.network, payload=signed.to_json()
     )
     return "X-PAYMENT", encode_header(envelope)
+
+
+def http_scope(
+    method: str, path: str, headers: list[tuple[bytes, bytes]] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """An ASGI HTTP scope as a server hands it over (``host: testserver``, then ``headers``),
+    for driving an ASGI app by hand in a test."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver"), *(headers or [])],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+        **extra,
+    }
 
 
 def test_policy(chain_id: int = 84532, validator: str | None = None) -> ValidationPolicy:

@@ -566,29 +566,40 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@contextlib.contextmanager
+def _serving(tmp_path: Path, *args: str, **env: str) -> Iterator[tuple[str, Path]]:
+    """``fourmica-x402 serve ARGS`` on a free port until it answers /health: its base URL and
+    log file; stopped on the way out."""
+    port = _free_port()
+    log_path = tmp_path / f"serve-{port}.log"
+    environ = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV} | env
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fourmica_x402", "serve", "--port", str(port), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environ,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                assert proc.poll() is None, log_path.read_text()
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                        break
+                assert time.monotonic() < deadline, "serve did not start"
+                time.sleep(0.1)
+            yield f"http://127.0.0.1:{port}", log_path
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
 def test_serve_applies_its_settings(tmp_path: Path) -> None:
-    db, port = f"sqlite:///{tmp_path / 'core.db'}", _free_port()
-    base = f"http://127.0.0.1:{port}"
-    args = ["serve", "--db", db, "--port", str(port), "--sandbox", "--withdrawal-grace", "2s"]
+    args = ["--db", f"sqlite:///{tmp_path / 'core.db'}", "--sandbox", "--withdrawal-grace", "2s"]
     args += ["--cycle-window", "90s", "--resolution-delay", "1m", "--finality", "5"]
-    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
-    env |= {"FOURMICA_X402_TAB_TTL": "10m", "FOURMICA_X402_PAYMENT_WINDOW": "0"}
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fourmica_x402", *args],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.1)
+    env = {"FOURMICA_X402_TAB_TTL": "10m", "FOURMICA_X402_PAYMENT_WINDOW": "0"}
+    with _serving(tmp_path, *args, **env) as (base, log):
         tab = httpx.post(
             f"{base}/tabs", json={"userAddress": ADDRESS, "recipientAddress": "0x" + "22" * 20}
         )
@@ -607,39 +618,14 @@ def test_serve_applies_its_settings(tmp_path: Path) -> None:
         assert closed["resolve_at"] - closed["closed_at"] == 60
         assert closed["pay_by"] == closed["resolve_at"]  # FOURMICA_X402_PAYMENT_WINDOW=0
         assert closed["final_at"] - closed["pay_by"] == 5
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
-    assert "Traceback" not in (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in log.read_text()
 
 
 def _serve_output(tmp_path: Path, *extra: str) -> str:
     """What ``serve`` says before it serves (it is stopped once it answers /health)."""
-    port = _free_port()
-    log_path = tmp_path / f"serve-{port}.log"
-    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
-    with log_path.open("w") as log:
-        args = ["serve", "--db", f"sqlite:///{tmp_path}/s.db", "--port", str(port), *extra]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fourmica_x402", *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                assert proc.poll() is None, log_path.read_text()
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                        break
-                assert time.monotonic() < deadline, "serve did not start"
-                time.sleep(0.1)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-    return log_path.read_text()
+    with _serving(tmp_path, "--db", f"sqlite:///{tmp_path}/s.db", *extra) as (_, log):
+        pass
+    return log.read_text()
 
 
 def test_serve_warns_when_sellers_cannot_refund(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from fourmica_x402.errors import Unavailable
 from fourmica_x402.facilitator import HttpFacilitator
 from fourmica_x402.gate import Gate
 from fourmica_x402.service import create_app
-from fourmica_x402.testing import NETWORK, TestBuyer, payment_header, test_policy
+from fourmica_x402.testing import NETWORK, TestBuyer, http_scope, payment_header, test_policy
 from fourmica_x402.wire import PaymentRequirements, decode_payment_required
 
 SELLER = TestBuyer.from_key(
@@ -881,20 +881,7 @@ def test_a_remote_settle_cancelled_by_a_leaving_client_is_voided(
             name, value = payment_header(buyer, req, tab.json())
 
         async def leave_while_settling() -> None:
-            scope = {
-                "type": "http",
-                "asgi": {"version": "3.0"},
-                "http_version": "1.1",
-                "method": "GET",
-                "scheme": "http",
-                "path": "/premium",
-                "raw_path": b"/premium",
-                "root_path": "",
-                "query_string": b"",
-                "headers": [(b"host", b"testserver"), (name.lower().encode(), value.encode())],
-                "client": ("127.0.0.1", 50000),
-                "server": ("testserver", 80),
-            }
+            scope = http_scope("GET", "/premium", [(name.lower().encode(), value.encode())])
 
             async def receive() -> dict[str, Any]:
                 return {"type": "http.request", "body": b"", "more_body": False}
@@ -942,21 +929,7 @@ def test_a_huge_body_is_not_read_whole(core: Core) -> None:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/settle",
-        "raw_path": b"/settle",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-        "app": app,
-    }
+    scope = http_scope("POST", "/settle", [(b"content-type", b"application/json")], app=app)
     asyncio.run(asyncio.wait_for(app(scope, receive, send), 30))
     assert read[0] <= MAX_BODY + len(chunk)
     body = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))

@@ -119,17 +119,22 @@ def _outputs(stdout: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_the_walkthrough_runs_as_written(
-    tmp_path: Path, environment_missing: Callable[[str], NoReturn]
-) -> None:
+def _scratch(tmp_path: Path, environment_missing: Callable[[str], NoReturn]) -> str:
+    """The repository's layout in ``tmp_path``, so the default database (in the working
+    directory) lands there; the bash that runs the walkthrough."""
     bash = shutil.which("bash")
     if bash is None:
         environment_missing("the walkthrough is a bash script and there is no bash")
-    # The repository's layout in a scratch directory, so the default database
-    # (sqlite:///fourmica_x402.db, in the working directory) lands in tmp_path.
     (tmp_path / "examples").mkdir()
     for name in ("walkthrough.sh", "starlette_seller.py"):
         shutil.copy(ROOT / "examples" / name, tmp_path / "examples" / name)
+    return bash
+
+
+def test_the_walkthrough_runs_as_written(
+    tmp_path: Path, environment_missing: Callable[[str], NoReturn]
+) -> None:
+    bash = _scratch(tmp_path, environment_missing)
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
     env |= {"PORT": str(port), "FOURMICA_X402": _program(), "PYTHON": sys.executable}
@@ -185,12 +190,7 @@ def test_the_walkthrough_refuses_a_taken_port(
 ) -> None:
     """Another server on PORT answered for the seller (which failed to bind): the deposit
     went into a database nobody served, and pay failed with insufficient_collateral."""
-    bash = shutil.which("bash")
-    if bash is None:
-        environment_missing("the walkthrough is a bash script and there is no bash")
-    (tmp_path / "examples").mkdir()
-    for name in ("walkthrough.sh", "starlette_seller.py"):
-        shutil.copy(ROOT / "examples" / name, tmp_path / "examples" / name)
+    bash = _scratch(tmp_path, environment_missing)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

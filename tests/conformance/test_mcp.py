@@ -7,6 +7,7 @@ checked at the end: what the buyer's collateral locked is the tool calls it was 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import socket
@@ -106,15 +107,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(params=["sse", "json"])
-def shop(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Shop]:
-    core = Core(str(tmp_path / "core.db"))
-    buyer, seller = TestBuyer.new(), TestBuyer.new()
-    core.deposit(buyer.address, 1_000_000, network=NETWORK)
-    ran: Counter[str] = Counter()
-    tools = McpTools(PRICES)
-    config = tools.config(pay_to=seller.address, core=core, network=NETWORK)
-    app = PaymentMiddleware(_server(ran, request.param == "json").streamable_http_app(), config)
+@contextlib.contextmanager
+def _serving(app: Any) -> Iterator[str]:
+    """``app`` under uvicorn on loopback: its ``/mcp`` URL."""
     port = _free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
@@ -126,10 +121,25 @@ def shop(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Shop]:
         time.sleep(0.02)
     assert server.started, "uvicorn did not start"
     try:
-        yield Shop(f"http://127.0.0.1:{port}/mcp", core, buyer, ran)
+        yield f"http://127.0.0.1:{port}/mcp"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.fixture(params=["sse", "json"])
+def shop(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Shop]:
+    core = Core(str(tmp_path / "core.db"))
+    buyer, seller = TestBuyer.new(), TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    ran: Counter[str] = Counter()
+    tools = McpTools(PRICES)
+    config = tools.config(pay_to=seller.address, core=core, network=NETWORK)
+    app = PaymentMiddleware(_server(ran, request.param == "json").streamable_http_app(), config)
+    try:
+        with _serving(app) as url:
+            yield Shop(url, core, buyer, ran)
+    finally:
         core.close()
 
 
@@ -351,26 +361,15 @@ def test_the_buyer_pays_tool_calls_only(tmp_path: Path) -> None:
         pay_to=seller.address, core=core, network=NETWORK, routes={"GET /mcp": "$0.01"}
     )
     app = PaymentMiddleware(hostile, config, router=inner.router)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.02)
 
-    async def session() -> list[Any]:
-        url = f"http://127.0.0.1:{port}/mcp"
+    async def session(url: str) -> list[Any]:
         async with paid_session(url, buyer.key, policy=SpendingPolicy()) as s:
             await asyncio.sleep(1.0)  # an idle session: the SDK opens its GET stream
             assert _text(await s.call_tool("search", {"query": "x"})) == "results for x"
             return list(s.payments.ledger)
 
-    try:
-        receipts = asyncio.run(session())
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with _serving(app) as url:
+        receipts = asyncio.run(session(url))
     assert [(r.outcome, r.amount) for r in receipts] == [("paid", SEARCH)]
     assert core.position(buyer.address, network=NETWORK).locked == SEARCH
     assert streams["get"] == 0  # the priced GET stream was never paid for, never reached
@@ -408,16 +407,8 @@ def test_a_request_id_in_flight_cannot_be_reused_in_its_session(tmp_path: Path) 
     app = PaymentMiddleware(
         server.streamable_http_app(), tools.config(pay_to=seller.address, core=core)
     )
-    port = _free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not uv.started and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.02)
-    url = f"http://127.0.0.1:{port}/mcp"
 
-    async def run() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+    async def run(url: str) -> tuple[httpx.Response, httpx.Response, httpx.Response]:
         async with httpx.AsyncClient(timeout=10) as client:
             init = {
                 "jsonrpc": "2.0",
@@ -453,11 +444,8 @@ def test_a_request_id_in_flight_cannot_be_reused_in_its_session(tmp_path: Path) 
                 await asyncio.sleep(0.05)
             return second, answered, after
 
-    try:
-        second, answered, after = asyncio.run(run())
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=10)
+    with _serving(app) as url:
+        second, answered, after = asyncio.run(run(url))
     assert second.status_code == 409 and second.json()["error"] == "mcp_request_id_in_use"
     assert answered.status_code == 200 and "summary of doc" in answered.text
     assert after.status_code == 200 and "pong" in after.text
