@@ -131,22 +131,29 @@ def _scratch(tmp_path: Path, environment_missing: Callable[[str], NoReturn]) -> 
     return bash
 
 
+def _walkthrough(
+    bash: str, tmp_path: Path, port: int, timeout: float, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``examples/walkthrough.sh`` run in ``tmp_path`` with the seller on ``port``."""
+    environ = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
+    environ |= {"PORT": str(port), "FOURMICA_X402": _program(), "PYTHON": sys.executable, **env}
+    return subprocess.run(
+        [bash, "examples/walkthrough.sh"],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def test_the_walkthrough_runs_as_written(
     tmp_path: Path, environment_missing: Callable[[str], NoReturn]
 ) -> None:
     bash = _scratch(tmp_path, environment_missing)
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
-    env |= {"PORT": str(port), "FOURMICA_X402": _program(), "PYTHON": sys.executable}
-    env["COLUMNS"] = "60"  # positions prints one block per position: easy to read here
-    done = subprocess.run(
-        [bash, "examples/walkthrough.sh"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    # COLUMNS: positions prints one block per position, easy to read here
+    done = _walkthrough(bash, tmp_path, port, timeout=180, COLUMNS="60")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr, done.stderr
     outputs = _outputs(done.stdout)
@@ -194,17 +201,7 @@ def test_the_walkthrough_refuses_a_taken_port(
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
-        env |= {"PORT": str(taken.getsockname()[1]), "FOURMICA_X402": _program()}
-        env["PYTHON"] = sys.executable
-        done = subprocess.run(
-            [bash, "examples/walkthrough.sh"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = _walkthrough(bash, tmp_path, taken.getsockname()[1], timeout=60)
     assert done.returncode == 1 and "is taken" in done.stderr, done.stdout + done.stderr
     assert not (tmp_path / "fourmica_x402.db").exists()  # nothing was deposited anywhere
 
