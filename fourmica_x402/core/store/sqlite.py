@@ -269,11 +269,11 @@ class SQLiteStore:
             self._timeout(conn, int(self._busy_timeout_ms))  # a reader may meet a recovery
             conn.execute("BEGIN")
             return
+        # A writer's busy timeout stays 0 from one write to the next (two fewer statements per
+        # transaction; only a reader sets it back): once BEGIN IMMEDIATE holds the lock in WAL
+        # mode, nothing inside the transaction waits on it.
         if nowait:  # no waiting at all: another process holding the lock means "elsewhere"
-            # The timeout stays 0 for the next nowait writer (the event loop's: two fewer
-            # statements per transaction); once BEGIN IMMEDIATE holds the lock in WAL mode,
-            # nothing inside the transaction waits on it.
-            self._begin_now(conn, restore=False)
+            self._begin_now(conn)
             return
         # Another process holds the write lock for a fraction of a millisecond; SQLite's busy
         # handler would sleep 1, 2, 5, 10 … 100 ms between tries. Poll in short steps first.
@@ -290,7 +290,7 @@ class SQLiteStore:
         self._timeout(conn, int(self._busy_timeout_ms))
         conn.execute("BEGIN IMMEDIATE")  # still busy: SQLite's own busy timeout from here
 
-    def _begin_now(self, conn: sqlite3.Connection, restore: bool = True) -> None:
+    def _begin_now(self, conn: sqlite3.Connection) -> None:
         self._timeout(conn, 0)
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -298,9 +298,6 @@ class SQLiteStore:
             if "locked" in str(exc) or "busy" in str(exc):
                 raise WouldBlock(f"SQLite database busy: {exc}") from None
             raise
-        finally:
-            if restore:
-                self._timeout(conn, int(self._busy_timeout_ms))
 
     @contextmanager
     def _open(self, *, write: bool, nowait: bool = False) -> Iterator[_Tx]:
