@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -47,7 +47,9 @@ class Book(Protocol):
 
     def paid_before(self, seller: str) -> bool: ...
 
-    def reserve(self, at: float, seller: str, asset: str, amount: int, task: str | None) -> int: ...
+    def reserve(self, at: float, seller: str, asset: str, amount: int, tasks: Sequence[str]) -> int:
+        """Reserve ``amount``; ``tasks``: the names it spends under, innermost first."""
+        ...
 
     def commit(self, reservation: int) -> None: ...
 
@@ -81,7 +83,7 @@ class MemoryBook:
     def paid_before(self, seller: str) -> bool:
         return any(self._rows[rid][1] == seller for rid in self._committed)
 
-    def reserve(self, at: float, seller: str, asset: str, amount: int, task: str | None) -> int:
+    def reserve(self, at: float, seller: str, asset: str, amount: int, tasks: Sequence[str]) -> int:
         rid = next(self._ids)
         self._rows[rid] = (at, seller, asset, amount)
         return rid
@@ -101,6 +103,9 @@ _SCHEMA = (
     "task TEXT, state TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS spending_asset_at ON spending (asset, at)",
     "CREATE INDEX IF NOT EXISTS spending_task ON spending (task, asset)",
+    # the outer tasks a reservation also spends under (``task`` holds the innermost)
+    "CREATE TABLE IF NOT EXISTS spending_outer (reservation_id INTEGER NOT NULL, "
+    "task TEXT NOT NULL, PRIMARY KEY (task, reservation_id))",
 )
 
 
@@ -136,7 +141,9 @@ class LedgerBook:
         return {
             asset: _sum(
                 self.ledger.connection.execute(
-                    "SELECT amount FROM spending WHERE task = ? AND asset = ?", (task, asset)
+                    "SELECT amount FROM spending WHERE asset = ? AND (task = ? OR "
+                    "reservation_id IN (SELECT reservation_id FROM spending_outer WHERE task = ?))",
+                    (asset, task, task),
                 )
             )
             for asset in assets
@@ -148,14 +155,21 @@ class LedgerBook:
         ).fetchone()
         return row is not None
 
-    def reserve(self, at: float, seller: str, asset: str, amount: int, task: str | None) -> int:
-        cursor = self.ledger.connection.execute(
+    def reserve(self, at: float, seller: str, asset: str, amount: int, tasks: Sequence[str]) -> int:
+        conn = self.ledger.connection
+        cursor = conn.execute(
             "INSERT INTO spending (at, seller, asset, amount, task, state) "
             "VALUES (?, ?, ?, ?, ?, 'reserved')",
-            (at, seller, asset, str(amount), task),
+            (at, seller, asset, str(amount), tasks[0] if tasks else None),
         )
         assert cursor.lastrowid is not None
-        return int(cursor.lastrowid)
+        rid = int(cursor.lastrowid)
+        outer = {name for name in tasks[1:] if name != tasks[0]}  # a name counts once
+        conn.executemany(
+            "INSERT INTO spending_outer (reservation_id, task) VALUES (?, ?)",
+            [(rid, name) for name in sorted(outer)],
+        )
+        return rid
 
     def commit(self, reservation: int) -> None:
         with self.ledger.transaction() as conn:
@@ -165,10 +179,11 @@ class LedgerBook:
 
     def release(self, reservation: int) -> None:
         with self.ledger.transaction() as conn:
-            conn.execute(
+            if conn.execute(
                 "DELETE FROM spending WHERE reservation_id = ? AND state = 'reserved'",
                 (reservation,),
-            )
+            ).rowcount:
+                conn.execute("DELETE FROM spending_outer WHERE reservation_id = ?", (reservation,))
 
 
 def _sum(rows: Iterable[Any]) -> int:

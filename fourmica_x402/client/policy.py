@@ -67,6 +67,15 @@ class Task:
     budget: Money | None
     spent: dict[str, int] = field(default_factory=dict)  # asset -> atomic
     reserved: dict[str, int] = field(default_factory=dict)
+    #: The task this one runs inside: its budget binds too (docs/buyer.md, "Budgets").
+    parent: Task | None = field(default=None, repr=False)
+
+    def chain(self) -> Iterator[Task]:
+        """This task and the tasks it runs inside, innermost first."""
+        task: Task | None = self
+        while task is not None:
+            yield task
+            task = task.parent
 
 
 _current_task: contextvars.ContextVar[Task | None] = contextvars.ContextVar(
@@ -122,8 +131,9 @@ class SpendingPolicy:
         """Spend under a named budget for the duration of the block (async-safe).
 
         With a ledger the budget is kept by ``name``: entering the same task again, in this
-        process or after a restart, goes on spending the same budget."""
-        task = Task(name, budget)
+        process or after a restart, goes on spending the same budget. A task inside another
+        spends from both: every budget up the chain must cover a payment."""
+        task = Task(name, budget, parent=_current_task.get())
         token = _current_task.set(task)
         try:
             yield task
@@ -194,28 +204,10 @@ class SpendingPolicy:
                         f"the {name.replace('_', ' ')} budget {_money(cap, token)} is used up",
                     )
             task = _current_task.get()
-            if task is not None:
-                cap = self._atomic(task.budget, token)
-                if cap is not None:
-                    covered = _covered(task.budget, token, asset)
-                    by_asset = book.task_used(task.name, covered)
-                    if by_asset is None:  # kept in this object: the task's own tallies
-                        by_asset = {
-                            a: task.spent.get(a, 0) + task.reserved.get(a, 0) for a in covered
-                        }
-                    used = _total(by_asset, covered, token)
-                    if used + amount > cap:
-                        return Decision(
-                            "budget_exhausted",
-                            f"task {task.name!r} budget {_money(cap, token)} is used up",
-                        )
-                    if used + amount + ahead > cap:
-                        return Decision(
-                            "budget_exhausted",
-                            f"task {task.name!r} budget {_money(cap, token)} cannot finish "
-                            f"this job: {_money(ahead, token, units=False)} more comes after "
-                            f"this {_money(amount, token, units=False)}",
-                        )
+            for each in task.chain() if task is not None else ():
+                refused = self._task_refuses(book, each, token, asset, amount, ahead)
+                if refused is not None:
+                    return refused
             if not approved:
                 threshold = self._atomic(self.approval_threshold, token)
                 reason = None
@@ -234,11 +226,37 @@ class SpendingPolicy:
                     )
             if approved:
                 self._approved_sellers.add(key)
-            rid = book.reserve(now, key, asset, amount, task.name if task else None)
+            names = [each.name for each in task.chain()] if task is not None else []
+            rid = book.reserve(now, key, asset, amount, names)
             self._pending[rid] = (asset, amount, task)
-            if task is not None:
-                task.reserved[asset] = task.reserved.get(asset, 0) + amount
+            for each in task.chain() if task is not None else ():
+                each.reserved[asset] = each.reserved.get(asset, 0) + amount
             return Decision("paid", reservation=rid)
+
+    def _task_refuses(
+        self, book: Book, task: Task, token: Asset | None, asset: str, amount: int, ahead: int
+    ) -> Decision | None:
+        """Whether ``task``'s budget refuses ``amount`` (and the ``ahead`` that follows it)."""
+        cap = self._atomic(task.budget, token)
+        if cap is None:
+            return None
+        covered = _covered(task.budget, token, asset)
+        by_asset = book.task_used(task.name, covered)
+        if by_asset is None:  # kept in this object: the task's own tallies
+            by_asset = {a: task.spent.get(a, 0) + task.reserved.get(a, 0) for a in covered}
+        used = _total(by_asset, covered, token)
+        if used + amount > cap:
+            return Decision(
+                "budget_exhausted", f"task {task.name!r} budget {_money(cap, token)} is used up"
+            )
+        if used + amount + ahead > cap:
+            return Decision(
+                "budget_exhausted",
+                f"task {task.name!r} budget {_money(cap, token)} cannot finish "
+                f"this job: {_money(ahead, token, units=False)} more comes after "
+                f"this {_money(amount, token, units=False)}",
+            )
+        return None
 
     def commit(self, reservation: int) -> None:
         """The payment went through: the reservation becomes spending."""
@@ -247,8 +265,9 @@ class SpendingPolicy:
             entry = self._pending.pop(reservation, None)
             if entry is not None and (task := entry[2]) is not None:
                 asset, amount = entry[0], entry[1]
-                task.reserved[asset] -= amount
-                task.spent[asset] = task.spent.get(asset, 0) + amount
+                for each in task.chain():
+                    each.reserved[asset] -= amount
+                    each.spent[asset] = each.spent.get(asset, 0) + amount
 
     def release(self, reservation: int) -> None:
         """The payment did not happen: give the reservation back."""
@@ -256,7 +275,8 @@ class SpendingPolicy:
             self._book.release(reservation)
             entry = self._pending.pop(reservation, None)
             if entry is not None and entry[2] is not None:
-                entry[2].reserved[entry[0]] -= entry[1]
+                for each in entry[2].chain():
+                    each.reserved[entry[0]] -= entry[1]
 
     def spent(self, asset: str, *, since: float = 0.0, seller: str | None = None) -> int:
         """Atomic units of ``asset`` spent or reserved since ``since`` (unix seconds), in all

@@ -242,3 +242,33 @@ def test_a_list_of_addresses_refuses_what_is_no_address(name: str) -> None:
             SpendingPolicy(**{name: bad})  # type: ignore[arg-type]
     policy = SpendingPolicy(**{name: {address, address.upper().replace("0X", "0x")}})
     assert getattr(policy, name) == {address.lower()}
+
+
+@pytest.mark.parametrize("kept", ["memory", "ledger"])
+def test_a_task_inside_another_spends_from_both_budgets(kept: str, tmp_path: Path) -> None:
+    """An inner task (a step's own budget) never lifts the outer one (docs/buyer.md)."""
+    ledger = ReceiptLedger(tmp_path / "agent.db") if kept == "ledger" else None
+    policy = SpendingPolicy(ledger=ledger)
+    outcomes = []
+    with policy.task("session", budget=50_000):
+        for step in range(3):
+            with policy.task(f"step-{step}", budget=100_000):
+                outcomes.append(ask(policy, 20_000))
+        outcomes.append(ask(policy, 10_000))  # what the session has left
+        outcomes.append(ask(policy, 1))
+    assert outcomes == ["paid", "paid", "budget_exhausted", "paid", "budget_exhausted"]
+    assert policy.spent(USDC) == 50_000
+    with policy.task("step-9", budget=30_000):  # the inner budget binds as well
+        with policy.task("step-9b", budget=100_000):
+            assert ask(policy, 20_000) == "paid"
+            assert ask(policy, 20_000) == "budget_exhausted"
+        decision = policy.check(seller=SELLER, url="u", amount=10_000, asset=USDC, network=NETWORK)
+        assert decision.outcome == "paid" and decision.reservation is not None
+        policy.release(decision.reservation)  # a released payment gives both budgets back
+        assert ask(policy, 10_000) == "paid"
+    if ledger is not None:  # by name, after a restart too
+        restarted = SpendingPolicy(ledger=ReceiptLedger(tmp_path / "agent.db"))
+        with restarted.task("session", budget=50_000):
+            assert ask(restarted, 1) == "budget_exhausted"
+        with restarted.task("step-9", budget=30_000):
+            assert ask(restarted, 1) == "budget_exhausted"
