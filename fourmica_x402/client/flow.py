@@ -55,6 +55,10 @@ RECEIPT_KEY = "fourmica_receipt"
 #: (another request object carrying it) that asks for payment again is refused: one call pays
 #: once. The same request sent again is a call of its own (docs/buyer.md, "Redirects").
 PAID_CALL_KEY = "fourmica_paid_call"
+#: Set on the caller's request when its paid answer was 401 or 407: an httpx ``Auth`` flow
+#: sends that same request again (with new credentials) within the one call, so a 402 on that
+#: next send is refused, not paid a second time (docs/buyer.md, "Redirects").
+_AUTH_REFUSED_KEY = "fourmica_paid_auth_refused"
 
 
 def redirected_after_payment(request: httpx.Request) -> bool:
@@ -92,15 +96,17 @@ class BuyerFlow(Buyer):
 
     def run(self, request: httpx.Request) -> Flow:
         response = yield Send(request)
+        auth_retry = request.extensions.pop(_AUTH_REFUSED_KEY, False)
         if response.status_code != 402:
             return response
         receipt = self._started(str(request.url))
         yield Read(response)  # reading to the end also closes it (sync or async alike)
-        if redirected_after_payment(request):
+        if redirected_after_payment(request) or auth_retry:
+            after = "a redirect from" if not auth_retry else "credentials refused on"
             raise self._refuse(
                 PaymentFailed,
                 replace(receipt, status=402),
-                "payment asked again after a redirect from a paid answer: one call pays once",
+                f"payment asked again after {after} a paid answer: one call pays once",
             )
         try:
             challenge = self._challenge(response)
@@ -121,6 +127,8 @@ class BuyerFlow(Buyer):
             paid = yield Send(retry)
             if paid.has_redirect_location:
                 request.extensions[PAID_CALL_KEY] = weakref.ref(request)
+            elif paid.status_code in (401, 407):  # an Auth flow may send it again at once
+                request.extensions[_AUTH_REFUSED_KEY] = True
             return (yield from self._answered(paid, signed, receipt, prepared.params))
         finally:
             # A signed guarantee has left the client: it counts against the budgets whatever

@@ -375,6 +375,51 @@ def test_the_same_request_sent_again_after_a_paid_redirect_pays_again(
     assert statuses == [302, 302] and wire.paid_attempts == 2
 
 
+class CredentialsFirstRefused(Wire):
+    """Answers the first paid request 401 (its credentials refused, the guarantee kept)."""
+
+    def __init__(self) -> None:
+        self.paid_attempts = 0
+
+    def request(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+        if "payment-signature" in headers or "x-payment" in headers:
+            self.paid_attempts += 1
+        return headers, body
+
+    def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
+        if path == "/premium" and status == 200 and self.paid_attempts == 1:
+            return 401, [("www-authenticate", "Bearer")], b""
+        return status, headers, body
+
+
+class RefreshingAuth(httpx.Auth):
+    """httpx's token-refresh pattern: on a 401, send the same request again, new token."""
+
+    def auth_flow(self, request: httpx.Request) -> Any:
+        request.headers["authorization"] = "Bearer old"
+        response = yield request
+        if response.status_code == 401:
+            request.headers["authorization"] = "Bearer new"
+            yield request
+
+
+@pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
+@pytest.mark.parametrize("buyers", ["httpx", "httpx_async"], indirect=True)  # httpx Auth flows
+def test_an_auth_retry_of_a_paid_call_is_not_paid_again(seller: Any, buyers: Any) -> None:
+    """An httpx Auth flow re-sending a paid call after a 401 meets a 402: one call pays once."""
+    wire, policy = CredentialsFirstRefused(), SpendingPolicy()
+    client = buyers.client(seller, funded(seller), wire=wire, policy=policy)
+    inner = client._sync if buyers.transport == "httpx" else client._async
+    inner.auth = RefreshingAuth()
+    with pytest.raises(PaymentFailed) as info:
+        client.get("/premium")
+    assert "credentials refused" in info.value.receipt.reason
+    assert wire.paid_attempts == 1
+    assert policy.spent(default_asset(NETWORK).address) == 10_000
+    assert client.get("/premium").status == 200  # the next call pays, once
+    assert wire.paid_attempts == 2
+
+
 class GarbledResult(Wire):
     """Serves the paid request, then says odd things about it: a result header whose
     ``transaction`` is no string, or a refusal whose ``errorReason`` is no string."""
