@@ -92,6 +92,7 @@ class _Stream:
         self.id: str | None = None
         self.ended: str | None = None
         self.slices = 0
+        self._fed = False  # whether the slice paid last delivered an event yet
         #: The spending policy's refusal that stopped the stream, if one did.
         self.refusal: PaymentRefused | None = None
         self.response: httpx.Response | None = None
@@ -112,23 +113,35 @@ class _Stream:
         """What a meter event asks: ``pay`` (the URL), ``end``, or None (the seller's event).
         A meter event that is not what docs/buyer.md describes raises :class:`StreamFailed`."""
         if event.event not in ("stream", "end", "payment-required"):
+            self._fed = True
             return None
         try:
             data = event.json()
             if event.event == "stream":
                 self.id = _text(data.get("stream"))
                 return "skip"
-            if event.event == "end":
-                slices = data.get("slices") or self.slices
+            if event.event == "end":  # the count stays the buyer's own: what it paid
+                slices = data.get("slices", 0)
                 if not isinstance(slices, int) or isinstance(slices, bool) or slices < 0:
                     raise TypeError("slices is not a count")
-                self.ended, self.slices = _text(data.get("reason")), slices
+                self.ended = _text(data.get("reason"))
                 return "end"
-            return self._pay_url(data["pay"])
+            url = self._pay_url(data["pay"])
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             raise StreamFailed(
                 f"the seller sent a malformed {event.event!r} event", self.response
             ) from None
+        if not self._fed:  # a slice is sold only once the one paid before it delivered
+            raise StreamFailed(
+                f"the seller asked for slice {self.slices + 1} before slice {self.slices} "
+                "delivered any event",
+                self.response,
+            )
+        return url
+
+    def _paid_slice(self) -> None:
+        self.slices += 1
+        self._fed = False
 
     def _pay_url(self, pay: object) -> str:
         """The slice's pay URL, on the stream's own origin: a seller cannot send the buyer's
@@ -174,7 +187,7 @@ class PaidStream(_Stream):
                 elif what != "skip" and self.refusal is None:
                     try:
                         self._check_paid(self.client.post(what))
-                        self.slices += 1
+                        self._paid_slice()
                     except PaymentRefused as exc:  # stop it: the seller ends it cleanly
                         self.refusal = exc
                         self.client.delete(self._stop_url(what))
@@ -205,7 +218,7 @@ class AsyncPaidStream(_Stream):
                 elif what != "skip" and self.refusal is None:
                     try:
                         self._check_paid(await self.client.post(what))
-                        self.slices += 1
+                        self._paid_slice()
                     except PaymentRefused as exc:
                         self.refusal = exc
                         await self.client.delete(self._stop_url(what))

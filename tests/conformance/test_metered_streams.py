@@ -514,3 +514,55 @@ def test_a_hostile_meter_event_fails_the_stream_and_pays_nowhere(
                 got.extend(event.json() for event in PaidStream(client, "GET", "/ticks"))
     assert sent == ["GET http://seller.test/ticks"]  # nothing posted anywhere
     assert got == [{"tick": 0}]
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_slice_that_delivered_nothing_is_not_followed_by_another_payment(
+    is_async: bool,
+) -> None:
+    """A seller (hostile, outside the machine) asking for slice after slice with no event in
+    between gets one payment; the slice count stays the buyer's own, whatever ``end`` says."""
+    sent: list[str] = []
+    pay = 'event: payment-required\ndata: {"pay": "/x402/streams/s1/pay"}\n\n'
+    tick = 'data: {"tick": 0}\n\n'
+    bodies = {
+        "/empty": f'event: stream\ndata: {{"stream": "s1"}}\n\n{tick}{pay}{pay}{pay}',
+        "/boast": f'event: stream\ndata: {{"stream": "s1"}}\n\n{tick}{pay}{tick}'
+        'event: end\ndata: {"reason": "complete", "slices": 99}\n\n',
+    }
+
+    def seller(request: httpx.Request) -> httpx.Response:
+        sent.append(f"{request.method} {request.url.path}")
+        text = bodies.get(request.url.path, "")
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, text=text)
+
+    key = TestBuyer.new().key
+
+    def read(path: str) -> tuple[list[Any], Any]:
+        got: list[Any] = []
+        if is_async:
+
+            async def run() -> Any:
+                transport = AsyncPaymentTransport(key, transport=httpx.MockTransport(seller))
+                async with httpx.AsyncClient(
+                    transport=transport, base_url="http://seller.test"
+                ) as client:
+                    stream = AsyncPaidStream(client, "GET", path)
+                    async for event in stream:
+                        got.append(event.json())
+                    return stream
+
+            return got, asyncio.run(run())
+        transport = PaymentTransport(key, transport=httpx.MockTransport(seller))
+        with httpx.Client(transport=transport, base_url="http://seller.test") as client:
+            stream = PaidStream(client, "GET", path)
+            got.extend(event.json() for event in stream)
+            return got, stream
+
+    with pytest.raises(StreamFailed, match="before slice 2 delivered any event"):
+        read("/empty")
+    assert sent == ["GET /empty", "POST /x402/streams/s1/pay"]  # slice 2 paid, slice 3 not
+    sent.clear()
+    got, stream = read("/boast")
+    assert got == [{"tick": 0}, {"tick": 0}]
+    assert stream.slices == 2 and stream.ended == "complete"
