@@ -118,12 +118,21 @@ def set_factor(tx: Tx, network: str, asset: str, value: Fraction) -> None:
         "ON CONFLICT (network, asset) DO UPDATE SET factor = excluded.factor",
         (network, asset, str(value)),
     )
+    # A no-op update row-locks every position first and returns its collateral as committed
+    # (PostgreSQL): a deposit, payout or coverage committed meanwhile is read, never written
+    # over. Only the credit limit is written.
     rows = tx.all(
-        "SELECT address, collateral FROM fx_positions WHERE network = ? AND asset = ?",
+        "UPDATE fx_positions SET collateral = collateral WHERE network = ? AND asset = ? "
+        "RETURNING address, collateral",
         (network, asset),
     )
-    for address, collateral in rows:
-        set_collateral(tx, network, asset, address, int(collateral))
+    tx.many(
+        "UPDATE fx_positions SET credit_limit = ? WHERE network = ? AND asset = ? AND address = ?",
+        [
+            (min(int(int(collateral) * value), INT64_MAX), network, asset, address)
+            for address, collateral in rows
+        ],
+    )
 
 
 def suspend(tx: Tx, address: str, suspended: bool) -> None:

@@ -541,6 +541,34 @@ def test_factor_scales_capacity(core: Core) -> None:
         core.accept(*b.pay(core, SELLER, 501))
 
 
+@pytest.mark.postgres
+def test_a_factor_change_never_writes_over_collateral_committed_meanwhile(
+    postgres_url: str,
+) -> None:
+    """A deposit (or payout) in flight while the factor changes stays whole: the change waits
+    for it and writes only credit limits (PostgreSQL's writers run side by side)."""
+    import threading
+
+    import psycopg
+
+    core = Core(postgres_url)
+    b = TestBuyer.new().address
+    core.deposit(b, 1_000, network=NETWORK)
+    with psycopg.connect(postgres_url) as other:  # a deposit of 5 holding its row lock
+        other.execute(
+            "UPDATE fx_positions SET collateral = collateral + 5 WHERE address = %s", (b,)
+        )
+        change = threading.Thread(target=core.set_factor, args=(NETWORK, USDC, "1/2"))
+        change.start()
+        change.join(1.0)  # it waits on the row (or read it already, as it used to)
+        other.commit()
+    change.join(30)
+    assert not change.is_alive()
+    position = core.position(b, network=NETWORK)
+    assert (position.collateral, position.capacity) == (1_005, 502)
+    core.close()
+
+
 def test_withdrawal_lifecycle_and_safety_rule(core: Core, clock: FakeClock) -> None:
     b = TestBuyer.new()
     core.deposit(b.address, 1_000, network=NETWORK)
