@@ -98,11 +98,18 @@ def stored_seed(tx: Tx) -> bytes:
     return bytes.fromhex(row[0])
 
 
-def _stored_or_message(row: Sequence[Any], domains: Domains) -> Certificate | bytes:
-    """From (claims, total_amount, network, certificate, certificate_claims) of a guarantee."""
-    claims_json, total, network, signature, message = row
+#: A guarantee refunded or cancelled gets no new certificate (one issued before it stands).
+_UNPAYABLE = ("voided", "cancelled")
+
+
+def _stored_or_message(row: Sequence[Any], domains: Domains) -> Certificate | bytes | None:
+    """From (claims, total_amount, network, certificate, certificate_claims, state) of a
+    guarantee; None for a voided or cancelled one that has no certificate yet."""
+    claims_json, total, network, signature, message, state = row
     if signature:
         return Certificate(bytes.fromhex(message[2:]), bytes.fromhex(signature[2:]))
+    if state in _UNPAYABLE:
+        return None
     claims = GuaranteeClaims.from_json(json.loads(claims_json))
     domain = domains.guarantee(get_network(network).chain_id)
     return certificate_message(claims, domain, int(total))
@@ -111,26 +118,35 @@ def _stored_or_message(row: Sequence[Any], domains: Domains) -> Certificate | by
 def certificate_or_message(tx: Tx, guarantee_id: str, domains: Domains) -> Certificate | bytes:
     """A guarantee's stored certificate, or the message to sign for it."""
     row = tx.one(
-        "SELECT claims, total_amount, network, certificate, certificate_claims "
+        "SELECT claims, total_amount, network, certificate, certificate_claims, state "
         "FROM fx_guarantees WHERE guarantee_id = ?",
         (guarantee_id,),
     )
     if row is None:
         raise CoreError(f"no guarantee {guarantee_id}", reason="unknown_guarantee", status=404)
-    return _stored_or_message(row, domains)
+    found = _stored_or_message(row, domains)
+    if found is None:
+        raise CoreError(
+            f"guarantee {guarantee_id} is {row[5]}: no certificate is made for it",
+            reason="guarantee_not_payable",
+            status=409,
+        )
+    return found
 
 
 def certificates_or_messages(
     tx: Tx, guarantee_ids: Sequence[str], domains: Domains
 ) -> list[tuple[str, Certificate | bytes]]:
-    """:func:`certificate_or_message` of each known guarantee of ``guarantee_ids``, in one read."""
+    """:func:`certificate_or_message` of each known guarantee of ``guarantee_ids`` that has or
+    may get one, in one read."""
     marks = ", ".join("?" for _ in guarantee_ids)
     rows = tx.all(
-        "SELECT guarantee_id, claims, total_amount, network, certificate, certificate_claims "
-        f"FROM fx_guarantees WHERE guarantee_id IN ({marks})",
+        "SELECT guarantee_id, claims, total_amount, network, certificate, certificate_claims, "
+        f"state FROM fx_guarantees WHERE guarantee_id IN ({marks})",
         tuple(guarantee_ids),
     )
-    return [(r[0], _stored_or_message(r[1:], domains)) for r in rows]
+    found = ((r[0], _stored_or_message(r[1:], domains)) for r in rows)
+    return [(gid, item) for gid, item in found if item is not None]
 
 
 def save(tx: Tx, guarantee_id: str, cert: Certificate) -> None:

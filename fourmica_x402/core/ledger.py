@@ -352,8 +352,9 @@ class Core(Alerting, Reads):
 
     def extend_validations(self, guarantee_ids: Sequence[str], *, by: str) -> int:
         """Validator ``by`` holds them open (responses still going out): deadline now + timeout."""
-        until = self.clock() + self.config.validation_timeout
-        return self._change(resolution.extend, list(guarantee_ids), parse_address(by), until)
+        now = self.clock()
+        until = now + self.config.validation_timeout
+        return self._change(resolution.extend, list(guarantee_ids), parse_address(by), now, until)
 
     # -- clearing cycles ------------------------------------------------------------------------
 

@@ -111,7 +111,7 @@ def validate(
         tx,
         guarantee_id,
         "validator, min_score, required_tag, network, asset, user_address, amount, state, "
-        "recipient_address",
+        "recipient_address, validation_deadline",
         locks,
     )
     if row[0] is None or row[0] != validator:
@@ -122,6 +122,13 @@ def validate(
         )
     if row[2] and tag != row[2]:
         raise CoreError(f"validation tag must be {row[2]!r}", reason="tag_mismatch", status=400)
+    if row[7] == "pending_validation" and row[9] is not None and float(row[9]) < now:
+        # Cancelled at its deadline (docs/protocol.md), whether or not a tick ran since.
+        raise CoreError(
+            "the validation deadline passed: the guarantee is cancelled, not scored",
+            reason="validation_expired",
+            status=409,
+        )
     new_state = "payable" if score >= int(row[1]) else "cancelled"
     cycle_id = None
     if new_state == "payable":
@@ -184,14 +191,18 @@ def expire_validations(tx: Tx, events: Events, now: float) -> int:
     return expired
 
 
-def extend(tx: Tx, events: Events, guarantee_ids: list[str], validator: str, until: float) -> int:
+def extend(
+    tx: Tx, events: Events, guarantee_ids: list[str], validator: str, now: float, until: float
+) -> int:
     """Push the validation deadline of the pending guarantees ``validator`` scores back to
-    ``until`` (never earlier): their paid responses are still going out. Returns how many."""
+    ``until`` (never earlier): their paid responses are still going out. One whose deadline
+    passed already stays expired. Returns how many moved."""
     return sum(
         tx.execute(
             "UPDATE fx_guarantees SET validation_deadline = ? WHERE guarantee_id = ? "
-            "AND state = 'pending_validation' AND validator = ? AND validation_deadline < ?",
-            (until, gid, validator, until),
+            "AND state = 'pending_validation' AND validator = ? AND validation_deadline < ? "
+            "AND validation_deadline >= ?",
+            (until, gid, validator, until, now),
         )
         for gid in guarantee_ids
     )

@@ -328,6 +328,45 @@ def test_a_validator_holds_its_pending_guarantees_open_past_the_timeout(
     assert core.extend_validations([gid], by=policy.validator) == 0
 
 
+def test_a_guarantee_past_its_validation_deadline_is_neither_scored_nor_held_open(
+    core: Core, buyer: TestBuyer, clock: FakeClock
+) -> None:
+    """Cancelled at the deadline (docs/protocol.md), even before a tick says so: a late score
+    is refused and a late extension moves nothing, so the buyer is never charged for it."""
+    policy = test_policy()
+    late, held = (core.accept(*buyer.pay(core, SELLER, 400, policy=policy)) for _ in "ab")
+    clock.advance(61)  # past both deadlines (60 s); no tick ran
+    with pytest.raises(CoreError) as info:
+        core.post_validation(late.guarantee_id, validator=policy.validator, score=100)
+    assert (info.value.reason, info.value.status) == ("validation_expired", 409)
+    assert core.extend_validations([held.guarantee_id], by=policy.validator) == 0
+    assert core.expire_validations() == 2
+    assert {core.guarantee(g.guarantee_id).state for g in (late, held)} == {"cancelled"}
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
+def test_no_new_certificate_for_a_refunded_or_cancelled_guarantee(
+    core: Core, buyer: TestBuyer, clock: FakeClock
+) -> None:
+    """A certificate is the Core's word that a guarantee stands: none is made once it was
+    voided or cancelled (one made before stays what it was)."""
+    policy = test_policy()
+    voided, certified, cancelled = (
+        core.accept(*buyer.pay(core, SELLER, 100, policy=policy)).guarantee_id for _ in "abc"
+    )
+    before = core.certify(certified)
+    for gid in (voided, certified):
+        core.void(gid, by=SELLER)
+    clock.advance(61)
+    core.expire_validations()
+    for gid in (voided, cancelled):
+        with pytest.raises(CoreError) as info:
+            core.certify(gid)
+        assert (info.value.reason, info.value.status) == ("guarantee_not_payable", 409)
+    assert core.certify(certified) == before
+    assert core.certify_many([voided, certified, cancelled]) == {certified: before}
+
+
 def test_certificate_is_bls_signed_in_4mica_format(store_url: str, clock: FakeClock) -> None:
     core = Core(store_url, config=FAST, clock=clock)
     buyer = TestBuyer.new()
