@@ -152,13 +152,12 @@ class BuyerFlow(Buyer):
                 scheme=offer.scheme, network=offer.network, payload=signed.to_json()
             )
             header = (X_PAYMENT_HEADER, encode_header(payload))
-        headers = [
-            (k, v) for k, v in request.headers.multi_items() if k.lower() not in ("content-length",)
-        ]
+        # As raw bytes: a caller's header may hold latin-1 text, which a str would refuse.
+        headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"content-length"]
         retry = httpx.Request(
             request.method,
             request.url,
-            headers=[*headers, header],
+            headers=[*headers, (header[0].encode("ascii"), header[1].encode("ascii"))],
             content=request.content,
             extensions=request.extensions,
         )

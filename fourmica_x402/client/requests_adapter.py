@@ -129,7 +129,9 @@ class PaymentAdapter(BaseAdapter):  # type: ignore[misc]
                 raise dropped from exc
             answer = httpx.Response(
                 got.status_code,
-                headers=[(k, v) for k, v in got.headers.items() if k.lower() not in _HOP],
+                headers=[
+                    (_raw(k), _raw(v)) for k, v in got.headers.items() if k.lower() not in _HOP
+                ],
                 stream=_Body(got),
                 request=outgoing,
             )
@@ -188,14 +190,21 @@ def _view(request: requests.PreparedRequest) -> httpx.Request:
     return httpx.Request(
         request.method or "GET",
         request.url or "",
-        headers=[(k, _str(v)) for k, v in request.headers.items() if k.lower() not in _HOP],
+        headers=[(_raw(k), _raw(v)) for k, v in request.headers.items() if k.lower() not in _HOP],
         content=content if isinstance(content, bytes) else None,
         extensions={_CALLER: True},
     )
 
 
-def _str(value: str | bytes) -> str:
-    return value.decode("latin-1") if isinstance(value, bytes) else value
+def _raw(value: str | bytes) -> bytes:
+    """A header value as bytes on the wire: requests and http.client read and write them as
+    latin-1 (httpx would refuse a ``str`` that is not ASCII)."""
+    if isinstance(value, bytes):
+        return value
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
 
 
 def _buffer(request: requests.PreparedRequest) -> None:

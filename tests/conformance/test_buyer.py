@@ -420,6 +420,34 @@ def test_an_auth_retry_of_a_paid_call_is_not_paid_again(seller: Any, buyers: Any
     assert wire.paid_attempts == 2
 
 
+class Latin1Header(Wire):
+    """Adds a header with a latin-1 byte (``obs-text``, which HTTP allows) to every answer,
+    and keeps what the seller received of the caller's own headers."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def request(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+        self.names.append(headers.get("x-name", ""))
+        return headers, body
+
+    def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
+        return status, [*headers, ("x-served-by", "caf\xe9")], body
+
+
+@pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
+@pytest.mark.parametrize("buyers", ["requests"], indirect=True)
+def test_the_requests_adapter_passes_latin1_headers_both_ways(seller: Any, buyers: Any) -> None:
+    """What plain requests sends and reads (latin-1 header values) works through the adapter,
+    on free and paid calls alike."""
+    wire = Latin1Header()
+    client = buyers.client(seller, funded(seller), wire=wire)
+    for path in ("/free", "/premium"):
+        got = client._session.get(client.base + path, headers={"X-Name": "Zo\xeb"}, timeout=10)
+        assert got.status_code == 200 and got.headers["x-served-by"] == "caf\xe9"
+    assert wire.names[-1] == "Zo\xeb"
+
+
 class GarbledResult(Wire):
     """Serves the paid request, then says odd things about it: a result header whose
     ``transaction`` is no string, or a refusal whose ``errorReason`` is no string."""
