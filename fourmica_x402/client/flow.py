@@ -11,6 +11,7 @@ the drivers in :mod:`.transport` (httpx) and :mod:`.requests_adapter` (requests)
 
 from __future__ import annotations
 
+import contextlib
 import time
 import weakref
 from dataclasses import dataclass, replace
@@ -124,7 +125,11 @@ class BuyerFlow(Buyer):
             self._spent(prepared.reservation, False)
             raise
         try:
-            paid = yield Send(retry)
+            try:
+                paid = yield Send(retry)
+            except BaseException as exc:  # it left, and may be settled: keep what was signed
+                self._unanswered(receipt, exc)
+                raise
             if paid.has_redirect_location:
                 request.extensions[PAID_CALL_KEY] = weakref.ref(request)
             elif paid.status_code in (401, 407):  # an Auth flow may send it again at once
@@ -135,6 +140,19 @@ class BuyerFlow(Buyer):
             # the seller says became of it (a refund or a refusal cannot be verified from here,
             # and the seller still holds a signature it could settle later).
             self._spent(prepared.reservation, True)
+
+    def _unanswered(self, receipt: Receipt, error: BaseException) -> None:
+        """The receipt of a signed guarantee whose request got no answer (a timeout, a
+        dropped connection, a cancelled call): its ids and claims, to settle up later."""
+        with contextlib.suppress(Exception):  # the caller sees the transport's error
+            self.ledger.append(
+                replace(
+                    receipt,
+                    outcome="unanswered",
+                    reason=f"no answer to the paid request ({type(error).__name__})",
+                    finished_at=time.time(),
+                )
+            )
 
     def _retry(
         self, request: httpx.Request, prepared: Prepared

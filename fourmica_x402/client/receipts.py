@@ -29,7 +29,9 @@ __all__ = ["Receipt", "ReceiptLedger", "on_paid", "paid"]
 class Receipt:
     """What happened to one paid request."""
 
-    outcome: str  # paid | needs_approval | insufficient_collateral | blocked_seller | budget_exhausted | payment_failed
+    #: paid | unanswered | needs_approval | insufficient_collateral | blocked_seller |
+    #: budget_exhausted | payment_failed
+    outcome: str
     url: str
     seller: str | None = None
     amount: int | None = None

@@ -573,6 +573,27 @@ def test_a_dropped_paid_request_is_not_sent_again(seller: Any, buyers: Any) -> N
     assert seller.core.position(buyer.address, network=NETWORK).locked == 0
 
 
+def test_a_paid_request_left_unanswered_keeps_its_receipt(seller: Any, buyers: Any) -> None:
+    """A signed guarantee that left gets a receipt even when no answer came: its ids and
+    claims, to settle up with the seller later (docs/buyer.md, "Receipts")."""
+
+    class DropPaid(DroppingWire):
+        def request(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+            headers, body = super().request(method, path, headers, body)
+            if "payment-signature" in headers or "x-payment" in headers:
+                raise harness.Dropped(path)
+            return headers, body
+
+    ledger = ReceiptLedger()
+    client = buyers.client(seller, funded(seller), wire=DropPaid((), after=False), ledger=ledger)
+    with pytest.raises(Exception) as info:
+        client.get("/premium")
+    assert _dropped_connection(info.value), info.value
+    (receipt,) = list(ledger)
+    assert receipt.outcome == "unanswered" and receipt.amount == 10_000
+    assert receipt.claims and receipt.tab_id and receipt.request_id
+
+
 def test_a_refunded_failure_is_reported_but_still_counted(seller: Any, buyers: Any) -> None:
     buyer = funded(seller)
     client = buyers.client(seller, buyer, policy=SpendingPolicy(per_minute="$0.01"))
