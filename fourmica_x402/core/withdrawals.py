@@ -84,11 +84,15 @@ def finalize(tx: Tx, events: Events, withdrawal_id: int, now: float) -> None:
     w = _pending(tx, withdrawal_id)
     if now < w.available_at:
         raise CoreError("the grace period has not passed", reason="withdrawal_not_ready")
-    collateral, _, locked, _ = lock_position(tx, w.network, w.asset, w.address)
+    collateral, _, locked, pending = lock_position(tx, w.network, w.asset, w.address)
     remaining = collateral - w.amount
-    if remaining < 0 or remaining * factor(tx, w.network, w.asset) < locked:
+    # The capacity rule after it: the credit left covers the locks and the other withdrawals.
+    if remaining < 0 or int(remaining * factor(tx, w.network, w.asset)) < locked + (
+        pending - w.amount
+    ):
         raise CoreError(
-            "what would remain does not cover the locked amount", reason="withdrawal_unsafe"
+            "what would remain does not cover the locked amount and the other pending withdrawals",
+            reason="withdrawal_unsafe",
         )
     set_collateral(tx, w.network, w.asset, w.address, remaining)
     tx.execute(

@@ -639,6 +639,27 @@ def test_withdrawal_lifecycle_and_safety_rule(core: Core, clock: FakeClock) -> N
     assert "withdrawal.requested" in types and "withdrawal.finalized" in types
 
 
+def test_a_withdrawal_leaves_credit_for_the_locks_and_the_other_withdrawals(
+    core: Core, clock: FakeClock
+) -> None:
+    """With a factor above 1, paying one withdrawal out must still leave a credit limit that
+    covers the locks plus the withdrawals still pending (the capacity rule)."""
+    b = TestBuyer.new()
+    core.set_factor(NETWORK, USDC, "2")
+    core.deposit(b.address, 100, network=NETWORK)  # credit 200
+    first, second = (core.request_withdrawal(b.address, 50, network=NETWORK) for _ in "ab")
+    core.accept(*b.pay(core, SELLER, 100))  # capacity 200 - 100 locked - 100 pending = 0
+    clock.advance(100)
+    with pytest.raises(CoreError) as info:
+        core.finalize_withdrawal(first.withdrawal_id)  # credit 100 < 100 locked + 50 pending
+    assert info.value.reason == "withdrawal_unsafe"
+    core.cancel_withdrawal(second.withdrawal_id)
+    assert core.finalize_withdrawal(first.withdrawal_id).status == "finalized"
+    position = core.position(b.address, network=NETWORK)
+    assert (position.collateral, position.locked, position.capacity) == (50, 100, 0)
+    assert core.audit() == []
+
+
 def test_bad_amounts_are_clear_errors(core: Core) -> None:
     b = TestBuyer.new().address
     for amount in (0, -1, 1 << 63, True, 1.5):
