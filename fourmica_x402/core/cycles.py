@@ -18,11 +18,12 @@ from .config import CoreConfig
 from .feed import Events, emit
 from .models import Cycle
 from .queries import CYCLE_COLUMNS, cycle_from_row
-from .store import Row, Tx
+from .store import Row, StoreUnavailable, Tx
 
 __all__ = [
     "claim_net_credit",
     "close",
+    "close_open",
     "finalize",
     "join",
     "locked_cycle",
@@ -40,23 +41,33 @@ def open_cycle(
     config: CoreConfig,
     locks: LockClauses,
     columns: str = CYCLE_COLUMNS,
+    *,
+    exclusive: bool = False,
 ) -> Row:
     """The open cycle of (network, asset) as a row of ``columns``, opened if none is;
-    share-locked so that it cannot close under the caller's transaction (PostgreSQL)."""
+    share-locked so that it cannot close under the caller's transaction (PostgreSQL), or
+    locked for update (``exclusive``: the caller closes it; two closers then queue instead
+    of deadlocking on their shared locks)."""
     select = (
         f"SELECT {columns} FROM fx_cycles WHERE network = ? AND asset = ? "
-        "AND status = 'open'" + locks.share_lock
+        "AND status = 'open'" + (locks.row_lock if exclusive else locks.share_lock)
     )
-    row = tx.one(select, (network, asset))
-    if row is None:
+    for _ in range(_OPEN_TRIES):
+        row = tx.one(select, (network, asset))
+        if row is not None:
+            return row
+        # Opened here, or by another transaction (PostgreSQL: this insert waits for it); that
+        # cycle may also have closed meanwhile, so look again.
         tx.execute(
             "INSERT INTO fx_cycles (network, asset, status, opened_at, closes_at) "
             "VALUES (?, ?, 'open', ?, ?) ON CONFLICT DO NOTHING",
             (network, asset, now, now + config.cycle_window),
         )
-        row = tx.one(select, (network, asset))
-    assert row is not None
-    return row
+    raise StoreUnavailable("the open clearing cycle kept closing under this transaction")
+
+
+#: How often :func:`open_cycle` looks for (or opens) the open cycle before giving up.
+_OPEN_TRIES = 20
 
 
 def join(
@@ -94,6 +105,21 @@ def locked_cycle(tx: Tx, cycle_id: int) -> Cycle:
 
 
 # -- phases ---------------------------------------------------------------------------------
+
+
+def close_open(
+    tx: Tx,
+    events: Events,
+    network: str,
+    asset: str,
+    now: float,
+    config: CoreConfig,
+    locks: LockClauses,
+) -> int:
+    """Close the open cycle of (network, asset) now (see :func:`close`). Returns its id."""
+    cycle_id = int(open_cycle(tx, network, asset, now, config, locks, exclusive=True)[0])
+    close(tx, events, cycle_id, network, asset, now, config)
+    return cycle_id
 
 
 def close(

@@ -370,8 +370,7 @@ class Core(Alerting, Reads):
         asset = self._asset(network, asset)
         now = self.clock()
         with self._write() as (tx, events):
-            cycle_id = int(cycles.open_cycle(tx, network, asset, now, self.config, self.store)[0])
-            cycles.close(tx, events, cycle_id, network, asset, now, self.config)
+            cycle_id = cycles.close_open(tx, events, network, asset, now, self.config, self.store)
         return self.cycle(cycle_id)
 
     def tick(self) -> dict[str, int]:

@@ -189,3 +189,53 @@ def test_sigkill_during_cycle_close_leaves_a_consistent_database(
         assert not core.cycles(status="closed")
     assert core.current_cycle(network=NETWORK, asset=usdc).status == "open"
     core.close()
+
+
+@pytest.mark.postgres
+def test_closes_racing_each_other_and_acceptances_neither_deadlock_nor_fail(
+    postgres_url: str,
+) -> None:
+    """Manual closes from several processes' Cores (here: threads, one Core each) queue on
+    the open cycle instead of deadlocking on their shared locks; acceptances meeting a cycle
+    that closed under them find the next one."""
+    Core(postgres_url).close()  # the schema, before the race
+    seller = TestBuyer.new().address
+    buyers = [TestBuyer.new() for _ in range(2)]
+    failures: list[str] = []
+    accepted = [0]
+    lock = threading.Lock()
+
+    def closer() -> None:
+        core = Core(postgres_url)
+        for _ in range(25):
+            try:
+                core.close_cycle(network=NETWORK)
+            except Exception as exc:
+                with lock:
+                    failures.append(f"close: {type(exc).__name__}: {exc}")
+        core.close()
+
+    def payer(buyer: TestBuyer) -> None:
+        core = Core(postgres_url)
+        core.deposit(buyer.address, 10**9, network=NETWORK)
+        for _ in range(25):
+            try:
+                core.accept(*buyer.pay(core, seller, 1))
+                with lock:
+                    accepted[0] += 1
+            except Exception as exc:
+                with lock:
+                    failures.append(f"accept: {type(exc).__name__}: {exc}")
+        core.close()
+
+    threads = [threading.Thread(target=closer) for _ in range(3)]
+    threads += [threading.Thread(target=payer, args=(b,)) for b in buyers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert failures == [] and accepted[0] == 50
+    core = Core(postgres_url)
+    assert core.audit() == []
+    core.close()
