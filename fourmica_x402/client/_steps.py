@@ -2,17 +2,16 @@
 
 Both buyers are made of them: :class:`~.flow.BuyerFlow` (behind the httpx transports and the
 ``requests`` adapter) and the x402 client scheme (:mod:`.x402_scheme`). :class:`Buyer` holds
-what they share — the key, the spending policy, the receipts ledger, the Cores' signing
-parameters — and the steps: read the offer's validation policy (leniently, as the official
-buyer does), apply the spending policy **before** anything is signed, open the tab, read the
-Core's signing parameters, sign G-v1 or G-v2 (docs/protocol.md, "Paying"; docs/buyer.md).
-One set of checks and messages; every refusal is written to the ledger before it is raised.
+what they share (key, spending policy, receipts ledger, the Cores' signing parameters) and the
+steps: read the offer's validation policy (leniently, as the official buyer does), apply the
+spending policy **before** anything is signed, open the tab, read the Core's parameters, sign
+G-v1 or G-v2 (docs/protocol.md, "Paying"; docs/buyer.md). Every refusal is in the ledger first.
 
-A step is a generator that yields the I/O it needs: :class:`Send` (answered with the
-response), :class:`Read` (read that response to its end) and :class:`Approve` (answered with
-the approval callback's verdict). :func:`run_sync` and :func:`run_async` are the one sync and
-the one async driver; a reading problem inside a step is a ``ValueError`` saying what went
-wrong, which the step turns into a :class:`~fourmica_x402.errors.PaymentFailed` refusal.
+A step is a generator yielding its I/O: :class:`Send` (answered with the response),
+:class:`Read` (read it to its end, at most :data:`.answers.MAX_ANSWER` bytes), :class:`Approve`
+(answered with the approval callback's verdict). :func:`run_sync` and :func:`run_async` are the
+one sync and one async driver; a reading problem inside a step is a ``ValueError`` saying what
+went wrong, which the step turns into a :class:`~fourmica_x402.errors.PaymentFailed` refusal.
 """
 
 from __future__ import annotations
@@ -49,6 +48,7 @@ from ..guarantee import (
 )
 from ..networks import get_network, parse_amount
 from ..wire import PaymentRequirements, ResourceInfo
+from .answers import aread_answer, read_answer
 from .certificates import public_key_bytes
 from .jobs import ahead_of
 from .keys import BuyerKey
@@ -382,7 +382,7 @@ def run_sync(
     steps: Steps[T],
     send: Callable[[httpx.Request], httpx.Response],
     approve: Callable[[ApprovalRequest], Any] | None,
-    read: Callable[[httpx.Response], Any] = httpx.Response.read,
+    read: Callable[[httpx.Response], Any] = read_answer,
 ) -> T:
     """Perform the steps' I/O with blocking calls; an async approval callback is run to its
     end. An exception raised by a call is thrown back into the steps, which decide."""
@@ -425,7 +425,7 @@ async def run_async(
             if isinstance(step, Send):
                 answer = await send(step.request)
             elif isinstance(step, Read):
-                await step.response.aread()
+                await aread_answer(step.response)
             else:
                 answer = approve(step.request) if approve is not None else False
                 if inspect.isawaitable(answer):

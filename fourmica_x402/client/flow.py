@@ -41,7 +41,17 @@ from ..wire import (
     decode_payment_required,
     encode_header,
 )
-from ._steps import Approve, Buyer, CoreParams, Prepared, Read, Send, Steps, offered
+from ._steps import (
+    Approve,
+    Buyer,
+    CoreParams,
+    Prepared,
+    Read,
+    Send,
+    Steps,
+    offered,
+)
+from .answers import AnswerTooLarge
 from .certificates import verify_certificate
 from .keys import BuyerKey
 from .policy import SpendingPolicy
@@ -101,7 +111,10 @@ class BuyerFlow(Buyer):
         if response.status_code != 402:
             return response
         receipt = self._started(str(request.url))
-        yield Read(response)  # reading to the end also closes it (sync or async alike)
+        try:
+            yield Read(response)  # reading to the end also closes it (sync or async alike)
+        except AnswerTooLarge as exc:
+            raise self._refuse(PaymentFailed, replace(receipt, status=402), str(exc)) from None
         if redirected_after_payment(request) or auth_retry:
             after = "a redirect from" if not auth_retry else "credentials refused on"
             raise self._refuse(
@@ -187,7 +200,10 @@ class BuyerFlow(Buyer):
         """The seller's answer to the paid retry, with its receipt (or the refusal)."""
         result = self._result(paid)
         if paid.status_code == 402:
-            yield Read(paid)
+            try:
+                yield Read(paid)
+            except AnswerTooLarge as exc:
+                raise self._refuse(PaymentFailed, replace(receipt, status=402), str(exc)) from None
             reason = (
                 _text((result or {}).get("errorReason"))
                 or self._challenge_error(paid)

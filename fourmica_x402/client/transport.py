@@ -22,6 +22,7 @@ import coincurve
 import httpx
 
 from ._steps import run_async, run_sync
+from .answers import read_answer
 from .flow import BuyerFlow
 from .keys import BuyerKey
 from .policy import SpendingPolicy
@@ -34,7 +35,7 @@ def drive(
     flow: BuyerFlow,
     request: httpx.Request,
     send: Callable[[httpx.Request], httpx.Response],
-    read: Callable[[httpx.Response], Any] = httpx.Response.read,
+    read: Callable[[httpx.Response], Any] = read_answer,
 ) -> httpx.Response:
     """Run the buyer flow for ``request`` synchronously: ``send`` performs each HTTP call,
     ``read`` reads a response to its end; approval callbacks may be sync or async."""

@@ -448,6 +448,35 @@ def test_the_requests_adapter_passes_latin1_headers_both_ways(seller: Any, buyer
     assert wire.names[-1] == "Zo\xeb"
 
 
+class HugeChallenge(Wire):
+    """Pads its 402 answers with megabytes of body (a hostile seller, or a broken one)."""
+
+    def __init__(self) -> None:
+        self.paid_attempts = 0
+
+    def request(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+        if "payment-signature" in headers or "x-payment" in headers:
+            self.paid_attempts += 1
+        return headers, body
+
+    def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
+        if status == 402:
+            return status, headers, body + b" " * (3 << 20)
+        return status, headers, body
+
+
+@pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
+def test_an_oversized_402_answer_is_refused_and_nothing_is_signed(seller: Any, buyers: Any) -> None:
+    """The flow reads at most a megabyte of an answer it parses (docs/buyer.md)."""
+    wire, policy = HugeChallenge(), SpendingPolicy()
+    client = buyers.client(seller, funded(seller), wire=wire, policy=policy)
+    with pytest.raises(PaymentFailed) as info:
+        client.get("/premium")
+    assert "larger than 1048576 bytes" in str(info.value)
+    assert info.value.receipt.status == 402
+    assert wire.paid_attempts == 0 and policy.spent(default_asset(NETWORK).address) == 0
+
+
 class GarbledResult(Wire):
     """Serves the paid request, then says odd things about it: a result header whose
     ``transaction`` is no string, or a refusal whose ``errorReason`` is no string."""

@@ -1,0 +1,47 @@
+"""Reading the answers the buyer flow parses, with a bound on their size.
+
+A 402, a tab and the Core's public parameters are a few kilobytes; a seller sending more
+(docs/buyer.md, "Challenges") is refused before anything is signed.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+__all__ = ["MAX_ANSWER", "AnswerTooLarge", "aread_answer", "read_answer"]
+
+#: The most the flow reads of an answer it parses.
+MAX_ANSWER = 1 << 20
+
+
+class AnswerTooLarge(ValueError):
+    """An answer the flow parses ran past :data:`MAX_ANSWER` bytes: read no further."""
+
+    def __init__(self) -> None:
+        super().__init__(f"an answer to parse is larger than {MAX_ANSWER} bytes")
+
+
+def read_answer(response: httpx.Response) -> None:
+    """Read ``response`` to its end (then closed), refusing one past :data:`MAX_ANSWER`."""
+    body = bytearray()
+    try:
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > MAX_ANSWER:
+                raise AnswerTooLarge()
+    finally:
+        response.close()
+    response._content = bytes(body)  # where httpx's own read() keeps it
+
+
+async def aread_answer(response: httpx.Response) -> None:
+    """:func:`read_answer` on an event loop."""
+    body = bytearray()
+    try:
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > MAX_ANSWER:
+                raise AnswerTooLarge()
+    finally:
+        await response.aclose()
+    response._content = bytes(body)
