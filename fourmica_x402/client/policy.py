@@ -46,7 +46,7 @@ class ApprovalRequest:
     amount: int
     asset: str
     network: str
-    reason: str  # "new_seller" | "over_threshold"
+    reason: str  # "new_seller" | "over_threshold" | "new_seller_over_threshold"
 
 
 @dataclass(frozen=True)
@@ -210,16 +210,17 @@ class SpendingPolicy:
                     return refused
             if not approved:
                 threshold = self._atomic(self.approval_threshold, token)
-                reason = None
+                reasons = []
                 if (
                     self.approve_new_sellers
                     and key not in self._approved_sellers
                     and not book.paid_before(key)
                 ):
-                    reason = "new_seller"
-                elif threshold is not None and amount > threshold:
-                    reason = "over_threshold"
-                if reason is not None:
+                    reasons.append("new_seller")
+                if threshold is not None and amount > threshold:
+                    reasons.append("over_threshold")
+                if reasons:  # both at once: one question naming both, one answer for both
+                    reason = "_".join(reasons)
                     request = ApprovalRequest(seller, url, amount, asset, network, reason)
                     return Decision(
                         "needs_approval", f"approval needed: {reason}", approval=request

@@ -272,3 +272,18 @@ def test_a_task_inside_another_spends_from_both_budgets(kept: str, tmp_path: Pat
             assert ask(restarted, 1) == "budget_exhausted"
         with restarted.task("step-9", budget=30_000):
             assert ask(restarted, 1) == "budget_exhausted"
+
+
+def test_a_new_seller_over_the_threshold_is_asked_about_both_at_once() -> None:
+    """An approval for a new seller is not an approval of an amount over the threshold
+    unless the question named both (docs/buyer.md, "Budgets")."""
+    policy = SpendingPolicy(approve_new_sellers=True, approval_threshold=10_000)
+    asked = policy.check(seller=SELLER, url="u", amount=50_000, asset=USDC, network=NETWORK)
+    assert asked.outcome == "needs_approval" and asked.approval is not None
+    assert asked.approval.reason == "new_seller_over_threshold"
+    small = policy.check(seller=SELLER, url="u", amount=1, asset=USDC, network=NETWORK)
+    assert small.approval is not None and small.approval.reason == "new_seller"
+    first = "0x" + "55" * 20
+    policy.check(seller=first, url="u", amount=1, asset=USDC, network=NETWORK, approved=True)
+    later = policy.check(seller=first, url="u", amount=50_000, asset=USDC, network=NETWORK)
+    assert later.approval is not None and later.approval.reason == "over_threshold"
