@@ -139,32 +139,15 @@ def close(
         return  # another process closed it first
     # The pairwise matrix was kept up to date as guarantees became payable (or were voided).
     tx.execute("DELETE FROM fx_cycle_pairs WHERE cycle_id = ? AND guarantee_count = 0", (cycle_id,))
-    # Gross in and out per participant, summed by the database (a cycle may hold a million
-    # pairs; one row per participant comes back). Payers stream in key order.
-    gross: dict[str, list[int]] = {}
-    count = gross_total = 0
-    for payer, amount, guarantees in tx.all(
-        "SELECT payer, SUM(amount), SUM(guarantee_count) FROM fx_cycle_pairs "
-        "WHERE cycle_id = ? GROUP BY payer",
-        (cycle_id,),
-    ):
-        gross[payer] = [0, int(amount)]
-        count += int(guarantees)
-        gross_total += int(amount)
-    for payee, amount in tx.all(
-        "SELECT payee, SUM(amount) FROM fx_cycle_pairs WHERE cycle_id = ? GROUP BY payee",
-        (cycle_id,),
-    ):
-        gross.setdefault(payee, [0, 0])[0] = int(amount)
+    following = None
+    gross, count, gross_total = _gross(tx, cycle_id)
     if gross_total > INT64_MAX:
         # Every amount of a cycle (a gross in, a credit, the total debit) is at most its gross,
-        # and each is a BIGINT column: the cycle stays open, nothing unlocked, rather than store
-        # a wrong number (docs/operations.md, "Operator settings").
-        raise CoreError(
-            f"cycle {cycle_id} grosses {gross_total}, beyond 2**63 - 1 atomic units",
-            reason="cycle_overflow",
-            status=503,
-        )
+        # and each is a BIGINT column: what does not fit waits for the next cycle
+        # (docs/operations.md, "Operator settings").
+        following = _open_next(tx, network, asset, now, config)
+        _defer_overflow(tx, cycle_id, following)
+        gross, count, gross_total = _gross(tx, cycle_id)
     netting = clearing.Netting({a: (v[0], v[1]) for a, v in gross.items()})
     rows = []
     for address, (gross_in, gross_out) in netting.gross.items():
@@ -206,10 +189,8 @@ def close(
             cycle_id,
         ),
     )
-    tx.execute(
-        "INSERT INTO fx_cycles (network, asset, status, opened_at, closes_at) VALUES (?, ?, 'open', ?, ?)",
-        (network, asset, now, now + config.cycle_window),
-    )
+    if following is None:
+        _open_next(tx, network, asset, now, config)
     emit(
         events,
         "cycle.closed",
@@ -221,6 +202,62 @@ def close(
         guarantees=count,
         net_transfers=netting.transfers,
         total_debit=netting.total_debit,
+    )
+
+
+def _gross(tx: Tx, cycle_id: int) -> tuple[dict[str, list[int]], int, int]:
+    """Gross in and out per participant, the guarantee count and the gross: summed by the
+    database (a cycle may hold a million pairs; one row per participant comes back)."""
+    gross: dict[str, list[int]] = {}
+    count = gross_total = 0
+    for payer, amount, guarantees in tx.all(
+        "SELECT payer, SUM(amount), SUM(guarantee_count) FROM fx_cycle_pairs "
+        "WHERE cycle_id = ? GROUP BY payer",
+        (cycle_id,),
+    ):
+        gross[payer] = [0, int(amount)]
+        count += int(guarantees)
+        gross_total += int(amount)
+    for payee, amount in tx.all(
+        "SELECT payee, SUM(amount) FROM fx_cycle_pairs WHERE cycle_id = ? GROUP BY payee",
+        (cycle_id,),
+    ):
+        gross.setdefault(payee, [0, 0])[0] = int(amount)
+    return gross, count, gross_total
+
+
+def _open_next(tx: Tx, network: str, asset: str, now: float, config: CoreConfig) -> int:
+    row = tx.one(
+        "INSERT INTO fx_cycles (network, asset, status, opened_at, closes_at) "
+        "VALUES (?, ?, 'open', ?, ?) RETURNING cycle_id",
+        (network, asset, now, now + config.cycle_window),
+    )
+    assert row is not None
+    return int(row[0])
+
+
+def _defer_overflow(tx: Tx, cycle_id: int, following: int) -> None:
+    """Move the pairs (and their guarantees) that would take the cycle's gross past 2**63 - 1
+    into the ``following`` cycle, smallest pairs kept first: each close nets at least one
+    pair (each is at most 2**63 - 1), so a cycle never stays stuck."""
+    kept, moved = 0, []
+    for payer, payee, amount in tx.all(
+        "SELECT payer, payee, amount FROM fx_cycle_pairs WHERE cycle_id = ? "
+        "ORDER BY amount, payer, payee",
+        (cycle_id,),
+    ):
+        if kept and kept + int(amount) > INT64_MAX:
+            moved.append((following, cycle_id, payer, payee))
+        else:
+            kept += int(amount)
+    tx.many(
+        "UPDATE fx_cycle_pairs SET cycle_id = ? WHERE cycle_id = ? AND payer = ? AND payee = ?",
+        moved,
+    )
+    tx.many(
+        "UPDATE fx_guarantees SET cycle_id = ? WHERE cycle_id = ? AND user_address = ? "
+        "AND recipient_address = ?",
+        moved,
     )
 
 

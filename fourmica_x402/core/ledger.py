@@ -384,14 +384,9 @@ class Core(Alerting, Reads):
         done = {"validations_expired": expired, "closed": 0, "resolved": 0, "finalized": 0}
         for cycle in self.cycles(status="open"):
             if cycle.closes_at <= now:
-                try:
-                    self._change(
-                        cycles.close, cycle.cycle_id, cycle.network, cycle.asset, now, self.config
-                    )
-                except CoreError as exc:  # stays open (cycle_overflow); the others go on
-                    if exc.reason != "cycle_overflow":
-                        raise
-                    continue
+                self._change(
+                    cycles.close, cycle.cycle_id, cycle.network, cycle.asset, now, self.config
+                )
                 done["closed"] += 1
         for cycle in self.cycles(status="closed"):
             if cycle.resolve_at is not None and cycle.resolve_at <= now:

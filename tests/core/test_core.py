@@ -566,6 +566,22 @@ def test_scheduled_close_by_tick(core: Core, clock: FakeClock) -> None:
     assert core.current_cycle(network=NETWORK).cycle_id != first.cycle_id
 
 
+def test_a_cycle_grossing_past_64_bits_closes_with_what_fits(core: Core, clock: FakeClock) -> None:
+    """A cycle's amounts are 64-bit columns: the pairs that would pass 2**63 - 1 wait for the
+    next cycle (smallest kept first), so no gross, however large, keeps a cycle open."""
+    buyers = [TestBuyer.new() for _ in range(3)]
+    for i, b in enumerate(buyers):
+        core.deposit(b.address, 2**62 + i, network=NETWORK)
+        core.accept(*b.pay(core, SELLER, 2**62 + i))
+    first = core.close_cycle(network=NETWORK)
+    assert (first.guarantee_count, first.gross) == (1, 2**62)  # the smallest pair fits alone
+    second = core.close_cycle(network=NETWORK)
+    assert (second.guarantee_count, second.gross) == (1, 2**62 + 1)
+    third = core.close_cycle(network=NETWORK)
+    assert (third.guarantee_count, third.gross) == (1, 2**62 + 2)
+    assert core.audit() == []
+
+
 # -- collateral and withdrawals ----------------------------------------------------------------
 
 
