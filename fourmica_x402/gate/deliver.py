@@ -79,7 +79,10 @@ def response_start(gate: Gate, state: Paid, status: int, cache_control: str | No
     name = PAYMENT_RESPONSE_HEADER if state.payment.x402_version == 2 else X_PAYMENT_RESPONSE_HEADER
     refunds = gate.config.refund_on_error or state.payment.job is not None
     if result is not None and not 200 <= status < 300 and refunds:
-        # The guarantee is voided once the response is done: say so, so buyers do not count it.
+        # Refunded now, before the header says so: a refund refused (a cycle netted the
+        # guarantee while the handler ran) leaves the settle result in the header instead.
+        state.refunded = yield Call(_refund, (gate, state.payment), afn=_arefund)
+    if state.refunded in ("refunded", "refund_pending") and result is not None:
         refunded = SettleResponse(
             success=False,
             error_reason="refunded",
@@ -128,6 +131,8 @@ def finish(
     action: Action = None
     if state.settle_failed is not None or state.result is None:
         outcome = "not_charged"  # settle-after: a failed handler is never charged
+    elif state.refunded is not None:  # refunded (or not) as the response started
+        outcome = state.refunded
     elif (
         config.refund_on_error or payment.job or stream or isinstance(error, Undelivered)
     ) and not delivered:
@@ -204,6 +209,27 @@ def _complete_later(
         also=lambda tx: Records.complete(tx, record_id, outcome=outcome, **record),
         failed=failed,
     )
+
+
+def _refund(gate: Gate, payment: Payment) -> str:
+    """Void a failed response's guarantee now; the outcome to record."""
+    assert payment.guarantee_id is not None
+    try:
+        gate.facilitator.void(payment.guarantee_id, by=payment.pay_to)
+    except Exception as exc:
+        return _action_failed(gate, payment, ("void", 0), exc, "refunded")
+    return "refunded"
+
+
+async def _arefund(gate: Gate, payment: Payment) -> str:
+    if gate.core is not None:  # the embedded Core: a short write, off the loop
+        return await asyncio.to_thread(_refund, gate, payment)
+    assert payment.guarantee_id is not None
+    try:
+        await gate.facilitator.avoid(payment.guarantee_id, by=payment.pay_to)
+    except Exception as exc:
+        return await asyncio.to_thread(_action_failed, gate, payment, ("void", 0), exc, "refunded")
+    return "refunded"
 
 
 def _finish_io(

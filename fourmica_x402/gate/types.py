@@ -241,3 +241,6 @@ class Paid:
     replay: Response | None = None
     settle_failed: SettleResult | None = None
     route: Route | None = None
+    #: The outcome of the refund made as a failed response started (``refunded``, ``kept``
+    #: or ``refund_pending``); None when none was made then.
+    refunded: str | None = None

@@ -26,7 +26,7 @@ from starlette.testclient import TestClient
 
 from fourmica_x402.core import Core
 from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
-from fourmica_x402.wire import decode_payment_required
+from fourmica_x402.wire import decode_header_json, decode_payment_required
 
 SELLER = TestBuyer.new().address
 ROUTES = {"GET /report": "$0.01", "GET /stream": "$0.01"}
@@ -128,6 +128,36 @@ def test_a_background_task_failing_after_a_paid_answer_keeps_the_payment(core: C
         assert resp.status_code == 200 and resp.text == "the report"
         assert ran == ["background"]  # it ran, after the answer, and raised
         assert settled(core, gate_of(app.middleware_stack)) == [("payable", "delivered")]
+
+
+@pytest.mark.parametrize("netted", [False, True], ids=["refunded", "netted-meanwhile"])
+def test_a_failed_response_says_refunded_only_when_it_was(core: Core, netted: bool) -> None:
+    """A failed paid response (G-v1: payable, in the open cycle, at once) is refunded as it
+    starts, so its result header tells the truth: refunded, or, when a cycle netted the
+    guarantee while the handler ran, the settle result (charged)."""
+
+    async def report(request: Any) -> PlainTextResponse:
+        if netted:
+            core.close_cycle(network=NETWORK)  # the operator closes it meanwhile
+        return PlainTextResponse("upstream down", status_code=502)
+
+    options = {"pay_to": SELLER, "network": NETWORK, "delivery_policy": False}
+    options["routes"] = {"GET /report": "$0.01"}
+    app = Starlette(
+        routes=[Route("/report", report)],
+        middleware=[Middleware(PaymentMiddleware, core=core, **options)],
+    )
+    with TestClient(app) as client:
+        resp = client.get("/report", headers=[header(core, client, "/report")])
+        assert resp.status_code == 502
+        result = decode_header_json(resp.headers["payment-response"])
+        gate = gate_of(app.middleware_stack)
+        if netted:
+            assert result["success"] is True and result["transaction"]
+            assert settled(core, gate) == [("netted", "kept")]
+        else:
+            assert (result["success"], result["errorReason"]) == (False, "refunded")
+            assert settled(core, gate) == [("voided", "refunded")]
 
 
 def test_fastapi_cleanup_failing_after_a_paid_answer_keeps_the_payment(core: Core) -> None:
