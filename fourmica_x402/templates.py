@@ -19,23 +19,36 @@ __all__ = [
 
 
 #: A route parameter in any of the notations frameworks and route tables use (and its name).
+#: ``:name`` only as a whole path segment: ``/v1/models/{name}:predict`` and ``/items:search``
+#: keep their colons as text (docs/architecture.md, "Which route is priced").
 _PARAM = re.compile(
-    r":([A-Za-z_]\w*)|\[([A-Za-z_]\w*)\]|\{([A-Za-z_]\w*)(?::[^{}]*)?\}"
+    r"(?<=/):([A-Za-z_]\w*)(?=/|\Z)|\[([A-Za-z_]\w*)\]|\{([A-Za-z_]\w*)(?::[^{}]*)?\}"
     r"|<(?:[A-Za-z_]\w*(?:\([^)]*\))?:)?([A-Za-z_]\w*)>"
 )
 #: A named group of a Django regex route (``re_path``): a parameter too.
 _GROUP = re.compile(r"\(\?P<([A-Za-z_]\w*)>(?:[^()]|\([^()]*\))*\)")
 
 
-def canonical_template(template: str) -> str:
-    """A route template with every parameter written ``{}``: ``/items/<int:id>`` → ``/items/{}``."""
-    return _PARAM.sub("{}", template)
-
-
 #: A parameter's converter in the notations that name one (``{id:int}``, ``<int:id>``).
 _CONVERTER = re.compile(r"\{[A-Za-z_]\w*:([^{}]*)\}|<([A-Za-z_]\w*(?:\([^)]*\))?):[A-Za-z_]\w*>")
 #: The converters that mean "one path segment" in Flask, Starlette and Django.
 _SEGMENT_CONVERTERS = {"", "str", "string", "default"}
+
+
+def _converter(match: re.Match[str]) -> str:
+    typed = _CONVERTER.fullmatch(match.group(0))
+    return "" if typed is None else (typed.group(1) or typed.group(2) or "").strip().lower()
+
+
+def _canonical(match: re.Match[str]) -> str:
+    # A path converter spans segments: only a ``*`` entry names it, never ``:name``.
+    return "*" if _converter(match) == "path" else "{}"
+
+
+def canonical_template(template: str) -> str:
+    """A route template with every parameter written ``{}`` (a ``path`` converter ``*``):
+    ``/items/<int:id>`` → ``/items/{}``, ``/files/{p:path}`` → ``/files/*``."""
+    return _PARAM.sub(_canonical, template)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -46,9 +59,8 @@ def typed_template(template: str) -> str:
     written for one of them prices that one (docs/architecture.md, "Which route is priced")."""
 
     def one(match: re.Match[str]) -> str:
-        typed = _CONVERTER.fullmatch(match.group(0))
-        name = "" if typed is None else (typed.group(1) or typed.group(2) or "").strip()
-        return "{}" if name.lower() in _SEGMENT_CONVERTERS else "{" + name.lower() + "}"
+        name = _converter(match)
+        return "{}" if name in _SEGMENT_CONVERTERS else "{" + name + "}"
 
     return _PARAM.sub(one, template)
 
@@ -72,7 +84,7 @@ def compile_template(pattern: str) -> re.Pattern[str]:
     return re.compile(regex + r"/?\Z", re.IGNORECASE | re.DOTALL)
 
 
-_SEGMENT = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)|\[([A-Za-z_][A-Za-z0-9_]*)\]|\*")
+_SEGMENT = re.compile(r"(?<=/):([A-Za-z_][A-Za-z0-9_]*)(?=/|\Z)|\[([A-Za-z_][A-Za-z0-9_]*)\]|\*")
 
 
 def compile_pattern(pattern: str) -> re.Pattern[str]:

@@ -51,6 +51,17 @@ def _pay_and_check(client: Any, core: Core, path: str) -> None:
     assert core.position(buyer.address, network=NETWORK).locked == EXPECTED[path]
 
 
+async def _bare(scope: Any, receive: Any, send: Any) -> None:
+    """An ASGI app with no router: the gate prices its raw path."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
 def test_flask_sells_each_rule_at_its_most_specific_entry(core: Core) -> None:
     app = Flask(__name__)
     app.config.update(FOURMICA_X402_PAY_TO=SELLER, FOURMICA_X402_CORE=core)
@@ -83,16 +94,7 @@ def test_starlette_and_a_router_less_app_sell_at_the_most_specific_entry(core: C
         middleware=[Middleware(PaymentMiddleware, **options)],
     )
 
-    async def bare(scope: Any, receive: Any, send: Any) -> None:  # no router: the raw path
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"{}"})
-
-    for app in (routed, PaymentMiddleware(bare, **options)):
+    for app in (routed, PaymentMiddleware(_bare, **options)):
         with TestClient(app) as client:
             for path, amount in EXPECTED.items():
                 assert _amount(client.get(path)) == amount, (app, path)
@@ -199,3 +201,74 @@ def test_converters_compare_across_notations() -> None:
     assert {typed_template(t) for t in segment} == {"/i/{}"}
     assert typed_template("/f/<path:p>") == typed_template("/f/{p:path}") == "/f/{path}"
     assert typed_template("/u/<slug:s>") != typed_template("/u/<int:s>")
+
+
+def test_a_colon_inside_a_segment_is_text_not_a_parameter(core: Core) -> None:
+    """``/models/{name}:predict`` and ``/models/{name}:explain`` are two routes: each sells at
+    its own entry, and an app without a router prices its raw path the same way."""
+
+    async def ok(request: Any) -> JSONResponse:
+        return JSONResponse({"path": request.url.path})
+
+    table = {"GET /models/{name}:predict": "$0.01", "GET /models/{name}:explain": "$1.00"}
+    table["GET /items:search"] = "$2.00"
+    table["GET /items/:id"] = "$0.03"
+    routes = [
+        Route("/models/{name}:predict", ok),
+        Route("/models/{name}:explain", ok),
+        Route("/items:search", ok),
+        Route("/items/{id}", ok),
+    ]
+    options = {"pay_to": SELLER, "core": core, "network": NETWORK, "routes": table}
+    prices = {
+        "/models/m:predict": 10_000,
+        "/models/m:explain": 10**6,
+        "/items:search": 2 * 10**6,
+        "/items/7": 30_000,
+    }
+    routed = Starlette(routes=routes, middleware=[Middleware(PaymentMiddleware, **options)])
+    with TestClient(routed) as client:
+        for path, amount in prices.items():
+            _pay_at(client, core, path, amount)
+
+    raw = {"GET /items:search": "$2.00", "GET /items/:id": "$0.03"}
+    with TestClient(PaymentMiddleware(_bare, **{**options, "routes": raw})) as client:
+        _pay_at(client, core, "/items:search", 2 * 10**6)
+        assert client.get("/itemsearch").status_code == 200  # no entry names it: free
+
+
+@pytest.mark.parametrize("order", ["segment-first", "wildcard-first"])
+def test_a_path_converter_is_priced_by_a_wildcard_entry_not_a_one_segment_one(
+    core: Core, order: str
+) -> None:
+    """``:name`` is one path segment: a route with a ``path`` converter (any depth) is priced
+    by the ``*`` entry, as the raw path of an app without a router is."""
+    entries = [("GET /files/:name", "$0.01"), ("GET /files/*", "$1.00")]
+    table = dict(entries if order == "segment-first" else entries[::-1])
+    app = Flask(__name__)
+    app.config.update(FOURMICA_X402_PAY_TO=SELLER, FOURMICA_X402_CORE=core)
+    app.config["FOURMICA_X402_ROUTES"] = table
+    payments = FourmicaX402(app)
+
+    @app.get("/files/<name>")
+    def one(name: str) -> dict[str, str]:
+        return {"file": name}
+
+    @app.get("/files/<path:rest>")
+    def deep(rest: str) -> dict[str, str]:
+        return {"download": rest}
+
+    payments.check()
+    client = app.test_client()
+    _pay_at(client, core, "/files/deep/archive.tar", 10**6)
+    _pay_at(client, core, "/files/report", 10_000)
+
+    async def ok(request: Any) -> JSONResponse:
+        return JSONResponse({})
+
+    routes = [Route("/files/{name}", ok), Route("/files/{rest:path}", ok)]
+    options = {"pay_to": SELLER, "core": core, "network": NETWORK, "routes": table}
+    starlette = Starlette(routes=routes, middleware=[Middleware(PaymentMiddleware, **options)])
+    with TestClient(starlette) as client:
+        _pay_at(client, core, "/files/deep/archive.tar", 10**6)
+        _pay_at(client, core, "/files/report", 10_000)
