@@ -1,6 +1,7 @@
 """System checks (fourmica_x402.E001 no FOURMICA_X402 dict, E002 invalid configuration or
 @paid price, E003 a ROUTES entry naming no URL pattern, E004 a SQLite database in a directory
-that does not exist, W001 no PaymentMiddleware in MIDDLEWARE).
+that does not exist, E005 LocaleMiddleware after ours with i18n_patterns, W001 no
+PaymentMiddleware in MIDDLEWARE).
 
     INSTALLED_APPS = [..., "fourmica_x402.adapters.django"]  # then: manage.py check
 """
@@ -42,7 +43,8 @@ def check_middleware(**kwargs: Any) -> list[CheckMessage]:
     ours = {f"{__package__}.PaymentMiddleware", f"{__package__}.middleware.PaymentMiddleware"}
     if ours.isdisjoint(getattr(settings, "MIDDLEWARE", None) or ()):
         return [Warning("PaymentMiddleware is not in MIDDLEWARE", id="fourmica_x402.W001")]
-    return []
+    misplaced = conf.locale_misplaced()
+    return [] if misplaced is None else [Error(misplaced, id="fourmica_x402.E005")]
 
 
 @register("fourmica_x402")

@@ -12,14 +12,14 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django import urls
-from django.core.exceptions import DisallowedHost
+from django.core.exceptions import DisallowedHost, ImproperlyConfigured
 from django.http import HttpRequest
 from django.utils.encoding import escape_uri_path
 
 from fourmica_x402.gate import PASS, Call, Endpoint, Flow, Gate, RequestView, Response
 from fourmica_x402.gate.lifecycle import BODY_LIMIT, Endpoints, Meter
 
-from .conf import describe, language_prefix, load, patterns, render
+from .conf import describe, language_prefix, load, locale_misplaced, patterns, render
 
 
 def request_view(request: HttpRequest, resolve: Callable[[], Any] | None = None) -> RequestView:
@@ -67,6 +67,8 @@ class PaymentMiddleware:
         self.get_response, self.async_mode = get_response, iscoroutinefunction(get_response)
         if self.async_mode:
             markcoroutinefunction(self)
+        if (misplaced := locale_misplaced()) is not None:  # localized views would run unpaid
+            raise ImproperlyConfigured(f"fourmica_x402: {misplaced}")
         self.gate = Gate(load())
         # Priced is what Django's resolver serves (docs/architecture.md, "Which route is
         # priced"): a @paid price or a ROUTES entry naming no URL pattern fails at start-up.

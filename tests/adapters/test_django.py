@@ -23,6 +23,7 @@ from django.apps import apps
 from django.conf import settings
 from django.conf.urls.i18n import i18n_patterns
 from django.core.checks import run_checks
+from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.wsgi import WSGIHandler
 from django.http import Http404, HttpRequest, JsonResponse, StreamingHttpResponse
@@ -359,6 +360,23 @@ def test_a_table_entry_under_i18n_patterns_prices_the_view_in_every_language(
         refused = pytest.raises(ConfigurationError, match="/lreport")
         with override_settings(FOURMICA_X402=with_prefix), refused:
             WSGIHandler()  # names no route: the language prefix is not part of it
+
+
+def test_locale_middleware_after_ours_with_i18n_patterns_is_refused(configured: None) -> None:
+    """Listed after ours, LocaleMiddleware activates the language only once we resolved the
+    URL under another one: localized views would run unpaid. The system check says so
+    (E005) and the middleware refuses to start."""
+    from fourmica_x402.adapters.django.checks import check_middleware
+
+    table = {**settings.FOURMICA_X402, "ROUTES": {"GET /lreport": "$0.04"}}
+    after = [*MIDDLEWARE, "django.middleware.locale.LocaleMiddleware"]
+    with override_settings(FOURMICA_X402=table, MIDDLEWARE=after, ROOT_URLCONF=URLS.__name__):
+        assert [m.id for m in check_middleware()] == ["fourmica_x402.E005"]
+        with pytest.raises(ImproperlyConfigured, match="LocaleMiddleware must come before"):
+            WSGIHandler()
+    before = ["django.middleware.locale.LocaleMiddleware", *MIDDLEWARE]
+    with override_settings(FOURMICA_X402=table, MIDDLEWARE=before, ROOT_URLCONF=URLS.__name__):
+        assert check_middleware() == []
 
 
 @pytest.mark.parametrize(
