@@ -25,7 +25,7 @@ from typing import Any
 
 try:
     from fastapi import Depends, FastAPI, HTTPException, Request
-    from fastapi.routing import APIRoute
+    from fastapi.routing import APIRoute, APIWebSocketRoute
     from starlette.responses import Response as StarletteResponse
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -71,8 +71,7 @@ def Paid(price: Any = None, *, methods: Any = None, **route: Any) -> Any:
 
 
 def _marker(route: Any) -> Marker | None:
-    """The ``Paid`` among the dependencies of an APIRoute (nested ones too), if any; or of an
-    included router's entry for one, which holds the inclusion's dependencies too."""
+    """The ``Paid`` among a route's dependencies (nested and the inclusion's too), if any."""
 
     def find(dependant: Any) -> Marker | None:
         for dep in dependant.dependencies:
@@ -81,7 +80,8 @@ def _marker(route: Any) -> Marker | None:
                 return found
         return None
 
-    if isinstance(route, APIRoute) or isinstance(getattr(route, "original_route", None), APIRoute):
+    kinds = (APIRoute, APIWebSocketRoute)  # a paid WebSocket: refused (1008), see asgi.py
+    if isinstance(route, kinds) or isinstance(getattr(route, "original_route", None), kinds):
         return find(route.dependant)
     return None
 

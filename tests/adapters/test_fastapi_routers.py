@@ -208,3 +208,26 @@ def test_a_table_priced_route_serving_options_answers_it_without_running_the_han
         _, headers = pay(core, client, "/report")
         assert client.get("/report", headers=headers).status_code == 200
         assert runs == ["preflight", "GET"]
+
+
+def test_a_websocket_route_with_paid_is_refused_with_1008(core: Core) -> None:
+    """``Paid(...)`` on a WebSocket route prices it: the handshake is refused (close code
+    1008; there is no paid-WebSocket mode), never a crash in the dependency."""
+    from fastapi import WebSocket
+    from starlette.websockets import WebSocketDisconnect
+
+    app, calls = FastAPI(), collections.Counter[str]()
+    FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK)
+
+    @app.websocket("/live")
+    async def live(websocket: WebSocket, payment: Payment = Paid("$1")) -> None:  # noqa: B008
+        calls["live"] += 1
+        await websocket.accept()
+
+    with (
+        TestClient(app) as client,
+        pytest.raises(WebSocketDisconnect) as refused,
+        client.websocket_connect("/live"),
+    ):
+        pass
+    assert refused.value.code == 1008 and calls == {}
