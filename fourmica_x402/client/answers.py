@@ -15,33 +15,33 @@ MAX_ANSWER = 1 << 20
 
 
 class AnswerTooLarge(ValueError):
-    """An answer the flow parses ran past :data:`MAX_ANSWER` bytes: read no further."""
+    """An answer the flow parses ran past its limit (:data:`MAX_ANSWER` bytes): read no further."""
 
-    def __init__(self) -> None:
-        super().__init__(f"an answer to parse is larger than {MAX_ANSWER} bytes")
+    def __init__(self, limit: int = MAX_ANSWER) -> None:
+        super().__init__(f"an answer to parse is larger than {limit} bytes")
 
 
-def read_answer(response: httpx.Response) -> None:
-    """Read ``response`` to its end (then closed), refusing one past :data:`MAX_ANSWER`."""
+def read_answer(response: httpx.Response, limit: int = MAX_ANSWER) -> None:
+    """Read ``response`` to its end (then closed), refusing one past ``limit`` bytes."""
     body = bytearray()
     try:
         for chunk in response.iter_bytes():
             body += chunk
-            if len(body) > MAX_ANSWER:
-                raise AnswerTooLarge()
+            if len(body) > limit:
+                raise AnswerTooLarge(limit)
     finally:
         response.close()
     response._content = bytes(body)  # where httpx's own read() keeps it
 
 
-async def aread_answer(response: httpx.Response) -> None:
+async def aread_answer(response: httpx.Response, limit: int = MAX_ANSWER) -> None:
     """:func:`read_answer` on an event loop."""
     body = bytearray()
     try:
         async for chunk in response.aiter_bytes():
             body += chunk
-            if len(body) > MAX_ANSWER:
-                raise AnswerTooLarge()
+            if len(body) > limit:
+                raise AnswerTooLarge(limit)
     finally:
         await response.aclose()
     response._content = bytes(body)

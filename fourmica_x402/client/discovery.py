@@ -16,6 +16,7 @@ the wire shape: docs/protocol.md, "Discovery").
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -26,6 +27,7 @@ import httpx
 from .._json import loads
 from ..errors import DiscoveryFailed
 from ..networks import find_asset, format_amount, parse_amount
+from .answers import AnswerTooLarge, aread_answer, read_answer
 
 __all__ = ["WELL_KNOWN", "ListedOffer", "ListedResource", "adiscover", "discover", "read_listing"]
 
@@ -96,12 +98,16 @@ def discover(
     transport, headers and proxies) or a fresh one."""
     target = listing_url(url)
     try:
-        if client is not None:
-            return read_listing(client.get(target, timeout=timeout), target)
-        with httpx.Client(timeout=timeout) as fresh:
-            return read_listing(fresh.get(target), target)
+        with contextlib.ExitStack() as stack:
+            if client is None:
+                client = stack.enter_context(httpx.Client(timeout=timeout))
+            response = stack.enter_context(client.stream("GET", target, timeout=timeout))
+            read_answer(response, MAX_BYTES)  # no further than the limit
+            return read_listing(response, target)
     except httpx.HTTPError as exc:
         raise DiscoveryFailed(f"{target}: request failed: {exc}") from exc
+    except AnswerTooLarge:
+        raise DiscoveryFailed(f"{target}: the listing is larger than {MAX_BYTES} bytes") from None
 
 
 async def adiscover(
@@ -110,12 +116,17 @@ async def adiscover(
     """:func:`discover` with an ``httpx.AsyncClient``."""
     target = listing_url(url)
     try:
-        if client is not None:
-            return read_listing(await client.get(target, timeout=timeout), target)
-        async with httpx.AsyncClient(timeout=timeout) as fresh:
-            return read_listing(await fresh.get(target), target)
+        async with contextlib.AsyncExitStack() as stack:
+            if client is None:
+                client = await stack.enter_async_context(httpx.AsyncClient(timeout=timeout))
+            request = client.stream("GET", target, timeout=timeout)
+            response = await stack.enter_async_context(request)
+            await aread_answer(response, MAX_BYTES)
+            return read_listing(response, target)
     except httpx.HTTPError as exc:
         raise DiscoveryFailed(f"{target}: request failed: {exc}") from exc
+    except AnswerTooLarge:
+        raise DiscoveryFailed(f"{target}: the listing is larger than {MAX_BYTES} bytes") from None
 
 
 def read_listing(response: httpx.Response, where: str = "the listing") -> list[ListedResource]:

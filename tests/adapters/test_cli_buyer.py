@@ -329,6 +329,25 @@ def test_a_bad_listing_is_one_clean_error_line(app: Any, says: str) -> None:
             discover(origin)
 
 
+def test_a_listing_past_its_limit_is_read_no_further() -> None:
+    """The 4 MiB limit stops the read itself: a seller streaming a listing without end does
+    not fill the buyer's memory (docs/buyer.md, "Listing offers")."""
+    sent = [0]
+
+    def endless(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [("content-type", "application/json")])
+        for _ in range(1024):  # 64 MiB at most
+            sent[0] += 1
+            yield b" " * 65_536
+
+    with loopback(endless) as origin:
+        with pytest.raises(DiscoveryFailed, match="larger than 4194304 bytes"):
+            discover(origin)
+        with pytest.raises(DiscoveryFailed, match="larger than 4194304 bytes"):
+            asyncio.run(adiscover(origin))
+    assert sent[0] < 512  # the server stopped once the client hung up, far short of 64 MiB
+
+
 def test_offers_refuses_a_bad_url_or_a_seller_without_a_listing(tmp_path: Path) -> None:
     assert "is not an http(s):// URL" in error_line(cli("offers", "ftp://example.com"), 2)
     assert "request failed" in error_line(cli("offers", "http://127.0.0.1:9/"), 1)
