@@ -11,6 +11,7 @@ import hmac
 from collections.abc import Mapping
 
 from fourmica_x402._eth import parse_address
+from fourmica_x402.errors import ConfigurationError
 
 from .base import Call, Reply, error, refusal
 
@@ -35,6 +36,11 @@ class Keys:
         *,
         sandbox: bool = False,
     ) -> None:
+        # A blank token would be presented by every request without an Authorization header.
+        if api_key is not None and not api_key.strip():
+            raise ConfigurationError("api_key is empty: give a token, or None for no key")
+        if any(not token.strip() for token in seller_keys or {}):
+            raise ConfigurationError("a seller key's token is empty")
         self.api_key = api_key
         self.sellers = {
             token: parse_address(address) for token, address in (seller_keys or {}).items()

@@ -27,7 +27,7 @@ from starlette.testclient import TestClient
 from fourmica_x402 import PaymentConfig
 from fourmica_x402.client import Receipt, fetch_certificate, fetch_public_key, verify_certificate
 from fourmica_x402.core import Core
-from fourmica_x402.errors import Unavailable
+from fourmica_x402.errors import ConfigurationError, Unavailable
 from fourmica_x402.facilitator import HttpFacilitator
 from fourmica_x402.gate import Gate
 from fourmica_x402.service import create_app
@@ -134,6 +134,16 @@ def test_seller_endpoints_need_the_api_key(client: TestClient, core: Core) -> No
     )
     assert voided.status_code == 200 and voided.json()["state"] == "voided"
     assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
+@pytest.mark.parametrize(
+    "keys", [{"api_key": ""}, {"api_key": "  "}, {"api_key": "op", "seller_keys": {"": SELLER}}]
+)
+def test_a_blank_token_is_refused_at_start_up(core: Core, keys: dict[str, Any]) -> None:
+    """A request without an Authorization header presents the empty token: a blank key
+    would make every caller the operator (or that seller)."""
+    with pytest.raises(ConfigurationError, match="empty"):
+        create_app(core, tick_interval=None, webhooks=False, **keys)
 
 
 def test_seller_keys_act_for_their_own_seller_only(core: Core) -> None:
