@@ -296,8 +296,13 @@ def require_existing(db: str, *, can_create: bool = False) -> None:
     )
 
 
+#: libpq's password parameter: in a URL's query (``?password=…``) or a conninfo string.
+_PASSWORD_PARAM = re.compile(r"(?i)((?:^|[?&\s])password\s*=\s*)('[^']*'|[^&#\s]*)")
+
+
 def safe_url(url: str) -> str:
-    """``url`` with the password of its userinfo (``user:secret@``) replaced by ``***``."""
+    """``url`` with its password (``user:secret@``, ``?password=…``) replaced by ``***``."""
+    url = _PASSWORD_PARAM.sub(r"\1***", url)
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
@@ -315,15 +320,15 @@ def mask_password(text: str, url: str) -> str:
     from urllib.parse import quote, unquote, urlsplit
 
     try:
-        password = urlsplit(url).password
+        passwords = [urlsplit(url).password or ""]
     except ValueError:
-        password = None
+        passwords = []
+    passwords += [m.group(2).strip("'") for m in _PASSWORD_PARAM.finditer(url)]
     text = text.replace(url, safe_url(url))
-    if not password:
-        return text
-    for form in {password, unquote(password), quote(password, safe="")}:
-        if form:
-            text = re.sub(rf"(?<![\w%]){re.escape(form)}(?![\w%])", "***", text)
+    for password in filter(None, passwords):
+        for form in {password, unquote(password), quote(password, safe="")}:
+            if form:
+                text = re.sub(rf"(?<![\w%]){re.escape(form)}(?![\w%])", "***", text)
     return text
 
 

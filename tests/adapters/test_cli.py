@@ -198,6 +198,19 @@ def test_a_refused_db_url_does_not_show_its_password() -> None:
     assert "hunter2" not in line and "app:***@db" in line
 
 
+def test_a_password_in_the_urls_query_or_a_conninfo_is_masked_too() -> None:
+    from fourmica_x402.cli._args import mask_password, safe_url
+
+    for url in (
+        "postgresql://app@db/core?sslmode=require&password=Sup3r-S3cret",
+        "host=db password=Sup3r-S3cret dbname=core",
+        "host=db password='Sup3r-S3cret' dbname=core",
+    ):
+        assert "Sup3r" not in safe_url(url) and "password=***" in safe_url(url), url
+        said = mask_password(f"Error: {url}: token Sup3r-S3cret refused", url)
+        assert "Sup3r" not in said, said
+
+
 def test_postgres_password_is_masked_only_where_it_is_written() -> None:
     pytest.importorskip("psycopg")
     with socket.socket() as sock:  # a port nothing listens on: connection refused at once

@@ -567,6 +567,21 @@ def test_unreachable_postgres_is_unavailable_and_keeps_the_password_secret() -> 
     assert error.__cause__ is None and error.__suppress_context__
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://fx_user:s3cr%t!pw@127.0.0.1/core",  # a bare % the driver cannot read
+        "postgresql://fx user:s3cr%t!pw@127.0.0.1/core",
+        "postgresql://fx_user@127.0.0.1/core?password=s3cr%t!pw",
+    ],
+)
+def test_a_url_the_driver_cannot_parse_never_repeats_its_password(url: str) -> None:
+    pytest.importorskip("psycopg")
+    with pytest.raises(StoreUnavailable) as info:
+        open_store(url, connect_timeout=2)
+    assert "s3cr" not in str(info.value) and "invalid PostgreSQL URL" in str(info.value)
+
+
 def test_a_short_password_is_masked_without_mangling_the_message() -> None:
     """A password "p" used to turn every "p" of the message into "***" ("***ort")."""
     pytest.importorskip("psycopg")

@@ -210,8 +210,11 @@ class PostgresStore:
         self.url = url
         try:
             params = conninfo_to_dict(url)
-        except psycopg.Error as exc:
-            raise StoreUnavailable(f"invalid PostgreSQL URL: {_scrub(str(exc), [url])}") from None
+        except psycopg.Error:  # the driver's text may quote the password: not repeated
+            raise StoreUnavailable(
+                "invalid PostgreSQL URL: it cannot be parsed (check the percent-encoding of "
+                "its user, password and query)"
+            ) from None
         password = str(params.get("password") or "")
         self._secrets = [s for s in (password, url if password else "") if s]
         self.safe_url = _describe(params)
