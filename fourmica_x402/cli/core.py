@@ -103,8 +103,11 @@ def serve(
             if not TOKEN.match(token):
                 raise ValueError("the token must be printable ASCII without spaces")
             keys[token] = parse_address(address)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="'--seller-key'") from None
+        except ValueError as exc:  # never the value itself: its halves may be swapped
+            why = "ADDRESS is not an address" if sep and token else str(exc)
+            raise click.BadParameter(
+                f"{why} (expected TOKEN=0xADDRESS)", param_hint="'--seller-key'"
+            ) from None
     rules = None
     if alerts:
         from ..core.alerts import AlertRules

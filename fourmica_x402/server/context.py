@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import math
+import time
 from collections.abc import Mapping
 
 from fourmica_x402.alerts import AlertChecker
@@ -16,6 +17,8 @@ from fourmica_x402.webhooks import Webhooks
 from .auth import Keys
 from .base import Call
 from .metrics import Metrics
+
+_log = logging.getLogger("fourmica_x402.service")
 
 __all__ = ["Service"]
 
@@ -63,11 +66,22 @@ class Service:
         return self.public_url or call.origin
 
     async def tick_forever(self, interval: float) -> None:
-        """Drive cycles and timeouts every ``interval`` seconds until cancelled."""
+        """Drive cycles and timeouts every ``interval`` seconds until cancelled. A failing
+        tick is logged (the first, then once a minute while it keeps failing) and retried."""
+        failing, logged = 0, -math.inf
         while True:
             await asyncio.sleep(interval)
-            with contextlib.suppress(Exception):  # keep ticking; the next round retries
+            try:
                 await asyncio.to_thread(self.core.tick)
+            except Exception:
+                failing += 1
+                if time.monotonic() - logged >= 60:
+                    logged = time.monotonic()
+                    _log.exception("cycle tick failed (%d in a row); retrying", failing)
+            else:
+                if failing:
+                    _log.warning("cycle tick works again after %d failures", failing)
+                failing = 0
 
     async def check_alerts_forever(self) -> None:
         """Check the database alert rules every ``interval`` seconds until cancelled."""

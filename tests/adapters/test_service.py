@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import logging
 import socket
@@ -637,6 +639,9 @@ def test_serve_refuses_a_malformed_seller_key(tmp_path: Path) -> None:
     for bad in ("no-address", "=0x" + "11" * 20, "token=0xnot-an-address"):
         result = CliRunner().invoke(main, ["serve", "--db", db, "--seller-key", bad])
         assert result.exit_code == 2 and "--seller-key" in result.output, result.output
+    swapped = "0x" + "11" * 20 + "=sk_live_9f8e7d6c5b4a"  # the halves swapped: no echo
+    result = CliRunner().invoke(main, ["serve", "--db", db, "--seller-key", swapped])
+    assert result.exit_code == 2 and "sk_live" not in result.output, result.output
 
 
 # Bad input: always a 4xx (or a JSON-RPC error) with a stable reason, never a 500.
@@ -949,3 +954,32 @@ def test_a_huge_body_is_not_read_whole(core: Core) -> None:
     body = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
     assert sent[0]["status"] == 200 and body["success"] is False
     assert body["error"] == "malformed_payment"
+
+
+def test_a_failing_cycle_tick_is_logged_not_swallowed(
+    core: Core, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cycle closes, default coverage and validation timeouts all hang on the tick: a tick
+    that keeps failing says so (once a minute), and says when it works again."""
+    from fourmica_x402.server.context import Service
+
+    service = Service(core, webhooks=False)
+    failures = [3]
+
+    def tick() -> dict[str, int]:
+        if failures[0]:
+            failures[0] -= 1
+            raise Unavailable("database is locked")
+        return {}
+
+    monkeypatch.setattr(core, "tick", tick)
+
+    async def run() -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(service.tick_forever(0.01), 0.5)
+
+    with caplog.at_level("WARNING", logger="fourmica_x402.service"):
+        asyncio.run(run())
+    said = [r.getMessage() for r in caplog.records if r.name == "fourmica_x402.service"]
+    assert said[0] == "cycle tick failed (1 in a row); retrying"  # then quiet for a minute
+    assert said[1:] == ["cycle tick works again after 3 failures"]
