@@ -219,7 +219,7 @@ def tab_endpoint(
     except GuaranteeRejected as exc:
         return _error(400, exc.message, exc.reason)
     except FourmicaError as exc:
-        return _error(502, f"could not open a tab: {exc.message}", exc.reason)
+        return _error(503, f"could not open a tab: {exc.public()}", exc.reason)
     return 200, tab.to_json()
 
 
@@ -242,7 +242,7 @@ def core_payment_tabs(core: Core, chain_id: int, body: Any) -> JsonResult:
     except (ValueError, TypeError) as exc:
         return _error(400, str(exc), "invalid_request")
     except FourmicaError as exc:
-        return _error(exc.status if exc.status < 500 else 400, exc.message, exc.reason)
+        return _error(exc.status if exc.status < 500 else 503, exc.public(), exc.reason)
     return 200, {
         "id": hex(tab.tab_id),
         "tab_id": hex(tab.tab_id),

@@ -26,6 +26,7 @@ Adapters never invent protocol errors: they call :meth:`FourmicaError.render`
 from __future__ import annotations
 
 import json
+import logging
 import math
 from enum import StrEnum
 from typing import Any
@@ -112,6 +113,14 @@ class FourmicaError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         return {"error": self.reason, "message": self.message}
+
+    def public(self) -> str:
+        """The message to answer a caller with. A server-side failure's detail (a database's
+        host and user, a driver's text) goes to the log, not to whoever asked."""
+        if self.status < 500:
+            return self.message
+        logging.getLogger("fourmica_x402").warning("%s: %s", self.reason, self.message)
+        return f"{self.reason.replace('_', ' ')}: the service cannot answer now; retry later"
 
     def render(self) -> tuple[int, list[tuple[str, str]], bytes]:
         """``(status, headers, body)`` of a JSON response describing this error."""

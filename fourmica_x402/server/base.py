@@ -113,7 +113,9 @@ def failure(exc: FourmicaError) -> Reply:
     (docs/protocol.md, "Reason codes"). A server-side failure reads as 503, so a client
     retries later instead of treating the service as broken for good.
     """
-    return exc.status if exc.status < 500 else 503, exc.to_dict()
+    if exc.status < 500:
+        return exc.status, exc.to_dict()
+    return 503, {"error": exc.reason, "message": exc.public()}
 
 
 def refusal(status: int, text: str) -> Reply:

@@ -96,7 +96,7 @@ def tabs(service: Service, call: Call) -> Reply:
         )
     except FourmicaError as exc:
         # The official tab-endpoint shape: clients read ``reason`` (docs/operations.md).
-        return 400 if exc.status < 500 else 502, {"error": exc.message, "reason": exc.reason}
+        return 400 if exc.status < 500 else 503, {"error": exc.public(), "reason": exc.reason}
     except (ValueError, TypeError) as exc:
         return _tab_refusal(str(exc))
     return 200, tab.to_json()

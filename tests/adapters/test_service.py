@@ -983,3 +983,30 @@ def test_a_failing_cycle_tick_is_logged_not_swallowed(
     said = [r.getMessage() for r in caplog.records if r.name == "fourmica_x402.service"]
     assert said[0] == "cycle tick failed (1 in a row); retrying"  # then quiet for a minute
     assert said[1:] == ["cycle tick works again after 3 failures"]
+
+
+def test_an_outage_answers_503_without_the_databases_details(
+    client: TestClient, core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller without a key learns that the Core is down, not its database's user, host,
+    port and name: those go to the log (docs/operations.md, "Keys")."""
+    from fourmica_x402.core.store import StoreUnavailable
+
+    detail = "cannot connect to PostgreSQL database postgresql://fx@db.internal:5432/core"
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable(detail)
+
+    monkeypatch.setattr(core, "positions", down)
+    monkeypatch.setattr(core, "open_tab", down)
+    buyer = TestBuyer.new().address
+    answers = [
+        client.get("/api/positions"),
+        client.post("/tabs", json={"userAddress": buyer, "recipientAddress": SELLER}),
+        client.post(
+            "/core/payment-tabs", json={"user_address": buyer, "recipient_address": SELLER}
+        ),
+    ]
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert "db.internal" not in answer.text and "retry later" in answer.text
