@@ -25,14 +25,19 @@ def money(amount: int, network: str, asset: str) -> str:
     return f'<span class="num">{html.escape(amount_text(amount, network, asset))}</span>'
 
 
+def network_name(network: str) -> str:
+    """``Base Sepolia``; the CAIP-2 id of a network this process does not know (one a seller's
+    process registered, say)."""
+    try:
+        return get_network(network).name
+    except Exception:
+        return network
+
+
 def asset_label(network: str, asset: str) -> str:
     """``USDC · Base Sepolia`` (plain text; the address when the token is unknown)."""
     token = find_asset(network, asset)
-    try:
-        chain = get_network(network).name
-    except Exception:  # a network this version does not know: show its id
-        chain = network
-    return f"{token.symbol if token else asset} · {chain}"
+    return f"{token.symbol if token else asset} · {network_name(network)}"
 
 
 def badge(text: str) -> str:

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 from fourmica_x402.core import Core
 from fourmica_x402.evidence.disputes import latest_states
-from fourmica_x402.networks import get_network, networks
+from fourmica_x402.networks import networks
 
 from .base import Call, Page
-from .cells import badge, money, short, table
+from .cells import badge, money, network_name, short, table
 from .charts import CSS, signals_section
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def render_dashboard(core: Core) -> str:
             [
                 [
                     short(p.address),
-                    html.escape(get_network(p.network).name),
+                    html.escape(network_name(p.network)),
                     money(p.collateral, p.network, p.asset),
                     money(p.locked, p.network, p.asset),
                     money(p.pending_withdrawal, p.network, p.asset),

@@ -399,3 +399,24 @@ def test_the_signal_charts_in_headless_chromium(
         assert errors == []
     assert cycles.core.audit() == []
     cycles.core.close()
+
+
+def test_a_position_on_a_network_this_process_does_not_know_is_shown_by_its_id(
+    tmp_path: Path,
+) -> None:
+    """A seller's process may register a network the service's process does not: the
+    dashboard names it by its CAIP-2 id instead of failing whole."""
+    from starlette.testclient import TestClient
+
+    core = Core(str(tmp_path / "core.db"))
+    with core.store.transaction() as tx:  # written by a process that registered eip155:10
+        tx.execute(
+            "INSERT INTO fx_positions (network, asset, address, collateral, credit_limit) "
+            "VALUES ('eip155:10', ?, ?, 1000000, 1000000)",
+            ("0x0b2C639c533813f4Aa9D7837CAf62653d097Ff85", TestBuyer.new().address),
+        )
+    app = create_app(core, api_key="k", tick_interval=None, webhooks=False)
+    with TestClient(app) as client:
+        page = client.get("/")
+        assert page.status_code == 200 and "eip155:10" in page.text
+    core.close()
