@@ -226,10 +226,29 @@ def create_app(
             if hooks is not None:
                 await asyncio.to_thread(hooks.stop, 10.0)
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=_ROUTING_ERRORS)
     app.state.core = core
     app.state.service = service
     app.state.metrics = service.metrics
     app.state.webhooks = service.hooks
     app.state.scheme = SCHEME
     return app
+
+
+async def _routing_error(request: Request, exc: Exception) -> Response:
+    """The router's 404 and 405 in the service's JSON error shape (its Allow header kept)."""
+    status = getattr(exc, "status_code", 404)
+    code, text = (404, "not_found") if status == 404 else (status, "method_not_allowed")
+    body = {
+        "error": text,
+        "message": f"{request.method} {request.url.path}: {text.replace('_', ' ')}",
+    }
+    return JSONResponse(body, code, headers=getattr(exc, "headers", None))
+
+
+_ROUTING_ERRORS: dict[
+    int | type[Exception], Callable[[Request, Exception], Awaitable[Response]]
+] = {
+    404: _routing_error,
+    405: _routing_error,
+}

@@ -242,7 +242,8 @@ def core_payment_tabs(core: Core, chain_id: int, body: Any) -> JsonResult:
     except (ValueError, TypeError) as exc:
         return _error(400, str(exc), "invalid_request")
     except FourmicaError as exc:
-        return _error(exc.status if exc.status < 500 else 503, exc.public(), exc.reason)
+        status = 400 if isinstance(exc, GuaranteeRejected) else exc.status  # as /tabs: no 402
+        return _error(status if status < 500 else 503, exc.public(), exc.reason)
     return 200, {
         "id": hex(tab.tab_id),
         "tab_id": hex(tab.tab_id),

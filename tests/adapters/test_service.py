@@ -1010,3 +1010,15 @@ def test_an_outage_answers_503_without_the_databases_details(
     for answer in answers:
         assert answer.status_code == 503, answer.text
         assert "db.internal" not in answer.text and "retry later" in answer.text
+
+
+def test_unknown_paths_and_methods_answer_the_json_error_shape(client: TestClient) -> None:
+    """docs/protocol.md, "Reason codes": every error is {"error": code, "message": text}."""
+    missing = client.get("/nope")
+    assert (missing.status_code, missing.json()["error"]) == (404, "not_found")
+    wrong = client.get("/settle")
+    assert (wrong.status_code, wrong.json()["error"]) == (405, "method_not_allowed")
+    assert wrong.headers["allow"] == "POST"
+    old = {"user_address": SELLER, "recipient_address": SELLER, "guarantee_version": 7}
+    refused = client.post("/core/payment-tabs", json=old)  # a bad request, never a 402
+    assert (refused.status_code, refused.json()["reason"]) == (400, "unsupported_version")
