@@ -222,18 +222,24 @@ class CoreMachine(RuleBasedStateMachine):
 
 def test_core_invariants_hold_under_random_operations() -> None:
     SEEN.clear()
-    run_state_machine_as_test(
-        CoreMachine,
-        settings=settings(
-            max_examples=150,
-            stateful_step_count=40,
-            deadline=None,
-            derandomize=True,  # the coverage assertion below must not depend on luck
-            database=None,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-        ),
-    )
-    missing = [t for t in MUST_SEE if not SEEN[t]]
+    # Derandomized first. The Core's answers still vary with the process (hash order, random
+    # tab ids), so a rare state (a claim after a paid debit) may be missed by that run alone:
+    # then up to two more runs with fresh seeds must reach it.
+    for attempt in range(3):
+        run_state_machine_as_test(
+            CoreMachine,
+            settings=settings(
+                max_examples=150,
+                stateful_step_count=40,
+                deadline=None,
+                derandomize=attempt == 0,
+                database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+            ),
+        )
+        missing = [t for t in MUST_SEE if not SEEN[t]]
+        if not missing:
+            break
     assert not missing, f"the random runs never reached {missing}: {dict(SEEN)}"
 
 
