@@ -162,6 +162,14 @@ def serve(
             "(docs/operations.md, Keys).",
             err=True,
         )
+    if sandbox and api_key is None:
+        reach = "this machine" if host in ("127.0.0.1", "localhost", "::1") else f"{host}"
+        click.echo(
+            f"warning: --sandbox without --api-key: anyone who reaches {reach} may deposit "
+            "sandbox collateral, close cycles, void and score payments and subscribe webhooks "
+            "(docs/operations.md, Keys). For development only.",
+            err=True,
+        )
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

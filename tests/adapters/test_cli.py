@@ -650,6 +650,12 @@ def test_serve_warns_when_sellers_cannot_refund(tmp_path: Path) -> None:
     assert warning not in _serve_output(tmp_path, "--sandbox")
 
 
+def test_serve_warns_that_a_sandbox_without_a_key_is_open_to_anyone(tmp_path: Path) -> None:
+    warning = "--sandbox without --api-key: anyone who reaches"
+    assert warning in _serve_output(tmp_path, "--sandbox")
+    assert warning not in _serve_output(tmp_path, "--sandbox", "--api-key", "op-token")
+
+
 def test_cycle_run_says_what_it_does(db: str) -> None:
     first = cli("cycle", "run", "--db", db, "--once")
     assert first.exit_code == 0, first.output
