@@ -56,6 +56,12 @@ def reprice(db: str, changes: tuple[str, ...], resets: tuple[str, ...], as_json:
         history = book.history(limit=20)
     except FourmicaError as exc:
         raise db_error(exc, db) from None
+    if changes:  # this database does not know the sellers' tables: say what happens to a typo
+        click.echo(
+            "note: a route key no seller prices changes nothing; each seller logs such a key "
+            "once (check a key against the seller's admin listing: GET <prefix>/admin/prices)",
+            err=True,
+        )
     if as_json:
         listing = {"prices": current, "changes": [c.to_dict() for c in history]}
         click.echo(json.dumps(listing, indent=2))

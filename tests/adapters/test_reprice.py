@@ -72,6 +72,7 @@ def test_reprice_from_another_process_reaches_a_serving_seller(tmp_path: Path) -
         done = reprice(db, "get /premium=$0.03")
         assert done.returncode == 0, done.stderr
         assert "GET /premium  $0.03" in done.stdout
+        assert "a route key no seller prices changes nothing" in done.stderr  # a typo's fate
         assert charged(client) == 30_000
         assert payer.get("/premium").json() == {"paid": 30_000}
         listing = json.loads(reprice(db, "--json").stdout)
