@@ -86,6 +86,7 @@ def _call(request: Request, raw: bytes) -> Call:
         query=request.query_params,
         authorization=request.headers.get("authorization", ""),
         origin=f"{request.url.scheme}://{request.url.netloc}",
+        client=request.client.host if request.client else None,
     )
 
 

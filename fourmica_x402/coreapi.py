@@ -8,7 +8,7 @@ on the official SDK can read signing parameters and open tabs from our Core.
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Callable, Container
 from typing import Any
 
 from ._eth import parse_address
@@ -223,14 +223,21 @@ def tab_endpoint(
     return 200, tab.to_json()
 
 
-def core_payment_tabs(core: Core, chain_id: int, body: Any) -> JsonResult:
-    """``POST /core/payment-tabs`` (the Core's own tab call, snake_case)."""
+def core_payment_tabs(
+    core: Core,
+    chain_id: int,
+    body: Any,
+    admit: Callable[[str], Callable[[], None]] | None = None,
+) -> JsonResult:
+    """``POST /core/payment-tabs`` (the Core's own tab call, snake_case). ``admit(user)``:
+    the limits on new tabs for that buyer (a :class:`TabLimited` is answered 429)."""
     if not isinstance(body, dict):
         return _error(400, "body must be a JSON object", "invalid_request")
     try:
         network = _network_of(chain_id)
+        user = parse_address(body.get("user_address"))
         tab = core.open_tab(
-            parse_address(body.get("user_address")),
+            user,
             parse_address(body.get("recipient_address")),
             network=network,
             asset=body.get("erc20_token") or None,
@@ -238,7 +245,10 @@ def core_payment_tabs(core: Core, chain_id: int, body: Any) -> JsonResult:
                 body.get("guarantee_version") or None, "guarantee_version"
             ),
             ttl_seconds=requested_ttl(body.get("ttl"), "ttl", lenient=True),
+            admit_new=None if admit is None else admit(user),
         )
+    except TabLimited as exc:
+        return _error(429, exc.message, exc.reason)
     except (ValueError, TypeError) as exc:
         return _error(400, str(exc), "invalid_request")
     except FourmicaError as exc:

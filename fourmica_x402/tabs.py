@@ -26,7 +26,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from .facilitator import Facilitator
     from .routes import RouteTable
 
-__all__ = ["TabGuard"]
+__all__ = ["NewTabLimits", "TabGuard"]
 
 #: payTo addresses remembered from challenges (a payTo callable's choices).
 ADVERTISED_LIMIT = 10_000
@@ -201,6 +201,30 @@ class _KnownTabs:
         for tabs in list(self._by_recipient.values()):  # still full: the oldest go
             while tabs and self._size > self._limit * 9 // 10:
                 self._drop(tabs, [next(iter(tabs))])
+
+
+class NewTabLimits:
+    """The service's limits on *new* tabs (docs/operations.md, "The service's tab calls"):
+    ``per_user`` per ``userAddress`` for every caller, and ``per_client`` per client address
+    for callers without a key (a seller with a key opens tabs for all its buyers)."""
+
+    def __init__(self, per_user: int = 10, per_client: int = 600, window: float = 60.0) -> None:
+        self.per_user, self.per_client = per_user, per_client
+        self._window = _Window(window)
+
+    def admit(self, user: str, client: str | None, keyed: bool) -> Callable[[], None]:
+        """The ``admit_new`` of :meth:`Core.open_tab`: raises :class:`TabLimited` (429)."""
+        limits: list[tuple[Hashable, int, str]] = [
+            (("user", user.lower()), self.per_user, "for this userAddress")
+        ]
+        if client and not keyed:
+            limits.append((("client", client), self.per_client, "from this client"))
+        window = self._window
+
+        def admit_new() -> None:
+            window.take(limits)
+
+        return admit_new
 
 
 class TabGuard:

@@ -66,6 +66,7 @@ class Call:
     query: Mapping[str, str] = field(default_factory=dict)
     authorization: str = ""
     origin: str = ""
+    client: str | None = None  # the caller's address, for the tab calls' rate limits
 
     @property
     def bearer(self) -> str:

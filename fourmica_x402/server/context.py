@@ -12,6 +12,7 @@ from fourmica_x402.alerts import AlertChecker
 from fourmica_x402.core import AlertRules, Core
 from fourmica_x402.facilitator import LocalFacilitator
 from fourmica_x402.networks import get_network
+from fourmica_x402.tabs import NewTabLimits
 from fourmica_x402.webhooks import Webhooks
 
 from .auth import Keys
@@ -53,6 +54,7 @@ class Service:
         self.metrics = Metrics(core)
         self.chain_id = get_network(network).chain_id
         self.keys = Keys(api_key, seller_keys, sandbox=sandbox)
+        self.new_tabs = NewTabLimits()
         self.alert_checker = None
         if alerts is not None and alerts.database_rules:
             self.alert_checker = AlertChecker(core, alerts)

@@ -8,6 +8,7 @@ with the seller gate's embedded mode.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 from fourmica_x402 import coreapi
@@ -29,7 +30,9 @@ def rpc(service: Service, call: Call) -> Reply:
 
 
 def payment_tabs(service: Service, call: Call) -> Reply:
-    return coreapi.core_payment_tabs(service.core, service.chain_id, call.body)
+    keyed = service.keys.acts_for(call) is not None
+    admit = partial(service.new_tabs.admit, client=call.client, keyed=keyed)
+    return coreapi.core_payment_tabs(service.core, service.chain_id, call.body, admit)
 
 
 def guarantees(service: Service, call: Call) -> Reply:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from fourmica_x402._eth import parse_address
 from fourmica_x402.coreapi import MAX_TAB_TTL, requested_ttl, requested_version
-from fourmica_x402.errors import FourmicaError, MalformedPayment, PaymentError
+from fourmica_x402.errors import FourmicaError, MalformedPayment, PaymentError, TabLimited
 from fourmica_x402.networks import get_network
 from fourmica_x402.wire import (
     PaymentPayload,
@@ -93,7 +93,12 @@ def tabs(service: Service, call: Call) -> Reply:
             asset=body.get("erc20Token") or None,
             guarantee_version=requested_version(version, "guaranteeVersion"),
             ttl_seconds=requested_ttl(body.get("ttlSeconds"), "ttlSeconds"),
+            admit_new=service.new_tabs.admit(
+                user, call.client, service.keys.acts_for(call) is not None
+            ),
         )
+    except TabLimited as exc:
+        return 429, {"error": exc.message, "reason": exc.reason}
     except FourmicaError as exc:
         # The official tab-endpoint shape: clients read ``reason`` (docs/operations.md).
         return 400 if exc.status < 500 else 503, {"error": exc.public(), "reason": exc.reason}

@@ -1022,3 +1022,30 @@ def test_unknown_paths_and_methods_answer_the_json_error_shape(client: TestClien
     old = {"user_address": SELLER, "recipient_address": SELLER, "guarantee_version": 7}
     refused = client.post("/core/payment-tabs", json=old)  # a bad request, never a 402
     assert (refused.status_code, refused.json()["reason"]) == (400, "unsupported_version")
+
+
+def test_the_tab_calls_limit_new_tabs_per_buyer_and_per_keyless_client(core: Core) -> None:
+    """Anyone may open tabs on the service (the official tab call has no key), so it limits
+    *new* ones (docs/operations.md): per userAddress for everyone, per client address for
+    callers without a key. A reused tab is never counted."""
+    from fourmica_x402.tabs import NewTabLimits
+
+    app = create_app(core, api_key="op", tick_interval=None, webhooks=False)
+    app.state.service.new_tabs = NewTabLimits(per_user=2, per_client=3)
+    sellers = [TestBuyer.new().address for _ in range(3)]
+
+    def tab(client: TestClient, user: str, seller: str, **headers: str) -> int:
+        body = {"userAddress": user, "recipientAddress": seller}
+        return client.post("/tabs", json=body, headers=headers).status_code
+
+    with TestClient(app) as client:
+        users = [TestBuyer.new().address for _ in range(5)]
+        assert [tab(client, u, SELLER) for u in users[:3]] == [200, 200, 200]
+        refused = client.post("/tabs", json={"userAddress": users[3], "recipientAddress": SELLER})
+        assert (refused.status_code, refused.json()["reason"]) == (429, "tab_rate_limited")
+        assert tab(client, users[0], SELLER) == 200  # a reuse: not a new tab
+        snake = {"user_address": users[3], "recipient_address": SELLER}
+        assert client.post("/core/payment-tabs", json=snake).status_code == 429
+        operator = {"authorization": "Bearer op"}  # a keyed caller: per buyer only
+        assert tab(client, users[4], SELLER, **operator) == 200
+        assert [tab(client, users[4], s, **operator) for s in sellers[:2]] == [200, 429]
