@@ -51,6 +51,14 @@ def _pay_and_check(client: Any, core: Core, path: str) -> None:
     assert core.position(buyer.address, network=NETWORK).locked == EXPECTED[path]
 
 
+def _flask(core: Core, table: dict[str, str]) -> tuple[Flask, FourmicaX402]:
+    """A Flask app selling by ``table`` on ``core`` (routes added by the test)."""
+    app = Flask(__name__)
+    app.config.update(FOURMICA_X402_PAY_TO=SELLER, FOURMICA_X402_CORE=core)
+    app.config["FOURMICA_X402_ROUTES"] = table
+    return app, FourmicaX402(app)
+
+
 async def _bare(scope: Any, receive: Any, send: Any) -> None:
     """An ASGI app with no router: the gate prices its raw path."""
     if scope["type"] == "lifespan":
@@ -63,10 +71,7 @@ async def _bare(scope: Any, receive: Any, send: Any) -> None:
 
 
 def test_flask_sells_each_rule_at_its_most_specific_entry(core: Core) -> None:
-    app = Flask(__name__)
-    app.config.update(FOURMICA_X402_PAY_TO=SELLER, FOURMICA_X402_CORE=core)
-    app.config["FOURMICA_X402_ROUTES"] = TABLE
-    payments = FourmicaX402(app)
+    app, payments = _flask(core, TABLE)
 
     @app.route("/files/<name>", methods=["GET", "POST"])
     def named(name: str) -> dict[str, str]:
@@ -163,10 +168,7 @@ def _pay_at(client: Any, core: Core, path: str, amount: int) -> None:
 def test_routes_differing_by_converter_keep_their_own_prices(
     core: Core, table: dict[str, str]
 ) -> None:
-    app = Flask(__name__)
-    app.config.update(FOURMICA_X402_PAY_TO=SELLER, FOURMICA_X402_CORE=core)
-    app.config["FOURMICA_X402_ROUTES"] = table
-    payments = FourmicaX402(app)
+    app, payments = _flask(core, table)
 
     @app.get("/items/<int:item_id>")
     def premium(item_id: int) -> dict[str, Any]:
@@ -245,10 +247,7 @@ def test_a_path_converter_is_priced_by_a_wildcard_entry_not_a_one_segment_one(
     by the ``*`` entry, as the raw path of an app without a router is."""
     entries = [("GET /files/:name", "$0.01"), ("GET /files/*", "$1.00")]
     table = dict(entries if order == "segment-first" else entries[::-1])
-    app = Flask(__name__)
-    app.config.update(FOURMICA_X402_PAY_TO=SELLER, FOURMICA_X402_CORE=core)
-    app.config["FOURMICA_X402_ROUTES"] = table
-    payments = FourmicaX402(app)
+    app, payments = _flask(core, table)
 
     @app.get("/files/<name>")
     def one(name: str) -> dict[str, str]:

@@ -314,8 +314,8 @@ def test_a_decoy_offer_in_another_token_does_not_undercut_a_dollar_one(
     assert resp.receipt.asset == default_asset(NETWORK).address and resp.receipt.amount == 10_000
 
 
-class RedirectingSeller(Wire):
-    """Answers every paid request with a redirect to another priced URL, which asks again."""
+class CountsPaid(Wire):
+    """Counts the paid requests that reach the seller."""
 
     def __init__(self) -> None:
         self.paid_attempts = 0
@@ -324,6 +324,10 @@ class RedirectingSeller(Wire):
         if "payment-signature" in headers or "x-payment" in headers:
             self.paid_attempts += 1
         return headers, body
+
+
+class RedirectingSeller(CountsPaid):
+    """Answers every paid request with a redirect to another priced URL, which asks again."""
 
     def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
         if path == "/premium" and status == 200:
@@ -375,16 +379,8 @@ def test_the_same_request_sent_again_after_a_paid_redirect_pays_again(
     assert statuses == [302, 302] and wire.paid_attempts == 2
 
 
-class CredentialsFirstRefused(Wire):
+class CredentialsFirstRefused(CountsPaid):
     """Answers the first paid request 401 (its credentials refused, the guarantee kept)."""
-
-    def __init__(self) -> None:
-        self.paid_attempts = 0
-
-    def request(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
-        if "payment-signature" in headers or "x-payment" in headers:
-            self.paid_attempts += 1
-        return headers, body
 
     def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
         if path == "/premium" and status == 200 and self.paid_attempts == 1:
@@ -448,16 +444,8 @@ def test_the_requests_adapter_passes_latin1_headers_both_ways(seller: Any, buyer
     assert wire.names[-1] == "Zo\xeb"
 
 
-class HugeChallenge(Wire):
+class HugeChallenge(CountsPaid):
     """Pads its 402 answers with megabytes of body (a hostile seller, or a broken one)."""
-
-    def __init__(self) -> None:
-        self.paid_attempts = 0
-
-    def request(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
-        if "payment-signature" in headers or "x-payment" in headers:
-            self.paid_attempts += 1
-        return headers, body
 
     def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
         if status == 402:
@@ -582,16 +570,19 @@ def test_a_tab_endpoint_that_keeps_dropping_fails_cleanly_and_reserves_nothing(
     assert resp.status == 200 and resp.receipt.outcome == "paid"
 
 
+class DropPaid(DroppingWire):
+    """Drops the connection of every paid request, before the seller gets it."""
+
+    def request(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+        headers, body = super().request(method, path, headers, body)
+        if "payment-signature" in headers or "x-payment" in headers:
+            raise harness.Dropped(path)
+        return headers, body
+
+
 def test_a_dropped_paid_request_is_not_sent_again(seller: Any, buyers: Any) -> None:
     """The paid retry is not idempotent from the buyer's side: one signature, one send."""
     buyer = funded(seller)
-
-    class DropPaid(DroppingWire):
-        def request(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
-            headers, body = super().request(method, path, headers, body)
-            if "payment-signature" in headers or "x-payment" in headers:
-                raise harness.Dropped(path)
-            return headers, body
 
     wire = DropPaid((), after=False)
     client = buyers.client(seller, buyer, wire=wire)
@@ -605,13 +596,6 @@ def test_a_dropped_paid_request_is_not_sent_again(seller: Any, buyers: Any) -> N
 def test_a_paid_request_left_unanswered_keeps_its_receipt(seller: Any, buyers: Any) -> None:
     """A signed guarantee that left gets a receipt even when no answer came: its ids and
     claims, to settle up with the seller later (docs/buyer.md, "Receipts")."""
-
-    class DropPaid(DroppingWire):
-        def request(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
-            headers, body = super().request(method, path, headers, body)
-            if "payment-signature" in headers or "x-payment" in headers:
-                raise harness.Dropped(path)
-            return headers, body
 
     ledger = ReceiptLedger()
     client = buyers.client(seller, funded(seller), wire=DropPaid((), after=False), ledger=ledger)
