@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from ..config import PaymentConfig
+from ..core.store.deferred import exit_gracefully_on_sigterm
 from ..errors import ConfigurationError, FourmicaError, Reason, Unavailable
 from ..facilitator import Facilitator, LocalFacilitator
 from ..jobs import Jobs
@@ -85,6 +86,7 @@ class Gate:
         self.tap = lambda: BodyTap(config.idempotent_replay, config.replay_body_limit)
         if config.completion_window is not None:  # the queue of the records' database
             self.records.store.deferred.window = config.completion_window
+            exit_gracefully_on_sigterm()  # a development server's SIGTERM commits it too
         self._reconciler = Reconciler(self)
         self._holds = Holds(self)  # responses outlasting the validation timeout (embedded)
         if self._shared:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from fourmica_x402.core import Core
+from fourmica_x402.records import Records
 from fourmica_x402.testing import NETWORK, TEST_KEYS, TestBuyer, payment_header
 from fourmica_x402.wire import decode_payment_required
 
@@ -117,6 +118,36 @@ def test_example_seller_serves_and_gets_paid(name: str, tmp_path: Path) -> None:
         assert "payment-response" in paid.headers
         assert core.position(buyer.address, network=NETWORK).locked == 10_000
         core.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["flask", "django", "starlette"])
+def test_a_seller_stopped_right_after_a_paid_answer_still_gets_paid(
+    name: str, tmp_path: Path
+) -> None:
+    """A SIGTERM right after a paid 200 (a development server's stop: ``running`` ends with
+    one) still commits the queued completion: the seller is paid for what it delivered, not
+    cancelled at the validation deadline."""
+    buyer = TestBuyer.new()
+    with running(name, tmp_path) as (client, db):
+        req = decode_payment_required(client.get("/premium").headers["payment-required"])
+        offer = req.accepts[0]
+        core = Core(f"sqlite:///{db}")
+        core.deposit(buyer.address, 1_000_000, network=NETWORK)
+        body = {
+            "x402Version": 2,
+            "userAddress": buyer.address,
+            "paymentRequirements": offer.to_dict(),
+        }
+        tab = client.post(offer.extra["tabEndpoint"], json=body).json()
+        name_, value = payment_header(buyer, offer, tab)
+        assert client.get("/premium", headers={name_: value}).status_code == 200
+        core.close()
+    after = Core(f"sqlite:///{db}")
+    (guarantee,) = after.guarantees()
+    assert guarantee.state == "payable"  # scored 100: the delivery was committed
+    assert [r.outcome for r in Records(after.store).query()] == ["delivered"]
+    after.close()
 
 
 @pytest.mark.slow

@@ -12,14 +12,16 @@ recovery resolves those payments (docs/architecture.md, "Completion off the requ
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
+import signal
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
 from . import Tx
 
@@ -258,6 +260,22 @@ def _flush_all() -> None:
 def _forget_all() -> None:
     for deferred in list(_ALL):
         deferred.forget()
+
+
+def exit_gracefully_on_sigterm() -> None:
+    """Make SIGTERM an exit that runs ``atexit`` (so queued completions are committed) in a
+    process that leaves it to the default action, which ends the process on the spot: Flask's
+    and Django's development servers. A server with a handler of its own (uvicorn, gunicorn)
+    keeps it. Only the main thread may set a handler; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _exit_on_signal)
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 atexit.register(_flush_all)
