@@ -19,7 +19,7 @@ from ..errors import Reason
 from ..facilitator import SettleResult
 from ..guarantee import ValidationPolicy
 from ..networks import find_asset, get_network
-from ..routes import Offer, Route
+from ..routes import Offer, Route, RouteConfig
 from ..wire import (
     PAYMENT_REQUIRED_HEADER,
     PAYMENT_RESPONSE_HEADER,
@@ -239,10 +239,9 @@ def challenge(
 ) -> Response:
     """The 402: both envelopes (v2 header, v1 body), and the failed result header when a
     payment was refused (``reason`` other than ``payment_required``, or a failed ``settle``)."""
-    description = route.config.description if route else ""
+    description, mime = described(route.config if route else None)
     if route is not None and route.terms is not None and requirements:
         description = bundles.describe(route, requirements[0])  # what the buyer buys
-    mime = route.config.mime_type if route else ""
     url = (route.config.resource if route and route.config.resource else None) or (
         f"{origin(gate, request)}{request.path}" + (f"?{request.query}" if request.query else "")
     )
@@ -279,6 +278,19 @@ def challenge(
         body = _paywall(url, description, requirements).encode()
         return Response(402, [("content-type", "text/html; charset=utf-8"), *headers], body)
     return Response(402, [("content-type", "application/json"), *headers], v1.to_json_bytes())
+
+
+#: Said of a route that describes itself no further. Empty, they are refused by the official
+#: SDK's documented v2 reader (sdk-4mica's X402PaymentRequired.from_raw): docs/protocol.md.
+DEFAULT_DESCRIPTION = "Paid per request (x402, 4mica credit)"
+DEFAULT_MIME_TYPE = "application/json"
+
+
+def described(config: RouteConfig | None) -> tuple[str, str]:
+    """The description and MIME type a route advertises (the defaults where it sets none)."""
+    if config is None:
+        return DEFAULT_DESCRIPTION, DEFAULT_MIME_TYPE
+    return config.description or DEFAULT_DESCRIPTION, config.mime_type or DEFAULT_MIME_TYPE
 
 
 def _paywall(url: str, description: str, requirements: list[PaymentRequirements]) -> str:

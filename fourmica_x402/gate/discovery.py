@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any
 from ..routes import Route
 from ..templates import display_template
 from .bundles import describe, extra
-from .challenge import is_static, offer_requirements, origin, requirements, v2_requirements
+from .challenge import (
+    described,
+    is_static,
+    offer_requirements,
+    origin,
+    requirements,
+    v2_requirements,
+)
 from .types import PASS, Flow, RequestView, Response, error_response
 
 if TYPE_CHECKING:
@@ -59,8 +66,8 @@ def listing(gate: Gate, request: RequestView) -> Flow:
             "x402Version": 2,
             "method": method,
             "accepts": accepts[id(route)],
-            "description": config.description if route.terms is None else describe(route),
-            "mimeType": config.mime_type,
+            "description": described(config)[0] if route.terms is None else describe(route),
+            "mimeType": described(config)[1],
         }
         if config.extensions:
             item["extensions"] = dict(config.extensions)

@@ -283,6 +283,24 @@ def test_official_buyer_pays_our_example_seller(
 
 
 @pytest.mark.parametrize("seller", sorted(EXAMPLE_SELLERS))
+def test_the_sdks_own_v2_reader_takes_our_examples_challenge(
+    official_python: Path, seller: str, tmp_path: Path
+) -> None:
+    """sdk-4mica's README reads a v2 challenge with ``X402PaymentRequired.from_raw``, which
+    refuses an empty ``resource.description`` or ``mimeType``: a route that sets neither
+    advertises the defaults."""
+    port = free_port()
+    db = f"sqlite:///{tmp_path / 'seller.db'}"
+    env = {**os.environ, "PORT": str(port), "FOURMICA_X402_DB": db}
+    args = [sys.executable, str(EXAMPLES / EXAMPLE_SELLERS[seller])]
+    base = f"http://127.0.0.1:{port}"
+    with serving(seller, args, f"{base}/free", tmp_path / "seller.log", env):
+        result = run_official(official_python, "official_challenge.py", f"{base}/premium")
+    assert result["status"] == 402 and result["error"] is None, result
+    assert result["resource"]["description"] and result["resource"]["mimeType"]
+
+
+@pytest.mark.parametrize("seller", sorted(EXAMPLE_SELLERS))
 def test_official_buyer_on_a_path_variant_is_charged_once_or_not_at_all(
     official_python: Path, seller: str, tmp_path: Path
 ) -> None:
