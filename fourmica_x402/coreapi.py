@@ -303,6 +303,8 @@ def core_guarantee(core: Core, chain_id: int, tab_id: str, req_id: str) -> JsonR
     certificate (made now if it was not yet: once, then stored), in the Core API's snake_case
     shape; ids and amounts ``0x`` hex, ``certificate`` ``{"claims", "signature"}``. Lets a
     buyer whose seller did not pass the certificate on fetch it (docs/buyer.md)."""
+    if req_id == "latest":  # the official API's "a tab's latest guarantee": not served here
+        return _error(404, "ask for a guarantee by its request id", "not_found")
     try:
         tab, req = parse_amount(tab_id), parse_amount(req_id)
     except ValueError:

@@ -1049,3 +1049,10 @@ def test_the_tab_calls_limit_new_tabs_per_buyer_and_per_keyless_client(core: Cor
         operator = {"authorization": "Bearer op"}  # a keyed caller: per buyer only
         assert tab(client, users[4], SELLER, **operator) == 200
         assert [tab(client, users[4], s, **operator) for s in sellers[:2]] == [200, 429]
+
+
+def test_a_tabs_latest_guarantee_is_a_404_not_a_bad_request(client: TestClient) -> None:
+    """sdk-4mica's get_latest_guarantee reads .../guarantees/latest: not served, so 404."""
+    answer = client.get("/core/tabs/0x1/guarantees/latest")
+    assert (answer.status_code, answer.json()["reason"]) == (404, "not_found")
+    assert client.get("/core/tabs/0x1/guarantees/nope").status_code == 400
