@@ -26,7 +26,7 @@ class StarletteRouter:
         from starlette.routing import Host, Match, Mount, WebSocketRoute
 
         self.router = router
-        self._full, self._nested = Match.FULL, (Mount, Host)
+        self._full, self._none, self._nested = Match.FULL, Match.NONE, (Mount, Host)
         self.endpoint = Endpoints(
             lambda route: (marker(route), getattr(route, "methods", None)),
             lambda route: isinstance(route, WebSocketRoute),
@@ -53,6 +53,9 @@ class StarletteRouter:
                     yield from self._below(*_effective(context), prefix)
             else:
                 yield from self._below(route, getattr(route, "path", ""), None, prefix)
+        for group in getattr(self.router, "_low_priority_routes", ()) if routes is None else ():
+            for front in getattr(group, "routes", ()):  # FastAPI's frontend(): a whole tree
+                yield front, _tree(front), None
 
     def _below(
         self, route: Any, path: str, source: Any, prefix: str
@@ -75,8 +78,8 @@ class StarletteRouter:
                 match, child = route.matches(scope)
                 if match is self._full:
                     break
-            else:
-                return None  # 404, 405 or a redirect: the router will not serve it
+            else:  # 404, 405 or a redirect: the router will not serve it; or a frontend
+                return self._low_priority(scope) if routes is self.router.routes else None
             path, source = getattr(route, "path", ""), None
             while _included(route):  # the route it stands for, as its _match picks it
                 match, child, inner, context = route._match(scope)
@@ -91,8 +94,31 @@ class StarletteRouter:
                 prefix += "/{path:path}"
             return self.endpoint(route, prefix, source)
 
+    def _low_priority(self, scope: Scope) -> Endpoint | None:
+        """A FastAPI ``frontend()`` route, tried as FastAPI does: after a 405 (a partial
+        match) and a trailing-slash redirect. Those of included routers are not seen."""
+        find, routes = getattr(self.router, "_match_low_priority", None), self.router.routes
+        if find is None or any(r.matches(scope)[0] is not self._none for r in routes):
+            return None
+        path = scope.get("path", "")
+        if getattr(self.router, "redirect_slashes", False) and path != "/":
+            other = {**scope, "path": path[:-1] if path.endswith("/") else path + "/"}
+            if any(r.matches(other)[0] is not self._none for r in routes):
+                return None
+        match, _, group, context = find(dict(scope))
+        inner = getattr(group, "_match", None)
+        if match is not self._full or context is not None or inner is None:
+            return None
+        front = inner(dict(scope), prefix="")[2]
+        return None if front is None else self.endpoint(front, _tree(front), None)
+
     def resolver(self, scope: Scope) -> Callable[[], Endpoint | None]:
         return lambda: self.resolve(scope)
+
+
+def _tree(front: Any) -> str:
+    """The template of a FastAPI frontend: its path and everything below it."""
+    return str(front.path).rstrip("/") + "/{path:path}"
 
 
 def _included(route: Any) -> bool:
@@ -101,13 +127,9 @@ def _included(route: Any) -> bool:
 
 
 def _effective(context: Any) -> tuple[Any, str, Any]:
-    """The route an included router's entry serves, its template under that router, and
-    what describes it.
-
-    An APIRoute stays itself (``scope["route"]`` names it) with the included path, and is
-    described by the entry, which adds ``include_router(dependencies=...)`` to its own
-    (a ``Paid`` may be there); other routes are rebuilt with the included path.
-    """
+    """The route an included router's entry serves, its template there, and what describes
+    it: an APIRoute stays itself (``scope["route"]`` names it), described by the entry, which
+    adds ``include_router(dependencies=...)`` (a ``Paid`` may be there); others are rebuilt."""
     route = context.starlette_route
     if route is None:
         return context.original_route, context.path_format, context

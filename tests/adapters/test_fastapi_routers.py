@@ -231,3 +231,37 @@ def test_a_websocket_route_with_paid_is_refused_with_1008(core: Core) -> None:
     ):
         pass
     assert refused.value.code == 1008 and calls == {}
+
+
+def test_a_frontend_priced_by_the_table_is_charged_and_a_free_one_stays_free(
+    core: Core, tmp_path: Any
+) -> None:
+    """FastAPI's ``frontend()`` routes are tried after every other route: the gate resolves
+    them the same way, so a table key prices the files under them (a one-segment key does
+    not), and a path FastAPI redirects or answers 405 is never charged."""
+    if not hasattr(FastAPI(), "frontend"):
+        pytest.fail("this FastAPI has no frontend(): the project pins one that has")
+    for name, text in (("index.html", "<h1>paid dashboard</h1>"), ("report.txt", "secret")):
+        (tmp_path / name).write_text(text)
+    (tmp_path / "open").mkdir()
+    (tmp_path / "open" / "index.html").write_text("free")
+    app = FastAPI()
+    FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK, routes={"GET /app/*": "$0.05"})
+
+    @app.get("/app/api/data")
+    def data() -> dict[str, int]:
+        return {"data": 1}
+
+    app.frontend("/app", directory=str(tmp_path))
+    app.frontend("/open", directory=str(tmp_path / "open"))
+    with TestClient(app) as client:
+        amount, header = pay(core, client, "/app/report.txt")
+        assert amount == 50_000
+        paid = client.get("/app/report.txt", headers=header)
+        assert (paid.status_code, paid.text) == (200, "secret")
+        assert pay(core, client, "/app/api/data")[0] == 50_000
+        assert client.get("/open/").status_code == 200  # no key names it: free
+        assert client.post("/app/report.txt").status_code == 405  # never challenged
+        redirected = client.get("/app/api/data/", follow_redirects=False)
+        assert redirected.status_code == 307
+    assert len(core.guarantees()) == 1
