@@ -102,7 +102,7 @@ def _network_of(chain_id: int) -> str:
 
 def json_rpc(core: Core, chain_id: int, request: Any) -> JsonResult:
     """The sandbox Ethereum JSON-RPC: ``eth_chainId`` and the Core contract's view calls."""
-    if isinstance(request, list):  # a batch: of requests, never of batches
+    if isinstance(request, list) and request:  # a batch: of requests, never of batches
         return 200, [_rpc_call(core, chain_id, item) for item in request[:50]]
     return 200, _rpc_call(core, chain_id, request)
 

@@ -111,6 +111,14 @@ def _fixed(route: Route) -> bool:
     return all(offer.amount is not None and not callable(offer.pay_to) for offer in route.offers)
 
 
+def rpc_path(gate: Gate, network: str) -> str:
+    """The path of the embedded Core's API for an offer on ``network``: the prefix for the
+    gate's own network, ``<prefix>/chains/<chain id>`` for another."""
+    if network == gate.config.network:
+        return gate._prefix
+    return f"{gate._prefix}/chains/{get_network(network).chain_id}"
+
+
 def offer_requirements(
     gate: Gate,
     route: Route,
@@ -128,7 +136,11 @@ def offer_requirements(
     ``terms``: what ``extra`` says of a minimum, a bundle or a cap (:func:`.bundles.extra`).
     """
     extra: dict[str, Any] = {"tabEndpoint": gate.config.tab_endpoint or f"{base}{gate._tab_path}"}
-    rpc = f"{base}{gate._prefix}" if gate.core else getattr(gate.facilitator, "rpc_url", None)
+    rpc = (
+        f"{base}{rpc_path(gate, offer.network)}"
+        if gate.core
+        else getattr(gate.facilitator, "rpc_url", None)
+    )
     if rpc:  # a remote facilitator's Core API (HttpFacilitator.rpc_url)
         extra["rpcUrl"] = rpc
     extra.update(offer.extra)

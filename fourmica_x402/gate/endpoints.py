@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from .. import coreapi
 from .._json import loads
 from ..errors import Unavailable
-from ..networks import get_network
+from ..networks import get_network, networks
 from .challenge import origin
 from .types import Call, Flow, RequestView, Response, error_response
 
@@ -42,9 +42,18 @@ def core_api(gate: Gate, request: RequestView) -> Flow:
     sub = request.path[len(gate._prefix) :] or "/"
     method = request.method.upper()
     chain_id = get_network(gate.config.network).chain_id
+    root = gate._prefix
+    # A route priced on another network names its chain's API (its offers' rpcUrl,
+    # docs/protocol.md, "Endpoints"): a buyer signs for the chain its rpcUrl's Core names.
+    match sub.split("/", 3):
+        case ["", "chains", chain, *rest]:
+            named = _chain(chain)
+            if named is None:
+                return error_response(404, "unknown_network", f"no network with chain id {chain}")
+            chain_id, root, sub = named, f"{root}/chains/{named}", "/" + "".join(rest)
     base = origin(gate, request)
     if sub == "/core/public-params" and method in ("GET", "HEAD"):
-        params = coreapi.public_params(core, chain_id, f"{base}{gate._prefix}/rpc")
+        params = coreapi.public_params(core, chain_id, f"{base}{root}/rpc")
         return Response.json(200, params)
     if sub == "/rpc" and method == "POST":
         body = yield from json_body(request)
@@ -106,6 +115,14 @@ def bearer(request: RequestView, token: str | None, realm: str = "metrics") -> R
         challenge = [("www-authenticate", f'Bearer realm="{realm}"')]
         return error_response(401, "unauthorized", "a valid bearer token is required", challenge)
     return None
+
+
+def _chain(text: str) -> int | None:
+    """The chain id ``text`` names, when a registered network has it."""
+    if not text.isascii() or not text.isdigit() or len(text) > 20:
+        return None
+    chain_id = int(text)
+    return chain_id if any(n.chain_id == chain_id for n in networks()) else None
 
 
 def _guarantee_ids(sub: str) -> tuple[str, str] | None:

@@ -597,6 +597,31 @@ def test_core_api_subset_is_mounted(seller: Any) -> None:
     )
 
 
+def test_each_network_has_its_core_api_under_its_chain_id(seller: Any) -> None:
+    """An offer on another network than the gate's names ``<prefix>/chains/<id>``: a buyer
+    signs for the chain its rpcUrl's Core names."""
+    params = seller.request("GET", "/x402/chains/11155111/core/public-params").json()
+    assert params["chain_id"] == 11155111
+    assert params["ethereum_http_rpc_url"].endswith("/x402/chains/11155111/rpc")
+    assert (
+        params["active_guarantee_domain_separator"]
+        != (
+            seller.request("GET", "/x402/core/public-params").json()[
+                "active_guarantee_domain_separator"
+            ]
+        )
+    )
+    rpc = seller.request(
+        "POST",
+        "/x402/chains/11155111/rpc",
+        json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"},
+    )
+    assert rpc.json()["result"] == hex(11155111)
+    for path in ("/x402/chains/999999/core/public-params", "/x402/chains/0x1/core/public-params"):
+        resp = seller.request("GET", path)
+        assert (resp.status, resp.json()["error"]) == (404, "unknown_network"), path
+
+
 def test_the_sandbox_rpc_answers_hostile_calls_with_json_rpc_errors(seller: Any) -> None:
     """Public and unauthenticated: params of the wrong shape, a selector with a word that is
     not hex, batches of batches, used to escape as 500s."""
@@ -608,11 +633,12 @@ def test_the_sandbox_rpc_answers_hostile_calls_with_json_rpc_errors(seller: Any)
         ({**call, "params": [{"to": contract, "data": "0x563550ae" + "zz" * 32}]}, -32602),
         ([[{"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}]], -32600),
         ([1, "x"], -32600),
+        ([], -32600),  # an empty batch is one invalid request, answered once
     ]
     for body, code in calls:
         resp = seller.request("POST", "/x402/rpc", json=body)
         assert resp.status == 200, (body, resp.status)
-        answers = resp.json() if isinstance(body, list) else [resp.json()]
+        answers = resp.json() if isinstance(body, list) and body else [resp.json()]
         assert [a["error"]["code"] for a in answers] == [code] * len(answers), (body, answers)
 
 

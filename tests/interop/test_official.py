@@ -282,6 +282,59 @@ def test_official_buyer_pays_our_example_seller(
         core.close()
 
 
+@pytest.mark.parametrize("x402_version", [2, 1], ids=["v2", "v1"])
+def test_a_route_priced_on_another_network_is_paid_on_that_chain(
+    official_python: Path, x402_version: int, tmp_path: Path
+) -> None:
+    """The official buyer signs for the chain of the Core its offer's ``rpcUrl`` names: a
+    route priced on another network than the gate's names that chain's API."""
+    from fastapi import FastAPI
+    from fourmica_x402.adapters.fastapi import FourmicaX402, Paid
+
+    from fourmica_x402.gate import Payment
+
+    other = "eip155:11155111"
+    db = f"sqlite:///{tmp_path / 'seller.db'}"
+    app = FastAPI()
+    FourmicaX402(app, pay_to=new_key()[1], network=NETWORK, core=db)
+
+    @app.get("/sepolia")
+    def sepolia(payment: Payment = Paid("$0.02", network=other)) -> dict[str, str]:  # noqa: B008
+        return {"payer": str(payment.payer), "guarantee": str(payment.guarantee_id)}
+
+    core = Core(db)
+    key, buyer = new_key()
+    ours_key, ours = new_key()
+    try:
+        for address in (buyer, ours):
+            core.deposit(address, 1_000_000, network=other)
+        with in_thread(app) as base:
+            offer = b64_json(httpx.get(f"{base}/sepolia").headers["payment-required"])["accepts"][0]
+            assert offer["network"] == other
+            params = httpx.get(f"{offer['extra']['rpcUrl']}/core/public-params").json()
+            assert params["chain_id"] == get_network(other).chain_id
+            if x402_version == 2:
+                result = run_official(
+                    official_python, "official_buyer.py", f"{base}/sepolia", key, "--network", other
+                )
+            else:
+                with v1_only_proxy(base) as (proxy, _):
+                    result = run_official(
+                        official_python,
+                        "official_buyer.py",
+                        *(f"{proxy}/sepolia", key, "--v1", "--network", other),
+                    )
+            assert result["error"] is None, result["_stderr"][-2000:]
+            assert result["status"] == 200, result
+            with httpx.Client(transport=PaymentTransport(ours_key), timeout=30) as client:
+                assert client.get(f"{base}/sepolia").status_code == 200
+        for address in (buyer, ours):
+            assert core.position(address, network=other).locked == 20_000
+        assert core.audit() == []
+    finally:
+        core.close()
+
+
 @pytest.mark.parametrize("seller", sorted(EXAMPLE_SELLERS))
 def test_the_sdks_own_v2_reader_takes_our_examples_challenge(
     official_python: Path, seller: str, tmp_path: Path
