@@ -41,7 +41,7 @@ def request_view(
 
     def read_body() -> bytes:
         length = str(environ.get("CONTENT_LENGTH") or "")
-        size = int(length) if length.isdigit() else 0
+        size = int(length) if length.isascii() and length.isdigit() else 0
         return environ["wsgi.input"].read(size) if 0 < size <= BODY_LIMIT else b""
 
     return RequestView(
@@ -101,10 +101,6 @@ class PaymentMiddleware:
             return answer(start_response, outcome)
         environ[PAYMENT_KEY] = outcome.payment
         meter = Meter(self.gate, outcome)
-        if "wsgi.input" in environ:  # the body hashed as the handler reads it (docs/operations.md)
-            length = environ.get("CONTENT_LENGTH", "")
-            size = int(length) if length.isdigit() else None
-            environ["wsgi.input"] = meter.input(environ["wsgi.input"], size)
 
         def metered_start(status: str, headers: list[Any], exc_info: Any = None) -> Any:
             first = meter.extra is None  # a later call (with exc_info) re-renders
@@ -118,7 +114,11 @@ class PaymentMiddleware:
                 raise exc_info[1].with_traceback(exc_info[2])
             return lambda data: None
 
-        try:
+        try:  # from here on, whatever fails is refunded (meter.finish)
+            if "wsgi.input" in environ:  # the body hashed as the handler reads it (operations.md)
+                length = str(environ.get("CONTENT_LENGTH") or "")
+                size = int(length) if length.isascii() and length.isdigit() else None
+                environ["wsgi.input"] = meter.input(environ["wsgi.input"], size)
             body = self.app(environ, metered_start)
         except BaseException as exc:
             Gate.run_sync(meter.finish(exc))

@@ -79,7 +79,9 @@ _default_assets: dict[str, str] = {}  # caip2 -> checksummed address
 def register_network(caip2: str, name: str) -> Network:
     """Add (or return) a network. ``caip2`` must look like ``eip155:<chainId>``."""
     namespace, _, reference = caip2.partition(":")
-    if namespace != "eip155" or not reference.isdigit() or int(reference) <= 0:
+    if namespace != "eip155" or not (reference.isascii() and reference.isdigit()):
+        raise ConfigurationError(f"network must be a CAIP-2 id like 'eip155:8453', got {caip2!r}")
+    if int(reference) <= 0:
         raise ConfigurationError(f"network must be a CAIP-2 id like 'eip155:8453', got {caip2!r}")
     network = Network(caip2=caip2, chain_id=int(reference), name=name)
     with _lock:

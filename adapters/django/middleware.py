@@ -33,7 +33,9 @@ def request_view(request: HttpRequest, resolve: Callable[[], Any] | None = None)
     except DisallowedHost:
         host = meta.get("HTTP_HOST") or meta.get("SERVER_NAME") or "localhost"
     length = meta.get("CONTENT_LENGTH") or "0"
-    small = length.isdigit() and int(length) <= BODY_LIMIT  # what the gate's endpoints read
+    small = (
+        length.isascii() and length.isdigit() and int(length) <= BODY_LIMIT
+    )  # what the gate's endpoints read
     return RequestView(
         method=request.method or "GET",
         path=request.path_info,

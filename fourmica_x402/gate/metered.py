@@ -363,7 +363,7 @@ def endpoint(gate: Gate, request: RequestView) -> Flow:
         return Response.json(
             200, {"stream": stream_id, "stopped": bool(stopped)}, [("cache-control", "no-store")]
         )
-    if not number.isdigit() or len(number) > 9:
+    if not (number.isascii() and number.isdigit()) or len(number) > 9:
         return _refused("unknown_stream")
     if method != "POST":
         return error_response(

@@ -422,6 +422,13 @@ def pay(client: Any, core: Core, url: str, run: Any = lambda r: r, method: str =
     return buyer, run(client.generic(method, url, headers=headers))
 
 
+def test_a_content_length_of_digits_int_refuses_is_no_500(configured: None, core: Core) -> None:
+    """'²' is a digit to ``str.isdigit`` but not to ``int``; Django reads such a length as 0."""
+    client = Client()
+    assert client.get("/free", CONTENT_LENGTH="\xb2").status_code == 200
+    assert client.get("/no-such-page", CONTENT_LENGTH="\xb2").status_code == 404
+
+
 def test_request_payment_in_a_view(configured: None, core: Core) -> None:
     buyer, resp = pay(Client(), core, "/items/3")
     assert resp.status_code == 200 and resp.json() == {"payer": buyer.address, "item": 3}

@@ -431,6 +431,26 @@ def test_paid_view_without_a_payment_for_it_is_refused(
     assert "without a payment" in caplog.text
 
 
+def test_a_content_length_of_digits_int_refuses_is_served_or_refunded_never_a_500(
+    core: Core,
+) -> None:
+    """'²' is a digit to ``str.isdigit`` but not to ``int``: the body's size is unknown then,
+    and whatever fails after the settle is refunded."""
+    app = make_app(pay_to=SELLER, network=NETWORK, core=core, routes={"POST /premium": "$0.01"})
+    FourmicaX402(app)
+
+    @app.post("/premium")
+    def premium() -> dict[str, int]:
+        return {"secret": 42}
+
+    client, buyer = app.test_client(), funded(core)
+    headers = payment_for(client, buyer, "/premium", "POST")
+    resp = client.post("/premium", headers=headers, environ_overrides={"CONTENT_LENGTH": "\xb2"})
+    assert resp.status_code == 200 and resp.get_json() == {"secret": 42}
+    assert core.position(buyer.address, network=NETWORK).locked == 10_000
+    assert client.get("/nothing", environ_overrides={"CONTENT_LENGTH": "\xb2"}).status_code == 404
+
+
 def test_paid_async_view(core: Core) -> None:
     pytest.importorskip("asgiref")  # Flask's async views: flask[async]
     app = make_app(pay_to=SELLER, network=NETWORK, core=core)

@@ -196,6 +196,10 @@ def test_a_later_slice_is_only_for_the_streams_payer(
             for bad in ("/x402/streams/str_" + "0" * 32 + "/2", "/x402/streams/nonsense/2"):
                 missing = client.post(bad)
                 assert missing.status_code == 404 and missing.json()["error"] == "unknown_stream"
+            # a slice number of digits int() refuses ('²', '¹'): no such slice, not a 500
+            for digit in ("%C2%B2", "%C2%B9"):
+                odd = client.post(asked["pay"][: -len("2")] + digit)
+                assert odd.status_code == 404 and odd.json()["error"] == "unknown_stream"
             paid = client.post(
                 asked["pay"], headers=paid_header(client, owner, asked["pay"], "POST")
             )

@@ -74,8 +74,9 @@ def test_registry_adds_networks_and_assets() -> None:
     assert default_asset("eip155:31337") == token
     assert find_asset("eip155:31337", token.address.lower()) == token
     assert to_atomic("$0.5", token) == 5 * 10**17
-    with pytest.raises(ConfigurationError):
-        register_network("solana:mainnet", "nope")
+    for bad in ("solana:mainnet", "eip155:\u00b2", "eip155:0"):  # '²' is no chain id
+        with pytest.raises(ConfigurationError):
+            register_network(bad, "nope")
     with pytest.raises(ConfigurationError):
         register_asset("eip155:999999", "0x" + "ab" * 20, symbol="X", decimals=6)
     with pytest.raises(ConfigurationError):
