@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import unicodedata
 import weakref
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -200,8 +201,13 @@ class ToolPrice:
         self, status: int, headers: Iterable[tuple[str, str]], body: bytes | None
     ) -> str | None:
         """Why a paid call's 2xx answer was not delivered, or None (delivered)."""
+        headers = list(headers)
+        if body is not None:  # compressed inside the gate (a GZip middleware): read it decoded
+            body = _decoded(
+                next((v for k, v in headers if k.lower() == "content-encoding"), ""), body
+            )
         if body is None or not 200 <= status < 300:
-            return None  # too long to read here (judged by its status), or not a 2xx anyway
+            return None  # too long or unreadable here (judged by its status), or not a 2xx
         kind = next((v for k, v in headers if k.lower() == "content-type"), "").lower()
         if kind.startswith("text/event-stream"):
             messages = list(_sse_messages(body))
@@ -220,6 +226,26 @@ class ToolPrice:
         ):
             return TOOL_ERROR
         return None
+
+
+#: The most of a compressed answer decoded to judge it; past it, its status judges it.
+DECODED_LIMIT = 4 * 1024 * 1024
+
+
+def _decoded(encoding: str, body: bytes) -> bytes | None:
+    """``body`` without its ``Content-Encoding`` (gzip, deflate); None when it cannot be read
+    here (another encoding, a corrupt or too large one)."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        return None
+    inflate = zlib.decompressobj(wbits=47)  # a gzip or zlib header, told apart by itself
+    try:
+        out = inflate.decompress(body, DECODED_LIMIT)
+    except zlib.error:
+        return None
+    return None if inflate.unconsumed_tail or not inflate.eof else out
 
 
 def _json_messages(body: bytes) -> Iterable[dict[str, Any]]:

@@ -127,15 +127,22 @@ def _serving(app: Any) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-@pytest.fixture(params=["sse", "json"])
+@pytest.fixture(params=["sse", "json", "json-gzip"])
 def shop(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Shop]:
+    """``json-gzip``: the tool server's answers compressed inside the gate (GZipMiddleware),
+    as the buyer's ``Accept-Encoding: gzip`` asks: judged decoded."""
     core = Core(str(tmp_path / "core.db"))
     buyer, seller = TestBuyer.new(), TestBuyer.new()
     core.deposit(buyer.address, 1_000_000, network=NETWORK)
     ran: Counter[str] = Counter()
     tools = McpTools(PRICES)
     config = tools.config(pay_to=seller.address, core=core, network=NETWORK)
-    app = PaymentMiddleware(_server(ran, request.param == "json").streamable_http_app(), config)
+    inner: Any = _server(ran, request.param.startswith("json")).streamable_http_app()
+    if request.param == "json-gzip":
+        from starlette.middleware.gzip import GZipMiddleware
+
+        inner = GZipMiddleware(inner, minimum_size=1)
+    app = PaymentMiddleware(inner, config)
     try:
         with _serving(app) as url:
             yield Shop(url, core, buyer, ran)
@@ -335,6 +342,24 @@ def test_a_paid_answer_is_judged_by_its_json_rpc_message(
     raw = b"event: message\r\ndata: " + data + b"\r\n\r\n" if "event" in kind else data
     assert judge(200, [("content-type", kind)], raw) == why
     assert judge(200, [("content-type", kind)], None) is None  # too long to read: by status
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_compressed_answer_is_judged_decoded(encoding: str) -> None:
+    import gzip
+    import zlib
+
+    judge = ToolPrice(McpTools(PRICES)).judge_response
+    pack = gzip.compress if encoding == "gzip" else zlib.compress
+    ok = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"content": []}}).encode()
+    bad = json.dumps({"jsonrpc": "2.0", "id": 1, "error": {"code": 1, "message": "x"}}).encode()
+    headers = [("content-type", "application/json"), ("content-encoding", encoding)]
+    assert judge(200, headers, pack(ok)) is None
+    assert judge(200, headers, pack(bad)) == "mcp_tool_error"
+    # what cannot be read here is judged by its status, as a long answer is
+    assert judge(200, headers, b"not compressed") is None
+    assert judge(200, headers, pack(ok)[:-8]) is None  # cut short
+    assert judge(200, [("content-type", "application/json"), ("content-encoding", "br")], bad) is None
 
 
 def test_the_buyer_pays_tool_calls_only(tmp_path: Path) -> None:
