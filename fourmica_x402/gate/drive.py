@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -67,7 +68,9 @@ async def run_async(flow: Flow) -> Any:
             result, error = None, exc
 
 
-async def local_write(store: Any | None, fn: Callable[..., T], *args: Any) -> T:
+async def local_write(
+    store: Any | None, fn: Callable[..., T], *args: Any, late: Callable[[T], None] | None = None
+) -> T:
     """``fn(*args)`` for the embedded Core, on the event loop when it need not wait.
 
     ``store``: the Core's store when the records live in its database (else None: always a
@@ -76,6 +79,9 @@ async def local_write(store: Any | None, fn: Callable[..., T], *args: Any) -> T:
     another process's lock, or any error, after which nothing was committed — sends the work
     to a worker thread, where waiting is harmless and failures are handled
     (docs/architecture.md, "The Core's transactions").
+
+    ``late(result)``: called (in a worker thread) with what the thread committed when the
+    caller was cancelled before it got the result — a cancelled await does not stop a thread.
     """
     if store is not None:
         wait = getattr(store, "wait_writable", None)
@@ -88,7 +94,26 @@ async def local_write(store: Any | None, fn: Callable[..., T], *args: Any) -> T:
                 await wait()
             except Exception:  # rolled back: the thread path redoes and handles it
                 break
-    return await asyncio.to_thread(fn, *args)
+    if late is None:
+        return await asyncio.to_thread(fn, *args)
+    lock, state = threading.Lock(), dict[str, Any](abandoned=False, done=False)
+
+    def run() -> T:
+        result = fn(*args)
+        with lock:
+            state["done"], state["result"], abandoned = True, result, state["abandoned"]
+        if abandoned:
+            late(result)
+        return result
+
+    try:
+        return await asyncio.to_thread(run)
+    except asyncio.CancelledError:  # the thread goes on; whatever it commits is handed to late
+        with lock:
+            state["abandoned"], done = True, state["done"]
+        if done:  # finished, but its answer never reached us
+            asyncio.get_running_loop().run_in_executor(None, late, state["result"])
+        raise
 
 
 def _run_coroutine(awaitable: Any) -> Any:

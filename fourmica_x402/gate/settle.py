@@ -107,7 +107,9 @@ async def _asettle_and_record(
 ) -> SettleResult | tuple[SettleResult, int]:
     if gate.core is not None:  # local: settle and record together
         store = gate.core.store if gate._shared else None
-        return await local_write(store, _settle_and_record, gate, payload, chosen, base, signed)
+        late = partial(_refund_late, gate, base["pay_to"])
+        args = (gate, payload, chosen, base, signed)
+        return await local_write(store, _settle_and_record, *args, late=late)
     await asyncio.to_thread(refuse_in_doubt, gate, signed, chosen)
     try:
         result = await gate.facilitator.asettle(payload, chosen)
@@ -125,9 +127,7 @@ async def _asettle_and_record(
     try:
         return result, await asyncio.to_thread(record, gate, result, base)
     except asyncio.CancelledError:  # recorded or not, its handler will not run: refund it
-        if result.guarantee_id:
-            gate.records.add_followup(result.guarantee_id, base["pay_to"], "refund")
-            gate._reconciler.kick()
+        _refund_late(gate, base["pay_to"], result)
         raise
     except Exception as exc:
         await asyncio.to_thread(undo, gate, result, base["pay_to"])
@@ -200,6 +200,16 @@ def abandon(gate: Gate, result: SettleResult | None, pay_to: str, record_id: int
             response_hash=None,
             outcome="refunded" if result is not None else "not_charged",
         )
+
+
+def _refund_late(gate: Gate, pay_to: str, outcome: Any) -> None:
+    """An acceptance committed for a request that was cancelled meanwhile (the client left, a
+    timeout): its handler will not run, so it is refunded."""
+    result = outcome[0] if isinstance(outcome, tuple) else outcome
+    if isinstance(result, SettleResult) and result.success and result.guarantee_id:
+        gate.records.label(result.guarantee_id, "refund_pending")  # "refunded" once voided
+        gate.records.add_followup(result.guarantee_id, pay_to, "refund")
+        gate._reconciler.kick()
 
 
 def undo(gate: Gate, result: SettleResult, pay_to: str) -> None:

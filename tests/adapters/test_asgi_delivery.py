@@ -451,3 +451,57 @@ def test_the_next_stage_waits_until_this_one_was_delivered(core: Core) -> None:
     gate_of(app.middleware_stack).flush()
     # Two stage 1s and one stage 2 delivered; the other stage 2 refunded; no stage 3.
     assert core.position(buyer.address, network=NETWORK).locked == 2 * 10_000 + 20_000
+
+
+@pytest.mark.parametrize("policy", [False, True], ids=["G-v1", "G-v2"])
+def test_a_request_cancelled_while_its_settle_waits_for_another_process_is_refunded(
+    core: Core, policy: bool
+) -> None:
+    """Another process holds the database's write lock, so the acceptance goes to a worker
+    thread; an outer timeout cancels the request meanwhile. The thread still commits once
+    the lock is free: the handler never ran, so that acceptance is refunded."""
+    import sqlite3
+    import threading
+    import time
+
+    ran: list[str] = []
+
+    async def report(request: Any) -> PlainTextResponse:
+        ran.append("handler")
+        return PlainTextResponse("the report")
+
+    options = {"pay_to": SELLER, "network": NETWORK, "delivery_policy": policy}
+    options["routes"] = {"GET /report": "$0.01"}
+    app = Starlette(
+        routes=[Route("/report", report)],
+        middleware=[Middleware(PaymentMiddleware, core=core, **options)],
+    )
+    with TestClient(app) as client:
+        paid = header(core, client, "/report")
+    other = sqlite3.connect(core.store.path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process writing for a second
+    release = threading.Timer(1.0, lambda: other.execute("COMMIT"))
+    release.start()
+
+    async def timed_out() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(app(scope_of("/report", paid), _receive, _drop), 0.3)
+
+    asyncio.run(timed_out())
+    release.join()
+    other.close()
+    gate = gate_of(app.middleware_stack)
+    deadline = time.monotonic() + 15
+    while (found := settled(core, gate)) != [("voided", "refunded")]:
+        assert time.monotonic() < deadline, found
+        time.sleep(0.05)
+    assert ran == [] and core.audit() == []
+    assert core.position(core.guarantees()[0].user_address, network=NETWORK).locked == 0
+
+
+async def _receive() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _drop(message: dict[str, Any]) -> None:
+    pass
