@@ -1,10 +1,8 @@
 """Starlette's router seen from the payment middleware: which route a scope will reach.
 
-The middleware sits outside the router, so it asks the router's own routes
-(``route.matches(scope)``, mounts and hosts included, the first full match wins, as in
-``Router.app``) instead of reading the path itself (docs/architecture.md, "Which route is
-priced"). Starlette is imported only when an app with a router is found.
-"""
+The middleware sits outside the router, so it asks the router's own routes (``route.matches``,
+mounts and hosts included, the first full match wins, as in ``Router.app``) instead of reading
+the path itself (docs/architecture.md, "Which route is priced"). Imported for a router only."""
 
 from __future__ import annotations
 
@@ -23,13 +21,15 @@ class StarletteRouter:
     """A Starlette router seen from outside: resolves a scope the way it will route it."""
 
     def __init__(self, router: Any, marker: Callable[[Any], Marker | None]) -> None:
+        from starlette.convertors import CONVERTOR_TYPES
         from starlette.routing import Host, Match, Mount, WebSocketRoute
 
-        self.router = router
-        self._full, self._none, self._nested = Match.FULL, Match.NONE, (Mount, Host)
+        self.router, self._nested = router, (Mount, Host)
+        self._full, self._none = Match.FULL, Match.NONE
         self.endpoint = Endpoints(
             lambda route: (marker(route), getattr(route, "methods", None)),
             lambda route: isinstance(route, WebSocketRoute),
+            CONVERTOR_TYPES.get,
         )
 
     @classmethod

@@ -21,6 +21,7 @@ prices routes by their templates (docs/architecture.md, "Which route is priced")
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 try:
@@ -34,6 +35,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from fourmica_x402.config import PaymentConfig
 from fourmica_x402.gate import PASS, Gate, Payment, Response
+from fourmica_x402.gate.guards import one_marker
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Marker, Meter
 
 from ._exchange import Delegated
@@ -71,19 +73,17 @@ def Paid(price: Any = None, *, methods: Any = None, **route: Any) -> Any:
 
 
 def _marker(route: Any) -> Marker | None:
-    """The ``Paid`` among a route's dependencies (nested and the inclusion's too), if any."""
+    """The ``Paid`` of a route's dependencies (nested, its routers'…): one (see one_marker)."""
 
-    def find(dependant: Any) -> Marker | None:
+    def find(dependant: Any) -> Iterator[Marker | None]:
         for dep in dependant.dependencies:
-            found = Marker.of(dep.call) or find(dep)
-            if found is not None:
-                return found
-        return None
+            yield Marker.of(dep.call)
+            yield from find(dep)
 
     kinds = (APIRoute, APIWebSocketRoute)  # a paid WebSocket: refused (1008), see asgi.py
-    if isinstance(route, kinds) or isinstance(getattr(route, "original_route", None), kinds):
-        return find(route.dependant)
-    return None
+    if not isinstance(route, kinds) and not isinstance(getattr(route, "original_route", 0), kinds):
+        return None
+    return one_marker(find(route.dependant), f"route {route.path!r}")
 
 
 def _render(response: Response) -> StarletteResponse:

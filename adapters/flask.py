@@ -14,10 +14,8 @@
 
     payments.check()  # once the routes exist: a route-table entry naming no route fails here
 
-Every ``PaymentConfig`` field is a setting, ``FOURMICA_X402_<FIELD>``; keyword options win. The
-WSGI middleware around ``app.wsgi_app`` prices the rule Flask resolves (docs/architecture.md,
-"Which route is priced"): its ``@paid`` mark, else its table entry.
-"""
+Every ``PaymentConfig`` field is a setting ``FOURMICA_X402_<FIELD>`` (keyword options win). The
+rule Flask resolves is priced: its ``@paid``, else its entry (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -33,11 +31,11 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         'fourmica_x402.adapters.flask needs Flask: pip install "fourmica-x402[flask]"'
     ) from exc
 
-from fourmica_x402.config import PaymentConfig
+from fourmica_x402.config import PaymentConfig, config_options
 from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.gate import Endpoint, Gate
 from fourmica_x402.gate.guards import check_routed
-from fourmica_x402.gate.lifecycle import Endpoints, Marker, config_options
+from fourmica_x402.gate.lifecycle import Endpoints, Marker
 
 from .wsgi import PAYMENT_KEY, PaymentMiddleware
 
@@ -85,10 +83,8 @@ def settings(app_config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class FourmicaX402:
-    """Payments for a Flask app: ``FourmicaX402(app)`` or ``ext.init_app(app)`` in a factory.
-
-    A ``config`` (PaymentConfig) is used as given; else the ``FOURMICA_X402_*`` settings are,
-    keyword ``options`` winning over them."""
+    """Payments for a Flask app: ``FourmicaX402(app)`` or ``ext.init_app(app)`` in a factory; a
+    ``config`` as given, else the ``FOURMICA_X402_*`` settings, keyword ``options`` winning."""
 
     def __init__(
         self, app: Flask | None = None, config: PaymentConfig | None = None, **options: Any
@@ -128,13 +124,14 @@ class _Routed(PaymentMiddleware):
     def __init__(self, app: Any, *, gate: Gate, flask_app: Flask) -> None:
         super().__init__(app, gate=gate)
         self._flask_app, views = flask_app, flask_app.view_functions
-        self._endpoint = Endpoints(lambda r: (Marker.of(views.get(r.endpoint)), _served(r)))
+        describe = lambda r: (Marker.of(views.get(r.endpoint)), _served(r))  # noqa: E731
+        self._endpoint = Endpoints(describe, converter=flask_app.url_map.converters.get)
 
     def check(self) -> None:  # the first request runs it at the latest: views come after init_app
         everywhere = [view for app in _APPS for view in app.view_functions.values()]
         check_routed(self._flask_app.view_functions.values(), everywhere)  # @paid over @app.route?
-        rules = self._flask_app.url_map.iter_rules()
-        self._endpoint.check(self.gate, ((rule, rule.rule) for rule in rules))
+        rules = ((rule, rule.rule) for rule in self._flask_app.url_map.iter_rules())
+        self._endpoint.check(self.gate, rules)
 
     def resolver(self, environ: dict[str, Any]) -> Callable[[], Endpoint | None]:
         app = self._flask_app

@@ -13,7 +13,7 @@ address or network fails at start-up with a message saying what to fix.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._eth import parse_address
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .facilitator import Facilitator
     from .records import Records
 
-__all__ = ["DEFAULT_DB", "PaymentConfig"]
+__all__ = ["DEFAULT_DB", "PaymentConfig", "config_options"]
 
 #: Where the embedded Core keeps its data when nothing else is configured.
 DEFAULT_DB = "sqlite:///fourmica_x402.db"
@@ -172,3 +172,14 @@ class PaymentConfig:
             hook = getattr(self, name)
             if hook is not None and not callable(hook):
                 raise ConfigurationError(f"{name} must be callable")
+
+
+def config_options(
+    settings: Mapping[str, Any], name: Callable[[str], str]
+) -> tuple[dict[str, Any], list[str]]:
+    """PaymentConfig options from a framework's settings, each named ``name(field)``, and the
+    settings that name no field, sorted: the adapter refuses them, since a typo would otherwise
+    silently leave a default (a route unpriced, say)."""
+    named = {name(each.name): each.name for each in fields(PaymentConfig)}
+    unknown = sorted(str(key) for key in settings if key not in named)
+    return {named[key]: value for key, value in settings.items() if key in named}, unknown

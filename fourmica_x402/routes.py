@@ -36,7 +36,7 @@ from .jobs import Stage
 from .networks import Price, TokenAmount, get_network, resolve_price
 from .streams import Slices
 from .templates import (
-    canonical_template,
+    Endpoint,
     compile_pattern,
     compile_template,
     specificity,
@@ -168,40 +168,12 @@ class Route:
         """Whether this entry names a framework route of canonical template ``shape``."""
         return self.template_regex is not None and bool(self.template_regex.match(shape))
 
-
-class Endpoint:
-    """The endpoint a framework's router resolved for a request; adapters build one per route
-    of the app and keep it (the gate caches what it priced on it).
-
-    ``key`` is the framework's own object for the route (a Starlette route, a Flask rule, a
-    Django view callable): the gate puts it in ``Payment.endpoint`` so that a per-handler
-    marker can check that the payment was settled for *its* route. ``template`` is the route
-    as the framework writes it. ``marker`` is a per-handler price (``@paid``/``Paid``) and
-    ``marker_methods`` the methods it prices (None: every method the endpoint serves).
-    ``methods`` are the methods the endpoint serves, when the framework says (None: any).
-    ``websocket``: a WebSocket route (priced like a GET so that it is refused, never listed).
-    """
-
-    __slots__ = ("_priced", "key", "marker", "marker_methods", "methods", "template", "websocket")
-
-    def __init__(
-        self,
-        key: Any,
-        template: str,
-        *,
-        marker: RouteConfig | None = None,
-        marker_methods: frozenset[str] | None = None,
-        methods: frozenset[str] | None = None,
-        websocket: bool = False,
-    ) -> None:
-        self.key, self.template, self.marker = key, template, marker
-        self.marker_methods = marker_methods
-        self.methods, self.websocket = methods, websocket
-        #: Per method: (table version, its Route or None); "?": the methods the table prices.
-        self._priced: dict[str, tuple[int, Any]] = {}
-
-    def __repr__(self) -> str:
-        return f"Endpoint({self.template!r}, marker={self.marker is not None})"
+    def names(self, endpoint: Endpoint) -> bool:
+        """Whether this entry names ``endpoint``: it fits its shape, or is written with the
+        route's own converters (``/files/<anypath:rest>`` for that very route)."""
+        return self.fits(endpoint.shape) or (
+            self.template_regex is not None and typed_template(self.pattern) == endpoint.typed
+        )
 
 
 def validate_marker(config: RouteConfig, where: str = "a paid handler") -> RouteConfig:
@@ -341,9 +313,10 @@ class RouteTable:
                 self.prepare(endpoint)
                 route = endpoint._priced["*"][1]
         else:  # the entry written for this very route (its converters too) before a looser one
-            shape, typed = canonical_template(endpoint.template), typed_template(endpoint.template)
-            fits = [e for e in self._matching if e.method in ("*", method, alias) and e.fits(shape)]
-            exact = (entry for entry in fits if typed_template(entry.pattern) == typed)
+            fits = [
+                e for e in self._matching if e.method in ("*", method, alias) and e.names(endpoint)
+            ]
+            exact = (entry for entry in fits if typed_template(entry.pattern) == endpoint.typed)
             route = next(exact, fits[0] if fits else None)
         endpoint._priced[method] = (version, route)
         return route
@@ -352,20 +325,20 @@ class RouteTable:
         """The methods table entries price on ``endpoint`` (``*``: all); see ``Gate.before``."""
         found, version = endpoint._priced.get("?"), self.version
         if found is None or found[0] != version:
-            template = canonical_template(endpoint.template)
-            match = [e.method for e in self.routes if e.fits(template)]
+            match = [e.method for e in self.routes if e.names(endpoint)]
             endpoint._priced["?"] = found = (version, frozenset(match))
         return found[1]  # type: ignore[no-any-return]
 
-    def unmatched(self, templates: Iterable[tuple[str, frozenset[str] | None]]) -> list[str]:
-        """Table entries that name no route among ``(template, methods)`` (None = any method)."""
-        known = [(canonical_template(t), m) for t, m in templates]
+    def unmatched(self, endpoints: Iterable[Endpoint]) -> list[str]:
+        """Table entries that name none of ``endpoints`` (for the methods each serves)."""
+        known = list(endpoints)
         missing = []
         for entry in self.routes:
             methods = {"GET", "HEAD"} if entry.method == "GET" else {entry.method}
             if not any(
-                entry.fits(t) and (entry.method == "*" or m is None or not methods.isdisjoint(m))
-                for t, m in known
+                entry.names(e)
+                and (entry.method == "*" or e.methods is None or not methods.isdisjoint(e.methods))
+                for e in known
             ):
                 missing.append(entry.key)
         return missing

@@ -1,19 +1,30 @@
 """Route templates and patterns: the notations frameworks and route tables write a route in
-(``:id``, ``[id]``, ``{id}``, ``{id:int}``, ``<int:id>``, ``(?P<id>…)``, ``*``), and the matchers
-the route table builds from them (docs/architecture.md, "Which route is priced")."""
+(``:id``, ``[id]``, ``{id}``, ``{id:int}``, ``<int:id>``, ``(?P<id>…)``, ``*``), the matchers
+the route table builds from them, and the framework's routes they describe (:class:`Endpoint`;
+docs/architecture.md, "Which route is priced")."""
 
 from __future__ import annotations
 
 import functools
 import re
+from re import _constants as _c  # type: ignore[attr-defined]
+from re import _parser  # type: ignore[attr-defined]
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
 
+if TYPE_CHECKING:
+    from .routes import RouteConfig
+
 __all__ = [
+    "Endpoint",
     "canonical_template",
     "compile_pattern",
     "compile_template",
+    "converters_in",
     "display_template",
+    "matches_slash",
+    "spans",
     "typed_template",
 ]
 
@@ -40,15 +51,79 @@ def _converter(match: re.Match[str]) -> str:
     return "" if typed is None else (typed.group(1) or typed.group(2) or "").strip().lower()
 
 
-def _canonical(match: re.Match[str]) -> str:
-    # A path converter spans segments: only a ``*`` entry names it, never ``:name``.
-    return "*" if _converter(match) == "path" else "{}"
+def canonical_template(template: str, spanning: frozenset[str] = frozenset()) -> str:
+    """A route template with every parameter written ``{}``, one whose converter spans path
+    segments ``*`` (``path``, and the converters named in ``spanning``): ``/items/<int:id>`` →
+    ``/items/{}``, ``/files/{p:path}`` → ``/files/*``. Such a route is priced only by a ``*``
+    entry, never by a one-segment ``:name``."""
+
+    def one(match: re.Match[str]) -> str:
+        name = _converter(match)
+        return "*" if name == "path" or (spanning and name in spanning) else "{}"
+
+    return _PARAM.sub(one, template)
 
 
-def canonical_template(template: str) -> str:
-    """A route template with every parameter written ``{}`` (a ``path`` converter ``*``):
-    ``/items/<int:id>`` → ``/items/{}``, ``/files/{p:path}`` → ``/files/*``."""
-    return _PARAM.sub(_canonical, template)
+def converters_in(template: str) -> set[str]:
+    """The converters a template names that are not the one-segment default: ``{p:path}``,
+    ``<int:id>`` → ``path``, ``int``; with their arguments (``regex("…")``), lower-cased."""
+    found = (_converter(match) for match in _PARAM.finditer(template))
+    return {name for name in found if name not in _SEGMENT_CONVERTERS}
+
+
+def matches_slash(regex: str) -> bool:
+    """Whether ``regex`` (a converter's) can match text holding a ``/``: a route parameter that
+    spans path segments. A regex this cannot read counts as spanning."""
+    try:
+        return _slash(_parser.parse(regex))
+    except (re.error, RecursionError, TypeError):
+        return True
+
+
+def spans(converter: Any) -> bool:
+    """Whether a framework's path converter (a werkzeug, Starlette or Django one) matches ``/``:
+    werkzeug says so itself (``part_isolating``); the others by their ``regex``."""
+    if converter is None:
+        return False
+    isolated = getattr(converter, "part_isolating", None)
+    if isolated is not None:
+        return not isolated
+    return matches_slash(str(getattr(converter, "regex", "[^/]+")))
+
+
+_SLASH = ord("/")
+_REPEATS = {_c.MAX_REPEAT, _c.MIN_REPEAT, getattr(_c, "POSSESSIVE_REPEAT", _c.MAX_REPEAT)}
+#: Character classes that hold "/".
+_SLASH_CATEGORIES = {_c.CATEGORY_NOT_WORD, _c.CATEGORY_NOT_SPACE, _c.CATEGORY_NOT_DIGIT}
+
+
+def _slash(items: Any) -> bool:
+    for op, arg in items:
+        if op is _c.ANY or (op is _c.LITERAL and arg == _SLASH):
+            return True
+        if (op is _c.NOT_LITERAL and arg != _SLASH) or (op is _c.IN and _in(arg)):
+            return True
+        if op in _REPEATS and _slash(arg[2]):
+            return True
+        if op is _c.SUBPATTERN and _slash(arg[-1]):
+            return True
+        if op is _c.BRANCH and any(_slash(branch) for branch in arg[1]):
+            return True
+        if op is getattr(_c, "ATOMIC_GROUP", None) and _slash(arg):
+            return True
+    return False  # lookarounds, anchors and back-references consume no "/" of their own
+
+
+def _in(items: Any) -> bool:
+    """Whether a character set holds "/"."""
+    negated = bool(items) and items[0][0] is _c.NEGATE
+    held = any(
+        (op is _c.LITERAL and arg == _SLASH)
+        or (op is _c.RANGE and arg[0] <= _SLASH <= arg[1])
+        or (op is _c.CATEGORY and arg in _SLASH_CATEGORIES)
+        for op, arg in items
+    )
+    return held != negated
 
 
 @functools.lru_cache(maxsize=4096)
@@ -112,3 +187,54 @@ def specificity(method: str, pattern: str) -> tuple[int, int, int, bool]:
     shape = canonical_template(pattern)
     literal = len(shape.replace("{}", "").replace("*", ""))
     return -literal, shape.count("*"), shape.count("{}"), method == "*"
+
+
+class Endpoint:
+    """The endpoint a framework's router resolved for a request; adapters build one per route
+    of the app and keep it (the gate caches what it priced on it).
+
+    ``key`` is the framework's own object for the route (a Starlette route, a Flask rule, a
+    Django view callable): the gate puts it in ``Payment.endpoint`` so that a per-handler
+    marker can check that the payment was settled for *its* route. ``template`` is the route
+    as the framework writes it. ``marker`` is a per-handler price (``@paid``/``Paid``) and
+    ``marker_methods`` the methods it prices (None: every method the endpoint serves).
+    ``methods`` are the methods the endpoint serves, when the framework says (None: any).
+    ``websocket``: a WebSocket route (priced like a GET so that it is refused, never listed).
+    ``spanning``: the converters of ``template`` (besides ``path``) that match ``/``, as the
+    framework defines them: its parameters span path segments (``shape`` writes them ``*``).
+    """
+
+    __slots__ = (
+        "_priced",
+        "key",
+        "marker",
+        "marker_methods",
+        "methods",
+        "shape",
+        "template",
+        "typed",
+        "websocket",
+    )
+
+    def __init__(
+        self,
+        key: Any,
+        template: str,
+        *,
+        marker: RouteConfig | None = None,
+        marker_methods: frozenset[str] | None = None,
+        methods: frozenset[str] | None = None,
+        websocket: bool = False,
+        spanning: frozenset[str] = frozenset(),
+    ) -> None:
+        self.key, self.template, self.marker = key, template, marker
+        #: The template as table entries are matched against it (``canonical_template``).
+        self.shape = canonical_template(template, spanning)
+        self.typed = typed_template(template)
+        self.marker_methods = marker_methods
+        self.methods, self.websocket = methods, websocket
+        #: Per method: (table version, its Route or None); "?": the methods the table prices.
+        self._priced: dict[str, tuple[int, Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.template!r}, marker={self.marker is not None})"

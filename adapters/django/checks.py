@@ -31,7 +31,9 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
     if not isinstance(given, Mapping | PaymentConfig):
         return [Error("FOURMICA_X402 is missing or not a dict", id="fourmica_x402.E001")]
     try:  # each @paid price too, with the settings' payTo and network
-        missing = Endpoints(conf.describe).unmatched(conf.load(), conf.patterns())
+        missing = Endpoints(conf.describe, converter=conf.converter).unmatched(
+            conf.load(), conf.patterns()
+        )
     except (ValueError, TypeError) as exc:  # ConfigurationError is a ValueError
         return [Error(f"FOURMICA_X402: {exc}", id="fourmica_x402.E002")]
     msg = "FOURMICA_X402 ROUTES entry {!r} names no URL pattern: it prices nothing (a typo?)"

@@ -11,12 +11,13 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction
 from django.conf import settings
 from django.http import HttpResponse, HttpResponseNotAllowed
+from django.urls.converters import get_converters
 from django.urls.resolvers import LocalePrefixPattern, URLResolver, get_resolver
 
-from fourmica_x402.config import PaymentConfig
+from fourmica_x402.config import PaymentConfig, config_options
 from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.gate import Response
-from fourmica_x402.gate.lifecycle import Marker, config_options
+from fourmica_x402.gate.lifecycle import Marker
 
 #: What a function view may serve, in the order ``Allow`` lists them.
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -44,6 +45,11 @@ def describe(view: Any) -> tuple[Marker | None, list[str] | None]:
     names = getattr(view, "view_initkwargs", {}).get("http_method_names", cls.http_method_names)
     served = [m for m in names if hasattr(cls, m) or (m == "head" and hasattr(cls, "get"))]
     return Marker.of(view) or Marker.of(cls), [m.upper() for m in served]
+
+
+def converter(name: str) -> Any:
+    """The registered path converter ``name`` (None: none)."""
+    return get_converters().get(name)
 
 
 def patterns(localized: bool = False, urlconf: Any = None) -> Iterator[tuple[Any, str]]:

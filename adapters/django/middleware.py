@@ -19,7 +19,7 @@ from django.utils.encoding import escape_uri_path
 from fourmica_x402.gate import PASS, Call, Endpoint, Flow, Gate, RequestView, Response
 from fourmica_x402.gate.lifecycle import BODY_LIMIT, Endpoints, Meter
 
-from .conf import describe, language_prefix, load, locale_misplaced, patterns, render
+from .conf import converter, describe, language_prefix, load, locale_misplaced, patterns, render
 
 
 def request_view(request: HttpRequest, resolve: Callable[[], Any] | None = None) -> RequestView:
@@ -74,7 +74,7 @@ class PaymentMiddleware:
         self.gate = Gate(load())
         # Priced is what Django's resolver serves (docs/architecture.md, "Which route is
         # priced"): a @paid price or a ROUTES entry naming no URL pattern fails at start-up.
-        self._endpoint = Endpoints(describe)
+        self._endpoint = Endpoints(describe, converter=converter)
         self._endpoint.check(self.gate, patterns())
         self._localized: dict[Any, set[tuple[Any, str]]] = {}  # per URLconf
 

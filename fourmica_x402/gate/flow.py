@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
@@ -152,16 +152,16 @@ class Gate:
         """Price one more route (``key`` and ``value`` as in the route table)."""
         return self.routes.add(key, value)
 
-    def check_routes(self, templates: Any) -> None:
+    def check_routes(self, found: Iterable[Endpoint]) -> None:
         """Fail (ConfigurationError) when a table entry names no route of the app.
 
-        ``templates``: ``(template, methods)`` of every route the framework knows, methods
-        None when any. Adapters call it at start-up; a typo would otherwise leave a route free.
+        ``found``: every route the framework knows. Adapters call it at start-up; a typo
+        would otherwise leave a route free.
         """
-        templates = list(templates)
-        missing = self.routes.unmatched(templates)
+        found = list(found)
+        missing = self.routes.unmatched(found)
         if missing:
-            known = sorted({t for t, _ in templates})
+            known = sorted({each.template for each in found})
             shown = ", ".join(known[:12]) + (", …" if len(known) > 12 else "")
             raise ConfigurationError(
                 f"priced route(s) {', '.join(repr(m) for m in missing)} name no route of this app "

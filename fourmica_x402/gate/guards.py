@@ -10,11 +10,11 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ..errors import ConfigurationError
 
-__all__ = ["check_routed", "remember"]
+__all__ = ["check_routed", "one_marker", "remember"]
 
 T = TypeVar("T")
 
@@ -45,3 +45,23 @@ def check_routed(served: Iterable[Any], elsewhere: Iterable[Any] = ()) -> None:
                 f"{name} is routed without its @paid price: put @paid below the route "
                 "decorator (the route decorator registers the function it is given)"
             )
+
+
+class _Priced(Protocol):
+    config: Any
+    methods: Any
+
+
+P = TypeVar("P", bound=_Priced)
+
+
+def one_marker(found: Iterable[P | None], where: str) -> P | None:
+    """The one per-handler price among ``found`` (Nones skipped, the same price counted once),
+    or None. Two prices on one handler or route — a router's default ``Paid`` and the
+    route's own, ``@paid`` twice — would sell it at one and let the other's handler accept
+    that payment: a ConfigurationError instead."""
+    markers = [m for m in found if m is not None]
+    if any((m.config, m.methods) != (markers[0].config, markers[0].methods) for m in markers):
+        shown = ", ".join(sorted(repr(str(m.config.price)) for m in markers))
+        raise ConfigurationError(f"{where} has more than one price ({shown}): keep one")
+    return markers[0] if markers else None

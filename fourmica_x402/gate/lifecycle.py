@@ -12,23 +12,24 @@ renders. Everything else it would otherwise repeat lives here:
   is logged and every request answered 500 ``configuration_error`` (fail closed);
 - :class:`Marker` — a per-handler price (``@paid``, ``Paid(...)``): what it prices, and what
   it answers instead of running its handler unpaid;
-- :class:`Endpoints` — the app's routes as the gate prices them, checked at start-up;
-- :func:`config_options` — a framework's settings as PaymentConfig options.
+- :class:`Endpoints` — the app's routes as the gate prices them, checked at start-up.
+
+A framework's settings become PaymentConfig options with :func:`..config.config_options`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 import logging
 import threading
-from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from typing import Any, TypeVar, overload
 
 from ..config import PaymentConfig
 from ..evidence.request import BodyHasher
 from ..routes import Endpoint, RouteConfig, RouteTable, validate_marker
+from ..templates import converters_in, spans
 from . import drive, guards
 from .flow import Gate
 from .types import Flow, Paid, Payment, Response, error_response
@@ -290,6 +291,9 @@ class Startup:
         return error_response(500, "configuration_error", self.error or "")
 
 
+_MARK = "__fourmica_marker__"
+
+
 class Marker:
     """A per-handler price: ``@paid`` (Flask, Django), ``Paid(...)`` (FastAPI).
 
@@ -305,7 +309,7 @@ class Marker:
     @staticmethod
     def of(handler: Any) -> Marker | None:
         """The marker on ``handler`` (a view, a class, a dependency), if any."""
-        found = getattr(handler, "__fourmica_marker__", None)
+        found = getattr(handler, _MARK, None)
         return found if isinstance(found, Marker) else None
 
     def validate(self, where: str) -> Marker:
@@ -314,7 +318,10 @@ class Marker:
         return self
 
     def attach(self, handler: T) -> T:
-        setattr(handler, "__fourmica_marker__", self)  # noqa: B010  # functools.wraps copies it
+        """Mark ``handler``: one price per handler (a second, other one fails here)."""
+        own = getattr(handler, "__dict__", {}).get(_MARK)  # a subclass may set its own
+        guards.one_marker([own, self], repr(handler))
+        setattr(handler, _MARK, self)  # functools.wraps copies it
         return handler
 
     def prices(self, method: str) -> bool:
@@ -376,12 +383,18 @@ class Endpoints:
 
     ``describe(route)``: the marker on the route's handler, if any, and the methods the
     route serves (None or empty: any). ``websocket(route)``: whether it is a WebSocket route.
+    ``converter(name)``: the framework's path converter of that name (None: unknown); one
+    that matches ``/`` makes its parameter span path segments, like ``path`` (see
+    :func:`spans`; docs/architecture.md, "Which route is priced").
     """
 
     def __init__(
-        self, describe: Describe, websocket: Callable[[Any], bool] = lambda route: False
+        self,
+        describe: Describe,
+        websocket: Callable[[Any], bool] = lambda route: False,
+        converter: Callable[[str], Any] = lambda name: None,
     ) -> None:
-        self._describe, self._websocket = describe, websocket
+        self._describe, self._websocket, self._converter = describe, websocket, converter
         self._found: dict[tuple[int, str], Endpoint] = {}
 
     def __call__(self, route: Any, template: str, source: Any = None) -> Endpoint:
@@ -391,6 +404,7 @@ class Endpoints:
         found = self._found.get(key)
         if found is None:  # two first sights at once: setdefault keeps one
             marker, methods = self._describe(route if source is None else source)
+            named = converters_in(template) - {"path"}
             made = Endpoint(
                 route,
                 template,
@@ -398,6 +412,7 @@ class Endpoints:
                 marker_methods=marker.methods if marker else None,
                 methods=frozenset(methods) if methods else None,
                 websocket=self._websocket(route),
+                spanning=frozenset(c for c in named if spans(self._converter(c.partition("(")[0]))),
             )
             found = self._found.setdefault(key, made)
         return found
@@ -418,24 +433,13 @@ class Endpoints:
             config.routes, network=config.network, pay_to=config.pay_to, asset=config.asset
         )
         found = self.price(table, routes)
-        return table.unmatched((each.template, each.methods) for each in found)
+        return table.unmatched(found)
 
     def check(self, gate: Gate, routes: Iterable[tuple[Any, ...]]) -> list[Endpoint]:
         """:meth:`price` on the gate's table, which must name routes of the app: an entry naming
         none is a ConfigurationError at start-up too, never a route silently left free. The
         gate keeps them: its discovery listing names these routes (docs/protocol.md)."""
         found = self.price(gate.routes, routes)
-        gate.check_routes((each.template, each.methods) for each in found)
+        gate.check_routes(found)
         gate.endpoints = found
         return found
-
-
-def config_options(
-    settings: Mapping[str, Any], name: Callable[[str], str]
-) -> tuple[dict[str, Any], list[str]]:
-    """PaymentConfig options from a framework's settings, each named ``name(field)``, and the
-    settings that name no field, sorted: the adapter refuses them, since a typo would otherwise
-    silently leave a default (a route unpriced, say)."""
-    fields = {name(each.name): each.name for each in dataclasses.fields(PaymentConfig)}
-    unknown = sorted(str(key) for key in settings if key not in fields)
-    return {fields[key]: value for key, value in settings.items() if key in fields}, unknown

@@ -68,6 +68,10 @@ def files(request: HttpRequest, name: str) -> JsonResponse:
     return JsonResponse({"file": name})
 
 
+def deep(request: HttpRequest, rest: str) -> JsonResponse:
+    return JsonResponse({"deep": rest})
+
+
 @paid(price="$0.05")
 async def aitem(request: HttpRequest, item_id: int) -> JsonResponse:
     seen.append(request.payment)
@@ -191,6 +195,8 @@ URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("aslow", aslow),
     path("api/", include([path("files/<path:name>", files)])),
     path("reports/<slug:day>/<custom:x>", Report.as_view()),
+    path("deep/<slug:name>", deep),
+    path("deep/<custom:rest>", deep),
     path("areport", AsyncReport.as_view()),
     path("anything", anything),
     path("get-only", get_only),
@@ -392,6 +398,39 @@ def test_locale_middleware_after_ours_with_i18n_patterns_is_refused(configured: 
 def test_a_bad_paid_price_fails_when_the_view_is_decorated(bad: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError, match="@paid"):
         paid(**bad)
+
+
+def test_a_custom_converter_matching_slashes_is_priced_by_a_wildcard_entry(
+    configured: None, core: Core
+) -> None:
+    """``<custom:rest>`` (its regex holds "/") spans segments as ``<path:…>`` does: only the
+    ``*`` entry prices it, whatever the table's order."""
+    table = {"GET /deep/:name": "$0.01", "GET /deep/*": "$1.00"}
+    for routes in (table, dict(reversed(table.items()))):
+        with override_settings(FOURMICA_X402={**settings.FOURMICA_X402, "ROUTES": routes}):
+            client = Client()
+            assert amount_of(client.get("/deep/a/b")) == "1000000"
+            assert amount_of(client.get("/deep/monday")) == "10000"
+            buyer, resp = pay(client, core, "/deep/a/b")
+            assert resp.status_code == 200 and resp.json() == {"deep": "a/b"}
+            assert core.position(buyer.address, network=NETWORK).locked == 1_000_000
+
+
+def test_two_prices_on_one_view_fail_where_it_is_decorated() -> None:
+    """``@paid`` twice on a view or a class fails; a subclass of a priced class sets its own."""
+
+    def view(request: HttpRequest) -> JsonResponse:
+        return JsonResponse({})
+
+    with pytest.raises(ConfigurationError, match="more than one price"):
+        paid(price="$0.01")(paid(price="$1.00")(view))
+
+    class Dearer(Report):
+        pass
+
+    with pytest.raises(ConfigurationError, match="more than one price"):
+        paid(price="$0.01")(paid(price="$1.00")(type("Twice", (View,), {})))
+    assert paid(price="$9.00")(Dearer) is Dearer
 
 
 def test_paid_prices_the_view_django_resolved(configured: None) -> None:

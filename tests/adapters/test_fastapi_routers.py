@@ -265,3 +265,49 @@ def test_a_frontend_priced_by_the_table_is_charged_and_a_free_one_stays_free(
         redirected = client.get("/app/api/data/", follow_redirects=False)
         assert redirected.status_code == 307
     assert len(core.guarantees()) == 1
+
+
+def _two_prices(where: str) -> FastAPI:
+    """A route priced $1.00 in its signature under a $0.01 default set at ``where``."""
+    app = FastAPI(dependencies=[Paid("$0.01")] if where == "app" else None)
+    router = APIRouter(dependencies=[Paid("$0.01")] if where == "router" else None)
+    route_deps = [Paid("$0.01")] if where == "route" else None
+
+    @router.get("/premium", dependencies=route_deps)
+    def premium(p: Payment = Paid("$1.00")) -> dict[str, int]:  # noqa: B008
+        return {"paid": p.amount}
+
+    include = [Paid("$0.01")] if where == "include" else None
+    app.include_router(router, prefix="/shop", dependencies=include)
+    return app
+
+
+@pytest.mark.parametrize("where", ["app", "router", "include", "route"])
+def test_two_prices_on_one_route_fail_at_start_up(core: Core, where: str) -> None:
+    """A router's default ``Paid`` and the route's own: the gate charged the first it found
+    ($0.01) and the $1.00 handler accepted that payment. Now the app does not start, and
+    without a lifespan every request is refused."""
+    app = _two_prices(where)
+    FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK)
+    with pytest.raises(Exception, match="more than one price"), TestClient(app):
+        pass
+    resp = TestClient(app, raise_server_exceptions=False).get("/shop/premium")
+    assert resp.status_code == 500 and resp.json()["error"] == "configuration_error"
+
+
+def test_one_paid_used_twice_on_a_route_is_one_price(core: Core) -> None:
+    price = Paid("$0.01")
+    app = FastAPI()
+    router = APIRouter(dependencies=[price])
+
+    @router.get("/premium")
+    def premium(p: Payment = price) -> dict[str, int]:
+        return {"paid": p.amount}
+
+    app.include_router(router)
+    FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK)
+    with TestClient(app) as client:
+        resp = client.get("/premium")
+        assert resp.status_code == 402
+        req = decode_payment_required(resp.headers["payment-required"]).accepts[0]
+        assert req.amount == "10000"

@@ -451,6 +451,18 @@ def test_a_content_length_of_digits_int_refuses_is_served_or_refunded_never_a_50
     assert client.get("/nothing", environ_overrides={"CONTENT_LENGTH": "\xb2"}).status_code == 404
 
 
+def test_two_prices_on_one_view_fail_where_it_is_decorated() -> None:
+    """``@paid`` twice: the outer price was charged and the inner one accepted it."""
+
+    def view() -> str:
+        return "ok"
+
+    with pytest.raises(ConfigurationError, match="more than one price"):
+        paid(price="$0.01")(paid(price="$1.00")(view))
+    same = paid(price="$0.01")
+    assert same(same(view)) is not None  # the same price twice is one price
+
+
 def test_paid_async_view(core: Core) -> None:
     pytest.importorskip("asgiref")  # Flask's async views: flask[async]
     app = make_app(pay_to=SELLER, network=NETWORK, core=core)

@@ -271,3 +271,86 @@ def test_a_path_converter_is_priced_by_a_wildcard_entry_not_a_one_segment_one(
     with TestClient(starlette) as client:
         _pay_at(client, core, "/files/deep/archive.tar", 10**6)
         _pay_at(client, core, "/files/report", 10_000)
+
+
+@pytest.mark.parametrize("order", ["segment-first", "wildcard-first"])
+def test_a_custom_converter_matching_slashes_is_priced_like_a_path_converter(
+    core: Core, order: str
+) -> None:
+    """A converter of the app's own that matches ``/`` spans segments as ``path`` does, as its
+    framework defines it (werkzeug: ``part_isolating``; Starlette: its regex): only the
+    ``*`` entry prices it. An entry written with the converter itself prices it too."""
+    from starlette.convertors import CONVERTOR_TYPES, Convertor, register_url_convertor
+    from werkzeug.routing import BaseConverter, PathConverter
+
+    entries = [("GET /files/:name", "$0.01"), ("GET /files/*", "$1.00")]
+    table = dict(entries if order == "segment-first" else entries[::-1])
+
+    class AnyPath(PathConverter):
+        pass
+
+    class Dotted(BaseConverter):  # ".+" without "/": werkzeug matches it within one segment
+        regex = ".+"
+
+    app, payments = _flask(core, table)
+    app.url_map.converters.update(anypath=AnyPath, dotted=Dotted)
+
+    @app.get("/files/<anypath:rest>")
+    def deep(rest: str) -> dict[str, str]:
+        return {"download": rest}
+
+    @app.get("/files/<dotted:name>")
+    def one(name: str) -> dict[str, str]:
+        return {"file": name}
+
+    payments.check()
+    client = app.test_client()
+    _pay_at(client, core, "/files/deep/archive.tar", 10**6)
+    _pay_at(client, core, "/files/report", 10_000)  # the one-segment converter's route
+
+    class Everything(Convertor[str]):
+        regex = ".*"
+
+        def convert(self, value: str) -> str:
+            return value
+
+        def to_string(self, value: str) -> str:
+            return value
+
+    if "anything" not in CONVERTOR_TYPES:
+        register_url_convertor("anything", Everything())
+
+    async def ok(request: Any) -> JSONResponse:
+        return JSONResponse({})
+
+    routes = [Route("/files/{name}", ok), Route("/files/{rest:anything}", ok)]
+    for own in (table, {"GET /files/{rest:anything}": "$0.50"}):
+        options = {"pay_to": SELLER, "core": core, "network": NETWORK, "routes": own}
+        app_ = Starlette(routes=routes, middleware=[Middleware(PaymentMiddleware, **options)])
+        with TestClient(app_) as client:
+            _pay_at(client, core, "/files/deep/archive.tar", 10**6 if own is table else 500_000)
+
+
+@pytest.mark.parametrize(
+    ("regex", "spans"),
+    [
+        ("[^/]+", False),
+        (r"\d+", False),
+        ("[-a-zA-Z0-9_]+", False),
+        ("[0-9a-f]{8}-[0-9a-f]{4}", False),
+        (r"(?!/)\w+", False),  # a lookahead consumes nothing
+        (".+", True),
+        (".*", True),
+        ("[a-z/]+", True),
+        (r"\d{4}/\d{2}", True),
+        ("[^a]+", True),
+        (r"\S+", True),
+        ("[+-9]", True),  # a range holding "/"
+        ("(?:a|/)", True),
+        ("[", True),  # unreadable: spans, to be safe
+    ],
+)
+def test_a_converter_regex_is_read_for_whether_it_matches_a_slash(regex: str, spans: bool) -> None:
+    from fourmica_x402.templates import matches_slash
+
+    assert matches_slash(regex) is spans
