@@ -249,7 +249,8 @@ class Records:
         """:meth:`finish` inside a transaction the caller holds (e.g. the Core's validation).
 
         ``delivered_at``: when the response went out (default: now). ``request_hash``: one
-        that covers the body the handler read (else the record keeps the one it has).
+        that covers the body the handler read (else the record keeps the one it has). A
+        ``settle_result`` (settle-after) names the guarantee the record gets.
         """
         if outcome in _RETRIED:  # the reconciler may have finished its retry already
             outcome = _retried_outcome(tx, record_id, outcome, status)
@@ -257,8 +258,8 @@ class Records:
             "UPDATE fx_records SET status = ?, http_status = ?, response_hash = ?, "
             "delivered_at = ?, outcome = ?, certificate = COALESCE(?, certificate), "
             "response_headers = ?, response_body = ?, "
-            "settle_result = COALESCE(?, settle_result), "
-            "request_hash = COALESCE(?, request_hash) WHERE record_id = ?",
+            "settle_result = COALESCE(?, settle_result), request_hash = COALESCE(?, "
+            "request_hash), guarantee_id = COALESCE(?, guarantee_id) WHERE record_id = ?",
             (
                 status,
                 http_status,
@@ -270,6 +271,7 @@ class Records:
                 response[1].hex() if response else None,
                 dumps(settle_result, sort_keys=True) if settle_result else None,
                 request_hash,
+                (settle_result or {}).get("transaction") or None,
                 record_id,
             ),
         )
@@ -413,12 +415,8 @@ class Records:
     ) -> list[PaymentRecord]:
         """Records, newest first, filtered by payer, route, guarantee or status."""
         where, params = [], []
-        for column, value in (
-            ("payer", payer),
-            ("route", route),
-            ("guarantee_id", guarantee_id),
-            ("status", status),
-        ):
+        filters = {"payer": payer, "route": route, "guarantee_id": guarantee_id, "status": status}
+        for column, value in filters.items():
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)

@@ -219,7 +219,11 @@ class Holds:
 
 def recover(gate: Gate) -> int:
     """Label the records a dead process left "settled, delivery unknown"; file a follow-up for
-    each G-v2 one still awaiting its score. Returns how many records it found."""
+    each G-v2 one still awaiting its score. Returns how many records it found.
+
+    A settle-after record is written before its settle, without the guarantee's id: one its
+    completion never reached is found by its tab and request ids (its guarantee then named).
+    """
     core = gate.core
     assert core is not None
     now = time.time()
@@ -231,9 +235,22 @@ def recover(gate: Gate) -> int:
                 "WHERE r.status = 'settled' AND r.outcome IS NULL AND r.created_at < ?",
                 (now,),
             )
+            rows += tx.all(
+                "SELECT r.record_id, g.guarantee_id, r.pay_to, g.state, g.validation_deadline "
+                "FROM fx_records r JOIN fx_guarantees g ON g.tab_id = r.tab_id "
+                "AND g.req_id = r.request_id AND g.recipient_address = r.pay_to "
+                "WHERE r.status = 'verified' AND r.settle_mode = 'after' "
+                "AND r.outcome IS NULL AND r.created_at < ?",
+                (now,),
+            )
         if rows:
             with core.store.transaction() as tx:
                 for record_id, gid, pay_to, state, deadline in rows:
+                    tx.execute(  # a settle-after record: settled, its guarantee named
+                        "UPDATE fx_records SET status = 'settled', guarantee_id = ? "
+                        "WHERE record_id = ? AND status = 'verified'",
+                        (gid, record_id),
+                    )
                     _recover_one(tx, now, record_id, gid, pay_to, state, deadline)
     except StoreUnavailable as exc:  # a read-only or missing database: requests fail closed
         log.error("could not look for payments left unfinished: %s", exc)

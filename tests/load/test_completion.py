@@ -26,6 +26,7 @@ from fourmica_x402.client import PaymentTransport
 from fourmica_x402.core import Core
 from fourmica_x402.records import Records
 from fourmica_x402.testing import NETWORK, TestBuyer
+from fourmica_x402.wire import decode_header_json
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,7 @@ def _free_port() -> int:
 
 @contextmanager
 def seller(
-    db: Path, pay_to: str, *, v2: bool, window: float, timeout: float
+    db: Path, pay_to: str, *, v2: bool, window: float, timeout: float, settle: str = "before"
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A uvicorn seller process: yields its URL and process; killed if the test left it running."""
     port = _free_port()
@@ -53,6 +54,7 @@ def seller(
         SELLER_V2="1" if v2 else "0",
         SELLER_WINDOW=str(window),
         SELLER_VALIDATION_TIMEOUT=str(timeout),
+        SELLER_SETTLE=settle,
     )
     args = [sys.executable, "-m", "uvicorn", "completion_seller:app", "--app-dir", str(APPS)]
     args += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
@@ -86,7 +88,7 @@ def _pay(url: str, buyer: TestBuyer, count: int) -> list[str]:
         for _ in range(count):
             answer = client.get(url + "/premium")
             assert answer.status_code == 200, answer.text
-            out.append(answer.json()["guarantee"])
+            out.append(decode_header_json(answer.headers["payment-response"])["transaction"])
         return out
 
 
@@ -159,6 +161,31 @@ def test_sigkill_with_completions_queued_is_recovered_conservatively(db: Path, v
         # and it serves as before, completing what it serves within its window
         more = _pay(url, BUYER, 2)
         _until_delivered(db, more)
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["G-v1", "G-v2"])
+def test_a_settle_after_payment_lost_with_its_process_is_recovered_too(db: Path, v2: bool) -> None:
+    """A settle-after record is written before its settle, without the guarantee's id: the
+    completion names it. One lost with its process is found by its tab and request ids."""
+    timeout = 4.0
+    options = dict(v2=v2, timeout=timeout, settle="after")
+    with seller(db, SELLER.address, window=30.0, **options) as (url, proc):  # type: ignore[arg-type]
+        gids = _pay(url, BUYER, PAID)
+        states, records, _ = _state(db, gids[:-1])
+        assert records == [("delivered", "delivered")] * (PAID - 1)  # the record names it
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    expected = ("settled", "cancelled" if v2 else "kept")
+    with seller(db, SELLER.address, window=0.005, **options) as (url, _):  # type: ignore[arg-type]
+        deadline = time.monotonic() + timeout + 30
+        while time.monotonic() < deadline:
+            states, records, locked = _state(db, gids)
+            if records[-1] == expected:
+                break
+            time.sleep(0.25)
+    assert records == [("delivered", "delivered")] * (PAID - 1) + [expected]
+    assert states[-1] == ("cancelled" if v2 else "payable")
+    assert locked == (PAID - (1 if v2 else 0)) * PRICE
 
 
 def _until_delivered(db: Path, gids: list[str]) -> None:

@@ -2,7 +2,8 @@
 
 Env: SELLER_CORE (embedded Core database path), PAY_TO, SELLER_WINDOW (the gate's
 ``completion_window``, seconds), SELLER_V2 ("1": advertise the G-v2 delivery policy, else
-G-v1 guarantees), SELLER_VALIDATION_TIMEOUT (the Core's, seconds).
+G-v1 guarantees), SELLER_VALIDATION_TIMEOUT (the Core's, seconds), SELLER_SETTLE ("before",
+the default, or "after").
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ config = PaymentConfig(
     core=core,
     delivery_policy=os.environ.get("SELLER_V2") == "1",
     completion_window=float(os.environ["SELLER_WINDOW"]),
+    settle=os.environ.get("SELLER_SETTLE", "before"),  # type: ignore[arg-type]
 )
 app = Starlette(
     routes=[Route("/premium", premium), Route("/free", free)],
