@@ -27,6 +27,7 @@ from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from typing import Any, TypeVar, overload
 
 from ..config import PaymentConfig
+from ..core.store.deferred import serving
 from ..evidence.request import BodyHasher
 from ..routes import Endpoint, RouteConfig, RouteTable, validate_marker
 from ..templates import converters_in, spans
@@ -66,6 +67,7 @@ class Meter:
         #: The body's bytes that went out, and the ``Content-Length`` the handler declared.
         self.sent = 0
         self.length: int | None = None
+        serving(1)  # an exit lets it end first (docs/operations.md)
 
     def start(self, status: int, headers: Iterable[tuple[str, str]]) -> Flow:
         """The response starts: the headers to send, or the :class:`Response` to send instead.
@@ -117,20 +119,22 @@ class Meter:
         """
         if self.finished:
             return None
-        self.finished, error = True, error or self.error
-        if self.replacement is not None or self.status is None:
-            yield from self.gate.finish(self.state, None, None, error)
-        else:
-            tap = self.tap
-            yield from self.gate.finish(
-                self.state,
-                self.status,
-                tap.digest,
-                error,
-                tap.body,
-                self.headers,
-                request_body=self.body_in.digest(),
-            )
+        self.finished, error, tap = True, error or self.error, self.tap
+        try:  # its completion queued, an exit may go on (see __init__)
+            if self.replacement is not None or self.status is None:
+                yield from self.gate.finish(self.state, None, None, error)
+            else:
+                yield from self.gate.finish(
+                    self.state,
+                    self.status,
+                    tap.digest,
+                    error,
+                    tap.body,
+                    self.headers,
+                    request_body=self.body_in.digest(),
+                )
+        finally:
+            serving(-1)
         return None
 
     @overload

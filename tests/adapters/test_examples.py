@@ -151,6 +151,51 @@ def test_a_seller_stopped_right_after_a_paid_answer_still_gets_paid(
 
 
 @pytest.mark.slow
+def test_a_sigterm_as_the_answer_arrives_waits_for_its_completion(tmp_path: Path) -> None:
+    """The development server's request thread is still closing the paid body when the
+    SIGTERM ends the main thread: the exit waits for that response to end (bounded), so its
+    completion is committed and the seller paid."""
+    port, db = _free_port(), tmp_path / "seller.db"
+    env = {**os.environ, "PORT": str(port), "FOURMICA_X402_DB": f"sqlite:///{db}"}
+    env["PAY_TO"] = TestBuyer.new().address
+    app = Path(__file__).parent / "apps" / "slow_close_seller.py"
+    proc = subprocess.Popen([sys.executable, str(app)], env=env, cwd=tmp_path)
+    buyer = TestBuyer.new()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            deadline = time.monotonic() + 30
+            while not _answers(client):
+                assert time.monotonic() < deadline and proc.poll() is None, "did not start"
+                time.sleep(0.1)
+            offer = decode_payment_required(client.get("/premium").headers["payment-required"])
+            req = offer.accepts[0]
+            core = Core(f"sqlite:///{db}")
+            core.deposit(buyer.address, 1_000_000, network=NETWORK)
+            body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": {}}
+            body["paymentRequirements"] = req.to_dict()
+            name_, value = payment_header(buyer, req, client.post("/x402/tab", json=body).json())
+            with client.stream("GET", "/premium", headers={name_: value}) as answer:
+                assert answer.read() == b"the premium answer"
+                proc.terminate()  # while the server thread still closes the body
+            core.close()
+        proc.wait(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    after = Core(f"sqlite:///{db}")
+    assert [g.state for g in after.guarantees()] == ["payable"]
+    assert [r.outcome for r in Records(after.store).query()] == ["delivered"]
+    after.close()
+
+
+def _answers(client: httpx.Client) -> bool:
+    try:
+        return client.get("/free").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.mark.slow
 def test_bundles_example_charges_per_bundle_and_prepays_jobs(tmp_path: Path) -> None:
     with running("bundles", tmp_path) as (client, db):
         buyer = TestBuyer.new()

@@ -359,7 +359,9 @@ def test_a_compressed_answer_is_judged_decoded(encoding: str) -> None:
     # what cannot be read here is judged by its status, as a long answer is
     assert judge(200, headers, b"not compressed") is None
     assert judge(200, headers, pack(ok)[:-8]) is None  # cut short
-    assert judge(200, [("content-type", "application/json"), ("content-encoding", "br")], bad) is None
+    assert (
+        judge(200, [("content-type", "application/json"), ("content-encoding", "br")], bad) is None
+    )
 
 
 def test_the_buyer_pays_tool_calls_only(tmp_path: Path) -> None:

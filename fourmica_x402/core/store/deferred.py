@@ -248,7 +248,25 @@ class Deferred:
                 break
 
 
+#: Paid responses of this process on their way out (:func:`serving`): their completions are
+#: still to be queued. At exit, up to :data:`EXIT_WAIT` seconds are given to them.
+_SERVING = [0]
+_SERVING_DONE = threading.Condition()
+EXIT_WAIT = 2.0
+
+
+def serving(delta: int) -> None:
+    """A paid response of this process starts (+1) or ended (-1): an exit waits for it."""
+    with _SERVING_DONE:
+        _SERVING[0] += delta
+        _SERVING_DONE.notify_all()
+
+
 def _flush_all() -> None:
+    # A development server's request threads go on while atexit runs (a SIGTERM right after
+    # a response): let a response that just went out queue its completion first.
+    with _SERVING_DONE:
+        _SERVING_DONE.wait_for(lambda: _SERVING[0] <= 0, timeout=EXIT_WAIT)
     for deferred in list(_ALL):
         if deferred and not deferred.closed and deferred._pid == os.getpid():
             try:
@@ -258,6 +276,7 @@ def _flush_all() -> None:
 
 
 def _forget_all() -> None:
+    _SERVING[0] = 0  # the parent's responses are the parent's
     for deferred in list(_ALL):
         deferred.forget()
 
