@@ -43,6 +43,8 @@ def hundreds(request: RequestView) -> int:
     counts = parse_qs(request.query).get("count", [])
     if len(counts) != 1:
         raise ValueError("send exactly one count")
+    if int(counts[0]) < 1:
+        raise ValueError(f"count must be at least 1, got {counts[0]}")
     return -(-int(counts[0]) // 100)
 
 
@@ -65,7 +67,14 @@ async def records(request: Request) -> JSONResponse:
 
 async def jobs(request: Request) -> JSONResponse:
     payment = request.state.payment  # payment.cap: what the buyer guaranteed up front
-    task = (await request.json()).get("task", "")
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("task", ""), str):
+        # a 4xx: the gate refunds it (only a 2xx is delivered)
+        return JSONResponse({"error": 'send {"task": "…"}'}, status_code=400)
+    task = body.get("task", "")
     return JSONResponse({"job": f"done: {task}", "prepaid": payment.cap, "payer": payment.payer})
 
 

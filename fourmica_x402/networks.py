@@ -191,8 +191,9 @@ def to_atomic(price: Price, asset: Asset) -> int:
     units). Floats are refused: they cannot hold most decimal prices exactly.
     """
     if isinstance(price, bool | float):
+        why = "floats are inexact" if isinstance(price, float) else "a boolean is no amount"
         raise ConfigurationError(
-            f"price {price!r}: pass a string such as '$0.10' or a Decimal; floats are inexact"
+            f"price {price!r}: pass a string such as '$0.10' or a Decimal; {why}"
         )
     if isinstance(price, int):
         value = Decimal(price)
@@ -297,6 +298,20 @@ def parse_money(
 
 def resolve_price(price: Price, network: str, asset: str | None = None) -> TokenAmount:
     """A route's price as ``TokenAmount`` on ``network`` (explicit amounts pass through)."""
+    found = _resolve_price(price, network, asset)
+    if found.amount > MAX_AMOUNT:  # no buyer could pay it: the Core keeps 64-bit amounts
+        raise ConfigurationError(
+            f"price {price!r} is {found.amount} atomic units, more than the most a Core keeps "
+            f"({MAX_AMOUNT})"
+        )
+    return found
+
+
+#: The largest amount the Core keeps (signed 64-bit columns), in atomic units.
+MAX_AMOUNT = 2**63 - 1
+
+
+def _resolve_price(price: Price, network: str, asset: str | None) -> TokenAmount:
     if isinstance(price, TokenAmount):
         return price
     if isinstance(price, Mapping):

@@ -23,7 +23,7 @@ import httpx
 
 from .._json import loads
 from ..errors import InsufficientCollateral, MalformedPayment, PaymentFailed
-from ..guarantee import SignedGuarantee
+from ..guarantee import SignedGuarantee, guarantee_id
 from ..networks import dollar_assets, find_asset, get_network, parse_amount
 from ..wire import (
     PAYMENT_REQUIRED_HEADER,
@@ -221,13 +221,19 @@ class BuyerFlow(Buyer):
                 params.public_key,
                 guarantee_domain=params.guarantee_domain,
             )
+        status = paid.status_code
+        why = f"seller answered {status} and refunded" if refunded else None
+        if result is None and not 200 <= status < 300:  # a server's own error page, say
+            why = f"seller answered {status} without a payment result: no charge confirmed"
+        own = guarantee_id(params.domain.chain_id, signed.claims.tab_id, signed.claims.req_id)
         receipt = replace(
             receipt,
             outcome="payment_failed" if refunded else "paid",
-            status=paid.status_code,
+            status=status,
             finished_at=time.time(),
-            guarantee_id=_text((result or {}).get("transaction")),
-            reason=f"seller answered {paid.status_code} and refunded" if refunded else None,
+            # the seller's word, else the id of what we signed: the Core can say what became of it
+            guarantee_id=_text((result or {}).get("transaction")) or "0x" + own.hex(),
+            reason=why,
             certificate=certificate,
             certificate_verified=verified,
         )

@@ -202,7 +202,9 @@ def test_bundles_example_charges_per_bundle_and_prepays_jobs(tmp_path: Path) -> 
         core = Core(f"sqlite:///{db}")
         core.deposit(buyer.address, 5_000_000, network=NETWORK)
 
-        def pay(method: str, path: str, **kwargs: Any) -> tuple[Any, Any, httpx.Response]:
+        def pay(
+            method: str, path: str, expect: int = 200, **kwargs: Any
+        ) -> tuple[Any, Any, httpx.Response]:
             challenge = client.request(method, path, **kwargs)
             assert challenge.status_code == 402, challenge.text
             required = decode_payment_required(challenge.headers["payment-required"])
@@ -213,7 +215,7 @@ def test_bundles_example_charges_per_bundle_and_prepays_jobs(tmp_path: Path) -> 
             ).json()
             name_, value = payment_header(buyer, req, tab)
             paid = client.request(method, path, headers={name_: value}, **kwargs)
-            assert paid.status_code == 200, paid.text
+            assert paid.status_code == expect, paid.text
             return required, req, paid
 
         required, req, paid = pay("GET", "/records?count=250")
@@ -226,7 +228,7 @@ def test_bundles_example_charges_per_bundle_and_prepays_jobs(tmp_path: Path) -> 
         _, small, paid = pay("GET", "/records?count=40")  # one bundle, raised to the minimum
         assert small.amount == "30000" and paid.json()["paid"] == 30_000
         # a repeated count is refused: the handler reads the last one, not the first
-        for query in ("count=lots", "count=100&count=10000", "count=10000&count=100"):
+        for query in ("count=lots", "count=100&count=10000", "count=10000&count=100", "count=-5"):
             refused = client.get(f"/records?{query}")
             assert refused.status_code == 400 and refused.json()["error"] == "invalid_units"
         required, req, paid = pay("POST", "/jobs", json={"task": "render"})
@@ -235,6 +237,11 @@ def test_bundles_example_charges_per_bundle_and_prepays_jobs(tmp_path: Path) -> 
         assert required.resource.description == "A long job — prepaid up to $2.00"
         assert paid.json()["prepaid"] == 2_000_000 and paid.json()["job"] == "done: render"
         assert core.position(buyer.address, network=NETWORK).locked == 30_000 * 2 + 2_000_000
+        pay("POST", "/jobs", expect=400, json=[1])  # not a job: answered 400, refunded
+        deadline = time.monotonic() + 10
+        while core.position(buyer.address, network=NETWORK).locked != 30_000 * 2 + 2_000_000:
+            assert time.monotonic() < deadline, "the 400 was not refunded"
+            time.sleep(0.05)
         core.close()
 
 

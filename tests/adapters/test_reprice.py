@@ -94,6 +94,7 @@ def test_reprice_refuses_what_it_cannot_take(tmp_path: Path) -> None:
         (["GET /premium"], "is not ROUTE=PRICE"),
         (["GET /premium=lots"], "lots"),
         (["=$0.02"], "is not ROUTE=PRICE"),
+        (["GET /premium=$99999999999999999999999"], "more than the most a Core keeps"),
     ]
     for args, needle in cases:
         done = reprice(db, *args)

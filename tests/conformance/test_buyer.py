@@ -29,6 +29,7 @@ from fourmica_x402.errors import (
     NeedsApproval,
     PaymentFailed,
 )
+from fourmica_x402.guarantee import guarantee_id
 from fourmica_x402.networks import default_asset
 from fourmica_x402.testing import NETWORK, TestBuyer
 from fourmica_x402.wire import PAYMENT_REQUIRED_HEADER
@@ -497,8 +498,14 @@ def test_a_garbled_result_after_payment_never_loses_the_answer(
     else:
         resp = client.get("/premium")
         assert resp.status == 200 and resp.receipt.outcome == "paid"
-        assert resp.receipt.guarantee_id is None
+        # no word from the seller on it: the receipt names the guarantee the buyer signed
+        assert resp.receipt.guarantee_id == _signed_id(resp.receipt)
     assert [r.outcome for r in ledger] == ["payment_failed" if refuse else "paid"]
+
+
+def _signed_id(receipt: Any) -> str:
+    found = guarantee_id(84532, int(receipt.tab_id, 16), int(receipt.request_id, 16))
+    return "0x" + found.hex()
 
 
 def _dropped_connection(exc: BaseException) -> bool:
@@ -617,6 +624,25 @@ def test_a_refunded_failure_is_reported_but_still_counted(seller: Any, buyers: A
     with pytest.raises(BudgetExhausted):
         client.get("/premium")
     assert seller.core.position(buyer.address, network=NETWORK).locked == 0  # it did refund
+
+
+def test_an_error_page_without_a_result_names_the_guarantee_and_confirms_no_charge(
+    seller: Any, buyers: Any
+) -> None:
+    """A handler that raised: the server's own 500 carries no payment result (Django's error
+    page goes through the middleware and says refunded). The receipt says no charge was
+    confirmed and names the guarantee signed, for the buyer to look up."""
+    buyer = funded(seller)
+    failed = buyers.client(seller, buyer).get("/boom")
+    assert failed.status == 500
+    receipt = failed.receipt
+    assert receipt.reason in (
+        "seller answered 500 without a payment result: no charge confirmed",
+        "seller answered 500 and refunded",
+    )
+    assert (receipt.outcome == "payment_failed") == receipt.reason.endswith("refunded")
+    assert receipt.guarantee_id == _signed_id(receipt)
+    assert seller.core.guarantee(receipt.guarantee_id).state == "voided"  # refunded
 
 
 def test_the_certificate_of_a_payment_is_fetched_from_the_embedded_core(seller: Any) -> None:

@@ -91,6 +91,8 @@ def test_a_per_handler_price_is_repriced_like_a_table_entry(make_seller: Any, ki
         ({ITEMS: "a lot"}, 400, "invalid_price"),
         ({ITEMS: 0.05}, 400, "invalid_price"),  # a float is never a price
         ({ITEMS: "$-1"}, 400, "invalid_price"),
+        ({ITEMS: "$99999999999999999999999"}, 400, "invalid_price"),  # past 2**63 - 1 units
+        ({ITEMS: True}, 400, "invalid_price"),
         ({ITEMS: "$0.05", "GET /nowhere": "$0.01"}, 400, "unknown_route"),  # all or nothing
         ({}, 400, "invalid_request"),
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -66,6 +67,17 @@ def test_explicit_amounts_pass_through() -> None:
         resolve_price({"amount": "1"}, "eip155:84532")
     with pytest.raises(ConfigurationError):
         resolve_price("$1", "eip155:84532", asset="0x" + "12" * 20)
+
+
+@pytest.mark.parametrize(
+    "price",
+    ["$9223372036854.775808", 2**63, {"amount": str(2**63), "asset": "0x" + "12" * 20}],
+)
+def test_a_price_no_core_can_keep_is_refused(price: Any) -> None:
+    """Amounts are at most 2**63 - 1 atomic units: a dearer price could never be paid."""
+    with pytest.raises(ConfigurationError, match="more than the most a Core keeps"):
+        resolve_price(price, "eip155:84532")
+    assert resolve_price("$9223372036854.775807", "eip155:84532").amount == 2**63 - 1
 
 
 def test_registry_adds_networks_and_assets() -> None:
