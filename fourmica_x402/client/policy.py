@@ -187,22 +187,17 @@ class SpendingPolicy:
                 covered = _covered(self.max_per_seller, token, asset)
                 spent = _total(book.spent(0.0, covered, seller=key), covered, token)
                 if spent + amount > cap:
-                    return Decision(
-                        "budget_exhausted",
-                        f"the per-seller cap {_money(cap, token)} would be exceeded "
-                        f"({_money(spent, token, units=False)} spent, "
-                        f"{_money(amount, token, units=False)} more asked)",
-                    )
+                    what = f"the per-seller cap {_money(cap, token)}"
+                    return Decision("budget_exhausted", _exceeded(what, spent, amount, token))
             for name, seconds in _WINDOWS.items():
                 cap = self._atomic(self.windows[name], token)
                 if cap is None:
                     continue
                 covered = _covered(self.windows[name], token, asset)
-                if _total(book.spent(now - seconds, covered), covered, token) + amount > cap:
-                    return Decision(
-                        "budget_exhausted",
-                        f"the {name.replace('_', ' ')} budget {_money(cap, token)} is used up",
-                    )
+                spent = _total(book.spent(now - seconds, covered), covered, token)
+                if spent + amount > cap:
+                    what = f"the {name.replace('_', ' ')} budget {_money(cap, token)}"
+                    return Decision("budget_exhausted", _exceeded(what, spent, amount, token))
             task = _current_task.get()
             for each in task.chain() if task is not None else ():
                 refused = self._task_refuses(book, each, token, asset, amount, ahead)
@@ -247,9 +242,8 @@ class SpendingPolicy:
             by_asset = {a: task.spent.get(a, 0) + task.reserved.get(a, 0) for a in covered}
         used = _total(by_asset, covered, token)
         if used + amount > cap:
-            return Decision(
-                "budget_exhausted", f"task {task.name!r} budget {_money(cap, token)} is used up"
-            )
+            what = f"task {task.name!r} budget {_money(cap, token)}"
+            return Decision("budget_exhausted", _exceeded(what, used, amount, token))
         if used + amount + ahead > cap:
             return Decision(
                 "budget_exhausted",
@@ -298,6 +292,14 @@ class SpendingPolicy:
         if asset is None:  # an unknown token: only atomic caps can apply, so refuse to guess
             return 0
         return to_atomic(value, asset)
+
+
+def _exceeded(what: str, spent: int, amount: int, token: Asset | None) -> str:
+    """Why a budget refuses: what is spent of it and what more was asked, not "used up"."""
+    return (
+        f"{what} would be exceeded ({_money(spent, token, units=False)} spent, "
+        f"{_money(amount, token, units=False)} more asked)"
+    )
 
 
 def _covered(cap: Money | None, token: Asset | None, asset: str) -> dict[str, int | None]:

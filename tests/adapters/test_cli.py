@@ -365,7 +365,9 @@ def test_policy_refusals_speak_dollars() -> None:
         assert ok.reservation is not None
         policy.commit(ok.reservation)
     decision = policy.check(seller=seller, url="u", amount=20_000, asset=asset, network=NETWORK)
-    assert decision.detail == "the per hour budget $0.05 (50000 units) is used up"
+    assert decision.detail == (
+        "the per hour budget $0.05 (50000 units) would be exceeded ($0.04 spent, $0.02 more asked)"
+    )
     policy = SpendingPolicy(max_per_seller="$0.03")
     ok = policy.check(seller=seller, url="u", amount=20_000, asset=asset, network=NETWORK)
     assert ok.reservation is not None
@@ -374,7 +376,9 @@ def test_policy_refusals_speak_dollars() -> None:
     with policy.task("job", budget="$0.0001"):
         decision = policy.check(seller="0x" + "33" * 20, url="u", amount=1_000, asset=asset,
                                 network=NETWORK)  # fmt: skip
-    assert decision.detail == "task 'job' budget $0.0001 (100 units) is used up"
+    assert decision.detail == (
+        "task 'job' budget $0.0001 (100 units) would be exceeded ($0.00 spent, $0.001 more asked)"
+    )
     unknown = SpendingPolicy(max_per_request=500).check(
         seller=seller, url="u", amount=900, asset="0x" + "44" * 20, network=NETWORK
     )
