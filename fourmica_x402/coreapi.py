@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Container
 from typing import Any
 
-from ._eth import parse_address
+from ._eth import ZERO_ADDRESS, parse_address
 from .core import Core
 from .errors import FourmicaError, GuaranteeRejected, MalformedPayment, TabLimited
 from .guarantee import (
@@ -240,7 +240,11 @@ def core_payment_tabs(
             user,
             parse_address(body.get("recipient_address")),
             network=network,
-            asset=body.get("erc20_token") or None,
+            # null is the native asset to the official SDK (which no network here carries);
+            # absent, the network's default asset
+            asset=ZERO_ADDRESS
+            if body.get("erc20_token", "") is None
+            else body.get("erc20_token") or None,
             guarantee_version=requested_version(
                 body.get("guarantee_version") or None, "guarantee_version"
             ),

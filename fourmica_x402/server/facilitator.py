@@ -77,7 +77,8 @@ def tabs(service: Service, call: Call) -> Reply:
     body = call.body
     if not isinstance(body, dict):
         return _tab_refusal("body must be a JSON object")
-    net = body.get("network") or service.network
+    # the official facilitator's aliases too: networkId / network_id, assetAddress
+    net = body.get("network") or body.get("networkId") or body.get("network_id") or service.network
     if not isinstance(net, str) or not _known_network(net):
         return _tab_refusal(f"unknown network {net!r:.60}")
     try:
@@ -86,11 +87,16 @@ def tabs(service: Service, call: Call) -> Reply:
         return _tab_refusal(str(exc), "invalid_user_address")
     try:
         version = body.get("guaranteeVersion") or body.get("x402Version")
+        if body.get("guaranteeVersion") and body.get("x402Version") not in (None, version):
+            raise ValueError(
+                f"guaranteeVersion {version!r:.20} does not match x402Version "
+                f"{body.get('x402Version')!r:.20}"
+            )
         tab = service.core.open_tab(
             user,
             parse_address(body.get("recipientAddress")),
             network=net,
-            asset=body.get("erc20Token") or None,
+            asset=body.get("erc20Token") or body.get("assetAddress") or None,
             guarantee_version=requested_version(version, "guaranteeVersion"),
             ttl_seconds=requested_ttl(body.get("ttlSeconds"), "ttlSeconds"),
             admit_new=service.new_tabs.admit(

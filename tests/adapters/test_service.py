@@ -1056,3 +1056,25 @@ def test_a_tabs_latest_guarantee_is_a_404_not_a_bad_request(client: TestClient) 
     answer = client.get("/core/tabs/0x1/guarantees/latest")
     assert (answer.status_code, answer.json()["reason"]) == (404, "not_found")
     assert client.get("/core/tabs/0x1/guarantees/nope").status_code == 400
+
+
+def test_the_tab_calls_read_the_official_aliases_and_null_asset(client: TestClient) -> None:
+    """As the official facilitator reads them: ``networkId``/``network_id`` and
+    ``assetAddress`` on /tabs; a ``guaranteeVersion`` other than ``x402Version`` refused; on
+    /core/payment-tabs an ``erc20_token`` of null is the native asset (0x0), as the SDK means
+    it, never the default token."""
+    user = TestBuyer.new().address
+    sepolia_usdc = "0x1c7D4B196Cb0C7B01d743Fbc6116a902379C7238"
+    for network in ("networkId", "network_id"):
+        body = {"userAddress": user, "recipientAddress": SELLER, network: "eip155:11155111"}
+        tab = client.post("/tabs", json={**body, "assetAddress": sepolia_usdc}).json()
+        assert tab["assetAddress"] == sepolia_usdc, tab
+    mismatched = {"userAddress": user, "recipientAddress": SELLER, "guaranteeVersion": 1}
+    refused = client.post("/tabs", json={**mismatched, "x402Version": 2})
+    assert (refused.status_code, refused.json()["reason"]) == (400, "invalid_request")
+    assert "does not match x402Version" in refused.json()["error"]
+    snake = {"user_address": user, "recipient_address": SELLER}
+    native = client.post("/core/payment-tabs", json={**snake, "erc20_token": None}).json()
+    assert native["erc20_token"] == "0x" + "00" * 20
+    default = client.post("/core/payment-tabs", json=snake).json()
+    assert default["erc20_token"] == USDC
