@@ -12,6 +12,7 @@ whose client left), so the flow can void what it was paid for before the task en
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import threading
 from collections.abc import Callable
@@ -98,6 +99,7 @@ async def local_write(
         return await asyncio.to_thread(fn, *args)
     lock, state = threading.Lock(), dict[str, Any](abandoned=False, done=False)
 
+    @functools.wraps(fn)  # the work, as the thread pool and logs name it
     def run() -> T:
         result = fn(*args)
         with lock:
