@@ -58,6 +58,9 @@ class Asset:
     address: str
     symbol: str
     decimals: int
+    #: The token's own EIP-712 domain name and version, when known: challenges name them in
+    #: ``extra`` (``name``, ``version``), as the official seller does for its default tokens.
+    eip712: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +99,10 @@ def register_asset(
     symbol: str,
     decimals: int,
     default: bool = False,
+    eip712: tuple[str, str] | None = None,
 ) -> Asset:
-    """Add an asset to a registered network; ``default=True`` makes ``$`` prices use it."""
+    """Add an asset to a registered network; ``default=True`` makes ``$`` prices use it.
+    ``eip712``: the token's EIP-712 domain (name, version), if it has one."""
     if network not in _networks:
         raise ConfigurationError(f"unknown network {network!r}; call register_network first")
     try:
@@ -106,7 +111,7 @@ def register_asset(
         raise ConfigurationError(f"asset address: {exc}") from None
     if not 0 <= decimals <= 36:
         raise ConfigurationError(f"asset decimals must be 0..36, got {decimals}")
-    asset = Asset(network, checksummed, symbol, decimals)
+    asset = Asset(network, checksummed, symbol, decimals, eip712)
     with _lock:
         _assets.setdefault(network, {})[checksummed] = asset
         if default or network not in _default_assets:
@@ -338,7 +343,7 @@ def _install_defaults() -> None:
         ("eip155:8453", "Base", "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"),
     ):
         register_network(caip2, name)
-        register_asset(caip2, usdc, symbol="USDC", decimals=6, default=True)
+        register_asset(caip2, usdc, symbol="USDC", decimals=6, default=True, eip712=("USDC", "2"))
 
 
 _install_defaults()

@@ -143,6 +143,9 @@ def offer_requirements(
     )
     if rpc:  # a remote facilitator's Core API (HttpFacilitator.rpc_url)
         extra["rpcUrl"] = rpc
+    token = find_asset(offer.network, asset)
+    if token is not None and token.eip712 is not None:  # the token's, as the official seller
+        extra["name"], extra["version"] = token.eip712
     extra.update(offer.extra)
     if terms:
         extra.update(terms)

@@ -120,6 +120,8 @@ def test_challenge_shape(seller: Any) -> None:
     assert req.pay_to == seller.options["pay_to"] and req.max_timeout_seconds == 300
     assert req.extra["tabEndpoint"].endswith("/x402/tab")
     assert req.extra["rpcUrl"].endswith("/x402")
+    # the token's EIP-712 domain, as the official seller names it for its default tokens
+    assert (req.extra["name"], req.extra["version"]) == ("USDC", "2")
     # Every v2 challenge advertises a validation policy (the default delivery policy here).
     policy = ValidationPolicy.from_extra(req.extra, 84532)
     assert policy is not None and policy.validator == req.pay_to and policy.tag == "delivery"
