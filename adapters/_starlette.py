@@ -138,13 +138,12 @@ def _effective(context: Any) -> tuple[Any, str, Any]:
 
 def find_router(app: Any) -> Any:
     """The Starlette router at the end of a middleware chain, if there is one."""
+    try:  # by type: FastAPI 0.165's routers also match like the routes they stand for
+        from starlette.routing import Router
+    except ImportError:  # no Starlette: no router
+        return None
     for _ in range(64):
-        if app is None:
-            return None
-        router = getattr(app, "router", None)
-        if router is not None and isinstance(getattr(router, "routes", None), list):
-            return router
-        if isinstance(getattr(app, "routes", None), list) and not hasattr(app, "matches"):
-            return app  # a Router itself (a Mount has routes too, but is a route)
+        if isinstance(app, Router) or isinstance(getattr(app, "router", None), Router):
+            return app if isinstance(app, Router) else app.router
         app = getattr(app, "app", None)
     return None

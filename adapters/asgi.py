@@ -22,6 +22,7 @@ MCP tool call, docs/mcp.md) is replayed to the app whole.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, MutableMapping
 from typing import Any
 from urllib.parse import quote
@@ -83,7 +84,7 @@ class PaymentMiddleware:
         *,
         gate: Gate | None = None,
         router: Any = None,
-        marker: Callable[[Any], Marker | None] = lambda route: None,
+        marker: Callable[[Any], Marker | None] | None = None,
         **options: Any,
     ) -> None:
         self.app = app
@@ -96,7 +97,10 @@ class PaymentMiddleware:
 
     def _check(self) -> None:  # once: find the router and check the route table against it
         router = self._given_router or find_router(self.app)
-        self._router = StarletteRouter.start(self.gate, router, self._marker)
+        marker = self._marker or _no_marker
+        if self._marker is None and "fastapi" in sys.modules:  # its Paid, wherever it is
+            from .fastapi import _marker as marker
+        self._router = StarletteRouter.start(self.gate, router, marker)
 
     def _view(self, scope: Scope, receive: Any) -> RequestView:
         resolve = None if self._router is None else self._router.resolver(scope)
@@ -136,3 +140,7 @@ class PaymentMiddleware:
         scope.setdefault("state", {})["payment"] = scope[PAYMENT_KEY] = outcome.payment
         await PaidExchange(self.gate, outcome, receive, send).run(self.app, scope)
         return None
+
+
+def _no_marker(route: Any) -> Marker | None:
+    return None

@@ -159,6 +159,8 @@ class Route:
     cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)  # per origin
     #: Per offer: its minimum, unit price and cap (None: the route sets none of them).
     terms: tuple[Terms, ...] | None = None
+    #: A per-handler marker's price (``@paid``, ``Paid``), not a table entry.
+    marker: bool = False
 
     @property
     def key(self) -> str:
@@ -284,7 +286,7 @@ class RouteTable:
         self.marker_pay_to.update(o.pay_to for o in offers if isinstance(o.pay_to, str))
         regex = re.compile(re.escape(endpoint.template) + r"\Z")
         terms = _terms(f"route {key!r}", config, offers)
-        return Route(methods, endpoint.template, regex, offers, config, terms=terms)
+        return Route(methods, endpoint.template, regex, offers, config, terms=terms, marker=True)
 
     def prepare(self, endpoint: Endpoint) -> None:
         """Price an endpoint's marker now (adapters call it at start-up for every route): a

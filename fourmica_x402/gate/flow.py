@@ -197,6 +197,8 @@ class Gate:
             cause = "no payment middleware ran for it, or it did not price this route"
         elif payment.endpoint is not key:
             cause = f"the payment was made for another route ({payment.route})"
+        elif not payment.by_marker:  # the gate did not see the marker: never sold at the table's
+            cause = f"the payment was made at the route table's price ({payment.route})"
         else:
             return None
         log.error("a paid handler was reached without a payment for it: %s", cause)

@@ -214,6 +214,7 @@ def paid(
         record_id=record_id,
         settled=result is not None,
         endpoint=None if endpoint is None else endpoint.key,
+        by_marker=route.marker,
     )
     if route.terms is not None:  # a bundle's units, a cap: the requirements it paid say
         bundles.annotate(payment, chosen.extra)

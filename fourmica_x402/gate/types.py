@@ -204,6 +204,8 @@ class Payment:
     #: The framework's own object for the route this payment was settled for (an
     #: :attr:`Endpoint.key`); per-handler markers check it is theirs.
     endpoint: Any = field(default=None, repr=False, compare=False)
+    #: Whether the handler's own marker set the price (else a table entry did).
+    by_marker: bool = field(default=False, repr=False, compare=False)
     #: Makes the certificate when asked (embedded Core); None when the facilitator gave it.
     _certify: Callable[[], dict[str, str]] | None = field(default=None, repr=False)
     _made: dict[str, str] | None = field(default=None, repr=False)

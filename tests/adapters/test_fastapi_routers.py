@@ -311,3 +311,81 @@ def test_one_paid_used_twice_on_a_route_is_one_price(core: Core) -> None:
         assert resp.status_code == 402
         req = decode_payment_required(resp.headers["payment-required"]).accepts[0]
         assert req.amount == "10000"
+
+
+def test_the_pure_middleware_on_a_fastapi_app_prices_as_fourmicax402_does(core: Core) -> None:
+    """``app.add_middleware(PaymentMiddleware, ...)``: FastAPI 0.165's router also matches like
+    a route, and was taken for one: the gate priced raw paths, a typo'd entry started, and
+    ``Paid`` went unseen. It finds the router and the ``Paid`` markers now."""
+    from fourmica_x402.adapters.asgi import PaymentMiddleware
+
+    def app_with(routes: dict[str, str]) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/files/{p:path}")
+        def files(p: str) -> dict[str, str]:
+            return {"file": p}
+
+        @app.get("/premium")
+        def premium(payment: Payment = Paid("$1.00")) -> dict[str, int]:  # noqa: B008
+            return {"paid": payment.amount}
+
+        app.add_middleware(
+            PaymentMiddleware, pay_to=SELLER, core=core, network=NETWORK, routes=routes
+        )
+        return app
+
+    with (
+        pytest.raises(Exception, match="name no route"),
+        TestClient(app_with({"GET /fiels/*": "$0.01"})),
+    ):
+        pass
+    with (
+        pytest.raises(Exception, match="name no route"),
+        TestClient(app_with({"GET /files/:name": "$0.01"})),
+    ):
+        pass
+    with TestClient(app_with({"GET /files/*": "$0.02"})) as client:
+        for path, amount in (("/files/a/b", "20000"), ("/premium", "1000000")):
+            resp = client.get(path)
+            assert resp.status_code == 402, path
+            assert (
+                decode_payment_required(resp.headers["payment-required"]).accepts[0].amount
+                == amount
+            )
+
+
+def test_paid_refuses_a_payment_made_at_the_tables_price(core: Core) -> None:
+    """A gate that does not see a route's ``Paid`` (told so: ``marker=``) prices it by a table
+    entry covering it: ``Paid`` refuses that payment (503) rather than selling its handler at
+    the table's price, and the buyer is refunded."""
+    from fourmica_x402.adapters.asgi import PaymentMiddleware
+
+    app = FastAPI()
+    ran: list[int] = []
+
+    @app.get("/api/premium")
+    def premium(payment: Payment = Paid("$1.00")) -> dict[str, int]:  # noqa: B008
+        ran.append(payment.amount)
+        return {"paid": payment.amount}
+
+    options = {
+        "pay_to": SELLER,
+        "core": core,
+        "network": NETWORK,
+        "routes": {"GET /api/*": "$0.01"},
+    }
+    app.add_middleware(PaymentMiddleware, router=app.router, marker=lambda route: None, **options)
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 10**7, network=NETWORK)
+    with TestClient(app) as client:
+        challenge = client.get("/api/premium")
+        req = decode_payment_required(challenge.headers["payment-required"]).accepts[0]
+        assert req.amount == "10000"
+        name, value = buyer.pay_challenge(core, challenge.headers["payment-required"])
+        refused = client.get("/api/premium", headers={name: value})
+        body = refused.json().get("detail", refused.json())  # FastAPI's HTTPException shape
+        assert (refused.status_code, body["error"]) == (503, "payment_not_enforced")
+    assert ran == []
+    assert [g.state for g in core.guarantees()] in (["voided"], ["cancelled"])
+    assert core.position(buyer.address, network=NETWORK).locked == 0
