@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, FourmicaError, Reason
-from ..networks import Price, default_asset, find_asset, format_amount, resolve_price
+from ..networks import (
+    MAX_AMOUNT,
+    Price,
+    default_asset,
+    find_asset,
+    format_amount,
+    resolve_price,
+)
 from .types import Call, Flow, Payment, RequestView
 
 if TYPE_CHECKING:
@@ -139,7 +146,7 @@ def charged(terms: Terms, amount: int, asset: str, n: int | None) -> int:
         return terms.cap
     if n is not None and terms.unit_price is not None:
         amount = terms.unit_price * n
-        if amount >= 1 << 256:  # no guarantee can carry it
+        if amount > MAX_AMOUNT:  # no Core keeps it: no buyer could pay it
             raise InvalidUnits(f"{n} units cost more than any payment can carry")
     if terms.minimum is not None:
         if asset.lower() != terms.asset.lower():  # a price callable answered in another asset

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import threading
 import time
 import weakref
@@ -56,13 +57,22 @@ def _refused(reason: str) -> Response:
 
 
 def sse(event: str | None, data: Any, event_id: str | None = None) -> bytes:
-    """One server-sent event: ``data`` as text (``str``), or JSON (anything else)."""
+    """One server-sent event: ``data`` as text (``str``), or JSON (anything else). A line
+    ends at CR, LF or CRLF for an SSE reader: the text's own are ``data:`` lines, and a
+    name or id holding one is refused (it would forge events: a fake ``end``, say)."""
     text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    for field in (event or "", event_id or ""):
+        if "\r" in field or "\n" in field:
+            raise ValueError("an event's name or id cannot hold a line break")
     lines = [f"event: {event}"] if event else []
     if event_id is not None:
         lines.append(f"id: {event_id}")
-    lines.extend(f"data: {line}" for line in text.split("\n"))
+    lines.extend(f"data: {line}" for line in _LINES.split(text))
     return ("\n".join(lines) + "\n\n").encode()
+
+
+#: Where an SSE reader ends a line.
+_LINES = re.compile(r"\r\n|\r|\n")
 
 
 def _encode(item: Any) -> bytes:

@@ -136,6 +136,8 @@ def test_a_units_callable_answering_anything_but_a_whole_number_is_400(
         "float": 3.0,
         "none": None,
         "huge": 10**80,  # no max_units here, but no payment can carry 10**80 × $0.01
+        # past 2**63 - 1 atomic units: no Core keeps it, so no buyer could pay it
+        "unpayable": 2**63 // 10_000 + 1,
     }
 
     def odd(request: RequestView) -> Any:

@@ -570,3 +570,18 @@ def test_a_slice_that_delivered_nothing_is_not_followed_by_another_payment(
     got, stream = read("/boast")
     assert got == [{"tick": 0}, {"tick": 0}]
     assert stream.slices == 2 and stream.ended == "complete"
+
+
+def test_an_event_text_holding_carriage_returns_stays_one_event() -> None:
+    """An SSE reader ends a line at CR, LF or CRLF: a bare CR in a source's text forged
+    events at the buyer (a fake ``end``). Every line of the text is a ``data:`` line; a
+    name or id holding a line break is refused."""
+    from fourmica_x402.gate.metered import sse
+
+    forged = 'tick\revent: end\rdata: {"reason": "complete"}\r\nmore'
+    assert sse(None, forged) == (
+        b'data: tick\ndata: event: end\ndata: data: {"reason": "complete"}\ndata: more\n\n'
+    )
+    for name, event_id in (("message\revent: end", None), ("message", "1\n"), ("a\nb", None)):
+        with pytest.raises(ValueError, match="line break"):
+            sse(name, "x", event_id)
