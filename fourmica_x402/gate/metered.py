@@ -216,7 +216,11 @@ class MeteredStream:
         s = self.slices
         if s.units is not None and self.sent >= s.units:
             return True
-        return s.seconds is not None and time.monotonic() - self.began >= s.seconds
+        # A slice of seconds runs until its first event at least: a source slower than a
+        # slice is not asked to pay for one that delivered nothing (which buyers refuse).
+        return (
+            s.seconds is not None and self.sent > 0 and time.monotonic() - self.began >= s.seconds
+        )
 
     def _ask(self) -> bytes | None:
         """The ``payment-required`` event for the next slice (None: no more slices sold)."""

@@ -418,6 +418,28 @@ def test_time_slices_charge_each_started_slice_of_seconds(tmp_path: Any) -> None
         core.close()
 
 
+def test_a_source_slower_than_a_slice_of_seconds_is_read_whole(tmp_path: Any) -> None:
+    """A slice of seconds runs until its first event at least: a source slower than the
+    slice was asked for the next payment before anything was delivered, which the buyer
+    client (rightly) refuses, so such a stream could not be read at all."""
+
+    async def slow() -> Any:
+        for i in range(3):
+            await asyncio.sleep(0.4)
+            yield {"step": i}
+
+    core = Core(str(tmp_path / "core.db"))
+    try:
+        stream, got, locked = _bought(core, _compute_app(core, Slices(seconds=0.25), slow))
+        assert [e["step"] for e in got] == [0, 1, 2] and stream.ended == "complete"
+        assert locked == stream.slices * CENT
+        assert stream.id is not None
+        outcomes = [r.outcome for r in Streams(core).slices(stream.id)]
+        assert outcomes == ["delivered"] * stream.slices
+    finally:
+        core.close()
+
+
 @pytest.mark.parametrize(
     ("slices", "fail_at", "ended", "events", "charged"),
     [
