@@ -16,9 +16,7 @@ it); a slice paid for but never started is voided when the stream ends.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 import threading
 import time
 import weakref
@@ -28,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ..streams import SliceRow, Slices, Streams, refusal
 from . import deliver, settle
 from .challenge import origin, requirements
+from .sse import encode, sse
 from .types import Call, Flow, Paid, Payment, RequestView, Response, error_response
 
 if TYPE_CHECKING:
@@ -56,34 +55,6 @@ def _refused(reason: str) -> Response:
     return error_response(status, reason, message)
 
 
-def sse(event: str | None, data: Any, event_id: str | None = None) -> bytes:
-    """One server-sent event: ``data`` as text (``str``), or JSON (anything else). A line
-    ends at CR, LF or CRLF for an SSE reader: the text's own are ``data:`` lines, and a
-    name or id holding one is refused (it would forge events: a fake ``end``, say)."""
-    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    for field in (event or "", event_id or ""):
-        if "\r" in field or "\n" in field:
-            raise ValueError("an event's name or id cannot hold a line break")
-    lines = [f"event: {event}"] if event else []
-    if event_id is not None:
-        lines.append(f"id: {event_id}")
-    lines.extend(f"data: {line}" for line in _LINES.split(text))
-    return ("\n".join(lines) + "\n\n").encode()
-
-
-#: Where an SSE reader ends a line.
-_LINES = re.compile(r"\r\n|\r|\n")
-
-
-def _encode(item: Any) -> bytes:
-    """A source's item as an event: ``(event, data)`` names it; bytes and str are its data."""
-    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
-        return sse(item[0], item[1])
-    if isinstance(item, bytes | bytearray):
-        return sse(None, bytes(item).decode("utf-8", "replace"))
-    return sse(None, item)
-
-
 class MeteredStream:
     """``payment.stream`` on a metered route: :meth:`events` wraps the handler's source."""
 
@@ -102,6 +73,9 @@ class MeteredStream:
         #: Whether the handler streamed through :meth:`events` (else nothing could be sold).
         self.used = False
         self._paid = threading.Event()
+        #: Slices paid ahead at this process's pay URL: kept so their holds last until they
+        #: are charged (a slice may outlast the validation timeout before the next begins).
+        self._ahead: dict[int, Paid] = {}
         _LOCAL[stream_id] = self
 
     def pay_url(self, slice_: int) -> str:
@@ -146,7 +120,7 @@ class MeteredStream:
                     if got != "paid":
                         reason = got
                         break
-                yield SEND, _encode(item)
+                yield SEND, encode(item)
                 self.sent += 1  # it went out: the driver was asked for more after it
                 if self.sent == 1 and self.slice == 1:
                     self.first_delivered = True
@@ -318,6 +292,9 @@ class MeteredStream:
     def _charge(self, slice_: int, *, delivered: bool, row: SliceRow | None = None) -> None:
         """Keep (and score) or void one later slice's guarantee, and complete its record."""
         streams = self.gate.streams
+        held = self._ahead.pop(slice_, None)
+        if held is not None:
+            self.gate._holds.discard(held)
         if row is None:
             row = next((r for r in streams.slices(self.id) if r.slice == slice_), None)
         outcome = "delivered" if delivered else "refunded"
@@ -406,6 +383,9 @@ def endpoint(gate: Gate, request: RequestView) -> Flow:
     if why is not None:  # another payer, or the stream ended meanwhile: nothing is charged
         yield Call(settle.abandon, (gate, state.result, p.pay_to, p.record_id))
         return _refused(why)
+    local = _LOCAL.get(stream_id)
+    if local is not None:  # held open until the slice is charged (see MeteredStream._ahead)
+        local._ahead[slice_] = state
     _wake(stream_id)
     headers = yield from deliver.response_start(gate, state, 200, "no-store")
     body = {"stream": stream_id, "slice": slice_, "paid": True}

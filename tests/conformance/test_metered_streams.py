@@ -598,7 +598,7 @@ def test_an_event_text_holding_carriage_returns_stays_one_event() -> None:
     """An SSE reader ends a line at CR, LF or CRLF: a bare CR in a source's text forged
     events at the buyer (a fake ``end``). Every line of the text is a ``data:`` line; a
     name or id holding a line break is refused."""
-    from fourmica_x402.gate.metered import sse
+    from fourmica_x402.gate.sse import sse
 
     forged = 'tick\revent: end\rdata: {"reason": "complete"}\r\nmore'
     assert sse(None, forged) == (
@@ -607,3 +607,42 @@ def test_an_event_text_holding_carriage_returns_stays_one_event() -> None:
     for name, event_id in (("message\revent: end", None), ("message", "1\n"), ("a\nb", None)):
         with pytest.raises(ValueError, match="line break"):
             sse(name, "x", event_id)
+
+
+def test_a_slice_paid_ahead_is_held_open_while_the_slice_before_it_streams(
+    tmp_path: Any,
+) -> None:
+    """A slice paid at its pay URL while the one before it still streams: that slice may
+    outlast the validation timeout (2 s here, an hour by default); the paid-ahead slice's
+    guarantee is held open until it is charged, not cancelled under it and sent unpaid."""
+    from fourmica_x402.core import CoreConfig
+
+    async def slow() -> Any:
+        for i in range(4):
+            await asyncio.sleep(1.5)  # slice 1 (two events) lasts 3 s
+            yield {"tick": i}
+
+    core = Core(str(tmp_path / "core.db"), config=CoreConfig(validation_timeout=2.0))
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    try:
+        app = _compute_app(core, Slices(units=2, pay_timeout=10), slow)
+        with (
+            harness.loopback(app, "asgi") as url,
+            httpx.Client(base_url=url, timeout=30) as client,
+        ):
+            opening = paid_header(client, buyer, "/compute")
+            with client.stream("GET", "/compute", headers=opening) as response:
+                seen = events(response)
+                name, opened = next(seen)
+                assert name == "stream"
+                ahead = f"/x402/streams/{opened['stream']}/2"
+                paid = client.post(ahead, headers=paid_header(client, buyer, ahead, "POST"))
+                assert paid.status_code == 200, paid.text
+                rest = list(seen)
+        assert [d["tick"] for n, d in rest if n == "message"] == [0, 1, 2, 3]
+        core.tick()  # past every deadline it would have had: nothing delivered is cancelled
+        assert sorted(g.state for g in core.guarantees()) == ["payable", "payable"]
+        assert core.position(buyer.address, network=NETWORK).locked == 2 * CENT
+    finally:
+        core.close()

@@ -1,0 +1,37 @@
+"""Server-sent events as a metered stream writes them (docs/protocol.md, "Metered streams")."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+__all__ = ["encode", "sse"]
+
+
+def sse(event: str | None, data: Any, event_id: str | None = None) -> bytes:
+    """One server-sent event: ``data`` as text (``str``), or JSON (anything else). A line
+    ends at CR, LF or CRLF for an SSE reader: the text's own are ``data:`` lines, and a
+    name or id holding one is refused (it would forge events: a fake ``end``, say)."""
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    for field in (event or "", event_id or ""):
+        if "\r" in field or "\n" in field:
+            raise ValueError("an event's name or id cannot hold a line break")
+    lines = [f"event: {event}"] if event else []
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    lines.extend(f"data: {line}" for line in _LINES.split(text))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+#: Where an SSE reader ends a line.
+_LINES = re.compile(r"\r\n|\r|\n")
+
+
+def encode(item: Any) -> bytes:
+    """A source's item as an event: ``(event, data)`` names it; bytes and str are its data."""
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+        return sse(item[0], item[1])
+    if isinstance(item, bytes | bytearray):
+        return sse(None, bytes(item).decode("utf-8", "replace"))
+    return sse(None, item)
