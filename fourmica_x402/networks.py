@@ -182,6 +182,9 @@ def parse_amount(value: object) -> int:
                 result = -1
         except ValueError:
             result = -1
+    elif isinstance(value, str):  # empty, or longer than any 256-bit amount is written
+        long = f"amount is too long ({len(value)} characters): at most 2**256 - 1"
+        raise ValueError(long if value else "amount is empty")
     else:
         raise ValueError(f"amount must be a decimal or 0x-hex string, got {type(value).__name__}")
     if result < 0 or result >= 1 << 256:

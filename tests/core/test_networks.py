@@ -107,3 +107,12 @@ def test_wire_amounts(raw: object, value: int) -> None:
 def test_bad_wire_amounts(raw: object) -> None:
     with pytest.raises(ValueError):
         parse_amount(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [("9" * 5000, "too long"), ("0x" + "f" * 100, "too long"), ("", "empty"), (1.5, "got float")],
+)
+def test_a_bad_amount_says_why(raw: Any, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        parse_amount(raw)
