@@ -145,8 +145,12 @@ def verify_evidence(public_key: str | None, file: Path) -> None:
         try:
             given = public_key.strip()
             trusted = public_key_bytes(loads(given) if given.startswith("[") else given)
-        except (ValueError, TypeError) as exc:
-            raise click.BadParameter(str(exc), param_hint="'--public-key'") from None
+        except (ValueError, TypeError):
+            raise click.BadParameter(
+                "not a BLS public key: 48 bytes of hex, or the JSON list of 48 numbers "
+                "/core/public-params gives as public_key",
+                param_hint="'--public-key'",
+            ) from None
     try:
         data = file.read_bytes()
     except OSError as exc:

@@ -404,5 +404,10 @@ def test_the_public_key_as_the_public_parameters_list_it(
     assert ok.exit_code == 0, ok.output
     stranger = json.dumps(list(Operator.generate()[0].public_key))
     refused(cli("verify-evidence", str(path), "--public-key", stranger), 1, "given public key")
-    for bad in ("[1, 2", "[1, 2, 3]", '["a"]', "[" + "300," * 47 + "300]"):
-        refused(cli("verify-evidence", str(path), "--public-key", bad), 2, "--public-key")
+    for bad in ("[1, 2", "[1, 2, 3]", '["a"]', "[" + "300," * 47 + "300]", "zz"):
+        refused(
+            cli("verify-evidence", str(path), "--public-key", bad),
+            2,
+            "--public-key",
+            "not a BLS public key: 48 bytes of hex",  # the form it takes, not fromhex()'s words
+        )
