@@ -75,13 +75,15 @@ def void(
         raise CoreError(
             f"guarantee is {row[5]}, it can no longer be voided", reason="invalid_state"
         )
+    # The position before the cycle's pair, in the order an acceptance takes them (its lock,
+    # then the pair it joins): the other order deadlocked against it on PostgreSQL.
+    release(tx, row[1], row[2], row[3], int(row[4]))
     if cycle_id is not None:
         tx.execute(
             "UPDATE fx_cycle_pairs SET amount = amount - ?, guarantee_count = guarantee_count - 1 "
             "WHERE cycle_id = ? AND payer = ? AND payee = ?",
             (int(row[4]), cycle_id, row[3], row[0]),
         )
-    release(tx, row[1], row[2], row[3], int(row[4]))
     emit(
         events,
         "guarantee.voided",

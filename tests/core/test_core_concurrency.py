@@ -239,3 +239,43 @@ def test_closes_racing_each_other_and_acceptances_neither_deadlock_nor_fail(
     core = Core(postgres_url)
     assert core.audit() == []
     core.close()
+
+
+@pytest.mark.postgres
+def test_voids_racing_acceptances_of_the_same_pair_do_not_deadlock(postgres_url: str) -> None:
+    """An acceptance locks the buyer's position, then the cycle's pair it joins; a void of the
+    same pair took the pair first, then the position: PostgreSQL killed one of the two (a
+    valid payment answered 503, or a refund left for a retry). Both now lock in one order."""
+    Core(postgres_url).close()  # the schema, before the race
+    seller, buyer = TestBuyer.new().address, TestBuyer.new()
+    setup = Core(postgres_url)
+    setup.deposit(buyer.address, 10**9, network=NETWORK)
+    setup.close()
+    failures: list[str] = []
+    done = [0]
+    lock = threading.Lock()
+
+    def payer() -> None:
+        core = Core(postgres_url)
+        for _ in range(30):
+            try:
+                accepted = core.accept(*buyer.pay(core, seller, 5))
+                core.void(accepted.guarantee_id, by=seller)
+                with lock:
+                    done[0] += 1
+            except Exception as exc:
+                with lock:
+                    failures.append(f"{type(exc).__name__}: {exc}")
+        core.close()
+
+    threads = [threading.Thread(target=payer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert failures == [] and done[0] == 120
+    core = Core(postgres_url)
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+    assert core.audit() == []
+    core.close()
