@@ -343,8 +343,8 @@ class Records:
     ) -> None:
         """Count an attempt; ``status`` 'open' reschedules at ``next_at``, others close it.
 
-        A refund or score that went through updates the payment's record in the same write.
-        """
+        A refund or score that went through, or a refund given up (``kept``, netted meanwhile),
+        updates the payment's record in the same write."""
         with self.store.transaction() as tx:
             tx.execute(
                 "UPDATE fx_followups SET status = ?, attempts = attempts + 1, "
@@ -414,12 +414,9 @@ class Records:
         limit: int = 100,
     ) -> list[PaymentRecord]:
         """Records, newest first, filtered by payer, route, guarantee or status."""
-        where, params = [], []
         filters = {"payer": payer, "route": route, "guarantee_id": guarantee_id, "status": status}
-        for column, value in filters.items():
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
+        given = {column: value for column, value in filters.items() if value is not None}
+        where, params = [f"{column} = ?" for column in given], list(given.values())
         sql = f"SELECT {_COLUMNS} FROM fx_records"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -429,7 +426,11 @@ class Records:
 
 
 #: A closed follow-up: (the outcome waiting for it, the one it makes; None: by the status).
-_DONE = {"voided": ("refund_pending", "refunded"), "scored": ("score_pending", None)}
+_DONE = {
+    "voided": ("refund_pending", "refunded"),
+    "scored": ("score_pending", None),
+    "abandoned": ("refund_pending", "kept"),
+}
 _RETRIED = {pending for pending, _ in _DONE.values()}
 
 

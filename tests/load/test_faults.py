@@ -614,6 +614,48 @@ def test_a_delivery_score_the_facilitator_could_not_take_is_retried(tmp_path: Pa
         core.close()
 
 
+@pytest.mark.parametrize("completion_first", [True, False], ids=["completion-first", "retry-first"])
+def test_a_refund_given_up_leaves_the_record_kept(tmp_path: Path, completion_first: bool) -> None:
+    """A refund retried until the guarantee was netted is given up: the buyer paid, and the
+    record says ``kept`` (as on the direct path), never ``refund_pending`` for good."""
+    records = Records(str(tmp_path / "records.db"))
+    gid = "0x" + "cd" * 32
+    record_id = records.begin(
+        route="GET /premium",
+        method="GET",
+        path="/premium",
+        header_version=2,
+        header_hash="k" * 64,
+        pay_to=SELLER,
+        amount=10_000,
+        asset=USDC,
+        network=NETWORK,
+        settle_mode="before",
+        settle_result={},
+        status="settled",
+        guarantee_id=gid,
+    )
+    records.add_followup(gid, SELLER, "refund")
+
+    def complete() -> None:
+        records.finish(
+            record_id,
+            status="failed",
+            http_status=500,
+            response_hash=None,
+            outcome="refund_pending",
+        )
+
+    def give_up() -> None:
+        records.update_followup(gid, status="abandoned", detail="invalid_state")
+
+    for step in (complete, give_up) if completion_first else (give_up, complete):
+        step()
+    [record] = records.query()
+    assert record.outcome == "kept"
+    records.store.close()
+
+
 class _Unanswered:
     """A remote facilitator (outside the machine) whose void answers are scripted."""
 
