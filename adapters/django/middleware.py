@@ -19,6 +19,7 @@ from django.utils.encoding import escape_uri_path
 from fourmica_x402.gate import PASS, Call, Endpoint, Flow, Gate, RequestView, Response
 from fourmica_x402.gate.lifecycle import BODY_LIMIT, Endpoints, Meter
 
+from ._streams import as_served
 from .conf import converter, describe, language_prefix, load, locale_misplaced, patterns, render
 
 
@@ -131,7 +132,8 @@ class PaymentMiddleware:
         for name, value in meter.extra or ():  # names ignore case: ours replace the view's
             response[name] = value
         if response.streaming:  # passed on unbuffered; the gate is told when it ends
-            response.streaming_content = meter.stream(response.streaming_content)
+            content = as_served(response.streaming_content, self.async_mode)
+            response.streaming_content = meter.stream(content)
             return response
         meter.feed(response.content)
         yield from meter.finish()

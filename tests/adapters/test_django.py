@@ -19,6 +19,7 @@ from typing import Any
 
 import django
 import pytest
+from asgiref.sync import sync_to_async
 from django.apps import apps
 from django.conf import settings
 from django.conf.urls.i18n import i18n_patterns
@@ -568,6 +569,39 @@ def test_a_paid_stream_read_to_the_end_is_delivered(configured: None, core: Core
     gate = client.handler._middleware_chain.__wrapped__.gate
     [record] = gate.records.query(payer=buyer.address)
     assert (record.status, record.outcome) == ("delivered", "delivered")
+
+
+def test_a_sync_stream_on_the_async_stack_is_metered_as_it_is_sent(
+    configured: None, core: Core
+) -> None:
+    """Under ASGI, Django read a sync iterator (a StreamingHttpResponse of a generator, a
+    FileResponse) whole in a thread before sending a byte: the gate counted it delivered and
+    charged a client that left. It is handed over chunk by chunk now, as an async iterator."""
+    app = ASGIHandler()
+    client = AsyncClient()
+    client.handler._middleware_chain = app._middleware_chain
+    gate = app._middleware_chain.__wrapped__.gate
+    loop = asyncio.new_event_loop()
+    try:
+        buyer, resp = pay(client, core, "/feed", loop.run_until_complete)
+        assert resp.status_code == 200 and resp.is_async
+        [record] = gate.records.query(payer=buyer.address)
+        assert record.status == "settled"  # nothing sent yet: not delivered
+
+        async def first_chunk_then_leave() -> bytes:
+            chunks = resp.streaming_content.__aiter__()
+            first: bytes = await chunks.__anext__()
+            await chunks.aclose()  # the client left after one chunk
+            await sync_to_async(resp.close)()  # as Django's ASGI handler ends a response
+            return first
+
+        assert loop.run_until_complete(first_chunk_then_leave()) == b"line 0\n"
+    finally:
+        loop.close()
+    gate.flush()
+    [record] = gate.records.query(payer=buyer.address)
+    assert (record.status, record.outcome) == ("failed", "refunded")
+    assert core.position(buyer.address, network=NETWORK).locked == 0
 
 
 def test_async_view_on_the_async_stack(configured: None, core: Core) -> None:
