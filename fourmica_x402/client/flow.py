@@ -78,6 +78,27 @@ def redirected_after_payment(request: httpx.Request) -> bool:
     return mark is not None and mark() is not request
 
 
+def _within_paid_call(request: httpx.Request, response: httpx.Response) -> bool:
+    """Whether ``request`` was sent again by an ``Auth`` flow within a call already paid.
+
+    The mark lasts while the answers are 401/407 (the flow may try more credentials); a
+    redirect carries it to the hops (:data:`PAID_CALL_KEY`); a hop of a paid call answered
+    401/407 marks the call for the flow's next send. Any other answer ends it: the same
+    request sent later is a call of its own."""
+    extensions = request.extensions
+    paid = bool(extensions.pop(_AUTH_REFUSED_KEY, False))
+    refused = response.status_code in (401, 407)
+    if refused and paid:
+        extensions[_AUTH_REFUSED_KEY] = True
+    elif refused and redirected_after_payment(request):  # the flow sends the call's request
+        caller = extensions[PAID_CALL_KEY]()  # (a hop holds a copy of its extensions)
+        if caller is not None:
+            caller.extensions[_AUTH_REFUSED_KEY] = True
+    elif paid and response.has_redirect_location:
+        extensions[PAID_CALL_KEY] = weakref.ref(request)
+    return paid
+
+
 Flow = Steps[httpx.Response]
 
 
@@ -107,7 +128,7 @@ class BuyerFlow(Buyer):
 
     def run(self, request: httpx.Request) -> Flow:
         response = yield Send(request)
-        auth_retry = request.extensions.pop(_AUTH_REFUSED_KEY, False)
+        auth_retry = _within_paid_call(request, response)
         if response.status_code != 402:
             return response
         receipt = self._started(str(request.url))

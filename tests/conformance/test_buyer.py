@@ -16,6 +16,7 @@ import pytest
 
 from fourmica_x402._eth import ZERO_ADDRESS
 from fourmica_x402.client import (
+    PaymentTransport,
     ReceiptLedger,
     SpendingPolicy,
     fetch_certificate,
@@ -752,3 +753,73 @@ def test_asset_case_cannot_split_a_budget() -> None:
         if decision.outcome == "paid":
             policy.commit(decision.reservation)  # type: ignore[arg-type]
     assert policy.spent(usdc) == 20_000  # only the first fitted
+
+
+def _mock_offer() -> str:
+    offer = {
+        "scheme": "4mica-credit",
+        "network": NETWORK,
+        "asset": default_asset(NETWORK).address,
+        "amount": "10000",
+        "payTo": "0x" + "ab" * 20,
+        "maxTimeoutSeconds": 300,
+        "extra": {"tabEndpoint": "http://seller.test/tab"},
+    }
+    required = {"x402Version": 2, "accepts": [offer], "resource": {"url": "http://seller.test/x"}}
+    return base64.b64encode(json.dumps(required).encode()).decode()
+
+
+class _Tokens(httpx.Auth):
+    """An Auth flow trying up to three tokens while the answer is 401."""
+
+    def auth_flow(self, request: httpx.Request) -> Any:
+        for token in ("a", "b", "c"):
+            request.headers["authorization"] = f"Bearer {token}"
+            response = yield request
+            if response.status_code != 401:
+                return
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    ["paid-302-then-hop-401", "paid-401-then-302-to-a-priced-hop", "paid-401-twice"],
+)
+def test_an_auth_flow_never_pays_one_call_twice(behaviour: str) -> None:
+    """A seller choosing how to answer a paid call (a redirect to a 401, a 401 then a
+    redirect to a priced URL, 401s until the Auth flow's third try) got a second guarantee
+    signed within one ``client.get``. One call pays once (docs/buyer.md, "Redirects")."""
+    paid: list[str] = []
+    tab_ids = iter(range(1, 10))
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        path, token = request.url.path, request.headers.get("authorization", "")
+        if path == "/tab":
+            user = json.loads(request.content)["userAddress"]
+            return httpx.Response(
+                200, json={"tabId": "0x1", "nextReqId": hex(next(tab_ids)), "userAddress": user}
+            )
+        if "payment-signature" in request.headers:
+            paid.append(path)
+            if behaviour == "paid-302-then-hop-401":
+                return httpx.Response(302, headers={"location": "/y"})
+            return httpx.Response(401)
+        if behaviour == "paid-302-then-hop-401" and path == "/y":
+            return httpx.Response(401)
+        if behaviour == "paid-401-then-302-to-a-priced-hop" and path == "/x" and paid:
+            return httpx.Response(302, headers={"location": "/y"})
+        if behaviour == "paid-401-twice" and paid and token == "Bearer b":
+            return httpx.Response(401)
+        return httpx.Response(402, headers={"payment-required": _mock_offer()})
+
+    policy = SpendingPolicy()
+    transport = PaymentTransport(
+        TestBuyer.new().key, policy=policy, transport=httpx.MockTransport(answer)
+    )
+    with (
+        httpx.Client(
+            transport=transport, base_url="http://seller.test", follow_redirects=True
+        ) as client,
+        pytest.raises(PaymentFailed, match="one call pays once"),
+    ):
+        client.get("/x", auth=_Tokens())
+    assert len(paid) == 1 and policy.spent(default_asset(NETWORK).address) == 10_000
