@@ -291,6 +291,8 @@ class SpendingPolicy:
             return value
         if asset is None:  # an unknown token: only atomic caps can apply, so refuse to guess
             return 0
+        if asset not in dollar_assets():  # "$0.05" is no number of WETH: refuse to guess too
+            return 0
         return to_atomic(value, asset)
 
 

@@ -233,6 +233,24 @@ def test_a_dollar_cap_scales_tokens_by_their_decimals(monkeypatch: pytest.Monkey
     assert ask(policy, 1, asset=dai.address) == "budget_exhausted"  # rounded up, never down
 
 
+def test_a_dollar_cap_is_never_read_as_so_many_of_another_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """"$0.05" for a registered WETH read as 0.05 WETH: a payment of 0.04 WETH went
+    through a 5-cent cap. A price cap refuses another token, as an unknown one; an integer
+    cap still counts its atomic units."""
+    from fourmica_x402 import networks
+
+    monkeypatch.setattr(networks, "_assets", {k: dict(v) for k, v in networks._assets.items()})
+    weth = networks.register_asset(NETWORK, "0x" + "4e" * 20, symbol="WETH", decimals=18)
+    for cap in ("max_per_request", "per_day", "max_per_seller"):
+        policy = SpendingPolicy(**{cap: "$0.05"})  # type: ignore[arg-type]
+        assert ask(policy, 4 * 10**16, asset=weth.address) == "budget_exhausted", cap
+        assert ask(policy, 40_000) == "paid", cap  # USDC: 4 cents
+    atomic = SpendingPolicy(max_per_request=5 * 10**16)
+    assert ask(atomic, 4 * 10**16, asset=weth.address) == "paid"
+
+
 @pytest.mark.parametrize("name", ["blocked_sellers", "allowed_sellers", "allowed_assets"])
 def test_a_list_of_addresses_refuses_what_is_no_address(name: str) -> None:
     """A typo in a block list blocked nothing (the list held the typo, never matched)."""
