@@ -61,6 +61,8 @@ from .receipts import paid as report_paid
 __all__ = ["Approve", "BuyerFlow", "Read", "Send"]
 
 RECEIPT_KEY = "fourmica_receipt"
+#: A request that must never pay (a metered stream's stop): its 402 is returned as it is.
+UNPAID_KEY = "fourmica_unpaid"
 #: Set on the caller's request when its paid answer was a redirect: a weak reference to that
 #: request. HTTP clients copy a request's extensions into the redirects they follow, so a hop
 #: (another request object carrying it) that asks for payment again is refused: one call pays
@@ -129,7 +131,7 @@ class BuyerFlow(Buyer):
     def run(self, request: httpx.Request) -> Flow:
         response = yield Send(request)
         auth_retry = _within_paid_call(request, response)
-        if response.status_code != 402:
+        if response.status_code != 402 or request.extensions.get(UNPAID_KEY):
             return response
         receipt = self._started(str(request.url))
         try:

@@ -25,6 +25,7 @@ import httpx
 
 from .._json import loads
 from ..errors import FourmicaError, PaymentRefused
+from .flow import UNPAID_KEY
 
 __all__ = ["AsyncPaidStream", "Event", "PaidStream", "StreamFailed"]
 
@@ -190,7 +191,7 @@ class PaidStream(_Stream):
                         self._paid_slice()
                     except PaymentRefused as exc:  # stop it: the seller ends it cleanly
                         self.refusal = exc
-                        self.client.delete(self._stop_url(what))
+                        self.client.delete(self._stop_url(what), extensions={UNPAID_KEY: True})
         if self.refusal is not None:
             raise self.refusal
 
@@ -221,6 +222,8 @@ class AsyncPaidStream(_Stream):
                         self._paid_slice()
                     except PaymentRefused as exc:
                         self.refusal = exc
-                        await self.client.delete(self._stop_url(what))
+                        await self.client.delete(
+                            self._stop_url(what), extensions={UNPAID_KEY: True}
+                        )
         if self.refusal is not None:
             raise self.refusal

@@ -30,7 +30,7 @@ from fourmica_x402.client import (
     StreamFailed,
 )
 from fourmica_x402.core import Core
-from fourmica_x402.errors import BudgetExhausted, ConfigurationError
+from fourmica_x402.errors import BudgetExhausted, ConfigurationError, PaymentRefused
 from fourmica_x402.gate import metered as metered_gate
 from fourmica_x402.routes import RouteTable
 from fourmica_x402.streams import Streams
@@ -646,3 +646,43 @@ def test_a_slice_paid_ahead_is_held_open_while_the_slice_before_it_streams(
         assert core.position(buyer.address, network=NETWORK).locked == 2 * CENT
     finally:
         core.close()
+
+
+def test_the_stop_of_a_refused_slice_is_never_paid() -> None:
+    """When a slice's payment is refused (here the seller answers it 402 again), the stream is
+    stopped with a DELETE: a seller answering that stop with a 402 got it paid."""
+    import base64
+
+    offer = {
+        "scheme": "4mica-credit",
+        "network": NETWORK,
+        "asset": "0x036CbD53842c5426634e7929541eC2318f3dCF7e",
+        "amount": "10000",
+        "payTo": "0x" + "ab" * 20,
+        "maxTimeoutSeconds": 300,
+        "extra": {"tabEndpoint": "http://seller.test/tab"},
+    }
+    required = {"x402Version": 2, "accepts": [offer], "resource": {"url": "http://seller.test/s"}}
+    challenge = base64.b64encode(json.dumps(required).encode()).decode()
+    body = (
+        'event: stream\ndata: {"stream": "abc"}\n\ndata: {"tick": 0}\n\n'
+        'event: payment-required\ndata: {"pay": "http://seller.test/streams/abc/2"}\n\n'
+    )
+    paid: list[str] = []
+
+    def seller(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/tab":
+            user = json.loads(request.content)["userAddress"]
+            answer = {"tabId": "0x1", "nextReqId": hex(len(paid) + 1), "userAddress": user}
+            return httpx.Response(200, json=answer)
+        if "payment-signature" in request.headers:
+            paid.append(f"{request.method} {request.url.path}")
+            if request.url.path == "/s":
+                return httpx.Response(200, headers={"content-type": "text/event-stream"}, text=body)
+        return httpx.Response(402, headers={"payment-required": challenge})  # the stop too
+
+    transport = PaymentTransport(TestBuyer.new().key, transport=httpx.MockTransport(seller))
+    client = httpx.Client(transport=transport, base_url="http://seller.test")
+    with client, pytest.raises(PaymentRefused):  # slice 2's payment is refused: 402 again
+        list(PaidStream(client, "GET", "/s"))
+    assert paid == ["GET /s", "POST /streams/abc/2"]  # never the stop

@@ -236,7 +236,7 @@ def test_a_dollar_cap_scales_tokens_by_their_decimals(monkeypatch: pytest.Monkey
 def test_a_dollar_cap_is_never_read_as_so_many_of_another_token(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """"$0.05" for a registered WETH read as 0.05 WETH: a payment of 0.04 WETH went
+    """ "$0.05" for a registered WETH read as 0.05 WETH: a payment of 0.04 WETH went
     through a 5-cent cap. A price cap refuses another token, as an unknown one; an integer
     cap still counts its atomic units."""
     from fourmica_x402 import networks
