@@ -16,7 +16,7 @@ Both drive the same :class:`~.flow.BuyerFlow` with the buyer's one sync and one 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import coincurve
 import httpx
@@ -58,7 +58,7 @@ class PaymentTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         request.read()  # the body is sent twice when the first answer is a 402
-        return drive(self.flow, request, self._inner.handle_request)
+        return drive(self.flow, request, _timed(request, self._inner.handle_request))
 
     def close(self) -> None:
         self._inner.close()
@@ -81,9 +81,26 @@ class AsyncPaymentTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await request.aread()
         flow = self.flow
-        return await run_async(
-            flow.run(request), self._inner.handle_async_request, flow.policy.approve
-        )
+        send = _timed(request, self._inner.handle_async_request)
+        return await run_async(flow.run(request), send, flow.policy.approve)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+T = TypeVar("T")
+
+
+def _timed(
+    caller: httpx.Request, send: Callable[[httpx.Request], T]
+) -> Callable[[httpx.Request], T]:
+    """``send``, the flow's own calls (the tab endpoint, the Core's parameters) given the
+    caller's timeouts: they are requests of the flow's making, which httpx gave none."""
+    timeout = caller.extensions.get("timeout")
+
+    def timed(request: httpx.Request) -> T:
+        if timeout is not None and "timeout" not in request.extensions:
+            request.extensions["timeout"] = timeout
+        return send(request)
+
+    return timed

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import sys
+import time
 from collections import Counter
 from dataclasses import replace
 from typing import Any
@@ -823,3 +824,51 @@ def test_an_auth_flow_never_pays_one_call_twice(behaviour: str) -> None:
     ):
         client.get("/x", auth=_Tokens())
     assert len(paid) == 1 and policy.spent(default_asset(NETWORK).address) == 10_000
+
+
+@pytest.mark.parametrize("call", ["tab", "params"])
+def test_the_flows_own_calls_keep_the_clients_timeout(call: str) -> None:
+    """The tab endpoint and the Core's public parameters are requests of the flow's making:
+    httpx gave them no timeout, so a seller whose endpoint never answered hung the buyer."""
+    import http.server
+    import threading
+
+    release = threading.Event()
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/core/public-params"):
+                release.wait(10)  # bounded
+                return
+            port = self.server.server_address[1]
+            offer = json.loads(base64.b64decode(_mock_offer()))
+            offer["accepts"][0]["extra"] = {"tabEndpoint": f"http://127.0.0.1:{port}/tab"}
+            if call == "params":
+                offer["accepts"][0]["extra"]["rpcUrl"] = f"http://127.0.0.1:{port}"
+            self.send_response(402)
+            self.send_header(
+                "payment-required", base64.b64encode(json.dumps(offer).encode()).decode()
+            )
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def do_POST(self) -> None:
+            release.wait(10)  # bounded: the tab endpoint never answers in time
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    transport = PaymentTransport(TestBuyer.new().key)
+    url = f"http://127.0.0.1:{server.server_address[1]}/x"
+    try:
+        with httpx.Client(transport=transport, timeout=0.5) as client:
+            started = time.monotonic()
+            with pytest.raises((httpx.TimeoutException, PaymentFailed)):
+                client.get(url)
+            assert time.monotonic() - started < 5
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
