@@ -173,11 +173,17 @@ class _Body(httpx.SyncByteStream):
         self._response = response
 
     def __iter__(self) -> Iterator[bytes]:
-        content = self._response.content
-        # Read whole (a challenge, a tab, the Core's parameters): the connection can go back to
-        # the pool. The content stays readable; a response the flow hands back is never read.
-        self._response.close()
-        yield content
+        # Read in decoded chunks, so the flow's limit stops a huge (or compressed-huge) body
+        # early; then kept as requests keeps a body it read, and the connection goes back to
+        # the pool. A response the flow hands back unread is never read here.
+        chunks: list[bytes] = []
+        try:
+            for chunk in self._response.iter_content(chunk_size=64 * 1024):
+                chunks.append(chunk)
+                yield chunk
+        finally:
+            self._response._content = b"".join(chunks)
+            self._response.close()
 
     def close(self) -> None:  # the response may be the one handed back: it stays open
         pass

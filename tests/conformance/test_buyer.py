@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import sys
 import time
@@ -872,3 +873,46 @@ def test_the_flows_own_calls_keep_the_clients_timeout(call: str) -> None:
         release.set()
         server.shutdown()
         server.server_close()
+
+
+def test_the_requests_adapter_stops_reading_a_compressed_huge_answer_at_its_limit() -> None:
+    """requests decoded a 402's whole body before the flow's 1 MiB limit looked at it: 400 KB
+    of gzip cost 400 MiB of memory. The body is read in decoded chunks now."""
+    import gzip
+    import http.server
+    import threading
+    import tracemalloc
+
+    import requests
+
+    from fourmica_x402.client.requests_adapter import PaymentAdapter
+
+    bomb = gzip.compress(b"\0" * (64 * 1024 * 1024), compresslevel=1)
+
+    class Bomb(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(402)
+            self.send_header("content-encoding", "gzip")
+            self.send_header("content-length", str(len(bomb)))
+            self.end_headers()
+            with contextlib.suppress(OSError):  # the client stops reading early
+                self.wfile.write(bomb)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Bomb)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    session = requests.Session()
+    session.mount("http://", PaymentAdapter(TestBuyer.new().key))
+    tracemalloc.start()
+    try:
+        with pytest.raises(PaymentFailed, match="larger than"):
+            session.get(f"http://127.0.0.1:{server.server_address[1]}/x", timeout=10)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        session.close()
+        server.shutdown()
+        server.server_close()
+    assert peak < 16 * 1024 * 1024, peak  # not the 64 MiB it decodes to
