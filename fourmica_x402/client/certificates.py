@@ -22,6 +22,7 @@ from blspy import BasicSchemeMPL, G1Element, G2Element
 
 from .._json import loads
 from ..guarantee import GuaranteeClaims, certificate_message
+from .answers import AnswerTooLarge, read_answer
 
 __all__ = ["fetch_certificate", "fetch_public_key", "public_key_bytes", "verify_certificate"]
 
@@ -99,9 +100,10 @@ def verify_certificate(
 def fetch_public_key(core_url: str, *, client: httpx.Client | None = None) -> bytes:
     """The Core's BLS public key from ``GET <core_url>/core/public-params``."""
     with _client(client) as http:
-        response = http.get(core_url.rstrip("/") + "/core/public-params")
-        response.raise_for_status()
-        return public_key_bytes(loads(response.content)["public_key"])
+        data = _answer(http, core_url.rstrip("/") + "/core/public-params")
+    if not isinstance(data, dict) or "public_key" not in data:
+        raise ValueError("the Core's public parameters carry no public_key")
+    return public_key_bytes(data["public_key"])
 
 
 def fetch_certificate(
@@ -115,16 +117,32 @@ def fetch_certificate(
         raise ValueError("the receipt names no Core, tab or request id (was it paid?)")
     url = f"{base.rstrip('/')}/core/tabs/{receipt.tab_id}/guarantees/{receipt.request_id}"
     with _client(client) as http:
-        response = http.get(url)
-        if response.status_code == 404:
-            return None
-        response.raise_for_status()
-        found = loads(response.content).get("certificate")
+        data = _answer(http, url)
+    if data is None:
+        return None
+    found = data.get("certificate") if isinstance(data, dict) else None
     if isinstance(found, str):  # the Core API may carry it as JSON text
         found = loads(found)
     if not isinstance(found, dict) or not {"claims", "signature"} <= found.keys():
         return None
     return {"claims": str(found["claims"]), "signature": str(found["signature"])}
+
+
+def _answer(http: httpx.Client, url: str) -> Any:
+    """The JSON of a GET (None: a 404), read up to the flow's answer limit (a Core the
+    seller named may answer anything)."""
+    with http.stream("GET", url) as response:
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        try:
+            read_answer(response)
+        except AnswerTooLarge as exc:
+            raise ValueError(f"the Core's answer is too large: {exc}") from None
+    try:
+        return loads(response.content)
+    except ValueError:
+        raise ValueError("the Core's answer is not JSON") from None
 
 
 class _client:

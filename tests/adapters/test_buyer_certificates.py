@@ -186,3 +186,22 @@ def test_a_certificate_not_passed_on_is_fetched_from_the_core_api(core: Core) ->
     assert replace(receipt, certificate=certificate).verify_certificate(key)
     with pytest.raises(ValueError, match="names no Core"):
         fetch_certificate(type(receipt)(outcome="paid", url="u"))
+
+
+def test_a_core_answering_too_much_or_not_an_object_is_a_clean_error() -> None:
+    """The Core a seller named may answer anything: a huge body was read whole, and a JSON
+    list raised AttributeError or TypeError instead of an error naming the problem."""
+    import httpx as _httpx
+
+    from fourmica_x402.client import fetch_public_key
+
+    def core(request: _httpx.Request) -> _httpx.Response:
+        if request.url.host == "huge.test":
+            return _httpx.Response(200, content=b"[" + b"0," * (2 * 1024 * 1024) + b"0]")
+        return _httpx.Response(200, json=[1, 2, 3])
+
+    with _httpx.Client(transport=_httpx.MockTransport(core)) as http:
+        with pytest.raises(ValueError, match="too large"):
+            fetch_public_key("http://huge.test", client=http)
+        with pytest.raises(ValueError, match="no public_key"):
+            fetch_public_key("http://list.test", client=http)
