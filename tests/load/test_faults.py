@@ -527,21 +527,7 @@ def test_a_follow_up_and_the_record_completion_give_one_outcome_in_either_order(
     pending then, nor stay pending when the completion comes first."""
     records = Records(str(tmp_path / "records.db"))
     gid = "0x" + "ab" * 32
-    record_id = records.begin(
-        route="GET /premium",
-        method="GET",
-        path="/premium",
-        header_version=2,
-        header_hash="h" * 64,
-        pay_to=SELLER,
-        amount=10_000,
-        asset=USDC,
-        network=NETWORK,
-        settle_mode="before",
-        settle_result={},
-        status="settled",
-        guarantee_id=gid,
-    )
+    record_id = _settled(records, gid)
     records.add_followup(gid, SELLER, kind, score=None if kind == "refund" else 100)
     pending = f"{kind}_pending"
 
@@ -614,18 +600,14 @@ def test_a_delivery_score_the_facilitator_could_not_take_is_retried(tmp_path: Pa
         core.close()
 
 
-@pytest.mark.parametrize("completion_first", [True, False], ids=["completion-first", "retry-first"])
-def test_a_refund_given_up_leaves_the_record_kept(tmp_path: Path, completion_first: bool) -> None:
-    """A refund retried until the guarantee was netted is given up: the buyer paid, and the
-    record says ``kept`` (as on the direct path), never ``refund_pending`` for good."""
-    records = Records(str(tmp_path / "records.db"))
-    gid = "0x" + "cd" * 32
-    record_id = records.begin(
+def _settled(records: Records, gid: str) -> int:
+    """A settle-before record of ``gid``, settled, its completion still to come."""
+    return records.begin(
         route="GET /premium",
         method="GET",
         path="/premium",
         header_version=2,
-        header_hash="k" * 64,
+        header_hash=gid[2:].ljust(64, "0"),
         pay_to=SELLER,
         amount=10_000,
         asset=USDC,
@@ -635,6 +617,15 @@ def test_a_refund_given_up_leaves_the_record_kept(tmp_path: Path, completion_fir
         status="settled",
         guarantee_id=gid,
     )
+
+
+@pytest.mark.parametrize("completion_first", [True, False], ids=["completion-first", "retry-first"])
+def test_a_refund_given_up_leaves_the_record_kept(tmp_path: Path, completion_first: bool) -> None:
+    """A refund retried until the guarantee was netted is given up: the buyer paid, and the
+    record says ``kept`` (as on the direct path), never ``refund_pending`` for good."""
+    records = Records(str(tmp_path / "records.db"))
+    gid = "0x" + "cd" * 32
+    record_id = _settled(records, gid)
     records.add_followup(gid, SELLER, "refund")
 
     def complete() -> None:
