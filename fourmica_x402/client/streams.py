@@ -17,6 +17,8 @@ the seller's ``end`` event arrived. Nothing of an unpaid slice is ever sent::
 
 from __future__ import annotations
 
+import codecs
+import re
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +27,7 @@ import httpx
 
 from .._json import loads
 from ..errors import FourmicaError, PaymentRefused
+from .answers import MAX_ANSWER
 from .flow import UNPAID_KEY
 
 __all__ = ["AsyncPaidStream", "Event", "PaidStream", "StreamFailed"]
@@ -58,16 +61,42 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+#: Where a line of an event stream ends.
+_BREAK = re.compile(r"\r\n|\r|\n")
+
+
 class _Parser:
-    """Server-sent events from lines (the text/event-stream format, enough of it)."""
+    """Server-sent events from the body's bytes (the text/event-stream format, enough of it):
+    a line ends at CR, LF or CRLF; one event holds at most :data:`MAX_ANSWER` characters."""
 
     def __init__(self) -> None:
         self.event: str = ""
         self.id: str | None = None
         self.data: list[str] = []
+        self._size, self._rest = 0, ""
+        self._decode = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def lines(self, chunk: bytes, last: bool = False) -> list[str]:
+        """The whole lines ``chunk`` completes (``last``: the body ended)."""
+        text = self._rest + self._decode.decode(chunk, last)
+        hold = "" if last or not text.endswith("\r") else "\r"  # maybe half of a CRLF
+        found = _BREAK.split(text[: len(text) - len(hold)])
+        tail = found.pop()  # the line still open (at the end: the last, if it holds any)
+        self._rest = tail + hold if not last else ""
+        self._size += len(text) - len(self._rest)
+        if len(self._rest) > MAX_ANSWER or self._size > MAX_ANSWER:
+            raise StreamFailed(f"an event larger than {MAX_ANSWER} characters")
+        return [*found, tail] if last and tail else found
+
+    def events(self, chunk: bytes, last: bool = False) -> Iterator[Event]:
+        for line in self.lines(chunk, last):
+            event = self.feed(line)
+            if event is not None:
+                yield event
 
     def feed(self, line: str) -> Event | None:
         if line == "":
+            self._size = 0
             if not self.data and not self.event:
                 return None
             done = Event(self.event or "message", "\n".join(self.data), self.id)
@@ -104,11 +133,17 @@ class _Stream:
             raise StreamFailed(f"the stream answered {response.status_code}", response)
         self.slices = 1
 
-    def _events(self, lines: Iterable[str], parser: _Parser) -> Iterator[Event]:
-        for line in lines:
-            event = parser.feed(line)
-            if event is not None:
+    def _events(self, chunks: Iterable[bytes], parser: _Parser) -> Iterator[Event]:
+        for chunk in chunks:
+            yield from parser.events(chunk)
+        yield from parser.events(b"", last=True)
+
+    async def _aevents(self, chunks: AsyncIterator[bytes], parser: _Parser) -> AsyncIterator[Event]:
+        async for chunk in chunks:
+            for event in parser.events(chunk):
                 yield event
+        for event in parser.events(b"", last=True):
+            yield event
 
     def _control(self, event: Event) -> str | None:
         """What a meter event asks: ``pay`` (the URL), ``end``, or None (the seller's event).
@@ -179,7 +214,7 @@ class PaidStream(_Stream):
         parser = _Parser()
         with self.client.stream(self.method, self.url, **self.kwargs) as response:
             self._opened(response)
-            for event in self._events(response.iter_lines(), parser):
+            for event in self._events(response.iter_bytes(), parser):
                 what = self._control(event)
                 if what is None:
                     yield event
@@ -207,10 +242,7 @@ class AsyncPaidStream(_Stream):
         parser = _Parser()
         async with self.client.stream(self.method, self.url, **self.kwargs) as response:
             self._opened(response)
-            async for line in response.aiter_lines():
-                event = parser.feed(line)
-                if event is None:
-                    continue
+            async for event in self._aevents(response.aiter_bytes(), parser):
                 what = self._control(event)
                 if what is None:
                     yield event

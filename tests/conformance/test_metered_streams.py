@@ -686,3 +686,43 @@ def test_the_stop_of_a_refused_slice_is_never_paid() -> None:
     with client, pytest.raises(PaymentRefused):  # slice 2's payment is refused: 402 again
         list(PaidStream(client, "GET", "/s"))
     assert paid == ["GET /s", "POST /streams/abc/2"]  # never the stop
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"data: " + b"x" * (2 * 1024 * 1024),  # one endless line
+        b"data: x\n" * (300 * 1024),  # one endless event of short lines
+    ],
+    ids=["line", "event"],
+)
+def test_a_huge_event_fails_the_stream_instead_of_filling_memory(body: bytes) -> None:
+    """One event of the seller's was read whole, whatever its size (200 MiB: 404 MiB)."""
+    opened = b'event: stream\ndata: {"stream": "s1"}\n\ndata: {"tick": 0}\n\n'
+
+    def seller(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, content=opened + body
+        )
+
+    transport = PaymentTransport(TestBuyer.new().key, transport=httpx.MockTransport(seller))
+    client = httpx.Client(transport=transport, base_url="http://seller.test")
+    with client, pytest.raises(StreamFailed, match="an event larger than"):
+        for _ in PaidStream(client, "GET", "/ticks"):
+            pass
+
+
+def test_events_split_anywhere_across_chunks_read_the_same() -> None:
+    """Lines end at CR, LF or CRLF, a CRLF split between two chunks included."""
+    from fourmica_x402.client.streams import _Parser
+
+    body = (
+        'event: stream\r\ndata: {"stream": "s1"}\r\n\r\ndata: a\rdata: b\n\nid: 7\ndata: c\r\n\r\n'
+    )
+    whole = [(e.event, e.data) for e in _Parser().events(body.encode(), last=True)]
+    assert whole == [("stream", '{"stream": "s1"}'), ("message", "a\nb"), ("message", "c")]
+    for cut in range(1, len(body)):
+        parser = _Parser()
+        events = [*parser.events(body[:cut].encode()), *parser.events(body[cut:].encode())]
+        events += parser.events(b"", last=True)
+        assert [(e.event, e.data) for e in events] == whole, cut
