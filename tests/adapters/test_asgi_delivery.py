@@ -95,6 +95,17 @@ def exchange(app: Any, scope: Any) -> list[dict[str, Any]]:
     return sent
 
 
+def _report_app(core: Core, report: Any, *, policy: bool) -> Starlette:
+    """``GET /report`` sold at $0.01 on ``core`` (``policy``: the G-v2 delivery policy)."""
+    options = {"pay_to": SELLER, "network": NETWORK, "delivery_policy": policy}
+    return Starlette(
+        routes=[Route("/report", report)],
+        middleware=[
+            Middleware(PaymentMiddleware, core=core, routes={"GET /report": "$0.01"}, **options)
+        ],
+    )
+
+
 def starlette_app(ran: list[str]) -> Starlette:
     def fail() -> None:
         ran.append("background")
@@ -141,12 +152,7 @@ def test_a_failed_response_says_refunded_only_when_it_was(core: Core, netted: bo
             core.close_cycle(network=NETWORK)  # the operator closes it meanwhile
         return PlainTextResponse("upstream down", status_code=502)
 
-    options = {"pay_to": SELLER, "network": NETWORK, "delivery_policy": False}
-    options["routes"] = {"GET /report": "$0.01"}
-    app = Starlette(
-        routes=[Route("/report", report)],
-        middleware=[Middleware(PaymentMiddleware, core=core, **options)],
-    )
+    app = _report_app(core, report, policy=False)
     with TestClient(app) as client:
         resp = client.get("/report", headers=[header(core, client, "/report")])
         assert resp.status_code == 502
@@ -470,12 +476,7 @@ def test_a_request_cancelled_while_its_settle_waits_for_another_process_is_refun
         ran.append("handler")
         return PlainTextResponse("the report")
 
-    options = {"pay_to": SELLER, "network": NETWORK, "delivery_policy": policy}
-    options["routes"] = {"GET /report": "$0.01"}
-    app = Starlette(
-        routes=[Route("/report", report)],
-        middleware=[Middleware(PaymentMiddleware, core=core, **options)],
-    )
+    app = _report_app(core, report, policy=policy)
     with TestClient(app) as client:
         paid = header(core, client, "/report")
     other = sqlite3.connect(core.store.path, isolation_level=None, check_same_thread=False)

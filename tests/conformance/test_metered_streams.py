@@ -405,17 +405,24 @@ def test_time_slices_charge_each_started_slice_of_seconds(tmp_path: Any) -> None
             await asyncio.sleep(0.1)
             yield {"step": i}
 
+    stream, got = _time_sliced(tmp_path, steps)
+    assert [e["step"] for e in got] == list(range(6)) and stream.ended == "complete"
+    assert stream.slices >= 2  # 0.6 s of work in slices of 0.25 s
+
+
+def _time_sliced(tmp_path: Any, source: Any) -> tuple[PaidStream, list[Any]]:
+    """``source`` sold in slices of 0.25 s and read whole by the buyer client: what was
+    locked is the slices paid, and every slice was delivered."""
     core = Core(str(tmp_path / "core.db"))
     try:
-        stream, got, locked = _bought(core, _compute_app(core, Slices(seconds=0.25), steps))
-        assert [e["step"] for e in got] == list(range(6)) and stream.ended == "complete"
-        assert stream.slices >= 2  # 0.6 s of work in slices of 0.25 s
+        stream, got, locked = _bought(core, _compute_app(core, Slices(seconds=0.25), source))
         assert locked == stream.slices * CENT
         assert stream.id is not None
         outcomes = [r.outcome for r in Streams(core).slices(stream.id)]
         assert outcomes == ["delivered"] * stream.slices
     finally:
         core.close()
+    return stream, got
 
 
 def test_a_source_slower_than_a_slice_of_seconds_is_read_whole(tmp_path: Any) -> None:
@@ -428,16 +435,8 @@ def test_a_source_slower_than_a_slice_of_seconds_is_read_whole(tmp_path: Any) ->
             await asyncio.sleep(0.4)
             yield {"step": i}
 
-    core = Core(str(tmp_path / "core.db"))
-    try:
-        stream, got, locked = _bought(core, _compute_app(core, Slices(seconds=0.25), slow))
-        assert [e["step"] for e in got] == [0, 1, 2] and stream.ended == "complete"
-        assert locked == stream.slices * CENT
-        assert stream.id is not None
-        outcomes = [r.outcome for r in Streams(core).slices(stream.id)]
-        assert outcomes == ["delivered"] * stream.slices
-    finally:
-        core.close()
+    stream, got = _time_sliced(tmp_path, slow)
+    assert [e["step"] for e in got] == [0, 1, 2] and stream.ended == "complete"
 
 
 @pytest.mark.parametrize(
