@@ -76,6 +76,8 @@ class Reason(StrEnum):
     AMOUNT_MISMATCH = "amount_mismatch"
     NETWORK_MISMATCH = "network_mismatch"
     INSUFFICIENT_COLLATERAL = "insufficient_collateral"
+    #: The tab's running total would pass 2^63 - 1 atomic units: a new tab takes the payment.
+    TAB_TOTAL_EXCEEDED = "tab_total_exceeded"
     THROTTLED = "throttled"
     UNAVAILABLE = "facilitator_unavailable"
     RECORDS_UNAVAILABLE = "records_unavailable"

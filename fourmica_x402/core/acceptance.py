@@ -72,7 +72,8 @@ def check(
         "SELECT (SELECT suspended FROM fx_participants WHERE address = ?), "
         "EXISTS (SELECT 1 FROM fx_guarantees WHERE tab_id = ? AND req_id = ?), "
         "t.user_address, t.recipient_address, t.network, t.asset, t.guarantee_version, "
-        "t.start_ts, t.ttl FROM (SELECT 1 AS one) AS one LEFT JOIN fx_tabs t ON t.tab_id = ?",
+        "t.start_ts, t.ttl, t.total_amount "
+        "FROM (SELECT 1 AS one) AS one LEFT JOIN fx_tabs t ON t.tab_id = ?",
         (claims.user_address, tab_key, hex_id(claims.req_id), tab_key),
     )
     assert row is not None
@@ -105,6 +106,8 @@ def check(
         raise rejected(Reason.AMOUNT_MISMATCH)
     if tab[2] != expected.network:
         raise rejected(Reason.NETWORK_MISMATCH)
+    if claims.amount <= INT64_MAX < int(tab[7]) + claims.amount:  # a 64-bit running total
+        raise rejected(Reason.TAB_TOTAL_EXCEEDED, "the tab's running total is full: open a new tab")
     if expected.policy is not None and claims.policy != expected.policy:
         raise rejected(Reason.VALIDATION_POLICY_MISMATCH)
     if expected.policy is None and claims.version == 2:

@@ -77,6 +77,22 @@ def test_running_total_counts_every_guarantee_of_the_tab(core: Core, buyer: Test
     assert totals == [5, 12, 23]
 
 
+def test_a_tab_whose_running_total_would_pass_64_bits_refuses_the_payment(core: Core) -> None:
+    # The total only grows (a void does not take it back): refused with a reason, never a crash,
+    # and verify agrees with accept.
+    whale = TestBuyer.new()
+    core.deposit(whale.address, 2**63 - 1, network=NETWORK)
+    big = core.accept(*whale.pay(core, SELLER, 2**63 - 1))
+    core.void(big.guarantee_id, by=SELLER)
+    signed, expected = whale.pay(core, SELLER, 10)
+    assert signed.claims.tab_id == big.tab_id  # the same tab
+    for check in (core.verify, core.accept):
+        with pytest.raises(GuaranteeRejected) as info:
+            check(signed, expected)
+        assert reason(info) == "tab_total_exceeded"
+    assert core.position(whale.address, network=NETWORK).locked == 0
+
+
 def test_verify_checks_capacity_and_changes_nothing(core: Core, buyer: TestBuyer) -> None:
     signed, expected = buyer.pay(core, SELLER, 10_000)
     assert core.verify(signed, expected) == buyer.address
