@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from fractions import Fraction
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from .._eth import parse_address
+from .._eth import ZERO_ADDRESS, parse_address
 from ..errors import CoreError, Reason
 from ..guarantee import Eip712Domain, SignedGuarantee
 from . import acceptance, certs, collateral, cycles, queries, resolution, tabs, withdrawals
@@ -181,6 +181,13 @@ class Core(Alerting, Reads):
           whatever it raises refuses the tab, and nothing is written.
         """
         user, recipient = parse_address(user), parse_address(recipient)
+        for address, name in ((user, "user"), (recipient, "recipient")):
+            if address == ZERO_ADDRESS:  # nobody signs for it: a tab no payment could use
+                raise CoreError(
+                    f"{name} address must not be the zero address",
+                    reason=f"invalid_{name}_address",
+                    status=400,
+                )
         asset = self._asset(network, asset)
         if guarantee_version not in self.config.accepted_versions:
             raise rejected(Reason.UNSUPPORTED_VERSION, f"guarantee version {guarantee_version}")

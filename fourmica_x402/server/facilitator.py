@@ -86,8 +86,10 @@ def tabs(service: Service, call: Call) -> Reply:
     except ValueError as exc:
         return _tab_refusal(str(exc), "invalid_user_address")
     try:
-        version = body.get("guaranteeVersion") or body.get("x402Version")
-        if body.get("guaranteeVersion") and body.get("x402Version") not in (None, version):
+        version = body.get("guaranteeVersion")
+        if version is None:
+            version = body.get("x402Version")
+        elif body.get("x402Version") not in (None, version):
             raise ValueError(
                 f"guaranteeVersion {version!r:.20} does not match x402Version "
                 f"{body.get('x402Version')!r:.20}"

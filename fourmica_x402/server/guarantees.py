@@ -53,10 +53,13 @@ def validation(service: Service, call: Call) -> Reply:
         raise bad_request(f"validator: {exc}") from None
     if (refused := service.keys.not_yours(call, validator)) is not None:
         return refused
+    tag = body.get("tag")
+    if tag is not None and not isinstance(tag, str):
+        raise bad_request("tag must be a string")
     record = service.core.post_validation(
         call.path["gid"],
         validator=validator,
         score=score if isinstance(score, int) else -1,
-        tag=str(body.get("tag", "")),
+        tag=tag or "",
     )
     return 200, record.to_dict()

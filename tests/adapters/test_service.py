@@ -710,6 +710,25 @@ def _reason(answer: httpx.Response) -> str:
         ("POST", "/tabs", _tab(ttlSeconds=0), {}, 400, "invalid_request"),
         ("POST", "/tabs", _tab(userAddress="nope"), {}, 400, "invalid_user_address"),
         ("POST", "/tabs", b"[]", {}, 400, "invalid_request"),
+        # a tab for the zero address, which nobody signs for; a version 0 is not "absent"
+        ("POST", "/tabs", _tab(userAddress="0x" + "0" * 40), {}, 400, "invalid_user_address"),
+        (
+            "POST",
+            "/tabs",
+            _tab(recipientAddress="0x" + "0" * 40),
+            {},
+            400,
+            "invalid_recipient_address",
+        ),
+        ("POST", "/tabs", _tab(guaranteeVersion=0, x402Version=2), {}, 400, "invalid_request"),
+        (
+            "POST",
+            "/core/payment-tabs",
+            _core_tab(user_address="0x" + "0" * 40),
+            {},
+            400,
+            "invalid_user_address",
+        ),
         # /core/payment-tabs: the /tabs rule for ttl (whole seconds 1..MAX_TAB_TTL)
         ("POST", "/core/payment-tabs", _core_tab(ttl=2**63), {}, 400, "invalid_request"),
         ("POST", "/core/payment-tabs", _core_tab(ttl=10**9), {}, 400, "invalid_request"),
@@ -731,6 +750,14 @@ def _reason(answer: httpx.Response) -> str:
         # keyed routes: bodies that are not objects, missing fields, numbers no column holds
         ("POST", "/guarantees/0x01/void", b"[1]", _AUTH, 400, "invalid_request"),
         ("POST", "/guarantees/0x01/validation", b'"s"', _AUTH, 400, "invalid_request"),
+        (
+            "POST",
+            "/guarantees/0x01/validation",
+            _body(validator=SELLER, score=100, tag=7),
+            _AUTH,
+            400,
+            "invalid_request",
+        ),
         ("POST", "/guarantees/0x01/void", b'{"by":"x"}', _AUTH, 400, "invalid_request"),
         ("POST", "/sandbox/deposit", b"{}", _AUTH, 400, "invalid_request"),
         ("POST", "/sandbox/withdraw", b"{}", _AUTH, 400, "invalid_request"),
