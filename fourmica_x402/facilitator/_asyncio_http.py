@@ -17,7 +17,7 @@ import base64
 import select
 import socket
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -193,18 +193,24 @@ class JsonPool:
         )
 
     async def request(
-        self, method: str, path: str, body: bytes | None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        read: Callable[[AsyncIterator[bytes]], Awaitable[bytes]],
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """``read(chunks)``: the answer's body from its chunks (it may refuse a long one)."""
         headers = [*self._headers, (b"accept", b"application/json")]
         if body is not None:
             headers.append((b"content-type", b"application/json"))
         scheme, host, port = self._origin
         target = self._prefix + quote(path, safe="/:@!$&'()*+,;=%").encode("ascii")
         url = httpcore.URL(scheme=scheme, host=host, port=port, target=target)
-        response = await self._pool.request(
+        async with self._pool.stream(
             method, url, headers=headers, content=body, extensions=self._timeouts
-        )
-        return response.status, response.headers, response.content
+        ) as response:
+            content = await read(response.aiter_stream())
+        return response.status, response.headers, content
 
     async def aclose(self) -> None:
         await self._pool.aclose()

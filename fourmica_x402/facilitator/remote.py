@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -27,13 +28,15 @@ import httpx
 from .._eth import parse_address
 from .._json import loads
 from ..core.models import Tab
-from ..errors import CoreError, GuaranteeRejected, MalformedPayment, Unavailable
-from ..guarantee import SignedGuarantee
+from ..errors import CoreError, GuaranteeRejected, Unavailable
 from ..networks import parse_amount
 from ..wire import PaymentPayload, PaymentPayloadV1, PaymentRequirements, VerifyResponse
 from . import _asyncio_http
+from ._answers import abounded, bounded, doubt, settled, verdict
 
 __all__ = ["HttpFacilitator"]
+
+log = logging.getLogger("fourmica_x402.facilitator")
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 #: A call that failed on the way (either client), and of those the ones never sent.
@@ -112,7 +115,8 @@ class HttpFacilitator:
         attempts = self._retries + 1 if retry else 1
         for attempt in range(attempts):
             try:
-                response = self._client.request(method, path, json=body)
+                with self._client.stream(method, path, json=body) as response:
+                    content = bounded(response.iter_bytes())
             except httpx.HTTPError as exc:
                 if attempt + 1 < attempts:
                     time.sleep(self._delay(attempt, None))
@@ -121,7 +125,7 @@ class HttpFacilitator:
             if response.status_code in _RETRY_STATUS and attempt + 1 < attempts:
                 time.sleep(self._delay(attempt, response.headers.get("retry-after")))
                 continue
-            return self._decode(response.status_code, response.content)
+            return self._decode(response.status_code, content)
         raise AssertionError("unreachable")
 
     async def _acall(self, method: str, path: str, body: Any = None, *, retry: bool = False) -> Any:
@@ -159,7 +163,7 @@ class HttpFacilitator:
                     ssl_context=httpx.create_ssl_context(),
                 ),
             )
-        status, headers, content = await self._apool[1].request(method, path, data)
+        status, headers, content = await self._apool[1].request(method, path, data, abounded)
         retry_after = next(
             (v.decode("latin-1") for k, v in headers if k.lower() == b"retry-after"), None
         )
@@ -177,8 +181,9 @@ class HttpFacilitator:
                 transport=self._async_transport,
             )
         extra = {} if data is None else {"content-type": "application/json"}
-        response = await self._aclient.request(method, path, content=data, headers=extra)
-        return response.status_code, response.headers.get("retry-after"), response.content
+        async with self._aclient.stream(method, path, content=data, headers=extra) as response:
+            content = await abounded(response.aiter_bytes())
+        return response.status_code, response.headers.get("retry-after"), content
 
     def _unreachable(self, exc: Exception) -> Unavailable:
         error = Unavailable(f"facilitator {self.url} unreachable: {type(exc).__name__}")
@@ -197,9 +202,13 @@ class HttpFacilitator:
             error = Unavailable(f"facilitator answered {status}")
             error.maybe_applied = status != 429  # a 5xx may follow a commit
             raise error
+        if status < 200 or 300 <= status < 400:  # a redirect is never followed
+            raise doubt(f"facilitator answered {status}")
         try:
             data = loads(content)
         except ValueError:
+            if status < 400:  # an answer that cannot be read: the call may have been applied
+                raise doubt(f"facilitator answered {status} without JSON") from None
             raise Unavailable(f"facilitator answered {status} without JSON") from None
         if status >= 400:
             message = reason = None
@@ -306,20 +315,18 @@ class HttpFacilitator:
     def verify(
         self, payload: PaymentPayload | PaymentPayloadV1, requirements: PaymentRequirements
     ) -> VerifyResponse:
-        return VerifyResponse.model_validate(
-            self._call("POST", "/verify", self._body(payload, requirements), retry=True)
-        )
+        return verdict(self._call("POST", "/verify", self._body(payload, requirements), retry=True))
 
     async def averify(
         self, payload: PaymentPayload | PaymentPayloadV1, requirements: PaymentRequirements
     ) -> VerifyResponse:
         data = await self._acall("POST", "/verify", self._body(payload, requirements), retry=True)
-        return VerifyResponse.model_validate(data)
+        return verdict(data)
 
     def settle(
         self, payload: PaymentPayload | PaymentPayloadV1, requirements: PaymentRequirements
     ) -> Any:
-        return self._settled(
+        return settled(
             self._call("POST", "/settle", self._body(payload, requirements)), payload, requirements
         )
 
@@ -327,37 +334,7 @@ class HttpFacilitator:
         self, payload: PaymentPayload | PaymentPayloadV1, requirements: PaymentRequirements
     ) -> Any:
         data = await self._acall("POST", "/settle", self._body(payload, requirements))
-        return self._settled(data, payload, requirements)
-
-    @staticmethod
-    def _settled(
-        data: Any, payload: PaymentPayload | PaymentPayloadV1, requirements: PaymentRequirements
-    ) -> Any:
-        from . import SettleResult
-
-        if not isinstance(data, dict):
-            raise Unavailable("facilitator settle answer is not an object")
-        success = bool(data.get("success"))
-        network = str(data.get("network") or data.get("networkId") or requirements.network)
-        if not success:
-            reason = data.get("error") or data.get("errorReason") or "settle_failed"
-            return SettleResult(success=False, network=network, error_reason=str(reason))
-        try:
-            claims = SignedGuarantee.from_json(payload.payload).claims
-        except MalformedPayment:
-            claims = None
-        certificate = data.get("certificate")
-        return SettleResult(
-            success=True,
-            network=network,
-            payer=data.get("payer") or (claims.user_address if claims else None),
-            guarantee_id=data.get("transaction") or None,
-            tab_id=claims.tab_id if claims else None,
-            req_id=claims.req_id if claims else None,
-            amount=claims.amount if claims else None,
-            state=data.get("state"),
-            certificate=certificate if isinstance(certificate, dict) else None,
-        )
+        return settled(data, payload, requirements)
 
     def void(self, guarantee_id: str, *, by: str) -> None:
         self._call("POST", f"/guarantees/{guarantee_id}/void", {"by": by})

@@ -84,8 +84,8 @@ def _settle_and_record(
         raise in_doubt(gate, exc, signed, chosen) from None
     except FourmicaError:
         raise
-    except Exception as exc:
-        raise Unavailable(f"facilitator error: {type(exc).__name__}") from exc
+    except Exception as exc:  # a facilitator that broke on its answer: it may have accepted
+        raise in_doubt(gate, _broken(exc), signed, chosen) from exc
     if not result.success:
         return result
     try:
@@ -118,7 +118,7 @@ async def _asettle_and_record(
     except FourmicaError:
         raise
     except Exception as exc:
-        raise Unavailable(f"facilitator error: {type(exc).__name__}") from exc
+        raise await asyncio.to_thread(in_doubt, gate, _broken(exc), signed, chosen) from exc
     except asyncio.CancelledError:  # the client left (async Django cancels): it may be accepted
         in_doubt(gate, _cancelled(), signed, chosen)  # a short local write, then the void
         raise
@@ -157,6 +157,8 @@ def settle_after(gate: Gate, state: Paid) -> SettleResult:
         result = gate.facilitator.settle(state.payload, state.requirements)
     except Exception as exc:
         log.error("settle after the handler failed: %s", exc)
+        if not isinstance(exc, FourmicaError):
+            exc = _broken(exc)
         if isinstance(exc, Unavailable) and exc.maybe_applied:
             signed = signed_from_payload(state.payload, state.requirements)
             in_doubt(gate, exc, signed, state.requirements)
@@ -246,6 +248,12 @@ def in_doubt(
         return error
     log.warning("settle of %s went unanswered (%s); it will be voided", gid, error.message)
     gate._reconciler.kick()
+    return error
+
+
+def _broken(exc: Exception) -> Unavailable:
+    error = Unavailable(f"facilitator error: {type(exc).__name__}")
+    error.maybe_applied = True
     return error
 
 

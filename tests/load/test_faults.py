@@ -303,7 +303,7 @@ class _Slow(http.server.BaseHTTPRequestHandler):
 
     delay: ClassVar[float] = 5.0
     release: ClassVar[threading.Event] = threading.Event()
-    on_settle: ClassVar[Callable[[dict[str, Any]], dict[str, Any]] | None] = None
+    on_settle: ClassVar[Callable[[dict[str, Any]], Any] | None] = None
     on_void: ClassVar[Callable[[str, dict[str, Any]], tuple[int, dict[str, Any]]] | None] = None
     settles: ClassVar[list[float]] = []
 
@@ -337,11 +337,22 @@ class _Slow(http.server.BaseHTTPRequestHandler):
             self._send(404, {"error": "not found"})
             return
         type(self).settles.append(time.monotonic())
-        answer = {"success": False, "error": "too_slow", "transaction": ""}
+        answer: Any = {"success": False, "error": "too_slow", "transaction": ""}
         if type(self).on_settle is not None:
             answer = type(self).on_settle(body)  # type: ignore[misc]
         type(self).release.wait(type(self).delay)
-        self._send(200, answer)
+        if isinstance(answer, tuple):  # (status, raw bytes): an answer that is not JSON
+            self._send_raw(*answer)
+        else:
+            self._send(200, answer)
+
+    def _send_raw(self, status: int, raw: bytes) -> None:
+        with contextlib.suppress(OSError):
+            self.send_response(status)
+            self.send_header("content-length", str(len(raw)))
+            self.send_header("location", "/elsewhere")
+            self.end_headers()
+            self.wfile.write(raw)
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -350,7 +361,7 @@ class _Slow(http.server.BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def slow_facilitator(
     delay: float,
-    on_settle: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    on_settle: Callable[[dict[str, Any]], Any] | None = None,
     on_void: Callable[[str, dict[str, Any]], tuple[int, dict[str, Any]]] | None = None,
 ) -> Iterator[tuple[str, type[_Slow]]]:
     handler = type(
@@ -422,6 +433,24 @@ def _settling_with(core: Core) -> Callable[[dict[str, Any]], dict[str, Any]]:
     return accept
 
 
+def _accepted_but_refused(seller: TestClient, core: Core, buyer: TestBuyer) -> tuple[str, str, Any]:
+    """Pay once: the facilitator accepts, the seller answers 503 (no answer it can use)."""
+    req = offer(seller)
+    tab = core.open_tab(buyer.address, SELLER, network=NETWORK, asset=USDC)
+    name, value = payment_header(buyer, req, tab.to_json())
+    fail_closed(seller.get("/premium", headers={name: value}), "facilitator_unavailable")
+    [accepted] = core.guarantees(address=buyer.address)  # it did land
+    return name, value, accepted
+
+
+def _voided_in_time(records: Records, gid: str) -> None:
+    for _ in range(600):  # bounded (30 s): the reconciler works in the background
+        if (records.followup(gid) or ("",))[0] == "voided":
+            break
+        time.sleep(0.05)
+    assert records.followup(gid)[:1] == ("voided",)  # type: ignore[index]
+
+
 def test_settle_timeout_after_accept_is_voided_by_the_seller(tmp_path: Path) -> None:
     """The facilitator accepts the guarantee, then answers after the seller gave up.
 
@@ -443,19 +472,8 @@ def test_settle_timeout_after_accept_is_voided_by_the_seller(tmp_path: Path) -> 
         with slow_facilitator(2.0, accept, void) as (url, _):
             app = seller_app(remote_config(url, tmp_path / "records.db", timeout=0.5), runs)
             with TestClient(app) as seller:
-                req = offer(seller)
-                tab = core.open_tab(buyer.address, SELLER, network=NETWORK, asset=USDC)
-                name, value = payment_header(buyer, req, tab.to_json())
-                fail_closed(
-                    seller.get("/premium", headers={name: value}), "facilitator_unavailable"
-                )
-                [accepted] = core.guarantees(address=buyer.address)  # it did land
-                records = Records(str(tmp_path / "records.db"))
-                for _ in range(200):  # bounded: the reconciler works in the background
-                    if (records.followup(accepted.guarantee_id) or ("",))[0] == "voided":
-                        break
-                    time.sleep(0.05)
-                assert records.followup(accepted.guarantee_id)[0] == "voided"  # type: ignore[index]
+                name, value, accepted = _accepted_but_refused(seller, core, buyer)
+                _voided_in_time(Records(str(tmp_path / "records.db")), accepted.guarantee_id)
                 again = seller.get("/premium", headers={name: value})
                 assert again.status_code == 402
                 assert decode_payment_required(again.headers["payment-required"]).error == (
@@ -546,6 +564,18 @@ def test_a_follow_up_and_the_record_completion_give_one_outcome_in_either_order(
     records.store.close()
 
 
+#: The seller validates its own deliveries (G-v2): score 100 when it served.
+_DELIVERY = ValidationPolicy(
+    registry=SANDBOX_REGISTRY,
+    validator=SELLER,
+    validator_agent_id=0,
+    min_score=100,
+    job_hash=b"\x01" * 32,
+    chain_id=84532,
+    tag="delivery",
+)
+
+
 def test_a_delivery_score_the_facilitator_could_not_take_is_retried(tmp_path: Path) -> None:
     """Delivered, but the score post met a facilitator error: it is filed and retried, so the
     seller is paid (the guarantee would otherwise be cancelled at the validation timeout)."""
@@ -565,16 +595,7 @@ def test_a_delivery_score_the_facilitator_could_not_take_is_retried(tmp_path: Pa
     try:
         with slow_facilitator(0.0, accept, follow) as (url, _):
             config = remote_config(url, tmp_path / "records.db", timeout=5)
-            # The seller validates its own deliveries (G-v2): score 100 when it served.
-            config.validation_policy = ValidationPolicy(
-                registry=SANDBOX_REGISTRY,
-                validator=SELLER,
-                validator_agent_id=0,
-                min_score=100,
-                job_hash=b"\x01" * 32,
-                chain_id=84532,
-                tag="delivery",
-            )
+            config.validation_policy = _DELIVERY
             with TestClient(seller_app(config, runs)) as seller:
                 req = offer(seller)
                 assert "validatorAddress" in req.extra
@@ -721,6 +742,150 @@ def test_the_reconciler_stops_quietly_once_its_database_is_closed(
     thread.join(10)
     assert not thread.is_alive()
     assert "reconciling payments in doubt failed" not in caplog.text
+
+
+def _voiding(core: Core) -> Callable[[str, dict[str, Any]], tuple[int, dict[str, Any]]]:
+    def follow(gid: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        try:
+            if body["_action"] == "void":
+                return 200, {"state": core.void(gid, by=body["by"]).state}
+            score, tag = body["score"], body["tag"]
+            state = core.post_validation(gid, validator=body["validator"], score=score, tag=tag)
+            return 200, {"state": state.state}
+        except CoreError as exc:
+            return exc.status, {"error": exc.message, "reason": exc.reason}
+
+    return follow
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        (200, b"<html>accepted</html>"),
+        (200, b'{"success": tr'),
+        (200, b"[true]"),
+        (200, b"{}"),
+        (200, b'{"success": "yes"}'),
+        (307, b'{"success": true}'),
+        (200, b'{"success": true, "pad": "' + b"x" * (2 << 20) + b'"}'),
+    ],
+    ids=["html", "cut", "array", "empty", "not-bool", "redirect", "too-long"],
+)
+def test_a_settle_answer_the_seller_cannot_use_is_voided_later(
+    tmp_path: Path, answer: tuple[int, bytes]
+) -> None:
+    """The facilitator accepted the guarantee but its answer cannot be read: the seller serves
+    nothing (503), files the guarantee in doubt, and its reconciler voids it."""
+    core, buyer = _funded_core(tmp_path)
+    accept = _settling_with(core)
+
+    def settle(body: dict[str, Any]) -> tuple[int, bytes]:
+        assert accept(body)["success"]
+        return answer
+
+    runs = Counter()
+    try:
+        with slow_facilitator(0.0, settle, _voiding(core)) as (url, _):
+            app = seller_app(remote_config(url, tmp_path / "records.db", timeout=5), runs)
+            with TestClient(app) as seller:
+                _, _, accepted = _accepted_but_refused(seller, core, buyer)
+                _voided_in_time(Records(str(tmp_path / "records.db")), accepted.guarantee_id)
+        assert runs.n == 0
+        assert [g.state for g in core.guarantees(address=buyer.address)] == ["voided"]
+        assert core.position(buyer.address, network=NETWORK).locked == 0
+        assert core.audit() == []
+    finally:
+        core.close()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_settle_answer_without_transaction_or_with_another_payer_is_read_from_the_claims(
+    tmp_path: Path, version: int
+) -> None:
+    """The official facilitator answers ``{"success": true, "certificate": …}``: the guarantee
+    is the signed one, so a failed response is refunded and a delivered G-v2 one scored; an
+    answer naming another payer or network is not believed (records, receipts)."""
+    core, buyer = _funded_core(tmp_path)
+    accept = _settling_with(core)
+
+    def settle(body: dict[str, Any]) -> dict[str, Any]:
+        answer = accept(body)
+        assert answer["success"]
+        return {"success": True, "networkId": "eip155:1", "payer": "0x" + "de" * 20}
+
+    async def premium(request: Request) -> JSONResponse:
+        failing = request.query_params.get("fail") == "1"
+        return JSONResponse(
+            {"payer": request.state.payment.payer}, status_code=500 if failing else 200
+        )
+
+    try:
+        with slow_facilitator(0.0, settle, _voiding(core)) as (url, _):
+            config = remote_config(url, tmp_path / "records.db", timeout=5)
+            if version == 2:
+                config.validation_policy = _DELIVERY
+            app = Starlette(
+                routes=[Route("/premium", premium)],
+                middleware=[Middleware(PaymentMiddleware, config=config)],
+            )
+            with TestClient(app) as seller:
+                req = offer(seller)
+                tab = core.open_tab(
+                    buyer.address, SELLER, network=NETWORK, asset=USDC, guarantee_version=version
+                )
+                name, value = payment_header(buyer, req, tab.to_json())
+                served = seller.get("/premium", headers={name: value})
+                assert served.status_code == 200 and served.json() == {"payer": buyer.address}
+                receipt = json.loads(base64.b64decode(served.headers["payment-response"]))
+                assert (receipt["payer"], receipt["network"]) == (buyer.address, NETWORK)
+                tab = core.open_tab(
+                    buyer.address, SELLER, network=NETWORK, asset=USDC, guarantee_version=version
+                )
+                name, value = payment_header(buyer, req, tab.to_json())
+                failed = seller.get("/premium?fail=1", headers={name: value})
+                assert failed.status_code == 500 and failed.json() == {"payer": buyer.address}
+                records = Records(str(tmp_path / "records.db"))
+                want = {"delivered", "refunded"}
+                for _ in range(600):  # bounded: follow-ups may run in the background
+                    if {r.outcome for r in records.query()} == want:
+                        break
+                    time.sleep(0.05)
+                got = sorted(
+                    (r.outcome, r.payer, r.guarantee_id is not None) for r in records.query()
+                )
+                assert got == sorted((o, buyer.address, True) for o in want)
+        by_state = sorted(g.state for g in core.guarantees(address=buyer.address))
+        assert by_state == ["payable", "voided"]
+        assert core.position(buyer.address, network=NETWORK).locked == 10_000
+        assert core.audit() == []
+    finally:
+        core.close()
+
+
+def test_a_verify_answer_that_is_not_a_verdict_fails_closed(tmp_path: Path) -> None:
+    """Settle-after mode asks /verify first: an answer that is not a verdict is a 503 with
+    a reason, the handler does not run."""
+
+    def verify(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/verify"
+        return httpx.Response(200, json={})
+
+    mock = httpx.MockTransport(verify)
+    facilitator = HttpFacilitator("http://f.test", transport=mock, async_transport=mock)
+    runs = Counter()
+    config = PaymentConfig(
+        pay_to=SELLER,
+        routes={"GET /premium": "$0.01"},
+        facilitator=facilitator,
+        records=str(tmp_path / "records.db"),
+        tab_endpoint="http://testserver/x402/tab",
+        settle="after",
+    )
+    with TestClient(seller_app(config, runs)) as seller:
+        req = offer(seller)
+        name, value = payment_header(TestBuyer.new(), req, {"tabId": "0x1", "nextReqId": "0x0"})
+        fail_closed(seller.get("/premium", headers={name: value}), "facilitator_unavailable")
+    assert runs.n == 0
 
 
 # -- 3. the embedded Core's database is read-only or full ---------------------------------------

@@ -1,0 +1,100 @@
+"""Reading a remote facilitator's answers: bounded in size, checked against what was paid.
+
+An answer that cannot be used, to a call that was sent, leaves the call's effect unknown: the
+:class:`~fourmica_x402.errors.Unavailable` raised for it says ``maybe_applied``, and a settle
+in doubt is voided later (docs/operations.md, "A remote facilitator").
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..errors import MalformedPayment, Unavailable
+from ..guarantee import SignedGuarantee, guarantee_id
+from ..networks import get_network
+from ..wire import PaymentPayload, PaymentPayloadV1, PaymentRequirements, VerifyResponse
+
+__all__ = ["ANSWER_LIMIT", "abounded", "bounded", "doubt", "settled", "verdict"]
+
+log = logging.getLogger("fourmica_x402.facilitator")
+
+#: The largest answer read from a facilitator (a settle answer with its certificate is a few
+#: KiB); a longer one is not read on, and a call it answers may have been applied.
+ANSWER_LIMIT = 1 << 20
+
+
+def doubt(message: str) -> Unavailable:
+    """The call was sent and its answer is unusable: it may have been applied."""
+    error = Unavailable(message)
+    error.maybe_applied = True
+    return error
+
+
+def bounded(chunks: Any) -> bytes:
+    body = bytearray()
+    for chunk in chunks:
+        body += chunk
+        if len(body) > ANSWER_LIMIT:
+            raise doubt(f"facilitator answer longer than {ANSWER_LIMIT} bytes")
+    return bytes(body)
+
+
+async def abounded(chunks: Any) -> bytes:
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > ANSWER_LIMIT:
+            raise doubt(f"facilitator answer longer than {ANSWER_LIMIT} bytes")
+    return bytes(body)
+
+
+def settled(
+    data: Any, payload: PaymentPayload | PaymentPayloadV1, requirements: PaymentRequirements
+) -> Any:
+    """The settle answer, read against what was paid: the guarantee, payer and network are
+    the signed claims' (an answer naming others is logged, not believed)."""
+    from . import SettleResult
+
+    if not isinstance(data, dict) or not isinstance(data.get("success"), bool):
+        raise doubt("facilitator settle answer is not an object with a boolean success")
+    network = requirements.network
+    if not data["success"]:
+        reason = data.get("error") or data.get("errorReason") or "settle_failed"
+        return SettleResult(success=False, network=network, error_reason=str(reason))
+    try:
+        claims = SignedGuarantee.from_json(payload.payload).claims
+    except MalformedPayment:
+        claims = None
+    named = data.get("transaction") if isinstance(data.get("transaction"), str) else None
+    payer = data.get("payer") if isinstance(data.get("payer"), str) else None
+    if claims is not None:
+        chain_id = get_network(network).chain_id
+        gid = "0x" + guarantee_id(chain_id, claims.tab_id, claims.req_id).hex()
+        for what, said, paid in (("guarantee", named, gid), ("payer", payer, claims.user_address)):
+            if said and said.lower() != paid.lower():
+                log.warning(
+                    "facilitator's settle answer names %s %s; the payment's is %s", what, said, paid
+                )
+        named, payer = gid, claims.user_address
+    if not named:  # nothing to refund or score it by
+        raise doubt("facilitator settle answer names no guarantee")
+    certificate = data.get("certificate")
+    return SettleResult(
+        success=True,
+        network=network,
+        payer=payer,
+        guarantee_id=named,
+        tab_id=claims.tab_id if claims else None,
+        req_id=claims.req_id if claims else None,
+        amount=claims.amount if claims else None,
+        state=data.get("state") if isinstance(data.get("state"), str) else None,
+        certificate=certificate if isinstance(certificate, dict) else None,
+    )
+
+
+def verdict(data: Any) -> VerifyResponse:
+    try:
+        return VerifyResponse.model_validate(data)
+    except ValueError:  # pydantic's ValidationError is one
+        raise Unavailable("facilitator verify answer is not a verdict") from None
