@@ -149,22 +149,39 @@ def certificates_or_messages(
     return [(gid, item) for gid, item in found if item is not None]
 
 
-def save(tx: Tx, guarantee_id: str, cert: Certificate) -> None:
-    """File a certificate with its guarantee, unless another process filed one first."""
-    tx.execute(
-        "UPDATE fx_guarantees SET certificate = ?, certificate_claims = ? "
-        "WHERE guarantee_id = ? AND certificate IS NULL",
-        ("0x" + cert.signature.hex(), "0x" + cert.claims.hex(), guarantee_id),
-    )
+_SAVE = (
+    "UPDATE fx_guarantees SET certificate = ?, certificate_claims = ? WHERE guarantee_id = ? "
+    "AND certificate IS NULL AND state NOT IN ('voided', 'cancelled')"
+)
 
 
-def save_many(tx: Tx, certs: dict[str, Certificate]) -> None:
-    """:func:`save` of each certificate, as one statement run per row."""
-    tx.many(
-        "UPDATE fx_guarantees SET certificate = ?, certificate_claims = ? "
-        "WHERE guarantee_id = ? AND certificate IS NULL",
-        (("0x" + c.signature.hex(), "0x" + c.claims.hex(), g) for g, c in certs.items()),
+def save(tx: Tx, guarantee_id: str, cert: Certificate) -> Certificate:
+    """File a certificate signed outside any transaction; the one the guarantee holds now
+    (another process may have filed one first). A guarantee voided or cancelled since it was
+    read gets none: ``guarantee_not_payable``."""
+    stored = save_many(tx, {guarantee_id: cert})
+    if guarantee_id not in stored:
+        raise CoreError(
+            f"guarantee {guarantee_id} was refunded or cancelled: no certificate is made for it",
+            reason="guarantee_not_payable",
+            status=409,
+        )
+    return stored[guarantee_id]
+
+
+def save_many(tx: Tx, certs: dict[str, Certificate]) -> dict[str, Certificate]:
+    """:func:`save` of each certificate; the certificates the guarantees hold now (none for
+    those voided or cancelled since they were read)."""
+    if not certs:
+        return {}
+    tx.many(_SAVE, (("0x" + c.signature.hex(), "0x" + c.claims.hex(), g) for g, c in certs.items()))
+    marks = ", ".join("?" for _ in certs)
+    rows = tx.all(
+        "SELECT guarantee_id, certificate, certificate_claims FROM fx_guarantees "
+        f"WHERE guarantee_id IN ({marks}) AND certificate IS NOT NULL",
+        tuple(certs),
     )
+    return {r[0]: Certificate(bytes.fromhex(r[2][2:]), bytes.fromhex(r[1][2:])) for r in rows}
 
 
 def sign_missing(

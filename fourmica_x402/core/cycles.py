@@ -353,6 +353,12 @@ def pay_net_debit(
             f"{address} owes nothing in cycle {cycle_id}", reason="not_debtor", status=404
         )
     outstanding = int(row[0]) - int(row[1])
+    if outstanding <= 0:
+        raise CoreError(
+            f"{address}'s net debit in cycle {cycle_id} is paid already",
+            reason="already_paid",
+            status=409,
+        )
     if amount is not None:
         check_amount(amount)
     pay = outstanding if amount is None else amount

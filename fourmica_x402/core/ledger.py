@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from fractions import Fraction
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from .._eth import ZERO_ADDRESS, parse_address
+from .._eth import parse_address
 from ..errors import CoreError, Reason
 from ..guarantee import Eip712Domain, SignedGuarantee
 from . import acceptance, certs, collateral, cycles, queries, resolution, tabs, withdrawals
@@ -181,26 +181,17 @@ class Core(Alerting, Reads):
           whatever it raises refuses the tab, and nothing is written.
         """
         user, recipient = parse_address(user), parse_address(recipient)
-        for address, name in ((user, "user"), (recipient, "recipient")):
-            if address == ZERO_ADDRESS:  # nobody signs for it: a tab no payment could use
-                raise CoreError(
-                    f"{name} address must not be the zero address",
-                    reason=f"invalid_{name}_address",
-                    status=400,
-                )
+        tabs.check_parties(user, recipient)
         asset = self._asset(network, asset)
         if guarantee_version not in self.config.accepted_versions:
             raise rejected(Reason.UNSUPPORTED_VERSION, f"guarantee version {guarantee_version}")
-        ttl = int(ttl_seconds or self.config.tab_ttl)
-        if ttl <= 0:
-            raise CoreError("ttlSeconds must be positive", reason="invalid_ttl", status=400)
+        ttl = tabs.checked_ttl(int(ttl_seconds or self.config.tab_ttl))
         key = (user, recipient, network, asset, guarantee_version)
         for _attempt in range(5):
-            now = int(self.clock())
             try:
                 with self._write() as (tx, _):
                     return tabs.open_once(
-                        tx, key, ttl, now, self._open_counts, max_open_tabs, admit_new
+                        tx, key, ttl, self.clock(), self._open_counts, max_open_tabs, admit_new
                     )
             except tabs.Retry:  # another process replaced the active tab first (PostgreSQL)
                 continue
@@ -253,9 +244,8 @@ class Core(Alerting, Reads):
         if isinstance(found, Certificate):
             return found
         cert = self.operator.certify(found)  # outside any transaction: see .certs
-        with self.store.transaction() as tx:
-            certs.save(tx, guarantee_id, cert)
-        return cert
+        with self.store.transaction() as tx:  # refused if voided or cancelled meanwhile
+            return certs.save(tx, guarantee_id, cert)
 
     def certify_many(
         self,
@@ -274,7 +264,12 @@ class Core(Alerting, Reads):
         done, fresh = certs.sign_missing(self.operator, found)  # outside any transaction
         if fresh or (also is not None and done):
             with self.store.transaction() as tx:
-                certs.save_many(tx, fresh)
+                stored = certs.save_many(tx, fresh)
+                for gid in fresh:  # none for a guarantee voided or cancelled meanwhile
+                    if gid in stored:
+                        done[gid] = stored[gid]
+                    else:
+                        del done[gid]
                 if also is not None:
                     also(tx, done)
         return done

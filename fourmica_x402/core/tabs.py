@@ -1,7 +1,9 @@
 """Tabs: the active tab of (user, recipient, network, asset, version) and its request ids.
 
-A tab is reused until it expires; then a new one replaces it as the active tab. Only a
-*new* tab is subject to the seller's open-tab cap (docs/operations.md, "The tab endpoint").
+A tab is reused until it expires (by the clock acceptance reads, to the fraction of a second)
+or its running total passes :data:`REUSE_TOTAL`; then a new one replaces it as the active
+tab. Only a *new* tab is subject to the seller's open-tab cap (docs/operations.md, "The tab
+endpoint").
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..errors import Reason, TabLimited
-from .common import hex_id
+from .._eth import ZERO_ADDRESS
+from ..errors import CoreError, Reason, TabLimited
+from .common import INT64_MAX, hex_id
 from .models import Tab
 from .store import Tx
 
@@ -25,10 +28,30 @@ TabKey = tuple[str, str, str, str, int]
 _OPEN_COUNT_FRESH = 5.0
 #: A recipient's unexpired tabs: a range of the fx_tabs_recipient_expiry index.
 _OPEN_TABS_SQL = "FROM fx_tabs WHERE recipient_address = ? AND start_ts + ttl >= ?"
+#: A tab whose running total (a 64-bit column) passed this is not handed out again: a payment
+#: it could not take any more (``tab_total_exceeded``) gets a new tab.
+REUSE_TOTAL = INT64_MAX // 2
 
 
 class Retry(Exception):
     """Another process replaced the active tab first (PostgreSQL): try a new transaction."""
+
+
+def check_parties(user: str, recipient: str) -> None:
+    """Nobody signs for the zero address: no tab is opened for it, on either side."""
+    for address, name in ((user, "user"), (recipient, "recipient")):
+        if address == ZERO_ADDRESS:
+            raise CoreError(
+                f"{name} address must not be the zero address",
+                reason=f"invalid_{name}_address",
+                status=400,
+            )
+
+
+def checked_ttl(ttl: int) -> int:
+    if not 0 < ttl <= INT64_MAX // 2:  # start + ttl stays a 64-bit integer
+        raise CoreError(f"ttlSeconds must be 1..{INT64_MAX // 2}", reason="invalid_ttl", status=400)
+    return ttl
 
 
 def open_tab_count(tx: Tx, recipient: str, now: int) -> int:
@@ -91,7 +114,7 @@ def open_once(
     tx: Tx,
     key: TabKey,
     ttl: int,
-    now: int,
+    at: float,
     counts: OpenTabCounts,
     max_open: int | None = None,
     admit_new: Callable[[], None] | None = None,
@@ -101,14 +124,15 @@ def open_once(
     Raises :class:`Retry` when another transaction replaced the active tab meanwhile.
     """
     _, recipient, _, asset, guarantee_version = key
+    now = int(at)
     row = tx.one(
-        "SELECT t.tab_id, t.start_ts, t.ttl FROM fx_active_tabs a "
+        "SELECT t.tab_id, t.start_ts, t.ttl, t.total_amount FROM fx_active_tabs a "
         "JOIN fx_tabs t ON t.tab_id = a.tab_id WHERE a.user_address = ? AND "
         "a.recipient_address = ? AND a.network = ? AND a.asset = ? AND "
         "a.guarantee_version = ?",
         key,
     )
-    if row is not None and now <= int(row[1]) + int(row[2]):
+    if row is not None and at <= int(row[1]) + int(row[2]) and int(row[3]) <= REUSE_TOTAL:
         nxt = tx.one(
             "UPDATE fx_tabs SET next_req_id = next_req_id + 1 WHERE tab_id = ? "
             "RETURNING next_req_id",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -77,20 +78,26 @@ def test_running_total_counts_every_guarantee_of_the_tab(core: Core, buyer: Test
     assert totals == [5, 12, 23]
 
 
-def test_a_tab_whose_running_total_would_pass_64_bits_refuses_the_payment(core: Core) -> None:
+def test_a_tab_whose_running_total_would_pass_64_bits_refuses_the_payment(
+    core: Core, clock: FakeClock
+) -> None:
     # The total only grows (a void does not take it back): refused with a reason, never a crash,
-    # and verify agrees with accept.
+    # verify agrees with accept, and the tab endpoint hands out a new tab from then on.
     whale = TestBuyer.new()
     core.deposit(whale.address, 2**63 - 1, network=NETWORK)
     big = core.accept(*whale.pay(core, SELLER, 2**63 - 1))
     core.void(big.guarantee_id, by=SELLER)
-    signed, expected = whale.pay(core, SELLER, 10)
-    assert signed.claims.tab_id == big.tab_id  # the same tab
+    tab = core.tab(big.tab_id)
+    assert tab is not None
+    same_tab = whale.sign(whale.claims(tab, 10, req_id=big.req_id + 1, timestamp=int(clock())))
+    fresh, expected = whale.pay(core, SELLER, 10)
+    assert fresh.claims.tab_id != big.tab_id  # a new tab
     for check in (core.verify, core.accept):
         with pytest.raises(GuaranteeRejected) as info:
-            check(signed, expected)
+            check(same_tab, expected)
         assert reason(info) == "tab_total_exceeded"
     assert core.position(whale.address, network=NETWORK).locked == 0
+    assert core.accept(fresh, expected).total_amount == 10
 
 
 def test_verify_checks_capacity_and_changes_nothing(core: Core, buyer: TestBuyer) -> None:
@@ -250,6 +257,24 @@ def test_one_active_tab_per_identity_and_request_ids_increase(core: Core, clock:
     assert fresh.ttl_seconds == 86_400 and fresh.to_json()["nextReqId"] == "0x0"
 
 
+def test_a_tab_past_its_end_by_a_fraction_of_a_second_is_not_handed_out(
+    core: Core, buyer: TestBuyer, clock: FakeClock
+) -> None:
+    """Acceptance reads the clock to the fraction of a second: the tab endpoint does too, or
+    it hands out (for up to a second) a tab every payment on which is refused as expired."""
+    first = core.open_tab(buyer.address, SELLER, network=NETWORK)
+    clock.advance(DAY + 0.5)  # int(now) is still the tab's last second
+    later = core.open_tab(buyer.address, SELLER, network=NETWORK)
+    assert later.tab_id != first.tab_id and later.next_req_id == 0
+    core.accept(*buyer.pay(core, SELLER, 100))
+
+
+def test_a_tab_lifetime_past_64_bits_is_a_clear_error(core: Core) -> None:
+    with pytest.raises(CoreError) as info:
+        core.open_tab(TestBuyer.new().address, SELLER, network=NETWORK, ttl_seconds=2**63)
+    assert (info.value.reason, info.value.status) == ("invalid_ttl", 400)
+
+
 # -- G-v2 validation, voids, certificates ------------------------------------------------------
 
 
@@ -359,6 +384,39 @@ def test_a_guarantee_past_its_validation_deadline_is_neither_scored_nor_held_ope
     assert core.expire_validations() == 2
     assert {core.guarantee(g.guarantee_id).state for g in (late, held)} == {"cancelled"}
     assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["certify", "certify_many"])
+def test_a_guarantee_voided_while_its_certificate_is_signed_gets_none(
+    core: Core, buyer: TestBuyer, many: bool
+) -> None:
+    """Signing happens outside any transaction: a refund that commits meanwhile wins, and no
+    certificate is filed or handed out for the refunded guarantee."""
+    gid = core.accept(*buyer.pay(core, SELLER, 100)).guarantee_id
+    kept = core.accept(*buyer.pay(core, SELLER, 100)).guarantee_id
+    operator = core.operator
+
+    class RefundedMeanwhile:  # the Core's operator, but another thread refunds as it signs
+        def certify(self, message: bytes):  # type: ignore[no-untyped-def]
+            if core.guarantee(gid).state == "payable":
+                worker = threading.Thread(target=core.void, args=(gid,), kwargs={"by": SELLER})
+                worker.start()
+                worker.join()
+            return operator.certify(message)
+
+    core.operator = RefundedMeanwhile()  # type: ignore[assignment]
+    try:
+        if many:
+            assert set(core.certify_many([gid, kept])) == {kept}
+        else:
+            with pytest.raises(CoreError) as info:
+                core.certify(gid)
+            assert (info.value.reason, info.value.status) == ("guarantee_not_payable", 409)
+    finally:
+        core.operator = operator
+    assert core.guarantee(gid).state == "voided" and core.guarantee(gid).certificate is None
+    with pytest.raises(CoreError):
+        core.certify(gid)
 
 
 def test_no_new_certificate_for_a_refunded_or_cancelled_guarantee(
@@ -520,6 +578,9 @@ def test_cycle_lifecycle_with_payment_and_default(core: Core, clock: FakeClock) 
     assert core.tick()["resolved"] == 1
     paid = core.pay_net_debit(cycle.cycle_id, payer.address)
     assert (paid.paid, paid.status) == (400, "paid")
+    with pytest.raises(CoreError) as info:  # paid twice: said so, not "payment must be 1..0"
+        core.pay_net_debit(cycle.cycle_id, payer.address)
+    assert (info.value.reason, info.value.status) == ("already_paid", 409)
     assert core.position(payer.address, network=NETWORK).locked == 0
     # c1 is owed 340 of 460 owed in total; 400 has been paid in so far.
     assert core.claim_net_credit(cycle.cycle_id, c1.address) == 340 * 400 // 460
