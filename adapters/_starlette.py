@@ -12,7 +12,7 @@ from typing import Any
 from fourmica_x402.gate import Endpoint, Gate
 from fourmica_x402.gate.lifecycle import Endpoints, Marker
 
-__all__ = ["StarletteRouter", "find_router"]
+__all__ = ["StarletteRouter"]
 
 Scope = MutableMapping[str, Any]
 
@@ -134,16 +134,3 @@ def _effective(context: Any) -> tuple[Any, str, Any]:
     if route is None:
         return context.original_route, context.path_format, context
     return route, getattr(route, "path", ""), None
-
-
-def find_router(app: Any) -> Any:
-    """The Starlette router at the end of a middleware chain, if there is one."""
-    try:  # by type: FastAPI 0.165's routers also match like the routes they stand for
-        from starlette.routing import Router
-    except ImportError:  # no Starlette: no router
-        return None
-    for _ in range(64):
-        if isinstance(app, Router) or isinstance(getattr(app, "router", None), Router):
-            return app if isinstance(app, Router) else app.router
-        app = getattr(app, "app", None)
-    return None

@@ -33,8 +33,9 @@ from fourmica_x402.gate import PASS, Endpoint, Gate, RequestView, Response
 from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Marker, Startup
 
 from ._body import BufferedBody
+from ._chain import applied_root_path, find_router
 from ._exchange import PaidExchange, send_response
-from ._starlette import StarletteRouter, find_router
+from ._starlette import StarletteRouter
 
 __all__ = ["PaymentMiddleware"]
 
@@ -91,18 +92,23 @@ class PaymentMiddleware:
         #: ``marker(route)``: a per-handler price on a route (FastAPI's ``Paid``), if any.
         self._given_router, self._marker = router, marker
         self._router: StarletteRouter | None = None
+        self._root = ""  # a root_path the app sets itself, which the router will route by
         self.startup = Startup()  # a bad configuration fails the start, then every request
         built = self.startup.attempt(lambda: gate or Gate(config or PaymentConfig(**options)))
         self.gate: Gate = built  # type: ignore[assignment]  # None only when the start fails
 
     def _check(self) -> None:  # once: find the router and check the route table against it
         router = self._given_router or find_router(self.app)
-        marker = self._marker or _no_marker
+        marker = self._marker or (lambda route: None)
         if self._marker is None and "fastapi" in sys.modules:  # its Paid, wherever it is
             from .fastapi import _marker as marker
-        self._router = StarletteRouter.start(self.gate, router, marker)
+        self._router, self._root = (
+            StarletteRouter.start(self.gate, router, marker),
+            applied_root_path(self.app),
+        )
 
     def _view(self, scope: Scope, receive: Any) -> RequestView:
+        scope = {**scope, "root_path": self._root} if self._root else scope
         resolve = None if self._router is None else self._router.resolver(scope)
         return request_view(scope, receive, resolve)
 
@@ -140,7 +146,3 @@ class PaymentMiddleware:
         scope.setdefault("state", {})["payment"] = scope[PAYMENT_KEY] = outcome.payment
         await PaidExchange(self.gate, outcome, receive, send).run(self.app, scope)
         return None
-
-
-def _no_marker(route: Any) -> Marker | None:
-    return None

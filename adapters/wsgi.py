@@ -21,6 +21,8 @@ from fourmica_x402.config import PaymentConfig
 from fourmica_x402.gate import PASS, Endpoint, Gate, RequestView, Response
 from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Meter, Startup
 
+from ._chain import forwarded
+
 __all__ = ["PAYMENT_KEY", "PaymentMiddleware", "request_view"]
 
 _CONTENT = {"CONTENT_TYPE": "content-type", "CONTENT_LENGTH": "content-length"}
@@ -77,6 +79,8 @@ class PaymentMiddleware:
         **options: Any,
     ) -> None:
         self.app = app
+        #: A ``ProxyFix`` inside (installed before this middleware): the environ the app sees.
+        self._seen = forwarded(app)
         self.gate = gate or Gate(config or PaymentConfig(**options))
         self.startup = Startup()
 
@@ -93,7 +97,8 @@ class PaymentMiddleware:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         if self.startup.run(self.check) is not None:
             return answer(start_response, self.startup.refusal)
-        view = request_view(environ, self.resolver(environ))
+        seen = environ if self._seen is None else self._seen(environ)  # host, scheme, client
+        view = request_view(seen, self.resolver(seen))
         outcome = Gate.run_sync(self.gate.before(view))
         if outcome is PASS:
             return self.app(environ, start_response)  # type: ignore[no-any-return]

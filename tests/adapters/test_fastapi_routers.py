@@ -355,6 +355,33 @@ def test_the_pure_middleware_on_a_fastapi_app_prices_as_fourmicax402_does(core: 
             )
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # FastAPI(root_path=) is deprecated
+def test_the_pure_middleware_outside_a_fastapi_app_routes_by_its_root_path(core: Core) -> None:
+    """``FastAPI(root_path="/api")`` sets the root path on each request itself, after a
+    middleware wrapped around the app has seen it; the router then serves ``/api/premium``
+    as ``/premium``. The gate routes by it too: that path is priced, not passed through free."""
+    from fourmica_x402.adapters.asgi import PaymentMiddleware
+
+    api = FastAPI(root_path="/api")
+    calls: collections.Counter[str] = collections.Counter()
+
+    @api.get("/premium")
+    def premium() -> dict[str, bool]:
+        calls["premium"] += 1
+        return {"premium": True}
+
+    app = PaymentMiddleware(
+        api, pay_to=SELLER, core=core, network=NETWORK, routes={"GET /premium": "$0.50"}
+    )
+    with TestClient(app) as client:
+        for path in ("/premium", "/api/premium"):
+            assert client.get(path).status_code == 402, path
+        assert calls["premium"] == 0
+        amount, headers = pay(core, client, "/api/premium")
+        paid = client.get("/api/premium", headers=headers)
+        assert amount == 500_000 and paid.status_code == 200 and calls["premium"] == 1
+
+
 def test_paid_refuses_a_payment_made_at_the_tables_price(core: Core) -> None:
     """A gate that does not see a route's ``Paid`` (told so: ``marker=``) prices it by a table
     entry covering it: ``Paid`` refuses that payment (503) rather than selling its handler at

@@ -246,6 +246,45 @@ def test_a_path_flask_does_not_serve_on_a_paid_rule_is_never_charged(core: Core)
     assert client.get("/premium", headers=headers).status_code == 200  # still good for its rule
 
 
+def test_a_proxyfix_installed_before_the_extension_routes_the_gate_too(core: Core) -> None:
+    """``app.wsgi_app = ProxyFix(...)`` right after ``Flask()`` sits inside the gate: with
+    subdomain matching Flask routes by the forwarded host, and so does the gate now (it
+    resolved on the raw Host and served the priced subdomain's view free)."""
+    from flask import Blueprint
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    app = make_app(pay_to=SELLER, network=NETWORK, core=core, routes={"GET /report": "$0.50"})
+    app.subdomain_matching, app.config["SERVER_NAME"] = True, "example.com"
+    app.url_map.host_matching = False
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_host=1)  # type: ignore[method-assign]
+    premium = Blueprint("premium", __name__, subdomain="premium")
+    served: list[str] = []
+
+    @premium.get("/report")
+    def report() -> Any:
+        served.append(request.host)
+        return {"report": True}
+
+    app.register_blueprint(premium)
+    FourmicaX402(app).check()
+    client = app.test_client()
+    forwarded = {"Host": "example.com", "X-Forwarded-Host": "premium.example.com"}
+    for headers in ({"Host": "premium.example.com"}, forwarded):
+        resp = client.get("/report", headers=headers)
+        assert resp.status_code == 402, (headers, resp.status_code)
+    assert served == []
+    buyer = funded(core)
+    challenge = client.get("/report", headers=forwarded)
+    req = decode_payment_required(challenge.headers["payment-required"]).accepts[0]
+    assert req.amount == "500000"  # the resource as the buyer addressed it, forwarded host
+    assert challenge.get_json()["accepts"][0]["resource"] == "http://premium.example.com/report"
+    body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": req.to_dict()}
+    tab = client.post("/x402/tab", json=body, headers=forwarded).get_json()
+    name, value = payment_header(buyer, req, tab)
+    paid_resp = client.get("/report", headers={**forwarded, name: value})
+    assert paid_resp.status_code == 200 and served == ["premium.example.com"]
+
+
 def test_paid_methods_answers_405_for_the_others_without_running_the_view(core: Core) -> None:
     app = make_app(pay_to=SELLER, network=NETWORK, core=core)
     FourmicaX402(app)

@@ -1,0 +1,65 @@
+"""What lies down a middleware chain, seen from the payment middleware outside it: the
+Starlette router that will route the request, a ``root_path`` an app there sets itself, and
+Werkzeug's ``ProxyFix`` rewriting the host Flask routes by (docs/architecture.md, "Which
+route is priced")."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["applied_root_path", "find_router", "forwarded"]
+
+
+def applied_root_path(app: Any) -> str:
+    """The ``root_path`` a FastAPI app down a middleware chain sets on every request itself
+    (``FastAPI(root_path=...)``), which a middleware outside it must apply to route as it will."""
+    fastapi = sys.modules.get("fastapi")
+    for _ in range(64):
+        if app is None or fastapi is None:
+            return ""
+        if isinstance(app, fastapi.FastAPI) and app.root_path:
+            return str(app.root_path)
+        app = getattr(app, "app", None)
+    return ""
+
+
+def find_router(app: Any) -> Any:
+    """The Starlette router at the end of a middleware chain, if there is one."""
+    try:  # by type: FastAPI 0.165's routers also match like the routes they stand for
+        from starlette.routing import Router
+    except ImportError:  # no Starlette: no router
+        return None
+    for _ in range(64):
+        if isinstance(app, Router) or isinstance(getattr(app, "router", None), Router):
+            return app if isinstance(app, Router) else app.router
+        app = getattr(app, "app", None)
+    return None
+
+
+def forwarded(app: Any) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+    """The environ a WSGI app down the chain will see, when ``ProxyFix`` instances sit between
+    (installed before the payment middleware): with subdomain or host matching, Flask routes
+    by the forwarded host. None when there is none."""
+    try:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+    except ImportError:  # no Werkzeug: no ProxyFix
+        return None
+    clones = []
+    for _ in range(64):
+        if isinstance(app, ProxyFix):  # the same settings, handing the environ back
+            clones.append(copy.copy(app))
+            clones[-1].app = lambda environ, start_response: []
+        app = getattr(app, "app", None)
+    if not clones:
+        return None
+
+    def fixed(environ: dict[str, Any]) -> dict[str, Any]:
+        environ = dict(environ)
+        for clone in clones:  # outermost first, as the request meets them
+            clone(environ, lambda *args: None)  # type: ignore[arg-type]
+        return environ
+
+    return fixed
