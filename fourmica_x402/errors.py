@@ -147,9 +147,24 @@ class CoreError(FourmicaError):
     status = 409
     reason = "invalid_state"
 
-    def __init__(self, message: str | None = None, *, reason: str, status: int = 409) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        reason: str,
+        status: int = 409,
+        state: str | None = None,
+    ) -> None:
         super().__init__(message, reason=reason)
         self.status = status
+        #: The guarantee's state when that is why it was refused (a void of one voided already).
+        self.state = state
+
+    def to_dict(self) -> dict[str, Any]:
+        answer = super().to_dict()
+        if self.state is not None:
+            answer["state"] = self.state
+        return answer
 
 
 class PaymentError(FourmicaError):

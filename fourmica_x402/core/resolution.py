@@ -73,7 +73,9 @@ def void(
         (now, guarantee_id),
     ):
         raise CoreError(
-            f"guarantee is {row[5]}, it can no longer be voided", reason="invalid_state"
+            f"guarantee is {row[5]}, it can no longer be voided",
+            reason="invalid_state",
+            state=row[5],
         )
     # The position before the cycle's pair, in the order an acceptance takes them (its lock,
     # then the pair it joins): the other order deadlocked against it on PostgreSQL.

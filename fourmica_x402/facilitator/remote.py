@@ -216,10 +216,12 @@ class HttpFacilitator:
                 coded = "reason" not in data and "message" in data
                 reason = data.get("error") if coded else data.get("reason")
                 message = data.get("message") if coded else data.get("error") or data.get("message")
+            state = data.get("state") if isinstance(data, dict) else None
             raise CoreError(
                 str(message or status),
                 reason=str(reason or "facilitator_error"),
                 status=status,
+                state=state if isinstance(state, str) else None,
             )
         return data
 

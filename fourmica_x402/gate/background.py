@@ -114,7 +114,10 @@ class Reconciler:
                 except FourmicaError as exc:
                     detail = exc.reason
                     unknown = exc.status == 404 or exc.reason == "unknown_guarantee"
-                    if unknown and now - created > self.UNKNOWN_FOR:
+                    refunded = getattr(exc, "state", None) in ("voided", "cancelled")
+                    if refunded and item.kind != "score":  # an earlier try went through
+                        status = "voided"
+                    elif unknown and now - created > self.UNKNOWN_FOR:
                         status = "never_accepted"
                     elif not unknown and exc.status < 500:
                         status = "abandoned"  # e.g. netted, cancelled or voided already

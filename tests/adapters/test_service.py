@@ -521,6 +521,64 @@ class _DropFirst(httpx.BaseTransport):
         return response
 
 
+class _LoseVoidAnswers(httpx.HTTPTransport):
+    """Real HTTP to the service; the first void's answer is lost after the service applied it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.voids = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if request.url.path.endswith("/void"):
+            self.voids += 1
+            if self.voids == 1:
+                response.read()
+                raise httpx.ReadTimeout("timed out", request=request)
+        return response
+
+
+def test_a_refund_applied_but_unanswered_is_recorded_refunded(
+    served_sandbox: Any, core: Core, tmp_path: Path
+) -> None:
+    """The handler fails, the void goes through but its answer is lost: the retry meets a
+    guarantee voided already, which is the refund done (the record said ``kept``)."""
+    from flask import Flask
+    from fourmica_x402.adapters.flask import FourmicaX402
+
+    url, _ = served_sandbox
+    transport = _LoseVoidAnswers()
+    app = Flask(__name__)
+    ext = FourmicaX402(
+        app,
+        pay_to=SELLER,
+        routes={"GET /premium": "$0.01"},
+        facilitator=HttpFacilitator(url, transport=transport, timeout=5),
+        records=str(tmp_path / "records.db"),
+    )
+    app.add_url_rule("/premium", "premium", lambda: ({"error": "broken"}, 500))
+    client = app.test_client()
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 100_000, network=NETWORK)
+    challenge = client.get("/premium")
+    req = decode_payment_required(challenge.headers["payment-required"]).accepts[0]
+    tab = core.open_tab(buyer.address, SELLER, network=NETWORK, asset=req.asset)
+    name, value = payment_header(buyer, req, tab.to_json())
+    failed = client.get("/premium", headers={name: value})
+    failed.close()  # the response is over: the refund starts
+    assert failed.status_code == 500 and ext.gate is not None
+    ext.gate.flush()
+    records = ext.gate.records
+    for _ in range(600):  # bounded (30 s): the reconciler retries in the background
+        if records.query()[0].outcome == "refunded":
+            break
+        time.sleep(0.05)
+    [record] = records.query()
+    assert (record.outcome, transport.voids) == ("refunded", 2)
+    assert records.followup(record.guarantee_id)[:1] == ("voided",)  # type: ignore[index]
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
 @pytest.mark.parametrize("after", [False, True], ids=["before-service", "after-service"])
 def test_http_facilitator_opens_a_tab_again_when_the_connection_drops(
     core: Core, served: tuple[str, uvicorn.Server], after: bool
