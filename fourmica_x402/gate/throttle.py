@@ -12,6 +12,10 @@ import time
 from ..errors import Reason, Throttled
 from .types import Response, error_response
 
+#: Keys counted at most (memory under a flood of addresses): past it, stale keys go first,
+#: then the ones not blocked, oldest first; a blocked key goes last.
+MAX_KEYS = 100_000
+
 
 class Throttle:
     """Counts invalid payments per key in a sliding window (in-process)."""
@@ -36,11 +40,24 @@ class Throttle:
     def hit(self, *keys: str | None) -> None:
         now = time.monotonic()
         with self._lock:
-            if len(self._hits) > 100_000:  # bounded memory under a flood of addresses
-                self._hits.clear()
+            if len(self._hits) > MAX_KEYS:
+                self._prune(now)
             for key in keys:
                 if key:
                     self._hits.setdefault(key, []).append(now)
+
+    def _prune(self, now: float) -> None:
+        """Down to half of :data:`MAX_KEYS` (so the next prune is as far off): a flood of new
+        keys must not clear who is blocked (it would unblock them)."""
+        live = {k: [t for t in h if t > now - self.window] for k, h in self._hits.items()}
+        live = {k: h for k, h in live.items() if h}
+        room = MAX_KEYS // 2
+        if len(live) > room:
+            blocked = [k for k, h in live.items() if len(h) >= self.limit][-room:]
+            others = [k for k, h in live.items() if len(h) < self.limit]
+            kept = others[len(others) - (room - len(blocked)) :] if room > len(blocked) else []
+            live = {k: live[k] for k in kept + blocked}  # the newest of each
+        self._hits = live
 
     def refused(self, client: str | None, payer: str, reason: str | None) -> None:
         """Throttle who caused a refusal, and only them.

@@ -479,6 +479,23 @@ def test_invalid_payments_are_throttled(make_seller: Any) -> None:
     assert seller.request("GET", "/premium").status == 402  # asking for terms is never throttled
 
 
+def test_a_flood_of_new_keys_does_not_unblock_a_throttled_client() -> None:
+    """The throttle's memory is bounded; past its size it drops stale and unblocked keys,
+    never who is blocked (it cleared everything: a flood of signed refusals unblocked all)."""
+    from fourmica_x402.gate.throttle import MAX_KEYS, Throttle
+
+    throttle = Throttle(limit=3, window=60)
+    throttle.hit("attacker", "attacker", "attacker")
+    assert throttle.blocked("attacker") > 0
+    for i in range(MAX_KEYS + 10):
+        throttle.hit(f"payer-{i}")
+    assert throttle.blocked("attacker") > 0
+    assert len(throttle._hits) <= MAX_KEYS // 2 + 10
+    assert (
+        throttle.blocked(f"payer-{MAX_KEYS + 9}") == 0 and f"payer-{MAX_KEYS + 9}" in throttle._hits
+    )
+
+
 def test_browser_gets_an_html_paywall(seller: Any) -> None:
     resp = seller.request("GET", "/premium", headers={"Accept": "text/html,application/xhtml+xml"})
     assert resp.status == 402 and resp.headers["content-type"].startswith("text/html")
