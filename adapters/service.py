@@ -51,7 +51,7 @@ from fourmica_x402.server import (
     render_dashboard,
 )
 from fourmica_x402.server import sandbox as sandbox_api
-from fourmica_x402.server.base import MAX_BODY, failure
+from fourmica_x402.server.base import MAX_BODY, cross_origin, failure
 from fourmica_x402.server.dashboard import dashboard
 from fourmica_x402.server.metrics import metrics
 from fourmica_x402.wire import SCHEME
@@ -111,6 +111,10 @@ def _endpoint(
     async def endpoint(request: Request) -> Response:
         start = time.perf_counter()
         try:
+            if request.method == "POST" and (
+                refused := cross_origin(request.headers.get("origin"), request.headers.get("host"))
+            ):
+                return _response(refused)
             call = _call(request, await _body(request))
             if blocking:
                 result = await asyncio.to_thread(handler, service, call)

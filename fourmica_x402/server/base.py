@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from fourmica_x402._json import loads_checked
 from fourmica_x402.core.common import INT64_MAX
@@ -100,6 +101,15 @@ def parse_body(raw: bytes) -> Any:
         return loads_checked(raw, parse_float=_finite, parse_constant=_no_constant)
     except (ValueError, RecursionError):
         return None
+
+
+def cross_origin(origin: str | None, host: str | None) -> Reply | None:
+    """A browser's request from another site (its ``Origin`` names another host than the one
+    it was sent to): refused, so a page cannot change a service no key guards (a sandbox
+    without ``--api-key``). Clients that are not browsers send no ``Origin``."""
+    if origin is None or (host and urlsplit(origin).netloc.lower() == host.lower()):
+        return None
+    return error(403, "cross_origin", "requests from another site's pages are refused")
 
 
 def error(status: int, code: str, message: str) -> Reply:

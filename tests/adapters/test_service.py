@@ -481,6 +481,30 @@ def test_a_remote_facilitator_without_a_registry_is_warned_about_once(
     assert len(warned) == 1 and "validation_registry" in warned[0].getMessage()
 
 
+def test_a_page_of_another_site_cannot_change_a_keyless_sandbox(core: Core) -> None:
+    """``serve --sandbox`` without a key takes every call; a page the developer visits could
+    post to it from the browser (a text/plain body is a 'simple' request). A foreign Origin
+    is refused; the same origin, and clients without one (not browsers), are served."""
+    client = TestClient(create_app(core, sandbox=True, tick_interval=None))
+    hook = {"url": "http://evil.example/hook", "events": ["*"]}
+    deposit = {"address": TestBuyer.new().address, "amount": 5}
+    for path, body in (("/admin/webhooks", hook), ("/sandbox/deposit", deposit)):
+        for origin in ("http://evil.example", "null"):
+            answer = client.post(
+                path,
+                content=json.dumps(body),
+                headers={"content-type": "text/plain", "origin": origin},
+            )
+            assert (answer.status_code, answer.json()["error"]) == (403, "cross_origin"), path
+    assert client.get("/admin/webhooks").json() == []  # no subscription was made
+    assert core.position(deposit["address"], network=NETWORK).collateral == 0
+    same = client.post("/sandbox/deposit", json=deposit, headers={"origin": "http://testserver"})
+    assert (
+        same.status_code == 200 and client.post("/sandbox/deposit", json=deposit).status_code == 200
+    )
+    assert core.position(deposit["address"], network=NETWORK).collateral == 10
+
+
 def test_http_facilitator_retries_idempotent_calls_only() -> None:
     calls: list[str] = []
 
