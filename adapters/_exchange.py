@@ -8,7 +8,10 @@ The gate is told the response's outcome once, when the app returned or raised
   task, a dependency's cleanup — cannot undo a delivery, even if it raises;
 - a response the server reported the client gone from (``http.disconnect``) before its end
   was not received whole: the payment is voided. Servers on ASGI 2.3 report it only this way
-  (a ``send`` after the client left does nothing, and Starlette's streaming response stops);
+  (a ``send`` after the client left does nothing, and Starlette's streaming response stops).
+  An app that never reads ``receive`` after the request body (a handler computing its whole
+  answer) is not told, so the exchange listens itself once the body is read (or at once,
+  for a request without one) and hands the app what it heard;
 - an app that returns without its last body message (or without any response) did not
   deliver: the client gets a cut body or the server's 500, so the payment is voided. The
   file-sending extensions end a response too: ``http.response.pathsend``, and a
@@ -21,6 +24,7 @@ cancelled as soon as its last message went out.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -59,7 +63,18 @@ def _decode(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
 class PaidExchange:
     """``await PaidExchange(gate, paid, receive, send).run(app, scope)``."""
 
-    __slots__ = ("_complete", "_ending", "_left", "_receive", "_send", "judge", "meter")
+    __slots__ = (
+        "_complete",
+        "_ending",
+        "_heard",
+        "_left",
+        "_listener",
+        "_read",
+        "_receive",
+        "_send",
+        "judge",
+        "meter",
+    )
 
     def __init__(self, gate: Gate, paid: Any, receive: Any, send: Any) -> None:
         self.meter = Meter(gate, paid)
@@ -67,15 +82,24 @@ class PaidExchange:
         self._receive, self._send = receive, send
         self._ending = False  # the last body message is on its way: a disconnect now is late
         self._complete = self._left = False
+        #: Once the body is read, the exchange listens for the client leaving: what it heard,
+        #: in order, for the app's own later ``receive`` calls.
+        self._listener: asyncio.Task[None] | None = None
+        self._heard: asyncio.Queue[dict[str, Any]] | None = None
+        self._read = False  # the request body was read whole
 
     async def run(self, app: Any, scope: Any) -> None:
+        if not _has_body(scope):
+            self._listen()
         try:
             await app(scope, self.receive, self.send)
         except BaseException as exc:  # told with it (and it goes on), unless already delivered
+            self._stop_listening()
             await self._done(None if self._complete else exc)
             raise
+        self._stop_listening()
         error: BaseException | None = None
-        if self._left and not self._complete:
+        if self._left:  # before the last body message went out: not received whole
             error = ConnectionAbortedError(_LEFT)
         elif not self._complete and self.meter.replacement is None:
             error = RuntimeError(_UNFINISHED)  # the server answers the rest (a 500, a cut body)
@@ -116,13 +140,54 @@ class PaidExchange:
         self._complete = True  # the whole response went out
 
     async def receive(self) -> dict[str, Any]:
-        message: dict[str, Any] = await self._receive()
+        heard, listener = self._heard, self._listener
+        if heard is not None and listener is not None:  # the exchange listens: what it heard
+            if heard.empty() and listener.done():  # it stopped (see _hear): ask the server
+                return self._note(await self._receive())
+            message = await heard.get()
+            if message["type"] == "http.disconnect":
+                heard.put_nowait(message)  # said again to any later call
+            return message
+        message = self._note(await self._receive())
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            self._read = True
+            self._listen()  # the body is read: from now on only a disconnect can come
+        return message
+
+    def _note(self, message: dict[str, Any]) -> dict[str, Any]:
         kind = message["type"]
         if kind == "http.request":  # hashed as read (docs/operations.md)
             self.meter.received(message.get("body", b""), not message.get("more_body", False))
         elif kind == "http.disconnect" and not self._ending:
             self._left = True
         return message
+
+    def _listen(self) -> None:
+        self._heard = asyncio.Queue()
+        self._listener = asyncio.ensure_future(self._hear())
+
+    async def _hear(self) -> None:
+        assert self._heard is not None
+        while True:
+            message = self._note(await self._receive())
+            self._heard.put_nowait(message)
+            if message["type"] != "http.request" or self._read:
+                return  # the client left; or a server saying the body again: nothing to hear
+            self._read = not message.get("more_body", False)
+
+    def _stop_listening(self) -> None:  # the exchange is over: its pending receive too
+        if self._listener is not None:
+            self._listener.cancel()
+
+
+def _has_body(scope: Any) -> bool:
+    """Whether the request says it carries a body (a length above 0, or chunks)."""
+    for key, value in scope.get("headers", ()):
+        if key.lower() == b"transfer-encoding" or (
+            key.lower() == b"content-length" and value.strip() not in (b"", b"0")
+        ):
+            return True
+    return False
 
 
 def app_below(app: Any, dispatch: Any) -> Any:

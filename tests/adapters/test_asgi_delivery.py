@@ -239,6 +239,70 @@ def test_a_stream_read_to_its_end_on_asgi_2_3_is_charged(core: Core) -> None:
         assert settled(core, gate_of(app.middleware_stack)) == [("payable", "delivered")]
 
 
+@pytest.mark.parametrize("body", [b"", b'{"doc": "x"}'], ids=["get", "post-read-first"])
+@pytest.mark.parametrize("leaves", [True, False], ids=["client-leaves", "client-stays"])
+def test_a_client_leaving_while_a_handler_computes_its_answer_is_not_charged(
+    core: Core, body: bytes, leaves: bool
+) -> None:
+    """A handler that computes its whole answer never reads ``receive`` again, so the app is
+    not told the client left (uvicorn drops the late write silently): the exchange listens
+    itself once the body is read, and a client gone before the answer is not charged."""
+    computed: list[str] = []
+
+    async def handler(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            return await Starlette()(scope, receive, send)  # type: ignore[no-any-return]
+        if body:  # reads its request whole first, as a JSON handler does
+            assert (await receive())["body"] == body
+        await asyncio.sleep(0.3)  # the work
+        computed.append("answer")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"the answer"})
+        return None
+
+    method = "POST" if body else "GET"
+    app = PaymentMiddleware(handler, pay_to=SELLER, routes={f"{method} /work": "$0.01"}, core=core)
+    with TestClient(app) as client:
+        buyer = TestBuyer.new()
+        core.deposit(buyer.address, 10**9, network=NETWORK)
+        challenge = client.request(method, "/work", content=body)
+        req = decode_payment_required(challenge.headers["payment-required"]).accepts[0]
+        version = 2 if "validatorAddress" in req.extra else 1
+        tab = core.open_tab(buyer.address, SELLER, network=NETWORK, guarantee_version=version)
+        name, value = payment_header(buyer, req, tab.to_json())
+    sent: list[dict[str, Any]] = []
+
+    async def exchange() -> None:
+        done = asyncio.Event()
+        told: list[str] = []
+
+        async def receive() -> dict[str, Any]:
+            if not told:
+                told.append("body")
+                return {"type": "http.request", "body": body, "more_body": False}
+            if leaves:
+                await asyncio.sleep(0.05)  # the client hangs up while the handler works
+            else:
+                await done.wait()  # as servers do once the response is complete
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)  # ASGI 2.3: a send after the client left goes nowhere
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                done.set()
+
+        headers = [(b"host", b"testserver"), (name.lower().encode(), value.encode())]
+        if body:
+            headers.append((b"content-length", str(len(body)).encode()))
+        scope = {**scope_of("/work", (b"x-unused", b"")), "method": method, "headers": headers}
+        await asyncio.wait_for(app(scope, receive, send), 10)
+
+    asyncio.run(exchange())
+    assert computed == ["answer"] and sent[0]["status"] == 200
+    expected = ("voided", "refunded") if leaves else ("payable", "delivered")
+    assert settled(core, app.gate) == [expected]
+
+
 @pytest.mark.parametrize("ending", ["cut-body", "no-body", "nothing"])
 def test_an_app_that_returns_before_its_response_ended_is_not_charged(
     core: Core, ending: str
