@@ -266,17 +266,10 @@ class HttpFacilitator:
                     return data[name]
             raise Unavailable(f"facilitator tab answer lacks {names[0]}")
 
-        return Tab(
-            tab_id=parse_amount(pick("tabId", "tab_id")),
-            user_address=str(pick("userAddress", "user_address")),
-            recipient_address=str(pick("recipientAddress", "recipient_address")),
-            network=network,
-            asset_address=str(pick("assetAddress", "asset_address")),
-            guarantee_version=version,
-            start_timestamp=int(pick("startTimestamp", "start_timestamp")),
-            ttl_seconds=int(pick("ttlSeconds", "ttl_seconds")),
-            next_req_id=parse_amount(pick("nextReqId", "next_req_id", "reqId", "req_id")),
-        )
+        try:
+            return _tab_of(pick, network, version)
+        except (ValueError, TypeError, OverflowError):  # ids, times that are not numbers
+            raise Unavailable("facilitator tab answer is malformed") from None
 
     def open_tab(
         self,
@@ -365,3 +358,17 @@ class HttpFacilitator:
         if self._apool is not None and self._apool[0] is asyncio.get_running_loop():
             await self._apool[1].aclose()
         self._apool = None
+
+
+def _tab_of(pick: Any, network: str, version: int) -> Tab:
+    return Tab(
+        tab_id=parse_amount(pick("tabId", "tab_id")),
+        user_address=str(pick("userAddress", "user_address")),
+        recipient_address=str(pick("recipientAddress", "recipient_address")),
+        network=network,
+        asset_address=str(pick("assetAddress", "asset_address")),
+        guarantee_version=version,
+        start_timestamp=int(pick("startTimestamp", "start_timestamp")),
+        ttl_seconds=int(pick("ttlSeconds", "ttl_seconds")),
+        next_req_id=parse_amount(pick("nextReqId", "next_req_id", "reqId", "req_id")),
+    )

@@ -498,11 +498,60 @@ def test_a_page_of_another_site_cannot_change_a_keyless_sandbox(core: Core) -> N
             assert (answer.status_code, answer.json()["error"]) == (403, "cross_origin"), path
     assert client.get("/admin/webhooks").json() == []  # no subscription was made
     assert core.position(deposit["address"], network=NETWORK).collateral == 0
-    same = client.post("/sandbox/deposit", json=deposit, headers={"origin": "http://testserver"})
-    assert (
-        same.status_code == 200 and client.post("/sandbox/deposit", json=deposit).status_code == 200
-    )
+    # a page whose DNS name was rebound to the service: same origin, but not a name it has
+    rebound = {"origin": "http://rebound.example:8402", "host": "rebound.example:8402"}
+    answer = client.post("/sandbox/deposit", json=deposit, headers=rebound)
+    assert (answer.status_code, answer.json()["error"]) == (403, "cross_origin")
+    assert core.position(deposit["address"], network=NETWORK).collateral == 0
+    local = {"origin": "http://localhost:8402", "host": "localhost:8402"}
+    assert client.post("/sandbox/deposit", json=deposit, headers=local).status_code == 200
+    assert client.post("/sandbox/deposit", json=deposit).status_code == 200  # not a browser
     assert core.position(deposit["address"], network=NETWORK).collateral == 10
+    public = TestClient(
+        create_app(core, sandbox=True, tick_interval=None, public_url="https://x402.example")
+    )
+    named = {"origin": "https://x402.example", "host": "x402.example"}
+    assert public.post("/sandbox/deposit", json=deposit, headers=named).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "answer", [{"tabId": "zz"}, {"startTimestamp": {}}, {"ttlSeconds": 1e400}], ids=str
+)
+def test_a_malformed_tab_answer_is_a_503_at_the_tab_endpoint(
+    tmp_path: Path, answer: dict[str, Any]
+) -> None:
+    good = {
+        "tabId": "0x1",
+        "userAddress": _USER,
+        "recipientAddress": SELLER,
+        "assetAddress": "0x036CbD53842c5426634e7929541eC2318f3dCF7e",
+        "startTimestamp": 1,
+        "ttlSeconds": 60,
+        "nextReqId": "0x0",
+    }
+    text = json.dumps({**good, **answer}).replace("Infinity", "1e400")
+    mock = httpx.MockTransport(lambda request: httpx.Response(200, content=text.encode()))
+    remote = HttpFacilitator("http://f.test", transport=mock, async_transport=mock, retries=0)
+    config = PaymentConfig(
+        pay_to=SELLER,
+        routes={"GET /premium": "$0.01"},
+        facilitator=remote,
+        records=str(tmp_path / "r.db"),
+        tab_endpoint="http://testserver/x402/tab",
+    )
+    app = Starlette(
+        routes=[Route("/premium", lambda r: JSONResponse({}))],
+        middleware=[Middleware(PaymentMiddleware, config=config)],
+    )
+    client = TestClient(app)
+    req = decode_payment_required(client.get("/premium").headers["payment-required"]).accepts[0]
+    body = {"x402Version": 2, "userAddress": _USER, "paymentRequirements": req.to_dict()}
+    answered = client.post("/x402/tab", json=body)
+    assert answered.status_code == 503, answered.text
+    with pytest.raises(Unavailable):
+        remote.open_tab(
+            user=_USER, recipient=SELLER, network=NETWORK, asset=req.asset, guarantee_version=1
+        )
 
 
 def test_http_facilitator_retries_idempotent_calls_only() -> None:
