@@ -32,7 +32,10 @@ class Throttle:
         now = time.monotonic()
         with self._lock:
             hits = [t for t in self._hits.get(key, ()) if t > now - self.window]
-            self._hits[key] = hits
+            if hits:
+                self._hits[key] = hits
+            else:  # asked about, never (or no longer) counted: nothing to keep
+                self._hits.pop(key, None)
             if len(hits) >= self.limit:
                 return hits[0] + self.window - now
         return 0.0

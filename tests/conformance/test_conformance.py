@@ -494,6 +494,9 @@ def test_a_flood_of_new_keys_does_not_unblock_a_throttled_client() -> None:
     assert (
         throttle.blocked(f"payer-{MAX_KEYS + 9}") == 0 and f"payer-{MAX_KEYS + 9}" in throttle._hits
     )
+    for i in range(1000):  # asking about keys never counted keeps nothing
+        assert throttle.blocked(f"asked-{i}") == 0
+    assert not any(key.startswith("asked-") for key in throttle._hits)
 
 
 def test_browser_gets_an_html_paywall(seller: Any) -> None:
