@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from fractions import Fraction
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from .._eth import parse_address
-from ..errors import CoreError, Reason
+from ..errors import CoreError, GuaranteeRejected, Reason
 from ..guarantee import Eip712Domain, SignedGuarantee
 from . import acceptance, certs, collateral, cycles, queries, resolution, tabs, withdrawals
 from ._reads import Reads
@@ -55,7 +55,7 @@ from .models import (
     Withdrawal,
 )
 from .schema import migrate
-from .store import Conflict, Store, Tx, open_store
+from .store import Conflict, Store, Tx, WouldBlock, open_store
 from .store.deferred import Task
 
 __all__ = ["SANDBOX_CONTRACT", "SANDBOX_REGISTRY", "Core", "CoreConfig"]
@@ -235,6 +235,11 @@ class Core(Alerting, Reads):
                     also(tx, accepted)
         except Conflict:
             raise rejected(Reason.REPLAYED_REQUEST_ID) from None
+        except GuaranteeRejected as exc:  # a full tab is not handed out again
+            if exc.reason == Reason.TAB_TOTAL_EXCEEDED:
+                with suppress(WouldBlock), self._write(nowait) as (tx, _):
+                    tabs.retire(tx, claims.tab_id)
+            raise
         return accepted
 
     def certify(self, guarantee_id: str) -> Certificate:
@@ -264,12 +269,10 @@ class Core(Alerting, Reads):
         done, fresh = certs.sign_missing(self.operator, found)  # outside any transaction
         if fresh or (also is not None and done):
             with self.store.transaction() as tx:
-                stored = certs.save_many(tx, fresh)
-                for gid in fresh:  # none for a guarantee voided or cancelled meanwhile
-                    if gid in stored:
-                        done[gid] = stored[gid]
-                    else:
-                        del done[gid]
+                stored = certs.save_many(tx, fresh)  # none for one voided meanwhile
+                done = {
+                    g: stored.get(g, c) for g, c in done.items() if g in stored or g not in fresh
+                }
                 if also is not None:
                     also(tx, done)
         return done

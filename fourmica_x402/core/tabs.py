@@ -54,6 +54,11 @@ def checked_ttl(ttl: int) -> int:
     return ttl
 
 
+def retire(tx: Tx, tab_id: int) -> None:
+    """A tab refused a payment as full (``tab_total_exceeded``): the next tab call opens anew."""
+    tx.execute("DELETE FROM fx_active_tabs WHERE tab_id = ?", (hex_id(tab_id),))
+
+
 def open_tab_count(tx: Tx, recipient: str, now: int) -> int:
     row = tx.one(f"SELECT COUNT(*) {_OPEN_TABS_SQL}", (recipient, now))
     return int(row[0]) if row else 0

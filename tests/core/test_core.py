@@ -100,6 +100,21 @@ def test_a_tab_whose_running_total_would_pass_64_bits_refuses_the_payment(
     assert core.accept(fresh, expected).total_amount == 10
 
 
+def test_a_tab_that_refused_a_payment_as_full_is_not_handed_out_again(core: Core) -> None:
+    whale = TestBuyer.new()
+    core.deposit(whale.address, 2**63 - 1, network=NETWORK)
+    first = core.accept(*whale.pay(core, SELLER, 4 * 10**18))
+    core.void(first.guarantee_id, by=SELLER)
+    signed, expected = whale.pay(core, SELLER, 6 * 10**18)
+    assert signed.claims.tab_id == first.tab_id  # its total (4e18) still leaves room in general
+    with pytest.raises(GuaranteeRejected) as info:
+        core.accept(signed, expected)
+    assert reason(info) == "tab_total_exceeded"
+    again, again_expected = whale.pay(core, SELLER, 6 * 10**18)  # the buyer asks for a tab
+    assert again.claims.tab_id != first.tab_id
+    assert core.accept(again, again_expected).total_amount == 6 * 10**18
+
+
 def test_verify_checks_capacity_and_changes_nothing(core: Core, buyer: TestBuyer) -> None:
     signed, expected = buyer.pay(core, SELLER, 10_000)
     assert core.verify(signed, expected) == buyer.address
