@@ -112,7 +112,11 @@ def _endpoint(
         start = time.perf_counter()
         try:
             if request.method == "POST" and (
-                refused := cross_origin(request.headers.get("origin"), request.headers.get("host"))
+                refused := cross_origin(
+                    request.headers.get("origin"),
+                    request.headers.get("host"),
+                    service.browser_hosts,
+                )
             ):
                 return _response(refused)
             call = _call(request, await _body(request))

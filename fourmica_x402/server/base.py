@@ -103,11 +103,18 @@ def parse_body(raw: bytes) -> Any:
         return None
 
 
-def cross_origin(origin: str | None, host: str | None) -> Reply | None:
+def cross_origin(
+    origin: str | None, host: str | None, names: frozenset[str] | None
+) -> Reply | None:
     """A browser's request from another site (its ``Origin`` names another host than the one
-    it was sent to): refused, so a page cannot change a service no key guards (a sandbox
-    without ``--api-key``). Clients that are not browsers send no ``Origin``."""
-    if origin is None or (host and urlsplit(origin).netloc.lower() == host.lower()):
+    it was sent to) is refused, so a page cannot change a service no key guards (a sandbox
+    without ``--api-key``); so is one sent to a host name not in ``names`` (when given): a
+    page whose DNS name was rebound to the service. Clients that are not browsers send no
+    ``Origin``."""
+    if origin is None:
+        return None
+    same = bool(host) and urlsplit(origin).netloc.lower() == str(host).lower()
+    if same and (names is None or urlsplit(f"//{host}").hostname in names):
         return None
     return error(403, "cross_origin", "requests from another site's pages are refused")
 

@@ -7,6 +7,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from fourmica_x402.alerts import AlertChecker
 from fourmica_x402.core import AlertRules, Core
@@ -54,6 +55,14 @@ class Service:
         self.metrics = Metrics(core)
         self.chain_id = get_network(network).chain_id
         self.keys = Keys(api_key, seller_keys, sandbox=sandbox)
+        #: Without keys nothing but the network guards the service: a browser's POST is taken
+        #: only when addressed to one of these names (a rebound DNS name is not one of them).
+        self.browser_hosts: frozenset[str] | None = None
+        if not api_key and not seller_keys:
+            named = urlsplit(public_url).hostname if public_url else None
+            self.browser_hosts = frozenset(
+                {"localhost", "127.0.0.1", "::1", *filter(None, [named])}
+            )
         self.new_tabs = NewTabLimits()
         self.alert_checker = None
         if alerts is not None and alerts.database_rules:
