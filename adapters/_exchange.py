@@ -69,6 +69,7 @@ class PaidExchange:
         "_heard",
         "_left",
         "_listener",
+        "_paid",
         "_read",
         "_receive",
         "_send",
@@ -79,6 +80,7 @@ class PaidExchange:
     def __init__(self, gate: Gate, paid: Any, receive: Any, send: Any) -> None:
         self.meter = Meter(gate, paid)
         self.judge = Judge.of(paid.route)  # None but for a route whose price judges its answers
+        self._paid = paid
         self._receive, self._send = receive, send
         self._ending = False  # the last body message is on its way: a disconnect now is late
         self._complete = self._left = False
@@ -95,9 +97,11 @@ class PaidExchange:
             await app(scope, self.receive, self.send)
         except BaseException as exc:  # told with it (and it goes on), unless already delivered
             self._stop_listening()
+            await self._ended()
             await self._done(None if self._complete else exc)
             raise
         self._stop_listening()
+        await self._ended()
         error: BaseException | None = None
         if self._left:  # before the last body message went out: not received whole
             error = ConnectionAbortedError(_LEFT)
@@ -174,6 +178,19 @@ class PaidExchange:
             if message["type"] != "http.request" or self._read:
                 return  # the client left; or a server saying the body again: nothing to hear
             self._read = not message.get("more_body", False)
+
+    async def _ended(self) -> None:
+        """A price that wants to know (a paid MCP call's) is told its request ended before its
+        answer went out: the app may still answer it later."""
+        if self._complete and not self._left:
+            return
+        price = getattr(getattr(self._paid.route, "config", None), "price", None)
+        told = getattr(price, "unanswered", None)
+        if told is not None:
+            try:
+                await told(self._paid.request)
+            except Exception:
+                logging.getLogger("fourmica_x402.gate").exception("unanswered() failed")
 
     def _stop_listening(self) -> None:  # the exchange is over: its pending receive too
         if self._listener is not None:

@@ -9,7 +9,9 @@ and replays it to the app), then:
   notification, a response…) and a call of a free tool pass free;
 - a ``tools/call`` of a priced tool is priced at that tool's price and paid as any route;
 - a request reusing the id of one still in flight in its session is refused (409): the server
-  answers by id, so it would get the other request's answer;
+  answers by id, so it would get the other request's answer; so is one reusing the id of a
+  paid call whose request ended unanswered (the client left), for good: the server may answer
+  it still, to whichever request holds the id then;
 - anything the gate cannot read the same way the server will is refused before any payment:
   a body too large (413), not UTF-8 JSON, with a duplicated key, not a JSON-RPC message, a
   batch holding a call, a tool name that is not listed, or that differs from a listed one
@@ -32,6 +34,7 @@ import json
 import unicodedata
 import weakref
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -75,6 +78,8 @@ TOOL_ERROR: Final = "mcp_tool_error"
 REFUSE: Final = object()
 
 TOOLS_CALL = "tools/call"
+#: Ids of paid calls left unanswered kept per tool server (the oldest forgotten first).
+UNANSWERED_KEPT = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +202,13 @@ class ToolPrice:
             "on_protected_request=tools.on_protected_request (or use McpTools.config)"
         )
 
+    async def unanswered(self, request: RequestView) -> None:
+        """The ASGI adapter: a paid call's request ended before its answer went out."""
+        for key in await self.tools.session_ids(request):
+            self.tools.unanswered[key] = None
+        while len(self.tools.unanswered) > UNANSWERED_KEPT:
+            self.tools.unanswered.popitem(last=False)
+
     def judge_response(
         self, status: int, headers: Iterable[tuple[str, str]], body: bytes | None
     ) -> str | None:
@@ -308,6 +320,8 @@ class McpTools:
         self._inflight: weakref.WeakValueDictionary[tuple[str, str], Any] = (
             weakref.WeakValueDictionary()
         )
+        #: (session, request id) of paid calls whose request ended unanswered: never reused.
+        self.unanswered: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     def lookup(self, name: str) -> Price | Refusal | None:
         """The price of calling ``name``: a price, None (free), or a refusal."""
@@ -357,26 +371,33 @@ class McpTools:
                 return clash.response()
         return None if priced else GRANT
 
-    async def _claim(self, request: RequestView) -> Refusal | None:
-        """Hold ``request``'s JSON-RPC ids in its session while it is in flight; a refusal when
-        another request of the session holds one (its answer would go to this one)."""
+    async def session_ids(self, request: RequestView) -> list[tuple[str, str]]:
+        """(session, id) of each JSON-RPC request ``request`` carries (none without a session)."""
         session = next(iter(request.header_values("mcp-session-id")), None)
-        holder = request.read_body
         body = await peek(request)
         if not session or not isinstance(body, bytes):
-            return None  # no session (each request is its own), or nothing to read
+            return []  # no session (each request is its own), or nothing to read
         messages = _parse(body)
-        keys = [
+        return [
             (session, str(m["id"]))
             for m in (messages if isinstance(messages, list) else [messages])
             if isinstance(m, dict) and "method" in m and m.get("id") is not None
         ]
+
+    async def _claim(self, request: RequestView) -> Refusal | None:
+        """Hold ``request``'s JSON-RPC ids in its session while it is in flight; a refusal when
+        another request of the session holds one (its answer would go to this one), or a paid
+        call left unanswered held it (the server may answer that call still)."""
+        holder = request.read_body
+        keys = await self.session_ids(request)
         for key in keys:
             other = self._inflight.get(key)
-            if other is not None and other is not holder and not getattr(other, "ended", False):
-                return Refusal(
-                    409, ID_IN_USE, f"request id {key[1]!r} is in flight in this session"
-                )
+            left = key in self.unanswered
+            if left or (
+                other is not None and other is not holder and not getattr(other, "ended", False)
+            ):
+                why = "a paid call's left unanswered" if left else "in flight"
+                return Refusal(409, ID_IN_USE, f"request id {key[1]!r} is {why} in this session")
         for key in keys:
             self._inflight[key] = holder
         return None

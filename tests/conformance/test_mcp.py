@@ -478,3 +478,78 @@ def test_a_request_id_in_flight_cannot_be_reused_in_its_session(tmp_path: Path) 
     assert after.status_code == 200 and "pong" in after.text
     assert core.position(buyer.address, network=NETWORK).locked == SUMMARIZE
     core.close()
+
+
+@pytest.mark.parametrize("json_response", [False, True], ids=["sse", "json"])
+def test_a_paid_call_left_unanswered_keeps_its_id_and_is_not_charged(
+    tmp_path: Path, json_response: bool
+) -> None:
+    """The client drops a paid call's connection while the tool runs: the payment is voided
+    (in JSON mode too, where the server never reads the connection again), and the server,
+    which still answers the call by its id, must not hand that answer to a free request of
+    the session reusing the id: it is refused (409) for good."""
+    core = Core(str(tmp_path / "core.db"))
+    buyer, seller = TestBuyer.new(), TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    server = FastMCP("slow", json_response=json_response)
+    finished = threading.Event()
+
+    @server.tool()
+    async def summarize(text: str) -> str:
+        await asyncio.sleep(0.5)
+        finished.set()
+        return f"SECRET summary of {text}"
+
+    @server.tool()
+    async def ping() -> str:
+        return "pong"
+
+    tools = McpTools({"summarize": "$0.05", "ping": None})
+    app = PaymentMiddleware(
+        server.streamable_http_app(), tools.config(pay_to=seller.address, core=core)
+    )
+
+    async def run(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=10) as client:
+            init = {
+                "jsonrpc": "2.0",
+                "id": 0,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "1"},
+                },
+            }
+            opened = await client.post(url, json=init, headers=HEADERS)
+            session = {**HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]}
+            done = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            assert (await client.post(url, json=done, headers=session)).status_code == 202
+            paid = json.dumps(
+                _call("summarize", 7)
+                | {"params": {"name": "summarize", "arguments": {"text": "doc"}}}
+            )
+            challenge = await client.post(url, content=paid, headers=session)
+            name, value = buyer.pay_challenge(core, challenge.headers["payment-required"])
+            sending = asyncio.create_task(
+                client.post(url, content=paid, headers={**session, name: value})
+            )
+            await asyncio.sleep(0.2)  # the tool runs; the client gives up on it
+            sending.cancel()
+            reuse = json.dumps(_call("ping", 7) | {"params": {"name": "ping", "arguments": {}}})
+            answers = []
+            for _ in range(40):  # bounded: until well after the tool answered
+                answers.append(await client.post(url, content=reuse, headers=session))
+                await asyncio.sleep(0.025)
+            return answers
+
+    with _serving(app) as url:
+        answers = asyncio.run(run(url))
+        assert finished.wait(5)
+        time.sleep(0.3)  # the gate's refund is written after the exchange
+    assert {a.status_code for a in answers} == {409}
+    assert not any("SECRET" in a.text for a in answers)
+    assert answers[-1].json()["error"] == "mcp_request_id_in_use"
+    assert [g.state for g in core.guarantees(address=buyer.address)] == ["voided"]
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+    core.close()
