@@ -40,6 +40,9 @@ _UNFINISHED = "the app returned before its response ended"
 _WARNED: set[int] = set()  # the dispatches already warned about (by id)
 #: ASGI extensions that send a file's bytes for the app (Starlette's FileResponse uses them).
 _FILE_SENDS = ("http.response.pathsend", "http.response.zerocopysend")
+#: Seconds an app runs, its request body read, before the exchange listens for the client
+#: leaving itself (docs/protocol.md, "Delivery").
+LISTEN_AFTER = 0.02
 
 
 async def send_response(send: Any, response: Response) -> None:
@@ -73,6 +76,7 @@ class PaidExchange:
         "_read",
         "_receive",
         "_send",
+        "_timer",
         "judge",
         "meter",
     )
@@ -88,6 +92,7 @@ class PaidExchange:
         #: in order, for the app's own later ``receive`` calls.
         self._listener: asyncio.Task[None] | None = None
         self._heard: asyncio.Queue[dict[str, Any]] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._read = False  # the request body was read whole
 
     async def run(self, app: Any, scope: Any) -> None:
@@ -167,8 +172,15 @@ class PaidExchange:
         return message
 
     def _listen(self) -> None:
-        self._heard = asyncio.Queue()
-        self._listener = asyncio.ensure_future(self._hear())
+        """Listen once the app has run :data:`LISTEN_AFTER` seconds (a quick answer costs no
+        listener; a disconnect before then is still heard: servers keep saying it)."""
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(LISTEN_AFTER, self._start)
+
+    def _start(self) -> None:
+        if self._listener is None:
+            self._heard = asyncio.Queue()
+            self._listener = asyncio.ensure_future(self._hear())
 
     async def _hear(self) -> None:
         assert self._heard is not None
@@ -193,6 +205,8 @@ class PaidExchange:
                 logging.getLogger("fourmica_x402.gate").exception("unanswered() failed")
 
     def _stop_listening(self) -> None:  # the exchange is over: its pending receive too
+        if self._timer is not None:
+            self._timer.cancel()
         if self._listener is not None:
             self._listener.cancel()
 
