@@ -42,7 +42,7 @@ _WARNED: set[int] = set()  # the dispatches already warned about (by id)
 _FILE_SENDS = ("http.response.pathsend", "http.response.zerocopysend")
 #: Seconds an app runs, its request body read, before the exchange listens for the client
 #: leaving itself (docs/protocol.md, "Delivery").
-LISTEN_AFTER = 0.02
+LISTEN_AFTER = 0.5
 
 
 async def send_response(send: Any, response: Response) -> None:

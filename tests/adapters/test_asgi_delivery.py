@@ -254,7 +254,7 @@ def test_a_client_leaving_while_a_handler_computes_its_answer_is_not_charged(
             return await Starlette()(scope, receive, send)  # type: ignore[no-any-return]
         if body:  # reads its request whole first, as a JSON handler does
             assert (await receive())["body"] == body
-        await asyncio.sleep(0.3)  # the work
+        await asyncio.sleep(0.8)  # the work (the exchange listens after half a second)
         computed.append("answer")
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"the answer"})

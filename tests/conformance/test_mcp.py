@@ -496,7 +496,7 @@ def test_a_paid_call_left_unanswered_keeps_its_id_and_is_not_charged(
 
     @server.tool()
     async def summarize(text: str) -> str:
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)  # longer than the half second before the exchange listens
         finished.set()
         return f"SECRET summary of {text}"
 
@@ -538,7 +538,7 @@ def test_a_paid_call_left_unanswered_keeps_its_id_and_is_not_charged(
             sending.cancel()
             reuse = json.dumps(_call("ping", 7) | {"params": {"name": "ping", "arguments": {}}})
             answers = []
-            for _ in range(40):  # bounded: until well after the tool answered
+            for _ in range(60):  # bounded: until well after the tool answered
                 answers.append(await client.post(url, content=reuse, headers=session))
                 await asyncio.sleep(0.025)
             return answers
