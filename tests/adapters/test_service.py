@@ -358,19 +358,25 @@ def _served(app: Any) -> Iterator[tuple[str, uvicorn.Server]]:
     thread.join(timeout=10)
 
 
-def remote_seller(url: str, tmp_path: Path) -> TestClient:
-    async def premium(request: Request) -> JSONResponse:
+def remote_seller(
+    facilitator: str | HttpFacilitator, tmp_path: Path, premium: Any = None
+) -> TestClient:
+    """A seller of ``GET /premium`` on a remote facilitator (a URL, or one built already)."""
+
+    async def answer_payer(request: Request) -> JSONResponse:
         return JSONResponse({"payer": request.state.payment.payer})
 
+    if isinstance(facilitator, str):
+        facilitator = HttpFacilitator(facilitator, retries=1)
     config = PaymentConfig(
         pay_to=SELLER,
         routes={"GET /premium": "$0.01"},
-        facilitator=HttpFacilitator(url, retries=1),
+        facilitator=facilitator,
         records=str(tmp_path / "records.db"),
         tab_endpoint="http://testserver/x402/tab",
     )
     app = Starlette(
-        routes=[Route("/premium", premium)],
+        routes=[Route("/premium", premium or answer_payer)],
         middleware=[Middleware(PaymentMiddleware, config=config)],
     )
     return TestClient(app)
@@ -532,18 +538,7 @@ def test_a_malformed_tab_answer_is_a_503_at_the_tab_endpoint(
     text = json.dumps({**good, **answer}).replace("Infinity", "1e400")
     mock = httpx.MockTransport(lambda request: httpx.Response(200, content=text.encode()))
     remote = HttpFacilitator("http://f.test", transport=mock, async_transport=mock, retries=0)
-    config = PaymentConfig(
-        pay_to=SELLER,
-        routes={"GET /premium": "$0.01"},
-        facilitator=remote,
-        records=str(tmp_path / "r.db"),
-        tab_endpoint="http://testserver/x402/tab",
-    )
-    app = Starlette(
-        routes=[Route("/premium", lambda r: JSONResponse({}))],
-        middleware=[Middleware(PaymentMiddleware, config=config)],
-    )
-    client = TestClient(app)
+    client = remote_seller(remote, tmp_path)
     req = decode_payment_required(client.get("/premium").headers["payment-required"]).accepts[0]
     body = {"x402Version": 2, "userAddress": _USER, "paymentRequirements": req.to_dict()}
     answered = client.post("/x402/tab", json=body)
@@ -741,18 +736,7 @@ def test_a_facilitator_refusal_in_its_own_shape_is_a_402_not_a_500(tmp_path: Pat
         runs.append(1)
         return JSONResponse({})
 
-    config = PaymentConfig(
-        pay_to=SELLER,
-        routes={"GET /premium": "$0.01"},
-        facilitator=remote,
-        records=str(tmp_path / "r.db"),
-        tab_endpoint="http://testserver/x402/tab",
-    )
-    app = Starlette(
-        routes=[Route("/premium", premium)],
-        middleware=[Middleware(PaymentMiddleware, config=config)],
-    )
-    client = TestClient(app)
+    client = remote_seller(remote, tmp_path, premium)
     req = decode_payment_required(client.get("/premium").headers["payment-required"]).accepts[0]
     tab = {"tabId": "0x1", "nextReqId": "0x0"}
     name, value = payment_header(TestBuyer.new(), req, tab)

@@ -412,6 +412,37 @@ def test_get_and_delete_on_the_endpoint_are_405(shop: Shop) -> None:
     assert shop.locked() == 0
 
 
+#: A free call reusing the paid call's id 7.
+_REUSE_7 = json.dumps(_call("ping", 7) | {"params": {"name": "ping", "arguments": {}}})
+
+
+async def _paid_summarize(
+    client: httpx.AsyncClient, url: str, core: Core, buyer: TestBuyer
+) -> tuple[dict[str, str], str, dict[str, str]]:
+    """Open a session, and pay for ``summarize`` as request 7: the session's headers, the
+    call's body, and the headers that pay for it."""
+    init = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    opened = await client.post(url, json=init, headers=HEADERS)
+    session = {**HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]}
+    done = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    assert (await client.post(url, json=done, headers=session)).status_code == 202
+    paid = json.dumps(
+        _call("summarize", 7) | {"params": {"name": "summarize", "arguments": {"text": "doc"}}}
+    )
+    challenge = await client.post(url, content=paid, headers=session)
+    name, value = buyer.pay_challenge(core, challenge.headers["payment-required"])
+    return session, paid, {**session, name: value}
+
+
 def test_a_request_id_in_flight_cannot_be_reused_in_its_session(tmp_path: Path) -> None:
     """The server routes each answer by request id: a second request reusing the id of a
     paid call still running (a cheap or free tool) got the paid call's answer, and the paid
@@ -437,35 +468,13 @@ def test_a_request_id_in_flight_cannot_be_reused_in_its_session(tmp_path: Path) 
 
     async def run(url: str) -> tuple[httpx.Response, httpx.Response, httpx.Response]:
         async with httpx.AsyncClient(timeout=10) as client:
-            init = {
-                "jsonrpc": "2.0",
-                "id": 0,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-06-18",
-                    "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "1"},
-                },
-            }
-            opened = await client.post(url, json=init, headers=HEADERS)
-            session = {**HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]}
-            done = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-            assert (await client.post(url, json=done, headers=session)).status_code == 202
-            paid = json.dumps(
-                _call("summarize", 7)
-                | {"params": {"name": "summarize", "arguments": {"text": "doc"}}}
-            )
-            challenge = await client.post(url, content=paid, headers=session)
-            name, value = buyer.pay_challenge(core, challenge.headers["payment-required"])
-            first = asyncio.create_task(
-                client.post(url, content=paid, headers={**session, name: value})
-            )
+            session, paid, payment = await _paid_summarize(client, url, core, buyer)
+            first = asyncio.create_task(client.post(url, content=paid, headers=payment))
             await asyncio.sleep(0.4)  # the paid call runs
-            reuse = json.dumps(_call("ping", 7) | {"params": {"name": "ping", "arguments": {}}})
-            second = await client.post(url, content=reuse, headers=session)
+            second = await client.post(url, content=_REUSE_7, headers=session)
             answered = await first
             for _ in range(50):  # bounded: once the first request is over, its id is free again
-                after = await client.post(url, content=reuse, headers=session)
+                after = await client.post(url, content=_REUSE_7, headers=session)
                 if after.status_code != 409:
                     break
                 await asyncio.sleep(0.05)
@@ -511,35 +520,13 @@ def test_a_paid_call_left_unanswered_keeps_its_id_and_is_not_charged(
 
     async def run(url: str) -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=10) as client:
-            init = {
-                "jsonrpc": "2.0",
-                "id": 0,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-06-18",
-                    "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "1"},
-                },
-            }
-            opened = await client.post(url, json=init, headers=HEADERS)
-            session = {**HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]}
-            done = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-            assert (await client.post(url, json=done, headers=session)).status_code == 202
-            paid = json.dumps(
-                _call("summarize", 7)
-                | {"params": {"name": "summarize", "arguments": {"text": "doc"}}}
-            )
-            challenge = await client.post(url, content=paid, headers=session)
-            name, value = buyer.pay_challenge(core, challenge.headers["payment-required"])
-            sending = asyncio.create_task(
-                client.post(url, content=paid, headers={**session, name: value})
-            )
+            session, paid, payment = await _paid_summarize(client, url, core, buyer)
+            sending = asyncio.create_task(client.post(url, content=paid, headers=payment))
             await asyncio.sleep(0.2)  # the tool runs; the client gives up on it
             sending.cancel()
-            reuse = json.dumps(_call("ping", 7) | {"params": {"name": "ping", "arguments": {}}})
             answers = []
             for _ in range(60):  # bounded: until well after the tool answered
-                answers.append(await client.post(url, content=reuse, headers=session))
+                answers.append(await client.post(url, content=_REUSE_7, headers=session))
                 await asyncio.sleep(0.025)
             return answers
 
