@@ -412,6 +412,30 @@ def test_get_and_delete_on_the_endpoint_are_405(shop: Shop) -> None:
     assert shop.locked() == 0
 
 
+def _slow_tools(
+    core: Core, pay_to: str, json_response: bool = False
+) -> tuple[Any, threading.Event]:
+    """A tool server selling ``summarize`` ($0.05, a second's work: longer than the half
+    second before the exchange listens) beside a free ``ping``; and an event set once
+    ``summarize`` answered."""
+    server = FastMCP("slow", json_response=json_response)
+    finished = threading.Event()
+
+    @server.tool()
+    async def summarize(text: str) -> str:  # an upstream call that takes a while
+        await asyncio.sleep(1.0)
+        finished.set()
+        return f"SECRET summary of {text}"
+
+    @server.tool()
+    async def ping() -> str:
+        return "pong"
+
+    tools = McpTools({"summarize": "$0.05", "ping": None})
+    app = PaymentMiddleware(server.streamable_http_app(), tools.config(pay_to=pay_to, core=core))
+    return app, finished
+
+
 #: A free call reusing the paid call's id 7.
 _REUSE_7 = json.dumps(_call("ping", 7) | {"params": {"name": "ping", "arguments": {}}})
 
@@ -450,21 +474,7 @@ def test_a_request_id_in_flight_cannot_be_reused_in_its_session(tmp_path: Path) 
     core = Core(str(tmp_path / "core.db"))
     buyer, seller = TestBuyer.new(), TestBuyer.new()
     core.deposit(buyer.address, 1_000_000, network=NETWORK)
-    server = FastMCP("slow")
-
-    @server.tool()
-    async def summarize(text: str) -> str:  # an upstream call that takes a while
-        await asyncio.sleep(1.0)
-        return f"summary of {text}"
-
-    @server.tool()
-    async def ping() -> str:
-        return "pong"
-
-    tools = McpTools({"summarize": "$0.05", "ping": None})
-    app = PaymentMiddleware(
-        server.streamable_http_app(), tools.config(pay_to=seller.address, core=core)
-    )
+    app, _ = _slow_tools(core, seller.address)
 
     async def run(url: str) -> tuple[httpx.Response, httpx.Response, httpx.Response]:
         async with httpx.AsyncClient(timeout=10) as client:
@@ -500,23 +510,7 @@ def test_a_paid_call_left_unanswered_keeps_its_id_and_is_not_charged(
     core = Core(str(tmp_path / "core.db"))
     buyer, seller = TestBuyer.new(), TestBuyer.new()
     core.deposit(buyer.address, 1_000_000, network=NETWORK)
-    server = FastMCP("slow", json_response=json_response)
-    finished = threading.Event()
-
-    @server.tool()
-    async def summarize(text: str) -> str:
-        await asyncio.sleep(1.0)  # longer than the half second before the exchange listens
-        finished.set()
-        return f"SECRET summary of {text}"
-
-    @server.tool()
-    async def ping() -> str:
-        return "pong"
-
-    tools = McpTools({"summarize": "$0.05", "ping": None})
-    app = PaymentMiddleware(
-        server.streamable_http_app(), tools.config(pay_to=seller.address, core=core)
-    )
+    app, finished = _slow_tools(core, seller.address, json_response=json_response)
 
     async def run(url: str) -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=10) as client:
