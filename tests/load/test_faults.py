@@ -88,13 +88,24 @@ def seller_app(config: PaymentConfig, runs: Counter) -> Starlette:
     )
 
 
-def remote_config(url: str, records: Path, *, timeout: float, retries: int = 0) -> PaymentConfig:
+def remote_config(
+    facilitator: str | HttpFacilitator,
+    records: Path,
+    *,
+    timeout: float = 10.0,
+    retries: int = 0,
+    **options: Any,
+) -> PaymentConfig:
+    """``GET /premium`` sold on a remote facilitator (a URL, or one built already)."""
+    if isinstance(facilitator, str):
+        facilitator = HttpFacilitator(facilitator, timeout=timeout, retries=retries)
     return PaymentConfig(
         pay_to=SELLER,
         routes={"GET /premium": "$0.01"},
-        facilitator=HttpFacilitator(url, timeout=timeout, retries=retries),
+        facilitator=facilitator,
         records=str(records),
         tab_endpoint="http://testserver/x402/tab",
+        **options,
     )
 
 
@@ -873,14 +884,7 @@ def test_a_verify_answer_that_is_not_a_verdict_fails_closed(tmp_path: Path) -> N
     mock = httpx.MockTransport(verify)
     facilitator = HttpFacilitator("http://f.test", transport=mock, async_transport=mock)
     runs = Counter()
-    config = PaymentConfig(
-        pay_to=SELLER,
-        routes={"GET /premium": "$0.01"},
-        facilitator=facilitator,
-        records=str(tmp_path / "records.db"),
-        tab_endpoint="http://testserver/x402/tab",
-        settle="after",
-    )
+    config = remote_config(facilitator, tmp_path / "records.db", settle="after")
     with TestClient(seller_app(config, runs)) as seller:
         req = offer(seller)
         name, value = payment_header(TestBuyer.new(), req, {"tabId": "0x1", "nextReqId": "0x0"})
