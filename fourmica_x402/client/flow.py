@@ -222,6 +222,13 @@ class BuyerFlow(Buyer):
     ) -> Flow:
         """The seller's answer to the paid retry, with its receipt (or the refusal)."""
         result = self._result(paid)
+        # The id of what was signed and sent, whatever the seller says: the Core can say
+        # what became of it (a seller's word is not proof of a refund; docs/buyer.md)
+        own = (
+            "0x"
+            + guarantee_id(params.domain.chain_id, signed.claims.tab_id, signed.claims.req_id).hex()
+        )
+        receipt = replace(receipt, guarantee_id=own)
         if paid.status_code == 402:
             try:
                 yield Read(paid)
@@ -234,7 +241,6 @@ class BuyerFlow(Buyer):
             )
             kind = InsufficientCollateral if reason == "insufficient_collateral" else PaymentFailed
             raise self._refuse(kind, replace(receipt, status=402), reason)
-        refunded = result is not None and result.get("success") is False
         certificate = _certificate_of(result)
         verified = None
         if certificate is not None and params.public_key is not None:
@@ -245,17 +251,26 @@ class BuyerFlow(Buyer):
                 guarantee_domain=params.guarantee_domain,
             )
         status = paid.status_code
+        said_refunded = result is not None and result.get("success") is False
+        # A certificate that checks out says the Core holds the guarantee payable: a seller
+        # that also says "refunded" contradicts itself, and the receipt keeps the charge.
+        refunded = said_refunded and verified is not True
         why = f"seller answered {status} and refunded" if refunded else None
+        if said_refunded and not refunded:
+            why = (
+                f"seller answered {status} and said refunded, but the Core certified the guarantee"
+            )
         if result is None and not 200 <= status < 300:  # a server's own error page, say
             why = f"seller answered {status} without a payment result: no charge confirmed"
-        own = guarantee_id(params.domain.chain_id, signed.claims.tab_id, signed.claims.req_id)
+        named = _text((result or {}).get("transaction"))
+        if named is not None and named.lower() != own:
+            named_too = f"seller named another guarantee, {named[:80]}"
+            why = f"{why}; {named_too}" if why else named_too
         receipt = replace(
             receipt,
             outcome="payment_failed" if refunded else "paid",
             status=status,
             finished_at=time.time(),
-            # the seller's word, else the id of what we signed: the Core can say what became of it
-            guarantee_id=_text((result or {}).get("transaction")) or "0x" + own.hex(),
             reason=why,
             certificate=certificate,
             certificate_verified=verified,

@@ -506,6 +506,55 @@ def test_a_garbled_result_after_payment_never_loses_the_answer(
     assert [r.outcome for r in ledger] == ["payment_failed" if refuse else "paid"]
 
 
+class LyingResult(Wire):
+    """Serves the paid request and keeps the guarantee (the Core holds it), then tells the
+    buyer otherwise: "refunded" with the Core's own certificate and another guarantee's id,
+    or a 402 saying the collateral was short."""
+
+    OTHER = "0x" + "11" * 32
+
+    def __init__(self, core: Any, refuse: bool) -> None:
+        self.core, self.refuse = core, refuse
+
+    def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
+        if path != "/premium" or status != 200:
+            return status, headers, body
+        told = dict((k.lower(), v) for k, v in headers)["payment-response"]
+        kept_id = json.loads(base64.b64decode(told))["transaction"]
+        result: dict[str, Any] = {"success": False, "network": NETWORK, "transaction": self.OTHER}
+        if self.refuse:
+            result["errorReason"] = "insufficient_collateral"
+        else:
+            result["extra"] = {"certificate": self.core.certify(kept_id).to_json()}
+        encoded = base64.b64encode(json.dumps(result).encode()).decode()
+        kept = [(k, v) for k, v in headers if k.lower() != "payment-response"]
+        return (402 if self.refuse else 200), [*kept, ("payment-response", encoded)], body
+
+
+@pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
+@pytest.mark.parametrize("refuse", [False, True], ids=["certified", "refused"])
+def test_a_seller_that_keeps_the_guarantee_cannot_tell_the_buyer_it_was_refunded(
+    seller: Any, buyers: Any, refuse: bool
+) -> None:
+    ledger = ReceiptLedger()
+    wire = LyingResult(seller.core, refuse)
+    client = buyers.client(seller, funded(seller), wire=wire, ledger=ledger)
+    if refuse:
+        with pytest.raises(InsufficientCollateral) as info:
+            client.get("/premium")
+        receipt = info.value.receipt
+    else:
+        receipt = client.get("/premium").receipt
+        # the Core's certificate checks out: the seller's "refunded" is not believed
+        assert receipt.certificate_verified is True and receipt.outcome == "paid"
+        assert "said refunded, but the Core certified" in receipt.reason
+        assert f"seller named another guarantee, {LyingResult.OTHER}" in receipt.reason
+    # whatever the seller says, the receipt names what was signed, for the Core to look up
+    assert receipt.guarantee_id == _signed_id(receipt)
+    assert seller.core.guarantee(receipt.guarantee_id).state == "payable"  # it was delivered
+    assert [r.guarantee_id for r in ledger] == [receipt.guarantee_id]
+
+
 def _signed_id(receipt: Any) -> str:
     found = guarantee_id(84532, int(receipt.tab_id, 16), int(receipt.request_id, 16))
     return "0x" + found.hex()
