@@ -341,7 +341,7 @@ def factor(db: str, network: str, asset: str | None, value: str | None) -> None:
         if number is not None:
             core.set_factor(network, token, number)
         with core.store.transaction(write=False) as tx:
-            current = collateral.factor(tx, network, token)
+            current = collateral.read_factor(tx, network, token)
     except FourmicaError as exc:
         raise db_error(exc, db) from None
     click.echo(

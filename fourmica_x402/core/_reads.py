@@ -136,4 +136,5 @@ class Reads:
           no more than it collected;
         - a tab's running total equals the sum of its guarantees.
         """
-        return self._query(audit.problems)
+        with self.store.transaction(write=False, snapshot=True) as tx:  # one state throughout
+            return audit.problems(tx)

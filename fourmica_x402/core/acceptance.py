@@ -157,12 +157,15 @@ def accept(
         (claims.amount, network, asset, user, claims.amount),
     ):
         raise rejected(Reason.INSUFFICIENT_COLLATERAL)
+    # The bound again, on the row as locked: another acceptance on this tab may have
+    # committed since check() read it (PostgreSQL), and the sum must not overflow.
     total_row = tx.one(
         "UPDATE fx_tabs SET total_amount = total_amount + ? WHERE tab_id = ? "
-        "RETURNING total_amount",
-        (claims.amount, hex_id(claims.tab_id)),
+        "AND total_amount <= ? RETURNING total_amount",
+        (claims.amount, hex_id(claims.tab_id), INT64_MAX - claims.amount),
     )
-    assert total_row is not None
+    if total_row is None:
+        raise rejected(Reason.TAB_TOTAL_EXCEEDED, "the tab's running total is full: open a new tab")
     total = int(total_row[0])
     cycle_id = None
     if state == "payable":

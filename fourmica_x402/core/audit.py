@@ -11,6 +11,9 @@ cycle. Nothing here writes.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
+from .common import INT64_MAX
 from .store import Tx
 
 __all__ = ["conservation", "invariants", "problems", "totals"]
@@ -75,6 +78,18 @@ def invariants(tx: Tx) -> list[str]:
         for k, v in expected.items()
         if v
     ]
+    factors = {
+        (network, asset): Fraction(value)
+        for network, asset, value in tx.all("SELECT network, asset, factor FROM fx_asset_params")
+    }
+    for network, asset, address, collateral, limit in tx.all(
+        "SELECT network, asset, address, collateral, credit_limit FROM fx_positions"
+    ):
+        want = min(int(int(collateral) * factors.get((network, asset), Fraction(1))), INT64_MAX)
+        if int(limit) != want:
+            problems.append(
+                f"{address} on {network}: credit limit {limit}, collateral × factor {want}"
+            )
     for cycle_id, debits, credits, nets in tx.all(
         "SELECT cycle_id, SUM(debit), SUM(credit), SUM(net) FROM fx_cycle_positions GROUP BY cycle_id"
     ):

@@ -22,6 +22,7 @@ __all__ = [
     "deposit",
     "factor",
     "lock_position",
+    "read_factor",
     "record_flow",
     "release",
     "set_collateral",
@@ -39,12 +40,31 @@ def asset_address(network: str, asset: str | None) -> str:
     return known.address if known else parse_address(asset)
 
 
-def factor(tx: Tx, network: str, asset: str) -> Fraction:
-    # Read inside the transaction, never cached: another process may have changed it.
+def read_factor(tx: Tx, network: str, asset: str) -> Fraction:
+    """An asset's factor, read only (1 unless set)."""
     row = tx.one(
         "SELECT factor FROM fx_asset_params WHERE network = ? AND asset = ?", (network, asset)
     )
     return Fraction(row[0]) if row else Fraction(1)
+
+
+def factor(tx: Tx, network: str, asset: str) -> Fraction:
+    """An asset's factor, its row locked until the transaction ends: a change of factor
+    waits for it, then recomputes the positions it wrote (PostgreSQL; none is missed). Take
+    it before any position of the asset, as :func:`set_factor` does, so neither waits on
+    the other's rows."""
+    tx.execute(
+        "INSERT INTO fx_asset_params (network, asset, factor) VALUES (?, ?, '1') "
+        "ON CONFLICT (network, asset) DO NOTHING",
+        (network, asset),
+    )
+    row = tx.one(
+        "UPDATE fx_asset_params SET factor = factor WHERE network = ? AND asset = ? "
+        "RETURNING factor",
+        (network, asset),
+    )
+    assert row is not None
+    return Fraction(row[0])
 
 
 def lock_position(tx: Tx, network: str, asset: str, address: str) -> tuple[int, ...]:
@@ -64,8 +84,11 @@ def lock_position(tx: Tx, network: str, asset: str, address: str) -> tuple[int, 
     return tuple(int(v) for v in row)
 
 
-def set_collateral(tx: Tx, network: str, asset: str, address: str, collateral: int) -> None:
-    limit = int(collateral * factor(tx, network, asset))
+def set_collateral(
+    tx: Tx, network: str, asset: str, address: str, collateral: int, factor: Fraction
+) -> None:
+    """A position's collateral and its credit limit under ``factor`` (read by :func:`factor`)."""
+    limit = int(collateral * factor)
     tx.execute(
         "UPDATE fx_positions SET collateral = ?, credit_limit = ? "
         "WHERE network = ? AND asset = ? AND address = ?",
@@ -103,10 +126,11 @@ def record_flow(
 def deposit(
     tx: Tx, events: Events, network: str, asset: str, address: str, amount: int, now: float
 ) -> None:
+    value = factor(tx, network, asset)
     collateral, *_ = lock_position(tx, network, asset, address)
     if collateral + amount > INT64_MAX:
         raise CoreError("collateral would overflow", reason="invalid_amount", status=400)
-    set_collateral(tx, network, asset, address, collateral + amount)
+    set_collateral(tx, network, asset, address, collateral + amount, value)
     record_flow(tx, "deposit", network, asset, address, amount, now)
     emit(events, "collateral.deposited", now, network, asset, address, amount=amount)
 

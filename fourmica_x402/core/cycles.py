@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..errors import CoreError
 from . import clearing
-from .collateral import lock_position, record_flow, release, set_collateral
+from .collateral import factor, lock_position, record_flow, release, set_collateral
 from .common import INT64_MAX, LockClauses, check_amount
 from .config import CoreConfig
 from .feed import Events, emit
@@ -269,7 +269,8 @@ def resolve(tx: Tx, events: Events, cycle: Cycle, now: float) -> None:
     ):
         return
     for address, gross_out, debit in tx.all(
-        "SELECT address, gross_out, debit FROM fx_cycle_positions WHERE cycle_id = ?",
+        "SELECT address, gross_out, debit FROM fx_cycle_positions WHERE cycle_id = ? "
+        "ORDER BY address",  # positions in one order (PostgreSQL: no deadlock between ticks)
         (cycle.cycle_id,),
     ):
         # The batch locked gross_out of this payer; keep only its net debit locked.
@@ -286,15 +287,16 @@ def finalize(tx: Tx, events: Events, cycle: Cycle, now: float) -> None:
     ):
         return
     covered_total = 0
+    value = factor(tx, cycle.network, cycle.asset)  # before the positions: collateral.factor
     for address, debit, paid in tx.all(
         "SELECT address, debit, paid FROM fx_cycle_positions WHERE cycle_id = ? AND role = 'debtor' "
-        "AND paid < debit",
+        "AND paid < debit ORDER BY address",
         (cycle.cycle_id,),
     ):
         unpaid = int(debit) - int(paid)
         collateral, _, locked, _ = lock_position(tx, cycle.network, cycle.asset, address)
         cover = min(unpaid, collateral)
-        set_collateral(tx, cycle.network, cycle.asset, address, collateral - cover)
+        set_collateral(tx, cycle.network, cycle.asset, address, collateral - cover, value)
         release(tx, cycle.network, cycle.asset, address, min(unpaid, locked))
         tx.execute(
             "UPDATE fx_cycle_positions SET covered = ?, shortfall = ?, status = 'defaulted' "

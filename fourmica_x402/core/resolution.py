@@ -170,17 +170,22 @@ def validate(
 def expire_validations(tx: Tx, events: Events, now: float) -> int:
     """Cancel every G-v2 guarantee whose validation deadline passed. Returns how many."""
     expired = 0
+    releases: dict[tuple[str, str, str], int] = {}
+    # Guarantees first, in one order, then the positions, in one order: a void or a score
+    # locks its guarantee and then its position, so neither waits on what the other holds.
     for gid, network, asset, user, amount in tx.all(
         "SELECT guarantee_id, network, asset, user_address, amount FROM fx_guarantees "
-        "WHERE state = 'pending_validation' AND validation_deadline < ?",
+        "WHERE state = 'pending_validation' AND validation_deadline < ? ORDER BY guarantee_id",
         (now,),
     ):
+        # The deadline again: a validator's extension that committed since the SELECT stands.
         if tx.execute(
             "UPDATE fx_guarantees SET state = 'cancelled', resolved_at = ? WHERE guarantee_id = ? "
-            "AND state = 'pending_validation'",
-            (now, gid),
+            "AND state = 'pending_validation' AND validation_deadline < ?",
+            (now, gid, now),
         ):
-            release(tx, network, asset, user, int(amount))
+            key = (network, asset, user)
+            releases[key] = releases.get(key, 0) + int(amount)
             expired += 1
             emit(
                 events,
@@ -192,6 +197,8 @@ def expire_validations(tx: Tx, events: Events, now: float) -> int:
                 guarantee_id=gid,
                 reason="validation_timeout",
             )
+    for (network, asset, user), amount in sorted(releases.items()):
+        release(tx, network, asset, user, amount)
     return expired
 
 
@@ -200,7 +207,8 @@ def extend(
 ) -> int:
     """Push the validation deadline of the pending guarantees ``validator`` scores back to
     ``until`` (never earlier): their paid responses are still going out. One whose deadline
-    passed already stays expired. Returns how many moved."""
+    passed already stays expired. Returns how many moved. In the expiry's order
+    (:func:`expire_validations`), so the two never wait on each other's rows."""
     return sum(
         tx.execute(
             "UPDATE fx_guarantees SET validation_deadline = ? WHERE guarantee_id = ? "
@@ -208,7 +216,7 @@ def extend(
             "AND validation_deadline >= ?",
             (until, gid, validator, until, now),
         )
-        for gid in guarantee_ids
+        for gid in sorted(set(guarantee_ids))
     )
 
 

@@ -84,17 +84,16 @@ def finalize(tx: Tx, events: Events, withdrawal_id: int, now: float) -> None:
     w = _pending(tx, withdrawal_id)
     if now < w.available_at:
         raise CoreError("the grace period has not passed", reason="withdrawal_not_ready")
+    value = factor(tx, w.network, w.asset)  # before the position: see collateral.factor
     collateral, _, locked, pending = lock_position(tx, w.network, w.asset, w.address)
     remaining = collateral - w.amount
     # The capacity rule after it: the credit left covers the locks and the other withdrawals.
-    if remaining < 0 or int(remaining * factor(tx, w.network, w.asset)) < locked + (
-        pending - w.amount
-    ):
+    if remaining < 0 or int(remaining * value) < locked + (pending - w.amount):
         raise CoreError(
             "what would remain does not cover the locked amount and the other pending withdrawals",
             reason="withdrawal_unsafe",
         )
-    set_collateral(tx, w.network, w.asset, w.address, remaining)
+    set_collateral(tx, w.network, w.asset, w.address, remaining, value)
     tx.execute(
         "UPDATE fx_positions SET pending_withdrawal = pending_withdrawal - ? WHERE network = ? "
         "AND asset = ? AND address = ?",

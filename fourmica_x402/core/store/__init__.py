@@ -100,9 +100,13 @@ class Store(Protocol):
         ...
 
     def transaction(
-        self, *, write: bool = True, nowait: bool = False
+        self, *, write: bool = True, nowait: bool = False, snapshot: bool = False
     ) -> AbstractContextManager[Tx]:
         """A transaction: committed on normal exit, rolled back on an exception.
+
+        ``snapshot=True`` (a read): every statement sees the same committed state, as an
+        audit needs (SQLite's read transactions always do; PostgreSQL's READ COMMITTED
+        reads do not, so it begins REPEATABLE READ).
 
         ``write=True`` takes the write lock up front where the engine needs it
         (SQLite ``BEGIN IMMEDIATE``), so read-check-write sequences are atomic.

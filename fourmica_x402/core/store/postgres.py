@@ -262,7 +262,9 @@ class PostgresStore:
             slot.dispose()  # foreign pid: abandoned, the parent's sessions are untouched
         self._local = threading.local()
 
-    def _begin(self, write: bool) -> tuple[_Slot, psycopg.Cursor[Any], bool]:
+    def _begin(
+        self, write: bool, snapshot: bool = False
+    ) -> tuple[_Slot, psycopg.Cursor[Any], bool]:
         """The thread's connection and a cursor on it, and whether a transaction was begun.
 
         A read on a connection that went through a moment ago runs its statements on their
@@ -273,12 +275,15 @@ class PostgresStore:
         slot = self._slot()
         if slot.busy:
             raise RuntimeError("nested transaction: this thread already has one open on this store")
-        if not write and time.monotonic() - slot.used < _FRESH:
+        if not write and not snapshot and time.monotonic() - slot.used < _FRESH:
             return slot, slot.conn.cursor(), False
+        begin = "BEGIN ISOLATION LEVEL " + (
+            "REPEATABLE READ READ ONLY" if snapshot else "READ COMMITTED"
+        )
         for attempt in (1, 2):
             cur = slot.conn.cursor()
             try:
-                cur.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                cur.execute(begin)
                 return slot, cur, True
             except _UNAVAILABLE as exc:
                 # A connection that went stale while idle (server restart, idle timeout):
@@ -292,12 +297,14 @@ class PostgresStore:
     # -- the Store protocol
 
     @contextmanager
-    def transaction(self, *, write: bool = True, nowait: bool = False) -> Iterator[_Tx]:
+    def transaction(
+        self, *, write: bool = True, nowait: bool = False, snapshot: bool = False
+    ) -> Iterator[_Tx]:
         if nowait:  # every statement is a network round trip: never on an event loop
             raise WouldBlock("PostgreSQL transactions wait for the server")
         if not write and not getattr(self._local, "writing", False):
             drain_all(self.safe_url)  # this process reads its own queued writes
-        slot, cur, began = self._begin(write)
+        slot, cur, began = self._begin(write, snapshot and not write)
         slot.busy = True
         self._local.writing = write
 

@@ -188,7 +188,9 @@ class SQLiteStore:
         return conn
 
     @contextmanager
-    def transaction(self, *, write: bool = True, nowait: bool = False) -> Iterator[_Tx]:
+    def transaction(
+        self, *, write: bool = True, nowait: bool = False, snapshot: bool = False
+    ) -> Iterator[_Tx]:  # a read transaction here is always a snapshot
         if not write:
             if not getattr(self._local, "writing", False):
                 drain_all(self.deferred.key)  # this process reads its own queued writes

@@ -1,0 +1,210 @@
+"""PostgreSQL races between Cores of several processes (here: threads, one Core and one
+connection each), where READ COMMITTED lets one statement see what another missed."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from fractions import Fraction
+from typing import Any
+
+import pytest
+
+from fourmica_x402.core import Core, CoreConfig, Expected
+from fourmica_x402.errors import CoreError, GuaranteeRejected
+from fourmica_x402.testing import NETWORK, ShiftedClock, TestBuyer, test_policy
+
+pytestmark = pytest.mark.postgres
+_CONFIG = CoreConfig(validation_timeout=1.0)
+
+
+def _race(url: str, *jobs: Callable[[Core], None]) -> list[str]:
+    """Run each job in its own thread with its own Core; the exceptions they raised."""
+    failures: list[str] = []
+    lock, ready = threading.Lock(), threading.Barrier(len(jobs))
+
+    def run(job: Callable[[Core], None]) -> None:
+        core = Core(url)
+        try:
+            ready.wait(30)
+            job(core)
+        except Exception as exc:
+            with lock:
+                failures.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            core.close()
+
+    threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads)
+    return failures
+
+
+def test_a_factor_change_racing_first_deposits_recomputes_every_new_position(
+    postgres_url: str,
+) -> None:
+    """A deposit that creates a position read the factor before a change committed, and the
+    change's update did not see the new row: the position kept the old credit limit, and its
+    buyer could lock twice what the new factor allows."""
+    Core(postgres_url).close()  # the schema, before the race
+    stop = threading.Event()
+
+    def depositor(core: Core) -> None:
+        while not stop.is_set():
+            core.deposit(TestBuyer.new().address, 1_000_000, network=NETWORK)
+
+    def changer(core: Core) -> None:
+        try:
+            for i in range(60):
+                core.set_factor(NETWORK, None, Fraction(1, 2) if i % 2 else 1)
+        finally:
+            stop.set()
+
+    assert _race(postgres_url, depositor, depositor, depositor, changer) == []
+    core = Core(postgres_url)
+    positions = core.positions(network=NETWORK)
+    assert len(positions) > 60
+    assert [p for p in positions if p.credit_limit != p.collateral // 2] == []
+    assert core.audit() == []
+    core.close()
+
+
+def _pending(url: str, count: int) -> tuple[TestBuyer, str, list[str]]:
+    """``count`` G-v2 guarantees of one buyer to one seller, waiting for their score."""
+    core = Core(url, config=_CONFIG)
+    buyer, seller = TestBuyer.new(), TestBuyer.new().address
+    core.deposit(buyer.address, 10**9, network=NETWORK)
+    ids = [
+        core.accept(*buyer.pay(core, seller, 10, policy=test_policy())).guarantee_id
+        for _ in range(count)
+    ]
+    core.close()
+    return buyer, seller, ids
+
+
+def _core(url: str, ahead: float) -> Core:
+    clock = ShiftedClock()
+    clock.advance(ahead)
+    return Core(url, config=_CONFIG, clock=clock)
+
+
+def test_an_extension_racing_the_expiry_stands(postgres_url: str) -> None:
+    """The expiry picked the guarantees past their deadline, then cancelled each one without
+    looking at the deadline again: a validator's extension that committed in between was
+    reported done and then cancelled anyway (its score refused later)."""
+    _, _, ids = _pending(postgres_url, 200)
+    validator = test_policy().validator
+    extended: list[int] = []
+    # The ticker's clock 1.2 s on (every deadline passed); the validator's 0.8 s on (none
+    # passed): it holds them open until 1.8 s on, after the ticker's now.
+    ticker, holder = _core(postgres_url, 1.2), _core(postgres_url, 0.8)
+    try:
+        failures = _race(
+            postgres_url,
+            lambda _: ticker.tick(),
+            lambda _: extended.append(holder.extend_validations(ids, by=validator)),
+        )
+    finally:
+        ticker.close(), holder.close()
+    assert failures == []
+    core = Core(postgres_url, config=_CONFIG)
+    states = Counter(core.guarantee(gid).state for gid in ids)
+    # what the validator was told it extended is still open; the rest expired
+    assert states["pending_validation"] == extended[0]
+    assert states["cancelled"] == len(ids) - extended[0]
+    assert core.audit() == []
+    core.close()
+
+
+def test_an_expiry_racing_the_sellers_voids_does_not_deadlock(postgres_url: str) -> None:
+    """The expiry held the buyer's position from its first guarantee on while it went on to
+    lock the next ones; a void locks its guarantee, then the position: PostgreSQL killed one
+    of them (a refund or the whole tick answered 503)."""
+    buyer, seller, ids = _pending(postgres_url, 150)
+    ticker = _core(postgres_url, 1.2)
+    outcomes: Counter[str] = Counter()
+
+    def voids(core: Core) -> None:
+        for gid in reversed(ids):
+            try:
+                core.void(gid, by=seller)
+                outcomes["voided"] += 1
+            except CoreError as exc:  # cancelled by the expiry first
+                outcomes[exc.reason] += 1
+
+    try:
+        failures = _race(postgres_url, lambda _: ticker.tick(), voids)
+    finally:
+        ticker.close()
+    assert failures == []
+    assert outcomes["voided"] + outcomes["invalid_state"] == len(ids), outcomes
+    core = Core(postgres_url, config=_CONFIG)
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+    assert core.audit() == []
+    core.close()
+
+
+def test_two_acceptances_filling_one_tab_at_once_refuse_the_second_cleanly(
+    postgres_url: str,
+) -> None:
+    """Each acceptance checked the tab's running total before the other committed; the
+    second's sum overflowed the BIGINT (a raw database error, a 500) instead of
+    ``tab_total_exceeded``, and the full tab was not retired."""
+    core = Core(postgres_url)
+    buyer, seller = TestBuyer.new(), TestBuyer.new().address
+    core.deposit(buyer.address, 2**63 - 1, network=NETWORK)
+    first = core.accept(*buyer.pay(core, seller, 2**62 - 1))
+    core.void(first.guarantee_id, by=seller)  # the tab's total stays 2**62 - 1
+    tab = core.open_tab(buyer.address, seller, network=NETWORK)
+    assert tab.tab_id == first.tab_id
+    payments = []
+    for amount, req_id in ((2**62, tab.next_req_id), (2**62 - 1, tab.next_req_id + 1)):
+        claims = buyer.claims(tab, amount, req_id=req_id, timestamp=int(core.clock()))
+        expected = Expected(network=NETWORK, pay_to=seller, asset=tab.asset_address, amount=amount)
+        payments.append((buyer.sign(claims, chain_id=84532), expected))
+    outcomes: list[str] = []
+
+    def payer(payment: tuple[Any, Expected]) -> Callable[[Core], None]:
+        def pay(own: Core) -> None:
+            try:
+                own.accept(*payment)
+                outcomes.append("accepted")
+            except GuaranteeRejected as exc:
+                outcomes.append(exc.reason)
+
+        return pay
+
+    assert _race(postgres_url, *(payer(p) for p in payments)) == []
+    assert sorted(outcomes) == ["accepted", "tab_total_exceeded"]
+    assert core.open_tab(buyer.address, seller, network=NETWORK).tab_id != tab.tab_id  # retired
+    assert core.audit() == []
+    core.close()
+
+
+def test_an_audit_under_load_sees_one_state(postgres_url: str) -> None:
+    """Each of the audit's statements read its own snapshot (READ COMMITTED): deposits
+    committing in between made it report money not conserved that always was."""
+    Core(postgres_url).close()
+    stop = threading.Event()
+    found: list[list[str]] = []
+
+    def depositor(core: Core) -> None:
+        buyers = [TestBuyer.new().address for _ in range(5)]
+        for i in range(100_000):
+            if stop.is_set():
+                return
+            core.deposit(buyers[i % 5], 7, network=NETWORK)
+
+    def auditor(core: Core) -> None:
+        try:
+            for _ in range(150):
+                found.append(core.audit())
+        finally:
+            stop.set()
+
+    assert _race(postgres_url, depositor, depositor, auditor) == []
+    assert len(found) == 150 and [problems for problems in found if problems] == []
