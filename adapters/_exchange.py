@@ -103,14 +103,14 @@ class PaidExchange:
         except BaseException as exc:  # told with it (and it goes on), unless already delivered
             self._stop_listening()
             await self._ended()
-            await self._done(None if self._complete else exc)
+            await self._done(None if self._complete or self.meter.whole() else exc)
             raise
         self._stop_listening()
         await self._ended()
         error: BaseException | None = None
         if self._left:  # before the last body message went out: not received whole
             error = ConnectionAbortedError(_LEFT)
-        elif not self._complete and self.meter.replacement is None:
+        elif not self._complete and self.meter.replacement is None and not self.meter.whole():
             error = RuntimeError(_UNFINISHED)  # the server answers the rest (a 500, a cut body)
         await self._done(error)
 
@@ -167,8 +167,8 @@ class PaidExchange:
         kind = message["type"]
         if kind == "http.request":  # hashed as read (docs/operations.md)
             self.meter.received(message.get("body", b""), not message.get("more_body", False))
-        elif kind == "http.disconnect" and not self._ending:
-            self._left = True
+        elif kind == "http.disconnect" and not self._ending and not self.meter.whole():
+            self._left = True  # (the whole body out: the client may close before the end)
         return message
 
     def _listen(self) -> None:
@@ -194,7 +194,7 @@ class PaidExchange:
     async def _ended(self) -> None:
         """A price that wants to know (a paid MCP call's) is told its request ended before its
         answer went out: the app may still answer it later."""
-        if self._complete and not self._left:
+        if (self._complete or self.meter.whole()) and not self._left:
             return
         price = getattr(getattr(self._paid.route, "config", None), "price", None)
         told = getattr(price, "unanswered", None)

@@ -5,9 +5,8 @@ renders. Everything else it would otherwise repeat lives here:
 
 - :class:`Meter` — one paid response on its way out: the handler's status and headers
   captured, the result header and ``Cache-Control`` added (ours replaces the handler's), a
-  failed settle-after answered with its 402 instead, the body hashed as it streams
-  (:meth:`Meter.stream`), and the gate told once it ended — or did
-  not (an error, a client that left);
+  failed settle-after answered with its 402, the body hashed as it streams, the gate told
+  once it ended or did not (an error, a client that left);
 - :class:`Startup` — start-up checks run once, at the first request at the latest; a failure
   is logged and every request answered 500 ``configuration_error`` (fail closed);
 - :class:`Marker` — a per-handler price (``@paid``, ``Paid(...)``): what it prices, and what
@@ -46,10 +45,7 @@ BODY_LIMIT = 64 * 1024
 
 class Meter:
     """One paid response on its way out: :meth:`start`, :meth:`feed` each chunk, :meth:`finish`.
-
-    ``error``: one the framework caught while making the response (Django turns it into a
-    500 response, and reports it apart).
-    """
+    ``error``: one the framework caught making the response (Django: a 500, reported apart)."""
 
     def __init__(self, gate: Gate, state: Paid, error: BaseException | None = None) -> None:
         self.gate, self.state, self.tap, self.error = gate, state, gate.tap(), error
@@ -103,12 +99,16 @@ class Meter:
         self.sent += len(chunk)
         return self.tap.feed(chunk)
 
+    def whole(self) -> bool:
+        """A 2xx body out to the last byte of its ``Content-Length``: the client has it all,
+        whatever happens next (the app fails, the client closes before the end): delivered."""
+        done = self.length is not None and self.sent >= self.length and self.replacement is None
+        return done and 200 <= (self.status or 0) < 300
+
     def short(self) -> BaseException | None:
         """A 2xx body whose chunks ended before its ``Content-Length``: the client could not
         get it whole (WSGI servers do not check), so it was not delivered."""
-        if self.length is None or self.sent >= self.length or self.status is None:
-            return None
-        if not 200 <= self.status < 300:
+        if self.length is None or self.sent >= self.length or not 200 <= (self.status or 0) < 300:
             return None
         return ConnectionError(f"the body ended after {self.sent} of its {self.length} bytes")
 
@@ -208,7 +208,8 @@ class _Body:
             getattr(self._source, "close", lambda: None)()
         finally:
             if not self._meter.finished:
-                drive.run_sync(self._meter.finish(ConnectionAbortedError(self._LEFT)))
+                left = None if self._meter.whole() else ConnectionAbortedError(self._LEFT)
+                drive.run_sync(self._meter.finish(left))
 
 
 class SyncBody(_Body):
@@ -227,8 +228,8 @@ class SyncBody(_Body):
             except StopIteration:
                 drive.run_sync(meter.finish(meter.short()))
                 raise
-            except BaseException as exc:
-                drive.run_sync(meter.finish(exc))
+            except BaseException as exc:  # after the whole body: delivered (Meter.whole)
+                drive.run_sync(meter.finish(None if meter.whole() else exc))
                 raise
             if meter.replacement is None:
                 return meter.feed(chunk)
@@ -255,7 +256,7 @@ class AsyncBody(_Body):
             await drive.run_async(self._meter.finish(self._meter.short()))
             raise
         except BaseException as exc:
-            await drive.run_async(self._meter.finish(exc))
+            await drive.run_async(self._meter.finish(None if self._meter.whole() else exc))
             raise
         return self._meter.feed(chunk)
 

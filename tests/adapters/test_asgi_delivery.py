@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -334,6 +335,49 @@ def test_an_app_that_returns_before_its_response_ended_is_not_charged(
         "nothing": [],
     }[ending]
     assert settled(core, app.gate) == [("voided", "refunded")]
+
+
+@pytest.mark.parametrize("after", ["raises", "returns", "client-closes"])
+def test_a_body_out_to_its_content_length_is_delivered_whatever_follows(
+    core: Core, after: str
+) -> None:
+    """Every byte of the declared Content-Length went out, but the closing (empty) body
+    message did not: the app failed, returned, or the client, having read the whole body,
+    closed first. The client has the answer it paid for; it was refunded all the same."""
+
+    async def lingering(scope: Any, receive: Any, send: Any) -> None:
+        while scope["type"] == "lifespan":
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+        start = {"type": "http.response.start", "status": 200}
+        await send({**start, "headers": [(b"content-length", b"10")]})
+        await send({"type": "http.response.body", "body": b"0123456789", "more_body": True})
+        if after == "raises":
+            raise RuntimeError("closing an upstream connection failed")
+        while after == "client-closes" and (await receive())["type"] != "http.disconnect":
+            pass  # the request (empty), then the client closing
+
+    app = PaymentMiddleware(lingering, pay_to=SELLER, routes={"GET /raw": "$0.01"}, core=core)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        paid = header(core, client, "/raw")
+    sent: list[dict[str, Any]] = []
+    asked = [0]
+
+    async def receive() -> dict[str, Any]:
+        asked[0] += 1
+        if asked[0] == 1:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with contextlib.suppress(RuntimeError):
+        asyncio.run(asyncio.wait_for(app(scope_of("/raw", paid), receive, send), 10))
+    assert b"".join(m.get("body", b"") for m in sent) == b"0123456789"
+    assert settled(core, app.gate) == [("payable", "delivered")]
 
 
 @pytest.mark.parametrize("pathsend", [True, False], ids=["pathsend", "body"])

@@ -606,3 +606,30 @@ def test_a_body_short_of_its_content_length_is_refunded(core: Core) -> None:
     states = sorted(g.state for g in core.guarantees(address=buyer.address))
     assert states == ["payable", "voided"]
     assert core.position(buyer.address, network=NETWORK).locked == 10_000
+
+
+def test_a_body_that_fails_after_its_last_declared_byte_is_delivered(core: Core) -> None:
+    """The generator raised once its whole Content-Length had gone out (closing an upstream
+    connection, say): the client read the whole answer, and was refunded all the same."""
+    from flask import Response
+
+    app = make_app(pay_to=SELLER, core=core, routes={"GET /lingers": "$0.01"})
+    FourmicaX402(app)
+
+    @app.get("/lingers")
+    def lingers() -> Any:
+        def body() -> Any:
+            yield b"0123456789"
+            raise RuntimeError("closing an upstream connection failed")
+
+        return Response(body(), headers={"Content-Length": "10"})
+
+    client = app.test_client()
+    buyer = funded(core)
+    resp = client.get("/lingers", headers=payment_for(client, buyer, "/lingers"), buffered=False)
+    chunks = iter(resp.response)
+    assert resp.status_code == 200 and next(chunks) == b"0123456789"
+    with pytest.raises(RuntimeError):
+        next(chunks)
+    app.extensions["fourmica_x402"].gate.flush()
+    assert [g.state for g in core.guarantees(address=buyer.address)] == ["payable"]
