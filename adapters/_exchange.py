@@ -25,6 +25,8 @@ cancelled as soon as its last message went out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
 from typing import Any
 
@@ -98,13 +100,19 @@ class PaidExchange:
     async def run(self, app: Any, scope: Any) -> None:
         if not _has_body(scope):
             self._listen()
+        outer = scope.get("app")  # the Starlette app whose error handler may answer
         try:
             await app(scope, self.receive, self.send)
         except BaseException as exc:  # told with it (and it goes on), unless already delivered
+            answered = False
+            if isinstance(exc, Exception) and self.meter.status is None:
+                answered = await self._error_answer(outer, scope, exc)
             self._stop_listening()
             await self._ended()
             await self._done(None if self._complete or self.meter.whole() else exc)
-            raise
+            if not answered:
+                raise
+            return
         self._stop_listening()
         await self._ended()
         error: BaseException | None = None
@@ -113,6 +121,37 @@ class PaidExchange:
         elif not self._complete and self.meter.replacement is None and not self.meter.whole():
             error = RuntimeError(_UNFINISHED)  # the server answers the rest (a 500, a cut body)
         await self._done(error)
+
+    async def _error_answer(self, outer: Any, scope: Any, exc: Exception) -> bool:
+        """Starlette answers an error with its app's 500 (or ``Exception``) handler outside
+        every middleware: the gate would see the error and refund, the client the handler's
+        200. That handler answers here instead, through the meter (docs/architecture.md,
+        "A paid request"), and the error is logged here rather than passed on (the outer
+        layer would call the handler again). Whether it answered."""
+        handlers = getattr(outer, "exception_handlers", None)
+        if not isinstance(handlers, dict) or getattr(outer, "debug", True):
+            return False
+        handler = next((h for k, h in reversed(handlers.items()) if k in (500, Exception)), None)
+        if handler is None:
+            return False
+        from starlette.concurrency import run_in_threadpool
+        from starlette.requests import Request
+
+        request = Request(scope)
+        try:
+            callers = (handler, type(handler).__call__)  # a function; an object's method
+            if any(inspect.iscoroutinefunction(c) for c in callers):
+                response = await handler(request, exc)
+            else:
+                response = await run_in_threadpool(handler, request, exc)
+        except Exception:  # its own failure: the outer layer answers the error, as it would
+            logging.getLogger("fourmica_x402.gate").exception("the app's error handler failed")
+            return False
+        log = logging.getLogger("fourmica_x402.gate")
+        log.error("the app raised; its error handler answered", exc_info=exc)
+        with contextlib.suppress(Exception):  # a client gone meanwhile: the meter knows
+            await response(scope, self.receive, self.send)
+        return True
 
     async def _done(self, error: BaseException | None) -> None:
         meter = self.meter

@@ -167,6 +167,48 @@ def test_a_failed_response_says_refunded_only_when_it_was(core: Core, netted: bo
             assert settled(core, gate) == [("voided", "refunded")]
 
 
+@pytest.mark.parametrize("key", [Exception, 500], ids=["Exception", "500"])
+@pytest.mark.parametrize("status", [200, 503])
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+def test_an_error_handler_answering_outside_the_middleware_is_judged_by_its_status(
+    core: Core, key: Any, status: int, sync: bool
+) -> None:
+    """Starlette runs the app's 500 (or ``Exception``) handler outside every middleware: the
+    gate saw the error and refunded it while the client got the handler's 200. That handler
+    now answers inside the gate: a 2xx is delivered, any other status refunded."""
+    ran: list[str] = []
+
+    async def report(request: Any) -> PlainTextResponse:
+        raise RuntimeError("the upstream failed")
+
+    def answer(request: Any, exc: Exception) -> PlainTextResponse:
+        ran.append(str(exc))
+        return PlainTextResponse("the cached report", status_code=status)
+
+    async def answer_async(request: Any, exc: Exception) -> PlainTextResponse:
+        return answer(request, exc)
+
+    app = _report_app(core, report, policy=True)
+    app.add_exception_handler(key, answer if sync else answer_async)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        resp = client.get("/report", headers=[header(core, client, "/report")])
+    assert (resp.status_code, resp.text) == (status, "the cached report")
+    assert ran == ["the upstream failed"]  # once: the outer layer did not answer again
+    expected = ("payable", "delivered") if status == 200 else ("voided", "refunded")
+    assert settled(core, gate_of(app.middleware_stack)) == [expected]
+
+
+def test_an_error_without_a_handler_is_still_the_servers_500_and_refunded(core: Core) -> None:
+    async def report(request: Any) -> PlainTextResponse:
+        raise RuntimeError("the upstream failed")
+
+    app = _report_app(core, report, policy=True)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        resp = client.get("/report", headers=[header(core, client, "/report")])
+    assert resp.status_code == 500
+    assert settled(core, gate_of(app.middleware_stack)) == [("voided", "refunded")]
+
+
 def test_fastapi_cleanup_failing_after_a_paid_answer_keeps_the_payment(core: Core) -> None:
     app = FastAPI()
     payments = FourmicaX402(app, pay_to=SELLER, network=NETWORK, core=core)
