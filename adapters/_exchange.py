@@ -16,7 +16,8 @@ The gate is told the response's outcome once, when the app returned or raised
   deliver: the client gets a cut body or the server's 500, so the payment is voided. The
   file-sending extensions end a response too: ``http.response.pathsend``, and a
   ``http.response.zerocopysend`` without ``more_body``;
-- otherwise, an exception voids it, and a 2xx is delivered.
+- otherwise, an exception voids it, and a 2xx is delivered; the Starlette app's own
+  ``500`` (or ``Exception``) handler answers an exception here first.
 
 The gate is told after the app, never inside a ``send``: a streaming response's task may be
 cancelled as soon as its last message went out.
