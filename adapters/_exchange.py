@@ -110,7 +110,8 @@ class PaidExchange:
                 answered = await self._error_answer(outer, scope, exc)
             self._stop_listening()
             await self._ended()
-            await self._done(None if self._complete or self.meter.whole() else exc)
+            out = (self._complete or self.meter.whole()) and not self._left
+            await self._done(None if out else exc)
             if not answered:
                 raise
             return
@@ -178,6 +179,9 @@ class PaidExchange:
                 self.judge.feed(chunk)
             if not message.get("more_body", False):
                 return await self._last(message)
+            await self._send(message)
+            meter.out = meter.sent  # the server took it (see Meter.whole)
+            return None
         elif message["type"] in _FILE_SENDS and meter.replacement is None and _ends(message):
             return await self._last(message)  # a file the server sends for the app: its end
         await self._send(message)
@@ -186,7 +190,7 @@ class PaidExchange:
     async def _last(self, message: dict[str, Any]) -> None:
         self._ending = True
         await self._send(message)
-        self._complete = True  # the whole response went out
+        self._complete, self.meter.out = True, self.meter.sent  # the whole response went out
 
     async def receive(self) -> dict[str, Any]:
         heard, listener = self._heard, self._listener

@@ -49,8 +49,7 @@ class Meter:
 
     def __init__(self, gate: Gate, state: Paid, error: BaseException | None = None) -> None:
         self.gate, self.state, self.tap, self.error = gate, state, gate.tap(), error
-        #: The request body as the handler reads it (docs/operations.md, "Evidence and
-        #: disputes"): adapters feed it (:meth:`received`, :meth:`input`).
+        #: The request body as the handler reads it (docs/operations.md, "Evidence…").
         self.body_in = BodyHasher()
         self.status: int | None = None
         #: The handler's headers as it sent them (kept with the body for idempotent replay).
@@ -59,9 +58,10 @@ class Meter:
         self.extra: list[tuple[str, str]] | None = None
         #: What goes out instead of the handler's response (settle-after: the settle failed).
         self.replacement: Response | None = None
-        self.finished = False
-        #: The body's bytes that went out, and the ``Content-Length`` the handler declared.
-        self.sent = 0
+        self.finished = False  # the gate was told
+        #: The body's bytes handed on, those the server took (a send that returned; a WSGI
+        #: chunk whose next was asked for), and the ``Content-Length`` the handler declared.
+        self.sent = self.out = 0
         self.length: int | None = None
         serving(1)  # an exit lets it end first (docs/operations.md)
 
@@ -100,14 +100,12 @@ class Meter:
         return self.tap.feed(chunk)
 
     def whole(self) -> bool:
-        """A 2xx body out to the last byte of its ``Content-Length``: the client has it all,
-        whatever happens next (the app fails, the client closes before the end): delivered."""
-        done = self.length is not None and self.sent >= self.length and self.replacement is None
+        """A 2xx body the server took whole (its ``Content-Length``): delivered, whatever next."""
+        done = self.length is not None and 0 < self.length <= self.out and not self.replacement
         return done and 200 <= (self.status or 0) < 300
 
     def short(self) -> BaseException | None:
-        """A 2xx body whose chunks ended before its ``Content-Length``: the client could not
-        get it whole (WSGI servers do not check), so it was not delivered."""
+        """A 2xx body that ended short of its ``Content-Length`` (WSGI servers do not check)."""
         if self.length is None or self.sent >= self.length or not 200 <= (self.status or 0) < 300:
             return None
         return ConnectionError(f"the body ended after {self.sent} of its {self.length} bytes")
@@ -222,6 +220,7 @@ class SyncBody(_Body):
 
     def __next__(self) -> bytes:
         meter = self._meter
+        meter.out = meter.sent  # asked for the next chunk: the server wrote the last one
         if meter.replacement is None and not meter.finished:
             try:
                 chunk = next(self._chunks)
@@ -250,6 +249,7 @@ class AsyncBody(_Body):
         return self
 
     async def __anext__(self) -> bytes:
+        self._meter.out = self._meter.sent  # as in SyncBody
         try:
             chunk = await anext(self._chunks)
         except StopAsyncIteration:

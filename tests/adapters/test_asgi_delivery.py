@@ -422,6 +422,52 @@ def test_a_body_out_to_its_content_length_is_delivered_whatever_follows(
     assert settled(core, app.gate) == [("payable", "delivered")]
 
 
+@pytest.mark.parametrize("case", ["send-fails", "left-then-raises"])
+def test_a_body_the_server_did_not_take_whole_is_not_charged_when_the_app_then_fails(
+    core: Core, case: str
+) -> None:
+    """The whole declared body was handed to ``send``, but the server did not take it: the
+    send raised (ASGI 2.4, the client gone), or the client was heard leaving first and the
+    server dropped the rest (ASGI 2.3); then the app raised. Not delivered."""
+    heard = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while scope["type"] == "lifespan":
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+        start = {"type": "http.response.start", "status": 200}
+        await send({**start, "headers": [(b"content-length", b"10")]})
+        if case == "left-then-raises":
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        await send({"type": "http.response.body", "body": b"0123456789", "more_body": True})
+        raise RuntimeError("closing an upstream connection failed")
+
+    gate_app = PaymentMiddleware(app, pay_to=SELLER, routes={"GET /raw": "$0.01"}, core=core)
+    with TestClient(gate_app, raise_server_exceptions=False) as client:
+        paid = header(core, client, "/raw")
+    asked = [0]
+
+    async def receive() -> dict[str, Any]:
+        asked[0] += 1
+        if asked[0] == 1:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        heard.set()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if case == "send-fails" and message["type"] == "http.response.body":
+            raise OSError("the client is gone")  # ASGI 2.4
+
+    scope = scope_of("/raw", paid, spec="2.4" if case == "send-fails" else "2.3")
+    with contextlib.suppress(RuntimeError, OSError):
+        asyncio.run(asyncio.wait_for(gate_app(scope, receive, send), 10))
+    assert heard.is_set() == (case == "left-then-raises")
+    assert settled(core, gate_app.gate) == [("voided", "refunded")]
+
+
 @pytest.mark.parametrize("pathsend", [True, False], ids=["pathsend", "body"])
 def test_a_file_the_server_sends_for_the_app_is_delivered(
     core: Core, tmp_path: Any, pathsend: bool

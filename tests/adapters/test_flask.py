@@ -633,3 +633,26 @@ def test_a_body_that_fails_after_its_last_declared_byte_is_delivered(core: Core)
         next(chunks)
     app.extensions["fourmica_x402"].gate.flush()
     assert [g.state for g in core.guarantees(address=buyer.address)] == ["payable"]
+
+
+def test_a_body_closed_before_the_server_asked_past_its_last_chunk_is_refunded(
+    core: Core,
+) -> None:
+    """The server took the whole body's one chunk, failed to write it (the client reset the
+    connection) and closed the body: every byte was handed out, none is known received."""
+    from flask import Response
+
+    app = make_app(pay_to=SELLER, core=core, routes={"GET /once": "$0.01"})
+    FourmicaX402(app)
+
+    @app.get("/once")
+    def once() -> Any:
+        return Response(iter([b"0123456789"]), headers={"Content-Length": "10"})
+
+    client = app.test_client()
+    buyer = funded(core)
+    resp = client.get("/once", headers=payment_for(client, buyer, "/once"), buffered=False)
+    assert resp.status_code == 200 and next(iter(resp.response)) == b"0123456789"
+    resp.close()  # the write failed: the server closes the body without asking for more
+    app.extensions["fourmica_x402"].gate.flush()
+    assert [g.state for g in core.guarantees(address=buyer.address)] == ["voided"]
