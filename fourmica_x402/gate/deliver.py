@@ -147,7 +147,8 @@ def finish(
         yield Call(stream.ended, (outcome, status))
     certificate = payment._made  # if the handler asked for it; else the Core makes it later
     keep = None
-    if config.idempotent_replay and body is not None and outcome == "delivered":
+    # A metered stream is not kept: its body holds every slice, paid for one at a time.
+    if config.idempotent_replay and body is not None and outcome == "delivered" and not stream:
         keep = (headers or [], body)
     record = dict(
         status="delivered" if delivered else "failed",

@@ -10,8 +10,7 @@ later slice the stream asks for it (``payment-required``) and waits for its paym
 seller); the event goes out only once that slice is paid. It ends with ``end`` and a reason.
 
 A slice is charged once its first event went out (the generator was resumed after yielding
-it); a slice paid for but never started is voided when the stream ends.
-"""
+it); a slice paid for but never started is voided when the stream ends."""
 
 from __future__ import annotations
 
@@ -42,6 +41,8 @@ REFUSALS: dict[str, tuple[int, str]] = {
     "stream_closed": (409, "the stream has ended; nothing more is sold on it"),
     "slice_paid": (409, "this slice is already paid for"),
     "slice_out_of_order": (409, "pay for the slice the stream asked for"),
+    "max_slices": (409, "the stream sells no more slices than its maxSlices"),
+    "stream_terms_changed": (409, "this request prices the slice unlike the stream's first"),
 }
 #: How often a waiting stream looks for a payment another process took (seconds).
 POLL = 0.2
@@ -59,12 +60,13 @@ class MeteredStream:
     """``payment.stream`` on a metered route: :meth:`events` wraps the handler's source."""
 
     def __init__(
-        self, gate: Gate, route: Route, payment: Payment, stream_id: str, base: str
+        self, gate: Gate, route: Route, payment: Payment, stream_id: str, request: RequestView
     ) -> None:
         slices = route.config.slices
         assert slices is not None
         self.gate, self.route, self.payment, self.slices = gate, route, payment, slices
-        self.id, self.base = stream_id, base
+        #: Its request: later slices are priced as it was (see :func:`endpoint`).
+        self.id, self.base, self.request = stream_id, origin(gate, request), request
         #: The slice being sent, how many of its events went out, and when it began.
         self.slice, self.sent, self.began = 1, 0, time.monotonic()
         #: Whether slice 1 (this request's own payment) had an event go out.
@@ -181,10 +183,8 @@ class MeteredStream:
     # -- the steps --------------------------------------------------------------------------------
 
     def _opened(self) -> bytes:
-        s = self.slices
-        return sse(
-            "stream", {"stream": self.id, "slice": 1, "units": s.units, "seconds": s.seconds}
-        )
+        s, stream = self.slices, self.id
+        return sse("stream", {"stream": stream, "slice": 1, "units": s.units, "seconds": s.seconds})
 
     def _full(self) -> bool:
         s = self.slices
@@ -336,7 +336,7 @@ def opened(gate: Gate, route: Route, request: RequestView, state: Paid) -> Flow:
     """A metered route's request was paid: its stream, with slice 1 this payment."""
     p = state.payment
     stream_id = yield Call(gate.streams.open, (route.key, p.payer, _row(1, state)))
-    p.stream = MeteredStream(gate, route, p, stream_id, origin(gate, request))
+    p.stream = MeteredStream(gate, route, p, stream_id, request)
 
 
 def endpoint(gate: Gate, request: RequestView) -> Flow:
@@ -360,12 +360,18 @@ def endpoint(gate: Gate, request: RequestView) -> Flow:
         return error_response(
             405, "method_not_allowed", "pay for a slice with POST", [("allow", "POST")]
         )
-    slice_ = int(number)
-    why = refusal((row.payer, row.paid, row.state), slice_, None)
-    route = _route(gate, row.route)
+    slice_, route = int(number), _route(gate, row.route)
+    top = route.config.slices.max_slices if route and route.config.slices else None
+    why = (
+        "max_slices"
+        if top and slice_ > top
+        else refusal((row.payer, row.paid, row.state), slice_, None)
+    )
     if why is not None or route is None:
         return _refused(why or "unknown_stream")
-    reqs = yield from requirements(gate, route, request)
+    reqs = yield from _terms(gate, route, stream_id, request)
+    if isinstance(reqs, Response):
+        return reqs
     from .pay import paid
 
     state = yield from paid(gate, request, route, reqs, opens_stream=False)
@@ -390,6 +396,21 @@ def endpoint(gate: Gate, request: RequestView) -> Flow:
     headers = yield from deliver.response_start(gate, state, 200, "no-store")
     body = {"stream": stream_id, "slice": slice_, "paid": True}
     return Response.json(200, body, [("cache-control", "no-store"), *headers])
+
+
+def _terms(gate: Gate, route: Route, stream_id: str, request: RequestView) -> Flow:
+    """A slice's requirements: priced with the stream's own request where this process serves
+    it (a pay request's headers choose nothing), and always paid to the stream's payTo."""
+    local = _LOCAL.get(stream_id)
+    try:
+        reqs = yield from requirements(gate, route, local.request if local else request)
+    except Exception as exc:  # a price or payTo callable failed: nothing to charge safely
+        log.exception("could not price a slice of %s", route.key)
+        return error_response(500, "pricing_failed", f"could not price this slice: {exc}")
+    first = next((s for s in (yield Call(gate.streams.slices, (stream_id,))) if s.slice == 1), None)
+    if first is not None:  # (a metered route's amount is static)
+        reqs = [r for r in reqs if r.pay_to.lower() == first.pay_to.lower()]
+    return reqs or _refused("stream_terms_changed")
 
 
 #: Metered routes whose handler was seen not streaming (warned once per process).

@@ -219,6 +219,80 @@ def test_a_later_slice_is_only_for_the_streams_payer(
     assert kit.locked(seller, owner) == 2 * CENT and kit.locked(seller, other) == 0
 
 
+def test_a_later_slice_is_priced_as_the_stream_was_whatever_its_pay_request_says(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    """A per-request payTo (picked by a header) was worked out again from each slice's pay
+    request: the buyer chose who got slices 2 on (an accomplice's shop), and a header the
+    payTo could not price answered a bare 500. A slice is paid to the stream's payTo; one
+    past ``max_slices`` is refused before anything is asked for."""
+    shops = [TestBuyer.new().address for _ in range(3)]
+
+    def shop(request: Any) -> str:
+        return shops[int(request.header("x-shop") or 0)]
+
+    stream = {"price": "$0.01", "pay_to": shop}
+    stream["slices"] = Slices(units=2, pay_timeout=10.0, max_slices=2)
+    seller = make_seller(routes={**base_routes, "GET /stream": stream})
+    buyer = kit.funded(seller)
+    with (
+        harness.loopback(seller.client.app, seller.client.interface) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        opening = paid_header_for(client, buyer, "/stream?n=6", {"x-shop": "2"})
+        with client.stream("GET", "/stream?n=6", headers=opening) as response:
+            seen = events(response)
+            asked = [next(seen) for _ in range(4)][-1][1]
+            beyond = client.post(asked["pay"][: -len("2")] + "3")
+            assert beyond.status_code == 409 and beyond.json()["error"] == "max_slices"
+            for other in ("1", "9"):  # another shop; one the payTo cannot price
+                challenge = client.post(asked["pay"], headers={"x-shop": other})
+                assert challenge.status_code == 402, challenge.text
+                (offer,) = decode_payment_required(challenge.headers["payment-required"]).accepts
+                assert offer.pay_to == shops[2]
+            paying = paid_header_for(client, buyer, asked["pay"], {"x-shop": "1"}, "POST")
+            paid = client.post(asked["pay"], headers={**paying, "x-shop": "1"})
+            assert paid.status_code == 200, paid.text
+            rest = list(seen)
+    assert rest[-1] == ("end", {"reason": "max_slices", "slices": 2})
+    assert {g.recipient_address for g in seller.core.guarantees()} == {shops[2]}
+    assert kit.locked(seller, buyer) == 2 * CENT
+
+
+def test_the_opening_payment_of_a_stream_does_not_replay_its_slices(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    """With idempotent replay on, the stream's opening header sent again got the whole
+    stream back, every slice bought after it included, for nothing more."""
+    seller = make_seller(routes={**base_routes, **metered()}, idempotent_replay=True)
+    buyer = kit.funded(seller)
+    with (
+        harness.loopback(seller.client.app, seller.client.interface) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        opening = paid_header(client, buyer, "/stream?n=2")
+        with client.stream("GET", "/stream?n=2", headers=opening) as response:
+            assert [name for name, _ in events(response)] == ["stream", "message", "message", "end"]
+        eventually(lambda: [r.status for r in seller.gate.records.query()] == ["delivered"])
+        again = client.get("/stream?n=2", headers=opening)
+    assert again.status_code == 409 and again.json()["error"] == "replay_unavailable"
+    assert kit.locked(seller, buyer) == CENT
+
+
+def paid_header_for(
+    client: httpx.Client, buyer: TestBuyer, path: str, headers: dict[str, str], method: str = "GET"
+) -> dict[str, str]:
+    """:func:`paid_header` for a request carrying ``headers`` (they may choose its price)."""
+    challenge = client.request(method, path, headers=headers)
+    assert challenge.status_code == 402, challenge.text
+    (offer,) = decode_payment_required(challenge.headers["payment-required"]).accepts
+    body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": offer.to_dict()}
+    tab = client.post("/x402/tab", json=body)
+    assert tab.status_code == 200, tab.text
+    name, value = payment_header(buyer, offer, tab.json())
+    return {name: value, **headers}
+
+
 @pytest.mark.parametrize("kind", ["starlette", "fastapi", "django_async"])
 def test_a_slice_paid_after_the_client_left_is_never_charged(
     make_seller: Any, base_routes: dict[str, Any], kit: Any
