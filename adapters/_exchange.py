@@ -26,7 +26,6 @@ cancelled as soon as its last message went out.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 from typing import Any
@@ -138,21 +137,23 @@ class PaidExchange:
             return False
         from starlette.concurrency import run_in_threadpool
         from starlette.requests import Request
+        from starlette.responses import PlainTextResponse
 
-        request = Request(scope)
+        log, request = logging.getLogger("fourmica_x402.gate"), Request(scope)
+        log.error("the app raised; its error handler answers", exc_info=exc)
         try:
             callers = (handler, type(handler).__call__)  # a function; an object's method
             if any(inspect.iscoroutinefunction(c) for c in callers):
                 response = await handler(request, exc)
             else:
                 response = await run_in_threadpool(handler, request, exc)
-        except Exception:  # its own failure: the outer layer answers the error, as it would
-            logging.getLogger("fourmica_x402.gate").exception("the app's error handler failed")
-            return False
-        log = logging.getLogger("fourmica_x402.gate")
-        log.error("the app raised; its error handler answered", exc_info=exc)
-        with contextlib.suppress(Exception):  # a client gone meanwhile: the meter knows
+        except Exception:  # its own failure: answered as Starlette would, never called twice
+            log.exception("the app's error handler failed")
+            response = PlainTextResponse("Internal Server Error", status_code=500)
+        try:  # the meter knows what went out (a client gone meanwhile, a cut body)
             await response(scope, self.receive, self.send)
+        except Exception:  # e.g. its background task: logged, as the server would
+            log.exception("the app's error handler's answer failed")
         return True
 
     async def _done(self, error: BaseException | None) -> None:

@@ -198,6 +198,41 @@ def test_an_error_handler_answering_outside_the_middleware_is_judged_by_its_stat
     assert settled(core, gate_of(app.middleware_stack)) == [expected]
 
 
+@pytest.mark.parametrize("fails", ["handler", "its-background-task"])
+def test_an_error_handler_that_fails_runs_once_and_its_failure_is_logged(
+    core: Core, fails: str, caplog: Any
+) -> None:
+    """A 500 handler that raised was called again by Starlette's outer layer (its alerts sent
+    twice); a failure while its answer went out (a background task) vanished unlogged."""
+    calls: list[str] = []
+
+    async def report(request: Any) -> PlainTextResponse:
+        raise RuntimeError("the upstream failed")
+
+    def alert() -> None:
+        raise ValueError("the alert could not be sent")
+
+    async def answer(request: Any, exc: Exception) -> PlainTextResponse:
+        calls.append(str(exc))
+        if fails == "handler":
+            raise exc
+        return PlainTextResponse("the cached report", background=BackgroundTask(alert))
+
+    app = _report_app(core, report, policy=True)
+    app.add_exception_handler(500, answer)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        resp = client.get("/report", headers=[header(core, client, "/report")])
+    assert calls == ["the upstream failed"]
+    logged = caplog.text
+    if fails == "handler":
+        assert resp.status_code == 500 and "the app's error handler failed" in logged
+        assert settled(core, gate_of(app.middleware_stack)) == [("voided", "refunded")]
+    else:
+        assert (resp.status_code, resp.text) == (200, "the cached report")
+        assert "the alert could not be sent" in logged
+        assert settled(core, gate_of(app.middleware_stack)) == [("payable", "delivered")]
+
+
 def test_an_error_without_a_handler_is_still_the_servers_500_and_refunded(core: Core) -> None:
     async def report(request: Any) -> PlainTextResponse:
         raise RuntimeError("the upstream failed")
