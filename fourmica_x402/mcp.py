@@ -225,8 +225,8 @@ class ToolPrice:
             messages = list(_sse_messages(body))
         elif kind.startswith("application/json"):
             messages = list(_json_messages(body))
-        else:
-            return None
+        else:  # no MCP answer at all: an error page, an app's error handler's text
+            return TOOL_ERROR
         answers = [m for m in messages if "result" in m or "error" in m]
         if not answers:
             return TOOL_ERROR  # the stream ended before the call was answered

@@ -332,6 +332,9 @@ LONE = {"type": "text", "text": "\ud800"}  # a lone surrogate, as json.dumps wri
         # the server's own answer, read as json.loads reads it: deep or odd text is delivered
         ("application/json", {"jsonrpc": "2.0", "id": 1, "result": {"structuredContent": DEEP}}, None),
         ("text/event-stream", {"jsonrpc": "2.0", "id": 1, "result": {"content": [LONE]}}, None),
+        # no MCP answer: an app's error handler answering the failed call with a page
+        ("text/plain", "Internal error (cached page)", "mcp_tool_error"),
+        ("text/html; charset=utf-8", "<h1>Sorry</h1>", "mcp_tool_error"),
     ],
 )  # fmt: skip
 def test_a_paid_answer_is_judged_by_its_json_rpc_message(
