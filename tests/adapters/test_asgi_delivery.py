@@ -82,6 +82,16 @@ def scope_of(path: str, paid: tuple[bytes, bytes], spec: str = "2.3", **extra: A
     }
 
 
+async def lifespan(scope: Any, receive: Any, send: Any) -> bool:
+    """A raw app's lifespan scope answered (startup, then shutdown); False for any other."""
+    while scope["type"] == "lifespan":
+        message = await receive()
+        await send({"type": message["type"] + ".complete"})
+        if message["type"] == "lifespan.shutdown":
+            return True
+    return False
+
+
 def exchange(app: Any, scope: Any) -> list[dict[str, Any]]:
     """What ``app`` sends for ``scope``, its request read whole and the client staying."""
     sent: list[dict[str, Any]] = []
@@ -389,11 +399,8 @@ def test_an_app_that_returns_before_its_response_ended_is_not_charged(
     the client got 7 bytes and a closed connection, not the answer it paid for."""
 
     async def unfinished(scope: Any, receive: Any, send: Any) -> None:
-        while scope["type"] == "lifespan":
-            message = await receive()
-            await send({"type": message["type"] + ".complete"})
-            if message["type"] == "lifespan.shutdown":
-                return
+        if await lifespan(scope, receive, send):
+            return
         if ending == "nothing":
             return
         await send(
@@ -423,11 +430,8 @@ def test_a_body_out_to_its_content_length_is_delivered_whatever_follows(
     closed first. The client has the answer it paid for; it was refunded all the same."""
 
     async def lingering(scope: Any, receive: Any, send: Any) -> None:
-        while scope["type"] == "lifespan":
-            message = await receive()
-            await send({"type": message["type"] + ".complete"})
-            if message["type"] == "lifespan.shutdown":
-                return
+        if await lifespan(scope, receive, send):
+            return
         start = {"type": "http.response.start", "status": 200}
         await send({**start, "headers": [(b"content-length", b"10")]})
         await send({"type": "http.response.body", "body": b"0123456789", "more_body": True})
@@ -467,11 +471,8 @@ def test_a_body_the_server_did_not_take_whole_is_not_charged_when_the_app_then_f
     heard = asyncio.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        while scope["type"] == "lifespan":
-            message = await receive()
-            await send({"type": message["type"] + ".complete"})
-            if message["type"] == "lifespan.shutdown":
-                return
+        if await lifespan(scope, receive, send):
+            return
         start = {"type": "http.response.start", "status": 200}
         await send({**start, "headers": [(b"content-length", b"10")]})
         if case == "left-then-raises":

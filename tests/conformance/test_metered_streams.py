@@ -60,17 +60,22 @@ def events(response: httpx.Response) -> Iterator[tuple[str, Any]]:
 
 
 def paid_header(
-    client: httpx.Client, buyer: TestBuyer, path: str, method: str = "GET"
+    client: httpx.Client,
+    buyer: TestBuyer,
+    path: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """A valid payment for ``method path`` (challenge, tab, signature) through ``client``."""
-    challenge = client.request(method, path)
+    """A valid payment for ``method path`` (challenge, tab, signature) through ``client``;
+    ``headers`` go with the challenge and come back with the payment (they may price it)."""
+    challenge = client.request(method, path, headers=headers)
     assert challenge.status_code == 402, challenge.text
     (offer,) = decode_payment_required(challenge.headers["payment-required"]).accepts
     body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": offer.to_dict()}
     tab = client.post("/x402/tab", json=body)
     assert tab.status_code == 200, tab.text
     name, value = payment_header(buyer, offer, tab.json())
-    return {name: value}
+    return {name: value, **(headers or {})}
 
 
 def read_stream(seller: Any, buyer: TestBuyer, n: int) -> tuple[PaidStream, list[Any]]:
@@ -239,7 +244,7 @@ def test_a_later_slice_is_priced_as_the_stream_was_whatever_its_pay_request_says
         harness.loopback(seller.client.app, seller.client.interface) as url,
         httpx.Client(base_url=url, timeout=30) as client,
     ):
-        opening = paid_header_for(client, buyer, "/stream?n=6", {"x-shop": "2"})
+        opening = paid_header(client, buyer, "/stream?n=6", headers={"x-shop": "2"})
         with client.stream("GET", "/stream?n=6", headers=opening) as response:
             seen = events(response)
             asked = [next(seen) for _ in range(4)][-1][1]
@@ -250,7 +255,7 @@ def test_a_later_slice_is_priced_as_the_stream_was_whatever_its_pay_request_says
                 assert challenge.status_code == 402, challenge.text
                 (offer,) = decode_payment_required(challenge.headers["payment-required"]).accepts
                 assert offer.pay_to == shops[2]
-            paying = paid_header_for(client, buyer, asked["pay"], {"x-shop": "1"}, "POST")
+            paying = paid_header(client, buyer, asked["pay"], "POST", {"x-shop": "1"})
             paid = client.post(asked["pay"], headers={**paying, "x-shop": "1"})
             assert paid.status_code == 200, paid.text
             rest = list(seen)
@@ -277,20 +282,6 @@ def test_the_opening_payment_of_a_stream_does_not_replay_its_slices(
         again = client.get("/stream?n=2", headers=opening)
     assert again.status_code == 409 and again.json()["error"] == "replay_unavailable"
     assert kit.locked(seller, buyer) == CENT
-
-
-def paid_header_for(
-    client: httpx.Client, buyer: TestBuyer, path: str, headers: dict[str, str], method: str = "GET"
-) -> dict[str, str]:
-    """:func:`paid_header` for a request carrying ``headers`` (they may choose its price)."""
-    challenge = client.request(method, path, headers=headers)
-    assert challenge.status_code == 402, challenge.text
-    (offer,) = decode_payment_required(challenge.headers["payment-required"]).accepts
-    body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": offer.to_dict()}
-    tab = client.post("/x402/tab", json=body)
-    assert tab.status_code == 200, tab.text
-    name, value = payment_header(buyer, offer, tab.json())
-    return {name: value, **headers}
 
 
 @pytest.mark.parametrize("kind", ["starlette", "fastapi", "django_async"])
