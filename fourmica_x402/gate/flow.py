@@ -369,7 +369,10 @@ def _options(endpoint: Endpoint, priced: frozenset[str]) -> Response | PassThrou
 
 
 def _allow(priced: frozenset[str]) -> tuple[str, str]:
-    """``Allow`` for a view that serves any method: the priced ones (HEAD with GET), OPTIONS."""
+    """``Allow`` for a view that serves any method: the priced ones (HEAD with GET), OPTIONS;
+    every method when ``*`` prices them all."""
+    if "*" in priced:
+        priced = priced | frozenset(discovery.METHODS)
     methods = priced - {"*"} | ({"HEAD"} if "GET" in priced else set()) | {"OPTIONS"}
     return "allow", ", ".join(sorted(methods))
 

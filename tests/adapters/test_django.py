@@ -653,6 +653,22 @@ def test_paid_methods_refuses_the_others_without_running_the_view(configured: No
     assert seen == []
 
 
+def test_options_on_a_view_the_table_prices_for_every_method(core: Core) -> None:
+    """A "* /path" entry sells every method, yet its OPTIONS said ``Allow: OPTIONS`` only."""
+    options = {"PAY_TO": SELLER, "NETWORK": NETWORK, "CORE": core, "ROUTES": {"* /free": "$0.02"}}
+    with override_settings(
+        FOURMICA_X402=options,
+        FOURMICA_X402_CONFIG=None,
+        MIDDLEWARE=MIDDLEWARE,
+        ROOT_URLCONF=URLS.__name__,
+    ):
+        client = Client()
+        resp = client.options("/free")
+        assert resp.status_code == 200
+        assert resp["Allow"] == "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"
+        assert amount_of(client.put("/free")) == "20000"
+
+
 @pytest.mark.parametrize(("url", "amount"), [("/legacy/4", 90_000), ("/en-us/intl", 80_000)])
 def test_paid_views_under_re_path_and_i18n_patterns_are_charged(
     configured: None, core: Core, url: str, amount: int
