@@ -8,6 +8,7 @@ in doubt is voided later (docs/operations.md, "A remote facilitator").
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from ..errors import MalformedPayment, Unavailable
@@ -15,9 +16,15 @@ from ..guarantee import SignedGuarantee, guarantee_id
 from ..networks import get_network
 from ..wire import PaymentPayload, PaymentPayloadV1, PaymentRequirements, VerifyResponse
 
-__all__ = ["ANSWER_LIMIT", "abounded", "bounded", "doubt", "settled", "verdict"]
+__all__ = ["ANSWER_LIMIT", "abounded", "bounded", "doubt", "reason_code", "settled", "verdict"]
 
 log = logging.getLogger("fourmica_x402.facilitator")
+
+#: A stable reason code; and a certificate's parts, with the longest claims passed on (a
+#: G-v2 certificate's claims are well under 1 KiB).
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_HEX = re.compile(r"0x[0-9a-fA-F]+")
+_CLAIMS_LIMIT = 4096
 
 #: The largest answer read from a facilitator (a settle answer with its certificate is a few
 #: KiB); a longer one is not read on, and a call it answers may have been applied.
@@ -60,8 +67,10 @@ def settled(
         raise doubt("facilitator settle answer is not an object with a boolean success")
     network = requirements.network
     if not data["success"]:
-        reason = data.get("error") or data.get("errorReason") or "settle_failed"
-        return SettleResult(success=False, network=network, error_reason=str(reason))
+        said = data.get("error") or data.get("errorReason")
+        return SettleResult(
+            success=False, network=network, error_reason=reason_code(said, "settle_failed")
+        )
     try:
         claims = SignedGuarantee.from_json(payload.payload).claims
     except MalformedPayment:
@@ -74,12 +83,15 @@ def settled(
         for what, said, paid in (("guarantee", named, gid), ("payer", payer, claims.user_address)):
             if said and said.lower() != paid.lower():
                 log.warning(
-                    "facilitator's settle answer names %s %s; the payment's is %s", what, said, paid
+                    "facilitator's settle answer names %s %.80r; the payment's is %s",
+                    what,
+                    said,
+                    paid,
                 )
         named, payer = gid, claims.user_address
     if not named:  # nothing to refund or score it by
         raise doubt("facilitator settle answer names no guarantee")
-    certificate = data.get("certificate")
+    certificate = _certificate(data.get("certificate"))
     return SettleResult(
         success=True,
         network=network,
@@ -89,8 +101,40 @@ def settled(
         req_id=claims.req_id if claims else None,
         amount=claims.amount if claims else None,
         state=data.get("state") if isinstance(data.get("state"), str) else None,
-        certificate=certificate if isinstance(certificate, dict) else None,
+        certificate=certificate,
     )
+
+
+def reason_code(said: object, default: str) -> str:
+    """A facilitator's refusal reason as the buyer will read it: a stable snake_case code
+    (docs/protocol.md, "Reason codes"); other text is logged (shortened) and ``default``."""
+    if isinstance(said, str) and _CODE.fullmatch(said):
+        return said
+    if said:
+        log.info("facilitator refused with %.200r; answered as %s", said, default)
+    return default
+
+
+def _certificate(value: object) -> dict[str, str] | None:
+    """The certificate of a settle answer in the Core's format, ``{"claims": "0x…",
+    "signature": "0x…"}`` (docs/protocol.md, "Certificates"); anything else is left out
+    (it would travel to the buyer in a response header)."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        claims, signature = value.get("claims"), value.get("signature")
+        if (
+            isinstance(claims, str)
+            and isinstance(signature, str)
+            and _HEX.fullmatch(claims)
+            and len(claims) % 2 == 0
+            and len(claims) <= 2 + 2 * _CLAIMS_LIMIT
+            and _HEX.fullmatch(signature)
+            and len(signature) == 2 + 2 * 96
+        ):
+            return {"claims": claims, "signature": signature}
+    log.warning("facilitator's settle answer carries no certificate in the Core's format")
+    return None
 
 
 def verdict(data: Any) -> VerifyResponse:

@@ -32,7 +32,7 @@ from ..errors import CoreError, GuaranteeRejected, Unavailable
 from ..networks import parse_amount
 from ..wire import PaymentPayload, PaymentPayloadV1, PaymentRequirements, VerifyResponse
 from . import _asyncio_http
-from ._answers import abounded, bounded, doubt, settled, verdict
+from ._answers import abounded, bounded, doubt, reason_code, settled, verdict
 
 __all__ = ["HttpFacilitator"]
 
@@ -218,8 +218,8 @@ class HttpFacilitator:
                 message = data.get("message") if coded else data.get("error") or data.get("message")
             state = data.get("state") if isinstance(data, dict) else None
             raise CoreError(
-                str(message or status),
-                reason=str(reason or "facilitator_error"),
+                str(message or status)[:200],
+                reason=reason_code(reason, "facilitator_error"),
                 status=status,
                 state=state if isinstance(state, str) else None,
             )

@@ -892,6 +892,82 @@ def test_a_verify_answer_that_is_not_a_verdict_fails_closed(tmp_path: Path) -> N
     assert runs.n == 0
 
 
+_CLAIMS = "0x" + "00" * 416
+_SIGNATURE = "0x" + "ab" * 96
+
+
+@pytest.mark.parametrize(
+    ("certificate", "passed_on"),
+    [
+        ({"claims": _CLAIMS, "signature": _SIGNATURE}, True),
+        ({"claims": _CLAIMS, "signature": _SIGNATURE, "extra": "x" * 50}, True),
+        ({"claims": "0x" + "00" * 400_000, "signature": _SIGNATURE}, False),
+        ({"claims": 5, "signature": None, "x": {"y": 1}}, False),
+        ({"claims": _CLAIMS, "signature": "0x" + "ab" * 95}, False),
+        ({"claims": "0xzz", "signature": _SIGNATURE}, False),
+        ("0x" + "00" * 100, False),
+    ],
+    ids=["official", "extra-member", "huge", "not-strings", "short-signature", "not-hex", "text"],
+)
+def test_a_settle_answers_certificate_reaches_the_buyer_only_in_the_cores_format(
+    tmp_path: Path, certificate: Any, passed_on: bool
+) -> None:
+    """The certificate travels to the buyer in a response header: an 800 KB one made the
+    buyer's client fail on an answer it was charged for."""
+
+    def settle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"success": True, "certificate": certificate})
+
+    mock = httpx.MockTransport(settle)
+    facilitator = HttpFacilitator("http://f.test", transport=mock, async_transport=mock)
+    runs = Counter()
+    with TestClient(seller_app(remote_config(facilitator, tmp_path / "r.db"), runs)) as seller:
+        name, value = payment_header(
+            TestBuyer.new(), offer(seller), {"tabId": "0x1", "nextReqId": "0x0"}
+        )
+        served = seller.get("/premium", headers={name: value})
+    assert served.status_code == 200 and runs.n == 1
+    assert len(served.headers["payment-response"]) < 4096
+    receipt = json.loads(base64.b64decode(served.headers["payment-response"]))
+    expected = {"claims": _CLAIMS, "signature": _SIGNATURE} if passed_on else None
+    assert (receipt.get("extra") or {}).get("certificate") == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "answer", "reason"),
+    [
+        (200, {"success": False, "error": "tab_not_found"}, "tab_not_found"),
+        (200, {"success": False, "error": {"nested": ["x"]}}, "settle_failed"),
+        (200, {"success": False, "error": "bad\r\nSet-Cookie: pwned=1"}, "settle_failed"),
+        (200, {"success": False, "errorReason": "y" * 500_000}, "settle_failed"),
+        (200, {"success": False, "error": "Invalid recipient address"}, "settle_failed"),
+        (409, {"error": "z" * 300_000, "reason": ["a"]}, "facilitator_error"),
+        (400, {"error": "invalid_request", "message": "m" * 300_000}, "invalid_request"),
+    ],
+    ids=["code", "dict", "crlf", "huge", "prose", "4xx-huge", "4xx-coded"],
+)
+def test_a_facilitators_refusal_reaches_the_buyer_as_a_stable_code(
+    tmp_path: Path, status: int, answer: dict[str, Any], reason: str
+) -> None:
+    """A refusal's reason is the 402's ``error``: a stable snake_case code the buyer can
+    branch on (anything else used to go through as it came, a 500 KB string included)."""
+
+    def settle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json=answer)
+
+    mock = httpx.MockTransport(settle)
+    facilitator = HttpFacilitator("http://f.test", transport=mock, async_transport=mock)
+    runs = Counter()
+    with TestClient(seller_app(remote_config(facilitator, tmp_path / "r.db"), runs)) as seller:
+        name, value = payment_header(
+            TestBuyer.new(), offer(seller), {"tabId": "0x1", "nextReqId": "0x0"}
+        )
+        refused = seller.get("/premium", headers={name: value})
+    assert refused.status_code == 402 and runs.n == 0
+    assert refused.json()["error"] == reason
+    assert len(refused.headers["payment-required"]) < 8192
+
+
 # -- 3. the embedded Core's database is read-only or full ---------------------------------------
 
 
