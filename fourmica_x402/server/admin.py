@@ -60,8 +60,9 @@ def subscriptions(hooks: Webhooks, call: Call) -> Reply:
 
 @_admin
 def unsubscribe(hooks: Webhooks, call: Call) -> Reply:
-    removed = hooks.unsubscribe(call.path["sid"])
-    return 200 if removed else 404, {"removed": removed}
+    if not hooks.unsubscribe(call.path["sid"]):
+        return error(404, "not_found", "no such subscription")
+    return 200, {"removed": True}
 
 
 @_admin

@@ -2,7 +2,8 @@
 
 The operator's key (``--api-key``) may make every call. A seller key (``--seller-key
 TOKEN=0xADDRESS``) acts for its own address only, so sellers sharing one service cannot
-refund, cancel or pre-settle each other's payments. Tokens are compared in constant time.
+refund, cancel or pre-settle each other's payments; with keys, ``/settle`` needs one too.
+Tokens are compared in constant time.
 """
 
 from __future__ import annotations
@@ -76,6 +77,20 @@ class Keys:
         if (self.api_key is not None or self.sellers) and self.acts_for(call) is None:
             return refusal(401, "unauthorized")
         return None
+
+    def settles_for(self, call: Call, pay_to: str | None = None) -> Reply | None:
+        """``/settle`` on a service with keys: the operator's key, or a seller key bound to the
+        payment's ``payTo`` (None: not read yet, the key alone is checked). Settling a buyer's
+        payment first would make its seller refuse the buyer. A service without keys leaves
+        ``/settle`` open, as the official facilitator does. None: the call may go on."""
+        if self.api_key is None and not self.sellers:
+            return None
+        if self.acts_for(call) is None:
+            return refusal(401, "unauthorized")
+        try:
+            return None if pay_to is None else self.not_yours(call, parse_address(pay_to))
+        except ValueError:
+            return None  # an unreadable payTo: the settle itself refuses the payment
 
     def not_yours(self, call: Call, address: str) -> Reply | None:
         """A seller key acts for its own address only (None: ``address`` is the caller's)."""

@@ -3,7 +3,9 @@
 
 Official sellers can use the service as their facilitator, so these bodies are the official
 ones, errors included: ``/verify`` and ``/settle`` always answer 200 with ``isValid``/``success``
-false and the stable reason, and ``/tabs`` refuses with ``{"error": text, "reason": code}``.
+false and the stable reason, and ``/tabs`` refuses with ``{"error": text, "reason": code}``. On a
+service with keys ``/settle`` also answers 401/403 to a caller whose key does not act for the
+payment's ``payTo`` (docs/operations.md, "Keys").
 """
 
 from __future__ import annotations
@@ -130,8 +132,12 @@ def verify(service: Service, call: Call) -> Reply:
 
 def settle(service: Service, call: Call) -> Reply:
     answer: dict[str, Any]
+    if (refused := service.keys.settles_for(call)) is not None:
+        return refused
     try:
         payload, requirements = payment_args(call.body)
+        if (refused := service.keys.settles_for(call, requirements.pay_to)) is not None:
+            return refused
         result = service.facilitator.settle(payload, requirements)
         certificate = (
             service.core.certify(result.guarantee_id).to_json()

@@ -42,6 +42,11 @@ SELLER = TestBuyer.from_key(
 USDC = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
 
 
+#: The operator's key of the ``client`` fixture's service: a service with keys settles only
+#: for a caller holding one.
+KEY = {"Authorization": "Bearer s3cret"}
+
+
 def requirements(policy_extra: dict[str, Any] | None = None) -> PaymentRequirements:
     return PaymentRequirements(
         scheme="4mica-credit",
@@ -104,19 +109,20 @@ def test_facilitator_api_shapes(client: TestClient, core: Core) -> None:
         "invalidReason": None,
         "payer": buyer.address,
     }
-    settled = client.post("/settle", json=body).json()
+    settled = client.post("/settle", json=body, headers=KEY).json()
     assert settled["success"] is True and settled["error"] is None and settled["txHash"] is None
     assert settled["networkId"] == NETWORK and settled["transaction"].startswith("0x")
     assert len(bytes.fromhex(settled["certificate"]["signature"][2:])) == 96
-    again = client.post("/settle", json=body).json()
+    again = client.post("/settle", json=body, headers=KEY).json()
     assert again["success"] is False and again["error"] == "replayed_request_id"
     assert client.post("/verify", json=body).json()["invalidReason"] == "replayed_request_id"
     bad = client.post("/verify", json={"paymentPayload": "nope"}).json()
     assert bad == {"isValid": False, "invalidReason": "malformed_payment"}
 
 
-def settled(client: TestClient, core: Core, buyer: TestBuyer) -> str:
-    """Fund ``buyer``, settle one of its payments to SELLER through /settle; its guarantee id."""
+def settled(client: TestClient, core: Core, buyer: TestBuyer, key: str = "s3cret") -> str:
+    """Fund ``buyer``, settle one of its payments to SELLER through /settle (with the operator's
+    ``key``); its guarantee id."""
     core.deposit(buyer.address, 100_000, network=NETWORK)
     req = requirements()
     body = {
@@ -124,7 +130,8 @@ def settled(client: TestClient, core: Core, buyer: TestBuyer) -> str:
         "paymentPayload": signed_payload(client, buyer, req),
         "paymentRequirements": req.to_dict(),
     }
-    return str(client.post("/settle", json=body).json()["transaction"])
+    auth = {"Authorization": f"Bearer {key}"}
+    return str(client.post("/settle", json=body, headers=auth).json()["transaction"])
 
 
 def test_seller_endpoints_need_the_api_key(client: TestClient, core: Core) -> None:
@@ -161,7 +168,7 @@ def test_seller_keys_act_for_their_own_seller_only(core: Core) -> None:
     )
     mine, theirs = {"Authorization": "Bearer key-a"}, {"Authorization": "Bearer key-b"}
     with TestClient(app) as client:
-        gid = settled(client, core, buyer)
+        gid = settled(client, core, buyer, "operator")
         # B's key may not void A's guarantee, not even by claiming to be A...
         refused = client.post(f"/guarantees/{gid}/void", json={"by": SELLER}, headers=theirs)
         assert refused.status_code == 403 and refused.json()["error"] == "key_not_for_address"
@@ -192,6 +199,24 @@ def test_seller_keys_act_for_their_own_seller_only(core: Core) -> None:
         assert refused.status_code == 403 and refused.json()["reason"] == "key_not_for_address"
         assert client.post("/core/guarantees", json=signed, headers=mine).status_code == 200
         [second] = [g for g in core.guarantees(address=buyer.address) if g.state == "payable"]
+        # /settle likewise: with keys, nobody settles a payment for a payTo not their own.
+        req = requirements()
+        body = {
+            "x402Version": 2,
+            "paymentPayload": signed_payload(client, buyer, req),
+            "paymentRequirements": req.to_dict(),
+        }
+        assert client.post("/settle", json=body).status_code == 401
+        refused = client.post("/settle", json=body, headers=theirs)
+        assert refused.status_code == 403 and refused.json()["error"] == "key_not_for_address"
+        assert core.position(buyer.address, network=NETWORK).locked == 10_000  # nothing settled
+        own = client.post("/settle", json=body, headers=mine).json()
+        assert own["success"] is True
+        assert core.position(buyer.address, network=NETWORK).locked == 20_000
+        gone = client.post(
+            f"/guarantees/{own['transaction']}/void", json={"by": SELLER}, headers=mine
+        )
+        assert gone.json()["state"] == "voided"
         operator = {"Authorization": "Bearer operator"}  # acts for any seller
         by_operator = client.post(
             f"/guarantees/{second.guarantee_id}/void", json={"by": SELLER}, headers=operator
@@ -250,8 +275,8 @@ def test_core_api_subset_and_metrics(client: TestClient, core: Core) -> None:
         "paymentPayload": signed_payload(client, buyer, requirements()),
         "paymentRequirements": requirements().to_dict(),
     }
-    client.post("/settle", json=body)
-    client.post("/settle", json=body)
+    client.post("/settle", json=body, headers=KEY)
+    client.post("/settle", json=body, headers=KEY)
     text = client.get("/metrics").text
     assert 'fourmica_guarantees_accepted_total{network="eip155:84532"} 1.0' in text
     # per seller and asset too, from the database
@@ -271,7 +296,7 @@ def test_a_buyer_fetches_the_certificate_of_its_payment(client: TestClient, core
     payload = signed_payload(client, buyer, requirements())
     req = requirements().to_dict()
     body = {"x402Version": 2, "paymentPayload": payload, "paymentRequirements": req}
-    settled = client.post("/settle", json=body).json()
+    settled = client.post("/settle", json=body, headers=KEY).json()
     claims = payload["payload"]["claims"]
     receipt = Receipt(
         outcome="paid",
@@ -316,7 +341,7 @@ def test_an_official_sellers_numbers_as_strings_verify_and_settle(
 
     paid = body(requirements(official_extra(validationChainId="0x14a34")))
     assert client.post("/verify", json=paid).json()["isValid"] is True
-    settled = client.post("/settle", json=paid).json()
+    settled = client.post("/settle", json=paid, headers=KEY).json()
     assert settled["success"] is True, settled
     record = core.guarantee(settled["transaction"])
     assert (record.version, record.min_score) == (2, 80)
@@ -328,7 +353,7 @@ def test_an_official_sellers_numbers_as_strings_verify_and_settle(
         refused = body(requirements(official_extra(**bad)))
         verdict = client.post("/verify", json=refused).json()
         assert (verdict["isValid"], verdict["invalidReason"]) == (False, "malformed_payment")
-        answer = client.post("/settle", json=refused).json()
+        answer = client.post("/settle", json=refused, headers=KEY).json()
         assert answer["success"] is False and answer["error"] == "malformed_payment"
     assert core.position(buyer.address, network=NETWORK).locked == 10_000  # the one settled
 
@@ -695,6 +720,10 @@ def test_webhooks_are_managed_by_the_operator_and_delivered(core: Core) -> None:
         deadline = time.monotonic() + 10
         while not got and time.monotonic() < deadline:
             time.sleep(0.05)
+        gone = client.delete(f"/admin/webhooks/{sub['subscription_id']}", headers=auth)
+        assert gone.status_code == 200 and gone.json() == {"removed": True}
+        again = client.delete(f"/admin/webhooks/{sub['subscription_id']}", headers=auth)
+        assert again.status_code == 404 and again.json()["error"] == "not_found"
     receiver.shutdown()
     assert (
         got and got[0][0] == "collateral.deposited" and json.loads(got[0][1])["data"]["amount"] == 5
@@ -929,7 +958,7 @@ def test_requirements_naming_no_address_are_a_malformed_payment(
         "paymentPayload": signed_payload(client, buyer, req),
         "paymentRequirements": {**req.to_dict(), field: value},
     }
-    answer = client.post(path, json=body)
+    answer = client.post(path, json=body, headers=KEY)
     assert answer.status_code == 200 and _reason(answer) == "malformed_payment"
     assert core.position(buyer.address, network=NETWORK).locked == 0  # nothing settled
 
@@ -952,7 +981,7 @@ def test_totals_past_64_bits_are_summed_exactly(client: TestClient, core: Core) 
             "paymentPayload": signed_payload(client, buyer, req),
             "paymentRequirements": req.to_dict(),
         }
-        assert client.post("/settle", json=body).json()["success"] is True
+        assert client.post("/settle", json=body, headers=KEY).json()["success"] is True
     closed = client.post("/sandbox/cycles/close", json={}, headers=_AUTH)
     assert closed.status_code == 200
     first, following = sorted(core.cycles(), key=lambda c: c.cycle_id)
@@ -974,7 +1003,7 @@ def test_a_remote_facilitator_reports_the_services_refusal_codes(core: Core) -> 
 
     app = create_app(core, api_key="op", tick_interval=None, webhooks=False)
     with TestClient(app) as client:
-        gid = settled(client, core, TestBuyer.new())
+        gid = settled(client, core, TestBuyer.new(), "op")
         remote = HttpFacilitator(
             "http://testserver",
             transport=client._transport,
