@@ -143,6 +143,10 @@ def _load_key(
                     param_hint="'--password-env'",
                 )
         else:
+            if not os.path.isfile(key_file):  # before asking for a password it cannot open
+                raise click.BadParameter(
+                    f"no keystore file at {key_file!r}", param_hint="'--key-file'"
+                )
             try:
                 password = click.prompt(
                     f"Password for {key_file}", hide_input=True, err=True, default=None
@@ -347,13 +351,13 @@ def key() -> None:
 
 
 @key.command("new")
-@click.option("--json", "as_json", is_flag=True, help="Print the key, address and label as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print private_key, address and note as JSON.")
 def key_new(as_json: bool) -> None:
     """Make a fresh TEST key for the sandbox and print it with its address.
 
     The key goes to standard output as an export line, so that
     eval "$(fourmica-x402 key new)" puts it in FOURMICA_X402_KEY for `pay` and
-    `key address`; the label and the address go to standard error, for you to read.
+    `key address`; the note and the address go to standard error, for you to read.
     Nothing stores the key.
     """
     import secrets

@@ -98,8 +98,10 @@ def serve(
     for item in seller_keys:
         token, sep, address = item.partition("=")
         try:
-            if not sep or not token:
-                raise ValueError("expected TOKEN=0xADDRESS")
+            if not sep:
+                raise ValueError("no '=' between TOKEN and ADDRESS")
+            if not token:
+                raise ValueError("the token is empty")
             if not TOKEN.match(token):
                 raise ValueError("the token must be printable ASCII without spaces")
             keys[token] = parse_address(address)

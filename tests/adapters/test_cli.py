@@ -562,6 +562,9 @@ def test_cycle_close_refuses_a_bad_duration(db: str, option: str, value: str, sa
         ("--tab-ttl", "0", "must be above zero"),
         ("--validation-timeout", "5y", "is not a duration"),
         ("--withdrawal-grace", "0x10", "is not a duration"),
+        ("--seller-key", "tok", "no '=' between TOKEN and ADDRESS (expected TOKEN=0xADDRESS)"),
+        ("--seller-key", f"={ADDRESS}", "the token is empty (expected"),
+        ("--seller-key", "tok=0x12", "ADDRESS is not an address (expected"),
     ],
 )
 def test_serve_refuses_a_bad_setting(db: str, option: str, value: str, says: str) -> None:

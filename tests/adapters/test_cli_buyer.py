@@ -200,6 +200,7 @@ def test_key_address_takes_the_same_options(keystore: Path) -> None:
         (["--key-file", "KEYSTORE", "--password-env", "NOPE"], {}, "NOPE is not set"),
         (["--key-file", "KEYSTORE"], {}, "no password given"),
         (["--key-file", "MISSING", "--password-env", "P"], {"P": PASSWORD}, "cannot read"),
+        (["--key-file", "MISSING"], {}, "no keystore file at"),  # not asked for a password
         (["--key-file", "NOT_JSON", "--password-env", "P"], {"P": PASSWORD}, "not a keystore"),
         (["--key-env", "BUYER_KEY"], {}, "BUYER_KEY holds no key"),
         (["--key-env", "BUYER_KEY"], {"BUYER_KEY": KEY[:-2]}, "BUYER_KEY: a private key is 32"),
