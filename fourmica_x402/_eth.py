@@ -44,6 +44,14 @@ def checksum_address(address: str) -> str:
     )
 
 
+def _shown(value: object) -> str:
+    """``value`` as an error message may show it: a long string only by its first characters
+    and its length (a private key pasted where an address goes is never echoed)."""
+    if isinstance(value, str) and len(value) > 12:
+        return f"{value[:6]!r}… ({len(value)} characters)"
+    return f"{value!r:.60}"
+
+
 def parse_address(value: object) -> str:
     """Validate an address and return its EIP-55 form.
 
@@ -52,7 +60,7 @@ def parse_address(value: object) -> str:
     Raises ``ValueError`` on anything else.
     """
     if not isinstance(value, str) or not _ADDRESS_RE.match(value):
-        raise ValueError(f"not an address: {value!r:.60}")
+        raise ValueError(f"not an address: {_shown(value)}")
     body = value[2:]
     fixed = checksum_address(value)
     if body != body.lower() and body != body.upper() and fixed != value:

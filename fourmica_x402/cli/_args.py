@@ -64,9 +64,8 @@ def check_asset(ctx: click.Context, param: click.Parameter, value: str | None) -
     try:
         return parse_address(value)
     except ValueError:
-        raise click.BadParameter(
-            f"{value!r:.60} is not a token address (0x and 40 hex digits)"
-        ) from None
+        shown = f"{value[:6]!r}…" if len(value) > 12 else repr(value)
+        raise click.BadParameter(f"{shown} is not a token address (0x and 40 hex digits)") from None
 
 
 def check_address(value: str, name: str = "ADDRESS") -> str:

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import sys
+import unicodedata
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -143,7 +144,7 @@ def _load_key(
                     param_hint="'--password-env'",
                 )
         else:
-            if not os.path.isfile(key_file):  # before asking for a password it cannot open
+            if not os.path.exists(key_file):  # before asking for a password (a pipe is fine)
                 raise click.BadParameter(
                     f"no keystore file at {key_file!r}", param_hint="'--key-file'"
                 )
@@ -341,8 +342,14 @@ def offers(url: str, as_json: bool, timeout: float) -> None:
         for offer in resource.accepts:
             cells = (resource.method, resource.url, offer.price, offer.network)
             pay_to = offer.pay_to or "set per request"
-            table.add_row(*(escape(c) for c in (*cells, pay_to, resource.description)))
+            table.add_row(*(escape(_printable(c)) for c in (*cells, pay_to, resource.description)))
     Console().print(table)
+
+
+def _printable(text: str) -> str:
+    """A seller's text as a terminal may show it: control characters (escape sequences that
+    could rewrite what is shown, or the window title) become U+FFFD."""
+    return "".join("\ufffd" if unicodedata.category(c) in ("Cc", "Cf") else c for c in text)
 
 
 @click.group()
@@ -351,7 +358,9 @@ def key() -> None:
 
 
 @key.command("new")
-@click.option("--json", "as_json", is_flag=True, help="Print private_key, address and note as JSON.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print private_key, address and note as JSON."
+)
 def key_new(as_json: bool) -> None:
     """Make a fresh TEST key for the sandbox and print it with its address.
 

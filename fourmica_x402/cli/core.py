@@ -96,7 +96,7 @@ def serve(
 
     keys: dict[str, str] = {}
     for item in seller_keys:
-        token, sep, address = item.partition("=")
+        token, sep, address = item.rpartition("=")  # an address has no '=', a token may
         try:
             if not sep:
                 raise ValueError("no '=' between TOKEN and ADDRESS")
@@ -104,11 +104,13 @@ def serve(
                 raise ValueError("the token is empty")
             if not TOKEN.match(token):
                 raise ValueError("the token must be printable ASCII without spaces")
-            keys[token] = parse_address(address)
+            try:
+                keys[token] = parse_address(address)
+            except ValueError:
+                raise ValueError("ADDRESS is not an address") from None
         except ValueError as exc:  # never the value itself: its halves may be swapped
-            why = "ADDRESS is not an address" if sep and token else str(exc)
             raise click.BadParameter(
-                f"{why} (expected TOKEN=0xADDRESS)", param_hint="'--seller-key'"
+                f"{exc} (expected TOKEN=0xADDRESS)", param_hint="'--seller-key'"
             ) from None
     rules = None
     if alerts:

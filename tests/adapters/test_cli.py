@@ -240,6 +240,12 @@ def test_deposit_amounts_are_called_amounts(db: str, amount: str, says: str) -> 
 
 def test_deposit_refuses_a_bad_address_and_asset(db: str) -> None:
     refused(cli("deposit", "--db", db, "0x1234", "$1"), 2, "ADDRESS", "not an address")
+    key = "0x" + "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"  # TEST key
+    for result in (  # a key pasted where an address goes is never echoed
+        cli("deposit", "--db", db, key, "$1"),
+        cli("deposit", "--db", db, "--asset", key, ADDRESS, "$1"),
+    ):
+        assert result.exit_code == 2 and key[8:] not in result.output, result.output
     refused(cli("deposit", "--db", db, "--asset", "usdc", ADDRESS, "$1"), 2, "'--asset'")
 
 
@@ -565,6 +571,7 @@ def test_cycle_close_refuses_a_bad_duration(db: str, option: str, value: str, sa
         ("--seller-key", "tok", "no '=' between TOKEN and ADDRESS (expected TOKEN=0xADDRESS)"),
         ("--seller-key", f"={ADDRESS}", "the token is empty (expected"),
         ("--seller-key", "tok=0x12", "ADDRESS is not an address (expected"),
+        ("--seller-key", f"to k={ADDRESS}", "the token must be printable ASCII"),
     ],
 )
 def test_serve_refuses_a_bad_setting(db: str, option: str, value: str, says: str) -> None:
@@ -654,6 +661,7 @@ def test_serve_warns_when_sellers_cannot_refund(tmp_path: Path) -> None:
     warning = "no --api-key and no --seller-key"
     assert warning in _serve_output(tmp_path)
     assert warning not in _serve_output(tmp_path, "--seller-key", f"tok={ADDRESS}")
+    assert warning not in _serve_output(tmp_path, "--seller-key", f"b64tok=={ADDRESS}")  # '=' in it
     assert warning not in _serve_output(tmp_path, "--sandbox")
 
 

@@ -261,11 +261,13 @@ def test_a_bad_number_in_a_challenge_is_a_clean_refusal(
 
 
 def test_offers_lists_the_prices_and_the_listed_offer_is_paid(tmp_path: Path) -> None:
-    quoted = {"price": lambda request: "$0.05", "description": "a quote"}
+    # a seller's escape sequence (here: clear the screen) never reaches the buyer's terminal
+    quoted = {"price": lambda request: "$0.05", "description": "a quote\x1b[2J"}
     routes = {"GET /premium": "$0.01", "POST /quote/:id": quoted}
     with seller(tmp_path, routes=routes) as (url, core):
         shown = cli("offers", url, env={"COLUMNS": "200"})
         assert clean(shown) and shown.exit_code == 0, shown.output
+        assert "\x1b" not in shown.stdout and "a quote\ufffd[2J" in shown.stdout
         for text in ("/premium", "$0.01", "/quote/{id}", "set per request", "a quote", PAY_TO):
             assert text in shown.stdout, (text, shown.stdout)
         narrow = cli("offers", url, env={"COLUMNS": "60"}).stdout  # folded, never cut
@@ -278,7 +280,7 @@ def test_offers_lists_the_prices_and_the_listed_offer_is_paid(tmp_path: Path) ->
         assert offer["amount"] == 10_000 and offer["price"] == "$0.01"
         assert offer["pay_to"] == PAY_TO and offer["per_request"] == []
         assert quote["method"] == "POST" and quote["url"].endswith("/quote/{id}")
-        assert quote["description"] == "a quote"
+        assert quote["description"] == "a quote\x1b[2J"  # JSON escapes it
         assert quote["accepts"][0]["amount"] is None
         assert quote["accepts"][0]["per_request"] == ["amount", "asset"]
         # the library reads the same listing, sync and async, from any URL of the seller
