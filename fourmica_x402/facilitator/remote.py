@@ -61,6 +61,14 @@ def _proxied(url: str) -> bool:
     return bool(wanted) and not proxy_bypass(parts.hostname or "")
 
 
+def _public(url: str) -> str:
+    """``url`` as buyers and logs may see it: without user info, query or fragment, where a
+    facilitator's credentials could ride (the calls still use the whole URL)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=host, query="", fragment="").geturl()
+
+
 class HttpFacilitator:
     """A remote facilitator. ``headers`` are sent with every call (auth)."""
 
@@ -82,7 +90,7 @@ class HttpFacilitator:
         self.url = url.rstrip("/")
         #: The Core API buyers read (``rpcUrl`` in challenges): ``fourmica-x402 serve`` serves
         #: it beside the facilitator API, so by default this URL (docs/operations.md).
-        self.rpc_url = (rpc_url or self.url).rstrip("/")
+        self.rpc_url = (rpc_url or _public(self.url)).rstrip("/")
         #: The validation registry the facilitator trusts: with it, challenges carry the
         #: delivery policy, as on the embedded Core (docs/protocol.md, "Delivery").
         self.validation_registry = (
@@ -106,8 +114,8 @@ class HttpFacilitator:
         self._apool: tuple[asyncio.AbstractEventLoop, _asyncio_http.JsonPool] | None = None
         self._proxied = _proxied(self.url)  # read once, as httpx's client reads it
 
-    def __repr__(self) -> str:  # headers may carry credentials
-        return f"HttpFacilitator({self.url!r})"
+    def __repr__(self) -> str:  # headers (and the URL's user info or query) may carry credentials
+        return f"HttpFacilitator({_public(self.url)!r})"
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -186,7 +194,7 @@ class HttpFacilitator:
         return response.status_code, response.headers.get("retry-after"), content
 
     def _unreachable(self, exc: Exception) -> Unavailable:
-        error = Unavailable(f"facilitator {self.url} unreachable: {type(exc).__name__}")
+        error = Unavailable(f"facilitator {_public(self.url)} unreachable: {type(exc).__name__}")
         # Only a failed connect proves the request never arrived; after a read timeout or a
         # dropped connection the facilitator may have acted on it.
         error.maybe_applied = not isinstance(exc, _NOT_SENT)
