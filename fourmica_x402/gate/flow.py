@@ -288,9 +288,9 @@ class Gate:
             reqs = yield from requirements(self, route, request)
         except InvalidUnits as exc:  # the request's own fault, before any payment: 400
             return error_response(exc.status, exc.reason, exc.message)
-        except Exception as exc:  # a price or payTo callable failed: nothing to charge safely
-            log.exception("could not price %s", route.key)
-            return error_response(500, "pricing_failed", f"could not price this request: {exc}")
+        except Exception:  # a price or payTo callable failed: nothing to charge safely
+            log.exception("could not price %s", route.key)  # the why is the seller's: logged
+            return error_response(500, "pricing_failed", "could not price this request")
         if method == "HEAD" and (
             request.header_values(PAYMENT_SIGNATURE_HEADER)
             or request.header_values(X_PAYMENT_HEADER)

@@ -404,9 +404,9 @@ def _terms(gate: Gate, route: Route, stream_id: str, request: RequestView) -> Fl
     local = _LOCAL.get(stream_id)
     try:
         reqs = yield from requirements(gate, route, local.request if local else request)
-    except Exception as exc:  # a price or payTo callable failed: nothing to charge safely
-        log.exception("could not price a slice of %s", route.key)
-        return error_response(500, "pricing_failed", f"could not price this slice: {exc}")
+    except Exception:  # a price or payTo callable failed: nothing to charge safely
+        log.exception("could not price a slice of %s", route.key)  # the why: logged only
+        return error_response(500, "pricing_failed", "could not price this slice")
     first = next((s for s in (yield Call(gate.streams.slices, (stream_id,))) if s.slice == 1), None)
     if first is not None:  # (a metered route's amount is static)
         reqs = [r for r in reqs if r.pay_to.lower() == first.pay_to.lower()]

@@ -217,6 +217,7 @@ def test_a_minimum_raises_a_price_set_per_request(
     # a minimum cannot be compared with an amount in another asset: not priced, not charged
     failed = seller.request("GET", "/stored")
     assert failed.status == 500 and failed.json()["error"] == "pricing_failed"
+    assert "0x1111" not in failed.text  # the seller's error stays in its log, not the answer
     assert seller.calls["/stored"] == 0 and kit.locked(seller, buyer) == UNIT
 
 
