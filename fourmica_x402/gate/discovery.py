@@ -34,6 +34,7 @@ PATH = "/.well-known/x402"
 #: Shared caches may keep the listing briefly: a run-time price (docs/operations.md,
 #: "Repricing") shows there within a minute, in every 402 at once.
 CACHE_CONTROL = "public, max-age=60"
+_VARY = "Host, Forwarded, X-Forwarded-Host, X-Forwarded-Proto, X-Forwarded-Prefix"
 #: The methods listed for a route that serves (or is priced for) any method, in this order.
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
@@ -73,7 +74,9 @@ def listing(gate: Gate, request: RequestView) -> Flow:
             item["extensions"] = dict(config.extensions)
         resources.append(item)
     body = {"x402Version": 2, "resources": resources}
-    return Response.json(200, body, [("cache-control", CACHE_CONTROL)])
+    # Built from the request's host (and forwarded headers a proxy fix trusts): a shared cache
+    # must not serve one host's listing for another.
+    return Response.json(200, body, [("cache-control", CACHE_CONTROL), ("vary", _VARY)])
 
 
 def priced(gate: Gate) -> Iterator[tuple[Route, str, str]]:

@@ -40,6 +40,7 @@ def listing(seller: Any) -> list[dict[str, Any]]:
     assert resp.status == 200, resp.text
     assert resp.headers["content-type"] == "application/json"
     assert resp.headers["cache-control"] == "public, max-age=60"
+    assert "Host" in resp.headers["vary"]  # built from the request's host: cached per host
     body = resp.json()
     assert body["x402Version"] == 2
     return list(body["resources"])
