@@ -913,6 +913,18 @@ def test_a_facilitator_url_s_credentials_reach_no_buyer_and_no_log(
         assert "hunter2" not in text and "api_key" not in text
 
 
+def _paid_through(tmp_path: Path, settled: httpx.Response) -> tuple[httpx.Response, Counter]:
+    """One paid GET /premium through a facilitator whose /settle answers ``settled``."""
+    mock = httpx.MockTransport(lambda request: settled)
+    facilitator = HttpFacilitator("http://f.test", transport=mock, async_transport=mock)
+    runs = Counter()
+    with TestClient(seller_app(remote_config(facilitator, tmp_path / "r.db"), runs)) as seller:
+        name, value = payment_header(
+            TestBuyer.new(), offer(seller), {"tabId": "0x1", "nextReqId": "0x0"}
+        )
+        return seller.get("/premium", headers={name: value}), runs
+
+
 _CLAIMS = "0x" + "00" * 416
 _SIGNATURE = "0x" + "ab" * 96
 
@@ -936,17 +948,8 @@ def test_a_settle_answers_certificate_reaches_the_buyer_only_in_the_cores_format
     """The certificate travels to the buyer in a response header: an 800 KB one made the
     buyer's client fail on an answer it was charged for."""
 
-    def settle(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"success": True, "certificate": certificate})
-
-    mock = httpx.MockTransport(settle)
-    facilitator = HttpFacilitator("http://f.test", transport=mock, async_transport=mock)
-    runs = Counter()
-    with TestClient(seller_app(remote_config(facilitator, tmp_path / "r.db"), runs)) as seller:
-        name, value = payment_header(
-            TestBuyer.new(), offer(seller), {"tabId": "0x1", "nextReqId": "0x0"}
-        )
-        served = seller.get("/premium", headers={name: value})
+    answer = {"success": True, "certificate": certificate}
+    served, runs = _paid_through(tmp_path, httpx.Response(200, json=answer))
     assert served.status_code == 200 and runs.n == 1
     assert len(served.headers["payment-response"]) < 4096
     receipt = json.loads(base64.b64decode(served.headers["payment-response"]))
@@ -973,17 +976,7 @@ def test_a_facilitators_refusal_reaches_the_buyer_as_a_stable_code(
     """A refusal's reason is the 402's ``error``: a stable snake_case code the buyer can
     branch on (anything else used to go through as it came, a 500 KB string included)."""
 
-    def settle(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(status, json=answer)
-
-    mock = httpx.MockTransport(settle)
-    facilitator = HttpFacilitator("http://f.test", transport=mock, async_transport=mock)
-    runs = Counter()
-    with TestClient(seller_app(remote_config(facilitator, tmp_path / "r.db"), runs)) as seller:
-        name, value = payment_header(
-            TestBuyer.new(), offer(seller), {"tabId": "0x1", "nextReqId": "0x0"}
-        )
-        refused = seller.get("/premium", headers={name: value})
+    refused, runs = _paid_through(tmp_path, httpx.Response(status, json=answer))
     assert refused.status_code == 402 and runs.n == 0
     assert refused.json()["error"] == reason
     assert len(refused.headers["payment-required"]) < 8192
