@@ -168,6 +168,15 @@ class Gate:
                 f"(its routes: {shown or 'none'}); a route-table entry names a route template "
                 "the framework knows, e.g. 'GET /items/:id' for /items/{id}"
             )
+        for priced, free in self.routes.partly_priced(found):
+            log.warning(
+                "the route table prices %s but not %s, which the app serves with the same "
+                "handler: buyers reach it free there; price both, or mark the handler "
+                "(@paid / Paid), unless %s is meant to be free",
+                priced,
+                free,
+                free,
+            )
 
     def refuses_websocket(self, request: RequestView) -> bool:
         """A WebSocket on a priced route: refused (no paid-WebSocket mode exists yet).

@@ -358,6 +358,33 @@ def test_a_route_entry_naming_no_route_fails_check_and_every_request(
     assert runs == [] and "GET /reprot" in caplog.text
 
 
+def test_check_warns_of_a_handler_the_table_prices_on_one_rule_only(
+    core: Core, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``defaults=`` gives one view a second rule: /page/1 redirects to /page/, which the
+    table did not price, so page 1 was served free and nothing said so."""
+    app = make_app(pay_to=SELLER, core=core, routes={"GET /page/<int:n>": "$0.01"})
+    ext = FourmicaX402(app)
+
+    @app.get("/page/", defaults={"n": 1})
+    @app.get("/page/<int:n>")
+    def page(n: int) -> Any:
+        return {"n": n}
+
+    @app.get("/marked/", defaults={"n": 1})
+    @app.get("/marked/<int:n>")
+    @paid(price="$0.01")
+    def marked(n: int) -> Any:  # a marker prices every rule of its view: nothing to say
+        return {"n": n}
+
+    with caplog.at_level(logging.WARNING, logger="fourmica_x402"):
+        ext.check()
+    (said,) = [r.getMessage() for r in caplog.records if "same handler" in r.getMessage()]
+    assert said.startswith("the route table prices /page/<int:n> but not /page/,")
+    client = app.test_client()
+    assert client.get("/page/2").status_code == 402 and client.get("/page/").status_code == 200
+
+
 def test_paid_above_the_route_decorator_fails_check_and_every_request(core: Core) -> None:
     """@paid over @app.get priced a function Flask never serves: the view ran for free."""
     app = make_app(pay_to=SELLER, core=core)

@@ -5,6 +5,7 @@ own price (docs/architecture.md, "Which route is priced")."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from fourmica_x402.config import PaymentConfig
 from fourmica_x402.core import Core
 from fourmica_x402.testing import NETWORK, TestBuyer
 from fourmica_x402.wire import decode_payment_required
@@ -354,3 +356,24 @@ def test_a_converter_regex_is_read_for_whether_it_matches_a_slash(regex: str, sp
     from fourmica_x402.templates import matches_slash
 
     assert matches_slash(regex) is spans
+
+
+def test_a_starlette_view_priced_under_one_of_its_paths_is_named_at_start_up(
+    core: Core, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One view under two paths, the table pricing one: the other serves it free. The gate
+    says so when it starts (it may be meant; a table cannot tell)."""
+
+    async def report(request: Any) -> JSONResponse:
+        return JSONResponse({"report": True})
+
+    config = PaymentConfig(pay_to=SELLER, routes={"GET /v2/report": "$0.01"}, core=core)
+    app = Starlette(
+        routes=[Route("/v1/report", report), Route("/v2/report", report)],
+        middleware=[Middleware(PaymentMiddleware, config=config)],
+    )
+    with caplog.at_level(logging.WARNING, logger="fourmica_x402"), TestClient(app) as client:
+        assert client.get("/v2/report").status_code == 402
+        assert client.get("/v1/report").status_code == 200
+    said = [r.getMessage() for r in caplog.records if "same handler" in r.getMessage()]
+    assert said and "prices /v2/report but not /v1/report" in said[0]
