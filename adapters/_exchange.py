@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import sys
 from typing import Any
 
 from fourmica_x402.gate import PASS, Gate, Response
@@ -35,7 +36,7 @@ from fourmica_x402.gate.lifecycle import Meter
 
 from ._body import BufferedBody, Judge
 
-__all__ = ["Delegated", "PaidExchange", "app_below", "send_response"]
+__all__ = ["Delegated", "PaidExchange", "app_below", "send_response", "warn_copying_layers"]
 
 _LEFT = "the client left before the response ended"
 _UNFINISHED = "the app returned before its response ended"
@@ -264,6 +265,29 @@ def _has_body(scope: Any) -> bool:
         ):
             return True
     return False
+
+
+def warn_copying_layers(app: Any) -> None:
+    """Warn once of a Starlette ``BaseHTTPMiddleware`` below the payment middleware: it passes
+    on ``call_next``'s copy of each response, which ends a stream the app failed in as if it
+    were complete, so such a paid stream is charged (docs/protocol.md, "Delivery")."""
+    base = getattr(sys.modules.get("starlette.middleware.base"), "BaseHTTPMiddleware", None)
+    node = app
+    for _ in range(100):  # bounded: a stack is a few layers deep
+        if base is None or node is None:
+            return
+        if isinstance(node, base):
+            logging.getLogger("fourmica_x402.gate").warning(
+                "%s (a Starlette BaseHTTPMiddleware) runs below the payment middleware: a paid "
+                "stream that fails midway reaches the gate as if it were complete and is "
+                "charged; write it as a pure ASGI middleware, or add it after the payment "
+                "middleware if it does not change responses",
+                getattr(node.dispatch_func, "__name__", "?")  # @app.middleware("http")
+                if type(node) is base
+                else type(node).__name__,
+            )
+            return
+        node = getattr(node, "app", None)
 
 
 def app_below(app: Any, dispatch: Any) -> Any:

@@ -34,7 +34,7 @@ from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Marker, Startu
 
 from ._body import BufferedBody
 from ._chain import applied_root_path, find_router
-from ._exchange import PaidExchange, send_response
+from ._exchange import PaidExchange, send_response, warn_copying_layers
 from ._starlette import StarletteRouter
 
 __all__ = ["PaymentMiddleware"]
@@ -106,6 +106,7 @@ class PaymentMiddleware:
             StarletteRouter.start(self.gate, router, marker),
             applied_root_path(self.app),
         )
+        warn_copying_layers(self.app)
 
     def _view(self, scope: Scope, receive: Any) -> RequestView:
         scope = {**scope, "root_path": self._root} if self._root else scope

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,10 +22,12 @@ from fourmica_x402.adapters.fastapi import FourmicaX402, Paid
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from fourmica_x402.config import PaymentConfig
 from fourmica_x402.core import Core
 from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
 from fourmica_x402.wire import decode_header_json, decode_payment_required
@@ -738,3 +741,34 @@ async def _receive() -> dict[str, Any]:
 
 async def _drop(message: dict[str, Any]) -> None:
     pass
+
+
+def test_a_base_http_middleware_below_the_gate_is_named_at_start_up(
+    core: Core, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Starlette's BaseHTTPMiddleware passes on call_next's copy of a response, which ends a
+    stream the app failed in as if it were whole: below the gate, such a paid stream is
+    charged. Where the docs advise putting response-changing middleware, nothing said so."""
+
+    async def report(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("report")
+
+    async def tag(request: Any, call_next: Any) -> Any:
+        response = await call_next(request)
+        response.headers["x-tag"] = "1"
+        return response
+
+    def started(*below: Middleware) -> list[str]:
+        caplog.clear()
+        config = PaymentConfig(pay_to=SELLER, routes=ROUTES, core=core)
+        app = Starlette(
+            routes=[Route("/report", report), Route("/stream", report)],
+            middleware=[Middleware(PaymentMiddleware, config=config), *below],
+        )
+        with caplog.at_level(logging.WARNING, logger="fourmica_x402"), TestClient(app) as client:
+            assert client.get("/report").status_code == 402
+        return [r.getMessage() for r in caplog.records if "BaseHTTPMiddleware" in r.getMessage()]
+
+    (said,) = started(Middleware(BaseHTTPMiddleware, dispatch=tag))
+    assert said.startswith("tag (a Starlette BaseHTTPMiddleware) runs below the payment")
+    assert started() == []  # nothing below: nothing to say
