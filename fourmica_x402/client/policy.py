@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._eth import parse_address
 from ..networks import Asset, dollar_assets, find_asset, format_amount, to_atomic
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 __all__ = ["ApprovalRequest", "Decision", "SpendingPolicy", "Task"]
 
 Money = str | int
+_T = TypeVar("_T")
+log = logging.getLogger("fourmica_x402.client")
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,16 @@ class Task:
         while task is not None:
             yield task
             task = task.parent
+
+    def run(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+        """``fn(*args, **kwargs)`` inside this task, in the calling thread. A thread does not
+        inherit the task it was started in (asyncio tasks do): give a worker its work as
+        ``pool.submit(task.run, fetch, url)`` (docs/buyer.md, "Budgets")."""
+        token = _current_task.set(self)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _current_task.reset(token)
 
 
 _current_task: contextvars.ContextVar[Task | None] = contextvars.ContextVar(
@@ -123,6 +136,8 @@ class SpendingPolicy:
         # This process's reservations, for the task objects' own tallies.
         self._pending: dict[int, tuple[str, int, Task | None]] = {}
         self._approved_sellers: set[str] = set()
+        self._open_tasks = 0  # tasks entered and not left: a payment outside them is told
+        self._told = False
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -135,10 +150,14 @@ class SpendingPolicy:
         spends from both: every budget up the chain must cover a payment."""
         task = Task(name, budget, parent=_current_task.get())
         token = _current_task.set(task)
+        with self._lock:
+            self._open_tasks += 1
         try:
             yield task
         finally:
             _current_task.reset(token)
+            with self._lock:
+                self._open_tasks -= 1
 
     @staticmethod
     def current_task() -> Task | None:
@@ -199,6 +218,13 @@ class SpendingPolicy:
                     what = f"the {name.replace('_', ' ')} budget {_money(cap, token)}"
                     return Decision("budget_exhausted", _exceeded(what, spent, amount, token))
             task = _current_task.get()
+            if task is None and self._open_tasks and not self._told:
+                self._told = True  # once: payments outside every task are allowed
+                log.warning(
+                    "a payment outside any task while a task of this policy is open: its "
+                    "budget does not apply here (a thread does not inherit the task it was "
+                    "started in; give it its work with task.run(fn, ...))"
+                )
             for each in task.chain() if task is not None else ():
                 refused = self._task_refuses(book, each, token, asset, amount, ahead)
                 if refused is not None:

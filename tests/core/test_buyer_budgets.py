@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -290,6 +292,25 @@ def test_a_task_inside_another_spends_from_both_budgets(kept: str, tmp_path: Pat
             assert ask(restarted, 1) == "budget_exhausted"
         with restarted.task("step-9", budget=30_000):
             assert ask(restarted, 1) == "budget_exhausted"
+
+
+def test_a_task_reaches_worker_threads_through_task_run(caplog: pytest.LogCaptureFixture) -> None:
+    """A thread does not inherit the task it was started in: ten payments made by pool
+    workers inside a $0.03 task all went through, outside its budget, and nothing said so."""
+    policy = SpendingPolicy()
+    with policy.task("research", budget=30_000) as task, ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(lambda _: task.run(ask, policy), range(10)))
+    assert outcomes.count("paid") == 3 and outcomes.count("budget_exhausted") == 7
+    assert task.spent == {USDC.lower(): 30_000}
+    with (
+        caplog.at_level(logging.WARNING, logger="fourmica_x402.client"),
+        policy.task("other", budget=10_000),
+        ThreadPoolExecutor(2) as pool,
+    ):  # without task.run a worker pays outside the task: allowed, and said once
+        outside = list(pool.map(lambda _: ask(policy), range(3)))
+    assert outside == ["paid"] * 3
+    told = [r for r in caplog.records if "outside any task" in r.getMessage()]
+    assert len(told) == 1
 
 
 def test_a_new_seller_over_the_threshold_is_asked_about_both_at_once() -> None:
