@@ -140,7 +140,11 @@ def _check_content(content: dict[str, Any], trusted: bytes | str | None) -> Veri
     core = _object(content.get("core"), "core")
     cert = _object(content.get("certificate"), "certificate")
     total = g.get("total_amount")
-    if isinstance(total, bool) or not isinstance(total, int) or total < claims.amount:
+    if (
+        isinstance(total, bool)
+        or not isinstance(total, int)
+        or not claims.amount <= total < 1 << 256  # a uint256 word of the certificate
+    ):
         raise _fail("certificate message does not match the claims (tab total)")
     guarantee_domain = _hex(core.get("guarantee_domain"), "guarantee domain")
     if _hex(cert.get("claims"), "certificate message") != certificate_message(

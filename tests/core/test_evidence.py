@@ -295,6 +295,17 @@ def test_a_certificate_for_other_claims(shop: Shop, buyer: TestBuyer, bundle: by
     assert failure(resealed(bundle, swap)) == "certificate message does not match the claims"
 
 
+@pytest.mark.parametrize("total", [2**256, 2**300, -1, "10000", True])
+def test_a_tab_total_no_certificate_can_carry(bundle: bytes, total: Any) -> None:
+    """A total past 2**256 - 1 made the verifier raise a bare ValueError (a traceback)."""
+
+    def change(c: dict[str, Any]) -> None:
+        c["guarantee"]["total_amount"] = total
+
+    expected = "certificate message does not match the claims (tab total)"
+    assert failure(resealed(bundle, change)) == expected
+
+
 def test_malformed_files_are_one_clean_line(tmp_path: Path) -> None:
     path = tmp_path / "bundle.json"
     for text in (b"{not json", b"\xff\xfe", b"[]", b'{"format": "other"}', b""):
