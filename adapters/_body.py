@@ -25,10 +25,13 @@ JUDGE_LIMIT = 1024 * 1024
 class BufferedBody:
     """The request body, read on demand up to ``limit`` bytes, then replayed to the app."""
 
-    # __weakref__ and ``ended``: paid MCP tools track the request ids in flight by their body
+    # __weakref__, ``ended`` and ``on_end``: paid MCP tools track the request ids in flight
+    # by their body
     __slots__ = (
         "__weakref__",
+        "_answered",
         "_done",
+        "_ends",
         "_limit",
         "_messages",
         "_receive",
@@ -39,10 +42,36 @@ class BufferedBody:
 
     def __init__(self, receive: Receive, limit: int = BODY_LIMIT) -> None:
         self._receive, self._limit = receive, limit
-        #: Set by the adapter once the app is done with the request.
+        #: Set by the adapter once the app is done with the request (:meth:`end`).
         self.ended = False
+        self._answered = False
+        self._ends: list[Callable[[bool], Any]] = []
         self._messages: list[dict[str, Any]] = []
         self._size, self._done, self._replayed = 0, False, 0
+
+    def watch(self, send: Any) -> Any:
+        """``send``, noting whether the response to this request went out to its end."""
+
+        async def sending(message: dict[str, Any]) -> None:
+            await send(message)
+            if message["type"] == "http.response.pathsend" or (
+                message["type"] == "http.response.body" and not message.get("more_body", False)
+            ):
+                self._answered = True
+
+        return sending
+
+    def on_end(self, callback: Callable[[bool], Any]) -> None:
+        """Call ``callback(answered)`` when the app is done with the request: ``answered``
+        says whether its response went out to its end (an app that returned early, a client
+        that left: it may still be answered later, elsewhere)."""
+        self._ends.append(callback)
+
+    def end(self) -> None:
+        """The app is done with the request."""
+        self.ended = True
+        for callback in self._ends:
+            callback(self._answered)
 
     @property
     def read(self) -> bool:
@@ -78,19 +107,20 @@ class BufferedBody:
 class Judge:
     """Keeps a paid answer (at most ``limit`` bytes) for the route's ``judge_response``."""
 
-    __slots__ = ("_chunks", "_judge", "_limit", "_size")
+    __slots__ = ("_chunks", "_judge", "_limit", "_request", "_size")
 
-    def __init__(self, judge: Callable[..., str | None], limit: int) -> None:
-        self._judge, self._limit = judge, limit
+    def __init__(self, judge: Callable[..., str | None], limit: int, request: Any = None) -> None:
+        self._judge, self._limit, self._request = judge, limit, request
         self._chunks: list[bytes] = []
         self._size = 0
 
     @classmethod
-    def of(cls, route: Any) -> Judge | None:
-        """A judge for a route whose price judges its answers, else None (nothing kept)."""
+    def of(cls, route: Any, request: Any = None) -> Judge | None:
+        """A judge for a route whose price judges its answers (to ``request``), else None
+        (nothing kept)."""
         price = getattr(getattr(route, "config", None), "price", None)
         judge = getattr(price, "judge_response", None)
-        return None if judge is None else cls(judge, JUDGE_LIMIT)
+        return None if judge is None else cls(judge, JUDGE_LIMIT, request)
 
     def feed(self, chunk: bytes) -> None:
         self._size += len(chunk)
@@ -102,5 +132,5 @@ class Judge:
         if status is None:
             return None
         body = b"".join(self._chunks) if self._size <= self._limit else None
-        why = self._judge(status, headers, body)
+        why = self._judge(status, headers, body, self._request)
         return None if why is None else Undelivered(why)

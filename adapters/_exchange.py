@@ -86,7 +86,7 @@ class PaidExchange:
 
     def __init__(self, gate: Gate, paid: Any, receive: Any, send: Any) -> None:
         self.meter = Meter(gate, paid)
-        self.judge = Judge.of(paid.route)  # None but for a route whose price judges its answers
+        self.judge = Judge.of(paid.route, paid.request)  # None but for a route judging answers
         self._paid = paid
         self._receive, self._send = receive, send
         self._ending = False  # the last body message is on its way: a disconnect now is late

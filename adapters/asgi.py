@@ -134,10 +134,10 @@ class PaymentMiddleware:
         body = view.read_body
         if not isinstance(body, BufferedBody) or not body.read:
             return await self._serve(outcome, scope, receive, send)
-        try:  # the app gets what the gate read too; then the request is over (``ended``)
-            return await self._serve(outcome, scope, body.receive, send)
+        try:  # the app gets what the gate read too; then the request is over (``end``)
+            return await self._serve(outcome, scope, body.receive, body.watch(send))
         finally:
-            body.ended = True
+            body.end()
 
     async def _serve(self, outcome: Any, scope: Any, receive: Any, send: Any) -> None:
         if outcome is PASS:

@@ -9,16 +9,15 @@ and replays it to the app), then:
   notification, a response…) and a call of a free tool pass free;
 - a ``tools/call`` of a priced tool is priced at that tool's price and paid as any route;
 - a request reusing the id of one still in flight in its session is refused (409): the server
-  answers by id, so it would get the other request's answer; so is one reusing the id of a
-  paid call whose request ended unanswered (the client left), for good: the server may answer
-  it still, to whichever request holds the id then;
+  answers by id, so it would get the other request's answer; so, for good, is one reusing the
+  id of a request that ended unanswered (the client left): the server may answer it still;
 - anything the gate cannot read the same way the server will is refused before any payment:
   a body too large (413), not UTF-8 JSON, with a duplicated key, not a JSON-RPC message, a
   batch holding a call, a tool name that is not listed, or that differs from a listed one
   only in case, spaces or invisible characters (400).
 
-A paid call whose answer is a JSON-RPC error, or a tool result with ``isError``, was not
-delivered: the payment is refunded, as for a non-2xx answer (docs/protocol.md, "Delivery").
+A paid call whose answer is a JSON-RPC error, a tool result with ``isError``, or carries
+another id than the call's was not delivered: the payment is refunded (docs/mcp.md).
 
     tools = McpTools({"search": "$0.01", "summarize": "$0.05", "ping": None})
     config = tools.config(pay_to=SELLER, path="/mcp")
@@ -36,7 +35,7 @@ import weakref
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ._json import loads_checked
@@ -84,9 +83,11 @@ UNANSWERED_KEPT = 100_000
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
-    """A single ``tools/call`` request: the tool's name as sent."""
+    """A single ``tools/call`` request: the tool's name as sent, and its JSON-RPC id (the
+    answer that delivers it carries the same)."""
 
     name: str
+    id: Any = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +140,7 @@ def _message(value: Any) -> Reading:
     name = params.get("name") if isinstance(params, dict) else None
     if not isinstance(name, str):
         return Refusal(400, INVALID_REQUEST, "tools/call needs params.name, a string")
-    return ToolCall(name)
+    return ToolCall(name, value.get("id"))
 
 
 def classify(body: bytes | None) -> Reading:
@@ -204,15 +205,18 @@ class ToolPrice:
 
     async def unanswered(self, request: RequestView) -> None:
         """The ASGI adapter: a paid call's request ended before its answer went out."""
-        for key in await self.tools.session_ids(request):
-            self.tools.unanswered[key] = None
-        while len(self.tools.unanswered) > UNANSWERED_KEPT:
-            self.tools.unanswered.popitem(last=False)
+        self.tools._left(await self.tools.session_ids(request))
 
     def judge_response(
-        self, status: int, headers: Iterable[tuple[str, str]], body: bytes | None
+        self,
+        status: int,
+        headers: Iterable[tuple[str, str]],
+        body: bytes | None,
+        request: RequestView | None = None,
     ) -> str | None:
-        """Why a paid call's 2xx answer was not delivered, or None (delivered)."""
+        """Why a paid call's 2xx answer was not delivered, or None (delivered). With the
+        ``request``, only an answer carrying its JSON-RPC id counts: a session's server may
+        route another request's answer to it."""
         headers = list(headers)
         if body is not None:  # compressed inside the gate (a GZip middleware): read it decoded
             body = _decoded(
@@ -228,6 +232,9 @@ class ToolPrice:
         else:  # no MCP answer at all: an error page, an app's error handler's text
             return TOOL_ERROR
         answers = [m for m in messages if "result" in m or "error" in m]
+        call = None if request is None else self.tools._calls.get(request.read_body)
+        if call is not None:
+            answers = [m for m in answers if m.get("id") == call.id]
         if not answers:
             return TOOL_ERROR  # the stream ended before the call was answered
         if any("error" in m for m in answers):
@@ -320,7 +327,9 @@ class McpTools:
         self._inflight: weakref.WeakValueDictionary[tuple[str, str], Any] = (
             weakref.WeakValueDictionary()
         )
-        #: (session, request id) of paid calls whose request ended unanswered: never reused.
+        #: The tool call :meth:`read` found in each request body (while the request lives).
+        self._calls: weakref.WeakKeyDictionary[Any, ToolCall] = weakref.WeakKeyDictionary()
+        #: (session, request id) of requests that ended unanswered: never reused.
         self.unanswered: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     def lookup(self, name: str) -> Price | Refusal | None:
@@ -342,6 +351,7 @@ class McpTools:
         reading = body if isinstance(body, Refusal) else classify(body)
         if not isinstance(reading, ToolCall):
             return reading
+        self._calls[request.read_body] = reading  # its answer is judged by its id
         price = self.lookup(reading.name)
         return price if isinstance(price, Refusal) else (None if price is None else reading)
 
@@ -386,8 +396,8 @@ class McpTools:
 
     async def _claim(self, request: RequestView) -> Refusal | None:
         """Hold ``request``'s JSON-RPC ids in its session while it is in flight; a refusal when
-        another request of the session holds one (its answer would go to this one), or a paid
-        call left unanswered held it (the server may answer that call still)."""
+        another request of the session holds one (its answer would go to this one), or one left
+        unanswered held it (the server may answer it still)."""
         holder = request.read_body
         keys = await self.session_ids(request)
         for key in keys:
@@ -396,11 +406,24 @@ class McpTools:
             if left or (
                 other is not None and other is not holder and not getattr(other, "ended", False)
             ):
-                why = "a paid call's left unanswered" if left else "in flight"
+                why = "held by a request left unanswered" if left else "in flight"
                 return Refusal(409, ID_IN_USE, f"request id {key[1]!r} is {why} in this session")
         for key in keys:
             self._inflight[key] = holder
+        if keys and callable(on_end := getattr(holder, "on_end", None)):
+
+            def ended(answered: bool) -> None:
+                if not answered:
+                    self._left(keys)
+
+            on_end(ended)
         return None
+
+    def _left(self, keys: list[tuple[str, str]]) -> None:
+        for key in keys:
+            self.unanswered[key] = None
+        while len(self.unanswered) > UNANSWERED_KEPT:
+            self.unanswered.popitem(last=False)
 
     def hook(self, then: Any = None) -> Any:
         """:meth:`on_protected_request`, then ``then(request, route)`` (sync or async) for the

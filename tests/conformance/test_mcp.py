@@ -434,7 +434,12 @@ def _slow_tools(
     async def ping() -> str:
         return "pong"
 
-    tools = McpTools({"summarize": "$0.05", "ping": None})
+    @server.tool()
+    async def nap() -> str:  # free, and slow
+        await asyncio.sleep(1.0)
+        return "FREE nap answer"
+
+    tools = McpTools({"summarize": "$0.05", "ping": None, "nap": None})
     app = PaymentMiddleware(server.streamable_http_app(), tools.config(pay_to=pay_to, core=core))
     return app, finished
 
@@ -536,4 +541,74 @@ def test_a_paid_call_left_unanswered_keeps_its_id_and_is_not_charged(
     assert answers[-1].json()["error"] == "mcp_request_id_in_use"
     assert [g.state for g in core.guarantees(address=buyer.address)] == ["voided"]
     assert core.position(buyer.address, network=NETWORK).locked == 0
+    core.close()
+
+
+def test_a_free_call_left_unanswered_keeps_its_id_from_a_paid_one(tmp_path: Path) -> None:
+    """A free call's id was freed when its client left, though the server still answers it:
+    a paid call reusing the id then got that free answer, and was charged."""
+    core = Core(str(tmp_path / "core.db"))
+    buyer, seller = TestBuyer.new(), TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    app, _ = _slow_tools(core, seller.address)
+    nap = json.dumps(_call("nap", 7) | {"params": {"name": "nap", "arguments": {}}})
+
+    async def run(url: str) -> httpx.Response:
+        async with httpx.AsyncClient(timeout=10) as client:
+            session, paid, payment = await _paid_summarize(client, url, core, buyer)
+            leaving = asyncio.create_task(client.post(url, content=nap, headers=session))
+            await asyncio.sleep(0.3)  # the free tool runs; its client gives up on it
+            leaving.cancel()
+            await asyncio.sleep(0.2)
+            return await client.post(url, content=paid, headers=payment)
+
+    with _serving(app) as url:
+        refused = asyncio.run(run(url))
+    assert refused.status_code == 409 and refused.json()["error"] == "mcp_request_id_in_use"
+    assert "FREE" not in refused.text and core.guarantees(address=buyer.address) == []
+    core.close()
+
+
+@pytest.mark.parametrize(
+    ("answered", "state"), [(7, "payable"), (99, "voided"), ("7", "voided")], ids=str
+)
+def test_a_paid_call_is_delivered_only_by_an_answer_to_its_own_id(
+    tmp_path: Path, answered: Any, state: str
+) -> None:
+    """A session's server routes answers by id: a paid call could be answered with another
+    request's (free) result and still be charged. Only an answer carrying the paid call's
+    id delivers it; any other is refunded."""
+    from starlette.testclient import TestClient
+
+    async def server(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": message["type"] + ".complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        while (await receive()).get("more_body"):
+            pass
+        body = json.dumps({"jsonrpc": "2.0", "id": answered, "result": {"content": []}})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body.encode()})
+
+    core = Core(str(tmp_path / "core.db"))
+    buyer, seller = TestBuyer.new(), TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    tools = McpTools({"search": "$0.01"})
+    app = PaymentMiddleware(server, tools.config(pay_to=seller.address, core=core))
+    call = json.dumps(_call("search", 7) | {"params": {"name": "search", "arguments": {}}})
+    with TestClient(app) as client:
+        challenge = client.post("/mcp", content=call, headers=HEADERS)
+        name, value = buyer.pay_challenge(core, challenge.headers["payment-required"])
+        paid = client.post("/mcp", content=call, headers={**HEADERS, name: value})
+        assert paid.status_code == 200
+        app.gate.flush()
+    assert [g.state for g in core.guarantees(address=buyer.address)] == [state]
     core.close()
