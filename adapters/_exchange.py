@@ -272,22 +272,33 @@ def warn_copying_layers(app: Any) -> None:
     on ``call_next``'s copy of each response, which ends a stream the app failed in as if it
     were complete, so such a paid stream is charged (docs/protocol.md, "Delivery")."""
     base = getattr(sys.modules.get("starlette.middleware.base"), "BaseHTTPMiddleware", None)
-    node = app
+    node, found = app, None
     for _ in range(100):  # bounded: a stack is a few layers deep
         if base is None or node is None:
             return
         if isinstance(node, base):
-            logging.getLogger("fourmica_x402.gate").warning(
-                "%s (a Starlette BaseHTTPMiddleware) runs below the payment middleware: a paid "
-                "stream that fails midway reaches the gate as if it were complete and is "
-                "charged; write it as a pure ASGI middleware, or add it after the payment "
-                "middleware if it does not change responses",
-                getattr(node.dispatch_func, "__name__", "?")  # @app.middleware("http")
-                if type(node) is base
-                else type(node).__name__,
+            found = type(node), getattr(node, "dispatch_func", None)
+            break
+        if getattr(node, "middleware_stack", 0) is None:  # an app wrapped, its stack unbuilt
+            declared = getattr(node, "user_middleware", ())
+            found = next(
+                ((m.cls, m.kwargs.get("dispatch")) for m in declared if _is(m, base)), None
             )
-            return
+            break
         node = getattr(node, "app", None)
+    if found is not None:
+        kind, dispatch = found
+        logging.getLogger("fourmica_x402.gate").warning(
+            "%s (a Starlette BaseHTTPMiddleware) runs below the payment middleware: a paid "
+            "stream that fails midway reaches the gate as if it were complete and is "
+            "charged; write it as a pure ASGI middleware, or add it after the payment "
+            "middleware if it does not change responses",
+            getattr(dispatch, "__name__", "?") if kind is base else kind.__name__,
+        )
+
+
+def _is(middleware: Any, base: type) -> bool:
+    return isinstance(getattr(middleware, "cls", None), type) and issubclass(middleware.cls, base)
 
 
 def app_below(app: Any, dispatch: Any) -> Any:

@@ -758,17 +758,20 @@ def test_a_base_http_middleware_below_the_gate_is_named_at_start_up(
         response.headers["x-tag"] = "1"
         return response
 
-    def started(*below: Middleware) -> list[str]:
+    def started(*below: Middleware, wrapped: bool = False) -> list[str]:
         caplog.clear()
         config = PaymentConfig(pay_to=SELLER, routes=ROUTES, core=core)
-        app = Starlette(
-            routes=[Route("/report", report), Route("/stream", report)],
-            middleware=[Middleware(PaymentMiddleware, config=config), *below],
-        )
+        routes = [Route("/report", report), Route("/stream", report)]
+        if wrapped:  # PaymentMiddleware(app, ...) around the whole app
+            app: Any = PaymentMiddleware(Starlette(routes=routes, middleware=below), config=config)
+        else:
+            gate = Middleware(PaymentMiddleware, config=config)
+            app = Starlette(routes=routes, middleware=[gate, *below])
         with caplog.at_level(logging.WARNING, logger="fourmica_x402"), TestClient(app) as client:
             assert client.get("/report").status_code == 402
         return [r.getMessage() for r in caplog.records if "BaseHTTPMiddleware" in r.getMessage()]
 
-    (said,) = started(Middleware(BaseHTTPMiddleware, dispatch=tag))
-    assert said.startswith("tag (a Starlette BaseHTTPMiddleware) runs below the payment")
-    assert started() == []  # nothing below: nothing to say
+    for wrapped in (False, True):
+        (said,) = started(Middleware(BaseHTTPMiddleware, dispatch=tag), wrapped=wrapped)
+        assert said.startswith("tag (a Starlette BaseHTTPMiddleware) runs below the payment")
+        assert started(wrapped=wrapped) == []  # nothing below: nothing to say
