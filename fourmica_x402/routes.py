@@ -345,26 +345,6 @@ class RouteTable:
                 missing.append(entry.key)
         return missing
 
-    def partly_priced(self, endpoints: Iterable[Endpoint]) -> list[tuple[str, str]]:
-        """``(priced, free)`` templates of routes the app serves with one handler (a Flask
-        endpoint with a ``defaults=`` sibling rule, a view under two URL patterns, a router
-        included twice) where the table prices only some: the handler is reachable free."""
-        groups: dict[object, list[Endpoint]] = {}
-        for each in endpoints:
-            handler = getattr(each.key, "endpoint", None)  # Flask: a name; Starlette: a view
-            if handler is None and callable(each.key):
-                handler = each.key  # Django: the view itself
-            if handler is not None and each.marker is None:  # a marker prices every route
-                key = handler if isinstance(handler, str) else id(handler)
-                groups.setdefault(key, []).append(each)
-        pairs = []
-        for group in groups.values():
-            priced = [e for e in group if any(entry.names(e) for entry in self.routes)]
-            free = [e for e in group if not any(e is p for p in priced)]
-            if priced and free:
-                pairs.append((priced[0].template, free[0].template))
-        return pairs
-
     def _config(self, key: str, value: Any) -> RouteConfig:
         if isinstance(value, RouteConfig):
             return value

@@ -26,7 +26,7 @@ from ..records import Records
 from ..routes import Endpoint, Route, RouteTable
 from ..streams import Streams
 from ..wire import PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER
-from . import deliver, discovery, drive, endpoints, metered, prices, stages
+from . import deliver, discovery, drive, endpoints, guards, metered, prices, stages
 from .background import Holds, Reconciler, recover
 from .bundles import InvalidUnits
 from .challenge import challenge, requirements
@@ -168,7 +168,7 @@ class Gate:
                 f"(its routes: {shown or 'none'}); a route-table entry names a route template "
                 "the framework knows, e.g. 'GET /items/:id' for /items/{id}"
             )
-        for priced, free in self.routes.partly_priced(found):
+        for priced, free in guards.partly_priced(self.routes, found):
             log.warning(
                 "the route table prices %s but not %s, which the app serves with the same "
                 "handler: buyers reach it free there; price both, or mark the handler "

@@ -10,11 +10,14 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Iterable
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..errors import ConfigurationError
 
-__all__ = ["check_routed", "one_marker", "remember"]
+if TYPE_CHECKING:
+    from ..routes import Endpoint, RouteTable
+
+__all__ = ["check_routed", "one_marker", "partly_priced", "remember"]
 
 T = TypeVar("T")
 
@@ -65,3 +68,47 @@ def one_marker(found: Iterable[P | None], where: str) -> P | None:
         shown = ", ".join(sorted(repr(str(m.config.price)) for m in markers))
         raise ConfigurationError(f"{where} has more than one price ({shown}): keep one")
     return markers[0] if markers else None
+
+
+def partly_priced(table: RouteTable, endpoints: Iterable[Endpoint]) -> list[tuple[str, str]]:
+    """``(priced, free)`` templates of routes the app serves with one handler (a Flask
+    endpoint with a ``defaults=`` sibling rule, a view under two URL patterns, a router
+    included twice) where the table prices a method on some that others serve unpriced:
+    the handler is reachable free there. Best effort: a handler is known by its object
+    (or a Flask endpoint's name)."""
+    groups: dict[object, list[Endpoint]] = {}
+    for each in endpoints:
+        handler = _handler(each.key)
+        if handler is not None and each.marker is None:  # a marker prices every route
+            groups.setdefault(handler, []).append(each)
+    pairs = []
+    for group in groups.values():
+        priced = {id(e): table.other_methods(e) for e in group}
+        sold = frozenset().union(*priced.values())
+        for free in (e for e in group if not priced[id(e)]):
+            served = free.methods
+            if sold and ("*" in sold or served is None or sold & served):
+                first = next(e for e in group if priced[id(e)])
+                pairs.append((first.template, free.template))
+                break
+    return pairs
+
+
+def _handler(key: Any) -> object | None:
+    """What serves a route, comparable across routes: a Flask endpoint's name, a Starlette
+    route's endpoint or a mount's app, a Django view (its class for ``as_view()``), a bound
+    method by its function and object."""
+    handler = getattr(key, "endpoint", None)
+    if handler is None:
+        handler = getattr(key, "app", None)
+    if handler is None and callable(key):
+        handler = key
+    if handler is None or isinstance(handler, str):
+        return handler
+    handler = getattr(handler, "view_class", handler)
+    bound = getattr(handler, "__self__", None)
+    return (
+        (id(handler.__func__), id(bound))
+        if bound is not None and hasattr(handler, "__func__")
+        else id(handler)
+    )

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from flask import Flask, g, request
+from flask.views import MethodView
 from fourmica_x402.adapters.flask import FourmicaX402, paid
 from werkzeug.routing import BaseConverter
 
@@ -363,8 +364,23 @@ def test_check_warns_of_a_handler_the_table_prices_on_one_rule_only(
 ) -> None:
     """``defaults=`` gives one view a second rule: /page/1 redirects to /page/, which the
     table did not price, so page 1 was served free and nothing said so."""
-    app = make_app(pay_to=SELLER, core=core, routes={"GET /page/<int:n>": "$0.01"})
+    routes = {"GET /page/<int:n>": "$0.01", "POST /users/": "$0.01"}
+    app = make_app(pay_to=SELLER, core=core, routes=routes)
     ext = FourmicaX402(app)
+
+    class Users(MethodView):  # POST /users/ priced; /users/<id> serves no POST: nothing free
+        def get(self, user_id: int | None = None) -> Any:
+            return {"user": user_id}
+
+        def post(self) -> Any:
+            return {"made": True}
+
+        def delete(self, user_id: int) -> Any:
+            return {"gone": user_id}
+
+    users = Users.as_view("users")
+    app.add_url_rule("/users/", view_func=users, methods=["GET", "POST"])
+    app.add_url_rule("/users/<int:user_id>", view_func=users, methods=["GET", "DELETE"])
 
     @app.get("/page/", defaults={"n": 1})
     @app.get("/page/<int:n>")
