@@ -62,11 +62,10 @@ def _proxied(url: str) -> bool:
 
 
 def _public(url: str) -> str:
-    """``url`` as buyers and logs may see it: without user info, query or fragment, where a
-    facilitator's credentials could ride (the calls still use the whole URL)."""
+    """``url`` as buyers and logs may see it: without its user info, where a facilitator's
+    credentials may ride (the calls still send them)."""
     parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=host, query="", fragment="").geturl()
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 class HttpFacilitator:
@@ -87,6 +86,10 @@ class HttpFacilitator:
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError("facilitator url must be http(s)")
+        if urlsplit(url).query or "#" in url:  # each call's path would land after it
+            raise ValueError(
+                "facilitator url takes no query or fragment: send credentials with headers="
+            )
         self.url = url.rstrip("/")
         #: The Core API buyers read (``rpcUrl`` in challenges): ``fourmica-x402 serve`` serves
         #: it beside the facilitator API, so by default this URL (docs/operations.md).
