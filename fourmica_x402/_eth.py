@@ -47,9 +47,11 @@ def checksum_address(address: str) -> str:
 def _shown(value: object) -> str:
     """``value`` as an error message may show it: a long string only by its first characters
     and its length (a private key pasted where an address goes is never echoed)."""
-    if isinstance(value, str) and len(value) > 12:
+    if not isinstance(value, str):  # bytes of a key, say: never its digits
+        return f"a {type(value).__name__}"
+    if len(value) > 12:
         return f"{value[:6]!r}… ({len(value)} characters)"
-    return f"{value!r:.60}"
+    return repr(value)
 
 
 def parse_address(value: object) -> str:

@@ -155,9 +155,9 @@ class SpendingPolicy:
         try:
             yield task
         finally:
-            _current_task.reset(token)
             with self._lock:
                 self._open_tasks -= 1
+            _current_task.reset(token)
 
     @staticmethod
     def current_task() -> Task | None:

@@ -34,7 +34,7 @@ PATH = "/.well-known/x402"
 #: Shared caches may keep the listing briefly: a run-time price (docs/operations.md,
 #: "Repricing") shows there within a minute, in every 402 at once.
 CACHE_CONTROL = "public, max-age=60"
-_VARY = "Host, Forwarded, X-Forwarded-Host, X-Forwarded-Proto, X-Forwarded-Prefix"
+_VARY = "Host, Forwarded, X-Forwarded-Host, X-Forwarded-Proto, X-Forwarded-Port, X-Forwarded-Prefix"
 #: The methods listed for a route that serves (or is priced for) any method, in this order.
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 

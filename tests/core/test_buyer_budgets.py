@@ -311,6 +311,19 @@ def test_a_task_reaches_worker_threads_through_task_run(caplog: pytest.LogCaptur
     assert outside == ["paid"] * 3
     told = [r for r in caplog.records if "outside any task" in r.getMessage()]
     assert len(told) == 1
+    # a task left in another thread than it was entered in (a misuse) still closes
+    fresh = SpendingPolicy()
+    block = fresh.task("moved", budget=10_000)
+    block.__enter__()
+    with ThreadPoolExecutor(1) as pool, pytest.raises(ValueError):
+        pool.submit(block.__exit__, None, None, None).result()
+    caplog.clear()
+    with (
+        caplog.at_level(logging.WARNING, logger="fourmica_x402.client"),
+        ThreadPoolExecutor(1) as pool,
+    ):
+        assert pool.submit(ask, fresh).result() == "paid"
+    assert not [r for r in caplog.records if "outside any task" in r.getMessage()]
 
 
 def test_a_new_seller_over_the_threshold_is_asked_about_both_at_once() -> None:

@@ -28,6 +28,17 @@ def test_bad_checksum_and_junk_are_refused() -> None:
             parse_address(junk)
 
 
+def test_a_key_given_as_an_address_is_never_echoed() -> None:
+    """A private key pasted where an address goes was printed back, 57 of its 64 digits."""
+    key = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"  # TEST key
+    for value in ("0x" + key, key, bytes.fromhex(key), bytearray.fromhex(key)):
+        with pytest.raises(ValueError) as refused:
+            parse_address(value)
+        assert key[4:16] not in str(refused.value), str(refused.value)
+    with pytest.raises(ValueError, match="'0x12'"):  # a short value is shown whole
+        parse_address("0x12")
+
+
 @given(st.integers(0, (1 << 256) - 1), addresses, st.binary(max_size=100), st.text(max_size=40))
 def test_dynamic_encoding_matches_eth_abi(n: int, address: str, blob: bytes, text: str) -> None:
     ours = abi_encode_dynamic(uint_word(n), Dyn(blob), address_word(address), Dyn(text))
