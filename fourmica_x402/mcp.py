@@ -324,13 +324,13 @@ class McpTools:
         self.price = ToolPrice(self)
         #: (session, request id) → the body of the request in flight with it: the server routes
         #: answers by id, so a second request reusing one would get the first one's answer.
-        self._inflight: weakref.WeakValueDictionary[tuple[str, str], Any] = (
+        self._inflight: weakref.WeakValueDictionary[tuple[int, str], Any] = (
             weakref.WeakValueDictionary()
         )
         #: The tool call :meth:`read` found in each request body (while the request lives).
         self._calls: weakref.WeakKeyDictionary[Any, ToolCall] = weakref.WeakKeyDictionary()
         #: (session, request id) of requests that ended unanswered: never reused.
-        self.unanswered: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self.unanswered: OrderedDict[tuple[int, str], None] = OrderedDict()
 
     def lookup(self, name: str) -> Price | Refusal | None:
         """The price of calling ``name``: a price, None (free), or a refusal."""
@@ -381,18 +381,17 @@ class McpTools:
                 return clash.response()
         return None if priced else GRANT
 
-    async def session_ids(self, request: RequestView) -> list[tuple[str, str]]:
-        """(session, id) of each JSON-RPC request ``request`` carries (none without a session)."""
+    async def session_ids(self, request: RequestView) -> list[tuple[int, str]]:
+        """(hash of session and id, the id's start) of each JSON-RPC request ``request``
+        carries, of a fixed size however long either is (none without a session)."""
         session = next(iter(request.header_values("mcp-session-id")), None)
         body = await peek(request)
         if not session or not isinstance(body, bytes):
             return []  # no session (each request is its own), or nothing to read
         messages = _parse(body)
-        return [
-            (session, str(m["id"]))
-            for m in (messages if isinstance(messages, list) else [messages])
-            if isinstance(m, dict) and "method" in m and m.get("id") is not None
-        ]
+        found = messages if isinstance(messages, list) else [messages]
+        ids = [m.get("id") for m in found if isinstance(m, dict) and "method" in m]
+        return [(hash((session, str(i))), str(i)[:40]) for i in ids if i is not None]
 
     async def _claim(self, request: RequestView) -> Refusal | None:
         """Hold ``request``'s JSON-RPC ids in its session while it is in flight; a refusal when
@@ -419,7 +418,7 @@ class McpTools:
             on_end(ended)
         return None
 
-    def _left(self, keys: list[tuple[str, str]]) -> None:
+    def _left(self, keys: list[tuple[int, str]]) -> None:
         for key in keys:
             self.unanswered[key] = None
         while len(self.unanswered) > UNANSWERED_KEPT:

@@ -612,3 +612,18 @@ def test_a_paid_call_is_delivered_only_by_an_answer_to_its_own_id(
         app.gate.flush()
     assert [g.state for g in core.guarantees(address=buyer.address)] == [state]
     core.close()
+
+
+def test_the_ids_kept_have_a_fixed_size_however_long_a_client_makes_them() -> None:
+    """Ids of requests left unanswered are kept (the last 100 000): kept as sent, a 60 000
+    character id in a long session id made each entry some 60 KB, about 6 GB in all."""
+    from fourmica_x402.gate.types import RequestView
+
+    class Body:
+        async def peek(self) -> bytes:
+            return json.dumps(_call("search", "7" * 60_000)).encode()
+
+    session = (("mcp-session-id", "s" * 60_000),)
+    request = RequestView("POST", "/mcp", "/mcp", "", session, read_body=Body())
+    (key,) = asyncio.run(McpTools(PRICES).session_ids(request))
+    assert isinstance(key[0], int) and key[1] == "7" * 40
