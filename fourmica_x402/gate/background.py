@@ -260,8 +260,10 @@ def recover(gate: Gate) -> int:
         return 0
     if rows:
         log.warning(
-            "%d paid request(s) of a previous process ended with their delivery unknown; "
-            "G-v1 payments are kept, G-v2 ones cancelled at their validation deadline",
+            "%d paid request(s) found with their delivery unknown (left by a process that "
+            "stopped, or still being served by another worker on this database); G-v1 "
+            "payments are labelled kept, G-v2 ones cancelled at their validation deadline "
+            "unless their response completes first",
             len(rows),
         )
     return len(rows)
