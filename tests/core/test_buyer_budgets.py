@@ -4,6 +4,7 @@ processes sharing one ledger file never overspend together. Real SQLite files, r
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import subprocess
@@ -313,10 +314,15 @@ def test_a_task_reaches_worker_threads_through_task_run(caplog: pytest.LogCaptur
     assert len(told) == 1
     # a task left in another thread than it was entered in (a misuse) still closes
     fresh = SpendingPolicy()
-    block = fresh.task("moved", budget=10_000)
-    block.__enter__()
-    with ThreadPoolExecutor(1) as pool, pytest.raises(ValueError):
-        pool.submit(block.__exit__, None, None, None).result()
+
+    def misuse() -> None:  # in a context of its own: the task it leaves set stays there
+        block = fresh.task("moved", budget=10_000)
+        block.__enter__()
+        with ThreadPoolExecutor(1) as pool, pytest.raises(ValueError):
+            pool.submit(block.__exit__, None, None, None).result()
+
+    contextvars.copy_context().run(misuse)
+    assert SpendingPolicy.current_task() is None
     caplog.clear()
     with (
         caplog.at_level(logging.WARNING, logger="fourmica_x402.client"),
