@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -188,4 +189,22 @@ class LedgerBook:
 
 def _sum(rows: Iterable[Any]) -> int:
     # Amounts are decimal text (they may pass 64 bits): summed exactly here, not in SQL.
-    return sum(int(row[0]) for row in rows)
+    total = 0
+    for (amount,) in rows:
+        try:
+            total += int(amount)
+        except (TypeError, ValueError):  # a row edited by hand: over every budget, said once
+            if not _UNREADABLE:
+                _UNREADABLE.append(amount)
+                logging.getLogger("fourmica_x402.client").error(
+                    "the receipts ledger holds an amount that is not a number (%.40r): it "
+                    "counts as over every budget until the row is fixed",
+                    amount,
+                )
+            total += _OVER_ANY
+    return total
+
+
+#: What an unreadable amount counts as (more than any budget); and whether one was said.
+_OVER_ANY = 1 << 256
+_UNREADABLE: list[Any] = []

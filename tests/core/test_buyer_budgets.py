@@ -204,6 +204,25 @@ def test_an_old_ledger_file_gains_the_new_columns(tmp_path: Path) -> None:
     assert ask(policy, 5) == "paid" and ask(policy, 1) == "budget_exhausted"
 
 
+def test_a_ledger_row_edited_into_no_number_refuses_every_payment_cleanly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A spending row whose amount is not a number made every payment raise a bare
+    ValueError (not a refusal, and no receipt). It counts as over every budget instead."""
+    import sqlite3
+
+    path = tmp_path / "agent.db"
+    policy = SpendingPolicy(per_hour="$1", ledger=ReceiptLedger(path))
+    assert ask(policy, 10_000) == "paid"
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE spending SET amount = '1e4'")
+    with caplog.at_level(logging.ERROR, logger="fourmica_x402.client"):
+        assert ask(policy, 1) == "budget_exhausted"
+        with policy.task("t", budget="$1"):
+            assert ask(policy, 1) == "budget_exhausted"
+    assert "not a number ('1e4')" in caplog.text
+
+
 DOLLAR_NETWORKS = ("eip155:84532", "eip155:11155111", "eip155:8453")  # USDC on each
 
 
