@@ -254,7 +254,9 @@ def pay(
         ) from None
     payer = buyer.address
     transport = PaymentTransport(buyer, policy=SpendingPolicy(max_per_request=cap), ledger=ledger)
-    with httpx.Client(transport=transport, timeout=timeout) as client:
+    # A redirect is followed, as a buyer's agent would: one call still pays once (a 402 after
+    # a paid answer's redirect is refused, docs/buyer.md "Redirects").
+    with httpx.Client(transport=transport, timeout=timeout, follow_redirects=True) as client:
         try:
             response = client.request(method.upper(), url, json=body)
         except PaymentRefused as exc:

@@ -294,6 +294,34 @@ def test_offers_lists_the_prices_and_the_listed_offer_is_paid(tmp_path: Path) ->
         assert len(core.guarantees()) == 1
 
 
+def test_pay_follows_a_redirect_to_the_priced_route_and_pays_once(tmp_path: Path) -> None:
+    """``pay`` on a URL the seller redirects (``/premium/`` to ``/premium``, say) printed the
+    307 and paid nothing; the official buyer follows it and pays once."""
+    from fourmica_x402.adapters.wsgi import PaymentMiddleware
+
+    from fourmica_x402 import PaymentConfig
+
+    db = f"sqlite:///{tmp_path / 'core.db'}"
+    core = Core(db)
+    core.deposit(ADDRESS, 1_000_000, network=NETWORK)
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ["PATH_INFO"] == "/old":
+            start_response("307 Temporary Redirect", [("location", "/premium")])
+            return [b""]
+        start_response("200 OK", [("content-type", "application/json")])
+        return [b'{"premium": true}']
+
+    config = PaymentConfig(pay_to=PAY_TO, core=db, routes={"GET /premium": "$0.01"})
+    try:
+        with loopback(PaymentMiddleware(app, config=config)) as origin:
+            out = paid(cli("pay", f"{origin}/old", "--key", KEY))
+        assert out["body"] == {"premium": True} and out["receipt"]["amount"] == 10_000
+        assert [g.amount for g in core.guarantees()] == [10_000]
+    finally:
+        core.close()
+
+
 def _answering(status: str, body: bytes, kind: str = "application/json") -> Any:
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         start_response(status, [("content-type", kind)])
