@@ -3,7 +3,8 @@
 
 Official sellers can use the service as their facilitator, so these bodies are the official
 ones, errors included: ``/verify`` and ``/settle`` always answer 200 with ``isValid``/``success``
-false and the stable reason, and ``/tabs`` refuses with ``{"error": text, "reason": code}``. On a
+false and the stable reason (a refused ``/settle`` carries it in ``errorReason`` too, where
+x402's clients read it), and ``/tabs`` refuses with ``{"error": text, "reason": code}``. On a
 service with keys ``/settle`` also answers 401/403 to a caller whose key does not act for the
 payment's ``payTo`` (docs/operations.md, "Keys").
 """
@@ -164,5 +165,9 @@ def settle(service: Service, call: Call) -> Reply:
             "transaction": "",
             "certificate": None,
         }
+    if not answer["success"]:
+        # The official seller reads a full SettleResponse (this one: ``network`` and
+        # ``transaction`` are set) through x402's model, whose code field is ``errorReason``.
+        answer["errorReason"] = answer["error"]
     service.metrics.settled(bool(answer["success"]), answer.get("error"))
     return 200, answer

@@ -42,11 +42,12 @@ from fourmica_x402.bench import Skipped
 from fourmica_x402.client import PaymentTransport
 from fourmica_x402.core import Core
 from fourmica_x402.guarantee import SignedGuarantee, address_of, recover_signer
-from fourmica_x402.networks import get_network
-from fourmica_x402.testing import NETWORK
+from fourmica_x402.networks import default_asset, get_network
+from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
 from fourmica_x402.wire import (
     PaymentPayload,
     PaymentPayloadV1,
+    PaymentRequirements,
     decode_payment_header,
     encode_header,
 )
@@ -74,7 +75,9 @@ def official_python(environment_missing: Callable[[str], NoReturn]) -> Path:
         return environment_missing(why)
 
 
-def run_official(python: Path, script: str, *args: str, timeout: float = 120) -> dict[str, Any]:
+def run_official(
+    python: Path, script: str, *args: str, timeout: float = 120, stdin: str | None = None
+) -> dict[str, Any]:
     """Run a helper script in the official virtualenv; its last stdout line is JSON."""
     try:
         out = subprocess.run(
@@ -83,6 +86,7 @@ def run_official(python: Path, script: str, *args: str, timeout: float = 120) ->
             text=True,
             timeout=timeout,
             env=official_env(),
+            input=stdin,
         )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{script} timed out after {timeout} s: {exc.stderr!r}"[-2000:])
@@ -476,6 +480,47 @@ def test_official_route_dict_seller_uses_our_service(official_python: Path, tmp_
         assert locked[ours] == 10_000 and locked[theirs] == 10_000
         metrics = httpx.get(f"{service}/metrics", timeout=10).text
         assert 'fourmica_settle_total{outcome="success"} 2.0' in metrics
+
+
+def test_the_official_client_reads_our_settle_refusals_reason(
+    official_python: Path, tmp_path: Path
+) -> None:
+    """The official seller reads a ``/settle`` refusal's code from ``errorReason`` (x402's
+    SettleResponse) when the answer is a full SettleResponse, as ours is: without it, every
+    refusal reached its buyer as a bare "Settlement failed"."""
+    port = free_port()
+    service = f"http://127.0.0.1:{port}"
+    db = f"sqlite:///{tmp_path / 'service.db'}"
+    serve = [sys.executable, "-m", "fourmica_x402", "serve", "--db", db]
+    serve += ["--port", str(port), "--sandbox"]
+    buyer, (_, seller) = TestBuyer.new(), new_key()
+    with serving("fourmica-x402 serve", serve, f"{service}/health", tmp_path / "service.log"):
+        funded = httpx.post(
+            f"{service}/sandbox/deposit", json={"address": buyer.address, "amount": "$1"}
+        )
+        assert funded.status_code == 200, funded.text
+        tab = httpx.post(
+            f"{service}/tabs",
+            json={"userAddress": buyer.address, "recipientAddress": seller, "guaranteeVersion": 1},
+        ).json()
+        req = PaymentRequirements(
+            scheme="4mica-credit",
+            network=NETWORK,
+            asset=default_asset(NETWORK).address,
+            amount="10000",
+            pay_to=seller,
+        )
+        body = {
+            "x402Version": 2,
+            "paymentPayload": b64_json(payment_header(buyer, req, tab)[1]),
+            "paymentRequirements": req.to_dict(),
+        }
+        result = run_official(
+            official_python, "official_settle.py", service, stdin=json.dumps(body)
+        )
+    first, replay = result["settles"]
+    assert first["success"] is True and first["error_reason"] is None, result
+    assert replay == {"success": False, "error_reason": "replayed_request_id", "transaction": ""}
 
 
 # -- c. the official payment header, byte for byte -------------------------------------------
