@@ -38,6 +38,7 @@ from fourmica_x402.errors import FourmicaError
 from fourmica_x402.server import (
     MAX_TAB_TTL,
     Call,
+    Headed,
     Metrics,
     Page,
     Result,
@@ -93,6 +94,8 @@ def _call(request: Request, raw: bytes) -> Call:
 def _response(result: Result) -> Response:
     if isinstance(result, Page):
         return Response(result.body, status_code=result.status, media_type=result.media_type)
+    if isinstance(result, Headed):
+        return JSONResponse(result.data, status_code=result.status, headers=dict(result.headers))
     status, data = result
     return JSONResponse(data, status_code=status)
 

@@ -230,7 +230,8 @@ def core_payment_tabs(
     admit: Callable[[str], Callable[[], None]] | None = None,
 ) -> JsonResult:
     """``POST /core/payment-tabs`` (the Core's own tab call, snake_case). ``admit(user)``:
-    the limits on new tabs for that buyer (a :class:`TabLimited` is answered 429)."""
+    the limits on new tabs for that buyer; the :class:`TabLimited` they raise is the
+    caller's to answer (429, with its ``Retry-After``)."""
     if not isinstance(body, dict):
         return _error(400, "body must be a JSON object", "invalid_request")
     try:
@@ -251,8 +252,8 @@ def core_payment_tabs(
             ttl_seconds=requested_ttl(body.get("ttl"), "ttl", lenient=True),
             admit_new=None if admit is None else admit(user),
         )
-    except TabLimited as exc:
-        return _error(429, exc.message, exc.reason)
+    except TabLimited:
+        raise
     except (ValueError, TypeError) as exc:
         return _error(400, str(exc), "invalid_request")
     except FourmicaError as exc:

@@ -205,19 +205,21 @@ class _KnownTabs:
 
 class NewTabLimits:
     """The service's limits on *new* tabs (docs/operations.md, "The service's tab calls"):
-    ``per_user`` per ``userAddress`` for every caller, and ``per_client`` per client address
-    for callers without a key (a seller with a key opens tabs for all its buyers)."""
+    ``per_user`` per ``userAddress``, and ``per_client`` per client address for callers
+    without a key (a seller with a key opens tabs for all its buyers). Each key has per-buyer
+    budgets of its own, so keyless callers cannot spend a keyed seller's."""
 
     def __init__(self, per_user: int = 10, per_client: int = 600, window: float = 60.0) -> None:
         self.per_user, self.per_client = per_user, per_client
         self._window = _Window(window)
 
-    def admit(self, user: str, client: str | None, keyed: bool) -> Callable[[], None]:
-        """The ``admit_new`` of :meth:`Core.open_tab`: raises :class:`TabLimited` (429)."""
+    def admit(self, user: str, client: str | None, keyed: str | None) -> Callable[[], None]:
+        """The ``admit_new`` of :meth:`Core.open_tab`: raises :class:`TabLimited` (429).
+        ``keyed``: the address the caller's key acts for ("" the operator's), None without."""
         limits: list[tuple[Hashable, int, str]] = [
-            (("user", user.lower()), self.per_user, "for this userAddress")
+            (("user", user.lower(), keyed), self.per_user, "for this userAddress")
         ]
-        if client and not keyed:
+        if client and keyed is None:
             limits.append((("client", client), self.per_client, "from this client"))
         window = self._window
 

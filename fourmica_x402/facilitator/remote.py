@@ -28,7 +28,7 @@ import httpx
 from .._eth import parse_address
 from .._json import loads
 from ..core.models import Tab
-from ..errors import CoreError, GuaranteeRejected, Unavailable
+from ..errors import CoreError, GuaranteeRejected, Reason, TabLimited, Unavailable
 from ..networks import parse_amount
 from ..wire import PaymentPayload, PaymentPayloadV1, PaymentRequirements, VerifyResponse
 from . import _asyncio_http
@@ -133,8 +133,10 @@ class HttpFacilitator:
                     time.sleep(self._delay(attempt, None))
                     continue
                 raise self._unreachable(exc) from None
+            retry_after = response.headers.get("retry-after")
+            _raise_tab_limit(response.status_code, retry_after, content)
             if response.status_code in _RETRY_STATUS and attempt + 1 < attempts:
-                time.sleep(self._delay(attempt, response.headers.get("retry-after")))
+                time.sleep(self._delay(attempt, retry_after))
                 continue
             return self._decode(response.status_code, content)
         raise AssertionError("unreachable")
@@ -153,6 +155,7 @@ class HttpFacilitator:
                     await asyncio.sleep(self._delay(attempt, None))
                     continue
                 raise self._unreachable(exc) from None
+            _raise_tab_limit(status, retry_after, content)
             if status in _RETRY_STATUS and attempt + 1 < attempts:
                 await asyncio.sleep(self._delay(attempt, retry_after))
                 continue
@@ -369,6 +372,28 @@ class HttpFacilitator:
         if self._apool is not None and self._apool[0] is asyncio.get_running_loop():
             await self._apool[1].aclose()
         self._apool = None
+
+
+def _raise_tab_limit(status: int, retry_after: str | None, content: bytes) -> None:
+    """A 429 refusing a new tab (``tab_rate_limited``, ``open_tab_limit``) is an answer, not
+    an outage: raised at once as :class:`TabLimited` with the facilitator's wait, which a
+    window of a minute would outlast any retry."""
+    if status != 429:
+        return
+    try:
+        data = loads(content)
+    except ValueError:
+        return
+    reason = data.get("reason") if isinstance(data, dict) else None
+    if reason not in (Reason.TAB_RATE_LIMITED, Reason.OPEN_TAB_LIMIT):
+        return
+    wait = (
+        float(retry_after) if retry_after and retry_after.isascii() and retry_after.isdigit() else 1
+    )
+    message = data.get("error")
+    raise TabLimited(
+        message[:200] if isinstance(message, str) else None, reason=reason, retry_after=wait
+    )
 
 
 def _tab_of(pick: Any, network: str, version: int) -> Tab:

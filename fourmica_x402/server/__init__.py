@@ -18,7 +18,7 @@ mount the same handlers. One module per area:
 from __future__ import annotations
 
 from .auth import Keys
-from .base import Call, Page, Reply, Result, parse_body
+from .base import Call, Headed, Page, Reply, Result, parse_body
 from .context import Service
 from .dashboard import render_dashboard
 from .facilitator import MAX_TAB_TTL, payment_args
@@ -27,6 +27,7 @@ from .metrics import Metrics
 __all__ = [
     "MAX_TAB_TTL",
     "Call",
+    "Headed",
     "Keys",
     "Metrics",
     "Page",

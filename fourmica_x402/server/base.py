@@ -17,11 +17,12 @@ from urllib.parse import urlsplit
 
 from fourmica_x402._json import loads_checked
 from fourmica_x402.core.common import INT64_MAX
-from fourmica_x402.errors import CoreError, FourmicaError
+from fourmica_x402.errors import CoreError, FourmicaError, TabLimited
 
 __all__ = [
     "MAX_BODY",
     "Call",
+    "Headed",
     "Page",
     "Reply",
     "Result",
@@ -32,6 +33,7 @@ __all__ = [
     "parse_body",
     "refusal",
     "required",
+    "tab_limited",
 ]
 
 #: Largest request body the service parses; a bigger one reads as no body at all.
@@ -50,7 +52,22 @@ class Page:
     status: int = 200
 
 
-Result = Reply | Page
+@dataclass(frozen=True)
+class Headed:
+    """A JSON answer with headers of its own (a 429's ``Retry-After``)."""
+
+    status: int
+    data: Any
+    headers: Mapping[str, str]
+
+
+Result = Reply | Page | Headed
+
+
+def tab_limited(exc: TabLimited) -> Headed:
+    """A tab call refused by the limits on new tabs: 429 in the tab calls' shape,
+    ``{"error": text, "reason": code}``, and when to try again."""
+    return Headed(429, {"error": exc.message, "reason": exc.reason}, dict(exc.headers()))
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from fourmica_x402 import coreapi
+from fourmica_x402.errors import TabLimited
 
-from .base import Call, Reply
+from .base import Call, Reply, Result, tab_limited
 
 if TYPE_CHECKING:
     from .context import Service
@@ -29,10 +30,13 @@ def rpc(service: Service, call: Call) -> Reply:
     return coreapi.json_rpc(service.core, service.chain_id, call.body)
 
 
-def payment_tabs(service: Service, call: Call) -> Reply:
-    keyed = service.keys.acts_for(call) is not None
+def payment_tabs(service: Service, call: Call) -> Result:
+    keyed = service.keys.acts_for(call)
     admit = partial(service.new_tabs.admit, client=call.client, keyed=keyed)
-    return coreapi.core_payment_tabs(service.core, service.chain_id, call.body, admit)
+    try:
+        return coreapi.core_payment_tabs(service.core, service.chain_id, call.body, admit)
+    except TabLimited as exc:
+        return tab_limited(exc)
 
 
 def guarantees(service: Service, call: Call) -> Reply:

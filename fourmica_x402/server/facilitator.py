@@ -24,7 +24,7 @@ from fourmica_x402.wire import (
     PaymentRequirementsV1,
 )
 
-from .base import Call, Reply
+from .base import Call, Reply, Result, tab_limited
 
 if TYPE_CHECKING:
     from .context import Service
@@ -76,7 +76,7 @@ def _known_network(network: Any) -> bool:
     return True
 
 
-def tabs(service: Service, call: Call) -> Reply:
+def tabs(service: Service, call: Call) -> Result:
     body = call.body
     if not isinstance(body, dict):
         return _tab_refusal("body must be a JSON object")
@@ -104,12 +104,10 @@ def tabs(service: Service, call: Call) -> Reply:
             asset=body.get("erc20Token") or body.get("assetAddress") or None,
             guarantee_version=requested_version(version, "guaranteeVersion"),
             ttl_seconds=requested_ttl(body.get("ttlSeconds"), "ttlSeconds"),
-            admit_new=service.new_tabs.admit(
-                user, call.client, service.keys.acts_for(call) is not None
-            ),
+            admit_new=service.new_tabs.admit(user, call.client, service.keys.acts_for(call)),
         )
     except TabLimited as exc:
-        return 429, {"error": exc.message, "reason": exc.reason}
+        return tab_limited(exc)
     except FourmicaError as exc:
         # The official tab-endpoint shape: clients read ``reason`` (docs/operations.md).
         return 400 if exc.status < 500 else 503, {"error": exc.public(), "reason": exc.reason}

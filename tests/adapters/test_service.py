@@ -1222,6 +1222,65 @@ def test_the_tab_calls_limit_new_tabs_per_buyer_and_per_keyless_client(core: Cor
         assert [tab(client, users[4], s, **operator) for s in sellers[:2]] == [200, 429]
 
 
+def test_keyless_callers_cannot_spend_a_keyed_sellers_tab_budget(core: Core) -> None:
+    """The per-buyer budget of new tabs is the keyless callers' own: a stranger opening a
+    buyer's tabs to random addresses must not lock that buyer out of its real seller, whose
+    calls carry the seller's key. A refusal says when to try again (Retry-After)."""
+    from fourmica_x402.tabs import NewTabLimits
+
+    app = create_app(core, seller_keys={"sk": SELLER}, tick_interval=None, webhooks=False)
+    app.state.service.new_tabs = NewTabLimits(per_user=2, per_client=100)
+    victim = TestBuyer.new().address
+    with TestClient(app) as client:
+        for _ in range(2):  # the stranger spends the keyless budget for this buyer
+            body = {"userAddress": victim, "recipientAddress": TestBuyer.new().address}
+            assert client.post("/tabs", json=body).status_code == 200
+        stranger = {"userAddress": victim, "recipientAddress": TestBuyer.new().address}
+        for path, body in (
+            ("/tabs", stranger),
+            ("/core/payment-tabs", {"user_address": victim, "recipient_address": SELLER}),
+        ):
+            refused = client.post(path, json=body)
+            assert (refused.status_code, refused.json()["reason"]) == (429, "tab_rate_limited")
+            assert 1 <= int(refused.headers["retry-after"]) <= 60
+        keyed = {"authorization": "Bearer sk"}
+        mine = client.post(
+            "/tabs", json={"userAddress": victim, "recipientAddress": SELLER}, headers=keyed
+        )
+        assert mine.status_code == 200, mine.text
+
+
+def test_a_remote_facilitators_tab_limit_reaches_the_buyer_as_a_429(
+    core: Core, tmp_path: Path
+) -> None:
+    """A seller on HttpFacilitator passes the service's 429 on, with its Retry-After, at
+    once: a rate limit is not an outage (503), and waiting out a minute's window in retries
+    would only hold the buyer's request."""
+    from fourmica_x402.tabs import NewTabLimits
+
+    service = create_app(core, tick_interval=None, webhooks=False)
+    service.state.service.new_tabs = NewTabLimits(per_user=1, per_client=1)
+    with contextlib.contextmanager(_served)(service) as (url, _):
+        facilitator = HttpFacilitator(url, retries=3, backoff=0.5)
+        seller = remote_seller(facilitator, tmp_path)
+        req = decode_payment_required(seller.get("/premium").headers["payment-required"])
+        offer = req.accepts[0].to_dict()
+
+        def tab() -> httpx.Response:
+            user = TestBuyer.new().address
+            body = {"x402Version": 2, "userAddress": user, "paymentRequirements": offer}
+            return seller.post("/x402/tab", json=body)
+
+        assert tab().status_code == 200
+        started = time.monotonic()
+        refused = tab()
+        took = time.monotonic() - started
+        facilitator.close()
+    assert (refused.status_code, refused.json()["reason"]) == (429, "tab_rate_limited")
+    assert int(refused.headers["retry-after"]) >= 1
+    assert took < 0.5, f"retried a rate limit for {took:.1f} s"
+
+
 def test_a_tabs_latest_guarantee_is_a_404_not_a_bad_request(client: TestClient) -> None:
     """sdk-4mica's get_latest_guarantee reads .../guarantees/latest: not served, so 404."""
     answer = client.get("/core/tabs/0x1/guarantees/latest")
