@@ -5,6 +5,7 @@ FOURMICA_X402 = {"PAY_TO": "0x…", "NETWORK": "eip155:84532", "ROUTES": {"GET /
 FOURMICA_X402_CONFIG = PaymentConfig(...)  # or one built in code (a live Core, hooks)
 """
 
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -37,11 +38,26 @@ def load() -> PaymentConfig:
     return config
 
 
+def answers_itself(cls: type) -> bool:
+    """Whether a class-based view's own ``dispatch()`` (not Django's, nor a Django mixin's,
+    which hand on to a method of the class) may answer any method: a proxy, a GraphQL view."""
+    for klass in cls.__mro__:
+        method = klass.__dict__.get("dispatch")
+        if method is not None:
+            module = getattr(inspect.unwrap(method), "__module__", None) or ""
+            if module != "django" and not module.startswith("django."):
+                return True
+    return False
+
+
 def describe(view: Any) -> tuple[Marker | None, list[str] | None]:
-    """A view's ``@paid`` marker, and the methods it serves when its class says (as_view())."""
+    """A view's ``@paid`` marker, and the methods it serves when its class says (as_view());
+    a class answering in its own dispatch() serves every method (None)."""
     cls = getattr(view, "view_class", None)
     if cls is None:
         return Marker.of(view), None
+    if answers_itself(cls):
+        return Marker.of(view) or Marker.of(cls), None
     names = getattr(view, "view_initkwargs", {}).get("http_method_names", cls.http_method_names)
     served = [m for m in names if hasattr(cls, m) or (m == "head" and hasattr(cls, "get"))]
     return Marker.of(view) or Marker.of(cls), [m.upper() for m in served]
@@ -127,11 +143,15 @@ def paid(
         return refusal(request, marker.allow(METHODS))
 
     def class_refusal(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-        """A @paid class's: OPTIONS and the methods it does not implement go on as before."""
+        """A @paid class's: OPTIONS and the methods it does not implement go on as before,
+        unless its own dispatch() answers them (then it is a function view to us)."""
         name = (request.method or "").lower()
-        if name == "options" or name not in self.http_method_names or not hasattr(self, name):
+        if answers_itself(type(self)):
+            refused = refusal(request, marker.allow(METHODS))
+        elif name == "options" or name not in self.http_method_names or not hasattr(self, name):
             return None
-        refused = refusal(request, marker.allow(self._allowed_methods()))
+        else:
+            refused = refusal(request, marker.allow(self._allowed_methods()))
         return _now(refused) if refused is not None and self.view_is_async else refused
 
     def mark(view: Any) -> Any:  # functools.wraps copies the mark to the decorators above

@@ -142,6 +142,19 @@ def feed(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(f"line {i}\n".encode() for i in range(3))
 
 
+class Proxied(View):
+    """Answers every method in its own dispatch() (a proxy, a GraphQL view): no get/post."""
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+        seen.append(request.payment)
+        return JsonResponse({"method": request.method})
+
+
+@paid(price="$0.05")
+class PaidProxied(Proxied):
+    pass
+
+
 def free(request: HttpRequest) -> JsonResponse:
     seen.append(request.payment)  # None: not a paid request
     return JsonResponse({"free": True})
@@ -203,6 +216,8 @@ URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("get-only", get_only),
     path("r/<int:n>/", by_table),
     path("tagged", tagged),
+    path("proxied", Proxied.as_view()),
+    path("paid-proxied", PaidProxied.as_view()),
     re_path(r"^legacy/(\d+)$", legacy),
     *i18n_patterns(path("intl", anything), path("lreport", localized)),
 ]
@@ -467,6 +482,31 @@ def test_a_content_length_of_digits_int_refuses_is_no_500(configured: None, core
     client = Client()
     assert client.get("/free", CONTENT_LENGTH="\xb2").status_code == 200
     assert client.get("/no-such-page", CONTENT_LENGTH="\xb2").status_code == 404
+
+
+def test_a_class_view_answering_in_its_own_dispatch_is_priced_for_every_method(
+    core: Core,
+) -> None:
+    """A class-based view whose dispatch() answers the request itself (no get/post methods)
+    serves every method: its table entry and its @paid price them all, and it never runs
+    unpaid (it was priced for OPTIONS only, so GET and POST ran free)."""
+    options = {"PAY_TO": SELLER, "NETWORK": NETWORK, "CORE": core}
+    options["ROUTES"] = {"POST /proxied": "$0.02", "* /paid-proxied": "$0.05"}
+    with override_settings(
+        FOURMICA_X402=options, MIDDLEWARE=MIDDLEWARE, ROOT_URLCONF=URLS.__name__
+    ):
+        seen.clear()
+        client = Client()
+        assert client.post("/proxied").status_code == 402  # was refused at start-up
+        for method in ("GET", "POST", "PUT", "DELETE"):
+            assert client.generic(method, "/paid-proxied").status_code == 402, method
+        assert seen == []
+        allowed = client.options("/paid-proxied")
+        assert allowed.status_code == 200 and "POST" in allowed["Allow"] and seen == []
+        buyer, resp = pay(client, core, "/paid-proxied", method="POST")
+        assert resp.status_code == 200 and resp.json() == {"method": "POST"}
+        assert [p.payer for p in seen] == [buyer.address]
+        assert core.position(buyer.address, network=NETWORK).locked == 50_000
 
 
 def test_request_payment_in_a_view(configured: None, core: Core) -> None:
