@@ -27,6 +27,8 @@ from typing import Any
 try:
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.routing import APIRoute, APIWebSocketRoute
+    from starlette.exceptions import WebSocketException
+    from starlette.requests import HTTPConnection
     from starlette.responses import Response as StarletteResponse
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -34,11 +36,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from fourmica_x402.config import PaymentConfig
-from fourmica_x402.gate import PASS, Gate, Payment, Response
+from fourmica_x402.gate import Gate, Payment, Response
 from fourmica_x402.gate.guards import one_marker
-from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Marker, Meter
+from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Marker
 
-from ._exchange import Delegated
 from .asgi import PaymentMiddleware
 
 __all__ = ["FourmicaX402", "Paid", "PaymentRefused", "http_middleware"]
@@ -59,7 +60,10 @@ def Paid(price: Any = None, *, methods: Any = None, **route: Any) -> Any:
     static price or payTo fails here, when the module is imported."""
     marker = Marker(price, methods, route).validate("Paid(...)")
 
-    async def payment(request: Request) -> Payment:
+    async def payment(request: HTTPConnection) -> Payment:
+        if request.scope["type"] == "websocket":  # no paid-WebSocket mode: refused, 1008
+            raise WebSocketException(1008, "payment_required")
+        assert isinstance(request, Request)
         found = request.scope.get(PAYMENT_KEY)
         route = request.scope.get("route")
         served = sorted(getattr(route, "methods", None) or ())
@@ -110,41 +114,6 @@ class FourmicaX402:
 
 def http_middleware(config: PaymentConfig) -> Any:
     """``async def (request, call_next)`` for ``app.middleware("http")`` (the official style)."""
-    gate = Gate(config)
-    pricer = PaymentMiddleware(None, gate=gate, marker=_marker)  # resolves; never an app
+    from ._http_middleware import http_middleware as build
 
-    async def middleware(request: Request, call_next: Any) -> Any:
-        if pricer._given_router is None:  # the app is known only once it serves a request
-            pricer._given_router = request.scope["app"].router
-        if pricer.startup.run(pricer._check) is not None:
-            return _render(pricer.startup.refusal)
-        view = pricer._view(request.scope, request.receive)
-        state = await Gate.run_async(gate.before(view))
-        if isinstance(state, Response):
-            return _render(state)
-        if state is not PASS:
-            request.state.payment = request.scope[PAYMENT_KEY] = state.payment
-        stack = request.scope.get("app")
-        if delegated := Delegated.below(stack, middleware, gate, state, view.read_body):
-            return delegated  # the app below runs here, as under the pure ASGI middleware
-        if state is PASS:
-            return await call_next(request)
-        meter = Meter(gate, state)  # call_next's copy of the response: the best it can see
-        try:
-            response = await call_next(request)
-        except Exception as exc:
-            await Gate.run_async(meter.finish(exc))
-            raise
-        started = await Gate.run_async(meter.start(response.status_code, response.headers.items()))
-        if isinstance(started, Response):  # settle-after failed: answer 402 instead
-            return _render(started)
-        for key, value in meter.extra or ():  # ours replaces the app's Cache-Control
-            if key == "cache-control":
-                response.headers[key] = value
-            else:
-                response.headers.append(key, value)
-        response.body_iterator = meter.stream(response.body_iterator)
-        return response
-
-    middleware.gate = gate  # type: ignore[attr-defined]
-    return middleware
+    return build(config)

@@ -233,6 +233,78 @@ def test_a_websocket_route_with_paid_is_refused_with_1008(core: Core) -> None:
     assert refused.value.code == 1008 and calls == {}
 
 
+def test_http_middleware_never_serves_a_priced_websocket(core: Core) -> None:
+    """``@app.middleware("http")`` never sees a WebSocket (Starlette passes them around it):
+    ``Paid(...)`` on a WebSocket route refuses the handshake itself (1008, not a crash in
+    the dependency), and a table entry naming a WebSocket route, which this form cannot
+    guard, fails its start-up (answered ``configuration_error``) instead of selling it free."""
+    from fastapi import WebSocket
+    from fourmica_x402.adapters.fastapi import http_middleware
+    from starlette.websockets import WebSocketDisconnect
+
+    from fourmica_x402.config import PaymentConfig
+
+    def app_with(routes: dict[str, str]) -> tuple[FastAPI, collections.Counter[str]]:
+        app, calls = FastAPI(), collections.Counter[str]()
+        config = PaymentConfig(pay_to=SELLER, core=core, network=NETWORK, routes=routes)
+        app.middleware("http")(http_middleware(config))
+
+        @app.get("/free")
+        def free() -> dict[str, bool]:
+            return {"free": True}
+
+        @app.websocket("/live")
+        async def live(websocket: WebSocket) -> None:
+            calls["live"] += 1
+            await websocket.accept()
+            await websocket.send_text("paid content")
+            await websocket.close()
+
+        @app.websocket("/marked")
+        async def marked(websocket: WebSocket, payment: Payment = Paid("$1")) -> None:  # noqa: B008
+            calls["marked"] += 1
+            await websocket.accept()
+
+        async def raw(scope: Any, receive: Any, send: Any) -> None:  # HTTP and WebSockets
+            calls["raw"] += 1
+            await receive()
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.send", "text": "paid content"})
+
+        app.mount("/raw", raw)
+        return app, calls
+
+    app, calls = app_with({})
+    with (
+        TestClient(app) as client,
+        pytest.raises(WebSocketDisconnect) as refused,
+        client.websocket_connect("/marked"),
+    ):
+        pass
+    assert refused.value.code == 1008 and calls == {}
+
+    app, calls = app_with({"GET /live": "$0.01"})
+    with TestClient(app) as client:
+        broken = client.get("/free")
+        assert (broken.status_code, broken.json()["error"]) == (500, "configuration_error")
+        with (
+            pytest.raises(WebSocketDisconnect) as refused,
+            client.websocket_connect("/live") as socket,
+        ):
+            socket.receive_text()
+    assert calls == {}
+
+    app, calls = app_with({"GET /raw/*": "$0.01"})  # a priced mount may take WebSockets too
+    with TestClient(app) as client:
+        assert client.get("/raw/x").status_code == 402
+        with (
+            pytest.raises(WebSocketDisconnect) as refused,
+            client.websocket_connect("/raw/x") as socket,
+        ):
+            socket.receive_text()
+    assert refused.value.code == 1008 and calls == {}
+
+
 def test_a_frontend_priced_by_the_table_is_charged_and_a_free_one_stays_free(
     core: Core, tmp_path: Any
 ) -> None:

@@ -1,0 +1,97 @@
+"""FastAPI's ``@app.middleware("http")`` form of the gate (see :func:`.fastapi.http_middleware`).
+
+Starlette runs such a middleware on HTTP requests only: WebSockets go around it. So ``Paid``
+refuses a WebSocket itself, and a route-table entry naming a WebSocket route fails the
+start-up (docs/architecture.md, "FastAPI's http middleware").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from starlette.routing import Host, Mount
+
+from fourmica_x402.config import PaymentConfig
+from fourmica_x402.errors import ConfigurationError
+from fourmica_x402.gate import PASS, Gate, Response
+from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Meter
+
+from ._exchange import Delegated
+from .asgi import PaymentMiddleware
+from .fastapi import _marker, _render
+
+__all__ = ["http_middleware"]
+
+
+async def _close_1008(scope: Any, receive: Any, send: Any) -> None:
+    await receive()  # websocket.connect
+    await send({"type": "websocket.close", "code": 1008})
+
+
+def _no_websocket(app: Any) -> Any:
+    """``app`` (a priced mount's) with WebSockets refused."""
+
+    async def guarded(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            return await _close_1008(scope, receive, send)
+        return await app(scope, receive, send)  # type: ignore[no-any-return]
+
+    return guarded
+
+
+def http_middleware(config: PaymentConfig) -> Any:
+    """``async def (request, call_next)`` for ``app.middleware("http")``."""
+    gate = Gate(config)
+    pricer = PaymentMiddleware(None, gate=gate, marker=_marker)  # resolves; never an app
+
+    def check() -> None:  # Starlette passes WebSockets around an http middleware
+        pricer._check()
+        priced = [e for e in gate.endpoints or () if gate.routes.for_endpoint("GET", e)]
+        for endpoint in priced:  # refused from now on (1008), whatever else happens
+            if endpoint.websocket:
+                endpoint.key.app = _close_1008
+            elif isinstance(endpoint.key, (Mount, Host)):  # a mounted app may take them too
+                endpoint.key.app = _no_websocket(endpoint.key.app)
+        sockets = sorted(e.template for e in priced if e.websocket and e.marker is None)
+        if sockets:
+            raise ConfigurationError(
+                f'priced WebSocket route(s) {sockets}: app.middleware("http") never sees a '
+                "WebSocket; use FourmicaX402(app)"
+            )
+
+    async def middleware(request: Request, call_next: Any) -> Any:
+        if pricer._given_router is None:  # the app is known only once it serves a request
+            pricer._given_router = request.scope["app"].router
+        if pricer.startup.run(check) is not None:
+            return _render(pricer.startup.refusal)
+        view = pricer._view(request.scope, request.receive)
+        state = await Gate.run_async(gate.before(view))
+        if isinstance(state, Response):
+            return _render(state)
+        if state is not PASS:
+            request.state.payment = request.scope[PAYMENT_KEY] = state.payment
+        stack = request.scope.get("app")
+        if delegated := Delegated.below(stack, middleware, gate, state, view.read_body):
+            return delegated  # the app below runs here, as under the pure ASGI middleware
+        if state is PASS:
+            return await call_next(request)
+        meter = Meter(gate, state)  # call_next's copy of the response: the best it can see
+        try:
+            response = await call_next(request)
+        except Exception as exc:
+            await Gate.run_async(meter.finish(exc))
+            raise
+        started = await Gate.run_async(meter.start(response.status_code, response.headers.items()))
+        if isinstance(started, Response):  # settle-after failed: answer 402 instead
+            return _render(started)
+        for key, value in meter.extra or ():  # ours replaces the app's Cache-Control
+            if key == "cache-control":
+                response.headers[key] = value
+            else:
+                response.headers.append(key, value)
+        response.body_iterator = meter.stream(response.body_iterator)
+        return response
+
+    middleware.gate = gate  # type: ignore[attr-defined]
+    return middleware
