@@ -18,7 +18,7 @@ from fourmica_x402.config import PaymentConfig
 from fourmica_x402.core.store.sqlite import _path_of as sqlite_path
 from fourmica_x402.gate.lifecycle import Endpoints
 
-from . import conf
+from . import conf, i18n
 
 
 class FourmicaX402Config(AppConfig):
@@ -45,7 +45,7 @@ def check_middleware(**kwargs: Any) -> list[CheckMessage]:
     ours = {f"{__package__}.PaymentMiddleware", f"{__package__}.middleware.PaymentMiddleware"}
     if ours.isdisjoint(getattr(settings, "MIDDLEWARE", None) or ()):
         return [Warning("PaymentMiddleware is not in MIDDLEWARE", id="fourmica_x402.W001")]
-    misplaced = conf.locale_misplaced()
+    misplaced = i18n.locale_misplaced()
     return [] if misplaced is None else [Error(misplaced, id="fourmica_x402.E005")]
 
 

@@ -89,29 +89,6 @@ def patterns(localized: bool = False, urlconf: Any = None) -> Iterator[tuple[Any
     return walk(_top(urlconf), "", False)
 
 
-def language_prefix(urlconf: Any = None) -> str | None:
-    """The language prefix ``i18n_patterns`` adds for the active language ("de/", or "" for
-    an unprefixed default), None when ``urlconf`` (None: ROOT_URLCONF) has none."""
-    for entry in _top(urlconf):
-        if isinstance(entry.pattern, LocalePrefixPattern):
-            return str(entry.pattern.language_prefix)
-    return None
-
-
-def locale_misplaced() -> str | None:
-    """Why the middleware order would resolve localized URLs unlike the handler, or None:
-    with ``i18n_patterns``, ``LocaleMiddleware`` must come before ours (it activates the
-    language the URL patterns match under; docs/architecture.md, "Which route is priced")."""
-    names = [str(m) for m in getattr(settings, "MIDDLEWARE", None) or ()]
-    locale = "django.middleware.locale.LocaleMiddleware"
-    ours = [i for i, m in enumerate(names) if m.startswith(__package__ or "") and "Payment" in m]
-    if locale not in names or not ours or names.index(locale) < ours[0]:
-        return None
-    if language_prefix() is None:
-        return None
-    return "LocaleMiddleware must come before PaymentMiddleware in MIDDLEWARE (i18n_patterns)"
-
-
 def _top(urlconf: Any) -> Iterable[Any]:
     """The top-level patterns of a URLconf (none when no URLconf is configured)."""
     if urlconf is None and not getattr(settings, "ROOT_URLCONF", None):

@@ -20,7 +20,8 @@ from fourmica_x402.gate import PASS, Call, Endpoint, Flow, Gate, RequestView, Re
 from fourmica_x402.gate.lifecycle import BODY_LIMIT, Endpoints, Meter
 
 from ._streams import as_served
-from .conf import converter, describe, language_prefix, load, locale_misplaced, patterns, render
+from .conf import converter, describe, load, patterns, render
+from .i18n import language_prefix, locale_misplaced
 
 
 def request_view(request: HttpRequest, resolve: Callable[[], Any] | None = None) -> RequestView:

@@ -28,6 +28,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.wsgi import WSGIHandler
 from django.http import Http404, HttpRequest, JsonResponse, StreamingHttpResponse
+from django.middleware.locale import LocaleMiddleware
 from django.test import AsyncClient, Client, override_settings
 from django.urls import include, path, re_path, register_converter
 from django.urls.converters import get_converters
@@ -240,6 +241,7 @@ BAD_URLS.urlpatterns = [path("bad", bad)]  # type: ignore[attr-defined]
 HELPERS = types.ModuleType("django_adapter_helpers")
 HELPERS.SwitchUrlconf = SwitchUrlconf  # type: ignore[attr-defined]
 HELPERS.SameUrlconf = SameUrlconf  # type: ignore[attr-defined]
+HELPERS.Locale = type("Locale", (LocaleMiddleware,), {})  # type: ignore[attr-defined]
 sys.modules.update({m.__name__: m for m in (URLS, UNPREFIXED_URLS, OTHER_URLS, BAD_URLS, HELPERS)})
 
 
@@ -391,11 +393,13 @@ def test_locale_middleware_after_ours_with_i18n_patterns_is_refused(configured: 
     from fourmica_x402.adapters.django.checks import check_middleware
 
     table = {**settings.FOURMICA_X402, "ROUTES": {"GET /lreport": "$0.04"}}
-    after = [*MIDDLEWARE, "django.middleware.locale.LocaleMiddleware"]
-    with override_settings(FOURMICA_X402=table, MIDDLEWARE=after, ROOT_URLCONF=URLS.__name__):
-        assert [m.id for m in check_middleware()] == ["fourmica_x402.E005"]
-        with pytest.raises(ImproperlyConfigured, match="LocaleMiddleware must come before"):
-            WSGIHandler()
+    # Django's own, or a project's subclass of it (a language from a cookie first…)
+    for locale in ("django.middleware.locale.LocaleMiddleware", "django_adapter_helpers.Locale"):
+        after = [*MIDDLEWARE, locale]
+        with override_settings(FOURMICA_X402=table, MIDDLEWARE=after, ROOT_URLCONF=URLS.__name__):
+            assert [m.id for m in check_middleware()] == ["fourmica_x402.E005"], locale
+            with pytest.raises(ImproperlyConfigured, match="LocaleMiddleware must come before"):
+                WSGIHandler()
     before = ["django.middleware.locale.LocaleMiddleware", *MIDDLEWARE]
     with override_settings(FOURMICA_X402=table, MIDDLEWARE=before, ROOT_URLCONF=URLS.__name__):
         assert check_middleware() == []
