@@ -19,13 +19,11 @@ rule Flask resolves is priced: its ``@paid``, else its entry (docs/architecture.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 try:
-    from flask import Flask, abort, current_app, g, request
-    from werkzeug.exceptions import HTTPException
+    from flask import Flask, abort, current_app, request
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         'fourmica_x402.adapters.flask needs Flask: pip install "fourmica-x402[flask]"'
@@ -33,16 +31,15 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from fourmica_x402.config import PaymentConfig, config_options
 from fourmica_x402.errors import ConfigurationError
-from fourmica_x402.gate import Endpoint, Gate
-from fourmica_x402.gate.guards import check_routed
-from fourmica_x402.gate.lifecycle import Endpoints, Marker
+from fourmica_x402.gate import Gate
+from fourmica_x402.gate.lifecycle import Marker
 
-from .wsgi import PAYMENT_KEY, PaymentMiddleware
+from ._flask import _APPS, Routed
+from .wsgi import PAYMENT_KEY
 
 __all__ = ["FourmicaX402", "paid", "settings"]
 
 PREFIX = "FOURMICA_X402_"
-_APPS: weakref.WeakSet[Flask] = weakref.WeakSet()  # the process's apps with the extension
 View = TypeVar("View", bound=Callable[..., Any])
 
 
@@ -91,19 +88,19 @@ class FourmicaX402:
     ) -> None:
         self.config, self.options = config, options
         self.gate: Gate | None = None
-        self._routed: list[_Routed] = []
+        self._routed: list[Routed] = []
         if app is not None:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
         found = settings(app.config)
         self.gate = Gate(self.config or PaymentConfig(**{**found, **self.options}))
-        middleware = _Routed(app.wsgi_app, gate=self.gate, flask_app=app)
+        middleware = Routed(app.wsgi_app, gate=self.gate, flask_app=app)
         self._routed.append(middleware)
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions["fourmica_x402"] = self
         _APPS.add(app)
-        app.before_request(lambda: setattr(g, "payment", request.environ.get(PAYMENT_KEY)))
+        app.before_request(middleware.before_view)
 
     def check(self) -> None:
         """Check prices against routes now (ConfigurationError); else the first request does (500)."""
@@ -111,37 +108,3 @@ class FourmicaX402:
             raise ConfigurationError("FourmicaX402: call init_app(app) first")
         for middleware in self._routed:
             middleware.check()
-
-
-def _served(rule: Any) -> set[str]:  # Flask answers an OPTIONS it added by itself
-    auto = getattr(rule, "provide_automatic_options", False)  # not on rules added by hand
-    return set(rule.methods or ()) - ({"OPTIONS"} if auto else set())
-
-
-class _Routed(PaymentMiddleware):
-    """The WSGI middleware, pricing the rule Flask's router resolves (one Endpoint per rule)."""
-
-    def __init__(self, app: Any, *, gate: Gate, flask_app: Flask) -> None:
-        super().__init__(app, gate=gate)
-        self._flask_app, views = flask_app, flask_app.view_functions
-        describe = lambda r: (Marker.of(views.get(r.endpoint)), _served(r))  # noqa: E731
-        self._endpoint = Endpoints(describe, converter=flask_app.url_map.converters.get)
-
-    def check(self) -> None:  # the first request runs it at the latest: views come after init_app
-        everywhere = [view for app in _APPS for view in app.view_functions.values()]
-        check_routed(self._flask_app.view_functions.values(), everywhere)  # @paid over @app.route?
-        rules = ((rule, rule.rule) for rule in self._flask_app.url_map.iter_rules())
-        self._endpoint.check(self.gate, rules)
-
-    def resolver(self, environ: dict[str, Any]) -> Callable[[], Endpoint | None]:
-        app = self._flask_app
-
-        def resolve() -> Endpoint | None:
-            try:
-                adapter = app.create_url_adapter(app.request_class(environ))
-                rule, _ = adapter.match(return_rule=True)  # type: ignore[union-attr]
-            except HTTPException:  # 404, 405, a redirect (strict slashes): Flask won't serve it
-                return None
-            return self._endpoint(rule, rule.rule)
-
-        return resolve

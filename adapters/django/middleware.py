@@ -12,46 +12,17 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django import urls
-from django.core.exceptions import DisallowedHost, ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
-from django.utils.encoding import escape_uri_path
 
-from fourmica_x402.gate import PASS, Call, Endpoint, Flow, Gate, RequestView, Response
-from fourmica_x402.gate.lifecycle import BODY_LIMIT, Endpoints, Meter
+from fourmica_x402.gate import PASS, Call, Endpoint, Flow, Gate, Response
+from fourmica_x402.gate.guards import rerouted
+from fourmica_x402.gate.lifecycle import Endpoints, Meter
 
 from ._streams import as_served
+from ._view import request_view
 from .conf import converter, describe, load, patterns, render
 from .i18n import language_prefix, locale_misplaced
-
-
-def request_view(request: HttpRequest, resolve: Callable[[], Any] | None = None) -> RequestView:
-    meta = request.META
-    raw = meta.get("RAW_URI") or meta.get("REQUEST_URI") or ""  # gunicorn; uWSGI, mod_wsgi
-    if not raw and hasattr(request, "scope"):  # ASGI servers keep the path as sent
-        raw = (request.scope.get("raw_path") or b"").decode("latin-1")
-    raw = raw.partition("?")[0].removeprefix(meta.get("SCRIPT_NAME") or "")
-    try:
-        host = request.get_host()
-    except DisallowedHost:
-        host = meta.get("HTTP_HOST") or meta.get("SERVER_NAME") or "localhost"
-    length = meta.get("CONTENT_LENGTH") or "0"
-    small = (
-        length.isascii() and length.isdigit() and int(length) <= BODY_LIMIT
-    )  # what the gate's endpoints read
-    return RequestView(
-        method=request.method or "GET",
-        path=request.path_info,
-        raw_path=raw or escape_uri_path(request.path_info),  # test clients: decoded only
-        root=escape_uri_path(request.path.removesuffix(request.path_info)).rstrip("/"),
-        query=meta.get("QUERY_STRING", ""),
-        headers=tuple((name.lower(), value) for name, value in request.headers.items()),
-        scheme=request.scheme or "http",
-        host=host,
-        client=meta.get("REMOTE_ADDR"),
-        read_body=lambda: request.body if small else b"",
-        resolve=resolve,
-    )
-
 
 #: Conditional request headers, dropped from a paid GET (docs/protocol.md, "Paid responses").
 _CONDITIONS = (
@@ -92,11 +63,25 @@ class PaymentMiddleware:
     def _resolve(self, request: HttpRequest) -> Endpoint | None:
         """The endpoint Django will serve (None: a 404, an APPEND_SLASH redirect), one per route
         and view kept for the app's lifetime; request.urlconf is set by middleware before us."""
+        request.fourmica_x402_resolved = (None, request.method)  # type: ignore[attr-defined]
         try:
             match = urls.resolve(request.path_info, urlconf=getattr(request, "urlconf", None))
         except urls.Resolver404:
             return None
-        route, urlconf = "/" + match.route, getattr(request, "urlconf", None)
+        request.fourmica_x402_resolved = (match.func, request.method)  # type: ignore[attr-defined]
+        return self._endpoint_of(match, getattr(request, "urlconf", None))
+
+    def process_view(self, request: HttpRequest, *args: Any) -> Any:
+        """The view Django runs: the one the gate priced? (see :func:`.guards.rerouted`)."""
+        match = request.resolver_match
+        urlconf = getattr(request, "urlconf", None)
+        endpoint = None if match is None else self._endpoint_of(match, urlconf)
+        seen = getattr(request, "fourmica_x402_resolved", None)
+        why = rerouted(self.gate.routes, endpoint, request.method or "", request.payment, seen)  # type: ignore[attr-defined]
+        return None if why is None else render(why)
+
+    def _endpoint_of(self, match: Any, urlconf: Any) -> Endpoint:
+        route = "/" + match.route
         localized = self._localized.get(urlconf)
         if localized is None:
             localized = self._localized[urlconf] = set(patterns(True, urlconf))

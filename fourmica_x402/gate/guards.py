@@ -8,6 +8,7 @@ A route decorator registers the function it is given: with ``@paid`` applied abo
 from __future__ import annotations
 
 import contextlib
+import logging
 import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -16,8 +17,18 @@ from ..errors import ConfigurationError
 
 if TYPE_CHECKING:
     from ..routes import Endpoint, RouteTable
+    from .types import Response
 
-__all__ = ["check_routed", "one_marker", "partly_priced", "remember"]
+__all__ = [
+    "RESOLVED_KEY",
+    "check_routed",
+    "one_marker",
+    "partly_priced",
+    "remember",
+    "rerouted",
+]
+
+log = logging.getLogger("fourmica_x402.gate")
 
 T = TypeVar("T")
 
@@ -112,3 +123,36 @@ def _handler(key: Any) -> object | None:
         if bound is not None and hasattr(handler, "__func__")
         else id(handler)
     )
+
+
+#: Where an adapter notes what the gate resolved for a request: ``(route, method)``.
+RESOLVED_KEY = "fourmica_x402.resolved"
+
+
+def rerouted(
+    table: RouteTable, endpoint: Endpoint | None, method: str, payment: Any, seen: Any
+) -> Response | None:
+    """Whether a route-table-priced handler the router is about to run was not the request
+    the gate decided on (``seen``: the ``(route, method)`` it resolved, None: none), and no
+    payment was made for it: a layer between the gate and the router changed the method or
+    the path (a method override, a path rewrite): it is refused, 503 ``payment_not_enforced``
+    (None: run it). A marker's handler checks its own payment."""
+    from ..errors import Reason
+    from .types import error_response
+
+    if endpoint is None or endpoint.marker is not None:
+        return None
+    alias = "GET" if method.upper() == "HEAD" else method.upper()
+    if alias == "OPTIONS" or seen == (endpoint.key, method.upper()):
+        return None  # never priced; or the gate's own decision on this very route stands
+    if payment is not None and payment.endpoint is endpoint.key:
+        return None
+    if table.for_endpoint(alias, endpoint) is None:
+        return None
+    log.error(
+        "a priced route (%s %s) was reached unpaid: a layer between the payment middleware "
+        "and the router changed the request's method or path; not served",
+        method,
+        endpoint.template,
+    )
+    return error_response(503, Reason.PAYMENT_NOT_ENFORCED, "payments are not enforced here")

@@ -187,6 +187,31 @@ class SwitchUrlconf:
         return self.get_response(request)
 
 
+class Ledger(View):
+    """Its GET is sold by a table entry; its POST is free."""
+
+    def get(self, request: HttpRequest) -> JsonResponse:
+        seen.append(request.payment)
+        return JsonResponse({"ledger": "paid content"})
+
+    def post(self, request: HttpRequest) -> JsonResponse:
+        seen.append(request.payment)
+        return JsonResponse({"posted": True})
+
+
+class MethodOverride:
+    """A middleware after ours that takes the method from ``X-HTTP-Method-Override``."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> Any:
+        override = request.META.pop("HTTP_X_HTTP_METHOD_OVERRIDE", None)
+        if override:
+            request.method = override.upper()
+        return self.get_response(request)
+
+
 class SameUrlconf:
     """A middleware that names the URLconf on every request, as django-hosts does."""
 
@@ -218,6 +243,7 @@ URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("r/<int:n>/", by_table),
     path("tagged", tagged),
     path("proxied", Proxied.as_view()),
+    path("ledger", Ledger.as_view()),
     path("paid-proxied", PaidProxied.as_view()),
     re_path(r"^legacy/(\d+)$", legacy),
     *i18n_patterns(path("intl", anything), path("lreport", localized)),
@@ -241,6 +267,7 @@ BAD_URLS.urlpatterns = [path("bad", bad)]  # type: ignore[attr-defined]
 HELPERS = types.ModuleType("django_adapter_helpers")
 HELPERS.SwitchUrlconf = SwitchUrlconf  # type: ignore[attr-defined]
 HELPERS.SameUrlconf = SameUrlconf  # type: ignore[attr-defined]
+HELPERS.MethodOverride = MethodOverride  # type: ignore[attr-defined]
 HELPERS.Locale = type("Locale", (LocaleMiddleware,), {})  # type: ignore[attr-defined]
 sys.modules.update({m.__name__: m for m in (URLS, UNPREFIXED_URLS, OTHER_URLS, BAD_URLS, HELPERS)})
 
@@ -511,6 +538,25 @@ def test_a_class_view_answering_in_its_own_dispatch_is_priced_for_every_method(
         assert resp.status_code == 200 and resp.json() == {"method": "POST"}
         assert [p.payer for p in seen] == [buyer.address]
         assert core.position(buyer.address, network=NETWORK).locked == 50_000
+
+
+def test_a_middleware_after_ours_that_changes_the_method_never_runs_a_priced_view_unpaid(
+    configured: None, core: Core
+) -> None:
+    """A middleware listed after ours changes the request once the gate priced it (a method
+    override): the view Django then runs is checked against what the gate priced, and a
+    priced one the request did not pay for is refused (503) rather than served free."""
+    overriding = [*MIDDLEWARE, "django_adapter_helpers.MethodOverride"]
+    table = {**settings.FOURMICA_X402, "ROUTES": {"GET /ledger": "$0.02"}}
+    with override_settings(MIDDLEWARE=overriding, FOURMICA_X402=table):
+        client = Client()
+        refused = client.post("/ledger", HTTP_X_HTTP_METHOD_OVERRIDE="GET")
+        assert (refused.status_code, refused.json()["error"]) == (503, "payment_not_enforced")
+        assert seen == []
+        assert client.post("/ledger").status_code == 200 and seen == [None]  # free: unchanged
+        buyer, resp = pay(client, core, "/ledger")
+        assert resp.status_code == 200 and resp.json() == {"ledger": "paid content"}
+        assert seen[-1].payer == buyer.address
 
 
 def test_request_payment_in_a_view(configured: None, core: Core) -> None:

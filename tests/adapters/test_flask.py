@@ -699,3 +699,49 @@ def test_a_body_closed_before_the_server_asked_past_its_last_chunk_is_refunded(
     resp.close()  # the write failed: the server closes the body without asking for more
     app.extensions["fourmica_x402"].gate.flush()
     assert [g.state for g in core.guarantees(address=buyer.address)] == ["voided"]
+
+
+def test_a_layer_inside_the_gate_that_reroutes_a_request_never_runs_a_priced_view_unpaid(
+    core: Core,
+) -> None:
+    """A WSGI wrapper installed on ``app.wsgi_app`` before the extension (a method override,
+    a script-name rewrite) changes the request after the gate priced it: the rule Flask then
+    dispatches is checked against what the gate priced, and a priced one the request did not
+    pay for is refused (503) rather than served free. Paid requests still go through."""
+    runs: list[str] = []
+    app = make_app(pay_to=SELLER, core=core, network=NETWORK, routes={"GET /items/<n>": "$0.01"})
+
+    def rewrite(inner: Any) -> Any:
+        def wsgi(environ: dict[str, Any], start_response: Any) -> Any:
+            method = environ.pop("HTTP_X_HTTP_METHOD_OVERRIDE", "")
+            if method:
+                environ["REQUEST_METHOD"] = method.upper()
+            prefix = environ.pop("HTTP_X_SCRIPT_NAME", "")
+            if prefix and environ["PATH_INFO"].startswith(prefix):
+                environ["SCRIPT_NAME"] = prefix
+                environ["PATH_INFO"] = environ["PATH_INFO"][len(prefix) :]
+            return inner(environ, start_response)
+
+        return wsgi
+
+    app.wsgi_app = rewrite(app.wsgi_app)  # type: ignore[method-assign]
+    FourmicaX402(app)
+
+    @app.route("/items/<n>", methods=["GET", "PUT"])
+    def item(n: str) -> dict[str, str]:
+        runs.append(request.method)
+        return {"item": n}
+
+    client = app.test_client()
+    overridden = client.post("/items/1", headers={"X-HTTP-Method-Override": "GET"})
+    assert (overridden.status_code, overridden.get_json()["error"]) == (
+        503,
+        "payment_not_enforced",
+    )
+    rewritten = client.get("/shop/items/1", headers={"X-Script-Name": "/shop"})
+    assert rewritten.status_code == 503 and runs == []
+    assert client.put("/items/1").status_code == 200 and runs == ["PUT"]  # free: unchanged
+    buyer = funded(core)
+    paid_get = client.get("/items/2", headers=payment_for(client, buyer, "/items/2"))
+    assert paid_get.status_code == 200 and runs == ["PUT", "GET"]
+    assert core.position(buyer.address, network=NETWORK).locked == 10_000
