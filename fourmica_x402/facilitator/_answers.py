@@ -139,6 +139,6 @@ def _certificate(value: object) -> dict[str, str] | None:
 
 def verdict(data: Any) -> VerifyResponse:
     try:
-        return VerifyResponse.model_validate(data)
+        return VerifyResponse.model_validate(data, strict=True)  # "yes" is not true
     except ValueError:  # pydantic's ValidationError is one
         raise Unavailable("facilitator verify answer is not a verdict") from None

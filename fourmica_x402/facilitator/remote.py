@@ -252,10 +252,10 @@ class HttpFacilitator:
     # -- the protocol ------------------------------------------------------------------------
 
     def supported(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/supported", retry=True).get("kinds", []))
+        return _kinds(self._call("GET", "/supported", retry=True))
 
     async def asupported(self) -> list[dict[str, Any]]:
-        return list((await self._acall("GET", "/supported", retry=True)).get("kinds", []))
+        return _kinds(await self._acall("GET", "/supported", retry=True))
 
     @staticmethod
     def _tab_body(
@@ -396,15 +396,32 @@ def _raise_tab_limit(status: int, retry_after: str | None, content: bytes) -> No
     )
 
 
+def _kinds(data: Any) -> list[dict[str, Any]]:
+    kinds = data.get("kinds", []) if isinstance(data, dict) else None
+    if not isinstance(kinds, list) or not all(isinstance(k, dict) for k in kinds):
+        raise Unavailable("facilitator /supported answer is malformed")
+    return kinds
+
+
+def _seconds(value: Any) -> int:
+    """A whole number of seconds as JSON carries it (not a bool, a fraction or a string)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise ValueError(f"not a number of seconds: {value!r:.40}")
+    return value
+
+
 def _tab_of(pick: Any, network: str, version: int) -> Tab:
+    ttl = _seconds(pick("ttlSeconds", "ttl_seconds"))
+    if ttl == 0:
+        raise ValueError("a tab lasts some time")
     return Tab(
         tab_id=parse_amount(pick("tabId", "tab_id")),
-        user_address=str(pick("userAddress", "user_address")),
-        recipient_address=str(pick("recipientAddress", "recipient_address")),
+        user_address=parse_address(pick("userAddress", "user_address")),
+        recipient_address=parse_address(pick("recipientAddress", "recipient_address")),
         network=network,
-        asset_address=str(pick("assetAddress", "asset_address")),
+        asset_address=parse_address(pick("assetAddress", "asset_address")),
         guarantee_version=version,
-        start_timestamp=int(pick("startTimestamp", "start_timestamp")),
-        ttl_seconds=int(pick("ttlSeconds", "ttl_seconds")),
+        start_timestamp=_seconds(pick("startTimestamp", "start_timestamp")),
+        ttl_seconds=ttl,
         next_req_id=parse_amount(pick("nextReqId", "next_req_id", "reqId", "req_id")),
     )

@@ -28,11 +28,11 @@ def _admin(action: Action) -> Handler:
 
     def handler(service: Service, call: Call) -> Reply:
         if service.hooks is None:
-            return refusal(404, "webhooks are disabled")
+            return refusal(404, "webhooks are disabled", "webhooks_disabled")
         if service.keys.api_key is None and not service.sandbox:
-            return refusal(403, "set an API key (--api-key) to manage webhooks")
+            return refusal(403, "set an API key (--api-key) to manage webhooks", "api_key_required")
         if not service.keys.authorized(call):
-            return refusal(401, "unauthorized")
+            return refusal(401, "unauthorized", "unauthorized")
         try:
             return action(service.hooks, call)
         except ValueError as exc:
@@ -48,7 +48,7 @@ def subscribe(hooks: Webhooks, call: Call) -> Reply:
     """``POST /admin/webhooks`` ``{url, events?, secret?}``."""
     body = call.body
     if not isinstance(body, dict) or not isinstance(body.get("url"), str):
-        return refusal(400, "give {url, events?, secret?}")
+        return refusal(400, "give {url, events?, secret?}", "invalid_request")
     sub = hooks.subscribe(body["url"], body.get("events") or ["*"], body.get("secret"))
     return 200, sub.to_dict(include_secret=True)  # the secret is shown once, here
 

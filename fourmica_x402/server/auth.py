@@ -72,10 +72,12 @@ class Keys:
         """
         if self.api_key is None and not self.sellers and not self.sandbox:
             return refusal(
-                403, "start the service with --api-key to accept void and validation calls"
+                403,
+                "start the service with --api-key to accept void and validation calls",
+                "api_key_required",
             )
         if (self.api_key is not None or self.sellers) and self.acts_for(call) is None:
-            return refusal(401, "unauthorized")
+            return refusal(401, "unauthorized", "unauthorized")
         return None
 
     def settles_for(self, call: Call, pay_to: str | None = None) -> Reply | None:
@@ -86,7 +88,7 @@ class Keys:
         if self.api_key is None and not self.sellers:
             return None
         if self.acts_for(call) is None:
-            return refusal(401, "unauthorized")
+            return refusal(401, "unauthorized", "unauthorized")
         try:
             return None if pay_to is None else self.not_yours(call, parse_address(pay_to))
         except ValueError:

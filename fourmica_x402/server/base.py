@@ -153,12 +153,13 @@ def failure(exc: FourmicaError) -> Reply:
     return 503, {"error": exc.reason, "message": exc.public()}
 
 
-def refusal(status: int, text: str) -> Reply:
-    """``{"error": text}``: the service's refusals that predate the coded shape (unauthorized,
-    disabled API, bad body). Clients match on the ``error`` text and status, so it is kept
-    byte for byte; new refusals use :func:`failure`'s ``{"error", "message"}`` shape.
+def refusal(status: int, text: str, reason: str) -> Reply:
+    """``{"error": text, "reason": code}``: the service's refusals that predate the coded
+    shape (unauthorized, disabled API, bad body). Clients match on the ``error`` text and
+    status, so it is kept byte for byte; the stable code is in ``reason``, as the tab calls
+    answer (docs/protocol.md, "Reason codes"). New refusals use :func:`failure`'s shape.
     """
-    return status, {"error": text}
+    return status, {"error": text, "reason": reason}
 
 
 def bad_request(message: str) -> CoreError:

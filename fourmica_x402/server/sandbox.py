@@ -40,11 +40,13 @@ def _sandboxed(action: Action) -> Handler:
 
     def handler(service: Service, call: Call) -> Reply:
         if not service.sandbox:
-            return refusal(403, "sandbox API is disabled (start with --sandbox)")
+            return refusal(
+                403, "sandbox API is disabled (start with --sandbox)", "sandbox_disabled"
+            )
         if not service.keys.authorized(call):
-            return refusal(401, "unauthorized")
+            return refusal(401, "unauthorized", "unauthorized")
         if not isinstance(call.body, dict):
-            return refusal(400, "body must be a JSON object")
+            return refusal(400, "body must be a JSON object", "invalid_request")
         try:
             return 200, action(service, call.body)
         except (ValueError, TypeError) as exc:

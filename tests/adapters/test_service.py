@@ -34,7 +34,7 @@ from fourmica_x402.facilitator import HttpFacilitator
 from fourmica_x402.gate import Gate
 from fourmica_x402.service import create_app
 from fourmica_x402.testing import NETWORK, TestBuyer, http_scope, payment_header, test_policy
-from fourmica_x402.wire import PaymentRequirements, decode_payment_required
+from fourmica_x402.wire import PaymentPayload, PaymentRequirements, decode_payment_required
 
 SELLER = TestBuyer.from_key(
     "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
@@ -546,7 +546,20 @@ def test_a_page_of_another_site_cannot_change_a_keyless_sandbox(core: Core) -> N
 
 
 @pytest.mark.parametrize(
-    "answer", [{"tabId": "zz"}, {"startTimestamp": {}}, {"ttlSeconds": 1e400}], ids=str
+    "answer",
+    [
+        {"tabId": "zz"},
+        {"startTimestamp": {}},
+        {"ttlSeconds": 1e400},
+        {"userAddress": 5},
+        {"recipientAddress": []},
+        {"assetAddress": "nope"},
+        {"startTimestamp": 1e300},
+        {"startTimestamp": True},
+        {"ttlSeconds": -5},
+        {"ttlSeconds": 1.5},
+    ],
+    ids=str,
 )
 def test_a_malformed_tab_answer_is_a_503_at_the_tab_endpoint(
     tmp_path: Path, answer: dict[str, Any]
@@ -572,6 +585,43 @@ def test_a_malformed_tab_answer_is_a_503_at_the_tab_endpoint(
         remote.open_tab(
             user=_USER, recipient=SELLER, network=NETWORK, asset=req.asset, guarantee_version=1
         )
+
+
+@pytest.mark.parametrize(
+    ("path", "answer"),
+    [
+        ("/supported", [1, 2]),
+        ("/supported", "kinds"),
+        ("/supported", None),
+        ("/supported", {"kinds": 5}),
+        ("/supported", {"kinds": "abc"}),
+        ("/supported", {"kinds": [1]}),
+        ("/verify", {"isValid": "yes"}),
+        ("/verify", {"isValid": 1}),
+    ],
+    ids=str,
+)
+def test_a_facilitator_answer_of_the_wrong_type_is_unavailable(path: str, answer: Any) -> None:
+    """Every answer is read for what it must be: one of another type is the facilitator's
+    failure (Unavailable), never an AttributeError, a list of letters or a "yes" read as
+    valid."""
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=answer))
+    remote = HttpFacilitator("http://f.test", transport=transport, async_transport=transport)
+    payload = PaymentPayload(
+        x402_version=2, accepted=requirements(), payload={"claims": {}, "signature": "0x"}
+    )
+    calls = {
+        "/supported": (remote.supported, remote.asupported),
+        "/verify": (
+            lambda: remote.verify(payload, requirements()),
+            lambda: remote.averify(payload, requirements()),
+        ),
+    }
+    call, acall = calls[path]
+    with pytest.raises(Unavailable):
+        call()
+    with pytest.raises(Unavailable):
+        asyncio.run(acall())
 
 
 def test_http_facilitator_retries_idempotent_calls_only() -> None:
@@ -904,6 +954,9 @@ def _reason(answer: httpx.Response) -> str:
         ),
         ("POST", "/guarantees/0x01/void", b'{"by":"x"}', _AUTH, 400, "invalid_request"),
         ("POST", "/sandbox/deposit", b"{}", _AUTH, 400, "invalid_request"),
+        ("POST", "/sandbox/deposit", b"[]", _AUTH, 400, "invalid_request"),
+        ("POST", "/sandbox/deposit", b"nope", _AUTH, 400, "invalid_request"),
+        ("POST", "/admin/webhooks", b"{}", _AUTH, 400, "invalid_request"),
         ("POST", "/sandbox/withdraw", b"{}", _AUTH, 400, "invalid_request"),
         ("POST", "/sandbox/withdraw", b'{"finalize":1e300}', _AUTH, 400, "invalid_request"),
         ("POST", "/sandbox/withdraw", _body(cancel=2**64), _AUTH, 400, "invalid_request"),
@@ -942,6 +995,21 @@ def test_bad_input_is_a_4xx_with_a_reason_never_a_500(
     headers = {"content-type": "application/json", **headers}
     answer = client.request(method, path, content=raw, headers=headers)
     assert (answer.status_code, _reason(answer)) == (status, reason), answer.text
+
+
+def test_a_disabled_or_keyless_api_says_so_with_a_code(core: Core) -> None:
+    """The refusals that keep their historic ``error`` text carry a stable code beside it."""
+    with TestClient(create_app(core, tick_interval=None)) as client:
+        deposit = client.post("/sandbox/deposit", json={"address": _USER, "amount": 1})
+        assert (deposit.status_code, deposit.json()["reason"]) == (403, "sandbox_disabled")
+        assert deposit.json()["error"] == "sandbox API is disabled (start with --sandbox)"
+        void = client.post("/guarantees/0x01/void", json={"by": SELLER})
+        assert (void.status_code, void.json()["reason"]) == (403, "api_key_required")
+        hooks = client.post("/admin/webhooks", json={"url": "http://127.0.0.1:9/h"})
+        assert hooks.status_code in (403, 404) and hooks.json()["reason"] in (
+            "api_key_required",
+            "webhooks_disabled",
+        )
 
 
 @pytest.mark.parametrize("field", ["asset", "payTo"])
