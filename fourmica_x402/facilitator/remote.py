@@ -41,6 +41,8 @@ log = logging.getLogger("fourmica_x402.facilitator")
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 #: A call that failed on the way (either client), and of those the ones never sent.
 _FAILED: tuple[type[Exception], ...] = (httpx.HTTPError, *_asyncio_http.ERRORS)
+#: ... or the whole call outlasted its ``timeout`` (an event loop's call).
+_FAILED_OR_LATE: tuple[type[Exception], ...] = (*_FAILED, TimeoutError)
 _NOT_SENT: tuple[type[Exception], ...] = (
     httpx.ConnectError,
     httpx.ConnectTimeout,
@@ -69,7 +71,9 @@ def _public(url: str) -> str:
 
 
 class HttpFacilitator:
-    """A remote facilitator. ``headers`` are sent with every call (auth)."""
+    """A remote facilitator. ``headers`` are sent with every call (auth); ``timeout``: the
+    seconds one call may take (on an event loop in all; in a thread, each step, and the
+    answer's body in all)."""
 
     def __init__(
         self,
@@ -126,8 +130,9 @@ class HttpFacilitator:
         attempts = self._retries + 1 if retry else 1
         for attempt in range(attempts):
             try:
+                deadline = time.monotonic() + self._timeout
                 with self._client.stream(method, path, json=body) as response:
-                    content = bounded(response.iter_bytes())
+                    content = bounded(_until(deadline, response.iter_bytes()))
             except httpx.HTTPError as exc:
                 if attempt + 1 < attempts:
                     time.sleep(self._delay(attempt, None))
@@ -149,8 +154,9 @@ class HttpFacilitator:
         attempts = self._retries + 1 if retry else 1
         for attempt in range(attempts):
             try:
-                status, retry_after, content = await send(method, path, data)
-            except _FAILED as exc:
+                async with asyncio.timeout(self._timeout):  # the whole call, not each read
+                    status, retry_after, content = await send(method, path, data)
+            except _FAILED_OR_LATE as exc:
                 if attempt + 1 < attempts:
                     await asyncio.sleep(self._delay(attempt, None))
                     continue
@@ -372,6 +378,15 @@ class HttpFacilitator:
         if self._apool is not None and self._apool[0] is asyncio.get_running_loop():
             await self._apool[1].aclose()
         self._apool = None
+
+
+def _until(deadline: float, chunks: Any) -> Any:
+    """``chunks`` of an answer, read until ``deadline`` at most: a facilitator sending one byte
+    now and then holds a paid request for ``timeout`` in all, not for each read."""
+    for chunk in chunks:
+        if time.monotonic() > deadline:
+            raise httpx.ReadTimeout("the facilitator's answer took longer than its timeout")
+        yield chunk
 
 
 def _raise_tab_limit(status: int, retry_after: str | None, content: bytes) -> None:

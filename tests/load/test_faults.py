@@ -47,7 +47,7 @@ from fourmica_x402.guarantee import ValidationPolicy
 from fourmica_x402.records import Records
 from fourmica_x402.service import _payment_args
 from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
-from fourmica_x402.wire import PaymentRequirements, decode_payment_required
+from fourmica_x402.wire import PaymentPayload, PaymentRequirements, decode_payment_required
 
 pytestmark = pytest.mark.slow
 
@@ -913,6 +913,64 @@ def test_a_facilitator_url_s_credentials_reach_no_buyer_and_no_log(
     assert unreachable.status_code == 503 and runs.n == 0
     for text in (challenge.text, str(challenge.headers), unreachable.text, caplog.text):
         assert "hunter2" not in text
+
+
+class _Drip(http.server.BaseHTTPRequestHandler):
+    """A facilitator that answers a valid settle, one byte every 0.3 s (20 bytes: 6 s)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        body = b'{"success": true}' + b" " * 3
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        for byte in body:
+            try:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            except OSError:  # the client gave up: done
+                return
+            time.sleep(0.3)
+
+
+def test_a_facilitator_dripping_its_answer_is_cut_off_at_the_timeout() -> None:
+    """``timeout`` bounds a call in all, not each read: a facilitator sending one byte now
+    and then could otherwise hold a paid request for as long as it likes. The settle is then
+    in doubt (it may have been applied), and refused."""
+    import asyncio
+
+    from fourmica_x402.errors import Unavailable
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Drip)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        facilitator = HttpFacilitator(url, timeout=0.5, retries=0)
+        buyer, req = (
+            TestBuyer.new(),
+            PaymentRequirements(
+                scheme="4mica-credit", network=NETWORK, asset=USDC, amount="10000", pay_to=SELLER
+            ),
+        )
+        _, header = payment_header(buyer, req, {"tabId": "0x1", "nextReqId": "0x0"})
+        payload = PaymentPayload.model_validate(json.loads(base64.b64decode(header)))
+        for call in (
+            lambda: facilitator.settle(payload, req),
+            lambda: asyncio.run(facilitator.asettle(payload, req)),
+        ):
+            with pytest.raises(Unavailable) as late:
+                call()
+            assert late.value.maybe_applied
+        facilitator.close()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _paid_through(tmp_path: Path, settled: httpx.Response) -> tuple[httpx.Response, Counter]:
