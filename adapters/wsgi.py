@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 from fourmica_x402.config import PaymentConfig
 from fourmica_x402.gate import PASS, Endpoint, Gate, RequestView, Response
+from fourmica_x402.gate.guards import RESOLVED_KEY
 from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Meter, Startup
 
 from ._chain import forwarded
@@ -100,6 +101,8 @@ class PaymentMiddleware:
         seen = environ if self._seen is None else self._seen(environ)  # host, scheme, client
         view = request_view(seen, self.resolver(seen))
         outcome = Gate.run_sync(self.gate.before(view))
+        if RESOLVED_KEY in seen:  # what the gate resolved, for the router's check (a copy: back)
+            environ[RESOLVED_KEY] = seen[RESOLVED_KEY]
         if outcome is PASS:
             return self.app(environ, start_response)  # type: ignore[no-any-return]
         if isinstance(outcome, Response):

@@ -39,8 +39,12 @@ def load() -> PaymentConfig:
 
 
 def answers_itself(cls: type) -> bool:
-    """Whether a class-based view's own ``dispatch()`` (not Django's, nor a Django mixin's,
-    which hand on to a method of the class) may answer any method: a proxy, a GraphQL view."""
+    """Whether a class-based view answers in its own ``dispatch()`` (a proxy, a GraphQL view):
+    one not Django's (nor a Django mixin's, which hand on to Django's), on a class with no
+    handler of its own for any method (``get``, ``post``…) that it could hand on to."""
+    names = getattr(cls, "http_method_names", ())
+    if any(hasattr(cls, m) for m in names if m != "options"):  # View has options()
+        return False
     for klass in cls.__mro__:
         method = klass.__dict__.get("dispatch")
         if method is not None:

@@ -50,6 +50,8 @@ class PaymentMiddleware:
         self._endpoint = Endpoints(describe, converter=converter)
         self._endpoint.check(self.gate, patterns())
         self._localized: dict[Any, set[tuple[Any, str]]] = {}  # per URLconf
+        if self.async_mode:  # Django adapts it to its stack either way
+            self.process_view = self._aprocess_view  # type: ignore[method-assign]
 
     def __call__(self, request: HttpRequest) -> Any:
         return self.__acall__(request) if self.async_mode else Gate.run_sync(self._flow(request))
@@ -72,13 +74,17 @@ class PaymentMiddleware:
         return self._endpoint_of(match, getattr(request, "urlconf", None))
 
     def process_view(self, request: HttpRequest, *args: Any) -> Any:
-        """The view Django runs: the one the gate priced? (see :func:`.guards.rerouted`)."""
+        """The view Django runs: the one the gate priced? (see :func:`.guards.rerouted`).
+        On an async stack its async twin, so that Django runs it with no thread hop."""
         match = request.resolver_match
         urlconf = getattr(request, "urlconf", None)
         endpoint = None if match is None else self._endpoint_of(match, urlconf)
         seen = getattr(request, "fourmica_x402_resolved", None)
         why = rerouted(self.gate.routes, endpoint, request.method or "", request.payment, seen)  # type: ignore[attr-defined]
         return None if why is None else render(why)
+
+    async def _aprocess_view(self, request: HttpRequest, *args: Any) -> Any:
+        return PaymentMiddleware.process_view(self, request, *args)
 
     def _endpoint_of(self, match: Any, urlconf: Any) -> Endpoint:
         route = "/" + match.route

@@ -745,3 +745,33 @@ def test_a_layer_inside_the_gate_that_reroutes_a_request_never_runs_a_priced_vie
     paid_get = client.get("/items/2", headers=payment_for(client, buyer, "/items/2"))
     assert paid_get.status_code == 200 and runs == ["PUT", "GET"]
     assert core.position(buyer.address, network=NETWORK).locked == 10_000
+
+
+@pytest.mark.parametrize("proxied", [False, True], ids=["plain", "proxyfix"])
+def test_a_request_the_gate_let_through_runs_behind_proxyfix_too(core: Core, proxied: bool) -> None:
+    """The gate's own decisions stand at the router's check: a priced route an
+    ``on_protected_request`` hook granted runs, ProxyFix inside the extension or not (the
+    gate reads a forwarded copy of the request there)."""
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    from fourmica_x402.gate import GRANT
+
+    def grant(request: Any, route: Any) -> Any:
+        return GRANT if request.header("x-subscriber") == "yes" else None
+
+    app = make_app()
+    if proxied:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_host=1)  # type: ignore[method-assign]
+    FourmicaX402(
+        app,
+        pay_to=SELLER,
+        network=NETWORK,
+        core=core,
+        routes={"GET /report": "$0.01"},
+        on_protected_request=grant,
+    )
+    app.add_url_rule("/report", "report", lambda: {"report": "full"})
+    client = app.test_client()
+    assert client.get("/report").status_code == 402
+    granted = client.get("/report", headers={"X-Subscriber": "yes"})
+    assert granted.status_code == 200 and granted.get_json() == {"report": "full"}
