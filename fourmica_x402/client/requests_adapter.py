@@ -50,6 +50,11 @@ __all__ = ["PaymentAdapter"]
 _CALLER = "fourmica_requests_caller"
 #: How many redirected paid calls the adapter remembers (each is one redirect chain).
 _PAID_CALLS_KEPT = 1024
+#: Calls whose paid answer was a redirect, by their hooks dict: (the hooks, the request). One
+#: record for every adapter of the process: a session mounting one for "http://" and another
+#: for "https://" hands a redirect hop to the other, and the call still pays once.
+_PAID_CALLS: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
+_PAID_LOCK = threading.Lock()
 #: Headers that belong to one connection or one encoding, never copied between requests.
 _HOP = frozenset({"host", "content-length", "transfer-encoding", "content-encoding"})
 
@@ -71,9 +76,6 @@ class PaymentAdapter(BaseAdapter):  # type: ignore[misc]
         super().__init__()
         self.flow = BuyerFlow(key, policy=policy, ledger=ledger)
         self._inner = adapter if adapter is not None else HTTPAdapter()
-        self._lock = threading.Lock()
-        #: Calls whose paid answer was a redirect, by their hooks dict: (the hooks, the request).
-        self._paid_calls: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"PaymentAdapter(address={self.flow.address})"
@@ -93,8 +95,8 @@ class PaymentAdapter(BaseAdapter):  # type: ignore[misc]
         # requests copies a request for each redirect it follows; the copies share its hooks
         # dict, so that names the call (one call pays once: docs/buyer.md, "Redirects").
         call = id(request.hooks)
-        with self._lock:
-            paid = self._paid_calls.get(call)
+        with _PAID_LOCK:
+            paid = _PAID_CALLS.get(call)
             if paid is not None and paid[1]() is not request:  # a hop, not the call sent again
                 caller.extensions[PAID_CALL_KEY] = paid[1]
         seen: dict[int, requests.Response] = {}
@@ -150,12 +152,13 @@ class PaymentAdapter(BaseAdapter):  # type: ignore[misc]
             setattr(response, RECEIPT_KEY, receipt)
         return response
 
-    def _remember_paid(self, call: int, request: requests.PreparedRequest) -> None:
-        with self._lock:  # the hooks are held: their id cannot name another call meanwhile
-            self._paid_calls[call] = (request.hooks, weakref.ref(request))
-            self._paid_calls.move_to_end(call)
-            while len(self._paid_calls) > _PAID_CALLS_KEPT:
-                self._paid_calls.popitem(last=False)
+    @staticmethod
+    def _remember_paid(call: int, request: requests.PreparedRequest) -> None:
+        with _PAID_LOCK:  # the hooks are held: their id cannot name another call meanwhile
+            _PAID_CALLS[call] = (request.hooks, weakref.ref(request))
+            _PAID_CALLS.move_to_end(call)
+            while len(_PAID_CALLS) > _PAID_CALLS_KEPT:
+                _PAID_CALLS.popitem(last=False)
 
     def close(self) -> None:
         self._inner.close()

@@ -356,6 +356,27 @@ def test_one_call_pays_once_however_often_the_seller_redirects(seller: Any, buye
 
 
 @pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
+@pytest.mark.parametrize("buyers", ["requests"], indirect=True)
+def test_a_redirect_hop_handed_to_another_requests_adapter_still_pays_once(
+    seller: Any, buyers: Any
+) -> None:
+    """A session mounting one PaymentAdapter per prefix ("http://" and "https://", as the
+    buyer docs show) hands a paid call's redirect hop to the other one: the call still pays
+    once (each adapter kept its own record of the calls it paid)."""
+    from fourmica_x402.client.requests_adapter import PaymentAdapter
+
+    wire, policy, buyer = RedirectingSeller(), SpendingPolicy(), funded(seller)
+    client = buyers.client(seller, buyer, wire=wire, policy=policy)
+    other = PaymentAdapter(buyer.key, policy=policy)
+    client._session.mount(client.base + "/premium?", other)  # the hops' URLs
+    with pytest.raises(PaymentFailed) as info:
+        client.get("/premium")
+    assert "redirect" in info.value.receipt.reason
+    assert wire.paid_attempts == 1 and seller.calls["/premium"] == 1
+    assert policy.spent(default_asset(NETWORK).address) == 10_000
+
+
+@pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
 def test_the_same_request_sent_again_after_a_paid_redirect_pays_again(
     seller: Any, buyers: Any
 ) -> None:
