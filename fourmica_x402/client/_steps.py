@@ -335,7 +335,14 @@ class Buyer:
 
 
 def _http_url(value: object) -> str | None:
-    return value if isinstance(value, str) and value.startswith(("http://", "https://")) else None
+    """``value`` when it is an http(s) URL httpx can send to (a seller names it), else None."""
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        return None
+    try:
+        httpx.URL(value)
+    except httpx.InvalidURL:  # a bad port or host: neither an HTTPError nor a ValueError
+        return None
+    return value
 
 
 def _read_params(response: httpx.Response) -> CoreParams:

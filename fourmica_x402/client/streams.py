@@ -186,7 +186,10 @@ class _Stream:
         stream = self.response.url
         if not isinstance(pay, str):
             raise TypeError("pay is not a URL")
-        url = stream.join(pay)
+        try:
+            url = stream.join(pay)
+        except httpx.InvalidURL:  # a bad port or host: neither an HTTPError nor a ValueError
+            raise TypeError("pay is not a URL") from None
         if (url.scheme, url.host, url.port) != (stream.scheme, stream.host, stream.port):
             raise StreamFailed(
                 f"the seller asked to pay a slice at another origin ({url.scheme}://{url.host})",

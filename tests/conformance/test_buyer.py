@@ -31,6 +31,7 @@ from fourmica_x402.errors import (
     InsufficientCollateral,
     NeedsApproval,
     PaymentFailed,
+    PaymentRefused,
 )
 from fourmica_x402.guarantee import guarantee_id
 from fourmica_x402.networks import default_asset
@@ -986,3 +987,40 @@ def test_the_requests_adapter_stops_reading_a_compressed_huge_answer_at_its_limi
         server.shutdown()
         server.server_close()
     assert peak < 16 * 1024 * 1024, peak  # not the 64 MiB it decodes to
+
+
+@pytest.mark.parametrize("field", ["tabEndpoint", "rpcUrl"])
+@pytest.mark.parametrize("url", ["http://[::1/tab", "http://a\u3000b/tab"])
+def test_a_seller_url_httpx_cannot_read_is_a_clean_refusal(field: str, url: str) -> None:
+    """A URL the seller names that httpx cannot parse (a bad port or host) raised
+    ``httpx.InvalidURL`` out of the client: neither a refusal nor an ``HTTPError``. A tab
+    endpoint so named is no tab endpoint (refused); an rpcUrl so named is ignored."""
+    from fourmica_x402.client import PaymentTransport
+
+    required = json.loads(base64.b64decode(_mock_offer()))
+    required["accepts"][0]["extra"][field] = url
+    header = base64.b64encode(json.dumps(required).encode()).decode()
+
+    signed: list[str] = []
+    buyer = TestBuyer.new()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if "payment-signature" in request.headers:
+            signed.append(request.url.path)
+        if request.url.path == "/tab":  # a tab: the flow goes on to the Core's parameters
+            offer = required["accepts"][0]
+            tab = {"tabId": "0x1", "userAddress": buyer.address, "nextReqId": "0x0"}
+            tab |= {"recipientAddress": offer["payTo"], "assetAddress": offer["asset"]}
+            tab |= {"startTimestamp": int(time.time()), "ttlSeconds": 3600}
+            return httpx.Response(200, json=tab)
+        return httpx.Response(402, headers={"payment-required": header})
+
+    client = httpx.Client(
+        transport=PaymentTransport(buyer.key, transport=httpx.MockTransport(answer))
+    )
+    with pytest.raises(PaymentRefused) as refused:
+        client.get("http://seller.test/x")
+    assert refused.value.receipt.outcome in ("refused", "payment_failed")
+    # no tab endpoint: nothing signed; an rpcUrl ignored (as if absent): this mock then
+    # answers the paid retry 402 again
+    assert signed == ([] if field == "tabEndpoint" else ["/x"])
