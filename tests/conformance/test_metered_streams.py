@@ -790,3 +790,40 @@ def test_events_split_anywhere_across_chunks_read_the_same() -> None:
         events = [*parser.events(body[:cut].encode()), *parser.events(body[cut:].encode())]
         events += parser.events(b"", last=True)
         assert [(e.event, e.data) for e in events] == whole, cut
+
+
+def test_a_repricing_leaves_a_stream_already_open_at_its_price(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    """A stream's terms are its first slice's: repricing the route mid-stream charged its
+    later slices the new price while its own events still asked the old one (and a payment
+    at the price asked was refused). New streams take the new price."""
+    token = "test-admin-token"  # a throwaway token for this test
+    seller = make_seller(routes={**base_routes, **metered(pay_timeout=10.0)}, admin_token=token)
+    buyer = kit.funded(seller)
+    with (
+        harness.loopback(seller.client.app, seller.client.interface) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        opening = paid_header(client, buyer, "/stream?n=4")
+        with client.stream("GET", "/stream?n=4", headers=opening) as response:
+            seen = events(response)
+            asked = next(e for e in seen if e[0] == "payment-required")
+            assert asked[1]["amount"] == str(CENT)
+            repriced = client.post(
+                "/x402/admin/prices",
+                json={"prices": {"GET /stream": "$0.05"}},
+                headers={"authorization": f"Bearer {token}"},
+            )
+            assert repriced.status_code == 200, repriced.text
+            challenge = client.post(asked[1]["pay"])
+            (offer,) = decode_payment_required(challenge.headers["payment-required"]).accepts
+            assert offer.amount == str(CENT)  # the stream's price, as its event said
+            paying = paid_header(client, buyer, asked[1]["pay"], "POST")
+            assert client.post(asked[1]["pay"], headers=paying).status_code == 200
+            rest = list(seen)
+        assert rest[-1] == ("end", {"reason": "complete", "slices": 2})
+        fresh = client.get("/stream?n=2")
+        (offer,) = decode_payment_required(fresh.headers["payment-required"]).accepts
+        assert offer.amount == str(5 * CENT)  # a new stream: the new price
+    assert kit.locked(seller, buyer) == 2 * CENT
