@@ -6,7 +6,7 @@ Core's public API stays one class; nothing here changes the database.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Concatenate, ParamSpec, TypeVar
 
 from .._eth import parse_address
@@ -89,6 +89,14 @@ class Reads:
         self, *, status: str | None = None, network: str | None = None, limit: int = 1000
     ) -> list[Cycle]:
         return self._query(queries.cycles, status, network, limit)
+
+    def due_cycles(self, status: str, now: float) -> Iterator[Cycle]:
+        """Every cycle in ``status`` (open, closed, resolved) whose next step is due, oldest
+        first, read a page at a time."""
+        after = 0
+        while page := self._query(queries.due_cycles, status, now, after, 500):
+            yield from page
+            after = page[-1].cycle_id
 
     def cycle_positions(self, cycle_id: int) -> list[CyclePosition]:
         return self._query(queries.cycle_positions, cycle_id)

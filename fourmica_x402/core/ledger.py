@@ -387,20 +387,15 @@ class Core(Alerting, Reads):
         now = self.clock()
         expired = self._change(resolution.expire_validations, now)
         done = {"validations_expired": expired, "closed": 0, "resolved": 0, "finalized": 0}
-        for cycle in self.cycles(status="open"):
-            if cycle.closes_at <= now:
-                self._change(
-                    cycles.close, cycle.cycle_id, cycle.network, cycle.asset, now, self.config
-                )
-                done["closed"] += 1
-        for cycle in self.cycles(status="closed"):
-            if cycle.resolve_at is not None and cycle.resolve_at <= now:
-                self._change(cycles.resolve, cycle, now)
-                done["resolved"] += 1
-        for cycle in self.cycles(status="resolved"):
-            if cycle.final_at is not None and cycle.final_at <= now:
-                self._change(cycles.finalize, cycle, now)
-                done["finalized"] += 1
+        for cycle in self.due_cycles("open", now):
+            self._change(cycles.close, cycle.cycle_id, cycle.network, cycle.asset, now, self.config)
+            done["closed"] += 1
+        for cycle in self.due_cycles("closed", now):
+            self._change(cycles.resolve, cycle, now)
+            done["resolved"] += 1
+        for cycle in self.due_cycles("resolved", now):
+            self._change(cycles.finalize, cycle, now)
+            done["finalized"] += 1
         return done
 
     def pay_net_debit(

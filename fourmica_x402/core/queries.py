@@ -214,6 +214,22 @@ def cycles(tx: Tx, status: str | None, network: str | None, limit: int) -> list[
     return [cycle_from_row(r) for r in rows]
 
 
+#: The time each cycle phase waits for: its status → the column that says when it is due.
+_DUE_AT = {"open": "closes_at", "closed": "resolve_at", "resolved": "final_at"}
+
+
+def due_cycles(tx: Tx, status: str, now: float, after: int, limit: int) -> list[Cycle]:
+    """Cycles in ``status`` whose next step is due at ``now``, oldest first, from id ``after``
+    on (the due ones are the oldest: never a newest-first page that leaves them out)."""
+    at = _DUE_AT[status]
+    rows = tx.all(
+        f"SELECT {CYCLE_COLUMNS} FROM fx_cycles WHERE status = ? AND {at} <= ? "
+        "AND cycle_id > ? ORDER BY cycle_id LIMIT ?",
+        (status, now, after, int(limit)),
+    )
+    return [cycle_from_row(r) for r in rows]
+
+
 def cycle_positions(tx: Tx, cycle_id: int) -> list[CyclePosition]:
     rows = tx.all(
         "SELECT cycle_id, address, gross_in, gross_out, net, role, debit, credit, paid, covered, "

@@ -658,6 +658,28 @@ def test_scheduled_close_by_tick(core: Core, clock: FakeClock) -> None:
     assert core.current_cycle(network=NETWORK).cycle_id != first.cycle_id
 
 
+def test_tick_advances_every_due_cycle_however_many_wait(core: Core, clock: FakeClock) -> None:
+    """``tick`` read the newest 1 000 cycles of each status and advanced the due ones among
+    them: with more waiting (a short cycle window, or closes in a loop), the oldest, the only
+    due ones, were never resolved or finalized, and their locks never released."""
+    buyer, seller = TestBuyer.new(), TestBuyer.new()
+    core.deposit(buyer.address, 1_000, network=NETWORK)
+    core.accept(*buyer.pay(core, seller.address, 400))
+    first = core.close_cycle(network=NETWORK).cycle_id
+    clock.advance(5)
+    for _ in range(1_050):  # empty closes, due 5 s after the first
+        core.close_cycle(network=NETWORK)
+    clock.advance(6)  # the first is due; the others not yet
+    assert core.tick()["resolved"] == 1
+    assert core.cycle(first).status == "resolved"
+    assert core.pay_net_debit(first, buyer.address).paid == 400
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+    clock.advance(30)  # now everything is due: all of it advances, in one tick
+    done = core.tick()
+    assert done["resolved"] == 1_050 and done["finalized"] == 1_051
+    assert core.cycles(status="closed") == core.cycles(status="resolved") == []
+
+
 def test_a_cycle_grossing_past_64_bits_closes_with_what_fits(core: Core, clock: FakeClock) -> None:
     """A cycle's amounts are 64-bit columns: the pairs that would pass 2**63 - 1 wait for the
     next cycle (smallest kept first), so no gross, however large, keeps a cycle open."""
