@@ -48,7 +48,7 @@ from ..guarantee import (
 )
 from ..networks import get_network, parse_amount
 from ..wire import PaymentRequirements, ResourceInfo
-from .answers import aread_answer, read_answer
+from .answers import aread_answer, http_url, read_answer
 from .certificates import public_key_bytes
 from .jobs import ahead_of
 from .keys import BuyerKey
@@ -123,7 +123,7 @@ class Prepared:
 
 def core_url(offer: PaymentRequirements) -> str | None:
     """The Core API the offer names (``rpcUrl``), when it is an http(s) URL."""
-    return _http_url(offer.extra.get("rpcUrl"))
+    return http_url(offer.extra.get("rpcUrl"))
 
 
 def offered(receipt: Receipt, offer: PaymentRequirements, version: int) -> Receipt:
@@ -252,7 +252,7 @@ class Buyer:
         self, offer: PaymentRequirements, version: int, resource: ResourceInfo | None
     ) -> Steps[tuple[int, int]]:
         """``POST <tabEndpoint>``: ``(tab id, request id)``, checked against the offer."""
-        url = _http_url(offer.extra.get("tabEndpoint"))
+        url = http_url(offer.extra.get("tabEndpoint"))
         if url is None:
             raise ValueError("challenge has no tabEndpoint")
         body: dict[str, Any] = {
@@ -332,17 +332,6 @@ class Buyer:
             core_url=core_url(offer),
         )
         return signed, receipt
-
-
-def _http_url(value: object) -> str | None:
-    """``value`` when it is an http(s) URL httpx can send to (a seller names it), else None."""
-    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
-        return None
-    try:
-        httpx.URL(value)
-    except httpx.InvalidURL:  # a bad port or host: neither an HTTPError nor a ValueError
-        return None
-    return value
 
 
 def _read_params(response: httpx.Response) -> CoreParams:

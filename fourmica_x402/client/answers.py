@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import httpx
 
-__all__ = ["MAX_ANSWER", "AnswerTooLarge", "aread_answer", "read_answer"]
+__all__ = ["MAX_ANSWER", "AnswerTooLarge", "aread_answer", "http_url", "read_answer"]
 
 #: The most the flow reads of an answer it parses.
 MAX_ANSWER = 1 << 20
@@ -45,3 +45,14 @@ async def aread_answer(response: httpx.Response, limit: int = MAX_ANSWER) -> Non
     finally:
         await response.aclose()
     response._content = bytes(body)
+
+
+def http_url(value: object) -> str | None:
+    """``value`` when it is an http(s) URL httpx can send to (a seller names it), else None."""
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        return None
+    try:
+        httpx.URL(value)
+    except httpx.InvalidURL:  # a bad port or host: neither an HTTPError nor a ValueError
+        return None
+    return value
