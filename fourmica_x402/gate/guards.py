@@ -132,18 +132,19 @@ RESOLVED_KEY = "fourmica_x402.resolved"
 def rerouted(
     table: RouteTable, endpoint: Endpoint | None, method: str, payment: Any, seen: Any
 ) -> Response | None:
-    """Whether a route-table-priced handler the router is about to run was not the request
-    the gate decided on (``seen``: the ``(route, method)`` it resolved, None: none), and no
-    payment was made for it: a layer between the gate and the router changed the method or
-    the path (a method override, a path rewrite): it is refused, 503 ``payment_not_enforced``
-    (None: run it). A marker's handler checks its own payment."""
+    """What to answer instead of a route-table-priced handler the router is about to run for
+    a request the gate decided on as another (``seen``: the ``(route, method)`` it resolved,
+    None: none) and that paid nothing for it: a layer between the gate and the router changed
+    the method or the path (a method override, a path rewrite). 503 ``payment_not_enforced``;
+    None: run it. A marker's handler checks its own payment."""
     from ..errors import Reason
     from .types import error_response
 
     if endpoint is None or endpoint.marker is not None:
         return None
     alias = "GET" if method.upper() == "HEAD" else method.upper()
-    if alias == "OPTIONS" or seen == (endpoint.key, method.upper()):
+    same = isinstance(seen, tuple) and seen[0] is endpoint.key and seen[1] == method.upper()
+    if alias == "OPTIONS" or same:
         return None  # never priced; or the gate's own decision on this very route stands
     if payment is not None and payment.endpoint is endpoint.key:
         return None

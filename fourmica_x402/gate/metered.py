@@ -399,19 +399,19 @@ def endpoint(gate: Gate, request: RequestView) -> Flow:
 
 
 def _terms(gate: Gate, route: Route, stream_id: str, request: RequestView) -> Flow:
-    """A slice's requirements: priced with the stream's own request where this process serves
-    it (a pay request's headers choose nothing), and always the stream's terms: its payTo,
-    and its first slice's amount (a repricing since applies to new streams only)."""
+    """A slice's requirements: the stream's own terms and request where this process serves
+    it (a repricing applies to new streams; a pay request's headers choose nothing)."""
     local = _LOCAL.get(stream_id)
     try:
-        reqs = yield from requirements(gate, route, local.request if local else request)
+        reqs = yield from requirements(
+            gate, local.route if local else route, local.request if local else request
+        )
     except Exception:  # a price or payTo callable failed: nothing to charge safely
         log.exception("could not price a slice of %s", route.key)  # the why: logged only
         return error_response(500, "pricing_failed", "could not price this slice")
     first = next((s for s in (yield Call(gate.streams.slices, (stream_id,))) if s.slice == 1), None)
     if first is not None:
-        same = [r for r in reqs if r.pay_to.lower() == first.pay_to.lower()]
-        reqs = [r.model_copy(update={"amount": str(first.amount)}) for r in same]
+        reqs = [r for r in reqs if r.pay_to.lower() == first.pay_to.lower()]
     return reqs or _refused("stream_terms_changed")
 
 

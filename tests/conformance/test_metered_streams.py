@@ -32,6 +32,7 @@ from fourmica_x402.client import (
 from fourmica_x402.core import Core
 from fourmica_x402.errors import BudgetExhausted, ConfigurationError, PaymentRefused
 from fourmica_x402.gate import metered as metered_gate
+from fourmica_x402.networks import default_asset
 from fourmica_x402.routes import RouteTable
 from fourmica_x402.streams import Streams
 from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
@@ -827,3 +828,55 @@ def test_a_repricing_leaves_a_stream_already_open_at_its_price(
         (offer,) = decode_payment_required(fresh.headers["payment-required"]).accepts
         assert offer.amount == str(5 * CENT)  # a new stream: the new price
     assert kit.locked(seller, buyer) == 2 * CENT
+
+
+@pytest.mark.parametrize("kind", ["starlette"])  # pricing is the gate's: one adapter is enough
+def test_each_offer_of_a_metered_route_keeps_its_own_price_per_slice(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A metered route sold in two tokens: a later slice may be paid in either, each at its
+    own price (a slice was once offered at the first slice's amount in every token, and
+    10 000 wei bought a slice priced 10**16)."""
+    from fourmica_x402 import networks
+    from fourmica_x402.networks import TokenAmount
+    from fourmica_x402.routes import Offer, RouteConfig
+
+    monkeypatch.setattr(networks, "_assets", {k: dict(v) for k, v in networks._assets.items()})
+    weth = networks.register_asset(NETWORK, "0x" + "ee" * 20, symbol="WETH", decimals=18)
+    pay_to = TestBuyer.new().address
+    route = RouteConfig(
+        accepts=(
+            Offer("$0.01", NETWORK, pay_to),
+            Offer(TokenAmount(10**16, weth.address), NETWORK, pay_to),
+        ),
+        slices=Slices(units=2, pay_timeout=10.0),
+    )
+    seller = make_seller(routes={**base_routes, "GET /stream": route})
+    buyer = kit.funded(seller)
+    seller.core.deposit(buyer.address, 10**18, network=NETWORK, asset=weth.address)
+    with (
+        harness.loopback(seller.client.app, seller.client.interface) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+
+        def pay_in(asset: str, method: str, path: str) -> dict[str, str]:
+            challenge = client.request(method, path)
+            offers = decode_payment_required(challenge.headers["payment-required"]).accepts
+            assert {(o.asset, o.amount) for o in offers} == {
+                (default_asset(NETWORK).address, str(CENT)),
+                (weth.address, str(10**16)),
+            }
+            offer = next(o for o in offers if o.asset == asset)
+            body = {"x402Version": 2, "userAddress": buyer.address}
+            tab = client.post("/x402/tab", json={**body, "paymentRequirements": offer.to_dict()})
+            name, value = payment_header(buyer, offer, tab.json())
+            return {name: value}
+
+        opening = pay_in(default_asset(NETWORK).address, "GET", "/stream?n=4")
+        with client.stream("GET", "/stream?n=4", headers=opening) as response:
+            seen = events(response)
+            pay = next(e for e in seen if e[0] == "payment-required")[1]["pay"]
+            assert client.post(pay, headers=pay_in(weth.address, "POST", pay)).status_code == 200
+            list(seen)
+    locked = seller.core.position(buyer.address, network=NETWORK, asset=weth.address).locked
+    assert locked == 10**16
