@@ -92,9 +92,9 @@ class Reads:
 
     def due_cycles(self, status: str, now: float) -> Iterator[Cycle]:
         """Every cycle in ``status`` (open, closed, resolved) whose next step is due, oldest
-        first, read a page at a time."""
-        after = 0
-        while page := self._query(queries.due_cycles, status, now, after, 500):
+        first, read a page at a time; none made meanwhile (closing one opens the next)."""
+        after, upto = 0, self._query(queries.last_cycle_id)
+        while page := self._query(queries.due_cycles, status, now, after, upto, 500):
             yield from page
             after = page[-1].cycle_id
 

@@ -218,16 +218,22 @@ def cycles(tx: Tx, status: str | None, network: str | None, limit: int) -> list[
 _DUE_AT = {"open": "closes_at", "closed": "resolve_at", "resolved": "final_at"}
 
 
-def due_cycles(tx: Tx, status: str, now: float, after: int, limit: int) -> list[Cycle]:
-    """Cycles in ``status`` whose next step is due at ``now``, oldest first, from id ``after``
-    on (the due ones are the oldest: never a newest-first page that leaves them out)."""
+def due_cycles(tx: Tx, status: str, now: float, after: int, upto: int, limit: int) -> list[Cycle]:
+    """Cycles in ``status`` whose next step is due at ``now``, oldest first, with ids in
+    ``(after, upto]`` (the due ones are the oldest: never a newest-first page that leaves
+    them out; ``upto``: none that a step of this pass made)."""
     at = _DUE_AT[status]
     rows = tx.all(
         f"SELECT {CYCLE_COLUMNS} FROM fx_cycles WHERE status = ? AND {at} <= ? "
-        "AND cycle_id > ? ORDER BY cycle_id LIMIT ?",
-        (status, now, after, int(limit)),
+        "AND cycle_id > ? AND cycle_id <= ? ORDER BY cycle_id LIMIT ?",
+        (status, now, after, upto, int(limit)),
     )
     return [cycle_from_row(r) for r in rows]
+
+
+def last_cycle_id(tx: Tx) -> int:
+    row = tx.one("SELECT MAX(cycle_id) FROM fx_cycles")
+    return int(row[0]) if row and row[0] is not None else 0
 
 
 def cycle_positions(tx: Tx, cycle_id: int) -> list[CyclePosition]:

@@ -680,6 +680,19 @@ def test_tick_advances_every_due_cycle_however_many_wait(core: Core, clock: Fake
     assert core.cycles(status="closed") == core.cycles(status="resolved") == []
 
 
+def test_a_tick_advances_only_the_cycles_there_were_when_it_began(store_url: str) -> None:
+    """A cycle window of 0 opens each next cycle due at once: a tick reading the due cycles
+    page after page closed the one it had just opened, and the next, and never returned."""
+    clock = FakeClock(1_800_000_000)
+    core = Core(store_url, config=dataclasses.replace(FAST, cycle_window=0), clock=clock)
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 1_000, network=NETWORK)
+    core.accept(*buyer.pay(core, SELLER, 400))
+    assert core.tick()["closed"] == 1 and core.tick()["closed"] == 1
+    assert core.audit() == []
+    core.close()
+
+
 def test_a_cycle_grossing_past_64_bits_closes_with_what_fits(core: Core, clock: FakeClock) -> None:
     """A cycle's amounts are 64-bit columns: the pairs that would pass 2**63 - 1 wait for the
     next cycle (smallest kept first), so no gross, however large, keeps a cycle open."""
