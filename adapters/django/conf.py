@@ -39,18 +39,19 @@ def load() -> PaymentConfig:
 
 
 def answers_itself(cls: type) -> bool:
-    """Whether a class-based view answers in its own ``dispatch()`` (a proxy, a GraphQL view):
-    one not Django's (nor a Django mixin's, which hand on to Django's), on a class with no
-    handler of its own for any method (``get``, ``post``…) that it could hand on to."""
-    names = getattr(cls, "http_method_names", ())
-    if any(hasattr(cls, m) for m in names if m != "options"):  # View has options()
-        return False
+    """Whether a class-based view may answer in its own ``dispatch()`` (a proxy, a GraphQL view)
+    as well as in its handlers: one that does more than ``return super().dispatch(…)`` (under a
+    decorator such as ``csrf_exempt`` or not; Django's own mixins only hand on too)."""
     for klass in cls.__mro__:
         method = klass.__dict__.get("dispatch")
-        if method is not None:
-            module = getattr(inspect.unwrap(method), "__module__", None) or ""
-            if module != "django" and not module.startswith("django."):
-                return True
+        if method is None:
+            continue
+        module = getattr(method := inspect.unwrap(method), "__module__", None) or ""
+        if module == "django" or module.startswith("django."):
+            return False
+        code = getattr(method, "__code__", None)
+        if code is None or not set(code.co_names) <= {"super", "dispatch"}:
+            return True  # its own logic: any method may be answered there
     return False
 
 

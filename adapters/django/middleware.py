@@ -84,7 +84,7 @@ class PaymentMiddleware:
         return None if why is None else render(why)
 
     async def _aprocess_view(self, request: HttpRequest, *args: Any) -> Any:
-        return PaymentMiddleware.process_view(self, request, *args)
+        return type(self).process_view(self, request, *args)  # a subclass's own, if any
 
     def _endpoint_of(self, match: Any, urlconf: Any) -> Endpoint:
         route = "/" + match.route

@@ -50,10 +50,10 @@ __all__ = ["PaymentAdapter"]
 _CALLER = "fourmica_requests_caller"
 #: How many redirected paid calls the adapter remembers (each is one redirect chain).
 _PAID_CALLS_KEPT = 1024
-#: Calls whose paid answer was a redirect, by their hooks dict: (the hooks, the request). One
-#: record for every adapter of the process: a session mounting one for "http://" and another
-#: for "https://" hands a redirect hop to the other, and the call still pays once.
-_PAID_CALLS: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
+#: Calls whose paid answer was a redirect, by their hooks dict and buyer: (the hooks, the
+#: request). One record for every adapter of the process: a session mounting one for "http://"
+#: and another for "https://" hands a redirect hop to the other, and the call still pays once.
+_PAID_CALLS: OrderedDict[tuple[int, str], tuple[Any, Any]] = OrderedDict()
 _PAID_LOCK = threading.Lock()
 #: Headers that belong to one connection or one encoding, never copied between requests.
 _HOP = frozenset({"host", "content-length", "transfer-encoding", "content-encoding"})
@@ -94,7 +94,7 @@ class PaymentAdapter(BaseAdapter):  # type: ignore[misc]
         caller = _view(request)
         # requests copies a request for each redirect it follows; the copies share its hooks
         # dict, so that names the call (one call pays once: docs/buyer.md, "Redirects").
-        call = id(request.hooks)
+        call = (id(request.hooks), self.flow.address)  # this buyer's call
         with _PAID_LOCK:
             paid = _PAID_CALLS.get(call)
             if paid is not None and paid[1]() is not request:  # a hop, not the call sent again
@@ -153,7 +153,7 @@ class PaymentAdapter(BaseAdapter):  # type: ignore[misc]
         return response
 
     @staticmethod
-    def _remember_paid(call: int, request: requests.PreparedRequest) -> None:
+    def _remember_paid(call: tuple[int, str], request: requests.PreparedRequest) -> None:
         with _PAID_LOCK:  # the hooks are held: their id cannot name another call meanwhile
             _PAID_CALLS[call] = (request.hooks, weakref.ref(request))
             _PAID_CALLS.move_to_end(call)

@@ -158,6 +158,20 @@ class PaidProxied(Proxied):
     pass
 
 
+@paid(price="$0.05")
+class Graph(View):
+    """Answers POST in its dispatch() and GET in get() (a GraphQL endpoint, its IDE page)."""
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        if request.method == "POST":
+            seen.append(request.payment)
+            return JsonResponse({"data": 42})
+        return super().dispatch(request, *args, **kwargs)
+
+    def get(self, request: HttpRequest) -> JsonResponse:
+        return JsonResponse({"ide": True})
+
+
 def free(request: HttpRequest) -> JsonResponse:
     seen.append(request.payment)  # None: not a paid request
     return JsonResponse({"free": True})
@@ -252,6 +266,7 @@ URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("proxied", Proxied.as_view()),
     path("ledger", Ledger.as_view()),
     path("paid-proxied", PaidProxied.as_view()),
+    path("graph", Graph.as_view()),
     re_path(r"^legacy/(\d+)$", legacy),
     *i18n_patterns(path("intl", anything), path("lreport", localized)),
 ]
@@ -538,6 +553,7 @@ def test_a_class_view_answering_in_its_own_dispatch_is_priced_for_every_method(
         assert client.post("/proxied").status_code == 402  # was refused at start-up
         for method in ("GET", "POST", "PUT", "DELETE"):
             assert client.generic(method, "/paid-proxied").status_code == 402, method
+            assert client.generic(method, "/graph").status_code == 402, method
         assert seen == []
         allowed = client.options("/paid-proxied")
         assert allowed.status_code == 200 and "POST" in allowed["Allow"] and seen == []
