@@ -15,7 +15,7 @@ import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import django
 import pytest
@@ -290,6 +290,7 @@ HELPERS = types.ModuleType("django_adapter_helpers")
 HELPERS.SwitchUrlconf = SwitchUrlconf  # type: ignore[attr-defined]
 HELPERS.SameUrlconf = SameUrlconf  # type: ignore[attr-defined]
 HELPERS.MethodOverride = MethodOverride  # type: ignore[attr-defined]
+HELPERS.CountingMiddleware = None  # type: ignore[attr-defined]  # set below, once defined
 HELPERS.Locale = type("Locale", (LocaleMiddleware,), {})  # type: ignore[attr-defined]
 sys.modules.update({m.__name__: m for m in (URLS, UNPREFIXED_URLS, OTHER_URLS, BAD_URLS, HELPERS)})
 
@@ -730,6 +731,38 @@ def test_async_view_on_the_async_stack(configured: None, core: Core) -> None:
         loop.close()
     assert resp.status_code == 200 and resp.json() == {"payer": buyer.address, "item": 5}
     assert seen[-1].amount == 50_000 and seen[-1].payer == buyer.address
+
+
+class CountingMiddleware(PaymentMiddleware):
+    """A subclass with a process_view of its own."""
+
+    views: ClassVar[list[str]] = []
+
+    def process_view(self, request: HttpRequest, *args: Any) -> Any:
+        CountingMiddleware.views.append(request.method or "")
+        return super().process_view(request, *args)
+
+
+HELPERS.CountingMiddleware = CountingMiddleware  # type: ignore[attr-defined]
+
+
+def test_the_router_check_is_a_coroutine_on_the_async_stack_and_keeps_a_subclass_s(
+    configured: None, core: Core
+) -> None:
+    """On an async stack the router check runs as a coroutine (no thread for every request),
+    and a subclass's own ``process_view`` is still the one called."""
+    CountingMiddleware.views.clear()
+    with override_settings(MIDDLEWARE=["django_adapter_helpers.CountingMiddleware"]):
+        app = ASGIHandler()
+        assert [type(m).__name__ for m in app._view_middleware] == ["method"]
+        client = AsyncClient()
+        client.handler._middleware_chain = app._middleware_chain
+        loop = asyncio.new_event_loop()
+        try:
+            _, resp = pay(client, core, "/async/5", loop.run_until_complete)
+        finally:
+            loop.close()
+    assert resp.status_code == 200 and CountingMiddleware.views == ["GET"]
 
 
 def test_missing_django_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
