@@ -378,6 +378,24 @@ def test_a_redirect_hop_handed_to_another_requests_adapter_still_pays_once(
 
 
 @pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
+@pytest.mark.parametrize("buyers", ["requests"], indirect=True)
+def test_another_buyers_call_sharing_a_copied_request_is_its_own(seller: Any, buyers: Any) -> None:
+    """Copies of one prepared request share its hooks; the record of paid calls is per
+    buyer, so another buyer's session sending such a copy pays its own call (it was refused
+    as a hop of the first buyer's)."""
+    import requests
+
+    wire = RedirectingSeller()
+    first = buyers.client(seller, funded(seller), wire=wire)
+    second = buyers.client(seller, funded(seller), wire=wire)
+    template = first._session.prepare_request(requests.Request("GET", first.base + "/premium"))
+    for client in (first, second):
+        with pytest.raises(PaymentFailed):  # each paid once, then its hop asked again
+            client._session.send(template.copy(), allow_redirects=True)
+    assert wire.paid_attempts == 2
+
+
+@pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
 def test_the_same_request_sent_again_after_a_paid_redirect_pays_again(
     seller: Any, buyers: Any
 ) -> None:
