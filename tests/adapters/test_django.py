@@ -718,17 +718,22 @@ def test_a_sync_stream_on_the_async_stack_is_metered_as_it_is_sent(
     assert core.position(buyer.address, network=NETWORK).locked == 0
 
 
-def test_async_view_on_the_async_stack(configured: None, core: Core) -> None:
-    app = ASGIHandler()
-    middleware = app._middleware_chain.__wrapped__
-    assert isinstance(middleware, PaymentMiddleware) and middleware.async_mode
+def pay_on_the_async_stack(app: ASGIHandler, core: Core, url: str) -> tuple[TestBuyer, Any]:
+    """:func:`pay` through ``app``'s middleware, Django's async stack."""
     client = AsyncClient()
     client.handler._middleware_chain = app._middleware_chain
     loop = asyncio.new_event_loop()
     try:
-        buyer, resp = pay(client, core, "/async/5", loop.run_until_complete)
+        return pay(client, core, url, loop.run_until_complete)  # type: ignore[no-any-return]
     finally:
         loop.close()
+
+
+def test_async_view_on_the_async_stack(configured: None, core: Core) -> None:
+    app = ASGIHandler()
+    middleware = app._middleware_chain.__wrapped__
+    assert isinstance(middleware, PaymentMiddleware) and middleware.async_mode
+    buyer, resp = pay_on_the_async_stack(app, core, "/async/5")
     assert resp.status_code == 200 and resp.json() == {"payer": buyer.address, "item": 5}
     assert seen[-1].amount == 50_000 and seen[-1].payer == buyer.address
 
@@ -755,13 +760,7 @@ def test_the_router_check_is_a_coroutine_on_the_async_stack_and_keeps_a_subclass
     with override_settings(MIDDLEWARE=["django_adapter_helpers.CountingMiddleware"]):
         app = ASGIHandler()
         assert [type(m).__name__ for m in app._view_middleware] == ["method"]
-        client = AsyncClient()
-        client.handler._middleware_chain = app._middleware_chain
-        loop = asyncio.new_event_loop()
-        try:
-            _, resp = pay(client, core, "/async/5", loop.run_until_complete)
-        finally:
-            loop.close()
+        _, resp = pay_on_the_async_stack(app, core, "/async/5")
     assert resp.status_code == 200 and CountingMiddleware.views == ["GET"]
 
 
