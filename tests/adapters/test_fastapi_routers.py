@@ -210,11 +210,22 @@ def test_a_table_priced_route_serving_options_answers_it_without_running_the_han
         assert runs == ["preflight", "GET"]
 
 
+def close_code(client: TestClient, path: str) -> int:
+    """The close code of a WebSocket handshake on ``path`` that the app refuses."""
+    from starlette.websockets import WebSocketDisconnect
+
+    with (
+        pytest.raises(WebSocketDisconnect) as refused,
+        client.websocket_connect(path) as socket,
+    ):
+        socket.receive_text()
+    return int(refused.value.code)
+
+
 def test_a_websocket_route_with_paid_is_refused_with_1008(core: Core) -> None:
     """``Paid(...)`` on a WebSocket route prices it: the handshake is refused (close code
     1008; there is no paid-WebSocket mode), never a crash in the dependency."""
     from fastapi import WebSocket
-    from starlette.websockets import WebSocketDisconnect
 
     app, calls = FastAPI(), collections.Counter[str]()
     FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK)
@@ -224,13 +235,9 @@ def test_a_websocket_route_with_paid_is_refused_with_1008(core: Core) -> None:
         calls["live"] += 1
         await websocket.accept()
 
-    with (
-        TestClient(app) as client,
-        pytest.raises(WebSocketDisconnect) as refused,
-        client.websocket_connect("/live"),
-    ):
-        pass
-    assert refused.value.code == 1008 and calls == {}
+    with TestClient(app) as client:
+        code = close_code(client, "/live")
+    assert code == 1008 and calls == {}
 
 
 def test_http_middleware_never_serves_a_priced_websocket(core: Core) -> None:
@@ -240,7 +247,6 @@ def test_http_middleware_never_serves_a_priced_websocket(core: Core) -> None:
     guard, fails its start-up (answered ``configuration_error``) instead of selling it free."""
     from fastapi import WebSocket
     from fourmica_x402.adapters.fastapi import http_middleware
-    from starlette.websockets import WebSocketDisconnect
 
     from fourmica_x402.config import PaymentConfig
 
@@ -275,34 +281,22 @@ def test_http_middleware_never_serves_a_priced_websocket(core: Core) -> None:
         return app, calls
 
     app, calls = app_with({})
-    with (
-        TestClient(app) as client,
-        pytest.raises(WebSocketDisconnect) as refused,
-        client.websocket_connect("/marked"),
-    ):
-        pass
-    assert refused.value.code == 1008 and calls == {}
+    with TestClient(app) as client:
+        code = close_code(client, "/marked")
+    assert code == 1008 and calls == {}
 
     app, calls = app_with({"GET /live": "$0.01"})
     with TestClient(app) as client:
         broken = client.get("/free")
         assert (broken.status_code, broken.json()["error"]) == (500, "configuration_error")
-        with (
-            pytest.raises(WebSocketDisconnect) as refused,
-            client.websocket_connect("/live") as socket,
-        ):
-            socket.receive_text()
+        close_code(client, "/live")
     assert calls == {}
 
     app, calls = app_with({"GET /raw/*": "$0.01"})  # a priced mount may take WebSockets too
     with TestClient(app) as client:
         assert client.get("/raw/x").status_code == 402
-        with (
-            pytest.raises(WebSocketDisconnect) as refused,
-            client.websocket_connect("/raw/x") as socket,
-        ):
-            socket.receive_text()
-    assert refused.value.code == 1008 and calls == {}
+        code = close_code(client, "/raw/x")
+    assert code == 1008 and calls == {}
 
 
 def test_a_frontend_priced_by_the_table_is_charged_and_a_free_one_stays_free(
