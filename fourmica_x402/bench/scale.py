@@ -78,11 +78,14 @@ def bench_scale_out(quick: bool) -> Result:
             cpu[processes] = cpu_seconds / count * 1e6
     one, two, four = (rates[n] for n in PROCESSES)
     curve = " / ".join(f"{rates[n]:,.0f}" for n in PROCESSES)
+    durability = _durability(admin)
+    # Without fsync a commit waits for no disk: the curve then shows CPU and locks only.
+    unsafe = " (the server runs with fsync off)" if durability.get("fsync") == "off" else ""
     return Result(
         id="P8",
         title=(
             "Core acceptances/s, one PostgreSQL server, 2 processes vs 1 (worker processes, "
-            f"each an embedded Core; no HTTP); 1 / 2 / 4 processes: {curve} /s"
+            f"each an embedded Core; no HTTP); 1 / 2 / 4 processes: {curve} /s{unsafe}"
         ),
         unit="/s",
         ours=two,
@@ -101,6 +104,8 @@ def bench_scale_out(quick: bool) -> Result:
             # The workers' own CPU per acceptance: near 1e6 / per_second × processes when they
             # were CPU-bound, well below it when they waited (on the database, on a core).
             "worker_cpu_us": {str(n): us for n, us in cpu.items()},
+            # The server's durability settings: the curve depends on them more than on us.
+            "server": durability,
         },
     )
 
@@ -127,6 +132,22 @@ def _admin_url() -> str:
     except psycopg.Error as exc:
         raise Skipped(f"cannot connect to {POSTGRES_ENV}: {_first_line(exc)}") from None
     return url
+
+
+def _durability(admin: str) -> dict[str, str]:
+    """The server's settings that decide what a commit waits for (empty if unreadable)."""
+    import psycopg
+
+    found: dict[str, str] = {}
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+            for name in ("fsync", "synchronous_commit", "wal_sync_method", "commit_delay"):
+                row = conn.execute(f"SHOW {name}").fetchone()
+                if row is not None:
+                    found[name] = str(row[0])
+    except psycopg.Error:
+        pass
+    return found
 
 
 def _first_line(exc: BaseException) -> str:

@@ -191,6 +191,13 @@ def test_scale_out_reports_acceptances_per_second_from_1_2_and_4_processes(
     assert notes["acceptances"] == 1_200 and notes["buyers"] == 16
     assert "worker processes" in notes["mode"] and "no HTTP" in row["title"]
     assert "P8: 4 worker process(es)" in result.stderr
+    # What a commit waits for on that server is part of the figure: reported as the server
+    # says, and a server without fsync is named in the title.
+    with psycopg.connect(_postgres_admin_url, autocommit=True) as conn:
+        fsync = conn.execute("SHOW fsync").fetchone()[0]
+        sync = conn.execute("SHOW synchronous_commit").fetchone()[0]
+    assert notes["server"]["fsync"] == fsync and notes["server"]["synchronous_commit"] == sync
+    assert ("fsync off" in row["title"]) == (fsync == "off")
     assert scratch_databases() <= before  # each scratch database was dropped
 
 
