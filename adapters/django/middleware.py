@@ -19,6 +19,7 @@ from fourmica_x402.gate import PASS, Call, Endpoint, Flow, Gate, Response
 from fourmica_x402.gate.guards import rerouted
 from fourmica_x402.gate.lifecycle import Endpoints, Meter
 
+from ._delivery import unless_sent
 from ._streams import as_served
 from ._view import request_view
 from .conf import converter, describe, load, patterns, render
@@ -126,7 +127,8 @@ class PaymentMiddleware:
         if response.streaming:  # passed on unbuffered; the gate is told when it ends
             content = as_served(response.streaming_content, self.async_mode)
             response.streaming_content = meter.stream(content)
+            unless_sent(response, meter)  # dropped unread above ours: refunded
             return response
         meter.feed(response.content)
-        yield from meter.finish()
+        yield from meter.finish(meter.short())  # a body short of its Content-Length: refunded
         return response

@@ -10,8 +10,10 @@ What every adapter does (challenges, payments, refunds…) lives in tests/confor
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import sys
+import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +29,7 @@ from django.core.checks import run_checks
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.wsgi import WSGIHandler
-from django.http import Http404, HttpRequest, JsonResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.middleware.locale import LocaleMiddleware
 from django.test import AsyncClient, Client, override_settings
 from django.urls import include, path, re_path, register_converter
@@ -120,6 +122,13 @@ class AsyncReport(View):
     async def get(self, request: HttpRequest) -> JsonResponse:
         seen.append(request.payment)
         return JsonResponse({"payer": request.payment.payer})
+
+
+@paid(price="$0.01")
+def short(request: HttpRequest) -> HttpResponse:
+    response = HttpResponse(b"hello")
+    response["Content-Length"] = "100"  # the body ends 95 bytes early
+    return response
 
 
 @paid(price="$0.01")
@@ -233,6 +242,20 @@ class MethodOverride:
         return self.get_response(request)
 
 
+class Outer:
+    """A middleware listed above ours that answers with a page of its own after the gate saw
+    the paid response (``X-Outer: replace``, a maintenance page)."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> Any:
+        response = self.get_response(request)
+        if request.headers.get("X-Outer") == "replace":
+            return HttpResponse(b"down for maintenance", status=503)
+        return response
+
+
 class SameUrlconf:
     """A middleware that names the URLconf on every request, as django-hosts does."""
 
@@ -263,6 +286,7 @@ URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("get-only", get_only),
     path("r/<int:n>/", by_table),
     path("tagged", tagged),
+    path("short", short),
     path("proxied", Proxied.as_view()),
     path("ledger", Ledger.as_view()),
     path("paid-proxied", PaidProxied.as_view()),
@@ -290,6 +314,7 @@ HELPERS = types.ModuleType("django_adapter_helpers")
 HELPERS.SwitchUrlconf = SwitchUrlconf  # type: ignore[attr-defined]
 HELPERS.SameUrlconf = SameUrlconf  # type: ignore[attr-defined]
 HELPERS.MethodOverride = MethodOverride  # type: ignore[attr-defined]
+HELPERS.Outer = Outer  # type: ignore[attr-defined]
 HELPERS.CountingMiddleware = None  # type: ignore[attr-defined]  # set below, once defined
 HELPERS.Locale = type("Locale", (LocaleMiddleware,), {})  # type: ignore[attr-defined]
 sys.modules.update({m.__name__: m for m in (URLS, UNPREFIXED_URLS, OTHER_URLS, BAD_URLS, HELPERS)})
@@ -627,6 +652,60 @@ def test_a_paid_get_is_served_whole_past_an_outer_conditional_get_middleware(
             resp = client.get("/tagged", headers={**headers, **condition})
             assert resp.status_code == 200 and resp.json() == {"doc": "paid content"}
     assert [g.amount for g in core.guarantees()] == [10_000, 10_000]
+
+
+def outcomes(client: Any, buyer: TestBuyer) -> list[tuple[str, str | None]]:
+    """The buyer's records as (status, outcome), once queued writes are committed."""
+    layer = client.handler._middleware_chain.__wrapped__
+    while not isinstance(layer, PaymentMiddleware):  # under middleware listed above ours
+        layer = layer.get_response.__wrapped__
+    gate = layer.gate
+    gate.flush()
+    return [(r.status, r.outcome) for r in gate.records.query(payer=buyer.address)]
+
+
+def test_a_paid_answer_shorter_than_its_content_length_is_refunded(
+    configured: None, core: Core
+) -> None:
+    """The server sent 5 of the 100 bytes the view declared: not received whole."""
+    client = Client()
+    buyer, resp = pay(client, core, "/short")
+    assert resp.status_code == 200 and resp.content == b"hello"
+    assert outcomes(client, buyer) == [("failed", "refunded")]
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+    app = ASGIHandler()  # the same on the async stack
+    buyer, resp = pay_on_the_async_stack(app, core, "/short")
+    assert resp.status_code == 200
+    app._middleware_chain.__wrapped__.gate.flush()
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
+def test_a_paid_stream_a_middleware_above_ours_replaces_is_refunded(
+    configured: None, core: Core
+) -> None:
+    """A middleware above ours answers with a page of its own: the paid stream is neither read
+    nor closed, and the gate, told when a stream ends, never heard of it (a G-v2 lock held
+    until its deadline, a G-v1 guarantee charged). It is refunded once collected."""
+    with override_settings(MIDDLEWARE=["django_adapter_helpers.Outer", *MIDDLEWARE]):
+        client = Client()
+        for outer, sent in (("replace", 503), ("no", 200)):
+            buyer, headers = header(client, core, "/feed")
+            resp = client.get("/feed", headers={**headers, "X-Outer": outer})
+            assert resp.status_code == sent
+            if sent == 200:
+                assert b"".join(resp.streaming_content) == b"line 0\nline 1\nline 2\n"
+                resp.close()
+            del resp
+            gc.collect()  # the dropped response is in a reference cycle of Django's
+            for _ in range(200):  # bounded: its refund is queued to a thread
+                if outcomes(client, buyer)[0][1] is not None:
+                    break
+                time.sleep(0.01)
+            locked = core.position(buyer.address, network=NETWORK).locked
+            if sent == 200:
+                assert outcomes(client, buyer) == [("delivered", "delivered")] and locked
+            else:
+                assert outcomes(client, buyer) == [("failed", "refunded")] and locked == 0
 
 
 def test_a_site_under_a_script_name_advertises_its_urls_under_it(

@@ -1,0 +1,53 @@
+"""A paid Django stream that is never sent: refunded.
+
+A middleware listed above ours may answer with a response of its own instead of the paid
+stream, which is then neither read nor closed: the gate, told when a stream ends, would never
+hear of it (the guarantee locked until its validation deadline, a G-v1 one charged). Such a
+stream is refunded once Python collects it (docs/protocol.md, "Paid responses").
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import weakref
+from typing import Any
+
+from fourmica_x402.gate import Gate
+from fourmica_x402.gate.lifecycle import Meter
+
+__all__ = ["unless_sent"]
+
+log = logging.getLogger("fourmica_x402.gate")
+
+#: Metered responses dropped by the garbage collector, and the thread that refunds them.
+_DROPPED: queue.SimpleQueue[Meter] = queue.SimpleQueue()
+_refunder: threading.Thread | None = None
+_REPLACED = "the response was replaced before it was sent"
+
+
+def unless_sent(response: Any, meter: Meter) -> None:
+    """Refund ``meter``'s payment if ``response`` is dropped before it was sent and closed."""
+    global _refunder
+    if _refunder is None or not _refunder.is_alive():  # first use, or a forked child
+        _refunder = threading.Thread(target=_refunds, name="fourmica-dropped", daemon=True)
+        _refunder.start()
+    # A finalizer may run inside any allocation, a lock of the gate's held: it only queues.
+    weakref.finalize(response, _dropped, meter)
+
+
+def _dropped(meter: Meter) -> None:
+    if not meter.finished:  # sent and closed: nothing to do (the usual case)
+        _DROPPED.put(meter)
+
+
+def _refunds() -> None:
+    while True:
+        meter = _DROPPED.get()
+        if meter.finished:
+            continue
+        try:
+            Gate.run_sync(meter.finish(ConnectionAbortedError(_REPLACED)))
+        except Exception:
+            log.exception("refunding a replaced paid response failed")
