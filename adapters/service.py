@@ -52,7 +52,7 @@ from fourmica_x402.server import (
     render_dashboard,
 )
 from fourmica_x402.server import sandbox as sandbox_api
-from fourmica_x402.server.base import MAX_BODY, cross_origin, failure
+from fourmica_x402.server.base import MAX_BODY, cross_origin, error, failure
 from fourmica_x402.server.dashboard import dashboard
 from fourmica_x402.server.metrics import metrics
 from fourmica_x402.wire import SCHEME
@@ -101,7 +101,7 @@ def _response(result: Result) -> Response:
 
 
 def _endpoint(
-    service: Service, handler: Handler, *, blocking: bool, timed: bool
+    service: Service, handler: Handler, *, blocking: bool, timed: bool, sized: bool
 ) -> Callable[[Request], Awaitable[Response]]:
     """A Starlette endpoint running ``handler``.
 
@@ -109,20 +109,24 @@ def _endpoint(
     event loop. ``timed`` endpoints record their latency and answer a Core error the handler
     lets through as ``{"error": code, "message": text}`` (docs/protocol.md, "Reason codes");
     ``/metrics`` is not timed, so scraping it does not skew the latencies it reports.
+    A body over :data:`MAX_BODY` is refused (413) where ``sized``; elsewhere the handler
+    answers it in its protocol's shape (a settle's ``malformed_payment``).
     """
 
     async def endpoint(request: Request) -> Response:
         start = time.perf_counter()
         try:
-            if request.method == "POST" and (
-                refused := cross_origin(
-                    request.headers.get("origin"),
-                    request.headers.get("host"),
-                    service.browser_hosts,
-                )
+            if refused := cross_origin(
+                request.method,
+                request.headers.get("origin"),
+                request.headers.get("host"),
+                service.browser_hosts,
             ):
                 return _response(refused)
-            call = _call(request, await _body(request))
+            raw = await _body(request)
+            if sized and len(raw) > MAX_BODY:
+                return _response(error(413, "body_too_large", f"bodies end at {MAX_BODY} bytes"))
+            call = _call(request, raw)
             if blocking:
                 result = await asyncio.to_thread(handler, service, call)
             else:
@@ -178,8 +182,9 @@ def create_app(
         *,
         blocking: bool = True,
         timed: bool = True,
+        sized: bool = True,
     ) -> Route:
-        endpoint = _endpoint(service, handler, blocking=blocking, timed=timed)
+        endpoint = _endpoint(service, handler, blocking=blocking, timed=timed, sized=sized)
         return Route(path, endpoint, methods=methods)
 
     routes = [
@@ -189,8 +194,8 @@ def create_app(
         route("/supported", facilitator.supported, blocking=False),
         route("/health", facilitator.health, blocking=False),
         route("/tabs", facilitator.tabs, POST),
-        route("/verify", facilitator.verify, POST),
-        route("/settle", facilitator.settle, POST),
+        route("/verify", facilitator.verify, POST, sized=False),
+        route("/settle", facilitator.settle, POST, sized=False),
         route("/guarantees/{gid}/void", guarantees.void, POST),
         route("/guarantees/{gid}/validation", guarantees.validation, POST),
         # the Core API subset
@@ -198,7 +203,7 @@ def create_app(
         route("/core/payment-tabs", core_api.payment_tabs, POST),
         route("/core/guarantees", core_api.guarantees, POST),
         route("/core/tabs/{tab_id}/guarantees/{req_id}", core_api.guarantee),
-        route("/rpc", core_api.rpc, POST, blocking=False),
+        route("/rpc", core_api.rpc, POST, blocking=False, sized=False),
         # the sandbox
         route("/sandbox/deposit", sandbox_api.deposit, POST),
         route("/sandbox/withdraw", sandbox_api.withdraw, POST),

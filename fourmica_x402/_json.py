@@ -36,6 +36,15 @@ def loads_checked(data: str | bytes | bytearray, **options: Any) -> Any:
     return json.loads(data, **options)
 
 
+def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An ``object_pairs_hook`` refusing an object that names a key twice: parsers differ on
+    which one wins (``{"amount": 1, "amount": 10**9}``), so refuse, never guess."""
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("duplicate key in a JSON object")
+    return dict(pairs)
+
+
 def dumps(value: Any, *, sort_keys: bool = False) -> str:
     """Compact JSON text of ``value`` (``sort_keys``: the outer object's keys in order).
     Text ``json.dumps`` can write and pydantic-core cannot (a lone surrogate) still gets out."""

@@ -38,7 +38,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ._json import loads_checked
+from ._json import loads_checked, no_duplicates
 from .config import PaymentConfig
 from .errors import ConfigurationError
 from .gate.types import GRANT, RequestView, Response, error_response
@@ -111,16 +111,9 @@ def _fold(text: str) -> str:
     return "".join(c for c in folded if unicodedata.category(c)[0] not in "CZ")
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    if len(set(keys)) != len(keys):  # parsers differ on which one wins: refuse, never guess
-        raise ValueError("duplicate key in a JSON object")
-    return dict(pairs)
-
-
 def _parse(body: bytes) -> Any:
     """The JSON of ``body`` (strict UTF-8, no BOM, no duplicated key); ValueError else."""
-    return loads_checked(body.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    return loads_checked(body.decode("utf-8"), object_pairs_hook=no_duplicates)
 
 
 def _message(value: Any) -> Reading:

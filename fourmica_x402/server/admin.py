@@ -13,6 +13,9 @@ from fourmica_x402.webhooks import Webhooks
 
 from .base import Call, Reply, error, refusal
 
+#: The states of a webhook delivery (its log's ``?status=`` filter).
+DELIVERY_STATES = ("pending", "delivered", "failed")
+
 if TYPE_CHECKING:
     from .context import Service
 
@@ -68,4 +71,7 @@ def unsubscribe(hooks: Webhooks, call: Call) -> Reply:
 @_admin
 def deliveries(hooks: Webhooks, call: Call) -> Reply:
     """``?status=`` filters the log (``pending``, ``delivered``, ``failed``)."""
-    return 200, [d.to_dict() for d in hooks.deliveries(status=call.query.get("status"))]
+    status = call.query.get("status")
+    if status is not None and status not in DELIVERY_STATES:  # a typo would read as "none"
+        return error(400, "invalid_request", f"status must be one of {', '.join(DELIVERY_STATES)}")
+    return 200, [d.to_dict() for d in hooks.deliveries(status=status)]

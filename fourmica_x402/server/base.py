@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from fourmica_x402._json import loads_checked
+from fourmica_x402._json import loads_checked, no_duplicates
 from fourmica_x402.core.common import INT64_MAX
 from fourmica_x402.errors import CoreError, FourmicaError, TabLimited
 
@@ -36,7 +36,7 @@ __all__ = [
     "tab_limited",
 ]
 
-#: Largest request body the service parses; a bigger one reads as no body at all.
+#: Largest request body the service reads; a bigger one is refused (413 ``body_too_large``).
 MAX_BODY = 256 * 1024
 
 #: ``(status, json)``: the service's usual answer.
@@ -108,27 +108,29 @@ def parse_body(raw: bytes) -> Any:
     """The JSON of a request body, or None (empty, over :data:`MAX_BODY`, or not JSON).
 
     Strict JSON only: ``NaN``, ``Infinity`` and numbers too big for a float (Python's parser
-    takes them, but no answer can carry them back) and nesting too deep (docs/architecture.md,
-    "JSON from another party") read as not JSON, so each handler answers them as it answers
-    any bad body.
+    takes them, but no answer can carry them back), a key named twice in one object and
+    nesting too deep (docs/architecture.md, "JSON from another party") read as not JSON, so
+    each handler answers them as it answers any bad body.
     """
     if len(raw) > MAX_BODY or not raw:
         return None
     try:
-        return loads_checked(raw, parse_float=_finite, parse_constant=_no_constant)
+        return loads_checked(
+            raw, parse_float=_finite, parse_constant=_no_constant, object_pairs_hook=no_duplicates
+        )
     except (ValueError, RecursionError):
         return None
 
 
 def cross_origin(
-    origin: str | None, host: str | None, names: frozenset[str] | None
+    method: str, origin: str | None, host: str | None, names: frozenset[str] | None
 ) -> Reply | None:
-    """A browser's request from another site (its ``Origin`` names another host than the one
-    it was sent to) is refused, so a page cannot change a service no key guards (a sandbox
-    without ``--api-key``); so is one sent to a host name not in ``names`` (when given): a
-    page whose DNS name was rebound to the service. Clients that are not browsers send no
-    ``Origin``."""
-    if origin is None:
+    """A browser's request that changes something (any method but GET, HEAD, OPTIONS) from
+    another site (its ``Origin`` names another host than the one it was sent to) is refused,
+    so a page cannot change a service no key guards (a sandbox without ``--api-key``); so is
+    one sent to a host name not in ``names`` (when given): a page whose DNS name was rebound
+    to the service. Browsers send ``Origin`` with every such request; other clients do not."""
+    if origin is None or method in ("GET", "HEAD", "OPTIONS"):
         return None
     same = bool(host) and urlsplit(origin).netloc.lower() == str(host).lower()
     if same and (names is None or urlsplit(f"//{host}").hostname in names):

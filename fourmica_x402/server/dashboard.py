@@ -160,7 +160,7 @@ def render_dashboard(core: Core) -> str:
             [
                 [
                     short(e.address),
-                    str(e.data.get("cycle_id")),
+                    html.escape(str(e.data.get("cycle_id"))),
                     money(int(e.data.get("unpaid", 0)), e.network or "", e.asset or ""),
                     money(int(e.data.get("covered", 0)), e.network or "", e.asset or ""),
                     money(int(e.data.get("shortfall", 0)), e.network or "", e.asset or ""),

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from fourmica_x402.networks import default_asset, find_asset, parse_amount, to_atomic
 
-from .base import Call, Reply, error, integer, refusal, required
+from .base import Call, Reply, bad_request, error, integer, refusal, required
 
 if TYPE_CHECKING:
     from .context import Service
@@ -73,9 +73,11 @@ def withdraw(service: Service, body: dict[str, Any]) -> Any:
     """Request a withdrawal, or ``{"finalize": id}`` / ``{"cancel": id}`` one."""
     core = service.core
     net = str(body.get("network") or service.network)
-    if body.get("finalize"):
+    if "finalize" in body and "cancel" in body:
+        raise bad_request("finalize or cancel, not both")
+    if "finalize" in body:  # present: that action or a 400, never a new withdrawal
         return core.finalize_withdrawal(integer(body["finalize"], "finalize")).to_dict()
-    if body.get("cancel"):
+    if "cancel" in body:
         return core.cancel_withdrawal(integer(body["cancel"], "cancel")).to_dict()
     return core.request_withdrawal(
         str(required(body, "address")),
@@ -112,6 +114,8 @@ def tick(service: Service, body: dict[str, Any]) -> Any:
 
 @_sandboxed
 def suspend(service: Service, body: dict[str, Any]) -> Any:
-    address, suspended = str(required(body, "address")), bool(body.get("suspended", True))
+    address, suspended = str(required(body, "address")), body.get("suspended", True)
+    if not isinstance(suspended, bool):  # "false" is truthy: never guess what was meant
+        raise bad_request("suspended must be true or false")
     service.core.suspend(address, suspended)
     return {"address": address, "suspended": suspended}

@@ -543,6 +543,56 @@ def test_a_page_of_another_site_cannot_change_a_keyless_sandbox(core: Core) -> N
     )
     named = {"origin": "https://x402.example", "host": "x402.example"}
     assert public.post("/sandbox/deposit", json=deposit, headers=named).status_code == 200
+    # a DELETE changes things as much as a POST: a page's (foreign or rebound) is refused too
+    sid = client.post("/admin/webhooks", json=hook).json()["subscription_id"]
+    for headers in ({"origin": "http://evil.example"}, rebound):
+        answer = client.delete(f"/admin/webhooks/{sid}", headers=headers)
+        assert (answer.status_code, answer.json()["error"]) == (403, "cross_origin")
+    assert [h["subscription_id"] for h in client.get("/admin/webhooks").json()] == [sid]
+    assert client.delete(f"/admin/webhooks/{sid}", headers=local).json() == {"removed": True}
+
+
+def test_sandbox_calls_take_their_fields_as_typed_and_refuse_the_rest(core: Core) -> None:
+    """A body is read as written or refused (400): a key named twice (parsers differ on which
+    wins), "false" for a boolean, a present but falsy finalize/cancel (which made a new
+    withdrawal), a body over the limit (413), an unknown delivery state."""
+    client = TestClient(create_app(core, sandbox=True, tick_interval=None))
+    buyer, other = TestBuyer.new().address, TestBuyer.new().address
+
+    def post(path: str, text: str) -> httpx.Response:
+        return client.post(path, content=text, headers={"content-type": "application/json"})
+
+    twice = f'{{"address": "{buyer}", "amount": 1, "amount": 1000000000}}'
+    assert post("/sandbox/deposit", twice).status_code == 400
+    named_twice = f'{{"address": "{buyer}", "address": "{other}", "amount": 1}}'
+    assert post("/sandbox/deposit", named_twice).status_code == 400
+    assert core.position(buyer, network=NETWORK).collateral == 0
+    assert core.position(other, network=NETWORK).collateral == 0
+    assert client.post("/sandbox/deposit", json={"address": buyer, "amount": 5}).status_code == 200
+    for value in ("false", "no", [0], {"x": 0}, 0):
+        answer = client.post("/sandbox/suspend", json={"address": buyer, "suspended": value})
+        assert (answer.status_code, answer.json()["error"]) == (400, "invalid_request"), value
+    assert client.post("/sandbox/suspend", json={"address": buyer, "suspended": False}).json() == {
+        "address": buyer,
+        "suspended": False,
+    }
+    for action in (
+        {"finalize": 0},
+        {"cancel": False},
+        {"finalize": ""},
+        {"finalize": 1, "cancel": 1},
+    ):
+        answer = client.post("/sandbox/withdraw", json={**action, "address": buyer, "amount": 1})
+        assert answer.status_code in (400, 404), action
+    assert core.position(buyer, network=NETWORK).pending_withdrawal == 0  # none was requested
+    from fourmica_x402.server.base import MAX_BODY
+
+    big = json.dumps({"address": buyer, "amount": 1, "pad": "x" * MAX_BODY})
+    answer = post("/sandbox/deposit", big)
+    assert (answer.status_code, answer.json()["error"]) == (413, "body_too_large")
+    answer = client.get("/admin/webhooks/deliveries", params={"status": "bogus"})
+    assert (answer.status_code, answer.json()["error"]) == (400, "invalid_request")
+    assert client.get("/admin/webhooks/deliveries", params={"status": "failed"}).json() == []
 
 
 @pytest.mark.parametrize(
