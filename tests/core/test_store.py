@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -679,6 +680,49 @@ def test_postgres_caught_error_in_write_transaction_is_not_committed(pg: Store) 
             tx.execute("INSERT INTO t VALUES (1)")  # aborts the transaction; SQLite would go on
     with pg.transaction(write=False) as tx:
         assert tx.all("SELECT a FROM t") == []
+
+
+def test_a_child_forked_while_the_parent_writes_writes_once_the_parent_commits(
+    sqlite_url: str,
+) -> None:
+    """A process forked while another thread of it is inside a write (multiprocessing's fork,
+    a pre-forking server) inherited the store's lock held and SQLite's record of the file's
+    locks: its first write waited forever. The child starts afresh, and waits only for the
+    parent's real lock."""
+    store = open_store(sqlite_url)
+    with store.transaction() as tx:
+        tx.execute("CREATE TABLE t (a INTEGER PRIMARY KEY)")
+    inside, done = threading.Event(), threading.Event()
+
+    def parent_write() -> None:
+        with store.transaction() as tx:
+            tx.execute("INSERT INTO t VALUES (1)")
+            inside.set()
+            done.wait(10)
+
+    writer = threading.Thread(target=parent_write)
+    writer.start()
+    assert inside.wait(10)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child answers with its exit code
+        code = 1
+        try:
+            signal.alarm(20)  # bounded: a child that hangs dies, and fails the test
+            with store.transaction() as tx:
+                tx.execute("INSERT INTO t VALUES (2)")
+            code = 0
+        finally:
+            os._exit(code)
+    time.sleep(0.3)  # the child is waiting for the parent's transaction now
+    done.set()
+    writer.join(10)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with store.transaction(write=False) as tx:
+        assert tx.all("SELECT a FROM t ORDER BY a") == [(1,), (2,)]
+    with store.transaction() as tx:  # the parent goes on writing
+        tx.execute("INSERT INTO t VALUES (3)")
+    store.close()
 
 
 @pytest.mark.postgres

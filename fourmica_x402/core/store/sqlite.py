@@ -25,6 +25,7 @@ import re
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -146,6 +147,7 @@ class SQLiteStore:
         self._closed = False
         #: Writes queued off the request path (:mod:`.deferred`).
         self.deferred = Deferred(self.transaction, self._key())
+        _STORES.add(self)
         if self.path != ":memory:":
             parent = os.path.dirname(os.path.abspath(self.path))
             if not os.path.isdir(parent):
@@ -391,6 +393,34 @@ class SQLiteStore:
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
+
+    def _forget_inherited(self) -> None:
+        """In a forked child: the parent's threads are gone, and with them whoever held this
+        store's locks (a writer mid-transaction, the checkpointer). Fresh locks and counters,
+        and the parent's connections closed here: SQLite keeps one record of a file's locks
+        per process, so a connection inherited mid-transaction would keep every new one of
+        the child waiting (closing it drops what the child inherited, the parent keeps its
+        own locks)."""
+        for conn in self._conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        self._conns, self._local = [], threading.local()
+        self._lock, self._write_lock = threading.Lock(), threading.Lock()
+        self._idle, self._active = threading.Condition(), 0
+        self._checkpointer, self._checkpoint_due = None, threading.Event()
+        self._loop_waiters = []
+
+
+#: Every store of this process (a forked child resets them).
+_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store._forget_inherited()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _wake(future: asyncio.Future[None]) -> None:
