@@ -126,7 +126,7 @@ def validate(
         )
     if row[2] and tag != row[2]:
         raise CoreError(f"validation tag must be {row[2]!r}", reason="tag_mismatch", status=400)
-    if row[7] == "pending_validation" and row[9] is not None and float(row[9]) < now:
+    if row[7] == "pending_validation" and row[9] is not None and float(row[9]) <= now:
         # Cancelled at its deadline (docs/protocol.md), whether or not a tick ran since.
         raise CoreError(
             "the validation deadline passed: the guarantee is cancelled, not scored",
@@ -175,13 +175,13 @@ def expire_validations(tx: Tx, events: Events, now: float) -> int:
     # locks its guarantee and then its position, so neither waits on what the other holds.
     for gid, network, asset, user, amount in tx.all(
         "SELECT guarantee_id, network, asset, user_address, amount FROM fx_guarantees "
-        "WHERE state = 'pending_validation' AND validation_deadline < ? ORDER BY guarantee_id",
+        "WHERE state = 'pending_validation' AND validation_deadline <= ? ORDER BY guarantee_id",
         (now,),
     ):
         # The deadline again: a validator's extension that committed since the SELECT stands.
         if tx.execute(
             "UPDATE fx_guarantees SET state = 'cancelled', resolved_at = ? WHERE guarantee_id = ? "
-            "AND state = 'pending_validation' AND validation_deadline < ?",
+            "AND state = 'pending_validation' AND validation_deadline <= ?",
             (now, gid, now),
         ):
             key = (network, asset, user)
@@ -213,7 +213,7 @@ def extend(
         tx.execute(
             "UPDATE fx_guarantees SET validation_deadline = ? WHERE guarantee_id = ? "
             "AND state = 'pending_validation' AND validator = ? AND validation_deadline < ? "
-            "AND validation_deadline >= ?",
+            "AND validation_deadline > ?",
             (until, gid, validator, until, now),
         )
         for gid in sorted(set(guarantee_ids))

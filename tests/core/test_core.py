@@ -401,6 +401,25 @@ def test_a_guarantee_past_its_validation_deadline_is_neither_scored_nor_held_ope
     assert core.position(buyer.address, network=NETWORK).locked == 0
 
 
+def test_the_validation_deadline_itself_is_past_it(
+    core: Core, buyer: TestBuyer, clock: FakeClock
+) -> None:
+    """"From the deadline on" (docs/protocol.md): at the very instant a score was taken and the
+    deadline moved, while a tick at that instant cancelled nothing (whole-second clocks meet
+    it exactly)."""
+    policy = test_policy()
+    late, held, idle = (core.accept(*buyer.pay(core, SELLER, 400, policy=policy)) for _ in "abc")
+    clock.advance(60)  # exactly the deadline (60 s after acceptance)
+    assert core.guarantee(late.guarantee_id).accepted_at + 60 == clock()
+    with pytest.raises(CoreError) as info:
+        core.post_validation(late.guarantee_id, validator=policy.validator, score=100)
+    assert (info.value.reason, info.value.status) == ("validation_expired", 409)
+    assert core.extend_validations([held.guarantee_id], by=policy.validator) == 0
+    assert core.expire_validations() == 3
+    assert {core.guarantee(g.guarantee_id).state for g in (late, held, idle)} == {"cancelled"}
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
 @pytest.mark.parametrize("many", [False, True], ids=["certify", "certify_many"])
 def test_a_guarantee_voided_while_its_certificate_is_signed_gets_none(
     core: Core, buyer: TestBuyer, many: bool
