@@ -40,7 +40,7 @@ def hundreds(request: RequestView) -> int:
 
     A repeated count is refused, not read: Starlette's handler reads the last of them, and
     pricing the first would sell ?count=100&count=10000 as one bundle."""
-    counts = parse_qs(request.query).get("count", [])
+    counts = parse_qs(request.query, keep_blank_values=True).get("count", [])  # count= is one
     if len(counts) != 1:
         raise ValueError("send exactly one count")
     if int(counts[0]) < 1:
@@ -69,7 +69,7 @@ async def jobs(request: Request) -> JSONResponse:
     payment = request.state.payment  # payment.cap: what the buyer guaranteed up front
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
         body = None
     if not isinstance(body, dict) or not isinstance(body.get("task", ""), str):
         # a 4xx: the gate refunds it (only a 2xx is delivered)

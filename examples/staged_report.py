@@ -59,9 +59,24 @@ BUYER_KEY = TEST_KEYS[2]
 BASE = "http://reports.example"
 
 
+async def topic_of(request: Request) -> str | None:
+    """The body's ``{"topic": "…"}``, or None: a bad body is the buyer's 400 (refunded)."""
+    try:
+        body = await request.json()
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
+        return None
+    topic = body.get("topic") if isinstance(body, dict) else None
+    return topic if isinstance(topic, str) else None
+
+
+def _bad_body() -> JSONResponse:
+    return JSONResponse({"error": 'send {"topic": "…"}'}, status_code=400)
+
+
 def seller_app(core: Core) -> Starlette:
     async def gather(request: Request) -> JSONResponse:
-        topic = (await request.json())["topic"]
+        if (topic := await topic_of(request)) is None:
+            return _bad_body()
         job = request.state.payment.job
         return JSONResponse(
             {"job": job.id, "stage": "gather", "sources": [f"{topic}-{i}" for i in range(3)]}
@@ -69,7 +84,8 @@ def seller_app(core: Core) -> Starlette:
 
     async def analyse(request: Request) -> JSONResponse:
         job = request.state.payment.job
-        topic = (await request.json())["topic"]
+        if (topic := await topic_of(request)) is None:
+            return _bad_body()
         if topic == "perpetual motion":  # this stage fails: refunded, the job is over
             return JSONResponse({"error": "nothing to analyse"}, status_code=422)
         return JSONResponse({"job": job.id, "stage": "analyse", "findings": 3})

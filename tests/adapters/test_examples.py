@@ -228,7 +228,14 @@ def test_bundles_example_charges_per_bundle_and_prepays_jobs(tmp_path: Path) -> 
         _, small, paid = pay("GET", "/records?count=40")  # one bundle, raised to the minimum
         assert small.amount == "30000" and paid.json()["paid"] == 30_000
         # a repeated count is refused: the handler reads the last one, not the first
-        for query in ("count=lots", "count=100&count=10000", "count=10000&count=100", "count=-5"):
+        for query in (
+            "count=lots",
+            "count=100&count=10000",
+            "count=10000&count=100",
+            "count=-5",
+            "count=100&count=",  # a blank second count is still a second one (the handler's)
+            "count=100&count",
+        ):
             refused = client.get(f"/records?{query}")
             assert refused.status_code == 400 and refused.json()["error"] == "invalid_units"
         required, req, paid = pay("POST", "/jobs", json={"task": "render"})
@@ -238,6 +245,7 @@ def test_bundles_example_charges_per_bundle_and_prepays_jobs(tmp_path: Path) -> 
         assert paid.json()["prepaid"] == 2_000_000 and paid.json()["job"] == "done: render"
         assert core.position(buyer.address, network=NETWORK).locked == 30_000 * 2 + 2_000_000
         pay("POST", "/jobs", expect=400, json=[1])  # not a job: answered 400, refunded
+        pay("POST", "/jobs", expect=400, content="[" * 5000)  # too deep to parse: 400, not 500
         deadline = time.monotonic() + 10
         while core.position(buyer.address, network=NETWORK).locked != 30_000 * 2 + 2_000_000:
             assert time.monotonic() < deadline, "the 400 was not refunded"
@@ -411,6 +419,41 @@ def test_staged_report_example_charges_only_the_stages_served(tmp_path: Path) ->
     assert jobs == [["done", "3/3"], ["failed", "1/3"]]
     assert "buyer's collateral locked: $0.07 (served: 3 + 1 stages)" in lines
     assert "audit: ok" in lines
+
+
+def test_staged_report_example_answers_a_bad_body_400_and_refunds_it(tmp_path: Path) -> None:
+    """Its stages read {"topic": …} from the body: a body without one (or not JSON) was a
+    KeyError, a 500 after the buyer paid. It is the buyer's 400, refunded."""
+    from starlette.testclient import TestClient
+
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import staged_report
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    core = Core(str(tmp_path / "core.db"))
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    with TestClient(staged_report.seller_app(core), base_url=staged_report.BASE) as client:
+        for body in (b"{}", b"not json", b'{"topic": 5}', b"[" * 5000):
+            headers = {"content-type": "application/json"}
+            challenge = client.post("/report", content=body, headers=headers)
+            req = decode_payment_required(challenge.headers["payment-required"]).accepts[0]
+            tab = client.post(
+                req.extra["tabEndpoint"],
+                json={
+                    "x402Version": 2,
+                    "userAddress": buyer.address,
+                    "paymentRequirements": req.to_dict(),
+                },
+            ).json()
+            name, value = payment_header(buyer, req, tab)
+            paid = client.post("/report", content=body, headers={**headers, name: value})
+            assert paid.status_code == 400, (body[:20], paid.status_code)
+    core.store.deferred.drain()
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+    assert core.audit() == []
+    core.close()
 
 
 def test_mcp_tool_server_example_sells_tool_calls(tmp_path: Path) -> None:
