@@ -141,10 +141,13 @@ def finish(
     elif state.delivery_policy and payment.guarantee_version == 2:
         action = ("score", 100 if delivered else 0)
         outcome = "delivered" if delivered else "cancelled"
-    if payment.job is not None:
-        yield from stages.ended(gate, state, delivered)
-    if stream is not None:  # ended (if its body did not end it): no more slices are sold
-        yield Call(stream.ended, (outcome, status))
+    try:  # the job's or stream's own state: its failure must not stop the payment's below
+        if payment.job is not None:
+            yield from stages.ended(gate, state, delivered)
+        if stream is not None:  # ended (if its body did not end it): no more slices are sold
+            yield Call(stream.ended, (outcome, status))
+    except Exception:
+        log.exception("could not end the job or stream of %s", payment.guarantee_id)
     certificate = payment._made  # if the handler asked for it; else the Core makes it later
     keep = None
     # A metered stream is not kept: its body holds every slice, paid for one at a time.

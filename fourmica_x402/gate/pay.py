@@ -228,18 +228,26 @@ def paid(
             return error_response(
                 503, "seller_hook_failed", "the seller failed; the payment was voided"
             )
-    if stage is not None:
-        refused = yield from stages.claim(gate, stage, request, payment)
-        if refused is not None:  # a concurrent request took the stage: nothing is charged
-            yield Call(settle.abandon, (gate, result, chosen.pay_to, record_id))
-            return refused
     state = Paid(
         payment, request, chosen, payload, header_hash, result, policy, delivery, route=route
     )
-    if delivery and result is not None and claims.version == 2:
-        gate._holds.add(state)  # this gate scores it when the response ends
-    if route.config.slices is not None and opens_stream:  # a metered stream: slice 1 is this
-        yield from metered.opened(gate, route, request, state)
+    try:  # paid, and the handler will not run if these fail: the payment is given back
+        if stage is not None:
+            refused = yield from stages.claim(gate, stage, request, payment)
+            if refused is not None:  # a concurrent request took the stage: nothing is charged
+                yield Call(settle.abandon, (gate, result, chosen.pay_to, record_id))
+                return refused
+        if delivery and result is not None and claims.version == 2:
+            gate._holds.add(state)  # this gate scores it when the response ends
+        if route.config.slices is not None and opens_stream:  # metered: slice 1 is this
+            yield from metered.opened(gate, route, request, state)
+    except Exception:
+        gate._holds.discard(state)
+        try:
+            yield Call(settle.abandon, (gate, result, chosen.pay_to, record_id))
+        except Exception:  # the store is down: the void was filed, or logged
+            log.exception("could not record the refund of %s", payment.guarantee_id)
+        raise
     return state
 
 

@@ -191,16 +191,18 @@ def certificate_source(gate: Gate, payment: Payment, result: SettleResult | None
 
 def abandon(gate: Gate, result: SettleResult | None, pay_to: str, record_id: int | None) -> None:
     """Void a settled payment whose handler will not run, and say so in its record
-    (``result`` None: only verified, settle-after: nothing to void)."""
-    if result is not None:
-        undo(gate, result, pay_to)
+    (``result`` None: only verified, settle-after: nothing to void). A void that fails now
+    is filed for the reconciler, which retries it (the record says ``refund_pending``)."""
+    voided = True if result is None else undo(gate, result, pay_to)
     if record_id is not None:
         gate.records.finish(
             record_id,
             status="failed",
             http_status=503,
             response_hash=None,
-            outcome="refunded" if result is not None else "not_charged",
+            outcome=("refunded" if voided else "refund_pending")
+            if result is not None
+            else "not_charged",
         )
 
 
@@ -214,12 +216,23 @@ def _refund_late(gate: Gate, pay_to: str, outcome: Any) -> None:
         gate._reconciler.kick()
 
 
-def undo(gate: Gate, result: SettleResult, pay_to: str) -> None:
-    if result.guarantee_id:
-        try:
-            gate.facilitator.void(result.guarantee_id, by=pay_to)
-        except Exception:
-            log.exception("could not void %s after a failed record", result.guarantee_id)
+def undo(gate: Gate, result: SettleResult, pay_to: str) -> bool:
+    """Void ``result``'s guarantee; False when that failed and the void was filed for the
+    reconciler instead (or could not be filed either: logged, the lock needs an operator)."""
+    gid = result.guarantee_id
+    if not gid:
+        return True
+    try:
+        gate.facilitator.void(gid, by=pay_to)
+        return True
+    except Exception:
+        log.exception("could not void %s; filing it for a retry", gid)
+    try:
+        gate.records.add_followup(gid, pay_to, "refund")
+        gate._reconciler.kick()
+    except Exception:
+        log.exception("could not file the void of %s either", gid)
+    return False
 
 
 # -- settles in doubt ---------------------------------------------------------------------------

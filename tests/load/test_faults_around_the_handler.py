@@ -1,0 +1,131 @@
+"""Fault injection around the paid handler: a store error after the Core accepted a payment.
+
+The Core accepted the guarantee, then something the gate does before the handler (open a
+staged job, an ``after_settle`` hook) or after it (end the job) fails once. The buyer is
+never charged for a handler that did not run, and a served one is still paid for.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fourmica_x402.adapters.asgi import PaymentMiddleware
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from fourmica_x402 import PaymentConfig, Stage
+from fourmica_x402.core import Core
+from fourmica_x402.core.store import StoreUnavailable
+from fourmica_x402.jobs import Jobs
+from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
+from fourmica_x402.wire import decode_payment_required
+
+SELLER = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+
+
+@pytest.fixture
+def core(tmp_path: Path) -> Iterator[Core]:
+    core = Core(str(tmp_path / "core.db"))
+    yield core
+    core.close()
+
+
+def fail_once(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[int]:
+    """``owner.name`` raises StoreUnavailable on its first call only; returns the call count."""
+    calls, real = [0], getattr(owner, name)
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise StoreUnavailable("database is locked (injected)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, flaky)
+    return calls
+
+
+def app_of(core: Core, **options: Any) -> Starlette:
+    async def work(request: Request) -> JSONResponse:
+        return JSONResponse({"work": "done"})
+
+    config = PaymentConfig(pay_to=SELLER, network=NETWORK, core=core, **options)
+    return Starlette(
+        routes=[Route("/work", work, methods=["POST"])],
+        middleware=[Middleware(PaymentMiddleware, config=config)],
+    )
+
+
+def pay(client: TestClient, core: Core) -> tuple[TestBuyer, Any]:
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    req = decode_payment_required(client.post("/work").headers["payment-required"]).accepts[0]
+    body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": req.to_dict()}
+    tab = client.post(req.extra["tabEndpoint"], json=body).json()
+    name, value = payment_header(buyer, req, tab)
+    return buyer, client.post("/work", headers={name: value})
+
+
+def until(done: Callable[[], bool]) -> None:
+    for _ in range(300):  # bounded: 15 s for the reconciler's retry
+        if done():
+            return
+        time.sleep(0.05)
+
+
+def test_a_refund_that_fails_when_the_handler_will_not_run_is_retried(
+    core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The after_settle hook fails, so the handler will not run: its void met a locked
+    database once and was only logged; the buyer stayed charged (a G-v1 payable, a G-v2
+    locked until its deadline). It is filed and retried until it goes through."""
+
+    def hook(request: Any, result: Any) -> None:
+        raise RuntimeError("the seller's hook broke")
+
+    voids = fail_once(monkeypatch, core, "void")
+    with TestClient(app_of(core, routes={"POST /work": "$0.01"}, after_settle=hook)) as client:
+        buyer, resp = pay(client, core)
+        assert (resp.status_code, resp.json()["error"]) == (503, "seller_hook_failed")
+        until(lambda: core.position(buyer.address, network=NETWORK).locked == 0)
+    assert voids[0] == 2  # failed once, then retried
+    assert [g.state for g in core.guarantees(address=buyer.address)] == ["voided"]
+    assert core.audit() == []
+
+
+def test_a_job_that_cannot_open_after_the_payment_gives_it_back(
+    core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening the staged job failed once after the Core accepted the stage's payment: the
+    buyer got a 503 and no work, and its guarantee stayed payable (charged)."""
+    fail_once(monkeypatch, Jobs, "open")
+    routes = {"POST /work": {"price": "$0.01", "stage": Stage("report", 1, of=2)}}
+    with TestClient(app_of(core, routes=routes)) as client:
+        buyer, resp = pay(client, core)
+        assert resp.status_code == 503
+        until(lambda: core.position(buyer.address, network=NETWORK).locked == 0)
+    assert [g.state for g in core.guarantees(address=buyer.address)] == ["voided"]
+    assert core.audit() == []
+
+
+def test_a_served_stage_is_paid_for_even_when_its_job_cannot_be_moved_on(
+    core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stage 1 was served (200), then marking its job failed once: the delivery score was
+    never posted, and at the validation deadline the work had been served free."""
+    fail_once(monkeypatch, Jobs, "delivered")
+    routes = {"POST /work": {"price": "$0.01", "stage": Stage("report", 1, of=2)}}
+    with TestClient(app_of(core, routes=routes)) as client:
+        buyer, resp = pay(client, core)
+        assert resp.status_code == 200 and resp.json() == {"work": "done"}
+        until(lambda: [g.state for g in core.guarantees(address=buyer.address)] == ["payable"])
+    assert [g.state for g in core.guarantees(address=buyer.address)] == ["payable"]
+    assert core.position(buyer.address, network=NETWORK).locked == 10_000
+    assert core.audit() == []
