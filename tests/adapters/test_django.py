@@ -571,8 +571,11 @@ def test_a_class_view_answering_in_its_own_dispatch_is_priced_for_every_method(
     unpaid (it was priced for OPTIONS only, so GET and POST ran free)."""
     options = {"PAY_TO": SELLER, "NETWORK": NETWORK, "CORE": core}
     options["ROUTES"] = {"POST /proxied": "$0.02", "* /paid-proxied": "$0.05"}
-    with override_settings(
-        FOURMICA_X402=options, MIDDLEWARE=MIDDLEWARE, ROOT_URLCONF=URLS.__name__
+    with override_settings(  # no FOURMICA_X402_CONFIG: the conformance app's may be set
+        FOURMICA_X402=options,
+        FOURMICA_X402_CONFIG=None,
+        MIDDLEWARE=MIDDLEWARE,
+        ROOT_URLCONF=URLS.__name__,
     ):
         seen.clear()
         client = Client()

@@ -404,7 +404,7 @@ def test_a_guarantee_past_its_validation_deadline_is_neither_scored_nor_held_ope
 def test_the_validation_deadline_itself_is_past_it(
     core: Core, buyer: TestBuyer, clock: FakeClock
 ) -> None:
-    """"From the deadline on" (docs/protocol.md): at the very instant a score was taken and the
+    """From the deadline on (docs/protocol.md): at the very instant a score was taken and the
     deadline moved, while a tick at that instant cancelled nothing (whole-second clocks meet
     it exactly)."""
     policy = test_policy()
