@@ -249,15 +249,15 @@ class Gate:
         if request.path == discovery.PATH and self.config.discovery:
             return (yield from discovery.listing(self, request))
         if request.path == self._tab_path:
-            return (yield from endpoints.tab(self, request))
+            return (yield from _fail_closed(endpoints.tab(self, request)))
         if request.path == self._prefix + "/admin/prices":
-            return (yield from prices.admin(self, request))
+            return (yield from _fail_closed(prices.admin(self, request)))
         if request.path.startswith(self._prefix + "/streams/"):
-            return (yield from metered.endpoint(self, request))
+            return (yield from _fail_closed(metered.endpoint(self, request)))
         if self.core is not None and (
             request.path == self._prefix or request.path.startswith(self._prefix + "/")
         ):
-            return (yield from endpoints.core_api(self, request))
+            return (yield from _fail_closed(endpoints.core_api(self, request)))
         if method == "OPTIONS":  # never priced, nor run by a view priced for other methods
             endpoint = request.resolve() if request.resolve is not None else None
             if endpoint is None or endpoint.marker is not None:  # a marker refuses it itself
@@ -355,6 +355,15 @@ class Gate:
                     parts.append(seg)
             variants.add("/" + "/".join(parts))
         return any(self.routes.match(method, v) for v in variants)
+
+
+def _fail_closed(flow: Flow) -> Flow:
+    """One of the gate's own endpoints: a database or facilitator that is down is a 503 with
+    its code (the buyer tries again later), never a 500."""
+    try:
+        return (yield from flow)
+    except Unavailable as exc:
+        return error_response(503, exc.reason, exc.message, exc.headers())
 
 
 def _unpriced_method(priced: frozenset[str]) -> Response | None:

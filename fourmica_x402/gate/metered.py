@@ -362,11 +362,8 @@ def endpoint(gate: Gate, request: RequestView) -> Flow:
         )
     slice_, route = int(number), _route(gate, row.route)
     top = route.config.slices.max_slices if route and route.config.slices else None
-    why = (
-        "max_slices"
-        if top and slice_ > top
-        else refusal((row.payer, row.paid, row.state), slice_, None)
-    )
+    why = "max_slices" if top and slice_ > top else None
+    why = why or refusal((row.payer, row.paid, row.state), slice_, None)
     if why is not None or route is None:
         return _refused(why or "unknown_stream")
     reqs = yield from _terms(gate, route, stream_id, request)
@@ -385,7 +382,8 @@ def endpoint(gate: Gate, request: RequestView) -> Flow:
             return error_response(
                 402, result.error_reason or "settle_failed", "the slice's payment was refused"
             )
-    why = yield Call(gate.streams.add_slice, (stream_id, p.payer, _row(slice_, state)))
+    added = (gate.streams.add_slice, stream_id, p.payer, _row(slice_, state))  # or given back
+    why = yield Call(settle.or_abandon, (gate, state.result, p.pay_to, p.record_id, *added))
     if why is not None:  # another payer, or the stream ended meanwhile: nothing is charged
         yield Call(settle.abandon, (gate, state.result, p.pay_to, p.record_id))
         return _refused(why)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..core.store import Tx
 from ..errors import FourmicaError, PaymentError, Reason, Unavailable
@@ -27,6 +28,8 @@ from .types import Call, Paid, Payment
 
 if TYPE_CHECKING:
     from .flow import Gate
+
+T = TypeVar("T")
 
 log = logging.getLogger("fourmica_x402.gate")
 
@@ -214,6 +217,26 @@ def _refund_late(gate: Gate, pay_to: str, outcome: Any) -> None:
         gate.records.label(result.guarantee_id, "refund_pending")  # "refunded" once voided
         gate.records.add_followup(result.guarantee_id, pay_to, "refund")
         gate._reconciler.kick()
+
+
+def or_abandon(
+    gate: Gate,
+    result: SettleResult | None,
+    pay_to: str,
+    record_id: int | None,
+    fn: Callable[..., T],
+    *args: Any,
+) -> T:
+    """``fn(*args)``, a step between a payment and its handler: when it raises, the payment
+    is given back (:func:`abandon`) before the error goes on."""
+    try:
+        return fn(*args)
+    except Exception:
+        try:
+            abandon(gate, result, pay_to, record_id)
+        except Exception:  # the store is down: the void was filed, or logged
+            log.exception("could not record the refund of %s", result and result.guarantee_id)
+        raise
 
 
 def undo(gate: Gate, result: SettleResult, pay_to: str) -> bool:

@@ -30,6 +30,7 @@ from fourmica_x402.client import (
     StreamFailed,
 )
 from fourmica_x402.core import Core
+from fourmica_x402.core.store import StoreUnavailable
 from fourmica_x402.errors import BudgetExhausted, ConfigurationError, PaymentRefused
 from fourmica_x402.gate import metered as metered_gate
 from fourmica_x402.networks import default_asset
@@ -223,6 +224,39 @@ def test_a_later_slice_is_only_for_the_streams_payer(
         ("end", {"reason": "complete", "slices": 2}),
     ]
     assert kit.locked(seller, owner) == 2 * CENT and kit.locked(seller, other) == 0
+
+
+def test_a_slice_the_store_cannot_add_after_its_payment_is_given_back(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adding the paid slice to the stream met a store error once, after the Core accepted
+    its payment: the buyer got a 503 for a slice never sent, and was charged for it."""
+    seller = make_seller(routes={**base_routes, **metered(pay_timeout=10.0)})
+    owner = kit.funded(seller)
+    real, calls = Streams.add_slice, [0]
+
+    def flaky(self: Streams, *args: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise StoreUnavailable("database is locked (injected)")
+        return real(self, *args)
+
+    with (
+        harness.loopback(seller.client.app, seller.client.interface) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        opening = paid_header(client, owner, "/stream?n=4")
+        with client.stream("GET", "/stream?n=4", headers=opening) as response:
+            seen = events(response)
+            asked = next(data for name, data in seen if name == "payment-required")
+            monkeypatch.setattr(Streams, "add_slice", flaky)
+            failed = client.post(
+                asked["pay"], headers=paid_header(client, owner, asked["pay"], "POST")
+            )
+            assert failed.status_code == 503, failed.text
+            eventually(lambda: kit.locked(seller, owner) == CENT)  # the opening slice only
+            client.delete(asked["pay"].rsplit("/", 1)[0])  # the buyer stops the stream
+    assert calls[0] == 1 and kit.locked(seller, owner) == CENT
 
 
 def test_a_later_slice_is_priced_as_the_stream_was_whatever_its_pay_request_says(
