@@ -231,16 +231,14 @@ def paid(
     state = Paid(
         payment, request, chosen, payload, header_hash, result, policy, delivery, route=route
     )
+    refused = None
     try:  # paid, and the handler will not run if these fail: the payment is given back
         if stage is not None:
             refused = yield from stages.claim(gate, stage, request, payment)
-            if refused is not None:  # a concurrent request took the stage: nothing is charged
-                yield Call(settle.abandon, (gate, result, chosen.pay_to, record_id))
-                return refused
-        if delivery and result is not None and claims.version == 2:
+        if refused is None and delivery and result is not None and claims.version == 2:
             gate._holds.add(state)  # this gate scores it when the response ends
-        if route.config.slices is not None and opens_stream:  # metered: slice 1 is this
-            yield from metered.opened(gate, route, request, state)
+        if refused is None and route.config.slices is not None and opens_stream:
+            yield from metered.opened(gate, route, request, state)  # metered: slice 1 is this
     except Exception:
         gate._holds.discard(state)
         try:
@@ -248,6 +246,9 @@ def paid(
         except Exception:  # the store is down: the void was filed, or logged
             log.exception("could not record the refund of %s", payment.guarantee_id)
         raise
+    if refused is not None:  # a concurrent request took the stage: nothing is charged
+        yield Call(settle.abandon, (gate, result, chosen.pay_to, record_id))
+        return refused
     return state
 
 

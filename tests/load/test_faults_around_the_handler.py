@@ -25,6 +25,7 @@ from fourmica_x402 import PaymentConfig, Stage
 from fourmica_x402.core import Core
 from fourmica_x402.core.store import StoreUnavailable
 from fourmica_x402.jobs import Jobs
+from fourmica_x402.records import Records
 from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
 from fourmica_x402.wire import decode_payment_required
 
@@ -129,3 +130,30 @@ def test_a_served_stage_is_paid_for_even_when_its_job_cannot_be_moved_on(
     assert [g.state for g in core.guarantees(address=buyer.address)] == ["payable"]
     assert core.position(buyer.address, network=NETWORK).locked == 10_000
     assert core.audit() == []
+
+
+def test_a_lost_stage_is_voided_once_even_when_its_record_cannot_be_written(
+    core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stage lost to a concurrent request is voided; when writing its record then failed,
+    the payment was voided a second time (a spurious failed void and a follow-up filed)."""
+    voids: list[str] = []
+    real_void = Core.void
+
+    def void(self: Core, gid: str, **kwargs: Any) -> Any:
+        voids.append(gid)
+        return real_void(self, gid, **kwargs)
+
+    monkeypatch.setattr(Core, "void", void)
+    monkeypatch.setattr(Jobs, "refusal", lambda self, *args: None)  # the job is ready for it
+    monkeypatch.setattr(Jobs, "claim", lambda self, *args: "stage_in_progress")  # lost
+    fail_once(monkeypatch, Records, "finish")
+    routes = {"POST /work": {"price": "$0.01", "stage": Stage("report", 2, of=2)}}
+    with TestClient(app_of(core, routes=routes)) as client:
+        client.headers["job-id"] = "job_" + "0" * 32
+        buyer, resp = pay(client, core)
+        assert resp.status_code == 503
+    assert len(voids) == 1
+    assert [g.state for g in core.guarantees(address=buyer.address)] == ["voided"]
+    with core.store.transaction(write=False) as tx:
+        assert tx.all("SELECT kind FROM fx_followups") == []
