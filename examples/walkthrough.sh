@@ -19,6 +19,13 @@ set -euo pipefail
 FOURMICA_X402=${FOURMICA_X402:-.venv/bin/fourmica-x402}
 PYTHON=${PYTHON:-.venv/bin/python}
 SELLER=
+for program in "$FOURMICA_X402" "$PYTHON"; do  # run from elsewhere: say so, not "port taken"
+    if ! command -v "$program" >/dev/null; then
+        echo "walkthrough: $program not found: run it from the repository root after the" \
+            "README's setup command (or set FOURMICA_X402 and PYTHON)" >&2
+        exit 1
+    fi
+done
 
 # Print a step as the README writes it, then run it (with $FOURMICA_X402 and $PYTHON standing
 # for the .venv programs it names).
