@@ -81,7 +81,10 @@ def _checked(core: Any, records: Any, gid: str, db: str) -> None:
             raise Refused(f"no guarantee {gid} in the Core at {safe_url(db)}") from None
         raise
     if records.for_guarantee(gid, hex(g.tab_id), hex(g.req_id)) is None:
-        raise Refused(f"no payment record of {gid} in the records database")
+        raise Refused(
+            f"no payment record of {gid} in the records database (a seller on a remote "
+            "facilitator keeps its records apart: give that database with --records)"
+        )
 
 
 @click.command()

@@ -16,6 +16,8 @@ from fourmica_x402.core import Core
 from .base import Call, Page
 
 if TYPE_CHECKING:
+    from prometheus_client import Gauge
+
     from .context import Service
 
 __all__ = ["Metrics", "metrics"]
@@ -25,7 +27,7 @@ class Metrics:
     """Prometheus metrics of one service (own registry, so several apps can coexist)."""
 
     def __init__(self, core: Core) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Histogram
 
         from fourmica_x402.signals import SignalsCollector
 
@@ -45,11 +47,8 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
-        self.success_rate = Gauge(
-            "fourmica_settle_success_ratio",
-            "Share of this process's settle calls that succeeded (per process)",
-            registry=self.registry,
-        )
+        # Registered at the first settle: before any, "0.0" would read as every one failing.
+        self.success_rate: Gauge | None = None
         self.latency = Histogram(
             "fourmica_request_seconds", "Request latency", ["path"], registry=self.registry
         )
@@ -60,6 +59,14 @@ class Metrics:
             self.rejected.labels(reason or "unknown").inc()
         ok = self.settles.labels("success")._value.get()
         total = ok + self.settles.labels("failure")._value.get()
+        if self.success_rate is None:
+            from prometheus_client import Gauge
+
+            self.success_rate = Gauge(
+                "fourmica_settle_success_ratio",
+                "Share of this process's settle calls that succeeded (per process)",
+                registry=self.registry,
+            )
         self.success_rate.set(ok / total if total else 0.0)
 
     def observe(self, path: str, seconds: float) -> None:

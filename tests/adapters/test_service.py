@@ -275,6 +275,8 @@ def test_core_api_subset_and_metrics(client: TestClient, core: Core) -> None:
         "paymentPayload": signed_payload(client, buyer, requirements()),
         "paymentRequirements": requirements().to_dict(),
     }
+    # before any settle the success ratio is absent (0.0 would read as every settle failing)
+    assert "fourmica_settle_success_ratio" not in client.get("/metrics").text
     client.post("/settle", json=body, headers=KEY)
     client.post("/settle", json=body, headers=KEY)
     text = client.get("/metrics").text
