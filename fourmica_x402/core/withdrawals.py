@@ -32,7 +32,17 @@ def request(
         "AND collateral - pending_withdrawal >= ?",
         (amount, network, asset, address, amount, amount),
     ):
-        raise CoreError("not enough free collateral", reason="insufficient_collateral")
+        row = tx.one(
+            "SELECT CASE WHEN credit_limit - locked < collateral THEN credit_limit - locked "
+            "ELSE collateral END - pending_withdrawal "
+            "FROM fx_positions WHERE network = ? AND asset = ? AND address = ?",
+            (network, asset, address),
+        )
+        free = max(int(row[0]), 0) if row is not None and row[0] is not None else 0
+        raise CoreError(  # the amounts, so the caller knows how far off it is
+            f"not enough free collateral: {amount} asked, {free} free (atomic units)",
+            reason="insufficient_collateral",
+        )
     row = tx.one(
         "INSERT INTO fx_withdrawals (network, asset, address, amount, requested_at, available_at, "
         "status) VALUES (?, ?, ?, ?, ?, ?, 'pending') RETURNING withdrawal_id",

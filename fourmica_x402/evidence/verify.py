@@ -94,7 +94,9 @@ def verify_bundle(data: bytes, public_key: bytes | str | None = None) -> Verifie
     """
     try:
         document = loads_checked(data.decode("ascii"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except UnicodeDecodeError:  # a bundle is ASCII JSON: this is some other file
+        raise _fail("not an evidence bundle: not an ASCII JSON file") from None
+    except ValueError as exc:
         raise _fail(f"not an evidence bundle: malformed JSON ({type(exc).__name__})") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise _fail(f"not an evidence bundle: the format is not {FORMAT}")

@@ -801,6 +801,21 @@ def test_withdrawal_lifecycle_and_safety_rule(core: Core, clock: FakeClock) -> N
     assert "withdrawal.requested" in types and "withdrawal.finalized" in types
 
 
+def test_a_withdrawal_refused_says_how_much_is_free(core: Core) -> None:
+    """A refused withdrawal named no amounts: the caller could not tell how far off it was."""
+    b = TestBuyer.new()
+    core.deposit(b.address, 1_000, network=NETWORK)
+    core.accept(*b.pay(core, SELLER, 300))
+    with pytest.raises(CoreError) as info:
+        core.request_withdrawal(b.address, 701, network=NETWORK)
+    assert info.value.reason == "insufficient_collateral"
+    assert "701 asked, 700 free" in info.value.message
+    nobody = TestBuyer.new().address  # no position at all: nothing is free
+    with pytest.raises(CoreError) as info:
+        core.request_withdrawal(nobody, 1, network=NETWORK)
+    assert "1 asked, 0 free" in info.value.message
+
+
 def test_a_withdrawal_leaves_credit_for_the_locks_and_the_other_withdrawals(
     core: Core, clock: FakeClock
 ) -> None:

@@ -314,6 +314,13 @@ def test_malformed_files_are_one_clean_line(tmp_path: Path) -> None:
     refused(cli("verify-evidence", str(tmp_path / "absent.json")), 2)
 
 
+def test_a_file_that_is_not_text_is_named_so(tmp_path: Path) -> None:
+    """A binary file was "malformed JSON (UnicodeDecodeError)": the exception's name, no reason."""
+    path = tmp_path / "picture.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    refused(cli("verify-evidence", str(path)), 1, "not an evidence bundle: not an ASCII JSON file")
+
+
 # -- the evidence command ---------------------------------------------------------------------
 
 
