@@ -41,6 +41,7 @@ __all__ = [
     "ShiftedClock",
     "TestBuyer",
     "http_scope",
+    "paid_headers",
     "payment_header",
     "test_policy",
 ]
@@ -134,6 +135,19 @@ def payment_header(
         scheme=requirements.scheme, network=requirements.network, payload=signed.to_json()
     )
     return "X-PAYMENT", encode_header(envelope)
+
+
+def paid_headers(client: Any, buyer: TestBuyer, challenge: Any) -> dict[str, str]:
+    """The header paying ``challenge`` (a 402 read through ``client``, any httpx-style client
+    or test client): the buyer's tab opened at its ``tabEndpoint``, the guarantee signed."""
+    from .wire import decode_payment_required
+
+    offer = decode_payment_required(challenge.headers["payment-required"]).accepts[0]
+    body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": offer.to_dict()}
+    name, value = payment_header(
+        buyer, offer, client.post(offer.extra["tabEndpoint"], json=body).json()
+    )
+    return {name: value}
 
 
 def http_scope(

@@ -18,7 +18,7 @@ import pytest
 
 from fourmica_x402.core import Core
 from fourmica_x402.records import Records
-from fourmica_x402.testing import NETWORK, TEST_KEYS, TestBuyer, payment_header
+from fourmica_x402.testing import NETWORK, TEST_KEYS, TestBuyer, paid_headers, payment_header
 from fourmica_x402.wire import decode_payment_required
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -438,17 +438,8 @@ def test_staged_report_example_answers_a_bad_body_400_and_refunds_it(tmp_path: P
         for body in (b"{}", b"not json", b'{"topic": 5}', b"[" * 5000):
             headers = {"content-type": "application/json"}
             challenge = client.post("/report", content=body, headers=headers)
-            req = decode_payment_required(challenge.headers["payment-required"]).accepts[0]
-            tab = client.post(
-                req.extra["tabEndpoint"],
-                json={
-                    "x402Version": 2,
-                    "userAddress": buyer.address,
-                    "paymentRequirements": req.to_dict(),
-                },
-            ).json()
-            name, value = payment_header(buyer, req, tab)
-            paid = client.post("/report", content=body, headers={**headers, name: value})
+            headers.update(paid_headers(client, buyer, challenge))
+            paid = client.post("/report", content=body, headers=headers)
             assert paid.status_code == 400, (body[:20], paid.status_code)
     core.store.deferred.drain()
     assert core.position(buyer.address, network=NETWORK).locked == 0

@@ -26,8 +26,7 @@ from fourmica_x402.core import Core
 from fourmica_x402.core.store import StoreUnavailable
 from fourmica_x402.jobs import Jobs
 from fourmica_x402.records import Records
-from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
-from fourmica_x402.wire import decode_payment_required
+from fourmica_x402.testing import NETWORK, TestBuyer, paid_headers
 
 SELLER = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 
@@ -67,11 +66,7 @@ def app_of(core: Core, **options: Any) -> Starlette:
 def pay(client: TestClient, core: Core) -> tuple[TestBuyer, Any]:
     buyer = TestBuyer.new()
     core.deposit(buyer.address, 1_000_000, network=NETWORK)
-    req = decode_payment_required(client.post("/work").headers["payment-required"]).accepts[0]
-    body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": req.to_dict()}
-    tab = client.post(req.extra["tabEndpoint"], json=body).json()
-    name, value = payment_header(buyer, req, tab)
-    return buyer, client.post("/work", headers={name: value})
+    return buyer, client.post("/work", headers=paid_headers(client, buyer, client.post("/work")))
 
 
 def until(done: Callable[[], bool]) -> None:
