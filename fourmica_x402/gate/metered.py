@@ -378,15 +378,16 @@ def endpoint(gate: Gate, request: RequestView) -> Flow:
     if state.result is None:  # settle-after: this endpoint is where the slice is bought
         result = yield Call(settle.settle_after, (gate, state))
         if not result.success:
-            yield Call(settle.abandon, (gate, None, p.pay_to, p.record_id))
+            yield Call(settle.abandon, (gate, None, p.pay_to, p.record_id, 402))
             return error_response(
                 402, result.error_reason or "settle_failed", "the slice's payment was refused"
             )
     added = (gate.streams.add_slice, stream_id, p.payer, _row(slice_, state))  # or given back
     why = yield Call(settle.or_abandon, (gate, state.result, p.pay_to, p.record_id, *added))
     if why is not None:  # another payer, or the stream ended meanwhile: nothing is charged
-        yield Call(settle.abandon, (gate, state.result, p.pay_to, p.record_id))
-        return _refused(why)
+        refused = _refused(why)
+        yield Call(settle.abandon, (gate, state.result, p.pay_to, p.record_id, refused.status))
+        return refused
     local = _LOCAL.get(stream_id)
     if local is not None:  # held open until the slice is charged (see MeteredStream._ahead)
         local._ahead[slice_] = state

@@ -247,7 +247,7 @@ def paid(
             log.exception("could not record the refund of %s", payment.guarantee_id)
         raise
     if refused is not None:  # a concurrent request took the stage: nothing is charged
-        yield Call(settle.abandon, (gate, result, chosen.pay_to, record_id))
+        yield Call(settle.abandon, (gate, result, chosen.pay_to, record_id, refused.status))
         return refused
     return state
 

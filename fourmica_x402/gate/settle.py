@@ -192,16 +192,23 @@ def certificate_source(gate: Gate, payment: Payment, result: SettleResult | None
         payment._certify = partial(gate.facilitator.certify, result.guarantee_id)
 
 
-def abandon(gate: Gate, result: SettleResult | None, pay_to: str, record_id: int | None) -> None:
-    """Void a settled payment whose handler will not run, and say so in its record
-    (``result`` None: only verified, settle-after: nothing to void). A void that fails now
-    is filed for the reconciler, which retries it (the record says ``refund_pending``)."""
+def abandon(
+    gate: Gate,
+    result: SettleResult | None,
+    pay_to: str,
+    record_id: int | None,
+    status: int = 503,
+) -> None:
+    """Void a settled payment whose handler will not run, and say so in its record with the
+    ``status`` the buyer got (``result`` None: only verified, settle-after: nothing to void).
+    A void that fails now is filed for the reconciler, which retries it (the record says
+    ``refund_pending``)."""
     voided = True if result is None else undo(gate, result, pay_to)
     if record_id is not None:
         gate.records.finish(
             record_id,
             status="failed",
-            http_status=503,
+            http_status=status,
             response_hash=None,
             outcome=("refunded" if voided else "refund_pending")
             if result is not None

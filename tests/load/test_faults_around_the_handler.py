@@ -152,3 +152,19 @@ def test_a_lost_stage_is_voided_once_even_when_its_record_cannot_be_written(
     assert [g.state for g in core.guarantees(address=buyer.address)] == ["voided"]
     with core.store.transaction(write=False) as tx:
         assert tx.all("SELECT kind FROM fx_followups") == []
+
+
+def test_a_payment_given_back_is_recorded_with_the_status_the_buyer_got(
+    core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record of a payment given back before its handler ran said 503 whatever the buyer
+    was answered (here a 409: the stage was taken by a concurrent request)."""
+    monkeypatch.setattr(Jobs, "refusal", lambda self, *args: None)  # the job is ready for it
+    monkeypatch.setattr(Jobs, "claim", lambda self, *args: "stage_in_progress")  # lost
+    routes = {"POST /work": {"price": "$0.01", "stage": Stage("report", 2, of=2)}}
+    with TestClient(app_of(core, routes=routes)) as client:
+        client.headers["job-id"] = "job_" + "0" * 32
+        buyer, resp = pay(client, core)
+        assert (resp.status_code, resp.json()["error"]) == (409, "stage_in_progress")
+    [record] = Records(core.store).query(payer=buyer.address)
+    assert (record.status, record.outcome, record.http_status) == ("failed", "refunded", 409)
