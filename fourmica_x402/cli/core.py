@@ -10,6 +10,7 @@ factor is kept in the database (docs/operations.md, "Operator settings").
 from __future__ import annotations
 
 import json
+import os
 import re
 from fractions import Fraction
 from typing import Any
@@ -151,7 +152,15 @@ def serve(
         raise click.ClickException(
             'serve needs the server extra: pip install "fourmica-x402[server]"'
         ) from None
+    path = db[len("sqlite:///") :] if db.startswith("sqlite:///") else ":memory:"
+    made = path != ":memory:" and not os.path.exists(path)
     core = open_core(db, create=True, config=config)  # the service's Core: made here when new
+    if made:  # every other command refuses a missing file: say this one made it
+        click.echo(
+            f"note: there was no database at {os.path.abspath(path)}: a new, empty Core was "
+            "made there (sellers and the CLI name this file)",
+            err=True,
+        )
     app = create_app(
         core, sandbox=sandbox, api_key=api_key, seller_keys=keys, network=network, alerts=rules
     )

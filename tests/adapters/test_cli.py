@@ -622,6 +622,16 @@ def _serving(tmp_path: Path, *args: str, **env: str) -> Iterator[tuple[str, Path
             proc.wait(timeout=10)
 
 
+def test_serve_says_when_it_made_a_new_database(tmp_path: Path) -> None:
+    """Every other command refuses a --db file that is not there; serve makes one (it is the
+    Core). A mistyped path gave a service on an empty Core without a word: it says so."""
+    db = f"sqlite:///{tmp_path / 'core.db'}"
+    with _serving(tmp_path, "--db", db, "--sandbox") as (_, log):
+        assert f"no database at {tmp_path / 'core.db'}: a new, empty Core" in log.read_text()
+    with _serving(tmp_path, "--db", db, "--sandbox") as (_, log):  # the same file again
+        assert "new, empty Core" not in log.read_text()
+
+
 def test_serve_applies_its_settings(tmp_path: Path) -> None:
     args = ["--db", f"sqlite:///{tmp_path / 'core.db'}", "--sandbox", "--withdrawal-grace", "2s"]
     args += ["--cycle-window", "90s", "--resolution-delay", "1m", "--finality", "5"]
