@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -680,92 +679,6 @@ def test_postgres_caught_error_in_write_transaction_is_not_committed(pg: Store) 
             tx.execute("INSERT INTO t VALUES (1)")  # aborts the transaction; SQLite would go on
     with pg.transaction(write=False) as tx:
         assert tx.all("SELECT a FROM t") == []
-
-
-def _forked(work: Callable[[], None]) -> int:
-    """The exit code of a forked child running ``work``; one still running after 20 s (hung,
-    maybe before any code of its own ran) is killed, and answers -9."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child answers with its exit code
-        code = 1
-        try:
-            work()
-            code = 0
-        finally:
-            os._exit(code)
-    for _ in range(400):  # bounded: 20 s
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return -9
-
-
-def test_a_fork_waits_for_the_parents_write_and_the_child_can_write(sqlite_url: str) -> None:
-    """A process forked while another of its threads was inside a write (multiprocessing's
-    fork, a pre-forking server) inherited the store's lock held: its first write waited
-    forever. The fork waits for that write to end; the child writes, the parent goes on."""
-    store = open_store(sqlite_url)
-    with store.transaction() as tx:
-        tx.execute("CREATE TABLE t (a INTEGER PRIMARY KEY)")
-    inside = threading.Event()
-
-    def parent_write() -> None:
-        with store.transaction() as tx:
-            tx.execute("INSERT INTO t VALUES (1)")
-            inside.set()
-            time.sleep(0.3)  # the fork below happens in here
-
-    def child_write() -> None:
-        with store.transaction() as tx:
-            tx.execute("INSERT INTO t VALUES (2)")
-
-    writer = threading.Thread(target=parent_write)
-    writer.start()
-    assert inside.wait(10)
-    assert _forked(child_write) == 0
-    writer.join(10)
-    with store.transaction() as tx:  # the parent goes on writing
-        tx.execute("INSERT INTO t VALUES (3)")
-    with store.transaction(write=False) as tx:
-        assert tx.all("SELECT a FROM t ORDER BY a") == [(1,), (2,), (3,)]
-        assert tx.all("PRAGMA integrity_check") == [("ok",)]
-    store.close()
-
-
-def test_a_fork_during_a_parents_long_statement_leaves_it_alone(sqlite_url: str) -> None:
-    """A thread of the parent inside one long statement (its connection's mutex held) when the
-    process forks: the child neither waits on that mutex nor touches the parent's work."""
-    store = open_store(sqlite_url)
-    with store.transaction() as tx:
-        tx.execute("CREATE TABLE t (a INTEGER)")
-        tx.execute("INSERT INTO t VALUES (0)")
-    inside = threading.Event()
-
-    def parent_read() -> None:
-        with store.transaction(write=False) as tx:
-            inside.set()
-            tx.one(
-                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
-                "WHERE x < 3000000) SELECT COUNT(*) FROM c"
-            )
-
-    def child_write() -> None:
-        with store.transaction() as tx:
-            tx.execute("INSERT INTO t VALUES (1)")
-
-    reader = threading.Thread(target=parent_read)
-    reader.start()
-    assert inside.wait(10)
-    time.sleep(0.05)  # inside the statement now
-    assert _forked(child_write) == 0
-    reader.join(30)
-    with store.transaction(write=False) as tx:
-        assert tx.all("SELECT a FROM t ORDER BY a") == [(0,), (1,)]
-        assert tx.all("PRAGMA integrity_check") == [("ok",)]
-    store.close()
 
 
 @pytest.mark.postgres

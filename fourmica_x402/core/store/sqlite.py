@@ -25,8 +25,7 @@ import re
 import sqlite3
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -147,8 +146,6 @@ class SQLiteStore:
         self._closed = False
         #: Writes queued off the request path (:mod:`.deferred`).
         self.deferred = Deferred(self.transaction, self._key())
-        self._held_for_fork = False
-        _STORES.add(self)
         if self.path != ":memory:":
             parent = os.path.dirname(os.path.abspath(self.path))
             if not os.path.isdir(parent):
@@ -394,49 +391,6 @@ class SQLiteStore:
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
-
-    def _hold_for_fork(self) -> None:  # no write of ours half done in a forked child
-        if not self.writing_here() and self._write_lock.acquire(timeout=_FORK_WAIT):
-            self._held_for_fork = True
-
-    def _release_after_fork(self) -> None:
-        if self._held_for_fork:
-            self._held_for_fork = False
-            self._release_writer()
-
-    def _forget_inherited(self) -> None:
-        """In a forked child (the fork waited for our writer): fresh locks and counters. The
-        parent's connections are kept, never used nor closed: closing one a thread of the
-        parent was using would wait on its mutex forever, or roll back in the shared log
-        index a transaction of the parent's."""
-        _INHERITED.extend(self._conns)
-        self._conns, self._local = [], threading.local()
-        self._lock, self._write_lock = threading.Lock(), threading.Lock()
-        self._idle, self._active = threading.Condition(), 0
-        self._checkpointer, self._checkpoint_due = None, threading.Event()
-        self._loop_waiters, self._held_for_fork = [], False
-
-
-#: This process's stores (a fork waits for their writers, a child resets them), the
-#: connections a child inherited, and the longest a fork waits for a writer.
-_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
-_INHERITED: list[sqlite3.Connection] = []
-_FORK_WAIT = 10.0
-
-
-def _each(method: str) -> Callable[[], None]:
-    def run() -> None:
-        for store in list(_STORES):
-            getattr(store, method)()
-
-    return run
-
-
-os.register_at_fork(
-    before=_each("_hold_for_fork"),
-    after_in_parent=_each("_release_after_fork"),
-    after_in_child=_each("_forget_inherited"),
-)
 
 
 def _wake(future: asyncio.Future[None]) -> None:
