@@ -9,14 +9,16 @@ own (docs/operations.md, "Monitoring signals").
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fourmica_x402.core import Core
 
 from .base import Call, Page
 
 if TYPE_CHECKING:
-    from prometheus_client import Gauge
+    from collections.abc import Iterator
+
+    from prometheus_client import Counter
 
     from .context import Service
 
@@ -47,8 +49,7 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
-        # Registered at the first settle: before any, "0.0" would read as every one failing.
-        self.success_rate: Gauge | None = None
+        self.registry.register(_SuccessRatio(self.settles))
         self.latency = Histogram(
             "fourmica_request_seconds", "Request latency", ["path"], registry=self.registry
         )
@@ -57,17 +58,6 @@ class Metrics:
         self.settles.labels("success" if success else "failure").inc()
         if not success:
             self.rejected.labels(reason or "unknown").inc()
-        ok = self.settles.labels("success")._value.get()
-        total = ok + self.settles.labels("failure")._value.get()
-        if self.success_rate is None:
-            from prometheus_client import Gauge
-
-            self.success_rate = Gauge(
-                "fourmica_settle_success_ratio",
-                "Share of this process's settle calls that succeeded (per process)",
-                registry=self.registry,
-            )
-        self.success_rate.set(ok / total if total else 0.0)
 
     def observe(self, path: str, seconds: float) -> None:
         """One request's latency, labelled by the first segment of its path ("root" for ``/``)."""
@@ -77,6 +67,26 @@ class Metrics:
         from prometheus_client import generate_latest
 
         return bytes(generate_latest(self.registry))
+
+
+class _SuccessRatio:
+    """``fourmica_settle_success_ratio``, computed at each scrape from the settle counter, and
+    absent until the first settle (before any, 0.0 would read as every settle failing)."""
+
+    def __init__(self, settles: Counter) -> None:
+        self.settles = settles
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        ok = self.settles.labels("success")._value.get()
+        total = ok + self.settles.labels("failure")._value.get()
+        if total:
+            yield GaugeMetricFamily(
+                "fourmica_settle_success_ratio",
+                "Share of this process's settle calls that succeeded (per process)",
+                value=ok / total,
+            )
 
 
 def metrics(service: Service, call: Call) -> Page:
