@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -288,6 +289,37 @@ def test_core_api_subset_and_metrics(client: TestClient, core: Core) -> None:
     assert 'fourmica_guarantees_rejected_total{reason="replayed_request_id"} 1.0' in text
     assert "fourmica_settle_success_ratio 0.5" in text and "fourmica_request_seconds_bucket" in text
     assert "Clearing cycles" in client.get("/").text
+
+
+def _settle_at_once(metrics: Any, start: threading.Barrier, ok: bool, errors: list[Any]) -> None:
+    start.wait(10)
+    try:
+        metrics.settled(ok, None if ok else "amount_mismatch")
+    except Exception as exc:
+        errors.append(exc)
+
+
+def test_the_first_settles_at_once_are_all_counted(core: Core) -> None:
+    """The success ratio was registered at the first settle without a lock: the first settles
+    arriving together on a threaded server registered it twice, and one settle that had gone
+    through answered an exception. Eight threads count their first settles at once."""
+    from fourmica_x402.server.metrics import Metrics
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often: the race shows within a few hundred
+    try:
+        for _ in range(400):  # bounded
+            metrics, start, errors = Metrics(core), threading.Barrier(8), []
+            args = [(metrics, start, i % 4 != 0, errors) for i in range(8)]
+            threads = [threading.Thread(target=_settle_at_once, args=a) for a in args]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(10)
+            assert errors == []
+            assert "fourmica_settle_success_ratio 0.75" in metrics.render().decode()
+    finally:
+        sys.setswitchinterval(switch)
 
 
 def test_a_buyer_fetches_the_certificate_of_its_payment(client: TestClient, core: Core) -> None:
