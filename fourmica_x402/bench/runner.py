@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from .bls import bench_certify
 from .common import Result, Skipped
 from .embedded import bench_accept, bench_close
 from .floor import bench_floor
@@ -31,6 +32,7 @@ BENCHMARKS: dict[str, Callable[[bool], Result | list[Result]]] = {
     "P4-wsgi": bench_http_wsgi,
     "P5": bench_vs_official,
     "P6": bench_sign,
+    "certify": bench_certify,
     "P7": bench_cpu_per_request,
     "P8": bench_scale_out,
 }

@@ -221,3 +221,15 @@ def test_paid_request_floor_is_a_signature_and_one_durable_write(tmp_path: Path)
         write()
     write.db.execute("ROLLBACK")
     assert write.db.execute("SELECT locked FROM positions").fetchone() == (5,)
+
+
+def test_certificate_signature_is_compared_with_blst_on_the_same_bytes() -> None:
+    """blspy (the Core's signer) against pyblst: the same signature, and how much of the
+    serving thread's speed each leaves while a thread signs."""
+    rows = _rows(CliRunner().invoke(main, ["bench", "--quick", "--json", "--only", "certify"]))
+    row = rows["certify"]
+    assert row["ours"] > 0 and row["baseline"] > 0
+    notes = row["notes"]
+    assert notes["same_signature"] is True  # deterministic BLS: py_ecc verifies both alike
+    for share in (notes["gil_share_kept_blspy"], notes["gil_share_kept_pyblst"]):
+        assert 0 < share < 2
