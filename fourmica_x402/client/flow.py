@@ -72,6 +72,20 @@ PAID_CALL_KEY = "fourmica_paid_call"
 #: sends that same request again (with new credentials) within the one call, so a 402 on that
 #: next send is refused, not paid a second time (docs/buyer.md, "Redirects").
 _AUTH_REFUSED_KEY = "fourmica_paid_auth_refused"
+#: Set with :data:`PAID_CALL_KEY`: the paid answer's receipt, which the hops' answers carry
+#: too, so the response a redirected call ends with shows what the call paid.
+CALL_RECEIPT_KEY = "fourmica_call_receipt"
+#: Headers the paid retry does not copy from the caller's request (see ``_retry``).
+_FRAMING = (b"content-length", b"transfer-encoding")
+
+
+class NeverSent(Exception):
+    """Mixed into a transport error raised before any byte of the request was sent (an HTTP
+    client adapter marks its own so; httpx's are listed in :data:`NEVER_SENT`)."""
+
+
+#: Errors that say the request never left: no connection could be opened.
+NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, NeverSent)
 
 
 def redirected_after_payment(request: httpx.Request) -> bool:
@@ -132,6 +146,9 @@ class BuyerFlow(Buyer):
         response = yield Send(request)
         auth_retry = _within_paid_call(request, response)
         if response.status_code != 402 or request.extensions.get(UNPAID_KEY):
+            paid = request.extensions.get(CALL_RECEIPT_KEY)
+            if paid is not None and redirected_after_payment(request):
+                response.extensions = {**response.extensions, RECEIPT_KEY: paid}
             return response
         receipt = self._started(str(request.url))
         try:
@@ -160,32 +177,44 @@ class BuyerFlow(Buyer):
         except BaseException:
             self._spent(prepared.reservation, False)
             raise
+        left = True
         try:
             try:
                 paid = yield Send(retry)
-            except BaseException as exc:  # it left, and may be settled: keep what was signed
-                self._unanswered(receipt, exc)
+            except BaseException as exc:
+                left = not isinstance(exc, NEVER_SENT)  # if it left, it may be settled
+                self._unanswered(receipt, exc, left=left)
                 raise
             if paid.has_redirect_location:
                 request.extensions[PAID_CALL_KEY] = weakref.ref(request)
             elif paid.status_code in (401, 407):  # an Auth flow may send it again at once
                 request.extensions[_AUTH_REFUSED_KEY] = True
-            return (yield from self._answered(paid, signed, receipt, prepared.params))
+            answered = yield from self._answered(paid, signed, receipt, prepared.params)
+            if paid.has_redirect_location:  # the hops' answers carry the call's receipt
+                request.extensions[CALL_RECEIPT_KEY] = answered.extensions.get(RECEIPT_KEY)
+            return answered
         finally:
             # A signed guarantee has left the client: it counts against the budgets whatever
             # the seller says became of it (a refund or a refusal cannot be verified from here,
             # and the seller still holds a signature it could settle later).
-            self._spent(prepared.reservation, True)
+            self._spent(prepared.reservation, left)
 
-    def _unanswered(self, receipt: Receipt, error: BaseException) -> None:
-        """The receipt of a signed guarantee whose request got no answer (a timeout, a
-        dropped connection, a cancelled call): its ids and claims, to settle up later."""
+    def _unanswered(self, receipt: Receipt, error: BaseException, *, left: bool) -> None:
+        """The receipt of a signed guarantee whose request got no answer. One that ``left`` (a
+        timeout, a dropped connection, a cancelled call) is ``unanswered``: its ids and claims,
+        to settle up later. One that never left (no connection could be opened) is
+        ``not_sent``: the seller never saw it, and the budget does not count it."""
+        outcome, why = (
+            ("unanswered", "no answer to the paid request")
+            if left
+            else ("not_sent", "the paid request could not be sent")
+        )
         with contextlib.suppress(Exception):  # the caller sees the transport's error
             self.ledger.append(
                 replace(
                     receipt,
-                    outcome="unanswered",
-                    reason=f"no answer to the paid request ({type(error).__name__})",
+                    outcome=outcome,
+                    reason=f"{why} ({type(error).__name__})",
                     finished_at=time.time(),
                 )
             )
@@ -206,8 +235,10 @@ class BuyerFlow(Buyer):
                 scheme=offer.scheme, network=offer.network, payload=signed.to_json()
             )
             header = (X_PAYMENT_HEADER, encode_header(payload))
-        # As raw bytes: a caller's header may hold latin-1 text, which a str would refuse.
-        headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"content-length"]
+        # As raw bytes: a caller's header may hold latin-1 text, which a str would refuse. The
+        # body is bytes now and its framing httpx's to set: a streamed body's Transfer-Encoding
+        # beside the Content-Length httpx adds is a request strict servers refuse.
+        headers = [(k, v) for k, v in request.headers.raw if k.lower() not in _FRAMING]
         retry = httpx.Request(
             request.method,
             request.url,

@@ -38,7 +38,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "pip install 'fourmica-x402[requests]'"
     ) from exc
 
-from .flow import PAID_CALL_KEY, RECEIPT_KEY, BuyerFlow
+from .flow import CALL_RECEIPT_KEY, PAID_CALL_KEY, RECEIPT_KEY, BuyerFlow, NeverSent
 from .keys import BuyerKey
 from .policy import SpendingPolicy
 from .receipts import ReceiptLedger
@@ -51,9 +51,9 @@ _CALLER = "fourmica_requests_caller"
 #: How many redirected paid calls the adapter remembers (each is one redirect chain).
 _PAID_CALLS_KEPT = 1024
 #: Calls whose paid answer was a redirect, by their hooks dict and buyer: (the hooks, the
-#: request). One record for every adapter of the process: a session mounting one for "http://"
+#: request, its receipt). One record for every adapter of the process: a session mounting one for "http://"
 #: and another for "https://" hands a redirect hop to the other, and the call still pays once.
-_PAID_CALLS: OrderedDict[tuple[int, str], tuple[Any, Any]] = OrderedDict()
+_PAID_CALLS: OrderedDict[tuple[int, str], tuple[Any, Any, Any]] = OrderedDict()
 _PAID_LOCK = threading.Lock()
 #: Headers that belong to one connection or one encoding, never copied between requests.
 _HOP = frozenset({"host", "content-length", "transfer-encoding", "content-encoding"})
@@ -99,6 +99,7 @@ class PaymentAdapter(BaseAdapter):  # type: ignore[misc]
             paid = _PAID_CALLS.get(call)
             if paid is not None and paid[1]() is not request:  # a hop, not the call sent again
                 caller.extensions[PAID_CALL_KEY] = paid[1]
+                caller.extensions[CALL_RECEIPT_KEY] = paid[2]
         seen: dict[int, requests.Response] = {}
 
         def send(outgoing: httpx.Request) -> httpx.Response:
@@ -123,6 +124,10 @@ class PaymentAdapter(BaseAdapter):  # type: ignore[misc]
             try:
                 got = self._inner.send(prepared, stream=True, **options)
             except requests.exceptions.ConnectionError as exc:
+                if not own and _never_connected(exc):  # the paid retry never left
+                    refused = _NotSent(*exc.args)
+                    refused.request, refused.response = exc.request, exc.response
+                    raise refused from exc
                 if not own or isinstance(exc, requests.exceptions.Timeout):
                     raise
                 # the flow's own calls are tried once more when the connection dropped
@@ -145,7 +150,7 @@ class PaymentAdapter(BaseAdapter):  # type: ignore[misc]
         finally:
             mark = caller.extensions.get(PAID_CALL_KEY)
             if mark is not None and mark() is caller:  # paid now, and redirected
-                self._remember_paid(call, request)
+                self._remember_paid(call, request, caller.extensions.get(CALL_RECEIPT_KEY))
         response = seen[id(final)]
         receipt = final.extensions.get(RECEIPT_KEY)
         if receipt is not None:
@@ -153,9 +158,11 @@ class PaymentAdapter(BaseAdapter):  # type: ignore[misc]
         return response
 
     @staticmethod
-    def _remember_paid(call: tuple[int, str], request: requests.PreparedRequest) -> None:
+    def _remember_paid(
+        call: tuple[int, str], request: requests.PreparedRequest, receipt: Any
+    ) -> None:
         with _PAID_LOCK:  # the hooks are held: their id cannot name another call meanwhile
-            _PAID_CALLS[call] = (request.hooks, weakref.ref(request))
+            _PAID_CALLS[call] = (request.hooks, weakref.ref(request), receipt)
             _PAID_CALLS.move_to_end(call)
             while len(_PAID_CALLS) > _PAID_CALLS_KEPT:
                 _PAID_CALLS.popitem(last=False)
@@ -167,6 +174,22 @@ class PaymentAdapter(BaseAdapter):  # type: ignore[misc]
 class _Dropped(requests.exceptions.ConnectionError, ConnectionError):
     """A requests connection error the buyer flow recognises as a dropped connection; still
     a ``requests.ConnectionError`` for the caller when the second try fails too."""
+
+
+class _NotSent(requests.exceptions.ConnectionError, NeverSent):
+    """The paid retry's connection could not be opened: still a ``requests.ConnectionError``
+    for the caller, and the flow knows its guarantee never left (the budget does not count it)."""
+
+
+def _never_connected(exc: requests.exceptions.ConnectionError) -> bool:
+    """Whether no connection was opened: a connect timeout, or urllib3's NewConnectionError
+    (refused, unreachable, a name that does not resolve) behind its retries."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    from urllib3.exceptions import NewConnectionError
+
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NewConnectionError)
 
 
 class _Body(httpx.SyncByteStream):

@@ -205,6 +205,13 @@ class _Stream:
             raise StreamFailed(f"a slice's payment was answered {response.status_code}", response)
 
 
+def _stop() -> dict[str, Any]:
+    """The stop request's options: never paid, never redirected. A pay URL is paid on the
+    stream's origin only, so neither it nor its stop follows a redirect elsewhere (a 3xx to
+    a slice's payment fails the stream). A fresh dict each time: the flow marks extensions."""
+    return {"extensions": {UNPAID_KEY: True}, "follow_redirects": False}
+
+
 class PaidStream(_Stream):
     """A metered stream over ``client`` (an :class:`httpx.Client` that pays); iterate it for
     the seller's events. ``kwargs`` as :meth:`httpx.Client.stream`."""
@@ -225,11 +232,11 @@ class PaidStream(_Stream):
                     break
                 elif what != "skip" and self.refusal is None:
                     try:
-                        self._check_paid(self.client.post(what))
+                        self._check_paid(self.client.post(what, follow_redirects=False))
                         self._paid_slice()
                     except PaymentRefused as exc:  # stop it: the seller ends it cleanly
                         self.refusal = exc
-                        self.client.delete(self._stop_url(what), extensions={UNPAID_KEY: True})
+                        self.client.delete(self._stop_url(what), **_stop())
         if self.refusal is not None:
             raise self.refusal
 
@@ -253,12 +260,10 @@ class AsyncPaidStream(_Stream):
                     break
                 elif what != "skip" and self.refusal is None:
                     try:
-                        self._check_paid(await self.client.post(what))
+                        self._check_paid(await self.client.post(what, follow_redirects=False))
                         self._paid_slice()
                     except PaymentRefused as exc:
                         self.refusal = exc
-                        await self.client.delete(
-                            self._stop_url(what), extensions={UNPAID_KEY: True}
-                        )
+                        await self.client.delete(self._stop_url(what), **_stop())
         if self.refusal is not None:
             raise self.refusal

@@ -36,6 +36,11 @@ class Dropped(Exception):
     Each transport sees its own library's error for a dropped connection."""
 
 
+class Unreachable(Exception):
+    """Raised by a :class:`Wire` from ``request``: no connection could be opened, so nothing
+    of the request left the client. Each transport sees its library's connect error."""
+
+
 class Wire:
     """What passes between a buyer's transport and the seller. Tests subclass it to count the
     traffic, make the seller lie or drop a connection; the same wire sits under every
@@ -79,6 +84,8 @@ class _SyncWire(httpx.BaseTransport):
             return self._handle(request)
         except Dropped:
             raise httpx.RemoteProtocolError("Server disconnected", request=request) from None
+        except Unreachable:
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request) from None
 
     def _handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -104,6 +111,8 @@ class _AsyncWire(httpx.AsyncBaseTransport):
             return await self._handle(request)
         except Dropped:
             raise httpx.ReadError("Connection reset by peer", request=request) from None
+        except Unreachable:
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request) from None
 
     async def _handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -315,6 +324,13 @@ class _RequestsWire:
             return self._send(request, **options)
         except Dropped:
             raise requests.exceptions.ConnectionError("Connection aborted.") from None
+        except Unreachable:  # as urllib3 reports it: its retries over, the connect refused
+            from urllib3.exceptions import MaxRetryError, NewConnectionError
+
+            refused = NewConnectionError(None, "[Errno 111] Connection refused")
+            raise requests.exceptions.ConnectionError(
+                MaxRetryError(None, request.url, refused), request=request
+            ) from None
 
     def _send(self, request: Any, **options: Any) -> Any:
         from requests.structures import CaseInsensitiveDict

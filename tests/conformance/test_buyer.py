@@ -706,6 +706,99 @@ def test_a_paid_request_left_unanswered_keeps_its_receipt(seller: Any, buyers: A
     assert receipt.claims and receipt.tab_id and receipt.request_id
 
 
+class RecordsPaid(CountsPaid):
+    """Keeps the headers and body of each paid request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paid: list[tuple[dict[str, str], bytes]] = []
+
+    def request(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+        if "payment-signature" in headers or "x-payment" in headers:
+            self.paid.append((headers, body))
+        return super().request(method, path, headers, body)
+
+
+@pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
+@pytest.mark.parametrize("buyers", ["httpx", "httpx_async"], indirect=True)
+def test_a_streamed_body_is_paid_for_with_one_framing(seller: Any, buyers: Any) -> None:
+    """A caller's streamed body goes chunked; the paid retry sends it as bytes with its
+    length, and without the caller's Transfer-Encoding (both at once is a request strict
+    servers refuse, after the buyer signed)."""
+    wire, parts = RecordsPaid(), [b'{"q": ', b"1}"]
+    client = buyers.client(seller, funded(seller), wire=wire)
+    json_type = {"content-type": "application/json"}
+    if buyers.transport == "httpx":
+        resp = client._sync.post("/echo", content=iter(parts), headers=json_type)
+    else:
+
+        async def body() -> Any:
+            for part in parts:
+                yield part
+
+        resp = client._loop.run_until_complete(
+            client._async.post("/echo", content=body(), headers=json_type)
+        )
+    assert resp.status_code == 200 and resp.json() == {"echo": {"q": 1}}
+    ((headers, sent),) = wire.paid
+    assert sent == b"".join(parts) and headers["content-length"] == str(len(sent))
+    assert "transfer-encoding" not in headers
+
+
+class UnreachableWhenPaid(CountsPaid):
+    """No connection opens for the paid retries: the seller never sees them."""
+
+    def request(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+        super().request(method, path, headers, body)
+        if self.paid_attempts:
+            self.paid_attempts = 0
+            raise harness.Unreachable(path)
+        return headers, body
+
+
+@pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
+def test_a_paid_request_that_never_connected_is_not_counted(seller: Any, buyers: Any) -> None:
+    """The budget counts a guarantee that left the client; one whose connection could not
+    even be opened never did: its reservation is released, its receipt says not sent."""
+    buyer, ledger = funded(seller), ReceiptLedger()
+    policy = SpendingPolicy(per_hour="$0.02")
+    client = buyers.client(seller, buyer, wire=UnreachableWhenPaid(), policy=policy, ledger=ledger)
+    for _ in range(3):  # more than the budget holds, were they counted
+        with pytest.raises(Exception) as info:
+            client.get("/premium")
+        assert _dropped_connection(info.value), info.value
+    assert policy.spent(default_asset(NETWORK).address) == 0
+    assert [r.outcome for r in ledger] == ["not_sent"] * 3
+    assert all("could not be sent" in r.reason and r.claims for r in ledger)
+    paid = buyers.client(seller, buyer, policy=policy).get("/premium")  # the budget is whole
+    assert paid.status == 200 and policy.spent(default_asset(NETWORK).address) == 10_000
+    assert seller.calls["/premium"] == 1
+
+
+class PaidThenRedirected(CountsPaid):
+    """Answers the paid request with a redirect to the free route."""
+
+    def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
+        if path == "/premium" and status == 200:
+            return 303, [("location", "/free")], b""
+        return status, headers, body
+
+
+@pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
+def test_a_paid_call_ending_after_a_redirect_carries_its_receipt(seller: Any, buyers: Any) -> None:
+    """The response a redirected paid call ends with shows what the call paid (the ledger
+    holds it once); a later free call shows nothing."""
+    wire, ledger = PaidThenRedirected(), ReceiptLedger()
+    client = buyers.client(seller, funded(seller), wire=wire, ledger=ledger, follow_redirects=True)
+    got = client.get("/premium")
+    assert got.status == 200 and got.json() == {"free": True}
+    assert got.receipt is not None and got.receipt.outcome == "paid"
+    assert got.receipt.status == 303 and got.receipt.amount == 10_000
+    assert [r.guarantee_id for r in ledger] == [got.receipt.guarantee_id]
+    assert wire.paid_attempts == 1 and seller.calls["/premium"] == 1
+    assert client.get("/free").receipt is None
+
+
 def test_a_refunded_failure_is_reported_but_still_counted(seller: Any, buyers: Any) -> None:
     buyer = funded(seller)
     client = buyers.client(seller, buyer, policy=SpendingPolicy(per_minute="$0.01"))

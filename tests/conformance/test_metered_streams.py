@@ -747,9 +747,8 @@ def test_a_slice_paid_ahead_is_held_open_while_the_slice_before_it_streams(
         core.close()
 
 
-def test_the_stop_of_a_refused_slice_is_never_paid() -> None:
-    """When a slice's payment is refused (here the seller answers it 402 again), the stream is
-    stopped with a DELETE: a seller answering that stop with a 402 got it paid."""
+def _hostile_challenge() -> str:
+    """A PAYMENT-REQUIRED header of a seller outside the machine (http://seller.test/s)."""
     import base64
 
     offer = {
@@ -762,7 +761,13 @@ def test_the_stop_of_a_refused_slice_is_never_paid() -> None:
         "extra": {"tabEndpoint": "http://seller.test/tab"},
     }
     required = {"x402Version": 2, "accepts": [offer], "resource": {"url": "http://seller.test/s"}}
-    challenge = base64.b64encode(json.dumps(required).encode()).decode()
+    return base64.b64encode(json.dumps(required).encode()).decode()
+
+
+def test_the_stop_of_a_refused_slice_is_never_paid() -> None:
+    """When a slice's payment is refused (here the seller answers it 402 again), the stream is
+    stopped with a DELETE: a seller answering that stop with a 402 got it paid."""
+    challenge = _hostile_challenge()
     body = (
         'event: stream\ndata: {"stream": "abc"}\n\ndata: {"tick": 0}\n\n'
         'event: payment-required\ndata: {"pay": "http://seller.test/streams/abc/2"}\n\n'
@@ -785,6 +790,55 @@ def test_the_stop_of_a_refused_slice_is_never_paid() -> None:
     with client, pytest.raises(PaymentRefused):  # slice 2's payment is refused: 402 again
         list(PaidStream(client, "GET", "/s"))
     assert paid == ["GET /s", "POST /streams/abc/2"]  # never the stop
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_slice_payment_redirected_to_another_origin_fails_the_stream(is_async: bool) -> None:
+    """A pay URL is paid on the stream's origin only: a seller (hostile, outside the machine)
+    answering it with a redirect elsewhere got that origin's 402 paid, with the client's
+    credentials, by a client that follows redirects. The 3xx fails the stream now."""
+    challenge = _hostile_challenge()
+    body = (
+        'event: stream\ndata: {"stream": "abc"}\n\ndata: {"tick": 0}\n\n'
+        'event: payment-required\ndata: {"pay": "/streams/abc/2"}\n\n'
+    )
+    sent: list[str] = []
+    other: list[str] = []
+
+    def seller(request: httpx.Request) -> httpx.Response:
+        if request.url.host != "seller.test":
+            other.append(f"{request.method} {request.url}")
+            return httpx.Response(402, headers={"payment-required": challenge})
+        sent.append(f"{request.method} {request.url.path}")
+        if request.url.path == "/tab":
+            user = json.loads(request.content)["userAddress"]
+            return httpx.Response(
+                200, json={"tabId": "0x1", "nextReqId": hex(len(sent)), "userAddress": user}
+            )
+        if request.url.path.startswith("/streams/"):
+            return httpx.Response(307, headers={"location": "http://other.test/collect"})
+        if "payment-signature" in request.headers:
+            return httpx.Response(200, headers={"content-type": "text/event-stream"}, text=body)
+        return httpx.Response(402, headers={"payment-required": challenge})
+
+    key, options = TestBuyer.new().key, {"base_url": "http://seller.test", "follow_redirects": True}
+    options["headers"] = {"authorization": "Bearer secret"}
+    with pytest.raises(StreamFailed, match="answered 307"):
+        if is_async:
+
+            async def read() -> None:
+                transport = AsyncPaymentTransport(key, transport=httpx.MockTransport(seller))
+                async with httpx.AsyncClient(transport=transport, **options) as client:
+                    async for _ in AsyncPaidStream(client, "GET", "/s"):
+                        pass
+
+            asyncio.run(read())
+        else:
+            transport = PaymentTransport(key, transport=httpx.MockTransport(seller))
+            with httpx.Client(transport=transport, **options) as client:
+                list(PaidStream(client, "GET", "/s"))
+    assert other == []  # nothing, not even the credentials, went to the other origin
+    assert sent[-1] == "POST /streams/abc/2"
 
 
 @pytest.mark.parametrize(
