@@ -198,6 +198,9 @@ class Throttled(PaymentError):
         return [("retry-after", str(self.retry_after))]
 
 
+_DAY = 86_400
+
+
 class TabLimited(FourmicaError):
     """The tab endpoint refused to open a *new* tab (never a reuse of an open one): too many
     from one client address or for one buyer (``tab_rate_limited``), or the seller's cap on
@@ -211,7 +214,10 @@ class TabLimited(FourmicaError):
         self, message: str | None = None, *, reason: str | None = None, retry_after: float = 1
     ) -> None:
         super().__init__(message, reason=reason)
-        self.retry_after = max(1, math.ceil(retry_after))
+        # Whole seconds from 1 to a day: a facilitator's Retry-After of 400 digits reads as
+        # infinity, which has no ceiling (it was a 500 instead of this 429).
+        wait = retry_after if math.isfinite(retry_after) else _DAY
+        self.retry_after = max(1, math.ceil(min(wait, _DAY)))
 
     def headers(self) -> list[tuple[str, str]]:
         return [("retry-after", str(self.retry_after))]

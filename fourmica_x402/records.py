@@ -300,13 +300,20 @@ class Records:
         - ``in_doubt``: void it (its settle may have been accepted without an answer);
         - ``refund``: void it (its handler failed and the refund did not go through);
         - ``score``: post ``score`` as its delivery validation (the post did not go through).
+
+        One follow-up per guarantee: an open one stays as it is; a closed one (say an
+        ``in_doubt`` of a replayed header, superseded by this payment's own run) is opened
+        again for this new action.
         """
         now = time.time()
         with self.store.transaction() as tx:
             tx.execute(
                 "INSERT INTO fx_followups (guarantee_id, pay_to, created_at, next_at, status, "
                 "kind, score) VALUES (?, ?, ?, ?, 'open', ?, ?) "
-                "ON CONFLICT (guarantee_id) DO NOTHING",
+                "ON CONFLICT (guarantee_id) DO UPDATE SET pay_to = excluded.pay_to, "
+                "created_at = excluded.created_at, next_at = excluded.next_at, status = 'open', "
+                "attempts = 0, detail = NULL, kind = excluded.kind, score = excluded.score "
+                "WHERE fx_followups.status <> 'open'",
                 (guarantee_id, pay_to, now, now, kind, score),
             )
 

@@ -398,3 +398,22 @@ def test_tab_limit_options_are_validated() -> None:
     ):
         with pytest.raises(ConfigurationError):
             PaymentConfig(pay_to=SELLER, **bad)
+
+
+def test_a_facilitators_endless_retry_after_is_a_429_of_a_day_at_most(
+    make_seller: Any, tmp_path: Path
+) -> None:
+    """A facilitator (outside the machine) refusing a tab with a Retry-After of 400 digits:
+    read as infinity, it had no ceiling and the tab endpoint answered 500."""
+    import httpx
+
+    def facilitator(request: httpx.Request) -> httpx.Response:
+        refusal = {"reason": "tab_rate_limited", "error": "slow down"}
+        return httpx.Response(429, headers={"retry-after": "9" * 400}, json=refusal)
+
+    mock = httpx.MockTransport(facilitator)
+    remote = HttpFacilitator("http://f.test", transport=mock, async_transport=mock, retries=0)
+    seller = make_seller(facilitator=remote, records=str(tmp_path / "records.db"))
+    resp = tab_request(seller, TestBuyer.new().address, challenge(seller))
+    refused(resp, "tab_rate_limited", window=86_400)
+    assert resp.headers["retry-after"] == "86400"

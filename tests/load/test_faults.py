@@ -575,6 +575,22 @@ def test_a_follow_up_and_the_record_completion_give_one_outcome_in_either_order(
     records.store.close()
 
 
+def test_an_action_filed_after_its_guarantees_follow_up_closed_is_kept(tmp_path: Path) -> None:
+    """A guarantee's follow-up may be closed already (an in-doubt void of a replayed header,
+    superseded once the payment's own run was served): a refund that then failed was not
+    filed, while its record said refund_pending. An open follow-up stays as it is."""
+    records = Records(str(tmp_path / "records.db"))
+    gid = "0x" + "cd" * 32
+    records.add_followup(gid, SELLER, "in_doubt")
+    records.update_followup(gid, status="superseded")
+    records.add_followup(gid, SELLER, "refund")
+    assert records.followup(gid) == ("open", 0, None)
+    records.add_followup(gid, SELLER, "score", score=100)  # one open at a time: kept
+    [due] = records.due_followups(time.time() + 1)
+    assert (due.guarantee_id, due.kind, due.attempts, due.score) == (gid, "refund", 0, None)
+    records.store.close()
+
+
 #: The seller validates its own deliveries (G-v2): score 100 when it served.
 _DELIVERY = ValidationPolicy(
     registry=SANDBOX_REGISTRY,
