@@ -22,8 +22,12 @@ from ._json import dumps
 from .core.schema import migrate
 from .core.store import Store, Tx, open_store
 from .core.store.deferred import Task
+from .followups import DONE, Followup, Followups
 
 __all__ = ["Followup", "PaymentRecord", "Records"]
+
+#: Record outcomes a follow-up is still working on.
+_RETRIED = {pending for pending, _ in DONE.values()}
 
 _MIGRATIONS: list[list[str]] = [
     [
@@ -72,18 +76,6 @@ _COLUMNS = (
     "tab_id, guarantee_id, payer, pay_to, amount, asset, network, settle_mode, settle_result, "
     "status, http_status, response_hash, delivered_at, certificate, outcome, request_hash"
 )
-
-
-@dataclass(frozen=True)
-class Followup:
-    """A void or delivery score to retry (see :meth:`Records.add_followup`)."""
-
-    guarantee_id: str
-    pay_to: str
-    attempts: int
-    created_at: float
-    kind: str  # in_doubt | refund | score
-    score: int | None
 
 
 @dataclass(frozen=True)
@@ -148,19 +140,22 @@ def _record(r: Sequence[Any]) -> PaymentRecord:
     )
 
 
-class Records:
+class Records(Followups):
     """The payment-record book. Thread-safe; several processes may share its database."""
 
     def __init__(self, store: Store | str) -> None:
         self.store = open_store(store) if isinstance(store, str) else store
         migrate(self.store, migrations=_MIGRATIONS, key="records_schema_version")
 
-    def begin(self, **fields: Any) -> int:
+    def begin(self, *, mark: str | None = None, **fields: Any) -> int:
         """Write the record of a paid request before its handler runs; returns its id.
 
-        Takes the keyword arguments of :meth:`insert`.
+        Takes the keyword arguments of :meth:`insert`; ``mark``: the guarantee whose remote
+        settle this records, its mark removed in the same write (:meth:`claim_settle`).
         """
         with self.store.transaction() as tx:
+            if mark is not None:
+                self.drop_settle(mark, tx)
             return self.insert(tx, **fields)
 
     @staticmethod
@@ -290,83 +285,6 @@ class Records:
             ((dumps(cert), rid) for rid, cert in certificates),
         )
 
-    # -- follow-ups: voids and scores the facilitator could not take at once ------------------
-
-    def add_followup(
-        self, guarantee_id: str, pay_to: str, kind: str, score: int | None = None
-    ) -> None:
-        """Remember to act on a guarantee later (the gate's reconciler does):
-
-        - ``in_doubt``: void it (its settle may have been accepted without an answer);
-        - ``refund``: void it (its handler failed and the refund did not go through);
-        - ``score``: post ``score`` as its delivery validation (the post did not go through).
-
-        One follow-up per guarantee: an open one stays as it is; a closed one (say an
-        ``in_doubt`` of a replayed header, superseded by this payment's own run) is opened
-        again for this new action.
-        """
-        now = time.time()
-        with self.store.transaction() as tx:
-            tx.execute(
-                "INSERT INTO fx_followups (guarantee_id, pay_to, created_at, next_at, status, "
-                "kind, score) VALUES (?, ?, ?, ?, 'open', ?, ?) "
-                "ON CONFLICT (guarantee_id) DO UPDATE SET pay_to = excluded.pay_to, "
-                "created_at = excluded.created_at, next_at = excluded.next_at, status = 'open', "
-                "attempts = 0, detail = NULL, kind = excluded.kind, score = excluded.score "
-                "WHERE fx_followups.status <> 'open'",
-                (guarantee_id, pay_to, now, now, kind, score),
-            )
-
-    def followup(self, guarantee_id: str) -> tuple[str, int, str | None] | None:
-        """(status, attempts, detail) of a guarantee's follow-up, or None."""
-        with self.store.transaction(write=False) as tx:
-            row = tx.one(
-                "SELECT status, attempts, detail FROM fx_followups WHERE guarantee_id = ?",
-                (guarantee_id,),
-            )
-        return None if row is None else (row[0], int(row[1]), row[2])
-
-    def due_followups(self, now: float, limit: int = 100) -> list[Followup]:
-        """Open follow-ups due by ``now``, oldest due first."""
-        with self.store.transaction(write=False) as tx:
-            rows = tx.all(
-                "SELECT guarantee_id, pay_to, attempts, created_at, kind, score FROM fx_followups "
-                "WHERE status = 'open' AND next_at <= ? ORDER BY next_at LIMIT ?",
-                (now, limit),
-            )
-        return [
-            Followup(r[0], r[1], int(r[2]), float(r[3]), r[4], None if r[5] is None else int(r[5]))
-            for r in rows
-        ]
-
-    def next_followup_due(self) -> float | None:
-        """When the next open follow-up is due (None: nothing open)."""
-        with self.store.transaction(write=False) as tx:
-            row = tx.one("SELECT MIN(next_at) FROM fx_followups WHERE status = 'open'")
-        return None if row is None or row[0] is None else float(row[0])
-
-    def update_followup(
-        self, guarantee_id: str, *, status: str, next_at: float | None = None, detail: str = ""
-    ) -> None:
-        """Count an attempt; ``status`` 'open' reschedules at ``next_at``, others close it.
-
-        A refund or score that went through, or a refund given up (``kept``, netted meanwhile),
-        updates the payment's record in the same write."""
-        with self.store.transaction() as tx:
-            tx.execute(
-                "UPDATE fx_followups SET status = ?, attempts = attempts + 1, "
-                "next_at = COALESCE(?, next_at), detail = ? WHERE guarantee_id = ?",
-                (status, next_at, detail, guarantee_id),
-            )
-            if status in _DONE:
-                pending, final = _DONE[status]
-                tx.execute(
-                    "UPDATE fx_records SET outcome = COALESCE(?, CASE WHEN status = 'delivered' "
-                    "THEN 'delivered' ELSE 'cancelled' END) "
-                    "WHERE guarantee_id = ? AND outcome = ?",
-                    (final, guarantee_id, pending),
-                )
-
     def label(self, guarantee_id: str, outcome: str) -> None:
         """Set the outcome of a record left "settled, delivery unknown" (start-up recovery)."""
         with self.store.transaction() as tx:
@@ -432,15 +350,6 @@ class Records:
         return [_record(r) for r in rows]
 
 
-#: A closed follow-up: (the outcome waiting for it, the one it makes; None: by the status).
-_DONE = {
-    "voided": ("refund_pending", "refunded"),
-    "scored": ("score_pending", None),
-    "abandoned": ("refund_pending", "kept"),
-}
-_RETRIED = {pending for pending, _ in _DONE.values()}
-
-
 def _text(settle_result: dict[str, Any] | str) -> str:
     return settle_result if isinstance(settle_result, str) else dumps(settle_result, sort_keys=True)
 
@@ -450,7 +359,7 @@ def _retried_outcome(tx: Tx, record_id: int, outcome: str, status: str) -> str:
     reconciler may close it first."""
     sql = "SELECT f.status FROM fx_followups f JOIN fx_records r USING (guarantee_id) "
     row = tx.one(sql + "WHERE r.record_id = ?", (record_id,))
-    if row is None or _DONE.get(row[0], ("",))[0] != outcome:
+    if row is None or DONE.get(row[0], ("",))[0] != outcome:
         return outcome
-    final = _DONE[row[0]][1]
+    final = DONE[row[0]][1]
     return final or ("delivered" if status == "delivered" else "cancelled")

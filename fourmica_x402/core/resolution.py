@@ -152,7 +152,9 @@ def validate(
         "cycle_id = ? WHERE guarantee_id = ? AND state = 'pending_validation'",
         (new_state, score, tag, now, cycle_id, guarantee_id),
     ):
-        raise CoreError(f"guarantee is {row[7]}, not pending validation", reason="invalid_state")
+        raise CoreError(
+            f"guarantee is {row[7]}, not pending validation", reason="invalid_state", state=row[7]
+        )
     if new_state == "cancelled":
         release(tx, row[3], row[4], row[5], int(row[6]))
     emit(

@@ -121,6 +121,11 @@ class HttpFacilitator:
         self._apool: tuple[asyncio.AbstractEventLoop, _asyncio_http.JsonPool] | None = None
         self._proxied = _proxied(self.url)  # read once, as httpx's client reads it
 
+    @property
+    def timeout(self) -> float:
+        """Seconds one call may take, whole (on an event loop) or per read (in a thread)."""
+        return self._timeout
+
     def __repr__(self) -> str:  # headers (and the URL's user info or query) may carry credentials
         return f"HttpFacilitator({_public(self.url)!r})"
 

@@ -114,9 +114,11 @@ class Reconciler:
                 except FourmicaError as exc:
                     detail = exc.reason
                     unknown = exc.status == 404 or exc.reason == "unknown_guarantee"
-                    refunded = getattr(exc, "state", None) in ("voided", "cancelled")
-                    if refunded and item.kind != "score":  # an earlier try went through
-                        status = "voided"
+                    state = getattr(exc, "state", None)
+                    if state in ("voided", "cancelled") and item.kind != "score":
+                        status = "voided"  # an earlier try went through
+                    elif state == "payable" and item.kind == "score":
+                        status = "scored"  # so did this one (only this validator's score)
                     elif unknown and now - created > self.UNKNOWN_FOR:
                         status = "never_accepted"
                     elif not unknown and exc.status < 500:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -80,19 +81,21 @@ def _settle_and_record(
                 reason=Reason.RECORDS_UNAVAILABLE,
             ) from exc
         return result if record_id is None else (result, record_id)
-    refuse_in_doubt(gate, signed, chosen)
+    gid = claim_settle(gate, signed, chosen)
     try:
         result = facilitator.settle(payload, chosen)
     except Unavailable as exc:
         raise in_doubt(gate, exc, signed, chosen) from None
     except FourmicaError:
+        _drop_mark(gate, gid)
         raise
     except Exception as exc:  # a facilitator that broke on its answer: it may have accepted
         raise in_doubt(gate, _broken(exc), signed, chosen) from exc
     if not result.success:
+        _drop_mark(gate, gid)
         return result
     try:
-        return result, record(gate, result, base)
+        return result, record(gate, result, base, mark=gid)
     except Exception as exc:  # accepted but unrecorded: never keep money for work not done
         undo(gate, result, base["pay_to"])
         raise Unavailable(
@@ -113,22 +116,28 @@ async def _asettle_and_record(
         late = partial(_refund_late, gate, base["pay_to"])
         args = (gate, payload, chosen, base, signed)
         return await local_write(store, _settle_and_record, *args, late=late)
-    await asyncio.to_thread(refuse_in_doubt, gate, signed, chosen)
+    gid = await asyncio.to_thread(claim_settle, gate, signed, chosen)
+    settling = asyncio.ensure_future(gate.facilitator.asettle(payload, chosen))
     try:
-        result = await gate.facilitator.asettle(payload, chosen)
+        result = await asyncio.shield(settling)
     except Unavailable as exc:
         raise await asyncio.to_thread(in_doubt, gate, exc, signed, chosen) from None
     except FourmicaError:
+        await asyncio.to_thread(_drop_mark, gate, gid)
         raise
     except Exception as exc:
         raise await asyncio.to_thread(in_doubt, gate, _broken(exc), signed, chosen) from exc
-    except asyncio.CancelledError:  # the client left (async Django cancels): it may be accepted
-        in_doubt(gate, _cancelled(), signed, chosen)  # a short local write, then the void
+    except asyncio.CancelledError:
+        # The client left (async Django cancels). The settle goes on and its own answer says
+        # whether this call was accepted: voiding on a guess could take back the same
+        # guarantee accepted by another request of the buyer's that was served.
+        settling.add_done_callback(partial(_answered_after_cancel, gate, signed, chosen, gid))
         raise
     if not result.success:
+        await asyncio.to_thread(_drop_mark, gate, gid)
         return result
     try:
-        return result, await asyncio.to_thread(record, gate, result, base)
+        return result, await asyncio.to_thread(record, gate, result, base, None, gid)
     except asyncio.CancelledError:  # recorded or not, its handler will not run: refund it
         _refund_late(gate, base["pay_to"], result)
         raise
@@ -140,10 +149,17 @@ async def _asettle_and_record(
         ) from exc
 
 
-def record(gate: Gate, result: SettleResult, base: dict[str, Any], tx: Tx | None = None) -> int:
-    """Write a settled payment's record (in the acceptance's transaction ``tx`` when given)."""
-    begin = gate.records.begin if tx is None else partial(Records.insert, tx)
-    return begin(
+def record(
+    gate: Gate,
+    result: SettleResult,
+    base: dict[str, Any],
+    tx: Tx | None = None,
+    mark: str | None = None,
+) -> int:
+    """Write a settled payment's record (in the acceptance's transaction ``tx`` when given;
+    a remote settle's ``mark`` goes in the same write, see :func:`claim_settle`)."""
+    write = partial(gate.records.begin, mark=mark) if tx is None else partial(Records.insert, tx)
+    return write(
         **base,
         settle_result=result.response_json().decode(),
         status="settled",
@@ -268,22 +284,79 @@ def undo(gate: Gate, result: SettleResult, pay_to: str) -> bool:
 # -- settles in doubt ---------------------------------------------------------------------------
 
 
-def refuse_in_doubt(gate: Gate, signed: SignedGuarantee, chosen: PaymentRequirements) -> None:
-    """A guarantee whose earlier settle went unanswered is being voided: never serve it."""
-    if gate.records.followup(_guarantee_id(signed, chosen)) is not None:
+#: Seconds a remote settle's mark waits before it is voided as in doubt, at least (see
+#: :func:`claim_settle`): several times the facilitator's whole-call timeout, when it has one.
+SETTLE_MARK_WAIT = 60.0
+
+
+def claim_settle(gate: Gate, signed: SignedGuarantee, chosen: PaymentRequirements) -> str:
+    """Before a remote settle: mark its guarantee in doubt, due once the settle can no longer
+    be waiting for its answer, and return its id. The answer's record removes the mark in the
+    same write (a refusal removes it too); a process that dies between leaves it, and the
+    reconciler, at the next start, voids the guarantee: the buyer is not charged for a
+    handler that never ran (docs/operations.md, "A remote facilitator").
+
+    A guarantee that has a follow-up already is refused: its earlier settle went unanswered
+    and it is being voided, or its settle is under way in another request."""
+    gid = _guarantee_id(signed, chosen)
+    timeout = getattr(gate.facilitator, "timeout", None)  # HttpFacilitator's; others may not
+    wait = SETTLE_MARK_WAIT
+    if isinstance(timeout, int | float) and 0 < timeout < SETTLE_MARK_WAIT * 60:
+        wait = max(wait, 3 * timeout)
+    if not gate.records.claim_settle(gid, chosen.pay_to, time.time() + wait):
         raise PaymentError(
-            "this payment's earlier settle went unanswered and is being voided; sign a new one",
+            "this payment's earlier settle went unanswered and is being voided, or is being "
+            "settled now; sign a new one",
             reason=Reason.REPLAYED_REQUEST_ID,
         )
+    return gid
+
+
+def _drop_mark(gate: Gate, gid: str) -> None:
+    """The settle was answered and not accepted: its mark goes (if it stays, the reconciler
+    finds the guarantee not accepted, or accepted by a request of this seller that served it
+    and has its record, and closes it)."""
+    try:
+        gate.records.drop_settle(gid)
+    except Exception:
+        log.exception("could not clear the settle mark of %s", gid)
+
+
+def _answered_after_cancel(
+    gate: Gate,
+    signed: SignedGuarantee,
+    chosen: PaymentRequirements,
+    gid: str,
+    settling: asyncio.Future[SettleResult],
+) -> None:
+    """The answer to a settle whose request was cancelled meanwhile: accepted, it is voided
+    now (its handler will not run); refused, its mark goes; unanswered, it stays in doubt."""
+    try:
+        result = settling.result()
+    except asyncio.CancelledError:  # the event loop is closing: in doubt
+        in_doubt(gate, _cancelled(), signed, chosen)
+    except Unavailable as exc:
+        in_doubt(gate, exc, signed, chosen)
+    except FourmicaError:
+        _drop_mark(gate, gid)
+    except Exception as exc:
+        in_doubt(gate, _broken(exc), signed, chosen)
+    else:
+        if result.success:
+            in_doubt(gate, _cancelled(), signed, chosen)  # accepted by this call: void it
+        else:
+            _drop_mark(gate, gid)
 
 
 def in_doubt(
     gate: Gate, error: Unavailable, signed: SignedGuarantee, chosen: PaymentRequirements
 ) -> Unavailable:
-    """A settle that may have been accepted without an answer: file a void for it."""
-    if not error.maybe_applied:
-        return error
+    """A settle that may have been accepted without an answer: file a void for it (due now,
+    over its settle's mark). One that never reached the facilitator only loses its mark."""
     gid = _guarantee_id(signed, chosen)
+    if not error.maybe_applied:
+        _drop_mark(gate, gid)
+        return error
     try:
         gate.records.add_followup(gid, chosen.pay_to, "in_doubt")
     except Exception:  # nowhere to remember it: say so loudly, the lock needs an operator

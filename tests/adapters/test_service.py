@@ -1177,50 +1177,64 @@ def test_a_remote_facilitator_reports_the_services_refusal_codes(core: Core) -> 
         assert unauthorized.value.status == 401 and unauthorized.value.message == "unauthorized"
 
 
-def test_a_remote_settle_cancelled_by_a_leaving_client_is_voided(
-    core: Core, tmp_path: Path
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["accepted-here", "served-elsewhere"])
+def test_a_remote_settle_cancelled_by_a_leaving_client_is_voided_if_it_was_accepted(
+    core: Core, tmp_path: Path, elsewhere: bool
 ) -> None:
     """Async Django cancels the view of a client that left. A remote settle cancelled while
     the facilitator worked may have been accepted: it used to be left charged, with no
-    record and nothing filed. It is now filed in doubt and voided."""
+    record and nothing filed; then it was voided on a guess, which took back the same header
+    served by another instance of the seller (its own records) — work delivered, unpaid. The
+    settle's own answer decides now: accepted by this call, voided; refused, left alone."""
     import asyncio
 
     class Late(httpx.AsyncHTTPTransport):
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
             response = await super().handle_async_request(request)
             if request.url.path == "/settle":
-                await asyncio.sleep(30)  # accepted, but the answer comes too late
+                await asyncio.sleep(1)  # the answer comes after the client left
             return response
 
     service = _served(create_app(core, api_key="op", tick_interval=None, webhooks=False))
     url, _ = next(service)
     try:
         auth = {"Authorization": "Bearer op"}
-        gate = Gate(
-            PaymentConfig(
-                pay_to=SELLER,
-                routes={"GET /premium": "$0.01"},
-                facilitator=HttpFacilitator(url, retries=1, headers=auth, async_transport=Late()),
-                records=str(tmp_path / "records.db"),
-                tab_endpoint="http://testserver/x402/tab",
+
+        def seller(name: str, transport: Any = None) -> tuple[Gate, Starlette]:
+            gate = Gate(
+                PaymentConfig(
+                    pay_to=SELLER,
+                    routes={"GET /premium": "$0.01"},
+                    facilitator=HttpFacilitator(
+                        url, retries=1, headers=auth, async_transport=transport
+                    ),
+                    records=str(tmp_path / f"{name}.db"),
+                    tab_endpoint="http://testserver/x402/tab",
+                )
             )
-        )
 
-        async def premium(request: Request) -> JSONResponse:
-            return JSONResponse({"served": True})
+            async def premium(request: Request) -> JSONResponse:
+                return JSONResponse({"served": True})
 
-        app = Starlette(
-            routes=[Route("/premium", premium)],
-            middleware=[Middleware(PaymentMiddleware, gate=gate)],
-        )
+            app = Starlette(
+                routes=[Route("/premium", premium)],
+                middleware=[Middleware(PaymentMiddleware, gate=gate)],
+            )
+            return gate, app
+
+        gate, app = seller("a", Late())
+        other_gate, other = seller("b")
         buyer = TestBuyer.new()
         core.deposit(buyer.address, 100_000, network=NETWORK)
-        with TestClient(app) as seller:
-            challenge = seller.get("/premium").headers["payment-required"]
+        with TestClient(other) as b:
+            challenge = b.get("/premium").headers["payment-required"]
             req = decode_payment_required(challenge).accepts[0]
             body = {"x402Version": 2, "userAddress": buyer.address}
-            tab = seller.post("/x402/tab", json={**body, "paymentRequirements": req.to_dict()})
+            tab = b.post("/x402/tab", json={**body, "paymentRequirements": req.to_dict()})
             name, value = payment_header(buyer, req, tab.json())
+            if elsewhere:  # the same header, served by the other instance first
+                assert b.get("/premium", headers={name: value}).status_code == 200
+        other_gate.flush()
 
         async def leave_while_settling() -> None:
             scope = http_scope("GET", "/premium", [(name.lower().encode(), value.encode())])
@@ -1232,16 +1246,20 @@ def test_a_remote_settle_cancelled_by_a_leaving_client_is_voided(
                 raise AssertionError(f"nothing is answered to a client that left: {message}")
 
             task = asyncio.create_task(app(scope, receive, send))
-            for _ in range(200):  # bounded: until the service accepted it
-                if core.guarantees(address=buyer.address):
-                    break
-                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # its settle is out
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+            await asyncio.sleep(1.5)  # the server goes on, and the settle's answer comes
 
         asyncio.run(leave_while_settling())
         [accepted] = core.guarantees(address=buyer.address)
+        if elsewhere:  # refused as a replay: nothing of this instance's is left to act on
+            gate.reconcile(time.time() + 3600)
+            assert gate.records.followup(accepted.guarantee_id) is None
+            assert core.guarantee(accepted.guarantee_id).state == "payable"
+            assert core.position(buyer.address, network=NETWORK).locked == 10_000
+            return
         for _ in range(200):  # bounded: the reconciler (woken at once) voids it
             gate.reconcile()
             if core.guarantee(accepted.guarantee_id).state == "voided":

@@ -603,20 +603,31 @@ _DELIVERY = ValidationPolicy(
 )
 
 
-def test_a_delivery_score_the_facilitator_could_not_take_is_retried(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lost", [False, True], ids=["refused", "answer-lost"])
+def test_a_delivery_score_the_facilitator_could_not_take_is_retried(
+    tmp_path: Path, lost: bool
+) -> None:
     """Delivered, but the score post met a facilitator error: it is filed and retried, so the
-    seller is paid (the guarantee would otherwise be cancelled at the validation timeout)."""
+    seller is paid (the guarantee would otherwise be cancelled at the validation timeout).
+    When the first post was applied and only its answer lost, the retry's refusal names the
+    guarantee payable: that is the score done (it was given up, logged as an error, and the
+    record kept saying score_pending)."""
     core, buyer = _funded_core(tmp_path)
     accept = _settling_with(core)
     calls: list[str] = []
 
     def follow(gid: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         calls.append(body["_action"])
-        if len(calls) == 1:
+        if len(calls) == 1 and not lost:
             return 503, {"error": "busy"}
         score = body["score"]
-        state = core.post_validation(gid, validator=body["validator"], score=score, tag=body["tag"])
-        return 200, {"state": state.state}
+        try:
+            state = core.post_validation(
+                gid, validator=body["validator"], score=score, tag=body["tag"]
+            )
+        except CoreError as exc:
+            return exc.status, exc.to_dict()
+        return (503, {"error": "busy"}) if len(calls) == 1 else (200, {"state": state.state})
 
     runs = Counter()
     try:

@@ -45,7 +45,9 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _process(args: list[str], env: dict[str, str], log: Path, probe: str) -> Iterator[None]:
+def _process(
+    args: list[str], env: dict[str, str], log: Path, probe: str
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run a server in its own process group until ``probe`` answers 200 (bounded); kill it."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -67,7 +69,7 @@ def _process(args: list[str], env: dict[str, str], log: Path, probe: str) -> Ite
             if time.monotonic() > deadline or proc.poll() is not None:
                 pytest.fail(f"{args} did not start: {log.read_text()[-2000:]}")
             time.sleep(0.1)
-        yield
+        yield proc
     except BaseException:  # the server's side of a failure, in the test's output
         print(f"--- {log.name} (last 4000 bytes) ---\n{log.read_text(errors='replace')[-4000:]}")
         raise
@@ -83,18 +85,23 @@ def _process(args: list[str], env: dict[str, str], log: Path, probe: str) -> Ite
 
 
 @contextlib.contextmanager
-def _seller(tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
-    port = _free_port()
+def _seller(
+    tmp_path: Path, env: dict[str, str], workers: int = 2, pids: list[int] | None = None
+) -> Iterator[str]:
+    """The load seller under uvicorn; ``pids`` gets its process (group) id, to kill it."""
+    port = int(env.get("LOAD_PORT") or _free_port())
     url = f"http://127.0.0.1:{port}"
     args = [sys.executable, "-m", "uvicorn", "load_seller:app", "--app-dir", str(APPS)]
-    args += ["--workers", "2", "--host", "127.0.0.1", "--port", str(port)]
+    args += ["--workers", str(workers), "--host", "127.0.0.1", "--port", str(port)]
     args += ["--log-level", "warning", "--no-access-log"]
     # A kept-alive connection the seller closes as a request leaves on it is a race of
     # the client's (the buyer flow sends its own calls again: tests/conformance); it is
     # not what these tests measure, so idle connections outlive the run.
     args += ["--timeout-keep-alive", "60"]
     env = {**env, "LOAD_PORT": str(port), "PAY_TO": PAY_TO}
-    with _process(args, env, tmp_path / "seller.log", f"{url}/free"):
+    with _process(args, env, tmp_path / "seller.log", f"{url}/free") as proc:
+        if pids is not None:
+            pids.append(proc.pid)
         yield url
 
 
@@ -224,3 +231,67 @@ def test_two_workers_pay_through_a_separate_serve_process(tmp_path: Path) -> Non
         finally:
             core.close()
             records.store.close()
+
+
+def test_a_seller_killed_while_its_remote_settle_is_answered_refunds_at_restart(
+    tmp_path: Path,
+) -> None:
+    """A remote settle leaves a mark before it is sent, removed with the payment's record: a
+    seller SIGKILLed after the facilitator accepted, before the answer was recorded, left the
+    buyer charged for a handler that never ran, with nothing on record. The next seller on
+    its records database voids it once the mark is due."""
+    import threading
+
+    from fourmica_x402.client import PaymentTransport
+
+    db = f"sqlite:///{tmp_path / 'core.db'}"
+    records_db = f"sqlite:///{tmp_path / 'records.db'}"
+    counter = tmp_path / "runs.txt"
+    core_port, seller_port = _free_port(), _free_port()
+    core_url = f"http://127.0.0.1:{core_port}"
+    serve = [sys.executable, "-m", "fourmica_x402", "serve", "--db", db, "--sandbox"]
+    serve += ["--host", "127.0.0.1", "--port", str(core_port)]
+    buyer = TestBuyer.new()
+    env = {
+        "LOAD_FACILITATOR": core_url,
+        "LOAD_RECORDS": records_db,
+        "LOAD_COUNTER": str(counter),
+        "LOAD_PORT": str(seller_port),
+        "LOAD_MARK_WAIT": "1",
+        "LOAD_FACILITATOR_TIMEOUT": "1",  # the mark is due 3 s after the settle began
+    }
+    with _process(serve, {}, tmp_path / "core.log", f"{core_url}/health"):
+        deposit = {"address": buyer.address, "amount": PRICE, "network": NETWORK}
+        assert httpx.post(f"{core_url}/sandbox/deposit", json=deposit, timeout=10).is_success
+        core = Core(db)
+        try:
+            late, pids = {**env, "LOAD_SETTLE_LATE": "60"}, []
+            with _seller(tmp_path, late, workers=1, pids=pids) as url:
+
+                def pay() -> None:
+                    client = httpx.Client(transport=PaymentTransport(buyer.key))
+                    with client, contextlib.suppress(httpx.HTTPError):  # its seller dies
+                        client.get(f"{url}/premium", timeout=30)
+
+                threading.Thread(target=pay, daemon=True).start()
+                deadline = time.monotonic() + 20
+                while not core.guarantees(address=buyer.address):  # accepted, answer delayed
+                    assert time.monotonic() < deadline, "the settle never reached the Core"
+                    time.sleep(0.05)
+                os.killpg(pids[0], signal.SIGKILL)
+            [accepted] = core.guarantees(address=buyer.address)
+            assert accepted.state == "payable"
+            assert core.position(buyer.address, network=NETWORK).locked == PRICE
+            with _seller(tmp_path, env, workers=1):  # the next seller on these records
+                deadline = time.monotonic() + 30
+                while core.guarantee(accepted.guarantee_id).state != "voided":
+                    assert time.monotonic() < deadline, "the lost settle was never voided"
+                    time.sleep(0.1)
+            assert core.position(buyer.address, network=NETWORK).locked == 0
+            assert not counter.exists()  # the handler never ran
+            records = Records(records_db)
+            assert records.followup(accepted.guarantee_id)[:1] == ("voided",)  # type: ignore[index]
+            assert records.query() == []
+            records.store.close()
+        finally:
+            core.close()

@@ -45,10 +45,25 @@ common = dict(
     throttle_failures=int(os.environ.get("LOAD_THROTTLE", "20")),
 )
 if os.environ.get("LOAD_FACILITATOR"):
-    from fourmica_x402.facilitator import HttpFacilitator
+    import asyncio
 
+    from fourmica_x402.facilitator import HttpFacilitator
+    from fourmica_x402.gate import settle
+
+    class Facilitator(HttpFacilitator):
+        """LOAD_SETTLE_LATE: the settle's answer reaches the gate that many seconds late (the
+        test kills the seller meanwhile)."""
+
+        async def asettle(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            result = await super().asettle(*args, **kwargs)
+            await asyncio.sleep(float(os.environ.get("LOAD_SETTLE_LATE", "0")))
+            return result
+
+    # LOAD_MARK_WAIT: how long a settle's mark waits before it is voided as in doubt.
+    settle.SETTLE_MARK_WAIT = float(os.environ.get("LOAD_MARK_WAIT", settle.SETTLE_MARK_WAIT))
+    timeout = float(os.environ.get("LOAD_FACILITATOR_TIMEOUT", "30"))
     config = PaymentConfig(
-        facilitator=HttpFacilitator(os.environ["LOAD_FACILITATOR"], timeout=30.0),
+        facilitator=Facilitator(os.environ["LOAD_FACILITATOR"], timeout=timeout),
         records=os.environ["LOAD_RECORDS"],
         tab_endpoint=f"http://127.0.0.1:{os.environ['LOAD_PORT']}/x402/tab",
         **common,  # type: ignore[arg-type]

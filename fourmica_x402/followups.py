@@ -1,0 +1,140 @@
+"""Follow-ups of the payment records: voids and delivery scores the facilitator could not
+take at once, retried by the gate's reconciler (docs/operations.md, "A remote facilitator"),
+and the mark a remote settle leaves while it waits for its answer."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .core.store import Store, Tx
+
+__all__ = ["DONE", "Followup", "Followups"]
+
+#: A closed follow-up: (the outcome waiting for it, the one it makes; None: by the status).
+DONE = {
+    "voided": ("refund_pending", "refunded"),
+    "scored": ("score_pending", None),
+    "abandoned": ("refund_pending", "kept"),
+}
+
+
+@dataclass(frozen=True)
+class Followup:
+    """A void or delivery score to retry (see :meth:`Followups.add_followup`)."""
+
+    guarantee_id: str
+    pay_to: str
+    attempts: int
+    created_at: float
+    kind: str  # in_doubt | refund | score
+    score: int | None
+
+
+class Followups:
+    """The ``fx_followups`` table of :class:`~fourmica_x402.records.Records` (its database)."""
+
+    store: Store
+
+    def add_followup(
+        self, guarantee_id: str, pay_to: str, kind: str, score: int | None = None
+    ) -> None:
+        """Remember to act on a guarantee later (the gate's reconciler does):
+
+        - ``in_doubt``: void it (its settle may have been accepted without an answer);
+        - ``refund``: void it (its handler failed and the refund did not go through);
+        - ``score``: post ``score`` as its delivery validation (the post did not go through).
+
+        One follow-up per guarantee: an open one stays as it is, but for an ``in_doubt`` over
+        the settle's own mark (:meth:`claim_settle`), which is now due; a closed one (say an
+        ``in_doubt`` of a replayed header, superseded by this payment's own run) is opened
+        again for this new action.
+        """
+        now = time.time()
+        with self.store.transaction() as tx:
+            tx.execute(
+                "INSERT INTO fx_followups (guarantee_id, pay_to, created_at, next_at, status, "
+                "kind, score) VALUES (?, ?, ?, ?, 'open', ?, ?) "
+                "ON CONFLICT (guarantee_id) DO UPDATE SET pay_to = excluded.pay_to, "
+                "created_at = excluded.created_at, next_at = excluded.next_at, status = 'open', "
+                "attempts = 0, detail = NULL, kind = excluded.kind, score = excluded.score "
+                "WHERE fx_followups.status <> 'open' OR (fx_followups.kind = 'in_doubt' "
+                "AND excluded.kind = 'in_doubt')",
+                (guarantee_id, pay_to, now, now, kind, score),
+            )
+
+    def claim_settle(self, guarantee_id: str, pay_to: str, due: float) -> bool:
+        """Before a remote settle: mark the guarantee ``in_doubt``, due at ``due`` (after the
+        settle's longest wait), so that a process that dies before the answer is recorded
+        leaves a void for the next one. False, and nothing written, when the guarantee has a
+        follow-up already (its earlier settle went unanswered, or one is under way)."""
+        with self.store.transaction() as tx:
+            return bool(
+                tx.execute(
+                    "INSERT INTO fx_followups (guarantee_id, pay_to, created_at, next_at, "
+                    "status, kind) VALUES (?, ?, ?, ?, 'open', 'in_doubt') "
+                    "ON CONFLICT (guarantee_id) DO NOTHING",
+                    (guarantee_id, pay_to, time.time(), due),
+                )
+            )
+
+    def drop_settle(self, guarantee_id: str, tx: Tx | None = None) -> None:
+        """The settle's answer came (its record is written in ``tx``, or it was refused):
+        its mark goes."""
+        sql = "DELETE FROM fx_followups WHERE guarantee_id = ? AND kind = 'in_doubt' "
+        sql += "AND status = 'open' AND attempts = 0"
+        if tx is not None:
+            tx.execute(sql, (guarantee_id,))
+            return
+        with self.store.transaction() as own:
+            own.execute(sql, (guarantee_id,))
+
+    def followup(self, guarantee_id: str) -> tuple[str, int, str | None] | None:
+        """(status, attempts, detail) of a guarantee's follow-up, or None."""
+        with self.store.transaction(write=False) as tx:
+            row = tx.one(
+                "SELECT status, attempts, detail FROM fx_followups WHERE guarantee_id = ?",
+                (guarantee_id,),
+            )
+        return None if row is None else (row[0], int(row[1]), row[2])
+
+    def due_followups(self, now: float, limit: int = 100) -> list[Followup]:
+        """Open follow-ups due by ``now``, oldest due first."""
+        with self.store.transaction(write=False) as tx:
+            rows = tx.all(
+                "SELECT guarantee_id, pay_to, attempts, created_at, kind, score FROM fx_followups "
+                "WHERE status = 'open' AND next_at <= ? ORDER BY next_at LIMIT ?",
+                (now, limit),
+            )
+        return [
+            Followup(r[0], r[1], int(r[2]), float(r[3]), r[4], None if r[5] is None else int(r[5]))
+            for r in rows
+        ]
+
+    def next_followup_due(self) -> float | None:
+        """When the next open follow-up is due (None: nothing open)."""
+        with self.store.transaction(write=False) as tx:
+            row = tx.one("SELECT MIN(next_at) FROM fx_followups WHERE status = 'open'")
+        return None if row is None or row[0] is None else float(row[0])
+
+    def update_followup(
+        self, guarantee_id: str, *, status: str, next_at: float | None = None, detail: str = ""
+    ) -> None:
+        """Count an attempt; ``status`` 'open' reschedules at ``next_at``, others close it.
+
+        A refund or score that went through, or a refund given up (``kept``, netted meanwhile),
+        updates the payment's record in the same write."""
+        with self.store.transaction() as tx:
+            tx.execute(
+                "UPDATE fx_followups SET status = ?, attempts = attempts + 1, "
+                "next_at = COALESCE(?, next_at), detail = ? WHERE guarantee_id = ?",
+                (status, next_at, detail, guarantee_id),
+            )
+            if status in DONE:
+                pending, final = DONE[status]
+                tx.execute(
+                    "UPDATE fx_records SET outcome = COALESCE(?, CASE WHEN status = 'delivered' "
+                    "THEN 'delivered' ELSE 'cancelled' END) "
+                    "WHERE guarantee_id = ? AND outcome = ?",
+                    (final, guarantee_id, pending),
+                )
