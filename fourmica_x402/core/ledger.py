@@ -11,16 +11,13 @@ position) is a read transaction of its own, after the commit. Checks that need n
 database (claims shape, binding hashes, the signature) run before the transaction, so a
 write lock is never held across a signature recovery.
 
-Concurrency rules, for SQLite (``BEGIN IMMEDIATE`` serialises writers) and
-PostgreSQL (READ COMMITTED) alike:
-
-- a capacity lock is one conditional ``UPDATE … WHERE credit_limit − locked
-  − pending_withdrawal ≥ amount``: two sellers racing for the last unit can
-  never both win;
-- a replay is stopped by the ``(tab_id, req_id)`` primary key, never deleted;
-- state transitions are conditional updates on the old state (``WHERE state
-  = 'payable'``, ``WHERE status = 'open'``), so a transition happens once;
-- a row that is read, then written, is first locked with a no-op ``UPDATE``.
+Concurrency rules, for SQLite (``BEGIN IMMEDIATE`` serialises writers) and PostgreSQL
+(READ COMMITTED) alike: a capacity lock is one conditional ``UPDATE … WHERE credit_limit −
+locked − pending_withdrawal ≥ amount`` (two sellers racing for the last unit never both
+win); a replay is stopped by the ``(tab_id, req_id)`` primary key, never deleted; a state
+transition is a conditional update on the old state, so it happens once; a row read, then
+written, is first locked with a no-op ``UPDATE``; a transaction PostgreSQL made a deadlock's
+victim is run again (:func:`.store.retried`).
 
 Money is conserved: :mod:`.audit` checks it (and the property tests run the audit).
 """
@@ -55,7 +52,7 @@ from .models import (
     Withdrawal,
 )
 from .schema import migrate
-from .store import Conflict, Store, Tx, WouldBlock, open_store
+from .store import Conflict, Store, Tx, WouldBlock, open_store, retried
 from .store.deferred import Task
 
 __all__ = ["SANDBOX_CONTRACT", "SANDBOX_REGISTRY", "Core", "CoreConfig"]
@@ -108,9 +105,13 @@ class Core(Alerting, Reads):
     def _change(
         self, fn: Callable[Concatenate[Tx, Events, _P], _T], *args: _P.args, **kw: _P.kwargs
     ) -> _T:
-        """``fn(tx, events, …)`` in one write transaction (a state change)."""
-        with self._write() as (tx, events):
-            return fn(tx, events, *args, **kw)
+        """``fn(tx, events, …)`` in one write transaction (a state change), retried."""
+
+        def change() -> _T:
+            with self._write() as (tx, events):
+                return fn(tx, events, *args, **kw)
+
+        return retried(change)
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Call ``callback(event)`` after each committed change; returns an unsubscribe function.
@@ -225,7 +226,8 @@ class Core(Alerting, Reads):
         """
         claims = acceptance.precheck(signed, expected, self.config, self._domains)
         gid = acceptance.id_of(claims, expected.network)
-        try:
+
+        def attempt() -> Acceptance:
             with self._write(nowait) as (tx, events):
                 now = self.clock()  # once the lock is won: the checks and accepted_at use it
                 accepted = acceptance.accept(
@@ -233,6 +235,10 @@ class Core(Alerting, Reads):
                 )
                 if also is not None:
                     also(tx, accepted)
+            return accepted
+
+        try:
+            accepted = retried(attempt)
         except Conflict:
             raise rejected(Reason.REPLAYED_REQUEST_ID) from None
         except GuaranteeRejected as exc:  # a full tab is not handed out again
@@ -327,9 +333,11 @@ class Core(Alerting, Reads):
         tag: str = "",
         also: Callable[[Tx], Any] | None = None,
         failed: Callable[[Exception], None] | None = None,
+        payer: str = "",
     ) -> None:
         """:meth:`resolve`, committed off the caller's path: with this process's next write
         or within the store's window (docs/architecture.md, "Completion off the request path").
+        ``payer`` (the guarantee's, when known) orders it among a batch's writes.
 
         ``also(tx)`` runs in the same transaction. If the resolution is refused (a
         :class:`~fourmica_x402.errors.CoreError`) or cannot be written, nothing of it or of
@@ -348,7 +356,7 @@ class Core(Alerting, Reads):
             EventFeed.store(tx, events)
 
         self.store.deferred.submit(
-            Task(apply, committed=lambda: self._feed.deliver(events), failed=failed)
+            Task(apply, committed=lambda: self._feed.deliver(events), failed=failed, order=payer)
         )
 
     def expire_validations(self) -> int:

@@ -212,6 +212,7 @@ def _complete_later(
         tag=DELIVERY_TAG,
         also=lambda tx: Records.complete(tx, record_id, outcome=outcome, **record),
         failed=failed,
+        payer=payment.payer or "",
     )
 
 

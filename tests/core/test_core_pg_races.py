@@ -208,3 +208,53 @@ def test_an_audit_under_load_sees_one_state(postgres_url: str) -> None:
 
     assert _race(postgres_url, depositor, depositor, auditor) == []
     assert len(found) == 150 and [problems for problems in found if problems] == []
+
+
+@pytest.mark.parametrize("ordered", [True, False], ids=["by-payer", "unordered"])
+def test_queued_voids_of_several_cores_over_the_same_buyers_all_commit(
+    postgres_url: str, ordered: bool
+) -> None:
+    """Each Core commits its queued completions (a gate's refunds and scores) as one batch.
+    Batches of different processes locked the buyers' positions in opposite orders and
+    deadlocked: PostgreSQL's victim was a batch, whose voids failed with a raw driver error
+    (refunds left to the reconciler), or an acceptance caught in the cycle, refused (a 503
+    for a valid payment). A batch takes its jobs by payer now (the gate names it), and a
+    transaction that lost the race runs again, unordered jobs included."""
+    import random
+
+    setup = Core(postgres_url)
+    buyers = [TestBuyer.new() for _ in range(6)]
+    for buyer in buyers:
+        setup.deposit(buyer.address, 10**9, network=NETWORK)
+    seller = TestBuyer.new().address
+    setup.close()
+    failed: list[str] = []
+
+    def worker(seed: int) -> Callable[[Core], None]:
+        def run(core: Core) -> None:
+            rnd = random.Random(seed)
+            for _ in range(8):
+                order = rnd.sample(buyers, len(buyers))
+                accepted = [core.accept(*buyer.pay(core, seller, 1)) for buyer in order]
+                rnd.shuffle(accepted)
+                for one in accepted:
+                    core.resolve_later(
+                        one.guarantee_id,
+                        by=seller,
+                        score=None,
+                        failed=lambda exc: failed.append(f"{type(exc).__name__}: {exc}"),
+                        payer=one.payer if ordered else "",
+                    )
+                core.store.deferred.drain()
+
+        return run
+
+    assert _race(postgres_url, worker(1), worker(2), worker(3)) == []
+    assert failed == []
+    core = Core(postgres_url)
+    try:
+        assert [core.position(b.address, network=NETWORK).locked for b in buyers] == [0] * 6
+        assert len(core.guarantees(state="voided", limit=1000)) == 3 * 8 * 6
+        assert core.audit() == []
+    finally:
+        core.close()

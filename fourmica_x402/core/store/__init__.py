@@ -7,7 +7,8 @@ supplies transactions and maps its driver's errors onto two of ours:
 - :class:`Conflict` — a unique constraint was violated (e.g. a replayed
   ``(tab_id, req_id)``); the transaction is rolled back.
 - :class:`StoreUnavailable` — the database cannot be reached or written
-  (missing server, read-only file, disk full); callers fail closed.
+  (missing server, read-only file, disk full); callers fail closed. Its
+  :class:`Contention` is a transaction that lost a race for row locks, safe to run again.
 
 ``open_store("sqlite:///path.db" | "path.db" | "postgresql://…")`` picks the
 implementation.
@@ -15,18 +16,31 @@ implementation.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from ...errors import Unavailable
 
 if TYPE_CHECKING:
     from .deferred import Deferred
 
-__all__ = ["Conflict", "Store", "StoreClosed", "StoreUnavailable", "Tx", "WouldBlock", "open_store"]
+__all__ = [
+    "Conflict",
+    "Contention",
+    "Store",
+    "StoreClosed",
+    "StoreUnavailable",
+    "Tx",
+    "WouldBlock",
+    "open_store",
+    "retried",
+]
 
 Row = tuple[Any, ...]
+T = TypeVar("T")
 
 
 class Conflict(Exception):
@@ -54,6 +68,25 @@ class StoreUnavailable(Unavailable):
 
 class StoreClosed(StoreUnavailable):
     """The store was closed by its owner (the app is stopping): background work ends."""
+
+
+class Contention(StoreUnavailable):
+    """The transaction lost a race for row locks (PostgreSQL chose it as a deadlock's victim,
+    or refused it as not serializable): nothing of it was committed, so running it again is
+    safe (:func:`retried`). A 503 like any store error when it keeps losing."""
+
+
+def retried(fn: Callable[[], T], tries: int = 5) -> T:
+    """``fn()``, a whole transaction, run again when it lost a lock race (:class:`Contention`),
+    after a short random pause (two losers retrying in step would meet again)."""
+    for attempt in range(tries):
+        try:
+            return fn()
+        except Contention:
+            if attempt + 1 == tries:
+                raise
+            time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
+    raise AssertionError("unreachable")
 
 
 class Tx(Protocol):

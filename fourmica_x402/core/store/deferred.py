@@ -23,7 +23,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from . import Tx
+from . import Contention, Tx, retried
 
 __all__ = ["DEFAULT_WINDOW", "Deferred", "Job", "Task", "drain_all"]
 
@@ -61,9 +61,11 @@ class Job(Protocol):
 
 
 class Task:
-    """A :class:`Job` made of functions: ``apply(tx)``, and optional callbacks."""
+    """A :class:`Job` made of functions: ``apply(tx)``, and optional callbacks. ``order``: a
+    key that sorts the jobs of a batch (the payer whose position the job locks), so that
+    batches of different processes take their row locks in one order (PostgreSQL)."""
 
-    __slots__ = ("_committed", "_failed", "apply")
+    __slots__ = ("_committed", "_failed", "apply", "order")
 
     def __init__(
         self,
@@ -71,9 +73,11 @@ class Task:
         *,
         committed: Callable[[], None] | None = None,
         failed: Callable[[Exception], None] | None = None,
+        order: str = "",
     ) -> None:
         self.apply = apply
         self._committed, self._failed = committed, failed
+        self.order = order
 
     def committed(self) -> None:
         if self._committed is not None:
@@ -94,8 +98,12 @@ class Deferred:
         transaction: Callable[[], AbstractContextManager[Tx]],
         key: str,
         window: float = DEFAULT_WINDOW,
+        retryable: tuple[type[BaseException], ...] = (),
     ) -> None:
         self._transaction = transaction
+        #: Driver errors that abort a whole batch, to be run again (a lost lock race): a
+        #: job that raises one is not failed on its own.
+        self.retryable = retryable
         #: The database (its path or URL): every store of this process on it drains this queue
         #: before it reads (:func:`drain_all`).
         self.key = key
@@ -141,12 +149,18 @@ class Deferred:
         return jobs
 
     @staticmethod
-    def run(tx: Tx, jobs: list[Job]) -> list[tuple[Job, Exception]]:
-        """Apply ``jobs`` in ``tx``: all in one savepoint; when one fails, each in its own."""
+    def run(
+        tx: Tx, jobs: list[Job], retryable: tuple[type[BaseException], ...] = ()
+    ) -> list[tuple[Job, Exception]]:
+        """Apply ``jobs`` in ``tx``, by their ``order``: all in one savepoint; when one fails,
+        each in its own. A ``retryable`` error aborts the whole transaction instead."""
+        jobs = sorted(jobs, key=lambda job: getattr(job, "order", ""))
         tx.execute("SAVEPOINT fx_batch")
         try:
             for job in jobs:
                 job.apply(tx)
+        except retryable:
+            raise
         except Exception:
             tx.execute("ROLLBACK TO SAVEPOINT fx_batch")
         else:
@@ -158,6 +172,8 @@ class Deferred:
             tx.execute("SAVEPOINT fx_job")
             try:
                 job.apply(tx)
+            except retryable:
+                raise
             except Exception as exc:
                 tx.execute("ROLLBACK TO SAVEPOINT fx_job")
                 failures.append((job, exc))
@@ -194,7 +210,7 @@ class Deferred:
         committed = False
         try:
             with self._transaction() as tx:
-                failures = self.run(tx, jobs)
+                failures = self.run(tx, jobs, self.retryable)
             committed = True
         finally:
             self.done(jobs, failures, committed)
@@ -203,7 +219,7 @@ class Deferred:
         """Before a read: commit what is queued and wait for batches other threads write."""
         if not self._jobs and not self._inflight:
             return
-        self.flush()
+        retried(self.flush)  # a batch that lost a lock race went back in the queue: again
         with self._lock:
             self._lock.wait_for(lambda: self._inflight == 0, timeout=timeout)
 
@@ -242,7 +258,10 @@ class Deferred:
                 except Exception as exc:  # the database is down: retry, slower each time
                     if self.closed:
                         return
-                    log.error("writing queued completions failed, will retry: %s", exc)
+                    lost_race = isinstance(exc, Contention)  # another process's batch won
+                    (log.info if lost_race else log.error)(
+                        "writing queued completions failed, will retry: %s", exc
+                    )
                     pause = min(max(pause * 2, 0.05), 5.0)
                     continue
                 break

@@ -48,12 +48,20 @@ except ImportError as exc:  # pragma: no cover - exercised in an env without the
         'The PostgreSQL store needs psycopg 3: pip install "fourmica-x402[postgres]"'
     ) from exc
 
-from . import Conflict, Row, StoreUnavailable, WouldBlock
+from . import Conflict, Contention, Row, StoreUnavailable, WouldBlock
 from .deferred import Deferred, drain_all
 
 __all__ = ["PostgresStore"]
 
 # Errors that mean "the database cannot be reached or written", not "this SQL is wrong".
+#: A transaction that lost a race for row locks (class 40: a deadlock's victim, a
+#: serialization failure): nothing committed, safe to run again (psycopg does not make the
+#: first two subclasses of the third).
+_LOST_RACE: tuple[type[BaseException], ...] = (
+    pg_errors.DeadlockDetected,
+    pg_errors.SerializationFailure,
+    pg_errors.TransactionRollback,
+)
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     psycopg.OperationalError,  # connection lost or refused, shutdown, disk full, deadlock
     psycopg.InterfaceError,  # the connection is closed
@@ -228,7 +236,7 @@ class PostgresStore:
         self._lock = threading.Lock()
         #: Writes queued off the request path (:mod:`.deferred`): the flusher commits them in
         #: a transaction of their own (riding along another would mix row-lock orders).
-        self.deferred = Deferred(self.transaction, self.safe_url)
+        self.deferred = Deferred(self.transaction, self.safe_url, retryable=_LOST_RACE)
         _STORES.add(self)
         self._slot()  # fail fast: a wrong URL or an unreachable server is a start-up error
 
@@ -373,6 +381,9 @@ class PostgresStore:
     def _map(self, exc: BaseException) -> Exception | None:
         if isinstance(exc, pg_errors.UniqueViolation):
             return Conflict(_scrub(_first_line(exc), self._secrets))
+        if isinstance(exc, _LOST_RACE):
+            detail = _scrub(_first_line(exc), self._secrets)
+            return Contention(f"a transaction lost a lock race on {self.safe_url}: {detail}")
         if isinstance(exc, _UNAVAILABLE):
             return self._unavailable("PostgreSQL error on", exc)
         return None
