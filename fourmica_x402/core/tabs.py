@@ -26,6 +26,9 @@ TabKey = tuple[str, str, str, str, int]
 
 #: Seconds a count of a seller's open tabs is trusted while well below the cap.
 _OPEN_COUNT_FRESH = 5.0
+#: A count of a seller's open tabs lets this process open 1/_SHARE of the room it left
+#: before it counts again (other processes on the database open theirs meanwhile).
+_SHARE = 8
 #: A recipient's unexpired tabs: a range of the fx_tabs_recipient_expiry index.
 _OPEN_TABS_SQL = "FROM fx_tabs WHERE recipient_address = ? AND start_ts + ttl >= ?"
 #: A tab whose running total (a 64-bit column) passed this is not handed out again: a payment
@@ -66,22 +69,24 @@ def open_tab_count(tx: Tx, recipient: str, now: int) -> int:
 
 class OpenTabCounts:
     """This process's recent counts of each seller's open tabs (recipient → (monotonic time
-    counted, open tabs then + opened here since)), so that a seller far below its cap is
-    not counted on every new tab."""
+    counted, open tabs then, opened here since)), so that a seller far below its cap is not
+    counted on every new tab."""
 
     def __init__(self) -> None:
-        self._counts: dict[str, tuple[float, int]] = {}
+        self._counts: dict[str, tuple[float, int, int]] = {}
         self._lock = threading.Lock()
 
     def check_cap(self, tx: Tx, recipient: str, now: int, max_open: int) -> None:
         """Refuse a new tab for ``recipient`` at ``max_open`` unexpired tabs.
 
-        Counting is a range scan of the recipient's unexpired tabs, so it is skipped while a
-        count less than ``_OPEN_COUNT_FRESH`` seconds old (plus the tabs this process opened
-        since) is more than 1 % below the cap; closer to the cap every new tab is counted
-        (exact on SQLite, whose writers are serialised; on PostgreSQL, concurrent openers
-        may pass the cap by the few tabs being opened at that moment). Another process
-        sharing the database is seen at the next count.
+        Counting is a range scan of the recipient's unexpired tabs, so a count less than
+        ``_OPEN_COUNT_FRESH`` seconds old stands for the next few new tabs: this process opens
+        at most ``1/_SHARE`` of the room that count left before it counts again. One process
+        alone never passes the cap (near it every new tab is counted: exact on SQLite, whose
+        writers are serialised; on PostgreSQL concurrent openers may pass it by the tabs being
+        opened at that moment). Several processes on one database may pass it by what the
+        others opened on counts of their own not yet spent: at most ``1/_SHARE`` of the room
+        per other process (it was a whole cap per process).
         """
         mono = time.monotonic()
         with self._lock:
@@ -89,14 +94,14 @@ class OpenTabCounts:
         if (
             known is not None
             and mono - known[0] < _OPEN_COUNT_FRESH
-            and known[1] < max_open - max(1, max_open // 100)
+            and known[2] < (max_open - known[1]) // _SHARE
         ):
             return
         count = open_tab_count(tx, recipient, now)
         with self._lock:
             if len(self._counts) >= 10_000:  # bounded: one entry per seller address
                 self._counts.clear()
-            self._counts[recipient] = (mono, count)
+            self._counts[recipient] = (mono, count, 0)
         if count >= max_open:
             first = tx.one(f"SELECT MIN(start_ts + ttl) {_OPEN_TABS_SQL}", (recipient, now))
             frees_at = int(first[0]) if first and first[0] is not None else now
@@ -112,7 +117,7 @@ class OpenTabCounts:
         with self._lock:
             known = self._counts.get(recipient)
             if known is not None:
-                self._counts[recipient] = (known[0], known[1] + 1)
+                self._counts[recipient] = (known[0], known[1], known[2] + 1)
 
 
 def open_once(

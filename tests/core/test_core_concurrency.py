@@ -279,3 +279,41 @@ def test_voids_racing_acceptances_of_the_same_pair_do_not_deadlock(postgres_url:
     assert core.position(buyer.address, network=NETWORK).locked == 0
     assert core.audit() == []
     core.close()
+
+
+def test_cores_of_several_processes_opening_tabs_keep_the_sellers_cap(store_url: str) -> None:
+    """A Core counts a seller's open tabs now and then, not on every new tab. Four Cores on
+    one database (four processes) each took the whole room as theirs between two counts and
+    opened four times the cap. Each takes an eighth of the room it counted now, so the cap is
+    passed by at most that much per other Core (docs/operations.md, "The tab endpoint")."""
+    import secrets
+
+    from fourmica_x402.errors import TabLimited
+
+    cap, seller, cores = 100, TestBuyer.new().address, 4
+    Core(store_url).close()  # the schema, before the race
+    opened: list[str] = []
+    lock, ready = threading.Lock(), threading.Barrier(cores)
+
+    def open_tabs() -> None:
+        core = Core(store_url)
+        try:
+            ready.wait(30)
+            for _ in range(60):
+                user = "0x" + secrets.token_hex(20)
+                try:
+                    tab = core.open_tab(user, seller, network=NETWORK, max_open_tabs=cap)
+                except TabLimited:
+                    continue
+                with lock:
+                    opened.append(hex(tab.tab_id))
+        finally:
+            core.close()
+
+    threads = [threading.Thread(target=open_tabs) for _ in range(cores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert cap <= len(set(opened)) <= cap + (cores - 1) * cap // 8, len(opened)
