@@ -108,6 +108,8 @@ class PaidExchange:
             answered = False
             if isinstance(exc, Exception) and self.meter.status is None:
                 answered = await self._error_answer(outer, scope, exc)
+                if not answered and not getattr(outer, "debug", False):
+                    await self._server_error()
             self._stop_listening()
             await self._ended()
             out = (self._complete or self.meter.whole()) and not self._left
@@ -123,6 +125,16 @@ class PaidExchange:
         elif not self._complete and self.meter.replacement is None and not self.meter.whole():
             error = RuntimeError(_UNFINISHED)  # the server answers the rest (a 500, a cut body)
         await self._done(error)
+
+    async def _server_error(self) -> None:
+        """The server's plain 500 for an error no handler answered, sent here so that it
+        carries the payment's result header (refunded); the error still goes on, to the
+        server's log and any monitor outside (a debug page is left to the app)."""
+        body = b"Internal Server Error"
+        headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await self.send({"type": "http.response.start", "status": 500, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body})
 
     async def _error_answer(self, outer: Any, scope: Any, exc: Exception) -> bool:
         """Starlette answers an error with its app's 500 (or ``Exception``) handler outside

@@ -257,6 +257,29 @@ def test_an_error_without_a_handler_is_still_the_servers_500_and_refunded(core: 
     assert settled(core, gate_of(app.middleware_stack)) == [("voided", "refunded")]
 
 
+def test_the_servers_500_for_an_unhandled_error_says_the_payment_was_refunded(
+    core: Core,
+) -> None:
+    """With no error handler the 500 was the server's, written outside the gate: refunded,
+    but its buyer had no result header to tell (Flask's and Django's say "refunded"). The
+    gate sends that plain 500 now, with the header; the error still reaches the server."""
+    import base64
+    import json
+
+    async def report(request: Any) -> PlainTextResponse:
+        raise RuntimeError("the upstream failed")
+
+    app = _report_app(core, report, policy=True)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        resp = client.get("/report", headers=[header(core, client, "/report")])
+    assert (resp.status_code, resp.text) == (500, "Internal Server Error")
+    result = json.loads(base64.b64decode(resp.headers["payment-response"]))
+    assert (result["success"], result["errorReason"]) == (False, "refunded")
+    assert settled(core, gate_of(app.middleware_stack)) == [("voided", "refunded")]
+    with TestClient(app) as client, pytest.raises(RuntimeError, match="upstream"):
+        client.get("/report", headers=[header(core, client, "/report")])
+
+
 def test_fastapi_cleanup_failing_after_a_paid_answer_keeps_the_payment(core: Core) -> None:
     app = FastAPI()
     payments = FourmicaX402(app, pay_to=SELLER, network=NETWORK, core=core)
