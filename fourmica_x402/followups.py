@@ -45,10 +45,12 @@ class Followups:
         - ``refund``: void it (its handler failed and the refund did not go through);
         - ``score``: post ``score`` as its delivery validation (the post did not go through).
 
-        One follow-up per guarantee: an open one stays as it is, but for an ``in_doubt`` over
-        the settle's own mark (:meth:`claim_settle`), which is now due; a closed one (say an
-        ``in_doubt`` of a replayed header, superseded by this payment's own run) is opened
-        again for this new action.
+        One follow-up per guarantee: an open one stays as it is, but for an open ``in_doubt``
+        (a settle's mark, :meth:`claim_settle`), which an ``in_doubt`` makes due now and a
+        ``refund`` replaces (the request was cancelled while its record was written: the mark
+        goes with that record, the refund stays); a closed one (say an ``in_doubt`` of a
+        replayed header, superseded by this payment's own run) is opened again for this new
+        action.
         """
         now = time.time()
         with self.store.transaction() as tx:
@@ -59,7 +61,7 @@ class Followups:
                 "created_at = excluded.created_at, next_at = excluded.next_at, status = 'open', "
                 "attempts = 0, detail = NULL, kind = excluded.kind, score = excluded.score "
                 "WHERE fx_followups.status <> 'open' OR (fx_followups.kind = 'in_doubt' "
-                "AND excluded.kind = 'in_doubt')",
+                "AND excluded.kind IN ('in_doubt', 'refund'))",
                 (guarantee_id, pay_to, now, now, kind, score),
             )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from functools import partial
@@ -301,9 +302,16 @@ def claim_settle(gate: Gate, signed: SignedGuarantee, chosen: PaymentRequirement
     gid = _guarantee_id(signed, chosen)
     timeout = getattr(gate.facilitator, "timeout", None)  # HttpFacilitator's; others may not
     wait = SETTLE_MARK_WAIT
-    if isinstance(timeout, int | float) and 0 < timeout < SETTLE_MARK_WAIT * 60:
+    if isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0:
         wait = max(wait, 3 * timeout)
-    if not gate.records.claim_settle(gid, chosen.pay_to, time.time() + wait):
+    try:
+        claimed = gate.records.claim_settle(gid, chosen.pay_to, time.time() + wait)
+    except Exception as exc:  # nothing is settled without its mark: fail closed
+        raise Unavailable(
+            f"could not mark the payment before its settle: {type(exc).__name__}",
+            reason=Reason.RECORDS_UNAVAILABLE,
+        ) from exc
+    if not claimed:
         raise PaymentError(
             "this payment's earlier settle went unanswered and is being voided, or is being "
             "settled now; sign a new one",

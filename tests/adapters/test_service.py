@@ -11,7 +11,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -1177,6 +1177,100 @@ def test_a_remote_facilitator_reports_the_services_refusal_codes(core: Core) -> 
         assert unauthorized.value.status == 401 and unauthorized.value.message == "unauthorized"
 
 
+def _remote_seller(
+    url: str, records: Path, transport: Any = None, runs: list[int] | None = None
+) -> tuple[Gate, Starlette]:
+    """A Starlette seller on the served Core as its remote facilitator, its records apart."""
+    gate = Gate(
+        PaymentConfig(
+            pay_to=SELLER,
+            routes={"GET /premium": "$0.01"},
+            facilitator=HttpFacilitator(
+                url, retries=1, headers={"Authorization": "Bearer op"}, async_transport=transport
+            ),
+            records=str(records),
+            tab_endpoint="http://testserver/x402/tab",
+        )
+    )
+
+    async def premium(request: Request) -> JSONResponse:
+        if runs is not None:
+            runs.append(1)
+        return JSONResponse({"served": True})
+
+    app = Starlette(
+        routes=[Route("/premium", premium)],
+        middleware=[Middleware(PaymentMiddleware, gate=gate)],
+    )
+    return gate, app
+
+
+async def _leave_when(app: Any, name: str, value: str, ready: Callable[[], bool]) -> None:
+    """Send a paid GET and leave (its task cancelled) once ``ready()``; the loop goes on 1.5 s."""
+    import asyncio
+
+    scope = http_scope("GET", "/premium", [(name.lower().encode(), value.encode())])
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        raise AssertionError(f"nothing is answered to a client that left: {message}")
+
+    task = asyncio.create_task(app(scope, receive, send))
+    for _ in range(200):  # bounded
+        if ready():
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(1.5)  # the server goes on: a settle's answer, a record's write
+
+
+def test_a_client_leaving_while_its_remote_payment_is_recorded_is_refunded(
+    core: Core, tmp_path: Path
+) -> None:
+    """Accepted, then cancelled while the record was written in its worker thread: the
+    refund filed then met the settle's own open mark and was dropped, and the record's write
+    removed the mark: the buyer stayed charged for a handler that never ran."""
+    import asyncio
+    import threading
+
+    service = _served(create_app(core, api_key="op", tick_interval=None, webhooks=False))
+    url, _ = next(service)
+    try:
+        runs: list[int] = []
+        gate, app = _remote_seller(url, tmp_path / "records.db", runs=runs)
+        buyer = TestBuyer.new()
+        core.deposit(buyer.address, 100_000, network=NETWORK)
+        with TestClient(app) as seller:
+            req = decode_payment_required(seller.get("/premium").headers["payment-required"])
+            offer = req.accepts[0]
+            body = {"x402Version": 2, "userAddress": buyer.address}
+            tab = seller.post("/x402/tab", json={**body, "paymentRequirements": offer.to_dict()})
+            name, value = payment_header(buyer, offer, tab.json())
+        begin, writing = gate.records.begin, threading.Event()
+
+        def slow_begin(**fields: Any) -> int:  # a records database waiting on a lock
+            writing.set()
+            time.sleep(0.5)
+            return begin(**fields)
+
+        gate.records.begin = slow_begin  # type: ignore[method-assign]
+        asyncio.run(_leave_when(app, name, value, writing.is_set))
+        [accepted] = core.guarantees(address=buyer.address)
+        for _ in range(200):  # bounded: the reconciler (woken at once) voids it
+            gate.reconcile()
+            if core.guarantee(accepted.guarantee_id).state == "voided":
+                break
+            time.sleep(0.05)
+        assert runs == [] and core.guarantee(accepted.guarantee_id).state == "voided"
+        assert core.position(buyer.address, network=NETWORK).locked == 0
+    finally:
+        next(service, None)
+
+
 @pytest.mark.parametrize("elsewhere", [False, True], ids=["accepted-here", "served-elsewhere"])
 def test_a_remote_settle_cancelled_by_a_leaving_client_is_voided_if_it_was_accepted(
     core: Core, tmp_path: Path, elsewhere: bool
@@ -1198,32 +1292,8 @@ def test_a_remote_settle_cancelled_by_a_leaving_client_is_voided_if_it_was_accep
     service = _served(create_app(core, api_key="op", tick_interval=None, webhooks=False))
     url, _ = next(service)
     try:
-        auth = {"Authorization": "Bearer op"}
-
-        def seller(name: str, transport: Any = None) -> tuple[Gate, Starlette]:
-            gate = Gate(
-                PaymentConfig(
-                    pay_to=SELLER,
-                    routes={"GET /premium": "$0.01"},
-                    facilitator=HttpFacilitator(
-                        url, retries=1, headers=auth, async_transport=transport
-                    ),
-                    records=str(tmp_path / f"{name}.db"),
-                    tab_endpoint="http://testserver/x402/tab",
-                )
-            )
-
-            async def premium(request: Request) -> JSONResponse:
-                return JSONResponse({"served": True})
-
-            app = Starlette(
-                routes=[Route("/premium", premium)],
-                middleware=[Middleware(PaymentMiddleware, gate=gate)],
-            )
-            return gate, app
-
-        gate, app = seller("a", Late())
-        other_gate, other = seller("b")
+        gate, app = _remote_seller(url, tmp_path / "a.db", Late())
+        other_gate, other = _remote_seller(url, tmp_path / "b.db")
         buyer = TestBuyer.new()
         core.deposit(buyer.address, 100_000, network=NETWORK)
         with TestClient(other) as b:
@@ -1236,23 +1306,9 @@ def test_a_remote_settle_cancelled_by_a_leaving_client_is_voided_if_it_was_accep
                 assert b.get("/premium", headers={name: value}).status_code == 200
         other_gate.flush()
 
-        async def leave_while_settling() -> None:
-            scope = http_scope("GET", "/premium", [(name.lower().encode(), value.encode())])
-
-            async def receive() -> dict[str, Any]:
-                return {"type": "http.request", "body": b"", "more_body": False}
-
-            async def send(message: dict[str, Any]) -> None:
-                raise AssertionError(f"nothing is answered to a client that left: {message}")
-
-            task = asyncio.create_task(app(scope, receive, send))
-            await asyncio.sleep(0.3)  # its settle is out
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            await asyncio.sleep(1.5)  # the server goes on, and the settle's answer comes
-
-        asyncio.run(leave_while_settling())
+        sent_at = time.monotonic()  # its settle is out 0.3 s later
+        ready = lambda: time.monotonic() - sent_at > 0.3  # noqa: E731
+        asyncio.run(_leave_when(app, name, value, ready))
         [accepted] = core.guarantees(address=buyer.address)
         if elsewhere:  # refused as a replay: nothing of this instance's is left to act on
             gate.reconcile(time.time() + 3600)

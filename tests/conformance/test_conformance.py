@@ -11,6 +11,7 @@ import base64
 import dataclasses
 import hashlib
 import json
+import time
 from typing import Any
 
 import pytest
@@ -708,6 +709,61 @@ def test_a_payment_recorded_elsewhere_that_cannot_be_recorded_is_voided(
     assert seller.core.position(buyer.address, network=NETWORK).locked == 0  # voided, not kept
     [voided] = seller.core.guarantees(address=buyer.address)
     assert voided.state == "voided"
+
+
+def test_a_payment_whose_settle_cannot_be_marked_is_refused_before_it_is_settled(
+    make_seller: Any, tmp_path: Any
+) -> None:
+    """Records apart from the Core: a settle is marked in the records database first, so that
+    a process dying before the answer is recorded leaves a void. A records database that
+    cannot take the mark fails the payment closed, naming the records, with nothing settled."""
+    from fourmica_x402.records import Records
+
+    seller = make_seller(records=Records(str(tmp_path / "records.db")))
+    buyer = funded(seller)
+    headers = paid_headers(seller, buyer)
+
+    def broken(*args: Any) -> bool:
+        raise RuntimeError("records database is gone")
+
+    seller.gate.records.claim_settle = broken
+    resp = seller.request("GET", "/premium", headers=headers)
+    assert resp.status == 503 and resp.json()["error"] == "records_unavailable"
+    assert seller.calls["/premium"] == 0 and seller.core.guarantees(address=buyer.address) == []
+
+
+class _TimedFacilitator:
+    """The seller's facilitator, reporting a call ``timeout`` as HttpFacilitator does."""
+
+    def __init__(self, inner: Any, timeout: float) -> None:
+        self._inner, self.timeout = inner, timeout
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+@pytest.mark.parametrize(("timeout", "wait"), [(3600.0, 3 * 3600.0), (float("inf"), 60.0)])
+def test_a_settles_mark_outwaits_the_facilitators_timeout(
+    make_seller: Any, tmp_path: Any, timeout: float, wait: float
+) -> None:
+    """The mark must not fall due (and be voided) while its settle may still be answered: it
+    waits three times the facilitator's timeout, however long (it fell back to a minute past
+    an hour), and a minute when the timeout says nothing."""
+    from fourmica_x402.records import Records
+
+    seller = make_seller(records=Records(str(tmp_path / "records.db")))
+    seller.gate.facilitator = _TimedFacilitator(seller.gate.facilitator, timeout)
+    marks: list[float] = []
+    claim = seller.gate.records.claim_settle
+
+    def claim_settle(gid: str, pay_to: str, due: float) -> bool:
+        marks.append(due - time.time())
+        return claim(gid, pay_to, due)
+
+    seller.gate.records.claim_settle = claim_settle
+    resp = seller.request("GET", "/premium", headers=paid_headers(seller, funded(seller)))
+    assert resp.status == 200 and len(marks) == 1
+    assert wait - 5 < marks[0] <= wait
 
 
 def test_failure_hooks_see_refusals(make_seller: Any) -> None:
