@@ -79,13 +79,11 @@ CALL_RECEIPT_KEY = "fourmica_call_receipt"
 _FRAMING = (b"content-length", b"transfer-encoding")
 
 
-class NeverSent(Exception):
-    """Mixed into a transport error raised before any byte of the request was sent (an HTTP
-    client adapter marks its own so; httpx's are listed in :data:`NEVER_SENT`)."""
-
-
 #: Errors that say the request never left: no connection could be opened.
-NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, NeverSent)
+NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
+#: Set (True) on another HTTP client's error by its adapter when the request never left: the
+#: caller still gets that error, of its own class.
+NEVER_SENT_MARK = "fourmica_never_sent"
 
 
 def redirected_after_payment(request: httpx.Request) -> bool:
@@ -143,6 +141,9 @@ class BuyerFlow(Buyer):
         super().__init__(key, policy=policy or SpendingPolicy(), ledger=ledger)
 
     def run(self, request: httpx.Request) -> Flow:
+        if not redirected_after_payment(request):  # a call of its own: an earlier one's
+            request.extensions.pop(PAID_CALL_KEY, None)  # marks (this request sent again)
+            request.extensions.pop(CALL_RECEIPT_KEY, None)  # are not this call's
         response = yield Send(request)
         auth_retry = _within_paid_call(request, response)
         if response.status_code != 402 or request.extensions.get(UNPAID_KEY):
@@ -182,7 +183,8 @@ class BuyerFlow(Buyer):
             try:
                 paid = yield Send(retry)
             except BaseException as exc:
-                left = not isinstance(exc, NEVER_SENT)  # if it left, it may be settled
+                # if it left, it may be settled
+                left = not (isinstance(exc, NEVER_SENT) or getattr(exc, NEVER_SENT_MARK, False))
                 self._unanswered(receipt, exc, left=left)
                 raise
             if paid.has_redirect_location:

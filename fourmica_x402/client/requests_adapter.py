@@ -38,7 +38,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "pip install 'fourmica-x402[requests]'"
     ) from exc
 
-from .flow import CALL_RECEIPT_KEY, PAID_CALL_KEY, RECEIPT_KEY, BuyerFlow, NeverSent
+from .flow import CALL_RECEIPT_KEY, NEVER_SENT_MARK, PAID_CALL_KEY, RECEIPT_KEY, BuyerFlow
 from .keys import BuyerKey
 from .policy import SpendingPolicy
 from .receipts import ReceiptLedger
@@ -124,10 +124,8 @@ class PaymentAdapter(BaseAdapter):  # type: ignore[misc]
             try:
                 got = self._inner.send(prepared, stream=True, **options)
             except requests.exceptions.ConnectionError as exc:
-                if not own and _never_connected(exc):  # the paid retry never left
-                    refused = _NotSent(*exc.args)
-                    refused.request, refused.response = exc.request, exc.response
-                    raise refused from exc
+                if outgoing.extensions.get(_CALLER) and _never_sent(exc, self._inner):
+                    setattr(exc, NEVER_SENT_MARK, True)  # the paid retry never left
                 if not own or isinstance(exc, requests.exceptions.Timeout):
                     raise
                 # the flow's own calls are tried once more when the connection dropped
@@ -176,14 +174,16 @@ class _Dropped(requests.exceptions.ConnectionError, ConnectionError):
     a ``requests.ConnectionError`` for the caller when the second try fails too."""
 
 
-class _NotSent(requests.exceptions.ConnectionError, NeverSent):
-    """The paid retry's connection could not be opened: still a ``requests.ConnectionError``
-    for the caller, and the flow knows its guarantee never left (the budget does not count it)."""
-
-
-def _never_connected(exc: requests.exceptions.ConnectionError) -> bool:
-    """Whether no connection was opened: a connect timeout, or urllib3's NewConnectionError
-    (refused, unreachable, a name that does not resolve) behind its retries."""
+def _never_sent(exc: requests.exceptions.ConnectionError, inner: Any) -> bool:
+    """Whether no byte of the request left: no connection could be opened (a connect
+    timeout, or urllib3's NewConnectionError: refused, unreachable, a name that does not
+    resolve), by an adapter that retries nothing once a request was sent. urllib3 reports the
+    last try's error only: after a read error or a status it retried, a request did leave."""
+    retries = getattr(inner, "max_retries", None)
+    if retries is not None and retries.total not in (0, False):
+        sent_again = retries.read not in (0, False) or retries.other not in (0, False)
+        if sent_again or retries.status_forcelist:
+            return False
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return True
     from urllib3.exceptions import NewConnectionError

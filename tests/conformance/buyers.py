@@ -38,7 +38,10 @@ class Dropped(Exception):
 
 class Unreachable(Exception):
     """Raised by a :class:`Wire` from ``request``: no connection could be opened, so nothing
-    of the request left the client. Each transport sees its library's connect error."""
+    of the request left the client. Each transport sees its library's connect error (refused;
+    a connect timeout when ``timed_out``)."""
+
+    timed_out = False
 
 
 class Wire:
@@ -75,6 +78,12 @@ def _wired_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, v) for k, v in headers if k.lower() not in ("content-length", "content-encoding")]
 
 
+def _connect_error(exc: Unreachable, request: httpx.Request) -> httpx.TransportError:
+    if exc.timed_out:
+        return httpx.ConnectTimeout("connect timed out", request=request)
+    return httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+
 class _SyncWire(httpx.BaseTransport):
     def __init__(self, inner: httpx.BaseTransport, wire: Wire) -> None:
         self.inner, self.wire = inner, wire
@@ -84,8 +93,8 @@ class _SyncWire(httpx.BaseTransport):
             return self._handle(request)
         except Dropped:
             raise httpx.RemoteProtocolError("Server disconnected", request=request) from None
-        except Unreachable:
-            raise httpx.ConnectError("[Errno 111] Connection refused", request=request) from None
+        except Unreachable as exc:
+            raise _connect_error(exc, request) from None
 
     def _handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -111,8 +120,8 @@ class _AsyncWire(httpx.AsyncBaseTransport):
             return await self._handle(request)
         except Dropped:
             raise httpx.ReadError("Connection reset by peer", request=request) from None
-        except Unreachable:
-            raise httpx.ConnectError("[Errno 111] Connection refused", request=request) from None
+        except Unreachable as exc:
+            raise _connect_error(exc, request) from None
 
     async def _handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -324,9 +333,14 @@ class _RequestsWire:
             return self._send(request, **options)
         except Dropped:
             raise requests.exceptions.ConnectionError("Connection aborted.") from None
-        except Unreachable:  # as urllib3 reports it: its retries over, the connect refused
-            from urllib3.exceptions import MaxRetryError, NewConnectionError
+        except Unreachable as exc:  # as urllib3 reports it: its retries over, no connection
+            from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 
+            if exc.timed_out:
+                late = ConnectTimeoutError(None, "connect timed out")
+                raise requests.exceptions.ConnectTimeout(
+                    MaxRetryError(None, request.url, late), request=request
+                ) from None
             refused = NewConnectionError(None, "[Errno 111] Connection refused")
             raise requests.exceptions.ConnectionError(
                 MaxRetryError(None, request.url, refused), request=request

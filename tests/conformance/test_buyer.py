@@ -748,31 +748,68 @@ def test_a_streamed_body_is_paid_for_with_one_framing(seller: Any, buyers: Any) 
 class UnreachableWhenPaid(CountsPaid):
     """No connection opens for the paid retries: the seller never sees them."""
 
+    def __init__(self, timed_out: bool = False) -> None:
+        super().__init__()
+        self.timed_out = timed_out
+
     def request(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
         super().request(method, path, headers, body)
         if self.paid_attempts:
             self.paid_attempts = 0
-            raise harness.Unreachable(path)
+            error = harness.Unreachable(path)
+            error.timed_out = self.timed_out
+            raise error
         return headers, body
 
 
 @pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
-def test_a_paid_request_that_never_connected_is_not_counted(seller: Any, buyers: Any) -> None:
+@pytest.mark.parametrize("timed_out", [False, True], ids=["refused", "connect-timeout"])
+def test_a_paid_request_that_never_connected_is_not_counted(
+    seller: Any, buyers: Any, timed_out: bool
+) -> None:
     """The budget counts a guarantee that left the client; one whose connection could not
-    even be opened never did: its reservation is released, its receipt says not sent."""
+    even be opened never did: its reservation is released, its receipt says not sent. The
+    caller gets its library's own error (a connect timeout is still a timeout)."""
+    import requests
+
     buyer, ledger = funded(seller), ReceiptLedger()
     policy = SpendingPolicy(per_hour="$0.02")
-    client = buyers.client(seller, buyer, wire=UnreachableWhenPaid(), policy=policy, ledger=ledger)
+    wire = UnreachableWhenPaid(timed_out)
+    client = buyers.client(seller, buyer, wire=wire, policy=policy, ledger=ledger)
     for _ in range(3):  # more than the budget holds, were they counted
         with pytest.raises(Exception) as info:
             client.get("/premium")
         assert _dropped_connection(info.value), info.value
+        timeout = (httpx.TimeoutException, requests.exceptions.Timeout)
+        assert isinstance(info.value, timeout) == timed_out, repr(info.value)
     assert policy.spent(default_asset(NETWORK).address) == 0
     assert [r.outcome for r in ledger] == ["not_sent"] * 3
     assert all("could not be sent" in r.reason and r.claims for r in ledger)
     paid = buyers.client(seller, buyer, policy=policy).get("/premium")  # the budget is whole
     assert paid.status == 200 and policy.spent(default_asset(NETWORK).address) == 10_000
     assert seller.calls["/premium"] == 1
+
+
+@pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
+@pytest.mark.parametrize("buyers", ["requests"], indirect=True)
+def test_a_connect_error_after_the_adapter_retried_a_sent_request_is_counted(
+    seller: Any, buyers: Any
+) -> None:
+    """urllib3 reports its last try's error only: an inner adapter that retries reads may
+    have sent the paid request (and the seller served it) before a retry met a refused
+    connection. That guarantee left: it stays counted, as unanswered."""
+    from urllib3.util.retry import Retry
+
+    ledger, policy = ReceiptLedger(), SpendingPolicy()
+    client = buyers.client(
+        seller, funded(seller), wire=UnreachableWhenPaid(), policy=policy, ledger=ledger
+    )
+    client._session.get_adapter(client.base)._inner.max_retries = Retry(total=2)
+    with pytest.raises(Exception) as info:
+        client.get("/premium")
+    assert _dropped_connection(info.value), info.value
+    assert [r.outcome for r in ledger] == ["unanswered"]
+    assert policy.spent(default_asset(NETWORK).address) == 10_000
 
 
 class PaidThenRedirected(CountsPaid):
@@ -797,6 +834,45 @@ def test_a_paid_call_ending_after_a_redirect_carries_its_receipt(seller: Any, bu
     assert [r.guarantee_id for r in ledger] == [got.receipt.guarantee_id]
     assert wire.paid_attempts == 1 and seller.calls["/premium"] == 1
     assert client.get("/free").receipt is None
+
+
+class RedirectedAfterPaying(CountsPaid):
+    """The paid request is answered 303 to /free; once paid, the priced URL moves there too
+    (a 301 instead of its 402)."""
+
+    def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
+        moved = status == 200 or (status == 402 and self.paid_attempts)
+        if path == "/premium" and moved:
+            return (303 if status == 200 else 301), [("location", "/free")], b""
+        return status, headers, body
+
+
+@pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
+@pytest.mark.parametrize("buyers", ["httpx", "httpx_async"], indirect=True)
+def test_a_request_sent_again_carries_no_receipt_of_its_earlier_call(
+    seller: Any, buyers: Any
+) -> None:
+    """The receipt a redirected paid call leaves on its request was still there when the
+    same request object was sent again, and a free answer reached through a redirect then
+    showed the earlier call's receipt."""
+    from fourmica_x402.client import RECEIPT_KEY
+
+    wire, ledger = RedirectedAfterPaying(), ReceiptLedger()
+    client = buyers.client(seller, funded(seller), wire=wire, ledger=ledger, follow_redirects=True)
+    if buyers.transport == "httpx":
+        request = client._sync.build_request("GET", "/premium")
+        first, second = (client._sync.send(request) for _ in "ab")
+    else:
+        request = client._async.build_request("GET", "/premium")
+
+        async def twice() -> list[httpx.Response]:
+            return [await client._async.send(request) for _ in "ab"]
+
+        first, second = client._loop.run_until_complete(twice())
+    assert first.status_code == second.status_code == 200
+    assert first.extensions[RECEIPT_KEY].outcome == "paid"
+    assert RECEIPT_KEY not in second.extensions  # nothing was paid for it
+    assert len(list(ledger)) == 1 and wire.paid_attempts == 1
 
 
 def test_a_refunded_failure_is_reported_but_still_counted(seller: Any, buyers: Any) -> None:
