@@ -114,11 +114,8 @@ class Core(Alerting, Reads):
         return retried(change)
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
-        """Call ``callback(event)`` after each committed change; returns an unsubscribe function.
-
-        Events are also stored durably (:meth:`events`); in-process delivery is
-        best effort and never blocks or fails a Core operation.
-        """
+        """Call ``callback(event)`` after each committed change (best effort: never blocks or
+        fails a Core operation; events are stored too, :meth:`events`). Returns an unsubscriber."""
         return self._feed.subscribe(callback)
 
     def domain(self, chain_id: int) -> Eip712Domain:
