@@ -11,14 +11,13 @@
     )
     # in a handler: request.state.payment.payer, .amount, .guarantee_id
 
-Responses stream through, hashed on the way, never buffered. With a Starlette router (found
-through the ``app`` chain, or given as ``router=``) the route it resolves is priced: a path it
-redirects, 404s or 405s is never charged, and every route-table entry must name one of its
-routes (checked at lifespan start-up, which a bad configuration fails). Without a router the
-raw path is priced. WebSockets on a priced route are refused (close code 1008). See
-docs/architecture.md ("Which route is priced"). A body the gate reads before pricing (a paid
-MCP tool call, docs/mcp.md) is replayed to the app whole.
-"""
+Responses stream through, hashed, never buffered. With a Starlette router (found through the
+``app`` chain, or given as ``router=``) the route it resolves is priced: a path it redirects,
+404s or 405s is never charged, and every route-table entry must name one of its routes
+(checked at lifespan start-up, which a bad configuration fails); without one, the raw path.
+WebSockets on a priced route are refused (1008). See docs/architecture.md ("Which route is
+priced"). A body read before pricing (a paid MCP tool call) is replayed to the app whole; a
+request an outer gate settled passes through."""
 
 from __future__ import annotations
 
@@ -127,6 +126,8 @@ class PaymentMiddleware:
             return await send({"type": "websocket.close", "code": 1011 if broken else 1008})
         if kind != "http":  # lifespan: queued completions are committed before a shutdown ends
             return await self.app(scope, receive, self.gate.on_shutdown(send))
+        if PAYMENT_KEY in scope:  # settled by an outer gate
+            return await self.app(scope, receive, send)
         if broken is not None:
             return await send_response(send, self.startup.refusal)
         view = self._view(scope, receive)

@@ -96,6 +96,8 @@ class PaymentMiddleware:
         return None
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if PAYMENT_KEY in environ:  # settled by an outer gate: one gate per request
+            return self.app(environ, start_response)  # type: ignore[no-any-return]
         if self.startup.run(self.check) is not None:
             return answer(start_response, self.startup.refusal)
         seen = environ if self._seen is None else self._seen(environ)  # host, scheme, client

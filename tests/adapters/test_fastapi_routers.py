@@ -482,3 +482,32 @@ def test_paid_refuses_a_payment_made_at_the_tables_price(core: Core) -> None:
     assert ran == []
     assert [g.state for g in core.guarantees()] in (["voided"], ["cancelled"])
     assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
+def test_an_app_mounted_with_a_gate_of_its_own_is_paid_once(core: Core) -> None:
+    """An app mounted inside another, each with its gate: the outer gate settled the payment
+    and the inner one saw its guarantee again (replayed_request_id), so the outer refunded
+    and the route could never be sold. The inner gate lets a settled request through now."""
+    from fourmica_x402.testing import paid_headers
+
+    runs: list[str] = []
+    sub = FastAPI()
+    FourmicaX402(sub, pay_to=SELLER, core=core, network=NETWORK)
+
+    @sub.get("/premium")
+    def premium(payment: Payment = Paid("$0.01")) -> dict[str, str]:  # noqa: B008
+        runs.append(payment.guarantee_id or "")
+        return {"guarantee": payment.guarantee_id or ""}
+
+    app = FastAPI()
+    FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK)
+    app.mount("/sub", sub)
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 100_000, network=NETWORK)
+    with TestClient(app) as client:
+        headers = paid_headers(client, buyer, client.get("/sub/premium"))
+        resp = client.get("/sub/premium", headers=headers)
+    assert resp.status_code == 200 and runs == [resp.json()["guarantee"]]
+    [paid] = core.guarantees(address=buyer.address)
+    assert (paid.guarantee_id, paid.state) == (runs[0], "payable")
+    assert core.position(buyer.address, network=NETWORK).locked == 10_000

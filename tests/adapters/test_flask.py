@@ -775,3 +775,31 @@ def test_a_request_the_gate_let_through_runs_behind_proxyfix_too(core: Core, pro
     assert client.get("/report").status_code == 402
     granted = client.get("/report", headers={"X-Subscriber": "yes"})
     assert granted.status_code == 200 and granted.get_json() == {"report": "full"}
+
+
+def test_a_wsgi_app_inside_two_gates_is_paid_once(core: Core) -> None:
+    """Two WSGI gates around one app (a mounted app with its own): the inner one saw the
+    outer one's guarantee again and refused it, so the outer refunded and nothing was ever
+    sold. A request an outer gate settled goes through the inner one now."""
+    from fourmica_x402.adapters.wsgi import PAYMENT_KEY, PaymentMiddleware
+    from werkzeug.test import Client
+
+    from fourmica_x402 import PaymentConfig
+
+    runs: list[str] = []
+
+    def report(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        runs.append(environ[PAYMENT_KEY].guarantee_id)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"report"]
+
+    def gate(app: Any) -> Any:
+        config = PaymentConfig(pay_to=SELLER, routes={"GET /report": "$0.01"}, core=core)
+        return PaymentMiddleware(app, config=config)
+
+    client = Client(gate(gate(report)))
+    buyer = funded(core)
+    resp = client.get("/report", headers=payment_for(client, buyer, "/report"))
+    assert resp.status_code == 200 and resp.get_data() == b"report" and len(runs) == 1
+    [paid] = core.guarantees(address=buyer.address)
+    assert (paid.guarantee_id, paid.state) == (runs[0], "payable")
