@@ -61,6 +61,8 @@ def http_middleware(config: PaymentConfig) -> Any:
             )
 
     async def middleware(request: Request, call_next: Any) -> Any:
+        if PAYMENT_KEY in request.scope:  # settled by an outer gate: one gate per request
+            return await call_next(request)
         if pricer._given_router is None:  # the app is known only once it serves a request
             pricer._given_router = request.scope["app"].router
         if pricer.startup.run(check) is not None:

@@ -484,15 +484,23 @@ def test_paid_refuses_a_payment_made_at_the_tables_price(core: Core) -> None:
     assert core.position(buyer.address, network=NETWORK).locked == 0
 
 
-def test_an_app_mounted_with_a_gate_of_its_own_is_paid_once(core: Core) -> None:
+@pytest.mark.parametrize("inner", ["FourmicaX402", "http_middleware"])
+def test_an_app_mounted_with_a_gate_of_its_own_is_paid_once(core: Core, inner: str) -> None:
     """An app mounted inside another, each with its gate: the outer gate settled the payment
     and the inner one saw its guarantee again (replayed_request_id), so the outer refunded
     and the route could never be sold. The inner gate lets a settled request through now."""
+    from fourmica_x402.adapters.fastapi import http_middleware
+
+    from fourmica_x402 import PaymentConfig
     from fourmica_x402.testing import paid_headers
 
     runs: list[str] = []
     sub = FastAPI()
-    FourmicaX402(sub, pay_to=SELLER, core=core, network=NETWORK)
+    if inner == "FourmicaX402":
+        FourmicaX402(sub, pay_to=SELLER, core=core, network=NETWORK)
+    else:
+        config = PaymentConfig(pay_to=SELLER, core=core, network=NETWORK)
+        sub.middleware("http")(http_middleware(config))
 
     @sub.get("/premium")
     def premium(payment: Payment = Paid("$0.01")) -> dict[str, str]:  # noqa: B008
