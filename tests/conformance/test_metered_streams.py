@@ -11,6 +11,7 @@ buyer's collateral locked is the slices whose events went out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -45,6 +46,16 @@ CENT = 10_000
 
 def metered(**slices: Any) -> dict[str, Any]:
     return {"GET /stream": {"price": "$0.01", "slices": Slices(**{"units": 2, **slices})}}
+
+
+@contextlib.contextmanager
+def served(seller: Any, **options: Any) -> Iterator[httpx.Client]:
+    """An httpx client on ``seller``'s app, served on 127.0.0.1 (a port of its own)."""
+    with (
+        harness.loopback(seller.client.app, seller.client.interface) as url,
+        httpx.Client(base_url=url, timeout=30, **options) as client,
+    ):
+        yield client
 
 
 def events(response: httpx.Response) -> Iterator[tuple[str, Any]]:
@@ -82,10 +93,7 @@ def paid_header(
 
 def read_stream(seller: Any, buyer: TestBuyer, n: int) -> tuple[PaidStream, list[Any]]:
     """The buyer client reads the seller's ``/stream?n=`` to its end, over a real socket."""
-    with (
-        harness.loopback(seller.client.app, seller.client.interface) as url,
-        httpx.Client(transport=PaymentTransport(buyer.key), base_url=url, timeout=30) as client,
-    ):
+    with served(seller, transport=PaymentTransport(buyer.key)) as client:
         stream = PaidStream(client, "GET", "/stream", params={"n": str(n)})
         return stream, [event.json() for event in stream]
 
@@ -123,32 +131,31 @@ def test_nothing_unpaid_is_sent_and_the_stream_ends_when_the_buyer_stops_paying(
 ) -> None:
     seller = make_seller(routes={**base_routes, **metered(pay_timeout=1.0)})
     buyer = kit.funded(seller)
-    with harness.loopback(seller.client.app, seller.client.interface) as url:  # noqa: SIM117
-        with httpx.Client(base_url=url, timeout=30) as client:
-            (offer,) = decode_payment_required(
-                client.get("/stream?n=6").headers["payment-required"]
-            ).accepts
-            assert offer.amount == str(CENT)
-            assert offer.extra["slices"] == {"units": 2, "payTimeout": 1.0}
-            headers = paid_header(client, buyer, "/stream?n=6")
-            with client.stream("GET", "/stream?n=6", headers=headers) as response:
-                assert response.status_code == 200
-                assert response.headers["content-type"].startswith("text/event-stream")
-                seen = list(events(response))  # nobody pays slice 2: the seller waits, then ends
-            names = [name for name, _ in seen]
-            assert names == ["stream", "message", "message", "payment-required", "end"]
-            opened, asked, end = seen[0][1], seen[3][1], seen[-1][1]
-            assert [data for _, data in seen[1:3]] == [{"tick": 0}, {"tick": 1}]
-            assert (
-                asked["slice"] == 2
-                and asked["amount"] == str(CENT)
-                and asked["stream"] == opened["stream"]
-            )
-            assert end == {"reason": "payment_timeout", "slices": 1}
-            # a payment that comes too late is refused before anything is asked for or locked
-            late = client.post(asked["pay"])
-            assert late.status_code == 409 and late.json()["error"] == "stream_closed"
-            assert "payment-required" not in late.headers
+    with served(seller) as client:
+        (offer,) = decode_payment_required(
+            client.get("/stream?n=6").headers["payment-required"]
+        ).accepts
+        assert offer.amount == str(CENT)
+        assert offer.extra["slices"] == {"units": 2, "payTimeout": 1.0}
+        headers = paid_header(client, buyer, "/stream?n=6")
+        with client.stream("GET", "/stream?n=6", headers=headers) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            seen = list(events(response))  # nobody pays slice 2: the seller waits, then ends
+        names = [name for name, _ in seen]
+        assert names == ["stream", "message", "message", "payment-required", "end"]
+        opened, asked, end = seen[0][1], seen[3][1], seen[-1][1]
+        assert [data for _, data in seen[1:3]] == [{"tick": 0}, {"tick": 1}]
+        assert (
+            asked["slice"] == 2
+            and asked["amount"] == str(CENT)
+            and asked["stream"] == opened["stream"]
+        )
+        assert end == {"reason": "payment_timeout", "slices": 1}
+        # a payment that comes too late is refused before anything is asked for or locked
+        late = client.post(asked["pay"])
+        assert late.status_code == 409 and late.json()["error"] == "stream_closed"
+        assert "payment-required" not in late.headers
     assert kit.locked(seller, buyer) == CENT
     assert Streams(seller.core).get(opened["stream"]).state == "payment_timeout"  # type: ignore[union-attr]
 
@@ -241,10 +248,7 @@ def test_a_slice_the_store_cannot_add_after_its_payment_is_given_back(
             raise StoreUnavailable("database is locked (injected)")
         return real(self, *args)
 
-    with (
-        harness.loopback(seller.client.app, seller.client.interface) as url,
-        httpx.Client(base_url=url, timeout=30) as client,
-    ):
+    with served(seller) as client:
         opening = paid_header(client, owner, "/stream?n=4")
         with client.stream("GET", "/stream?n=4", headers=opening) as response:
             seen = events(response)
@@ -275,10 +279,7 @@ def test_a_later_slice_is_priced_as_the_stream_was_whatever_its_pay_request_says
     stream["slices"] = Slices(units=2, pay_timeout=10.0, max_slices=2)
     seller = make_seller(routes={**base_routes, "GET /stream": stream})
     buyer = kit.funded(seller)
-    with (
-        harness.loopback(seller.client.app, seller.client.interface) as url,
-        httpx.Client(base_url=url, timeout=30) as client,
-    ):
+    with served(seller) as client:
         opening = paid_header(client, buyer, "/stream?n=6", headers={"x-shop": "2"})
         with client.stream("GET", "/stream?n=6", headers=opening) as response:
             seen = events(response)
@@ -306,10 +307,7 @@ def test_the_opening_payment_of_a_stream_does_not_replay_its_slices(
     stream back, every slice bought after it included, for nothing more."""
     seller = make_seller(routes={**base_routes, **metered()}, idempotent_replay=True)
     buyer = kit.funded(seller)
-    with (
-        harness.loopback(seller.client.app, seller.client.interface) as url,
-        httpx.Client(base_url=url, timeout=30) as client,
-    ):
+    with served(seller) as client:
         opening = paid_header(client, buyer, "/stream?n=2")
         with client.stream("GET", "/stream?n=2", headers=opening) as response:
             assert [name for name, _ in events(response)] == ["stream", "message", "message", "end"]
@@ -328,35 +326,34 @@ def test_a_slice_paid_after_the_client_left_is_never_charged(
     fails: the first event written to the dead connection counts as sent.)"""
     seller = make_seller(routes={**base_routes, **metered(pay_timeout=10.0)})
     buyer = kit.funded(seller)
-    with harness.loopback(seller.client.app, seller.client.interface) as url:  # noqa: SIM117
-        with httpx.Client(base_url=url, timeout=30) as client:
-            with client.stream(
-                "GET", "/stream?n=4", headers=paid_header(client, buyer, "/stream?n=4")
-            ) as response:
-                seen = events(response)
-                asked = [next(seen) for _ in range(4)][-1][1]
-            # the connection is closed: pay for slice 2 anyway (when the seller, seeing the
-            # client gone, has not closed the stream already)
-            challenge = client.post(asked["pay"])
-            if challenge.status_code == 402:
-                tab = client.post(
-                    "/x402/tab",
-                    json={
-                        "x402Version": 2,
-                        "userAddress": buyer.address,
-                        "paymentRequirements": decode_payment_required(
-                            challenge.headers["payment-required"]
-                        )
-                        .accepts[0]
-                        .to_dict(),
-                    },
-                )
-                offer = decode_payment_required(challenge.headers["payment-required"]).accepts[0]
-                name, value = payment_header(buyer, offer, tab.json())
-                paid = client.post(asked["pay"], headers={name: value})
-                assert paid.status_code in (200, 409), paid.text
-            else:
-                assert challenge.json()["error"] == "stream_closed", challenge.text
+    with served(seller) as client:
+        with client.stream(
+            "GET", "/stream?n=4", headers=paid_header(client, buyer, "/stream?n=4")
+        ) as response:
+            seen = events(response)
+            asked = [next(seen) for _ in range(4)][-1][1]
+        # the connection is closed: pay for slice 2 anyway (when the seller, seeing the
+        # client gone, has not closed the stream already)
+        challenge = client.post(asked["pay"])
+        if challenge.status_code == 402:
+            tab = client.post(
+                "/x402/tab",
+                json={
+                    "x402Version": 2,
+                    "userAddress": buyer.address,
+                    "paymentRequirements": decode_payment_required(
+                        challenge.headers["payment-required"]
+                    )
+                    .accepts[0]
+                    .to_dict(),
+                },
+            )
+            offer = decode_payment_required(challenge.headers["payment-required"]).accepts[0]
+            name, value = payment_header(buyer, offer, tab.json())
+            paid = client.post(asked["pay"], headers={name: value})
+            assert paid.status_code in (200, 409), paid.text
+        else:
+            assert challenge.json()["error"] == "stream_closed", challenge.text
     streams = Streams(seller.core)
     eventually(lambda: all(r.outcome != "paid" for r in streams.slices(asked["stream"])))
     eventually(lambda: kit.locked(seller, buyer) == CENT)
@@ -890,10 +887,7 @@ def test_a_repricing_leaves_a_stream_already_open_at_its_price(
     token = "test-admin-token"  # a throwaway token for this test
     seller = make_seller(routes={**base_routes, **metered(pay_timeout=10.0)}, admin_token=token)
     buyer = kit.funded(seller)
-    with (
-        harness.loopback(seller.client.app, seller.client.interface) as url,
-        httpx.Client(base_url=url, timeout=30) as client,
-    ):
+    with served(seller) as client:
         opening = paid_header(client, buyer, "/stream?n=4")
         with client.stream("GET", "/stream?n=4", headers=opening) as response:
             seen = events(response)
@@ -942,10 +936,7 @@ def test_each_offer_of_a_metered_route_keeps_its_own_price_per_slice(
     seller = make_seller(routes={**base_routes, "GET /stream": route})
     buyer = kit.funded(seller)
     seller.core.deposit(buyer.address, 10**18, network=NETWORK, asset=weth.address)
-    with (
-        harness.loopback(seller.client.app, seller.client.interface) as url,
-        httpx.Client(base_url=url, timeout=30) as client,
-    ):
+    with served(seller) as client:
 
         def pay_in(asset: str, method: str, path: str) -> dict[str, str]:
             challenge = client.request(method, path)
