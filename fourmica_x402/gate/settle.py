@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 
 from ..core.store import Tx
 from ..errors import FourmicaError, PaymentError, Reason, Unavailable
@@ -85,16 +85,10 @@ def _settle_and_record(
     gid = claim_settle(gate, signed, chosen)
     try:
         result = facilitator.settle(payload, chosen)
-    except Unavailable as exc:
-        raise in_doubt(gate, exc, signed, chosen) from None
-    except FourmicaError:
-        _drop_mark(gate, gid)
-        raise
-    except Exception as exc:  # a facilitator that broke on its answer: it may have accepted
-        raise in_doubt(gate, _broken(exc), signed, chosen) from exc
+    except Exception as exc:
+        _raise(exc, _answered(gate, signed, chosen, gid, exc))
     if not result.success:
-        _drop_mark(gate, gid)
-        return result
+        return _answered(gate, signed, chosen, gid, result)
     try:
         return result, record(gate, result, base, mark=gid)
     except Exception as exc:  # accepted but unrecorded: never keep money for work not done
@@ -121,22 +115,16 @@ async def _asettle_and_record(
     settling = asyncio.ensure_future(gate.facilitator.asettle(payload, chosen))
     try:
         result = await asyncio.shield(settling)
-    except Unavailable as exc:
-        raise await asyncio.to_thread(in_doubt, gate, exc, signed, chosen) from None
-    except FourmicaError:
-        await asyncio.to_thread(_drop_mark, gate, gid)
-        raise
     except Exception as exc:
-        raise await asyncio.to_thread(in_doubt, gate, _broken(exc), signed, chosen) from exc
+        _raise(exc, await asyncio.to_thread(_answered, gate, signed, chosen, gid, exc))
     except asyncio.CancelledError:
         # The client left (async Django cancels). The settle goes on and its own answer says
         # whether this call was accepted: voiding on a guess could take back the same
         # guarantee accepted by another request of the buyer's that was served.
         settling.add_done_callback(partial(_answered_after_cancel, gate, signed, chosen, gid))
         raise
-    if not result.success:
-        await asyncio.to_thread(_drop_mark, gate, gid)
-        return result
+    if not result.success:  # an accepted one goes straight on to its record
+        return await asyncio.to_thread(_answered, gate, signed, chosen, gid, result)
     try:
         return result, await asyncio.to_thread(record, gate, result, base, None, gid)
     except asyncio.CancelledError:  # recorded or not, its handler will not run: refund it
@@ -337,23 +325,65 @@ def _answered_after_cancel(
     gid: str,
     settling: asyncio.Future[SettleResult],
 ) -> None:
-    """The answer to a settle whose request was cancelled meanwhile: accepted, it is voided
-    now (its handler will not run); refused, its mark goes; unanswered, it stays in doubt."""
+    """The answer to a settle whose request was cancelled meanwhile, taken as any other
+    (:func:`_answered`) but for two: accepted, it is voided now (its handler will not run);
+    none (the settle was cancelled too: the event loop is closing), it stays in doubt."""
     try:
         result = settling.result()
-    except asyncio.CancelledError:  # the event loop is closing: in doubt
-        in_doubt(gate, _cancelled(), signed, chosen)
-    except Unavailable as exc:
-        in_doubt(gate, exc, signed, chosen)
-    except FourmicaError:
-        _drop_mark(gate, gid)
+    except asyncio.CancelledError:
+        _answered(gate, signed, chosen, gid, _cancelled())
     except Exception as exc:
-        in_doubt(gate, _broken(exc), signed, chosen)
+        _answered(gate, signed, chosen, gid, exc)
     else:
-        if result.success:
-            in_doubt(gate, _cancelled(), signed, chosen)  # accepted by this call: void it
-        else:
+        answer = _cancelled() if result.success else result  # accepted by this call: void it
+        _answered(gate, signed, chosen, gid, answer)
+
+
+@overload
+def _answered(
+    gate: Gate, signed: SignedGuarantee, chosen: PaymentRequirements, gid: str, answer: SettleResult
+) -> SettleResult: ...
+
+
+@overload
+def _answered(
+    gate: Gate, signed: SignedGuarantee, chosen: PaymentRequirements, gid: str, answer: Exception
+) -> Exception: ...
+
+
+def _answered(
+    gate: Gate,
+    signed: SignedGuarantee,
+    chosen: PaymentRequirements,
+    gid: str,
+    answer: SettleResult | Exception,
+) -> SettleResult | Exception:
+    """What a remote settle's answer does to its mark ``gid`` (:func:`claim_settle`), for
+    every path that gets one: accepted, nothing here (the payment's record removes the mark);
+    refused (a failed result, a :class:`FourmicaError`), the mark goes; unanswered
+    (:class:`Unavailable`), or a facilitator that broke on its answer (any other error: it
+    may have accepted), the settle is in doubt (:func:`in_doubt`).
+
+    Returns the result, or the error the request raises (:func:`_raise`)."""
+    if isinstance(answer, SettleResult):
+        if not answer.success:
             _drop_mark(gate, gid)
+        return answer
+    if isinstance(answer, Unavailable):
+        return in_doubt(gate, answer, signed, chosen)
+    if isinstance(answer, FourmicaError):
+        _drop_mark(gate, gid)
+        return answer
+    return in_doubt(gate, _broken(answer), signed, chosen)
+
+
+def _raise(answer: Exception, error: Exception) -> NoReturn:
+    """Raise ``error``, what :func:`_answered` made of a settle's ``answer`` (in the ``except``
+    that caught it): a refusal as it came, an unanswered settle alone, a broken answer's
+    in-doubt error over it."""
+    if not isinstance(error, Unavailable):
+        raise error
+    raise error from (None if error is answer else answer)
 
 
 def in_doubt(
