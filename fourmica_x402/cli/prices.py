@@ -58,8 +58,10 @@ def reprice(db: str, changes: tuple[str, ...], resets: tuple[str, ...], as_json:
         raise db_error(exc, db) from None
     if changes:  # this database does not know the sellers' tables: say what happens to a typo
         click.echo(
-            "note: a route key no seller prices changes nothing; each seller logs such a key "
-            "once (check a key against the seller's admin listing: GET <prefix>/admin/prices)",
+            "note: stored; sellers on this database apply it within their price_poll. This "
+            "database cannot tell which route keys they price: a route key no seller prices "
+            "changes nothing, and each seller logs such a key once (check a key against the "
+            "seller's admin listing: GET <prefix>/admin/prices)",
             err=True,
         )
     if as_json:
