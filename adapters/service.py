@@ -244,6 +244,9 @@ def create_app(
                 await asyncio.to_thread(hooks.stop, 10.0)
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=_ROUTING_ERRORS)
+    # A trailing slash is another path (404), not a redirect: Starlette's would send a client
+    # posting a payment to a Location built from the request's Host header.
+    app.router.redirect_slashes = False
     app.state.core = core
     app.state.service = service
     app.state.metrics = service.metrics

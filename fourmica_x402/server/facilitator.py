@@ -11,6 +11,7 @@ payment's ``payTo`` (docs/operations.md, "Keys").
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from fourmica_x402._eth import parse_address
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from .context import Service
 
 __all__ = ["MAX_TAB_TTL", "health", "payment_args", "settle", "supported", "tabs", "verify"]
+
+log = logging.getLogger("fourmica_x402.service")
 
 
 def payment_args(body: Any) -> tuple[PaymentPayload | PaymentPayloadV1, PaymentRequirements]:
@@ -139,7 +142,7 @@ def settle(service: Service, call: Call) -> Reply:
             return refused
         result = service.facilitator.settle(payload, requirements)
         certificate = (
-            service.core.certify(result.guarantee_id).to_json()
+            _certificate(service, result.guarantee_id)
             if result.success and result.guarantee_id
             else None
         )
@@ -169,3 +172,19 @@ def settle(service: Service, call: Call) -> Reply:
         answer["errorReason"] = answer["error"]
     service.metrics.settled(bool(answer["success"]), answer.get("error"))
     return 200, answer
+
+
+def _certificate(service: Service, guarantee_id: str) -> dict[str, Any] | None:
+    """The certificate of a guarantee this settle accepted, or None when it cannot be made now.
+
+    The acceptance is committed already: the answer must say so (a seller told otherwise
+    would not deliver, and the buyer would be charged for nothing). A certificate is made on
+    demand later (``GET /core/tabs/{tab}/guarantees/{req}``); one that cannot be made because
+    the guarantee was refunded meanwhile never will be (docs/protocol.md, "Endpoints")."""
+    try:
+        return service.core.certify(guarantee_id).to_json()
+    except FourmicaError as exc:  # the database busy past its timeout; refunded meanwhile
+        log.warning("settled %s without its certificate: %s", guarantee_id, exc)
+    except Exception:
+        log.exception("settled %s without its certificate", guarantee_id)
+    return None

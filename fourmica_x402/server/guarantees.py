@@ -8,6 +8,7 @@ act as its own address (:meth:`Keys.not_yours`).
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from fourmica_x402._eth import parse_address
@@ -18,6 +19,16 @@ if TYPE_CHECKING:
     from .context import Service
 
 __all__ = ["validation", "void"]
+
+_GUARANTEE_ID = re.compile(r"0[xX][0-9a-fA-F]{64}\Z")
+
+
+def _guarantee_id(call: Call) -> str:
+    """The path's guarantee id as the Core stores it (lowercase hex): a seller that spells it
+    in capitals still refunds and scores its own payment. Anything else is looked up as given
+    (and is ``unknown_guarantee``)."""
+    gid = str(call.path["gid"])
+    return "0x" + gid[2:].lower() if _GUARANTEE_ID.match(gid) else gid
 
 
 def _fields(call: Call) -> dict[str, Any]:
@@ -39,7 +50,7 @@ def void(service: Service, call: Call) -> Reply:
         raise bad_request(f"by: {exc}") from None
     if (refused := service.keys.not_yours(call, by)) is not None:
         return refused
-    return 200, service.core.void(call.path["gid"], by=by).to_dict()
+    return 200, service.core.void(_guarantee_id(call), by=by).to_dict()
 
 
 def validation(service: Service, call: Call) -> Reply:
@@ -57,7 +68,7 @@ def validation(service: Service, call: Call) -> Reply:
     if tag is not None and not isinstance(tag, str):
         raise bad_request("tag must be a string")
     record = service.core.post_validation(
-        call.path["gid"],
+        _guarantee_id(call),
         validator=validator,
         score=score if isinstance(score, int) else -1,
         tag=tag or "",

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -1534,3 +1535,101 @@ def test_the_tab_calls_read_the_official_aliases_and_null_asset(client: TestClie
     assert native["erc20_token"] == "0x" + "00" * 20
     default = client.post("/core/payment-tabs", json=snake).json()
     assert default["erc20_token"] == USDC
+
+
+def _settle_body(client: TestClient, core: Core, buyer: TestBuyer) -> dict[str, Any]:
+    core.deposit(buyer.address, 100_000, network=NETWORK)
+    req = requirements()
+    payload = signed_payload(client, buyer, req)
+    return {"x402Version": 2, "paymentPayload": payload, "paymentRequirements": req.to_dict()}
+
+
+def test_a_settle_accepted_is_a_success_even_when_its_certificate_cannot_be_made(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The acceptance commits before the certificate is made (a second write). When that write
+    cannot happen — another connection holds the database past the busy timeout — the answer
+    still says the payment settled: a seller told otherwise would not deliver, and the buyer
+    would be netted for nothing. The certificate is made on demand later."""
+    from fourmica_x402.core.store.sqlite import SQLiteStore
+
+    db = tmp_path / "busy.db"
+    core = Core(SQLiteStore(str(db), busy_timeout_ms=200))
+    blocker = sqlite3.connect(db, isolation_level=None, timeout=5, check_same_thread=False)
+
+    def hold_the_database(event: Any) -> None:  # after the acceptance committed
+        if event.type == "guarantee.accepted":
+            blocker.execute("BEGIN IMMEDIATE")
+
+    core.subscribe(hold_the_database)
+    try:
+        with TestClient(create_app(core, sandbox=True, tick_interval=None)) as client:
+            buyer = TestBuyer.new()
+            body = _settle_body(client, core, buyer)
+            with caplog.at_level(logging.WARNING, "fourmica_x402.service"):
+                answer = client.post("/settle", json=body)
+            blocker.execute("ROLLBACK")
+            assert answer.status_code == 200, answer.text
+            settled = answer.json()
+            assert settled["success"] is True and settled["certificate"] is None
+            gid = settled["transaction"]
+            assert "without its certificate" in caplog.text and gid in caplog.text
+            assert core.guarantee(gid).state == "payable"
+            assert core.position(buyer.address, network=NETWORK).locked == 10_000
+            # Made on demand later, by whoever asks for it.
+            claims = body["paymentPayload"]["payload"]["claims"]
+            later = client.get(
+                f"/core/tabs/{claims['tab_id']}/guarantees/{claims['req_id']}"
+            ).json()
+            assert len(bytes.fromhex(later["certificate"]["signature"][2:])) == 96
+    finally:
+        blocker.close()
+        assert core.audit() == []
+        core.close()
+
+
+def test_a_settle_refunded_before_its_certificate_still_says_it_settled(core: Core) -> None:
+    """The seller refunds the guarantee between the acceptance and its certificate: the settle
+    did happen (its answer is the 200 shape, success, no certificate) and the refund stands."""
+
+    def refund_at_once(event: Any) -> None:
+        if event.type == "guarantee.accepted":
+            core.void(event.data["guarantee_id"], by=SELLER)
+
+    core.subscribe(refund_at_once)
+    with TestClient(create_app(core, sandbox=True, tick_interval=None)) as client:
+        buyer = TestBuyer.new()
+        answer = client.post("/settle", json=_settle_body(client, core, buyer))
+        assert answer.status_code == 200, answer.text
+        settled = answer.json()
+        assert settled["success"] is True and settled["certificate"] is None
+        assert core.guarantee(settled["transaction"]).state == "voided"
+        assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
+def test_a_guarantee_id_in_capitals_names_the_same_guarantee(
+    client: TestClient, core: Core
+) -> None:
+    gid = settled(client, core, TestBuyer.new())
+    shouted = "0x" + gid[2:].upper()
+    voided = client.post(f"/guarantees/{shouted}/void", json={"by": SELLER}, headers=KEY)
+    assert voided.status_code == 200, voided.text
+    assert voided.json()["state"] == "voided" and core.guarantee(gid).state == "voided"
+    unknown = client.post("/guarantees/0xNOTANID/void", json={"by": SELLER}, headers=KEY)
+    assert (unknown.status_code, unknown.json()["error"]) == (404, "unknown_guarantee")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/settle/"), ("POST", "/verify/"), ("POST", "/tabs/"), ("GET", "/supported/")],
+)
+def test_a_trailing_slash_is_another_path_not_a_redirect(
+    client: TestClient, method: str, path: str
+) -> None:
+    """Never a redirect built from the request's Host header (a client following a 307 would
+    post the payment there)."""
+    answer = client.request(
+        method, path, json={}, headers={"Host": "evil.example"}, follow_redirects=False
+    )
+    assert (answer.status_code, answer.json()["error"]) == (404, "not_found")
+    assert "location" not in answer.headers
