@@ -45,7 +45,7 @@ from fourmica_x402.errors import CoreError
 from fourmica_x402.facilitator import HttpFacilitator, LocalFacilitator
 from fourmica_x402.guarantee import ValidationPolicy
 from fourmica_x402.records import Records
-from fourmica_x402.service import _payment_args
+from fourmica_x402.server import payment_args as _payment_args
 from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
 from fourmica_x402.wire import PaymentPayload, PaymentRequirements, decode_payment_required
 

@@ -1,0 +1,104 @@
+"""The service's paths (docs/protocol.md, "Endpoints") as data, and what runs beside them.
+
+An adapter mounts each :class:`Path` on its framework's router and runs :func:`background`
+for the app's lifetime (:mod:`fourmica_x402.adapters.service` does both for Starlette).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import NamedTuple
+
+from . import admin, core_api, facilitator, guarantees, reads
+from . import sandbox as sandbox_api
+from .base import Call, Result
+from .context import Service
+from .dashboard import dashboard
+from .metrics import metrics
+
+__all__ = ["PATHS", "Handler", "Path", "background"]
+
+Handler = Callable[[Service, Call], Result]
+
+
+class Path(NamedTuple):
+    """One path of the service.
+
+    ``blocking`` handlers touch the database: an adapter runs them in a worker thread, never
+    on an event loop. ``timed`` paths record their latency and answer a Core error the
+    handler lets through as ``{"error": code, "message": text}`` (``/metrics`` is not timed,
+    so scraping it does not skew the latencies it reports). ``sized`` paths refuse a body over
+    :data:`~.base.MAX_BODY` with a 413; the others answer it in their protocol's shape (a
+    settle's ``malformed_payment``).
+    """
+
+    path: str
+    handler: Handler
+    methods: tuple[str, ...] = ("GET", "HEAD")
+    blocking: bool = True
+    timed: bool = True
+    sized: bool = True
+
+
+_POST = ("POST",)
+
+PATHS: tuple[Path, ...] = (
+    Path("/", dashboard),
+    Path("/dashboard", dashboard),
+    # the facilitator API; what reads only configuration stays on the event loop
+    Path("/supported", facilitator.supported, blocking=False),
+    Path("/health", facilitator.health, blocking=False),
+    Path("/tabs", facilitator.tabs, _POST),
+    Path("/verify", facilitator.verify, _POST, sized=False),
+    Path("/settle", facilitator.settle, _POST, sized=False),
+    Path("/guarantees/{gid}/void", guarantees.void, _POST),
+    Path("/guarantees/{gid}/validation", guarantees.validation, _POST),
+    # the Core API subset
+    Path("/core/public-params", core_api.public_params, blocking=False),
+    Path("/core/payment-tabs", core_api.payment_tabs, _POST),
+    Path("/core/guarantees", core_api.guarantees, _POST),
+    Path("/core/tabs/{tab_id}/guarantees/{req_id}", core_api.guarantee),
+    Path("/rpc", core_api.rpc, _POST, blocking=False, sized=False),
+    # the sandbox
+    Path("/sandbox/deposit", sandbox_api.deposit, _POST),
+    Path("/sandbox/withdraw", sandbox_api.withdraw, _POST),
+    Path("/sandbox/cycles/close", sandbox_api.close_cycle, _POST),
+    Path("/sandbox/debits/pay", sandbox_api.pay_debit, _POST),
+    Path("/sandbox/credits/claim", sandbox_api.claim, _POST),
+    Path("/sandbox/tick", sandbox_api.tick, _POST),
+    Path("/sandbox/suspend", sandbox_api.suspend, _POST),
+    # reads, metrics, admin
+    Path("/api/positions", reads.positions),
+    Path("/api/cycles", reads.cycles),
+    Path("/api/cycles/{cycle_id:int}", reads.cycle),
+    Path("/api/guarantees", reads.guarantees),
+    Path("/api/events", reads.events),
+    Path("/metrics", metrics, timed=False),
+    Path("/admin/webhooks", admin.subscribe, _POST),
+    Path("/admin/webhooks", admin.subscriptions, ("GET",)),
+    Path("/admin/webhooks/deliveries", admin.deliveries),
+    Path("/admin/webhooks/{sid}", admin.unsubscribe, ("DELETE",)),
+)
+
+
+@contextlib.asynccontextmanager
+async def background(service: Service, tick_interval: float | None) -> AsyncIterator[None]:
+    """The service's own work while it serves (on the running event loop): cycle and timeout
+    ticks every ``tick_interval`` seconds (None: none), alert checks, webhook delivery."""
+    hooks = service.hooks
+    loop, tasks = asyncio.get_running_loop(), []
+    if tick_interval:
+        tasks.append(loop.create_task(service.tick_forever(tick_interval)))
+    if service.alert_checker is not None:
+        tasks.append(loop.create_task(service.check_alerts_forever()))
+    if hooks is not None:
+        hooks.start()
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        if hooks is not None:
+            await asyncio.to_thread(hooks.stop, 10.0)
