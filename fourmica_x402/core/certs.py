@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +26,9 @@ from ..errors import CoreError
 from ..guarantee import GuaranteeClaims, certificate_message
 from ..networks import get_network
 from .config import Domains
-from .store import Tx
+from .store import Store, Tx
 
-__all__ = ["Certificate", "Operator"]
+__all__ = ["Certificate", "Certifying", "Operator"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,3 +197,48 @@ def sign_missing(
         else:
             done[gid] = fresh[gid] = operator.certify(item)
     return done, fresh
+
+
+class Certifying:
+    """The certificates of :class:`~.ledger.Core` (a mixin of the facade: needs its ``store``,
+    ``operator`` and domains). Each reads in one transaction, signs outside any, files in a
+    second one."""
+
+    store: Store
+    operator: Operator
+    _domains: Domains
+
+    def certify(self, guarantee_id: str) -> Certificate:
+        """The Core's BLS certificate for an accepted guarantee (made once, then stored)."""
+        with self.store.transaction(write=False) as tx:
+            found = certificate_or_message(tx, guarantee_id, self._domains)
+        if isinstance(found, Certificate):
+            return found
+        cert = self.operator.certify(found)  # outside any transaction (see above)
+        with self.store.transaction() as tx:  # refused if voided or cancelled meanwhile
+            return save(tx, guarantee_id, cert)
+
+    def certify_many(
+        self,
+        guarantee_ids: Sequence[str],
+        *,
+        also: Callable[[Tx, dict[str, Certificate]], Any] | None = None,
+    ) -> dict[str, Certificate]:
+        """Certificates for many guarantees: one read, the BLS signatures, one write.
+
+        ``also(tx, certificates)`` runs in that write (the gate files them in its records).
+        """
+        if not guarantee_ids:
+            return {}
+        with self.store.transaction(write=False) as tx:
+            found = certificates_or_messages(tx, guarantee_ids, self._domains)
+        done, fresh = sign_missing(self.operator, found)  # outside any transaction
+        if fresh or (also is not None and done):
+            with self.store.transaction() as tx:
+                stored = save_many(tx, fresh)  # none for one voided meanwhile
+                done = {
+                    g: stored.get(g, c) for g, c in done.items() if g in stored or g not in fresh
+                }
+                if also is not None:
+                    also(tx, done)
+        return done

@@ -36,7 +36,7 @@ from ..guarantee import Eip712Domain, SignedGuarantee
 from . import acceptance, certs, collateral, cycles, queries, resolution, tabs, withdrawals
 from ._reads import Reads
 from .alerts import Alerting
-from .certs import Certificate, Operator
+from .certs import Certifying, Operator
 from .common import check_amount, rejected
 from .config import SANDBOX_CONTRACT, SANDBOX_REGISTRY, CoreConfig, Domains
 from .feed import EventFeed, Events
@@ -61,7 +61,7 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
-class Core(Alerting, Reads):
+class Core(Alerting, Certifying, Reads):
     """The embedded Core over a :class:`~fourmica_x402.core.store.Store`.
 
     ``Core("sqlite:///fourmica.db")`` opens (and migrates) a SQLite file;
@@ -245,41 +245,6 @@ class Core(Alerting, Reads):
             raise
         return accepted
 
-    def certify(self, guarantee_id: str) -> Certificate:
-        """The Core's BLS certificate for an accepted guarantee (made once, then stored)."""
-        with self.store.transaction(write=False) as tx:
-            found = certs.certificate_or_message(tx, guarantee_id, self._domains)
-        if isinstance(found, Certificate):
-            return found
-        cert = self.operator.certify(found)  # outside any transaction: see .certs
-        with self.store.transaction() as tx:  # refused if voided or cancelled meanwhile
-            return certs.save(tx, guarantee_id, cert)
-
-    def certify_many(
-        self,
-        guarantee_ids: Sequence[str],
-        *,
-        also: Callable[[Tx, dict[str, Certificate]], Any] | None = None,
-    ) -> dict[str, Certificate]:
-        """Certificates for many guarantees: one read, the BLS signatures, one write.
-
-        ``also(tx, certificates)`` runs in that write (the gate files them in its records).
-        """
-        if not guarantee_ids:
-            return {}
-        with self.store.transaction(write=False) as tx:
-            found = certs.certificates_or_messages(tx, guarantee_ids, self._domains)
-        done, fresh = certs.sign_missing(self.operator, found)  # outside any transaction
-        if fresh or (also is not None and done):
-            with self.store.transaction() as tx:
-                stored = certs.save_many(tx, fresh)  # none for one voided meanwhile
-                done = {
-                    g: stored.get(g, c) for g, c in done.items() if g in stored or g not in fresh
-                }
-                if also is not None:
-                    also(tx, done)
-        return done
-
     def void(self, guarantee_id: str, *, by: str) -> GuaranteeRecord:
         """The seller (recipient) refunds a guarantee before it is netted: the lock is released."""
         self.resolve(guarantee_id, by=by, score=None)
@@ -312,14 +277,17 @@ class Core(Alerting, Reads):
         ``also(tx)`` runs in the same transaction (the gate completes its payment
         record there, so a delivery costs one commit). ``nowait`` as in :meth:`accept`.
         """
-        by = parse_address(by)
-        now = self.clock()
-        with self._write(nowait) as (tx, events):
-            resolution.resolve(
-                tx, events, guarantee_id, by, score, tag, now, self.config, self.store
-            )
-            if also is not None:
-                also(tx)
+        by, clock = parse_address(by), self.clock  # read once the guarantee's row is ours
+
+        def change() -> None:
+            with self._write(nowait) as (tx, events):
+                resolution.resolve(
+                    tx, events, guarantee_id, by, score, tag, clock, self.config, self.store
+                )
+                if also is not None:
+                    also(tx)
+
+        retried(change)
 
     def resolve_later(
         self,
@@ -346,7 +314,7 @@ class Core(Alerting, Reads):
         def apply(tx: Tx) -> None:
             events.clear()  # a batch that failed elsewhere applies each job again
             resolution.resolve(
-                tx, events, guarantee_id, by, score, tag, self.clock(), self.config, self.store
+                tx, events, guarantee_id, by, score, tag, self.clock, self.config, self.store
             )
             if also is not None:
                 also(tx)
@@ -362,9 +330,9 @@ class Core(Alerting, Reads):
 
     def extend_validations(self, guarantee_ids: Sequence[str], *, by: str) -> int:
         """Validator ``by`` holds them open (responses still going out): deadline now + timeout."""
-        now = self.clock()
-        until = now + self.config.validation_timeout
-        return self._change(resolution.extend, list(guarantee_ids), parse_address(by), now, until)
+        validator, timeout = parse_address(by), self.config.validation_timeout
+        ids, clock, locks = list(guarantee_ids), self.clock, self.store
+        return self._change(resolution.extend, ids, validator, clock, timeout, locks)
 
     # -- clearing cycles ------------------------------------------------------------------------
 
@@ -378,10 +346,8 @@ class Core(Alerting, Reads):
     def close_cycle(self, *, network: str, asset: str | None = None) -> Cycle:
         """Close the open cycle now: freeze its payable guarantees, net them, open the next."""
         asset = self._asset(network, asset)
-        now = self.clock()
-        with self._write() as (tx, events):
-            cycle_id = cycles.close_open(tx, events, network, asset, now, self.config, self.store)
-        return self.cycle(cycle_id)
+        now, config = self.clock(), self.config
+        return self.cycle(self._change(cycles.close_open, network, asset, now, config, self.store))
 
     def tick(self) -> dict[str, int]:
         """Advance everything that is due: validation timeouts and cycle phases.
@@ -426,13 +392,11 @@ class Core(Alerting, Reads):
         """Ask to withdraw collateral: capacity drops at once; funds move after the grace period."""
         address, asset = parse_address(address), self._asset(network, asset)
         check_amount(amount)
-        now = self.clock()
         grace = self.config.withdrawal_grace
-        with self._write() as (tx, events):
-            withdrawal_id = withdrawals.request(
-                tx, events, network, asset, address, amount, now, grace
-            )
-        return self.withdrawal(withdrawal_id)
+        found = self._change(
+            withdrawals.request, network, asset, address, amount, self.clock(), grace
+        )
+        return self.withdrawal(found)
 
     def cancel_withdrawal(self, withdrawal_id: int) -> Withdrawal:
         now = self.clock()

@@ -11,6 +11,8 @@ inside the caller's transaction.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..errors import CoreError
 from . import cycles
 from .collateral import release
@@ -21,6 +23,9 @@ from .store import Row, Tx
 
 __all__ = ["check_score", "expire_validations", "extend", "resolve", "validate", "void"]
 
+#: The Core's clock (seconds since the epoch).
+Clock = Callable[[], float]
+
 
 def check_score(score: int) -> None:
     if isinstance(score, bool) or not isinstance(score, int) or not 0 <= score <= 100:
@@ -28,7 +33,9 @@ def check_score(score: int) -> None:
 
 
 def _locked_guarantee(tx: Tx, guarantee_id: str, columns: str, locks: LockClauses) -> Row:
-    """One guarantee row, locked for this transaction (SQLite: the write lock is held)."""
+    """One guarantee row, locked for this transaction (SQLite: the write lock is held). The
+    time a change is judged at is read after this: a writer that waited for the row (another
+    process's, a batch of completions) must not judge a deadline by when it asked."""
     row = tx.one(
         f"SELECT {columns} FROM fx_guarantees WHERE guarantee_id = ?" + locks.row_lock,
         (guarantee_id,),
@@ -43,7 +50,7 @@ def void(
     events: Events,
     guarantee_id: str,
     by: str,
-    now: float,
+    clock: Clock,
     locks: LockClauses,
 ) -> None:
     """The recipient ``by`` voids a guarantee that is not netted yet."""
@@ -53,6 +60,7 @@ def void(
         "recipient_address, network, asset, user_address, amount, state, cycle_id",
         locks,
     )
+    now = clock()  # once its row is ours (see _locked_guarantee)
     if row[0] != by:
         raise CoreError(
             "only the recipient may void a guarantee", reason="not_recipient", status=403
@@ -105,7 +113,7 @@ def validate(
     validator: str,
     score: int,
     tag: str,
-    now: float,
+    clock: Clock,
     config: CoreConfig,
     locks: LockClauses,
 ) -> None:
@@ -118,6 +126,7 @@ def validate(
         "recipient_address, validation_deadline",
         locks,
     )
+    now = clock()  # once its row is ours: a deadline passed while waiting for it has passed
     if row[0] is None or row[0] != validator:
         raise CoreError(
             "only the validator named in the claims may post",
@@ -205,12 +214,24 @@ def expire_validations(tx: Tx, events: Events, now: float) -> int:
 
 
 def extend(
-    tx: Tx, events: Events, guarantee_ids: list[str], validator: str, now: float, until: float
+    tx: Tx,
+    events: Events,
+    guarantee_ids: list[str],
+    validator: str,
+    clock: Clock,
+    timeout: float,
+    locks: LockClauses,
 ) -> int:
     """Push the validation deadline of the pending guarantees ``validator`` scores back to
-    ``until`` (never earlier): their paid responses are still going out. One whose deadline
-    passed already stays expired. Returns how many moved. In the expiry's order
-    (:func:`expire_validations`), so the two never wait on each other's rows."""
+    now + ``timeout`` (never earlier): their paid responses are still going out. One whose
+    deadline passed already (judged once their rows are ours) stays expired. Returns how many
+    moved. In the expiry's order (:func:`expire_validations`), so the two never wait on each
+    other's rows."""
+    ids = sorted(set(guarantee_ids))
+    for gid in ids:
+        tx.one("SELECT 1 FROM fx_guarantees WHERE guarantee_id = ?" + locks.row_lock, (gid,))
+    now = clock()
+    until = now + timeout
     return sum(
         tx.execute(
             "UPDATE fx_guarantees SET validation_deadline = ? WHERE guarantee_id = ? "
@@ -218,7 +239,7 @@ def extend(
             "AND validation_deadline > ?",
             (until, gid, validator, until, now),
         )
-        for gid in sorted(set(guarantee_ids))
+        for gid in ids
     )
 
 
@@ -229,12 +250,12 @@ def resolve(
     by: str,
     score: int | None,
     tag: str,
-    now: float,
+    clock: Clock,
     config: CoreConfig,
     locks: LockClauses,
 ) -> None:
     """:func:`void` (``score`` None, ``by`` the recipient) or :func:`validate` (``by`` the validator)."""
     if score is None:
-        void(tx, events, guarantee_id, by, now, locks)
+        void(tx, events, guarantee_id, by, clock, locks)
     else:
-        validate(tx, events, guarantee_id, by, score, tag, now, config, locks)
+        validate(tx, events, guarantee_id, by, score, tag, clock, config, locks)

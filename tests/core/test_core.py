@@ -420,6 +420,60 @@ def test_the_validation_deadline_itself_is_past_it(
     assert core.position(buyer.address, network=NETWORK).locked == 0
 
 
+def test_a_score_that_waits_for_the_database_is_judged_when_it_gets_it(
+    core: Core, buyer: TestBuyer, clock: FakeClock
+) -> None:
+    """A score (or a hold) that waits for another writer is judged at the time it writes, not
+    the time it asked: the deadline passed meanwhile, so the score is refused and the buyer
+    is not charged (docs/protocol.md: "from the deadline on ... a score is refused")."""
+    policy = test_policy()
+    scored, held = (core.accept(*buyer.pay(core, SELLER, 400, policy=policy)) for _ in "ab")
+    clock.advance(30)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_rows() -> None:  # another process's write, a batch of completions…
+        lock = " FOR UPDATE" if core.store.dialect == "postgres" else ""
+        with core.store.transaction() as tx:
+            for g in (scored, held):
+                tx.one(
+                    "SELECT state FROM fx_guarantees WHERE guarantee_id = ?" + lock,
+                    (g.guarantee_id,),
+                )
+            holding.set()
+            release.wait(30)
+
+    answers: dict[str, object] = {}
+
+    def score() -> None:
+        try:
+            answers["score"] = core.post_validation(
+                scored.guarantee_id, validator=policy.validator, score=100, tag=policy.tag
+            )
+        except CoreError as exc:
+            answers["score"] = exc
+
+    def extend() -> None:
+        answers["extend"] = core.extend_validations([held.guarantee_id], by=policy.validator)
+
+    holder = threading.Thread(target=hold_the_rows)
+    holder.start()
+    assert holding.wait(30)
+    waiting = [threading.Thread(target=score), threading.Thread(target=extend)]
+    for t in waiting:
+        t.start()
+    waiting[0].join(0.5)  # both wait for the rows, having asked at 30 s
+    clock.advance(31)  # the deadline (60 s) passes while they wait
+    release.set()
+    for t in (holder, *waiting):
+        t.join(30)
+    refused = answers["score"]
+    assert isinstance(refused, CoreError) and refused.reason == "validation_expired", refused
+    assert answers["extend"] == 0
+    assert core.expire_validations() == 2
+    assert {core.guarantee(g.guarantee_id).state for g in (scored, held)} == {"cancelled"}
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
 @pytest.mark.parametrize("many", [False, True], ids=["certify", "certify_many"])
 def test_a_guarantee_voided_while_its_certificate_is_signed_gets_none(
     core: Core, buyer: TestBuyer, many: bool
