@@ -22,22 +22,21 @@ from starlette.routing import Route
 
 from fourmica_x402.core import AlertRules, Core
 from fourmica_x402.errors import FourmicaError
-from fourmica_x402.server import Call, Headed, Page, Result, Service, parse_body
-from fourmica_x402.server.base import MAX_BODY, cross_origin, error, failure
+from fourmica_x402.server import Call, Headed, Page, Result, Service, base, parse_body
 from fourmica_x402.server.table import PATHS, Path, background
 
 __all__ = ["create_app"]
 
 
 async def _body(request: Request) -> bytes:
-    """A POST's body, read no further than just past :data:`MAX_BODY` (``parse_body`` refuses
+    """A POST's body, read no further than just past :data:`~fourmica_x402.server.base.MAX_BODY` (``parse_body`` refuses
     a bigger one): an open route must not hold a client's 400 MiB in memory first."""
     chunks, size = [], 0
     if request.method == "POST":  # only POST routes take a body: others never read one
         async for chunk in request.stream():
             chunks.append(chunk)
             size += len(chunk)
-            if size > MAX_BODY:
+            if size > base.MAX_BODY:
                 break
     return b"".join(chunks)
 
@@ -55,11 +54,11 @@ def _call(request: Request, raw: bytes) -> Call:
 
 def _response(result: Result) -> Response:
     if isinstance(result, Page):
-        return Response(result.body, status_code=result.status, media_type=result.media_type)
+        return Response(result.body, result.status, base.PAGE_HEADERS, result.media_type)
     if isinstance(result, Headed):
-        return JSONResponse(result.data, status_code=result.status, headers=dict(result.headers))
+        return JSONResponse(result.data, result.status, {**base.NOSNIFF, **dict(result.headers)})
     status, data = result
-    return JSONResponse(data, status_code=status)
+    return JSONResponse(data, status, base.NOSNIFF)
 
 
 def _endpoint(service: Service, spec: Path) -> Callable[[Request], Awaitable[Response]]:
@@ -69,16 +68,12 @@ def _endpoint(service: Service, spec: Path) -> Callable[[Request], Awaitable[Res
     async def endpoint(request: Request) -> Response:
         start = time.perf_counter()
         try:
-            if refused := cross_origin(
-                request.method,
-                request.headers.get("origin"),
-                request.headers.get("host"),
-                service.browser_hosts,
-            ):
+            if refused := base.cross_origin(request.method, request.headers, service.browser_hosts):
                 return _response(refused)
             raw = await _body(request)
-            if spec.sized and len(raw) > MAX_BODY:
-                return _response(error(413, "body_too_large", f"bodies end at {MAX_BODY} bytes"))
+            if spec.sized and len(raw) > base.MAX_BODY:
+                too_large = f"bodies end at {base.MAX_BODY} bytes"
+                return _response(base.error(413, "body_too_large", too_large))
             call = _call(request, raw)
             if blocking:
                 result = await asyncio.to_thread(handler, service, call)
@@ -87,7 +82,7 @@ def _endpoint(service: Service, spec: Path) -> Callable[[Request], Awaitable[Res
         except FourmicaError as exc:
             if not timed:
                 raise
-            result = failure(exc)
+            result = base.failure(exc)
         finally:
             if timed:
                 service.metrics.observe(request.url.path, time.perf_counter() - start)
@@ -145,5 +140,6 @@ async def _routing_error(request: Request, exc: Exception) -> Response:
     """The router's 404 and 405 in the service's JSON error shape (its Allow header kept)."""
     status = 405 if getattr(exc, "status_code", 404) == 405 else 404
     code = "not_found" if status == 404 else "method_not_allowed"
-    _, body = error(status, code, f"{request.method} {request.url.path}: {code.replace('_', ' ')}")
-    return JSONResponse(body, status, headers=getattr(exc, "headers", None))
+    text = f"{request.method} {request.url.path}: {code.replace('_', ' ')}"
+    _, body = base.error(status, code, text)
+    return JSONResponse(body, status, {**base.NOSNIFF, **(getattr(exc, "headers", None) or {})})

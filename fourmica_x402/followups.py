@@ -15,6 +15,8 @@ __all__ = ["DONE", "Followup", "Followups"]
 DONE = {
     "voided": ("refund_pending", "refunded"),
     "scored": ("score_pending", None),
+    # a score the Core refused: the guarantee was cancelled at its validation deadline first
+    "expired": ("score_pending", "cancelled"),
     "abandoned": ("refund_pending", "kept"),
 }
 

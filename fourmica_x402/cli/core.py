@@ -14,6 +14,7 @@ import os
 import re
 from fractions import Fraction
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
@@ -74,6 +75,14 @@ _FACTOR = re.compile(r"(?:\d+(?:\.\d+)?|\.\d+|\d+/\d+)\Z")
     help="Alert rules the service checks, as rule=value pairs separated by commas (or set "
     "FOURMICA_X402_ALERTS), e.g. default=0,settlement_deadline=15m (docs/operations.md, Alerts).",
 )
+@click.option(
+    "--public-url",
+    envvar="FOURMICA_X402_PUBLIC_URL",
+    default=None,
+    metavar="URL",
+    help="The service's public base URL (https://core.example): handed out as its Core API "
+    "address instead of the request's Host, and a name browsers may reach it by.",
+)
 @network_option
 @core_settings(*SETTINGS, note="Used for as long as the service runs.")
 def serve(
@@ -84,6 +93,7 @@ def serve(
     api_key: str | None,
     seller_keys: tuple[str, ...],
     alerts: str | None,
+    public_url: str | None,
     network: str,
     config: Any,
 ) -> None:
@@ -121,6 +131,13 @@ def serve(
             rules = AlertRules.parse(alerts)
         except FourmicaError as exc:
             raise click.BadParameter(exc.message, param_hint="'--alerts'") from None
+    if public_url is not None:
+        parts = urlsplit(public_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise click.BadParameter(
+                "give an http(s) URL such as https://core.example", param_hint="'--public-url'"
+            )
+        public_url = public_url.rstrip("/")
     if api_key is not None and not TOKEN.match(api_key):
         # An empty key would let every request through as the operator.
         raise click.BadParameter(
@@ -162,7 +179,13 @@ def serve(
             err=True,
         )
     app = create_app(
-        core, sandbox=sandbox, api_key=api_key, seller_keys=keys, network=network, alerts=rules
+        core,
+        sandbox=sandbox,
+        api_key=api_key,
+        seller_keys=keys,
+        network=network,
+        alerts=rules,
+        public_url=public_url,
     )
     click.echo(
         f"fourmica-x402 Core on http://{host}:{port}  (dashboard: /, metrics: /metrics, sandbox: {sandbox})"
@@ -177,9 +200,10 @@ def serve(
         )
     if sandbox and api_key is None:
         reach = "this machine" if host in ("127.0.0.1", "localhost", "::1") else f"{host}"
+        what = "void and score payments, " if not keys else ""
         click.echo(
             f"warning: --sandbox without --api-key: anyone who reaches {reach} may deposit "
-            "sandbox collateral, close cycles, void and score payments and subscribe webhooks "
+            f"sandbox collateral, close cycles, {what}subscribe webhooks "
             "(docs/operations.md, Keys). For development only.",
             err=True,
         )

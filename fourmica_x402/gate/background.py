@@ -119,6 +119,10 @@ class Reconciler:
                         status = "voided"  # an earlier try went through
                     elif state == "payable" and item.kind == "score":
                         status = "scored"  # so did this one (only this validator's score)
+                    elif item.kind == "score" and (
+                        state == "cancelled" or exc.reason == "validation_expired"
+                    ):
+                        status = "expired"  # cancelled at its deadline: not charged
                     elif unknown and now - created > self.UNKNOWN_FOR:
                         status = "never_accepted"
                     elif not unknown and exc.status < 500:

@@ -335,14 +335,21 @@ def _action_failed(
 ) -> str:
     """A refund or score that did not go through: the outcome to record.
 
-    Refused for good (netted already, say): a refund is ``kept``, a score leaves the
-    outcome as it was. One that only could not reach the facilitator or the database
-    is filed for the reconciler to retry: ``refund_pending`` then ``refunded``, or
-    ``score_pending`` then the outcome the score makes.
+    Refused for good: a guarantee the Core has cancelled already (its validation deadline
+    passed: a response that outlasted it, docs/protocol.md) is ``cancelled``, one voided
+    already ``refunded`` — the buyer is not charged either way; otherwise (netted already,
+    say) a refund is ``kept`` and a score leaves the outcome as it was. One that only could
+    not reach the facilitator or the database is filed for the reconciler to retry:
+    ``refund_pending`` then ``refunded``, or ``score_pending`` then the outcome the score makes.
     """
     log.error("%s of %s failed: %s", action[0], payment.guarantee_id, error)
     definitive = isinstance(error, FourmicaError) and not isinstance(error, Unavailable)
     if definitive or payment.guarantee_id is None:
+        state = getattr(error, "state", None)
+        if getattr(error, "reason", None) == "validation_expired" or state == "cancelled":
+            return "cancelled"
+        if state == "voided":
+            return "refunded"
         return "kept" if outcome == "refunded" else outcome
     kind, pending = (
         ("refund", "refund_pending") if action[0] == "void" else ("score", "score_pending")

@@ -9,6 +9,7 @@ also turns a :class:`~fourmica_x402.errors.FourmicaError` the handler lets throu
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,11 +46,23 @@ Reply = tuple[int, Any]
 
 @dataclass(frozen=True)
 class Page:
-    """A non-JSON answer (the dashboard's HTML, the metrics' text exposition)."""
+    """A non-JSON answer (the dashboard's HTML, the metrics' text exposition), sent with
+    :data:`PAGE_HEADERS`."""
 
     body: bytes | str
     media_type: str
     status: int = 200
+
+
+#: Every answer of the service: a browser never reads one as another type than it says.
+NOSNIFF = {"x-content-type-options": "nosniff"}
+#: A :class:`Page` too: it loads nothing (its styles are inline) and no other site frames it.
+PAGE_HEADERS = {
+    **NOSNIFF,
+    "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "img-src data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "x-frame-options": "DENY",
+}
 
 
 @dataclass(frozen=True)
@@ -123,19 +136,43 @@ def parse_body(raw: bytes) -> Any:
 
 
 def cross_origin(
-    method: str, origin: str | None, host: str | None, names: frozenset[str] | None
+    method: str, headers: Mapping[str, str], names: frozenset[str] | None
 ) -> Reply | None:
     """A browser's request that changes something (any method but GET, HEAD, OPTIONS) from
     another site (its ``Origin`` names another host than the one it was sent to) is refused,
-    so a page cannot change a service no key guards (a sandbox without ``--api-key``); so is
-    one sent to a host name not in ``names`` (when given): a page whose DNS name was rebound
-    to the service. Browsers send ``Origin`` with every such request; other clients do not."""
+    so a page cannot change a service no key guards (a sandbox without ``--api-key``). With
+    ``names`` (such a service), any browser request — reads too — sent to a host that is
+    neither one of ``names`` nor an IP address is refused: it comes from a page whose DNS name
+    was rebound to the service, which could otherwise read or change it as its own origin.
+    Browsers say so with ``Origin`` (every change) or ``Sec-Fetch-Site`` (every request of
+    current browsers); other clients send neither and are served under any name. ``headers``:
+    the request's, read by lowercase name."""
+    origin, host = headers.get("origin"), headers.get("host")
+    browser = origin is not None or headers.get("sec-fetch-site") is not None
+    if names is not None and browser and not _named(host, names):
+        return error(403, "cross_origin", "requests from another site's pages are refused")
     if origin is None or method in ("GET", "HEAD", "OPTIONS"):
         return None
-    same = bool(host) and urlsplit(origin).netloc.lower() == str(host).lower()
-    if same and (names is None or urlsplit(f"//{host}").hostname in names):
+    if bool(host) and urlsplit(origin).netloc.lower() == str(host).lower():
         return None
     return error(403, "cross_origin", "requests from another site's pages are refused")
+
+
+def _named(host: str | None, names: frozenset[str]) -> bool:
+    """Whether ``host`` (a Host header) is one of ``names`` or an IP address."""
+    try:
+        hostname = urlsplit(f"//{host}").hostname if host else None
+    except ValueError:  # a malformed Host (an unclosed IPv6 bracket)
+        return False
+    if hostname is None:
+        return False
+    if hostname in names:
+        return True
+    try:
+        ipaddress.ip_address(hostname)
+    except ValueError:
+        return False
+    return True
 
 
 def error(status: int, code: str, message: str) -> Reply:

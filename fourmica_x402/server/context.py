@@ -55,10 +55,12 @@ class Service:
         self.metrics = Metrics(core)
         self.chain_id = get_network(network).chain_id
         self.keys = Keys(api_key, seller_keys, sandbox=sandbox)
-        #: Without keys nothing but the network guards the service: a browser's POST is taken
-        #: only when addressed to one of these names (a rebound DNS name is not one of them).
+        #: Without the operator's key nothing but the network guards the sandbox, the webhook
+        #: admin and the reads (seller keys guard only refunds, scores and settles): a browser's
+        #: request is taken only when addressed to one of these names or to an IP address (a
+        #: DNS name rebound to the service is neither).
         self.browser_hosts: frozenset[str] | None = None
-        if not api_key and not seller_keys:
+        if not api_key:
             named = urlsplit(public_url).hostname if public_url else None
             self.browser_hosts = frozenset(
                 {"localhost", "127.0.0.1", "::1", *filter(None, [named])}

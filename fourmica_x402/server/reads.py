@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from fourmica_x402._eth import parse_address
 
-from .base import Call, Reply, bad_request, integer
+from .base import Call, Reply, bad_request, error, integer
 
 if TYPE_CHECKING:
     from .context import Service
@@ -24,8 +24,14 @@ def cycles(service: Service, call: Call) -> Reply:
 
 
 def cycle(service: Service, call: Call) -> Reply:
-    """One cycle with its net positions and pairwise obligations."""
-    core, cycle_id = service.core, int(call.path["cycle_id"])
+    """One cycle with its net positions and pairwise obligations. The path's id is read here,
+    not by the router: a number too long for ``int()`` (4 300 digits) is a 404, not a 500."""
+    text = str(call.path["cycle_id"])
+    if not (text.isascii() and text.isdigit()):
+        return error(404, "not_found", f"GET /api/cycles/{text[:20]}: not found")
+    if len(text) > 19:  # past any cycle id (64-bit)
+        return error(404, "unknown_cycle", f"no cycle {text[:20]}…")
+    core, cycle_id = service.core, int(text)
     return 200, {
         "cycle": core.cycle(cycle_id).to_dict(),
         "positions": [p.to_dict() for p in core.cycle_positions(cycle_id)],

@@ -72,7 +72,7 @@ PATHS: tuple[Path, ...] = (
     # reads, metrics, admin
     Path("/api/positions", reads.positions),
     Path("/api/cycles", reads.cycles),
-    Path("/api/cycles/{cycle_id:int}", reads.cycle),
+    Path("/api/cycles/{cycle_id}", reads.cycle),
     Path("/api/guarantees", reads.guarantees),
     Path("/api/events", reads.events),
     Path("/metrics", metrics, timed=False),

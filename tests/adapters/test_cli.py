@@ -300,6 +300,11 @@ def test_serve_says_when_its_port_is_taken(db: str, busy_port: int) -> None:
     refused(cli("serve", "--db", db, "--port", str(busy_port)), 1, "cannot listen", str(busy_port))
 
 
+def test_serve_takes_an_http_public_url_only(db: str) -> None:
+    for bad in ("ftp://core.example", "core.example", "https://"):
+        refused(cli("serve", "--db", db, "--public-url", bad), 2, "'--public-url'")
+
+
 def test_serve_refuses_an_empty_api_key(db: str) -> None:
     # An empty operator key would let any request through as the operator.
     refused(cli("serve", "--db", db, "--api-key", ""), 2, "'--api-key'")

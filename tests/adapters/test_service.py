@@ -1633,3 +1633,205 @@ def test_a_trailing_slash_is_another_path_not_a_redirect(
     )
     assert (answer.status_code, answer.json()["error"]) == (404, "not_found")
     assert "location" not in answer.headers
+
+
+def test_seller_keys_alone_still_keep_rebound_pages_out_of_the_sandbox(core: Core) -> None:
+    """Seller keys guard refunds, scores and settles, not the sandbox or the webhook admin:
+    without the operator's key a page whose DNS name was rebound to the service is refused."""
+    app = create_app(core, sandbox=True, seller_keys={"tokA": SELLER}, tick_interval=None)
+    client = TestClient(app)
+    rebound = {"origin": "http://rebound.example:4031", "host": "rebound.example:4031"}
+    hook = {"url": "http://rebound.example/collect", "events": ["*"]}
+    deposit = {"address": TestBuyer.new().address, "amount": 5}
+    for path, body in (("/admin/webhooks", hook), ("/sandbox/deposit", deposit)):
+        answer = client.post(path, content=json.dumps(body), headers=rebound)
+        assert (answer.status_code, answer.json()["error"]) == (403, "cross_origin"), path
+    assert client.get("/admin/webhooks").json() == []
+    assert core.position(deposit["address"], network=NETWORK).collateral == 0
+    assert client.post("/sandbox/deposit", json=deposit).status_code == 200  # not a browser
+
+
+@pytest.mark.parametrize("path", ["/admin/webhooks", "/api/positions", "/", "/metrics"])
+def test_a_rebound_page_cannot_read_a_keyless_service(core: Core, path: str) -> None:
+    """A browser says it sends a request (``Sec-Fetch-Site``, ``Origin``): sent to a DNS name
+    the service does not have, it is a rebound page reading the service as its own origin.
+    Clients that are not browsers, and browsers at an IP address or localhost, are served."""
+    client = TestClient(create_app(core, sandbox=True, tick_interval=None))
+    client.post("/admin/webhooks", json={"url": "https://hooks.example/T0/B0/SECRETPATH"})
+    rebound = {"host": "rebound.example:4032", "sec-fetch-site": "same-origin"}
+    refused = client.get(path, headers=rebound)
+    assert (refused.status_code, refused.json()["error"]) == (403, "cross_origin")
+    assert "SECRETPATH" not in refused.text
+    for served in (
+        {"host": "rebound.example:4032"},  # curl, a script: no browser headers
+        {"host": "192.168.1.5:4021", "sec-fetch-site": "same-origin"},  # an IP: not rebound
+        {"host": "[::1]:4021", "sec-fetch-site": "none"},
+        {"host": "localhost:4021", "sec-fetch-site": "same-origin"},
+    ):
+        assert client.get(path, headers=served).status_code == 200, served
+    broken = client.get(path, headers={"host": "[::1", "sec-fetch-site": "same-origin"})
+    assert (broken.status_code, broken.json()["error"]) == (403, "cross_origin")
+
+
+def test_a_cycle_id_too_long_for_a_number_is_a_404_not_a_500(client: TestClient) -> None:
+    for path, code in (
+        ("/api/cycles/" + "9" * 5000, "unknown_cycle"),
+        ("/api/cycles/99999999999999999999", "unknown_cycle"),
+        ("/api/cycles/12345", "unknown_cycle"),
+        ("/api/cycles/-1", "not_found"),
+        ("/api/cycles/abc", "not_found"),
+    ):
+        answer = client.get(path)
+        assert (answer.status_code, answer.json()["error"]) == (404, code), path
+
+
+@pytest.mark.parametrize(
+    "tick", [False, True], ids=["refused_at_the_deadline", "cancelled_by_a_tick"]
+)
+def test_a_remote_response_that_outlasts_its_validation_timeout_is_recorded_cancelled(
+    tmp_path: Path, tick: bool
+) -> None:
+    """The Core cancels a G-v2 guarantee at its validation deadline, scored or not (the buyer
+    is not charged). A remote seller's score after it is refused for good: its record says
+    ``cancelled``, not ``delivered`` — its books would show money it is never paid."""
+    from fourmica_x402.core import CoreConfig
+    from fourmica_x402.core.ledger import SANDBOX_REGISTRY
+    from fourmica_x402.testing import FakeClock
+
+    clock = FakeClock()
+    core = Core(str(tmp_path / "core.db"), config=CoreConfig(validation_timeout=60), clock=clock)
+    served = _served(create_app(core, sandbox=True, tick_interval=None))
+    url, _ = next(served)
+    try:
+        gate = Gate(
+            PaymentConfig(
+                pay_to=SELLER,
+                routes={"GET /slow": "$0.01"},
+                facilitator=HttpFacilitator(url, validation_registry=SANDBOX_REGISTRY.lower()),
+                records=str(tmp_path / "records.db"),
+                tab_endpoint="http://testserver/x402/tab",
+            )
+        )
+
+        async def slow(request: Request) -> JSONResponse:
+            clock.advance(61)  # the answer outlasts the validation timeout
+            if tick:
+                core.tick()
+            return JSONResponse({"payer": request.state.payment.payer})
+
+        app = Starlette(
+            routes=[Route("/slow", slow)], middleware=[Middleware(PaymentMiddleware, gate=gate)]
+        )
+        seller = TestClient(app)
+        buyer = TestBuyer.new()
+        core.deposit(buyer.address, 100_000, network=NETWORK)
+        req = decode_payment_required(seller.get("/slow").headers["payment-required"]).accepts[0]
+        body = {
+            "x402Version": 2,
+            "userAddress": buyer.address,
+            "paymentRequirements": req.to_dict(),
+        }
+        tab = seller.post("/x402/tab", json=body).json()
+        name, value = payment_header(buyer, req, tab)
+        assert seller.get("/slow", headers={name: value}).status_code == 200
+        gate.flush()  # the delivery score goes to the facilitator after the response
+        (guarantee,) = core.guarantees(address=buyer.address)
+        core.expire_validations()
+        assert core.guarantee(guarantee.guarantee_id).state == "cancelled"
+        assert core.position(buyer.address, network=NETWORK).locked == 0
+        (record,) = gate.records.query(payer=buyer.address)
+        assert (record.status, record.outcome) == ("delivered", "cancelled")
+    finally:
+        next(served, None)
+        core.close()
+
+
+def test_a_delivery_score_retried_after_the_deadline_is_recorded_cancelled(
+    tmp_path: Path,
+) -> None:
+    """The score could not reach the facilitator (``score_pending``, retried by the
+    reconciler); by the retry the Core has cancelled the guarantee at its deadline: the
+    follow-up closes and the record says ``cancelled`` (the buyer was not charged)."""
+    from fourmica_x402.core import CoreConfig
+    from fourmica_x402.core.ledger import SANDBOX_REGISTRY
+    from fourmica_x402.testing import FakeClock
+
+    clock = FakeClock()
+    core = Core(str(tmp_path / "core.db"), config=CoreConfig(validation_timeout=60), clock=clock)
+    port = _free_port()
+
+    def serve() -> tuple[uvicorn.Server, threading.Thread]:
+        app = create_app(core, sandbox=True, tick_interval=None)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return server, thread
+
+    def stop(server: uvicorn.Server, thread: threading.Thread) -> None:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+    running = serve()
+    url = f"http://127.0.0.1:{port}"
+    gate = Gate(
+        PaymentConfig(
+            pay_to=SELLER,
+            routes={"GET /premium": "$0.01"},
+            facilitator=HttpFacilitator(
+                url, validation_registry=SANDBOX_REGISTRY.lower(), retries=0
+            ),
+            records=str(tmp_path / "records.db"),
+            tab_endpoint="http://testserver/x402/tab",
+        )
+    )
+
+    async def premium(request: Request) -> JSONResponse:
+        stop(*running)  # the facilitator goes away after the settle, before the score
+        return JSONResponse({"payer": request.state.payment.payer})
+
+    seller = TestClient(
+        Starlette(
+            routes=[Route("/premium", premium)],
+            middleware=[Middleware(PaymentMiddleware, gate=gate)],
+        )
+    )
+    try:
+        buyer = TestBuyer.new()
+        core.deposit(buyer.address, 100_000, network=NETWORK)
+        req = decode_payment_required(seller.get("/premium").headers["payment-required"]).accepts[0]
+        body = {
+            "x402Version": 2,
+            "userAddress": buyer.address,
+            "paymentRequirements": req.to_dict(),
+        }
+        tab = seller.post("/x402/tab", json=body).json()
+        name, value = payment_header(buyer, req, tab)
+        assert seller.get("/premium", headers={name: value}).status_code == 200
+        gate.flush()
+        (record,) = gate.records.query(payer=buyer.address)
+        assert record.outcome == "score_pending"
+        clock.advance(61)
+        core.tick()  # the deadline passed: the Core cancels the guarantee
+        running = serve()
+        gate.reconcile(now=time.time() + 3600)  # past the follow-up's first backoff
+        (record,) = gate.records.query(payer=buyer.address)
+        assert (record.status, record.outcome) == ("delivered", "cancelled")
+        assert core.guarantee(record.guarantee_id).state == "cancelled"
+        assert core.position(buyer.address, network=NETWORK).locked == 0
+    finally:
+        stop(*running)
+        core.close()
+
+
+def test_the_services_pages_load_nothing_and_are_never_framed(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
+    assert "<script" not in page.text  # nothing the policy would have to allow
+    assert page.headers["x-frame-options"] == "DENY"
+    for answer in (page, client.get("/metrics"), client.get("/api/positions"), client.get("/nope")):
+        assert answer.headers.get("x-content-type-options") == "nosniff", answer.request.url
