@@ -30,12 +30,19 @@ from starlette.testclient import TestClient
 
 from fourmica_x402 import PaymentConfig
 from fourmica_x402.client import Receipt, fetch_certificate, fetch_public_key, verify_certificate
-from fourmica_x402.core import Core
+from fourmica_x402.core import Core, CoreConfig
 from fourmica_x402.errors import ConfigurationError, Unavailable
 from fourmica_x402.facilitator import HttpFacilitator
 from fourmica_x402.gate import Gate
 from fourmica_x402.service import create_app
-from fourmica_x402.testing import NETWORK, TestBuyer, http_scope, payment_header, test_policy
+from fourmica_x402.testing import (
+    NETWORK,
+    FakeClock,
+    TestBuyer,
+    http_scope,
+    payment_header,
+    test_policy,
+)
 from fourmica_x402.wire import PaymentPayload, PaymentRequirements, decode_payment_required
 
 SELLER = TestBuyer.from_key(
@@ -480,6 +487,39 @@ def served_sandbox(core: Core) -> Iterator[tuple[str, uvicorn.Server]]:
     yield from _served(create_app(core, sandbox=True, tick_interval=None))
 
 
+def policy_seller(
+    url: str, tmp_path: Path, premium: Any, **options: Any
+) -> tuple[Gate, TestClient]:
+    """A seller of ``GET /premium`` on the remote facilitator at ``url`` with the sandbox's
+    validation registry, so its offers carry the delivery policy (G-v2)."""
+    from fourmica_x402.core.ledger import SANDBOX_REGISTRY
+
+    facilitator = HttpFacilitator(url, validation_registry=SANDBOX_REGISTRY.lower(), **options)
+    gate = Gate(
+        PaymentConfig(
+            pay_to=SELLER,
+            routes={"GET /premium": "$0.01"},
+            facilitator=facilitator,
+            records=str(tmp_path / "records.db"),
+            tab_endpoint="http://testserver/x402/tab",
+        )
+    )
+    app = Starlette(
+        routes=[Route("/premium", premium)], middleware=[Middleware(PaymentMiddleware, gate=gate)]
+    )
+    return gate, TestClient(app)
+
+
+def pay_premium(seller: TestClient, core: Core, buyer: TestBuyer) -> httpx.Response:
+    """Fund ``buyer`` and pay ``GET /premium`` as the seller's challenge asks (a tab from its
+    tab endpoint)."""
+    core.deposit(buyer.address, 100_000, network=NETWORK)
+    req = decode_payment_required(seller.get("/premium").headers["payment-required"]).accepts[0]
+    body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": req.to_dict()}
+    name, value = payment_header(buyer, req, seller.post("/x402/tab", json=body).json())
+    return seller.get("/premium", headers={name: value})
+
+
 def test_a_remote_facilitators_registry_brings_the_delivery_policy(
     served_sandbox: Any, core: Core, tmp_path: Path
 ) -> None:
@@ -487,32 +527,16 @@ def test_a_remote_facilitators_registry_brings_the_delivery_policy(
     from fourmica_x402.core.ledger import SANDBOX_REGISTRY
 
     url, _ = served_sandbox
-    gate = Gate(
-        PaymentConfig(
-            pay_to=SELLER,
-            routes={"GET /premium": "$0.01"},
-            facilitator=HttpFacilitator(url, validation_registry=SANDBOX_REGISTRY.lower()),
-            records=str(tmp_path / "records.db"),
-            tab_endpoint="http://testserver/x402/tab",
-        )
-    )
 
     async def premium(request: Request) -> JSONResponse:
         return JSONResponse({"payer": request.state.payment.payer})
 
-    app = Starlette(
-        routes=[Route("/premium", premium)], middleware=[Middleware(PaymentMiddleware, gate=gate)]
-    )
-    seller = TestClient(app)
+    gate, seller = policy_seller(url, tmp_path, premium)
     buyer = TestBuyer.new()
-    core.deposit(buyer.address, 100_000, network=NETWORK)
     req = decode_payment_required(seller.get("/premium").headers["payment-required"]).accepts[0]
     assert req.extra["validationRegistryAddress"] == SANDBOX_REGISTRY
     assert req.extra["validatorAddress"] == SELLER and req.extra["rpcUrl"] == url
-    body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": req.to_dict()}
-    tab = seller.post("/x402/tab", json=body).json()
-    name, value = payment_header(buyer, req, tab)
-    assert seller.get("/premium", headers={name: value}).status_code == 200
+    assert pay_premium(seller, core, buyer).status_code == 200
     gate.flush()  # the delivery score goes to the facilitator after the response
     (kept,) = core.guarantees(address=buyer.address)
     assert (kept.version, kept.state) == (2, "payable")
@@ -1685,62 +1709,34 @@ def test_a_cycle_id_too_long_for_a_number_is_a_404_not_a_500(client: TestClient)
         assert (answer.status_code, answer.json()["error"]) == (404, code), path
 
 
-@pytest.mark.parametrize(
-    "tick", [False, True], ids=["refused_at_the_deadline", "cancelled_by_a_tick"]
-)
+@pytest.mark.parametrize("tick", [False, True], ids=["refused_at_the_deadline", "cancelled_first"])
 def test_a_remote_response_that_outlasts_its_validation_timeout_is_recorded_cancelled(
     tmp_path: Path, tick: bool
 ) -> None:
     """The Core cancels a G-v2 guarantee at its validation deadline, scored or not (the buyer
     is not charged). A remote seller's score after it is refused for good: its record says
     ``cancelled``, not ``delivered`` — its books would show money it is never paid."""
-    from fourmica_x402.core import CoreConfig
-    from fourmica_x402.core.ledger import SANDBOX_REGISTRY
-    from fourmica_x402.testing import FakeClock
-
     clock = FakeClock()
     core = Core(str(tmp_path / "core.db"), config=CoreConfig(validation_timeout=60), clock=clock)
     served = _served(create_app(core, sandbox=True, tick_interval=None))
     url, _ = next(served)
+
+    async def slow(request: Request) -> JSONResponse:
+        clock.advance(61)  # the answer outlasts the validation timeout
+        if tick:
+            core.tick()
+        return JSONResponse({"payer": request.state.payment.payer})
+
     try:
-        gate = Gate(
-            PaymentConfig(
-                pay_to=SELLER,
-                routes={"GET /slow": "$0.01"},
-                facilitator=HttpFacilitator(url, validation_registry=SANDBOX_REGISTRY.lower()),
-                records=str(tmp_path / "records.db"),
-                tab_endpoint="http://testserver/x402/tab",
-            )
-        )
-
-        async def slow(request: Request) -> JSONResponse:
-            clock.advance(61)  # the answer outlasts the validation timeout
-            if tick:
-                core.tick()
-            return JSONResponse({"payer": request.state.payment.payer})
-
-        app = Starlette(
-            routes=[Route("/slow", slow)], middleware=[Middleware(PaymentMiddleware, gate=gate)]
-        )
-        seller = TestClient(app)
+        gate, seller = policy_seller(url, tmp_path, slow)
         buyer = TestBuyer.new()
-        core.deposit(buyer.address, 100_000, network=NETWORK)
-        req = decode_payment_required(seller.get("/slow").headers["payment-required"]).accepts[0]
-        body = {
-            "x402Version": 2,
-            "userAddress": buyer.address,
-            "paymentRequirements": req.to_dict(),
-        }
-        tab = seller.post("/x402/tab", json=body).json()
-        name, value = payment_header(buyer, req, tab)
-        assert seller.get("/slow", headers={name: value}).status_code == 200
+        assert pay_premium(seller, core, buyer).status_code == 200
         gate.flush()  # the delivery score goes to the facilitator after the response
-        (guarantee,) = core.guarantees(address=buyer.address)
         core.expire_validations()
-        assert core.guarantee(guarantee.guarantee_id).state == "cancelled"
-        assert core.position(buyer.address, network=NETWORK).locked == 0
         (record,) = gate.records.query(payer=buyer.address)
         assert (record.status, record.outcome) == ("delivered", "cancelled")
+        assert core.guarantee(record.guarantee_id).state == "cancelled"
+        assert core.position(buyer.address, network=NETWORK).locked == 0
     finally:
         next(served, None)
         core.close()
@@ -1752,10 +1748,6 @@ def test_a_delivery_score_retried_after_the_deadline_is_recorded_cancelled(
     """The score could not reach the facilitator (``score_pending``, retried by the
     reconciler); by the retry the Core has cancelled the guarantee at its deadline: the
     follow-up closes and the record says ``cancelled`` (the buyer was not charged)."""
-    from fourmica_x402.core import CoreConfig
-    from fourmica_x402.core.ledger import SANDBOX_REGISTRY
-    from fourmica_x402.testing import FakeClock
-
     clock = FakeClock()
     core = Core(str(tmp_path / "core.db"), config=CoreConfig(validation_timeout=60), clock=clock)
     port = _free_port()
@@ -1775,41 +1767,15 @@ def test_a_delivery_score_retried_after_the_deadline_is_recorded_cancelled(
         thread.join(timeout=10)
 
     running = serve()
-    url = f"http://127.0.0.1:{port}"
-    gate = Gate(
-        PaymentConfig(
-            pay_to=SELLER,
-            routes={"GET /premium": "$0.01"},
-            facilitator=HttpFacilitator(
-                url, validation_registry=SANDBOX_REGISTRY.lower(), retries=0
-            ),
-            records=str(tmp_path / "records.db"),
-            tab_endpoint="http://testserver/x402/tab",
-        )
-    )
 
     async def premium(request: Request) -> JSONResponse:
         stop(*running)  # the facilitator goes away after the settle, before the score
         return JSONResponse({"payer": request.state.payment.payer})
 
-    seller = TestClient(
-        Starlette(
-            routes=[Route("/premium", premium)],
-            middleware=[Middleware(PaymentMiddleware, gate=gate)],
-        )
-    )
     try:
+        gate, seller = policy_seller(f"http://127.0.0.1:{port}", tmp_path, premium, retries=0)
         buyer = TestBuyer.new()
-        core.deposit(buyer.address, 100_000, network=NETWORK)
-        req = decode_payment_required(seller.get("/premium").headers["payment-required"]).accepts[0]
-        body = {
-            "x402Version": 2,
-            "userAddress": buyer.address,
-            "paymentRequirements": req.to_dict(),
-        }
-        tab = seller.post("/x402/tab", json=body).json()
-        name, value = payment_header(buyer, req, tab)
-        assert seller.get("/premium", headers={name: value}).status_code == 200
+        assert pay_premium(seller, core, buyer).status_code == 200
         gate.flush()
         (record,) = gate.records.query(payer=buyer.address)
         assert record.outcome == "score_pending"
