@@ -412,8 +412,8 @@ def served(core: Core) -> Iterator[tuple[str, uvicorn.Server]]:
     yield from _served(create_app(core, tick_interval=None))
 
 
-def _served(app: Any) -> Iterator[tuple[str, uvicorn.Server]]:
-    port = _free_port()
+def _served(app: Any, port: int | None = None) -> Iterator[tuple[str, uvicorn.Server]]:
+    port = port or _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -1752,24 +1752,15 @@ def test_a_delivery_score_retried_after_the_deadline_is_recorded_cancelled(
     core = Core(str(tmp_path / "core.db"), config=CoreConfig(validation_timeout=60), clock=clock)
     port = _free_port()
 
-    def serve() -> tuple[uvicorn.Server, threading.Thread]:
-        app = create_app(core, sandbox=True, tick_interval=None)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return server, thread
-
-    def stop(server: uvicorn.Server, thread: threading.Thread) -> None:
-        server.should_exit = True
-        thread.join(timeout=10)
+    def serve() -> Iterator[tuple[str, uvicorn.Server]]:
+        running = _served(create_app(core, sandbox=True, tick_interval=None), port)
+        next(running)
+        return running
 
     running = serve()
 
     async def premium(request: Request) -> JSONResponse:
-        stop(*running)  # the facilitator goes away after the settle, before the score
+        next(running, None)  # the facilitator goes away after the settle, before the score
         return JSONResponse({"payer": request.state.payment.payer})
 
     try:
@@ -1788,7 +1779,7 @@ def test_a_delivery_score_retried_after_the_deadline_is_recorded_cancelled(
         assert core.guarantee(record.guarantee_id).state == "cancelled"
         assert core.position(buyer.address, network=NETWORK).locked == 0
     finally:
-        stop(*running)
+        next(running, None)
         core.close()
 
 
