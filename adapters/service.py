@@ -23,7 +23,7 @@ from starlette.routing import Route
 from fourmica_x402.core import AlertRules, Core
 from fourmica_x402.errors import FourmicaError
 from fourmica_x402.server import Call, Headed, Page, Result, Service, base, parse_body
-from fourmica_x402.server.table import PATHS, Path, background
+from fourmica_x402.server.table import PATHS, Path, Reads, background
 
 __all__ = ["create_app"]
 
@@ -61,9 +61,10 @@ def _response(result: Result) -> Response:
     return JSONResponse(data, status, base.NOSNIFF)
 
 
-def _endpoint(service: Service, spec: Path) -> Callable[[Request], Awaitable[Response]]:
+def _endpoint(
+    service: Service, spec: Path, reads: Reads
+) -> Callable[[Request], Awaitable[Response]]:
     """A Starlette endpoint running ``spec``'s handler as :class:`~.server.table.Path` says."""
-    handler, blocking, timed = spec.handler, spec.blocking, spec.timed
 
     async def endpoint(request: Request) -> Response:
         start = time.perf_counter()
@@ -75,16 +76,19 @@ def _endpoint(service: Service, spec: Path) -> Callable[[Request], Awaitable[Res
                 too_large = f"bodies end at {base.MAX_BODY} bytes"
                 return _response(base.error(413, "body_too_large", too_large))
             call = _call(request, raw)
-            if blocking:
-                result = await asyncio.to_thread(handler, service, call)
+            if spec.read:  # the same read asked meanwhile is answered by the same run
+                same = (request.method, request.url.path, request.url.query, call.authorization)
+                result = await reads.run(same, spec.handler, service, call)
+            elif spec.blocking:
+                result = await asyncio.to_thread(spec.handler, service, call)
             else:
-                result = handler(service, call)
+                result = spec.handler(service, call)
         except FourmicaError as exc:
-            if not timed:
+            if not spec.timed:
                 raise
             result = base.failure(exc)
         finally:
-            if timed:
+            if spec.timed:
                 service.metrics.observe(request.url.path, time.perf_counter() - start)
         return _response(result)
 
@@ -122,11 +126,12 @@ def create_app(
         webhooks=webhooks,
         alerts=alerts,
     )
-    routes = [Route(p.path, _endpoint(service, p), methods=list(p.methods)) for p in PATHS]
+    reads = Reads()
+    routes = [Route(p.path, _endpoint(service, p, reads), methods=list(p.methods)) for p in PATHS]
 
     app = Starlette(
         routes=routes,
-        lifespan=lambda _: background(service, tick_interval),
+        lifespan=lambda _: background(service, tick_interval, reads),
         exception_handlers={404: _routing_error, 405: _routing_error},
     )
     # A trailing slash is another path (404), not a redirect: Starlette's would send a client

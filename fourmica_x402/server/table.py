@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from typing import NamedTuple
+from collections.abc import AsyncIterator, Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
 
 from . import admin, core_api, facilitator, guarantees, reads
 from . import sandbox as sandbox_api
@@ -18,7 +19,7 @@ from .context import Service
 from .dashboard import dashboard
 from .metrics import metrics
 
-__all__ = ["PATHS", "Handler", "Path", "background"]
+__all__ = ["PATHS", "Handler", "Path", "Reads", "background"]
 
 Handler = Callable[[Service, Call], Result]
 
@@ -31,7 +32,9 @@ class Path(NamedTuple):
     handler lets through as ``{"error": code, "message": text}`` (``/metrics`` is not timed,
     so scraping it does not skew the latencies it reports). ``sized`` paths refuse a body over
     :data:`~.base.MAX_BODY` with a 413; the others answer it in their protocol's shape (a
-    settle's ``malformed_payment``).
+    settle's ``malformed_payment``). ``read`` handlers read across the whole history (the
+    dashboard, the signals): they run on :class:`Reads`' own thread, never on the threads the
+    payment calls use.
     """
 
     path: str
@@ -40,13 +43,14 @@ class Path(NamedTuple):
     blocking: bool = True
     timed: bool = True
     sized: bool = True
+    read: bool = False
 
 
 _POST = ("POST",)
 
 PATHS: tuple[Path, ...] = (
-    Path("/", dashboard),
-    Path("/dashboard", dashboard),
+    Path("/", dashboard, read=True),
+    Path("/dashboard", dashboard, read=True),
     # the facilitator API; what reads only configuration stays on the event loop
     Path("/supported", facilitator.supported, blocking=False),
     Path("/health", facilitator.health, blocking=False),
@@ -70,12 +74,12 @@ PATHS: tuple[Path, ...] = (
     Path("/sandbox/tick", sandbox_api.tick, _POST),
     Path("/sandbox/suspend", sandbox_api.suspend, _POST),
     # reads, metrics, admin
-    Path("/api/positions", reads.positions),
-    Path("/api/cycles", reads.cycles),
-    Path("/api/cycles/{cycle_id}", reads.cycle),
-    Path("/api/guarantees", reads.guarantees),
-    Path("/api/events", reads.events),
-    Path("/metrics", metrics, timed=False),
+    Path("/api/positions", reads.positions, read=True),
+    Path("/api/cycles", reads.cycles, read=True),
+    Path("/api/cycles/{cycle_id}", reads.cycle, read=True),
+    Path("/api/guarantees", reads.guarantees, read=True),
+    Path("/api/events", reads.events, read=True),
+    Path("/metrics", metrics, timed=False, read=True),
     Path("/admin/webhooks", admin.subscribe, _POST),
     Path("/admin/webhooks", admin.subscriptions, ("GET",)),
     Path("/admin/webhooks/deliveries", admin.deliveries),
@@ -83,10 +87,44 @@ PATHS: tuple[Path, ...] = (
 )
 
 
+class Reads:
+    """Where the open reads run: one thread of their own, so that however many arrive (the
+    dashboard and ``/metrics`` scan the whole history, seconds on a large Core) the payment
+    calls keep every thread they run on; and one computation per identical read in flight,
+    shared by whoever asks for it meanwhile (docs/operations.md, "Monitoring signals")."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None  # made on the first read
+        self._running: dict[Hashable, asyncio.Future[Any]] = {}
+
+    async def run(self, key: Hashable, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        running = self._running.get(key)
+        if running is None or running.get_loop() is not loop:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="fourmica-reads")
+            running = loop.run_in_executor(self._pool, fn, *args)
+            self._running[key] = running
+            running.add_done_callback(lambda done: self._forget(key, done))
+        return await asyncio.shield(running)  # one caller leaving does not stop the others'
+
+    def _forget(self, key: Hashable, done: asyncio.Future[Any]) -> None:
+        if self._running.get(key) is done:
+            del self._running[key]
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
 @contextlib.asynccontextmanager
-async def background(service: Service, tick_interval: float | None) -> AsyncIterator[None]:
+async def background(
+    service: Service, tick_interval: float | None, reads: Reads | None = None
+) -> AsyncIterator[None]:
     """The service's own work while it serves (on the running event loop): cycle and timeout
-    ticks every ``tick_interval`` seconds (None: none), alert checks, webhook delivery."""
+    ticks every ``tick_interval`` seconds (None: none), alert checks, webhook delivery; and,
+    at the end, ``reads``' thread let go."""
     hooks = service.hooks
     loop, tasks = asyncio.get_running_loop(), []
     if tick_interval:
@@ -102,3 +140,5 @@ async def background(service: Service, tick_interval: float | None) -> AsyncIter
             task.cancel()
         if hooks is not None:
             await asyncio.to_thread(hooks.stop, 10.0)
+        if reads is not None:
+            reads.close()

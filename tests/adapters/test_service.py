@@ -1792,3 +1792,36 @@ def test_the_services_pages_load_nothing_and_are_never_framed(client: TestClient
     assert page.headers["x-frame-options"] == "DENY"
     for answer in (page, client.get("/metrics"), client.get("/api/positions"), client.get("/nope")):
         assert answer.headers.get("x-content-type-options") == "nosniff", answer.request.url
+
+
+def test_open_reads_run_once_on_their_own_thread_however_many_ask() -> None:
+    """The dashboard and /metrics scan the whole history: many at once must not take the
+    threads the payment calls run on, nor each pay the scan again."""
+    from fourmica_x402.server.table import Reads
+
+    reads, calls, release = Reads(), [], threading.Event()
+
+    def scan(name: str) -> tuple[str, str]:
+        calls.append(name)
+        release.wait(10)
+        return name, threading.current_thread().name
+
+    async def main() -> None:
+        asked = [asyncio.ensure_future(reads.run("dashboard", scan, "d")) for _ in range(8)]
+        other = asyncio.ensure_future(reads.run("metrics", scan, "m"))
+        await asyncio.sleep(0.1)
+        # the payment calls' threads are all free meanwhile
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: "settled"), 5) == "settled"
+        asked[0].cancel()  # one client leaving does not stop the read the others wait for
+        release.set()
+        answers = await asyncio.gather(*asked[1:], other)
+        assert {a[0] for a in answers[:-1]} == {"d"} and answers[-1][0] == "m"
+        assert {a[1] for a in answers} == {"fourmica-reads_0"}
+        assert calls == ["d", "m"]  # one scan for the eight, the other after it
+        again = await reads.run("dashboard", scan, "d2")  # a later ask reads afresh
+        assert again[0] == "d2"
+
+    try:
+        asyncio.run(main())
+    finally:
+        reads.close()
