@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -29,8 +29,8 @@ __all__ = ["create_app"]
 
 
 async def _body(request: Request) -> bytes:
-    """A POST's body, read no further than just past :data:`~fourmica_x402.server.base.MAX_BODY` (``parse_body`` refuses
-    a bigger one): an open route must not hold a client's 400 MiB in memory first."""
+    """A POST's body, read no further than just past ``MAX_BODY`` (``parse_body`` refuses a
+    bigger one): an open route must not hold a client's 400 MiB in memory first."""
     chunks, size = [], 0
     if request.method == "POST":  # only POST routes take a body: others never read one
         async for chunk in request.stream():
@@ -106,6 +106,7 @@ def create_app(
     tick_interval: float | None = 1.0,
     webhooks: bool = True,
     alerts: AlertRules | None = None,
+    allowed_hosts: Iterable[str] = (),
 ) -> Starlette:
     """The service app over ``core``.
 
@@ -114,7 +115,8 @@ def create_app(
     ``api_key`` is the operator's token (every call); ``seller_keys`` maps more tokens
     to the one seller address each may act for (void as its recipient, score as its
     validator), so sellers sharing a service cannot refund or cancel each other's payments.
-    ``alerts``: the database alert rules the service checks (docs/operations.md, "Alerts").
+    ``alerts``: the database alert rules the service checks (docs/operations.md, "Alerts");
+    ``allowed_hosts``: more names browsers may reach a service without ``api_key`` by.
     """
     service = Service(
         core,
@@ -125,10 +127,10 @@ def create_app(
         public_url=public_url,
         webhooks=webhooks,
         alerts=alerts,
+        allowed_hosts=allowed_hosts,
     )
     reads = Reads()
     routes = [Route(p.path, _endpoint(service, p, reads), methods=list(p.methods)) for p in PATHS]
-
     app = Starlette(
         routes=routes,
         lifespan=lambda _: background(service, tick_interval, reads),
@@ -143,8 +145,6 @@ def create_app(
 
 async def _routing_error(request: Request, exc: Exception) -> Response:
     """The router's 404 and 405 in the service's JSON error shape (its Allow header kept)."""
-    status = 405 if getattr(exc, "status_code", 404) == 405 else 404
-    code = "not_found" if status == 404 else "method_not_allowed"
-    text = f"{request.method} {request.url.path}: {code.replace('_', ' ')}"
-    _, body = base.error(status, code, text)
+    code = getattr(exc, "status_code", 404)
+    status, body = base.routing_error(code, request.method, request.url.path)
     return JSONResponse(body, status, {**base.NOSNIFF, **(getattr(exc, "headers", None) or {})})

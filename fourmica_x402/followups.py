@@ -15,8 +15,10 @@ __all__ = ["DONE", "Followup", "Followups"]
 DONE = {
     "voided": ("refund_pending", "refunded"),
     "scored": ("score_pending", None),
-    # a score the Core refused: the guarantee was cancelled at its validation deadline first
-    "expired": ("score_pending", "cancelled"),
+    # a score the Core refused: the guarantee was cancelled at its validation deadline first,
+    # or voided (refunded) first; the buyer is not charged either way
+    "score_expired": ("score_pending", "cancelled"),
+    "score_voided": ("score_pending", "refunded"),
     "abandoned": ("refund_pending", "kept"),
 }
 

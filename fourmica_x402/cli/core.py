@@ -83,6 +83,16 @@ _FACTOR = re.compile(r"(?:\d+(?:\.\d+)?|\.\d+|\d+/\d+)\Z")
     help="The service's public base URL (https://core.example): handed out as its Core API "
     "address instead of the request's Host, and a name browsers may reach it by.",
 )
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    envvar="FOURMICA_X402_ALLOWED_HOSTS",
+    metavar="NAME",
+    help="Without --api-key, a host name browsers may reach the service by besides localhost, "
+    "IP addresses and --public-url's (repeatable; the environment variable takes them "
+    "space-separated): a reverse proxy's upstream name, a LAN name.",
+)
 @network_option
 @core_settings(*SETTINGS, note="Used for as long as the service runs.")
 def serve(
@@ -94,6 +104,7 @@ def serve(
     seller_keys: tuple[str, ...],
     alerts: str | None,
     public_url: str | None,
+    allowed_hosts: tuple[str, ...],
     network: str,
     config: Any,
 ) -> None:
@@ -132,8 +143,12 @@ def serve(
         except FourmicaError as exc:
             raise click.BadParameter(exc.message, param_hint="'--alerts'") from None
     if public_url is not None:
-        parts = urlsplit(public_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(public_url)
+            named = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:  # an unclosed IPv6 bracket
+            named = False
+        if not named:
             raise click.BadParameter(
                 "give an http(s) URL such as https://core.example", param_hint="'--public-url'"
             )
@@ -186,6 +201,7 @@ def serve(
         network=network,
         alerts=rules,
         public_url=public_url,
+        allowed_hosts=allowed_hosts,
     )
     click.echo(
         f"fourmica-x402 Core on http://{host}:{port}  (dashboard: /, metrics: /metrics, sandbox: {sandbox})"

@@ -122,7 +122,9 @@ class Reconciler:
                     elif item.kind == "score" and (
                         state == "cancelled" or exc.reason == "validation_expired"
                     ):
-                        status = "expired"  # cancelled at its deadline: not charged
+                        status = "score_expired"  # cancelled at its deadline: not charged
+                    elif item.kind == "score" and state == "voided":
+                        status = "score_voided"  # refunded meanwhile: not charged
                     elif unknown and now - created > self.UNKNOWN_FOR:
                         status = "never_accepted"
                     elif not unknown and exc.status < 500:

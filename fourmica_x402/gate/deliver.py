@@ -82,7 +82,7 @@ def response_start(gate: Gate, state: Paid, status: int, cache_control: str | No
         # Refunded now, before the header says so: a refund refused (a cycle netted the
         # guarantee while the handler ran) leaves the settle result in the header instead.
         state.refunded = yield Call(_refund, (gate, state.payment), afn=_arefund)
-    if state.refunded in ("refunded", "refund_pending") and result is not None:
+    if state.refunded in ("refunded", "refund_pending", "cancelled") and result is not None:
         refunded = SettleResponse(
             success=False,
             error_reason="refunded",

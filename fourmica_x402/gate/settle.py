@@ -365,7 +365,7 @@ def _answered(
     may have accepted), the settle is in doubt (:func:`in_doubt`).
 
     Returns the result, or the error the request raises (:func:`_raise`)."""
-    if isinstance(answer, SettleResult):
+    if not isinstance(answer, Exception):  # a result (a facilitator's own, duck-typed)
         if not answer.success:
             _drop_mark(gate, gid)
         return answer

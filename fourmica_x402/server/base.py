@@ -150,7 +150,13 @@ def cross_origin(
     origin, host = headers.get("origin"), headers.get("host")
     browser = origin is not None or headers.get("sec-fetch-site") is not None
     if names is not None and browser and not _named(host, names):
-        return error(403, "cross_origin", "requests from another site's pages are refused")
+        return error(
+            403,
+            "cross_origin",
+            f"a browser's request to a host name this service does not have ({str(host)[:60]}):"
+            " refused as a page whose DNS name was rebound here; a name of this service's "
+            "own is added with serve --allowed-host",
+        )
     if origin is None or method in ("GET", "HEAD", "OPTIONS"):
         return None
     if bool(host) and urlsplit(origin).netloc.lower() == str(host).lower():
@@ -158,21 +164,36 @@ def cross_origin(
     return error(403, "cross_origin", "requests from another site's pages are refused")
 
 
+def host_name(name: str) -> str:
+    """A host name as compared: lowercase, without the root's trailing dot."""
+    return name.lower().rstrip(".")
+
+
 def _named(host: str | None, names: frozenset[str]) -> bool:
-    """Whether ``host`` (a Host header) is one of ``names`` or an IP address."""
+    """Whether ``host`` (a Host header) is one of ``names``, a loopback name (``localhost``,
+    ``*.localhost``) or an IP address."""
     try:
         hostname = urlsplit(f"//{host}").hostname if host else None
     except ValueError:  # a malformed Host (an unclosed IPv6 bracket)
         return False
-    if hostname is None:
+    if not hostname:
         return False
-    if hostname in names:
+    hostname = host_name(hostname)
+    if hostname in names or hostname == "localhost" or hostname.endswith(".localhost"):
         return True
     try:
         ipaddress.ip_address(hostname)
     except ValueError:
         return False
     return True
+
+
+def routing_error(status: int, method: str, path: str) -> Reply:
+    """A router's 404 (no such path) or 405 (a method the path does not serve) as the service
+    answers errors."""
+    status = 405 if status == 405 else 404
+    code = "not_found" if status == 404 else "method_not_allowed"
+    return error(status, code, f"{method} {path}: {code.replace('_', ' ')}")
 
 
 def error(status: int, code: str, message: str) -> Reply:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
 from fourmica_x402.alerts import AlertChecker
@@ -17,7 +17,7 @@ from fourmica_x402.tabs import NewTabLimits
 from fourmica_x402.webhooks import Webhooks
 
 from .auth import Keys
-from .base import Call
+from .base import Call, host_name
 from .metrics import Metrics
 
 _log = logging.getLogger("fourmica_x402.service")
@@ -45,6 +45,7 @@ class Service:
         public_url: str | None = None,
         webhooks: bool = True,
         alerts: AlertRules | None = None,
+        allowed_hosts: Iterable[str] = (),
     ) -> None:
         self.core = core
         self.sandbox = sandbox
@@ -57,13 +58,14 @@ class Service:
         self.keys = Keys(api_key, seller_keys, sandbox=sandbox)
         #: Without the operator's key nothing but the network guards the sandbox, the webhook
         #: admin and the reads (seller keys guard only refunds, scores and settles): a browser's
-        #: request is taken only when addressed to one of these names or to an IP address (a
-        #: DNS name rebound to the service is neither).
+        #: request is taken only when addressed to one of these names (``allowed_hosts``, the
+        #: ``public_url``'s), a loopback name or an IP address (a DNS name rebound to the
+        #: service is none of them).
         self.browser_hosts: frozenset[str] | None = None
         if not api_key:
             named = urlsplit(public_url).hostname if public_url else None
             self.browser_hosts = frozenset(
-                {"localhost", "127.0.0.1", "::1", *filter(None, [named])}
+                host_name(n) for n in (*allowed_hosts, *filter(None, [named]))
             )
         self.new_tabs = NewTabLimits()
         self.alert_checker = None

@@ -87,32 +87,70 @@ PATHS: tuple[Path, ...] = (
 )
 
 
+class _Run:
+    """One read on :class:`Reads`' thread, and how many requests wait for it."""
+
+    __slots__ = ("future", "started", "waiting")
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[Any] | None = None
+        self.started = False  # set on the read's thread as it begins
+        self.waiting = 0
+
+
 class Reads:
     """Where the open reads run: one thread of their own, so that however many arrive (the
     dashboard and ``/metrics`` scan the whole history, seconds on a large Core) the payment
-    calls keep every thread they run on; and one computation per identical read in flight,
-    shared by whoever asks for it meanwhile (docs/operations.md, "Monitoring signals")."""
+    calls keep every thread they run on (docs/operations.md, "Monitoring signals").
+
+    The same read asked while one is still queued joins it: it has not begun, so its answer
+    is no older than the request (a write the client made before asking shows in it). Once
+    begun, the next ask queues one more run, which everyone asking meanwhile shares. A queued
+    read whose every client left is dropped before it begins."""
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None  # made on the first read
-        self._running: dict[Hashable, asyncio.Future[Any]] = {}
+        self._queued: dict[Hashable, _Run] = {}
+        self._closed = False
 
     async def run(self, key: Hashable, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._closed:  # the app's lifespan ended: a straggler reads on a worker thread
+            return await asyncio.to_thread(fn, *args)
         loop = asyncio.get_running_loop()
-        running = self._running.get(key)
-        if running is None or running.get_loop() is not loop:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="fourmica-reads")
-            running = loop.run_in_executor(self._pool, fn, *args)
-            self._running[key] = running
-            running.add_done_callback(lambda done: self._forget(key, done))
-        return await asyncio.shield(running)  # one caller leaving does not stop the others'
+        run = self._queued.get(key)
+        if run is None or run.started or run.future is None or run.future.get_loop() is not loop:
+            run = self._queue(loop, key, fn, args)
+        assert run.future is not None
+        run.waiting += 1
+        try:
+            return await asyncio.shield(run.future)  # one client leaving stops no other's
+        finally:
+            run.waiting -= 1
+            if run.waiting == 0 and not run.started:
+                run.future.cancel()  # nobody waits for it: off the queue
 
-    def _forget(self, key: Hashable, done: asyncio.Future[Any]) -> None:
-        if self._running.get(key) is done:
-            del self._running[key]
+    def _queue(
+        self, loop: asyncio.AbstractEventLoop, key: Hashable, fn: Callable[..., Any], args: Any
+    ) -> _Run:
+        run = _Run()
+
+        def begin() -> Any:
+            run.started = True  # asks from now on queue a run of their own
+            return fn(*args)
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="fourmica-reads")
+        run.future = loop.run_in_executor(self._pool, begin)
+        self._queued[key] = run
+        run.future.add_done_callback(lambda _: self._forget(key, run))
+        return run
+
+    def _forget(self, key: Hashable, run: _Run) -> None:
+        if self._queued.get(key) is run:
+            del self._queued[key]
 
     def close(self) -> None:
+        self._closed = True
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)

@@ -301,7 +301,7 @@ def test_serve_says_when_its_port_is_taken(db: str, busy_port: int) -> None:
 
 
 def test_serve_takes_an_http_public_url_only(db: str) -> None:
-    for bad in ("ftp://core.example", "core.example", "https://"):
+    for bad in ("ftp://core.example", "core.example", "https://", "http://[::1"):
         refused(cli("serve", "--db", db, "--public-url", bad), 2, "'--public-url'")
 
 

@@ -1695,6 +1695,18 @@ def test_a_rebound_page_cannot_read_a_keyless_service(core: Core, path: str) -> 
         assert client.get(path, headers=served).status_code == 200, served
     broken = client.get(path, headers={"host": "[::1", "sec-fetch-site": "same-origin"})
     assert (broken.status_code, broken.json()["error"]) == (403, "cross_origin")
+    assert "--allowed-host" in refused.json()["message"]  # how a name of its own gets in
+    for served in ("app.localhost:4021", "LOCALHOST.:4021", "[::1]:4021"):
+        answer = client.get(path, headers={"host": served, "sec-fetch-site": "same-origin"})
+        assert answer.status_code == 200, served
+    # behind a reverse proxy that passes its upstream name, or on a LAN name: named at start
+    proxied = TestClient(
+        create_app(core, sandbox=True, tick_interval=None, allowed_hosts=["Fourmica", "box.lan."])
+    )
+    for name in ("fourmica:8000", "box.lan", "BOX.LAN.:4021"):
+        answer = proxied.get(path, headers={"host": name, "sec-fetch-site": "same-origin"})
+        assert answer.status_code == 200, name
+    assert proxied.get(path, headers=rebound).status_code == 403
 
 
 def test_a_cycle_id_too_long_for_a_number_is_a_404_not_a_500(client: TestClient) -> None:
@@ -1742,12 +1754,14 @@ def test_a_remote_response_that_outlasts_its_validation_timeout_is_recorded_canc
         core.close()
 
 
-def test_a_delivery_score_retried_after_the_deadline_is_recorded_cancelled(
-    tmp_path: Path,
+@pytest.mark.parametrize("meanwhile", ["deadline", "refund"])
+def test_a_delivery_score_retried_too_late_records_what_the_buyer_paid(
+    tmp_path: Path, meanwhile: str
 ) -> None:
     """The score could not reach the facilitator (``score_pending``, retried by the
-    reconciler); by the retry the Core has cancelled the guarantee at its deadline: the
-    follow-up closes and the record says ``cancelled`` (the buyer was not charged)."""
+    reconciler); by the retry the Core has cancelled the guarantee at its deadline, or the
+    seller refunded it: the follow-up closes and the record says ``cancelled`` or
+    ``refunded`` (the buyer was not charged), never ``score_pending`` for good."""
     clock = FakeClock()
     core = Core(str(tmp_path / "core.db"), config=CoreConfig(validation_timeout=60), clock=clock)
     port = _free_port()
@@ -1770,13 +1784,19 @@ def test_a_delivery_score_retried_after_the_deadline_is_recorded_cancelled(
         gate.flush()
         (record,) = gate.records.query(payer=buyer.address)
         assert record.outcome == "score_pending"
-        clock.advance(61)
-        core.tick()  # the deadline passed: the Core cancels the guarantee
+        if meanwhile == "deadline":
+            clock.advance(61)
+            core.tick()  # the deadline passed: the Core cancels the guarantee
+        else:
+            core.void(record.guarantee_id, by=SELLER)
         running = serve()
         gate.reconcile(now=time.time() + 3600)  # past the follow-up's first backoff
         (record,) = gate.records.query(payer=buyer.address)
-        assert (record.status, record.outcome) == ("delivered", "cancelled")
-        assert core.guarantee(record.guarantee_id).state == "cancelled"
+        outcome, state = (
+            ("cancelled", "cancelled") if meanwhile == "deadline" else ("refunded", "voided")
+        )
+        assert (record.status, record.outcome) == ("delivered", outcome)
+        assert core.guarantee(record.guarantee_id).state == state
         assert core.position(buyer.address, network=NETWORK).locked == 0
     finally:
         next(running, None)
@@ -1794,34 +1814,80 @@ def test_the_services_pages_load_nothing_and_are_never_framed(client: TestClient
         assert answer.headers.get("x-content-type-options") == "nosniff", answer.request.url
 
 
-def test_open_reads_run_once_on_their_own_thread_however_many_ask() -> None:
+def test_open_reads_run_on_their_own_thread_and_are_shared_while_queued() -> None:
     """The dashboard and /metrics scan the whole history: many at once must not take the
-    threads the payment calls run on, nor each pay the scan again."""
+    threads the payment calls run on, nor each pay the scan again; but no answer may be older
+    than its request, and a read nobody waits for any more is not run."""
     from fourmica_x402.server.table import Reads
 
-    reads, calls, release = Reads(), [], threading.Event()
+    reads, ran = Reads(), []
+    gates = {name: threading.Event() for name in ("busy", "d", "again")}
 
     def scan(name: str) -> tuple[str, str]:
-        calls.append(name)
-        release.wait(10)
+        ran.append(name)
+        if name in gates:
+            gates[name].wait(10)
         return name, threading.current_thread().name
 
     async def main() -> None:
+        busy = asyncio.ensure_future(reads.run("busy", scan, "busy"))  # the thread is taken
+        await asyncio.sleep(0.1)
         asked = [asyncio.ensure_future(reads.run("dashboard", scan, "d")) for _ in range(8)]
+        junk = asyncio.ensure_future(reads.run("junk", scan, "junk"))
         other = asyncio.ensure_future(reads.run("metrics", scan, "m"))
         await asyncio.sleep(0.1)
         # the payment calls' threads are all free meanwhile
         assert await asyncio.wait_for(asyncio.to_thread(lambda: "settled"), 5) == "settled"
         asked[0].cancel()  # one client leaving does not stop the read the others wait for
-        release.set()
+        junk.cancel()  # its only client left before it began: never run
+        gates["busy"].set()
+        gates["d"].set()
         answers = await asyncio.gather(*asked[1:], other)
         assert {a[0] for a in answers[:-1]} == {"d"} and answers[-1][0] == "m"
         assert {a[1] for a in answers} == {"fourmica-reads_0"}
-        assert calls == ["d", "m"]  # one scan for the eight, the other after it
-        again = await reads.run("dashboard", scan, "d2")  # a later ask reads afresh
-        assert again[0] == "d2"
+        await busy
+        assert ran == ["busy", "d", "m"]  # one scan for the eight; the junk one dropped
+        # asked while the same read runs: a run of its own, begun after the ask
+        first = asyncio.ensure_future(reads.run("dashboard", scan, "again"))
+        await asyncio.sleep(0.1)
+        second = asyncio.ensure_future(reads.run("dashboard", scan, "fresh"))
+        await asyncio.sleep(0.1)
+        gates["again"].set()
+        assert [(await first)[0], (await second)[0]] == ["again", "fresh"]
 
     try:
         asyncio.run(main())
     finally:
         reads.close()
+    closed = asyncio.run(reads.run("late", lambda: threading.current_thread().name))
+    assert not closed.startswith("fourmica-reads")  # after the app's end: a worker thread
+
+
+def test_a_refund_of_a_guarantee_cancelled_meanwhile_tells_the_buyer_it_is_not_charged(
+    tmp_path: Path,
+) -> None:
+    """The handler failed after the validation deadline passed: the refund finds the guarantee
+    cancelled already (so the buyer is not charged); the answer's result header says so."""
+    clock = FakeClock()
+    core = Core(str(tmp_path / "core.db"), config=CoreConfig(validation_timeout=60), clock=clock)
+    served = _served(create_app(core, sandbox=True, tick_interval=None))
+    url, _ = next(served)
+
+    async def broken(request: Request) -> JSONResponse:
+        clock.advance(61)
+        core.tick()  # cancelled at its deadline while the handler ran
+        return JSONResponse({"error": "upstream down"}, status_code=502)
+
+    try:
+        gate, seller = policy_seller(url, tmp_path, broken)
+        buyer = TestBuyer.new()
+        answer = pay_premium(seller, core, buyer)
+        assert answer.status_code == 502
+        result = json.loads(base64.b64decode(answer.headers["payment-response"]))
+        assert result["success"] is False and result["errorReason"] == "refunded"
+        (record,) = gate.records.query(payer=buyer.address)
+        assert record.outcome == "cancelled"
+        assert core.position(buyer.address, network=NETWORK).locked == 0
+    finally:
+        next(served, None)
+        core.close()
