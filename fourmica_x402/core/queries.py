@@ -137,8 +137,13 @@ def guarantees(
     where: list[str] = []
     params: list[Any] = []
     if address:
-        where.append("(g.user_address = ? OR g.recipient_address = ?)")
-        params += [address] * 2
+        # Through the tabs (a guarantee's payer and payee are its tab's, checked at acceptance):
+        # the address's tabs, then their guarantees by primary key, not a scan of them all.
+        where.append(
+            "g.tab_id IN (SELECT tab_id FROM fx_tabs WHERE user_address = ? OR "
+            "recipient_address = ?) AND (g.user_address = ? OR g.recipient_address = ?)"
+        )
+        params += [address] * 4
     if cycle_id is not None:
         where.append("g.cycle_id = ?")
         params.append(cycle_id)
