@@ -31,7 +31,7 @@ class Followup:
     pay_to: str
     attempts: int
     created_at: float
-    kind: str  # in_doubt | refund | score
+    kind: str  # in_doubt | refund | score | unknown
     score: int | None
 
 
@@ -52,7 +52,9 @@ class Followups:
         One follow-up per guarantee: an open one stays as it is, but for an open ``in_doubt``
         (a settle's mark, :meth:`claim_settle`), which an ``in_doubt`` makes due now and a
         ``refund`` replaces (the request was cancelled while its record was written: the mark
-        goes with that record, the refund stays); a closed one (say an ``in_doubt`` of a
+        goes with that record, the refund stays), and an open ``unknown`` (a starting worker's
+        label on a record another worker was still serving), which that worker's ``score`` or
+        ``refund`` replaces: it knows how the response ended; a closed one (say an ``in_doubt`` of a
         replayed header, superseded by this payment's own run) is opened again for this new
         action.
         """
@@ -65,7 +67,8 @@ class Followups:
                 "created_at = excluded.created_at, next_at = excluded.next_at, status = 'open', "
                 "attempts = 0, detail = NULL, kind = excluded.kind, score = excluded.score "
                 "WHERE fx_followups.status <> 'open' OR (fx_followups.kind = 'in_doubt' "
-                "AND excluded.kind IN ('in_doubt', 'refund'))",
+                "AND excluded.kind IN ('in_doubt', 'refund')) OR (fx_followups.kind = "
+                "'unknown' AND excluded.kind IN ('score', 'refund'))",
                 (guarantee_id, pay_to, now, now, kind, score),
             )
 

@@ -591,6 +591,29 @@ def test_an_action_filed_after_its_guarantees_follow_up_closed_is_kept(tmp_path:
     records.store.close()
 
 
+@pytest.mark.parametrize("kind", ["score", "refund"])
+def test_a_delivery_known_replaces_the_unknown_follow_up_of_a_starting_worker(
+    tmp_path: Path, kind: str
+) -> None:
+    """A worker starting on the database labels another's in-flight G-v2 record "delivery
+    unknown" (an ``unknown`` follow-up: cancelled at its deadline). The worker serving it
+    knows how it ended: a score or refund it could not post is filed in its place, not
+    dropped (the unknown one would cancel a delivered payment: the seller never paid)."""
+    records = Records(str(tmp_path / "records.db"))
+    gid = "0x" + "ef" * 32
+    with records.store.transaction() as tx:
+        tx.execute(
+            "INSERT INTO fx_followups (guarantee_id, pay_to, created_at, next_at, status, kind) "
+            "VALUES (?, ?, ?, ?, 'open', 'unknown')",
+            (gid, SELLER, time.time(), time.time() + 3600),
+        )
+    records.add_followup(gid, SELLER, kind, score=100 if kind == "score" else None)
+    [due] = records.due_followups(time.time() + 1)
+    assert (due.guarantee_id, due.kind) == (gid, kind)
+    assert due.score == (100 if kind == "score" else None)
+    records.store.close()
+
+
 #: The seller validates its own deliveries (G-v2): score 100 when it served.
 _DELIVERY = ValidationPolicy(
     registry=SANDBOX_REGISTRY,
