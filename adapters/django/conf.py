@@ -39,27 +39,29 @@ def load() -> PaymentConfig:
 
 
 def answers_itself(cls: type) -> bool:
-    """Whether a class-based view may answer in its own ``dispatch()`` (a proxy, a GraphQL view)
-    as well as in its handlers: one that does more than ``return super().dispatch(…)`` (under a
-    decorator such as ``csrf_exempt`` or not; Django's own mixins only hand on too)."""
+    """Whether a class-based view may answer any method itself: its ``dispatch()`` (a proxy,
+    GraphQL) or ``http_method_not_allowed()`` (other verbs served like GET) does more than
+    ``return super()…`` (decorated or not; Django's own mixins only hand on too)."""
+    return any(_own(cls, name) for name in ("dispatch", "http_method_not_allowed"))
+
+
+def _own(cls: type, name: str) -> bool:
     for klass in cls.__mro__:
-        method = klass.__dict__.get("dispatch")
-        if method is None:
+        if (method := klass.__dict__.get(name)) is None:
             continue
         module = getattr(method := inspect.unwrap(method), "__module__", None) or ""
         if module == "django" or module.startswith("django."):
             return False
         code = getattr(method, "__code__", None)
-        if code is None or not set(code.co_names) <= {"super", "dispatch"}:
+        if code is None or not set(code.co_names) <= {"super", name}:
             return True  # its own logic: any method may be answered there
     return False
 
 
 def describe(view: Any) -> tuple[Marker | None, list[str] | None]:
     """A view's ``@paid`` marker, and the methods it serves when its class says (as_view());
-    a class answering in its own dispatch() serves every method (None)."""
-    cls = getattr(view, "view_class", None)
-    if cls is None:
+    a class that may answer any method itself (:func:`answers_itself`) serves all (None)."""
+    if (cls := getattr(view, "view_class", None)) is None:
         return Marker.of(view), None
     if answers_itself(cls):
         return Marker.of(view) or Marker.of(cls), None
@@ -69,8 +71,7 @@ def describe(view: Any) -> tuple[Marker | None, list[str] | None]:
 
 
 def converter(name: str) -> Any:
-    """The registered path converter ``name`` (None: none)."""
-    return get_converters().get(name)
+    return get_converters().get(name)  # the registered path converter ``name`` (None: none)
 
 
 def patterns(localized: bool = False, urlconf: Any = None) -> Iterator[tuple[Any, str]]:
@@ -94,8 +95,7 @@ def patterns(localized: bool = False, urlconf: Any = None) -> Iterator[tuple[Any
     return walk(_top(urlconf), "", False)
 
 
-def _top(urlconf: Any) -> Iterable[Any]:
-    """The top-level patterns of a URLconf (none when no URLconf is configured)."""
+def _top(urlconf: Any) -> Iterable[Any]:  # its top-level patterns (none when unconfigured)
     if urlconf is None and not getattr(settings, "ROOT_URLCONF", None):
         return ()
     return get_resolver(urlconf).url_patterns  # type: ignore[no-any-return]
@@ -126,7 +126,7 @@ def paid(
 
     def class_refusal(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
         """A @paid class's: OPTIONS and the methods it does not implement go on as before,
-        unless its own dispatch() answers them (then it is a function view to us)."""
+        unless it may answer them itself (then it is a function view to us)."""
         name = (request.method or "").lower()
         if answers_itself(type(self)):
             refused = refusal(request, marker.allow(METHODS))

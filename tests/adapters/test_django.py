@@ -16,6 +16,7 @@ import sys
 import time
 import types
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -167,6 +168,22 @@ class PaidProxied(Proxied):
     pass
 
 
+class Fallback(View):
+    """Serves the verbs it does not define like GET (a common fallback): every method."""
+
+    def get(self, request: HttpRequest) -> JsonResponse:
+        seen.append(request.payment)
+        return JsonResponse({"report": "paid content"})
+
+    def http_method_not_allowed(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        return self.get(request)
+
+
+@paid(price="$0.05")
+class PaidFallback(Fallback):
+    pass
+
+
 @paid(price="$0.05")
 class Graph(View):
     """Answers POST in its dispatch() and GET in get() (a GraphQL endpoint, its IDE page)."""
@@ -291,6 +308,8 @@ URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("ledger", Ledger.as_view()),
     path("paid-proxied", PaidProxied.as_view()),
     path("graph", Graph.as_view()),
+    path("fallback", Fallback.as_view()),
+    path("paid-fallback", PaidFallback.as_view()),
     re_path(r"^legacy/(\d+)$", legacy),
     *i18n_patterns(path("intl", anything), path("lreport", localized)),
 ]
@@ -327,9 +346,11 @@ def core(tmp_path: Path) -> Iterator[Core]:
     core.close()
 
 
-@pytest.fixture
-def configured(core: Core) -> Iterator[None]:
-    options = {"PAY_TO": SELLER, "NETWORK": NETWORK, "CORE": core, "ROUTES": ROUTES}
+@contextmanager
+def selling(core: Core, routes: dict[str, str]) -> Iterator[None]:
+    """Settings that sell ``routes`` on ``core`` (FOURMICA_X402 alone: the conformance app's
+    FOURMICA_X402_CONFIG may be set in this process)."""
+    options = {"PAY_TO": SELLER, "NETWORK": NETWORK, "CORE": core, "ROUTES": routes}
     with override_settings(
         FOURMICA_X402=options,
         FOURMICA_X402_CONFIG=None,
@@ -337,6 +358,12 @@ def configured(core: Core) -> Iterator[None]:
         ROOT_URLCONF=URLS.__name__,
     ):
         seen.clear()
+        yield
+
+
+@pytest.fixture
+def configured(core: Core) -> Iterator[None]:
+    with selling(core, ROUTES):
         yield
 
 
@@ -569,15 +596,7 @@ def test_a_class_view_answering_in_its_own_dispatch_is_priced_for_every_method(
     """A class-based view whose dispatch() answers the request itself (no get/post methods)
     serves every method: its table entry and its @paid price them all, and it never runs
     unpaid (it was priced for OPTIONS only, so GET and POST ran free)."""
-    options = {"PAY_TO": SELLER, "NETWORK": NETWORK, "CORE": core}
-    options["ROUTES"] = {"POST /proxied": "$0.02", "* /paid-proxied": "$0.05"}
-    with override_settings(  # no FOURMICA_X402_CONFIG: the conformance app's may be set
-        FOURMICA_X402=options,
-        FOURMICA_X402_CONFIG=None,
-        MIDDLEWARE=MIDDLEWARE,
-        ROOT_URLCONF=URLS.__name__,
-    ):
-        seen.clear()
+    with selling(core, {"POST /proxied": "$0.02", "* /paid-proxied": "$0.05"}):
         client = Client()
         assert client.post("/proxied").status_code == 402  # was refused at start-up
         for method in ("GET", "POST", "PUT", "DELETE"):
@@ -588,6 +607,22 @@ def test_a_class_view_answering_in_its_own_dispatch_is_priced_for_every_method(
         assert allowed.status_code == 200 and "POST" in allowed["Allow"] and seen == []
         buyer, resp = pay(client, core, "/paid-proxied", method="POST")
         assert resp.status_code == 200 and resp.json() == {"method": "POST"}
+        assert [p.payer for p in seen] == [buyer.address]
+        assert core.position(buyer.address, network=NETWORK).locked == 50_000
+
+
+def test_a_class_view_answering_other_verbs_itself_never_runs_them_unpaid(core: Core) -> None:
+    """A class-based view whose http_method_not_allowed() serves the verbs it does not define
+    (like GET) serves every method: they were passed through unpriced, and its paid GET ran
+    for POST, DELETE or any made-up verb with no payment."""
+    with selling(core, {"GET /fallback": "$0.02"}):
+        client = Client()
+        for method in ("POST", "DELETE", "PATCH", "FOO"):
+            assert client.generic(method, "/fallback").status_code == 405, method
+            assert client.generic(method, "/paid-fallback").status_code == 402, method
+        assert seen == [] and core.guarantees() == []
+        buyer, resp = pay(client, core, "/paid-fallback", method="POST")
+        assert resp.status_code == 200 and resp.json() == {"report": "paid content"}
         assert [p.payer for p in seen] == [buyer.address]
         assert core.position(buyer.address, network=NETWORK).locked == 50_000
 
