@@ -185,7 +185,10 @@ class Gate:
         if request.path == self._tab_path or request.path.startswith(self._prefix + "/"):
             return False
         if request.resolve is not None:
-            endpoint = request.resolve()
+            try:
+                endpoint = request.resolve()
+            except Exception:  # the app's router cannot read this path: nothing serves it
+                return True
             return endpoint is not None and self.routes.for_endpoint("GET", endpoint) is not None
         return self.routes.match("GET", request.path) is not None
 
@@ -258,14 +261,16 @@ class Gate:
             request.path == self._prefix or request.path.startswith(self._prefix + "/")
         ):
             return (yield from _fail_closed(endpoints.core_api(self, request)))
-        if method == "OPTIONS":  # never priced, nor run by a view priced for other methods
+        try:  # the route the framework resolved, for a router's app (docs/architecture.md)
             endpoint = request.resolve() if request.resolve is not None else None
+        except Exception as exc:  # e.g. Starlette's int convertor on a 5 000-digit segment
+            log.info("the app's router failed on this path: %s", type(exc).__name__)
+            return error_response(400, "unroutable_path", "the app's router cannot read this path")
+        if method == "OPTIONS":  # never priced, nor run by a view priced for other methods
             if endpoint is None or endpoint.marker is not None:  # a marker refuses it itself
                 return PASS
             return _options(endpoint, self.routes.other_methods(endpoint))
-        endpoint = None
         if request.resolve is not None:  # price what the framework's router resolved
-            endpoint = request.resolve()
             route = None if endpoint is None else self.routes.for_endpoint(method, endpoint)
             if route is not None and _ambiguous(request):
                 return error_response(400, "ambiguous_path", "ambiguous request path")

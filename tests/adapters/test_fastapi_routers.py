@@ -240,6 +240,24 @@ def test_a_websocket_route_with_paid_is_refused_with_1008(core: Core) -> None:
     assert code == 1008 and calls == {}
 
 
+def test_a_websocket_path_the_router_cannot_read_is_refused_with_1008(core: Core) -> None:
+    """An int convertor on a 5 000-digit segment raises in the router the gate asks for
+    the route: the handshake is refused (1008), not a crash in the middleware."""
+    from fastapi import WebSocket
+
+    app, calls = FastAPI(), collections.Counter[str]()
+    FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK)
+
+    @app.websocket("/live/{n:int}")
+    async def live(websocket: WebSocket, n: int) -> None:
+        calls["live"] += 1
+        await websocket.accept()
+
+    with TestClient(app) as client:
+        code = close_code(client, "/live/" + "9" * 5000)
+    assert code == 1008 and calls == {}
+
+
 def test_http_middleware_never_serves_a_priced_websocket(core: Core) -> None:
     """``@app.middleware("http")`` never sees a WebSocket (Starlette passes them around it):
     ``Paid(...)`` on a WebSocket route refuses the handshake itself (1008, not a crash in

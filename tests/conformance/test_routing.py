@@ -117,6 +117,24 @@ def test_a_path_the_converter_refuses_is_the_frameworks_404(seller: Any) -> None
     assert sum(seller.calls.values()) == 0
 
 
+@pytest.mark.parametrize("kind", ["starlette", "fastapi", "flask", "django_sync", "django_async"])
+def test_a_path_the_router_cannot_read_is_a_4xx_never_run_nor_charged(
+    seller: Any, kit: Any
+) -> None:
+    """Starlette's int convertor raises on a segment past Python's 4 300-digit limit: its
+    router, run by the gate to price the request, answered 500. Now a 400 with a code."""
+    buyer = kit.funded(seller)
+    huge = "/numbers/" + "9" * 5000
+    paid_for_seven = kit.header(seller, buyer, "/numbers/7", "GET")
+    for headers in (None, paid_for_seven):
+        resp = seller.request("GET", huge, headers=headers)
+        assert 400 <= resp.status < 500, resp.status
+        if seller.kind in ("starlette", "fastapi"):
+            assert resp.status == 400 and resp.json()["error"] == "unroutable_path"
+    assert sum(seller.calls.values()) == 0
+    assert kit.locked(seller, buyer) == 0
+
+
 # -- HEAD --------------------------------------------------------------------------------------
 
 
