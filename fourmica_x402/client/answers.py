@@ -6,45 +6,94 @@ A 402, a tab and the Core's public parameters are a few kilobytes; a seller send
 
 from __future__ import annotations
 
+import zlib
+
 import httpx
 
 __all__ = ["MAX_ANSWER", "AnswerTooLarge", "aread_answer", "http_url", "read_answer"]
 
 #: The most the flow reads of an answer it parses.
 MAX_ANSWER = 1 << 20
+#: Content codings whose bombs no bounded reader here undoes (httpx decodes them when
+#: brotli or zstandard is installed): refused rather than unpacked whole.
+_UNBOUNDED = frozenset({"br", "zstd"})
+#: The window bits of the codings unpacked here: deflate zlib-wrapped, or raw as some send it.
+_FORMS = {"gzip": (16 + zlib.MAX_WBITS,), "deflate": (zlib.MAX_WBITS, -zlib.MAX_WBITS)}
 
 
 class AnswerTooLarge(ValueError):
-    """An answer the flow parses ran past its limit (:data:`MAX_ANSWER` bytes): read no further."""
+    """An answer the flow parses ran past its limit (:data:`MAX_ANSWER` bytes), encoded or
+    decoded, or came in a content coding it does not unpack: read no further."""
 
-    def __init__(self, limit: int = MAX_ANSWER) -> None:
-        super().__init__(f"an answer to parse is larger than {limit} bytes")
+    def __init__(self, limit: int = MAX_ANSWER, message: str | None = None) -> None:
+        super().__init__(message or f"an answer to parse is larger than {limit} bytes")
 
 
 def read_answer(response: httpx.Response, limit: int = MAX_ANSWER) -> None:
     """Read ``response`` to its end (then closed), refusing one past ``limit`` bytes."""
-    body = bytearray()
+    if _read_already(response, limit):
+        return
+    raw = bytearray()
     try:
-        for chunk in response.iter_bytes():
-            body += chunk
-            if len(body) > limit:
+        for chunk in response.iter_raw():
+            raw += chunk
+            if len(raw) > limit:
                 raise AnswerTooLarge(limit)
     finally:
         response.close()
-    response._content = bytes(body)  # where httpx's own read() keeps it
+    response._content = _decoded(response, bytes(raw), limit)  # where httpx's read() keeps it
 
 
 async def aread_answer(response: httpx.Response, limit: int = MAX_ANSWER) -> None:
     """:func:`read_answer` on an event loop."""
-    body = bytearray()
+    if _read_already(response, limit):
+        return
+    raw = bytearray()
     try:
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) > limit:
+        async for chunk in response.aiter_raw():
+            raw += chunk
+            if len(raw) > limit:
                 raise AnswerTooLarge(limit)
     finally:
         await response.aclose()
-    response._content = bytes(body)
+    response._content = _decoded(response, bytes(raw), limit)
+
+
+def _read_already(response: httpx.Response, limit: int) -> bool:
+    """Whether ``response`` holds its body already (one made in memory: httpx reads it)."""
+    if not hasattr(response, "_content"):
+        return False
+    if len(response.content) > limit:
+        raise AnswerTooLarge(limit)
+    return True
+
+
+def _decoded(response: httpx.Response, body: bytes, limit: int) -> bytes:
+    """``body`` with its content codings undone, never unpacking past ``limit`` bytes: httpx
+    unpacks a whole chunk at once, so a few kilobytes of nested gzip filled the memory. The
+    codings httpx does not know are left as they are, as httpx leaves them."""
+    codings = response.headers.get_list("content-encoding", split_commas=True)
+    for coding in reversed([c.strip().lower() for c in codings]):
+        if coding in _UNBOUNDED:
+            raise AnswerTooLarge(limit, f"an answer to parse came {coding}-encoded: not read")
+        for wbits in _FORMS.get(coding, ()):
+            try:
+                body = _inflate(body, wbits, limit)
+                break
+            except zlib.error as exc:
+                error = exc
+        else:
+            if coding in _FORMS:
+                raise AnswerTooLarge(limit, f"an answer to parse is not valid {coding}: {error}")
+    return body
+
+
+def _inflate(data: bytes, wbits: int, limit: int) -> bytes:
+    unpacker = zlib.decompressobj(wbits)
+    out = unpacker.decompress(data, limit + 1)
+    if len(out) > limit or unpacker.unconsumed_tail:
+        raise AnswerTooLarge(limit)
+    return out
 
 
 def http_url(value: object) -> str | None:

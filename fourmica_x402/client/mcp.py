@@ -36,6 +36,7 @@ from mcp.shared.exceptions import McpError
 
 from .._json import loads
 from ..errors import PaymentRefused
+from .answers import AnswerTooLarge, aread_answer
 from .keys import BuyerKey
 from .policy import Money, SpendingPolicy
 from .receipts import ReceiptLedger
@@ -102,7 +103,7 @@ class McpPaymentTransport(httpx.AsyncBaseTransport):
             # a notification or a listing, which a seller could price to drain the buyer
             response = await self.paying._inner.handle_async_request(request)
             if response.status_code == 402:
-                await response.aread()
+                await response.aclose()  # its body is not read: nothing of it is paid
                 if rid is not None:
                     data = {"reason": "payment_required", "status": 402}
                     return _error(request, rid, SELLER_REFUSED, _UNPAID, data)
@@ -112,7 +113,10 @@ class McpPaymentTransport(httpx.AsyncBaseTransport):
             return response
         if rid is None:
             return response
-        await response.aread()
+        try:
+            await aread_answer(response)  # bounded: a seller's error cannot fill the memory
+        except AnswerTooLarge:
+            response._content = b""
         reason, message = _gate_error(response)
         answered = {"reason": reason, "status": response.status_code}
         return _error(request, rid, SELLER_REFUSED, message, answered)

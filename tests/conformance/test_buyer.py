@@ -1176,6 +1176,106 @@ def test_the_requests_adapter_stops_reading_a_compressed_huge_answer_at_its_limi
     assert peak < 16 * 1024 * 1024, peak  # not the 64 MiB it decodes to
 
 
+class _Chunk(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A body httpx has not read yet (a Response made with ``content=`` is read at once)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __iter__(self) -> Any:
+        yield self.data
+
+    async def __aiter__(self) -> Any:
+        yield self.data
+
+
+def _seller(status: int, body: bytes, encoding: str) -> httpx.MockTransport:
+    headers = {"content-encoding": encoding, "content-type": "application/json"}
+    return httpx.MockTransport(
+        lambda r: httpx.Response(status, headers=headers, stream=_Chunk(body))
+    )
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_httpx_transports_stop_unpacking_a_nested_gzip_answer_at_the_limit(mode: str) -> None:
+    """httpx unpacks a whole chunk at once: a 402 of a few kilobytes in ``gzip, gzip``
+    (200 MiB inside) filled the buyer's memory before the 1 MiB limit looked at it."""
+    import gzip
+    import tracemalloc
+    import zlib
+
+    from fourmica_x402.client import AsyncPaymentTransport, PaymentTransport
+
+    packer = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    inner = b"".join(packer.compress(bytes(1 << 20)) for _ in range(200)) + packer.flush()
+    bomb = gzip.compress(inner)
+    assert len(bomb) < 64 * 1024
+    key = TestBuyer.new().key
+    tracemalloc.start()
+    try:
+        with pytest.raises(PaymentFailed, match="larger than 1048576 bytes"):
+            if mode == "sync":
+                sync = PaymentTransport(key, transport=_seller(402, bomb, "gzip, gzip"))
+                with httpx.Client(transport=sync) as client:
+                    client.get("http://seller.test/premium")
+            else:
+                inner_transport = _seller(402, bomb, "gzip, gzip")
+
+                async def call() -> None:
+                    paying = AsyncPaymentTransport(key, transport=inner_transport)
+                    async with httpx.AsyncClient(transport=paying) as client:
+                        await client.get("http://seller.test/premium")
+
+                asyncio.run(call())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1024 * 1024, peak  # not the 200 MiB it unpacks to
+
+
+def test_an_answer_to_parse_in_a_coding_that_cannot_be_bounded_is_refused() -> None:
+    """brotli and zstd (unpacked by httpx when their libraries are installed) are not read."""
+    from fourmica_x402.client import PaymentTransport
+
+    paying = PaymentTransport(TestBuyer.new().key, transport=_seller(402, b"\x8b\x00", "br"))
+    with httpx.Client(transport=paying) as client, pytest.raises(PaymentFailed, match="br-enc"):
+        client.get("http://seller.test/premium")
+
+
+class CompressedChallenge(CountsPaid):
+    """Sends its 402 answers compressed, as a gzip middleware in front of a seller does."""
+
+    def __init__(self, coding: str) -> None:
+        super().__init__()
+        self.coding = coding
+
+    def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
+        if status != 402:
+            return status, headers, body
+        import gzip
+        import zlib
+
+        packed = gzip.compress(body) if self.coding == "gzip" else zlib.compress(body)
+        if self.coding == "raw deflate":
+            packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+            packed = packer.compress(body) + packer.flush()
+        kept = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        coding = "deflate" if "deflate" in self.coding else self.coding
+        return status, [*kept, ("content-encoding", coding)], packed
+
+
+@pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "raw deflate"])
+def test_a_compressed_402_answer_is_still_read_and_paid(
+    seller: Any, buyers: Any, coding: str
+) -> None:
+    wire = CompressedChallenge(coding)
+    client = buyers.client(seller, funded(seller), wire=wire)
+    resp = client.get("/premium")
+    assert resp.status == 200, resp.text
+    assert wire.paid_attempts == 1
+
+
 @pytest.mark.parametrize("field", ["tabEndpoint", "rpcUrl"])
 @pytest.mark.parametrize("url", ["http://[::1/tab", "http://a\u3000b/tab"])
 def test_a_seller_url_httpx_cannot_read_is_a_clean_refusal(field: str, url: str) -> None:
