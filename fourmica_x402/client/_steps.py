@@ -241,7 +241,7 @@ class Buyer:
         decision = check()
         if decision.outcome == "needs_approval" and policy.approve is not None:
             assert decision.approval is not None
-            if (yield Approve(decision.approval)):
+            if (yield Approve(decision.approval)) is True:  # "no" or {"approved": False}: no
                 decision = check(approved=True)
         if decision.outcome != "paid" or decision.reservation is None:
             kind = _REFUSALS.get(decision.outcome, PaymentFailed)
@@ -266,11 +266,8 @@ class Buyer:
         try:
             data = loads(response.content)
             if response.status_code != 200 or not isinstance(data, dict):
-                raise ValueError(
-                    data.get("error")
-                    if isinstance(data, dict)
-                    else f"status {response.status_code}"
-                )
+                error = data.get("error") if isinstance(data, dict) else None
+                raise ValueError(f"{error}" if error else f"status {response.status_code}")
             tab_id = parse_amount(data.get("tabId", data.get("tab_id")))
             req_id = parse_amount(data.get("nextReqId", data.get("next_req_id")))
             user = str(data.get("userAddress", data.get("user_address", "")))

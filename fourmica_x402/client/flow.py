@@ -21,6 +21,7 @@ from typing import Any
 import coincurve
 import httpx
 
+from .._eth import parse_address
 from .._json import loads
 from ..errors import InsufficientCollateral, MalformedPayment, PaymentFailed
 from ..guarantee import SignedGuarantee, guarantee_id
@@ -336,6 +337,7 @@ class BuyerFlow(Buyer):
             try:
                 get_network(offer.network)
                 parse_amount(offer.amount)
+                parse_address(offer.pay_to)  # a decoy that names no seller hides no offer
             except Exception:
                 continue
             if offer.scheme == SCHEME and self.policy.allows(offer.network, offer.asset):

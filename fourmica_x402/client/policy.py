@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._eth import parse_address
+from .._eth import ZERO_ADDRESS, parse_address
+from ..errors import ConfigurationError
 from ..networks import Asset, dollar_assets, find_asset, format_amount, to_atomic
 from .budgets import Book, LedgerBook, MemoryBook
 
@@ -119,16 +120,20 @@ class SpendingPolicy:
     ) -> None:
         """``ledger``: keep the spending in this receipts ledger (durable, shared by the
         processes that open the same file); by default it lives in this object."""
-        self.max_per_request = max_per_request
-        self.max_per_seller = max_per_seller
-        self.windows = {"per_minute": per_minute, "per_hour": per_hour, "per_day": per_day}
+        self.max_per_request = _cap(max_per_request, "max_per_request")
+        self.max_per_seller = _cap(max_per_seller, "max_per_seller")
+        self.windows = {
+            "per_minute": _cap(per_minute, "per_minute"),
+            "per_hour": _cap(per_hour, "per_hour"),
+            "per_day": _cap(per_day, "per_day"),
+        }
         self.allowed_sellers = _addresses(allowed_sellers, "allowed_sellers")
         self.blocked_sellers = _addresses(blocked_sellers, "blocked_sellers") or set()
-        self.allowed_networks = allowed_networks
+        self.allowed_networks = _names(allowed_networks, "allowed_networks")
         self.allowed_assets = _addresses(allowed_assets, "allowed_assets")
         self.approve = approve
         self.approve_new_sellers = approve_new_sellers
-        self.approval_threshold = approval_threshold
+        self.approval_threshold = _cap(approval_threshold, "approval_threshold")
         self.ledger = ledger
         self._lock = threading.Lock()
         # Spending so far (unsettled guarantees count too): here, or in the ledger's file.
@@ -148,7 +153,7 @@ class SpendingPolicy:
         With a ledger the budget is kept by ``name``: entering the same task again, in this
         process or after a restart, goes on spending the same budget. A task inside another
         spends from both: every budget up the chain must cover a payment."""
-        task = Task(name, budget, parent=_current_task.get())
+        task = Task(name, _cap(budget, "budget"), parent=_current_task.get())
         token = _current_task.set(task)
         with self._lock:
             self._open_tasks += 1
@@ -361,6 +366,34 @@ def _total(by_asset: dict[str, int], covered: dict[str, int | None], token: Asse
 def _money(amount: int, asset: Asset | None, *, units: bool = True) -> str:
     """Amounts in refusals, as people read them: ``$0.01 (10000 units)``."""
     return format_amount(amount, asset, units=units and asset is not None)
+
+
+#: What a price cap is checked against when the policy is made (the paid token's own decimals
+#: are checked when a payment is made).
+_ANY_TOKEN = Asset("", ZERO_ADDRESS, "", 18)
+
+
+def _cap(value: Money | None, name: str) -> Money | None:
+    """A cap as given, once it is one: a price such as ``"$0.05"`` or atomic units (an int
+    of at least 0). A float, a bool or other text fails here, not at the first payment."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ConfigurationError(f"{name}: {value} is below 0")
+    try:
+        to_atomic(value, _ANY_TOKEN)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{name}: {exc.message}") from None
+    return value
+
+
+def _names(values: set[str] | None, name: str) -> set[str] | None:
+    """A set of names (network ids); one string would be tested as a substring."""
+    if values is None:
+        return None
+    if isinstance(values, str):
+        raise ValueError(f"{name} takes a set of network ids, not one string")
+    return {str(value) for value in values}
 
 
 def _addresses(values: set[str] | None, name: str) -> set[str] | None:

@@ -113,6 +113,9 @@ class Counting(Wire):
         (SpendingPolicy(allowed_sellers={"0x" + "12" * 20}), BlockedSeller),
         (SpendingPolicy(approve_new_sellers=True), NeedsApproval),
         (SpendingPolicy(approval_threshold="$0.001", approve=lambda req: False), NeedsApproval),
+        # an approver that answers in words (a language model) approves with True only
+        (SpendingPolicy(approve_new_sellers=True, approve=lambda req: "no"), NeedsApproval),
+        (SpendingPolicy(approve_new_sellers=True, approve=lambda req: {"ok": 0}), NeedsApproval),
         (SpendingPolicy(allowed_networks={"eip155:8453"}), PaymentFailed),
         (SpendingPolicy(allowed_assets={"0x" + "34" * 20}), PaymentFailed),
     ],
@@ -129,6 +132,30 @@ def test_policy_refusals_happen_before_signing_and_are_not_retried(
     assert info.value.receipt.outcome == error.reason
     assert (counting.total, counting.tabs, counting.paid_attempts) == (1, 0, 0)
     assert seller.calls["/premium"] == 0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"allowed_networks": "eip155:84532"},  # "eip155:8453" in it: Base mainnet passed
+        {"max_per_request": 0.05},  # a float
+        {"max_per_seller": "five cents"},
+        {"per_hour": True},
+        {"approval_threshold": "50000u"},  # the CLI's spelling, not the library's
+        {"per_day": -1},
+    ],
+)
+def test_a_policy_that_cannot_hold_fails_when_made_not_at_a_payment(options: Any) -> None:
+    """These were taken as given: a string of networks became a substring test that let an
+    offer on another network through, and a cap of another type raised ConfigurationError at
+    the first payment, out of a call where an agent catches PaymentRefused."""
+    with pytest.raises(ValueError, match=next(iter(options))):
+        SpendingPolicy(**options)
+    with (
+        pytest.raises(ValueError, match="budget"),
+        SpendingPolicy().task("t", budget=0.5),  # type: ignore[arg-type]
+    ):
+        pass
 
 
 def test_approval_callbacks_sync_and_async(seller: Any, buyers: Any) -> None:
@@ -249,12 +276,12 @@ def test_lying_sellers_get_a_clear_error_and_no_second_signature(
 class GarbledOwnCalls(Wire):
     """The seller's tab endpoint or its Core's parameters answer something odd."""
 
-    def __init__(self, where: str, body: bytes) -> None:
-        self.where, self.body = where, body
+    def __init__(self, where: str, body: bytes, status: int = 200) -> None:
+        self.where, self.body, self.status = where, body, status
 
     def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
         if path.endswith(self.where):
-            return 200, [("content-type", "application/json")], self.body
+            return self.status, [("content-type", "application/json")], self.body
         return status, headers, body
 
 
@@ -286,18 +313,39 @@ def test_a_garbled_tab_or_core_answer_is_a_clean_refusal(
     assert policy.spent(default_asset(NETWORK).address) == 0 and seller.calls["/premium"] == 0
 
 
+@pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
+def test_a_tab_refusal_without_a_reason_says_its_status(seller: Any, buyers: Any) -> None:
+    """A 400 of ``{}`` was reported as "tab endpoint failed: None"."""
+    client = buyers.client(seller, funded(seller), wire=GarbledOwnCalls("/tab", b"{}", 400))
+    with pytest.raises(PaymentFailed) as info:
+        client.get("/premium")
+    assert "tab endpoint failed: status 400" in str(info.value)
+
+
 class DecoyOffer(Wire):
     """Puts, before the seller's own offer, a cheaper-looking one in another token."""
 
-    def __init__(self, asset: str = "0x" + "ab" * 20, amount: str = "2") -> None:
-        self.asset, self.amount = asset, amount
+    def __init__(self, asset: str = "0x" + "ab" * 20, amount: str = "2", **fields: str) -> None:
+        self.asset, self.amount, self.fields = asset, amount, fields
 
     def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
         def add_decoy(required: Any) -> None:
             decoy = {**required["accepts"][0], "amount": self.amount, "asset": self.asset}
+            if self.fields:  # the seller's own token, cheaper, and something else wrong
+                decoy = {**required["accepts"][0], "amount": "1", **self.fields}
             required["accepts"].insert(0, decoy)
 
         return status, rewritten(headers, add_decoy) if status == 402 else headers, body
+
+
+@pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
+def test_a_cheaper_decoy_naming_no_seller_does_not_hide_the_real_offer(
+    seller: Any, buyers: Any
+) -> None:
+    """A cheapest offer whose payTo is no address was chosen, then failed the whole call."""
+    wire = DecoyOffer(payTo="0x" + "11" * 19 + "1G")
+    resp = buyers.client(seller, funded(seller), wire=wire).get("/premium")
+    assert resp.status == 200 and resp.receipt.amount == 10_000
 
 
 @pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
