@@ -1840,6 +1840,7 @@ def test_open_reads_run_on_their_own_thread_and_are_shared_while_queued() -> Non
         assert await asyncio.wait_for(asyncio.to_thread(lambda: "settled"), 5) == "settled"
         asked[0].cancel()  # one client leaving does not stop the read the others wait for
         junk.cancel()  # its only client left before it began: never run
+        await asyncio.sleep(0.1)  # the leaving is seen on the loop before the thread goes on
         gates["busy"].set()
         gates["d"].set()
         answers = await asyncio.gather(*asked[1:], other)
