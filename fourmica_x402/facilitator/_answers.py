@@ -105,6 +105,22 @@ def settled(
     )
 
 
+def refused_key(status: int, reason: object, message: object) -> object:
+    """A facilitator's refusal ``reason``, unless it refused the seller's key (401, or a key
+    for another payTo): that is the seller's to fix, not the buyer's payment, so the seller's
+    log says what to do and the buyer reads ``facilitator_error`` (docs/operations.md, "Keys")."""
+    if status != 401 and reason != "key_not_for_address":
+        return reason
+    log.error(
+        "the facilitator refused this seller's key (%s %.100s): give HttpFacilitator "
+        "headers={'Authorization': 'Bearer <key>'} with a key the service holds for this "
+        "seller's payTo",
+        status,
+        reason or message,
+    )
+    return "facilitator_error"
+
+
 def reason_code(said: object, default: str) -> str:
     """A facilitator's refusal reason as the buyer will read it: a stable snake_case code
     (docs/protocol.md, "Reason codes"); other text is logged (shortened) and ``default``."""

@@ -32,7 +32,7 @@ from ..errors import CoreError, GuaranteeRejected, Reason, TabLimited, Unavailab
 from ..networks import parse_amount
 from ..wire import PaymentPayload, PaymentPayloadV1, PaymentRequirements, VerifyResponse
 from . import _asyncio_http
-from ._answers import abounded, bounded, doubt, reason_code, settled, verdict
+from ._answers import abounded, bounded, doubt, reason_code, refused_key, settled, verdict
 
 __all__ = ["HttpFacilitator"]
 
@@ -242,6 +242,7 @@ class HttpFacilitator:
                 reason = data.get("error") if coded else data.get("reason")
                 message = data.get("message") if coded else data.get("error") or data.get("message")
             state = data.get("state") if isinstance(data, dict) else None
+            reason = refused_key(status, reason, message)
             raise CoreError(
                 str(message or status)[:200],
                 reason=reason_code(reason, "facilitator_error"),

@@ -1203,16 +1203,20 @@ def test_a_remote_facilitator_reports_the_services_refusal_codes(core: Core) -> 
 
 
 def _remote_seller(
-    url: str, records: Path, transport: Any = None, runs: list[int] | None = None
+    url: str,
+    records: Path,
+    transport: Any = None,
+    runs: list[int] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[Gate, Starlette]:
-    """A Starlette seller on the served Core as its remote facilitator, its records apart."""
+    """A Starlette seller on the served Core as its remote facilitator, its records apart
+    (``headers``: its calls', by default the operator's key)."""
+    headers = {"Authorization": "Bearer op"} if headers is None else headers
     gate = Gate(
         PaymentConfig(
             pay_to=SELLER,
             routes={"GET /premium": "$0.01"},
-            facilitator=HttpFacilitator(
-                url, retries=1, headers={"Authorization": "Bearer op"}, async_transport=transport
-            ),
+            facilitator=HttpFacilitator(url, retries=1, headers=headers, async_transport=transport),
             records=str(records),
             tab_endpoint="http://testserver/x402/tab",
         )
@@ -1251,6 +1255,34 @@ async def _leave_when(app: Any, name: str, value: str, ready: Callable[[], bool]
     with pytest.raises(asyncio.CancelledError):
         await task
     await asyncio.sleep(1.5)  # the server goes on: a settle's answer, a record's write
+
+
+def test_a_seller_without_a_key_on_a_keyed_service_is_told_in_its_log(
+    core: Core, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The service's 401 reached the buyer as its own ``unauthorized``, and the seller's log
+    said nothing: every payment failed with no clue for the one who can fix it."""
+    service = _served(create_app(core, api_key="op", tick_interval=None, webhooks=False))
+    url, _ = next(service)
+    try:
+        runs: list[int] = []
+        _, app = _remote_seller(url, tmp_path / "records.db", runs=runs, headers={})
+        buyer = TestBuyer.new()
+        core.deposit(buyer.address, 100_000, network=NETWORK)
+        with TestClient(app) as seller, caplog.at_level(logging.ERROR, "fourmica_x402"):
+            offer = decode_payment_required(seller.get("/premium").headers["payment-required"])
+            body = {"x402Version": 2, "userAddress": buyer.address}
+            req = offer.accepts[0]
+            tab = seller.post("/x402/tab", json={**body, "paymentRequirements": req.to_dict()})
+            name, value = payment_header(buyer, req, tab.json())
+            refused = seller.get("/premium", headers={name: value})
+        assert refused.status_code == 402
+        error = decode_payment_required(refused.headers["payment-required"]).error
+        assert error == "facilitator_error"
+        assert "refused this seller's key" in caplog.text and "Bearer op" not in caplog.text
+        assert runs == [] and core.position(buyer.address, network=NETWORK).locked == 0
+    finally:
+        next(service, None)
 
 
 def test_a_client_leaving_while_its_remote_payment_is_recorded_is_refunded(
