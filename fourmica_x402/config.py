@@ -12,6 +12,7 @@ address or network fails at start-up with a message saying what to fix.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
@@ -31,6 +32,12 @@ __all__ = ["DEFAULT_DB", "PaymentConfig", "config_options"]
 #: Where the embedded Core keeps its data when nothing else is configured.
 DEFAULT_DB = "sqlite:///fourmica_x402.db"
 
+
+def _default_db() -> str:
+    """``FOURMICA_X402_DB`` when set (as the CLI and the examples read it), else DEFAULT_DB."""
+    return os.environ.get("FOURMICA_X402_DB", "").strip() or DEFAULT_DB
+
+
 Hook = Callable[..., Any]
 
 
@@ -47,7 +54,8 @@ class PaymentConfig:
     #: Default asset (token address); None = the network's USDC.
     asset: str | None = None
     #: The embedded Core: a database URL or a ``Core``. Ignored when ``facilitator`` is set.
-    core: str | Core = DEFAULT_DB
+    #: By default ``FOURMICA_X402_DB`` when set (the CLI's ``--db`` reads it too), else DEFAULT_DB.
+    core: str | Core = field(default_factory=_default_db)
     #: A remote facilitator (``HttpFacilitator``) or any ``Facilitator``; None = the embedded Core.
     facilitator: Facilitator | None = None
     #: Payment records: a database URL or ``Records``; None = the embedded Core's database.

@@ -96,6 +96,21 @@ def test_core_setting_takes_a_database_url(tmp_path: Path) -> None:
     ext.gate.core.close()
 
 
+def test_with_no_core_setting_fourmica_x402_db_names_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI and the examples read FOURMICA_X402_DB, the library did not: a seller who
+    exported it served from ./fourmica_x402.db while its buyers were funded in the other."""
+    path = tmp_path / "from-env.db"
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setenv("FOURMICA_X402_DB", f"sqlite:///{path}")
+    ext = FourmicaX402(make_app(pay_to=SELLER))
+    assert ext.gate is not None and ext.gate.core is not None
+    assert path.exists() and list((tmp_path / "cwd").iterdir()) == []
+    ext.gate.core.close()
+
+
 def test_unknown_settings_are_named(core: Core) -> None:
     app = make_app(pay_to=SELLER, core=core, pay_too=SELLER, rootes={})
     with pytest.raises(ConfigurationError, match="FOURMICA_X402_PAY_TOO, FOURMICA_X402_ROOTES"):

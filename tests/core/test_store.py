@@ -71,6 +71,20 @@ def test_dialect_matches_the_url(store: Store, store_url: str) -> None:
     assert store.url == store_url
 
 
+@pytest.mark.parametrize("url", ["mysql://user:secret@host/db", "https://core.example/db"])
+def test_a_url_of_another_database_is_refused_by_name_not_opened_as_a_path(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was read as a SQLite path ("directory … does not exist: …/mysql:/user:secret@host"),
+    naming neither the mistake nor hiding the password."""
+    from fourmica_x402.errors import ConfigurationError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError, match="is not a database URL") as refused:
+        open_store(url)
+    assert "secret" not in str(refused.value) and list(tmp_path.iterdir()) == []
+
+
 def test_commit_on_normal_exit(store: Store) -> None:
     with store.transaction() as tx:
         tx.execute("INSERT INTO kv (k, v) VALUES (?, ?)", ("a", 1))

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-from ...errors import Unavailable
+from ...errors import ConfigurationError, Unavailable
 
 if TYPE_CHECKING:
     from .deferred import Deferred
@@ -154,6 +154,12 @@ class Store(Protocol):
 
 def open_store(url: str, **options: Any) -> Store:
     """Open the store named by ``url`` (a SQLite path or URL, or a PostgreSQL URL)."""
+    scheme = url.partition("://")[0] if "://" in url else ""
+    if scheme and scheme not in ("sqlite", "postgresql", "postgres"):  # not a file named so
+        raise ConfigurationError(
+            f"'{scheme[:20]}://…' is not a database URL: give sqlite:///path/to/core.db, a "
+            "file path, or postgresql://user@host/dbname"
+        )
     if url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStore
 
