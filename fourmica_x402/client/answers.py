@@ -6,6 +6,7 @@ A 402, a tab and the Core's public parameters are a few kilobytes; a seller send
 
 from __future__ import annotations
 
+import importlib.util
 import zlib
 
 import httpx
@@ -14,9 +15,6 @@ __all__ = ["MAX_ANSWER", "AnswerTooLarge", "aread_answer", "http_url", "read_ans
 
 #: The most the flow reads of an answer it parses.
 MAX_ANSWER = 1 << 20
-#: Content codings whose bombs no bounded reader here undoes (httpx decodes them when
-#: brotli or zstandard is installed): refused rather than unpacked whole.
-_UNBOUNDED = frozenset({"br", "zstd"})
 #: The window bits of the codings unpacked here: deflate zlib-wrapped, or raw as some send it.
 _FORMS = {"gzip": (16 + zlib.MAX_WBITS,), "deflate": (zlib.MAX_WBITS, -zlib.MAX_WBITS)}
 
@@ -71,11 +69,14 @@ def _read_already(response: httpx.Response, limit: int) -> bool:
 def _decoded(response: httpx.Response, body: bytes, limit: int) -> bytes:
     """``body`` with its content codings undone, never unpacking past ``limit`` bytes: httpx
     unpacks a whole chunk at once, so a few kilobytes of nested gzip filled the memory. The
-    codings httpx does not know are left as they are, as httpx leaves them."""
+    codings httpx does not unpack (brotli or zstd without their library, unknown ones) are
+    left as they are, as httpx leaves them."""
     codings = response.headers.get_list("content-encoding", split_commas=True)
     for coding in reversed([c.strip().lower() for c in codings]):
-        if coding in _UNBOUNDED:
-            raise AnswerTooLarge(limit, f"an answer to parse came {coding}-encoded: not read")
+        if coding == "br":
+            body = _unbrotli(body, limit)
+        elif coding == "zstd":
+            body = _unzstd(body, limit)
         for wbits in _FORMS.get(coding, ()):
             try:
                 body = _inflate(body, wbits, limit)
@@ -94,6 +95,43 @@ def _inflate(data: bytes, wbits: int, limit: int) -> bytes:
     if len(out) > limit or unpacker.unconsumed_tail:
         raise AnswerTooLarge(limit)
     return out
+
+
+def _unbrotli(data: bytes, limit: int) -> bytes:
+    try:
+        import brotli  # type: ignore[import-not-found]
+    except ImportError:
+        if importlib.util.find_spec("brotlicffi") is not None:  # httpx unpacks it whole
+            raise AnswerTooLarge(
+                limit, "an answer to parse came brotli-encoded: not read"
+            ) from None
+        return data  # httpx does not unpack it either
+    try:  # brotli 1.2 bounds its output; an older one cannot be stopped on the way
+        out: bytes = brotli.Decompressor().process(data, output_buffer_limit=limit + 1)
+    except TypeError:
+        raise AnswerTooLarge(limit, "an answer to parse came brotli-encoded: not read") from None
+    except brotli.error as exc:
+        raise AnswerTooLarge(limit, f"an answer to parse is not valid brotli: {exc}") from None
+    if len(out) > limit:
+        raise AnswerTooLarge(limit)
+    return out
+
+
+def _unzstd(data: bytes, limit: int) -> bytes:
+    try:
+        import zstandard
+    except ImportError:
+        return data  # httpx does not unpack it either
+    out = bytearray()
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True) as reader:
+            while len(out) <= limit and (chunk := reader.read(limit + 1 - len(out))):
+                out += chunk
+    except zstandard.ZstdError as exc:
+        raise AnswerTooLarge(limit, f"an answer to parse is not valid zstd: {exc}") from None
+    if len(out) > limit:
+        raise AnswerTooLarge(limit)
+    return bytes(out)
 
 
 def http_url(value: object) -> str | None:

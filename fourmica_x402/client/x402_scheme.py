@@ -204,7 +204,7 @@ class FourMicaCreditScheme(Buyer):
 
     def _send(self, request: httpx.Request) -> httpx.Response:
         try:
-            return self._client().send(request)
+            return self._client().send(request, stream=True)  # read bounded by the steps
         except httpx.HTTPError as exc:
             raise _unreachable(exc) from None
 
@@ -272,7 +272,7 @@ class AsyncFourMicaCreditScheme(FourMicaCreditScheme):
 
     async def _asend(self, request: httpx.Request) -> httpx.Response:
         try:
-            return await self._aclient().send(request)
+            return await self._aclient().send(request, stream=True)
         except httpx.HTTPError as exc:
             raise _unreachable(exc) from None
 

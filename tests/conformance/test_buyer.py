@@ -1244,30 +1244,49 @@ def _seller(status: int, body: bytes, encoding: str) -> httpx.MockTransport:
     )
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
-def test_httpx_transports_stop_unpacking_a_nested_gzip_answer_at_the_limit(mode: str) -> None:
-    """httpx unpacks a whole chunk at once: a 402 of a few kilobytes in ``gzip, gzip``
-    (200 MiB inside) filled the buyer's memory before the 1 MiB limit looked at it."""
+def _bomb(coding: str) -> bytes:
+    """200 MiB of zeros in ``coding``, packed small without holding them."""
     import gzip
-    import tracemalloc
     import zlib
+
+    if coding == "br":
+        import brotli
+
+        return bytes(brotli.compress(bytes(200 << 20), quality=1))
+    if coding == "zstd":
+        import zstandard
+
+        packer = zstandard.ZstdCompressor(level=1).compressobj()
+        return b"".join(packer.compress(bytes(1 << 20)) for _ in range(200)) + packer.flush()
+    packer = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    inner = b"".join(packer.compress(bytes(1 << 20)) for _ in range(200)) + packer.flush()
+    return gzip.compress(inner)  # gzip, gzip
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("coding", ["gzip, gzip", "br", "zstd"])
+def test_httpx_transports_stop_unpacking_a_compressed_answer_at_the_limit(
+    mode: str, coding: str
+) -> None:
+    """httpx unpacks a whole chunk at once: a 402 of a few kilobytes in ``gzip, gzip``
+    (200 MiB inside) filled the buyer's memory before the 1 MiB limit looked at it; so did
+    brotli and zstd, which httpx unpacks once their libraries are installed."""
+    import tracemalloc
 
     from fourmica_x402.client import AsyncPaymentTransport, PaymentTransport
 
-    packer = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    inner = b"".join(packer.compress(bytes(1 << 20)) for _ in range(200)) + packer.flush()
-    bomb = gzip.compress(inner)
-    assert len(bomb) < 64 * 1024
+    bomb = _bomb(coding)
+    assert len(bomb) < 256 * 1024
     key = TestBuyer.new().key
     tracemalloc.start()
     try:
         with pytest.raises(PaymentFailed, match="larger than 1048576 bytes"):
             if mode == "sync":
-                sync = PaymentTransport(key, transport=_seller(402, bomb, "gzip, gzip"))
+                sync = PaymentTransport(key, transport=_seller(402, bomb, coding))
                 with httpx.Client(transport=sync) as client:
                     client.get("http://seller.test/premium")
             else:
-                inner_transport = _seller(402, bomb, "gzip, gzip")
+                inner_transport = _seller(402, bomb, coding)
 
                 async def call() -> None:
                     paying = AsyncPaymentTransport(key, transport=inner_transport)
@@ -1281,12 +1300,14 @@ def test_httpx_transports_stop_unpacking_a_nested_gzip_answer_at_the_limit(mode:
     assert peak < 16 * 1024 * 1024, peak  # not the 200 MiB it unpacks to
 
 
-def test_an_answer_to_parse_in_a_coding_that_cannot_be_bounded_is_refused() -> None:
-    """brotli and zstd (unpacked by httpx when their libraries are installed) are not read."""
+@pytest.mark.parametrize("coding", ["gzip", "br", "zstd"])
+def test_an_answer_to_parse_that_does_not_unpack_is_a_clean_refusal(coding: str) -> None:
     from fourmica_x402.client import PaymentTransport
 
-    paying = PaymentTransport(TestBuyer.new().key, transport=_seller(402, b"\x8b\x00", "br"))
-    with httpx.Client(transport=paying) as client, pytest.raises(PaymentFailed, match="br-enc"):
+    paying = PaymentTransport(
+        TestBuyer.new().key, transport=_seller(402, b"not packed at all", coding)
+    )
+    with httpx.Client(transport=paying) as client, pytest.raises(PaymentFailed, match="not valid"):
         client.get("http://seller.test/premium")
 
 
@@ -1304,6 +1325,14 @@ class CompressedChallenge(CountsPaid):
         import zlib
 
         packed = gzip.compress(body) if self.coding == "gzip" else zlib.compress(body)
+        if self.coding == "br":
+            import brotli
+
+            packed = brotli.compress(body)
+        if self.coding == "zstd":
+            import zstandard
+
+            packed = zstandard.ZstdCompressor().compress(body)
         if self.coding == "raw deflate":
             packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
             packed = packer.compress(body) + packer.flush()
@@ -1313,7 +1342,7 @@ class CompressedChallenge(CountsPaid):
 
 
 @pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
-@pytest.mark.parametrize("coding", ["gzip", "deflate", "raw deflate"])
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "raw deflate", "br", "zstd"])
 def test_a_compressed_402_answer_is_still_read_and_paid(
     seller: Any, buyers: Any, coding: str
 ) -> None:

@@ -236,6 +236,38 @@ def test_receipts_go_to_the_policys_ledger_by_default(tmp_path: Path) -> None:
         register(FakeClient(), scheme, ledger=ledger)
 
 
+class _Unread(httpx.SyncByteStream):
+    """A body httpx has not read yet (a Response made with ``content=`` is read at once)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __iter__(self) -> Any:
+        yield self.data
+
+
+def test_a_tab_answer_packed_to_fill_the_memory_is_refused_unpacked_no_further() -> None:
+    """The scheme's own calls were read whole by httpx (unpacked at once) before the limit
+    looked at them: 200 MiB of zeros in 200 KB of gzip."""
+    import tracemalloc
+    import zlib
+
+    packer = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    bomb = b"".join(packer.compress(bytes(1 << 20)) for _ in range(200)) + packer.flush()
+    headers = {"content-encoding": "gzip", "content-type": "application/json"}
+    answer = lambda request: httpx.Response(200, headers=headers, stream=_Unread(bomb))  # noqa: E731
+    http = httpx.Client(transport=httpx.MockTransport(answer))
+    scheme = FourMicaCreditScheme(TestBuyer.new().key, http=http)
+    tracemalloc.start()
+    try:
+        with pytest.raises(PaymentFailed, match="larger than"):
+            prepared_and_signed(scheme, offer())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1024 * 1024, peak
+
+
 def test_a_tab_endpoint_that_cannot_be_reached_is_a_refusal_that_releases_the_budget() -> None:
     def down(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
