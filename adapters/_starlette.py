@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
-from fourmica_x402.gate import Endpoint, Gate
+from fourmica_x402.errors import FourmicaError
+from fourmica_x402.gate import Endpoint, Gate, RouterFailed
 from fourmica_x402.gate.lifecycle import Endpoints, Marker
 
 __all__ = ["StarletteRouter"]
@@ -113,7 +114,19 @@ class StarletteRouter:
         return None if front is None else self.endpoint(front, _tree(front), None)
 
     def resolver(self, scope: Scope) -> Callable[[], Endpoint | None]:
-        return lambda: self.resolve(scope)
+        return lambda: self._resolved(scope)
+
+    def _resolved(self, scope: Scope) -> Endpoint | None:
+        from starlette.exceptions import HTTPException
+
+        try:
+            return self.resolve(scope)
+        except HTTPException:  # a convertor's own answer: the app gives it, as it would
+            return None
+        except FourmicaError:
+            raise
+        except Exception as exc:  # the router itself raised: it will again, before any handler
+            raise RouterFailed(f"the router raised {type(exc).__name__}") from exc
 
 
 def _tree(front: Any) -> str:

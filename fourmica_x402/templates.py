@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Endpoint",
+    "RouterFailed",
     "canonical_template",
     "compile_pattern",
     "compile_template",
@@ -187,6 +188,12 @@ def specificity(method: str, pattern: str) -> tuple[int, int, int, bool]:
     shape = canonical_template(pattern)
     literal = len(shape.replace("{}", "").replace("*", ""))
     return -literal, shape.count("*"), shape.count("{}"), method == "*"
+
+
+class RouterFailed(Exception):
+    """The framework's router raised while an adapter asked it which route a request reaches
+    (Starlette's ``int`` convertor on a segment past Python's 4 300-digit limit): the gate
+    refuses the request (400 ``unroutable_path``), since the app's router would raise too."""
 
 
 class Endpoint:

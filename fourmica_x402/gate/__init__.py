@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio as asyncio
 
 from ..routes import Endpoint
+from ..templates import RouterFailed
 from .flow import Gate
 
 # PASS and Flow are the adapters' too, left out of __all__ as before.
@@ -77,4 +78,5 @@ __all__ = [
     "Payment",
     "RequestView",
     "Response",
+    "RouterFailed",
 ]

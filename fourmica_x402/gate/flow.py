@@ -25,6 +25,7 @@ from ..jobs import Jobs
 from ..records import Records
 from ..routes import Endpoint, Route, RouteTable
 from ..streams import Streams
+from ..templates import RouterFailed
 from ..wire import PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER
 from . import deliver, discovery, drive, endpoints, guards, metered, prices, stages
 from .background import Holds, Reconciler, recover
@@ -187,7 +188,7 @@ class Gate:
         if request.resolve is not None:
             try:
                 endpoint = request.resolve()
-            except Exception:  # the app's router cannot read this path: nothing serves it
+            except RouterFailed:  # the app's router cannot read this path: nothing serves it
                 return True
             return endpoint is not None and self.routes.for_endpoint("GET", endpoint) is not None
         return self.routes.match("GET", request.path) is not None
@@ -263,8 +264,8 @@ class Gate:
             return (yield from _fail_closed(endpoints.core_api(self, request)))
         try:  # the route the framework resolved, for a router's app (docs/architecture.md)
             endpoint = request.resolve() if request.resolve is not None else None
-        except Exception as exc:  # e.g. Starlette's int convertor on a 5 000-digit segment
-            log.info("the app's router failed on this path: %s", type(exc).__name__)
+        except RouterFailed as exc:  # e.g. Starlette's int convertor on a 5 000-digit segment
+            log.info("the app's router failed on this path: %.200r", exc.__cause__)
             return error_response(400, "unroutable_path", "the app's router cannot read this path")
         if method == "OPTIONS":  # never priced, nor run by a view priced for other methods
             if endpoint is None or endpoint.marker is not None:  # a marker refuses it itself

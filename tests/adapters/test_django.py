@@ -284,8 +284,28 @@ class SameUrlconf:
         return self.get_response(request)
 
 
+def article(request: HttpRequest, slug: str) -> JsonResponse:
+    seen.append(request.payment)
+    return JsonResponse({"slug": slug})
+
+
+class Article:
+    """A converter that answers a retired slug itself: Http404 (Django renders it a 404)."""
+
+    regex = "[a-z]+"
+
+    def to_python(self, value: str) -> str:
+        if value == "retired":
+            raise Http404("retired")
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
 if "custom" not in get_converters():  # the conformance app may share this process
     register_converter(Custom, "custom")
+    register_converter(Article, "article")
 URLS = types.ModuleType("django_adapter_urls")
 URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("free", free),
@@ -309,6 +329,7 @@ URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("paid-proxied", PaidProxied.as_view()),
     path("graph", Graph.as_view()),
     path("fallback", Fallback.as_view()),
+    path("articles/<article:slug>", article),
     path("paid-fallback", PaidFallback.as_view()),
     re_path(r"^legacy/(\d+)$", legacy),
     *i18n_patterns(path("intl", anything), path("lreport", localized)),
@@ -609,6 +630,16 @@ def test_a_class_view_answering_in_its_own_dispatch_is_priced_for_every_method(
         assert resp.status_code == 200 and resp.json() == {"method": "POST"}
         assert [p.payer for p in seen] == [buyer.address]
         assert core.position(buyer.address, network=NETWORK).locked == 50_000
+
+
+def test_a_converter_answering_http404_itself_is_djangos_404_not_refused(core: Core) -> None:
+    """The gate asks Django which view a request reaches; a converter raising Http404 there
+    made the gate answer 400 unroutable_path instead of Django's 404."""
+    with selling(core, {"GET /articles/<article:slug>": "$0.02"}):
+        client = Client()
+        assert client.get("/articles/retired").status_code == 404
+        assert amount_of(client.get("/articles/fresh")) == "20000"
+        assert seen == [] and core.guarantees() == []
 
 
 def test_a_class_view_answering_other_verbs_itself_never_runs_them_unpaid(core: Core) -> None:

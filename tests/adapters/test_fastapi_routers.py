@@ -240,6 +240,41 @@ def test_a_websocket_route_with_paid_is_refused_with_1008(core: Core) -> None:
     assert code == 1008 and calls == {}
 
 
+def test_a_convertor_answering_an_http_exception_itself_gets_the_apps_answer(
+    core: Core,
+) -> None:
+    """A convertor that raises HTTPException (a retired slug: 404) is the app's answer to
+    give, as without the middleware; any other error of the router is 400 unroutable_path."""
+    from starlette.convertors import Convertor, register_url_convertor
+    from starlette.exceptions import HTTPException
+
+    class Article(Convertor[str]):
+        regex = "[a-z]+"
+
+        def convert(self, value: str) -> str:
+            if value == "retired":
+                raise HTTPException(404, "retired")
+            return value
+
+        def to_string(self, value: str) -> str:
+            return value
+
+    register_url_convertor("fx_article", Article())
+    app, calls = FastAPI(), collections.Counter[str]()
+    FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK)
+
+    @app.get("/articles/{slug:fx_article}")
+    def read(slug: str, payment: Payment = Paid("$0.01")) -> dict[str, str]:  # noqa: B008
+        calls["read"] += 1
+        return {"slug": slug}
+
+    with TestClient(app) as client:
+        retired = client.get("/articles/retired")
+        assert retired.status_code == 404 and retired.json() == {"detail": "retired"}
+        assert client.get("/articles/fresh").status_code == 402
+    assert calls == {} and core.guarantees() == []
+
+
 def test_a_websocket_path_the_router_cannot_read_is_refused_with_1008(core: Core) -> None:
     """An int convertor on a 5 000-digit segment raises in the router the gate asks for
     the route: the handshake is refused (1008), not a crash in the middleware."""
