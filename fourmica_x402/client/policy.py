@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._eth import ZERO_ADDRESS, parse_address
@@ -322,7 +323,7 @@ class SpendingPolicy:
             return value
         if asset is None:  # an unknown token: only atomic caps can apply, so refuse to guess
             return 0
-        if asset not in dollar_assets():  # "$0.05" is no number of WETH: refuse to guess too
+        if asset not in dollar_assets() or _zero(value):  # "$0.05" is no number of WETH
             return 0
         return to_atomic(value, asset)
 
@@ -368,9 +369,9 @@ def _money(amount: int, asset: Asset | None, *, units: bool = True) -> str:
     return format_amount(amount, asset, units=units and asset is not None)
 
 
-#: What a price cap is checked against when the policy is made (the paid token's own decimals
-#: are checked when a payment is made).
-_ANY_TOKEN = Asset("", ZERO_ADDRESS, "", 18)
+#: What a price cap is checked against when the policy is made: any number of decimals a
+#: uint256 can hold (the paid token's own are checked when a payment is made).
+_ANY_TOKEN = Asset("", ZERO_ADDRESS, "any token", 77)
 
 
 def _cap(value: Money | None, name: str) -> Money | None:
@@ -380,11 +381,21 @@ def _cap(value: Money | None, name: str) -> Money | None:
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         raise ConfigurationError(f"{name}: {value} is below 0")
+    if _zero(value):
+        return value  # "$0": nothing may be spent
     try:
         to_atomic(value, _ANY_TOKEN)
     except ConfigurationError as exc:
         raise ConfigurationError(f"{name}: {exc.message}") from None
     return value
+
+
+def _zero(value: object) -> bool:
+    """Whether a price cap is zero (``"$0"``, ``Decimal(0)``): nothing may be spent."""
+    try:
+        return isinstance(value, str | Decimal) and Decimal(str(value).strip().lstrip("$")) == 0
+    except InvalidOperation:
+        return False
 
 
 def _names(values: set[str] | None, name: str) -> set[str] | None:

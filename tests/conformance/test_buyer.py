@@ -11,6 +11,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import replace
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -109,6 +110,8 @@ class Counting(Wire):
     [
         (SpendingPolicy(max_per_request="$0.005"), BudgetExhausted),
         (SpendingPolicy(max_per_request=9_999), BudgetExhausted),
+        (SpendingPolicy(max_per_request="$0"), BudgetExhausted),  # nothing may be spent
+        (SpendingPolicy(per_hour=Decimal(0)), BudgetExhausted),
         (SpendingPolicy(blocked_sellers={ZERO_ADDRESS}), BlockedSeller),  # the seller's, below
         (SpendingPolicy(allowed_sellers={"0x" + "12" * 20}), BlockedSeller),
         (SpendingPolicy(approve_new_sellers=True), NeedsApproval),
@@ -151,6 +154,8 @@ def test_a_policy_that_cannot_hold_fails_when_made_not_at_a_payment(options: Any
     the first payment, out of a call where an agent catches PaymentRefused."""
     with pytest.raises(ValueError, match=next(iter(options))):
         SpendingPolicy(**options)
+    # finer than any token the buyer pays in (checked at a payment), but a price
+    assert SpendingPolicy(max_per_request="$0.0000000000000000001").max_per_request
     with (
         pytest.raises(ValueError, match="budget"),
         SpendingPolicy().task("t", budget=0.5),  # type: ignore[arg-type]
