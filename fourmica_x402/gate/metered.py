@@ -354,8 +354,8 @@ def endpoint(gate: Gate, request: RequestView) -> Flow:
         return Response.json(
             200, {"stream": stream_id, "stopped": bool(stopped)}, [("cache-control", "no-store")]
         )
-    if not (number.isascii() and number.isdigit()) or len(number) > 9:
-        return _refused("unknown_stream")
+    if not (number.isascii() and number.isdigit()) or len(number) > 9 or number[0] == "0":
+        return _refused("unknown_stream")  # slices count from 1, each at one URL (no "02")
     if method != "POST":
         return error_response(
             405, "method_not_allowed", "pay for a slice with POST", [("allow", "POST")]

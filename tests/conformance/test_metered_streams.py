@@ -211,7 +211,8 @@ def test_a_later_slice_is_only_for_the_streams_payer(
                 missing = client.post(bad)
                 assert missing.status_code == 404 and missing.json()["error"] == "unknown_stream"
             # a slice number of digits int() refuses ('²', '¹'): no such slice, not a 500
-            for digit in ("%C2%B2", "%C2%B9"):
+            # nor a slice 0, nor slice 2 at a second URL ("02": sold twice, once at each)
+            for digit in ("%C2%B2", "%C2%B9", "0", "02", "0002"):
                 odd = client.post(asked["pay"][: -len("2")] + digit)
                 assert odd.status_code == 404 and odd.json()["error"] == "unknown_stream"
             paid = client.post(
