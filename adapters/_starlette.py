@@ -121,8 +121,9 @@ class StarletteRouter:
 
         try:
             return self.resolve(scope)
-        except HTTPException:  # a convertor's own answer: the app gives it, as it would
-            return None
+        except HTTPException as exc:  # a convertor's own answer, given here: passed on, the
+            # router asks the convertor again, and one reading context may then let it through
+            raise RouterFailed(str(exc.detail), exc.status_code) from exc
         except FourmicaError:
             raise
         except Exception as exc:  # the router itself raised: it will again, before any handler

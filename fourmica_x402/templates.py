@@ -193,7 +193,12 @@ def specificity(method: str, pattern: str) -> tuple[int, int, int, bool]:
 class RouterFailed(Exception):
     """The framework's router raised while an adapter asked it which route a request reaches
     (Starlette's ``int`` convertor on a segment past Python's 4 300-digit limit): the gate
-    refuses the request (400 ``unroutable_path``), since the app's router would raise too."""
+    refuses the request (``status``: 400 ``unroutable_path``, or the status of an HTTP error
+    a convertor raised itself), never passing it on unpriced."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status if 400 <= status <= 599 else 400
 
 
 class Endpoint:

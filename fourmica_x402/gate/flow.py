@@ -266,7 +266,8 @@ class Gate:
             endpoint = request.resolve() if request.resolve is not None else None
         except RouterFailed as exc:  # e.g. Starlette's int convertor on a 5 000-digit segment
             log.info("the app's router failed on this path: %.200r", exc.__cause__)
-            return error_response(400, "unroutable_path", "the app's router cannot read this path")
+            message = str(exc) if exc.status != 400 else "the app's router cannot read this path"
+            return error_response(exc.status, "unroutable_path", message[:200])
         if method == "OPTIONS":  # never priced, nor run by a view priced for other methods
             if endpoint is None or endpoint.marker is not None:  # a marker refuses it itself
                 return PASS
