@@ -26,6 +26,10 @@ import pytest
 DATA = Path(__file__).parent / "data"
 POSTGRES_ENV = "FOURMICA_TEST_POSTGRES_URL"
 
+# A developer's own database, exported as the README shows, is the default Core of every
+# PaymentConfig: the tests (and the servers they start) must never write into it.
+os.environ.pop("FOURMICA_X402_DB", None)
+
 
 @pytest.fixture(scope="session")
 def vectors() -> dict[str, Any]:
