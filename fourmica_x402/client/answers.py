@@ -72,6 +72,8 @@ def _decoded(response: httpx.Response, body: bytes, limit: int) -> bytes:
     codings httpx does not unpack (brotli or zstd without their library, unknown ones) are
     left as they are, as httpx leaves them."""
     codings = response.headers.get_list("content-encoding", split_commas=True)
+    if not body:  # an empty answer (a HEAD's, a 204) labelled with a coding: nothing to undo
+        return body
     for coding in reversed([c.strip().lower() for c in codings]):
         if coding == "br":
             body = _unbrotli(body, limit)
@@ -106,14 +108,17 @@ def _unbrotli(data: bytes, limit: int) -> bytes:
                 limit, "an answer to parse came brotli-encoded: not read"
             ) from None
         return data  # httpx does not unpack it either
+    unpacker = brotli.Decompressor()
     try:  # brotli 1.2 bounds its output; an older one cannot be stopped on the way
-        out: bytes = brotli.Decompressor().process(data, output_buffer_limit=limit + 1)
+        out: bytes = unpacker.process(data, output_buffer_limit=limit + 1)
     except TypeError:
         raise AnswerTooLarge(limit, "an answer to parse came brotli-encoded: not read") from None
     except brotli.error as exc:
         raise AnswerTooLarge(limit, f"an answer to parse is not valid brotli: {exc}") from None
     if len(out) > limit:
         raise AnswerTooLarge(limit)
+    if not unpacker.is_finished():  # cut short: httpx would not hand half an answer on
+        raise AnswerTooLarge(limit, "an answer to parse is not valid brotli: it is cut short")
     return out
 
 

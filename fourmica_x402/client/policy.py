@@ -325,7 +325,10 @@ class SpendingPolicy:
             return 0
         if asset not in dollar_assets() or _zero(value):  # "$0.05" is no number of WETH
             return 0
-        return to_atomic(value, asset)
+        # Rounded down to the token's units, against the buyer: a cap finer than the token
+        # ("$0.0000001" of USDC) lets nothing through rather than failing the payment.
+        shift = _ANY_TOKEN.decimals - asset.decimals
+        return to_atomic(value, asset if shift <= 0 else _ANY_TOKEN) // 10 ** max(shift, 0)
 
 
 def _exceeded(what: str, spent: int, amount: int, token: Asset | None) -> str:

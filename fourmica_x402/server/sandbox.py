@@ -96,9 +96,11 @@ def close_cycle(service: Service, body: dict[str, Any]) -> Any:
 @_sandboxed
 def pay_debit(service: Service, body: dict[str, Any]) -> Any:
     cycle_id = integer(required(body, "cycle_id"), "cycle_id")
-    return service.core.pay_net_debit(
-        cycle_id, str(required(body, "address")), body.get("amount")
-    ).to_dict()
+    amount = body.get("amount")
+    if amount is not None:  # as the other calls take it: atomic units or "$1.50" in its token
+        cycle = service.core.cycle(cycle_id)
+        amount = _amount(amount, cycle.network, cycle.asset)
+    return service.core.pay_net_debit(cycle_id, str(required(body, "address")), amount).to_dict()
 
 
 @_sandboxed

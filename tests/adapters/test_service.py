@@ -1896,6 +1896,33 @@ def test_open_reads_run_on_their_own_thread_and_are_shared_while_queued() -> Non
     assert not closed.startswith("fourmica-reads")  # after the app's end: a worker thread
 
 
+def test_the_sandbox_takes_a_debit_payment_in_dollars_as_its_other_calls_do(
+    tmp_path: Path,
+) -> None:
+    """``/sandbox/debits/pay`` passed ``amount`` on as it came: "$0.0001" or "100" was 400
+    ``invalid_amount``, where deposits and withdrawals read both."""
+    config = CoreConfig(resolution_delay=0, payment_window=60, finality=60)
+    core = Core(str(tmp_path / "core.db"), config=config)
+    payer, seller = TestBuyer.new(), TestBuyer.new()
+    with TestClient(create_app(core, sandbox=True, tick_interval=None, webhooks=False)) as client:
+        assert client.post("/sandbox/deposit", json={"address": payer.address, "amount": "$1"})
+        core.accept(*payer.pay(core, seller.address, 300))
+        cycle_id = client.post("/sandbox/cycles/close", json={}).json()["cycle_id"]
+        assert client.post("/sandbox/tick", json={}).json()["resolved"] == 1
+        body = {"cycle_id": cycle_id, "address": payer.address}
+        assert (
+            client.post("/sandbox/debits/pay", json={**body, "amount": "$0.0001"}).json()["paid"]
+            == 100
+        )
+        assert (
+            client.post("/sandbox/debits/pay", json={**body, "amount": "150"}).json()["paid"] == 250
+        )
+        refused = client.post("/sandbox/debits/pay", json={**body, "amount": "$0.00005x"})
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_request"
+        assert client.post("/sandbox/debits/pay", json=body).json()["status"] == "paid"
+    core.close()
+
+
 def test_a_refund_of_a_guarantee_cancelled_meanwhile_tells_the_buyer_it_is_not_charged(
     tmp_path: Path,
 ) -> None:

@@ -112,6 +112,8 @@ class Counting(Wire):
         (SpendingPolicy(max_per_request=9_999), BudgetExhausted),
         (SpendingPolicy(max_per_request="$0"), BudgetExhausted),  # nothing may be spent
         (SpendingPolicy(per_hour=Decimal(0)), BudgetExhausted),
+        # finer than USDC's 6 decimals: rounded down, against the buyer (it failed the call)
+        (SpendingPolicy(max_per_request="$0.0000001"), BudgetExhausted),
         (SpendingPolicy(blocked_sellers={ZERO_ADDRESS}), BlockedSeller),  # the seller's, below
         (SpendingPolicy(allowed_sellers={"0x" + "12" * 20}), BlockedSeller),
         (SpendingPolicy(approve_new_sellers=True), NeedsApproval),
