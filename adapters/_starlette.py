@@ -23,9 +23,10 @@ class StarletteRouter:
 
     def __init__(self, router: Any, marker: Callable[[Any], Marker | None]) -> None:
         from starlette.convertors import CONVERTOR_TYPES
+        from starlette.exceptions import HTTPException
         from starlette.routing import Host, Match, Mount, WebSocketRoute
 
-        self.router, self._nested = router, (Mount, Host)
+        self.router, self._nested, self._http_error = router, (Mount, Host), HTTPException
         self._full, self._none = Match.FULL, Match.NONE
         self.endpoint = Endpoints(
             lambda route: (marker(route), getattr(route, "methods", None)),
@@ -117,11 +118,9 @@ class StarletteRouter:
         return lambda: self._resolved(scope)
 
     def _resolved(self, scope: Scope) -> Endpoint | None:
-        from starlette.exceptions import HTTPException
-
         try:
             return self.resolve(scope)
-        except HTTPException as exc:  # a convertor's own answer, given here: passed on, the
+        except self._http_error as exc:  # a convertor's own answer, given here: passed on, the
             # router asks the convertor again, and one reading context may then let it through
             raise RouterFailed(str(exc.detail), exc.status_code) from exc
         except FourmicaError:
