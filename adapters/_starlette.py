@@ -120,9 +120,9 @@ class StarletteRouter:
     def _resolved(self, scope: Scope) -> Endpoint | None:
         try:
             return self.resolve(scope)
-        except self._http_error as exc:  # a convertor's own answer, given here: passed on, the
-            # router asks the convertor again, and one reading context may then let it through
-            raise RouterFailed(str(exc.detail), exc.status_code) from exc
+        except self._http_error as exc:  # a convertor's own answer (the gate decides who gives it)
+            headers = [(str(k), str(v)) for k, v in (exc.headers or {}).items()]
+            raise RouterFailed(str(exc.detail), exc.status_code, headers, answer=True) from exc
         except FourmicaError:
             raise
         except Exception as exc:  # the router itself raised: it will again, before any handler

@@ -25,6 +25,7 @@ __all__ = [
     "converters_in",
     "display_template",
     "matches_slash",
+    "path_matcher",
     "spans",
     "typed_template",
 ]
@@ -160,6 +161,15 @@ def compile_template(pattern: str) -> re.Pattern[str]:
     return re.compile(regex + r"/?\Z", re.IGNORECASE | re.DOTALL)
 
 
+def path_matcher(pattern: str) -> re.Pattern[str]:
+    """A table entry as a matcher of request paths, wider than its router (any parameter is
+    any segment, ``*`` anything): whether the entry *may* price a path the router could not
+    resolve."""
+    parts = re.split(r"(\{\}|\*)", canonical_template(pattern))
+    regex = "".join("[^/]+" if p == "{}" else ".*" if p == "*" else re.escape(p) for p in parts)
+    return re.compile(regex + r"/?\Z", re.IGNORECASE | re.DOTALL)
+
+
 _SEGMENT = re.compile(r"(?<=/):([A-Za-z_][A-Za-z0-9_]*)(?=/|\Z)|\[([A-Za-z_][A-Za-z0-9_]*)\]|\*")
 
 
@@ -191,14 +201,22 @@ def specificity(method: str, pattern: str) -> tuple[int, int, int, bool]:
 
 
 class RouterFailed(Exception):
-    """The framework's router raised while an adapter asked it which route a request reaches
-    (Starlette's ``int`` convertor on a segment past Python's 4 300-digit limit): the gate
-    refuses the request (``status``: 400 ``unroutable_path``, or the status of an HTTP error
-    a convertor raised itself), never passing it on unpriced."""
+    """The framework's router raised while an adapter asked it which route a request reaches:
+    an error of its own (Starlette's ``int`` convertor on a segment past Python's 4 300-digit
+    limit: 400 ``unroutable_path``), or an HTTP answer a convertor gave (``answer``: its
+    ``status`` and ``headers``), which the gate gives itself when a priced route may be
+    concerned and leaves to the app otherwise (docs/architecture.md, "Which route is priced")."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(
+        self,
+        message: str,
+        status: int = 400,
+        headers: list[tuple[str, str]] | None = None,
+        answer: bool = False,
+    ) -> None:
         super().__init__(message)
-        self.status = status if 400 <= status <= 599 else 400
+        valid = isinstance(status, int) and 300 <= status <= 599
+        self.status, self.headers, self.answer = status if valid else 400, headers or [], answer
 
 
 class Endpoint:

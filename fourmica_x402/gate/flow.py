@@ -25,7 +25,7 @@ from ..jobs import Jobs
 from ..records import Records
 from ..routes import Endpoint, Route, RouteTable
 from ..streams import Streams
-from ..templates import RouterFailed
+from ..templates import RouterFailed, path_matcher
 from ..wire import PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER
 from . import deliver, discovery, drive, endpoints, guards, metered, prices, stages
 from .background import Holds, Reconciler, recover
@@ -188,8 +188,8 @@ class Gate:
         if request.resolve is not None:
             try:
                 endpoint = request.resolve()
-            except RouterFailed:  # the app's router cannot read this path: nothing serves it
-                return True
+            except RouterFailed as exc:  # as _unroutable: a convertor's answer is the app's
+                return not exc.answer or self._unroutable(exc, "GET", request.path) is not PASS
             return endpoint is not None and self.routes.for_endpoint("GET", endpoint) is not None
         return self.routes.match("GET", request.path) is not None
 
@@ -265,9 +265,7 @@ class Gate:
         try:  # the route the framework resolved, for a router's app (docs/architecture.md)
             endpoint = request.resolve() if request.resolve is not None else None
         except RouterFailed as exc:  # e.g. Starlette's int convertor on a 5 000-digit segment
-            log.info("the app's router failed on this path: %.200r", exc.__cause__)
-            message = str(exc) if exc.status != 400 else "the app's router cannot read this path"
-            return error_response(exc.status, "unroutable_path", message[:200])
+            return self._unroutable(exc, method, request.path)
         if method == "OPTIONS":  # never priced, nor run by a view priced for other methods
             if endpoint is None or endpoint.marker is not None:  # a marker refuses it itself
                 return PASS
@@ -326,6 +324,23 @@ class Gate:
                     self, request, route, reqs, exc.reason, version=version_of(request)
                 )
             return error_response(503, exc.reason, exc.message)
+
+    def _unroutable(self, exc: RouterFailed, method: str, path: str) -> Response | object:
+        """The app's router raised while the gate asked it for the route. Its own error: 400
+        (it would raise again, before any handler). A convertor's HTTP answer: the app gives
+        it, unless a table entry may price this path; then the gate gives it (passed on, the
+        router asks the convertor again, and one reading context could let the route through
+        unpaid; a marker refuses that itself)."""
+        if not exc.answer:
+            log.info("the app's router failed on this path: %.200r", exc.__cause__)
+            return error_response(400, "unroutable_path", "the app's router cannot read this path")
+        alias = "GET" if method == "HEAD" else method
+        if not any(
+            route.method in ("*", method, alias) and path_matcher(route.pattern).match(path)
+            for route in self.routes.routes
+        ):
+            return PASS
+        return error_response(exc.status, "unroutable_path", str(exc)[:200], exc.headers)
 
     def response_start(self, state: Paid, status: int, cache_control: str | None = None) -> Flow:
         """Headers to add when the handler's response starts, or a replacement response

@@ -240,12 +240,13 @@ def test_a_websocket_route_with_paid_is_refused_with_1008(core: Core) -> None:
     assert code == 1008 and calls == {}
 
 
-def test_a_convertor_answering_an_http_exception_itself_is_answered_never_passed_on(
+def test_a_convertors_http_answer_on_a_priced_path_is_given_by_the_gate_never_passed_on(
     core: Core,
 ) -> None:
-    """A convertor that raises HTTPException (a retired slug: 404) gets that status, from the
-    gate: passed on unpriced, the router asks the convertor again, and one that reads context
-    (a tenant a middleware inside ours sets, a cache) let a table-priced handler run unpaid."""
+    """A convertor that raises HTTPException (a retired slug: 404; a moved one: 307) on a path
+    a table entry prices gets that answer from the gate: passed on unpriced, the router asks
+    the convertor again, and one that reads context (a tenant a middleware inside ours sets,
+    a cache) let the handler run unpaid. On a free path the app gives its own answer."""
     from starlette.convertors import Convertor, register_url_convertor
     from starlette.exceptions import HTTPException
 
@@ -256,7 +257,9 @@ def test_a_convertor_answering_an_http_exception_itself_is_answered_never_passed
 
         def convert(self, value: str) -> str:
             asked[value] += 1
-            if value == "retired" or (value == "flaky" and asked[value] == 1):
+            if value == "old":
+                raise HTTPException(307, "moved", headers={"Location": "/articles/new"})
+            if value == "retired" or (value in ("flaky", "wobbly") and asked[value] % 2 == 1):
                 raise HTTPException(404, "no such article")
             return value
 
@@ -274,13 +277,24 @@ def test_a_convertor_answering_an_http_exception_itself_is_answered_never_passed
         calls[slug] += 1
         return {"slug": slug}
 
-    with TestClient(app) as client:
+    @app.get("/free/{slug:fx_article}")
+    def free(slug: str) -> dict[str, str]:
+        calls["free " + slug] += 1
+        return {"slug": slug}
+
+    with TestClient(app, follow_redirects=False) as client:
         for slug in ("flaky", "retired"):
             refused = client.get(f"/articles/{slug}")
             assert refused.status_code == 404, (slug, refused.status_code)
             assert refused.json() == {"error": "unroutable_path", "message": "no such article"}
+        moved = client.get("/articles/old")
+        assert moved.status_code == 307 and moved.headers["location"] == "/articles/new"
         assert client.get("/articles/fresh").status_code == 402
-    assert calls == {} and core.guarantees() == []
+        assert calls == {} and core.guarantees() == []
+        # a free path: the app's own answer (FastAPI's shape), and its route once it reads
+        assert client.get("/free/retired").json() == {"detail": "no such article"}
+        assert client.get("/free/wobbly").json() == {"slug": "wobbly"}  # the app's 2nd ask
+    assert calls == {"free wobbly": 1} and core.guarantees() == []
 
 
 def test_a_websocket_path_the_router_cannot_read_is_refused_with_1008(core: Core) -> None:
