@@ -15,7 +15,7 @@ import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, Inexact, InvalidOperation, Overflow, localcontext
 from typing import Any
 
 from ._eth import parse_address
@@ -192,6 +192,10 @@ def parse_amount(value: object) -> int:
     return result
 
 
+#: Significant digits a price is scaled with: enough for any uint256 amount, exactly.
+_EXACT_DIGITS = 200
+
+
 def to_atomic(price: Price, asset: Asset) -> int:
     """Convert a human price into atomic units of ``asset`` exactly.
 
@@ -221,7 +225,12 @@ def to_atomic(price: Price, asset: Asset) -> int:
         )
     if not value.is_finite() or value <= 0:
         raise ConfigurationError(f"price {price!r} must be a positive amount")
-    scaled = value.scaleb(asset.decimals)
+    try:  # exactly: the default context's 28 digits would round "0.999…9" (29 nines) up
+        with localcontext(prec=_EXACT_DIGITS) as exact:
+            exact.traps[Inexact] = exact.traps[Overflow] = True
+            scaled = value.scaleb(asset.decimals)
+    except ArithmeticError:
+        raise ConfigurationError(f"price {price!r:.40} is too large or too fine") from None
     if scaled != scaled.to_integral_value():
         raise ConfigurationError(
             f"price {price!r} has more decimals than {asset.symbol} supports ({asset.decimals})"

@@ -52,7 +52,14 @@ def test_prices_parse_exactly(price: object, atomic: int) -> None:
 
 @pytest.mark.parametrize(
     "price",
-    ["$0.0000001", "0.1234567", 0.1, True, "", "$", "abc", "-1", "0", "NaN", "Infinity", None, [1]],
+    [
+        *("$0.0000001", "0.1234567", 0.1, True, "", "$", "abc", "-1", "0", "NaN", "Infinity"),
+        *(None, [1]),
+        # more digits than Decimal's default 28: it rounded them into a whole number of units
+        "0.99999999999999999999999999999",
+        Decimal("0.1000000000000000000000000000001"),
+        "$1E+1000000",  # decimal.Overflow, not a configuration error, before
+    ],
 )
 def test_bad_prices_fail_at_configuration_time(price: object) -> None:
     with pytest.raises(ConfigurationError):
