@@ -464,7 +464,8 @@ def test_a_table_entry_naming_no_url_pattern_fails_at_start_up(configured: None)
             WSGIHandler()
         with pytest.raises(ConfigurationError, match="/itmes/:id"):
             ASGIHandler()
-    bad = override_settings(ROOT_URLCONF=BAD_URLS.__name__, FOURMICA_X402={"PAY_TO": SELLER})
+    only = {"PAY_TO": SELLER, "CORE": settings.FOURMICA_X402["CORE"]}  # not ./fourmica_x402.db
+    bad = override_settings(ROOT_URLCONF=BAD_URLS.__name__, FOURMICA_X402=only)
     with bad, pytest.raises(ConfigurationError, match="not registered"):
         WSGIHandler()  # a @paid price the settings make invalid
 

@@ -85,6 +85,34 @@ def test_a_url_of_another_database_is_refused_by_name_not_opened_as_a_path(
     assert "secret" not in str(refused.value) and list(tmp_path.iterdir()) == []
 
 
+def test_a_relative_sqlite_path_names_one_file_whatever_the_directory_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each thread opens its own connection: one opened after the process changed its
+    directory (a daemon, a test's chdir undone) opened another, empty file of that name."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    store = open_store("sqlite:///relative.db")
+    try:
+        with store.transaction() as tx:
+            tx.execute("CREATE TABLE t (x INTEGER)")
+        monkeypatch.chdir(tmp_path / "b")
+
+        def write() -> None:  # a new thread: a new connection
+            with store.transaction() as tx:
+                tx.execute("INSERT INTO t VALUES (1)")
+
+        worker = threading.Thread(target=write)
+        worker.start()
+        worker.join(10)
+        with store.transaction(write=False) as tx:
+            assert tx.one("SELECT COUNT(*) FROM t") == (1,)
+        assert not (tmp_path / "b" / "relative.db").exists()
+    finally:
+        store.close()
+
+
 def test_commit_on_normal_exit(store: Store) -> None:
     with store.transaction() as tx:
         tx.execute("INSERT INTO kv (k, v) VALUES (?, ?)", ("a", 1))
