@@ -122,7 +122,7 @@ class StarletteRouter:
             return self.resolve(scope)
         except self._http_error as exc:  # a convertor's own answer (the gate decides who gives it)
             headers = [(str(k), str(v)) for k, v in (exc.headers or {}).items()]
-            raise RouterFailed(str(exc.detail), exc.status_code, headers, answer=True) from exc
+            raise RouterFailed(str(exc.detail), exc.status_code, headers, scope["path"]) from exc
         except FourmicaError:
             raise
         except Exception as exc:  # the router itself raised: it will again, before any handler

@@ -162,12 +162,14 @@ def compile_template(pattern: str) -> re.Pattern[str]:
 
 
 def path_matcher(pattern: str) -> re.Pattern[str]:
-    """A table entry as a matcher of request paths, wider than its router (any parameter is
-    any segment, ``*`` anything): whether the entry *may* price a path the router could not
-    resolve."""
-    parts = re.split(r"(\{\}|\*)", canonical_template(pattern))
-    regex = "".join("[^/]+" if p == "{}" else ".*" if p == "*" else re.escape(p) for p in parts)
-    return re.compile(regex + r"/?\Z", re.IGNORECASE | re.DOTALL)
+    """A table entry as a matcher of request paths, never narrower than a router (any
+    parameter, typed or not, is anything, ``/`` included; a trailing ``/*`` the bare prefix
+    too): whether the entry *may* price a path the router could not resolve."""
+    body = canonical_template(pattern)
+    prefix_too = body.endswith("/*")
+    parts = re.split(r"(\{\}|\*)", body[:-2] if prefix_too else body)
+    regex = "".join(".*" if p in ("{}", "*") else re.escape(p) for p in parts)
+    return re.compile(regex + ("(?:/.*)?" if prefix_too else "") + r"/?\Z", re.I | re.DOTALL)
 
 
 _SEGMENT = re.compile(r"(?<=/):([A-Za-z_][A-Za-z0-9_]*)(?=/|\Z)|\[([A-Za-z_][A-Za-z0-9_]*)\]|\*")
@@ -203,7 +205,7 @@ def specificity(method: str, pattern: str) -> tuple[int, int, int, bool]:
 class RouterFailed(Exception):
     """The framework's router raised while an adapter asked it which route a request reaches:
     an error of its own (Starlette's ``int`` convertor on a segment past Python's 4 300-digit
-    limit: 400 ``unroutable_path``), or an HTTP answer a convertor gave (``answer``: its
+    limit: 400 ``unroutable_path``), or an HTTP answer a convertor gave (``path`` given: its
     ``status`` and ``headers``), which the gate gives itself when a priced route may be
     concerned and leaves to the app otherwise (docs/architecture.md, "Which route is priced")."""
 
@@ -212,11 +214,13 @@ class RouterFailed(Exception):
         message: str,
         status: int = 400,
         headers: list[tuple[str, str]] | None = None,
-        answer: bool = False,
+        path: str | None = None,
     ) -> None:
         super().__init__(message)
         valid = isinstance(status, int) and 300 <= status <= 599
-        self.status, self.headers, self.answer = status if valid else 400, headers or [], answer
+        self.status, self.headers = status if valid else 400, headers or []
+        #: An HTTP answer (``path``: the request's whole path, as the router may read it).
+        self.answer, self.path = path is not None, path
 
 
 class Endpoint:

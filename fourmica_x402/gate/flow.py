@@ -53,6 +53,8 @@ if TYPE_CHECKING:
     from ..alerts import GateAlerts
 
 log = logging.getLogger("fourmica_x402.gate")
+#: A convertor's headers that would describe another body than the gate's answer.
+_BODY_HEADERS = frozenset({"content-length", "content-type", "transfer-encoding"})
 
 
 class Gate:
@@ -335,12 +337,15 @@ class Gate:
             log.info("the app's router failed on this path: %.200r", exc.__cause__)
             return error_response(400, "unroutable_path", "the app's router cannot read this path")
         alias = "GET" if method == "HEAD" else method
+        paths = {"/" + p.lstrip("/") for p in (path, exc.path or path)}  # a root_path's or not
         if not any(
-            route.method in ("*", method, alias) and path_matcher(route.pattern).match(path)
+            route.method in ("*", method, alias) and path_matcher(route.pattern).match(p)
             for route in self.routes.routes
+            for p in paths
         ):
             return PASS
-        return error_response(exc.status, "unroutable_path", str(exc)[:200], exc.headers)
+        kept = [(k, v) for k, v in exc.headers if k.lower() not in _BODY_HEADERS]
+        return error_response(exc.status, "unroutable_path", str(exc)[:200], kept)
 
     def response_start(self, state: Paid, status: int, cache_control: str | None = None) -> Flow:
         """Headers to add when the handler's response starts, or a replacement response

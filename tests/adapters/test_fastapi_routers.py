@@ -297,6 +297,98 @@ def test_a_convertors_http_answer_on_a_priced_path_is_given_by_the_gate_never_pa
     assert calls == {"free wobbly": 1} and core.guarantees() == []
 
 
+def _refused_on_first_ask(name: str, regex: str, **headers: str) -> None:
+    """Register convertor ``name``: it refuses a value the first time it is asked (404, as
+    one reading context a middleware inside ours has not set yet, or a cold cache), then
+    reads it; the gate asks before the router does."""
+    from starlette.convertors import Convertor, register_url_convertor
+    from starlette.exceptions import HTTPException
+
+    asked = collections.Counter[str]()
+
+    class FirstAskRefused(Convertor[str]):
+        def convert(self, value: str) -> str:
+            asked[value] += 1
+            if asked[value] == 1:
+                raise HTTPException(404, "not loaded yet", headers=headers or None)
+            return value
+
+        def to_string(self, value: str) -> str:
+            return value
+
+    FirstAskRefused.regex = regex
+    register_url_convertor(name, FirstAskRefused())
+
+
+@pytest.mark.parametrize(
+    ("entry", "route", "path"),
+    [
+        # the route's own slash-matching convertor, written in the table entry
+        ("GET /files/{p:fx_span}", "/files/{p:fx_span}", "/files/a/b"),
+        ("GET /shop/{tenant}/*", "/shop/{tenant:fx_word}", "/shop/acme"),  # the bare prefix
+    ],
+)
+def test_a_table_entry_that_may_price_a_path_is_never_narrower_than_the_router(
+    core: Core, entry: str, route: str, path: str
+) -> None:
+    """Where the gate passes a convertor's HTTP answer on, it judged no entry may price the
+    path: a matcher narrower than the router (a parameter taken as one segment, a prefix's
+    ``/*`` not covering the prefix) let a convertor that reads context run the route unpaid."""
+    _refused_on_first_ask("fx_span", ".+", **{"Content-Length": "0"})
+    _refused_on_first_ask("fx_word", "[a-z]+", **{"Content-Length": "0"})
+    app, calls = FastAPI(), collections.Counter[str]()
+    FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK, routes={entry: "$0.01"})
+
+    @app.get(route)
+    def read(request: Request) -> dict[str, str]:
+        calls[request.url.path] += 1
+        return {}
+
+    with TestClient(app) as client:
+        refused = client.get(path)
+        assert refused.status_code == 404 and calls == {}, (refused.status_code, calls)
+        # the convertor's Content-Length would have described another body than the gate's
+        assert int(refused.headers["content-length"]) == len(refused.content) > 0
+        assert client.get(path).status_code == 402  # read now: priced, never run unpaid
+    assert calls == {} and core.guarantees() == []
+
+
+def test_a_root_path_the_router_reads_otherwise_is_judged_on_both_paths(core: Core) -> None:
+    """With ``root_path`` "/api/" (a trailing slash) the gate reads the path below it while
+    Starlette routes the whole path: a convertor's answer on the priced route was passed on,
+    and the route ran unpaid once the convertor read its value."""
+    import asyncio
+
+    from fourmica_x402.testing import http_scope
+
+    _refused_on_first_ask("fx_tenant", "[a-z]+")
+    app, calls = FastAPI(), collections.Counter[str]()
+    routes = {"GET /api/shop/{t}": "$0.01"}
+    FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK, routes=routes)
+
+    @app.get("/api/shop/{t:fx_tenant}")
+    def shop(t: str) -> dict[str, str]:
+        calls[t] += 1
+        return {"t": t}
+
+    async def status(path: str) -> int:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(http_scope("GET", path, root_path="/api/"), receive, send)
+        return int(sent[0]["status"])
+
+    with TestClient(app):  # started: the router is known
+        assert asyncio.run(status("/api/shop/acme")) == 404
+        assert asyncio.run(status("/api/shop/acme")) == 402
+    assert calls == {} and core.guarantees() == []
+
+
 def test_a_websocket_path_the_router_cannot_read_is_refused_with_1008(core: Core) -> None:
     """An int convertor on a 5 000-digit segment raises in the router the gate asks for
     the route: the handshake is refused (1008), not a crash in the middleware."""
