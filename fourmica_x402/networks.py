@@ -15,7 +15,7 @@ import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal, Inexact, InvalidOperation, Overflow, localcontext
+from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, localcontext
 from typing import Any
 
 from ._eth import parse_address
@@ -226,8 +226,7 @@ def to_atomic(price: Price, asset: Asset) -> int:
     if not value.is_finite() or value <= 0:
         raise ConfigurationError(f"price {price!r} must be a positive amount")
     try:  # exactly: the default context's 28 digits would round "0.999…9" (29 nines) up
-        with localcontext(prec=_EXACT_DIGITS) as exact:
-            exact.traps[Inexact] = exact.traps[Overflow] = True
+        with localcontext(Context(prec=_EXACT_DIGITS, traps=[Inexact, Overflow])):
             scaled = value.scaleb(asset.decimals)
     except ArithmeticError:
         raise ConfigurationError(f"price {price!r:.40} is too large or too fine") from None

@@ -50,6 +50,16 @@ def test_prices_parse_exactly(price: object, atomic: int) -> None:
     assert to_atomic(price, USDC) == atomic  # type: ignore[arg-type]
 
 
+def test_prices_scale_the_same_whatever_the_callers_decimal_context() -> None:
+    """The exact scaling used a copy of the caller's context: one trapping Rounded refused
+    a valid price written with 300 trailing zeros; one of 4 digits would round it."""
+    import decimal
+
+    with decimal.localcontext(decimal.Context(prec=4, traps=[decimal.Rounded])):
+        assert to_atomic("$12345.678901", USDC) == 12_345_678_901
+        assert to_atomic("$1." + "0" * 300, USDC) == 1_000_000
+
+
 @pytest.mark.parametrize(
     "price",
     [

@@ -113,6 +113,28 @@ def test_a_relative_sqlite_path_names_one_file_whatever_the_directory_later(
         store.close()
 
 
+def test_a_relative_path_through_a_symlink_opens_the_file_sqlite_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Made absolute by text ("link/../x.db" collapsed to "x.db"), the path named another,
+    empty file than the one SQLite opens, which follows the link first."""
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "link").symlink_to(tmp_path / "real" / "sub")
+    with contextlib.closing(sqlite3.connect(tmp_path / "real" / "old.db")) as conn:
+        conn.execute("CREATE TABLE t (x INTEGER)")
+        conn.execute("INSERT INTO t VALUES (7)")
+        conn.commit()
+    monkeypatch.chdir(tmp_path / "a")
+    store = open_store("sqlite:///link/../old.db")
+    try:
+        with store.transaction(write=False) as tx:
+            assert tx.one("SELECT x FROM t") == (7,)
+    finally:
+        store.close()
+    assert not (tmp_path / "a" / "old.db").exists()
+
+
 def test_commit_on_normal_exit(store: Store) -> None:
     with store.transaction() as tx:
         tx.execute("INSERT INTO kv (k, v) VALUES (?, ?)", ("a", 1))

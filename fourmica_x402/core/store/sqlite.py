@@ -129,10 +129,14 @@ class SQLiteStore:
     def __init__(self, url: str, *, busy_timeout_ms: int = 30_000) -> None:
         self.url = url
         self.path = _path_of(url)
-        if self.path != ":memory:" and not self.path.startswith("file:"):
+        if self.path not in ("", ":memory:") and not self.path.startswith("file:"):
             # Every thread opens its own connection: a relative path read after the process
             # changed its directory (a daemon, a test) would open another, empty database.
-            self.path = os.path.abspath(self.path)
+            # Joined, not normalised: "link/../x.db" is what SQLite resolves, symlink first.
+            try:
+                self.path = os.path.join(os.getcwd(), self.path)
+            except OSError as exc:  # the working directory is gone
+                raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from None
         self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
