@@ -282,7 +282,7 @@ class Gate:
                     return refused
         else:  # a router-less app: its raw path
             route = self.routes.match(method, request.path)
-            if _ambiguous(request) and (
+            if _ambiguous(request, empty_segments=True) and (
                 route is not None or self._matches_variant(method, request)
             ):
                 return error_response(400, "ambiguous_path", "ambiguous request path")
@@ -422,9 +422,12 @@ def _allow(priced: frozenset[str]) -> tuple[str, str]:
     return "allow", ", ".join(sorted(methods))
 
 
-def _ambiguous(request: RequestView) -> bool:
-    """Encodings a proxy and the framework may read differently: refuse, never guess."""
+def _ambiguous(request: RequestView, empty_segments: bool = False) -> bool:
+    """Encodings a proxy and the framework may read differently: refuse, never guess.
+    ``empty_segments``: an app without a router may read ``//x`` as ``/x`` (a file server)."""
     raw = request.raw_path or ""
+    if empty_segments and ("//" in request.path or "//" in raw):
+        return True
     lowered = raw.lower()
     if "%2f" in lowered or "%5c" in lowered or "\\" in raw or "\\" in request.path:
         return True
