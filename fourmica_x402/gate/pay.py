@@ -110,7 +110,7 @@ def paid(
             gate, request, route, requirements, exc.reason, version=version_of(request)
         )
     payer = signed.claims.user_address
-    wait = throttle.blocked(payer)
+    wait = throttle.blocked(throttle.payer_key(payer, request.client))
     if wait > 0:
         return throttle.answer(wait)
     header_hash = hashlib.sha256(header.encode("ascii", "replace")).hexdigest()

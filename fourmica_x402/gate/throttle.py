@@ -66,9 +66,12 @@ class Throttle:
         """Throttle who caused a refusal, and only them.
 
         An invalid signature proves nothing about the claimed payer (anyone could name a
-        victim), so it counts against the client address; a refusal of a properly signed
-        payment (no collateral left, a replay, a mismatch) counts against its payer, never
-        against everyone else behind the same address (a NAT, a proxy, an agent platform).
+        victim), so it counts against the client address. A refusal of a properly signed
+        payment (no collateral left, a replay, a mismatch) counts against that payer at that
+        address (:meth:`payer_key`): never against everyone else behind the address (a NAT, a
+        proxy, an agent platform), and never against the payer elsewhere — a signature shows
+        the payer signed it once, not who sends it now, so whoever replays a used payment
+        must not lock its payer out.
         """
         if reason in (
             Reason.INVALID_SIGNATURE,
@@ -77,7 +80,12 @@ class Throttle:
         ):
             self.hit(client)
         else:
-            self.hit(payer)
+            self.hit(self.payer_key(payer, client))
+
+    @staticmethod
+    def payer_key(payer: str, client: str | None) -> str:
+        """The key a payer's refused payments count under: the payer at this client address."""
+        return f"{payer}@{client}" if client else payer
 
     @staticmethod
     def answer(wait: float) -> Response:

@@ -1,0 +1,63 @@
+"""The throttle slows down whoever sends refused payments, and only them: a used payment
+replayed by someone else does not lock its payer out (docs/protocol.md, ``throttled``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fourmica_x402.adapters.asgi import PaymentMiddleware
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from fourmica_x402.core import Core
+from fourmica_x402.testing import NETWORK, TestBuyer
+
+SELLER = TestBuyer.new().address
+
+
+def _app(core: Core) -> Any:
+    async def premium(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("paid")
+
+    app = Starlette(routes=[Route("/premium", premium)])
+    return PaymentMiddleware(
+        app,
+        pay_to=SELLER,
+        core=core,
+        network=NETWORK,
+        routes={"GET /premium": "$0.01"},
+        throttle_failures=3,
+        throttle_window=60,
+    )
+
+
+def _client(app: Any, address: str) -> TestClient:
+    return TestClient(app, client=(address, 50_000))
+
+
+def test_replaying_a_used_payment_does_not_lock_its_payer_out(audited_core: Core) -> None:
+    app = _app(audited_core)
+    victim, attacker = _client(app, "203.0.113.7"), _client(app, "198.51.100.9")
+    buyer = TestBuyer.new()
+    audited_core.deposit(buyer.address, 10**7, network=NETWORK)
+
+    def payment() -> dict[str, str]:
+        name, value = buyer.pay_challenge(
+            audited_core, victim.get("/premium").headers["payment-required"]
+        )
+        return {name: value}
+
+    used = payment()
+    assert victim.get("/premium", headers=used).status_code == 200
+    for _ in range(5):  # someone else sends the victim's used payment again and again
+        refused = attacker.get("/premium", headers=used)
+        assert refused.status_code in (402, 429)
+    assert attacker.get("/premium", headers=used).status_code == 429  # that sender is slowed
+    fresh = victim.get("/premium", headers=payment())  # the payer, from its own address
+    assert fresh.status_code == 200, fresh.text
+    # The payer's own refused payments still count against it, at its address.
+    for _ in range(3):
+        assert victim.get("/premium", headers=used).status_code == 402
+    assert victim.get("/premium", headers=payment()).status_code == 429
