@@ -70,10 +70,7 @@ class StarletteRouter:
             path += "/{path:path}"  # a mounted app without routes: everything under it
         yield route, path, source
 
-    def resolve(self, scope: Scope) -> Endpoint | None:
-        scope = dict(scope)  # FastAPI's matching notes its progress in the scope
-        if scope.get("method") == "HEAD":  # priced like the GET (never served paid, see Gate)
-            scope["method"] = "GET"
+    def resolve(self, scope: Scope) -> Endpoint | None:  # scope: a copy, FastAPI writes in it
         routes, prefix = self.router.routes, ""
         while True:
             for route in routes:  # the first full match wins, as in Router.app
@@ -118,8 +115,11 @@ class StarletteRouter:
         return lambda: self._resolved(scope)
 
     def _resolved(self, scope: Scope) -> Endpoint | None:
-        try:
-            return self.resolve(scope)
+        try:  # a HEAD no route serves is priced like the GET it mirrors (FastAPI's GET routes)
+            found = self.resolve(dict(scope))
+            if found is None and scope.get("method") == "HEAD":
+                found = self.resolve({**scope, "method": "GET"})
+            return found
         except self._http_error as exc:  # a convertor's own answer (the gate decides who gives it)
             headers = [(str(k), str(v)) for k, v in (exc.headers or {}).items()]
             raise RouterFailed(str(exc.detail), exc.status_code, headers, scope["path"]) from exc

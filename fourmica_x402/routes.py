@@ -44,6 +44,9 @@ from .templates import (
 )
 from .wire import SCHEME
 
+#: Methods whose pricing an endpoint keeps (any other is priced afresh on each request).
+_CACHED = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "QUERY"})
+
 if TYPE_CHECKING:
     from .gate.bundles import Terms
     from .gate.types import RequestView
@@ -308,8 +311,8 @@ class RouteTable:
             return found[1]
         alias = "GET" if method == "HEAD" else method
         route: Route | None = None
-        if endpoint.methods is not None and alias not in endpoint.methods:
-            route = None  # the framework answers 405 (HEAD is priced like the GET it mirrors)
+        if endpoint.methods is not None and not {alias, method} & endpoint.methods:
+            route = None  # a 405 (HEAD is priced like the GET it mirrors, or as a HEAD route)
         elif endpoint.marker is not None:
             if endpoint.marker_methods is None or alias in endpoint.marker_methods:
                 self.prepare(endpoint)
@@ -320,7 +323,8 @@ class RouteTable:
             ]
             exact = (entry for entry in fits if typed_template(entry.pattern) == endpoint.typed)
             route = next(exact, fits[0] if fits else None)
-        endpoint._priced[method] = (version, route)
+        if method in _CACHED:  # a made-up method is priced afresh: kept, any name a client
+            endpoint._priced[method] = (version, route)  # sends would grow the cache for good
         return route
 
     def other_methods(self, endpoint: Endpoint) -> frozenset[str]:

@@ -377,3 +377,18 @@ def test_a_starlette_view_priced_under_one_of_its_paths_is_named_at_start_up(
         assert client.get("/v1/report").status_code == 200
     said = [r.getMessage() for r in caplog.records if "same handler" in r.getMessage()]
     assert said and "prices /v2/report but not /v1/report" in said[0]
+
+
+def test_a_view_serving_any_method_keeps_no_pricing_for_made_up_methods() -> None:
+    """Django resolves a URL whatever the method: each made-up method a client sent was kept
+    on the view's endpoint for good (memory without bound). Priced afresh, as before."""
+    from fourmica_x402.routes import RouteTable
+    from fourmica_x402.templates import Endpoint
+
+    table = RouteTable({"* /any": "$0.01"}, network=NETWORK, pay_to=SELLER)
+    endpoint = Endpoint(object(), "/any")  # a view serving every method
+    for i in range(500):
+        route = table.for_endpoint(f"X{i:05d}", endpoint)
+        assert route is not None and route.key == "* /any"  # still priced
+    assert table.for_endpoint("GET", endpoint) is not None
+    assert len(endpoint._priced) <= 2  # GET (and the table's "?" listing), nothing else
