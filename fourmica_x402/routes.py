@@ -349,6 +349,17 @@ class RouteTable:
                 missing.append(entry.key)
         return missing
 
+    def shadowed(self, endpoints: Iterable[Endpoint]) -> list[str]:
+        """Table entries naming only routes whose handler carries its own price (``@paid``,
+        ``Paid``): the marker prices them, so the entry (and a reprice of it) never applies."""
+        known = [e for e in endpoints if e.methods is None or "*" not in e.methods]
+        return [
+            entry.key
+            for entry in self.routes
+            if (named := [e for e in known if entry.names(e)])
+            and all(e.marker is not None for e in named)
+        ]
+
     def _config(self, key: str, value: Any) -> RouteConfig:
         if isinstance(value, RouteConfig):
             return value

@@ -171,6 +171,13 @@ class Gate:
                 f"(its routes: {shown or 'none'}); a route-table entry names a route template "
                 "the framework knows, e.g. 'GET /items/:id' for /items/{id}"
             )
+        self.prices.shadowed = frozenset(self.routes.shadowed(found))
+        for key in sorted(self.prices.shadowed):
+            log.warning(
+                "the route table's %r names only handlers that carry their own price "
+                "(@paid / Paid), which wins: that entry, and a reprice of it, never applies",
+                key,
+            )
         for priced, free in guards.partly_priced(self.routes, found):
             log.warning(
                 "the route table prices %s but not %s, which the app serves with the same "

@@ -202,6 +202,8 @@ class Repricer:
         self.due, self.seen = 0.0, -1
         self._lock = threading.Lock()
         self._foreign: set[str] = set()  # changes of routes this app does not price, logged
+        #: Table entries naming only handlers priced by their own marker (``check_routes``).
+        self.shadowed: frozenset[str] = frozenset()
 
     def poll(self) -> None:
         """Called as a request is priced. The first one reads the book before it goes on
@@ -248,6 +250,11 @@ class Repricer:
             if self.every is not None:
                 self._refresh()
             merged = dict(self.table.overrides)
+            for key in set(map(route_key, prices)) & self.shadowed:
+                raise UnknownRoute(
+                    f"{key!r} names only handlers that carry their own price (@paid / Paid), "
+                    "which wins: reprice the handler's own key (see the listing)"
+                )
             for key, price in prices.items():
                 if price is None:
                     merged.pop(route_key(key), None)

@@ -121,3 +121,34 @@ def test_a_misspelled_route_is_logged_by_the_seller_not_applied(
     assert len(said) == 1 and said[0].levelname == "ERROR"
     assert "prices no such route" in said[0].getMessage()
     core.close()
+
+
+def test_a_table_entry_a_marker_overrides_is_named_and_cannot_be_repriced(
+    audited_core: Core, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ``Paid`` price and a table entry on one route: the marker prices it. The entry was
+    silent, and a reprice of it answered 200 and changed nothing that was charged."""
+    from fastapi import FastAPI
+    from fourmica_x402.adapters.fastapi import FourmicaX402, Paid
+
+    app = FastAPI()
+    options = {"pay_to": PAY_TO, "network": NETWORK, "core": audited_core, "admin_token": "t"}
+    FourmicaX402(app, routes={"GET /premium": "$1"}, **options)
+
+    @app.get("/premium")
+    def premium(payment: object = Paid("$0.01")) -> dict[str, str]:
+        return {}
+
+    with caplog.at_level("WARNING", logger="fourmica_x402"), TestClient(app) as client:
+        assert charged(client) == 10_000  # the marker's price
+        assert any("'GET /premium'" in r.getMessage() for r in caplog.records)
+        auth = {"authorization": "Bearer t"}
+        moot = client.post(
+            "/x402/admin/prices", headers=auth, json={"prices": {"GET /premium": "$5"}}
+        )
+        assert moot.status_code == 400 and moot.json()["error"] == "unknown_route"
+        assert "own price" in moot.json()["message"] and charged(client) == 10_000
+        own = client.post(
+            "/x402/admin/prices", headers=auth, json={"prices": {"* /premium": "$0.02"}}
+        )
+        assert own.status_code == 200 and charged(client) == 20_000
