@@ -14,6 +14,7 @@ own transaction.
 
 from __future__ import annotations
 
+from ..errors import ConfigurationError
 from .store import Store
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate", "schema_version"]
@@ -198,6 +199,11 @@ def migrate(
                 tx.execute("SELECT pg_advisory_xact_lock(7340402)")  # one migrator at a time
             row = tx.one("SELECT value FROM fx_meta WHERE key = ?", (key,))
             current = int(row[0]) if row else 0
+            if current > len(migrations):  # its tables may mean what this code cannot know
+                raise ConfigurationError(
+                    f"the database is at {key} {current}, newer than this version of "
+                    f"fourmica-x402 knows ({len(migrations)}): upgrade the package"
+                )
             if current >= target:
                 return current
             for statement in migrations[current]:

@@ -460,6 +460,25 @@ def test_migrate_fresh_database_and_again(store_url: str) -> None:
         store.close()
 
 
+def test_a_database_newer_than_the_code_is_refused_not_written(store_url: str) -> None:
+    """A database a newer release migrated was opened and written as if it were this
+    release's: its tables may mean what this code cannot know."""
+    from fourmica_x402.core import Core
+    from fourmica_x402.errors import ConfigurationError
+
+    store = open_store(store_url)
+    try:
+        migrate(store)
+        with store.transaction() as tx:
+            tx.execute("UPDATE fx_meta SET value = ? WHERE key = 'schema_version'", ("999",))
+        with pytest.raises(ConfigurationError, match="newer than this version"):
+            migrate(store)
+        with pytest.raises(ConfigurationError, match="upgrade the package"):
+            Core(store_url)
+    finally:
+        store.close()
+
+
 def test_old_database_upgrades_with_its_data(store_url: str) -> None:
     store = open_store(store_url)
     try:
