@@ -51,8 +51,9 @@ class Routed(PaymentMiddleware):
                 rule, _ = adapter.match(return_rule=True)  # type: ignore[union-attr]
             except HTTPException:  # 404, 405, a redirect (strict slashes): Flask won't serve it
                 return None
-            environ[RESOLVED_KEY] = (rule, environ[RESOLVED_KEY][1])
-            return self._endpoint(rule, rule.rule)
+            endpoint = self._endpoint(rule, rule.rule)
+            environ[RESOLVED_KEY] = (endpoint, environ[RESOLVED_KEY][1])
+            return endpoint
 
         return resolve
 

@@ -228,8 +228,9 @@ class Endpoint:
     of the app and keep it (the gate caches what it priced on it).
 
     ``key`` is the framework's own object for the route (a Starlette route, a Flask rule, a
-    Django view callable): the gate puts it in ``Payment.endpoint`` so that a per-handler
-    marker can check that the payment was settled for *its* route. ``template`` is the route
+    Django view callable, the same under each of its URL patterns): the gate puts the endpoint
+    in ``Payment.endpoint`` so that a per-handler marker can check that the payment was settled
+    for *its* handler, and the router's check for *this* route. ``template`` is the route
     as the framework writes it. ``marker`` is a per-handler price (``@paid``/``Paid``) and
     ``marker_methods`` the methods it prices (None: every method the endpoint serves).
     ``methods`` are the methods the endpoint serves, when the framework says (None: any).

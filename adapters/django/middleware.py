@@ -71,8 +71,9 @@ class PaymentMiddleware:
             match = urls.resolve(request.path_info, urlconf=getattr(request, "urlconf", None))
         except urls.Resolver404:
             return None
-        request.fourmica_x402_resolved = (match.func, request.method)  # type: ignore[attr-defined]
-        return self._endpoint_of(match, getattr(request, "urlconf", None))
+        endpoint = self._endpoint_of(match, getattr(request, "urlconf", None))
+        request.fourmica_x402_resolved = (endpoint, request.method)  # type: ignore[attr-defined]
+        return endpoint
 
     def process_view(self, request: HttpRequest, *args: Any) -> Any:
         """The view Django runs: the one the gate priced? (see :func:`.guards.rerouted`).

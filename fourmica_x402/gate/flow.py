@@ -217,7 +217,7 @@ class Gate:
             return 405, "method_not_allowed", "method not allowed"
         if payment is None:
             cause = "no payment middleware ran for it, or it did not price this route"
-        elif payment.endpoint is not key:
+        elif getattr(payment.endpoint, "key", None) is not key:
             cause = f"the payment was made for another route ({payment.route})"
         elif not payment.by_marker:  # the gate did not see the marker: never sold at the table's
             cause = f"the payment was made at the route table's price ({payment.route})"

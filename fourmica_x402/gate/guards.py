@@ -125,34 +125,43 @@ def _handler(key: Any) -> object | None:
     )
 
 
-#: Where an adapter notes what the gate resolved for a request: ``(route, method)``.
+#: Where an adapter notes what the gate resolved for a request: ``(Endpoint, method)``.
 RESOLVED_KEY = "fourmica_x402.resolved"
 
 
 def rerouted(
     table: RouteTable, endpoint: Endpoint | None, method: str, payment: Any, seen: Any
 ) -> Response | None:
-    """What to answer instead of a route-table-priced handler the router is about to run for
-    a request the gate decided on as another (``seen``: the ``(route, method)`` it resolved,
-    None: none) and that paid nothing for it: a layer between the gate and the router changed
-    the method or the path (a method override, a path rewrite). 503 ``payment_not_enforced``;
-    None: run it. A marker's handler checks its own payment."""
+    """What to answer instead of the handler the router is about to run on ``endpoint`` for
+    a request the gate decided on as another route or method (``seen``: the ``(Endpoint,
+    method)`` it resolved, None: none) and that did not pay for it: a layer between the gate
+    and the router changed the method or the path (a method override, a path rewrite). Routes
+    are compared, not handlers: one Django view serves each of its URL patterns, each at its
+    own price (docs/architecture.md, "Which route is priced"). 503 ``payment_not_enforced``;
+    None: run it. A marker's handler checks its own payment, by its handler: here, only that
+    it was not made on another route of it."""
+    if endpoint is None:
+        return None
+    paid_here = payment is not None and payment.endpoint is endpoint
+    if endpoint.marker is not None:
+        return None if payment is None or paid_here else _refused(method, endpoint)
+    alias = "GET" if method.upper() == "HEAD" else method.upper()
+    same = isinstance(seen, tuple) and seen[0] is endpoint and seen[1] == method.upper()
+    if alias == "OPTIONS" or same:
+        return None  # never priced; or the gate's own decision on this very route stands
+    route = table.for_endpoint(alias, endpoint)
+    if route is None or (paid_here and payment.route == route.key):
+        return None
+    return _refused(method, endpoint)
+
+
+def _refused(method: str, endpoint: Endpoint) -> Response:
     from ..errors import Reason
     from .types import error_response
 
-    if endpoint is None or endpoint.marker is not None:
-        return None
-    alias = "GET" if method.upper() == "HEAD" else method.upper()
-    same = isinstance(seen, tuple) and seen[0] is endpoint.key and seen[1] == method.upper()
-    if alias == "OPTIONS" or same:
-        return None  # never priced; or the gate's own decision on this very route stands
-    if payment is not None and payment.endpoint is endpoint.key:
-        return None
-    if table.for_endpoint(alias, endpoint) is None:
-        return None
     log.error(
-        "a priced route (%s %s) was reached unpaid: a layer between the payment middleware "
-        "and the router changed the request's method or path; not served",
+        "a priced route (%s %s) was reached without a payment for it: a layer between the "
+        "payment middleware and the router changed the request's method or path; not served",
         method,
         endpoint.template,
     )

@@ -213,7 +213,7 @@ def paid(
         route=route.key,
         record_id=record_id,
         settled=result is not None,
-        endpoint=None if endpoint is None else endpoint.key,
+        endpoint=endpoint,
         by_marker=route.marker,
     )
     if route.terms is not None:  # a bundle's units, a cap: the requirements it paid say

@@ -201,8 +201,8 @@ class Payment:
     #: A metered route's stream: the handler sends its events through it (docs/protocol.md,
     #: "Metered streams"); a ``gate.metered.MeteredStream``.
     stream: Any = field(default=None, repr=False, compare=False)
-    #: The framework's own object for the route this payment was settled for (an
-    #: :attr:`Endpoint.key`); per-handler markers check it is theirs.
+    #: The route this payment was settled for (an :class:`Endpoint`; its ``key``, the
+    #: framework's own object): per-handler markers and the router's check compare it.
     endpoint: Any = field(default=None, repr=False, compare=False)
     #: Whether the handler's own marker set the price (else a table entry did).
     by_marker: bool = field(default=False, repr=False, compare=False)

@@ -259,6 +259,32 @@ class MethodOverride:
         return self.get_response(request)
 
 
+class TierRewrite:
+    """A middleware after ours that serves ``/tier/<t>/<doc>`` from ``/tier/pro/<doc>`` when
+    asked (``X-Tier: pro``): a path rewrite after the gate priced the request."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if request.headers.get("X-Tier") == "pro":
+            parts = request.path_info.split("/")  # "", "tier" or "mtier", tier, doc
+            request.path_info = "/".join([*parts[:2], "pro", *parts[3:]])
+        return self.get_response(request)
+
+
+def tiered(request: HttpRequest, doc: str, tier: str) -> JsonResponse:
+    """One view under several URL patterns (a tier each), each priced its own way."""
+    seen.append(request.payment)
+    return JsonResponse({"doc": doc, "tier": tier})
+
+
+@paid(price=lambda request: "$1.00" if "/pro/" in request.path else "$0.01")
+def marked_tiered(request: HttpRequest, doc: str, tier: str) -> JsonResponse:
+    seen.append(request.payment)
+    return JsonResponse({"doc": doc, "tier": tier})
+
+
 class Outer:
     """A middleware listed above ours that answers with a page of its own after the gate saw
     the paid response (``X-Outer: replace``, a maintenance page)."""
@@ -331,6 +357,8 @@ URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("fallback", Fallback.as_view()),
     path("articles/<article:slug>", article),
     path("paid-fallback", PaidFallback.as_view()),
+    *(path(f"tier/{t}/<slug:doc>", tiered, {"tier": t}) for t in ("preview", "basic", "pro")),
+    *(path(f"mtier/{t}/<slug:doc>", marked_tiered, {"tier": t}) for t in ("basic", "pro")),
     re_path(r"^legacy/(\d+)$", legacy),
     *i18n_patterns(path("intl", anything), path("lreport", localized)),
 ]
@@ -354,6 +382,7 @@ HELPERS = types.ModuleType("django_adapter_helpers")
 HELPERS.SwitchUrlconf = SwitchUrlconf  # type: ignore[attr-defined]
 HELPERS.SameUrlconf = SameUrlconf  # type: ignore[attr-defined]
 HELPERS.MethodOverride = MethodOverride  # type: ignore[attr-defined]
+HELPERS.TierRewrite = TierRewrite  # type: ignore[attr-defined]
 HELPERS.Outer = Outer  # type: ignore[attr-defined]
 HELPERS.CountingMiddleware = None  # type: ignore[attr-defined]  # set below, once defined
 HELPERS.Locale = type("Locale", (LocaleMiddleware,), {})  # type: ignore[attr-defined]
@@ -676,6 +705,61 @@ def test_a_middleware_after_ours_that_changes_the_method_never_runs_a_priced_vie
         buyer, resp = pay(client, core, "/ledger")
         assert resp.status_code == 200 and resp.json() == {"ledger": "paid content"}
         assert seen[-1].payer == buyer.address
+
+
+def test_a_path_rewrite_after_ours_never_serves_another_route_of_the_same_view(
+    core: Core,
+) -> None:
+    """One view under several URL patterns, priced per pattern (and free under one): a
+    middleware after ours that rewrites the path made Django run the $1.00 route for a $0.01
+    payment, and the free route's request ran the priced one unpaid. The check compared the
+    view, which is the same under every pattern; it compares the route."""
+    table = {"GET /tier/basic/:doc": "$0.01", "GET /tier/pro/:doc": "$1.00"}
+    with (
+        selling(core, table),
+        override_settings(MIDDLEWARE=[*MIDDLEWARE, "django_adapter_helpers.TierRewrite"]),
+    ):
+        client = Client()
+        _, paying = header(client, core, "/tier/basic/x")
+        upgraded = client.get("/tier/basic/x", headers={**paying, "X-Tier": "pro"})
+        assert (upgraded.status_code, upgraded.json()["error"]) == (503, "payment_not_enforced")
+        unpaid = client.get("/tier/preview/x", headers={"X-Tier": "pro"})
+        assert (unpaid.status_code, unpaid.json()["error"]) == (503, "payment_not_enforced")
+        assert seen == []
+        assert client.get("/tier/preview/x").json() == {"doc": "x", "tier": "preview"}
+        buyer, resp = pay(client, core, "/tier/basic/y")  # unchanged: served as paid
+        assert resp.json() == {"doc": "y", "tier": "basic"} and seen[-1].payer == buyer.address
+
+
+def test_a_path_rewrite_after_ours_never_serves_a_paid_view_under_another_pattern(
+    configured: None, core: Core
+) -> None:
+    """A @paid view under two URL patterns, its price read from the path: a payment made
+    under one pattern ran the view under the other, at the other's price."""
+    with override_settings(MIDDLEWARE=[*MIDDLEWARE, "django_adapter_helpers.TierRewrite"]):
+        client = Client()
+        assert amount_of(client.get("/mtier/pro/x")) == "1000000"
+        _, paying = header(client, core, "/mtier/basic/x")
+        upgraded = client.get("/mtier/basic/x", headers={**paying, "X-Tier": "pro"})
+        assert (upgraded.status_code, upgraded.json()["error"]) == (503, "payment_not_enforced")
+        assert seen == []
+        buyer, resp = pay(client, core, "/mtier/basic/y")  # unchanged: served as paid
+        assert resp.json() == {"doc": "y", "tier": "basic"} and seen[-1].payer == buyer.address
+
+
+def test_a_method_override_after_ours_never_serves_a_method_priced_higher(core: Core) -> None:
+    """A GET paid at its price, turned into a POST the table prices higher by a middleware
+    after ours: the payment was taken for the route, whatever its method."""
+    table = {"GET /ledger": "$0.02", "POST /ledger": "$1.00"}
+    with (
+        selling(core, table),
+        override_settings(MIDDLEWARE=[*MIDDLEWARE, "django_adapter_helpers.MethodOverride"]),
+    ):
+        client = Client()
+        _, paying = header(client, core, "/ledger")
+        posted = client.get("/ledger", headers={**paying, "X-HTTP-Method-Override": "POST"})
+        assert (posted.status_code, posted.json()["error"]) == (503, "payment_not_enforced")
+        assert seen == []
 
 
 def test_request_payment_in_a_view(configured: None, core: Core) -> None:

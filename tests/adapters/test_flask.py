@@ -762,6 +762,37 @@ def test_a_layer_inside_the_gate_that_reroutes_a_request_never_runs_a_priced_vie
     assert core.position(buyer.address, network=NETWORK).locked == 10_000
 
 
+def test_a_method_override_inside_the_gate_never_serves_a_method_priced_higher(
+    core: Core,
+) -> None:
+    """A GET paid at its price, turned into a PUT the table prices higher by a WSGI wrapper
+    inside the extension: the payment was taken for the rule, whatever its method."""
+    runs: list[str] = []
+    routes = {"GET /items/<n>": "$0.01", "PUT /items/<n>": "$1.00"}
+    app = make_app(pay_to=SELLER, core=core, network=NETWORK, routes=routes)
+
+    def override(inner: Any) -> Any:
+        def wsgi(environ: dict[str, Any], start_response: Any) -> Any:
+            environ["REQUEST_METHOD"] = environ.pop("HTTP_X_HTTP_METHOD_OVERRIDE", "GET")
+            return inner(environ, start_response)
+
+        return wsgi
+
+    app.wsgi_app = override(app.wsgi_app)  # type: ignore[method-assign]
+    FourmicaX402(app)
+
+    @app.route("/items/<n>", methods=["GET", "PUT"])
+    def item(n: str) -> dict[str, str]:
+        runs.append(request.method)
+        return {"item": n}
+
+    client = app.test_client()
+    paying = payment_for(client, funded(core), "/items/1")
+    put = client.get("/items/1", headers={**paying, "X-HTTP-Method-Override": "PUT"})
+    assert (put.status_code, put.get_json()["error"]) == (503, "payment_not_enforced")
+    assert runs == []
+
+
 @pytest.mark.parametrize("proxied", [False, True], ids=["plain", "proxyfix"])
 def test_a_request_the_gate_let_through_runs_behind_proxyfix_too(core: Core, proxied: bool) -> None:
     """The gate's own decisions stand at the router's check: a priced route an
