@@ -10,7 +10,7 @@ from typing import Any
 from flask import Flask, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from fourmica_x402.gate import Endpoint, Gate
+from fourmica_x402.gate import Endpoint, Gate, RouterFailed
 from fourmica_x402.gate.guards import RESOLVED_KEY, check_routed, rerouted
 from fourmica_x402.gate.lifecycle import Endpoints, Marker
 
@@ -24,6 +24,32 @@ _APPS: weakref.WeakSet[Flask] = weakref.WeakSet()  # the process's apps with the
 def _served(rule: Any) -> set[str]:  # Flask answers an OPTIONS it added by itself
     auto = getattr(rule, "provide_automatic_options", False)  # not on rules added by hand
     return set(rule.methods or ()) - ({"OPTIONS"} if auto else set())
+
+
+def _match(app: Flask, environ: dict[str, Any]) -> Any:
+    """The rule Flask's router resolves for ``environ``. Flask matches inside the request
+    context, its converters may read ``current_app``, ``g``, ``session``: when the plain
+    match raised (it costs nothing on other requests), it is tried once more in a request
+    context of its own. A router that still fails: RouterFailed, a 400 (docs/architecture.md,
+    "Which route is priced")."""
+    try:
+        adapter = app.create_url_adapter(app.request_class(environ))
+        return adapter.match(return_rule=True)[0]  # type: ignore[union-attr]
+    except HTTPException:
+        raise
+    except Exception:
+        context = app.request_context(environ)  # matched below, not as it is pushed
+        adapter, context.url_adapter = context.url_adapter, None
+    try:
+        context.push()  # the app context, then the session, as Flask pushes them
+        try:
+            return adapter.match(return_rule=True)[0]  # type: ignore[union-attr]
+        finally:
+            context.pop(None)
+    except HTTPException:
+        raise
+    except Exception as exc:  # it will raise again, before any handler
+        raise RouterFailed(f"the router raised {type(exc).__name__}") from exc
 
 
 class Routed(PaymentMiddleware):
@@ -47,10 +73,9 @@ class Routed(PaymentMiddleware):
         def resolve() -> Endpoint | None:
             environ[RESOLVED_KEY] = (None, environ.get("REQUEST_METHOD", "GET").upper())
             try:
-                adapter = app.create_url_adapter(app.request_class(environ))
-                rule, _ = adapter.match(return_rule=True)  # type: ignore[union-attr]
-            except HTTPException:  # 404, 405, a redirect (strict slashes): Flask won't serve it
-                return None
+                rule = _match(app, environ)
+            except HTTPException:  # 404, 405, a redirect (strict slashes), a converter's
+                return None  # own answer: the app gives it, and never serves the rule unpaid
             endpoint = self._endpoint(rule, rule.rule)
             environ[RESOLVED_KEY] = (endpoint, environ[RESOLVED_KEY][1])
             return endpoint

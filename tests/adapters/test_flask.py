@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask, g, request
+from flask import Flask, abort, current_app, g, request, session
 from flask.views import MethodView
 from fourmica_x402.adapters.flask import FourmicaX402, paid
-from werkzeug.routing import BaseConverter
+from werkzeug.routing import BaseConverter, ValidationError
 
 from fourmica_x402.core import Core
 from fourmica_x402.errors import ConfigurationError
@@ -372,6 +372,50 @@ def test_a_route_entry_naming_no_route_fails_check_and_every_request(
             assert resp.get_json()["error"] == "configuration_error"
             assert "GET /reprot" in resp.get_json()["message"]
     assert runs == [] and "GET /reprot" in caplog.text
+
+
+class TenantConverter(BaseConverter):
+    """A tenant of the app's (``current_app``) or the session's: Flask matches inside the
+    request context, so its converters may read them. Its directory may be down; it may
+    answer a banned tenant itself."""
+
+    def to_python(self, value: str) -> str:
+        if value == "broken":
+            raise LookupError("the tenant directory is down")
+        if value == "banned":
+            abort(403)
+        if value not in current_app.config["TENANTS"] and value != session.get("tenant"):
+            raise ValidationError()
+        return value
+
+
+def test_a_converter_reading_the_request_context_is_matched_as_flask_matches(
+    core: Core,
+) -> None:
+    """The gate asked Flask's router outside any context: a converter reading current_app or
+    the session raised RuntimeError out of the WSGI app, a bare 500 on every route using it,
+    free ones too. A converter that fails on its own is 400 unroutable_path, as on Starlette;
+    an HTTP answer of its own on a path no entry prices is still the app's."""
+    app = make_app(pay_to=SELLER, core=core, network=NETWORK, routes={"GET /t/:t/report": "$0.01"})
+    app.config["TENANTS"], app.secret_key = {"acme"}, "tests"
+    app.url_map.converters["tenant"] = TenantConverter
+    FourmicaX402(app)
+    app.add_url_rule("/t/<tenant:t>/free", "free", lambda t: {"tenant": t})
+    app.add_url_rule("/t/<tenant:t>/report", "report", lambda t: {"report": t})
+    client = app.test_client()
+    assert client.get("/t/acme/free").get_json() == {"tenant": "acme"}
+    assert client.get("/t/own/free").status_code == 404
+    with client.session_transaction() as held:
+        held["tenant"] = "own"
+    assert client.get("/t/own/free").get_json() == {"tenant": "own"}
+    assert amount_of(client, "/t/own/report") == "10000"
+    paid_get = client.get(
+        "/t/acme/report", headers=payment_for(client, funded(core), "/t/acme/report")
+    )
+    assert paid_get.get_json() == {"report": "acme"}
+    broken = client.get("/t/broken/free")
+    assert (broken.status_code, broken.get_json()["error"]) == (400, "unroutable_path")
+    assert client.get("/t/banned/free").status_code == 403
 
 
 def test_check_warns_of_a_handler_the_table_prices_on_one_rule_only(
