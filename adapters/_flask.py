@@ -65,7 +65,8 @@ class Routed(PaymentMiddleware):
         everywhere = [view for app in _APPS for view in app.view_functions.values()]
         check_routed(self._flask_app.view_functions.values(), everywhere)  # @paid over @app.route?
         rules = ((rule, rule.rule) for rule in self._flask_app.url_map.iter_rules())
-        self._endpoint.check(self.gate, rules)
+        views = self._flask_app.view_functions  # a view under two names (a blueprint twice)
+        self._endpoint.check(self.gate, rules, lambda rule: views.get(rule.endpoint, rule))
 
     def resolver(self, environ: dict[str, Any]) -> Callable[[], Endpoint | None]:
         app = self._flask_app

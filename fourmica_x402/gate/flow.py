@@ -155,11 +155,11 @@ class Gate:
         """Price one more route (``key`` and ``value`` as in the route table)."""
         return self.routes.add(key, value)
 
-    def check_routes(self, found: Iterable[Endpoint]) -> None:
+    def check_routes(self, found: Iterable[Endpoint], served_by: Any = None) -> None:
         """Fail (ConfigurationError) when a table entry names no route of the app.
 
         ``found``: every route the framework knows. Adapters call it at start-up; a typo
-        would otherwise leave a route free.
+        would otherwise leave a route free. ``served_by``: see :func:`.guards.partly_priced`.
         """
         found = list(found)
         missing = self.routes.unmatched(found)
@@ -178,7 +178,7 @@ class Gate:
                 "(@paid / Paid), which wins: that entry, and a reprice of it, never applies",
                 key,
             )
-        for priced, free in guards.partly_priced(self.routes, found):
+        for priced, free in guards.partly_priced(self.routes, found, served_by):
             log.warning(
                 "the route table prices %s but not %s, which the app serves with the same "
                 "handler: buyers reach it free there; price both, or mark the handler "

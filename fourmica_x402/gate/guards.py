@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..errors import ConfigurationError
@@ -81,15 +81,18 @@ def one_marker(found: Iterable[P | None], where: str) -> P | None:
     return markers[0] if markers else None
 
 
-def partly_priced(table: RouteTable, endpoints: Iterable[Endpoint]) -> list[tuple[str, str]]:
+def partly_priced(
+    table: RouteTable, endpoints: Iterable[Endpoint], served_by: Callable[[Any], Any] | None = None
+) -> list[tuple[str, str]]:
     """``(priced, free)`` templates of routes the app serves with one handler (a Flask
-    endpoint with a ``defaults=`` sibling rule, a view under two URL patterns, a router
-    included twice) where the table prices a method on some that others serve unpriced:
-    the handler is reachable free there. Best effort: a handler is known by its object
-    (or a Flask endpoint's name)."""
+    endpoint with a ``defaults=`` sibling rule, a view under two URL patterns or endpoint
+    names, a router included twice) where the table prices a method on some that others
+    serve unpriced: the handler is reachable free there. Best effort: a handler is known by
+    its object; ``served_by(key)``: what serves a route whose key does not say (a Flask rule
+    names its view)."""
     groups: dict[object, list[Endpoint]] = {}
     for each in endpoints:
-        handler = _handler(each.key)
+        handler = _handler(each.key if served_by is None else served_by(each.key))
         if handler is not None and each.marker is None:  # a marker prices every route
             groups.setdefault(handler, []).append(each)
     pairs = []

@@ -390,8 +390,7 @@ class Endpoints:
     route serves (None or empty: any). ``websocket(route)``: whether it is a WebSocket route.
     ``converter(name)``: the framework's path converter of that name (None: unknown); one
     that matches ``/`` makes its parameter span path segments, like ``path`` (see
-    :func:`spans`; docs/architecture.md, "Which route is priced").
-    """
+    :func:`spans`; docs/architecture.md, "Which route is priced")."""
 
     def __init__(
         self,
@@ -437,14 +436,15 @@ class Endpoints:
         table = RouteTable(
             config.routes, network=config.network, pay_to=config.pay_to, asset=config.asset
         )
-        found = self.price(table, routes)
-        return table.unmatched(found)
+        return table.unmatched(self.price(table, routes))
 
-    def check(self, gate: Gate, routes: Iterable[tuple[Any, ...]]) -> list[Endpoint]:
-        """:meth:`price` on the gate's table, which must name routes of the app: an entry naming
-        none is a ConfigurationError at start-up too, never a route silently left free. The
-        gate keeps them: its discovery listing names these routes (docs/protocol.md)."""
+    def check(
+        self, gate: Gate, routes: Iterable[tuple[Any, ...]], served_by: Any = None
+    ) -> list[Endpoint]:
+        """:meth:`price` on the gate's table, which must name routes of the app (an entry naming
+        none fails at start-up, never leaves a route free); the gate keeps them for discovery
+        (docs/protocol.md). ``served_by``: as in :func:`.guards.partly_priced`."""
         found = self.price(gate.routes, routes)
-        gate.check_routes(found)
+        gate.check_routes(found, served_by)
         gate.endpoints = found
         return found

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask, abort, current_app, g, request, session
+from flask import Blueprint, Flask, abort, current_app, g, request, session
 from flask.views import MethodView
 from fourmica_x402.adapters.flask import FourmicaX402, paid
 from werkzeug.routing import BaseConverter, ValidationError
@@ -458,6 +458,34 @@ def test_check_warns_of_a_handler_the_table_prices_on_one_rule_only(
     assert said.startswith("the route table prices /page/<int:n> but not /page/,")
     client = app.test_client()
     assert client.get("/page/2").status_code == 402 and client.get("/page/").status_code == 200
+
+
+def test_check_warns_of_a_view_the_table_prices_under_one_endpoint_name_only(
+    core: Core, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One view under two endpoint names (a blueprint registered twice, the usual way to
+    version an API; ``add_url_rule`` twice): the table priced /v1/report, /v2/report served
+    it free, and nothing said so (the warning knew a Flask view by its endpoint's name)."""
+    routes = {"GET /v1/report": "$0.01", "GET /a": "$0.01"}
+    app = make_app(pay_to=SELLER, core=core, routes=routes)
+    ext = FourmicaX402(app)
+    api = Blueprint("api", __name__)
+    api.add_url_rule("/report", "report", lambda: {"report": True})
+    app.register_blueprint(api, url_prefix="/v1")
+    app.register_blueprint(api, url_prefix="/v2", name="api_v2")
+
+    def same() -> Any:
+        return {"same": True}
+
+    app.add_url_rule("/a", "a", same)
+    app.add_url_rule("/b", "b", same)
+    with caplog.at_level(logging.WARNING, logger="fourmica_x402"):
+        ext.check()
+    said = sorted(r.getMessage() for r in caplog.records if "same handler" in r.getMessage())
+    assert [m.partition(",")[0] for m in said] == [
+        "the route table prices /a but not /b",
+        "the route table prices /v1/report but not /v2/report",
+    ]
 
 
 def test_paid_above_the_route_decorator_fails_check_and_every_request(core: Core) -> None:
