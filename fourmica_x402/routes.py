@@ -277,8 +277,8 @@ class RouteTable:
     def marker_route(self, endpoint: Endpoint) -> Route:
         """The route a per-handler marker prices (validated like a table entry)."""
         assert endpoint.marker is not None
-        methods = ",".join(sorted(endpoint.marker_methods)) if endpoint.marker_methods else "*"
-        key = f"{methods} {endpoint.template}"
+        key = marker_key(endpoint)
+        methods = key.partition(" ")[0]
         self.configured.setdefault(key, endpoint.marker)
         config = endpoint.marker
         if key in self.overrides:  # a run-time price
@@ -357,8 +357,8 @@ class RouteTable:
             entry.key
             for entry in self.routes
             if (named := [e for e in known if entry.names(e)])
-            and all(e.marker is not None for e in named)
-        ]
+            and all(e.marker is not None and marker_key(e) != entry.key for e in named)
+        ]  # an entry spelled as a marker's own key is that key: a reprice of it applies
 
     def _config(self, key: str, value: Any) -> RouteConfig:
         if isinstance(value, RouteConfig):
@@ -436,3 +436,9 @@ class RouteTable:
                     return None
                 found.add(offer.pay_to)
         return found
+
+
+def marker_key(endpoint: Endpoint) -> str:
+    """A per-handler marker's route key: ``"<methods> <template>"`` (``*``: every method)."""
+    methods = ",".join(sorted(endpoint.marker_methods)) if endpoint.marker_methods else "*"
+    return f"{methods} {endpoint.template}"

@@ -152,3 +152,38 @@ def test_a_table_entry_a_marker_overrides_is_named_and_cannot_be_repriced(
             "/x402/admin/prices", headers=auth, json={"prices": {"* /premium": "$0.02"}}
         )
         assert own.status_code == 200 and charged(client) == 20_000
+
+
+def test_an_entry_spelled_as_the_markers_own_key_is_that_key_and_reprices_it(
+    audited_core: Core, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``@paid(methods=["GET"])`` on /x has the key "GET /x", the table entry's own spelling:
+    a reprice of it is the handler's reprice (the only key the listing shows), not refused."""
+    from flask import Flask
+    from fourmica_x402.adapters.flask import FourmicaX402, paid
+
+    app = Flask(__name__)
+
+    @app.get("/x")
+    @paid("$0.01", methods=["GET"])
+    def x() -> str:
+        return "paid"
+
+    options = {"pay_to": PAY_TO, "network": NETWORK, "core": audited_core, "admin_token": "t"}
+    with caplog.at_level("WARNING", logger="fourmica_x402"):
+        FourmicaX402(app, routes={"GET /x": "$1"}, **options)
+        client = app.test_client()
+
+        def amount() -> int:
+            resp = client.get("/x")
+            assert resp.status_code == 402
+            offer = decode_payment_required(resp.headers["payment-required"]).accepts[0]
+            return int(offer.amount)
+
+        assert amount() == 10_000
+    assert not any("own price" in r.getMessage() for r in caplog.records)
+    auth = {"authorization": "Bearer t"}
+    listing = client.get("/x402/admin/prices", headers=auth).get_json()
+    assert [row["route"] for row in listing["routes"]] == ["GET /x"]
+    resp = client.post("/x402/admin/prices", headers=auth, json={"prices": {"GET /x": "$0.02"}})
+    assert resp.status_code == 200 and amount() == 20_000
