@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -287,9 +288,12 @@ class Gate:
                 refused = _unpriced_method(self.routes.other_methods(endpoint))
                 if refused is not None:  # a view serving any method, priced for some
                     return refused
-        else:  # a router-less app: its raw path
-            route = self.routes.match(method, request.path)
-            if _ambiguous(request, empty_segments=True) and (
+        else:  # a router-less app: its raw path; a file server reads //x as /x
+            route, path = self.routes.match(method, request.path), request.path
+            folded = (
+                "//" in path and self.routes.match(method, re.sub("//+", "/", path)) is not route
+            )
+            if (folded or _ambiguous(request)) and (
                 route is not None or self._matches_variant(method, request)
             ):
                 return error_response(400, "ambiguous_path", "ambiguous request path")
@@ -429,12 +433,9 @@ def _allow(priced: frozenset[str]) -> tuple[str, str]:
     return "allow", ", ".join(sorted(methods))
 
 
-def _ambiguous(request: RequestView, empty_segments: bool = False) -> bool:
-    """Encodings a proxy and the framework may read differently: refuse, never guess.
-    ``empty_segments``: an app without a router may read ``//x`` as ``/x`` (a file server)."""
+def _ambiguous(request: RequestView) -> bool:
+    """Encodings a proxy and the framework may read differently: refuse, never guess."""
     raw = request.raw_path or ""
-    if empty_segments and ("//" in request.path or "//" in raw):
-        return True
     lowered = raw.lower()
     if "%2f" in lowered or "%5c" in lowered or "\\" in raw or "\\" in request.path:
         return True

@@ -1,6 +1,6 @@
 """An app without a router is priced by its raw path. A file server reads ``//premium.txt``
-(or ``/a//b``) as ``/premium.txt``: such a path near a priced one is refused 400
-``ambiguous_path``, never served unpaid (docs/architecture.md, "Which route is priced")."""
+(or ``/a//b``) as ``/premium.txt``: such a path, when its folded reading is priced otherwise,
+is refused 400 ``ambiguous_path``, never served unpaid (docs/architecture.md, "Which route is priced")."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ def _get_asgi(app: Any, path: str) -> tuple[int, bytes]:
 
 
 def _get_wsgi(app: Any, path: str) -> tuple[int, bytes]:
-    resp = Client(app).get(path)
+    raw = {"PATH_INFO": path, "REQUEST_URI": path, "RAW_URI": path}  # as a server passes it
+    resp = Client(app).get(path, environ_overrides=raw)
     return resp.status_code, resp.get_data()
 
 
@@ -67,6 +68,28 @@ def test_an_empty_segment_never_serves_a_priced_file_unpaid(
     assert get(app, "/premium.txt")[0] == 402  # priced as written
     for path in PATHS:
         status, body = get(app, path)
-        assert status == 400 and b"ambiguous_path" in body, (path, status, body)
+        # refused, or priced as the file it reads (a WSGI server's path may come folded)
+        assert status in (400, 402) and b"PAID" not in body, (path, status, body)
+        assert status == 402 or b"ambiguous_path" in body
     assert get(app, "//free.txt")[0] not in (400, 402)  # near no priced path: the app's to read
     assert audited_core.guarantees() == []
+
+
+def test_an_empty_segment_that_moves_no_price_is_served(audited_core: Core) -> None:
+    """A URL carried in the path (``/read/https://example.com/page``) reads the same priced
+    entry with or without its ``//``: it is sold, not refused."""
+
+    async def reader(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+    options: dict[str, Any] = {"pay_to": SELLER, "core": audited_core, "network": NETWORK}
+    client = TestClient(AsgiPayment(reader, routes={"GET /read/*": "$0.01"}, **options))
+    path = "/read/https://example.com/page"
+    challenge = client.get(path)
+    assert challenge.status_code == 402
+    buyer = TestBuyer.new()
+    audited_core.deposit(buyer.address, 10**7, network=NETWORK)
+    name, value = buyer.pay_challenge(audited_core, challenge.headers["payment-required"])
+    resp = client.get(path, headers={name: value})
+    assert resp.status_code == 200 and resp.content == path.encode()
