@@ -3,6 +3,7 @@ and the one it dispatches must be it (docs/architecture.md, "Which route is pric
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -40,16 +41,16 @@ def _match(app: Flask, environ: dict[str, Any]) -> Any:
     except Exception:
         context = app.request_context(environ)  # matched below, not as it is pushed
         adapter, context.url_adapter = context.url_adapter, None
+    context.push()  # the app context, then the session, as Flask pushes them
     try:
-        context.push()  # the app context, then the session, as Flask pushes them
-        try:
-            return adapter.match(return_rule=True)[0]  # type: ignore[union-attr]
-        finally:
-            context.pop(None)
+        return adapter.match(return_rule=True)[0]  # type: ignore[union-attr]
     except HTTPException:
         raise
     except Exception as exc:  # it will raise again, before any handler
         raise RouterFailed(f"the router raised {type(exc).__name__}") from exc
+    finally:  # its end runs the app's teardown for a request its before_request never saw:
+        with contextlib.suppress(Exception):  # an error there is not the router's
+            context.pop(None)
 
 
 class Routed(PaymentMiddleware):

@@ -418,6 +418,25 @@ def test_a_converter_reading_the_request_context_is_matched_as_flask_matches(
     assert client.get("/t/banned/free").status_code == 403
 
 
+def test_the_second_match_in_context_leaves_the_apps_teardown_out_of_the_answer(
+    core: Core,
+) -> None:
+    """The gate's match in a request context of its own ends with the app's request teardown,
+    for a request its before_request never saw: a teardown reading what before_request set
+    raised, and the gate answered 400 unroutable_path to every request on those routes."""
+    app = make_app(pay_to=SELLER, core=core, network=NETWORK, routes={"GET /t/:t/report": "$0.01"})
+    app.config["TENANTS"] = {"acme"}
+    app.url_map.converters["tenant"] = TenantConverter
+    app.before_request(lambda: setattr(g, "started", 1.0))
+    app.teardown_request(lambda exc: g.started)  # raises when before_request did not run
+    FourmicaX402(app)
+    app.add_url_rule("/t/<tenant:t>/free", "free", lambda t: {"tenant": t})
+    app.add_url_rule("/t/<tenant:t>/report", "report", lambda t: {"report": t})
+    client = app.test_client()
+    assert client.get("/t/acme/free").get_json() == {"tenant": "acme"}
+    assert amount_of(client, "/t/acme/report") == "10000"
+
+
 def test_check_warns_of_a_handler_the_table_prices_on_one_rule_only(
     core: Core, caplog: pytest.LogCaptureFixture
 ) -> None:
