@@ -17,6 +17,7 @@ from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.gate import PASS, Gate, Response
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Meter
 
+from ._dispatch import noted
 from ._exchange import Delegated
 from .asgi import PaymentMiddleware
 from .fastapi import _marker, _render
@@ -62,6 +63,7 @@ def http_middleware(config: PaymentConfig) -> Any:
 
     async def middleware(request: Request, call_next: Any) -> Any:
         if PAYMENT_KEY in request.scope:  # settled by an outer gate: one gate per request
+            noted(request.scope, pricer._view(request.scope, request.receive).resolve)
             return await call_next(request)
         if pricer._given_router is None:  # the app is known only once it serves a request
             pricer._given_router = request.scope["app"].router

@@ -33,6 +33,7 @@ from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Marker, Startu
 
 from ._body import BufferedBody
 from ._chain import applied_root_path, find_router
+from ._dispatch import guard, noted, recorded
 from ._exchange import PaidExchange, send_response, warn_copying_layers
 from ._starlette import StarletteRouter
 
@@ -101,16 +102,14 @@ class PaymentMiddleware:
         marker = self._marker or (lambda route: None)
         if self._marker is None and "fastapi" in sys.modules:  # its Paid, wherever it is
             from .fastapi import _marker as marker
-        self._router, self._root = (
-            StarletteRouter.start(self.gate, router, marker),
-            applied_root_path(self.app),
-        )
+        self._router = guard(self.gate, StarletteRouter.start(self.gate, router, marker))
+        self._root = applied_root_path(self.app)
         warn_copying_layers(self.app)
 
-    def _view(self, scope: Scope, receive: Any) -> RequestView:
-        scope = {**scope, "root_path": self._root} if self._root else scope
-        resolve = None if self._router is None else self._router.resolver(scope)
-        return request_view(scope, receive, resolve)
+    def _view(self, scope: Scope, receive: Any) -> RequestView:  # what it resolves: noted
+        seen = {**scope, "root_path": self._root} if self._root else scope
+        resolve = None if self._router is None else recorded(scope, self._router.resolver(seen))
+        return request_view(seen, receive, resolve)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -126,8 +125,8 @@ class PaymentMiddleware:
             return await send({"type": "websocket.close", "code": 1011 if broken else 1008})
         if kind != "http":  # lifespan: queued completions are committed before a shutdown ends
             return await self.app(scope, receive, self.gate.on_shutdown(send))
-        if PAYMENT_KEY in scope:  # settled by an outer gate
-            return await self.app(scope, receive, send)
+        if PAYMENT_KEY in scope:  # settled by an outer gate (the route this one sees: noted)
+            return await self.app(noted(scope, self._view(scope, receive).resolve), receive, send)
         if broken is not None:
             return await send_response(send, self.startup.refusal)
         view = self._view(scope, receive)

@@ -1,0 +1,115 @@
+"""What Starlette's router dispatches, checked against what the gate decided on.
+
+A layer between the payment middleware and the router (a method override, a path alias, a
+``Mount(..., middleware=[...])``) may change the request after the gate resolved it: the router
+then runs a route the gate never priced. So every route of the app is guarded where the router
+calls it, ``route.handle`` (each kind of route goes through it, FastAPI's included routers too):
+a route a table entry prices for the request's method is refused, 503 ``payment_not_enforced``
+(a WebSocket: closed, 1008), unless the gate resolved this very route and method or the request
+paid for it (docs/architecture.md, "Which route is priced"). Prices are read at dispatch: a
+reprice counts. A marker's handler checks its own payment (``Paid``)."""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from fourmica_x402.errors import FourmicaError
+from fourmica_x402.gate import Endpoint, Gate, Response, RouterFailed
+from fourmica_x402.gate.guards import RESOLVED_KEY, rerouted
+from fourmica_x402.gate.lifecycle import PAYMENT_KEY
+
+from ._exchange import send_response
+from ._starlette import StarletteRouter
+
+__all__ = ["Guarded", "guard", "noted", "recorded"]
+
+Scope = MutableMapping[str, Any]
+Resolve = Callable[[], Endpoint | None]
+
+
+def recorded(scope: Scope, resolve: Resolve) -> Resolve:
+    """``resolve``, noting in ``scope`` what it resolved: ``(route, method)``, None the route
+    when it found none (the router will not serve it) or failed."""
+
+    def resolved() -> Endpoint | None:
+        method = scope.get("method", "GET")  # a WebSocket handshake is seen as a GET
+        scope[RESOLVED_KEY] = (None, method)
+        endpoint = resolve()
+        if endpoint is not None:
+            scope[RESOLVED_KEY] = (endpoint.key, method)
+        return endpoint
+
+    return resolved
+
+
+def noted(scope: Scope, resolve: Resolve | None) -> Scope:
+    """``scope``, what ``resolve`` (a :func:`recorded` one) finds noted in it: a request an
+    outer gate settled runs on its payment here too, on the route this gate sees it reach."""
+    if resolve is not None:
+        with contextlib.suppress(RouterFailed, FourmicaError):  # none noted: refused if priced
+            resolve()
+    return scope
+
+
+class Guarded:
+    """A route's ``handle``, checked before it runs (see the module docstring)."""
+
+    __slots__ = ("checks", "handle", "route")
+
+    def __init__(self, route: Any, handle: Callable[..., Awaitable[None]]) -> None:
+        self.route, self.handle = route, handle
+        #: Per gate pricing this route: the gate (weakly held) and its endpoints for it.
+        self.checks: list[tuple[weakref.ref[Gate], list[Endpoint]]] = []
+
+    def __call__(self, scope: Scope, receive: Any, send: Any) -> Awaitable[None]:
+        seen = scope.get(RESOLVED_KEY)
+        if seen is not None and seen[0] is self.route and seen[1] == scope.get("method", "GET"):
+            return self.handle(scope, receive, send)  # the gate's own decision: nothing added
+        return self._checked(scope, receive, send)
+
+    async def _checked(self, scope: Scope, receive: Any, send: Any) -> None:
+        refused = self.refusal(scope)
+        if refused is None:
+            return await self.handle(scope, receive, send)
+        if scope["type"] == "websocket":  # as the gate answers a WebSocket on a priced route
+            await receive()
+            return await send({"type": "websocket.close", "code": 1008})
+        return await send_response(send, refused)
+
+    def refusal(self, scope: Scope) -> Response | None:
+        """What answers instead of the route (None: it runs), by each gate's table now."""
+        if scope["type"] not in ("http", "websocket"):
+            return None
+        method, seen = scope.get("method", "GET"), scope.get(RESOLVED_KEY)
+        payment = scope.get(PAYMENT_KEY)
+        for ref, endpoints in self.checks:
+            gate = ref()
+            if gate is None:
+                continue
+            for endpoint in endpoints:
+                refused = rerouted(gate.routes, endpoint, method, payment, seen)
+                if refused is not None:
+                    return refused
+        return None
+
+
+def guard(gate: Gate, router: StarletteRouter | None) -> StarletteRouter | None:
+    """``router``, each of its routes (but a marker's) guarded for ``gate``; once per gate."""
+    if router is None:
+        return None
+    found: dict[int, tuple[Any, list[Endpoint]]] = {}
+    for each in router.walk():
+        endpoint = router.endpoint(*each)
+        if endpoint.marker is None:
+            found.setdefault(id(endpoint.key), (endpoint.key, []))[1].append(endpoint)
+    for route, endpoints in found.values():
+        handle = route.handle
+        if not isinstance(handle, Guarded) or handle.route is not route:  # (a copied route's)
+            own = type(route).handle.__get__(route) if isinstance(handle, Guarded) else handle
+            route.handle = handle = Guarded(route, own)
+        kept = [c for c in handle.checks if c[0]() not in (None, gate)]
+        handle.checks = [*kept, (weakref.ref(gate), endpoints)]
+    return router

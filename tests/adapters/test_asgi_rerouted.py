@@ -1,0 +1,220 @@
+"""What Starlette's router dispatches is checked against what the gate decided on.
+
+A pure ASGI layer between the payment middleware and the router (a method override, a path
+alias, ``Mount(..., middleware=[...])``) changed the request after the gate resolved it: the
+gate passed on a 405, a 404 or a free route, and the router then ran a route the table
+prices, unpaid and unrecorded. Such a route is now refused, 503 ``payment_not_enforced``
+(docs/architecture.md, "Which route is priced"); what the gate decided on stays as it decided.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi import APIRouter, FastAPI
+from fourmica_x402.adapters.asgi import PaymentMiddleware
+from fourmica_x402.adapters.fastapi import FourmicaX402, http_middleware
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from fourmica_x402 import PaymentConfig
+from fourmica_x402.core import Core
+from fourmica_x402.gate import Gate
+from fourmica_x402.testing import NETWORK, TestBuyer, paid_headers
+
+SELLER = TestBuyer.new().address
+TABLE = {"GET /items/:n": "$0.01", "GET /v1/report": "$0.02"}
+
+
+@pytest.fixture
+def core(audited_core: Core) -> Core:
+    return audited_core
+
+
+class Rewrite:
+    """A pure ASGI layer: the method from ``X-HTTP-Method-Override``, the path from
+    ``X-Rewrite-URL``, and ``<root>/old/...`` served as ``<root>/...`` (an alias kept for old
+    clients; ``<root>``: the mount it is installed on, if any)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        root = scope.get("root_path", "")
+        path = headers.get(b"x-rewrite-url", b"").decode() or scope["path"]
+        if path.startswith(root + "/old/"):
+            path = root + path[len(root) + 4 :]
+        scope = {**scope, "path": path, "raw_path": path.encode()}
+        if b"x-http-method-override" in headers:
+            scope["method"] = headers[b"x-http-method-override"].decode().upper()
+        return await self.app(scope, receive, send)
+
+
+def _funded(core: Core) -> TestBuyer:
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 10**7, network=NETWORK)
+    return buyer
+
+
+def _gate(core: Core, table: dict[str, str]) -> Gate:
+    return Gate(PaymentConfig(pay_to=SELLER, core=core, network=NETWORK, routes=table))
+
+
+def _routes(runs: list[str]) -> list[Any]:
+    """GET priced, POST free on one route; a mount with a rewriting middleware of its own."""
+
+    async def item(request: Request) -> JSONResponse:
+        runs.append(f"{request.method} {request.url.path}")
+        return JSONResponse({"item": request.path_params["n"]})
+
+    async def report(request: Request) -> JSONResponse:
+        runs.append(f"{request.method} {request.url.path}")
+        return JSONResponse({"report": "full"})
+
+    return [
+        Route("/items/{n}", item, methods=["GET", "POST"]),
+        Mount("/v1", routes=[Route("/report", report)], middleware=[Middleware(Rewrite)]),
+    ]
+
+
+def _starlette(runs: list[str], gate: Gate) -> Starlette:
+    return Starlette(  # first: outermost, the rewrite inside the gate
+        routes=_routes(runs),
+        middleware=[Middleware(PaymentMiddleware, gate=gate), Middleware(Rewrite)],
+    )
+
+
+def _fastapi(core: Core, runs: list[str], form: str) -> FastAPI:
+    app = FastAPI()
+    app.add_middleware(Rewrite)  # added first: below the gate
+    if form == "FourmicaX402":
+        FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK, routes=TABLE)
+    else:
+        config = PaymentConfig(pay_to=SELLER, core=core, network=NETWORK, routes=TABLE)
+        app.middleware("http")(http_middleware(config))
+
+    @app.api_route("/items/{n}", methods=["GET", "POST"])
+    def item(n: str, request: Request) -> dict[str, str]:
+        runs.append(f"{request.method} {request.url.path}")
+        return {"item": n}
+
+    included = APIRouter(prefix="/v1")
+
+    @included.get("/report")
+    def report(request: Request) -> dict[str, str]:
+        runs.append(f"{request.method} {request.url.path}")
+        return {"report": "full"}
+
+    app.include_router(included)
+    return app
+
+
+def _refused(resp: Any) -> bool:
+    return resp.status_code == 503 and resp.json().get("error") == "payment_not_enforced"
+
+
+@pytest.mark.parametrize("form", ["starlette", "FourmicaX402", "http_middleware"])
+def test_a_layer_inside_the_gate_that_reroutes_a_request_never_runs_a_priced_route_unpaid(
+    core: Core, form: str
+) -> None:
+    """A method override (a free POST made a priced GET), a path alias (a 404 made a priced
+    route, HEAD too), a mount's own middleware, an included router: refused, the handler never
+    runs. Free requests, and paid ones, are served as before."""
+    runs: list[str] = []
+    app = (
+        _starlette(runs, _gate(core, TABLE)) if form == "starlette" else _fastapi(core, runs, form)
+    )
+    buyer = _funded(core)
+    with TestClient(app) as client:
+        assert client.get("/items/1").status_code == 402
+        assert _refused(client.post("/items/1", headers={"X-HTTP-Method-Override": "GET"}))
+        assert _refused(client.get("/old/items/1"))
+        assert client.head("/old/items/1").status_code == 503
+        assert _refused(client.get("/old/v1/report"))
+        if form == "starlette":  # the mount's middleware rewrites below the mount
+            assert _refused(client.get("/v1/old/report"))
+        assert runs == []
+        assert client.post("/items/1").status_code == 200 and runs == ["POST /items/1"]
+        headers = paid_headers(client, buyer, client.get("/items/2"))
+        assert client.get("/items/2", headers=headers).status_code == 200
+    assert runs == ["POST /items/1", "GET /items/2"]
+    assert core.position(buyer.address, network=NETWORK).locked == 10_000
+
+
+def test_a_payment_for_one_route_does_not_buy_the_route_a_layer_reroutes_it_to(
+    core: Core,
+) -> None:
+    """Paid for /items/1 at its price, rewritten to /v1/report (a dearer route): refused, and
+    the payment is not kept (no handler ran)."""
+    runs: list[str] = []
+    buyer = _funded(core)
+    with TestClient(_starlette(runs, _gate(core, TABLE))) as client:
+        headers = paid_headers(client, buyer, client.get("/items/1"))
+        assert _refused(client.get("/items/1", headers={**headers, "X-Rewrite-URL": "/v1/report"}))
+    assert runs == []
+    assert [g.state for g in core.guarantees(address=buyer.address)] in (["voided"], ["cancelled"])
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
+def test_a_route_priced_at_run_time_is_checked_when_the_router_dispatches(core: Core) -> None:
+    """The table is read when the router dispatches, not when the app started: a route priced
+    after the start (``gate.add_route``) is refused when a layer reroutes a request to it."""
+    runs: list[str] = []
+    gate = _gate(core, {"GET /items/:n": "$0.01"})
+    with TestClient(_starlette(runs, gate)) as client:
+        assert client.get("/old/v1/report").status_code == 200  # free: served
+        gate.add_route("GET /v1/report", "$0.02")
+        assert client.get("/v1/report").status_code == 402
+        assert _refused(client.get("/old/v1/report"))
+    assert runs == ["GET /v1/report"]
+
+
+def test_a_websocket_rerouted_to_a_priced_route_is_closed(core: Core) -> None:
+    """The gate closes a WebSocket on a priced route (1008); one a layer reroutes there too."""
+    opened: list[str] = []
+
+    async def feed(websocket: WebSocket) -> None:
+        opened.append(websocket.url.path)
+        await websocket.accept()
+        await websocket.send_text("tick")
+        await websocket.close()
+
+    gate = _gate(core, {"GET /feed": "$0.01"})
+    app = Starlette(
+        routes=[WebSocketRoute("/feed", feed), WebSocketRoute("/free", feed)],
+        middleware=[Middleware(PaymentMiddleware, gate=gate), Middleware(Rewrite)],
+    )
+    with TestClient(app) as client:
+        for path in ("/feed", "/old/feed"):
+            with pytest.raises(WebSocketDisconnect) as closed, client.websocket_connect(path) as ws:
+                ws.receive_text()  # unreached: closed before it is accepted
+            assert closed.value.code == 1008
+        with client.websocket_connect("/old/free") as ws:
+            assert ws.receive_text() == "tick"
+    assert opened == ["/free"]
+
+
+def test_a_request_an_outer_gate_settled_runs_on_an_inner_gates_priced_route(core: Core) -> None:
+    """An app with a gate of its own mounted as a plain ASGI app (the outer router sees one
+    route for all of it): the outer gate's payment runs the inner route it reaches, once."""
+    runs: list[str] = []
+    inner = PaymentMiddleware(Starlette(routes=_routes(runs)), gate=_gate(core, TABLE))
+    outer = Starlette(
+        routes=[Mount("/shop", app=inner)],
+        middleware=[Middleware(PaymentMiddleware, gate=_gate(core, {"GET /shop/*": "$0.03"}))],
+    )
+    buyer = _funded(core)
+    with TestClient(outer) as client:
+        headers = paid_headers(client, buyer, client.get("/shop/items/1"))
+        assert client.get("/shop/items/1", headers=headers).status_code == 200
+    assert runs == ["GET /shop/items/1"]
+    assert core.position(buyer.address, network=NETWORK).locked == 30_000
