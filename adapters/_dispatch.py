@@ -31,15 +31,15 @@ Resolve = Callable[[], Endpoint | None]
 
 
 def recorded(scope: Scope, resolve: Resolve) -> Resolve:
-    """``resolve``, noting in ``scope`` what it resolved: ``(route, method)``, None the route
-    when it found none (the router will not serve it) or failed."""
+    """``resolve``, noting in ``scope`` what it resolved: ``(Endpoint, method)``, None the
+    endpoint when it found none (the router will not serve it) or failed."""
 
     def resolved() -> Endpoint | None:
         method = scope.get("method", "GET")  # a WebSocket handshake is seen as a GET
         scope[RESOLVED_KEY] = (None, method)
         endpoint = resolve()
         if endpoint is not None:
-            scope[RESOLVED_KEY] = (endpoint.key, method)
+            scope[RESOLVED_KEY] = (endpoint, method)
         return endpoint
 
     return resolved
@@ -66,8 +66,12 @@ class Guarded:
 
     def __call__(self, scope: Scope, receive: Any, send: Any) -> Awaitable[None]:
         seen = scope.get(RESOLVED_KEY)
-        if seen is not None and seen[0] is self.route and seen[1] == scope.get("method", "GET"):
-            return self.handle(scope, receive, send)  # the gate's own decision: nothing added
+        if (  # the gate's own decision on this route (the object: one route, one check)
+            seen is not None
+            and getattr(seen[0], "key", None) is self.route
+            and seen[1] == scope.get("method", "GET")
+        ):
+            return self.handle(scope, receive, send)
         return self._checked(scope, receive, send)
 
     async def _checked(self, scope: Scope, receive: Any, send: Any) -> None:
