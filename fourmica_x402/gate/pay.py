@@ -92,7 +92,8 @@ def paid(
     v1_values = request.header_values(X_PAYMENT_HEADER)
     if not v2_values and not v1_values:
         return challenge(gate, request, route, requirements, Reason.PAYMENT_REQUIRED)
-    wait = max(throttle.blocked(request.client), 0.0)
+    sender = throttle.sender(request.client)
+    wait = max(throttle.blocked(sender), 0.0)
     if wait > 0:
         return throttle.answer(wait)
     try:
@@ -104,13 +105,13 @@ def paid(
         chosen = _match(payload, requirements)
         signed = signed_from_payload(payload, chosen)
     except PaymentError as exc:
-        throttle.hit(request.client)
+        throttle.hit(sender)
         yield from failure(gate, request, exc)
         return challenge(
             gate, request, route, requirements, exc.reason, version=version_of(request)
         )
     payer = signed.claims.user_address
-    wait = throttle.blocked(throttle.payer_key(payer, request.client))
+    wait = throttle.blocked(throttle.payer_key(payer, sender))
     if wait > 0:
         return throttle.answer(wait)
     header_hash = hashlib.sha256(header.encode("ascii", "replace")).hexdigest()
@@ -150,7 +151,7 @@ def paid(
     if config.settle == "before":
         result = yield settle.settle_and_record(gate, payload, chosen, base, signed)
         if isinstance(result, SettleResult):  # refused
-            throttle.refused(request.client, payer, result.error_reason)
+            throttle.refused(sender, payer, result.error_reason)
             yield from failure(
                 gate, request, GuaranteeRejected(reason=result.error_reason or "rejected")
             )
@@ -169,7 +170,7 @@ def paid(
             gate.facilitator.verify, (payload, chosen), afn=gate.facilitator.averify
         )
         if not verdict.is_valid:
-            throttle.refused(request.client, payer, verdict.invalid_reason)
+            throttle.refused(sender, payer, verdict.invalid_reason)
             yield from failure(
                 gate, request, GuaranteeRejected(reason=verdict.invalid_reason or "invalid")
             )

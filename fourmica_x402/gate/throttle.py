@@ -6,6 +6,8 @@ seconds). Asking for terms (a request without a payment) is never throttled.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import threading
 import time
 
@@ -83,6 +85,12 @@ class Throttle:
             self.hit(self.payer_key(payer, client))
 
     @staticmethod
+    def sender(client: str | None) -> str | None:
+        """The key of a client address: an IPv6 address by its /64 (one host's or site's
+        share: rotating addresses within it evades nothing), any other as it is."""
+        return _prefix(client) if client and ":" in client else client
+
+    @staticmethod
     def payer_key(payer: str, client: str | None) -> str:
         """The key a payer's refused payments count under: the payer at this client address."""
         return f"{payer}@{client}" if client else payer
@@ -94,3 +102,11 @@ class Throttle:
         return error_response(
             429, exc.reason, "too many invalid payments; slow down", exc.headers()
         )
+
+
+@functools.lru_cache(maxsize=4096)
+def _prefix(address: str) -> str:
+    try:
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    except ValueError:
+        return address

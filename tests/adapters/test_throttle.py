@@ -61,3 +61,22 @@ def test_replaying_a_used_payment_does_not_lock_its_payer_out(audited_core: Core
     for _ in range(3):
         assert victim.get("/premium", headers=used).status_code == 402
     assert victim.get("/premium", headers=payment()).status_code == 429
+
+
+def test_rotating_addresses_within_one_ipv6_64_is_one_sender(audited_core: Core) -> None:
+    """A host holds a whole IPv6 /64: replaying from a new address of it each time evaded
+    the throttle (every replay reached the settlement). Another network's payer is unaffected."""
+    app = _app(audited_core)
+    buyer = TestBuyer.new()
+    audited_core.deposit(buyer.address, 10**7, network=NETWORK)
+    own = _client(app, "2001:db8:aaaa:1::7")
+    name, value = buyer.pay_challenge(audited_core, own.get("/premium").headers["payment-required"])
+    used = {name: value}
+    assert own.get("/premium", headers=used).status_code == 200
+    statuses = [
+        _client(app, f"2001:db8:bbbb:2::{i:x}").get("/premium", headers=used).status_code
+        for i in range(1, 9)
+    ]
+    assert statuses[:3] == [402, 402, 402] and set(statuses[3:]) == {429}
+    name, value = buyer.pay_challenge(audited_core, own.get("/premium").headers["payment-required"])
+    assert own.get("/premium", headers={name: value}).status_code == 200
