@@ -2,8 +2,7 @@
 
 FOURMICA_X402 = {"PAY_TO": "0x…", "NETWORK": "eip155:84532", "ROUTES": {"GET /a": "$0.01"}}
 @paid(price="$0.01")  # every method the view serves; methods=["GET"]: GET (and HEAD), else 405
-FOURMICA_X402_CONFIG = PaymentConfig(...)  # or one built in code (a live Core, hooks)
-"""
+FOURMICA_X402_CONFIG = PaymentConfig(...)  # or one built in code (a live Core, hooks)"""
 
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -18,6 +17,7 @@ from django.urls.resolvers import LocalePrefixPattern, URLResolver, get_resolver
 from fourmica_x402.config import PaymentConfig, config_options
 from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.gate import Response
+from fourmica_x402.gate.guards import method_marker
 from fourmica_x402.gate.lifecycle import Marker
 
 #: What a function view may serve, in the order ``Allow`` lists them.
@@ -64,10 +64,10 @@ def describe(view: Any) -> tuple[Marker | None, list[str] | None]:
     if (cls := getattr(view, "view_class", None)) is None:
         return Marker.of(view), None
     if answers_itself(cls):
-        return Marker.of(view) or Marker.of(cls), None
+        return Marker.of(view) or Marker.of(cls) or method_marker(cls), None
     names = getattr(view, "view_initkwargs", {}).get("http_method_names", cls.http_method_names)
     served = [m for m in names if hasattr(cls, m) or (m == "head" and hasattr(cls, "get"))]
-    return Marker.of(view) or Marker.of(cls), [m.upper() for m in served]
+    return Marker.of(view) or Marker.of(cls) or method_marker(cls), [m.upper() for m in served]
 
 
 def converter(name: str) -> Any:

@@ -8,6 +8,7 @@ A route decorator registers the function it is given: with ``@paid`` applied abo
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import weakref
 from collections.abc import Callable, Iterable
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RESOLVED_KEY",
     "check_routed",
+    "method_marker",
     "one_marker",
     "partly_priced",
     "remember",
@@ -59,6 +61,27 @@ def check_routed(served: Iterable[Any], elsewhere: Iterable[Any] = ()) -> None:
                 f"{name} is routed without its @paid price: put @paid below the route "
                 "decorator (the route decorator registers the function it is given)"
             )
+
+
+#: The methods a class-based view (Flask's ``MethodView``, Django's ``View``) dispatches to.
+_VERBS = ("get", "post", "put", "patch", "delete", "query")
+
+
+def method_marker(cls: Any) -> Any:
+    """The price a class-based view's methods carry (``@paid`` on ``get``, Django's
+    ``method_decorator(paid(...))``), as one marker pricing just those methods: the class's
+    route is priced for them, the others are the class's own. Two prices: ConfigurationError."""
+    from .lifecycle import Marker
+
+    if cls is None:
+        return None
+    found = {v.upper(): m for v in _VERBS if (m := Marker.of(getattr(cls, v, None))) is not None}
+    one = one_marker(found.values(), f"the methods of {getattr(cls, '__qualname__', cls)}")
+    if one is None:
+        return None
+    marker = copy.copy(one)  # priced for the methods marked, as far as their marker prices
+    marker.methods = frozenset(m for m in found if one.prices(m))
+    return marker
 
 
 class _Priced(Protocol):

@@ -332,6 +332,20 @@ class Article:
 if "custom" not in get_converters():  # the conformance app may share this process
     register_converter(Custom, "custom")
     register_converter(Article, "article")
+
+
+class MethodPaid(View):
+    """``@paid`` on a method (Django's ``method_decorator``): GET priced, POST the class's own."""
+
+    @method_decorator(paid(price="$0.03"))
+    def get(self, request: HttpRequest) -> JsonResponse:
+        seen.append(request.payment)
+        return JsonResponse({"payer": request.payment.payer})  # type: ignore[attr-defined]
+
+    def post(self, request: HttpRequest) -> JsonResponse:
+        return JsonResponse({"posted": True})
+
+
 URLS = types.ModuleType("django_adapter_urls")
 URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("free", free),
@@ -354,6 +368,7 @@ URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("ledger", Ledger.as_view()),
     path("paid-proxied", PaidProxied.as_view()),
     path("graph", Graph.as_view()),
+    path("method-paid", MethodPaid.as_view()),
     path("fallback", Fallback.as_view()),
     path("articles/<article:slug>", article),
     path("paid-fallback", PaidFallback.as_view()),
@@ -1169,3 +1184,16 @@ def test_a_client_that_leaves_an_async_view_is_not_charged(
     assert (record.status, record.outcome) == ("failed", "refunded")
     assert core.guarantee(record.guarantee_id).state == "voided"
     assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
+def test_paid_on_a_class_views_method_prices_that_method(core: Core) -> None:
+    """``method_decorator(paid(...))`` on ``get``: the route was never priced, so every GET
+    answered 503 payment_not_enforced. Now GET (and HEAD) are priced; POST is the view's own."""
+    with selling(core, {}):
+        client = Client()
+        assert amount_of(client.get("/method-paid")) == "30000"
+        assert client.head("/method-paid").status_code == 402
+        assert client.post("/method-paid").json() == {"posted": True} and seen == []
+        buyer, resp = pay(client, core, "/method-paid")
+        assert resp.status_code == 200 and resp.json() == {"payer": buyer.address}
+        assert core.position(buyer.address, network=NETWORK).locked == 30_000

@@ -940,3 +940,46 @@ def test_a_wsgi_app_inside_two_gates_is_paid_once(core: Core) -> None:
     assert resp.status_code == 200 and resp.get_data() == b"report" and len(runs) == 1
     [paid] = core.guarantees(address=buyer.address)
     assert (paid.guarantee_id, paid.state) == (runs[0], "payable")
+
+
+def test_paid_on_a_method_view_method_prices_that_method(core: Core) -> None:
+    """``@paid`` on a MethodView's ``get``: the route was never priced, so every GET answered
+    503 payment_not_enforced and the report could not be bought. Now the route is priced for
+    the methods marked (HEAD with GET); the others stay the class's own."""
+
+    class Report(MethodView):
+        @paid("$0.02")
+        def get(self) -> Any:
+            return {"report": g.payment.payer}
+
+        def post(self) -> Any:
+            return {"posted": True}
+
+    app = make_app(pay_to=SELLER, core=core, network=NETWORK)
+    FourmicaX402(app)
+    app.add_url_rule("/report", view_func=Report.as_view("report"))
+    client = app.test_client()
+    assert amount_of(client, "/report") == "20000"
+    assert client.head("/report").status_code == 402
+    assert client.post("/report").get_json() == {"posted": True}  # not marked: free
+    buyer = funded(core)
+    resp = client.get("/report", headers=payment_for(client, buyer, "/report"))
+    assert resp.status_code == 200 and resp.get_json() == {"report": buyer.address}
+    assert core.position(buyer.address, network=NETWORK).locked == 20_000
+
+
+def test_two_prices_on_the_methods_of_one_view_fail_at_start_up(core: Core) -> None:
+    class Report(MethodView):
+        @paid("$0.02")
+        def get(self) -> Any:
+            return {}
+
+        @paid("$0.05")
+        def post(self) -> Any:
+            return {}
+
+    app = make_app(pay_to=SELLER, core=core, network=NETWORK)
+    ext = FourmicaX402(app)
+    app.add_url_rule("/report", view_func=Report.as_view("report"))
+    with pytest.raises(ConfigurationError, match="Report"):
+        ext.check()
