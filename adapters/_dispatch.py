@@ -30,16 +30,19 @@ Scope = MutableMapping[str, Any]
 Resolve = Callable[[], Endpoint | None]
 
 
-def recorded(scope: Scope, resolve: Resolve) -> Resolve:
-    """``resolve``, noting in ``scope`` what it resolved: ``(Endpoint, method)``, None the
-    endpoint when it found none (the router will not serve it) or failed."""
+def recorded(scope: Scope, resolve: Resolve, gate: Gate) -> Resolve:
+    """``resolve``, noting in ``scope`` what it resolved for ``gate``: ``(Endpoint, method)``,
+    None the endpoint when it found none (the router will not serve it) or failed. One note
+    per gate: a gate inside another (a mounted app's) notes what it sees, after any layer
+    between them, and leaves the outer gate's note as it was."""
 
     def resolved() -> Endpoint | None:
         method = scope.get("method", "GET")  # a WebSocket handshake is seen as a GET
-        scope[RESOLVED_KEY] = (None, method)
+        notes = scope.setdefault(RESOLVED_KEY, {})
+        notes[gate] = (None, method)
         endpoint = resolve()
         if endpoint is not None:
-            scope[RESOLVED_KEY] = (endpoint, method)
+            notes[gate] = (endpoint, method)
         return endpoint
 
     return resolved
@@ -61,18 +64,17 @@ class Guarded:
 
     def __init__(self, route: Any, handle: Callable[..., Awaitable[None]]) -> None:
         self.route, self.handle = route, handle
-        #: Per gate pricing this route: the gate (weakly held) and its endpoints for it.
-        self.checks: list[tuple[weakref.ref[Gate], list[Endpoint]]] = []
+        #: Per gate pricing this route (weakly held): its endpoints for it.
+        self.checks: weakref.WeakKeyDictionary[Gate, list[Endpoint]] = weakref.WeakKeyDictionary()
 
     def __call__(self, scope: Scope, receive: Any, send: Any) -> Awaitable[None]:
-        seen = scope.get(RESOLVED_KEY)
-        if (  # the gate's own decision on this route (the object: one route, one check)
-            seen is not None
-            and getattr(seen[0], "key", None) is self.route
-            and seen[1] == scope.get("method", "GET")
-        ):
-            return self.handle(scope, receive, send)
-        return self._checked(scope, receive, send)
+        notes, method = scope.get(RESOLVED_KEY) or {}, scope.get("method", "GET")
+        for gate, seen in notes.items():  # the gates this request passed, each on its own
+            if gate in self.checks and (  # decision (on this route: the object)
+                getattr(seen[0], "key", None) is not self.route or seen[1] != method
+            ):
+                return self._checked(scope, receive, send)
+        return self.handle(scope, receive, send)
 
     async def _checked(self, scope: Scope, receive: Any, send: Any) -> None:
         refused = self.refusal(scope)
@@ -84,16 +86,14 @@ class Guarded:
         return await send_response(send, refused)
 
     def refusal(self, scope: Scope) -> Response | None:
-        """What answers instead of the route (None: it runs), by each gate's table now."""
+        """What answers instead of the route (None: it runs), by the table now of each gate
+        the request passed (an app without one, sharing the route object, serves it as is)."""
         if scope["type"] not in ("http", "websocket"):
             return None
-        method, seen = scope.get("method", "GET"), scope.get(RESOLVED_KEY)
+        method, notes = scope.get("method", "GET"), scope.get(RESOLVED_KEY) or {}
         payment = scope.get(PAYMENT_KEY)
-        for ref, endpoints in self.checks:
-            gate = ref()
-            if gate is None:
-                continue
-            for endpoint in endpoints:
+        for gate, seen in notes.items():
+            for endpoint in self.checks.get(gate, ()):
                 refused = rerouted(gate.routes, endpoint, method, payment, seen)
                 if refused is not None:
                     return refused
@@ -114,6 +114,5 @@ def guard(gate: Gate, router: StarletteRouter | None) -> StarletteRouter | None:
         if not isinstance(handle, Guarded) or handle.route is not route:  # (a copied route's)
             own = type(route).handle.__get__(route) if isinstance(handle, Guarded) else handle
             route.handle = handle = Guarded(route, own)
-        kept = [c for c in handle.checks if c[0]() not in (None, gate)]
-        handle.checks = [*kept, (weakref.ref(gate), endpoints)]
+        handle.checks[gate] = endpoints
     return router

@@ -108,7 +108,8 @@ class PaymentMiddleware:
 
     def _view(self, scope: Scope, receive: Any) -> RequestView:  # what it resolves: noted
         seen = {**scope, "root_path": self._root} if self._root else scope
-        resolve = None if self._router is None else recorded(scope, self._router.resolver(seen))
+        router, gate = self._router, self.gate
+        resolve = None if router is None else recorded(scope, router.resolver(seen), gate)
         return request_view(seen, receive, resolve)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:

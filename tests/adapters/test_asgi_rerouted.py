@@ -218,3 +218,66 @@ def test_a_request_an_outer_gate_settled_runs_on_an_inner_gates_priced_route(cor
         assert client.get("/shop/items/1", headers=headers).status_code == 200
     assert runs == ["GET /shop/items/1"]
     assert core.position(buyer.address, network=NETWORK).locked == 30_000
+
+
+@pytest.mark.parametrize("outer_get", [None, "$0.01"], ids=["free-get", "paid-get"])
+def test_a_gate_inside_another_never_hides_a_reroute_from_the_outer_one(
+    core: Core, outer_get: str | None
+) -> None:
+    """A layer between two gates (on the mount of an app with a gate of its own) turned a GET
+    into the PUT the outer gate prices at $1: the inner gate's note of what it saw replaced
+    the outer one's, and the $1 PUT ran free, or on a $0.01 GET's payment."""
+    runs: list[str] = []
+
+    async def shelf(request: Request) -> JSONResponse:
+        runs.append(request.method)
+        return JSONResponse({"ran": request.method})
+
+    async def other(request: Request) -> JSONResponse:
+        return JSONResponse({})
+
+    inner = Starlette(
+        routes=[Route("/a", shelf, methods=["GET", "PUT"]), Route("/other", other)],
+        middleware=[Middleware(PaymentMiddleware, gate=_gate(core, {"GET /other": "$0.05"}))],
+    )
+    table = {"PUT /shop/a": "$1", **({"GET /shop/a": outer_get} if outer_get else {})}
+    outer = Starlette(
+        routes=[Mount("/shop", app=inner, middleware=[Middleware(Rewrite)])],
+        middleware=[Middleware(PaymentMiddleware, gate=_gate(core, table))],
+    )
+    buyer = _funded(core)
+    with TestClient(outer) as client:
+        assert client.put("/shop/a").status_code == 402
+        headers = paid_headers(client, buyer, client.get("/shop/a")) if outer_get else {}
+        resp = client.get("/shop/a", headers={**headers, "X-HTTP-Method-Override": "PUT"})
+        assert _refused(resp), (resp.status_code, resp.text)
+        assert client.get("/shop/a").status_code == (402 if outer_get else 200)
+    assert runs == ([] if outer_get else ["GET"])
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
+def test_route_objects_shared_with_another_app_answer_by_that_apps_own_gates(
+    core: Core,
+) -> None:
+    """One APIRouter's routes served by two apps: the check of one app's gate refused the
+    other app's requests (503, or not, depending on when the garbage collector ran)."""
+    runs: list[str] = []
+    router = APIRouter()
+
+    @router.get("/items")
+    def items() -> dict[str, bool]:
+        runs.append("items")
+        return {"ok": True}
+
+    sold, bare, other = FastAPI(), FastAPI(), FastAPI()
+    for app in (sold, bare, other):
+        app.include_router(router)
+    FourmicaX402(sold, pay_to=SELLER, core=core, network=NETWORK, routes={"GET /items": "$1"})
+    FourmicaX402(other, pay_to=SELLER, core=core, network=NETWORK, routes={"GET /items": "$2"})
+    with TestClient(sold) as a, TestClient(bare) as b, TestClient(other) as c:
+        assert a.get("/items").status_code == 402 and c.get("/items").status_code == 402
+        assert b.get("/items").json() == {"ok": True}  # no gate there: that app's own choice
+        buyer = _funded(core)
+        assert c.get("/items", headers=paid_headers(c, buyer, c.get("/items"))).status_code == 200
+    assert runs == ["items", "items"]
+    assert core.position(buyer.address, network=NETWORK).locked == 2_000_000
