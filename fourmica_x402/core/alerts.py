@@ -24,6 +24,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from . import alert_conditions
+from .common import INT64_MAX
 from .feed import EventFeed, Events, emit
 from .models import Alert
 from .store import Store, Tx
@@ -143,10 +144,18 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _whole(value: Any, low: int) -> bool:
+    """Whether ``value`` is a whole number in ``low..2**63-1``: the database compares
+    thresholds with its amounts, which are signed 64-bit, and takes no larger number."""
+    return not isinstance(value, bool) and isinstance(value, int) and low <= value <= INT64_MAX
+
+
 def _check_int(rules: AlertRules, name: str, low: int) -> None:
     value = getattr(rules, name)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-        raise ConfigurationError(f"alerts: {name} must be a whole number ≥ {low}, or None")
+    if value is not None and not _whole(value, low):
+        raise ConfigurationError(
+            f"alerts: {name} must be a whole number {low}..{INT64_MAX}, or None"
+        )
 
 
 def _floors(given: Mapping[tuple[str, str | None], int]) -> dict[tuple[str, str | None], int]:
@@ -162,8 +171,10 @@ def _floors(given: Mapping[tuple[str, str | None], int]) -> dict[tuple[str, str 
             raise ConfigurationError(
                 f"alerts: collateral_floor keys are (network, asset): {key!r:.80} ({exc})"
             ) from None
-        if isinstance(floor, bool) or not isinstance(floor, int) or floor < 1:
-            raise ConfigurationError("alerts: a collateral floor must be a whole number ≥ 1")
+        if not _whole(floor, 1):
+            raise ConfigurationError(
+                f"alerts: a collateral floor must be a whole number 1..{INT64_MAX}"
+            )
     return floors
 
 

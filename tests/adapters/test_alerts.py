@@ -189,7 +189,12 @@ def test_serve_takes_alert_rules_and_refuses_bad_ones(tmp_path: Path) -> None:
 
     runner = CliRunner(env={"FOURMICA_X402_ALERTS": None, "COLUMNS": "300"})
     db = f"sqlite:///{tmp_path / 'core.db'}"
-    for bad in ("nope=1", "default=-1", "settlement_deadline=soon"):
+    for bad in (
+        "nope=1",
+        "default=-1",
+        "settlement_deadline=soon",
+        "collateral_floor=99999999999999999999999999",  # more than the database compares
+    ):
         result = runner.invoke(main, ["serve", "--db", db, "--alerts", bad])
         assert result.exit_code == 2 and "'--alerts'" in result.output, result.output
         assert "Traceback" not in result.output

@@ -112,6 +112,12 @@ def test_rules_are_checked_and_parsed() -> None:
         {"settlement_deadline": -1},
         {"invalid_window": 0},
         {"interval": 100_000},
+        # beyond the database's 64-bit integers: no check could ever compare it
+        {"collateral_floor": 2**63},
+        {"collateral_floor": {(NETWORK, None): 10**30}},
+        {"withdrawal_requested": 2**63},
+        {"default": 10**30},
+        {"reconciler_backlog": 2**63},
     ):
         with pytest.raises(ConfigurationError):
             AlertRules(**bad)
@@ -119,6 +125,7 @@ def test_rules_are_checked_and_parsed() -> None:
         with pytest.raises(ConfigurationError):
             AlertRules.parse(text)
     assert AlertRules().database_rules == [] and AlertRules().payment_rules == []
+    assert AlertRules(collateral_floor=2**63 - 1, default=2**63 - 1).default == 2**63 - 1
 
 
 def test_collateral_floor_fires_once_per_crossing(world: World) -> None:
