@@ -218,15 +218,13 @@ def pay(
 ) -> None:
     """Make one paid request, like curl; print the body and the receipt as JSON."""
     import sqlite3
-    from urllib.parse import urlsplit
+
+    from .._urls import check_http_url
 
     try:
-        parts = urlsplit(url)
-        ok_url = parts.scheme in ("http", "https") and bool(parts.hostname)
-    except ValueError:
-        ok_url = False
-    if not ok_url:
-        raise click.BadParameter(f"{url!r:.80} is not an http(s):// URL", param_hint="URL")
+        check_http_url(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="URL") from None
     cap = None if max_price is None else _max_price(max_price)
     if not METHOD.match(method):
         raise click.BadParameter(f"{method!r:.40} is not an HTTP method", param_hint="'--method'")
@@ -271,7 +269,8 @@ def pay(
             refusal["receipt"] = _receipt(exc.receipt, payer)
             click.echo(json.dumps(refusal, indent=2))
             sys.exit(1)
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:  # the last two: a
+            # redirect to a host no request can go to (the URL given was checked above)
             raise click.ClickException(f"request failed: {exc}") from None
         except FourmicaError as exc:  # e.g. a --max-price finer than the offered token
             raise click.ClickException(exc.message) from None

@@ -14,7 +14,6 @@ import os
 import re
 from fractions import Fraction
 from typing import Any
-from urllib.parse import urlsplit
 
 import click
 
@@ -143,15 +142,15 @@ def serve(
         except FourmicaError as exc:
             raise click.BadParameter(exc.message, param_hint="'--alerts'") from None
     if public_url is not None:
+        from .._urls import check_http_url
+
         try:
-            parts = urlsplit(public_url)
-            named = parts.scheme in ("http", "https") and bool(parts.hostname)
-        except ValueError:  # an unclosed IPv6 bracket
-            named = False
-        if not named:
+            check_http_url(public_url)
+        except ValueError as exc:
             raise click.BadParameter(
-                "give an http(s) URL such as https://core.example", param_hint="'--public-url'"
-            )
+                f"{exc}: give an http(s) URL such as https://core.example",
+                param_hint="'--public-url'",
+            ) from None
         public_url = public_url.rstrip("/")
     if api_key is not None and not TOKEN.match(api_key):
         # An empty key would let every request through as the operator.

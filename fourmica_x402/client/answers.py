@@ -11,6 +11,8 @@ import zlib
 
 import httpx
 
+from .._urls import check_http_url
+
 __all__ = ["MAX_ANSWER", "AnswerTooLarge", "aread_answer", "http_url", "read_answer"]
 
 #: The most the flow reads of an answer it parses.
@@ -143,8 +145,8 @@ def http_url(value: object) -> str | None:
     """``value`` when it is an http(s) URL httpx can send to (a seller names it), else None."""
     if not isinstance(value, str) or not value.startswith(("http://", "https://")):
         return None
-    try:
-        httpx.URL(value)
-    except httpx.InvalidURL:  # a bad port or host: neither an HTTPError nor a ValueError
+    try:  # a bad address, a name no socket encodes, a port past 65535 (httpx would wrap it)
+        check_http_url(value)
+    except ValueError:
         return None
     return value

@@ -20,11 +20,12 @@ import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlunsplit
 
 import httpx
 
 from .._json import loads
+from .._urls import check_http_url
 from ..errors import DiscoveryFailed
 from ..networks import find_asset, format_amount, parse_amount
 from .answers import AnswerTooLarge, aread_answer, read_answer
@@ -80,12 +81,9 @@ def listing_url(url: str) -> str:
     """The listing of the seller at ``url``: its origin's :data:`WELL_KNOWN` (a URL that
     already names a listing is kept)."""
     try:
-        parts = urlsplit(url.strip())
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
-    except ValueError:
-        ok = False
-    if not ok:
-        raise DiscoveryFailed(f"{url!r:.80} is not an http(s):// URL")
+        parts = check_http_url(url.strip())
+    except ValueError as exc:
+        raise DiscoveryFailed(str(exc)) from None
     if parts.path.endswith(WELL_KNOWN):
         return urlunsplit((parts.scheme, parts.netloc, parts.path, parts.query, ""))
     return urlunsplit((parts.scheme, parts.netloc, WELL_KNOWN, "", ""))
@@ -104,7 +102,8 @@ def discover(
             response = stack.enter_context(client.stream("GET", target, timeout=timeout))
             read_answer(response, MAX_BYTES)  # no further than the limit
             return read_listing(response, target)
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:  # the last two: a
+        # redirect (a client that follows them) to a host no request can go to
         raise DiscoveryFailed(f"{target}: request failed: {exc}") from exc
     except AnswerTooLarge:
         raise DiscoveryFailed(f"{target}: the listing is larger than {MAX_BYTES} bytes") from None
@@ -123,7 +122,8 @@ async def adiscover(
             response = await stack.enter_async_context(request)
             await aread_answer(response, MAX_BYTES)
             return read_listing(response, target)
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:  # the last two: a
+        # redirect (a client that follows them) to a host no request can go to
         raise DiscoveryFailed(f"{target}: request failed: {exc}") from exc
     except AnswerTooLarge:
         raise DiscoveryFailed(f"{target}: the listing is larger than {MAX_BYTES} bytes") from None

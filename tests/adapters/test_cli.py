@@ -300,9 +300,14 @@ def test_serve_says_when_its_port_is_taken(db: str, busy_port: int) -> None:
     refused(cli("serve", "--db", db, "--port", str(busy_port)), 1, "cannot listen", str(busy_port))
 
 
-def test_serve_takes_an_http_public_url_only(db: str) -> None:
+def test_serve_takes_an_http_public_url_only(db: str, busy_port: int) -> None:
     for bad in ("ftp://core.example", "core.example", "https://", "http://[::1"):
         refused(cli("serve", "--db", db, "--public-url", bad), 2, "'--public-url'")
+    # a URL no buyer could reach: a port past 65535, an address or name no request takes
+    # (the busy port makes a serve that took it stop at once)
+    for bad in ("http://core.example:99999", "http://256.1.1.1", "http://a..b"):
+        args = ("serve", "--db", db, "--port", str(busy_port), "--public-url", bad)
+        refused(cli(*args), 2, "'--public-url'")
 
 
 def test_serve_refuses_an_empty_api_key(db: str) -> None:

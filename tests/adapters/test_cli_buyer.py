@@ -257,6 +257,19 @@ def test_a_bad_number_in_a_challenge_is_a_clean_refusal(
         assert core.guarantees() == []  # nothing signed, nothing settled
 
 
+@pytest.mark.parametrize("bad", ["http://a..b/tab", "http://xn--a.com/tab", "http://h:99999/tab"])
+def test_a_tab_endpoint_no_request_can_go_to_is_a_clean_refusal(tmp_path: Path, bad: str) -> None:
+    """A seller's tabEndpoint is checked as a URL given to ``pay`` is: refused, not sent to
+    (an encoding error, or a port wrapped onto another)."""
+    with seller(tmp_path, {"tabEndpoint": bad}) as (url, core):
+        result = cli("pay", url, "--key", KEY)
+        clean(result)
+        assert result.exit_code == 1, result.output
+        out = json.loads(result.stdout)
+        assert out["paid"] is False and "tabEndpoint" in out["message"], out
+        assert core.guarantees() == []
+
+
 # -- listing offers before paying -----------------------------------------------------------------
 
 
@@ -322,6 +335,45 @@ def test_pay_follows_a_redirect_to_the_priced_route_and_pays_once(tmp_path: Path
         core.close()
 
 
+#: URLs no request can go to, and what the refusal says: httpx refuses the address, the socket
+#: cannot encode the name, and httpx would wrap the port onto another (99999 - 65536: 34463).
+UNREACHABLE = {
+    "http://256.1.1.1/": "not a valid host (Invalid IPv4 address",
+    "http://a..b/": "not a valid host (encoding with 'idna' codec failed",
+    "http://127.0.0.1:99999/": "the port is not a number 0..65535",
+}
+
+
+def test_pay_refuses_a_url_no_request_can_go_to() -> None:
+    for bad, says in UNREACHABLE.items():
+        assert says in error_line(cli("pay", bad, "--key", KEY), 2)
+
+
+def test_a_redirect_to_a_host_no_request_can_go_to_is_one_clean_error() -> None:
+    """Checked up front, such a URL can still come as a redirect: ``pay`` and ``discover``
+    (with a client that follows redirects) say the request failed, nothing paid."""
+    import httpx
+
+    def away(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("307 Temporary Redirect", [("location", "http://a..b/")])
+        return [b""]
+
+    with loopback(away) as origin:
+        assert "request failed" in error_line(cli("pay", origin + "/premium", "--key", KEY), 1)
+        with (
+            httpx.Client(follow_redirects=True) as client,
+            pytest.raises(DiscoveryFailed, match="request failed"),
+        ):
+            discover(origin, client=client)
+
+        async def listed() -> Any:
+            async with httpx.AsyncClient(follow_redirects=True) as client:
+                return await adiscover(origin, client=client)
+
+        with pytest.raises(DiscoveryFailed, match="request failed"):
+            asyncio.run(listed())
+
+
 def _answering(status: str, body: bytes, kind: str = "application/json") -> Any:
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         start_response(status, [("content-type", kind)])
@@ -381,6 +433,12 @@ def test_a_listing_past_its_limit_is_read_no_further() -> None:
 
 def test_offers_refuses_a_bad_url_or_a_seller_without_a_listing(tmp_path: Path) -> None:
     assert "is not an http(s):// URL" in error_line(cli("offers", "ftp://example.com"), 2)
+    for bad, says in UNREACHABLE.items():
+        assert says in error_line(cli("offers", bad), 2)
+        with pytest.raises(DiscoveryFailed, match=re.escape(says)):
+            discover(bad)
+        with pytest.raises(DiscoveryFailed, match=re.escape(says)):
+            asyncio.run(adiscover(bad))
     assert "request failed" in error_line(cli("offers", "http://127.0.0.1:9/"), 1)
     with seller(tmp_path, discovery=False) as (url, _):  # the app answers it: not a listing
         assert "resources: expected a list" in error_line(cli("offers", url), 1)

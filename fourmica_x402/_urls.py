@@ -1,0 +1,34 @@
+"""URLs as the library takes them: an http(s) URL a request can be sent to."""
+
+from __future__ import annotations
+
+from urllib.parse import SplitResult, urlsplit
+
+__all__ = ["check_http_url"]
+
+
+def check_http_url(url: str) -> SplitResult:
+    """``url`` split, when a request can go to it: http(s), a host httpx takes (an IPv4
+    address in range, a name that IDNA encodes) and a port up to 65535 (httpx would wrap a
+    larger one onto another port, another service). ``ValueError`` saying what is wrong
+    otherwise, the URL cut to 80 characters."""
+    import httpx
+
+    try:
+        parts = urlsplit(url)
+        named = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # an unclosed IPv6 bracket
+        named = False
+    if not named:
+        raise ValueError(f"{url!r:.80} is not an http(s):// URL")
+    try:
+        parts.port  # noqa: B018  (raises for a port out of range)
+    except ValueError:
+        raise ValueError(f"{url!r:.80}: the port is not a number 0..65535") from None
+    try:
+        # As a request will: httpx checks the address and decodes the name for the Host
+        # header, the socket encodes it (IDNA, each label 1..63 characters).
+        httpx.Request("GET", url).url.raw_host.decode("ascii").encode("idna")
+    except (httpx.InvalidURL, UnicodeError) as exc:
+        raise ValueError(f"{url!r:.80}: not a valid host ({exc})") from None
+    return parts
