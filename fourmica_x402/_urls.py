@@ -1,10 +1,29 @@
-"""URLs as the library takes them: an http(s) URL a request can be sent to."""
+"""URLs as the library takes them: an http(s) URL a request can be sent to, and a URL as
+people and logs may see it (its password masked)."""
 
 from __future__ import annotations
 
+import re
 from urllib.parse import SplitResult, urlsplit
 
-__all__ = ["check_http_url"]
+__all__ = ["PASSWORD_PARAM", "check_http_url", "safe_url"]
+
+#: libpq's password parameter: in a URL's query (``?password=…``) or a conninfo string.
+PASSWORD_PARAM = re.compile(r"(?i)((?:^|[?&\s])password\s*=\s*)('[^']*'|[^&#\s]*)")
+
+
+def safe_url(url: str) -> str:
+    """``url`` with its password (``user:secret@``, ``?password=…``) replaced by ``***``."""
+    url = PASSWORD_PARAM.sub(r"\1***", url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}{slash}{path}"
 
 
 def check_http_url(url: str) -> SplitResult:

@@ -41,7 +41,11 @@ def _default_db() -> str:
 Hook = Callable[..., Any]
 
 
-@dataclass(kw_only=True)
+#: The fields that may hold a URL, and with it a password (a database URL's ``user:secret@``).
+_URL_FIELDS = ("core", "records", "tab_endpoint", "public_url")
+
+
+@dataclass(kw_only=True, repr=False)
 class PaymentConfig:
     """Everything the payment gate needs. Only ``routes`` (and a ``pay_to``) are required."""
 
@@ -180,6 +184,20 @@ class PaymentConfig:
             hook = getattr(self, name)
             if hook is not None and not callable(hook):
                 raise ConfigurationError(f"{name} must be callable")
+
+    def __repr__(self) -> str:
+        """The dataclass repr, with no secret: the tokens left out, the password of a URL
+        masked (a repr reaches debuggers and error reports; docs/operations.md, "Keys")."""
+        from ._urls import safe_url
+
+        shown = []
+        for each in fields(self):
+            if each.repr:
+                value = getattr(self, each.name)
+                if each.name in _URL_FIELDS and isinstance(value, str):
+                    value = safe_url(value)
+                shown.append(f"{each.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
 
 def config_options(

@@ -14,6 +14,8 @@ from typing import Any
 import click
 
 from .._eth import parse_address
+from .._urls import PASSWORD_PARAM
+from .._urls import safe_url as safe_url
 from ..config import DEFAULT_DB
 from ..core.config import CoreConfig
 from ..errors import FourmicaError
@@ -295,24 +297,6 @@ def require_existing(db: str, *, can_create: bool = False) -> None:
     )
 
 
-#: libpq's password parameter: in a URL's query (``?password=…``) or a conninfo string.
-_PASSWORD_PARAM = re.compile(r"(?i)((?:^|[?&\s])password\s*=\s*)('[^']*'|[^&#\s]*)")
-
-
-def safe_url(url: str) -> str:
-    """``url`` with its password (``user:secret@``, ``?password=…``) replaced by ``***``."""
-    url = _PASSWORD_PARAM.sub(r"\1***", url)
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    authority, slash, path = rest.partition("/")
-    userinfo, at, host = authority.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}{slash}{path}"
-
-
 def mask_password(text: str, url: str) -> str:
     """Hide ``url``'s password in ``text``: in the URL's userinfo, and where it stands alone
     as a word; never inside other words (a password ``p`` leaves "port" alone)."""
@@ -322,7 +306,7 @@ def mask_password(text: str, url: str) -> str:
         passwords = [urlsplit(url).password or ""]
     except ValueError:
         passwords = []
-    passwords += [m.group(2).strip("'") for m in _PASSWORD_PARAM.finditer(url)]
+    passwords += [m.group(2).strip("'") for m in PASSWORD_PARAM.finditer(url)]
     text = text.replace(url, safe_url(url))
     for password in filter(None, passwords):
         for form in {password, unquote(password), quote(password, safe="")}:

@@ -784,6 +784,26 @@ def test_postgres_repr_hides_the_password(pg: Store) -> None:
     assert "postgresql://" in repr(pg)
 
 
+def test_a_payment_configs_repr_hides_its_database_passwords() -> None:
+    """A repr reaches debuggers and error reports: the database URLs show without their
+    password, as the store's own repr does, and the tokens not at all."""
+    from fourmica_x402 import PaymentConfig
+
+    config = PaymentConfig(
+        routes={"GET /p": "$0.01"},
+        pay_to="0x" + "22" * 20,
+        core="postgresql://app:Sup3r-S3cret@db.example/shop",
+        records="postgresql://app@db.example/records?sslmode=require&password=Rec0rd-S3cret",
+        admin_token="Adm1n-T0ken",
+    )
+    shown = repr(config)
+    for secret in ("Sup3r-S3cret", "Rec0rd-S3cret", "Adm1n-T0ken"):
+        assert secret not in shown, shown
+    assert "core='postgresql://app:***@db.example/shop'" in shown
+    assert "password=***" in shown and "pay_to='0x2222" in shown
+    assert config.core == "postgresql://app:Sup3r-S3cret@db.example/shop"  # kept to connect
+
+
 @pytest.mark.postgres
 def test_postgres_reconnects_after_the_server_dropped_the_connection(pg: Store) -> None:
     first = _backend(pg)
