@@ -48,7 +48,7 @@ from ..guarantee import (
 )
 from ..networks import get_network, parse_amount
 from ..wire import PaymentRequirements, ResourceInfo
-from .answers import aread_answer, http_url, read_answer
+from .answers import aread_answer, error_said, http_url, read_answer
 from .certificates import public_key_bytes
 from .jobs import ahead_of
 from .keys import BuyerKey
@@ -263,11 +263,16 @@ class Buyer:
         if resource is not None and version == 2:
             body["resource"] = resource.to_dict()
         response = yield from _call(httpx.Request("POST", url, json=body))
+        if response.status_code != 200:  # its status, and what it says (JSON or not)
+            said = error_said(response)
+            raise ValueError(f"tab endpoint failed: status {response.status_code}: {said}")
         try:
             data = loads(response.content)
-            if response.status_code != 200 or not isinstance(data, dict):
-                error = data.get("error") if isinstance(data, dict) else None
-                raise ValueError(f"{error}" if error else f"status {response.status_code}")
+        except (ValueError, RecursionError):
+            data = None  # not the parser's words: they mean nothing to the buyer
+        try:
+            if not isinstance(data, dict):
+                raise ValueError("its answer is not a JSON object")
             tab_id = parse_amount(data.get("tabId", data.get("tab_id")))
             req_id = parse_amount(data.get("nextReqId", data.get("next_req_id")))
             user = str(data.get("userAddress", data.get("user_address", "")))

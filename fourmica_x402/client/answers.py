@@ -13,7 +13,14 @@ import httpx
 
 from .._urls import check_http_url
 
-__all__ = ["MAX_ANSWER", "AnswerTooLarge", "aread_answer", "http_url", "read_answer"]
+__all__ = [
+    "MAX_ANSWER",
+    "AnswerTooLarge",
+    "aread_answer",
+    "error_said",
+    "http_url",
+    "read_answer",
+]
 
 #: The most the flow reads of an answer it parses.
 MAX_ANSWER = 1 << 20
@@ -150,3 +157,20 @@ def http_url(value: object) -> str | None:
     except ValueError:
         return None
     return value
+
+
+def error_said(response: httpx.Response, limit: int = 80) -> str:
+    """What an error answer says, for a message: its JSON ``error``, else the start of its
+    text; one printable line of at most ``limit`` characters (``(empty)`` for nothing)."""
+    from .._json import loads
+
+    try:
+        data = loads(response.content)
+    except (ValueError, RecursionError):
+        data = None
+    if isinstance(data, dict) and data.get("error"):
+        text = str(data["error"])
+    else:
+        text = response.content[: limit * 4].decode("utf-8", "replace")
+    said = " ".join("".join(c if c.isprintable() else " " for c in text).split())[:limit]
+    return said or "(empty)"

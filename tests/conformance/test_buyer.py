@@ -329,6 +329,25 @@ def test_a_tab_refusal_without_a_reason_says_its_status(seller: Any, buyers: Any
     assert "tab endpoint failed: status 400" in str(info.value)
 
 
+@pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
+def test_a_tab_answer_that_is_not_json_says_its_status_not_the_parsers_words(
+    seller: Any, buyers: Any
+) -> None:
+    """A plain-text 404 was reported as "tab endpoint failed: expected ident at line 1
+    column 2" (docs/buyer.md, "Where the buyer connects"): its status and the start of its
+    text are, on one printable line; a 200 that is not JSON says so."""
+    text = b"not found\n\x1b[2J" + b"x" * 500
+    client = buyers.client(seller, funded(seller), wire=GarbledOwnCalls("/tab", text, 404))
+    with pytest.raises(PaymentFailed) as info:
+        client.get("/premium")
+    said = str(info.value)
+    assert "tab endpoint failed: status 404: not found [2Jxxx" in said, said
+    assert "\x1b" not in said and "\n" not in said and "x" * 80 not in said
+    client = buyers.client(seller, funded(seller), wire=GarbledOwnCalls("/tab", b"<html>"))
+    with pytest.raises(PaymentFailed, match="tab endpoint failed: its answer is not a JSON object"):
+        client.get("/premium")
+
+
 class DecoyOffer(Wire):
     """Puts, before the seller's own offer, a cheaper-looking one in another token."""
 
