@@ -110,6 +110,12 @@ def _load_key(
     from_env = click.get_current_context().get_parameter_source("key")
     if from_env == ParameterSource.ENVIRONMENT and (key_env is not None or key_file is not None):
         key = None  # an explicit --key-env/--key-file wins over FOURMICA_X402_KEY
+    # A bad key from the environment names the variable: there was no --key to look at.
+    key_hint = (
+        "environment variable FOURMICA_X402_KEY"
+        if from_env == ParameterSource.ENVIRONMENT
+        else "'--key'"
+    )
     sources = (("--key", key), ("--key-env", key_env), ("--key-file", key_file))
     given = [name for name, value in sources if value is not None]
     if not given:
@@ -123,7 +129,7 @@ def _load_key(
         raise click.BadParameter("goes with --key-file", param_hint="'--password-env'")
     try:
         if key is not None:
-            return BuyerKey(check_key(key))
+            return BuyerKey(check_key(key, key_hint))
         if key_env is not None:
             if not key_env or key_env.strip() != key_env or "=" in key_env:
                 raise click.BadParameter(
@@ -161,7 +167,8 @@ def _load_key(
     except FourmicaError as exc:  # ConfigurationError: says what, never the key or password
         option = given[0]
         where = f"{key_env}: " if option == "--key-env" else ""
-        raise click.BadParameter(where + exc.message, param_hint=f"'{option}'") from None
+        hint = key_hint if option == "--key" else f"'{option}'"
+        raise click.BadParameter(where + exc.message, param_hint=hint) from None
 
 
 def _receipt(receipt: Any, payer: str) -> dict[str, Any] | None:

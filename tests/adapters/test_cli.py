@@ -165,7 +165,7 @@ def test_a_key_from_the_environment_is_checked_too(closed_url: str) -> None:
     result = CliRunner(env={**CLEAN_ENV, "FOURMICA_X402_KEY": "0x1234"}).invoke(
         main, ["pay", closed_url]
     )
-    refused(result, 2, "'--key'", "32 bytes")
+    refused(result, 2, "environment variable FOURMICA_X402_KEY", "32 bytes")
 
 
 def test_pay_refuses_a_bad_url_method_and_body(closed_url: str) -> None:

@@ -209,6 +209,19 @@ def test_key_address_takes_the_same_options(keystore: Path) -> None:
         (["--key-env", "A", "--key-file", "KEYSTORE"], {}, "give one key"),
         (["--key", KEY, "--password-env", "P"], {}, "'--password-env': goes with --key-file"),
         ([], {}, "give the buyer's key"),
+        # a bad key in the environment names the variable (there was no --key)
+        (
+            [],
+            {"FOURMICA_X402_KEY": KEY[:-2]},
+            "Invalid value for environment variable FOURMICA_X402_KEY: a private key is 32",
+        ),
+        (
+            [],
+            {"FOURMICA_X402_KEY": "0x" + "00" * 32},
+            "Invalid value for environment variable FOURMICA_X402_KEY: not a valid",
+        ),
+        ([], {"FOURMICA_X402_KEY": "nope"}, "FOURMICA_X402_KEY: not a hex private key"),
+        (["--key", "nope"], {}, "Invalid value for '--key': not a hex private key"),
     ],
 )
 def test_key_problems_are_one_clean_error_line(
