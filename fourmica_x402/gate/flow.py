@@ -248,7 +248,7 @@ class Gate:
     def reconcile(self, now: float | None = None) -> dict[str, int]:
         """Do the follow-ups that are due (voids, refunds, delivery scores): see
         :meth:`.background.Reconciler.reconcile`. Runs by itself in the background;
-        callable by hand (a cron job, the CLI, tests)."""
+        callable by hand (a cron job, a test)."""
         return self._reconciler.reconcile(now)
 
     # -- the flow ------------------------------------------------------------------------------
