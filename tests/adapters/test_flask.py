@@ -53,6 +53,20 @@ def funded(core: Core) -> TestBuyer:
     return buyer
 
 
+def _items_behind(app: Flask, wrapper: Any, runs: list[str]) -> Any:
+    """A test client of ``app`` selling /items/<n> (GET, PUT), ``wrapper`` installed on
+    ``app.wsgi_app`` inside the extension; each run's method goes to ``runs``."""
+    app.wsgi_app = wrapper(app.wsgi_app)  # type: ignore[method-assign]
+    FourmicaX402(app)
+
+    @app.route("/items/<n>", methods=["GET", "PUT"])
+    def item(n: str) -> dict[str, str]:
+        runs.append(request.method)
+        return {"item": n}
+
+    return app.test_client()
+
+
 def payment_for(client: Any, buyer: TestBuyer, path: str, method: str = "GET") -> dict[str, str]:
     """A payment header for ``path``, from its challenge and the seller's tab endpoint."""
     resp = client.open(path, method=method)
@@ -830,15 +844,7 @@ def test_a_layer_inside_the_gate_that_reroutes_a_request_never_runs_a_priced_vie
 
         return wsgi
 
-    app.wsgi_app = rewrite(app.wsgi_app)  # type: ignore[method-assign]
-    FourmicaX402(app)
-
-    @app.route("/items/<n>", methods=["GET", "PUT"])
-    def item(n: str) -> dict[str, str]:
-        runs.append(request.method)
-        return {"item": n}
-
-    client = app.test_client()
+    client = _items_behind(app, rewrite, runs)
     overridden = client.post("/items/1", headers={"X-HTTP-Method-Override": "GET"})
     assert (overridden.status_code, overridden.get_json()["error"]) == (
         503,
@@ -869,15 +875,7 @@ def test_a_method_override_inside_the_gate_never_serves_a_method_priced_higher(
 
         return wsgi
 
-    app.wsgi_app = override(app.wsgi_app)  # type: ignore[method-assign]
-    FourmicaX402(app)
-
-    @app.route("/items/<n>", methods=["GET", "PUT"])
-    def item(n: str) -> dict[str, str]:
-        runs.append(request.method)
-        return {"item": n}
-
-    client = app.test_client()
+    client = _items_behind(app, override, runs)
     paying = payment_for(client, funded(core), "/items/1")
     put = client.get("/items/1", headers={**paying, "X-HTTP-Method-Override": "PUT"})
     assert (put.status_code, put.get_json()["error"]) == (503, "payment_not_enforced")
