@@ -40,7 +40,15 @@ class CoreConfig:
     def __post_init__(self) -> None:
         if self.tab_ttl <= 0:
             raise ValueError("tab_ttl must be positive")
-        for name in ("cycle_window", "resolution_delay", "payment_window", "finality"):
+        for name in (
+            "cycle_window",
+            "resolution_delay",
+            "payment_window",
+            "finality",
+            "withdrawal_grace",  # negative: a withdrawal before the grace it promises
+            "validation_timeout",
+            "max_clock_skew",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
 

@@ -914,3 +914,21 @@ def test_events_reach_subscribers_after_commit(core: Core, buyer: TestBuyer) -> 
     unsubscribe()
     core.deposit(buyer.address, 1, network=NETWORK)
     assert seen == ["guarantee.accepted"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "tab_ttl",
+        "cycle_window",
+        "finality",
+        "withdrawal_grace",
+        "validation_timeout",
+        "max_clock_skew",
+    ],
+)
+def test_a_negative_duration_is_refused_when_the_config_is_built(name: str) -> None:
+    """A negative withdrawal grace let a withdrawal finish before the grace it promises
+    the sellers; a negative validation timeout or clock skew made every check moot."""
+    with pytest.raises(ValueError, match=name):
+        CoreConfig(**{name: -1})
