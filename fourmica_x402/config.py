@@ -45,6 +45,41 @@ Hook = Callable[..., Any]
 _URL_FIELDS = ("core", "records", "tab_endpoint", "public_url")
 
 
+#: Options of a plain kind: a wrong one is named when the config is built (not a TypeError
+#: on the first request). ``(name, may be None)``.
+_SECONDS = ("throttle_window", "tab_rate_window")
+_SECONDS_OR_NONE = ("completion_window", "price_poll")
+_WHOLE = (("throttle_failures", False), ("replay_body_limit", False), ("tab_ttl_seconds", True))
+_FLAGS = ("refund_on_error", "idempotent_replay", "delivery_policy", "paywall", "discovery")
+
+
+def _check_kinds(config: PaymentConfig) -> None:
+    def number(value: Any) -> bool:  # a real, finite, non-negative number (not a bool)
+        return not isinstance(value, bool) and isinstance(value, int | float) and 0 <= value < 1e12
+
+    for name in _SECONDS:
+        if not number(getattr(config, name)):
+            raise ConfigurationError(f"{name} must be a number of seconds")
+    for name in _SECONDS_OR_NONE:
+        if getattr(config, name) is not None and not number(getattr(config, name)):
+            raise ConfigurationError(f"{name} must be a number of seconds, or None")
+    for name, optional in _WHOLE:
+        value = getattr(config, name)
+        if not (optional and value is None) and not (number(value) and isinstance(value, int)):
+            raise ConfigurationError(f"{name} must be a whole number" + (", or None" * optional))
+    for name in _FLAGS:
+        if not isinstance(getattr(config, name), bool):
+            raise ConfigurationError(f"{name} must be True or False")
+    if not isinstance(config.routes, Mapping):
+        raise ConfigurationError("routes must be a mapping: {'GET /premium': '$0.01', ...}")
+    for name in ("core", "records"):
+        value = getattr(config, name)
+        if not (value is None and name == "records") and not (
+            isinstance(value, str | os.PathLike) or hasattr(value, "store")
+        ):
+            raise ConfigurationError(f"{name} must be a database URL or a {name.title()} object")
+
+
 @dataclass(kw_only=True, repr=False)
 class PaymentConfig:
     """Everything the payment gate needs. Only ``routes`` (and a ``pay_to``) are required."""
@@ -133,6 +168,7 @@ class PaymentConfig:
     after_delivery: Hook | None = None
 
     def __post_init__(self) -> None:
+        _check_kinds(self)
         get_network(self.network)
         if isinstance(self.pay_to, str):
             try:

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -802,6 +803,34 @@ def test_a_payment_configs_repr_hides_its_database_passwords() -> None:
     assert "core='postgresql://app:***@db.example/shop'" in shown
     assert "password=***" in shown and "pay_to='0x2222" in shown
     assert config.core == "postgresql://app:Sup3r-S3cret@db.example/shop"  # kept to connect
+
+
+@pytest.mark.parametrize(
+    ("option", "named"),
+    [
+        ({"completion_window": "x"}, "completion_window must be a number of seconds"),
+        ({"price_poll": "1"}, "price_poll must be a number of seconds"),
+        ({"throttle_window": float("nan")}, "throttle_window must be a number"),
+        ({"throttle_failures": 2.5}, "throttle_failures must be a whole number"),
+        ({"tab_ttl_seconds": "3600"}, "tab_ttl_seconds must be a whole number"),
+        ({"paywall": "no"}, "paywall must be True or False"),
+        ({"routes": [("GET /p", "$1")]}, "routes must be a mapping"),
+        ({"core": 5}, "core must be a database URL or a Core"),
+        ({"records": 5}, "records must be a database URL or a Records"),
+    ],
+)
+def test_a_payment_config_names_an_option_of_the_wrong_kind(
+    option: dict[str, Any], named: str, tmp_path: Path
+) -> None:
+    """A wrong kind was a TypeError or AttributeError from deep inside (or, for price_poll,
+    accepted and then failing on a request): it is named when the config is built."""
+    from fourmica_x402 import PaymentConfig
+    from fourmica_x402.errors import ConfigurationError
+
+    given: dict[str, Any] = {"routes": {"GET /p": "$0.01"}, "core": str(tmp_path / "c.db")}
+    with pytest.raises(ConfigurationError, match=named):
+        PaymentConfig(pay_to="0x" + "22" * 20, **{**given, **option})
+    PaymentConfig(pay_to="0x" + "22" * 20, core=tmp_path / "c.db", routes={"GET /p": "$0.01"})
 
 
 @pytest.mark.postgres
