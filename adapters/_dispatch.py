@@ -36,9 +36,11 @@ def recorded(scope: Scope, resolve: Resolve, gate: Gate) -> Resolve:
     per gate: a gate inside another (a mounted app's) notes what it sees, after any layer
     between them, and leaves the outer gate's note as it was."""
 
+    notes = scope.setdefault(RESOLVED_KEY, {})
+    notes.setdefault(gate, None)  # passed this gate: a route it did not resolve is refused
+
     def resolved() -> Endpoint | None:
         method = scope.get("method", "GET")  # a WebSocket handshake is seen as a GET
-        notes = scope.setdefault(RESOLVED_KEY, {})
         notes[gate] = (None, method)
         endpoint = resolve()
         if endpoint is not None:
@@ -68,10 +70,12 @@ class Guarded:
         self.checks: weakref.WeakKeyDictionary[Gate, list[Endpoint]] = weakref.WeakKeyDictionary()
 
     def __call__(self, scope: Scope, receive: Any, send: Any) -> Awaitable[None]:
-        notes, method = scope.get(RESOLVED_KEY) or {}, scope.get("method", "GET")
+        notes, method = scope.get(RESOLVED_KEY), scope.get("method", "GET")
+        if not notes:  # no gate's note (a layer rebuilt the scope): every gate judges it
+            return self._checked(scope, receive, send)
         for gate, seen in notes.items():  # the gates this request passed, each on its own
             if gate in self.checks and (  # decision (on this route: the object)
-                getattr(seen[0], "key", None) is not self.route or seen[1] != method
+                seen is None or getattr(seen[0], "key", None) is not self.route or seen[1] != method
             ):
                 return self._checked(scope, receive, send)
         return self.handle(scope, receive, send)
@@ -87,12 +91,13 @@ class Guarded:
 
     def refusal(self, scope: Scope) -> Response | None:
         """What answers instead of the route (None: it runs), by the table now of each gate
-        the request passed (an app without one, sharing the route object, serves it as is)."""
+        the request passed (none noted: of every gate pricing the route, failing closed)."""
         if scope["type"] not in ("http", "websocket"):
             return None
-        method, notes = scope.get("method", "GET"), scope.get(RESOLVED_KEY) or {}
+        method, notes = scope.get("method", "GET"), scope.get(RESOLVED_KEY)
         payment = scope.get(PAYMENT_KEY)
-        for gate, seen in notes.items():
+        judges = notes.items() if notes else ((g, None) for g in list(self.checks.keys()))
+        for gate, seen in judges:
             for endpoint in self.checks.get(gate, ()):
                 refused = rerouted(gate.routes, endpoint, method, payment, seen)
                 if refused is not None:
