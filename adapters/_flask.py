@@ -12,8 +12,8 @@ from flask import Flask, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from fourmica_x402.gate import Endpoint, Gate, RouterFailed
-from fourmica_x402.gate.guards import RESOLVED_KEY, check_routed, method_marker, rerouted
-from fourmica_x402.gate.lifecycle import Endpoints, Marker
+from fourmica_x402.gate.guards import RESOLVED_KEY, check_routed, rerouted, view_marker
+from fourmica_x402.gate.lifecycle import Endpoints
 
 from .wsgi import PAYMENT_KEY, PaymentMiddleware
 
@@ -53,17 +53,13 @@ def _match(app: Flask, environ: dict[str, Any]) -> Any:
             context.pop(None)
 
 
-def _marker(view: Any) -> Marker | None:  # the view's, or its MethodView methods' price
-    return Marker.of(view) or method_marker(getattr(view, "view_class", None))  # type: ignore[no-any-return]
-
-
 class Routed(PaymentMiddleware):
     """The WSGI middleware, pricing the rule Flask's router resolves (one Endpoint per rule)."""
 
     def __init__(self, app: Any, *, gate: Gate, flask_app: Flask) -> None:
         super().__init__(app, gate=gate)
         self._flask_app, views = flask_app, flask_app.view_functions
-        describe = lambda r: (_marker(views.get(r.endpoint)), _served(r))  # noqa: E731
+        describe = lambda r: (view_marker(views.get(r.endpoint)), _served(r))  # noqa: E731
         self._endpoint = Endpoints(describe, converter=flask_app.url_map.converters.get)
 
     def check(self) -> None:  # the first request runs it at the latest: views come after init_app

@@ -313,10 +313,9 @@ class RouteTable:
         route: Route | None = None
         if endpoint.methods is not None and not {alias, method} & endpoint.methods:
             route = None  # a 405 (HEAD is priced like the GET it mirrors, or as a HEAD route)
-        elif endpoint.marker is not None:
-            if endpoint.marker_methods is None or alias in endpoint.marker_methods:
-                self.prepare(endpoint)
-                route = endpoint._priced["*"][1]
+        elif _marked(endpoint, alias):  # else the table's, as a class view's unmarked methods
+            self.prepare(endpoint)
+            route = endpoint._priced["*"][1]
         else:  # the entry written for this very route (its converters too) before a looser one
             fits = [
                 e for e in self._matching if e.method in ("*", method, alias) and e.names(endpoint)
@@ -357,7 +356,7 @@ class RouteTable:
             entry.key
             for entry in self.routes
             if (named := [e for e in known if entry.names(e)])
-            and all(e.marker is not None and marker_key(e) != entry.key for e in named)
+            and all(_marked(e, entry.method) and marker_key(e) != entry.key for e in named)
         ]  # an entry spelled as a marker's own key is that key: a reprice of it applies
 
     def _config(self, key: str, value: Any) -> RouteConfig:
@@ -442,3 +441,8 @@ def marker_key(endpoint: Endpoint) -> str:
     """A per-handler marker's route key: ``"<methods> <template>"`` (``*``: every method)."""
     methods = ",".join(sorted(endpoint.marker_methods)) if endpoint.marker_methods else "*"
     return f"{methods} {endpoint.template}"
+
+
+def _marked(endpoint: Endpoint, method: str) -> bool:  # a marker prices ``method`` there
+    priced, alias = endpoint.marker_methods, "GET" if method == "HEAD" else method
+    return endpoint.marker is not None and (priced is None or (method != "*" and alias in priced))

@@ -17,7 +17,7 @@ from django.urls.resolvers import LocalePrefixPattern, URLResolver, get_resolver
 from fourmica_x402.config import PaymentConfig, config_options
 from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.gate import Response
-from fourmica_x402.gate.guards import method_marker
+from fourmica_x402.gate.guards import view_marker
 from fourmica_x402.gate.lifecycle import Marker
 
 #: What a function view may serve, in the order ``Allow`` lists them.
@@ -64,10 +64,10 @@ def describe(view: Any) -> tuple[Marker | None, list[str] | None]:
     if (cls := getattr(view, "view_class", None)) is None:
         return Marker.of(view), None
     if answers_itself(cls):
-        return Marker.of(view) or Marker.of(cls) or method_marker(cls), None
+        return view_marker(view), None
     names = getattr(view, "view_initkwargs", {}).get("http_method_names", cls.http_method_names)
     served = [m for m in names if hasattr(cls, m) or (m == "head" and hasattr(cls, "get"))]
-    return Marker.of(view) or Marker.of(cls) or method_marker(cls), [m.upper() for m in served]
+    return view_marker(view), [m.upper() for m in served]
 
 
 def converter(name: str) -> Any:

@@ -24,6 +24,7 @@ __all__ = [
     "RESOLVED_KEY",
     "check_routed",
     "method_marker",
+    "view_marker",
     "one_marker",
     "partly_priced",
     "remember",
@@ -82,6 +83,19 @@ def method_marker(cls: Any) -> Any:
     marker = copy.copy(one)  # priced for the methods marked, as far as their marker prices
     marker.methods = frozenset(m for m in found if one.prices(m))
     return marker
+
+
+def view_marker(view: Any) -> Any:
+    """The price on a view: its own ``@paid`` (or its class's), else its methods'
+    (:func:`method_marker`). Priced at both levels, at two prices: ConfigurationError (the
+    view's would sell the dearer method at the cheaper price)."""
+    from .lifecycle import Marker
+
+    cls = getattr(view, "view_class", None)
+    own, methods = Marker.of(view) or Marker.of(cls), method_marker(cls)
+    if own is not None and methods is not None and own.config != methods.config:
+        one_marker([own, methods], getattr(cls, "__qualname__", repr(cls)))
+    return own or methods
 
 
 class _Priced(Protocol):
@@ -169,13 +183,13 @@ def rerouted(
     if endpoint is None:
         return None
     paid_here = payment is not None and payment.endpoint is endpoint
-    if endpoint.marker is not None:
-        return None if payment is None or paid_here else _refused(method, endpoint)
     alias = "GET" if method.upper() == "HEAD" else method.upper()
+    route = None if alias == "OPTIONS" else table.for_endpoint(alias, endpoint)
+    if route is not None and route.marker:  # (a method the marker leaves out: the table's)
+        return None if payment is None or paid_here else _refused(method, endpoint)
     same = isinstance(seen, tuple) and seen[0] is endpoint and seen[1] == method.upper()
     if alias == "OPTIONS" or same:
         return None  # never priced; or the gate's own decision on this very route stands
-    route = table.for_endpoint(alias, endpoint)
     if route is None or (paid_here and payment.route == route.key):
         return None
     return _refused(method, endpoint)

@@ -981,3 +981,55 @@ def test_two_prices_on_the_methods_of_one_view_fail_at_start_up(core: Core) -> N
     app.add_url_rule("/report", view_func=Report.as_view("report"))
     with pytest.raises(ConfigurationError, match="Report"):
         ext.check()
+
+
+def test_a_table_entry_prices_a_method_view_method_its_marker_leaves_out(
+    core: Core, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``@paid`` on ``get`` and a table entry for POST: the marker was taken for the whole
+    route, POST ran free and the start-up log said the entry never applies."""
+
+    class Report(MethodView):
+        @paid("$0.02")
+        def get(self) -> Any:
+            return {"read": True}
+
+        def post(self) -> Any:
+            return {"posted": g.payment.payer}
+
+    app = make_app(pay_to=SELLER, core=core, network=NETWORK, routes={"POST /report": "$0.05"})
+    ext = FourmicaX402(app)
+    app.add_url_rule("/report", view_func=Report.as_view("report"))
+    with caplog.at_level("WARNING", logger="fourmica_x402"):
+        ext.check()
+    assert not any("own price" in r.getMessage() for r in caplog.records)
+    client = app.test_client()
+    assert amount_of(client, "/report") == "20000"
+    unpaid = client.post("/report")
+    assert unpaid.status_code == 402
+    offer = decode_payment_required(unpaid.headers["payment-required"]).accepts[0]
+    assert offer.amount == "50000"
+    buyer = funded(core)
+    resp = client.post("/report", headers=payment_for(client, buyer, "/report", "POST"))
+    assert resp.status_code == 200 and resp.get_json() == {"posted": buyer.address}
+    assert core.position(buyer.address, network=NETWORK).locked == 50_000
+
+
+def test_a_view_priced_apart_from_its_methods_at_another_price_fails_at_start_up(
+    core: Core,
+) -> None:
+    """``decorators = [paid("$0.01")]`` on the class and ``@paid("$1")`` on ``get``: the
+    view's price was charged and the $1 method served for it."""
+
+    class Report(MethodView):
+        decorators = [paid("$0.01")]  # noqa: RUF012 (Flask's own attribute)
+
+        @paid("$1")
+        def get(self) -> Any:
+            return {}
+
+    app = make_app(pay_to=SELLER, core=core, network=NETWORK)
+    ext = FourmicaX402(app)
+    app.add_url_rule("/report", view_func=Report.as_view("report"))
+    with pytest.raises(ConfigurationError, match="more than one price"):
+        ext.check()
