@@ -63,20 +63,24 @@ def _check_kinds(config: PaymentConfig) -> None:
     for name in _SECONDS_OR_NONE:
         if getattr(config, name) is not None and not number(getattr(config, name)):
             raise ConfigurationError(f"{name} must be a number of seconds, or None")
-    for name, optional in _WHOLE:
+    for name, optional in _WHOLE:  # 3600.0 is 3600
         value = getattr(config, name)
-        if not (optional and value is None) and not (number(value) and isinstance(value, int)):
+        if optional and value is None:
+            continue
+        if not number(value) or value != int(value):
             raise ConfigurationError(f"{name} must be a whole number" + (", or None" * optional))
-    for name in _FLAGS:
-        if not isinstance(getattr(config, name), bool):
+        setattr(config, name, int(value))
+    for name in _FLAGS:  # 0 and 1 read as False and True
+        if not isinstance(getattr(config, name), int):
             raise ConfigurationError(f"{name} must be True or False")
+    config.routes = {} if config.routes is None else config.routes
     if not isinstance(config.routes, Mapping):
         raise ConfigurationError("routes must be a mapping: {'GET /premium': '$0.01', ...}")
-    for name in ("core", "records"):
+    for name in ("core", "records"):  # None: the default (or, for core, a facilitator's)
         value = getattr(config, name)
-        if not (value is None and name == "records") and not (
-            isinstance(value, str | os.PathLike) or hasattr(value, "store")
-        ):
+        if isinstance(value, os.PathLike):
+            setattr(config, name, value := os.fspath(value))
+        if value is not None and not (isinstance(value, str) or hasattr(value, "store")):
             raise ConfigurationError(f"{name} must be a database URL or a {name.title()} object")
 
 

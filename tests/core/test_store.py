@@ -830,7 +830,31 @@ def test_a_payment_config_names_an_option_of_the_wrong_kind(
     given: dict[str, Any] = {"routes": {"GET /p": "$0.01"}, "core": str(tmp_path / "c.db")}
     with pytest.raises(ConfigurationError, match=named):
         PaymentConfig(pay_to="0x" + "22" * 20, **{**given, **option})
-    PaymentConfig(pay_to="0x" + "22" * 20, core=tmp_path / "c.db", routes={"GET /p": "$0.01"})
+
+
+def test_a_payment_config_takes_what_reads_plainly(tmp_path: Path) -> None:
+    """The kind checks refuse what cannot work, not what reads plainly: whole floats, 0 and 1
+    for flags, no routes, database paths; a path opens as the gate is built."""
+    from fourmica_x402 import PaymentConfig
+    from fourmica_x402.gate import Gate
+
+    config = PaymentConfig(
+        pay_to="0x" + "22" * 20,
+        core=tmp_path / "c.db",
+        records=tmp_path / "r.db",
+        routes=None,  # type: ignore[arg-type]
+        tab_ttl_seconds=3600.0,  # type: ignore[arg-type]
+        replay_body_limit=262144.0,  # type: ignore[arg-type]
+        paywall=0,  # type: ignore[arg-type]
+    )
+    assert (config.tab_ttl_seconds, config.replay_body_limit, config.routes) == (3600, 262144, {})
+    assert config.core == str(tmp_path / "c.db") and config.records == str(tmp_path / "r.db")
+    gate = Gate(config)
+    try:
+        assert (tmp_path / "c.db").exists() and (tmp_path / "r.db").exists()
+    finally:
+        gate.records.store.close()
+        gate.core.close()  # type: ignore[union-attr]
 
 
 @pytest.mark.postgres
