@@ -313,10 +313,12 @@ class RouteTable:
         route: Route | None = None
         if endpoint.methods is not None and not {alias, method} & endpoint.methods:
             route = None  # a 405 (HEAD is priced like the GET it mirrors, or as a HEAD route)
-        elif _marked(endpoint, alias):  # else the table's, as a class view's unmarked methods
-            self.prepare(endpoint)
-            route = endpoint._priced["*"][1]
-        else:  # the entry written for this very route (its converters too) before a looser one
+        elif endpoint.marker_decides(alias):  # prices it, or leaves it to its view to refuse (405)
+            if endpoint.marker_prices(alias):
+                self.prepare(endpoint)
+                route = endpoint._priced["*"][1]
+        else:  # the entry for this very route (converters too) before a looser one; also a
+            # class view's methods its marker leaves out (its own handlers serve them)
             fits = [
                 e for e in self._matching if e.method in ("*", method, alias) and e.names(endpoint)
             ]
@@ -356,7 +358,7 @@ class RouteTable:
             entry.key
             for entry in self.routes
             if (named := [e for e in known if entry.names(e)])
-            and all(_marked(e, entry.method) and marker_key(e) != entry.key for e in named)
+            and all(e.marker_decides(entry.method) and marker_key(e) != entry.key for e in named)
         ]  # an entry spelled as a marker's own key is that key: a reprice of it applies
 
     def _config(self, key: str, value: Any) -> RouteConfig:
@@ -441,8 +443,3 @@ def marker_key(endpoint: Endpoint) -> str:
     """A per-handler marker's route key: ``"<methods> <template>"`` (``*``: every method)."""
     methods = ",".join(sorted(endpoint.marker_methods)) if endpoint.marker_methods else "*"
     return f"{methods} {endpoint.template}"
-
-
-def _marked(endpoint: Endpoint, method: str) -> bool:  # a marker prices ``method`` there
-    priced, alias = endpoint.marker_methods, "GET" if method == "HEAD" else method
-    return endpoint.marker is not None and (priced is None or (method != "*" and alias in priced))

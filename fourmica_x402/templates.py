@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .routes import RouteConfig
 
 __all__ = [
+    "ClassMethods",
     "Endpoint",
     "RouterFailed",
     "canonical_template",
@@ -223,6 +224,11 @@ class RouterFailed(Exception):
         self.answer, self.path = path is not None, path
 
 
+class ClassMethods(frozenset[str]):
+    """``Endpoint.marker_methods`` of a class view priced by its methods' markers: the
+    methods left out are its own handlers' (the table's), not refused by a view's marker."""
+
+
 class Endpoint:
     """The endpoint a framework's router resolved for a request; adapters build one per route
     of the app and keep it (the gate caches what it priced on it).
@@ -273,3 +279,14 @@ class Endpoint:
 
     def __repr__(self) -> str:
         return f"Endpoint({self.template!r}, marker={self.marker is not None})"
+
+    def marker_prices(self, method: str) -> bool:
+        """Whether its marker prices ``method`` (``*``: every method; HEAD as GET)."""
+        priced, alias = self.marker_methods, "GET" if method == "HEAD" else method
+        return self.marker is not None and (priced is None or (method != "*" and alias in priced))
+
+    def marker_decides(self, method: str) -> bool:
+        """Whether its marker, not the table, decides ``method``: prices it, or (a view's
+        marker) refuses it; a class view's methods its marker leaves out are the table's."""
+        own = not isinstance(self.marker_methods, ClassMethods)
+        return self.marker is not None and (own or self.marker_prices(method))

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..errors import ConfigurationError
+from ..templates import ClassMethods
 
 if TYPE_CHECKING:
     from ..routes import Endpoint, RouteTable
@@ -81,7 +82,7 @@ def method_marker(cls: Any) -> Any:
     if one is None:
         return None
     marker = copy.copy(one)  # priced for the methods marked, as far as their marker prices
-    marker.methods = frozenset(m for m in found if one.prices(m))
+    marker.methods = ClassMethods(m for m in found if one.prices(m))
     return marker
 
 

@@ -1033,3 +1033,24 @@ def test_a_view_priced_apart_from_its_methods_at_another_price_fails_at_start_up
     app.add_url_rule("/report", view_func=Report.as_view("report"))
     with pytest.raises(ConfigurationError, match="more than one price"):
         ext.check()
+
+
+def test_a_view_markers_left_out_method_stays_refused_not_sold(
+    core: Core, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A function view's ``@paid(methods=["GET"])`` refuses the other methods itself (405):
+    a table entry for POST there must not sell POST (a challenge, a payment, then 405)."""
+    app = make_app(pay_to=SELLER, core=core, network=NETWORK, routes={"POST /report": "$0.05"})
+    ext = FourmicaX402(app)
+
+    @app.route("/report", methods=["GET", "POST"])
+    @paid("$0.02", methods=["GET"])
+    def report() -> Any:
+        return {"read": True}
+
+    with caplog.at_level("WARNING", logger="fourmica_x402"):
+        ext.check()
+    assert any("'POST /report'" in r.getMessage() for r in caplog.records)  # never applies
+    client = app.test_client()
+    assert amount_of(client, "/report") == "20000"
+    assert client.post("/report").status_code == 405 and core.guarantees() == []
