@@ -149,6 +149,8 @@ def _check_content(content: dict[str, Any], trusted: bytes | str | None) -> Veri
     ):
         raise _fail("certificate message does not match the claims (tab total)")
     guarantee_domain = _hex(core.get("guarantee_domain"), "guarantee domain")
+    if len(guarantee_domain) != 32:  # the certificate message's first word
+        raise _fail("guarantee domain is not 32 bytes of hex")
     if _hex(cert.get("claims"), "certificate message") != certificate_message(
         claims, guarantee_domain, total
     ):

@@ -306,6 +306,16 @@ def test_a_tab_total_no_certificate_can_carry(bundle: bytes, total: Any) -> None
     assert failure(resealed(bundle, change)) == expected
 
 
+@pytest.mark.parametrize("domain", ["0x" + "ff" * 40, "0x" + "ff" * 16, "0x"])
+def test_a_guarantee_domain_that_is_not_one_word(bundle: bytes, domain: str) -> None:
+    """Any other length made the certificate message's words raise a TypeError (a traceback)."""
+
+    def change(c: dict[str, Any]) -> None:
+        c["core"]["guarantee_domain"] = domain
+
+    assert failure(resealed(bundle, change)) == "guarantee domain is not 32 bytes of hex"
+
+
 def test_malformed_files_are_one_clean_line(tmp_path: Path) -> None:
     path = tmp_path / "bundle.json"
     for text in (b"{not json", b"\xff\xfe", b"[]", b'{"format": "other"}', b""):
