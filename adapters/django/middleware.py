@@ -116,7 +116,8 @@ class PaymentMiddleware:
         except BaseException as exc:  # async: the client left, Django cancelled the view
             yield from Meter(self.gate, state).finish(exc)
             raise
-        meter = Meter(self.gate, state, getattr(request, "fourmica_x402_error", None))
+        error = getattr(request, "fourmica_x402_error", None)  # a 2xx made of it went out:
+        meter = Meter(self.gate, state, None if 200 <= response.status_code < 300 else error)
         body = getattr(request, "_body", None)  # Django keeps what the view read as .body
         if isinstance(body, bytes):  # the request hash covers it (docs/operations.md)
             meter.received(body, True)

@@ -298,6 +298,11 @@ class Outer:
             return HttpResponse(b"down for maintenance", status=503)
         return response
 
+    def process_exception(self, request: HttpRequest, exception: Exception) -> Any:
+        if request.headers.get("X-Outer") == "fallback":  # a cached page for a failed view
+            return HttpResponse(b"cached", status=200)
+        return None
+
 
 class SameUrlconf:
     """A middleware that names the URLconf on every request, as django-hosts does."""
@@ -906,6 +911,24 @@ def test_a_view_exception_refunds_even_when_django_answers_4xx(
     gate = client.handler._middleware_chain.__wrapped__.gate
     record = gate.records.query(payer=buyer.address)[0]
     assert record.outcome == "refunded" and core.guarantee(record.guarantee_id).state == "voided"
+
+
+def test_a_view_exception_an_outer_middleware_answers_with_a_2xx_is_charged(
+    configured: None, core: Core
+) -> None:
+    """A middleware above ours answers a view's exception with a 200 of its own (a cached
+    page): the buyer got it with a result header saying charged, and the guarantee was
+    voided. Judged by the status that went out now, as on the other adapters."""
+    with override_settings(MIDDLEWARE=["django_adapter_helpers.Outer", *MIDDLEWARE]):
+        client = Client()
+        buyer, headers = header(client, core, "/gone")
+        resp = client.get("/gone", headers={**headers, "X-Outer": "fallback"})
+        assert (resp.status_code, resp.content) == (200, b"cached")
+        assert outcomes(client, buyer) == [("delivered", "delivered")]
+        [charged] = core.guarantees(address=buyer.address)
+        assert charged.state != "voided" and core.position(buyer.address, network=NETWORK).locked
+        resp = client.get("/gone", headers=header(client, core, "/gone")[1])
+        assert resp.status_code == 404  # the view's own exception, Django's 404: refunded
 
 
 def test_a_paid_stream_nobody_read_is_refunded(configured: None, core: Core) -> None:
