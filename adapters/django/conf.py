@@ -76,17 +76,17 @@ def converter(name: str) -> Any:
 
 def patterns(localized: bool = False, urlconf: Any = None) -> Iterator[tuple[Any, str]]:
     """``(view, route)`` of every URL pattern of ``urlconf`` (None: ROOT_URLCONF), its route
-    joined as Django joins ResolverMatch.route (re_path: the regex), but without the language
-    prefix ``i18n_patterns`` adds: one route for every language (docs/architecture.md, "Which
-    route is priced"). ``localized``: only the patterns under ``i18n_patterns``."""
+    joined as Django joins ResolverMatch.route (re_path: its regex, "^" dropped), less the
+    language prefix of ``i18n_patterns``: one route for every language (docs/architecture.md,
+    "Which route is priced"). ``localized``: only the patterns under ``i18n_patterns``."""
 
     def walk(entries: Iterable[Any], prefix: str, under: bool) -> Iterator[tuple[Any, str]]:
         for entry in entries:
             if isinstance(entry.pattern, LocalePrefixPattern):
                 yield from walk(entry.url_patterns, prefix, True)
                 continue
-            # Below a language prefix Django drops a nested regex's "^"; so does the route.
-            route = prefix + str(entry.pattern).removeprefix("^" if prefix or under else "")
+            # Django drops a nested regex's "^"; the route drops the first too: "/api/*" prices it
+            route = prefix + str(entry.pattern).removeprefix("^")
             if isinstance(entry, URLResolver):
                 yield from walk(entry.url_patterns, route, under)
             elif under or not localized:

@@ -89,7 +89,7 @@ class PaymentMiddleware:
         return type(self).process_view(self, request, *args)  # a subclass's own, if any
 
     def _endpoint_of(self, match: Any, urlconf: Any) -> Endpoint:
-        route = "/" + match.route
+        route = "/" + match.route.removeprefix("^")  # as patterns() reads it
         localized = self._localized.get(urlconf)
         if localized is None:
             localized = self._localized[urlconf] = set(patterns(True, urlconf))

@@ -387,6 +387,19 @@ UNPREFIXED_URLS.urlpatterns = [  # type: ignore[attr-defined]
     *i18n_patterns(path("lreport", localized), prefix_default_language=False),
     re_path(r"^de/plain$", free),  # not under i18n_patterns: its prefix is its own
 ]
+
+
+def by_wildcard(request: HttpRequest, **kwargs: str) -> JsonResponse:  # the table prices it
+    seen.append(request.payment)
+    return JsonResponse({"payer": request.payment.payer})  # type: ignore[attr-defined]
+
+
+REGEX_URLS = types.ModuleType("django_adapter_regex_urls")
+REGEX_URLS.urlpatterns = [  # type: ignore[attr-defined]
+    path("api/list", by_wildcard),
+    re_path(r"^api/(?P<rest>.+)$", by_wildcard),  # a catch-all, at the top of the URLconf
+    re_path(r"^api2/", include([path("report", by_wildcard)])),  # the old url() style
+]
 OTHER_URLS = types.ModuleType("django_adapter_other_urls")
 OTHER_URLS.urlpatterns = [path("elsewhere", anything)]  # type: ignore[attr-defined]
 BAD_URLS = types.ModuleType("django_adapter_bad_urls")
@@ -406,7 +419,8 @@ HELPERS.TierRewrite = TierRewrite  # type: ignore[attr-defined]
 HELPERS.Outer = Outer  # type: ignore[attr-defined]
 HELPERS.CountingMiddleware = None  # type: ignore[attr-defined]  # set below, once defined
 HELPERS.Locale = type("Locale", (LocaleMiddleware,), {})  # type: ignore[attr-defined]
-sys.modules.update({m.__name__: m for m in (URLS, UNPREFIXED_URLS, OTHER_URLS, BAD_URLS, HELPERS)})
+_MODULES = (URLS, UNPREFIXED_URLS, REGEX_URLS, OTHER_URLS, BAD_URLS, HELPERS)
+sys.modules.update({m.__name__: m for m in _MODULES})
 
 
 @pytest.fixture
@@ -1095,6 +1109,22 @@ def test_paid_views_under_re_path_and_i18n_patterns_are_charged(
     buyer, resp = pay(client, core, url)
     assert resp.status_code == 200 and seen[0].payer == buyer.address
     assert core.position(buyer.address, network=NETWORK).locked == amount
+
+
+@pytest.mark.parametrize(("url", "amount"), [("/api/secret", 10_000), ("/api2/report", 20_000)])
+def test_a_wildcard_entry_prices_a_top_level_re_path_as_its_path_reads(
+    core: Core, url: str, amount: int
+) -> None:
+    """A ``re_path`` at the top of the URLconf kept its regex's "^" in its route
+    (``/^api/(?P<rest>.+)$``), which ``GET /api/*`` never matched: served unpaid, and the
+    start-up check passed since the entry priced ``api/list``."""
+    table = {"GET /api/*": "$0.01", "GET /api2/*": "$0.02"}
+    with selling(core, table), override_settings(ROOT_URLCONF=REGEX_URLS.__name__):
+        client = Client()
+        assert amount_of(client.get(url)) == str(amount) and seen == []
+        buyer, resp = pay(client, core, url)
+        assert resp.status_code == 200 and seen[0].payer == buyer.address
+        assert core.position(buyer.address, network=NETWORK).locked == amount
 
 
 @pytest.mark.parametrize(
