@@ -32,15 +32,12 @@ from . import deliver, discovery, drive, endpoints, guards, metered, prices, sta
 from .background import Holds, Reconciler, recover
 from .bundles import InvalidUnits
 from .challenge import challenge, requirements
-from .pay import failure, paid, version_of
+from .pay import failure, paid, protected, version_of
 from .prices import Repricer
 from .throttle import Throttle
 from .types import (
-    DENY,
-    GRANT,
     PASS,
     BodyTap,
-    Call,
     Flow,
     Paid,
     PassThrough,
@@ -299,14 +296,9 @@ class Gate:
                 return error_response(400, "ambiguous_path", "ambiguous request path")
         if route is None:
             return PASS
-        if self.config.on_protected_request is not None:
-            verdict = yield Call(self.config.on_protected_request, (request, route), blocking=False)
-            if verdict is GRANT:
-                return PASS
-            if verdict is DENY:
-                return error_response(403, "denied", "access denied")
-            if isinstance(verdict, Response):
-                return verdict
+        decided = yield from protected(self, request, route)  # the on_protected_request hook
+        if decided is not None:
+            return decided
         if route.config.stage is not None:  # staged work: admitted before it is priced
             refused = yield from stages.admit(self, route.config.stage, request)
             if refused is not None:

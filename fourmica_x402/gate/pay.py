@@ -36,8 +36,11 @@ from ..wire import (
 from . import bundles, metered, settle, stages
 from .challenge import DELIVERY_TAG, challenge, v1_requirements, v2_requirements
 from .types import (
+    DENY,
     EXPOSE_HEADERS,
+    GRANT,
     PAID_CACHE_CONTROL,
+    PASS,
     Call,
     Flow,
     Paid,
@@ -61,6 +64,19 @@ def version_of(request: RequestView) -> int | None:
     if request.header_values(X_PAYMENT_HEADER):
         return 1
     return None
+
+
+def protected(gate: Gate, request: RequestView, route: Route) -> Flow:
+    """What the ``on_protected_request`` hook says of a priced request: None (go on),
+    :data:`PASS` (``GRANT``: served without a payment), or the :class:`Response` to answer."""
+    if gate.config.on_protected_request is None:
+        return None
+    verdict = yield Call(gate.config.on_protected_request, (request, route), blocking=False)
+    if verdict is GRANT:
+        return PASS
+    if verdict is DENY:
+        return error_response(403, "denied", "access denied")
+    return verdict if isinstance(verdict, Response) else None
 
 
 def failure(gate: Gate, request: RequestView, error: FourmicaError) -> Flow:
