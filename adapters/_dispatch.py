@@ -11,20 +11,18 @@ reprice counts. A marker's handler checks its own payment (``Paid``)."""
 
 from __future__ import annotations
 
-import contextlib
 import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from fourmica_x402.errors import FourmicaError
-from fourmica_x402.gate import Endpoint, Gate, Response, RouterFailed
+from fourmica_x402.gate import Endpoint, Gate, Response
 from fourmica_x402.gate.guards import RESOLVED_KEY, rerouted
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY
 
 from ._exchange import send_response
 from ._starlette import StarletteRouter
 
-__all__ = ["Guarded", "guard", "noted", "recorded"]
+__all__ = ["Guarded", "guard", "recorded"]
 
 Scope = MutableMapping[str, Any]
 Resolve = Callable[[], Endpoint | None]
@@ -48,15 +46,6 @@ def recorded(scope: Scope, resolve: Resolve, gate: Gate) -> Resolve:
         return endpoint
 
     return resolved
-
-
-def noted(scope: Scope, resolve: Resolve | None) -> Scope:
-    """``scope``, what ``resolve`` (a :func:`recorded` one) finds noted in it: a request an
-    outer gate settled runs on its payment here too, on the route this gate sees it reach."""
-    if resolve is not None:
-        with contextlib.suppress(RouterFailed, FourmicaError):  # none noted: refused if priced
-            resolve()
-    return scope
 
 
 class Guarded:

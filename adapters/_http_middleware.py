@@ -16,8 +16,8 @@ from fourmica_x402.config import PaymentConfig
 from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.gate import PASS, Gate, Response
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Meter
+from fourmica_x402.gate.nested import settled_outside
 
-from ._dispatch import noted
 from ._exchange import Delegated
 from .asgi import PaymentMiddleware
 from .fastapi import _marker, _render
@@ -62,15 +62,13 @@ def http_middleware(config: PaymentConfig) -> Any:
             )
 
     async def middleware(request: Request, call_next: Any) -> Any:
-        if PAYMENT_KEY in request.scope:  # settled by an outer gate: one gate per request
-            noted(request.scope, pricer._view(request.scope, request.receive).resolve)
-            return await call_next(request)
         if pricer._given_router is None:  # the app is known only once it serves a request
             pricer._given_router = request.scope["app"].router
         if pricer.startup.run(check) is not None:
             return _render(pricer.startup.refusal)
-        view = pricer._view(request.scope, request.receive)
-        state = await Gate.run_async(gate.before(view))
+        view, outer = pricer._view(request.scope, request.receive), request.scope.get(PAYMENT_KEY)
+        flow = gate.before(view) if outer is None else settled_outside(gate, view, outer)
+        state = await Gate.run_async(flow)  # an outer gate's payment: on this gate's terms only
         if isinstance(state, Response):
             return _render(state)
         if state is not PASS:

@@ -17,7 +17,7 @@ Responses stream through, hashed, never buffered. With a Starlette router (found
 (checked at lifespan start-up, which a bad configuration fails); without one, the raw path.
 WebSockets on a priced route are refused (1008). See docs/architecture.md ("Which route is
 priced"). A body read before pricing (a paid MCP tool call) is replayed to the app whole; a
-request an outer gate settled passes through."""
+request an outer gate settled passes on this gate's terms."""
 
 from __future__ import annotations
 
@@ -30,10 +30,11 @@ from fourmica_x402.config import PaymentConfig
 from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.gate import PASS, Endpoint, Gate, RequestView, Response
 from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Marker, Startup
+from fourmica_x402.gate.nested import settled_outside
 
 from ._body import BufferedBody
 from ._chain import applied_root_path, find_router
-from ._dispatch import guard, noted, recorded
+from ._dispatch import guard, recorded
 from ._exchange import PaidExchange, send_response, warn_copying_layers
 from ._starlette import StarletteRouter
 
@@ -126,12 +127,11 @@ class PaymentMiddleware:
             return await send({"type": "websocket.close", "code": 1011 if broken else 1008})
         if kind != "http":  # lifespan: queued completions are committed before a shutdown ends
             return await self.app(scope, receive, self.gate.on_shutdown(send))
-        if PAYMENT_KEY in scope:  # settled by an outer gate (the route this one sees: noted)
-            return await self.app(noted(scope, self._view(scope, receive).resolve), receive, send)
         if broken is not None:
             return await send_response(send, self.startup.refusal)
-        view = self._view(scope, receive)
-        outcome = await Gate.run_async(self.gate.before(view))
+        view, outer = self._view(scope, receive), scope.get(PAYMENT_KEY)  # an outer gate's:
+        flow = self.gate.before(view) if outer is None else settled_outside(self.gate, view, outer)
+        outcome = await Gate.run_async(flow)  # it passes on this gate's terms only
         body = view.read_body
         if not isinstance(body, BufferedBody) or not body.read:
             return await self._serve(outcome, scope, receive, send)

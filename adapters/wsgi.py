@@ -21,6 +21,7 @@ from fourmica_x402.config import PaymentConfig
 from fourmica_x402.gate import PASS, Endpoint, Gate, RequestView, Response
 from fourmica_x402.gate.guards import RESOLVED_KEY
 from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Meter, Startup
+from fourmica_x402.gate.nested import settled_outside
 
 from ._chain import forwarded
 
@@ -96,13 +97,14 @@ class PaymentMiddleware:
         return None
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        if PAYMENT_KEY in environ:  # settled by an outer gate: one gate per request
-            return self.app(environ, start_response)  # type: ignore[no-any-return]
         if self.startup.run(self.check) is not None:
             return answer(start_response, self.startup.refusal)
         seen = environ if self._seen is None else self._seen(environ)  # host, scheme, client
         view = request_view(seen, self.resolver(seen))
-        outcome = Gate.run_sync(self.gate.before(view))
+        if PAYMENT_KEY in environ:  # settled by an outer gate: it passes on this gate's terms only
+            outcome = Gate.run_sync(settled_outside(self.gate, view, environ[PAYMENT_KEY]))
+        else:
+            outcome = Gate.run_sync(self.gate.before(view))
         if RESOLVED_KEY in seen:  # what the gate resolved, for the router's check (a copy: back)
             environ[RESOLVED_KEY] = seen[RESOLVED_KEY]
         if outcome is PASS:

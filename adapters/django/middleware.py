@@ -17,7 +17,8 @@ from django.http import HttpRequest
 
 from fourmica_x402.gate import PASS, Call, Endpoint, Flow, Gate, Response
 from fourmica_x402.gate.guards import rerouted
-from fourmica_x402.gate.lifecycle import Endpoints, Meter
+from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Endpoints, Meter
+from fourmica_x402.gate.nested import settled_outside
 
 from ._delivery import unless_sent
 from ._streams import as_served
@@ -101,8 +102,11 @@ class PaymentMiddleware:
         return self._endpoint(match.func, route)  # a request's urlconf: unseen at start-up
 
     def _flow(self, request: HttpRequest) -> Flow:
-        request.payment = None  # type: ignore[attr-defined]  # unless paid below
-        state = yield from self.gate.before(request_view(request, partial(self._resolve, request)))
+        view = request_view(request, partial(self._resolve, request))
+        outer = getattr(request, "scope", request.META).get(PAYMENT_KEY)  # an outer gate's:
+        request.payment = outer  # type: ignore[attr-defined]  # on this gate's terms only
+        flow = self.gate.before(view) if outer is None else settled_outside(self.gate, view, outer)
+        state = yield from flow
         if state is PASS:
             return (yield Call(self.get_response, (request,), blocking=False))
         if isinstance(state, Response):

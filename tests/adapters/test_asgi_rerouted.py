@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from fastapi import APIRouter, FastAPI
 from fourmica_x402.adapters.asgi import PaymentMiddleware
-from fourmica_x402.adapters.fastapi import FourmicaX402, http_middleware
+from fourmica_x402.adapters.fastapi import FourmicaX402, Paid, http_middleware
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -25,7 +25,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from fourmica_x402 import PaymentConfig
 from fourmica_x402.core import Core
-from fourmica_x402.gate import Gate
+from fourmica_x402.gate import Gate, Payment
 from fourmica_x402.testing import NETWORK, TestBuyer, paid_headers
 
 SELLER = TestBuyer.new().address
@@ -218,6 +218,107 @@ def test_a_request_an_outer_gate_settled_runs_on_an_inner_gates_priced_route(cor
         assert client.get("/shop/items/1", headers=headers).status_code == 200
     assert runs == ["GET /shop/items/1"]
     assert core.position(buyer.address, network=NETWORK).locked == 30_000
+
+
+PARTNER = TestBuyer.new().address
+
+
+def _bought_through_a_platform(core: Core, partner: Any, price: str) -> tuple[Any, TestBuyer]:
+    """``GET /partner/premium``, ``partner`` mounted at /partner in an app whose gate prices
+    ``GET /partner/*`` at ``price`` (to SELLER): the answer to a funded buyer's payment."""
+    platform = Starlette(
+        routes=[Mount("/partner", app=partner)],
+        middleware=[Middleware(PaymentMiddleware, gate=_gate(core, {"GET /partner/*": price}))],
+    )
+    buyer = _funded(core)
+    with TestClient(platform) as client:
+        headers = paid_headers(client, buyer, client.get("/partner/premium"))
+        return client.get("/partner/premium", headers=headers), buyer
+
+
+@pytest.mark.parametrize(
+    ("outer_price", "inner_pay_to"), [("$0.001", SELLER), ("$0.01", PARTNER), ("$0.03", PARTNER)]
+)
+@pytest.mark.parametrize("inner", ["starlette", "FourmicaX402", "http_middleware"])
+def test_an_outer_gate_never_sells_an_inner_gates_route_on_other_terms(
+    core: Core, outer_price: str, inner_pay_to: str, inner: str
+) -> None:
+    """A platform's gate prices its partner's mounted app as a whole (``GET /partner/*``)
+    and the partner's own gate prices a route of it: the outer payment ran the partner's
+    route whatever its price and payee ($0.01 sold for $0.001, or paid to the platform). The
+    inner gate lets it through only on its own terms now; else 503, and the outer refunds."""
+    runs: list[str] = []
+
+    async def premium(request: Request) -> JSONResponse:
+        runs.append(request.url.path)
+        return JSONResponse({"premium": True})
+
+    config = PaymentConfig(pay_to=inner_pay_to, core=core, network=NETWORK)
+    if inner == "starlette":
+        table = {"GET /premium": "$0.01"}
+        partner: Any = PaymentMiddleware(
+            Starlette(routes=[Route("/premium", premium)]),
+            config=PaymentConfig(pay_to=inner_pay_to, core=core, network=NETWORK, routes=table),
+        )
+    else:
+        partner = FastAPI()
+
+        @partner.get("/premium")
+        def bought(payment: Payment = Paid("$0.01")) -> dict[str, bool]:  # noqa: B008
+            runs.append("/partner/premium")
+            return {"premium": True}
+
+        if inner == "FourmicaX402":
+            FourmicaX402(partner, config=config)
+        else:
+            partner.middleware("http")(http_middleware(config))
+    resp, buyer = _bought_through_a_platform(core, partner, outer_price)
+    states = [g.state for g in core.guarantees(address=buyer.address)]
+    locked = core.position(buyer.address, network=NETWORK).locked
+    if inner != "starlette" and inner_pay_to == SELLER:  # the outer gate sees the Paid too:
+        assert resp.status_code == 200 and len(runs) == 1  # its price, not the wildcard's
+        assert (states, locked) == (["payable"], 10_000)
+        return
+    assert _refused(resp), (resp.status_code, resp.text)
+    assert runs == [] and states in (["voided"], ["cancelled"]) and locked == 0
+
+
+@pytest.mark.parametrize("inner", ["marker", "validation policy"])
+def test_an_inner_route_whose_terms_are_more_than_a_price_never_runs_on_an_outer_payment(
+    core: Core, inner: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The outer gate cannot see inside this mount (a router under a middleware of its own),
+    so its wildcard sells the route at the same amount and payee; the inner route's marker
+    (the handler's own check) or validation policy is what the outer payment is not: 503,
+    refunded, and the log says why, not that a layer changed the request."""
+    from fourmica_x402.guarantee.policy import ValidationPolicy
+
+    runs: list[str] = []
+    config = PaymentConfig(pay_to=SELLER, core=core, network=NETWORK)
+    if inner == "marker":
+        sub = FastAPI()
+
+        @sub.get("/premium")
+        def bought(payment: Payment = Paid("$0.01")) -> dict[str, bool]:  # noqa: B008
+            runs.append("/premium")
+            return {"premium": True}
+
+        partner: Any = PaymentMiddleware(sub, config=config)
+    else:
+        policy = ValidationPolicy(SELLER, SELLER, 1, 80, bytes(32), 84532)
+        table = {"GET /premium": {"price": "$0.01", "validation_policy": policy}}
+
+        async def premium(request: Request) -> JSONResponse:
+            runs.append("/premium")
+            return JSONResponse({"premium": True})
+
+        sub = Starlette(routes=[Route("/premium", premium)])
+        partner = PaymentMiddleware(sub, gate=_gate(core, table))
+    resp, buyer = _bought_through_a_platform(core, partner, "$0.01")
+    assert _refused(resp) and runs == []
+    assert [g.state for g in core.guarantees(address=buyer.address)] in (["voided"], ["cancelled"])
+    why = "marker here" if inner == "marker" else "validation policy of its own"
+    assert any(why in r.getMessage() for r in caplog.records), caplog.text
 
 
 @pytest.mark.parametrize("form", ["starlette", "FourmicaX402", "http_middleware"])

@@ -1111,6 +1111,43 @@ def test_paid_views_under_re_path_and_i18n_patterns_are_charged(
     assert core.position(buyer.address, network=NETWORK).locked == amount
 
 
+@pytest.mark.parametrize(
+    ("outer_price", "outer_pay_to", "sold"),
+    [("$0.03", SELLER, True), ("$0.01", SELLER, False), ("$0.03", TestBuyer.new().address, False)],
+)
+def test_a_django_site_behind_another_gate_is_paid_once_on_its_own_terms(
+    configured: None, core: Core, outer_price: str, outer_pay_to: str, sold: bool
+) -> None:
+    """A WSGI gate in front of a Django site with the middleware: Django's gate settled the
+    outer gate's guarantee again (replayed_request_id), so the outer one refunded and the
+    route could never be sold. It runs on the outer payment now, if that meets the route's
+    own offer here (docs/architecture.md, "What an adapter does"); else 503, refunded."""
+    from fourmica_x402.adapters.wsgi import PaymentMiddleware as WsgiPayments
+    from werkzeug.test import Client as WsgiClient
+
+    from fourmica_x402 import PaymentConfig
+
+    outer = PaymentConfig(
+        pay_to=outer_pay_to, core=core, network=NETWORK, routes={"GET /r/*": outer_price}
+    )
+    client = WsgiClient(WsgiPayments(WSGIHandler(), config=outer))
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    challenge = client.get("/r/7/")
+    req = decode_payment_required(challenge.headers["payment-required"]).accepts[0]
+    body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": req.to_dict()}
+    name, value = payment_header(buyer, req, client.post("/x402/tab", json=body).get_json())
+    resp = client.get("/r/7/", headers={name: value})
+    answer = resp.get_json()
+    [charged] = core.guarantees(address=buyer.address)
+    if sold:
+        assert (resp.status_code, answer) == (200, {"n": 7, "payer": buyer.address})
+        assert charged.state == "payable" and len(seen) == 1
+    else:
+        assert (resp.status_code, answer["error"]) == (503, "payment_not_enforced")
+        assert charged.state in ("voided", "cancelled") and seen == []
+
+
 @pytest.mark.parametrize(("url", "amount"), [("/api/secret", 10_000), ("/api2/report", 20_000)])
 def test_a_wildcard_entry_prices_a_top_level_re_path_as_its_path_reads(
     core: Core, url: str, amount: int

@@ -26,6 +26,7 @@ from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
 from fourmica_x402.wire import decode_payment_required
 
 SELLER = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+PARTNER = TestBuyer.new().address
 
 
 @pytest.fixture
@@ -938,6 +939,55 @@ def test_a_wsgi_app_inside_two_gates_is_paid_once(core: Core) -> None:
     assert resp.status_code == 200 and resp.get_data() == b"report" and len(runs) == 1
     [paid] = core.guarantees(address=buyer.address)
     assert (paid.guarantee_id, paid.state) == (runs[0], "payable")
+
+
+@pytest.mark.parametrize("inner", ["wsgi", "flask"])
+@pytest.mark.parametrize(
+    ("outer_price", "inner_pay_to", "sold"),
+    [("$0.001", SELLER, False), ("$0.02", PARTNER, False), ("$0.02", SELLER, True)],
+)
+def test_an_outer_wsgi_gate_never_sells_an_inner_gates_route_on_other_terms(
+    core: Core, inner: str, outer_price: str, inner_pay_to: str, sold: bool
+) -> None:
+    """Two apps behind Werkzeug's dispatcher, the outer gate pricing ``/sub/*`` as a whole
+    and the inner one ``/premium``: a plain WSGI app ran on the outer payment whatever the
+    inner price and payee, a Flask app never ran. On the inner gate's terms (its network,
+    asset and payTo, at least its price) it runs, once; on others 503, refunded."""
+    from fourmica_x402.adapters.wsgi import PaymentMiddleware
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+    from werkzeug.test import Client
+
+    from fourmica_x402 import PaymentConfig
+
+    runs: list[str] = []
+    table = {"GET /premium": "$0.01"}
+    if inner == "wsgi":
+
+        def premium(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            runs.append(environ["PATH_INFO"])
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"premium"]
+
+        config = PaymentConfig(pay_to=inner_pay_to, routes=table, core=core, network=NETWORK)
+        sub: Any = PaymentMiddleware(premium, config=config)
+    else:
+        sub = make_app(pay_to=inner_pay_to, routes=table, core=core, network=NETWORK)
+        FourmicaX402(sub)
+        sub.add_url_rule("/premium", "premium", lambda: runs.append("/premium") or "premium")
+    front = make_app()
+    outer = PaymentConfig(pay_to=SELLER, routes={"GET /sub/*": outer_price}, core=core)
+    client = Client(PaymentMiddleware(DispatcherMiddleware(front, {"/sub": sub}), config=outer))
+    buyer = funded(core)
+    resp = client.get("/sub/premium", headers=payment_for(client, buyer, "/sub/premium"))
+    body = resp.get_data()  # delivered (a 503's is the gate's)
+    [charged] = core.guarantees(address=buyer.address)
+    if sold:
+        assert (resp.status_code, body, runs) == (200, b"premium", ["/premium"])
+        assert (charged.state, charged.amount) == ("payable", 20_000)
+    else:
+        assert (resp.status_code, resp.get_json()["error"]) == (503, "payment_not_enforced")
+        assert runs == [] and charged.state in ("voided", "cancelled")
+        assert core.position(buyer.address, network=NETWORK).locked == 0
 
 
 def test_paid_on_a_method_view_method_prices_that_method(core: Core) -> None:

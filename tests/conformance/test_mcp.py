@@ -627,3 +627,55 @@ def test_the_ids_kept_have_a_fixed_size_however_long_a_client_makes_them() -> No
     request = RequestView("POST", "/mcp", "/mcp", "", session, read_body=Body())
     (key,) = asyncio.run(McpTools(PRICES).session_ids(request))
     assert isinstance(key[0], int) and key[1] == "7" * 40
+
+
+def test_a_tool_server_mounted_under_another_gate_gets_the_call_it_was_paid_for(
+    tmp_path: Path,
+) -> None:
+    """A tool server with its own gate, mounted in an app whose gate prices its path at the
+    same terms: the inner gate read the call's body to price it and never gave it back, so
+    the tool server waited for it until the buyer gave up (the payment refunded)."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from fourmica_x402 import PaymentConfig
+    from fourmica_x402.client.transport import PaymentTransport
+
+    core = Core(str(tmp_path / "core.db"))
+    buyer, seller = TestBuyer.new(), TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    ran: Counter[str] = Counter()
+    server = _server(ran, True)
+    server.settings.stateless_http = True  # one call, no session to open first
+    tools = McpTools(PRICES).config(pay_to=seller.address, core=core, network=NETWORK)
+    inner = PaymentMiddleware(server.streamable_http_app(), tools)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        async with server.session_manager.run():
+            yield
+
+    outer = PaymentConfig(
+        pay_to=seller.address, core=core, network=NETWORK, routes={"POST /tools/*": "$0.05"}
+    )
+    app = Starlette(routes=[Mount("/tools", app=inner)], lifespan=lifespan)
+    app.add_middleware(PaymentMiddleware, config=outer)
+    policy = SpendingPolicy(max_per_request="$0.05")
+    try:
+        with (
+            _serving(app) as url,
+            httpx.Client(
+                transport=PaymentTransport(buyer.key, policy=policy), timeout=10
+            ) as client,
+        ):
+            call = {
+                **_call("summarize"),
+                "params": {"name": "summarize", "arguments": {"text": "hi"}},
+            }
+            resp = client.post(url.replace("/mcp", "/tools/mcp"), json=call, headers=HEADERS)
+            assert resp.status_code == 200 and "hi" in resp.text, resp.text
+        assert ran["summarize"] == 1
+        states = [g.state for g in core.guarantees(address=buyer.address)]
+        assert states == ["payable"] and core.position(buyer.address, network=NETWORK).locked
+    finally:
+        core.close()
