@@ -29,7 +29,8 @@ Where things are, in the order a paid request meets them:
 - :mod:`.lifecycle` — what every adapter does around a request, written once: the paid
   response on its way out (``Meter``), start-up checks (``Startup``), per-handler markers
   (``Marker``), the app's routes (``Endpoints``);
-- :mod:`.background` — the reconciler: voids, refunds and scores retried until done.
+- :mod:`.background` — the reconciler: voids, refunds and scores retried until done;
+- :mod:`.nested` — a request another gate (an outer app's) settled: run on this gate's terms only.
 
 Hooks (sync or async), set on :class:`~fourmica_x402.PaymentConfig`:
 
