@@ -16,7 +16,6 @@ from fourmica_x402.config import PaymentConfig
 from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.gate import PASS, Gate, Response
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Meter
-from fourmica_x402.gate.nested import settled_outside
 
 from ._exchange import Delegated
 from .asgi import PaymentMiddleware
@@ -66,9 +65,8 @@ def http_middleware(config: PaymentConfig) -> Any:
             pricer._given_router = request.scope["app"].router
         if pricer.startup.run(check) is not None:
             return _render(pricer.startup.refusal)
-        view, outer = pricer._view(request.scope, request.receive), request.scope.get(PAYMENT_KEY)
-        flow = gate.before(view) if outer is None else settled_outside(gate, view, outer)
-        state = await Gate.run_async(flow)  # an outer gate's payment: on this gate's terms only
+        view = pricer._view(request.scope, request.receive)  # an outer gate's payment: on our
+        state = await Gate.run_async(gate.before(view, request.scope.get(PAYMENT_KEY)))  # terms
         if isinstance(state, Response):
             return _render(state)
         if state is not PASS:

@@ -30,7 +30,6 @@ from fourmica_x402.config import PaymentConfig
 from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.gate import PASS, Endpoint, Gate, RequestView, Response
 from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Marker, Startup
-from fourmica_x402.gate.nested import settled_outside
 
 from ._body import BufferedBody
 from ._chain import applied_root_path, find_router
@@ -129,9 +128,8 @@ class PaymentMiddleware:
             return await self.app(scope, receive, self.gate.on_shutdown(send))
         if broken is not None:
             return await send_response(send, self.startup.refusal)
-        view, outer = self._view(scope, receive), scope.get(PAYMENT_KEY)  # an outer gate's:
-        flow = self.gate.before(view) if outer is None else settled_outside(self.gate, view, outer)
-        outcome = await Gate.run_async(flow)  # it passes on this gate's terms only
+        view = self._view(scope, receive)  # an outer gate's payment: on this gate's terms only
+        outcome = await Gate.run_async(self.gate.before(view, scope.get(PAYMENT_KEY)))
         body = view.read_body
         if not isinstance(body, BufferedBody) or not body.read:
             return await self._serve(outcome, scope, receive, send)

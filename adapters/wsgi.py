@@ -21,7 +21,6 @@ from fourmica_x402.config import PaymentConfig
 from fourmica_x402.gate import PASS, Endpoint, Gate, RequestView, Response
 from fourmica_x402.gate.guards import RESOLVED_KEY
 from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Meter, Startup
-from fourmica_x402.gate.nested import settled_outside
 
 from ._chain import forwarded
 
@@ -101,10 +100,8 @@ class PaymentMiddleware:
             return answer(start_response, self.startup.refusal)
         seen = environ if self._seen is None else self._seen(environ)  # host, scheme, client
         view = request_view(seen, self.resolver(seen))
-        if PAYMENT_KEY in environ:  # settled by an outer gate: it passes on this gate's terms only
-            outcome = Gate.run_sync(settled_outside(self.gate, view, environ[PAYMENT_KEY]))
-        else:
-            outcome = Gate.run_sync(self.gate.before(view))
+        outer = environ.get(PAYMENT_KEY)  # an outer gate's payment: on this gate's terms only
+        outcome = Gate.run_sync(self.gate.before(view, outer))
         if RESOLVED_KEY in seen:  # what the gate resolved, for the router's check (a copy: back)
             environ[RESOLVED_KEY] = seen[RESOLVED_KEY]
         if outcome is PASS:

@@ -18,7 +18,6 @@ from django.http import HttpRequest
 from fourmica_x402.gate import PASS, Call, Endpoint, Flow, Gate, Response
 from fourmica_x402.gate.guards import rerouted
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Endpoints, Meter
-from fourmica_x402.gate.nested import settled_outside
 
 from ._delivery import unless_sent
 from ._streams import as_served
@@ -105,8 +104,7 @@ class PaymentMiddleware:
         view = request_view(request, partial(self._resolve, request))
         outer = getattr(request, "scope", request.META).get(PAYMENT_KEY)  # an outer gate's:
         request.payment = outer  # type: ignore[attr-defined]  # on this gate's terms only
-        flow = self.gate.before(view) if outer is None else settled_outside(self.gate, view, outer)
-        state = yield from flow
+        state = yield from self.gate.before(view, outer)
         if state is PASS:
             return (yield Call(self.get_response, (request,), blocking=False))
         if isinstance(state, Response):

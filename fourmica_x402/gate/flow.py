@@ -28,7 +28,7 @@ from ..routes import Endpoint, Route, RouteTable
 from ..streams import Streams
 from ..templates import RouterFailed, path_matcher
 from ..wire import PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER
-from . import deliver, discovery, drive, endpoints, guards, metered, prices, stages
+from . import deliver, discovery, drive, endpoints, guards, metered, nested, prices, stages
 from .background import Holds, Reconciler, recover
 from .bundles import InvalidUnits
 from .challenge import challenge, requirements
@@ -250,10 +250,11 @@ class Gate:
 
     # -- the flow ------------------------------------------------------------------------------
 
-    def before(self, request: RequestView) -> Flow:
+    def before(self, request: RequestView, outer: Payment | None = None) -> Flow:
         """Decide: pass through, answer (402, 4xx, 503, our endpoints), or run the paid handler.
 
         Returns :data:`PASS`, a :class:`Response`, or the state to hand to the later steps.
+        ``outer``: the payment another gate settled for this request (:mod:`.nested`).
         """
         method = request.method.upper()
         self.prices.poll()  # prices another process set: at most one read per price_poll
@@ -310,6 +311,8 @@ class Gate:
         except Exception:  # a price or payTo callable failed: nothing to charge safely
             log.exception("could not price %s", route.key)  # the why is the seller's: logged
             return error_response(500, "pricing_failed", "could not price this request")
+        if outer is not None:  # another gate settled it: it runs on this gate's terms only
+            return nested.judged(route, reqs, outer)
         if method == "HEAD" and (
             request.header_values(PAYMENT_SIGNATURE_HEADER)
             or request.header_values(X_PAYMENT_HEADER)

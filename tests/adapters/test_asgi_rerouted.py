@@ -321,6 +321,43 @@ def test_an_inner_route_whose_terms_are_more_than_a_price_never_runs_on_an_outer
     assert any(why in r.getMessage() for r in caplog.records), caplog.text
 
 
+@pytest.mark.parametrize("case", ["unpriced method", "repriced", "bad unit count"])
+def test_an_inner_gate_decides_on_an_outer_payment_as_on_any_request(core: Core, case: str) -> None:
+    """The inner gate judged an outer payment by a route of its own finding: a POST on a
+    mount serving every method (GET priced: 405 here) bought the $1 GET content for $0.001;
+    a price raised in the price book was never read (the old price met); a bad unit count
+    of a bundle was 503 payment_not_enforced instead of 400 invalid_units. It decides as on
+    any request now, and only the payment step is the outer gate's."""
+    from fourmica_x402.gate.prices import PriceBook
+
+    runs: list[str] = []
+
+    async def report(scope: Any, receive: Any, send: Any) -> None:  # any method
+        runs.append(scope["method"])
+        await JSONResponse({"report": True})(scope, receive, send)
+
+    table: dict[str, Any] = {"GET /premium/*": "$0.01"}
+    if case == "bad unit count":
+        table = {"GET /premium/*": {"price": "$0.01", "units": lambda r: int(r.query)}}
+    partner = Starlette(routes=[Mount("/premium", app=report)])
+    if case == "repriced":  # `fourmica-x402 reprice` in another process
+        PriceBook(core.store).set({"GET /premium/*": "$1"}, source="cli")
+    inner = PaymentMiddleware(partner, gate=_gate(core, table))
+    platform = Starlette(
+        routes=[Mount("/partner", app=inner)],
+        middleware=[Middleware(PaymentMiddleware, gate=_gate(core, {"* /partner/*": "$0.01"}))],
+    )
+    buyer = _funded(core)
+    method, url = ("POST", "/partner/premium/x") if case == "unpriced method" else ("GET", "")
+    url = url or ("/partner/premium/x?abc" if case == "bad unit count" else "/partner/premium/x")
+    with TestClient(platform) as client:
+        headers = paid_headers(client, buyer, client.request(method, url))
+        resp = client.request(method, url, headers=headers)
+    expected = {"unpriced method": 405, "repriced": 503, "bad unit count": 400}[case]
+    assert resp.status_code == expected and runs == [], (resp.status_code, resp.text)
+    assert [g.state for g in core.guarantees(address=buyer.address)] in (["voided"], ["cancelled"])
+
+
 @pytest.mark.parametrize("form", ["starlette", "FourmicaX402", "http_middleware"])
 def test_a_request_the_gate_passes_unresolved_never_reaches_a_priced_route(
     core: Core, form: str
