@@ -4,7 +4,6 @@ FOURMICA_X402 = {"PAY_TO": "0x…", "NETWORK": "eip155:84532", "ROUTES": {"GET /
 @paid(price="$0.01")  # every method the view serves; methods=["GET"]: GET (and HEAD), else 405
 FOURMICA_X402_CONFIG = PaymentConfig(...)  # or one built in code (a live Core, hooks)"""
 
-import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -19,6 +18,8 @@ from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.gate import Response
 from fourmica_x402.gate.guards import view_marker
 from fourmica_x402.gate.lifecycle import Marker
+
+from ._classes import answers_itself
 
 #: What a function view may serve, in the order ``Allow`` lists them.
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -36,26 +37,6 @@ def load() -> PaymentConfig:
     if not isinstance(config, PaymentConfig):
         raise ConfigurationError("set FOURMICA_X402 to a dict (or FOURMICA_X402_CONFIG)")
     return config
-
-
-def answers_itself(cls: type) -> bool:
-    """Whether a class-based view may answer any method itself: its ``dispatch()`` (a proxy,
-    GraphQL) or ``http_method_not_allowed()`` (other verbs served like GET) does more than
-    ``return super()…`` (decorated or not; Django's own mixins only hand on too)."""
-    return any(_own(cls, name) for name in ("dispatch", "http_method_not_allowed"))
-
-
-def _own(cls: type, name: str) -> bool:
-    for klass in cls.__mro__:
-        if (method := klass.__dict__.get(name)) is None:
-            continue
-        module = getattr(method := inspect.unwrap(method), "__module__", None) or ""
-        if module == "django" or module.startswith("django."):
-            return False
-        code = getattr(method, "__code__", None)
-        if code is None or not set(code.co_names) <= {"super", name}:
-            return True  # its own logic: any method may be answered there
-    return False
 
 
 def describe(view: Any) -> tuple[Marker | None, list[str] | None]:
@@ -139,8 +120,11 @@ def paid(
     def mark(view: Any) -> Any:  # functools.wraps copies the mark to the decorators above
         if isinstance(view, type):  # a class-based view: its dispatch refuses
             view.dispatch = marker.guard(view.dispatch, class_refusal, is_async=False)  # type: ignore[attr-defined]
-        else:
-            view = marker.guard(view, function_refusal, iscoroutinefunction(view))
+        else:  # a function view, or (per request) method_decorator(paid(…), name="dispatch")'s
+            owner = getattr(getattr(view, "func", None), "__self__", None)  # bound dispatch
+            own = hasattr(owner, "http_method_names")  # its class's methods: Django's 405s
+            refuse = (lambda r, *a, **k: class_refusal(owner, r)) if own else function_refusal
+            view = marker.guard(view, refuse, iscoroutinefunction(view))
         return marker.attach(view)
 
     return mark

@@ -339,6 +339,13 @@ if "custom" not in get_converters():  # the conformance app may share this proce
     register_converter(Article, "article")
 
 
+@method_decorator(paid(price="$0.05"), name="dispatch")  # the whole view, Django's way
+class DispatchPaid(View):
+    def get(self, request: HttpRequest) -> JsonResponse:
+        seen.append(request.payment)
+        return JsonResponse({"payer": request.payment.payer})  # type: ignore[attr-defined]
+
+
 class MethodPaid(View):
     """``@paid`` on a method (Django's ``method_decorator``): GET priced, POST the class's own."""
 
@@ -374,6 +381,7 @@ URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("paid-proxied", PaidProxied.as_view()),
     path("graph", Graph.as_view()),
     path("method-paid", MethodPaid.as_view()),
+    path("dispatch-paid", DispatchPaid.as_view()),
     path("fallback", Fallback.as_view()),
     path("articles/<article:slug>", article),
     path("paid-fallback", PaidFallback.as_view()),
@@ -1287,3 +1295,18 @@ def test_paid_on_a_class_views_method_prices_that_method(core: Core) -> None:
         buyer, resp = pay(client, core, "/method-paid")
         assert resp.status_code == 200 and resp.json() == {"payer": buyer.address}
         assert core.position(buyer.address, network=NETWORK).locked == 30_000
+
+
+def test_paid_on_a_class_views_dispatch_leaves_the_methods_it_lacks_to_django(core: Core) -> None:
+    """``method_decorator(paid(...), name="dispatch")``: a method the view does not implement
+    (DELETE) answered 503 payment_not_enforced and logged a false alarm, and OPTIONS listed
+    every method. They are Django's own now (405; Allow: what it serves), as with ``@paid``
+    on the class; GET is priced and sold."""
+    with selling(core, {}):
+        client = Client()
+        assert client.delete("/dispatch-paid").status_code == 405
+        assert client.options("/dispatch-paid")["Allow"] == "GET, HEAD, OPTIONS"
+        assert amount_of(client.get("/dispatch-paid")) == "50000" and seen == []
+        buyer, resp = pay(client, core, "/dispatch-paid")
+        assert resp.status_code == 200 and resp.json() == {"payer": buyer.address}
+        assert core.position(buyer.address, network=NETWORK).locked == 50_000
