@@ -15,6 +15,7 @@ from .._urls import check_http_url
 
 __all__ = [
     "MAX_ANSWER",
+    "UNPAID_KEY",
     "AnswerTooLarge",
     "aread_answer",
     "error_said",
@@ -22,6 +23,9 @@ __all__ = [
     "read_answer",
 ]
 
+#: A request that must never pay (a metered stream's stop, a listing or a Core read sent
+#: through the buyer's paying client): its 402 is returned as it is (docs/buyer.md).
+UNPAID_KEY = "fourmica_unpaid"
 #: The most the flow reads of an answer it parses.
 MAX_ANSWER = 1 << 20
 #: The window bits of the codings unpacked here: deflate zlib-wrapped, or raw as some send it.

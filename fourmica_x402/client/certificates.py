@@ -22,7 +22,7 @@ from blspy import BasicSchemeMPL, G1Element, G2Element
 
 from .._json import loads
 from ..guarantee import GuaranteeClaims, certificate_message
-from .answers import AnswerTooLarge, read_answer
+from .answers import UNPAID_KEY, AnswerTooLarge, read_answer
 
 __all__ = ["fetch_certificate", "fetch_public_key", "public_key_bytes", "verify_certificate"]
 
@@ -130,8 +130,9 @@ def fetch_certificate(
 
 def _answer(http: httpx.Client, url: str) -> Any:
     """The JSON of a GET (None: a 404), read up to the flow's answer limit (a Core the
-    seller named may answer anything)."""
-    with http.stream("GET", url) as response:
+    seller named may answer anything). Never paid: a 402 through a paying client is an
+    error answer like any other (docs/buyer.md, "Certificates")."""
+    with http.stream("GET", url, extensions={UNPAID_KEY: True}) as response:
         if response.status_code == 404:
             return None
         response.raise_for_status()

@@ -28,7 +28,7 @@ from .._json import loads
 from .._urls import check_http_url
 from ..errors import DiscoveryFailed
 from ..networks import find_asset, format_amount, parse_amount
-from .answers import AnswerTooLarge, aread_answer, read_answer
+from .answers import UNPAID_KEY, AnswerTooLarge, aread_answer, read_answer
 
 __all__ = ["WELL_KNOWN", "ListedOffer", "ListedResource", "adiscover", "discover", "read_listing"]
 
@@ -93,13 +93,15 @@ def discover(
     url: str, *, client: httpx.Client | None = None, timeout: float = 10.0
 ) -> list[ListedResource]:
     """The offers of the seller at ``url`` (any URL of it), read with ``client`` (its
-    transport, headers and proxies) or a fresh one."""
+    transport, headers and proxies) or a fresh one. Never paid: through a paying client, a
+    402 is the listing's answer (docs/buyer.md, "Listing offers")."""
     target = listing_url(url)
     try:
         with contextlib.ExitStack() as stack:
             if client is None:
                 client = stack.enter_context(httpx.Client(timeout=timeout))
-            response = stack.enter_context(client.stream("GET", target, timeout=timeout))
+            request = client.stream("GET", target, timeout=timeout, extensions=_unpaid())
+            response = stack.enter_context(request)
             read_answer(response, MAX_BYTES)  # no further than the limit
             return read_listing(response, target)
     except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:  # the last two: a
@@ -118,7 +120,7 @@ async def adiscover(
         async with contextlib.AsyncExitStack() as stack:
             if client is None:
                 client = await stack.enter_async_context(httpx.AsyncClient(timeout=timeout))
-            request = client.stream("GET", target, timeout=timeout)
+            request = client.stream("GET", target, timeout=timeout, extensions=_unpaid())
             response = await stack.enter_async_context(request)
             await aread_answer(response, MAX_BYTES)
             return read_listing(response, target)
@@ -127,6 +129,12 @@ async def adiscover(
         raise DiscoveryFailed(f"{target}: request failed: {exc}") from exc
     except AnswerTooLarge:
         raise DiscoveryFailed(f"{target}: the listing is larger than {MAX_BYTES} bytes") from None
+
+
+def _unpaid() -> dict[str, Any]:
+    """The listing request's extensions: never paid, whatever client sends it (docs/buyer.md,
+    "Listing offers": nothing is paid or signed). A fresh dict: the flow marks extensions."""
+    return {UNPAID_KEY: True}
 
 
 def read_listing(response: httpx.Response, where: str = "the listing") -> list[ListedResource]:

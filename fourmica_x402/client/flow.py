@@ -52,7 +52,7 @@ from ._steps import (
     Steps,
     offered,
 )
-from .answers import AnswerTooLarge
+from .answers import UNPAID_KEY, AnswerTooLarge
 from .certificates import verify_certificate
 from .keys import BuyerKey
 from .policy import SpendingPolicy
@@ -62,8 +62,6 @@ from .receipts import paid as report_paid
 __all__ = ["Approve", "BuyerFlow", "Read", "Send"]
 
 RECEIPT_KEY = "fourmica_receipt"
-#: A request that must never pay (a metered stream's stop): its 402 is returned as it is.
-UNPAID_KEY = "fourmica_unpaid"
 #: Set on the caller's request when its paid answer was a redirect: a weak reference to that
 #: request. HTTP clients copy a request's extensions into the redirects they follow, so a hop
 #: (another request object carrying it) that asks for payment again is refused: one call pays

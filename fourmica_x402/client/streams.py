@@ -27,8 +27,7 @@ import httpx
 
 from .._json import loads
 from ..errors import FourmicaError, PaymentRefused
-from .answers import MAX_ANSWER
-from .flow import UNPAID_KEY
+from .answers import MAX_ANSWER, UNPAID_KEY
 
 __all__ = ["AsyncPaidStream", "Event", "PaidStream", "StreamFailed"]
 

@@ -22,10 +22,12 @@ from fourmica_x402.client import (
     RECEIPT_KEY,
     PaymentTransport,
     ReceiptLedger,
+    SpendingPolicy,
     fetch_certificate,
     fetch_public_key,
 )
 from fourmica_x402.core import Core
+from fourmica_x402.networks import default_asset
 from fourmica_x402.server.base import Call
 from fourmica_x402.server.context import Service
 from fourmica_x402.server.core_api import guarantee, public_params
@@ -205,3 +207,34 @@ def test_a_core_answering_too_much_or_not_an_object_is_a_clean_error() -> None:
             fetch_public_key("http://huge.test", client=http)
         with pytest.raises(ValueError, match="no public_key"):
             fetch_public_key("http://list.test", client=http)
+
+
+def test_the_core_reads_never_pay_through_a_paying_client(core: Core) -> None:
+    """docs/buyer.md, "Certificates": ``fetch_public_key`` and ``fetch_certificate`` only
+    read. Given the buyer's paying client, a Core URL (the seller names it: ``rpcUrl``) that
+    answered 402 got a guarantee signed for each read, then served its answer."""
+    from fourmica_x402.adapters.wsgi import PaymentMiddleware
+
+    from fourmica_x402 import PaymentConfig
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("content-type", "application/json")])
+        return [json.dumps({"public_key": "0x" + "11" * 48}).encode()]
+
+    routes = {
+        "GET /paid/core/public-params": "$0.01",
+        "GET /paid/core/tabs/:t/guarantees/:r": "$0.01",
+    }
+    seller = PaymentMiddleware(app, config=PaymentConfig(pay_to=PAY_TO, routes=routes, core=core))
+    buyer, ledger = TestBuyer.new(), ReceiptLedger()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    policy = SpendingPolicy(max_per_request="$0.05")
+    inner = httpx.WSGITransport(app=seller)
+    payer = PaymentTransport(buyer.key, policy=policy, ledger=ledger, transport=inner)
+    with httpx.Client(transport=payer) as client:
+        with pytest.raises(httpx.HTTPStatusError, match="402"):
+            fetch_public_key("http://seller.test/paid", client=client)
+        paid = pay("httpx", core, "/plain", ReceiptLedger())
+        with pytest.raises(httpx.HTTPStatusError, match="402"):
+            fetch_certificate(paid, core_url="http://seller.test/paid", client=client)
+    assert list(ledger) == [] and policy.spent(default_asset(NETWORK).address) == 0

@@ -3,13 +3,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import collections
+import json
 import re
 import sys
 from typing import Any
 from urllib.parse import urlsplit
 
-from fourmica_x402.client import SpendingPolicy, discover
+import httpx
+import pytest
+
+from fourmica_x402.client import (
+    AsyncPaymentTransport,
+    PaymentTransport,
+    SpendingPolicy,
+    adiscover,
+    discover,
+)
+from fourmica_x402.errors import DiscoveryFailed
+from fourmica_x402.networks import default_asset
+from fourmica_x402.testing import NETWORK, TestBuyer
 from fourmica_x402.wire import PaymentRequired, decode_payment_required
 
 harness = sys.modules["conformance_buyers"]  # loaded by conftest.py
@@ -180,3 +195,60 @@ def test_a_buyer_lists_the_offers_and_pays_one(seller: Any, kit: Any) -> None:
     assert paid.status == 200 and paid.json()["payer"] == buyer.address
     assert paid.receipt.amount == offer.amount and paid.receipt.seller == offer.pay_to
     assert kit.locked(seller, buyer) == offer.amount
+
+
+def _priced_listing_seller(signed: list[str]) -> Any:
+    """A seller (an httpx.MockTransport handler) that prices even its listing: a 402 first,
+    the listing once paid. ``signed`` collects the paths paid for."""
+    offer = {
+        "scheme": "4mica-credit",
+        "network": NETWORK,
+        "asset": default_asset(NETWORK).address,
+        "amount": "10000",
+        "payTo": "0x" + "ab" * 20,
+        "extra": {"tabEndpoint": "http://seller.test/tab"},
+    }
+    required = base64.b64encode(json.dumps({"x402Version": 2, "accepts": [offer]}).encode())
+    listed = {"resource": "http://seller.test/premium", "method": "GET", "accepts": [offer]}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/tab":
+            user = json.loads(request.content)["userAddress"]
+            tab = {"tabId": "0x1", "nextReqId": hex(len(signed)), "userAddress": user}
+            return httpx.Response(200, json=tab)
+        if "payment-signature" not in request.headers:
+            return httpx.Response(402, headers={"payment-required": required.decode()})
+        signed.append(request.url.path)
+        return httpx.Response(200, json={"x402Version": 2, "resources": [listed]})
+
+    return answer
+
+
+def test_a_paying_client_never_pays_for_the_listing() -> None:
+    """docs/buyer.md, "Listing offers": nothing is paid or signed, also through the buyer's
+    own paying client. A listing answered with a 402 was paid (a guarantee signed, the
+    budget charged) and the listing then served as if nothing happened."""
+    signed: list[str] = []
+    answer = _priced_listing_seller(signed)
+    policy = SpendingPolicy(max_per_request="$0.05")
+    key = TestBuyer.new().key
+    paying = PaymentTransport(key, policy=policy, transport=httpx.MockTransport(answer))
+    with (
+        httpx.Client(transport=paying) as client,
+        pytest.raises(DiscoveryFailed, match="answered HTTP 402"),
+    ):
+        discover("http://seller.test/", client=client)
+
+    async def listed_async() -> None:
+        async def aanswer(request: httpx.Request) -> httpx.Response:
+            await request.aread()
+            return answer(request)
+
+        inner = httpx.MockTransport(aanswer)
+        transport = AsyncPaymentTransport(key, policy=policy, transport=inner)
+        async with httpx.AsyncClient(transport=transport) as client:
+            await adiscover("http://seller.test/", client=client)
+
+    with pytest.raises(DiscoveryFailed, match="answered HTTP 402"):
+        asyncio.run(listed_async())
+    assert signed == [] and policy.spent(default_asset(NETWORK).address) == 0
