@@ -212,7 +212,11 @@ def _collateral_hint(receipt: Any, payer: str) -> str:
 @click.option("--data", default=None, help="JSON request body.")
 @click.option("--receipts", default=None, help="Append the receipt to this SQLite ledger file.")
 @click.option(
-    "--timeout", default=30.0, show_default=True, type=Seconds(), help="Seconds per HTTP call."
+    "--timeout",
+    default=30.0,
+    show_default=True,
+    type=Seconds(),
+    help="Seconds per HTTP read; a 402 or tab answer must arrive whole within it too.",
 )
 def pay(
     url: str,
@@ -305,7 +309,11 @@ def pay(
 @click.argument("url")
 @click.option("--json", "as_json", is_flag=True, help="Print the offers as JSON.")
 @click.option(
-    "--timeout", default=10.0, show_default=True, type=Seconds(), help="Seconds for the HTTP call."
+    "--timeout",
+    default=10.0,
+    show_default=True,
+    type=Seconds(),
+    help="Seconds per HTTP read; the listing must arrive whole within it too.",
 )
 def offers(url: str, as_json: bool, timeout: float) -> None:
     """List a seller's paid routes and their prices (its /.well-known/x402); pays nothing.

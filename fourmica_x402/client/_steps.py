@@ -396,6 +396,7 @@ def run_sync(
         try:
             if isinstance(step, Send):
                 answer = send(step.request)
+                answer.request = step.request  # its reader's deadline: the read timeout
             elif isinstance(step, Read):
                 read(step.response)
             else:
@@ -422,6 +423,7 @@ async def run_async(
         try:
             if isinstance(step, Send):
                 answer = await send(step.request)
+                answer.request = step.request  # its reader's deadline: the read timeout
             elif isinstance(step, Read):
                 await aread_answer(step.response)
             else:

@@ -1,12 +1,15 @@
-"""Reading the answers the buyer flow parses, with a bound on their size.
+"""Reading the answers the buyer flow parses, with a bound on their size and their time.
 
 A 402, a tab and the Core's public parameters are a few kilobytes; a seller sending more
-(docs/buyer.md, "Challenges") is refused before anything is signed.
+(docs/buyer.md, "Challenges") is refused before anything is signed. httpx's timeouts bound
+each read only: an answer must also arrive whole within the request's read timeout, so a
+seller sending a byte now and then cannot hold the buyer.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import time
 import zlib
 
 import httpx
@@ -41,15 +44,18 @@ class AnswerTooLarge(ValueError):
 
 
 def read_answer(response: httpx.Response, limit: int = MAX_ANSWER) -> None:
-    """Read ``response`` to its end (then closed), refusing one past ``limit`` bytes."""
+    """Read ``response`` to its end (then closed), refusing one past ``limit`` bytes, and
+    one that does not arrive whole within its request's read timeout (``httpx.ReadTimeout``)."""
     if _read_already(response, limit):
         return
     raw = bytearray()
+    clock = _Deadline(response)
     try:
         for chunk in response.iter_raw():
             raw += chunk
             if len(raw) > limit:
                 raise AnswerTooLarge(limit)
+            clock.check()
     finally:
         response.close()
     response._content = _decoded(response, bytes(raw), limit)  # where httpx's read() keeps it
@@ -60,14 +66,44 @@ async def aread_answer(response: httpx.Response, limit: int = MAX_ANSWER) -> Non
     if _read_already(response, limit):
         return
     raw = bytearray()
+    clock = _Deadline(response)
     try:
         async for chunk in response.aiter_raw():
             raw += chunk
             if len(raw) > limit:
                 raise AnswerTooLarge(limit)
+            clock.check()
     finally:
         await response.aclose()
     response._content = _decoded(response, bytes(raw), limit)
+
+
+class _Deadline:
+    """The time a response's body has to arrive whole: its request's read timeout, counted
+    from the start of the body (none when the request has none). httpx's own timeout bounds
+    each read, so one byte sent just in time kept the read going (docs/buyer.md,
+    "Challenges")."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        try:
+            timeout = response.request.extensions.get("timeout")
+        except RuntimeError:  # a response made without a request
+            timeout = None
+        seconds = timeout.get("read") if isinstance(timeout, dict) else None
+        self.seconds: float | None = None
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds > 0:
+            self.seconds = float(seconds)
+        self.ends = None if self.seconds is None else time.monotonic() + self.seconds
+        self.response = response
+
+    def check(self) -> None:
+        """Raise ``httpx.ReadTimeout`` once the deadline has passed."""
+        if self.ends is not None and time.monotonic() > self.ends:
+            raise httpx.ReadTimeout(
+                f"the answer did not arrive whole within {self.seconds:g} s "
+                "(the request's read timeout)",
+                request=self.response.request,
+            )
 
 
 def _read_already(response: httpx.Response, limit: int) -> bool:

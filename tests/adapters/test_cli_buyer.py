@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -455,3 +456,40 @@ def test_offers_refuses_a_bad_url_or_a_seller_without_a_listing(tmp_path: Path) 
     assert "request failed" in error_line(cli("offers", "http://127.0.0.1:9/"), 1)
     with seller(tmp_path, discovery=False) as (url, _):  # the app answers it: not a listing
         assert "resources: expected a list" in error_line(cli("offers", url), 1)
+
+
+def test_a_seller_sending_a_byte_at_a_time_is_cut_off_at_the_timeout() -> None:
+    """``--timeout`` is seconds per HTTP call, but httpx bounds each read only: a seller
+    sending a byte now and then held ``pay`` (its tab endpoint) and ``offers`` (its listing)
+    as long as it liked. The answers they read arrive whole within it (docs/buyer.md,
+    "Challenges")."""
+    from fourmica_x402.networks import default_asset
+
+    def dripping(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ["PATH_INFO"] == "/premium":
+            offer = {
+                "scheme": "4mica-credit",
+                "network": NETWORK,
+                "asset": default_asset(NETWORK).address,
+                "amount": "10000",
+                "payTo": PAY_TO,
+                "extra": {"tabEndpoint": f"http://{environ['HTTP_HOST']}/tab"},
+            }
+            required = json.dumps({"x402Version": 2, "accepts": [offer]}).encode()
+            header = base64.b64encode(required).decode()
+            start_response("402 Payment Required", [("payment-required", header)])
+            return [b""]
+        start_response("200 OK", [("content-type", "application/json")])
+        return drip()
+
+    def drip() -> Iterator[bytes]:
+        for _ in range(40):  # 8 s at most
+            yield b" "
+            time.sleep(0.2)
+
+    with loopback(dripping) as origin:
+        for args in (["pay", origin + "/premium", "--key", KEY], ["offers", origin]):
+            started = time.monotonic()
+            line = error_line(cli(*args, "--timeout", "0.5"), 1)
+            assert "did not arrive whole within 0.5 s" in line, line
+            assert time.monotonic() - started < 4, args

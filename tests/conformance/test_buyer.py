@@ -1207,6 +1207,66 @@ def test_the_flows_own_calls_keep_the_clients_timeout(call: str) -> None:
         server.server_close()
 
 
+@pytest.mark.parametrize("slow", ["402", "tab"])
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_an_answer_sent_a_byte_at_a_time_ends_at_the_timeout(slow: str, mode: str) -> None:
+    """httpx's timeout bounds each read: a seller sending one byte just in time held the
+    buyer as long as it liked (a 1 MiB answer, a byte a second). An answer the flow reads
+    must arrive whole within the read timeout (docs/buyer.md, "Challenges")."""
+    import http.server
+    import threading
+
+    from fourmica_x402.client import AsyncPaymentTransport
+
+    class Drip(http.server.BaseHTTPRequestHandler):
+        def answer(self, status: int, headers: dict[str, str], drip: bool) -> None:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            if not drip:
+                self.send_header("content-length", "0")
+            self.end_headers()
+            with contextlib.suppress(OSError):  # the client hangs up
+                for _ in range(40 if drip else 0):  # 8 s at most
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+
+        def do_GET(self) -> None:
+            offer = json.loads(base64.b64decode(_mock_offer()))
+            tab = f"http://127.0.0.1:{self.server.server_address[1]}/tab"
+            offer["accepts"][0]["extra"] = {"tabEndpoint": tab}
+            header = base64.b64encode(json.dumps(offer).encode()).decode()
+            self.answer(402, {"payment-required": header}, drip=slow == "402")
+
+        def do_POST(self) -> None:
+            self.answer(200 if slow == "tab" else 500, {}, drip=slow == "tab")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    async def get_async(url: str) -> None:
+        transport = AsyncPaymentTransport(TestBuyer.new().key)
+        async with httpx.AsyncClient(transport=transport, timeout=0.5) as client:
+            await client.get(url)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/x"
+    try:
+        started = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout, match=r"did not arrive whole within 0\.5 s"):
+            if mode == "sync":
+                with httpx.Client(transport=PaymentTransport(TestBuyer.new().key)) as client:
+                    client.get(url, timeout=0.5)
+            else:
+                asyncio.run(get_async(url))
+        assert time.monotonic() - started < 4
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_the_requests_adapter_stops_reading_a_compressed_huge_answer_at_its_limit() -> None:
     """requests decoded a 402's whole body before the flow's 1 MiB limit looked at it: 400 KB
     of gzip cost 400 MiB of memory. The body is read in decoded chunks now."""
