@@ -206,7 +206,8 @@ def _collateral_hint(receipt: Any, payer: str) -> str:
 @click.option(
     "--max-price",
     default=None,
-    help="Refuse to pay more than this per request, e.g. '$0.05' (or '50000u': atomic units).",
+    help="Refuse to pay more than this per request, e.g. '$0.05' (dollar tokens only; "
+    "'50000u': atomic units of whichever token is asked).",
 )
 @click.option("--method", default="GET", show_default=True, help="HTTP method.")
 @click.option("--data", default=None, help="JSON request body.")

@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -203,7 +203,8 @@ class SpendingPolicy:
             if cap is not None and amount > cap:
                 return Decision(
                     "budget_exhausted",
-                    f"price {_money(amount, token)} is over the per-request cap "
+                    _uncovered(self.max_per_request, "the per-request cap", token, asset, network)
+                    or f"price {_money(amount, token)} is over the per-request cap "
                     f"{_money(cap, token)}",
                 )
             now = time.time()
@@ -213,7 +214,11 @@ class SpendingPolicy:
                 spent = _total(book.spent(0.0, covered, seller=key), covered, token)
                 if spent + amount > cap:
                     what = f"the per-seller cap {_money(cap, token)}"
-                    return Decision("budget_exhausted", _exceeded(what, spent, amount, token))
+                    return Decision(
+                        "budget_exhausted",
+                        _uncovered(self.max_per_seller, "the per-seller cap", token, asset, network)
+                        or _exceeded(what, spent, amount, token),
+                    )
             for name, seconds in _WINDOWS.items():
                 cap = self._atomic(self.windows[name], token)
                 if cap is None:
@@ -221,8 +226,12 @@ class SpendingPolicy:
                 covered = _covered(self.windows[name], token, asset)
                 spent = _total(book.spent(now - seconds, covered), covered, token)
                 if spent + amount > cap:
-                    what = f"the {name.replace('_', ' ')} budget {_money(cap, token)}"
-                    return Decision("budget_exhausted", _exceeded(what, spent, amount, token))
+                    what = f"the {name.replace('_', ' ')} budget"
+                    return Decision(
+                        "budget_exhausted",
+                        _uncovered(self.windows[name], what, token, asset, network)
+                        or _exceeded(f"{what} {_money(cap, token)}", spent, amount, token),
+                    )
             task = _current_task.get()
             if task is None and self._open_tasks and not self._told:
                 self._told = True  # once: payments outside every task are allowed
@@ -234,7 +243,10 @@ class SpendingPolicy:
             for each in task.chain() if task is not None else ():
                 refused = self._task_refuses(book, each, token, asset, amount, ahead)
                 if refused is not None:
-                    return refused
+                    why = _uncovered(
+                        each.budget, f"task {each.name!r} budget", token, asset, network
+                    )
+                    return replace(refused, detail=why) if why else refused
             if not approved:
                 threshold = self._atomic(self.approval_threshold, token)
                 reasons = []
@@ -329,6 +341,19 @@ class SpendingPolicy:
         # ("$0.0000001" of USDC) lets nothing through rather than failing the payment.
         shift = _ANY_TOKEN.decimals - asset.decimals
         return to_atomic(value, asset if shift <= 0 else _ANY_TOKEN) // 10 ** max(shift, 0)
+
+
+def _uncovered(
+    cap: Money | None, what: str, token: Asset | None, asset: str, network: str
+) -> str | None:
+    """Why a price cap refuses a token that is no dollar token ("$0.05" is no number of WETH,
+    nor of an unknown token: ``_atomic`` made it 0), or None (docs/buyer.md, "Budgets")."""
+    if cap is None or isinstance(cap, int) or _zero(cap) or token in dollar_assets():
+        return None
+    name = token.symbol if token is not None else f"the unknown token {asset}"
+    price = "$" + str(cap).strip().lstrip("$")  # "0.01" and Decimal("0.01") are dollars too
+    covers = f"which covers dollar tokens only: not {name} on {network}"
+    return f"{what} {price} is a dollar price, {covers}"
 
 
 def _exceeded(what: str, spent: int, amount: int, token: Asset | None) -> str:

@@ -315,8 +315,9 @@ def test_offers_lists_the_prices_and_the_listed_offer_is_paid(tmp_path: Path) ->
         found = discover(origin)
         assert found == asyncio.run(adiscover(url)) == discover(origin + "/.well-known/x402")
         assert [(r.method, r.accepts[0].amount) for r in found] == [("GET", 10_000), ("POST", None)]
-        # pay no more than the listing said: the receipt charges exactly that
-        out = paid(cli("pay", url, "--key", KEY, "--max-price", f"{offer['amount']}u"))
+        # pay no more than the listing said (its price, docs/buyer.md "Listing offers"): the
+        # receipt charges exactly that
+        out = paid(cli("pay", url, "--key", KEY, "--max-price", offer["price"]))
         assert out["receipt"]["amount"] == offer["amount"] == 10_000
         assert len(core.guarantees()) == 1
 

@@ -186,7 +186,11 @@ def test_a_buyer_lists_the_offers_and_pays_one(seller: Any, kit: Any) -> None:
     assert offer.amount == 10_000 and offer.price == "$0.01" and offer.per_request == ()
     assert offer.pay_to == seller.options["pay_to"] and offer.scheme == "4mica-credit"
     buyer = kit.funded(seller)
-    policy = SpendingPolicy(max_per_request=offer.amount)  # pay no more than it listed
+    policy = SpendingPolicy(  # pay no more than it listed, in the token it listed
+        max_per_request=offer.amount,
+        allowed_assets={offer.asset},
+        allowed_networks={offer.network},
+    )
     client = harness.Buyers("httpx").client(seller, buyer, policy=policy)
     try:
         paid = client.get("/premium")

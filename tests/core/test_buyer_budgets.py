@@ -273,6 +273,35 @@ def test_a_dollar_cap_is_never_read_as_so_many_of_another_token(
     assert ask(atomic, 4 * 10**16, asset=weth.address) == "paid"
 
 
+@pytest.mark.parametrize("cap", ["max_per_request", "max_per_seller", "per_hour", "task"])
+def test_a_dollar_cap_refusing_another_token_says_so(
+    cap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A "$0.01" cap refusing 10000 units of a token that is no dollar token said "over the
+    per-request cap 0 atomic units": no cap the buyer gave. It says the cap is in dollars
+    (docs/buyer.md, "Budgets")."""
+    from fourmica_x402 import networks
+
+    monkeypatch.setattr(networks, "_assets", {k: dict(v) for k, v in networks._assets.items()})
+    weth = networks.register_asset(NETWORK, "0x" + "4e" * 20, symbol="WETH", decimals=18)
+    unknown = "0x" + "ab" * 20
+    policy = SpendingPolicy(**({} if cap == "task" else {cap: "$0.01"}))  # type: ignore[arg-type]
+    task = policy.task("t", budget="$0.01") if cap == "task" else contextlib.nullcontext()
+    named = {"max_per_request": "the per-request cap", "max_per_seller": "the per-seller cap"}
+    what = named.get(cap, "the per hour budget" if cap == "per_hour" else "task 't' budget")
+    with task:
+        for asset, name in ((weth.address, "WETH"), (unknown, f"the unknown token {unknown}")):
+            decision = policy.check(
+                seller=SELLER, url="u", amount=10_000, asset=asset, network=NETWORK
+            )
+            assert decision.outcome == "budget_exhausted"
+            assert decision.detail == (
+                f"{what} $0.01 is a dollar price, which covers dollar tokens only: "
+                f"not {name} on {NETWORK}"
+            )
+        assert ask(policy, 10_000) == "paid"  # USDC: the cap holds it
+
+
 @pytest.mark.parametrize("name", ["blocked_sellers", "allowed_sellers", "allowed_assets"])
 def test_a_list_of_addresses_refuses_what_is_no_address(name: str) -> None:
     """A typo in a block list blocked nothing (the list held the typo, never matched)."""
