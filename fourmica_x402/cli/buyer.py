@@ -254,6 +254,7 @@ def pay(
     import httpx
 
     from ..client import RECEIPT_KEY, PaymentTransport, ReceiptLedger, SpendingPolicy
+    from ..client.transport import EnvironmentTransport
     from ..errors import PaymentRefused
 
     try:
@@ -263,7 +264,14 @@ def pay(
             f"cannot open the SQLite ledger {receipts!r}: {exc}", param_hint="'--receipts'"
         ) from None
     payer = buyer.address
-    transport = PaymentTransport(buyer, policy=SpendingPolicy(max_per_request=cap), ledger=ledger)
+    # The environment's proxies, as offers (a plain httpx client) honours them: every call
+    # of the payment goes through them (docs/buyer.md, "Where the buyer connects").
+    transport = PaymentTransport(
+        buyer,
+        policy=SpendingPolicy(max_per_request=cap),
+        ledger=ledger,
+        transport=EnvironmentTransport(),
+    )
     # A redirect is followed, as a buyer's agent would: one call still pays once (a 402 after
     # a paid answer's redirect is refused, docs/buyer.md "Redirects").
     with httpx.Client(transport=transport, timeout=timeout, follow_redirects=True) as client:

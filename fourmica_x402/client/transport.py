@@ -88,6 +88,26 @@ class AsyncPaymentTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+class EnvironmentTransport(httpx.BaseTransport):
+    """Sends each request as a default ``httpx.Client`` does: through the proxy that
+    ``HTTP_PROXY``, ``HTTPS_PROXY`` or ``ALL_PROXY`` names for its URL (``NO_PROXY``
+    honoured), else directly. httpx reads no proxy from the environment for a client given a
+    transport, so ``fourmica-x402 pay`` gives its :class:`PaymentTransport` this one, and the
+    flow's own calls go through the proxy too (docs/buyer.md, "Where the buyer connects")."""
+
+    def __init__(self) -> None:
+        self._client = httpx.Client()  # trust_env: the environment's proxies, per URL
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return self._client.send(request, stream=True)  # its timeouts: the request's own
+        finally:
+            self._client.cookies.clear()  # the calling client keeps cookies, not this one
+
+    def close(self) -> None:
+        self._client.close()
+
+
 T = TypeVar("T")
 
 

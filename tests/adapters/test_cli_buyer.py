@@ -494,3 +494,62 @@ def test_a_seller_sending_a_byte_at_a_time_is_cut_off_at_the_timeout() -> None:
             line = error_line(cli(*args, "--timeout", "0.5"), 1)
             assert "did not arrive whole within 0.5 s" in line, line
             assert time.monotonic() - started < 4, args
+
+
+def forwarding(seen: list[tuple[str, str]]) -> Any:
+    """A forward HTTP proxy (WSGI, for loopback): notes each request's method and path and
+    sends it on to the URL it names."""
+    import httpx
+
+    dropped = {"host", "connection", "proxy-connection", "content-length"}
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        url = environ["PATH_INFO"]  # a proxied request names the absolute URL
+        if environ.get("QUERY_STRING"):
+            url += "?" + environ["QUERY_STRING"]
+        seen.append((environ["REQUEST_METHOD"], url.split("/", 3)[-1]))
+        headers = {
+            name[5:].replace("_", "-").lower(): value
+            for name, value in environ.items()
+            if name.startswith("HTTP_") and name[5:].replace("_", "-").lower() not in dropped
+        }
+        if environ.get("CONTENT_TYPE"):
+            headers["content-type"] = environ["CONTENT_TYPE"]
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        with httpx.Client(trust_env=False) as client:
+            got = client.request(environ["REQUEST_METHOD"], url, headers=headers, content=body)
+        skip = {"content-length", "content-encoding", "transfer-encoding", "connection"}
+        kept = [(k, v) for k, v in got.headers.items() if k.lower() not in skip]
+        start_response(f"{got.status_code} {got.reason_phrase}", kept)
+        return [got.content]
+
+    return app
+
+
+PROXY_VARIABLES = ["http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+
+
+def test_pay_goes_through_the_proxy_of_the_environment_as_offers_does(tmp_path: Path) -> None:
+    """``offers`` honoured ``HTTP_PROXY`` and ``pay`` did not: httpx reads no proxy from the
+    environment for a client given a transport, so the 402, the tab endpoint and the paid
+    request went straight to the seller, past the egress proxy docs/buyer.md ("Where the
+    buyer connects") recommends. In code, the payment transport takes the proxy."""
+    import httpx
+
+    from fourmica_x402.client import PaymentTransport
+
+    seen: list[tuple[str, str]] = []
+    with seller(tmp_path) as (url, core), loopback(forwarding(seen)) as proxy:
+        unset: dict[str, Any] = {name: None for name in [*PROXY_VARIABLES, "NO_PROXY", "no_proxy"]}
+        env = {**unset, "HTTP_PROXY": proxy}
+        assert cli("offers", url, env=env).exit_code == 0
+        assert seen == [("GET", ".well-known/x402")]
+        paid(cli("pay", url, "--key", KEY, env=env))
+        assert [m for m, p in seen if p == "premium"] == ["GET", "GET"], seen  # 402, then paid
+        assert [m for m, p in seen if p.endswith("tab")] == ["POST"], seen
+        assert len(core.guarantees()) == 1
+        del seen[:]
+        paying = PaymentTransport(KEY, transport=httpx.HTTPTransport(proxy=proxy))
+        with httpx.Client(transport=paying) as client:
+            assert client.get(url).status_code == 200
+        assert len(seen) >= 3 and len(core.guarantees()) == 2
