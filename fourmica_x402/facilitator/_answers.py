@@ -11,12 +11,23 @@ import logging
 import re
 from typing import Any
 
+from .._eth import parse_address
+from ..core.models import Tab
 from ..errors import MalformedPayment, Unavailable
 from ..guarantee import SignedGuarantee, guarantee_id
-from ..networks import get_network
+from ..networks import get_network, parse_amount
 from ..wire import PaymentPayload, PaymentPayloadV1, PaymentRequirements, VerifyResponse
 
-__all__ = ["ANSWER_LIMIT", "abounded", "bounded", "doubt", "reason_code", "settled", "verdict"]
+__all__ = [
+    "ANSWER_LIMIT",
+    "abounded",
+    "bounded",
+    "doubt",
+    "reason_code",
+    "settled",
+    "tab_of",
+    "verdict",
+]
 
 log = logging.getLogger("fourmica_x402.facilitator")
 
@@ -158,3 +169,29 @@ def verdict(data: Any) -> VerifyResponse:
         return VerifyResponse.model_validate(data, strict=True)  # "yes" is not true
     except ValueError:  # pydantic's ValidationError is one
         raise Unavailable("facilitator verify answer is not a verdict") from None
+
+
+def _seconds(value: Any) -> int:
+    """A whole number of seconds as JSON carries it (not a bool, a fraction or a string)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise ValueError(f"not a number of seconds: {value!r:.40}")
+    return value
+
+
+def tab_of(pick: Any, network: str, version: int) -> Tab:
+    """A tab answer read through ``pick`` (the first of its names present); ValueError or
+    TypeError for one that is malformed."""
+    ttl = _seconds(pick("ttlSeconds", "ttl_seconds"))
+    if ttl == 0:
+        raise ValueError("a tab lasts some time")
+    return Tab(
+        tab_id=parse_amount(pick("tabId", "tab_id")),
+        user_address=parse_address(pick("userAddress", "user_address")),
+        recipient_address=parse_address(pick("recipientAddress", "recipient_address")),
+        network=network,
+        asset_address=parse_address(pick("assetAddress", "asset_address")),
+        guarantee_version=version,
+        start_timestamp=_seconds(pick("startTimestamp", "start_timestamp")),
+        ttl_seconds=ttl,
+        next_req_id=parse_amount(pick("nextReqId", "next_req_id", "reqId", "req_id")),
+    )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -29,10 +30,18 @@ from .._eth import parse_address
 from .._json import loads
 from ..core.models import Tab
 from ..errors import CoreError, GuaranteeRejected, Reason, TabLimited, Unavailable
-from ..networks import parse_amount
 from ..wire import PaymentPayload, PaymentPayloadV1, PaymentRequirements, VerifyResponse
 from . import _asyncio_http
-from ._answers import abounded, bounded, doubt, reason_code, refused_key, settled, verdict
+from ._answers import (
+    abounded,
+    bounded,
+    doubt,
+    reason_code,
+    refused_key,
+    settled,
+    tab_of,
+    verdict,
+)
 
 __all__ = ["HttpFacilitator"]
 
@@ -61,6 +70,11 @@ def _proxied(url: str) -> bool:
     proxies = getproxies()
     wanted = proxies.get(parts.scheme) or proxies.get("all")
     return bool(wanted) and not proxy_bypass(parts.hostname or "")
+
+
+def _real(value: object) -> bool:
+    """An int or a float, not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _public(url: str) -> str:
@@ -94,6 +108,14 @@ class HttpFacilitator:
             raise ValueError(
                 "facilitator url takes no query or fragment: send credentials with headers="
             )
+        # Checked here, not a TypeError at every call (the tab endpoint answering 500): httpx
+        # reads timeout=None as none, but each call is bounded (docs/operations.md).
+        if not _real(timeout) or not 0 < timeout < math.inf:
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r:.40}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a whole number, 0 or more, not {retries!r:.40}")
+        if not _real(backoff) or not 0 <= backoff < math.inf:
+            raise ValueError(f"backoff must be a number of seconds, 0 or more, not {backoff!r:.40}")
         self.url = url.rstrip("/")
         #: The Core API buyers read (``rpcUrl`` in challenges): ``fourmica-x402 serve`` serves
         #: it beside the facilitator API, so by default this URL (docs/operations.md).
@@ -293,7 +315,7 @@ class HttpFacilitator:
             raise Unavailable(f"facilitator tab answer lacks {names[0]}")
 
         try:
-            return _tab_of(pick, network, version)
+            return tab_of(pick, network, version)
         except (ValueError, TypeError, OverflowError):  # ids, times that are not numbers
             raise Unavailable("facilitator tab answer is malformed") from None
 
@@ -422,27 +444,3 @@ def _kinds(data: Any) -> list[dict[str, Any]]:
     if not isinstance(kinds, list) or not all(isinstance(k, dict) for k in kinds):
         raise Unavailable("facilitator /supported answer is malformed")
     return kinds
-
-
-def _seconds(value: Any) -> int:
-    """A whole number of seconds as JSON carries it (not a bool, a fraction or a string)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
-        raise ValueError(f"not a number of seconds: {value!r:.40}")
-    return value
-
-
-def _tab_of(pick: Any, network: str, version: int) -> Tab:
-    ttl = _seconds(pick("ttlSeconds", "ttl_seconds"))
-    if ttl == 0:
-        raise ValueError("a tab lasts some time")
-    return Tab(
-        tab_id=parse_amount(pick("tabId", "tab_id")),
-        user_address=parse_address(pick("userAddress", "user_address")),
-        recipient_address=parse_address(pick("recipientAddress", "recipient_address")),
-        network=network,
-        asset_address=parse_address(pick("assetAddress", "asset_address")),
-        guarantee_version=version,
-        start_timestamp=_seconds(pick("startTimestamp", "start_timestamp")),
-        ttl_seconds=ttl,
-        next_req_id=parse_amount(pick("nextReqId", "next_req_id", "reqId", "req_id")),
-    )

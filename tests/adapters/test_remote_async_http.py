@@ -364,3 +364,32 @@ def test_bytes_nobody_asked_for_on_an_idle_connection_are_never_taken_for_an_ans
 
     asyncio.run(run())
     assert len(connections) == 2
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("timeout", None),
+        ("timeout", 0),
+        ("timeout", -1.0),
+        ("timeout", float("nan")),
+        ("timeout", float("inf")),
+        ("timeout", "10"),
+        ("timeout", True),
+        ("retries", -1),
+        ("retries", 1.5),
+        ("retries", None),
+        ("backoff", -0.1),
+        ("backoff", float("nan")),
+        ("backoff", None),
+    ],
+)
+def test_a_timeout_retries_or_backoff_that_is_no_number_is_refused_when_made(
+    option: str, value: Any
+) -> None:
+    """``timeout=None`` (httpx's "no timeout") was taken, then every sync call raised
+    TypeError: a Flask seller's tab endpoint answered 500, each payment 503. ``retries=-1``
+    made no attempt and reached an "unreachable" AssertionError (docs/operations.md)."""
+    with pytest.raises(ValueError, match=f"^{option} must be a"):
+        HttpFacilitator("http://127.0.0.1:9", **{option: value})
+    HttpFacilitator("http://127.0.0.1:9", timeout=1, retries=0, backoff=0).close()
