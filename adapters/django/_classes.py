@@ -1,8 +1,9 @@
 """What a class-based view answers by itself, whatever the methods it implements."""
 
 import inspect
+from typing import Any
 
-__all__ = ["answers_itself"]
+__all__ = ["answers_itself", "bound_view"]
 
 
 def answers_itself(cls: type) -> bool:
@@ -23,3 +24,18 @@ def _own(cls: type, name: str) -> bool:
         if code is None or not set(code.co_names) <= {"super", name}:
             return True  # its own logic: any method may be answered there
     return False
+
+
+def bound_view(handler: Any) -> Any:
+    """The class-based view a handler is bound to, through the decorators between: what a
+    decorator given to ``method_decorator(..., name="dispatch")`` gets, per request, is the
+    view's bound method (a ``partial``), maybe already wrapped by the decorators listed after
+    it. None: a function view."""
+    for _ in range(64):  # a decorator chain, not a cycle
+        owner = getattr(getattr(handler, "func", None), "__self__", None)
+        if hasattr(owner, "http_method_names"):
+            return owner
+        handler = getattr(handler, "__wrapped__", None)
+        if handler is None:
+            break
+    return None

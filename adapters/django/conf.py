@@ -19,7 +19,7 @@ from fourmica_x402.gate import Response
 from fourmica_x402.gate.guards import view_marker
 from fourmica_x402.gate.lifecycle import Marker
 
-from ._classes import answers_itself
+from ._classes import answers_itself, bound_view
 
 #: What a function view may serve, in the order ``Allow`` lists them.
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -120,11 +120,11 @@ def paid(
     def mark(view: Any) -> Any:  # functools.wraps copies the mark to the decorators above
         if isinstance(view, type):  # a class-based view: its dispatch refuses
             view.dispatch = marker.guard(view.dispatch, class_refusal, is_async=False)  # type: ignore[attr-defined]
-        else:  # a function view, or (per request) method_decorator(paid(…), name="dispatch")'s
-            owner = getattr(getattr(view, "func", None), "__self__", None)  # bound dispatch
-            own = hasattr(owner, "http_method_names")  # its class's methods: Django's 405s
-            refuse = (lambda r, *a, **k: class_refusal(owner, r)) if own else function_refusal
-            view = marker.guard(view, refuse, iscoroutinefunction(view))
+        elif (owner := bound_view(view)) is not None:  # method_decorator(paid(…), name=…)'s
+            refuse = lambda r, *a, **k: class_refusal(owner, r)  # noqa: E731  # (per request)
+            view = marker.guard(view, refuse, is_async=False)  # its refusals: awaitable if async
+        else:
+            view = marker.guard(view, function_refusal, iscoroutinefunction(view))
         return marker.attach(view)
 
     return mark

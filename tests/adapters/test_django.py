@@ -346,6 +346,18 @@ class DispatchPaid(View):
         return JsonResponse({"payer": request.payment.payer})  # type: ignore[attr-defined]
 
 
+@method_decorator([paid(price="$0.05"), csrf_exempt], name="dispatch")  # another decorator after
+class StackedDispatchPaid(DispatchPaid):
+    pass
+
+
+class AsyncMethodPaid(View):
+    @method_decorator(paid(price="$0.05"))
+    async def get(self, request: HttpRequest) -> JsonResponse:
+        seen.append(request.payment)
+        return JsonResponse({"payer": request.payment.payer})  # type: ignore[attr-defined]
+
+
 class MethodPaid(View):
     """``@paid`` on a method (Django's ``method_decorator``): GET priced, POST the class's own."""
 
@@ -382,6 +394,8 @@ URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("graph", Graph.as_view()),
     path("method-paid", MethodPaid.as_view()),
     path("dispatch-paid", DispatchPaid.as_view()),
+    path("stacked-dispatch-paid", StackedDispatchPaid.as_view()),
+    path("async-method-paid", AsyncMethodPaid.as_view()),
     path("fallback", Fallback.as_view()),
     path("articles/<article:slug>", article),
     path("paid-fallback", PaidFallback.as_view()),
@@ -1297,16 +1311,33 @@ def test_paid_on_a_class_views_method_prices_that_method(core: Core) -> None:
         assert core.position(buyer.address, network=NETWORK).locked == 30_000
 
 
-def test_paid_on_a_class_views_dispatch_leaves_the_methods_it_lacks_to_django(core: Core) -> None:
+@pytest.mark.parametrize("url", ["/dispatch-paid", "/stacked-dispatch-paid"])
+def test_paid_on_a_class_views_dispatch_leaves_the_methods_it_lacks_to_django(
+    core: Core, url: str
+) -> None:
     """``method_decorator(paid(...), name="dispatch")``: a method the view does not implement
     (DELETE) answered 503 payment_not_enforced and logged a false alarm, and OPTIONS listed
     every method. They are Django's own now (405; Allow: what it serves), as with ``@paid``
-    on the class; GET is priced and sold."""
+    on the class, another decorator listed after it or not; GET is priced and sold."""
     with selling(core, {}):
         client = Client()
-        assert client.delete("/dispatch-paid").status_code == 405
-        assert client.options("/dispatch-paid")["Allow"] == "GET, HEAD, OPTIONS"
-        assert amount_of(client.get("/dispatch-paid")) == "50000" and seen == []
-        buyer, resp = pay(client, core, "/dispatch-paid")
+        assert client.delete(url).status_code == 405
+        assert client.options(url)["Allow"] == "GET, HEAD, OPTIONS"
+        assert amount_of(client.get(url)) == "50000" and seen == []
+        buyer, resp = pay(client, core, url)
         assert resp.status_code == 200 and resp.json() == {"payer": buyer.address}
         assert core.position(buyer.address, network=NETWORK).locked == 50_000
+
+
+def test_paid_on_an_async_class_views_method_refuses_without_a_500(core: Core) -> None:
+    """``method_decorator(paid(...))`` on an async ``get``: what the price check answered
+    itself (a GET reaching the view unpaid: 503) came back a coroutine Django never awaited,
+    a 500. Sold as ever on a payment."""
+    with selling(core, {}), override_settings(MIDDLEWARE=[]):  # no gate: reached unpaid
+        resp = Client().get("/async-method-paid")
+        assert (resp.status_code, resp.json()["error"]) == (503, "payment_not_enforced")
+    with selling(core, {}):
+        client = Client()
+        assert amount_of(client.get("/async-method-paid")) == "50000"
+        buyer, resp = pay(client, core, "/async-method-paid")
+        assert resp.status_code == 200 and resp.json() == {"payer": buyer.address}
