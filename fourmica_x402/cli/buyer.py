@@ -266,11 +266,14 @@ def pay(
     payer = buyer.address
     # The environment's proxies, as offers (a plain httpx client) honours them: every call
     # of the payment goes through them (docs/buyer.md, "Where the buyer connects").
+    try:
+        proxied = EnvironmentTransport()
+    except (ImportError, ValueError, httpx.InvalidURL) as exc:  # e.g. SOCKS without the extra
+        raise click.ClickException(
+            f"the proxy the environment names cannot be used: {exc}"
+        ) from None
     transport = PaymentTransport(
-        buyer,
-        policy=SpendingPolicy(max_per_request=cap),
-        ledger=ledger,
-        transport=EnvironmentTransport(),
+        buyer, policy=SpendingPolicy(max_per_request=cap), ledger=ledger, transport=proxied
     )
     # A redirect is followed, as a buyer's agent would: one call still pays once (a 402 after
     # a paid answer's redirect is refused, docs/buyer.md "Redirects").

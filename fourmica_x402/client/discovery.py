@@ -17,9 +17,9 @@ the wire shape: docs/protocol.md, "Discovery").
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlunsplit
 
 import httpx
@@ -29,6 +29,8 @@ from .._urls import check_http_url
 from ..errors import DiscoveryFailed
 from ..networks import find_asset, format_amount, parse_amount
 from .answers import UNPAID_KEY, AnswerTooLarge, aread_answer, read_answer
+
+C = TypeVar("C", httpx.Client, httpx.AsyncClient)
 
 __all__ = ["WELL_KNOWN", "ListedOffer", "ListedResource", "adiscover", "discover", "read_listing"]
 
@@ -99,7 +101,7 @@ def discover(
     try:
         with contextlib.ExitStack() as stack:
             if client is None:
-                client = stack.enter_context(httpx.Client(timeout=timeout))
+                client = stack.enter_context(_fresh(httpx.Client, timeout))
             request = client.stream("GET", target, timeout=timeout, extensions=_unpaid())
             response = stack.enter_context(request)
             read_answer(response, MAX_BYTES)  # no further than the limit
@@ -119,7 +121,7 @@ async def adiscover(
     try:
         async with contextlib.AsyncExitStack() as stack:
             if client is None:
-                client = await stack.enter_async_context(httpx.AsyncClient(timeout=timeout))
+                client = await stack.enter_async_context(_fresh(httpx.AsyncClient, timeout))
             request = client.stream("GET", target, timeout=timeout, extensions=_unpaid())
             response = await stack.enter_async_context(request)
             await aread_answer(response, MAX_BYTES)
@@ -129,6 +131,16 @@ async def adiscover(
         raise DiscoveryFailed(f"{target}: request failed: {exc}") from exc
     except AnswerTooLarge:
         raise DiscoveryFailed(f"{target}: the listing is larger than {MAX_BYTES} bytes") from None
+
+
+def _fresh(kind: Callable[..., C], timeout: float) -> C:
+    """A client of ``kind``, with the proxies the environment names (``HTTPS_PROXY``…); one
+    it cannot use (a SOCKS proxy without httpx's extra, a scheme or port httpx refuses) is
+    :class:`DiscoveryFailed`, not a traceback."""
+    try:
+        return kind(timeout=timeout)
+    except (ImportError, ValueError, httpx.InvalidURL) as exc:
+        raise DiscoveryFailed(f"the proxy the environment names cannot be used: {exc}") from None
 
 
 def _unpaid() -> dict[str, Any]:

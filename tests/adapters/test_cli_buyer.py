@@ -553,3 +553,17 @@ def test_pay_goes_through_the_proxy_of_the_environment_as_offers_does(tmp_path: 
         with httpx.Client(transport=paying) as client:
             assert client.get(url).status_code == 200
         assert len(seen) >= 3 and len(core.guarantees()) == 2
+
+
+@pytest.mark.parametrize("command", ["pay", "offers"])
+@pytest.mark.parametrize(
+    "proxy", [("HTTPS_PROXY", "socks4://127.0.0.1:1080"), ("HTTP_PROXY", "http://p.example:x")]
+)
+def test_a_proxy_httpx_cannot_use_is_one_error_line(command: str, proxy: tuple[str, str]) -> None:
+    """``pay`` and ``offers`` died with a traceback on a proxy the environment names that
+    httpx refuses (a SOCKS4 scheme, a port that is no number), before any request."""
+    unset: dict[str, Any] = {name: None for name in [*PROXY_VARIABLES, "NO_PROXY", "no_proxy"]}
+    args = ["--key", KEY] if command == "pay" else []
+    result = cli(command, "http://127.0.0.1:9/premium", *args, env={**unset, proxy[0]: proxy[1]})
+    assert result.exit_code == 1, result.output
+    assert "the proxy the environment names cannot be used" in clean(result)
