@@ -6,7 +6,7 @@ from typing import Protocol
 
 from ..errors import CoreError, GuaranteeRejected, Reason
 
-__all__ = ["INT64_MAX", "LockClauses", "check_amount", "hex_id", "rejected"]
+__all__ = ["INT64_MAX", "LockClauses", "check_amount", "hex_id", "rejected", "row_id"]
 
 #: Amounts and balances are BIGINT columns.
 INT64_MAX = (1 << 63) - 1
@@ -27,6 +27,12 @@ class LockClauses(Protocol):
 def hex_id(value: int) -> str:
     """A 256-bit id (tab, request) as it is stored: too wide for a BIGINT column."""
     return hex(value)
+
+
+def row_id(value: int) -> bool:
+    """Whether ``value`` may be a row's id (a BIGINT column): one no column can hold names
+    no row, and the SQLite driver would refuse to bind it (an OverflowError)."""
+    return 0 <= value <= INT64_MAX
 
 
 def check_amount(amount: int) -> None:

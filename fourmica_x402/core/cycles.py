@@ -13,7 +13,7 @@ from __future__ import annotations
 from ..errors import CoreError
 from . import clearing
 from .collateral import factor, lock_position, record_flow, release, set_collateral
-from .common import INT64_MAX, LockClauses, check_amount
+from .common import INT64_MAX, LockClauses, check_amount, row_id
 from .config import CoreConfig
 from .feed import Events, emit
 from .models import Cycle
@@ -95,9 +95,13 @@ def join(
 
 def locked_cycle(tx: Tx, cycle_id: int) -> Cycle:
     # No-op update: row-locks the cycle for the rest of the transaction (PostgreSQL).
-    row = tx.one(
-        f"UPDATE fx_cycles SET status = status WHERE cycle_id = ? RETURNING {CYCLE_COLUMNS}",
-        (cycle_id,),
+    row = (
+        tx.one(
+            f"UPDATE fx_cycles SET status = status WHERE cycle_id = ? RETURNING {CYCLE_COLUMNS}",
+            (cycle_id,),
+        )
+        if row_id(cycle_id)
+        else None
     )
     if row is None:
         raise CoreError(f"no cycle {cycle_id}", reason="unknown_cycle", status=404)

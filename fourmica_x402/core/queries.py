@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import CoreError
-from .common import INT64_MAX, hex_id
+from .common import hex_id, row_id
 from .models import (
     Cycle,
     CyclePair,
@@ -192,10 +192,9 @@ def cycle_from_row(r: Sequence[Any]) -> Cycle:
 
 
 def cycle(tx: Tx, cycle_id: int) -> Cycle:
-    # An id no BIGINT column can hold names no cycle (the driver would refuse to bind it).
     row = (
         tx.one(f"SELECT {CYCLE_COLUMNS} FROM fx_cycles WHERE cycle_id = ?", (cycle_id,))
-        if 0 <= cycle_id <= INT64_MAX
+        if row_id(cycle_id)
         else None
     )
     if row is None:
@@ -242,6 +241,8 @@ def last_cycle_id(tx: Tx) -> int:
 
 
 def cycle_positions(tx: Tx, cycle_id: int) -> list[CyclePosition]:
+    if not row_id(cycle_id):
+        return []
     rows = tx.all(
         "SELECT cycle_id, address, gross_in, gross_out, net, role, debit, credit, paid, covered, "
         "claimed, shortfall, status FROM fx_cycle_positions WHERE cycle_id = ? ORDER BY address",
@@ -271,6 +272,8 @@ def cycle_positions(tx: Tx, cycle_id: int) -> list[CyclePosition]:
 
 
 def payer_counts(tx: Tx, cycle_id: int) -> list[int]:
+    if not row_id(cycle_id):
+        return []
     rows = tx.all(
         "SELECT SUM(guarantee_count) FROM fx_cycle_pairs WHERE cycle_id = ? GROUP BY payer",
         (cycle_id,),
@@ -279,6 +282,8 @@ def payer_counts(tx: Tx, cycle_id: int) -> list[int]:
 
 
 def cycle_pairs(tx: Tx, cycle_id: int) -> list[CyclePair]:
+    if not row_id(cycle_id):
+        return []
     rows = tx.all(
         "SELECT cycle_id, payer, payee, amount, guarantee_count FROM fx_cycle_pairs "
         "WHERE cycle_id = ? ORDER BY payer, payee",
@@ -311,9 +316,13 @@ def withdrawal_from_row(r: Sequence[Any]) -> Withdrawal:
 
 
 def withdrawal(tx: Tx, withdrawal_id: int) -> Withdrawal:
-    row = tx.one(
-        f"SELECT {WITHDRAWAL_COLUMNS} FROM fx_withdrawals WHERE withdrawal_id = ?",
-        (withdrawal_id,),
+    row = (
+        tx.one(
+            f"SELECT {WITHDRAWAL_COLUMNS} FROM fx_withdrawals WHERE withdrawal_id = ?",
+            (withdrawal_id,),
+        )
+        if row_id(withdrawal_id)
+        else None
     )
     if row is None:
         raise CoreError(f"no withdrawal {withdrawal_id}", reason="unknown_withdrawal", status=404)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..errors import CoreError
 from .collateral import factor, lock_position, record_flow, set_collateral
+from .common import row_id
 from .feed import Events, emit
 from .models import Withdrawal
 from .queries import WITHDRAWAL_COLUMNS, withdrawal_from_row
@@ -64,9 +65,13 @@ def request(
 
 def _pending(tx: Tx, withdrawal_id: int) -> Withdrawal:
     # No-op update: row-locks the withdrawal for the rest of the transaction (PostgreSQL).
-    row = tx.one(
-        f"UPDATE fx_withdrawals SET status = status WHERE withdrawal_id = ? RETURNING {WITHDRAWAL_COLUMNS}",
-        (withdrawal_id,),
+    row = (
+        tx.one(
+            f"UPDATE fx_withdrawals SET status = status WHERE withdrawal_id = ? RETURNING {WITHDRAWAL_COLUMNS}",
+            (withdrawal_id,),
+        )
+        if row_id(withdrawal_id)
+        else None
     )
     if row is None:
         raise CoreError(f"no withdrawal {withdrawal_id}", reason="unknown_withdrawal", status=404)

@@ -932,3 +932,24 @@ def test_a_negative_duration_is_refused_when_the_config_is_built(name: str) -> N
     the sellers; a negative validation timeout or clock skew made every check moot."""
     with pytest.raises(ValueError, match=name):
         CoreConfig(**{name: -1})
+
+
+@pytest.mark.parametrize("big", [2**63, 2**70, -1])
+def test_an_id_no_column_can_hold_names_no_withdrawal_or_cycle(core: Core, big: int) -> None:
+    """On SQLite a withdrawal or cycle id of 2**63 or more was a bare OverflowError from the
+    driver (``withdraw --finalize 9223372036854775808`` printed a traceback); PostgreSQL
+    answered "no withdrawal". Both say there is none now."""
+    who = TestBuyer.new().address
+    calls = [
+        (core.withdrawal, (big,), "unknown_withdrawal"),
+        (core.finalize_withdrawal, (big,), "unknown_withdrawal"),
+        (core.cancel_withdrawal, (big,), "unknown_withdrawal"),
+        (core.cycle, (big,), "unknown_cycle"),
+        (core.pay_net_debit, (big, who), "unknown_cycle"),
+        (core.claim_net_credit, (big, who), "unknown_cycle"),
+    ]
+    for call, args, reason in calls:
+        with pytest.raises(CoreError) as refused:
+            call(*args)
+        assert refused.value.reason == reason, call
+    assert core.cycle_positions(big) == core.payer_counts(big) == core.cycle_pairs(big) == []
