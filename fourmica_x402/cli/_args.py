@@ -262,9 +262,11 @@ def check_db(db: str) -> str:
     """Refuse anything but ``sqlite:///path`` and ``postgresql://…`` (docs/operations.md)."""
     if is_postgres(db):
         return db
+    hint = "give sqlite:///path/to/core.db or postgresql://user@host/dbname"
+    if db.startswith("sqlite:///") and "?" in db:  # it would be part of the file's name
+        raise click.BadParameter(f"{db!r:.80} has a '?…' query: {hint}", param_hint="'--db'")
     if db.startswith("sqlite:///") and db[len("sqlite:///") :].strip():
         return db
-    hint = "give sqlite:///path/to/core.db or postgresql://user@host/dbname"
     if not db.strip():
         raise click.BadParameter(f"the database URL is empty: {hint}", param_hint="'--db'")
     if "://" not in db and not db.startswith("sqlite:"):

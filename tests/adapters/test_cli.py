@@ -187,6 +187,14 @@ def test_db_must_be_a_sqlite_or_postgresql_url(
     assert list(tmp_path.iterdir()) == []  # no file named "not a url" (or anything else)
 
 
+def test_a_sqlite_db_url_with_a_query_is_refused(tmp_path: Path) -> None:
+    """``--db sqlite:///x.db?mode=ro`` named a file ``x.db?mode=ro``: with ``--create``, a new
+    and empty Core."""
+    url = f"sqlite:///{tmp_path}/x.db?mode=ro"
+    refused(cli("positions", "--db", url), 2, "'--db'", "query")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_empty_db_is_refused_not_taken_as_memory(tmp_path: Path) -> None:
     refused(cli("positions", "--db", ""), 2, "'--db'", "empty")
     result = CliRunner(env={**CLEAN_ENV, "FOURMICA_X402_DB": " "}).invoke(main, ["positions"])

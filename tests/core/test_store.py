@@ -970,3 +970,17 @@ def test_a_write_nested_in_a_write_on_one_thread_fails_at_once(sqlite_url: str) 
             assert tx.one("SELECT COUNT(*) FROM t") == (0,)
     finally:
         store.close()
+
+
+def test_a_sqlite_url_with_a_query_is_refused_not_made_a_file_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sqlite:///x.db?mode=ro`` opened a new, empty database in a file named
+    ``x.db?mode=ro``: the seller's collateral was not there, and nothing said why."""
+    from fourmica_x402.errors import ConfigurationError
+
+    monkeypatch.chdir(tmp_path)
+    for url in ("sqlite:///x.db?mode=ro", "x.db?mode=ro"):
+        with pytest.raises(ConfigurationError, match="no '\\?…' query"):
+            open_store(url)
+    assert list(tmp_path.iterdir()) == []

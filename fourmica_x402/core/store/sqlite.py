@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
+from ...errors import ConfigurationError
 from . import Conflict, Row, StoreClosed, StoreUnavailable, WouldBlock
 from .deferred import Deferred, Job, drain_all
 
@@ -44,6 +45,10 @@ _POLL_FOR = 1.0
 
 
 def _path_of(url: str) -> str:
+    if "?" in url:  # SQLite's own URI parameters are not read here: it would name the file
+        raise ConfigurationError(
+            f"{url!r:.80}: a SQLite database is named by its path alone, with no '?…' query"
+        )
     if url.startswith("sqlite:///"):
         return url[len("sqlite:///") :] or ":memory:"
     if url.startswith("sqlite://"):
