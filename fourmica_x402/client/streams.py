@@ -179,17 +179,26 @@ class _Stream:
         self._fed = False
 
     def _pay_url(self, pay: object) -> str:
-        """The slice's pay URL, on the stream's own origin: a seller cannot send the buyer's
-        payment (or the client's credentials) to another host."""
+        """The slice's pay URL, on the origin the buyer asked the stream of (docs/buyer.md,
+        "Metered streams"): a seller cannot send the buyer's payment (or the client's
+        credentials) to another host, nor can the origin a stream was redirected to."""
         assert self.response is not None  # opened before any event
         stream = self.response.url
+        first = self.response.history[0] if self.response.history else self.response
+        asked = first.request.url  # the client's own request, before any redirect
+        if _origin(stream) != _origin(asked):
+            raise StreamFailed(
+                f"the stream was redirected to another origin ({stream.scheme}://{stream.host}): "
+                "none of its later slices is paid",
+                self.response,
+            )
         if not isinstance(pay, str):
             raise TypeError("pay is not a URL")
         try:
             url = stream.join(pay)
         except httpx.InvalidURL:  # a bad port or host: neither an HTTPError nor a ValueError
             raise TypeError("pay is not a URL") from None
-        if (url.scheme, url.host, url.port) != (stream.scheme, stream.host, stream.port):
+        if _origin(url) != _origin(stream):
             raise StreamFailed(
                 f"the seller asked to pay a slice at another origin ({url.scheme}://{url.host})",
                 self.response,
@@ -202,6 +211,10 @@ class _Stream:
     def _check_paid(self, response: httpx.Response) -> None:
         if not response.is_success:
             raise StreamFailed(f"a slice's payment was answered {response.status_code}", response)
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port
 
 
 def _stop() -> dict[str, Any]:

@@ -839,6 +839,64 @@ def test_a_slice_payment_redirected_to_another_origin_fails_the_stream(is_async:
     assert sent[-1] == "POST /streams/abc/2"
 
 
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_stream_redirected_to_another_origin_pays_no_slice_there(is_async: bool) -> None:
+    """The buyer asks seller.test for the stream, which redirects it to other.test; httpx
+    drops the client's credentials on that hop, but slices were paid at the final origin,
+    with them. A later slice is paid on the origin the buyer asked only; a redirect within
+    that origin still streams and pays as before."""
+    sent: list[tuple[str, str | None]] = []
+    body = (
+        'event: stream\ndata: {"stream": "s1"}\n\ndata: {"tick": 0}\n\n'
+        'event: payment-required\ndata: {"pay": "/streams/s1/2"}\n\ndata: {"tick": 1}\n\n'
+        'event: end\ndata: {"reason": "complete", "slices": 2}\n\n'
+    )
+
+    def seller(request: httpx.Request) -> httpx.Response:
+        sent.append((f"{request.method} {request.url}", request.headers.get("authorization")))
+        if request.url.path == "/away":
+            return httpx.Response(302, headers={"location": "http://other.test/s"})
+        if request.url.path == "/here":
+            return httpx.Response(302, headers={"location": "/s"})
+        if request.url.path == "/s":
+            return httpx.Response(200, headers={"content-type": "text/event-stream"}, text=body)
+        return httpx.Response(200, json={})  # a slice's pay URL (free here)
+
+    key, options = TestBuyer.new().key, {"base_url": "http://seller.test", "follow_redirects": True}
+    options["headers"] = {"authorization": "Bearer secret"}
+
+    def read(path: str) -> list[Any]:
+        got: list[Any] = []
+        if is_async:
+
+            async def run() -> None:
+                transport = AsyncPaymentTransport(key, transport=httpx.MockTransport(seller))
+                async with httpx.AsyncClient(transport=transport, **options) as client:
+                    async for event in AsyncPaidStream(client, "GET", path):
+                        got.append(event.json())
+
+            asyncio.run(run())
+        else:
+            transport = PaymentTransport(key, transport=httpx.MockTransport(seller))
+            with httpx.Client(transport=transport, **options) as client:
+                got.extend(event.json() for event in PaidStream(client, "GET", path))
+        return got
+
+    with pytest.raises(StreamFailed, match="redirected to another origin"):
+        read("/away")
+    assert sent == [
+        ("GET http://seller.test/away", "Bearer secret"),
+        ("GET http://other.test/s", None),  # httpx's own redirect: no credentials
+    ]  # nothing posted there, neither a payment nor a stop
+    sent.clear()
+    assert read("/here") == [{"tick": 0}, {"tick": 1}]
+    assert [line for line, _ in sent] == [
+        "GET http://seller.test/here",
+        "GET http://seller.test/s",
+        "POST http://seller.test/streams/s1/2",
+    ]
+
+
 @pytest.mark.parametrize(
     "body",
     [
