@@ -6,7 +6,8 @@ slice, a ``payment-required`` event naming its pay URL; :class:`PaidStream` (and
 :class:`AsyncPaidStream`) ``POST`` there through the same paying client, so the spending policy
 decides each slice as any payment. When the policy refuses one (a task budget used up, say),
 the stream is stopped (``DELETE`` of the stream) and ends cleanly; the refusal is raised once
-the seller's ``end`` event arrived. Nothing of an unpaid slice is ever sent::
+the seller's ``end`` event arrived, or :data:`STOP_GRACE` seconds after the stop at most.
+Nothing of an unpaid slice is ever sent::
 
     with policy.task("transcript", budget="$0.05"):
         stream = AsyncPaidStream(client, "GET", f"{seller}/ticks")
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import codecs
 import re
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +31,11 @@ from .._json import loads
 from ..errors import FourmicaError, PaymentRefused
 from .answers import MAX_ANSWER, UNPAID_KEY
 
-__all__ = ["AsyncPaidStream", "Event", "PaidStream", "StreamFailed"]
+__all__ = ["STOP_GRACE", "AsyncPaidStream", "Event", "PaidStream", "StreamFailed"]
+
+#: Seconds a seller has to end a stream the buyer stopped (docs/buyer.md, "Metered streams");
+#: past them the buyer closes it and raises its refusal. A stream's ``stop_grace`` overrides it.
+STOP_GRACE = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +121,9 @@ class _Parser:
 
 
 class _Stream:
+    #: Seconds the seller has to end the stream once the buyer stopped it (:data:`STOP_GRACE`).
+    stop_grace: float = STOP_GRACE
+
     def __init__(self, method: str, url: str, kwargs: dict[str, Any]) -> None:
         self.method, self.url, self.kwargs = method, url, kwargs
         #: The stream's id, why it ended and how many slices were bought (1 once it opened).
@@ -125,6 +134,7 @@ class _Stream:
         #: The spending policy's refusal that stopped the stream, if one did.
         self.refusal: PaymentRefused | None = None
         self.response: httpx.Response | None = None
+        self._deadline: float | None = None  # once stopped: when the seller's time is up
 
     def _opened(self, response: httpx.Response) -> None:
         self.response = response
@@ -134,15 +144,28 @@ class _Stream:
 
     def _events(self, chunks: Iterable[bytes], parser: _Parser) -> Iterator[Event]:
         for chunk in chunks:
+            if self._overdue():
+                return
             yield from parser.events(chunk)
         yield from parser.events(b"", last=True)
 
     async def _aevents(self, chunks: AsyncIterator[bytes], parser: _Parser) -> AsyncIterator[Event]:
         async for chunk in chunks:
+            if self._overdue():
+                return
             for event in parser.events(chunk):
                 yield event
         for event in parser.events(b"", last=True):
             yield event
+
+    def _stopped(self, refusal: PaymentRefused) -> None:
+        self.refusal = refusal
+        self._deadline = time.monotonic() + self.stop_grace
+
+    def _overdue(self) -> bool:
+        """Whether the buyer stopped the stream and the seller's time to end it is up: a
+        seller ignoring the stop (keep-alive comments, say) holds the buyer no longer."""
+        return self._deadline is not None and time.monotonic() > self._deadline
 
     def _control(self, event: Event) -> str | None:
         """What a meter event asks: ``pay`` (the URL), ``end``, or None (the seller's event).
@@ -236,19 +259,23 @@ class PaidStream(_Stream):
         parser = _Parser()
         with self.client.stream(self.method, self.url, **self.kwargs) as response:
             self._opened(response)
-            for event in self._events(response.iter_bytes(), parser):
-                what = self._control(event)
-                if what is None:
-                    yield event
-                elif what == "end":
-                    break
-                elif what != "skip" and self.refusal is None:
-                    try:
-                        self._check_paid(self.client.post(what, follow_redirects=False))
-                        self._paid_slice()
-                    except PaymentRefused as exc:  # stop it: the seller ends it cleanly
-                        self.refusal = exc
-                        self.client.delete(self._stop_url(what), **_stop())
+            try:
+                for event in self._events(response.iter_bytes(), parser):
+                    what = self._control(event)
+                    if what is None:
+                        yield event
+                    elif what == "end":
+                        break
+                    elif what != "skip" and self.refusal is None:
+                        try:
+                            self._check_paid(self.client.post(what, follow_redirects=False))
+                            self._paid_slice()
+                        except PaymentRefused as exc:  # stop it: the seller ends it cleanly
+                            self._stopped(exc)
+                            self.client.delete(self._stop_url(what), **_stop())
+            except httpx.TransportError:
+                if self.refusal is None:  # once stopped, a stream cut or gone silent is over
+                    raise
         if self.refusal is not None:
             raise self.refusal
 
@@ -264,18 +291,23 @@ class AsyncPaidStream(_Stream):
         parser = _Parser()
         async with self.client.stream(self.method, self.url, **self.kwargs) as response:
             self._opened(response)
-            async for event in self._aevents(response.aiter_bytes(), parser):
-                what = self._control(event)
-                if what is None:
-                    yield event
-                elif what == "end":
-                    break
-                elif what != "skip" and self.refusal is None:
-                    try:
-                        self._check_paid(await self.client.post(what, follow_redirects=False))
-                        self._paid_slice()
-                    except PaymentRefused as exc:
-                        self.refusal = exc
-                        await self.client.delete(self._stop_url(what), **_stop())
+            try:
+                async for event in self._aevents(response.aiter_bytes(), parser):
+                    what = self._control(event)
+                    if what is None:
+                        yield event
+                    elif what == "end":
+                        break
+                    elif what != "skip" and self.refusal is None:
+                        try:
+                            paid = await self.client.post(what, follow_redirects=False)
+                            self._check_paid(paid)
+                            self._paid_slice()
+                        except PaymentRefused as exc:
+                            self._stopped(exc)
+                            await self.client.delete(self._stop_url(what), **_stop())
+            except httpx.TransportError:
+                if self.refusal is None:
+                    raise
         if self.refusal is not None:
             raise self.refusal

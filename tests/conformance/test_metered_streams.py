@@ -897,6 +897,73 @@ def test_a_stream_redirected_to_another_origin_pays_no_slice_there(is_async: boo
     ]
 
 
+@pytest.mark.parametrize("after_stop", ["keep-alive", "silence"])
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_seller_ignoring_the_stop_holds_the_buyer_only_a_short_while(
+    after_stop: str, is_async: bool
+) -> None:
+    """The policy refuses slice 2 and the buyer stops the stream; a seller (hostile, on a real
+    socket) ignoring the stop, with a keep-alive comment each 0.2 s (no event the caller
+    could break on) or with nothing at all, held the buyer for as long as it liked, the
+    refusal never raised. The buyer now waits its ``stop_grace`` (or one read timeout) for
+    the ``end`` event, then closes the stream and raises the refusal."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response, StreamingResponse
+    from starlette.routing import Route
+
+    stops: list[float] = []
+
+    async def stream(request: Request) -> StreamingResponse:
+        async def body() -> Any:
+            yield b'event: stream\ndata: {"stream": "s1"}\n\ndata: {"tick": 0}\n\n'
+            yield b'event: payment-required\ndata: {"pay": "/streams/s1/2"}\n\n'
+            for _ in range(75):  # 15 s, then it ends (without an end event)
+                await asyncio.sleep(0.2)
+                if after_stop == "keep-alive":
+                    yield b": keep-alive\n\n"
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    async def pay(request: Request) -> Response:  # slice 2: over the buyer's cap
+        return Response(status_code=402, headers={"payment-required": _hostile_challenge()})
+
+    async def stop(request: Request) -> Response:
+        stops.append(time.monotonic())
+        return Response(status_code=204)
+
+    app = Starlette(
+        routes=[
+            Route("/s", stream),
+            Route("/streams/s1/2", pay, methods=["POST"]),
+            Route("/streams/s1", stop, methods=["DELETE"]),
+        ]
+    )
+    key, policy = TestBuyer.new().key, SpendingPolicy(max_per_request="$0.001")
+    got: list[Any] = []
+    with harness.loopback(app, "asgi") as url, pytest.raises(PaymentRefused):
+        options: dict[str, Any] = {"base_url": url, "timeout": 1.0}
+        if is_async:
+
+            async def read() -> None:
+                transport = AsyncPaymentTransport(key, policy=policy)
+                async with httpx.AsyncClient(transport=transport, **options) as client:
+                    stream = AsyncPaidStream(client, "GET", "/s")
+                    stream.stop_grace = 1.0
+                    async for event in stream:
+                        got.append(event.json())
+
+            asyncio.run(read())
+        else:
+            transport = PaymentTransport(key, policy=policy)
+            with httpx.Client(transport=transport, **options) as client:
+                stream = PaidStream(client, "GET", "/s")
+                stream.stop_grace = 1.0
+                got.extend(event.json() for event in stream)
+    assert len(stops) == 1 and time.monotonic() - stops[0] < 5  # not the seller's 15 s
+    assert got == [{"tick": 0}]
+
+
 @pytest.mark.parametrize(
     "body",
     [
