@@ -53,8 +53,9 @@ __all__ = [
 
 #: The JSON-RPC error code of a call whose payment was refused (as HTTP's 402).
 PAYMENT_REFUSED = 402
-#: The JSON-RPC error code of a call the seller's gate refused with a 4xx or 5xx (its reason
-#: code in ``data.reason``): an invalid or too large request, an unknown tool…
+#: The JSON-RPC error code of a call the seller's gate refused with a 4xx or 5xx, or of a tool
+#: call answered with a redirect (its reason code in ``data.reason``): an invalid or too large
+#: request, an unknown tool…
 SELLER_REFUSED = -32001
 
 Key = str | bytes | coincurve.PrivateKey | BuyerKey
@@ -88,8 +89,8 @@ class McpPaymentTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await request.aread()
-        rid = _request_id(request)
-        if _tool_call(request):
+        rid, tool = _request_id(request), _tool_call(request)
+        if tool:
             try:
                 response = await self.paying.handle_async_request(request)
             except PaymentRefused as exc:
@@ -109,15 +110,17 @@ class McpPaymentTransport(httpx.AsyncBaseTransport):
                     return _error(request, rid, SELLER_REFUSED, _UNPAID, data)
                 # a notification goes unanswered anyway; a GET stream the SDK does without
                 return httpx.Response(202 if request.method == "POST" else 405, request=request)
-        if response.status_code < 400 or response.status_code == 404:  # 404: session ended
+        if response.is_success or response.status_code == 404 or rid is None:  # 404: ended
             return response
-        if rid is None:
-            return response
+        if response.is_redirect and not tool:  # the SDK follows one within the endpoint's
+            return response  # origin (a trailing slash); a tool call's payment went with it
         try:
             await aread_answer(response)  # bounded: a seller's error cannot fill the memory
         except AnswerTooLarge:
             response._content = b""
         reason, message = _gate_error(response)
+        if response.is_redirect:  # docs/mcp.md, "Redirects"
+            message += " (a redirect): a tool call is not redirected"
         answered = {"reason": reason, "status": response.status_code}
         return _error(request, rid, SELLER_REFUSED, message, answered)
 

@@ -406,6 +406,53 @@ def test_the_buyer_pays_tool_calls_only(tmp_path: Path) -> None:
     core.close()
 
 
+@pytest.mark.parametrize(
+    ("status", "location"),
+    [(302, "http://other.test/mcp"), (307, "/mcp")],
+    ids=["elsewhere", "same-origin"],
+)
+def test_a_paid_call_answered_with_a_redirect_is_refused_and_the_session_goes_on(
+    tmp_path: Path, status: int, location: str
+) -> None:
+    """A seller answering a paid ``tools/call`` with a redirect ended the whole session (the
+    SDK raised ``HTTPStatusError`` in its task group); one within the endpoint's origin was
+    followed by the SDK, unpaid, answered 402, paid again: each hop a new guarantee. The call
+    gets an ``McpError`` now (docs/mcp.md, "Gate errors"), once paid, and the session goes on."""
+    from mcp.shared.exceptions import McpError
+
+    core = Core(str(tmp_path / "core.db"))
+    buyer, seller = TestBuyer.new(), TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    ran: Counter[str] = Counter()
+    inner = _server(ran, json_response=True).streamable_http_app()
+    config = McpTools(PRICES).config(pay_to=seller.address, core=core, network=NETWORK)
+    gate = PaymentMiddleware(inner, config)
+
+    async def hostile(scope: Any, receive: Any, send: Any) -> None:
+        paid = any(name == b"payment-signature" for name, _ in scope.get("headers", []))
+        if scope["type"] == "http" and paid:  # the paid retry of the call: redirected
+            headers = [(b"location", location.encode())]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await gate(scope, receive, send)
+
+    async def session(url: str) -> tuple[McpError, list[Any]]:
+        async with paid_session(url, buyer.key, policy=SpendingPolicy()) as s:
+            with pytest.raises(McpError) as refused:
+                await s.call_tool("search", {"query": "x"})
+            assert _text(await s.call_tool("ping", {})) == "pong"  # the session goes on
+            return refused.value, list(s.payments.ledger)
+
+    with _serving(hostile) as url:
+        refused, receipts = asyncio.run(session(url))
+    assert refused.error.code == SELLER_REFUSED
+    assert refused.error.data == {"reason": f"http_{status}", "status": status}
+    assert [(r.amount, r.status) for r in receipts] == [(SEARCH, status)]  # paid once, counted
+    assert ran == {"ping": 1} and core.position(buyer.address, network=NETWORK).locked == 0
+    core.close()
+
+
 def test_get_and_delete_on_the_endpoint_are_405(shop: Shop) -> None:
     """As docs/mcp.md says: no free GET stream or resumption (it could replay a refunded
     paid answer), no DELETE; the session's POSTs go on."""
