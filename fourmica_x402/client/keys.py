@@ -30,6 +30,12 @@ __all__ = ["BuyerKey", "load_key"]
 DEFAULT_ENV = "FOURMICA_X402_KEY"
 _HEX = frozenset("0123456789abcdefABCDEF")
 _MAX_KEYSTORE = 1 << 20  # a keystore file is a few hundred bytes; refuse to read a huge one
+#: The key derivation a keystore may ask for (docs/buyer.md, "Keys"): wallets write scrypt
+#: n=2**18, r=8, p=1 or pbkdf2 c=262144 with dklen 32; a file asking for more (hours of
+#: rounds, GiBs of memory) is refused as damaged before anything is derived.
+MAX_PBKDF2_ROUNDS = 10_000_000
+MAX_SCRYPT_BYTES = 1 << 30  # 128·n·r·p: scrypt n=2**20, r=8, p=1 at most
+MAX_DKLEN = 64
 
 
 class BuyerKey:
@@ -113,6 +119,12 @@ class BuyerKey:
             raise ConfigurationError(
                 "reading a keystore file needs eth-account: pip install 'fourmica-x402[keystore]'"
             ) from None
+        limit = _kdf_over_limits(document)
+        if limit is not None:
+            raise ConfigurationError(
+                f"cannot decrypt the keystore file {str(where)!r}: damaged or unsupported file "
+                f"({limit})"
+            )
         try:
             secret = bytes(Account.decrypt(document, _text(password)))
         except Exception:  # eth-account raises ValueError, KeyError or TypeError by field
@@ -154,6 +166,45 @@ def load_key(
         return BuyerKey.from_env(env)
     assert key is not None
     return BuyerKey(key)
+
+
+def _field(document: object, name: str) -> Any:
+    """``document[name]`` as eth-account reads it: keys compared in lower case, the last wins."""
+    found = None
+    if isinstance(document, dict):
+        for key, value in document.items():
+            if isinstance(key, str) and key.lower() == name:
+                found = value
+    return found
+
+
+def _kdf_over_limits(document: dict[str, Any]) -> str | None:
+    """Which limit on the key derivation the keystore's settings break, if one (a setting
+    that is not a whole number breaks it too). Another kdf, or no settings at all, is left to
+    eth-account, which refuses it at once."""
+    crypto = _field(document, "crypto")
+    kdf = _field(crypto, "kdf")
+    if isinstance(kdf, dict):  # version 4: {"function", "params"}
+        kdf, params = _field(kdf, "function"), _field(kdf, "params")
+    else:
+        params = _field(crypto, "kdfparams")
+    if kdf not in ("pbkdf2", "scrypt") or not isinstance(params, dict):
+        return None
+
+    def count(name: str) -> int:
+        value = _field(params, name)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    if not 0 < count("dklen") <= MAX_DKLEN:
+        return f"dklen must be 1 to {MAX_DKLEN}"
+    if kdf == "pbkdf2":
+        if not 0 < count("c") <= MAX_PBKDF2_ROUNDS:
+            return f"pbkdf2 rounds c must be 1 to {MAX_PBKDF2_ROUNDS:,}"
+        return None
+    n, r, p = count("n"), count("r"), count("p")
+    if n < 2 or n & (n - 1) or r < 1 or p < 1 or 128 * n * r * p > MAX_SCRYPT_BYTES:
+        return "scrypt needs n a power of two, r and p at least 1, and 128·n·r·p at most 1 GiB"
+    return None
 
 
 def _hex_bytes(text: str) -> bytes:

@@ -203,6 +203,8 @@ def test_key_address_takes_the_same_options(keystore: Path) -> None:
         (["--key-file", "MISSING", "--password-env", "P"], {"P": PASSWORD}, "cannot read"),
         (["--key-file", "MISSING"], {}, "no keystore file at"),  # not asked for a password
         (["--key-file", "NOT_JSON", "--password-env", "P"], {"P": PASSWORD}, "not a keystore"),
+        # pbkdf2 with 2**31 rounds: many minutes of deriving, nothing printed
+        (["--key-file", "COSTLY", "--password-env", "P"], {"P": PASSWORD}, "unsupported file"),
         (["--key-env", "BUYER_KEY"], {}, "BUYER_KEY holds no key"),
         (["--key-env", "BUYER_KEY"], {"BUYER_KEY": KEY[:-2]}, "BUYER_KEY: a private key is 32"),
         (["--key-env", "BUYER_KEY"], {"BUYER_KEY": "0x" + "00" * 32}, "BUYER_KEY: not a valid"),
@@ -229,10 +231,14 @@ def test_key_problems_are_one_clean_error_line(
     tmp_path: Path, keystore: Path, args: list[str], env: dict[str, str], says: str
 ) -> None:
     (tmp_path / "not.json").write_text("{nope")
+    costly = json.loads(keystore.read_text())
+    costly["crypto"]["kdfparams"]["c"] = 2**31 - 1
+    (tmp_path / "costly.json").write_text(json.dumps(costly))
     paths = {
         "KEYSTORE": keystore,
         "MISSING": tmp_path / "none.json",
         "NOT_JSON": tmp_path / "not.json",
+        "COSTLY": tmp_path / "costly.json",
     }
     args = [str(paths.get(a, a)) for a in args]
     line = error_line(cli("pay", "http://127.0.0.1:9/premium", *args, env=env), 2)

@@ -8,7 +8,9 @@ import logging
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,6 +132,56 @@ def test_keystore_problems_are_clean_errors(keystore: Path, change: str, says: s
     # No chained error (a library's, which might quote its input) travels with it.
     error = info.value
     assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"c": 2**31 - 1},  # minutes of rounds
+        {"dklen": 1 << 20},  # 32768 blocks of 1024 rounds each
+        {"kdf": "scrypt", "n": 1024, "r": 8, "p": 10**6},  # a million passes
+        {"kdf": "scrypt", "n": 1000, "r": 8, "p": 1},  # not a power of two
+        {"kdf": "scrypt", "n": 2**30, "r": 8, "p": 1},  # 128 GiB
+        {"c": True},
+        {"KDFParams": {"c": 2**31 - 1}},  # eth-account reads field names in any case
+    ],
+    ids=["rounds", "dklen", "scrypt-p", "scrypt-n", "scrypt-memory", "not-a-count", "spelling"],
+)
+def test_a_keystore_asking_too_costly_a_derivation_is_refused_at_once(
+    keystore: Path, params: dict[str, Any]
+) -> None:
+    """A damaged or hostile keystore's key derivation settings were used as they were: pbkdf2
+    with 2**31 rounds hung ``from_keystore`` (and the CLI) for many minutes, a huge dklen or
+    scrypt n·r·p took as long or GiBs. Settings over the limits of docs/buyer.md ("Keys") are
+    refused before anything is derived; the settings wallets write are well inside them."""
+    from fourmica_x402.client.keys import _kdf_over_limits
+
+    document = json.loads(keystore.read_text())
+    crypto = document["crypto"]
+    if "KDFParams" in params:
+        crypto["KDFParams"] = {**crypto.pop("kdfparams"), **params["KDFParams"]}
+    elif params.get("kdf") == "scrypt":
+        salt = crypto["kdfparams"]["salt"]
+        crypto["kdf"], crypto["kdfparams"] = "scrypt", {"dklen": 32, "salt": salt}
+        crypto["kdfparams"].update({k: v for k, v in params.items() if k != "kdf"})
+    else:
+        crypto["kdfparams"].update(params)
+    keystore.write_text(json.dumps(document))
+    started = time.monotonic()
+    with pytest.raises(ConfigurationError, match="damaged or unsupported file"):
+        load_key(key_file=keystore, password=PASSWORD)
+    assert time.monotonic() - started < 5
+    wallets = [  # geth, eth-account and wallets' own settings; the largest allowed
+        ("scrypt", {"n": 2**18, "r": 8, "p": 1, "dklen": 32}),
+        ("scrypt", {"n": 2**12, "r": 8, "p": 6, "dklen": 32}),
+        ("scrypt", {"n": 2**20, "r": 8, "p": 1, "dklen": 32}),
+        ("pbkdf2", {"c": 262_144, "dklen": 32, "prf": "hmac-sha256"}),
+        ("pbkdf2", {"c": 10_000_000, "dklen": 32, "prf": "hmac-sha256"}),
+    ]
+    for kdf, settings in wallets:
+        assert _kdf_over_limits({"crypto": {"kdf": kdf, "kdfparams": settings}}) is None
+        v4 = {"crypto": {"kdf": {"function": kdf, "params": settings}}}
+        assert _kdf_over_limits(v4) is None
 
 
 def test_a_keystore_without_eth_account_names_the_extra(keystore: Path) -> None:
