@@ -164,10 +164,11 @@ class Gate:
         if missing:
             known = sorted({each.template for each in found})
             shown = ", ".join(known[:12]) + (", …" if len(known) > 12 else "")
-            raise ConfigurationError(
+            log.error("the app's routes: %s", shown or "none")  # not in the error: a client
+            raise ConfigurationError(  # may be answered it (500 configuration_error)
                 f"priced route(s) {', '.join(repr(m) for m in missing)} name no route of this app "
-                f"(its routes: {shown or 'none'}); a route-table entry names a route template "
-                "the framework knows, e.g. 'GET /items/:id' for /items/{id}"
+                "(its routes are in the log); a route-table entry names a route template the "
+                "framework knows, e.g. 'GET /items/:id' for /items/{id}"
             )
         self.prices.shadowed = frozenset(self.routes.shadowed(found))
         for key in sorted(self.prices.shadowed):

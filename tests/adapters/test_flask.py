@@ -368,6 +368,8 @@ def test_a_bad_paid_fails_at_decoration(mark: dict[str, Any]) -> None:
 def test_a_route_entry_naming_no_route_fails_check_and_every_request(
     core: Core, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Every request is refused 500 configuration_error, naming the bad entry; the app's
+    routes, which the refusal listed to any client, are in the log only."""
     app = make_app(pay_to=SELLER, core=core, routes={"GET /reprot": "$0.01"})
     ext = FourmicaX402(app)
     runs: list[str] = []
@@ -386,7 +388,9 @@ def test_a_route_entry_naming_no_route_fails_check_and_every_request(
             assert resp.status_code == 500, path
             assert resp.get_json()["error"] == "configuration_error"
             assert "GET /reprot" in resp.get_json()["message"]
+            assert "/report" not in resp.get_json()["message"].replace("/reprot", "")
     assert runs == [] and "GET /reprot" in caplog.text
+    assert "the app's routes: /report" in caplog.text  # the app's routes: for its operator only
 
 
 class TenantConverter(BaseConverter):
