@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -183,8 +184,12 @@ class ReceiptLedger:
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM receipts").fetchone()[0])
 
-    def export_jsonl(self, out: IO[str]) -> int:
-        """Write every receipt as one JSON object per line; returns how many."""
+    def export_jsonl(self, out: IO[str] | str | os.PathLike[str]) -> int:
+        """Write every receipt as one JSON object per line to ``out``, a text file or a path
+        (written anew); returns how many."""
+        if isinstance(out, str | os.PathLike):
+            with open(out, "w", encoding="utf-8") as file:
+                return self.export_jsonl(file)
         count = 0
         for receipt in self:
             out.write(json.dumps(receipt.to_dict(), sort_keys=True) + "\n")

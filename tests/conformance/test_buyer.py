@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from dataclasses import replace
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -49,7 +50,7 @@ def funded(seller: Any, amount: int = 1_000_000) -> TestBuyer:
     return buyer
 
 
-def test_pays_and_keeps_a_receipt(seller: Any, buyers: Any) -> None:
+def test_pays_and_keeps_a_receipt(seller: Any, buyers: Any, tmp_path: Path) -> None:
     buyer = funded(seller)
     ledger = ReceiptLedger()
     client = buyers.client(seller, buyer, ledger=ledger)
@@ -64,6 +65,10 @@ def test_pays_and_keeps_a_receipt(seller: Any, buyers: Any) -> None:
     assert json.loads(receipt.claims)["user_address"] == buyer.address
     assert [r.outcome for r in ledger] == ["paid"]
     assert seller.core.guarantee(receipt.guarantee_id).version == 2  # v2 challenge → G-v2
+    exported = tmp_path / "receipts.jsonl"  # a path, as docs/buyer.md writes it (a file too)
+    assert ledger.export_jsonl(str(exported)) == 1 == ledger.export_jsonl(exported)
+    [line] = exported.read_text().splitlines()
+    assert json.loads(line)["guarantee_id"] == receipt.guarantee_id
 
 
 def test_pays_with_a_body(seller: Any, buyers: Any) -> None:
