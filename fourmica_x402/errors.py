@@ -76,6 +76,8 @@ class Reason(StrEnum):
     AMOUNT_MISMATCH = "amount_mismatch"
     NETWORK_MISMATCH = "network_mismatch"
     INSUFFICIENT_COLLATERAL = "insufficient_collateral"
+    #: A guarantee for zero atomic units (terms asking for nothing): no payment at all.
+    INVALID_AMOUNT = "invalid_amount"
     #: The tab's running total would pass 2^63 - 1 atomic units: a new tab takes the payment.
     TAB_TOTAL_EXCEEDED = "tab_total_exceeded"
     THROTTLED = "throttled"

@@ -215,6 +215,8 @@ def to_atomic(price: Price, asset: Asset) -> int:
         text = price.strip().replace("_", "")
         if text.startswith("$"):
             text = text[1:].strip()
+        if not text.isascii():  # Decimal reads other scripts' digits: a typo, never a price
+            raise ConfigurationError(f"price {price!r:.40} is not a number like '$0.10'")
         try:
             value = Decimal(text)
         except InvalidOperation:
@@ -315,6 +317,10 @@ def parse_money(
 def resolve_price(price: Price, network: str, asset: str | None = None) -> TokenAmount:
     """A route's price as ``TokenAmount`` on ``network`` (explicit amounts pass through)."""
     found = _resolve_price(price, network, asset)
+    if found.amount <= 0:  # a payment of nothing would run the route for free
+        raise ConfigurationError(
+            f"price {price!r:.80} is {found.amount} atomic units: a price is at least 1"
+        )
     if found.amount > MAX_AMOUNT:  # no buyer could pay it: the Core keeps 64-bit amounts
         raise ConfigurationError(
             f"price {price!r} is {found.amount} atomic units, more than the most a Core keeps "
@@ -329,7 +335,14 @@ MAX_AMOUNT = 2**63 - 1
 
 def _resolve_price(price: Price, network: str, asset: str | None) -> TokenAmount:
     if isinstance(price, TokenAmount):
-        return price
+        if isinstance(price.amount, bool) or not isinstance(price.amount, int):
+            raise ConfigurationError(
+                f"TokenAmount's amount is a whole number of atomic units, not {price.amount!r:.40}"
+            )
+        try:
+            return TokenAmount(price.amount, parse_address(price.asset))
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"TokenAmount's asset: {exc}") from None
     if isinstance(price, Mapping):
         if (
             set(price) - {"amount", "asset", "extra"}

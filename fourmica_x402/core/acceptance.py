@@ -104,6 +104,8 @@ def check(
         raise rejected(Reason.ASSET_MISMATCH)
     if claims.amount != expected.amount:
         raise rejected(Reason.AMOUNT_MISMATCH)
+    if claims.amount <= 0:  # terms that ask for nothing: a free pass, never a payment
+        raise rejected(Reason.INVALID_AMOUNT, "a guarantee is for at least one atomic unit")
     if tab[2] != expected.network:
         raise rejected(Reason.NETWORK_MISMATCH)
     if claims.amount <= INT64_MAX < int(tab[7]) + claims.amount:  # a 64-bit running total

@@ -19,7 +19,7 @@ from ..errors import FourmicaError, GuaranteeRejected, MalformedPayment, Payment
 from ..evidence import hash_request
 from ..facilitator import SettleResult, signed_from_payload
 from ..guarantee import ValidationPolicy
-from ..networks import get_network
+from ..networks import get_network, parse_amount
 from ..routes import Endpoint, Route
 from ..wire import (
     PAYMENT_RESPONSE_HEADER,
@@ -286,13 +286,31 @@ def _match(
                 return _v2_view(req)  # the wire form, no internal marks
         raise PaymentError(reason=Reason.NO_MATCHING_REQUIREMENTS)
     claims = payload.payload.get("claims") if isinstance(payload.payload, dict) else None
-    for req in map(_v1_view, requirements):
-        if payload.scheme == req.scheme and payload.network == req.network:
-            if not isinstance(claims, dict):
+    fits = [
+        req
+        for req in map(_v1_view, requirements)
+        if payload.scheme == req.scheme
+        and payload.network == req.network
+        and (
+            not isinstance(claims, dict)
+            or str(claims.get("asset_address", "")).lower() == req.asset.lower()
+        )
+    ]
+    if not fits:
+        raise PaymentError(reason=Reason.NO_MATCHING_REQUIREMENTS)
+    if isinstance(claims, dict) and len(fits) > 1:  # v1 names no offer: its claims' terms do
+        for req in fits:
+            if _terms_of(claims) == (req.pay_to.lower(), int(req.amount)):
                 return req
-            if str(claims.get("asset_address", "")).lower() == req.asset.lower():
-                return req
-    raise PaymentError(reason=Reason.NO_MATCHING_REQUIREMENTS)
+    return fits[0]  # checked against it, the claims' mismatch is the refusal's reason
+
+
+def _terms_of(claims: dict[str, Any]) -> tuple[str, int] | None:
+    """The recipient and amount a v1 payment's claims name, or None when unreadable."""
+    try:
+        return str(claims.get("recipient_address", "")).lower(), parse_amount(claims["amount"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _read_policy(chosen: PaymentRequirements) -> tuple[ValidationPolicy | None, bool]:

@@ -140,6 +140,17 @@ def test_replays_are_rejected_forever(core: Core, buyer: TestBuyer) -> None:
     assert core.position(buyer.address, network=NETWORK).locked == 0
 
 
+def test_a_guarantee_for_nothing_is_refused(core: Core, buyer: TestBuyer) -> None:
+    """Terms asking for 0 atomic units (a seller's, or another facilitator client's) with claims
+    for 0 were accepted, locking nothing: the route ran as though paid."""
+    signed, expected = buyer.pay(core, SELLER, 0)
+    for check in (core.verify, core.accept):
+        with pytest.raises(GuaranteeRejected) as info:
+            check(signed, expected)
+        assert reason(info) == "invalid_amount"
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
 def _rejection(core: Core, signed, expected) -> str:  # type: ignore[no-untyped-def]
     with pytest.raises(GuaranteeRejected) as info:
         core.accept(signed, expected)

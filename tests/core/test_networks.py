@@ -69,6 +69,8 @@ def test_prices_scale_the_same_whatever_the_callers_decimal_context() -> None:
         "0.99999999999999999999999999999",
         Decimal("0.1000000000000000000000000000001"),
         "$1E+1000000",  # decimal.Overflow, not a configuration error, before
+        "\u0661",  # Arabic-Indic 1: Decimal reads it as 1
+        "$\uff11.5",  # a full-width 1
     ],
 )
 def test_bad_prices_fail_at_configuration_time(price: object) -> None:
@@ -84,6 +86,31 @@ def test_explicit_amounts_pass_through() -> None:
         resolve_price({"amount": "1"}, "eip155:84532")
     with pytest.raises(ConfigurationError):
         resolve_price("$1", "eip155:84532", asset="0x" + "12" * 20)
+
+
+@pytest.mark.parametrize(
+    "price",
+    [
+        {"amount": "0", "asset": USDC.address},
+        {"amount": "0x0", "asset": USDC.address},
+        TokenAmount(0, USDC.address),
+        TokenAmount(-5, USDC.address),
+        TokenAmount("10", USDC.address),  # type: ignore[arg-type]
+        TokenAmount(True, USDC.address),
+        TokenAmount(10, "notanaddress"),
+        TokenAmount(10, None),  # type: ignore[arg-type]
+    ],
+)
+def test_an_explicit_price_is_checked_like_a_written_one(price: Any) -> None:
+    """An explicit amount of 0 made a priced route free (a 402 asking for 0, a guarantee for
+    nothing accepted); a bad TokenAmount failed every request instead of the start-up."""
+    with pytest.raises(ConfigurationError):
+        resolve_price(price, "eip155:84532")
+
+
+def test_a_token_amount_comes_back_checksummed() -> None:
+    lower = TokenAmount(7, USDC.address.lower())
+    assert resolve_price(lower, "eip155:84532") == TokenAmount(7, USDC.address)
 
 
 @pytest.mark.parametrize(

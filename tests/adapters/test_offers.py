@@ -1,0 +1,65 @@
+"""A route with several offers: a payment for any of them is charged on that offer's terms, in
+either x402 version (docs/protocol.md, "Paying")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fourmica_x402.adapters.asgi import PaymentMiddleware
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from fourmica_x402.core import Core
+from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
+from fourmica_x402.wire import decode_payment_required
+
+FIRST, SECOND = TestBuyer.new().address, TestBuyer.new().address
+
+
+def _app(core: Core) -> Any:
+    async def premium(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("paid")
+
+    offers = [
+        {"scheme": "4mica-credit", "price": "$0.01", "network": NETWORK, "payTo": FIRST},
+        {"scheme": "4mica-credit", "price": "$0.02", "network": NETWORK, "payTo": SECOND},
+    ]
+    return PaymentMiddleware(
+        Starlette(routes=[Route("/premium", premium)]),
+        pay_to=FIRST,
+        core=core,
+        network=NETWORK,
+        routes={"GET /premium": {"accepts": offers}},
+        delivery_policy=False,  # G-v1 guarantees: what an x402 v1 buyer signs
+    )
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize(("index", "amount"), [(0, 10_000), (1, 20_000)], ids=["first", "second"])
+def test_each_offer_is_paid_on_its_own_terms(
+    audited_core: Core, version: int, index: int, amount: int
+) -> None:
+    """A v1 payment names no offer: it was checked against the first offer with its asset, so
+    paying the second (another payTo, another amount) was refused as a mismatch."""
+    buyer = TestBuyer.new()
+    audited_core.deposit(buyer.address, 10**7, network=NETWORK)
+    with TestClient(_app(audited_core)) as client:
+        offer = decode_payment_required(client.get("/premium").headers["payment-required"])
+        chosen = offer.accepts[index]
+        body = {
+            "x402Version": 2,
+            "userAddress": buyer.address,
+            "paymentRequirements": chosen.to_dict(),
+        }
+        tab = client.post(chosen.extra["tabEndpoint"], json=body).json()
+        name, value = payment_header(buyer, chosen, tab, version=version)
+        answer = client.get("/premium", headers={name: value})
+        assert answer.status_code == 200, answer.text
+        # The same payment again is a replay whichever offer it was for.
+        assert client.get("/premium", headers={name: value}).status_code == 402
+    (guarantee,) = audited_core.guarantees(address=buyer.address)
+    assert (guarantee.recipient_address, guarantee.amount) == ((FIRST, SECOND)[index], amount)
+    assert audited_core.position(buyer.address, network=NETWORK).locked == amount
