@@ -52,7 +52,8 @@ def subscribe(hooks: Webhooks, call: Call) -> Reply:
     body = call.body
     if not isinstance(body, dict) or not isinstance(body.get("url"), str):
         return refusal(400, "give {url, events?, secret?}", "invalid_request")
-    sub = hooks.subscribe(body["url"], body.get("events") or ["*"], body.get("secret"))
+    events = body.get("events")  # absent or null: all; an empty list is refused
+    sub = hooks.subscribe(body["url"], ["*"] if events is None else events, body.get("secret"))
     return 200, sub.to_dict(include_secret=True)  # the secret is shown once, here
 
 

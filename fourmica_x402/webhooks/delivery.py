@@ -13,12 +13,16 @@ The secret signs the request (:mod:`.signing`) but is never logged nor written t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
 import secrets
+import socket
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
@@ -33,6 +37,55 @@ __all__ = ["DeliveryMixin"]
 log = logging.getLogger("fourmica_x402.webhooks")
 
 _MAX_ERROR = 500  # characters of an error message kept in the delivery log
+
+
+def _credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``url`` without its ``user:password@``, and that pair as basic auth: httpx logs every
+    request's URL (at INFO), which would write a receiver's password to the log."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    user, password = unquote(parts.username or ""), unquote(parts.password or "")
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])), (user, password)
+
+
+class _Cutoff:
+    """Ends an attempt still going after ``seconds``, whole: shuts its socket down, which wakes
+    the read blocked on it. httpx's timeout bounds each read, so a receiver sending a byte now
+    and then held the worker, and every other subscription's deliveries, as long as it liked."""
+
+    def __init__(self, seconds: float) -> None:
+        self.fired = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's ``trace`` extension: the socket, once connected (and after TLS)."""
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            stream = info.get("return_value")
+            with self._lock:
+                self._sock = None if stream is None else stream.get_extra_info("socket")
+                if self.fired:
+                    self._shut()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            self._shut()
+
+    def _shut(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> _Cutoff:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
 
 
 class DeliveryMixin:
@@ -94,13 +147,28 @@ class DeliveryMixin:
             "X-Fourmica-Timestamp": str(timestamp),
             "X-Fourmica-Signature": sign(secret, timestamp, body),
         }
+        url, auth = _credentials(url)
+        # One connection per attempt ("close"): the cutoff finds its socket as it connects.
+        headers["Connection"] = "close"
+        cutoff = _Cutoff(self.timeout)
         try:
             # Streamed and never read: a receiver's response body is of no interest, whatever size.
-            with self._client.stream(
-                "POST", url, content=body, headers=headers, timeout=self.timeout
-            ) as response:
+            with (
+                cutoff,
+                self._client.stream(
+                    "POST",
+                    url,
+                    content=body,
+                    headers=headers,
+                    auth=auth or httpx.USE_CLIENT_DEFAULT,
+                    timeout=self.timeout,
+                    extensions={"trace": cutoff.trace},
+                ) as response,
+            ):
                 code = response.status_code
         except Exception as exc:  # network, TLS, a URL httpx refuses: all recorded, retried
+            if cutoff.fired:
+                return None, f"no answer within {self.timeout:g} s"
             return None, f"{type(exc).__name__}: {exc}"[:_MAX_ERROR]
         return code, None if 200 <= code < 300 else f"HTTP {code}"
 

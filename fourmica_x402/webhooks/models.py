@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .._urls import safe_url
+
 __all__ = [
     "DELIVERY_COLUMNS",
     "EVENT_TYPES",
@@ -67,6 +69,7 @@ class Subscription:
         data["events"] = list(self.events)
         if not include_secret:
             del data["secret"]
+            data["url"] = safe_url(self.url)  # a receiver's password is a secret too
         return data
 
 

@@ -3,14 +3,15 @@
 Each request carries ``X-Fourmica-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>``
 with ``X-Fourmica-Timestamp: <unix seconds>``. The timestamp is inside the signed bytes so a
 receiver can refuse a captured request replayed later (:func:`verify_signature`'s
-``tolerance``); the ``v1=`` prefix and comma-separated values leave room for a new scheme and
-for secret rotation without breaking receivers.
+``tolerance``). The service sends one ``v1=`` value; receivers accept any of several
+comma-separated ones, which leaves room for a new scheme or an overlap while a secret changes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import time
 
 __all__ = ["sign", "verify_signature"]
@@ -40,17 +41,18 @@ def verify_signature(
 
     ``timestamp`` is the ``X-Fourmica-Timestamp`` header; one more than ``tolerance`` seconds
     away from ``now`` (default: the current time) is refused, so a captured request cannot be
-    replayed later. ``header`` may hold several comma-separated ``v1=`` values (secret
-    rotation); one match is enough. The comparison is constant-time.
+    replayed later. ``header`` may hold several comma-separated ``v1=`` values; one match
+    is enough. The comparison is constant-time.
     """
     if not header or timestamp is None:
         return False
-    try:
-        ts = int(str(timestamp).strip())
-    except ValueError:
+    text = str(timestamp).strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 20:
         return False
-    if abs((time.time() if now is None else now) - ts) > tolerance:
-        return False
+    ts = int(text)
+    age = abs((time.time() if now is None else now) - ts)
+    if not (math.isfinite(age) and math.isfinite(tolerance)) or age > tolerance:
+        return False  # a NaN tolerance or clock would take any age
     expected = sign(secret, ts, body)
     ok = False
     for candidate in header.split(","):

@@ -41,7 +41,8 @@ class Webhooks(SubscriptionsMixin, OutboxMixin, DeliveryMixin):
     """Webhook subscriptions, their outbox and delivery log, in the Core's database.
 
     ``client`` is the ``httpx.Client`` requests go through (default: one of our own, closed by
-    :meth:`close`); ``timeout`` applies to each request. A failed attempt ``n`` is retried after
+    :meth:`close`); an attempt ends within ``timeout`` seconds, whole (a receiver sending
+    its answer a byte at a time is cut off, not waited for). A failed attempt ``n`` is retried after
     ``min(max_delay, base_delay × 2ⁿ⁻¹)`` seconds, less up to half of that as jitter; after
     ``max_attempts`` attempts the delivery is ``failed`` (see :meth:`redeliver`). ``clock``
     gives the time of attempts and of the signature timestamp.
@@ -72,7 +73,7 @@ class Webhooks(SubscriptionsMixin, OutboxMixin, DeliveryMixin):
         self.base_delay = float(base_delay)
         self.max_delay = float(max_delay)
         self.timeout = float(timeout)
-        # A claim outlives the slowest attempt (connect + write + read, each up to ``timeout``).
+        # A claim outlives the slowest attempt (``timeout``, whole), with room to record it.
         self.lease = max(60.0, 4 * self.timeout)
         self.clock = clock
         self._own_client = client is None

@@ -234,6 +234,12 @@ def test_verify_signature_rejects_tampering_and_stale_timestamps() -> None:
         assert not verify_signature("k", 1000, body, bad_header, now=1000)
     assert not verify_signature("k", "soon", body, header, now=1000)
     assert not verify_signature("k", None, body, header, now=1000)
+    # A NaN clock or tolerance took a signature of any age; a timestamp is digits only.
+    assert not verify_signature("k", 1000, body, header, now=float("nan"))
+    assert not verify_signature("k", 1000, body, header, now=10**9, tolerance=float("nan"))
+    assert not verify_signature("k", 1000, body, header, now=10**9, tolerance=float("inf"))
+    for spelled in ("+1000", "1_000", "01000x", "\u0661000"):
+        assert not verify_signature("k", spelled, body, header, now=1000)
 
 
 @pytest.mark.parametrize(
@@ -291,6 +297,75 @@ def test_subscriptions_list_unsubscribe_and_secrets_stay_hidden(
     assert hooks.redeliver(delivery.delivery_id) is False  # not for a gone subscription
     deposit(core)
     assert hooks.run_once() == 0 and receiver.requests == []
+
+
+def test_a_receivers_password_is_sent_as_basic_auth_never_logged_nor_listed(
+    core: Core,
+    make_hooks: Callable[..., Webhooks],
+    receiver: Receiver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """httpx logs each request's URL at INFO: a password in the URL went to the log on every
+    delivery, and GET /admin/webhooks listed it."""
+    hooks = make_hooks()
+    url = receiver.url().replace("http://", "http://hook:p%40ss-S3CRET@")
+    sub = hooks.subscribe(url, ["*"])
+    assert sub.to_dict(include_secret=True)["url"] == url  # the answer to the subscription itself
+    assert "S3CRET" not in json.dumps([s.to_dict() for s in hooks.subscriptions()])
+    assert hooks.subscriptions()[0].to_dict()["url"].startswith("http://hook:***@127.0.0.1:")
+    deposit(core)
+    with caplog.at_level(logging.DEBUG):
+        assert hooks.run_once() == 1
+    [got] = receiver.wait_for(1)
+    assert got.headers["authorization"] == "Basic aG9vazpwQHNzLVMzQ1JFVA=="  # hook:p@ss-S3CRET
+    assert hooks.deliveries()[0].status == "delivered"
+    assert "S3CRET" not in caplog.text and "127.0.0.1" in caplog.text
+
+
+def test_a_receiver_answering_a_byte_at_a_time_is_cut_off_at_the_timeout(
+    core: Core, make_hooks: Callable[..., Webhooks], receiver: Receiver
+) -> None:
+    """The timeout bounded each read: a receiver sending a byte every 0.2 s held the only
+    delivery worker for as long as it liked, and every other subscription waited."""
+    stop = threading.Event()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(0.2)
+
+    def trickle() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+                try:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                    while not stop.wait(0.2):
+                        conn.sendall(b"X")
+                except OSError:  # cut off
+                    pass
+
+    server = threading.Thread(target=trickle, daemon=True)
+    server.start()
+    try:
+        hooks = make_hooks(timeout=1.0)
+        slow = hooks.subscribe(f"http://127.0.0.1:{listener.getsockname()[1]}/slow", ["*"])
+        hooks.subscribe(receiver.url(), ["*"])
+        deposit(core)
+        started = time.monotonic()
+        assert hooks.run_once() == 2
+        assert time.monotonic() - started < 10  # before the fix: never
+        assert len(receiver.requests) == 1
+        by_sub = {d.subscription_id: d for d in hooks.deliveries()}
+        assert by_sub[slow.subscription_id].status == "pending"  # retried later
+        assert by_sub[slow.subscription_id].last_error == "no answer within 1 s"
+    finally:
+        stop.set()
+        server.join(5)
+        listener.close()
 
 
 # -- retries ------------------------------------------------------------------------------------
