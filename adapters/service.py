@@ -83,9 +83,7 @@ def _endpoint(
                 result = await asyncio.to_thread(spec.handler, service, call)
             else:
                 result = spec.handler(service, call)
-        except FourmicaError as exc:
-            if not spec.timed:
-                raise
+        except FourmicaError as exc:  # the Core unavailable, …: its JSON error, never a 500
             result = base.failure(exc)
         finally:
             if spec.timed:

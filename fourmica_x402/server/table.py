@@ -28,9 +28,9 @@ class Path(NamedTuple):
     """One path of the service.
 
     ``blocking`` handlers touch the database: an adapter runs them in a worker thread, never
-    on an event loop. ``timed`` paths record their latency and answer a Core error the
-    handler lets through as ``{"error": code, "message": text}`` (``/metrics`` is not timed,
-    so scraping it does not skew the latencies it reports). ``sized`` paths refuse a body over
+    on an event loop. ``timed`` paths record their latency (``/metrics`` is not timed, so
+    scraping it does not skew the latencies it reports); every path answers a Core error the
+    handler lets through as ``{"error": code, "message": text}``. ``sized`` paths refuse a body over
     :data:`~.base.MAX_BODY` with a 413; the others answer it in their protocol's shape (a
     settle's ``malformed_payment``). ``read`` handlers read across the whole history (the
     dashboard, the signals): they run on :class:`Reads`' own thread, never on the threads the

@@ -1082,6 +1082,10 @@ def _reason(answer: httpx.Response) -> str:
             "invalid_request",
         ),
         ("POST", "/admin/webhooks", _body(url=_HOOK, events=True), _AUTH, 400, "invalid_request"),
+        # An empty list subscribed to every event ("[] or ['*']"), as "events": false did.
+        ("POST", "/admin/webhooks", _body(url=_HOOK, events=[]), _AUTH, 400, "invalid_request"),
+        ("POST", "/admin/webhooks", _body(url=_HOOK, events=""), _AUTH, 400, "invalid_request"),
+        ("POST", "/admin/webhooks", _body(url=_HOOK, events=False), _AUTH, 400, "invalid_request"),
         (
             "POST",
             "/admin/webhooks",
@@ -1464,6 +1468,19 @@ def test_an_outage_answers_503_without_the_databases_details(
     for answer in answers:
         assert answer.status_code == 503, answer.text
         assert "db.internal" not in answer.text and "retry later" in answer.text
+
+
+def test_every_read_answers_an_outage_with_503_metrics_too(tmp_path: Path) -> None:
+    """``/metrics`` (not timed) let the Core's error through: a bare 500 and a traceback in the
+    log where the other reads answered 503 ``core_unavailable``."""
+    core = Core(str(tmp_path / "down.db"))
+    app = create_app(core, sandbox=True, tick_interval=None)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/metrics").status_code == 200
+        core.store.close()  # the database gone (PostgreSQL down)
+        for path in ("/api/positions", "/metrics"):
+            answer = client.get(path)
+            assert (answer.status_code, answer.json()["error"]) == (503, "core_unavailable")
 
 
 def test_unknown_paths_and_methods_answer_the_json_error_shape(client: TestClient) -> None:
