@@ -984,3 +984,52 @@ def test_a_sqlite_url_with_a_query_is_refused_not_made_a_file_name(
         with pytest.raises(ConfigurationError, match="no '\\?…' query"):
             open_store(url)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_exit_waits_for_the_batch_the_flusher_is_writing(tmp_path: Path) -> None:
+    """A clean exit flushed only what was still queued: a batch the flusher thread had taken,
+    waiting for another process's write lock, ended with the interpreter, so a delivered
+    response's completion was lost (its G-v2 payment cancelled: the seller never paid)."""
+    db = tmp_path / "exit.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("CREATE TABLE marks (n INTEGER)")
+    child = f"""
+import sys, time
+from fourmica_x402.core.store import open_store
+from fourmica_x402.core.store.deferred import Task
+store = open_store({f"sqlite:///{db}"!r})
+print("ready", flush=True)
+sys.stdin.readline()  # another process holds the write lock now
+store.deferred.submit(Task(lambda tx: tx.execute("INSERT INTO marks VALUES (1)")))
+for _ in range(500):  # the flusher takes the batch after its window, then waits for the lock
+    if store.deferred._inflight:
+        break
+    time.sleep(0.01)
+print("inflight", store.deferred._inflight, flush=True)
+sys.exit(0)  # a graceful exit
+"""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == "ready"
+        holder = sqlite3.connect(db, timeout=10, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "inflight 1"
+        time.sleep(0.5)  # the child is in its exit now, the batch still waiting for the lock
+        holder.execute("COMMIT")
+        holder.close()
+        assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM marks").fetchone() == (1,)

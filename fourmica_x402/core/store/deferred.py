@@ -215,18 +215,24 @@ class Deferred:
         finally:
             self.done(jobs, failures, committed)
 
-    def drain(self, timeout: float = 30.0) -> None:
-        """Before a read: commit what is queued and wait for batches other threads write."""
-        if not self._jobs and not self._inflight:
-            return
-        retried(self.flush)  # a batch that lost a lock race went back in the queue: again
-        with self._lock:
-            self._lock.wait_for(lambda: self._inflight == 0, timeout=timeout)
+    def drain(self, timeout: float = 30.0, *, whole: bool = False) -> None:
+        """Before a read: commit what is queued and wait for the batches other threads write.
+        ``whole`` (a close, an exit): until nothing is left, a batch another thread gave back
+        (it lost a lock race to another process) included — or ``timeout`` passed."""
+        ends = time.monotonic() + timeout
+        while self._jobs or self._inflight:
+            retried(self.flush)
+            with self._lock:
+                left = max(ends - time.monotonic(), 0.0)
+                if not self._lock.wait_for(lambda: self._inflight == 0, timeout=left):
+                    return
+            if not whole or time.monotonic() >= ends:
+                return
 
     def close(self) -> None:
         """Commit what is queued (best effort) and stop taking jobs."""
         try:
-            self.drain(timeout=10.0)
+            self.drain(timeout=10.0, whole=True)
         except Exception:
             log.exception("could not commit %d queued completion(s) at close", len(self._jobs))
         with self._lock:
@@ -272,6 +278,9 @@ class Deferred:
 _SERVING = [0]
 _SERVING_DONE = threading.Condition()
 EXIT_WAIT = 2.0
+#: How long an exit waits for the queued completions to be committed (a server's graceful
+#: stop gives its workers 30 s by default).
+EXIT_DRAIN = 25.0
 
 
 def serving(delta: int) -> None:
@@ -286,12 +295,19 @@ def _flush_all() -> None:
     # a response): let a response that just went out queue its completion first.
     with _SERVING_DONE:
         _SERVING_DONE.wait_for(lambda: _SERVING[0] <= 0, timeout=EXIT_WAIT)
+    # The flusher thread may hold a batch it is writing (waiting for another process's lock):
+    # the exit waits for it too, or the interpreter would end that transaction unfinished and
+    # a delivered response would never be charged.
+    ends = time.monotonic() + EXIT_DRAIN
     for deferred in list(_ALL):
         if deferred and not deferred.closed and deferred._pid == os.getpid():
             try:
-                deferred.flush()
+                deferred.drain(timeout=max(ends - time.monotonic(), 0.1), whole=True)
             except Exception:
                 log.exception("could not commit queued completions at exit")
+            if deferred:
+                left = len(deferred._jobs) + deferred._inflight
+                log.error("exiting with %d completion(s) not committed", left)
 
 
 def _forget_all() -> None:
