@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from ._eth import parse_address
 from .client.receipts import Receipt, on_paid
 from .core.collateral import asset_address
+from .core.common import INT64_MAX
 from .core.schema import migrate
 from .core.store import Store, open_store
 from .errors import CoreError
@@ -96,7 +97,7 @@ class Funding:
     def of(cls, payment: FundingPayment | Funding) -> Funding:
         if isinstance(payment, Funding):
             return payment
-        gid = payment.guarantee_id
+        gid = payment.guarantee_id or _unsettled_id(payment)
         if not gid:
             raise CoreError(
                 "the funding payment has no guarantee id: nothing to link to", reason="not_linkable"
@@ -221,7 +222,18 @@ class Links:
             )
         if not receipt.network or not receipt.asset:
             raise CoreError("the receipt names no network or asset", reason="not_linkable")
-        gid = _upstream_id(receipt)
+        try:
+            gid = _upstream_id(receipt)
+            upstream = parse_address(receipt.seller)
+            asset = asset_address(receipt.network, receipt.asset)
+        except (ValueError, TypeError, OverflowError) as exc:  # ConfigurationError too
+            raise CoreError(f"the receipt cannot be linked: {exc}", reason="not_linkable") from None
+        amount = receipt.amount
+        if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= INT64_MAX:
+            raise CoreError(
+                f"the receipt's amount {amount!r:.40} is not 1..{INT64_MAX} atomic units",
+                reason="not_linkable",
+            )
         if gid == funding.guarantee_id:
             raise CoreError("a payment cannot fund itself", reason="not_linkable")
         values = (
@@ -231,10 +243,10 @@ class Links:
             funding.user,
             funding.route,
             gid,
-            parse_address(receipt.seller),
+            upstream,
             _signer(receipt),
-            int(receipt.amount),
-            asset_address(receipt.network, receipt.asset),
+            amount,
+            asset,
             receipt.network,
             receipt.url,
             receipt.task,
@@ -310,6 +322,19 @@ def _upstream_id(receipt: Receipt) -> str:
     if not receipt.guarantee_id:
         raise CoreError("the receipt names no guarantee", reason="not_linkable")
     return receipt.guarantee_id.lower()
+
+
+def _unsettled_id(payment: Any) -> str | None:
+    """The guarantee id of a payment its handler runs before it settles (``settle="after"``):
+    made from its signed tab and request ids, as the Core makes it."""
+    tab, req, network = (getattr(payment, n, None) for n in ("tab_id", "request_id", "network"))
+    if not (isinstance(tab, str) and isinstance(req, str) and isinstance(network, str)):
+        return None
+    try:
+        chain_id = get_network(network).chain_id
+        return "0x" + guarantee_id(chain_id, int(tab, 16), int(req, 16)).hex()
+    except (ValueError, OverflowError):  # ConfigurationError is a ValueError
+        return None
 
 
 def _signer(receipt: Receipt) -> str | None:

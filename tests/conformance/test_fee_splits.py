@@ -9,6 +9,7 @@ apps. Money is checked at the end: what each party locked is what it was served.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -442,4 +443,92 @@ def test_a_link_is_written_once_per_upstream_guarantee(tmp_path: Path) -> None:
         links.funded_by(unpaid).__enter__()
     Links(core)  # a second opening migrates nothing
     assert core.signals().sellers[0].downstream_spend == 1_234  # another Core's guarantee counts
+    core.close()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"amount": 2**63, "tab_id": "0x2"},  # ~9.2 tokens of an 18-decimal token
+        {"amount": -1, "tab_id": "0x3"},
+        {"amount": 0, "tab_id": "0x4"},
+        {"tab_id": "zz"},
+        {"seller": "nope", "tab_id": "0x5"},
+        {"asset": "nope", "tab_id": "0x6"},
+    ],
+    ids=["past-64-bits", "negative", "zero", "tab-not-hex", "seller", "asset"],
+)
+def test_a_receipt_that_cannot_be_linked_is_refused_as_not_linkable(
+    tmp_path: Path, change: dict[str, Any]
+) -> None:
+    """They raised OverflowError, IntegrityError or ValueError (inside ``funded_by``: a paid
+    upstream left unlinked with only the exception's name in the log)."""
+    core = Core(str(tmp_path / "core.db"))
+    links = Links(core)
+    funding = Funding("0x" + "ab" * 32, AGENT.address, None, "GET /recommend")
+    base = Receipt(
+        outcome="paid",
+        url="http://up/x",
+        seller=TestBuyer.new().address,
+        amount=1_234,
+        asset=USDC,
+        network=NETWORK,
+        tab_id="0x1",
+        request_id="0x0",
+    )
+    with pytest.raises(CoreError) as refused:
+        links.record(funding, dataclasses.replace(base, **change))
+    assert refused.value.reason == "not_linkable"
+    assert links.record(funding, base).amount == 1_234  # the store is fine afterwards
+    core.close()
+
+
+def test_a_settle_after_payment_funds_its_upstream_under_its_guarantee(tmp_path: Path) -> None:
+    """With ``settle="after"`` the handler runs before the guarantee is accepted, so its
+    ``guarantee_id`` is None: ``funded_by(payment)`` refused it and the paid request answered
+    500. Its id is the one its tab and request ids make, which the Core then accepts."""
+    core = Core(str(tmp_path / "core.db"))
+    links = Links(core)
+    user = TestBuyer.new()
+    core.deposit(user.address, 1_000_000, network=NETWORK)
+    upstream_receipt = Receipt(
+        outcome="paid",
+        url="http://up/x",
+        seller=TestBuyer.new().address,
+        amount=4_000,
+        asset=USDC,
+        network=NETWORK,
+        tab_id="0x77",
+        request_id="0x0",
+    )
+
+    async def recommend(request: Request) -> JSONResponse:
+        with links.funded_by(request.state.payment) as funding:
+            links.record(funding, upstream_receipt)  # what the buyer client's hook does
+        return JSONResponse({"ok": True})
+
+    config = PaymentConfig(
+        pay_to=AGENT.address,
+        network=NETWORK,
+        core=core,
+        routes={"GET /recommend": "$0.05"},
+        settle="after",
+    )
+    app = Starlette(
+        routes=[Route("/recommend", recommend)],
+        middleware=[Middleware(PaymentMiddleware, config=config)],
+    )
+    from starlette.testclient import TestClient
+
+    from fourmica_x402.testing import paid_headers
+
+    with TestClient(app) as client:
+        answer = client.get(
+            "/recommend", headers=paid_headers(client, user, client.get("/recommend"))
+        )
+        assert answer.status_code == 200, answer.text
+    (settled,) = core.guarantees(address=user.address)
+    (link,) = links.query()
+    assert link.funding_guarantee_id == settled.guarantee_id
+    assert link.user == user.address and link.route == "GET /recommend"
     core.close()
