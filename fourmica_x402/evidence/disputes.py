@@ -77,6 +77,12 @@ class Disputes:
                 f"the note is {len(note)} characters; at most {MAX_NOTE}",
                 reason="invalid_note",
             )
+        try:  # a command line's undecodable bytes come as lone surrogates: no database takes them
+            note.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DisputeError("the note is not valid UTF-8 text", reason="invalid_note") from None
+        if "\x00" in note:
+            raise DisputeError("the note holds a NUL character", reason="invalid_note")
         entry = DisputeEntry(state, note, time.time())
         try:
             with self.store.transaction() as tx:

@@ -389,6 +389,10 @@ def test_disputes_through_the_command_line(shop: Shop, buyer: TestBuyer, tmp_pat
     assert json.loads(opened.stdout)["state"] == "opened"
     refused(cli("dispute", "open", gid, "--note", "again", *db), 2, "already open")
     refused(cli("dispute", "open", gid, "--note", "  ", *db), 2, "note")
+    # A byte that is not UTF-8 (a lone surrogate on the command line) or a NUL: a traceback
+    # from the database driver, before.
+    refused(cli("dispute", "open", gid, "--note", "caf\udce9", *db), 2, "not valid UTF-8")
+    refused(cli("dispute", "open", gid, "--note", "a\x00b", *db), 2, "NUL")
     refused(cli("dispute", "open", "0x" + "cd" * 32, "--note", "x", *db), 2, "no guarantee")
 
     # The dashboard shows it, and the bundle carries it.
