@@ -9,7 +9,6 @@ apps. Money is checked at the end: what each party locked is what it was served.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -413,20 +412,26 @@ def test_signals_count_downstream_spend_and_cost_per_fulfilled_request(world: Wo
 # -- the links API itself ----------------------------------------------------------------------
 
 
-def test_a_link_is_written_once_per_upstream_guarantee(tmp_path: Path) -> None:
-    core = Core(str(tmp_path / "core.db"))
-    links = Links(core)
-    funding = Funding("0x" + "ab" * 32, AGENT.address, None, "GET /recommend")
-    receipt = Receipt(
+def _upstream(**fields: Any) -> Receipt:
+    """A paid receipt of an upstream payment (tab 0x1, request 0x0, 1 234 units of USDC)."""
+    base: dict[str, Any] = dict(
         outcome="paid",
         url="http://up/x",
         seller=TestBuyer.new().address,
         amount=1_234,
-        asset=USDC.lower(),
+        asset=USDC,
         network=NETWORK,
         tab_id="0x1",
         request_id="0x0",
     )
+    return Receipt(**{**base, **fields})
+
+
+def test_a_link_is_written_once_per_upstream_guarantee(tmp_path: Path) -> None:
+    core = Core(str(tmp_path / "core.db"))
+    links = Links(core)
+    funding = Funding("0x" + "ab" * 32, AGENT.address, None, "GET /recommend")
+    receipt = _upstream(asset=USDC.lower())
     link = links.record(funding, receipt)
     assert links.record(funding, receipt) == link  # the same link again: the one written first
     other = Funding("0x" + "cd" * 32, AGENT.address)
@@ -466,18 +471,9 @@ def test_a_receipt_that_cannot_be_linked_is_refused_as_not_linkable(
     core = Core(str(tmp_path / "core.db"))
     links = Links(core)
     funding = Funding("0x" + "ab" * 32, AGENT.address, None, "GET /recommend")
-    base = Receipt(
-        outcome="paid",
-        url="http://up/x",
-        seller=TestBuyer.new().address,
-        amount=1_234,
-        asset=USDC,
-        network=NETWORK,
-        tab_id="0x1",
-        request_id="0x0",
-    )
+    base = _upstream()
     with pytest.raises(CoreError) as refused:
-        links.record(funding, dataclasses.replace(base, **change))
+        links.record(funding, _upstream(**change))
     assert refused.value.reason == "not_linkable"
     assert links.record(funding, base).amount == 1_234  # the store is fine afterwards
     core.close()
@@ -491,16 +487,7 @@ def test_a_settle_after_payment_funds_its_upstream_under_its_guarantee(tmp_path:
     links = Links(core)
     user = TestBuyer.new()
     core.deposit(user.address, 1_000_000, network=NETWORK)
-    upstream_receipt = Receipt(
-        outcome="paid",
-        url="http://up/x",
-        seller=TestBuyer.new().address,
-        amount=4_000,
-        asset=USDC,
-        network=NETWORK,
-        tab_id="0x77",
-        request_id="0x0",
-    )
+    upstream_receipt = _upstream(amount=4_000, tab_id="0x77")
 
     async def recommend(request: Request) -> JSONResponse:
         with links.funded_by(request.state.payment) as funding:
