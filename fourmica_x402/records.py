@@ -29,6 +29,15 @@ __all__ = ["Followup", "PaymentRecord", "Records"]
 #: Record outcomes a follow-up is still working on.
 _RETRIED = {pending for pending, _ in DONE.values()}
 
+_COMPLETE = (
+    "UPDATE fx_records SET status = ?, http_status = ?, response_hash = ?, delivered_at = ?, "
+    "outcome = ?, certificate = COALESCE(?, certificate), response_headers = ?, "
+    "response_body = ?, settle_result = COALESCE(?, settle_result), "
+    "request_hash = COALESCE(?, request_hash)"
+)
+_COMPLETE_NAMING = _COMPLETE + ", guarantee_id = ? WHERE record_id = ?"
+_COMPLETE += " WHERE record_id = ?"
+
 _MIGRATIONS: list[list[str]] = [
     [
         """CREATE TABLE fx_records (
@@ -249,12 +258,12 @@ class Records(Followups):
         """
         if outcome in _RETRIED:  # the reconciler may have finished its retry already
             outcome = _retried_outcome(tx, record_id, outcome, status)
+        named = (settle_result or {}).get("transaction") or None
         tx.execute(
-            "UPDATE fx_records SET status = ?, http_status = ?, response_hash = ?, "
-            "delivered_at = ?, outcome = ?, certificate = COALESCE(?, certificate), "
-            "response_headers = ?, response_body = ?, "
-            "settle_result = COALESCE(?, settle_result), request_hash = COALESCE(?, "
-            "request_hash), guarantee_id = COALESCE(?, guarantee_id) WHERE record_id = ?",
+            # guarantee_id is set only when a settle-after result names it: SQLite rewrites the
+            # entry of an indexed column the statement sets, even to the value it had (a page
+            # of the index's log per completion, docs/architecture.md).
+            _COMPLETE_NAMING if named else _COMPLETE,
             (
                 status,
                 http_status,
@@ -266,7 +275,7 @@ class Records(Followups):
                 response[1].hex() if response else None,
                 dumps(settle_result, sort_keys=True) if settle_result else None,
                 request_hash,
-                (settle_result or {}).get("transaction") or None,
+                *((named,) if named else ()),
                 record_id,
             ),
         )
