@@ -1483,6 +1483,22 @@ def test_every_read_answers_an_outage_with_503_metrics_too(tmp_path: Path) -> No
             assert (answer.status_code, answer.json()["error"]) == (503, "core_unavailable")
 
 
+def test_a_database_file_gone_bad_is_an_outage_not_a_500(tmp_path: Path) -> None:
+    """An overwritten SQLite file ("file is not a database") raised ``sqlite3.DatabaseError``,
+    which the store did not take for an outage: a bare 500 and a traceback per read."""
+    path = tmp_path / "bad.db"
+    core = Core(str(path))
+    app = create_app(core, sandbox=True, tick_interval=None)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/metrics").status_code == 200
+        for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            if name.exists():
+                name.write_bytes(b"\x00garbage" * 512)
+        for read in ("/metrics", "/api/positions", "/dashboard"):
+            answer = client.get(read)
+            assert (answer.status_code, answer.json()["error"]) == (503, "core_unavailable")
+
+
 def test_unknown_paths_and_methods_answer_the_json_error_shape(client: TestClient) -> None:
     """docs/protocol.md, "Reason codes": every error is {"error": code, "message": text}."""
     missing = client.get("/nope")

@@ -333,6 +333,12 @@ class SQLiteStore:
         except sqlite3.OperationalError as exc:
             _rollback(conn)
             raise StoreUnavailable(f"SQLite error: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            _rollback(conn)
+            if type(exc) is not sqlite3.DatabaseError:  # bad SQL or data: a bug, not an outage
+                raise
+            # "file is not a database", "database disk image is malformed": the file is gone bad
+            raise StoreUnavailable(f"SQLite database unreadable: {exc}") from None
         except BaseException:
             _rollback(conn)
             raise
