@@ -63,7 +63,9 @@ class _Cutoff:
 
     def trace(self, event: str, info: dict[str, Any]) -> None:
         """httpcore's ``trace`` extension: the socket, once connected (and after TLS)."""
-        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+        # Connected, and again after each TLS wrapping (to the receiver, or to a proxy and
+        # then through its tunnel): the last socket is the one the answer comes on.
+        if event.endswith((".connect_tcp.complete", ".start_tls.complete")):
             stream = info.get("return_value")
             with self._lock:
                 self._sock = None if stream is None else stream.get_extra_info("socket")

@@ -42,7 +42,9 @@ class Webhooks(SubscriptionsMixin, OutboxMixin, DeliveryMixin):
 
     ``client`` is the ``httpx.Client`` requests go through (default: one of our own, closed by
     :meth:`close`); an attempt ends within ``timeout`` seconds, whole (a receiver sending
-    its answer a byte at a time is cut off, not waited for). A failed attempt ``n`` is retried after
+    its answer a byte at a time is cut off, not waited for) — on a connection the attempt
+    opens, as every attempt does on the default client; a client of your own that holds a
+    kept-alive connection to the receiver bounds each read of it only. A failed attempt ``n`` is retried after
     ``min(max_delay, base_delay × 2ⁿ⁻¹)`` seconds, less up to half of that as jitter; after
     ``max_attempts`` attempts the delivery is ``failed`` (see :meth:`redeliver`). ``clock``
     gives the time of attempts and of the signature timestamp.
