@@ -1033,3 +1033,49 @@ sys.exit(0)  # a graceful exit
             proc.wait()
     with contextlib.closing(sqlite3.connect(db)) as conn:
         assert conn.execute("SELECT COUNT(*) FROM marks").fetchone() == (1,)
+
+
+def test_an_exit_waits_for_its_completions_no_longer_than_its_bound(tmp_path: Path) -> None:
+    """The exit wrote the queue in the exiting thread, waiting for the database's locks as long
+    as they were held (a SQLite lock held a minute: 62 s; a PostgreSQL row lock: for ever), and
+    a server kills a worker that takes that long. It waits up to its bound, then says what it
+    leaves (recovered as a crash's are)."""
+    db = tmp_path / "held.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("CREATE TABLE marks (n INTEGER)")
+    child = f"""
+import sys, time
+from fourmica_x402.core.store import deferred, open_store
+deferred.EXIT_DRAIN = 1.0
+store = open_store({f"sqlite:///{db}"!r})
+print("ready", flush=True)
+sys.stdin.readline()  # another process holds the write lock now, and keeps it
+store.deferred.submit(deferred.Task(lambda tx: tx.execute("INSERT INTO marks VALUES (1)")))
+store.deferred.submit(deferred.Task(lambda tx: tx.execute("INSERT INTO marks VALUES (2)")))
+sys.exit(0)
+"""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    holder = sqlite3.connect(db, timeout=10, isolation_level=None)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == "ready"
+        holder.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert time.monotonic() - started < 10  # 1 s of waiting, and the start-up
+        assert "exiting with 2 completion(s) not committed" in err
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

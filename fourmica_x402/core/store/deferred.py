@@ -112,6 +112,8 @@ class Deferred:
         self._inflight = 0
         self._lock = threading.Condition(threading.Lock())
         self._wake = threading.Event()
+        #: Set by a close or an exit (:meth:`settle`): the writer thread writes at once.
+        self._hurried = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._taken_at = 0.0
@@ -129,14 +131,18 @@ class Deferred:
                 raise RuntimeError("the store is closed")
             self._jobs.append(job)
             first = len(self._jobs) == 1
-            if self._thread is None or self._pid != os.getpid():
-                self._pid = os.getpid()
-                self._thread = threading.Thread(
-                    target=self._run, name="fourmica-completions", daemon=True
-                )
-                self._thread.start()
+            self._start_writer()
         if first:
             self._wake.set()
+
+    def _start_writer(self) -> None:
+        """The writer thread of this process, started if there is none (under ``_lock``)."""
+        if self._thread is None or self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._thread = threading.Thread(
+                target=self._run, name="fourmica-completions", daemon=True
+            )
+            self._thread.start()
 
     def take(self) -> list[Job]:
         """The queued jobs, for the transaction the caller is in (then :meth:`done`)."""
@@ -215,35 +221,58 @@ class Deferred:
         finally:
             self.done(jobs, failures, committed)
 
-    def drain(self, timeout: float = 30.0, *, whole: bool = False) -> None:
-        """Before a read: commit what is queued and wait for the batches other threads write.
-        ``whole`` (a close, an exit): until nothing is left, a batch another thread gave back
-        (it lost a lock race to another process) included — or ``timeout`` passed."""
-        ends = time.monotonic() + timeout
-        while self._jobs or self._inflight:
-            retried(self.flush)
-            with self._lock:
-                left = max(ends - time.monotonic(), 0.0)
-                if not self._lock.wait_for(lambda: self._inflight == 0, timeout=left):
-                    return
-            if not whole or time.monotonic() >= ends:
-                return
+    def drain(self, timeout: float = 30.0) -> None:
+        """Before a read: commit what is queued and wait for batches other threads write."""
+        if not self._jobs and not self._inflight:
+            return
+        retried(self.flush)  # a batch that lost a lock race went back in the queue: again
+        with self._lock:
+            self._lock.wait_for(lambda: self._inflight == 0, timeout=timeout)
+
+    def settle(self, timeout: float) -> bool:
+        """A close or an exit: until nothing is queued or being written, the writer thread
+        writing everything without its window (a batch another thread is writing, or gave
+        back after losing a lock race, included); False if ``timeout`` passed first. The
+        wait ends on time whatever the database does: the writer thread waits for the locks.
+        """
+        with self._lock:
+            if not self._jobs and not self._inflight:
+                return True
+            try:
+                self._start_writer()
+            except RuntimeError:  # no new thread at interpreter shutdown: write it here
+                writer = False
+            else:
+                writer = True
+            self._hurried.set()
+        if not writer:
+            self.drain(timeout)
+            return not self
+        self._wake.set()
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._jobs and not self._inflight, timeout)
 
     def close(self) -> None:
-        """Commit what is queued (best effort) and stop taking jobs."""
+        """Commit what is queued (best effort, up to 10 s) and stop taking jobs."""
         try:
-            self.drain(timeout=10.0, whole=True)
+            if not self.settle(10.0):
+                log.error("closing with %d completion(s) not committed", self._left())
         except Exception:
-            log.exception("could not commit %d queued completion(s) at close", len(self._jobs))
+            log.exception("could not commit %d queued completion(s) at close", self._left())
         with self._lock:
             self.closed = True
         self._wake.set()
+        self._hurried.set()
+
+    def _left(self) -> int:
+        return len(self._jobs) + self._inflight
 
     def forget(self) -> None:
         """In a forked child: the parent's queue is the parent's to write."""
         self._jobs, self._inflight, self._thread = [], 0, None
         self._lock = threading.Condition(threading.Lock())
         self._wake = threading.Event()
+        self._hurried = threading.Event()
 
     def _run(self) -> None:
         pause = 0.0
@@ -253,10 +282,13 @@ class Deferred:
             # While this process writes, its writes take the queue along; the flusher steps in
             # only once the queue waited a whole window without one.
             while True:
-                time.sleep(self.window + pause)
+                if self._hurried.is_set():  # a close or an exit waits: no window, paced retries
+                    time.sleep(pause)
+                else:
+                    self._hurried.wait(self.window + pause)
                 if self.closed or not self._jobs:
                     break
-                if time.monotonic() - self._taken_at < self.window:
+                if not self._hurried.is_set() and time.monotonic() - self._taken_at < self.window:
                     continue
                 try:
                     self.flush()
@@ -302,12 +334,12 @@ def _flush_all() -> None:
     for deferred in list(_ALL):
         if deferred and not deferred.closed and deferred._pid == os.getpid():
             try:
-                deferred.drain(timeout=max(ends - time.monotonic(), 0.1), whole=True)
+                if not deferred.settle(max(ends - time.monotonic(), 0.1)):
+                    log.error(  # recovered as a crash's are (docs/operations.md)
+                        "exiting with %d completion(s) not committed", deferred._left()
+                    )
             except Exception:
                 log.exception("could not commit queued completions at exit")
-            if deferred:
-                left = len(deferred._jobs) + deferred._inflight
-                log.error("exiting with %d completion(s) not committed", left)
 
 
 def _forget_all() -> None:
