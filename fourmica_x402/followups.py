@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from .core.store import Store, Tx
 
-__all__ = ["DONE", "Followup", "Followups"]
+__all__ = ["DONE", "DROP_MARK", "Followup", "Followups"]
 
 #: A closed follow-up: (the outcome waiting for it, the one it makes; None: by the status).
 DONE = {
@@ -21,6 +21,13 @@ DONE = {
     "score_voided": ("score_pending", "refunded"),
     "abandoned": ("refund_pending", "kept"),
 }
+
+
+#: A remote settle's mark removed: its answer is recorded (see ``claim_settle``).
+DROP_MARK = (
+    "DELETE FROM fx_followups WHERE guarantee_id = ? AND kind = 'in_doubt' "
+    "AND status = 'open' AND attempts = 0"
+)
 
 
 @dataclass(frozen=True)
@@ -90,13 +97,11 @@ class Followups:
     def drop_settle(self, guarantee_id: str, tx: Tx | None = None) -> None:
         """The settle's answer came (its record is written in ``tx``, or it was refused):
         its mark goes."""
-        sql = "DELETE FROM fx_followups WHERE guarantee_id = ? AND kind = 'in_doubt' "
-        sql += "AND status = 'open' AND attempts = 0"
         if tx is not None:
-            tx.execute(sql, (guarantee_id,))
+            tx.execute(DROP_MARK, (guarantee_id,))
             return
         with self.store.transaction() as own:
-            own.execute(sql, (guarantee_id,))
+            own.execute(DROP_MARK, (guarantee_id,))
 
     def followup(self, guarantee_id: str) -> tuple[str, int, str | None] | None:
         """(status, attempts, detail) of a guarantee's follow-up, or None."""

@@ -22,7 +22,7 @@ from ._json import dumps
 from .core.schema import migrate
 from .core.store import Store, Tx, open_store
 from .core.store.deferred import Task
-from .followups import DONE, Followup, Followups
+from .followups import DONE, DROP_MARK, Followup, Followups
 
 __all__ = ["Followup", "PaymentRecord", "Records"]
 
@@ -279,6 +279,8 @@ class Records(Followups):
                 record_id,
             ),
         )
+        if named:  # a remote settle-after's answer is recorded now: its mark goes with it
+            tx.execute(DROP_MARK, (named,))
 
     def attach_certificates(self, certificates: list[tuple[int, dict[str, str]]]) -> None:
         """File the Core's certificates once made (the gate's batched certifier), in one write."""

@@ -246,3 +246,6 @@ class Paid:
     #: The outcome of the refund made as a failed response started (``refunded``, ``kept``
     #: or ``refund_pending``); None when none was made then.
     refunded: str | None = None
+    #: The client left while this settle-after payment was being settled (its response is
+    #: not delivered: :func:`.settle.left_during_settle`).
+    left: bool = False

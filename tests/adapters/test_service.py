@@ -1212,6 +1212,7 @@ def _remote_seller(
     transport: Any = None,
     runs: list[int] | None = None,
     headers: dict[str, str] | None = None,
+    settle: str = "before",
 ) -> tuple[Gate, Starlette]:
     """A Starlette seller on the served Core as its remote facilitator, its records apart
     (``headers``: its calls', by default the operator's key)."""
@@ -1223,6 +1224,7 @@ def _remote_seller(
             facilitator=HttpFacilitator(url, retries=1, headers=headers, async_transport=transport),
             records=str(records),
             tab_endpoint="http://testserver/x402/tab",
+            settle=settle,  # type: ignore[arg-type]
         )
     )
 
@@ -1377,6 +1379,79 @@ def test_a_remote_settle_cancelled_by_a_leaving_client_is_voided_if_it_was_accep
             assert core.guarantee(accepted.guarantee_id).state == "payable"
             assert core.position(buyer.address, network=NETWORK).locked == 10_000
             return
+        for _ in range(200):  # bounded: the reconciler (woken at once) voids it
+            gate.reconcile()
+            if core.guarantee(accepted.guarantee_id).state == "voided":
+                break
+            time.sleep(0.05)
+        assert core.guarantee(accepted.guarantee_id).state == "voided"
+        assert core.position(buyer.address, network=NETWORK).locked == 0
+    finally:
+        next(service, None)
+
+
+def _slow_settle(gate: Gate, marks: list[Any]) -> threading.Event:
+    """Make the gate's (sync) settle take 0.5 s; ``marks`` gets the follow-ups open as it
+    starts. Returns the event set when it starts."""
+    real, started = gate.facilitator.settle, threading.Event()
+
+    def settle(payload: Any, chosen: Any) -> Any:
+        marks.extend(gate.records.due_followups(time.time() + 10**6))
+        started.set()
+        time.sleep(0.5)
+        return real(payload, chosen)
+
+    gate.facilitator.settle = settle  # type: ignore[method-assign]
+    return started
+
+
+def _paid_header(app: Any, buyer: TestBuyer) -> tuple[str, str]:
+    with TestClient(app) as seller:
+        offer = decode_payment_required(seller.get("/premium").headers["payment-required"])
+        req = offer.accepts[0]
+        body = {"x402Version": 2, "userAddress": buyer.address}
+        tab = seller.post("/x402/tab", json={**body, "paymentRequirements": req.to_dict()})
+        return payment_header(buyer, req, tab.json())
+
+
+def test_a_remote_settle_after_is_marked_before_it_goes_out(core: Core, tmp_path: Path) -> None:
+    """Settle-after sent /settle with nothing filed: a seller killed while it was out left an
+    accepted payment whose buyer got no answer, locked for good (G-v1), never voided. It is
+    marked first, as a settle-before one; the completion naming the guarantee removes it."""
+    service = _served(create_app(core, api_key="op", tick_interval=None, webhooks=False))
+    url, _ = next(service)
+    try:
+        gate, app = _remote_seller(url, tmp_path / "records.db", settle="after")
+        buyer = TestBuyer.new()
+        core.deposit(buyer.address, 100_000, network=NETWORK)
+        marks: list[Any] = []
+        _slow_settle(gate, marks)
+        name, value = _paid_header(app, buyer)
+        with TestClient(app) as seller:
+            assert seller.get("/premium", headers={name: value}).status_code == 200
+        gate.flush()
+        [accepted] = core.guarantees(address=buyer.address)
+        assert [(m.guarantee_id, m.kind) for m in marks] == [(accepted.guarantee_id, "in_doubt")]
+        assert gate.records.due_followups(time.time() + 10**6) == []  # gone with the record
+        assert gate.records.query(guarantee_id=accepted.guarantee_id, limit=1)
+    finally:
+        next(service, None)
+
+
+def test_a_client_leaving_during_a_settle_after_is_not_charged(core: Core, tmp_path: Path) -> None:
+    """Async Django cancels the view of a client that left: the settle-after settle went on
+    in its thread, was accepted, and nothing voided it (G-v1 charged for good, G-v2 locked
+    until its timeout) though no answer was delivered."""
+    service = _served(create_app(core, api_key="op", tick_interval=None, webhooks=False))
+    url, _ = next(service)
+    try:
+        gate, app = _remote_seller(url, tmp_path / "records.db", settle="after")
+        buyer = TestBuyer.new()
+        core.deposit(buyer.address, 100_000, network=NETWORK)
+        started = _slow_settle(gate, [])
+        name, value = _paid_header(app, buyer)
+        asyncio.run(_leave_when(app, name, value, started.is_set))
+        [accepted] = core.guarantees(address=buyer.address)
         for _ in range(200):  # bounded: the reconciler (woken at once) voids it
             gate.reconcile()
             if core.guarantee(accepted.guarantee_id).state == "voided":
