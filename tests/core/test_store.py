@@ -986,6 +986,17 @@ def test_a_sqlite_url_with_a_query_is_refused_not_made_a_file_name(
     assert list(tmp_path.iterdir()) == []
 
 
+def _talking(code: str) -> subprocess.Popen[str]:
+    """A Python process running ``code``, its stdin, stdout and stderr pipes of text."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_an_exit_waits_for_the_batch_the_flusher_is_writing(tmp_path: Path) -> None:
     """A clean exit flushed only what was still queued: a batch the flusher thread had taken,
     waiting for another process's write lock, ended with the interpreter, so a delivered
@@ -1008,13 +1019,7 @@ for _ in range(500):  # the flusher takes the batch after its window, then waits
 print("inflight", store.deferred._inflight, flush=True)
 sys.exit(0)  # a graceful exit
 """
-    proc = subprocess.Popen(
-        [sys.executable, "-c", child],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _talking(child)
     try:
         assert proc.stdout is not None and proc.stdin is not None
         assert proc.stdout.readline().strip() == "ready"
@@ -1054,13 +1059,7 @@ store.deferred.submit(deferred.Task(lambda tx: tx.execute("INSERT INTO marks VAL
 store.deferred.submit(deferred.Task(lambda tx: tx.execute("INSERT INTO marks VALUES (2)")))
 sys.exit(0)
 """
-    proc = subprocess.Popen(
-        [sys.executable, "-c", child],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _talking(child)
     holder = sqlite3.connect(db, timeout=10, isolation_level=None)
     try:
         assert proc.stdout is not None and proc.stdin is not None
