@@ -225,6 +225,17 @@ class Records(Followups):
         with self.store.transaction(nowait=nowait) as tx:
             self.complete(tx, record_id, **fields)
 
+    def settled_after(self, record_id: int, guarantee_id: str) -> None:
+        """A remote settle-after settle was accepted: the record names its guarantee and the
+        settle's mark goes, in one write — a response still streaming when the mark would be
+        due is not taken for a settle in doubt."""
+        with self.store.transaction() as tx:
+            tx.execute(
+                "UPDATE fx_records SET guarantee_id = ? WHERE record_id = ?",
+                (guarantee_id, record_id),
+            )
+            tx.execute(DROP_MARK, (guarantee_id,))
+
     def finish_later(
         self, record_id: int, *, failed: Callable[[Exception], None] | None = None, **fields: Any
     ) -> None:

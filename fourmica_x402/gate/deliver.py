@@ -23,7 +23,7 @@ from ..evidence.request import request_hash_of
 from ..facilitator import SettleResult
 from ..records import Records
 from ..wire import PAYMENT_RESPONSE_HEADER, X_PAYMENT_RESPONSE_HEADER, SettleResponse, encode_header
-from . import settle, stages
+from . import after, stages
 from .challenge import DELIVERY_TAG, challenge
 from .drive import local_write
 from .types import (
@@ -63,9 +63,9 @@ def response_start(gate: Gate, state: Paid, status: int, cache_control: str | No
     result = state.result
     if result is None and 200 <= status < 300:  # settle after a successful handler
         try:
-            settled = yield Call(settle.settle_after, (gate, state))
+            settled = yield Call(after.settle_after, (gate, state))
         except asyncio.CancelledError:  # the settle goes on in its thread: void what it takes
-            asyncio.get_running_loop().run_in_executor(None, settle.left_during_settle, gate, state)
+            asyncio.get_running_loop().run_in_executor(None, after.left_during_settle, gate, state)
             raise
         if isinstance(settled, SettleResult) and not settled.success:
             state.settle_failed = settled

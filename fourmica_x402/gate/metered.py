@@ -23,7 +23,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, I
 from typing import TYPE_CHECKING, Any
 
 from ..streams import SliceRow, Slices, Streams, refusal
-from . import deliver, settle
+from . import after, deliver, settle
 from .challenge import origin, requirements
 from .sse import encode, sse
 from .types import Call, Flow, Paid, Payment, RequestView, Response, error_response
@@ -376,7 +376,7 @@ def endpoint(gate: Gate, request: RequestView) -> Flow:
         return state  # the 402 (no payment, or a refused one), a 409, a 429, a 503
     p = state.payment
     if state.result is None:  # settle-after: this endpoint is where the slice is bought
-        result = yield Call(settle.settle_after, (gate, state))
+        result = yield Call(after.settle_after, (gate, state))
         if not result.success:
             yield Call(settle.abandon, (gate, None, p.pay_to, p.record_id, 402))
             return error_response(

@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 
 from ..core.store import Tx
 from ..errors import FourmicaError, PaymentError, Reason, Unavailable
-from ..facilitator import LocalFacilitator, SettleResult, signed_from_payload
+from ..facilitator import LocalFacilitator, SettleResult
 from ..guarantee import SignedGuarantee, guarantee_id
 from ..networks import get_network
 from ..records import Records
 from ..wire import PaymentPayload, PaymentPayloadV1, PaymentRequirements
 from .drive import local_write
-from .types import Call, Paid, Payment
+from .types import Call, Payment
 
 if TYPE_CHECKING:
     from .flow import Gate
@@ -157,58 +157,6 @@ def record(
         guarantee_id=result.guarantee_id,
         payer=result.payer,
     )
-
-
-def settle_after(gate: Gate, state: Paid) -> SettleResult:
-    """Settle-after mode: settle once the handler succeeded; a failure is a failed result.
-
-    A settle that is not the embedded Core's own write is marked first, as in settle-before
-    mode (:func:`claim_settle`): a process that dies before its answer is recorded leaves a
-    void for the next one; the completion that names the guarantee removes the mark."""
-    chosen = state.requirements
-    signed = signed_from_payload(state.payload, chosen)
-    gid = None
-    if not gate._shared:
-        try:
-            gid = claim_settle(gate, signed, chosen)
-        except FourmicaError as exc:
-            log.error("settle after the handler failed: %s", exc.message)
-            return SettleResult(success=False, network=chosen.network, error_reason=exc.reason)
-    try:
-        result = gate.facilitator.settle(state.payload, chosen)
-    except Exception as exc:
-        log.error("settle after the handler failed: %s", exc)
-        if gid is not None:
-            _answered(gate, signed, chosen, gid, exc)
-        elif (isinstance(exc, Unavailable) and exc.maybe_applied) or not isinstance(
-            exc, FourmicaError
-        ):
-            in_doubt(gate, exc if isinstance(exc, Unavailable) else _broken(exc), signed, chosen)
-        result = SettleResult(
-            success=False, network=chosen.network, error_reason="facilitator_unavailable"
-        )
-    else:
-        if gid is not None and not result.success:
-            _answered(gate, signed, chosen, gid, result)
-    if result.success:
-        state.result = result
-        state.payment.guarantee_id = result.guarantee_id
-        state.payment.settled = True
-        certificate_source(gate, state.payment, result)
-        if state.delivery_policy and state.payment.guarantee_version == 2 and not state.left:
-            gate._holds.add(state)  # scored when the response ends
-    return result
-
-
-def left_during_settle(gate: Gate, state: Paid) -> None:
-    """The client left (async Django cancels) while its settle-after settle ran in a worker
-    thread, which goes on: whatever that settle is answered, the response is not delivered,
-    so a void is filed, due now (an accepted guarantee is taken back; one never accepted is
-    found so and closed)."""
-    state.left = True
-    gate._holds.discard(state)
-    signed = signed_from_payload(state.payload, state.requirements)
-    in_doubt(gate, _cancelled(), signed, state.requirements)
 
 
 def certificate_source(gate: Gate, payment: Payment, result: SettleResult | None) -> None:

@@ -1438,6 +1438,48 @@ def test_a_remote_settle_after_is_marked_before_it_goes_out(core: Core, tmp_path
         next(service, None)
 
 
+def test_a_settle_after_response_streaming_past_its_mark_is_not_voided(
+    core: Core, tmp_path: Path
+) -> None:
+    """The first fix left the settle's mark until the completion named the guarantee: a
+    response still streaming when the mark fell due (a minute) was voided as a settle in
+    doubt — delivered, unpaid. The accepted settle names it and removes the mark at once."""
+    from starlette.responses import StreamingResponse
+
+    service = _served(create_app(core, api_key="op", tick_interval=None, webhooks=False))
+    url, _ = next(service)
+    try:
+        gate, _ = _remote_seller(url, tmp_path / "records.db", settle="after")
+        swept: list[dict[str, int]] = []
+
+        async def premium(request: Request) -> StreamingResponse:
+            async def body() -> Any:
+                yield b"first part, "
+                # an hour on: every mark is due, as for a response streaming that long
+                swept.append(await asyncio.to_thread(gate.reconcile, time.time() + 3600))
+                yield b"second part"
+
+            return StreamingResponse(body())
+
+        app = Starlette(
+            routes=[Route("/premium", premium)],
+            middleware=[Middleware(PaymentMiddleware, gate=gate)],
+        )
+        buyer = TestBuyer.new()
+        core.deposit(buyer.address, 100_000, network=NETWORK)
+        name, value = _paid_header(app, buyer)
+        with TestClient(app) as seller:
+            answer = seller.get("/premium", headers={name: value})
+        assert answer.status_code == 200 and answer.content == b"first part, second part"
+        gate.flush()
+        [accepted] = core.guarantees(address=buyer.address)
+        assert swept == [{}]  # nothing was due: the mark had gone with the settle
+        assert core.guarantee(accepted.guarantee_id).state == "payable"
+        assert core.position(buyer.address, network=NETWORK).locked == 10_000
+    finally:
+        next(service, None)
+
+
 def test_a_client_leaving_during_a_settle_after_is_not_charged(core: Core, tmp_path: Path) -> None:
     """Async Django cancels the view of a client that left: the settle-after settle went on
     in its thread, was accepted, and nothing voided it (G-v1 charged for good, G-v2 locked
