@@ -49,9 +49,10 @@ def settle_after(gate: Gate, state: Paid) -> SettleResult:
             exc, FourmicaError
         ):
             in_doubt(gate, exc if isinstance(exc, Unavailable) else _broken(exc), signed, chosen)
-        result = SettleResult(
-            success=False, network=chosen.network, error_reason="facilitator_unavailable"
-        )
+        reason = "facilitator_unavailable"
+        if isinstance(exc, FourmicaError) and not isinstance(exc, Unavailable):
+            reason = exc.reason  # a refusal says why, as in settle-before mode
+        result = SettleResult(success=False, network=chosen.network, error_reason=reason)
     else:
         if gid is not None and not result.success:
             _answered(gate, signed, chosen, gid, result)
