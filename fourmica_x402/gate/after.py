@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,7 @@ from .settle import (
     claim_settle,
     in_doubt,
 )
-from .types import Paid
+from .types import Call, Flow, Paid
 
 if TYPE_CHECKING:
     from .flow import Gate
@@ -66,6 +67,17 @@ def settle_after(gate: Gate, state: Paid) -> SettleResult:
         if state.delivery_policy and state.payment.guarantee_version == 2 and not state.left:
             gate._holds.add(state)  # scored when the response ends
     return result
+
+
+def settled(gate: Gate, state: Paid) -> Flow:
+    """:func:`settle_after` as a step of the flow (in a worker thread). A cancellation meanwhile
+    (the client left: async Django cancels) hands the payment to :func:`left_during_settle`,
+    since the thread's settle goes on."""
+    try:
+        return (yield Call(settle_after, (gate, state)))
+    except asyncio.CancelledError:
+        asyncio.get_running_loop().run_in_executor(None, left_during_settle, gate, state)
+        raise
 
 
 def _named(gate: Gate, state: Paid, gid: str) -> None:

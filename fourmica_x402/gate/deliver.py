@@ -62,11 +62,7 @@ def response_start(gate: Gate, state: Paid, status: int, cache_control: str | No
         return headers
     result = state.result
     if result is None and 200 <= status < 300:  # settle after a successful handler
-        try:
-            settled = yield Call(after.settle_after, (gate, state))
-        except asyncio.CancelledError:  # the settle goes on in its thread: void what it takes
-            asyncio.get_running_loop().run_in_executor(None, after.left_during_settle, gate, state)
-            raise
+        settled = yield from after.settled(gate, state)
         if isinstance(settled, SettleResult) and not settled.success:
             state.settle_failed = settled
             yield from stages.started(gate, state, status)  # a staged job fails

@@ -376,7 +376,7 @@ def endpoint(gate: Gate, request: RequestView) -> Flow:
         return state  # the 402 (no payment, or a refused one), a 409, a 429, a 503
     p = state.payment
     if state.result is None:  # settle-after: this endpoint is where the slice is bought
-        result = yield Call(after.settle_after, (gate, state))
+        result = yield from after.settled(gate, state)
         if not result.success:
             yield Call(settle.abandon, (gate, None, p.pay_to, p.record_id, 402))
             return error_response(

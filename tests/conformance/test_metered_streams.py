@@ -1085,3 +1085,69 @@ def test_each_offer_of_a_metered_route_keeps_its_own_price_per_slice(
             list(seen)
     locked = seller.core.position(buyer.address, network=NETWORK, asset=weth.address).locked
     assert locked == 10**16
+
+
+@pytest.mark.parametrize("kind", ["starlette"])  # a cancelled request: an ASGI task
+@pytest.mark.parametrize("apart", [False, True], ids=["records-in-core", "records-apart"])
+def test_a_slice_whose_pay_request_is_cancelled_during_its_settle_is_not_charged(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any, tmp_path: Any, apart: bool
+) -> None:
+    """Settle-after: a later slice's pay request cancelled while its settle ran in a worker
+    thread (async Django cancels the view of a client that left) left the settle to go on,
+    accepted, with nothing to refund it: a slice charged and never sent."""
+    import threading
+
+    from fourmica_x402.testing import http_scope
+
+    extra = {"records": str(tmp_path / "records.db")} if apart else {}
+    seller = make_seller(
+        routes={**base_routes, **metered(pay_timeout=4.0)}, settle="after", **extra
+    )
+    gate = seller.gate
+    buyer = kit.funded(seller)
+
+    async def leave_when(path: str, header: dict[str, str], ready: Any) -> None:
+        (name, value), *_ = header.items()
+        scope = http_scope("POST", path, [(name.lower().encode(), value.encode())])
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            pass
+
+        task = asyncio.create_task(seller.client.app(scope, receive, send))
+        for _ in range(300):  # bounded
+            if ready():
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(1.0)  # the settle's thread finishes meanwhile
+
+    with served(seller) as client:
+        opening = paid_header(client, buyer, "/stream?n=4")
+        with client.stream("GET", "/stream?n=4", headers=opening) as response:
+            feed = events(response)  # kept: a closed generator would close the response
+            asked = next(data for event, data in feed if event == "payment-required")
+            pay = httpx.URL(asked["pay"]).path
+            header = paid_header(client, buyer, pay, "POST")
+            real, started = gate.facilitator.settle, threading.Event()
+
+            def slow(payload: Any, chosen: Any) -> Any:
+                started.set()
+                time.sleep(0.5)
+                return real(payload, chosen)
+
+            gate.facilitator.settle = slow
+            asyncio.run(leave_when(pay, header, started.is_set))
+            gate.facilitator.settle = real
+
+    def only_the_first_slice_is_charged() -> bool:
+        gate.flush()
+        gate.reconcile(time.time() + 10)
+        return bool(kit.locked(seller, buyer) == CENT)
+
+    eventually(only_the_first_slice_is_charged)
+    assert seller.core.audit() == []
