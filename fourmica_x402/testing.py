@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,7 @@ __all__ = [
     "http_scope",
     "paid_headers",
     "payment_header",
+    "slowed_settle",
     "test_policy",
 ]
 
@@ -297,3 +299,18 @@ class TestBuyer:
         return signed, Expected(
             network=network, pay_to=seller, asset=asset, amount=amount, policy=policy
         )
+
+
+def slowed_settle(gate: Any, seconds: float = 0.5) -> threading.Event:
+    """Make ``gate``'s (sync) settle wait ``seconds`` before the facilitator answers, as a slow
+    facilitator does (to cancel a request while its settle is out); the event is set as each
+    settle starts."""
+    real, started = gate.facilitator.settle, threading.Event()
+
+    def settle(payload: Any, chosen: Any) -> Any:
+        started.set()
+        time.sleep(seconds)
+        return real(payload, chosen)
+
+    gate.facilitator.settle = settle
+    return started

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import TYPE_CHECKING
 
 from ..errors import FourmicaError, Unavailable
@@ -60,13 +61,21 @@ def settle_after(gate: Gate, state: Paid) -> SettleResult:
         elif gid is not None:
             _named(gate, state, gid)
     if result.success:
-        state.result = result
+        with _HANDOFF:
+            state.result, left = result, state.left
         state.payment.guarantee_id = result.guarantee_id
         state.payment.settled = True
         certificate_source(gate, state.payment, result)
-        if state.delivery_policy and state.payment.guarantee_version == 2 and not state.left:
+        if left:  # its client left while it settled: this request's acceptance goes back
+            _refund_left(gate, state)
+        elif state.delivery_policy and state.payment.guarantee_version == 2:
             gate._holds.add(state)  # scored when the response ends
     return result
+
+
+#: Orders a request's leaving against its settle's answer, two threads: exactly one of them
+#: refunds a settle this request had accepted (:func:`left_during_settle`).
+_HANDOFF = threading.Lock()
 
 
 def settled(gate: Gate, state: Paid) -> Flow:
@@ -94,12 +103,21 @@ def _named(gate: Gate, state: Paid, gid: str) -> None:
 
 def left_during_settle(gate: Gate, state: Paid) -> None:
     """The client left (async Django cancels) while its settle-after settle ran in a worker
-    thread, which goes on: whatever that settle is answered, the response is not delivered,
-    so a refund is filed, due now (an accepted guarantee is voided; one never accepted is
-    found so and closed). A refund, not a settle in doubt: the record may name the guarantee
-    by then, which would take it for served."""
-    state.left = True
+    thread, which goes on. If that settle accepted the payment (now, or when it is answered),
+    a refund is filed, due now: the response is not delivered. Only this request's own
+    acceptance: a settle refused because another request was served the same payment leaves
+    that payment alone; an unanswered one is in doubt as any other."""
+    with _HANDOFF:
+        state.left = True
+        accepted = state.result is not None and state.result.success
     gate._holds.discard(state)
+    if accepted:
+        _refund_left(gate, state)
+
+
+def _refund_left(gate: Gate, state: Paid) -> None:
+    """File the refund of a settle-after payment whose client left (a refund, not a settle in
+    doubt: its record names the guarantee, which would take it for served)."""
     chosen = state.requirements
     gid = _guarantee_id(signed_from_payload(state.payload, chosen), chosen)
     try:

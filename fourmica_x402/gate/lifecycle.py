@@ -1,18 +1,7 @@
-"""What every adapter does around a request, written once (docs/architecture.md, "A paid request").
-
-An adapter only translates: it builds a :class:`~.types.RequestView`, drives the gate, and
-renders. Everything else it would otherwise repeat lives here:
-
-- :class:`Meter` — one paid response on its way out: the handler's status and headers
-  captured, the result header and ``Cache-Control`` added (ours replaces the handler's), a
-  failed settle-after answered with its 402, the body hashed as it streams, the gate told
-  once it ended or did not (an error, a client that left);
-- :class:`Startup` — start-up checks run once, at the first request at the latest; a failure
-  is logged and every request answered 500 ``configuration_error`` (fail closed);
-- :class:`Marker` — a per-handler price (``@paid``, ``Paid(...)``): what it prices, and what
-  it answers instead of running its handler unpaid;
-- :class:`Endpoints` — the app's routes as the gate prices them, checked at start-up.
-
+"""What every adapter does around a request, written once (docs/architecture.md, "What an
+adapter does"): :class:`Meter` (one paid response on its way out, the gate told once it ended
+or did not), :class:`Startup` (start-up checks, fail closed), :class:`Marker` (a per-handler
+price) and :class:`Endpoints` (the app's routes as the gate prices them, checked at start-up).
 A framework's settings become PaymentConfig options with :func:`..config.config_options`.
 """
 
@@ -77,7 +66,11 @@ class Meter:
         self.length = int(declared) if declared.isascii() and declared.isdigit() else None
         if self.extra is None:
             cache = next((v for k, v in self.headers if k.lower() == "cache-control"), None)
-            got = yield from self.gate.response_start(self.state, status, cache)
+            try:
+                got = yield from self.gate.response_start(self.state, status, cache)
+            except BaseException as exc:  # async Django cancelled it mid-settle: told once
+                yield from self.finish(exc)
+                raise
             self.replacement, self.extra = (got, []) if isinstance(got, Response) else (None, got)
             if self.replacement is not None:
                 yield from self.finish()

@@ -1341,3 +1341,67 @@ def test_paid_on_an_async_class_views_method_refuses_without_a_500(core: Core) -
         assert amount_of(client.get("/async-method-paid")) == "50000"
         buyer, resp = pay(client, core, "/async-method-paid")
         assert resp.status_code == 200 and resp.json() == {"payer": buyer.address}
+
+
+def test_a_client_leaving_during_a_settle_after_settle_completes_its_record(
+    configured: None, core: Core
+) -> None:
+    """Async Django cancels the request of a client that left; in settle-after mode that can
+    fall on the settle, inside the response's start: the error escaped it, so the gate was
+    never told — the record stayed 'verified' for good, and the count of responses on their
+    way out stayed up, so every later exit waited its full 2 s for it."""
+    from fourmica_x402.core.store import deferred
+    from fourmica_x402.testing import http_scope, slowed_settle
+
+    with override_settings(FOURMICA_X402={**settings.FOURMICA_X402, "SETTLE": "after"}):
+        client = Client()
+        challenge = client.get("/async/7")
+        req = decode_payment_required(challenge.headers["payment-required"]).accepts[0]
+        buyer = TestBuyer.new()
+        core.deposit(buyer.address, 1_000_000, network=NETWORK)
+        body = {
+            "x402Version": 2,
+            "userAddress": buyer.address,
+            "paymentRequirements": req.to_dict(),
+        }
+        tab = client.post("/x402/tab", body, content_type="application/json").json()
+        name, value = payment_header(buyer, req, tab)
+        app = ASGIHandler()
+        gate = app._middleware_chain.__wrapped__.gate
+        started = slowed_settle(gate)
+        before = deferred._SERVING[0]
+
+        async def leave_during_the_settle() -> list[dict[str, Any]]:
+            inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+            await inbox.put({"type": "http.request", "body": b"", "more_body": False})
+            sent: list[dict[str, Any]] = []
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message)
+
+            scope = http_scope("GET", "/async/7", [(name.lower().encode(), value.encode())])
+            task = asyncio.ensure_future(app(scope, inbox.get, send))
+            for _ in range(500):  # bounded
+                if started.is_set():
+                    break
+                await asyncio.sleep(0.01)
+            await inbox.put({"type": "http.disconnect"})
+            await asyncio.wait_for(task, 10)
+            await asyncio.sleep(1.0)  # the settle's thread is answered meanwhile
+            return sent
+
+        sent = asyncio.run(leave_during_the_settle())
+        assert not any(m["type"] == "http.response.start" for m in sent)
+        assert deferred._SERVING[0] == before
+        for _ in range(100):  # bounded: the refund of what the settle accepted
+            gate.reconcile(time.time() + 5)
+            gate.flush()
+            [record] = gate.records.query(payer=buyer.address)
+            if (
+                record.outcome is not None
+                and core.position(buyer.address, network=NETWORK).locked == 0
+            ):
+                break
+            time.sleep(0.05)
+        assert record.outcome is not None and record.status != "verified"
+        assert core.position(buyer.address, network=NETWORK).locked == 0

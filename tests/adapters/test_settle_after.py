@@ -3,6 +3,7 @@ the facilitator's reason, never as an outage (docs/protocol.md, "Reason codes").
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -25,16 +26,19 @@ from fourmica_x402.wire import decode_payment_required
 SELLER = TestBuyer.new().address
 
 
-def _seller(core: Core, tmp_path: Path, mode: str, runs: list[int]) -> tuple[Gate, Starlette]:
+def _seller(
+    core: Core, tmp_path: Path, mode: str, runs: list[int], *, apart: bool = True
+) -> tuple[Gate, Starlette]:
     """A Starlette seller on ``core`` in settle ``mode``, its records in a database of their
-    own (so the settle is a call, not part of the record's write); ``runs`` counts its runs."""
+    own (``apart``: the settle is a call, not part of the record's write) or in the Core's;
+    ``runs`` counts its runs."""
     gate = Gate(
         PaymentConfig(
             pay_to=SELLER,
             network=NETWORK,
             routes={"GET /premium": "$0.01"},
             core=core,
-            records=str(tmp_path / "records.db"),
+            records=str(tmp_path / "records.db") if apart else None,
             settle=mode,  # type: ignore[arg-type]
         )
     )
@@ -110,4 +114,77 @@ def test_a_score_that_could_not_be_posted_is_retried_in_either_mode(
     core.expire_validations()
     assert core.guarantee(accepted.guarantee_id).state == "payable"
     assert blips == [1]
+    core.close()
+
+
+def test_a_client_leaving_during_a_refused_settle_leaves_the_served_payment_alone(
+    tmp_path: Path,
+) -> None:
+    """The client of a settle-after request left while its settle was out, and the refund was
+    filed whatever that settle answered: refused because the buyer's other request (the same
+    payment, encoded otherwise, at a settle-before app of the seller) had been served, it voided
+    that served payment. Only this request's own acceptance is refunded."""
+    import asyncio
+    import base64
+    import json
+    import threading
+
+    from fourmica_x402.testing import http_scope, payment_header
+
+    core = Core(str(tmp_path / "core.db"))
+    gate_a, app_a = _seller(core, tmp_path, "before", [], apart=False)
+    gate_b, app_b = _seller(core, tmp_path, "after", [], apart=False)
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 100_000, network=NETWORK)
+    with TestClient(app_b) as client:
+        offer = decode_payment_required(client.get("/premium").headers["payment-required"])
+        req = offer.accepts[0]
+        body = {
+            "x402Version": 2,
+            "userAddress": buyer.address,
+            "paymentRequirements": req.to_dict(),
+        }
+        name, value = payment_header(buyer, req, client.post("/x402/tab", json=body).json())
+    other = base64.b64encode(json.dumps(json.loads(base64.b64decode(value)), indent=1).encode())
+    real, started, served = gate_b.facilitator.settle, threading.Event(), []
+
+    def settle(payload: Any, chosen: Any) -> Any:  # meanwhile the other request is served
+        started.set()
+        with TestClient(app_a) as a:
+            served.append(a.get("/premium", headers={name: other.decode()}).status_code)
+        time.sleep(0.3)
+        return real(payload, chosen)  # refused: a replay
+
+    gate_b.facilitator.settle = settle  # type: ignore[method-assign]
+
+    async def leave() -> None:
+        scope = http_scope("GET", "/premium", [(name.lower().encode(), value.encode())])
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            pass
+
+        task = asyncio.create_task(app_b(scope, receive, send))
+        for _ in range(300):  # bounded
+            if started.is_set():
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(1.0)  # the settle's thread is answered meanwhile
+
+    asyncio.run(leave())
+    gate_b.reconcile(time.time() + 5)
+    gate_a.flush()
+    [accepted] = core.guarantees(address=buyer.address)
+    assert served == [200]
+    # The left request's record is completed too (its response never started: the gate was
+    # not told, and an exit waited for it for ever after).
+    outcomes = sorted((r.settle_mode, r.status, r.outcome) for r in gate_b.records.query())
+    assert outcomes == [("after", "failed", "not_charged"), ("before", "delivered", "delivered")]
+    assert core.guarantee(accepted.guarantee_id).state == "payable"
+    assert core.position(buyer.address, network=NETWORK).locked == 10_000
     core.close()

@@ -1095,9 +1095,7 @@ def test_a_slice_whose_pay_request_is_cancelled_during_its_settle_is_not_charged
     """Settle-after: a later slice's pay request cancelled while its settle ran in a worker
     thread (async Django cancels the view of a client that left) left the settle to go on,
     accepted, with nothing to refund it: a slice charged and never sent."""
-    import threading
-
-    from fourmica_x402.testing import http_scope
+    from fourmica_x402.testing import http_scope, slowed_settle
 
     extra = {"records": str(tmp_path / "records.db")} if apart else {}
     seller = make_seller(
@@ -1133,14 +1131,8 @@ def test_a_slice_whose_pay_request_is_cancelled_during_its_settle_is_not_charged
             asked = next(data for event, data in feed if event == "payment-required")
             pay = httpx.URL(asked["pay"]).path
             header = paid_header(client, buyer, pay, "POST")
-            real, started = gate.facilitator.settle, threading.Event()
-
-            def slow(payload: Any, chosen: Any) -> Any:
-                started.set()
-                time.sleep(0.5)
-                return real(payload, chosen)
-
-            gate.facilitator.settle = slow
+            real = gate.facilitator.settle
+            started = slowed_settle(gate)
             asyncio.run(leave_when(pay, header, started.is_set))
             gate.facilitator.settle = real
 
