@@ -1240,6 +1240,15 @@ def _remote_seller(
     return gate, app
 
 
+def _reconciled(gate: Gate, core: Core, guarantee_id: str) -> None:
+    """Run the reconciler until it voided ``guarantee_id`` (10 s at most; the caller checks)."""
+    for _ in range(200):  # bounded
+        gate.reconcile()
+        if core.guarantee(guarantee_id).state == "voided":
+            return
+        time.sleep(0.05)
+
+
 async def _leave_when(app: Any, name: str, value: str, ready: Callable[[], bool]) -> None:
     """Send a paid GET and leave (its task cancelled) once ``ready()``; the loop goes on 1.5 s."""
     import asyncio
@@ -1323,11 +1332,7 @@ def test_a_client_leaving_while_its_remote_payment_is_recorded_is_refunded(
         gate.records.begin = slow_begin  # type: ignore[method-assign]
         asyncio.run(_leave_when(app, name, value, writing.is_set))
         [accepted] = core.guarantees(address=buyer.address)
-        for _ in range(200):  # bounded: the reconciler (woken at once) voids it
-            gate.reconcile()
-            if core.guarantee(accepted.guarantee_id).state == "voided":
-                break
-            time.sleep(0.05)
+        _reconciled(gate, core, accepted.guarantee_id)
         assert runs == [] and core.guarantee(accepted.guarantee_id).state == "voided"
         assert core.position(buyer.address, network=NETWORK).locked == 0
     finally:
@@ -1379,11 +1384,7 @@ def test_a_remote_settle_cancelled_by_a_leaving_client_is_voided_if_it_was_accep
             assert core.guarantee(accepted.guarantee_id).state == "payable"
             assert core.position(buyer.address, network=NETWORK).locked == 10_000
             return
-        for _ in range(200):  # bounded: the reconciler (woken at once) voids it
-            gate.reconcile()
-            if core.guarantee(accepted.guarantee_id).state == "voided":
-                break
-            time.sleep(0.05)
+        _reconciled(gate, core, accepted.guarantee_id)
         assert core.guarantee(accepted.guarantee_id).state == "voided"
         assert core.position(buyer.address, network=NETWORK).locked == 0
     finally:
@@ -1494,11 +1495,7 @@ def test_a_client_leaving_during_a_settle_after_is_not_charged(core: Core, tmp_p
         name, value = _paid_header(app, buyer)
         asyncio.run(_leave_when(app, name, value, started.is_set))
         [accepted] = core.guarantees(address=buyer.address)
-        for _ in range(200):  # bounded: the reconciler (woken at once) voids it
-            gate.reconcile()
-            if core.guarantee(accepted.guarantee_id).state == "voided":
-                break
-            time.sleep(0.05)
+        _reconciled(gate, core, accepted.guarantee_id)
         assert core.guarantee(accepted.guarantee_id).state == "voided"
         assert core.position(buyer.address, network=NETWORK).locked == 0
     finally:
