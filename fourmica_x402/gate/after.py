@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import FourmicaError, Unavailable
 from ..facilitator import SettleResult, signed_from_payload
+from ..guarantee import SignedGuarantee
 from .settle import (
     _answered,
     _broken,
@@ -32,18 +33,75 @@ def settle_after(gate: Gate, state: Paid) -> SettleResult:
     A settle that is not the embedded Core's own write is marked first, as in settle-before
     mode (:func:`claim_settle`): a process that dies before its answer is recorded leaves a
     void for the next one; the completion that names the guarantee removes the mark."""
+    begun = _begin(gate, state)
+    if isinstance(begun, SettleResult):
+        return begun
+    try:
+        outcome: SettleResult | Exception = gate.facilitator.settle(
+            state.payload, state.requirements
+        )
+    except Exception as exc:
+        outcome = exc
+    return _finish(gate, state, *begun, outcome)
+
+
+async def _asettle_after(gate: Gate, state: Paid) -> SettleResult:
+    """:func:`settle_after` on an event loop: a remote facilitator's settle is awaited there
+    (its ``timeout`` bounds the whole call); the writes around it, and the embedded Core's
+    settle, run in worker threads. A cancellation (the client left: async Django cancels)
+    lets the settle go on and hands the payment to :func:`left_during_settle`."""
+    if gate._shared:
+        work = asyncio.ensure_future(asyncio.to_thread(settle_after, gate, state))
+    else:
+        begun = await asyncio.to_thread(_begin, gate, state)
+        if isinstance(begun, SettleResult):
+            return begun
+        work = asyncio.ensure_future(_aremote(gate, state, *begun))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        asyncio.get_running_loop().run_in_executor(None, left_during_settle, gate, state)
+        raise
+
+
+async def _aremote(
+    gate: Gate, state: Paid, signed: SignedGuarantee, gid: str | None
+) -> SettleResult:
+    try:
+        outcome: SettleResult | Exception = await gate.facilitator.asettle(
+            state.payload, state.requirements
+        )
+    except Exception as exc:
+        outcome = exc
+    return await asyncio.to_thread(_finish, gate, state, signed, gid, outcome)
+
+
+def _begin(gate: Gate, state: Paid) -> tuple[SignedGuarantee, str | None] | SettleResult:
+    """The guarantee, and the mark of a settle that is not the embedded Core's own write (a
+    failed result when it cannot be marked)."""
     chosen = state.requirements
     signed = signed_from_payload(state.payload, chosen)
-    gid = None
-    if not gate._shared:
-        try:
-            gid = claim_settle(gate, signed, chosen)
-        except FourmicaError as exc:
-            log.error("settle after the handler failed: %s", exc.message)
-            return SettleResult(success=False, network=chosen.network, error_reason=exc.reason)
+    if gate._shared:
+        return signed, None
     try:
-        result = gate.facilitator.settle(state.payload, chosen)
-    except Exception as exc:
+        return signed, claim_settle(gate, signed, chosen)
+    except FourmicaError as exc:
+        log.error("settle after the handler failed: %s", exc.message)
+        return SettleResult(success=False, network=chosen.network, error_reason=exc.reason)
+
+
+def _finish(
+    gate: Gate,
+    state: Paid,
+    signed: SignedGuarantee,
+    gid: str | None,
+    outcome: SettleResult | Exception,
+) -> SettleResult:
+    """What the settle's answer (or its exception) leaves: the mark answered or the record
+    naming the guarantee, the payment settled, and a refund if its client left meanwhile."""
+    chosen = state.requirements
+    if isinstance(outcome, Exception):
+        exc = outcome
         log.error("settle after the handler failed: %s", exc)
         if gid is not None:
             _answered(gate, signed, chosen, gid, exc)
@@ -56,6 +114,7 @@ def settle_after(gate: Gate, state: Paid) -> SettleResult:
             reason = exc.reason  # a refusal says why, as in settle-before mode
         result = SettleResult(success=False, network=chosen.network, error_reason=reason)
     else:
+        result = outcome
         if gid is not None and not result.success:
             _answered(gate, signed, chosen, gid, result)
         elif gid is not None:
@@ -79,14 +138,8 @@ _HANDOFF = threading.Lock()
 
 
 def settled(gate: Gate, state: Paid) -> Flow:
-    """:func:`settle_after` as a step of the flow (in a worker thread). A cancellation meanwhile
-    (the client left: async Django cancels) hands the payment to :func:`left_during_settle`,
-    since the thread's settle goes on."""
-    try:
-        return (yield Call(settle_after, (gate, state)))
-    except asyncio.CancelledError:
-        asyncio.get_running_loop().run_in_executor(None, left_during_settle, gate, state)
-        raise
+    """:func:`settle_after` as a step of the flow."""
+    return (yield Call(settle_after, (gate, state), afn=_asettle_after))
 
 
 def _named(gate: Gate, state: Paid, gid: str) -> None:

@@ -247,5 +247,5 @@ class Paid:
     #: or ``refund_pending``); None when none was made then.
     refunded: str | None = None
     #: The client left while this settle-after payment was being settled (its response is
-    #: not delivered: :func:`.settle.left_during_settle`).
+    #: not delivered: :func:`.after.left_during_settle`).
     left: bool = False

@@ -1392,17 +1392,27 @@ def test_a_remote_settle_cancelled_by_a_leaving_client_is_voided_if_it_was_accep
 
 
 def _slow_settle(gate: Gate, marks: list[Any]) -> threading.Event:
-    """Make the gate's (sync) settle take 0.5 s; ``marks`` gets the follow-ups open as it
-    starts. Returns the event set when it starts."""
-    real, started = gate.facilitator.settle, threading.Event()
+    """Make the gate's settle (sync and async) take 0.5 s; ``marks`` gets the follow-ups open
+    as it starts. Returns the event set when it starts."""
+    facilitator, started = gate.facilitator, threading.Event()
+    real, areal = facilitator.settle, facilitator.asettle
 
-    def settle(payload: Any, chosen: Any) -> Any:
+    def starting() -> None:
         marks.extend(gate.records.due_followups(time.time() + 10**6))
         started.set()
+
+    def settle(payload: Any, chosen: Any) -> Any:
+        starting()
         time.sleep(0.5)
         return real(payload, chosen)
 
-    gate.facilitator.settle = settle  # type: ignore[method-assign]
+    async def asettle(payload: Any, chosen: Any) -> Any:
+        await asyncio.to_thread(starting)
+        await asyncio.sleep(0.5)
+        return await areal(payload, chosen)
+
+    facilitator.settle = settle  # type: ignore[method-assign]
+    facilitator.asettle = asettle  # type: ignore[method-assign]
     return started
 
 
@@ -1499,6 +1509,115 @@ def test_a_client_leaving_during_a_settle_after_is_not_charged(core: Core, tmp_p
         assert core.guarantee(accepted.guarantee_id).state == "voided"
         assert core.position(buyer.address, network=NETWORK).locked == 0
     finally:
+        next(service, None)
+
+
+class _SlowSettleHeads:
+    """A proxy on 127.0.0.1 in front of ``url`` that sends /settle's status line and headers a
+    byte every 50 ms (so no single read waits long) and everything else at once."""
+
+    def __init__(self, url: str) -> None:
+        self.upstream = httpx.Client(base_url=url, timeout=10)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.done = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.done.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as reader:
+            for _ in range(100):  # requests on this connection, bounded
+                line = reader.readline().decode("latin-1").split(" ")
+                if len(line) < 2 or self.done.is_set():
+                    return
+                headers = {}
+                while (field := reader.readline().decode("latin-1").strip()) != "":
+                    key, _, value = field.partition(":")
+                    headers[key.strip().lower()] = value.strip()
+                body = reader.read(int(headers.get("content-length", "0")))
+                keep = ("authorization", "content-type")
+                sent = {k: v for k, v in headers.items() if k in keep}
+                answer = self.upstream.request(line[0], line[1], content=body, headers=sent)
+                head = f"HTTP/1.1 {answer.status_code} X\r\ncontent-length: "
+                head += f"{len(answer.content)}\r\ncontent-type: application/json\r\n\r\n"
+                if line[1].startswith("/settle"):
+                    for byte in head.encode("latin-1"):
+                        if self.done.wait(0.1):
+                            return
+                        conn.sendall(bytes([byte]))
+                else:
+                    conn.sendall(head.encode("latin-1"))
+                conn.sendall(answer.content)
+
+    def close(self) -> None:
+        self.done.set()
+        self.listener.close()
+        self.upstream.close()
+
+
+def test_a_settle_after_on_an_event_loop_is_bounded_by_the_timeout_whole(
+    core: Core, tmp_path: Path
+) -> None:
+    """Settle-after settled from a worker thread, where ``HttpFacilitator``'s ``timeout``
+    bounds each read only: a facilitator sending its answer's head a byte at a time held the
+    paid request for as long as it liked. On an event loop the settle is awaited there, the
+    whole call bounded; its answer lost, the payment is in doubt and voided."""
+    service = _served(create_app(core, api_key="op", tick_interval=None, webhooks=False))
+    url, _ = next(service)
+    proxy = _SlowSettleHeads(url)
+    try:
+        facilitator = HttpFacilitator(
+            proxy.url, retries=0, timeout=1.0, headers={"Authorization": "Bearer op"}
+        )
+        config = PaymentConfig(
+            pay_to=SELLER,
+            routes={"GET /premium": "$0.01"},
+            facilitator=facilitator,
+            records=str(tmp_path / "records.db"),
+            tab_endpoint="http://testserver/x402/tab",
+            settle="after",
+        )
+        gate = Gate(config)
+        runs: list[int] = []
+
+        async def premium(request: Request) -> JSONResponse:
+            runs.append(1)
+            return JSONResponse({"served": True})
+
+        app = Starlette(
+            routes=[Route("/premium", premium)],
+            middleware=[Middleware(PaymentMiddleware, gate=gate)],
+        )
+        buyer = TestBuyer.new()
+        core.deposit(buyer.address, 100_000, network=NETWORK)
+        name, value = _paid_header(app, buyer)
+        with TestClient(app) as seller:
+            started = time.monotonic()
+            answer = seller.get("/premium", headers={name: value})
+            took = time.monotonic() - started
+        assert answer.status_code == 402 and runs == [1]
+        assert answer.json()["error"] == "facilitator_unavailable"
+        assert took < 3.0, took  # the head alone takes some 8 s to trickle
+        [accepted] = core.guarantees(address=buyer.address)  # the service did accept it
+        for _ in range(100):  # bounded: the mark falls due three timeouts after it was made
+            gate.reconcile(time.time() + 3600)
+            if core.guarantee(accepted.guarantee_id).state == "voided":
+                break
+            time.sleep(0.05)
+        assert core.guarantee(accepted.guarantee_id).state == "voided"
+        assert core.position(buyer.address, network=NETWORK).locked == 0
+    finally:
+        proxy.close()
         next(service, None)
 
 
