@@ -19,7 +19,7 @@ def _own(cls: type, name: str) -> bool:
             continue
         module = getattr(method := inspect.unwrap(method), "__module__", None) or ""
         if module == "django" or module.startswith("django."):
-            return False
+            continue  # Django's own (an access mixin's, View's) hands on: a later one may not
         code = getattr(method, "__code__", None)
         if code is None or not set(code.co_names) <= {"super", name}:
             return True  # its own logic: any method may be answered there

@@ -1405,3 +1405,29 @@ def test_a_client_leaving_during_a_settle_after_settle_completes_its_record(
             time.sleep(0.05)
         assert record.outcome is not None and record.status != "verified"
         assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
+def test_a_dispatch_of_its_own_behind_a_django_access_mixin_is_seen(configured: None) -> None:
+    """Django's access mixins come first in a view's bases (as Django's docs ask), and their
+    dispatch() only hands on: the walk stopped there, so a method-override mixin listed after
+    ``LoginRequiredMixin`` went unseen — a logged-in POST with ``X-HTTP-Method-Override: GET``
+    ran the priced GET unpaid. The walk goes on past Django's own dispatches."""
+    apps_ = [*settings.INSTALLED_APPS, "django.contrib.contenttypes", "django.contrib.auth"]
+    with override_settings(INSTALLED_APPS=apps_):
+        from django.contrib.auth.mixins import LoginRequiredMixin
+
+    class Override:
+        def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+            if override := request.META.get("HTTP_X_HTTP_METHOD_OVERRIDE"):
+                request.method = override.upper()
+            return super().dispatch(request, *args, **kwargs)  # type: ignore[misc]
+
+    class Report(LoginRequiredMixin, Override, View):
+        def get(self, request: HttpRequest) -> JsonResponse:
+            return JsonResponse({"report": True})
+
+    class Handing(LoginRequiredMixin, Ledger):  # hands on only: its handlers' methods
+        pass
+
+    assert conf.describe(Report.as_view()) == (None, None)  # may answer any method
+    assert conf.describe(Handing.as_view()) == (None, ["GET", "POST", "HEAD", "OPTIONS"])
