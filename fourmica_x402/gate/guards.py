@@ -93,7 +93,10 @@ def view_marker(view: Any) -> Any:
     from .lifecycle import Marker
 
     cls = getattr(view, "view_class", None)
-    own, methods = Marker.of(view) or Marker.of(cls), method_marker(cls)
+    # A class priced whole: its own @paid, or one on the one handler it dispatches to (Flask's
+    # View.dispatch_request, as Django's method_decorator(paid(...), name="dispatch"))
+    whole = Marker.of(getattr(cls, "dispatch_request", None))
+    own, methods = Marker.of(view) or Marker.of(cls) or whole, method_marker(cls)
     if own is not None and methods is not None and own.config != methods.config:
         one_marker([own, methods], getattr(cls, "__qualname__", repr(cls)))
     return own or methods

@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from flask import Blueprint, Flask, abort, current_app, g, request, session
@@ -1014,6 +1014,33 @@ def test_paid_on_a_method_view_method_prices_that_method(core: Core) -> None:
     assert amount_of(client, "/report") == "20000"
     assert client.head("/report").status_code == 402
     assert client.post("/report").get_json() == {"posted": True}  # not marked: free
+    buyer = funded(core)
+    resp = client.get("/report", headers=payment_for(client, buyer, "/report"))
+    assert resp.status_code == 200 and resp.get_json() == {"report": buyer.address}
+    assert core.position(buyer.address, network=NETWORK).locked == 20_000
+
+
+def test_paid_on_a_plain_view_dispatch_request_prices_every_method(core: Core) -> None:
+    """``@paid`` on a plain ``View``'s ``dispatch_request`` (its one handler): ``check()``
+    passed, the route was listed nowhere and every request answered 503
+    payment_not_enforced — a route that could never be bought. It prices the rule's methods,
+    as ``@paid`` on Django's ``dispatch`` does."""
+    from flask.views import View
+
+    class Report(View):
+        methods: ClassVar[list[str]] = ["GET", "POST"]
+
+        @paid("$0.02")
+        def dispatch_request(self) -> Any:
+            return {"report": g.payment.payer}
+
+    app = make_app(pay_to=SELLER, core=core, network=NETWORK)
+    ext = FourmicaX402(app)
+    app.add_url_rule("/report", view_func=Report.as_view("report"))
+    ext.check()
+    client = app.test_client()
+    assert amount_of(client, "/report") == "20000"
+    assert client.post("/report").status_code == 402  # both methods the rule serves
     buyer = funded(core)
     resp = client.get("/report", headers=payment_for(client, buyer, "/report"))
     assert resp.status_code == 200 and resp.get_json() == {"report": buyer.address}
