@@ -37,6 +37,7 @@ from .networks import Price, TokenAmount, get_network, resolve_price
 from .streams import Slices
 from .templates import (
     Endpoint,
+    MarkerKeys,
     compile_pattern,
     compile_template,
     specificity,
@@ -247,6 +248,8 @@ class RouteTable:
         #: replace it until reset: :mod:`.gate.prices`, docs/operations.md, "Repricing").
         self.overrides: dict[str, Price] = {}
         self.configured: dict[str, RouteConfig] = {}
+        #: A per-handler marker's route key (:class:`.templates.MarkerKeys`).
+        self.marker_key = MarkerKeys()
         for key, value in (routes or {}).items():
             self.add(key, value)
 
@@ -277,7 +280,7 @@ class RouteTable:
     def marker_route(self, endpoint: Endpoint) -> Route:
         """The route a per-handler marker prices (validated like a table entry)."""
         assert endpoint.marker is not None
-        key = marker_key(endpoint)
+        key = self.marker_key(endpoint)
         methods = key.partition(" ")[0]
         self.configured.setdefault(key, endpoint.marker)
         config = endpoint.marker
@@ -358,7 +361,9 @@ class RouteTable:
             entry.key
             for entry in self.routes
             if (named := [e for e in known if entry.names(e)])
-            and all(e.marker_decides(entry.method) and marker_key(e) != entry.key for e in named)
+            and all(
+                e.marker_decides(entry.method) and self.marker_key(e) != entry.key for e in named
+            )
         ]  # an entry spelled as a marker's own key is that key: a reprice of it applies
 
     def _config(self, key: str, value: Any) -> RouteConfig:
@@ -437,9 +442,3 @@ class RouteTable:
                     return None
                 found.add(offer.pay_to)
         return found
-
-
-def marker_key(endpoint: Endpoint) -> str:
-    """A per-handler marker's route key: ``"<methods> <template>"`` (``*``: every method)."""
-    methods = ",".join(sorted(endpoint.marker_methods)) if endpoint.marker_methods else "*"
-    return f"{methods} {endpoint.template}"

@@ -290,3 +290,36 @@ class Endpoint:
         marker) refuses it; a class view's methods its marker leaves out are the table's."""
         own = not isinstance(self.marker_methods, ClassMethods)
         return self.marker is not None and (own or self.marker_prices(method))
+
+
+def marker_key(endpoint: Endpoint) -> str:
+    """A per-handler marker's route key: ``"<methods> <template>"`` (``*``: every method)."""
+    methods = ",".join(sorted(endpoint.marker_methods)) if endpoint.marker_methods else "*"
+    return f"{methods} {endpoint.template}"
+
+
+class MarkerKeys:
+    """Per-handler markers' route keys (:func:`marker_key`), one table's. Two handlers at one
+    path priced by different markers (``GET /report`` at $0.01, ``POST /report`` at $0.50)
+    would share one, and a reprice of one would sell the other at its price: the later is
+    keyed by the methods its route serves. Still shared: ConfigurationError."""
+
+    def __init__(self) -> None:
+        self._owners: dict[str, Endpoint] = {}  # key -> the endpoint it names
+
+    def __call__(self, endpoint: Endpoint) -> str:
+        key = marker_key(endpoint)
+        if self._owns(key, endpoint):
+            return key
+        if endpoint.methods and endpoint.marker_methods is None:
+            served = sorted(endpoint.methods - {"HEAD"} or endpoint.methods)
+            if self._owns(by_methods := f"{','.join(served)} {endpoint.template}", endpoint):
+                return by_methods
+        raise ConfigurationError(
+            f"two handlers at {endpoint.template!r} carry different prices under one route key "
+            f"{key!r}: name each one's methods (methods=[...]) so that each can be repriced"
+        )
+
+    def _owns(self, key: str, endpoint: Endpoint) -> bool:
+        owner = self._owners.setdefault(key, endpoint)
+        return owner is endpoint or owner.marker == endpoint.marker

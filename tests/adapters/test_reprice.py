@@ -154,6 +154,51 @@ def test_a_table_entry_a_marker_overrides_is_named_and_cannot_be_repriced(
         assert own.status_code == 200 and charged(client) == 20_000
 
 
+def test_two_markers_at_one_path_are_two_keys_and_a_reprice_of_one_leaves_the_other(
+    audited_core: Core,
+) -> None:
+    """``GET /report`` at $0.01 and ``POST /report`` at $0.50, each priced by its own ``Paid``,
+    shared the key ``* /report``: the listing showed the cheap one only, and repricing it sold
+    the $0.50 POST at $0.02. The later one is keyed by its route's methods."""
+    from fastapi import FastAPI
+    from fourmica_x402.adapters.fastapi import FourmicaX402, Paid
+
+    app = FastAPI()
+    options = {"pay_to": PAY_TO, "network": NETWORK, "core": audited_core, "admin_token": "t"}
+    FourmicaX402(app, **options)
+
+    @app.get("/report")
+    def read(payment: object = Paid("$0.01")) -> dict[str, str]:
+        return {}
+
+    @app.post("/report")
+    def write(payment: object = Paid("$0.50")) -> dict[str, str]:
+        return {}
+
+    def amount(client: TestClient, method: str) -> int:
+        resp = client.request(method, "/report")
+        assert resp.status_code == 402
+        return int(decode_payment_required(resp.headers["payment-required"]).accepts[0].amount)
+
+    auth = {"authorization": "Bearer t"}
+    with TestClient(app) as client:
+        listing = client.get("/x402/admin/prices", headers=auth).json()["routes"]
+        assert sorted((row["route"], row["price"]) for row in listing) == [
+            ("* /report", "$0.01"),
+            ("POST /report", "$0.50"),
+        ]
+        resp = client.post(
+            "/x402/admin/prices", headers=auth, json={"prices": {"* /report": "$0.02"}}
+        )
+        assert resp.status_code == 200
+        assert (amount(client, "GET"), amount(client, "POST")) == (20_000, 500_000)
+        resp = client.post(
+            "/x402/admin/prices", headers=auth, json={"prices": {"POST /report": "$1"}}
+        )
+        assert resp.status_code == 200
+        assert (amount(client, "GET"), amount(client, "POST")) == (20_000, 1_000_000)
+
+
 def test_an_entry_spelled_as_the_markers_own_key_is_that_key_and_reprices_it(
     audited_core: Core, caplog: pytest.LogCaptureFixture
 ) -> None:
