@@ -300,26 +300,26 @@ def marker_key(endpoint: Endpoint) -> str:
 
 class MarkerKeys:
     """Per-handler markers' route keys (:func:`marker_key`), one table's. Two handlers at one
-    path priced by different markers (``GET /report`` at $0.01, ``POST /report`` at $0.50)
-    would share one, and a reprice of one would sell the other at its price: the later is
-    keyed by the methods its route serves. Still shared: ConfigurationError."""
+    path (``GET /report`` and ``POST /report``, each with its marker) would share one: a
+    payment made for one would pay the other (the key is in a G-v2 payment's job hash), and
+    a reprice of one would reprice the other. The later is keyed by the methods its route
+    serves; still shared at different prices: ConfigurationError."""
 
     def __init__(self) -> None:
         self._owners: dict[str, Endpoint] = {}  # key -> the endpoint it names
 
     def __call__(self, endpoint: Endpoint) -> str:
         key = marker_key(endpoint)
-        if self._owns(key, endpoint):
+        if self._owners.setdefault(key, endpoint) is endpoint:
             return key
         if endpoint.methods and endpoint.marker_methods is None:
             served = sorted(endpoint.methods - {"HEAD"} or endpoint.methods)
-            if self._owns(by_methods := f"{','.join(served)} {endpoint.template}", endpoint):
-                return by_methods
+            key = f"{','.join(served)} {endpoint.template}"
+            if self._owners.setdefault(key, endpoint) is endpoint:
+                return key
+        if self._owners[key].marker == endpoint.marker:  # one price (a Host's twin): one key
+            return key
         raise ConfigurationError(
             f"two handlers at {endpoint.template!r} carry different prices under one route key "
             f"{key!r}: name each one's methods (methods=[...]) so that each can be repriced"
         )
-
-    def _owns(self, key: str, endpoint: Endpoint) -> bool:
-        owner = self._owners.setdefault(key, endpoint)
-        return owner is endpoint or owner.marker == endpoint.marker

@@ -199,6 +199,45 @@ def test_two_markers_at_one_path_are_two_keys_and_a_reprice_of_one_leaves_the_ot
         assert (amount(client, "GET"), amount(client, "POST")) == (20_000, 1_000_000)
 
 
+def test_a_payment_for_one_marked_handler_does_not_pay_its_twin_at_the_same_price(
+    audited_core: Core,
+) -> None:
+    """``GET /doc/{id}`` and ``DELETE /doc/{id}``, each with ``Paid("$0.01")``: one key, so one
+    job hash, and a G-v2 payment signed for the GET ran the DELETE. The routes priced by table
+    entries refuse that (``validation_policy_mismatch``); the markers' keys do now too."""
+    from fastapi import FastAPI
+    from fourmica_x402.adapters.fastapi import FourmicaX402, Paid
+
+    from fourmica_x402.testing import paid_headers
+
+    app = FastAPI()
+    options = {"pay_to": PAY_TO, "network": NETWORK, "core": audited_core, "admin_token": "t"}
+    FourmicaX402(app, **options)
+    ran: list[str] = []
+
+    @app.get("/doc/{id}")
+    def read(id: int, payment: object = Paid("$0.01")) -> dict[str, str]:
+        ran.append("read")
+        return {}
+
+    @app.delete("/doc/{id}")
+    def delete(id: int, payment: object = Paid("$0.01")) -> dict[str, str]:
+        ran.append("delete")
+        return {}
+
+    buyer = TestBuyer.new()
+    audited_core.deposit(buyer.address, 100_000, network=NETWORK)
+    with TestClient(app) as client:
+        listing = client.get("/x402/admin/prices", headers={"authorization": "Bearer t"}).json()
+        keys = sorted(row["route"] for row in listing["routes"])
+        assert keys == ["* /doc/{id}", "DELETE /doc/{id}"]
+        headers = paid_headers(client, buyer, client.get("/doc/1"))
+        refused = client.delete("/doc/1", headers=headers)
+        assert refused.status_code == 402 and ran == []
+        assert refused.json()["error"] == "validation_policy_mismatch"
+        assert client.get("/doc/1", headers=headers).status_code == 200 and ran == ["read"]
+
+
 def test_an_entry_spelled_as_the_markers_own_key_is_that_key_and_reprices_it(
     audited_core: Core, caplog: pytest.LogCaptureFixture
 ) -> None:
