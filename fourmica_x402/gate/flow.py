@@ -16,7 +16,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from ..config import PaymentConfig
 from ..core.store.deferred import exit_gracefully_on_sigterm
@@ -28,7 +28,7 @@ from ..routes import Endpoint, Route, RouteTable
 from ..streams import Streams
 from ..templates import RouterFailed, path_matcher
 from ..wire import PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER
-from . import deliver, discovery, drive, endpoints, guards, metered, nested, prices, stages
+from . import deliver, discovery, drive, endpoints, guards, metered, nested, paths, prices, stages
 from .background import Holds, Reconciler, recover
 from .bundles import InvalidUnits
 from .challenge import challenge, requirements
@@ -281,7 +281,9 @@ class Gate:
             return _options(endpoint, self.routes.other_methods(endpoint))
         if request.resolve is not None:  # price what the framework's router resolved
             route = None if endpoint is None else self.routes.for_endpoint(method, endpoint)
-            if route is not None and _ambiguous(request):
+            if (route is not None and paths.ambiguous(request)) or (
+                route is None and paths.free_reaches_priced(self.routes, method, request, endpoint)
+            ):
                 return error_response(400, "ambiguous_path", "ambiguous request path")
             if route is None and endpoint is not None and endpoint.methods is None:
                 refused = _unpriced_method(self.routes.other_methods(endpoint))
@@ -292,8 +294,8 @@ class Gate:
             folded = (
                 "//" in path and self.routes.match(method, re.sub("//+", "/", path)) is not route
             )
-            if (folded or _ambiguous(request)) and (
-                route is not None or self._matches_variant(method, request)
+            if (folded or paths.ambiguous(request)) and (
+                route is not None or paths.matches_variant(self.routes, method, request)
             ):
                 return error_response(400, "ambiguous_path", "ambiguous request path")
         if route is None:
@@ -374,22 +376,6 @@ class Gate:
         handler read whole, if it did."""
         return deliver.finish(self, state, status, body_hash, error, body, headers, request_body)
 
-    def _matches_variant(self, method: str, request: RequestView) -> bool:
-        """A priced route that some reading of the raw path (decoded, dot segments resolved,
-        backslashes as slashes) would reach: a proxy may read it that way."""
-        raw = request.raw_path or request.path
-        variants = {unquote(raw).replace("\\", "/"), raw.replace("\\", "/")}
-        for variant in list(variants):
-            parts: list[str] = []
-            for seg in variant.split("/"):
-                if seg == "..":
-                    if parts:
-                        parts.pop()
-                elif seg not in (".", ""):
-                    parts.append(seg)
-            variants.add("/" + "/".join(parts))
-        return any(self.routes.match(method, v) for v in variants)
-
 
 def _fail_closed(flow: Flow) -> Flow:
     """One of the gate's own endpoints: a database or facilitator that is down is a 503 with
@@ -427,20 +413,3 @@ def _allow(priced: frozenset[str]) -> tuple[str, str]:
         priced = priced | frozenset(discovery.METHODS)
     methods = priced - {"*"} | ({"HEAD"} if "GET" in priced else set()) | {"OPTIONS"}
     return "allow", ", ".join(sorted(methods))
-
-
-def _ambiguous(request: RequestView) -> bool:
-    """Encodings a proxy and the framework may read differently: refuse, never guess."""
-    raw = request.raw_path or ""
-    lowered = raw.lower()
-    if "%2f" in lowered or "%5c" in lowered or "\\" in raw or "\\" in request.path:
-        return True
-    if "%" in raw:
-        i = raw.find("%")
-        while i != -1:
-            chunk = raw[i + 1 : i + 3]
-            if len(chunk) < 2 or any(c not in "0123456789abcdefABCDEF" for c in chunk):
-                return True
-            i = raw.find("%", i + 1)
-    segments = request.path.split("/")
-    return ".." in segments or "." in segments or ".." in unquote(raw).split("/")

@@ -93,3 +93,74 @@ def test_an_empty_segment_that_moves_no_price_is_served(audited_core: Core) -> N
     name, value = buyer.pay_challenge(audited_core, challenge.headers["payment-required"])
     resp = client.get(path, headers={name: value})
     assert resp.status_code == 200 and resp.content == path.encode()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "//premium/report.txt",
+        "/./premium/report.txt",
+        "/x/../premium/report.txt",
+        "/%2e/premium/report.txt",
+        "/premium.txt/",
+    ],
+)
+def test_a_free_file_server_under_a_router_never_serves_a_priced_file(
+    files: Path, audited_core: Core, path: str
+) -> None:
+    """A router's app: the priced mount ``/premium`` (``"GET /premium/*"``) and a priced
+    ``/premium.txt`` beside a free ``StaticFiles`` at ``/`` holding the same files. The router
+    sent ``//premium/report.txt`` (or dot segments, or ``/premium.txt/``) to the free mount,
+    whose file server resolved the path itself and served the priced file, nothing charged."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    (files / "premium").mkdir()
+    (files / "premium" / "report.txt").write_text("PAID CONTENT")
+
+    async def premium(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("PAID CONTENT")
+
+    table = {"GET /premium/*": "$0.01", "GET /premium.txt": "$0.01"}
+    options: dict[str, Any] = {"pay_to": SELLER, "core": audited_core, "network": NETWORK}
+    app = Starlette(
+        routes=[
+            Route("/premium.txt", premium),
+            Mount("/premium", StaticFiles(directory=str(files / "premium"))),
+            Mount("/", StaticFiles(directory=str(files))),
+        ],
+        middleware=[Middleware(AsgiPayment, routes=table, **options)],
+    )
+    assert _get_asgi(app, "/premium/report.txt")[0] == 402
+    status, body = _raw_asgi(app, path)  # as uvicorn hands it over: dot segments and all
+    assert b"PAID" not in body
+    assert status == 400 and b"ambiguous_path" in body
+    assert _get_asgi(app, "/free.txt") == (200, b"free")  # the free files stay free
+    assert _get_asgi(app, "//free.txt") == (200, b"free")
+    assert audited_core.guarantees() == []
+
+
+def _raw_asgi(app: Any, path: str) -> tuple[int, bytes]:
+    """``path`` sent as is (an HTTP client resolves dot segments before it sends)."""
+    import asyncio
+    from urllib.parse import unquote
+
+    from fourmica_x402.testing import http_scope
+
+    sent: list[dict[str, Any]] = []
+    asked: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        if asked:  # a response listening for the client's leaving: it stays
+            await asyncio.sleep(3600)
+        asked.append(1)
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = http_scope("GET", unquote(path), raw_path=path.encode())
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 30))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
