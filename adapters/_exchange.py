@@ -26,6 +26,7 @@ cancelled as soon as its last message went out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import sys
@@ -111,8 +112,15 @@ class PaidExchange:
                 if not answered and not getattr(outer, "debug", False):
                     await self._server_error()
             self._stop_listening()
+            if not self._complete and self.meter.whole() and not self._left:
+                # every declared byte went out: end the response here, so that a layer outside
+                # (GZip) closes its framing too; delivered only if that goes out
+                with contextlib.suppress(Exception):
+                    await self._last(
+                        {"type": "http.response.body", "body": b"", "more_body": False}
+                    )
             await self._ended()
-            out = (self._complete or self.meter.whole()) and not self._left
+            out = self._complete and not self._left
             await self._done(None if out else exc)
             if not answered:
                 raise
@@ -202,6 +210,9 @@ class PaidExchange:
         return None
 
     async def _last(self, message: dict[str, Any]) -> None:
+        short = self.meter.short() if message["type"] == "http.response.body" else None
+        if short is not None:  # a 2xx short of its Content-Length: never framed as complete
+            raise short  # (the server would refuse it; a layer outside, GZip, would not)
         self._ending = True
         await self._send(message)
         self._complete, self.meter.out = True, self.meter.sent  # the whole response went out

@@ -798,3 +798,42 @@ def test_a_base_http_middleware_below_the_gate_is_named_at_start_up(
         (said,) = started(Middleware(BaseHTTPMiddleware, dispatch=tag), wrapped=wrapped)
         assert said.startswith("tag (a Starlette BaseHTTPMiddleware) runs below the payment")
         assert started(wrapped=wrapped) == []  # nothing below: nothing to say
+
+
+@pytest.mark.parametrize("case", ["short", "fails-after-the-whole-body"])
+def test_compression_outside_the_gate_neither_hides_a_short_body_nor_breaks_a_whole_one(
+    core: Core, case: str
+) -> None:
+    """GZip outside the gate drops the Content-Length the server would check. A 2xx body
+    ending short of it (a file that shrank) was charged; one sent whole, then its generator
+    failing, was charged while GZip never closed its framing (the client: an incomplete
+    read). The short one is refused at its last message (refunded); the whole one is closed
+    by the gate, so the client gets it whole (charged)."""
+    from starlette.middleware.gzip import GZipMiddleware
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"x" * (3000 if case == "short" else 4000)
+        if case != "short":
+            raise RuntimeError("an upstream connection failed after the body")
+
+    async def report(request: Any) -> StreamingResponse:
+        return StreamingResponse(
+            body(), headers={"content-length": "4000" if case != "short" else "8000"}
+        )
+
+    gate_mw = Middleware(
+        PaymentMiddleware, pay_to=SELLER, routes={"GET /report": "$0.01"}, core=core
+    )
+    app = Starlette(
+        routes=[Route("/report", report)], middleware=[Middleware(GZipMiddleware), gate_mw]
+    )
+    with TestClient(app, raise_server_exceptions=False) as client:
+        name, value = header(core, client, "/report")
+        got = b""
+        with contextlib.suppress(Exception):
+            got = client.get("/report", headers={name.decode(): value.decode()}).content
+        if case == "short":
+            assert settled(core, gate_of(app.middleware_stack)) == [("voided", "refunded")]
+        else:
+            assert got == b"x" * 4000
+            assert settled(core, gate_of(app.middleware_stack)) == [("payable", "delivered")]
