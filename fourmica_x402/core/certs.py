@@ -25,6 +25,7 @@ from blspy import BasicSchemeMPL, G1Element, G2Element
 from ..errors import CoreError
 from ..guarantee import GuaranteeClaims, certificate_message
 from ..networks import get_network
+from .common import guarantee_id_form, guarantee_row
 from .config import Domains
 from .store import Store, Tx
 
@@ -117,13 +118,12 @@ def _stored_or_message(row: Sequence[Any], domains: Domains) -> Certificate | by
 
 def certificate_or_message(tx: Tx, guarantee_id: str, domains: Domains) -> Certificate | bytes:
     """A guarantee's stored certificate, or the message to sign for it."""
-    row = tx.one(
+    row = guarantee_row(
+        tx,
         "SELECT claims, total_amount, network, certificate, certificate_claims, state "
         "FROM fx_guarantees WHERE guarantee_id = ?",
-        (guarantee_id,),
+        guarantee_id,
     )
-    if row is None:
-        raise CoreError(f"no guarantee {guarantee_id}", reason="unknown_guarantee", status=404)
     found = _stored_or_message(row, domains)
     if found is None:
         raise CoreError(
@@ -139,6 +139,9 @@ def certificates_or_messages(
 ) -> list[tuple[str, Certificate | bytes]]:
     """:func:`certificate_or_message` of each known guarantee of ``guarantee_ids`` that has or
     may get one, in one read."""
+    guarantee_ids = [gid for gid in guarantee_ids if guarantee_id_form(gid)]  # others name none
+    if not guarantee_ids:
+        return []
     marks = ", ".join("?" for _ in guarantee_ids)
     rows = tx.all(
         "SELECT guarantee_id, claims, total_amount, network, certificate, certificate_claims, "

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from typing import Protocol
 
 from ..errors import CoreError, GuaranteeRejected, Reason
+from .store import Row, Tx
 
-__all__ = ["INT64_MAX", "LockClauses", "check_amount", "hex_id", "rejected", "row_id"]
+__all__ = [
+    "INT64_MAX",
+    "LockClauses",
+    "check_amount",
+    "guarantee_id_form",
+    "guarantee_row",
+    "hex_id",
+    "rejected",
+    "row_id",
+]
 
 #: Amounts and balances are BIGINT columns.
 INT64_MAX = (1 << 63) - 1
@@ -22,6 +33,28 @@ class LockClauses(Protocol):
 
     @property
     def row_lock(self) -> str: ...
+
+
+#: A guarantee id as the Core stores it: ``0x`` and 64 lowercase hex digits.
+_GUARANTEE_ID = re.compile(r"0x[0-9a-f]{64}\Z")
+
+
+def guarantee_id_form(guarantee_id: object) -> bool:
+    """Whether ``guarantee_id`` is written as the Core stores guarantee ids."""
+    return isinstance(guarantee_id, str) and _GUARANTEE_ID.match(guarantee_id) is not None
+
+
+def guarantee_row(tx: Tx, sql: str, guarantee_id: str) -> Row:
+    """The row of ``sql`` (a SELECT with one ``?``, the id) for one guarantee, or
+    ``unknown_guarantee`` (404). An id not written as the Core stores them names none and is
+    refused without a query: the database is never handed text it may refuse (PostgreSQL, a
+    U+0000), so every store answers it the same."""
+    row = tx.one(sql, (guarantee_id,)) if guarantee_id_form(guarantee_id) else None
+    if row is None:
+        raise CoreError(
+            f"no guarantee {guarantee_id!r:.80}", reason="unknown_guarantee", status=404
+        )
+    return row
 
 
 def hex_id(value: int) -> str:

@@ -259,6 +259,7 @@ class Core(Alerting, Certifying, Reads):
         score cancels it and releases the lock.
         """
         resolution.check_score(score)
+        resolution.check_tag(tag)
         self.resolve(guarantee_id, by=validator, score=score, tag=tag)
         return self.guarantee(guarantee_id)
 

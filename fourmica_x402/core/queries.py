@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import CoreError
-from .common import hex_id, row_id
+from .common import guarantee_row, hex_id, row_id
 from .models import (
     Cycle,
     CyclePair,
@@ -124,10 +124,9 @@ def _guarantee_record(r: Sequence[Any]) -> GuaranteeRecord:
 
 
 def guarantee(tx: Tx, guarantee_id: str) -> GuaranteeRecord:
-    row = tx.one(_GUARANTEE_SELECT + " WHERE g.guarantee_id = ?", (guarantee_id,))
-    if row is None:
-        raise CoreError(f"no guarantee {guarantee_id}", reason="unknown_guarantee", status=404)
-    return _guarantee_record(row)
+    return _guarantee_record(
+        guarantee_row(tx, _GUARANTEE_SELECT + " WHERE g.guarantee_id = ?", guarantee_id)
+    )
 
 
 def guarantees(

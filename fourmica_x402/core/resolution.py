@@ -13,15 +13,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .._text import has_control
 from ..errors import CoreError
 from . import cycles
 from .collateral import release
-from .common import LockClauses
+from .common import LockClauses, guarantee_id_form, guarantee_row
 from .config import CoreConfig
 from .feed import Events, emit
 from .store import Row, Tx
 
-__all__ = ["check_score", "expire_validations", "extend", "resolve", "validate", "void"]
+__all__ = [
+    "check_score",
+    "check_tag",
+    "expire_validations",
+    "extend",
+    "resolve",
+    "validate",
+    "void",
+]
 
 #: The Core's clock (seconds since the epoch).
 Clock = Callable[[], float]
@@ -32,17 +41,21 @@ def check_score(score: int) -> None:
         raise CoreError("score must be an integer 0..100", reason="invalid_score", status=400)
 
 
+def check_tag(tag: str) -> None:
+    """A score's tag is stored as given: text without control characters (PostgreSQL refuses
+    a U+0000 that SQLite would keep)."""
+    if not isinstance(tag, str) or has_control(tag):
+        raise CoreError(
+            "tag must be a string without control characters", reason="invalid_request", status=400
+        )
+
+
 def _locked_guarantee(tx: Tx, guarantee_id: str, columns: str, locks: LockClauses) -> Row:
     """One guarantee row, locked for this transaction (SQLite: the write lock is held). The
     time a change is judged at is read after this: a writer that waited for the row (another
     process's, a batch of completions) must not judge a deadline by when it asked."""
-    row = tx.one(
-        f"SELECT {columns} FROM fx_guarantees WHERE guarantee_id = ?" + locks.row_lock,
-        (guarantee_id,),
-    )
-    if row is None:
-        raise CoreError(f"no guarantee {guarantee_id}", reason="unknown_guarantee", status=404)
-    return row
+    sql = f"SELECT {columns} FROM fx_guarantees WHERE guarantee_id = ?" + locks.row_lock
+    return guarantee_row(tx, sql, guarantee_id)
 
 
 def void(
@@ -119,6 +132,7 @@ def validate(
 ) -> None:
     """The validator named in the claims posts ``score`` for a pending G-v2 guarantee."""
     check_score(score)
+    check_tag(tag)
     row = _locked_guarantee(
         tx,
         guarantee_id,
@@ -227,7 +241,7 @@ def extend(
     deadline passed already (judged once their rows are ours) stays expired. Returns how many
     moved. In the expiry's order (:func:`expire_validations`), so the two never wait on each
     other's rows."""
-    ids = sorted(set(guarantee_ids))
+    ids = sorted({gid for gid in guarantee_ids if guarantee_id_form(gid)})  # others name none
     for gid in ids:
         tx.one("SELECT 1 FROM fx_guarantees WHERE guarantee_id = ?" + locks.row_lock, (gid,))
     now = clock()

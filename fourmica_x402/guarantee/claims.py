@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .._eth import parse_address
+from .._text import has_control
 from ..errors import MalformedPayment
 from ..networks import parse_amount
 from .policy import ValidationPolicy, bytes32, validation_request_hash, validation_subject_hash
@@ -267,6 +268,9 @@ def _uint(value: object, maximum: int, name: str) -> int:
 
 
 def _string(value: object) -> str:
-    if not isinstance(value, str) or len(value) > 256:
-        raise ValueError("required_validation_tag must be a string of at most 256 characters")
+    if not isinstance(value, str) or len(value) > 256 or has_control(value):
+        raise ValueError(
+            "required_validation_tag must be a string of at most 256 characters, "
+            "none of them a control character"
+        )
     return value

@@ -25,8 +25,8 @@ _GUARANTEE_ID = re.compile(r"0[xX][0-9a-fA-F]{64}\Z")
 
 def _guarantee_id(call: Call) -> str:
     """The path's guarantee id as the Core stores it (lowercase hex): a seller that spells it
-    in capitals still refunds and scores its own payment. Anything else is looked up as given
-    (and is ``unknown_guarantee``)."""
+    in capitals still refunds and scores its own payment. Anything else names no guarantee: the
+    Core answers ``unknown_guarantee`` without looking it up."""
     gid = str(call.path["gid"])
     return "0x" + gid[2:].lower() if _GUARANTEE_ID.match(gid) else gid
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from .._text import has_control
 from ..errors import ConfigurationError
 from .models import EVENT_TYPES, Subscription, subscription_from_row
 
@@ -36,7 +37,7 @@ def check_url(url: str) -> str:
         raise ConfigurationError(f"webhook url must be http:// or https://, not {parts.scheme!r}")
     if not parts.hostname:
         raise ConfigurationError("webhook url has no host")
-    if any(c.isspace() or ord(c) < 32 for c in url.strip()):
+    if has_control(url) or any(c.isspace() for c in url.strip()):
         raise ConfigurationError("webhook url contains whitespace or control characters")
     return url.strip()
 
@@ -62,6 +63,12 @@ def check_events(events: Iterable[str] | str) -> tuple[str, ...]:
     return ("*",) if "*" in names else tuple(sorted(set(names)))
 
 
+def _subscription_id(value: object) -> bool:
+    """Whether ``value`` may name a subscription: text without control characters (others
+    name none and are not looked up; PostgreSQL refuses a U+0000 that SQLite would take)."""
+    return isinstance(value, str) and not has_control(value)
+
+
 class SubscriptionsMixin:
     """The subscription methods of :class:`~fourmica_x402.webhooks.Webhooks`."""
 
@@ -82,8 +89,10 @@ class SubscriptionsMixin:
         names = check_events(events)
         if secret is None:
             secret = "whsec_" + secrets.token_hex(32)
-        elif not isinstance(secret, str) or not secret:
-            raise ConfigurationError("webhook secret must be a non-empty string")
+        elif not isinstance(secret, str) or not secret or has_control(secret):
+            raise ConfigurationError(
+                "webhook secret must be a non-empty string without control characters"
+            )
         sub_id = "wh_" + secrets.token_hex(12)
         now = self.clock()
         with self.store.transaction() as tx:
@@ -98,6 +107,8 @@ class SubscriptionsMixin:
 
     def unsubscribe(self, subscription_id: str) -> bool:
         """Deactivate a subscription; its pending deliveries fail. False if it was not active."""
+        if not _subscription_id(subscription_id):
+            return False
         now = self.clock()
         with self.store.transaction() as tx:
             changed = tx.execute(
@@ -114,6 +125,8 @@ class SubscriptionsMixin:
         return bool(changed)
 
     def subscription(self, subscription_id: str) -> Subscription | None:
+        if not _subscription_id(subscription_id):
+            return None
         with self.store.transaction(write=False) as tx:
             row = tx.one(
                 "SELECT subscription_id, url, events, secret, active, created_at FROM fx_webhooks "

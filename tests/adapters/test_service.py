@@ -1941,6 +1941,56 @@ def test_a_guarantee_id_in_capitals_names_the_same_guarantee(
     assert (unknown.status_code, unknown.json()["error"]) == (404, "unknown_guarantee")
 
 
+def test_text_holding_a_nul_is_refused_alike_on_every_store(store_url: str) -> None:
+    """PostgreSQL refuses U+0000 in text where SQLite keeps it: such text is refused where it
+    comes in, so both stores answer the same stable codes, never a 500 (docs/protocol.md,
+    "Reason codes"): claims with such a tag are a malformed payment, a score's tag a bad
+    request, a guarantee id or webhook subscription id with one names nothing."""
+    core = Core(store_url)
+    try:
+        app = create_app(core, sandbox=True, api_key="s3cret", tick_interval=None)
+        with TestClient(app) as client:
+            buyer = TestBuyer.new()
+            core.deposit(buyer.address, 100_000, network=NETWORK)
+            nul_tag = requirements(
+                replace(test_policy(validator=SELLER), tag="delivery\x00").to_extra()
+            )
+            payload = signed_payload(client, buyer, nul_tag, guarantee_version=2)
+            body = {"paymentPayload": payload, "paymentRequirements": nul_tag.to_dict()}
+            verdict = client.post("/verify", json=body).json()
+            assert (verdict["isValid"], verdict["invalidReason"]) == (False, "malformed_payment")
+            answer = client.post("/settle", json=body, headers=KEY).json()
+            assert (answer["success"], answer["error"]) == (False, "malformed_payment")
+            inner = client.post("/core/guarantees", json=payload["payload"], headers=KEY)
+            assert (inner.status_code, inner.json()["reason"]) == (400, "malformed_payment")
+
+            plain = requirements(test_policy(validator=SELLER).to_extra())  # any tag is taken
+            body = {
+                "paymentPayload": signed_payload(client, buyer, plain, guarantee_version=2),
+                "paymentRequirements": plain.to_dict(),
+            }
+            gid = client.post("/settle", json=body, headers=KEY).json()["transaction"]
+            score = {"validator": SELLER, "score": 100}
+            tagged = client.post(
+                f"/guarantees/{gid}/validation", json={**score, "tag": "x\x00"}, headers=KEY
+            )
+            assert (tagged.status_code, tagged.json()["error"]) == (400, "invalid_request")
+            assert core.guarantee(gid).state == "pending_validation"
+            for path, call in (("void", {"by": SELLER}), ("validation", score)):
+                unknown = client.post(f"/guarantees/0x%00/{path}", json=call, headers=KEY)
+                assert (unknown.status_code, unknown.json()["error"]) == (404, "unknown_guarantee")
+
+            hook = {"url": "https://hooks.example/h", "secret": "a\x00b"}
+            subscribed = client.post("/admin/webhooks", json=hook, headers=KEY)
+            assert (subscribed.status_code, subscribed.json()["error"]) == (400, "invalid_request")
+            removed = client.delete("/admin/webhooks/wh_%00", headers=KEY)
+            assert (removed.status_code, removed.json()["error"]) == (404, "not_found")
+            assert core.position(buyer.address, network=NETWORK).locked == 10_000  # one payment
+        assert core.audit() == []
+    finally:
+        core.close()
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [("POST", "/settle/"), ("POST", "/verify/"), ("POST", "/tabs/"), ("GET", "/supported/")],

@@ -24,6 +24,7 @@ import pytest
 
 from fourmica_x402.core.schema import SCHEMA_VERSION, migrate, schema_version
 from fourmica_x402.core.store import Conflict, Store, StoreUnavailable, WouldBlock, open_store
+from fourmica_x402.errors import CoreError
 
 BIG = 2**62 + 1  # beyond int32 and beyond float precision: must stay exact
 
@@ -903,6 +904,26 @@ def test_postgres_caught_error_in_write_transaction_is_not_committed(pg: Store) 
         tx.execute("INSERT INTO t VALUES (1)")
         with contextlib.suppress(Exception):
             tx.execute("INSERT INTO t VALUES (1)")  # aborts the transaction; SQLite would go on
+    with pg.transaction(write=False) as tx:
+        assert tx.all("SELECT a FROM t") == []
+
+
+@pytest.mark.postgres
+def test_postgres_refusing_a_value_is_the_callers_400_and_writes_nothing(pg: Store) -> None:
+    """PostgreSQL refuses text holding U+0000 (SQLite keeps it): a value that got past the
+    Core's checks is the request's 400 ``invalid_request``, never a 500, and nothing of its
+    transaction is written."""
+    with pg.transaction() as tx:
+        tx.execute("CREATE TABLE t (a TEXT PRIMARY KEY)")
+    for run in (
+        lambda tx: tx.execute("INSERT INTO t VALUES (?)", ("a\x00",)),
+        lambda tx: tx.one("SELECT a FROM t WHERE a = ?", ("a\x00",)),
+        lambda tx: tx.many("INSERT INTO t VALUES (?)", [("b",), ("b\x00",)]),
+    ):
+        with pytest.raises(CoreError) as info, pg.transaction() as tx:
+            tx.execute("INSERT INTO t VALUES (?)", ("first",))
+            run(tx)
+        assert (info.value.status, info.value.reason) == (400, "invalid_request")
     with pg.transaction(write=False) as tx:
         assert tx.all("SELECT a FROM t") == []
 

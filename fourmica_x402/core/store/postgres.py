@@ -48,6 +48,7 @@ except ImportError as exc:  # pragma: no cover - exercised in an env without the
         'The PostgreSQL store needs psycopg 3: pip install "fourmica-x402[postgres]"'
     ) from exc
 
+from ...errors import CoreError
 from . import Conflict, Contention, Row, StoreUnavailable, WouldBlock
 from .deferred import Deferred, drain_all
 
@@ -173,12 +174,15 @@ class _Tx:
     def _run(self, sql: str, params: Sequence[Any]) -> psycopg.Cursor[Any]:
         reconnect, self._reconnect = self._reconnect, None
         try:
-            return self._cur.execute(_to_pg(sql), tuple(params))
-        except _UNAVAILABLE:
-            if reconnect is None:
-                raise
-            self._cur = reconnect()
-            return self._cur.execute(_to_pg(sql), tuple(params))
+            try:
+                return self._cur.execute(_to_pg(sql), tuple(params))
+            except _UNAVAILABLE:
+                if reconnect is None:
+                    raise
+                self._cur = reconnect()
+                return self._cur.execute(_to_pg(sql), tuple(params))
+        except psycopg.DataError as exc:
+            raise _refused(exc) from None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         return self._run(sql, params).rowcount
@@ -192,7 +196,20 @@ class _Tx:
         return cur.fetchall() if cur.description is not None else []
 
     def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        self._cur.executemany(_to_pg(sql), (tuple(row) for row in rows))
+        try:
+            self._cur.executemany(_to_pg(sql), (tuple(row) for row in rows))
+        except psycopg.DataError as exc:
+            raise _refused(exc) from None
+
+
+def _refused(exc: psycopg.DataError) -> CoreError:
+    """A value PostgreSQL will not take (text holding U+0000, which SQLite keeps): the Core
+    refuses such input where it comes in; one that got through is still the caller's 400."""
+    return CoreError(
+        f"the database refuses a value of this request: {_first_line(exc)[:200]}",
+        reason="invalid_request",
+        status=400,
+    )
 
 
 class PostgresStore:
