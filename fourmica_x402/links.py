@@ -308,7 +308,11 @@ class Links:
         if seller is not None:
             sql, params = sql + " WHERE seller = ?", (parse_address(seller),)
         with self.store.transaction(write=False) as tx:
-            rows = tx.all(sql + " GROUP BY seller, network, asset ORDER BY 1, 2, 3", params)
+            rows = tx.all(
+                sql + " GROUP BY seller, network, asset ORDER BY seller COLLATE BINARY, "
+                "network COLLATE BINARY, asset COLLATE BINARY",
+                params,
+            )
         return [LinkTotals(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5] or 0)) for r in rows]
 
 

@@ -12,6 +12,7 @@ database, dropped afterwards. Without a reachable server those tests skip, excep
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -78,14 +79,35 @@ def _postgres_admin_url() -> str:
 @pytest.fixture
 def postgres_url(_postgres_admin_url: str) -> Iterator[str]:
     """The URL of a fresh, empty PostgreSQL database, dropped after the test."""
+    with _database(_postgres_admin_url, "") as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_linguistic_url(_postgres_admin_url: str) -> Iterator[str]:
+    """:func:`postgres_url` with a linguistic collation (ICU ``en-US``, as an ``en_US.UTF-8``
+    install sorts text): ``"0xB…"`` sorts after ``"0xa…"`` there, before it in byte order."""
+    import psycopg
+
+    options = " TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'"
+    try:
+        with _database(_postgres_admin_url, options) as url:
+            yield url
+    except psycopg.errors.FeatureNotSupported as exc:  # a server built without ICU
+        _environment_missing(f"PostgreSQL without ICU collations: {exc}")
+
+
+@contextlib.contextmanager
+def _database(admin_url: str, options: str) -> Iterator[str]:
+    """A fresh PostgreSQL database made with ``CREATE DATABASE … options``, dropped after."""
     import psycopg
 
     name = f"fx_test_{uuid.uuid4().hex}"
-    with psycopg.connect(_postgres_admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(_postgres_admin_url)
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"{options}')
+    parts = urlsplit(admin_url)
     yield urlunsplit(parts._replace(path=f"/{name}"))
-    with psycopg.connect(_postgres_admin_url, autocommit=True) as admin:
+    with psycopg.connect(admin_url, autocommit=True) as admin:
         for attempt in range(20):  # bounded
             try:
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -247,7 +247,7 @@ def _defer_overflow(tx: Tx, cycle_id: int, following: int) -> None:
     kept, moved = 0, []
     for payer, payee, amount in tx.all(
         "SELECT payer, payee, amount FROM fx_cycle_pairs WHERE cycle_id = ? "
-        "ORDER BY amount, payer, payee",
+        "ORDER BY amount, payer COLLATE BINARY, payee COLLATE BINARY",
         (cycle_id,),
     ):
         if kept and kept + int(amount) > INT64_MAX:
@@ -274,7 +274,7 @@ def resolve(tx: Tx, events: Events, cycle: Cycle, now: float) -> None:
         return
     for address, gross_out, debit in tx.all(
         "SELECT address, gross_out, debit FROM fx_cycle_positions WHERE cycle_id = ? "
-        "ORDER BY address",  # positions in one order (PostgreSQL: no deadlock between ticks)
+        "ORDER BY address COLLATE BINARY",  # one order (PostgreSQL: no deadlock between ticks)
         (cycle.cycle_id,),
     ):
         # The batch locked gross_out of this payer; keep only its net debit locked.
@@ -294,7 +294,7 @@ def finalize(tx: Tx, events: Events, cycle: Cycle, now: float) -> None:
     value = factor(tx, cycle.network, cycle.asset)  # before the positions: collateral.factor
     for address, debit, paid in tx.all(
         "SELECT address, debit, paid FROM fx_cycle_positions WHERE cycle_id = ? AND role = 'debtor' "
-        "AND paid < debit ORDER BY address",
+        "AND paid < debit ORDER BY address COLLATE BINARY",
         (cycle.cycle_id,),
     ):
         unpaid = int(debit) - int(paid)

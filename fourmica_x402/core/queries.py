@@ -58,7 +58,10 @@ def positions(tx: Tx, network: str | None) -> list[Position]:
     if network:
         sql += " WHERE network = ?"
         params = (network,)
-    rows = tx.all(sql + " ORDER BY network, asset, address", params)
+    rows = tx.all(
+        sql + " ORDER BY network COLLATE BINARY, asset COLLATE BINARY, address COLLATE BINARY",
+        params,
+    )
     return [Position(r[0], r[1], r[2], *(int(v) for v in r[3:])) for r in rows]
 
 
@@ -153,7 +156,7 @@ def guarantees(
     if state:
         sql += " WHERE state = ?"
         params.append(state)
-    sql += " ORDER BY accepted_at DESC, guarantee_id LIMIT ?"
+    sql += " ORDER BY accepted_at DESC, guarantee_id COLLATE BINARY LIMIT ?"
     rows = tx.all(sql, (*params, int(limit)))
     return [_guarantee_record(r) for r in rows]
 
@@ -244,7 +247,8 @@ def cycle_positions(tx: Tx, cycle_id: int) -> list[CyclePosition]:
         return []
     rows = tx.all(
         "SELECT cycle_id, address, gross_in, gross_out, net, role, debit, credit, paid, covered, "
-        "claimed, shortfall, status FROM fx_cycle_positions WHERE cycle_id = ? ORDER BY address",
+        "claimed, shortfall, status FROM fx_cycle_positions WHERE cycle_id = ? "
+        "ORDER BY address COLLATE BINARY",
         (cycle_id,),
     )
     out = []
@@ -285,7 +289,7 @@ def cycle_pairs(tx: Tx, cycle_id: int) -> list[CyclePair]:
         return []
     rows = tx.all(
         "SELECT cycle_id, payer, payee, amount, guarantee_count FROM fx_cycle_pairs "
-        "WHERE cycle_id = ? ORDER BY payer, payee",
+        "WHERE cycle_id = ? ORDER BY payer COLLATE BINARY, payee COLLATE BINARY",
         (cycle_id,),
     )
     return [CyclePair(int(r[0]), r[1], r[2], int(r[3]), int(r[4])) for r in rows]

@@ -202,7 +202,8 @@ def expire_validations(tx: Tx, events: Events, now: float) -> int:
     # locks its guarantee and then its position, so neither waits on what the other holds.
     for gid, network, asset, user, amount in tx.all(
         "SELECT guarantee_id, network, asset, user_address, amount FROM fx_guarantees "
-        "WHERE state = 'pending_validation' AND validation_deadline <= ? ORDER BY guarantee_id",
+        "WHERE state = 'pending_validation' AND validation_deadline <= ? "
+        "ORDER BY guarantee_id COLLATE BINARY",
         (now,),
     ):
         # The deadline again: a validator's extension that committed since the SELECT stands.

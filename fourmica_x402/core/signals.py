@@ -230,7 +230,8 @@ def _cycles(tx: Tx, last: int) -> list[CycleSignals]:
         "SELECT cycle_id, network, asset, status, closed_at, guarantee_count, gross, "
         "net_transfers, total_debit, collected FROM (SELECT c.*, ROW_NUMBER() OVER "
         "(PARTITION BY network, asset ORDER BY cycle_id DESC) AS nth FROM fx_cycles c "
-        "WHERE status <> 'open') AS q WHERE nth <= ? ORDER BY network, asset, cycle_id",
+        "WHERE status <> 'open') AS q WHERE nth <= ? "
+        "ORDER BY network COLLATE BINARY, asset COLLATE BINARY, cycle_id",
         (int(last),),
     )
     defaults: dict[int, tuple[int, int]] = {}

@@ -141,5 +141,5 @@ class SubscriptionsMixin:
         if not include_inactive:
             sql += " WHERE active = 1"
         with self.store.transaction(write=False) as tx:
-            rows = tx.all(sql + " ORDER BY created_at, subscription_id")
+            rows = tx.all(sql + " ORDER BY created_at, subscription_id COLLATE BINARY")
         return [subscription_from_row(r) for r in rows]

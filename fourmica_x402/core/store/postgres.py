@@ -5,8 +5,9 @@
 The Core's SQL is written once for both engines; this store makes PostgreSQL
 answer it the way SQLite does:
 
-- ``?`` placeholders become ``%s`` (a literal ``%`` becomes ``%%``), converted
-  once per statement; psycopg prepares a statement server-side after it has
+- ``?`` placeholders become ``%s`` (a literal ``%`` becomes ``%%``) and ``COLLATE BINARY``
+  ``COLLATE "C"`` (text sorts in byte order, as SQLite's does, whatever the database's
+  collation), once per statement; psycopg prepares a statement server-side after it has
   run a few times on a connection.
 - Python ints are sent as ``bigint`` (``numeric`` beyond 64 bits) rather than
   the smallest type that fits, so ``? + ?`` cannot overflow a ``smallint``;
@@ -73,8 +74,8 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 
 @functools.lru_cache(maxsize=2048)
 def _to_pg(sql: str) -> str:
-    """``?`` placeholders to psycopg's ``%s`` (the Core puts no ``?`` inside literals)."""
-    return sql.replace("%", "%%").replace("?", "%s")
+    """``?`` to psycopg's ``%s`` (no ``?`` in the Core's literals), SQLite's byte order to C's."""
+    return sql.replace("%", "%%").replace("?", "%s").replace(" COLLATE BINARY", ' COLLATE "C"')
 
 
 # --- adaptation: make values round-trip as they do through SQLite ----------------------------
