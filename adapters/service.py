@@ -70,11 +70,11 @@ def _endpoint(
         start = time.perf_counter()
         try:
             if refused := base.cross_origin(request.method, request.headers, service.browser_hosts):
-                return _response(refused)
+                return _response(spec.refuse(refused))
             raw = await _body(request)
             if spec.sized and len(raw) > base.MAX_BODY:
                 too_large = f"bodies end at {base.MAX_BODY} bytes"
-                return _response(base.error(413, "body_too_large", too_large))
+                return _response(spec.refuse(base.error(413, "body_too_large", too_large)))
             call = _call(request, raw)
             if spec.read:  # the same read asked meanwhile is answered by the same run
                 same = (request.method, request.url.path, request.url.query, call.authorization)
@@ -84,7 +84,7 @@ def _endpoint(
             else:
                 result = spec.handler(service, call)
         except FourmicaError as exc:  # the Core unavailable, …: its JSON error, never a 500
-            result = base.failure(exc)
+            result = spec.refuse(base.failure(exc))
         finally:
             if spec.timed:
                 service.metrics.observe(request.url.path, time.perf_counter() - start)

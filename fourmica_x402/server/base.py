@@ -35,6 +35,7 @@ __all__ = [
     "refusal",
     "required",
     "tab_limited",
+    "tab_shape",
 ]
 
 #: Largest request body the service reads; a bigger one is refused (413 ``body_too_large``).
@@ -201,6 +202,13 @@ def error(status: int, code: str, message: str) -> Reply:
     "Reason codes"): ``code`` is stable snake_case a client can branch on.
     """
     return status, {"error": code, "message": message}
+
+
+def tab_shape(reply: Reply) -> Reply:
+    """An error in :func:`error`'s shape as the tab calls and the Core API subset refuse,
+    ``{"error": text, "reason": code}`` (docs/protocol.md, "Reason codes")."""
+    status, data = reply
+    return status, {"error": data["message"], "reason": data["error"]}
 
 
 def failure(exc: FourmicaError) -> Reply:

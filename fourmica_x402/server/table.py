@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from . import admin, core_api, facilitator, guarantees, reads
 from . import sandbox as sandbox_api
-from .base import Call, Result
+from .base import Call, Reply, Result, tab_shape
 from .context import Service
 from .dashboard import dashboard
 from .metrics import metrics
@@ -22,6 +22,10 @@ from .metrics import metrics
 __all__ = ["PATHS", "Handler", "Path", "Reads", "background"]
 
 Handler = Callable[[Service, Call], Result]
+
+
+def _as_is(reply: Reply) -> Reply:
+    return reply
 
 
 class Path(NamedTuple):
@@ -34,7 +38,8 @@ class Path(NamedTuple):
     :data:`~.base.MAX_BODY` with a 413; the others answer it in their protocol's shape (a
     settle's ``malformed_payment``). ``read`` handlers read across the whole history (the
     dashboard, the signals): they run on :class:`Reads`' own thread, never on the threads the
-    payment calls use.
+    payment calls use. ``refuse`` puts what the adapter answers for the path before or around
+    its handler (a 413, a cross-site 403, a Core error) in the path's shape.
     """
 
     path: str
@@ -44,6 +49,7 @@ class Path(NamedTuple):
     timed: bool = True
     sized: bool = True
     read: bool = False
+    refuse: Callable[[Reply], Reply] = _as_is
 
 
 _POST = ("POST",)
@@ -54,16 +60,17 @@ PATHS: tuple[Path, ...] = (
     # the facilitator API; what reads only configuration stays on the event loop
     Path("/supported", facilitator.supported, blocking=False),
     Path("/health", facilitator.health, blocking=False),
-    Path("/tabs", facilitator.tabs, _POST),
+    # the tab calls and the Core API subset refuse as 4Mica's /tabs does (docs/protocol.md)
+    Path("/tabs", facilitator.tabs, _POST, refuse=tab_shape),
     Path("/verify", facilitator.verify, _POST, sized=False),
     Path("/settle", facilitator.settle, _POST, sized=False),
     Path("/guarantees/{gid}/void", guarantees.void, _POST),
     Path("/guarantees/{gid}/validation", guarantees.validation, _POST),
     # the Core API subset
-    Path("/core/public-params", core_api.public_params, blocking=False),
-    Path("/core/payment-tabs", core_api.payment_tabs, _POST),
-    Path("/core/guarantees", core_api.guarantees, _POST),
-    Path("/core/tabs/{tab_id}/guarantees/{req_id}", core_api.guarantee),
+    Path("/core/public-params", core_api.public_params, blocking=False, refuse=tab_shape),
+    Path("/core/payment-tabs", core_api.payment_tabs, _POST, refuse=tab_shape),
+    Path("/core/guarantees", core_api.guarantees, _POST, refuse=tab_shape),
+    Path("/core/tabs/{tab_id}/guarantees/{req_id}", core_api.guarantee, refuse=tab_shape),
     Path("/rpc", core_api.rpc, _POST, blocking=False, sized=False),
     # the sandbox
     Path("/sandbox/deposit", sandbox_api.deposit, _POST),

@@ -611,6 +611,27 @@ def test_a_page_of_another_site_cannot_change_a_keyless_sandbox(core: Core) -> N
     assert client.delete(f"/admin/webhooks/{sid}", headers=local).json() == {"removed": True}
 
 
+@pytest.mark.parametrize("path", ["/tabs", "/core/payment-tabs", "/core/guarantees"])
+def test_the_tab_calls_refuse_before_their_handler_in_their_own_shape(
+    client: TestClient, path: str
+) -> None:
+    """The tab calls and the Core API subset refuse as 4Mica's ``/tabs`` does,
+    ``{"error": text, "reason": code}`` (docs/protocol.md, "Reason codes"): a body over
+    256 KiB and a browser's POST from another site too, refused before the handler runs."""
+    big = b'{"pad":"' + b"x" * 300 * 1024 + b'"}'
+    too_large = client.post(path, content=big, headers={"content-type": "application/json"})
+    assert (too_large.status_code, too_large.json()) == (
+        413,
+        {"error": "bodies end at 262144 bytes", "reason": "body_too_large"},
+    )
+    foreign = {"origin": "https://elsewhere.example"}
+    cross = client.post(path, json={"userAddress": SELLER}, headers=foreign)
+    assert (cross.status_code, cross.json()) == (
+        403,
+        {"error": "requests from another site's pages are refused", "reason": "cross_origin"},
+    )
+
+
 def test_sandbox_calls_take_their_fields_as_typed_and_refuse_the_rest(core: Core) -> None:
     """A body is read as written or refused (400): a key named twice (parsers differ on which
     wins), "false" for a boolean, a present but falsy finalize/cancel (which made a new
