@@ -133,6 +133,15 @@ def networks() -> list[Network]:
     return list(_networks.values())
 
 
+def chain_named(text: str) -> int | None:
+    """The chain id ``text`` (decimal digits, a path segment) names, when a registered network
+    has it; else None."""
+    if not text.isascii() or not text.isdigit() or len(text) > 20:
+        return None
+    chain_id = int(text)
+    return chain_id if any(n.chain_id == chain_id for n in networks()) else None
+
+
 def default_asset(network: str) -> Asset:
     """The asset ``$`` prices are denominated in on ``network``."""
     get_network(network)

@@ -118,8 +118,10 @@ class HttpFacilitator:
             raise ValueError(f"backoff must be a number of seconds, 0 or more, not {backoff!r:.40}")
         self.url = url.rstrip("/")
         #: The Core API buyers read (``rpcUrl`` in challenges): ``fourmica-x402 serve`` serves
-        #: it beside the facilitator API, so by default this URL (docs/operations.md).
+        #: it beside the facilitator API, so by default this URL, whose ``/chains/<chain id>``
+        #: each offer names (``rpc_chains``): the service serves every network's there.
         self.rpc_url = (rpc_url or _public(self.url)).rstrip("/")
+        self.rpc_chains = rpc_url is None
         #: The validation registry the facilitator trusts: with it, challenges carry the
         #: delivery policy, as on the embedded Core (docs/protocol.md, "Delivery").
         self.validation_registry = (

@@ -111,12 +111,16 @@ def _fixed(route: Route) -> bool:
     return all(offer.amount is not None and not callable(offer.pay_to) for offer in route.offers)
 
 
-def rpc_path(gate: Gate, network: str) -> str:
-    """The path of the embedded Core's API for an offer on ``network``: the prefix for the
-    gate's own network, ``<prefix>/chains/<chain id>`` for another."""
-    if network == gate.config.network:
-        return gate._prefix
-    return f"{gate._prefix}/chains/{get_network(network).chain_id}"
+def rpc_url(gate: Gate, network: str, base: str) -> str | None:
+    """The Core API an offer on ``network`` names (``rpcUrl``; docs/protocol.md, "Endpoints"):
+    the embedded Core's under the gate's prefix, ``/chains/<chain id>`` under it for another
+    network than the gate's; a remote facilitator's ``rpc_url`` as given, or the service's API
+    for that chain (``rpc_chains``), whatever the service's own network."""
+    chains = f"/chains/{get_network(network).chain_id}"
+    if gate.core:
+        return f"{base}{gate._prefix}{'' if network == gate.config.network else chains}"
+    root = getattr(gate.facilitator, "rpc_url", None)
+    return f"{root}{chains}" if root and getattr(gate.facilitator, "rpc_chains", False) else root
 
 
 def offer_requirements(
@@ -136,12 +140,8 @@ def offer_requirements(
     ``terms``: what ``extra`` says of a minimum, a bundle or a cap (:func:`.bundles.extra`).
     """
     extra: dict[str, Any] = {"tabEndpoint": gate.config.tab_endpoint or f"{base}{gate._tab_path}"}
-    rpc = (
-        f"{base}{rpc_path(gate, offer.network)}"
-        if gate.core
-        else getattr(gate.facilitator, "rpc_url", None)
-    )
-    if rpc:  # a remote facilitator's Core API (HttpFacilitator.rpc_url)
+    rpc = rpc_url(gate, offer.network, base)
+    if rpc:
         extra["rpcUrl"] = rpc
     token = find_asset(offer.network, asset)
     if token is not None and token.eip712 is not None:  # the token's, as the official seller

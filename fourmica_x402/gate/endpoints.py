@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from .. import coreapi
 from .._json import loads
 from ..errors import Unavailable
-from ..networks import get_network, networks
+from ..networks import chain_named, get_network
 from .challenge import origin
 from .types import Call, Flow, RequestView, Response, error_response
 
@@ -47,7 +47,7 @@ def core_api(gate: Gate, request: RequestView) -> Flow:
     # docs/protocol.md, "Endpoints"): a buyer signs for the chain its rpcUrl's Core names.
     match sub.split("/", 3):
         case ["", "chains", chain, *rest]:
-            named = _chain(chain)
+            named = chain_named(chain)
             if named is None:
                 return error_response(404, "unknown_network", f"no network with chain id {chain}")
             chain_id, root, sub = named, f"{root}/chains/{named}", "/" + "".join(rest)
@@ -115,14 +115,6 @@ def bearer(request: RequestView, token: str | None, realm: str = "metrics") -> R
         challenge = [("www-authenticate", f'Bearer realm="{realm}"')]
         return error_response(401, "unauthorized", "a valid bearer token is required", challenge)
     return None
-
-
-def _chain(text: str) -> int | None:
-    """The chain id ``text`` names, when a registered network has it."""
-    if not text.isascii() or not text.isdigit() or len(text) > 20:
-        return None
-    chain_id = int(text)
-    return chain_id if any(n.chain_id == chain_id for n in networks()) else None
 
 
 def _guarantee_ids(sub: str) -> tuple[str, str] | None:

@@ -4,6 +4,10 @@
 official SDK can read signing parameters, open tabs and settle from this Core, and any buyer can
 fetch the certificate of what it paid. The bodies are :mod:`fourmica_x402.coreapi`'s, shared
 with the seller gate's embedded mode.
+
+They answer for the service's network; the same API for another network is under
+``/chains/{chain_id}/`` (as a seller gate serves it), which a seller on a remote facilitator
+names as the ``rpcUrl`` of an offer on that network.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from fourmica_x402 import coreapi
-from fourmica_x402.errors import TabLimited
+from fourmica_x402.errors import CoreError, TabLimited
+from fourmica_x402.networks import chain_named
 
 from .base import Call, Reply, Result, tab_limited
 
@@ -22,19 +27,35 @@ if TYPE_CHECKING:
 __all__ = ["guarantee", "guarantees", "payment_tabs", "public_params", "rpc"]
 
 
+def _chain(service: Service, call: Call) -> tuple[int, str]:
+    """The chain id the call's path names (the service's own without ``/chains/{chain_id}``)
+    and the root of that chain's API; a chain no registered network has is 404
+    ``unknown_network``."""
+    text = call.path.get("chain_id")
+    if text is None:
+        return service.chain_id, ""
+    chain_id = chain_named(str(text))
+    if chain_id is None:
+        raise CoreError(
+            f"no network with chain id {text!s:.30}", reason="unknown_network", status=404
+        )
+    return chain_id, f"/chains/{chain_id}"
+
+
 def public_params(service: Service, call: Call) -> Reply:
-    return 200, coreapi.public_params(service.core, service.chain_id, service.origin(call) + "/rpc")
+    chain_id, root = _chain(service, call)
+    return 200, coreapi.public_params(service.core, chain_id, f"{service.origin(call)}{root}/rpc")
 
 
 def rpc(service: Service, call: Call) -> Reply:
-    return coreapi.json_rpc(service.core, service.chain_id, call.body)
+    return coreapi.json_rpc(service.core, _chain(service, call)[0], call.body)
 
 
 def payment_tabs(service: Service, call: Call) -> Result:
     keyed = service.keys.acts_for(call)
     admit = partial(service.new_tabs.admit, client=call.client, keyed=keyed)
     try:
-        return coreapi.core_payment_tabs(service.core, service.chain_id, call.body, admit)
+        return coreapi.core_payment_tabs(service.core, _chain(service, call)[0], call.body, admit)
     except TabLimited as exc:
         return tab_limited(exc)
 
@@ -44,11 +65,11 @@ def guarantees(service: Service, call: Call) -> Reply:
     if (refused := service.keys.seller_call(call)) is not None:
         return refused
     only = service.keys.acts_for(call) or None  # a seller key settles its own guarantees only
-    return coreapi.core_guarantees(service.core, service.chain_id, call.body, recipient=only)
+    chain_id = _chain(service, call)[0]
+    return coreapi.core_guarantees(service.core, chain_id, call.body, recipient=only)
 
 
 def guarantee(service: Service, call: Call) -> Reply:
     """One guarantee with its certificate (read-only; see :func:`coreapi.core_guarantee`)."""
-    return coreapi.core_guarantee(
-        service.core, service.chain_id, str(call.path["tab_id"]), str(call.path["req_id"])
-    )
+    tab_id, req_id = str(call.path["tab_id"]), str(call.path["req_id"])
+    return coreapi.core_guarantee(service.core, _chain(service, call)[0], tab_id, req_id)

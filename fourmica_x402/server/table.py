@@ -54,6 +54,14 @@ class Path(NamedTuple):
 
 _POST = ("POST",)
 
+_CORE_API = (
+    Path("/core/public-params", core_api.public_params, blocking=False, refuse=tab_shape),
+    Path("/core/payment-tabs", core_api.payment_tabs, _POST, refuse=tab_shape),
+    Path("/core/guarantees", core_api.guarantees, _POST, refuse=tab_shape),
+    Path("/core/tabs/{tab_id}/guarantees/{req_id}", core_api.guarantee, refuse=tab_shape),
+    Path("/rpc", core_api.rpc, _POST, blocking=False, sized=False),
+)
+
 PATHS: tuple[Path, ...] = (
     Path("/", dashboard, read=True),
     Path("/dashboard", dashboard, read=True),
@@ -66,12 +74,9 @@ PATHS: tuple[Path, ...] = (
     Path("/settle", facilitator.settle, _POST, sized=False),
     Path("/guarantees/{gid}/void", guarantees.void, _POST),
     Path("/guarantees/{gid}/validation", guarantees.validation, _POST),
-    # the Core API subset
-    Path("/core/public-params", core_api.public_params, blocking=False, refuse=tab_shape),
-    Path("/core/payment-tabs", core_api.payment_tabs, _POST, refuse=tab_shape),
-    Path("/core/guarantees", core_api.guarantees, _POST, refuse=tab_shape),
-    Path("/core/tabs/{tab_id}/guarantees/{req_id}", core_api.guarantee, refuse=tab_shape),
-    Path("/rpc", core_api.rpc, _POST, blocking=False, sized=False),
+    # the Core API subset, for the service's network and under /chains/{chain_id} for any
+    *_CORE_API,
+    *(p._replace(path="/chains/{chain_id}" + p.path) for p in _CORE_API),
     # the sandbox
     Path("/sandbox/deposit", sandbox_api.deposit, _POST),
     Path("/sandbox/withdraw", sandbox_api.withdraw, _POST),

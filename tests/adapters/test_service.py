@@ -29,7 +29,14 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from fourmica_x402 import PaymentConfig
-from fourmica_x402.client import Receipt, fetch_certificate, fetch_public_key, verify_certificate
+from fourmica_x402.client import (
+    RECEIPT_KEY,
+    PaymentTransport,
+    Receipt,
+    fetch_certificate,
+    fetch_public_key,
+    verify_certificate,
+)
 from fourmica_x402.core import Core, CoreConfig
 from fourmica_x402.errors import ConfigurationError, Unavailable
 from fourmica_x402.facilitator import HttpFacilitator
@@ -458,7 +465,7 @@ def test_seller_on_a_remote_facilitator_pays_and_fails_closed(
     core.deposit(buyer.address, 100_000, network=NETWORK)
     req = decode_payment_required(seller.get("/premium").headers["payment-required"]).accepts[0]
     # the facilitator's Core API (the official buyer reads it); no registry given: no policy
-    assert req.extra["rpcUrl"] == url and "validatorAddress" not in req.extra
+    assert req.extra["rpcUrl"] == f"{url}/chains/84532" and "validatorAddress" not in req.extra
     tab = seller.post(
         "/x402/tab",
         json={"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": req.to_dict()},
@@ -479,6 +486,63 @@ def test_seller_on_a_remote_facilitator_pays_and_fails_closed(
     time.sleep(0.5)
     down = seller.get("/premium", headers={name: value})
     assert down.status_code == 503 and down.json()["error"] == "facilitator_unavailable"
+
+
+def test_a_remote_seller_on_another_network_than_the_services_is_paid_on_its_chain(
+    core: Core, tmp_path: Path
+) -> None:
+    """The service answers its Core API for its own network (84532 here) and, under
+    ``/chains/<chain id>/``, for any registered one; a seller on ``HttpFacilitator`` names that
+    path as each offer's ``rpcUrl``, whatever the service's network, so a buyer signs for the
+    offer's chain and fetches its certificate there (docs/protocol.md, "Endpoints")."""
+    other = "eip155:11155111"
+    chain = "/chains/11155111"
+    service = _served(create_app(core, sandbox=True, tick_interval=None))
+    url, _ = next(service)
+
+    async def premium(request: Request) -> JSONResponse:
+        return JSONResponse({"payer": request.state.payment.payer})
+
+    config = PaymentConfig(
+        pay_to=SELLER,
+        network=other,
+        routes={"GET /premium": "$0.01"},
+        facilitator=HttpFacilitator(url),
+        records=str(tmp_path / "records.db"),
+    )
+    app = Starlette(
+        routes=[Route("/premium", premium)],
+        middleware=[Middleware(PaymentMiddleware, config=config)],
+    )
+    seller = _served(app)
+    base, _ = next(seller)
+    try:
+        params = httpx.get(f"{url}{chain}/core/public-params").json()
+        assert (params["chain_id"], params["ethereum_http_rpc_url"]) == (
+            11155111,
+            f"{url}{chain}/rpc",
+        )
+        rpc = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}
+        assert httpx.post(f"{url}{chain}/rpc", json=rpc).json()["result"] == hex(11155111)
+        unknown = httpx.get(f"{url}/chains/999999999/core/public-params")
+        assert (unknown.status_code, unknown.json()["reason"]) == (404, "unknown_network")
+
+        buyer = TestBuyer.new()
+        core.deposit(buyer.address, 100_000, network=other)
+        with httpx.Client(transport=PaymentTransport(buyer.key), timeout=30) as client:
+            paid = client.get(f"{base}/premium")
+        assert paid.status_code == 200, paid.text
+        receipt = paid.extensions[RECEIPT_KEY]
+        assert receipt.core_url == f"{url}{chain}"
+        certificate = fetch_certificate(receipt)  # the guarantee read for that chain
+        assert certificate is not None and certificate == receipt.certificate
+        assert replace(receipt, certificate=certificate).verify_certificate(
+            fetch_public_key(receipt.core_url)
+        )
+        assert core.position(buyer.address, network=other).locked == 10_000
+    finally:
+        next(seller, None)
+        next(service, None)
 
 
 @pytest.fixture
@@ -535,7 +599,7 @@ def test_a_remote_facilitators_registry_brings_the_delivery_policy(
     buyer = TestBuyer.new()
     req = decode_payment_required(seller.get("/premium").headers["payment-required"]).accepts[0]
     assert req.extra["validationRegistryAddress"] == SANDBOX_REGISTRY
-    assert req.extra["validatorAddress"] == SELLER and req.extra["rpcUrl"] == url
+    assert req.extra["validatorAddress"] == SELLER and req.extra["rpcUrl"] == f"{url}/chains/84532"
     assert pay_premium(seller, core, buyer).status_code == 200
     gate.flush()  # the delivery score goes to the facilitator after the response
     (kept,) = core.guarantees(address=buyer.address)

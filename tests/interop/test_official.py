@@ -339,6 +339,59 @@ def test_a_route_priced_on_another_network_is_paid_on_that_chain(
         core.close()
 
 
+def test_a_remote_sellers_route_on_another_network_than_the_services_is_paid_on_that_chain(
+    official_python: Path, tmp_path: Path
+) -> None:
+    """A seller on ``HttpFacilitator`` priced on another network than the service's own
+    (``serve --network``): its offer's ``rpcUrl`` is the service's API for the offer's chain
+    (``/chains/<chain id>``), so the official buyer signs for that chain and is paid."""
+    from fourmica_x402.adapters.asgi import PaymentMiddleware
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from fourmica_x402.core.ledger import SANDBOX_REGISTRY
+    from fourmica_x402.facilitator import HttpFacilitator
+    from fourmica_x402.service import create_app
+
+    async def premium(request: Request) -> JSONResponse:
+        return JSONResponse({"payer": request.state.payment.payer})
+
+    other = "eip155:11155111"
+    core = Core(f"sqlite:///{tmp_path / 'core.db'}")
+    key, buyer = new_key()
+    try:
+        core.deposit(buyer, 1_000_000, network=other)
+        service_app = create_app(core, sandbox=True, network=NETWORK, tick_interval=None)
+        with in_thread(service_app) as service:
+            config = PaymentConfig(
+                pay_to=new_key()[1],
+                network=other,
+                routes={"GET /premium": "$0.01"},
+                facilitator=HttpFacilitator(service, validation_registry=SANDBOX_REGISTRY),
+                records=f"sqlite:///{tmp_path / 'records.db'}",
+            )
+            app = Starlette(
+                routes=[Route("/premium", premium)],
+                middleware=[Middleware(PaymentMiddleware, config=config)],
+            )
+            with in_thread(app) as base:
+                offer = b64_json(httpx.get(f"{base}/premium").headers["payment-required"])
+                rpc = offer["accepts"][0]["extra"]["rpcUrl"]
+                assert rpc == f"{service}/chains/{get_network(other).chain_id}"
+                result = run_official(
+                    official_python, "official_buyer.py", f"{base}/premium", key, "--network", other
+                )
+        assert result["error"] is None, result["_stderr"][-2000:]
+        assert result["status"] == 200, result
+        assert core.position(buyer, network=other).locked == 10_000
+        assert core.audit() == []
+    finally:
+        core.close()
+
+
 @pytest.mark.parametrize("seller", sorted(EXAMPLE_SELLERS))
 def test_the_sdks_own_v2_reader_takes_our_examples_challenge(
     official_python: Path, seller: str, tmp_path: Path
