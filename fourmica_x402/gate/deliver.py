@@ -77,7 +77,8 @@ def response_start(gate: Gate, state: Paid, status: int, cache_control: str | No
             )
         result = state.result
     name = PAYMENT_RESPONSE_HEADER if state.payment.x402_version == 2 else X_PAYMENT_RESPONSE_HEADER
-    refunds = gate.config.refund_on_error or state.payment.job is not None
+    # a stage's and a metered slice's non-2xx are refunded whatever refund_on_error says
+    refunds = gate.config.refund_on_error or state.payment.job or state.payment.stream
     if result is not None and not 200 <= status < 300 and refunds:
         # Refunded now, before the header says so: a refund refused (a cycle netted the
         # guarantee while the handler ran) leaves the settle result in the header instead.

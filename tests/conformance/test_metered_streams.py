@@ -1143,3 +1143,44 @@ def test_a_slice_whose_pay_request_is_cancelled_during_its_settle_is_not_charged
 
     eventually(only_the_first_slice_is_charged)
     assert seller.core.audit() == []
+
+
+def test_a_metered_refusal_says_refunded_with_refund_on_error_off(tmp_path: Any) -> None:
+    """A metered route's non-2xx is refunded whatever ``refund_on_error`` says, but with it
+    off the refund came after the response: its result header said ``success: true`` for a
+    payment the Core then voided. It is refunded as the response starts, as a stage's is."""
+    from fourmica_x402.adapters.asgi import PaymentMiddleware
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from fourmica_x402 import PaymentConfig
+    from fourmica_x402.testing import paid_headers
+    from fourmica_x402.wire import decode_header_json
+
+    async def busy(request: Any) -> JSONResponse:
+        return JSONResponse({"error": "busy"}, status_code=503)
+
+    core = Core(str(tmp_path / "core.db"))
+    routes = {"GET /busy": {"price": "$0.01", "slices": Slices(units=2)}}
+    config = PaymentConfig(
+        pay_to=TestBuyer.new().address,
+        network=NETWORK,
+        core=core,
+        routes=routes,
+        refund_on_error=False,
+    )
+    app = Starlette(
+        routes=[Route("/busy", busy)], middleware=[Middleware(PaymentMiddleware, config=config)]
+    )
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    with TestClient(app) as client:
+        answer = client.get("/busy", headers=paid_headers(client, buyer, client.get("/busy")))
+    assert answer.status_code == 503
+    result = decode_header_json(answer.headers["payment-response"])
+    assert (result["success"], result.get("errorReason")) == (False, "refunded")
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+    core.close()
