@@ -192,16 +192,19 @@ def serve(
             "made there (sellers and the CLI name this file)",
             err=True,
         )
-    app = create_app(
-        core,
-        sandbox=sandbox,
-        api_key=api_key,
-        seller_keys=keys,
-        network=network,
-        alerts=rules,
-        public_url=public_url,
-        allowed_hosts=allowed_hosts,
-    )
+    try:  # the webhooks' schema may be newer than this release's
+        app = create_app(
+            core,
+            sandbox=sandbox,
+            api_key=api_key,
+            seller_keys=keys,
+            network=network,
+            alerts=rules,
+            public_url=public_url,
+            allowed_hosts=allowed_hosts,
+        )
+    except FourmicaError as exc:
+        raise db_error(exc, db) from None
     click.echo(
         f"fourmica-x402 Core on http://{host}:{port}  (dashboard: /, metrics: /metrics, sandbox: {sandbox})"
     )

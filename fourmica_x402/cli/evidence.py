@@ -56,7 +56,10 @@ def _open(db: str, records_url: str | None) -> tuple[Any, Any]:
     except click.ClickException as exc:
         raise Refused(exc.format_message()) from None
     if records_url is None or records_url == db:
-        return core, Records(core.store)
+        try:
+            return core, Records(core.store)
+        except FourmicaError as exc:  # its records' schema is newer than this release's
+            raise Refused(db_error(exc, db).format_message()) from None
     try:
         check_db(records_url)
     except click.BadParameter as exc:

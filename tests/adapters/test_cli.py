@@ -908,3 +908,34 @@ def test_the_sweep_covers_every_command() -> None:
 def test_help_works_everywhere(path: tuple[str, ...]) -> None:
     result = cli(*path, "--help")
     assert result.exit_code == 0 and "Usage:" in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    ("key", "command"),
+    [
+        ("records_schema_version", ["evidence", "0x" + "05" * 32]),
+        ("records_schema_version", ["dispute", "history", "0x" + "05" * 32]),
+        ("webhooks_schema_version", ["serve", "--port", "1"]),
+    ],
+)
+def test_a_database_a_newer_release_migrated_is_one_error_line(
+    tmp_path: Path, key: str, command: list[str]
+) -> None:
+    """The records' or the webhooks' schema of a newer release: ``evidence``, ``dispute`` and
+    ``serve`` printed a traceback where the Core's own schema gets one ``Error:`` line."""
+    import sqlite3
+
+    from fourmica_x402.records import Records
+    from fourmica_x402.webhooks import Webhooks
+
+    path = tmp_path / "core.db"
+    core = Core(f"sqlite:///{path}")
+    Records(core.store)
+    Webhooks(core).close()
+    core.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE fx_meta SET value = '99' WHERE key = ?", (key,))
+    result = cli(*command, "--db", f"sqlite:///{path}")
+    assert result.exit_code in (1, 2), result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # click's own exit
+    assert "Traceback" not in result.output and "99" in result.output.strip().splitlines()[-1]
