@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ._eth import parse_address
 from ._json import dumps
 from .core.schema import migrate
 from .core.store import Store, Tx, open_store
@@ -360,7 +361,12 @@ class Records(Followups):
         status: str | None = None,
         limit: int = 100,
     ) -> list[PaymentRecord]:
-        """Records, newest first, filtered by payer, route, guarantee or status."""
+        """Records, newest first, filtered by payer (any spelling of the address: ValueError
+        for one that is none), route, guarantee (any case) or status."""
+        if payer is not None:
+            payer = parse_address(payer)  # stored in its EIP-55 form
+        if guarantee_id is not None:
+            guarantee_id = guarantee_id.lower()
         filters = {"payer": payer, "route": route, "guarantee_id": guarantee_id, "status": status}
         given = {column: value for column, value in filters.items() if value is not None}
         where, params = [f"{column} = ?" for column in given], list(given.values())

@@ -61,6 +61,12 @@ class Subscription:
     active: bool
     created_at: float
 
+    def __repr__(self) -> str:  # a receiver's password in the URL is a secret too
+        return (
+            f"Subscription({self.subscription_id!r}, url={safe_url(self.url)!r}, "
+            f"events={self.events!r}, active={self.active!r})"
+        )
+
     def matches(self, event_type: str) -> bool:
         return "*" in self.events or event_type in self.events
 

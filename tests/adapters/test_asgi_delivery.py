@@ -837,3 +837,28 @@ def test_compression_outside_the_gate_neither_hides_a_short_body_nor_breaks_a_wh
         else:
             assert got == b"x" * 4000
             assert settled(core, gate_of(app.middleware_stack)) == [("payable", "delivered")]
+
+
+def test_records_are_found_by_any_spelling_of_the_payer_or_the_guarantee(core: Core) -> None:
+    """``Records.query(payer=…)`` matched the stored EIP-55 spelling only: a payer given in
+    lowercase (as addresses often arrive) found nothing."""
+
+    async def report(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("the report")
+
+    app = _report_app(core, report, policy=False)
+    with TestClient(app) as client:
+        name, value = header(core, client, "/report")
+        assert client.get("/report", headers={name.decode(): value.decode()}).status_code == 200
+        records = gate_of(app.middleware_stack).records
+        gate_of(app.middleware_stack).flush()
+        [record] = records.query()
+    assert record.payer != record.payer.lower()  # stored in its EIP-55 form
+    for spelling in (record.payer.lower(), "0x" + record.payer[2:].upper()):
+        assert [r.record_id for r in records.query(payer=spelling)] == [record.record_id]
+    gid = record.guarantee_id or ""
+    assert [r.record_id for r in records.query(guarantee_id=gid.upper().replace("0X", "0x"))] == [
+        record.record_id
+    ]
+    with pytest.raises(ValueError, match="not an address"):
+        records.query(payer="nobody")

@@ -589,3 +589,16 @@ def test_background_thread_delivers_as_events_commit(
     hooks.stop()
     assert not thread.is_alive()
     assert [d.status for d in hooks.deliveries()] == ["delivered", "delivered"]
+
+
+def test_a_subscriptions_repr_hides_the_receivers_password() -> None:
+    """``to_dict`` masked a password in the receiver's URL; ``repr`` (what a log line of the
+    object shows) printed it."""
+    from fourmica_x402.webhooks.models import Subscription
+
+    made = Subscription(
+        "wh_1", "https://bob:PASSW0RD@hooks.example/in", ("*",), "s3cret", True, 0.0
+    )
+    shown = repr(made)
+    assert "PASSW0RD" not in shown and "s3cret" not in shown
+    assert "bob:***@hooks.example" in shown
