@@ -137,7 +137,7 @@ def validate(
         tx,
         guarantee_id,
         "validator, min_score, required_tag, network, asset, user_address, amount, state, "
-        "recipient_address, validation_deadline, score",
+        "recipient_address, validation_deadline",
         locks,
     )
     now = clock()  # once its row is ours: a deadline passed while waiting for it has passed
@@ -149,10 +149,8 @@ def validate(
         )
     if row[2] and tag != row[2]:
         raise CoreError(f"validation tag must be {row[2]!r}", reason="tag_mismatch", status=400)
-    unscored = row[7] == "pending_validation" or (row[7] == "cancelled" and row[10] is None)
-    if unscored and row[9] is not None and float(row[9]) <= now:
-        # Cancelled at its deadline (docs/protocol.md), whether or not a tick ran since: one
-        # cancelled with no score was cancelled by the tick (a low score leaves its score).
+    if row[7] == "pending_validation" and row[9] is not None and float(row[9]) <= now:
+        # Cancelled at its deadline (docs/protocol.md), whether or not a tick ran since.
         raise CoreError(
             "the validation deadline passed: the guarantee is cancelled, not scored",
             reason="validation_expired",

@@ -412,29 +412,6 @@ def test_a_guarantee_past_its_validation_deadline_is_neither_scored_nor_held_ope
     assert core.position(buyer.address, network=NETWORK).locked == 0
 
 
-def test_a_late_score_is_validation_expired_whether_or_not_the_tick_ran(
-    core: Core, buyer: TestBuyer, clock: FakeClock
-) -> None:
-    """docs/protocol.md ("Delivery"): from the deadline on, "whether or not the Core's tick has
-    run yet, a score is refused (409 ``validation_expired``)" — also once the tick cancelled the
-    guarantee. One cancelled by a low score is not expired: a second score is ``invalid_state``."""
-    policy = test_policy()
-    late, low = (core.accept(*buyer.pay(core, SELLER, 400, policy=policy)) for _ in "ab")
-    core.post_validation(low.guarantee_id, validator=policy.validator, score=0, tag=policy.tag)
-    clock.advance(61)
-    assert core.expire_validations() == 1  # the tick cancels the unscored one
-    assert core.guarantee(late.guarantee_id).state == "cancelled"
-    for gid, reason in (
-        (late.guarantee_id, "validation_expired"),
-        (low.guarantee_id, "invalid_state"),
-    ):
-        with pytest.raises(CoreError) as info:
-            core.post_validation(gid, validator=policy.validator, score=100, tag=policy.tag)
-        assert (info.value.reason, info.value.status) == (reason, 409)
-        assert core.guarantee(gid).state == "cancelled"
-    assert core.position(buyer.address, network=NETWORK).locked == 0
-
-
 def test_the_validation_deadline_itself_is_past_it(
     core: Core, buyer: TestBuyer, clock: FakeClock
 ) -> None:
