@@ -117,6 +117,8 @@ def evidence(db: str, records: str | None, out: Path | None, guarantee_id: str) 
     except EvidenceError as exc:
         raise Refused(exc.message) from None
     except FourmicaError as exc:
+        if exc.reason == "guarantee_not_payable":  # voided or cancelled: nothing was charged
+            raise Refused(f"{exc.message} (nothing was charged: no evidence to export)") from None
         raise db_error(exc, db) from None
     if out is None:
         sys.stdout.flush()

@@ -360,6 +360,14 @@ def test_evidence_refusals(shop: Shop, buyer: TestBuyer, tmp_path: Path) -> None
     refused(cli("evidence", gid, "--db", shop.db, "--records", "mysql://x"), 2, "--records")
 
 
+def test_a_refunded_payment_has_no_bundle_and_says_so(shop: Shop, buyer: TestBuyer) -> None:
+    """A voided guarantee has no certificate: ``evidence`` answered exit 1 (an outage's code)
+    with the Core's message. It is a refusal (exit 2) saying nothing was charged."""
+    gid = shop.sell(buyer, 10_000)
+    shop.core.void(gid, by=shop.seller)
+    refused(cli("evidence", gid, "--db", shop.db), 2, "nothing was charged")
+
+
 def test_records_kept_apart_from_the_core(shop: Shop, buyer: TestBuyer, tmp_path: Path) -> None:
     """A seller on a remote facilitator: its records are in their own database."""
     url = f"sqlite:///{tmp_path / 'records.db'}"
