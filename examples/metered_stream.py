@@ -18,7 +18,8 @@ exactly the slices it was sent ($0.008 + $0.004).
 
 Run it:   python examples/metered_stream.py
 Needs:    pip install "fourmica-x402[server]"
-Env:      METERED_STREAM_DB (default: a SQLite file in a temporary directory, removed at the end)
+Env:      METERED_STREAM_DB: a database URL or a SQLite file (default: one in a temporary
+          directory, removed at the end); a database used before is fine
 
 The seller runs in this process on 127.0.0.1 (a free port), under uvicorn. Exit code 0 only if
 the money adds up and the Core's audit passes. Keys are throwaway TEST keys; never fund them.
@@ -116,16 +117,17 @@ async def listen(url: str, policy: SpendingPolicy, budget: str) -> AsyncPaidStre
     return stream
 
 
-async def run(db: Path) -> int:
-    core = Core(f"sqlite:///{db}")
+async def run(db: str) -> int:
+    core = Core(db)
     try:
         buyer = address_of(BUYER_KEY)
+        before = int(core.position(buyer, network=NETWORK).locked)  # a database used before
         core.deposit(buyer, 1_000_000, network=NETWORK)  # $1 of collateral
         policy = SpendingPolicy()
         with serving(seller_app(core)) as url:
             whole = await listen(url, policy, "$0.01")
             short = await listen(url, policy, "$0.004")
-        locked = int(core.position(buyer, network=NETWORK).locked)
+        locked = int(core.position(buyer, network=NETWORK).locked) - before  # by this run
         print(f"buyer's collateral locked: {format_amount(locked, USDC)} (slices sent: 4 + 2)")
         problems = core.audit()
         print("audit:", "ok" if not problems else "; ".join(problems))
@@ -139,7 +141,9 @@ async def run(db: Path) -> int:
 def main() -> int:
     configured = os.environ.get("METERED_STREAM_DB")
     scratch = None if configured else tempfile.mkdtemp(prefix="metered-stream-")
-    db = Path(configured) if configured else Path(scratch or ".") / "core.db"
+    path = Path(scratch or ".") / "core.db"
+    # a database URL (as FOURMICA_X402_DB takes), or a SQLite file's path
+    db = configured if configured and "://" in configured else f"sqlite:///{configured or path}"
     try:
         return asyncio.run(run(db))
     finally:

@@ -20,7 +20,8 @@ exactly the stages it was served ($0.07).
 
 Run it:   python examples/staged_report.py
 Needs:    pip install "fourmica-x402[starlette]"
-Env:      STAGED_REPORT_DB (default: a SQLite file in a temporary directory, removed at the end)
+Env:      STAGED_REPORT_DB: a database URL or a SQLite file (default: one in a temporary
+          directory, removed at the end); a database used before is fine
 
 The seller runs in this process behind httpx's ASGI transport (no ports). Exit code 0 only if
 the money adds up and the Core's audit passes. Keys are throwaway TEST keys; never fund them.
@@ -150,10 +151,11 @@ async def order(
     return job.id
 
 
-async def run(db: Path) -> int:
-    core = Core(f"sqlite:///{db}")
+async def run(db: str) -> int:
+    core = Core(db)
     try:
         buyer = address_of(BUYER_KEY)
+        before = int(core.position(buyer, network=NETWORK).locked)  # a database used before
         core.deposit(buyer, 1_000_000, network=NETWORK)  # $1 of collateral
         policy = SpendingPolicy(max_per_request="$0.05")
         transport = AsyncPaymentTransport(
@@ -171,7 +173,7 @@ async def run(db: Path) -> int:
             assert job is not None
             stages = ", ".join(f"{s}:{o} {money(a)}" for s, _, a, o in job.history)
             print(f"  {job_id}  {job.state:<6} {job.done}/{job.stages} done  [{stages}]")
-        locked = int(core.position(buyer, network=NETWORK).locked)
+        locked = int(core.position(buyer, network=NETWORK).locked) - before  # by this run
         print(f"buyer's collateral locked: {money(locked)} (served: 3 + 1 stages)")
         problems = core.audit()
         print("audit:", "ok" if not problems else "; ".join(problems))
@@ -184,7 +186,9 @@ async def run(db: Path) -> int:
 def main() -> int:
     configured = os.environ.get("STAGED_REPORT_DB")
     scratch = None if configured else tempfile.mkdtemp(prefix="staged-report-")
-    db = Path(configured) if configured else Path(scratch or ".") / "core.db"
+    path = Path(scratch or ".") / "core.db"
+    # a database URL (as FOURMICA_X402_DB takes), or a SQLite file's path
+    db = configured if configured and "://" in configured else f"sqlite:///{configured or path}"
     try:
         return asyncio.run(run(db))
     finally:

@@ -494,3 +494,26 @@ def test_metered_stream_example_charges_only_the_slices_sent(tmp_path: Path) -> 
     assert any(line.startswith("the policy refused slice 3:") for line in lines)
     assert "buyer's collateral locked: $0.012 (slices sent: 4 + 2)" in lines
     assert "audit: ok" in lines
+
+
+@pytest.mark.parametrize(
+    ("name", "variable"),
+    [("staged_report.py", "STAGED_REPORT_DB"), ("metered_stream.py", "METERED_STREAM_DB")],
+)
+def test_an_example_runs_again_on_its_database_given_as_a_url_or_a_path(
+    name: str, variable: str, tmp_path: Path
+) -> None:
+    """``STAGED_REPORT_DB=sqlite:///…`` (a URL, as ``FOURMICA_X402_DB`` takes) was read as a
+    directory and failed with a traceback; a second run on the same file exited 1 without a
+    word (it compared the buyer's whole lock with this run's)."""
+    for value in (f"sqlite:///{tmp_path / 'url.db'}", str(tmp_path / "path.db")):
+        for _ in range(2):  # the second run on a database the first one used
+            out = subprocess.run(
+                [sys.executable, str(EXAMPLES / name)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd=tmp_path,
+                env={**os.environ, variable: value},
+            )
+            assert out.returncode == 0, out.stdout + out.stderr
