@@ -47,7 +47,10 @@ def reprice(db: str, changes: tuple[str, ...], resets: tuple[str, ...], as_json:
     check_db(db)
     require_existing(db)
     wanted: dict[str, Any] = dict(_change(text) for text in changes)
-    wanted.update({route_key(r): None for r in resets if r.strip()})
+    reset = {route_key(r) for r in resets if r.strip()}
+    if both := sorted(reset & {route_key(k) for k in wanted}):
+        raise click.UsageError(f"{both[0]!r} is both given a price and reset: say one")
+    wanted.update(dict.fromkeys(reset))
     try:
         book = PriceBook(open_store(db))
         if wanted:

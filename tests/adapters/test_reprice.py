@@ -271,3 +271,13 @@ def test_an_entry_spelled_as_the_markers_own_key_is_that_key_and_reprices_it(
     assert [row["route"] for row in listing["routes"]] == ["GET /x"]
     resp = client.post("/x402/admin/prices", headers=auth, json={"prices": {"GET /x": "$0.02"}})
     assert resp.status_code == 200 and amount() == 20_000
+
+
+def test_a_route_both_priced_and_reset_in_one_call_is_refused(tmp_path: Path) -> None:
+    """``reprice 'GET /x=$1' --reset 'GET /x'`` stored the reset and dropped the price without
+    a word: which one was meant is not for the CLI to guess."""
+    db = f"sqlite:///{tmp_path / 'seller.db'}"
+    Core(db).close()
+    done = reprice(db, "--reset", "GET /x", "get /x=$1")
+    assert done.returncode == 2 and "both given a price and reset" in done.stderr
+    assert json.loads(reprice(db, "--json").stdout)["prices"] == {}  # nothing was changed
