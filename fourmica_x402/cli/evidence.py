@@ -10,6 +10,7 @@ where an embedded seller keeps them). A refused input or an unknown guarantee is
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import click
 
 from ..errors import FourmicaError
-from ._args import check_db, db_error, db_option, open_core, require_existing, safe_url
+from ._args import check_db, db_error, db_option, open_core, safe_url
 
 __all__ = ["dispute", "evidence", "verify_evidence"]
 
@@ -64,11 +65,15 @@ def _open(db: str, records_url: str | None) -> tuple[Any, Any]:
         check_db(records_url)
     except click.BadParameter as exc:
         raise Refused(exc.format_message().replace("'--db'", "'--records'")) from None
+    path = records_url[10:] if records_url.startswith("sqlite:///") else ":memory:"
+    if path != ":memory:" and not os.path.exists(path):
+        where = os.path.abspath(path)
+        raise Refused(
+            f"no records database at {where} (--records {records_url}): point "
+            "--records at the records database the seller's PaymentConfig(records=...) names"
+        )
     try:
-        require_existing(records_url)
         return core, Records(records_url)
-    except click.ClickException as exc:
-        raise Refused(exc.format_message().replace("--db", "--records")) from None
     except FourmicaError as exc:
         raise Refused(db_error(exc, records_url).format_message()) from None
 

@@ -358,6 +358,8 @@ def test_evidence_refusals(shop: Shop, buyer: TestBuyer, tmp_path: Path) -> None
     Records(empty).store.close()
     refused(cli("evidence", gid, "--db", shop.db, "--records", empty), 2, "no payment record")
     refused(cli("evidence", gid, "--db", shop.db, "--records", "mysql://x"), 2, "--records")
+    absent = f"sqlite:///{tmp_path / 'absent-records.db'}"  # not "no Core database … --db"
+    refused(cli("evidence", gid, "--db", shop.db, "--records", absent), 2, "no records database")
 
 
 def test_a_refunded_payment_has_no_bundle_and_says_so(shop: Shop, buyer: TestBuyer) -> None:
