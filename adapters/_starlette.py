@@ -100,8 +100,8 @@ class StarletteRouter:
         if find is None or any(r.matches(scope)[0] is not self._none for r in routes):
             return None
         path = scope.get("path", "")
-        if getattr(self.router, "redirect_slashes", False) and path != "/":
-            other = {**scope, "path": path[:-1] if path.endswith("/") else path + "/"}
+        if getattr(self.router, "redirect_slashes", False) and path != "/":  # as Router.app
+            other = {**scope, "path": path.rstrip("/") if path.endswith("/") else path + "/"}
             if any(r.matches(other)[0] is not self._none for r in routes):
                 return None
         match, _, group, context = find(dict(scope))

@@ -500,6 +500,30 @@ def test_a_frontend_priced_by_the_table_is_charged_and_a_free_one_stays_free(
     assert len(core.guarantees()) == 1
 
 
+def test_a_frontend_page_behind_two_trailing_slashes_is_challenged(
+    core: Core, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``/app/feedback//`` under a priced ``frontend("/app")`` beside a ``POST /app/feedback/``:
+    FastAPI strips every trailing slash before its redirect check, the gate stripped one, took
+    the path for a redirect and passed it unpriced; the router's check then refused the
+    frontend (503 ``payment_not_enforced``) and logged a layer that was not there."""
+    if not hasattr(FastAPI(), "frontend"):
+        pytest.fail("this FastAPI has no frontend(): the project pins one that has")
+    (tmp_path / "index.html").write_text("<h1>paid dashboard</h1>")
+    app = FastAPI()
+    FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK, routes={"GET /app/*": "$0.05"})
+
+    @app.post("/app/feedback/")
+    def feedback() -> dict[str, int]:
+        return {"thanks": 1}
+
+    app.frontend("/app", directory=str(tmp_path))
+    with caplog.at_level("ERROR", logger="fourmica_x402"), TestClient(app) as client:
+        answer = client.get("/app/feedback//", follow_redirects=False)
+    assert answer.status_code == 402
+    assert not [r for r in caplog.records if "a layer between" in r.getMessage()]
+
+
 def _two_prices(where: str) -> FastAPI:
     """A route priced $1.00 in its signature under a $0.01 default set at ``where``."""
     app = FastAPI(dependencies=[Paid("$0.01")] if where == "app" else None)
