@@ -60,6 +60,9 @@ class Guarded:
 
     def __call__(self, scope: Scope, receive: Any, send: Any) -> Awaitable[None]:
         notes, method = scope.get(RESOLVED_KEY), scope.get("method", "GET")
+        served = getattr(self.route, "methods", None)
+        if served and method != method.upper() and method not in served:  # "get": the route
+            return self.handle(scope, receive, send)  # answers 405 itself, as for PUT
         if not notes:  # no gate's note (a layer rebuilt the scope): every gate judges it
             return self._checked(scope, receive, send)
         for gate, seen in notes.items():  # the gates this request passed, each on its own

@@ -466,3 +466,41 @@ def test_route_objects_shared_with_another_app_answer_by_that_apps_own_gates(
         assert c.get("/items", headers=paid_headers(c, buyer, c.get("/items"))).status_code == 200
     assert runs == ["items"]
     assert core.position(buyer.address, network=NETWORK).locked == 2_000_000
+
+
+def test_a_method_in_another_case_on_a_priced_route_is_the_routes_405(
+    core: Core, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``get /premium`` (lowercase): the router matched the route partially (a method it does
+    not serve: 405) and the gate let it through, unpriced; the router's check upper-cased the
+    method, found GET priced and answered 503 ``payment_not_enforced``, logging a layer that
+    rerouted the request. The route answers its own 405, as for PUT."""
+
+    async def premium(request: Request) -> JSONResponse:
+        return JSONResponse({"paid": True})
+
+    app = Starlette(
+        routes=[Route("/premium", premium)],
+        middleware=[Middleware(PaymentMiddleware, gate=_gate(core, {"GET /premium": "$0.01"}))],
+    )
+
+    def status(method: str) -> int:  # sent as is (an HTTP client upper-cases it)
+        import asyncio
+
+        from fourmica_x402.testing import http_scope
+
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        asyncio.run(asyncio.wait_for(app(http_scope(method, "/premium"), receive, send), 10))
+        return int(sent[0]["status"])
+
+    with caplog.at_level("ERROR", logger="fourmica_x402"), TestClient(app):
+        assert [status(m) for m in ("PUT", "get", "Get", "GET")] == [405, 405, 405, 402]
+    assert not [r for r in caplog.records if "a layer between" in r.getMessage()]
+    assert core.guarantees() == []
