@@ -17,7 +17,7 @@ from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.gate import PASS, Gate, Response
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Meter
 
-from ._exchange import Delegated
+from ._exchange import Delegated, app_below, warn_copying_layers
 from .asgi import PaymentMiddleware
 from .fastapi import _marker, _render
 
@@ -63,6 +63,7 @@ def http_middleware(config: PaymentConfig) -> Any:
     async def middleware(request: Request, call_next: Any) -> Any:
         if pricer._given_router is None:  # the app is known only once it serves a request
             pricer._given_router = request.scope["app"].router
+            warn_copying_layers(app_below(request.scope["app"], middleware))
         if pricer.startup.run(check) is not None:
             return _render(pricer.startup.refusal)
         view = pricer._view(request.scope, request.receive)  # an outer gate's payment: on our

@@ -800,6 +800,33 @@ def test_a_base_http_middleware_below_the_gate_is_named_at_start_up(
         assert started(wrapped=wrapped) == []  # nothing below: nothing to say
 
 
+def test_a_base_http_middleware_below_the_http_middleware_form_is_named_too(
+    core: Core, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ``app.middleware("http")(http_middleware(config))`` form never looked below itself:
+    the warning the docs promise for a BaseHTTPMiddleware below the gate was never logged."""
+    from fourmica_x402.adapters.fastapi import http_middleware
+
+    app = FastAPI()
+
+    @app.get("/report")
+    def report() -> dict[str, str]:
+        return {"report": "paid"}
+
+    @app.middleware("http")
+    async def tag(request: Any, call_next: Any) -> Any:  # below the gate: added first
+        response = await call_next(request)
+        response.headers["x-tag"] = "1"
+        return response
+
+    config = PaymentConfig(pay_to=SELLER, routes={"GET /report": "$0.01"}, core=core)
+    app.middleware("http")(http_middleware(config))
+    with caplog.at_level(logging.WARNING, logger="fourmica_x402"), TestClient(app) as client:
+        assert client.get("/report").status_code == 402
+    said = [r.getMessage() for r in caplog.records if "BaseHTTPMiddleware" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("tag (a Starlette BaseHTTPMiddleware) runs below")
+
+
 @pytest.mark.parametrize("case", ["short", "fails-after-the-whole-body"])
 def test_compression_outside_the_gate_neither_hides_a_short_body_nor_breaks_a_whole_one(
     core: Core, case: str
