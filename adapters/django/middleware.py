@@ -110,6 +110,8 @@ class PaymentMiddleware:
         if isinstance(state, Response):
             return render(state)
         request.payment = state.payment
+        if state.payment.stream is not None:  # a metered stream's events are counted as they
+            request.META.pop("HTTP_ACCEPT_ENCODING", None)  # go: GZip below would hold them
         if request.method in ("GET", "HEAD"):  # served whole: an outer ConditionalGetMiddleware
             for name in _CONDITIONS:  # would turn the delivered 200 into a 304 or 412
                 request.META.pop(name, None)

@@ -1431,3 +1431,40 @@ def test_a_dispatch_of_its_own_behind_a_django_access_mixin_is_seen(configured: 
 
     assert conf.describe(Report.as_view()) == (None, None)  # may answer any method
     assert conf.describe(Handing.as_view()) == (None, ["GET", "POST", "HEAD", "OPTIONS"])
+
+
+def test_a_metered_stream_is_never_compressed_below_the_middleware(core: Core) -> None:
+    """Django's ``GZipMiddleware`` below ours (where the docs put it for streamed answers)
+    pulled a metered stream's events into its compressor without flushing them: slice 1 was
+    counted as sent and charged while the client had no event at all. The middleware drops a
+    metered request's ``Accept-Encoding``: the events go out as they are counted."""
+    from fourmica_x402 import Slices
+
+    heard: list[str | None] = []
+
+    def metered(request: HttpRequest) -> StreamingHttpResponse:
+        heard.append(request.META.get("HTTP_ACCEPT_ENCODING"))
+        events = request.payment.stream.events(iter([{"n": 1}, {"n": 2}]))  # type: ignore[attr-defined]
+        return StreamingHttpResponse(events, content_type="text/event-stream")
+
+    urls = types.ModuleType("django_metered_urls")
+    urls.urlpatterns = [path("met", metered)]  # type: ignore[attr-defined]
+    sys.modules[urls.__name__] = urls
+    routes = {"GET /met": {"price": "$0.01", "slices": Slices(units=2)}}
+    options = {"PAY_TO": SELLER, "NETWORK": NETWORK, "CORE": core, "ROUTES": routes}
+    below = [*MIDDLEWARE, "django.middleware.gzip.GZipMiddleware"]
+    try:
+        with override_settings(
+            FOURMICA_X402=options,
+            FOURMICA_X402_CONFIG=None,
+            MIDDLEWARE=below,
+            ROOT_URLCONF=urls.__name__,
+        ):
+            client = Client()
+            _, headers = header(client, core, "/met")
+            answer = client.get("/met", headers=headers, HTTP_ACCEPT_ENCODING="gzip")
+            body = b"".join(answer.streaming_content)
+    finally:
+        del sys.modules[urls.__name__]
+    assert answer.status_code == 200 and "content-encoding" not in answer.headers
+    assert heard == [None] and b'"n": 1' in body.replace(b'"n":1', b'"n": 1')
