@@ -35,7 +35,8 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
             conf.load(), conf.patterns()
         )
     except (ValueError, TypeError) as exc:  # ConfigurationError is a ValueError
-        return [Error(f"FOURMICA_X402: {exc}", id="fourmica_x402.E002")]
+        said = str(exc) if str(exc).startswith("FOURMICA_X402") else f"FOURMICA_X402: {exc}"
+        return [Error(said, id="fourmica_x402.E002")]
     msg = "FOURMICA_X402 ROUTES entry {!r} names no URL pattern: it prices nothing (a typo?)"
     return [Error(msg.format(key), id="fourmica_x402.E003") for key in missing]
 

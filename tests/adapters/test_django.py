@@ -1468,3 +1468,10 @@ def test_a_metered_stream_is_never_compressed_below_the_middleware(core: Core) -
         del sys.modules[urls.__name__]
     assert answer.status_code == 200 and "content-encoding" not in answer.headers
     assert heard == [None] and b'"n": 1' in body.replace(b'"n":1', b'"n": 1')
+
+
+def test_an_unknown_setting_is_named_once_by_the_system_check(configured: None) -> None:
+    """E002 read "FOURMICA_X402: FOURMICA_X402: unknown keys …"."""
+    with override_settings(FOURMICA_X402={"PAY_TOO": SELLER}):
+        [said] = [m.msg for m in run_checks(tags=["fourmica_x402"])]
+    assert said.startswith("FOURMICA_X402: unknown keys") and said.count("FOURMICA_X402") == 1
