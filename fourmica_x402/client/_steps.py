@@ -7,12 +7,11 @@ steps: read the offer's validation policy (leniently, as the official buyer does
 spending policy **before** anything is signed, open the tab, read the Core's parameters, sign
 G-v1 or G-v2 (docs/protocol.md, "Paying"; docs/buyer.md). Every refusal is in the ledger first.
 
-A step is a generator yielding its I/O: :class:`Send` (answered with the response),
-:class:`Read` (read it to its end, at most :data:`.answers.MAX_ANSWER` bytes), :class:`Approve`
-(answered with the approval callback's verdict). :func:`run_sync` and :func:`run_async` are the
-one sync and one async driver; a reading problem inside a step is a ``ValueError`` saying what
-went wrong, which the step turns into a :class:`~fourmica_x402.errors.PaymentFailed` refusal.
-"""
+A step is a generator yielding its I/O: :class:`Send` (answered with the response, its head
+within the read timeout: :mod:`.heads`), :class:`Read` (read it to its end, at most 1 MiB),
+:class:`Approve` (the approval callback's verdict). :func:`run_sync` and :func:`run_async` are
+the one sync and one async driver; a reading problem in a step is a ``ValueError`` saying what
+went wrong, which the step turns into a :class:`~fourmica_x402.errors.PaymentFailed` refusal."""
 
 from __future__ import annotations
 
@@ -50,6 +49,7 @@ from ..networks import get_network, parse_amount
 from ..wire import PaymentRequirements, ResourceInfo
 from .answers import aread_answer, error_said, http_url, read_answer
 from .certificates import public_key_bytes
+from .heads import asend_head, send_head
 from .jobs import ahead_of
 from .keys import BuyerKey
 from .policy import ApprovalRequest, SpendingPolicy
@@ -395,7 +395,7 @@ def run_sync(
         answer, error = None, None
         try:
             if isinstance(step, Send):
-                answer = send(step.request)
+                answer = send_head(send, step.request)
                 answer.request = step.request  # its reader's deadline: the read timeout
             elif isinstance(step, Read):
                 read(step.response)
@@ -422,7 +422,7 @@ async def run_async(
         answer, error = None, None
         try:
             if isinstance(step, Send):
-                answer = await send(step.request)
+                answer = await asend_head(send, step.request)
                 answer.request = step.request  # its reader's deadline: the read timeout
             elif isinstance(step, Read):
                 await aread_answer(step.response)

@@ -86,24 +86,30 @@ class _Deadline:
 
     def __init__(self, response: httpx.Response) -> None:
         try:
-            timeout = response.request.extensions.get("timeout")
+            self.seconds = read_timeout(response.request.extensions)
         except RuntimeError:  # a response made without a request
-            timeout = None
-        seconds = timeout.get("read") if isinstance(timeout, dict) else None
-        self.seconds: float | None = None
-        if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds > 0:
-            self.seconds = float(seconds)
+            self.seconds = None
         self.ends = None if self.seconds is None else time.monotonic() + self.seconds
         self.response = response
 
     def check(self) -> None:
         """Raise ``httpx.ReadTimeout`` once the deadline has passed."""
-        if self.ends is not None and time.monotonic() > self.ends:
-            raise httpx.ReadTimeout(
-                f"the answer did not arrive whole within {self.seconds:g} s "
-                "(the request's read timeout)",
-                request=self.response.request,
-            )
+        if self.seconds is not None and self.ends is not None and time.monotonic() > self.ends:
+            raise httpx.ReadTimeout(late(self.seconds), request=self.response.request)
+
+
+def read_timeout(extensions: object) -> float | None:
+    """The read timeout a request's ``extensions`` carry (httpx's or httpcore's), if any."""
+    timeout = extensions.get("timeout") if isinstance(extensions, dict) else None
+    seconds = timeout.get("read") if isinstance(timeout, dict) else None
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds > 0:
+        return float(seconds)
+    return None
+
+
+def late(seconds: float) -> str:
+    """What ``httpx.ReadTimeout`` says of an answer that did not arrive whole in time."""
+    return f"the answer did not arrive whole within {seconds:g} s (the request's read timeout)"
 
 
 def _read_already(response: httpx.Response, limit: int) -> bool:

@@ -17,6 +17,7 @@ the wire shape: docs/protocol.md, "Discovery").
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
@@ -29,6 +30,7 @@ from .._urls import check_http_url
 from ..errors import DiscoveryFailed
 from ..networks import find_asset, format_amount, parse_amount
 from .answers import UNPAID_KEY, AnswerTooLarge, aread_answer, read_answer
+from .heads import asend_head, bound, send_head
 
 C = TypeVar("C", httpx.Client, httpx.AsyncClient)
 
@@ -102,8 +104,11 @@ def discover(
         with contextlib.ExitStack() as stack:
             if client is None:
                 client = stack.enter_context(_fresh(httpx.Client, timeout))
-            request = client.stream("GET", target, timeout=timeout, extensions=_unpaid())
-            response = stack.enter_context(request)
+            bound(client)  # its head too within the timeout (docs/buyer.md, "Challenges")
+            request = client.build_request("GET", target, timeout=timeout, extensions=_unpaid())
+            send = functools.partial(client.send, stream=True)
+            response = send_head(send, request)
+            stack.callback(response.close)
             read_answer(response, MAX_BYTES)  # no further than the limit
             return read_listing(response, target)
     except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:  # the last two: a
@@ -122,8 +127,9 @@ async def adiscover(
         async with contextlib.AsyncExitStack() as stack:
             if client is None:
                 client = await stack.enter_async_context(_fresh(httpx.AsyncClient, timeout))
-            request = client.stream("GET", target, timeout=timeout, extensions=_unpaid())
-            response = await stack.enter_async_context(request)
+            request = client.build_request("GET", target, timeout=timeout, extensions=_unpaid())
+            response = await asend_head(functools.partial(client.send, stream=True), request)
+            stack.push_async_callback(response.aclose)
             await aread_answer(response, MAX_BYTES)
             return read_listing(response, target)
     except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:  # the last two: a

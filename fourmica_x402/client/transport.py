@@ -24,6 +24,7 @@ import httpx
 from ._steps import run_async, run_sync
 from .answers import read_answer
 from .flow import BuyerFlow
+from .heads import bound
 from .keys import BuyerKey
 from .policy import SpendingPolicy
 from .receipts import ReceiptLedger
@@ -55,6 +56,7 @@ class PaymentTransport(httpx.BaseTransport):
     ) -> None:
         self.flow = BuyerFlow(key, policy=policy, ledger=ledger)
         self._inner = transport or httpx.HTTPTransport()
+        bound(self._inner)  # the heads of answers bounded in time (docs/buyer.md, "Challenges")
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         request.read()  # the body is sent twice when the first answer is a 402
@@ -97,6 +99,7 @@ class EnvironmentTransport(httpx.BaseTransport):
 
     def __init__(self) -> None:
         self._client = httpx.Client()  # trust_env: the environment's proxies, per URL
+        bound(self._client)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         try:

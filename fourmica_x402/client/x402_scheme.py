@@ -49,6 +49,7 @@ from ..networks import _DOLLAR_SYMBOLS, find_asset, get_network, parse_amount
 from ..networks import networks as known_networks
 from ..wire import SCHEME, PaymentRequirements, PaymentRequirementsV1, ResourceInfo
 from ._steps import Buyer, Prepared, Steps, offered, run_async, run_sync
+from .heads import bound
 from .keys import BuyerKey
 from .policy import ApprovalRequest, SpendingPolicy
 from .receipts import ReceiptLedger
@@ -96,6 +97,7 @@ class FourMicaCreditScheme(Buyer):
         super().__init__(key, policy=policy, ledger=ledger)
         self._timeout = timeout
         self._http = http
+        bound(http)  # the heads of its answers bounded in time (docs/buyer.md, "Challenges")
         self._own_http: httpx.Client | None = None
         self._lock = threading.Lock()
         # x402 (≥ 2.20) runs a registered scheme's ``scheme_hooks`` around its payloads.
@@ -214,6 +216,7 @@ class FourMicaCreditScheme(Buyer):
         with self._lock:
             if self._own_http is None:
                 self._own_http = httpx.Client(timeout=self._timeout)
+                bound(self._own_http)
             return self._own_http
 
     def close(self) -> None:
