@@ -273,8 +273,8 @@ class PaidStream(_Stream):
                         except PaymentRefused as exc:  # stop it: the seller ends it cleanly
                             self._stopped(exc)
                             self.client.delete(self._stop_url(what), **_stop())
-            except httpx.TransportError:
-                if self.refusal is None:  # once stopped, a stream cut or gone silent is over
+            except httpx.HTTPError:  # a TransportError, or a DecodingError (a garbled stop)
+                if self.refusal is None:  # once stopped, a stream cut, silent or garbled is over
                     raise
         if self.refusal is not None:
             raise self.refusal
@@ -306,7 +306,7 @@ class AsyncPaidStream(_Stream):
                         except PaymentRefused as exc:
                             self._stopped(exc)
                             await self.client.delete(self._stop_url(what), **_stop())
-            except httpx.TransportError:
+            except httpx.HTTPError:
                 if self.refusal is None:
                     raise
         if self.refusal is not None:

@@ -964,6 +964,46 @@ def test_a_seller_ignoring_the_stop_holds_the_buyer_only_a_short_while(
     assert got == [{"tick": 0}]
 
 
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_garbled_answer_to_the_stop_still_raises_the_refusal(is_async: bool) -> None:
+    """The policy refuses slice 2 and the buyer stops the stream; the seller answers the stop
+    with a body labelled gzip that is not: httpx's DecodingError (no TransportError) reached
+    the caller instead of the policy's refusal (docs/buyer.md, "Metered streams")."""
+    body = (
+        'event: stream\ndata: {"stream": "s1"}\n\ndata: {"tick": 0}\n\n'
+        'event: payment-required\ndata: {"pay": "/streams/s1/2"}\n\n'
+        'event: end\ndata: {"reason": "buyer_stopped", "slices": 1}\n\n'
+    )
+    stops: list[str] = []
+
+    def seller(request: httpx.Request) -> httpx.Response:
+        if request.method == "DELETE":
+            stops.append(request.url.path)
+            return httpx.Response(200, headers={"content-encoding": "gzip"}, content=b"not gzip")
+        if request.url.path == "/s":
+            return httpx.Response(200, headers={"content-type": "text/event-stream"}, text=body)
+        return httpx.Response(402, headers={"payment-required": _hostile_challenge()})
+
+    key, policy = TestBuyer.new().key, SpendingPolicy(max_per_request="$0.001")
+    options: dict[str, Any] = {"base_url": "http://seller.test"}
+    with pytest.raises(BudgetExhausted):
+        if is_async:
+
+            async def read() -> None:
+                inner = httpx.MockTransport(seller)
+                transport = AsyncPaymentTransport(key, policy=policy, transport=inner)
+                async with httpx.AsyncClient(transport=transport, **options) as client:
+                    async for _ in AsyncPaidStream(client, "GET", "/s"):
+                        pass
+
+            asyncio.run(read())
+        else:
+            transport = PaymentTransport(key, policy=policy, transport=httpx.MockTransport(seller))
+            with httpx.Client(transport=transport, **options) as client:
+                list(PaidStream(client, "GET", "/s"))
+    assert stops == ["/streams/s1"]
+
+
 @pytest.mark.parametrize(
     "body",
     [
