@@ -19,6 +19,7 @@ Nothing of an unpaid slice is ever sent::
 from __future__ import annotations
 
 import codecs
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -29,7 +30,7 @@ import httpx
 
 from .._json import loads
 from ..errors import FourmicaError, PaymentRefused
-from .answers import MAX_ANSWER, UNPAID_KEY
+from .answers import MAX_ANSWER, UNPAID_KEY, AnswerTooLarge, aread_answer, read_answer
 
 __all__ = ["STOP_GRACE", "AsyncPaidStream", "Event", "PaidStream", "StreamFailed"]
 
@@ -231,7 +232,14 @@ class _Stream:
     def _stop_url(self, pay: str) -> str:
         return pay.rsplit("/", 1)[0]
 
-    def _check_paid(self, response: httpx.Response) -> None:
+    @contextlib.contextmanager
+    def _reading(self, response: httpx.Response) -> Iterator[None]:
+        """Read a slice's payment answer (at most 1 MiB, whole within the read timeout:
+        docs/buyer.md, "Challenges"), then check it is a 2xx."""
+        try:
+            yield
+        except AnswerTooLarge as exc:
+            raise StreamFailed(f"a slice's payment answer: {exc}", response) from None
         if not response.is_success:
             raise StreamFailed(f"a slice's payment was answered {response.status_code}", response)
 
@@ -268,11 +276,14 @@ class PaidStream(_Stream):
                         break
                     elif what != "skip" and self.refusal is None:
                         try:
-                            self._check_paid(self.client.post(what, follow_redirects=False))
+                            pay = self.client.stream("POST", what, follow_redirects=False)
+                            with pay as paid, self._reading(paid):
+                                read_answer(paid)
                             self._paid_slice()
                         except PaymentRefused as exc:  # stop it: the seller ends it cleanly
                             self._stopped(exc)
-                            self.client.delete(self._stop_url(what), **_stop())
+                            with self.client.stream("DELETE", self._stop_url(what), **_stop()):
+                                pass  # its answer unread: the stream's end says it was heard
             except httpx.HTTPError:  # a TransportError, or a DecodingError (a garbled stop)
                 if self.refusal is None:  # once stopped, a stream cut, silent or garbled is over
                     raise
@@ -300,12 +311,16 @@ class AsyncPaidStream(_Stream):
                         break
                     elif what != "skip" and self.refusal is None:
                         try:
-                            paid = await self.client.post(what, follow_redirects=False)
-                            self._check_paid(paid)
+                            pay = self.client.stream("POST", what, follow_redirects=False)
+                            async with pay as paid:
+                                with self._reading(paid):
+                                    await aread_answer(paid)
                             self._paid_slice()
                         except PaymentRefused as exc:
                             self._stopped(exc)
-                            await self.client.delete(self._stop_url(what), **_stop())
+                            stop = self.client.stream("DELETE", self._stop_url(what), **_stop())
+                            async with stop:
+                                pass
             except httpx.HTTPError:
                 if self.refusal is None:
                     raise

@@ -964,6 +964,77 @@ def test_a_seller_ignoring_the_stop_holds_the_buyer_only_a_short_while(
     assert got == [{"tick": 0}]
 
 
+@pytest.mark.parametrize("slow", ["pay", "stop"])
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_slices_payment_or_stop_answered_a_byte_at_a_time_does_not_hold_the_buyer(
+    slow: str, is_async: bool
+) -> None:
+    """The answers to a slice's payment (POST) and to the stop (DELETE) were read whole with
+    no bound: a seller (hostile, on a real socket) sending their bodies a byte just within
+    each read's timeout held the buyer for as long as it liked. A payment's answer is read
+    bounded now (``httpx.ReadTimeout`` at the read timeout, docs/buyer.md, "Challenges"); the
+    stop's is not read: the buyer waits ``stop_grace`` for the stream's end, no longer."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response, StreamingResponse
+    from starlette.routing import Route
+
+    async def drip() -> Any:
+        for _ in range(40):  # 10 s, each byte well within the read timeout
+            await asyncio.sleep(0.25)
+            yield b" "
+        yield b"{}"
+
+    async def stream(request: Request) -> StreamingResponse:
+        async def body() -> Any:
+            yield b'event: stream\ndata: {"stream": "s1"}\n\ndata: {"tick": 0}\n\n'
+            yield b'event: payment-required\ndata: {"pay": "/streams/s1/2"}\n\n'
+            for _ in range(75):  # 15 s, then it ends (without an end event)
+                await asyncio.sleep(0.2)
+                yield b": keep-alive\n\n"
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    async def pay(request: Request) -> Response:  # free (slow) or over the buyer's cap (stop)
+        if slow == "pay":
+            return StreamingResponse(drip(), media_type="application/json")
+        return Response(status_code=402, headers={"payment-required": _hostile_challenge()})
+
+    async def stop(request: Request) -> Response:
+        return StreamingResponse(drip(), media_type="application/json")
+
+    app = Starlette(
+        routes=[
+            Route("/s", stream),
+            Route("/streams/s1/2", pay, methods=["POST"]),
+            Route("/streams/s1", stop, methods=["DELETE"]),
+        ]
+    )
+    key, policy = TestBuyer.new().key, SpendingPolicy(max_per_request="$0.001")
+    raised: type[Exception] = httpx.ReadTimeout if slow == "pay" else BudgetExhausted
+    with harness.loopback(app, "asgi") as url, pytest.raises(raised):
+        options: dict[str, Any] = {"base_url": url, "timeout": 1.0}
+        started = time.monotonic()
+        if is_async:
+
+            async def read() -> None:
+                transport = AsyncPaymentTransport(key, policy=policy)
+                async with httpx.AsyncClient(transport=transport, **options) as client:
+                    stream = AsyncPaidStream(client, "GET", "/s")
+                    stream.stop_grace = 1.0
+                    async for _ in stream:
+                        pass
+
+            asyncio.run(read())
+        else:
+            transport = PaymentTransport(key, policy=policy)
+            with httpx.Client(transport=transport, **options) as client:
+                stream = PaidStream(client, "GET", "/s")
+                stream.stop_grace = 1.0
+                list(stream)
+    assert time.monotonic() - started < 6  # not the seller's 10 s
+
+
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
 def test_a_garbled_answer_to_the_stop_still_raises_the_refusal(is_async: bool) -> None:
     """The policy refuses slice 2 and the buyer stops the stream; the seller answers the stop
