@@ -126,7 +126,11 @@ class _Stream:
     stop_grace: float = STOP_GRACE
 
     def __init__(self, method: str, url: str, kwargs: dict[str, Any]) -> None:
-        self.method, self.url, self.kwargs = method, url, kwargs
+        # Asked unpacked: httpx unpacks a chunk whole, a few kilobytes of nested gzip to
+        # hundreds of megabytes, before any event limit can look at it.
+        headers = httpx.Headers(kwargs.get("headers"))
+        headers.setdefault("accept-encoding", "identity")
+        self.method, self.url, self.kwargs = method, url, {**kwargs, "headers": headers}
         #: The stream's id, why it ended and how many slices were bought (1 once it opened).
         self.id: str | None = None
         self.ended: str | None = None
@@ -142,6 +146,9 @@ class _Stream:
         if not response.is_success:
             raise StreamFailed(f"the stream answered {response.status_code}", response)
         self.slices = 1
+        coded = response.headers.get("content-encoding", "identity").strip().lower()
+        if coded != "identity":  # asked unpacked: nothing of it is read
+            raise StreamFailed(f"the stream came in a content coding ({coded:.40})", response)
 
     def _events(self, chunks: Iterable[bytes], parser: _Parser) -> Iterator[Event]:
         for chunk in chunks:

@@ -1099,6 +1099,61 @@ def test_a_huge_event_fails_the_stream_instead_of_filling_memory(body: bytes) ->
             pass
 
 
+class _Bomb(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A stream's body in nested gzip, 16 MiB of one event packed in a few kilobytes; says
+    whether it was read."""
+
+    def __init__(self) -> None:
+        import zlib
+
+        self.read = False
+        inner = zlib.compressobj(9, zlib.DEFLATED, 31)
+        packed = inner.compress(b"data: ") + b"".join(
+            inner.compress(b"A" * (1 << 20)) for _ in range(16)
+        )
+        outer = zlib.compressobj(9, zlib.DEFLATED, 31)
+        self.data = outer.compress(packed + inner.flush()) + outer.flush()
+
+    def __iter__(self) -> Any:
+        self.read = True
+        yield self.data
+
+    async def __aiter__(self) -> Any:
+        self.read = True
+        yield self.data
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_compressed_stream_is_refused_before_anything_is_unpacked(is_async: bool) -> None:
+    """httpx unpacks each chunk whole: a stream in nested gzip ("gzip, gzip") of 427 bytes
+    unpacked to 300 MiB before the parser's 1 MiB event limit looked at it. The buyer asks
+    for the stream unpacked (``Accept-Encoding: identity``) and refuses one in a content
+    coding (docs/buyer.md, "Metered streams")."""
+    bomb, asked = _Bomb(), []
+
+    def seller(request: httpx.Request) -> httpx.Response:
+        asked.append(request.headers.get("accept-encoding"))
+        headers = {"content-type": "text/event-stream", "content-encoding": "gzip, gzip"}
+        return httpx.Response(200, headers=headers, stream=bomb)
+
+    key = TestBuyer.new().key
+    with pytest.raises(StreamFailed, match="gzip, gzip"):
+        if is_async:
+
+            async def read() -> None:
+                transport = AsyncPaymentTransport(key, transport=httpx.MockTransport(seller))
+                async with httpx.AsyncClient(transport=transport) as client:
+                    async for _ in AsyncPaidStream(client, "GET", "http://seller.test/s"):
+                        pass
+
+            asyncio.run(read())
+        else:
+            transport = PaymentTransport(key, transport=httpx.MockTransport(seller))
+            with httpx.Client(transport=transport) as client:
+                list(PaidStream(client, "GET", "http://seller.test/s"))
+    assert asked == ["identity"] and not bomb.read
+
+
 def test_events_split_anywhere_across_chunks_read_the_same() -> None:
     """Lines end at CR, LF or CRLF, a CRLF split between two chunks included."""
     from fourmica_x402.client.streams import _Parser
