@@ -219,13 +219,18 @@ def _view(request: requests.PreparedRequest) -> httpx.Request:
     """The caller's request as the flow sees it (it reads URL, method, headers and body)."""
     body = request.body  # bytes, text or None once buffered
     content = body.encode("utf-8") if isinstance(body, str) else body
-    return httpx.Request(
-        request.method or "GET",
-        request.url or "",
-        headers=[(_raw(k), _raw(v)) for k, v in request.headers.items() if k.lower() not in _HOP],
-        content=content if isinstance(content, bytes) else None,
-        extensions={_CALLER: True},
-    )
+    try:
+        return httpx.Request(
+            request.method or "GET",
+            request.url or "",
+            headers=[
+                (_raw(k), _raw(v)) for k, v in request.headers.items() if k.lower() not in _HOP
+            ],
+            content=content if isinstance(content, bytes) else None,
+            extensions={_CALLER: True},
+        )
+    except (httpx.InvalidURL, UnicodeError) as exc:  # one requests takes (a redirect to it)
+        raise requests.exceptions.InvalidURL(str(exc), request=request) from None
 
 
 def _raw(value: str | bytes) -> bytes:

@@ -1273,6 +1273,21 @@ def test_an_answer_sent_a_byte_at_a_time_ends_at_the_timeout(slow: str, mode: st
         server.server_close()
 
 
+def test_a_url_requests_takes_and_httpx_refuses_is_a_requests_error() -> None:
+    """The requests adapter shows each request to the flow as an httpx request: a URL that
+    requests accepts and httpx refuses (a redirect to http://999.1.1.1/x, say) raised
+    ``httpx.InvalidURL`` out of ``session.get``, a traceback instead of the requests error a
+    plain session raises for it."""
+    import requests
+
+    from fourmica_x402.client.requests_adapter import PaymentAdapter
+
+    session = requests.Session()
+    session.mount("http://", PaymentAdapter(TestBuyer.new().key))
+    with session, pytest.raises(requests.exceptions.InvalidURL, match=r"999\.1\.1\.1"):
+        session.get("http://999.1.1.1/x", timeout=5)
+
+
 def test_the_requests_adapter_stops_reading_a_compressed_huge_answer_at_its_limit() -> None:
     """requests decoded a 402's whole body before the flow's 1 MiB limit looked at it: 400 KB
     of gzip cost 400 MiB of memory. The body is read in decoded chunks now."""
