@@ -183,6 +183,17 @@ def _receipt(receipt: Any, payer: str) -> dict[str, Any] | None:
     return shown
 
 
+def _failed_after_paying(receipt: Any, payer: str, error: Exception) -> None:
+    """When the call failed after its payment left (its answer unreadable, or none within the
+    timeout), say so with the receipt, and exit 1: a script that retries pays again."""
+    if receipt is None or receipt.outcome not in ("paid", "unanswered"):
+        return
+    message = f"request failed after its payment was made (a retry pays again): {error}"
+    shown = {"paid": True, "error": "request_failed", "message": message, "payer": payer}
+    click.echo(json.dumps({**shown, "receipt": _receipt(receipt, payer)}, indent=2))
+    sys.exit(1)
+
+
 def _collateral_hint(receipt: Any, payer: str) -> str:
     """What to do when the seller's Core has too little collateral for ``payer``: deposit
     into the database that Core uses (docs/operations.md, "The embedded Core")."""
@@ -257,8 +268,8 @@ def pay(
     from ..client.transport import EnvironmentTransport
     from ..errors import PaymentRefused
 
-    try:
-        ledger = ReceiptLedger(receipts) if receipts else None
+    try:  # an in-memory one without --receipts: what the payment did, if the call then fails
+        ledger = ReceiptLedger(receipts or ":memory:")
     except (sqlite3.Error, OSError) as exc:
         raise click.BadParameter(
             f"cannot open the SQLite ledger {receipts!r}: {exc}", param_hint="'--receipts'"
@@ -294,6 +305,7 @@ def pay(
             sys.exit(1)
         except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:  # the last two: a
             # redirect to a host no request can go to (the URL given was checked above)
+            _failed_after_paying(ledger.last, payer, exc)
             raise click.ClickException(f"request failed: {exc}") from None
         except FourmicaError as exc:  # e.g. a --max-price finer than the offered token
             raise click.ClickException(exc.message) from None

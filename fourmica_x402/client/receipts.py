@@ -107,6 +107,8 @@ class ReceiptLedger:
 
     def __init__(self, path: str | Path = ":memory:") -> None:
         self.path = str(path)
+        #: The last receipt this object appended (a command's one payment, say), if any.
+        self.last: Receipt | None = None
         # Processes sharing the file wait for each other's write transactions (budgets).
         self._conn = sqlite3.connect(
             self.path, check_same_thread=False, isolation_level=None, timeout=30
@@ -163,6 +165,7 @@ class ReceiptLedger:
                 f"INSERT INTO receipts ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})",
                 values,
             )
+            self.last = receipt
 
     def __iter__(self) -> Iterator[Receipt]:
         with self._lock:

@@ -504,6 +504,40 @@ def test_a_seller_sending_a_byte_at_a_time_is_cut_off_at_the_timeout() -> None:
             assert time.monotonic() - started < 6, args
 
 
+@pytest.mark.parametrize("fails", ["garbled", "late"])
+def test_pay_says_a_payment_was_made_when_its_answer_then_fails(tmp_path: Path, fails: str) -> None:
+    """The seller takes the payment, then answers with a body labelled gzip that is not, or
+    not within ``--timeout``: ``pay`` printed only "request failed", and a script retrying
+    it paid again. It says a payment was made now, with the receipt (its tab and request ids,
+    its outcome), and exits 1."""
+    from fourmica_x402.adapters.wsgi import PaymentMiddleware
+
+    from fourmica_x402 import PaymentConfig
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if fails == "late":
+            time.sleep(3)  # past the buyer's 1 s read timeout
+        start_response("200 OK", [("content-encoding", "gzip")])
+        return [b"definitely not gzip"]
+
+    db = f"sqlite:///{tmp_path / 'core.db'}"
+    core = Core(db)
+    core.deposit(ADDRESS, 1_000_000, network=NETWORK)
+    config = PaymentConfig(pay_to=PAY_TO, core=db, routes={"GET /premium": "$0.01"})
+    try:
+        with loopback(PaymentMiddleware(app, config=config)) as origin:
+            result = cli("pay", f"{origin}/premium", "--key", KEY, "--timeout", "1")
+    finally:
+        core.close()
+    clean(result)
+    assert result.exit_code == 1, result.output
+    out = json.loads(result.stdout[result.stdout.index("{") :])
+    assert out["paid"] is True and "after its payment was made" in out["message"], out
+    receipt = out["receipt"]
+    assert receipt["outcome"] == ("paid" if fails == "garbled" else "unanswered"), receipt
+    assert receipt["tab_id"] and receipt["request_id"] and receipt["payer"] == ADDRESS
+
+
 def forwarding(seen: list[tuple[str, str]]) -> Any:
     """A forward HTTP proxy (WSGI, for loopback): notes each request's method and path and
     sends it on to the URL it names."""
