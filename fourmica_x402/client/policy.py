@@ -200,7 +200,7 @@ class SpendingPolicy:
             return Decision("blocked_seller", f"seller {seller} is not allowed")
         with self._lock, self._book.hold() as book:
             cap = self._atomic(self.max_per_request, token)
-            if cap is not None and amount > cap:
+            if cap is not None and (amount > cap or not cap):  # 0 lets nothing through
                 return Decision(
                     "budget_exhausted",
                     _uncovered(self.max_per_request, "the per-request cap", token, asset, network)
@@ -212,7 +212,7 @@ class SpendingPolicy:
             if cap is not None:
                 covered = _covered(self.max_per_seller, token, asset)
                 spent = _total(book.spent(0.0, covered, seller=key), covered, token)
-                if spent + amount > cap:
+                if spent + amount > cap or not cap:
                     what = f"the per-seller cap {_money(cap, token)}"
                     return Decision(
                         "budget_exhausted",
@@ -225,7 +225,7 @@ class SpendingPolicy:
                     continue
                 covered = _covered(self.windows[name], token, asset)
                 spent = _total(book.spent(now - seconds, covered), covered, token)
-                if spent + amount > cap:
+                if spent + amount > cap or not cap:
                     what = f"the {name.replace('_', ' ')} budget"
                     return Decision(
                         "budget_exhausted",
@@ -285,7 +285,7 @@ class SpendingPolicy:
         if by_asset is None:  # kept in this object: the task's own tallies
             by_asset = {a: task.spent.get(a, 0) + task.reserved.get(a, 0) for a in covered}
         used = _total(by_asset, covered, token)
-        if used + amount > cap:
+        if used + amount > cap or not cap:
             what = f"task {task.name!r} budget {_money(cap, token)}"
             return Decision("budget_exhausted", _exceeded(what, used, amount, token))
         if used + amount + ahead > cap:

@@ -393,3 +393,31 @@ def test_a_new_seller_over_the_threshold_is_asked_about_both_at_once() -> None:
     policy.check(seller=first, url="u", amount=1, asset=USDC, network=NETWORK, approved=True)
     later = policy.check(seller=first, url="u", amount=50_000, asset=USDC, network=NETWORK)
     assert later.approval is not None and later.approval.reason == "over_threshold"
+
+
+@pytest.mark.parametrize(
+    "cap",
+    [
+        {"max_per_request": "$0"},
+        {"max_per_request": 0},
+        {"max_per_seller": "$0"},
+        {"per_minute": 0},
+        {"per_day": "$0"},
+        {"task": "$0"},
+        {"task": 0},
+    ],
+    ids=lambda cap: "=".join(map(str, next(iter(cap.items())))),
+)
+@pytest.mark.parametrize("kept", ["memory", "ledger"])
+def test_a_cap_of_zero_lets_nothing_through_not_even_an_amount_of_zero(
+    cap: dict[str, object], kept: str, tmp_path: Path
+) -> None:
+    """docs/buyer.md ("Budgets"): "$0" or 0 lets nothing through. The caps compared amount
+    > cap (and spent + amount > cap): 0 > 0 does not hold, so a zero price was allowed."""
+    ledger = ReceiptLedger(tmp_path / "agent.db") if kept == "ledger" else None
+    caps = {name: value for name, value in cap.items() if name != "task"}
+    task = cap.get("task")
+    policy = SpendingPolicy(ledger=ledger, **caps)  # type: ignore[arg-type]
+    with policy.task("t", budget=task) if task is not None else contextlib.nullcontext():
+        assert ask(policy, amount=0) == "budget_exhausted"
+        assert ask(policy, amount=1) == "budget_exhausted"
