@@ -198,14 +198,14 @@ class Buyer:
     ) -> Steps[Prepared]:
         """From a chosen offer to a payment ready to sign. A reservation of the budget is
         released when a later step fails; the caller commits or releases it after signing."""
+        if not parse_amount(offer.amount):  # the Core refuses to guarantee 0 (invalid_amount)
+            raise self._refuse(PaymentFailed, receipt, "the offer asks an amount of 0")
         try:  # read now: a challenge no guarantee can be signed for costs no tab and no budget
-            policy = ValidationPolicy.from_extra(
-                offer.extra, get_network(offer.network).chain_id, lenient=True
-            )
+            chain = get_network(offer.network).chain_id
+            policy = ValidationPolicy.from_extra(offer.extra, chain, lenient=True)
         except ValueError as exc:
-            raise self._refuse(
-                PaymentFailed, receipt, f"invalid validation policy: {exc}"
-            ) from None
+            why = f"invalid validation policy: {exc}"
+            raise self._refuse(PaymentFailed, receipt, why) from None
         reservation = None
         if self.policy is not None:
             reservation = yield from self._decide(self.policy, offer, receipt)

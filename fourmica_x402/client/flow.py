@@ -334,14 +334,16 @@ class BuyerFlow(Buyer):
         for offer in offers:
             try:
                 get_network(offer.network)
-                parse_amount(offer.amount)
+                amount = parse_amount(offer.amount)  # 0: no guarantee, no decoy hiding one
                 parse_address(offer.pay_to)  # a decoy that names no seller hides no offer
             except Exception:
                 continue
-            if offer.scheme == SCHEME and self.policy.allows(offer.network, offer.asset):
+            if amount and offer.scheme == SCHEME and self.policy.allows(offer.network, offer.asset):
                 usable.append(offer)
         if not usable:
-            raise MalformedPayment("no offer this client can pay (scheme, network or asset)")
+            raise MalformedPayment(
+                "no offer this client can pay (scheme, network, asset or an amount of 0)"
+            )
         return _Challenge(min(usable, key=_cost), version, resource)
 
     @staticmethod

@@ -369,6 +369,41 @@ class DecoyOffer(Wire):
         return status, rewritten(headers, add_decoy) if status == 402 else headers, body
 
 
+class ZeroOffer(Counting):
+    """Asks an amount of 0: in an offer of its own before the seller's (``decoy``), or in the
+    seller's only offer."""
+
+    def __init__(self, decoy: bool) -> None:
+        super().__init__()
+        self.decoy = decoy
+
+    def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
+        def zero(required: Any) -> None:
+            offer = {**required["accepts"][0], "amount": "0"}
+            required["accepts"][: 0 if self.decoy else 1] = [offer]
+
+        return status, rewritten(headers, zero) if status == 402 else headers, body
+
+
+@pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
+@pytest.mark.parametrize("decoy", [False, True], ids=["only", "decoy"])
+def test_an_offer_of_amount_zero_is_never_signed(seller: Any, buyers: Any, decoy: bool) -> None:
+    """The Core refuses a guarantee of 0 (invalid_amount) and our gate never prices 0: an
+    offer of 0, the cheapest, was signed (whatever the caps: 0 is over none), and hid the
+    seller's real offer. It is no offer the buyer can pay now."""
+    wire = ZeroOffer(decoy)
+    client = buyers.client(seller, funded(seller), wire=wire)
+    if decoy:  # the seller's own offer is paid
+        resp = client.get("/premium")
+        assert resp.status == 200 and resp.receipt.amount == 10_000
+        assert (wire.tabs, wire.paid_attempts) == (1, 1)
+    else:
+        with pytest.raises(PaymentFailed, match="no offer this client can pay") as info:
+            client.get("/premium")
+        assert info.value.receipt.outcome == "payment_failed"
+        assert (wire.tabs, wire.paid_attempts) == (0, 0)
+
+
 @pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
 def test_a_cheaper_decoy_naming_no_seller_does_not_hide_the_real_offer(
     seller: Any, buyers: Any

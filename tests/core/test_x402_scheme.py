@@ -280,3 +280,15 @@ def test_a_tab_endpoint_that_cannot_be_reached_is_a_refusal_that_releases_the_bu
     assert info.value.receipt.outcome == "payment_failed"
     assert [r.outcome for r in scheme.ledger] == ["payment_failed"]
     assert policy.spent(USDC) == 0
+
+
+def test_an_offer_of_amount_zero_is_refused_before_a_tab_is_opened() -> None:
+    """The Core refuses a guarantee of 0 (invalid_amount): x402 hands the scheme whatever
+    offer it chose, and one of 0 was signed."""
+    seller = Seller()
+    http = httpx.Client(transport=httpx.MockTransport(seller))
+    scheme = FourMicaCreditScheme(TestBuyer.new().key, http=http)  # no cap: none is needed
+    requirements = offer().model_copy(update={"amount": "0"})
+    with pytest.raises(PaymentFailed, match="amount of 0") as info:
+        prepared_and_signed(scheme, requirements)
+    assert info.value.receipt.outcome == "payment_failed" and seller.seen == []
