@@ -112,11 +112,16 @@ class ValidationPolicy:
         if len(present) != len(cls._EXTRA_KEYS):
             missing = sorted(set(cls._EXTRA_KEYS) - set(present))
             raise ValueError(f"incomplete validation policy, missing {', '.join(missing)}")
-        score = extra["minValidationScore"]
+        score, agent = extra["minValidationScore"], extra["validatorAgentId"]
         declared_chain = extra.get("validationChainId", chain_id)
         if lenient:
             score = _number(score, "minValidationScore", hex_ok=False)
             declared_chain = _number(declared_chain, "validationChainId", hex_ok=True)
+            agent = _number(agent, "validatorAgentId", hex_ok=True)
+        try:
+            agent = parse_amount(agent)  # a uint256
+        except ValueError as exc:
+            raise ValueError(f"validatorAgentId: {exc}") from None
         if isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 100:
             raise ValueError("minValidationScore must be an integer 1..100")
         if isinstance(declared_chain, bool) or not isinstance(declared_chain, int):
@@ -132,7 +137,7 @@ class ValidationPolicy:
         return cls(
             registry=parse_address(extra["validationRegistryAddress"]),
             validator=parse_address(extra["validatorAddress"]),
-            validator_agent_id=parse_amount(extra["validatorAgentId"]),
+            validator_agent_id=agent,
             min_score=score,
             job_hash=job_hash,
             chain_id=chain_id,

@@ -1099,6 +1099,12 @@ def test_numbers_as_strings_in_a_challenge_are_read(seller: Any, buyers: Any) ->
         ("minValidationScore", "0x64"),
         ("minValidationScore", "101"),
         ("minValidationScore", True),
+        ("validatorAgentId", " 007"),  # read as 7, and signed
+        ("validatorAgentId", "007"),
+        ("validatorAgentId", "0x01"),
+        ("validatorAgentId", "0x\u0661"),  # an Arabic-Indic one: int() reads it, as 1
+        ("validatorAgentId", -1),
+        ("validatorAgentId", 1 << 256),
         ("jobHash", "0x    " + "aa" * 30),  # bytes.fromhex alone skips the spaces: 30 bytes
         ("jobHash", "0x" + "aa" * 31 + "a "),
     ],
