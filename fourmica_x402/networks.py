@@ -183,8 +183,8 @@ def parse_amount(value: object) -> int:
     elif isinstance(value, str) and 0 < len(value) <= 80:
         text = value.strip()
         try:
-            if text[:2] in ("0x", "0X"):
-                result = int(text[2:], 16) if text[2:].isalnum() else -1
+            if text[:2] in ("0x", "0X"):  # ASCII: int() reads other scripts' digits too
+                result = int(text[2:], 16) if text[2:].isascii() and text[2:].isalnum() else -1
             elif text.isdigit() and text.isascii():
                 result = int(text)
             else:

@@ -146,7 +146,23 @@ def test_wire_amounts(raw: object, value: int) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    ["", "0x", "-1", "1.0", "1e3", "١٢", " ", True, 1.0, None, -1, "0x" + "f" * 65, "9" * 100],
+    [
+        "",
+        "0x",
+        "-1",
+        "1.0",
+        "1e3",
+        "١٢",
+        " ",
+        True,
+        1.0,
+        None,
+        -1,
+        "0x" + "f" * 65,
+        "9" * 100,
+        "0x١٠",  # other digits than ASCII after 0x: int(..., 16) read them (16)
+        "0x\uff11",
+    ],
 )
 def test_bad_wire_amounts(raw: object) -> None:
     with pytest.raises(ValueError):
