@@ -13,6 +13,8 @@ from fourmica_x402.errors import FourmicaError
 from fourmica_x402.gate import Endpoint, Gate, RouterFailed
 from fourmica_x402.gate.lifecycle import Endpoints, Marker
 
+from ._fastapi_routes import effective, included, tree
+
 __all__ = ["StarletteRouter"]
 
 Scope = MutableMapping[str, Any]
@@ -24,10 +26,10 @@ class StarletteRouter:
     def __init__(self, router: Any, marker: Callable[[Any], Marker | None]) -> None:
         from starlette.convertors import CONVERTOR_TYPES
         from starlette.exceptions import HTTPException
-        from starlette.routing import Host, Match, Mount, WebSocketRoute
+        from starlette.routing import Host, Match, Mount, Router, WebSocketRoute
 
         self.router, self._nested, self._http_error = router, (Mount, Host), HTTPException
-        self._full, self._none = Match.FULL, Match.NONE
+        self._full, self._none, self._nf = Match.FULL, Match.NONE, Router.not_found
         self.endpoint = Endpoints(
             lambda route: (marker(route), getattr(route, "methods", None)),
             lambda route: isinstance(route, WebSocketRoute),
@@ -50,14 +52,14 @@ class StarletteRouter:
         """``(route, template, source)`` of every endpoint, mounts and included routers
         included (``source``: what describes the route, see :func:`_effective`)."""
         for route in self.router.routes if routes is None else routes:
-            if _included(route):
+            if included(route):
                 for context in route.effective_route_contexts():
-                    yield from self._below(*_effective(context), prefix)
+                    yield from self._below(*effective(context), prefix)
             else:
                 yield from self._below(route, getattr(route, "path", ""), None, prefix)
         for group in getattr(self.router, "_low_priority_routes", ()) if routes is None else ():
             for front in getattr(group, "routes", ()):  # FastAPI's frontend(): a whole tree
-                yield front, _tree(front), None
+                yield front, tree(front), None
 
     def _below(
         self, route: Any, path: str, source: Any, prefix: str
@@ -71,23 +73,25 @@ class StarletteRouter:
         yield route, path, source
 
     def resolve(self, scope: Scope) -> Endpoint | None:  # scope: a copy, FastAPI writes in it
-        routes, prefix = self.router.routes, ""
+        routes, prefix, mount = self.router.routes, "", None
         while True:
             for route in routes:  # the first full match wins, as in Router.app
                 match, child = route.matches(scope)
                 if match is self._full:
                     break
             else:  # 404, 405 or a redirect: the router will not serve it; or a frontend
-                return self._low_priority(scope) if routes is self.router.routes else None
+                if mount is None:
+                    return self._low_priority(scope)
+                return self._fallback(mount, prefix)
             path, source = getattr(route, "path", ""), None
-            while _included(route):  # the route it stands for, as its _match picks it
+            while included(route):  # the route it stands for, as its _match picks it
                 match, child, inner, context = route._match(scope)
                 if match is not self._full:
                     return None
-                route, path, source = (inner, "", None) if context is None else _effective(context)
+                route, path, source = (inner, "", None) if context is None else effective(context)
             prefix += path
             if isinstance(route, self._nested) and route.routes:
-                scope, routes = {**scope, **child}, route.routes
+                scope, routes, mount = {**scope, **child}, route.routes, route
                 continue
             if isinstance(route, self._nested):
                 prefix += "/{path:path}"
@@ -109,7 +113,18 @@ class StarletteRouter:
         if match is not self._full or context is not None or inner is None:
             return None
         front = inner(dict(scope), prefix="")[2]
-        return None if front is None else self.endpoint(front, _tree(front), None)
+        return None if front is None else self.endpoint(front, tree(front), None)
+
+    def _fallback(self, mount: Any, prefix: str) -> Endpoint | None:
+        """A mounted app that serves more than its routes (a FastAPI app's frontends, a
+        router's own ``default``): what its routes do not match is the mount's, priced by a
+        key naming everything under it (never passed on unpriced)."""
+        router = getattr(mount.app, "router", mount.app)
+        default = getattr(router, "default", None)
+        own = default is not None and getattr(default, "__func__", None) is not self._nf
+        if own or getattr(router, "_low_priority_routes", None):
+            return self.endpoint(mount, prefix + "/{path:path}")
+        return None
 
     def resolver(self, scope: Scope) -> Callable[[], Endpoint | None]:
         return lambda: self._resolved(scope)
@@ -127,23 +142,3 @@ class StarletteRouter:
             raise
         except Exception as exc:  # the router itself raised: it will again, before any handler
             raise RouterFailed(f"the router raised {type(exc).__name__}") from exc
-
-
-def _tree(front: Any) -> str:
-    """The template of a FastAPI frontend: its path and everything below it."""
-    return str(front.path).rstrip("/") + "/{path:path}"
-
-
-def _included(route: Any) -> bool:
-    """FastAPI's ``include_router`` (0.16x on): one entry standing for a whole router."""
-    return hasattr(route, "effective_route_contexts") and hasattr(route, "_match")
-
-
-def _effective(context: Any) -> tuple[Any, str, Any]:
-    """The route an included router's entry serves, its template there, and what describes
-    it: an APIRoute stays itself (``scope["route"]`` names it), described by the entry, which
-    adds ``include_router(dependencies=...)`` (a ``Paid`` may be there); others are rebuilt."""
-    route = context.starlette_route
-    if route is None:
-        return context.original_route, context.path_format, context
-    return route, getattr(route, "path", ""), None

@@ -500,6 +500,49 @@ def test_a_frontend_priced_by_the_table_is_charged_and_a_free_one_stays_free(
     assert len(core.guarantees()) == 1
 
 
+def test_what_a_mounted_app_serves_beyond_its_routes_is_priced_by_the_mounts_key(
+    core: Core, tmp_path: Any
+) -> None:
+    """``"GET /reports/*"`` over a mounted FastAPI app priced its API route, but its
+    ``frontend()`` files (and a mounted router's ``default``) were served free: the resolver
+    tried frontends on the top router only and passed the rest on unpriced. What a mounted app
+    serves beyond its routes is the mount's, priced by a key naming everything under it."""
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route, Router
+
+    if not hasattr(FastAPI(), "frontend"):
+        pytest.fail("this FastAPI has no frontend(): the project pins one that has")
+    (tmp_path / "index.html").write_text("paid viewer")
+    reports = FastAPI()
+
+    @reports.get("/summary")
+    def summary() -> dict[str, int]:
+        return {"sum": 1}
+
+    reports.frontend("/viewer", directory=str(tmp_path))
+
+    async def fallback(scope: Any, receive: Any, send: Any) -> None:
+        await PlainTextResponse("paid fallback")(scope, receive, send)
+
+    async def free(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("free")
+
+    app = FastAPI()
+    routes = {"GET /reports/*": "$0.05", "GET /more/*": "$0.05"}
+    FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK, routes=routes)
+    app.mount("/reports", reports)
+    app.mount("/more", Router(routes=[Route("/one", free)], default=fallback))
+    app.mount("/open", Router(routes=[Route("/one", free)]))  # its default: a plain 404
+    with TestClient(app) as client:
+        for path in ("/reports/summary", "/reports/viewer/", "/more/q3"):
+            assert pay(core, client, path)[0] == 50_000
+        _, header = pay(core, client, "/reports/viewer/")
+        paid = client.get("/reports/viewer/", headers=header)
+        assert (paid.status_code, paid.text) == (200, "paid viewer")
+        assert client.get("/open/nothing").status_code == 404  # nothing served: not priced
+    assert len(core.guarantees()) == 1
+
+
 def test_a_frontend_page_behind_two_trailing_slashes_is_challenged(
     core: Core, tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
