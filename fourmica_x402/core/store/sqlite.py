@@ -37,9 +37,11 @@ __all__ = ["SQLiteStore"]
 
 #: Commits between background checkpoints (SQLite's own default, 1 000 log pages, is
 #: about this many small commits), and the log size (pages) at which a checkpoint holds
-#: this process's writers back so the log can start over.
+#: this process's writers back so the log can start over: that pass ends in two fsyncs
+#: (~10 ms on a virtual disk), which the next writer waits out, so it comes seldom — every
+#: ~900 paid requests, a log of up to ~64 MiB (docs/operations.md, "The embedded Core").
 _CHECKPOINT_EVERY = 100
-_RESTART_AFTER = 4_000
+_RESTART_AFTER = 16_000
 #: How long a writer polls for another process's write lock before SQLite's busy handler.
 _POLL_FOR = 1.0
 
