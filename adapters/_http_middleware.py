@@ -18,8 +18,9 @@ from fourmica_x402.gate import PASS, Gate, Response
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Meter
 
 from ._exchange import Delegated, app_below, warn_copying_layers
+from ._refusals import answer_refusals, render
 from .asgi import PaymentMiddleware
-from .fastapi import _marker, _render
+from .fastapi import _marker
 
 __all__ = ["http_middleware"]
 
@@ -63,13 +64,14 @@ def http_middleware(config: PaymentConfig) -> Any:
     async def middleware(request: Request, call_next: Any) -> Any:
         if pricer._given_router is None:  # the app is known only once it serves a request
             pricer._given_router = request.scope["app"].router
+            answer_refusals(request.scope["app"].middleware_stack)
             warn_copying_layers(app_below(request.scope["app"], middleware))
         if pricer.startup.run(check) is not None:
-            return _render(pricer.startup.refusal)
+            return render(pricer.startup.refusal)
         view = pricer._view(request.scope, request.receive)  # an outer gate's payment: on our
         state = await Gate.run_async(gate.before(view, request.scope.get(PAYMENT_KEY)))  # terms
         if isinstance(state, Response):
-            return _render(state)
+            return render(state)
         if state is not PASS:
             request.state.payment = request.scope[PAYMENT_KEY] = state.payment
         stack = request.scope.get("app")
@@ -85,7 +87,7 @@ def http_middleware(config: PaymentConfig) -> Any:
             raise
         started = await Gate.run_async(meter.start(response.status_code, response.headers.items()))
         if isinstance(started, Response):  # settle-after failed: answer 402 instead
-            return _render(started)
+            return render(started)
         for key, value in meter.extra or ():  # ours replaces the app's Cache-Control
             if key == "cache-control":
                 response.headers[key] = value

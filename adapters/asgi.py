@@ -100,8 +100,10 @@ class PaymentMiddleware:
     def _check(self) -> None:  # once: find the router and check the route table against it
         router = self._given_router or find_router(self.app)
         marker = self._marker or (lambda route: None)
-        if self._marker is None and "fastapi" in sys.modules:  # its Paid, wherever it is
-            from .fastapi import _marker as marker
+        if "fastapi" in sys.modules:  # its Paid, wherever it is, refusing in the gate's shape
+            from .fastapi import markers
+
+            marker = markers(self.app, self._marker)
         self._router = guard(self.gate, StarletteRouter.start(self.gate, router, marker))
         self._root = applied_root_path(self.app)
         warn_copying_layers(self.app)

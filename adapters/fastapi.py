@@ -20,39 +20,34 @@ prices routes by their templates (docs/architecture.md, "Which route is priced")
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 try:
-    from fastapi import Depends, FastAPI, HTTPException, Request
+    from fastapi import Depends, FastAPI, Request
     from fastapi.routing import APIRoute, APIWebSocketRoute
     from starlette.exceptions import WebSocketException
     from starlette.requests import HTTPConnection
-    from starlette.responses import Response as StarletteResponse
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         'fourmica_x402.adapters.fastapi needs FastAPI: pip install "fourmica-x402[fastapi]"'
     ) from exc
 
 from fourmica_x402.config import PaymentConfig
-from fourmica_x402.gate import Gate, Payment, Response
+from fourmica_x402.gate import Gate, Payment
 from fourmica_x402.gate.guards import one_marker
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Marker
 
+from ._refusals import PaymentRefused, answer_refusals, refused
 from .asgi import PaymentMiddleware
 
-__all__ = ["FourmicaX402", "Paid", "PaymentRefused", "http_middleware"]
-
-
-class PaymentRefused(HTTPException):
-    """``Paid`` will not run its handler: ``response`` (the gate's JSON error shape) answers."""
-
-    def __init__(self, response: Response) -> None:
-        detail = json.loads(response.body) if response.body else {}  # OPTIONS: no body
-        super().__init__(response.status, detail, dict(response.headers))
-        self.response, self.reason = response, detail.get("error")
-        self.message = detail.get("message", "")
+__all__ = [
+    "FourmicaX402",
+    "Paid",
+    "PaymentRefused",
+    "http_middleware",
+    "markers",
+]
 
 
 def Paid(price: Any = None, *, methods: Any = None, **route: Any) -> Any:
@@ -90,13 +85,11 @@ def _marker(route: Any) -> Marker | None:
     return one_marker(find(route.dependant), f"route {route.path!r}")
 
 
-def _render(response: Response) -> StarletteResponse:
-    return StarletteResponse(response.body, response.status, headers=dict(response.headers))
-
-
-async def _refused(request: Request, exc: Exception) -> StarletteResponse:
-    assert isinstance(exc, PaymentRefused)
-    return _render(exc.response)
+def markers(app: Any, given: Callable[[Any], Marker | None] | None) -> Callable[[Any], Any]:
+    """``given``, or what finds every route's ``Paid``; its refusals answered in the gate's
+    shape by the exception layers down ``app``'s chain (see ``_refusals.answer_refusals``)."""
+    answer_refusals(app)
+    return given or _marker
 
 
 class FourmicaX402:
@@ -109,7 +102,7 @@ class FourmicaX402:
     def __init__(self, app: FastAPI, config: PaymentConfig | None = None, **options: Any) -> None:
         self.gate = Gate(config or PaymentConfig(**options))
         app.add_middleware(PaymentMiddleware, gate=self.gate, router=app.router, marker=_marker)  # type: ignore[arg-type]
-        app.add_exception_handler(PaymentRefused, _refused)
+        app.add_exception_handler(PaymentRefused, refused)
 
 
 def http_middleware(config: PaymentConfig) -> Any:

@@ -146,12 +146,30 @@ def test_an_included_route_under_another_method_or_path_is_never_settled(
     assert client.get("/router/report", headers=headers).status_code == 200  # still good
 
 
+def install(app: FastAPI, how: str, **options: Any) -> None:
+    """The gate on ``app`` by each of its three FastAPI forms."""
+    from fourmica_x402.adapters.asgi import PaymentMiddleware
+    from fourmica_x402.adapters.fastapi import http_middleware
+
+    from fourmica_x402 import PaymentConfig
+
+    if how == "FourmicaX402":
+        FourmicaX402(app, **options)
+    elif how == "add_middleware":
+        app.add_middleware(PaymentMiddleware, **options)
+    else:
+        app.middleware("http")(http_middleware(PaymentConfig(**options)))
+
+
+@pytest.mark.parametrize("how", ["FourmicaX402", "add_middleware", "http_middleware"])
 def test_a_paid_route_serving_options_answers_it_without_running_the_handler(
-    core: Core,
+    core: Core, how: str
 ) -> None:
-    """OPTIONS is never priced; a Paid route listing it refused 503 even with a payment."""
+    """OPTIONS is never priced; a Paid route listing it refused 503 even with a payment.
+    Installed but by FourmicaX402, the answer went out as FastAPI's ``{"detail": {}}`` under
+    the gate's ``Content-Length: 0``: a body longer than its length, which a server breaks."""
     app = FastAPI()
-    FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK)
+    install(app, how, pay_to=SELLER, core=core, network=NETWORK)
     runs: list[str] = []
 
     @app.api_route("/any", methods=["GET", "OPTIONS"], dependencies=[Paid("$0.01")])
@@ -164,9 +182,47 @@ def test_a_paid_route_serving_options_answers_it_without_running_the_handler(
         for sent in ({}, headers):
             resp = client.options("/any", headers=sent)
             assert resp.status_code == 200 and resp.content == b""
+            assert resp.headers["content-length"] == "0"
             assert "OPTIONS" in resp.headers["allow"] and "GET" in resp.headers["allow"]
         assert runs == [] and core.guarantees() == []
         assert client.get("/any", headers=headers).status_code == 200 and runs == ["GET"]
+
+
+@pytest.mark.parametrize("how", ["FourmicaX402", "add_middleware", "http_middleware"])
+def test_a_mounted_apps_paid_refusals_take_the_gates_shape_unless_it_has_its_own(
+    core: Core, how: str
+) -> None:
+    """A FastAPI app mounted under the gated one raised ``Paid``'s refusal in its own exception
+    layer: FastAPI's ``{"detail": …}``, for OPTIONS a 13-byte body under ``Content-Length: 0``.
+    A handler the app registered for the refusal itself is left in place."""
+    from fourmica_x402.adapters.fastapi import PaymentRefused
+    from starlette.responses import PlainTextResponse
+
+    app, sub, own = FastAPI(), FastAPI(), FastAPI()
+    runs: list[str] = []
+
+    async def mine(request: Request, exc: Exception) -> PlainTextResponse:
+        return PlainTextResponse("mine", status_code=418)
+
+    own.add_exception_handler(PaymentRefused, mine)
+    for mounted in (sub, own):
+
+        @mounted.api_route("/any", methods=["GET", "OPTIONS"])
+        def any_method(request: Request, p: Payment = Paid("$0.01")) -> dict[str, str]:  # noqa: B008
+            runs.append(request.method)
+            return {"method": request.method}
+
+    app.mount("/sub", sub)
+    app.mount("/own", own)
+    install(app, how, pay_to=SELLER, core=core, network=NETWORK)
+    with TestClient(app) as client:
+        client.get("/")  # the http middleware form learns the app at its first request
+        resp = client.options("/sub/any")
+        assert (resp.status_code, resp.content, resp.headers["content-length"]) == (200, b"", "0")
+        assert resp.headers["allow"] == "GET, OPTIONS"
+        assert client.options("/own/any").text == "mine"
+        assert client.get("/sub/any").status_code == 402
+    assert runs == [] and core.guarantees() == []
 
 
 @pytest.mark.parametrize("entry", ["GET /report", "* /report"])
@@ -711,7 +767,7 @@ def test_paid_refuses_a_payment_made_at_the_tables_price(core: Core) -> None:
         assert req.amount == "10000"
         name, value = buyer.pay_challenge(core, challenge.headers["payment-required"])
         refused = client.get("/api/premium", headers={name: value})
-        body = refused.json().get("detail", refused.json())  # FastAPI's HTTPException shape
+        body = refused.json()  # the gate's shape under every install, not {"detail": …}
         assert (refused.status_code, body["error"]) == (503, "payment_not_enforced")
     assert ran == []
     assert [g.state for g in core.guarantees()] in (["voided"], ["cancelled"])
