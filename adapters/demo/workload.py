@@ -65,14 +65,20 @@ def fund_agents(core: Core, say: Callable[[str], None]) -> dict[str, Agent]:
     return agents
 
 
+STOP = threading.Event()  # a Ctrl-C: buyers end the call under way, the sellers still up
+
+
 def buy(
     agent: Agent, seller: Agent, calls: int, policy: SpendingPolicy, tick: Callable[[], None]
 ) -> None:
     path, _ = PRICES[seller.name]
-    with httpx.Client(
-        transport=PaymentTransport(agent.wallet.key, policy=policy), timeout=30
-    ) as client:
+    if STOP.is_set():
+        return
+    transport = PaymentTransport(agent.wallet.key, policy=policy)
+    with httpx.Client(transport=transport, timeout=30) as client:
         for _ in range(calls):
+            if STOP.is_set():
+                break
             try:
                 response = client.get(seller.url + path)
                 receipt = response.extensions[RECEIPT_KEY]
@@ -127,10 +133,17 @@ def run_workload(agents: dict[str, Agent], *, quick: bool, console: Console) -> 
                         buy(customer, agents[seller], 1, policy, tick)
 
         threads.append(threading.Thread(target=customer_jobs))
+        STOP.clear()
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        try:
+            for t in threads:
+                t.join()
+        except KeyboardInterrupt:  # let the calls under way end before the sellers stop
+            STOP.set()
+            for t in threads:
+                t.join(35)
+            raise
 
     paid_calls = sum(a.paid for a in agents.values())
     refused = sum(a.refused for a in agents.values())
