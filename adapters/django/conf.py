@@ -4,6 +4,7 @@ FOURMICA_X402 = {"PAY_TO": "0x…", "NETWORK": "eip155:84532", "ROUTES": {"GET /
 @paid(price="$0.01")  # every method the view serves; methods=["GET"]: GET (and HEAD), else 405
 FOURMICA_X402_CONFIG = PaymentConfig(...)  # or one built in code (a live Core, hooks)"""
 
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -57,7 +58,7 @@ def converter(name: str) -> Any:
 
 def patterns(localized: bool = False, urlconf: Any = None) -> Iterator[tuple[Any, str]]:
     """``(view, route)`` of every URL pattern of ``urlconf`` (None: ROOT_URLCONF), its route
-    joined as Django joins ResolverMatch.route (re_path: its regex, "^" dropped), less the
+    joined as Django joins ResolverMatch.route (re_path: its regex, as :func:`reads`), less the
     language prefix of ``i18n_patterns``: one route for every language (docs/architecture.md,
     "Which route is priced"). ``localized``: only the patterns under ``i18n_patterns``."""
 
@@ -71,9 +72,20 @@ def patterns(localized: bool = False, urlconf: Any = None) -> Iterator[tuple[Any
             if isinstance(entry, URLResolver):
                 yield from walk(entry.url_patterns, route, under)
             elif under or not localized:
-                yield entry.callback, "/" + route
+                yield entry.callback, reads("/" + route)
 
     return walk(_top(urlconf), "", False)
+
+
+#: What a regex adds to the path it reads: inline flags, anchors, escapes of punctuation.
+_FLAGS, _END, _ESCAPE = r"\(\?[aiLmsux]+\)\^?|\\A", r"(?<!\\)(?:\$|\\Z)\Z", r"\\([-./~&#])"
+
+
+def reads(route: str) -> str:
+    r"""A route as the paths it serves read: ``(?i)^v\.1\/(?P<doc>\w+)$`` is
+    ``v.1/(?P<doc>\w+)``, so that ``"GET /v.1/*"`` prices it (docs/architecture.md, "Which
+    route is priced"); a path() route is left as it is."""
+    return re.sub(_ESCAPE, r"\1", re.sub(_END, "", re.sub(_FLAGS, "", route)))
 
 
 def _top(urlconf: Any) -> Iterable[Any]:  # its top-level patterns (none when unconfigured)

@@ -22,7 +22,7 @@ from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Endpoints, Meter
 from ._delivery import unless_sent
 from ._streams import as_served
 from ._view import request_view
-from .conf import converter, describe, load, patterns, render
+from .conf import converter, describe, load, patterns, reads, render
 from .i18n import language_prefix, locale_misplaced
 
 #: Conditional request headers, dropped from a paid GET (docs/protocol.md, "Paid responses").
@@ -89,13 +89,13 @@ class PaymentMiddleware:
         return type(self).process_view(self, request, *args)  # a subclass's own, if any
 
     def _endpoint_of(self, match: Any, urlconf: Any) -> Endpoint:
-        route = "/" + match.route.removeprefix("^")  # as patterns() reads it
+        route = reads("/" + match.route.removeprefix("^"))  # as patterns() reads it
         localized = self._localized.get(urlconf)
         if localized is None:
             localized = self._localized[urlconf] = set(patterns(True, urlconf))
         if localized:  # the same view under every language prefix is one route
             prefix = language_prefix(urlconf) or ""
-            bare = "/" + match.route.removeprefix(prefix).removeprefix("^")
+            bare = reads("/" + match.route.removeprefix(prefix).removeprefix("^"))
             if match.route.startswith(prefix) and (match.func, bare) in localized:
                 route = bare
         return self._endpoint(match.func, route)  # a request's urlconf: unseen at start-up

@@ -421,6 +421,12 @@ REGEX_URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("api/list", by_wildcard),
     re_path(r"^api/(?P<rest>.+)$", by_wildcard),  # a catch-all, at the top of the URLconf
     re_path(r"^api2/", include([path("report", by_wildcard)])),  # the old url() style
+    path("v1.0/list", by_wildcard),
+    re_path(r"^v1\.0\/(?P<rest>.+)$", by_wildcard),  # escaped as re.escape() writes them
+    path("gold/list", by_wildcard),
+    re_path(r"(?i)^gold/(?P<rest>.+)\Z", by_wildcard),  # inline flags, another anchor
+    path("latest/", by_wildcard),
+    re_path(r"^latest$", by_wildcard),  # the same path without the slash
 ]
 OTHER_URLS = types.ModuleType("django_adapter_other_urls")
 OTHER_URLS.urlpatterns = [path("elsewhere", anything)]  # type: ignore[attr-defined]
@@ -1178,6 +1184,24 @@ def test_a_wildcard_entry_prices_a_top_level_re_path_as_its_path_reads(
     (``/^api/(?P<rest>.+)$``), which ``GET /api/*`` never matched: served unpaid, and the
     start-up check passed since the entry priced ``api/list``."""
     table = {"GET /api/*": "$0.01", "GET /api2/*": "$0.02"}
+    with selling(core, table), override_settings(ROOT_URLCONF=REGEX_URLS.__name__):
+        client = Client()
+        assert amount_of(client.get(url)) == str(amount) and seen == []
+        buyer, resp = pay(client, core, url)
+        assert resp.status_code == 200 and seen[0].payer == buyer.address
+        assert core.position(buyer.address, network=NETWORK).locked == amount
+
+
+@pytest.mark.parametrize(
+    ("url", "amount"), [("/v1.0/x", 30_000), ("/GOLD/x", 40_000), ("/latest", 50_000)]
+)
+def test_a_re_path_is_priced_as_its_paths_read_whatever_its_regex_escapes_or_anchors(
+    core: Core, url: str, amount: int
+) -> None:
+    """``^v1\\.0\\/…``, ``(?i)^gold/…\\Z`` and ``^latest$`` kept their escapes, flags and
+    anchors in their routes, which ``GET /v1.0/*``, ``GET /gold/*`` and ``GET /latest``
+    never matched: served unpaid, the entries naming the path() routes beside them."""
+    table = {"GET /v1.0/*": "$0.03", "GET /gold/*": "$0.04", "GET /latest": "$0.05"}
     with selling(core, table), override_settings(ROOT_URLCONF=REGEX_URLS.__name__):
         client = Client()
         assert amount_of(client.get(url)) == str(amount) and seen == []
