@@ -1,7 +1,7 @@
 """System checks (fourmica_x402.E001 no FOURMICA_X402 dict, E002 invalid configuration or
 @paid price, E003 a ROUTES entry naming no URL pattern, E004 a SQLite database in a directory
-that does not exist, E005 LocaleMiddleware after ours with i18n_patterns, W001 no
-PaymentMiddleware in MIDDLEWARE).
+that does not exist, E005 LocaleMiddleware after ours with i18n_patterns, E006 a cache
+middleware fetching pages before ours, W001 no PaymentMiddleware in MIDDLEWARE).
 
     INSTALLED_APPS = [..., "fourmica_x402.adapters.django"]  # then: manage.py check
 """
@@ -19,6 +19,7 @@ from fourmica_x402.core.store.sqlite import _path_of as sqlite_path
 from fourmica_x402.gate.lifecycle import Endpoints
 
 from . import conf, i18n
+from ._cache import cache_misplaced
 
 
 class FourmicaX402Config(AppConfig):
@@ -46,8 +47,8 @@ def check_middleware(**kwargs: Any) -> list[CheckMessage]:
     ours = {f"{__package__}.PaymentMiddleware", f"{__package__}.middleware.PaymentMiddleware"}
     if ours.isdisjoint(getattr(settings, "MIDDLEWARE", None) or ()):
         return [Warning("PaymentMiddleware is not in MIDDLEWARE", id="fourmica_x402.W001")]
-    misplaced = i18n.locale_misplaced()
-    return [] if misplaced is None else [Error(misplaced, id="fourmica_x402.E005")]
+    found = [(i18n.locale_misplaced(), "E005"), (cache_misplaced(), "E006")]
+    return [Error(why, id=f"fourmica_x402.{code}") for why, code in found if why is not None]
 
 
 @register("fourmica_x402")

@@ -19,6 +19,7 @@ from fourmica_x402.gate import PASS, Call, Endpoint, Flow, Gate, Response
 from fourmica_x402.gate.guards import rerouted
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Endpoints, Meter
 
+from ._cache import cache_misplaced
 from ._delivery import unless_sent
 from ._streams import as_served
 from ._view import request_view
@@ -43,7 +44,7 @@ class PaymentMiddleware:
         self.get_response, self.async_mode = get_response, iscoroutinefunction(get_response)
         if self.async_mode:
             markcoroutinefunction(self)
-        if (misplaced := locale_misplaced()) is not None:  # localized views would run unpaid
+        if (misplaced := locale_misplaced() or cache_misplaced()) is not None:  # served unpaid
             raise ImproperlyConfigured(f"fourmica_x402: {misplaced}")
         self.gate = Gate(load())
         # Priced is what Django's resolver serves (docs/architecture.md, "Which route is

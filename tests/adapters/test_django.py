@@ -38,6 +38,7 @@ from django.urls.converters import get_converters
 from django.utils import translation
 from django.utils.decorators import method_decorator
 from django.views import View
+from django.views.decorators.cache import cache_page
 from django.views.decorators.csrf import csrf_exempt
 
 if not settings.configured:  # the conformance builder may have configured them already
@@ -130,6 +131,13 @@ def short(request: HttpRequest) -> HttpResponse:
     response = HttpResponse(b"hello")
     response["Content-Length"] = "100"  # the body ends 95 bytes early
     return response
+
+
+@cache_page(60)
+@paid(price="$0.01")
+def cached(request: HttpRequest) -> JsonResponse:
+    seen.append(request.payment)
+    return JsonResponse({"doc": "paid content"})
 
 
 @paid(price="$0.01")
@@ -387,6 +395,7 @@ URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("get-only", get_only),
     path("r/<int:n>/", by_table),
     path("tagged", tagged),
+    path("cached", cached),
     path("short", short),
     path("proxied", Proxied.as_view()),
     path("ledger", Ledger.as_view()),
@@ -618,6 +627,29 @@ def test_locale_middleware_after_ours_with_i18n_patterns_is_refused(configured: 
     before = ["django.middleware.locale.LocaleMiddleware", *MIDDLEWARE]
     with override_settings(FOURMICA_X402=table, MIDDLEWARE=before, ROOT_URLCONF=URLS.__name__):
         assert check_middleware() == []
+
+
+def test_a_page_cache_read_before_ours_is_refused(configured: None, core: Core) -> None:
+    """``cache_page`` keeps the paid response before ours marks it ``private, no-store``: a
+    FetchFromCacheMiddleware listed before ours served that copy to every later request,
+    unpaid. The system check says so (E006) and the middleware refuses to start."""
+    from fourmica_x402.adapters.django.checks import check_middleware
+
+    fetch, update = "django.middleware.cache.FetchFromCacheMiddleware", "UpdateCacheMiddleware"
+    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    first = [f"django.middleware.cache.{update}", fetch, *MIDDLEWARE]
+    for before in (first, ["django.middleware.cache.CacheMiddleware", *MIDDLEWARE]):
+        with override_settings(MIDDLEWARE=before, CACHES=caches):
+            assert [m.id for m in check_middleware()] == ["fourmica_x402.E006"]
+            with pytest.raises(ImproperlyConfigured, match="FetchFromCacheMiddleware must"):
+                WSGIHandler()
+    after = [f"django.middleware.cache.{update}", *MIDDLEWARE, fetch]  # Django's own order
+    with override_settings(MIDDLEWARE=after, CACHES=caches):
+        assert check_middleware() == []
+        client = Client()
+        buyer, resp = pay(client, core, "/cached")
+        assert resp.status_code == 200 and seen[0].payer == buyer.address
+        assert amount_of(client.get("/cached")) == "10000"  # the cached copy: paid for again
 
 
 @pytest.mark.parametrize(
