@@ -7,10 +7,29 @@ from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest
 from django.utils.encoding import escape_uri_path
 
-from fourmica_x402.gate import RequestView
+from fourmica_x402.gate import Gate, RequestView
+from fourmica_x402.gate.guards import rerouted
 from fourmica_x402.gate.lifecycle import BODY_LIMIT
 
-__all__ = ["request_view"]
+from .conf import render
+
+__all__ = ["overridden", "request_view"]
+
+
+def overridden(gate: Gate, request: HttpRequest, response: Any) -> Any:
+    """``response``, or the refusal the view should have met: a middleware listed after ours
+    changed the method in its ``process_view``, which Django runs after ours, so the view ran
+    for a method the check in ours never saw (docs/architecture.md, "Which route is priced").
+    Its answer is withheld (503 ``payment_not_enforced``; a payment is then refunded)."""
+    viewed = getattr(request, "fourmica_x402_viewed", None)
+    if viewed is None or viewed[1] == request.method:
+        return response
+    seen = getattr(request, "fourmica_x402_resolved", None)
+    why = rerouted(gate.routes, viewed[0], request.method or "", request.payment, seen)  # type: ignore[attr-defined]
+    if why is None:
+        return response
+    response.close()
+    return render(why)
 
 
 def request_view(request: HttpRequest, resolve: Callable[[], Any] | None = None) -> RequestView:

@@ -22,7 +22,7 @@ from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Endpoints, Meter
 from ._cache import cache_misplaced
 from ._delivery import unless_sent
 from ._streams import as_served
-from ._view import request_view
+from ._view import overridden, request_view
 from .conf import converter, describe, load, patterns, reads, render
 from .i18n import language_prefix, locale_misplaced
 
@@ -83,6 +83,7 @@ class PaymentMiddleware:
         urlconf = getattr(request, "urlconf", None)
         endpoint = None if match is None else self._endpoint_of(match, urlconf)
         seen = getattr(request, "fourmica_x402_resolved", None)
+        request.fourmica_x402_viewed = (endpoint, request.method)  # type: ignore[attr-defined]
         why = rerouted(self.gate.routes, endpoint, request.method or "", request.payment, seen)  # type: ignore[attr-defined]
         return None if why is None else render(why)
 
@@ -107,7 +108,8 @@ class PaymentMiddleware:
         request.payment = outer  # type: ignore[attr-defined]  # on this gate's terms only
         state = yield from self.gate.before(view, outer)
         if state is PASS:
-            return (yield Call(self.get_response, (request,), blocking=False))
+            response = yield Call(self.get_response, (request,), blocking=False)
+            return overridden(self.gate, request, response)
         if isinstance(state, Response):
             return render(state)
         request.payment = state.payment
@@ -118,6 +120,7 @@ class PaymentMiddleware:
                 request.META.pop(name, None)
         try:  # Django turns a view's exception into a response; a cancellation goes on
             response = yield Call(self.get_response, (request,), blocking=False)
+            response = overridden(self.gate, request, response)
         except BaseException as exc:  # async: the client left, Django cancelled the view
             yield from Meter(self.gate, state).finish(exc)
             raise

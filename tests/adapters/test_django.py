@@ -267,6 +267,19 @@ class MethodOverride:
         return self.get_response(request)
 
 
+class ViewMethodOverride(MethodOverride):
+    """The same in ``process_view``, as django-method-override does it: Django runs it after
+    ours, just before the view."""
+
+    def __call__(self, request: HttpRequest) -> Any:
+        return self.get_response(request)
+
+    def process_view(self, request: HttpRequest, *args: Any) -> None:
+        override = request.META.pop("HTTP_X_HTTP_METHOD_OVERRIDE", None)
+        if override:
+            request.method = override.upper()
+
+
 class TierRewrite:
     """A middleware after ours that serves ``/tier/<t>/<doc>`` from ``/tier/pro/<doc>`` when
     asked (``X-Tier: pro``): a path rewrite after the gate priced the request."""
@@ -453,6 +466,7 @@ HELPERS.SwitchUrlconf = SwitchUrlconf  # type: ignore[attr-defined]
 HELPERS.SameUrlconf = SameUrlconf  # type: ignore[attr-defined]
 HELPERS.MethodOverride = MethodOverride  # type: ignore[attr-defined]
 HELPERS.TierRewrite = TierRewrite  # type: ignore[attr-defined]
+HELPERS.ViewMethodOverride = ViewMethodOverride  # type: ignore[attr-defined]
 HELPERS.Outer = Outer  # type: ignore[attr-defined]
 HELPERS.CountingMiddleware = None  # type: ignore[attr-defined]  # set below, once defined
 HELPERS.Locale = type("Locale", (LocaleMiddleware,), {})  # type: ignore[attr-defined]
@@ -854,6 +868,30 @@ def test_a_method_override_after_ours_never_serves_a_method_priced_higher(core: 
         posted = client.get("/ledger", headers={**paying, "X-HTTP-Method-Override": "POST"})
         assert (posted.status_code, posted.json()["error"]) == (503, "payment_not_enforced")
         assert seen == []
+
+
+def test_a_method_override_in_a_later_process_view_never_delivers_a_priced_view_unpaid(
+    core: Core,
+) -> None:
+    """A middleware after ours that changes the method in ``process_view`` does so after our
+    check, which ran in ours: a free PATCH turned into the priced GET was served unpaid, and a
+    paid GET turned into a POST priced higher at the GET's price. Django runs the view then,
+    but its answer is withheld (503) and the payment made for another method refunded."""
+    table = {"GET /ledger": "$0.02", "POST /ledger": "$1.00"}
+    with (
+        selling(core, table),
+        override_settings(MIDDLEWARE=[*MIDDLEWARE, "django_adapter_helpers.ViewMethodOverride"]),
+    ):
+        client = Client()
+        free = client.generic("PATCH", "/ledger", HTTP_X_HTTP_METHOD_OVERRIDE="GET")
+        assert (free.status_code, free.json()["error"]) == (503, "payment_not_enforced")
+        _, paying = header(client, core, "/ledger")
+        posted = client.get("/ledger", headers={**paying, "X-HTTP-Method-Override": "POST"})
+        assert (posted.status_code, posted.json()["error"]) == (503, "payment_not_enforced")
+        assert b"posted" not in posted.content and b"paid content" not in free.content
+        assert [g.state for g in core.guarantees()] in (["voided"], ["cancelled"])
+        buyer, resp = pay(client, core, "/ledger")  # unchanged: served as paid
+        assert resp.json() == {"ledger": "paid content"} and seen[-1].payer == buyer.address
 
 
 def test_request_payment_in_a_view(configured: None, core: Core) -> None:
