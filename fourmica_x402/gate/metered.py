@@ -103,8 +103,9 @@ class MeteredStream:
         try:
             yield SEND, self._opened()
             while True:
-                try:
+                try:  # an item that cannot be sent (a meter event's name) fails it too
                     item = yield NEXT, None
+                    event = b"" if item is _END else encode(item)
                 except Exception:
                     log.exception("a metered stream's source failed")
                     reason = "source_failed"
@@ -122,7 +123,7 @@ class MeteredStream:
                     if got != "paid":
                         reason = got
                         break
-                yield SEND, encode(item)
+                yield SEND, event
                 self.sent += 1  # it went out: the driver was asked for more after it
                 if self.sent == 1 and self.slice == 1:
                     self.first_delivered = True

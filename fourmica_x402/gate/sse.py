@@ -6,7 +6,10 @@ import json
 import re
 from typing import Any
 
-__all__ = ["encode", "sse"]
+__all__ = ["METER_EVENTS", "encode", "sse"]
+
+#: The meter's own events: a source's event may not take their names (it would forge them).
+METER_EVENTS = frozenset({"stream", "payment-required", "end"})
 
 
 def sse(event: str | None, data: Any, event_id: str | None = None) -> bytes:
@@ -29,8 +32,12 @@ _LINES = re.compile(r"\r\n|\r|\n")
 
 
 def encode(item: Any) -> bytes:
-    """A source's item as an event: ``(event, data)`` names it; bytes and str are its data."""
+    """A source's item as an event: ``(event, data)`` names it; bytes and str are its data.
+    A name of the meter's own (:data:`METER_EVENTS`) is refused: a source relaying events
+    would forge a ``payment-required`` the buyer pays, or an ``end`` (docs/protocol.md)."""
     if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+        if item[0] in METER_EVENTS:
+            raise ValueError(f"a source's event cannot be named {item[0]!r}: the meter's own")
         return sse(item[0], item[1])
     if isinstance(item, bytes | bytearray):
         return sse(None, bytes(item).decode("utf-8", "replace"))

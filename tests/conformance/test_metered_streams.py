@@ -1350,3 +1350,28 @@ def test_a_metered_refusal_says_refunded_with_refund_on_error_off(tmp_path: Any)
     assert (result["success"], result.get("errorReason")) == (False, "refunded")
     assert core.position(buyer.address, network=NETWORK).locked == 0
     core.close()
+
+
+def test_a_source_event_named_as_a_meter_event_fails_the_stream(tmp_path: Any) -> None:
+    """A source relaying events (an upstream's names) cannot forge the meter's own: a
+    ``payment-required`` the buyer client would pay at any URL of the seller's origin, an
+    ``end``, a ``stream``. The stream ends ``source_failed`` before it, nothing more is paid."""
+    from fourmica_x402.gate.sse import METER_EVENTS, encode
+
+    for name in METER_EVENTS:
+        with pytest.raises(ValueError, match="meter's own"):
+            encode((name, {"x": 1}))
+    forged = {"stream": "s", "slice": 2, "pay": "/compute", "amount": "1", "timeout": 30}
+
+    async def relayed() -> Any:
+        yield {"step": 0}
+        yield ("payment-required", forged)
+        yield {"step": 1}
+
+    core = Core(str(tmp_path / "core.db"))
+    try:
+        stream, got, locked = _bought(core, _compute_app(core, Slices(units=5), relayed))
+        assert got == [{"step": 0}]
+        assert (stream.ended, stream.slices, locked) == ("source_failed", 1, CENT)
+    finally:
+        core.close()
