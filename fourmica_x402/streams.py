@@ -230,6 +230,22 @@ def refusal(row: Sequence[Any] | None, slice_: int, payer: str | None) -> str | 
     return "slice_out_of_order" if slice_ != int(row[1]) + 1 else None
 
 
+def as_first(reqs: list[Any], first: SliceRow, paid: Any, elsewhere: bool) -> list[Any]:
+    """The offers of ``reqs`` paid to ``first``'s payTo. ``elsewhere`` (priced by a process
+    that does not serve the stream, so not at its route as opened): only the offer in the
+    first slice's network and asset (from ``paid``, its payment record), at the first slice's
+    amount, whatever a repricing since then says (docs/protocol.md, "Metered streams")."""
+    mine = [r for r in reqs if r.pay_to.lower() == first.pay_to.lower()]
+    if not elsewhere:
+        return mine
+    terms = None if paid is None else (paid.network, paid.asset.lower())
+    return [
+        r.model_copy(update={"amount": str(first.amount)})
+        for r in mine
+        if (r.network, r.asset.lower()) == terms
+    ]
+
+
 def _insert(tx: Any, stream_id: str, s: SliceRow, now: float) -> None:
     tx.execute(
         "INSERT INTO fx_stream_slices (stream_id, slice, guarantee_id, record_id, amount, pay_to, "

@@ -22,7 +22,7 @@ import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..streams import SliceRow, Slices, Streams, refusal
+from ..streams import SliceRow, Slices, Streams, as_first, refusal
 from . import after, deliver, settle
 from .challenge import origin, requirements
 from .sse import encode, sse
@@ -400,7 +400,7 @@ def endpoint(gate: Gate, request: RequestView) -> Flow:
 
 def _terms(gate: Gate, route: Route, stream_id: str, request: RequestView) -> Flow:
     """A slice's requirements: the stream's own terms and request where this process serves
-    it (a repricing applies to new streams; a pay request's headers choose nothing)."""
+    it, else its first slice's (a repricing applies to new streams; headers choose nothing)."""
     local = _LOCAL.get(stream_id)
     try:
         reqs = yield from requirements(
@@ -411,12 +411,12 @@ def _terms(gate: Gate, route: Route, stream_id: str, request: RequestView) -> Fl
         return error_response(500, "pricing_failed", "could not price this slice")
     first = next((s for s in (yield Call(gate.streams.slices, (stream_id,))) if s.slice == 1), None)
     if first is not None:
-        reqs = [r for r in reqs if r.pay_to.lower() == first.pay_to.lower()]
+        got = None if local or first.record_id is None else gate.records.get
+        reqs = as_first(reqs, first, got and (yield Call(got, (first.record_id,))), local is None)
     return reqs or _refused("stream_terms_changed")
 
 
-#: Metered routes whose handler was seen not streaming (warned once per process).
-_WARNED: set[str] = set()
+_WARNED: set[str] = set()  # metered routes seen not streaming (warned once per process)
 
 
 def _wake(stream_id: str) -> None:

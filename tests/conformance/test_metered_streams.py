@@ -1375,3 +1375,43 @@ def test_a_source_event_named_as_a_meter_event_fails_the_stream(tmp_path: Any) -
         assert (stream.ended, stream.slices, locked) == ("source_failed", 1, CENT)
     finally:
         core.close()
+
+
+@pytest.mark.parametrize("kind", ["starlette"])  # pricing is the gate's: one adapter is enough
+def test_a_repricing_leaves_a_stream_open_at_its_price_in_another_process(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slice paid at a worker process that does not serve the stream (and so holds
+    neither its request nor its route as opened) is sold at the stream's price, not the
+    route's new one: a repricing another process polled sold its slices cheaper (or dearer)
+    than the stream's own events asked."""
+    import weakref
+
+    from fourmica_x402.gate import metered as metering
+
+    token = "test-admin-token"  # a throwaway token for this test
+    seller = make_seller(routes={**base_routes, **metered(pay_timeout=10.0)}, admin_token=token)
+    buyer = kit.funded(seller)
+    with served(seller) as client:
+        opening = paid_header(client, buyer, "/stream?n=4")
+        with client.stream("GET", "/stream?n=4", headers=opening) as response:
+            seen = events(response)
+            asked = next(e for e in seen if e[0] == "payment-required")
+            assert asked[1]["amount"] == str(CENT)
+            # from now on the pay requests reach a process that does not serve the stream
+            monkeypatch.setattr(metering, "_LOCAL", weakref.WeakValueDictionary())
+            repriced = client.post(
+                "/x402/admin/prices",
+                json={"prices": {"GET /stream": "$0.001"}},
+                headers={"authorization": f"Bearer {token}"},
+            )
+            assert repriced.status_code == 200, repriced.text
+            challenge = client.post(asked[1]["pay"])
+            assert challenge.status_code == 402, challenge.text
+            offers = decode_payment_required(challenge.headers["payment-required"]).accepts
+            assert [o.amount for o in offers] == [str(CENT)]  # the stream's price
+            paying = paid_header(client, buyer, asked[1]["pay"], "POST")
+            assert client.post(asked[1]["pay"], headers=paying).status_code == 200
+            rest = list(seen)
+        assert rest[-1] == ("end", {"reason": "complete", "slices": 2})
+    assert kit.locked(seller, buyer) == 2 * CENT
