@@ -30,6 +30,10 @@ T = TypeVar("T")
 PAYMENT_KEY = "fourmica_x402.payment"
 #: The most of a request body the gate's own endpoints read.
 BODY_LIMIT = 64 * 1024
+#: The gate's response headers that replace a handler's of the same name (not add to it).
+_OURS = frozenset(
+    {"cache-control", "job-id", "job-stage", "payment-response", "x-payment-response"}
+)
 
 
 class Meter:
@@ -76,8 +80,9 @@ class Meter:
                 yield from self.finish()
         if self.replacement is not None:
             return self.replacement
-        drop = "cache-control" if any(k == "cache-control" for k, _ in self.extra) else None
-        return [*((k, v) for k, v in self.headers if k.lower() != drop), *self.extra]
+        # ours replace the handler's: a relayed upstream Job-Id beside ours broke the job
+        drop = {k for k, _ in self.extra} & _OURS  # (docs/protocol.md, "Staged work")
+        return [*((k, v) for k, v in self.headers if k.lower() not in drop), *self.extra]
 
     def received(self, chunk: bytes, last: bool) -> None:
         """A chunk of the request body on its way to the handler (``last``: the body ends)."""

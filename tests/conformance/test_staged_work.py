@@ -396,3 +396,58 @@ def test_a_malformed_ahead_counts_as_nothing_ahead(ahead: Any, read: int) -> Non
         extra={"stage": {"job": "report", "stage": 1, "of": 2, "ahead": ahead}},
     )
     assert ahead_of(offer) == read
+
+
+def test_the_gates_job_headers_replace_the_handlers(tmp_path: Any) -> None:
+    """A handler relaying an upstream staged seller's answer (its ``Job-Id``, ``Job-Stage``,
+    ``PAYMENT-RESPONSE``): the buyer got two ``Job-Id`` values, read them as one id, and
+    every later stage of the job it paid to open was refused 404 ``unknown_job``."""
+    from fourmica_x402.adapters.asgi import PaymentMiddleware
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from fourmica_x402 import PaymentConfig
+    from fourmica_x402.core import Core
+    from fourmica_x402.testing import NETWORK
+
+    relayed = {"Job-Id": "job_" + "ab" * 16, "Job-Stage": "1/9", "Payment-Response": "e30="}
+
+    async def gather(request: Request) -> JSONResponse:
+        return JSONResponse({"stage": 1}, headers=relayed)
+
+    async def write(request: Request) -> JSONResponse:
+        return JSONResponse({"stage": 2})
+
+    core, buyer = Core(str(tmp_path / "core.db")), TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    routes = {
+        "POST /gather": {"price": "$0.01", "stage": Stage("relay", 1, of=2)},
+        "POST /write": {"price": "$0.01", "stage": Stage("relay", 2, of=2)},
+    }
+    config = PaymentConfig(
+        pay_to=TestBuyer.new().address, network=NETWORK, core=core, routes=routes
+    )
+    app = Starlette(
+        routes=[
+            Route("/gather", gather, methods=["POST"]),
+            Route("/write", write, methods=["POST"]),
+        ],
+        middleware=[Middleware(PaymentMiddleware, config=config)],
+    )
+    try:
+        with (
+            harness.loopback(app, "asgi") as url,
+            httpx.Client(transport=PaymentTransport(buyer.key), base_url=url) as client,
+        ):
+            job = StagedJob(client)
+            opened = job.stage("POST", "/gather")
+            assert len(opened.headers.get_list("job-id")) == 1
+            assert opened.headers["job-stage"] == "1/2" and opened.headers["job-id"] == job.id
+            assert len(opened.headers.get_list("payment-response")) == 1
+            assert job.stage("POST", "/write").json() == {"stage": 2}
+        assert core.position(buyer.address, network=NETWORK).locked == 2 * CENT
+    finally:
+        core.close()
