@@ -173,22 +173,17 @@ def path_matcher(pattern: str) -> re.Pattern[str]:
     return re.compile(regex + ("(?:/.*)?" if prefix_too else "") + r"/?\Z", re.I | re.DOTALL)
 
 
-_SEGMENT = re.compile(r"(?<=/):([A-Za-z_][A-Za-z0-9_]*)(?=/|\Z)|\[([A-Za-z_][A-Za-z0-9_]*)\]|\*")
-
-
 def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """A table entry as a matcher of request paths (an app without a router): a parameter in
+    any notation (``:id``, ``[id]``, ``{id}``, ``<int:id>``) is one path segment, a ``path``
+    one and ``*`` anything (docs/architecture.md, "Which route is priced")."""
     if not pattern.startswith("/"):
         raise ConfigurationError(f"route path must start with '/': {pattern!r}")
-    body, prefix_too = pattern, False
+    body, prefix_too = canonical_template(pattern), False
     if body.endswith("/*"):
         body, prefix_too = body[:-2], True
-    out, pos = [], 0
-    for m in _SEGMENT.finditer(body):
-        out.append(re.escape(body[pos : m.start()]))
-        out.append(".*" if m.group(0) == "*" else "[^/]+")
-        pos = m.end()
-    out.append(re.escape(body[pos:]))
-    regex = "".join(out)
+    parts = re.split(r"(\{\}|\*)", body)
+    regex = "".join({"{}": "[^/]+", "*": ".*"}.get(p) or re.escape(p) for p in parts)
     if prefix_too:
         regex += "(?:/.*)?"
     return re.compile(regex + r"/?\Z", re.IGNORECASE | re.DOTALL)

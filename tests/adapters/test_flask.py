@@ -1135,3 +1135,31 @@ def test_a_view_markers_left_out_method_stays_refused_not_sold(
     client = app.test_client()
     assert amount_of(client, "/report") == "20000"
     assert client.post("/report").status_code == 405 and core.guarantees() == []
+
+
+@pytest.mark.parametrize("path", ["/./premium/a.txt", "/x/../premium/a.txt"])
+def test_a_free_file_server_never_serves_a_rule_the_table_prices_in_flask_notation(
+    core: Core, tmp_path: Path, path: str
+) -> None:
+    """A free ``send_from_directory`` at ``/<path:p>`` holding the files of a priced
+    ``/premium/<path:p>``: Flask routes ``/./premium/a.txt`` to the free rule, which resolves
+    the dot segments itself. The entry, written as Flask writes the rule, did not match the
+    path read that way, and the priced file went out free (docs/architecture.md, "Which
+    route is priced": ambiguous encodings)."""
+    from flask import send_from_directory
+    from werkzeug.test import Client
+
+    root = tmp_path / "files"
+    (root / "premium").mkdir(parents=True)
+    (root / "premium" / "a.txt").write_text("PAID CONTENT")
+    app = make_app(pay_to=SELLER, core=core, routes={"GET /premium/<path:p>": "$0.01"})
+    FourmicaX402(app)
+    app.add_url_rule(
+        "/premium/<path:p>", "premium", lambda p: send_from_directory(root / "premium", p)
+    )
+    app.add_url_rule("/<path:p>", "files", lambda p: send_from_directory(root, p))
+    raw = {"PATH_INFO": path, "REQUEST_URI": path, "RAW_URI": path}  # as a server passes it
+    resp = Client(app).get(path, environ_overrides=raw)
+    assert resp.status_code == 400 and resp.get_json()["error"] == "ambiguous_path"
+    assert app.test_client().get("/premium/a.txt").status_code == 402
+    assert core.guarantees() == []

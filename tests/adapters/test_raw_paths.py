@@ -164,3 +164,33 @@ def _raw_asgi(app: Any, path: str) -> tuple[int, bytes]:
     scope = http_scope("GET", unquote(path), raw_path=path.encode())
     asyncio.run(asyncio.wait_for(app(scope, receive, send), 30))
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def _echo(environ: Any, start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"PAID CONTENT"]
+
+
+@pytest.mark.parametrize(
+    ("key", "path"),
+    [
+        ("GET /items/{id}", "/items/7"),
+        ("GET /items/<int:id>", "/items/7"),
+        ("GET /items/{id:int}", "/items/7"),
+        ("GET /models/{name}:predict", "/models/m1:predict"),
+        ("GET /files/<path:rest>", "/files/a/b.txt"),
+        ("GET /files/{rest:path}", "/files/a/b.txt"),
+    ],
+)
+def test_a_parameter_in_any_notation_prices_a_router_less_app(
+    audited_core: Core, key: str, path: str
+) -> None:
+    """The table may write a parameter ``{id}``, ``<int:id>`` or ``{rest:path}``, not only
+    ``:id``: a router-less app matched such an entry as literal text, and served every path
+    it names free (docs/architecture.md, "Which route is priced")."""
+    options: dict[str, Any] = {"pay_to": SELLER, "core": audited_core, "network": NETWORK}
+    app = WsgiPayment(_echo, routes={key: "$0.01"}, **options)
+    status, body = _get_wsgi(app, path)
+    assert status == 402 and b"PAID" not in body, (key, path, status)
+    assert _get_wsgi(app, "/other") == (200, b"PAID CONTENT")  # what it does not name: free
+    assert audited_core.guarantees() == []
