@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from urllib.parse import unquote
 
 from ..routes import Endpoint, RouteTable
+from ..templates import compile_pattern
 from .types import RequestView
 
 
@@ -26,10 +28,13 @@ def ambiguous(request: RequestView) -> bool:
     return ".." in segments or "." in segments or ".." in unquote(raw).split("/")
 
 
-def matches_variant(routes: RouteTable, method: str, request: RequestView) -> bool:
-    """A table entry that some reading of the raw path (decoded, dot and empty segments
-    resolved, backslashes as slashes; the table matches with or without a trailing slash)
-    would price: a proxy or a file server may read it that way."""
+def matches_variant(
+    routes: RouteTable, method: str, request: RequestView, marked: Iterable[Endpoint] = ()
+) -> bool:
+    """A table entry (or a route of ``marked`` whose marker prices ``method``) that some
+    reading of the raw path (decoded, dot and empty segments resolved, backslashes as
+    slashes; the table matches with or without a trailing slash) would price: a proxy or a
+    file server may read it that way."""
     raw = request.raw_path or request.path
     variants = {unquote(raw).replace("\\", "/"), raw.replace("\\", "/")}
     for variant in list(variants):
@@ -41,19 +46,27 @@ def matches_variant(routes: RouteTable, method: str, request: RequestView) -> bo
             elif seg not in (".", ""):
                 parts.append(seg)
         variants.add("/" + "/".join(parts))
-    return any(routes.match(method, v) for v in variants)
+    if any(routes.match(method, v) for v in variants):
+        return True
+    shapes = [compile_pattern(e.shape) for e in marked if e.marker_prices(method.upper())]
+    return any(shape.match(v) for shape in shapes for v in variants)
 
 
 def free_reaches_priced(
-    routes: RouteTable, method: str, request: RequestView, endpoint: Endpoint | None
+    routes: RouteTable,
+    method: str,
+    request: RequestView,
+    endpoint: Endpoint | None,
+    marked: Iterable[Endpoint] = (),
 ) -> bool:
     """A request the router sends to a free endpoint through a path that a file server there
     reads as a priced one (``//premium/x``, ``/a/../premium/x``; ``/premium.txt/`` at a
     catch-all): Starlette's ``StaticFiles``, Django's ``serve`` and Flask's
-    ``send_from_directory`` resolve such segments themselves. Only odd paths are checked."""
+    ``send_from_directory`` resolve such segments themselves. Only odd paths are checked;
+    ``marked``: the app's routes, those a marker (``@paid``, ``Paid``) prices counting too."""
     if endpoint is None:  # not served: a 404, a 405, a redirect
         return False
     path = request.path
     trailing = len(path) > 1 and path.endswith("/") and "*" in endpoint.shape
     odd = trailing or "//" in path or ambiguous(request)
-    return odd and matches_variant(routes, method, request)
+    return odd and matches_variant(routes, method, request, marked)

@@ -1163,3 +1163,32 @@ def test_a_free_file_server_never_serves_a_rule_the_table_prices_in_flask_notati
     assert resp.status_code == 400 and resp.get_json()["error"] == "ambiguous_path"
     assert app.test_client().get("/premium/a.txt").status_code == 402
     assert core.guarantees() == []
+
+
+def test_a_free_file_server_never_serves_a_rule_paid_prices(core: Core, tmp_path: Path) -> None:
+    """As above, the rule priced by ``@paid`` instead of a table entry: the check for a path
+    a file server reads as a priced one knew only the table, and ``/./premium/a.txt`` went
+    out free through the free catch-all (docs/architecture.md, "Which route is priced")."""
+    from flask import send_from_directory
+    from werkzeug.test import Client
+
+    root = tmp_path / "files"
+    (root / "premium").mkdir(parents=True)
+    (root / "premium" / "a.txt").write_text("PAID CONTENT")
+    app = make_app(pay_to=SELLER, core=core)
+    FourmicaX402(app)
+
+    @app.get("/premium/<path:p>")
+    @paid("$0.01")
+    def premium(p: str) -> Any:
+        return send_from_directory(root / "premium", p)
+
+    app.add_url_rule("/<path:p>", "files", lambda p: send_from_directory(root, p))
+    for path in ("/./premium/a.txt", "/x/../premium/a.txt"):
+        raw = {"PATH_INFO": path, "REQUEST_URI": path, "RAW_URI": path}  # as a server passes it
+        resp = Client(app).get(path, environ_overrides=raw)
+        assert resp.status_code == 400 and resp.get_json()["error"] == "ambiguous_path", path
+    assert app.test_client().get("/premium/a.txt").status_code == 402
+    raw = {"PATH_INFO": "/./free.txt", "REQUEST_URI": "/./free.txt"}
+    assert Client(app).get("/", environ_overrides=raw).status_code == 404  # near nothing priced
+    assert core.guarantees() == []
