@@ -36,7 +36,10 @@ def matches_variant(
     slashes; the table matches with or without a trailing slash) would price: a proxy or a
     file server may read it that way."""
     raw = request.raw_path or request.path
+    # and the path as routed: a raw one handed over whole (an absolute-form target,
+    # http://host/./x) or under a script name written otherwise (/%61pi/./x) never lines up
     variants = {unquote(raw).replace("\\", "/"), raw.replace("\\", "/")}
+    variants.add(request.path.replace("\\", "/"))
     for variant in list(variants):
         parts: list[str] = []
         for seg in variant.split("/"):

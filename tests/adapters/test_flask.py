@@ -1192,3 +1192,28 @@ def test_a_free_file_server_never_serves_a_rule_paid_prices(core: Core, tmp_path
     raw = {"PATH_INFO": "/./free.txt", "REQUEST_URI": "/./free.txt"}
     assert Client(app).get("/", environ_overrides=raw).status_code == 404  # near nothing priced
     assert core.guarantees() == []
+
+
+def test_an_absolute_form_target_never_serves_a_priced_file_free(
+    core: Core, tmp_path: Path
+) -> None:
+    """``GET http://host/./premium/a.txt``: the server hands the target over whole as the raw
+    path; read alone, its dot segments resolved to no priced path, and the free catch-all
+    served the priced file (docs/architecture.md, "Which route is priced")."""
+    from flask import send_from_directory
+    from werkzeug.test import Client
+
+    root = tmp_path / "files"
+    (root / "premium").mkdir(parents=True)
+    (root / "premium" / "a.txt").write_text("PAID CONTENT")
+    app = make_app(pay_to=SELLER, core=core, routes={"GET /premium/<path:p>": "$0.01"})
+    FourmicaX402(app)
+    app.add_url_rule(
+        "/premium/<path:p>", "premium", lambda p: send_from_directory(root / "premium", p)
+    )
+    app.add_url_rule("/<path:p>", "files", lambda p: send_from_directory(root, p))
+    uri = "http://localhost/./premium/a.txt"
+    raw = {"PATH_INFO": "/./premium/a.txt", "REQUEST_URI": uri, "RAW_URI": uri}
+    resp = Client(app).get("/", environ_overrides=raw)
+    assert resp.status_code == 400 and resp.get_json()["error"] == "ambiguous_path"
+    assert core.guarantees() == []

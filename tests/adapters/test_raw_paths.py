@@ -194,3 +194,22 @@ def test_a_parameter_in_any_notation_prices_a_router_less_app(
     assert status == 402 and b"PAID" not in body, (key, path, status)
     assert _get_wsgi(app, "/other") == (200, b"PAID CONTENT")  # what it does not name: free
     assert audited_core.guarantees() == []
+
+
+@pytest.mark.parametrize(
+    ("uri", "script"),
+    [("http://localhost/./premium.txt", ""), ("/%61pi/./premium.txt", "/api")],
+    ids=["absolute-form", "script-name-encoded"],
+)
+def test_a_raw_path_that_does_not_line_up_with_the_path_never_serves_a_priced_file(
+    files: Path, audited_core: Core, uri: str, script: str
+) -> None:
+    """The raw path is read beside the routed one to spot dot segments a file server resolves.
+    A server hands over an absolute-form target whole (``GET http://host/./premium.txt``),
+    and a script name written encoded does not prefix the raw path: its dot segments were
+    resolved to a path priced nowhere, and ``/./premium.txt`` went out free."""
+    app, _ = _apps(files, audited_core)[1]
+    environ = {"PATH_INFO": "/./premium.txt", "SCRIPT_NAME": script, "REQUEST_URI": uri}
+    resp = Client(app).get("/", environ_overrides={**environ, "RAW_URI": uri})
+    assert resp.status_code == 400 and b"ambiguous_path" in resp.get_data()
+    assert audited_core.guarantees() == []
