@@ -16,6 +16,7 @@ from fourmica_x402.config import PaymentConfig
 from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.gate import PASS, Gate, Response
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Meter
+from fourmica_x402.gate.types import for_shared_caches
 
 from ._exchange import Delegated, app_below, warn_copying_layers
 from ._refusals import answer_refusals, render
@@ -93,6 +94,8 @@ def http_middleware(config: PaymentConfig) -> Any:
                 response.headers[key] = value
             else:
                 response.headers.append(key, value)
+        for key in [k for k in response.headers if for_shared_caches(k)]:  # (a CDN's own)
+            del response.headers[key]
         response.body_iterator = meter.stream(response.body_iterator)
         return response
 

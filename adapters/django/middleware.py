@@ -18,6 +18,7 @@ from django.http import HttpRequest
 from fourmica_x402.gate import PASS, Call, Endpoint, Flow, Gate, Response
 from fourmica_x402.gate.guards import rerouted
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Endpoints, Meter
+from fourmica_x402.gate.types import for_shared_caches
 
 from ._cache import cache_misplaced
 from ._delivery import unless_sent
@@ -134,6 +135,8 @@ class PaymentMiddleware:
             return render(started)
         for name, value in meter.extra or ():  # names ignore case: ours replace the view's
             response[name] = value
+        for name in [n for n in response.headers if for_shared_caches(n)]:  # (a CDN's own)
+            del response[name]
         if response.streaming:  # passed on unbuffered; the gate is told when it ends
             content = as_served(response.streaming_content, self.async_mode)
             response.streaming_content = meter.stream(content)

@@ -21,7 +21,7 @@ from ..routes import Endpoint, RouteConfig, RouteTable, validate_marker
 from ..templates import converters_in, spans
 from . import drive, guards
 from .flow import Gate
-from .types import Flow, Paid, Payment, Response, error_response
+from .types import Flow, Paid, Payment, Response, error_response, for_shared_caches
 
 log = logging.getLogger("fourmica_x402.gate")
 T = TypeVar("T")
@@ -82,7 +82,8 @@ class Meter:
             return self.replacement
         # ours replace the handler's: a relayed upstream Job-Id beside ours broke the job
         drop = {k for k, _ in self.extra} & _OURS  # (docs/protocol.md, "Staged work")
-        return [*((k, v) for k, v in self.headers if k.lower() not in drop), *self.extra]
+        kept = (h for h in self.headers if h[0].lower() not in drop and not for_shared_caches(h[0]))
+        return [*kept, *self.extra]
 
     def received(self, chunk: bytes, last: bool) -> None:
         """A chunk of the request body on its way to the handler (``last``: the body ends)."""

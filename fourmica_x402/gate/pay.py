@@ -48,6 +48,7 @@ from .types import (
     RequestView,
     Response,
     error_response,
+    for_shared_caches,
     no_store,
 )
 
@@ -346,7 +347,7 @@ def _replayed(found: Any, version: int) -> Paid | Response:
     headers, body = stored
     cache = next((v for k, v in headers if k.lower() == "cache-control"), None)
     drop = ("content-length",) if no_store(cache) else ("content-length", "cache-control")
-    headers = [(k, v) for k, v in headers if k.lower() not in drop]
+    headers = [(k, v) for k, v in headers if k.lower() not in drop and not for_shared_caches(k)]
     if not no_store(cache):  # paid content, replayed: still never for a shared cache
         headers.append(("cache-control", PAID_CACHE_CONTROL))
     settle_response = SettleResponse.model_validate(record.settle_result)

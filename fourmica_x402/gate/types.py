@@ -105,6 +105,15 @@ def no_store(cache_control: str | None) -> bool:
     return "no-store" in {d.strip().partition("=")[0].lower() for d in cache_control.split(",")}
 
 
+def for_shared_caches(name: str) -> bool:
+    """A header only shared caches read, which there wins over ``Cache-Control``: RFC 9213's
+    targeted fields (``CDN-Cache-Control``, ``Cloudflare-CDN-Cache-Control``…),
+    ``Surrogate-Control``, ``Edge-Control``. A paid response never carries one (docs/protocol.md,
+    "Paid responses")."""
+    name = name.lower()
+    return name.endswith("cdn-cache-control") or name in ("surrogate-control", "edge-control")
+
+
 class BodyTap:
     """Watches a response body stream by: hashes it, and keeps a copy for idempotent replay.
 

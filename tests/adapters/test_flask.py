@@ -1217,3 +1217,31 @@ def test_an_absolute_form_target_never_serves_a_priced_file_free(
     resp = Client(app).get("/", environ_overrides=raw)
     assert resp.status_code == 400 and resp.get_json()["error"] == "ambiguous_path"
     assert core.guarantees() == []
+
+
+def test_a_paid_response_never_tells_a_cdn_to_store_it(core: Core) -> None:
+    """``Cache-Control: private, no-store`` replaced the view's, but a CDN reads its own
+    header first (``CDN-Cache-Control``, RFC 9213; ``Surrogate-Control``): one an
+    ``after_request`` sets on every answer made the CDN store the paid response and hand it
+    to unpaid clients (docs/protocol.md, "Paid responses"). A free answer keeps them."""
+    app = make_app(pay_to=SELLER, core=core, network=NETWORK, routes={"GET /report": "$0.01"})
+    FourmicaX402(app, idempotent_replay=True)
+    app.add_url_rule("/report", "report", lambda: {"report": True})
+    app.add_url_rule("/free", "free", lambda: {"free": True})
+    cdn = {"CDN-Cache-Control": "max-age=600", "Cloudflare-CDN-Cache-Control": "max-age=600"}
+
+    @app.after_request
+    def cached(response: Any) -> Any:
+        response.headers.update({**cdn, "Surrogate-Control": "max-age=600"})
+        return response
+
+    client = app.test_client()
+    buyer = funded(core)
+    headers = payment_for(client, buyer, "/report")
+    for _ in range(2):  # the second: replayed
+        resp = client.get("/report", headers=headers, buffered=True)
+        app.extensions["fourmica_x402"].gate.flush()
+        assert resp.status_code == 200 and resp.headers["cache-control"] == "private, no-store"
+        sent = {k.lower() for k, _ in resp.headers.items()}
+        assert not {"surrogate-control", *map(str.lower, cdn)} & sent, sent
+    assert client.get("/free").headers["surrogate-control"] == "max-age=600"
