@@ -29,10 +29,11 @@ def ambiguous(request: RequestView) -> bool:
 
 
 def matches_variant(
-    routes: RouteTable, method: str, request: RequestView, marked: Iterable[Endpoint] = ()
+    routes: RouteTable, method: str, request: RequestView, endpoints: Iterable[Endpoint] = ()
 ) -> bool:
-    """A table entry (or a route of ``marked`` whose marker prices ``method``) that some
-    reading of the raw path (decoded, dot and empty segments resolved, backslashes as
+    """A table entry, or a route of ``endpoints`` that the table or its marker prices for
+    ``method`` (read as its router shapes it: a converter spanning segments is ``*``), that
+    some reading of the raw path (decoded, dot and empty segments resolved, backslashes as
     slashes; the table matches with or without a trailing slash) would price: a proxy or a
     file server may read it that way."""
     raw = request.raw_path or request.path
@@ -51,7 +52,8 @@ def matches_variant(
         variants.add("/" + "/".join(parts))
     if any(routes.match(method, v) for v in variants):
         return True
-    shapes = [compile_pattern(e.shape) for e in marked if e.marker_prices(method.upper())]
+    priced = (e.shape for e in endpoints if routes.for_endpoint(method, e))
+    shapes = [compile_pattern(shape) for shape in priced if shape.startswith("/")]
     return any(shape.match(v) for shape in shapes for v in variants)
 
 
@@ -60,16 +62,16 @@ def free_reaches_priced(
     method: str,
     request: RequestView,
     endpoint: Endpoint | None,
-    marked: Iterable[Endpoint] = (),
+    endpoints: Iterable[Endpoint] = (),
 ) -> bool:
     """A request the router sends to a free endpoint through a path that a file server there
     reads as a priced one (``//premium/x``, ``/a/../premium/x``; ``/premium.txt/`` at a
     catch-all): Starlette's ``StaticFiles``, Django's ``serve`` and Flask's
     ``send_from_directory`` resolve such segments themselves. Only odd paths are checked;
-    ``marked``: the app's routes, those a marker (``@paid``, ``Paid``) prices counting too."""
+    ``endpoints``: the app's routes, as in :func:`matches_variant`."""
     if endpoint is None:  # not served: a 404, a 405, a redirect
         return False
     path = request.path
     trailing = len(path) > 1 and path.endswith("/") and "*" in endpoint.shape
     odd = trailing or "//" in path or ambiguous(request)
-    return odd and matches_variant(routes, method, request, marked)
+    return odd and matches_variant(routes, method, request, endpoints)

@@ -1245,3 +1245,30 @@ def test_a_paid_response_never_tells_a_cdn_to_store_it(core: Core) -> None:
         sent = {k.lower() for k, _ in resp.headers.items()}
         assert not {"surrogate-control", *map(str.lower, cdn)} & sent, sent
     assert client.get("/free").headers["surrogate-control"] == "max-age=600"
+
+
+def test_a_free_file_server_never_serves_a_rule_whose_converter_spans_segments(
+    core: Core, tmp_path: Path
+) -> None:
+    """As above, the priced rule's converter matching ``/`` (``DocConverter``): the table
+    entry, read as one path segment, never matched ``/docs/a/b.txt``, and ``/./docs/a/b.txt``
+    went out free; the rule is read as Flask shapes it (docs/architecture.md, "Which route
+    is priced")."""
+    from flask import send_from_directory
+    from werkzeug.test import Client
+
+    root = tmp_path / "files"
+    (root / "docs" / "a").mkdir(parents=True)
+    (root / "docs" / "a" / "b.txt").write_text("PAID CONTENT")
+    app = make_app(pay_to=SELLER, core=core, routes={"GET /docs/<doc:value>": "$0.01"})
+    app.url_map.converters["doc"] = DocConverter
+    FourmicaX402(app)
+    app.add_url_rule(
+        "/docs/<doc:value>", "docs", lambda value: send_from_directory(root / "docs", value)
+    )
+    app.add_url_rule("/<path:p>", "files", lambda p: send_from_directory(root, p))
+    path = "/./docs/a/b.txt"
+    raw = {"PATH_INFO": path, "REQUEST_URI": path, "RAW_URI": path}  # as a server passes it
+    resp = Client(app).get(path, environ_overrides=raw)
+    assert resp.status_code == 400 and resp.get_json()["error"] == "ambiguous_path"
+    assert core.guarantees() == []
