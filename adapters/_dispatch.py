@@ -15,14 +15,15 @@ import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from fourmica_x402.gate import Endpoint, Gate, Response
+from fourmica_x402.gate import PASS, Endpoint, Gate, Response
 from fourmica_x402.gate.guards import RESOLVED_KEY, rerouted
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY
+from fourmica_x402.gate.types import error_response
 
 from ._exchange import send_response
 from ._starlette import StarletteRouter
 
-__all__ = ["Guarded", "guard", "recorded"]
+__all__ = ["Guarded", "guard", "marked", "recorded"]
 
 Scope = MutableMapping[str, Any]
 Resolve = Callable[[], Endpoint | None]
@@ -46,6 +47,27 @@ def recorded(scope: Scope, resolve: Resolve, gate: Gate) -> Resolve:
         return endpoint
 
     return resolved
+
+
+def marked(gate: Gate, scope: Scope, outcome: Any) -> Any:
+    """``outcome``, or, for a request the gate passed on to a route whose marker answers it
+    (OPTIONS, a method it does not price), that answer: FastAPI would first resolve the
+    route's other dependencies, which would run unpaid (docs/architecture.md, "Which route
+    is priced")."""
+    endpoint, method = (scope.get(RESOLVED_KEY) or {}).get(gate) or (None, "")
+    served = getattr(endpoint, "methods", None)
+    if outcome is not PASS or endpoint is None or not served or method not in served:
+        return outcome  # decided; or not a marker's route (below); or the router's own 405
+    if not endpoint.marker_decides(method) or endpoint.marker_prices(method):
+        return outcome
+    allow = [m for m in sorted(served) if m == "OPTIONS" or endpoint.marker_prices(m)]
+    if method != "OPTIONS":
+        return error_response(405, "method_not_allowed", "method not allowed", [_allow(allow)])
+    return Response(200, [_allow([*allow, "OPTIONS"]), ("content-length", "0")])
+
+
+def _allow(methods: list[str]) -> tuple[str, str]:
+    return "allow", ", ".join(dict.fromkeys(methods))
 
 
 class Guarded:

@@ -18,6 +18,7 @@ from fourmica_x402.gate import PASS, Gate, Response
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Meter
 from fourmica_x402.gate.types import for_shared_caches
 
+from ._dispatch import marked
 from ._exchange import Delegated, app_below, warn_copying_layers
 from ._refusals import answer_refusals, render
 from .asgi import PaymentMiddleware
@@ -71,6 +72,7 @@ def http_middleware(config: PaymentConfig) -> Any:
             return render(pricer.startup.refusal)
         view = pricer._view(request.scope, request.receive)  # an outer gate's payment: on our
         state = await Gate.run_async(gate.before(view, request.scope.get(PAYMENT_KEY)))  # terms
+        state = marked(gate, request.scope, state)  # a Paid route's own answer, given here
         if isinstance(state, Response):
             return render(state)
         if state is not PASS:

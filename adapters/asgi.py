@@ -13,11 +13,10 @@
 
 Responses stream through, hashed, never buffered. With a Starlette router (found through the
 ``app`` chain, or given as ``router=``) the route it resolves is priced: a path it redirects,
-404s or 405s is never charged, and every route-table entry must name one of its routes
-(checked at lifespan start-up, which a bad configuration fails); without one, the raw path.
-WebSockets on a priced route are refused (1008). See docs/architecture.md ("Which route is
-priced"). A body read before pricing (a paid MCP tool call) is replayed to the app whole; a
-request an outer gate settled passes on this gate's terms."""
+404s or 405s is never charged, and every table entry must name one of its routes (checked at
+lifespan start-up); without one, the raw path. WebSockets on a priced route are refused
+(1008). See docs/architecture.md ("Which route is priced"). A body read before pricing (a
+paid MCP tool call) is replayed to the app whole; an outer gate's payment: on our terms."""
 
 from __future__ import annotations
 
@@ -33,7 +32,7 @@ from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Marker, Startu
 
 from ._body import BufferedBody
 from ._chain import applied_root_path, find_router
-from ._dispatch import guard, recorded
+from ._dispatch import guard, marked, recorded
 from ._exchange import PaidExchange, send_response, warn_copying_layers
 from ._starlette import StarletteRouter
 
@@ -132,6 +131,7 @@ class PaymentMiddleware:
             return await send_response(send, self.startup.refusal)
         view = self._view(scope, receive)  # an outer gate's payment: on this gate's terms only
         outcome = await Gate.run_async(self.gate.before(view, scope.get(PAYMENT_KEY)))
+        outcome = marked(self.gate, scope, outcome)  # a Paid route's own answer, given here
         body = view.read_body
         if not isinstance(body, BufferedBody) or not body.read:
             return await self._serve(outcome, scope, receive, send)

@@ -225,6 +225,43 @@ def test_a_mounted_apps_paid_refusals_take_the_gates_shape_unless_it_has_its_own
     assert runs == [] and core.guarantees() == []
 
 
+@pytest.mark.parametrize("form", ["FourmicaX402", "http_middleware"])
+def test_a_paid_routes_other_dependencies_never_run_for_a_method_it_answers_itself(
+    core: Core, form: str
+) -> None:
+    """OPTIONS and a method ``Paid(methods=...)`` leaves out were passed on to the route:
+    FastAPI ran the dependencies declared before ``Paid`` (a quota, an audit write), unpaid,
+    before ``Paid`` answered. The gate gives that answer itself now."""
+    from fastapi import Depends
+    from fourmica_x402.adapters.fastapi import http_middleware
+
+    from fourmica_x402 import PaymentConfig
+
+    app, runs = FastAPI(), collections.Counter[str]()
+    if form == "FourmicaX402":
+        FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK)
+    else:
+        config = PaymentConfig(pay_to=SELLER, core=core, network=NETWORK)
+        app.middleware("http")(http_middleware(config))
+
+    def side_effect() -> None:
+        runs["dependency"] += 1
+
+    @app.api_route("/x", methods=["GET", "POST", "OPTIONS"], dependencies=[Depends(side_effect)])
+    def x(p: Payment = Paid("$0.01", methods=["POST"])) -> dict[str, int]:  # noqa: B008
+        runs["handler"] += 1
+        return {"amount": p.amount}
+
+    with TestClient(app) as client:
+        refused = client.get("/x")
+        assert refused.status_code == 405 and refused.json()["error"] == "method_not_allowed"
+        assert refused.headers["allow"] == "OPTIONS, POST"
+        options = client.options("/x")
+        assert options.status_code == 200 and options.headers["allow"] == "OPTIONS, POST"
+        assert runs == {} and core.guarantees() == []
+        assert client.post("/x").status_code == 402 and runs == {}
+
+
 @pytest.mark.parametrize("entry", ["GET /report", "* /report"])
 def test_a_table_priced_route_serving_options_answers_it_without_running_the_handler(
     core: Core, entry: str
