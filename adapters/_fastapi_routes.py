@@ -3,14 +3,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["effective", "included", "tree"]
+__all__ = ["effective", "frontends", "included", "tree"]
 
 
-def tree(front: Any) -> str:
-    """The template of a FastAPI frontend: its path and everything below it."""
-    return str(front.path).rstrip("/") + "/{path:path}"
+def tree(front: Any, prefix: str = "") -> str:
+    """The template of a FastAPI frontend (under an inclusion's ``prefix``): its path and
+    everything below it."""
+    path = str(front.path)
+    return (prefix + ("" if prefix and path == "/" else path)).rstrip("/") + "/{path:path}"
+
+
+def frontends(router: Any) -> Iterator[tuple[Any, str]]:
+    """``(front, template)`` of every ``frontend()`` a FastAPI router serves: its own, then
+    those of its included routers, under their prefixes, as FastAPI tries them."""
+    groups = getattr(router, "_iter_low_priority_routes", None)
+    for group in groups() if groups else getattr(router, "_low_priority_routes", ()):
+        prefix = getattr(group, "frontend_prefix", "")  # an included router's: its context
+        for front in getattr(getattr(group, "original_route", group), "routes", ()):
+            yield front, tree(front, prefix)
 
 
 def included(route: Any) -> bool:

@@ -13,7 +13,7 @@ from fourmica_x402.errors import FourmicaError
 from fourmica_x402.gate import Endpoint, Gate, RouterFailed
 from fourmica_x402.gate.lifecycle import Endpoints, Marker
 
-from ._fastapi_routes import effective, included, tree
+from ._fastapi_routes import effective, frontends, included, tree
 
 __all__ = ["StarletteRouter"]
 
@@ -57,9 +57,8 @@ class StarletteRouter:
                     yield from self._below(*effective(context), prefix)
             else:
                 yield from self._below(route, getattr(route, "path", ""), None, prefix)
-        for group in getattr(self.router, "_low_priority_routes", ()) if routes is None else ():
-            for front in getattr(group, "routes", ()):  # FastAPI's frontend(): a whole tree
-                yield front, tree(front), None
+        for front, template in frontends(self.router) if routes is None else ():
+            yield front, template, None  # FastAPI's frontend(): a whole tree
 
     def _below(
         self, route: Any, path: str, source: Any, prefix: str
@@ -98,8 +97,8 @@ class StarletteRouter:
             return self.endpoint(route, prefix, source)
 
     def _low_priority(self, scope: Scope) -> Endpoint | None:
-        """A FastAPI ``frontend()`` route, tried as FastAPI does: after a 405 (a partial
-        match) and a trailing-slash redirect. Those of included routers are not seen."""
+        """A FastAPI ``frontend()`` route (an included router's too), tried as FastAPI does:
+        after a 405 (a partial match) and a trailing-slash redirect."""
         find, routes = getattr(self.router, "_match_low_priority", None), self.router.routes
         if find is None or any(r.matches(scope)[0] is not self._none for r in routes):
             return None
@@ -109,11 +108,11 @@ class StarletteRouter:
             if any(r.matches(other)[0] is not self._none for r in routes):
                 return None
         match, _, group, context = find(dict(scope))
-        inner = getattr(group, "_match", None)
-        if match is not self._full or context is not None or inner is None:
+        inner, prefix = getattr(group, "_match", None), getattr(context, "frontend_prefix", "")
+        if match is not self._full or inner is None or not isinstance(prefix, str):
             return None
-        front = inner(dict(scope), prefix="")[2]
-        return None if front is None else self.endpoint(front, tree(front), None)
+        front = inner(dict(scope), prefix=prefix)[2]  # an included router's: under its prefix
+        return None if front is None else self.endpoint(front, tree(front, prefix), None)
 
     def _fallback(self, mount: Any, prefix: str) -> Endpoint | None:
         """A mounted app that serves more than its routes (a FastAPI app's frontends, a
@@ -122,7 +121,7 @@ class StarletteRouter:
         router = getattr(mount.app, "router", mount.app)
         default = getattr(router, "default", None)
         own = default is not None and getattr(default, "__func__", None) is not self._nf
-        if own or getattr(router, "_low_priority_routes", None):
+        if own or any(frontends(router)):
             return self.endpoint(mount, prefix + "/{path:path}")
         return None
 

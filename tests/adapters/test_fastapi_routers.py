@@ -636,6 +636,40 @@ def test_what_a_mounted_app_serves_beyond_its_routes_is_priced_by_the_mounts_key
     assert len(core.guarantees()) == 1
 
 
+def test_an_included_routers_frontend_is_priced_like_the_apps_own(
+    core: Core, tmp_path: Any
+) -> None:
+    """``frontend()`` on an included router was never resolved: ``"GET /app/*"`` priced the
+    app's ``/app/api/data`` and the files under the router's ``/app/files`` were served
+    free; a key naming only such a frontend failed the start-up; a mounted app whose only
+    frontend is an included router's was passed on unpriced."""
+    if not hasattr(FastAPI(), "frontend"):
+        pytest.fail("this FastAPI has no frontend(): the project pins one that has")
+    (tmp_path / "report.txt").write_text("secret")
+    files, own, sub = APIRouter(), APIRouter(), FastAPI()
+    for router in (files, own):
+        router.frontend("/files", directory=str(tmp_path))
+    sub.include_router(own)
+    app = FastAPI()
+    routes = {"GET /app/*": "$0.05", "GET /portal/*": "$0.06", "GET /sub/*": "$0.07"}
+    FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK, routes=routes)
+
+    @app.get("/app/api/data")
+    def data() -> dict[str, int]:
+        return {"data": 1}
+
+    app.include_router(files, prefix="/app")
+    app.include_router(files, prefix="/portal")
+    app.mount("/sub", sub)
+    with TestClient(app) as client:
+        for path, price in (("/app", 50_000), ("/portal", 60_000), ("/sub", 70_000)):
+            amount, header = pay(core, client, path + "/files/report.txt")
+            assert amount == price
+            paid = client.get(path + "/files/report.txt", headers=header)
+            assert (paid.status_code, paid.text) == (200, "secret")
+    assert len(core.guarantees()) == 3
+
+
 def test_a_frontend_page_behind_two_trailing_slashes_is_challenged(
     core: Core, tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
