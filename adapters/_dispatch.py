@@ -21,6 +21,7 @@ from fourmica_x402.gate.lifecycle import PAYMENT_KEY
 from fourmica_x402.gate.types import error_response
 
 from ._exchange import send_response
+from ._fastapi_routes import check_files
 from ._starlette import StarletteRouter
 
 __all__ = ["Guarded", "guard", "marked", "recorded"]
@@ -81,18 +82,25 @@ class Guarded:
         self.checks: weakref.WeakKeyDictionary[Gate, list[Endpoint]] = weakref.WeakKeyDictionary()
 
     def __call__(self, scope: Scope, receive: Any, send: Any) -> Awaitable[None]:
+        if self.passes(scope):
+            return self.handle(scope, receive, send)
+        return self._checked(scope, receive, send)
+
+    def passes(self, scope: Scope) -> bool:
+        """Whether the route runs unchecked: each gate the request passed decided on it."""
         notes, method = scope.get(RESOLVED_KEY), scope.get("method", "GET")
         served = getattr(self.route, "methods", None)
         if served and method != method.upper() and method not in served:  # "get": the route
-            return self.handle(scope, receive, send)  # answers 405 itself, as for PUT
+            return True  # answers 405 itself, as for PUT
         if not notes:  # no gate's note (a layer rebuilt the scope): every gate judges it
-            return self._checked(scope, receive, send)
-        for gate, seen in notes.items():  # the gates this request passed, each on its own
-            if gate in self.checks and (  # decision (on this route: the object)
+            return False
+        return not any(  # the gates this request passed, each on its own decision (on this
+            gate in self.checks  # route: the object)
+            and (
                 seen is None or getattr(seen[0], "key", None) is not self.route or seen[1] != method
-            ):
-                return self._checked(scope, receive, send)
-        return self.handle(scope, receive, send)
+            )
+            for gate, seen in notes.items()
+        )
 
     async def _checked(self, scope: Scope, receive: Any, send: Any) -> None:
         refused = self.refusal(scope)
@@ -134,4 +142,5 @@ def guard(gate: Gate, router: StarletteRouter | None) -> StarletteRouter | None:
             own = type(route).handle.__get__(route) if isinstance(handle, Guarded) else handle
             route.handle = handle = Guarded(route, own)
         handle.checks[gate] = endpoints
+        check_files(route)  # a FastAPI frontend's files: served without its handle too
     return router

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["effective", "frontends", "included", "tree"]
+__all__ = ["check_files", "effective", "frontends", "included", "tree"]
 
 
 def tree(front: Any, prefix: str = "") -> str:
@@ -39,3 +40,24 @@ def effective(context: Any) -> tuple[Any, str, Any]:
     if route is None:
         return context.original_route, context.path_format, context
     return route, getattr(route, "path", ""), None
+
+
+def check_files(front: Any) -> None:
+    """A ``frontend()`` route's files checked as its ``handle`` is (a ``Guarded``): its group
+    serves them without it when it has dependencies (docs/architecture.md, "Which route is
+    priced"). Anything else is left alone."""
+    files: Any = getattr(front, "app", None)
+    own = getattr(files, "get_response_for_scope", None)
+    if not inspect.ismethod(own):
+        return  # not a frontend, or checked already (its own method replaced)
+
+    async def response_for(scope: Any) -> Any:
+        guarded = front.handle
+        refused = None if guarded.passes(scope) else guarded.refusal(scope)
+        if refused is None:
+            return await own(scope)
+        from starlette.responses import Response
+
+        return Response(refused.body, refused.status, headers=dict(refused.headers))
+
+    files.get_response_for_scope = response_for

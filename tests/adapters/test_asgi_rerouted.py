@@ -150,6 +150,26 @@ def test_a_layer_inside_the_gate_that_reroutes_a_request_never_runs_a_priced_rou
     assert core.position(buyer.address, network=NETWORK).locked == 10_000
 
 
+def test_a_frontend_with_dependencies_rerouted_to_is_refused_too(core: Core, tmp_path: Any) -> None:
+    """A ``frontend()`` whose router has dependencies is served by its group, which sends the
+    files itself instead of calling the route's ``handle``: a path alias inside the gate
+    reached the priced files free (without dependencies it was refused, 503)."""
+    from fastapi import Depends
+
+    (tmp_path / "report.txt").write_text("paid file")
+    for dependencies in ([], [Depends(lambda: None)]):
+        app = FastAPI(dependencies=dependencies)
+        app.add_middleware(Rewrite)  # added first: below the gate
+        FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK, routes={"GET /app/*": "$0.05"})
+        app.frontend("/app", directory=str(tmp_path))
+        buyer = _funded(core)
+        with TestClient(app) as client:
+            assert _refused(client.get("/old/app/report.txt"))
+            headers = paid_headers(client, buyer, client.get("/app/report.txt"))
+            paid = client.get("/app/report.txt", headers=headers)
+            assert (paid.status_code, paid.text) == (200, "paid file")
+
+
 def test_a_payment_for_one_route_does_not_buy_the_route_a_layer_reroutes_it_to(
     core: Core,
 ) -> None:
