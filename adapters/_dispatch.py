@@ -128,14 +128,13 @@ class Guarded:
 
 
 def guard(gate: Gate, router: StarletteRouter | None) -> StarletteRouter | None:
-    """``router``, each of its routes (but a marker's) guarded for ``gate``; once per gate."""
+    """``router``, each of its routes guarded for ``gate``; once per gate."""
     if router is None:
         return None
     found: dict[int, tuple[Any, list[Endpoint]]] = {}
     for each in router.walk():
         endpoint = router.endpoint(*each)
-        if endpoint.marker is None:
-            found.setdefault(id(endpoint.key), (endpoint.key, []))[1].append(endpoint)
+        found.setdefault(id(endpoint.key), (endpoint.key, []))[1].append(endpoint)
     for route, endpoints in found.values():
         handle = route.handle
         if not isinstance(handle, Guarded) or handle.route is not route:  # (a copied route's)

@@ -182,16 +182,17 @@ def rerouted(
     and the router changed the method or the path (a method override, a path rewrite). Routes
     are compared, not handlers: one Django view serves each of its URL patterns, each at its
     own price (docs/architecture.md, "Which route is priced"). 503 ``payment_not_enforced``;
-    None: run it. A marker's handler checks its own payment, by its handler: here, only that
-    it was not made on another route of it."""
+    None: run it. A marker's handler checks its own payment, by its handler: here, that it
+    was not made on another route of it, and that a request the gate decided on as another
+    route is not left to it unpaid (FastAPI runs a route's other dependencies first)."""
     if endpoint is None:
         return None
     paid_here = payment is not None and payment.endpoint is endpoint
     alias = "GET" if method.upper() == "HEAD" else method.upper()
     route = None if alias == "OPTIONS" else table.for_endpoint(alias, endpoint)
-    if route is not None and route.marker:  # (a method the marker leaves out: the table's)
-        return None if payment is None or paid_here else _refused(method, endpoint)
     same = isinstance(seen, tuple) and seen[0] is endpoint and seen[1] == method.upper()
+    if route is not None and route.marker:  # (a method the marker leaves out: the table's)
+        return None if paid_here or (payment is None and same) else _refused(method, endpoint)
     if alias == "OPTIONS" or same:
         return None  # never priced; or the gate's own decision on this very route stands
     if route is None or (paid_here and payment.route == route.key):

@@ -9,6 +9,7 @@ prices, unpaid and unrecorded. Such a route is now refused, 503 ``payment_not_en
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 import pytest
@@ -168,6 +169,40 @@ def test_a_frontend_with_dependencies_rerouted_to_is_refused_too(core: Core, tmp
             headers = paid_headers(client, buyer, client.get("/app/report.txt"))
             paid = client.get("/app/report.txt", headers=headers)
             assert (paid.status_code, paid.text) == (200, "paid file")
+
+
+@pytest.mark.parametrize("form", ["FourmicaX402", "http_middleware"])
+def test_a_paid_route_a_layer_reroutes_to_runs_none_of_its_dependencies_unpaid(
+    core: Core, form: str
+) -> None:
+    """A path alias inside the gate onto a ``Paid`` route: ``Paid`` refused it (503), but only
+    after FastAPI had run the dependencies declared before it (a quota, an audit write),
+    unpaid. The route is checked where the router calls it, as a table-priced one is."""
+    from fastapi import Depends
+
+    app, runs = FastAPI(), collections.Counter[str]()
+    app.add_middleware(Rewrite)  # added first: below the gate
+    if form == "FourmicaX402":
+        FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK)
+    else:
+        config = PaymentConfig(pay_to=SELLER, core=core, network=NETWORK)
+        app.middleware("http")(http_middleware(config))
+
+    def side_effect() -> None:
+        runs["dependency"] += 1
+
+    @app.get("/paid", dependencies=[Depends(side_effect)])
+    def paid(payment: Payment = Paid("$0.01")) -> dict[str, int]:  # noqa: B008
+        runs["handler"] += 1
+        return {"amount": payment.amount}
+
+    buyer = _funded(core)
+    with TestClient(app) as client:
+        assert client.get("/paid").status_code == 402  # (the http middleware learns the app)
+        assert _refused(client.get("/old/paid")) and runs == {}
+        headers = paid_headers(client, buyer, client.get("/paid"))
+        assert client.get("/paid", headers=headers).status_code == 200
+    assert runs == {"dependency": 1, "handler": 1}
 
 
 def test_a_payment_for_one_route_does_not_buy_the_route_a_layer_reroutes_it_to(
