@@ -13,7 +13,7 @@ from typing import Any
 
 from ._eth import ZERO_ADDRESS, parse_address
 from .core import Core
-from .errors import FourmicaError, GuaranteeRejected, MalformedPayment, TabLimited
+from .errors import FourmicaError, GuaranteeRejected, MalformedPayment, TabLimited, Unavailable
 from .guarantee import (
     GUARANTEE_DOMAIN_SELECTOR,
     GuaranteeClaims,
@@ -300,7 +300,14 @@ def core_guarantees(
         return _error(400, exc.message, exc.reason)
     except ValueError as exc:
         return _error(400, str(exc), "invalid_request")
-    return 200, core.certify(accepted.guarantee_id).to_json()
+    try:
+        return 200, core.certify(accepted.guarantee_id).to_json()
+    except Unavailable:
+        # The acceptance is committed: the answer must say so, or the seller would not deliver
+        # and the buyer would pay for nothing (docs/protocol.md, "Endpoints"). Its certificate
+        # is the same one, filed on demand later.
+        network = accepted.network
+        return 200, core.certify_accepted(signed, network, accepted.total_amount).to_json()
 
 
 def core_guarantee(core: Core, chain_id: int, tab_id: str, req_id: str) -> JsonResult:

@@ -23,7 +23,7 @@ from typing import Any
 from blspy import BasicSchemeMPL, G1Element, G2Element
 
 from ..errors import CoreError
-from ..guarantee import GuaranteeClaims, certificate_message
+from ..guarantee import GuaranteeClaims, SignedGuarantee, certificate_message
 from ..networks import get_network
 from .common import guarantee_id_form, guarantee_row
 from .config import Domains
@@ -220,6 +220,13 @@ class Certifying:
         cert = self.operator.certify(found)  # outside any transaction (see above)
         with self.store.transaction() as tx:  # refused if voided or cancelled meanwhile
             return save(tx, guarantee_id, cert)
+
+    def certify_accepted(self, signed: SignedGuarantee, network: str, total: int) -> Certificate:
+        """The certificate of a guarantee just accepted (``total``: the tab's running total it
+        was accepted at), signed without the database: the one :meth:`certify` files, for an
+        answer that must carry it when the database cannot take it now."""
+        domain = self._domains.guarantee(get_network(network).chain_id)
+        return self.operator.certify(certificate_message(signed.claims, domain, total))
 
     def certify_many(
         self,

@@ -1995,6 +1995,41 @@ def test_a_settle_accepted_is_a_success_even_when_its_certificate_cannot_be_made
         core.close()
 
 
+def test_a_core_api_guarantee_accepted_is_answered_with_its_certificate_when_busy(
+    tmp_path: Path,
+) -> None:
+    """``POST /core/guarantees`` answers with the certificate; when the database cannot file
+    it after the acceptance committed (busy past its timeout), the answer is still the 200 with
+    the certificate, signed without the database: a 503 would tell the seller nothing was
+    accepted, and the buyer would pay for work never delivered (docs/protocol.md)."""
+    from fourmica_x402.core.store.sqlite import SQLiteStore
+
+    db = tmp_path / "busy.db"
+    core = Core(SQLiteStore(str(db), busy_timeout_ms=200))
+    blocker = sqlite3.connect(db, isolation_level=None, timeout=5, check_same_thread=False)
+
+    def hold_the_database(event: Any) -> None:  # after the acceptance committed
+        if event.type == "guarantee.accepted":
+            blocker.execute("BEGIN IMMEDIATE")
+
+    core.subscribe(hold_the_database)
+    try:
+        with TestClient(create_app(core, sandbox=True, api_key="s3cret", tick_interval=None)) as c:
+            buyer = TestBuyer.new()
+            signed = _settle_body(c, core, buyer)["paymentPayload"]["payload"]
+            answer = c.post("/core/guarantees", json=signed, headers=KEY)
+            blocker.execute("ROLLBACK")
+            assert answer.status_code == 200, answer.text
+            assert core.position(buyer.address, network=NETWORK).locked == 10_000
+            claims = signed["claims"]
+            later = c.get(f"/core/tabs/{claims['tab_id']}/guarantees/{claims['req_id']}").json()
+            assert answer.json() == later["certificate"]  # the one filed later
+    finally:
+        blocker.close()
+        assert core.audit() == []
+        core.close()
+
+
 def test_a_settle_refunded_before_its_certificate_still_says_it_settled(core: Core) -> None:
     """The seller refunds the guarantee between the acceptance and its certificate: the settle
     did happen (its answer is the 200 shape, success, no certificate) and the refund stands."""
