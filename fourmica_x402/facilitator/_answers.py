@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from .._eth import parse_address
+from .._json import loads_checked, no_duplicates
 from ..core.models import Tab
 from ..errors import MalformedPayment, Unavailable
 from ..guarantee import SignedGuarantee, guarantee_id
@@ -21,6 +22,7 @@ from ..wire import PaymentPayload, PaymentPayloadV1, PaymentRequirements, Verify
 __all__ = [
     "ANSWER_LIMIT",
     "abounded",
+    "answer_json",
     "bounded",
     "doubt",
     "reason_code",
@@ -47,6 +49,13 @@ def doubt(message: str) -> Unavailable:
     error = Unavailable(message)
     error.maybe_applied = True
     return error
+
+
+def answer_json(content: bytes) -> Any:
+    """An answer's JSON; ``ValueError`` when malformed, nested too deeply, or naming a key twice
+    in one object: parsers differ on which one wins (``{"success": false, "success": true}``),
+    so neither is believed (docs/architecture.md, "JSON from another party")."""
+    return loads_checked(content, object_pairs_hook=no_duplicates)
 
 
 def bounded(chunks: Any) -> bytes:

@@ -34,6 +34,7 @@ from ..wire import PaymentPayload, PaymentPayloadV1, PaymentRequirements, Verify
 from . import _asyncio_http
 from ._answers import (
     abounded,
+    answer_json,
     bounded,
     doubt,
     reason_code,
@@ -254,7 +255,7 @@ class HttpFacilitator:
         if status < 200 or 300 <= status < 400:  # a redirect is never followed
             raise doubt(f"facilitator answered {status}")
         try:
-            data = loads(content)
+            data = answer_json(content)
         except ValueError:
             if status < 400:  # an answer that cannot be read: the call may have been applied
                 raise doubt(f"facilitator answered {status} without JSON") from None

@@ -829,8 +829,10 @@ def _voiding(core: Core) -> Callable[[str, dict[str, Any]], tuple[int, dict[str,
         (200, b'{"success": "yes"}'),
         (307, b'{"success": true}'),
         (200, b'{"success": true, "pad": "' + b"x" * (2 << 20) + b'"}'),
+        # parsers differ on which of a key named twice wins: neither is believed
+        (200, b'{"success": false, "success": true}'),
     ],
-    ids=["html", "cut", "array", "empty", "not-bool", "redirect", "too-long"],
+    ids=["html", "cut", "array", "empty", "not-bool", "redirect", "too-long", "key-twice"],
 )
 def test_a_settle_answer_the_seller_cannot_use_is_voided_later(
     tmp_path: Path, answer: tuple[int, bytes]
