@@ -89,7 +89,8 @@ def check_key(key: str, param_hint: str = "'--key'", where: str = "") -> str:
             param_hint=param_hint,
         )
     if len(body) != 64:
-        size = f"{len(body) // 2} bytes" if len(body) % 2 == 0 else f"{len(body)} hex digits"
+        count, unit = (len(body) // 2, "byte") if len(body) % 2 == 0 else (len(body), "hex digit")
+        size = f"{count} {unit}" + ("" if count == 1 else "s")
         hint = " (that is an address, not a private key)" if len(body) == 40 else ""
         raise click.BadParameter(
             f"{where}a private key is 32 bytes (64 hex digits); this one is {size}{hint}",

@@ -161,6 +161,14 @@ def test_pay_refuses_anything_but_a_32_byte_key(closed_url: str, key: str, says:
     assert key[2:] not in line  # the key is never echoed
 
 
+@pytest.mark.parametrize(("key", "says"), [("0xab", "is 1 byte"), ("0xa", "is 1 hex digit")])
+def test_a_one_byte_or_one_digit_key_is_told_in_the_singular(
+    closed_url: str, key: str, says: str
+) -> None:
+    line = refused(cli("pay", closed_url, "--key", key), 2, "'--key'", says)
+    assert f"{says}s" not in line
+
+
 def test_a_key_from_the_environment_is_checked_too(closed_url: str) -> None:
     result = CliRunner(env={**CLEAN_ENV, "FOURMICA_X402_KEY": "0x1234"}).invoke(
         main, ["pay", closed_url]
