@@ -273,7 +273,7 @@ def format_amount(amount: int, asset: Asset | None, *, units: bool = False) -> s
         digits = digits.ljust(min(2, asset.decimals), "0")
     number = f"{whole:,}" + (f".{digits}" if digits else "")
     text = f"{sign}${number}" if dollars else f"{sign}{number} {asset.symbol}"
-    return f"{text} ({amount} units)" if units else text
+    return f"{text} ({amount} unit{'' if amount in (1, -1) else 's'})" if units else text
 
 
 def parse_money(

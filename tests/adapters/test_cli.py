@@ -425,6 +425,7 @@ def test_format_amount_and_parse_money() -> None:
     assert format_amount(1_234_567_890, USDC) == "$1,234.56789"
     assert format_amount(-1_500_000, USDC) == "-$1.50"
     assert format_amount(10_000, USDC, units=True) == "$0.01 (10000 units)"
+    assert format_amount(1, USDC, units=True) == "$0.000001 (1 unit)"  # --max-price 1u
     assert format_amount(7, None) == "7 atomic units"
     assert parse_money("$5", USDC) == 5_000_000
     assert parse_money("1,000.25", USDC) == 1_000_250_000
