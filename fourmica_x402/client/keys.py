@@ -53,7 +53,8 @@ class BuyerKey:
             raw = _hex_bytes(key) if isinstance(key, str) else bytes(key)
             if len(raw) != 32:
                 raise ConfigurationError(
-                    f"a private key is 32 bytes (64 hex digits); this one is {len(raw)} bytes"
+                    f"a private key is 32 bytes (64 hex digits); this one is {len(raw)} "
+                    + ("byte" if len(raw) == 1 else "bytes")
                 )
             try:
                 private = coincurve.PrivateKey(raw)

@@ -71,6 +71,12 @@ def test_bad_keys_are_refused_without_echoing_them(bad: str, says: str) -> None:
         assert bad[2:12] not in str(info.value)
 
 
+def test_a_one_byte_key_is_told_in_the_singular() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        BuyerKey("0xab")
+    assert info.value.message.endswith("this one is 1 byte")
+
+
 def test_a_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGENT_KEY", KEY)
     assert load_key(env="AGENT_KEY").address == ADDRESS
