@@ -254,8 +254,13 @@ class RouteTable:
             self.add(key, value)
 
     def add(self, key: str, value: Any) -> Route:
-        """Add a route (``value`` as in the module docstring)."""
+        """Add a route (``value`` as in the module docstring). A key the table prices already
+        (however spelled: ``get /x`` is ``GET /x``) is refused: the first entry would keep
+        pricing it, so the new price would never be charged; change a price by repricing
+        (docs/operations.md, "Repricing")."""
         route = self.build(key, self._config(key, value))
+        if any(entry.key == route.key for entry in self.routes):
+            raise ConfigurationError(f"route {key!r} is priced already (as {route.key!r})")
         self.configured.setdefault(route.key, route.config)
         self.set_routes([*self.routes, route])  # new lists: readers may hold the old ones
         self.version += 1

@@ -206,6 +206,23 @@ def test_reprice_is_all_or_nothing_and_a_reset_keeps_the_cached_route() -> None:
     assert table.routes[0].offers[0].amount.amount == 10_000 and table.routes[1] is b
 
 
+def test_a_route_priced_again_is_refused_not_left_at_its_first_price() -> None:
+    """``Gate.add_route`` of a key the table prices already (or a table naming one key twice,
+    ``GET /a`` and ``get /a``) appended a second entry the first one shadowed: the route went
+    on being charged its first price, and a reprice rebuilt the second at the first's terms."""
+    seller = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+    table = RouteTable({"GET /a": "$0.01"}, network=NETWORK, pay_to=seller)
+    for key in ("GET /a", "get /a", "GET  /a "):
+        with pytest.raises(ConfigurationError, match="priced already"):
+            table.add(key, "$1")
+    assert [route.key for route in table.routes] == ["GET /a"]
+    assert table.match("GET", "/a") is table.routes[0]
+    with pytest.raises(ConfigurationError, match="priced already"):
+        RouteTable({"GET /a": "$1", "get /a": "$0.01"}, network=NETWORK, pay_to=seller)
+    table.add("POST /a", "$1")  # another method is another route
+    assert [route.key for route in table.routes] == ["GET /a", "POST /a"]
+
+
 def test_the_price_book_keeps_every_change(make_seller: Any) -> None:
     seller = make_seller()
     book = PriceBook(seller.core.store)
