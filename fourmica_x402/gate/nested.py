@@ -38,6 +38,10 @@ def judged(
     """:data:`PASS`, or the 503 that answers instead of ``route``, which this gate prices at
     ``offers``, for the outer gate's ``payment``."""
     why = _beyond_a_price(route, payment)
+    if why is None and any(offer.extra.get("_v1Policy") for offer in offers):
+        # the policy the seller chose, the route's or its gate's or an offer's own
+        # (gate/challenge.py marks it): the outer payment was not made under it
+        why = "has a validation policy of its own here"
     if why is None:
         if any(_meets(payment, offer) for offer in offers):
             return PASS
@@ -59,8 +63,6 @@ def _beyond_a_price(route: Route, payment: Payment) -> str | None:
     config = route.config
     if config.stage is not None or config.slices is not None:
         return "is staged work or a metered stream here, which another gate's payment is not"
-    if config.validation_policy is not None:
-        return "has a validation policy of its own here"
     if route.marker and not payment.by_marker:
         return "is priced by its handler's marker here, and the outer gate by a table entry"
     return None

@@ -338,14 +338,19 @@ def test_an_outer_gate_never_sells_an_inner_gates_route_on_other_terms(
     assert runs == [] and states in (["voided"], ["cancelled"]) and locked == 0
 
 
-@pytest.mark.parametrize("inner", ["marker", "validation policy"])
+@pytest.mark.parametrize(
+    "inner",
+    ["marker", "validation policy", "gate's validation policy", "offer's validation policy"],
+)
 def test_an_inner_route_whose_terms_are_more_than_a_price_never_runs_on_an_outer_payment(
     core: Core, inner: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The outer gate cannot see inside this mount (a router under a middleware of its own),
     so its wildcard sells the route at the same amount and payee; the inner route's marker
     (the handler's own check) or validation policy is what the outer payment is not: 503,
-    refunded, and the log says why, not that a layer changed the request."""
+    refunded, and the log says why, not that a layer changed the request. A policy the inner
+    gate sets for all its routes, or an offer carries in its ``extra``, is its own too: the
+    route ran on the outer payment, its validator never asked."""
     from fourmica_x402.guarantee.policy import ValidationPolicy
 
     runs: list[str] = []
@@ -361,14 +366,22 @@ def test_an_inner_route_whose_terms_are_more_than_a_price_never_runs_on_an_outer
         partner: Any = PaymentMiddleware(sub, config=config)
     else:
         policy = ValidationPolicy(SELLER, SELLER, 1, 80, bytes(32), 84532)
-        table = {"GET /premium": {"price": "$0.01", "validation_policy": policy}}
+        table: dict[str, Any] = {"GET /premium": {"price": "$0.01", "validation_policy": policy}}
+        options: dict[str, Any] = {}
+        if inner == "gate's validation policy":
+            table, options = {"GET /premium": "$0.01"}, {"validation_policy": policy}
+        elif inner == "offer's validation policy":
+            offer = {"price": "$0.01", "network": NETWORK, "payTo": SELLER}
+            offer["extra"] = {**policy.to_extra(), "jobHash": "0x" + "11" * 32}
+            table = {"GET /premium": {"accepts": offer}}
 
         async def premium(request: Request) -> JSONResponse:
             runs.append("/premium")
             return JSONResponse({"premium": True})
 
         sub = Starlette(routes=[Route("/premium", premium)])
-        partner = PaymentMiddleware(sub, gate=_gate(core, table))
+        config = PaymentConfig(pay_to=SELLER, core=core, network=NETWORK, routes=table, **options)
+        partner = PaymentMiddleware(sub, gate=Gate(config))
     resp, buyer = _bought_through_a_platform(core, partner, "$0.01")
     assert _refused(resp) and runs == []
     assert [g.state for g in core.guarantees(address=buyer.address)] in (["voided"], ["cancelled"])
