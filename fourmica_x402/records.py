@@ -77,6 +77,9 @@ _MIGRATIONS: list[list[str]] = [
             guarantee_id TEXT NOT NULL, seq INTEGER NOT NULL, state TEXT NOT NULL,
             note TEXT NOT NULL, at {real} NOT NULL, PRIMARY KEY (guarantee_id, seq))""",
     ],
+    [  # the query string as sent: an idempotent replay answers only the request it paid for
+        "ALTER TABLE fx_records ADD COLUMN query_string TEXT",
+    ],
 ]
 #: The records schema version that made ``fx_disputes`` (readers check it before reading).
 DISPUTES_SCHEMA = 6
@@ -84,7 +87,7 @@ DISPUTES_SCHEMA = 6
 _COLUMNS = (
     "record_id, created_at, route, method, path, header_version, header_hash, request_id, "
     "tab_id, guarantee_id, payer, pay_to, amount, asset, network, settle_mode, settle_result, "
-    "status, http_status, response_hash, delivered_at, certificate, outcome, request_hash"
+    "status, http_status, response_hash, delivered_at, certificate, outcome, request_hash, query_string"
 )
 
 
@@ -116,6 +119,8 @@ class PaymentRecord:
     outcome: str | None
     #: SHA-256 of the request (:func:`fourmica_x402.evidence.request_hash`); None before it
     request_hash: str | None = None
+    #: The query string as sent (without ``?``); None on records written before it
+    query: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,6 +152,7 @@ def _record(r: Sequence[Any]) -> PaymentRecord:
         json.loads(r[21]) if r[21] else None,
         r[22],
         r[23],
+        r[24],
     )
 
 
@@ -189,13 +195,14 @@ class Records(Followups):
         guarantee_id: str | None = None,
         payer: str | None = None,
         request_hash: str | None = None,
+        query: str | None = None,
     ) -> int:
         """:meth:`begin` inside a transaction the caller holds (e.g. the Core's acceptance)."""
         row = tx.one(
             "INSERT INTO fx_records (created_at, route, method, path, header_version, "
             "header_hash, request_id, tab_id, guarantee_id, payer, pay_to, amount, asset, "
-            "network, settle_mode, settle_result, status, request_hash) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING record_id",
+            "network, settle_mode, settle_result, status, request_hash, query_string) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING record_id",
             (
                 time.time(),
                 route,
@@ -215,6 +222,7 @@ class Records(Followups):
                 _text(settle_result),
                 status,
                 request_hash,
+                query,
             ),
         )
         assert row is not None

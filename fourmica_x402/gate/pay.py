@@ -135,7 +135,8 @@ def paid(
     if config.idempotent_replay:
         found = yield Call(gate.records.by_header, (header_hash,))
         if found is not None:
-            if (found[0].route, found[0].method) != (route.key, request.method.upper()):
+            asked = (route.key, request.method.upper(), request.path, request.query)
+            if (found[0].route, found[0].method, found[0].path, found[0].query) != asked:
                 return challenge(  # a payment replays only the request it paid for
                     gate, request, route, requirements, Reason.REPLAYED_REQUEST_ID, version=version
                 )
@@ -156,6 +157,7 @@ def paid(
         route=route.key,
         method=request.method.upper(),
         path=request.path,
+        query=request.query,
         header_version=version,
         header_hash=header_hash,
         pay_to=chosen.pay_to,

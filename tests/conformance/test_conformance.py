@@ -825,3 +825,25 @@ def test_idempotent_replay_answers_only_the_route_that_was_paid(make_seller: Any
     assert seller.request("GET", "/premium", headers=headers).status == 200
     other = seller.request("GET", "/redirect", headers=headers)  # same price, same payTo
     assert error_of(other) == "replayed_request_id" and seller.calls["/redirect"] == 0
+
+
+def test_idempotent_replay_answers_only_the_request_that_was_paid(make_seller: Any) -> None:
+    """Replay compared the route and method only: a header paid for ``/items/1`` answered
+    ``/items/2`` (the same route entry, price and payTo) with item 1's recorded response, 200,
+    and ``/premium?doc=2`` with ``/premium?doc=1``'s. It answers only the request it paid."""
+    seller = make_seller(idempotent_replay=True)
+    buyer = funded(seller)
+    for paid, others in (
+        ("/items/1", ["/items/2", "/items/1?x=1"]),
+        ("/premium?doc=1", ["/premium?doc=2", "/premium"]),
+    ):
+        headers = paid_headers(seller, buyer, paid)
+        first = seller.request("GET", paid, headers=headers)
+        assert first.status == 200, first.text
+        for other in others:
+            resp = seller.request("GET", other, headers=headers)
+            assert error_of(resp) == "replayed_request_id", (other, resp.status, resp.text)
+        again = seller.request("GET", paid, headers=headers)
+        assert again.status == 200 and again.json() == first.json()
+    assert seller.calls["/items/1"] == seller.calls["/premium"] == 1
+    assert seller.calls["/items/2"] == 0
