@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.schema import migrate
 from ..core.store import Store, StoreUnavailable
 from ..errors import ConfigurationError
-from ..networks import Price, TokenAmount
+from ..networks import Price, TokenAmount, find_asset, resolve_price
 from ..routes import RouteConfig, RouteTable
 from .types import Flow, RequestView, Response, error_response
 
@@ -153,7 +153,16 @@ class PriceBook:
 
 
 def at_price(config: RouteConfig, price: Price) -> RouteConfig:
-    """``config`` at a run-time price (which applies to each of its offers alike)."""
+    """``config`` at a run-time price (which applies to each of its offers alike). An explicit
+    amount names one asset address: offers on a network that registers no such asset refuse it
+    (each network has its own token addresses; a ``$`` price is read in each offer's asset)."""
+    if isinstance(price, TokenAmount | Mapping) and len({o.network for o in config.accepts}) > 1:
+        asset = resolve_price(price, config.accepts[0].network).asset
+        if wrong := sorted({o.network for o in config.accepts if not find_asset(o.network, asset)}):
+            raise ConfigurationError(
+                f"asset {asset} is not registered on {', '.join(wrong)}: a route with offers "
+                "on several networks is repriced in '$' (each offer's own asset)"
+            )
     accepts = tuple(replace(offer, price=price, amount=None) for offer in config.accepts)
     return replace(config, price=price, accepts=accepts)
 

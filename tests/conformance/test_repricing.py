@@ -21,6 +21,7 @@ import pytest
 
 from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.gate.prices import PriceBook, reprice
+from fourmica_x402.networks import TokenAmount
 from fourmica_x402.routes import RouteTable
 from fourmica_x402.testing import NETWORK
 from fourmica_x402.wire import decode_payment_required
@@ -221,6 +222,33 @@ def test_a_route_priced_again_is_refused_not_left_at_its_first_price() -> None:
         RouteTable({"GET /a": "$1", "get /a": "$0.01"}, network=NETWORK, pay_to=seller)
     table.add("POST /a", "$1")  # another method is another route
     assert [route.key for route in table.routes] == ["GET /a", "POST /a"]
+
+
+def test_an_explicit_price_is_not_moved_to_another_networks_offer() -> None:
+    """An explicit run-time amount on a route with offers on two networks gave the Sepolia offer
+    Base Sepolia's USDC address (a token that chain does not register) at that amount: it is
+    refused now, and a ``$`` price still reprices each offer in its own asset."""
+    seller = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+    base_usdc = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
+    sepolia_usdc = "0x1c7D4B196Cb0C7B01d743Fbc6116a902379C7238"
+    offers = [
+        {"price": "$0.01", "network": NETWORK, "payTo": seller},
+        {"price": "$0.02", "network": "eip155:11155111", "payTo": seller},
+    ]
+    table = RouteTable({"GET /a": {"accepts": offers}}, network=NETWORK, pay_to=seller)
+    (before,) = table.routes
+    for explicit in ({"amount": "5", "asset": base_usdc}, TokenAmount(5, base_usdc)):
+        with pytest.raises(ConfigurationError, match="not registered on eip155:11155111"):
+            reprice(table, {"GET /a": explicit})
+        assert table.routes == [before] and table.overrides == {}
+    reprice(table, {"GET /a": "$0.05"})
+    got = [(o.amount.asset, o.amount.amount) for o in table.routes[0].offers if o.amount]
+    assert got == [(base_usdc, 50_000), (sepolia_usdc, 50_000)]
+    one_chain = RouteTable(
+        {"GET /b": {"accepts": offers[:1] * 2}}, network=NETWORK, pay_to=seller
+    )  # one network: its own asset, explicitly, is still a price
+    reprice(one_chain, {"GET /b": {"amount": "5", "asset": base_usdc}})
+    assert [o.amount.amount for o in one_chain.routes[0].offers if o.amount] == [5, 5]
 
 
 def test_the_price_book_keeps_every_change(make_seller: Any) -> None:
