@@ -5,6 +5,9 @@ inside the caller's transaction.
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 from ..errors import CoreError
 from .collateral import factor, lock_position, record_flow, set_collateral
 from .common import row_id
@@ -14,6 +17,33 @@ from .queries import WITHDRAWAL_COLUMNS, withdrawal_from_row
 from .store import Tx
 
 __all__ = ["cancel", "finalize", "request"]
+
+
+def _free(collateral: int, limit: int, locked: int, pending: int, value: Fraction) -> int:
+    """How much collateral a new withdrawal may reserve: the capacity (the credit limit less
+    the locks and the pending withdrawals), never more than the collateral not yet reserved.
+    Under a factor below 1 the capacity is less than the collateral that backs it, so that
+    rule alone would keep part of every position for good (a position of 1 unit at 1/2 has
+    none): there, the collateral may go as long as what stays after every pending
+    withdrawal still backs the locks (``floor(stays × factor) ≥ locked``)."""
+    unreserved = collateral - pending
+    free = min(limit - locked, collateral) - pending
+    if value < 1 and unreserved > 0:
+        needed = math.ceil(locked / value)  # the least collateral whose credit covers the locks
+        free = max(free, unreserved - needed)
+    return max(min(free, unreserved), 0)
+
+
+def _covered(remaining: int, locked: int, others: int, value: Fraction) -> bool:
+    """Whether ``remaining`` collateral, once a withdrawal leaves, still covers the locks and
+    the ``others`` pending withdrawals: its credit covers them 1:1 (the capacity rule), or,
+    under a factor below 1, what stays after the others leave backs the locks (see
+    :func:`_free`)."""
+    if remaining < 0:
+        return False
+    if int(remaining * value) >= locked + others:
+        return True
+    return value < 1 and remaining >= others and int((remaining - others) * value) >= locked
 
 
 def request(
@@ -27,23 +57,25 @@ def request(
     grace: float,
 ) -> int:
     """Reserve ``amount`` of free collateral for a withdrawal. Returns its id."""
-    if not tx.execute(
-        "UPDATE fx_positions SET pending_withdrawal = pending_withdrawal + ? WHERE network = ? "
-        "AND asset = ? AND address = ? AND credit_limit - locked - pending_withdrawal >= ? "
-        "AND collateral - pending_withdrawal >= ?",
-        (amount, network, asset, address, amount, amount),
-    ):
-        row = tx.one(
-            "SELECT CASE WHEN credit_limit - locked < collateral THEN credit_limit - locked "
-            "ELSE collateral END - pending_withdrawal "
-            "FROM fx_positions WHERE network = ? AND asset = ? AND address = ?",
-            (network, asset, address),
-        )
-        free = max(int(row[0]), 0) if row is not None and row[0] is not None else 0
+    value = factor(tx, network, asset)  # before the position: see collateral.factor
+    # No-op update: row-locks the position, if there is one, for the rest of the transaction.
+    row = tx.one(
+        "UPDATE fx_positions SET collateral = collateral WHERE network = ? AND asset = ? "
+        "AND address = ? RETURNING collateral, credit_limit, locked, pending_withdrawal",
+        (network, asset, address),
+    )
+    collateral, limit, locked, pending = (int(v) for v in row) if row else (0, 0, 0, 0)
+    free = _free(collateral, limit, locked, pending, value)
+    if amount > free:
         raise CoreError(  # the amounts, so the caller knows how far off it is
             f"not enough free collateral: {amount} asked, {free} free (atomic units)",
             reason="insufficient_collateral",
         )
+    tx.execute(
+        "UPDATE fx_positions SET pending_withdrawal = pending_withdrawal + ? WHERE network = ? "
+        "AND asset = ? AND address = ?",
+        (amount, network, asset, address),
+    )
     row = tx.one(
         "INSERT INTO fx_withdrawals (network, asset, address, amount, requested_at, available_at, "
         "status) VALUES (?, ?, ?, ?, ?, ?, 'pending') RETURNING withdrawal_id",
@@ -102,8 +134,7 @@ def finalize(tx: Tx, events: Events, withdrawal_id: int, now: float) -> None:
     value = factor(tx, w.network, w.asset)  # before the position: see collateral.factor
     collateral, _, locked, pending = lock_position(tx, w.network, w.asset, w.address)
     remaining = collateral - w.amount
-    # The capacity rule after it: the credit left covers the locks and the other withdrawals.
-    if remaining < 0 or int(remaining * value) < locked + (pending - w.amount):
+    if not _covered(remaining, locked, pending - w.amount, value):
         raise CoreError(
             "what would remain does not cover the locked amount and the other pending withdrawals",
             reason="withdrawal_unsafe",

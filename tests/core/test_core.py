@@ -943,6 +943,36 @@ def test_a_withdrawal_leaves_credit_for_the_locks_and_the_other_withdrawals(
     assert core.audit() == []
 
 
+def test_under_a_factor_below_1_all_collateral_not_backing_a_lock_may_leave(
+    core: Core, clock: FakeClock
+) -> None:
+    """A factor below 1 made the credit limit smaller than the collateral, and a withdrawal was
+    bounded by that capacity: 1000 units at 1/2 left 500 at a time, and the last unit never
+    (its credit limit is 0). What stays after the withdrawals need only back the locks."""
+    b, c = TestBuyer.new(), TestBuyer.new()
+    core.set_factor(NETWORK, USDC, "1/2")
+    core.deposit(b.address, 1_000, network=NETWORK)
+    whole = core.request_withdrawal(b.address, 1_000, network=NETWORK)
+    clock.advance(FAST.withdrawal_grace)
+    assert core.finalize_withdrawal(whole.withdrawal_id).status == "finalized"
+    assert core.position(b.address, network=NETWORK).collateral == 0
+    core.deposit(c.address, 1_000, network=NETWORK)  # credit 500
+    core.accept(*c.pay(core, SELLER, 100))  # backed by 200 of the collateral
+    with pytest.raises(CoreError) as info:
+        core.request_withdrawal(c.address, 801, network=NETWORK)
+    assert "801 asked, 800 free" in info.value.message
+    first = core.request_withdrawal(c.address, 500, network=NETWORK)
+    second = core.request_withdrawal(c.address, 300, network=NETWORK)
+    with pytest.raises(GuaranteeRejected):  # what stays backs the lock and nothing more
+        core.accept(*c.pay(core, SELLER, 1))
+    clock.advance(FAST.withdrawal_grace)
+    for w in (second, first):
+        assert core.finalize_withdrawal(w.withdrawal_id).status == "finalized"
+    position = core.position(c.address, network=NETWORK)
+    assert (position.collateral, position.credit_limit, position.locked) == (200, 100, 100)
+    assert core.audit() == []
+
+
 def test_bad_amounts_are_clear_errors(core: Core) -> None:
     b = TestBuyer.new().address
     for amount in (0, -1, 1 << 63, True, 1.5):
