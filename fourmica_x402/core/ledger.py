@@ -144,8 +144,12 @@ class Core(Alerting, Certifying, Reads):
         value = Fraction(factor)
         if value <= 0:
             raise CoreError("factor must be positive", reason="invalid_amount", status=400)
-        with self._write() as (tx, _):
-            collateral.set_factor(tx, network, asset, value)
+
+        def change() -> None:  # it locks every position of the asset: a deadlock's victim
+            with self._write() as (tx, _):  # on PostgreSQL, like any change, runs again
+                collateral.set_factor(tx, network, asset, value)
+
+        retried(change)
 
     def suspend(self, address: str, suspended: bool = True) -> None:
         """Suspend (or reinstate) a payer: its guarantees are refused while suspended."""

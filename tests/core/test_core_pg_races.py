@@ -258,3 +258,35 @@ def test_queued_voids_of_several_cores_over_the_same_buyers_all_commit(
         assert core.audit() == []
     finally:
         core.close()
+
+
+def test_a_factor_change_made_a_deadlocks_victim_runs_again(postgres_url: str) -> None:
+    """A factor change locks every position of the asset, in no set order: a change that
+    locks several of them (here another connection) can deadlock with it. The change was
+    not run again, so the operator's `factor` failed with a store error."""
+    import psycopg
+
+    core = Core(postgres_url)
+    first, second = TestBuyer.new().address, TestBuyer.new().address
+    for address in (first, second):
+        core.deposit(address, 1_000, network=NETWORK)
+    lock = "UPDATE fx_positions SET locked = locked WHERE address = %s"
+    failures: list[str] = []
+
+    def change() -> None:
+        try:
+            core.set_factor(NETWORK, None, "1/2")  # locks the first, waits for the second
+        except Exception as exc:
+            failures.append(f"{type(exc).__name__}: {exc}")
+
+    with psycopg.connect(postgres_url) as other:
+        other.execute(lock, (second,))
+        thread = threading.Thread(target=change)
+        thread.start()
+        thread.join(0.3)
+        other.execute(lock, (first,))  # waits for the change, which waited first: its victim
+    thread.join(30)
+    assert failures == []
+    assert [p.credit_limit for p in core.positions(network=NETWORK)] == [500, 500]
+    assert core.audit() == []
+    core.close()
