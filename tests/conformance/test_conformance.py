@@ -818,6 +818,27 @@ def test_a_failing_after_settle_hook_refunds_instead_of_keeping_the_money(make_s
     assert seller.gate.records.query(payer=buyer.address)[0].outcome == "refunded"
 
 
+def test_the_after_settle_hook_runs_in_settle_after_mode_too(make_seller: Any) -> None:
+    """Settle-after mode never called ``after_settle``: the seller's bookkeeping missed every
+    payment. It runs once the payment settled, before the answer goes out; if it raises, the
+    payment is voided and the request answered 503, as in settle-before mode."""
+    seen: list[Any] = []
+    seller = make_seller(settle="after", after_settle=lambda request, result: seen.append(result))
+    buyer = funded(seller)
+    assert pay(seller, buyer).status == 200
+    assert [r.payer for r in seen] == [buyer.address] and seen[0].guarantee_id
+
+    def failing(request: Any, result: Any) -> None:
+        raise RuntimeError("the seller's bookkeeping is down")
+
+    seller = make_seller(settle="after", after_settle=failing)
+    buyer = funded(seller)
+    resp = pay(seller, buyer)
+    assert resp.status == 503 and resp.json()["error"] == "seller_hook_failed"
+    assert seller.core.position(buyer.address, network=NETWORK).locked == 0
+    assert seller.gate.records.query(payer=buyer.address)[0].outcome == "refunded"
+
+
 def test_idempotent_replay_answers_only_the_route_that_was_paid(make_seller: Any) -> None:
     seller = make_seller(idempotent_replay=True, routes={"GET /redirect": "$0.01"})
     buyer = funded(seller)
