@@ -19,7 +19,7 @@ from fourmica_x402.core.store.sqlite import _path_of as sqlite_path
 from fourmica_x402.gate.lifecycle import Endpoints
 
 from . import conf, i18n
-from ._cache import cache_misplaced
+from ._order import cache_misplaced
 
 
 class FourmicaX402Config(AppConfig):

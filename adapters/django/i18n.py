@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.urls.resolvers import LocalePrefixPattern
 
+from ._order import places
 from .conf import _top
 
 __all__ = ["language_prefix", "locale_misplaced"]
@@ -27,22 +27,9 @@ def locale_misplaced() -> str | None:
     """Why the middleware order would resolve localized URLs unlike the handler, or None:
     with ``i18n_patterns``, ``LocaleMiddleware`` must come before ours (it activates the
     language the URL patterns match under; docs/architecture.md, "Which route is priced")."""
-    names = [str(m) for m in getattr(settings, "MIDDLEWARE", None) or ()]
-    ours = [i for i, m in enumerate(names) if m.startswith(__package__ or "") and "Payment" in m]
-    locale = [i for i, m in enumerate(names) if _is_locale(m)]  # Django's, or a subclass
-    if not locale or not ours or locale[0] < ours[0]:
-        return None
-    if language_prefix() is None:
+    from django.middleware.locale import LocaleMiddleware
+
+    found = places(LocaleMiddleware)  # Django's, or a subclass
+    if found is None or found[1] < found[0] or language_prefix() is None:
         return None
     return "LocaleMiddleware must come before PaymentMiddleware in MIDDLEWARE (i18n_patterns)"
-
-
-def _is_locale(name: str) -> bool:
-    from django.middleware.locale import LocaleMiddleware
-    from django.utils.module_loading import import_string
-
-    try:
-        found = import_string(name)
-    except ImportError:  # Django reports it when it loads the middleware
-        return False
-    return isinstance(found, type) and issubclass(found, LocaleMiddleware)

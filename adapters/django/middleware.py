@@ -20,8 +20,8 @@ from fourmica_x402.gate.guards import rerouted
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Endpoints, Meter
 from fourmica_x402.gate.types import for_shared_caches
 
-from ._cache import cache_misplaced
 from ._delivery import unless_sent
+from ._order import cache_misplaced
 from ._streams import as_served
 from ._view import overridden, request_view
 from .conf import converter, describe, load, patterns, reads, render
