@@ -251,18 +251,25 @@ class RouteTable:
         #: A per-handler marker's route key (:class:`.templates.MarkerKeys`).
         self.marker_key = MarkerKeys()
         for key, value in (routes or {}).items():
-            self.add(key, value)
+            self.add(key, value, replace=False)
 
-    def add(self, key: str, value: Any) -> Route:
-        """Add a route (``value`` as in the module docstring). A key the table prices already
-        (however spelled: ``get /x`` is ``GET /x``) is refused: the first entry would keep
-        pricing it, so the new price would never be charged; change a price by repricing
-        (docs/operations.md, "Repricing")."""
+    def add(self, key: str, value: Any, *, replace: bool = True) -> Route:
+        """Add a route (``value`` as in the module docstring), or give a key the table prices
+        already (however spelled: ``get /x`` is ``GET /x``) its new terms: a second entry
+        behind the first would never be charged. A run-time price of it stays until reset
+        (docs/operations.md, "Repricing"). ``replace=False``: such a key is refused (a table
+        naming one route twice)."""
         route = self.build(key, self._config(key, value))
-        if any(entry.key == route.key for entry in self.routes):
+        known = any(entry.key == route.key for entry in self.routes)
+        if known and not replace:
             raise ConfigurationError(f"route {key!r} is priced already (as {route.key!r})")
-        self.configured.setdefault(route.key, route.config)
-        self.set_routes([*self.routes, route])  # new lists: readers may hold the old ones
+        self.configured[route.key] = route.config
+        if known and route.key in self.overrides:
+            from .gate.prices import at_price
+
+            route = self.build(route.key, at_price(route.config, self.overrides[route.key]))
+        kept = [entry for entry in self.routes if entry.key != route.key]
+        self.set_routes([*kept, route])  # new lists: readers may hold the old ones
         self.version += 1
         return route
 

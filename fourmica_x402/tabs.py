@@ -237,7 +237,7 @@ class TabGuard:
         self._window = _Window(config.tab_rate_window)
         self._advertised = RecentAddresses()
         self._known = _KnownTabs()
-        self._static: tuple[int, frozenset[str]] | None = None
+        self._static: tuple[tuple[int, int], frozenset[str]] | None = None
 
     def advertised(self, pay_to: str) -> None:
         """Remember a payTo a callable chose for a challenge: buyers may open tabs for it."""
@@ -245,9 +245,9 @@ class TabGuard:
 
     def recipients(self) -> _Recipients:
         """The payTo addresses a tab may be opened for, right now."""
-        routes = self._routes.routes  # only ever appended to (``Gate.add_route``)
+        routes = self._routes.routes  # new terms bump the table's version (``add_route``)
         markers = self._routes.marker_pay_to  # only ever added to
-        size = len(routes) + len(markers)
+        size = (self._routes.version, len(markers))
         static = self._static
         if static is None or static[0] != size:
             found = {

@@ -207,21 +207,27 @@ def test_reprice_is_all_or_nothing_and_a_reset_keeps_the_cached_route() -> None:
     assert table.routes[0].offers[0].amount.amount == 10_000 and table.routes[1] is b
 
 
-def test_a_route_priced_again_is_refused_not_left_at_its_first_price() -> None:
-    """``Gate.add_route`` of a key the table prices already (or a table naming one key twice,
-    ``GET /a`` and ``get /a``) appended a second entry the first one shadowed: the route went
-    on being charged its first price, and a reprice rebuilt the second at the first's terms."""
+def test_a_route_priced_again_takes_its_new_price_not_its_first() -> None:
+    """``Gate.add_route`` of a key the table prices already appended a second entry the first
+    one shadowed: the route went on being charged its first price, and a reprice rebuilt the
+    second at the first's terms. The key's entry takes the new terms now; a table naming one
+    key twice (``GET /a`` and ``get /a``) is refused."""
     seller = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
     table = RouteTable({"GET /a": "$0.01"}, network=NETWORK, pay_to=seller)
-    for key in ("GET /a", "get /a", "GET  /a "):
-        with pytest.raises(ConfigurationError, match="priced already"):
-            table.add(key, "$1")
-    assert [route.key for route in table.routes] == ["GET /a"]
-    assert table.match("GET", "/a") is table.routes[0]
+    for key, price, atomic in (("GET /a", "$1", 1_000_000), ("get /a", "$2", 2_000_000)):
+        table.add(key, price)
+        assert [route.key for route in table.routes] == ["GET /a"]
+        found = table.match("GET", "/a")
+        assert found is table.routes[0] and found.offers[0].amount.amount == atomic
     with pytest.raises(ConfigurationError, match="priced already"):
         RouteTable({"GET /a": "$1", "get /a": "$0.01"}, network=NETWORK, pay_to=seller)
     table.add("POST /a", "$1")  # another method is another route
     assert [route.key for route in table.routes] == ["GET /a", "POST /a"]
+    reprice(table, {"GET /a": "$0.50"})  # a run-time price stays until reset
+    table.add("GET /a", "$3")
+    assert table.match("GET", "/a").offers[0].amount.amount == 500_000
+    reprice(table, {})  # reset
+    assert table.match("GET", "/a").offers[0].amount.amount == 3_000_000
 
 
 def test_an_explicit_price_is_not_moved_to_another_networks_offer() -> None:
