@@ -43,7 +43,7 @@ def collateral_floor(
             found[subject] = Alert(
                 rule="collateral_floor",
                 subject=subject,
-                value=int(limit) - int(locked) - int(pending),
+                value=max(int(limit) - int(locked) - int(pending), 0),
                 threshold=value,
                 at=now,
                 network=network,

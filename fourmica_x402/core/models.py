@@ -37,8 +37,10 @@ class Position:
 
     @property
     def capacity(self) -> int:
-        """What the address can still promise: ``credit_limit − locked − pending_withdrawal``."""
-        return self.credit_limit - self.locked - self.pending_withdrawal
+        """What the address can still promise: ``credit_limit − locked − pending_withdrawal``,
+        never below 0 (under a factor below 1 a withdrawal may reserve more than the credit;
+        docs/operations.md, "Operator settings")."""
+        return max(self.credit_limit - self.locked - self.pending_withdrawal, 0)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "capacity": self.capacity}

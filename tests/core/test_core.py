@@ -1035,3 +1035,20 @@ def test_an_id_no_column_can_hold_names_no_withdrawal_or_cycle(core: Core, big: 
             call(*args)
         assert refused.value.reason == reason, call
     assert core.cycle_positions(big) == core.payer_counts(big) == core.cycle_pairs(big) == []
+
+
+def test_a_withdrawal_beyond_the_credit_never_shows_a_negative_capacity(core: Core) -> None:
+    """Under a factor below 1 a position with nothing locked may withdraw all its collateral,
+    more than its credit limit: what it can still promise is 0, not a negative amount."""
+    from fourmica_x402.core.alert_conditions import collateral_floor
+
+    b = TestBuyer.new()
+    core.set_factor(NETWORK, USDC, "1/2")
+    core.deposit(b.address, 1_000, network=NETWORK)
+    core.request_withdrawal(b.address, 1_000, network=NETWORK)
+    position = core.position(b.address, network=NETWORK)
+    assert (position.credit_limit, position.pending_withdrawal) == (500, 1_000)
+    assert position.capacity == 0 and position.to_dict()["capacity"] == 0
+    with core.store.transaction(write=False) as tx:
+        (alert,) = collateral_floor(tx, 1, 0.0).values()
+    assert alert.value == 0
