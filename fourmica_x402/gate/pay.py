@@ -135,8 +135,10 @@ def paid(
     if config.idempotent_replay:
         found = yield Call(gate.records.by_header, (header_hash,))
         if found is not None:
+            paid_for = found[0]  # a record from before the query was kept: any query
+            query = request.query if paid_for.query is None else paid_for.query
             asked = (route.key, request.method.upper(), request.path, request.query)
-            if (found[0].route, found[0].method, found[0].path, found[0].query) != asked:
+            if (paid_for.route, paid_for.method, paid_for.path, query) != asked:
                 return challenge(  # a payment replays only the request it paid for
                     gate, request, route, requirements, Reason.REPLAYED_REQUEST_ID, version=version
                 )

@@ -868,3 +868,22 @@ def test_idempotent_replay_answers_only_the_request_that_was_paid(make_seller: A
         assert again.status == 200 and again.json() == first.json()
     assert seller.calls["/items/1"] == seller.calls["/premium"] == 1
     assert seller.calls["/items/2"] == 0
+
+
+def test_idempotent_replay_answers_a_request_recorded_before_queries_were_kept(
+    make_seller: Any,
+) -> None:
+    """A record written before the records kept the query string (NULL there) refused every
+    retry of its payment after the upgrade, its own included: its query is unknown, so the
+    route, method and path decide, as they did when it was written."""
+    seller = make_seller(idempotent_replay=True)
+    buyer = funded(seller)
+    headers = paid_headers(seller, buyer, "/premium?doc=1")
+    first = seller.request("GET", "/premium?doc=1", headers=headers)
+    assert first.status == 200, first.text
+    with seller.gate.records.store.transaction() as tx:
+        tx.execute("UPDATE fx_records SET query_string = NULL")
+    again = seller.request("GET", "/premium?doc=1", headers=headers)
+    assert again.status == 200 and again.json() == first.json(), again.text
+    assert error_of(seller.request("GET", "/redirect", headers=headers)) == "replayed_request_id"
+    assert seller.calls["/premium"] == 1
