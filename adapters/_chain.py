@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["applied_root_path", "find_router", "forwarded"]
+__all__ = ["answers_preflight", "applied_root_path", "find_router", "forwarded"]
 
 
 def applied_root_path(app: Any) -> str:
@@ -63,3 +63,20 @@ def forwarded(app: Any) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
         return environ
 
     return fixed
+
+
+def answers_preflight(app: Any, scope: Any) -> bool:
+    """Whether ``scope`` is a CORS preflight that a Starlette ``CORSMiddleware`` down ``app``'s
+    chain answers itself (it never passes one on to the route)."""
+    names = {k.lower() for k, _ in scope.get("headers") or ()}
+    if (
+        scope.get("method") != "OPTIONS"
+        or not {b"origin", b"access-control-request-method"} <= names
+    ):
+        return False
+    cors = getattr(sys.modules.get("starlette.middleware.cors"), "CORSMiddleware", None)
+    for _ in range(100):  # bounded: a stack is a few layers deep
+        if cors is None or app is None or isinstance(app, cors):
+            return app is not None and cors is not None
+        app = getattr(app, "app", None)
+    return False

@@ -20,6 +20,7 @@ from fourmica_x402.gate.guards import RESOLVED_KEY, rerouted
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY
 from fourmica_x402.gate.types import error_response
 
+from ._chain import answers_preflight
 from ._exchange import send_response
 from ._fastapi_routes import check_files
 from ._starlette import StarletteRouter
@@ -50,11 +51,11 @@ def recorded(scope: Scope, resolve: Resolve, gate: Gate) -> Resolve:
     return resolved
 
 
-def marked(gate: Gate, scope: Scope, outcome: Any) -> Any:
+def marked(gate: Gate, scope: Scope, outcome: Any, below: Any = None) -> Any:
     """``outcome``, or, for a request the gate passed on to a route whose marker answers it
     (OPTIONS, a method it does not price), that answer: FastAPI would first resolve the
     route's other dependencies, which would run unpaid (docs/architecture.md, "Which route
-    is priced")."""
+    is priced"). A CORS preflight a ``CORSMiddleware`` in ``below`` answers is left to it."""
     endpoint, method = (scope.get(RESOLVED_KEY) or {}).get(gate) or (None, "")
     served = getattr(endpoint, "methods", None)
     if outcome is not PASS or endpoint is None or not served or method not in served:
@@ -62,6 +63,8 @@ def marked(gate: Gate, scope: Scope, outcome: Any) -> Any:
     if not endpoint.marker_decides(method) or endpoint.marker_prices(method):
         return outcome
     allow = [m for m in sorted(served) if m == "OPTIONS" or endpoint.marker_prices(m)]
+    if method == "OPTIONS" and answers_preflight(below, scope):
+        return outcome  # its answer carries the CORS headers a browser needs; ours would not
     if method != "OPTIONS":
         return error_response(405, "method_not_allowed", "method not allowed", [_allow(allow)])
     return Response(200, [_allow([*allow, "OPTIONS"]), ("content-length", "0")])

@@ -63,16 +63,19 @@ def http_middleware(config: PaymentConfig) -> Any:
                 "WebSocket; use FourmicaX402(app)"
             )
 
+    below: list[Any] = []  # the app below this middleware, found at the first request
+
     async def middleware(request: Request, call_next: Any) -> Any:
         if pricer._given_router is None:  # the app is known only once it serves a request
             pricer._given_router = request.scope["app"].router
             answer_refusals(request.scope["app"].middleware_stack)
-            warn_copying_layers(app_below(request.scope["app"], middleware))
+            below.append(app_below(request.scope["app"], middleware))
+            warn_copying_layers(below[0])
         if pricer.startup.run(check) is not None:
             return render(pricer.startup.refusal)
         view = pricer._view(request.scope, request.receive)  # an outer gate's payment: on our
         state = await Gate.run_async(gate.before(view, request.scope.get(PAYMENT_KEY)))  # terms
-        state = marked(gate, request.scope, state)  # a Paid route's own answer, given here
+        state = marked(gate, request.scope, state, below[0])  # a Paid route's own answer
         if isinstance(state, Response):
             return render(state)
         if state is not PASS:

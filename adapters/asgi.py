@@ -131,7 +131,7 @@ class PaymentMiddleware:
             return await send_response(send, self.startup.refusal)
         view = self._view(scope, receive)  # an outer gate's payment: on this gate's terms only
         outcome = await Gate.run_async(self.gate.before(view, scope.get(PAYMENT_KEY)))
-        outcome = marked(self.gate, scope, outcome)  # a Paid route's own answer, given here
+        outcome = marked(self.gate, scope, outcome, self.app)  # a Paid route's own answer
         body = view.read_body
         if not isinstance(body, BufferedBody) or not body.read:
             return await self._serve(outcome, scope, receive, send)

@@ -880,3 +880,37 @@ def test_an_app_mounted_with_a_gate_of_its_own_is_paid_once(core: Core, inner: s
     [paid] = core.guarantees(address=buyer.address)
     assert (paid.guarantee_id, paid.state) == (runs[0], "payable")
     assert core.position(buyer.address, network=NETWORK).locked == 10_000
+
+
+@pytest.mark.parametrize("form", ["FourmicaX402", "http_middleware"])
+def test_a_paid_routes_cors_preflight_is_left_to_a_cors_middleware_inside_the_gate(
+    core: Core, form: str
+) -> None:
+    """The gate answered a Paid route's OPTIONS itself, a browser's preflight too: a
+    ``CORSMiddleware`` installed inside the gate never saw it, so the answer had no
+    ``Access-Control-Allow-Origin`` and the browser never sent the paid request."""
+    from fastapi.middleware.cors import CORSMiddleware
+    from fourmica_x402.adapters.fastapi import http_middleware
+
+    from fourmica_x402 import PaymentConfig
+
+    app, origin = FastAPI(), "https://shop.example"
+    app.add_middleware(CORSMiddleware, allow_origins=[origin], allow_methods=["*"])
+    if form == "FourmicaX402":
+        FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK)
+    else:
+        app.middleware("http")(
+            http_middleware(PaymentConfig(pay_to=SELLER, core=core, network=NETWORK))
+        )
+
+    @app.api_route("/x", methods=["GET", "POST", "OPTIONS"])
+    def x(p: Payment = Paid("$0.01", methods=["POST"])) -> dict[str, int]:  # noqa: B008
+        return {"amount": p.amount}
+
+    with TestClient(app) as client:
+        asked = {"origin": origin, "access-control-request-method": "POST"}
+        preflight = client.options("/x", headers=asked)
+        assert preflight.status_code == 200, preflight.text
+        assert preflight.headers["access-control-allow-origin"] == origin
+        options = client.options("/x")  # not a preflight: the marker's answer, as before
+        assert options.status_code == 200 and options.headers["allow"] == "OPTIONS, POST"
