@@ -15,7 +15,7 @@ from starlette.routing import Host, Mount
 from fourmica_x402.config import PaymentConfig
 from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.gate import PASS, Gate, Response
-from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Meter
+from fourmica_x402.gate.lifecycle import OWN_HEADERS, PAYMENT_KEY, Meter
 from fourmica_x402.gate.types import for_shared_caches
 
 from ._dispatch import marked
@@ -94,8 +94,8 @@ def http_middleware(config: PaymentConfig) -> Any:
         started = await Gate.run_async(meter.start(response.status_code, response.headers.items()))
         if isinstance(started, Response):  # settle-after failed: answer 402 instead
             return render(started)
-        for key, value in meter.extra or ():  # ours replaces the app's Cache-Control
-            if key == "cache-control":
+        for key, value in meter.extra or ():  # ours replace the app's (as Meter.start does)
+            if key in OWN_HEADERS:
                 response.headers[key] = value
             else:
                 response.headers.append(key, value)

@@ -31,7 +31,7 @@ PAYMENT_KEY = "fourmica_x402.payment"
 #: The most of a request body the gate's own endpoints read.
 BODY_LIMIT = 64 * 1024
 #: The gate's response headers that replace a handler's of the same name (not add to it).
-_OURS = frozenset(
+OWN_HEADERS = frozenset(
     {"cache-control", "job-id", "job-stage", "payment-response", "x-payment-response"}
 )
 
@@ -81,7 +81,7 @@ class Meter:
         if self.replacement is not None:
             return self.replacement
         # ours replace the handler's: a relayed upstream Job-Id beside ours broke the job
-        drop = {k for k, _ in self.extra} & _OURS  # (docs/protocol.md, "Staged work")
+        drop = {k for k, _ in self.extra} & OWN_HEADERS  # (docs/protocol.md, "Staged work")
         kept = (h for h in self.headers if h[0].lower() not in drop and not for_shared_caches(h[0]))
         return [*kept, *self.extra]
 

@@ -451,3 +451,55 @@ def test_the_gates_job_headers_replace_the_handlers(tmp_path: Any) -> None:
         assert core.position(buyer.address, network=NETWORK).locked == 2 * CENT
     finally:
         core.close()
+
+
+def test_the_gates_job_headers_replace_the_handlers_under_a_wrapped_http_middleware(
+    tmp_path: Any,
+) -> None:
+    """The same relay behind FastAPI's http middleware wrapped in another function (the gate
+    sees call_next's copy): its Job-Id and Job-Stage were appended beside the handler's."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from fourmica_x402.adapters.fastapi import http_middleware
+
+    from fourmica_x402 import PaymentConfig
+    from fourmica_x402.core import Core
+    from fourmica_x402.testing import NETWORK
+
+    relayed = {"Job-Id": "job_" + "ab" * 16, "Job-Stage": "1/9", "Payment-Response": "e30="}
+    core, buyer = Core(str(tmp_path / "core.db")), TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    routes = {
+        "POST /gather": {"price": "$0.01", "stage": Stage("relay", 1, of=2)},
+        "POST /write": {"price": "$0.01", "stage": Stage("relay", 2, of=2)},
+    }
+    config = PaymentConfig(
+        pay_to=TestBuyer.new().address, network=NETWORK, core=core, routes=routes
+    )
+    app, gate = FastAPI(), http_middleware(config)
+
+    @app.middleware("http")
+    async def wrapped(request: Any, call_next: Any) -> Any:
+        return await gate(request, call_next)
+
+    @app.post("/gather")
+    def gather() -> JSONResponse:
+        return JSONResponse({"stage": 1}, headers=relayed)
+
+    @app.post("/write")
+    def write() -> dict[str, int]:
+        return {"stage": 2}
+
+    try:
+        with (
+            harness.loopback(app, "asgi") as url,
+            httpx.Client(transport=PaymentTransport(buyer.key), base_url=url) as client,
+        ):
+            job = StagedJob(client)
+            opened = job.stage("POST", "/gather")
+            assert len(opened.headers.get_list("job-id")) == 1
+            assert opened.headers["job-stage"] == "1/2" and opened.headers["job-id"] == job.id
+            assert len(opened.headers.get_list("payment-response")) == 1
+            assert job.stage("POST", "/write").json() == {"stage": 2}
+    finally:
+        core.close()
