@@ -15,11 +15,12 @@ from .settle import (
     _answered,
     _broken,
     _guarantee_id,
+    abandon,
     certificate_source,
     claim_settle,
     in_doubt,
 )
-from .types import Call, Flow, Paid
+from .types import Call, Flow, Paid, error_response
 
 if TYPE_CHECKING:
     from .flow import Gate
@@ -140,6 +141,37 @@ _HANDOFF = threading.Lock()
 def settled(gate: Gate, state: Paid) -> Flow:
     """:func:`settle_after` as a step of the flow."""
     return (yield Call(settle_after, (gate, state), afn=_asettle_after))
+
+
+def hooked(gate: Gate, state: Paid) -> Flow:
+    """Whether the seller's ``after_settle`` hook, run for a payment just settled here, passed
+    (it raised: logged), as settle-before mode runs it for every payment (docs/operations.md,
+    "Seller options and hooks")."""
+    hook, result = gate.config.after_settle, state.result
+    if hook is None or result is None:
+        return True
+    try:
+        yield Call(hook, (state.request, result), blocking=False)
+    except Exception:
+        log.exception("after_settle hook raised; refunding %s", result.guarantee_id)
+        return False
+    return True
+
+
+def bought(gate: Gate, state: Paid) -> Flow:
+    """A metered slice settled at its pay URL: None, or the answer when its payment was refused
+    (402) or the hook failed (503, the slice given back: it is never added)."""
+    result, p = (yield from settled(gate, state)), state.payment
+    if not result.success:
+        yield Call(abandon, (gate, None, p.pay_to, p.record_id, 402))
+        why = result.error_reason or "settle_failed"
+        return error_response(402, why, "the slice's payment was refused")
+    if not (yield from hooked(gate, state)):
+        yield Call(abandon, (gate, result, p.pay_to, p.record_id, 503))
+        return error_response(
+            503, "seller_hook_failed", "the seller failed; the payment was voided"
+        )
+    return None
 
 
 def _named(gate: Gate, state: Paid, gid: str) -> None:

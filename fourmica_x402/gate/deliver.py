@@ -77,16 +77,12 @@ def response_start(gate: Gate, state: Paid, status: int, cache_control: str | No
                 settle=settled,
             )
         result = state.result
-        if gate.config.after_settle is not None and result is not None:
-            try:  # as in settle-before mode (docs/operations.md, "Seller options and hooks")
-                yield Call(gate.config.after_settle, (state.request, result), blocking=False)
-            except Exception:  # settled but not to be served: given back before answering
-                log.exception("after_settle hook raised; refunding %s", result.guarantee_id)
-                state.refunded = yield Call(_refund, (gate, state.payment), afn=_arefund)
-                yield from stages.started(gate, state, 503)  # a staged job fails
-                return error_response(
-                    503, "seller_hook_failed", "the seller failed; the payment was voided"
-                )
+        if not (yield from after.hooked(gate, state)):  # settled but not to be served:
+            state.refunded = yield Call(_refund, (gate, state.payment), afn=_arefund)  # given
+            yield from stages.started(gate, state, 503)  # back before answering; a job fails
+            return error_response(
+                503, "seller_hook_failed", "the seller failed; the payment was voided"
+            )
     name = PAYMENT_RESPONSE_HEADER if state.payment.x402_version == 2 else X_PAYMENT_RESPONSE_HEADER
     # a stage's and a metered slice's non-2xx are refunded whatever refund_on_error says
     refunds = gate.config.refund_on_error or state.payment.job or state.payment.stream

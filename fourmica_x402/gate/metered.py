@@ -377,12 +377,9 @@ def endpoint(gate: Gate, request: RequestView) -> Flow:
         return state  # the 402 (no payment, or a refused one), a 409, a 429, a 503
     p = state.payment
     if state.result is None:  # settle-after: this endpoint is where the slice is bought
-        result = yield from after.settled(gate, state)
-        if not result.success:
-            yield Call(settle.abandon, (gate, None, p.pay_to, p.record_id, 402))
-            return error_response(
-                402, result.error_reason or "settle_failed", "the slice's payment was refused"
-            )
+        refused = yield from after.bought(gate, state)  # (and after_settle runs)
+        if refused is not None:
+            return refused
     added = (gate.streams.add_slice, stream_id, p.payer, _row(slice_, state))  # or given back
     why = yield Call(settle.or_abandon, (gate, state.result, p.pay_to, p.record_id, *added))
     if why is not None:  # another payer, or the stream ended meanwhile: nothing is charged

@@ -579,6 +579,34 @@ def test_settle_after_a_slice_is_settled_at_its_pay_url(
     assert outcomes == ["delivered"] * 3
 
 
+def test_settle_after_the_after_settle_hook_runs_for_every_slice(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    """Settle-after mode runs ``after_settle`` as a payment settles: a later slice is settled
+    at its pay URL, where the hook was never called, so the seller's bookkeeping saw slice 1
+    only. A hook that raises there gives the slice back, as for any paid request."""
+    seen: list[Any] = []
+    seller = make_seller(
+        routes={**base_routes, **metered()},
+        settle="after",
+        after_settle=lambda request, result: seen.append(result.guarantee_id),
+    )
+    buyer = kit.funded(seller)
+    stream, _ = read_stream(seller, buyer, 5)
+    assert (stream.ended, stream.slices) == ("complete", 3)
+    assert len(seen) == len(set(seen)) == 3 and kit.locked(seller, buyer) == 3 * CENT
+
+    def failing(request: Any, result: Any) -> None:
+        if "/streams/" in request.path:  # a later slice, at its pay URL
+            raise RuntimeError("the seller's bookkeeping is down")
+
+    seller = make_seller(routes={**base_routes, **metered()}, settle="after", after_settle=failing)
+    buyer = kit.funded(seller)
+    with pytest.raises(StreamFailed, match="answered 503"):
+        read_stream(seller, buyer, 5)
+    assert kit.locked(seller, buyer) == CENT  # slice 1 only: slice 2 was given back
+
+
 @pytest.mark.parametrize(
     "meter",
     [
