@@ -4,7 +4,6 @@ FOURMICA_X402 = {"PAY_TO": "0x…", "NETWORK": "eip155:84532", "ROUTES": {"GET /
 @paid(price="$0.01")  # every method the view serves; methods=["GET"]: GET (and HEAD), else 405
 FOURMICA_X402_CONFIG = PaymentConfig(...)  # or one built in code (a live Core, hooks)"""
 
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -12,7 +11,7 @@ from asgiref.sync import iscoroutinefunction
 from django.conf import settings
 from django.http import HttpResponse, HttpResponseNotAllowed
 from django.urls.converters import get_converters
-from django.urls.resolvers import LocalePrefixPattern, URLResolver, get_resolver
+from django.urls.resolvers import LocalePrefixPattern, RegexPattern, URLResolver, get_resolver
 
 from fourmica_x402.config import PaymentConfig, config_options
 from fourmica_x402.errors import ConfigurationError
@@ -21,6 +20,7 @@ from fourmica_x402.gate.guards import view_marker
 from fourmica_x402.gate.lifecycle import Marker
 
 from ._classes import answers_itself, bound_view
+from ._reads import reads
 
 #: What a function view may serve, in the order ``Allow`` lists them.
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -61,31 +61,27 @@ def patterns(localized: bool = False, urlconf: Any = None) -> Iterator[tuple[Any
     joined as Django joins ResolverMatch.route (re_path: its regex, as :func:`reads`), less the
     language prefix of ``i18n_patterns``: one route for every language (docs/architecture.md,
     "Which route is priced"). ``localized``: only the patterns under ``i18n_patterns``."""
+    return ((view, read) for view, _, read in routes(localized, urlconf))
 
-    def walk(entries: Iterable[Any], prefix: str, under: bool) -> Iterator[tuple[Any, str]]:
+
+def routes(localized: bool = False, urlconf: Any = None) -> Iterator[tuple[Any, str, str]]:
+    """As :func:`patterns`, ``(view, route as joined, route as read)``: only a route with a
+    regex in it is read; a path() route's ``$`` is its own."""
+
+    def walk(entries: Iterable[Any], prefix: str, under: bool, rx: bool) -> Iterator[Any]:
         for entry in entries:
             if isinstance(entry.pattern, LocalePrefixPattern):
-                yield from walk(entry.url_patterns, prefix, True)
+                yield from walk(entry.url_patterns, prefix, True, rx)
                 continue
             # Django drops a nested regex's "^"; the route drops the first too: "/api/*" prices it
             route = prefix + str(entry.pattern).removeprefix("^")
+            regex = rx or isinstance(entry.pattern, RegexPattern)
             if isinstance(entry, URLResolver):
-                yield from walk(entry.url_patterns, route, under)
+                yield from walk(entry.url_patterns, route, under, regex)
             elif under or not localized:
-                yield entry.callback, reads("/" + route)
+                yield entry.callback, "/" + route, reads("/" + route) if regex else "/" + route
 
-    return walk(_top(urlconf), "", False)
-
-
-#: What a regex adds to the path it reads: inline flags, anchors, escapes of punctuation.
-_FLAGS, _END, _ESCAPE = r"\(\?[aiLmsux]+\)\^?|\\A", r"(?<!\\)(?:\$|\\Z)\Z", r"\\([-./~&#])"
-
-
-def reads(route: str) -> str:
-    r"""A route as the paths it serves read: ``(?i)^v\.1\/(?P<doc>\w+)$`` is
-    ``v.1/(?P<doc>\w+)``, so that ``"GET /v.1/*"`` prices it (docs/architecture.md, "Which
-    route is priced"); a path() route is left as it is."""
-    return re.sub(_ESCAPE, r"\1", re.sub(_END, "", re.sub(_FLAGS, "", route)))
+    return walk(_top(urlconf), "", False, False)
 
 
 def _top(urlconf: Any) -> Iterable[Any]:  # its top-level patterns (none when unconfigured)

@@ -24,7 +24,7 @@ from ._delivery import unless_sent
 from ._order import cache_misplaced
 from ._streams import as_served
 from ._view import overridden, request_view
-from .conf import converter, describe, load, patterns, reads, render
+from .conf import converter, describe, load, patterns, render, routes
 from .i18n import language_prefix, locale_misplaced
 
 #: Conditional request headers, dropped from a paid GET (docs/protocol.md, "Paid responses").
@@ -53,6 +53,7 @@ class PaymentMiddleware:
         self._endpoint = Endpoints(describe, converter=converter)
         self._endpoint.check(self.gate, patterns())
         self._localized: dict[Any, set[tuple[Any, str]]] = {}  # per URLconf
+        self._read: dict[Any, dict[str, str]] = {}  # and its routes as read
         if self.async_mode:  # Django adapts it to its stack either way
             self.process_view = self._aprocess_view  # type: ignore[method-assign]
 
@@ -92,13 +93,15 @@ class PaymentMiddleware:
         return type(self).process_view(self, request, *args)  # a subclass's own, if any
 
     def _endpoint_of(self, match: Any, urlconf: Any) -> Endpoint:
-        route = reads("/" + match.route.removeprefix("^"))  # as patterns() reads it
-        localized = self._localized.get(urlconf)
-        if localized is None:
-            localized = self._localized[urlconf] = set(patterns(True, urlconf))
+        if (read := self._read.get(urlconf)) is None:  # a re_path's route as patterns() reads it
+            read = self._read[urlconf] = {raw: r for _, raw, r in routes(False, urlconf)}
+            self._localized[urlconf] = set(patterns(True, urlconf))
+        route = "/" + match.route.removeprefix("^")
+        route, localized = read.get(route, route), self._localized[urlconf]
         if localized:  # the same view under every language prefix is one route
             prefix = language_prefix(urlconf) or ""
-            bare = reads("/" + match.route.removeprefix(prefix).removeprefix("^"))
+            bare = "/" + match.route.removeprefix(prefix).removeprefix("^")
+            bare = read.get(bare, bare)
             if match.route.startswith(prefix) and (match.func, bare) in localized:
                 route = bare
         return self._endpoint(match.func, route)  # a request's urlconf: unseen at start-up

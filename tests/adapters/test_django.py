@@ -449,6 +449,7 @@ REGEX_URLS.urlpatterns = [  # type: ignore[attr-defined]
     re_path(r"(?i)^gold/(?P<rest>.+)\Z", by_wildcard),  # inline flags, another anchor
     path("latest/", by_wildcard),
     re_path(r"^latest$", by_wildcard),  # the same path without the slash
+    path("quote$", by_wildcard),  # a path() route's "$" is a character of its path
 ]
 OTHER_URLS = types.ModuleType("django_adapter_other_urls")
 OTHER_URLS.urlpatterns = [path("elsewhere", anything)]  # type: ignore[attr-defined]
@@ -1260,6 +1261,19 @@ def test_a_wildcard_entry_prices_a_top_level_re_path_as_its_path_reads(
         buyer, resp = pay(client, core, url)
         assert resp.status_code == 200 and seen[0].payer == buyer.address
         assert core.position(buyer.address, network=NETWORK).locked == amount
+
+
+def test_a_path_route_ending_in_a_dollar_is_priced_as_written(core: Core) -> None:
+    """A path() route was read as a regex too: ``quote$`` lost its "$", so ``GET /quote$``
+    named no route and the app failed at start-up (it was priced before)."""
+    with (
+        selling(core, {"GET /quote$": "$0.06"}),
+        override_settings(ROOT_URLCONF=REGEX_URLS.__name__),
+    ):
+        client = Client()
+        assert amount_of(client.get("/quote$")) == "60000" and seen == []
+        buyer, resp = pay(client, core, "/quote$")
+        assert resp.status_code == 200 and seen[0].payer == buyer.address
 
 
 @pytest.mark.parametrize(
