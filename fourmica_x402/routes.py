@@ -1,24 +1,14 @@
-"""The route table: which route costs what.
+"""The route table: which route costs what (docs/architecture.md, "Which route is priced").
 
-Keys are ``"VERB /template"`` (no verb = any method). A template names a route the way the
-framework writes it or in the official form: ``:name``, ``[name]``, ``{name}``, ``{name:int}``,
-``<name>`` and ``<int:name>`` each stand for one route parameter; ``*`` matches anything, a
-trailing ``/*`` the bare prefix too. ``GET`` also covers ``HEAD``.
-
-**Apps with a router** (Starlette, FastAPI, Flask, Django) are priced on the endpoint the
-framework resolved (an :class:`Endpoint`), by its *template* (:meth:`RouteTable.for_endpoint`);
-each entry must name a route of the app (:meth:`RouteTable.unmatched`). **Router-less apps**:
-the request path itself, ignoring case (:meth:`RouteTable.match`). Of the entries that fit,
-the most specific prices it (docs/architecture.md, "Which route is priced").
-
-Values take three forms::
-
-    {"GET /premium": "$0.01"}                                    # a price
-    {"GET /premium": RouteConfig(price="$0.01", description=…)}  # a RouteConfig
-    {"GET /premium": {"accepts": {"scheme": "4mica-credit", "price": "$0.01",
-                                  "network": "eip155:84532", "payTo": "0x…"},
-                      "description": "…"}}                       # the official 4Mica dict
-
+Keys are ``"VERB /template"`` (no verb = any method; ``GET`` covers ``HEAD``). A template
+names a route as the framework writes it or in the official form: ``:name``, ``[name]``,
+``{name}``, ``{name:int}``, ``<name>``, ``<int:name>`` are one parameter; ``*`` matches
+anything, a trailing ``/*`` the bare prefix too. Apps with a router are priced on the endpoint
+the framework resolved, by its template (:meth:`RouteTable.for_endpoint`), and each entry must
+name a route (:meth:`RouteTable.unmatched`); router-less apps on the path itself, ignoring case
+(:meth:`RouteTable.match`). Of the entries that fit, the most specific prices it. Values:
+a price (``"$0.01"``), a :class:`RouteConfig`, or the official 4Mica dict (``{"accepts":
+{"scheme": "4mica-credit", "price": "$0.01", "network": …, "payTo": "0x…"}, "description": …}``).
 Static prices and addresses are checked when the table is built: a bad price fails at start-up."""
 
 from __future__ import annotations
@@ -254,22 +244,23 @@ class RouteTable:
             self.add(key, value, replace=False)
 
     def add(self, key: str, value: Any, *, replace: bool = True) -> Route:
-        """Add a route (``value`` as in the module docstring), or give a key the table prices
-        already (however spelled: ``get /x`` is ``GET /x``) its new terms: a second entry
-        behind the first would never be charged. A run-time price of it stays until reset
-        (docs/operations.md, "Repricing"). ``replace=False``: such a key is refused (a table
-        naming one route twice)."""
+        """Add a route (``value`` as in the module docstring); a key the table prices already
+        (``get /x`` is ``GET /x``) takes the new terms in its entry's place, a run-time price
+        of it staying until reset (docs/operations.md, "Repricing"). ``replace=False``: such
+        a key is refused (a table naming one route twice)."""
         route = self.build(key, self._config(key, value))
-        known = any(entry.key == route.key for entry in self.routes)
-        if known and not replace:
+        at = next((i for i, entry in enumerate(self.routes) if entry.key == route.key), None)
+        if at is not None and not replace:
             raise ConfigurationError(f"route {key!r} is priced already (as {route.key!r})")
         self.configured[route.key] = route.config
-        if known and route.key in self.overrides:
+        if at is not None and route.key in self.overrides:
             from .gate.prices import at_price
 
             route = self.build(route.key, at_price(route.config, self.overrides[route.key]))
-        kept = [entry for entry in self.routes if entry.key != route.key]
-        self.set_routes([*kept, route])  # new lists: readers may hold the old ones
+        routes = [*self.routes, route] if at is None else [*self.routes]
+        if at is not None:
+            routes[at] = route
+        self.set_routes(routes)  # new lists: readers may hold the old ones
         self.version += 1
         return route
 

@@ -223,6 +223,8 @@ def test_a_route_priced_again_takes_its_new_price_not_its_first() -> None:
         RouteTable({"GET /a": "$1", "get /a": "$0.01"}, network=NETWORK, pay_to=seller)
     table.add("POST /a", "$1")  # another method is another route
     assert [route.key for route in table.routes] == ["GET /a", "POST /a"]
+    table.add("GET /a", "$2")  # in its place: ties between entries go to the first written
+    assert [route.key for route in table.routes] == ["GET /a", "POST /a"]
     reprice(table, {"GET /a": "$0.50"})  # a run-time price stays until reset
     table.add("GET /a", "$3")
     assert table.match("GET", "/a").offers[0].amount.amount == 500_000
