@@ -398,6 +398,35 @@ def test_a_malformed_ahead_counts_as_nothing_ahead(ahead: Any, read: int) -> Non
     assert ahead_of(offer) == read
 
 
+#: A job relaying an upstream staged seller's answer headers at its first stage.
+RELAYED = {"Job-Id": "job_" + "ab" * 16, "Job-Stage": "1/9", "Payment-Response": "e30="}
+
+
+def _relay_config(core: Any) -> Any:
+    from fourmica_x402 import PaymentConfig
+    from fourmica_x402.testing import NETWORK
+
+    routes = {
+        "POST /gather": {"price": "$0.01", "stage": Stage("relay", 1, of=2)},
+        "POST /write": {"price": "$0.01", "stage": Stage("relay", 2, of=2)},
+    }
+    return PaymentConfig(pay_to=TestBuyer.new().address, network=NETWORK, core=core, routes=routes)
+
+
+def _bought_through_the_relay(app: Any, buyer: TestBuyer) -> None:
+    """Both stages, bought by our client: the first answer carries the gate's headers once."""
+    with (
+        harness.loopback(app, "asgi") as url,
+        httpx.Client(transport=PaymentTransport(buyer.key), base_url=url) as client,
+    ):
+        job = StagedJob(client)
+        opened = job.stage("POST", "/gather")
+        assert len(opened.headers.get_list("job-id")) == 1
+        assert opened.headers["job-stage"] == "1/2" and opened.headers["job-id"] == job.id
+        assert len(opened.headers.get_list("payment-response")) == 1
+        assert job.stage("POST", "/write").json() == {"stage": 2}
+
+
 def test_the_gates_job_headers_replace_the_handlers(tmp_path: Any) -> None:
     """A handler relaying an upstream staged seller's answer (its ``Job-Id``, ``Job-Stage``,
     ``PAYMENT-RESPONSE``): the buyer got two ``Job-Id`` values, read them as one id, and
@@ -409,27 +438,18 @@ def test_the_gates_job_headers_replace_the_handlers(tmp_path: Any) -> None:
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from fourmica_x402 import PaymentConfig
     from fourmica_x402.core import Core
     from fourmica_x402.testing import NETWORK
 
-    relayed = {"Job-Id": "job_" + "ab" * 16, "Job-Stage": "1/9", "Payment-Response": "e30="}
-
     async def gather(request: Request) -> JSONResponse:
-        return JSONResponse({"stage": 1}, headers=relayed)
+        return JSONResponse({"stage": 1}, headers=RELAYED)
 
     async def write(request: Request) -> JSONResponse:
         return JSONResponse({"stage": 2})
 
     core, buyer = Core(str(tmp_path / "core.db")), TestBuyer.new()
     core.deposit(buyer.address, 1_000_000, network=NETWORK)
-    routes = {
-        "POST /gather": {"price": "$0.01", "stage": Stage("relay", 1, of=2)},
-        "POST /write": {"price": "$0.01", "stage": Stage("relay", 2, of=2)},
-    }
-    config = PaymentConfig(
-        pay_to=TestBuyer.new().address, network=NETWORK, core=core, routes=routes
-    )
+    config = _relay_config(core)
     app = Starlette(
         routes=[
             Route("/gather", gather, methods=["POST"]),
@@ -438,16 +458,7 @@ def test_the_gates_job_headers_replace_the_handlers(tmp_path: Any) -> None:
         middleware=[Middleware(PaymentMiddleware, config=config)],
     )
     try:
-        with (
-            harness.loopback(app, "asgi") as url,
-            httpx.Client(transport=PaymentTransport(buyer.key), base_url=url) as client,
-        ):
-            job = StagedJob(client)
-            opened = job.stage("POST", "/gather")
-            assert len(opened.headers.get_list("job-id")) == 1
-            assert opened.headers["job-stage"] == "1/2" and opened.headers["job-id"] == job.id
-            assert len(opened.headers.get_list("payment-response")) == 1
-            assert job.stage("POST", "/write").json() == {"stage": 2}
+        _bought_through_the_relay(app, buyer)
         assert core.position(buyer.address, network=NETWORK).locked == 2 * CENT
     finally:
         core.close()
@@ -462,21 +473,12 @@ def test_the_gates_job_headers_replace_the_handlers_under_a_wrapped_http_middlew
     from fastapi.responses import JSONResponse
     from fourmica_x402.adapters.fastapi import http_middleware
 
-    from fourmica_x402 import PaymentConfig
     from fourmica_x402.core import Core
     from fourmica_x402.testing import NETWORK
 
-    relayed = {"Job-Id": "job_" + "ab" * 16, "Job-Stage": "1/9", "Payment-Response": "e30="}
     core, buyer = Core(str(tmp_path / "core.db")), TestBuyer.new()
     core.deposit(buyer.address, 1_000_000, network=NETWORK)
-    routes = {
-        "POST /gather": {"price": "$0.01", "stage": Stage("relay", 1, of=2)},
-        "POST /write": {"price": "$0.01", "stage": Stage("relay", 2, of=2)},
-    }
-    config = PaymentConfig(
-        pay_to=TestBuyer.new().address, network=NETWORK, core=core, routes=routes
-    )
-    app, gate = FastAPI(), http_middleware(config)
+    app, gate = FastAPI(), http_middleware(_relay_config(core))
 
     @app.middleware("http")
     async def wrapped(request: Any, call_next: Any) -> Any:
@@ -484,22 +486,13 @@ def test_the_gates_job_headers_replace_the_handlers_under_a_wrapped_http_middlew
 
     @app.post("/gather")
     def gather() -> JSONResponse:
-        return JSONResponse({"stage": 1}, headers=relayed)
+        return JSONResponse({"stage": 1}, headers=RELAYED)
 
     @app.post("/write")
     def write() -> dict[str, int]:
         return {"stage": 2}
 
     try:
-        with (
-            harness.loopback(app, "asgi") as url,
-            httpx.Client(transport=PaymentTransport(buyer.key), base_url=url) as client,
-        ):
-            job = StagedJob(client)
-            opened = job.stage("POST", "/gather")
-            assert len(opened.headers.get_list("job-id")) == 1
-            assert opened.headers["job-stage"] == "1/2" and opened.headers["job-id"] == job.id
-            assert len(opened.headers.get_list("payment-response")) == 1
-            assert job.stage("POST", "/write").json() == {"stage": 2}
+        _bought_through_the_relay(app, buyer)
     finally:
         core.close()
