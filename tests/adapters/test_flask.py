@@ -1137,6 +1137,29 @@ def test_a_view_markers_left_out_method_stays_refused_not_sold(
     assert client.post("/report").status_code == 405 and core.guarantees() == []
 
 
+def _premium_files(tmp_path: Path) -> Path:
+    """A directory holding ``premium/a.txt``: the file a priced rule sells."""
+    root = tmp_path / "files"
+    (root / "premium").mkdir(parents=True)
+    (root / "premium" / "a.txt").write_text("PAID CONTENT")
+    return root
+
+
+def _table_priced_files(core: Core, tmp_path: Path) -> Any:
+    """An app selling ``/premium/<path:p>`` (a table entry in Flask's notation) beside a free
+    ``send_from_directory`` catch-all over the same files."""
+    from flask import send_from_directory
+
+    root = _premium_files(tmp_path)
+    app = make_app(pay_to=SELLER, core=core, routes={"GET /premium/<path:p>": "$0.01"})
+    FourmicaX402(app)
+    app.add_url_rule(
+        "/premium/<path:p>", "premium", lambda p: send_from_directory(root / "premium", p)
+    )
+    app.add_url_rule("/<path:p>", "files", lambda p: send_from_directory(root, p))
+    return app
+
+
 @pytest.mark.parametrize("path", ["/./premium/a.txt", "/x/../premium/a.txt"])
 def test_a_free_file_server_never_serves_a_rule_the_table_prices_in_flask_notation(
     core: Core, tmp_path: Path, path: str
@@ -1146,18 +1169,9 @@ def test_a_free_file_server_never_serves_a_rule_the_table_prices_in_flask_notati
     the dot segments itself. The entry, written as Flask writes the rule, did not match the
     path read that way, and the priced file went out free (docs/architecture.md, "Which
     route is priced": ambiguous encodings)."""
-    from flask import send_from_directory
     from werkzeug.test import Client
 
-    root = tmp_path / "files"
-    (root / "premium").mkdir(parents=True)
-    (root / "premium" / "a.txt").write_text("PAID CONTENT")
-    app = make_app(pay_to=SELLER, core=core, routes={"GET /premium/<path:p>": "$0.01"})
-    FourmicaX402(app)
-    app.add_url_rule(
-        "/premium/<path:p>", "premium", lambda p: send_from_directory(root / "premium", p)
-    )
-    app.add_url_rule("/<path:p>", "files", lambda p: send_from_directory(root, p))
+    app = _table_priced_files(core, tmp_path)
     raw = {"PATH_INFO": path, "REQUEST_URI": path, "RAW_URI": path}  # as a server passes it
     resp = Client(app).get(path, environ_overrides=raw)
     assert resp.status_code == 400 and resp.get_json()["error"] == "ambiguous_path"
@@ -1172,9 +1186,7 @@ def test_a_free_file_server_never_serves_a_rule_paid_prices(core: Core, tmp_path
     from flask import send_from_directory
     from werkzeug.test import Client
 
-    root = tmp_path / "files"
-    (root / "premium").mkdir(parents=True)
-    (root / "premium" / "a.txt").write_text("PAID CONTENT")
+    root = _premium_files(tmp_path)
     app = make_app(pay_to=SELLER, core=core)
     FourmicaX402(app)
 
@@ -1200,18 +1212,9 @@ def test_an_absolute_form_target_never_serves_a_priced_file_free(
     """``GET http://host/./premium/a.txt``: the server hands the target over whole as the raw
     path; read alone, its dot segments resolved to no priced path, and the free catch-all
     served the priced file (docs/architecture.md, "Which route is priced")."""
-    from flask import send_from_directory
     from werkzeug.test import Client
 
-    root = tmp_path / "files"
-    (root / "premium").mkdir(parents=True)
-    (root / "premium" / "a.txt").write_text("PAID CONTENT")
-    app = make_app(pay_to=SELLER, core=core, routes={"GET /premium/<path:p>": "$0.01"})
-    FourmicaX402(app)
-    app.add_url_rule(
-        "/premium/<path:p>", "premium", lambda p: send_from_directory(root / "premium", p)
-    )
-    app.add_url_rule("/<path:p>", "files", lambda p: send_from_directory(root, p))
+    app = _table_priced_files(core, tmp_path)
     uri = "http://localhost/./premium/a.txt"
     raw = {"PATH_INFO": "/./premium/a.txt", "REQUEST_URI": uri, "RAW_URI": uri}
     resp = Client(app).get("/", environ_overrides=raw)
