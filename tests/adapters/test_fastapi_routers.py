@@ -233,16 +233,9 @@ def test_a_paid_routes_other_dependencies_never_run_for_a_method_it_answers_itse
     FastAPI ran the dependencies declared before ``Paid`` (a quota, an audit write), unpaid,
     before ``Paid`` answered. The gate gives that answer itself now."""
     from fastapi import Depends
-    from fourmica_x402.adapters.fastapi import http_middleware
-
-    from fourmica_x402 import PaymentConfig
 
     app, runs = FastAPI(), collections.Counter[str]()
-    if form == "FourmicaX402":
-        FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK)
-    else:
-        config = PaymentConfig(pay_to=SELLER, core=core, network=NETWORK)
-        app.middleware("http")(http_middleware(config))
+    install(app, form, pay_to=SELLER, core=core, network=NETWORK)
 
     def side_effect() -> None:
         runs["dependency"] += 1
