@@ -181,10 +181,12 @@ def rerouted(
     method)`` it resolved, None: none) and that did not pay for it: a layer between the gate
     and the router changed the method or the path (a method override, a path rewrite). Routes
     are compared, not handlers: one Django view serves each of its URL patterns, each at its
-    own price (docs/architecture.md, "Which route is priced"). 503 ``payment_not_enforced``;
-    None: run it. A marker's handler checks its own payment, by its handler: here, that it
-    was not made on another route of it, and that a request the gate decided on as another
-    route is not left to it unpaid (FastAPI runs a route's other dependencies first)."""
+    own price (docs/architecture.md, "Which route is priced"). A payment the gate took for the
+    route it resolved is not kept for another route or method, free ones too. 503
+    ``payment_not_enforced`` (a payment is then refunded); None: run it. A marker's handler
+    checks its own payment, by its handler: here, that it was not made on another route of it,
+    and that a request the gate decided on as another route is not left to it unpaid (FastAPI
+    runs a route's other dependencies first)."""
     if endpoint is None:
         return None
     paid_here = payment is not None and payment.endpoint is endpoint
@@ -193,21 +195,28 @@ def rerouted(
     same = isinstance(seen, tuple) and seen[0] is endpoint and seen[1] == method.upper()
     if route is not None and route.marker:  # (a method the marker leaves out: the table's)
         return None if paid_here or (payment is None and same) else _refused(method, endpoint)
-    if alias == "OPTIONS" or same:
-        return None  # never priced; or the gate's own decision on this very route stands
-    if route is None or (paid_here and payment.route == route.key):
+    if same:
+        return None  # the gate's own decision on this very route stands
+    if alias == "OPTIONS" or route is None:  # never priced, or free; but a payment this gate
+        # took for the route it resolved is not kept for another that runs instead
+        taken = isinstance(seen, tuple) and seen[0] is not None
+        moved = taken and payment is not None and payment.endpoint is seen[0]
+        return _refused(method, endpoint, payment.route) if moved else None
+    if paid_here and payment.route == route.key:
         return None
     return _refused(method, endpoint)
 
 
-def _refused(method: str, endpoint: Endpoint) -> Response:
+def _refused(method: str, endpoint: Endpoint, paid_for: str | None = None) -> Response:
     from ..errors import Reason
     from .types import error_response
 
     log.error(
-        "a priced route (%s %s) was reached without a payment for it: a layer between the "
-        "payment middleware and the router changed the request's method or path; not served",
+        "%s (%s %s) was reached %s: a layer between the payment middleware and the router "
+        "changed the request's method or path; not served",
+        "a route" if paid_for else "a priced route",
         method,
         endpoint.template,
+        f"with a payment made for {paid_for}" if paid_for else "without a payment for it",
     )
     return error_response(503, Reason.PAYMENT_NOT_ENFORCED, "payments are not enforced here")

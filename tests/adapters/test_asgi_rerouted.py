@@ -220,6 +220,28 @@ def test_a_payment_for_one_route_does_not_buy_the_route_a_layer_reroutes_it_to(
     assert core.position(buyer.address, network=NETWORK).locked == 0
 
 
+@pytest.mark.parametrize("form", ["starlette", "FourmicaX402", "http_middleware"])
+def test_a_payment_is_not_kept_for_a_free_route_a_layer_reroutes_it_to(
+    core: Core, form: str
+) -> None:
+    """Paid for GET /items/1, turned into the free POST by a layer inside the gate: the free
+    handler answered 200 and the buyer was charged for a request that never ran. Refused now
+    (503), and the payment is not kept."""
+    runs: list[str] = []
+    app = (
+        _starlette(runs, _gate(core, TABLE)) if form == "starlette" else _fastapi(core, runs, form)
+    )
+    buyer = _funded(core)
+    with TestClient(app) as client:
+        headers = paid_headers(client, buyer, client.get("/items/1"))
+        posted = client.get("/items/1", headers={**headers, "X-HTTP-Method-Override": "POST"})
+        assert _refused(posted)
+        assert client.post("/items/1").status_code == 200  # free, unpaid: unchanged
+    assert runs == ["POST /items/1"]
+    assert all(g.state in ("voided", "cancelled") for g in core.guarantees(address=buyer.address))
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
 def test_a_route_priced_at_run_time_is_checked_when_the_router_dispatches(core: Core) -> None:
     """The table is read when the router dispatches, not when the app started: a route priced
     after the start (``gate.add_route``) is refused when a layer reroutes a request to it."""

@@ -871,6 +871,27 @@ def test_a_method_override_after_ours_never_serves_a_method_priced_higher(core: 
         assert seen == []
 
 
+@pytest.mark.parametrize("helper", ["MethodOverride", "ViewMethodOverride"])
+def test_a_payment_is_not_kept_for_a_free_method_a_later_middleware_turns_it_into(
+    core: Core, helper: str
+) -> None:
+    """A GET paid at its price, turned into the free POST by a middleware after ours (in
+    ``__call__`` or in ``process_view``): the free handler answered 200 and the buyer was
+    charged for a GET that never ran. Refused now (503), and the payment is not kept."""
+    table = {"GET /ledger": "$0.02"}
+    with (
+        selling(core, table),
+        override_settings(MIDDLEWARE=[*MIDDLEWARE, f"django_adapter_helpers.{helper}"]),
+    ):
+        client = Client()
+        buyer, paying = header(client, core, "/ledger")
+        posted = client.get("/ledger", headers={**paying, "X-HTTP-Method-Override": "POST"})
+        assert (posted.status_code, posted.json()["error"]) == (503, "payment_not_enforced")
+        assert [g.state for g in core.guarantees()] in (["voided"], ["cancelled"])
+        assert core.position(buyer.address, network=NETWORK).locked == 0
+        assert client.post("/ledger").status_code == 200  # free, unpaid: unchanged
+
+
 def test_a_method_override_in_a_later_process_view_never_delivers_a_priced_view_unpaid(
     core: Core,
 ) -> None:

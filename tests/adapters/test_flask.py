@@ -887,6 +887,33 @@ def test_a_method_override_inside_the_gate_never_serves_a_method_priced_higher(
     assert runs == []
 
 
+def test_a_payment_is_not_kept_for_a_free_method_a_wrapper_inside_the_gate_turns_it_into(
+    core: Core,
+) -> None:
+    """A GET paid at its price, turned into the free PUT by a WSGI wrapper inside the
+    extension: the free view answered 200 and the buyer was charged for a GET that never
+    ran. Refused now (503), and the payment is not kept."""
+    runs: list[str] = []
+    app = make_app(pay_to=SELLER, core=core, network=NETWORK, routes={"GET /items/<n>": "$0.01"})
+
+    def override(inner: Any) -> Any:
+        def wsgi(environ: dict[str, Any], start_response: Any) -> Any:
+            method = environ.pop("HTTP_X_HTTP_METHOD_OVERRIDE", environ["REQUEST_METHOD"])
+            environ["REQUEST_METHOD"] = method
+            return inner(environ, start_response)
+
+        return wsgi
+
+    client = _items_behind(app, override, runs)
+    buyer = funded(core)
+    paying = payment_for(client, buyer, "/items/1")
+    put = client.get("/items/1", headers={**paying, "X-HTTP-Method-Override": "PUT"})
+    assert (put.status_code, put.get_json()["error"]) == (503, "payment_not_enforced")
+    assert runs == [] and [g.state for g in core.guarantees()] in (["voided"], ["cancelled"])
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+    assert client.put("/items/1").status_code == 200 and runs == ["PUT"]  # free: unchanged
+
+
 @pytest.mark.parametrize("proxied", [False, True], ids=["plain", "proxyfix"])
 def test_a_request_the_gate_let_through_runs_behind_proxyfix_too(core: Core, proxied: bool) -> None:
     """The gate's own decisions stand at the router's check: a priced route an
