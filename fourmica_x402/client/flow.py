@@ -74,6 +74,10 @@ _AUTH_REFUSED_KEY = "fourmica_paid_auth_refused"
 #: Set with :data:`PAID_CALL_KEY`: the paid answer's receipt, which the hops' answers carry
 #: too, so the response a redirected call ends with shows what the call paid.
 CALL_RECEIPT_KEY = "fourmica_call_receipt"
+#: Set by a metered stream on a slice's payment: the receipt of the stream's first slice. Only
+#: an offer on its terms (payTo, network, asset) at no more than its amount is paid: a seller
+#: cannot raise the price of a stream it sold (docs/buyer.md, "Metered streams").
+TERMS_KEY = "fourmica_terms"
 #: Headers the paid retry does not copy from the caller's request (see ``_retry``).
 _FRAMING = (b"content-length", b"transfer-encoding")
 
@@ -163,11 +167,10 @@ class BuyerFlow(Buyer):
                 f"payment asked again after {after} a paid answer: one call pays once",
             )
         try:
-            challenge = self._challenge(response)
+            challenge = self._challenge(response, request.extensions.get(TERMS_KEY))
         except MalformedPayment as exc:
-            raise self._refuse(
-                PaymentFailed, receipt, f"malformed challenge: {exc.message}"
-            ) from None
+            what = "" if isinstance(exc, _OffTerms) else "malformed challenge: "
+            raise self._refuse(PaymentFailed, receipt, what + exc.message) from None
         receipt = offered(receipt, challenge.offer, challenge.version)
         prepared = yield from self._prepare(
             challenge.offer, challenge.version, challenge.resource, receipt
@@ -315,7 +318,7 @@ class BuyerFlow(Buyer):
 
     # -- pieces --------------------------------------------------------------------------------
 
-    def _challenge(self, response: httpx.Response) -> _Challenge:
+    def _challenge(self, response: httpx.Response, terms: Receipt | None = None) -> _Challenge:
         header = response.headers.get(PAYMENT_REQUIRED_HEADER)
         if header is not None:
             required = decode_payment_required(header)
@@ -344,6 +347,13 @@ class BuyerFlow(Buyer):
             raise MalformedPayment(
                 "no offer this client can pay (scheme, network, asset or an amount of 0)"
             )
+        if terms is not None:
+            usable = [offer for offer in usable if _on_terms(offer, terms)]
+            if not usable:
+                raise _OffTerms(
+                    f"no offer on the stream's terms: at most {terms.amount} of {terms.asset} "
+                    f"on {terms.network} to {terms.seller}, as its first slice"
+                )
         return _Challenge(min(usable, key=_cost), version, resource)
 
     @staticmethod
@@ -378,6 +388,21 @@ def _cost(offer: PaymentRequirements) -> tuple[int, Fraction]:
     if token is None:
         return 2, Fraction(amount)
     return (0 if token in dollar_assets() else 1), Fraction(amount, 10**token.decimals)
+
+
+class _OffTerms(MalformedPayment):
+    """A slice's challenge asks more, or other terms, than the stream's first slice."""
+
+
+def _on_terms(offer: PaymentRequirements, terms: Receipt) -> bool:
+    """Whether ``offer`` sells on ``terms`` (a paid receipt): same payTo, network and asset,
+    for no more than its amount."""
+    return (
+        offer.pay_to.lower() == (terms.seller or "").lower()
+        and offer.network == terms.network
+        and offer.asset.lower() == (terms.asset or "").lower()
+        and parse_amount(offer.amount) <= (terms.amount or 0)
+    )
 
 
 def _text(value: object) -> str | None:

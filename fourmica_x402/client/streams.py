@@ -31,6 +31,8 @@ import httpx
 from .._json import loads
 from ..errors import FourmicaError, PaymentRefused
 from .answers import MAX_ANSWER, UNPAID_KEY, AnswerTooLarge, aread_answer, read_answer
+from .flow import RECEIPT_KEY, TERMS_KEY
+from .receipts import Receipt
 
 __all__ = ["STOP_GRACE", "AsyncPaidStream", "Event", "PaidStream", "StreamFailed"]
 
@@ -139,6 +141,7 @@ class _Stream:
         #: The spending policy's refusal that stopped the stream, if one did.
         self.refusal: PaymentRefused | None = None
         self.response: httpx.Response | None = None
+        self._terms: Receipt | None = None  # what slice 1 was paid: no later slice costs more
         self._deadline: float | None = None  # once stopped: when the seller's time is up
 
     def _opened(self, response: httpx.Response) -> None:
@@ -146,6 +149,9 @@ class _Stream:
         if not response.is_success:
             raise StreamFailed(f"the stream answered {response.status_code}", response)
         self.slices = 1
+        receipt = response.extensions.get(RECEIPT_KEY)
+        if isinstance(receipt, Receipt) and receipt.outcome == "paid":
+            self._terms = receipt
         coded = response.headers.get("content-encoding", "identity").strip().lower()
         if coded != "identity":  # asked unpacked: nothing of it is read
             raise StreamFailed(f"the stream came in a content coding ({coded:.40})", response)
@@ -204,6 +210,11 @@ class _Stream:
                 self.response,
             )
         return url
+
+    def _pay(self) -> dict[str, Any]:
+        """A slice payment's options: never redirected, paid on the first slice's terms."""
+        terms = {TERMS_KEY: self._terms} if self._terms is not None else {}
+        return {"follow_redirects": False, "extensions": terms}
 
     def _paid_slice(self) -> None:
         self.slices += 1
@@ -283,7 +294,7 @@ class PaidStream(_Stream):
                         break
                     elif what != "skip" and self.refusal is None:
                         try:
-                            pay = self.client.stream("POST", what, follow_redirects=False)
+                            pay = self.client.stream("POST", what, **self._pay())
                             with pay as paid, self._reading(paid):
                                 read_answer(paid)
                             self._paid_slice()
@@ -318,7 +329,7 @@ class AsyncPaidStream(_Stream):
                         break
                     elif what != "skip" and self.refusal is None:
                         try:
-                            pay = self.client.stream("POST", what, follow_redirects=False)
+                            pay = self.client.stream("POST", what, **self._pay())
                             async with pay as paid:
                                 with self._reading(paid):
                                     await aread_answer(paid)

@@ -11,6 +11,7 @@ buyer's collateral locked is the slices whose events went out.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import sys
@@ -32,7 +33,12 @@ from fourmica_x402.client import (
 )
 from fourmica_x402.core import Core
 from fourmica_x402.core.store import StoreUnavailable
-from fourmica_x402.errors import BudgetExhausted, ConfigurationError, PaymentRefused
+from fourmica_x402.errors import (
+    BudgetExhausted,
+    ConfigurationError,
+    PaymentFailed,
+    PaymentRefused,
+)
 from fourmica_x402.gate import metered as metered_gate
 from fourmica_x402.networks import default_asset
 from fourmica_x402.routes import RouteTable
@@ -773,16 +779,14 @@ def test_a_slice_paid_ahead_is_held_open_while_the_slice_before_it_streams(
         core.close()
 
 
-def _hostile_challenge() -> str:
+def _hostile_challenge(amount: str = "10000", pay_to: str = "0x" + "ab" * 20) -> str:
     """A PAYMENT-REQUIRED header of a seller outside the machine (http://seller.test/s)."""
-    import base64
-
     offer = {
         "scheme": "4mica-credit",
         "network": NETWORK,
         "asset": "0x036CbD53842c5426634e7929541eC2318f3dCF7e",
-        "amount": "10000",
-        "payTo": "0x" + "ab" * 20,
+        "amount": amount,
+        "payTo": pay_to,
         "maxTimeoutSeconds": 300,
         "extra": {"tabEndpoint": "http://seller.test/tab"},
     }
@@ -1101,6 +1105,64 @@ def test_a_garbled_answer_to_the_stop_still_raises_the_refusal(is_async: bool) -
             with httpx.Client(transport=transport, **options) as client:
                 list(PaidStream(client, "GET", "/s"))
     assert stops == ["/streams/s1"]
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize(
+    "terms", [("50000", "0x" + "ab" * 20), ("10000", "0x" + "cd" * 20)], ids=["price", "payTo"]
+)
+def test_a_later_slice_is_paid_only_on_the_terms_of_the_first(
+    terms: tuple[str, str], is_async: bool
+) -> None:
+    """A seller (hostile, outside the machine) selling slice 1 at $0.01 asked $0.05 for slice
+    2, or named another payTo: the buyer paid it, within its per-request cap, though a stream's
+    price is fixed. Now the slice is refused (PaymentFailed) and the stream stopped."""
+    body = (
+        'event: stream\ndata: {"stream": "s1"}\n\ndata: {"tick": 0}\n\n'
+        'event: payment-required\ndata: {"pay": "/streams/s1/2"}\n\ndata: {"tick": 1}\n\n'
+        'event: end\ndata: {"reason": "complete", "slices": 2}\n\n'
+    )
+    paid: list[tuple[str, str, str]] = []
+
+    def seller(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/tab":
+            user = json.loads(request.content)["userAddress"]
+            answer = {"tabId": "0x1", "nextReqId": hex(len(paid) + 1), "userAddress": user}
+            return httpx.Response(200, json=answer)
+        if request.method == "DELETE":
+            return httpx.Response(200)
+        if "payment-signature" in request.headers:
+            accepted = json.loads(base64.b64decode(request.headers["payment-signature"]))
+            offer = accepted["accepted"]
+            paid.append((request.url.path, offer["amount"], offer["payTo"]))
+            if request.url.path == "/s":
+                return httpx.Response(200, headers={"content-type": "text/event-stream"}, text=body)
+            return httpx.Response(200, json={"paid": True})
+        if request.url.path == "/s":
+            return httpx.Response(402, headers={"payment-required": _hostile_challenge()})
+        return httpx.Response(402, headers={"payment-required": _hostile_challenge(*terms)})
+
+    key, policy = TestBuyer.new().key, SpendingPolicy(max_per_request="$0.05")
+    options: dict[str, Any] = {"base_url": "http://seller.test"}
+    got: list[Any] = []
+    with pytest.raises(PaymentFailed, match="no offer on the stream's terms"):
+        if is_async:
+
+            async def read() -> None:
+                inner = httpx.MockTransport(seller)
+                transport = AsyncPaymentTransport(key, policy=policy, transport=inner)
+                async with httpx.AsyncClient(transport=transport, **options) as client:
+                    async for event in AsyncPaidStream(client, "GET", "/s"):
+                        got.append(event.json())
+
+            asyncio.run(read())
+        else:
+            transport = PaymentTransport(key, policy=policy, transport=httpx.MockTransport(seller))
+            with httpx.Client(transport=transport, **options) as client:
+                got.extend(event.json() for event in PaidStream(client, "GET", "/s"))
+    assert paid == [("/s", "10000", "0x" + "ab" * 20)]  # slice 1 only
+    assert got[0] == {"tick": 0}
+    assert policy.spent("0x036CbD53842c5426634e7929541eC2318f3dCF7e") == 10_000
 
 
 @pytest.mark.parametrize(
