@@ -149,7 +149,10 @@ class BuyerFlow(Buyer):
             request.extensions.pop(CALL_RECEIPT_KEY, None)  # are not this call's
         response = yield Send(request)
         auth_retry = _within_paid_call(request, response)
-        if response.status_code != 402 or request.extensions.get(UNPAID_KEY):
+        # A HEAD's answer has no body to deliver, and sellers never settle a payment sent
+        # with one: its 402 is handed back unpaid, the price in its header (docs/buyer.md).
+        unpaid = request.extensions.get(UNPAID_KEY) or request.method == "HEAD"
+        if response.status_code != 402 or unpaid:
             paid = request.extensions.get(CALL_RECEIPT_KEY)
             if paid is not None and redirected_after_payment(request):
                 response.extensions = {**response.extensions, RECEIPT_KEY: paid}

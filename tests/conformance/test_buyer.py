@@ -144,6 +144,21 @@ def test_policy_refusals_happen_before_signing_and_are_not_retried(
     assert seller.calls["/premium"] == 0
 
 
+def test_a_head_answered_402_is_handed_back_unpaid(seller: Any, buyers: Any) -> None:
+    """A HEAD's answer has no body to deliver, and a seller never settles a payment sent with
+    one (``head_not_charged``). The buyer opened a tab, signed a guarantee for it and counted
+    it against its budget all the same: a seller answering it 200 could settle it."""
+    counting, ledger = Counting(), ReceiptLedger()
+    policy = SpendingPolicy(per_hour="$1")
+    client = buyers.client(seller, funded(seller), policy=policy, ledger=ledger, wire=counting)
+    resp = client.request("HEAD", "/premium")
+    assert resp.status == 402 and resp.receipt is None
+    assert PAYMENT_REQUIRED_HEADER.lower() in {k.lower() for k in resp.headers}  # the price
+    assert (counting.total, counting.tabs, counting.paid_attempts) == (1, 0, 0)
+    assert policy.spent(default_asset(NETWORK).address) == 0 and list(ledger) == []
+    assert client.get("/premium").status == 200  # the GET pays as usual
+
+
 @pytest.mark.parametrize(
     "options",
     [
