@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -167,15 +167,21 @@ def at_price(config: RouteConfig, price: Price) -> RouteConfig:
     return replace(config, price=price, accepts=accepts)
 
 
+def priced(table: RouteTable, keys: Iterable[str]) -> None:
+    """Raise :class:`UnknownRoute` for the first of ``keys`` (route keys) ``table`` does not
+    price: a reset (a price of None) names a priced route too, or a typo would pass for one."""
+    for key in keys:
+        if key not in table.configured:
+            known = ", ".join(sorted(table.configured)) or "none"
+            raise UnknownRoute(f"no priced route {key!r} (priced routes: {known})")
+
+
 def reprice(table: RouteTable, prices: Mapping[str, Price]) -> None:
     """Price ``table``'s routes at ``prices`` (route key → price); every other route goes
     back to its configured price. All at once: a key that names no route, or a price a route
     refuses (its minimum, a bad amount), raises ConfigurationError and changes nothing."""
     prices = {route_key(k): v for k, v in prices.items()}
-    for key in prices:
-        if key not in table.configured:
-            known = ", ".join(sorted(table.configured)) or "none"
-            raise UnknownRoute(f"no priced route {key!r} (priced routes: {known})")
+    priced(table, prices)
     routes = []
     for route in table.routes:
         configured = table.configured[route.key]
@@ -259,6 +265,7 @@ class Repricer:
             if self.every is not None:
                 self._refresh()
             merged = dict(self.table.overrides)
+            priced(self.table, map(route_key, prices))
             for key in set(map(route_key, prices)) & self.shadowed:
                 raise UnknownRoute(
                     f"{key!r} names only handlers that carry their own price (@paid / Paid), "

@@ -95,6 +95,8 @@ def test_a_per_handler_price_is_repriced_like_a_table_entry(make_seller: Any, ki
         ({ITEMS: "$99999999999999999999999"}, 400, "invalid_price"),  # past 2**63 - 1 units
         ({ITEMS: True}, 400, "invalid_price"),
         ({ITEMS: "$0.05", "GET /nowhere": "$0.01"}, 400, "unknown_route"),  # all or nothing
+        ({"GET /nowhere": None}, 400, "unknown_route"),  # a reset names a priced route too
+        ({ITEMS: "$0.05", "GET /itmes/:item_id": None}, 400, "unknown_route"),  # a typo'd reset
         ({}, 400, "invalid_request"),
     ],
 )
