@@ -220,8 +220,10 @@ def _collateral_hint(receipt: Any, payer: str) -> str:
     help="Refuse to pay more than this per request, e.g. '$0.05' (dollar tokens only; "
     "'50000u': atomic units of whichever token is asked).",
 )
-@click.option("--method", default="GET", show_default=True, help="HTTP method.")
-@click.option("--data", default=None, help="JSON request body.")
+@click.option(
+    "--method", default=None, help="HTTP method (default: GET, or POST with --data, as curl)."
+)
+@click.option("--data", default=None, help="JSON request body (sent with POST by default).")
 @click.option("--receipts", default=None, help="Append the receipt to this SQLite ledger file.")
 @click.option(
     "--timeout",
@@ -234,7 +236,7 @@ def pay(
     url: str,
     buyer: BuyerKey,
     max_price: str | None,
-    method: str,
+    method: str | None,
     data: str | None,
     receipts: str | None,
     timeout: float,
@@ -249,6 +251,8 @@ def pay(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="URL") from None
     cap = None if max_price is None else _max_price(max_price)
+    if method is None:  # curl's rule: a body goes with POST unless a method is named
+        method = "GET" if data is None else "POST"
     if not METHOD.match(method):
         raise click.BadParameter(f"{method!r:.40} is not an HTTP method", param_hint="'--method'")
     try:

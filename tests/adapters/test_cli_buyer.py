@@ -356,6 +356,41 @@ def test_pay_follows_a_redirect_to_the_priced_route_and_pays_once(tmp_path: Path
         core.close()
 
 
+def test_pay_with_data_posts_it_as_curl_does(tmp_path: Path) -> None:
+    """``pay URL --data '{…}'`` sent its body with a GET: a seller pricing ``POST /jobs`` saw
+    an unpriced GET (no payment, no job), and one pricing GET too was paid for the wrong
+    call. A body goes with POST, as curl's ``-d``, unless ``--method`` names another."""
+    from fourmica_x402.adapters.wsgi import PaymentMiddleware
+
+    from fourmica_x402 import PaymentConfig
+
+    db = f"sqlite:///{tmp_path / 'core.db'}"
+    core = Core(db)
+    core.deposit(ADDRESS, 1_000_000, network=NETWORK)
+    seen: list[tuple[str, bytes]] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        seen.append((environ["REQUEST_METHOD"], body))
+        start_response("200 OK", [("content-type", "application/json")])
+        return [b'{"job": "queued"}']
+
+    routes = {"POST /jobs": "$0.05", "GET /jobs": "$0.01"}
+    config = PaymentConfig(pay_to=PAY_TO, core=db, routes=routes)
+    try:
+        with loopback(PaymentMiddleware(app, config=config)) as origin:
+            out = paid(cli("pay", f"{origin}/jobs", "--key", KEY, "--data", '{"task": "x"}'))
+            assert out["receipt"]["amount"] == 50_000 and seen[-1][0] == "POST"
+            assert json.loads(seen[-1][1]) == {"task": "x"}
+            named = cli("pay", f"{origin}/jobs", "--key", KEY, "--data", "{}", "--method", "PUT")
+            assert json.loads(named.stdout)["status"] == 200 and seen[-1][0] == "PUT"  # unpriced
+            assert paid(cli("pay", f"{origin}/jobs", "--key", KEY))["receipt"]["amount"] == 10_000
+            assert seen[-1] == ("GET", b"")
+        assert sorted(g.amount for g in core.guarantees()) == [10_000, 50_000]
+    finally:
+        core.close()
+
+
 #: URLs no request can go to, and what the refusal says: httpx refuses the address, the socket
 #: cannot encode the name, and httpx would wrap the port onto another (99999 - 65536: 34463).
 UNREACHABLE = {
