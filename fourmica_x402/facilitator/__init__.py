@@ -156,8 +156,8 @@ def expected_from_requirements(
 ) -> Expected:
     """What the seller asked for, from its requirements. Bad requirements → MalformedPayment.
 
-    The validation policy's numbers may be JSON integers or canonical strings (docs/protocol.md,
-    "Validation policy"); anything else is malformed. Read once per requirements object (a
+    The validation policy's numbers may be JSON integers or canonical strings (docs/buyer.md,
+    "Challenges"); anything else is malformed. Read once per requirements object (a
     route's are built once and reused).
     """
     return _expected(requirements)
