@@ -114,7 +114,8 @@ class PaymentConfig:
     #: ``"before"``: the Core locks the payment before the handler runs (default).
     #: ``"after"``: verify first, settle only after a successful handler (cheap deterministic work).
     settle: Literal["before", "after"] = "before"
-    #: Void the guarantee (the buyer pays nothing) when the handler raises or answers 5xx.
+    #: Void the guarantee (the buyer pays nothing) when the response is not delivered: the
+    #: handler raises or answers other than 2xx (docs/protocol.md, "Delivery").
     refund_on_error: bool = True
     #: Answer a replayed payment header from its record (no second lock, no second handler run).
     idempotent_replay: bool = False
