@@ -4,8 +4,8 @@ One canonical JSON document (:mod:`.canonical`) with, under ``content``:
 
 - ``guarantee``: the claims and the buyer's signature exactly as the Core accepted them, its
   version (``G-v1``/``G-v2``), the tab's running total the certificate carries;
-- ``eip712_domain`` and ``core`` (the BLS public key, the guarantee domain): what an offline
-  verifier needs;
+- ``eip712_domain`` and ``core`` (the BLS public key, the guarantee domain and the Core
+  contract it is made of with the chain id): what an offline verifier needs;
 - ``certificate``: the Core's BLS certificate, made on demand when the Core has none yet;
 - ``record``: the seller's payment record (route, method, path, status, amounts, ids, the
   request and response hashes, times); ``request_hash`` is null on older records;
@@ -110,6 +110,8 @@ def build_content(core: Core, records: Records, guarantee_id: str) -> dict[str, 
         "core": {
             "public_key": "0x" + core.operator.public_key.hex(),
             "guarantee_domain": "0x" + core.guarantee_domain(chain_id).hex(),
+            # what ties the domain to the network's chain: an EIP-191 signature names none
+            "contract_address": core.config.contract_address,
         },
         "certificate": certificate,
         "record": {name: getattr(record, name) for name in _RECORD_FIELDS},

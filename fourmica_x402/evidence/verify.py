@@ -8,6 +8,7 @@ The checks run in this order; the first that fails is named (:class:`EvidenceInv
    and the claims' tab and request ids), the EIP-712 domain's chain;
 4. the buyer's signature recovers to the claims' ``user_address``;
 5. the certificate's message is the claims' (with the guarantee domain and the tab total);
+   the guarantee domain is the one of the network's chain and the bundle's Core contract;
 6. the Core's BLS signature verifies against the bundle's public key, and against the one
    the verifier trusts when given;
 7. the record agrees with the claims: amount, payer, payTo, asset, network, tab and request
@@ -30,6 +31,7 @@ from ..guarantee import (
     GuaranteeClaims,
     SignedGuarantee,
     certificate_message,
+    guarantee_domain,
     guarantee_id,
     recover_signer,
 )
@@ -148,11 +150,12 @@ def _check_content(content: dict[str, Any], trusted: bytes | str | None) -> Veri
         or not claims.amount <= total < 1 << 256  # a uint256 word of the certificate
     ):
         raise _fail("certificate message does not match the claims (tab total)")
-    guarantee_domain = _hex(core.get("guarantee_domain"), "guarantee domain")
-    if len(guarantee_domain) != 32:  # the certificate message's first word
+    domain_word = _hex(core.get("guarantee_domain"), "guarantee domain")
+    if len(domain_word) != 32:  # the certificate message's first word
         raise _fail("guarantee domain is not 32 bytes of hex")
+    _check_domain(domain_word, chain_id, core.get("contract_address"), signed.scheme)
     if _hex(cert.get("claims"), "certificate message") != certificate_message(
-        claims, guarantee_domain, total
+        claims, domain_word, total
     ):
         raise _fail("certificate message does not match the claims")
     key = core.get("public_key")
@@ -160,10 +163,10 @@ def _check_content(content: dict[str, Any], trusted: bytes | str | None) -> Veri
         public_key_bytes(str(key))
     except ValueError:
         raise _fail("Core public key is not 48 bytes of hex") from None
-    if not verify_certificate(cert, claims, str(key), guarantee_domain=guarantee_domain):
+    if not verify_certificate(cert, claims, str(key), guarantee_domain=domain_word):
         raise _fail("Core certificate does not verify against the Core public key")
     if trusted is not None and not verify_certificate(
-        cert, claims, trusted, guarantee_domain=guarantee_domain
+        cert, claims, trusted, guarantee_domain=domain_word
     ):
         raise _fail("Core certificate does not verify against the given public key")
     record = _object(content.get("record"), "record")
@@ -181,6 +184,26 @@ def _check_content(content: dict[str, Any], trusted: bytes | str | None) -> Veri
         record.get("request_hash"),
         dispute,
     )
+
+
+def _check_domain(domain: bytes, chain_id: int, contract: object, scheme: str) -> None:
+    """The guarantee domain the certificate signs is the one of the network's chain and the
+    Core contract: an EIP-191 signature names no chain, so without this a payment accepted on
+    one network would verify relabelled as one on another. A bundle made before it named the
+    contract is verified without it when the buyer's EIP-712 signature names the chain."""
+    if contract is None and scheme == "eip712":
+        return
+    if contract is None:
+        raise _fail(
+            "the Core contract is missing: an EIP-191 signature does not name the chain, so "
+            "the network cannot be checked"
+        )
+    try:
+        made = guarantee_domain(chain_id, parse_address(str(contract)))
+    except ValueError:
+        made = None
+    if made != domain:
+        raise _fail("guarantee domain is not the one of the network's chain and the Core contract")
 
 
 def _same_address(value: object, expected: str) -> bool:

@@ -22,6 +22,7 @@ from fourmica_x402.evidence import request_hash
 from fourmica_x402.evidence.bundle import build_bundle
 from fourmica_x402.evidence.canonical import seal
 from fourmica_x402.evidence.verify import EvidenceInvalid, verify_bundle
+from fourmica_x402.guarantee import Scheme, guarantee_id, sign_claims
 from fourmica_x402.networks import default_asset
 from fourmica_x402.records import Records
 from fourmica_x402.server.dashboard import render_dashboard
@@ -60,10 +61,20 @@ class Shop:
     def db(self) -> str:
         return f"sqlite:///{self.path}"
 
-    def sell(self, buyer: TestBuyer, amount: int, *, hashed: bool = True, records: Any = None):
+    def sell(
+        self,
+        buyer: TestBuyer,
+        amount: int,
+        *,
+        hashed: bool = True,
+        records: Any = None,
+        scheme: Scheme = "eip712",
+    ):
         """A paid GET /report as the gate records it: accepted, recorded, delivered."""
         book = records or self.records
         signed, expected = buyer.pay(self.core, self.seller, amount)
+        if scheme != signed.scheme:  # a G-v1 buyer may personal-sign (EIP-191) instead
+            signed = sign_claims(signed.claims, buyer.key, self.core.domain(84532), scheme)
         accepted = self.core.accept(signed, expected)
         record_id = book.begin(
             route="GET /report",
@@ -293,6 +304,48 @@ def test_a_certificate_for_other_claims(shop: Shop, buyer: TestBuyer, bundle: by
         c["certificate"] = other["certificate"]
 
     assert failure(resealed(bundle, swap)) == "certificate message does not match the claims"
+
+
+@pytest.mark.parametrize("scheme", ["eip191", "eip712"])
+def test_a_payment_moved_to_another_network(shop: Shop, buyer: TestBuyer, scheme: Scheme) -> None:
+    """A testnet payment relabelled as one on Base mainnet, its ids made again for that chain.
+    An EIP-191 signature does not name the chain, so only the certificate's guarantee domain
+    (the chain and the Core's contract) tells: it verified, even against the trusted key."""
+    data = build_bundle(shop.core, shop.records, shop.sell(buyer, 10_000, scheme=scheme))
+    assert content_of(data)["guarantee"]["scheme"] == scheme
+    assert content_of(data)["core"]["contract_address"] == shop.core.config.contract_address
+    verify_bundle(data, shop.core.operator.public_key)
+
+    def mainnet(c: dict[str, Any]) -> None:
+        claims = c["guarantee"]["claims"]
+        gid = "0x" + guarantee_id(8453, int(claims["tab_id"], 16), int(claims["req_id"], 16)).hex()
+        c["network"] = c["record"]["network"] = "eip155:8453"
+        c["guarantee_id"] = c["record"]["guarantee_id"] = gid
+        c["eip712_domain"]["chainId"] = 8453
+
+    if scheme == "eip712":  # the buyer signed the chain
+        expected = "buyer signature does not match userAddress"
+    else:
+        expected = "guarantee domain is not the one of the network's chain and the Core contract"
+    assert failure(resealed(data, mainnet), shop.core.operator.public_key) == expected
+
+    def other_contract(c: dict[str, Any]) -> None:
+        c["core"]["contract_address"] = buyer.address
+
+    assert failure(resealed(data, other_contract)) == (
+        "guarantee domain is not the one of the network's chain and the Core contract"
+    )
+
+    def older(c: dict[str, Any]) -> None:  # a bundle made before it named the contract
+        del c["core"]["contract_address"]
+
+    if scheme == "eip712":  # the buyer's signature binds the chain: it still verifies
+        assert verify_bundle(resealed(data, older)).network == NETWORK
+    else:
+        assert failure(resealed(data, older)) == (
+            "the Core contract is missing: an EIP-191 signature does not name the chain, so "
+            "the network cannot be checked"
+        )
 
 
 @pytest.mark.parametrize("total", [2**256, 2**300, -1, "10000", True])
