@@ -21,7 +21,7 @@ from .charts import CSS, signals_section
 if TYPE_CHECKING:
     from .context import Service
 
-__all__ = ["CHART_CYCLES", "dashboard", "render_dashboard"]
+__all__ = ["CHART_CYCLES", "dashboard", "recent_defaults", "render_dashboard"]
 
 #: How many closed cycles of each asset the signal charts show.
 CHART_CYCLES = 20
@@ -29,6 +29,21 @@ CHART_CYCLES = 20
 
 def dashboard(service: Service, call: Call) -> Page:
     return Page(render_dashboard(service.core), "text/html")
+
+
+def recent_defaults(core: Core, limit: int = 20) -> list[tuple[str, int, int, int, int, str, str]]:
+    """The newest defaulted positions, newest cycle first: ``(address, cycle_id, unpaid,
+    covered, shortfall, network, asset)``. Read from the positions (an index holds the
+    defaulted ones), not the event feed, which reads oldest first."""
+    with core.store.transaction(write=False) as tx:
+        rows = tx.all(
+            "SELECT p.address, p.cycle_id, p.debit - p.paid, p.covered, p.shortfall, c.network, "
+            "c.asset FROM fx_cycle_positions p JOIN fx_cycles c ON c.cycle_id = p.cycle_id "
+            "WHERE p.status = 'defaulted' ORDER BY p.cycle_id DESC, p.address COLLATE BINARY "
+            "LIMIT ?",
+            (int(limit),),
+        )
+    return [(r[0], int(r[1]), int(r[2]), int(r[3]), int(r[4]), r[5], r[6]) for r in rows]
 
 
 def render_dashboard(core: Core) -> str:
@@ -44,7 +59,7 @@ def render_dashboard(core: Core) -> str:
         for c in cycles
         if c.status == "open" and (pairs := core.cycle_pairs(c.cycle_id))
     }
-    defaults = [e for e in core.events(type="position.defaulted", limit=1000)][-20:]
+    defaults = recent_defaults(core)
     sections = [
         table(
             "Positions",
@@ -159,13 +174,13 @@ def render_dashboard(core: Core) -> str:
             ["participant", "cycle", "unpaid", "covered from collateral", "shortfall"],
             [
                 [
-                    short(e.address),
-                    html.escape(str(e.data.get("cycle_id"))),
-                    money(int(e.data.get("unpaid", 0)), e.network or "", e.asset or ""),
-                    money(int(e.data.get("covered", 0)), e.network or "", e.asset or ""),
-                    money(int(e.data.get("shortfall", 0)), e.network or "", e.asset or ""),
+                    short(address),
+                    str(cycle_id),
+                    money(unpaid, network, asset),
+                    money(covered, network, asset),
+                    money(shortfall, network, asset),
                 ]
-                for e in defaults
+                for address, cycle_id, unpaid, covered, shortfall, network, asset in defaults
             ],
             "defaults",
         )

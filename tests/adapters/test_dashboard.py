@@ -420,3 +420,35 @@ def test_a_position_on_a_network_this_process_does_not_know_is_shown_by_its_id(
         page = client.get("/")
         assert page.status_code == 200 and "eip155:10" in page.text
     core.close()
+
+
+def test_the_newest_defaults_are_shown_past_the_first_thousand(tmp_path: Path) -> None:
+    """The "Defaults" table read the first 1 000 defaults ever and showed the last 20 of those:
+    once a Core had had a thousand, a new default never reached the page."""
+    from starlette.testclient import TestClient
+
+    clock = FakeClock()
+    config = CoreConfig(resolution_delay=0, payment_window=0, finality=0)
+    core = Core(str(tmp_path / "core.db"), config=config, clock=clock)
+    seller = TestBuyer.new().address
+
+    def default_in_a_cycle(debtors: list[TestBuyer]) -> None:
+        for debtor in debtors:  # none pays its net debit: each is covered from collateral
+            core.deposit(debtor.address, 10, network=NETWORK)
+            core.accept(*debtor.pay(core, seller, 10))
+        core.close_cycle(network=NETWORK)
+        clock.advance(1)
+        assert core.tick()["finalized"] == 1
+
+    default_in_a_cycle([TestBuyer.new() for _ in range(1000)])
+    newest = TestBuyer.new()
+    default_in_a_cycle([newest])
+    app = create_app(core, api_key="k", tick_interval=None, webhooks=False)
+    with TestClient(app) as client:
+        page = client.get("/").text
+    defaults = page.split('<section id="defaults">', 1)[1].split("</section>", 1)[0]
+    assert defaults.count("<tr>") == 21  # the header and the newest 20, newest first
+    first = defaults.split("<tbody>", 1)[1].split("</tr>", 1)[0]
+    assert f'title="{newest.address}"' in first and "<td>2</td>" in first
+    assert core.audit() == []
+    core.close()
