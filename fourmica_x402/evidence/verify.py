@@ -246,6 +246,7 @@ def _check_disputes(entries: object) -> str | None:
             or set(entry) != {"state", "note", "at"}
             or not isinstance(entry["note"], str)
             or not isinstance(entry["at"], int | float)
+            or not isinstance(entry["state"], str)  # a list or an object: not a state
             or (state, entry["state"]) not in _STEPS
         ):
             raise _fail("dispute history is not a valid sequence of states")

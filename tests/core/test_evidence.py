@@ -369,6 +369,21 @@ def test_a_guarantee_domain_that_is_not_one_word(bundle: bytes, domain: str) -> 
     assert failure(resealed(bundle, change)) == "guarantee domain is not 32 bytes of hex"
 
 
+@pytest.mark.parametrize("state", [[], {}, ["opened"], {"opened": 1}])
+def test_a_dispute_state_that_is_not_text(bundle: bytes, state: Any, tmp_path: Path) -> None:
+    """A list or an object as a dispute's state made the verifier raise a TypeError (a
+    traceback from verify-evidence) instead of naming the check it fails."""
+
+    def change(c: dict[str, Any]) -> None:
+        c["disputes"] = [{"state": state, "note": "x", "at": 1}]
+
+    forged = resealed(bundle, change)
+    assert failure(forged) == "dispute history is not a valid sequence of states"
+    path = tmp_path / "bundle.json"
+    path.write_bytes(forged)
+    refused(cli("verify-evidence", str(path)), 1, "dispute history")
+
+
 def test_malformed_files_are_one_clean_line(tmp_path: Path) -> None:
     path = tmp_path / "bundle.json"
     for text in (b"{not json", b"\xff\xfe", b"[]", b'{"format": "other"}', b""):
