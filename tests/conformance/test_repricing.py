@@ -97,6 +97,7 @@ def test_a_per_handler_price_is_repriced_like_a_table_entry(make_seller: Any, ki
         ({ITEMS: "$0.05", "GET /nowhere": "$0.01"}, 400, "unknown_route"),  # all or nothing
         ({"GET /nowhere": None}, 400, "unknown_route"),  # a reset names a priced route too
         ({ITEMS: "$0.05", "GET /itmes/:item_id": None}, 400, "unknown_route"),  # a typo'd reset
+        ({"GET /x\x00": None}, 400, "unknown_route"),  # on PostgreSQL it reached the INSERT: 500
         ({}, 400, "invalid_request"),
     ],
 )
