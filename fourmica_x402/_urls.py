@@ -13,15 +13,21 @@ PASSWORD_PARAM = re.compile(r"(?i)((?:^|[?&\s])password\s*=\s*)('[^']*'|[^&#\s]*
 
 
 def safe_url(url: str) -> str:
-    """``url`` with its password (``user:secret@``, ``?password=…``) replaced by ``***``."""
+    """``url`` with its password (``user:secret@``, ``?password=…``) replaced by ``***``; an
+    http(s) URL's userinfo without a password is a token (``https://TOKEN@hooks…``): all of
+    it is replaced. A database URL's user stays (``postgresql://app@db``)."""
     url = PASSWORD_PARAM.sub(r"\1***", url)
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
     authority, slash, path = rest.partition("/")
     userinfo, at, host = authority.rpartition("@")
-    if not at or ":" not in userinfo:
+    if not at:
         return url
+    if ":" not in userinfo:
+        if scheme.lower() not in ("http", "https"):
+            return url
+        return f"{scheme}://***@{host}{slash}{path}"
     user = userinfo.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}{slash}{path}"
 
@@ -30,7 +36,7 @@ def check_http_url(url: str) -> SplitResult:
     """``url`` split, when a request can go to it: http(s), a host httpx takes (an IPv4
     address in range, a name that IDNA encodes) and a port up to 65535 (httpx would wrap a
     larger one onto another port, another service). ``ValueError`` saying what is wrong
-    otherwise, the URL cut to 80 characters."""
+    otherwise, the URL cut to 80 characters (its password masked)."""
     import httpx
 
     try:
@@ -39,15 +45,15 @@ def check_http_url(url: str) -> SplitResult:
     except ValueError:  # an unclosed IPv6 bracket
         named = False
     if not named:
-        raise ValueError(f"{url!r:.80} is not an http(s):// URL")
+        raise ValueError(f"{safe_url(url)!r:.80} is not an http(s):// URL")
     try:
         parts.port  # noqa: B018  (raises for a port out of range)
     except ValueError:
-        raise ValueError(f"{url!r:.80}: the port is not a number 0..65535") from None
+        raise ValueError(f"{safe_url(url)!r:.80}: the port is not a number 0..65535") from None
     try:
         # As a request will: httpx checks the address and decodes the name for the Host
         # header, the socket encodes it (IDNA, each label 1..63 characters).
         httpx.Request("GET", url).url.raw_host.decode("ascii").encode("idna")
     except (httpx.InvalidURL, UnicodeError) as exc:
-        raise ValueError(f"{url!r:.80}: not a valid host ({exc})") from None
+        raise ValueError(f"{safe_url(url)!r:.80}: not a valid host ({exc})") from None
     return parts

@@ -379,7 +379,9 @@ def offers(url: str, as_json: bool, timeout: float) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"offers ({escape(url)})")
+    from .._urls import safe_url
+
+    table = Table(title=f"offers ({escape(safe_url(url))})")
     for column in ("method", "resource", "price", "network", "pay to", "description"):
         table.add_column(column, overflow="fold")  # a narrow terminal: never cut an address
     for resource in found:

@@ -26,7 +26,7 @@ from urllib.parse import urlunsplit
 import httpx
 
 from .._json import loads
-from .._urls import check_http_url
+from .._urls import check_http_url, safe_url
 from ..errors import DiscoveryFailed
 from ..networks import find_asset, format_amount, parse_amount
 from .answers import UNPAID_KEY, AnswerTooLarge, aread_answer, read_answer
@@ -110,12 +110,14 @@ def discover(
             response = send_head(send, request)
             stack.callback(response.close)
             read_answer(response, MAX_BYTES)  # no further than the limit
-            return read_listing(response, target)
+            return read_listing(response, safe_url(target))
     except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:  # the last two: a
         # redirect (a client that follows them) to a host no request can go to
-        raise DiscoveryFailed(f"{target}: request failed: {exc}") from exc
+        raise DiscoveryFailed(f"{safe_url(target)}: request failed: {exc}") from exc
     except AnswerTooLarge:
-        raise DiscoveryFailed(f"{target}: the listing is larger than {MAX_BYTES} bytes") from None
+        raise DiscoveryFailed(
+            f"{safe_url(target)}: the listing is larger than {MAX_BYTES} bytes"
+        ) from None
 
 
 async def adiscover(
@@ -131,12 +133,14 @@ async def adiscover(
             response = await asend_head(functools.partial(client.send, stream=True), request)
             stack.push_async_callback(response.aclose)
             await aread_answer(response, MAX_BYTES)
-            return read_listing(response, target)
+            return read_listing(response, safe_url(target))
     except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:  # the last two: a
         # redirect (a client that follows them) to a host no request can go to
-        raise DiscoveryFailed(f"{target}: request failed: {exc}") from exc
+        raise DiscoveryFailed(f"{safe_url(target)}: request failed: {exc}") from exc
     except AnswerTooLarge:
-        raise DiscoveryFailed(f"{target}: the listing is larger than {MAX_BYTES} bytes") from None
+        raise DiscoveryFailed(
+            f"{safe_url(target)}: the listing is larger than {MAX_BYTES} bytes"
+        ) from None
 
 
 def _fresh(kind: Callable[..., C], timeout: float) -> C:

@@ -500,6 +500,24 @@ def test_offers_refuses_a_bad_url_or_a_seller_without_a_listing(tmp_path: Path) 
         assert "resources: expected a list" in error_line(cli("offers", url), 1)
 
 
+def test_a_url_s_password_or_token_is_never_printed(tmp_path: Path) -> None:
+    """``offers`` and ``pay`` printed a URL's ``user:password@`` (or a bare token) as typed:
+    in the refusal of a bad URL, the failed listing's line, the table's title."""
+    for secret, userinfo in (("s3cret", "u:s3cret"), ("T0KEN", "T0KEN")):
+        lines = [
+            error_line(cli("offers", f"http://{userinfo}@[::1/"), 2),
+            error_line(cli("offers", f"http://{userinfo}@127.0.0.1:99999/"), 2),
+            error_line(cli("offers", f"http://{userinfo}@127.0.0.1:9/"), 1),
+            error_line(cli("pay", f"http://{userinfo}@127.0.0.1:99999/x", "--key", KEY), 2),
+        ]
+        for line in lines:
+            assert secret not in line and "***@" in line, line
+    with seller(tmp_path) as (url, _):
+        shown = cli("offers", url.replace("http://", "http://u:s3cret@", 1))
+        assert shown.exit_code == 0, shown.output
+        assert "s3cret" not in shown.output and "u:***@" in shown.output
+
+
 def test_a_seller_sending_a_byte_at_a_time_is_cut_off_at_the_timeout() -> None:
     """``--timeout`` is seconds per HTTP call, but httpx bounds each read only: a seller
     sending a byte now and then held ``pay`` (its tab endpoint) and ``offers`` (its listing)

@@ -602,3 +602,7 @@ def test_a_subscriptions_repr_hides_the_receivers_password() -> None:
     shown = repr(made)
     assert "PASSW0RD" not in shown and "s3cret" not in shown
     assert "bob:***@hooks.example" in shown
+    # a token alone in the userinfo is a secret too (the listing and the repr showed it)
+    token = Subscription("wh_2", "https://T0KEN@hooks.example/in", ("*",), "s3cret", True, 0.0)
+    for shown in (repr(token), str(token.to_dict())):
+        assert "T0KEN" not in shown and "https://***@hooks.example/in" in shown
