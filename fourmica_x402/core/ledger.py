@@ -154,8 +154,7 @@ class Core(Alerting, Certifying, Reads):
     def suspend(self, address: str, suspended: bool = True) -> None:
         """Suspend (or reinstate) a payer: its guarantees are refused while suspended."""
         address = parse_address(address)
-        with self._write() as (tx, _):
-            collateral.suspend(tx, address, suspended)
+        self._change(lambda tx, _: collateral.suspend(tx, address, suspended))
 
     # -- tabs -----------------------------------------------------------------------------------
 
@@ -344,9 +343,11 @@ class Core(Alerting, Certifying, Reads):
     def current_cycle(self, *, network: str, asset: str | None = None) -> Cycle:
         """The open cycle of (network, asset), opened now if there is none."""
         asset = self._asset(network, asset)
-        with self._write() as (tx, _):
-            row = cycles.open_cycle(tx, network, asset, self.clock(), self.config, self.store)
-            return queries.cycle_from_row(row)
+        config, store = self.config, self.store
+        row = self._change(
+            lambda tx, _: cycles.open_cycle(tx, network, asset, self.clock(), config, store)
+        )
+        return queries.cycle_from_row(row)
 
     def close_cycle(self, *, network: str, asset: str | None = None) -> Cycle:
         """Close the open cycle now: freeze its payable guarantees, net them, open the next."""
@@ -405,8 +406,7 @@ class Core(Alerting, Certifying, Reads):
 
     def cancel_withdrawal(self, withdrawal_id: int) -> Withdrawal:
         now = self.clock()
-        with self._write() as (tx, _):
-            withdrawals.cancel(tx, withdrawal_id, now)
+        self._change(lambda tx, _: withdrawals.cancel(tx, withdrawal_id, now))
         return self.withdrawal(withdrawal_id)
 
     def finalize_withdrawal(self, withdrawal_id: int) -> Withdrawal:

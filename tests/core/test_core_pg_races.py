@@ -290,3 +290,38 @@ def test_a_factor_change_made_a_deadlocks_victim_runs_again(postgres_url: str) -
     assert [p.credit_limit for p in core.positions(network=NETWORK)] == [500, 500]
     assert core.audit() == []
     core.close()
+
+
+def test_a_withdrawals_cancel_made_a_deadlocks_victim_runs_again(postgres_url: str) -> None:
+    """A cancel locks the withdrawal, then the position: a change taking them the other way
+    round can deadlock with it. Unlike the other changes it was not run again: the buyer's
+    cancel failed with a store error (503) and the withdrawal stayed pending."""
+    import psycopg
+
+    core = Core(postgres_url)
+    buyer = TestBuyer.new().address
+    core.deposit(buyer, 1_000, network=NETWORK)
+    pending = core.request_withdrawal(buyer, 400, network=NETWORK)
+    failures: list[str] = []
+
+    def cancel() -> None:
+        try:
+            core.cancel_withdrawal(pending.withdrawal_id)
+        except Exception as exc:
+            failures.append(f"{type(exc).__name__}: {exc}")
+
+    with psycopg.connect(postgres_url) as other:
+        other.execute("UPDATE fx_positions SET locked = locked WHERE address = %s", (buyer,))
+        thread = threading.Thread(target=cancel)
+        thread.start()
+        thread.join(0.3)  # the cancel holds the withdrawal and waits for the position
+        other.execute(
+            "UPDATE fx_withdrawals SET amount = amount WHERE withdrawal_id = %s",
+            (pending.withdrawal_id,),
+        )  # waits for the cancel, which waited first: its victim
+    thread.join(30)
+    assert failures == []
+    assert core.withdrawal(pending.withdrawal_id).status == "cancelled"
+    assert core.position(buyer, network=NETWORK).pending_withdrawal == 0
+    assert core.audit() == []
+    core.close()
