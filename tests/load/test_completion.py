@@ -43,9 +43,18 @@ def _free_port() -> int:
 
 @contextmanager
 def seller(
-    db: Path, pay_to: str, *, v2: bool, window: float, timeout: float, settle: str = "before"
+    db: Path,
+    pay_to: str,
+    *,
+    v2: bool,
+    window: float,
+    timeout: float,
+    settle: str = "before",
+    app: str = "completion_seller:app",
+    workers: int = 1,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A uvicorn seller process: yields its URL and process; killed if the test left it running."""
+    """A uvicorn seller process (``app``, in ``workers`` processes): yields its URL and process;
+    killed if the test left it running."""
     port = _free_port()
     env = dict(
         os.environ,
@@ -56,8 +65,9 @@ def seller(
         SELLER_VALIDATION_TIMEOUT=str(timeout),
         SELLER_SETTLE=settle,
     )
-    args = [sys.executable, "-m", "uvicorn", "completion_seller:app", "--app-dir", str(APPS)]
+    args = [sys.executable, "-m", "uvicorn", app, "--app-dir", str(APPS)]
     args += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    args += ["--workers", str(workers)]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -209,6 +219,28 @@ def test_a_graceful_stop_commits_the_queued_completions(db: Path) -> None:
         assert _state(db, gids)[1][-1] == ("settled", None)  # queued
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
+    states, records, locked = _state(db, gids)
+    assert records == [("delivered", "delivered")] * PAID
+    assert states == ["payable"] * PAID and locked == PAID * PRICE
+
+
+def test_workers_of_an_app_without_a_lifespan_commit_their_queue_when_stopped(db: Path) -> None:
+    """Async Django has no ASGI lifespan, and a uvicorn worker stopped by SIGTERM ends with
+    the signal's default action (no interpreter exit): the delivered payments still queued in
+    the workers were left "settled, delivery unknown", and a G-v2 one was cancelled."""
+    with seller(
+        db,
+        SELLER.address,
+        v2=True,
+        window=30.0,
+        timeout=3600,
+        app="completion_django_seller:application",
+        workers=2,
+    ) as (url, proc):
+        gids = _pay(url, BUYER, PAID)
+        assert _state(db, gids)[1][-1] == ("settled", None)  # queued
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
     states, records, locked = _state(db, gids)
     assert records == [("delivered", "delivered")] * PAID
     assert states == ["payable"] * PAID and locked == PAID * PRICE

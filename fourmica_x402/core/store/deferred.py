@@ -11,6 +11,7 @@ recovery resolves those payments (docs/architecture.md, "Completion off the requ
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import logging
@@ -252,6 +253,14 @@ class Deferred:
         with self._lock:
             return self._lock.wait_for(lambda: not self._jobs and not self._inflight, timeout)
 
+    def hurry(self) -> None:
+        """The process is stopping: from now on, write what is queued without the window."""
+        with self._lock:
+            if self._jobs or self._inflight:
+                self._start_writer()
+            self._hurried.set()
+        self._wake.set()
+
     def close(self) -> None:
         """Commit what is queued (best effort, up to 10 s) and stop taking jobs."""
         try:
@@ -313,6 +322,9 @@ EXIT_WAIT = 2.0
 #: How long an exit waits for the queued completions to be committed (a server's graceful
 #: stop gives its workers 30 s by default).
 EXIT_DRAIN = 25.0
+#: Set by a SIGTERM a server handles (:func:`exit_gracefully_on_sigterm`): the process may end
+#: without an exit, so each paid response that ends commits the queue before it returns.
+_STOPPING = [False]
 
 
 def serving(delta: int) -> None:
@@ -320,6 +332,8 @@ def serving(delta: int) -> None:
     with _SERVING_DONE:
         _SERVING[0] += delta
         _SERVING_DONE.notify_all()
+    if delta < 0 and _STOPPING[0]:
+        _commit_all(EXIT_DRAIN)
 
 
 def _flush_all() -> None:
@@ -330,7 +344,12 @@ def _flush_all() -> None:
     # The flusher thread may hold a batch it is writing (waiting for another process's lock):
     # the exit waits for it too, or the interpreter would end that transaction unfinished and
     # a delivered response would never be charged.
-    ends = time.monotonic() + EXIT_DRAIN
+    _commit_all(EXIT_DRAIN)
+
+
+def _commit_all(timeout: float) -> None:
+    """Commit what this process queued, waiting up to ``timeout`` seconds."""
+    ends = time.monotonic() + timeout
     for deferred in list(_ALL):
         if deferred and not deferred.closed and deferred._pid == os.getpid():
             try:
@@ -342,8 +361,15 @@ def _flush_all() -> None:
                 log.exception("could not commit queued completions at exit")
 
 
+def _hurry_all() -> None:
+    for deferred in list(_ALL):
+        if deferred and not deferred.closed and deferred._pid == os.getpid():
+            deferred.hurry()
+
+
 def _forget_all() -> None:
     _SERVING[0] = 0  # the parent's responses are the parent's
+    _STOPPING[0] = False
     for deferred in list(_ALL):
         deferred.forget()
 
@@ -352,16 +378,41 @@ def exit_gracefully_on_sigterm() -> None:
     """Make SIGTERM an exit that runs ``atexit`` (so queued completions are committed) in a
     process that leaves it to the default action, which ends the process on the spot: Flask's
     and Django's development servers. A server with a handler of its own (uvicorn, gunicorn)
-    keeps it. Only the main thread may set a handler; elsewhere this does nothing."""
+    keeps it, run after ours: a uvicorn worker ends with the signal's default action once its
+    server stopped, without an exit, and an app without a lifespan (async Django) is told of
+    no stop; so from the signal on the queue is written at once, and each paid response that
+    ends commits it (docs/operations.md, "Stopping and crashes"). Only the main thread may set
+    a handler; elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         return
     with contextlib.suppress(ValueError, OSError, AttributeError):
-        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        current = signal.getsignal(signal.SIGTERM)
+        if current is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _exit_on_signal)
+        elif callable(current) and not getattr(current, "_fx_own", False):
+            signal.signal(signal.SIGTERM, _stopping_then(current))
 
 
 def _exit_on_signal(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
+
+
+_exit_on_signal._fx_own = True  # type: ignore[attr-defined]  # ours: not wrapped
+
+
+def _stopping_then(server: Callable[[int, Any], Any]) -> Callable[[int, Any], Any]:
+    """A SIGTERM handler marking the process as stopping, then running the server's."""
+
+    def on_sigterm(signum: int, frame: Any) -> Any:
+        _STOPPING[0] = True
+        # No lock may be taken in a signal handler: the event loop hurries the queues (none
+        # here, a WSGI server: its exit commits them).
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().call_soon_threadsafe(_hurry_all)
+        return server(signum, frame)
+
+    on_sigterm._fx_own = True  # type: ignore[attr-defined]
+    return on_sigterm
 
 
 atexit.register(_flush_all)
