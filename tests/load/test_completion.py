@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fourmica_x402.bench.in_process import payment_headers
 from fourmica_x402.client import PaymentTransport
 from fourmica_x402.core import Core
 from fourmica_x402.records import Records
@@ -50,6 +51,7 @@ def seller(
     window: float,
     timeout: float,
     settle: str = "before",
+    replay: bool = False,
     app: str = "completion_seller:app",
     workers: int = 1,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
@@ -64,6 +66,7 @@ def seller(
         SELLER_WINDOW=str(window),
         SELLER_VALIDATION_TIMEOUT=str(timeout),
         SELLER_SETTLE=settle,
+        SELLER_REPLAY="1" if replay else "0",
     )
     args = [sys.executable, "-m", "uvicorn", app, "--app-dir", str(APPS)]
     args += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
@@ -171,6 +174,32 @@ def test_sigkill_with_completions_queued_is_recovered_conservatively(db: Path, v
         # and it serves as before, completing what it serves within its window
         more = _pay(url, BUYER, 2)
         _until_delivered(db, more)
+
+
+def test_a_replay_of_a_payment_its_process_lost_is_not_in_progress_forever(db: Path) -> None:
+    """With ``idempotent_replay``, the header of a payment whose process died before its
+    completion was answered 409 ``payment_in_progress`` for ever, after start-up recovery had
+    labelled it too: a buyer told to retry later retried in vain. Once labelled it is
+    ``replay_unavailable`` (its response was never kept)."""
+    with seller(db, SELLER.address, v2=False, window=30.0, timeout=4.0, replay=True) as (
+        url,
+        proc,
+    ):
+        challenge = httpx.get(url + "/premium", timeout=10).headers["payment-required"]
+        core = Core(str(db))
+        try:
+            header = dict(payment_headers(core, BUYER, challenge, 1))
+        finally:
+            core.close()
+        answer = httpx.get(url + "/premium", headers=header, timeout=10)
+        assert answer.status_code == 200, answer.text
+        proc.send_signal(signal.SIGKILL)  # its completion still queued (a 30 s window)
+        proc.wait(timeout=10)
+    with seller(db, SELLER.address, v2=False, window=0.005, timeout=4.0, replay=True) as (url, _):
+        gid = decode_header_json(answer.headers["payment-response"])["transaction"]
+        assert _state(db, [gid])[1] == [("settled", "kept")]  # recovered: it may have run
+        again = httpx.get(url + "/premium", headers=header, timeout=10)
+        assert (again.status_code, again.json()["error"]) == (409, "replay_unavailable")
 
 
 @pytest.mark.parametrize("v2", [False, True], ids=["G-v1", "G-v2"])

@@ -3,7 +3,7 @@
 Env: SELLER_CORE (embedded Core database path), PAY_TO, SELLER_WINDOW (the gate's
 ``completion_window``, seconds), SELLER_V2 ("1": advertise the G-v2 delivery policy, else
 G-v1 guarantees), SELLER_VALIDATION_TIMEOUT (the Core's, seconds), SELLER_SETTLE ("before",
-the default, or "after").
+the default, or "after"), SELLER_REPLAY ("1": ``idempotent_replay``).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ config = PaymentConfig(
     delivery_policy=os.environ.get("SELLER_V2") == "1",
     completion_window=float(os.environ["SELLER_WINDOW"]),
     settle=os.environ.get("SELLER_SETTLE", "before"),  # type: ignore[arg-type]
+    idempotent_replay=os.environ.get("SELLER_REPLAY") == "1",
 )
 app = Starlette(
     routes=[Route("/premium", premium), Route("/free", free)],
