@@ -345,10 +345,15 @@ def _replayed(found: Any, version: int) -> Paid | Response:
     if stored is None or record.status != "delivered":
         # still being served; or ended without a response kept: delivered too large to keep,
         # refunded, or labelled at start-up after its process died (an outcome, no delivery)
-        busy = record.delivered_at is None and record.outcome is None
+        if record.delivered_at is None and record.outcome is None:
+            return error_response(
+                409,
+                "payment_in_progress",
+                "this payment's request is still being served; send it again once it has ended",
+            )
         return error_response(
             409,
-            "payment_in_progress" if busy else "replay_unavailable",
+            "replay_unavailable",
             "this payment was already used; its response cannot be replayed",
         )
     headers, body = stored

@@ -657,3 +657,72 @@ def test_official_payment_header_round_trips_byte_for_byte(
         assert inner == official_inner, _json_diff(inner, official_inner)
     finally:
         core.close()
+
+
+def test_the_official_buyers_payment_sent_again_while_it_is_served_is_told_to_wait(
+    official_python: Path, tmp_path: Path
+) -> None:
+    """With ``idempotent_replay``, the official buyer's header sent again while its request
+    is still being served is refused 409 ``payment_in_progress``, saying so: its response
+    is replayed once it has ended (the message used to say it never would be), and the
+    buyer is charged once."""
+    from fourmica_x402.adapters.asgi import PaymentMiddleware
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    captured: list[str] = []
+    release = threading.Event()
+
+    def before_settle(request: Any, payload: Any, requirements: Any) -> None:
+        captured.extend(request.header_values("payment-signature"))
+
+    async def slow(request: Request) -> JSONResponse:
+        await run_in_threadpool(release.wait, 60)
+        return JSONResponse({"payer": request.state.payment.payer})
+
+    db = str(tmp_path / "core.db")
+    config = PaymentConfig(
+        pay_to=new_key()[1],
+        routes={"GET /slow": "$0.01"},
+        core=db,
+        before_settle=before_settle,
+        idempotent_replay=True,
+    )
+    app = Starlette(
+        routes=[Route("/slow", slow)], middleware=[Middleware(PaymentMiddleware, config=config)]
+    )
+    key, buyer = new_key()
+    core = Core(db)
+    try:
+        core.deposit(buyer, 1_000_000, network=NETWORK)
+        with in_thread(app) as base:
+            outcome: dict[str, Any] = {}
+            paying = threading.Thread(
+                target=lambda: outcome.update(
+                    run_official(official_python, "official_buyer.py", f"{base}/slow", key)
+                )
+            )
+            paying.start()
+            try:
+                header = wait_for(lambda: captured and captured[0], "the paid request", 60)
+                time.sleep(0.2)  # settled and recorded: the handler is waiting
+                again = httpx.get(f"{base}/slow", headers={"payment-signature": header})
+            finally:
+                release.set()
+                paying.join(timeout=120)
+            assert again.status_code == 409, again.text
+            refusal = again.json()
+            assert refusal["error"] == "payment_in_progress"
+            assert "cannot be replayed" not in refusal["message"], refusal
+            assert outcome["status"] == 200, outcome
+            replay = httpx.get(f"{base}/slow", headers={"payment-signature": header})
+            assert replay.status_code == 200 and replay.json() == outcome["body"]
+        assert len(core.guarantees()) == 1
+        assert core.position(buyer, network=NETWORK).locked == 10_000
+        assert core.audit() == []
+    finally:
+        core.close()
