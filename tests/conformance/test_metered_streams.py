@@ -1087,24 +1087,32 @@ def test_a_garbled_answer_to_the_stop_still_raises_the_refusal(is_async: bool) -
             return httpx.Response(200, headers={"content-type": "text/event-stream"}, text=body)
         return httpx.Response(402, headers={"payment-required": _hostile_challenge()})
 
-    key, policy = TestBuyer.new().key, SpendingPolicy(max_per_request="$0.001")
-    options: dict[str, Any] = {"base_url": "http://seller.test"}
     with pytest.raises(BudgetExhausted):
-        if is_async:
-
-            async def read() -> None:
-                inner = httpx.MockTransport(seller)
-                transport = AsyncPaymentTransport(key, policy=policy, transport=inner)
-                async with httpx.AsyncClient(transport=transport, **options) as client:
-                    async for _ in AsyncPaidStream(client, "GET", "/s"):
-                        pass
-
-            asyncio.run(read())
-        else:
-            transport = PaymentTransport(key, policy=policy, transport=httpx.MockTransport(seller))
-            with httpx.Client(transport=transport, **options) as client:
-                list(PaidStream(client, "GET", "/s"))
+        _read_hostile(seller, SpendingPolicy(max_per_request="$0.001"), is_async)
     assert stops == ["/streams/s1"]
+
+
+def _read_hostile(
+    seller: Any, policy: SpendingPolicy, is_async: bool, got: list[Any] | None = None
+) -> None:
+    """Read the stream at ``/s`` of ``seller`` (a MockTransport handler) to its end, paying
+    under ``policy``; each event's JSON goes to ``got``."""
+    key, options = TestBuyer.new().key, {"base_url": "http://seller.test"}
+    sink = got if got is not None else []
+    if is_async:
+
+        async def read() -> None:
+            inner = httpx.MockTransport(seller)
+            transport = AsyncPaymentTransport(key, policy=policy, transport=inner)
+            async with httpx.AsyncClient(transport=transport, **options) as client:
+                async for event in AsyncPaidStream(client, "GET", "/s"):
+                    sink.append(event.json())
+
+        asyncio.run(read())
+    else:
+        transport = PaymentTransport(key, policy=policy, transport=httpx.MockTransport(seller))
+        with httpx.Client(transport=transport, **options) as client:
+            sink.extend(event.json() for event in PaidStream(client, "GET", "/s"))
 
 
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
@@ -1142,24 +1150,9 @@ def test_a_later_slice_is_paid_only_on_the_terms_of_the_first(
             return httpx.Response(402, headers={"payment-required": _hostile_challenge()})
         return httpx.Response(402, headers={"payment-required": _hostile_challenge(*terms)})
 
-    key, policy = TestBuyer.new().key, SpendingPolicy(max_per_request="$0.05")
-    options: dict[str, Any] = {"base_url": "http://seller.test"}
-    got: list[Any] = []
+    policy, got = SpendingPolicy(max_per_request="$0.05"), []
     with pytest.raises(PaymentFailed, match="no offer on the stream's terms"):
-        if is_async:
-
-            async def read() -> None:
-                inner = httpx.MockTransport(seller)
-                transport = AsyncPaymentTransport(key, policy=policy, transport=inner)
-                async with httpx.AsyncClient(transport=transport, **options) as client:
-                    async for event in AsyncPaidStream(client, "GET", "/s"):
-                        got.append(event.json())
-
-            asyncio.run(read())
-        else:
-            transport = PaymentTransport(key, policy=policy, transport=httpx.MockTransport(seller))
-            with httpx.Client(transport=transport, **options) as client:
-                got.extend(event.json() for event in PaidStream(client, "GET", "/s"))
+        _read_hostile(seller, policy, is_async, got)
     assert paid == [("/s", "10000", "0x" + "ab" * 20)]  # slice 1 only
     assert got[0] == {"tick": 0}
     assert policy.spent("0x036CbD53842c5426634e7929541eC2318f3dCF7e") == 10_000
