@@ -23,32 +23,12 @@ from fourmica_x402.gate.types import error_response
 from ._chain import answers_preflight
 from ._exchange import send_response
 from ._fastapi_routes import check_files
+from ._running import recorded, running
 from ._starlette import StarletteRouter
 
 __all__ = ["Guarded", "guard", "marked", "recorded"]
 
 Scope = MutableMapping[str, Any]
-Resolve = Callable[[], Endpoint | None]
-
-
-def recorded(scope: Scope, resolve: Resolve, gate: Gate) -> Resolve:
-    """``resolve``, noting in ``scope`` what it resolved for ``gate``: ``(Endpoint, method)``,
-    None the endpoint when it found none (the router will not serve it) or failed. One note
-    per gate: a gate inside another (a mounted app's) notes what it sees, after any layer
-    between them, and leaves the outer gate's note as it was."""
-
-    notes = scope.setdefault(RESOLVED_KEY, {})
-    notes.setdefault(gate, None)  # passed this gate: a route it did not resolve is refused
-
-    def resolved() -> Endpoint | None:
-        method = scope.get("method", "GET")  # a WebSocket handshake is seen as a GET
-        notes[gate] = (None, method)
-        endpoint = resolve()
-        if endpoint is not None:
-            notes[gate] = (endpoint, method)
-        return endpoint
-
-    return resolved
 
 
 def marked(gate: Gate, scope: Scope, outcome: Any, below: Any = None) -> Any:
@@ -77,12 +57,13 @@ def _allow(methods: list[str]) -> tuple[str, str]:
 class Guarded:
     """A route's ``handle``, checked before it runs (see the module docstring)."""
 
-    __slots__ = ("checks", "handle", "route")
+    __slots__ = ("checks", "handle", "route", "routers")
 
     def __init__(self, route: Any, handle: Callable[..., Awaitable[None]]) -> None:
         self.route, self.handle = route, handle
-        #: Per gate pricing this route (weakly held): its endpoints for it.
+        #: Per gate pricing this route (weakly held): its endpoints for it, its router.
         self.checks: weakref.WeakKeyDictionary[Gate, list[Endpoint]] = weakref.WeakKeyDictionary()
+        self.routers: weakref.WeakKeyDictionary[Gate, StarletteRouter] = weakref.WeakKeyDictionary()
 
     def __call__(self, scope: Scope, receive: Any, send: Any) -> Awaitable[None]:
         if self.passes(scope):
@@ -97,13 +78,20 @@ class Guarded:
             return True  # answers 405 itself, as for PUT
         if not notes:  # no gate's note (a layer rebuilt the scope): every gate judges it
             return False
-        return not any(  # the gates this request passed, each on its own decision (on this
-            gate in self.checks  # route: the object)
-            and (
-                seen is None or getattr(seen[0], "key", None) is not self.route or seen[1] != method
-            )
+        return all(  # the gates this request passed, each on its own decision
+            gate not in self.checks or self._decided(gate, seen, method, scope)
             for gate, seen in notes.items()
         )
+
+    def _decided(self, gate: Gate, seen: Any, method: str, scope: Scope) -> bool:
+        """Whether ``gate`` decided on this route (the object) and method; a route under
+        several prefixes: under the one it runs under."""
+        if seen is None or getattr(seen[0], "key", None) is not self.route or seen[1] != method:
+            return False
+        return len(self.checks.get(gate, ())) < 2 or self._running(gate, scope) == [seen[0]]
+
+    def _running(self, gate: Gate, scope: Scope) -> list[Endpoint]:
+        return running(gate, self.routers.get(gate), self.checks.get(gate, []), scope)
 
     async def _checked(self, scope: Scope, receive: Any, send: Any) -> None:
         refused = self.refusal(scope)
@@ -123,7 +111,7 @@ class Guarded:
         payment = scope.get(PAYMENT_KEY)
         judges = notes.items() if notes else ((g, None) for g in list(self.checks.keys()))
         for gate, seen in judges:
-            for endpoint in self.checks.get(gate, ()):
+            for endpoint in self._running(gate, scope):
                 refused = rerouted(gate.routes, endpoint, method, payment, seen)
                 if refused is not None:
                     return refused
@@ -143,6 +131,6 @@ def guard(gate: Gate, router: StarletteRouter | None) -> StarletteRouter | None:
         if not isinstance(handle, Guarded) or handle.route is not route:  # (a copied route's)
             own = type(route).handle.__get__(route) if isinstance(handle, Guarded) else handle
             route.handle = handle = Guarded(route, own)
-        handle.checks[gate] = endpoints
+        handle.checks[gate], handle.routers[gate] = endpoints, router
         check_files(route)  # a FastAPI frontend's files: served without its handle too
     return router

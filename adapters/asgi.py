@@ -110,7 +110,7 @@ class PaymentMiddleware:
     def _view(self, scope: Scope, receive: Any) -> RequestView:  # what it resolves: noted
         seen = {**scope, "root_path": self._root} if self._root else scope
         router, gate = self._router, self.gate
-        resolve = None if router is None else recorded(scope, router.resolver(seen), gate)
+        resolve = None if router is None else recorded(scope, router.resolver(seen), gate, seen)
         return request_view(seen, receive, resolve)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:

@@ -594,3 +594,55 @@ def test_a_method_in_another_case_on_a_priced_route_is_the_routes_405(
         assert [status(m) for m in ("PUT", "get", "Get", "GET")] == [405, 405, 405, 402]
     assert not [r for r in caplog.records if "a layer between" in r.getMessage()]
     assert core.guarantees() == []
+
+
+@pytest.mark.parametrize("form", ["mounts", "included", "FourmicaX402", "http_middleware"])
+def test_a_payment_for_a_shared_route_under_a_cheap_prefix_does_not_buy_the_dear_one(
+    core: Core, form: str
+) -> None:
+    """One route under two prefixes (a Starlette ``Route`` in two mounts, a FastAPI router
+    included twice) is two endpoints, each at its own price. A $0.01 payment for /basic/report
+    rewritten to /pro/report ($1), or to /free/report: the router's check took the route
+    object for the endpoint the gate priced, so /pro ran on the /basic payment, kept. Now
+    only the endpoint that runs is checked: refused, the payment refunded; each prefix's own
+    payment (or none at /free) is served."""
+    runs: list[str] = []
+
+    async def report(request: Request) -> JSONResponse:
+        runs.append(request.url.path)
+        return JSONResponse({"ok": 1})
+
+    table = {"GET /basic/report": "$0.01", "GET /pro/report": "$1"}
+    layers = [Middleware(PaymentMiddleware, gate=_gate(core, table)), Middleware(Rewrite)]
+    prefixes = ("/basic", "/pro", "/free")
+    app: Any
+    if form == "mounts":
+        shared = [Route("/report", report)]
+        app = Starlette(routes=[Mount(p, routes=shared) for p in prefixes], middleware=layers)
+    else:
+        app, router = FastAPI(middleware=layers if form == "included" else None), APIRouter()
+        router.add_api_route("/report", report)
+        if form != "included":
+            app.add_middleware(Rewrite)  # added first: below the gate
+            config = PaymentConfig(pay_to=SELLER, core=core, network=NETWORK, routes=table)
+            if form == "FourmicaX402":
+                FourmicaX402(app, config=config)
+            else:
+                app.middleware("http")(http_middleware(config))
+        for prefix in prefixes:
+            app.include_router(router, prefix=prefix)
+    buyer = _funded(core)
+    with TestClient(app) as client:
+        for target in ("/pro/report", "/free/report"):
+            headers = paid_headers(client, buyer, client.get("/basic/report"))
+            moved = client.get("/basic/report", headers={**headers, "X-Rewrite-URL": target})
+            assert _refused(moved), moved.text
+        assert runs == []
+        assert all(g.state in ("voided", "cancelled") for g in core.guarantees())
+        for path in ("/basic/report", "/pro/report"):
+            served = client.get(path, headers=paid_headers(client, buyer, client.get(path)))
+            assert served.status_code == 200, served.text
+        assert client.get("/free/report").status_code == 200
+        rewritten = client.get("/free/report", headers={"X-Rewrite-URL": "/pro/report"})
+        assert _refused(rewritten)
+    assert runs == ["/basic/report", "/pro/report", "/free/report"]
