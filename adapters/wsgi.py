@@ -13,6 +13,7 @@ Bodies stream through, hashed on the way; ``start_response`` gets the result hea
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 from http.client import responses
 from typing import Any
 from urllib.parse import quote
@@ -116,7 +117,7 @@ class PaymentMiddleware:
             started = Gate.run_sync(meter.start(int(status[:3]), headers))
             if not isinstance(started, Response):
                 write = start_response(status, started, exc_info)
-                return lambda data: write(meter.feed(data))
+                return partial(_written, write, meter)
             if first:  # settle-after failed: its 402 goes out instead
                 answer(start_response, started)
             if exc_info:  # our 402 is already out: PEP 3333 says re-raise
@@ -129,7 +130,14 @@ class PaymentMiddleware:
                 size = int(length) if length.isascii() and length.isdigit() else None
                 environ["wsgi.input"] = meter.input(environ["wsgi.input"], size)
             body = self.app(environ, metered_start)
-        except BaseException as exc:
-            Gate.run_sync(meter.finish(exc))
-            raise  # the server renders it (500)
+        except BaseException as exc:  # after the whole body written: delivered (Meter.whole)
+            Gate.run_sync(meter.finish(None if meter.whole() else exc))
+            raise  # the server renders it (500), or closes a response already sent
         return meter.stream(body)
+
+
+def _written(write: Callable[[bytes], Any], meter: Meter, data: bytes) -> None:
+    """PEP 3333's ``write()``: the server took ``data`` once it returned (docs/protocol.md,
+    "Delivery")."""
+    write(meter.feed(data))
+    meter.out = meter.sent

@@ -803,6 +803,37 @@ def test_a_body_that_fails_after_its_last_declared_byte_is_delivered(core: Core)
     assert [g.state for g in core.guarantees(address=buyer.address)] == ["payable"]
 
 
+@pytest.mark.parametrize(("written", "sold"), [(b"0123456789", True), (b"01234", False)])
+def test_a_wsgi_app_that_fails_after_writing_its_whole_body_is_charged(
+    core: Core, written: bytes, sold: bool
+) -> None:
+    """A WSGI app writing its answer through ``start_response``'s ``write()`` (PEP 3333's
+    imperative form), then failing (closing an upstream connection): the server had taken
+    every declared byte, the client read the whole answer, and was refunded all the same. An
+    app that fails before its last declared byte is still refunded."""
+    from fourmica_x402.adapters.wsgi import PaymentMiddleware
+    from werkzeug.test import Client
+
+    def report(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        write = start_response("200 OK", [("Content-Length", "10")])
+        write(written)
+        raise RuntimeError("closing an upstream connection failed")
+
+    middleware = PaymentMiddleware(report, pay_to=SELLER, core=core, routes={"GET /r": "$0.01"})
+    client = Client(middleware)
+    buyer = funded(core)
+    headers = payment_for(client, buyer, "/r")
+    with pytest.raises(RuntimeError):  # the server logs it; the client has the whole body
+        client.get("/r", headers=headers)
+    middleware.gate.flush()
+    [record] = middleware.gate.records.query(payer=buyer.address)
+    assert (record.status, record.outcome) == (
+        ("delivered", "delivered") if sold else ("failed", "refunded")
+    )
+    [guarantee] = core.guarantees(address=buyer.address)
+    assert guarantee.state == ("payable" if sold else "voided")
+
+
 def test_a_body_closed_before_the_server_asked_past_its_last_chunk_is_refunded(
     core: Core,
 ) -> None:
