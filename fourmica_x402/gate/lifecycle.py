@@ -15,13 +15,13 @@ from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from typing import Any, TypeVar, overload
 
 from ..config import PaymentConfig
-from ..core.store.deferred import serving
+from ..core.store.deferred import commit_queued, serving, stopping
 from ..evidence.request import BodyHasher
 from ..routes import Endpoint, RouteConfig, RouteTable, validate_marker
 from ..templates import converters_in, spans
 from . import drive, guards
 from .flow import Gate
-from .types import Flow, Paid, Payment, Response, error_response, for_shared_caches
+from .types import Call, Flow, Paid, Payment, Response, error_response, for_shared_caches
 
 log = logging.getLogger("fourmica_x402.gate")
 T = TypeVar("T")
@@ -132,7 +132,8 @@ class Meter:
                 )
         finally:
             serving(-1)
-        return None
+        if stopping():  # committed before it returns, off the loop (docs/operations.md)
+            yield Call(commit_queued)
 
     @overload
     def stream(self, chunks: AsyncIterable[bytes]) -> AsyncBody: ...

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from . import Contention, Tx, retried
 
-__all__ = ["DEFAULT_WINDOW", "Deferred", "Job", "Task", "drain_all"]
+__all__ = ["DEFAULT_WINDOW", "Deferred", "Job", "Task", "commit_queued", "drain_all", "stopping"]
 
 log = logging.getLogger("fourmica_x402.core")
 
@@ -332,8 +332,17 @@ def serving(delta: int) -> None:
     with _SERVING_DONE:
         _SERVING[0] += delta
         _SERVING_DONE.notify_all()
-    if delta < 0 and _STOPPING[0]:
-        _commit_all(EXIT_DRAIN)
+
+
+def stopping() -> bool:
+    """A server's SIGTERM came: each paid response that ends commits the queue
+    (:func:`commit_queued`, a blocking call: off the event loop) before it returns."""
+    return _STOPPING[0]
+
+
+def commit_queued() -> None:
+    """Commit what this process queued (a paid response ended in a stopping process)."""
+    _commit_all(EXIT_DRAIN)
 
 
 def _flush_all() -> None:
