@@ -24,7 +24,7 @@ from click.core import ParameterSource
 from .._json import loads, loads_checked
 from ..config import DEFAULT_DB
 from ..errors import FourmicaError
-from ._args import METHOD, check_key
+from ._args import METHOD, check_key, safe_url
 from ._format import Seconds
 
 if TYPE_CHECKING:
@@ -177,7 +177,8 @@ def _receipt(receipt: Any, payer: str) -> dict[str, Any] | None:
         return None
     shown: dict[str, Any] = {}
     for name, value in receipt.to_dict().items():
-        shown[name] = value
+        # the URL as typed: its password or token is never printed (docs/operations.md)
+        shown[name] = safe_url(value) if name == "url" and isinstance(value, str) else value
         if name == "seller":
             shown["payer"] = payer
     return shown
@@ -378,8 +379,6 @@ def offers(url: str, as_json: bool, timeout: float) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
-
-    from .._urls import safe_url
 
     table = Table(title=f"offers ({escape(safe_url(url))})")
     for column in ("method", "resource", "price", "network", "pay to", "description"):

@@ -516,6 +516,10 @@ def test_a_url_s_password_or_token_is_never_printed(tmp_path: Path) -> None:
         shown = cli("offers", url.replace("http://", "http://u:s3cret@", 1))
         assert shown.exit_code == 0, shown.output
         assert "s3cret" not in shown.output and "u:***@" in shown.output
+        # pay's receipt named the URL paid as typed, on every paid call
+        for secret, userinfo in (("s3cret", "u:s3cret"), ("T0KEN", "T0KEN")):
+            out = paid(cli("pay", url.replace("http://", f"http://{userinfo}@", 1), "--key", KEY))
+            assert secret not in json.dumps(out) and "***@127.0.0.1" in out["receipt"]["url"]
 
 
 def test_a_seller_sending_a_byte_at_a_time_is_cut_off_at_the_timeout() -> None:
