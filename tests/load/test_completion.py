@@ -54,8 +54,10 @@ def seller(
     replay: bool = False,
     app: str = "completion_seller:app",
     workers: int = 1,
+    preload: bool = False,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A uvicorn seller process (``app``, in ``workers`` processes): yields its URL and process;
+    """A uvicorn seller process (``app``, in ``workers`` processes; ``preload``: uvicorn
+    workers of gunicorn, the app loaded before they fork): yields its URL and process;
     killed if the test left it running."""
     port = _free_port()
     env = dict(
@@ -71,6 +73,10 @@ def seller(
     args = [sys.executable, "-m", "uvicorn", app, "--app-dir", str(APPS)]
     args += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     args += ["--workers", str(workers)]
+    if preload:
+        args = [sys.executable, "-m", "gunicorn", app, "--chdir", str(APPS), "--preload"]
+        args += ["-k", "uvicorn.workers.UvicornWorker", "-b", f"127.0.0.1:{port}"]
+        args += ["-w", str(workers), "--log-level", "warning"]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -265,6 +271,29 @@ def test_workers_of_an_app_without_a_lifespan_commit_their_queue_when_stopped(db
         timeout=3600,
         app="completion_django_seller:application",
         workers=2,
+    ) as (url, proc):
+        gids = _pay(url, BUYER, PAID)
+        assert _state(db, gids)[1][-1] == ("settled", None)  # queued
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    states, records, locked = _state(db, gids)
+    assert records == [("delivered", "delivered")] * PAID
+    assert states == ["payable"] * PAID and locked == PAID * PRICE
+
+
+def test_preloaded_workers_commit_their_queue_when_stopped(db: Path) -> None:
+    """gunicorn --preload loads the app (its gate) in the master, before the uvicorn workers
+    fork and uvicorn installs its SIGTERM handler: the gate's step was never put before it,
+    so the workers of an app without a lifespan ended with their queue uncommitted."""
+    with seller(
+        db,
+        SELLER.address,
+        v2=True,
+        window=30.0,
+        timeout=3600,
+        app="completion_django_seller:application",
+        workers=2,
+        preload=True,
     ) as (url, proc):
         gids = _pay(url, BUYER, PAID)
         assert _state(db, gids)[1][-1] == ("settled", None)  # queued

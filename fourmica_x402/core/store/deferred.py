@@ -325,10 +325,14 @@ EXIT_DRAIN = 25.0
 #: Set by a SIGTERM a server handles (:func:`exit_gracefully_on_sigterm`): the process may end
 #: without an exit, so each paid response that ends commits the queue before it returns.
 _STOPPING = [False]
+#: A gate asked for the SIGTERM step (:func:`exit_gracefully_on_sigterm`).
+_SIGTERM_WANTED = [False]
 
 
 def serving(delta: int) -> None:
     """A paid response of this process starts (+1) or ended (-1): an exit waits for it."""
+    if delta > 0 and _SIGTERM_WANTED[0]:  # a gate loaded before the server set its handler
+        exit_gracefully_on_sigterm()  # (gunicorn --preload): the step goes before it now
     with _SERVING_DONE:
         _SERVING[0] += delta
         _SERVING_DONE.notify_all()
@@ -391,7 +395,8 @@ def exit_gracefully_on_sigterm() -> None:
     server stopped, without an exit, and an app without a lifespan (async Django) is told of
     no stop; so from the signal on the queue is written at once, and each paid response that
     ends commits it (docs/operations.md, "Stopping and crashes"). Only the main thread may set
-    a handler; elsewhere this does nothing."""
+    a handler; elsewhere this does nothing, until a paid response starts in the main thread."""
+    _SIGTERM_WANTED[0] = True
     if threading.current_thread() is not threading.main_thread():
         return
     with contextlib.suppress(ValueError, OSError, AttributeError):
