@@ -325,14 +325,17 @@ EXIT_DRAIN = 25.0
 #: Set by a SIGTERM a server handles (:func:`exit_gracefully_on_sigterm`): the process may end
 #: without an exit, so each paid response that ends commits the queue before it returns.
 _STOPPING = [False]
-#: A gate asked for the SIGTERM step (:func:`exit_gracefully_on_sigterm`).
+#: A gate asked for the SIGTERM step (:func:`exit_gracefully_on_sigterm`), and the process
+#: whose main thread put it in place (a server's handler is set before it serves).
 _SIGTERM_WANTED = [False]
+_SIGTERM_PID = [0]
 
 
 def serving(delta: int) -> None:
     """A paid response of this process starts (+1) or ended (-1): an exit waits for it."""
-    if delta > 0 and _SIGTERM_WANTED[0]:  # a gate loaded before the server set its handler
-        exit_gracefully_on_sigterm()  # (gunicorn --preload): the step goes before it now
+    if delta > 0 and _SIGTERM_WANTED[0] and _SIGTERM_PID[0] != os.getpid():
+        exit_gracefully_on_sigterm()  # a server set its handler after the gate was made
+        # (gunicorn --preload loads it in the master): the step goes before it now
     with _SERVING_DONE:
         _SERVING[0] += delta
         _SERVING_DONE.notify_all()
@@ -405,6 +408,7 @@ def exit_gracefully_on_sigterm() -> None:
             signal.signal(signal.SIGTERM, _exit_on_signal)
         elif callable(current) and not getattr(current, "_fx_own", False):
             signal.signal(signal.SIGTERM, _stopping_then(current))
+        _SIGTERM_PID[0] = os.getpid()
 
 
 def _exit_on_signal(signum: int, frame: Any) -> None:
