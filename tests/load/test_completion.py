@@ -259,10 +259,15 @@ def test_a_graceful_stop_commits_the_queued_completions(db: Path) -> None:
     assert states == ["payable"] * PAID and locked == PAID * PRICE
 
 
-def test_workers_of_an_app_without_a_lifespan_commit_their_queue_when_stopped(db: Path) -> None:
+@pytest.mark.parametrize("preload", [False, True], ids=["workers", "preloaded"])
+def test_workers_of_an_app_without_a_lifespan_commit_their_queue_when_stopped(
+    db: Path, preload: bool
+) -> None:
     """Async Django has no ASGI lifespan, and a uvicorn worker stopped by SIGTERM ends with
     the signal's default action (no interpreter exit): the delivered payments still queued in
-    the workers were left "settled, delivery unknown", and a G-v2 one was cancelled."""
+    the workers were left "settled, delivery unknown", and a G-v2 one was cancelled. With
+    gunicorn --preload the app (its gate) is loaded in the master, before the workers fork and
+    uvicorn installs its handler: the gate's step was not put before it there either."""
     with seller(
         db,
         SELLER.address,
@@ -271,29 +276,7 @@ def test_workers_of_an_app_without_a_lifespan_commit_their_queue_when_stopped(db
         timeout=3600,
         app="completion_django_seller:application",
         workers=2,
-    ) as (url, proc):
-        gids = _pay(url, BUYER, PAID)
-        assert _state(db, gids)[1][-1] == ("settled", None)  # queued
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    states, records, locked = _state(db, gids)
-    assert records == [("delivered", "delivered")] * PAID
-    assert states == ["payable"] * PAID and locked == PAID * PRICE
-
-
-def test_preloaded_workers_commit_their_queue_when_stopped(db: Path) -> None:
-    """gunicorn --preload loads the app (its gate) in the master, before the uvicorn workers
-    fork and uvicorn installs its SIGTERM handler: the gate's step was never put before it,
-    so the workers of an app without a lifespan ended with their queue uncommitted."""
-    with seller(
-        db,
-        SELLER.address,
-        v2=True,
-        window=30.0,
-        timeout=3600,
-        app="completion_django_seller:application",
-        workers=2,
-        preload=True,
+        preload=preload,
     ) as (url, proc):
         gids = _pay(url, BUYER, PAID)
         assert _state(db, gids)[1][-1] == ("settled", None)  # queued
