@@ -98,21 +98,28 @@ class StarletteRouter:
 
     def _low_priority(self, scope: Scope) -> Endpoint | None:
         """A FastAPI ``frontend()`` route (an included router's too), tried as FastAPI does:
-        after a 405 (a partial match) and a trailing-slash redirect."""
+        after a 405 (a partial match) and a trailing-slash redirect; then the router's own
+        ``default``, priced like a mounted router's (a key naming everything)."""
         find, routes = getattr(self.router, "_match_low_priority", None), self.router.routes
-        if find is None or any(r.matches(scope)[0] is not self._none for r in routes):
+        if any(r.matches(scope)[0] is not self._none for r in routes):
             return None
         path = scope.get("path", "")
         if getattr(self.router, "redirect_slashes", False) and path != "/":  # as Router.app
             other = {**scope, "path": path.rstrip("/") if path.endswith("/") else path + "/"}
             if any(r.matches(other)[0] is not self._none for r in routes):
                 return None
-        match, _, group, context = find(dict(scope))
+        match, _, group, context = find(dict(scope)) if find else (self._none, 0, 0, 0)
         inner, prefix = getattr(group, "_match", None), getattr(context, "frontend_prefix", "")
         if match is not self._full or inner is None or not isinstance(prefix, str):
-            return None
+            return self._own_default()
         front = inner(dict(scope), prefix=prefix)[2]  # an included router's: under its prefix
         return None if front is None else self.endpoint(front, tree(front, prefix), None)
+
+    def _own_default(self) -> Endpoint | None:
+        default = getattr(self.router, "default", None)
+        if default is None or getattr(default, "__func__", None) is self._nf:
+            return None  # Router.not_found: a 404, never priced
+        return self.endpoint(self.router, "/{path:path}")
 
     def _fallback(self, mount: Any, prefix: str) -> Endpoint | None:
         """A mounted app that serves more than its routes (a FastAPI app's frontends, a

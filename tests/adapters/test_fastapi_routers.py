@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from fastapi import APIRouter, FastAPI, Request
+from fourmica_x402.adapters.asgi import PaymentMiddleware
 from fourmica_x402.adapters.fastapi import FourmicaX402, Paid
 from starlette.testclient import TestClient
 
@@ -627,6 +628,49 @@ def test_what_a_mounted_app_serves_beyond_its_routes_is_priced_by_the_mounts_key
         assert (paid.status_code, paid.text) == (200, "paid viewer")
         assert client.get("/open/nothing").status_code == 404  # nothing served: not priced
     assert len(core.guarantees()) == 1
+
+
+@pytest.mark.parametrize("kind", ["starlette", "fastapi"])
+def test_the_apps_own_router_default_is_priced_by_a_key_naming_everything(
+    core: Core, kind: str
+) -> None:
+    """A ``default`` of the app's own router (a catch-all proxy, a page renderer) answering
+    200 was passed on free under ``"GET /*"``, while the same handler as a mounted router's
+    default was priced by the mount's key: the resolver looked for a router's own default
+    under mounts only. A path a route 405s or redirects is still the route's, never priced."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    served: list[str] = []
+
+    async def proxy(scope: Any, receive: Any, send: Any) -> None:
+        served.append(scope["path"])
+        await PlainTextResponse("proxied work")(scope, receive, send)
+
+    async def form(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("form")
+
+    routes = {"GET /*": "$0.05"}
+    own = [Route("/form/", form, methods=["POST"]), Route("/status", form)]
+    if kind == "fastapi":
+        app: Any = FastAPI()
+        app.router.routes.extend(own)
+        FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK, routes=routes)
+    else:
+        app = Starlette(routes=own)
+        app.add_middleware(
+            PaymentMiddleware, pay_to=SELLER, core=core, network=NETWORK, routes=routes
+        )
+    app.router.default = proxy
+    with TestClient(app) as client:
+        amount, header = pay(core, client, "/upstream/report")
+        assert amount == 50_000 and served == []
+        paid = client.get("/upstream/report", headers=header)
+        assert (paid.status_code, paid.text) == (200, "proxied work")
+        assert client.get("/form/").status_code == 405  # the route's: never priced
+        assert client.get("/form", follow_redirects=False).status_code == 307
+    assert served == ["/upstream/report"] and len(core.guarantees()) == 1
 
 
 def test_an_included_routers_frontend_is_priced_like_the_apps_own(
