@@ -26,10 +26,11 @@ class StarletteRouter:
     def __init__(self, router: Any, marker: Callable[[Any], Marker | None]) -> None:
         from starlette.convertors import CONVERTOR_TYPES
         from starlette.exceptions import HTTPException
-        from starlette.routing import Host, Match, Mount, Router, WebSocketRoute
+        from starlette.routing import Host, Match, Mount, Router, WebSocketRoute, get_route_path
 
         self.router, self._nested, self._http_error = router, (Mount, Host), HTTPException
         self._full, self._none, self._nf = Match.FULL, Match.NONE, Router.not_found
+        self._route_path = get_route_path  # the path a router routes by, below its root_path
         self.endpoint = Endpoints(
             lambda route: (marker(route), getattr(route, "methods", None)),
             lambda route: isinstance(route, WebSocketRoute),
@@ -81,7 +82,8 @@ class StarletteRouter:
             else:  # 404, 405 or a redirect: the router will not serve it; or a frontend
                 if mount is None:
                     return self._low_priority(scope)
-                return self._fallback(mount, prefix)
+                router = getattr(mount.app, "router", mount.app)
+                return None if self._elsewhere(router, scope) else self._beyond(mount, prefix)
             path, source = getattr(route, "path", ""), None
             while included(route):  # the route it stands for, as its _match picks it
                 match, child, inner, context = route._match(scope)
@@ -96,40 +98,38 @@ class StarletteRouter:
                 prefix += "/{path:path}"
             return self.endpoint(route, prefix, source)
 
+    def _elsewhere(self, router: Any, scope: Scope) -> bool:
+        """Whether ``router`` answers ``scope`` with a route's 405 or a slash redirect."""
+        routes, path = getattr(router, "routes", None) or (), scope.get("path", "")
+        if any(r.matches(scope)[0] is not self._none for r in routes):
+            return True
+        if not getattr(router, "redirect_slashes", False) or self._route_path(scope) == "/":
+            return False
+        other = {**scope, "path": path.rstrip("/") if path.endswith("/") else path + "/"}
+        return any(r.matches(other)[0] is not self._none for r in routes)
+
     def _low_priority(self, scope: Scope) -> Endpoint | None:
         """A FastAPI ``frontend()`` route (an included router's too), tried as FastAPI does:
-        after a 405 (a partial match) and a trailing-slash redirect; then the router's own
-        ``default``, priced like a mounted router's (a key naming everything)."""
-        find, routes = getattr(self.router, "_match_low_priority", None), self.router.routes
-        if any(r.matches(scope)[0] is not self._none for r in routes):
+        after a 405 and a trailing-slash redirect; then the router's own ``default``."""
+        find = getattr(self.router, "_match_low_priority", None)
+        if self._elsewhere(self.router, scope):
             return None
-        path = scope.get("path", "")
-        if getattr(self.router, "redirect_slashes", False) and path != "/":  # as Router.app
-            other = {**scope, "path": path.rstrip("/") if path.endswith("/") else path + "/"}
-            if any(r.matches(other)[0] is not self._none for r in routes):
-                return None
         match, _, group, context = find(dict(scope)) if find else (self._none, 0, 0, 0)
         inner, prefix = getattr(group, "_match", None), getattr(context, "frontend_prefix", "")
         if match is not self._full or inner is None or not isinstance(prefix, str):
-            return self._own_default()
+            return self._beyond(None, "")
         front = inner(dict(scope), prefix=prefix)[2]  # an included router's: under its prefix
         return None if front is None else self.endpoint(front, tree(front, prefix), None)
 
-    def _own_default(self) -> Endpoint | None:
-        default = getattr(self.router, "default", None)
-        if default is None or getattr(default, "__func__", None) is self._nf:
-            return None  # Router.not_found: a 404, never priced
-        return self.endpoint(self.router, "/{path:path}")
-
-    def _fallback(self, mount: Any, prefix: str) -> Endpoint | None:
-        """A mounted app that serves more than its routes (a FastAPI app's frontends, a
-        router's own ``default``): what its routes do not match is the mount's, priced by a
-        key naming everything under it (never passed on unpriced)."""
-        router = getattr(mount.app, "router", mount.app)
+    def _beyond(self, mount: Any, prefix: str) -> Endpoint | None:
+        """What a router serves beyond its routes (a mounted FastAPI app's frontends, its own
+        ``default``): under a mount, the mount's, priced by a key naming everything under it;
+        the app's own router's, by one naming everything (never passed on unpriced)."""
+        router = self.router if mount is None else getattr(mount.app, "router", mount.app)
         default = getattr(router, "default", None)
         own = default is not None and getattr(default, "__func__", None) is not self._nf
-        if own or any(frontends(router)):
-            return self.endpoint(mount, prefix + "/{path:path}")
+        if own or (mount is not None and any(frontends(router))):
+            return self.endpoint(mount or self.router, prefix + "/{path:path}")
         return None
 
     def resolver(self, scope: Scope) -> Callable[[], Endpoint | None]:

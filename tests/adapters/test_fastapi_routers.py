@@ -673,6 +673,39 @@ def test_the_apps_own_router_default_is_priced_by_a_key_naming_everything(
     assert served == ["/upstream/report"] and len(core.guarantees()) == 1
 
 
+def test_a_path_a_mounted_router_405s_or_redirects_is_not_its_defaults(
+    core: Core, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under a mounted router with a ``default``, a path one of its routes answers 405 (or
+    the router redirects, its slash added) was challenged as the mount's: a buyer paid, the
+    router ran the route's 405 and the dispatch check answered 503 ``payment_not_enforced``
+    instead, logging a layer that was not there. The router answers those before its
+    default, so the gate does too: a 405 or a redirect is never challenged."""
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route, Router
+
+    async def fallback(scope: Any, receive: Any, send: Any) -> None:
+        await PlainTextResponse("paid fallback")(scope, receive, send)
+
+    async def form(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("free")
+
+    app = FastAPI()
+    FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK, routes={"GET /more/*": "$0.05"})
+    own = [Route("/submit", form, methods=["POST"]), Route("/list/", form)]
+    app.mount("/more", Router(routes=own, default=fallback))
+    with caplog.at_level("ERROR", logger="fourmica_x402"), TestClient(app) as client:
+        refused = client.get("/more/submit")
+        assert (refused.status_code, refused.headers.get("allow")) == (405, "POST")
+        moved = client.get("/more/list", follow_redirects=False)
+        assert (moved.status_code, moved.headers["location"]) == (
+            307,
+            "http://testserver/more/list/",
+        )
+        assert pay(core, client, "/more/q3")[0] == 50_000  # the default's: the mount's price
+    assert not [r for r in caplog.records if "a layer between" in r.getMessage()]
+
+
 def test_an_included_routers_frontend_is_priced_like_the_apps_own(
     core: Core, tmp_path: Any
 ) -> None:
