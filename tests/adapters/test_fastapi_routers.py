@@ -668,6 +668,7 @@ def test_the_apps_own_router_default_is_priced_by_a_key_naming_everything(
         assert amount == 50_000 and served == []
         paid = client.get("/upstream/report", headers=header)
         assert (paid.status_code, paid.text) == (200, "proxied work")
+        assert client.post("/upstream/report").status_code == 405  # it serves every method
         assert client.get("/form/").status_code == 405  # the route's: never priced
         assert client.get("/form", follow_redirects=False).status_code == 307
     assert served == ["/upstream/report"] and len(core.guarantees()) == 1
