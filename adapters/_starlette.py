@@ -14,6 +14,7 @@ from fourmica_x402.gate import Endpoint, Gate, RouterFailed
 from fourmica_x402.gate.lifecycle import Endpoints, Marker
 
 from ._fastapi_routes import effective, frontends, included, tree
+from ._served import served
 
 __all__ = ["StarletteRouter"]
 
@@ -32,7 +33,7 @@ class StarletteRouter:
         self._full, self._none, self._nf = Match.FULL, Match.NONE, Router.not_found
         self._route_path = get_route_path  # the path a router routes by, below its root_path
         self.endpoint = Endpoints(
-            lambda route: (marker(route), getattr(route, "methods", None)),
+            lambda route: (marker(route), served(route)),
             lambda route: isinstance(route, WebSocketRoute),
             CONVERTOR_TYPES.get,
         )
@@ -123,8 +124,7 @@ class StarletteRouter:
 
     def _beyond(self, mount: Any, prefix: str) -> Endpoint | None:
         """What a router serves beyond its routes (a mounted FastAPI app's frontends, its own
-        ``default``): under a mount, the mount's, priced by a key naming everything under it;
-        the app's own router's, by one naming everything (never passed on unpriced)."""
+        ``default``): the mount's, or the app's, priced by a key naming everything under it."""
         router = self.router if mount is None else getattr(mount.app, "router", mount.app)
         default = getattr(router, "default", None)
         own = default is not None and getattr(default, "__func__", None) is not self._nf

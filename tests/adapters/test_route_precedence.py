@@ -392,3 +392,40 @@ def test_a_view_serving_any_method_keeps_no_pricing_for_made_up_methods() -> Non
         assert route is not None and route.key == "* /any"  # still priced
     assert table.for_endpoint("GET", endpoint) is not None
     assert len(endpoint._priced) <= 2  # GET (and the table's "?" listing), nothing else
+
+
+def test_a_starlette_endpoint_class_serves_the_methods_it_has_handlers_for(core: Core) -> None:
+    """An ``HTTPEndpoint`` class with a free ``get`` (the form) and a priced ``post`` (the
+    work): Starlette lists no methods for such a route, so the gate took it for a view serving
+    every method and answered the free GET (and HEAD) 405 itself, its ``Allow`` naming POST
+    only. It serves the methods it has handlers for, as Django's class-based views do."""
+    from starlette.endpoints import HTTPEndpoint
+    from starlette.responses import PlainTextResponse
+
+    ran: list[str] = []
+
+    class Convert(HTTPEndpoint):
+        async def get(self, request: Any) -> PlainTextResponse:
+            ran.append("get")
+            return PlainTextResponse("the form")
+
+        async def post(self, request: Any) -> PlainTextResponse:
+            ran.append("post")
+            return PlainTextResponse("converted")
+
+    app = Starlette(routes=[Route("/convert", Convert)])
+    options: dict[str, Any] = {"pay_to": SELLER, "core": core, "network": NETWORK}
+    app.add_middleware(PaymentMiddleware, routes={"POST /convert": "$0.02"}, **options)
+    with TestClient(app) as client:
+        page = client.get("/convert")
+        assert (page.status_code, page.text) == (200, "the form")
+        assert client.head("/convert").status_code == 200
+        assert client.delete("/convert").headers.get("allow") == "GET, HEAD, POST"  # its own
+        challenge = client.post("/convert")
+        assert _amount(challenge) == 20_000 and ran == ["get", "get"]
+        buyer = TestBuyer.new()
+        core.deposit(buyer.address, 10**7, network=NETWORK)
+        name, value = buyer.pay_challenge(core, challenge.headers["payment-required"])
+        paid = client.post("/convert", headers={name: value})
+        assert (paid.status_code, paid.text) == (200, "converted")
+    assert ran == ["get", "get", "post"] and len(core.guarantees()) == 1
