@@ -8,14 +8,13 @@ from typing import Any
 
 __all__ = ["served"]
 
-#: The methods ``HTTPEndpoint.dispatch`` serves when the class has a handler for them.
-VERBS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "QUERY")
-
 
 def served(route: Any) -> Any:
     """``route.methods``; for an ``HTTPEndpoint`` class its handlers' methods (HEAD with
-    GET), as Starlette dispatches them; None (any method) for one with a ``dispatch()`` of
-    its own, which may answer anything, like a view serving every method."""
+    GET), as Starlette dispatches them: any method to the handler named like it, so every
+    public callable of the class counts (``purge`` serves PURGE); None (any method) for one
+    with a ``dispatch()`` of its own, which may answer anything, like a view serving every
+    method."""
     methods, endpoint = getattr(route, "methods", None), getattr(route, "endpoint", None)
     if methods or not isinstance(endpoint, type):
         return methods
@@ -23,5 +22,10 @@ def served(route: Any) -> Any:
 
     if not issubclass(endpoint, HTTPEndpoint) or endpoint.dispatch is not HTTPEndpoint.dispatch:
         return methods
-    has = {m for m in VERBS if getattr(endpoint, m.lower(), None) is not None}
+    base = set(dir(HTTPEndpoint))
+    has = {
+        name.upper()
+        for name in dir(endpoint)
+        if name not in base and not name.startswith("_") and callable(getattr(endpoint, name))
+    }
     return (has | ({"HEAD"} if "GET" in has else set())) or methods
