@@ -23,6 +23,7 @@ from fourmica_x402.wire import (
     PaymentPayloadV1,
     PaymentRequirements,
     PaymentRequirementsV1,
+    decode_payment_header,
 )
 
 from .base import Call, Reply, Result, tab_limited
@@ -36,17 +37,24 @@ log = logging.getLogger("fourmica_x402.service")
 
 
 def payment_args(body: Any) -> tuple[PaymentPayload | PaymentPayloadV1, PaymentRequirements]:
-    """The payload and requirements of a ``/verify`` or ``/settle`` body (x402 v1 or v2)."""
+    """The payload and requirements of a ``/verify`` or ``/settle`` body (x402 v1 or v2). The
+    payload is ``paymentPayload`` or, as sdk-4mica's ``X402Flow`` sends it, ``paymentHeader``:
+    the buyer's header value as it came (docs/protocol.md, "Endpoints")."""
     if not isinstance(body, dict):
         raise MalformedPayment("body must be a JSON object")
     try:
-        raw_payload, raw_req = body["paymentPayload"], body["paymentRequirements"]
-        version = (
-            raw_payload.get("x402Version", body.get("x402Version", 1))
-            if isinstance(raw_payload, dict)
-            else 0
-        )
-        payload = (PaymentPayload if version == 2 else PaymentPayloadV1).model_validate(raw_payload)
+        raw_req = body["paymentRequirements"]
+        if "paymentPayload" not in body and "paymentHeader" in body:
+            payload = decode_payment_header(body["paymentHeader"])
+        else:
+            raw_payload = body["paymentPayload"]
+            version = (
+                raw_payload.get("x402Version", body.get("x402Version", 1))
+                if isinstance(raw_payload, dict)
+                else 0
+            )
+            model = PaymentPayload if version == 2 else PaymentPayloadV1
+            payload = model.model_validate(raw_payload)
         requirements = (
             PaymentRequirements.model_validate(raw_req)
             if isinstance(raw_req, dict) and "amount" in raw_req

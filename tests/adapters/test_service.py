@@ -50,7 +50,12 @@ from fourmica_x402.testing import (
     payment_header,
     test_policy,
 )
-from fourmica_x402.wire import PaymentPayload, PaymentRequirements, decode_payment_required
+from fourmica_x402.wire import (
+    PaymentPayload,
+    PaymentRequirements,
+    ResourceInfo,
+    decode_payment_required,
+)
 
 SELLER = TestBuyer.from_key(
     "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
@@ -405,6 +410,36 @@ def test_an_official_sellers_numbers_as_strings_verify_and_settle(
         answer = client.post("/settle", json=refused, headers=KEY).json()
         assert answer["success"] is False and answer["error"] == "malformed_payment"
     assert core.position(buyer.address, network=NETWORK).locked == 10_000  # the one settled
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_payment_sent_as_its_header_value_verifies_and_settles(
+    client: TestClient, core: Core, version: int
+) -> None:
+    """sdk-4mica's ``X402Flow.settle_payment`` (and the /verify its README shows) sends the
+    buyer's header value as it came, in ``paymentHeader``: it was a ``malformed_payment``, so a
+    seller on the official SDK could never be paid through this service."""
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 100_000, network=NETWORK)
+    req = requirements()
+    tab = client.post(
+        "/tabs",
+        json={"userAddress": buyer.address, "recipientAddress": SELLER, "guaranteeVersion": 1},
+    ).json()
+    resource = ResourceInfo(url="http://seller.test/premium")
+    _, header = payment_header(buyer, req, tab, version=version, resource=resource)
+    wire_req = req.to_dict() if version == 2 else req.to_v1(resource).to_dict()
+    body = {"x402Version": version, "paymentHeader": header, "paymentRequirements": wire_req}
+    verdict = client.post("/verify", json=body).json()
+    assert verdict == {"isValid": True, "invalidReason": None, "payer": buyer.address}
+    settled = client.post("/settle", json=body, headers=KEY).json()
+    assert settled["success"] is True and settled["payer"] == buyer.address, settled
+    again = client.post("/settle", json=body, headers=KEY).json()
+    assert again["success"] is False and again["error"] == "replayed_request_id"
+    for bad in (5, "", "not base64!", base64.b64encode(b"[1]").decode()):
+        refused = client.post("/settle", json={**body, "paymentHeader": bad}, headers=KEY)
+        assert refused.status_code == 200 and _reason(refused) == "malformed_payment"
+    assert core.position(buyer.address, network=NETWORK).locked == 10_000  # settled once
 
 
 def _free_port() -> int:

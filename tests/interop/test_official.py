@@ -48,6 +48,7 @@ from fourmica_x402.wire import (
     PaymentPayload,
     PaymentPayloadV1,
     PaymentRequirements,
+    ResourceInfo,
     decode_payment_header,
     encode_header,
 )
@@ -574,6 +575,51 @@ def test_the_official_client_reads_our_settle_refusals_reason(
     first, replay = result["settles"]
     assert first["success"] is True and first["error_reason"] is None, result
     assert replay == {"success": False, "error_reason": "replayed_request_id", "transaction": ""}
+
+
+def test_the_official_sdks_settle_helper_is_served_by_our_service(
+    official_python: Path, tmp_path: Path
+) -> None:
+    """sdk-4mica's resource-server helper, ``X402Flow.settle_payment``, posts the buyer's
+    ``X-PAYMENT`` value as it came, in ``paymentHeader`` (the SDK's README says to settle so).
+    Our service read only ``paymentPayload``: every payment it settled was refused
+    ``malformed_payment``, so a seller on the official SDK could never be paid through it."""
+    port = free_port()
+    service = f"http://127.0.0.1:{port}"
+    db = f"sqlite:///{tmp_path / 'service.db'}"
+    serve = [sys.executable, "-m", "fourmica_x402", "serve", "--db", db]
+    serve += ["--port", str(port), "--sandbox"]
+    buyer, (_, seller) = TestBuyer.new(), new_key()
+    with serving("fourmica-x402 serve", serve, f"{service}/health", tmp_path / "service.log"):
+        funded = httpx.post(
+            f"{service}/sandbox/deposit", json={"address": buyer.address, "amount": "$1"}
+        )
+        assert funded.status_code == 200, funded.text
+        tab = httpx.post(
+            f"{service}/tabs",
+            json={"userAddress": buyer.address, "recipientAddress": seller, "guaranteeVersion": 1},
+        ).json()
+        req = PaymentRequirements(
+            scheme="4mica-credit",
+            network=NETWORK,
+            asset=default_asset(NETWORK).address,
+            amount="10000",
+            pay_to=seller,
+        )
+        resource = ResourceInfo(url="http://seller.test/premium")
+        name, header = payment_header(buyer, req, tab, version=1, resource=resource)
+        assert name == "X-PAYMENT"
+        body = {"header": header, "requirements": req.to_v1(resource).to_dict()}
+        result = run_official(
+            official_python, "official_sdk_settle.py", service, stdin=json.dumps(body)
+        )
+        positions = httpx.get(f"{service}/api/positions", timeout=10).json()
+    first, replay = result["settles"]
+    assert first["success"] is True and first["payer"] == buyer.address, result
+    assert first["certificate"]["signature"], first
+    assert replay["success"] is False and replay["error"] == "replayed_request_id", replay
+    locked = {p["address"]: p["locked"] for p in positions}
+    assert locked[buyer.address] == 10_000  # one payment, taken once
 
 
 # -- c. the official payment header, byte for byte -------------------------------------------
