@@ -174,10 +174,16 @@ def _certificate(value: object) -> dict[str, str] | None:
 
 
 def verdict(data: Any) -> VerifyResponse:
+    """The verify answer; a refusal's reason, as a settle's, reaches the buyer only as a
+    snake_case code (docs/operations.md, "A remote facilitator"), else ``settle_failed``."""
     try:
-        return VerifyResponse.model_validate(data, strict=True)  # "yes" is not true
+        answer = VerifyResponse.model_validate(data, strict=True)  # "yes" is not true
     except ValueError:  # pydantic's ValidationError is one
         raise Unavailable("facilitator verify answer is not a verdict") from None
+    if answer.is_valid:
+        return answer
+    said = reason_code(answer.invalid_reason, "settle_failed")
+    return answer.model_copy(update={"invalid_reason": said})
 
 
 def _seconds(value: Any) -> int:

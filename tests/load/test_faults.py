@@ -1094,6 +1094,39 @@ def test_a_facilitators_refusal_reaches_the_buyer_as_a_stable_code(
     assert len(refused.headers["payment-required"]) < 8192
 
 
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        ({"isValid": False, "invalidReason": "insufficient_collateral"}, "insufficient_collateral"),
+        ({"isValid": False, "invalidReason": "bad\r\nSet-Cookie: pwned=1"}, "settle_failed"),
+        ({"isValid": False, "invalidReason": "y" * 500_000}, "settle_failed"),
+        ({"isValid": False, "invalidReason": "Invalid recipient address"}, "settle_failed"),
+        ({"isValid": False}, "settle_failed"),
+    ],
+    ids=["code", "crlf", "huge", "prose", "none"],
+)
+def test_a_facilitators_verify_refusal_reaches_the_buyer_as_a_stable_code(
+    tmp_path: Path, answer: dict[str, Any], reason: str
+) -> None:
+    """Settle-after mode asks /verify first: its refusal's reason is the 402's ``error`` as a
+    settle's is, a stable code (the facilitator's prose went through as it came, a 500 KB
+    string as a 700 KB header included)."""
+
+    mock = httpx.MockTransport(lambda request: httpx.Response(200, json=answer))
+    facilitator = HttpFacilitator("http://f.test", transport=mock, async_transport=mock)
+    runs = Counter()
+    config = remote_config(facilitator, tmp_path / "records.db", settle="after")
+    with TestClient(seller_app(config, runs)) as seller:
+        name, value = payment_header(
+            TestBuyer.new(), offer(seller), {"tabId": "0x1", "nextReqId": "0x0"}
+        )
+        refused = seller.get("/premium", headers={name: value})
+    assert refused.status_code == 402 and runs.n == 0
+    assert refused.json()["error"] == reason
+    assert decode_payment_required(refused.headers["payment-required"]).error == reason
+    assert len(refused.headers["payment-response"]) < 8192
+
+
 # -- 3. the embedded Core's database is read-only or full ---------------------------------------
 
 
