@@ -249,6 +249,8 @@ class RouteTable:
         of it staying until reset (docs/operations.md, "Repricing"). ``replace=False``: such
         a key is refused (a table naming one route twice)."""
         route = self.build(key, self._config(key, value))
+        if not re.fullmatch(r"\*|[A-Z][A-Z0-9_-]*", route.method):  # "GET,POST" fits nothing
+            raise ConfigurationError(f"route {key!r}: one method per entry, or '*' for every one")
         at = next((i for i, entry in enumerate(self.routes) if entry.key == route.key), None)
         if at is not None and not replace:
             raise ConfigurationError(f"route {key!r} is priced already (as {route.key!r})")
@@ -258,9 +260,8 @@ class RouteTable:
 
             route = self.build(route.key, at_price(route.config, self.overrides[route.key]))
         routes = [*self.routes, route] if at is None else [*self.routes]
-        if at is not None:
-            routes[at] = route
-        self.set_routes(routes)  # new lists: readers may hold the old ones
+        routes[-1 if at is None else at] = route  # new lists: readers may hold the old ones
+        self.set_routes(routes)
         self.version += 1
         return route
 

@@ -456,3 +456,18 @@ def test_an_endpoint_class_handler_for_an_unlisted_method_is_priced_too(core: Co
         assert _amount(client.request("PURGE", "/cache")) == 20_000
         assert _amount(client.get("/cache")) == 20_000
     assert ran == []
+
+
+@pytest.mark.parametrize("key", ["GET,POST /report", "GET|POST /report", "get,post /report"])
+def test_an_entry_listing_several_methods_fails_at_start_up(core: Core, key: str) -> None:
+    """A key naming several methods (as a marker's key is listed: ``GET,POST /report``) was
+    taken as one made-up method that no request has: the route it meant to sell was free on a
+    router-less app, and a Starlette mount answered every method 405. A start-up error now."""
+    from fourmica_x402.errors import ConfigurationError
+
+    app = PaymentMiddleware(_bare, pay_to=SELLER, core=core, routes={key: "$0.01"})
+    with pytest.raises(ConfigurationError, match="one method per entry"), TestClient(app):
+        pass  # the ASGI lifespan: the app does not start
+    app = PaymentMiddleware(_bare, pay_to=SELLER, core=core, routes={"* /report": "$0.01"})
+    with TestClient(app) as client:  # what to write instead: every method priced
+        assert _amount(client.get("/report")) == _amount(client.post("/report")) == 10_000
