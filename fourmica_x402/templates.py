@@ -156,6 +156,8 @@ def compile_template(pattern: str) -> re.Pattern[str]:
     body, prefix_too = canonical_template(pattern), False
     if body.endswith("/*"):
         body, prefix_too = body[:-2], True
+    elif len(body) > 1:  # with or without its trailing slash, as the route's
+        body = body.removesuffix("/")
     regex = ".*".join(re.escape(part) for part in body.split("*"))
     if prefix_too:
         regex += "(?:/.*)?"
@@ -168,7 +170,8 @@ def path_matcher(pattern: str) -> re.Pattern[str]:
     too): whether the entry *may* price a path the router could not resolve."""
     body = canonical_template(pattern)
     prefix_too = body.endswith("/*")
-    parts = re.split(r"(\{\}|\*)", body[:-2] if prefix_too else body)
+    body = body[:-2] if prefix_too else body[:1] + body[1:].removesuffix("/")
+    parts = re.split(r"(\{\}|\*)", body)
     regex = "".join(".*" if p in ("{}", "*") else re.escape(p) for p in parts)
     return re.compile(regex + ("(?:/.*)?" if prefix_too else "") + r"/?\Z", re.I | re.DOTALL)
 
@@ -182,6 +185,8 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
     body, prefix_too = canonical_template(pattern), False
     if body.endswith("/*"):
         body, prefix_too = body[:-2], True
+    elif len(body) > 1:  # "/report/" prices "/report" too, as "/report" prices "/report/"
+        body = body.removesuffix("/")
     parts = re.split(r"(\{\}|\*)", body)
     regex = "".join({"{}": "[^/]+", "*": ".*"}.get(p) or re.escape(p) for p in parts)
     if prefix_too:

@@ -471,3 +471,26 @@ def test_an_entry_listing_several_methods_fails_at_start_up(core: Core, key: str
     app = PaymentMiddleware(_bare, pay_to=SELLER, core=core, routes={"* /report": "$0.01"})
     with TestClient(app) as client:  # what to write instead: every method priced
         assert _amount(client.get("/report")) == _amount(client.post("/report")) == 10_000
+
+
+def test_an_entry_written_with_a_trailing_slash_prices_the_path_without_it(core: Core) -> None:
+    """``"GET /report/"`` priced ``/report/`` only: a router-less app serving ``/report`` too
+    ran it free, and a Starlette route ``/report`` failed at start-up as named by no entry.
+    An entry matches with or without its trailing slash, either way round
+    (docs/architecture.md, "Case and trailing slash")."""
+
+    async def report(request: Any) -> JSONResponse:
+        return JSONResponse({"report": True})
+
+    options = {"pay_to": SELLER, "core": core, "network": NETWORK}
+    table = {"GET /report/": "$1.00", "GET /items/:id/": "$0.50"}
+    routed = Starlette(
+        routes=[Route("/report", report), Route("/items/{id}", report)],
+        middleware=[Middleware(PaymentMiddleware, routes=table, **options)],
+    )
+    bare = PaymentMiddleware(_bare, routes=table, **options)
+    for app, paths in ((bare, ("/report", "/report/", "/REPORT")), (routed, ("/report",))):
+        with TestClient(app) as client:
+            for path in paths:
+                assert _amount(client.get(path)) == 1_000_000, (app, path)
+            assert _amount(client.get("/items/7")) == 500_000
