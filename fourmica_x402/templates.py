@@ -197,9 +197,10 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
 def specificity(method: str, pattern: str) -> tuple[int, int, int, bool]:
     """Sorts table entries most specific first: more literal text (``/api/:v/premium/*`` before
     ``/api/*``), then fewer wildcards, then fewer parameters, then a named method before ``*``.
-    Python's sort is stable: what ties keeps the table's order."""
+    The ``/`` of a trailing ``/*`` is the wildcard's (it matches the bare prefix too): ``/files``
+    before ``/files/*``. Python's sort is stable: what ties keeps the table's order."""
     shape = canonical_template(pattern)
-    literal = len(shape.replace("{}", "").replace("*", ""))
+    literal = len(shape.removesuffix("/*").replace("{}", "").replace("*", ""))
     return -literal, shape.count("*"), shape.count("{}"), method == "*"
 
 

@@ -494,3 +494,25 @@ def test_an_entry_written_with_a_trailing_slash_prices_the_path_without_it(core:
             for path in paths:
                 assert _amount(client.get(path)) == 1_000_000, (app, path)
             assert _amount(client.get("/items/7")) == 500_000
+
+
+@pytest.mark.parametrize("catch_all", ["GET /files/*", "* /files/*"])
+@pytest.mark.parametrize("first", [True, False])
+def test_an_exact_entry_outranks_a_catch_all_on_its_bare_prefix(
+    core: Core, catch_all: str, first: bool
+) -> None:
+    """``"GET /files/*"`` also prices the bare ``/files``; counted as more literal text (its
+    ``/``), it outranked ``"GET /files"`` there: a router-less app sold ``/files`` at the
+    catch-all's $0.01 instead of its own $5, in either table order. The slash of a trailing
+    ``/*`` is the wildcard's: the exact entry prices its path."""
+    entries = [(catch_all, "$0.01"), ("GET /files", "$5.00")]
+    table = dict(entries if first else entries[::-1])
+    app = PaymentMiddleware(_bare, pay_to=SELLER, core=core, network=NETWORK, routes=table)
+    with TestClient(app) as client:
+        assert _amount(client.get("/files")) == _amount(client.get("/files/")) == 5_000_000
+        assert _amount(client.get("/files/report")) == 10_000
+        buyer = TestBuyer.new()  # the catch-all's price never pays the exact entry's path
+        core.deposit(buyer.address, 10**7, network=NETWORK)
+        name, value = buyer.pay_challenge(core, client.get("/files/x").headers["payment-required"])
+        assert client.get("/files", headers={name: value}).status_code == 402
+        assert core.position(buyer.address, network=NETWORK).locked == 0
