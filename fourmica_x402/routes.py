@@ -30,8 +30,10 @@ from .templates import (
     MarkerKeys,
     compile_pattern,
     compile_template,
+    look_alikes,
     specificity,
     typed_template,
+    written_as,
 )
 from .wire import SCHEME
 
@@ -228,10 +230,8 @@ class RouteTable:
         asset: str | None = None,
     ) -> None:
         self._defaults = (network, pay_to, asset)
-        self.routes: list[Route] = []
-        self._matching: list[Route] = []
-        #: Bumped when a route is added, so that endpoints price themselves again.
-        self.version = 0
+        self.set_routes([])
+        self.version = 0  # bumped when a route is added: endpoints price themselves again
         #: Static payTo addresses of per-handler markers (they are not in ``routes``).
         self.marker_pay_to: set[str] = set()
         #: Run-time prices by route key, and each entry's configured ``RouteConfig`` (they
@@ -268,6 +268,7 @@ class RouteTable:
     def set_routes(self, routes: list[Route]) -> None:
         """New entries: ``routes`` as written (listings), a copy most specific first (matching)."""
         self._matching = sorted(routes, key=lambda r: specificity(r.method, r.pattern))
+        self._twins = look_alikes(self._matching)  # "GET /report", "GET /REPORT/"
         self.routes = routes
 
     def build(self, key: str, config: RouteConfig) -> Route:
@@ -434,7 +435,8 @@ class RouteTable:
         alias = "GET" if method == "HEAD" else method
         for route in self._matching:
             if route.method in ("*", method, alias) and route.regex.match(path):
-                return route
+                twins = self._twins.get(route.key)  # of look-alikes, the one written as path
+                return written_as(twins, path) if twins else route
         return None
 
     def static_pay_to(self) -> set[str] | None:

@@ -182,16 +182,42 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
     one and ``*`` anything (docs/architecture.md, "Which route is priced")."""
     if not pattern.startswith("/"):
         raise ConfigurationError(f"route path must start with '/': {pattern!r}")
+    return re.compile(_path_regex(pattern, slash=False) + r"/?\Z", re.IGNORECASE | re.DOTALL)
+
+
+def _path_regex(pattern: str, *, slash: bool) -> str:
+    """``compile_pattern``'s regex, before the optional ``/``: with the template's own trailing
+    ``/`` (``slash``), or without it ("/report/" prices "/report" too, as "/report" "/report/")."""
     body, prefix_too = canonical_template(pattern), False
     if body.endswith("/*"):
         body, prefix_too = body[:-2], True
-    elif len(body) > 1:  # "/report/" prices "/report" too, as "/report" prices "/report/"
+    elif len(body) > 1 and not slash:
         body = body.removesuffix("/")
     parts = re.split(r"(\{\}|\*)", body)
     regex = "".join({"{}": "[^/]+", "*": ".*"}.get(p) or re.escape(p) for p in parts)
-    if prefix_too:
-        regex += "(?:/.*)?"
-    return re.compile(regex + r"/?\Z", re.IGNORECASE | re.DOTALL)
+    return regex + "(?:/.*)?" if prefix_too else regex
+
+
+def look_alikes(entries: list[Any]) -> dict[str, list[Any]]:
+    """Table entries (most specific first) by key, of those with look-alikes: the same method
+    and template but for case and a trailing slash (``GET /report``, ``GET /REPORT/``), which
+    match the same paths (:func:`compile_pattern`)."""
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for entry in entries:
+        shape = canonical_template(entry.pattern).lower()
+        groups.setdefault((entry.method, shape[:1] + shape[1:].removesuffix("/")), []).append(entry)
+    return {entry.key: group for group in groups.values() if len(group) > 1 for entry in group}
+
+
+def written_as(entries: list[Any], path: str) -> Any:
+    """Of look-alike entries, the one written as ``path`` is (its trailing slash or none; in its
+    case first), else the first: a router-less app may serve ``/report`` and ``/REPORT/`` as
+    two routes, each at its own entry's price (docs/architecture.md, "Case and trailing slash")."""
+    for flags in (re.DOTALL, re.DOTALL | re.IGNORECASE):
+        for entry in entries:
+            if re.match(_path_regex(entry.pattern, slash=True) + r"\Z", path, flags):
+                return entry
+    return entries[0]
 
 
 def specificity(method: str, pattern: str) -> tuple[int, int, int, bool]:

@@ -516,3 +516,32 @@ def test_an_exact_entry_outranks_a_catch_all_on_its_bare_prefix(
         name, value = buyer.pay_challenge(core, client.get("/files/x").headers["payment-required"])
         assert client.get("/files", headers={name: value}).status_code == 402
         assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
+@pytest.mark.parametrize(
+    ("table", "prices"),
+    [
+        (
+            {"GET /report": "$0.01", "GET /report/": "$5.00"},
+            {"/report": 10_000, "/report/": 5_000_000, "/REPORT": 10_000},
+        ),
+        (
+            {"GET /report": "$0.01", "GET /REPORT": "$5.00"},
+            {"/report": 10_000, "/REPORT": 5_000_000, "/Report/": 10_000},
+        ),
+        (
+            {"GET /Items/:id/": "$5.00", "GET /items/:id": "$0.01"},
+            {"/items/1": 10_000, "/Items/1/": 5_000_000},
+        ),
+    ],
+)
+def test_look_alike_entries_price_the_path_each_is_written_as(
+    core: Core, table: dict[str, str], prices: dict[str, int]
+) -> None:
+    """Entries differing only by case or a trailing slash both match either path on a
+    router-less app (which may serve them as two routes): the one written as the request's
+    path prices it, not whichever sorts or is written first (the seller's $5 route sold at
+    $0.01, or the $0.01 one charged $5)."""
+    app = PaymentMiddleware(_bare, pay_to=SELLER, core=core, network=NETWORK, routes=table)
+    with TestClient(app) as client:
+        assert {path: _amount(client.get(path)) for path in prices} == prices
