@@ -142,7 +142,7 @@ class PaymentConfig:
     #: How often (seconds) a gate reads the shared price book for prices set by another
     #: process or ``fourmica-x402 reprice``; None = never (prices set here still apply here).
     price_poll: float | None = 1.0
-    #: maxTimeoutSeconds advertised in requirements.
+    #: maxTimeoutSeconds advertised in requirements, for a route or offer that names none.
     max_timeout_seconds: int = 300
     #: TTL of tabs opened through the tab endpoint (None = the Core's default, one day).
     tab_ttl_seconds: int | None = None
@@ -194,6 +194,9 @@ class PaymentConfig:
             ("http://", "https://")
         ):
             raise ConfigurationError("tab_endpoint must be an absolute http(s) URL")
+        seconds = self.max_timeout_seconds
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or not 0 < seconds <= 86_400:
+            raise ConfigurationError("max_timeout_seconds must be a whole number 1..86400")
         if self.completion_window is not None and not 0 <= self.completion_window <= 60:
             raise ConfigurationError("completion_window must be None or 0..60 seconds")
         if self.throttle_failures < 1 or self.throttle_window <= 0:

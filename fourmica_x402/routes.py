@@ -44,14 +44,7 @@ if TYPE_CHECKING:
     from .gate.bundles import Terms
     from .gate.types import RequestView
 
-__all__ = [
-    "Endpoint",
-    "Offer",
-    "Route",
-    "RouteConfig",
-    "RouteTable",
-    "validate_marker",
-]
+__all__ = ["Endpoint", "Offer", "Route", "RouteConfig", "RouteTable", "validate_marker"]
 
 PriceLike = Price | Callable[..., Any]
 AddressLike = str | Callable[..., Any]
@@ -69,14 +62,16 @@ class Offer:
     network: str
     pay_to: AddressLike
     asset: str | None = None
-    max_timeout_seconds: int = 300
+    #: None: the app's ``PaymentConfig.max_timeout_seconds``.
+    max_timeout_seconds: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     scheme: str = SCHEME
     #: Filled at build time when ``price`` is static.
     amount: TokenAmount | None = None
 
-    def checked(self) -> Offer:
-        """Validate what can be validated now; raises ConfigurationError."""
+    def checked(self, timeout: int = 300) -> Offer:
+        """Validate what can be validated now (``timeout``: the app's maxTimeoutSeconds, for an
+        offer that names none); raises ConfigurationError."""
         if self.scheme != SCHEME:
             raise ConfigurationError(f"scheme {self.scheme!r} is not supported (use {SCHEME!r})")
         get_network(self.network)
@@ -91,9 +86,11 @@ class Offer:
         amount = None
         if not callable(self.price):
             amount = resolve_price(self.price, self.network, self.asset)
-        if not 0 < self.max_timeout_seconds <= 86_400:
-            raise ConfigurationError("maxTimeoutSeconds must be 1..86400")
-        return replace(self, pay_to=pay_to, extra=dict(self.extra), amount=amount)
+        seconds = timeout if self.max_timeout_seconds is None else self.max_timeout_seconds
+        if type(seconds) is not int or not 0 < seconds <= 86_400:
+            raise ConfigurationError(f"maxTimeoutSeconds must be 1..86400, not {seconds!r:.20}")
+        checked = replace(self, pay_to=pay_to, extra=dict(self.extra), amount=amount)
+        return replace(checked, max_timeout_seconds=seconds)
 
 
 @dataclass(frozen=True)
@@ -107,7 +104,7 @@ class RouteConfig:
     description: str = ""
     mime_type: str = ""
     resource: str | None = None
-    max_timeout_seconds: int = 300
+    max_timeout_seconds: int | None = None  # None: the app's (``PaymentConfig``)
     #: A seller-chosen G-v2 validation policy (else the default delivery policy applies).
     validation_policy: ValidationPolicy | None = None
     #: Several ways to pay; when set, ``price``/``network``/``pay_to`` above are ignored.
@@ -228,8 +225,9 @@ class RouteTable:
         network: str,
         pay_to: AddressLike | None,
         asset: str | None = None,
+        timeout: int = 300,
     ) -> None:
-        self._defaults = (network, pay_to, asset)
+        self._defaults = (network, pay_to, asset, timeout)
         self.set_routes([])
         self.version = 0  # bumped when a route is added: endpoints price themselves again
         #: Static payTo addresses of per-handler markers (they are not in ``routes``).
@@ -381,14 +379,14 @@ class RouteTable:
             for item in items:
                 if not isinstance(item, Mapping) or "price" not in item:
                     raise ConfigurationError(f"route {key!r}: each accepts entry needs a price")
-                timeout = item.get("maxTimeoutSeconds", item.get("max_timeout_seconds", 300))
+                timeout = item.get("maxTimeoutSeconds", item.get("max_timeout_seconds"))
                 offers.append(
                     Offer(
                         price=item["price"],
                         network=item.get("network", self._defaults[0]),
                         pay_to=item.get("payTo", item.get("pay_to", self._defaults[1])),
                         asset=item.get("asset", self._defaults[2]),
-                        max_timeout_seconds=int(timeout),
+                        max_timeout_seconds=timeout,
                         extra=item.get("extra") or {},
                         scheme=item.get("scheme", SCHEME),
                     )
@@ -407,7 +405,7 @@ class RouteTable:
         return RouteConfig(price=value)
 
     def _offers(self, key: str, config: RouteConfig) -> tuple[Offer, ...]:
-        network, pay_to, asset = self._defaults
+        network, pay_to, asset, timeout = self._defaults
         offers = config.accepts or (
             Offer(
                 price=config.price,  # type: ignore[arg-type]  # None is refused just below
@@ -424,7 +422,7 @@ class RouteTable:
             if offer.pay_to is None:
                 raise ConfigurationError(f"route {key!r} has no payTo (set pay_to)")
             try:
-                checked.append(offer.checked())
+                checked.append(offer.checked(timeout))
             except ConfigurationError as exc:
                 raise ConfigurationError(f"route {key!r}: {exc.message}") from None
         return tuple(checked)

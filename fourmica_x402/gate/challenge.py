@@ -155,7 +155,7 @@ def offer_requirements(
         asset=asset,
         amount=str(amount),
         pay_to=pay_to or "",
-        max_timeout_seconds=offer.max_timeout_seconds,
+        max_timeout_seconds=offer.max_timeout_seconds or gate.config.max_timeout_seconds,
         extra=extra,
     )
     chain_id = get_network(offer.network).chain_id

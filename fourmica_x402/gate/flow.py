@@ -66,7 +66,11 @@ class Gate:
     def __init__(self, config: PaymentConfig) -> None:
         self.config = config
         self.routes = RouteTable(
-            config.routes, network=config.network, pay_to=config.pay_to, asset=config.asset
+            config.routes,
+            network=config.network,
+            pay_to=config.pay_to,
+            asset=config.asset,
+            timeout=config.max_timeout_seconds,
         )
         self.core = None
         if config.facilitator is None:

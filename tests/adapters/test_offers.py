@@ -63,3 +63,51 @@ def test_each_offer_is_paid_on_its_own_terms(
     (guarantee,) = audited_core.guarantees(address=buyer.address)
     assert (guarantee.recipient_address, guarantee.amount) == ((FIRST, SECOND)[index], amount)
     assert audited_core.position(buyer.address, network=NETWORK).locked == amount
+
+
+def test_the_apps_max_timeout_seconds_is_what_routes_naming_none_advertise(
+    audited_core: Core,
+) -> None:
+    """``PaymentConfig.max_timeout_seconds`` was read by nothing: every challenge said 300
+    whatever the seller set (and 0 or "soon" passed). A route or offer naming none now
+    advertises the app's; one naming its own keeps it; a bad one fails at start-up."""
+    from fourmica_x402.config import PaymentConfig
+    from fourmica_x402.errors import ConfigurationError
+    from fourmica_x402.routes import RouteConfig
+
+    async def premium(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("paid")
+
+    routes = {
+        "GET /a": "$0.01",
+        "GET /b": RouteConfig(price="$0.01", max_timeout_seconds=600),
+        "GET /c": {"accepts": [{"price": "$0.01"}, {"price": "$0.02", "maxTimeoutSeconds": 30}]},
+    }
+    app = PaymentMiddleware(
+        Starlette(routes=[Route(path, premium) for path in ("/a", "/b", "/c")]),
+        pay_to=FIRST,
+        core=audited_core,
+        network=NETWORK,
+        routes=routes,
+        max_timeout_seconds=60,
+    )
+    with TestClient(app) as client:
+        said = {
+            path: [
+                o.max_timeout_seconds
+                for o in decode_payment_required(
+                    client.get(path).headers["payment-required"]
+                ).accepts
+            ]
+            for path in ("/a", "/b", "/c")
+        }
+        assert said == {"/a": [60], "/b": [600], "/c": [60, 30]}
+        buyer = TestBuyer.new()  # a valid payment of those terms is taken
+        audited_core.deposit(buyer.address, 10**6, network=NETWORK)
+        name, value = buyer.pay_challenge(
+            audited_core, client.get("/a").headers["payment-required"]
+        )
+        assert client.get("/a", headers={name: value}).text == "paid"
+    for bad in (0, 86_401, "60", 1.5, True):
+        with pytest.raises(ConfigurationError, match="max_timeout_seconds"):
+            PaymentConfig(pay_to=FIRST, max_timeout_seconds=bad)  # type: ignore[arg-type]
