@@ -52,11 +52,8 @@ AddressLike = str | Callable[..., Any]
 
 @dataclass(frozen=True)
 class Offer:
-    """One way to pay for a route (one entry of ``accepts``).
-
-    ``price`` and ``pay_to`` may be callables of the request (sync or async)
-    for quoted or tiered work; they are resolved per request.
-    """
+    """One way to pay for a route (one entry of ``accepts``). ``price`` and ``pay_to`` may be
+    callables of the request (sync or async), resolved per request: quoted or tiered work."""
 
     price: PriceLike
     network: str
@@ -245,13 +242,18 @@ class RouteTable:
         """Add a route (``value`` as in the module docstring); a key the table prices already
         (``get /x`` is ``GET /x``) takes the new terms in its entry's place, a run-time price
         of it staying until reset (docs/operations.md, "Repricing"). ``replace=False``: such
-        a key is refused (a table naming one route twice)."""
+        a key is refused (a table naming one route twice), and so is always another spelling
+        of a priced key (``GET /items/{id}`` of ``GET /items/:id``), which would price nothing."""
         route = self.build(key, self._config(key, value))
         if not re.fullmatch(r"\*|[A-Z][A-Z0-9_-]*", route.method):  # "GET,POST" fits nothing
             raise ConfigurationError(f"route {key!r}: one method per entry, or '*' for every one")
-        at = next((i for i, entry in enumerate(self.routes) if entry.key == route.key), None)
-        if at is not None and not replace:
-            raise ConfigurationError(f"route {key!r} is priced already (as {route.key!r})")
+        same = (route.method, typed_template(route.pattern))
+        at = next(
+            (i for i, e in enumerate(self.routes) if (e.method, typed_template(e.pattern)) == same),
+            None,
+        )
+        if at is not None and (not replace or self.routes[at].key != route.key):
+            raise ConfigurationError(f"route {key!r} is priced already: {self.routes[at].key!r}")
         self.configured[route.key] = route.config
         if at is not None and route.key in self.overrides:
             from .gate.prices import at_price

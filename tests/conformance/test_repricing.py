@@ -210,6 +210,23 @@ def test_reprice_is_all_or_nothing_and_a_reset_keeps_the_cached_route() -> None:
     assert table.routes[0].offers[0].amount.amount == 10_000 and table.routes[1] is b
 
 
+@pytest.mark.parametrize("other", ["GET /items/{id}", "GET /items/[slug]", "get /items/<id>"])
+def test_another_spelling_of_a_priced_route_is_refused_not_ignored(other: str) -> None:
+    """``GET /items/:id`` and ``GET /items/{id}`` name one route: a table holding both (or
+    ``Gate.add_route`` of the second) kept the first's price and silently never charged the
+    second's, whatever it was. Refused like a key written twice; the key itself is still
+    taken in its entry's place."""
+    seller = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+    with pytest.raises(ConfigurationError, match="priced already"):
+        RouteTable({"GET /items/:id": "$0.01", other: "$5"}, network=NETWORK, pay_to=seller)
+    table = RouteTable({"GET /items/:id": "$0.01"}, network=NETWORK, pay_to=seller)
+    with pytest.raises(ConfigurationError, match="priced already"):
+        table.add(other, "$5")
+    table.add("GET /items/<int:id>", "$2")  # another converter: another route (Flask, Django)
+    table.add("GET /items/:id", "$1")
+    assert table.match("GET", "/items/7").offers[0].amount.amount == 1_000_000
+
+
 def test_a_route_priced_again_takes_its_new_price_not_its_first() -> None:
     """``Gate.add_route`` of a key the table prices already appended a second entry the first
     one shadowed: the route went on being charged its first price, and a reprice rebuilt the
