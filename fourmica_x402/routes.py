@@ -59,16 +59,14 @@ class Offer:
     network: str
     pay_to: AddressLike
     asset: str | None = None
-    #: None: the app's ``PaymentConfig.max_timeout_seconds``.
-    max_timeout_seconds: int | None = None
+    max_timeout_seconds: int | None = None  # None: the app's (``PaymentConfig``)
     extra: Mapping[str, Any] = field(default_factory=dict)
     scheme: str = SCHEME
     #: Filled at build time when ``price`` is static.
     amount: TokenAmount | None = None
 
     def checked(self, timeout: int = 300) -> Offer:
-        """Validate what can be validated now (``timeout``: the app's maxTimeoutSeconds, for an
-        offer that names none); raises ConfigurationError."""
+        """Validate what can be validated now (``timeout``: the app's maxTimeoutSeconds)."""
         if self.scheme != SCHEME:
             raise ConfigurationError(f"scheme {self.scheme!r} is not supported (use {SCHEME!r})")
         get_network(self.network)
@@ -247,6 +245,8 @@ class RouteTable:
         route = self.build(key, self._config(key, value))
         if not re.fullmatch(r"\*|[A-Z][A-Z0-9_-]*", route.method):  # "GET,POST" fits nothing
             raise ConfigurationError(f"route {key!r}: one method per entry, or '*' for every one")
+        if re.search(r"#|(?<!\()\?", route.pattern):  # "/x?tier=gold": no path is that
+            raise ConfigurationError(f"route {key!r}: a key is a path, with no query or '#'")
         same = (route.method, typed_template(route.pattern))
         at = next(
             (i for i, e in enumerate(self.routes) if (e.method, typed_template(e.pattern)) == same),
