@@ -26,6 +26,7 @@ __all__ = [
     "converters_in",
     "display_template",
     "matches_slash",
+    "method_names",
     "path_matcher",
     "spans",
     "typed_template",
@@ -52,6 +53,18 @@ _SEGMENT_CONVERTERS = {"", "str", "string", "default"}
 def _converter(match: re.Match[str]) -> str:
     typed = _CONVERTER.fullmatch(match.group(0))
     return "" if typed is None else (typed.group(1) or typed.group(2) or "").strip().lower()
+
+
+def method_names(methods: Any) -> frozenset[str]:
+    """The methods a marker's ``methods=`` names (``["GET", "POST"]``), upper-cased. A string
+    (``"GET"`` would be ``G``, ``E`` and ``T``), an empty list or an entry such as
+    ``"GET,POST"`` names no method a request has: the handler would answer only 405."""
+    names = [] if isinstance(methods, str) else list(methods)
+    if not names or not all(
+        isinstance(m, str) and re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", m) for m in names
+    ):
+        raise ConfigurationError(f"methods must be a list such as ['GET', 'POST'], not {methods!r}")
+    return frozenset(m.upper() for m in names)
 
 
 def canonical_template(template: str, spanning: frozenset[str] = frozenset()) -> str:

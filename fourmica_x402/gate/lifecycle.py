@@ -18,7 +18,7 @@ from ..config import PaymentConfig
 from ..core.store.deferred import commit_queued, serving, stopping
 from ..evidence.request import BodyHasher
 from ..routes import Endpoint, RouteConfig, RouteTable, validate_marker
-from ..templates import converters_in, spans
+from ..templates import converters_in, method_names, spans
 from . import drive, guards
 from .flow import Gate
 from .types import Call, Flow, Paid, Payment, Response, error_response, for_shared_caches
@@ -309,7 +309,7 @@ class Marker:
 
     def __init__(self, price: Any, methods: Iterable[str] | None, route: dict[str, Any]) -> None:
         self.config = RouteConfig(price=price, **route)
-        self.methods = None if methods is None else frozenset(m.upper() for m in methods)
+        self.methods = None if methods is None else method_names(methods)
 
     @staticmethod
     def of(handler: Any) -> Marker | None:

@@ -316,6 +316,20 @@ def test_a_proxyfix_installed_before_the_extension_routes_the_gate_too(core: Cor
     assert paid_resp.status_code == 200 and served == ["premium.example.com"]
 
 
+@pytest.mark.parametrize("methods", ["GET", ["GET,POST"], [], ["GET", 1]])
+def test_paid_methods_naming_no_request_method_fail_where_declared(methods: Any) -> None:
+    """``@paid(..., methods="GET")`` took the string's letters (G, E, T) for methods, and
+    ``["GET,POST"]`` or ``[]`` named none a request has: the view answered every request 405,
+    paid or not, with nothing said at start-up. Refused where it is declared (FastAPI's
+    ``Paid`` and Django's ``@paid`` share the check)."""
+    from fourmica_x402.adapters.fastapi import Paid
+
+    with pytest.raises(ConfigurationError, match="methods must be a list"):
+        paid("$0.01", methods=methods)
+    with pytest.raises(ConfigurationError, match="methods must be a list"):
+        Paid("$0.01", methods=methods)
+
+
 def test_paid_methods_answers_405_for_the_others_without_running_the_view(core: Core) -> None:
     app = make_app(pay_to=SELLER, network=NETWORK, core=core)
     FourmicaX402(app)
