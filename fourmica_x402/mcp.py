@@ -43,7 +43,7 @@ from .config import PaymentConfig
 from .errors import ConfigurationError
 from .gate.types import GRANT, RequestView, Response, error_response
 from .networks import Price
-from .routes import Route, RouteConfig
+from .routes import Route, RouteConfig, validate_marker
 from .wire import PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER
 
 __all__ = [
@@ -349,7 +349,13 @@ class McpTools:
         return price if isinstance(price, Refusal) else (None if price is None else reading)
 
     def route(self, **options: Any) -> RouteConfig:
-        """The route of the MCP endpoint (``RouteConfig`` options: description, pay_to…)."""
+        """The route of the MCP endpoint (``RouteConfig`` options: description, pay_to…); each
+        tool's price is checked now on its network and asset, as a route's (docs/mcp.md)."""
+        where = {k: options[k] for k in ("network", "asset", "pay_to") if k in options}
+        priced: list[tuple[str, Any]] = [*self.prices.items(), ("(default)", self.default)]
+        for name, price in priced:
+            if price is not None and price is not REFUSE:
+                validate_marker(RouteConfig(price=price, **where), f"MCP tool {name!r}")
         return RouteConfig(price=self.price, **options)
 
     def owns(self, route: Route) -> bool:
@@ -437,6 +443,7 @@ class McpTools:
         """A :class:`PaymentConfig` selling the tools at ``POST <path>`` (``options``: its other
         fields; ``routes`` and ``on_protected_request`` are kept beside ours)."""
         routes = dict(options.pop("routes", None) or {})
-        routes[f"POST {path}"] = self.route(**(route or {}))
+        given: dict[str, Any] = {k: options[k] for k in ("network", "asset") if k in options}
+        routes[f"POST {path}"] = self.route(**{**given, **(route or {})})  # the app's, as default
         hook = self.hook(options.pop("on_protected_request", None))
         return PaymentConfig(routes=routes, on_protected_request=hook, **options)

@@ -316,6 +316,23 @@ def test_unlisted_tools_take_the_default_price_but_lookalikes_are_refused() -> N
         McpTools({"search": "$0.01", "Search": "$0.02"})
 
 
+@pytest.mark.parametrize("price", ["$0", "$0.0000001", "0.01 USDC", 0.01, -1])
+def test_a_tool_price_no_call_could_be_charged_fails_at_start_up(price: Any) -> None:
+    """A tool's price was first resolved on a call: ``"$0.0000001"`` (finer than USDC), ``"$0"``
+    or a float answered every call of the tool 500 ``pricing_failed`` while the app started
+    fine. Checked when the route is built now, on the app's network, as a route's price is."""
+    from fourmica_x402.errors import ConfigurationError
+
+    seller = TestBuyer.new().address
+    for tools in (McpTools({"search": "$0.01", "fetch": price}), McpTools({}, default=price)):
+        with pytest.raises(ConfigurationError, match="MCP tool"):
+            tools.config(pay_to=seller, network=NETWORK)
+        with pytest.raises(ConfigurationError, match="MCP tool"):
+            tools.route()
+    tools = McpTools({"search": "$0.01", "free": None}, default=None)  # None: free, no price
+    assert tools.config(pay_to=seller, network=NETWORK).routes["POST /mcp"].price is tools.price
+
+
 DEEP = {"tree": functools.reduce(lambda tree, _: [tree], range(300), 0)}  # 300 levels
 LONE = {"type": "text", "text": "\ud800"}  # a lone surrogate, as json.dumps writes it
 
