@@ -84,9 +84,7 @@ def response_start(gate: Gate, state: Paid, status: int, cache_control: str | No
                 503, "seller_hook_failed", "the seller failed; the payment was voided"
             )
     name = PAYMENT_RESPONSE_HEADER if state.payment.x402_version == 2 else X_PAYMENT_RESPONSE_HEADER
-    # a stage's and a metered slice's non-2xx are refunded whatever refund_on_error says
-    refunds = gate.config.refund_on_error or state.payment.job or state.payment.stream
-    if result is not None and not 200 <= status < 300 and refunds:
+    if result is not None and not 200 <= status < 300 and _refunds(gate, state):
         # Refunded now, before the header says so: a refund refused (a cycle netted the
         # guarantee while the handler ran) leaves the settle result in the header instead.
         state.refunded = yield Call(_refund, (gate, state.payment), afn=_arefund)
@@ -141,10 +139,8 @@ def finish(
         outcome = "not_charged"  # settle-after: a failed handler is never charged
     elif state.refunded is not None:  # refunded (or not) as the response started
         outcome = state.refunded
-    elif (
-        config.refund_on_error or payment.job or stream or isinstance(error, Undelivered)
-    ) and not delivered:
-        # A stage, a slice or a 2xx judged undelivered is always refunded (docs/protocol.md)
+    elif (_refunds(gate, state) or isinstance(error, Undelivered)) and not delivered:
+        # A stage, a slice, a tool call or a 2xx judged undelivered is always refunded
         action, outcome = ("void", 0), "refunded"
     elif state.delivery_policy and payment.guarantee_version == 2:
         action = ("score", 100 if delivered else 0)
@@ -194,6 +190,15 @@ def finish(
     if config.after_delivery is not None:
         yield Call(config.after_delivery, (payment, outcome), blocking=False)
     return None
+
+
+def _refunds(gate: Gate, state: Paid) -> bool:
+    """Whether a response that was not delivered is refunded: with ``refund_on_error``, and
+    always for a stage, a metered slice and a paid MCP tool call, whose route's price judges
+    its answers (docs/protocol.md, "Delivery")."""
+    payment, route = state.payment, state.route
+    judged = route is not None and hasattr(route.config.price, "judge_response")
+    return bool(gate.config.refund_on_error or payment.job or payment.stream or judged)
 
 
 def _complete_later(

@@ -7,6 +7,7 @@ checked at the end: what the buyer's collateral locked is the tool calls it was 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import json
@@ -675,6 +676,55 @@ def test_a_paid_call_is_delivered_only_by_an_answer_to_its_own_id(
         assert paid.status_code == 200
         app.gate.flush()
     assert [g.state for g in core.guarantees(address=buyer.address)] == [state]
+    core.close()
+
+
+@pytest.mark.parametrize("status", [404, 500])
+def test_a_paid_call_answered_with_an_error_status_is_refunded_even_with_refund_on_error_off(
+    tmp_path: Path, status: int
+) -> None:
+    """docs/protocol.md ("Delivery"): a paid MCP tool call not delivered is refunded even with
+    ``refund_on_error`` off. A call answered 200 with a JSON-RPC error was; one the server
+    answered 404 (a session it does not know) or 500 was charged, and its G-v1 guarantee
+    (no delivery policy) stayed payable: the buyer paid for a tool that never ran."""
+    from starlette.testclient import TestClient
+
+    async def server(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": message["type"] + ".complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        while (await receive()).get("more_body"):
+            pass
+        body = json.dumps({"jsonrpc": "2.0", "id": 7, "error": {"code": -32600, "message": "x"}})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body.encode()})
+
+    core = Core(str(tmp_path / "core.db"))
+    buyer, seller = TestBuyer.new(), TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    config = McpTools({"search": "$0.01"}).config(
+        pay_to=seller.address, core=core, refund_on_error=False, delivery_policy=False
+    )
+    app = PaymentMiddleware(server, config)
+    call = json.dumps(_call("search", 7) | {"params": {"name": "search", "arguments": {}}})
+    with TestClient(app) as client:
+        challenge = client.post("/mcp", content=call, headers=HEADERS)
+        name, value = buyer.pay_challenge(core, challenge.headers["payment-required"])
+        paid = client.post("/mcp", content=call, headers={**HEADERS, name: value})
+        assert paid.status_code == status
+        app.gate.flush()
+    result = json.loads(base64.b64decode(paid.headers["payment-response"]))
+    assert result["success"] is False and result["errorReason"] == "refunded"
+    assert [g.state for g in core.guarantees(address=buyer.address)] == ["voided"]
+    assert core.position(buyer.address, network=NETWORK).locked == 0
     core.close()
 
 
