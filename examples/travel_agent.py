@@ -148,7 +148,9 @@ def agent_app(core: Core, links: Links, hosts: Hosts) -> Starlette:
     hosts.apps.update({name: httpx.ASGITransport(app=app) for name, app in apps.items()})
 
     def price(request: Any) -> TokenAmount:  # computed per request: atomic units of USDC
-        return TokenAmount(SUITE_PRICE if "room=" in request.query else AGENT_PRICE, USDC.address)
+        # read as the handler reads it (a key "room", blank or not): priced as it is served
+        suite = "room" in parse_qs(request.query, keep_blank_values=True)
+        return TokenAmount(SUITE_PRICE if suite else AGENT_PRICE, USDC.address)
 
     config = PaymentConfig(
         pay_to=ADDRESSES["agent"], network=NETWORK, routes={"GET /recommend": price}, core=core

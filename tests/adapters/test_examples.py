@@ -393,6 +393,50 @@ def test_travel_agent_example_links_and_nets_its_fee_splits(tmp_path: Path) -> N
     assert TEST_KEYS[4][2:] not in out.stdout + out.stderr
 
 
+@pytest.mark.parametrize(
+    ("query", "price", "suite"),
+    [("&bedroom=2", 50_000, False), ("&room", 70_000, True)],
+    ids=["another-key-ending-in-room", "a-bare-room-key"],
+)
+def test_travel_agent_charges_the_suite_price_exactly_when_it_books_a_suite(
+    tmp_path: Path, query: str, price: int, suite: bool
+) -> None:
+    """examples/travel_agent.py priced a suite when the raw query held ``room=`` and booked one
+    when Starlette's parsed query held the key ``room``: ``&bedroom=2`` was charged the suite's
+    $0.07 for a plain room, and a bare ``&room`` booked the suite at the room's $0.05."""
+    import asyncio
+    import importlib.util
+
+    from fourmica_x402.client import RECEIPT_KEY, AsyncPaymentTransport
+    from fourmica_x402.links import Links
+
+    spec = importlib.util.spec_from_file_location("travel_agent", EXAMPLES / "travel_agent.py")
+    assert spec and spec.loader
+    travel = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(travel)
+    core = Core(str(tmp_path / "travel.db"))
+    for name in ("user", "agent"):
+        core.deposit(travel.ADDRESSES[name], 1_000_000, network=NETWORK)
+    hosts = travel.Hosts({})
+    agent = travel.agent_app(core, Links(core), hosts)
+    hosts.apps["agent"] = httpx.ASGITransport(app=agent)
+
+    async def ask() -> tuple[int, list[str]]:
+        user = AsyncPaymentTransport(travel.USER_KEY, transport=hosts)
+        async with httpx.AsyncClient(transport=user, base_url="http://agent") as client:
+            response = await client.get(f"/recommend?city=Porto{query}")
+        await agent.state.upstream.aclose()
+        sold = [link.url or "" for link in Links(core).query()]
+        return response.extensions[RECEIPT_KEY].amount, sold
+
+    try:
+        paid, sold = asyncio.run(ask())
+        assert paid == price
+        assert any(url.endswith("/hold-suite") for url in sold) is suite
+    finally:
+        core.close()
+
+
 def test_staged_report_example_charges_only_the_stages_served(tmp_path: Path) -> None:
     """examples/staged_report.py: a job served in full, one that fails at stage 2 (refunded,
     stage 3 never sold) and one its budget cannot finish (refused before paying)."""
