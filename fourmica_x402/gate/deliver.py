@@ -156,7 +156,7 @@ def finish(
     keep = None
     # A metered stream is not kept: its body holds every slice, paid for one at a time.
     if config.idempotent_replay and body is not None and outcome == "delivered" and not stream:
-        keep = (headers or [], body)
+        keep = (stages.kept(payment.job, headers or []), body)  # a stage names its job again
     record = dict(
         status="delivered" if delivered else "failed",
         http_status=status,

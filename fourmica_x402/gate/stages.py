@@ -3,7 +3,8 @@ move the job on or fail it as the response starts (docs/protocol.md, "Staged wor
 
 - :func:`admit` runs before the challenge and again once the payer is known, before settling:
   a later stage without its job, out of order, of another payer or of a failed job is refused
-  with a 4xx and nothing is asked for or locked;
+  with a 4xx and nothing is asked for or locked (a payment sent again, with idempotent
+  replay, goes on to its recorded response);
 - :func:`claim` runs once the stage is paid: stage 1 opens the job, a later stage marks
   itself running (a concurrent request that lost the race gets its payment voided, 409);
 - :func:`started` runs when the response starts: a 2xx moves the job on, anything else
@@ -15,9 +16,11 @@ move the job on or fail it as the response starts (docs/protocol.md, "Staged wor
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING, Any
 
 from ..jobs import JOB_HEADER, STAGE_HEADER, JobStage, Stage
+from ..wire import PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER
 from .types import Call, Flow, Paid, Payment, RequestView, Response, error_response
 
 if TYPE_CHECKING:
@@ -49,7 +52,20 @@ def admit(gate: Gate, stage: Stage, request: RequestView, payer: str | None = No
     if not job_id:
         return refusal("job_required", stage)
     why = yield Call(gate.jobs.refusal, (job_id.strip(), stage, payer))
+    if why is not None and payer is None and (yield from _replaying(gate, request)):
+        return None  # a payment sent again: its recorded response answers it (pay.paid)
     return None if why is None else refusal(why, stage)
+
+
+def _replaying(gate: Gate, request: RequestView) -> Flow:
+    """Whether the request's payment header was recorded before, with idempotent replay on:
+    the stage it paid for was served already, and its response is replayed, not refused."""
+    values = request.header_values(PAYMENT_SIGNATURE_HEADER)
+    values += request.header_values(X_PAYMENT_HEADER)
+    if not gate.config.idempotent_replay or len(values) != 1:
+        return False
+    digest = hashlib.sha256(values[0].encode("ascii", "replace")).hexdigest()
+    return (yield Call(gate.records.by_header, (digest,))) is not None
 
 
 def claim(gate: Gate, stage: Stage, request: RequestView, payment: Payment) -> Flow:
@@ -77,7 +93,21 @@ def started(gate: Gate, state: Paid, status: int) -> Flow:
         return []
     if not 200 <= status < 300 or state.settle_failed is not None:
         yield Call(gate.jobs.failed, (job,))
+    return headers(job)
+
+
+def headers(job: JobStage) -> list[tuple[str, str]]:
+    """The response headers naming a stage's job (kept with its response for a replay)."""
     return [(JOB_HEADER, job.id), (STAGE_HEADER, f"{job.stage}/{job.of}")]
+
+
+def kept(job: JobStage | None, handlers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The headers to keep for an idempotent replay: the handler's, and the job's as the gate
+    answered them (replacing any the handler set)."""
+    if job is None:
+        return handlers
+    own = [h for h in handlers if h[0].lower() not in (JOB_HEADER, STAGE_HEADER)]
+    return own + headers(job)
 
 
 def ended(gate: Gate, state: Paid, delivered: bool) -> Flow:

@@ -236,6 +236,31 @@ def test_settle_after_a_stage_is_charged_only_when_delivered(
     assert stored.history[0][1] is None  # settle-after: no guarantee yet when a stage starts
 
 
+def test_a_replayed_stage_names_its_job_as_the_first_answer_did(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    """With idempotent replay, a stage's payment sent again (its answer was lost) got the
+    stage's body without ``Job-Id`` and ``Job-Stage``: the buyer had paid for stage 1 of a job
+    it could not name, so it could only pay stage 1 again, for a new job."""
+    seller = make_seller(routes={**base_routes, **job()}, idempotent_replay=True)
+    buyer = kit.funded(seller)
+    paying = stage_header(seller, buyer, "/echo", "POST")
+    opened = seller.request("POST", "/echo", headers=paying, json={"x": 1})
+    assert opened.status == 200, opened.text
+    replayed = seller.request("POST", "/echo", headers=paying, json={"x": 1})
+    assert replayed.status == 200 and replayed.body == opened.body
+    assert replayed.headers.get("job-id") == opened.headers["job-id"]
+    assert replayed.headers.get("job-stage") == "1/3"
+    assert seller.calls["/echo"] == 1 and kit.locked(seller, buyer) == CENT
+    job_id = replayed.headers["job-id"]
+    second = stage_header(seller, buyer, "/items/7", job_id=job_id)
+    analysed = seller.request("GET", "/items/7", headers=second)
+    assert analysed.status == 200 and analysed.headers["job-stage"] == "2/3"
+    again = seller.request("GET", "/items/7", headers=second)
+    assert again.headers.get("job-id") == job_id and again.headers.get("job-stage") == "2/3"
+    assert kit.locked(seller, buyer) == 3 * CENT
+
+
 def test_a_later_stage_is_only_for_the_jobs_payer(
     make_seller: Any, base_routes: dict[str, Any], kit: Any
 ) -> None:
