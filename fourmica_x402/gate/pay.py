@@ -1,9 +1,9 @@
 """A request that carries a payment: decode it, match it to an offer, settle and record it.
 
 The steps between "this route is priced" and "run the handler" (docs/protocol.md, "Paying";
-docs/architecture.md, "A paid request"): the throttle, the header decoded and matched to the
-requirements the gate itself advertised (never the buyer's copy), an idempotent replay, the
-``before_settle`` hook, then settle-and-record (settle-before mode) or verify-and-reserve
+docs/architecture.md, "A paid request"): the throttle, an idempotent replay, the header
+decoded and matched to the requirements the gate itself advertised (never the buyer's copy),
+the ``before_settle`` hook, then settle-and-record (settle-before mode) or verify-and-reserve
 (settle-after mode), and the :class:`~.types.Payment` handed to the handler.
 """
 
@@ -113,6 +113,20 @@ def paid(
     wait = max(throttle.blocked(sender), 0.0)
     if wait > 0:
         return throttle.answer(wait)
+    if config.idempotent_replay and len(v2_values) + len(v1_values) == 1:
+        # before matching the offers: a payment taken before a repricing still replays
+        version, header = (2, v2_values[0]) if v2_values else (1, v1_values[0])
+        digest = hashlib.sha256(header.encode("ascii", "replace")).hexdigest()
+        found = yield Call(gate.records.by_header, (digest,))
+        if found is not None:
+            paid_for = found[0]  # a record from before the query was kept: any query
+            query = request.query if paid_for.query is None else paid_for.query
+            asked = (route.key, request.method.upper(), request.path, request.query)
+            if (paid_for.route, paid_for.method, paid_for.path, query) != asked:
+                return challenge(  # a payment replays only the request it paid for
+                    gate, request, route, requirements, Reason.REPLAYED_REQUEST_ID, version=version
+                )
+            return _replayed(found, version)
     try:
         if len(v2_values) + len(v1_values) != 1:
             raise MalformedPayment("send exactly one payment header")
@@ -132,17 +146,6 @@ def paid(
     if wait > 0:
         return throttle.answer(wait)
     header_hash = hashlib.sha256(header.encode("ascii", "replace")).hexdigest()
-    if config.idempotent_replay:
-        found = yield Call(gate.records.by_header, (header_hash,))
-        if found is not None:
-            paid_for = found[0]  # a record from before the query was kept: any query
-            query = request.query if paid_for.query is None else paid_for.query
-            asked = (route.key, request.method.upper(), request.path, request.query)
-            if (paid_for.route, paid_for.method, paid_for.path, query) != asked:
-                return challenge(  # a payment replays only the request it paid for
-                    gate, request, route, requirements, Reason.REPLAYED_REQUEST_ID, version=version
-                )
-            return _replayed(found, version)
     stage = route.config.stage
     if stage is not None:  # staged work: this payer's job, at this stage (docs/protocol.md)
         refused = yield from stages.admit(gate, stage, request, payer)

@@ -71,6 +71,28 @@ def test_an_admin_call_reprices_a_route_and_records_keep_what_each_payment_paid(
     assert all(c["source"].startswith("admin") for c in changes)
 
 
+def test_a_payment_sent_again_after_a_repricing_replays_its_answer(
+    make_seller: Any, kit: Any
+) -> None:
+    """With idempotent replay, a payment taken at $0.02 and sent again (its answer lost) after
+    the route was repriced was matched against the new price first: 402
+    no_matching_requirements at $0.05, as if it had never been paid, so the buyer paid again
+    for the answer it had bought. It answers its recorded response, and nothing more is locked."""
+    seller = make_seller(admin_token=TOKEN, idempotent_replay=True)
+    buyer = kit.funded(seller)
+    paying = kit.header(seller, buyer, "/items/1")
+    first = seller.request("GET", "/items/1", headers=paying)
+    assert first.status == 200, first.text
+    assert admin(seller, {ITEMS: "$0.05"}).status == 200
+    again = seller.request("GET", "/items/1", headers=paying)
+    assert again.status == 200 and again.body == first.body, again.text
+    assert "payment-response" in again.headers
+    assert seller.calls["/items/1"] == 1 and kit.locked(seller, buyer) == 20_000
+    elsewhere = seller.request("GET", "/items/2", headers=paying)  # another request: refused
+    assert elsewhere.status == 402 and kit.error_of(elsewhere) == "replayed_request_id"
+    assert seller.calls["/items/2"] == 0 and kit.locked(seller, buyer) == 20_000
+
+
 def test_a_per_handler_price_is_repriced_like_a_table_entry(make_seller: Any, kit: Any) -> None:
     """/premium is priced by ``@paid``/``Paid`` in the Flask, FastAPI and Django apps and by
     the table in the others: the listing names its key either way."""
