@@ -311,7 +311,8 @@ class Gate:
         if decided is not None:
             return decided
         if route.config.stage is not None:  # staged work: admitted before it is priced
-            refused = yield from stages.admit(self, route.config.stage, request)
+            # a database that is down is a 503 with its code, as once the payment is read
+            refused = yield from _fail_closed(stages.admit(self, route.config.stage, request))
             if refused is not None:
                 return refused
         try:

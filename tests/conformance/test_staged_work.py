@@ -28,6 +28,7 @@ from fourmica_x402.client import (
     StagedJob,
     StageFailed,
 )
+from fourmica_x402.core.store import StoreUnavailable
 from fourmica_x402.errors import BudgetExhausted, ConfigurationError
 from fourmica_x402.testing import TestBuyer, payment_header
 from fourmica_x402.wire import decode_payment_required
@@ -259,6 +260,28 @@ def test_a_replayed_stage_names_its_job_as_the_first_answer_did(
     again = seller.request("GET", "/items/7", headers=second)
     assert again.headers.get("job-id") == job_id and again.headers.get("job-stage") == "2/3"
     assert kit.locked(seller, buyer) == 3 * CENT
+
+
+def test_a_stage_admitted_while_the_database_is_down_is_a_503_not_a_500(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A later stage is admitted before it is priced, reading its job: a database that could
+    not be read there answered a bare 500 (Flask raised it to the test client), where the same
+    outage once the payment is read answers 503 with its reason, for the buyer to retry."""
+    seller = make_seller(routes={**base_routes, **job()})
+    buyer = kit.funded(seller)
+    job_id = pay_stage(seller, buyer, "/echo", "POST").headers["job-id"]
+
+    def down(self: Jobs, *args: Any) -> Any:
+        raise StoreUnavailable("the database cannot be reached (injected)")
+
+    monkeypatch.setattr(Jobs, "refusal", down)
+    answer = seller.request("GET", "/items/7", headers={"job-id": job_id})
+    assert answer.status == 503, answer.text
+    assert answer.json()["error"] == "core_unavailable" and "payment-required" not in answer.headers
+    monkeypatch.undo()
+    assert pay_stage(seller, buyer, "/items/7", job_id=job_id).status == 200
+    assert seller.calls["/items/7"] == 1 and kit.locked(seller, buyer) == 3 * CENT
 
 
 def test_a_later_stage_is_only_for_the_jobs_payer(
