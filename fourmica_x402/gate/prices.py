@@ -156,6 +156,10 @@ def at_price(config: RouteConfig, price: Price) -> RouteConfig:
     """``config`` at a run-time price (which applies to each of its offers alike). An explicit
     amount names one asset address: offers on a network that registers no such asset refuse it
     (each network has its own token addresses; a ``$`` price is read in each offer's asset)."""
+    if hasattr(config.price, "judge_response"):  # paid MCP tools: one price per tool
+        raise ConfigurationError(
+            "this route's prices are its tools' (McpTools): change them there (docs/mcp.md)"
+        )
     if isinstance(price, TokenAmount | Mapping) and len({o.network for o in config.accepts}) > 1:
         asset = resolve_price(price, config.accepts[0].network).asset
         if wrong := sorted({o.network for o in config.accepts if not find_asset(o.network, asset)}):

@@ -728,6 +728,47 @@ def test_a_paid_call_answered_with_an_error_status_is_refunded_even_with_refund_
     core.close()
 
 
+def test_the_tool_route_cannot_be_repriced_as_one_price(tmp_path: Path) -> None:
+    """The admin call took ``POST /mcp=$0.02`` as it takes any route's price: every message of
+    the endpoint then cost $0.02 (``initialize``, ``tools/list``, a free tool: 402, so no
+    session could open) and no paid answer was judged any more (a tool error charged). The
+    route's prices are its tools' (docs/mcp.md): the change is refused, nothing changes."""
+    from starlette.testclient import TestClient
+
+    async def server(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": message["type"] + ".complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        while (await receive()).get("more_body"):
+            pass
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"content": []}})
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body.encode()})
+
+    core = Core(str(tmp_path / "core.db"))
+    config = McpTools(PRICES).config(
+        pay_to=TestBuyer.new().address, core=core, admin_token="test-admin-token"
+    )
+    app = PaymentMiddleware(server, config)
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}
+    admin = {"authorization": "Bearer test-admin-token"}
+    with TestClient(app) as client:
+        changed = client.post(
+            "/x402/admin/prices", headers=admin, json={"prices": {"POST /mcp": "$0.02"}}
+        )
+        assert changed.status_code == 400 and changed.json()["error"] == "invalid_price"
+        assert client.post("/mcp", json=init, headers=HEADERS).status_code == 200
+        assert client.post("/mcp", json=_call("ping"), headers=HEADERS).status_code == 200
+        search = client.post("/mcp", json=_call("search"), headers=HEADERS)
+        assert search.status_code == 402
+        (offer,) = decode_payment_required(search.headers["payment-required"]).accepts
+        assert int(offer.amount) == SEARCH
+    core.close()
+
+
 def test_the_ids_kept_have_a_fixed_size_however_long_a_client_makes_them() -> None:
     """Ids of requests left unanswered are kept (the last 100 000): kept as sent, a 60 000
     character id in a long session id made each entry some 60 KB, about 6 GB in all."""
