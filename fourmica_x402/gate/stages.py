@@ -130,7 +130,7 @@ def extra(gate: Gate, route: Route, network: str, asset: str) -> dict[str, Any]:
         theirs = other.config.stage
         if theirs is None or theirs.job != stage.job or theirs.number <= stage.number:
             continue
-        for offer in other.offers:
+        for i, offer in enumerate(other.offers):
             amount = offer.amount
             if (
                 amount is not None
@@ -138,7 +138,7 @@ def extra(gate: Gate, route: Route, network: str, asset: str) -> dict[str, Any]:
                 and amount.asset.lower() == asset.lower()
                 and other.config.units is None
             ):
-                fixed = amount.amount if other.terms is None else _charged(other, amount.amount)
+                fixed = amount.amount if other.terms is None else _charged(other, i, amount.amount)
                 prices.setdefault(theirs.number, fixed)
                 break
     if len(prices) == stage.of - stage.number:
@@ -146,10 +146,11 @@ def extra(gate: Gate, route: Route, network: str, asset: str) -> dict[str, Any]:
     return out
 
 
-def _charged(route: Route, amount: int) -> int:
-    """A fixed stage price raised to its minimum, or its cap."""
+def _charged(route: Route, offer: int, amount: int) -> int:
+    """A fixed stage price raised to its minimum, or its cap: those of offer number ``offer``
+    (each offer's in its own asset)."""
     assert route.terms is not None
-    terms = route.terms[0]
+    terms = route.terms[offer]
     if terms.cap is not None:
         return terms.cap
     return max(amount, terms.minimum or 0)

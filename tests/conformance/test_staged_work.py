@@ -30,7 +30,7 @@ from fourmica_x402.client import (
 )
 from fourmica_x402.core.store import StoreUnavailable
 from fourmica_x402.errors import BudgetExhausted, ConfigurationError
-from fourmica_x402.testing import TestBuyer, payment_header
+from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
 from fourmica_x402.wire import decode_payment_required
 
 harness = sys.modules["conformance_buyers"]  # loaded by conftest.py
@@ -161,7 +161,6 @@ def test_a_per_handler_stage_repriced_shows_in_ahead_before_it_is_requested(
     from fourmica_x402.adapters.flask import FourmicaX402, paid
 
     from fourmica_x402.core import Core
-    from fourmica_x402.testing import NETWORK
 
     core = Core(str(tmp_path / "marker-stages.db"))
     app = Flask(__name__)
@@ -195,6 +194,58 @@ def test_a_per_handler_stage_repriced_shows_in_ahead_before_it_is_requested(
     assert changed.status_code == 200, changed.get_data(as_text=True)
     assert ahead() == str(6 * CENT)  # /write itself was not asked for meanwhile
     core.close()
+
+
+def test_ahead_is_each_offers_own_cap_in_its_own_asset(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job sold in two tokens whose last stage is prepaid up to a cap: stage 1's offer in
+    WETH said the stages ahead cost the USDC offer's cap (2 000 000, read as wei), where that
+    stage charges 2 WETH. A buyer budgeting by ``ahead`` paid stage 1 for a job it could not
+    finish. Each offer's ``ahead`` is now the later stages' charge in its own asset."""
+    from fourmica_x402 import networks
+    from fourmica_x402.networks import TokenAmount
+    from fourmica_x402.routes import Offer, RouteConfig
+
+    monkeypatch.setattr(networks, "_assets", {k: dict(v) for k, v in networks._assets.items()})
+    weth = networks.register_asset(NETWORK, "0x" + "ee" * 20, symbol="WETH", decimals=18)
+    pay_to = TestBuyer.new().address
+
+    def sold(usd: str, wei: int, **options: Any) -> RouteConfig:
+        offers = (
+            Offer(usd, NETWORK, pay_to),
+            Offer(TokenAmount(wei, weth.address), NETWORK, pay_to),
+        )
+        return RouteConfig(accepts=offers, **options)
+
+    seller = make_seller(
+        routes={
+            **base_routes,
+            "POST /echo": sold("$0.01", 10**16, stage=Stage("report", 1, of=2)),
+            "GET /cached": sold("$0.10", 10**17, stage=Stage("report", 2, of=2), cap="$2"),
+        }
+    )
+    first = seller.request("POST", "/echo", json={"x": 1})
+    ahead = {
+        offer.asset: offer.extra["stage"]["ahead"]
+        for offer in decode_payment_required(first.headers["payment-required"]).accepts
+    }
+    buyer = kit.funded(seller)
+    (usdc,) = [
+        o
+        for o in decode_payment_required(first.headers["payment-required"]).accepts
+        if o.asset != weth.address
+    ]
+    body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": usdc.to_dict()}
+    name, value = payment_header(buyer, usdc, seller.request("POST", "/x402/tab", json=body).json())
+    opened = seller.request("POST", "/echo", headers={name: value}, json={"x": 1})
+    assert opened.status == 200, opened.text
+    last = seller.request("GET", "/cached", headers={"job-id": opened.headers["job-id"]})
+    charged = {
+        offer.asset: offer.amount
+        for offer in decode_payment_required(last.headers["payment-required"]).accepts
+    }
+    assert charged[weth.address] == str(2 * 10**18) and ahead == charged
 
 
 @pytest.mark.parametrize("failing", ["GET /fail", "GET /boom", "GET /redirect", "GET /missing"])
