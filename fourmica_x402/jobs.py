@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +77,21 @@ class Stage:
             raise ConfigurationError(f"a job has 1 to {MAX_STAGES} stages, not {self.of!r}")
         if type(self.number) is not int or not 1 <= self.number <= self.of:
             raise ConfigurationError(f"stage {self.number!r} is not one of 1..{self.of}")
+
+
+def check_stage(key: str, stage: Stage, routes: Iterable[Any]) -> None:
+    """ConfigurationError when another of ``routes`` counts the stages of ``stage``'s job
+    otherwise: its later stages would be refused ``unknown_job`` after a buyer paid for the
+    first ones."""
+    for other in routes:
+        theirs = other.config.stage
+        if theirs is None or other.key == key or theirs.job != stage.job:
+            continue
+        if theirs.of != stage.of:
+            raise ConfigurationError(
+                f"route {key!r}: job {stage.job!r} has {stage.of} stages here and "
+                f"{theirs.of} at {other.key!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

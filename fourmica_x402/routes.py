@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ._eth import parse_address
 from .errors import ConfigurationError
 from .guarantee import ValidationPolicy
-from .jobs import Stage
+from .jobs import Stage, check_stage
 from .networks import Price, TokenAmount, get_network, resolve_price
 from .streams import Slices
 from .templates import (
@@ -254,6 +254,8 @@ class RouteTable:
         )
         if at is not None and (not replace or self.routes[at].key != route.key):
             raise ConfigurationError(f"route {key!r} is priced already: {self.routes[at].key!r}")
+        if route.config.stage is not None:  # one job, one count of stages (docs/protocol.md)
+            check_stage(route.key, route.config.stage, self.routes)
         self.configured[route.key] = route.config
         if at is not None and route.key in self.overrides:
             from .gate.prices import at_price

@@ -476,6 +476,23 @@ def test_a_bad_stage_fails_at_start_up(args: tuple[Any, ...]) -> None:
         Stage(*args)
 
 
+def test_a_job_whose_routes_disagree_on_its_stage_count_fails_at_start_up() -> None:
+    """Stage 1 said the job had 3 stages and stage 2 said 2 (one route left behind when a
+    stage was added): stage 1 was sold, and every stage 2 was refused unknown_job, so each
+    buyer paid for the first stage of a job it could never go on with."""
+    from fourmica_x402.routes import RouteTable
+
+    routes = job()
+    routes["GET /items/:item_id"] = {"price": "$0.02", "stage": Stage("report", 2, of=2)}
+    with pytest.raises(ConfigurationError, match="report"):
+        RouteTable(routes, network=NETWORK, pay_to=TestBuyer.new().address)
+    table = RouteTable(job(), network=NETWORK, pay_to=TestBuyer.new().address)
+    with pytest.raises(ConfigurationError, match="report"):
+        table.add("GET /extra", {"price": "$0.01", "stage": Stage("report", 3, of=4)})
+    table.add("GET /cached", {"price": "$0.04", "stage": Stage("report", 3, of=3)})  # a change
+    table.add("GET /other", {"price": "$0.01", "stage": Stage("audit", 1, of=1)})  # another job
+
+
 @pytest.mark.parametrize(
     ("ahead", "read"),
     [("30000", 30_000), ("²", 0), ("٣", 0), ("-5", 0), ("1" * 79, 0), (5, 0), (None, 0)],
