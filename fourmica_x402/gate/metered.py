@@ -202,8 +202,7 @@ class MeteredStream:
         nxt = self.slice + 1
         if self.slices.max_slices is not None and nxt > self.slices.max_slices:
             return None
-        offer = self.route.offers[0]
-        assert offer.amount is not None
+        first = self.payment  # every slice is sold on the first one's terms (docs/protocol.md)
         self._paid.clear()
         return sse(
             "payment-required",
@@ -211,9 +210,9 @@ class MeteredStream:
                 "stream": self.id,
                 "slice": nxt,
                 "pay": self.pay_url(nxt),
-                "amount": str(offer.amount.amount),
-                "asset": offer.amount.asset,
-                "network": offer.network,
+                "amount": str(first.amount),
+                "asset": first.asset,
+                "network": first.network,
                 "timeout": self.slices.pay_timeout,
             },
         )

@@ -1336,6 +1336,48 @@ def test_each_offer_of_a_metered_route_keeps_its_own_price_per_slice(
     assert locked == 10**16
 
 
+def test_a_stream_opened_in_its_second_token_asks_each_slice_in_that_token(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A metered route sold in USDC and WETH, opened in WETH: each ``payment-required`` event
+    named the first offer's terms (0.01 USDC) whatever the stream was opened in, and another
+    process of the seller sells a slice only in the first slice's token and at its amount: a
+    buyer paying the terms the event said was refused there. The event names the first slice's
+    terms (docs/protocol.md, "Metered streams")."""
+    from fourmica_x402 import networks
+    from fourmica_x402.networks import TokenAmount
+    from fourmica_x402.routes import Offer, RouteConfig
+
+    monkeypatch.setattr(networks, "_assets", {k: dict(v) for k, v in networks._assets.items()})
+    weth = networks.register_asset(NETWORK, "0x" + "ee" * 20, symbol="WETH", decimals=18)
+    pay_to = TestBuyer.new().address
+    route = RouteConfig(
+        accepts=(
+            Offer("$0.01", NETWORK, pay_to),
+            Offer(TokenAmount(10**16, weth.address), NETWORK, pay_to),
+        ),
+        slices=Slices(units=2, pay_timeout=10.0),
+    )
+    seller = make_seller(routes={**base_routes, "GET /stream": route})
+    buyer = kit.funded(seller)
+    seller.core.deposit(buyer.address, 10**18, network=NETWORK, asset=weth.address)
+    with served(seller) as client:
+        challenge = client.get("/stream?n=4")
+        offers = decode_payment_required(challenge.headers["payment-required"]).accepts
+        offer = next(o for o in offers if o.asset == weth.address)
+        body = {"x402Version": 2, "userAddress": buyer.address}
+        tab = client.post("/x402/tab", json={**body, "paymentRequirements": offer.to_dict()})
+        name, value = payment_header(buyer, offer, tab.json())
+        with client.stream("GET", "/stream?n=4", headers={name: value}) as response:
+            asked = next(data for event, data in events(response) if event == "payment-required")
+            client.delete(asked["pay"].rsplit("/", 1)[0])
+    assert (asked["asset"], asked["amount"], asked["network"]) == (
+        weth.address,
+        str(10**16),
+        NETWORK,
+    )
+
+
 @pytest.mark.parametrize("kind", ["starlette"])  # a cancelled request: an ASGI task
 @pytest.mark.parametrize("apart", [False, True], ids=["records-in-core", "records-apart"])
 def test_a_slice_whose_pay_request_is_cancelled_during_its_settle_is_not_charged(
