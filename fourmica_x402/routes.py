@@ -247,11 +247,9 @@ class RouteTable:
             raise ConfigurationError(f"route {key!r}: one method per entry, or '*' for every one")
         if re.search(r"#|(?<!\()\?", route.pattern):  # "/x?tier=gold": no path is that
             raise ConfigurationError(f"route {key!r}: a key is a path, with no query or '#'")
+        shapes = [(entry.method, typed_template(entry.pattern)) for entry in self.routes]
         same = (route.method, typed_template(route.pattern))
-        at = next(
-            (i for i, e in enumerate(self.routes) if (e.method, typed_template(e.pattern)) == same),
-            None,
-        )
+        at = shapes.index(same) if same in shapes else None
         if at is not None and (not replace or self.routes[at].key != route.key):
             raise ConfigurationError(f"route {key!r} is priced already: {self.routes[at].key!r}")
         if route.config.stage is not None:  # one job, one count of stages (docs/protocol.md)
