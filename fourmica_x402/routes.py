@@ -243,7 +243,7 @@ class RouteTable:
         a key is refused (a table naming one route twice), and so is always another spelling
         of a priced key (``GET /items/{id}`` of ``GET /items/:id``), which would price nothing."""
         route = self.build(key, self._config(key, value))
-        if not re.fullmatch(r"\*|[A-Z][A-Z0-9_-]*", route.method):  # "GET,POST" fits nothing
+        if route.method in ("ANY", "ALL") or not re.fullmatch(r"\*|[A-Z][A-Z0-9_-]*", route.method):
             raise ConfigurationError(f"route {key!r}: one method per entry, or '*' for every one")
         if re.search(r"#|(?<!\()\?", route.pattern):  # "/x?tier=gold": no path is that
             raise ConfigurationError(f"route {key!r}: a key is a path, with no query or '#'")

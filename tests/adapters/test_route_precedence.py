@@ -458,11 +458,15 @@ def test_an_endpoint_class_handler_for_an_unlisted_method_is_priced_too(core: Co
     assert ran == []
 
 
-@pytest.mark.parametrize("key", ["GET,POST /report", "GET|POST /report", "get,post /report"])
+@pytest.mark.parametrize(
+    "key",
+    ["GET,POST /report", "GET|POST /report", "get,post /report", "ANY /report", "all /report"],
+)
 def test_an_entry_listing_several_methods_fails_at_start_up(core: Core, key: str) -> None:
-    """A key naming several methods (as a marker's key is listed: ``GET,POST /report``) was
-    taken as one made-up method that no request has: the route it meant to sell was free on a
-    router-less app, and a Starlette mount answered every method 405. A start-up error now."""
+    """A key naming several methods (as a marker's key is listed: ``GET,POST /report``), or
+    "any" the way other routers write it, was taken as one made-up method that no request
+    has: the route it meant to sell was free on a router-less app, and a Starlette mount
+    answered every method 405. A start-up error now (``*`` is every method)."""
     from fourmica_x402.errors import ConfigurationError
 
     app = PaymentMiddleware(_bare, pay_to=SELLER, core=core, routes={key: "$0.01"})
