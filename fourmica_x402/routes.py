@@ -245,8 +245,8 @@ class RouteTable:
         route = self.build(key, self._config(key, value))
         if route.method in ("ANY", "ALL") or not re.fullmatch(r"\*|[A-Z][A-Z0-9_-]*", route.method):
             raise ConfigurationError(f"route {key!r}: one method per entry, or '*' for every one")
-        if re.search(r"#|(?<!\()\?", route.pattern):  # "/x?tier=gold": no path is that
-            raise ConfigurationError(f"route {key!r}: a key is a path, with no query or '#'")
+        if re.search(r"#|(?<!\()\?|%[0-9A-Fa-f]{2}", route.pattern):  # "/x?a=b", "/my%20doc"
+            raise ConfigurationError(f"route {key!r}: a key is a decoded path, no query or '#'")
         shapes = [(entry.method, typed_template(entry.pattern)) for entry in self.routes]
         same = (route.method, typed_template(route.pattern))
         at = shapes.index(same) if same in shapes else None

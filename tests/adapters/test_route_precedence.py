@@ -551,11 +551,21 @@ def test_look_alike_entries_price_the_path_each_is_written_as(
         assert {path: _amount(client.get(path)) for path in prices} == prices
 
 
-@pytest.mark.parametrize("key", ["GET /report?tier=gold", "GET /report?", "GET /report#full"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "GET /report?tier=gold",
+        "GET /report?",
+        "GET /report#full",
+        "GET /my%20report",
+        "GET /caf%C3%A9",
+    ],
+)
 def test_an_entry_with_a_query_or_fragment_fails_at_start_up(core: Core, key: str) -> None:
-    """The table prices paths: ``"GET /report?tier=gold"`` matched no request path (the query
-    is not part of it), so a router-less app served ``/report?tier=gold`` free. A start-up
-    error now, as a typo in a route's path is under a router."""
+    """The table prices paths as the app sees them: ``"GET /report?tier=gold"`` matched no
+    request path (the query is not part of it), nor did ``"GET /my%20report"`` copied from an
+    address bar (the path is ``/my report``), so a router-less app served them free. A
+    start-up error now, as a typo in a route's path is under a router."""
     from fourmica_x402.errors import ConfigurationError
 
     app = PaymentMiddleware(_bare, pay_to=SELLER, core=core, routes={key: "$0.01"})
