@@ -393,13 +393,11 @@ class RouteTable:
                         scheme=item.get("scheme", SCHEME),
                     )
                 )
-            return RouteConfig(
-                description=value.get("description", ""),
-                mime_type=value.get("mimeType", value.get("mime_type", "")),
-                resource=value.get("resource"),
-                accepts=tuple(offers),
-                extensions=value.get("extensions"),
-            )
+            mime = value.get("mimeType", value.get("mime_type", ""))
+            offered = {"price", "network", "pay_to", "asset", "max_timeout_seconds", "accepts"}
+            ours = set(RouteConfig.__dataclass_fields__) - offered - {"mime_type"}
+            rest = {k: v for k, v in value.items() if k in ours}  # min_amount, stage…; not tags…
+            return RouteConfig(**rest, mime_type=mime, accepts=tuple(offers))
         if isinstance(value, Mapping) and "price" in value:
             if unknown := set(value) - set(RouteConfig.__dataclass_fields__):
                 raise ConfigurationError(f"route {key!r}: unknown keys {sorted(unknown)}")

@@ -111,3 +111,35 @@ def test_the_apps_max_timeout_seconds_is_what_routes_naming_none_advertise(
     for bad in (0, 86_401, "60", 1.5, True):
         with pytest.raises(ConfigurationError, match="max_timeout_seconds"):
             PaymentConfig(pay_to=FIRST, max_timeout_seconds=bad)  # type: ignore[arg-type]
+
+
+def test_the_official_accepts_form_keeps_the_routes_other_terms_or_refuses_them() -> None:
+    """``{"accepts": [...], ...}`` kept only a description, MIME type, resource and extensions:
+    a ``min_amount``, a ``stage`` (staged work's order), units or a cap written beside the
+    offers were dropped without a word (the route sold below its minimum, a later stage
+    without the earlier ones). They apply now, as in the ``{"price": ...}`` form; the
+    official package's keys we do not use (``tags``…) are still passed over."""
+    from fourmica_x402.errors import ConfigurationError
+    from fourmica_x402.jobs import Stage
+    from fourmica_x402.routes import RouteTable
+
+    offers = [{"price": "$0.02", "payTo": FIRST}, {"price": "$0.03", "payTo": SECOND}]
+    stage = Stage("report", 2, of=3)
+    table = RouteTable(
+        {
+            "POST /r": {"accepts": offers, "stage": stage, "min_amount": "$0.02"},
+            "GET /d": {"accepts": offers[0], "mimeType": "text/csv", "description": "data"},
+        },
+        network=NETWORK,
+        pay_to=FIRST,
+    )
+    staged, plain = table.routes
+    assert staged.config.stage == stage and staged.terms is not None
+    assert [t.minimum for t in staged.terms] == [20_000, 20_000]
+    assert (plain.config.mime_type, plain.config.description) == ("text/csv", "data")
+    with pytest.raises(ConfigurationError, match="below min_amount"):
+        RouteTable(
+            {"POST /r": {"accepts": offers, "min_amount": "$1"}}, network=NETWORK, pay_to=FIRST
+        )
+    official = {"accepts": offers, "tags": ["data"], "serviceName": "s", "hookTimeoutSeconds": 5}
+    assert RouteTable({"GET /o": official}, network=NETWORK, pay_to=FIRST).routes[0].terms is None
