@@ -430,11 +430,11 @@ class RouteTable:
     def match(self, method: str, path: str) -> Route | None:
         """The most specific route for ``method`` (HEAD counts as GET) and ``path``."""
         method = method.upper()
-        alias = "GET" if method == "HEAD" else method
+        fits = ("*", method, "GET" if method == "HEAD" else method)
         for route in self._matching:
-            if route.method in ("*", method, alias) and route.regex.match(path):
-                twins = self._twins.get(route.key)  # of look-alikes, the one written as path
-                return written_as(twins, path) if twins else route
+            if route.method in fits and route.regex.match(path):
+                twins = [t for t in self._twins.get(route.key, ()) if t.method in fits]
+                return written_as(twins, path) if len(twins) > 1 else route  # as path is written
         return None
 
     def static_pay_to(self) -> set[str] | None:

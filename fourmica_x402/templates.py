@@ -212,13 +212,13 @@ def _path_regex(pattern: str, *, slash: bool) -> str:
 
 
 def look_alikes(entries: list[Any]) -> dict[str, list[Any]]:
-    """Table entries (most specific first) by key, of those with look-alikes: the same method
-    and template but for case and a trailing slash (``GET /report``, ``GET /REPORT/``), which
-    match the same paths (:func:`compile_pattern`)."""
-    groups: dict[tuple[str, str], list[Any]] = {}
+    """Table entries (most specific first) by key, of those with look-alikes: the same template
+    but for case and a trailing slash (``GET /report``, ``* /REPORT/``), which match the same
+    paths (:func:`compile_pattern`); whatever their methods (the caller keeps the request's)."""
+    groups: dict[str, list[Any]] = {}
     for entry in entries:
         shape = canonical_template(entry.pattern).lower()
-        groups.setdefault((entry.method, shape[:1] + shape[1:].removesuffix("/")), []).append(entry)
+        groups.setdefault(shape[:1] + shape[1:].removesuffix("/"), []).append(entry)
     return {entry.key: group for group in groups.values() if len(group) > 1 for entry in group}
 
 

@@ -571,3 +571,27 @@ def test_an_entry_with_a_query_or_fragment_fails_at_start_up(core: Core, key: st
     app = PaymentMiddleware(_bare, pay_to=SELLER, core=core, routes={key: "$0.01"})
     with pytest.raises(ConfigurationError, match="no query"), TestClient(app):
         pass
+
+
+@pytest.mark.parametrize(
+    ("table", "prices"),
+    [
+        (
+            {"GET /report": "$0.01", "* /report/": "$5.00"},
+            {"/report": 10_000, "/report/": 5_000_000},
+        ),
+        (
+            {"GET /report": "$0.01", "* /REPORT": "$5.00"},
+            {"/report": 10_000, "/REPORT": 5_000_000},
+        ),
+    ],
+)
+def test_look_alike_entries_of_another_method_price_the_path_each_is_written_as(
+    core: Core, table: dict[str, str], prices: dict[str, int]
+) -> None:
+    """Look-alikes told apart only when they named the same method: a '* /report/' at $5 and a
+    'GET /report' at $0.01 both match GET /report, and the more literal catch-all charged the
+    buyer $5 for the $0.01 view (a 'GET /report' before '* /REPORT' sold /REPORT at $0.01)."""
+    app = PaymentMiddleware(_bare, pay_to=SELLER, core=core, network=NETWORK, routes=table)
+    with TestClient(app) as client:
+        assert {path: _amount(client.get(path)) for path in prices} == prices
