@@ -236,10 +236,10 @@ def written_as(entries: list[Any], path: str) -> Any:
 def specificity(method: str, pattern: str) -> tuple[int, int, int, bool]:
     """Sorts table entries most specific first: more literal text (``/api/:v/premium/*`` before
     ``/api/*``), then fewer wildcards, then fewer parameters, then a named method before ``*``.
-    The ``/`` of a trailing ``/*`` is the wildcard's (it matches the bare prefix too): ``/files``
-    before ``/files/*``. Python's sort is stable: what ties keeps the table's order."""
+    Slashes are not text: ``/files`` before ``/files/*`` (which matches the bare prefix too), and
+    ``/v1/*`` before ``/{org}/{repo}/{file}``. Python's sort is stable: ties keep the table's order."""
     shape = canonical_template(pattern)
-    literal = len(shape.removesuffix("/*").replace("{}", "").replace("*", ""))
+    literal = len(re.sub(r"\{\}|[*/]", "", shape))
     return -literal, shape.count("*"), shape.count("{}"), method == "*"
 
 

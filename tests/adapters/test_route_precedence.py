@@ -522,6 +522,21 @@ def test_an_exact_entry_outranks_a_catch_all_on_its_bare_prefix(
         assert core.position(buyer.address, network=NETWORK).locked == 0
 
 
+@pytest.mark.parametrize("first", [True, False])
+def test_a_catch_all_under_literal_text_outranks_an_entry_of_parameters_only(
+    core: Core, first: bool
+) -> None:
+    """Once the ``/`` of a trailing ``/*`` stopped counting as literal text, the slashes of
+    ``"GET /{org}/{repo}/{file}"`` outweighed the ``v1`` of ``"GET /v1/*"``: a router-less app
+    sold /v1/models/gpt, the $5 API, at the $0.01 of an entry naming no text at all."""
+    entries = [("GET /v1/*", "$5.00"), ("GET /{org}/{repo}/{file}", "$0.01")]
+    table = dict(entries if first else entries[::-1])
+    app = PaymentMiddleware(_bare, pay_to=SELLER, core=core, network=NETWORK, routes=table)
+    with TestClient(app) as client:
+        assert _amount(client.get("/v1/models/gpt")) == 5_000_000
+        assert _amount(client.get("/acme/tools/readme")) == 10_000
+
+
 @pytest.mark.parametrize(
     ("table", "prices"),
     [
