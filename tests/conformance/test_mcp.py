@@ -634,6 +634,25 @@ def test_a_free_call_left_unanswered_keeps_its_id_from_a_paid_one(tmp_path: Path
     core.close()
 
 
+def _answering(status: int, answer: dict[str, Any]) -> Any:
+    """A tool server (ASGI, with a lifespan) answering every message ``status`` with
+    ``answer`` as its JSON body."""
+
+    async def server(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": message["type"] + ".complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        while (await receive()).get("more_body"):
+            pass
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": json.dumps(answer).encode()})
+
+    return server
+
+
 @pytest.mark.parametrize(
     ("answered", "state"), [(7, "payable"), (99, "voided"), ("7", "voided")], ids=str
 )
@@ -645,23 +664,7 @@ def test_a_paid_call_is_delivered_only_by_an_answer_to_its_own_id(
     id delivers it; any other is refunded."""
     from starlette.testclient import TestClient
 
-    async def server(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                await send({"type": message["type"] + ".complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        while (await receive()).get("more_body"):
-            pass
-        body = json.dumps({"jsonrpc": "2.0", "id": answered, "result": {"content": []}})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body.encode()})
+    server = _answering(200, {"jsonrpc": "2.0", "id": answered, "result": {"content": []}})
 
     core = Core(str(tmp_path / "core.db"))
     buyer, seller = TestBuyer.new(), TestBuyer.new()
@@ -689,23 +692,8 @@ def test_a_paid_call_answered_with_an_error_status_is_refunded_even_with_refund_
     (no delivery policy) stayed payable: the buyer paid for a tool that never ran."""
     from starlette.testclient import TestClient
 
-    async def server(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                await send({"type": message["type"] + ".complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        while (await receive()).get("more_body"):
-            pass
-        body = json.dumps({"jsonrpc": "2.0", "id": 7, "error": {"code": -32600, "message": "x"}})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body.encode()})
+    error = {"code": -32600, "message": "x"}
+    server = _answering(status, {"jsonrpc": "2.0", "id": 7, "error": error})
 
     core = Core(str(tmp_path / "core.db"))
     buyer, seller = TestBuyer.new(), TestBuyer.new()
@@ -735,18 +723,7 @@ def test_the_tool_route_cannot_be_repriced_as_one_price(tmp_path: Path) -> None:
     route's prices are its tools' (docs/mcp.md): the change is refused, nothing changes."""
     from starlette.testclient import TestClient
 
-    async def server(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                await send({"type": message["type"] + ".complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        while (await receive()).get("more_body"):
-            pass
-        body = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"content": []}})
-        headers = [(b"content-type", b"application/json")]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body.encode()})
+    server = _answering(200, {"jsonrpc": "2.0", "id": 1, "result": {"content": []}})
 
     core = Core(str(tmp_path / "core.db"))
     config = McpTools(PRICES).config(

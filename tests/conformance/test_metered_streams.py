@@ -1287,13 +1287,11 @@ def test_a_repricing_leaves_a_stream_already_open_at_its_price(
     assert kit.locked(seller, buyer) == 2 * CENT
 
 
-@pytest.mark.parametrize("kind", ["starlette"])  # pricing is the gate's: one adapter is enough
-def test_each_offer_of_a_metered_route_keeps_its_own_price_per_slice(
+def _two_token_seller(
     make_seller: Any, base_routes: dict[str, Any], kit: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A metered route sold in two tokens: a later slice may be paid in either, each at its
-    own price (a slice was once offered at the first slice's amount in every token, and
-    10 000 wei bought a slice priced 10**16)."""
+) -> tuple[Any, Any, Any]:
+    """A seller whose ``GET /stream`` (2 units a slice) is sold at $0.01 in USDC or 10**16 wei
+    of a WETH registered for the test, a buyer funded in both, and the WETH asset."""
     from fourmica_x402 import networks
     from fourmica_x402.networks import TokenAmount
     from fourmica_x402.routes import Offer, RouteConfig
@@ -1311,6 +1309,17 @@ def test_each_offer_of_a_metered_route_keeps_its_own_price_per_slice(
     seller = make_seller(routes={**base_routes, "GET /stream": route})
     buyer = kit.funded(seller)
     seller.core.deposit(buyer.address, 10**18, network=NETWORK, asset=weth.address)
+    return seller, buyer, weth
+
+
+@pytest.mark.parametrize("kind", ["starlette"])  # pricing is the gate's: one adapter is enough
+def test_each_offer_of_a_metered_route_keeps_its_own_price_per_slice(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A metered route sold in two tokens: a later slice may be paid in either, each at its
+    own price (a slice was once offered at the first slice's amount in every token, and
+    10 000 wei bought a slice priced 10**16)."""
+    seller, buyer, weth = _two_token_seller(make_seller, base_routes, kit, monkeypatch)
     with served(seller) as client:
 
         def pay_in(asset: str, method: str, path: str) -> dict[str, str]:
@@ -1344,23 +1353,7 @@ def test_a_stream_opened_in_its_second_token_asks_each_slice_in_that_token(
     process of the seller sells a slice only in the first slice's token and at its amount: a
     buyer paying the terms the event said was refused there. The event names the first slice's
     terms (docs/protocol.md, "Metered streams")."""
-    from fourmica_x402 import networks
-    from fourmica_x402.networks import TokenAmount
-    from fourmica_x402.routes import Offer, RouteConfig
-
-    monkeypatch.setattr(networks, "_assets", {k: dict(v) for k, v in networks._assets.items()})
-    weth = networks.register_asset(NETWORK, "0x" + "ee" * 20, symbol="WETH", decimals=18)
-    pay_to = TestBuyer.new().address
-    route = RouteConfig(
-        accepts=(
-            Offer("$0.01", NETWORK, pay_to),
-            Offer(TokenAmount(10**16, weth.address), NETWORK, pay_to),
-        ),
-        slices=Slices(units=2, pay_timeout=10.0),
-    )
-    seller = make_seller(routes={**base_routes, "GET /stream": route})
-    buyer = kit.funded(seller)
-    seller.core.deposit(buyer.address, 10**18, network=NETWORK, asset=weth.address)
+    seller, buyer, weth = _two_token_seller(make_seller, base_routes, kit, monkeypatch)
     with served(seller) as client:
         challenge = client.get("/stream?n=4")
         offers = decode_payment_required(challenge.headers["payment-required"]).accepts

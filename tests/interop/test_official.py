@@ -536,12 +536,10 @@ def test_official_route_dict_seller_uses_our_service(official_python: Path, tmp_
         assert 'fourmica_settle_total{outcome="success"} 2.0' in metrics
 
 
-def test_the_official_client_reads_our_settle_refusals_reason(
-    official_python: Path, tmp_path: Path
-) -> None:
-    """The official seller reads a ``/settle`` refusal's code from ``errorReason`` (x402's
-    SettleResponse) when the answer is a full SettleResponse, as ours is: without it, every
-    refusal reached its buyer as a bare "Settlement failed"."""
+@contextlib.contextmanager
+def _sandbox_settle(tmp_path: Path) -> Iterator[tuple[str, TestBuyer, dict[str, Any], Any]]:
+    """``fourmica-x402 serve --sandbox`` with a buyer holding $1 on it: (its URL, the buyer,
+    the buyer's G-v1 tab to a new seller, $0.01 requirements of that seller)."""
     port = free_port()
     service = f"http://127.0.0.1:{port}"
     db = f"sqlite:///{tmp_path / 'service.db'}"
@@ -564,6 +562,16 @@ def test_the_official_client_reads_our_settle_refusals_reason(
             amount="10000",
             pay_to=seller,
         )
+        yield service, buyer, tab, req
+
+
+def test_the_official_client_reads_our_settle_refusals_reason(
+    official_python: Path, tmp_path: Path
+) -> None:
+    """The official seller reads a ``/settle`` refusal's code from ``errorReason`` (x402's
+    SettleResponse) when the answer is a full SettleResponse, as ours is: without it, every
+    refusal reached its buyer as a bare "Settlement failed"."""
+    with _sandbox_settle(tmp_path) as (service, buyer, tab, req):
         body = {
             "x402Version": 2,
             "paymentPayload": b64_json(payment_header(buyer, req, tab)[1]),
@@ -584,28 +592,7 @@ def test_the_official_sdks_settle_helper_is_served_by_our_service(
     ``X-PAYMENT`` value as it came, in ``paymentHeader`` (the SDK's README says to settle so).
     Our service read only ``paymentPayload``: every payment it settled was refused
     ``malformed_payment``, so a seller on the official SDK could never be paid through it."""
-    port = free_port()
-    service = f"http://127.0.0.1:{port}"
-    db = f"sqlite:///{tmp_path / 'service.db'}"
-    serve = [sys.executable, "-m", "fourmica_x402", "serve", "--db", db]
-    serve += ["--port", str(port), "--sandbox"]
-    buyer, (_, seller) = TestBuyer.new(), new_key()
-    with serving("fourmica-x402 serve", serve, f"{service}/health", tmp_path / "service.log"):
-        funded = httpx.post(
-            f"{service}/sandbox/deposit", json={"address": buyer.address, "amount": "$1"}
-        )
-        assert funded.status_code == 200, funded.text
-        tab = httpx.post(
-            f"{service}/tabs",
-            json={"userAddress": buyer.address, "recipientAddress": seller, "guaranteeVersion": 1},
-        ).json()
-        req = PaymentRequirements(
-            scheme="4mica-credit",
-            network=NETWORK,
-            asset=default_asset(NETWORK).address,
-            amount="10000",
-            pay_to=seller,
-        )
+    with _sandbox_settle(tmp_path) as (service, buyer, tab, req):
         resource = ResourceInfo(url="http://seller.test/premium")
         name, header = payment_header(buyer, req, tab, version=1, resource=resource)
         assert name == "X-PAYMENT"
