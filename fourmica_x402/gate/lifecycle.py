@@ -34,6 +34,7 @@ BODY_LIMIT = 64 * 1024
 OWN_HEADERS = frozenset(
     {"cache-control", "job-id", "job-stage", "payment-response", "x-payment-response"}
 )
+FRONT_SENT = frozenset({"x-sendfile", "x-accel-redirect", "x-lighttpd-send-file"})
 
 
 class Meter:
@@ -67,6 +68,8 @@ class Meter:
         """
         self.status, self.headers = status, list(headers)
         declared = next((v for k, v in self.headers if k.lower() == "content-length"), "").strip()
+        if any(k.lower() in FRONT_SENT for k, _ in self.headers):  # X-Sendfile: the front
+            declared = ""  # server sends the body, not measured here (docs/protocol.md)
         self.length = int(declared) if declared.isascii() and declared.isdigit() else None
         if self.extra is None:
             cache = next((v for k, v in self.headers if k.lower() == "cache-control"), None)
@@ -176,10 +179,7 @@ class HashedInput:
         return self._seen(self._stream.readline(*(() if asked is None else (asked,))), asked)
 
     def readlines(self, hint: int = -1) -> list[bytes]:
-        lines = []
-        while line := self.readline():
-            lines.append(line)
-        return lines
+        return list(iter(self.readline, b""))
 
     def __iter__(self) -> Iterator[bytes]:
         while line := self.readline():

@@ -1347,3 +1347,30 @@ def test_a_free_file_server_never_serves_a_rule_whose_converter_spans_segments(
     resp = Client(app).get(path, environ_overrides=raw)
     assert resp.status_code == 400 and resp.get_json()["error"] == "ambiguous_path"
     assert core.guarantees() == []
+
+
+def test_a_file_a_front_server_sends_through_x_sendfile_is_charged(
+    core: Core, tmp_path: Path
+) -> None:
+    """``USE_X_SENDFILE``: Flask answers with the file's size as Content-Length and no body,
+    and the front server (Apache, nginx) sends the file itself. The gate took the empty body
+    for one cut short and refunded every file it sold."""
+    from flask import send_file
+
+    report = tmp_path / "report.pdf"
+    report.write_bytes(b"%PDF" + b"x" * 5000)
+    app = make_app(pay_to=SELLER, core=core, routes={"GET /report": "$0.01"})
+    app.config["USE_X_SENDFILE"] = True
+    FourmicaX402(app)
+
+    @app.get("/report")
+    def pdf() -> Any:
+        return send_file(report)
+
+    client = app.test_client()
+    buyer = funded(core)
+    resp = client.get("/report", headers=payment_for(client, buyer, "/report"))
+    assert resp.status_code == 200 and resp.headers["X-Sendfile"] == str(report)
+    assert resp.headers["Content-Length"] == "5004" and resp.get_data() == b""
+    app.extensions["fourmica_x402"].gate.flush()
+    assert [g.state for g in core.guarantees(address=buyer.address)] == ["payable"]
