@@ -61,17 +61,16 @@ class Meter:
 
     def start(self, status: int, headers: Iterable[tuple[str, str]]) -> Flow:
         """The response starts: the headers to send, or the :class:`Response` to send instead.
-
-        Only the first call asks the gate (:meth:`Gate.response_start`); a later one (WSGI's
-        ``start_response`` with ``exc_info``) renders the new headers with the same of ours. A
-        replaced response is over for the gate: it is told (:meth:`finish`) at once.
-        """
+        The gate is asked (:meth:`Gate.response_start`) once, and again when a later call (WSGI's
+        ``exc_info``) makes a 2xx an error (refunded: our header says so, docs/protocol.md). A
+        replaced response is over for the gate: it is told (:meth:`finish`) at once."""
+        erred = 200 <= (self.status or 0) < 300 and not 200 <= status < 300
         self.status, self.headers = status, list(headers)
         declared = next((v for k, v in self.headers if k.lower() == "content-length"), "").strip()
         if any(k.lower() in FRONT_SENT for k, _ in self.headers):  # X-Sendfile: the front
             declared = ""  # server sends the body, not measured here (docs/protocol.md)
         self.length = int(declared) if declared.isascii() and declared.isdigit() else None
-        if self.extra is None:
+        if self.extra is None or (erred and self.replacement is None):
             cache = next((v for k, v in self.headers if k.lower() == "cache-control"), None)
             try:
                 got = yield from self.gate.response_start(self.state, status, cache)

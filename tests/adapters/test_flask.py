@@ -1374,3 +1374,49 @@ def test_a_file_a_front_server_sends_through_x_sendfile_is_charged(
     assert resp.headers["Content-Length"] == "5004" and resp.get_data() == b""
     app.extensions["fourmica_x402"].gate.flush()
     assert [g.state for g in core.guarantees(address=buyer.address)] == ["payable"]
+
+
+@pytest.mark.parametrize("settle", ["before", "after"])
+def test_a_wsgi_app_that_turns_its_2xx_into_an_error_page_says_refunded(
+    core: Core, settle: str
+) -> None:
+    """PEP 3333: an app that fails before its body may call ``start_response`` again with
+    ``exc_info`` and an error page. The buyer was refunded, yet the 500 carried the header
+    made for the 2xx: ``success: true``, as if charged. Served by wsgiref, which takes a new
+    status until the headers went out."""
+    import base64
+    import http.client
+    import json
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from fourmica_x402.adapters.wsgi import PaymentMiddleware
+    from werkzeug.test import Client
+
+    def report(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        try:
+            raise RuntimeError("the template failed")
+        except RuntimeError:
+            start_response("500 Internal Server Error", [], sys.exc_info())
+        return [b"error page"]
+
+    routes = {"GET /r": "$0.01"}
+    middleware = PaymentMiddleware(report, pay_to=SELLER, core=core, routes=routes, settle=settle)
+    buyer = funded(core)
+    headers = payment_for(Client(middleware), buyer, "/r")
+    quiet = type("Quiet", (WSGIRequestHandler,), {"log_message": lambda *a: None})
+    server = make_server("127.0.0.1", 0, middleware, handler_class=quiet)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
+        conn.request("GET", "/r", headers=headers)
+        resp = conn.getresponse()
+        assert resp.status == 500 and resp.read() == b"error page"
+        result = json.loads(base64.b64decode(resp.headers["payment-response"]))
+        conn.close()
+    finally:
+        server.server_close()
+    assert (result["success"], result.get("errorReason")) == (False, "refunded")
+    middleware.gate.flush()
+    assert [g.state for g in core.guarantees(address=buyer.address)] == ["voided"]
