@@ -50,7 +50,8 @@ LISTEN_AFTER = 0.5
 
 
 async def send_response(send: Any, response: Response) -> None:
-    headers = [*_encode(response.headers), (b"content-length", str(len(response.body)).encode())]
+    own = [h for h in response.headers if h[0].lower() != "content-length"]  # one: ours
+    headers = [*_encode(own), (b"content-length", str(len(response.body)).encode())]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})
 

@@ -65,7 +65,8 @@ def request_view(
 
 def answer(start_response: Callable[..., Any], response: Response) -> list[bytes]:
     status = f"{response.status} {responses.get(response.status, 'Unknown')}"
-    start_response(status, [*response.headers, ("content-length", str(len(response.body)))])
+    headers = [h for h in response.headers if h[0].lower() != "content-length"]  # one: ours
+    start_response(status, [*headers, ("content-length", str(len(response.body)))])
     return [response.body]
 
 

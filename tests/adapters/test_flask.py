@@ -1420,3 +1420,19 @@ def test_a_wsgi_app_that_turns_its_2xx_into_an_error_page_says_refunded(
     assert (result["success"], result.get("errorReason")) == (False, "refunded")
     middleware.gate.flush()
     assert [g.state for g in core.guarantees(address=buyer.address)] == ["voided"]
+
+
+def test_the_gates_own_options_answer_sends_one_content_length(core: Core) -> None:
+    """The gate answered an OPTIONS on a priced rule with its own ``Content-Length: 0`` and
+    the WSGI middleware added another: two Content-Length lines, which nginx (1.23+) refuses
+    from an upstream (a 502), failing every CORS preflight of a paid route behind it."""
+    app = make_app(pay_to=SELLER, network=NETWORK, core=core, routes={"GET /report": "$0.01"})
+    FourmicaX402(app)
+
+    @app.route("/report", methods=["GET", "OPTIONS"])
+    def report() -> dict[str, str]:
+        return {"report": "paid content"}
+
+    resp = app.test_client().options("/report")
+    assert resp.status_code == 200 and resp.headers["Allow"] == "GET, HEAD, OPTIONS"
+    assert resp.headers.getlist("Content-Length") == ["0"]

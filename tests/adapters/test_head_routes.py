@@ -45,3 +45,19 @@ def test_a_head_only_route_priced_by_the_table_never_runs_unpaid(
     assert ran == [] and audited_core.guarantees() == []
     if "POST" in methods:
         assert client.post("/report").status_code == 402 and ran == []
+
+
+def test_the_gates_own_options_answer_sends_one_content_length(audited_core: Core) -> None:
+    """The gate answered an OPTIONS on a priced route with its own ``Content-Length: 0`` and
+    the ASGI middleware added another: two Content-Length lines, which nginx (1.23+) refuses
+    from an upstream (a 502), failing every CORS preflight of a paid route behind it."""
+
+    async def report(request: Any) -> Response:
+        return Response(b"paid content")
+
+    app = Starlette(routes=[Route("/report", report, methods=["GET", "OPTIONS"])])
+    options: dict[str, Any] = {"pay_to": SELLER, "core": audited_core, "network": NETWORK}
+    client = TestClient(PaymentMiddleware(app, routes={"GET /report": "$0.50"}, **options))
+    resp = client.options("/report")
+    assert resp.status_code == 200 and resp.headers["allow"] == "GET, HEAD, OPTIONS"
+    assert resp.headers.get_list("content-length") == ["0"]
