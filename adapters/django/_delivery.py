@@ -1,4 +1,4 @@
-"""A paid Django stream that is never sent: refunded.
+"""A paid Django response that is never sent: refunded; one a WSGI server writes: judged then.
 
 A middleware listed above ours may answer with a response of its own instead of the paid
 stream, which is then neither read nor closed: the gate, told when a stream ends, would never
@@ -14,10 +14,10 @@ import threading
 import weakref
 from typing import Any
 
-from fourmica_x402.gate import Gate
+from fourmica_x402.gate import Flow, Gate
 from fourmica_x402.gate.lifecycle import Meter
 
-__all__ = ["unless_sent"]
+__all__ = ["served", "unless_sent"]
 
 log = logging.getLogger("fourmica_x402.gate")
 
@@ -25,6 +25,38 @@ log = logging.getLogger("fourmica_x402.gate")
 _DROPPED: queue.SimpleQueue[Meter] = queue.SimpleQueue()
 _refunder: threading.Thread | None = None
 _REPLACED = "the response was replaced before it was sent"
+_LEFT = "the client left before the response ended"
+
+
+class _Written(list):  # type: ignore[type-arg]
+    """A response's chunks: whether the server's last pass over them (``iter(response)``)
+    stopped short, its write failing (the client left); ``.content`` reads them whole."""
+
+    cut = False
+
+    def __iter__(self) -> Any:
+        self.cut = True
+        yield from super().__iter__()
+        self.cut = False
+
+
+def served(response: Any, meter: Meter, async_mode: bool) -> Flow:
+    """A whole (non-streaming) paid response: charged as it goes out. Under WSGI the server
+    writes it after the middleware returned, then closes it: a write that failed (the client
+    left) is refunded, like a stream's (docs/protocol.md, "Delivery")."""
+    meter.feed(response.content)
+    if async_mode or type(getattr(response, "_container", None)) is not list:  # ASGI: .content
+        yield from meter.finish(meter.short())  # a body short of its Content-Length: refunded
+        return
+    response._container = written = _Written(response._container)
+
+    def closed() -> None:
+        if not meter.finished:
+            left = ConnectionAbortedError(_LEFT) if written.cut else None
+            Gate.run_sync(meter.finish(left or meter.short()))
+
+    response._resource_closers.append(closed)
+    unless_sent(response, meter)  # dropped unsent above ours: refunded
 
 
 def unless_sent(response: Any, meter: Meter) -> None:

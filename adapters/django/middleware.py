@@ -20,7 +20,7 @@ from fourmica_x402.gate.guards import rerouted
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Endpoints, Meter
 from fourmica_x402.gate.types import for_shared_caches
 
-from ._delivery import unless_sent
+from ._delivery import served, unless_sent
 from ._order import cache_misplaced
 from ._streams import as_served
 from ._view import overridden, request_view
@@ -145,6 +145,5 @@ class PaymentMiddleware:
             response.streaming_content = meter.stream(content)
             unless_sent(response, meter)  # dropped unread above ours: refunded
             return response
-        meter.feed(response.content)
-        yield from meter.finish(meter.short())  # a body short of its Content-Length: refunded
+        yield from served(response, meter, self.async_mode)  # charged once sent whole
         return response

@@ -141,6 +141,11 @@ def cached(request: HttpRequest) -> JsonResponse:
 
 
 @paid(price="$0.01")
+def bulky(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(b"x" * (16 * 1024 * 1024))  # more than a socket's buffers hold
+
+
+@paid(price="$0.01")
 def tagged(request: HttpRequest) -> JsonResponse:
     response = JsonResponse({"doc": "paid content"})
     response["ETag"] = '"v1"'
@@ -410,6 +415,7 @@ URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("tagged", tagged),
     path("cached", cached),
     path("short", short),
+    path("bulky", bulky),
     path("proxied", Proxied.as_view()),
     path("ledger", Ledger.as_view()),
     path("paid-proxied", PaidProxied.as_view()),
@@ -1604,3 +1610,45 @@ def test_an_unknown_setting_is_named_once_by_the_system_check(configured: None) 
     with override_settings(FOURMICA_X402={"PAY_TOO": SELLER}):
         [said] = [m.msg for m in run_checks(tags=["fourmica_x402"])]
     assert said.startswith("FOURMICA_X402: unknown keys") and said.count("FOURMICA_X402") == 1
+
+
+@pytest.mark.parametrize("leaves", [True, False])
+def test_a_client_that_leaves_a_large_answer_under_a_wsgi_server_is_not_charged(
+    configured: None, core: Core, leaves: bool
+) -> None:
+    """Under a WSGI server (wsgiref) a non-streaming answer is written after the middleware
+    returned: it was charged before a byte went out, so a client that reset the connection
+    after the first few KB of 16 MB paid for the whole (a Flask app's is refunded). It is
+    charged once the server wrote it whole; one read to the end still is."""
+    import socket
+    import struct
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    app = WSGIHandler()
+    quiet = type("Quiet", (WSGIRequestHandler,), {"log_message": lambda *a: None})
+    server = make_server("127.0.0.1", 0, app, handler_class=quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = Client()
+    buyer, headers = header(client, core, "/bulky")
+    try:
+        conn = socket.create_connection(("127.0.0.1", server.server_port), timeout=30)
+        sent = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        conn.sendall(f"GET /bulky HTTP/1.0\r\nHost: shop\r\n{sent}\r\n".encode())
+        got = len(conn.recv(4096))
+        while not leaves and (data := conn.recv(1 << 16)):
+            got += len(data)
+        if leaves:  # a reset, not a polite close: the server's next write fails
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+        for _ in range(500):  # bounded: the server ends the response in its own thread
+            app._middleware_chain.__wrapped__.gate.flush()
+            if [g.state for g in core.guarantees(address=buyer.address)] != ["pending_validation"]:
+                break
+            time.sleep(0.01)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert got > 16 * 1024 * 1024 or leaves
+    states = [g.state for g in core.guarantees(address=buyer.address)]
+    assert states == (["voided"] if leaves else ["payable"])
