@@ -285,11 +285,8 @@ class Gate:
             return _options(endpoint, self.routes.other_methods(endpoint))
         if request.resolve is not None:  # price what the framework's router resolved
             route = None if endpoint is None else self.routes.for_endpoint(method, endpoint)
-            if (route is not None and paths.ambiguous(request)) or (
-                route is None
-                and paths.free_reaches_priced(
-                    self.routes, method, request, endpoint, self.endpoints or ()
-                )
+            if (route is not None and paths.ambiguous(request)) or paths.reaches_priced(
+                self.routes, method, request, endpoint, self.endpoints or (), route
             ):
                 return error_response(400, "ambiguous_path", "ambiguous request path")
             if route is None and endpoint is not None and endpoint.methods is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import unquote
 
-from ..routes import Endpoint, RouteTable
+from ..routes import Endpoint, Route, RouteTable
 from ..templates import compile_pattern
 from .types import RequestView
 
@@ -29,13 +29,17 @@ def ambiguous(request: RequestView) -> bool:
 
 
 def matches_variant(
-    routes: RouteTable, method: str, request: RequestView, endpoints: Iterable[Endpoint] = ()
+    routes: RouteTable,
+    method: str,
+    request: RequestView,
+    endpoints: Iterable[Endpoint] = (),
+    besides: Route | None = None,
 ) -> bool:
     """A table entry, or a route of ``endpoints`` that the table or its marker prices for
     ``method`` (read as its router shapes it: a converter spanning segments is ``*``), that
     some reading of the raw path (decoded, dot and empty segments resolved, backslashes as
     slashes; the table matches with or without a trailing slash) would price: a proxy or a
-    file server may read it that way."""
+    file server may read it that way. ``besides``: the route pricing the request, left out."""
     raw = request.raw_path or request.path
     # and the path as routed: a raw one handed over whole (an absolute-form target,
     # http://host/./x) or under a script name written otherwise (/%61pi/./x) never lines up
@@ -50,28 +54,34 @@ def matches_variant(
             elif seg not in (".", ""):
                 parts.append(seg)
         variants.add("/" + "/".join(parts))
-    if any(routes.match(method, v) for v in variants):
+
+    def other(route: Route | None) -> bool:  # priced, and not by the key pricing the request
+        return route is not None and (besides is None or route.key != besides.key)
+
+    if any(other(routes.match(method, v)) for v in variants):
         return True
-    priced = (e.shape for e in endpoints if routes.for_endpoint(method, e))
+    priced = (e.shape for e in endpoints if other(routes.for_endpoint(method, e)))
     shapes = [compile_pattern(shape) for shape in priced if shape.startswith("/")]
     return any(shape.match(v) for shape in shapes for v in variants)
 
 
-def free_reaches_priced(
+def reaches_priced(
     routes: RouteTable,
     method: str,
     request: RequestView,
     endpoint: Endpoint | None,
     endpoints: Iterable[Endpoint] = (),
+    route: Route | None = None,
 ) -> bool:
-    """A request the router sends to a free endpoint through a path that a file server there
-    reads as a priced one (``//premium/x``, ``/a/../premium/x``; ``/premium.txt/`` at a
-    catch-all): Starlette's ``StaticFiles``, Django's ``serve`` and Flask's
-    ``send_from_directory`` resolve such segments themselves. Only odd paths are checked;
-    ``endpoints``: the app's routes, as in :func:`matches_variant`."""
+    """A request the router sends to a free endpoint (or one ``route`` prices) through a path
+    that a file server there reads as one priced otherwise (``//premium/x``, ``/a/../premium/x``;
+    ``/premium.txt/`` at a catch-all): Starlette's ``StaticFiles``, Django's ``serve`` and
+    Flask's ``send_from_directory`` resolve such segments themselves, and a cheaper mount must
+    not sell a dearer one's files. Only odd paths are checked; ``endpoints``: the app's routes,
+    as in :func:`matches_variant`."""
     if endpoint is None:  # not served: a 404, a 405, a redirect
         return False
     path = request.path
     trailing = len(path) > 1 and path.endswith("/") and "*" in endpoint.shape
     odd = trailing or "//" in path or ambiguous(request)
-    return odd and matches_variant(routes, method, request, endpoints)
+    return odd and matches_variant(routes, method, request, endpoints, besides=route)

@@ -213,3 +213,48 @@ def test_a_raw_path_that_does_not_line_up_with_the_path_never_serves_a_priced_fi
     resp = Client(app).get("/", environ_overrides={**environ, "RAW_URI": uri})
     assert resp.status_code == 400 and b"ambiguous_path" in resp.get_data()
     assert audited_core.guarantees() == []
+
+
+@pytest.mark.parametrize("path", ["/static//premium/report.txt", "/static/premium.txt/"])
+def test_a_cheaper_priced_file_server_never_sells_a_dearer_priced_file(
+    files: Path, audited_core: Core, path: str
+) -> None:
+    """A router's app: a $0.01 ``StaticFiles`` at ``/static`` holding the files of a $1
+    ``/static/premium`` mount and a $1 ``/static/premium.txt`` route. The router sent
+    ``/static//premium/report.txt`` (and ``/static/premium.txt/``) to the cheap mount, whose
+    file server read the dear file: the buyer paid $0.01 for it (only a free endpoint was
+    checked for such paths)."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    (files / "static").mkdir()
+    (files / "static" / "premium").mkdir()
+    (files / "static" / "premium" / "report.txt").write_text("PAID CONTENT")
+    (files / "static" / "premium.txt").write_text("PAID CONTENT")
+    (files / "static" / "free.txt").write_text("cheap")
+
+    async def premium(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("PAID CONTENT")
+
+    table = {
+        "GET /static/*": "$0.01",
+        "GET /static/premium/*": "$1.00",
+        "GET /static/premium.txt": "$1.00",
+    }
+    options: dict[str, Any] = {"pay_to": SELLER, "core": audited_core, "network": NETWORK}
+    app = Starlette(
+        routes=[
+            Route("/static/premium.txt", premium),
+            Mount("/static/premium", StaticFiles(directory=str(files / "static" / "premium"))),
+            Mount("/static", StaticFiles(directory=str(files / "static"))),
+        ],
+        middleware=[Middleware(AsgiPayment, routes=table, **options)],
+    )
+    assert _get_asgi(app, "/static/premium/report.txt")[0] == 402
+    status, body = _raw_asgi(app, path)
+    assert b"PAID" not in body
+    assert status == 400 and b"ambiguous_path" in body
+    assert _raw_asgi(app, "/static//free.txt")[0] == 402  # it moves no price: sold as it is
+    assert audited_core.guarantees() == []
