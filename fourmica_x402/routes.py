@@ -37,6 +37,7 @@ from .templates import (
 )
 from .wire import SCHEME
 
+_WHOLE = re.compile(r"\s*\d+(\.0*)?\s*")  # seconds as the official route dict may write them
 #: Methods whose pricing an endpoint keeps (any other is priced afresh on each request).
 _CACHED = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "QUERY"})
 
@@ -382,6 +383,8 @@ class RouteTable:
                 if not isinstance(item, Mapping) or "price" not in item:
                     raise ConfigurationError(f"route {key!r}: each accepts entry needs a price")
                 timeout = item.get("maxTimeoutSeconds", item.get("max_timeout_seconds"))
+                if isinstance(timeout, str | float) and _WHOLE.fullmatch(str(timeout)):
+                    timeout = int(float(timeout))  # "60", 60.0: as the official package reads it
                 offers.append(
                     Offer(
                         price=item["price"],
@@ -393,11 +396,10 @@ class RouteTable:
                         scheme=item.get("scheme", SCHEME),
                     )
                 )
-            mime = value.get("mimeType", value.get("mime_type", ""))
-            offered = {"price", "network", "pay_to", "asset", "max_timeout_seconds", "accepts"}
-            ours = set(RouteConfig.__dataclass_fields__) - offered - {"mime_type"}
+            ours = set(RouteConfig.__dataclass_fields__) - {*Offer.__dataclass_fields__, "accepts"}
             rest = {k: v for k, v in value.items() if k in ours}  # min_amount, stage…; not tags…
-            return RouteConfig(**rest, mime_type=mime, accepts=tuple(offers))
+            rest["mime_type"] = value.get("mimeType", value.get("mime_type", ""))
+            return RouteConfig(**rest, accepts=tuple(offers))
         if isinstance(value, Mapping) and "price" in value:
             if unknown := set(value) - set(RouteConfig.__dataclass_fields__):
                 raise ConfigurationError(f"route {key!r}: unknown keys {sorted(unknown)}")

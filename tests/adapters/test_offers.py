@@ -143,3 +143,36 @@ def test_the_official_accepts_form_keeps_the_routes_other_terms_or_refuses_them(
         )
     official = {"accepts": offers, "tags": ["data"], "serviceName": "s", "hookTimeoutSeconds": 5}
     assert RouteTable({"GET /o": official}, network=NETWORK, pay_to=FIRST).routes[0].terms is None
+
+
+def test_the_official_route_dict_reads_max_timeout_seconds_as_the_official_package_does(
+    audited_core: Core,
+) -> None:
+    """The official package reads ``maxTimeoutSeconds`` as a whole number written as text or
+    as a float ("60", 60.0), and so did this table: such a route dict stopped starting. A whole
+    number so written is taken; a fraction still fails at start-up."""
+    from fourmica_x402.errors import ConfigurationError
+
+    async def premium(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("paid")
+
+    def app(timeout: Any) -> Any:
+        offer = {"scheme": "4mica-credit", "price": "$0.01", "network": NETWORK, "payTo": FIRST}
+        routes = {"GET /premium": {"accepts": {**offer, "maxTimeoutSeconds": timeout}}}
+        return PaymentMiddleware(
+            Starlette(routes=[Route("/premium", premium)]),
+            pay_to=FIRST,
+            core=audited_core,
+            network=NETWORK,
+            routes=routes,
+        )
+
+    for timeout in ("60", 60.0, " 60\n", "60.0"):
+        with TestClient(app(timeout)) as client:
+            challenge = client.get("/premium").headers["payment-required"]
+            assert [o.max_timeout_seconds for o in decode_payment_required(challenge).accepts] == [
+                60
+            ], timeout
+    for bad in ("60.5", 60.5, "soon", True, 0):
+        with pytest.raises(ConfigurationError, match="maxTimeoutSeconds"), TestClient(app(bad)):
+            pass
