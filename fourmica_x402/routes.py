@@ -408,13 +408,13 @@ class RouteTable:
 
     def _offers(self, key: str, config: RouteConfig) -> tuple[Offer, ...]:
         network, pay_to, asset, timeout = self._defaults
-        offers = config.accepts or (
+        timeout = timeout if config.max_timeout_seconds is None else config.max_timeout_seconds
+        offers = config.accepts or (  # an offer naming no maxTimeoutSeconds: the route's, the app's
             Offer(
                 price=config.price,  # type: ignore[arg-type]  # None is refused just below
                 network=config.network or network,
                 pay_to=config.pay_to or pay_to,  # type: ignore[arg-type]
                 asset=config.asset or asset,
-                max_timeout_seconds=config.max_timeout_seconds,
             ),
         )
         checked = []

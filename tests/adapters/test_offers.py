@@ -176,3 +176,30 @@ def test_the_official_route_dict_reads_max_timeout_seconds_as_the_official_packa
     for bad in ("60.5", 60.5, "soon", True, 0):
         with pytest.raises(ConfigurationError, match="maxTimeoutSeconds"), TestClient(app(bad)):
             pass
+
+
+def test_a_routes_max_timeout_seconds_is_what_its_offers_naming_none_advertise(
+    audited_core: Core,
+) -> None:
+    """A ``RouteConfig`` naming its ``max_timeout_seconds`` beside several offers: the offers
+    told buyers the app's 300 seconds (docs/operations.md says the route's own applies), an
+    offer naming its own keeps it."""
+    from fourmica_x402.routes import Offer, RouteConfig
+
+    async def premium(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("paid")
+
+    offers = (
+        Offer(price="$0.01", network=NETWORK, pay_to=FIRST),
+        Offer(price="$0.02", network=NETWORK, pay_to=SECOND, max_timeout_seconds=30),
+    )
+    app = PaymentMiddleware(
+        Starlette(routes=[Route("/premium", premium)]),
+        pay_to=FIRST,
+        core=audited_core,
+        network=NETWORK,
+        routes={"GET /premium": RouteConfig(accepts=offers, max_timeout_seconds=600)},
+    )
+    with TestClient(app) as client:
+        challenge = decode_payment_required(client.get("/premium").headers["payment-required"])
+        assert [o.max_timeout_seconds for o in challenge.accepts] == [600, 30]
