@@ -28,6 +28,7 @@ from .streams import Slices
 from .templates import (
     Endpoint,
     MarkerKeys,
+    check_path,
     compile_pattern,
     compile_template,
     look_alikes,
@@ -246,8 +247,7 @@ class RouteTable:
         route = self.build(key, self._config(key, value))
         if route.method in ("ANY", "ALL") or not re.fullmatch(r"\*|[A-Z][A-Z0-9_-]*", route.method):
             raise ConfigurationError(f"route {key!r}: one method per entry, or '*' for every one")
-        if re.search(r"#|(?<!\()\?|%[0-9A-Fa-f]{2}", route.pattern):  # "/x?a=b", "/my%20doc"
-            raise ConfigurationError(f"route {key!r}: a key is a decoded path, no query or '#'")
+        check_path(key, route.pattern)  # "/x?a=b", "/my%20doc"
         shapes = [(entry.method, typed_template(entry.pattern)) for entry in self.routes]
         same = (route.method, typed_template(route.pattern))
         at = shapes.index(same) if same in shapes else None

@@ -21,6 +21,7 @@ __all__ = [
     "Endpoint",
     "RouterFailed",
     "canonical_template",
+    "check_path",
     "compile_pattern",
     "compile_template",
     "converters_in",
@@ -209,6 +210,14 @@ def _path_regex(pattern: str, *, slash: bool) -> str:
     parts = re.split(r"(\{\}|\*)", body)
     regex = "".join({"{}": "[^/]+", "*": ".*"}.get(p) or re.escape(p) for p in parts)
     return regex + "(?:/.*)?" if prefix_too else regex
+
+
+def check_path(key: str, pattern: str) -> None:
+    """A table key's path is decoded and has no query: a ``?``, ``#`` or ``%`` escape outside its
+    parameters fails at start-up; a converter's own (``<regex("colou?r"):word>``) is no query
+    (docs/architecture.md, "Which route is priced")."""
+    if re.search(r"#|(?<!\()\?|%[0-9A-Fa-f]{2}", canonical_template(pattern)):
+        raise ConfigurationError(f"route {key!r}: a key is a decoded path, no query or '#'")
 
 
 def look_alikes(entries: list[Any]) -> dict[str, list[Any]]:

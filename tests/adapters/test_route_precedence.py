@@ -581,6 +581,35 @@ def test_an_entry_with_a_query_or_fragment_fails_at_start_up(core: Core, key: st
         pass
 
 
+def test_a_converter_holding_a_question_mark_is_no_query(core: Core) -> None:
+    """An entry written with its route's own converter (a werkzeug regex converter,
+    ``<regex("colou?r"):word>``) tells that route from a ``/<name>`` beside it; its ``?`` was
+    taken for a query and the app no longer started."""
+    from werkzeug.routing import BaseConverter
+
+    class Regex(BaseConverter):
+        def __init__(self, url_map: Any, *items: Any) -> None:
+            super().__init__(url_map)
+            self.regex = items[0]
+
+    table = {'GET /<regex("colou?r"):word>': "$1.00", "GET /:name": "$0.01"}
+    app, payments = _flask(core, table)
+    app.url_map.converters["regex"] = Regex
+
+    @app.get('/<regex("colou?r"):word>')
+    def colour(word: str) -> str:
+        return "paid"
+
+    @app.get("/<name>")
+    def named(name: str) -> str:
+        return "cheap"
+
+    payments.check()
+    client = app.test_client()
+    assert _amount(client.get("/color")) == 1_000_000
+    assert _amount(client.get("/other")) == 10_000
+
+
 @pytest.mark.parametrize(
     ("table", "prices"),
     [
