@@ -811,3 +811,31 @@ def test_a_tool_server_mounted_under_another_gate_gets_the_call_it_was_paid_for(
         assert states == ["payable"] and core.position(buyer.address, network=NETWORK).locked
     finally:
         core.close()
+
+
+def test_a_served_payment_sent_again_with_another_tools_call_replays_its_first_answer(
+    tmp_path: Path,
+) -> None:
+    """With ``idempotent_replay`` on, a replay is matched on route, method, path and query, not
+    the body (docs/operations.md): a cheap tool's payment, once served, sent again with a dear
+    tool's call gets the cheap call's answer back; the dear tool never runs and nothing more
+    is locked (docs/mcp.md)."""
+    from starlette.testclient import TestClient
+
+    core = Core(str(tmp_path / "core.db"))
+    buyer, seller = TestBuyer.new(), TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    answer = {"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "s"}]}}
+    config = McpTools(PRICES).config(pay_to=seller.address, core=core, idempotent_replay=True)
+    app = PaymentMiddleware(_answering(200, answer), config)
+    with TestClient(app) as client:
+        challenge = client.post("/mcp", json=_call("search"), headers=HEADERS)
+        name, value = buyer.pay_challenge(core, challenge.headers["payment-required"])
+        first = client.post("/mcp", json=_call("search"), headers={**HEADERS, name: value})
+        again = client.post("/mcp", json=_call("summarize"), headers={**HEADERS, name: value})
+        app.gate.flush()
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json() == answer
+    assert [g.amount for g in core.guarantees(address=buyer.address)] == [SEARCH]
+    assert core.position(buyer.address, network=NETWORK).locked == SEARCH
+    core.close()
