@@ -193,9 +193,9 @@ class PaidExchange:
             if isinstance(started, Response):  # settle-after failed: answer 402 instead
                 return await send_response(self._send, started)
             message = {**message, "headers": _encode(started)}
+        elif meter.replacement is not None:  # the 402 went out instead: the rest is the app's
+            return None  # (a file it would have the server send, trailers: docs/operations.md)
         elif message["type"] == "http.response.body":
-            if meter.replacement is not None:
-                return None
             chunk = message.get("body", b"")
             meter.feed(chunk)
             if self.judge is not None:
@@ -205,7 +205,7 @@ class PaidExchange:
             await self._send(message)
             meter.out = meter.sent  # the server took it (see Meter.whole)
             return None
-        elif message["type"] in _FILE_SENDS and meter.replacement is None and _ends(message):
+        elif message["type"] in _FILE_SENDS and _ends(message):
             return await self._last(message)  # a file the server sends for the app: its end
         await self._send(message)
         return None

@@ -555,6 +555,47 @@ def test_a_file_the_server_sends_for_the_app_is_delivered(
     assert settled(core, app.gate) == [("payable", "delivered")]
 
 
+@pytest.mark.parametrize(
+    "after",
+    [
+        [{"type": "http.response.pathsend", "path": "report.txt"}],
+        [{"type": "http.response.zerocopysend", "file": 0, "count": 10}],
+        [{"type": "http.response.body", "body": b"the report"}, {"type": "http.response.trailers"}],
+    ],
+    ids=["pathsend", "zerocopysend", "trailers"],
+)
+def test_a_refused_settle_after_sends_nothing_of_the_apps_after_its_402(
+    core: Core, after: list[dict[str, Any]]
+) -> None:
+    """Settle-after answers a refused settle with a 402 in place of the app's 2xx; the app's
+    file-sending message (or its trailers) went on to the server after that 402 had ended:
+    a server offering the extension sends the paid file unpaid, others fail the request."""
+    from fourmica_x402.errors import PaymentError
+
+    async def download(scope: Any, receive: Any, send: Any) -> None:
+        if await lifespan(scope, receive, send):
+            return
+        start = {"type": "http.response.start", "status": 200, "trailers": True}
+        await send({**start, "headers": [(b"content-length", b"10")]})
+        for message in after:
+            await send(message)
+
+    app = PaymentMiddleware(
+        download, pay_to=SELLER, routes={"GET /file": "$0.01"}, core=core, settle="after"
+    )
+    with TestClient(app) as client:
+        paid = header(core, client, "/file")
+
+    def refuse(payload: Any, chosen: Any) -> Any:
+        raise PaymentError("the facilitator refused it", reason="invalid_signature")
+
+    app.gate.facilitator.settle = refuse  # type: ignore[method-assign]
+    sent = exchange(app, scope_of("/file", paid, "2.4"))
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[0]["status"] == 402 and b"the report" not in sent[1]["body"]
+    assert settled(core, app.gate) == []  # nothing accepted, nothing charged
+
+
 def test_a_response_outlasting_the_validation_timeout_is_still_charged(tmp_path: Any) -> None:
     """The Core cancels a G-v2 guarantee nobody scored by its deadline; a paid response still
     streaming then used to be delivered free (its score, posted at the end, was refused).
