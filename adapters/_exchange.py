@@ -113,13 +113,7 @@ class PaidExchange:
                 if not answered and not getattr(outer, "debug", False):
                     await self._server_error()
             self._stop_listening()
-            if not self._complete and self.meter.whole() and not self._left:
-                # every declared byte went out: end the response here, so that a layer outside
-                # (GZip) closes its framing too; delivered only if that goes out
-                with contextlib.suppress(Exception):
-                    await self._last(
-                        {"type": "http.response.body", "body": b"", "more_body": False}
-                    )
+            await self._close()  # delivered only if that goes out
             await self._ended()
             out = self._complete and not self._left
             await self._done(None if out else exc)
@@ -127,6 +121,7 @@ class PaidExchange:
                 raise
             return
         self._stop_listening()
+        await self._close()
         await self._ended()
         error: BaseException | None = None
         if self._left:  # before the last body message went out: not received whole
@@ -134,6 +129,14 @@ class PaidExchange:
         elif not self._complete and self.meter.replacement is None and not self.meter.whole():
             error = RuntimeError(_UNFINISHED)  # the server answers the rest (a 500, a cut body)
         await self._done(error)
+
+    async def _close(self) -> None:
+        """Every declared byte went out, but not the closing message: the app failed or
+        returned first. End the response here, so that a layer outside (GZip) closes its
+        framing too (docs/protocol.md, "Delivery")."""
+        if not self._complete and self.meter.whole() and not self._left:
+            with contextlib.suppress(Exception):
+                await self._last({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _server_error(self) -> None:
         """The server's plain 500 for an error no handler answered, sent here so that it

@@ -907,6 +907,37 @@ def test_compression_outside_the_gate_neither_hides_a_short_body_nor_breaks_a_wh
             assert settled(core, gate_of(app.middleware_stack)) == [("payable", "delivered")]
 
 
+def test_compression_outside_the_gate_is_closed_for_an_app_returning_after_its_whole_body(
+    core: Core,
+) -> None:
+    """A relaying app sent its declared Content-Length in chunks and returned without the
+    closing body message. Charged as delivered, but GZip outside never closed its framing:
+    uvicorn cut the chunked answer and the buyer's client failed (an incomplete read). The
+    gate closes it, as it does for an app that raises there."""
+    import gzip
+
+    from starlette.middleware.gzip import GZipMiddleware
+
+    async def relay(scope: Any, receive: Any, send: Any) -> None:
+        if await lifespan(scope, receive, send):
+            return
+        start = {"type": "http.response.start", "status": 200}
+        await send({**start, "headers": [(b"content-length", b"4000")]})
+        for _ in range(2):
+            await send({"type": "http.response.body", "body": b"x" * 2000, "more_body": True})
+
+    gate_app = PaymentMiddleware(relay, pay_to=SELLER, routes={"GET /raw": "$0.01"}, core=core)
+    app = GZipMiddleware(gate_app)
+    with TestClient(app) as client:
+        paid = header(core, client, "/raw")
+    scope = scope_of("/raw", paid)
+    scope["headers"].append((b"accept-encoding", b"gzip"))
+    sent = exchange(app, scope)
+    assert sent[-1]["type"] == "http.response.body" and not sent[-1].get("more_body", False)
+    assert gzip.decompress(b"".join(m.get("body", b"") for m in sent[1:])) == b"x" * 4000
+    assert settled(core, gate_app.gate) == [("payable", "delivered")]
+
+
 def test_records_are_found_by_any_spelling_of_the_payer_or_the_guarantee(core: Core) -> None:
     """``Records.query(payer=…)`` matched the stored EIP-55 spelling only: a payer given in
     lowercase (as addresses often arrive) found nothing."""
