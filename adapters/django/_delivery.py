@@ -21,8 +21,8 @@ __all__ = ["served", "unless_sent"]
 
 log = logging.getLogger("fourmica_x402.gate")
 
-#: Metered responses dropped by the garbage collector, and the thread that refunds them.
-_DROPPED: queue.SimpleQueue[Meter] = queue.SimpleQueue()
+#: Metered responses dropped by the garbage collector (read whole?), the thread that ends them.
+_DROPPED: queue.SimpleQueue[tuple[Meter, bool]] = queue.SimpleQueue()
 _refunder: threading.Thread | None = None
 _REPLACED = "the response was replaced before it was sent"
 _LEFT = "the client left before the response ended"
@@ -30,14 +30,15 @@ _LEFT = "the client left before the response ended"
 
 class _Written(list):  # type: ignore[type-arg]
     """A response's chunks: whether the server's last pass over them (``iter(response)``)
-    stopped short, its write failing (the client left); ``.content`` reads them whole."""
+    stopped short, its write failing (the client left), or one went to the end (``whole``);
+    ``.content`` reads them whole."""
 
-    cut = False
+    cut = whole = False
 
     def __iter__(self) -> Any:
         self.cut = True
         yield from super().__iter__()
-        self.cut = False
+        self.cut, self.whole = False, True
 
 
 def served(response: Any, meter: Meter, async_mode: bool) -> Flow:
@@ -56,30 +57,34 @@ def served(response: Any, meter: Meter, async_mode: bool) -> Flow:
             Gate.run_sync(meter.finish(left or meter.short()))
 
     response._resource_closers.append(closed)
-    unless_sent(response, meter)  # dropped unsent above ours: refunded
+    unless_sent(response, meter, written)  # dropped unsent above ours: refunded
 
 
-def unless_sent(response: Any, meter: Meter) -> None:
-    """Refund ``meter``'s payment if ``response`` is dropped before it was sent and closed."""
+def unless_sent(response: Any, meter: Meter, written: _Written | None = None) -> None:
+    """Refund ``meter``'s payment if ``response`` is dropped before it was sent and closed;
+    one whose ``written`` chunks were read to the end, never closed (a WSGI layer around
+    Django that forgot to), was delivered: charged, as a WSGI body read to its end is."""
     global _refunder
     if _refunder is None or not _refunder.is_alive():  # first use, or a forked child
         _refunder = threading.Thread(target=_refunds, name="fourmica-dropped", daemon=True)
         _refunder.start()
     # A finalizer may run inside any allocation, a lock of the gate's held: it only queues.
-    weakref.finalize(response, _dropped, meter)
+    weakref.finalize(response, _dropped, meter, written)
 
 
-def _dropped(meter: Meter) -> None:
+def _dropped(meter: Meter, written: _Written | None) -> None:
     if not meter.finished:  # sent and closed: nothing to do (the usual case)
-        _DROPPED.put(meter)
+        _DROPPED.put((meter, written is not None and written.whole and not written.cut))
 
 
 def _refunds() -> None:
     while True:
-        meter = _DROPPED.get()
+        meter, read = _DROPPED.get()
         if meter.finished:
             continue
         try:
-            Gate.run_sync(meter.finish(ConnectionAbortedError(_REPLACED)))
+            Gate.run_sync(
+                meter.finish(meter.short() if read else ConnectionAbortedError(_REPLACED))
+            )
         except Exception:
-            log.exception("refunding a replaced paid response failed")
+            log.exception("ending a dropped paid response failed")

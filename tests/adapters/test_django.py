@@ -1652,3 +1652,45 @@ def test_a_client_that_leaves_a_large_answer_under_a_wsgi_server_is_not_charged(
     assert got > 16 * 1024 * 1024 or leaves
     states = [g.state for g in core.guarantees(address=buyer.address)]
     assert states == (["voided"] if leaves else ["payable"])
+
+
+def test_a_whole_answer_a_wsgi_layer_read_to_the_end_without_closing_it_is_charged(
+    configured: None, core: Core
+) -> None:
+    """A WSGI layer around Django (one that buffers the answer to add a header) reads the paid
+    answer to its end and never calls its ``close()`` (PEP 3333 asks it to). The buyer got it
+    all, as from a Flask app, which is charged: the Django answer was refunded as replaced once
+    collected, the buyer paying nothing for it."""
+    import http.client
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    django_app = WSGIHandler()
+
+    def buffering(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        got: list[Any] = []
+        body = b"".join(django_app(environ, lambda s, h, e=None: got.append((s, h))))
+        (status, headers), *_ = got
+        start_response(status, [*headers, ("X-Buffered", "1")])
+        return [body]  # the app's iterable: read to its end, left unclosed
+
+    quiet = type("Quiet", (WSGIRequestHandler,), {"log_message": lambda *a: None})
+    server = make_server("127.0.0.1", 0, buffering, handler_class=quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    buyer, headers = header(Client(), core, "/items/1")
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
+        conn.request("GET", "/items/1", headers=headers)
+        resp = conn.getresponse()
+        assert resp.status == 200 and b'"item": 1' in resp.read()
+        conn.close()
+        for _ in range(500):  # bounded: the server ends the response in its own thread
+            gc.collect()
+            django_app._middleware_chain.__wrapped__.gate.flush()
+            if [g.state for g in core.guarantees(address=buyer.address)] != ["pending_validation"]:
+                break
+            time.sleep(0.01)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [g.state for g in core.guarantees(address=buyer.address)] == ["payable"]
