@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from urllib.parse import unquote
 
 from ..routes import Endpoint, Route, RouteTable
-from ..templates import compile_pattern
+from ..templates import compile_pattern, specificity
 from .types import RequestView
 
 
@@ -55,14 +55,20 @@ def matches_variant(
                 parts.append(seg)
         variants.add("/" + "/".join(parts))
 
-    def other(route: Route | None) -> bool:  # priced, and not by the key pricing the request
-        return route is not None and (besides is None or route.key != besides.key)
-
-    if any(other(routes.match(method, v)) for v in variants):
-        return True
-    priced = (e.shape for e in endpoints if other(routes.for_endpoint(method, e)))
-    shapes = [compile_pattern(shape) for shape in priced if shape.startswith("/")]
-    return any(shape.match(v) for shape in shapes for v in variants)
+    # What prices each variant: the table's entry and the priced routes it fits, the most
+    # specific first (a dearer /docs/premium mount's own index, /docs/premium/, is not the
+    # cheaper /docs one's because /docs/* fits /docs/premium too); a tie counts as another.
+    priced = [(e.shape, r) for e in endpoints if (r := routes.for_endpoint(method, e))]
+    shapes = [(compile_pattern(s), specificity(r.method, s), r) for s, r in priced if s[:1] == "/"]
+    for variant in variants:
+        found = [
+            (specificity(r.method, r.pattern), r) for r in [routes.match(method, variant)] if r
+        ]
+        found += [(rank, r) for shape, rank, r in shapes if shape.match(variant)]
+        first = min((rank for rank, _ in found), default=None)
+        if found and (besides is None or any(r.key != besides.key for k, r in found if k == first)):
+            return True
+    return False
 
 
 def reaches_priced(

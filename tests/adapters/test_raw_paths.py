@@ -258,3 +258,34 @@ def test_a_cheaper_priced_file_server_never_sells_a_dearer_priced_file(
     assert status == 400 and b"ambiguous_path" in body
     assert _raw_asgi(app, "/static//free.txt")[0] == 402  # it moves no price: sold as it is
     assert audited_core.guarantees() == []
+
+
+def test_a_dearer_priced_file_servers_own_directory_index_is_sold(
+    files: Path, audited_core: Core
+) -> None:
+    """The same two mounts serving ``index.html`` for a directory (``html=True``): the $1
+    mount's own index, ``/static/premium/`` (and a sub-directory's), was refused 400
+    ``ambiguous_path``, since the cheap mount's ``/static/*`` also fits ``/static/premium``;
+    the dearer mount prices that reading itself, so nothing is sold cheaper."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.routing import Mount
+
+    (files / "static" / "premium" / "sub").mkdir(parents=True)
+    (files / "static" / "premium" / "index.html").write_text("PAID INDEX")
+    (files / "static" / "premium" / "sub" / "index.html").write_text("PAID SUB INDEX")
+    table = {"GET /static/*": "$0.01", "GET /static/premium/*": "$1.00"}
+    options: dict[str, Any] = {"pay_to": SELLER, "core": audited_core, "network": NETWORK}
+    premium = StaticFiles(directory=str(files / "static" / "premium"), html=True)
+    app = Starlette(
+        routes=[
+            Mount("/static/premium", premium),
+            Mount("/static", StaticFiles(directory=str(files / "static"), html=True)),
+        ],
+        middleware=[Middleware(AsgiPayment, routes=table, **options)],
+    )
+    for path in ["/static/premium/", "/static/premium/sub/"]:
+        status, body = _raw_asgi(app, path)
+        assert status == 402 and b"PAID" not in body, (path, status, body)
+    assert _raw_asgi(app, "/static//premium/index.html")[0] == 400  # the cheap mount: refused
+    assert audited_core.guarantees() == []
