@@ -213,10 +213,12 @@ def _path_regex(pattern: str, *, slash: bool) -> str:
 
 
 def check_path(key: str, pattern: str) -> None:
-    """A table key's path is decoded and has no query: a ``?``, ``#`` or ``%`` escape outside its
-    parameters fails at start-up; a converter's own (``<regex("colou?r"):word>``) is no query
-    (docs/architecture.md, "Which route is priced")."""
-    if re.search(r"#|(?<!\()\?|%[0-9A-Fa-f]{2}", canonical_template(pattern)):
+    """A table key's path is decoded and has no query: a ``#``, a ``%`` escape or a query
+    (``?tier=gold``, a bare ``?`` at the end) outside its parameters fails at start-up; a
+    converter's own ``?`` (``<regex("colou?r"):word>``) and a Django ``re_path``'s, as its
+    route reads (``/items/?``, ``/colou?r``), are no query (docs/architecture.md, "Which route
+    is priced")."""
+    if re.search(r"#|%[0-9A-Fa-f]{2}|\?[^/]*=|[^/)\]}]\?\Z", canonical_template(pattern)):
         raise ConfigurationError(f"route {key!r}: a key is a decoded path, no query or '#'")
 
 

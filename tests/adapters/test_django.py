@@ -1694,3 +1694,23 @@ def test_a_whole_answer_a_wsgi_layer_read_to_the_end_without_closing_it_is_charg
         server.shutdown()
         server.server_close()
     assert [g.state for g in core.guarantees(address=buyer.address)] == ["payable"]
+
+
+def test_a_re_path_with_an_optional_part_is_priced_by_its_route_as_it_reads(core: Core) -> None:
+    """ROUTES names a ``re_path`` as its route reads (``"GET /api/items/?"``), and that worked:
+    since keys with a query fail at start-up, the regex's own ``?`` was taken for one and the
+    app no longer started (only a werkzeug converter's was let through)."""
+    urls = types.ModuleType("django_optional_urls")
+    urls.urlpatterns = [  # type: ignore[attr-defined]
+        re_path(r"^api/items/?$", free),  # the usual optional trailing slash
+        re_path(r"^colou?r$", free),
+    ]
+    sys.modules[urls.__name__] = urls
+    routes = {"GET /api/items/?": "$0.01", "GET /colou?r": "$0.02"}
+    try:
+        with selling(core, routes), override_settings(ROOT_URLCONF=urls.__name__):
+            client = Client()
+            got = [amount_of(client.get(p)) for p in ("/api/items", "/api/items/", "/colour")]
+    finally:
+        del sys.modules[urls.__name__]
+    assert got == ["10000", "10000", "20000"]
