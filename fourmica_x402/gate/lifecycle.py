@@ -62,8 +62,10 @@ class Meter:
     def start(self, status: int, headers: Iterable[tuple[str, str]]) -> Flow:
         """The response starts: the headers to send, or the :class:`Response` to send instead.
         The gate is asked (:meth:`Gate.response_start`) once, and again when a later call (WSGI's
-        ``exc_info``) makes a 2xx an error (refunded: our header says so, docs/protocol.md). A
-        replaced response is over for the gate: it is told (:meth:`finish`) at once."""
+        ``exc_info``) makes a 2xx not yet taken whole an error (refunded: our header says so,
+        docs/protocol.md). A replaced response is over for the gate: told (:meth:`finish`) now."""
+        if self.whole():  # delivered, whatever follows: an error page after it goes nowhere
+            return list(headers)
         erred = 200 <= (self.status or 0) < 300 and not 200 <= status < 300
         self.status, self.headers = status, list(headers)
         declared = next((v for k, v in self.headers if k.lower() == "content-length"), "").strip()
@@ -181,8 +183,7 @@ class HashedInput:
         return list(iter(self.readline, b""))
 
     def __iter__(self) -> Iterator[bytes]:
-        while line := self.readline():
-            yield line
+        return iter(self.readline, b"")
 
     def __getattr__(self, name: str) -> Any:  # anything else the server's stream offers
         return getattr(self._stream, name)

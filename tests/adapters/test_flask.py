@@ -11,6 +11,7 @@ import dataclasses
 import importlib
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -1436,3 +1437,46 @@ def test_the_gates_own_options_answer_sends_one_content_length(core: Core) -> No
     resp = app.test_client().options("/report")
     assert resp.status_code == 200 and resp.headers["Allow"] == "GET, HEAD, OPTIONS"
     assert resp.headers.getlist("Content-Length") == ["0"]
+
+
+def test_a_wsgi_body_taken_whole_stays_charged_when_an_error_page_follows(core: Core) -> None:
+    """A 2xx body the server took to the last byte of its Content-Length was delivered,
+    whatever follows (docs/protocol.md, "Delivery"). Here the app fails after its last chunk
+    and werkzeug's ``DebuggedApplication`` inside the gate tries to start its error page (the
+    server refuses: the headers went out). The gate took that late 500 for the answer: the
+    buyer, holding the whole body, was refunded."""
+    import http.client
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from fourmica_x402.adapters.wsgi import PaymentMiddleware
+    from werkzeug.debug import DebuggedApplication
+    from werkzeug.test import Client
+
+    def report(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "6")])
+        yield b"report"
+        raise RuntimeError("the cleanup after the last chunk failed")
+
+    routes = {"GET /r": "$0.01"}
+    inner = DebuggedApplication(report, evalex=False)
+    middleware = PaymentMiddleware(inner, pay_to=SELLER, core=core, routes=routes)
+    buyer = funded(core)
+    headers = payment_for(Client(middleware), buyer, "/r")
+    quiet = type("Quiet", (WSGIRequestHandler,), {"log_message": lambda *a: None})
+    server = make_server("127.0.0.1", 0, middleware, handler_class=quiet)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
+        conn.request("GET", "/r", headers=headers)
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.read() == b"report"
+        conn.close()
+    finally:
+        server.server_close()
+    for _ in range(500):  # bounded: the server ends the response in its own thread
+        middleware.gate.flush()
+        if [g.state for g in core.guarantees(address=buyer.address)] != ["pending_validation"]:
+            break
+        time.sleep(0.01)
+    assert [g.state for g in core.guarantees(address=buyer.address)] == ["payable"]
