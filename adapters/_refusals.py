@@ -11,7 +11,7 @@ from fastapi import HTTPException, Request
 from starlette.applications import Starlette
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.responses import Response as StarletteResponse
-from starlette.routing import Mount, Router
+from starlette.routing import Host, Mount, Router
 
 from fourmica_x402.gate import Response
 
@@ -44,7 +44,8 @@ async def refused(request: Request, exc: Exception) -> StarletteResponse:
 def answer_refusals(app: Any, depth: int = 0) -> None:
     """Have the exception layers down ``app``'s middleware chain, and those of the apps its
     router mounts, answer ``Paid``'s refusals in the gate's shape rather than FastAPI's
-    ``{"detail": …}``, unless an app has a handler of its own for them."""
+    ``{"detail": …}``, unless an app has a handler of its own for them (a ``Host``'s app is
+    mounted too: docs/architecture.md, "What an adapter does, and what it leaves to the gate")."""
     for _ in range(64):
         if isinstance(app, Starlette):  # a stack it builds later; the one built, if any
             if PaymentRefused not in app.exception_handlers:
@@ -52,7 +53,7 @@ def answer_refusals(app: Any, depth: int = 0) -> None:
             app = app.middleware_stack or app.router
         elif isinstance(app, Router):
             for route in app.routes if depth < 8 else ():
-                if isinstance(route, Mount):
+                if isinstance(route, (Mount, Host)):
                     answer_refusals(route.app, depth + 1)
             return
         else:

@@ -226,6 +226,32 @@ def test_a_mounted_apps_paid_refusals_take_the_gates_shape_unless_it_has_its_own
     assert runs == [] and core.guarantees() == []
 
 
+@pytest.mark.parametrize("how", ["FourmicaX402", "add_middleware", "http_middleware"])
+def test_a_host_apps_paid_refusals_take_the_gates_shape(core: Core, how: str) -> None:
+    """A FastAPI app served under ``app.host(...)`` (a host-based sub-app) raised ``Paid``'s
+    refusal in its own exception layer: FastAPI's ``{"detail": {}}`` for an OPTIONS, where a
+    mounted app answers in the gate's shape; the gate only looked under ``Mount``s."""
+    sub = FastAPI()
+    runs: list[str] = []
+
+    @sub.api_route("/any", methods=["GET", "OPTIONS"])
+    def any_method(request: Request, p: Payment = Paid("$0.01")) -> dict[str, str]:  # noqa: B008
+        runs.append(request.method)
+        return {"method": request.method}
+
+    app = FastAPI()
+    app.host("api.example.com", sub)
+    install(app, how, pay_to=SELLER, core=core, network=NETWORK)
+    host = {"host": "api.example.com"}
+    with TestClient(app) as client:
+        client.get("/")  # the http middleware form learns the app at its first request
+        resp = client.options("/any", headers=host)
+        assert (resp.status_code, resp.content, resp.headers["content-length"]) == (200, b"", "0")
+        assert resp.headers["allow"] == "GET, OPTIONS"
+        assert client.get("/any", headers=host).status_code == 402
+    assert runs == [] and core.guarantees() == []
+
+
 @pytest.mark.parametrize("form", ["FourmicaX402", "http_middleware"])
 def test_a_paid_routes_other_dependencies_never_run_for_a_method_it_answers_itself(
     core: Core, form: str
