@@ -7,7 +7,9 @@ import inspect
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["check_files", "effective", "frontends", "included", "tree"]
+from ._chain import applied_root_path
+
+__all__ = ["check_files", "effective", "frontends", "included", "rooted", "tree"]
 
 
 def tree(front: Any, prefix: str = "") -> str:
@@ -30,6 +32,14 @@ def frontends(router: Any) -> Iterator[tuple[Any, str]]:
 def included(route: Any) -> bool:
     """FastAPI's ``include_router`` (0.16x on): one entry standing for a whole router."""
     return hasattr(route, "effective_route_contexts") and hasattr(route, "_match")
+
+
+def rooted(scope: dict[str, Any], app: Any) -> dict[str, Any]:
+    """``scope`` as the mounted (or ``Host``'s) ``app`` routes it: a ``FastAPI(root_path=...)``
+    sets its root path when called, so it serves ``/api/report`` as ``/report``
+    (docs/architecture.md, "Which route is priced")."""
+    root = applied_root_path(app)
+    return {**scope, "root_path": root} if root else scope
 
 
 def effective(context: Any) -> tuple[Any, str, Any]:

@@ -13,7 +13,7 @@ from fourmica_x402.errors import FourmicaError
 from fourmica_x402.gate import Endpoint, Gate, RouterFailed
 from fourmica_x402.gate.lifecycle import Endpoints, Marker
 
-from ._fastapi_routes import effective, frontends, included, tree
+from ._fastapi_routes import effective, frontends, included, rooted, tree
 from ._served import served
 
 __all__ = ["StarletteRouter"]
@@ -93,7 +93,7 @@ class StarletteRouter:
                 route, path, source = (inner, "", None) if context is None else effective(context)
             prefix += path
             if isinstance(route, self._nested) and route.routes:
-                scope, routes, mount = {**scope, **child}, route.routes, route
+                scope, routes, mount = rooted({**scope, **child}, route.app), route.routes, route
                 continue
             if isinstance(route, self._nested):
                 prefix += "/{path:path}"

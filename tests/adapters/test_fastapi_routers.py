@@ -906,6 +906,40 @@ def test_the_pure_middleware_outside_a_fastapi_app_routes_by_its_root_path(core:
         assert amount == 500_000 and paid.status_code == 200 and calls["premium"] == 1
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # FastAPI(root_path=) is deprecated
+def test_a_host_apps_own_root_path_routes_the_gate_too(core: Core) -> None:
+    """A FastAPI app served under ``app.host(...)`` with a ``root_path`` of its own serves
+    ``/api/premium`` as ``/premium`` (it sets its root path when the Host calls it). The gate
+    resolved that path without it: nothing, so it passed the request on and the route's guard
+    answered 503 ``payment_not_enforced`` where the route's 402 was due; sold now."""
+    api = FastAPI(root_path="/api")
+    calls: collections.Counter[str] = collections.Counter()
+
+    @api.get("/premium")
+    def premium() -> dict[str, bool]:
+        calls["premium"] += 1
+        return {"premium": True}
+
+    @api.get("/marked")
+    def marked(p: Payment = Paid("$0.02")) -> dict[str, int]:  # noqa: B008
+        calls["marked"] += 1
+        return {"paid": p.amount}
+
+    app = FastAPI()
+    app.host("api.example.com", api)
+    FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK, routes={"GET /premium": "$0.50"})
+    host = {"host": "api.example.com"}
+    with TestClient(app, headers=host) as client:
+        for path in ("/premium", "/api/premium", "/marked", "/api/marked"):
+            assert client.get(path).status_code == 402, path
+        assert calls == {}
+        for path, price in (("/api/premium", 500_000), ("/api/marked", 20_000)):
+            amount, headers = pay(core, client, path)
+            paid = client.get(path, headers=headers)
+            assert (amount, paid.status_code) == (price, 200), path
+        assert calls == {"premium": 1, "marked": 1}
+
+
 def test_paid_refuses_a_payment_made_at_the_tables_price(core: Core) -> None:
     """A gate that does not see a route's ``Paid`` (told so: ``marker=``) prices it by a table
     entry covering it: ``Paid`` refuses that payment (503) rather than selling its handler at
