@@ -295,24 +295,12 @@ def _has_body(scope: Any) -> bool:
 
 
 def warn_copying_layers(app: Any) -> None:
-    """Warn once of a Starlette ``BaseHTTPMiddleware`` below the payment middleware: it passes
+    """Warn once of a Starlette ``BaseHTTPMiddleware`` below the payment middleware (in the
+    app's stack, or in an app its router mounts: a ``Mount``'s or a ``Host``'s): it passes
     on ``call_next``'s copy of each response, which ends a stream the app failed in as if it
     were complete, so such a paid stream is charged (docs/protocol.md, "Delivery")."""
     base = getattr(sys.modules.get("starlette.middleware.base"), "BaseHTTPMiddleware", None)
-    node, found = app, None
-    for _ in range(100):  # bounded: a stack is a few layers deep
-        if base is None or node is None:
-            return
-        if isinstance(node, base):
-            found = type(node), getattr(node, "dispatch_func", None)
-            break
-        if getattr(node, "middleware_stack", 0) is None:  # an app wrapped, its stack unbuilt
-            declared = getattr(node, "user_middleware", ())
-            found = next(
-                ((m.cls, m.kwargs.get("dispatch")) for m in declared if _is(m, base)), None
-            )
-            break
-        node = getattr(node, "app", None)
+    found = None if base is None else _copying(app, base)
     if found is not None:
         kind, dispatch = found
         logging.getLogger("fourmica_x402.gate").warning(
@@ -322,6 +310,34 @@ def warn_copying_layers(app: Any) -> None:
             "middleware if it does not change responses",
             getattr(dispatch, "__name__", "?") if kind is base else kind.__name__,
         )
+
+
+def _copying(app: Any, base: type, depth: int = 0) -> tuple[Any, Any] | None:
+    """``(class, dispatch)`` of the first ``base`` layer down ``app``'s middleware chain, then
+    down the apps its router mounts; None when there is none."""
+    routing = sys.modules.get("starlette.routing")
+    node = app
+    for _ in range(100):  # bounded: a stack is a few layers deep
+        if node is None:
+            return None
+        if isinstance(node, base):
+            return type(node), getattr(node, "dispatch_func", None)
+        stack = getattr(node, "middleware_stack", 0)
+        if stack is None:  # an app wrapped, its stack unbuilt: what it declares, its router
+            declared = getattr(node, "user_middleware", ())
+            found = next(
+                ((m.cls, m.kwargs.get("dispatch")) for m in declared if _is(m, base)), None
+            )
+            if found is not None:
+                return found
+            node = getattr(node, "router", None)
+        elif routing is not None and isinstance(node, routing.Router):  # the apps it mounts
+            nested = (routing.Mount, routing.Host)
+            mounted = [r.app for r in node.routes if isinstance(r, nested)] if depth < 8 else []
+            return next(filter(None, (_copying(a, base, depth + 1) for a in mounted)), None)
+        else:
+            node = getattr(node, "app", None) or stack or None
+    return None
 
 
 def _is(middleware: Any, base: type) -> bool:

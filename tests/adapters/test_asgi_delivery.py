@@ -868,6 +868,37 @@ def test_a_base_http_middleware_below_the_http_middleware_form_is_named_too(
     assert len(said) == 1 and said[0].startswith("tag (a Starlette BaseHTTPMiddleware) runs below")
 
 
+@pytest.mark.parametrize("how", ["mount", "host"])
+def test_a_base_http_middleware_in_an_app_the_router_mounts_is_named_too(
+    core: Core, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """A FastAPI app mounted under the gated one (``mount``, or ``host``: by its Host) with an
+    ``@app.middleware("http")`` of its own: that layer is below the gate too, and a paid stream
+    failing midway under it is charged (its buyer was, here), but the gate looked down its own
+    stack only and the warning the docs promise was never logged."""
+    sub = FastAPI()
+
+    @sub.middleware("http")
+    async def tag(request: Any, call_next: Any) -> Any:
+        return await call_next(request)
+
+    @sub.get("/report")
+    def report() -> dict[str, str]:
+        return {"report": "paid"}
+
+    app = FastAPI()
+    FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK, routes={"GET /*": "$0.01"})
+    if how == "mount":
+        app.mount("/sub", sub)
+    else:
+        app.host("api.example.com", sub)
+    path, host = ("/sub/report", {}) if how == "mount" else ("/report", {"host": "api.example.com"})
+    with caplog.at_level(logging.WARNING, logger="fourmica_x402"), TestClient(app) as client:
+        assert client.get(path, headers=host).status_code == 402
+    said = [r.getMessage() for r in caplog.records if "BaseHTTPMiddleware" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("tag (a Starlette BaseHTTPMiddleware) runs below")
+
+
 @pytest.mark.parametrize("case", ["short", "fails-after-the-whole-body"])
 def test_compression_outside_the_gate_neither_hides_a_short_body_nor_breaks_a_whole_one(
     core: Core, case: str
