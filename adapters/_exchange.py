@@ -314,20 +314,21 @@ def warn_copying_layers(app: Any) -> None:
 
 def _copying(app: Any, base: type, depth: int = 0) -> tuple[Any, Any] | None:
     """``(class, dispatch)`` of the first ``base`` layer down ``app``'s middleware chain, then
-    down the apps its router mounts; None when there is none."""
+    down the apps its router mounts; None when there is none. A gate in the http middleware
+    form, registered as such, runs the app below it itself: it is none."""
     routing = sys.modules.get("starlette.routing")
     node = app
     for _ in range(100):  # bounded: a stack is a few layers deep
         if node is None:
             return None
-        if isinstance(node, base):
-            return type(node), getattr(node, "dispatch_func", None)
         stack = getattr(node, "middleware_stack", 0)
+        if isinstance(node, base) and not _gate(getattr(node, "dispatch_func", None)):
+            return type(node), getattr(node, "dispatch_func", None)
         if stack is None:  # an app wrapped, its stack unbuilt: what it declares, its router
-            declared = getattr(node, "user_middleware", ())
-            found = next(
-                ((m.cls, m.kwargs.get("dispatch")) for m in declared if _is(m, base)), None
-            )
+            declared = [
+                (m.cls, m.kwargs.get("dispatch")) for m in getattr(node, "user_middleware", ())
+            ]
+            found = next((m for m in declared if _is(m[0], base) and not _gate(m[1])), None)
             if found is not None:
                 return found
             node = getattr(node, "router", None)
@@ -340,8 +341,12 @@ def _copying(app: Any, base: type, depth: int = 0) -> tuple[Any, Any] | None:
     return None
 
 
-def _is(middleware: Any, base: type) -> bool:
-    return isinstance(getattr(middleware, "cls", None), type) and issubclass(middleware.cls, base)
+def _gate(dispatch: Any) -> bool:  # the http middleware form of the gate (it has its gate)
+    return getattr(dispatch, "gate", None) is not None
+
+
+def _is(cls: Any, base: type) -> bool:
+    return isinstance(cls, type) and issubclass(cls, base)
 
 
 def app_below(app: Any, dispatch: Any) -> Any:
@@ -365,9 +370,12 @@ class Delegated:
         self.gate, self.paid, self.app, self.replay = gate, paid, app, replay
 
     @classmethod
-    def below(cls, stack: Any, dispatch: Any, gate: Gate, paid: Any, body: Any) -> Any:
+    def below(
+        cls, stack: Any, dispatch: Any, gate: Gate, paid: Any, body: Any, outer: bool = False
+    ) -> Any:
         """One for the app below ``dispatch`` in ``stack`` (None when it cannot be found, or
-        for a free request whose body the gate did not read: ``call_next`` serves those)."""
+        for a free request whose body the gate did not read: ``call_next`` serves those; not
+        one an ``outer`` gate settled, which must see how its stream ends)."""
         replay = body.receive if isinstance(body, BufferedBody) and body.read else None
         found = app_below(stack, dispatch)
         if found is None and paid is not PASS and id(dispatch) not in _WARNED:
@@ -378,7 +386,7 @@ class Delegated:
                 "response, which ends a stream the app failed in as if it were complete "
                 '(docs/architecture.md, "FastAPI\'s http middleware")'
             )
-        if found is None or (paid is PASS and replay is None):
+        if found is None or (paid is PASS and replay is None and not outer):
             return None
         return cls(gate, None if paid is PASS else paid, found, replay)
 

@@ -73,15 +73,16 @@ def http_middleware(config: PaymentConfig) -> Any:
             warn_copying_layers(below[0])
         if pricer.startup.run(check) is not None:
             return render(pricer.startup.refusal)
-        view = pricer._view(request.scope, request.receive)  # an outer gate's payment: on our
-        state = await Gate.run_async(gate.before(view, request.scope.get(PAYMENT_KEY)))  # terms
+        view, outer = pricer._view(request.scope, request.receive), request.scope.get(PAYMENT_KEY)
+        state = await Gate.run_async(gate.before(view, outer))  # an outer gate's: on our terms
         state = marked(gate, request.scope, state, below[0])  # a Paid route's own answer
         if isinstance(state, Response):
             return render(state)
         if state is not PASS:
             request.state.payment = request.scope[PAYMENT_KEY] = state.payment
         stack = request.scope.get("app")
-        if delegated := Delegated.below(stack, middleware, gate, state, view.read_body):
+        body, paid_outside = view.read_body, outer is not None  # its gate meters the stream
+        if delegated := Delegated.below(stack, middleware, gate, state, body, paid_outside):
             return delegated  # the app below runs here, as under the pure ASGI middleware
         if state is PASS:
             return await call_next(request)

@@ -899,6 +899,50 @@ def test_a_base_http_middleware_in_an_app_the_router_mounts_is_named_too(
     assert len(said) == 1 and said[0].startswith("tag (a Starlette BaseHTTPMiddleware) runs below")
 
 
+@pytest.mark.parametrize("how", ["mount", "host"])
+def test_a_stream_failing_under_an_inner_http_middleware_gate_is_not_charged(
+    core: Core, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """An app mounted in a gated one (by path or by its Host) with a gate of its own in the
+    ``app.middleware("http")`` form: the outer gate settled the payment and the inner one
+    passed the request on through ``call_next``, whose copy of the response ends a stream the
+    handler failed in as if it were whole. The buyer was charged for half a stream; the
+    inner gate now runs the app below itself, so the outer one sees the failure and refunds."""
+    from fourmica_x402.adapters.fastapi import http_middleware
+
+    from fourmica_x402.testing import paid_headers
+
+    sub = FastAPI()
+    sub.middleware("http")(http_middleware(PaymentConfig(pay_to=SELLER, core=core)))
+
+    @sub.get("/stream")
+    def stream(p: Any = Paid("$0.01")) -> StreamingResponse:  # noqa: B008
+        def chunks() -> Any:
+            yield b"part one"
+            raise RuntimeError("the source went away")
+
+        return StreamingResponse(chunks())
+
+    app = FastAPI()
+    FourmicaX402(app, pay_to=SELLER, core=core)
+    if how == "mount":
+        app.mount("/sub", sub)
+    else:
+        app.host("api.example.com", sub)
+    path, host = ("/sub/stream", {}) if how == "mount" else ("/stream", {"host": "api.example.com"})
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 10**6, network=NETWORK)
+    logs = caplog.at_level(logging.WARNING, logger="fourmica_x402")
+    with logs, TestClient(app, headers=host, raise_server_exceptions=False) as client:
+        headers = paid_headers(client, buyer, client.get(path))
+        with contextlib.suppress(Exception):  # the stream breaks off, as the server sees it
+            client.get(path, headers=headers)
+    assert not [r for r in caplog.records if "BaseHTTPMiddleware" in r.getMessage()]
+    [paid] = core.guarantees(address=buyer.address)
+    assert paid.state in ("voided", "cancelled")
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
 @pytest.mark.parametrize("case", ["short", "fails-after-the-whole-body"])
 def test_compression_outside_the_gate_neither_hides_a_short_body_nor_breaks_a_whole_one(
     core: Core, case: str
