@@ -67,7 +67,8 @@ def forwarded(app: Any) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
 
 def answers_preflight(app: Any, scope: Any) -> bool:
     """Whether ``scope`` is a CORS preflight that a Starlette ``CORSMiddleware`` down ``app``'s
-    chain answers itself (it never passes one on to the route)."""
+    chain answers itself (it never passes one on to the route): the gate's app's, or that of
+    the app a ``Mount`` or ``Host`` of its router serves the request with."""
     names = {k.lower() for k, _ in scope.get("headers") or ()}
     if (
         scope.get("method") != "OPTIONS"
@@ -75,8 +76,28 @@ def answers_preflight(app: Any, scope: Any) -> bool:
     ):
         return False
     cors = getattr(sys.modules.get("starlette.middleware.cors"), "CORSMiddleware", None)
+    routing = sys.modules.get("starlette.routing")
     for _ in range(100):  # bounded: a stack is a few layers deep
         if cors is None or app is None or isinstance(app, cors):
             return app is not None and cors is not None
-        app = getattr(app, "app", None)
+        if getattr(app, "middleware_stack", 0) is None:  # an app its router mounts, unbuilt
+            declared = (getattr(m, "cls", None) for m in getattr(app, "user_middleware", ()))
+            if any(isinstance(c, type) and issubclass(c, cors) for c in declared):
+                return True
+            app = getattr(app, "router", None)
+        elif routing is not None and isinstance(app, routing.Router):  # on to the app it
+            app, scope = _mounted(app, scope, routing)  # mounts for this request, if any
+        else:
+            app = getattr(app, "app", None) or getattr(app, "middleware_stack", None)
     return False
+
+
+def _mounted(router: Any, scope: Any, routing: Any) -> tuple[Any, Any]:
+    """The app of the ``Mount`` or ``Host`` that ``router`` serves ``scope`` with (the first
+    full match, as the router dispatches), and the scope it gets; None: no such app."""
+    for route in router.routes:
+        match, child = route.matches(scope)
+        if match is routing.Match.FULL:
+            nested = isinstance(route, (routing.Mount, routing.Host))
+            return (route.app, {**scope, **child}) if nested else (None, scope)
+    return None, scope

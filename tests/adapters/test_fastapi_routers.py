@@ -1045,3 +1045,36 @@ def test_a_paid_routes_cors_preflight_is_left_to_a_cors_middleware_inside_the_ga
         assert preflight.headers["access-control-allow-origin"] == origin
         options = client.options("/x")  # not a preflight: the marker's answer, as before
         assert options.status_code == 200 and options.headers["allow"] == "OPTIONS, POST"
+
+
+@pytest.mark.parametrize("how", ["mount", "host"])
+def test_a_paid_routes_cors_preflight_is_left_to_the_cors_middleware_of_its_mounted_app(
+    core: Core, how: str
+) -> None:
+    """A FastAPI app mounted in the gated one (by path, or by its Host) with a
+    ``CORSMiddleware`` of its own: the gate looked for one down its own stack only and answered
+    a preflight to the app's Paid route itself, without ``Access-Control-Allow-Origin``, so a
+    browser never sent the paid request. The preflight goes on to the app the router serves."""
+    from fastapi.middleware.cors import CORSMiddleware
+
+    sub, origin = FastAPI(), "https://shop.example"
+    sub.add_middleware(CORSMiddleware, allow_origins=[origin], allow_methods=["*"])
+
+    @sub.api_route("/x", methods=["GET", "POST", "OPTIONS"])
+    def x(p: Payment = Paid("$0.01", methods=["POST"])) -> dict[str, int]:  # noqa: B008
+        return {"amount": p.amount}
+
+    app = FastAPI()
+    FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK)
+    if how == "mount":
+        app.mount("/sub", sub)
+    else:
+        app.host("api.example.com", sub)
+    path, host = ("/sub/x", {}) if how == "mount" else ("/x", {"host": "api.example.com"})
+    with TestClient(app, headers=host) as client:
+        asked = {"origin": origin, "access-control-request-method": "POST"}
+        preflight = client.options(path, headers=asked)
+        assert preflight.status_code == 200, preflight.text
+        assert preflight.headers["access-control-allow-origin"] == origin
+        options = client.options(path)  # not a preflight: the marker's answer, as before
+        assert options.status_code == 200 and options.headers["allow"] == "OPTIONS, POST"
