@@ -1,7 +1,7 @@
 """What lies down a middleware chain, seen from the payment middleware outside it: the
-Starlette router that will route the request, a ``root_path`` an app there sets itself, and
+Starlette router that will route the request, a ``root_path`` an app there sets itself,
 Werkzeug's ``ProxyFix`` rewriting the host Flask routes by (docs/architecture.md, "Which
-route is priced")."""
+route is priced"), a CORS layer and a layer that copies responses (in the apps it mounts too)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["answers_preflight", "applied_root_path", "find_router", "forwarded"]
+__all__ = ["answers_preflight", "applied_root_path", "copying_layer", "find_router", "forwarded"]
 
 
 def applied_root_path(app: Any) -> str:
@@ -101,3 +101,41 @@ def _mounted(router: Any, scope: Any, routing: Any) -> tuple[Any, Any]:
             nested = isinstance(route, (routing.Mount, routing.Host))
             return (route.app, {**scope, **child}) if nested else (None, scope)
     return None, scope
+
+
+def copying_layer(app: Any, base: type, depth: int = 0) -> tuple[Any, Any] | None:
+    """``(class, dispatch)`` of the first ``base`` layer (Starlette's ``BaseHTTPMiddleware``,
+    which passes on ``call_next``'s copy of each response) down ``app``'s middleware chain, then
+    down the apps its router mounts; None when there is none. A gate in the http middleware
+    form, registered as such, runs the app below it itself: it is none."""
+    routing = sys.modules.get("starlette.routing")
+    node = app
+    for _ in range(100):  # bounded: a stack is a few layers deep
+        if node is None:
+            return None
+        stack = getattr(node, "middleware_stack", 0)
+        if isinstance(node, base) and not _gate(getattr(node, "dispatch_func", None)):
+            return type(node), getattr(node, "dispatch_func", None)
+        if stack is None:  # an app wrapped, its stack unbuilt: what it declares, its router
+            declared = [
+                (m.cls, m.kwargs.get("dispatch")) for m in getattr(node, "user_middleware", ())
+            ]
+            found = next((m for m in declared if _is(m[0], base) and not _gate(m[1])), None)
+            if found is not None:
+                return found
+            node = getattr(node, "router", None)
+        elif routing is not None and isinstance(node, routing.Router):  # the apps it mounts
+            nested = (routing.Mount, routing.Host)
+            mounted = [r.app for r in node.routes if isinstance(r, nested)] if depth < 8 else []
+            return next(filter(None, (copying_layer(a, base, depth + 1) for a in mounted)), None)
+        else:
+            node = getattr(node, "app", None) or stack or None
+    return None
+
+
+def _gate(dispatch: Any) -> bool:  # the http middleware form of the gate (it has its gate)
+    return getattr(dispatch, "gate", None) is not None
+
+
+def _is(cls: Any, base: type) -> bool:
+    return isinstance(cls, type) and issubclass(cls, base)

@@ -36,6 +36,7 @@ from fourmica_x402.gate import PASS, Gate, Response
 from fourmica_x402.gate.lifecycle import Meter
 
 from ._body import BufferedBody, Judge
+from ._chain import copying_layer
 
 __all__ = ["Delegated", "PaidExchange", "app_below", "send_response", "warn_copying_layers"]
 
@@ -300,7 +301,7 @@ def warn_copying_layers(app: Any) -> None:
     on ``call_next``'s copy of each response, which ends a stream the app failed in as if it
     were complete, so such a paid stream is charged (docs/protocol.md, "Delivery")."""
     base = getattr(sys.modules.get("starlette.middleware.base"), "BaseHTTPMiddleware", None)
-    found = None if base is None else _copying(app, base)
+    found = None if base is None else copying_layer(app, base)
     if found is not None:
         kind, dispatch = found
         logging.getLogger("fourmica_x402.gate").warning(
@@ -310,43 +311,6 @@ def warn_copying_layers(app: Any) -> None:
             "middleware if it does not change responses",
             getattr(dispatch, "__name__", "?") if kind is base else kind.__name__,
         )
-
-
-def _copying(app: Any, base: type, depth: int = 0) -> tuple[Any, Any] | None:
-    """``(class, dispatch)`` of the first ``base`` layer down ``app``'s middleware chain, then
-    down the apps its router mounts; None when there is none. A gate in the http middleware
-    form, registered as such, runs the app below it itself: it is none."""
-    routing = sys.modules.get("starlette.routing")
-    node = app
-    for _ in range(100):  # bounded: a stack is a few layers deep
-        if node is None:
-            return None
-        stack = getattr(node, "middleware_stack", 0)
-        if isinstance(node, base) and not _gate(getattr(node, "dispatch_func", None)):
-            return type(node), getattr(node, "dispatch_func", None)
-        if stack is None:  # an app wrapped, its stack unbuilt: what it declares, its router
-            declared = [
-                (m.cls, m.kwargs.get("dispatch")) for m in getattr(node, "user_middleware", ())
-            ]
-            found = next((m for m in declared if _is(m[0], base) and not _gate(m[1])), None)
-            if found is not None:
-                return found
-            node = getattr(node, "router", None)
-        elif routing is not None and isinstance(node, routing.Router):  # the apps it mounts
-            nested = (routing.Mount, routing.Host)
-            mounted = [r.app for r in node.routes if isinstance(r, nested)] if depth < 8 else []
-            return next(filter(None, (_copying(a, base, depth + 1) for a in mounted)), None)
-        else:
-            node = getattr(node, "app", None) or stack or None
-    return None
-
-
-def _gate(dispatch: Any) -> bool:  # the http middleware form of the gate (it has its gate)
-    return getattr(dispatch, "gate", None) is not None
-
-
-def _is(cls: Any, base: type) -> bool:
-    return isinstance(cls, type) and issubclass(cls, base)
 
 
 def app_below(app: Any, dispatch: Any) -> Any:
