@@ -26,7 +26,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from .facilitator import Facilitator
     from .routes import RouteTable
 
-__all__ = ["NewTabLimits", "TabGuard"]
+__all__ = ["Admission", "NewTabLimits", "TabGuard"]
 
 #: payTo addresses remembered from challenges (a payTo callable's choices).
 ADVERTISED_LIMIT = 10_000
@@ -213,20 +213,37 @@ class NewTabLimits:
         self.per_user, self.per_client = per_user, per_client
         self._window = _Window(window)
 
-    def admit(self, user: str, client: str | None, keyed: str | None) -> Callable[[], None]:
-        """The ``admit_new`` of :meth:`Core.open_tab`: raises :class:`TabLimited` (429).
-        ``keyed``: the address the caller's key acts for ("" the operator's), None without."""
+    def admit(self, user: str, client: str | None, keyed: str | None) -> Admission:
+        """The ``admit_new`` of one :meth:`Core.open_tab` call: raises :class:`TabLimited`
+        (429). ``keyed``: the address the caller's key acts for ("" the operator's), None
+        without. The caller ends it (:meth:`Admission.end`) once the call is over."""
         limits: list[tuple[Hashable, int, str]] = [
             (("user", user.lower(), keyed), self.per_user, "for this userAddress")
         ]
         if client and keyed is None:
             limits.append((("client", client), self.per_client, "from this client"))
-        window = self._window
+        return Admission(self._window, limits)
 
-        def admit_new() -> None:
-            window.take(limits)
 
-        return admit_new
+class Admission:
+    """One tab call's claim on the service's budgets of new tabs: counted once, however often
+    the Core tries, and given back unless the call opened the tab. On PostgreSQL another
+    process may open the same tab first: the Core then reuses it, and a reused tab is never
+    counted (docs/operations.md, "The service's tab calls")."""
+
+    def __init__(self, window: _Window, limits: list[tuple[Hashable, int, str]]) -> None:
+        self._window, self._limits = window, limits
+        self._stamp: float | None = None
+
+    def __call__(self) -> None:
+        if self._stamp is None:
+            self._stamp = self._window.take(self._limits)
+
+    def end(self, opened: bool) -> None:
+        """The call is over; ``opened``: it made a new tab (request id 0), which stays counted."""
+        stamp, self._stamp = self._stamp, None
+        if stamp is not None and not opened:
+            self._window.give_back([key for key, _, _ in self._limits], stamp)
 
 
 class TabGuard:

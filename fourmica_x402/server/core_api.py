@@ -12,7 +12,6 @@ names as the ``rpcUrl`` of an offer on that network.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import TYPE_CHECKING
 
 from fourmica_x402 import coreapi
@@ -22,6 +21,8 @@ from fourmica_x402.networks import chain_named
 from .base import Call, Reply, Result, tab_limited
 
 if TYPE_CHECKING:
+    from fourmica_x402.tabs import Admission
+
     from .context import Service
 
 __all__ = ["guarantee", "guarantees", "payment_tabs", "public_params", "rpc"]
@@ -53,11 +54,24 @@ def rpc(service: Service, call: Call) -> Reply:
 
 def payment_tabs(service: Service, call: Call) -> Result:
     keyed = service.keys.acts_for(call)
-    admit = partial(service.new_tabs.admit, client=call.client, keyed=keyed)
+    claims: list[Admission] = []  # the call's claim on the budgets of new tabs
+
+    def admit(user: str) -> Admission:
+        claims.append(service.new_tabs.admit(user, call.client, keyed))
+        return claims[-1]
+
+    opened = False
     try:
-        return coreapi.core_payment_tabs(service.core, _chain(service, call)[0], call.body, admit)
+        status, body = coreapi.core_payment_tabs(
+            service.core, _chain(service, call)[0], call.body, admit
+        )
+        opened = status == 200 and body["next_req_id"] == "0x0"  # a new tab, not a reuse
+        return status, body
     except TabLimited as exc:
         return tab_limited(exc)
+    finally:
+        for claim in claims:
+            claim.end(opened)
 
 
 def guarantees(service: Service, call: Call) -> Reply:

@@ -99,6 +99,8 @@ def tabs(service: Service, call: Call) -> Result:
         user = parse_address(body.get("userAddress"))
     except ValueError as exc:
         return _tab_refusal(str(exc), "invalid_user_address")
+    admission = service.new_tabs.admit(user, call.client, service.keys.acts_for(call))
+    tab = None
     try:
         version = body.get("guaranteeVersion")
         if version is None:
@@ -115,7 +117,7 @@ def tabs(service: Service, call: Call) -> Result:
             asset=body.get("erc20Token") or body.get("assetAddress") or None,
             guarantee_version=requested_version(version, "guaranteeVersion"),
             ttl_seconds=requested_ttl(body.get("ttlSeconds"), "ttlSeconds"),
-            admit_new=service.new_tabs.admit(user, call.client, service.keys.acts_for(call)),
+            admit_new=admission,
         )
     except TabLimited as exc:
         return tab_limited(exc)
@@ -124,6 +126,8 @@ def tabs(service: Service, call: Call) -> Result:
         return 400 if exc.status < 500 else 503, {"error": exc.public(), "reason": exc.reason}
     except (ValueError, TypeError) as exc:
         return _tab_refusal(str(exc))
+    finally:
+        admission.end(tab is not None and tab.next_req_id == 0)
     return 200, tab.to_json()
 
 

@@ -2422,3 +2422,61 @@ def test_a_refund_of_a_guarantee_cancelled_meanwhile_tells_the_buyer_it_is_not_c
     finally:
         next(served, None)
         core.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("path", ["/tabs", "/core/payment-tabs"])
+def test_a_tab_call_that_ends_in_another_processs_new_tab_is_not_counted(
+    postgres_url: str, path: str
+) -> None:
+    """Two processes open one buyer's tab at once (PostgreSQL): the one that loses reuses the
+    winner's tab, and a reused tab is never counted (docs/operations.md, "The service's tab
+    calls"), so the buyer's budget of new tabs is still whole."""
+    from fourmica_x402.core import tabs
+    from fourmica_x402.tabs import NewTabLimits
+
+    core, other = Core(postgres_url), Core(postgres_url)
+    app = create_app(core, api_key="op", tick_interval=None, webhooks=False)
+    app.state.service.new_tabs = NewTabLimits(per_user=1, per_client=100)
+    buyer = TestBuyer.new().address
+    key = (buyer, SELLER, NETWORK, USDC, 1)
+    opened, go_on = threading.Event(), threading.Event()
+
+    def open_elsewhere() -> None:  # another process's new tab, committed once told to
+        with other.store.transaction() as tx:
+            tabs.open_once(tx, key, 3600, time.time(), tabs.OpenTabCounts())
+            opened.set()
+            go_on.wait(30)
+
+    bodies = {
+        "/tabs": {"userAddress": buyer, "recipientAddress": SELLER, "erc20Token": USDC},
+        "/core/payment-tabs": {
+            "user_address": buyer,
+            "recipient_address": SELLER,
+            "erc20_token": USDC,
+        },
+    }
+    answers: list[Any] = []
+    elsewhere = threading.Thread(target=open_elsewhere)
+    try:
+        with TestClient(app) as client:
+            elsewhere.start()
+            assert opened.wait(30)
+            asking = threading.Thread(
+                target=lambda: answers.append(client.post(path, json=bodies[path]))
+            )
+            asking.start()
+            time.sleep(0.5)  # the call waits for the other process's tab
+            go_on.set()
+            elsewhere.join(30)
+            asking.join(30)
+            assert answers and answers[0].status_code == 200, answers
+            reused = answers[0].json()
+            assert reused.get("nextReqId", reused.get("next_req_id")) == "0x1"  # a reuse
+            body = {"userAddress": buyer, "recipientAddress": TestBuyer.new().address}
+            fresh = client.post("/tabs", json=body)  # the buyer's one new tab of the window
+            assert fresh.status_code == 200, fresh.text
+    finally:
+        go_on.set()
+        other.close()
+        core.close()
