@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sqlite3
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from py_ecc.bls import G2Basic
@@ -560,6 +563,34 @@ def test_certificate_is_bls_signed_in_4mica_format(store_url: str, clock: FakeCl
     with pytest.raises(CoreError):
         reopened.certify("0x" + "00" * 32)
     reopened.close()
+
+
+def test_a_refused_payment_still_commits_the_refunds_it_carried(tmp_path: Path) -> None:
+    """On SQLite the completions a process queued (a refund, a score) ride along with its next
+    write (docs/architecture.md, "Completion off the request path"). A refused payment is such
+    a write: it commits them, not rolls them back with itself; else refused payments arriving
+    faster than the window (a replay flood) held every refund and score back while they came,
+    unseen by other processes and lost by a crash."""
+    path = tmp_path / "core.db"
+    core = Core(f"sqlite:///{path}")
+    core.store.deferred.window = 1.0  # as PaymentConfig(completion_window=1.0) sets it
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 10_000, network=NETWORK)
+    paid = core.accept(*buyer.pay(core, SELLER, 700))
+    replayed = buyer.pay(core, SELLER, 300)
+    core.accept(*replayed)
+    core.resolve_later(paid.guarantee_id, by=SELLER, score=None)  # the seller's refund, queued
+    with pytest.raises(GuaranteeRejected) as info:
+        core.accept(*replayed)
+    assert reason(info) == "replayed_request_id"
+    with contextlib.closing(sqlite3.connect(path)) as other:  # another process, at once
+        state = other.execute(
+            "SELECT state FROM fx_guarantees WHERE guarantee_id = ?", (paid.guarantee_id,)
+        ).fetchone()
+        locked = other.execute("SELECT locked FROM fx_positions").fetchone()
+    assert (state, locked) == (("voided",), (300,))  # the refund, and nothing of the replay
+    assert core.audit() == []
+    core.close()
 
 
 # -- netting -----------------------------------------------------------------------------------

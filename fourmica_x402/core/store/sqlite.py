@@ -220,21 +220,35 @@ class SQLiteStore:
             raise WouldBlock("another writer of this process holds the database", local=True)
         jobs: list[Job] = []
         failures: list[tuple[Job, Exception]] = []
-        committed = False
+        committed, refused = False, None
         self._local.writing = True
         try:
             with self._transaction(write=True, nowait=nowait) as tx:
                 # The queued completions ride along: one commit for them and this write.
                 jobs = self.deferred.take()
-                if jobs:
+                if not jobs:
+                    yield tx
+                else:
                     failures = self.deferred.run(tx, jobs)
-                yield tx
+                    # A write its caller refuses (a payment's checks raise) still commits them:
+                    # only its own statements are undone (docs/architecture.md).
+                    tx.execute("SAVEPOINT fx_write")
+                    try:
+                        yield tx
+                    except sqlite3.Error:
+                        raise  # the database failed: all is rolled back, the queue runs again
+                    except Exception as exc:
+                        tx.execute("ROLLBACK TO SAVEPOINT fx_write")
+                        refused = exc
+                    tx.execute("RELEASE SAVEPOINT fx_write")
             committed = True
         finally:
             self._local.writing = False
             self._release_writer()
             if jobs:
                 self.deferred.done(jobs, failures, committed)
+        if refused is not None:
+            raise refused
 
     def writing_here(self) -> bool:
         """Whether this thread is inside one of this store's write transactions."""
