@@ -150,7 +150,9 @@ class _Stream:
             raise StreamFailed(f"the stream answered {response.status_code}", response)
         self.slices = 1
         receipt = response.extensions.get(RECEIPT_KEY)
-        if isinstance(receipt, Receipt) and receipt.outcome == "paid":
+        # Slice 1's signed terms, whatever the seller said became of them: a seller saying
+        # "refunded" still sells the stream at that price (docs/buyer.md, "Metered streams").
+        if isinstance(receipt, Receipt) and receipt.claims is not None:
             self._terms = receipt
         coded = response.headers.get("content-encoding", "identity").strip().lower()
         if coded != "identity":  # asked unpacked: nothing of it is read

@@ -1158,6 +1158,46 @@ def test_a_later_slice_is_paid_only_on_the_terms_of_the_first(
     assert policy.spent("0x036CbD53842c5426634e7929541eC2318f3dCF7e") == 10_000
 
 
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_first_slice_said_refunded_still_fixes_the_streams_terms(is_async: bool) -> None:
+    """A seller (hostile, outside the machine) answering slice 1's payment with its events and
+    a result saying "refunded" (success false) left the buyer with no terms: it then asked
+    $0.05 for slice 2 and the buyer paid it, 5 times slice 1's price. The signed slice 1 fixes
+    the terms whatever the seller says became of it."""
+    body = (
+        'event: stream\ndata: {"stream": "s1"}\n\ndata: {"tick": 0}\n\n'
+        'event: payment-required\ndata: {"pay": "/streams/s1/2"}\n\ndata: {"tick": 1}\n\n'
+        'event: end\ndata: {"reason": "complete", "slices": 2}\n\n'
+    )
+    said = {"success": False, "errorReason": "refunded", "transaction": "", "network": NETWORK}
+    refunded = base64.b64encode(json.dumps(said).encode()).decode()
+    paid: list[tuple[str, str]] = []
+
+    def seller(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/tab":
+            user = json.loads(request.content)["userAddress"]
+            answer = {"tabId": "0x1", "nextReqId": hex(len(paid) + 1), "userAddress": user}
+            return httpx.Response(200, json=answer)
+        if request.method == "DELETE":
+            return httpx.Response(200)
+        if "payment-signature" in request.headers:
+            accepted = json.loads(base64.b64decode(request.headers["payment-signature"]))
+            paid.append((request.url.path, accepted["accepted"]["amount"]))
+            if request.url.path == "/s":
+                headers = {"content-type": "text/event-stream", "payment-response": refunded}
+                return httpx.Response(200, headers=headers, text=body)
+            return httpx.Response(200, json={"paid": True})
+        price = "10000" if request.url.path == "/s" else "50000"
+        return httpx.Response(402, headers={"payment-required": _hostile_challenge(price)})
+
+    policy, got = SpendingPolicy(max_per_request="$0.05"), []
+    with pytest.raises(PaymentFailed, match="no offer on the stream's terms"):
+        _read_hostile(seller, policy, is_async, got)
+    assert paid == [("/s", "10000")]  # slice 1 only
+    assert got[0] == {"tick": 0}
+    assert policy.spent("0x036CbD53842c5426634e7929541eC2318f3dCF7e") == 10_000
+
+
 @pytest.mark.parametrize(
     "body",
     [
