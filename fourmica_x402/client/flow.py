@@ -352,6 +352,8 @@ class BuyerFlow(Buyer):
             )
         if terms is not None:
             usable = [offer for offer in usable if _on_terms(offer, terms)]
+            if not usable and terms.claims is None:  # no first slice was signed
+                raise _OffTerms("no offer on the stream's terms: its first slice was not paid")
             if not usable:
                 raise _OffTerms(
                     f"no offer on the stream's terms: at most {terms.amount} of {terms.asset} "

@@ -215,8 +215,9 @@ class _Stream:
 
     def _pay(self) -> dict[str, Any]:
         """A slice payment's options: never redirected, paid on the first slice's terms."""
-        terms = {TERMS_KEY: self._terms} if self._terms is not None else {}
-        return {"follow_redirects": False, "extensions": terms}
+        # A stream opened unpaid has no terms: a slice is then paid on none (docs/buyer.md).
+        terms = self._terms or Receipt(outcome="payment_failed", url=str(self.url))
+        return {"follow_redirects": False, "extensions": {TERMS_KEY: terms}}
 
     def _paid_slice(self) -> None:
         self.slices += 1

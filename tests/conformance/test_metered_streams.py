@@ -1043,7 +1043,8 @@ def test_a_slices_payment_or_stop_answered_a_byte_at_a_time_does_not_hold_the_bu
         ]
     )
     key, policy = TestBuyer.new().key, SpendingPolicy(max_per_request="$0.001")
-    raised: type[Exception] = httpx.ReadTimeout if slow == "pay" else BudgetExhausted
+    # a stream opened unpaid pays no slice: its 402 is refused (PaymentFailed), then stopped
+    raised: type[Exception] = httpx.ReadTimeout if slow == "pay" else PaymentRefused
     with harness.loopback(app, "asgi") as url, pytest.raises(raised):
         options: dict[str, Any] = {"base_url": url, "timeout": 1.0}
         started = time.monotonic()
@@ -1069,9 +1070,10 @@ def test_a_slices_payment_or_stop_answered_a_byte_at_a_time_does_not_hold_the_bu
 
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
 def test_a_garbled_answer_to_the_stop_still_raises_the_refusal(is_async: bool) -> None:
-    """The policy refuses slice 2 and the buyer stops the stream; the seller answers the stop
-    with a body labelled gzip that is not: httpx's DecodingError (no TransportError) reached
-    the caller instead of the policy's refusal (docs/buyer.md, "Metered streams")."""
+    """The buyer refuses slice 2 (the stream opened unpaid: no terms) and stops the stream; the
+    seller answers the stop with a body labelled gzip that is not: httpx's DecodingError (no
+    TransportError) reached the caller instead of the refusal (docs/buyer.md, "Metered
+    streams")."""
     body = (
         'event: stream\ndata: {"stream": "s1"}\n\ndata: {"tick": 0}\n\n'
         'event: payment-required\ndata: {"pay": "/streams/s1/2"}\n\n'
@@ -1087,7 +1089,7 @@ def test_a_garbled_answer_to_the_stop_still_raises_the_refusal(is_async: bool) -
             return httpx.Response(200, headers={"content-type": "text/event-stream"}, text=body)
         return httpx.Response(402, headers={"payment-required": _hostile_challenge()})
 
-    with pytest.raises(BudgetExhausted):
+    with pytest.raises(PaymentRefused):
         _read_hostile(seller, SpendingPolicy(max_per_request="$0.001"), is_async)
     assert stops == ["/streams/s1"]
 
@@ -1196,6 +1198,41 @@ def test_a_first_slice_said_refunded_still_fixes_the_streams_terms(is_async: boo
     assert paid == [("/s", "10000")]  # slice 1 only
     assert got[0] == {"tick": 0}
     assert policy.spent("0x036CbD53842c5426634e7929541eC2318f3dCF7e") == 10_000
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_stream_opened_unpaid_pays_no_later_slice(is_async: bool) -> None:
+    """A seller (hostile, outside the machine) opening its stream free, with no 402, then
+    asking $0.05 to another payTo for slice 2 was paid: with no first slice paid, no terms
+    held. A stream whose first slice was not paid pays no later slice: refused before a tab is
+    opened, and the stream stopped."""
+    body = (
+        'event: stream\ndata: {"stream": "s1"}\n\ndata: {"tick": 0}\n\n'
+        'event: payment-required\ndata: {"pay": "/streams/s1/2"}\n\ndata: {"tick": 1}\n\n'
+        'event: end\ndata: {"reason": "complete", "slices": 2}\n\n'
+    )
+    asked: list[str] = []
+
+    def seller(request: httpx.Request) -> httpx.Response:
+        asked.append(f"{request.method} {request.url.path}")
+        if request.url.path == "/tab":
+            user = json.loads(request.content)["userAddress"]
+            return httpx.Response(
+                200, json={"tabId": "0x1", "nextReqId": "0x1", "userAddress": user}
+            )
+        if request.url.path == "/s":
+            return httpx.Response(200, headers={"content-type": "text/event-stream"}, text=body)
+        if "payment-signature" in request.headers:
+            return httpx.Response(200, json={"paid": True})
+        challenge = _hostile_challenge("50000", "0x" + "cd" * 20)
+        return httpx.Response(402, headers={"payment-required": challenge})
+
+    policy, got = SpendingPolicy(max_per_request="$0.05"), []
+    with pytest.raises(PaymentFailed, match="its first slice was not paid"):
+        _read_hostile(seller, policy, is_async, got)
+    assert asked == ["GET /s", "POST /streams/s1/2", "DELETE /streams/s1"]  # no tab opened
+    assert got[0] == {"tick": 0}
+    assert policy.spent("0x036CbD53842c5426634e7929541eC2318f3dCF7e") == 0
 
 
 @pytest.mark.parametrize(
