@@ -14,6 +14,8 @@ another key fails (docs/buyer.md, "Certificates").
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +25,7 @@ from blspy import BasicSchemeMPL, G1Element, G2Element
 from .._json import loads
 from ..guarantee import GuaranteeClaims, certificate_message
 from .answers import UNPAID_KEY, AnswerTooLarge, read_answer
+from .heads import bound, send_head
 
 __all__ = ["fetch_certificate", "fetch_public_key", "public_key_bytes", "verify_certificate"]
 
@@ -132,7 +135,10 @@ def _answer(http: httpx.Client, url: str) -> Any:
     """The JSON of a GET (None: a 404), read up to the flow's answer limit (a Core the
     seller named may answer anything). Never paid: a 402 through a paying client is an
     error answer like any other (docs/buyer.md, "Certificates")."""
-    with http.stream("GET", url, extensions={UNPAID_KEY: True}) as response:
+    bound(http)  # its head too within the read timeout (docs/buyer.md, "Challenges")
+    request = http.build_request("GET", url, extensions={UNPAID_KEY: True})
+    response = send_head(functools.partial(http.send, stream=True), request)
+    with contextlib.closing(response):
         if response.status_code == 404:
             return None
         response.raise_for_status()

@@ -23,7 +23,14 @@ from typing import Any
 import httpx
 import pytest
 
-from fourmica_x402.client import AsyncPaymentTransport, PaymentTransport, adiscover, discover
+from fourmica_x402.client import (
+    AsyncPaymentTransport,
+    PaymentTransport,
+    adiscover,
+    discover,
+    fetch_certificate,
+    fetch_public_key,
+)
 from fourmica_x402.client.x402_scheme import FourMicaCreditScheme
 from fourmica_x402.errors import DiscoveryFailed, PaymentFailed
 from fourmica_x402.networks import default_asset
@@ -50,7 +57,8 @@ def _offer(base: str) -> dict[str, Any]:
 class _Seller:
     """A raw HTTP/1.1 server: kept-alive connections, one thread each; ``slow`` names the
     answer it drips: ``402`` (its head, a byte at a time), ``tab`` (the same), ``tab103``
-    (endless 103 answers) or ``listing`` (the same)."""
+    (endless 103 answers) or ``listing`` (the same); the Core's reads (``/core/…``) always
+    drip 103 answers."""
 
     def __init__(self, slow: str) -> None:
         self.slow = slow
@@ -91,7 +99,7 @@ class _Seller:
             user = json.loads(body)["userAddress"]
             tab = json.dumps({"tabId": "0x1", "nextReqId": "0x1", "userAddress": user})
             return self._send(conn, 200, [("content-type", "application/json")], tab.encode())
-        if path.startswith("/.well-known/x402"):
+        if path.startswith(("/.well-known/x402", "/core/")):  # a listing, a Core's reads
             return self._drip(conn, b"", b"HTTP/1.1 103 Early Hints\r\n\r\n")
         if self.slow == "402":
             return self._drip(conn, b"HTTP/1.1 402 Payment Required\r\n", b"x")
@@ -186,6 +194,24 @@ def test_the_x402_schemes_own_calls_end_at_the_timeout(
     finally:
         scheme.close()
     assert time.monotonic() - started < 6
+
+
+@pytest.mark.parametrize("read", ["public_key", "certificate"])
+def test_a_core_read_behind_endless_informational_answers_ends_at_the_timeout(
+    raw_seller: Callable[[str], _Seller], read: str
+) -> None:
+    """fetch_public_key and fetch_certificate read a Core the seller named (a receipt's
+    core_url): its head sent without end (103 answers, each within httpx's per-read timeout)
+    held the buyer as long as that Core liked. It ends at about the read timeout now."""
+    server = raw_seller("core")
+    receipt = SimpleNamespace(core_url=server.base, tab_id="0x1", request_id="0x1")
+    started = time.monotonic()
+    with httpx.Client(timeout=TIMEOUT) as client, pytest.raises(httpx.ReadTimeout, match=LATE):
+        if read == "public_key":
+            fetch_public_key(server.base, client=client)
+        else:
+            fetch_certificate(receipt, client=client)
+    assert time.monotonic() - started < 6  # the Core would go on for 10 s
 
 
 def test_a_callers_own_trace_still_sees_every_event(
