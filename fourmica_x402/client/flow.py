@@ -82,8 +82,8 @@ TERMS_KEY = "fourmica_terms"
 _FRAMING = (b"content-length", b"transfer-encoding")
 
 
-#: Errors that say the request never left: no connection could be opened.
-NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
+#: Errors that say the request never left: no connection could be opened, or none was free.
+NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 #: Set (True) on another HTTP client's error by its adapter when the request never left: the
 #: caller still gets that error, of its own class.
 NEVER_SENT_MARK = "fourmica_never_sent"

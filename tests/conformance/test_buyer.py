@@ -20,6 +20,7 @@ import pytest
 
 from fourmica_x402._eth import ZERO_ADDRESS
 from fourmica_x402.client import (
+    AsyncPaymentTransport,
     PaymentTransport,
     ReceiptLedger,
     SpendingPolicy,
@@ -917,6 +918,49 @@ def test_a_paid_request_that_never_connected_is_not_counted(
     paid = buyers.client(seller, buyer, policy=policy).get("/premium")  # the budget is whole
     assert paid.status == 200 and policy.spent(default_asset(NETWORK).address) == 10_000
     assert seller.calls["/premium"] == 1
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_paid_request_that_never_got_a_connection_from_the_pool_is_not_counted(
+    mode: str,
+) -> None:
+    """A paid request that waited for a free connection of the client's pool past its pool
+    timeout (httpx's PoolTimeout: every connection busy with the agent's other calls) never
+    left the client, but was counted as spent and kept as 'unanswered', as if the seller held
+    the guarantee. It is 'not_sent' now, and the budget is given back."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/tab":
+            user = json.loads(request.content)["userAddress"]
+            return httpx.Response(
+                200, json={"tabId": "0x1", "nextReqId": "0x1", "userAddress": user}
+            )
+        if "payment-signature" in request.headers:
+            raise httpx.PoolTimeout("timed out waiting for a connection", request=request)
+        return httpx.Response(402, headers={"payment-required": _mock_offer()})
+
+    ledger = ReceiptLedger()
+    policy = SpendingPolicy(per_hour="$0.02", ledger=ledger)
+    key, options = TestBuyer.new().key, {"base_url": "http://seller.test"}
+    for _ in range(3):  # more than the budget holds, were they counted
+        with pytest.raises(httpx.PoolTimeout):
+            if mode == "sync":
+                transport = PaymentTransport(
+                    key, policy=policy, transport=httpx.MockTransport(answer)
+                )
+                with httpx.Client(transport=transport, **options) as client:
+                    client.get("/x")
+            else:
+
+                async def get() -> None:
+                    inner = httpx.MockTransport(answer)
+                    transport = AsyncPaymentTransport(key, policy=policy, transport=inner)
+                    async with httpx.AsyncClient(transport=transport, **options) as client:
+                        await client.get("/x")
+
+                asyncio.run(get())
+    assert policy.spent(default_asset(NETWORK).address) == 0
+    assert [r.outcome for r in ledger] == ["not_sent"] * 3
 
 
 @pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
