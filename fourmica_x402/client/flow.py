@@ -272,6 +272,9 @@ class BuyerFlow(Buyer):
                 yield Read(paid)
             except AnswerTooLarge as exc:
                 raise self._refuse(PaymentFailed, replace(receipt, status=402), str(exc)) from None
+            except BaseException as exc:  # cut, late, cancelled: what left is kept (docs/buyer.md)
+                self._unanswered(replace(receipt, status=402), exc, left=True)
+                raise
             reason = (
                 _text((result or {}).get("errorReason"))
                 or self._challenge_error(paid)

@@ -836,6 +836,60 @@ def test_a_paid_request_left_unanswered_keeps_its_receipt(seller: Any, buyers: A
     assert receipt.claims and receipt.tab_id and receipt.request_id
 
 
+class _CutBody(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A body cut after its first bytes (the connection reset)."""
+
+    def __iter__(self) -> Any:
+        yield b'{"error": "refu'
+        raise httpx.ReadError("Connection reset by peer")
+
+    async def __aiter__(self) -> Any:
+        yield b'{"error": "refu'
+        raise httpx.ReadError("Connection reset by peer")
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_paid_request_whose_402_is_cut_keeps_its_receipt(mode: str) -> None:
+    """A seller answering the paid request with a 402 whose body it cut: the signed
+    guarantee had left and counted against the budget, but no receipt was written (the
+    caller's error only), so nothing said what to settle up later. It is kept 'unanswered'
+    with its ids and claims (docs/buyer.md, "Receipts")."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/tab":
+            user = json.loads(request.content)["userAddress"]
+            return httpx.Response(
+                200, json={"tabId": "0x1", "nextReqId": "0x1", "userAddress": user}
+            )
+        headers = {"payment-required": _mock_offer()}
+        if "payment-signature" in request.headers:
+            return httpx.Response(402, headers=headers, stream=_CutBody())
+        return httpx.Response(402, headers=headers)
+
+    ledger = ReceiptLedger()
+    policy = SpendingPolicy(ledger=ledger)
+    key, options = TestBuyer.new().key, {"base_url": "http://seller.test"}
+    with pytest.raises(httpx.ReadError):
+        if mode == "sync":
+            transport = PaymentTransport(key, policy=policy, transport=httpx.MockTransport(answer))
+            with httpx.Client(transport=transport, **options) as client:
+                client.get("/x")
+        else:
+
+            async def get() -> None:
+                inner = httpx.MockTransport(answer)
+                transport = AsyncPaymentTransport(key, policy=policy, transport=inner)
+                async with httpx.AsyncClient(transport=transport, **options) as client:
+                    await client.get("/x")
+
+            asyncio.run(get())
+    (receipt,) = list(ledger)
+    assert receipt.outcome == "unanswered" and receipt.status == 402
+    assert receipt.claims and receipt.tab_id == "0x1" and receipt.request_id == "0x1"
+    assert policy.spent(default_asset(NETWORK).address) == 10_000
+    assert ledger.last == receipt  # what `fourmica-x402 pay` reports after a failed call
+
+
 class RecordsPaid(CountsPaid):
     """Keeps the headers and body of each paid request."""
 
