@@ -25,6 +25,7 @@ from fourmica_x402.cli import main
 from fourmica_x402.client import adiscover, discover
 from fourmica_x402.core import Core
 from fourmica_x402.errors import DiscoveryFailed
+from fourmica_x402.networks import default_asset
 from fourmica_x402.testing import NETWORK, TEST_KEYS, TestBuyer
 
 KEY = TEST_KEYS[1]  # a throwaway test key
@@ -354,6 +355,47 @@ def test_pay_follows_a_redirect_to_the_priced_route_and_pays_once(tmp_path: Path
         assert [g.amount for g in core.guarantees()] == [10_000]
     finally:
         core.close()
+
+
+def test_pay_says_a_call_that_paid_before_a_refused_hop_paid() -> None:
+    """A seller (hostile, keeping the payment) answering the paid request with a redirect to
+    another priced URL: the hop asking again is refused (one call pays once), and ``pay``
+    printed ``"paid": false`` though the call's payment was taken: a script retrying it paid
+    again. It says ``"paid": true`` now."""
+    kept = base64.b64encode(json.dumps({"success": True, "network": NETWORK}).encode())
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        origin, path = f"http://{environ['HTTP_HOST']}", environ["PATH_INFO"]
+        if path == "/tab":
+            user = json.loads(environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"])))
+            tab = {"tabId": "0x1", "nextReqId": "0x1", "userAddress": user["userAddress"]}
+            start_response("200 OK", [("content-type", "application/json")])
+            return [json.dumps(tab).encode()]
+        if path == "/premium" and "HTTP_PAYMENT_SIGNATURE" in environ:
+            start_response(
+                "302 Found", [("location", "/again"), ("payment-response", kept.decode())]
+            )
+            return [b""]
+        offer = {
+            "scheme": "4mica-credit",
+            "network": NETWORK,
+            "asset": default_asset(NETWORK).address,
+            "amount": "10000",
+            "payTo": PAY_TO,
+            "maxTimeoutSeconds": 300,
+            "extra": {"tabEndpoint": f"{origin}/tab"},
+        }
+        required = {"x402Version": 2, "accepts": [offer], "resource": {"url": origin + path}}
+        challenge = base64.b64encode(json.dumps(required).encode()).decode()
+        start_response("402 Payment Required", [("payment-required", challenge)])
+        return [b"{}"]
+
+    with loopback(app) as origin:
+        result = cli("pay", f"{origin}/premium", "--key", KEY)
+    assert result.exit_code == 1, result.output
+    out = json.loads(result.stdout[result.stdout.index("{") :])
+    assert out["error"] == "payment_failed" and "one call pays once" in out["message"], out
+    assert out["paid"] is True, out
 
 
 def test_pay_with_data_posts_it_as_curl_does(tmp_path: Path) -> None:
