@@ -116,17 +116,9 @@ def paid(
     if config.idempotent_replay and len(v2_values) + len(v1_values) == 1:
         # before matching the offers: a payment taken before a repricing still replays
         version, header = (2, v2_values[0]) if v2_values else (1, v1_values[0])
-        digest = hashlib.sha256(header.encode("ascii", "replace")).hexdigest()
-        found = yield Call(gate.records.by_header, (digest,))
-        if found is not None:
-            paid_for = found[0]  # a record from before the query was kept: any query
-            query = request.query if paid_for.query is None else paid_for.query
-            asked = (route.key, request.method.upper(), request.path, request.query)
-            if (paid_for.route, paid_for.method, paid_for.path, query) != asked:
-                return challenge(  # a payment replays only the request it paid for
-                    gate, request, route, requirements, Reason.REPLAYED_REQUEST_ID, version=version
-                )
-            return _replayed(found, version)
+        replayed = yield from _replay(gate, request, route, requirements, version, header)
+        if replayed is not None:
+            return replayed
     try:
         if len(v2_values) + len(v1_values) != 1:
             raise MalformedPayment("send exactly one payment header")
@@ -175,6 +167,11 @@ def paid(
     if config.settle == "before":
         result = yield settle.settle_and_record(gate, payload, chosen, base, signed)
         if isinstance(result, SettleResult):  # refused
+            if config.idempotent_replay and result.error_reason == Reason.REPLAYED_REQUEST_ID:
+                # the same header at once, accepted for the other request: wait for it
+                replayed = yield from _replay(gate, request, route, requirements, version, header)
+                if replayed is not None:
+                    return replayed
             throttle.refused(sender, payer, result.error_reason)
             yield from failure(
                 gate, request, GuaranteeRejected(reason=result.error_reason or "rejected")
@@ -219,6 +216,10 @@ def paid(
                 )
             )
         except Conflict:
+            if config.idempotent_replay:  # the same header at once: the other request's
+                replayed = yield from _replay(gate, request, route, requirements, version, header)
+                if replayed is not None:
+                    return replayed
             return challenge(
                 gate, request, route, requirements, Reason.REPLAYED_REQUEST_ID, version=version
             )
@@ -342,7 +343,31 @@ _policy_of: ByIdentity[PaymentRequirements, tuple[ValidationPolicy | None, bool]
 )
 
 
-def _replayed(found: Any, version: int) -> Paid | Response:
+def _replay(
+    gate: Gate,
+    request: RequestView,
+    route: Route,
+    requirements: list[PaymentRequirements],
+    version: int,
+    header: str,
+) -> Flow:
+    """A payment header's earlier request (idempotent replay, docs/operations.md): its
+    stored response, a 409, or the refusal of another request; None when never seen."""
+    digest = hashlib.sha256(header.encode("ascii", "replace")).hexdigest()
+    found = yield Call(gate.records.by_header, (digest,))
+    if found is None:
+        return None
+    paid_for = found[0]  # a record from before the query was kept: any query
+    query = request.query if paid_for.query is None else paid_for.query
+    asked = (route.key, request.method.upper(), request.path, request.query)
+    if (paid_for.route, paid_for.method, paid_for.path, query) != asked:
+        return challenge(  # a payment replays only the request it paid for
+            gate, request, route, requirements, Reason.REPLAYED_REQUEST_ID, version=version
+        )
+    return _replayed(found, version)
+
+
+def _replayed(found: Any, version: int) -> Response:
     """A payment header seen before (idempotent replay): its stored response, or a 409."""
     record, stored = found
     if stored is None or record.status != "delivered":

@@ -759,3 +759,91 @@ def test_the_official_buyers_payment_sent_again_while_it_is_served_is_told_to_wa
         assert core.audit() == []
     finally:
         core.close()
+
+
+@pytest.mark.parametrize("settle_mode", ["before", "after"])
+def test_the_official_buyers_payment_sent_twice_at_once_is_served_once_and_told_to_wait(
+    official_python: Path, settle_mode: str, tmp_path: Path
+) -> None:
+    """With ``idempotent_replay``, the official buyer's header and the same header sent at
+    the same moment (a client's retry racing its first try): one is served, the other is
+    told 409 ``payment_in_progress`` (docs/operations.md), never 402 ``replayed_request_id``,
+    which said the payment was spent on another request (the one that lost the race to the
+    Core, or to the record, read no record first). Charged once."""
+    import asyncio
+
+    from fourmica_x402.adapters.asgi import PaymentMiddleware
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    captured: list[str] = []
+    both_in = asyncio.Event()
+    release = threading.Event()
+
+    async def before_settle(request: Any, payload: Any, requirements: Any) -> None:
+        captured.extend(request.header_values("payment-signature"))
+        if len(captured) >= 2:
+            both_in.set()
+        await asyncio.wait_for(both_in.wait(), 30)  # both past the replay lookup
+
+    async def slow(request: Request) -> JSONResponse:
+        await run_in_threadpool(release.wait, 60)
+        return JSONResponse({"payer": request.state.payment.payer})
+
+    db = str(tmp_path / "core.db")
+    config = PaymentConfig(
+        pay_to=new_key()[1],
+        routes={"GET /slow": "$0.01"},
+        core=db,
+        before_settle=before_settle,
+        idempotent_replay=True,
+        settle=settle_mode,
+    )
+    app = Starlette(
+        routes=[Route("/slow", slow)], middleware=[Middleware(PaymentMiddleware, config=config)]
+    )
+    key, buyer = new_key()
+    core = Core(db)
+    try:
+        core.deposit(buyer, 1_000_000, network=NETWORK)
+        with in_thread(app) as base:
+            outcome: dict[str, Any] = {}
+            answers: list[httpx.Response] = []
+            paying = threading.Thread(
+                target=lambda: outcome.update(
+                    run_official(official_python, "official_buyer.py", f"{base}/slow", key)
+                )
+            )
+            paying.start()
+            header = wait_for(lambda: captured and captured[0], "the paid request", 60)
+            again = threading.Thread(
+                target=lambda: answers.append(
+                    httpx.get(f"{base}/slow", headers={"payment-signature": header}, timeout=60)
+                )
+            )
+            again.start()
+            try:
+                # the one that lost answers at once; the other waits for the release
+                wait_for(lambda: answers or outcome, "the loser's answer", 60)
+            finally:
+                release.set()
+                paying.join(timeout=120)
+                again.join(timeout=60)
+            statuses = sorted([outcome["status"], answers[0].status_code])
+            assert statuses == [200, 409], (outcome, answers[0].text)
+            refused = answers[0] if answers[0].status_code == 409 else None
+            if refused is not None:
+                assert refused.json()["error"] == "payment_in_progress", refused.text
+            else:
+                assert outcome["body"]["error"] == "payment_in_progress", outcome
+            replay = httpx.get(f"{base}/slow", headers={"payment-signature": header})
+            assert replay.status_code == 200 and replay.json() == {"payer": buyer}
+        assert len(core.guarantees()) == 1
+        assert core.position(buyer, network=NETWORK).locked == 10_000
+        assert core.audit() == []
+    finally:
+        core.close()
