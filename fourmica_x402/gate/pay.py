@@ -191,6 +191,11 @@ def paid(
             gate.facilitator.verify, (payload, chosen), afn=gate.facilitator.averify
         )
         if not verdict.is_valid:
+            if config.idempotent_replay and verdict.invalid_reason == Reason.REPLAYED_REQUEST_ID:
+                # the same header at once, served and settled meanwhile: answer as a replay
+                replayed = yield from _replay(gate, request, route, requirements, version, header)
+                if replayed is not None:
+                    return replayed
             throttle.refused(sender, payer, verdict.invalid_reason)
             yield from failure(
                 gate, request, GuaranteeRejected(reason=verdict.invalid_reason or "invalid")

@@ -847,3 +847,80 @@ def test_the_official_buyers_payment_sent_twice_at_once_is_served_once_and_told_
         assert core.audit() == []
     finally:
         core.close()
+
+
+def test_a_settle_after_payment_sent_again_as_its_first_request_settles_is_not_refused_402(
+    official_python: Path, tmp_path: Path
+) -> None:
+    """``settle="after"`` with ``idempotent_replay``: the same header sent again, read no
+    record yet, then verified once the official buyer's request had settled. The Core says
+    the request id is used; that is the first request's payment, answered as a replay (409
+    ``payment_in_progress`` or its response), not 402 ``replayed_request_id``."""
+    import asyncio
+
+    from fourmica_x402.adapters.asgi import PaymentMiddleware
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    captured: list[str] = []
+    second_in, settled = asyncio.Event(), asyncio.Event()
+
+    async def before_settle(request: Any, payload: Any, requirements: Any) -> None:
+        captured.extend(request.header_values("payment-signature"))
+        if len(captured) == 1:  # the official buyer's: on once the copy has looked itself up
+            await asyncio.wait_for(second_in.wait(), 30)
+        else:  # the copy: verified once the first request has settled
+            second_in.set()
+            await asyncio.wait_for(settled.wait(), 30)
+
+    async def after_settle(request: Any, result: Any) -> None:
+        settled.set()
+
+    async def premium(request: Request) -> JSONResponse:
+        return JSONResponse({"payer": request.state.payment.payer})
+
+    db = str(tmp_path / "core.db")
+    config = PaymentConfig(
+        pay_to=new_key()[1],
+        routes={"GET /premium": "$0.01"},
+        core=db,
+        before_settle=before_settle,
+        after_settle=after_settle,
+        idempotent_replay=True,
+        settle="after",
+    )
+    app = Starlette(
+        routes=[Route("/premium", premium)],
+        middleware=[Middleware(PaymentMiddleware, config=config)],
+    )
+    key, buyer = new_key()
+    core = Core(db)
+    try:
+        core.deposit(buyer, 1_000_000, network=NETWORK)
+        with in_thread(app) as base:
+            outcome: dict[str, Any] = {}
+            paying = threading.Thread(
+                target=lambda: outcome.update(
+                    run_official(official_python, "official_buyer.py", f"{base}/premium", key)
+                )
+            )
+            paying.start()
+            try:
+                header = wait_for(lambda: captured and captured[0], "the paid request", 60)
+                again = httpx.get(f"{base}/premium", headers={"payment-signature": header})
+            finally:
+                paying.join(timeout=120)
+            assert outcome["status"] == 200, outcome
+            assert again.status_code in (200, 409), again.text
+            if again.status_code == 409:
+                assert again.json()["error"] == "payment_in_progress", again.text
+            else:
+                assert again.json() == outcome["body"]
+        assert len(core.guarantees()) == 1
+        assert core.position(buyer, network=NETWORK).locked == 10_000
+        assert core.audit() == []
+    finally:
+        core.close()
