@@ -1480,3 +1480,32 @@ def test_a_wsgi_body_taken_whole_stays_charged_when_an_error_page_follows(core: 
             break
         time.sleep(0.01)
     assert [g.state for g in core.guarantees(address=buyer.address)] == ["payable"]
+
+
+def test_a_paid_request_a_dispatcher_inside_the_gate_sends_to_another_app_is_not_charged(
+    core: Core,
+) -> None:
+    """A ``DispatcherMiddleware`` on ``app.wsgi_app`` before the extension mounts a free docs
+    app under a path the table prices (``GET /files/*``). The gate priced the request by the
+    Flask app's rule, the dispatcher sent it to the docs app, which Flask's router check never
+    sees: the buyer was charged $0.50 for a free page no priced route served. Withheld now
+    (503), and refunded; the Flask app's own rule is still sold."""
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    docs = Flask(__name__)
+    docs.add_url_rule("/guide", "guide", lambda: {"guide": "free"})
+    app = make_app(pay_to=SELLER, network=NETWORK, core=core, routes={"GET /files/*": "$0.50"})
+    app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/files/docs": docs})  # type: ignore[method-assign]
+    ext = FourmicaX402(app)
+    app.add_url_rule("/files/<path:name>", "files", lambda name: {"file": name})
+    client = app.test_client()
+    buyer = funded(core)
+    resp = client.get("/files/docs/guide", headers=payment_for(client, buyer, "/files/docs/guide"))
+    assert (resp.status_code, resp.get_json()["error"]) == (503, "payment_not_enforced")
+    assert ext.gate is not None
+    ext.gate.flush()
+    assert [g.state for g in core.guarantees(address=buyer.address)] == ["voided"]
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+    sold = client.get("/files/a.txt", headers=payment_for(client, buyer, "/files/a.txt"))
+    assert sold.status_code == 200 and sold.get_json() == {"file": "a.txt"}
+    assert core.position(buyer.address, network=NETWORK).locked == 500_000
