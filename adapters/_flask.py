@@ -88,13 +88,8 @@ class Routed(PaymentMiddleware):
             handled = environ.get(_DISPATCHED) or ()
             if status[:1] != "2" or any(a is self._flask_app for a in handled):
                 return start_response(status, headers, exc_info)
-            log.error(
-                "%s %s, paid for %s, was served by another WSGI app inside the payment "
-                "middleware; not served",
-                environ.get("REQUEST_METHOD"),
-                environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""),
-                payment.route,
-            )
+            path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+            log.error("%s, paid for %s, was served by another app; not served", path, payment.route)
             refused = error_response(
                 503, Reason.PAYMENT_NOT_ENFORCED, "payments are not enforced here"
             )
@@ -131,9 +126,23 @@ class Routed(PaymentMiddleware):
 
     def before_view(self) -> Any:  # the rule Flask dispatches: the one the gate priced?
         g.payment, rule = request.environ.get(PAYMENT_KEY), request.url_rule
+        g.fourmica_x402_method = request.method  # as checked; a later hook may change it
         endpoint = None if rule is None else self._endpoint(rule, rule.rule)
         seen = request.environ.get(RESOLVED_KEY)
         refused = rerouted(self.gate.routes, endpoint, request.method, g.payment, seen)
         if refused is not None:
             return current_app.response_class(refused.body, refused.status, refused.headers)
         return None
+
+    def after_view(self, response: Any) -> Any:
+        """``response``, or the refusal the view should have met: a ``before_request`` hook
+        run after ours (registered after the extension, or a blueprint's) changed the method
+        (docs/architecture.md, "Which route is priced"). Withheld: 503, a payment refunded."""
+        checked = g.get("fourmica_x402_method")
+        if checked is None or checked == request.method:
+            return response
+        refused = self.before_view()
+        if refused is None:
+            return response
+        response.close()
+        return refused

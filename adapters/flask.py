@@ -101,6 +101,7 @@ class FourmicaX402:
         app.extensions["fourmica_x402"] = self
         _APPS.add(app)
         app.before_request(middleware.before_view)
+        app.after_request(middleware.after_view)
 
     def check(self) -> None:
         """Check prices against routes now (ConfigurationError); else the first request does (500)."""

@@ -1509,3 +1509,46 @@ def test_a_paid_request_a_dispatcher_inside_the_gate_sends_to_another_app_is_not
     sold = client.get("/files/a.txt", headers=payment_for(client, buyer, "/files/a.txt"))
     assert sold.status_code == 200 and sold.get_json() == {"file": "a.txt"}
     assert core.position(buyer.address, network=NETWORK).locked == 500_000
+
+
+@pytest.mark.parametrize("where", ["app", "blueprint"])
+def test_a_method_override_in_a_later_before_request_never_delivers_a_method_priced_higher(
+    core: Core, where: str
+) -> None:
+    """A ``before_request`` hook run after the extension's (registered after
+    ``FourmicaX402(app)``, or a blueprint's) takes the method from ``X-HTTP-Method-Override``:
+    the router check had passed the paid GET ($0.01), then the MethodView ran its PUT priced
+    $1.00, charged at the GET's price. Its answer is withheld now (503), and refunded."""
+    runs: list[str] = []
+    routes = {"GET /items/<n>": "$0.01", "PUT /items/<n>": "$1.00"}
+    app = make_app(pay_to=SELLER, network=NETWORK, core=core, routes=routes)
+    FourmicaX402(app)
+    hooks: Any = app if where == "app" else Blueprint("shop", __name__)
+
+    @hooks.before_request
+    def override() -> None:
+        if method := request.headers.get("X-HTTP-Method-Override"):
+            request.method = method.upper()
+
+    class Item(MethodView):
+        def get(self, n: str) -> dict[str, str]:
+            runs.append("GET")
+            return {"get": n}
+
+        def put(self, n: str) -> dict[str, str]:
+            runs.append("PUT")
+            return {"put": n}
+
+    hooks.add_url_rule("/items/<n>", view_func=Item.as_view("item"))
+    if where == "blueprint":
+        app.register_blueprint(hooks)
+    client = app.test_client()
+    buyer = funded(core)
+    paying = payment_for(client, buyer, "/items/1")
+    put = client.get("/items/1", headers={**paying, "X-HTTP-Method-Override": "PUT"})
+    assert (put.status_code, put.get_json()["error"]) == (503, "payment_not_enforced")
+    assert [g.state for g in core.guarantees(address=buyer.address)] == ["voided"]
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+    got = client.get("/items/2", headers=payment_for(client, buyer, "/items/2"))
+    assert got.status_code == 200 and got.get_json() == {"get": "2"}
+    assert runs == ["PUT", "GET"]  # the view ran: register such a hook before the extension
