@@ -83,9 +83,9 @@ class Routed(PaymentMiddleware):
         if payment is None or not isinstance(seen, tuple) or payment.endpoint is not seen[0]:
             return app(environ, start_response)  # type: ignore[no-any-return]
         withheld: list[Any] = []
+        handled = environ.setdefault(_DISPATCHED, [])  # one list: copies of environ share it
 
         def start(status: str, headers: list[Any], exc_info: Any = None) -> Any:
-            handled = environ.get(_DISPATCHED) or ()
             if status[:1] != "2" or any(a is self._flask_app for a in handled):
                 return start_response(status, headers, exc_info)
             path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")

@@ -1511,6 +1511,21 @@ def test_a_paid_request_a_dispatcher_inside_the_gate_sends_to_another_app_is_not
     assert core.position(buyer.address, network=NETWORK).locked == 500_000
 
 
+def test_a_paid_request_through_a_layer_copying_the_environ_is_still_sold(core: Core) -> None:
+    """A WSGI layer inside the extension that hands Flask a copy of the environ (as some
+    error trackers do) still reaches the Flask app: its paid answer is sold, not withheld."""
+    app = make_app(pay_to=SELLER, network=NETWORK, core=core, routes={"GET /report": "$0.01"})
+    inner = app.wsgi_app
+    app.wsgi_app = lambda environ, start: inner(dict(environ), start)  # type: ignore[method-assign]
+    FourmicaX402(app)
+    app.add_url_rule("/report", "report", lambda: {"report": "paid content"})
+    client = app.test_client()
+    buyer = funded(core)
+    resp = client.get("/report", headers=payment_for(client, buyer, "/report"))
+    assert resp.status_code == 200 and resp.get_json() == {"report": "paid content"}
+    assert core.position(buyer.address, network=NETWORK).locked == 10_000
+
+
 @pytest.mark.parametrize("where", ["app", "blueprint"])
 def test_a_method_override_in_a_later_before_request_never_delivers_a_method_priced_higher(
     core: Core, where: str
