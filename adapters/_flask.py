@@ -4,32 +4,24 @@ and the one it dispatches must be it (docs/architecture.md, "Which route is pric
 from __future__ import annotations
 
 import contextlib
-import logging
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, current_app, g, request
 from flask.signals import request_started
 from werkzeug.exceptions import HTTPException
 
-from fourmica_x402.errors import Reason
 from fourmica_x402.gate import Endpoint, Gate, RouterFailed
 from fourmica_x402.gate.guards import RESOLVED_KEY, check_routed, rerouted, view_marker
 from fourmica_x402.gate.lifecycle import Endpoints
-from fourmica_x402.gate.types import error_response
 
-from .wsgi import PAYMENT_KEY, PaymentMiddleware, answer
+from ._flask_handled import Handled, dispatching
+from .wsgi import PAYMENT_KEY, PaymentMiddleware
 
 __all__ = ["Routed"]
 
-log = logging.getLogger("fourmica_x402.gate")
 _APPS: weakref.WeakSet[Flask] = weakref.WeakSet()  # the process's apps with the extension
-_DISPATCHED = "fourmica_x402.flask_dispatched"  # environ: the Flask apps that handled it
-
-
-def _dispatching(sender: Flask, **extra: Any) -> None:  # Flask's request_started
-    request.environ.setdefault(_DISPATCHED, []).append(sender)
 
 
 def _served(rule: Any) -> set[str]:  # Flask answers an OPTIONS it added by itself
@@ -71,36 +63,8 @@ class Routed(PaymentMiddleware):
         self._flask_app, views = flask_app, flask_app.view_functions
         describe = lambda r: (view_marker(views.get(r.endpoint)), _served(r))  # noqa: E731
         self._endpoint = Endpoints(describe, converter=flask_app.url_map.converters.get)
-        request_started.connect(_dispatching, flask_app)
-        self.app = lambda environ, start_response: self._handled(app, environ, start_response)
-
-    def _handled(self, app: Any, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        """``app``'s answer, unless a layer inside the gate (a ``DispatcherMiddleware``) sent a
-        request paid for a rule of this Flask app to another app: its 2xx is withheld, 503
-        ``payment_not_enforced``, and the payment refunded (docs/architecture.md, "Which route
-        is priced")."""
-        payment, seen = environ.get(PAYMENT_KEY), environ.get(RESOLVED_KEY)
-        if payment is None or not isinstance(seen, tuple) or payment.endpoint is not seen[0]:
-            return app(environ, start_response)  # type: ignore[no-any-return]
-        withheld: list[Any] = []
-        handled = environ.setdefault(_DISPATCHED, [])  # one list: copies of environ share it
-
-        def start(status: str, headers: list[Any], exc_info: Any = None) -> Any:
-            if status[:1] != "2" or any(a is self._flask_app for a in handled):
-                return start_response(status, headers, exc_info)
-            path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-            log.error("%s, paid for %s, was served by another app; not served", path, payment.route)
-            refused = error_response(
-                503, Reason.PAYMENT_NOT_ENFORCED, "payments are not enforced here"
-            )
-            withheld.append(answer(start_response, refused))
-            return lambda data: None
-
-        body = app(environ, start)
-        if withheld:
-            getattr(body, "close", lambda: None)()
-            return withheld[0]  # type: ignore[no-any-return]
-        return body  # type: ignore[no-any-return]
+        request_started.connect(dispatching, flask_app)
+        self.app = Handled(app, flask_app)
 
     def check(self) -> None:  # the first request runs it at the latest: views come after init_app
         everywhere = [view for app in _APPS for view in app.view_functions.values()]

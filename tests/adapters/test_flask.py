@@ -1482,8 +1482,14 @@ def test_a_wsgi_body_taken_whole_stays_charged_when_an_error_page_follows(core: 
     assert [g.state for g in core.guarantees(address=buyer.address)] == ["payable"]
 
 
+def _guide(environ: dict[str, Any], start_response: Any) -> Any:  # starts as it is read
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    yield b"guide"
+
+
+@pytest.mark.parametrize("kind", ["flask", "generator"])
 def test_a_paid_request_a_dispatcher_inside_the_gate_sends_to_another_app_is_not_charged(
-    core: Core,
+    core: Core, kind: str
 ) -> None:
     """A ``DispatcherMiddleware`` on ``app.wsgi_app`` before the extension mounts a free docs
     app under a path the table prices (``GET /files/*``). The gate priced the request by the
@@ -1492,8 +1498,9 @@ def test_a_paid_request_a_dispatcher_inside_the_gate_sends_to_another_app_is_not
     (503), and refunded; the Flask app's own rule is still sold."""
     from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-    docs = Flask(__name__)
-    docs.add_url_rule("/guide", "guide", lambda: {"guide": "free"})
+    docs: Any = Flask(__name__) if kind == "flask" else _guide
+    if kind == "flask":
+        docs.add_url_rule("/guide", "guide", lambda: {"guide": "free"})
     app = make_app(pay_to=SELLER, network=NETWORK, core=core, routes={"GET /files/*": "$0.50"})
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/files/docs": docs})  # type: ignore[method-assign]
     ext = FourmicaX402(app)
