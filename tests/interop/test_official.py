@@ -692,6 +692,50 @@ def test_official_payment_header_round_trips_byte_for_byte(
         core.close()
 
 
+@contextlib.contextmanager
+def _replay_seller(
+    tmp_path: Path, path: str, handler: Any, official_python: Path, **options: Any
+) -> Iterator[tuple[str, str, dict[str, Any], threading.Thread]]:
+    """A Starlette app selling ``GET path`` at $0.01 with ``idempotent_replay`` and ``options``,
+    served in a thread, and the official buyer paying it in another thread (started): yields
+    its URL, the buyer's address, the buyer's outcome (filled in when the
+    thread ends) and the thread. On leaving, the buyer was charged once."""
+    from fourmica_x402.adapters.asgi import PaymentMiddleware
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.routing import Route
+
+    db = str(tmp_path / "core.db")
+    config = PaymentConfig(
+        pay_to=new_key()[1],
+        routes={f"GET {path}": "$0.01"},
+        core=db,
+        idempotent_replay=True,
+        **options,
+    )
+    app = Starlette(
+        routes=[Route(path, handler)], middleware=[Middleware(PaymentMiddleware, config=config)]
+    )
+    key, buyer = new_key()
+    core = Core(db)
+    try:
+        core.deposit(buyer, 1_000_000, network=NETWORK)
+        with in_thread(app) as base:
+            outcome: dict[str, Any] = {}
+            paying = threading.Thread(
+                target=lambda: outcome.update(
+                    run_official(official_python, "official_buyer.py", f"{base}{path}", key)
+                )
+            )
+            paying.start()
+            yield f"{base}{path}", buyer, outcome, paying
+        assert len(core.guarantees()) == 1
+        assert core.position(buyer, network=NETWORK).locked == 10_000
+        assert core.audit() == []
+    finally:
+        core.close()
+
+
 def test_the_official_buyers_payment_sent_again_while_it_is_served_is_told_to_wait(
     official_python: Path, tmp_path: Path
 ) -> None:
@@ -699,13 +743,9 @@ def test_the_official_buyers_payment_sent_again_while_it_is_served_is_told_to_wa
     is still being served is refused 409 ``payment_in_progress``, saying so: its response
     is replayed once it has ended (the message used to say it never would be), and the
     buyer is charged once."""
-    from fourmica_x402.adapters.asgi import PaymentMiddleware
-    from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
-    from starlette.middleware import Middleware
     from starlette.requests import Request
     from starlette.responses import JSONResponse
-    from starlette.routing import Route
 
     captured: list[str] = []
     release = threading.Event()
@@ -717,48 +757,24 @@ def test_the_official_buyers_payment_sent_again_while_it_is_served_is_told_to_wa
         await run_in_threadpool(release.wait, 60)
         return JSONResponse({"payer": request.state.payment.payer})
 
-    db = str(tmp_path / "core.db")
-    config = PaymentConfig(
-        pay_to=new_key()[1],
-        routes={"GET /slow": "$0.01"},
-        core=db,
-        before_settle=before_settle,
-        idempotent_replay=True,
-    )
-    app = Starlette(
-        routes=[Route("/slow", slow)], middleware=[Middleware(PaymentMiddleware, config=config)]
-    )
-    key, buyer = new_key()
-    core = Core(db)
-    try:
-        core.deposit(buyer, 1_000_000, network=NETWORK)
-        with in_thread(app) as base:
-            outcome: dict[str, Any] = {}
-            paying = threading.Thread(
-                target=lambda: outcome.update(
-                    run_official(official_python, "official_buyer.py", f"{base}/slow", key)
-                )
-            )
-            paying.start()
-            try:
-                header = wait_for(lambda: captured and captured[0], "the paid request", 60)
-                time.sleep(0.2)  # settled and recorded: the handler is waiting
-                again = httpx.get(f"{base}/slow", headers={"payment-signature": header})
-            finally:
-                release.set()
-                paying.join(timeout=120)
-            assert again.status_code == 409, again.text
-            refusal = again.json()
-            assert refusal["error"] == "payment_in_progress"
-            assert "cannot be replayed" not in refusal["message"], refusal
-            assert outcome["status"] == 200, outcome
-            replay = httpx.get(f"{base}/slow", headers={"payment-signature": header})
-            assert replay.status_code == 200 and replay.json() == outcome["body"]
-        assert len(core.guarantees()) == 1
-        assert core.position(buyer, network=NETWORK).locked == 10_000
-        assert core.audit() == []
-    finally:
-        core.close()
+    with _replay_seller(
+        tmp_path, "/slow", slow, official_python, before_settle=before_settle
+    ) as seller:
+        url, _, outcome, paying = seller
+        try:
+            header = wait_for(lambda: captured and captured[0], "the paid request", 60)
+            time.sleep(0.2)  # settled and recorded: the handler is waiting
+            again = httpx.get(url, headers={"payment-signature": header})
+        finally:
+            release.set()
+            paying.join(timeout=120)
+        assert again.status_code == 409, again.text
+        refusal = again.json()
+        assert refusal["error"] == "payment_in_progress"
+        assert "cannot be replayed" not in refusal["message"], refusal
+        assert outcome["status"] == 200, outcome
+        replay = httpx.get(url, headers={"payment-signature": header})
+        assert replay.status_code == 200 and replay.json() == outcome["body"]
 
 
 @pytest.mark.parametrize("settle_mode", ["before", "after"])
@@ -772,13 +788,9 @@ def test_the_official_buyers_payment_sent_twice_at_once_is_served_once_and_told_
     Core, or to the record, read no record first). Charged once."""
     import asyncio
 
-    from fourmica_x402.adapters.asgi import PaymentMiddleware
-    from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
-    from starlette.middleware import Middleware
     from starlette.requests import Request
     from starlette.responses import JSONResponse
-    from starlette.routing import Route
 
     captured: list[str] = []
     both_in = asyncio.Event()
@@ -794,59 +806,33 @@ def test_the_official_buyers_payment_sent_twice_at_once_is_served_once_and_told_
         await run_in_threadpool(release.wait, 60)
         return JSONResponse({"payer": request.state.payment.payer})
 
-    db = str(tmp_path / "core.db")
-    config = PaymentConfig(
-        pay_to=new_key()[1],
-        routes={"GET /slow": "$0.01"},
-        core=db,
-        before_settle=before_settle,
-        idempotent_replay=True,
-        settle=settle_mode,
-    )
-    app = Starlette(
-        routes=[Route("/slow", slow)], middleware=[Middleware(PaymentMiddleware, config=config)]
-    )
-    key, buyer = new_key()
-    core = Core(db)
-    try:
-        core.deposit(buyer, 1_000_000, network=NETWORK)
-        with in_thread(app) as base:
-            outcome: dict[str, Any] = {}
-            answers: list[httpx.Response] = []
-            paying = threading.Thread(
-                target=lambda: outcome.update(
-                    run_official(official_python, "official_buyer.py", f"{base}/slow", key)
-                )
+    with _replay_seller(
+        tmp_path, "/slow", slow, official_python, before_settle=before_settle, settle=settle_mode
+    ) as (url, buyer, outcome, paying):
+        answers: list[httpx.Response] = []
+        header = wait_for(lambda: captured and captured[0], "the paid request", 60)
+        again = threading.Thread(
+            target=lambda: answers.append(
+                httpx.get(url, headers={"payment-signature": header}, timeout=60)
             )
-            paying.start()
-            header = wait_for(lambda: captured and captured[0], "the paid request", 60)
-            again = threading.Thread(
-                target=lambda: answers.append(
-                    httpx.get(f"{base}/slow", headers={"payment-signature": header}, timeout=60)
-                )
-            )
-            again.start()
-            try:
-                # the one that lost answers at once; the other waits for the release
-                wait_for(lambda: answers or outcome, "the loser's answer", 60)
-            finally:
-                release.set()
-                paying.join(timeout=120)
-                again.join(timeout=60)
-            statuses = sorted([outcome["status"], answers[0].status_code])
-            assert statuses == [200, 409], (outcome, answers[0].text)
-            refused = answers[0] if answers[0].status_code == 409 else None
-            if refused is not None:
-                assert refused.json()["error"] == "payment_in_progress", refused.text
-            else:
-                assert outcome["body"]["error"] == "payment_in_progress", outcome
-            replay = httpx.get(f"{base}/slow", headers={"payment-signature": header})
-            assert replay.status_code == 200 and replay.json() == {"payer": buyer}
-        assert len(core.guarantees()) == 1
-        assert core.position(buyer, network=NETWORK).locked == 10_000
-        assert core.audit() == []
-    finally:
-        core.close()
+        )
+        again.start()
+        try:
+            # the one that lost answers at once; the other waits for the release
+            wait_for(lambda: answers or outcome, "the loser's answer", 60)
+        finally:
+            release.set()
+            paying.join(timeout=120)
+            again.join(timeout=60)
+        statuses = sorted([outcome["status"], answers[0].status_code])
+        assert statuses == [200, 409], (outcome, answers[0].text)
+        refused = answers[0] if answers[0].status_code == 409 else None
+        if refused is not None:
+            assert refused.json()["error"] == "payment_in_progress", refused.text
+        else:
+            assert outcome["body"]["error"] == "payment_in_progress", outcome
+        replay = httpx.get(url, headers={"payment-signature": header})
+        assert replay.status_code == 200 and replay.json() == {"payer": buyer}
 
 
 def test_a_settle_after_payment_sent_again_as_its_first_request_settles_is_not_refused_402(
@@ -858,12 +844,8 @@ def test_a_settle_after_payment_sent_again_as_its_first_request_settles_is_not_r
     ``payment_in_progress`` or its response), not 402 ``replayed_request_id``."""
     import asyncio
 
-    from fourmica_x402.adapters.asgi import PaymentMiddleware
-    from starlette.applications import Starlette
-    from starlette.middleware import Middleware
     from starlette.requests import Request
     from starlette.responses import JSONResponse
-    from starlette.routing import Route
 
     captured: list[str] = []
     second_in, settled = asyncio.Event(), asyncio.Event()
@@ -882,45 +864,17 @@ def test_a_settle_after_payment_sent_again_as_its_first_request_settles_is_not_r
     async def premium(request: Request) -> JSONResponse:
         return JSONResponse({"payer": request.state.payment.payer})
 
-    db = str(tmp_path / "core.db")
-    config = PaymentConfig(
-        pay_to=new_key()[1],
-        routes={"GET /premium": "$0.01"},
-        core=db,
-        before_settle=before_settle,
-        after_settle=after_settle,
-        idempotent_replay=True,
-        settle="after",
-    )
-    app = Starlette(
-        routes=[Route("/premium", premium)],
-        middleware=[Middleware(PaymentMiddleware, config=config)],
-    )
-    key, buyer = new_key()
-    core = Core(db)
-    try:
-        core.deposit(buyer, 1_000_000, network=NETWORK)
-        with in_thread(app) as base:
-            outcome: dict[str, Any] = {}
-            paying = threading.Thread(
-                target=lambda: outcome.update(
-                    run_official(official_python, "official_buyer.py", f"{base}/premium", key)
-                )
-            )
-            paying.start()
-            try:
-                header = wait_for(lambda: captured and captured[0], "the paid request", 60)
-                again = httpx.get(f"{base}/premium", headers={"payment-signature": header})
-            finally:
-                paying.join(timeout=120)
-            assert outcome["status"] == 200, outcome
-            assert again.status_code in (200, 409), again.text
-            if again.status_code == 409:
-                assert again.json()["error"] == "payment_in_progress", again.text
-            else:
-                assert again.json() == outcome["body"]
-        assert len(core.guarantees()) == 1
-        assert core.position(buyer, network=NETWORK).locked == 10_000
-        assert core.audit() == []
-    finally:
-        core.close()
+    options = {"before_settle": before_settle, "after_settle": after_settle, "settle": "after"}
+    with _replay_seller(tmp_path, "/premium", premium, official_python, **options) as seller:
+        url, _, outcome, paying = seller
+        try:
+            header = wait_for(lambda: captured and captured[0], "the paid request", 60)
+            again = httpx.get(url, headers={"payment-signature": header})
+        finally:
+            paying.join(timeout=120)
+        assert outcome["status"] == 200, outcome
+        assert again.status_code in (200, 409), again.text
+        if again.status_code == 409:
+            assert again.json()["error"] == "payment_in_progress", again.text
+        else:
+            assert again.json() == outcome["body"]
