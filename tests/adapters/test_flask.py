@@ -1574,3 +1574,69 @@ def test_a_method_override_in_a_later_before_request_never_delivers_a_method_pri
     got = client.get("/items/2", headers=payment_for(client, buyer, "/items/2"))
     assert got.status_code == 200 and got.get_json() == {"get": "2"}
     assert runs == ["PUT", "GET"]  # the view ran: register such a hook before the extension
+
+
+def test_an_error_page_a_buffering_layer_sends_instead_of_a_body_taken_whole_is_refunded(
+    core: Core,
+) -> None:
+    """A WSGI layer outside the gate that buffers the answer (to compress it, say) takes the
+    body to its last byte, then the app fails and ``DebuggedApplication`` inside the gate starts
+    its error page. Nothing went out yet, so that layer accepts the new start (PEP 3333) and
+    the buyer gets the 500 page: the body was never delivered. The gate took the start for one
+    after a delivered body, ignored it, and charged the buyer for an error page."""
+    import http.client
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from fourmica_x402.adapters.wsgi import PaymentMiddleware
+    from werkzeug.debug import DebuggedApplication
+    from werkzeug.test import Client
+
+    def report(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "6")])
+        yield b"report"
+        raise RuntimeError("the cleanup after the last chunk failed")
+
+    routes = {"GET /r": "$0.01"}
+    inner = DebuggedApplication(report, evalex=False)
+    middleware = PaymentMiddleware(inner, pay_to=SELLER, core=core, routes=routes)
+
+    def buffering(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        started: list[Any] = []
+        chunks: list[bytes] = []
+
+        def start(status: str, headers: list[Any], exc_info: Any = None) -> Any:
+            started[:] = [status, headers]  # nothing sent yet: a later start replaces it all
+            chunks.clear()
+            return chunks.append
+
+        body = middleware(environ, start)
+        try:
+            for chunk in body:
+                chunks.append(chunk)
+        finally:
+            getattr(body, "close", lambda: None)()
+        data = b"".join(chunks)
+        headers = [(k, v) for k, v in started[1] if k.lower() != "content-length"]
+        start_response(started[0], [*headers, ("Content-Length", str(len(data)))])
+        return [data]
+
+    buyer = funded(core)
+    headers = payment_for(Client(middleware), buyer, "/r")
+    quiet = type("Quiet", (WSGIRequestHandler,), {"log_message": lambda *a: None})
+    server = make_server("127.0.0.1", 0, buffering, handler_class=quiet)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
+        conn.request("GET", "/r", headers=headers)
+        resp = conn.getresponse()
+        assert resp.status == 500 and not resp.read().startswith(b"report")
+        conn.close()
+    finally:
+        server.server_close()
+    for _ in range(500):  # bounded: the server ends the response in its own thread
+        middleware.gate.flush()
+        if [g.state for g in core.guarantees(address=buyer.address)] != ["pending_validation"]:
+            break
+        time.sleep(0.01)
+    assert [g.state for g in core.guarantees(address=buyer.address)] != ["payable"]
