@@ -19,6 +19,7 @@ from fourmica_x402.gate import PASS, Endpoint, Gate, Response
 from fourmica_x402.gate.guards import RESOLVED_KEY, rerouted
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY
 from fourmica_x402.gate.types import error_response
+from fourmica_x402.templates import check_raw_paths
 
 from ._chain import answers_preflight
 from ._exchange import send_response
@@ -119,8 +120,10 @@ class Guarded:
 
 
 def guard(gate: Gate, router: StarletteRouter | None) -> StarletteRouter | None:
-    """``router``, each of its routes guarded for ``gate``; once per gate."""
+    """``router``, each of its routes guarded for ``gate``; once per gate. None: the app has
+    no router, its raw paths are priced (a key's ``?`` is a query there: refused)."""
     if router is None:
+        check_raw_paths(gate.routes.routes)
         return None
     found: dict[int, tuple[Any, list[Endpoint]]] = {}
     for each in router.walk():

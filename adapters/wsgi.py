@@ -22,6 +22,7 @@ from fourmica_x402.config import PaymentConfig
 from fourmica_x402.gate import PASS, Endpoint, Gate, RequestView, Response
 from fourmica_x402.gate.guards import RESOLVED_KEY
 from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Meter, Startup
+from fourmica_x402.templates import check_raw_paths
 
 from ._chain import forwarded
 
@@ -89,7 +90,9 @@ class PaymentMiddleware:
 
     def check(self) -> None:
         """Start-up checks against the app's routes, for subclasses that have a router (Flask);
-        run once, by the first request at the latest (a failure answers every request 500)."""
+        run once, by the first request at the latest (a failure answers every request 500).
+        Here, none: the raw paths are priced, where a key's ``?`` is a query (refused)."""
+        check_raw_paths(self.gate.routes.routes)
 
     def resolver(self, environ: dict[str, Any]) -> Callable[[], Endpoint | None] | None:
         """The framework's router for this request, for subclasses that have one (Flask):

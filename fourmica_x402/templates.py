@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable
 from re import _constants as _c  # type: ignore[attr-defined]
 from re import _parser  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ __all__ = [
     "RouterFailed",
     "canonical_template",
     "check_path",
+    "check_raw_paths",
     "compile_pattern",
     "compile_template",
     "converters_in",
@@ -220,6 +222,15 @@ def check_path(key: str, pattern: str) -> None:
     is priced")."""
     if re.search(r"#|%[0-9A-Fa-f]{2}|\?[^/]*=|[^/)\]}]\?\Z", canonical_template(pattern)):
         raise ConfigurationError(f"route {key!r}: a key is a decoded path, no query or '#'")
+
+
+def check_raw_paths(routes: Iterable[Any]) -> None:
+    """An app without a router prices each path as it comes: a ``?`` outside a key's parameters
+    (``"GET /report?raw"``) is a query there, never in a path (a Django ``re_path``'s is its
+    router's), so the key fails at start-up (docs/architecture.md, "Which route is priced")."""
+    for route in routes:
+        if "?" in canonical_template(route.pattern):
+            raise ConfigurationError(f"route {route.key!r}: a key is a decoded path, no query")
 
 
 def look_alikes(entries: list[Any]) -> dict[str, list[Any]]:

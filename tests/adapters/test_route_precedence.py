@@ -564,6 +564,8 @@ def test_look_alike_entries_price_the_path_each_is_written_as(
     [
         "GET /report?tier=gold",
         "GET /report?",
+        "GET /report?raw",
+        "GET /search?q",
         "GET /report#full",
         "GET /my%20report",
         "GET /caf%C3%A9",
@@ -573,12 +575,24 @@ def test_an_entry_with_a_query_or_fragment_fails_at_start_up(core: Core, key: st
     """The table prices paths as the app sees them: ``"GET /report?tier=gold"`` matched no
     request path (the query is not part of it), nor did ``"GET /my%20report"`` copied from an
     address bar (the path is ``/my report``), so a router-less app served them free. A
-    start-up error now, as a typo in a route's path is under a router."""
+    start-up error now, as a typo in a route's path is under a router. A flag query
+    (``"GET /report?raw"``) reads as a Django ``re_path``'s own ``?`` would: only an app
+    with a router can have such a route, so a router-less one refuses it (plain WSGI too)."""
+    from fourmica_x402.adapters.wsgi import PaymentMiddleware as WSGIMiddleware
+    from werkzeug.test import Client
+
     from fourmica_x402.errors import ConfigurationError
 
     app = PaymentMiddleware(_bare, pay_to=SELLER, core=core, routes={key: "$0.01"})
     with pytest.raises(ConfigurationError, match="no query"), TestClient(app):
         pass
+    try:
+        wsgi = WSGIMiddleware(lambda e, s: [], pay_to=SELLER, core=core, routes={key: "$0.01"})
+    except ConfigurationError as exc:
+        assert "no query" in str(exc)
+    else:  # refused when it starts: every request answered so, never served free
+        answer = Client(wsgi).get("/report")
+        assert answer.status_code == 500 and "configuration_error" in answer.text
 
 
 def test_a_converter_holding_a_question_mark_is_no_query(core: Core) -> None:
