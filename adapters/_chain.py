@@ -133,8 +133,9 @@ def copying_layer(app: Any, base: type, depth: int = 0) -> tuple[Any, Any] | Non
     return None
 
 
-def _gate(dispatch: Any) -> bool:  # the http middleware form of the gate (it has its gate)
-    return getattr(dispatch, "gate", None) is not None
+def _gate(dispatch: Any) -> bool:  # the http middleware form of the gate (it has its gate),
+    # not a wrapper of it that functools.wraps gave its attributes: that one runs call_next
+    return getattr(dispatch, "gate", None) is not None and not hasattr(dispatch, "__wrapped__")
 
 
 def _is(cls: Any, base: type) -> bool:

@@ -943,6 +943,44 @@ def test_a_stream_failing_under_an_inner_http_middleware_gate_is_not_charged(
     assert core.position(buyer.address, network=NETWORK).locked == 0
 
 
+def test_an_inner_http_middleware_gate_wrapped_by_functools_wraps_is_still_warned_of(
+    core: Core, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A mounted app's gate in the ``app.middleware("http")`` form, wrapped in a decorator of
+    the seller's made with ``functools.wraps`` (which copies the gate's attributes): the wrapper
+    is what the app registered, so for a request the outer gate prices and the inner does not,
+    the inner gate cannot find the app below it and passes the request on through
+    ``call_next``, whose copy ends a stream the handler failed in as if whole. The outer gate
+    took the wrapper for the inner gate itself and no longer warned of it (docs/protocol.md):
+    the buyer of a stream breaking off was charged without a word in the log (the wrapper
+    bears the gate's name)."""
+    import functools
+
+    from fourmica_x402.adapters.fastapi import http_middleware
+
+    def logged(dispatch: Any) -> Any:
+        @functools.wraps(dispatch)
+        async def wrapper(request: Any, call_next: Any) -> Any:
+            return await dispatch(request, call_next)
+
+        return wrapper
+
+    sub = FastAPI()
+    sub.middleware("http")(logged(http_middleware(PaymentConfig(pay_to=SELLER, core=core))))
+
+    @sub.get("/report")
+    def report() -> dict[str, str]:
+        return {"report": "paid"}
+
+    app = FastAPI()
+    FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK, routes={"GET /sub/*": "$0.01"})
+    app.mount("/sub", sub)
+    with caplog.at_level(logging.WARNING, logger="fourmica_x402"), TestClient(app) as client:
+        assert client.get("/sub/report").status_code == 402
+    said = [r.getMessage() for r in caplog.records if "BaseHTTPMiddleware" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("middleware (a Starlette BaseHTTPMiddleware)")
+
+
 @pytest.mark.parametrize("case", ["short", "fails-after-the-whole-body"])
 def test_compression_outside_the_gate_neither_hides_a_short_body_nor_breaks_a_whole_one(
     core: Core, case: str
