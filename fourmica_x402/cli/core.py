@@ -289,7 +289,8 @@ def withdraw(
 ) -> None:
     """Request a withdrawal (ADDRESS AMOUNT), or --finalize/--cancel a pending one.
 
-    Times are printed in UTC (ISO 8601), amounts in atomic units.
+    AMOUNT like '$1' (or '1000000u' for atomic units), as deposit takes it. The JSON printed
+    counts atomic units; its times are in UTC (ISO 8601).
     """
     from ..errors import CoreError
 

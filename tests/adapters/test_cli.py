@@ -377,6 +377,20 @@ def test_withdrawals_show_utc_times_and_say_until_when(db: str) -> None:
     refused(cli("withdraw", "--db", db, "--finalize", "1", "--cancel", "1"), 2, "not both")
 
 
+def test_withdraw_help_says_its_amount_is_in_whole_tokens_as_deposit_takes_it(db: str) -> None:
+    """``withdraw --help`` said "amounts in atomic units": a user who read it and asked for
+    ``withdraw ADDRESS 500000`` (half a dollar) requested $500 000; the AMOUNT is read as
+    ``deposit`` reads it (README.md, "Five minutes", step 3)."""
+    text = " ".join(cli("withdraw", "--help", columns=400).output.split())
+    assert "amounts in atomic units" not in text, text
+    assert "AMOUNT like '$1'" in text and "'1000000u' for atomic units" in text, text
+    assert cli("deposit", "--db", db, ADDRESS, "$5").exit_code == 0
+    asked = json.loads(cli("withdraw", "--db", db, ADDRESS, "1000000u").output)
+    assert asked["amount"] == 1_000_000  # what the help says: atomic with 'u'
+    asked = json.loads(cli("withdraw", "--db", db, ADDRESS, "$1").output)
+    assert asked["amount"] == 1_000_000
+
+
 def test_cycle_close_shows_utc_times(db: str) -> None:
     closed = cli("cycle", "close", "--db", db)
     assert closed.exit_code == 0, closed.output
