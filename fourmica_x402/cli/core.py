@@ -54,6 +54,7 @@ _FACTOR = re.compile(r"(?:\d+(?:\.\d+)?|\.\d+|\d+/\d+)\Z")
 @click.option(
     "--api-key",
     envvar="FOURMICA_X402_API_KEY",
+    show_envvar=True,
     default=None,
     help="Require this bearer token on seller and sandbox calls (the operator's key).",
 )
@@ -62,6 +63,7 @@ _FACTOR = re.compile(r"(?:\d+(?:\.\d+)?|\.\d+|\d+/\d+)\Z")
     "seller_keys",
     multiple=True,
     envvar="FOURMICA_X402_SELLER_KEYS",
+    show_envvar=True,
     metavar="TOKEN=0xADDRESS",
     help="A bearer token that may void, score and settle for that seller address only "
     "(repeatable; the environment variable takes them space-separated).",
@@ -77,6 +79,7 @@ _FACTOR = re.compile(r"(?:\d+(?:\.\d+)?|\.\d+|\d+/\d+)\Z")
 @click.option(
     "--public-url",
     envvar="FOURMICA_X402_PUBLIC_URL",
+    show_envvar=True,
     default=None,
     metavar="URL",
     help="The service's public base URL (https://core.example): handed out as its Core API "
@@ -87,6 +90,7 @@ _FACTOR = re.compile(r"(?:\d+(?:\.\d+)?|\.\d+|\d+/\d+)\Z")
     "allowed_hosts",
     multiple=True,
     envvar="FOURMICA_X402_ALLOWED_HOSTS",
+    show_envvar=True,
     metavar="NAME",
     help="Without --api-key, a host name browsers may reach the service by besides localhost, "
     "IP addresses and --public-url's (repeatable; the environment variable takes them "

@@ -391,6 +391,21 @@ def test_withdraw_help_says_its_amount_is_in_whole_tokens_as_deposit_takes_it(db
     assert asked["amount"] == 1_000_000
 
 
+def test_serve_help_names_the_variables_its_list_options_read() -> None:
+    """``--seller-key`` and ``--allowed-host`` said "the environment variable takes them
+    space-separated" without naming it (nor did docs/operations.md for the host names)."""
+    text = " ".join(cli("serve", "--help", columns=400).output.split())
+    for variable in (
+        "FOURMICA_X402_API_KEY",
+        "FOURMICA_X402_SELLER_KEYS",
+        "FOURMICA_X402_PUBLIC_URL",
+        "FOURMICA_X402_ALLOWED_HOSTS",
+    ):
+        assert f"[env var: {variable}]" in text, variable
+    docs = " ".join((Path(__file__).parents[2] / "docs" / "operations.md").read_text().split())
+    assert "FOURMICA_X402_ALLOWED_HOSTS" in docs and "FOURMICA_X402_PUBLIC_URL" in docs
+
+
 def test_cycle_close_shows_utc_times(db: str) -> None:
     closed = cli("cycle", "close", "--db", db)
     assert closed.exit_code == 0, closed.output
