@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -518,7 +519,11 @@ def test_hooks(make_seller: Any) -> None:
         seen.append(outcome)
 
     seller = make_seller(on_protected_request=gatekeeper, after_delivery=after_delivery)
-    assert seller.request("GET", "/premium", headers={"x-who": "foe"}).status == 403
+    denied = seller.request("GET", "/premium", headers={"x-who": "foe"})
+    assert denied.status == 403 and denied.json()["error"] == "denied"
+    # docs/protocol.md, "Reason codes", lists it with its status (it was missing there)
+    table = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text()
+    assert "| `denied` | 403 |" in table
     friend = seller.request("GET", "/items/1", headers={"x-who": "friend"})
     assert friend.status == 200 and friend.json() == {"item": "1"}
     buyer = funded(seller)
