@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import fourmica_x402
 
@@ -152,3 +154,17 @@ def test_the_buyer_client_loads_requests_only_for_its_adapter() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert "pip install 'fourmica-x402[requests]'" in out.stdout, out.stdout + out.stderr
+
+
+def test_every_payment_config_option_is_documented() -> None:
+    """A seller reads README.md and docs/ for what PaymentConfig takes: throttle_failures,
+    throttle_window, tab_ttl_seconds and paywall were named nowhere, so the 429 `throttled`
+    threshold could not be found, let alone changed."""
+    root = Path(__file__).parents[2]
+    text = " ".join(p.read_text() for p in [root / "README.md", *sorted(root.glob("docs/*.md"))])
+    missing = [
+        f.name
+        for f in dataclasses.fields(fourmica_x402.PaymentConfig)
+        if f"`{f.name}" not in text and f"{f.name}=" not in text
+    ]
+    assert missing == []
