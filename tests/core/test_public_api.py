@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import fourmica_x402
+import fourmica_x402.client
 
 FRAMEWORKS = ("starlette", "fastapi", "flask", "django", "werkzeug", "uvicorn", "gunicorn")
 
@@ -168,3 +170,6 @@ def test_every_payment_config_option_is_documented() -> None:
         if f"`{f.name}" not in text and f"{f.name}=" not in text
     ]
     assert missing == []
+    # the buyer's SpendingPolicy too: its approval callback's keywords were named nowhere
+    policy = inspect.signature(fourmica_x402.client.SpendingPolicy).parameters
+    assert [n for n in policy if f"`{n}" not in text and f"{n}=" not in text] == []
