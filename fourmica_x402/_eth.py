@@ -70,6 +70,15 @@ def parse_address(value: object) -> str:
     return fixed
 
 
+def parse_payee(value: object) -> str:
+    """:func:`parse_address` for a ``payTo``: the zero address is refused too, since no tab is
+    opened to it (docs/operations.md, "The tab endpoint"): no buyer could pay it."""
+    address = parse_address(value)
+    if int(address, 16) == 0:
+        raise ValueError("the zero address cannot be paid (no tab is opened to it)")
+    return address
+
+
 def uint_word(value: int) -> bytes:
     """One ABI word holding an unsigned integer (uint8…uint256)."""
     if value < 0 or value > _UINT256_MAX:

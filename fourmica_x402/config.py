@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._eth import parse_address
+from ._eth import parse_payee
 from .errors import ConfigurationError
 from .guarantee import ValidationPolicy
 from .networks import get_network
@@ -177,7 +177,7 @@ class PaymentConfig:
         get_network(self.network)
         if isinstance(self.pay_to, str):
             try:
-                self.pay_to = parse_address(self.pay_to)
+                self.pay_to = parse_payee(self.pay_to)
             except ValueError as exc:
                 raise ConfigurationError(f"pay_to: {exc}") from None
         if not self.prefix.startswith("/") or self.prefix.endswith("/"):

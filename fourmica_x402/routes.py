@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from ._eth import parse_address
+from ._eth import parse_payee
 from .errors import ConfigurationError
 from .guarantee import ValidationPolicy
 from .jobs import Stage, check_stage
@@ -75,7 +75,7 @@ class Offer:
         pay_to = self.pay_to
         if isinstance(pay_to, str):
             try:
-                pay_to = parse_address(pay_to)
+                pay_to = parse_payee(pay_to)
             except ValueError as exc:
                 raise ConfigurationError(f"payTo: {exc}") from None
         elif not callable(pay_to):

@@ -80,9 +80,9 @@ def requirements(gate: Gate, route: Route, request: RequestView) -> Flow:
             amount, asset = token.amount, token.asset
         pay_to = offer.pay_to
         if callable(pay_to):
-            from .._eth import parse_address
+            from .._eth import parse_payee
 
-            pay_to = parse_address((yield Call(pay_to, (request,), blocking=False)))
+            pay_to = parse_payee((yield Call(pay_to, (request,), blocking=False)))
             gate._tabs.advertised(pay_to)  # the tab endpoint opens tabs for it
         more = None
         if route.terms is not None:

@@ -299,3 +299,51 @@ def test_a_markers_own_pay_to_takes_tabs_from_start_up(tmp_path: Any) -> None:
         resp = client.post("/x402/tab", json={**body, "paymentRequirements": requirements})
         assert resp.status_code == 200, resp.text
         assert resp.json()["recipientAddress"] == other
+
+
+def test_the_zero_address_as_pay_to_fails_at_start_up(tmp_path: Any) -> None:
+    """``pay_to="0x000…0"`` (a template's placeholder) started: every challenge offered it,
+    and every buyer was then refused at the tab endpoint (400 ``invalid_recipient_address``:
+    no tab is opened to the zero address), a mistake found per request, not at start-up
+    (README.md, "Selling")."""
+    from fastapi import FastAPI
+    from fourmica_x402.adapters.asgi import PaymentMiddleware
+    from fourmica_x402.adapters.fastapi import Paid
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from fourmica_x402 import PaymentConfig, RouteConfig
+    from fourmica_x402.errors import ConfigurationError
+    from fourmica_x402.testing import NETWORK, TestBuyer
+
+    zero, seller = "0x" + "0" * 40, TestBuyer.new().address
+    core = f"sqlite:///{tmp_path}/c.db"
+    with pytest.raises(ConfigurationError, match="zero address"):
+        PaymentConfig(pay_to=zero, routes={"GET /p": "$0.01"}, core=core)
+    official = {"accepts": {"scheme": "4mica-credit", "price": "$0.01", "network": NETWORK}}
+    for route in (
+        RouteConfig(price="$0.01", pay_to=zero),
+        {"accepts": {**official["accepts"], "payTo": zero}},
+    ):
+        config = PaymentConfig(pay_to=seller, routes={"GET /p": route}, core=core)
+        app = Starlette(routes=[Route("/p", lambda request: PlainTextResponse("p"))])
+        app.add_middleware(PaymentMiddleware, config=config)
+        with pytest.raises(ConfigurationError, match="zero address"), TestClient(app):
+            pass
+    with pytest.raises(ConfigurationError, match="zero address"):
+        app = FastAPI()
+
+        @app.get("/p")
+        def p(payment: Any = Paid("$0.01", pay_to=zero)) -> str:  # noqa: B008
+            return "p"
+
+    # one computed per request: that request fails (500 pricing_failed), no challenge offers it
+    route = RouteConfig(price="$0.01", pay_to=lambda r: zero)
+    config = PaymentConfig(pay_to=seller, routes={"GET /p": route}, core=core)
+    app = Starlette(routes=[Route("/p", lambda request: PlainTextResponse("p"))])
+    app.add_middleware(PaymentMiddleware, config=config)
+    with TestClient(app) as client:
+        resp = client.get("/p")
+        assert resp.status_code == 500 and resp.json()["error"] == "pricing_failed"
