@@ -293,13 +293,12 @@ def pay(
     )
     # A redirect is followed, as a buyer's agent would: one call still pays once (a 402 after
     # a paid answer's redirect is refused, docs/buyer.md "Redirects").
-    known = len(ledger)  # the receipts of earlier runs (--receipts): a paid hop is this call's
     with httpx.Client(transport=transport, timeout=timeout, follow_redirects=True) as client:
         try:
             response = client.request(method.upper(), url, json=body)
         except PaymentRefused as exc:
             refusal: dict[str, Any] = {
-                "paid": any(r.outcome in ("paid", "unanswered") for r in list(ledger)[known:]),
+                "paid": ledger.paid,  # this call's receipts, not other runs' (--receipts)
                 "error": exc.reason,
                 "message": exc.message,
                 "payer": payer,

@@ -109,6 +109,9 @@ class ReceiptLedger:
         self.path = str(path)
         #: The last receipt this object appended (a command's one payment, say), if any.
         self.last: Receipt | None = None
+        #: Whether a receipt this object appended says its payment left (paid, unanswered):
+        #: a file shared with other processes holds their receipts too.
+        self.paid = False
         # Processes sharing the file wait for each other's write transactions (budgets).
         self._conn = sqlite3.connect(
             self.path, check_same_thread=False, isolation_level=None, timeout=30
@@ -166,6 +169,7 @@ class ReceiptLedger:
                 values,
             )
             self.last = receipt
+            self.paid = self.paid or receipt.outcome in ("paid", "unanswered")
 
     def __iter__(self) -> Iterator[Receipt]:
         with self._lock:

@@ -398,6 +398,47 @@ def test_pay_says_a_call_that_paid_before_a_refused_hop_paid() -> None:
     assert out["paid"] is True, out
 
 
+def test_pay_refused_says_unpaid_though_another_process_paid_into_the_same_ledger(
+    tmp_path: Path,
+) -> None:
+    """Two ``pay`` runs sharing ``--receipts`` (as processes sharing budgets do): one refused
+    before paying (over ``--max-price``) said ``"paid": true`` because the other run's paid
+    receipt landed in the file meanwhile; a script then took a refused call for a paid one."""
+    from fourmica_x402.client import Receipt, ReceiptLedger
+
+    shared = tmp_path / "receipts.db"
+    ReceiptLedger(shared).close()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        other = ReceiptLedger(shared)  # the other run, paying as this one asks
+        other.append(Receipt(outcome="paid", url="http://elsewhere/x", amount=5, status=200))
+        other.close()
+        origin, path = f"http://{environ['HTTP_HOST']}", environ["PATH_INFO"]
+        offer = {
+            "scheme": "4mica-credit",
+            "network": NETWORK,
+            "asset": default_asset(NETWORK).address,
+            "amount": "10000",
+            "payTo": PAY_TO,
+            "maxTimeoutSeconds": 300,
+            "extra": {"tabEndpoint": f"{origin}/tab"},
+        }
+        required = {"x402Version": 2, "accepts": [offer], "resource": {"url": origin + path}}
+        challenge = base64.b64encode(json.dumps(required).encode()).decode()
+        start_response("402 Payment Required", [("payment-required", challenge)])
+        return [b"{}"]
+
+    with loopback(app) as origin:
+        result = cli(
+            "pay", f"{origin}/premium", "--key", KEY, "--max-price", "1u",
+            "--receipts", str(shared),
+        )  # fmt: skip
+    clean(result)
+    out = json.loads(result.stdout[result.stdout.index("{") :])
+    assert "error" in out, out
+    assert out["paid"] is False, out
+
+
 def test_pay_with_data_posts_it_as_curl_does(tmp_path: Path) -> None:
     """``pay URL --data '{…}'`` sent its body with a GET: a seller pricing ``POST /jobs`` saw
     an unpriced GET (no payment, no job), and one pricing GET too was paid for the wrong
