@@ -94,6 +94,17 @@ class Followups:
                 )
             )
 
+    def settling(self, guarantee_id: str) -> bool:
+        """Whether a remote settle of the guarantee waits for its answer now: its mark
+        (:meth:`claim_settle`), not due yet (an unanswered settle's is due at once)."""
+        with self.store.transaction(write=False) as tx:
+            row = tx.one(
+                "SELECT 1 FROM fx_followups WHERE guarantee_id = ? AND kind = 'in_doubt' "
+                "AND status = 'open' AND attempts = 0 AND next_at > ?",
+                (guarantee_id, time.time()),
+            )
+        return row is not None
+
     def drop_settle(self, guarantee_id: str, tx: Tx | None = None) -> None:
         """The settle's answer came (its record is written in ``tx``, or it was refused):
         its mark goes."""

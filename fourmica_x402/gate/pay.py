@@ -165,7 +165,17 @@ def paid(
         request_hash=hash_request(request),  # for evidence (docs/operations.md)
     )
     if config.settle == "before":
-        result = yield settle.settle_and_record(gate, payload, chosen, base, signed)
+        try:
+            result = yield settle.settle_and_record(gate, payload, chosen, base, signed)
+        except PaymentError as exc:  # a remote settle's mark: one of this guarantee is under way
+            if not config.idempotent_replay or exc.reason != Reason.REPLAYED_REQUEST_ID:
+                raise
+            replayed = yield from _replay(gate, request, route, requirements, version, header)
+            if replayed is None and (yield Call(settle.settling, (gate, signed, chosen))):
+                replayed = _in_progress()  # not answered yet: nothing recorded to look up
+            if replayed is not None:
+                return replayed
+            raise
         if isinstance(result, SettleResult):  # refused
             if config.idempotent_replay and result.error_reason == Reason.REPLAYED_REQUEST_ID:
                 # the same header at once, accepted for the other request: wait for it
@@ -379,11 +389,7 @@ def _replayed(found: Any, version: int) -> Response:
         # still being served; or ended without a response kept: delivered too large to keep,
         # refunded, or labelled at start-up after its process died (an outcome, no delivery)
         if record.delivered_at is None and record.outcome is None:
-            return error_response(
-                409,
-                "payment_in_progress",
-                "this payment's request is still being served; send it again once it has ended",
-            )
+            return _in_progress()
         return error_response(
             409,
             "replay_unavailable",
@@ -400,3 +406,11 @@ def _replayed(found: Any, version: int) -> Response:
     headers.append((name.lower(), encode_header(settle_response)))
     headers.append(("access-control-expose-headers", EXPOSE_HEADERS))
     return Response(record.http_status or 200, headers, body)
+
+
+def _in_progress() -> Response:
+    return error_response(
+        409,
+        "payment_in_progress",
+        "this payment's request is still being served; send it again once it has ended",
+    )

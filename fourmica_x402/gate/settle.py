@@ -282,6 +282,12 @@ def claim_settle(gate: Gate, signed: SignedGuarantee, chosen: PaymentRequirement
     return gid
 
 
+def settling(gate: Gate, signed: SignedGuarantee, chosen: PaymentRequirements) -> bool:
+    """Whether a remote settle of this guarantee waits for its answer now (its mark, not due
+    yet): the payment sent again meanwhile is in progress (docs/operations.md)."""
+    return gate.records.settling(_guarantee_id(signed, chosen))
+
+
 def _drop_mark(gate: Gate, gid: str) -> None:
     """The settle was answered and not accepted: its mark goes (if it stays, the reconciler
     finds the guarantee not accepted, or accepted by a request of this seller that served it

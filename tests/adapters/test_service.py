@@ -523,6 +523,74 @@ def test_seller_on_a_remote_facilitator_pays_and_fails_closed(
     assert down.status_code == 503 and down.json()["error"] == "facilitator_unavailable"
 
 
+def test_a_remote_sellers_payment_sent_twice_at_once_is_told_to_wait(
+    core: Core, tmp_path: Path
+) -> None:
+    """With ``idempotent_replay`` on a remote facilitator, the same header sent again while
+    its first request's settle is under way (a client's retry racing its first try) is told
+    409 ``payment_in_progress`` (docs/operations.md), as on the embedded Core: not 402
+    ``replayed_request_id``, which says the payment went to another request. Charged once."""
+    import anyio
+
+    inside, release = threading.Event(), threading.Event()
+    service = create_app(core, tick_interval=None)
+
+    async def late_settle(scope: Any, receive: Any, send: Any) -> None:  # answers a settle late
+        if scope["type"] == "http" and scope["path"] == "/settle":
+            inside.set()
+            await anyio.to_thread.run_sync(release.wait, 30)
+        await service(scope, receive, send)
+
+    async def answer_payer(request: Request) -> JSONResponse:
+        return JSONResponse({"payer": request.state.payment.payer})
+
+    facilitator = _served(late_settle)
+    url, _ = next(facilitator)
+    config = PaymentConfig(
+        pay_to=SELLER,
+        routes={"GET /premium": "$0.01"},
+        facilitator=HttpFacilitator(url, retries=0),
+        records=str(tmp_path / "records.db"),
+        idempotent_replay=True,
+    )
+    app = Starlette(
+        routes=[Route("/premium", answer_payer)],
+        middleware=[Middleware(PaymentMiddleware, config=config)],
+    )
+    selling = _served(app)
+    seller, _ = next(selling)
+    try:
+        buyer = TestBuyer.new()
+        core.deposit(buyer.address, 100_000, network=NETWORK)
+        challenge = httpx.get(f"{seller}/premium").headers["payment-required"]
+        req = decode_payment_required(challenge).accepts[0]
+        asked = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": None}
+        asked["paymentRequirements"] = req.to_dict()
+        tab = httpx.post(str(req.extra["tabEndpoint"]), json=asked).json()
+        name, value = payment_header(buyer, req, tab)
+        first: list[httpx.Response] = []
+        paying = threading.Thread(
+            target=lambda: first.append(
+                httpx.get(f"{seller}/premium", headers={name: value}, timeout=60)
+            )
+        )
+        paying.start()
+        assert inside.wait(30)
+        try:
+            again = httpx.get(f"{seller}/premium", headers={name: value}, timeout=60)
+        finally:
+            release.set()
+            paying.join(timeout=60)
+        assert first[0].status_code == 200, first[0].text
+        assert again.status_code == 409, again.text
+        assert again.json()["error"] == "payment_in_progress"
+        assert core.position(buyer.address, network=NETWORK).locked == 10_000
+    finally:
+        release.set()
+        next(selling, None)
+        next(facilitator, None)
+
+
 def test_a_remote_seller_on_another_network_than_the_services_is_paid_on_its_chain(
     core: Core, tmp_path: Path
 ) -> None:
