@@ -118,9 +118,9 @@ class PaymentMiddleware:
 
         def metered_start(status: str, headers: list[Any], exc_info: Any = None) -> Any:
             first = meter.extra is None  # a later call (with exc_info) re-renders
-            if meter.whole():  # an error page after it: the server raises (the body went out)
-                start_response(status, headers, exc_info)
-                meter.out = 0  # or a layer outside held the body back and sends this instead
+            # an error page after a whole body: the server raises, a bridge to ASGI ignores it
+            if meter.whole() and callable(start_response(status, headers, exc_info)):  # (no
+                meter.out = 0  # write()); a layer outside took it: it held the body back
             started = Gate.run_sync(meter.start(int(status[:3]), headers))
             if not isinstance(started, Response):
                 write = start_response(status, started, exc_info)

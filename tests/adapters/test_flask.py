@@ -1640,3 +1640,45 @@ def test_an_error_page_a_buffering_layer_sends_instead_of_a_body_taken_whole_is_
             break
         time.sleep(0.01)
     assert [g.state for g in core.guarantees(address=buyer.address)] != ["payable"]
+
+
+def test_an_error_page_a_server_ignores_after_a_body_it_sent_whole_still_charges(
+    core: Core,
+) -> None:
+    """Starlette's ``WSGIMiddleware`` (a WSGI app mounted in an ASGI one; uvicorn's
+    ``--interface wsgi`` is alike) sends the head at the first start and ignores a later one
+    (returning no ``write``): the body went out whole, then ``DebuggedApplication`` inside
+    the gate started its error page. The buyer had the whole body, yet the gate took the
+    ignored start for a buffering layer's and refunded it (docs/protocol.md, "Delivery")."""
+    import warnings
+
+    from fourmica_x402.adapters.wsgi import PaymentMiddleware
+    from starlette.testclient import TestClient
+    from werkzeug.debug import DebuggedApplication
+    from werkzeug.test import Client
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecated: only its import warns
+        from starlette.middleware.wsgi import WSGIMiddleware
+
+    def report(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "6")])
+        yield b"report"
+        raise RuntimeError("the cleanup after the last chunk failed")
+
+    routes = {"GET /r": "$0.01"}
+    inner = DebuggedApplication(report, evalex=False)
+    middleware = PaymentMiddleware(inner, pay_to=SELLER, core=core, routes=routes)
+    buyer = funded(core)
+    headers = payment_for(Client(middleware), buyer, "/r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        served = TestClient(WSGIMiddleware(middleware), raise_server_exceptions=False)
+        got = served.get("/r", headers=headers)
+    assert got.status_code == 200 and got.content.startswith(b"report")  # the buyer has it all
+    for _ in range(500):  # bounded: the response ends in the bridge's thread
+        middleware.gate.flush()
+        if [g.state for g in core.guarantees(address=buyer.address)] != ["pending_validation"]:
+            break
+        time.sleep(0.01)
+    assert [g.state for g in core.guarantees(address=buyer.address)] == ["payable"]
