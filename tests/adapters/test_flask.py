@@ -1439,16 +1439,10 @@ def test_the_gates_own_options_answer_sends_one_content_length(core: Core) -> No
     assert resp.headers.getlist("Content-Length") == ["0"]
 
 
-def test_a_wsgi_body_taken_whole_stays_charged_when_an_error_page_follows(core: Core) -> None:
-    """A 2xx body the server took to the last byte of its Content-Length was delivered,
-    whatever follows (docs/protocol.md, "Delivery"). Here the app fails after its last chunk
-    and werkzeug's ``DebuggedApplication`` inside the gate tries to start its error page (the
-    server refuses: the headers went out). The gate took that late 500 for the answer: the
-    buyer, holding the whole body, was refunded."""
-    import http.client
-    import threading
-    from wsgiref.simple_server import WSGIRequestHandler, make_server
-
+def _failing_after_its_body(core: Core) -> tuple[Any, TestBuyer, dict[str, str]]:
+    """A gate selling ``GET /r`` whose app fails after its whole 6-byte body, werkzeug's
+    ``DebuggedApplication`` inside the gate then starting its error page; a funded buyer and
+    its payment headers for it."""
     from fourmica_x402.adapters.wsgi import PaymentMiddleware
     from werkzeug.debug import DebuggedApplication
     from werkzeug.test import Client
@@ -1458,28 +1452,53 @@ def test_a_wsgi_body_taken_whole_stays_charged_when_an_error_page_follows(core: 
         yield b"report"
         raise RuntimeError("the cleanup after the last chunk failed")
 
-    routes = {"GET /r": "$0.01"}
     inner = DebuggedApplication(report, evalex=False)
-    middleware = PaymentMiddleware(inner, pay_to=SELLER, core=core, routes=routes)
+    middleware = PaymentMiddleware(inner, pay_to=SELLER, core=core, routes={"GET /r": "$0.01"})
     buyer = funded(core)
-    headers = payment_for(Client(middleware), buyer, "/r")
+    return middleware, buyer, payment_for(Client(middleware), buyer, "/r")
+
+
+def _on_wsgiref(app: Any, headers: dict[str, str]) -> tuple[int, bytes]:
+    """``GET /r`` with ``headers`` answered by ``app`` under wsgiref on 127.0.0.1."""
+    import http.client
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
     quiet = type("Quiet", (WSGIRequestHandler,), {"log_message": lambda *a: None})
-    server = make_server("127.0.0.1", 0, middleware, handler_class=quiet)
+    server = make_server("127.0.0.1", 0, app, handler_class=quiet)
     threading.Thread(target=server.handle_request, daemon=True).start()
     try:
         conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
         conn.request("GET", "/r", headers=headers)
         resp = conn.getresponse()
-        assert resp.status == 200 and resp.read() == b"report"
+        answer = resp.status, resp.read()
         conn.close()
+        return answer
     finally:
         server.server_close()
-    for _ in range(500):  # bounded: the server ends the response in its own thread
+
+
+def _judged(middleware: Any, core: Core, buyer: TestBuyer) -> list[str]:
+    """The buyer's guarantees once the gate has judged the response (which ends in the
+    server's thread: waited for, bounded)."""
+    for _ in range(500):
         middleware.gate.flush()
-        if [g.state for g in core.guarantees(address=buyer.address)] != ["pending_validation"]:
-            break
+        states = [g.state for g in core.guarantees(address=buyer.address)]
+        if states != ["pending_validation"]:
+            return states
         time.sleep(0.01)
-    assert [g.state for g in core.guarantees(address=buyer.address)] == ["payable"]
+    return states
+
+
+def test_a_wsgi_body_taken_whole_stays_charged_when_an_error_page_follows(core: Core) -> None:
+    """A 2xx body the server took to the last byte of its Content-Length was delivered,
+    whatever follows (docs/protocol.md, "Delivery"). Here the app fails after its last chunk
+    and werkzeug's ``DebuggedApplication`` inside the gate tries to start its error page (the
+    server refuses: the headers went out). The gate took that late 500 for the answer: the
+    buyer, holding the whole body, was refunded."""
+    middleware, buyer, headers = _failing_after_its_body(core)
+    assert _on_wsgiref(middleware, headers) == (200, b"report")
+    assert _judged(middleware, core, buyer) == ["payable"]
 
 
 def _guide(environ: dict[str, Any], start_response: Any) -> Any:  # starts as it is read
@@ -1584,22 +1603,7 @@ def test_an_error_page_a_buffering_layer_sends_instead_of_a_body_taken_whole_is_
     its error page. Nothing went out yet, so that layer accepts the new start (PEP 3333) and
     the buyer gets the 500 page: the body was never delivered. The gate took the start for one
     after a delivered body, ignored it, and charged the buyer for an error page."""
-    import http.client
-    import threading
-    from wsgiref.simple_server import WSGIRequestHandler, make_server
-
-    from fourmica_x402.adapters.wsgi import PaymentMiddleware
-    from werkzeug.debug import DebuggedApplication
-    from werkzeug.test import Client
-
-    def report(environ: dict[str, Any], start_response: Any) -> Any:
-        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "6")])
-        yield b"report"
-        raise RuntimeError("the cleanup after the last chunk failed")
-
-    routes = {"GET /r": "$0.01"}
-    inner = DebuggedApplication(report, evalex=False)
-    middleware = PaymentMiddleware(inner, pay_to=SELLER, core=core, routes=routes)
+    middleware, buyer, headers = _failing_after_its_body(core)
 
     def buffering(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         started: list[Any] = []
@@ -1621,25 +1625,9 @@ def test_an_error_page_a_buffering_layer_sends_instead_of_a_body_taken_whole_is_
         start_response(started[0], [*headers, ("Content-Length", str(len(data)))])
         return [data]
 
-    buyer = funded(core)
-    headers = payment_for(Client(middleware), buyer, "/r")
-    quiet = type("Quiet", (WSGIRequestHandler,), {"log_message": lambda *a: None})
-    server = make_server("127.0.0.1", 0, buffering, handler_class=quiet)
-    threading.Thread(target=server.handle_request, daemon=True).start()
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
-        conn.request("GET", "/r", headers=headers)
-        resp = conn.getresponse()
-        assert resp.status == 500 and not resp.read().startswith(b"report")
-        conn.close()
-    finally:
-        server.server_close()
-    for _ in range(500):  # bounded: the server ends the response in its own thread
-        middleware.gate.flush()
-        if [g.state for g in core.guarantees(address=buyer.address)] != ["pending_validation"]:
-            break
-        time.sleep(0.01)
-    assert [g.state for g in core.guarantees(address=buyer.address)] != ["payable"]
+    status, body = _on_wsgiref(buffering, headers)
+    assert status == 500 and not body.startswith(b"report")
+    assert _judged(middleware, core, buyer) != ["payable"]
 
 
 def test_an_error_page_a_server_ignores_after_a_body_it_sent_whole_still_charges(
@@ -1652,33 +1640,16 @@ def test_an_error_page_a_server_ignores_after_a_body_it_sent_whole_still_charges
     ignored start for a buffering layer's and refunded it (docs/protocol.md, "Delivery")."""
     import warnings
 
-    from fourmica_x402.adapters.wsgi import PaymentMiddleware
     from starlette.testclient import TestClient
-    from werkzeug.debug import DebuggedApplication
-    from werkzeug.test import Client
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecated: only its import warns
         from starlette.middleware.wsgi import WSGIMiddleware
 
-    def report(environ: dict[str, Any], start_response: Any) -> Any:
-        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "6")])
-        yield b"report"
-        raise RuntimeError("the cleanup after the last chunk failed")
-
-    routes = {"GET /r": "$0.01"}
-    inner = DebuggedApplication(report, evalex=False)
-    middleware = PaymentMiddleware(inner, pay_to=SELLER, core=core, routes=routes)
-    buyer = funded(core)
-    headers = payment_for(Client(middleware), buyer, "/r")
+    middleware, buyer, headers = _failing_after_its_body(core)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         served = TestClient(WSGIMiddleware(middleware), raise_server_exceptions=False)
         got = served.get("/r", headers=headers)
     assert got.status_code == 200 and got.content.startswith(b"report")  # the buyer has it all
-    for _ in range(500):  # bounded: the response ends in the bridge's thread
-        middleware.gate.flush()
-        if [g.state for g in core.guarantees(address=buyer.address)] != ["pending_validation"]:
-            break
-        time.sleep(0.01)
-    assert [g.state for g in core.guarantees(address=buyer.address)] == ["payable"]
+    assert _judged(middleware, core, buyer) == ["payable"]
