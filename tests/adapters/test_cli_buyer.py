@@ -357,6 +357,22 @@ def test_pay_follows_a_redirect_to_the_priced_route_and_pays_once(tmp_path: Path
         core.close()
 
 
+def _challenge(origin: str, path: str) -> str:
+    """A hand-made seller's PAYMENT-REQUIRED for ``origin + path``: $0.01 on NETWORK, its tab
+    endpoint at ``origin/tab``."""
+    offer = {
+        "scheme": "4mica-credit",
+        "network": NETWORK,
+        "asset": default_asset(NETWORK).address,
+        "amount": "10000",
+        "payTo": PAY_TO,
+        "maxTimeoutSeconds": 300,
+        "extra": {"tabEndpoint": f"{origin}/tab"},
+    }
+    required = {"x402Version": 2, "accepts": [offer], "resource": {"url": origin + path}}
+    return base64.b64encode(json.dumps(required).encode()).decode()
+
+
 def test_pay_says_a_call_that_paid_before_a_refused_hop_paid() -> None:
     """A seller (hostile, keeping the payment) answering the paid request with a redirect to
     another priced URL: the hop asking again is refused (one call pays once), and ``pay``
@@ -376,18 +392,7 @@ def test_pay_says_a_call_that_paid_before_a_refused_hop_paid() -> None:
                 "302 Found", [("location", "/again"), ("payment-response", kept.decode())]
             )
             return [b""]
-        offer = {
-            "scheme": "4mica-credit",
-            "network": NETWORK,
-            "asset": default_asset(NETWORK).address,
-            "amount": "10000",
-            "payTo": PAY_TO,
-            "maxTimeoutSeconds": 300,
-            "extra": {"tabEndpoint": f"{origin}/tab"},
-        }
-        required = {"x402Version": 2, "accepts": [offer], "resource": {"url": origin + path}}
-        challenge = base64.b64encode(json.dumps(required).encode()).decode()
-        start_response("402 Payment Required", [("payment-required", challenge)])
+        start_response("402 Payment Required", [("payment-required", _challenge(origin, path))])
         return [b"{}"]
 
     with loopback(app) as origin:
@@ -414,18 +419,7 @@ def test_pay_refused_says_unpaid_though_another_process_paid_into_the_same_ledge
         other.append(Receipt(outcome="paid", url="http://elsewhere/x", amount=5, status=200))
         other.close()
         origin, path = f"http://{environ['HTTP_HOST']}", environ["PATH_INFO"]
-        offer = {
-            "scheme": "4mica-credit",
-            "network": NETWORK,
-            "asset": default_asset(NETWORK).address,
-            "amount": "10000",
-            "payTo": PAY_TO,
-            "maxTimeoutSeconds": 300,
-            "extra": {"tabEndpoint": f"{origin}/tab"},
-        }
-        required = {"x402Version": 2, "accepts": [offer], "resource": {"url": origin + path}}
-        challenge = base64.b64encode(json.dumps(required).encode()).decode()
-        start_response("402 Payment Required", [("payment-required", challenge)])
+        start_response("402 Payment Required", [("payment-required", _challenge(origin, path))])
         return [b"{}"]
 
     with loopback(app) as origin:
