@@ -254,7 +254,8 @@ def recover(gate: Gate) -> int:
                 "AND r.outcome IS NULL AND r.created_at < ?",
                 (now,),
             )
-        if rows:
+            unsettled = tx.all("SELECT record_id FROM fx_records " + _UNSETTLED, (now,))
+        if rows or unsettled:
             with core.store.transaction() as tx:
                 for record_id, gid, pay_to, state, deadline in rows:
                     tx.execute(  # a settle-after record: settled, its guarantee named
@@ -263,6 +264,10 @@ def recover(gate: Gate) -> int:
                         (gid, record_id),
                     )
                     _recover_one(tx, now, record_id, gid, pay_to, state, deadline)
+                # a settle-after handler that never got to its settle: nothing was charged,
+                # and its header's replay is no longer "in progress" (docs/operations.md);
+                # a sibling still serving it writes its real outcome over the label
+                tx.execute("UPDATE fx_records SET outcome = 'not_charged' " + _UNSETTLED, (now,))
     except StoreUnavailable as exc:  # a read-only or missing database: requests fail closed
         log.error("could not look for payments left unfinished: %s", exc)
         return 0
@@ -295,6 +300,14 @@ def _recover_one(
             (gid, pay_to, now, float(deadline)),
         )
 
+
+#: Settle-after records with no guarantee for their tab and request ids (never settled).
+_UNSETTLED = (
+    "WHERE status = 'verified' AND settle_mode = 'after' "
+    "AND outcome IS NULL AND created_at < ? AND NOT EXISTS (SELECT 1 FROM fx_guarantees g "
+    "WHERE g.tab_id = fx_records.tab_id AND g.req_id = fx_records.request_id "
+    "AND g.recipient_address = fx_records.pay_to)"
+)
 
 #: A record's outcome from its guarantee's state, when the delivery is unknown.
 _UNKNOWN_OUTCOMES = {"cancelled": "cancelled", "voided": "refunded"}

@@ -208,6 +208,44 @@ def test_a_replay_of_a_payment_its_process_lost_is_not_in_progress_forever(db: P
         assert (again.status_code, again.json()["error"]) == (409, "replay_unavailable")
 
 
+def test_a_settle_after_payment_never_settled_before_its_process_died_is_not_in_progress(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``settle="after"``, a worker SIGKILLed inside the handler leaves a record written
+    before the settle, with no guarantee: start-up recovery found nothing to label (it joins
+    on the guarantee) and the buyer's retry of the header was answered 409
+    ``payment_in_progress`` for ever. It is labelled ``not_charged``: the retry is told the
+    payment cannot be replayed, and nothing was locked."""
+    monkeypatch.setenv("SELLER_SLEEP", "60")
+    options = dict(v2=False, timeout=4.0, settle="after", replay=True)
+    with seller(db, SELLER.address, window=0.005, **options) as (url, proc):  # type: ignore[arg-type]
+        challenge = httpx.get(url + "/premium", timeout=10).headers["payment-required"]
+        core = Core(str(db))
+        try:
+            header = dict(payment_headers(core, BUYER, challenge, 1))
+        finally:
+            core.close()
+        with pytest.raises(httpx.ReadTimeout):  # the handler still runs
+            httpx.get(url + "/premium", headers=header, timeout=2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    monkeypatch.delenv("SELLER_SLEEP")
+    with seller(db, SELLER.address, window=0.005, **options) as (url, _):  # type: ignore[arg-type]
+        again = httpx.get(url + "/premium", headers=header, timeout=10)
+        assert (again.status_code, again.json()["error"]) == (409, "replay_unavailable")
+    core = Core(str(db))
+    try:
+        (record,) = Records(core.store).query(payer=BUYER.address)
+        assert (record.status, record.outcome, record.guarantee_id) == (
+            "verified",
+            "not_charged",
+            None,
+        )
+        assert _locked(core) == 0  # never settled: nothing charged
+    finally:
+        core.close()
+
+
 @pytest.mark.parametrize("v2", [False, True], ids=["G-v1", "G-v2"])
 def test_a_settle_after_payment_lost_with_its_process_is_recovered_too(db: Path, v2: bool) -> None:
     """A settle-after record is written before its settle, without the guarantee's id: the

@@ -3,11 +3,13 @@
 Env: SELLER_CORE (embedded Core database path), PAY_TO, SELLER_WINDOW (the gate's
 ``completion_window``, seconds), SELLER_V2 ("1": advertise the G-v2 delivery policy, else
 G-v1 guarantees), SELLER_VALIDATION_TIMEOUT (the Core's, seconds), SELLER_SETTLE ("before",
-the default, or "after"), SELLER_REPLAY ("1": ``idempotent_replay``).
+the default, or "after"), SELLER_REPLAY ("1": ``idempotent_replay``), SELLER_SLEEP (seconds
+the paid handler waits before answering; default 0).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from fourmica_x402.adapters.asgi import PaymentMiddleware
@@ -22,6 +24,7 @@ from fourmica_x402.core import Core, CoreConfig
 
 
 async def premium(request: Request) -> JSONResponse:
+    await asyncio.sleep(float(os.environ.get("SELLER_SLEEP", "0")))
     return JSONResponse({"guarantee": request.state.payment.guarantee_id})
 
 
