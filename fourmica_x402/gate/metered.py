@@ -317,11 +317,12 @@ class MeteredStream:
         action: deliver.Action = ("void", 0) if not delivered else None
         if delivered and row.scored and row.guarantee_version == 2:
             action = ("score", 100)
-        record = {
-            "status": "delivered" if delivered else "failed",
-            "http_status": 200,
-            "response_hash": None,
-        }
+        record: dict[str, Any] = {"status": "delivered" if delivered else "failed"}
+        record.update(http_status=200, response_hash=None)
+        if self.gate.config.settle == "after":  # settled at its pay URL: the record names it
+            p, gid = self.payment, row.guarantee_id
+            named = dict(success=True, payer=p.payer, transaction=gid, network=p.network)
+            record["settle_result"] = named
         try:
             deliver._finish_io(self.gate, payment, action, outcome, record)
         except Exception:  # filed for the reconciler where it could be; the stream goes on

@@ -41,6 +41,7 @@ from fourmica_x402.errors import (
 )
 from fourmica_x402.gate import metered as metered_gate
 from fourmica_x402.networks import default_asset
+from fourmica_x402.records import Records
 from fourmica_x402.routes import RouteTable
 from fourmica_x402.streams import Streams
 from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
@@ -130,6 +131,31 @@ def test_the_buyer_client_pays_each_slice_before_it_is_sent(
     with seller.core.store.transaction(write=False) as tx:
         assert tx.all("SELECT stream_id, state FROM fx_streams") == [(stream.id, "complete")]
     assert seller.core.audit() == []
+
+
+def test_a_settle_after_slice_record_names_its_guarantee(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    """With ``settle="after"`` a slice's record is written before its settle at the pay URL,
+    and the slice's completion did not name the guarantee: the records of slices 2 and on
+    kept no guarantee id, so the seller's record of a slice could not be found by its
+    guarantee (``fourmica-x402 evidence``, the dashboard)."""
+    seller = make_seller(routes={**base_routes, **metered()}, settle="after")
+    buyer = kit.funded(seller)
+    stream, got = read_stream(seller, buyer, 5)
+    assert got == [{"tick": i} for i in range(5)] and (stream.ended, stream.slices) == (
+        "complete",
+        3,
+    )
+    assert stream.id is not None
+    records = Records(seller.core.store)
+    later = [row for row in Streams(seller.core).slices(stream.id) if row.slice > 1]
+    assert len(later) == 2
+    for gid in [row.guarantee_id for row in later]:
+        assert gid is not None
+        eventually(lambda gid=gid: bool(records.query(guarantee_id=gid)))
+        (record,) = records.query(guarantee_id=gid)
+        assert (record.outcome, record.amount) == ("delivered", CENT)
 
 
 def test_nothing_unpaid_is_sent_and_the_stream_ends_when_the_buyer_stops_paying(
