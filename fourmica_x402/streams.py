@@ -194,14 +194,19 @@ class Streams:
             _insert(tx, stream_id, paid, now)
         return None
 
-    def set_outcome(self, stream_id: str, slice_: int, outcome: str) -> bool:
-        """Move a slice from ``paid`` to ``delivered`` or ``refunded``: whether it moved."""
+    def set_outcome(
+        self, stream_id: str, slice_: int, outcome: str, guarantee_id: str | None = None
+    ) -> bool:
+        """Move a slice from ``paid`` to ``delivered`` or ``refunded``: whether it moved.
+        ``guarantee_id``: one the row does not name yet (settle-after: slice 1 is written
+        before the request's settle)."""
         with self.store.transaction() as tx:
             return bool(
                 tx.execute(
-                    "UPDATE fx_stream_slices SET outcome = ?, at = ? "
+                    "UPDATE fx_stream_slices SET outcome = ?, at = ?, "
+                    "guarantee_id = COALESCE(guarantee_id, ?) "
                     "WHERE stream_id = ? AND slice = ? AND outcome = 'paid'",
-                    (outcome, time.time(), stream_id, slice_),
+                    (outcome, time.time(), guarantee_id, stream_id, slice_),
                 )
             )
 

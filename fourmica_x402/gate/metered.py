@@ -265,7 +265,7 @@ class MeteredStream:
                 self.route.key,
                 outcome,
             )
-        self.gate.streams.set_outcome(self.id, 1, outcome)
+        self.gate.streams.set_outcome(self.id, 1, outcome, self.payment.guarantee_id)
 
     def _finish(self, reason: str) -> None:
         """The stream ended: closed for payments; paid slices never started are refunded."""

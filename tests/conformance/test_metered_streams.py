@@ -45,7 +45,7 @@ from fourmica_x402.records import Records
 from fourmica_x402.routes import RouteTable
 from fourmica_x402.streams import Streams
 from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
-from fourmica_x402.wire import decode_payment_required
+from fourmica_x402.wire import decode_header_json, decode_payment_required
 
 harness = sys.modules["conformance_buyers"]  # loaded by conftest.py
 CENT = 10_000
@@ -156,6 +156,24 @@ def test_a_settle_after_slice_record_names_its_guarantee(
         eventually(lambda gid=gid: bool(records.query(guarantee_id=gid)))
         (record,) = records.query(guarantee_id=gid)
         assert (record.outcome, record.amount) == ("delivered", CENT)
+
+
+def test_a_settle_after_streams_first_slice_names_its_guarantee(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    """``Streams(db).slices(id)`` gives each slice's guarantee (docs/protocol.md): with
+    ``settle="after"`` slice 1's row is written when the stream opens, before the request's
+    settle, and kept no guarantee id for good."""
+    seller = make_seller(routes={**base_routes, **metered()}, settle="after")
+    buyer = kit.funded(seller)
+    stream, _ = read_stream(seller, buyer, 3)
+    assert (stream.ended, stream.slices) == ("complete", 2) and stream.id is not None
+    assert stream.response is not None
+    opened = stream.response.headers["payment-response"]
+    rows = Streams(seller.core).slices(stream.id)
+    assert [(r.slice, r.outcome) for r in rows] == [(1, "delivered"), (2, "delivered")]
+    assert rows[0].guarantee_id == decode_header_json(opened)["transaction"]
+    assert rows[1].guarantee_id is not None
 
 
 def test_nothing_unpaid_is_sent_and_the_stream_ends_when_the_buyer_stops_paying(
