@@ -977,3 +977,15 @@ def test_a_database_a_newer_release_migrated_is_one_error_line(
     assert result.exit_code in (1, 2), result.output
     assert isinstance(result.exception, SystemExit), result.exception  # click's own exit
     assert "Traceback" not in result.output and "99" in result.output.strip().splitlines()[-1]
+
+
+@pytest.mark.postgres
+def test_a_postgres_database_the_core_cannot_create_its_tables_in_is_one_line(
+    postgres_url: str,
+) -> None:
+    """A search_path naming no schema (or a role without CREATE on it) failed the Core's first
+    migration with the driver's traceback: the operator learnt nothing about what to fix."""
+    url = postgres_url + "?options=-c%20search_path%3Dno_such_schema"
+    line = refused(cli("positions", "--db", url), 1, "no schema has been selected")
+    password = re.search(r"//[^:/@]+:([^@]+)@", postgres_url)
+    assert password is None or password.group(1) not in line

@@ -9,20 +9,18 @@ answer it the way SQLite does:
   ``COLLATE "C"`` (text sorts in byte order, as SQLite's does, whatever the database's
   collation), once per statement; psycopg prepares a statement server-side after it has
   run a few times on a connection.
-- Python ints are sent as ``bigint`` (``numeric`` beyond 64 bits) rather than
-  the smallest type that fits, so ``? + ?`` cannot overflow a ``smallint``;
-  ``bool`` is sent as an integer (flags are INTEGER columns, as in SQLite);
-  a ``numeric`` result (``SUM`` of a ``bigint``) comes back as ``int`` when
-  integral and ``float`` otherwise, never ``Decimal``.
-- Transactions run at READ COMMITTED. The Core's read-check-write steps are
-  atomic conditional ``UPDATE`` s, unique constraints and ``INSERT … ON
-  CONFLICT``, which PostgreSQL makes atomic at that level; ``write=True``
-  takes no table lock here (SQLite's ``BEGIN IMMEDIATE`` does).
+- Python ints are sent as ``bigint`` (``numeric`` beyond 64 bits) rather than the smallest
+  type that fits, so ``? + ?`` cannot overflow a ``smallint``; ``bool`` is sent as an integer
+  (flags are INTEGER columns, as in SQLite); a ``numeric`` result (``SUM`` of a ``bigint``)
+  comes back as ``int`` when integral and ``float`` otherwise, never ``Decimal``.
+- Transactions run at READ COMMITTED. The Core's read-check-write steps are atomic conditional
+  ``UPDATE`` s, unique constraints and ``INSERT … ON CONFLICT``, which PostgreSQL makes atomic
+  at that level; ``write=True`` takes no table lock here (SQLite's ``BEGIN IMMEDIATE`` does).
 
-One connection per thread, closed when the thread ends; a forked child never
-touches its parent's connections (it opens its own, and drops the inherited
-ones without talking to the server through them). A stale connection (server
-restarted) is replaced at the start of the next transaction.
+One connection per thread, closed when the thread ends; a forked child never touches its
+parent's connections (it opens its own, and drops the inherited ones without talking to the
+server through them). A stale connection (server restarted) is replaced at the start of the
+next transaction.
 """
 
 from __future__ import annotations
@@ -55,7 +53,6 @@ from .deferred import Deferred, drain_all
 
 __all__ = ["PostgresStore"]
 
-# Errors that mean "the database cannot be reached or written", not "this SQL is wrong".
 #: A transaction that lost a race for row locks (class 40: a deadlock's victim, a
 #: serialization failure): nothing committed, safe to run again (psycopg does not make the
 #: first two subclasses of the third).
@@ -64,11 +61,14 @@ _LOST_RACE: tuple[type[BaseException], ...] = (
     pg_errors.SerializationFailure,
     pg_errors.TransactionRollback,
 )
+#: Errors that mean "the database cannot be reached or written", not "this SQL is wrong".
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     psycopg.OperationalError,  # connection lost or refused, shutdown, disk full, deadlock
     psycopg.InterfaceError,  # the connection is closed
     pg_errors.ReadOnlySqlTransaction,  # a standby, or default_transaction_read_only
     pg_errors.IdleInTransactionSessionTimeout,
+    pg_errors.InsufficientPrivilege,  # a role without CREATE on the schema, or a revoked grant
+    pg_errors.InvalidSchemaName,  # a search_path naming no schema to make the tables in
 )
 
 
