@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from urllib.parse import SplitResult, urlsplit
 
-__all__ = ["PASSWORD_PARAM", "check_http_url", "safe_url"]
+__all__ = ["PASSWORD_PARAM", "check_http_url", "check_public_url", "safe_url"]
 
 #: libpq's password parameter: in a URL's query (``?password=…``) or a conninfo string.
 PASSWORD_PARAM = re.compile(r"(?i)((?:^|[?&\s])password\s*=\s*)('[^']*'|[^&#\s]*)")
@@ -57,3 +57,16 @@ def check_http_url(url: str) -> SplitResult:
     except (httpx.InvalidURL, UnicodeError) as exc:
         raise ValueError(f"{safe_url(url)!r:.80}: not a valid host ({exc})") from None
     return parts
+
+
+def check_public_url(url: str) -> None:
+    """A service's public URL is handed to every caller (``/core/public-params``) with paths
+    appended (docs/operations.md, "Keys"): ``ValueError`` for one with credentials, which
+    would be published, or a query or fragment, which would end up before the path."""
+    if "@" in urlsplit(url).netloc:
+        carried = "credentials"
+    elif "?" in url or "#" in url:
+        carried = "a query" if "?" in url.split("#")[0] else "a fragment"
+    else:
+        return
+    raise ValueError(f"{safe_url(url)!r:.80} carries {carried} (every caller is handed it)")

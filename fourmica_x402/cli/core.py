@@ -146,10 +146,11 @@ def serve(
         except FourmicaError as exc:
             raise click.BadParameter(exc.message, param_hint="'--alerts'") from None
     if public_url is not None:
-        from .._urls import check_http_url
+        from .._urls import check_http_url, check_public_url
 
         try:
             check_http_url(public_url)
+            check_public_url(public_url)
         except ValueError as exc:
             raise click.BadParameter(
                 f"{exc}: give an http(s) URL such as https://core.example",

@@ -9,8 +9,10 @@ import time
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
+from fourmica_x402._urls import check_public_url
 from fourmica_x402.alerts import AlertChecker
 from fourmica_x402.core import AlertRules, Core
+from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.facilitator import LocalFacilitator
 from fourmica_x402.networks import get_network
 from fourmica_x402.tabs import NewTabLimits
@@ -50,6 +52,11 @@ class Service:
         self.core = core
         self.sandbox = sandbox
         self.network = network
+        if public_url is not None:
+            try:
+                check_public_url(public_url)
+            except ValueError as exc:
+                raise ConfigurationError(f"public_url {exc}") from None
         self.public_url = public_url
         self.facilitator = LocalFacilitator(core)
         self.hooks = Webhooks(core) if webhooks else None

@@ -989,3 +989,22 @@ def test_a_postgres_database_the_core_cannot_create_its_tables_in_is_one_line(
     line = refused(cli("positions", "--db", url), 1, "no schema has been selected")
     password = re.search(r"//[^:/@]+:([^@]+)@", postgres_url)
     assert password is None or password.group(1) not in line
+
+
+def test_serve_refuses_a_public_url_it_would_hand_out_broken_or_with_a_secret(
+    db: str, busy_port: int
+) -> None:
+    """The public URL is handed to every caller of /core/public-params: its credentials were
+    published to anyone, and a query or fragment made the RPC URL ``…?x=1/rpc``."""
+    for bad, says in (
+        ("https://op:hunter2@core.example", "credentials"),
+        ("https://TOKEN1234@core.example", "credentials"),
+        ("https://core.example/base?x=1", "query"),
+        ("https://core.example/#top", "fragment"),
+    ):
+        args = ("serve", "--db", db, "--port", str(busy_port), "--public-url", bad)
+        line = refused(cli(*args), 2, "'--public-url'", says)
+        assert "hunter2" not in line and "TOKEN1234" not in line, line
+    # a path (a reverse proxy's prefix) is a public URL: the serve goes on to the busy port
+    args = ("--public-url", "https://core.example/x402/")
+    refused(cli("serve", "--db", db, "--port", str(busy_port), *args), 1, "cannot listen")

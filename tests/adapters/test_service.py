@@ -2548,3 +2548,19 @@ def test_a_tab_call_that_ends_in_another_processs_new_tab_is_not_counted(
         go_on.set()
         other.close()
         core.close()
+
+
+def test_the_public_url_is_handed_out_whole_and_never_with_credentials(tmp_path: Path) -> None:
+    """``public_url`` is in every ``/core/public-params`` answer, to anyone: credentials in it
+    were published, a query or fragment broke the RPC URL; a path prefix is kept."""
+    core = Core(f"sqlite:///{tmp_path / 'core.db'}")
+    try:
+        for bad in ("https://op:hunter2@core.example", "https://core.example/?x=1"):
+            with pytest.raises(ConfigurationError) as info:
+                create_app(core, tick_interval=None, public_url=bad)
+            assert "hunter2" not in str(info.value)
+        app = create_app(core, tick_interval=None, public_url="https://core.example/x402")
+        params = TestClient(app).get("/core/public-params").json()
+        assert params["ethereum_http_rpc_url"] == "https://core.example/x402/rpc"
+    finally:
+        core.close()
