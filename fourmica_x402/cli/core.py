@@ -157,6 +157,13 @@ def serve(
                 param_hint="'--public-url'",
             ) from None
         public_url = public_url.rstrip("/")
+    from ..server.base import check_host_name
+
+    for name in allowed_hosts:
+        try:
+            check_host_name(name)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--allowed-host'") from None
     if api_key is not None and not TOKEN.match(api_key):
         # An empty key would let every request through as the operator.
         raise click.BadParameter(

@@ -170,6 +170,18 @@ def host_name(name: str) -> str:
     return name.lower().rstrip(".")
 
 
+def check_host_name(name: str) -> str:
+    """``name`` as compared (:func:`host_name`) when a Host header can carry it: letters,
+    digits, ``-`` and ``_`` in dot-separated labels. ``ValueError`` for a port, a URL, a path:
+    none would ever match, and browsers would be refused with nothing saying why."""
+    labels = host_name(name.strip()).split(".")
+    if not all(label and label.replace("-", "").replace("_", "").isalnum() for label in labels):
+        raise ValueError(f"{name!r:.80} is not a host name (no scheme, port or path: box.lan)")
+    if not name.isascii():
+        raise ValueError(f"{name!r:.80} is not a host name: give an IDN in its xn-- form")
+    return host_name(name.strip())
+
+
 def _named(host: str | None, names: frozenset[str]) -> bool:
     """Whether ``host`` (a Host header) is one of ``names``, a loopback name (``localhost``,
     ``*.localhost``) or an IP address."""

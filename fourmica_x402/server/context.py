@@ -19,7 +19,7 @@ from fourmica_x402.tabs import NewTabLimits
 from fourmica_x402.webhooks import Webhooks
 
 from .auth import Keys
-from .base import Call, host_name
+from .base import Call, check_host_name, host_name
 from .metrics import Metrics
 
 _log = logging.getLogger("fourmica_x402.service")
@@ -68,12 +68,14 @@ class Service:
         #: request is taken only when addressed to one of these names (``allowed_hosts``, the
         #: ``public_url``'s), a loopback name or an IP address (a DNS name rebound to the
         #: service is none of them).
+        try:
+            allowed = [check_host_name(name) for name in allowed_hosts]
+        except ValueError as exc:
+            raise ConfigurationError(f"allowed host {exc}") from None
         self.browser_hosts: frozenset[str] | None = None
         if not api_key:
             named = urlsplit(public_url).hostname if public_url else None
-            self.browser_hosts = frozenset(
-                host_name(n) for n in (*allowed_hosts, *filter(None, [named]))
-            )
+            self.browser_hosts = frozenset(allowed + [host_name(n) for n in filter(None, [named])])
         self.new_tabs = NewTabLimits()
         self.alert_checker = None
         if alerts is not None and alerts.database_rules:

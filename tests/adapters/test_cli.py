@@ -1008,3 +1008,12 @@ def test_serve_refuses_a_public_url_it_would_hand_out_broken_or_with_a_secret(
     # a path (a reverse proxy's prefix) is a public URL: the serve goes on to the busy port
     args = ("--public-url", "https://core.example/x402/")
     refused(cli("serve", "--db", db, "--port", str(busy_port), *args), 1, "cannot listen")
+
+
+def test_serve_refuses_an_allowed_host_that_is_not_a_host_name(db: str, busy_port: int) -> None:
+    """A name with a port or a URL never matches a browser's Host: refused, not ignored."""
+    for bad in ("box.lan:8402", "https://box.lan"):
+        args = ("serve", "--db", db, "--port", str(busy_port), "--allowed-host", bad)
+        refused(cli(*args), 2, "'--allowed-host'", "host name")
+    args = ("serve", "--db", db, "--port", str(busy_port), "--allowed-host", "box.lan")
+    refused(cli(*args), 1, "cannot listen")  # a name: on to the (busy) port

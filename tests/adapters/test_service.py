@@ -2564,3 +2564,18 @@ def test_the_public_url_is_handed_out_whole_and_never_with_credentials(tmp_path:
         assert params["ethereum_http_rpc_url"] == "https://core.example/x402/rpc"
     finally:
         core.close()
+
+
+def test_an_allowed_host_no_host_header_can_name_is_refused_at_start(tmp_path: Path) -> None:
+    """``allowed_hosts=["box.lan:8402"]`` (or a URL) was taken and never matched: the
+    operator's browser got 403 ``cross_origin`` on the dashboard with nothing saying why."""
+    core = Core(f"sqlite:///{tmp_path / 'core.db'}")
+    try:
+        for bad in ("box.lan:8402", "http://box.lan", "box.lan/", "", "user@box.lan"):
+            with pytest.raises(ConfigurationError, match="allowed host"):
+                create_app(core, tick_interval=None, allowed_hosts=[bad])
+        app = create_app(core, tick_interval=None, allowed_hosts=["Box-1.lan.", "my_box"])
+        headers = {"host": "box-1.lan:8402", "sec-fetch-site": "same-origin"}
+        assert TestClient(app).get("/api/positions", headers=headers).status_code == 200
+    finally:
+        core.close()
