@@ -130,9 +130,11 @@ def serve(
             if not TOKEN.match(token):
                 raise ValueError("the token must be printable ASCII without spaces")
             try:
-                keys[token] = parse_address(address)
+                bound = parse_address(address)
             except ValueError:
                 raise ValueError("ADDRESS is not an address") from None
+            if keys.setdefault(token, bound) != bound:  # the last would act for both sellers
+                raise ValueError("one token is given for two addresses: give each seller its own")
         except ValueError as exc:  # never the value itself: its halves may be swapped
             raise click.BadParameter(
                 f"{exc} (expected TOKEN=0xADDRESS)", param_hint="'--seller-key'"

@@ -1017,3 +1017,14 @@ def test_serve_refuses_an_allowed_host_that_is_not_a_host_name(db: str, busy_por
         refused(cli(*args), 2, "'--allowed-host'", "host name")
     args = ("serve", "--db", db, "--port", str(busy_port), "--allowed-host", "box.lan")
     refused(cli(*args), 1, "cannot listen")  # a name: on to the (busy) port
+
+
+def test_serve_refuses_one_seller_token_for_two_addresses(db: str, busy_port: int) -> None:
+    """The last of two ``--seller-key`` with one token won: the first seller's key then voided
+    and settled for the second seller's address, and no longer for its own."""
+    other = "0x" + "22" * 20
+    args = ("--seller-key", f"Sh4red={ADDRESS}", "--seller-key", f"Sh4red={other}")
+    line = refused(cli("serve", "--db", db, "--port", str(busy_port), *args), 2, "'--seller-key'")
+    assert "Sh4red" not in line and "two addresses" in line, line
+    same = ("--seller-key", f"Sh4red={ADDRESS}", "--seller-key", f"Sh4red={ADDRESS}")
+    refused(cli("serve", "--db", db, "--port", str(busy_port), *same), 1, "cannot listen")
