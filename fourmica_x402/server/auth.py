@@ -42,6 +42,8 @@ class Keys:
             raise ConfigurationError("api_key is empty: give a token, or None for no key")
         if any(not token.strip() for token in seller_keys or {}):
             raise ConfigurationError("a seller key's token is empty")
+        if api_key is not None and api_key in (seller_keys or {}):  # the seller would be operator
+            raise ConfigurationError("a seller key's token is the operator's api_key: give another")
         self.api_key = api_key
         self.sellers = {
             token: parse_address(address) for token, address in (seller_keys or {}).items()

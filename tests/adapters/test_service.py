@@ -176,6 +176,14 @@ def test_a_blank_token_is_refused_at_start_up(core: Core, keys: dict[str, Any]) 
         create_app(core, tick_interval=None, webhooks=False, **keys)
 
 
+def test_a_seller_key_that_is_the_operators_key_is_refused_at_start_up(core: Core) -> None:
+    """The operator's token given to a seller made that seller the operator: it voided,
+    scored and settled for every address and managed the webhooks."""
+    with pytest.raises(ConfigurationError, match="operator") as info:
+        create_app(core, api_key="Op-T0ken", seller_keys={"Op-T0ken": SELLER}, tick_interval=None)
+    assert "Op-T0ken" not in str(info.value)
+
+
 def test_seller_keys_act_for_their_own_seller_only(core: Core) -> None:
     """Sellers sharing one service cannot refund, cancel or pre-settle each other's payments."""
     other = TestBuyer.new().address
