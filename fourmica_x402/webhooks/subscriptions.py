@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .._text import has_control
+from .._urls import check_http_url
 from ..errors import ConfigurationError
 from .models import EVENT_TYPES, Subscription, subscription_from_row
 
@@ -39,6 +40,10 @@ def check_url(url: str) -> str:
         raise ConfigurationError("webhook url has no host")
     if has_control(url) or any(c.isspace() for c in url.strip()):
         raise ConfigurationError("webhook url contains whitespace or control characters")
+    try:  # a port past 65535 would reach another port, another service (httpx wraps it)
+        check_http_url(url.strip())
+    except ValueError as exc:
+        raise ConfigurationError(f"webhook url {exc}") from None
     return url.strip()
 
 
