@@ -266,6 +266,12 @@ def check_db(db: str) -> str:
     hint = "give sqlite:///path/to/core.db or postgresql://user@host/dbname"
     if db.startswith("sqlite:///") and "?" in db:  # it would be part of the file's name
         raise click.BadParameter(f"{db!r:.80} has a '?…' query: {hint}", param_hint="'--db'")
+    if db.startswith("sqlite:///") and db[len("sqlite:///") :].strip() == ":memory:":
+        # One per connection, gone at exit: a deposit into it reaches no seller, a service on
+        # it has another, empty one on each thread.
+        raise click.BadParameter(
+            f"an in-memory database lasts only as long as this command: {hint}", param_hint="'--db'"
+        )
     if db.startswith("sqlite:///") and db[len("sqlite:///") :].strip():
         return db
     if not db.strip():

@@ -172,6 +172,7 @@ def serve(
             "give a token of printable ASCII without spaces (or leave the option out)",
             param_hint="'--api-key'",
         )
+    check_db(db)
     try:
         family, _, _, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except (OSError, UnicodeError) as exc:
@@ -186,7 +187,6 @@ def serve(
         raise click.ClickException(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}"
         ) from None
-    check_db(db)
     try:
         import uvicorn
 

@@ -1028,3 +1028,17 @@ def test_serve_refuses_one_seller_token_for_two_addresses(db: str, busy_port: in
     assert "Sh4red" not in line and "two addresses" in line, line
     same = ("--seller-key", f"Sh4red={ADDRESS}", "--seller-key", f"Sh4red={ADDRESS}")
     refused(cli("serve", "--db", db, "--port", str(busy_port), *same), 1, "cannot listen")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("deposit", ADDRESS, "$5"),  # said it deposited: into a database gone at exit
+        ("positions",),
+        ("serve",),  # a database per thread: every request failed, with tracebacks
+    ],
+)
+def test_an_in_memory_db_is_refused(args: tuple[str, ...], busy_port: int) -> None:
+    port = ("--port", str(busy_port)) if args[0] == "serve" else ()
+    line = cli(args[0], "--db", "sqlite:///:memory:", *args[1:], *port)
+    refused(line, 2, "'--db'", "in-memory")
