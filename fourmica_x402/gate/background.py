@@ -282,6 +282,27 @@ def recover(gate: Gate) -> int:
     return len(rows)
 
 
+def recover_unsettled(gate: Gate) -> int:
+    """A gate whose records are not in the embedded Core's database (a remote facilitator):
+    label ``not_charged`` the settle-after records a dead process left before a settle named
+    their guarantee. Killed in the handler, it charged nothing; killed while the settle was
+    out, its mark voids the guarantee. Its header's replay is then no longer "in progress"
+    (docs/operations.md, "A remote facilitator"); a sibling still serving one writes its real
+    outcome over the label. Returns how many it labelled."""
+    try:
+        with gate.records.store.transaction() as tx:
+            labelled = tx.execute(
+                "UPDATE fx_records SET outcome = 'not_charged' WHERE status = 'verified' "
+                "AND settle_mode = 'after' AND outcome IS NULL AND guarantee_id IS NULL "
+                "AND created_at < ?",
+                (time.time(),),
+            )
+    except StoreUnavailable as exc:  # a read-only or missing database: requests fail closed
+        log.error("could not look for payments left unsettled: %s", exc)
+        return 0
+    return labelled
+
+
 def _recover_one(
     tx: Tx, now: float, record_id: int, gid: str, pay_to: str, state: str, deadline: Any
 ) -> None:

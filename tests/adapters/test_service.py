@@ -1708,6 +1708,78 @@ def test_a_client_leaving_during_a_settle_after_is_not_charged(core: Core, tmp_p
         next(service, None)
 
 
+def test_a_remote_settle_after_payment_whose_process_died_in_the_handler_is_not_in_progress(
+    core: Core, tmp_path: Path
+) -> None:
+    """On a remote facilitator, a settle-after seller killed inside the handler left its
+    record written before the settle ('verified', no guarantee, no outcome): the next gate on
+    that records database labelled nothing (start-up recovery ran on the embedded Core's
+    records only), and with ``idempotent_replay`` the buyer's retry of the header was answered
+    409 ``payment_in_progress`` ('send it again once it has ended') for ever. It is labelled
+    ``not_charged`` and the retry is answered ``replay_unavailable`` (docs/operations.md, "A
+    remote facilitator"); nothing was charged. The first gate's handler never ends here: it
+    stands for the process killed in it."""
+    import anyio
+
+    service = _served(create_app(core, api_key="op", tick_interval=None, webhooks=False))
+    url, _ = next(service)
+    inside, release = threading.Event(), threading.Event()
+
+    def seller(blocking: bool) -> tuple[Gate, Starlette]:
+        gate = Gate(
+            PaymentConfig(
+                pay_to=SELLER,
+                routes={"GET /premium": "$0.01"},
+                facilitator=HttpFacilitator(url, headers={"Authorization": "Bearer op"}),
+                records=str(tmp_path / "records.db"),
+                settle="after",
+                idempotent_replay=True,
+            )
+        )
+
+        async def premium(request: Request) -> JSONResponse:
+            if blocking:
+                inside.set()
+                await anyio.to_thread.run_sync(release.wait, 30)
+            return JSONResponse({"served": True})
+
+        middleware = [Middleware(PaymentMiddleware, gate=gate)]
+        return gate, Starlette(routes=[Route("/premium", premium)], middleware=middleware)
+
+    first = _served(seller(blocking=True)[1])
+    base, _ = next(first)
+    try:
+        buyer = TestBuyer.new()
+        core.deposit(buyer.address, 100_000, network=NETWORK)
+        challenge = httpx.get(f"{base}/premium").headers["payment-required"]
+        req = decode_payment_required(challenge).accepts[0]
+        asked = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": None}
+        asked["paymentRequirements"] = req.to_dict()
+        tab = httpx.post(str(req.extra["tabEndpoint"]), json=asked).json()
+        name, value = payment_header(buyer, req, tab)
+        paying = threading.Thread(
+            target=lambda: httpx.get(f"{base}/premium", headers={name: value}, timeout=60)
+        )
+        paying.start()
+        assert inside.wait(30)
+        gate, app = seller(blocking=False)  # the next process on the records database
+        [record] = gate.records.query(payer=buyer.address)
+        assert (record.status, record.outcome, record.guarantee_id) == (
+            "verified",
+            "not_charged",
+            None,
+        )
+        with TestClient(app) as again:
+            replayed = again.get("/premium", headers={name: value})
+        assert replayed.status_code == 409, replayed.text
+        assert replayed.json()["error"] == "replay_unavailable"
+        assert core.position(buyer.address, network=NETWORK).locked == 0
+    finally:
+        release.set()
+        next(first, None)
+        next(service, None)
+
+
 class _SlowSettleHeads:
     """A proxy on 127.0.0.1 in front of ``url`` that sends /settle's status line and headers a
     byte every 50 ms (so no single read waits long) and everything else at once."""
