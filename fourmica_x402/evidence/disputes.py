@@ -4,11 +4,13 @@ time, kept as history in ``fx_disputes`` of the records database (docs/operation
 
 A guarantee's disputes are numbered rows (``seq`` 1, 2, …); a change reads the last one and
 writes the next in one transaction, and two concurrent changes cannot both win: the second
-finds its number taken. A dispute may be opened again once resolved.
+finds its number taken. A dispute may be opened again once resolved. A guarantee id is taken in
+any case (the Core's form is lower case): each guarantee has one history.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -24,12 +26,23 @@ __all__ = ["MAX_NOTE", "DisputeEntry", "DisputeError", "Disputes", "latest_state
 MAX_NOTE = 2000
 #: state → the state it may follow (None: no dispute yet, or the last one resolved).
 _AFTER = {"opened": (None, "resolved"), "resolved": ("opened",)}
+_GUARANTEE_ID = re.compile(r"0x[0-9a-fA-F]{64}\Z")
 
 
 class DisputeError(FourmicaError):
     """A transition the dispute's state does not allow (resolving one that is not open…)."""
 
     status = 409
+
+
+def _key(guarantee_id: str) -> str:
+    """The guarantee id as the Core writes it: ``0x`` and 64 lower-case hex digits."""
+    if not isinstance(guarantee_id, str) or not _GUARANTEE_ID.match(guarantee_id):
+        raise DisputeError(
+            f"{guarantee_id!r:.80} is not a guarantee id (0x and 64 hex digits)",
+            reason="unknown_guarantee",
+        )
+    return guarantee_id.lower()
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,7 @@ class Disputes:
 
     def history(self, guarantee_id: str) -> list[DisputeEntry]:
         """Every state change of the guarantee's disputes, oldest first."""
+        guarantee_id = _key(guarantee_id)
         with self.store.transaction(write=False) as tx:
             rows = tx.all(
                 "SELECT state, note, at FROM fx_disputes WHERE guarantee_id = ? ORDER BY seq",
@@ -69,6 +83,7 @@ class Disputes:
         return self._change(guarantee_id, "resolved", note)
 
     def _change(self, guarantee_id: str, state: str, note: str) -> DisputeEntry:
+        guarantee_id = _key(guarantee_id)
         note = note.strip()
         if not note:
             raise DisputeError("give a note saying why", reason="invalid_note")

@@ -502,6 +502,30 @@ def test_disputes_through_the_command_line(shop: Shop, buyer: TestBuyer, tmp_pat
     )
 
 
+def test_a_dispute_opened_with_the_id_in_capitals_is_the_same_dispute(
+    shop: Shop, buyer: TestBuyer
+) -> None:
+    """The Python API took a guarantee id as given: one in capitals (pasted from a buyer's
+    mail) opened a second dispute beside the open one, which no bundle, history or dashboard
+    showed. Any case names the same guarantee; text that is no guarantee id is refused."""
+    from fourmica_x402.evidence.disputes import DisputeError, Disputes
+
+    gid = shop.sell(buyer, 10_000)
+    disputes = Disputes(shop.records)
+    disputes.open(gid, "empty response body")
+    with pytest.raises(DisputeError) as info:
+        disputes.open(gid.upper().replace("0X", "0x"), "again, in capitals")
+    assert info.value.reason == "invalid_dispute_transition"
+    disputes.resolve(gid.upper().replace("0X", "0x"), "resent")
+    assert [e.state for e in disputes.history(gid)] == ["opened", "resolved"]
+    assert disputes.state(gid.upper().replace("0X", "0x")) == "resolved"
+    assert verify_bundle(build_bundle(shop.core, shop.records, gid)).dispute == "resolved"
+    for bad in ("", "0x12", "not an id", gid + "00"):
+        with pytest.raises(DisputeError) as info:
+            disputes.open(bad, "x")
+        assert info.value.reason == "unknown_guarantee"
+
+
 def test_the_public_key_as_the_public_parameters_list_it(
     shop: Shop, bundle: bytes, tmp_path: Path
 ) -> None:
