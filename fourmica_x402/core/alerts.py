@@ -17,6 +17,7 @@ it, signed like every event) and a ``WARNING`` line of the ``fourmica_x402.alert
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -99,7 +100,10 @@ class AlertRules:
             _check_int(self, name, 0)
         for name, low in (("settlement_deadline", 0.0), ("reconciler_backlog_age", 0.0)):
             value = getattr(self, name)
-            if value is not None and (not _is_number(value) or value < low):
+            # NaN or infinity: no database compares a time with it as with a number
+            if value is not None and (
+                not _is_number(value) or not math.isfinite(value) or value < low
+            ):
                 raise ConfigurationError(f"alerts: {name} must be seconds ≥ {low:g}, or None")
         for name in ("invalid_window", "interval"):
             value = getattr(self, name)

@@ -128,6 +128,20 @@ def test_rules_are_checked_and_parsed() -> None:
     assert AlertRules(collateral_floor=2**63 - 1, default=2**63 - 1).default == 2**63 - 1
 
 
+@pytest.mark.parametrize("name", ["settlement_deadline", "reconciler_backlog_age"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_duration_that_is_no_number_of_seconds_is_refused(name: str, value: float) -> None:
+    """NaN and infinity passed the "≥ 0" check: a NaN settlement deadline never fired on
+    SQLite (NULL compares with nothing) and fired at once on PostgreSQL (NaN is above every
+    number); a NaN backlog age fired on the first open follow-up, whatever its age. The
+    operator believed a rule on that was not what it said. A 400-digit number parsed from
+    ``--alerts`` is infinity too."""
+    with pytest.raises(ConfigurationError, match=name):
+        AlertRules(**{name: value})
+    with pytest.raises(ConfigurationError, match=name):
+        AlertRules.parse(f"{name}={'9' * 400}")
+
+
 def test_collateral_floor_fires_once_per_crossing(world: World) -> None:
     rules = AlertRules(collateral_floor=5_000)
     buyer = world.buyer(10_000)
