@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from .._eth import keccak, parse_address
@@ -38,7 +39,7 @@ class CoreConfig:
     operator_seed: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.tab_ttl <= 0:
+        if not _finite(self.tab_ttl) or self.tab_ttl <= 0:
             raise ValueError("tab_ttl must be positive")
         for name in (
             "cycle_window",
@@ -49,8 +50,15 @@ class CoreConfig:
             "validation_timeout",
             "max_clock_skew",
         ):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative")
+            # NaN passes "not negative" and compares with no time: a NaN grace let a
+            # withdrawal out at once on PostgreSQL (docs/operations.md, "Operator settings")
+            if not _finite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a finite number of seconds, not negative")
+
+
+def _finite(value: float) -> bool:
+    """Not NaN nor infinite (an int always is: ``math.isfinite`` would overflow on a huge one)."""
+    return isinstance(value, int) or math.isfinite(value)
 
 
 class Domains:

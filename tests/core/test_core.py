@@ -1047,6 +1047,30 @@ def test_a_negative_duration_is_refused_when_the_config_is_built(name: str) -> N
         CoreConfig(**{name: -1})
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "tab_ttl",
+        "cycle_window",
+        "resolution_delay",
+        "payment_window",
+        "finality",
+        "withdrawal_grace",
+        "validation_timeout",
+        "max_clock_skew",
+    ],
+)
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_duration_that_is_no_number_of_seconds_is_refused(name: str, value: float) -> None:
+    """NaN passed the "not negative" check: a NaN withdrawal grace wrote a NaN
+    ``available_at``, which PostgreSQL's ``now < available_at`` never holds, so the
+    withdrawal was paid out at once, with no grace (on SQLite the NaN is NULL: a traceback);
+    a NaN finality left a cycle's unpaid debits uncovered for good. The command line's
+    durations are finite already; the Python API now refuses the same."""
+    with pytest.raises(ValueError, match=name):
+        CoreConfig(**{name: value})
+
+
 @pytest.mark.parametrize("big", [2**63, 2**70, -1])
 def test_an_id_no_column_can_hold_names_no_withdrawal_or_cycle(core: Core, big: int) -> None:
     """On SQLite a withdrawal or cycle id of 2**63 or more was a bare OverflowError from the
