@@ -12,6 +12,7 @@ turns on the cursor row and a delivery is claimed by a conditional ``UPDATE`` (:
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from ..core.common import INT64_MAX
 from ..core.schema import migrate
 from ..errors import ConfigurationError
 from .delivery import DeliveryMixin
@@ -63,12 +65,14 @@ class Webhooks(SubscriptionsMixin, OutboxMixin, DeliveryMixin):
         timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if int(max_attempts) < 1:
-            raise ConfigurationError("max_attempts must be at least 1")
-        if not 0 < base_delay <= max_delay:
-            raise ConfigurationError("need 0 < base_delay <= max_delay")
-        if not timeout > 0:
-            raise ConfigurationError("timeout must be positive")
+        if not 1 <= int(max_attempts) <= INT64_MAX:  # compared in SQL: a 64-bit integer
+            raise ConfigurationError(f"max_attempts must be 1..{INT64_MAX}")
+        # Finite: an infinite delay parks a delivery for good, an infinite timeout overflows
+        # the timer that ends an attempt, so every attempt failed
+        if not 0 < base_delay <= max_delay < math.inf:
+            raise ConfigurationError("need 0 < base_delay <= max_delay, in seconds")
+        if not 0 < timeout < math.inf:
+            raise ConfigurationError("timeout must be positive seconds")
         self.core = core
         self.store = core.store
         self.max_attempts = int(max_attempts)

@@ -277,6 +277,26 @@ def test_bad_settings_are_refused(core: Core) -> None:
             Webhooks(core, **options)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"timeout": float("inf")},
+        {"base_delay": float("inf"), "max_delay": float("inf")},
+        {"max_attempts": 2**63},
+        {"max_attempts": 10**30},
+    ],
+)
+def test_settings_no_delivery_could_run_with_are_refused(
+    core: Core, options: dict[str, float]
+) -> None:
+    """``timeout=inf`` (meant as "no timeout") failed every attempt with the cutoff timer's
+    OverflowError, so no event was ever delivered; infinite delays parked a failed delivery
+    for good; a ``max_attempts`` past 2**63 - 1 failed every round of the worker (SQLite
+    takes no larger integer). Each is a configuration error when the worker is built."""
+    with pytest.raises(ConfigurationError):
+        Webhooks(core, **options)  # type: ignore[arg-type]
+
+
 def test_subscriptions_list_unsubscribe_and_secrets_stay_hidden(
     core: Core, make_hooks: Callable[..., Webhooks], receiver: Receiver
 ) -> None:
