@@ -39,6 +39,15 @@ log = logging.getLogger("fourmica_x402.webhooks")
 _MIN_GAP = 0.05  # seconds between two rounds of the worker, however busy the Core is
 
 
+def _check_interval(interval: float) -> None:
+    """A wait the thread can make: an infinite one (or past ``threading.TIMEOUT_MAX``) raised
+    OverflowError in the worker's thread, which ended it after its first round."""
+    if isinstance(interval, bool) or not 0 < interval <= threading.TIMEOUT_MAX:
+        raise ConfigurationError(
+            f"interval must be positive seconds, at most {threading.TIMEOUT_MAX:g}"
+        )
+
+
 class Webhooks(SubscriptionsMixin, OutboxMixin, DeliveryMixin):
     """Webhook subscriptions, their outbox and delivery log, in the Core's database.
 
@@ -99,6 +108,7 @@ class Webhooks(SubscriptionsMixin, OutboxMixin, DeliveryMixin):
     def run(self, stop: threading.Event, interval: float = 1.0) -> None:
         """Run rounds until ``stop`` is set: every ``interval`` seconds, or sooner when this
         process's Core commits an event. Errors (a database away) are logged, not raised."""
+        _check_interval(interval)
         while not stop.is_set():
             try:
                 while self.run_once() >= 100 and not stop.is_set():
@@ -114,6 +124,7 @@ class Webhooks(SubscriptionsMixin, OutboxMixin, DeliveryMixin):
         """Run :meth:`run` in a daemon thread (once; a second call returns the same thread)."""
         if self._thread is not None and self._thread.is_alive():
             return self._thread
+        _check_interval(interval)  # here: in the thread, it would end it unseen
         self._stop.clear()
         self._unsubscribe = self.core.subscribe(lambda _event: self._wake.set())
         self._thread = threading.Thread(

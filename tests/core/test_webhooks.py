@@ -297,6 +297,19 @@ def test_settings_no_delivery_could_run_with_are_refused(
         Webhooks(core, **options)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("interval", [float("inf"), 1e12, float("nan"), 0, -1])
+def test_a_worker_interval_it_cannot_wait_is_refused_at_start(
+    make_hooks: Callable[..., Webhooks], interval: float
+) -> None:
+    """``start(interval=inf)`` (wake on the Core's events only) started a thread that died of
+    an OverflowError after its first round: no event was delivered again, and nothing said
+    so but a thread traceback. It is a configuration error at ``start``, no thread made."""
+    hooks = make_hooks()
+    with pytest.raises(ConfigurationError, match="interval"):
+        hooks.start(interval=interval)
+    assert hooks._thread is None
+
+
 def test_subscriptions_list_unsubscribe_and_secrets_stay_hidden(
     core: Core, make_hooks: Callable[..., Webhooks], receiver: Receiver
 ) -> None:
