@@ -229,8 +229,10 @@ class Jobs:
             _stage_row(tx, job_id, stage.number, guarantee_id, amount, now)
         return JobStage(job_id, stage.job, stage.number, stage.of)
 
-    def delivered(self, job: JobStage) -> None:
-        """The stage's 2xx response was delivered whole: the job moves on (or is done)."""
+    def delivered(self, job: JobStage, guarantee_id: str | None = None) -> None:
+        """The stage's 2xx response was delivered whole: the job moves on (or is done).
+        ``guarantee_id``: one the stage's row does not name yet (settle-after: the row is
+        written when the stage starts, before its settle)."""
         now = time.time()
         with self.store.transaction() as tx:
             done = tx.execute(
@@ -241,15 +243,15 @@ class Jobs:
             )
             if done:
                 tx.execute(
-                    "UPDATE fx_job_stages SET outcome = 'delivered', at = ? "
-                    "WHERE job_id = ? AND stage = ?",
-                    (now, job.id, job.stage),
+                    "UPDATE fx_job_stages SET outcome = 'delivered', at = ?, "
+                    "guarantee_id = COALESCE(guarantee_id, ?) WHERE job_id = ? AND stage = ?",
+                    (now, guarantee_id, job.id, job.stage),
                 )
 
-    def failed(self, job: JobStage) -> None:
+    def failed(self, job: JobStage, guarantee_id: str | None = None) -> None:
         """The stage was not delivered (refunded): the job fails, no later stage is sold."""
         with self.store.transaction() as tx:
-            _fail(tx, job.id, job.stage, time.time())
+            _fail(tx, job.id, job.stage, time.time(), guarantee_id)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -291,7 +293,7 @@ def _stage_row(
     )
 
 
-def _fail(tx: Any, job_id: str, stage: int, now: float) -> None:
+def _fail(tx: Any, job_id: str, stage: int, now: float, guarantee_id: str | None = None) -> None:
     failed = tx.execute(
         "UPDATE fx_jobs SET state = 'failed', running = NULL, running_since = NULL, "
         "updated_at = ? WHERE job_id = ? AND state <> 'failed' AND (running = ? OR done = ?)",
@@ -299,6 +301,7 @@ def _fail(tx: Any, job_id: str, stage: int, now: float) -> None:
     )
     if failed:
         tx.execute(
-            "UPDATE fx_job_stages SET outcome = 'failed', at = ? WHERE job_id = ? AND stage = ?",
-            (now, job_id, stage),
+            "UPDATE fx_job_stages SET outcome = 'failed', at = ?, "
+            "guarantee_id = COALESCE(guarantee_id, ?) WHERE job_id = ? AND stage = ?",
+            (now, guarantee_id, job_id, stage),
         )

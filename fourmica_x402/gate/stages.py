@@ -92,7 +92,7 @@ def started(gate: Gate, state: Paid, status: int) -> Flow:
     if job is None or state.replay is not None:
         return []
     if not 200 <= status < 300 or state.settle_failed is not None:
-        yield Call(gate.jobs.failed, (job,))
+        yield Call(gate.jobs.failed, (job, state.payment.guarantee_id))
     return headers(job)
 
 
@@ -116,7 +116,8 @@ def ended(gate: Gate, state: Paid, delivered: bool) -> Flow:
     would stand even if this one broke off (docs/protocol.md, "Staged work")."""
     job: JobStage | None = state.payment.job
     if job is not None and state.replay is None:
-        yield Call(gate.jobs.delivered if delivered else gate.jobs.failed, (job,))
+        moved = gate.jobs.delivered if delivered else gate.jobs.failed  # settle-after: now
+        yield Call(moved, (job, state.payment.guarantee_id))  # its guarantee is known
 
 
 def extra(gate: Gate, route: Route, network: str, asset: str) -> dict[str, Any]:

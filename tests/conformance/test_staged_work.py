@@ -31,7 +31,7 @@ from fourmica_x402.client import (
 from fourmica_x402.core.store import StoreUnavailable
 from fourmica_x402.errors import BudgetExhausted, ConfigurationError
 from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
-from fourmica_x402.wire import decode_payment_required
+from fourmica_x402.wire import decode_header_json, decode_payment_required
 
 harness = sys.modules["conformance_buyers"]  # loaded by conftest.py
 CENT = 10_000  # "$0.01" in atomic units
@@ -285,7 +285,31 @@ def test_settle_after_a_stage_is_charged_only_when_delivered(
     refused(seller.request("GET", "/cached", headers={"job-id": job_id}), 409, "job_failed")
     stored = Jobs(seller.core).get(job_id)
     assert stored is not None and stored.state == "failed"
-    assert stored.history[0][1] is None  # settle-after: no guarantee yet when a stage starts
+    assert stored.history[0][1] is not None  # delivered: settled, its guarantee named
+
+
+def test_settle_after_each_delivered_stage_names_its_guarantee(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    """``fx_job_stages`` keeps each stage's guarantee (docs/protocol.md, "Staged work"): with
+    ``settle="after"`` a stage's row is written when it starts, before its settle, and kept
+    no guarantee id for good, so a delivered stage could not be tied to what paid for it."""
+    seller = make_seller(routes={**base_routes, **job()}, settle="after")
+    buyer = kit.funded(seller)
+    opened = pay_stage(seller, buyer, "/echo", "POST")
+    assert opened.status == 200, opened.text
+    job_id = opened.headers["job-id"]
+    analysed = pay_stage(seller, buyer, "/items/7", job_id=job_id)
+    assert analysed.status == 200, analysed.text
+    stored = Jobs(seller.core).get(job_id)
+    assert stored is not None and stored.done == 2
+    named = [
+        decode_header_json(r.headers["payment-response"])["transaction"] for r in (opened, analysed)
+    ]
+    assert [(s, g, o) for s, g, _, o in stored.history] == [
+        (1, named[0], "delivered"),
+        (2, named[1], "delivered"),
+    ]
 
 
 def test_a_replayed_stage_names_its_job_as_the_first_answer_did(
