@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,18 +79,22 @@ class Stage:
             raise ConfigurationError(f"stage {self.number!r} is not one of 1..{self.of}")
 
 
-def check_stage(key: str, stage: Stage, routes: Iterable[Any]) -> None:
-    """ConfigurationError when another of ``routes`` counts the stages of ``stage``'s job
-    otherwise: its later stages would be refused ``unknown_job`` after a buyer paid for the
-    first ones."""
-    for other in routes:
-        theirs = other.config.stage
-        if theirs is None or other.key == key or theirs.job != stage.job:
+def check_stage(key: str, config: Any, routes: Mapping[str, Any]) -> None:
+    """ConfigurationError when ``config`` (a ``RouteConfig``) is a stage and another of
+    ``routes`` (route key → ``RouteConfig``: table entries and per-handler markers alike)
+    counts the stages of its job otherwise: its later stages would be refused
+    ``unknown_job`` after a buyer paid for the first ones."""
+    stage: Stage | None = config.stage
+    if stage is None:
+        return
+    for other, their in routes.items():
+        theirs = their.stage
+        if theirs is None or other == key or theirs.job != stage.job:
             continue
         if theirs.of != stage.of:
             raise ConfigurationError(
                 f"route {key!r}: job {stage.job!r} has {stage.of} stages here and "
-                f"{theirs.of} at {other.key!r}"
+                f"{theirs.of} at {other!r}"
             )
 
 

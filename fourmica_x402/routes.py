@@ -253,8 +253,7 @@ class RouteTable:
         at = shapes.index(same) if same in shapes else None
         if at is not None and (not replace or self.routes[at].key != route.key):
             raise ConfigurationError(f"route {key!r} is priced already: {self.routes[at].key!r}")
-        if route.config.stage is not None:  # one job, one count of stages (docs/protocol.md)
-            check_stage(route.key, route.config.stage, self.routes)
+        check_stage(route.key, route.config, self.configured)  # one count (docs/protocol.md)
         self.configured[route.key] = route.config
         if at is not None and route.key in self.overrides:
             from .gate.prices import at_price
@@ -288,6 +287,7 @@ class RouteTable:
         assert endpoint.marker is not None
         key = self.marker_key(endpoint)
         methods = key.partition(" ")[0]
+        check_stage(key, endpoint.marker, self.configured)  # a stage, as a table entry's
         self.configured.setdefault(key, endpoint.marker)
         config = endpoint.marker
         if key in self.overrides:  # a run-time price

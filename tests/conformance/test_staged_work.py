@@ -517,6 +517,58 @@ def test_a_job_whose_routes_disagree_on_its_stage_count_fails_at_start_up() -> N
     table.add("GET /other", {"price": "$0.01", "stage": Stage("audit", 1, of=1)})  # another job
 
 
+def test_a_marked_stage_disagreeing_on_its_jobs_stage_count_fails_at_start_up(
+    tmp_path: Any,
+) -> None:
+    """Stages priced by ``@paid`` markers were never checked against each other or the table
+    (only table entries were): stage 1 said 3 stages and stage 2 said 2, so every buyer paid
+    for stage 1 of a job whose stage 2 answered ``unknown_job`` for good."""
+    from flask import Flask
+    from fourmica_x402.adapters.flask import FourmicaX402, paid
+
+    from fourmica_x402.core import Core
+
+    core = Core(str(tmp_path / "marker-stages.db"))
+    app = Flask(__name__)
+    settings = {"pay_to": TestBuyer.new().address, "network": NETWORK, "core": core}
+    settings["routes"] = {"POST /draft": {"price": "$0.01", "stage": Stage("essay", 1, of=2)}}
+    app.config.update({f"FOURMICA_X402_{k.upper()}": v for k, v in settings.items()})
+    payments = FourmicaX402(app)
+
+    @app.post("/draft")
+    def draft() -> Any:
+        return {"ok": True}
+
+    @app.get("/gather")
+    @paid("$0.01", stage=Stage("memo", 1, of=3))
+    def gather() -> Any:
+        return {"ok": True}
+
+    @app.get("/write")
+    @paid("$0.02", stage=Stage("memo", 2, of=2))
+    def write() -> Any:
+        return {"ok": True}
+
+    with pytest.raises(ConfigurationError, match="memo"):
+        payments.check()
+    core.close()
+    core = Core(str(tmp_path / "marker-table.db"))  # a marker against a table entry
+    app = Flask(__name__)
+    settings["core"] = core
+    app.config.update({f"FOURMICA_X402_{k.upper()}": v for k, v in settings.items()})
+    payments = FourmicaX402(app)
+    app.post("/draft")(draft)
+
+    @app.get("/revise")
+    @paid("$0.02", stage=Stage("essay", 2, of=3))
+    def revise() -> Any:
+        return {"ok": True}
+
+    with pytest.raises(ConfigurationError, match="essay"):
+        payments.check()
+    core.close()
+
+
 @pytest.mark.parametrize(
     ("ahead", "read"),
     [("30000", 30_000), ("²", 0), ("٣", 0), ("-5", 0), ("1" * 79, 0), (5, 0), (None, 0)],
