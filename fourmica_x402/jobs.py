@@ -56,6 +56,8 @@ MIGRATIONS: list[list[str]] = [
             amount {int} NOT NULL, outcome TEXT NOT NULL, at {real} NOT NULL,
             PRIMARY KEY (job_id, stage))""",
     ],
+    # the payTo its stage 1 was paid to: another seller on this database sells no stage of it
+    ["ALTER TABLE fx_jobs ADD COLUMN pay_to TEXT"],
 ]
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
@@ -192,35 +194,59 @@ class Jobs:
             )
         return None if row is None else _job(row, history)
 
-    def refusal(self, job_id: str, stage: Stage, payer: str | None = None) -> str | None:
+    def refusal(
+        self,
+        job_id: str,
+        stage: Stage,
+        payer: str | None = None,
+        sellers: frozenset[str] | None = None,
+    ) -> str | None:
         """Why stage ``stage`` of job ``job_id`` may not be paid for now (a reason code), or
-        None. ``payer`` None: not known yet (no payment); else it must be the job's."""
+        None. ``payer`` None: not known yet (no payment); else it must be the job's.
+        ``sellers``: the payTo addresses (lower case) this seller's stage 1 of the job is paid
+        to (None: not known); a job whose stage 1 was paid to none of them is not its job."""
         with self.store.transaction(write=False) as tx:
             row = self._read(tx, job_id, lock=False)
-        return _why(row, stage, payer, time.time(), self.stale_after)
+        return _why(row, stage, payer, time.time(), self.stale_after, sellers)
 
     # -- writing -------------------------------------------------------------------------------
 
-    def open(self, stage: Stage, payer: str, guarantee_id: str | None, amount: int) -> JobStage:
-        """A new job, its first stage running (the caller was paid for it)."""
+    def open(
+        self,
+        stage: Stage,
+        payer: str,
+        guarantee_id: str | None,
+        amount: int,
+        pay_to: str | None = None,
+    ) -> JobStage:
+        """A new job, its first stage running (the caller was paid for it, to ``pay_to``)."""
         job_id, now = "job_" + secrets.token_hex(16), time.time()
+        seller = None if pay_to is None else pay_to.lower()
         with self.store.transaction() as tx:
             tx.execute(
-                f"INSERT INTO fx_jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, 0, 1, ?, 'open', ?, ?)",
-                (job_id, stage.job, payer.lower(), stage.of, now, now, now),
+                f"INSERT INTO fx_jobs ({_COLUMNS}, pay_to) "
+                "VALUES (?, ?, ?, ?, 0, 1, ?, 'open', ?, ?, ?)",
+                (job_id, stage.job, payer.lower(), stage.of, now, now, now, seller),
             )
             _stage_row(tx, job_id, 1, guarantee_id, amount, now)
         return JobStage(job_id, stage.job, 1, stage.of)
 
     def claim(
-        self, job_id: str, stage: Stage, payer: str, guarantee_id: str | None, amount: int
+        self,
+        job_id: str,
+        stage: Stage,
+        payer: str,
+        guarantee_id: str | None,
+        amount: int,
+        sellers: frozenset[str] | None = None,
     ) -> JobStage | str:
         """Mark stage ``stage`` running (the caller was paid for it): its :class:`JobStage`, or
-        the reason it may not run (another request took it meanwhile, say)."""
+        the reason it may not run (another request took it meanwhile, say); ``sellers`` as in
+        :meth:`refusal`."""
         now = time.time()
         with self.store.transaction() as tx:
             row = self._read(tx, job_id, lock=True)
-            why = _why(row, stage, payer, now, self.stale_after)
+            why = _why(row, stage, payer, now, self.stale_after, sellers)
             if why is not None:
                 if why == "job_failed" and row is not None and row[7] == "open":  # stale
                     _fail(tx, job_id, int(row[5]), now)
@@ -262,18 +288,25 @@ class Jobs:
     def _read(self, tx: Any, job_id: str, *, lock: bool) -> Sequence[Any] | None:
         if not _ID.match(job_id):
             return None
-        sql = f"SELECT {_COLUMNS} FROM fx_jobs WHERE job_id = ?"
+        sql = f"SELECT {_COLUMNS}, pay_to FROM fx_jobs WHERE job_id = ?"
         if lock and self.store.dialect == "postgres":
             sql += " FOR UPDATE"
         return tx.one(sql, (job_id,))
 
 
 def _why(
-    row: Sequence[Any] | None, stage: Stage, payer: str | None, now: float, stale_after: float
+    row: Sequence[Any] | None,
+    stage: Stage,
+    payer: str | None,
+    now: float,
+    stale_after: float,
+    sellers: frozenset[str] | None = None,
 ) -> str | None:
     """The admission rules, in the order a buyer can act on them."""
     if row is None or row[1] != stage.job or int(row[3]) != stage.of:
         return "unknown_job"
+    if sellers is not None and row[10] is not None and row[10] not in sellers:
+        return "unknown_job"  # a job another seller on this database opened
     if payer is not None and row[2] != payer.lower():
         return "job_not_yours"
     state, done, running = row[7], int(row[4]), row[5]

@@ -51,7 +51,7 @@ def admit(gate: Gate, stage: Stage, request: RequestView, payer: str | None = No
     job_id = request.header(JOB_HEADER)
     if not job_id:
         return refusal("job_required", stage)
-    why = yield Call(gate.jobs.refusal, (job_id.strip(), stage, payer))
+    why = yield Call(gate.jobs.refusal, (job_id.strip(), stage, payer, _sellers(gate, stage)))
     if why is not None and payer is None and (yield from _replaying(gate, request)):
         return None  # a payment sent again: its recorded response answers it (pay.paid)
     return None if why is None else refusal(why, stage)
@@ -72,13 +72,12 @@ def claim(gate: Gate, stage: Stage, request: RequestView, payment: Payment) -> F
     """Tie the paid request to its job (``payment.job``); a :class:`Response` when it lost
     the stage to a concurrent request (the caller voids the payment)."""
     if stage.number == 1:
-        job = yield Call(
-            gate.jobs.open, (stage, payment.payer, payment.guarantee_id, payment.amount)
-        )
+        opened = (stage, payment.payer, payment.guarantee_id, payment.amount, payment.pay_to)
+        job = yield Call(gate.jobs.open, opened)
     else:
         job_id = (request.header(JOB_HEADER) or "").strip()
         args = (job_id, stage, payment.payer, payment.guarantee_id, payment.amount)
-        job = yield Call(gate.jobs.claim, args)
+        job = yield Call(gate.jobs.claim, (*args, _sellers(gate, stage)))
         if isinstance(job, str):
             return refusal(job, stage)
     payment.job = job
@@ -155,6 +154,21 @@ def _charged(route: Route, offer: int, amount: int) -> int:
     if terms.cap is not None:
         return terms.cap
     return max(amount, terms.minimum or 0)
+
+
+def _sellers(gate: Gate, stage: Stage) -> frozenset[str] | None:
+    """The payTo addresses this seller's stage 1 of ``stage``'s job is paid to (None when one
+    is worked out per request): a job opened by another seller sharing the database, with a
+    job of the same name, is not this seller's to go on with (docs/protocol.md)."""
+    found: set[str] = set()
+    for route in _routes(gate):
+        theirs = route.config.stage
+        if theirs is not None and theirs.job == stage.job and theirs.number == 1:
+            for offer in route.offers:
+                if not isinstance(offer.pay_to, str):
+                    return None
+                found.add(offer.pay_to.lower())
+    return frozenset(found) if found else None
 
 
 def _routes(gate: Gate) -> list[Route]:

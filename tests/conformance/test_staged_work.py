@@ -35,6 +35,7 @@ from fourmica_x402.wire import decode_header_json, decode_payment_required
 
 harness = sys.modules["conformance_buyers"]  # loaded by conftest.py
 CENT = 10_000  # "$0.01" in atomic units
+OTHER_SELLER = TestBuyer.new().address  # another seller's payTo
 
 
 #: The conformance apps' routes as a three-stage "report" job: gather (POST /echo, $0.01),
@@ -375,6 +376,25 @@ def test_a_later_stage_is_only_for_the_jobs_payer(
 
 
 # -- the buyer client ---------------------------------------------------------------------------
+
+
+def test_a_job_opened_at_another_seller_on_the_same_database_is_not_this_sellers(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    """Two sellers on one Core database (docs/buyer.md's travel agent runs six) both selling a
+    job named ``report``: a buyer paid the first one's cheap stage 1, then bought the second
+    one's stage 2 under that Job-Id, skipping the stage 1 it never paid there, and so used up
+    the first seller's stage 2 as well (``stage_done`` there)."""
+    first = make_seller(routes={**base_routes, **job()})
+    second = make_seller(routes={**base_routes, **job()}, core=first.core, pay_to=OTHER_SELLER)
+    buyer = kit.funded(first)
+    opened = pay_stage(first, buyer, "/echo", "POST")
+    assert opened.status == 200, opened.text
+    job_id = opened.headers["job-id"]
+    refused(second.request("GET", "/items/7", headers={"job-id": job_id}), 404, "unknown_job")
+    analysed = pay_stage(first, buyer, "/items/7", job_id=job_id)  # its own seller goes on
+    assert analysed.status == 200 and analysed.headers["job-stage"] == "2/3"
+    assert kit.locked(first, buyer) == 3 * CENT  # its stages 1 and 2, nothing at the other
 
 
 def test_the_buyer_client_drives_a_job_within_one_task_budget(
