@@ -5,6 +5,11 @@ from typing import Any
 
 __all__ = ["answers_itself", "bound_view"]
 
+#: Packages whose views' ``dispatch()`` hands on to the method's handler (or answers 405):
+#: Django's, and Django REST Framework's ``APIView`` (docs/architecture.md, "Which route is
+#: priced").
+_HANDING_ON = ("django", "rest_framework")
+
 
 def answers_itself(cls: type) -> bool:
     """Whether a class-based view may answer any method itself: its ``dispatch()`` (a proxy,
@@ -18,8 +23,8 @@ def _own(cls: type, name: str) -> bool:
         if (method := klass.__dict__.get(name)) is None:
             continue
         module = getattr(method := inspect.unwrap(method), "__module__", None) or ""
-        if module == "django" or module.startswith("django."):
-            continue  # Django's own (an access mixin's, View's) hands on: a later one may not
+        if module.partition(".")[0] in _HANDING_ON:
+            continue  # Django's own (an access mixin's, View's), DRF's: a later one may not
         code = getattr(method, "__code__", None)
         if code is None or not set(code.co_names) <= {"super", name}:
             return True  # its own logic: any method may be answered there

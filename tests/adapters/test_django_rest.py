@@ -1,0 +1,180 @@
+"""Django REST Framework sellers: APIViews, ``@api_view`` functions and ViewSets behind the
+Django payment middleware, priced by the route table and by ``@paid``, paid with valid
+payments (docs/architecture.md, "Which route is priced").
+
+A DRF view serves the methods it has handlers for (a ViewSet: its route's actions): a free
+method beside a priced one runs free, a method it lacks is DRF's own 405.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import django
+import pytest
+from django.conf import settings
+
+if not settings.configured:  # another Django test module may have configured them already
+    settings.configure(
+        DEBUG=False,
+        ALLOWED_HOSTS=["*"],
+        SECRET_KEY="tests",
+        INSTALLED_APPS=["fourmica_x402.adapters.django"],
+        DATABASES={},
+    )
+    django.setup()
+
+from django.test import Client, override_settings
+from django.urls import include, path
+from django.utils.decorators import method_decorator
+from fourmica_x402.adapters.django import paid
+from rest_framework import routers, viewsets
+from rest_framework.decorators import api_view
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from fourmica_x402.core import Core
+from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
+from fourmica_x402.wire import decode_payment_required
+
+SELLER = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+#: No users, sessions or browsable API: this process has no auth app installed.
+DRF = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": [],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "UNAUTHENTICATED_USER": None,
+}
+seen: list[tuple[str, Any]] = []
+
+
+class Quotes(APIView):
+    """GET sold by a table entry, POST free."""
+
+    def get(self, request: Request) -> Response:
+        seen.append(("get", request.payment))  # type: ignore[attr-defined]
+        return Response({"quote": "paid content"})
+
+    def post(self, request: Request) -> Response:
+        seen.append(("post", request.payment))  # type: ignore[attr-defined]
+        return Response({"posted": True}, status=201)
+
+
+@api_view(["GET", "POST"])
+def notes(request: Request) -> Response:
+    seen.append((request.method or "", request.payment))  # type: ignore[attr-defined]
+    return Response({"method": request.method})
+
+
+class Items(viewsets.ViewSet):
+    """list sold by a table entry; create free."""
+
+    def list(self, request: Request) -> Response:
+        seen.append(("list", request.payment))  # type: ignore[attr-defined]
+        return Response([{"id": 1}])
+
+    def create(self, request: Request) -> Response:
+        seen.append(("create", request.payment))  # type: ignore[attr-defined]
+        return Response({"created": True}, status=201)
+
+
+@paid(price="$0.03")
+class Reports(viewsets.ViewSet):
+    """Priced whole: every route its router makes."""
+
+    def list(self, request: Request) -> Response:
+        seen.append(("list", request.payment))  # type: ignore[attr-defined]
+        return Response([{"id": 1}])
+
+    def retrieve(self, request: Request, pk: str) -> Response:
+        seen.append(("retrieve", request.payment))  # type: ignore[attr-defined]
+        return Response({"id": pk})
+
+
+class Orders(viewsets.ViewSet):
+    """Its list priced by a marker on the action; create free."""
+
+    @method_decorator(paid(price="$0.04"))
+    def list(self, request: Request) -> Response:
+        seen.append(("list", request.payment))  # type: ignore[attr-defined]
+        return Response([{"id": 1}])
+
+    def create(self, request: Request) -> Response:
+        seen.append(("create", request.payment))  # type: ignore[attr-defined]
+        return Response({"created": True}, status=201)
+
+
+ROUTER = routers.SimpleRouter()
+for prefix, viewset in (("items", Items), ("reports", Reports), ("orders", Orders)):
+    ROUTER.register(prefix, viewset, basename=prefix)
+URLS = types.ModuleType("django_rest_urls")
+URLS.urlpatterns = [  # type: ignore[attr-defined]
+    path("quotes", Quotes.as_view()),
+    path("notes", notes),
+    path("api/", include(ROUTER.urls)),
+]
+sys.modules[URLS.__name__] = URLS
+
+
+@pytest.fixture
+def core(tmp_path: Path) -> Iterator[Core]:
+    core = Core(str(tmp_path / "core.db"))
+    yield core
+    core.close()
+
+
+@contextmanager
+def selling(core: Core, routes: dict[str, str]) -> Iterator[Client]:
+    options = {"PAY_TO": SELLER, "NETWORK": NETWORK, "CORE": core, "ROUTES": routes}
+    with override_settings(
+        FOURMICA_X402=options,
+        FOURMICA_X402_CONFIG=None,
+        MIDDLEWARE=["fourmica_x402.adapters.django.PaymentMiddleware"],
+        ROOT_URLCONF=URLS.__name__,
+        REST_FRAMEWORK=DRF,
+    ):
+        seen.clear()
+        yield Client()
+
+
+def amount_of(resp: Any) -> str:
+    assert resp.status_code == 402, resp.status_code
+    return decode_payment_required(resp.headers["payment-required"]).accepts[0].amount
+
+
+def pay(client: Client, core: Core, url: str, method: str = "GET") -> Any:
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    challenge = client.generic(method, url)
+    req = decode_payment_required(challenge.headers["payment-required"]).accepts[0]
+    body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": req.to_dict()}
+    tab = client.post("/x402/tab", body, content_type="application/json").json()
+    name, value = payment_header(buyer, req, tab)
+    return buyer, client.generic(method, url, headers={name: value})
+
+
+def locked(core: Core, buyer: TestBuyer) -> int:
+    return core.position(buyer.address, network=NETWORK).locked
+
+
+@pytest.mark.parametrize(("url", "free"), [("/quotes", "post"), ("/notes", "POST")])
+def test_a_free_method_of_a_drf_view_beside_a_priced_one_runs_free(
+    core: Core, url: str, free: str
+) -> None:
+    """DRF's APIView.dispatch() only hands on to the method's handler, as Django's does: the
+    gate took every DRF view for one serving every method, so a free POST beside a priced GET
+    was answered 405 by the gate, never run."""
+    with selling(core, {f"GET {url}": "$0.01"}) as client:
+        resp = client.post(url)
+        assert resp.status_code in (200, 201) and seen == [(free, None)]
+        assert client.put(url).status_code == 405 and len(seen) == 1  # DRF's own 405
+        assert amount_of(client.get(url)) == "10000" and len(seen) == 1
+        buyer, resp = pay(client, core, url)
+        assert resp.status_code == 200 and seen[-1][1].payer == buyer.address
+        assert locked(core, buyer) == 10_000
