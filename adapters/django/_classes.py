@@ -1,9 +1,14 @@
-"""What a class-based view answers by itself, whatever the methods it implements."""
+"""What a class-based view answers by itself, whatever the methods it implements, and what a
+Django REST Framework ViewSet serves."""
 
 import inspect
+from types import SimpleNamespace
 from typing import Any
 
-__all__ = ["answers_itself", "bound_view"]
+from fourmica_x402.gate.guards import method_marker, one_marker
+from fourmica_x402.gate.lifecycle import Marker
+
+__all__ = ["answers_itself", "bound_view", "viewset"]
 
 #: Packages whose views' ``dispatch()`` hands on to the method's handler (or answers 405):
 #: Django's, and Django REST Framework's ``APIView`` (docs/architecture.md, "Which route is
@@ -44,3 +49,23 @@ def bound_view(handler: Any) -> Any:
         if handler is None:
             break
     return None
+
+
+def viewset(view: Any) -> tuple[Marker | None, list[str] | None] | None:
+    """A DRF ViewSet's route (``as_view({"get": "list", "post": "create"})``, as its routers
+    make them): its ``@paid`` (the class's, or its actions' as the methods they serve) and
+    the methods it serves (the route's actions, HEAD with GET, OPTIONS). None: no ViewSet."""
+    cls, actions = getattr(view, "cls", None), getattr(view, "actions", None)
+    if not isinstance(cls, type) or not isinstance(actions, dict):
+        return None
+    own = Marker.of(view) or Marker.of(cls)
+    handlers = {verb: getattr(cls, name, None) for verb, name in actions.items()}
+    methods = method_marker(SimpleNamespace(__qualname__=cls.__qualname__, **handlers))
+    if own is not None and methods is not None and own.config != methods.config:
+        one_marker([own, methods], cls.__qualname__)
+    if answers_itself(cls):
+        return own or methods, None
+    given: Any = getattr(view, "initkwargs", {})
+    names = given.get("http_method_names", getattr(cls, "http_method_names", ()))
+    served = [*actions, *(["head"] if "get" in actions else []), "options"]  # APIView's own
+    return own or methods, [m.upper() for m in dict.fromkeys(served) if m in names]

@@ -34,7 +34,7 @@ from django.urls import include, path
 from django.utils.decorators import method_decorator
 from fourmica_x402.adapters.django import paid
 from rest_framework import routers, viewsets
-from rest_framework.decorators import api_view
+from rest_framework.decorators import action, api_view
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -110,14 +110,34 @@ class Orders(viewsets.ViewSet):
         return Response({"created": True}, status=201)
 
 
+class Catalog(viewsets.ViewSet):
+    """Under a DefaultRouter: each route has a format-suffix twin (``.json``)."""
+
+    def list(self, request: Request, format: str | None = None) -> Response:
+        seen.append(("list", request.payment))  # type: ignore[attr-defined]
+        return Response([{"id": 1}])
+
+    def retrieve(self, request: Request, pk: str, format: str | None = None) -> Response:
+        seen.append(("retrieve", request.payment))  # type: ignore[attr-defined]
+        return Response({"id": pk})
+
+    @action(detail=True, methods=["get"])
+    def report(self, request: Request, pk: str, format: str | None = None) -> Response:
+        seen.append(("report", request.payment))  # type: ignore[attr-defined]
+        return Response({"report": pk})
+
+
 ROUTER = routers.SimpleRouter()
 for prefix, viewset in (("items", Items), ("reports", Reports), ("orders", Orders)):
     ROUTER.register(prefix, viewset, basename=prefix)
+SUFFIXED = routers.DefaultRouter()
+SUFFIXED.register("items", Catalog, basename="catalog")
 URLS = types.ModuleType("django_rest_urls")
 URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("quotes", Quotes.as_view()),
     path("notes", notes),
     path("api/", include(ROUTER.urls)),
+    path("v2/", include(SUFFIXED.urls)),
 ]
 sys.modules[URLS.__name__] = URLS
 
@@ -163,13 +183,15 @@ def locked(core: Core, buyer: TestBuyer) -> int:
     return core.position(buyer.address, network=NETWORK).locked
 
 
-@pytest.mark.parametrize(("url", "free"), [("/quotes", "post"), ("/notes", "POST")])
+@pytest.mark.parametrize(
+    ("url", "free"), [("/quotes", "post"), ("/notes", "POST"), ("/api/items/", "create")]
+)
 def test_a_free_method_of_a_drf_view_beside_a_priced_one_runs_free(
     core: Core, url: str, free: str
 ) -> None:
     """DRF's APIView.dispatch() only hands on to the method's handler, as Django's does: the
-    gate took every DRF view for one serving every method, so a free POST beside a priced GET
-    was answered 405 by the gate, never run."""
+    gate took every DRF view (and a ViewSet, which has no view_class) for one serving every
+    method, so a free POST beside a priced GET was answered 405 by the gate, never run."""
     with selling(core, {f"GET {url}": "$0.01"}) as client:
         resp = client.post(url)
         assert resp.status_code in (200, 201) and seen == [(free, None)]
@@ -178,3 +200,58 @@ def test_a_free_method_of_a_drf_view_beside_a_priced_one_runs_free(
         buyer, resp = pay(client, core, url)
         assert resp.status_code == 200 and seen[-1][1].payer == buyer.address
         assert locked(core, buyer) == 10_000
+
+
+@pytest.mark.parametrize(
+    ("url", "amount"), [("/api/reports/", 30_000), ("/api/reports/7/", 30_000)]
+)
+def test_paid_on_a_drf_viewset_prices_every_route_of_it(core: Core, url: str, amount: int) -> None:
+    """``@paid`` on a ViewSet: the gate read the marker from the view's ``view_class``, which a
+    ViewSet's routes lack (``cls``): it never challenged, and the guard answered every request
+    503 payment_not_enforced, paid or not."""
+    with selling(core, {}) as client:
+        assert amount_of(client.get(url)) == str(amount) and seen == []
+        buyer, resp = pay(client, core, url)
+        assert resp.status_code == 200 and seen[0][1].payer == buyer.address
+        assert locked(core, buyer) == amount
+
+
+def test_paid_on_a_drf_viewset_action_prices_the_methods_it_serves(core: Core) -> None:
+    """``method_decorator(paid(...))`` on a ViewSet's ``list``: its GET is sold at its price,
+    the route's POST (``create``) stays free."""
+    with selling(core, {}) as client:
+        assert client.post("/api/orders/").status_code == 201 and seen == [("create", None)]
+        assert amount_of(client.get("/api/orders/")) == "40000" and len(seen) == 1
+        buyer, resp = pay(client, core, "/api/orders/")
+        assert resp.status_code == 200 and seen[-1] == ("list", seen[-1][1])
+        assert seen[-1][1].payer == buyer.address and locked(core, buyer) == 40_000
+
+
+@pytest.mark.parametrize(
+    ("url", "amount"),
+    [
+        ("/v2/items/", 10_000),
+        ("/v2/items.json", 10_000),
+        ("/v2/items/1/", 20_000),
+        ("/v2/items/1.json", 20_000),
+        ("/v2/items/1/report/", 50_000),
+        ("/v2/items/1/report.json", 50_000),
+    ],
+)
+def test_a_default_routers_format_suffix_routes_are_priced_by_the_keys_the_docs_give(
+    core: Core, url: str, amount: int
+) -> None:
+    """DefaultRouter serves each route again with a format suffix: the keys the docs give
+    (docs/architecture.md, "Which route is priced") price every one at its own price."""
+    table = {
+        "GET /v2/items/": "$0.01",
+        "GET /v2/items.*": "$0.01",
+        "GET /v2/items/*": "$0.02",
+        "GET /v2/items/*/report*": "$0.05",
+    }
+    with selling(core, table) as client:
+        assert client.get("/v2/").status_code == 200  # the API root is free
+        assert amount_of(client.get(url)) == str(amount) and seen == []
+        buyer, resp = pay(client, core, url)
+        assert resp.status_code == 200 and seen[0][1].payer == buyer.address
+        assert locked(core, buyer) == amount
