@@ -20,6 +20,7 @@ from fourmica_x402.gate.guards import view_marker
 from fourmica_x402.gate.lifecycle import Marker
 
 from ._classes import answers_itself, bound_view, viewset
+from ._ninja import operations
 from ._reads import reads
 
 #: What a function view may serve, in the order ``Allow`` lists them.
@@ -44,7 +45,7 @@ def describe(view: Any) -> tuple[Marker | None, list[str] | None]:
     """A view's ``@paid`` marker, and the methods it serves when its class says (as_view());
     a class that may answer any method itself (:func:`answers_itself`) serves all (None)."""
     if (cls := getattr(view, "view_class", None)) is None:
-        return viewset(view) or (Marker.of(view), None)
+        return viewset(view) or operations(view) or (Marker.of(view), None)
     if answers_itself(cls):
         return view_marker(view), None
     names = getattr(view, "view_initkwargs", {}).get("http_method_names", cls.http_method_names)
