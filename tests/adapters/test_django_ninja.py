@@ -1,5 +1,5 @@
 """Django Ninja sellers: a ``NinjaAPI`` mounted with ``path("api/", api.urls)`` behind the
-Django payment middleware, priced by the route table, paid
+Django payment middleware, priced by the route table and by ``@paid`` on its operations, paid
 with valid payments (docs/architecture.md, "Which route is priced").
 
 A Ninja route serves the methods of its operations: a free one beside a priced one at the
@@ -8,6 +8,7 @@ same path runs free, a method none has is Ninja's own 405.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import types
 from collections.abc import Iterator
@@ -29,12 +30,15 @@ if not settings.configured:  # another Django test module may have configured th
     )
     django.setup()
 
+from django.core.handlers.wsgi import WSGIHandler
 from django.http import HttpRequest
-from django.test import Client, override_settings
+from django.test import AsyncClient, Client, override_settings
 from django.urls import path
+from fourmica_x402.adapters.django import paid
 from ninja import NinjaAPI
 
 from fourmica_x402.core import Core
+from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
 from fourmica_x402.wire import decode_payment_required
 
@@ -55,6 +59,44 @@ def create_item(request: HttpRequest) -> dict[str, bool]:
     return {"created": True}
 
 
+@api.get("/reports/{day}")
+@paid(price="$0.05")
+def report(request: HttpRequest, day: int) -> dict[str, Any]:
+    seen.append(("report", request.payment))  # type: ignore[attr-defined]
+    return {"day": day}
+
+
+@api.post("/reports/{day}")
+def comment(request: HttpRequest, day: int) -> dict[str, Any]:
+    seen.append(("comment", request.payment))  # type: ignore[attr-defined]
+    return {"commented": day}
+
+
+@api.get("/areports/{day}")
+@paid(price="$0.06")
+async def areport(request: HttpRequest, day: int) -> dict[str, Any]:
+    seen.append(("areport", request.payment))  # type: ignore[attr-defined]
+    return {"day": day}
+
+
+twice = NinjaAPI(urls_namespace="fourmica_ninja_tests_twice")
+
+
+@twice.get("/quote")
+@paid(price="$0.01")
+def quote(request: HttpRequest) -> dict[str, Any]:
+    return {}  # pragma: no cover - never served
+
+
+@twice.post("/quote")
+@paid(price="$1.00")
+def order(request: HttpRequest) -> dict[str, Any]:
+    return {}  # pragma: no cover - never served
+
+
+TWICE = types.ModuleType("django_ninja_twice_urls")
+TWICE.urlpatterns = [path("api/", twice.urls)]  # type: ignore[attr-defined]
+sys.modules[TWICE.__name__] = TWICE
 URLS = types.ModuleType("django_ninja_urls")
 URLS.urlpatterns = [path("api/", api.urls)]  # type: ignore[attr-defined]
 sys.modules[URLS.__name__] = URLS
@@ -112,3 +154,41 @@ def test_a_free_operation_beside_a_priced_one_at_one_path_runs_free(core: Core) 
         buyer, resp = pay(client, core, "/api/items")
         assert resp.status_code == 200 and resp.json() == [1]
         assert seen[-1][1].payer == buyer.address and locked(core, buyer) == 10_000
+
+
+def test_paid_on_a_ninja_operation_prices_its_methods(core: Core) -> None:
+    """``@paid`` below ``@api.get``: the gate never saw the marker (Ninja routes a wrapper of
+    its own), never challenged, and the marker answered every request 503
+    payment_not_enforced, paid or not. The POST operation at the same path stays free."""
+    with selling(core, {}):
+        client = Client()
+        assert client.post("/api/reports/3").json() == {"commented": 3}
+        assert seen == [("comment", None)]
+        assert amount_of(client.get("/api/reports/3")) == "50000" and len(seen) == 1
+        buyer, resp = pay(client, core, "/api/reports/3")
+        assert resp.status_code == 200 and resp.json() == {"day": 3}
+        assert seen[-1][1].payer == buyer.address and locked(core, buyer) == 50_000
+        buyer, resp = pay(client, core, "/api/reports/monday")  # Ninja's 422: refunded
+        assert resp.status_code == 422 and locked(core, buyer) == 0 and len(seen) == 2
+
+
+def test_paid_on_an_async_ninja_operation_on_the_async_stack(core: Core) -> None:
+    """The same for an ``async def`` operation, through Django's async stack."""
+    with selling(core, {}):
+        client, loop = AsyncClient(), asyncio.new_event_loop()
+        try:
+            assert amount_of(loop.run_until_complete(client.get("/api/areports/4"))) == "60000"
+            buyer, resp = pay(client, core, "/api/areports/4", loop.run_until_complete)
+        finally:
+            loop.close()
+        assert resp.status_code == 200 and resp.json() == {"day": 4}
+        assert seen[-1][1].payer == buyer.address and locked(core, buyer) == 60_000
+
+
+def test_two_paid_prices_at_one_ninja_path_fail_at_start_up(core: Core) -> None:
+    """One route, one marker price: ``@paid`` at $0.01 on GET and $1.00 on POST at one path
+    is refused when the middleware is built, naming the path (it started, then answered
+    both 503)."""
+    refused = pytest.raises(ConfigurationError, match="'/quote' has more than one price")
+    with selling(core, {}), override_settings(ROOT_URLCONF=TWICE.__name__), refused:
+        WSGIHandler()
