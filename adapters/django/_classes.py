@@ -8,7 +8,7 @@ from typing import Any
 from fourmica_x402.gate.guards import method_marker, one_marker
 from fourmica_x402.gate.lifecycle import Marker
 
-__all__ = ["answers_itself", "bound_view", "viewset"]
+__all__ = ["answers_itself", "api_view_marker", "bound_view", "viewset"]
 
 #: Packages whose views' ``dispatch()`` hands on to the method's handler (or answers 405):
 #: Django's, and Django REST Framework's ``APIView`` (docs/architecture.md, "Which route is
@@ -69,3 +69,13 @@ def viewset(view: Any) -> tuple[Marker | None, list[str] | None] | None:
     names = given.get("http_method_names", getattr(cls, "http_method_names", ()))
     served = [*actions, *(["head"] if "get" in actions else []), "options"]  # APIView's own
     return own or methods, [m.upper() for m in dict.fromkeys(served) if m in names]
+
+
+def api_view_marker(cls: type) -> Marker | None:
+    """The ``@paid`` of a function DRF's ``@api_view`` made a view of, the marker below it (as
+    DRF's own decorators go): its class's handlers call the function marked."""
+    for name in ("get", "post", "put", "patch", "delete"):
+        handler = cls.__dict__.get(name)
+        if callable(handler) and handler.__module__ == "rest_framework.decorators":
+            return Marker.of(inspect.getclosurevars(handler).nonlocals.get("func"))
+    return None

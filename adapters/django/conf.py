@@ -19,7 +19,7 @@ from fourmica_x402.gate import Response
 from fourmica_x402.gate.guards import view_marker
 from fourmica_x402.gate.lifecycle import Marker
 
-from ._classes import answers_itself, bound_view, viewset
+from ._classes import answers_itself, api_view_marker, bound_view, viewset
 from ._ninja import operations
 from ._reads import reads
 
@@ -46,11 +46,12 @@ def describe(view: Any) -> tuple[Marker | None, list[str] | None]:
     a class that may answer any method itself (:func:`answers_itself`) serves all (None)."""
     if (cls := getattr(view, "view_class", None)) is None:
         return viewset(view) or operations(view) or (Marker.of(view), None)
+    marker = view_marker(view) or api_view_marker(cls)
     if answers_itself(cls):
-        return view_marker(view), None
+        return marker, None
     names = getattr(view, "view_initkwargs", {}).get("http_method_names", cls.http_method_names)
     served = [m for m in names if hasattr(cls, m) or (m == "head" and hasattr(cls, "get"))]
-    return view_marker(view), [m.upper() for m in served]
+    return marker, [m.upper() for m in served]
 
 
 def converter(name: str) -> Any:

@@ -72,6 +72,13 @@ def notes(request: Request) -> Response:
     return Response({"method": request.method})
 
 
+@api_view(["GET"])
+@paid(price="$0.02")  # below @api_view, as DRF's own decorators go
+def memo(request: Request) -> Response:
+    seen.append(("memo", request.payment))  # type: ignore[attr-defined]
+    return Response({"memo": "paid content"})
+
+
 class Items(viewsets.ViewSet):
     """list sold by a table entry; create free."""
 
@@ -136,6 +143,7 @@ URLS = types.ModuleType("django_rest_urls")
 URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("quotes", Quotes.as_view()),
     path("notes", notes),
+    path("memo", memo),
     path("api/", include(ROUTER.urls)),
     path("v2/", include(SUFFIXED.urls)),
 ]
@@ -255,3 +263,14 @@ def test_a_default_routers_format_suffix_routes_are_priced_by_the_keys_the_docs_
         buyer, resp = pay(client, core, url)
         assert resp.status_code == 200 and seen[0][1].payer == buyer.address
         assert locked(core, buyer) == amount
+
+
+def test_paid_below_api_view_prices_the_function(core: Core) -> None:
+    """``@paid`` below ``@api_view`` (where DRF's policy decorators go): the gate read only
+    the view DRF made, never the function's marker, so nothing was challenged and the marker
+    answered every request 503 payment_not_enforced, paid or not."""
+    with selling(core, {}) as client:
+        assert amount_of(client.get("/memo")) == "20000" and seen == []
+        buyer, resp = pay(client, core, "/memo")
+        assert resp.status_code == 200 and resp.json() == {"memo": "paid content"}
+        assert seen[0][1].payer == buyer.address and locked(core, buyer) == 20_000
