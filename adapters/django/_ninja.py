@@ -5,7 +5,7 @@ import copy
 import inspect
 from typing import Any
 
-from fourmica_x402.gate.guards import one_marker
+from fourmica_x402.gate.guards import check_routed, one_marker
 from fourmica_x402.gate.lifecycle import Marker
 from fourmica_x402.templates import ClassMethods
 
@@ -23,6 +23,7 @@ def operations(view: Any) -> tuple[Marker | None, list[str]] | None:
     found = getattr(owner, "operations", None)
     if not type(owner).__module__.startswith("ninja.") or not isinstance(found, list):
         return None
+    check_routed(op.view_func for op in found)  # @paid above @api.get: the function runs
     served = {str(m).upper(): Marker.of(op.view_func) for op in found for m in op.methods}
     where = f"the Ninja operations at {getattr(found[0], 'path', '?')!r}" if found else "?"
     one = one_marker(served.values(), where)

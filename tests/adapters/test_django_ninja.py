@@ -97,6 +97,19 @@ def order(request: HttpRequest) -> dict[str, Any]:
 TWICE = types.ModuleType("django_ninja_twice_urls")
 TWICE.urlpatterns = [path("api/", twice.urls)]  # type: ignore[attr-defined]
 sys.modules[TWICE.__name__] = TWICE
+above = NinjaAPI(urls_namespace="fourmica_ninja_tests_above")
+
+
+@paid(price="$0.05")  # above the route decorator: Ninja registered the bare function
+@above.get("/secret")
+def secret(request: HttpRequest) -> dict[str, Any]:
+    seen.append(("secret", getattr(request, "payment", None)))
+    return {"secret": "paid content"}
+
+
+ABOVE = types.ModuleType("django_ninja_above_urls")
+ABOVE.urlpatterns = [path("api/", above.urls)]  # type: ignore[attr-defined]
+sys.modules[ABOVE.__name__] = ABOVE
 URLS = types.ModuleType("django_ninja_urls")
 URLS.urlpatterns = [path("api/", api.urls)]  # type: ignore[attr-defined]
 sys.modules[URLS.__name__] = URLS
@@ -192,3 +205,12 @@ def test_two_paid_prices_at_one_ninja_path_fail_at_start_up(core: Core) -> None:
     refused = pytest.raises(ConfigurationError, match="'/quote' has more than one price")
     with selling(core, {}), override_settings(ROOT_URLCONF=TWICE.__name__), refused:
         WSGIHandler()
+
+
+def test_paid_above_the_route_decorator_fails_at_start_up(core: Core) -> None:
+    """``@paid`` above ``@api.get``: Ninja serves the function it was given, unpriced; the paid
+    content went out free with no word at start-up. The middleware now refuses to start."""
+    refused = pytest.raises(ConfigurationError, match="secret is routed without its @paid")
+    with selling(core, {}), override_settings(ROOT_URLCONF=ABOVE.__name__), refused:
+        WSGIHandler()
+    assert seen == []
