@@ -28,17 +28,37 @@ _REPLACED = "the response was replaced before it was sent"
 _LEFT = "the client left before the response ended"
 
 
-class _Written(list):  # type: ignore[type-arg]
-    """A response's chunks: whether the server's last pass over them (``iter(response)``)
-    stopped short, its write failing (the client left), or one went to the end (``whole``);
-    ``.content`` reads them whole."""
+class _Written:
+    """Whether the server's last pass over a response (``iter(response)``) stopped short, its
+    write failing (the client left), or one went to the end (``whole``)."""
 
     cut = whole = False
 
+
+class _Watched:
+    """A response whose passes are noted in its ``_fourmica_written``, whatever its content
+    becomes: a ``GZipMiddleware`` above ours replaces it with the compressed one, and a client
+    that left while the server wrote that was charged (docs/protocol.md, "Delivery")."""
+
+    _fourmica_written: _Written
+
+    @property
+    def content(self) -> Any:  # read whole: a middleware above ours may send it anew
+        self._fourmica_written.whole = True
+        return super().content  # type: ignore[misc]
+
+    @content.setter
+    def content(self, value: Any) -> None:
+        super(_Watched, type(self)).content.fset(self, value)  # type: ignore[misc]
+
     def __iter__(self) -> Any:
-        self.cut = True
-        yield from super().__iter__()
-        self.cut, self.whole = False, True
+        written = self._fourmica_written
+        written.cut = True
+        yield from super().__iter__()  # type: ignore[misc]
+        written.cut, written.whole = False, True
+
+
+_WATCHED: dict[type, type] = {}
 
 
 def served(response: Any, meter: Meter, async_mode: bool) -> Flow:
@@ -49,7 +69,10 @@ def served(response: Any, meter: Meter, async_mode: bool) -> Flow:
     if async_mode or type(getattr(response, "_container", None)) is not list:  # ASGI: .content
         yield from meter.finish(meter.short())  # a body short of its Content-Length: refunded
         return
-    response._container = written = _Written(response._container)
+    cls = type(response)
+    if (watched := _WATCHED.get(cls)) is None:
+        watched = _WATCHED[cls] = type(cls.__name__, (_Watched, cls), {})
+    response.__class__, response._fourmica_written = watched, (written := _Written())
 
     def closed() -> None:
         if not meter.finished:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib
+import os
 import sys
 import time
 import types
@@ -143,6 +144,11 @@ def cached(request: HttpRequest) -> JsonResponse:
 @paid(price="$0.01")
 def bulky(request: HttpRequest) -> HttpResponse:
     return HttpResponse(b"x" * (16 * 1024 * 1024))  # more than a socket's buffers hold
+
+
+@paid(price="$0.01")
+def wordy(request: HttpRequest) -> HttpResponse:  # GZip above ours halves it: still 8 MB
+    return HttpResponse(os.urandom(8 * 1024 * 1024).hex(), content_type="text/plain")
 
 
 @paid(price="$0.01")
@@ -416,6 +422,7 @@ URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("cached", cached),
     path("short", short),
     path("bulky", bulky),
+    path("wordy", wordy),
     path("proxied", Proxied.as_view()),
     path("ledger", Ledger.as_view()),
     path("paid-proxied", PaidProxied.as_view()),
@@ -1714,3 +1721,53 @@ def test_a_re_path_with_an_optional_part_is_priced_by_its_route_as_it_reads(core
     finally:
         del sys.modules[urls.__name__]
     assert got == ["10000", "10000", "20000"]
+
+
+@pytest.mark.parametrize("leaves", [True, False])
+def test_a_client_that_leaves_an_answer_gzip_above_ours_compressed_is_not_charged(
+    configured: None, core: Core, leaves: bool
+) -> None:
+    """A ``GZipMiddleware`` listed above ours (at the top of MIDDLEWARE, where Django's docs put
+    it) replaces the paid answer's content with the compressed one: the server then wrote a
+    list the gate did not watch, and a client that reset the connection after the first few
+    KB of it was charged, as if the server had written it all."""
+    import socket
+    import struct
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    gzip = "django.middleware.gzip.GZipMiddleware"
+    with override_settings(MIDDLEWARE=[gzip, *MIDDLEWARE]):
+        app = WSGIHandler()
+        quiet = type("Quiet", (WSGIRequestHandler,), {"log_message": lambda *a: None})
+        server = make_server("127.0.0.1", 0, app, handler_class=quiet)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        gate = app._middleware_chain.__wrapped__.get_response.__wrapped__.gate
+        buyer, headers = header(Client(), core, "/wordy")
+        try:
+            conn = socket.create_connection(("127.0.0.1", server.server_port), timeout=30)
+            sent = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+            conn.sendall(
+                f"GET /wordy HTTP/1.0\r\nHost: shop\r\nAccept-Encoding: gzip\r\n{sent}\r\n".encode()
+            )
+            got = conn.recv(4096)
+            while b"\r\n\r\n" not in got:  # the head, then a few KB at most
+                got += conn.recv(4096)
+            while not leaves and (data := conn.recv(1 << 16)):
+                got += data
+            if leaves:  # a reset, not a polite close: the server's next write fails
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+            for _ in range(500):  # bounded: the server ends the response in its own thread
+                gate.flush()
+                states = [g.state for g in core.guarantees(address=buyer.address)]
+                if states != ["pending_validation"]:
+                    break
+                time.sleep(0.01)
+        finally:
+            server.shutdown()
+            server.server_close()
+    assert b"content-encoding: gzip" in got.lower()
+    assert len(got) > 4 * 1024 * 1024 or leaves
+    states = [g.state for g in core.guarantees(address=buyer.address)]
+    assert states == (["voided"] if leaves else ["payable"])
