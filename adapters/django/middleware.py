@@ -13,6 +13,7 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django import urls
 from django.core.exceptions import ImproperlyConfigured
+from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest
 
 from fourmica_x402.gate import PASS, Call, Endpoint, Flow, Gate, Response
@@ -140,10 +141,10 @@ class PaymentMiddleware:
             response[name] = value
         for name in [n for n in response.headers if for_shared_caches(n)]:  # (a CDN's own)
             del response[name]
-        if response.streaming:  # passed on unbuffered; the gate is told when it ends
-            content = as_served(response.streaming_content, self.async_mode)
+        if response.streaming:  # as the server's stack sends it (ours may run sync under ASGI)
+            content = as_served(response.streaming_content, isinstance(request, ASGIRequest))
             response.streaming_content = meter.stream(content)
             unless_sent(response, meter)  # dropped unread above ours: refunded
             return response
-        yield from served(response, meter, self.async_mode)  # charged once sent whole
+        yield from served(response, meter, isinstance(request, ASGIRequest))  # once sent whole
         return response

@@ -14,6 +14,7 @@ import gc
 import importlib
 import os
 import sys
+import threading
 import time
 import types
 from collections.abc import Iterator
@@ -37,7 +38,7 @@ from django.test import AsyncClient, Client, override_settings
 from django.urls import include, path, re_path, register_converter
 from django.urls.converters import get_converters
 from django.utils import translation
-from django.utils.decorators import method_decorator
+from django.utils.decorators import async_only_middleware, method_decorator
 from django.views import View
 from django.views.decorators.cache import cache_page
 from django.views.decorators.csrf import csrf_exempt
@@ -167,6 +168,35 @@ def by_table(request: HttpRequest, n: int) -> JsonResponse:
 class Report(View):
     def get(self, request: HttpRequest, day: str) -> JsonResponse:
         return JsonResponse({"day": day})
+
+
+LEFT = threading.Event()  # set once the ASGI client below reported it left
+
+
+@paid(price="$0.07")
+def trickle(request: HttpRequest) -> StreamingHttpResponse:
+    def lines() -> Iterator[bytes]:
+        yield b"first\n"
+        LEFT.wait(5)  # the rest is ready once the client has gone
+        time.sleep(0.2)
+        yield b"second\n"
+
+    return StreamingHttpResponse(lines())
+
+
+@async_only_middleware
+def async_only(get_response: Any) -> Any:
+    """A function middleware, async only."""
+
+    async def middleware(request: HttpRequest) -> Any:
+        return await get_response(request)
+
+    return middleware
+
+
+def sync_only(get_response: Any) -> Any:
+    """A function middleware, sync only as Django's docs write one."""
+    return lambda request: get_response(request)
 
 
 @paid(price="$0.07")
@@ -407,6 +437,7 @@ URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("free", free),
     path("gone", gone),
     path("feed", feed),
+    path("trickle", trickle),
     path("items/<int:item_id>", item),
     path("async/<int:item_id>", aitem),
     path("aslow", aslow),
@@ -481,6 +512,8 @@ HELPERS.SameUrlconf = SameUrlconf  # type: ignore[attr-defined]
 HELPERS.MethodOverride = MethodOverride  # type: ignore[attr-defined]
 HELPERS.TierRewrite = TierRewrite  # type: ignore[attr-defined]
 HELPERS.ViewMethodOverride = ViewMethodOverride  # type: ignore[attr-defined]
+HELPERS.sync_only = sync_only  # type: ignore[attr-defined]
+HELPERS.async_only = async_only  # type: ignore[attr-defined]
 HELPERS.Outer = Outer  # type: ignore[attr-defined]
 HELPERS.CountingMiddleware = None  # type: ignore[attr-defined]  # set below, once defined
 HELPERS.Locale = type("Locale", (LocaleMiddleware,), {})  # type: ignore[attr-defined]
@@ -1136,6 +1169,16 @@ def test_a_sync_stream_on_the_async_stack_is_metered_as_it_is_sent(
     assert core.position(buyer.address, network=NETWORK).locked == 0
 
 
+def unwrapped(app: Any) -> PaymentMiddleware:
+    """Our middleware in ``app``'s chain, however Django adapted it to the stack."""
+    layer = app._middleware_chain
+    while not isinstance(layer, PaymentMiddleware):
+        layer = next(
+            getattr(layer, a) for a in ("__wrapped__", "func", "awaitable") if hasattr(layer, a)
+        )
+    return layer
+
+
 def pay_on_the_async_stack(app: ASGIHandler, core: Core, url: str) -> tuple[TestBuyer, Any]:
     """:func:`pay` through ``app``'s middleware, Django's async stack."""
     client = AsyncClient()
@@ -1619,20 +1662,24 @@ def test_an_unknown_setting_is_named_once_by_the_system_check(configured: None) 
     assert said.startswith("FOURMICA_X402: unknown keys") and said.count("FOURMICA_X402") == 1
 
 
+@pytest.mark.parametrize("below", [[], ["django_adapter_helpers.async_only"]])
 @pytest.mark.parametrize("leaves", [True, False])
 def test_a_client_that_leaves_a_large_answer_under_a_wsgi_server_is_not_charged(
-    configured: None, core: Core, leaves: bool
+    configured: None, core: Core, leaves: bool, below: list[str]
 ) -> None:
     """Under a WSGI server (wsgiref) a non-streaming answer is written after the middleware
     returned: it was charged before a byte went out, so a client that reset the connection
     after the first few KB of 16 MB paid for the whole (a Flask app's is refunded). It is
-    charged once the server wrote it whole; one read to the end still is."""
+    charged once the server wrote it whole; one read to the end still is. So with an
+    async-only middleware below ours, which makes Django run ours async under WSGI."""
+    with override_settings(MIDDLEWARE=[*MIDDLEWARE, *below]):
+        app = WSGIHandler()
+    chain = unwrapped(app)
     import socket
     import struct
     import threading
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-    app = WSGIHandler()
     quiet = type("Quiet", (WSGIRequestHandler,), {"log_message": lambda *a: None})
     server = make_server("127.0.0.1", 0, app, handler_class=quiet)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -1649,7 +1696,7 @@ def test_a_client_that_leaves_a_large_answer_under_a_wsgi_server_is_not_charged(
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         conn.close()
         for _ in range(500):  # bounded: the server ends the response in its own thread
-            app._middleware_chain.__wrapped__.gate.flush()
+            chain.gate.flush()
             if [g.state for g in core.guarantees(address=buyer.address)] != ["pending_validation"]:
                 break
             time.sleep(0.01)
@@ -1771,3 +1818,51 @@ def test_a_client_that_leaves_an_answer_gzip_above_ours_compressed_is_not_charge
     assert len(got) > 4 * 1024 * 1024 or leaves
     states = [g.state for g in core.guarantees(address=buyer.address)]
     assert states == (["voided"] if leaves else ["payable"])
+
+
+def test_a_sync_stream_is_metered_as_sent_under_asgi_below_a_sync_only_middleware(
+    configured: None, core: Core
+) -> None:
+    """Under ASGI, a sync-only middleware listed below ours makes Django run ours sync: the
+    stream was left a sync iterator, which Django's ASGI handler reads whole in a thread
+    before sending a byte, so the gate counted it delivered and charged a client that left
+    after the first line. It is handed over chunk by chunk under every ASGI stack."""
+    with override_settings(MIDDLEWARE=[*MIDDLEWARE, "django_adapter_helpers.sync_only"]):
+        app = ASGIHandler()
+        buyer, headers = header(Client(), core, "/trickle")
+    LEFT.clear()
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if not sent:
+            sent.append({})  # the request, once
+            return {"type": "http.request", "body": b"", "more_body": False}
+        while not any(m.get("body") for m in sent):
+            await asyncio.sleep(0.01)
+        LEFT.set()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/trickle",
+        "raw_path": b"/trickle",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
+    asyncio.run(app(scope, receive, send))
+    assert b"".join(m.get("body", b"") for m in sent) == b"first\n"
+    layer = unwrapped(app)
+    layer.gate.flush()
+    [record] = layer.gate.records.query(payer=buyer.address)
+    assert (record.status, record.outcome) == ("failed", "refunded")
+    assert core.position(buyer.address, network=NETWORK).locked == 0
