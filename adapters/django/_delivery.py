@@ -67,7 +67,8 @@ def served(response: Any, meter: Meter, async_mode: bool) -> Flow:
     left) is refunded, like a stream's (docs/protocol.md, "Delivery")."""
     meter.feed(response.content)
     if async_mode or type(getattr(response, "_container", None)) is not list:  # ASGI: .content
-        yield from meter.finish(meter.short())  # a body short of its Content-Length: refunded
+        # a body short of its Content-Length: refunded; past it, an ASGI server sends none
+        yield from meter.finish(meter.short() or (_longer(meter) if async_mode else None))
         return
     cls = type(response)
     if (watched := _WATCHED.get(cls)) is None:
@@ -81,6 +82,14 @@ def served(response: Any, meter: Meter, async_mode: bool) -> Flow:
 
     response._resource_closers.append(closed)
     unless_sent(response, meter, written)  # dropped unsent above ours: refunded
+
+
+def _longer(meter: Meter) -> BaseException | None:
+    """A body longer than its ``Content-Length``, which ASGI servers refuse to send (uvicorn
+    sends the head alone): not delivered (docs/protocol.md, "Delivery")."""
+    if meter.length is None or meter.sent <= meter.length:
+        return None
+    return ConnectionError(f"the body is {meter.sent} bytes, its Content-Length {meter.length}")
 
 
 def unless_sent(response: Any, meter: Meter, written: _Written | None = None) -> None:

@@ -135,6 +135,13 @@ def short(request: HttpRequest) -> HttpResponse:
     return response
 
 
+@paid(price="$0.01")
+def longer(request: HttpRequest) -> HttpResponse:
+    response = HttpResponse(b"hello, and more than was declared")
+    response["Content-Length"] = "5"  # the body goes on past it
+    return response
+
+
 @cache_page(60)
 @paid(price="$0.01")
 def cached(request: HttpRequest) -> JsonResponse:
@@ -452,6 +459,7 @@ URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("tagged", tagged),
     path("cached", cached),
     path("short", short),
+    path("longer", longer),
     path("bulky", bulky),
     path("wordy", wordy),
     path("proxied", Proxied.as_view()),
@@ -1031,6 +1039,22 @@ def test_a_paid_answer_shorter_than_its_content_length_is_refunded(
     buyer, resp = pay_on_the_async_stack(app, core, "/short")
     assert resp.status_code == 200
     app._middleware_chain.__wrapped__.gate.flush()
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
+def test_a_whole_answer_longer_than_its_content_length_is_refunded_on_the_async_stack(
+    configured: None, core: Core
+) -> None:
+    """An ASGI server refuses a body longer than its declared ``Content-Length``: uvicorn sent
+    the paid answer's head alone, then failed the request, and the buyer was charged for it
+    (Django counted the answer delivered when the view returned it)."""
+    app = ASGIHandler()
+    buyer, resp = pay_on_the_async_stack(app, core, "/longer")
+    assert resp.status_code == 200
+    gate = unwrapped(app).gate
+    gate.flush()
+    [record] = gate.records.query(payer=buyer.address)
+    assert (record.status, record.outcome) == ("failed", "refunded")
     assert core.position(buyer.address, network=NETWORK).locked == 0
 
 
