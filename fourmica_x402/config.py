@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._eth import parse_payee
+from ._urls import check_http_url, check_public_url
 from .errors import ConfigurationError
 from .guarantee import ValidationPolicy
 from .networks import get_network
@@ -190,6 +191,11 @@ class PaymentConfig:
             self.public_url = self.public_url.rstrip("/")
             if not self.public_url.startswith(("http://", "https://")):
                 raise ConfigurationError("public_url must be an absolute http(s) URL")
+            try:  # every challenge hands it out, paths appended (docs/operations.md, "Keys")
+                check_public_url(self.public_url)
+                check_http_url(self.public_url)
+            except ValueError as exc:
+                raise ConfigurationError(f"public_url {exc}") from None
         if self.tab_endpoint is not None and not self.tab_endpoint.startswith(
             ("http://", "https://")
         ):

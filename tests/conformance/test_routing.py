@@ -347,3 +347,41 @@ def test_the_zero_address_as_pay_to_fails_at_start_up(tmp_path: Any) -> None:
     with TestClient(app) as client:
         resp = client.get("/p")
         assert resp.status_code == 500 and resp.json()["error"] == "pricing_failed"
+
+
+def test_a_public_url_every_challenge_would_carry_broken_or_with_a_secret_fails_at_start_up(
+    tmp_path: Any,
+) -> None:
+    """``public_url`` starts every URL a challenge and the discovery listing hand to anyone
+    (the resource, ``tabEndpoint``, ``rpcUrl``): one with ``user:password@`` published the
+    password to every buyer, and a query or fragment gave ``https://api.example/?v=2/x402/tab``,
+    which reaches no tab endpoint, so every buyer failed. A path prefix is kept."""
+    from fourmica_x402.adapters.asgi import PaymentMiddleware
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from fourmica_x402 import PaymentConfig
+    from fourmica_x402.errors import ConfigurationError
+    from fourmica_x402.testing import TestBuyer
+    from fourmica_x402.wire import decode_payment_required
+
+    seller, core = TestBuyer.new().address, f"sqlite:///{tmp_path}/c.db"
+    for bad in (
+        "https://shop:hunter2@api.example.com",
+        "https://api.example.com/?v=2",
+        "https://api.example.com#top",
+        "https://api.example.com:99999",
+    ):
+        with pytest.raises(ConfigurationError, match="public_url") as info:
+            PaymentConfig(pay_to=seller, routes={"GET /p": "$0.01"}, core=core, public_url=bad)
+        assert "hunter2" not in str(info.value)
+    config = PaymentConfig(
+        pay_to=seller, routes={"GET /p": "$0.01"}, core=core, public_url="https://api.example/v1/"
+    )
+    app = Starlette(routes=[Route("/p", lambda request: PlainTextResponse("p"))])
+    app.add_middleware(PaymentMiddleware, config=config)
+    with TestClient(app) as client:
+        challenge = decode_payment_required(client.get("/p").headers["payment-required"])
+    assert challenge.accepts[0].extra["tabEndpoint"] == "https://api.example/v1/x402/tab"
