@@ -39,6 +39,7 @@ from .templates import (
 from .wire import SCHEME
 
 _WHOLE = re.compile(r"\s*\d+(\.0*)?\s*")  # seconds as the official route dict may write them
+_OFFER_KEYS = {"scheme", "price", "network", "payTo", "asset", "extra", "maxTimeoutSeconds"}
 #: Methods whose pricing an endpoint keeps (any other is priced afresh on each request).
 _CACHED = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "QUERY"})
 
@@ -308,11 +309,9 @@ class RouteTable:
             endpoint._priced["*"] = (version, self.marker_route(endpoint))
 
     def for_endpoint(self, method: str, endpoint: Endpoint) -> Route | None:
-        """The route pricing ``method`` on the endpoint the framework resolved, or None (free).
-
-        A marker prices its endpoint (every method it serves unless it names some); else
-        the first table entry whose method fits and whose template names this endpoint.
-        """
+        """The route pricing ``method`` on the endpoint the framework resolved, or None (free):
+        its marker's (every method it serves unless it names some), else the first table entry
+        whose method fits and whose template names this endpoint."""
         method = method.upper()
         # The version is read before the routes: a reprice meanwhile leaves this entry stale.
         found, version = endpoint._priced.get(method), self.version
@@ -379,9 +378,11 @@ class RouteTable:
             accepts = value["accepts"]
             items = [accepts] if isinstance(accepts, Mapping) else list(accepts)
             offers = []
-            for item in items:
+            for item in items:  # a key it does not read (a typo) would leave the app's default
                 if not isinstance(item, Mapping) or "price" not in item:
                     raise ConfigurationError(f"route {key!r}: each accepts entry needs a price")
+                if stray := sorted(set(item) - _OFFER_KEYS - {"pay_to", "max_timeout_seconds"}):
+                    raise ConfigurationError(f"route {key!r}: unknown keys {stray} in accepts")
                 timeout = item.get("maxTimeoutSeconds", item.get("max_timeout_seconds"))
                 if isinstance(timeout, str | float) and _WHOLE.fullmatch(str(timeout)):
                     timeout = int(float(timeout))  # "60", 60.0: as the official package reads it
@@ -431,8 +432,7 @@ class RouteTable:
 
     def match(self, method: str, path: str) -> Route | None:
         """The most specific route for ``method`` (HEAD counts as GET) and ``path``."""
-        method = method.upper()
-        fits = ("*", method, "GET" if method == "HEAD" else method)
+        fits = ("*", method.upper(), "GET" if method.upper() == "HEAD" else method.upper())
         for route in self._matching:
             if route.method in fits and route.regex.match(path):
                 twins = [t for t in self._twins.get(route.key, ()) if t.method in fits]

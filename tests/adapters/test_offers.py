@@ -203,3 +203,48 @@ def test_a_routes_max_timeout_seconds_is_what_its_offers_naming_none_advertise(
     with TestClient(app) as client:
         challenge = decode_payment_required(client.get("/premium").headers["payment-required"])
         assert [o.max_timeout_seconds for o in challenge.accepts] == [600, 30]
+
+
+def test_an_accepts_entry_with_a_key_it_does_not_know_fails_at_start_up(
+    audited_core: Core,
+) -> None:
+    """A misspelt key of an accepts entry (``"netwrok": "eip155:8453"``, ``"payto"``,
+    ``"assset"``) was passed over: the offer silently took the app's default instead, a
+    route meant for Base mainnet USDC sold for Base Sepolia test tokens, and a buyer's
+    test-token payment ran it. It fails at start-up now, naming the key."""
+    from fourmica_x402.errors import ConfigurationError
+
+    async def premium(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("paid")
+
+    def app(offer: dict[str, Any]) -> Any:
+        return PaymentMiddleware(
+            Starlette(routes=[Route("/premium", premium)]),
+            pay_to=FIRST,
+            core=audited_core,
+            network=NETWORK,
+            routes={"GET /premium": {"accepts": [offer]}},
+        )
+
+    offer = {"scheme": "4mica-credit", "price": "$0.01", "payTo": SECOND}
+    for typo in ({"netwrok": "eip155:8453"}, {"payto": SECOND}, {"Asset": FIRST}):
+        with (
+            pytest.raises(ConfigurationError, match=next(iter(typo))),
+            TestClient(app(typo | offer)),
+        ):
+            pass
+    # every key the official package or this one reads still works (pay_to, asset, extra…)
+    spelled = {
+        "scheme": "4mica-credit",
+        "price": "$0.01",
+        "network": NETWORK,
+        "pay_to": SECOND,
+        "asset": "0x036CbD53842c5426634e7929541eC2318f3dCF7e",
+        "max_timeout_seconds": 60,
+        "extra": {"note": "x"},
+    }
+    with TestClient(app(spelled)) as client:
+        (said,) = decode_payment_required(
+            client.get("/premium").headers["payment-required"]
+        ).accepts
+    assert (said.pay_to, said.max_timeout_seconds, said.extra["note"]) == (SECOND, 60, "x")
