@@ -196,10 +196,12 @@ class PaymentConfig:
                 check_http_url(self.public_url)
             except ValueError as exc:
                 raise ConfigurationError(f"public_url {exc}") from None
-        if self.tab_endpoint is not None and not self.tab_endpoint.startswith(
-            ("http://", "https://")
-        ):
-            raise ConfigurationError("tab_endpoint must be an absolute http(s) URL")
+        if self.tab_endpoint is not None:  # advertised verbatim: a buyer must reach it
+            try:
+                check_http_url(self.tab_endpoint)
+            except ValueError as exc:
+                message = f"tab_endpoint must be an absolute http(s) URL: {exc}"
+                raise ConfigurationError(message) from None
         seconds = self.max_timeout_seconds
         if isinstance(seconds, bool) or not isinstance(seconds, int) or not 0 < seconds <= 86_400:
             raise ConfigurationError("max_timeout_seconds must be a whole number 1..86400")

@@ -385,3 +385,31 @@ def test_a_public_url_every_challenge_would_carry_broken_or_with_a_secret_fails_
     with TestClient(app) as client:
         challenge = decode_payment_required(client.get("/p").headers["payment-required"])
     assert challenge.accepts[0].extra["tabEndpoint"] == "https://api.example/v1/x402/tab"
+
+
+def test_a_tab_endpoint_no_buyer_could_reach_fails_at_start_up(tmp_path: Any) -> None:
+    """``tab_endpoint`` is advertised verbatim in every challenge: one with no host
+    (``f"https://{host}/x402/tab"`` with an empty ``host``) or a port past 65535 started, and
+    every buyer then failed to open a tab. A query is kept."""
+    from fourmica_x402.adapters.asgi import PaymentMiddleware
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from fourmica_x402 import PaymentConfig
+    from fourmica_x402.errors import ConfigurationError
+    from fourmica_x402.testing import TestBuyer
+    from fourmica_x402.wire import decode_payment_required
+
+    seller, core = TestBuyer.new().address, f"sqlite:///{tmp_path}/c.db"
+    for bad in ("https:///x402/tab", "https://api.example.com:70000/x402/tab"):
+        with pytest.raises(ConfigurationError, match="tab_endpoint"):
+            PaymentConfig(pay_to=seller, routes={"GET /p": "$0.01"}, core=core, tab_endpoint=bad)
+    good = "https://api.example.com/pay/tab?v=2"
+    config = PaymentConfig(pay_to=seller, routes={"GET /p": "$0.01"}, core=core, tab_endpoint=good)
+    app = Starlette(routes=[Route("/p", lambda request: PlainTextResponse("p"))])
+    app.add_middleware(PaymentMiddleware, config=config)
+    with TestClient(app) as client:
+        challenge = decode_payment_required(client.get("/p").headers["payment-required"])
+    assert challenge.accepts[0].extra["tabEndpoint"] == good
