@@ -80,12 +80,15 @@ _default_assets: dict[str, str] = {}  # caip2 -> checksummed address
 
 
 def register_network(caip2: str, name: str) -> Network:
-    """Add (or return) a network. ``caip2`` must look like ``eip155:<chainId>``."""
+    """Add (or return) a network. ``caip2`` must look like ``eip155:<chainId>``: the chain id
+    written without leading zeros (``eip155:084532`` would be a second network of chain 84532),
+    at most 2**64 - 1 (a guarantee's certificate carries it as a uint64)."""
     namespace, _, reference = caip2.partition(":")
-    if namespace != "eip155" or not (reference.isascii() and reference.isdigit()):
-        raise ConfigurationError(f"network must be a CAIP-2 id like 'eip155:8453', got {caip2!r}")
-    if int(reference) <= 0:
-        raise ConfigurationError(f"network must be a CAIP-2 id like 'eip155:8453', got {caip2!r}")
+    digits = reference.isascii() and reference.isdigit() and len(reference) <= 20
+    if namespace != "eip155" or not digits or reference.startswith("0") or int(reference) >= 2**64:
+        raise ConfigurationError(
+            f"network must be a CAIP-2 id like 'eip155:8453', got {caip2!r:.80}"
+        )
     network = Network(caip2=caip2, chain_id=int(reference), name=name)
     with _lock:
         existing = _networks.setdefault(caip2, network)

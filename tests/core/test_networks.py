@@ -13,6 +13,7 @@ from fourmica_x402.networks import (
     default_asset,
     find_asset,
     get_network,
+    networks,
     parse_amount,
     register_asset,
     register_network,
@@ -133,6 +134,18 @@ def test_registry_adds_networks_and_assets() -> None:
     for bad in ("solana:mainnet", "eip155:\u00b2", "eip155:0"):  # '²' is no chain id
         with pytest.raises(ConfigurationError):
             register_network(bad, "nope")
+
+
+@pytest.mark.parametrize("caip2", ["eip155:084532", "eip155:" + str(2**64), "eip155:" + "9" * 5000])
+def test_a_network_no_guarantee_or_core_api_could_serve_is_refused(caip2: str) -> None:
+    """``eip155:084532`` was a network of its own with Base Sepolia's chain id: the Core API
+    its offers name (``/chains/84532``) answered for ``eip155:84532``, another network's
+    collateral and tabs. A chain id past 2**64 - 1 (a certificate's ``uint64``; past 2**256
+    no buyer could even sign) started, and every payment then failed; 5000 digits raised
+    Python's ValueError. Each is a ConfigurationError now."""
+    with pytest.raises(ConfigurationError, match="CAIP-2"):
+        register_network(caip2, "nope")
+    assert all(n.caip2 != caip2 for n in networks())
     with pytest.raises(ConfigurationError):
         register_asset("eip155:999999", "0x" + "ab" * 20, symbol="X", decimals=6)
     with pytest.raises(ConfigurationError):
