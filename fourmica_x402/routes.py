@@ -128,6 +128,10 @@ class RouteConfig:
     def __post_init__(self) -> None:  # they travel in every challenge: fail at start-up
         if self.stage is not None and not isinstance(self.stage, Stage):
             raise ConfigurationError(f"stage must be a fourmica_x402.Stage, not {self.stage!r:.60}")
+        if not isinstance(self.accepts, tuple | list) or not all(
+            isinstance(offer, Offer) for offer in self.accepts
+        ):  # the official dict's entries are a route table's form: {"accepts": [...]}
+            raise ConfigurationError(f"accepts holds Offer(...) entries, not {self.accepts!r:.60}")
         ext = self.extensions
         try:  # TypeError: not a mapping, or a value JSON cannot hold
             json.dumps(None if ext is None else {**ext}, allow_nan=False)
@@ -441,10 +445,6 @@ class RouteTable:
 
     def static_pay_to(self) -> set[str] | None:
         """Every payTo when all are static addresses; None when a callable may pick others."""
-        found: set[str] = set()
-        for route in self.routes:
-            for offer in route.offers:
-                if not isinstance(offer.pay_to, str):
-                    return None
-                found.add(offer.pay_to)
-        return found
+        offers = [offer for route in self.routes for offer in route.offers]
+        found = {offer.pay_to for offer in offers if isinstance(offer.pay_to, str)}
+        return found if all(isinstance(offer.pay_to, str) for offer in offers) else None

@@ -248,3 +248,28 @@ def test_an_accepts_entry_with_a_key_it_does_not_know_fails_at_start_up(
             client.get("/premium").headers["payment-required"]
         ).accepts
     assert (said.pay_to, said.max_timeout_seconds, said.extra["note"]) == (SECOND, 60, "x")
+
+
+def test_accepts_of_a_route_config_or_a_marker_holding_no_offer_fails_clearly() -> None:
+    """``RouteConfig(accepts=[{"price": …}])`` or ``Paid(accepts=…)`` with the official dict's
+    entries (or one dict, not a list) raised ``AttributeError: 'dict' object has no attribute
+    'price'`` from deep inside the route table at start-up, naming neither the route nor the
+    fix. It is a ConfigurationError saying what ``accepts`` takes."""
+    from fourmica_x402.adapters.fastapi import Paid
+
+    from fourmica_x402.errors import ConfigurationError
+    from fourmica_x402.routes import Offer, RouteConfig, RouteTable
+
+    entry = {"scheme": "4mica-credit", "price": "$0.01", "network": NETWORK, "payTo": SECOND}
+    for accepts in ([entry], entry, "$0.01"):
+        with pytest.raises(ConfigurationError, match="Offer"):
+            RouteTable(
+                {"GET /a": RouteConfig(accepts=accepts)},  # type: ignore[arg-type]
+                network=NETWORK,
+                pay_to=FIRST,
+            )
+        with pytest.raises(ConfigurationError, match="Offer"):
+            Paid(accepts=accepts)
+    offers: Any = [Offer(price="$0.01", network=NETWORK, pay_to=SECOND)]  # a list: kept
+    table = RouteTable({"GET /a": RouteConfig(accepts=offers)}, network=NETWORK, pay_to=FIRST)
+    assert [o.amount.amount for o in table.routes[0].offers if o.amount] == [10_000]
