@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from ._eth import parse_payee
+from ._eth import parse_address, parse_payee
 from .errors import ConfigurationError
 from .guarantee import ValidationPolicy
 from .jobs import Stage, check_stage
@@ -73,13 +73,13 @@ class Offer:
         if self.scheme != SCHEME:
             raise ConfigurationError(f"scheme {self.scheme!r} is not supported (use {SCHEME!r})")
         get_network(self.network)
-        pay_to = self.pay_to
-        if isinstance(pay_to, str):
-            try:
-                pay_to = parse_payee(pay_to)
-            except ValueError as exc:
-                raise ConfigurationError(f"payTo: {exc}") from None
-        elif not callable(pay_to):
+        pay_to, what = self.pay_to, "asset"
+        try:  # a token's address, whatever the price ("USDC", its symbol, is none); then payTo
+            what = "payTo" if self.asset is None or parse_address(self.asset) else what
+            pay_to = parse_payee(pay_to) if isinstance(pay_to, str) else pay_to
+        except ValueError as exc:
+            raise ConfigurationError(f"{what}: {exc}") from None
+        if not isinstance(pay_to, str) and not callable(pay_to):
             raise ConfigurationError("payTo must be an address or a callable of the request")
         amount = None
         if not callable(self.price):

@@ -273,3 +273,41 @@ def test_accepts_of_a_route_config_or_a_marker_holding_no_offer_fails_clearly() 
     offers: Any = [Offer(price="$0.01", network=NETWORK, pay_to=SECOND)]  # a list: kept
     table = RouteTable({"GET /a": RouteConfig(accepts=offers)}, network=NETWORK, pay_to=FIRST)
     assert [o.amount.amount for o in table.routes[0].offers if o.amount] == [10_000]
+
+
+def test_an_asset_that_is_no_address_fails_at_start_up_whatever_the_price(
+    audited_core: Core,
+) -> None:
+    """``asset="USDC"`` (the symbol, not the token's address) failed at start-up only beside a
+    static ``$`` price: a route priced per request started, and every request was then
+    answered 500 ``pricing_failed``; beside an explicit amount it was passed over."""
+    from fourmica_x402.errors import ConfigurationError
+    from fourmica_x402.networks import TokenAmount
+    from fourmica_x402.routes import RouteConfig
+
+    async def premium(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("paid")
+
+    def app(route: Any, **options: Any) -> Any:
+        return PaymentMiddleware(
+            Starlette(routes=[Route("/premium", premium)]),
+            pay_to=FIRST,
+            core=audited_core,
+            network=NETWORK,
+            routes={"GET /premium": route},
+            **options,
+        )
+
+    usdc = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
+    for route, options in (
+        (RouteConfig(price=lambda request: "$0.01", asset="USDC"), {}),
+        (RouteConfig(price=lambda request: "$0.01"), {"asset": "USDC"}),
+        (RouteConfig(price=TokenAmount(10_000, usdc), asset="USDC"), {}),
+    ):
+        with (
+            pytest.raises(ConfigurationError, match="asset: not an address: 'USDC'"),
+            TestClient(app(route, **options)),
+        ):
+            pass
+    with TestClient(app(RouteConfig(price=lambda request: "$0.01", asset=usdc.lower()))) as c:
+        assert c.get("/premium").status_code == 402
