@@ -112,8 +112,10 @@ def register_asset(
         checksummed = parse_address(address)
     except ValueError as exc:
         raise ConfigurationError(f"asset address: {exc}") from None
-    if not 0 <= decimals <= 36:
-        raise ConfigurationError(f"asset decimals must be 0..36, got {decimals}")
+    if type(decimals) is not int or not 0 <= decimals <= 36:  # not True, 6.0 or "6"
+        raise ConfigurationError(
+            f"asset decimals must be a whole number 0..36, got {decimals!r:.20}"
+        )
     asset = Asset(network, checksummed, symbol, decimals, eip712)
     with _lock:
         _assets.setdefault(network, {})[checksummed] = asset

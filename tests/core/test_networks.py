@@ -136,6 +136,23 @@ def test_registry_adds_networks_and_assets() -> None:
             register_network(bad, "nope")
 
 
+@pytest.mark.parametrize("decimals", [True, 6.0, "6", -1, 37])
+def test_an_assets_decimals_are_a_whole_number_or_it_is_not_registered(
+    decimals: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``decimals=True`` registered a token of 1 decimal (``"$0.5"`` was 5 units), ``6.0`` (a
+    JSON or YAML config's number) registered and then raised ``TypeError`` pricing every
+    request of a route priced per request, and ``"6"`` raised ``TypeError``: each is a
+    ConfigurationError when registered now, and nothing is registered."""
+    from fourmica_x402 import networks as registry
+
+    monkeypatch.setattr(registry, "_assets", {k: dict(v) for k, v in registry._assets.items()})
+    address = "0x" + "cd" * 20
+    with pytest.raises(ConfigurationError, match="decimals"):
+        register_asset("eip155:84532", address, symbol="T", decimals=decimals)
+    assert find_asset("eip155:84532", address) is None
+
+
 @pytest.mark.parametrize("caip2", ["eip155:084532", "eip155:" + str(2**64), "eip155:" + "9" * 5000])
 def test_a_network_no_guarantee_or_core_api_could_serve_is_refused(caip2: str) -> None:
     """``eip155:084532`` was a network of its own with Base Sepolia's chain id: the Core API
