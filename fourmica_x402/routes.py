@@ -401,7 +401,7 @@ class RouteTable:
                         scheme=item.get("scheme", SCHEME),
                     )
                 )
-            ours = set(RouteConfig.__dataclass_fields__) - {*Offer.__dataclass_fields__, "accepts"}
+            ours = set(RouteConfig.__dataclass_fields__) - _OFFER_KEYS - {"pay_to", "accepts"}
             rest = {k: v for k, v in value.items() if k in ours}  # min_amount, stage…; not tags…
             rest["mime_type"] = value.get("mimeType", value.get("mime_type", ""))
             return RouteConfig(**rest, accepts=tuple(offers))

@@ -311,3 +311,27 @@ def test_an_asset_that_is_no_address_fails_at_start_up_whatever_the_price(
             pass
     with TestClient(app(RouteConfig(price=lambda request: "$0.01", asset=usdc.lower()))) as c:
         assert c.get("/premium").status_code == 402
+
+
+def test_the_route_dicts_max_timeout_seconds_beside_accepts_is_what_its_offers_advertise(
+    audited_core: Core,
+) -> None:
+    """``{"accepts": [...], "max_timeout_seconds": 600}``: docs/protocol.md says that dict takes
+    the route's other terms as ``RouteConfig`` names them, but this one was dropped (it was
+    taken for an offer's own) and every offer told buyers the app's 300 seconds, as
+    ``RouteConfig(accepts=..., max_timeout_seconds=600)`` no longer does."""
+
+    async def premium(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("paid")
+
+    offers = [{"price": "$0.01"}, {"price": "$0.02", "maxTimeoutSeconds": 30}]
+    app = PaymentMiddleware(
+        Starlette(routes=[Route("/premium", premium)]),
+        pay_to=FIRST,
+        core=audited_core,
+        network=NETWORK,
+        routes={"GET /premium": {"accepts": offers, "max_timeout_seconds": 600}},
+    )
+    with TestClient(app) as client:
+        challenge = decode_payment_required(client.get("/premium").headers["payment-required"])
+    assert [o.max_timeout_seconds for o in challenge.accepts] == [600, 30]
