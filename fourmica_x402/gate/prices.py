@@ -167,8 +167,19 @@ def at_price(config: RouteConfig, price: Price) -> RouteConfig:
                 f"asset {asset} is not registered on {', '.join(wrong)}: a route with offers "
                 "on several networks is repriced in '$' (each offer's own asset)"
             )
-    accepts = tuple(replace(offer, price=price, amount=None) for offer in config.accepts)
-    return replace(config, price=price, accepts=accepts)
+    accepts = tuple(
+        replace(offer, price=price, amount=None, asset=_asset(offer.price, offer.asset))
+        for offer in config.accepts
+    )
+    return replace(config, price=price, accepts=accepts, asset=_asset(config.price, config.asset))
+
+
+def _asset(configured: Any, asset: str | None) -> str | None:
+    """The asset a ``$`` run-time price is read in: the offer's, else the one its configured
+    explicit amount names (a route sold in WETH stays in WETH, never the network's USDC)."""
+    if asset is None and isinstance(configured, TokenAmount | Mapping):
+        return str(configured.asset if isinstance(configured, TokenAmount) else configured["asset"])
+    return asset
 
 
 def priced(table: RouteTable, keys: Iterable[str]) -> None:

@@ -313,3 +313,34 @@ def test_the_price_book_keeps_every_change(make_seller: Any) -> None:
         ("GET /b", 7),
         ("GET /a", "$0.05"),
     ]
+
+
+def test_a_dollar_reprice_keeps_each_offer_in_the_asset_its_explicit_price_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A route priced in WETH by an explicit amount (``TokenAmount``, no ``asset=``) repriced
+    to ``"$0.05"`` was moved to the network's USDC: a route with a USDC and a WETH offer became
+    two identical USDC offers and the WETH one was gone, though a ``$`` price reprices each
+    offer in its own asset (docs/operations.md, "Repricing"). It is read in WETH now."""
+    from fourmica_x402 import networks
+    from fourmica_x402.routes import Offer, RouteConfig
+
+    monkeypatch.setattr(networks, "_assets", {k: dict(v) for k, v in networks._assets.items()})
+    weth = networks.register_asset(NETWORK, "0x" + "ee" * 20, symbol="WETH", decimals=18)
+    seller, usdc = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8", networks.default_asset(NETWORK)
+    in_weth = TokenAmount(5 * 10**12, weth.address)
+    offers = (Offer("$0.01", NETWORK, seller), Offer(in_weth, NETWORK, seller))
+    table = RouteTable(
+        {"GET /a": RouteConfig(accepts=offers), "GET /b": in_weth}, network=NETWORK, pay_to=seller
+    )
+    reprice(table, {"GET /a": "$0.05", "GET /b": "$0.05"})
+    got = {
+        r.key: [(o.amount.asset, o.amount.amount) for o in r.offers if o.amount]
+        for r in table.routes
+    }
+    assert got == {
+        "GET /a": [(usdc.address, 50_000), (weth.address, 5 * 10**16)],
+        "GET /b": [(weth.address, 5 * 10**16)],
+    }
+    reprice(table, {})  # reset: the configured amounts again
+    assert table.match("GET", "/b").offers[0].amount == in_weth  # type: ignore[union-attr]
