@@ -16,6 +16,7 @@ sure of it and labels the record.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.store import StoreClosed, StoreUnavailable, Tx
 from ..errors import FourmicaError, PaymentError
+from ..facilitator.local import LocalFacilitator
 from .challenge import DELIVERY_TAG
 
 if TYPE_CHECKING:
@@ -301,6 +303,72 @@ def recover_unsettled(gate: Gate) -> int:
         log.error("could not look for payments left unsettled: %s", exc)
         return 0
     return labelled
+
+
+def recover_apart(gate: Gate) -> int:
+    """A gate whose records are not in the embedded Core's database: label the records a dead
+    process left "settled, delivery unknown" as :func:`recover` does (docs/architecture.md,
+    "Completion off the request path"). Their guarantee's state says how, from the embedded
+    Core; on a remote facilitator, the certificate its settle answered with: a G-v2 payment
+    under the seller's delivery policy is never scored and is cancelled at its validation
+    deadline, any other is kept (the handler may have run). Returns how many it found."""
+    facilitator = gate.facilitator
+    core = facilitator.core if isinstance(facilitator, LocalFacilitator) else None
+    now = time.time()
+    try:
+        with gate.records.store.transaction(write=False) as tx:
+            rows = tx.all(
+                "SELECT record_id, guarantee_id, pay_to, settle_result FROM fx_records "
+                "WHERE status = 'settled' AND outcome IS NULL AND guarantee_id IS NOT NULL "
+                "AND created_at < ?",
+                (now,),
+            )
+        if not rows:
+            return 0
+        if core is not None:  # the guarantee's state, as the embedded Core has it
+            with core.store.transaction(write=False) as tx:
+                found = [
+                    (rid, gid, pay_to, *state)
+                    for rid, gid, pay_to, _ in rows
+                    for state in tx.all(
+                        "SELECT state, validation_deadline FROM fx_guarantees "
+                        "WHERE guarantee_id = ?",
+                        (gid,),
+                    )
+                ]
+        else:  # what the remote Core does with it: no score comes, so it cancels it at its
+            # validation deadline ("cancelled"); any other stays charged ("payable": kept)
+            found = [
+                (rid, gid, pay_to, "cancelled" if _self_scored(result, pay_to) else "payable", None)
+                for rid, gid, pay_to, result in rows
+            ]
+        with gate.records.store.transaction() as tx:
+            for row in found:
+                _recover_one(tx, now, *row)
+    except StoreUnavailable as exc:  # a read-only or missing database: requests fail closed
+        log.error("could not look for payments left unfinished: %s", exc)
+        return 0
+    log.warning("%d paid request(s) found with their delivery unknown", len(found))
+    return len(found)
+
+
+def _self_scored(settle_result: Any, pay_to: str) -> bool:
+    """Whether a settle's certificate (docs/protocol.md, "Certificates") is of a G-v2
+    guarantee under the seller's delivery policy (its validator ``pay_to``, its tag the
+    delivery tag): one the seller's gate scores as its response ends. No certificate: no."""
+    try:
+        claims = bytes.fromhex(json.loads(settle_result)["extra"]["certificate"]["claims"][2:])
+        tuple_ = claims[128:]  # after the version, offset and length words, and the tuple's
+        # own offset: the G-v2 claims, a word each, their tag last (dynamic)
+        if int.from_bytes(claims[:32], "big") != 2:
+            return False
+        validator = "0x" + tuple_[13 * 32 + 12 : 14 * 32].hex()
+        at = int.from_bytes(tuple_[18 * 32 : 19 * 32], "big")
+        size = int.from_bytes(tuple_[at : at + 32], "big")
+        tag = tuple_[at + 32 : at + 32 + size].decode()
+    except (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError):
+        return False
+    return validator == pay_to.lower() and tag == DELIVERY_TAG
 
 
 def _recover_one(

@@ -29,7 +29,7 @@ from ..streams import Streams
 from ..templates import RouterFailed, path_matcher
 from ..wire import PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER
 from . import deliver, discovery, drive, endpoints, guards, metered, nested, paths, prices, stages
-from .background import Holds, Reconciler, recover, recover_unsettled
+from .background import Holds, Reconciler, recover, recover_apart, recover_unsettled
 from .bundles import InvalidUnits
 from .challenge import challenge, requirements
 from .pay import failure, paid, protected, version_of
@@ -98,6 +98,7 @@ class Gate:
             recover(self)  # what a process that died mid-completion left
         else:
             recover_unsettled(self)  # settle-after records a dead process left unsettled
+            recover_apart(self)  # and the paid ones it left with their delivery unknown
         if self.records.next_followup_due() is not None:
             self._reconciler.kick()  # a previous process left voids to do
         #: Alerts (docs/operations.md, "Alerts"): their hook rides on this gate's ``config``.

@@ -1780,6 +1780,147 @@ def test_a_remote_settle_after_payment_whose_process_died_in_the_handler_is_not_
         next(service, None)
 
 
+@pytest.mark.parametrize(("version", "outcome"), [(1, "kept"), (2, "cancelled")])
+def test_a_remote_settle_before_payment_whose_process_died_in_the_handler_is_labelled(
+    core: Core, tmp_path: Path, version: int, outcome: str
+) -> None:
+    """On a remote facilitator, a settle-before seller killed inside the handler (its settle
+    accepted and recorded, its response never ended) left its record 'settled' with no
+    outcome: the next gate on that records database labelled nothing (start-up recovery ran
+    on the embedded Core's records only), and with ``idempotent_replay`` the buyer's retry of
+    the header was answered 409 ``payment_in_progress`` ('send it again once it has ended') for
+    ever. It is labelled as the embedded Core's recovery labels it (docs/architecture.md,
+    "Completion off the request path"): a G-v1 payment ``kept`` (the handler may have run), a
+    G-v2 one under the seller's delivery policy ``cancelled`` (never scored, the Core cancels
+    it at its validation deadline); the retry is answered ``replay_unavailable``. The first
+    gate's handler never ends here: it stands for the process killed in it."""
+    import anyio
+
+    from fourmica_x402.core.ledger import SANDBOX_REGISTRY
+
+    service = _served(create_app(core, api_key="op", tick_interval=None, webhooks=False))
+    url, _ = next(service)
+    inside, release = threading.Event(), threading.Event()
+    registry = SANDBOX_REGISTRY.lower() if version == 2 else None
+
+    def seller(blocking: bool) -> tuple[Gate, Starlette]:
+        facilitator = HttpFacilitator(
+            url, headers={"Authorization": "Bearer op"}, validation_registry=registry
+        )
+        gate = Gate(
+            PaymentConfig(
+                pay_to=SELLER,
+                routes={"GET /premium": "$0.01"},
+                facilitator=facilitator,
+                records=str(tmp_path / "records.db"),
+                idempotent_replay=True,
+            )
+        )
+
+        async def premium(request: Request) -> JSONResponse:
+            if blocking:
+                inside.set()
+                await anyio.to_thread.run_sync(release.wait, 30)
+            return JSONResponse({"served": True})
+
+        middleware = [Middleware(PaymentMiddleware, gate=gate)]
+        return gate, Starlette(routes=[Route("/premium", premium)], middleware=middleware)
+
+    first = _served(seller(blocking=True)[1])
+    base, _ = next(first)
+    try:
+        buyer = TestBuyer.new()
+        core.deposit(buyer.address, 100_000, network=NETWORK)
+        challenge = httpx.get(f"{base}/premium").headers["payment-required"]
+        req = decode_payment_required(challenge).accepts[0]
+        asked = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": None}
+        asked["paymentRequirements"] = req.to_dict()
+        tab = httpx.post(str(req.extra["tabEndpoint"]), json=asked).json()
+        name, value = payment_header(buyer, req, tab)
+        paying = threading.Thread(
+            target=lambda: httpx.get(f"{base}/premium", headers={name: value}, timeout=60)
+        )
+        paying.start()
+        assert inside.wait(30)
+        [settled] = core.guarantees(address=buyer.address)
+        assert settled.version == version
+        gate, app = seller(blocking=False)  # the next process on the records database
+        [record] = gate.records.query(payer=buyer.address)
+        assert (record.status, record.outcome) == ("settled", outcome)
+        with TestClient(app) as again:
+            replayed = again.get("/premium", headers={name: value})
+        assert replayed.status_code == 409, replayed.text
+        assert replayed.json()["error"] == "replay_unavailable"
+        assert core.guarantee(settled.guarantee_id).state == settled.state  # nothing changed
+    finally:
+        release.set()
+        next(first, None)
+        next(service, None)
+
+
+def test_an_embedded_payment_whose_process_died_in_the_handler_with_records_apart(
+    tmp_path: Path,
+) -> None:
+    """The embedded Core with the records in a database of their own: a seller killed inside
+    the handler left its record 'settled' with no outcome, and start-up recovery (which read
+    only records in the Core's database) never labelled it: the header's retry was answered
+    409 ``payment_in_progress`` for ever. The next gate labels it from its guarantee's state
+    (a G-v1 payment ``kept``) and the retry is answered ``replay_unavailable``."""
+    import anyio
+
+    inside, release = threading.Event(), threading.Event()
+
+    def seller(blocking: bool) -> tuple[Gate, Starlette]:
+        gate = Gate(
+            PaymentConfig(
+                pay_to=SELLER,
+                routes={"GET /premium": "$0.01"},
+                core=str(tmp_path / "core.db"),
+                records=str(tmp_path / "records.db"),
+                idempotent_replay=True,
+                delivery_policy=False,
+            )
+        )
+
+        async def premium(request: Request) -> JSONResponse:
+            if blocking:
+                inside.set()
+                await anyio.to_thread.run_sync(release.wait, 30)
+            return JSONResponse({"served": True})
+
+        middleware = [Middleware(PaymentMiddleware, gate=gate)]
+        return gate, Starlette(routes=[Route("/premium", premium)], middleware=middleware)
+
+    running, app = seller(blocking=True)
+    assert running.core is not None
+    first = _served(app)
+    base, _ = next(first)
+    try:
+        buyer = TestBuyer.new()
+        running.core.deposit(buyer.address, 100_000, network=NETWORK)
+        challenge = httpx.get(f"{base}/premium").headers["payment-required"]
+        req = decode_payment_required(challenge).accepts[0]
+        asked = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": None}
+        asked["paymentRequirements"] = req.to_dict()
+        tab = httpx.post(str(req.extra["tabEndpoint"]), json=asked).json()
+        name, value = payment_header(buyer, req, tab)
+        paying = threading.Thread(
+            target=lambda: httpx.get(f"{base}/premium", headers={name: value}, timeout=60)
+        )
+        paying.start()
+        assert inside.wait(30)
+        gate, app = seller(blocking=False)  # the next process on both databases
+        [record] = gate.records.query(payer=buyer.address)
+        assert (record.status, record.outcome) == ("settled", "kept")
+        with TestClient(app) as again:
+            replayed = again.get("/premium", headers={name: value})
+        assert replayed.status_code == 409, replayed.text
+        assert replayed.json()["error"] == "replay_unavailable"
+    finally:
+        release.set()
+        next(first, None)
+
+
 class _SlowSettleHeads:
     """A proxy on 127.0.0.1 in front of ``url`` that sends /settle's status line and headers a
     byte every 50 ms (so no single read waits long) and everything else at once."""
