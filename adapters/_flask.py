@@ -8,18 +8,18 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, current_app, g, request
+from flask import Flask, abort, current_app, g, request
 from flask.signals import request_started
 from werkzeug.exceptions import HTTPException
 
 from fourmica_x402.gate import Endpoint, Gate, RouterFailed
 from fourmica_x402.gate.guards import RESOLVED_KEY, check_routed, rerouted, view_marker
-from fourmica_x402.gate.lifecycle import Endpoints
+from fourmica_x402.gate.lifecycle import Endpoints, Marker
 
 from ._flask_handled import Handled, dispatching
 from .wsgi import PAYMENT_KEY, PaymentMiddleware
 
-__all__ = ["Routed"]
+__all__ = ["Routed", "answer"]
 
 _APPS: weakref.WeakSet[Flask] = weakref.WeakSet()  # the process's apps with the extension
 
@@ -27,6 +27,18 @@ _APPS: weakref.WeakSet[Flask] = weakref.WeakSet()  # the process's apps with the
 def _served(rule: Any) -> set[str]:  # Flask answers an OPTIONS it added by itself
     auto = getattr(rule, "provide_automatic_options", False)  # not on rules added by hand
     return set(rule.methods or ()) - ({"OPTIONS"} if auto else set())
+
+
+def answer(marker: Marker, payment: Any) -> Any:
+    """What ``@paid``'s ``marker`` answers instead of its view for this request, or None."""
+    rule = request.url_rule
+    served = sorted((rule.methods if rule else None) or ())
+    refused = marker.refusal(payment, rule, request.method, served)
+    if refused is None:
+        return None
+    if refused.status == 405:
+        abort(405, valid_methods=marker.allow(served))
+    return current_app.response_class(refused.body, refused.status, refused.headers)
 
 
 def _match(app: Flask, environ: dict[str, Any]) -> Any:
@@ -96,7 +108,22 @@ class Routed(PaymentMiddleware):
         refused = rerouted(self.gate.routes, endpoint, request.method, g.payment, seen)
         if refused is not None:
             return current_app.response_class(refused.body, refused.status, refused.headers)
-        return None
+        return self._unpriced(endpoint, rule)
+
+    def _unpriced(self, endpoint: Endpoint | None, rule: Any) -> Any:
+        """What a view's ``@paid`` answers a method it does not price, or an OPTIONS the view
+        itself serves, answered here, before the view: a decorator above ``@paid`` (Flask-
+        Caching's ``@cache.cached``) would serve them a paid answer it keeps, or keep theirs
+        for the next buyer (docs/architecture.md, "Which route is priced")."""
+        method = request.method
+        if endpoint is None or method not in (endpoint.methods or ()):
+            return None  # not a marker's, or Flask's own 405 or OPTIONS
+        if not endpoint.marker_decides(method) or (
+            method != "OPTIONS" and endpoint.marker_prices(method)
+        ):
+            return None
+        marker = view_marker(self._flask_app.view_functions.get(rule.endpoint))
+        return None if marker is None else answer(marker, None)
 
     def after_view(self, response: Any) -> Any:
         """``response``, or the refusal the view should have met: a ``before_request`` hook

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 try:
-    from flask import Flask, abort, current_app, request
+    from flask import Flask, request
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         'fourmica_x402.adapters.flask needs Flask: pip install "fourmica-x402[flask]"'
@@ -34,7 +34,7 @@ from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.gate import Gate
 from fourmica_x402.gate.lifecycle import Marker
 
-from ._flask import _APPS, Routed
+from ._flask import _APPS, Routed, answer
 from .wsgi import PAYMENT_KEY
 
 __all__ = ["FourmicaX402", "paid", "settings"]
@@ -54,14 +54,7 @@ def paid(
     marker = Marker(price, methods, route)
 
     def refusal(*args: Any, **kwargs: Any) -> Any:  # g.payment: set by the extension
-        rule = request.url_rule
-        served = sorted((rule.methods if rule else None) or ())
-        refused = marker.refusal(request.environ.get(PAYMENT_KEY), rule, request.method, served)
-        if refused is None:
-            return None
-        if refused.status == 405:
-            abort(405, valid_methods=marker.allow(served))
-        return current_app.response_class(refused.body, refused.status, refused.headers)
+        return answer(marker, request.environ.get(PAYMENT_KEY))
 
     def mark(view: View) -> View:
         marker.validate(f"@paid on {getattr(view, '__qualname__', repr(view))}")

@@ -763,6 +763,50 @@ def test_a_table_priced_rule_serving_options_answers_it_without_running_the_view
     assert resp.status_code == 200 and runs == ["GET"]
 
 
+@pytest.mark.parametrize(
+    ("methods", "priced", "free"),
+    [(["GET", "OPTIONS"], None, "OPTIONS"), (["GET", "POST"], ["GET"], "POST")],
+)
+@pytest.mark.parametrize("paid_first", [True, False])
+def test_what_paid_answers_unpaid_is_answered_before_a_cache_decorator_above_it(
+    core: Core, methods: list[str], priced: list[str] | None, free: str, paid_first: bool
+) -> None:
+    """Flask-Caching's ``@cache.cached`` goes right below the route decorator, above
+    ``@paid``, and keys its entries by path, not method. ``@paid`` answered an OPTIONS its rule
+    lists, and a method it does not price, inside the view: the paid GET's cached answer went
+    to them, free; or the cache kept that empty 200 (or 405) and the next paid GET got it,
+    charged for a view that never ran."""
+    from flask_caching import Cache
+
+    app = make_app(pay_to=SELLER, network=NETWORK, core=core)
+    cache = Cache(app, config={"CACHE_TYPE": "SimpleCache"})
+    FourmicaX402(app)
+    runs: list[str] = []
+
+    @app.route("/report", methods=methods)
+    @cache.cached(timeout=60)
+    @paid("$0.01", methods=priced)
+    def report() -> dict[str, str]:
+        runs.append(request.method)
+        return {"report": "paid content"}
+
+    client, buyer = app.test_client(), funded(core)
+    headers = payment_for(client, buyer, "/report")
+    if paid_first:
+        resp = client.get("/report", headers=headers)
+        assert resp.status_code == 200 and resp.get_json() == {"report": "paid content"}
+    unpaid = client.open("/report", method=free)
+    assert unpaid.status_code == (200 if free == "OPTIONS" else 405)
+    assert b"paid content" not in unpaid.get_data()
+    assert "GET" in unpaid.headers["Allow"] and "POST" not in unpaid.headers["Allow"]
+    if not paid_first:
+        resp = client.get("/report", headers=headers)
+        assert resp.status_code == 200 and resp.get_json() == {"report": "paid content"}
+    assert runs == ["GET"]
+    app.extensions["fourmica_x402"].gate.flush()
+    assert core.position(buyer.address, network=NETWORK).locked == 10_000
+
+
 def test_a_body_short_of_its_content_length_is_refunded(core: Core) -> None:
     """WSGI servers do not check that a body is as long as its Content-Length: a body that
     ended short (a file truncated after it was measured, a generator that stopped early) was
