@@ -49,7 +49,9 @@ def paid(
     """Price a view (``route``: any other RouteConfig field); the view reads ``g.payment``.
 
     ``methods``: the methods priced (default: every method the rule serves); the others
-    are answered 405. The view never runs without a payment settled for its rule.
+    are answered 405. The view never runs without a payment settled for its rule. In a
+    Flask-RESTful or flask-restx ``Resource``'s ``method_decorators``, it prices the methods
+    they decorate (docs/architecture.md, "Which route is priced").
     """
     marker = Marker(price, methods, route)
 
@@ -60,7 +62,7 @@ def paid(
         marker.validate(f"@paid on {getattr(view, '__qualname__', repr(view))}")
         return marker.attach(marker.guard(view, refusal))
 
-    return mark
+    return marker.attach(mark)  # read where it decorates (a Resource's method_decorators)
 
 
 def settings(app_config: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import contextlib
 import copy
 import logging
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..errors import ConfigurationError
@@ -73,17 +73,39 @@ def method_marker(cls: Any) -> Any:
     """The price a class-based view's methods carry (``@paid`` on ``get``, Django's
     ``method_decorator(paid(...))``), as one marker pricing just those methods: the class's
     route is priced for them, the others are the class's own. Two prices: ConfigurationError."""
-    from .lifecycle import Marker
-
     if cls is None:
         return None
-    found = {v.upper(): m for v in _VERBS if (m := Marker.of(getattr(cls, v, None))) is not None}
+    found = {v.upper(): m for v in _VERBS if (m := _method_price(cls, v)) is not None}
     one = one_marker(found.values(), f"the methods of {getattr(cls, '__qualname__', cls)}")
     if one is None:
         return None
     marker = copy.copy(one)  # priced for the methods marked, as far as their marker prices
     marker.methods = ClassMethods(m for m in found if one.prices(m))
     return marker
+
+
+def _method_price(cls: Any, verb: str) -> Any:
+    """The price on ``cls``'s handler for ``verb``: its own ``@paid``, or one among the
+    ``method_decorators`` Flask-RESTful applies to it (its dict form, naming methods)."""
+    from .lifecycle import Marker
+
+    handler = getattr(cls, verb, None)
+    named = getattr(cls, "method_decorators", None)
+    named = named.get(verb, ()) if isinstance(named, Mapping) and handler is not None else ()
+    where = f"{getattr(cls, '__qualname__', cls)}.{verb}"
+    return one_marker([Marker.of(handler), *map(Marker.of, named)], where)
+
+
+def _decorators_price(cls: Any) -> Any:
+    """The price among the ``method_decorators`` a Flask-RESTful or flask-restx ``Resource``
+    applies to each of its handlers (a list): it prices the class whole."""
+    from .lifecycle import Marker
+
+    every = getattr(cls, "method_decorators", None)
+    if not isinstance(every, list | tuple):
+        return None
+    where = f"the method_decorators of {getattr(cls, '__qualname__', cls)}"
+    return one_marker(map(Marker.of, every), where)
 
 
 def view_marker(view: Any) -> Any:
@@ -95,7 +117,7 @@ def view_marker(view: Any) -> Any:
     cls = getattr(view, "view_class", None)
     # A class priced whole: its own @paid, or one on the one handler it dispatches to (Flask's
     # View.dispatch_request, as Django's method_decorator(paid(...), name="dispatch"))
-    whole = Marker.of(getattr(cls, "dispatch_request", None))
+    whole = Marker.of(getattr(cls, "dispatch_request", None)) or _decorators_price(cls)
     own, methods = Marker.of(view) or Marker.of(cls) or whole, method_marker(cls)
     if own is not None and methods is not None and own.config != methods.config:
         one_marker([own, methods], getattr(cls, "__qualname__", repr(cls)))

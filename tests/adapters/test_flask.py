@@ -1164,6 +1164,52 @@ def test_paid_on_a_plain_view_dispatch_request_prices_every_method(core: Core) -
     assert core.position(buyer.address, network=NETWORK).locked == 20_000
 
 
+@pytest.mark.parametrize("package", ["flask_restful", "flask_restx"])
+def test_paid_in_a_resources_method_decorators_prices_its_methods(core: Core, package: str) -> None:
+    """Flask-RESTful's and flask-restx's ``Resource.method_decorators`` (a list for every
+    method; Flask-RESTful's dict names methods) is how their users decorate a resource's
+    handlers: ``@paid`` there was never seen, ``check()`` passed, and every request to the
+    resource answered 503 payment_not_enforced, a resource that could never be bought."""
+    restful = pytest.importorskip(package)
+
+    class Report(restful.Resource):
+        method_decorators: ClassVar[Any] = [paid("$0.03")]
+
+        def get(self) -> Any:
+            return {"report": g.payment.payer}
+
+    class Notes(restful.Resource):
+        method_decorators: ClassVar[Any] = {"post": [paid("$0.05")]}
+
+        def get(self) -> Any:
+            return {"notes": "free"}
+
+        def post(self) -> Any:
+            return {"posted": g.payment.payer}
+
+    app = make_app(pay_to=SELLER, core=core, network=NETWORK)
+    ext = FourmicaX402(app)
+    api = restful.Api(app)
+    api.add_resource(Report, "/report")
+    if package == "flask_restful":  # a dict: Flask-RESTful only
+        api.add_resource(Notes, "/notes")
+    ext.check()
+    client = app.test_client()
+    assert amount_of(client, "/report") == "30000"
+    buyer = funded(core)
+    resp = client.get("/report", headers=payment_for(client, buyer, "/report"))
+    assert resp.status_code == 200 and resp.get_json() == {"report": buyer.address}
+    locked = 30_000
+    if package == "flask_restful":
+        assert client.get("/notes").get_json() == {"notes": "free"}
+        headers = payment_for(client, buyer, "/notes", "POST")
+        resp = client.post("/notes", headers=headers)
+        assert resp.status_code == 200 and resp.get_json() == {"posted": buyer.address}
+        locked += 50_000
+    ext.gate.flush()
+    assert core.position(buyer.address, network=NETWORK).locked == locked
+
+
 def test_two_prices_on_the_methods_of_one_view_fail_at_start_up(core: Core) -> None:
     class Report(MethodView):
         @paid("$0.02")
