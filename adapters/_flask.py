@@ -41,6 +41,12 @@ def answer(marker: Marker, payment: Any) -> Any:
     return current_app.response_class(refused.body, refused.status, refused.headers)
 
 
+def _started(sender: Flask, **extra: Any) -> None:
+    """Flask's ``request_started``: ``g.payment`` for every ``before_request`` hook, those
+    that run before the extension's too (Flask-Limiter's, limiting per payer)."""
+    g.payment = request.environ.get(PAYMENT_KEY)
+
+
 def _match(app: Flask, environ: dict[str, Any]) -> Any:
     """The rule Flask's router resolves for ``environ``. Flask matches inside the request
     context, its converters may read ``current_app``, ``g``, ``session``: when the plain
@@ -76,6 +82,7 @@ class Routed(PaymentMiddleware):
         describe = lambda r: (view_marker(views.get(r.endpoint)), _served(r))  # noqa: E731
         self._endpoint = Endpoints(describe, converter=flask_app.url_map.converters.get)
         request_started.connect(dispatching, flask_app)
+        request_started.connect(_started, flask_app)
         self.app = Handled(app, flask_app)
 
     def check(self) -> None:  # the first request runs it at the latest: views come after init_app

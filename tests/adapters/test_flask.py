@@ -226,6 +226,33 @@ def test_g_payment_in_a_paid_view(core: Core) -> None:
     assert "payment-response" in resp.headers
 
 
+def test_a_limit_per_payer_from_a_limiter_set_up_before_the_extension(core: Core) -> None:
+    """Flask-Limiter, set up before ``FourmicaX402(app)``, checks its default limits in a
+    ``before_request`` hook that runs before the extension's: a ``key_func`` limiting each
+    buyer by ``g.payment.payer`` raised AttributeError there, and every paid request was
+    answered 500 (refunded): the API could not be bought. ``g.payment`` is now set as Flask
+    starts the request, before any hook."""
+    from flask_limiter import Limiter
+
+    app = make_app(pay_to=SELLER, network=NETWORK, core=core)
+
+    def payer() -> str:
+        return g.payment.payer if g.payment else request.remote_addr or "?"
+
+    Limiter(payer, app=app, default_limits=["1 per minute"], storage_uri="memory://")
+    FourmicaX402(app)
+    app.add_url_rule("/report", "report", paid("$0.01")(lambda: {"payer": g.payment.payer}))
+    client, buyer, other = app.test_client(), funded(core), funded(core)
+    resp = client.get("/report", headers=payment_for(client, buyer, "/report"))
+    assert resp.status_code == 200 and resp.get_json() == {"payer": buyer.address}
+    assert client.get("/report", headers=payment_for(client, buyer, "/report")).status_code == 429
+    resp = client.get("/report", headers=payment_for(client, other, "/report"))
+    assert resp.status_code == 200 and resp.get_json() == {"payer": other.address}
+    app.extensions["fourmica_x402"].gate.flush()
+    assert core.position(buyer.address, network=NETWORK).locked == 10_000  # the 429 refunded
+    assert core.position(other.address, network=NETWORK).locked == 10_000
+
+
 class DocConverter(BaseConverter):
     regex = "[a-z0-9/]+"  # a custom converter whose regex matches "/"
 
