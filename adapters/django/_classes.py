@@ -58,7 +58,7 @@ def viewset(view: Any) -> tuple[Marker | None, list[str] | None] | None:
     cls, actions = getattr(view, "cls", None), getattr(view, "actions", None)
     if not isinstance(cls, type) or not isinstance(actions, dict):
         return None
-    own = Marker.of(view) or Marker.of(cls)
+    own = one_marker([Marker.of(view), Marker.of(cls)], cls.__qualname__)  # not two prices
     handlers = {verb: getattr(cls, name, None) for verb, name in actions.items()}
     methods = method_marker(SimpleNamespace(__qualname__=cls.__qualname__, **handlers))
     if own is not None and methods is not None and own.config != methods.config:

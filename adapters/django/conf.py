@@ -16,7 +16,7 @@ from django.urls.resolvers import LocalePrefixPattern, RegexPattern, URLResolver
 from fourmica_x402.config import PaymentConfig, config_options
 from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.gate import Response
-from fourmica_x402.gate.guards import view_marker
+from fourmica_x402.gate.guards import one_marker, view_marker
 from fourmica_x402.gate.lifecycle import Marker
 
 from ._classes import answers_itself, api_view_marker, bound_view, viewset
@@ -46,7 +46,10 @@ def describe(view: Any) -> tuple[Marker | None, list[str] | None]:
     a class that may answer any method itself (:func:`answers_itself`) serves all (None)."""
     if (cls := getattr(view, "view_class", None)) is None:
         return viewset(view) or operations(view) or (Marker.of(view), None)
-    marker = view_marker(view) or api_view_marker(cls)
+    # @paid twice at two prices (on a marked class's view, above and below @api_view) fails:
+    # the inner marker's guard would take the outer's cheaper payment (docs/architecture.md)
+    outer = one_marker([Marker.of(view), Marker.of(cls), api_view_marker(cls)], cls.__qualname__)
+    marker = view_marker(view) or outer
     if answers_itself(cls):
         return marker, None
     names = getattr(view, "view_initkwargs", {}).get("http_method_names", cls.http_method_names)

@@ -29,6 +29,7 @@ if not settings.configured:  # another Django test module may have configured th
     )
     django.setup()
 
+from django.core.handlers.wsgi import WSGIHandler
 from django.test import Client, override_settings
 from django.urls import include, path
 from django.utils.decorators import method_decorator
@@ -40,6 +41,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from fourmica_x402.core import Core
+from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
 from fourmica_x402.wire import decode_payment_required
 
@@ -139,6 +141,36 @@ for prefix, viewset in (("items", Items), ("reports", Reports), ("orders", Order
     ROUTER.register(prefix, viewset, basename=prefix)
 SUFFIXED = routers.DefaultRouter()
 SUFFIXED.register("items", Catalog, basename="catalog")
+
+
+@paid(price="$0.01")
+@api_view(["GET"])
+@paid(price="$1.00")
+def sandwich(request: Request) -> Response:
+    return Response({})  # pragma: no cover - never served
+
+
+@paid(price="$1.00")
+class Dear(APIView):
+    def get(self, request: Request) -> Response:
+        return Response({})  # pragma: no cover - never served
+
+
+@paid(price="$1.00")
+class DearSet(viewsets.ViewSet):
+    def list(self, request: Request) -> Response:
+        return Response([])  # pragma: no cover - never served
+
+
+#: A view marked twice at two prices: above and below ``@api_view``; a marked class's view
+#: marked again; a marked ViewSet's route marked again.
+TWICE = {
+    "api_view": sandwich,
+    "view_class": paid(price="$0.01")(Dear.as_view()),
+    "viewset": paid(price="$0.01")(DearSet.as_view({"get": "list"})),
+}
+
+
 URLS = types.ModuleType("django_rest_urls")
 URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("quotes", Quotes.as_view()),
@@ -274,3 +306,16 @@ def test_paid_below_api_view_prices_the_function(core: Core) -> None:
         buyer, resp = pay(client, core, "/memo")
         assert resp.status_code == 200 and resp.json() == {"memo": "paid content"}
         assert seen[0][1].payer == buyer.address and locked(core, buyer) == 20_000
+
+
+@pytest.mark.parametrize("which", sorted(TWICE))
+def test_a_drf_view_marked_twice_at_two_prices_fails_at_start_up(core: Core, which: str) -> None:
+    """``@paid`` at $0.01 over a view already marked at $1.00 (below ``@api_view``, on its
+    class, on a ViewSet): the route was sold at $0.01 and the $1.00 marker's guard let that
+    payment through (it checks the route, not the price). Two prices: refused at start-up."""
+    urls = types.ModuleType(f"django_rest_twice_{which}")
+    urls.urlpatterns = [path("twice", TWICE[which])]  # type: ignore[attr-defined]
+    sys.modules[urls.__name__] = urls
+    refused = pytest.raises(ConfigurationError, match=r"more than one price \('\$0.01', '\$1.00'\)")
+    with selling(core, {}), override_settings(ROOT_URLCONF=urls.__name__), refused:
+        WSGIHandler()
