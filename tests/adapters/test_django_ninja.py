@@ -110,6 +110,19 @@ def secret(request: HttpRequest) -> dict[str, Any]:
 ABOVE = types.ModuleType("django_ninja_above_urls")
 ABOVE.urlpatterns = [path("api/", above.urls)]  # type: ignore[attr-defined]
 sys.modules[ABOVE.__name__] = ABOVE
+both = NinjaAPI(urls_namespace="fourmica_ninja_tests_both")
+
+
+def forecast(request: HttpRequest) -> dict[str, Any]:
+    seen.append(("forecast", getattr(request, "payment", None)))
+    return {"forecast": "sunny"}
+
+
+both.get("/preview")(forecast)  # the same function: free here,
+both.get("/forecast")(paid(price="$0.05")(forecast))  # priced here
+BOTH = types.ModuleType("django_ninja_both_urls")
+BOTH.urlpatterns = [path("api/", both.urls)]  # type: ignore[attr-defined]
+sys.modules[BOTH.__name__] = BOTH
 URLS = types.ModuleType("django_ninja_urls")
 URLS.urlpatterns = [path("api/", api.urls)]  # type: ignore[attr-defined]
 sys.modules[URLS.__name__] = URLS
@@ -214,3 +227,17 @@ def test_paid_above_the_route_decorator_fails_at_start_up(core: Core) -> None:
     with selling(core, {}), override_settings(ROOT_URLCONF=ABOVE.__name__), refused:
         WSGIHandler()
     assert seen == []
+
+
+def test_one_function_free_at_one_path_and_paid_at_another_starts(core: Core) -> None:
+    """A function Ninja serves free at ``/preview`` and, wrapped in ``@paid``, at ``/forecast``:
+    the start-up check looked at one path's operations only, took the free one for ``@paid``
+    put above ``@api.get`` and refused to start. Each is served as routed."""
+    with selling(core, {}), override_settings(ROOT_URLCONF=BOTH.__name__):
+        client = Client()
+        assert client.get("/api/preview").json() == {"forecast": "sunny"}
+        assert seen == [("forecast", None)]
+        assert amount_of(client.get("/api/forecast")) == "50000" and len(seen) == 1
+        buyer, resp = pay(client, core, "/api/forecast")
+        assert resp.status_code == 200 and resp.json() == {"forecast": "sunny"}
+        assert seen[-1][1].payer == buyer.address and locked(core, buyer) == 50_000
