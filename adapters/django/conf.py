@@ -116,6 +116,8 @@ def paid(
         return None if refused is None else render(refused)
 
     def function_refusal(request: Any, *args: Any, **kwargs: Any) -> HttpResponse | None:
+        if hasattr(request, "http_method_names") and args:  # on a view's method: (self, request)
+            return refusal(args[0], marker.allow(request._allowed_methods()))
         return refusal(request, marker.allow(METHODS))
 
     def class_refusal(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:

@@ -162,6 +162,22 @@ class DearSet(viewsets.ViewSet):
         return Response([])  # pragma: no cover - never served
 
 
+class Direct(viewsets.ViewSet):
+    """``@paid`` right on an action, as on a Flask ``MethodView``'s ``get``."""
+
+    @paid(price="$0.06")
+    def list(self, request: Request) -> Response:
+        seen.append(("list", request.payment))  # type: ignore[attr-defined]
+        return Response([{"id": 1}])
+
+
+class DirectView(APIView):
+    @paid(price="$0.06")
+    def get(self, request: Request) -> Response:
+        seen.append(("get", request.payment))  # type: ignore[attr-defined]
+        return Response({"quote": "paid content"})
+
+
 #: A view marked twice at two prices: above and below ``@api_view``; a marked class's view
 #: marked again; a marked ViewSet's route marked again.
 TWICE = {
@@ -178,6 +194,8 @@ URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("memo", memo),
     path("api/", include(ROUTER.urls)),
     path("v2/", include(SUFFIXED.urls)),
+    path("direct", Direct.as_view({"get": "list"})),
+    path("direct-view", DirectView.as_view()),
 ]
 sys.modules[URLS.__name__] = URLS
 
@@ -319,3 +337,15 @@ def test_a_drf_view_marked_twice_at_two_prices_fails_at_start_up(core: Core, whi
     refused = pytest.raises(ConfigurationError, match=r"more than one price \('\$0.01', '\$1.00'\)")
     with selling(core, {}), override_settings(ROOT_URLCONF=urls.__name__), refused:
         WSGIHandler()
+
+
+@pytest.mark.parametrize("url", ["/direct", "/direct-view"])
+def test_paid_right_on_a_drf_handler_sells_it(core: Core, url: str) -> None:
+    """``@paid`` on a ViewSet's action or an APIView's ``get`` itself (not through
+    ``method_decorator``): the route was priced, but its guard took the view for the request
+    and raised, so every paid request was answered 500 and nothing was ever sold."""
+    with selling(core, {}) as client:
+        assert amount_of(client.get(url)) == "60000" and seen == []
+        buyer, resp = pay(client, core, url)
+        assert resp.status_code == 200 and seen[0][1].payer == buyer.address
+        assert locked(core, buyer) == 60_000
