@@ -19,7 +19,6 @@ from fourmica_x402.core.store.sqlite import _path_of as sqlite_path
 from fourmica_x402.gate.lifecycle import Endpoints
 
 from . import conf, i18n
-from ._ninja import routed
 from ._order import cache_misplaced
 
 
@@ -34,7 +33,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
         return [Error("FOURMICA_X402 is missing or not a dict", id="fourmica_x402.E001")]
     try:  # each @paid price too, with the settings' payTo and network
         missing = Endpoints(conf.describe, converter=conf.converter).unmatched(
-            conf.load(), routed(conf.patterns())
+            conf.load(), conf.patterns()
         )
     except (ValueError, TypeError) as exc:  # ConfigurationError is a ValueError
         said = str(exc) if str(exc).startswith("FOURMICA_X402") else f"FOURMICA_X402: {exc}"

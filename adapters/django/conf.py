@@ -20,7 +20,7 @@ from fourmica_x402.gate.guards import one_marker, view_marker
 from fourmica_x402.gate.lifecycle import Marker
 
 from ._classes import answers_itself, api_view_marker, bound_view, viewset
-from ._ninja import operations
+from ._ninja import operations, routed
 from ._reads import reads
 
 #: What a function view may serve, in the order ``Allow`` lists them.
@@ -65,8 +65,9 @@ def patterns(localized: bool = False, urlconf: Any = None) -> Iterator[tuple[Any
     """``(view, route)`` of every URL pattern of ``urlconf`` (None: ROOT_URLCONF), its route
     joined as Django joins ResolverMatch.route (re_path: its regex, as :func:`reads`), less the
     language prefix of ``i18n_patterns``: one route for every language (docs/architecture.md,
-    "Which route is priced"). ``localized``: only the patterns under ``i18n_patterns``."""
-    return ((view, read) for view, _, read in routes(localized, urlconf))
+    "Which route is priced"). ``localized``: only the patterns under ``i18n_patterns``. Their
+    views and Ninja operations are noted as served (:func:`._ninja.routed`)."""
+    return iter(routed((view, read) for view, _, read in routes(localized, urlconf)))
 
 
 def routes(localized: bool = False, urlconf: Any = None) -> Iterator[tuple[Any, str, str]]:

@@ -22,7 +22,6 @@ from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Endpoints, Meter
 from fourmica_x402.gate.types import for_shared_caches
 
 from ._delivery import served, unless_sent
-from ._ninja import routed
 from ._order import cache_misplaced
 from ._streams import as_served
 from ._view import overridden, request_view
@@ -53,7 +52,7 @@ class PaymentMiddleware:
         # Priced is what Django's resolver serves (docs/architecture.md, "Which route is
         # priced"): a @paid price or a ROUTES entry naming no URL pattern fails at start-up.
         self._endpoint = Endpoints(describe, converter=converter)
-        self._endpoint.check(self.gate, routed(patterns()))
+        self._endpoint.check(self.gate, patterns())
         self._localized: dict[Any, set[tuple[Any, str]]] = {}  # per URLconf
         self._read: dict[Any, dict[str, str]] = {}  # and its routes as read
         if self.async_mode:  # Django adapts it to its stack either way
