@@ -33,7 +33,7 @@ import sys
 from typing import Any
 
 from fourmica_x402.gate import PASS, Gate, Response
-from fourmica_x402.gate.lifecycle import Meter
+from fourmica_x402.gate.lifecycle import BODY_LIMIT, Meter
 
 from ._body import BufferedBody, Judge
 from ._chain import copying_layer
@@ -74,6 +74,7 @@ class PaidExchange:
 
     __slots__ = (
         "_complete",
+        "_due",
         "_ending",
         "_heard",
         "_left",
@@ -81,6 +82,7 @@ class PaidExchange:
         "_paid",
         "_read",
         "_receive",
+        "_receiving",
         "_send",
         "_timer",
         "judge",
@@ -100,10 +102,11 @@ class PaidExchange:
         self._heard: asyncio.Queue[dict[str, Any]] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._read = False  # the request body was read whole
+        self._receiving = False  # the app waits on the server's receive: none beside it
+        self._due = False  # the listener is due once the app's receive returns
 
     async def run(self, app: Any, scope: Any) -> None:
-        if not _has_body(scope):
-            self._listen()
+        self._listen()  # a body the app leaves unread is heard too (a FastAPI POST without one)
         outer = scope.get("app")  # the Starlette app whose error handler may answer
         try:
             await app(scope, self.receive, self.send)
@@ -225,16 +228,28 @@ class PaidExchange:
     async def receive(self) -> dict[str, Any]:
         heard, listener = self._heard, self._listener
         if heard is not None and listener is not None:  # the exchange listens: what it heard
-            if heard.empty() and listener.done():  # it stopped (see _hear): ask the server
+            stopped = heard.empty() and listener.done()
+            ended = stopped and not listener.cancelled() and listener.exception() is None
+            if ended and not self._read:  # at its limit (see _hear): the body's next part
+                self._listener = None
+                self._start()
+                return await self.receive()
+            if stopped:  # it stopped (see _hear): ask the server
                 return self._note(await self._receive())
             message = await heard.get()
             if message["type"] == "http.disconnect":
                 heard.put_nowait(message)  # said again to any later call
             return message
-        message = self._note(await self._receive())
+        self._receiving = True
+        try:
+            message = self._note(await self._receive())
+        finally:
+            self._receiving = False
+            if self._due:  # it came due while the app read (or waited, and gave up)
+                self._due = False
+                self._start()  # runs once this returns: after ``_read`` is set
         if message["type"] == "http.request" and not message.get("more_body", False):
-            self._read = True
-            self._listen()  # the body is read: from now on only a disconnect can come
+            self._read = True  # from now on only a disconnect can come
         return message
 
     def _note(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -247,23 +262,31 @@ class PaidExchange:
 
     def _listen(self) -> None:
         """Listen once the app has run :data:`LISTEN_AFTER` seconds (a quick answer costs no
-        listener; a disconnect before then is still heard: servers keep saying it)."""
+        listener; a disconnect before then is still heard: servers keep saying it). A body
+        the app has not read by then is read ahead for it (kept for its own ``receive``),
+        ``BODY_LIMIT`` bytes at a time (docs/protocol.md, "Delivery")."""
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(LISTEN_AFTER, self._start)
 
     def _start(self) -> None:
-        if self._listener is None:
+        if self._receiving:  # never a second receive beside the app's: after it (``receive``)
+            self._due = True
+        elif self._listener is None:
             self._heard = asyncio.Queue()
             self._listener = asyncio.ensure_future(self._hear())
 
     async def _hear(self) -> None:
         assert self._heard is not None
+        kept = 0
         while True:
             message = self._note(await self._receive())
             self._heard.put_nowait(message)
             if message["type"] != "http.request" or self._read:
                 return  # the client left; or a server saying the body again: nothing to hear
             self._read = not message.get("more_body", False)
+            kept += len(message.get("body", b""))
+            if kept > BODY_LIMIT and not self._read:
+                return  # a large body the app has not read: the rest once it reads this part
 
     async def _ended(self) -> None:
         """A price that wants to know (a paid MCP call's) is told its request ended before its
@@ -283,16 +306,6 @@ class PaidExchange:
             self._timer.cancel()
         if self._listener is not None:
             self._listener.cancel()
-
-
-def _has_body(scope: Any) -> bool:
-    """Whether the request says it carries a body (a length above 0, or chunks)."""
-    for key, value in scope.get("headers", ()):
-        if key.lower() == b"transfer-encoding" or (
-            key.lower() == b"content-length" and value.strip() not in (b"", b"0")
-        ):
-            return True
-    return False
 
 
 def warn_copying_layers(app: Any) -> None:
