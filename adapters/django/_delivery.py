@@ -70,9 +70,10 @@ def served(response: Any, meter: Meter, async_mode: bool) -> Flow:
         # a body short of its Content-Length: refunded; past it, an ASGI server sends none
         yield from meter.finish(meter.short() or (_longer(meter) if async_mode else None))
         return
-    cls = type(response)
+    cls = type(response)  # one a view answers again (built once) is watched already
     if (watched := _WATCHED.get(cls)) is None:
-        watched = _WATCHED[cls] = type(cls.__name__, (_Watched, cls), {})
+        mixed = issubclass(cls, _Watched)
+        watched = _WATCHED[cls] = cls if mixed else type(cls.__name__, (_Watched, cls), {})
     response.__class__, response._fourmica_written = watched, (written := _Written())
 
     def closed() -> None:

@@ -142,6 +142,14 @@ def longer(request: HttpRequest) -> HttpResponse:
     return response
 
 
+CATALOG = JsonResponse({"catalog": ["a", "b"]})  # built once, answered to every buyer
+
+
+@paid(price="$0.01")
+def catalog(request: HttpRequest) -> JsonResponse:
+    return CATALOG
+
+
 @cache_page(60)
 @paid(price="$0.01")
 def cached(request: HttpRequest) -> JsonResponse:
@@ -460,6 +468,7 @@ URLS.urlpatterns = [  # type: ignore[attr-defined]
     path("cached", cached),
     path("short", short),
     path("longer", longer),
+    path("catalog", catalog),
     path("bulky", bulky),
     path("wordy", wordy),
     path("proxied", Proxied.as_view()),
@@ -1040,6 +1049,19 @@ def test_a_paid_answer_shorter_than_its_content_length_is_refunded(
     assert resp.status_code == 200
     app._middleware_chain.__wrapped__.gate.flush()
     assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
+def test_a_response_a_view_answers_again_is_served_and_charged_each_time(
+    configured: None, core: Core
+) -> None:
+    """A view may answer every request with one response object it built once (a catalog):
+    the second paid request for it was a 500 (a payment taken, nothing delivered), its class
+    already swapped by the first for one watching the server's writes."""
+    client = Client()
+    for _ in range(3):
+        buyer, resp = pay(client, core, "/catalog")
+        assert resp.status_code == 200 and resp.json() == {"catalog": ["a", "b"]}
+        assert outcomes(client, buyer) == [("delivered", "delivered")]
 
 
 def test_a_whole_answer_longer_than_its_content_length_is_refunded_on_the_async_stack(
