@@ -379,8 +379,9 @@ class RouteTable:
         if isinstance(value, RouteConfig):
             return value
         if isinstance(value, Mapping) and "accepts" in value:
-            accepts = value["accepts"]
-            items = [accepts] if isinstance(accepts, Mapping) else list(accepts)
+            if dropped := sorted(set(value) & (_OFFER_KEYS | {"pay_to"})):  # else the app's
+                raise ConfigurationError(f"route {key!r}: name {dropped} in each accepts entry")
+            items = [a] if isinstance(a := value["accepts"], Mapping) else list(a)
             offers = []
             for item in items:  # a key it does not read (a typo) would leave the app's default
                 if not isinstance(item, Mapping) or "price" not in item:
@@ -401,10 +402,9 @@ class RouteTable:
                         scheme=item.get("scheme", SCHEME),
                     )
                 )
-            ours = set(RouteConfig.__dataclass_fields__) - _OFFER_KEYS - {"pay_to", "accepts"}
-            rest = {k: v for k, v in value.items() if k in ours}  # min_amount, stage…; not tags…
-            rest["mime_type"] = value.get("mimeType", value.get("mime_type", ""))
-            return RouteConfig(**rest, accepts=tuple(offers))
+            rest = {k: v for k, v in value.items() if k in RouteConfig.__dataclass_fields__}
+            rest["mime_type"] = value.get("mimeType", value.get("mime_type", ""))  # not tags…
+            return RouteConfig(**{**rest, "accepts": tuple(offers)})  # min_amount, stage…
         if isinstance(value, Mapping) and "price" in value:
             if unknown := set(value) - set(RouteConfig.__dataclass_fields__):
                 raise ConfigurationError(f"route {key!r}: unknown keys {sorted(unknown)}")

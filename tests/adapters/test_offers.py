@@ -335,3 +335,34 @@ def test_the_route_dicts_max_timeout_seconds_beside_accepts_is_what_its_offers_a
     with TestClient(app) as client:
         challenge = decode_payment_required(client.get("/premium").headers["payment-required"])
     assert [o.max_timeout_seconds for o in challenge.accepts] == [600, 30]
+
+
+@pytest.mark.parametrize(
+    "beside",
+    [{"network": "eip155:8453"}, {"payTo": SECOND}, {"pay_to": SECOND}, {"asset": FIRST}],
+    ids=["network", "payTo", "pay_to", "asset"],
+)
+def test_an_offer_term_beside_accepts_fails_at_start_up(
+    audited_core: Core, beside: dict[str, Any]
+) -> None:
+    """``{"network": "eip155:8453", "accepts": [{"price": "$0.01"}]}``: the route's
+    ``max_timeout_seconds`` applies to its offers, but a ``network``, ``payTo`` or ``asset``
+    written there was dropped silently, each offer taking the app's instead: a route meant for
+    Base mainnet sold for Base Sepolia test tokens, paid to the app's payTo, not the route's.
+    It fails at start-up now, naming the key (each offer names its own)."""
+    from fourmica_x402.errors import ConfigurationError
+
+    async def premium(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("paid")
+
+    def app() -> Any:
+        return PaymentMiddleware(
+            Starlette(routes=[Route("/premium", premium)]),
+            pay_to=FIRST,
+            core=audited_core,
+            network=NETWORK,
+            routes={"GET /premium": {**beside, "accepts": [{"price": "$0.01"}]}},
+        )
+
+    with pytest.raises(ConfigurationError, match=next(iter(beside))), TestClient(app()):
+        pass
