@@ -383,7 +383,7 @@ def run_sync(
     read: Callable[[httpx.Response], Any] = read_answer,
 ) -> T:
     """Perform the steps' I/O with blocking calls; an async approval callback is run to its
-    end. An exception raised by a call is thrown back into the steps, which decide."""
+    end. An exception raised by a call, Ctrl-C too, is thrown back into the steps at once."""
     answer: Any = None
     error: BaseException | None = None
     while True:
@@ -401,7 +401,7 @@ def run_sync(
                 read(step.response)
             else:
                 answer = _resolve(approve(step.request)) if approve is not None else False
-        except Exception as exc:
+        except BaseException as exc:  # a cancelled call too: what left is kept now
             error = exc
 
 
@@ -430,7 +430,7 @@ async def run_async(
                 answer = approve(step.request) if approve is not None else False
                 if inspect.isawaitable(answer):
                     answer = await answer
-        except Exception as exc:
+        except BaseException as exc:  # a cancelled call too: what left is kept now
             error = exc
 
 

@@ -890,6 +890,74 @@ def test_a_paid_request_whose_402_is_cut_keeps_its_receipt(mode: str) -> None:
     assert ledger.last == receipt  # what `fourmica-x402 pay` reports after a failed call
 
 
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_a_paid_call_cancelled_before_its_answer_keeps_its_receipt_at_once(
+    mode: str, tmp_path: Path
+) -> None:
+    """An asyncio call cancelled (a ``wait_for`` timeout) or a sync call interrupted (Ctrl-C)
+    while the seller is still answering its paid request: the cancellation went past the flow,
+    so the caller handling it found no receipt, and the budget's reservation was still pending,
+    until the garbage collector closed the flow (at any moment, from any code, or never). It
+    is kept ``unanswered`` and committed at once (docs/buyer.md, "Receipts")."""
+
+    def tab(request: httpx.Request) -> httpx.Response | None:
+        if request.url.path == "/tab":
+            user = json.loads(request.content)["userAddress"]
+            return httpx.Response(
+                200, json={"tabId": "0x1", "nextReqId": "0x1", "userAddress": user}
+            )
+        if "payment-signature" not in request.headers:
+            return httpx.Response(402, headers={"payment-required": _mock_offer()})
+        return None
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        found = tab(request)
+        if found is None:
+            raise KeyboardInterrupt  # the buyer pressed Ctrl-C while the seller worked
+        return found
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        found = tab(request)
+        if found is None:
+            await asyncio.sleep(30)  # the seller still working when the caller gives up
+            raise AssertionError("not cancelled")
+        return found
+
+    ledger = ReceiptLedger(tmp_path / "agent.db")
+    policy = SpendingPolicy(ledger=ledger)
+    key, options = TestBuyer.new().key, {"base_url": "http://seller.test"}
+
+    def kept() -> None:  # while the caller still holds the error: no collector has run
+        (receipt,) = list(ledger)
+        assert receipt.outcome == "unanswered" and receipt.claims, receipt
+        assert receipt.tab_id == "0x1" and receipt.request_id == "0x1"
+        rows = ledger.connection.execute("SELECT state, amount FROM spending").fetchall()
+        assert rows == [("committed", "10000")]
+
+    if mode == "sync":
+        transport = PaymentTransport(key, policy=policy, transport=httpx.MockTransport(answer))
+        with httpx.Client(transport=transport, **options) as client:
+            try:
+                client.get("/x")
+            except KeyboardInterrupt:
+                kept()
+            else:
+                raise AssertionError("not interrupted")
+        return
+
+    async def get() -> None:
+        transport = AsyncPaymentTransport(key, policy=policy, transport=httpx.MockTransport(slow))
+        async with httpx.AsyncClient(transport=transport, **options) as client:
+            try:
+                await asyncio.wait_for(client.get("/x"), 0.5)
+            except TimeoutError:
+                kept()
+            else:
+                raise AssertionError("not cancelled")
+
+    asyncio.run(get())
+
+
 class RecordsPaid(CountsPaid):
     """Keeps the headers and body of each paid request."""
 

@@ -292,3 +292,34 @@ def test_an_offer_of_amount_zero_is_refused_before_a_tab_is_opened() -> None:
     with pytest.raises(PaymentFailed, match="amount of 0") as info:
         prepared_and_signed(scheme, requirements)
     assert info.value.receipt.outcome == "payment_failed" and seller.seen == []
+
+
+def test_an_async_hook_cancelled_mid_way_gives_the_budget_back_at_once() -> None:
+    """x402's async call cancelled (a timeout) while the hook waits for the Core's parameters,
+    the tab already opened: the cancellation went past the buyer's steps, so the budget's
+    reservation stayed taken until the garbage collector closed them, or for good."""
+    seller = Seller()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/core/public-params"):
+            await asyncio.sleep(30)
+        return seller(request)
+
+    policy = SpendingPolicy(per_hour="$1")
+    http = httpx.AsyncClient(transport=httpx.MockTransport(slow))
+    scheme = AsyncFourMicaCreditScheme(TestBuyer.new().key, policy=policy, http=http)
+    requirements = offer()
+    required = PaymentRequired(accepts=[requirements], resource=ResourceInfo(url="http://s/p"))
+    context = SimpleNamespace(selected_requirements=requirements, payment_required=required)
+
+    async def run() -> None:
+        hook = scheme.scheme_hooks["on_before_payment_creation"]
+        try:
+            await asyncio.wait_for(hook(context), 0.5)
+        except TimeoutError:  # while the caller still holds the error: no collector has run
+            assert seller.seen == ["/x402/tab"]
+            assert policy.spent(USDC) == 0
+        else:
+            raise AssertionError("not cancelled")
+
+    asyncio.run(run())
