@@ -184,9 +184,9 @@ def _receipt(receipt: Any, payer: str) -> dict[str, Any] | None:
     return shown
 
 
-def _failed_after_paying(receipt: Any, payer: str, error: Exception) -> None:
-    """When the call failed after its payment left (its answer unreadable, or none within the
-    timeout), say so with the receipt, and exit 1: a script that retries pays again."""
+def _failed_after_paying(receipt: Any, payer: str, error: Exception | str) -> None:
+    """When the call failed after its payment left (its answer unreadable, none within the
+    timeout, or Ctrl-C), say so with the receipt, and exit 1: a script that retries pays again."""
     if receipt is None or receipt.outcome not in ("paid", "unanswered"):
         return
     message = f"request failed after its payment was made (a retry pays again): {error}"
@@ -308,10 +308,12 @@ def pay(
             refusal["receipt"] = _receipt(exc.receipt, payer)
             click.echo(json.dumps(refusal, indent=2))
             sys.exit(1)
-        except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:  # the last two: a
-            # redirect to a host no request can go to (the URL given was checked above)
+        except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:  # last two: a bad redirect
             _failed_after_paying(ledger.last, payer, exc)
             raise click.ClickException(f"request failed: {exc}") from None
+        except KeyboardInterrupt:  # Ctrl-C: a payment that left is said (a rerun pays again)
+            _failed_after_paying(ledger.last, payer, "interrupted")
+            raise
         except FourmicaError as exc:  # e.g. a --max-price finer than the offered token
             raise click.ClickException(exc.message) from None
         except sqlite3.Error as exc:

@@ -403,6 +403,35 @@ def test_pay_says_a_call_that_paid_before_a_refused_hop_paid() -> None:
     assert out["paid"] is True, out
 
 
+def test_pay_interrupted_after_its_payment_left_says_it_paid(tmp_path: Path) -> None:
+    """Ctrl-C while the seller works on the paid request: ``pay`` printed only "Aborted!", so
+    the user ran it again and paid twice. It prints ``"paid": true`` with the receipt (outcome
+    ``unanswered``, its ids), as for a call that got no answer within ``--timeout``."""
+    import signal
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        origin, path = f"http://{environ['HTTP_HOST']}", environ["PATH_INFO"]
+        if path == "/tab":
+            user = json.loads(environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"])))
+            tab = {"tabId": "0x1", "nextReqId": "0x7", "userAddress": user["userAddress"]}
+            start_response("200 OK", [("content-type", "application/json")])
+            return [json.dumps(tab).encode()]
+        if "HTTP_PAYMENT_SIGNATURE" in environ:  # the user presses Ctrl-C while this works
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+            time.sleep(3)
+        start_response("402 Payment Required", [("payment-required", _challenge(origin, path))])
+        return [b"{}"]
+
+    receipts = tmp_path / "receipts.db"
+    with loopback(app) as origin:
+        result = cli("pay", f"{origin}/premium", "--key", KEY, "--receipts", str(receipts))
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and KEY[2:] not in result.output
+    out = json.loads(result.stdout[result.stdout.index("{") :])
+    assert out["paid"] is True and "a retry pays again" in out["message"], out
+    assert out["receipt"]["outcome"] == "unanswered" and out["receipt"]["request_id"] == "0x7"
+
+
 def test_pay_refused_says_unpaid_though_another_process_paid_into_the_same_ledger(
     tmp_path: Path,
 ) -> None:
