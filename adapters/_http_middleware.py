@@ -14,7 +14,7 @@ from starlette.routing import Host, Mount
 
 from fourmica_x402.config import PaymentConfig
 from fourmica_x402.errors import ConfigurationError
-from fourmica_x402.gate import PASS, Gate, Response
+from fourmica_x402.gate import PASS, Gate, PassThrough, Response
 from fourmica_x402.gate.lifecycle import OWN_HEADERS, PAYMENT_KEY, Meter
 from fourmica_x402.gate.types import for_shared_caches
 
@@ -74,7 +74,7 @@ def http_middleware(config: PaymentConfig) -> Any:
         if pricer.startup.run(check) is not None:
             return render(pricer.startup.refusal)
         view, outer = pricer._view(request.scope, request.receive), request.scope.get(PAYMENT_KEY)
-        state = await Gate.run_async(gate.before(view, outer))  # an outer gate's: on our terms
+        state: Any = await Gate.run_async(gate.before(view, outer))  # an outer gate's: ours
         state = marked(gate, request.scope, state, below[0])  # a Paid route's own answer
         if isinstance(state, Response):
             return render(state)
@@ -82,6 +82,7 @@ def http_middleware(config: PaymentConfig) -> Any:
             request.state.payment = request.scope[PAYMENT_KEY] = state.payment
         stack = request.scope.get("app")
         body, paid_outside = view.read_body, outer is not None  # its gate meters the stream
+        state = PASS if isinstance(state, PassThrough) else state  # a grant: served free
         if delegated := Delegated.below(stack, middleware, gate, state, body, paid_outside):
             return delegated  # the app below runs here, as under the pure ASGI middleware
         if state is PASS:

@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 from fourmica_x402.config import PaymentConfig
 from fourmica_x402.errors import ConfigurationError
-from fourmica_x402.gate import PASS, Endpoint, Gate, RequestView, Response
+from fourmica_x402.gate import PASS, Endpoint, Gate, PassThrough, RequestView, Response
 from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Marker, Startup
 
 from ._body import BufferedBody
@@ -141,10 +141,10 @@ class PaymentMiddleware:
             body.end()
 
     async def _serve(self, outcome: Any, scope: Any, receive: Any, send: Any) -> None:
-        if outcome is PASS:
-            return await self.app(scope, receive, send)  # type: ignore[no-any-return]
         if isinstance(outcome, Response):
             return await send_response(send, outcome)
-        scope.setdefault("state", {})["payment"] = scope[PAYMENT_KEY] = outcome.payment
+        if outcome is not PASS:  # paid, or granted (a Payment marked so: docs/operations.md)
+            scope.setdefault("state", {})["payment"] = scope[PAYMENT_KEY] = outcome.payment
+        if isinstance(outcome, PassThrough):
+            return await self.app(scope, receive, send)  # type: ignore[no-any-return]
         await PaidExchange(self.gate, outcome, receive, send).run(self.app, scope)
-        return None

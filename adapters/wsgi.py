@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fourmica_x402.config import PaymentConfig
-from fourmica_x402.gate import PASS, Endpoint, Gate, RequestView, Response
+from fourmica_x402.gate import Endpoint, Gate, PassThrough, RequestView, Response
 from fourmica_x402.gate.guards import RESOLVED_KEY
 from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Meter, Startup
 from fourmica_x402.templates import check_raw_paths
@@ -109,11 +109,11 @@ class PaymentMiddleware:
         outcome = Gate.run_sync(self.gate.before(view, outer))
         if RESOLVED_KEY in seen:  # what the gate resolved, for the router's check (a copy: back)
             environ[RESOLVED_KEY] = seen[RESOLVED_KEY]
-        if outcome is PASS:
-            return self.app(environ, start_response)  # type: ignore[no-any-return]
         if isinstance(outcome, Response):
             return answer(start_response, outcome)
-        environ[PAYMENT_KEY] = outcome.payment
+        environ[PAYMENT_KEY] = getattr(outcome, "payment", outer)  # paid, granted (docs/)
+        if isinstance(outcome, PassThrough):
+            return self.app(environ, start_response)  # type: ignore[no-any-return]
         meter = Meter(self.gate, outcome)
 
         def metered_start(status: str, headers: list[Any], exc_info: Any = None) -> Any:

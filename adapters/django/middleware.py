@@ -16,7 +16,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest
 
-from fourmica_x402.gate import PASS, Call, Endpoint, Flow, Gate, Response
+from fourmica_x402.gate import Call, Endpoint, Flow, Gate, PassThrough, Response
 from fourmica_x402.gate.guards import rerouted
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Endpoints, Meter
 from fourmica_x402.gate.types import for_shared_caches
@@ -110,14 +110,14 @@ class PaymentMiddleware:
     def _flow(self, request: HttpRequest) -> Flow:
         view = request_view(request, partial(self._resolve, request))
         outer = getattr(request, "scope", request.META).get(PAYMENT_KEY)  # an outer gate's:
-        request.payment = outer  # type: ignore[attr-defined]  # on this gate's terms only
-        state = yield from self.gate.before(view, outer)
-        if state is PASS:
+        state = yield from self.gate.before(view, outer)  # on this gate's terms only
+        # paid, or granted (a Payment marked so: docs/operations.md), or the outer gate's
+        request.payment = getattr(state, "payment", outer)  # type: ignore[attr-defined]
+        if isinstance(state, PassThrough):
             response = yield Call(self.get_response, (request,), blocking=False)
             return overridden(self.gate, request, response)
         if isinstance(state, Response):
             return render(state)
-        request.payment = state.payment
         if state.payment.stream is not None:  # a metered stream's events are counted as they
             request.META.pop("HTTP_ACCEPT_ENCODING", None)  # go: GZip below would hold them
         if request.method in ("GET", "HEAD"):  # served whole: an outer ConditionalGetMiddleware

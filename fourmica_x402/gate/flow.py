@@ -224,9 +224,9 @@ class Gate:
         if payment is None:
             cause = "no payment middleware ran for it, or it did not price this route"
         elif getattr(payment.endpoint, "key", None) is not key:
-            cause = f"the payment was made for another route ({payment.route})"
+            cause = f"the {_kind(payment)} was made for another route ({payment.route})"
         elif not payment.by_marker:  # the gate did not see the marker: never sold at the table's
-            cause = f"the payment was made at the route table's price ({payment.route})"
+            cause = f"the {_kind(payment)} was made at the route table's price ({payment.route})"
         else:
             return None
         log.error("a paid handler was reached without a payment for it: %s", cause)
@@ -265,6 +265,7 @@ class Gate:
         ``outer``: the payment another gate settled for this request (:mod:`.nested`).
         """
         method = request.method.upper()
+        outer = None if getattr(outer, "granted", False) else outer  # a grant pays for nothing
         self.prices.poll()  # prices another process set: at most one read per price_poll
         if request.path == discovery.PATH and self.config.discovery:
             return (yield from discovery.listing(self, request))
@@ -307,7 +308,7 @@ class Gate:
                 return error_response(400, "ambiguous_path", "ambiguous request path")
         if route is None:
             return PASS
-        decided = yield from protected(self, request, route)  # the on_protected_request hook
+        decided = yield from protected(self, request, route, endpoint)  # on_protected_request
         if decided is not None:
             return decided
         if route.config.stage is not None:  # staged work: admitted before it is priced
@@ -383,6 +384,10 @@ class Gate:
         (:func:`.deliver.finish`). ``request_body``: the SHA-256 of the request body the
         handler read whole, if it did."""
         return deliver.finish(self, state, status, body_hash, error, body, headers, request_body)
+
+
+def _kind(payment: Payment) -> str:
+    return "on_protected_request grant" if payment.granted else "payment"
 
 
 def _fail_closed(flow: Flow) -> Flow:

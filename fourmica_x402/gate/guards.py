@@ -223,6 +223,7 @@ def rerouted(
         # took for the route it resolved is not kept for another that runs instead
         taken = isinstance(seen, tuple) and seen[0] is not None
         moved = taken and payment is not None and payment.endpoint is seen[0]
+        moved = moved and not payment.granted  # a grant is free: nothing paid to lose
         return _refused(method, endpoint, payment.route) if moved else None
     if paid_here and payment.route == route.key:
         return None

@@ -40,9 +40,9 @@ from .types import (
     EXPOSE_HEADERS,
     GRANT,
     PAID_CACHE_CONTROL,
-    PASS,
     Call,
     Flow,
+    Granted,
     Paid,
     Payment,
     RequestView,
@@ -67,17 +67,42 @@ def version_of(request: RequestView) -> int | None:
     return None
 
 
-def protected(gate: Gate, request: RequestView, route: Route) -> Flow:
+def protected(
+    gate: Gate, request: RequestView, route: Route, endpoint: Endpoint | None = None
+) -> Flow:
     """What the ``on_protected_request`` hook says of a priced request: None (go on),
-    :data:`PASS` (``GRANT``: served without a payment), or the :class:`Response` to answer."""
+    :class:`Granted` (``GRANT``: served without a payment, for this route only), or the
+    :class:`Response` to answer."""
     if gate.config.on_protected_request is None:
         return None
     verdict = yield Call(gate.config.on_protected_request, (request, route), blocking=False)
     if verdict is GRANT:
-        return PASS
+        return Granted(granted(route, endpoint))
     if verdict is DENY:
         return error_response(403, "denied", "access denied")
     return verdict if isinstance(verdict, Response) else None
+
+
+def granted(route: Route, endpoint: Endpoint | None) -> Payment:
+    """The :class:`Payment` a granted request's handler reads: nothing paid, nothing recorded;
+    bound to ``endpoint`` as a payment is, so that only this route's marker runs for it."""
+    return Payment(
+        payer="",
+        amount=0,
+        asset="",
+        network="",
+        pay_to="",
+        guarantee_id=None,
+        request_id=None,
+        tab_id=None,
+        x402_version=2,
+        guarantee_version=0,
+        route=route.key,
+        settled=False,
+        endpoint=endpoint,
+        by_marker=route.marker,
+        granted=True,
+    )
 
 
 def failure(gate: Gate, request: RequestView, error: FourmicaError) -> Flow:

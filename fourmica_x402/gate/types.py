@@ -160,6 +160,15 @@ class PassThrough:
 PASS = PassThrough()
 
 
+class Granted(PassThrough):
+    """``GRANT`` from ``on_protected_request``: served free like :data:`PASS`, its handler handed
+    ``payment`` (``granted`` True, amount 0, no guarantee), bound to the route it was granted
+    for as a payment is, so that a per-handler marker runs for it (docs/operations.md)."""
+
+    def __init__(self, payment: Payment) -> None:
+        self.payment = payment
+
+
 # -- the flows' I/O -----------------------------------------------------------------------------
 
 
@@ -215,6 +224,10 @@ class Payment:
     endpoint: Any = field(default=None, repr=False, compare=False)
     #: Whether the handler's own marker set the price (else a table entry did).
     by_marker: bool = field(default=False, repr=False, compare=False)
+    #: Served free: the ``on_protected_request`` hook answered ``GRANT``; nothing was charged
+    #: or recorded (amount 0; no guarantee, tab or record; ``payer``, ``asset``, ``network``
+    #: and ``pay_to`` are "").
+    granted: bool = False
     #: Makes the certificate when asked (embedded Core); None when the facilitator gave it.
     _certify: Callable[[], dict[str, str]] | None = field(default=None, repr=False)
     _made: dict[str, str] | None = field(default=None, repr=False)

@@ -1912,3 +1912,47 @@ def test_a_sync_stream_is_metered_as_sent_under_asgi_below_a_sync_only_middlewar
     [record] = layer.gate.records.query(payer=buyer.address)
     assert (record.status, record.outcome) == ("failed", "refunded")
     assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
+def subscribers(request: Any, route: Any) -> Any:
+    """``on_protected_request``: free for the test API key, on /items/<n> only."""
+    from fourmica_x402.gate import GRANT
+
+    granted = request.header("x-api-key") == "subscriber-1" and "/items/" in route.key
+    return GRANT if granted else None
+
+
+@pytest.mark.parametrize("stack", ["sync", "async"])
+def test_a_grant_serves_a_paid_view_free_and_only_that_view(core: Core, stack: str) -> None:
+    """``GRANT`` on a ``@paid`` view (docs/operations.md, "Seller options and hooks"): it was
+    answered 503 ``payment_not_enforced``, the marker finding no payment. It runs now, handed
+    a ``Payment`` marked granted (amount 0); nothing is charged or recorded; the grant opens
+    no other @paid view, and a table-priced route is sold as before."""
+    with (
+        selling(core, ROUTES),
+        override_settings(
+            FOURMICA_X402={**settings.FOURMICA_X402, "ON_PROTECTED_REQUEST": subscribers}
+        ),
+    ):
+        if stack == "sync":
+            client: Any = Client()
+            run: Any = lambda r: r  # noqa: E731
+        else:
+            client = AsyncClient()
+            client.handler._middleware_chain = ASGIHandler()._middleware_chain
+            loop = asyncio.new_event_loop()
+            run = loop.run_until_complete
+        key = {"x-api-key": "subscriber-1"}
+        try:
+            assert run(client.get("/items/3")).status_code == 402
+            granted = run(client.get("/items/3", headers=key))
+            assert granted.status_code == 200, granted.content
+            assert granted.json() == {"payer": "", "item": 3}
+            assert seen[-1].granted and seen[-1].amount == 0 and seen[-1].guarantee_id is None
+            assert run(client.get("/async/3", headers=key)).status_code == 402  # bound
+            assert run(client.get("/r/4/", headers=key)).status_code == 402  # the table's
+        finally:
+            if stack == "async":
+                loop.close()
+    assert core.guarantees() == []
+    assert len(seen) == 1
