@@ -142,8 +142,7 @@ class Buyer:
     """What a paying client holds, and the steps every buyer takes.
 
     ``key``: hex, 32 bytes, or a :class:`~.keys.BuyerKey`. ``ledger`` defaults to the
-    policy's ledger when it has one (receipts and budgets in one file), else an in-memory one.
-    """
+    policy's ledger when it has one (receipts and budgets in one file), else an in-memory one."""
 
     def __init__(
         self,
@@ -211,7 +210,7 @@ class Buyer:
             reservation = yield from self._decide(self.policy, offer, receipt)
         try:
             try:
-                tab = yield from self._open_tab(offer, version, resource)
+                tab = yield from self._open_tab(offer, version, resource, 2 if policy else 1)
                 receipt = replace(receipt, tab_id=hex(tab[0]), request_id=hex(tab[1]))
                 params = yield from self._signing_params(offer)
             except ValueError as exc:
@@ -249,14 +248,15 @@ class Buyer:
         return decision.reservation
 
     def _open_tab(
-        self, offer: PaymentRequirements, version: int, resource: ResourceInfo | None
+        self, offer: PaymentRequirements, version: int, resource: ResourceInfo | None, signs: int
     ) -> Steps[tuple[int, int]]:
-        """``POST <tabEndpoint>``: ``(tab id, request id)``, checked against the offer."""
+        """``POST <tabEndpoint>``: ``(tab id, request id)``, checked against the offer. Its
+        ``x402Version`` is the guarantee version to sign (docs/protocol.md, "Paying")."""
         url = http_url(offer.extra.get("tabEndpoint"))
         if url is None:
             raise ValueError("challenge has no tabEndpoint")
         body: dict[str, Any] = {
-            "x402Version": version,
+            "x402Version": signs,
             "userAddress": self.address,
             "paymentRequirements": offer.to_dict(),
         }

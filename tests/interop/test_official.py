@@ -878,3 +878,55 @@ def test_a_settle_after_payment_sent_again_as_its_first_request_settles_is_not_r
             assert again.json()["error"] == "payment_in_progress", again.text
         else:
             assert again.json() == outcome["body"]
+
+
+# -- d. our buyer pays the official route-dict seller ----------------------------------------
+
+
+@contextlib.contextmanager
+def _official_seller_on_our_service(
+    official_python: Path, tmp_path: Path, extra: dict[str, Any] | None = None
+) -> Iterator[tuple[str, str, str]]:
+    """``fourmica-x402 serve --sandbox`` and the official FastAPI seller on it, its route's
+    ``accepts.extra`` being ``extra`` (default: only ``rpcUrl``): (service, seller, payTo)."""
+    service_port, seller_port = free_port(), free_port()
+    service = f"http://127.0.0.1:{service_port}"
+    seller = f"http://127.0.0.1:{seller_port}"
+    serve = [sys.executable, "-m", "fourmica_x402", "serve"]
+    serve += ["--db", f"sqlite:///{tmp_path / 'service.db'}"]
+    serve += ["--port", str(service_port), "--sandbox"]
+    _, pay_to = new_key()
+    with serving("fourmica-x402 serve", serve, f"{service}/health", tmp_path / "service.log"):
+        official = [str(official_python), "-I", str(SCRIPTS / "official_seller.py")]
+        official += [str(seller_port), service, pay_to]
+        official += ["--extra", json.dumps(extra if extra is not None else {"rpcUrl": service})]
+        log = tmp_path / "official_seller.log"
+        with serving("official seller", official, f"{seller}/health", log, official_env()):
+            yield service, seller, pay_to
+
+
+def _fund(service: str, address: str, amount: str = "$1") -> None:
+    funded = httpx.post(
+        f"{service}/sandbox/deposit", json={"address": address, "amount": amount}, timeout=10
+    )
+    assert funded.status_code == 200, funded.text
+
+
+def test_our_buyer_pays_the_official_seller_an_offer_without_validation_policy(
+    official_python: Path, tmp_path: Path
+) -> None:
+    """The official seller's tab endpoint opens the tab at the buyer's ``x402Version``
+    (2 on a v2 challenge), whatever the guarantee the offer calls for: an offer without a
+    validation policy is paid with a G-v1 guarantee."""
+    with _official_seller_on_our_service(official_python, tmp_path) as (service, seller, pay_to):
+        key, address = new_key()
+        _fund(service, address)
+        with httpx.Client(transport=PaymentTransport(key), timeout=30) as client:
+            paid = client.get(f"{seller}/premium")
+        assert paid.status_code == 200, paid.text
+        receipt = paid.extensions["fourmica_receipt"]
+        assert receipt.outcome == "paid", receipt
+        assert receipt.guarantee_id == b64_json(paid.headers["payment-response"])["transaction"]
+        rows = httpx.get(f"{service}/api/guarantees", timeout=10).json()
+    assert [(r["user_address"], r["version"], r["amount"]) for r in rows] == [(address, 1, 10_000)]
+    assert rows[0]["recipient_address"] == pay_to and rows[0]["certificate"], rows

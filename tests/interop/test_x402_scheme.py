@@ -421,6 +421,27 @@ def test_x402_client_pays_the_official_seller(buyer: X402Buyer, official_seller:
         assert row["state"] == "pending_validation" and row["min_score"] == 80
 
 
+def test_x402_client_pays_the_official_seller_an_offer_without_validation_policy(
+    buyer: X402Buyer, tmp_path: Path, environment_missing: Callable[[str], NoReturn]
+) -> None:
+    """The official seller as its README shows it (no validation policy): its tab endpoint
+    opens the tab at the tab request's ``x402Version``; our scheme signs G-v1 on that tab."""
+    try:
+        python = build_official_python()
+    except Skipped as exc:
+        environment_missing(str(exc))
+    with shared._official_seller_on_our_service(python, tmp_path) as (service, seller, pay_to):
+        key, address = shared.new_key()
+        shared._fund(service, address)
+        url = f"{seller}/premium"
+        results = buyer.pay(key, {"url": url, "mode": "sync"}, {"url": url, "mode": "async"})
+        ids = [assert_paid(result, address, 2) for result in results]
+        rows = httpx.get(f"{service}/api/guarantees", timeout=10).json()
+    assert {row["guarantee_id"] for row in rows} == set(ids) and len(ids) == 2
+    for row in rows:
+        assert row["version"] == 1 and row["amount"] == PRICE and row["recipient_address"] == pay_to
+
+
 # -- d. the example ---------------------------------------------------------------------------
 
 
