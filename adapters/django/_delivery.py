@@ -8,6 +8,7 @@ stream is refunded once Python collects it (docs/protocol.md, "Paid responses").
 
 from __future__ import annotations
 
+import copy
 import logging
 import queue
 import threading
@@ -17,7 +18,7 @@ from typing import Any
 from fourmica_x402.gate import Flow, Gate
 from fourmica_x402.gate.lifecycle import Meter
 
-__all__ = ["served", "unless_sent"]
+__all__ = ["own", "served", "unless_sent"]
 
 log = logging.getLogger("fourmica_x402.gate")
 
@@ -59,6 +60,19 @@ class _Watched:
 
 
 _WATCHED: dict[type, type] = {}
+
+
+def own(response: Any) -> Any:
+    """``response``, or a copy of it once a view answers it again (built once: a catalog):
+    each buyer's headers, closing and delivery are their own, however many are served at once
+    (docs/protocol.md, "Delivery")."""
+    if not getattr(response, "_fourmica_answered", False):
+        response._fourmica_answered = True
+        return response
+    fresh = copy.copy(response)  # its closers, headers and cookies: this request's own
+    fresh.headers = type(response.headers)(dict(response.headers.items()))
+    fresh.cookies, fresh._resource_closers, fresh.closed = copy.copy(response.cookies), [], False
+    return fresh
 
 
 def served(response: Any, meter: Meter, async_mode: bool) -> Flow:

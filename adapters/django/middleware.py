@@ -21,7 +21,7 @@ from fourmica_x402.gate.guards import rerouted
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Endpoints, Meter
 from fourmica_x402.gate.types import for_shared_caches
 
-from ._delivery import served, unless_sent
+from ._delivery import own, served, unless_sent
 from ._order import cache_misplaced
 from ._streams import as_served
 from ._view import overridden, request_view
@@ -125,7 +125,7 @@ class PaymentMiddleware:
                 request.META.pop(name, None)
         try:  # Django turns a view's exception into a response; a cancellation goes on
             response = yield Call(self.get_response, (request,), blocking=False)
-            response = overridden(self.gate, request, response)
+            response = own(overridden(self.gate, request, response))  # headers set below
         except BaseException as exc:  # async: the client left, Django cancelled the view
             yield from Meter(self.gate, state).finish(exc)
             raise

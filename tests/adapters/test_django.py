@@ -1064,6 +1064,35 @@ def test_a_response_a_view_answers_again_is_served_and_charged_each_time(
         assert outcomes(client, buyer) == [("delivered", "delivered")]
 
 
+def test_a_response_a_view_answers_again_is_judged_for_each_buyer_apart(
+    configured: None, core: Core
+) -> None:
+    """A response object built once (a catalog) is answered to two buyers at once under a
+    threaded WSGI server. The first one's ``close()`` ran the second's completion too (both
+    were kept on the one object): the second buyer, whose connection broke before the server
+    wrote a byte, was charged for an answer it never got."""
+    from wsgiref.util import setup_testing_defaults
+
+    app = WSGIHandler()
+    client = Client()
+    served: list[tuple[TestBuyer, Any]] = []
+    for _ in range(2):  # both answered before the server writes either
+        buyer, headers = header(client, core, "/catalog")
+        environ = {"PATH_INFO": "/catalog", "REQUEST_METHOD": "GET"}
+        environ |= {"HTTP_" + k.upper().replace("-", "_"): v for k, v in headers.items()}
+        setup_testing_defaults(environ)
+        served.append((buyer, app(environ, lambda status, headers, exc_info=None: None)))
+    (first, whole), (second, cut) = served
+    assert b"".join(whole) == CATALOG.content
+    whole.close()  # the first buyer got it all
+    chunks = iter(cut)
+    next(chunks)  # the server's write of it failed: the second buyer's connection broke
+    cut.close()
+    unwrapped(app).gate.flush()
+    states = [[g.state for g in core.guarantees(address=b.address)] for b in (first, second)]
+    assert states == [["payable"], ["voided"]]
+
+
 def test_a_whole_answer_longer_than_its_content_length_is_refunded_on_the_async_stack(
     configured: None, core: Core
 ) -> None:
