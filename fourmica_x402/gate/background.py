@@ -375,8 +375,8 @@ def _recover_one(
     tx: Tx, now: float, record_id: int, gid: str, pay_to: str, state: str, deadline: Any
 ) -> None:
     outcome = _UNKNOWN_OUTCOMES.get(state)
-    if deadline is None and state == "payable":
-        outcome = "kept"  # G-v1: the handler may have run
+    if state == "payable":  # G-v1: the handler may have run; a G-v2 one scored already (its
+        outcome = "kept"  # record's completion, a write of the records' own, never came)
     if outcome is not None:
         tx.execute(
             "UPDATE fx_records SET outcome = ? WHERE record_id = ? AND outcome IS NULL",
