@@ -284,6 +284,10 @@ class Gate:
         except RouterFailed as exc:  # e.g. Starlette's int convertor on a 5 000-digit segment
             return self._unroutable(exc, method, request.path)
         if method == "OPTIONS":  # never priced, nor run by a view priced for other methods
+            if request.resolve is None:  # no router: any view may serve it, as one for any method
+                single = re.sub("//+", "/", request.path)  # a file server reads //x as /x
+                found = [e for e in self.routes.routes if e.regex.match(single)]
+                return _options(None, frozenset(e.method for e in found))
             if endpoint is None or endpoint.marker is not None:  # a marker refuses it itself
                 return PASS
             return _options(endpoint, self.routes.other_methods(endpoint))
@@ -407,11 +411,12 @@ def _unpriced_method(priced: frozenset[str]) -> Response | None:
     return error_response(405, "method_not_allowed", "method not allowed", [_allow(priced)])
 
 
-def _options(endpoint: Endpoint, priced: frozenset[str]) -> Response | PassThrough:
+def _options(endpoint: Endpoint | None, priced: frozenset[str]) -> Response | PassThrough:
     """OPTIONS on a view the table prices: answered here (200, ``Allow``) when the view itself
-    would serve it (it serves any method, or lists OPTIONS beside a priced one), so that it
-    never runs unpaid; else it goes on (the framework answers it, or a view of its own)."""
-    served = endpoint.methods
+    would serve it (it serves any method, or lists OPTIONS beside a priced one; an app without
+    a router: ``endpoint`` None, any view may), so that it never runs unpaid; else it goes on
+    (the framework answers it, or a view of its own)."""
+    served = None if endpoint is None else endpoint.methods
     if served is None:
         return Response(200, [_allow(priced), ("content-length", "0")]) if priced else PASS
     if "OPTIONS" in served and priced and ("*" in priced or priced & (served - {"OPTIONS"})):

@@ -289,3 +289,48 @@ def test_a_dearer_priced_file_servers_own_directory_index_is_sold(
         assert status == 402 and b"PAID" not in body, (path, status, body)
     assert _raw_asgi(app, "/static//premium/index.html")[0] == 400  # the cheap mount: refused
     assert audited_core.guarantees() == []
+
+
+async def _any_method(scope: Any, receive: Any, send: Any) -> None:
+    """A plain ASGI app serving its content whatever the method (OPTIONS too)."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"PAID " + scope["method"].encode()})
+
+
+def _any_method_wsgi(environ: Any, start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"PAID " + environ["REQUEST_METHOD"].encode()]
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+@pytest.mark.parametrize("key", ["* /premium", "GET /premium"])
+def test_options_never_runs_a_priced_view_of_an_app_without_a_router(
+    audited_core: Core, kind: str, key: str
+) -> None:
+    """No router tells the gate whether the view behind a priced path serves OPTIONS itself (a
+    plain app, Quart's or Falcon's view listing it, Litestar's `http_method=[..., "OPTIONS"]`):
+    OPTIONS there is answered 200 with the priced methods in ``Allow``, as on a view serving
+    every method, and the view never runs unpaid (docs/architecture.md, "Which route is priced")."""
+    options: dict[str, Any] = {"pay_to": SELLER, "core": audited_core, "network": NETWORK}
+    table = {key: "$0.01"}
+    if kind == "asgi":
+        asgi = TestClient(AsgiPayment(_any_method, routes=table, **options))
+
+        def send(path: str) -> tuple[int, bytes, Any]:
+            resp = asgi.options(httpx.URL("http://testserver", raw_path=path.encode()))
+            return resp.status_code, resp.content, resp.headers
+
+    else:
+        wsgi = Client(WsgiPayment(_any_method_wsgi, routes=table, **options))
+
+        def send(path: str) -> tuple[int, bytes, Any]:
+            raw = {"PATH_INFO": path, "REQUEST_URI": path}  # as a server passes it
+            resp = wsgi.options(path, environ_overrides=raw)
+            return resp.status_code, resp.get_data(), resp.headers
+
+    for path in ["/premium", "/PREMIUM/", "//premium"]:
+        status, body, headers = send(path)
+        assert status == 200 and b"PAID" not in body, (path, status, body)
+        assert "OPTIONS" in headers["allow"] and ("GET" in headers["allow"])
+    assert send("/free")[1] == b"PAID OPTIONS"  # a path no entry prices: the app's
+    assert audited_core.guarantees() == []
