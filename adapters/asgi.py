@@ -53,12 +53,12 @@ def request_view(
 
     path, raw, root = scope["path"], (scope.get("raw_path") or b"").decode("latin-1"), ""
     mounted = (scope.get("root_path") or "").rstrip("/")
-    if mounted and not path.startswith(mounted):  # an older server: path is already below it
-        root = quote(mounted)
-    elif mounted and path[len(mounted) :][:1] in ("/", ""):
+    if mounted and path.startswith(mounted) and path[len(mounted) :][:1] in ("/", ""):
         # The app routes on the path below root_path (a server's --root-path, a Mount).
         path, root = path[len(mounted) :] or "/", quote(mounted)
         raw = raw[len(root) :] if raw.startswith(root) else raw
+    elif mounted:  # an older server: path is already below it (/apix: the gate judges it)
+        root = quote(mounted)
     return RequestView(
         method=scope.get("method", "GET"),
         path=path,

@@ -16,7 +16,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from ..config import PaymentConfig
 from ..core.store.deferred import exit_gracefully_on_sigterm
@@ -306,6 +306,10 @@ class Gate:
             folded = (
                 "//" in path and self.routes.match(method, re.sub("//+", "/", path)) is not route
             )
+            root = unquote(request.root)  # a router splitting the path at root_path wherever
+            below = "/" + path.split(root, 1)[-1].lstrip("/") if root and root in path else path
+            if self.routes.match(method, below) is not route:  # it is (Litestar) reads another
+                return error_response(400, "ambiguous_path", "ambiguous request path")
             if (folded or paths.ambiguous(request)) and (
                 route is not None or paths.matches_variant(self.routes, method, request)
             ):

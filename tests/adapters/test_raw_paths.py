@@ -334,3 +334,41 @@ def test_options_never_runs_a_priced_view_of_an_app_without_a_router(
         assert "OPTIONS" in headers["allow"] and ("GET" in headers["allow"])
     assert send("/free")[1] == b"PAID OPTIONS"  # a path no entry prices: the app's
     assert audited_core.guarantees() == []
+
+
+@pytest.mark.parametrize("path", ["/x/api/premium", "/apipremium"])
+def test_a_path_a_router_splits_at_root_path_is_refused(audited_core: Core, path: str) -> None:
+    """Litestar routes on ``path.split(root_path, 1)[-1]``: under ``root_path="/api"`` (a
+    server's ``--root-path``) it served ``/premium`` for ``/x/api/premium`` (an older server
+    hands the path below the root) or ``/apipremium`` (uvicorn under h11 for the request target
+    ``premium``), which the gate read as free paths: the paid view ran unpaid. Refused 400
+    ``ambiguous_path``, nothing charged (docs/architecture.md, "Which route is priced")."""
+    import asyncio
+
+    from litestar import Litestar, get
+
+    from fourmica_x402.testing import http_scope
+
+    @get("/premium", sync_to_thread=False)
+    def premium() -> str:
+        return "PAID CONTENT"
+
+    options: dict[str, Any] = {"pay_to": SELLER, "core": audited_core, "network": NETWORK}
+    app = AsgiPayment(Litestar([premium]), routes={"GET /premium": "$0.01"}, **options)
+
+    async def call(path: str) -> tuple[int, bytes]:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(http_scope("GET", path, root_path="/api"), receive, send)
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+    assert asyncio.run(call("/api/premium"))[0] == 402  # below root_path, as uvicorn hands it
+    status, body = asyncio.run(call(path))
+    assert status == 400 and b"ambiguous_path" in body and b"PAID" not in body, (status, body)
+    assert audited_core.guarantees() == []
