@@ -26,7 +26,7 @@ from ..jobs import Jobs
 from ..records import Records
 from ..routes import Endpoint, Route, RouteTable
 from ..streams import Streams
-from ..templates import RouterFailed, path_matcher
+from ..templates import RouterFailed, path_matcher, specificity
 from ..wire import PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER
 from . import deliver, discovery, drive, endpoints, guards, metered, nested, paths, prices, stages
 from .background import Holds, Reconciler, recover, recover_apart, recover_unsettled
@@ -303,13 +303,20 @@ class Gate:
                     return refused
         else:  # a router-less app: its raw path; a file server reads //x as /x
             route, path = self.routes.match(method, request.path), request.path
+            root = unquote(request.root)  # under a root path, routers read the path their way:
+            below = "/" + path.split(root, 1)[-1].lstrip("/") if root and root in path else path
+            readings = (below, root + path) if root else ()  # cut at it (Litestar), or whole
+            found = [r for p in readings if (r := self.routes.match(method, p)) is not None]
+            rank = (lambda r: specificity(r.method, r.pattern)) if route else None  # (Falcon)
+            others = {
+                id(r): r for r in found if r is not route and (not rank or rank(r) < rank(route))
+            }
+            if len(others) > (route is None):  # two prices: refused; one: the one reading it
+                return error_response(400, "ambiguous_path", "ambiguous request path")
+            route = next(iter(others.values()), route)
             folded = (
                 "//" in path and self.routes.match(method, re.sub("//+", "/", path)) is not route
             )
-            root = unquote(request.root)  # a router splitting the path at root_path wherever
-            below = "/" + path.split(root, 1)[-1].lstrip("/") if root and root in path else path
-            if self.routes.match(method, below) is not route:  # it is (Litestar) reads another
-                return error_response(400, "ambiguous_path", "ambiguous request path")
             if (folded or paths.ambiguous(request)) and (
                 route is not None or paths.matches_variant(self.routes, method, request)
             ):

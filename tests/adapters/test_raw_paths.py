@@ -336,27 +336,49 @@ def test_options_never_runs_a_priced_view_of_an_app_without_a_router(
     assert audited_core.guarantees() == []
 
 
-@pytest.mark.parametrize("path", ["/x/api/premium", "/apipremium"])
-def test_a_path_a_router_splits_at_root_path_is_refused(audited_core: Core, path: str) -> None:
-    """Litestar routes on ``path.split(root_path, 1)[-1]``: under ``root_path="/api"`` (a
-    server's ``--root-path``) it served ``/premium`` for ``/x/api/premium`` (an older server
-    hands the path below the root) or ``/apipremium`` (uvicorn under h11 for the request target
-    ``premium``), which the gate read as free paths: the paid view ran unpaid. Refused 400
-    ``ambiguous_path``, nothing charged (docs/architecture.md, "Which route is priced")."""
-    import asyncio
+def _under_root_path(kind: str) -> tuple[Any, dict[str, str]]:
+    """A seller whose router the gate does not read, its table as that router writes routes."""
+    if kind == "falcon":  # Falcon routes on the whole path, root_path included
+        import falcon.asgi
 
-    from litestar import Litestar, get
+        class Premium:
+            async def on_get(self, req: Any, resp: Any) -> None:
+                resp.text = "PAID CONTENT"
 
-    from fourmica_x402.testing import http_scope
+        app = falcon.asgi.App()
+        app.add_route("/api/premium", Premium())
+        return app, {"GET /api/premium": "$0.01"}
+    from litestar import Litestar, get  # Litestar cuts the path at root_path, wherever it is
 
     @get("/premium", sync_to_thread=False)
     def premium() -> str:
         return "PAID CONTENT"
 
-    options: dict[str, Any] = {"pay_to": SELLER, "core": audited_core, "network": NETWORK}
-    app = AsgiPayment(Litestar([premium]), routes={"GET /premium": "$0.01"}, **options)
+    return Litestar([premium]), {"GET /premium": "$0.01"}
 
-    async def call(path: str) -> tuple[int, bytes]:
+
+@pytest.mark.parametrize(
+    ("kind", "path"),
+    [("litestar", "/x/api/premium"), ("litestar", "/apipremium"), ("falcon", "/api/premium")],
+)
+def test_a_router_reading_root_path_its_own_way_never_serves_unpaid(
+    audited_core: Core, kind: str, path: str
+) -> None:
+    """Under ``root_path="/api"`` (a server's ``--root-path``) the gate priced the path below
+    it, but Litestar routes on ``path.split(root_path, 1)[-1]`` (``/x/api/premium``, as an
+    older server hands it, or ``/apipremium``, uvicorn under h11 for the target ``premium``,
+    reach ``/premium``) and Falcon on the whole path (its ``/api/premium``, priced as it is
+    written): the paid view ran unpaid. Now the reading a route prices is charged, once, at
+    that price (docs/architecture.md, "Which route is priced")."""
+    import asyncio
+
+    from fourmica_x402.testing import http_scope
+
+    seller, table = _under_root_path(kind)
+    options: dict[str, Any] = {"pay_to": SELLER, "core": audited_core, "network": NETWORK}
+    app = AsgiPayment(seller, routes=table, **options)
+
+    async def call(headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes, Any]:
         sent: list[dict[str, Any]] = []
 
         async def receive() -> dict[str, Any]:
@@ -365,10 +387,30 @@ def test_a_path_a_router_splits_at_root_path_is_refused(audited_core: Core, path
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
-        await app(http_scope("GET", path, root_path="/api"), receive, send)
-        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+        await app(http_scope("GET", path, headers, root_path="/api"), receive, send)
+        found = {k.decode(): v.decode() for k, v in sent[0]["headers"]}
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:]), found
 
-    assert asyncio.run(call("/api/premium"))[0] == 402  # below root_path, as uvicorn hands it
-    status, body = asyncio.run(call(path))
-    assert status == 400 and b"ambiguous_path" in body and b"PAID" not in body, (status, body)
-    assert audited_core.guarantees() == []
+    status, body, headers = asyncio.run(call([]))
+    assert status == 402 and b"PAID" not in body, (status, body)
+    buyer = TestBuyer.new()
+    audited_core.deposit(buyer.address, 10**7, network=NETWORK)
+    name, value = buyer.pay_challenge(audited_core, headers["payment-required"])
+    status, body, _ = asyncio.run(call([(name.lower().encode(), value.encode())]))
+    assert (status, body) == (200, b"PAID CONTENT")
+    app.gate.flush()
+    assert [(g.state, g.amount) for g in audited_core.guarantees()] == [("payable", 10_000)]
+
+
+def test_a_catch_all_entry_never_moves_a_path_below_root_path(audited_core: Core) -> None:
+    """Beside ``"GET /*"``, the path below ``root_path`` keeps its own entry's price: the
+    whole path's reading (``/api/premium``) fits only the catch-all, which is less specific."""
+    from fourmica_x402.wire import decode_payment_required
+
+    options: dict[str, Any] = {"pay_to": SELLER, "core": audited_core, "network": NETWORK}
+    table = {"GET /premium": "$0.01", "GET /*": "$0.02"}
+    client = TestClient(AsgiPayment(_any_method, routes=table, **options), root_path="/api")
+    resp = client.get("/premium")
+    assert resp.status_code == 402  # Starlette's test client: path /api/premium, root_path /api
+    offer = decode_payment_required(resp.headers["payment-required"]).accepts[0]
+    assert int(offer.amount) == 10_000
