@@ -1,9 +1,9 @@
 """Tabs: the active tab of (user, recipient, network, asset, version) and its request ids.
 
-A tab is reused until it expires (by the clock acceptance reads, to the fraction of a second)
-or its running total passes :data:`REUSE_TOTAL`; then a new one replaces it as the active
-tab. Only a *new* tab is subject to the seller's open-tab cap (docs/operations.md, "The tab
-endpoint").
+A tab is reused until it is within :func:`reuse_margin` of its end (by the clock acceptance
+reads, to the fraction of a second) or its running total passes :data:`REUSE_TOTAL`; then a
+new one replaces it as the active tab. Only a *new* tab is subject to the seller's open-tab
+cap (docs/operations.md, "The tab endpoint").
 """
 
 from __future__ import annotations
@@ -34,6 +34,16 @@ _OPEN_TABS_SQL = "FROM fx_tabs WHERE recipient_address = ? AND start_ts + ttl >=
 #: A tab whose running total (a 64-bit column) passed this is not handed out again: a payment
 #: it could not take any more (``tab_total_exceeded``) gets a new tab.
 REUSE_TOTAL = INT64_MAX // 2
+#: Seconds before its end a tab is no longer handed out (the default ``maxTimeoutSeconds``): a
+#: guarantee signed on it must still reach acceptance, after a settle-after seller's handler
+#: ran, before the tab ends (docs/protocol.md, "Paying").
+REUSE_MARGIN = 300
+
+
+def reuse_margin(ttl: int) -> float:
+    """Seconds before its end a tab of ``ttl`` seconds is replaced: :data:`REUSE_MARGIN`, at
+    most a quarter of its life (a short tab is still reused, not opened anew on every call)."""
+    return min(REUSE_MARGIN, ttl / 4)
 
 
 class Retry(Exception):
@@ -142,7 +152,11 @@ def open_once(
         "a.guarantee_version = ?",
         key,
     )
-    if row is not None and at <= int(row[1]) + int(row[2]) and int(row[3]) <= REUSE_TOTAL:
+    if (
+        row is not None
+        and at + reuse_margin(int(row[2])) <= int(row[1]) + int(row[2])
+        and int(row[3]) <= REUSE_TOTAL
+    ):
         nxt = tx.one(
             "UPDATE fx_tabs SET next_req_id = next_req_id + 1 WHERE tab_id = ? "
             "RETURNING next_req_id",

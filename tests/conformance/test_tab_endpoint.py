@@ -27,7 +27,7 @@ from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.facilitator import HttpFacilitator
 from fourmica_x402.routes import RouteConfig
 from fourmica_x402.service import create_app
-from fourmica_x402.testing import NETWORK, TestBuyer
+from fourmica_x402.testing import NETWORK, TestBuyer, payment_header
 from fourmica_x402.wire import (
     PaymentRequirements,
     PaymentRequirementsV1,
@@ -158,6 +158,23 @@ def test_open_tab_cap_refuses_new_tabs_but_reuses_open_ones(make_seller: Any) ->
     assert seller.core.open_tab_count(SELLER) == 0
     opened(seller, carol, req)
     assert seller.core.open_tab_count(SELLER) == 1
+
+
+def test_a_tab_near_its_end_is_replaced_and_the_payment_on_it_accepted(make_seller: Any) -> None:
+    """A tab handed out in its last seconds refused the payment signed on it (``tab_expired``)
+    when the request reached the seller a little later: near its end, a new tab is opened."""
+    seller = make_seller()
+    req = challenge(seller)
+    buyer = TestBuyer.new()
+    seller.core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    first = opened(seller, buyer.address, req)
+    seller.clock.advance(first["ttlSeconds"] - 10)  # ten seconds left
+    tab = opened(seller, buyer.address, req)
+    name, value = payment_header(buyer, req, tab, timestamp=int(seller.clock()))
+    seller.clock.advance(30)  # the paid request arrives half a minute later
+    resp = seller.request("GET", "/premium", headers={name: value})
+    assert resp.status == 200, (resp.status, resp.headers.get("payment-required"))
+    assert tab["tabId"] != first["tabId"] and tab["nextReqId"] == "0x0"
 
 
 # -- recipients --------------------------------------------------------------------------------

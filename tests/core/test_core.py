@@ -298,6 +298,39 @@ def test_a_tab_past_its_end_by_a_fraction_of_a_second_is_not_handed_out(
     core.accept(*buyer.pay(core, SELLER, 100))
 
 
+def test_a_tab_in_its_last_minutes_is_not_handed_out_again(
+    core: Core, buyer: TestBuyer, clock: FakeClock
+) -> None:
+    """A tab handed out in its last seconds took a guarantee signed then but accepted a little
+    later (the request's trip, a settle-after seller's handler) as ``tab_expired``: the buyer
+    had signed, the seller had worked. Near its end a new tab is opened instead."""
+    first = core.open_tab(buyer.address, SELLER, network=NETWORK)
+    clock.advance(DAY - 10)  # ten seconds left
+    signed, expected = buyer.pay(core, SELLER, 100)
+    clock.advance(30)  # the guarantee reaches the Core half a minute later
+    core.accept(signed, expected)  # was refused: tab_expired
+    assert signed.claims.tab_id != first.tab_id
+    assert core.open_tab(buyer.address, SELLER, network=NETWORK).tab_id == signed.claims.tab_id
+    # Up to the margin (300 s) before its end, the tab is still reused.
+    early = core.open_tab(TestBuyer.new().address, SELLER, network=NETWORK)
+    clock.advance(DAY - 301)
+    assert core.open_tab(early.user_address, SELLER, network=NETWORK).tab_id == early.tab_id
+    clock.advance(2)
+    again = core.open_tab(early.user_address, SELLER, network=NETWORK)
+    assert again.tab_id != early.tab_id and again.next_req_id == 0
+
+
+def test_a_short_tab_is_reused_for_most_of_its_life(core: Core, clock: FakeClock) -> None:
+    """The margin is at most a quarter of a tab's lifetime: a tab of a minute is reused for
+    45 s, not replaced on every call (each new tab spends the buyer's budget of new tabs)."""
+    user = TestBuyer.new().address
+    tab = core.open_tab(user, SELLER, network=NETWORK, ttl_seconds=60)
+    clock.advance(44)
+    assert core.open_tab(user, SELLER, network=NETWORK, ttl_seconds=60).tab_id == tab.tab_id
+    clock.advance(2)
+    assert core.open_tab(user, SELLER, network=NETWORK, ttl_seconds=60).tab_id != tab.tab_id
+
+
 def test_a_tab_lifetime_past_64_bits_is_a_clear_error(core: Core) -> None:
     with pytest.raises(CoreError) as info:
         core.open_tab(TestBuyer.new().address, SELLER, network=NETWORK, ttl_seconds=2**63)
