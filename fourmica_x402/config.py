@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._eth import parse_payee
-from ._urls import check_http_url, check_public_url
+from ._urls import check_http_url, check_public_url, safe_url
 from .errors import ConfigurationError
 from .guarantee import ValidationPolicy
 from .networks import get_network
@@ -198,10 +198,13 @@ class PaymentConfig:
                 raise ConfigurationError(f"public_url {exc}") from None
         if self.tab_endpoint is not None:  # advertised verbatim: a buyer must reach it
             try:
-                check_http_url(self.tab_endpoint)
+                parts = check_http_url(self.tab_endpoint)
             except ValueError as exc:
                 message = f"tab_endpoint must be an absolute http(s) URL: {exc}"
                 raise ConfigurationError(message) from None
+            if "@" in parts.netloc:  # every challenge hands it out (docs/operations.md)
+                shown = f"{safe_url(self.tab_endpoint)!r:.80}"
+                raise ConfigurationError(f"tab_endpoint {shown} carries credentials")
         seconds = self.max_timeout_seconds
         if isinstance(seconds, bool) or not isinstance(seconds, int) or not 0 < seconds <= 86_400:
             raise ConfigurationError("max_timeout_seconds must be a whole number 1..86400")
@@ -240,8 +243,6 @@ class PaymentConfig:
     def __repr__(self) -> str:
         """The dataclass repr, with no secret: the tokens left out, the password of a URL
         masked (a repr reaches debuggers and error reports; docs/operations.md, "Keys")."""
-        from ._urls import safe_url
-
         shown = []
         for each in fields(self):
             if each.repr:

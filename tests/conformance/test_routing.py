@@ -413,3 +413,21 @@ def test_a_tab_endpoint_no_buyer_could_reach_fails_at_start_up(tmp_path: Any) ->
     with TestClient(app) as client:
         challenge = decode_payment_required(client.get("/p").headers["payment-required"])
     assert challenge.accepts[0].extra["tabEndpoint"] == good
+
+
+def test_a_tab_endpoint_with_credentials_fails_at_start_up(tmp_path: Any) -> None:
+    """``tab_endpoint`` is handed verbatim to every caller of a priced route (each challenge's
+    ``extra.tabEndpoint``), as ``public_url`` is: one written with ``user:password@`` (a tab
+    endpoint behind a proxy's basic auth) started, and published the password to anyone who
+    asked for a priced route, unpaid."""
+    from fourmica_x402 import PaymentConfig
+    from fourmica_x402.errors import ConfigurationError
+    from fourmica_x402.testing import TestBuyer
+
+    seller, core = TestBuyer.new().address, f"sqlite:///{tmp_path}/c.db"
+    for bad in ("https://shop:hunter2@api.example.com/x402/tab", "https://TOKEN@api.example/t"):
+        with pytest.raises(
+            ConfigurationError, match=r"tab_endpoint .* carries credentials"
+        ) as info:
+            PaymentConfig(pay_to=seller, routes={"GET /p": "$0.01"}, core=core, tab_endpoint=bad)
+        assert "hunter2" not in str(info.value) and "TOKEN" not in str(info.value)
