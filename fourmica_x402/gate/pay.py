@@ -35,6 +35,7 @@ from ..wire import (
 )
 from . import bundles, metered, settle, stages
 from .challenge import DELIVERY_TAG, challenge, v1_requirements, v2_requirements
+from .sse import Unmetered
 from .types import (
     DENY,
     EXPOSE_HEADERS,
@@ -102,6 +103,7 @@ def granted(route: Route, endpoint: Endpoint | None) -> Payment:
         endpoint=endpoint,
         by_marker=route.marker,
         granted=True,
+        stream=None if route.config.slices is None else Unmetered(),  # sent free
     )
 
 

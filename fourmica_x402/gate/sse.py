@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any
 
-__all__ = ["METER_EVENTS", "encode", "sse"]
+__all__ = ["METER_EVENTS", "Unmetered", "encode", "sse"]
+
+log = logging.getLogger("fourmica_x402.gate")
 
 #: The meter's own events: a source's event may not take their names (it would forge them).
 METER_EVENTS = frozenset({"stream", "payment-required", "end"})
@@ -42,3 +46,36 @@ def encode(item: Any) -> bytes:
     if isinstance(item, bytes | bytearray):
         return sse(None, bytes(item).decode("utf-8", "replace"))
     return sse(None, item)
+
+
+class Unmetered:
+    """``payment.stream`` of a request ``on_protected_request`` granted on a metered route
+    (docs/operations.md, "Seller options and hooks"): the source's events, then ``end``, with
+    no slice asked for or sold."""
+
+    def events(
+        self, source: Iterable[Any] | AsyncIterable[Any]
+    ) -> Iterator[bytes] | AsyncIterator[bytes]:
+        if hasattr(source, "__aiter__"):
+            return self._async(source)  # type: ignore[arg-type]
+        return self._sync(source)  # type: ignore[arg-type]
+
+    def _sync(self, source: Iterable[Any]) -> Iterator[bytes]:
+        reason = "complete"
+        try:
+            for item in source:
+                yield encode(item)
+        except Exception:
+            log.exception("a granted stream's source failed")
+            reason = "source_failed"
+        yield sse("end", {"reason": reason, "slices": 0})
+
+    async def _async(self, source: AsyncIterable[Any]) -> AsyncIterator[bytes]:
+        reason = "complete"
+        try:
+            async for item in source:
+                yield encode(item)
+        except Exception:
+            log.exception("a granted stream's source failed")
+            reason = "source_failed"
+        yield sse("end", {"reason": reason, "slices": 0})

@@ -182,3 +182,47 @@ def test_a_grant_serves_a_flask_paid_view_free(core: Core) -> None:
     assert client.get("/table").status_code == 402  # a table route: as before
     assert client.get("/table", headers=KEY).status_code == 402  # not granted there
     nothing_charged(core, payments.gate)
+
+
+def test_a_grant_on_a_metered_stream_route_streams_it_free(core: Core) -> None:
+    """A metered route's handler sends its events through ``payment.stream`` (docs/protocol.md,
+    "Metered streams"); a granted request's payment had no stream, so the handler, written as
+    the docs show it, raised and the subscriber got a 500 instead of the free stream."""
+    from starlette.responses import StreamingResponse
+
+    from fourmica_x402 import RouteConfig, Slices
+
+    app = FastAPI()
+    routes = {"GET /report": RouteConfig(price="$0.01", slices=Slices(units=2))}
+    gate = FourmicaX402(
+        app,
+        pay_to=SELLER,
+        network=NETWORK,
+        core=core,
+        routes=routes,
+        on_protected_request=subscribers,
+    ).gate
+
+    @app.get("/report")
+    def report(request: Request) -> Any:
+        body = request.state.payment.stream.events(["a", ("note", {"n": 2}), "c", "d", "e"])
+        return StreamingResponse(body, media_type="text/event-stream")
+
+    @app.get("/other")
+    def other(payment: Payment = Paid("$0.02", slices=Slices(units=1))) -> Any:  # noqa: B008
+        async def source() -> Any:
+            for item in ("x", "y"):
+                yield item
+
+        return StreamingResponse(payment.stream.events(source()), media_type="text/event-stream")
+
+    with TestClient(app) as client:
+        assert client.get("/report").status_code == 402
+        granted = client.get("/report", headers=KEY)
+        assert granted.status_code == 200, granted.text
+        assert granted.text == (
+            'data: a\n\nevent: note\ndata: {"n":2}\n\ndata: c\n\ndata: d\n\ndata: e\n\n'
+            'event: end\ndata: {"reason":"complete","slices":0}\n\n'
+        )  # every event at once: no slice is asked for
+        assert client.get("/other", headers=KEY).status_code == 402  # the grant is /report's
+    nothing_charged(core, gate)
