@@ -168,9 +168,8 @@ class Route:
     def names(self, endpoint: Endpoint) -> bool:
         """Whether this entry names ``endpoint``: it fits its shape, or is written with the
         route's own converters (``/files/<anypath:rest>`` for that very route)."""
-        return self.fits(endpoint.shape) or (
-            self.template_regex is not None and typed_template(self.pattern) == endpoint.typed
-        )
+        typed = self.template_regex is not None and typed_template(self.pattern) == endpoint.typed
+        return self.fits(endpoint.shape) or typed
 
 
 def validate_marker(config: RouteConfig, where: str = "a paid handler") -> RouteConfig:
@@ -232,8 +231,7 @@ class RouteTable:
         self._defaults = (network, pay_to, asset, timeout)
         self.set_routes([])
         self.version = 0  # bumped when a route is added: endpoints price themselves again
-        #: Static payTo addresses of per-handler markers (they are not in ``routes``).
-        self.marker_pay_to: set[str] = set()
+        self.marker_pay_to: set[str] = set()  # per-handler markers' static payTo (not in routes)
         #: Run-time prices by route key, and each entry's configured ``RouteConfig`` (they
         #: replace it until reset: :mod:`.gate.prices`, docs/operations.md, "Repricing").
         self.overrides: dict[str, Price] = {}
@@ -381,6 +379,8 @@ class RouteTable:
         if isinstance(value, Mapping) and "accepts" in value:
             if dropped := sorted(set(value) & (_OFFER_KEYS | {"pay_to"})):  # else the app's
                 raise ConfigurationError(f"route {key!r}: name {dropped} in each accepts entry")
+            if camel := sorted(set(value) & {"minAmount", "maxUnits", "validationPolicy"}):
+                raise ConfigurationError(f"route {key!r}: {camel}: name them as RouteConfig does")
             items = [a] if isinstance(a := value["accepts"], Mapping) else list(a)
             offers = []
             for item in items:  # a key it does not read (a typo) would leave the app's default

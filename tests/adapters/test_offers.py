@@ -250,6 +250,37 @@ def test_an_accepts_entry_with_a_key_it_does_not_know_fails_at_start_up(
     assert (said.pay_to, said.max_timeout_seconds, said.extra["note"]) == (SECOND, 60, "x")
 
 
+def test_a_route_term_beside_accepts_in_camel_case_fails_at_start_up(audited_core: Core) -> None:
+    """Beside ``accepts`` the route dict takes the route's terms as ``RouteConfig`` names them
+    (docs/protocol.md, "Paying"), and passes the official package's other keys over. Written
+    in the dict's own camelCase (``"minAmount"``, as the discovery listing spells it), a term
+    was passed over as one of those: the route started with no minimum, no unit cap, no
+    validation policy, and sold a 1-unit request at $0.01 where the seller asked $0.05."""
+    from fourmica_x402.errors import ConfigurationError
+
+    async def premium(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("paid")
+
+    def app(terms: dict[str, Any]) -> Any:
+        route = {"accepts": [{"price": "$0.01"}], "units": lambda request: 1, **terms}
+        return PaymentMiddleware(
+            Starlette(routes=[Route("/premium", premium)]),
+            pay_to=FIRST,
+            core=audited_core,
+            network=NETWORK,
+            routes={"GET /premium": route},
+        )
+
+    for camel in ({"minAmount": "$0.05"}, {"maxUnits": 10}, {"validationPolicy": None}):
+        with pytest.raises(ConfigurationError, match=next(iter(camel))), TestClient(app(camel)):
+            pass
+    with TestClient(app({"min_amount": "$0.05", "tags": ["data"]})) as client:  # as named
+        said = decode_payment_required(client.get("/premium").headers["payment-required"]).accepts[
+            0
+        ]
+    assert said.amount == "50000"
+
+
 def test_accepts_of_a_route_config_or_a_marker_holding_no_offer_fails_clearly() -> None:
     """``RouteConfig(accepts=[{"price": …}])`` or ``Paid(accepts=…)`` with the official dict's
     entries (or one dict, not a list) raised ``AttributeError: 'dict' object has no attribute
