@@ -78,7 +78,13 @@ def protected(
         return None
     verdict = yield Call(gate.config.on_protected_request, (request, route), blocking=False)
     if verdict is GRANT:
-        return Granted(granted(route, endpoint))
+        payment = granted(route, endpoint)
+        try:  # the handler reads how many units it serves (docs/protocol.md), as a buyer's
+            if route.config.units is not None:
+                payment.units = yield from bundles.count(route, request)
+        except bundles.InvalidUnits as exc:  # the request's own fault: 400, as unpaid
+            return error_response(exc.status, exc.reason, exc.message)
+        return Granted(payment)
     if verdict is DENY:
         return error_response(403, "denied", "access denied")
     return verdict if isinstance(verdict, Response) else None

@@ -226,3 +226,37 @@ def test_a_grant_on_a_metered_stream_route_streams_it_free(core: Core) -> None:
         )  # every event at once: no slice is asked for
         assert client.get("/other", headers=KEY).status_code == 402  # the grant is /report's
     nothing_charged(core, gate)
+
+
+def test_a_grant_on_a_bundled_route_hands_the_handler_its_units(core: Core) -> None:
+    """On a route sold by the unit the handler reads how many to serve off the payment
+    (``payment.units``; docs/protocol.md says None only on a route without units). A granted
+    request's payment said None there, so a handler serving ``payment.units`` records raised
+    and the subscriber got a 500; a count the request gets wrong is its 400, as unpaid."""
+    from fourmica_x402 import RouteConfig
+
+    app = Flask(__name__)
+    route = RouteConfig(
+        price="$0.01", units=lambda request: int(request.query.removeprefix("n=")), unit="row"
+    )
+    payments = FlaskX402(
+        app,
+        pay_to=SELLER,
+        network=NETWORK,
+        core=core,
+        routes={"GET /report": route},
+        on_protected_request=subscribers,
+    )
+
+    @app.get("/report")
+    def report() -> Any:
+        return {"rows": list(range(g.payment.units)), "granted": g.payment.granted}
+
+    client = app.test_client()
+    assert client.get("/report?n=3").status_code == 402
+    granted = client.get("/report?n=3", headers=KEY)
+    assert granted.status_code == 200, granted.text
+    assert granted.get_json() == {"rows": [0, 1, 2], "granted": True}
+    bad = client.get("/report?n=x", headers=KEY)
+    assert bad.status_code == 400 and bad.get_json()["error"] == "invalid_units"
+    nothing_charged(core, payments.gate)
