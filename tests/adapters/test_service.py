@@ -1708,34 +1708,20 @@ def test_a_client_leaving_during_a_settle_after_is_not_charged(core: Core, tmp_p
         next(service, None)
 
 
-def test_a_remote_settle_after_payment_whose_process_died_in_the_handler_is_not_in_progress(
-    core: Core, tmp_path: Path
-) -> None:
-    """On a remote facilitator, a settle-after seller killed inside the handler left its
-    record written before the settle ('verified', no guarantee, no outcome): the next gate on
-    that records database labelled nothing (start-up recovery ran on the embedded Core's
-    records only), and with ``idempotent_replay`` the buyer's retry of the header was answered
-    409 ``payment_in_progress`` ('send it again once it has ended') for ever. It is labelled
-    ``not_charged`` and the retry is answered ``replay_unavailable`` (docs/operations.md, "A
-    remote facilitator"); nothing was charged. The first gate's handler never ends here: it
-    stands for the process killed in it."""
+@contextlib.contextmanager
+def _killed_in_its_handler(
+    config: Callable[[], PaymentConfig], core: Core | None = None
+) -> Iterator[tuple[Gate, Callable[[], tuple[Gate, Starlette]], TestBuyer, tuple[str, str]]]:
+    """A seller (a gate of ``config()``) whose handler never ends here, standing for a process
+    killed in it, paid by a buyer funded in ``core`` (None: the gate's embedded Core). Yields
+    that gate, a maker of the next process's gate and app on the same databases, the buyer and
+    its payment header, once the handler is running."""
     import anyio
 
-    service = _served(create_app(core, api_key="op", tick_interval=None, webhooks=False))
-    url, _ = next(service)
     inside, release = threading.Event(), threading.Event()
 
     def seller(blocking: bool) -> tuple[Gate, Starlette]:
-        gate = Gate(
-            PaymentConfig(
-                pay_to=SELLER,
-                routes={"GET /premium": "$0.01"},
-                facilitator=HttpFacilitator(url, headers={"Authorization": "Bearer op"}),
-                records=str(tmp_path / "records.db"),
-                settle="after",
-                idempotent_replay=True,
-            )
-        )
+        gate = Gate(config())
 
         async def premium(request: Request) -> JSONResponse:
             if blocking:
@@ -1746,11 +1732,14 @@ def test_a_remote_settle_after_payment_whose_process_died_in_the_handler_is_not_
         middleware = [Middleware(PaymentMiddleware, gate=gate)]
         return gate, Starlette(routes=[Route("/premium", premium)], middleware=middleware)
 
-    first = _served(seller(blocking=True)[1])
+    running, app = seller(blocking=True)
+    funded = core or running.core
+    assert funded is not None
+    first = _served(app)
     base, _ = next(first)
     try:
         buyer = TestBuyer.new()
-        core.deposit(buyer.address, 100_000, network=NETWORK)
+        funded.deposit(buyer.address, 100_000, network=NETWORK)
         challenge = httpx.get(f"{base}/premium").headers["payment-required"]
         req = decode_payment_required(challenge).accepts[0]
         asked = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": None}
@@ -1762,21 +1751,56 @@ def test_a_remote_settle_after_payment_whose_process_died_in_the_handler_is_not_
         )
         paying.start()
         assert inside.wait(30)
-        gate, app = seller(blocking=False)  # the next process on the records database
-        [record] = gate.records.query(payer=buyer.address)
-        assert (record.status, record.outcome, record.guarantee_id) == (
-            "verified",
-            "not_charged",
-            None,
-        )
-        with TestClient(app) as again:
-            replayed = again.get("/premium", headers={name: value})
-        assert replayed.status_code == 409, replayed.text
-        assert replayed.json()["error"] == "replay_unavailable"
-        assert core.position(buyer.address, network=NETWORK).locked == 0
+        yield running, lambda: seller(blocking=False), buyer, (name, value)
     finally:
         release.set()
         next(first, None)
+
+
+def _replay_unavailable(app: Starlette, header: tuple[str, str]) -> None:
+    """The header sent again to ``app`` is answered 409 ``replay_unavailable``: no longer "in
+    progress" (docs/operations.md)."""
+    with TestClient(app) as again:
+        replayed = again.get("/premium", headers=dict([header]))
+    assert replayed.status_code == 409, replayed.text
+    assert replayed.json()["error"] == "replay_unavailable"
+
+
+def test_a_remote_settle_after_payment_whose_process_died_in_the_handler_is_not_in_progress(
+    core: Core, tmp_path: Path
+) -> None:
+    """On a remote facilitator, a settle-after seller killed inside the handler left its
+    record written before the settle ('verified', no guarantee, no outcome): the next gate on
+    that records database labelled nothing (start-up recovery ran on the embedded Core's
+    records only), and with ``idempotent_replay`` the buyer's retry of the header was answered
+    409 ``payment_in_progress`` ('send it again once it has ended') for ever. It is labelled
+    ``not_charged`` and the retry is answered ``replay_unavailable`` (docs/operations.md, "A
+    remote facilitator"); nothing was charged."""
+    service = _served(create_app(core, api_key="op", tick_interval=None, webhooks=False))
+    url, _ = next(service)
+
+    def config() -> PaymentConfig:
+        return PaymentConfig(
+            pay_to=SELLER,
+            routes={"GET /premium": "$0.01"},
+            facilitator=HttpFacilitator(url, headers={"Authorization": "Bearer op"}),
+            records=str(tmp_path / "records.db"),
+            settle="after",
+            idempotent_replay=True,
+        )
+
+    try:
+        with _killed_in_its_handler(config, core) as (_, restart, buyer, header):
+            gate, app = restart()  # the next process on the records database
+            [record] = gate.records.query(payer=buyer.address)
+            assert (record.status, record.outcome, record.guarantee_id) == (
+                "verified",
+                "not_charged",
+                None,
+            )
+            _replay_unavailable(app, header)
+            assert core.position(buyer.address, network=NETWORK).locked == 0
+    finally:
         next(service, None)
 
 
@@ -1792,69 +1816,35 @@ def test_a_remote_settle_before_payment_whose_process_died_in_the_handler_is_lab
     ever. It is labelled as the embedded Core's recovery labels it (docs/architecture.md,
     "Completion off the request path"): a G-v1 payment ``kept`` (the handler may have run), a
     G-v2 one under the seller's delivery policy ``cancelled`` (never scored, the Core cancels
-    it at its validation deadline); the retry is answered ``replay_unavailable``. The first
-    gate's handler never ends here: it stands for the process killed in it."""
-    import anyio
-
+    it at its validation deadline); the retry is answered ``replay_unavailable``."""
     from fourmica_x402.core.ledger import SANDBOX_REGISTRY
 
     service = _served(create_app(core, api_key="op", tick_interval=None, webhooks=False))
     url, _ = next(service)
-    inside, release = threading.Event(), threading.Event()
     registry = SANDBOX_REGISTRY.lower() if version == 2 else None
 
-    def seller(blocking: bool) -> tuple[Gate, Starlette]:
+    def config() -> PaymentConfig:
         facilitator = HttpFacilitator(
             url, headers={"Authorization": "Bearer op"}, validation_registry=registry
         )
-        gate = Gate(
-            PaymentConfig(
-                pay_to=SELLER,
-                routes={"GET /premium": "$0.01"},
-                facilitator=facilitator,
-                records=str(tmp_path / "records.db"),
-                idempotent_replay=True,
-            )
+        return PaymentConfig(
+            pay_to=SELLER,
+            routes={"GET /premium": "$0.01"},
+            facilitator=facilitator,
+            records=str(tmp_path / "records.db"),
+            idempotent_replay=True,
         )
 
-        async def premium(request: Request) -> JSONResponse:
-            if blocking:
-                inside.set()
-                await anyio.to_thread.run_sync(release.wait, 30)
-            return JSONResponse({"served": True})
-
-        middleware = [Middleware(PaymentMiddleware, gate=gate)]
-        return gate, Starlette(routes=[Route("/premium", premium)], middleware=middleware)
-
-    first = _served(seller(blocking=True)[1])
-    base, _ = next(first)
     try:
-        buyer = TestBuyer.new()
-        core.deposit(buyer.address, 100_000, network=NETWORK)
-        challenge = httpx.get(f"{base}/premium").headers["payment-required"]
-        req = decode_payment_required(challenge).accepts[0]
-        asked = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": None}
-        asked["paymentRequirements"] = req.to_dict()
-        tab = httpx.post(str(req.extra["tabEndpoint"]), json=asked).json()
-        name, value = payment_header(buyer, req, tab)
-        paying = threading.Thread(
-            target=lambda: httpx.get(f"{base}/premium", headers={name: value}, timeout=60)
-        )
-        paying.start()
-        assert inside.wait(30)
-        [settled] = core.guarantees(address=buyer.address)
-        assert settled.version == version
-        gate, app = seller(blocking=False)  # the next process on the records database
-        [record] = gate.records.query(payer=buyer.address)
-        assert (record.status, record.outcome) == ("settled", outcome)
-        with TestClient(app) as again:
-            replayed = again.get("/premium", headers={name: value})
-        assert replayed.status_code == 409, replayed.text
-        assert replayed.json()["error"] == "replay_unavailable"
-        assert core.guarantee(settled.guarantee_id).state == settled.state  # nothing changed
+        with _killed_in_its_handler(config, core) as (_, restart, buyer, header):
+            [settled] = core.guarantees(address=buyer.address)
+            assert settled.version == version
+            gate, app = restart()  # the next process on the records database
+            [record] = gate.records.query(payer=buyer.address)
+            assert (record.status, record.outcome) == ("settled", outcome)
+            _replay_unavailable(app, header)
+            assert core.guarantee(settled.guarantee_id).state == settled.state  # unchanged
     finally:
-        release.set()
-        next(first, None)
         next(service, None)
 
 
@@ -1870,67 +1860,30 @@ def test_an_embedded_payment_whose_process_died_in_the_handler_with_records_apar
     a G-v2 payment under the seller's delivery policy whose score (one commit, the Core's
     database) went through before the process died, its record's completion (another, the
     records') never coming: the buyer was charged, so ``kept`` too, not left unlabelled."""
-    import anyio
-
     from fourmica_x402.gate.challenge import DELIVERY_TAG
 
-    inside, release = threading.Event(), threading.Event()
-
-    def seller(blocking: bool) -> tuple[Gate, Starlette]:
-        gate = Gate(
-            PaymentConfig(
-                pay_to=SELLER,
-                routes={"GET /premium": "$0.01"},
-                core=str(tmp_path / "core.db"),
-                records=str(tmp_path / "records.db"),
-                idempotent_replay=True,
-                delivery_policy=scored,
-            )
+    def config() -> PaymentConfig:
+        return PaymentConfig(
+            pay_to=SELLER,
+            routes={"GET /premium": "$0.01"},
+            core=str(tmp_path / "core.db"),
+            records=str(tmp_path / "records.db"),
+            idempotent_replay=True,
+            delivery_policy=scored,
         )
 
-        async def premium(request: Request) -> JSONResponse:
-            if blocking:
-                inside.set()
-                await anyio.to_thread.run_sync(release.wait, 30)
-            return JSONResponse({"served": True})
-
-        middleware = [Middleware(PaymentMiddleware, gate=gate)]
-        return gate, Starlette(routes=[Route("/premium", premium)], middleware=middleware)
-
-    running, app = seller(blocking=True)
-    assert running.core is not None
-    first = _served(app)
-    base, _ = next(first)
-    try:
-        buyer = TestBuyer.new()
-        running.core.deposit(buyer.address, 100_000, network=NETWORK)
-        challenge = httpx.get(f"{base}/premium").headers["payment-required"]
-        req = decode_payment_required(challenge).accepts[0]
-        asked = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": None}
-        asked["paymentRequirements"] = req.to_dict()
-        tab = httpx.post(str(req.extra["tabEndpoint"]), json=asked).json()
-        name, value = payment_header(buyer, req, tab)
-        paying = threading.Thread(
-            target=lambda: httpx.get(f"{base}/premium", headers={name: value}, timeout=60)
-        )
-        paying.start()
-        assert inside.wait(30)
+    with _killed_in_its_handler(config) as (running, restart, buyer, header):
+        assert running.core is not None
         if scored:  # the dying process's score went through; its record's completion never came
             [settled] = running.core.guarantees(address=buyer.address)
             assert settled.version == 2
             running.core.post_validation(
                 settled.guarantee_id, validator=SELLER, score=100, tag=DELIVERY_TAG
             )
-        gate, app = seller(blocking=False)  # the next process on both databases
+        gate, app = restart()  # the next process on both databases
         [record] = gate.records.query(payer=buyer.address)
         assert (record.status, record.outcome) == ("settled", "kept")
-        with TestClient(app) as again:
-            replayed = again.get("/premium", headers={name: value})
-        assert replayed.status_code == 409, replayed.text
-        assert replayed.json()["error"] == "replay_unavailable"
-    finally:
-        release.set()
-        next(first, None)
+        _replay_unavailable(app, header)
 
 
 class _SlowSettleHeads:
