@@ -35,7 +35,8 @@ Where things are, in the order a paid request meets them:
 Hooks (sync or async), set on :class:`~fourmica_x402.PaymentConfig`:
 
 - ``on_protected_request(request, route)`` → None to continue, ``GRANT`` to
-  serve without payment, ``DENY`` (403) or a :class:`Response`;
+  serve without payment, ``DENY`` (403) or a :class:`Response` (anything else, or an
+  exception, is 503 ``seller_hook_failed``: :mod:`.hooks`);
 - ``before_settle(request, payload, requirements)`` may raise a PaymentError;
 - ``after_settle(request, result)``;
 - ``on_failure(request, error)``;

@@ -32,7 +32,8 @@ from . import deliver, discovery, drive, endpoints, guards, metered, nested, pat
 from .background import Holds, Reconciler, recover, recover_apart, recover_unsettled
 from .bundles import InvalidUnits
 from .challenge import challenge, requirements
-from .pay import failure, paid, protected, version_of
+from .hooks import failure, protected
+from .pay import paid, version_of
 from .prices import Repricer
 from .throttle import Throttle
 from .types import (

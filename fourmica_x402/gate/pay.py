@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._memo import ByIdentity
 from ..core.store import Conflict
-from ..errors import FourmicaError, GuaranteeRejected, MalformedPayment, PaymentError, Reason
+from ..errors import GuaranteeRejected, MalformedPayment, PaymentError, Reason
 from ..evidence import hash_request
 from ..facilitator import SettleResult, signed_from_payload
 from ..guarantee import ValidationPolicy
@@ -35,15 +35,12 @@ from ..wire import (
 )
 from . import bundles, metered, settle, stages
 from .challenge import DELIVERY_TAG, challenge, v1_requirements, v2_requirements
-from .sse import Unmetered
+from .hooks import failure, seller_failed
 from .types import (
-    DENY,
     EXPOSE_HEADERS,
-    GRANT,
     PAID_CACHE_CONTROL,
     Call,
     Flow,
-    Granted,
     Paid,
     Payment,
     RequestView,
@@ -66,60 +63,6 @@ def version_of(request: RequestView) -> int | None:
     if request.header_values(X_PAYMENT_HEADER):
         return 1
     return None
-
-
-def protected(
-    gate: Gate, request: RequestView, route: Route, endpoint: Endpoint | None = None
-) -> Flow:
-    """What the ``on_protected_request`` hook says of a priced request: None (go on),
-    :class:`Granted` (``GRANT``: served without a payment, for this route only), or the
-    :class:`Response` to answer."""
-    if gate.config.on_protected_request is None:
-        return None
-    verdict = yield Call(gate.config.on_protected_request, (request, route), blocking=False)
-    if verdict is GRANT:
-        payment = granted(route, endpoint)
-        try:  # the handler reads how many units it serves (docs/protocol.md), as a buyer's
-            if route.config.units is not None:
-                payment.units = yield from bundles.count(route, request)
-        except bundles.InvalidUnits as exc:  # the request's own fault: 400, as unpaid
-            return error_response(exc.status, exc.reason, exc.message)
-        return Granted(payment)
-    if verdict is DENY:
-        return error_response(403, "denied", "access denied")
-    return verdict if isinstance(verdict, Response) else None
-
-
-def granted(route: Route, endpoint: Endpoint | None) -> Payment:
-    """The :class:`Payment` a granted request's handler reads: nothing paid, nothing recorded;
-    bound to ``endpoint`` as a payment is, so that only this route's marker runs for it."""
-    return Payment(
-        payer="",
-        amount=0,
-        asset="",
-        network="",
-        pay_to="",
-        guarantee_id=None,
-        request_id=None,
-        tab_id=None,
-        x402_version=2,
-        guarantee_version=0,
-        route=route.key,
-        settled=False,
-        endpoint=endpoint,
-        by_marker=route.marker,
-        granted=True,
-        stream=None if route.config.slices is None else Unmetered(),  # sent free
-    )
-
-
-def failure(gate: Gate, request: RequestView, error: FourmicaError) -> Flow:
-    """The ``on_failure`` hook; what it raises is logged, never answered."""
-    if gate.config.on_failure is not None:
-        try:
-            yield Call(gate.config.on_failure, (request, error), blocking=False)
-        except Exception:
-            log.exception("on_failure hook raised")
 
 
 def paid(
@@ -182,6 +125,9 @@ def paid(
         except PaymentError as exc:
             yield from failure(gate, request, exc)
             return challenge(gate, request, route, requirements, exc.reason, version=version)
+        except Exception:  # the seller's bug, not the buyer's: nothing settled (docs/operations.md)
+            log.exception("before_settle raised for %s", route.key)
+            return seller_failed()
     policy, delivery = _policy_of(chosen)
     base: dict[str, Any] = dict(
         route=route.key,

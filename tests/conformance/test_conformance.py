@@ -531,6 +531,55 @@ def test_hooks(make_seller: Any) -> None:
     assert seen == ["delivered"]
 
 
+class _NotTheGatesResponse:
+    """What a seller might return meaning "refuse": a framework's own response object."""
+
+    status_code = 401
+
+
+def _raises(*args: Any) -> Any:
+    raise RuntimeError("the subscription database is down")
+
+
+async def _raises_async(*args: Any) -> Any:
+    raise RuntimeError("the subscription database is down")
+
+
+@pytest.mark.parametrize(
+    "hook",
+    [_raises, _raises_async, lambda request, route: _NotTheGatesResponse(), lambda *a: True],
+    ids=["raises", "raises-async", "foreign-response", "true"],
+)
+def test_a_failing_request_hook_fails_closed(make_seller: Any, hook: Any) -> None:
+    """A hook meant to refuse someone (a banned key, a lapsed plan) that raises, or answers
+    with something the gate cannot send, must not let the request on to its 402: a buyer
+    with a valid payment would buy what the seller meant to refuse (docs/operations.md)."""
+
+    def checks_banned(request: Any, route: Any) -> Any:
+        return hook(request, route) if request.header("x-who") == "banned" else None
+
+    seller = make_seller(on_protected_request=checks_banned)
+    banned = {"x-who": "banned"}
+    asked = seller.request("GET", "/premium", headers=banned)
+    assert asked.status == 503 and asked.json()["error"] == "seller_hook_failed"
+    buyer = funded(seller)
+    paying = seller.request("GET", "/premium", headers={**paid_headers(seller, buyer), **banned})
+    assert paying.status == 503 and paying.json()["error"] == "seller_hook_failed"
+    assert seller.core.position(buyer.address, network=NETWORK).locked == 0
+    assert seller.calls["/premium"] == 0
+    assert seller.request("GET", "/free").status == 200  # unpriced routes never ask it
+
+
+@pytest.mark.parametrize("hook", [_raises, _raises_async], ids=["sync", "async"])
+def test_a_before_settle_hook_that_raises_settles_nothing(make_seller: Any, hook: Any) -> None:
+    seller = make_seller(before_settle=hook)
+    buyer = funded(seller)
+    paying = pay(seller, buyer)
+    assert paying.status == 503 and paying.json()["error"] == "seller_hook_failed"
+    assert seller.core.position(buyer.address, network=NETWORK).locked == 0
+    assert seller.calls["/premium"] == 0
+
+
 def test_settle_after_mode_charges_only_success(make_seller: Any) -> None:
     seller = make_seller(settle="after")
     buyer = funded(seller)
