@@ -426,10 +426,9 @@ async def run_async(
                 answer.request = step.request  # its reader's deadline: the read timeout
             elif isinstance(step, Read):
                 await aread_answer(step.response)
-            else:
-                answer = approve(step.request) if approve is not None else False
-                if inspect.isawaitable(answer):
-                    answer = await answer
+            else:  # a sync callback (a person at a prompt) waits in a thread, not on the loop
+                answer = await asyncio.to_thread(approve, step.request) if approve else False
+                answer = await answer if inspect.isawaitable(answer) else answer
         except BaseException as exc:  # a cancelled call too: what left is kept now
             error = exc
 

@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import replace
@@ -210,6 +211,36 @@ def test_approval_callbacks_sync_and_async(seller: Any, buyers: Any) -> None:
     with pytest.raises(NeedsApproval):
         client.get("/items/3")  # $0.02: refused by the callback
     assert seller.calls["/items/3"] == 0
+
+
+class _Served(Wire):
+    """Sets ``served`` once a paid answer for ``path`` came back."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.served = path, threading.Event()
+
+    def response(self, path: str, status: int, headers: Any, body: bytes) -> Any:
+        if path == self.path and status == 200:
+            self.served.set()
+        return status, headers, body
+
+
+@pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
+@pytest.mark.parametrize("buyers", ["httpx_async"], indirect=True)
+def test_a_sync_approval_callback_does_not_hold_up_other_calls(seller: Any, buyers: Any) -> None:
+    """A sync callback (a person answering a prompt) ran on the event loop: every other paid
+    call of the agent stood still until it answered. Here it answers once another call in
+    flight was served; on the loop, that call never was, and the wait ran out (refused)."""
+    wire = _Served("/premium")
+
+    def approve(request: Any) -> bool:
+        return wire.served.wait(10)
+
+    policy = SpendingPolicy(approval_threshold="$0.015", approve=approve)
+    client = buyers.client(seller, funded(seller), policy=policy, wire=wire)
+    dear, cheap = client.gather(["/items/3", "/premium"])  # $0.02 asks; $0.01 does not
+    assert cheap.status == 200 and dear.status == 200, (dear, cheap)
+    assert seller.calls["/items/3"] == 1
 
 
 def test_insufficient_collateral_is_reported(seller: Any, buyers: Any) -> None:
