@@ -68,7 +68,8 @@ class Throttle:
         """Throttle who caused a refusal, and only them.
 
         An invalid signature proves nothing about the claimed payer (anyone could name a
-        victim), so it counts against the client address. A refusal of a properly signed
+        victim), nor does a refusal made before the signature is checked (docs/protocol.md,
+        "Acceptance"): those count against the client address. A refusal of a properly signed
         payment (no collateral left, a replay, a mismatch) counts against that payer at that
         address (:meth:`payer_key`): never against everyone else behind the address (a NAT, a
         proxy, an agent platform), and never against the payer elsewhere — a signature shows
@@ -79,6 +80,9 @@ class Throttle:
             Reason.INVALID_SIGNATURE,
             Reason.MALFORMED_PAYMENT,
             Reason.UNSUPPORTED_SCHEME,
+            Reason.UNSUPPORTED_VERSION,
+            Reason.INVALID_VALIDATION_POLICY,
+            Reason.UNTRUSTED_VALIDATION_REGISTRY,
         ):
             self.hit(client)
         else:

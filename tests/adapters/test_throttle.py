@@ -3,6 +3,8 @@ replayed by someone else does not lock its payer out (docs/protocol.md, ``thrott
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 from fourmica_x402.adapters.asgi import PaymentMiddleware
@@ -80,3 +82,24 @@ def test_rotating_addresses_within_one_ipv6_64_is_one_sender(audited_core: Core)
     assert statuses[:3] == [402, 402, 402] and set(statuses[3:]) == {429}
     name, value = buyer.pay_challenge(audited_core, own.get("/premium").headers["payment-required"])
     assert own.get("/premium", headers={name: value}).status_code == 200
+
+
+def test_unsigned_payments_naming_new_payers_are_one_sender(audited_core: Core) -> None:
+    """A payment the Core refuses before checking its signature (a validation policy out of
+    range) proves nothing about the payer it names: naming a new payer each time evaded the
+    sender's throttle, every one reaching the Core."""
+    app = _app(audited_core)
+    attacker = _client(app, "198.51.100.9")
+    buyer = TestBuyer.new()
+    audited_core.deposit(buyer.address, 10**7, network=NETWORK)
+    challenge = attacker.get("/premium").headers["payment-required"]
+    name, value = buyer.pay_challenge(audited_core, challenge)
+    data = json.loads(base64.b64decode(value))
+    statuses: list[int] = []
+    for _ in range(5):
+        data["payload"]["claims"].update(
+            user_address=TestBuyer.new().address, min_validation_score=0
+        )
+        forged = base64.b64encode(json.dumps(data).encode()).decode()
+        statuses.append(attacker.get("/premium", headers={name: forged}).status_code)
+    assert statuses[:3] == [402, 402, 402] and set(statuses[3:]) == {429}, statuses
