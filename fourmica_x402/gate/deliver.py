@@ -156,7 +156,9 @@ def finish(
     keep = None
     # A metered stream is not kept: its body holds every slice, paid for one at a time.
     if config.idempotent_replay and body is not None and outcome == "delivered" and not stream:
-        keep = (stages.kept(payment.job, headers or []), body)  # a stage names its job again
+        # a stage names its job again; a cookie is the first caller's (docs/operations.md)
+        mine = [(k, v) for k, v in headers or [] if k.lower() != "set-cookie"]
+        keep = (stages.kept(payment.job, mine), body)
     record = dict(
         status="delivered" if delivered else "failed",
         http_status=status,
