@@ -153,14 +153,14 @@ def amount_of(resp: Any) -> str:
     return decode_payment_required(resp.headers["payment-required"]).accepts[0].amount
 
 
-def pay(client: Any, core: Core, url: str, run: Any = lambda r: r) -> Any:
+def pay(client: Any, core: Core, url: str, run: Any = lambda r: r, method: str = "get") -> Any:
     buyer = TestBuyer.new()
     core.deposit(buyer.address, 1_000_000, network=NETWORK)
     req = decode_payment_required(run(client.get(url)).headers["payment-required"]).accepts[0]
     body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": req.to_dict()}
     tab = run(client.post("/x402/tab", body, content_type="application/json")).json()
     name, value = payment_header(buyer, req, tab)
-    return buyer, run(client.get(url, headers={name: value}))
+    return buyer, run(getattr(client, method)(url, headers={name: value}))
 
 
 def locked(core: Core, buyer: TestBuyer) -> int:
@@ -241,3 +241,16 @@ def test_one_function_free_at_one_path_and_paid_at_another_starts(core: Core) ->
         buyer, resp = pay(client, core, "/api/forecast")
         assert resp.status_code == 200 and resp.json() == {"forecast": "sunny"}
         assert seen[-1][1].payer == buyer.address and locked(core, buyer) == 50_000
+
+
+def test_head_on_a_priced_ninja_operation_asks_its_price_and_charges_nothing(core: Core) -> None:
+    """Ninja does not serve HEAD with GET (its 405); the gate still answers a HEAD on a priced
+    operation with its price, and a payment sent with one is not settled."""
+    with selling(core, {"GET /api/items": "$0.01"}):
+        client = Client()
+        asked = client.head("/api/items")
+        assert amount_of(asked) == "10000"
+        for url in ("/api/items", "/api/reports/3"):  # a table entry; @paid
+            buyer, resp = pay(client, core, url, method="head")
+            assert resp.status_code == 402 and locked(core, buyer) == 0
+        assert seen == []
