@@ -5,6 +5,7 @@ it (a paid MCP tool: docs/mcp.md). :class:`BufferedBody` reads at most ``limit``
 it and keeps the messages it read, so that the app still receives the whole body
 (:meth:`BufferedBody.receive`). :class:`Judge` keeps a paid answer (bounded) for a route whose
 price says whether it was delivered (``judge_response``, e.g. a JSON-RPC error in a 200).
+:func:`read_wsgi` reads a WSGI request's body for the gate's endpoints, a chunked one too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from fourmica_x402.gate.lifecycle import BODY_LIMIT
 from fourmica_x402.gate.types import Undelivered
 
-__all__ = ["BufferedBody", "Judge", "Undelivered"]
+__all__ = ["BufferedBody", "Judge", "Undelivered", "read_wsgi"]
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 #: The most of a paid answer kept to judge it (a longer one is judged by its status alone).
@@ -102,6 +103,19 @@ class BufferedBody:
             self._replayed += 1
             return self._messages[self._replayed - 1]
         return await self._receive()
+
+
+def read_wsgi(environ: dict[str, Any], limit: int) -> bytes:
+    """A WSGI request body, b"" when longer than ``limit``: its ``Content-Length`` bytes, or
+    a chunked body's (no length; the server marks it ``wsgi.input_terminated``) to its end."""
+    length, stream = str(environ.get("CONTENT_LENGTH") or ""), environ["wsgi.input"]
+    if length or not environ.get("wsgi.input_terminated"):
+        size = int(length) if length.isascii() and length.isdigit() else 0
+        return stream.read(size) if 0 < size <= limit else b""
+    data = b""
+    while len(data) <= limit and (chunk := stream.read(limit + 1 - len(data))):
+        data += chunk  # a server's stream may return less than asked
+    return data if len(data) <= limit else b""
 
 
 class Judge:

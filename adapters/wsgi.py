@@ -24,6 +24,7 @@ from fourmica_x402.gate.guards import RESOLVED_KEY
 from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Meter, Startup
 from fourmica_x402.templates import check_raw_paths
 
+from ._body import read_wsgi
 from ._chain import forwarded
 
 __all__ = ["PAYMENT_KEY", "PaymentMiddleware", "request_view"]
@@ -44,11 +45,6 @@ def request_view(
     script = quote(environ.get("SCRIPT_NAME", "").encode("latin-1"))
     raw = (raw[len(script) :] if script and raw.startswith(script) else raw) or quote(info)
 
-    def read_body() -> bytes:
-        length = str(environ.get("CONTENT_LENGTH") or "")
-        size = int(length) if length.isascii() and length.isdigit() else 0
-        return environ["wsgi.input"].read(size) if 0 < size <= BODY_LIMIT else b""
-
     return RequestView(
         method=environ["REQUEST_METHOD"],
         path=path,
@@ -59,7 +55,7 @@ def request_view(
         scheme=environ.get("wsgi.url_scheme", "http"),
         host=environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "localhost",
         client=environ.get("REMOTE_ADDR") or None,
-        read_body=read_body,
+        read_body=partial(read_wsgi, environ, BODY_LIMIT),
         resolve=resolve,
     )
 

@@ -1770,3 +1770,33 @@ def test_an_error_page_a_server_ignores_after_a_body_it_sent_whole_still_charges
         got = served.get("/r", headers=headers)
     assert got.status_code == 200 and got.content.startswith(b"report")  # the buyer has it all
     assert _judged(middleware, core, buyer) == ["payable"]
+
+
+def test_a_chunked_request_body_reaches_the_tab_endpoint(core: Core) -> None:
+    """A buyer's client that streams its body (``Transfer-Encoding: chunked``, no
+    ``Content-Length``: httpx with a generator, a browser's streamed ``fetch``) opened no
+    tab: the gate read the body by its ``Content-Length`` alone, so under gunicorn (which
+    marks such a body ``wsgi.input_terminated``, as PEP 3333's extension says) the tab
+    endpoint read nothing and answered 400, while the app's own views read the same body."""
+    import io
+    import json
+
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    app = make_app(pay_to=SELLER, core=core, network=NETWORK, routes={"GET /report": "$0.01"})
+    FourmicaX402(app)
+    app.add_url_rule("/report", "report", lambda: {"report": True})
+    client = app.test_client()
+    req = decode_payment_required(client.get("/report").headers["payment-required"]).accepts[0]
+    buyer = funded(core)
+    body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": req.to_dict()}
+    environ = EnvironBuilder("/x402/tab", method="POST", content_type="application/json")
+    chunked = environ.get_environ()
+    chunked.pop("CONTENT_LENGTH", None)  # as gunicorn hands a chunked body over
+    chunked.update({"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True})
+    chunked["wsgi.input"] = io.BytesIO(json.dumps(body).encode())
+    answer, status, _ = run_wsgi_app(app, chunked, buffered=True)
+    assert status.startswith("200"), (status, b"".join(answer))
+    name, value = payment_header(buyer, req, json.loads(b"".join(answer)))
+    paid = client.get("/report", headers={name: value})
+    assert paid.status_code == 200 and paid.get_json() == {"report": True}
