@@ -105,13 +105,16 @@ def no_store(cache_control: str | None) -> bool:
     return "no-store" in {d.strip().partition("=")[0].lower() for d in cache_control.split(",")}
 
 
+_SHARED_CACHES = frozenset({"surrogate-control", "edge-control", "x-accel-expires"})
+
+
 def for_shared_caches(name: str) -> bool:
     """A header only shared caches read, which there wins over ``Cache-Control``: RFC 9213's
     targeted fields (``CDN-Cache-Control``, ``Cloudflare-CDN-Cache-Control``…),
-    ``Surrogate-Control``, ``Edge-Control``. A paid response never carries one (docs/protocol.md,
-    "Paid responses")."""
+    ``Surrogate-Control``, ``Edge-Control``, nginx's ``X-Accel-Expires``. A paid response never
+    carries one (docs/protocol.md, "Paid responses")."""
     name = name.lower()
-    return name.endswith("cdn-cache-control") or name in ("surrogate-control", "edge-control")
+    return name.endswith("cdn-cache-control") or name in _SHARED_CACHES
 
 
 class BodyTap:

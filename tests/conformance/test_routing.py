@@ -171,6 +171,8 @@ def test_paid_responses_are_never_stored_by_shared_caches(
     resp = kit.pay(seller, kit.funded(seller), path)
     assert resp.status == 200
     assert resp.headers["cache-control"] == expected
+    # nginx's proxy_cache stores an answer for its X-Accel-Expires whatever Cache-Control says
+    assert "x-accel-expires" not in resp.headers  # (the handler's, on /cached and /stored)
 
 
 def test_free_responses_keep_their_own_caching(seller: Any) -> None:

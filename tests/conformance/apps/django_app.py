@@ -36,6 +36,8 @@ from fourmica_x402.config import PaymentConfig
 
 URLCONF = "conformance_django_urls"
 MIDDLEWARE = "fourmica_x402.adapters.django.PaymentMiddleware"
+#: nginx's own caching header, which there wins over Cache-Control (sent by /cached, /stored).
+ACCEL = {"X-Accel-Expires": "600"}
 
 if not settings.configured:
     settings.configure(
@@ -223,11 +225,15 @@ def build(options: dict[str, Any], calls: collections.Counter[str], kind: str) -
 
     @view("GET")
     def cached(request: Any) -> JsonResponse:
-        return JsonResponse({"cached": True}, headers={"Cache-Control": "public, max-age=600"})
+        return JsonResponse(
+            {"cached": True}, headers={"Cache-Control": "public, max-age=600", **ACCEL}
+        )
 
     @view("GET")
     def stored(request: Any) -> JsonResponse:
-        return JsonResponse({"stored": False}, headers={"Cache-Control": "no-store, max-age=0"})
+        return JsonResponse(
+            {"stored": False}, headers={"Cache-Control": "no-store, max-age=0", **ACCEL}
+        )
 
     urls = sys.modules.setdefault(URLCONF, types.ModuleType(URLCONF))
     urls.urlpatterns = [  # type: ignore[attr-defined]

@@ -17,6 +17,9 @@ from starlette.websockets import WebSocket
 
 from fourmica_x402.config import PaymentConfig
 
+#: nginx's own caching header, which there wins over Cache-Control (sent by /cached, /stored).
+ACCEL = {"X-Accel-Expires": "600"}
+
 
 class AsgiClient:
     interface = "asgi"
@@ -123,11 +126,15 @@ def build(options: dict[str, Any], calls: collections.Counter[str]) -> AsgiClien
 
     async def cached(request: Request) -> JSONResponse:
         counted(request)
-        return JSONResponse({"cached": True}, headers={"cache-control": "public, max-age=600"})
+        return JSONResponse(
+            {"cached": True}, headers={"cache-control": "public, max-age=600", **ACCEL}
+        )
 
     async def stored(request: Request) -> JSONResponse:
         counted(request)
-        return JSONResponse({"stored": False}, headers={"cache-control": "no-store, max-age=0"})
+        return JSONResponse(
+            {"stored": False}, headers={"cache-control": "no-store, max-age=0", **ACCEL}
+        )
 
     async def ws(websocket: WebSocket) -> None:
         calls["/ws"] += 1
