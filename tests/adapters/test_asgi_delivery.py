@@ -1095,3 +1095,26 @@ def test_records_are_found_by_any_spelling_of_the_payer_or_the_guarantee(core: C
     ]
     with pytest.raises(ValueError, match="not an address"):
         records.query(payer="nobody")
+
+
+def test_a_range_answered_206_is_charged_and_one_answered_416_is_refunded(
+    core: Core, tmp_path: Any
+) -> None:
+    """A ``Range`` request is served as asked (docs/protocol.md, "Paid responses"): Starlette's
+    ``FileResponse`` answers one range or several with a 206, a delivered 2xx charged the
+    route's price; a range past the file's end is a 416, refunded."""
+    from starlette.responses import FileResponse
+
+    served = tmp_path / "paid.bin"
+    served.write_bytes(bytes(range(256)) * 16)
+    app = Starlette(routes=[Route("/file", lambda request: FileResponse(served))])
+    middleware = PaymentMiddleware(app, routes={"GET /file": "$0.01"}, pay_to=SELLER, core=core)
+    client = TestClient(middleware)
+    asked = {"bytes=0-0": b"\x00", "bytes=0-0,8-9": None, "bytes=999999-": b""}
+    for value, body in asked.items():
+        name, paid = header(core, client, "/file")
+        resp = client.get("/file", headers={name.decode(): paid.decode(), "Range": value})
+        assert resp.status_code == (416 if value.startswith("bytes=9") else 206)
+        assert body is None or resp.content == body
+    states = [state for state, _ in settled(core, middleware.gate)]
+    assert sorted(states) == ["payable", "payable", "voided"], states

@@ -1800,3 +1800,28 @@ def test_a_chunked_request_body_reaches_the_tab_endpoint(core: Core) -> None:
     name, value = payment_header(buyer, req, json.loads(b"".join(answer)))
     paid = client.get("/report", headers={name: value})
     assert paid.status_code == 200 and paid.get_json() == {"report": True}
+
+
+def test_send_file_answers_a_range_charged_and_a_304_refunded(core: Core, tmp_path: Path) -> None:
+    """``send_file`` is conditional (docs/protocol.md, "Paid responses"): a ``Range`` it
+    answers 206 is delivered and charged; an ``If-None-Match`` naming the file's ETag is a
+    304, refunded (the buyer already holds the content), and so is a 416."""
+    from flask import send_file
+
+    served = tmp_path / "paid.bin"
+    served.write_bytes(bytes(range(256)) * 16)
+    app = make_app(pay_to=SELLER, core=core, network=NETWORK, routes={"GET /file": "$0.01"})
+    FourmicaX402(app)
+    app.add_url_rule("/file", "file", lambda: send_file(served))
+    client, buyer = app.test_client(), funded(core)
+    whole = client.get("/file", headers=payment_for(client, buyer, "/file"), buffered=True)
+    assert whole.status_code == 200 and len(whole.get_data()) == 4096
+    asked = {206: {"Range": "bytes=0-0"}, 304: {"If-None-Match": whole.headers["etag"]}}
+    asked[416] = {"Range": "bytes=999999-"}
+    for status, extra in asked.items():
+        paid = {**payment_for(client, buyer, "/file"), **extra}
+        resp = client.get("/file", headers=paid, buffered=True)
+        assert resp.status_code == status and resp.headers["cache-control"] == "private, no-store"
+    app.extensions["fourmica_x402"].gate.flush()
+    states = [g.state for g in reversed(core.guarantees())]
+    assert states == ["payable", "payable", "voided", "voided"], states
