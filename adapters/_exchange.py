@@ -32,8 +32,9 @@ import logging
 import sys
 from typing import Any
 
-from fourmica_x402.gate import PASS, Gate, Response
+from fourmica_x402.gate import PASS, Gate, Granted, Response
 from fourmica_x402.gate.lifecycle import BODY_LIMIT, Meter
+from fourmica_x402.gate.types import unshared
 
 from ._body import BufferedBody, Judge
 from ._chain import copying_layer
@@ -55,6 +56,21 @@ async def send_response(send: Any, response: Response) -> None:
     headers = [*_encode(own), (b"content-length", str(len(response.body)).encode())]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})
+
+
+def unshared_send(send: Any, outcome: Any) -> Any:
+    """``send`` for a free answer: a granted one's headers marked as a paid answer's are
+    (:func:`unshared`), any other's (:data:`PASS`) as they are."""
+    if not isinstance(outcome, Granted):
+        return send
+
+    async def sending(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = _encode(unshared(_decode(list(message.get("headers", ())))))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return sending
 
 
 def _ends(message: dict[str, Any]) -> bool:

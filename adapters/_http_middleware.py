@@ -14,9 +14,9 @@ from starlette.routing import Host, Mount
 
 from fourmica_x402.config import PaymentConfig
 from fourmica_x402.errors import ConfigurationError
-from fourmica_x402.gate import PASS, Gate, PassThrough, Response
+from fourmica_x402.gate import PASS, Gate, Granted, PassThrough, Response
 from fourmica_x402.gate.lifecycle import OWN_HEADERS, PAYMENT_KEY, Meter
-from fourmica_x402.gate.types import for_shared_caches
+from fourmica_x402.gate.types import PAID_CACHE_CONTROL, for_shared_caches, no_store
 
 from ._dispatch import marked
 from ._exchange import Delegated, app_below, warn_copying_layers
@@ -82,11 +82,17 @@ def http_middleware(config: PaymentConfig) -> Any:
             request.state.payment = request.scope[PAYMENT_KEY] = state.payment
         stack = request.scope.get("app")
         body, paid_outside = view.read_body, outer is not None  # its gate meters the stream
-        state = PASS if isinstance(state, PassThrough) else state  # a grant: served free
+        granted = isinstance(state, Granted)  # served free, but private (docs/operations.md)
+        state = PASS if isinstance(state, PassThrough) else state
         if delegated := Delegated.below(stack, middleware, gate, state, body, paid_outside):
             return delegated  # the app below runs here, as under the pure ASGI middleware
         if state is PASS:
-            return await call_next(request)
+            response = await call_next(request)
+            for key in [k for k in response.headers if granted and for_shared_caches(k)]:
+                del response.headers[key]
+            if granted and not no_store(response.headers.get("cache-control")):
+                response.headers["cache-control"] = PAID_CACHE_CONTROL
+            return response
         meter = Meter(gate, state)  # call_next's copy of the response: the best it can see
         try:
             response = await call_next(request)

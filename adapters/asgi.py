@@ -33,7 +33,7 @@ from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Marker, Startu
 from ._body import BufferedBody
 from ._chain import applied_root_path, find_router
 from ._dispatch import guard, marked, recorded
-from ._exchange import PaidExchange, send_response, warn_copying_layers
+from ._exchange import PaidExchange, send_response, unshared_send, warn_copying_layers
 from ._starlette import StarletteRouter
 
 __all__ = ["PaymentMiddleware"]
@@ -145,6 +145,6 @@ class PaymentMiddleware:
             return await send_response(send, outcome)
         if outcome is not PASS:  # paid, or granted (a Payment marked so: docs/operations.md)
             scope.setdefault("state", {})["payment"] = scope[PAYMENT_KEY] = outcome.payment
-        if isinstance(outcome, PassThrough):
-            return await self.app(scope, receive, send)  # type: ignore[no-any-return]
+        if isinstance(outcome, PassThrough):  # a grant's answer stays private (docs/operations.md)
+            return await self.app(scope, receive, unshared_send(send, outcome))  # type: ignore[no-any-return]
         await PaidExchange(self.gate, outcome, receive, send).run(self.app, scope)

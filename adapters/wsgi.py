@@ -19,9 +19,10 @@ from typing import Any
 from urllib.parse import quote
 
 from fourmica_x402.config import PaymentConfig
-from fourmica_x402.gate import Endpoint, Gate, PassThrough, RequestView, Response
+from fourmica_x402.gate import Endpoint, Gate, Granted, PassThrough, RequestView, Response
 from fourmica_x402.gate.guards import RESOLVED_KEY
 from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Meter, Startup
+from fourmica_x402.gate.types import unshared
 from fourmica_x402.templates import check_raw_paths
 
 from ._body import read_wsgi
@@ -108,6 +109,9 @@ class PaymentMiddleware:
         if isinstance(outcome, Response):
             return answer(start_response, outcome)
         environ[PAYMENT_KEY] = getattr(outcome, "payment", outer)  # paid, granted (docs/)
+        if isinstance(outcome, Granted):  # a grant's answer stays private (docs/operations.md)
+            granted = lambda status, headers, *exc: start_response(status, unshared(headers), *exc)  # noqa: E731
+            return self.app(environ, granted)  # type: ignore[no-any-return]
         if isinstance(outcome, PassThrough):
             return self.app(environ, start_response)  # type: ignore[no-any-return]
         meter = Meter(self.gate, outcome)

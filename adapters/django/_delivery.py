@@ -15,10 +15,11 @@ import threading
 import weakref
 from typing import Any
 
-from fourmica_x402.gate import Flow, Gate
+from fourmica_x402.gate import Flow, Gate, Granted
 from fourmica_x402.gate.lifecycle import Meter
+from fourmica_x402.gate.types import unshared
 
-__all__ = ["own", "served", "unless_sent"]
+__all__ = ["own", "served", "unless_sent", "unshare"]
 
 log = logging.getLogger("fourmica_x402.gate")
 
@@ -135,3 +136,15 @@ def _refunds() -> None:
             )
         except Exception:
             log.exception("ending a dropped paid response failed")
+
+
+def unshare(state: Any, response: Any) -> Any:
+    """``response``, a granted one's headers marked as a paid answer's are: a shared cache
+    would hand it to unpaid clients (docs/operations.md)."""
+    if isinstance(state, Granted):
+        kept = {name.lower(): value for name, value in unshared(response.items())}
+        for name in [n for n in response.headers if n.lower() not in kept]:
+            del response[name]
+        if "cache-control" in kept:
+            response["Cache-Control"] = kept["cache-control"]
+    return response

@@ -21,7 +21,7 @@ from fourmica_x402.gate.guards import rerouted
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Endpoints, Meter
 from fourmica_x402.gate.types import for_shared_caches
 
-from ._delivery import own, served, unless_sent
+from ._delivery import own, served, unless_sent, unshare
 from ._order import cache_misplaced
 from ._streams import as_served
 from ._view import overridden, request_view
@@ -115,7 +115,7 @@ class PaymentMiddleware:
         request.payment = getattr(state, "payment", outer)  # type: ignore[attr-defined]
         if isinstance(state, PassThrough):
             response = yield Call(self.get_response, (request,), blocking=False)
-            return overridden(self.gate, request, response)
+            return unshare(state, overridden(self.gate, request, response))  # a grant's: private
         if isinstance(state, Response):
             return render(state)
         if state.payment.stream is not None:  # a metered stream's events are counted as they

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -115,6 +115,16 @@ def for_shared_caches(name: str) -> bool:
     carries one (docs/protocol.md, "Paid responses")."""
     name = name.lower()
     return name.endswith("cdn-cache-control") or name in _SHARED_CACHES
+
+
+def unshared(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The headers of a priced route's answer served free (``GRANT``), marked as a paid
+    answer's are: a shared cache would hand it to unpaid clients (docs/operations.md)."""
+    kept = [(k, v) for k, v in headers if not for_shared_caches(k)]
+    if no_store(next((v for k, v in kept if k.lower() == "cache-control"), None)):
+        return kept
+    kept = [(k, v) for k, v in kept if k.lower() != "cache-control"]
+    return [*kept, ("cache-control", PAID_CACHE_CONTROL)]
 
 
 class BodyTap:

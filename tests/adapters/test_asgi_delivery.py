@@ -1118,3 +1118,33 @@ def test_a_range_answered_206_is_charged_and_one_answered_416_is_refunded(
         assert body is None or resp.content == body
     states = [state for state, _ in settled(core, middleware.gate)]
     assert sorted(states) == ["payable", "payable", "voided"], states
+
+
+def test_a_granted_answer_of_the_http_middleware_form_is_never_stored_by_shared_caches(
+    core: Core,
+) -> None:
+    """``GRANT`` (a subscriber's free access) under ``app.middleware("http")(http_middleware(
+    config))``: the answer kept the handler's ``Cache-Control: public, max-age=600`` and its
+    ``CDN-Cache-Control``, so a CDN stored the priced content and served it to unpaid
+    clients (docs/operations.md)."""
+    from fastapi.responses import JSONResponse
+    from fourmica_x402.adapters.fastapi import http_middleware
+
+    from fourmica_x402.gate import GRANT
+
+    app = FastAPI()
+    shared = {"cache-control": "public, max-age=600", "cdn-cache-control": "max-age=600"}
+
+    @app.get("/report")
+    def report() -> JSONResponse:
+        return JSONResponse({"report": "paid"}, headers=shared)
+
+    grant = lambda request, route: GRANT if request.header("x-key") == "sub" else None  # noqa: E731
+    routes = {"GET /report": "$0.01"}
+    config = PaymentConfig(pay_to=SELLER, routes=routes, core=core, on_protected_request=grant)
+    app.middleware("http")(http_middleware(config))
+    with TestClient(app) as client:
+        resp = client.get("/report", headers={"x-key": "sub"})
+    assert resp.status_code == 200 and resp.json() == {"report": "paid"}
+    assert resp.headers["cache-control"] == "private, no-store"
+    assert "cdn-cache-control" not in resp.headers and core.guarantees() == []

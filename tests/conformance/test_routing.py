@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from fourmica_x402.core import Core
+from fourmica_x402.gate import GRANT
 
 #: Adapters whose framework has a per-handler marker (``@paid``, ``Paid``).
 MARKERS = {"fastapi", "flask", "django_sync", "django_async"}
@@ -173,6 +174,22 @@ def test_paid_responses_are_never_stored_by_shared_caches(
     assert resp.headers["cache-control"] == expected
     # nginx's proxy_cache stores an answer for its X-Accel-Expires whatever Cache-Control says
     assert "x-accel-expires" not in resp.headers  # (the handler's, on /cached and /stored)
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"), [("/cached", "private, no-store"), ("/stored", "no-store, max-age=0")]
+)
+def test_a_granted_answer_is_never_stored_by_shared_caches(
+    make_seller: Any, path: str, expected: str
+) -> None:
+    """``GRANT`` serves a priced route's content free to one client (a subscriber): its answer
+    kept the handler's ``Cache-Control: public, max-age=600`` and the headers only CDNs read,
+    so a shared cache stored the paid content and handed it to every unpaid client after."""
+    granted = lambda request, route: GRANT if request.header("x-key") == "sub" else None  # noqa: E731
+    seller = make_seller(on_protected_request=granted)
+    resp = seller.request("GET", path, headers={"x-key": "sub"})
+    assert resp.status == 200 and resp.headers["cache-control"] == expected
+    assert "x-accel-expires" not in resp.headers and guarantees(seller.core) == 0
 
 
 def test_free_responses_keep_their_own_caching(seller: Any) -> None:
