@@ -88,6 +88,14 @@ class Gate:
                 raise FourmicaError("with a remote facilitator, set records= to a database URL")
             records = Records(self.core.store)
         self.records = records if isinstance(records, Records) else Records(records)
+        #: Run-time prices, shared through the records' database (docs/operations.md). Opened
+        #: with the jobs' and streams' tables before the recovery below writes: tables a newer
+        #: release migrated are refused first (docs/operations.md, "The embedded Core").
+        self.prices = Repricer(self)
+        if any(route.config.stage is not None for route in self.routes.routes):
+            self.jobs  # staged work: its tables made now, not on a request  # noqa: B018
+        if any(route.config.slices is not None for route in self.routes.routes):
+            self.streams  # noqa: B018
         self._throttle = Throttle(config.throttle_failures, config.throttle_window)
         self.tap = lambda: BodyTap(config.idempotent_replay, config.replay_body_limit)
         if config.completion_window is not None:  # the queue of the records' database
@@ -120,12 +128,6 @@ class Gate:
         #: The app's routes as its adapter found them at start-up; None: an app without a
         #: router (the discovery listing then shows the route table).
         self.endpoints: list[Endpoint] | None = None
-        #: Run-time prices, shared through the records' database (docs/operations.md).
-        self.prices = Repricer(self)
-        if any(route.config.stage is not None for route in self.routes.routes):
-            self.jobs  # staged work: its tables made now, not on a request  # noqa: B018
-        if any(route.config.slices is not None for route in self.routes.routes):
-            self.streams  # noqa: B018
 
     @functools.cached_property
     def jobs(self) -> Jobs:

@@ -481,6 +481,46 @@ def test_a_database_newer_than_the_code_is_refused_not_written(store_url: str) -
         store.close()
 
 
+@pytest.mark.parametrize("key", ["prices_schema_version", "jobs_schema_version"])
+def test_a_gate_on_tables_a_newer_release_migrated_writes_nothing_before_refusing(
+    key: str, tmp_path: Path
+) -> None:
+    """A gate labelled the payments a dead process left (its start-up recovery) and only then
+    found the price book or the jobs migrated by a newer release: an older release rolled back
+    onto the database wrote records whose meaning it may not know, then refused to start."""
+    from fourmica_x402 import PaymentConfig
+    from fourmica_x402.errors import ConfigurationError
+    from fourmica_x402.gate import Gate
+    from fourmica_x402.jobs import Stage
+
+    db = str(tmp_path / "c.db")
+    routes = {"GET /p": "$0.01", "POST /job": {"price": "$0.01", "stage": Stage("job", 1, of=1)}}
+
+    def config() -> PaymentConfig:
+        return PaymentConfig(pay_to="0x" + "22" * 20, core=db, routes=routes, settle="after")
+
+    gate = Gate(config())
+    try:  # a settle-after request whose process died in its handler
+        gate.records.begin(
+            route="GET /p", method="GET", path="/p", header_version=2, header_hash="ab" * 32,
+            pay_to="0x" + "22" * 20, amount=10_000, asset="0x" + "33" * 20,
+            network="eip155:84532", settle_mode="after", settle_result="{}", status="verified",
+            request_id="0x1", tab_id="0x2",
+        )  # fmt: skip
+        with gate.records.store.transaction() as tx:
+            tx.execute("UPDATE fx_meta SET value = '99' WHERE key = ?", (key,))
+    finally:
+        gate.records.store.close()
+        gate.core.close()  # type: ignore[union-attr]
+    with pytest.raises(ConfigurationError, match=f"{key} 99, newer"):
+        Gate(config())
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT status, outcome FROM fx_records").fetchall() == [
+            ("verified", None)
+        ]
+        assert conn.execute("SELECT COUNT(*) FROM fx_followups").fetchone() == (0,)
+
+
 def test_old_database_upgrades_with_its_data(store_url: str) -> None:
     store = open_store(store_url)
     try:
