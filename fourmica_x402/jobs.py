@@ -178,6 +178,7 @@ class Jobs:
         self.store: Store = getattr(store, "store", store)
         self.stale_after = stale_after
         migrate(self.store, migrations=MIGRATIONS, key=SCHEMA_KEY)
+        _name_sellers(self.store)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -292,6 +293,25 @@ class Jobs:
         if lock and self.store.dialect == "postgres":
             sql += " FOR UPDATE"
         return tx.one(sql, (job_id,))
+
+
+def _name_sellers(store: Store) -> None:
+    """Open jobs opened before the payTo of their stage 1 was kept take it from the record of
+    their stage 1 payment (a job opened by another seller on this database is not this one's,
+    docs/protocol.md, "Staged work"); one whose stage 1 names no guarantee stays unchecked."""
+    with store.transaction(write=False) as tx:
+        records = tx.one("SELECT value FROM fx_meta WHERE key = 'records_schema_version'")
+        if records is None or int(records[0]) < 1:
+            return
+        if tx.one("SELECT 1 FROM fx_jobs WHERE pay_to IS NULL AND state = 'open' LIMIT 1") is None:
+            return
+    with store.transaction() as tx:
+        tx.execute(
+            "UPDATE fx_jobs SET pay_to = (SELECT LOWER(MIN(r.pay_to)) FROM fx_job_stages s "
+            "JOIN fx_records r ON r.guarantee_id = s.guarantee_id "
+            "WHERE s.job_id = fx_jobs.job_id AND s.stage = 1) "
+            "WHERE pay_to IS NULL AND state = 'open'"
+        )
 
 
 def _why(

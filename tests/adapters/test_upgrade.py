@@ -48,7 +48,7 @@ def _rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
     return rows
 
 
-def _app(core: Core) -> Starlette:
+def _app(core: Core, pay_to: str = SELLER) -> Starlette:
     async def report(request: Request) -> JSONResponse:
         return JSONResponse(
             {"report": request.query_params.get("q", ""), "payer": request.state.payment.payer}
@@ -63,7 +63,7 @@ def _app(core: Core) -> Starlette:
         "POST /job/2": {"price": "$0.02", "stage": Stage("job", 2, of=2)},
     }
     config = PaymentConfig(
-        pay_to=SELLER, network=NETWORK, core=core, routes=routes, idempotent_replay=True
+        pay_to=pay_to, network=NETWORK, core=core, routes=routes, idempotent_replay=True
     )
     return Starlette(
         routes=[
@@ -129,5 +129,27 @@ def test_an_older_releases_database_keeps_its_money_and_the_buyer_keeps_paying(
             assert done.json() == {"job": old["job"]}
         assert core.audit() == []
         assert len(_rows(db, records)) == len(kept) + 1
+    finally:
+        core.close()
+
+
+def test_a_job_an_older_release_opened_is_not_another_sellers_to_go_on_with(
+    tmp_path: Path,
+) -> None:
+    """Jobs an older release opened did not keep the payTo of their stage 1: another seller on
+    the database with a job of the same name sold its stage 2 under that job id (skipping its
+    own stage 1) and so used up the first seller's (docs/protocol.md, "Staged work"). The
+    payTo is now taken from the record of the stage 1 payment."""
+    db = tmp_path / "core.db"
+    old = _old_database(db)
+    other = TestBuyer.from_key("0x" + "55" * 32).address  # a seller selling a job "job" too
+    core = Core(str(db))
+    try:
+        with TestClient(_app(core, other)) as theirs, TestClient(_app(core)) as mine:
+            refused = theirs.post("/job/2", headers={"job-id": old["job"]})
+            assert refused.status_code == 404 and refused.json()["error"] == "unknown_job"
+            done = _pay(core, mine, BUYER2, "/job/2", {"job-id": old["job"]})
+            assert done.status_code == 200, done.text
+        assert core.audit() == []
     finally:
         core.close()
