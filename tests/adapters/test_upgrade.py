@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,30 @@ SELLER = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"  # the release's gate sett
 BUYER2 = TestBuyer.from_key("0x" + "44" * 32)  # the staged jobs' payer
 
 
+#: When the frozen database was written; its times are moved to a minute ago when loaded.
+FROZEN_AT = 1796664478
+#: Its time columns (the guarantees' signed timestamps stay as they were signed).
+TIMES = {
+    "fx_tabs": ["start_ts"],
+    "fx_guarantees": ["accepted_at", "resolved_at", "validation_deadline"],
+    "fx_flows": ["at"],
+    "fx_cycles": ["opened_at", "closes_at", "closed_at", "resolve_at", "pay_by", "final_at"],
+    "fx_withdrawals": ["requested_at", "available_at", "finished_at"],
+    "fx_records": ["created_at", "delivered_at"],
+    "fx_disputes": ["at"],
+    "fx_jobs": ["running_since", "created_at", "updated_at"],
+    "fx_job_stages": ["at"],
+}
+
+
 def _old_database(path: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(OLD.read_text())
+    shift = int(time.time()) - 60 - FROZEN_AT
     with sqlite3.connect(path) as conn:
         conn.executescript("\n".join(data["sql"]))
+        for table, columns in TIMES.items():
+            moved = ", ".join(f"{c} = {c} + {shift}" for c in columns)
+            conn.execute(f"UPDATE {table} SET {moved}")
     conn.close()
     return data
 
