@@ -9,12 +9,14 @@ Run it:   python examples/mcp_tool_server.py            # serves http://127.0.0.
                                                         # session pays for a few calls, prints
                                                         # what it paid, and the server stops
 Needs:    pip install "fourmica-x402[server,mcp]"
-Env:      PORT (8000) · FOURMICA_X402_DB (a SQLite file in a temporary directory) · PAY_TO
+Env:      PORT (8000) · FOURMICA_X402_DB (a SQLite file in a temporary directory; a database
+          URL or file used before is fine) · PAY_TO
 
 Payments settle on the embedded Core in FOURMICA_X402_DB. The demo funds its buyer there with
 $1 of test collateral, buys under a task budget of $0.065 (a search, a summary, then a second
-search the budget refuses, nothing signed for it), and checks that the buyer's locked
-collateral is what it was served. Keys are throwaway TEST keys (publicly known); never fund them.
+search the budget refuses, nothing signed for it), and checks that the buyer's collateral
+locked by this run is what it was served. Keys are throwaway TEST keys (publicly known);
+never fund them.
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ def demo(db: str) -> int:
     logging.getLogger("mcp.server.streamable_http").setLevel(logging.CRITICAL)
     core = Core(db)
     buyer = address_of(BUYER_KEY)
+    before = int(core.position(buyer, network=NETWORK).locked)  # a database used before
     core.deposit(buyer, 1_000_000, network=NETWORK)  # $1 of test collateral
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -135,7 +138,7 @@ def demo(db: str) -> int:
         server.should_exit = True
         thread.join(timeout=10)
     paid = sum(amount for _, _, amount in made)
-    locked = int(core.position(buyer, network=NETWORK).locked)
+    locked = int(core.position(buyer, network=NETWORK).locked) - before  # by this run
     print(f"paid in all: {money(paid)}; the buyer's collateral locked: {money(locked)}")
     core.close()
     return 0 if paid == locked == 60_000 else 1
