@@ -18,7 +18,8 @@ fulfilled request (the monitoring signals), and how the cycle netted the obligat
 
 Run it:   python examples/travel_agent.py
 Needs:    pip install "fourmica-x402[starlette]"
-Env:      TRAVEL_AGENT_DB (default: a SQLite file in a temporary directory, removed at the end)
+Env:      TRAVEL_AGENT_DB: a database URL or a SQLite file (default: one in a temporary
+          directory, removed at the end); a database used before is fine
 
 The sellers run in this process behind httpx's ASGI transport (no ports). Exit code 0 only if
 the Core's audit passed and the money adds up. Keys are throwaway TEST keys; never fund them.
@@ -213,8 +214,24 @@ def settled(core: Core) -> bool:
     return True
 
 
-def report(core: Core, links: Links, done: list[tuple[str, int, str, int]]) -> list[str]:
-    """Print the requests, the signals and the netting; the problems found."""
+def locks(core: Core) -> tuple[int, ...]:
+    """The user's and the agent's locked collateral and the agent's upstream spend so far:
+    a database used before (TRAVEL_AGENT_DB) holds earlier runs' too."""
+    agent, usdc = ADDRESSES["agent"], USDC.address
+    spent = sum(
+        s.downstream_spend for s in core.signals().sellers if (s.seller, s.asset) == (agent, usdc)
+    )
+    user_locked, agent_locked = (
+        core.position(a, network=NETWORK).locked for a in (ADDRESSES["user"], agent)
+    )
+    return int(user_locked), int(agent_locked), int(spent)
+
+
+def report(
+    core: Core, links: Links, done: list[tuple[str, int, str, int]], before: tuple[int, ...]
+) -> list[str]:
+    """Print the requests, the signals and the netting; the problems found (``before``: the
+    ``locks`` this run started from)."""
     problems = []
     served = 0
     for n, (path, status, gid, amount) in enumerate(done, start=1):
@@ -243,12 +260,11 @@ def report(core: Core, links: Links, done: list[tuple[str, int, str, int]]) -> l
     cost = mine.cost_per_fulfilled
     print(f"  fulfilled requests = {mine.fulfilled}")
     print(f"  fourmica_cost_per_fulfilled_request_atomic = {cost} ({money(cost or 0)})")
-    locked = core.position(ADDRESSES["user"], network=NETWORK).locked
-    if locked != served:
-        problems.append(f"the user has {locked} locked but was served {served}")
-    locked = core.position(agent, network=NETWORK).locked
-    if locked != mine.downstream_spend:
-        problems.append(f"the agent has {locked} locked but spent {mine.downstream_spend}")
+    user, locked, spent = (now - then for now, then in zip(locks(core), before, strict=True))
+    if user != served:
+        problems.append(f"the user has {user} locked but was served {served}")
+    if locked != spent:
+        problems.append(f"the agent has {locked} locked but spent {spent}")
 
     cycle = core.close_cycle(network=NETWORK)
     print(
@@ -274,6 +290,7 @@ def main() -> int:
     core = Core(url)
     try:
         print(f"travel agent example · one embedded Core on {url}")
+        before = locks(core)
         for name in ("user", "agent"):  # sandbox collateral: $1 each
             core.deposit(ADDRESSES[name], 1_000_000, network=NETWORK)
         print("sellers: " + ", ".join(f"{n} {ADDRESSES[n]}" for n in ["agent", *UPSTREAM]))
@@ -281,7 +298,7 @@ def main() -> int:
         links = Links(core)
         done = asyncio.run(shop(core, links))
         problems = [] if settled(core) else ["delivery scores were not all posted"]
-        problems += report(core, links, done)
+        problems += report(core, links, done, before)
         for problem in problems:
             print(f"problem: {problem}")
         print("\nall checks passed" if not problems else f"\n{len(problems)} problem(s)")

@@ -548,6 +548,8 @@ def test_metered_stream_example_charges_only_the_slices_sent(tmp_path: Path) -> 
         # the walkthrough exports FOURMICA_X402_DB: the MCP demo's second run in that shell
         # said "locked: $0.12" for $0.06 paid and exited 1
         ("mcp_tool_server.py --demo", "FOURMICA_X402_DB"),
+        # its second run said "the user has 300000 locked but was served 150000" and exited 1
+        ("travel_agent.py", "TRAVEL_AGENT_DB"),
     ],
 )
 def test_an_example_runs_again_on_its_database_given_as_a_url_or_a_path(
