@@ -572,3 +572,45 @@ def test_an_example_runs_again_on_its_database_given_as_a_url_or_a_path(
                 env={**os.environ, variable: value},
             )
             assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_the_wsgi_shops_documented_command_keeps_the_core_a_root_deposit_funds(
+    tmp_path: Path,
+) -> None:
+    """shop/wsgi.py's docstring ran gunicorn with ``--chdir examples/django_seller`` and the
+    default relative database URL: the seller kept a new, empty Core in examples/django_seller,
+    so a buyer funded with ``deposit --db sqlite:///fourmica_x402.db`` from the root (as the
+    README does) was refused for want of collateral. Its command, run as written from a copy
+    of the repository's root, keeps the Core where that deposit goes."""
+    import shutil
+
+    doc = (SHOP / "shop" / "wsgi.py").read_text().split('"""')[1]
+    (line,) = [line for line in doc.splitlines() if "gunicorn" in line and "shop.wsgi" in line]
+    port = _free_port()
+    command = line.replace("gunicorn", f"{sys.executable} -m gunicorn", 1)
+    command = command.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    shutil.copytree(SHOP, tmp_path / "examples" / "django_seller")
+    env = {k: v for k, v in os.environ.items() if k != "FOURMICA_X402_DB"}
+    proc = subprocess.Popen(["bash", "-c", command], cwd=tmp_path, env=env)
+    buyer = TestBuyer.new()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            deadline = time.monotonic() + 30
+            while not _answers(client):
+                assert time.monotonic() < deadline and proc.poll() is None, "did not start"
+                time.sleep(0.1)
+            root = Core(
+                f"sqlite:///{tmp_path / 'fourmica_x402.db'}"
+            )  # what the root's deposit funds
+            root.deposit(buyer.address, 1_000_000, network=NETWORK)
+            paid = client.get(
+                "/premium", headers=paid_headers(client, buyer, client.get("/premium"))
+            )
+            assert paid.status_code == 200, paid.text
+            assert root.position(buyer.address, network=NETWORK).locked == 10_000
+            root.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    assert not (tmp_path / "examples" / "django_seller" / "fourmica_x402.db").exists()
