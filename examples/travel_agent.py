@@ -114,6 +114,8 @@ def agent_app(core: Core, links: Links, hosts: Hosts) -> Starlette:
     async def recommend(request: Request) -> JSONResponse:
         payment = request.state.payment
         city, suite = request.query_params.get("city", "Lisbon"), "room" in request.query_params
+        if not city.isprintable() or len(city) > 100:  # before buying anything upstream
+            return JSONResponse({"error": "send a city name"}, status_code=400)  # refunded
         bought = []
         try:
             # One task budget per user request; every payment in the block is linked to it.
@@ -121,14 +123,14 @@ def agent_app(core: Core, links: Links, hosts: Hosts) -> Starlette:
                 policy.task(f"recommend {payment.guarantee_id}", budget=TASK_BUDGET),
                 links.funded_by(payment),
             ):
-                for url in (
-                    f"http://availability/rooms?city={city}",
-                    f"http://pricing/quote?city={city}",
-                    "http://booking/hold-suite" if suite else "http://booking/hold",
-                    "http://validator/check",
-                    f"http://referrer/fee?of={payment.amount}",
+                for url, query in (  # the city travels encoded: "&" or "#" in it stays in it
+                    ("http://availability/rooms", {"city": city}),
+                    ("http://pricing/quote", {"city": city}),
+                    ("http://booking/hold-suite" if suite else "http://booking/hold", {}),
+                    ("http://validator/check", {}),
+                    ("http://referrer/fee", {"of": payment.amount}),
                 ):
-                    response = await upstream.get(url)
+                    response = await upstream.get(url, params=query)
                     response.raise_for_status()
                     bought.append(response.json()["seller"])
         except PaymentRefused as refused:  # the budget ran out: no partial work is charged

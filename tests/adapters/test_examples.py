@@ -437,6 +437,49 @@ def test_travel_agent_charges_the_suite_price_exactly_when_it_books_a_suite(
         core.close()
 
 
+@pytest.mark.parametrize("city", ["%00", "a%0d%0ab", "%7f"], ids=["nul", "crlf", "del"])
+def test_travel_agent_answers_a_city_it_cannot_ask_for_400_before_buying_upstream(
+    tmp_path: Path, city: str
+) -> None:
+    """examples/travel_agent.py put the user's city into its upstream URLs as text: a city
+    with a control character made httpx raise in the paid handler, a 500 after the user paid.
+    It is the user's 400 (refunded) now, and the agent buys nothing upstream for it."""
+    import asyncio
+    import importlib.util
+
+    from fourmica_x402.client import RECEIPT_KEY, AsyncPaymentTransport
+    from fourmica_x402.links import Links
+
+    spec = importlib.util.spec_from_file_location("travel_agent", EXAMPLES / "travel_agent.py")
+    assert spec and spec.loader
+    travel = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(travel)
+    core = Core(str(tmp_path / "travel.db"))
+    for name in ("user", "agent"):
+        core.deposit(travel.ADDRESSES[name], 1_000_000, network=NETWORK)
+    hosts = travel.Hosts({})
+    agent = travel.agent_app(core, Links(core), hosts)
+    hosts.apps["agent"] = httpx.ASGITransport(app=agent, raise_app_exceptions=False)
+
+    async def ask() -> httpx.Response:
+        user = AsyncPaymentTransport(travel.USER_KEY, transport=hosts)
+        async with httpx.AsyncClient(transport=user, base_url="http://agent") as client:
+            response = await client.get(f"/recommend?city={city}")
+        await agent.state.upstream.aclose()
+        return response
+
+    try:
+        response = asyncio.run(ask())
+        assert response.status_code == 400, response.text
+        assert response.extensions[RECEIPT_KEY].outcome != "paid"
+        for name in ("user", "agent"):  # nothing kept from the user, nothing bought upstream
+            assert core.position(travel.ADDRESSES[name], network=NETWORK).locked == 0
+        assert Links(core).query() == []
+        assert core.audit() == []
+    finally:
+        core.close()
+
+
 def test_staged_report_example_charges_only_the_stages_served(tmp_path: Path) -> None:
     """examples/staged_report.py: a job served in full, one that fails at stage 2 (refunded,
     stage 3 never sold) and one its budget cannot finish (refused before paying)."""
