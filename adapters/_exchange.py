@@ -32,7 +32,7 @@ import logging
 import sys
 from typing import Any
 
-from fourmica_x402.gate import PASS, Gate, Granted, Response
+from fourmica_x402.gate import PASS, Gate, Granted, Response, nested
 from fourmica_x402.gate.lifecycle import BODY_LIMIT, Meter
 from fourmica_x402.gate.types import unshared
 
@@ -124,8 +124,9 @@ class PaidExchange:
     async def run(self, app: Any, scope: Any) -> None:
         self._listen()  # a body the app leaves unread is heard too (a FastAPI POST without one)
         outer = scope.get("app")  # the Starlette app whose error handler may answer
-        try:
-            await app(scope, self.receive, self.send)
+        try:  # a WSGI app it mounts through a bridge finds the payment here (gate/nested.py)
+            with nested.settled(self._paid.payment, self._paid.request):
+                await app(scope, self.receive, self.send)
         except BaseException as exc:  # told with it (and it goes on), unless already delivered
             answered = False
             if isinstance(exc, Exception) and self.meter.status is None:

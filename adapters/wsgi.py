@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fourmica_x402.config import PaymentConfig
-from fourmica_x402.gate import Endpoint, Gate, Granted, PassThrough, RequestView, Response
+from fourmica_x402.gate import Endpoint, Gate, Granted, PassThrough, RequestView, Response, nested
 from fourmica_x402.gate.guards import RESOLVED_KEY
 from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Meter, Startup
 from fourmica_x402.gate.types import unshared
@@ -102,7 +102,7 @@ class PaymentMiddleware:
             return answer(start_response, self.startup.refusal)
         seen = environ if self._seen is None else self._seen(environ)  # host, scheme, client
         view = request_view(seen, self.resolver(seen))
-        outer = environ.get(PAYMENT_KEY)  # an outer gate's payment: on this gate's terms only
+        outer = nested.outer(environ.get(PAYMENT_KEY), view)  # an outer gate's: on our terms
         outcome = Gate.run_sync(self.gate.before(view, outer))
         if RESOLVED_KEY in seen:  # what the gate resolved, for the router's check (a copy: back)
             environ[RESOLVED_KEY] = seen[RESOLVED_KEY]

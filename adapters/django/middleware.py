@@ -16,7 +16,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest
 
-from fourmica_x402.gate import Call, Endpoint, Flow, Gate, PassThrough, Response
+from fourmica_x402.gate import Call, Endpoint, Flow, Gate, PassThrough, Response, nested
 from fourmica_x402.gate.guards import rerouted
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Endpoints, Meter
 from fourmica_x402.gate.types import for_shared_caches
@@ -109,7 +109,7 @@ class PaymentMiddleware:
 
     def _flow(self, request: HttpRequest) -> Flow:
         view = request_view(request, partial(self._resolve, request))
-        outer = getattr(request, "scope", request.META).get(PAYMENT_KEY)  # an outer gate's:
+        outer = nested.outer(getattr(request, "scope", request.META).get(PAYMENT_KEY), view)
         state = yield from self.gate.before(view, outer)  # on this gate's terms only
         # paid, or granted (a Payment marked so: docs/operations.md), or the outer gate's
         request.payment = getattr(state, "payment", outer)  # type: ignore[attr-defined]

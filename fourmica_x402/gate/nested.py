@@ -12,24 +12,60 @@ at least the amount (docs/architecture.md, "What an adapter does"). Otherwise 50
 route whose terms are more than a price — staged work, a metered stream, a validation policy
 of its own — and a route its handler's marker prices, unless the outer gate priced it by a
 marker too, never run on another gate's payment.
+
+An ASGI app mounting a WSGI one through a bridge (a2wsgi, Starlette's ``WSGIMiddleware``)
+builds an environ of its own, without the scope's payment: :func:`settled` holds it in a
+context variable the bridge's thread runs in a copy of, and :func:`outer` finds it there for
+the request that carries the payment headers it was made with.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from ..errors import Reason
-from ..wire import PaymentRequirements
-from .types import PASS, PassThrough, Payment, Response, error_response
+from ..wire import PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER, PaymentRequirements
+from .types import PASS, PassThrough, Payment, RequestView, Response, error_response
 
 if TYPE_CHECKING:
     from ..routes import Route
 
-__all__ = ["judged"]
+__all__ = ["judged", "outer", "settled"]
 
 log = logging.getLogger("fourmica_x402.gate")
+
+#: The payment an ASGI gate settled while its app serves the request, with its headers.
+_SETTLED: ContextVar[tuple[Payment, tuple[list[str], ...]] | None] = ContextVar(
+    "fourmica_x402.settled", default=None
+)
+
+
+def _headers(request: RequestView) -> tuple[list[str], ...]:
+    return tuple(request.header_values(h) for h in (PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER))
+
+
+@contextmanager
+def settled(payment: Payment, request: RequestView) -> Iterator[None]:
+    """While the app runs: ``payment`` settled for ``request``, for a bridged app's gate."""
+    token = _SETTLED.set((payment, _headers(request)))
+    try:
+        yield
+    finally:
+        _SETTLED.reset(token)
+
+
+def outer(found: Payment | None, request: RequestView) -> Payment | None:
+    """The payment another gate settled for ``request``: ``found`` (the scope's, the
+    environ's), or the one an ASGI gate settled for this very request (its payment headers)
+    when a bridge to WSGI left it behind (docs/architecture.md, "What an adapter does")."""
+    held = _SETTLED.get()
+    if found is None and held is not None and any(held[1]) and held[1] == _headers(request):
+        return held[0]
+    return found
 
 
 def judged(

@@ -1985,3 +1985,42 @@ def test_a_grant_serves_a_paid_view_free_and_only_that_view(core: Core, stack: s
                 loop.close()
     assert core.guarantees() == []
     assert len(seen) == 1
+
+
+@pytest.mark.parametrize(("outer_price", "sold"), [("$0.03", True), ("$0.01", False)])
+def test_a_django_site_bridged_into_an_asgi_app_with_a_gate_is_paid_once_on_its_own_terms(
+    configured: None, core: Core, outer_price: str, sold: bool
+) -> None:
+    """A Starlette app with the ASGI gate mounting a Django site with the middleware as a
+    WSGI app, through a2wsgi: the bridge's environ did not carry the outer gate's payment,
+    so Django's gate refused the payment's header again (402) and the outer gate refunded;
+    the route could never be sold. It runs on the outer payment now, if that meets the
+    route's own offer here; else 503, refunded."""
+    from a2wsgi import WSGIMiddleware
+    from fourmica_x402.adapters.asgi import PaymentMiddleware as AsgiPayments
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from starlette.testclient import TestClient
+
+    app = Starlette(routes=[Mount("/site", WSGIMiddleware(WSGIHandler()))])
+    outer = {"GET /site/*": outer_price}
+    app.add_middleware(AsgiPayments, pay_to=SELLER, core=core, network=NETWORK, routes=outer)
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    with TestClient(app) as client:
+        challenge = client.get("/site/r/7/")
+        req = decode_payment_required(challenge.headers["payment-required"]).accepts[0]
+        body = {
+            "x402Version": 2,
+            "userAddress": buyer.address,
+            "paymentRequirements": req.to_dict(),
+        }
+        name, value = payment_header(buyer, req, client.post("/x402/tab", json=body).json())
+        resp = client.get("/site/r/7/", headers={name: value})
+    [charged] = core.guarantees(address=buyer.address)
+    if sold:
+        assert (resp.status_code, resp.json()) == (200, {"n": 7, "payer": buyer.address})
+        assert charged.state == "payable" and len(seen) == 1
+    else:
+        assert (resp.status_code, resp.json()["error"]) == (503, "payment_not_enforced")
+        assert charged.state in ("voided", "cancelled") and seen == []
