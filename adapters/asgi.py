@@ -102,7 +102,7 @@ class PaymentMiddleware:
         if "fastapi" in sys.modules:  # its Paid, wherever it is, refusing in the gate's shape
             from .fastapi import markers
 
-            marker = markers(self.app, self._marker)
+            marker = markers(self.app, self._marker, self.gate, router)
         self._router = guard(self.gate, StarletteRouter.start(self.gate, router, marker))
         self._root = applied_root_path(self.app)
         warn_copying_layers(self.app)

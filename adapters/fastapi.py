@@ -38,6 +38,8 @@ from fourmica_x402.gate import Gate, Payment
 from fourmica_x402.gate.guards import one_marker
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY, Marker
 
+from ._chain import find_router
+from ._mounted import sold_elsewhere
 from ._refusals import PaymentRefused, answer_refusals, refused
 from .asgi import PaymentMiddleware
 
@@ -85,11 +87,25 @@ def _marker(route: Any) -> Marker | None:
     return one_marker(find(route.dependant), f"route {route.path!r}")
 
 
-def markers(app: Any, given: Callable[[Any], Marker | None] | None) -> Callable[[Any], Any]:
+def markers(
+    app: Any,
+    given: Callable[[Any], Marker | None] | None,
+    gate: Gate | None = None,
+    router: Any = None,
+) -> Callable[[Any], Any]:
     """``given``, or what finds every route's ``Paid``; its refusals answered in the gate's
-    shape by the exception layers down ``app``'s chain (see ``_refusals.answer_refusals``)."""
+    shape by the exception layers down ``app``'s chain (see ``_refusals.answer_refusals``).
+    The ``Paid`` routes of a mounted app whose own gate receives at another payTo than
+    ``gate`` are that gate's: they price nothing here (docs/architecture.md, "What an adapter
+    does")."""
     answer_refusals(app)
-    return given or _marker
+    find = given or _marker
+    theirs = set() if gate is None else sold_elsewhere(router or find_router(app), gate)
+    if not theirs:
+        return find
+    return lambda route: (
+        None if id(getattr(route, "original_route", route)) in theirs else find(route)
+    )
 
 
 class FourmicaX402:

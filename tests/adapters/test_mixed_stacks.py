@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import warnings
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from flask import Flask, g
@@ -72,7 +73,7 @@ def paid_headers(client: TestClient, core: Core, path: str) -> tuple[TestBuyer, 
     assert challenged.status_code == 402, challenged.text
     req = decode_payment_required(challenged.headers["payment-required"]).accepts[0]
     body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": req.to_dict()}
-    tab = client.post("/x402/tab", json=body)
+    tab = client.post(urlsplit(req.extra["tabEndpoint"]).path, json=body)  # its gate's
     assert tab.status_code == 200, tab.text
     name, value = payment_header(buyer, req, json.loads(tab.content))
     return buyer, {name: value}
@@ -106,3 +107,50 @@ def test_a_wsgi_gate_bridged_into_an_asgi_app_sees_the_outer_payment(
         assert (resp.status_code, resp.json()["error"]) == (503, "payment_not_enforced")
         assert runs == [] and charged.state in ("voided", "cancelled")
         assert core.position(buyer.address, network=NETWORK).locked == 0
+
+
+@pytest.mark.parametrize("declared", ["route", "router"])
+@pytest.mark.parametrize("install", ["extension", "http_middleware"])
+def test_a_mounted_fastapi_app_with_its_own_gate_sells_its_paid_routes_to_its_payee(
+    core: Core, declared: str, install: str
+) -> None:
+    """A platform's FastAPI app with its gate mounting a partner's FastAPI app with a gate of
+    its own (payTo the partner's; ``FourmicaX402`` or the http middleware form, which leave
+    the mount's routes in sight, unlike a wrapping middleware) and a ``Paid`` route: the platform's gate priced that
+    route by its ``Paid`` too, to the platform's payTo, and the partner's gate refused the
+    payment (503, refunded): the partner's route could never be bought. It is the partner
+    gate's alone now: challenged, paid and charged there, once."""
+    from fastapi import APIRouter, FastAPI
+    from fourmica_x402.adapters.fastapi import FourmicaX402, Paid, http_middleware
+
+    from fourmica_x402.gate import Payment
+
+    partner, runs = TestBuyer.new().address, []
+    sub, router = FastAPI(), APIRouter()
+
+    @(sub if declared == "route" else router).get("/premium")
+    def premium(payment: Payment = Paid("$0.01")) -> dict[str, str]:  # noqa: B008
+        runs.append(payment)
+        return {"payTo": payment.pay_to}
+
+    sub.include_router(router)
+    options = {"pay_to": partner, "core": core, "network": NETWORK}
+    if install == "extension":
+        FourmicaX402(sub, **options)
+    else:
+        sub.middleware("http")(http_middleware(PaymentConfig(**options)))
+    app = FastAPI()
+    app.mount("/partner", sub)
+    app.get("/own")(lambda: {"own": True})
+    FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK, routes={"GET /own": "$0.001"})
+    with TestClient(app) as client:
+        buyer, headers = paid_headers(client, core, "/partner/premium")
+        resp = client.get("/partner/premium", headers=headers)
+    assert (resp.status_code, resp.json()) == (200, {"payTo": partner})
+    [charged] = core.guarantees(address=buyer.address)
+    assert [p.guarantee_id for p in runs] == [charged.guarantee_id]
+    assert (charged.state, charged.amount, charged.recipient_address) == (
+        "payable",
+        10_000,
+        partner,
+    )
