@@ -393,6 +393,24 @@ def test_travel_agent_example_links_and_nets_its_fee_splits(tmp_path: Path) -> N
     assert TEST_KEYS[4][2:] not in out.stdout + out.stderr
 
 
+def _travel_agent(tmp_path: Path) -> tuple[Any, Core, Any, Any]:
+    """examples/travel_agent.py loaded as a module, its user and agent funded on a Core of
+    their own: (the module, the Core, its in-process hosts, the agent's app)."""
+    import importlib.util
+
+    from fourmica_x402.links import Links
+
+    spec = importlib.util.spec_from_file_location("travel_agent", EXAMPLES / "travel_agent.py")
+    assert spec and spec.loader
+    travel = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(travel)
+    core = Core(str(tmp_path / "travel.db"))
+    for name in ("user", "agent"):
+        core.deposit(travel.ADDRESSES[name], 1_000_000, network=NETWORK)
+    hosts = travel.Hosts({})
+    return travel, core, hosts, travel.agent_app(core, Links(core), hosts)
+
+
 @pytest.mark.parametrize(
     ("query", "price", "suite"),
     [("&bedroom=2", 50_000, False), ("&room", 70_000, True)],
@@ -405,20 +423,11 @@ def test_travel_agent_charges_the_suite_price_exactly_when_it_books_a_suite(
     when Starlette's parsed query held the key ``room``: ``&bedroom=2`` was charged the suite's
     $0.07 for a plain room, and a bare ``&room`` booked the suite at the room's $0.05."""
     import asyncio
-    import importlib.util
 
     from fourmica_x402.client import RECEIPT_KEY, AsyncPaymentTransport
     from fourmica_x402.links import Links
 
-    spec = importlib.util.spec_from_file_location("travel_agent", EXAMPLES / "travel_agent.py")
-    assert spec and spec.loader
-    travel = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(travel)
-    core = Core(str(tmp_path / "travel.db"))
-    for name in ("user", "agent"):
-        core.deposit(travel.ADDRESSES[name], 1_000_000, network=NETWORK)
-    hosts = travel.Hosts({})
-    agent = travel.agent_app(core, Links(core), hosts)
+    travel, core, hosts, agent = _travel_agent(tmp_path)
     hosts.apps["agent"] = httpx.ASGITransport(app=agent)
 
     async def ask() -> tuple[int, list[str]]:
@@ -445,20 +454,11 @@ def test_travel_agent_answers_a_city_it_cannot_ask_for_400_before_buying_upstrea
     with a control character made httpx raise in the paid handler, a 500 after the user paid.
     It is the user's 400 (refunded) now, and the agent buys nothing upstream for it."""
     import asyncio
-    import importlib.util
 
     from fourmica_x402.client import RECEIPT_KEY, AsyncPaymentTransport
     from fourmica_x402.links import Links
 
-    spec = importlib.util.spec_from_file_location("travel_agent", EXAMPLES / "travel_agent.py")
-    assert spec and spec.loader
-    travel = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(travel)
-    core = Core(str(tmp_path / "travel.db"))
-    for name in ("user", "agent"):
-        core.deposit(travel.ADDRESSES[name], 1_000_000, network=NETWORK)
-    hosts = travel.Hosts({})
-    agent = travel.agent_app(core, Links(core), hosts)
+    travel, core, hosts, agent = _travel_agent(tmp_path)
     hosts.apps["agent"] = httpx.ASGITransport(app=agent, raise_app_exceptions=False)
 
     async def ask() -> httpx.Response:
