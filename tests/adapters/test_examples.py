@@ -163,10 +163,7 @@ def test_a_sigterm_as_the_answer_arrives_waits_for_its_completion(tmp_path: Path
     buyer = TestBuyer.new()
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            deadline = time.monotonic() + 30
-            while not _answers(client):
-                assert time.monotonic() < deadline and proc.poll() is None, "did not start"
-                time.sleep(0.1)
+            _wait_until_up(client, proc)
             offer = decode_payment_required(client.get("/premium").headers["payment-required"])
             req = offer.accepts[0]
             core = Core(f"sqlite:///{db}")
@@ -186,6 +183,14 @@ def test_a_sigterm_as_the_answer_arrives_waits_for_its_completion(tmp_path: Path
     assert [g.state for g in after.guarantees()] == ["payable"]
     assert [r.outcome for r in Records(after.store).query()] == ["delivered"]
     after.close()
+
+
+def _wait_until_up(client: httpx.Client, proc: subprocess.Popen[Any]) -> None:
+    """Until the server ``proc`` started answers its free route (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while not _answers(client):
+        assert time.monotonic() < deadline and proc.poll() is None, "did not start"
+        time.sleep(0.1)
 
 
 def _answers(client: httpx.Client) -> bool:
@@ -639,10 +644,7 @@ def test_the_wsgi_shops_documented_command_keeps_the_core_a_root_deposit_funds(
     buyer = TestBuyer.new()
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            deadline = time.monotonic() + 30
-            while not _answers(client):
-                assert time.monotonic() < deadline and proc.poll() is None, "did not start"
-                time.sleep(0.1)
+            _wait_until_up(client, proc)
             root = Core(
                 f"sqlite:///{tmp_path / 'fourmica_x402.db'}"
             )  # what the root's deposit funds
