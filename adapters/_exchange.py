@@ -32,7 +32,7 @@ import logging
 import sys
 from typing import Any
 
-from fourmica_x402.gate import PASS, Gate, Granted, Response, nested
+from fourmica_x402.gate import PASS, Gate, Granted, PassThrough, Response, nested
 from fourmica_x402.gate.lifecycle import BODY_LIMIT, Meter
 from fourmica_x402.gate.types import unshared
 
@@ -360,8 +360,8 @@ class Delegated:
     exchange, so that how the stream ends is seen, not ``call_next``'s copy (which ends a
     stream the app raised in, or the client left, as if it were complete)."""
 
-    def __init__(self, gate: Gate, paid: Any, app: Any, replay: Any = None) -> None:
-        self.gate, self.paid, self.app, self.replay = gate, paid, app, replay
+    def __init__(self, gate: Gate, paid: Any, app: Any, replay: Any = None, free: Any = PASS):
+        self.gate, self.paid, self.app, self.replay, self.free = gate, paid, app, replay, free
 
     @classmethod
     def below(
@@ -372,7 +372,8 @@ class Delegated:
         one an ``outer`` gate settled, which must see how its stream ends)."""
         replay = body.receive if isinstance(body, BufferedBody) and body.read else None
         found = app_below(stack, dispatch)
-        if found is None and paid is not PASS and id(dispatch) not in _WARNED:
+        free = paid if isinstance(paid, PassThrough) else None  # PASS, or a grant (private)
+        if found is None and free is None and id(dispatch) not in _WARNED:
             _WARNED.add(id(dispatch))
             logging.getLogger("fourmica_x402.gate").warning(
                 "the payment middleware is not registered as the app's own http middleware "
@@ -380,13 +381,13 @@ class Delegated:
                 "response, which ends a stream the app failed in as if it were complete "
                 '(docs/architecture.md, "FastAPI\'s http middleware")'
             )
-        if found is None or (paid is PASS and replay is None and not outer):
+        if found is None or (free is not None and replay is None and not outer):
             return None
-        return cls(gate, None if paid is PASS else paid, found, replay)
+        return cls(gate, None if free is not None else paid, found, replay, free)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         receive = self.replay or receive
         if self.paid is None:
-            return await self.app(scope, receive, send)  # type: ignore[no-any-return]
+            return await self.app(scope, receive, unshared_send(send, self.free))  # type: ignore[no-any-return]
         await PaidExchange(self.gate, self.paid, receive, send).run(self.app, scope)
         return None

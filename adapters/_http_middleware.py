@@ -83,9 +83,9 @@ def http_middleware(config: PaymentConfig) -> Any:
         stack = request.scope.get("app")
         body, paid_outside = view.read_body, outer is not None  # its gate meters the stream
         granted = isinstance(state, Granted)  # served free, but private (docs/operations.md)
-        state = PASS if isinstance(state, PassThrough) else state
         if delegated := Delegated.below(stack, middleware, gate, state, body, paid_outside):
             return delegated  # the app below runs here, as under the pure ASGI middleware
+        state = PASS if isinstance(state, PassThrough) else state
         if state is PASS:
             response = await call_next(request)
             for key in [k for k in response.headers if granted and for_shared_caches(k)]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,6 +24,7 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
 from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
@@ -1146,5 +1148,37 @@ def test_a_granted_answer_of_the_http_middleware_form_is_never_stored_by_shared_
     with TestClient(app) as client:
         resp = client.get("/report", headers={"x-key": "sub"})
     assert resp.status_code == 200 and resp.json() == {"report": "paid"}
+    assert resp.headers["cache-control"] == "private, no-store"
+    assert "cdn-cache-control" not in resp.headers and core.guarantees() == []
+
+
+def test_a_granted_answer_to_a_body_the_gate_read_is_never_stored_by_shared_caches(
+    core: Core,
+) -> None:
+    """The same, on a route whose units the gate reads from the request body: the gate ran the
+    app below itself (to hand it the body it read) and the answer went out with the
+    handler's ``public, max-age`` all the same."""
+    from fastapi.responses import JSONResponse
+    from fourmica_x402.adapters.fastapi import http_middleware
+
+    from fourmica_x402.gate import GRANT
+
+    app = FastAPI()
+    shared = {"cache-control": "public, max-age=600", "cdn-cache-control": "max-age=600"}
+
+    @app.post("/records")
+    async def records(request: Request) -> JSONResponse:
+        return JSONResponse({"records": (await request.json())["n"]}, headers=shared)
+
+    async def units(request: Any) -> int:
+        return int(json.loads(await request.read_body())["n"])
+
+    grant = lambda request, route: GRANT if request.header("x-key") == "sub" else None  # noqa: E731
+    routes = {"POST /records": {"price": "$0.01", "units": units}}
+    config = PaymentConfig(pay_to=SELLER, routes=routes, core=core, on_protected_request=grant)
+    app.middleware("http")(http_middleware(config))
+    with TestClient(app) as client:
+        resp = client.post("/records", json={"n": 3}, headers={"x-key": "sub"})
+    assert resp.status_code == 200 and resp.json() == {"records": 3}
     assert resp.headers["cache-control"] == "private, no-store"
     assert "cdn-cache-control" not in resp.headers and core.guarantees() == []
