@@ -4,9 +4,9 @@ Anyone may call ``POST <prefix>/tab``, and each new ``(userAddress, payTo, netwo
 version)`` writes a tab row, so the endpoint limits *new* tabs (docs/operations.md, "The
 tab endpoint"); reusing the buyer's open tab is never counted nor refused:
 
-- per client address and per ``userAddress``: ``tab_rate_per_client`` /
-  ``tab_rate_per_user`` new tabs per ``tab_rate_window`` (in-process, sliding window),
-  then 429 ``tab_rate_limited`` with Retry-After;
+- per client address (an IPv6 one by its /64) and per ``userAddress``:
+  ``tab_rate_per_client`` / ``tab_rate_per_user`` new tabs per ``tab_rate_window``
+  (in-process, sliding window), then 429 ``tab_rate_limited`` with Retry-After;
 - per seller address: ``max_open_tabs`` unexpired tabs, then 429 ``open_tab_limit``.
 
 With the embedded Core the checks run inside the Core's tab transaction, only when a new
@@ -203,6 +203,15 @@ class _KnownTabs:
                 self._drop(tabs, [next(iter(tabs))])
 
 
+def _sender(client: str) -> str | None:
+    """The client a new tab counts against: an IPv6 address by its /64, which one host or
+    site holds whole (fresh addresses in it are no new clients), as the throttle counts it
+    (docs/operations.md, "The tab endpoint")."""
+    from .gate.throttle import Throttle
+
+    return Throttle.sender(client)
+
+
 class NewTabLimits:
     """The service's limits on *new* tabs (docs/operations.md, "The service's tab calls"):
     ``per_user`` per ``userAddress``, and ``per_client`` per client address for callers
@@ -221,7 +230,7 @@ class NewTabLimits:
             (("user", user.lower(), keyed), self.per_user, "for this userAddress")
         ]
         if client and keyed is None:
-            limits.append((("client", client), self.per_client, "from this client"))
+            limits.append((("client", _sender(client)), self.per_client, "from this client"))
         return Admission(self._window, limits)
 
 
@@ -298,7 +307,8 @@ class TabGuard:
         config = self._config
         limits: list[tuple[Hashable, int, str]] = []
         if client and config.tab_rate_per_client is not None:
-            limits.append((("client", client), config.tab_rate_per_client, "from this client"))
+            per_client = config.tab_rate_per_client
+            limits.append((("client", _sender(client)), per_client, "from this client"))
         if config.tab_rate_per_user is not None:
             limits.append((("user", user), config.tab_rate_per_user, "for this userAddress"))
         return limits

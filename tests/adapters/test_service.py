@@ -2145,6 +2145,24 @@ def test_the_tab_calls_limit_new_tabs_per_buyer_and_per_keyless_client(core: Cor
         assert [tab(client, users[4], s, **operator) for s in sellers[:2]] == [200, 429]
 
 
+def test_keyless_tab_calls_from_one_ipv6_site_share_one_client_budget(core: Core) -> None:
+    """Fresh addresses of one IPv6 /64 (one host's or site's share) are one client: each
+    counted apart, a keyless caller opened new tabs to any seller at any rate."""
+    from fourmica_x402.tabs import NewTabLimits
+
+    app = create_app(core, tick_interval=None, webhooks=False)
+    app.state.service.new_tabs = NewTabLimits(per_user=2, per_client=3)
+
+    def tab(address: str) -> int:
+        with TestClient(app, client=(address, 50_000)) as client:
+            body = {"userAddress": TestBuyer.new().address, "recipientAddress": SELLER}
+            return client.post("/tabs", json=body).status_code
+
+    site = [f"2001:db8:5:1::{n:x}" for n in range(1, 6)]
+    assert [tab(address) for address in site] == [200, 200, 200, 429, 429]
+    assert tab("2001:db8:5:2::1") == 200  # another /64
+
+
 def test_keyless_callers_cannot_spend_a_keyed_sellers_tab_budget(core: Core) -> None:
     """The per-buyer budget of new tabs is the keyless callers' own: a stranger opening a
     buyer's tabs to random addresses must not lock that buyer out of its real seller, whose

@@ -101,6 +101,50 @@ def test_new_tabs_from_one_client_are_limited(make_seller: Any) -> None:
     assert tab_rows(seller.core) == 3
 
 
+def test_new_tabs_from_one_ipv6_site_share_one_client_budget(tmp_path: Path) -> None:
+    """An IPv6 client holds a whole /64 (every host, every site): a flood from fresh
+    addresses in it was one new client per tab, each with a budget of its own, so the
+    per-client limit never held and an unpaid caller filled the seller's open-tab cap
+    (``max_open_tabs``), refusing its new buyers. A /64 is one client, as for the throttle."""
+    from fourmica_x402.adapters.asgi import PaymentMiddleware
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    core = Core(str(tmp_path / "core.db"))
+    config = PaymentConfig(
+        core=core,
+        pay_to=SELLER,
+        network=NETWORK,
+        routes={"GET /premium": "$0.01"},
+        tab_rate_per_client=3,
+    )
+    app = Starlette(
+        routes=[Route("/premium", lambda request: PlainTextResponse("paid"))],
+        middleware=[Middleware(PaymentMiddleware, config=config)],
+    )
+
+    def tab_from(address: str) -> int:
+        with TestClient(app, client=(address, 50_000)) as client:
+            got = client.get("/premium")
+            offer = decode_payment_required(got.headers["payment-required"]).accepts[0]
+            body = {
+                "x402Version": 2,
+                "userAddress": TestBuyer.new().address,
+                "paymentRequirements": offer.to_dict(),
+            }
+            return client.post("/x402/tab", json=body).status_code
+
+    site = [f"2001:db8:7:9::{n:x}" for n in range(1, 7)]  # one /64
+    assert [tab_from(address) for address in site] == [200, 200, 200, 429, 429, 429]
+    assert tab_from("2001:db8:7:a::1") == 200  # another /64: a client of its own
+    assert tab_from("192.0.2.1") == 200 and tab_from("192.0.2.2") == 200  # IPv4 as it is
+    assert tab_rows(core) == 6
+    core.close()
+
+
 def test_new_tabs_for_one_user_are_limited(make_seller: Any) -> None:
     shop_a, shop_b = TestBuyer.new().address, TestBuyer.new().address
     seller = make_seller(
