@@ -268,6 +268,37 @@ def test_large_amount_comparisons(store: Store) -> None:
         assert tx.one("SELECT locked FROM pos") == (2**40 + headroom,)
 
 
+def test_a_sqlite_connection_closes_when_its_thread_ends(sqlite_url: str) -> None:
+    """Every connection ever opened was kept until ``close()``: a server that runs each request
+    on a thread (or greenlet) of its own (Django under ASGI with a sync middleware, gevent
+    workers, a development server) left one open per request that touched the Core — two
+    file descriptors and its page cache each — until the process ran out of descriptors
+    and every payment failed 503. Unpaid requests (a guarantee read) were enough."""
+    store = open_store(sqlite_url)
+    with store.transaction() as tx:
+        tx.execute("CREATE TABLE kv (k TEXT PRIMARY KEY, v BIGINT NOT NULL)")
+    path = os.path.realpath(sqlite_url)
+
+    def descriptors() -> int:
+        fds = Path("/proc/self/fd")
+        return sum(1 for fd in fds.iterdir() if os.path.realpath(fd).startswith(path))
+
+    def read() -> None:
+        with store.transaction(write=False) as tx:
+            assert tx.one("SELECT COUNT(*) FROM kv") == (0,)
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("counts descriptors in /proc/self/fd")
+    before = descriptors()
+    for _ in range(40):
+        thread = threading.Thread(target=read)
+        thread.start()
+        thread.join()
+    assert descriptors() <= before + 2  # one more connection's at most, not forty
+    read()  # this thread's own connection still serves it
+    store.close()
+
+
 def test_each_thread_has_its_own_connection_and_no_update_is_lost(store: Store) -> None:
     with store.transaction() as tx:
         tx.execute("INSERT INTO kv (k, v) VALUES ('n', 0)")

@@ -1,6 +1,6 @@
 """SQLite store: the embedded default (stdlib ``sqlite3``, WAL).
 
-One connection per thread (sqlite3 connections are not for concurrent use).
+One connection per thread (for no concurrent use), closed when the thread (or greenlet) ends.
 Write transactions start with ``BEGIN IMMEDIATE``: the write lock is taken
 before the first read, so a check-then-write sequence is atomic across
 threads and processes sharing the file. ``synchronous=NORMAL`` in WAL mode
@@ -25,6 +25,7 @@ import re
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -110,8 +111,7 @@ class _Tx:
         except sqlite3.OperationalError as exc:
             if not _overflowed(exc, sql):
                 raise
-            rows = self._exact(sql, params)
-            row = rows[0] if rows else None
+            row = next(iter(self._exact(sql, params)), None)
         return row
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
@@ -195,9 +195,10 @@ class SQLiteStore:
             conn.create_aggregate("exact_sum", 1, _ExactSum)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from None
-        self._local.conn = conn
-        self._local.pid = os.getpid()
-        self._local.timeout = int(self._busy_timeout_ms)
+        self._local.conn, self._local.pid = conn, os.getpid()
+        self._local.timeout, self._local.owner = int(self._busy_timeout_ms), _Owner()
+        release = weakref.finalize(self._local.owner, _release, self._conns, conn, os.getpid())
+        release.atexit = False  # never at exit: a daemon thread may be inside a transaction
         with self._lock:
             self._conns.append(conn)
         return conn
@@ -419,13 +420,24 @@ class SQLiteStore:
         self._checkpoint_due.set()  # lets the checkpointer see the store is closed
         with self._lock:
             conns, self._conns = self._conns, []
-        for conn in conns:
+        for conn in list(conns):  # a thread ending meanwhile takes its own out of ``conns``
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
         self._local = threading.local()
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
+
+
+class _Owner:
+    __slots__ = ("__weakref__",)  # held by one thread's local alone: gone when the thread ends
+
+
+def _release(conns: list[sqlite3.Connection], conn: sqlite3.Connection, pid: int) -> None:
+    with contextlib.suppress(ValueError, sqlite3.Error):
+        if os.getpid() == pid:  # the connection of a thread that ended (not a parent process's)
+            conns.remove(conn)  # in place, lock-free: GC may run this anywhere
+            conn.close()
 
 
 def _wake(future: asyncio.Future[None]) -> None:
