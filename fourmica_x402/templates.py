@@ -187,8 +187,7 @@ def path_matcher(pattern: str) -> re.Pattern[str]:
     body = canonical_template(pattern)
     prefix_too = body.endswith("/*")
     body = body[:-2] if prefix_too else body[:1] + body[1:].removesuffix("/")
-    parts = re.split(r"(\{\}|\*)", body)
-    regex = "".join(".*" if p in ("{}", "*") else re.escape(p) for p in parts)
+    regex = _wildcards(re.split(r"(\{\}|\*)", body.replace("{}", "*")), {})
     return re.compile(regex + ("(?:/.*)?" if prefix_too else "") + r"/?\Z", re.I | re.DOTALL)
 
 
@@ -209,9 +208,24 @@ def _path_regex(pattern: str, *, slash: bool) -> str:
         body, prefix_too = body[:-2], True
     elif len(body) > 1 and not slash:
         body = body.removesuffix("/")
-    parts = re.split(r"(\{\}|\*)", body)
-    regex = "".join({"{}": "[^/]+", "*": ".*"}.get(p) or re.escape(p) for p in parts)
+    regex = _wildcards(re.split(r"(\{\}|\*)", body), {"{}": "[^/]+"})
     return regex + "(?:/.*)?" if prefix_too else regex
+
+
+def _wildcards(parts: list[str], tokens: dict[str, str]) -> str:
+    """The regex of a split template: text escaped, ``*`` anything, other ``tokens`` as given.
+    Text between two ``*`` is searched for once, its first occurrence kept (the next ``*``
+    takes whatever comes after: no later one can match where it cannot), in an atomic group:
+    tried at every position, a long path repeating it cost O(n^k) for k such stars."""
+    out, i = [], 0
+    while i < len(parts):
+        part, i = parts[i], i + 1
+        if part == "*" and i + 1 < len(parts) and parts[i + 1] == "*":
+            out.append(f"(?>.*?{re.escape(parts[i])})")
+            i += 1
+        else:
+            out.append(".*" if part == "*" else tokens.get(part) or re.escape(part))
+    return "".join(out)
 
 
 def check_path(key: str, pattern: str) -> None:

@@ -646,3 +646,27 @@ def test_look_alike_entries_of_another_method_price_the_path_each_is_written_as(
     app = PaymentMiddleware(_bare, pay_to=SELLER, core=core, network=NETWORK, routes=table)
     with TestClient(app) as client:
         assert {path: _amount(client.get(path)) for path in prices} == prices
+
+
+def test_an_entry_of_several_wildcards_reads_a_long_path_without_backtracking(core: Core) -> None:
+    """``*`` matches anything, so ``"GET /orgs/*/repos/*/files/*/raw"`` was three ``.*`` that
+    a path repeating ``/repos/`` and ``/files/`` made the matcher try at every position
+    together: O(n³) for an unpaid request of a few KiB, a matcher busy for minutes. The text
+    between two ``*`` is now searched for once: at most one wildcard of an entry backtracks
+    (the one before its last text), whatever the path."""
+    from fourmica_x402.templates import compile_pattern, path_matcher
+
+    key = "/orgs/*/repos/*/files/*/raw"
+    for regex in (compile_pattern(key), path_matcher(key), path_matcher("/o/{a}/r/{b}/f/{c}")):
+        assert regex.pattern.count(".*") - regex.pattern.count("(?>.*?") == 1, regex.pattern
+        assert regex.pattern.count("(?>.*?") == 2, regex.pattern
+    table = {f"GET {key}": "$1.00", "GET /orgs/*": "$0.01"}
+    options = {"pay_to": SELLER, "core": core, "network": NETWORK, "routes": table}
+    with TestClient(PaymentMiddleware(_bare, **options)) as client:
+        assert _amount(client.get("/orgs/a/repos/b/files/c/raw")) == 10**6
+        assert _amount(client.get("/orgs/a/repos/b/x/files/c/d/raw/")) == 10**6
+        assert _amount(client.get("/ORGS/a/repos/b/files/c/RAW/")) == 10**6
+        assert _amount(client.get("/orgs/a/repos/b/files/c/raw/x")) == 10_000
+        assert _amount(client.get("/orgs/a/files/b/repos/c/raw")) == 10_000
+        long = "/orgs" + "/repos/files" * 300 + "/x"  # answered at once, by the cheaper entry
+        assert _amount(client.get(long)) == 10_000
