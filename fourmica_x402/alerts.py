@@ -135,8 +135,10 @@ class InvalidPaymentAlerts:
         """Count one refused payment of ``request``; returns the alerts it fired."""
         keys: list[tuple[str, str | None]] = []
         windows = self._windows
-        if "invalid_payments_per_ip" in windows:
-            keys.append(("invalid_payments_per_ip", request.client))
+        if "invalid_payments_per_ip" in windows:  # an IPv6 sender by its /64, as throttled
+            from .gate.throttle import Throttle
+
+            keys.append(("invalid_payments_per_ip", Throttle.sender(request.client)))
         if "invalid_payments_per_route" in windows:
             keys.append(("invalid_payments_per_route", self._route(request)))
         if "invalid_payments_per_payer" in windows and reason in PAYER_REASONS:

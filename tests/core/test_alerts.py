@@ -407,6 +407,24 @@ def test_invalid_payments_fire_once_per_crossing_of_the_window(world: World) -> 
     ]
 
 
+def test_invalid_payments_from_one_ipv6_site_count_as_one_address(world: World) -> None:
+    """A sender rotating through its IPv6 /64 (one host's or site's share) was a new address
+    at every payment: the per-IP rule never fired, while the throttle counts that /64 as one
+    sender (docs/protocol.md, "Reason codes")."""
+    hook = InvalidPaymentAlerts(AlertRules(invalid_payments_per_ip=3), core=world.core)
+    bad = MalformedPayment("garbage")
+    for n in range(1, 3):
+        hook(request(f"2001:db8:1:2::{n}"), bad)
+    [alert] = hook.observe(request("2001:db8:1:2::ff"), "malformed_payment")
+    assert (alert.rule, alert.subject, alert.value) == (
+        "invalid_payments_per_ip",
+        "2001:db8:1:2::/64",
+        3,
+    )
+    assert hook.observe(request("2001:db8:1:3::1"), "malformed_payment") == []  # another /64
+    assert hook.observe(request("10.0.0.1"), "malformed_payment") == []  # IPv4 as it is
+
+
 def test_only_a_signed_refusal_counts_against_its_payer(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
