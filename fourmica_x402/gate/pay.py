@@ -376,7 +376,8 @@ def _replayed(found: Any, version: int) -> Response:
         )
     headers, body = stored
     cache = next((v for k, v in headers if k.lower() == "cache-control"), None)
-    drop = ("content-length",) if no_store(cache) else ("content-length", "cache-control")
+    # a cookie is the first caller's, kept by an older release too (docs/operations.md)
+    drop = ("content-length", "set-cookie") + (() if no_store(cache) else ("cache-control",))
     headers = [(k, v) for k, v in headers if k.lower() not in drop and not for_shared_caches(k)]
     if not no_store(cache):  # paid content, replayed: still never for a shared cache
         headers.append(("cache-control", PAID_CACHE_CONTROL))

@@ -74,3 +74,23 @@ def test_a_replayed_answer_carries_no_cookie_and_none_is_stored(
     with audited_core.store.transaction(write=False) as tx:
         stored = tx.all("SELECT response_headers FROM fx_records")
     assert stored and all("s3cret" not in (row[0] or "") for row in stored)
+
+
+def test_a_cookie_an_older_release_stored_is_not_replayed(audited_core: Core) -> None:
+    """A record an older release wrote kept the paid answer's Set-Cookie: replayed from it,
+    the first caller's session went to whoever sent the used payment header again."""
+    app = _starlette(audited_core)
+    client = TestClient(app)
+    buyer = TestBuyer.new()
+    audited_core.deposit(buyer.address, 10**7, network=NETWORK)
+    name, value = buyer.pay_challenge(
+        audited_core, client.get("/premium").headers["payment-required"]
+    )
+    assert client.get("/premium", headers={name: value}).status_code == 200
+    app.gate.flush()
+    kept = [["content-type", "application/json"], ["set-cookie", "session=s3cret; HttpOnly"]]
+    with audited_core.store.transaction() as tx:  # as the older release stored it
+        tx.execute("UPDATE fx_records SET response_headers = ?", (json.dumps(kept),))
+    again = client.get("/premium", headers={name: value})
+    assert again.status_code == 200 and again.json() == {"report": "paid"}
+    assert "set-cookie" not in again.headers
