@@ -14,21 +14,26 @@ from ._fastapi_routes import included
 __all__ = ["sold_elsewhere"]
 
 
-def sold_elsewhere(router: Any, gate: Gate, elsewhere: bool = False, depth: int = 0) -> set[int]:
+def sold_elsewhere(router: Any, gate: Gate) -> set[int]:
     """The ids of the routes below ``router`` that a mounted app's own gate sells to another
-    payTo than ``gate``'s (a fixed one on both sides: a payTo callable is anyone's)."""
+    payTo than ``gate``'s (a fixed one on both sides: a payTo callable is anyone's); a route
+    object this router also serves outside such an app (a shared ``APIRouter``) stays ours."""
+    found: tuple[set[int], set[int]] = (set(), set())  # ours, theirs
+    _walk(router, gate, False, 0, found)
+    return found[1] - found[0]
+
+
+def _walk(router: Any, gate: Gate, elsewhere: bool, depth: int, found: Any) -> None:
     from starlette.routing import Host, Mount
 
-    found: set[int] = set()
     for route in getattr(router, "routes", ()) if depth < 8 else ():
         if isinstance(route, (Mount, Host)):
             below = elsewhere or _payees(route.app) - {_fixed(gate.config.pay_to)} - {None}
-            found |= sold_elsewhere(find_router(route.app), gate, bool(below), depth + 1)
-        elif elsewhere and included(route):
-            found |= {id(c.original_route) for c in route.effective_route_contexts()}
-        elif elsewhere:
-            found.add(id(route))
-    return found
+            _walk(find_router(route.app), gate, bool(below), depth + 1, found)
+        elif included(route):
+            found[elsewhere].update(id(c.original_route) for c in route.effective_route_contexts())
+        else:
+            found[elsewhere].add(id(route))
 
 
 def _payees(app: Any) -> set[str | None]:

@@ -154,3 +154,36 @@ def test_a_mounted_fastapi_app_with_its_own_gate_sells_its_paid_routes_to_its_pa
         10_000,
         partner,
     )
+
+
+def test_a_router_the_platform_includes_too_is_still_priced_by_its_own_gate(core: Core) -> None:
+    """One ``APIRouter`` (a shared ``reports`` module) included both in the platform's app and
+    in a partner's app mounted with a gate of its own (another payTo): the platform's gate
+    left the router's ``Paid`` routes to the partner's everywhere, so its own ``/premium``
+    was priced by no gate and answered 503 to every buyer. One route object is one endpoint:
+    the platform's gate prices it, and under the partner's mount it is refused uncharged."""
+    from fastapi import APIRouter, FastAPI
+    from fourmica_x402.adapters.fastapi import FourmicaX402, Paid
+
+    from fourmica_x402.gate import Payment
+
+    partner, router = TestBuyer.new().address, APIRouter()
+
+    @router.get("/premium")
+    def premium(payment: Payment = Paid("$0.01")) -> dict[str, str]:  # noqa: B008
+        return {"payTo": payment.pay_to}
+
+    sub, app = FastAPI(), FastAPI()
+    sub.include_router(router)
+    FourmicaX402(sub, pay_to=partner, core=core, network=NETWORK)
+    app.include_router(router)
+    app.mount("/partner", sub)
+    FourmicaX402(app, pay_to=SELLER, core=core, network=NETWORK)
+    with TestClient(app) as client:
+        _, headers = paid_headers(client, core, "/premium")
+        resp = client.get("/premium", headers=headers)
+        assert (resp.status_code, resp.json()) == (200, {"payTo": SELLER})
+        other, headers = paid_headers(client, core, "/partner/premium")
+        resp = client.get("/partner/premium", headers=headers)
+        assert (resp.status_code, resp.json()["error"]) == (503, "payment_not_enforced")
+    assert core.position(other.address, network=NETWORK).locked == 0
