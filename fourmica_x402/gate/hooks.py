@@ -50,6 +50,9 @@ def protected(
                 payment.units = yield from bundles.count(route, request)
         except bundles.InvalidUnits as exc:  # the request's own fault: 400, as unpaid
             return error_response(exc.status, exc.reason, exc.message)
+        except Exception:  # the seller's callable failed: as when pricing a paid request
+            log.exception("could not price %s", route.key)
+            return error_response(500, "pricing_failed", "could not price this request")
         return Granted(payment)
     if verdict is DENY:
         return error_response(403, "denied", "access denied")

@@ -547,3 +547,21 @@ def test_an_app_with_a_bad_table_fails_when_it_starts(tmp_path: Path) -> None:
             FlaskPayments(app)
     finally:
         core.close()
+
+
+def test_a_units_count_that_fails_for_a_granted_request_is_pricing_failed(
+    make_seller: Any, base_routes: dict[str, Any]
+) -> None:
+    """``GRANT`` on a bundled route counts the units its handler serves: a ``units`` callable
+    failing there (its database down) escaped the gate, the framework's bare 500 with a
+    traceback, where an unpaid or paying request gets 500 ``pricing_failed``."""
+    from fourmica_x402.gate import GRANT
+
+    def broken(request: RequestView) -> int:
+        raise RuntimeError("the catalogue is down")
+
+    routes = {**base_routes, ITEMS: {**BUNDLE, "units": broken}}
+    seller = make_seller(routes=routes, on_protected_request=lambda request, route: GRANT)
+    resp = seller.request("GET", "/items/7?count=300")
+    assert (resp.status, resp.json()["error"]) == (500, "pricing_failed")
+    assert seller.calls["/items/7"] == 0 and seller.core.guarantees() == []
