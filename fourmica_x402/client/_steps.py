@@ -47,6 +47,7 @@ from ..guarantee import (
 )
 from ..networks import get_network, parse_amount
 from ..wire import PaymentRequirements, ResourceInfo
+from ._approval import approval
 from .answers import aread_answer, error_said, http_url, read_answer
 from .certificates import public_key_bytes
 from .heads import asend_head, send_head
@@ -426,9 +427,8 @@ async def run_async(
                 answer.request = step.request  # its reader's deadline: the read timeout
             elif isinstance(step, Read):
                 await aread_answer(step.response)
-            else:  # a sync callback (a person at a prompt) waits in a thread, not on the loop
-                answer = await asyncio.to_thread(approve, step.request) if approve else False
-                answer = await answer if inspect.isawaitable(answer) else answer
+            else:  # a sync callback: in a thread, one payment at a time (docs/buyer.md)
+                answer = await approval(approve, step.request)
         except BaseException as exc:  # a cancelled call too: what left is kept now
             error = exc
 

@@ -243,6 +243,31 @@ def test_a_sync_approval_callback_does_not_hold_up_other_calls(seller: Any, buye
     assert seller.calls["/items/3"] == 1
 
 
+@pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
+@pytest.mark.parametrize("buyers", ["httpx_async"], indirect=True)
+def test_a_sync_approval_callback_is_asked_one_payment_at_a_time(seller: Any, buyers: Any) -> None:
+    """In a worker thread, a sync callback (a person at a prompt) was asked about two payments
+    at once: two prompts on one terminal, and the answer typed for one could approve the
+    other. The agent's other calls go on, but one question is asked at a time."""
+    asking, most = [0], [0]
+    lock = threading.Lock()
+
+    def approve(request: Any) -> bool:
+        with lock:
+            asking[0] += 1
+            most[0] = max(most[0], asking[0])
+        time.sleep(0.3)
+        with lock:
+            asking[0] -= 1
+        return True
+
+    policy = SpendingPolicy(approval_threshold="$0.005", approve=approve)
+    client = buyers.client(seller, funded(seller), policy=policy)
+    answers = client.gather(["/items/3", "/premium"])  # both over the threshold
+    assert [a.status for a in answers] == [200, 200]
+    assert most[0] == 1
+
+
 def test_insufficient_collateral_is_reported(seller: Any, buyers: Any) -> None:
     client = buyers.client(seller, funded(seller, amount=5))
     with pytest.raises(InsufficientCollateral) as info:
