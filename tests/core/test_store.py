@@ -268,6 +268,7 @@ def test_large_amount_comparisons(store: Store) -> None:
         assert tx.one("SELECT locked FROM pos") == (2**40 + headroom,)
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts /proc/self/fd")
 def test_a_sqlite_connection_closes_when_its_thread_ends(sqlite_url: str) -> None:
     """Every connection ever opened was kept until ``close()``: a server that runs each request
     on a thread (or greenlet) of its own (Django under ASGI with a sync middleware, gevent
@@ -287,8 +288,6 @@ def test_a_sqlite_connection_closes_when_its_thread_ends(sqlite_url: str) -> Non
         with store.transaction(write=False) as tx:
             assert tx.one("SELECT COUNT(*) FROM kv") == (0,)
 
-    if not Path("/proc/self/fd").is_dir():
-        pytest.skip("counts descriptors in /proc/self/fd")
     before = descriptors()
     for _ in range(40):
         thread = threading.Thread(target=read)
