@@ -21,6 +21,7 @@ from fourmica_x402.webhooks import Webhooks
 from .auth import Keys
 from .base import Call, check_host_name, host_name
 from .metrics import Metrics
+from .signin import SignIn
 
 _log = logging.getLogger("fourmica_x402.service")
 
@@ -63,6 +64,7 @@ class Service:
         self.metrics = Metrics(core)
         self.chain_id = get_network(network).chain_id
         self.keys = Keys(api_key, seller_keys, sandbox=sandbox)
+        self.sign_in = SignIn(self.chain_id)
         #: Without the operator's key nothing but the network guards the sandbox, the webhook
         #: admin and the reads (seller keys guard only refunds, scores and settles): a browser's
         #: request is taken only when addressed to one of these names (``allowed_hosts``, the

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
-from . import admin, core_api, facilitator, guarantees, reads
+from . import admin, core_api, facilitator, guarantees, reads, signin
 from . import sandbox as sandbox_api
 from .base import Call, Reply, Result, tab_shape
 from .context import Service
@@ -77,6 +77,11 @@ PATHS: tuple[Path, ...] = (
     # the Core API subset, for the service's network and under /chains/{chain_id} for any
     *_CORE_API,
     *(p._replace(path="/chains/{chain_id}" + p.path) for p in _CORE_API),
+    # Sign-In with Ethereum, which the official TypeScript SDK makes first
+    Path("/auth/nonce", signin.nonce, _POST, blocking=False),
+    Path("/auth/verify", signin.verify, _POST, blocking=False),
+    Path("/auth/refresh", signin.refresh, _POST, blocking=False),
+    Path("/auth/logout", signin.logout, _POST, blocking=False),
     # the sandbox
     Path("/sandbox/deposit", sandbox_api.deposit, _POST),
     Path("/sandbox/withdraw", sandbox_api.withdraw, _POST),
