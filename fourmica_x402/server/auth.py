@@ -64,18 +64,18 @@ class Keys:
                 return address
         return None
 
-    def seller_call(self, call: Call) -> Reply | None:
+    def seller_call(self, call: Call, what: str = "void and validation calls") -> Reply | None:
         """Void and validation move money: only callers holding a key may make them.
 
         The ``by``/``validator`` address in the body is public (``/api/guarantees``), so
         without a key anyone could void a seller's guarantee or score their own to zero.
         A local sandbox service (``--sandbox``) without a key stays open for development.
-        None: the call may go on.
+        ``what`` names the calls in the refusal. None: the call may go on.
         """
         if self.api_key is None and not self.sellers and not self.sandbox:
             return refusal(
                 403,
-                "start the service with --api-key to accept void and validation calls",
+                f"start the service with --api-key to accept {what}",
                 "api_key_required",
             )
         if (self.api_key is not None or self.sellers) and self.acts_for(call) is None:

@@ -76,7 +76,7 @@ def payment_tabs(service: Service, call: Call) -> Result:
 
 def guarantees(service: Service, call: Call) -> Reply:
     # Settling a buyer's signed guarantee outside a seller's gate must be the seller's act.
-    if (refused := service.keys.seller_call(call)) is not None:
+    if (refused := service.keys.seller_call(call, "guarantees at /core/guarantees")) is not None:
         return refused
     only = service.keys.acts_for(call) or None  # a seller key settles its own guarantees only
     chain_id = _chain(service, call)[0]

@@ -1321,6 +1321,17 @@ def test_a_disabled_or_keyless_api_says_so_with_a_code(core: Core) -> None:
         )
 
 
+def test_a_keyless_service_refusing_a_submitted_guarantee_names_that_call(core: Core) -> None:
+    """The official TypeScript SDK's recipient submits to ``/core/guarantees``: a service without
+    keys refuses it as the seller's act, and says so, not that it wants void and scores."""
+    with TestClient(create_app(core, tick_interval=None)) as client:
+        got = client.post("/core/guarantees", json={"claims": {}, "signature": "0x", "scheme": ""})
+        assert (got.status_code, got.json()["reason"]) == (403, "api_key_required")
+        assert got.json()["error"] == (
+            "start the service with --api-key to accept guarantees at /core/guarantees"
+        )
+
+
 @pytest.mark.parametrize("field", ["asset", "payTo"])
 @pytest.mark.parametrize("value", ["", "xyz"])
 @pytest.mark.parametrize("path", ["/verify", "/settle"])
