@@ -25,10 +25,10 @@ if TYPE_CHECKING:
 
     from .context import Service
 
-__all__ = ["guarantee", "guarantees", "payment_tabs", "public_params", "rpc"]
+__all__ = ["chain_of", "guarantee", "guarantees", "payment_tabs", "public_params", "rpc"]
 
 
-def _chain(service: Service, call: Call) -> tuple[int, str]:
+def chain_of(service: Service, call: Call) -> tuple[int, str]:
     """The chain id the call's path names (the service's own without ``/chains/{chain_id}``)
     and the root of that chain's API; a chain no registered network has is 404
     ``unknown_network``."""
@@ -44,12 +44,12 @@ def _chain(service: Service, call: Call) -> tuple[int, str]:
 
 
 def public_params(service: Service, call: Call) -> Reply:
-    chain_id, root = _chain(service, call)
+    chain_id, root = chain_of(service, call)
     return 200, coreapi.public_params(service.core, chain_id, f"{service.origin(call)}{root}/rpc")
 
 
 def rpc(service: Service, call: Call) -> Reply:
-    return coreapi.json_rpc(service.core, _chain(service, call)[0], call.body)
+    return coreapi.json_rpc(service.core, chain_of(service, call)[0], call.body)
 
 
 def payment_tabs(service: Service, call: Call) -> Result:
@@ -63,7 +63,7 @@ def payment_tabs(service: Service, call: Call) -> Result:
     opened = False
     try:
         status, body = coreapi.core_payment_tabs(
-            service.core, _chain(service, call)[0], call.body, admit
+            service.core, chain_of(service, call)[0], call.body, admit
         )
         opened = status == 200 and body["next_req_id"] == "0x0"  # a new tab, not a reuse
         return status, body
@@ -79,11 +79,11 @@ def guarantees(service: Service, call: Call) -> Reply:
     if (refused := service.keys.seller_call(call, "guarantees at /core/guarantees")) is not None:
         return refused
     only = service.keys.acts_for(call) or None  # a seller key settles its own guarantees only
-    chain_id = _chain(service, call)[0]
+    chain_id = chain_of(service, call)[0]
     return coreapi.core_guarantees(service.core, chain_id, call.body, recipient=only)
 
 
 def guarantee(service: Service, call: Call) -> Reply:
     """One guarantee with its certificate (read-only; see :func:`coreapi.core_guarantee`)."""
     tab_id, req_id = str(call.path["tab_id"]), str(call.path["req_id"])
-    return coreapi.core_guarantee(service.core, _chain(service, call)[0], tab_id, req_id)
+    return coreapi.core_guarantee(service.core, chain_of(service, call)[0], tab_id, req_id)

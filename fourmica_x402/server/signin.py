@@ -1,6 +1,7 @@
 """``/auth/*``: Sign-In with Ethereum (EIP-4361), as 4Mica's Core offers it (docs/protocol.md,
-"Sign-in"). The official TypeScript SDK signs in before its first Core API call unless it is
-given a bearer token; without these paths every such call failed with a 404.
+"Sign-in"), at the root of each Core API (``/chains/{chain_id}/auth/*`` for that chain's).
+The official TypeScript SDK signs in there before its first Core API call unless it is given a
+bearer token; without these paths every such call failed with a 404.
 
 ``POST /auth/nonce`` ``{"address"}`` hands out a one-use nonce and the message template;
 ``POST /auth/verify`` ``{"address", "message", "signature"}`` checks the signed message and
@@ -29,6 +30,7 @@ import coincurve
 from fourmica_x402._eth import keccak, parse_address
 
 from .base import Call, Reply, bad_request, error
+from .core_api import chain_of
 
 if TYPE_CHECKING:
     from .context import Service
@@ -162,13 +164,14 @@ def _address(value: str) -> str:
 def nonce(service: Service, call: Call) -> Reply:
     (raw,) = _body(call, "address")
     value, now = service.sign_in.new_nonce(_address(raw))
+    chain_id, root = chain_of(service, call)
     origin = service.origin(call)
     return 200, {
         "nonce": value,
         "siwe": {
             "domain": urlsplit(origin).netloc,
-            "uri": origin,
-            "chainId": service.chain_id,
+            "uri": origin + root,
+            "chainId": chain_id,
             "statement": STATEMENT,
             "expiration": _stamp(now + NONCE_TTL),
             "issuedAt": _stamp(now),
@@ -182,8 +185,9 @@ def verify(service: Service, call: Call) -> Reply:
     line, fields = _fields(message)
     if line.strip().lower() != address.lower():
         return error(401, "unauthorized", "the message names another address")
-    if fields.get("Chain ID") != str(service.chain_id):
-        return error(401, "unauthorized", f"the message is not for chain {service.chain_id}")
+    chain_id = chain_of(service, call)[0]
+    if fields.get("Chain ID") != str(chain_id):
+        return error(401, "unauthorized", f"the message is not for chain {chain_id}")
     if "Expiration Time" in fields and _epoch(fields["Expiration Time"]) < time.time():
         return error(401, "unauthorized", "the message has expired")
     if _signer(message, signature) != address:

@@ -60,6 +60,11 @@ _CORE_API = (
     Path("/core/guarantees", core_api.guarantees, _POST, refuse=tab_shape),
     Path("/core/tabs/{tab_id}/guarantees/{req_id}", core_api.guarantee, refuse=tab_shape),
     Path("/rpc", core_api.rpc, _POST, blocking=False, sized=False),
+    # Sign-In with Ethereum, which the official TypeScript SDK makes at its Core API's root first
+    Path("/auth/nonce", signin.nonce, _POST, blocking=False),
+    Path("/auth/verify", signin.verify, _POST, blocking=False),
+    Path("/auth/refresh", signin.refresh, _POST, blocking=False),
+    Path("/auth/logout", signin.logout, _POST, blocking=False),
 )
 
 PATHS: tuple[Path, ...] = (
@@ -77,11 +82,6 @@ PATHS: tuple[Path, ...] = (
     # the Core API subset, for the service's network and under /chains/{chain_id} for any
     *_CORE_API,
     *(p._replace(path="/chains/{chain_id}" + p.path) for p in _CORE_API),
-    # Sign-In with Ethereum, which the official TypeScript SDK makes first
-    Path("/auth/nonce", signin.nonce, _POST, blocking=False),
-    Path("/auth/verify", signin.verify, _POST, blocking=False),
-    Path("/auth/refresh", signin.refresh, _POST, blocking=False),
-    Path("/auth/logout", signin.logout, _POST, blocking=False),
     # the sandbox
     Path("/sandbox/deposit", sandbox_api.deposit, _POST),
     Path("/sandbox/withdraw", sandbox_api.withdraw, _POST),

@@ -51,14 +51,14 @@ def siwe_message(address: str, nonce: str, siwe: dict[str, Any], **changes: Any)
     )
 
 
-def sign_in(client: TestClient, key: str = KEY, **changes: Any) -> Any:
+def sign_in(client: TestClient, key: str = KEY, root: str = "", **changes: Any) -> Any:
     address = address_of(key)
-    got = client.post("/auth/nonce", json={"address": address})
+    got = client.post(f"{root}/auth/nonce", json={"address": address})
     assert got.status_code == 200, got.text
     body = got.json()
     message = siwe_message(address, body["nonce"], body["siwe"], **changes)
     return client.post(
-        "/auth/verify",
+        f"{root}/auth/verify",
         json={"address": address, "message": message, "signature": personal_sign(message, key)},
     )
 
@@ -82,6 +82,18 @@ def test_a_signed_in_buyer_gets_tokens_that_refresh_and_log_out(client: TestClie
     assert out.json() == {"revoked": True}
     after = client.post("/auth/refresh", json={"refresh_token": renewed.json()["refresh_token"]})
     assert after.status_code == 401
+
+
+def test_each_chains_core_api_signs_in_for_its_chain(client: TestClient) -> None:
+    """A seller on the service names ``/chains/<id>`` as an offer's ``rpcUrl``: the SDK signs in
+    under it, for that chain."""
+    nonce = client.post("/chains/11155111/auth/nonce", json={"address": ADDRESS}).json()
+    assert nonce["siwe"]["chainId"] == 11155111
+    assert nonce["siwe"]["uri"] == "http://testserver/chains/11155111"
+    assert sign_in(client, root="/chains/11155111").status_code == 200
+    assert sign_in(client, root="/chains/11155111", chainId=84532).status_code == 401
+    unknown = client.post("/chains/999999999/auth/nonce", json={"address": ADDRESS})
+    assert unknown.status_code == 404
 
 
 def test_a_nonce_signs_in_once(client: TestClient) -> None:
