@@ -18,23 +18,20 @@ registry does not serve; only its examples use it, so an empty local package sta
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-import httpx
 import pytest
+from fourmica_x402.adapters._bench.loopback import free_port, serving
 
 from fourmica_x402.core import Core
 from fourmica_x402.guarantee import address_of
@@ -127,36 +124,6 @@ def run_node(sdk: Path, script: str, *args: str, timeout: float = 90) -> dict[st
     return result
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def serving(args: list[str], ready_url: str, log: Path, env: dict[str, str]) -> Iterator[None]:
-    """A server process, up (``ready_url`` answers 200) for the block, stopped afterwards."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(args, env=env, cwd=log.parent, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(ready_url, timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline or proc.poll() is not None:
-                pytest.fail(f"{args[1]} did not start: {log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.1)
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 def new_key() -> tuple[str, str]:
     key = "0x" + secrets.token_hex(32)  # throwaway
     return key, address_of(key)
@@ -171,7 +138,7 @@ def test_typescript_buyer_pays_our_seller_once_per_payment(sdk_dir: Path, tmp_pa
         core.deposit(buyer, 1_000_000, network=NETWORK)
         env = {**os.environ, "PORT": str(port), "FOURMICA_X402_DB": db}
         args = [sys.executable, str(EXAMPLES / "starlette_seller.py")]
-        with serving(args, f"{base}/free", tmp_path / "seller.log", env):
+        with serving("seller", args, f"{base}/free", tmp_path / "seller.log", env):
             result = run_node(sdk_dir, "buyer.cjs", key, f"{base}/premium")
         guarantees = []
         for version, claims in ((1, "v1"), (2, "v2")):
@@ -204,7 +171,7 @@ def test_typescript_recipient_on_our_service(sdk_dir: Path, tmp_path: Path) -> N
         args = [sys.executable, "-m", "fourmica_x402", "serve", "--sandbox", "--db", db]
         args += ["--port", str(port)]  # no keys: the SDK signs in and submits guarantees
         env = {**os.environ, "FOURMICA_X402_DB": db}
-        with serving(args, f"{base}/health", tmp_path / "service.log", env):
+        with serving("service", args, f"{base}/health", tmp_path / "service.log", env):
             result = run_node(
                 sdk_dir,
                 "recipient.cjs",
