@@ -57,10 +57,6 @@ def sdk_dir(environment_missing: Callable[[str], NoReturn]) -> Path:
     """A directory whose ``node_modules`` holds the pinned SDK, installed once."""
     if not shutil.which("node") or not shutil.which("npm"):
         environment_missing("node and npm are needed for the TypeScript SDK interop tests")
-    version = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout
-    if tuple(int(n) for n in version.strip().lstrip("v").split(".")[:2]) < (20, 19):
-        # @noble/curves 2 (the SDK's BLS decoding) is ES modules only, which the SDK requires()
-        environment_missing(f"the TypeScript SDK's BLS decoding needs Node.js >= 20.19: {version}")
     text = json.dumps(PACKAGE, indent=2, sort_keys=True)
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     root = base / "fourmica-x402-interop"
@@ -100,6 +96,12 @@ def sdk_dir(environment_missing: Callable[[str], NoReturn]) -> Path:
             environment_missing(f"npm install of @4mica/sdk failed: {out.stderr.strip()[-300:]}")
         done.write_text(text)
     return target
+
+
+def node_version() -> tuple[int, int]:
+    out = subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=30)
+    major, minor = out.stdout.strip().lstrip("v").split(".")[:2]
+    return int(major), int(minor)
 
 
 def run_node(sdk: Path, script: str, *args: str, timeout: float = 90) -> dict[str, Any]:
@@ -184,7 +186,8 @@ def test_typescript_recipient_on_our_service(sdk_dir: Path, tmp_path: Path) -> N
         assert result["problems"] == []
         for version in ("v1", "v2"):
             assert result[version]["blsValid"] is True
-            assert result[version]["words"] == 8  # the G2 signature as the contract takes it
+            # the G2 signature as the contract takes it; the SDK cannot make it on Node < 20.19
+            assert result[version]["words"] == (8 if node_version() >= (20, 19) else None)
             assert result[version]["amount"] == "0x64"
         assert core.position(buyer, network=NETWORK).locked == 2 * 100
         assert core.audit() == []

@@ -70,7 +70,14 @@ async function round(client, buyer, version, out, args) {
       out.problems.push(`v2 certificate policy: ${JSON.stringify(p, (k, v) => hex(v))}`);
     }
   }
-  const words = await sdk.signatureToWordsAsync(cert.signature); // what remunerate() sends
+  // What remunerate() sends. The SDK require()s @noble/curves 2 (ES modules only) even here,
+  // which Node.js < 20.19 refuses: then only that step is left out (Debian 12 ships Node 18).
+  let words = null;
+  try {
+    words = (await sdk.signatureToWordsAsync(cert.signature)).length;
+  } catch (err) {
+    if (!err || err.code !== 'ERR_REQUIRE_ESM') throw err;
+  }
   const { bls12_381: bls } = await import(
     pathToFileURL(path.join(process.env.SDK_DIR, 'node_modules/@noble/curves/bls12-381.js'))
   );
@@ -82,7 +89,7 @@ async function round(client, buyer, version, out, args) {
   if (JSON.stringify(stored && stored.certificate) !== JSON.stringify(cert)) {
     out.problems.push(`v${version} getGuarantee: ${JSON.stringify(stored && stored.certificate)}`);
   }
-  out[`v${version}`] = { tabId: hex(tab.tabId), words: words.length, blsValid, amount: hex(stored.amount) };
+  out[`v${version}`] = { tabId: hex(tab.tabId), words, blsValid, amount: hex(stored.amount) };
 }
 
 (async () => {
