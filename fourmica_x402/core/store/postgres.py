@@ -20,7 +20,8 @@ answer it the way SQLite does:
 One connection per thread, closed when the thread ends; a forked child never touches its
 parent's connections (it opens its own, and drops the inherited ones without talking to the
 server through them). A stale connection (server restarted) is replaced at the start of the
-next transaction.
+next transaction. A write whose COMMIT lost its connection may have committed: the store
+asks the server (:mod:`._pg_doubt`) before it reports a failure.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ except ImportError as exc:  # pragma: no cover - exercised in an env without the
 
 from ...errors import CoreError
 from . import Conflict, Contention, Row, StoreUnavailable, WouldBlock
+from ._pg_doubt import XID_QUERY, commit_outcome
+from ._pg_text import describe, first_line, scrub
 from .deferred import Deferred, drain_all
 
 __all__ = ["PostgresStore"]
@@ -207,7 +210,7 @@ def _refused(exc: psycopg.DataError) -> CoreError:
     """A value PostgreSQL will not take (text holding U+0000, which SQLite keeps): the Core
     refuses such input where it comes in; one that got through is still the caller's 400."""
     return CoreError(
-        f"the database refuses a value of this request: {_first_line(exc)[:200]}",
+        f"the database refuses a value of this request: {first_line(exc)[:200]}",
         reason="invalid_request",
         status=400,
     )
@@ -243,7 +246,7 @@ class PostgresStore:
             ) from None
         password = str(params.get("password") or "")
         self._secrets = [s for s in (password, url if password else "") if s]
-        self.safe_url = _describe(params)
+        self.safe_url = describe(params)
         self._connect_kwargs: dict[str, Any] = {
             "connect_timeout": max(1, round(connect_timeout)),
             "application_name": application_name,
@@ -290,8 +293,9 @@ class PostgresStore:
 
     def _begin(
         self, write: bool, snapshot: bool = False
-    ) -> tuple[_Slot, psycopg.Cursor[Any], bool]:
-        """The thread's connection and a cursor on it, and whether a transaction was begun.
+    ) -> tuple[_Slot, psycopg.Cursor[Any], bool, int | None]:
+        """The thread's connection, a cursor on it, whether a transaction was begun, and a
+        write's transaction id (fetched with the BEGIN, in the same round trip).
 
         A read on a connection that went through a moment ago runs its statements on their
         own (autocommit): under READ COMMITTED each statement of a transaction sees its own
@@ -302,15 +306,20 @@ class PostgresStore:
         if slot.busy:
             raise RuntimeError("nested transaction: this thread already has one open on this store")
         if not write and not snapshot and time.monotonic() - slot.used < _FRESH:
-            return slot, slot.conn.cursor(), False
+            return slot, slot.conn.cursor(), False, None
         begin = "BEGIN ISOLATION LEVEL " + (
             "REPEATABLE READ READ ONLY" if snapshot else "READ COMMITTED"
         )
         for attempt in (1, 2):
             cur = slot.conn.cursor()
             try:
-                cur.execute(begin)
-                return slot, cur, True
+                if not write:
+                    cur.execute(begin)
+                    return slot, cur, True, None
+                cur.execute(begin + XID_QUERY)
+                cur.nextset()
+                row = cur.fetchone()
+                return slot, cur, True, int(row[0]) if row else None
             except _UNAVAILABLE as exc:
                 # A connection that went stale while idle (server restart, idle timeout):
                 # nothing has run yet, so one fresh connection may retry.
@@ -330,7 +339,7 @@ class PostgresStore:
             raise WouldBlock("PostgreSQL transactions wait for the server")
         if not write and not getattr(self._local, "writing", False):
             drain_all(self.safe_url)  # this process reads its own queued writes
-        slot, cur, began = self._begin(write, snapshot and not write)
+        slot, cur, began, xid = self._begin(write, snapshot and not write)
         slot.busy = True
         self._local.writing = write
 
@@ -368,6 +377,9 @@ class PostgresStore:
                 cur.execute("COMMIT")
             except BaseException as exc:
                 _rollback(slot.conn)
+                lost = slot.conn.broken and isinstance(exc, _UNAVAILABLE)
+                if lost and xid is not None and commit_outcome(self._connect, xid):
+                    return  # the answer was lost, not the commit
                 mapped = self._map(exc)
                 if mapped is None:
                     raise
@@ -398,16 +410,16 @@ class PostgresStore:
 
     def _map(self, exc: BaseException) -> Exception | None:
         if isinstance(exc, pg_errors.UniqueViolation):
-            return Conflict(_scrub(_first_line(exc), self._secrets))
+            return Conflict(scrub(first_line(exc), self._secrets))
         if isinstance(exc, _LOST_RACE):
-            detail = _scrub(_first_line(exc), self._secrets)
+            detail = scrub(first_line(exc), self._secrets)
             return Contention(f"a transaction lost a lock race on {self.safe_url}: {detail}")
         if isinstance(exc, _UNAVAILABLE):
             return self._unavailable("PostgreSQL error on", exc)
         return None
 
     def _unavailable(self, what: str, exc: BaseException) -> StoreUnavailable:
-        detail = _scrub(_first_line(exc), self._secrets)
+        detail = scrub(first_line(exc), self._secrets)
         return StoreUnavailable(f"{what} PostgreSQL database {self.safe_url}: {detail}")
 
 
@@ -421,30 +433,3 @@ def _rollback(conn: psycopg.Connection[Any]) -> None:
             conn.execute("ROLLBACK")
     except Exception:
         pass
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _scrub(text: str, secrets: Sequence[str]) -> str:
-    """Mask each secret where it stands as a token of its own (``:p@``, ``password=p``): a
-    short password must not mask every letter it shares with the message ("***ort")."""
-    import re
-    from urllib.parse import quote
-
-    for secret in secrets:
-        for form in {secret, quote(secret, safe="")}:
-            if form:
-                text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(form)}(?![A-Za-z0-9])", "***", text)
-    return text
-
-
-def _describe(params: dict[str, Any]) -> str:
-    """The connection target without credentials, e.g. ``postgresql://app@db:5432/core``."""
-    user = params.get("user")
-    host = params.get("host") or params.get("hostaddr") or "localhost"
-    port = params.get("port")
-    dbname = params.get("dbname") or ""
-    return f"postgresql://{f'{user}@' if user else ''}{host}{f':{port}' if port else ''}/{dbname}"
