@@ -185,3 +185,57 @@ def test_a_write_whose_commit_answer_was_lost_is_not_run_twice(
         assert core.position(buyer, network=NETWORK).collateral == 1_000
     finally:
         core.close()
+
+
+def test_a_process_stalled_holding_a_buyers_lock_does_not_hold_its_payments(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another seller process stopped (SIGSTOP, a paused VM, a host cut off) in the middle of a
+    transaction holding a buyer's position: every payment of that buyer, on every process,
+    waited for it with no end (until TCP gave up on the session, hours). The server now ends
+    a Core session idle in a transaction, and the payment goes through."""
+    from fourmica_x402.core.store import StoreUnavailable, postgres
+
+    monkeypatch.setattr(postgres, "IDLE_IN_TRANSACTION", "1s")
+    core, other, runs = Core(postgres_url), Core(postgres_url), []
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    held, resume, outcome = threading.Event(), threading.Event(), []
+
+    def stalled() -> None:
+        try:
+            with other.store.transaction() as tx:
+                tx.one("SELECT 1 FROM fx_positions WHERE address = ? FOR UPDATE", (buyer.address,))
+                held.set()
+                resume.wait(30)  # the process is stopped here
+            outcome.append("committed")
+        except StoreUnavailable:
+            outcome.append("ended by the server")
+
+    stopped = threading.Thread(target=stalled, daemon=True)
+    stopped.start()
+    assert held.wait(10)
+    answers: list[Any] = []
+    try:
+        with _seller(core, runs) as client:
+            challenge = client.get("/premium").headers["payment-required"]
+            req = decode_payment_required(challenge).accepts[0]
+            tab = core.open_tab(buyer.address, req.pay_to, network=NETWORK, guarantee_version=2)
+            name, value = payment_header(buyer, req, tab.to_json())
+            paying = threading.Thread(
+                target=lambda: answers.append(client.get("/premium", headers={name: value}))
+            )
+            paying.start()
+            paying.join(10)
+            answered_while_stopped = bool(answers)
+            resume.set()  # before the fix: the payment waited for this
+            paying.join(15)
+        stopped.join(15)
+        assert answered_while_stopped
+        assert answers[0].status_code == 200, answers[0].text
+        assert len(runs) == 1 and outcome == ["ended by the server"]
+        assert core.position(buyer.address, network=NETWORK).locked == PRICE
+        assert core.audit() == []
+    finally:
+        resume.set()
+        core.close(), other.close()

@@ -268,6 +268,7 @@ class PostgresStore:
             conn = psycopg.Connection.connect(
                 self.url, autocommit=True, context=_ADAPTERS, **self._connect_kwargs
             )
+            conn.execute(_IDLE_SQL, (IDLE_IN_TRANSACTION,))
         except psycopg.Error as exc:
             raise self._unavailable("cannot connect to", exc) from None
         slot = _Slot(conn)
@@ -425,6 +426,15 @@ class PostgresStore:
 
 #: How recently a connection must have gone through for a read to skip BEGIN and COMMIT.
 _FRESH = 5.0
+#: How long the server lets one of our transactions wait for its next statement before it
+#: ends the session: a process stopped with row locks held (SIGSTOP, a paused VM, a host cut
+#: off) would hold every other process's payments of those buyers until TCP gives up on it
+#: (hours). Set only where the database, role or URL sets none (docs/operations.md).
+IDLE_IN_TRANSACTION = "10s"
+_IDLE_SQL = (
+    "SELECT set_config('idle_in_transaction_session_timeout', %s, false) "
+    "WHERE current_setting('idle_in_transaction_session_timeout') IN ('0', '0ms')"
+)
 
 
 def _rollback(conn: psycopg.Connection[Any]) -> None:
