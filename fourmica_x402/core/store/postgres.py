@@ -322,6 +322,9 @@ class PostgresStore:
                 row = cur.fetchone()
                 return slot, cur, True, int(row[0]) if row else None
             except _UNAVAILABLE as exc:
+                if not slot.conn.broken:  # a read-only server refuses a write's id
+                    _rollback(slot.conn)
+                    raise self._unavailable("PostgreSQL error on", exc) from None
                 # A connection that went stale while idle (server restart, idle timeout):
                 # nothing has run yet, so one fresh connection may retry.
                 slot.dispose()
