@@ -155,6 +155,8 @@ def test_an_acceptance_whose_commit_answer_was_lost_is_served(
 def test_an_acceptance_cut_before_its_commit_is_refused_and_not_charged(
     postgres_url: str, cutter: tuple[CommitCutter, str]
 ) -> None:
+    """The other side of the question: a COMMIT the server never got is asked about too, and
+    found rolled back: the buyer is answered 503 and charged nothing."""
     proxy, url = cutter
     proxy.forward_commit = False
     buyer, runs = TestBuyer.new(), []
