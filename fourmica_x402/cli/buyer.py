@@ -218,8 +218,8 @@ def _collateral_hint(receipt: Any, payer: str) -> str:
 @click.option(
     "--max-price",
     default=None,
-    help="Refuse to pay more than this per request, e.g. '$0.05' (dollar tokens only; "
-    "'50000u': atomic units of whichever token is asked).",
+    help="Refuse to pay more than this per request, e.g. '$0.05' (dollar tokens only; '50000u': "
+    "atomic units of whichever token is asked). Without it, any price the collateral covers.",
 )
 @click.option(
     "--method", default=None, help="HTTP method (default: GET, or POST with --data, as curl)."
