@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fourmica_x402.gate import PASS, Endpoint, Gate, Response
-from fourmica_x402.gate.guards import RESOLVED_KEY, rerouted
+from fourmica_x402.gate.guards import RESOLVED_KEY, rerouted, sells_socket
 from fourmica_x402.gate.lifecycle import PAYMENT_KEY
 from fourmica_x402.gate.types import error_response
 from fourmica_x402.templates import check_raw_paths
@@ -113,6 +113,8 @@ class Guarded:
         judges = notes.items() if notes else ((g, None) for g in list(self.checks.keys()))
         for gate, seen in judges:
             for endpoint in self._running(gate, scope):
+                if scope["type"] == "websocket" and sells_socket(gate.routes, endpoint):
+                    return error_response(503, "payment_not_enforced", "not served")  # 1008
                 refused = rerouted(gate.routes, endpoint, method, payment, seen)
                 if refused is not None:
                     return refused

@@ -15,6 +15,7 @@ from starlette.routing import Host, Mount
 from fourmica_x402.config import PaymentConfig
 from fourmica_x402.errors import ConfigurationError
 from fourmica_x402.gate import PASS, Gate, Granted, PassThrough, Response
+from fourmica_x402.gate.guards import sells_socket
 from fourmica_x402.gate.lifecycle import OWN_HEADERS, PAYMENT_KEY, Meter
 from fourmica_x402.gate.types import PAID_CACHE_CONTROL, for_shared_caches, no_store
 
@@ -50,7 +51,7 @@ def http_middleware(config: PaymentConfig) -> Any:
 
     def check() -> None:  # Starlette passes WebSockets around an http middleware
         pricer._check()
-        priced = [e for e in gate.endpoints or () if gate.routes.for_endpoint("GET", e)]
+        priced = [e for e in gate.endpoints or () if sells_socket(gate.routes, e)]
         for endpoint in priced:  # refused from now on (1008), whatever else happens
             if endpoint.websocket:
                 endpoint.key.app = _close_1008

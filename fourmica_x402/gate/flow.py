@@ -208,7 +208,7 @@ class Gate:
                 endpoint = request.resolve()
             except RouterFailed as exc:  # as _unroutable: a convertor's answer is the app's
                 return not exc.answer or self._unroutable(exc, "GET", request.path) is not PASS
-            return endpoint is not None and self.routes.for_endpoint("GET", endpoint) is not None
+            return endpoint is not None and guards.sells_socket(self.routes, endpoint)
         return self.routes.match("GET", request.path) is not None
 
     @staticmethod

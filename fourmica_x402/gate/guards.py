@@ -30,6 +30,7 @@ __all__ = [
     "partly_priced",
     "remember",
     "rerouted",
+    "sells_socket",
 ]
 
 log = logging.getLogger("fourmica_x402.gate")
@@ -193,6 +194,16 @@ def _handler(key: Any) -> object | None:
 
 #: Where an adapter notes what the gate resolved for a request: ``(Endpoint, method)``.
 RESOLVED_KEY = "fourmica_x402.resolved"
+
+
+def sells_socket(routes: RouteTable, endpoint: Endpoint) -> bool:
+    """Whether a WebSocket handshake resolved to ``endpoint`` reaches something priced: what
+    prices a GET there, or, on a WebSocket route (nothing but a WebSocket reaches it), any
+    table entry naming it, whatever its method (docs/architecture.md, "Which route is
+    priced")."""
+    if routes.for_endpoint("GET", endpoint) is not None:
+        return True
+    return endpoint.websocket and bool(routes.other_methods(endpoint))
 
 
 def rerouted(
