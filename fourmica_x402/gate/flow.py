@@ -200,9 +200,8 @@ class Gate:
     def refuses_websocket(self, request: RequestView) -> bool:
         """A WebSocket on a priced route: refused (no paid-WebSocket mode exists yet).
 
-        ``request`` describes the handshake (method GET)."""
-        if request.path == self._tab_path or request.path.startswith(self._prefix + "/"):
-            return False
+        ``request`` describes the handshake (method GET); the gate's own paths serve none,
+        so one there reaches the app as any other does."""
         if request.resolve is not None:
             try:
                 endpoint = request.resolve()

@@ -106,3 +106,21 @@ def test_the_http_middleware_form_refuses_to_start_with_such_an_entry(
         assert "WebSocket" in resp.json()["message"]
         assert _handshake(client, "/live") == 1008
     assert calls == []
+
+
+@pytest.mark.parametrize("path", ["/x402/feed", "/x402/tab", "/x402"])
+def test_a_websocket_under_the_gates_prefix_is_priced_as_anywhere(
+    tmp_path: Path, path: str
+) -> None:
+    """The gate answers HTTP requests under its prefix itself, but no WebSocket: a handshake
+    there went on to a router-less app priced for everything (a proxy), unrefused."""
+    calls: list[str] = []
+    live = _served(calls)
+
+    async def proxy(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            await live(WebSocket(scope, receive, send))
+
+    app = PaymentMiddleware(proxy, **_options(tmp_path, "GET /*"))
+    assert _handshake(TestClient(app), path) == 1008
+    assert calls == []
