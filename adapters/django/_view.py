@@ -3,7 +3,6 @@
 from collections.abc import Callable
 from typing import Any
 
-from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest
 from django.utils.encoding import escape_uri_path
 
@@ -38,10 +37,7 @@ def request_view(request: HttpRequest, resolve: Callable[[], Any] | None = None)
     if not raw and hasattr(request, "scope"):  # ASGI servers keep the path as sent
         raw = (request.scope.get("raw_path") or b"").decode("latin-1")
     raw = raw.partition("?")[0].removeprefix(meta.get("SCRIPT_NAME") or "")
-    try:
-        host = request.get_host()
-    except DisallowedHost:
-        host = meta.get("HTTP_HOST") or meta.get("SERVER_NAME") or "localhost"
+    host = request.get_host()  # a Host ALLOWED_HOSTS refuses: Django's 400, before any 402
     length = meta.get("CONTENT_LENGTH") or "0"
     small = (
         length.isascii() and length.isdigit() and int(length) <= BODY_LIMIT

@@ -2024,3 +2024,61 @@ def test_a_django_site_bridged_into_an_asgi_app_with_a_gate_is_paid_once_on_its_
     else:
         assert (resp.status_code, resp.json()["error"]) == (503, "payment_not_enforced")
         assert charged.state in ("voided", "cancelled") and seen == []
+
+
+@pytest.mark.parametrize("stack", ["sync", "async"])
+def test_a_host_allowed_hosts_refuses_gets_djangos_400_not_a_challenge(
+    core: Core, stack: str
+) -> None:
+    """Django refuses a Host outside ``ALLOWED_HOSTS`` (400) on every other path; on a priced
+    one the gate answered first, a 402 whose resource and tab endpoint named that host, and
+    its tab endpoint opened tabs there."""
+    with selling(core, ROUTES), override_settings(ALLOWED_HOSTS=["shop.example.com"]):
+        if stack == "sync":
+            client: Any = Client()
+            get, post = client.get, client.post
+        else:  # Django's AsyncClient sends its own Host too: a server's request instead
+            get, post = _asgi_get, _asgi_post
+        challenge = get("/r/1/", headers={"host": "shop.example.com"})
+        assert challenge.status_code == 402
+        offer = decode_payment_required(challenge.headers["payment-required"])
+        assert offer.resource.url == "http://shop.example.com/r/1/"
+        assert offer.accepts[0].extra["tabEndpoint"] == "http://shop.example.com/x402/tab"
+        buyer = TestBuyer.new().address
+        tab = {"x402Version": 2, "userAddress": buyer, "paymentRequirements": offer.accepts[0]}
+        tab["paymentRequirements"] = offer.accepts[0].to_dict()
+        evil = "evil.example.net"
+        refused = [
+            get("/r/1/", headers={"host": evil}),
+            get("/items/1", headers={"host": evil}),
+            post("/x402/tab", tab, "application/json", headers={"host": evil}),
+        ]
+        assert [r.status_code for r in refused] == [400, 400, 400]
+        assert all("payment-required" not in r.headers for r in refused)
+        assert b"tabId" not in refused[2].content
+        opened = post("/x402/tab", tab, "application/json", headers={"host": "shop.example.com"})
+    assert opened.status_code == 200 and "tabId" in opened.json()
+    assert seen == []
+
+
+def _asgi_get(path: str, headers: dict[str, str]) -> Any:
+    return _over_asgi("GET", path, headers)
+
+
+def _asgi_post(path: str, data: Any, content_type: str, headers: dict[str, str]) -> Any:
+    return _over_asgi("POST", path, headers, data)
+
+
+def _over_asgi(method: str, path: str, headers: dict[str, str], body: Any = None) -> Any:
+    """``method path`` as an ASGI server hands it to Django's ASGIHandler (one Host)."""
+    import httpx
+
+    async def send() -> Any:
+        transport = httpx.ASGITransport(app=ASGIHandler())
+        async with httpx.AsyncClient(transport=transport) as client:
+            url = f"http://{headers['host']}{path}"
+            resp = await client.request(method, url, json=body)
+        resp.status_code, resp.content  # noqa: B018  # read
+        return resp
+
+    return asyncio.run(send())
