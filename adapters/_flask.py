@@ -10,7 +10,8 @@ from typing import Any
 
 from flask import Flask, abort, current_app, g, request
 from flask.signals import request_started
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, SecurityError
+from werkzeug.wsgi import get_host
 
 from fourmica_x402.gate import Endpoint, Gate, RouterFailed
 from fourmica_x402.gate.guards import RESOLVED_KEY, check_routed, rerouted, view_marker
@@ -84,6 +85,18 @@ class Routed(PaymentMiddleware):
         request_started.connect(dispatching, flask_app)
         request_started.connect(_started, flask_app)
         self.app = Handled(app, flask_app)
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        """A Host outside Flask's ``TRUSTED_HOSTS`` goes to Flask, which answers it 400 (its
+        rules too), before any answer of the gate's names it (docs/operations.md)."""
+        trusted = self._flask_app.config.get("TRUSTED_HOSTS")
+        seen = environ if self._seen is None or not trusted else self._seen(environ)
+        try:
+            if trusted:
+                get_host(seen, trusted)
+        except SecurityError:
+            return self.app(environ, start_response)
+        return super().__call__(environ, start_response)
 
     def check(self) -> None:  # the first request runs it at the latest: views come after init_app
         everywhere = [view for app in _APPS for view in app.view_functions.values()]

@@ -1825,3 +1825,45 @@ def test_send_file_answers_a_range_charged_and_a_304_refunded(core: Core, tmp_pa
     app.extensions["fourmica_x402"].gate.flush()
     states = [g.state for g in reversed(core.guarantees())]
     assert states == ["payable", "payable", "voided", "voided"], states
+
+
+@pytest.mark.parametrize("proxied", [False, True], ids=["host", "forwarded-host"])
+def test_a_host_trusted_hosts_refuses_gets_flasks_400_not_the_gates_answers(
+    core: Core, proxied: bool
+) -> None:
+    """Flask refuses a Host outside ``TRUSTED_HOSTS`` (400) on every path, its rules too; the
+    gate's own endpoints answered it first: a discovery listing whose resources named that
+    host, and a tab opened through it (behind ``ProxyFix`` too, by the forwarded host)."""
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    app = make_app(pay_to=SELLER, network=NETWORK, core=core)
+    app.config["TRUSTED_HOSTS"] = ["shop.example.com"]
+    if proxied:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_host=1)  # type: ignore[method-assign]
+
+    @app.get("/premium")
+    @paid(price="$0.01")
+    def premium() -> Any:
+        return {"paid": True}
+
+    FourmicaX402(app).check()
+    client = app.test_client()
+
+    def host(name: str) -> dict[str, str]:
+        return {"Host": "shop.example.com", "X-Forwarded-Host": name} if proxied else {"Host": name}
+
+    challenge = client.get("/premium", headers=host("shop.example.com"))
+    assert challenge.status_code == 402
+    req = decode_payment_required(challenge.headers["payment-required"]).accepts[0]
+    body = {"x402Version": 2, "userAddress": TestBuyer.new().address}
+    body["paymentRequirements"] = req.to_dict()
+    evil = host("evil.example.net")
+    refused = [
+        client.get("/premium", headers=evil),
+        client.get("/.well-known/x402", headers=evil),
+        client.post("/x402/tab", json=body, headers=evil),
+    ]
+    assert [r.status_code for r in refused] == [400, 400, 400]
+    assert all(b"evil.example.net/" not in r.get_data() for r in refused)
+    assert b"tabId" not in refused[2].get_data()
+    assert "tabId" in client.post("/x402/tab", json=body, headers=host("shop.example.com")).json
