@@ -10,7 +10,15 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["answers_preflight", "applied_root_path", "copying_layer", "find_router", "forwarded"]
+__all__ = [
+    "answers_preflight",
+    "applied_root_path",
+    "copying_layer",
+    "find_router",
+    "forwarded",
+    "mounted_router",
+    "mounted_routes",
+]
 
 
 def applied_root_path(app: Any) -> str:
@@ -37,6 +45,30 @@ def find_router(app: Any) -> Any:
             return app if isinstance(app, Router) else app.router
         app = getattr(app, "app", None)
     return None
+
+
+def mounted_router(route: Any) -> Any:
+    """The router that serves what a ``Mount`` or ``Host`` holds: down the middleware chain of
+    its app (a ``CORSMiddleware`` around a ``Router``), so that its routes are priced as it
+    routes them, not as one route (docs/architecture.md, "Which route is priced"). A gate of
+    its own on the way keeps the app whole (its routes are that gate's): the app itself."""
+    from starlette.routing import Router
+
+    from .asgi import PaymentMiddleware
+
+    app = route.app
+    for _ in range(64):
+        if isinstance(app, Router) or isinstance(getattr(app, "router", None), Router):
+            return app if isinstance(app, Router) else app.router
+        if isinstance(app, PaymentMiddleware) or _gate(getattr(app, "dispatch_func", None)):
+            break
+        app = getattr(app, "app", None)
+    return route.app
+
+
+def mounted_routes(route: Any) -> Any:
+    """The routes a ``Mount`` or ``Host`` serves: its own, else its router's (see above)."""
+    return route.routes or getattr(mounted_router(route), "routes", None) or []
 
 
 def forwarded(app: Any) -> Callable[[dict[str, Any]], dict[str, Any]] | None:

@@ -1,8 +1,7 @@
-"""Starlette's router seen from the payment middleware: which route a scope will reach.
-
-The middleware sits outside the router, so it asks the router's own routes (``route.matches``,
-mounts and hosts included, the first full match wins, as in ``Router.app``) instead of reading
-the path itself (docs/architecture.md, "Which route is priced"). Imported for a router only."""
+"""Starlette's router seen from the payment middleware, outside it: which route a scope will
+reach, asked of the router's own routes (``route.matches``, mounts and hosts included, the
+first full match wins, as in ``Router.app``), never read from the path (docs/architecture.md,
+"Which route is priced"). Imported for a router only."""
 
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ from fourmica_x402.errors import FourmicaError
 from fourmica_x402.gate import Endpoint, Gate, RouterFailed
 from fourmica_x402.gate.lifecycle import Endpoints, Marker
 
+from ._chain import mounted_router, mounted_routes
 from ._fastapi_routes import effective, frontends, included, rooted, tree
 from ._served import served
 
@@ -67,8 +67,8 @@ class StarletteRouter:
     ) -> Iterator[tuple[Any, str, Any]]:
         path = prefix + path
         if isinstance(route, self._nested):
-            if route.routes:
-                yield from self.walk(route.routes, path)
+            if routes := mounted_routes(route):
+                yield from self.walk(routes, path)
                 return
             path += "/{path:path}"  # a mounted app without routes: everything under it
         yield route, path, source
@@ -83,7 +83,7 @@ class StarletteRouter:
             else:  # 404, 405 or a redirect: the router will not serve it; or a frontend
                 if mount is None:
                     return self._low_priority(scope)
-                router = getattr(mount.app, "router", mount.app)
+                router = mounted_router(mount)
                 return None if self._elsewhere(router, scope) else self._beyond(mount, prefix)
             path, source = getattr(route, "path", ""), None
             while included(route):  # the route it stands for, as its _match picks it
@@ -92,8 +92,8 @@ class StarletteRouter:
                     return None
                 route, path, source = (inner, "", None) if context is None else effective(context)
             prefix += path
-            if isinstance(route, self._nested) and route.routes:
-                scope, routes, mount = rooted({**scope, **child}, route.app), route.routes, route
+            if isinstance(route, self._nested) and (below := mounted_routes(route)):
+                scope, routes, mount = rooted({**scope, **child}, route.app), below, route
                 continue
             if isinstance(route, self._nested):
                 prefix += "/{path:path}"
@@ -125,7 +125,7 @@ class StarletteRouter:
     def _beyond(self, mount: Any, prefix: str) -> Endpoint | None:
         """What a router serves beyond its routes (a mounted FastAPI app's frontends, its own
         ``default``): the mount's, or the app's, priced by a key naming everything under it."""
-        router = self.router if mount is None else getattr(mount.app, "router", mount.app)
+        router = self.router if mount is None else mounted_router(mount)
         default = getattr(router, "default", None)
         own = default is not None and getattr(default, "__func__", None) is not self._nf
         if own or (mount is not None and any(frontends(router))):
