@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 from fourmica_x402.config import PaymentConfig
 from fourmica_x402.errors import ConfigurationError
-from fourmica_x402.gate import PASS, Endpoint, Gate, PassThrough, RequestView, Response
+from fourmica_x402.gate import PASS, Endpoint, Gate, Headers, PassThrough, RequestView, Response
 from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Marker, Startup
 
 from ._body import BufferedBody
@@ -45,7 +45,7 @@ def request_view(
     scope: Scope, receive: Any, resolve: Callable[[], Endpoint | None] | None = None
 ) -> RequestView:
     """The neutral view of an ASGI HTTP request (or of a WebSocket handshake, as a GET)."""
-    headers = tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"])
+    headers = Headers((k.decode("latin1").lower(), v.decode("latin1")) for k, v in scope["headers"])
     host = next((v for k, v in headers if k == "host"), None)
     if host is None and scope.get("server"):
         server_host, port = scope["server"]

@@ -22,7 +22,7 @@ from fourmica_x402.config import PaymentConfig
 from fourmica_x402.gate import Endpoint, Gate, Granted, PassThrough, RequestView, Response, nested
 from fourmica_x402.gate.guards import RESOLVED_KEY
 from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Meter, Startup
-from fourmica_x402.gate.types import unshared
+from fourmica_x402.gate.types import Headers, unshared
 from fourmica_x402.templates import check_raw_paths
 
 from ._body import read_wsgi
@@ -52,7 +52,7 @@ def request_view(
         raw_path=raw,
         root=script.rstrip("/"),
         query=environ.get("QUERY_STRING", ""),
-        headers=tuple(headers),
+        headers=Headers(headers),
         scheme=environ.get("wsgi.url_scheme", "http"),
         host=environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "localhost",
         client=environ.get("REMOTE_ADDR") or None,

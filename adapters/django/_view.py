@@ -6,7 +6,7 @@ from typing import Any
 from django.http import HttpRequest
 from django.utils.encoding import escape_uri_path
 
-from fourmica_x402.gate import Gate, RequestView
+from fourmica_x402.gate import Gate, Headers, RequestView
 from fourmica_x402.gate.guards import rerouted
 from fourmica_x402.gate.lifecycle import BODY_LIMIT
 
@@ -48,7 +48,7 @@ def request_view(request: HttpRequest, resolve: Callable[[], Any] | None = None)
         raw_path=raw or escape_uri_path(request.path_info),  # test clients: decoded only
         root=escape_uri_path(request.path.removesuffix(request.path_info)).rstrip("/"),
         query=meta.get("QUERY_STRING", ""),
-        headers=tuple((name.lower(), value) for name, value in request.headers.items()),
+        headers=Headers((name.lower(), value) for name, value in request.headers.items()),
         scheme=request.scheme or "http",
         host=host,
         client=meta.get("REMOTE_ADDR"),

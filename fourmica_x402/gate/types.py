@@ -36,6 +36,21 @@ EXPOSE_HEADERS = "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE"
 # -- the neutral request and response ---------------------------------------------------------
 
 
+class Headers(tuple[tuple[str, str], ...]):
+    """A request's headers: (lower-cased name, value) pairs, in order, repeated ones repeated;
+    ``get`` reads one the way a framework's headers object does (docs/operations.md, "Hooks")."""
+
+    __slots__ = ()
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The first value of header ``name`` (any case), or ``default``."""
+        name = name.lower()
+        for key, value in self:
+            if key == name:
+                return value
+        return default
+
+
 @dataclass(frozen=True, slots=True)
 class RequestView:
     """What the gate needs of a request, built by each adapter."""
@@ -46,7 +61,7 @@ class RequestView:
     #: The path as sent, still percent-encoded (for ambiguity checks); "" when unknown.
     raw_path: str
     query: str
-    #: Lower-cased names; repeated headers appear repeatedly.
+    #: Lower-cased names; repeated headers appear repeatedly (adapters pass :class:`Headers`).
     headers: tuple[tuple[str, str], ...]
     scheme: str = "http"
     host: str = "localhost"

@@ -531,6 +531,23 @@ def test_hooks(make_seller: Any) -> None:
     assert seen == ["delivered"]
 
 
+def test_a_hook_reads_headers_as_a_framework_does(make_seller: Any) -> None:
+    """``request.headers.get(name)``, the way a framework's headers are read, works in a
+    hook on every adapter, in any case (it was a 503 ``seller_hook_failed``, every request)."""
+
+    def subscribers(request: Any, route: Any) -> Any:
+        key = request.headers.get("X-Api-Key")
+        assert request.headers.get("x-absent", "none") == "none"
+        return GRANT if key == "subscriber-1" else None
+
+    seller = make_seller(on_protected_request=subscribers)
+    granted = seller.request("GET", "/items/1", headers={"X-API-Key": "subscriber-1"})
+    assert granted.status == 200 and granted.json() == {"item": "1"}
+    unpaid = seller.request("GET", "/items/1", headers={"X-API-Key": "someone-else"})
+    assert unpaid.status == 402
+    assert pay(seller, funded(seller)).status == 200
+
+
 class _NotTheGatesResponse:
     """What a seller might return meaning "refuse": a framework's own response object."""
 
