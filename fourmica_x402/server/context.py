@@ -64,7 +64,7 @@ class Service:
         self.metrics = Metrics(core)
         self.chain_id = get_network(network).chain_id
         self.keys = Keys(api_key, seller_keys, sandbox=sandbox)
-        self.sign_in = SignIn(self.chain_id)
+        self.sign_in = SignIn()
         #: Without the operator's key nothing but the network guards the sandbox, the webhook
         #: admin and the reads (seller keys guard only refunds, scores and settles): a browser's
         #: request is taken only when addressed to one of these names (``allowed_hosts``, the

@@ -42,12 +42,17 @@ def personal_sign(message: str, key: str) -> str:
 
 
 def siwe_message(address: str, nonce: str, siwe: dict[str, Any], **changes: Any) -> str:
-    """The message as the TypeScript SDK 1.2.17 builds it from the template."""
-    t = {**siwe, **changes}
+    """The message as the TypeScript SDK 1.2.17 builds it from the template (``changes``: the
+    template's fields, ``version``, ``notBefore`` and ``repeat``, a line more at the end)."""
+    t = {"version": "1", **siwe, **changes}
+    issued = "" if t["issuedAt"] is None else f"\nIssued At: {t['issuedAt']}"
+    later = f"\nNot Before: {t['notBefore']}" if "notBefore" in t else ""
+    later += f"\n{t['repeat']}" if "repeat" in t else ""
     return (
         f"{t['domain']} wants you to sign in with your Ethereum account:\n{address}\n\n"
-        f"{t['statement']}\n\nURI: {t['uri']}\nVersion: 1\nChain ID: {t['chainId']}\n"
-        f"Nonce: {nonce}\nIssued At: {t['issuedAt']}\nExpiration Time: {t['expiration']}"
+        f"{t['statement']}\n\nURI: {t['uri']}\nVersion: {t['version']}\n"
+        f"Chain ID: {t['chainId']}\nNonce: {nonce}{issued}\n"
+        f"Expiration Time: {t['expiration']}{later}"
     )
 
 
@@ -150,3 +155,58 @@ def test_a_sign_in_token_unlocks_nothing_a_key_guards(core: Core) -> None:
         deposit = {"address": ADDRESS, "amount": 1000}
         got = c.post("/sandbox/deposit", json=deposit, headers={"Authorization": f"Bearer {token}"})
         assert got.status_code == 401
+
+
+def test_a_nonce_signs_in_for_the_chain_it_was_handed_out_for(client: TestClient) -> None:
+    """``/chains/<id>/auth/*`` signs in for that chain: neither its nonce nor its refresh token
+    serves another chain's sign-in."""
+    body = client.post("/chains/11155111/auth/nonce", json={"address": ADDRESS}).json()
+    here = client.post("/auth/nonce", json={"address": ADDRESS}).json()["siwe"]
+    message = siwe_message(ADDRESS, body["nonce"], here)  # chain 84532, this root's URI
+    call = {"address": ADDRESS, "message": message, "signature": personal_sign(message, KEY)}
+    got = client.post("/auth/verify", json=call)
+    assert got.status_code == 401 and got.json()["error"] == "unauthorized"
+    refresh = sign_in(client, root="/chains/11155111").json()["refresh_token"]
+    got = client.post("/auth/refresh", json={"refresh_token": refresh})
+    assert got.status_code == 401
+    again = client.post("/chains/11155111/auth/refresh", json={"refresh_token": refresh})
+    assert again.status_code == 200, again.text
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"domain": "evil.example"},
+        {"uri": "https://evil.example"},
+        {"issuedAt": "2999-01-01T00:00:00Z"},
+        {"notBefore": "2999-01-01T00:00:00Z"},
+        {"version": "2"},
+    ],
+    ids=["another_domain", "another_uri", "issued_in_the_future", "not_valid_yet", "version"],
+)
+def test_a_message_for_another_site_or_not_valid_now_is_refused(
+    client: TestClient, changes: dict[str, Any]
+) -> None:
+    """What the message says is checked as 4Mica's Core checks it: a signature a buyer gave
+    another site (its domain, its URI) does not sign in here, nor one not valid yet."""
+    got = sign_in(client, **changes)
+    assert got.status_code == 401 and got.json()["error"] == "unauthorized", got.text
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"expiration": "2999-01-01T00:00:00"},
+        {"issuedAt": "2020-01-01"},
+        {"issuedAt": None},
+        {"repeat": "Chain ID: 1"},
+    ],
+    ids=["expiration_without_zone", "issued_at_without_time", "no_issued_at", "field_twice"],
+)
+def test_a_message_with_a_time_without_zone_or_a_field_twice_is_a_400(
+    client: TestClient, changes: dict[str, Any]
+) -> None:
+    """A time without its zone would be read in the server's local time; a field named twice
+    would be read one way by the wallet showing it and another here: refused, never guessed."""
+    got = sign_in(client, **changes)
+    assert got.status_code == 400 and got.json()["error"] == "invalid_request", got.text
