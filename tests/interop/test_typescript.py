@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+import httpx
 import pytest
 from fourmica_x402.adapters._bench.loopback import free_port, serving
 
@@ -183,6 +185,10 @@ def test_typescript_recipient_on_our_service(sdk_dir: Path, tmp_path: Path) -> N
                 sys.executable,
                 str(SCRIPTS / "sign_guarantee.py"),
             )
+            metrics = httpx.get(f"{base}/metrics", timeout=10).text
+        # the recipient client signed in (a nonce, a verify), as the docstring says it does
+        auth = re.search(r'^fourmica_request_seconds_count\{path="auth"\} (\S+)$', metrics, re.M)
+        assert auth is not None and float(auth[1]) >= 2, "the SDK did not sign in"
         assert result["problems"] == []
         for version in ("v1", "v2"):
             assert result[version]["blsValid"] is True
