@@ -81,6 +81,7 @@ def sdk_dir(environment_missing: Callable[[str], NoReturn]) -> Path:
                     "npm",
                     "install",
                     "--omit=optional",
+                    "--ignore-scripts",
                     "--no-audit",
                     "--no-fund",
                     "--loglevel=error",
