@@ -1169,3 +1169,19 @@ sys.exit(0)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.postgres
+def test_postgres_writes_with_every_statement_prepared(postgres_url: str) -> None:
+    """``prepare_threshold=0`` (psycopg prepares every statement) is a connection option the
+    store takes: a write's BEGIN, which also fetches its transaction id, is not one it can
+    prepare, and must not fail every write."""
+    store = open_store(postgres_url, prepare_threshold=0)
+    try:
+        with store.transaction() as tx:
+            tx.execute("CREATE TABLE t (a INTEGER)")
+            tx.execute("INSERT INTO t VALUES (?)", (1,))
+        with store.transaction(write=False) as tx:
+            assert tx.all("SELECT a FROM t") == [(1,)]
+    finally:
+        store.close()

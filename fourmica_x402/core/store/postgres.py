@@ -317,7 +317,7 @@ class PostgresStore:
                 if not write:
                     cur.execute(begin)
                     return slot, cur, True, None
-                cur.execute(begin + XID_QUERY)
+                cur.execute(begin + XID_QUERY, prepare=False)  # two statements: never prepared
                 cur.nextset()
                 row = cur.fetchone()
                 return slot, cur, True, int(row[0]) if row else None
