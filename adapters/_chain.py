@@ -18,6 +18,7 @@ __all__ = [
     "forwarded",
     "mounted_router",
     "mounted_routes",
+    "wrapped",
 ]
 
 
@@ -69,6 +70,15 @@ def mounted_router(route: Any) -> Any:
 def mounted_routes(route: Any) -> Any:
     """The routes a ``Mount`` or ``Host`` serves: its own, else its router's (see above)."""
     return route.routes or getattr(mounted_router(route), "routes", None) or []
+
+
+def wrapped(route: Any) -> bool:
+    """Whether the router a ``Mount`` or ``Host`` serves with sits behind a layer of its own
+    (a ``CORSMiddleware``, a ``Mount(middleware=...)``), which may answer a path the router
+    does not serve itself: what the mount serves, priced by a key naming everything under it
+    (docs/architecture.md, "Which route is priced")."""
+    router = mounted_router(route)
+    return router is not route.app and router is not getattr(route.app, "router", None)
 
 
 def forwarded(app: Any) -> Callable[[dict[str, Any]], dict[str, Any]] | None:

@@ -12,7 +12,7 @@ from fourmica_x402.errors import FourmicaError
 from fourmica_x402.gate import Endpoint, Gate, RouterFailed
 from fourmica_x402.gate.lifecycle import Endpoints, Marker
 
-from ._chain import mounted_router, mounted_routes
+from ._chain import mounted_router, mounted_routes, wrapped
 from ._fastapi_routes import effective, frontends, included, rooted, tree
 from ._served import served
 
@@ -124,11 +124,11 @@ class StarletteRouter:
 
     def _beyond(self, mount: Any, prefix: str) -> Endpoint | None:
         """What a router serves beyond its routes (a mounted FastAPI app's frontends, its own
-        ``default``): the mount's, or the app's, priced by a key naming everything under it."""
+        ``default``, a layer around it): the mount's, or the app's, priced by a catch-all."""
         router = self.router if mount is None else mounted_router(mount)
         default = getattr(router, "default", None)
         own = default is not None and getattr(default, "__func__", None) is not self._nf
-        if own or (mount is not None and any(frontends(router))):
+        if own or (mount is not None and (any(frontends(router)) or wrapped(mount))):
             return self.endpoint(mount or self.router, prefix + "/{path:path}")
         return None
 

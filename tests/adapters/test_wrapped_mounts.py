@@ -85,3 +85,40 @@ def test_what_a_wrapped_routers_default_serves_stays_priced_by_a_catch_all(
     with TestClient(app) as client:
         resp = client.get("/anything", headers={"host": "c.example.com"})
     assert resp.status_code == 402
+
+
+class _Legacy:
+    """A layer of a mount's own that answers one path itself, the rest through its router."""
+
+    def __init__(self, app: Any, served: list[str]) -> None:
+        self.app, self.served = app, served
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].endswith("/legacy"):
+            self.served.append(scope["path"])
+            return await PlainTextResponse("legacy paid content")(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def test_what_a_mounts_own_layer_answers_stays_priced_by_the_mounts_catch_all(
+    tmp_path: Path,
+) -> None:
+    served: list[str] = []
+
+    async def page(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("paid content")
+
+    core = Core(str(tmp_path / "core.db"))
+    app = Starlette(routes=[Mount("/api", _Legacy(Router([Route("/report", page)]), served))])
+    options = {"pay_to": SELLER, "network": NETWORK, "core": core}
+    app.add_middleware(PaymentMiddleware, **options, routes={"GET /api/*": "$0.01"})
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 1_000_000, network=NETWORK)
+    with TestClient(app) as client:
+        challenge = client.get("/api/legacy")
+        assert challenge.status_code == 402  # the layer's answer: under /api/*, never free
+        assert served == []
+        resp = client.get("/api/legacy", headers=paid_headers(client, buyer, challenge))
+        assert resp.status_code == 200 and resp.text == "legacy paid content"
+        assert client.get("/api/report").status_code == 402
+    assert core.position(buyer.address, network=NETWORK).locked == 10_000
