@@ -53,6 +53,14 @@ def mounted_router(route: Any) -> Any:
     its app (a ``CORSMiddleware`` around a ``Router``), so that its routes are priced as it
     routes them, not as one route (docs/architecture.md, "Which route is priced"). A gate of
     its own on the way keeps the app whole (its routes are that gate's): the app itself."""
+    found = getattr(route, _MOUNTED, None)  # kept on the route: asked on every request
+    if found is None or found[0] is not route.app:
+        found = (route.app, _router_below(route))
+        setattr(route, _MOUNTED, found)
+    return found[1]
+
+
+def _router_below(route: Any) -> Any:
     from starlette.routing import Router
 
     from .asgi import PaymentMiddleware
@@ -60,11 +68,40 @@ def mounted_router(route: Any) -> Any:
     app = route.app
     for _ in range(64):
         if isinstance(app, Router) or isinstance(getattr(app, "router", None), Router):
-            return app if isinstance(app, Router) else app.router
+            router = app if isinstance(app, Router) else app.router
+            # an ``.app`` naming the app this mount is part of (a widget's reference back to
+            # it) is no router of the mount's own: following it would walk that app again
+            return route.app if _holds(router, route, set()) else router
         if isinstance(app, PaymentMiddleware) or _gate(getattr(app, "dispatch_func", None)):
             break
         app = getattr(app, "app", None)
     return route.app
+
+
+def _holds(router: Any, route: Any, seen: set[int]) -> bool:
+    """Whether ``route`` is one of ``router``'s routes, or of the routers its mounts hold."""
+    if id(router) in seen:
+        return False
+    seen.add(id(router))
+    for each in getattr(router, "routes", None) or ():
+        if each is route or (hasattr(each, "routes") and _holds(_below(each), route, seen)):
+            return True
+    return False
+
+
+def _below(route: Any) -> Any:  # the router a mount holds, its own routes' or down its chain
+    if route.routes:
+        return route
+    app = route.app
+    for _ in range(64):
+        if app is None or hasattr(app, "routes"):
+            return app
+        app = getattr(app, "app", None)
+    return None
+
+
+#: Set on a ``Mount`` or ``Host``: its app when looked at, and the router found below it.
+_MOUNTED = "_fourmica_x402_mounted"
 
 
 def mounted_routes(route: Any) -> Any:

@@ -122,3 +122,28 @@ def test_what_a_mounts_own_layer_answers_stays_priced_by_the_mounts_catch_all(
         assert resp.status_code == 200 and resp.text == "legacy paid content"
         assert client.get("/api/report").status_code == 402
     assert core.position(buyer.address, network=NETWORK).locked == 10_000
+
+
+class _Widget:
+    """A mounted ASGI app that keeps a reference to the app it is part of, as ``.app``."""
+
+    def __init__(self) -> None:
+        self.app: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await PlainTextResponse("widget paid content")(scope, receive, send)
+
+
+def test_a_mounted_apps_reference_back_to_its_app_is_not_its_router(tmp_path: Path) -> None:
+    async def page(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("paid content")
+
+    widget = _Widget()
+    app = Starlette(routes=[Route("/report", page), Mount("/widget", widget)])
+    widget.app = app  # not a layer around a router of the widget's: the whole app again
+    options = {"pay_to": SELLER, "network": NETWORK, "core": Core(str(tmp_path / "core.db"))}
+    table = {"GET /report": "$0.01", "GET /widget/*": "$0.01"}
+    app.add_middleware(PaymentMiddleware, **options, routes=table)
+    with TestClient(app) as client:  # starts: the widget is one route, everything under it
+        for path in ("/report", "/widget/anything", "/widget/report"):
+            assert client.get(path).status_code == 402, path
