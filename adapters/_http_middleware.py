@@ -19,6 +19,7 @@ from fourmica_x402.gate.guards import sells_socket
 from fourmica_x402.gate.lifecycle import OWN_HEADERS, PAYMENT_KEY, Meter
 from fourmica_x402.gate.types import PAID_CACHE_CONTROL, for_shared_caches, no_store
 
+from ._chain import mounted_routes
 from ._dispatch import marked
 from ._exchange import Delegated, app_below, warn_copying_layers
 from ._refusals import answer_refusals, render
@@ -44,6 +45,36 @@ def _no_websocket(app: Any) -> Any:
     return guarded
 
 
+def _refuse_beyond(found: Any, gate: Gate) -> None:
+    """WebSockets that what a router serves beyond its routes would take (its ``default``, a
+    layer around a mounted one), under a key that prices it: refused (1008) where the mount
+    or the router hands them on, since no route of its would (docs/architecture.md,
+    "FastAPI's http middleware")."""
+    from starlette.routing import Match
+
+    def walk(routes: Any, prefix: str, depth: int) -> None:
+        for route in routes if depth < 8 else ():
+            if isinstance(route, (Mount, Host)) and (below := mounted_routes(route)):
+                path = prefix + getattr(route, "path", "")
+                if (beyond := found._beyond(route, path)) and sells_socket(gate.routes, beyond):
+                    route.handle = refused(route.handle, below)  # type: ignore[method-assign]
+                walk(below, path, depth + 1)
+
+    def refused(handle: Any, routes: Any) -> Any:
+        async def checked(scope: Any, receive: Any, send: Any) -> None:
+            full = any(r.matches(scope)[0] is Match.FULL for r in routes)
+            if scope["type"] == "websocket" and not full:
+                return await _close_1008(scope, receive, send)
+            return await handle(scope, receive, send)  # type: ignore[no-any-return]
+
+        return checked
+
+    walk(found.router.routes, "", 0)
+    beyond = found._beyond(None, "")
+    if beyond is not None and sells_socket(gate.routes, beyond):
+        found.router.default = refused(found.router.default, ())
+
+
 def http_middleware(config: PaymentConfig) -> Any:
     """``async def (request, call_next)`` for ``app.middleware("http")``."""
     gate = Gate(config)
@@ -57,6 +88,8 @@ def http_middleware(config: PaymentConfig) -> Any:
                 endpoint.key.app = _close_1008
             elif isinstance(endpoint.key, (Mount, Host)):  # a mounted app may take them too
                 endpoint.key.app = _no_websocket(endpoint.key.app)
+        if pricer._router is not None:
+            _refuse_beyond(pricer._router, gate)
         sockets = sorted(e.template for e in priced if e.websocket and e.marker is None)
         if sockets:
             raise ConfigurationError(

@@ -15,8 +15,9 @@ from fastapi import FastAPI
 from fourmica_x402.adapters.asgi import PaymentMiddleware
 from fourmica_x402.adapters.fastapi import http_middleware
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import PlainTextResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, Router, WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -123,4 +124,31 @@ def test_a_websocket_under_the_gates_prefix_is_priced_as_anywhere(
 
     app = PaymentMiddleware(proxy, **_options(tmp_path, "GET /*"))
     assert _handshake(TestClient(app), path) == 1008
+    assert calls == []
+
+
+@pytest.mark.parametrize("layer", [False, True])
+def test_the_http_middleware_form_refuses_what_a_mounted_routers_default_takes(
+    tmp_path: Path, layer: bool
+) -> None:
+    """app.middleware("http") never sees a WebSocket: one that a mounted router's default (a
+    proxy) takes, under a key pricing everything there, is refused where the mount hands it
+    on, behind a layer of the mount's own too."""
+    calls: list[str] = []
+    live = _served(calls)
+
+    async def proxy(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            return await live(WebSocket(scope, receive, send))
+        await PlainTextResponse("proxied paid content")(scope, receive, send)
+
+    inner = Router([Route("/page", lambda request: PlainTextResponse("paid"))], default=proxy)
+    app = FastAPI()
+    app.router.routes.append(Mount("/api", CORSMiddleware(inner) if layer else inner))
+    app.middleware("http")(http_middleware(PaymentConfig(**_options(tmp_path, "GET /api/*"))))
+    app.add_api_route("/", lambda: {"ok": True})
+    with TestClient(app) as client:
+        assert client.get("/api/anything").status_code == 402
+        assert _handshake(client, "/api/stream") == 1008
+        assert client.get("/").status_code == 200
     assert calls == []
