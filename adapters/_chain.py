@@ -16,9 +16,7 @@ __all__ = [
     "copying_layer",
     "find_router",
     "forwarded",
-    "mounted_router",
-    "mounted_routes",
-    "wrapped",
+    "gate_form",
 ]
 
 
@@ -46,76 +44,6 @@ def find_router(app: Any) -> Any:
             return app if isinstance(app, Router) else app.router
         app = getattr(app, "app", None)
     return None
-
-
-def mounted_router(route: Any) -> Any:
-    """The router that serves what a ``Mount`` or ``Host`` holds: down the middleware chain of
-    its app (a ``CORSMiddleware`` around a ``Router``), so that its routes are priced as it
-    routes them, not as one route (docs/architecture.md, "Which route is priced"). A gate of
-    its own on the way keeps the app whole (its routes are that gate's): the app itself."""
-    found = getattr(route, _MOUNTED, None)  # kept on the route: asked on every request
-    if found is None or found[0] is not route.app:
-        found = (route.app, _router_below(route))
-        setattr(route, _MOUNTED, found)
-    return found[1]
-
-
-def _router_below(route: Any) -> Any:
-    from starlette.routing import Router
-
-    from .asgi import PaymentMiddleware
-
-    app = route.app
-    for _ in range(64):
-        if isinstance(app, Router) or isinstance(getattr(app, "router", None), Router):
-            router = app if isinstance(app, Router) else app.router
-            # an ``.app`` naming the app this mount is part of (a widget's reference back to
-            # it) is no router of the mount's own: following it would walk that app again
-            return route.app if _holds(router, route, set()) else router
-        if isinstance(app, PaymentMiddleware) or _gate(getattr(app, "dispatch_func", None)):
-            break
-        app = getattr(app, "app", None)
-    return route.app
-
-
-def _holds(router: Any, route: Any, seen: set[int]) -> bool:
-    """Whether ``route`` is one of ``router``'s routes, or of the routers its mounts hold."""
-    if id(router) in seen:
-        return False
-    seen.add(id(router))
-    for each in getattr(router, "routes", None) or ():
-        if each is route or (hasattr(each, "routes") and _holds(_below(each), route, seen)):
-            return True
-    return False
-
-
-def _below(route: Any) -> Any:  # the router a mount holds, its own routes' or down its chain
-    if route.routes:
-        return route
-    app = route.app
-    for _ in range(64):
-        if app is None or hasattr(app, "routes"):
-            return app
-        app = getattr(app, "app", None)
-    return None
-
-
-#: Set on a ``Mount`` or ``Host``: its app when looked at, and the router found below it.
-_MOUNTED = "_fourmica_x402_mounted"
-
-
-def mounted_routes(route: Any) -> Any:
-    """The routes a ``Mount`` or ``Host`` serves: its own, else its router's (see above)."""
-    return route.routes or getattr(mounted_router(route), "routes", None) or []
-
-
-def wrapped(route: Any) -> bool:
-    """Whether the router a ``Mount`` or ``Host`` serves with sits behind a layer of its own
-    (a ``CORSMiddleware``, a ``Mount(middleware=...)``), which may answer a path the router
-    does not serve itself: what the mount serves, priced by a key naming everything under it
-    (docs/architecture.md, "Which route is priced")."""
-    router = mounted_router(route)
-    return router is not route.app and router is not getattr(route.app, "router", None)
 
 
 def forwarded(app: Any) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
@@ -193,13 +121,13 @@ def copying_layer(app: Any, base: type, depth: int = 0) -> tuple[Any, Any] | Non
         if node is None:
             return None
         stack = getattr(node, "middleware_stack", 0)
-        if isinstance(node, base) and not _gate(getattr(node, "dispatch_func", None)):
+        if isinstance(node, base) and not gate_form(getattr(node, "dispatch_func", None)):
             return type(node), getattr(node, "dispatch_func", None)
         if stack is None:  # an app wrapped, its stack unbuilt: what it declares, its router
             declared = [
                 (m.cls, m.kwargs.get("dispatch")) for m in getattr(node, "user_middleware", ())
             ]
-            found = next((m for m in declared if _is(m[0], base) and not _gate(m[1])), None)
+            found = next((m for m in declared if _is(m[0], base) and not gate_form(m[1])), None)
             if found is not None:
                 return found
             node = getattr(node, "router", None)
@@ -212,7 +140,7 @@ def copying_layer(app: Any, base: type, depth: int = 0) -> tuple[Any, Any] | Non
     return None
 
 
-def _gate(dispatch: Any) -> bool:  # the http middleware form of the gate (it has its gate),
+def gate_form(dispatch: Any) -> bool:  # the http middleware form of the gate (it has its gate),
     # not a wrapper of it that functools.wraps gave its attributes: that one runs call_next
     return getattr(dispatch, "gate", None) is not None and not hasattr(dispatch, "__wrapped__")
 

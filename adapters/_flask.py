@@ -89,13 +89,11 @@ class Routed(PaymentMiddleware):
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         """A Host outside Flask's ``TRUSTED_HOSTS`` goes to Flask, which answers it 400 (its
         rules too), before any answer of the gate's names it (docs/operations.md)."""
-        trusted = self._flask_app.config.get("TRUSTED_HOSTS")
-        seen = environ if self._seen is None or not trusted else self._seen(environ)
-        try:
-            if trusted:
-                get_host(seen, trusted)
-        except SecurityError:
-            return self.app(environ, start_response)
+        if trusted := self._flask_app.config.get("TRUSTED_HOSTS"):
+            try:
+                get_host(environ if self._seen is None else self._seen(environ), trusted)
+            except SecurityError:
+                return self.app(environ, start_response)
         return super().__call__(environ, start_response)
 
     def check(self) -> None:  # the first request runs it at the latest: views come after init_app

@@ -19,9 +19,9 @@ from fourmica_x402.gate.guards import sells_socket
 from fourmica_x402.gate.lifecycle import OWN_HEADERS, PAYMENT_KEY, Meter
 from fourmica_x402.gate.types import PAID_CACHE_CONTROL, for_shared_caches, no_store
 
-from ._chain import mounted_routes
 from ._dispatch import marked
 from ._exchange import Delegated, app_below, warn_copying_layers
+from ._mounted import mounted_routes
 from ._refusals import answer_refusals, render
 from .asgi import PaymentMiddleware
 from .fastapi import _marker

@@ -12,8 +12,8 @@ from fourmica_x402.errors import FourmicaError
 from fourmica_x402.gate import Endpoint, Gate, RouterFailed
 from fourmica_x402.gate.lifecycle import Endpoints, Marker
 
-from ._chain import mounted_router, mounted_routes, wrapped
 from ._fastapi_routes import effective, frontends, included, rooted, tree
+from ._mounted import mounted_router, mounted_routes, wrapped
 from ._served import served
 
 __all__ = ["StarletteRouter"]
