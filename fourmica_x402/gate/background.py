@@ -164,14 +164,16 @@ class Holds:
     (the delivery policy, on the embedded Core). While one lasts, its validation deadline is
     pushed back every half ``validation_timeout``: a response that outlasts the timeout (a
     long download, a buyer reading slowly) is scored when it ends, not cancelled under it
-    (docs/protocol.md, "Delivery"). A hold ends with its response, or when the request's state
-    is gone; a process that dies holds nothing, and the deadline runs out as before.
+    (docs/protocol.md, "Delivery"). Half a timeout is measured by the Core's clock, which sets
+    and expires the deadlines: a step of the wall clock moves both alike. A hold ends with its
+    response, or when the request's state is gone; a process that dies holds nothing, and the
+    deadline runs out as before.
     """
 
     def __init__(self, gate: Gate) -> None:
         self._gate = gate
         self._open: weakref.WeakValueDictionary[str, Paid] = weakref.WeakValueDictionary()
-        self._since: dict[str, float] = {}  # guarantee id → when its deadline was last set
+        self._since: dict[str, float] = {}  # guarantee id → when (Core's clock) it was last set
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -179,7 +181,7 @@ class Holds:
         gid = state.payment.guarantee_id
         if gid is None or self._gate.core is None:
             return
-        self._open[gid], self._since[gid] = state, time.monotonic()
+        self._open[gid], self._since[gid] = state, self._gate.core.clock()
         with self._lock:  # the thread runs while anything is held (see _run)
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -197,7 +199,7 @@ class Holds:
         the timeout. Returns how many moved."""
         core = self._gate.core
         assert core is not None
-        now = time.monotonic() if now is None else now
+        now = core.clock() if now is None else now
         due: dict[str, list[str]] = {}
         for gid, since in list(self._since.items()):
             state = self._open.get(gid)

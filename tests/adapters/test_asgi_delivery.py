@@ -1182,3 +1182,63 @@ def test_a_granted_answer_to_a_body_the_gate_read_is_never_stored_by_shared_cach
     assert resp.status_code == 200 and resp.json() == {"records": 3}
     assert resp.headers["cache-control"] == "private, no-store"
     assert "cdn-cache-control" not in resp.headers and core.guarantees() == []
+
+
+def test_a_held_response_outlives_a_wall_clock_step_forward(tmp_path: Any) -> None:
+    """The hold moved a deadline once half a timeout had passed on the monotonic clock, while
+    the Core sets and expires deadlines by its own (wall) clock: a step forward of the wall
+    clock (NTP, a resumed VM) of a third of the timeout let the Core cancel a paid response
+    still streaming, delivered free. The hold now measures by the Core's clock."""
+    import threading
+    import time
+
+    from fourmica_x402.core import CoreConfig
+    from fourmica_x402.testing import ShiftedClock
+
+    clock = ShiftedClock()
+    core = Core(
+        f"sqlite:///{tmp_path}/core.db", config=CoreConfig(validation_timeout=4.0), clock=clock
+    )
+
+    async def slow(request: Any) -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(8):  # 3.5 s of streaming
+                yield f"part {i}\n".encode()
+                if i == 0:
+                    await asyncio.sleep(0.3)
+                    clock.advance(2.4)  # the wall clock steps forward mid-response
+                else:
+                    await asyncio.sleep(0.45)
+
+        return StreamingResponse(chunks())
+
+    options = {
+        "pay_to": SELLER,
+        "core": core,
+        "network": NETWORK,
+        "routes": {"GET /stream": "$0.01"},
+    }
+    app = Starlette(
+        routes=[Route("/stream", slow)], middleware=[Middleware(PaymentMiddleware, **options)]
+    )
+    stop = threading.Event()
+
+    def ticks() -> None:  # what `fourmica-x402 serve` (or a cron job) does
+        while not stop.wait(0.1):
+            core.expire_validations()
+
+    ticker = threading.Thread(target=ticks)
+    ticker.start()
+    try:
+        with TestClient(app) as client:
+            name, value = header(core, client, "/stream")
+            began = time.monotonic()
+            got = client.get("/stream", headers={name.decode(): value.decode()})
+            assert got.status_code == 200 and got.text.count("part") == 8
+            assert time.monotonic() - began > 3.0
+            assert settled(core, gate_of(app.middleware_stack)) == [("payable", "delivered")]
+    finally:
+        stop.set()
+        ticker.join(5)
+    assert core.audit() == []
+    core.close()
