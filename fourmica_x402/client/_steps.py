@@ -116,7 +116,7 @@ class Prepared:
     version: int
     resource: ResourceInfo | None
     policy: ValidationPolicy | None
-    tab: tuple[int, int]
+    tab: tuple[int, int, int]  # its id, the request id, its start (0: not said)
     params: CoreParams
     reservation: int | None
     receipt: Receipt
@@ -250,8 +250,8 @@ class Buyer:
 
     def _open_tab(
         self, offer: PaymentRequirements, version: int, resource: ResourceInfo | None, signs: int
-    ) -> Steps[tuple[int, int]]:
-        """``POST <tabEndpoint>``: ``(tab id, request id)``, checked against the offer. Its
+    ) -> Steps[tuple[int, int, int]]:
+        """``POST <tabEndpoint>``: ``(tab id, request id, start)``, checked against the offer. Its
         ``x402Version`` is the guarantee version to sign (docs/protocol.md, "Paying")."""
         url = http_url(offer.extra.get("tabEndpoint"))
         if url is None:
@@ -276,6 +276,7 @@ class Buyer:
                 raise ValueError("its answer is not a JSON object")
             tab_id = parse_amount(data.get("tabId", data.get("tab_id")))
             req_id = parse_amount(data.get("nextReqId", data.get("next_req_id")))
+            start = data.get("startTimestamp", data.get("start_timestamp"))
             user = str(data.get("userAddress", data.get("user_address", "")))
             recipient = data.get("recipientAddress", data.get("recipient_address"))
             asset = data.get("assetAddress", data.get("asset_address"))
@@ -287,7 +288,7 @@ class Buyer:
             raise ValueError("tab names another recipient than payTo")
         if asset is not None and str(asset).lower() != offer.asset.lower():
             raise ValueError("tab names another asset")
-        return tab_id, req_id
+        return tab_id, req_id, start if type(start) is int else 0
 
     def _signing_params(self, offer: PaymentRequirements) -> Steps[CoreParams]:
         """The Core's parameters for ``offer`` (read once per Core URL, then cached)."""
@@ -310,7 +311,8 @@ class Buyer:
     def _sign(self, prepared: Prepared) -> tuple[SignedGuarantee, Receipt]:
         """Sign exactly what the offer asks on the tab: G-v2 when it carries a validation
         policy, else G-v1. The receipt gains the signed claims and the Core's URL."""
-        offer, (tab_id, req_id) = prepared.offer, prepared.tab
+        offer, (tab_id, req_id, start) = prepared.offer, prepared.tab
+        now = int(time.time())  # no earlier than the tab's start (docs/protocol.md, "Paying")
         fields: dict[str, Any] = dict(
             user=self.address,
             recipient=offer.pay_to,
@@ -318,7 +320,7 @@ class Buyer:
             req_id=req_id,
             amount=parse_amount(offer.amount),
             asset=offer.asset,
-            timestamp=int(time.time()),
+            timestamp=start if now < start <= now + 60 else now,
         )
         try:
             claims = (

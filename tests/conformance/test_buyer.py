@@ -1773,3 +1773,17 @@ def test_a_seller_url_httpx_cannot_read_is_a_clean_refusal(field: str, url: str)
     # no tab endpoint: nothing signed; an rpcUrl ignored (as if absent): this mock then
     # answers the paid retry 402 again
     assert signed == ([] if field == "tabEndpoint" else ["/x"])
+
+
+def test_a_seller_clock_a_little_ahead_does_not_refuse_a_new_tabs_first_payment(
+    seller: Any, buyers: Any
+) -> None:
+    """A new tab starts at the seller's clock; the buyer signed its own. With the seller's a
+    second or two ahead (within the Core's skew), the first payment on every new tab was
+    refused, ``timestamp_outside_tab``. The buyer signs no earlier than the tab's start."""
+    seller.clock.advance(2)
+    resp = buyers.client(seller, funded(seller)).get("/premium")
+    assert resp.status == 200 and resp.receipt.outcome == "paid"
+    claims = json.loads(resp.receipt.claims)
+    assert claims["timestamp"] <= seller.clock() + 5  # inside the Core's skew
+    assert seller.core.audit() == []
