@@ -30,6 +30,21 @@ DROP_MARK = (
 )
 
 
+class MarkTaken(Exception):
+    """A remote settle's mark came due and was acted on before its answer was recorded (the
+    wall clock stepped forward, or the settle outlasted its wait): the reconciler voids the
+    guarantee, so the payment is not served."""
+
+
+def take_mark(tx: Tx, guarantee_id: str) -> None:
+    """Remove a remote settle's mark as its answer is recorded in ``tx``; :class:`MarkTaken`
+    when the reconciler has had it (any follow-up of the guarantee is left)."""
+    if not tx.execute(DROP_MARK, (guarantee_id,)) and tx.one(
+        "SELECT 1 FROM fx_followups WHERE guarantee_id = ?", (guarantee_id,)
+    ):
+        raise MarkTaken(f"the settle of {guarantee_id} came due before its answer was recorded")
+
+
 @dataclass(frozen=True)
 class Followup:
     """A void or delivery score to retry (see :meth:`Followups.add_followup`)."""

@@ -23,7 +23,7 @@ from ._json import dumps
 from .core.schema import migrate
 from .core.store import Store, Tx, open_store
 from .core.store.deferred import Task
-from .followups import DONE, DROP_MARK, Followup, Followups
+from .followups import DONE, DROP_MARK, Followup, Followups, take_mark
 
 __all__ = ["Followup", "PaymentRecord", "Records"]
 
@@ -167,11 +167,12 @@ class Records(Followups):
         """Write the record of a paid request before its handler runs; returns its id.
 
         Takes the keyword arguments of :meth:`insert`; ``mark``: the guarantee whose remote
-        settle this records, its mark removed in the same write (:meth:`claim_settle`).
+        settle this records, its mark removed in the same write (:meth:`claim_settle`);
+        :class:`~.followups.MarkTaken`, nothing written, when the mark came due meanwhile.
         """
         with self.store.transaction() as tx:
             if mark is not None:
-                self.drop_settle(mark, tx)
+                take_mark(tx, mark)
             return self.insert(tx, **fields)
 
     @staticmethod
@@ -237,13 +238,14 @@ class Records(Followups):
     def settled_after(self, record_id: int, guarantee_id: str) -> None:
         """A remote settle-after settle was accepted: the record names its guarantee and the
         settle's mark goes, in one write — a response still streaming when the mark would be
-        due is not taken for a settle in doubt."""
+        due is not taken for a settle in doubt (:class:`~.followups.MarkTaken`: it came due
+        before this, and nothing is written)."""
         with self.store.transaction() as tx:
+            take_mark(tx, guarantee_id)
             tx.execute(
                 "UPDATE fx_records SET guarantee_id = ? WHERE record_id = ?",
                 (guarantee_id, record_id),
             )
-            tx.execute(DROP_MARK, (guarantee_id,))
 
     def finish_later(
         self, record_id: int, *, failed: Callable[[Exception], None] | None = None, **fields: Any

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import FourmicaError, Unavailable
 from ..facilitator import SettleResult, signed_from_payload
+from ..followups import MarkTaken, take_mark
 from ..guarantee import SignedGuarantee
 from .settle import (
     _answered,
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from .flow import Gate
 
 log = logging.getLogger("fourmica_x402.gate")
+#: A settle answered after its mark came due (docs/operations.md, "A remote facilitator").
+_LATE = "facilitator_unavailable"
 
 
 def settle_after(gate: Gate, state: Paid) -> SettleResult:
@@ -118,8 +121,8 @@ def _finish(
         result = outcome
         if gid is not None and not result.success:
             _answered(gate, signed, chosen, gid, result)
-        elif gid is not None:
-            _named(gate, state, gid)
+        elif gid is not None and not _named(gate, state, gid):  # its mark came due: voided
+            result = SettleResult(success=False, network=chosen.network, error_reason=_LATE)
     if result.success:
         with _HANDOFF:
             state.result, left = result, state.left
@@ -174,16 +177,22 @@ def bought(gate: Gate, state: Paid) -> Flow:
     return None
 
 
-def _named(gate: Gate, state: Paid, gid: str) -> None:
-    """An accepted settle-after settle: its record names the guarantee, its mark goes."""
+def _named(gate: Gate, state: Paid, gid: str) -> bool:
+    """An accepted settle-after settle: its record names the guarantee, its mark goes. False
+    when the mark came due before (the reconciler voids the guarantee: not to be served)."""
     record_id = state.payment.record_id
     try:
         if record_id is None:
-            gate.records.drop_settle(gid)
+            with gate.records.store.transaction() as tx:
+                take_mark(tx, gid)
         else:
             gate.records.settled_after(record_id, gid)
+    except MarkTaken:
+        log.error("the settle of %s was answered after its mark came due; not served", gid)
+        return False
     except Exception:  # the completion names it too; failing both, the mark voids it when due
         log.exception("could not record the settle of %s", gid)
+    return True
 
 
 def left_during_settle(gate: Gate, state: Paid) -> None:

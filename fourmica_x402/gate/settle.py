@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 from ..core.store import Tx
 from ..errors import FourmicaError, PaymentError, Reason, Unavailable
 from ..facilitator import LocalFacilitator, SettleResult
+from ..followups import MarkTaken
 from ..guarantee import SignedGuarantee, guarantee_id
 from ..networks import get_network
 from ..records import Records
@@ -91,6 +92,9 @@ def _settle_and_record(
         return _answered(gate, signed, chosen, gid, result)
     try:
         return result, record(gate, result, base, mark=gid)
+    except MarkTaken:  # answered after its mark came due: it is being voided, not served
+        undo(gate, result, base["pay_to"])
+        raise _late() from None
     except Exception as exc:  # accepted but unrecorded: never keep money for work not done
         undo(gate, result, base["pay_to"])
         raise Unavailable(
@@ -130,12 +134,24 @@ async def _asettle_and_record(
     except asyncio.CancelledError:  # recorded or not, its handler will not run: refund it
         _refund_late(gate, base["pay_to"], result)
         raise
+    except MarkTaken:
+        await asyncio.to_thread(undo, gate, result, base["pay_to"])
+        raise _late() from None
     except Exception as exc:
         await asyncio.to_thread(undo, gate, result, base["pay_to"])
         raise Unavailable(
             f"could not record the payment: {type(exc).__name__}",
             reason=Reason.RECORDS_UNAVAILABLE,
         ) from exc
+
+
+def _late() -> Unavailable:
+    """A settle accepted after its mark came due (the wall clock stepped forward, or the
+    settle outlasted its wait): the reconciler voids it, and the handler does not run."""
+    return Unavailable(
+        "the facilitator answered after the settle was given up; the payment was voided",
+        reason=Reason.UNAVAILABLE,
+    )
 
 
 def record(

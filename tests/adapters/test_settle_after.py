@@ -188,3 +188,35 @@ def test_a_client_leaving_during_a_refused_settle_leaves_the_served_payment_alon
     assert core.guarantee(accepted.guarantee_id).state == "payable"
     assert core.position(buyer.address, network=NETWORK).locked == 10_000
     core.close()
+
+
+@pytest.mark.parametrize("mode", ["before", "after"])
+def test_a_settle_whose_mark_came_due_under_it_is_not_served(tmp_path: Path, mode: str) -> None:
+    """A settle's in-doubt mark is due by the wall clock a minute on; the wall clock stepping
+    forward (or a reconciler whose clock runs ahead) while the settle was out had the mark's
+    void take back the payment as it was being accepted, and the request, its record
+    written anyway, was served free. Its record now finds the mark taken: not served."""
+    core = Core(str(tmp_path / "core.db"))
+    runs: list[int] = []
+    gate, app = _seller(core, tmp_path, mode, runs)
+    real = gate.facilitator.settle
+
+    def slow(payload: Any, chosen: Any) -> Any:
+        result = real(payload, chosen)  # accepted; meanwhile the mark came due and was voided
+        assert gate.reconcile(time.time() + 120) == {"voided": 1}
+        return result
+
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 100_000, network=NETWORK)
+    with TestClient(app) as client:
+        headers = paid_headers(client, buyer, client.get("/premium"))
+        gate.facilitator.settle = slow  # type: ignore[method-assign]
+        answer = client.get("/premium", headers=headers)
+    gate.flush()
+    [guarantee] = core.guarantees(address=buyer.address)
+    assert guarantee.state == "voided"  # the buyer is not charged...
+    assert answer.status_code == (402 if mode == "after" else 503)  # ...nor served
+    assert b"facilitator_unavailable" in answer.content and b"served" not in answer.content
+    assert runs == ([1] if mode == "after" else [])  # settle-after ran the handler first
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+    core.close()
