@@ -1,8 +1,9 @@
 """Tabs: the active tab of (user, recipient, network, asset, version) and its request ids.
 
 A tab is reused until it is within :func:`reuse_margin` of its end (by the clock acceptance
-reads, to the fraction of a second) or its running total passes :data:`REUSE_TOTAL`; then a
-new one replaces it as the active tab. Only a *new* tab is subject to the seller's open-tab
+reads, to the fraction of a second) or its running total passes :data:`REUSE_TOTAL`, and
+while it started no later than now (a clock stepped back hands out a tab of its own time);
+then a new one replaces it as the active tab. Only a *new* tab is subject to the seller's open-tab
 cap (docs/operations.md, "The tab endpoint").
 """
 
@@ -154,6 +155,7 @@ def open_once(
     )
     if (
         row is not None
+        and int(row[1]) <= at  # not one starting later: the clock stepped back since
         and at + reuse_margin(int(row[2])) <= int(row[1]) + int(row[2])
         and int(row[3]) <= REUSE_TOTAL
     ):

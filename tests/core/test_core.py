@@ -320,6 +320,21 @@ def test_a_tab_in_its_last_minutes_is_not_handed_out_again(
     assert again.tab_id != early.tab_id and again.next_req_id == 0
 
 
+def test_a_tab_starting_after_now_is_not_handed_out_once_the_clock_stepped_back(
+    core: Core, buyer: TestBuyer, clock: FakeClock
+) -> None:
+    """After the wall clock stepped back (NTP), the active tab started after now: every
+    payment signed on it by the clock, as the buyer signs, was refused
+    (``timestamp_outside_tab``, or ``timestamp_in_future`` signed at its start) until the clock
+    caught up. A tab handed out starts no later than now: a new one is opened instead."""
+    first = core.open_tab(buyer.address, SELLER, network=NETWORK)
+    clock.advance(-30)
+    signed, expected = buyer.pay(core, SELLER, 100)
+    core.accept(signed, expected)  # was refused: timestamp_outside_tab
+    assert signed.claims.tab_id != first.tab_id
+    assert core.open_tab(buyer.address, SELLER, network=NETWORK).tab_id == signed.claims.tab_id
+
+
 def test_a_short_tab_is_reused_for_most_of_its_life(core: Core, clock: FakeClock) -> None:
     """The margin is at most a quarter of a tab's lifetime: a tab of a minute is reused for
     45 s, not replaced on every call (each new tab spends the buyer's budget of new tabs)."""
