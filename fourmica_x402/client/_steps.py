@@ -311,8 +311,7 @@ class Buyer:
     def _sign(self, prepared: Prepared) -> tuple[SignedGuarantee, Receipt]:
         """Sign exactly what the offer asks on the tab: G-v2 when it carries a validation
         policy, else G-v1. The receipt gains the signed claims and the Core's URL."""
-        offer, (tab_id, req_id, start) = prepared.offer, prepared.tab
-        now = int(time.time())  # no earlier than the tab's start (docs/protocol.md, "Paying")
+        (offer, (tab_id, req_id, start)), now = (prepared.offer, prepared.tab), int(time.time())
         fields: dict[str, Any] = dict(
             user=self.address,
             recipient=offer.pay_to,
@@ -320,7 +319,7 @@ class Buyer:
             req_id=req_id,
             amount=parse_amount(offer.amount),
             asset=offer.asset,
-            timestamp=start if now < start <= now + 60 else now,
+            timestamp=start if now < start <= now + 60 else now,  # not before the tab's start
         )
         try:
             claims = (
