@@ -198,12 +198,15 @@ def expire_validations(tx: Tx, events: Events, now: float) -> int:
     releases: dict[tuple[str, str, str], int] = {}
     # Guarantees first, in one order, then the positions, in one order: a void or a score
     # locks its guarantee and then its position, so neither waits on what the other holds.
-    for gid, network, asset, user, amount in tx.all(
+    # Sorted here, not by the query: SQLite would rather read every guarantee ever accepted
+    # in the unique index's order than sort the few pending ones (docs/operations.md, "Operator
+    # settings": a tick's cost follows what falls due).
+    pending = tx.all(
         "SELECT guarantee_id, network, asset, user_address, amount FROM fx_guarantees "
-        "WHERE state = 'pending_validation' AND validation_deadline <= ? "
-        "ORDER BY guarantee_id COLLATE BINARY",
+        "WHERE state = 'pending_validation' AND validation_deadline <= ?",
         (now,),
-    ):
+    )
+    for gid, network, asset, user, amount in sorted(pending, key=lambda r: str(r[0])):
         # The deadline again: a validator's extension that committed since the SELECT stands.
         if tx.execute(
             "UPDATE fx_guarantees SET state = 'cancelled', resolved_at = ? WHERE guarantee_id = ? "
