@@ -30,6 +30,13 @@ DROP_MARK = (
 )
 
 
+#: The reconciler's hold on a mark that came due (see ``take_due_mark``): no longer a mark.
+TAKE_MARK = (
+    "UPDATE fx_followups SET attempts = 1 WHERE guarantee_id = ? AND kind = 'in_doubt' "
+    "AND status = 'open' AND attempts = 0"
+)
+
+
 class MarkTaken(Exception):
     """A remote settle's mark came due and was acted on before its answer was recorded (the
     wall clock stepped forward, or the settle outlasted its wait): the reconciler voids the
@@ -120,6 +127,13 @@ class Followups:
             )
         return row is not None
 
+    def take_due_mark(self, guarantee_id: str) -> bool:
+        """The reconciler takes a settle's mark that came due before it acts on it (counting
+        the attempt): from then on its answer finds it taken (:func:`take_mark`). False when
+        the answer was recorded first, or another process took it."""
+        with self.store.transaction() as tx:
+            return bool(tx.execute(TAKE_MARK, (guarantee_id,)))
+
     def drop_settle(self, guarantee_id: str, tx: Tx | None = None) -> None:
         """The settle's answer came (its record is written in ``tx``, or it was refused):
         its mark goes."""
@@ -158,17 +172,24 @@ class Followups:
         return None if row is None or row[0] is None else float(row[0])
 
     def update_followup(
-        self, guarantee_id: str, *, status: str, next_at: float | None = None, detail: str = ""
+        self,
+        guarantee_id: str,
+        *,
+        status: str,
+        next_at: float | None = None,
+        detail: str = "",
+        counted: bool = False,
     ) -> None:
         """Count an attempt; ``status`` 'open' reschedules at ``next_at``, others close it.
 
         A refund or score that went through, or a refund given up (``kept``, netted meanwhile),
-        updates the payment's record in the same write."""
+        updates the payment's record in the same write. ``counted``: the attempt was counted as
+        it began (:meth:`take_due_mark`)."""
         with self.store.transaction() as tx:
             tx.execute(
-                "UPDATE fx_followups SET status = ?, attempts = attempts + 1, "
+                "UPDATE fx_followups SET status = ?, attempts = attempts + ?, "
                 "next_at = COALESCE(?, next_at), detail = ? WHERE guarantee_id = ?",
-                (status, next_at, detail, guarantee_id),
+                (status, 0 if counted else 1, next_at, detail, guarantee_id),
             )
             if status in DONE:
                 pending, final = DONE[status]

@@ -96,6 +96,10 @@ class Reconciler:
         for item in records.due_followups(now):
             gid, pay_to, created = item.guarantee_id, item.pay_to, item.created_at
             status, detail = "open", ""
+            # a settle's mark is taken first: its answer, coming meanwhile, is then not served
+            counted = item.kind == "in_doubt" and item.attempts == 0
+            if counted and not records.take_due_mark(gid):
+                continue  # its answer was recorded first (or another process has it)
             if item.kind == "in_doubt" and records.query(guarantee_id=gid, limit=1):
                 status = "superseded"  # a later settle of the same guarantee was served
             else:
@@ -138,8 +142,9 @@ class Reconciler:
             if status == "abandoned":
                 log.error("gave up the %s follow-up of %s: %s", item.kind, gid, detail)
             delay = self.BACKOFF[min(item.attempts, len(self.BACKOFF) - 1)]
+            next_at = now + delay if status == "open" else None
             records.update_followup(
-                gid, status=status, next_at=now + delay if status == "open" else None, detail=detail
+                gid, status=status, next_at=next_at, detail=detail, counted=counted
             )
             done[status] = done.get(status, 0) + 1
         return done

@@ -4,6 +4,7 @@ the facilitator's reason, never as an outage (docs/protocol.md, "Reason codes").
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -218,5 +219,53 @@ def test_a_settle_whose_mark_came_due_under_it_is_not_served(tmp_path: Path, mod
     assert answer.status_code == (402 if mode == "after" else 503)  # ...nor served
     assert b"facilitator_unavailable" in answer.content and b"served" not in answer.content
     assert runs == ([1] if mode == "after" else [])  # settle-after ran the handler first
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+    core.close()
+
+
+@pytest.mark.parametrize("mode", ["before", "after"])
+def test_a_mark_being_voided_as_its_settle_is_answered_is_not_served(
+    tmp_path: Path, mode: str
+) -> None:
+    """The reconciler read a settle's mark as due and its void went out; the settle's answer,
+    coming meanwhile, still found the mark where it was, removed it and was served, and then
+    the void went through: the buyer was served for a voided payment. The reconciler now
+    takes the mark before it acts on it, so one of the two has it: here the void."""
+    core = Core(str(tmp_path / "core.db"))
+    runs: list[int] = []
+    gate, app = _seller(core, tmp_path, mode, runs)
+    real_settle, real_void = gate.facilitator.settle, gate.facilitator.void
+    voiding, go = threading.Event(), threading.Event()
+    reconciled: dict[str, int] = {}
+    thread = threading.Thread(target=lambda: reconciled.update(gate.reconcile(time.time() + 120)))
+
+    def held(guarantee_id: str, by: str) -> Any:  # the reconciler's void is out for a while
+        if not voiding.is_set():
+            voiding.set()
+            go.wait(10)
+        return real_void(guarantee_id, by=by)
+
+    def slow(payload: Any, chosen: Any) -> Any:
+        result = real_settle(payload, chosen)  # accepted as the mark came due
+        thread.start()
+        assert voiding.wait(10)  # the reconciler's void of it is out
+        return result
+
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 100_000, network=NETWORK)
+    with TestClient(app) as client:
+        headers = paid_headers(client, buyer, client.get("/premium"))
+        gate.facilitator.settle = slow  # type: ignore[method-assign]
+        gate.facilitator.void = held  # type: ignore[method-assign]
+        answer = client.get("/premium", headers=headers)
+        go.set()
+        thread.join(10)
+    gate.flush()
+    assert reconciled == {"voided": 1}
+    [guarantee] = core.guarantees(address=buyer.address)
+    assert guarantee.state == "voided"  # the buyer is not charged...
+    assert answer.status_code == (402 if mode == "after" else 503)  # ...nor served
+    assert b"served" not in answer.content
+    assert runs == ([1] if mode == "after" else [])
     assert core.position(buyer.address, network=NETWORK).locked == 0
     core.close()
