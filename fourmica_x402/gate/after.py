@@ -20,6 +20,7 @@ from .settle import (
     certificate_source,
     claim_settle,
     in_doubt,
+    undo,
 )
 from .types import Call, Flow, Paid, error_response
 
@@ -122,6 +123,7 @@ def _finish(
         if gid is not None and not result.success:
             _answered(gate, signed, chosen, gid, result)
         elif gid is not None and not _named(gate, state, gid):  # its mark came due: voided
+            undo(gate, result, chosen.pay_to)  # here too: the reconciler may have given it up
             result = SettleResult(success=False, network=chosen.network, error_reason=_LATE)
     if result.success:
         with _HANDOFF:

@@ -269,3 +269,32 @@ def test_a_mark_being_voided_as_its_settle_is_answered_is_not_served(
     assert runs == ([1] if mode == "after" else [])
     assert core.position(buyer.address, network=NETWORK).locked == 0
     core.close()
+
+
+@pytest.mark.parametrize("mode", ["before", "after"])
+def test_a_settle_accepted_after_its_mark_was_given_up_is_voided(tmp_path: Path, mode: str) -> None:
+    """The wall clock stepped forward ten minutes while a settle was out: the reconciler's
+    void of its mark found no guarantee yet and, the mark being older than its wait for an
+    unknown one, gave it up. The settle was then accepted and, its mark taken, not served;
+    settle-after left the acceptance standing: the buyer paid for a 402."""
+    core = Core(str(tmp_path / "core.db"))
+    runs: list[int] = []
+    gate, app = _seller(core, tmp_path, mode, runs)
+    real = gate.facilitator.settle
+
+    def slow(payload: Any, chosen: Any) -> Any:
+        assert gate.reconcile(time.time() + 600) == {"never_accepted": 1}
+        return real(payload, chosen)  # accepted after its mark was given up
+
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 100_000, network=NETWORK)
+    with TestClient(app) as client:
+        headers = paid_headers(client, buyer, client.get("/premium"))
+        gate.facilitator.settle = slow  # type: ignore[method-assign]
+        answer = client.get("/premium", headers=headers)
+    gate.flush()
+    [guarantee] = core.guarantees(address=buyer.address)
+    assert answer.status_code == (402 if mode == "after" else 503)
+    assert guarantee.state == "voided"  # was pending, the buyer's collateral locked for it
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+    core.close()
