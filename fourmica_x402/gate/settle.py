@@ -250,7 +250,9 @@ def undo(gate: Gate, result: SettleResult, pay_to: str) -> bool:
     try:
         gate.facilitator.void(gid, by=pay_to)
         return True
-    except Exception:
+    except Exception as exc:
+        if getattr(exc, "state", None) in ("voided", "cancelled"):  # already: nothing charged
+            return True
         log.exception("could not void %s; filing it for a retry", gid)
     try:
         gate.records.add_followup(gid, pay_to, "refund")

@@ -192,7 +192,9 @@ def test_a_client_leaving_during_a_refused_settle_leaves_the_served_payment_alon
 
 
 @pytest.mark.parametrize("mode", ["before", "after"])
-def test_a_settle_whose_mark_came_due_under_it_is_not_served(tmp_path: Path, mode: str) -> None:
+def test_a_settle_whose_mark_came_due_under_it_is_not_served(
+    tmp_path: Path, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """A settle's in-doubt mark is due by the wall clock a minute on; the wall clock stepping
     forward (or a reconciler whose clock runs ahead) while the settle was out had the mark's
     void take back the payment as it was being accepted, and the request, its record
@@ -214,6 +216,8 @@ def test_a_settle_whose_mark_came_due_under_it_is_not_served(tmp_path: Path, mod
         gate.facilitator.settle = slow  # type: ignore[method-assign]
         answer = client.get("/premium", headers=headers)
     gate.flush()
+    # voided once: the request's own void, finding it voided, files no retry of it
+    assert "could not void" not in caplog.text and gate.records.due_followups(10**12) == []
     [guarantee] = core.guarantees(address=buyer.address)
     assert guarantee.state == "voided"  # the buyer is not charged...
     assert answer.status_code == (402 if mode == "after" else 503)  # ...nor served
@@ -225,7 +229,7 @@ def test_a_settle_whose_mark_came_due_under_it_is_not_served(tmp_path: Path, mod
 
 @pytest.mark.parametrize("mode", ["before", "after"])
 def test_a_mark_being_voided_as_its_settle_is_answered_is_not_served(
-    tmp_path: Path, mode: str
+    tmp_path: Path, mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The reconciler read a settle's mark as due and its void went out; the settle's answer,
     coming meanwhile, still found the mark where it was, removed it and was served, and then
@@ -262,6 +266,8 @@ def test_a_mark_being_voided_as_its_settle_is_answered_is_not_served(
         thread.join(10)
     gate.flush()
     assert reconciled == {"voided": 1}
+    # voided once: the request's void finding it voided is no failure filed for a retry
+    assert "could not void" not in caplog.text and gate.records.due_followups(10**12) == []
     [guarantee] = core.guarantees(address=buyer.address)
     assert guarantee.state == "voided"  # the buyer is not charged...
     assert answer.status_code == (402 if mode == "after" else 503)  # ...nor served
