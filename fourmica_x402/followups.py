@@ -179,18 +179,24 @@ class Followups:
         next_at: float | None = None,
         detail: str = "",
         counted: bool = False,
+        of: Followup | None = None,
     ) -> None:
         """Count an attempt; ``status`` 'open' reschedules at ``next_at``, others close it.
 
         A refund or score that went through, or a refund given up (``kept``, netted meanwhile),
         updates the payment's record in the same write. ``counted``: the attempt was counted as
-        it began (:meth:`take_due_mark`)."""
+        it began (:meth:`take_due_mark`). ``of``: the follow-up as it was read; one filed in
+        its place meanwhile (:meth:`add_followup`: a refund for a mark) is left as it is."""
+        same, args = "", [status, 0 if counted else 1, next_at, detail, guarantee_id]
+        if of is not None:
+            same, args = " AND kind = ? AND created_at = ?", [*args, of.kind, of.created_at]
         with self.store.transaction() as tx:
-            tx.execute(
+            if not tx.execute(
                 "UPDATE fx_followups SET status = ?, attempts = attempts + ?, "
-                "next_at = COALESCE(?, next_at), detail = ? WHERE guarantee_id = ?",
-                (status, 0 if counted else 1, next_at, detail, guarantee_id),
-            )
+                "next_at = COALESCE(?, next_at), detail = ? WHERE guarantee_id = ?" + same,
+                tuple(args),
+            ):
+                return
             if status in DONE:
                 pending, final = DONE[status]
                 tx.execute(

@@ -144,7 +144,7 @@ class Reconciler:
             delay = self.BACKOFF[min(item.attempts, len(self.BACKOFF) - 1)]
             next_at = now + delay if status == "open" else None
             records.update_followup(
-                gid, status=status, next_at=next_at, detail=detail, counted=counted
+                gid, status=status, next_at=next_at, detail=detail, counted=counted, of=item
             )
             done[status] = done.get(status, 0) + 1
         return done

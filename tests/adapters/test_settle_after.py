@@ -19,7 +19,7 @@ from starlette.testclient import TestClient
 
 from fourmica_x402 import PaymentConfig
 from fourmica_x402.core import Core
-from fourmica_x402.errors import PaymentError
+from fourmica_x402.errors import CoreError, PaymentError, Unavailable
 from fourmica_x402.gate import Gate
 from fourmica_x402.testing import NETWORK, TestBuyer, paid_headers
 from fourmica_x402.wire import decode_payment_required
@@ -28,7 +28,13 @@ SELLER = TestBuyer.new().address
 
 
 def _seller(
-    core: Core, tmp_path: Path, mode: str, runs: list[int], *, apart: bool = True
+    core: Core,
+    tmp_path: Path,
+    mode: str,
+    runs: list[int],
+    *,
+    apart: bool = True,
+    delivery_policy: bool = True,
 ) -> tuple[Gate, Starlette]:
     """A Starlette seller on ``core`` in settle ``mode``, its records in a database of their
     own (``apart``: the settle is a call, not part of the record's write) or in the Core's;
@@ -41,6 +47,7 @@ def _seller(
             core=core,
             records=str(tmp_path / "records.db") if apart else None,
             settle=mode,  # type: ignore[arg-type]
+            delivery_policy=delivery_policy,
         )
     )
 
@@ -302,5 +309,59 @@ def test_a_settle_accepted_after_its_mark_was_given_up_is_voided(tmp_path: Path,
     [guarantee] = core.guarantees(address=buyer.address)
     assert answer.status_code == (402 if mode == "after" else 503)
     assert guarantee.state == "voided"  # was pending, the buyer's collateral locked for it
+    assert core.position(buyer.address, network=NETWORK).locked == 0
+    core.close()
+
+
+def test_a_refund_filed_while_the_reconciler_voids_the_mark_is_not_closed_by_it(
+    tmp_path: Path,
+) -> None:
+    """The reconciler took a settle's mark and its void went out, crossing the settle (the
+    facilitator did not know the guarantee yet); the settle's answer came, found the mark taken
+    and voided the guarantee itself, which failed: a refund was filed in place of the mark.
+    The reconciler's answer for the mark (never accepted, the mark being old) then closed that
+    refund: the guarantee stayed payable and the buyer was charged for nothing served."""
+    core = Core(str(tmp_path / "core.db"))
+    runs: list[int] = []
+    # G-v1: payable once accepted, nothing cancels it later
+    gate, app = _seller(core, tmp_path, "before", runs, delivery_policy=False)
+    gate._reconciler.kick = lambda: None  # type: ignore[method-assign]  # run by hand below
+    real_settle, real_void = gate.facilitator.settle, gate.facilitator.void
+    voiding, go = threading.Event(), threading.Event()
+    calls: list[str] = []
+    reconciled: dict[str, int] = {}
+    late = time.time() + 400  # the mark is older than the reconciler's wait for an unknown one
+    thread = threading.Thread(target=lambda: reconciled.update(gate.reconcile(late)))
+
+    def void(guarantee_id: str, by: str) -> Any:
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:  # the reconciler's, out before the settle reached the facilitator
+            voiding.set()
+            go.wait(10)
+            raise CoreError("unknown guarantee", reason="unknown_guarantee", status=404)
+        if len(calls) == 2:  # the answer's own void: the facilitator is briefly down
+            raise Unavailable("facilitator answered 503")
+        return real_void(guarantee_id, by=by)
+
+    def slow(payload: Any, chosen: Any) -> Any:
+        result = real_settle(payload, chosen)
+        thread.start()
+        assert voiding.wait(10)
+        return result
+
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 100_000, network=NETWORK)
+    with TestClient(app) as client:
+        headers = paid_headers(client, buyer, client.get("/premium"))
+        gate.facilitator.settle = slow  # type: ignore[method-assign]
+        gate.facilitator.void = void  # type: ignore[method-assign]
+        answer = client.get("/premium", headers=headers)
+        go.set()
+        thread.join(10)
+        assert answer.status_code == 503 and runs == []
+        gate.reconcile(time.time() + 1)  # the refund filed by the answer is still there
+    gate.flush()
+    [guarantee] = core.guarantees(address=buyer.address)
+    assert guarantee.state == "voided"
     assert core.position(buyer.address, network=NETWORK).locked == 0
     core.close()
