@@ -325,3 +325,37 @@ def test_a_withdrawals_cancel_made_a_deadlocks_victim_runs_again(postgres_url: s
     assert core.position(buyer, network=NETWORK).pending_withdrawal == 0
     assert core.audit() == []
     core.close()
+
+
+def test_an_expiry_racing_the_validators_scores_in_the_other_order_does_not_deadlock(
+    postgres_url: str,
+) -> None:
+    """The expiry takes the due guarantees in id order and their positions after; a validator
+    scores the same guarantees newest first, each locking its guarantee, then its position (a
+    low score) or its cycle's pair (a high one): neither may be killed as a deadlock victim."""
+    buyer, _, ids = _pending(postgres_url, 150)
+    validator = test_policy().validator
+    # the ticker's clock is past every deadline, the validator's before them: both act
+    ticker, scorer = _core(postgres_url, 1.2), _core(postgres_url, 0.8)
+    outcomes: Counter[str] = Counter()
+
+    def scores(_: Core) -> None:
+        for n, gid in enumerate(sorted(ids, reverse=True)):
+            try:
+                scorer.post_validation(gid, validator=validator, score=100 if n % 2 else 0)
+                outcomes["scored"] += 1
+            except CoreError as exc:  # cancelled by the expiry first
+                outcomes[exc.reason] += 1
+
+    try:
+        failures = _race(postgres_url, lambda _: ticker.tick(), scores)
+    finally:
+        ticker.close(), scorer.close()
+    assert failures == []
+    refused = outcomes["invalid_state"] + outcomes["validation_expired"]  # its clock moves on
+    assert outcomes["scored"] + refused == len(ids), outcomes
+    core = Core(postgres_url, config=_CONFIG)
+    assert core.audit() == []
+    payable = sum(core.guarantee(gid).state == "payable" for gid in ids)
+    assert core.position(buyer.address, network=NETWORK).locked == 10 * payable
+    core.close()
