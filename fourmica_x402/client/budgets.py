@@ -58,12 +58,19 @@ class Book(Protocol):
 
 
 class MemoryBook:
-    """The rows in this object (the policy's lock guards them)."""
+    """The rows in this object (the policy's lock guards them).
+
+    A committed row older than a day (the longest window) is folded into a total per seller,
+    asset and hour, so a buyer running for months holds a bounded number of rows; a total
+    counts when its hour ends after ``since`` (to the hour, on the safe side; docs/buyer.md).
+    """
 
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._rows: dict[int, tuple[float, str, str, int]] = {}  # id -> at, seller, asset, amount
         self._committed: set[int] = set()
+        self._hours: dict[tuple[int, str, str], int] = {}  # (hour, seller, asset) -> amount
+        self._paid: set[str] = set()
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[MemoryBook]:
@@ -76,15 +83,19 @@ class MemoryBook:
         for at, who, token, amount in self._rows.values():
             if at >= since and token in totals and (seller is None or who == seller):
                 totals[token] += amount
+        for (hour, who, token), amount in self._hours.items():
+            if (hour + 1) * _HOUR > since and token in totals and seller in (None, who):
+                totals[token] += amount
         return totals
 
     def task_used(self, task: str, assets: Collection[str]) -> dict[str, int] | None:
         return None
 
     def paid_before(self, seller: str) -> bool:
-        return any(self._rows[rid][1] == seller for rid in self._committed)
+        return seller in self._paid
 
     def reserve(self, at: float, seller: str, asset: str, amount: int, tasks: Sequence[str]) -> int:
+        self._fold(at - _KEEP)
         rid = next(self._ids)
         self._rows[rid] = (at, seller, asset, amount)
         return rid
@@ -92,10 +103,30 @@ class MemoryBook:
     def commit(self, reservation: int) -> None:
         if reservation in self._rows:
             self._committed.add(reservation)
+            self._paid.add(self._rows[reservation][1])
 
     def release(self, reservation: int) -> None:
         if reservation not in self._committed:
             self._rows.pop(reservation, None)
+
+    def _fold(self, before: float) -> None:
+        """Fold the committed rows older than ``before`` into the hourly totals (the rows are
+        in the order they were reserved; an uncommitted one stays until it is settled)."""
+        old = []
+        for rid, row in self._rows.items():
+            if row[0] >= before:
+                break
+            if rid in self._committed:
+                old.append(rid)
+        for rid in old:
+            at, seller, asset, amount = self._rows.pop(rid)
+            self._committed.discard(rid)
+            key = (int(at // _HOUR), seller, asset)
+            self._hours[key] = self._hours.get(key, 0) + amount
+
+
+_HOUR = 3_600.0
+_KEEP = 86_400.0  # the longest window a policy counts (per_day)
 
 
 _SCHEMA = (
