@@ -80,6 +80,10 @@ _MIGRATIONS: list[list[str]] = [
     [  # the query string as sent: an idempotent replay answers only the request it paid for
         "ALTER TABLE fx_records ADD COLUMN query_string TEXT",
     ],
+    [  # the records a gate's start-up recovery looks for (no outcome yet): found without
+        # reading every record ever written (docs/operations.md, "The embedded Core")
+        "CREATE INDEX fx_records_open ON fx_records (status) WHERE outcome IS NULL",
+    ],
 ]
 #: The records schema version that made ``fx_disputes`` (readers check it before reading).
 DISPUTES_SCHEMA = 6

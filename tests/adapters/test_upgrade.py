@@ -127,7 +127,7 @@ def test_an_older_releases_database_keeps_its_money_and_the_buyer_keeps_paying(
             meta = dict(_rows(db, "SELECT key, value FROM fx_meta WHERE key LIKE '%schema%'"))
             assert meta == {
                 "schema_version": str(SCHEMA_VERSION),
-                "records_schema_version": "7",
+                "records_schema_version": "8",
                 "jobs_schema_version": "2",
                 "prices_schema_version": "1",
             }

@@ -71,3 +71,40 @@ def test_expiring_validations_reads_only_the_pending_ones(tmp_path: Path) -> Non
         assert run(core, core.tick) == []
     finally:
         core.close()
+
+
+def test_a_gates_start_up_recovery_reads_only_the_unfinished_records(tmp_path: Path) -> None:
+    """Every worker a server boots (gunicorn's, a restart, a recycle) runs the recovery of what
+    a dead process left: its statements read every record ever written, so a worker's start
+    grew with the seller's whole history."""
+    from fourmica_x402 import PaymentConfig
+    from fourmica_x402.gate import Gate
+    from fourmica_x402.gate.background import recover, recover_apart, recover_unsettled
+
+    pay_to = "0x" + "22" * 20
+    for shared, settle in ((True, "before"), (False, "after")):
+        db = tmp_path / f"{settle}.db"
+        core = Core(str(db))
+        records = None if shared else str(tmp_path / f"{settle}-records.db")
+        config = PaymentConfig(
+            pay_to=pay_to, core=core, routes={"GET /p": "$0.01"}, settle=settle,  # type: ignore[arg-type]
+            records=records,
+        )  # fmt: skip
+        gate = Gate(config)
+        try:
+            conn = gate.records.store._connection()  # type: ignore[attr-defined]
+            steps = (recover,) if shared else (recover_unsettled, recover_apart)
+            with statements(conn) as seen:
+                for step in steps:
+                    step(gate)
+            plans = [
+                (s[:80], str(row[-1]))
+                for s in seen
+                if s.split()[0].upper() in ("SELECT", "UPDATE")
+                for row in conn.execute("EXPLAIN QUERY PLAN " + s).fetchall()
+                if str(row[-1]).startswith("SCAN")  # "SCAN r": an alias of fx_records
+            ]
+            assert seen and plans == []
+        finally:
+            gate.records.store.close()
+            core.close()
