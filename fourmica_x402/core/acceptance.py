@@ -64,8 +64,12 @@ def id_of(claims: GuaranteeClaims, network: str) -> str:
 
 def check(
     tx: Tx, claims: GuaranteeClaims, expected: Expected, now: float, max_clock_skew: int
-) -> None:
-    """Acceptance steps 3–7 (docs/protocol.md), inside the transaction."""
+) -> int | None:
+    """Acceptance steps 3–7 (docs/protocol.md), inside the transaction.
+
+    Returns the timestamp the tab starts at from now on when this is its first guarantee,
+    signed by a clock up to ``max_clock_skew`` behind the Core's (None otherwise).
+    """
     tab_key = hex_id(claims.tab_id)
     # One statement reads what steps 3–5 need: the payer's suspension, a replay, the tab.
     row = tx.one(
@@ -89,7 +93,13 @@ def check(
     start, end = int(tab[5]), int(tab[5]) + int(tab[6])
     if now > end:
         raise rejected(Reason.TAB_EXPIRED)
-    if not start <= claims.timestamp <= end:
+    ts, opens = claims.timestamp, None
+    if start - max_clock_skew <= ts < start and ts + int(tab[6]) >= now:
+        # A tab opens at its first guarantee (as 4Mica's Core does), so a buyer whose clock is
+        # a little behind ours can pay on the tab we just opened: docs/protocol.md, "Paying".
+        used = tx.one("SELECT EXISTS (SELECT 1 FROM fx_guarantees WHERE tab_id = ?)", (tab_key,))
+        opens = None if used is None or used[0] else ts
+    if opens is None and not start <= ts <= end:
         raise rejected(Reason.TIMESTAMP_OUTSIDE_TAB, "timestamp is outside the tab's window")
     if (tab[0], tab[1], tab[3], int(tab[4])) != (
         claims.user_address,
@@ -117,6 +127,7 @@ def check(
             Reason.VALIDATION_POLICY_MISMATCH,
             "a G-v2 guarantee for requirements without a validation policy",
         )
+    return opens
 
 
 def verify(
@@ -152,7 +163,7 @@ def accept(
     claims = signed.claims
     network, asset, user = expected.network, claims.asset_address, claims.user_address
     state = "payable" if claims.version == 1 else "pending_validation"
-    check(tx, claims, expected, now, config.max_clock_skew)
+    opens = check(tx, claims, expected, now, config.max_clock_skew)
     if claims.amount > INT64_MAX or not tx.execute(
         "UPDATE fx_positions SET locked = locked + ? WHERE network = ? AND asset = ? "
         "AND address = ? AND credit_limit - locked - pending_withdrawal >= ?",
@@ -169,6 +180,11 @@ def accept(
     if total_row is None:
         raise rejected(Reason.TAB_TOTAL_EXCEEDED, "the tab's running total is full: open a new tab")
     total = int(total_row[0])
+    if opens is not None:  # only ever earlier: two first guarantees racing keep the earliest
+        tx.execute(
+            "UPDATE fx_tabs SET start_ts = ? WHERE tab_id = ? AND start_ts > ?",
+            (opens, hex_id(claims.tab_id), opens),
+        )
     cycle_id = None
     if state == "payable":
         cycle_id = cycles.join(

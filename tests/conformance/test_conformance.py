@@ -214,6 +214,18 @@ def test_idempotent_replay_answers_from_the_record(make_seller: Any) -> None:
 # -- every reason code -------------------------------------------------------------------------
 
 
+def test_a_buyer_whose_clock_is_behind_pays_on_the_tab_just_opened(seller: Any) -> None:
+    """The official buyer signs its own clock: one a second or two behind the seller's signed
+    before the tab the seller had just opened, and every first payment on a new tab was refused
+    ``timestamp_outside_tab``. A tab starts at its first guarantee, up to the clock skew early."""
+    buyer = funded(seller)
+    behind = int(seller.core.clock()) - 2
+    for version in (2, 1):
+        for _ in range(2):  # the tab's first payment, then the next one on it
+            resp = pay(seller, buyer, version=version, timestamp=behind)
+            assert resp.status == 200, (version, resp.status, resp.text)
+
+
 def test_reason_codes_reachable_over_http(seller: Any) -> None:
     buyer = funded(seller)
     core = seller.core

@@ -335,6 +335,40 @@ def test_a_tab_starting_after_now_is_not_handed_out_once_the_clock_stepped_back(
     assert core.open_tab(buyer.address, SELLER, network=NETWORK).tab_id == signed.claims.tab_id
 
 
+def test_a_tab_opens_at_its_first_guarantee_signed_by_a_clock_a_little_behind(
+    core: Core, clock: FakeClock
+) -> None:
+    """A buyer whose clock is a second or two behind the Core's signs a timestamp before the
+    tab the Core has just opened for it: the official buyer signs its own clock, and every first
+    payment on a new tab was refused (``timestamp_outside_tab``). As 4Mica's Core does, a tab
+    without a guarantee starts at its first guarantee's timestamp, here up to the clock skew
+    earlier; later guarantees, and anything further back, are held to the window as before."""
+    skew = core.config.max_clock_skew
+    lagging = TestBuyer.new()
+    core.deposit(lagging.address, 10_000, network=NETWORK)
+    start = int(core.clock())
+    first = lagging.pay(core, SELLER, 100, timestamp=start - 2)
+    core.accept(*first)  # was refused: timestamp_outside_tab
+    tab = core.open_tab(lagging.address, SELLER, network=NETWORK)
+    assert (tab.tab_id, tab.start_timestamp) == (first[0].claims.tab_id, start - 2)
+    # The tab has a guarantee now: its start no longer moves.
+    assert _rejection(core, *lagging.pay(core, SELLER, 100, timestamp=start - 3)) == (
+        "timestamp_outside_tab"
+    )
+    core.accept(*lagging.pay(core, SELLER, 100, timestamp=start - 2))
+    # On a fresh tab, one second more than the skew is still outside it.
+    other = TestBuyer.new()
+    core.deposit(other.address, 10_000, network=NETWORK)
+    clock.advance(1)
+    late = int(core.clock())
+    assert _rejection(core, *other.pay(core, SELLER, 100, timestamp=late - skew - 1)) == (
+        "timestamp_outside_tab"
+    )
+    assert core.open_tab(other.address, SELLER, network=NETWORK).start_timestamp == late
+    core.accept(*other.pay(core, SELLER, 100, timestamp=late - skew))
+    assert core.open_tab(other.address, SELLER, network=NETWORK).start_timestamp == late - skew
+
+
 def test_a_short_tab_is_reused_for_most_of_its_life(core: Core, clock: FakeClock) -> None:
     """The margin is at most a quarter of a tab's lifetime: a tab of a minute is reused for
     45 s, not replaced on every call (each new tab spends the buyer's budget of new tabs)."""
