@@ -388,11 +388,14 @@ class BuyerFlow(Buyer):
 
 
 def _cost(offer: PaymentRequirements) -> tuple[int, Fraction]:
+    return cost(offer.network, offer.asset, parse_amount(offer.amount))
+
+
+def cost(network: str, asset: str, amount: int) -> tuple[int, Fraction]:
     """How an offer ranks: dollar tokens first, by value (amounts scaled by decimals: 2 units
     of an 18-decimal token do not undercut $0.01 of USDC), then other registered tokens (their
     values are not dollars), then unknown tokens."""
-    token = find_asset(offer.network, offer.asset)
-    amount = parse_amount(offer.amount)
+    token = find_asset(network, asset)
     if token is None:
         return 2, Fraction(amount)
     return (0 if token in dollar_assets() else 1), Fraction(amount, 10**token.decimals)

@@ -38,17 +38,20 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from typing import Any
 
 import coincurve
 import httpx
 from pydantic import ValidationError
 
+from .._eth import parse_address
 from ..errors import BudgetExhausted, ConfigurationError, PaymentFailed
 from ..networks import _DOLLAR_SYMBOLS, find_asset, get_network, parse_amount
 from ..networks import networks as known_networks
 from ..wire import SCHEME, PaymentRequirements, PaymentRequirementsV1, ResourceInfo
 from ._steps import Buyer, Prepared, Steps, offered, run_async, run_sync
+from .flow import cost
 from .heads import bound
 from .keys import BuyerKey
 from .policy import ApprovalRequest, SpendingPolicy
@@ -345,7 +348,28 @@ def register(
             ]
 
         client.register_policy(allowed_offers)
+    client.register_policy(_cheapest_first)
     return scheme
+
+
+def _cheapest_first(version: int, offers: list[Any]) -> list[Any]:
+    """x402 pays the first offer its policies leave: ours go to it cheapest first, as our
+    transports choose, each in a place the seller gave one of ours (docs/x402-client.md)."""
+    ours = iter(sorted((offer for offer in offers if offer.scheme == SCHEME), key=_rank))
+    return [next(ours) if offer.scheme == SCHEME else offer for offer in offers]
+
+
+def _rank(offer: Any) -> tuple[int, Fraction]:
+    """An offer's place: by value, as the transports rank offers; last, one they pass over (an
+    amount of 0, one that does not parse, no payTo, a network we do not know)."""
+    amount = getattr(offer, "amount", None) or getattr(offer, "max_amount_required", None)
+    try:
+        value = parse_amount(amount)
+        get_network(str(offer.network))
+        parse_address(offer.pay_to)
+    except (ValueError, AttributeError, ConfigurationError):
+        return 3, Fraction(0)
+    return cost(str(offer.network), str(offer.asset), value) if value else (3, Fraction(0))
 
 
 def _unreachable(exc: httpx.HTTPError) -> ValueError:

@@ -110,10 +110,10 @@ def test_register_fits_the_client_and_every_network_and_version() -> None:
     scheme = register(sync, TestBuyer.new().key)
     known = [n.caip2 for n in networks()]
     assert type(scheme) is FourMicaCreditScheme
-    assert sync.v2 == sync.v1 == [(n, scheme) for n in known] and sync.policies == []
+    assert sync.v2 == sync.v1 == [(n, scheme) for n in known] and len(sync.policies) == 1
     policy = SpendingPolicy(allowed_networks={"eip155:8453"})
     assert type(register(aio, TestBuyer.new().key, policy=policy)) is AsyncFourMicaCreditScheme
-    (skip_disallowed,) = aio.policies
+    skip_disallowed, _ = aio.policies
     kept = skip_disallowed(
         2, [offer(), SimpleNamespace(scheme="exact", network=NETWORK, asset="x")]
     )
@@ -122,6 +122,37 @@ def test_register_fits_the_client_and_every_network_and_version() -> None:
         register(FakeClient(), AsyncFourMicaCreditScheme(TestBuyer.new().key))
     with pytest.raises(ConfigurationError, match="x402_versions"):
         register(FakeClient(), TestBuyer.new().key, x402_versions=(3,))
+
+
+def test_x402_is_handed_our_offers_cheapest_first() -> None:
+    """x402 pays the first offer its policies leave: a seller listing a dear 4mica offer
+    before a cheap one must not be paid the dear one (our transports pick the cheapest)."""
+    client = FakeClient()
+    register(client, TestBuyer.new().key)
+    (ordered,) = client.policies
+    dear, cheap = (offer().model_copy(update={"amount": a}) for a in ("900000", "10000"))
+    exact = SimpleNamespace(scheme="exact", network=NETWORK, asset=USDC, amount="1")
+    v1 = SimpleNamespace(  # x402's v1 requirements name their amount so
+        scheme="4mica-credit",
+        network=NETWORK,
+        asset=USDC,
+        pay_to=SELLER,
+        max_amount_required="20000",
+    )
+    # passed over by the transports: never first
+    zero, nobody = (
+        offer().model_copy(update={"amount": "0"}),
+        SimpleNamespace(
+            scheme="4mica-credit", network=NETWORK, asset=USDC, pay_to="nobody", amount="1"
+        ),
+    )
+    got = ordered(2, [exact, zero, dear, nobody, v1, cheap])
+    assert got[0] is exact  # another scheme keeps its place: x402's choice, not ours
+    assert got[1:] == [cheap, v1, dear, zero, nobody]  # the seller's order among equals
+    weth = SimpleNamespace(
+        scheme="4mica-credit", network=NETWORK, asset="0x" + "42" * 20, pay_to=SELLER, amount="1"
+    )  # 1 unit of a token we do not know does not undercut a dollar offer
+    assert ordered(2, [weth, dear])[0] is dear
 
 
 def test_sync_hook_prepares_and_the_payload_only_signs() -> None:
