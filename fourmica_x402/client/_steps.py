@@ -30,6 +30,7 @@ import coincurve
 import httpx
 
 from .._json import loads
+from .._urls import safe_url
 from ..errors import (
     BlockedSeller,
     BudgetExhausted,
@@ -171,7 +172,7 @@ class Buyer:
         task = self.policy.current_task() if self.policy is not None else None
         return Receipt(
             outcome="payment_failed",
-            url=url,
+            url=safe_url(url),  # the receipt goes to files an audit reads (docs/buyer.md)
             started_at=time.time(),
             task=task.name if task is not None else None,
         )

@@ -1787,3 +1787,33 @@ def test_a_seller_clock_a_little_ahead_does_not_refuse_a_new_tabs_first_payment(
     claims = json.loads(resp.receipt.claims)
     assert claims["timestamp"] <= seller.clock() + 5  # inside the Core's skew
     assert seller.core.audit() == []
+
+
+@pytest.mark.parametrize("kind", ["starlette", "flask"])
+def test_a_password_in_the_url_paid_is_kept_out_of_the_receipts(
+    seller: Any, tmp_path: Path
+) -> None:
+    """A URL's password (``https://user:secret@…``) went into the receipt, so into the ledger
+    file, its JSON-lines export and the approval callback's request: files an audit reads.
+    They keep the URL with its password masked, as ``fourmica-x402 pay`` prints it."""
+    buyer = funded(seller)
+    ledger = ReceiptLedger(tmp_path / "receipts.db")
+    asked: list[str] = []
+
+    def approve(request: Any) -> bool:
+        asked.append(request.url)
+        return True
+
+    policy = SpendingPolicy(approve=approve, approve_new_sellers=True)
+    payer = PaymentTransport(
+        buyer.key, policy=policy, ledger=ledger, transport=harness._inner(seller, is_async=False)
+    )
+    with httpx.Client(transport=payer) as client:
+        response = client.get("http://agent:s3cret-pw@testserver/premium")
+    assert response.status_code == 200
+    receipt = response.extensions["fourmica_receipt"]
+    assert receipt.outcome == "paid" and receipt.url == "http://agent:***@testserver/premium"
+    assert asked == [receipt.url]
+    ledger.export_jsonl(tmp_path / "audit.jsonl")
+    assert b"s3cret-pw" not in (tmp_path / "audit.jsonl").read_bytes()
+    assert [r.url for r in ledger] == [receipt.url]
