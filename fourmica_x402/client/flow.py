@@ -268,6 +268,7 @@ class BuyerFlow(Buyer):
         )
         receipt = replace(receipt, guarantee_id=own)
         if paid.status_code == 402:
+            self._forget(params)
             try:
                 yield Read(paid)
             except AnswerTooLarge as exc:
@@ -321,6 +322,13 @@ class BuyerFlow(Buyer):
         if receipt.outcome == "paid":
             report_paid(receipt)  # e.g. linked to the request that funds it (docs/buyer.md)
         return paid
+
+    def _forget(self, params: CoreParams) -> None:
+        """Read the Core's parameters afresh for the next payment: one signed with these was
+        refused (a wrong answer once, or a Core whose domain changed; docs/buyer.md)."""
+        with self._params_lock:
+            for url in [url for url, known in self._params.items() if known is params]:
+                del self._params[url]
 
     # -- pieces --------------------------------------------------------------------------------
 

@@ -1817,3 +1817,47 @@ def test_a_password_in_the_url_paid_is_kept_out_of_the_receipts(
     ledger.export_jsonl(tmp_path / "audit.jsonl")
     assert b"s3cret-pw" not in (tmp_path / "audit.jsonl").read_bytes()
     assert [r.url for r in ledger] == [receipt.url]
+
+
+def test_core_parameters_a_refused_payment_was_signed_with_are_read_again() -> None:
+    """The Core's signing parameters were read once per Core and kept for the process's life.
+    One wrong answer (a man in the middle on a plain-HTTP ``rpcUrl``, a Core whose domain
+    changed) had every later payment signed for the wrong domain: each refused after payment,
+    each counted against the budget, until a restart. A paid request answered 402 now drops
+    the parameters it was signed with; the next payment reads them again."""
+    from flask import Flask, request
+
+    from fourmica_x402.client import PaymentTransport
+
+    app, served, offer = Flask(__name__), [], json.loads(base64.b64decode(_mock_offer()))
+    offer["accepts"][0]["extra"]["rpcUrl"] = "http://seller.test"
+    header = base64.b64encode(json.dumps(offer).encode()).decode()
+
+    @app.post("/tab")
+    def tab() -> Any:
+        user = request.get_json()["userAddress"]
+        return {"tabId": "0x1", "nextReqId": hex(len(served) + 1), "userAddress": user}
+
+    @app.get("/core/public-params")
+    def params() -> Any:
+        served.append("forged" if not served else "1")  # the first answer is not the Core's
+        return {"chain_id": 84532, "eip712_name": "4Mica", "eip712_version": served[-1]}
+
+    @app.get("/x")
+    def paid() -> Any:
+        if "payment-signature" not in request.headers:
+            return "{}", 402, {"payment-required": header}
+        if served[-1] != "1":  # signed for a domain that is not the Core's: refused
+            return "{}", 402, {"payment-required": header}
+        return "served"
+
+    policy = SpendingPolicy()
+    payer = PaymentTransport(
+        TestBuyer.new().key, policy=policy, transport=httpx.WSGITransport(app=app)
+    )
+    with httpx.Client(transport=payer) as client:
+        with pytest.raises(PaymentFailed, match="refused after payment"):
+            client.get("http://seller.test/x")
+        assert client.get("http://seller.test/x").text == "served"
+    assert served == ["forged", "1"]
+    assert policy.spent(default_asset(NETWORK).address) == 2 * 10_000  # both signatures left
