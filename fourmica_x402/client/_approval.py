@@ -1,6 +1,7 @@
 """An approval callback under the async transport (docs/buyer.md): a sync one (a person at a
 prompt) is asked in a worker thread, so the agent's other calls go on, and about one payment
-at a time, so that an answer typed for one prompt never approves another payment."""
+at a time, so that an answer typed for one prompt never approves another payment. The sync
+transports, called from many threads, ask one question at a time as well."""
 
 from __future__ import annotations
 
@@ -12,19 +13,26 @@ from typing import Any
 
 from .policy import ApprovalRequest
 
-__all__ = ["approval"]
+__all__ = ["approval", "one_at_a_time"]
 
-_ASKING = threading.Lock()
+_ASKING = threading.RLock()  # re-entered by a callback that itself pays and asks
 
 
-def _one_at_a_time(approve: Callable[[ApprovalRequest], Any], request: ApprovalRequest) -> Any:
+def one_at_a_time(
+    approve: Callable[[ApprovalRequest], Any],
+    request: ApprovalRequest,
+    resolve: Callable[[Any], Any] = lambda verdict: verdict,
+) -> Any:
+    """``approve``'s answer about ``request`` (``resolve``: how its verdict is waited for),
+    while no other thread of the process asks: the sync transports called from a pool of
+    threads ask one question at a time too."""
     with _ASKING:
-        return approve(request)
+        return resolve(approve(request))
 
 
 async def approval(approve: Callable[[ApprovalRequest], Any] | None, request: Any) -> Any:
     """What ``approve`` answers for ``request`` (False without a callback)."""
     if approve is None:
         return False
-    answer = await asyncio.to_thread(_one_at_a_time, approve, request)
+    answer = await asyncio.to_thread(one_at_a_time, approve, request)
     return await answer if inspect.isawaitable(answer) else answer

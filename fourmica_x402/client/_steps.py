@@ -48,7 +48,7 @@ from ..guarantee import (
 )
 from ..networks import get_network, parse_amount
 from ..wire import PaymentRequirements, ResourceInfo
-from ._approval import approval
+from ._approval import approval, one_at_a_time
 from .answers import aread_answer, error_said, http_url, read_answer
 from .certificates import public_key_bytes
 from .heads import asend_head, send_head
@@ -403,7 +403,7 @@ def run_sync(
             elif isinstance(step, Read):
                 read(step.response)
             else:
-                answer = _resolve(approve(step.request)) if approve is not None else False
+                answer = one_at_a_time(approve, step.request, _resolve) if approve else False
         except BaseException as exc:  # a cancelled call too: what left is kept now
             error = exc
 

@@ -244,11 +244,11 @@ def test_a_sync_approval_callback_does_not_hold_up_other_calls(seller: Any, buye
 
 
 @pytest.mark.parametrize("kind", ["starlette"])  # the client's side: one seller is enough
-@pytest.mark.parametrize("buyers", ["httpx_async"], indirect=True)
 def test_a_sync_approval_callback_is_asked_one_payment_at_a_time(seller: Any, buyers: Any) -> None:
     """In a worker thread, a sync callback (a person at a prompt) was asked about two payments
     at once: two prompts on one terminal, and the answer typed for one could approve the
-    other. The agent's other calls go on, but one question is asked at a time."""
+    other. The agent's other calls go on, but one question is asked at a time: under the
+    async transport, and under the sync ones called from threads (a pool of workers)."""
     asking, most = [0], [0]
     lock = threading.Lock()
 
