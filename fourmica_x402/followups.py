@@ -7,7 +7,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .core.store import Store, Tx
+from .core.store import Store, StoreUnavailable, Tx
+from .core.store.deferred import Task
 
 __all__ = ["DONE", "DROP_MARK", "Followup", "Followups"]
 
@@ -86,19 +87,18 @@ class Followups:
         ``refund`` replaces: it knows how the response ended; a closed one (say an ``in_doubt`` of a
         replayed header, superseded by this payment's own run) is opened again for this new
         action.
+
+        A database that cannot take it now (locked past its busy timeout, full) gets it from
+        this process's deferred writes, which retry until it is written; a process that dies
+        first loses it, as a crash does (docs/operations.md, "Stopping and crashes").
         """
         now = time.time()
-        with self.store.transaction() as tx:
-            tx.execute(
-                "INSERT INTO fx_followups (guarantee_id, pay_to, created_at, next_at, status, "
-                "kind, score) VALUES (?, ?, ?, ?, 'open', ?, ?) "
-                "ON CONFLICT (guarantee_id) DO UPDATE SET pay_to = excluded.pay_to, "
-                "created_at = excluded.created_at, next_at = excluded.next_at, status = 'open', "
-                "attempts = 0, detail = NULL, kind = excluded.kind, score = excluded.score "
-                "WHERE fx_followups.status <> 'open' OR (fx_followups.kind = 'in_doubt' "
-                "AND excluded.kind IN ('in_doubt', 'refund')) OR (fx_followups.kind = "
-                "'unknown' AND excluded.kind IN ('score', 'refund'))",
-                (guarantee_id, pay_to, now, now, kind, score),
+        try:
+            with self.store.transaction() as tx:
+                _file(tx, guarantee_id, pay_to, kind, score, now)
+        except StoreUnavailable:
+            self.store.deferred.submit(
+                Task(lambda tx: _file(tx, guarantee_id, pay_to, kind, score, now))
             )
 
     def claim_settle(self, guarantee_id: str, pay_to: str, due: float) -> bool:
@@ -205,3 +205,17 @@ class Followups:
                     "WHERE guarantee_id = ? AND outcome = ?",
                     (final, guarantee_id, pending),
                 )
+
+
+def _file(tx: Tx, guarantee_id: str, pay_to: str, kind: str, score: int | None, now: float) -> None:
+    tx.execute(
+        "INSERT INTO fx_followups (guarantee_id, pay_to, created_at, next_at, status, "
+        "kind, score) VALUES (?, ?, ?, ?, 'open', ?, ?) "
+        "ON CONFLICT (guarantee_id) DO UPDATE SET pay_to = excluded.pay_to, "
+        "created_at = excluded.created_at, next_at = excluded.next_at, status = 'open', "
+        "attempts = 0, detail = NULL, kind = excluded.kind, score = excluded.score "
+        "WHERE fx_followups.status <> 'open' OR (fx_followups.kind = 'in_doubt' "
+        "AND excluded.kind IN ('in_doubt', 'refund')) OR (fx_followups.kind = "
+        "'unknown' AND excluded.kind IN ('score', 'refund'))",
+        (guarantee_id, pay_to, now, now, kind, score),
+    )

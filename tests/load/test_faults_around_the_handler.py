@@ -7,6 +7,9 @@ never charged for a handler that did not run, and a served one is still paid for
 
 from __future__ import annotations
 
+import base64
+import json
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +27,7 @@ from starlette.testclient import TestClient
 from fourmica_x402 import PaymentConfig, Stage
 from fourmica_x402.core import Core
 from fourmica_x402.core.store import StoreUnavailable
+from fourmica_x402.core.store.sqlite import SQLiteStore
 from fourmica_x402.jobs import Jobs
 from fourmica_x402.records import Records
 from fourmica_x402.testing import NETWORK, TestBuyer, paid_headers
@@ -168,3 +172,80 @@ def test_a_payment_given_back_is_recorded_with_the_status_the_buyer_got(
         assert (resp.status_code, resp.json()["error"]) == (409, "stage_in_progress")
     [record] = Records(core.store).query(payer=buyer.address)
     assert (record.status, record.outcome, record.http_status) == ("failed", "refunded", 409)
+
+
+def test_a_refund_the_locked_database_cannot_take_nor_file_is_queued_until_it_can(
+    tmp_path: Path,
+) -> None:
+    """Another process held the write lock past the busy timeout while a paid handler
+    answered 500: the refund failed, filing it for a retry failed the same way, and the
+    buyer stayed charged for the 500 (the result header said the payment settled, the record
+    said kept). The follow-up is now kept in memory and written once the lock is free."""
+    path = tmp_path / "core.db"
+    core = Core(SQLiteStore(str(path), busy_timeout_ms=200))
+    holder: list[sqlite3.Connection] = []
+
+    async def broken(request: Request) -> JSONResponse:
+        side = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        side.execute("BEGIN IMMEDIATE")  # a backup, a cycle close, an operator's sqlite3
+        holder.append(side)
+        return JSONResponse({"error": "broken"}, status_code=500)
+
+    config = PaymentConfig(pay_to=SELLER, network=NETWORK, core=core, routes={"POST /w": "$0.01"})
+    app = Starlette(
+        routes=[Route("/w", broken, methods=["POST"])],
+        middleware=[Middleware(PaymentMiddleware, config=config)],
+    )
+    try:
+        with TestClient(app) as client:
+            buyer = TestBuyer.new()
+            core.deposit(buyer.address, 1_000_000, network=NETWORK)
+            resp = client.post("/w", headers=paid_headers(client, buyer, client.post("/w")))
+            holder[0].execute("ROLLBACK")  # the lock is free again
+            holder[0].close()
+            assert resp.status_code == 500
+            result = json.loads(base64.b64decode(resp.headers["payment-response"]))
+            assert (result["success"], result.get("errorReason")) == (False, "refunded")
+            until(lambda: core.position(buyer.address, network=NETWORK).locked == 0)
+            assert [g.state for g in core.guarantees(address=buyer.address)] == ["voided"]
+            until(lambda: Records(core.store).query(payer=buyer.address)[0].outcome == "refunded")
+            [record] = Records(core.store).query(payer=buyer.address)
+            assert (record.outcome, record.http_status) == ("refunded", 500)
+        assert core.audit() == []
+    finally:
+        for side in holder:
+            side.close()
+        core.close()
+
+
+def test_a_payment_given_back_while_the_database_is_locked_is_voided_once_it_is_free(
+    tmp_path: Path,
+) -> None:
+    """The after_settle hook failed while another process held the write lock past the busy
+    timeout: the handler did not run (503) but the void, and filing it for a retry, met the
+    lock; the buyer stayed charged for the 503 until an operator stepped in."""
+    path = tmp_path / "core.db"
+    core = Core(SQLiteStore(str(path), busy_timeout_ms=200))
+    holder: list[sqlite3.Connection] = []
+
+    def hook(request: Any, result: Any) -> None:
+        side = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        side.execute("BEGIN IMMEDIATE")
+        holder.append(side)
+        raise RuntimeError("the seller's hook broke")
+
+    try:
+        with TestClient(app_of(core, routes={"POST /work": "$0.01"}, after_settle=hook)) as client:
+            buyer = TestBuyer.new()
+            core.deposit(buyer.address, 1_000_000, network=NETWORK)
+            resp = client.post("/work", headers=paid_headers(client, buyer, client.post("/work")))
+            holder[0].execute("ROLLBACK")  # the lock is free again
+            # its record could not be written either: the store's own code
+            assert (resp.status_code, resp.json()["error"]) == (503, "core_unavailable")
+            until(lambda: core.position(buyer.address, network=NETWORK).locked == 0)
+        assert [g.state for g in core.guarantees(address=buyer.address)] == ["voided"]
+        assert core.audit() == []
+    finally:
+        for side in holder:
+            side.close()
+        core.close()
