@@ -478,6 +478,45 @@ def test_commits_are_checkpointed_in_the_background(sqlite_url: str) -> None:
         store.close()
 
 
+def test_a_checkpointer_that_could_not_open_its_connection_tries_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The background checkpointer's first connection failed (too many open files, the
+    directory briefly unreachable): the exception ended its thread, with a traceback, and the
+    process never checkpointed again, so the log grew without bound."""
+    from fourmica_x402.core.store.sqlite import SQLiteStore
+
+    class Flaky(SQLiteStore):
+        failed = False
+
+        def _connection(self) -> sqlite3.Connection:
+            if threading.current_thread().name == "fourmica-checkpoint" and not self.failed:
+                Flaky.failed = True
+                raise StoreUnavailable("cannot open SQLite database: unable to open (injected)")
+            return super()._connection()
+
+    store = Flaky(str(tmp_path / "x.db"))
+    try:
+        with store.transaction() as tx:
+            tx.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+        for i in range(200):  # two checkpoints' worth of commits: the first one fails
+            with store.transaction() as tx:
+                tx.execute("INSERT INTO t (k) VALUES (?)", (i,))
+            if i == 99:
+                for _ in range(500):  # bounded: the checkpointer runs on its own thread
+                    if Flaky.failed:
+                        break
+                    time.sleep(0.01)
+        for _ in range(500):
+            if store.checkpoints:
+                break
+            time.sleep(0.01)
+        assert Flaky.failed and store.checkpoints == 1
+        assert "Traceback" not in capsys.readouterr().err
+    finally:
+        store.close()
+
+
 def test_migrate_fresh_database_and_again(store_url: str) -> None:
     store = open_store(store_url)
     try:

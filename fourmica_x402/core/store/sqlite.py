@@ -404,7 +404,7 @@ class SQLiteStore:
                     finally:
                         self._release_writer()
                 self.checkpoints += 1
-            except sqlite3.Error:
+            except (sqlite3.Error, StoreUnavailable):  # no connection to be had now either
                 pass  # the next one (or another connection's automatic one) catches up
             finally:
                 with self._idle:
