@@ -77,6 +77,8 @@ def request_view(
 class PaymentMiddleware:
     """Charges for the routes of ``config``; everything else passes through."""
 
+    gate: Gate = property(lambda self: self.startup.built)  # type: ignore[assignment]  # or None
+
     def __init__(
         self,
         app: Any,
@@ -92,9 +94,7 @@ class PaymentMiddleware:
         self._given_router, self._marker = router, marker
         self._router: StarletteRouter | None = None
         self._root = ""  # a root_path the app sets itself, which the router will route by
-        self.startup = Startup()  # a bad configuration fails the start, then every request
-        built = self.startup.attempt(lambda: gate or Gate(config or PaymentConfig(**options)))
-        self.gate: Gate = built  # type: ignore[assignment]  # None only when the start fails
+        self.startup = Startup(lambda: gate or Gate(config or PaymentConfig(**options)))
 
     def _check(self) -> None:  # once: find the router and check the route table against it
         router = self._given_router or find_router(self.app)

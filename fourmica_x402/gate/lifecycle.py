@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
-import threading
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from typing import Any, TypeVar, overload
 
@@ -21,9 +19,9 @@ from ..routes import Endpoint, RouteConfig, RouteTable, validate_marker
 from ..templates import converters_in, method_names, spans
 from . import drive, guards
 from .flow import Gate
+from .startup import Startup as Startup  # the adapters take it from here
 from .types import Call, Flow, Paid, Payment, Response, error_response, for_shared_caches
 
-log = logging.getLogger("fourmica_x402.gate")
 T = TypeVar("T")
 
 #: Where adapters keep a request's :class:`~.types.Payment` (WSGI environ, ASGI scope).
@@ -259,41 +257,6 @@ class AsyncBody(_Body):
             await drive.run_async(self._meter.finish(None if self._meter.whole() else exc))
             raise
         return self._meter.feed(chunk)
-
-
-class Startup:
-    """Start-up checks, run once; a failure fails every request closed.
-
-    A bad configuration found when the app starts (or, at the latest, when it first serves)
-    is logged and kept: every request is then answered :attr:`refusal`, never served unpriced.
-    """
-
-    def __init__(self) -> None:
-        self.error: str | None = None
-        self._done, self._lock = False, threading.Lock()
-
-    def attempt(self, fn: Callable[[], T]) -> T | None:
-        """``fn()``; None when it failed (the error is logged and kept)."""
-        try:
-            return fn()
-        except Exception as exc:
-            self.error = f"fourmica_x402: {exc}"
-            log.error("%s", self.error)
-            return None
-
-    def run(self, check: Callable[[], object]) -> str | None:
-        """``check()`` the first time (concurrent callers wait for it); the error, if any."""
-        if not self._done:
-            with self._lock:
-                if not self._done and self.error is None:
-                    self.attempt(check)
-                self._done = True
-        return self.error
-
-    @property
-    def refusal(self) -> Response:
-        """The answer to every request while the configuration is bad."""
-        return error_response(500, "configuration_error", self.error or "")
 
 
 _MARK = "__fourmica_marker__"

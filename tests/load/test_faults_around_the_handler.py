@@ -249,3 +249,30 @@ def test_a_payment_given_back_while_the_database_is_locked_is_voided_once_it_is_
         for side in holder:
             side.close()
         core.close()
+
+
+def test_an_app_first_called_while_the_database_is_locked_serves_once_it_is_free(
+    tmp_path: Path,
+) -> None:
+    """An ASGI app without a lifespan (a mounted sub-app, ``--lifespan off``) builds its gate
+    at its first request. Another process held the write lock past the busy timeout then:
+    the failure was kept as a bad configuration, and every request after the lock was gone
+    was still answered 500 ``configuration_error`` until a restart."""
+    path = tmp_path / "core.db"
+    core = Core(SQLiteStore(str(path), busy_timeout_ms=200))
+    side = sqlite3.connect(path, isolation_level=None)
+    try:
+        client = TestClient(app_of(core, routes={"POST /work": "$0.01"}))  # no lifespan
+        side.execute("BEGIN IMMEDIATE")
+        resp = client.post("/work")
+        assert (resp.status_code, resp.json()["error"]) == (503, "core_unavailable")
+        side.execute("ROLLBACK")
+        buyer, resp = pay(client, core)
+        assert resp.status_code == 200 and resp.json() == {"work": "done"}
+        middleware = client.app.middleware_stack.app  # type: ignore[attr-defined]
+        gate = middleware.gate
+        assert client.post("/work").status_code == 402 and middleware.gate is gate  # built once
+        until(lambda: [g.state for g in core.guarantees(address=buyer.address)] == ["payable"])
+    finally:
+        side.close()
+        core.close()

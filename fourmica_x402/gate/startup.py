@@ -1,0 +1,75 @@
+"""The start-up checks of an adapter: a bad configuration fails every request closed."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ..core.store import StoreUnavailable
+from .types import Response, error_response
+
+__all__ = ["Startup"]
+
+log = logging.getLogger("fourmica_x402.gate")
+
+T = TypeVar("T")
+
+
+class Startup:
+    """Start-up checks, run once; a failure fails every request closed.
+
+    A bad configuration found when the app starts (or, at the latest, when it first serves)
+    is logged and kept: every request is then answered :attr:`refusal`, never served unpriced.
+    A gate that could not be built because its database could not be used then (a write lock
+    held past the busy timeout) is not a bad configuration: each request tries again, and is
+    answered 503 ``core_unavailable`` until it can (docs/operations.md, "The embedded Core").
+    """
+
+    def __init__(self, build: Callable[[], Any] | None = None) -> None:
+        self.error: str | None = None
+        self.unavailable = False  # the last failure was the database's, not the configuration's
+        #: The gate :meth:`build` made (None until it could).
+        self.built: Any = None
+        self._build: Callable[[], Any] | None = None
+        self._done, self._lock = False, threading.Lock()
+        if build is not None:
+            self.build(build)
+
+    def attempt(self, fn: Callable[[], T]) -> T | None:
+        """``fn()``; None when it failed (the error is logged and kept)."""
+        try:
+            return fn()
+        except Exception as exc:
+            self.error = f"fourmica_x402: {exc}"
+            self.unavailable = isinstance(exc, StoreUnavailable)
+            log.error("%s", self.error)
+            return None
+
+    def build(self, fn: Callable[[], T]) -> T | None:
+        """``fn()``, kept as :attr:`built`; one that met an unusable database runs again at
+        the next :meth:`run`."""
+        self.unavailable = False
+        self.built = self.attempt(fn)
+        self._build = fn if self.unavailable else None
+        return self.built
+
+    def run(self, check: Callable[[], object]) -> str | None:
+        """``check()`` the first time (concurrent callers wait for it); the error, if any."""
+        if not self._done:
+            with self._lock:
+                if not self._done and self._build is not None:  # the database was down: again
+                    self.error = None
+                    self.build(self._build)
+                if not self._done and self.error is None:
+                    self.attempt(check)
+                self._done = self._build is None
+        return self.error
+
+    @property
+    def refusal(self) -> Response:
+        """The answer to every request while the configuration is bad (or the database down)."""
+        if self._build is not None:  # to be built again: the database was down
+            return error_response(503, "core_unavailable", self.error or "")
+        return error_response(500, "configuration_error", self.error or "")
