@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..core.store import StoreClosed, StoreUnavailable, Tx
@@ -54,6 +56,14 @@ class Reconciler:
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        #: Start-up recovery that met a database it could not use: run again from here.
+        self._recovery: Callable[[], object] | None = None
+
+    def recover_later(self, recovery: Callable[[], object]) -> None:
+        """Run ``recovery`` from this thread, again every few seconds while it fails (it
+        puts itself back), until the database takes it."""
+        self._recovery = recovery
+        self.kick()
 
     def kick(self) -> None:
         self._wake.set()
@@ -68,6 +78,9 @@ class Reconciler:
         records = self._gate.records
         while True:
             try:
+                recovery, self._recovery = self._recovery, None
+                if recovery is not None:
+                    recovery()
                 self.reconcile()
                 due = records.next_followup_due()
             except StoreClosed:  # the app closed its database: nothing more to do here
@@ -77,6 +90,8 @@ class Reconciler:
             except Exception:  # the records database may be down too: try again later
                 log.exception("reconciling payments in doubt failed")
                 due = time.time() + 5
+            if self._recovery is not None:  # failed again: in a few seconds
+                due = min(due or math.inf, time.time() + 5)
             with self._lock:
                 if due is None and not self._wake.is_set():
                     self._thread = None
@@ -237,23 +252,26 @@ class Holds:
                     return
 
 
-def recover(gate: Gate) -> int:
+def recover(gate: Gate, before: float | None = None) -> int:
     """Label the records a dead process left "settled, delivery unknown"; file a follow-up for
     each G-v2 one still awaiting its score. Returns how many records it found.
 
     A settle-after record is written before its settle, without the guarantee's id: one its
     completion never reached is found by its tab and request ids (its guarantee then named).
+    A database that cannot take it (a full disk) has the reconciler run it again, for the
+    records made ``before`` the gate started, until it can.
     """
     core = gate.core
     assert core is not None
     now = time.time()
+    started = now if before is None else before
     try:
         with core.store.transaction(write=False) as tx:
             rows = tx.all(
                 "SELECT r.record_id, r.guarantee_id, r.pay_to, g.state, g.validation_deadline "
                 "FROM fx_records r JOIN fx_guarantees g ON g.guarantee_id = r.guarantee_id "
                 "WHERE r.status = 'settled' AND r.outcome IS NULL AND r.created_at < ?",
-                (now,),
+                (started,),
             )
             rows += tx.all(
                 "SELECT r.record_id, g.guarantee_id, r.pay_to, g.state, g.validation_deadline "
@@ -261,9 +279,9 @@ def recover(gate: Gate) -> int:
                 "AND g.req_id = r.request_id AND g.recipient_address = r.pay_to "
                 "WHERE r.status = 'verified' AND r.settle_mode = 'after' "
                 "AND r.outcome IS NULL AND r.created_at < ?",
-                (now,),
+                (started,),
             )
-            unsettled = tx.all("SELECT record_id FROM fx_records " + _UNSETTLED, (now,))
+            unsettled = tx.all("SELECT record_id FROM fx_records " + _UNSETTLED, (started,))
         if rows or unsettled:
             with core.store.transaction() as tx:
                 for record_id, gid, pay_to, state, deadline in rows:
@@ -276,9 +294,13 @@ def recover(gate: Gate) -> int:
                 # a settle-after handler that never got to its settle: nothing was charged,
                 # and its header's replay is no longer "in progress" (docs/operations.md);
                 # a sibling still serving it writes its real outcome over the label
-                tx.execute("UPDATE fx_records SET outcome = 'not_charged' " + _UNSETTLED, (now,))
+                tx.execute(
+                    "UPDATE fx_records SET outcome = 'not_charged' " + _UNSETTLED, (started,)
+                )
     except StoreUnavailable as exc:  # a read-only or missing database: requests fail closed
         log.error("could not look for payments left unfinished: %s", exc)
+        if not isinstance(exc, StoreClosed):
+            gate._reconciler.recover_later(lambda: recover(gate, started))
         return 0
     if rows:
         log.warning(

@@ -1308,3 +1308,42 @@ def test_full_disk_fails_closed(tiny_disk: Path) -> None:
         assert core.position(buyer.address, network=NETWORK).locked == 2 * PRICE
     finally:
         core.close()
+
+
+def test_start_up_recovery_on_a_full_disk_runs_again_once_there_is_room(tiny_disk: Path) -> None:
+    """A worker died with a G-v2 payment's completion queued; the next one started on a full
+    disk: its recovery could not write, was logged and skipped for good. Once there was room
+    again nothing filed the follow-up that cancels that payment at its validation deadline:
+    the buyer's collateral stayed locked, and the record without an outcome."""
+    core = Core(str(tiny_disk / "core.db"))
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 100_000, network=NETWORK)
+    runs = Counter()
+    config = PaymentConfig(
+        pay_to=SELLER, routes={"GET /premium": "$0.01"}, core=core, completion_window=60
+    )
+    try:
+        with TestClient(seller_app(config, runs)) as seller:
+            req = offer(seller)
+            body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": {}}
+            body["paymentRequirements"] = req.to_dict()
+            name, value = payment_header(buyer, req, seller.post("/x402/tab", json=body).json())
+            assert seller.get("/premium", headers={name: value}).status_code == 200
+            core.store.deferred.forget()  # the worker dies with its completion queued
+        [g] = core.guarantees(address=buyer.address)
+        assert g.state == "pending_validation"
+        with contextlib.closing(sqlite3.connect(tiny_disk / "core.db")) as side:
+            assert side.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+        assert _fill(tiny_disk) > 0
+        app = embedded_seller(core, runs)
+        with TestClient(app) as seller:  # the next worker starts on the full disk
+            gate = seller.app.middleware_stack.app.gate  # type: ignore[attr-defined]
+            assert gate.records.followup(g.guarantee_id) is None
+            (tiny_disk / "filler").unlink()  # room again
+            for _ in range(200):  # bounded: 10 s
+                if gate.records.followup(g.guarantee_id) is not None:
+                    break
+                time.sleep(0.05)
+            assert gate.records.followup(g.guarantee_id) == ("open", 0, None)
+    finally:
+        core.close()
