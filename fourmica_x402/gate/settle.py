@@ -216,7 +216,10 @@ def _refund_late(gate: Gate, pay_to: str, outcome: Any) -> None:
     timeout): its handler will not run, so it is refunded."""
     result = outcome[0] if isinstance(outcome, tuple) else outcome
     if isinstance(result, SettleResult) and result.success and result.guarantee_id:
-        gate.records.label(result.guarantee_id, "refund_pending")  # "refunded" once voided
+        try:
+            gate.records.label(result.guarantee_id, "refund_pending")  # "refunded" once voided
+        except Exception:  # the database cannot take it now (a full disk): refunded all the same
+            log.exception("could not label the late payment %s", result.guarantee_id)
         gate.records.add_followup(result.guarantee_id, pay_to, "refund")
         gate._reconciler.kick()
 

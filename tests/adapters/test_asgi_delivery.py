@@ -781,17 +781,29 @@ def test_the_next_stage_waits_until_this_one_was_delivered(core: Core) -> None:
     assert core.position(buyer.address, network=NETWORK).locked == 2 * 10_000 + 20_000
 
 
+@pytest.mark.parametrize("label", ["written", "refused"])
 @pytest.mark.parametrize("policy", [False, True], ids=["G-v1", "G-v2"])
 def test_a_request_cancelled_while_its_settle_waits_for_another_process_is_refunded(
-    core: Core, policy: bool
+    core: Core, policy: bool, label: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another process holds the database's write lock, so the acceptance goes to a worker
     thread; an outer timeout cancels the request meanwhile. The thread still commits once
-    the lock is free: the handler never ran, so that acceptance is refunded."""
+    the lock is free: the handler never ran, so that acceptance is refunded. Labelling its
+    record may then fail (the disk filled up right after the acceptance): the refund was
+    never filed, and the buyer stayed charged for a request that was not served."""
     import sqlite3
     import threading
     import time
 
+    from fourmica_x402.core.store import StoreUnavailable
+    from fourmica_x402.records import Records
+
+    if label == "refused":
+
+        def full(*args: Any) -> None:
+            raise StoreUnavailable("SQLite commit failed: database or disk is full (injected)")
+
+        monkeypatch.setattr(Records, "label", full)
     ran: list[str] = []
 
     async def report(request: Any) -> PlainTextResponse:
@@ -815,7 +827,8 @@ def test_a_request_cancelled_while_its_settle_waits_for_another_process_is_refun
     other.close()
     gate = gate_of(app.middleware_stack)
     deadline = time.monotonic() + 15
-    while (found := settled(core, gate)) != [("voided", "refunded")]:
+    refunded = [("voided", "refunded" if label == "written" else None)]
+    while (found := settled(core, gate)) != refunded:
         assert time.monotonic() < deadline, found
         time.sleep(0.05)
     assert ran == [] and core.audit() == []
