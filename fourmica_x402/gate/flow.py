@@ -247,7 +247,10 @@ class Gate:
 
         async def wrapped(message: Any) -> None:
             if message.get("type") == "lifespan.shutdown.complete":
-                self.flush()  # no request is served any more: the loop may wait for it
+                try:
+                    self.flush()  # no request is served any more: the loop may wait for it
+                except Unavailable as exc:  # the exit tries again (docs/operations.md)
+                    log.error("committing the queued completions at shutdown failed: %s", exc)
             await send(message)
 
         return wrapped
