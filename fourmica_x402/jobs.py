@@ -58,6 +58,9 @@ MIGRATIONS: list[list[str]] = [
     ],
     # the payTo its stage 1 was paid to: another seller on this database sells no stage of it
     ["ALTER TABLE fx_jobs ADD COLUMN pay_to TEXT"],
+    # the open jobs whose seller is not named yet, looked for at every start: found without
+    # reading every job ever opened (docs/operations.md, "The embedded Core")
+    ["CREATE INDEX fx_jobs_unnamed ON fx_jobs (state) WHERE pay_to IS NULL"],
 ]
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")

@@ -128,7 +128,7 @@ def test_an_older_releases_database_keeps_its_money_and_the_buyer_keeps_paying(
             assert meta == {
                 "schema_version": str(SCHEMA_VERSION),
                 "records_schema_version": "8",
-                "jobs_schema_version": "2",
+                "jobs_schema_version": "3",
                 "prices_schema_version": "1",
             }
             assert core.audit() == []

@@ -108,3 +108,32 @@ def test_a_gates_start_up_recovery_reads_only_the_unfinished_records(tmp_path: P
         finally:
             gate.records.store.close()
             core.close()
+
+
+def test_a_jobs_start_up_reads_only_the_jobs_without_a_seller(tmp_path: Path) -> None:
+    """Every gate selling staged work opens :class:`Jobs` at its start, which looks for open
+    jobs whose seller was never named: with every job named, that look read every job ever
+    opened, so each worker's boot grew with the seller's history of staged work."""
+    from fourmica_x402.core.store import open_store
+    from fourmica_x402.jobs import Jobs, Stage
+    from fourmica_x402.records import Records
+
+    store = open_store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    try:
+        Records(store)  # a gate's records share the database: their schema is there
+        jobs = Jobs(store)
+        for _ in range(5):
+            jobs.open(Stage("report", 1, of=3), "0x" + "11" * 20, None, 1_000, pay_to=SELLER)
+        conn = store._connection()  # type: ignore[attr-defined]
+        with statements(conn) as seen:
+            Jobs(store)
+        plans = [
+            (s[:80], str(row[-1]))
+            for s in seen
+            if s.split()[0].upper() in ("SELECT", "UPDATE")
+            for row in conn.execute("EXPLAIN QUERY PLAN " + s).fetchall()
+            if str(row[-1]).startswith("SCAN")
+        ]
+        assert seen and plans == []
+    finally:
+        store.close()
