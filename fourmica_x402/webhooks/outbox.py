@@ -58,6 +58,9 @@ MIGRATIONS: list[list[str]] = [
         """INSERT INTO fx_webhook_cursor (cursor_id, last_event_id)
             SELECT 1, COALESCE(MAX(event_id), 0) FROM fx_events""",
     ],
+    # the delivery log by status, newest first (docs/operations.md, "Webhooks"): the few failed
+    # or pending deliveries found without reading every delivered one
+    ["CREATE INDEX fx_webhook_deliveries_status ON fx_webhook_deliveries (status, delivery_id)"],
 ]
 
 _BATCH = 500  # events read per enqueue transaction

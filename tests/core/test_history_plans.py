@@ -137,3 +137,38 @@ def test_a_jobs_start_up_reads_only_the_jobs_without_a_seller(tmp_path: Path) ->
         assert seen and plans == []
     finally:
         store.close()
+
+
+def test_the_delivery_log_by_status_reads_only_deliveries_in_that_status(tmp_path: Path) -> None:
+    """``GET /admin/webhooks/deliveries?status=failed`` (and ``pending``): read newest first
+    through the whole outbox, the few failed deliveries were found only after every delivered
+    one ever made, a page that grew with every event the service sent."""
+    import httpx
+
+    from fourmica_x402.webhooks import Webhooks
+
+    clock = FakeClock(1_800_000_000)
+    core = Core(str(tmp_path / "core.db"), clock=clock)
+    client = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200)))
+    hooks = Webhooks(core, client=client, clock=clock)
+    try:
+        hooks.subscribe("https://hooks.example/in", ["*"], "s3cret")
+        for _ in range(5):
+            core.deposit(SELLER, 100, network=NETWORK)
+        hooks.enqueue()
+        hooks.deliver_due()
+        conn = core.store._connection()  # type: ignore[attr-defined]
+        for status in ("failed", "pending", "delivered"):
+            with statements(conn) as seen:
+                hooks.deliveries(status=status, limit=20)
+            plans = [
+                (s[:80], str(row[-1]))
+                for s in seen
+                if s.startswith("SELECT")
+                for row in conn.execute("EXPLAIN QUERY PLAN " + s).fetchall()
+                if str(row[-1]).startswith("SCAN")  # "SCAN d": the outbox, by its alias
+            ]
+            assert seen and plans == [], status
+    finally:
+        client.close()
+        core.close()
