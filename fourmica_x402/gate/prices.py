@@ -48,6 +48,17 @@ _MIGRATIONS: list[list[str]] = [
 ]
 
 
+#: Each route's last price (None: reset) among the changes up to an id: the routes walked one
+#: index step at a time, then each one's newest change (no read of the whole history).
+_LAST_PER_ROUTE = (
+    "WITH RECURSIVE r (route) AS (SELECT MIN(route) FROM fx_prices UNION ALL "
+    "SELECT (SELECT MIN(p.route) FROM fx_prices p WHERE p.route > r.route) FROM r "
+    "WHERE r.route IS NOT NULL) "
+    "SELECT r.route, (SELECT p.price FROM fx_prices p WHERE p.route = r.route "
+    "AND p.change_id <= ? ORDER BY p.change_id DESC LIMIT 1) FROM r WHERE r.route IS NOT NULL"
+)
+
+
 def route_key(key: str) -> str:
     """A route key as the table writes it: ``"get /items/:id"`` → ``"GET /items/:id"``, a
     bare path → ``"* /path"``."""
@@ -125,18 +136,15 @@ class PriceBook:
         return int(row[0] or 0) if row else 0
 
     def current(self) -> tuple[int, dict[str, Any]]:
-        """``(last change id, {route key: price})``: the routes priced at run time now."""
+        """``(last change id, {route key: price})``: the routes priced at run time now.
+
+        Each route's last change up to the last id, read through ``(route, change_id)``: a
+        few rows per route, however many changes were ever made."""
         with self.store.transaction(write=False) as tx:
-            rows = tx.all("SELECT change_id, route, price FROM fx_prices ORDER BY change_id")
-        prices: dict[str, Any] = {}
-        last = 0
-        for change_id, route, text in rows:
-            last = int(change_id)
-            if text is None:
-                prices.pop(route, None)
-            else:
-                prices[route] = json.loads(text)
-        return last, prices
+            row = tx.one("SELECT MAX(change_id) FROM fx_prices")
+            last = int(row[0] or 0) if row else 0
+            rows = tx.all(_LAST_PER_ROUTE, (last,))
+        return last, {route: json.loads(text) for route, text in rows if text is not None}
 
     def history(self, route: str | None = None, limit: int = 50) -> list[PriceChange]:
         """The changes, newest first (of one route when given)."""

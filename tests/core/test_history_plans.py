@@ -172,3 +172,32 @@ def test_the_delivery_log_by_status_reads_only_deliveries_in_that_status(tmp_pat
     finally:
         client.close()
         core.close()
+
+
+def test_a_gate_reading_a_price_change_reads_each_routes_last_change_only(tmp_path: Path) -> None:
+    """Each process serving the app reads the price book when it changed (on the request that
+    finds its poll due): it read every change ever made and replayed them, so a seller whose
+    prices change every minute paid, on a request, for its whole repricing history."""
+    from fourmica_x402.core.store import open_store
+    from fourmica_x402.gate.prices import PriceBook
+
+    store = open_store(f"sqlite:///{tmp_path / 'prices.db'}")
+    try:
+        book = PriceBook(store)
+        for cents in range(1, 6):
+            book.set({"GET /a": f"${cents / 100}", "GET /b": f"${cents / 100}"}, source="test")
+        book.set({"GET /b": None, "GET /c": "$0.07"}, source="test")
+        conn = store._connection()  # type: ignore[attr-defined]
+        with statements(conn) as seen:
+            last, prices = book.current()
+        assert (last, prices) == (12, {"GET /a": "$0.05", "GET /c": "$0.07"})
+        plans = [
+            (s[:80], str(row[-1]))
+            for s in seen
+            if s.split()[0].upper() in ("SELECT", "WITH")
+            for row in conn.execute("EXPLAIN QUERY PLAN " + s).fetchall()
+            if str(row[-1]).startswith("SCAN fx_prices")
+        ]
+        assert seen and plans == []
+    finally:
+        store.close()
