@@ -63,7 +63,8 @@ PAYER_REASONS = frozenset(
     }
 )
 
-#: Keys kept per rule at most; beyond, the keys whose window is empty are dropped first.
+#: Keys kept per rule at most; beyond, the keys whose window is empty are dropped first, then
+#: the oldest, down to half.
 MAX_KEYS = 100_000
 
 
@@ -93,8 +94,13 @@ class _Window:
         return None
 
     def _sweep(self, now: float) -> None:
+        """Down to half of :data:`MAX_KEYS`, stale keys first, then the oldest: a sweep that
+        freed only a few would run again at the next new key, reading every key each time."""
         stale = [k for k, h in self._hits.items() if not h or h[-1] <= now - self.window]
-        for key in stale or list(self._hits):
+        for key in stale:
+            del self._hits[key]
+            self._fired.discard(key)
+        for key in list(self._hits)[: max(len(self._hits) - MAX_KEYS // 2, 0)]:
             del self._hits[key]
             self._fired.discard(key)
 

@@ -407,6 +407,35 @@ def test_invalid_payments_fire_once_per_crossing_of_the_window(world: World) -> 
     ]
 
 
+def test_a_stream_of_new_addresses_past_the_key_cap_is_not_swept_on_every_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the cap on keys a window swept its stale keys; one new address a second, each one
+    stale a window later, left one stale key per sweep, so every refusal from then on read
+    every key (100 000 of them), under the lock every refusal takes."""
+    from fourmica_x402 import alerts
+
+    monkeypatch.setattr(alerts, "MAX_KEYS", 100)
+    read: list[int] = []
+    sweep = alerts._Window._sweep
+
+    def counted(self: Any, now: float) -> None:
+        read.append(len(self._hits))
+        sweep(self, now)
+
+    monkeypatch.setattr(alerts._Window, "_sweep", counted)
+    now = [0.0]
+    hook = InvalidPaymentAlerts(
+        AlertRules(invalid_payments_per_ip=2, invalid_window=100), clock=lambda: now[0]
+    )
+    for i in range(1_000):
+        now[0] = float(i)
+        hook.observe(request(f"10.0.{i // 250}.{i % 250}"), "malformed_payment")
+    window = hook._windows["invalid_payments_per_ip"]
+    assert len(window._hits) <= 100
+    assert sum(read) <= 3 * 1_000  # a key read a few times in all, not once per refusal
+
+
 def test_invalid_payments_from_one_ipv6_site_count_as_one_address(world: World) -> None:
     """A sender rotating through its IPv6 /64 (one host's or site's share) was a new address
     at every payment: the per-IP rule never fired, while the throttle counts that /64 as one
