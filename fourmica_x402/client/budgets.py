@@ -135,6 +135,8 @@ _SCHEMA = (
     "task TEXT, state TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS spending_asset_at ON spending (asset, at)",
     "CREATE INDEX IF NOT EXISTS spending_task ON spending (task, asset)",
+    # a seller's own rows (the per-seller cap, "paid this seller before"), not every seller's
+    "CREATE INDEX IF NOT EXISTS spending_seller ON spending (seller, asset, at)",
     # the outer tasks a reservation also spends under (``task`` holds the innermost)
     "CREATE TABLE IF NOT EXISTS spending_outer (reservation_id INTEGER NOT NULL, "
     "task TEXT NOT NULL, PRIMARY KEY (task, reservation_id))",

@@ -421,3 +421,35 @@ def test_a_cap_of_zero_lets_nothing_through_not_even_an_amount_of_zero(
     with policy.task("t", budget=task) if task is not None else contextlib.nullcontext():
         assert ask(policy, amount=0) == "budget_exhausted"
         assert ask(policy, amount=1) == "budget_exhausted"
+
+
+def test_a_per_seller_cap_and_new_seller_check_read_that_sellers_payments_only(
+    tmp_path: Path,
+) -> None:
+    """With a ledger, every payment under ``max_per_seller`` (or ``approve_new_sellers``) read
+    the spending rows of every seller the agent ever paid in that token: an agent running for
+    months paid, on every payment, for its whole history with everyone."""
+    ledger = ReceiptLedger(tmp_path / "agent.db")
+    before = SpendingPolicy(max_per_seller="$1000", approve_new_sellers=True, ledger=ledger)
+    for n in (*range(1, 6), 0x11):
+        decision = before.check(
+            seller="0x" + f"{n:02x}" * 20, url="u", amount=10, asset=USDC, network=NETWORK,
+            approved=True,
+        )  # fmt: skip
+        assert decision.reservation is not None
+        before.commit(decision.reservation)
+    restarted = SpendingPolicy(max_per_seller="$1000", approve_new_sellers=True, ledger=ledger)
+    seen: list[str] = []
+    ledger.connection.set_trace_callback(seen.append)
+    try:
+        assert ask(restarted) == "paid"  # paid before: no approval asked
+    finally:
+        ledger.connection.set_trace_callback(None)
+    plans = {
+        s: [str(row[-1]) for row in ledger.connection.execute("EXPLAIN QUERY PLAN " + s)]
+        for s in seen
+        if s.startswith("SELECT") and "seller = " in s
+    }
+    assert len(plans) >= 2  # the per-seller total, and "paid this seller before"
+    for sql, steps in plans.items():  # found by the seller, not by the token or end to end
+        assert steps and all("seller=?" in step for step in steps), (sql, steps)
