@@ -140,6 +140,8 @@ _SCHEMA = (
     # the outer tasks a reservation also spends under (``task`` holds the innermost)
     "CREATE TABLE IF NOT EXISTS spending_outer (reservation_id INTEGER NOT NULL, "
     "task TEXT NOT NULL, PRIMARY KEY (task, reservation_id))",
+    # a reservation given back deletes its rows by id, not by reading every task's
+    "CREATE INDEX IF NOT EXISTS spending_outer_reservation ON spending_outer (reservation_id)",
 )
 
 

@@ -453,3 +453,27 @@ def test_a_per_seller_cap_and_new_seller_check_read_that_sellers_payments_only(
     assert len(plans) >= 2  # the per-seller total, and "paid this seller before"
     for sql, steps in plans.items():  # found by the seller, not by the token or end to end
         assert steps and all("seller=?" in step for step in steps), (sql, steps)
+
+
+def test_releasing_a_nested_tasks_reservation_finds_its_rows_by_id(tmp_path: Path) -> None:
+    """A payment decided under nested tasks keeps a row per outer task; giving one back (it was
+    never sent) deleted its rows by reading every outer-task row the agent ever wrote."""
+    ledger = ReceiptLedger(tmp_path / "agent.db")
+    policy = SpendingPolicy(ledger=ledger)
+    with policy.task("outer", budget="$1"), policy.task("inner", budget="$1"):
+        assert ask(policy) == "paid"
+        decision = policy.check(seller=SELLER, url="u", amount=10, asset=USDC, network=NETWORK)
+    assert decision.reservation is not None
+    seen: list[str] = []
+    ledger.connection.set_trace_callback(seen.append)
+    try:
+        policy.release(decision.reservation)
+    finally:
+        ledger.connection.set_trace_callback(None)
+    plans = [
+        (s, str(row[-1]))
+        for s in seen
+        if s.startswith("DELETE")
+        for row in ledger.connection.execute("EXPLAIN QUERY PLAN " + s)
+    ]
+    assert plans and not [p for p in plans if p[1].startswith("SCAN")], plans
