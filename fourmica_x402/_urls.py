@@ -20,16 +20,20 @@ def safe_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
-    authority, slash, path = rest.partition("/")
+    # An http(s) URL's authority ends at its path, query or fragment (an ``@`` in the query of
+    # ``https://host?to=a@b`` is no userinfo: the host stays); libpq's at the first ``/``.
+    web = scheme.lower() in ("http", "https")
+    cut = min((i for i in map(rest.find, "/?#" if web else "/") if i >= 0), default=len(rest))
+    authority, path = rest[:cut], rest[cut:]
     userinfo, at, host = authority.rpartition("@")
     if not at:
         return url
     if ":" not in userinfo:
-        if scheme.lower() not in ("http", "https"):
+        if not web:
             return url
-        return f"{scheme}://***@{host}{slash}{path}"
+        return f"{scheme}://***@{host}{path}"
     user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}{slash}{path}"
+    return f"{scheme}://{user}:***@{host}{path}"
 
 
 def check_http_url(url: str) -> SplitResult:

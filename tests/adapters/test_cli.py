@@ -1042,3 +1042,24 @@ def test_an_in_memory_db_is_refused(args: tuple[str, ...], busy_port: int) -> No
     port = ("--port", str(busy_port)) if args[0] == "serve" else ()
     line = cli(args[0], "--db", "sqlite:///:memory:", *args[1:], *port)
     refused(line, 2, "'--db'", "in-memory")
+
+
+def test_masking_never_moves_a_urls_host() -> None:
+    """An ``@`` in the query or fragment of an http(s) URL without a path is not userinfo:
+    the receipt's (and the approval callback's) URL named another host (``b.example``) and
+    lost the one paid. A password is still masked; libpq's userinfo still ends at ``/``."""
+    from fourmica_x402.cli._args import safe_url
+
+    for url, masked in (
+        ("https://api.example?to=agent@b.example", "https://api.example?to=agent@b.example"),
+        (
+            "https://api.example?t=10:00&to=a@b.example",
+            "https://api.example?t=10:00&to=a@b.example",
+        ),
+        ("http://testserver#me@b.example", "http://testserver#me@b.example"),
+        ("https://u:s3cret@[::1]:8443?q=a@b.example", "https://u:***@[::1]:8443?q=a@b.example"),
+        ("https://u:s3cret@hé.example:8/p?q=a@b#f", "https://u:***@hé.example:8/p?q=a@b#f"),
+        ("https://T0KEN@hooks.example?x=y@z", "https://***@hooks.example?x=y@z"),
+        ("postgresql://app:s3?cret@db/core", "postgresql://app:***@db/core"),
+    ):
+        assert safe_url(url) == masked, url
