@@ -97,8 +97,7 @@ def check(
     if start - max_clock_skew <= ts < start and ts + int(tab[6]) >= now:
         # A tab opens at its first guarantee (as 4Mica's Core does), so a buyer whose clock is
         # a little behind ours can pay on the tab we just opened: docs/protocol.md, "Paying".
-        used = tx.one("SELECT EXISTS (SELECT 1 FROM fx_guarantees WHERE tab_id = ?)", (tab_key,))
-        opens = None if used is None or used[0] else ts
+        opens = None if _used(tx, claims.tab_id) else ts
     if opens is None and not start <= ts <= end:
         raise rejected(Reason.TIMESTAMP_OUTSIDE_TAB, "timestamp is outside the tab's window")
     if (tab[0], tab[1], tab[3], int(tab[4])) != (
@@ -128,6 +127,12 @@ def check(
             "a G-v2 guarantee for requirements without a validation policy",
         )
     return opens
+
+
+def _used(tx: Tx, tab_id: int) -> bool:
+    """Whether the tab has a guarantee (in any state): its start no longer moves."""
+    row = tx.one("SELECT EXISTS (SELECT 1 FROM fx_guarantees WHERE tab_id = ?)", (hex_id(tab_id),))
+    return row is None or bool(row[0])
 
 
 def verify(
@@ -174,12 +179,18 @@ def accept(
     # committed since check() read it (PostgreSQL), and the sum must not overflow.
     total_row = tx.one(
         "UPDATE fx_tabs SET total_amount = total_amount + ? WHERE tab_id = ? "
-        "AND total_amount <= ? RETURNING total_amount",
+        "AND total_amount <= ? RETURNING total_amount, start_ts, ttl",
         (claims.amount, hex_id(claims.tab_id), INT64_MAX - claims.amount),
     )
     if total_row is None:
         raise rejected(Reason.TAB_TOTAL_EXCEEDED, "the tab's running total is full: open a new tab")
-    total = int(total_row[0])
+    total, start, ttl = (int(value) for value in total_row)
+    # The window again, on the row as locked: a first guarantee signed early that committed
+    # since check() read the tab moved its start and end (docs/protocol.md, "Paying").
+    if opens is not None and _used(tx, claims.tab_id):
+        opens = None
+    if opens is None and not start <= claims.timestamp <= start + ttl:
+        raise rejected(Reason.TIMESTAMP_OUTSIDE_TAB, "timestamp is outside the tab's window")
     if opens is not None:  # only ever earlier: two first guarantees racing keep the earliest
         tx.execute(
             "UPDATE fx_tabs SET start_ts = ? WHERE tab_id = ? AND start_ts > ?",

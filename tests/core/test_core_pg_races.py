@@ -4,8 +4,10 @@ connection each), where READ COMMITTED lets one statement see what another misse
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 
 from fourmica_x402.core import Core, CoreConfig, Expected
 from fourmica_x402.errors import CoreError, GuaranteeRejected
-from fourmica_x402.testing import NETWORK, ShiftedClock, TestBuyer, test_policy
+from fourmica_x402.testing import NETWORK, FakeClock, ShiftedClock, TestBuyer, test_policy
 
 pytestmark = pytest.mark.postgres
 _CONFIG = CoreConfig(validation_timeout=1.0)
@@ -359,3 +361,61 @@ def test_an_expiry_racing_the_validators_scores_in_the_other_order_does_not_dead
     payable = sum(core.guarantee(gid).state == "payable" for gid in ids)
     assert core.position(buyer.address, network=NETWORK).locked == 10 * payable
     core.close()
+
+
+def test_a_tabs_first_guarantee_signed_early_racing_another_keeps_both_in_its_window(
+    postgres_url: str,
+) -> None:
+    """A first guarantee signed up to the clock skew before its tab moves the tab's start (and
+    end) back. Two first guarantees checked the tab before either committed: the early one
+    moved the end back past the other's timestamp, signed near the old end, and both stood (a
+    guarantee outside its tab). Whichever locks the buyer's position second is checked again
+    on the tab as it is then."""
+    import psycopg
+
+    opened = Core(postgres_url, clock=FakeClock(1_000_000))
+    buyer, seller = TestBuyer.new(), TestBuyer.new().address
+    opened.deposit(buyer.address, 10**6, network=NETWORK)
+    signed, expected = buyer.pay(opened, seller, 100)
+    start, ttl = 1_000_000, opened.config.tab_ttl
+    opened.close()
+    now = start + ttl - 6  # the early one still ends after now, the late one is not ahead
+    early = buyer.sign(replace(signed.claims, req_id=1, timestamp=start - 5))
+    late = buyer.sign(replace(signed.claims, req_id=2, timestamp=start + ttl - 2))
+    with psycopg.connect(postgres_url) as holder:  # both check the tab, then wait here
+        held = holder.execute(
+            "SELECT 1 FROM fx_positions WHERE address = %s FOR UPDATE", (buyer.address,)
+        ).fetchall()
+        assert held
+        results: dict[int, str] = {}
+        racers = [
+            threading.Thread(target=_accept, args=(postgres_url, now, g, expected, results))
+            for g in (early, late)
+        ]
+        for racer in racers:
+            racer.start()
+        time.sleep(1.5)
+        holder.rollback()
+        for racer in racers:
+            racer.join(30)
+    assert sorted(results.values()) == ["accepted", "timestamp_outside_tab"], results
+    core = Core(postgres_url)
+    tab = core.tab(signed.claims.tab_id)
+    assert tab is not None
+    for guarantee in (early, late):
+        if results[guarantee.claims.req_id] == "accepted":
+            ts = guarantee.claims.timestamp
+            assert tab.start_timestamp <= ts <= tab.start_timestamp + tab.ttl_seconds
+    assert core.audit() == []
+    core.close()
+
+
+def _accept(url: str, now: float, signed: Any, expected: Expected, out: dict[int, str]) -> None:
+    core = Core(url, clock=FakeClock(now))
+    try:
+        core.accept(signed, expected)
+        out[signed.claims.req_id] = "accepted"
+    except GuaranteeRejected as exc:
+        out[signed.claims.req_id] = str(exc.reason)
+    finally:
+        core.close()
