@@ -6,6 +6,7 @@ transports, called from many threads, ask one question at a time as well."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import threading
 from collections.abc import Callable
@@ -16,6 +17,10 @@ from .policy import ApprovalRequest
 __all__ = ["approval", "one_at_a_time"]
 
 _ASKING = threading.RLock()  # re-entered by a callback that itself pays and asks
+#: Set while a callback answers: a question it causes (it pays, through any transport, in this
+#: thread or in one its context went to: ``asyncio.run``, ``asyncio.to_thread``) is asked
+#: without waiting for the lock its own question holds.
+_ANSWERING: contextvars.ContextVar[bool] = contextvars.ContextVar("_ANSWERING", default=False)
 
 
 def one_at_a_time(
@@ -26,8 +31,14 @@ def one_at_a_time(
     """``approve``'s answer about ``request`` (``resolve``: how its verdict is waited for),
     while no other thread of the process asks: the sync transports called from a pool of
     threads ask one question at a time too."""
-    with _ASKING:
+    if _ANSWERING.get():
         return resolve(approve(request))
+    with _ASKING:
+        token = _ANSWERING.set(True)
+        try:
+            return resolve(approve(request))
+        finally:
+            _ANSWERING.reset(token)
 
 
 async def approval(approve: Callable[[ApprovalRequest], Any] | None, request: Any) -> Any:

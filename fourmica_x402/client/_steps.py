@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import functools
 import inspect
 import json
@@ -444,7 +445,7 @@ def _resolve(verdict: Any) -> Any:
     except RuntimeError:
         return asyncio.run(_await(verdict))
     with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a sync client inside a loop
-        return pool.submit(asyncio.run, _await(verdict)).result()
+        return pool.submit(contextvars.copy_context().run, asyncio.run, _await(verdict)).result()
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:

@@ -268,6 +268,45 @@ def test_a_sync_approval_callback_is_asked_one_payment_at_a_time(seller: Any, bu
     assert most[0] == 1
 
 
+@pytest.mark.parametrize("kind", ["flask"])  # the client's side: one seller is enough
+def test_an_approval_callback_that_pays_through_the_async_buyer_is_asked_again(
+    seller: Any,
+) -> None:
+    """A sync callback under the sync transport that pays first (a paid look-up of the seller)
+    through the async buyer, ``asyncio.run`` in its thread: that payment's question waited in a
+    worker thread for the process-wide lock its own question held, forever. A question a
+    callback causes while it answers is asked without waiting for that lock."""
+    buyer = funded(seller)
+    asked: list[str] = []
+
+    async def look_up() -> int:
+        inner = AsyncPaymentTransport(
+            buyer.key, policy=policy, transport=harness._inner(seller, is_async=True)
+        )
+        async with httpx.AsyncClient(transport=inner) as client:
+            return (await client.get("http://testserver/items/7")).status_code
+
+    def approve(request: Any) -> bool:
+        asked.append(request.url)
+        return len(asked) > 1 or asyncio.run(look_up()) == 200
+
+    policy = SpendingPolicy(approval_threshold="$0.005", approve=approve)
+    payer = PaymentTransport(
+        buyer.key, policy=policy, transport=harness._inner(seller, is_async=False)
+    )
+    done: list[int] = []
+
+    def pay() -> None:
+        with httpx.Client(transport=payer) as client:
+            done.append(client.get("http://testserver/premium").status_code)
+
+    thread = threading.Thread(target=pay, daemon=True)
+    thread.start()
+    thread.join(15)
+    assert done == [200], asked
+    assert asked == ["http://testserver/premium", "http://testserver/items/7"]
+
+
 def test_insufficient_collateral_is_reported(seller: Any, buyers: Any) -> None:
     client = buyers.client(seller, funded(seller, amount=5))
     with pytest.raises(InsufficientCollateral) as info:
