@@ -189,6 +189,8 @@ def accept(
     # since check() read the tab moved its start and end (docs/protocol.md, "Paying").
     if opens is not None and _used(tx, claims.tab_id):
         opens = None
+    if now > start + ttl:
+        raise rejected(Reason.TAB_EXPIRED)
     if opens is None and not start <= claims.timestamp <= start + ttl:
         raise rejected(Reason.TIMESTAMP_OUTSIDE_TAB, "timestamp is outside the tab's window")
     if opens is not None:  # only ever earlier: two first guarantees racing keep the earliest

@@ -419,3 +419,39 @@ def _accept(url: str, now: float, signed: Any, expected: Expected, out: dict[int
         out[signed.claims.req_id] = str(exc.reason)
     finally:
         core.close()
+
+
+def test_a_guarantee_after_its_tabs_end_moved_back_by_a_racing_first_one_is_refused(
+    postgres_url: str,
+) -> None:
+    """The first guarantee, signed early, moved the tab's end back; another one checked the
+    tab before that committed, at a moment past the new end, and was accepted on a tab that
+    had ended (``tab_expired`` is decided on the tab as locked too)."""
+    import psycopg
+
+    opened = Core(postgres_url, clock=FakeClock(1_000_000))
+    buyer, seller = TestBuyer.new(), TestBuyer.new().address
+    opened.deposit(buyer.address, 10**6, network=NETWORK)
+    signed, expected = buyer.pay(opened, seller, 100)
+    start, ttl = 1_000_000, opened.config.tab_ttl
+    opened.close()
+    early = buyer.sign(replace(signed.claims, req_id=1, timestamp=start - 5))
+    late = buyer.sign(replace(signed.claims, req_id=2, timestamp=start + ttl - 6))
+    results: dict[int, str] = {}
+    with psycopg.connect(postgres_url) as holder:  # both check the tab, then wait in turn
+        assert holder.execute(
+            "SELECT 1 FROM fx_positions WHERE address = %s FOR UPDATE", (buyer.address,)
+        ).fetchall()
+        racers = []
+        for guarantee, now in ((early, start + ttl - 6), (late, start + ttl - 4)):
+            racers.append(
+                threading.Thread(
+                    target=_accept, args=(postgres_url, now, guarantee, expected, results)
+                )
+            )
+            racers[-1].start()
+            time.sleep(0.75)  # the early one queues for the row first
+        holder.rollback()
+        for racer in racers:
+            racer.join(30)
+    assert results == {1: "accepted", 2: "tab_expired"}, results
