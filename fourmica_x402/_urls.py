@@ -11,6 +11,9 @@ __all__ = ["PASSWORD_PARAM", "check_http_url", "check_public_url", "safe_url"]
 #: libpq's password parameter: in a URL's query (``?password=…``) or a conninfo string.
 PASSWORD_PARAM = re.compile(r"(?i)((?:^|[?&\s])password\s*=\s*)('[^']*'|[^&#\s]*)")
 
+#: A URL's host and port with no userinfo: ``name``, ``[v6]``, either with ``:digits``.
+_HOST_PORT = re.compile(r"(?:\[[^\]]*\]|[^:@\[\]]*)(?::\d*)?")
+
 
 def safe_url(url: str) -> str:
     """``url`` with its password (``user:secret@``, ``?password=…``) replaced by ``***``; an
@@ -21,9 +24,12 @@ def safe_url(url: str) -> str:
     if not sep:
         return url
     # An http(s) URL's authority ends at its path, query or fragment (an ``@`` in the query of
-    # ``https://host?to=a@b`` is no userinfo: the host stays); libpq's at the first ``/``.
+    # ``https://host?to=a@b`` is no userinfo: the host stays); libpq's at the first ``/``, as
+    # does a malformed one's (``user:pa#ss@host``: its password stays masked).
     web = scheme.lower() in ("http", "https")
-    cut = min((i for i in map(rest.find, "/?#" if web else "/") if i >= 0), default=len(rest))
+    cut = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    if not web or ("@" not in rest[:cut] and not _HOST_PORT.fullmatch(rest[:cut])):
+        cut = rest.find("/") if "/" in rest else len(rest)
     authority, path = rest[:cut], rest[cut:]
     userinfo, at, host = authority.rpartition("@")
     if not at:

@@ -1061,5 +1061,7 @@ def test_masking_never_moves_a_urls_host() -> None:
         ("https://u:s3cret@hé.example:8/p?q=a@b#f", "https://u:***@hé.example:8/p?q=a@b#f"),
         ("https://T0KEN@hooks.example?x=y@z", "https://***@hooks.example?x=y@z"),
         ("postgresql://app:s3?cret@db/core", "postgresql://app:***@db/core"),
+        ("https://app:s3#cret@hooks.example/x", "https://app:***@hooks.example/x"),
+        ("https://app:s3?cret@hooks.example", "https://app:***@hooks.example"),
     ):
         assert safe_url(url) == masked, url
