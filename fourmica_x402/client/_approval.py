@@ -6,15 +6,16 @@ transports, called from many threads, ask one question at a time as well."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .policy import ApprovalRequest
 
-__all__ = ["approval", "one_at_a_time"]
+__all__ = ["answered", "approval", "one_at_a_time"]
 
 _ASKING = threading.RLock()  # re-entered by a callback that itself pays and asks
 #: Set while a callback answers: a question it causes (it pays, through any transport, in this
@@ -39,6 +40,27 @@ def one_at_a_time(
             return resolve(approve(request))
         finally:
             _ANSWERING.reset(token)
+
+
+def answered(approve: Callable[[ApprovalRequest], Any], request: ApprovalRequest) -> Any:
+    """``approve``'s verdict about ``request`` under a sync transport, one question at a time."""
+    return one_at_a_time(approve, request, _resolve)
+
+
+def _resolve(verdict: Any) -> Any:
+    """An approval callback's verdict; an awaitable one is run to its end (no loop of ours)."""
+    if not inspect.isawaitable(verdict):
+        return verdict
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_await(verdict))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a sync client inside a loop
+        return pool.submit(contextvars.copy_context().run, asyncio.run, _await(verdict)).result()
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
 
 
 async def approval(approve: Callable[[ApprovalRequest], Any] | None, request: Any) -> Any:

@@ -15,11 +15,7 @@ went wrong, which the step turns into a :class:`~fourmica_x402.errors.PaymentFai
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextvars
 import functools
-import inspect
 import json
 import threading
 import time
@@ -49,7 +45,7 @@ from ..guarantee import (
 )
 from ..networks import get_network, parse_amount
 from ..wire import PaymentRequirements, ResourceInfo
-from ._approval import approval, one_at_a_time
+from ._approval import answered, approval
 from .answers import aread_answer, error_said, http_url, read_answer
 from .certificates import public_key_bytes
 from .heads import asend_head, send_head
@@ -404,7 +400,7 @@ def run_sync(
             elif isinstance(step, Read):
                 read(step.response)
             else:
-                answer = one_at_a_time(approve, step.request, _resolve) if approve else False
+                answer = answered(approve, step.request) if approve else False
         except BaseException as exc:  # a cancelled call too: what left is kept now
             error = exc
 
@@ -434,19 +430,3 @@ async def run_async(
                 answer = await approval(approve, step.request)
         except BaseException as exc:  # a cancelled call too: what left is kept now
             error = exc
-
-
-def _resolve(verdict: Any) -> Any:
-    """An approval callback's verdict; an awaitable one is run to its end (no loop of ours)."""
-    if not inspect.isawaitable(verdict):
-        return verdict
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(_await(verdict))
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a sync client inside a loop
-        return pool.submit(contextvars.copy_context().run, asyncio.run, _await(verdict)).result()
-
-
-async def _await(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
