@@ -300,7 +300,9 @@ class Buyer:
             request = httpx.Request("GET", rpc.rstrip("/") + "/core/public-params")
             response = yield from _call(request)
             known = _read_params(response)
-            with self._params_lock:
+            with self._params_lock:  # a seller naming a new Core URL each time: bounded
+                if len(self._params) >= 64:
+                    self._params.clear()
                 self._params[rpc] = known
         if known.domain.chain_id != chain_id:
             raise ValueError("the Core signs for another chain")

@@ -1900,3 +1900,44 @@ def test_core_parameters_a_refused_payment_was_signed_with_are_read_again() -> N
         assert client.get("http://seller.test/x").text == "served"
     assert served == ["forged", "1"]
     assert policy.spent(default_asset(NETWORK).address) == 2 * 10_000  # both signatures left
+
+
+def test_a_seller_naming_a_new_core_url_each_time_does_not_grow_the_buyer() -> None:
+    """The Core's parameters are kept per Core URL, and the URL is the seller's to name: one
+    naming a new one on every offer (``/c1``, ``/c2``, …) added an entry per payment for the
+    life of the process. At most 64 are kept; a forgotten one is read again."""
+    from flask import Flask, request
+
+    from fourmica_x402.client import PaymentTransport
+
+    app, calls, offer = Flask(__name__), [0], json.loads(base64.b64decode(_mock_offer()))
+
+    @app.post("/tab")
+    def tab() -> Any:
+        return {
+            "tabId": "0x1",
+            "nextReqId": hex(calls[0]),
+            "userAddress": request.json["userAddress"],
+        }  # type: ignore[index]
+
+    @app.get("/c<int:n>/core/public-params")
+    def params(n: int) -> Any:
+        return {"chain_id": 84532, "eip712_name": "4Mica", "eip712_version": "1"}
+
+    @app.get("/x")
+    def paid() -> Any:
+        if "payment-signature" in request.headers:
+            return "served"
+        calls[0] += 1
+        offer["accepts"][0]["extra"]["rpcUrl"] = f"http://seller.test/c{calls[0]}"
+        return (
+            "{}",
+            402,
+            {"payment-required": base64.b64encode(json.dumps(offer).encode()).decode()},
+        )
+
+    payer = PaymentTransport(TestBuyer.new().key, transport=httpx.WSGITransport(app=app))
+    with httpx.Client(transport=payer) as client:
+        for _ in range(100):
+            assert client.get("http://seller.test/x").text == "served"
+    assert 0 < len(payer.flow._params) <= 64
