@@ -14,7 +14,7 @@ from typing import Any
 from .models import Alert
 from .store import Tx
 
-__all__ = ["LASTING", "READERS"]
+__all__ = ["LASTING", "READERS", "default_floor"]
 
 Reader = Callable[[Tx, Any, float], dict[str, Alert]]
 
@@ -92,17 +92,33 @@ def settlement_deadline(tx: Tx, grace: float, now: float) -> dict[str, Alert]:
     return found
 
 
-def default(tx: Tx, least: int, now: float) -> dict[str, Alert]:
-    """Defaulted debtor positions (of final cycles) not alerted yet: a default lasts, so each
-    fires once (an indexed read of the defaulted rows and of their alert states)."""
+def default_floor(tx: Tx) -> int:
+    """A cycle id below which every cycle is final: the oldest cycle not final yet (an indexed
+    read of the few open, closed or resolved ones), else one past the last cycle. A cycle's
+    defaults are written in the transaction that makes it final, so none appears below it later.
+    """
+    row = tx.one(
+        "SELECT MIN(cycle_id) FROM fx_cycles WHERE status IN ('open', 'closed', 'resolved')"
+    )
+    if row is not None and row[0] is not None:
+        return int(row[0])
+    row = tx.one("SELECT MAX(cycle_id) FROM fx_cycles")
+    return 1 if row is None or row[0] is None else int(row[0]) + 1
+
+
+def default(tx: Tx, least: int, now: float, since: int = 0) -> dict[str, Alert]:
+    """Defaulted debtor positions (of final cycles) not alerted yet, of the cycles from
+    ``since`` on: a default lasts, so each fires once (an indexed read of the defaulted rows of
+    those cycles and of their alert states; the checker passes the :func:`default_floor` of its
+    last check as ``since``, so it reads only the cycles finalised since)."""
     found: dict[str, Alert] = {}
     for cycle_id, network, asset, address, unpaid, covered, shortfall in tx.all(
         "SELECT p.cycle_id, c.network, c.asset, p.address, p.debit - p.paid, p.covered, "
         "p.shortfall FROM fx_cycle_positions p JOIN fx_cycles c ON c.cycle_id = p.cycle_id "
-        "WHERE p.status = 'defaulted' AND p.debit - p.paid >= ? AND NOT EXISTS (SELECT 1 FROM "
-        "fx_alerts a WHERE a.rule = 'default' "
+        "WHERE p.status = 'defaulted' AND p.cycle_id >= ? AND p.debit - p.paid >= ? "
+        "AND NOT EXISTS (SELECT 1 FROM fx_alerts a WHERE a.rule = 'default' "
         "AND a.subject = CAST(p.cycle_id AS TEXT) || '/' || p.address)",
-        (least,),
+        (since, least),
     ):
         subject = f"{int(cycle_id)}/{address}"
         found[subject] = Alert(

@@ -216,12 +216,15 @@ def emit_alert(events: Events, alert: Alert) -> None:
 Change = tuple[str, list[Alert], list[str]]
 
 
-def changes(tx: Tx, rules: AlertRules, now: float) -> list[Change]:
+def changes(tx: Tx, rules: AlertRules, now: float, since: int = 0) -> list[Change]:
     """What each database rule would flip now: its subjects that hold and are not firing, and
-    its firing subjects that no longer hold."""
+    its firing subjects that no longer hold (defaults: of the cycles from ``since`` on)."""
     found: list[Change] = []
     for name in rules.database_rules:
-        holding = alert_conditions.READERS[name](tx, getattr(rules, name), now)
+        if name == "default":
+            holding = alert_conditions.default(tx, getattr(rules, name), now, since)
+        else:
+            holding = alert_conditions.READERS[name](tx, getattr(rules, name), now)
         firing: set[str] = set()
         if name not in alert_conditions.LASTING:  # a lasting condition is read unalerted only
             firing = {
@@ -277,15 +280,28 @@ class Alerting:
         if not rules.database_rules:
             return []
         now = self.clock() if now is None else now
+        # The default rule reads the cycles from the floor its last check with this threshold
+        # left (docs/operations.md, "Alerts"): every cycle below it was final then, and read.
+        marks: dict[int | None, int] = self.__dict__.setdefault("_default_marks", {})
+        since = marks.get(rules.default, 0)
         with self.store.transaction(write=False) as tx:
-            if not changes(tx, rules, now):
-                return []
-        events: Events = []
-        with self.store.transaction() as tx:
-            if self.store.dialect == "postgres":
-                tx.execute(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK})")
-            fired = apply(tx, events, changes(tx, rules, now), now)
-            EventFeed.store(tx, events)
+            # Before the defaults (PostgreSQL reads each statement afresh): a cycle made final
+            # after this read is not below the floor, so the next check reads it too.
+            floor = alert_conditions.default_floor(tx) if rules.default is not None else 0
+            found = changes(tx, rules, now, since)
+        if found:
+            events: Events = []
+            with self.store.transaction() as tx:
+                if self.store.dialect == "postgres":
+                    tx.execute(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK})")
+                fired = apply(tx, events, changes(tx, rules, now, since), now)
+                EventFeed.store(tx, events)
+        if rules.default is not None:
+            if len(marks) >= 16 and rules.default not in marks:
+                marks.clear()  # thresholds come and go (a process's rules changed): forget
+            marks[rules.default] = max(marks.get(rules.default, 0), floor)
+        if not found:
+            return []
         self._feed.deliver(events)
         for alert in fired:
             log_alert(alert)

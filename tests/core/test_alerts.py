@@ -234,6 +234,37 @@ def test_each_default_fires_once(world: World) -> None:
     ]
 
 
+def test_a_default_fires_once_however_the_checks_fall_around_its_cycle(world: World) -> None:
+    """A check reads only the cycles that were not final at its last one: a default made
+    final after a check (its cycle resolved, or still open, then) fires at the next; another
+    process's checker, starting from the first cycle, fires none twice."""
+    rules = AlertRules(default=0)
+    debtor = world.buyer()
+    world.pay(debtor, 1_000)
+    assert world.fired(rules) == []  # the cycle is open
+    first = world.resolve_cycle()
+    assert world.fired(rules) == []  # resolved, not final
+    world.pay(debtor, 400)  # in the next cycle, open meanwhile
+    world.clock.advance(20)
+    assert world.core.tick()["finalized"] == 1
+    assert world.fired(AlertRules(default=5_000)) == []  # another threshold reads on its own
+    assert world.fired(rules) == [("default", f"{first}/{debtor.address}")]
+    second = world.resolve_cycle()
+    world.clock.advance(20)
+    world.core.tick()
+    other = Core(world.url, config=FAST, clock=world.clock)  # another process
+    try:
+        assert other.check_alerts(rules)[0].subject == f"{second}/{debtor.address}"
+        assert other.check_alerts(rules) == []
+    finally:
+        other.close()
+    assert world.fired(rules) == [] and world.fired(AlertRules(default=300)) == []
+    assert [(e["subject"], e["value"]) for e in world.events()] == [
+        (f"{first}/{debtor.address}", 1_000),
+        (f"{second}/{debtor.address}", 400),
+    ]
+
+
 def test_withdrawal_requests_fire_while_pending(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:

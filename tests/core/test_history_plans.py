@@ -201,3 +201,38 @@ def test_a_gate_reading_a_price_change_reads_each_routes_last_change_only(tmp_pa
         assert seen and plans == []
     finally:
         store.close()
+
+
+def test_the_default_alert_reads_only_the_cycles_finalised_since_its_last_check(
+    tmp_path: Path,
+) -> None:
+    """Every check of the ``default`` rule (every 10 s, in every gate) read every defaulted
+    position ever, and one alert state per row; one under the threshold, never alerted, was
+    read again on every check for good. Now a check starts at the oldest cycle that was not
+    final at the last one."""
+    from fourmica_x402.core import AlertRules, CoreConfig
+
+    clock = FakeClock(1_800_000_000)
+    config = CoreConfig(cycle_window=86_400, resolution_delay=10, payment_window=10, finality=10)
+    core = Core(str(tmp_path / "core.db"), config=config, clock=clock)
+    rules = AlertRules(default=500)
+    try:
+        cycles = []
+        for amount in (1_000, 100, 100):  # one default over the threshold, two under it
+            buyer = TestBuyer.new()
+            core.deposit(buyer.address, 10_000, network=NETWORK)
+            core.accept(*buyer.pay(core, SELLER, amount))
+            cycles.append(core.close_cycle(network=NETWORK).cycle_id)
+            clock.advance(40)
+            core.tick()
+            core.tick()
+        assert [a.value for a in core.check_alerts(rules)] == [1_000]
+        conn = core.store._connection()  # type: ignore[attr-defined]
+        with statements(conn) as seen:
+            assert core.check_alerts(rules) == []
+        [read] = [s for s in seen if "p.status = 'defaulted'" in s]
+        assert f"p.cycle_id >= {max(cycles) + 1} " in read  # none of the old cycles
+        plan = [str(r[-1]) for r in conn.execute("EXPLAIN QUERY PLAN " + read).fetchall()]
+        assert any("fx_cycle_positions_defaulted (cycle_id>?)" in step for step in plan), plan
+    finally:
+        core.close()
