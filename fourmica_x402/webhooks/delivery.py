@@ -6,6 +6,13 @@ time), POSTs it, and records the outcome: 2xx â†’ ``delivered``; anything else â
 exponential backoff and jitter (capped at ``max_delay``), ``failed`` after ``max_attempts``.
 A worker that dies mid-send leaves the delivery to be retried when its lease runs out.
 
+A failure also counts against the subscription (``fx_webhooks.failures``, reset by a 2xx):
+after ``_STREAK`` failed answers in a row, at once after a 429 or no answer (refused, cut off
+at the timeout), the subscription pauses (``paused_until``, read by every worker) for a backoff
+growing with the streak, or for the 429's ``Retry-After``. A flaky receiver thus keeps getting
+the other due deliveries while its failed ones wait their own backoff; a dead one gets one
+attempt per pause, not one per queued event (docs/operations.md, "Webhooks").
+
 Delivery is **at least once**: a receiver deduplicates on the body's ``id`` (the event id; the
 ``X-Fourmica-Delivery`` header is stable across retries too) and must not rely on ordering.
 The secret signs the request (:mod:`.signing`) but is never logged nor written to the log.
@@ -14,13 +21,16 @@ The secret signs the request (:mod:`.signing`) but is never logged nor written t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import random
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -37,6 +47,19 @@ __all__ = ["DeliveryMixin"]
 log = logging.getLogger("fourmica_x402.webhooks")
 
 _MAX_ERROR = 500  # characters of an error message kept in the delivery log
+_STREAK = 5  # failed answers (5xx, 4xx) in a row before a subscription pauses
+
+
+def _retry_after(value: str | None) -> float | None:
+    """A ``Retry-After`` header's wait in seconds (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    return None
 
 
 def _credentials(url: str) -> tuple[str, tuple[str, str] | None]:
@@ -113,8 +136,10 @@ class DeliveryMixin:
             if not tx.execute(
                 "UPDATE fx_webhook_deliveries SET attempts = attempts + 1, lease = ?, "
                 "next_attempt_at = ?, last_attempt_at = ? WHERE delivery_id = ? "
-                "AND status = 'pending' AND next_attempt_at <= ? AND attempts < ?",
-                (lease, now + self.lease, now, delivery_id, now, self.max_attempts),
+                "AND status = 'pending' AND next_attempt_at <= ? AND attempts < ? "
+                "AND subscription_id IN (SELECT subscription_id FROM fx_webhooks "
+                "WHERE paused_until <= ?)",  # paused by another worker meanwhile: not now
+                (lease, now + self.lease, now, delivery_id, now, self.max_attempts, now),
             ):
                 return None  # another worker has it, or it is no longer due
             return tx.one(
@@ -125,7 +150,9 @@ class DeliveryMixin:
                 (delivery_id,),
             )
 
-    def _send(self, delivery_id: int, row: Sequence[Any]) -> tuple[int | None, str | None]:
+    def _send(
+        self, delivery_id: int, row: Sequence[Any]
+    ) -> tuple[int | None, str | None, float | None]:
         _, url, secret, event_id, type_, at, network, asset, address, data = row
         body = json.dumps(
             {
@@ -168,15 +195,24 @@ class DeliveryMixin:
                 ) as response,
             ):
                 code = response.status_code
+                wait = _retry_after(response.headers.get("Retry-After")) if code == 429 else None
         except Exception as exc:  # network, TLS, a URL httpx refuses: all recorded, retried
             if cutoff.fired:
-                return None, f"no answer within {self.timeout:g} s"
-            return None, f"{type(exc).__name__}: {exc}"[:_MAX_ERROR]
-        return code, None if 200 <= code < 300 else f"HTTP {code}"
+                return None, f"no answer within {self.timeout:g} s", None
+            return None, f"{type(exc).__name__}: {exc}"[:_MAX_ERROR], None
+        return code, None if 200 <= code < 300 else f"HTTP {code}", wait
 
     def _record(
-        self, delivery_id: int, lease: str, attempts: int, code: int | None, error: str | None
-    ) -> str:
+        self,
+        delivery_id: int,
+        sub_id: str,
+        lease: str,
+        attempts: int,
+        outcome: tuple[int | None, str | None, float | None],
+    ) -> tuple[str, float]:
+        """Record an attempt and the subscription's health, in one transaction: the delivery's
+        status, and until when the subscription is paused (0: it is not)."""
+        code, error, wait = outcome
         now = self.clock()
         with self.store.transaction() as tx:
             if error is None:
@@ -187,23 +223,51 @@ class DeliveryMixin:
                     "WHERE delivery_id = ? AND status = 'pending'",
                     (now, code, delivery_id),
                 )
-                return "delivered"
+                tx.execute(
+                    "UPDATE fx_webhooks SET failures = 0 WHERE subscription_id = ? "
+                    "AND failures <> 0",
+                    (sub_id,),
+                )
+                return "delivered", 0.0
+            row = tx.one(
+                "UPDATE fx_webhooks SET failures = failures + 1 WHERE subscription_id = ? "
+                "RETURNING failures, paused_until",
+                (sub_id,),
+            )
+            streak, paused = (int(row[0]), float(row[1])) if row else (1, 0.0)
+            if code == 429 and wait is not None:
+                pause = min(self.max_delay, wait)
+            elif code is None or code == 429:  # no answer at all, or asked to slow down
+                pause = self._backoff(streak)
+            elif streak >= _STREAK:  # an answer, but a string of 5xx (or 4xx)
+                pause = self._backoff(streak - _STREAK + 1)
+            else:
+                pause = 0.0
+            if pause:
+                paused = max(paused, now + pause)
+                tx.execute(
+                    "UPDATE fx_webhooks SET paused_until = ? WHERE subscription_id = ?",
+                    (paused, sub_id),
+                )
             status = "failed" if attempts >= self.max_attempts else "pending"
             tx.execute(
                 "UPDATE fx_webhook_deliveries SET status = ?, next_attempt_at = ?, "
                 "last_status_code = ?, last_error = ?, lease = NULL "
                 "WHERE delivery_id = ? AND status = 'pending' AND lease = ?",
-                (status, now + self._backoff(attempts), code, error, delivery_id, lease),
+                (
+                    status,
+                    max(now + self._backoff(attempts), paused),
+                    code,
+                    error,
+                    delivery_id,
+                    lease,
+                ),
             )
-            return status
+            return status, paused if paused > now else 0.0
 
-    def deliver_due(self, limit: int = 100) -> int:
-        """Attempt up to ``limit`` due deliveries; returns how many attempts were made.
-
-        After an attempt to a subscription fails with a network error, a 429 or a 5xx, its
-        other deliveries wait for the next round: a dead receiver costs one timeout per round,
-        not one per queued event.
-        """
+    def _due(self, limit: int) -> list[tuple[int, str]]:
+        """Up to ``limit`` due deliveries of the subscriptions not paused, taken in turn from
+        each (oldest due first within one), so no subscription's backlog starves another's."""
         now = self.clock()
         with self.store.transaction() as tx:
             # Claimed by a worker that died during its last attempt: nothing left to try.
@@ -213,33 +277,62 @@ class DeliveryMixin:
                 "WHERE status = 'pending' AND attempts >= ? AND next_attempt_at <= ?",
                 (self.max_attempts, now),
             )
-            due = tx.all(
-                "SELECT delivery_id, subscription_id FROM fx_webhook_deliveries "
-                "WHERE status = 'pending' AND next_attempt_at <= ? "
-                "ORDER BY next_attempt_at, delivery_id LIMIT ?",
-                (now, int(limit)),
+            queues = [
+                tx.all(
+                    "SELECT delivery_id, subscription_id FROM fx_webhook_deliveries "
+                    "WHERE subscription_id = ? AND status = 'pending' AND next_attempt_at <= ? "
+                    "ORDER BY next_attempt_at, delivery_id LIMIT ?",
+                    (sub_id, now, int(limit)),
+                )
+                for (sub_id,) in tx.all(
+                    "SELECT subscription_id FROM fx_webhooks WHERE active = 1 "
+                    "AND paused_until <= ? ORDER BY subscription_id",
+                    (now,),
+                )
+            ]
+        turns = [row for rows in itertools.zip_longest(*queues) for row in rows if row]
+        return [(int(d), str(s)) for d, s in turns[: int(limit)]]
+
+    def next_due(self) -> float | None:
+        """When a delivery is next due (its subscription's pause included), or None."""
+        with self.store.transaction(write=False) as tx:
+            rows = tx.all(
+                "SELECT w.paused_until, (SELECT MIN(d.next_attempt_at) FROM "
+                "fx_webhook_deliveries d WHERE d.subscription_id = w.subscription_id "
+                "AND d.status = 'pending') FROM fx_webhooks w WHERE w.active = 1"
             )
+        due = [max(float(paused), float(at)) for paused, at in rows if at is not None]
+        return min(due, default=None)
+
+    def deliver_due(self, limit: int = 100) -> int:
+        """Attempt up to ``limit`` due deliveries; returns how many attempts were made.
+
+        A failed attempt retries that delivery after its backoff; the subscription's other
+        deliveries go on, unless the failure paused it (see the module's docstring): then they
+        wait for the pause to end.
+        """
         attempted = 0
-        down: set[str] = set()
-        for delivery_id, sub_id in due:
-            if sub_id in down:
+        paused: set[str] = set()
+        for delivery_id, sub_id in self._due(limit):
+            if sub_id in paused:
                 continue
             lease = secrets.token_hex(8)
-            row = self._claim(int(delivery_id), lease)
+            row = self._claim(delivery_id, lease)
             if row is None:
                 continue
             attempted += 1
-            code, error = self._send(int(delivery_id), row)
-            status = self._record(int(delivery_id), lease, int(row[0]), code, error)
-            if error is not None:
+            outcome = self._send(delivery_id, row)
+            status, until = self._record(delivery_id, sub_id, lease, int(row[0]), outcome)
+            if outcome[1] is not None:
                 log.warning(
-                    "webhook delivery %s (subscription %s, attempt %s) %s: %s",
+                    "webhook delivery %s (subscription %s, attempt %s) %s: %s%s",
                     delivery_id,
                     sub_id,
                     row[0],
                     "failed for good" if status == "failed" else "will be retried",
-                    error,
+                    outcome[1],
+                    f"; subscription paused {until - self.clock():.1f} s" if until else "",
                 )
-                if code is None or code == 429 or code >= 500:
-                    down.add(sub_id)
+                if until:
+                    paused.add(sub_id)
         return attempted

@@ -61,6 +61,14 @@ MIGRATIONS: list[list[str]] = [
     # the delivery log by status, newest first (docs/operations.md, "Webhooks"): the few failed
     # or pending deliveries found without reading every delivered one
     ["CREATE INDEX fx_webhook_deliveries_status ON fx_webhook_deliveries (status, delivery_id)"],
+    # a subscription's health (docs/operations.md, "Webhooks"): its failures in a row and the
+    # pause they earned, shared by every worker; its due deliveries found by an index of its own
+    [
+        "ALTER TABLE fx_webhooks ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE fx_webhooks ADD COLUMN paused_until {real} NOT NULL DEFAULT 0",
+        """CREATE INDEX fx_webhook_deliveries_sub_due ON fx_webhook_deliveries
+            (subscription_id, next_attempt_at) WHERE status = 'pending'""",
+    ],
 ]
 
 _BATCH = 500  # events read per enqueue transaction

@@ -2,11 +2,12 @@
 
 :class:`Webhooks` holds the settings, the HTTP client and the worker thread; its methods come
 from :mod:`.subscriptions`, :mod:`.outbox` and :mod:`.delivery`, which share its store and
-clock. The thread wakes every ``interval`` seconds, or sooner when this process's Core commits
-an event, but leaves at least ``_MIN_GAP`` (50 ms) between rounds, so a busy Core cannot turn it
-into a busy loop. Any number of processes may run workers on one database: enqueuers take
-turns on the cursor row and a delivery is claimed by a conditional ``UPDATE`` (:mod:`.outbox`,
-:mod:`.delivery`).
+clock. The thread wakes when the next delivery is due (at most ``interval`` seconds later),
+when this process's Core commits an event, or when it sees an event another process wrote (it
+looks every ``_POLL``, 100 ms: one indexed read of the newest event id), but leaves at least
+``_MIN_GAP`` (50 ms) between rounds, so a busy Core cannot turn it into a busy loop.
+Any number of processes may run workers on one database: enqueuers take turns on the cursor
+row and a delivery is claimed by a conditional ``UPDATE`` (:mod:`.outbox`, :mod:`.delivery`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = ["Webhooks"]
 log = logging.getLogger("fourmica_x402.webhooks")
 
 _MIN_GAP = 0.05  # seconds between two rounds of the worker, however busy the Core is
+_POLL = 0.1  # seconds between two looks for events written by other processes
 
 
 def _check_interval(interval: float) -> None:
@@ -57,7 +59,8 @@ class Webhooks(SubscriptionsMixin, OutboxMixin, DeliveryMixin):
     opens, as every attempt does on the default client; a client of your own that holds a
     kept-alive connection to the receiver bounds each read of it only. A failed attempt ``n`` is retried after
     ``min(max_delay, base_delay × 2ⁿ⁻¹)`` seconds, less up to half of that as jitter; after
-    ``max_attempts`` attempts the delivery is ``failed`` (see :meth:`redeliver`). ``clock``
+    ``max_attempts`` attempts the delivery is ``failed`` (see :meth:`redeliver`); a string of
+    failures, a 429 or no answer also pauses the subscription (:mod:`.delivery`). ``clock``
     gives the time of attempts and of the signature timestamp.
 
     Thread-safe; any number of processes may run workers on one database.
@@ -105,20 +108,47 @@ class Webhooks(SubscriptionsMixin, OutboxMixin, DeliveryMixin):
         self.enqueue()
         return self.deliver_due(limit)
 
+    def _events_waiting(self) -> bool:
+        """Whether an event has committed past the outbox's cursor (in any process)."""
+        with self.store.transaction(write=False) as tx:
+            row = tx.one(
+                "SELECT (SELECT MAX(event_id) FROM fx_events), "
+                "(SELECT last_event_id FROM fx_webhook_cursor WHERE cursor_id = 1)"
+            )
+        return row is not None and row[0] is not None and int(row[0]) > int(row[1] or 0)
+
+    def _idle(self, stop: threading.Event, seconds: float, poll: bool) -> None:
+        """Wait up to ``seconds``: less if woken, stopped, or (``poll``) an event is waiting."""
+        deadline = time.monotonic() + seconds
+        while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            if self._wake.wait(min(_POLL, left) if poll else left):
+                break
+            try:
+                if poll and self._events_waiting():
+                    break
+            except Exception:  # the database away: the round after the wait logs it
+                poll = False
+        self._wake.clear()
+
     def run(self, stop: threading.Event, interval: float = 1.0) -> None:
-        """Run rounds until ``stop`` is set: every ``interval`` seconds, or sooner when this
-        process's Core commits an event. Errors (a database away) are logged, not raised."""
+        """Run rounds until ``stop`` is set: when the next delivery is due, at most every
+        ``interval`` seconds, or sooner when an event is committed (this process's at once,
+        another's within ``_POLL``). Errors (a database away) are logged, not raised."""
         _check_interval(interval)
         while not stop.is_set():
+            wait, poll = interval, True
             try:
                 while self.run_once() >= 100 and not stop.is_set():
                     pass  # a backlog: keep going
+                due = self.next_due()
+                if due is not None:
+                    wait = min(interval, max(0.0, due - self.clock()))
             except Exception:
                 log.exception("webhook round failed; retrying in %s s", interval)
+                poll = False  # no look every 100 ms at a database that just failed
             if stop.wait(_MIN_GAP):
                 return
-            self._wake.wait(max(0.0, interval - _MIN_GAP))
-            self._wake.clear()
+            self._idle(stop, max(0.0, wait - _MIN_GAP), poll)
 
     def start(self, interval: float = 1.0) -> threading.Thread:
         """Run :meth:`run` in a daemon thread (once; a second call returns the same thread)."""

@@ -51,6 +51,7 @@ class Receiver:
         self.requests: list[Received] = []
         self.statuses: deque[int] = deque()
         self.delay = 0.0
+        self.retry_after: str | None = None  # sent with each 429
         self.gate: threading.Event | None = None  # when set up, requests wait for it
         self.arrived = threading.Condition()
         receiver = self
@@ -69,6 +70,8 @@ class Receiver:
                 if receiver.delay:
                     time.sleep(receiver.delay)
                 self.send_response(status)
+                if status == 429 and receiver.retry_after is not None:
+                    self.send_header("Retry-After", receiver.retry_after)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")
@@ -642,3 +645,114 @@ def test_a_subscriptions_repr_hides_the_receivers_password() -> None:
     token = Subscription("wh_2", "https://T0KEN@hooks.example/in", ("*",), "s3cret", True, 0.0)
     for shown in (repr(token), str(token.to_dict())):
         assert "T0KEN" not in shown and "https://***@hooks.example/in" in shown
+
+
+# -- a flaky receiver, a dead one, one that asks to slow down (docs/operations.md, "Webhooks") --
+
+
+def test_a_failed_answer_does_not_hold_the_subscriptions_other_deliveries(
+    core: Core, clock: FakeClock, make_hooks: Callable[..., Webhooks], receiver: Receiver
+) -> None:
+    """A round stopped a subscription's deliveries at its first 5xx: behind a receiver failing
+    30 % of its answers, about two deliveries a second went out, less than a busy seller makes."""
+    hooks = make_hooks()
+    hooks.subscribe(receiver.url())
+    receiver.statuses.extend([503, 200, 503, 200, 200])
+    for _ in range(5):
+        deposit(core)
+    assert hooks.run_once() == 5
+    assert sorted(d.status for d in hooks.deliveries()) == ["delivered"] * 3 + ["pending"] * 2
+    assert hooks.run_once() == 0  # the two failed ones wait their own backoff
+    clock.advance(1)
+    assert hooks.run_once() == 2
+    assert [d.status for d in hooks.deliveries()] == ["delivered"] * 5
+
+
+def test_a_string_of_failures_pauses_the_subscription_and_a_2xx_resumes_it(
+    core: Core, clock: FakeClock, make_hooks: Callable[..., Webhooks], receiver: Receiver
+) -> None:
+    hooks = make_hooks(base_delay=10, max_delay=100)
+    hooks.subscribe(receiver.url())
+    receiver.statuses.extend([500] * 6)
+    for _ in range(8):
+        deposit(core)
+    assert hooks.run_once() == 5  # five failed answers in a row: paused, not hammered
+    assert hooks.run_once() == 0
+    clock.advance(10)  # the pause (5 to 10 s) is over: one attempt, failed, pauses longer
+    assert hooks.run_once() == 1
+    clock.advance(5)
+    assert hooks.run_once() == 0  # 10 to 20 s now
+    clock.advance(hooks.max_delay)
+    assert hooks.run_once() == 8  # answered: the rest at once
+    assert [d.status for d in hooks.deliveries()] == ["delivered"] * 8
+
+
+def test_a_429_pauses_the_subscription_for_its_retry_after(
+    core: Core, clock: FakeClock, make_hooks: Callable[..., Webhooks], receiver: Receiver
+) -> None:
+    """A receiver's ``Retry-After`` was ignored: its deliveries came back after 1, 2, 4 s."""
+    hooks = make_hooks()
+    sub = hooks.subscribe(receiver.url())
+    receiver.statuses.append(429)
+    receiver.retry_after = "120"
+    deposit(core)
+    deposit(core)
+    assert hooks.run_once() == 1
+    clock.advance(60)
+    assert hooks.run_once() == 0  # neither the failed one nor the other: the receiver said 120 s
+    assert min(d.next_attempt_at for d in hooks.deliveries()) == T0
+    assert max(d.next_attempt_at for d in hooks.deliveries()) >= T0 + 120
+    assert hooks.next_due() == T0 + 120
+    clock.advance(61)
+    assert hooks.run_once() == 2
+    assert [d.status for d in hooks.deliveries(subscription_id=sub.subscription_id)] == [
+        "delivered",
+        "delivered",
+    ]
+
+
+def test_the_worker_wakes_for_another_processes_events(store_url: str, receiver: Receiver) -> None:
+    """The worker woke early for its own process's events only: a gate's event (another
+    process) waited for the interval."""
+    service, gate = Core(store_url), Core(store_url)  # as two processes would
+    hooks = Webhooks(service)
+    try:
+        hooks.subscribe(receiver.url())
+        hooks.start(interval=60)
+        time.sleep(0.3)  # its first round is over: waiting
+        deposit(gate)
+        assert len(receiver.wait_for(1, timeout=5)) == 1
+    finally:
+        hooks.close()
+        service.close()
+        gate.close()
+
+
+def test_two_workers_behind_a_flaky_receiver_deliver_each_event_once(
+    store_url: str, receiver: Receiver
+) -> None:
+    """Two worker threads on two Cores (as two processes), a receiver failing about a third of
+    its answers: every event is answered 2xx once, and every delivery row is delivered."""
+    cores = [Core(store_url), Core(store_url)]
+    workers = [Webhooks(c, base_delay=0.01, max_delay=0.05, max_attempts=30) for c in cores]
+    workers[0].subscribe(receiver.url())
+    receiver.statuses.extend([503 if i % 3 == 0 else 200 for i in range(150)])
+    for amount in range(1, 61):
+        deposit(cores[amount % 2], amount)
+    try:
+        for w in workers:
+            w.start(interval=0.2)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(workers[0].deliveries(status="delivered")) < 60:
+            time.sleep(0.05)
+        for w in workers:
+            w.stop()
+        ok = Counter(
+            r.json["id"] for i, r in enumerate(receiver.requests) if i >= 150 or i % 3 != 0
+        )
+        assert len(ok) == 60 and set(ok.values()) == {1}
+        assert [d.status for d in workers[1].deliveries(limit=100)] == ["delivered"] * 60
+    finally:
+        for w, c in zip(workers, cores, strict=True):
+            w.close()
+            c.close()
