@@ -2,7 +2,7 @@
 
     >>> hooks = Webhooks(core)                                              # doctest: +SKIP
     >>> sub = hooks.subscribe("https://example.com/hook", events=["debit.paid"])  # doctest: +SKIP
-    >>> hooks.start()            # a daemon thread: enqueue + deliver, every second  # doctest: +SKIP
+    >>> hooks.start()            # a daemon thread: enqueue + deliver, as events come  # doctest: +SKIP
 
 How an event travels, and why none is lost:
 
