@@ -188,7 +188,7 @@ class Arena:
         tab = self._tab(buyer, req, version)
         body = {"x": 1} if method == "POST" else None
         good_name, good = payment_header(buyer, req, tab, version=version)
-        mode = rng.randrange(11)
+        mode = rng.randrange(12)
         headers: Any
         if mode == 0:  # one claim changed, signed again by the buyer
             field = rng.choice(CLAIM_INTS)
@@ -230,6 +230,11 @@ class Arena:
         elif mode == 6 and self.last_paid:  # a paid header sent to another priced route
             headers = self.last_paid[2]
             buyer = self._payer
+        elif mode == 8 and self.last_paid:  # a paid header again, written differently
+            method, path, paid, price = self.last_paid
+            headers = {k: self._reshape(v) for k, v in paid.items() if k != "content-type"}
+            buyer = self._payer
+            body = {"x": 1} if method == "POST" else None
         elif mode == 7:  # a good header for this route, sent to a spelling of another one
             method, other, price = rng.choice(ROUTES)
             path = rng.choice(PATH_VARIANTS)(other)
@@ -238,7 +243,9 @@ class Arena:
         else:  # the envelope mutated around the good signature
             headers = {good_name: self._mangle(good)}
         resp = self.send(method, path, headers, body, price, buyer)
-        if 200 <= resp.status < 300 and isinstance(headers, dict):
+        # headers as payment_header wrote them (a mangled one may pay too)
+        canonical = all(v == good or k == "content-type" for k, v in _pairs(headers))
+        if 200 <= resp.status < 300 and isinstance(headers, dict) and canonical:
             self.last_paid, self._payer = (method, path, headers, price), buyer
 
     def _tab(self, buyer: TestBuyer, req: Any, version: int) -> dict[str, Any]:
@@ -248,6 +255,21 @@ class Arena:
         )
         assert resp.status == 200, resp.text
         return dict(resp.json())
+
+    def _reshape(self, header: str) -> str:
+        """The same payment, spelled otherwise: keys reordered, hex upper-cased, re-encoded."""
+        envelope = json.loads(base64.b64decode(header))
+        claims = envelope["payload"]["claims"]
+        for name in ("tab_id", "req_id", "amount"):
+            if self.rng.random() < 0.5 and isinstance(claims.get(name), str):
+                claims[name] = "0x" + claims[name][2:].upper()
+            elif self.rng.random() < 0.3 and isinstance(claims.get(name), str):
+                claims[name] = "0x0" + claims[name][2:]
+        if self.rng.random() < 0.5:
+            envelope["payload"]["claims"] = dict(reversed(list(claims.items())))
+        spacing = self.rng.choice([(",", ":"), (", ", ": ")])
+        text = json.dumps(dict(reversed(list(envelope.items()))), separators=spacing)
+        return fuzzkit.encodings(self.rng, text)
 
     def _mangle(self, header: str) -> str:
         envelope = json.loads(base64.b64decode(header))
@@ -304,9 +326,12 @@ PATH_VARIANTS = [
 ]
 
 
+def _pairs(headers: Any) -> list[tuple[str, str]]:
+    return list(headers.items() if isinstance(headers, dict) else headers)
+
+
 def _key(headers: Any) -> Any:
-    pairs = headers.items() if isinstance(headers, dict) else headers
-    return tuple(sorted((k.lower(), v) for k, v in pairs if k.lower() != "content-type"))
+    return tuple(sorted((k.lower(), v) for k, v in _pairs(headers) if k.lower() != "content-type"))
 
 
 def _jsonable(value: Any) -> Any:
@@ -359,3 +384,83 @@ def test_replayed_header_is_charged_once(seller: Seller, kit: Kit) -> None:
     again = seller.request("GET", "/premium", headers=headers)
     assert again.status == 402
     assert len(seller.core.guarantees(limit=10)) == 1
+
+
+# -- the gate's own endpoints, with raw bodies --------------------------------------------------
+
+TOKENS = {"metrics_token": "m-token-fuzz", "admin_token": "a-token-fuzz"}
+ENDPOINTS = [
+    ("POST", "/x402/tab"),
+    ("POST", "/x402/rpc"),
+    ("GET", "/x402/core/public-params"),
+    ("GET", "/x402/core/tabs/0x1/guarantees/0x0"),
+    ("GET", "/x402/metrics"),
+    ("GET", "/x402/admin/prices"),
+    ("POST", "/x402/admin/prices"),
+    ("GET", "/.well-known/x402"),
+    ("GET", "/x402/nope"),
+]
+ENDPOINT_BODIES: list[Any] = [
+    {"prices": {"GET /premium": "$0.01"}},
+    {"prices": {"GET /premium": None}},
+    {"prices": {"GET /items/:item_id": "$0.02"}},
+    {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []},
+    [{"jsonrpc": "2.0", "id": 1, "method": "eth_call", "params": [{"to": "0x", "data": "0x"}]}],
+    {"x402Version": 2, "userAddress": SELLER, "paymentRequirements": {}},
+]
+
+
+def _endpoint_round(arena: Arena) -> None:
+    rng = arena.rng
+    method, path = rng.choice(ENDPOINTS)
+    if rng.random() < 0.2:
+        method = rng.choice(["PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "GET", "POST"])
+    if rng.random() < 0.3:
+        path = rng.choice(PATH_VARIANTS)(path)
+    if rng.random() < 0.3:
+        path = path.replace("0x1", rng.choice(["0x", "-1", "0x" + "f" * 80, "%ff", "1e9"]))
+    headers = {"content-type": rng.choice(CONTENT_TYPES)}
+    if rng.random() < 0.7:
+        token = TOKENS["admin_token" if "admin" in path else "metrics_token"]
+        headers["authorization"] = rng.choice([f"Bearer {token}", "Bearer", f"Bearer {token}x"])
+    body = arena.mutator.mutate(rng.choice(ENDPOINT_BODIES)) if rng.random() < 0.8 else {}
+    content = rng.choice(
+        [fuzzkit.dumps(body).encode("utf-8", "surrogatepass"), rng.choice(BODIES)]
+        if rng.random() < 0.3
+        else [fuzzkit.dumps(body).encode("utf-8", "surrogatepass")]
+    )
+    before = len(arena.guarantees())
+    try:
+        resp = arena.raw(method, path, headers, content if method not in ("GET", "HEAD") else b"")
+    except UnicodeError:  # werkzeug's client reads "//x402/…" as a host name: nothing sent
+        return
+    what = (arena.seller.kind, method, path, resp.status, resp.text[:300], content[:200])
+    assert resp.status < 500, what
+    assert "Traceback" not in resp.text, what
+    assert TOKENS["admin_token"] not in resp.text and TOKENS["metrics_token"] not in resp.text
+    assert len(arena.guarantees()) == before, what
+    ctype = {k.lower(): v for k, v in resp.headers.items()}.get("content-type", "")
+    if resp.status >= 400 and ctype.startswith("application/json") and resp.body:
+        answer = json.loads(resp.body)
+        if isinstance(answer, dict) and "detail" not in answer:  # FastAPI's own 404
+            code = answer.get("reason") or answer.get("error")
+            assert isinstance(code, str) and code.replace("_", "").isalpha(), what
+
+
+@pytest.mark.parametrize("rounds", [40, pytest.param(600, marks=pytest.mark.slow)])
+def test_fuzzed_gate_endpoints_never_crash(
+    make_seller: Any, kit: Kit, caplog: pytest.LogCaptureFixture, rounds: int
+) -> None:
+    seller = make_seller(**UNLIMITED, **TOKENS)
+    arena = Arena(seller, kit, random.Random(f"{SEED}:{seller.kind}:endpoints"))
+    caplog.set_level(logging.INFO)
+    for _ in range(rounds):
+        _endpoint_round(arena)
+    # whatever the admin calls did, nothing priced is served unpaid
+    for method, path, _ in ROUTES:
+        resp = seller.request(method, path, json={"x": 1} if method == "POST" else None)
+        assert resp.status in (402, 404), (method, path, resp.status)
+    assert seller.core.audit() == []
+    crashed = [r for r in caplog.records if r.exc_info and r.name.startswith("fourmica")]
+    assert not crashed, [(r.name, r.getMessage()) for r in crashed]
+    assert not [r for r in caplog.records if TOKENS["admin_token"] in r.getMessage()]
