@@ -144,7 +144,7 @@ class Arena:
                 SELLER,
                 buyer.address,
             ), ("accepted claims differ from the price", g, what)
-            charged = g.state not in ("cancelled", "voided")
+            charged = _charged(seller.core, g, 200 <= resp.status < 300)
             assert charged == (200 <= resp.status < 300), ("charged for no 2xx", g.state, what)
         if 200 <= resp.status < 300 and new:
             self.answers[_key(headers)] = resp.body
@@ -301,6 +301,24 @@ class Arena:
         assert len(self.guarantees()) == before
         if resp.status >= 400 and resp.status != 404:
             assert "reason" in resp.text or "error" in resp.text, what
+
+
+def _charged(core: Any, guarantee: Any, expected: bool) -> bool:
+    """Whether ``guarantee`` stands charged, given a refund's completion a moment to land
+    (it may be committed just after the response: docs/architecture.md)."""
+    import time
+
+    deadline = time.monotonic() + 2
+    while True:
+        state = next(
+            g.state
+            for g in core.guarantees(limit=100_000)
+            if g == guarantee or g.guarantee_id == guarantee.guarantee_id
+        )
+        charged = state not in ("cancelled", "voided")
+        if charged == expected or time.monotonic() > deadline:
+            return charged
+        time.sleep(0.02)
 
 
 def _price_of(handled: str, default: int) -> int:
@@ -464,3 +482,88 @@ def test_fuzzed_gate_endpoints_never_crash(
     crashed = [r for r in caplog.records if r.exc_info and r.name.startswith("fourmica")]
     assert not crashed, [(r.name, r.getMessage()) for r in crashed]
     assert not [r for r in caplog.records if TOKENS["admin_token"] in r.getMessage()]
+
+
+# -- the raw ASGI surface: what a server may hand the app that a test client never sends -----
+
+
+def _asgi_call(app: Any, scope: dict[str, Any], body: bytes) -> tuple[int, bytes]:
+    import asyncio
+
+    sent: list[dict[str, Any]] = []
+    chunks = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def run() -> None:
+        await asyncio.wait_for(app(scope, receive, send), 10)
+
+    try:
+        asyncio.run(run())
+    except Exception:  # the server would answer 500 for an app that raised
+        return 500, b"".join(m.get("body", b"") for m in sent)
+    start = next((m for m in sent if m["type"] == "http.response.start"), None)
+    return (start["status"] if start else 500), b"".join(m.get("body", b"") for m in sent)
+
+
+@pytest.mark.parametrize("rounds", [30, pytest.param(500, marks=pytest.mark.slow)])
+def test_fuzzed_asgi_scopes_never_crash_or_serve_unpaid(
+    make_seller: Any, kit: Kit, kind: str, rounds: int
+) -> None:
+    if kind not in ("starlette", "fastapi"):
+        pytest.skip("an ASGI scope")
+    seller = make_seller(**UNLIMITED)
+    arena = Arena(seller, kit, random.Random(f"{SEED}:{kind}:asgi"))
+    rng = arena.rng
+    app = seller.client.app if hasattr(seller.client, "app") else seller.client._client.app
+    for _ in range(rounds):
+        method, path, price = rng.choice(ROUTES)
+        buyer = kit.funded(seller)
+        req = kit.challenge(seller, path, method)
+        name, good = payment_header(buyer, req, arena._tab(buyer, req, 2))
+        headers = [(name.lower().encode(), good.encode())]
+        if rng.random() < 0.3:
+            headers.append((name.encode(), arena._mangle(good).encode()))
+        if rng.random() < 0.3:
+            rng.shuffle(headers)
+        if rng.random() < 0.3:
+            headers.append((b"content-type", rng.choice(CONTENT_TYPES).encode()))
+        if rng.random() < 0.2:
+            headers.append((b"x-odd", bytes(rng.randrange(256) for _ in range(8))))
+        raw_path = path.encode()
+        if rng.random() < 0.2:
+            raw_path = rng.choice([b"/pr\xffemium", path.encode() + b"%", b"", b"*"])
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": rng.choice(["1.0", "1.1", "2", "3"]),
+            "method": rng.choice([method] * 6 + [method.lower(), method + " "]),
+            "scheme": rng.choice(["http", "https", "ws"]),
+            "path": raw_path.decode("latin-1"),
+            "raw_path": raw_path,
+            "root_path": rng.choice(["", "", "/x"]),
+            "query_string": rng.choice([b"", b"a=1&a=2", b"%ff=%00", b"x" * 10_000]),
+            "headers": headers if rng.random() < 0.9 else [*headers, (b"host", b"")],
+            "client": rng.choice([("127.0.0.1", 1), None, ("::1", 0)]),
+            "server": rng.choice([("testserver", 80), None]),
+            "state": {},
+        }
+        body = b'{"x":1}' if rng.random() < 0.8 else rng.choice(BODIES)
+        before_runs, before = arena.paid_runs(), {g.guarantee_id for g in arena.guarantees()}
+        status, answer = _asgi_call(app, scope, body)
+        new = [g for g in arena.guarantees() if g.guarantee_id not in before]
+        what = (kind, scope["method"], raw_path, scope["http_version"], status, answer[:300])
+        runs = arena.paid_runs() - before_runs
+        assert status < 500 or runs == 1, what
+        assert b"Traceback" not in answer, what
+        assert runs <= len(new), ("a paid handler ran unpaid", what)
+        if 200 <= status < 300:
+            assert len(new) == 1 and new[0].amount == price, what
+        for g in new:  # charged only for a 2xx
+            charged = _charged(seller.core, g, 200 <= status < 300)
+            assert charged == (200 <= status < 300), (g.state, what)
+    assert seller.core.audit() == []
