@@ -26,6 +26,7 @@ import logging
 import os
 import random
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -306,15 +307,10 @@ class Arena:
 def _charged(core: Any, guarantee: Any, expected: bool) -> bool:
     """Whether ``guarantee`` stands charged, given a refund's completion a moment to land
     (it may be committed just after the response: docs/architecture.md)."""
-    import time
-
     deadline = time.monotonic() + 2
     while True:
-        state = next(
-            g.state
-            for g in core.guarantees(limit=100_000)
-            if g == guarantee or g.guarantee_id == guarantee.guarantee_id
-        )
+        rows = core.guarantees(limit=100_000)
+        state = next(g.state for g in rows if g.guarantee_id == guarantee.guarantee_id)
         charged = state not in ("cancelled", "voided")
         if charged == expected or time.monotonic() > deadline:
             return charged
