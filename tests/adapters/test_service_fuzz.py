@@ -201,9 +201,9 @@ class Service:
             assert reason is None or CODE.fullmatch(reason), what
 
 
-def _run(tmp_path: Path, caplog: pytest.LogCaptureFixture, rounds: int) -> None:
+def _run(url: str, caplog: pytest.LogCaptureFixture, rounds: int) -> None:
     caplog.set_level(logging.INFO)
-    core = Core(str(tmp_path / "service.db"))
+    core = Core(url)
     rng = random.Random(f"{SEED}:service")
     app = create_app(core, sandbox=True, api_key=KEY, tick_interval=None)
     try:
@@ -221,10 +221,10 @@ def _run(tmp_path: Path, caplog: pytest.LogCaptureFixture, rounds: int) -> None:
     assert not [r for r in caplog.records if KEY in r.getMessage()]
 
 
-def test_fuzzed_service_calls_never_crash(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    _run(tmp_path, caplog, rounds=60)
+def test_fuzzed_service_calls_never_crash(store_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    _run(store_url, caplog, rounds=60)
 
 
 @pytest.mark.slow
-def test_fuzzed_service_calls_at_length(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    _run(tmp_path, caplog, rounds=1500)
+def test_fuzzed_service_calls_at_length(store_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    _run(store_url, caplog, rounds=1500)

@@ -13,7 +13,8 @@ discovery queries. The oracle, for every request and adapter:
 - the Core's ``audit()`` is clean at the end.
 
 The default budget is small and seeded (CI replays the same requests); ``-m slow`` runs a
-larger one. ``FOURMICA_FUZZ_SEED`` picks another seed by hand.
+larger one. ``FOURMICA_FUZZ_SEED`` picks another seed by hand, ``FOURMICA_FUZZ_ROUNDS`` another
+budget for the paid-request rounds.
 """
 
 from __future__ import annotations
@@ -69,6 +70,19 @@ REASONS = {r.value for r in Reason} | {"Payment required", "No matching payment 
 CLAIM_INTS = ["tab_id", "req_id", "amount", "timestamp"]
 #: claim values a buyer can sign (uint256), at the edges
 INTS = [0, 1, 2**63, 2**64, 2**256 - 1]
+#: G-v2 policy claims a buyer may sign otherwise than the seller asked
+POLICY_CHANGES: list[tuple[str, list[Any]]] = [
+    ("min_validation_score", [0, 1, 99, 101, 255, 2**64]),
+    ("validation_chain_id", [0, 1, 8453, 2**64]),
+    ("validator_agent_id", [1, 2**256 - 1]),
+    ("required_validation_tag", ["", "DELIVERY", "delivery ", "x" * 300, "é"]),
+    ("validator_address", [SELLER.lower(), "0x" + "00" * 20, "0x" + "11" * 20]),
+    ("validation_registry_address", ["0x" + "00" * 20, "0x" + "22" * 20]),
+    ("job_hash", [bytes(32), b"\x01" * 32]),
+    ("validation_subject_hash", [bytes(32), b"\x01" * 32]),
+    ("validation_request_hash", [bytes(32), b"\x01" * 32]),
+    ("version", [1, 3, 2**64]),
+]
 CONTENT_TYPES = [
     "application/json",
     "text/plain",
@@ -193,9 +207,14 @@ class Arena:
         headers: Any
         if mode == 0:  # one claim changed, signed again by the buyer
             field = rng.choice(CLAIM_INTS)
-            name, value = payment_header(
-                buyer, req, tab, version=version, **{field: rng.choice(INTS)}
-            )
+            change = {field: rng.choice(INTS)}
+            if version == 2 and rng.random() < 0.5:  # the delivery policy's terms
+                field, values = rng.choice(POLICY_CHANGES)
+                change = {field: rng.choice(values)}
+            try:
+                name, value = payment_header(buyer, req, tab, version=version, **change)
+            except (ValueError, TypeError, OverflowError):  # not signable at all
+                name, value = good_name, good
             headers = {name: value}
         elif mode == 1:  # a price, payee or asset the seller did not ask for, signed
             changes = rng.choice(
@@ -360,6 +379,7 @@ def _jsonable(value: Any) -> Any:
 def _run(seller: Seller, kit: Kit, caplog: pytest.LogCaptureFixture, rounds: int) -> None:
     rng = random.Random(f"{SEED}:{seller.kind}")
     arena = Arena(seller, kit, rng)
+    rounds = int(os.environ.get("FOURMICA_FUZZ_ROUNDS", rounds))
     caplog.set_level(logging.INFO)
     for i in range(rounds):
         if i % 4 == 3:
@@ -380,6 +400,21 @@ def test_fuzzed_requests_never_crash_or_charge_wrongly(
     make_seller: Any, kit: Kit, caplog: pytest.LogCaptureFixture, replay: bool
 ) -> None:
     _run(make_seller(**UNLIMITED, idempotent_replay=replay), kit, caplog, rounds=24)
+
+
+@pytest.mark.postgres
+def test_fuzzed_requests_on_postgres(
+    make_seller: Any, kit: Kit, caplog: pytest.LogCaptureFixture, postgres_url: str
+) -> None:
+    """The same rounds over a PostgreSQL Core: its column types are not SQLite's."""
+    from fourmica_x402.core import Core, CoreConfig
+    from fourmica_x402.testing import ShiftedClock
+
+    core = Core(postgres_url, config=CoreConfig(validation_timeout=600), clock=ShiftedClock())
+    try:
+        _run(make_seller(**UNLIMITED, core=core), kit, caplog, rounds=24)
+    finally:
+        core.close()
 
 
 @pytest.mark.slow
