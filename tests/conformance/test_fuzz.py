@@ -128,6 +128,9 @@ class Arena:
             for name, value in headers:  # what a WSGI server does with a repeated header
                 folded[name] = f"{folded[name]}, {value}" if name in folded else value
             headers = folded
+        if seller.kind in ("starlette", "fastapi") and isinstance(headers, dict):
+            # httpx sends str header values as ASCII only; latin-1 bytes go through as sent
+            headers = {k: v.encode("latin-1") if not v.isascii() else v for k, v in headers.items()}
         before_calls = dict(seller.calls)
         before_runs, before = self.paid_runs(), {g.guarantee_id for g in self.guarantees()}
         if isinstance(body, bytes):
@@ -175,7 +178,10 @@ class Arena:
             r = client._client.request(method, path, headers=headers, content=content)
             return Resp(r.status_code, dict(r.headers.items()), r.content)
         if seller.kind in ("wsgi", "flask"):
-            environ = {"REMOTE_ADDR": "127.0.0.1"}
+            environ = {
+                "REMOTE_ADDR": "127.0.0.1",
+                "SERVER_PROTOCOL": self.rng.choice(["HTTP/1.1", "HTTP/1.0", "HTTP/2"]),
+            }
             r = client._client.open(
                 path, method=method, headers=headers, data=content, environ_base=environ
             )
@@ -255,6 +261,11 @@ class Arena:
             headers = {k: self._reshape(v) for k, v in paid.items() if k != "content-type"}
             buyer = self._payer
             body = {"x": 1} if method == "POST" else None
+        elif mode == 9:  # latin-1 and control characters around a good header
+            junk = rng.choice(["\xe9", "\x7f", "\t", "\xa0", "\xff" * 3, " "])
+            headers = {
+                good_name: rng.choice([junk + good, good + junk, good[:20] + junk + good[20:]])
+            }
         elif mode == 7:  # a good header for this route, sent to a spelling of another one
             method, other, price = rng.choice(ROUTES)
             path = rng.choice(PATH_VARIANTS)(other)
