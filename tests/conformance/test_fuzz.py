@@ -1,20 +1,28 @@
 """Generative fuzzing of the gate, under every adapter.
 
 Each round starts from a VALID paid request (challenge, tab, signed guarantee) and damages it
-with ``tests/fuzzkit.py``: the envelope around a good signature mutated and re-encoded, one
-claim changed and re-signed, the signature reshaped, the header repeated or sent under both
-names, a replay, a paid POST with a damaged body; plus damaged tab-endpoint requests and
-discovery queries. The oracle, for every request and adapter:
+with ``tests/fuzzkit.py``: the envelope around a good signature mutated and re-encoded (the
+signature's hex among what it reshapes), one claim or G-v2 policy term changed and re-signed,
+the header repeated, sent under both names or wrapped in latin-1 and control characters, a
+replay (also re-spelled), a paid header sent to another route's spelling, a paid POST with a
+damaged or raw body. Beside them: damaged tab-endpoint requests, the gate's own endpoints
+(tab, RPC, guarantee read, metrics, admin prices, discovery) with raw bodies and tokens, and
+raw ASGI scopes. Sellers run with and without ``idempotent_replay``, on SQLite and PostgreSQL.
+The oracle, for every request and adapter:
 
-- never a 5xx and never a traceback in the body or in a logged exception;
+- never a 5xx (but a handler's own crash, refunded) and never a traceback in the body or in a
+  logged exception;
 - a 402 carries ``PAYMENT-REQUIRED`` with a stable reason code;
-- a paid handler runs only for an accepted guarantee, at most one per request, and every
-  accepted guarantee is for exactly the priced amount, to the seller, from the buyer;
+- a paid handler runs only for an accepted guarantee, at most one per request; every accepted
+  guarantee is for exactly the price of the handler that ran (else the route asked), to the
+  seller, from the buyer; it stays charged exactly when the answer was a 2xx; a 2xx without a
+  new guarantee is only an idempotent replay of the same answer;
 - the Core's ``audit()`` is clean at the end.
 
 The default budget is small and seeded (CI replays the same requests); ``-m slow`` runs a
 larger one. ``FOURMICA_FUZZ_SEED`` picks another seed by hand, ``FOURMICA_FUZZ_ROUNDS`` another
-budget for the paid-request rounds.
+budget for the paid-request rounds, and ``FOURMICA_FUZZ_DUMP=<file>`` writes there the request
+that drew a 5xx.
 """
 
 from __future__ import annotations
