@@ -52,6 +52,8 @@ def _raw(port: int, request: bytes) -> tuple[int, bytes]:
                 break
             chunks.append(chunk)
     answer = b"".join(chunks)
+    if answer and not answer.startswith(b"HTTP/"):
+        return 200, answer  # an HTTP/0.9 answer (werkzeug's server): the body, delivered
     line = answer.split(b"\r\n", 1)[0].split()
     return (int(line[1]) if len(line) > 1 and line[1].isdigit() else 0), answer
 
