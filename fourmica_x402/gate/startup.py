@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..core.store import StoreUnavailable
+from ..core.store import StoreMissing, StoreUnavailable
 from .types import Response, error_response
 
 __all__ = ["Startup"]
@@ -43,7 +43,9 @@ class Startup:
             return fn()
         except Exception as exc:
             self.error = f"fourmica_x402: {exc}"
-            self.unavailable = isinstance(exc, StoreUnavailable)
+            self.unavailable = isinstance(exc, StoreUnavailable) and not isinstance(
+                exc, StoreMissing
+            )
             log.error("%s", self.error)
             return None
 

@@ -32,6 +32,7 @@ __all__ = [
     "Contention",
     "Store",
     "StoreClosed",
+    "StoreMissing",
     "StoreUnavailable",
     "Tx",
     "WouldBlock",
@@ -68,6 +69,12 @@ class StoreUnavailable(Unavailable):
 
 class StoreClosed(StoreUnavailable):
     """The store was closed by its owner (the app is stopping): background work ends."""
+
+
+class StoreMissing(StoreUnavailable):
+    """The database's place does not exist (a SQLite file in a missing directory): a
+    deployment mistake rather than an outage, so a gate that meets it at its start keeps
+    failing closed instead of trying again at each request."""
 
 
 class Contention(StoreUnavailable):

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 from ...errors import ConfigurationError
-from . import Conflict, Row, StoreClosed, StoreUnavailable, WouldBlock
+from . import Conflict, Row, StoreClosed, StoreMissing, StoreUnavailable, WouldBlock
 from .deferred import Deferred, Job, drain_all
 
 __all__ = ["SQLiteStore"]
@@ -164,7 +164,7 @@ class SQLiteStore:
         if self.path != ":memory:":
             parent = os.path.dirname(os.path.abspath(self.path))
             if not os.path.isdir(parent):
-                raise StoreUnavailable(f"directory of the SQLite database does not exist: {parent}")
+                raise StoreMissing(f"directory of the SQLite database does not exist: {parent}")
         self._connection()  # fail fast on a bad path
 
     def _key(self) -> str:
