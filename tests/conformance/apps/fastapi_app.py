@@ -11,6 +11,7 @@ from fourmica_x402.adapters.fastapi import FourmicaX402, Paid
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.testclient import TestClient
 
+from fourmica_x402._json import loads
 from fourmica_x402.gate import Payment
 
 #: nginx's own caching header, which there wins over Cache-Control (sent by /cached, /stored).
@@ -60,7 +61,8 @@ def build(options: dict[str, Any], calls: collections.Counter[str]) -> Client:
     @app.post("/echo")
     async def echo(request: Request) -> dict[str, Any]:
         calls[request.url.path] += 1
-        return {"echo": await request.json()}
+        # bounded: py_ecc, which the suite imports, lets stdlib json overflow the C stack
+        return {"echo": loads(await request.body())}
 
     @app.get("/items/{item_id}")
     def item(item_id: str, request: Request) -> dict[str, Any]:
