@@ -55,7 +55,7 @@ def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # not "²", a digit float() refuses
         return float(value)
     with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
@@ -235,7 +235,7 @@ class DeliveryMixin:
                 (sub_id,),
             )
             streak, paused = (int(row[0]), float(row[1])) if row else (1, 0.0)
-            if code == 429 and wait is not None:
+            if code == 429 and wait:  # 0 or a date past: no wait asked, the backoff then
                 pause = min(self.max_delay, wait)
             elif code is None or code == 429:  # no answer at all, or asked to slow down
                 pause = self._backoff(streak)

@@ -756,3 +756,27 @@ def test_two_workers_behind_a_flaky_receiver_deliver_each_event_once(
         for w, c in zip(workers, cores, strict=True):
             w.close()
             c.close()
+
+
+@pytest.mark.parametrize(
+    "retry_after", ["0", "Thu, 01 Jan 1970 00:00:00 GMT", "\u00b2", "-5", "soon", ""]
+)
+def test_a_429_pauses_the_subscription_whatever_its_retry_after_says(
+    core: Core,
+    make_hooks: Callable[..., Webhooks],
+    receiver: Receiver,
+    retry_after: str,
+) -> None:
+    """A 429 whose ``Retry-After`` asked for no wait (0, a date past) did not pause the
+    subscription, nor did the streak of them: every queued event was tried in the same round.
+    One with a digit Python cannot read as a number ("²") was recorded as no answer at all."""
+    hooks = make_hooks()
+    hooks.subscribe(receiver.url())
+    receiver.statuses.extend([429] * 3)
+    receiver.retry_after = retry_after
+    for _ in range(3):
+        deposit(core)
+    assert hooks.run_once() == 1  # asked to slow down: the others wait for the pause
+    [tried] = [d for d in hooks.deliveries() if d.attempts]
+    assert (tried.last_status_code, tried.last_error) == (429, "HTTP 429")
+    assert hooks.next_due() > T0
