@@ -115,9 +115,15 @@ class PriceBook:
         migrate(store, migrations=_MIGRATIONS, key="prices_schema_version")
 
     def set(self, prices: Mapping[str, Price | None], source: str) -> int:
-        """Record the changes in one transaction; the id of the last one."""
+        """Record the changes in one transaction; the id of the last one.
+
+        One writer at a time (PostgreSQL: a lock on the table, readers go on), so the changes
+        commit in the order of their ids: a process that read up to an id has every change
+        below it, and polling that id alone misses none."""
         now, last = time.time(), 0
         with self.store.transaction() as tx:
+            if self.store.dialect == "postgres":  # SQLite: a writer holds the database's lock
+                tx.execute("LOCK TABLE fx_prices IN EXCLUSIVE MODE")
             for key, price in prices.items():
                 text = None if price is None else encode(price)
                 row = tx.one(
