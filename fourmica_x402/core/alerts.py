@@ -299,7 +299,10 @@ class Alerting:
         if rules.default is not None:
             if len(marks) >= 16 and rules.default not in marks:
                 marks.clear()  # thresholds come and go (a process's rules changed): forget
-            marks[rules.default] = max(marks.get(rules.default, 0), floor)
+            # This check's floor, even one lower than the last: PostgreSQL gives a cycle its id
+            # as it is inserted, so one committed after a later cycle (another asset's) appears
+            # below the last floor, and is read from here on as any cycle not final yet.
+            marks[rules.default] = floor
         if not found:
             return []
         self._feed.deliver(events)

@@ -505,3 +505,38 @@ def test_only_a_signed_refusal_counts_against_its_payer(
     assert (alert.subject, alert.address, alert.value) == (buyer.address, buyer.address, 2)
     assert f"alert invalid_payments_per_payer fired: {buyer.address} value=2" in caplog.text
     assert world.events() == []
+
+
+@pytest.mark.postgres
+def test_a_default_of_a_cycle_committed_after_a_later_one_still_fires(postgres_url: str) -> None:
+    """PostgreSQL hands out cycle ids as rows are inserted, not as they commit: a cycle opened
+    (id 1) in a transaction that committed after another asset's (id 2) was not yet visible to
+    a check, whose floor became 2; the floor only rose from there, so that cycle's default,
+    final later, was never read by this process's checks again."""
+    import psycopg
+
+    core = Core(postgres_url, config=FAST, clock=FakeClock(1_800_000_000))
+    rules = AlertRules(default=1)
+    debtor = TestBuyer.new().address
+    insert = (
+        "INSERT INTO fx_cycles (network, asset, status, opened_at, closes_at) "
+        "VALUES (%s, %s, 'open', 0, 1e12) RETURNING cycle_id"
+    )
+    try:
+        with psycopg.connect(postgres_url) as late, psycopg.connect(postgres_url) as other:
+            other.autocommit = True
+            [(first,)] = late.execute(insert, (NETWORK, "0xasset-a")).fetchall()  # not committed
+            [(second,)] = other.execute(insert, (NETWORK, "0xasset-b")).fetchall()
+            assert first < second
+            assert core.check_alerts(rules) == []  # sees the second only
+            late.commit()
+            assert core.check_alerts(rules) == []  # the first is open now
+            other.execute("UPDATE fx_cycles SET status = 'final' WHERE cycle_id = %s", (first,))
+            other.execute(
+                "INSERT INTO fx_cycle_positions (cycle_id, address, gross_in, gross_out, net, "
+                "role, debit, status) VALUES (%s, %s, 0, 900, -900, 'debtor', 900, 'defaulted')",
+                (first, debtor),
+            )
+            assert [a.subject for a in core.check_alerts(rules)] == [f"{first}/{debtor}"]
+    finally:
+        core.close()
