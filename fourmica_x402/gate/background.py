@@ -57,12 +57,12 @@ class Reconciler:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         #: Start-up recovery that met a database it could not use: run again from here.
-        self._recovery: Callable[[], object] | None = None
+        self._recovery: list[Callable[[], object]] = []
 
     def recover_later(self, recovery: Callable[[], object]) -> None:
         """Run ``recovery`` from this thread, again every few seconds while it fails (it
         puts itself back), until the database takes it."""
-        self._recovery = recovery
+        self._recovery.append(recovery)
         self.kick()
 
     def kick(self) -> None:
@@ -78,8 +78,8 @@ class Reconciler:
         records = self._gate.records
         while True:
             try:
-                recovery, self._recovery = self._recovery, None
-                if recovery is not None:
+                recoveries, self._recovery = self._recovery, []
+                for recovery in recoveries:  # records apart: two of them
                     recovery()
                 self.reconcile()
                 due = records.next_followup_due()
@@ -90,7 +90,7 @@ class Reconciler:
             except Exception:  # the records database may be down too: try again later
                 log.exception("reconciling payments in doubt failed")
                 due = time.time() + 5
-            if self._recovery is not None:  # failed again: in a few seconds
+            if self._recovery:  # failed again: in a few seconds
                 due = min(due or math.inf, time.time() + 5)
             with self._lock:
                 if due is None and not self._wake.is_set():
@@ -299,8 +299,7 @@ def recover(gate: Gate, before: float | None = None) -> int:
                 )
     except StoreUnavailable as exc:  # a read-only or missing database: requests fail closed
         log.error("could not look for payments left unfinished: %s", exc)
-        if not isinstance(exc, StoreClosed):
-            gate._reconciler.recover_later(lambda: recover(gate, started))
+        _again(gate, exc, lambda: recover(gate, started))
         return 0
     if rows:
         log.warning(
@@ -313,28 +312,37 @@ def recover(gate: Gate, before: float | None = None) -> int:
     return len(rows)
 
 
-def recover_unsettled(gate: Gate) -> int:
+def _again(gate: Gate, error: Exception, recovery: Callable[[], object]) -> None:
+    """A start-up recovery the database could not take now: the reconciler runs it again."""
+    if not isinstance(error, StoreClosed):
+        gate._reconciler.recover_later(recovery)
+
+
+def recover_unsettled(gate: Gate, before: float | None = None) -> int:
     """A gate whose records are not in the embedded Core's database (a remote facilitator):
     label ``not_charged`` the settle-after records a dead process left before a settle named
     their guarantee. Killed in the handler, it charged nothing; killed while the settle was
     out, its mark voids the guarantee. Its header's replay is then no longer "in progress"
     (docs/operations.md, "A remote facilitator"); a sibling still serving one writes its real
-    outcome over the label. Returns how many it labelled."""
+    outcome over the label. Returns how many it labelled. A database that cannot take it (a
+    full disk) has the reconciler run it again, as :func:`recover`."""
+    started = time.time() if before is None else before
     try:
         with gate.records.store.transaction() as tx:
             labelled = tx.execute(
                 "UPDATE fx_records SET outcome = 'not_charged' WHERE status = 'verified' "
                 "AND settle_mode = 'after' AND outcome IS NULL AND guarantee_id IS NULL "
                 "AND created_at < ?",
-                (time.time(),),
+                (started,),
             )
     except StoreUnavailable as exc:  # a read-only or missing database: requests fail closed
         log.error("could not look for payments left unsettled: %s", exc)
+        _again(gate, exc, lambda: recover_unsettled(gate, started))
         return 0
     return labelled
 
 
-def recover_apart(gate: Gate) -> int:
+def recover_apart(gate: Gate, before: float | None = None) -> int:
     """A gate whose records are not in the embedded Core's database: label the records a dead
     process left "settled, delivery unknown" as :func:`recover` does (docs/architecture.md,
     "Completion off the request path"). Their guarantee's state says how, from the embedded
@@ -344,13 +352,14 @@ def recover_apart(gate: Gate) -> int:
     facilitator = gate.facilitator
     core = facilitator.core if isinstance(facilitator, LocalFacilitator) else None
     now = time.time()
+    started = now if before is None else before
     try:
         with gate.records.store.transaction(write=False) as tx:
             rows = tx.all(
                 "SELECT record_id, guarantee_id, pay_to, settle_result FROM fx_records "
                 "WHERE status = 'settled' AND outcome IS NULL AND guarantee_id IS NOT NULL "
                 "AND created_at < ?",
-                (now,),
+                (started,),
             )
         if not rows:
             return 0
@@ -376,6 +385,7 @@ def recover_apart(gate: Gate) -> int:
                 _recover_one(tx, now, *row)
     except StoreUnavailable as exc:  # a read-only or missing database: requests fail closed
         log.error("could not look for payments left unfinished: %s", exc)
+        _again(gate, exc, lambda: recover_apart(gate, started))
         return 0
     log.warning("%d paid request(s) found with their delivery unknown", len(found))
     return len(found)

@@ -1347,3 +1347,54 @@ def test_start_up_recovery_on_a_full_disk_runs_again_once_there_is_room(tiny_dis
             assert gate.records.followup(g.guarantee_id) == ("open", 0, None)
     finally:
         core.close()
+
+
+def test_start_up_recovery_of_records_apart_on_a_full_disk_runs_again_once_there_is_room(
+    tmp_path: Path, tiny_disk: Path
+) -> None:
+    """Records kept apart from the embedded Core's database: a worker was killed while a paid
+    request's response went out, and the next one started with the records' disk full. Its
+    recovery was logged and skipped for good (only the shared-database recovery was run
+    again): the record stayed without an outcome, its delivery never labelled unknown."""
+    path = tiny_disk / "records.db"
+    core = Core(str(tmp_path / "core.db"))
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 100_000, network=NETWORK)
+    runs = Counter()
+
+    def config() -> PaymentConfig:
+        return PaymentConfig(
+            pay_to=SELLER,
+            routes={"GET /premium": "$0.01"},
+            core=core,
+            records=Records(str(path)),
+            completion_window=60,
+        )
+
+    try:
+        first = config()
+        with TestClient(seller_app(first, runs)) as seller:
+            req = offer(seller)
+            body = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": {}}
+            body["paymentRequirements"] = req.to_dict()
+            name, value = payment_header(buyer, req, seller.post("/x402/tab", json=body).json())
+            assert seller.get("/premium", headers={name: value}).status_code == 200
+        second = config()
+        with contextlib.closing(sqlite3.connect(path)) as side:  # as a kill mid-response left it
+            side.execute("UPDATE fx_records SET status = 'settled', outcome = NULL")
+            side.commit()
+            assert side.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+        assert _fill(tiny_disk) > 0
+        with TestClient(seller_app(second, runs)) as seller:  # the next worker starts
+            gate = seller.app.middleware_stack.app.gate  # type: ignore[attr-defined]
+            [record] = gate.records.query(payer=buyer.address)
+            assert (record.status, record.outcome) == ("settled", None)
+            (tiny_disk / "filler").unlink()  # room again
+            for _ in range(200):  # bounded: 10 s
+                if gate.records.query(payer=buyer.address)[0].outcome is not None:
+                    break
+                time.sleep(0.05)
+            [record] = gate.records.query(payer=buyer.address)
+            assert record.outcome is not None
+    finally:
+        core.close()
