@@ -1224,3 +1224,47 @@ def test_postgres_writes_with_every_statement_prepared(postgres_url: str) -> Non
             assert tx.all("SELECT a FROM t") == [(1,)]
     finally:
         store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_forked_worker_checkpoints_although_its_parent_had_started_to(tmp_path: Path) -> None:
+    """A store that had checkpointed in the parent (a preloading server's master) handed its
+    dead checkpointer thread to the forked worker, which never started its own: commits never
+    checkpoint inline, so the worker's write-ahead log grew without bound."""
+    from fourmica_x402.core.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(str(tmp_path / "x.db"))
+    try:
+        with store.transaction() as tx:
+            tx.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+        for i in range(100):
+            with store.transaction() as tx:
+                tx.execute("INSERT INTO t (k) VALUES (?)", (i,))
+        for _ in range(500):  # bounded: the checkpointer runs on its own thread
+            if store.checkpoints:
+                break
+            time.sleep(0.01)
+        assert store.checkpoints == 1
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through the pipe
+            done = 0
+            try:
+                for i in range(100, 300):
+                    with store.transaction() as tx:
+                        tx.execute("INSERT INTO t (k) VALUES (?)", (i,))
+                for _ in range(200):
+                    if store.checkpoints > 1:
+                        break
+                    time.sleep(0.01)
+                done = store.checkpoints - 1
+            finally:
+                os.write(write, str(done).encode())
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as answer:
+            checkpoints = int(answer.read() or "0")
+        os.waitpid(pid, 0)
+        assert checkpoints >= 1
+    finally:
+        store.close()

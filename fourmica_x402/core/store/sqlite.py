@@ -377,7 +377,7 @@ class SQLiteStore:
             if self._unchecked < _CHECKPOINT_EVERY:
                 return
             self._unchecked = 0
-            if self._checkpointer is None:
+            if self._checkpointer is None or not self._checkpointer.is_alive():  # forked: anew
                 self._checkpointer = threading.Thread(
                     target=self._checkpoints, name="fourmica-checkpoint", daemon=True
                 )
