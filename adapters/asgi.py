@@ -115,7 +115,7 @@ class PaymentMiddleware:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         kind = scope["type"]
-        broken = self.startup.run(self._check)
+        broken = self.startup.run(self._check, wait=kind == "lifespan")  # else off the loop
         if kind == "lifespan" and broken is not None:  # the server reports it, and does not start
             await receive()
             await send({"type": "lifespan.startup.failed", "message": broken})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -259,14 +260,19 @@ def test_an_app_first_called_while_the_database_is_locked_serves_once_it_is_free
     the failure was kept as a bad configuration, and every request after the lock was gone
     was still answered 500 ``configuration_error`` until a restart."""
     path = tmp_path / "core.db"
-    core = Core(SQLiteStore(str(path), busy_timeout_ms=200))
+    core = Core(SQLiteStore(str(path), busy_timeout_ms=2000))
     side = sqlite3.connect(path, isolation_level=None)
     try:
         client = TestClient(app_of(core, routes={"POST /work": "$0.01"}))  # no lifespan
         side.execute("BEGIN IMMEDIATE")
         resp = client.post("/work")
         assert (resp.status_code, resp.json()["error"]) == (503, "core_unavailable")
+        # The gate is built again in a thread of its own, not on the event loop: a request
+        # meanwhile is answered at once, while that build still waits out the busy timeout.
+        assert client.post("/work").status_code == 503
+        assert any(t.name == "fourmica-x402-start" for t in threading.enumerate())
         side.execute("ROLLBACK")
+        until(lambda: client.post("/work").status_code == 402)
         buyer, resp = pay(client, core)
         assert resp.status_code == 200 and resp.json() == {"work": "done"}
         middleware = client.app.middleware_stack.app  # type: ignore[attr-defined]
