@@ -60,6 +60,10 @@ class Subscription:
     secret: str = field(repr=False)
     active: bool
     created_at: float
+    #: Its failed answers in a row, and until when every worker leaves it alone (a failing
+    #: receiver paused: docs/operations.md, "Webhooks"); 0 when it is not paused.
+    failures: int = 0
+    paused_until: float = 0.0
 
     def __repr__(self) -> str:  # a receiver's password in the URL is a secret too
         return (
@@ -118,4 +122,6 @@ def delivery_from_row(r: Sequence[Any]) -> Delivery:
 
 
 def subscription_from_row(r: Sequence[Any]) -> Subscription:
-    return Subscription(r[0], r[1], tuple(json.loads(r[2])), r[3], bool(r[4]), float(r[5]))
+    return Subscription(
+        r[0], r[1], tuple(json.loads(r[2])), r[3], bool(r[4]), float(r[5]), int(r[6]), float(r[7])
+    )

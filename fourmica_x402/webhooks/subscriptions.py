@@ -25,6 +25,12 @@ if TYPE_CHECKING:
 
 __all__ = ["SubscriptionsMixin", "check_events", "check_url"]
 
+#: What :func:`~.models.subscription_from_row` reads, in its order.
+_COLUMNS = (
+    "subscription_id, url, events, secret, active, created_at, failures, paused_until "
+    "FROM fx_webhooks"
+)
+
 # One logger name for the whole package: the one log configurations filter on.
 log = logging.getLogger("fourmica_x402.webhooks")
 
@@ -133,16 +139,12 @@ class SubscriptionsMixin:
         if not _subscription_id(subscription_id):
             return None
         with self.store.transaction(write=False) as tx:
-            row = tx.one(
-                "SELECT subscription_id, url, events, secret, active, created_at FROM fx_webhooks "
-                "WHERE subscription_id = ?",
-                (subscription_id,),
-            )
+            row = tx.one(f"SELECT {_COLUMNS} WHERE subscription_id = ?", (subscription_id,))
         return None if row is None else subscription_from_row(row)
 
     def subscriptions(self, *, include_inactive: bool = False) -> list[Subscription]:
         """The subscriptions, oldest first (active ones only unless ``include_inactive``)."""
-        sql = "SELECT subscription_id, url, events, secret, active, created_at FROM fx_webhooks"
+        sql = f"SELECT {_COLUMNS}"
         if not include_inactive:
             sql += " WHERE active = 1"
         with self.store.transaction(write=False) as tx:

@@ -687,6 +687,28 @@ def test_a_string_of_failures_pauses_the_subscription_and_a_2xx_resumes_it(
     assert [d.status for d in hooks.deliveries()] == ["delivered"] * 8
 
 
+def test_a_paused_subscription_says_so(
+    core: Core, clock: FakeClock, make_hooks: Callable[..., Webhooks], receiver: Receiver
+) -> None:
+    """A failing receiver is paused for every worker, but nothing an operator reads said so:
+    deliveries just waited. The subscription carries its failures in a row and its pause."""
+    hooks = make_hooks(base_delay=10, max_delay=100)
+    sub = hooks.subscribe(receiver.url())
+    assert (sub.failures, sub.paused_until) == (0, 0.0)
+    receiver.statuses.extend([500] * 5)
+    for _ in range(6):
+        deposit(core)
+    assert hooks.run_once() == 5
+    paused = hooks.subscription(sub.subscription_id)
+    assert paused is not None and paused.failures == 5 and paused.paused_until > clock()
+    listed = [s.to_dict() for s in hooks.subscriptions()]
+    assert [(s["failures"], s["paused_until"]) for s in listed] == [(5, paused.paused_until)]
+    clock.advance(hooks.max_delay)
+    assert hooks.run_once() == 6  # answered: the streak is over
+    again = hooks.subscription(sub.subscription_id)
+    assert again is not None and again.failures == 0
+
+
 def test_a_429_pauses_the_subscription_for_its_retry_after(
     core: Core, clock: FakeClock, make_hooks: Callable[..., Webhooks], receiver: Receiver
 ) -> None:
