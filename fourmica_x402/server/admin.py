@@ -19,7 +19,14 @@ DELIVERY_STATES = ("pending", "delivered", "failed")
 if TYPE_CHECKING:
     from .context import Service
 
-__all__ = ["deliveries", "subscribe", "subscriptions", "unsubscribe"]
+__all__ = [
+    "deliveries",
+    "redeliver",
+    "redeliver_failed",
+    "subscribe",
+    "subscriptions",
+    "unsubscribe",
+]
 
 Action = Callable[[Webhooks, Call], Reply]
 Handler = Callable[["Service", Call], Reply]
@@ -76,3 +83,24 @@ def deliveries(hooks: Webhooks, call: Call) -> Reply:
     if status is not None and status not in DELIVERY_STATES:  # a typo would read as "none"
         return error(400, "invalid_request", f"status must be one of {', '.join(DELIVERY_STATES)}")
     return 200, [d.to_dict() for d in hooks.deliveries(status=status)]
+
+
+@_admin
+def redeliver(hooks: Webhooks, call: Call) -> Reply:
+    """``POST /admin/webhooks/deliveries/{did}/redeliver``: one failed (or delivered) delivery
+    queued again."""
+    did = call.path["did"]
+    # digits only, and an id SQL can compare: anything else names no delivery
+    if not (did.isascii() and did.isdigit() and len(did) <= 18) or not hooks.redeliver(int(did)):
+        return error(404, "not_found", "no such delivery (or pending, or its subscription gone)")
+    return 200, {"redelivered": 1}
+
+
+@_admin
+def redeliver_failed(hooks: Webhooks, call: Call) -> Reply:
+    """``POST /admin/webhooks/{sid}/redeliver``: every failed delivery of a subscription queued
+    again (its receiver is back)."""
+    sub = hooks.subscription(call.path["sid"])
+    if sub is None or not sub.active:
+        return error(404, "not_found", "no such subscription")
+    return 200, {"redelivered": hooks.redeliver_failed(sub.subscription_id)}

@@ -100,7 +100,9 @@ PATHS: tuple[Path, ...] = (
     Path("/admin/webhooks", admin.subscribe, _POST),
     Path("/admin/webhooks", admin.subscriptions, ("GET",)),
     Path("/admin/webhooks/deliveries", admin.deliveries),
+    Path("/admin/webhooks/deliveries/{did}/redeliver", admin.redeliver, _POST),
     Path("/admin/webhooks/{sid}", admin.unsubscribe, ("DELETE",)),
+    Path("/admin/webhooks/{sid}/redeliver", admin.redeliver_failed, _POST),
 )
 
 

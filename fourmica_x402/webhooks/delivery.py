@@ -119,6 +119,7 @@ class DeliveryMixin:
     store: Store
     clock: Callable[[], float]
     max_attempts: int
+    max_age: float
     base_delay: float
     max_delay: float
     timeout: float
@@ -269,27 +270,41 @@ class DeliveryMixin:
         """Up to ``limit`` due deliveries of the subscriptions not paused, taken in turn from
         each (oldest due first within one), so no subscription's backlog starves another's."""
         now = self.clock()
+        queues = []
         with self.store.transaction() as tx:
-            # Claimed by a worker that died during its last attempt: nothing left to try.
+            # Pending past ``max_age`` (a receiver dead, or paused, that long): given up,
+            # redeliverable. Not one in flight: its attempt records what the receiver said.
+            # Found through the outbox's age index, never by reading the whole backlog.
             tx.execute(
                 "UPDATE fx_webhook_deliveries SET status = 'failed', lease = NULL, "
-                "last_error = 'worker lost during the last attempt' "
-                "WHERE status = 'pending' AND attempts >= ? AND next_attempt_at <= ?",
-                (self.max_attempts, now),
+                "last_error = ? WHERE status = 'pending' AND created_at <= ? "
+                "AND (lease IS NULL OR next_attempt_at <= ?)",
+                (f"not delivered within max_age ({self.max_age:g} s)", now - self.max_age, now),
             )
-            queues = [
-                tx.all(
-                    "SELECT delivery_id, subscription_id FROM fx_webhook_deliveries "
+            for (sub_id,) in tx.all(
+                "SELECT subscription_id FROM fx_webhooks WHERE active = 1 "
+                "AND paused_until <= ? ORDER BY subscription_id",
+                (now,),
+            ):
+                rows = tx.all(
+                    "SELECT delivery_id, attempts FROM fx_webhook_deliveries "
                     "WHERE subscription_id = ? AND status = 'pending' AND next_attempt_at <= ? "
                     "ORDER BY next_attempt_at, delivery_id LIMIT ?",
                     (sub_id, now, int(limit)),
                 )
-                for (sub_id,) in tx.all(
-                    "SELECT subscription_id FROM fx_webhooks WHERE active = 1 "
-                    "AND paused_until <= ? ORDER BY subscription_id",
-                    (now,),
+                for delivery_id, attempts in rows:
+                    if int(attempts) >= self.max_attempts:
+                        # Claimed by a worker that died during its last attempt, its lease
+                        # over: nothing left to try.
+                        tx.execute(
+                            "UPDATE fx_webhook_deliveries SET status = 'failed', lease = NULL, "
+                            "last_error = 'worker lost during the last attempt' "
+                            "WHERE delivery_id = ? AND status = 'pending'",
+                            (delivery_id,),
+                        )
+                queues.append(
+                    [(d, sub_id) for d, attempts in rows if int(attempts) < self.max_attempts]
                 )
-            ]
         turns = [row for rows in itertools.zip_longest(*queues) for row in rows if row]
         return [(int(d), str(s)) for d, s in turns[: int(limit)]]
 

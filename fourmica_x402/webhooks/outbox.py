@@ -69,6 +69,12 @@ MIGRATIONS: list[list[str]] = [
         """CREATE INDEX fx_webhook_deliveries_sub_due ON fx_webhook_deliveries
             (subscription_id, next_attempt_at) WHERE status = 'pending'""",
     ],
+    # a backlog's age (docs/operations.md, "Webhooks"): the pending deliveries older than
+    # ``max_age`` found oldest first, without reading a paused receiver's whole backlog
+    [
+        """CREATE INDEX fx_webhook_deliveries_age ON fx_webhook_deliveries
+            (status, created_at) WHERE status = 'pending'""",
+    ],
 ]
 
 _BATCH = 500  # events read per enqueue transaction
@@ -149,16 +155,23 @@ class OutboxMixin:
             added += len(rows)
 
     def redeliver(self, delivery_id: int) -> bool:
-        """Queue a delivery again (a failed one, or to replay a delivered one), attempts reset."""
+        """Queue a delivery again (a failed one, or to replay a delivered one), attempts reset;
+        queued now, so ``max_age`` counts from here."""
+        return bool(self._requeue("delivery_id = ? AND status <> 'pending'", delivery_id))
+
+    def redeliver_failed(self, subscription_id: str) -> int:
+        """Queue every failed delivery of an active subscription again (a receiver back after
+        an outage); returns how many."""
+        return self._requeue("subscription_id = ? AND status = 'failed'", subscription_id)
+
+    def _requeue(self, where: str, key: object) -> int:
+        now = self.clock()
         with self.store.transaction() as tx:
-            return bool(
-                tx.execute(
-                    "UPDATE fx_webhook_deliveries SET status = 'pending', attempts = 0, "
-                    "next_attempt_at = ?, lease = NULL WHERE delivery_id = ? "
-                    "AND status <> 'pending' AND subscription_id IN "
-                    "(SELECT subscription_id FROM fx_webhooks WHERE active = 1)",
-                    (self.clock(), delivery_id),
-                )
+            return tx.execute(
+                "UPDATE fx_webhook_deliveries SET status = 'pending', attempts = 0, "
+                f"created_at = ?, next_attempt_at = ?, lease = NULL WHERE {where} "
+                "AND subscription_id IN (SELECT subscription_id FROM fx_webhooks WHERE active = 1)",
+                (now, now, key),
             )
 
     def deliveries(

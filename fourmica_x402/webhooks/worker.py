@@ -60,7 +60,10 @@ class Webhooks(SubscriptionsMixin, OutboxMixin, DeliveryMixin):
     kept-alive connection to the receiver bounds each read of it only. A failed attempt ``n`` is retried after
     ``min(max_delay, base_delay × 2ⁿ⁻¹)`` seconds, less up to half of that as jitter; after
     ``max_attempts`` attempts the delivery is ``failed`` (see :meth:`redeliver`); a string of
-    failures, a 429 or no answer also pauses the subscription (:mod:`.delivery`). ``clock``
+    failures, a 429 or no answer also pauses the subscription (:mod:`.delivery`), and a delivery
+    still pending ``max_age`` seconds after its event was queued (three days by default: a
+    receiver dead or paused that long) is ``failed`` too: a dead receiver's backlog holds at
+    most ``max_age`` of events, and an operator redelivers them once it is back. ``clock``
     gives the time of attempts and of the signature timestamp.
 
     Thread-safe; any number of processes may run workers on one database.
@@ -72,6 +75,7 @@ class Webhooks(SubscriptionsMixin, OutboxMixin, DeliveryMixin):
         *,
         client: httpx.Client | None = None,
         max_attempts: int = 8,
+        max_age: float = 3 * 86400.0,
         base_delay: float = 1.0,
         max_delay: float = 300.0,
         timeout: float = 5.0,
@@ -85,9 +89,12 @@ class Webhooks(SubscriptionsMixin, OutboxMixin, DeliveryMixin):
             raise ConfigurationError("need 0 < base_delay <= max_delay, in seconds")
         if not 0 < timeout < math.inf:
             raise ConfigurationError("timeout must be positive seconds")
+        if not 0 < max_age < math.inf:
+            raise ConfigurationError("max_age must be positive seconds")
         self.core = core
         self.store = core.store
         self.max_attempts = int(max_attempts)
+        self.max_age = float(max_age)
         self.base_delay = float(base_delay)
         self.max_delay = float(max_delay)
         self.timeout = float(timeout)

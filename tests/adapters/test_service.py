@@ -1085,6 +1085,47 @@ def test_webhooks_are_managed_by_the_operator_and_delivered(core: Core) -> None:
     )
 
 
+def test_the_operator_redelivers_failed_webhook_deliveries(core: Core) -> None:
+    """A receiver back after an outage: its failed deliveries could be queued again only from
+    Python (``Webhooks.redeliver``), not through the service that sends them."""
+    from fourmica_x402.webhooks import Webhooks
+
+    failing = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(503)))
+    worker = Webhooks(core, client=failing, max_attempts=1)
+    auth = {"Authorization": "Bearer s3cret"}
+    try:  # no lifespan: the service's own worker does not run, ``worker`` sends
+        client = TestClient(create_app(core, api_key="s3cret", tick_interval=None))
+        sub = client.post(
+            "/admin/webhooks", json={"url": "https://hooks.example/in"}, headers=auth
+        ).json()
+        for _ in range(3):
+            core.deposit(TestBuyer.new().address, 5, network=NETWORK)
+        worker.run_once()
+        failed = client.get("/admin/webhooks/deliveries?status=failed", headers=auth).json()
+        assert len(failed) == 3
+        one = failed[0]["delivery_id"]
+        path = f"/admin/webhooks/deliveries/{one}/redeliver"
+        assert client.post(path).status_code == 401
+        assert client.post(path, headers=auth).json() == {"redelivered": 1}
+        again = client.post(path, headers=auth)  # pending already
+        assert (again.status_code, again.json()["error"]) == (404, "not_found")
+        for bad in ("x", "-1", "99999999999999999999", "１"):
+            answer = client.post(f"/admin/webhooks/deliveries/{bad}/redeliver", headers=auth)
+            assert (answer.status_code, answer.json()["error"]) == (404, "not_found"), bad
+        bulk = f"/admin/webhooks/{sub['subscription_id']}/redeliver"
+        assert client.post(bulk, headers=auth).json() == {"redelivered": 2}
+        pending = client.get("/admin/webhooks/deliveries?status=pending", headers=auth).json()
+        assert len(pending) == 3
+        unknown = client.post("/admin/webhooks/wh_nobody/redeliver", headers=auth)
+        assert (unknown.status_code, unknown.json()["error"]) == (404, "not_found")
+        client.delete(f"/admin/webhooks/{sub['subscription_id']}", headers=auth)
+        gone = client.post(bulk, headers=auth)  # removed: nothing of it is sent again
+        assert (gone.status_code, gone.json()["error"]) == (404, "not_found")
+    finally:
+        worker.close()
+        failing.close()
+
+
 def test_void_and_validation_need_a_key_and_valid_addresses(core: Core, tmp_path: Path) -> None:
     with TestClient(create_app(core, tick_interval=None, webhooks=False)) as open_service:
         refused = open_service.post("/guarantees/0x01/void", json={"by": SELLER})

@@ -139,10 +139,9 @@ def test_a_jobs_start_up_reads_only_the_jobs_without_a_seller(tmp_path: Path) ->
         store.close()
 
 
-def test_the_delivery_log_by_status_reads_only_deliveries_in_that_status(tmp_path: Path) -> None:
-    """``GET /admin/webhooks/deliveries?status=failed`` (and ``pending``): read newest first
-    through the whole outbox, the few failed deliveries were found only after every delivered
-    one ever made, a page that grew with every event the service sent."""
+@contextmanager
+def five_events_queued(tmp_path: Path) -> Iterator[Any]:
+    """A webhook worker on a fresh Core, its receiver answering 200, five events queued."""
     import httpx
 
     from fourmica_x402.webhooks import Webhooks
@@ -156,8 +155,19 @@ def test_the_delivery_log_by_status_reads_only_deliveries_in_that_status(tmp_pat
         for _ in range(5):
             core.deposit(SELLER, 100, network=NETWORK)
         hooks.enqueue()
+        yield hooks
+    finally:
+        client.close()
+        core.close()
+
+
+def test_the_delivery_log_by_status_reads_only_deliveries_in_that_status(tmp_path: Path) -> None:
+    """``GET /admin/webhooks/deliveries?status=failed`` (and ``pending``): read newest first
+    through the whole outbox, the few failed deliveries were found only after every delivered
+    one ever made, a page that grew with every event the service sent."""
+    with five_events_queued(tmp_path) as hooks:
         hooks.deliver_due()
-        conn = core.store._connection()  # type: ignore[attr-defined]
+        conn = hooks.store._connection()  # type: ignore[attr-defined]
         for status in ("failed", "pending", "delivered"):
             with statements(conn) as seen:
                 hooks.deliveries(status=status, limit=20)
@@ -169,9 +179,25 @@ def test_the_delivery_log_by_status_reads_only_deliveries_in_that_status(tmp_pat
                 if str(row[-1]).startswith("SCAN")  # "SCAN d": the outbox, by its alias
             ]
             assert seen and plans == [], status
-    finally:
-        client.close()
-        core.close()
+
+
+def test_a_webhook_round_reads_only_due_and_aged_deliveries(tmp_path: Path) -> None:
+    """Each round of the worker fails the deliveries pending past ``max_age``: found through
+    the outbox's age index, not by reading a dead receiver's whole backlog every round."""
+    with five_events_queued(tmp_path) as hooks:
+        conn = hooks.store._connection()  # type: ignore[attr-defined]
+        with statements(conn) as seen:
+            hooks.deliver_due()
+        plans = [
+            (s[:80], str(row[-1]))
+            for s in seen
+            if s.split()[0].upper() in ("SELECT", "UPDATE")
+            for row in conn.execute("EXPLAIN QUERY PLAN " + s).fetchall()
+            # a scan, or every pending delivery through the index of the log by status
+            if str(row[-1]).startswith("SCAN fx_webhook_deliveries")
+            or "fx_webhook_deliveries_status (status=?)" in str(row[-1])
+        ]
+        assert any("max_age" in s for s in seen) and plans == []
 
 
 def test_a_gate_reading_a_price_change_reads_each_routes_last_change_only(tmp_path: Path) -> None:

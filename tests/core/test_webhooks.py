@@ -802,3 +802,58 @@ def test_a_429_pauses_the_subscription_whatever_its_retry_after_says(
     [tried] = [d for d in hooks.deliveries() if d.attempts]
     assert (tried.last_status_code, tried.last_error) == (429, "HTTP 429")
     assert hooks.next_due() > T0
+
+
+def test_a_dead_receivers_backlog_fails_after_max_age_and_is_redelivered_when_back(
+    core: Core, clock: FakeClock, make_hooks: Callable[..., Webhooks], dead_url: str
+) -> None:
+    """A paused subscription spends no attempts, so a receiver dead for good kept every event
+    pending for ever: a backlog growing with every event. After ``max_age`` it is failed, and
+    the operator queues it again once the receiver is back."""
+    hooks = make_hooks(max_age=3600, base_delay=10, max_delay=100)
+    sub = hooks.subscribe(dead_url)
+    for _ in range(3):
+        deposit(core)
+    hooks.run_once()  # refused: paused at once
+    clock.advance(1800)
+    deposit(core)  # queued half an hour later
+    for _ in range(20):  # an attempt per pause, never eight on one delivery
+        hooks.run_once()
+        clock.advance(100)
+    clock.now = T0 + 3600 + 1
+    hooks.run_once()
+    states = {d.event_id: d.status for d in hooks.deliveries()}
+    assert sorted(states.values()) == ["failed", "failed", "failed", "pending"]
+    failed = hooks.deliveries(status="failed")
+    assert all(d.last_error and "max_age" in d.last_error for d in failed)
+    clock.advance(1800)
+    hooks.run_once()
+    assert [d.status for d in hooks.deliveries()] == ["failed"] * 4
+    # a redelivered one is queued anew: max_age counts from then, not from its event
+    assert hooks.redeliver(failed[0].delivery_id)
+    hooks.run_once()
+    assert hooks.deliveries(status="pending")[0].delivery_id == failed[0].delivery_id
+    assert hooks.redeliver_failed(sub.subscription_id) == 3
+    assert hooks.redeliver_failed(sub.subscription_id) == 0
+    assert len(hooks.deliveries(status="pending")) == 4
+
+
+def test_max_age_spares_a_delivery_in_flight(
+    core: Core, clock: FakeClock, make_hooks: Callable[..., Webhooks], receiver: Receiver
+) -> None:
+    """A delivery claimed by a worker is not failed under it: the receiver's answer decides."""
+    hooks = make_hooks(max_age=20)
+    hooks.subscribe(receiver.url())
+    deposit(core)
+    hooks.enqueue()
+    ((delivery_id, _),) = hooks._due(10)
+    assert hooks._claim(delivery_id, "lease-1") is not None
+    clock.advance(30)  # past max_age; the claim's lease (60 s at least) still runs
+    assert hooks._due(10) == []
+    assert [d.status for d in hooks.deliveries()] == ["pending"]
+
+
+def test_max_age_must_be_a_finite_positive_time(core: Core) -> None:
+    for bad in (0, -1, float("inf"), float("nan")):
+        with pytest.raises(ConfigurationError, match="max_age"):
+            Webhooks(core, max_age=bad)
