@@ -6,20 +6,29 @@ from __future__ import annotations
 import re
 from urllib.parse import SplitResult, urlsplit
 
-__all__ = ["PASSWORD_PARAM", "check_http_url", "check_public_url", "safe_url"]
+__all__ = ["PASSWORD_PARAM", "SECRET_PARAM", "check_http_url", "check_public_url", "safe_url"]
 
 #: libpq's password parameter: in a URL's query (``?password=…``) or a conninfo string.
 PASSWORD_PARAM = re.compile(r"(?i)((?:^|[?&\s])password\s*=\s*)('[^']*'|[^&#\s]*)")
+
+#: A credential an API takes in a URL's query (``?api_key=…``, ``&access_token=…``): its
+#: value is masked wherever a URL is shown or kept (receipts, logs, errors).
+SECRET_PARAM = re.compile(
+    r"(?i)([?&;](?:api[_-]?key|x-api-key|key|access[_-]?token|auth[_-]?token|id[_-]?token|"
+    r"refresh[_-]?token|token|client[_-]?secret|secret|sig|signature|auth|passwd|pwd|"
+    r"session(?:[_-]?id)?)=)([^&#;]*)"
+)
 
 #: A URL's host and port with no userinfo: ``name``, ``[v6]``, either with ``:digits``.
 _HOST_PORT = re.compile(r"(?:\[[^\]]*\]|[^:@\[\]]*)(?::\d*)?")
 
 
 def safe_url(url: str) -> str:
-    """``url`` with its password (``user:secret@``, ``?password=…``) replaced by ``***``; an
+    """``url`` with its password (``user:secret@``, ``?password=…``) and the credentials of
+    its query (:data:`SECRET_PARAM`: ``?api_key=…``, ``&token=…``) replaced by ``***``; an
     http(s) URL's userinfo without a password is a token (``https://TOKEN@hooks…``): all of
     it is replaced. A database URL's user stays (``postgresql://app@db``)."""
-    url = PASSWORD_PARAM.sub(r"\1***", url)
+    url = SECRET_PARAM.sub(r"\1***", PASSWORD_PARAM.sub(r"\1***", url))
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url

@@ -1063,5 +1063,18 @@ def test_masking_never_moves_a_urls_host() -> None:
         ("postgresql://app:s3?cret@db/core", "postgresql://app:***@db/core"),
         ("https://app:s3#cret@hooks.example/x", "https://app:***@hooks.example/x"),
         ("https://app:s3?cret@hooks.example", "https://app:***@hooks.example"),
+        # an API's credential in the query; names that only begin like one stay
+        (
+            "https://api.example/v1?q=x&api_key=s3cret#top",
+            "https://api.example/v1?q=x&api_key=***#top",
+        ),
+        (
+            "https://api.example?ACCESS_TOKEN=s3;sig=ab&keyword=k",
+            "https://api.example?ACCESS_TOKEN=***;sig=***&keyword=k",
+        ),
+        (
+            "https://api.example/?tokens=2&monkey=1&key=",
+            "https://api.example/?tokens=2&monkey=1&key=***",
+        ),
     ):
         assert safe_url(url) == masked, url
