@@ -97,13 +97,12 @@ class Startup:
         self.unavailable = False
         built = self.attempt(build)
         with self._lock:
-            self._retrying = False
             if built is None:  # still down, or now a bad configuration: kept (500)
-                self._next_try = time.monotonic() + self.RETRY
+                self._retrying, self._next_try = False, time.monotonic() + self.RETRY
                 if not self.unavailable:
                     self._build, self._done = None, True
                 return
-            self.built = built
+            self.built = built  # still retrying: a request meanwhile starts no other build
         try:
             check()
             error = None
@@ -111,7 +110,7 @@ class Startup:
             error = f"fourmica_x402: {exc}"
             log.error("%s", error)
         with self._lock:
-            self.error, self._build, self._done = error, None, True
+            self.error, self._build, self._done, self._retrying = error, None, True, False
 
     @property
     def refusal(self) -> Response:

@@ -306,3 +306,43 @@ def test_a_shutdown_while_the_database_is_locked_completes_and_says_what_is_left
     finally:
         side.close()
         core.close()
+
+
+def test_a_gate_built_again_is_built_once_while_its_checks_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build in the background succeeded and its start-up checks were running when more
+    requests came: each one started another build (a second gate on the same database, its
+    checks run again), the first gate and its router were replaced under the requests."""
+    path = tmp_path / "core.db"
+    core = Core(SQLiteStore(str(path), busy_timeout_ms=100))
+    side = sqlite3.connect(path, isolation_level=None)
+    checks, release, real = [], threading.Event(), PaymentMiddleware._check
+
+    def slow_check(self: PaymentMiddleware) -> None:
+        checks.append(self.gate)
+        release.wait(10)
+        real(self)
+
+    monkeypatch.setattr(PaymentMiddleware, "_check", slow_check)
+    monkeypatch.setattr("fourmica_x402.gate.startup.Startup.RETRY", 0.05)
+    try:
+        client = TestClient(app_of(core, routes={"POST /work": "$0.01"}))  # no lifespan
+        side.execute("BEGIN IMMEDIATE")
+        assert client.post("/work").status_code == 503
+        time.sleep(0.4)  # a build in the background failed: the next one is due
+        side.execute("ROLLBACK")
+        until(lambda: client.post("/work").status_code == 503 and len(checks) > 0)
+        for _ in range(5):  # its checks run: requests meanwhile are 503, and build nothing
+            time.sleep(0.1)
+            assert client.post("/work").status_code == 503
+        release.set()
+        until(lambda: client.post("/work").status_code == 402)
+        time.sleep(0.3)
+        middleware = client.app.middleware_stack.app  # type: ignore[attr-defined]
+        assert len(checks) == 1 and middleware.gate is checks[0]
+        assert client.post("/work").status_code == 402
+    finally:
+        release.set()
+        side.close()
+        core.close()
