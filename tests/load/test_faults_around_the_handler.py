@@ -346,3 +346,27 @@ def test_a_gate_built_again_is_built_once_while_its_checks_run(
         release.set()
         side.close()
         core.close()
+
+
+@pytest.mark.parametrize("place", ["a directory", "a file's child"])
+def test_a_database_path_that_cannot_be_a_file_is_a_configuration_error(
+    tmp_path: Path, place: str
+) -> None:
+    """A SQLite path naming a directory (a volume mounted where the file should be) could
+    never be opened: an app without a lifespan answered 503 ``core_unavailable`` and built its
+    gate again every second, forever, as for a database that is only locked for now."""
+    (tmp_path / "db").mkdir()
+    (tmp_path / "file").write_text("")
+    path = tmp_path / "db" if place == "a directory" else tmp_path / "file" / "core.db"
+    config = PaymentConfig(
+        pay_to=SELLER, network=NETWORK, core=f"sqlite:///{path}", routes={"GET /x": "$0.01"}
+    )
+    app = Starlette(
+        routes=[Route("/x", lambda request: JSONResponse({}))],
+        middleware=[Middleware(PaymentMiddleware, config=config)],
+    )
+    client = TestClient(app)  # no lifespan
+    for _ in range(2):
+        resp = client.get("/x")
+        assert (resp.status_code, resp.json()["error"]) == (500, "configuration_error")
+    assert not any(t.name == "fourmica-x402-start" for t in threading.enumerate())

@@ -72,9 +72,10 @@ class StoreClosed(StoreUnavailable):
 
 
 class StoreMissing(StoreUnavailable):
-    """The database's place does not exist (a SQLite file in a missing directory): a
-    deployment mistake rather than an outage, so a gate that meets it at its start keeps
-    failing closed instead of trying again at each request."""
+    """The database's place does not exist or cannot be written (a SQLite file in a missing
+    directory or one this process may not write in, a path that is a directory): a deployment
+    mistake rather than an outage, so a gate that meets it at its start keeps failing closed
+    instead of trying again at each request."""
 
 
 class Contention(StoreUnavailable):

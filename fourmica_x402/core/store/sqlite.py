@@ -165,6 +165,11 @@ class SQLiteStore:
             parent = os.path.dirname(os.path.abspath(self.path))
             if not os.path.isdir(parent):
                 raise StoreMissing(f"directory of the SQLite database does not exist: {parent}")
+            # A directory, or a place this process may not write the file, its -wal and -shm
+            # in (permissions, a read-only mount): a deployment mistake too.
+            where = [parent, self.path] if os.path.exists(self.path) else [parent]
+            if os.path.isdir(self.path) or not all(os.access(p, os.W_OK) for p in where):
+                raise StoreMissing(f"{self.path}: a directory, or read-only to this process")
         self._connection()  # fail fast on a bad path
 
     def _key(self) -> str:
