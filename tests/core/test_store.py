@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -1267,4 +1268,55 @@ def test_a_forked_worker_checkpoints_although_its_parent_had_started_to(tmp_path
         os.waitpid(pid, 0)
         assert checkpoints >= 1
     finally:
+        store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_process_forked_during_a_write_of_another_thread_can_write(tmp_path: Path) -> None:
+    """Another thread of the parent was inside a write transaction when the process forked
+    (``multiprocessing`` under a serving app, a preloading master whose flusher or checkpointer
+    was committing): the child inherited this process's writer lock held by a thread it does
+    not have, and its first write waited for it forever (and past it, SQLite's own locks as
+    the parent's connection held them stayed taken in the child: every write there was busy)."""
+    from fourmica_x402.core.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(str(tmp_path / "x.db"))
+    inside, leave = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with store.transaction() as tx:
+            tx.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+            inside.set()
+            time.sleep(0.3)  # still writing as the process forks
+        leave.wait(10)  # a thread still alive (not closing its connection as it forks)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert inside.wait(10)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through the pipe
+            answer = "hung"
+            try:
+                signal.signal(signal.SIGALRM, lambda *_: os._exit(os.write(write, b"hung")))
+                signal.alarm(5)  # bounded: a hang ends the child
+                with store.transaction(write=False) as tx:
+                    tx.one("SELECT 1")
+                with store.transaction() as tx:
+                    tx.execute("CREATE TABLE c (k INTEGER PRIMARY KEY)")
+                answer = "wrote"
+            except BaseException as exc:
+                answer = f"{type(exc).__name__}: {exc}"
+            finally:
+                os.write(write, answer.encode())
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            answer = pipe.read()
+        os.waitpid(pid, 0)
+        assert answer == "wrote"
+    finally:
+        leave.set()
+        thread.join(10)
         store.close()

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from ...errors import ConfigurationError
 from . import Conflict, Row, StoreClosed, StoreMissing, StoreUnavailable, WouldBlock
+from ._forks import ForkSafe
 from .deferred import Deferred, Job, drain_all
 
 __all__ = ["SQLiteStore"]
@@ -126,7 +127,7 @@ class _Tx:
         self._conn.executemany(sql, rows)
 
 
-class SQLiteStore:
+class SQLiteStore(ForkSafe):
     """A SQLite database file (or ``:memory:`` for one-thread scratch use)."""
 
     dialect: Literal["sqlite"] = "sqlite"
@@ -147,18 +148,11 @@ class SQLiteStore:
         self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
         self._unchecked = 0
-        self._loop_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         #: Background checkpoints done (see ``nowait``).
         self.checkpoints = 0
-        self._checkpointer: threading.Thread | None = None
-        self._checkpoint_due = threading.Event()
-        # Open transactions, so close() never pulls a connection from under a running query.
-        self._idle = threading.Condition()
-        self._active = 0
         self._closed = False
+        self._start_afresh()  # its locks: anew in a forked child (:mod:`._forks`)
         #: Writes queued off the request path (:mod:`.deferred`).
         self.deferred = Deferred(self.transaction, self._key())
         if self.path != ":memory:":
