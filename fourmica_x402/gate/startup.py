@@ -115,6 +115,9 @@ class Startup:
     @property
     def refusal(self) -> Response:
         """The answer to every request while the configuration is bad (or the database down)."""
-        if self._build is not None:  # to be built again: the database was down
-            return error_response(503, "core_unavailable", self.error or "")
-        return error_response(500, "configuration_error", self.error or "")
+        # In this order: a gate published meanwhile clears both (error None: built since the
+        # request read it; it may retry).
+        building, error = self._build is not None, self.error
+        if building or error is None:  # to be built again: the database was down
+            return error_response(503, "core_unavailable", error or "the gate is now ready")
+        return error_response(500, "configuration_error", error)

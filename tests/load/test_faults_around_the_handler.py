@@ -370,3 +370,29 @@ def test_a_database_path_that_cannot_be_a_file_is_a_configuration_error(
         resp = client.get("/x")
         assert (resp.status_code, resp.json()["error"]) == (500, "configuration_error")
     assert not any(t.name == "fourmica-x402-start" for t in threading.enumerate())
+
+
+def test_a_request_refused_as_the_gate_is_built_again_is_not_told_the_configuration_is_bad(
+    tmp_path: Path,
+) -> None:
+    """A request read the start-up error just before the build in the background published
+    the gate, and its refusal just after: it was answered 500 ``configuration_error`` with no
+    message, for a configuration that is fine (and a gate that now serves)."""
+    from fourmica_x402.gate.startup import Startup
+
+    path = tmp_path / "core.db"
+    side = sqlite3.connect(path, isolation_level=None)
+    side.execute("CREATE TABLE x (k)")
+    side.execute("BEGIN IMMEDIATE")
+    startup = Startup(lambda: Core(SQLiteStore(str(path), busy_timeout_ms=50)))
+    try:
+        broken = startup.run(lambda: None, wait=False)  # the request reads the error…
+        assert broken is not None
+        side.execute("ROLLBACK")
+        until(lambda: startup.run(lambda: None, wait=False) is None)  # …the gate is published
+        refusal = startup.refusal  # …and the request answers
+        assert (refusal.status, json.loads(refusal.body)["error"]) == (503, "core_unavailable")
+    finally:
+        side.close()
+        if startup.built is not None:
+            startup.built.close()
