@@ -1272,25 +1272,33 @@ def test_a_forked_worker_checkpoints_although_its_parent_had_started_to(tmp_path
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
-def test_a_process_forked_during_a_write_of_another_thread_can_write(tmp_path: Path) -> None:
-    """Another thread of the parent was inside a write transaction when the process forked
+@pytest.mark.parametrize("during", ["write", "read"])
+def test_a_process_forked_during_another_threads_transaction_writes_and_checkpoints(
+    tmp_path: Path, during: str
+) -> None:
+    """Another thread of the parent was inside a transaction when the process forked
     (``multiprocessing`` under a serving app, a preloading master whose flusher or checkpointer
-    was committing): the child inherited this process's writer lock held by a thread it does
-    not have, and its first write waited for it forever (and past it, SQLite's own locks as
-    the parent's connection held them stayed taken in the child: every write there was busy)."""
+    was at work). A write: the child inherited this process's writer lock held by a thread it
+    does not have, and its first write waited for it forever (past it, SQLite's locks as the
+    parent's connection held them in memory stayed taken: every write busy). A read: its
+    snapshot stayed taken in the child, which could never checkpoint its log past it."""
     from fourmica_x402.core.store.sqlite import SQLiteStore
 
     store = SQLiteStore(str(tmp_path / "x.db"))
+    with store.transaction() as tx:
+        tx.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
     inside, leave = threading.Event(), threading.Event()
 
-    def writer() -> None:
-        with store.transaction() as tx:
-            tx.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+    def other() -> None:
+        with store.transaction(write=during == "write") as tx:
+            tx.one("SELECT COUNT(*) FROM t")
+            if during == "write":
+                tx.execute("INSERT INTO t (k) VALUES (0)")
             inside.set()
-            time.sleep(0.3)  # still writing as the process forks
+            time.sleep(0.3)  # still inside as the process forks
         leave.wait(10)  # a thread still alive (not closing its connection as it forks)
 
-    thread = threading.Thread(target=writer)
+    thread = threading.Thread(target=other)
     thread.start()
     try:
         assert inside.wait(10)
@@ -1301,11 +1309,14 @@ def test_a_process_forked_during_a_write_of_another_thread_can_write(tmp_path: P
             try:
                 signal.signal(signal.SIGALRM, lambda *_: os._exit(os.write(write, b"hung")))
                 signal.alarm(5)  # bounded: a hang ends the child
-                with store.transaction(write=False) as tx:
-                    tx.one("SELECT 1")
-                with store.transaction() as tx:
-                    tx.execute("CREATE TABLE c (k INTEGER PRIMARY KEY)")
-                answer = "wrote"
+                for k in range(1, 20):
+                    with store.transaction() as tx:
+                        tx.execute("INSERT INTO t (k) VALUES (?)", (k,))
+                time.sleep(0.5)  # the parent's transaction is over by now in any case
+                with store.transaction() as tx:  # this thread's connection, no transaction
+                    pass
+                busy = store._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                answer = "wrote" if busy[0] == 0 else f"checkpoint busy: {busy}"
             except BaseException as exc:
                 answer = f"{type(exc).__name__}: {exc}"
             finally:

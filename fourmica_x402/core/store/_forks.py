@@ -11,9 +11,11 @@ import weakref
 
 
 class ForkSafe:
-    """The locks of :class:`~.sqlite.SQLiteStore`, made anew in a forked child; a fork waits
-    for another thread's write transaction to end (up to the busy timeout): its connection's
-    SQLite locks, as kept in memory, would stay taken in the child, every write there busy."""
+    """The locks of :class:`~.sqlite.SQLiteStore`, made anew in a forked child. A fork waits
+    for the other threads' transactions (and checkpoint) to end, up to the busy timeout, and
+    lets none start: the SQLite locks their connections held, as kept in memory, would stay
+    taken in the child (a writer's: every write there busy; a reader's: no checkpoint there
+    ever done, the write-ahead log growing without bound)."""
 
     _busy_timeout_ms: int
 
@@ -24,24 +26,20 @@ class ForkSafe:
         self._checkpoint_due = threading.Event()
         # Open transactions, so close() never pulls a connection from under a running query.
         self._idle, self._active = threading.Condition(), 0
-        self._forking = False
         _STORES.add(self)
 
     def writing_here(self) -> bool:
         raise NotImplementedError
 
-    def _release_writer(self) -> None:
-        raise NotImplementedError
-
     def _fork(self, stage: str) -> None:
         if stage == "before":
-            timeout = self._busy_timeout_ms / 1000
-            self._forking = not self.writing_here() and self._write_lock.acquire(timeout=timeout)
+            self._idle.acquire()  # held across the fork: no transaction starts meanwhile
+            if not self.writing_here():  # a fork inside this thread's own write: no wait
+                self._idle.wait_for(lambda: self._active == 0, self._busy_timeout_ms / 1000)
         elif stage == "child":
             self._start_afresh()
-        elif self._forking:
-            self._forking = False
-            self._release_writer()
+        else:
+            self._idle.release()
 
 
 _STORES: weakref.WeakSet[ForkSafe] = weakref.WeakSet()
