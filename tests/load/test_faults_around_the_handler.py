@@ -396,3 +396,31 @@ def test_a_request_refused_as_the_gate_is_built_again_is_not_told_the_configurat
         side.close()
         if startup.built is not None:
             startup.built.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("mistake", ["password", "database"])
+def test_a_postgres_url_the_server_refuses_for_good_is_a_configuration_error(
+    _postgres_admin_url: str, mistake: str
+) -> None:
+    """A wrong password, or a database that does not exist: an app without a lifespan
+    answered 503 ``core_unavailable`` and tried to log in again every second, forever, as
+    for a server that is only down for now."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(_postgres_admin_url)
+    if mistake == "password":
+        params["password"] = "not-the-password"
+    else:
+        params["dbname"] = "fx_no_such_database"
+    url = "postgresql://?" + "&".join(f"{k}={v}" for k, v in params.items())
+    assert make_conninfo(url)  # a URL psycopg reads
+    config = PaymentConfig(pay_to=SELLER, network=NETWORK, core=url, routes={"GET /x": "$0.01"})
+    app = Starlette(
+        routes=[Route("/x", lambda request: JSONResponse({}))],
+        middleware=[Middleware(PaymentMiddleware, config=config)],
+    )
+    client = TestClient(app)  # no lifespan
+    for _ in range(2):
+        resp = client.get("/x")
+        assert (resp.status_code, resp.json()["error"]) == (500, "configuration_error")

@@ -73,9 +73,9 @@ class StoreClosed(StoreUnavailable):
 
 class StoreMissing(StoreUnavailable):
     """The database's place does not exist or cannot be written (a SQLite file in a missing
-    directory or one this process may not write in, a path that is a directory): a deployment
-    mistake rather than an outage, so a gate that meets it at its start keeps failing closed
-    instead of trying again at each request."""
+    directory or one this process may not write in, a path that is a directory; a PostgreSQL
+    login refused, a role that may not create the tables): a deployment mistake rather than an
+    outage, so a gate that meets it at its start keeps failing closed instead of trying again."""
 
 
 class Contention(StoreUnavailable):

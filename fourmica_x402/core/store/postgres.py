@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import threading
 import time
 import weakref
@@ -49,7 +50,7 @@ except ImportError as exc:  # pragma: no cover - exercised in an env without the
     ) from exc
 
 from ...errors import CoreError
-from . import Conflict, Contention, Row, StoreUnavailable, WouldBlock
+from . import Conflict, Contention, Row, StoreMissing, StoreUnavailable, WouldBlock
 from ._pg_doubt import XID_QUERY, commit_outcome
 from ._pg_text import describe, first_line, scrub
 from .deferred import Deferred, drain_all
@@ -64,6 +65,10 @@ _LOST_RACE: tuple[type[BaseException], ...] = (
     pg_errors.SerializationFailure,
     pg_errors.TransactionRollback,
 )
+#: Of those, the deployment mistakes; and how a server refuses a login for good (its messages
+#: in English; any other wording stays an outage, tried again).
+_MISTAKES = (pg_errors.InsufficientPrivilege, pg_errors.InvalidSchemaName)
+_REFUSED = re.compile(r'password authentication|pg_hba\.conf|(database|role) ".*" does not')
 #: Errors that mean "the database cannot be reached or written", not "this SQL is wrong".
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     psycopg.OperationalError,  # connection lost or refused, shutdown, disk full, deadlock
@@ -424,7 +429,9 @@ class PostgresStore:
 
     def _unavailable(self, what: str, exc: BaseException) -> StoreUnavailable:
         detail = scrub(first_line(exc), self._secrets)
-        return StoreUnavailable(f"{what} PostgreSQL database {self.safe_url}: {detail}")
+        mistake = isinstance(exc, _MISTAKES) or _REFUSED.search(str(exc)) is not None
+        kind = StoreMissing if mistake else StoreUnavailable  # a start-up's: fails closed
+        return kind(f"{what} PostgreSQL database {self.safe_url}: {detail}")
 
 
 #: How recently a connection must have gone through for a read to skip BEGIN and COMMIT.
