@@ -1,11 +1,11 @@
 """A request body the gate reads before the app, replayed to the app; a paid answer judged.
 
 The gate reads a request body only for its own endpoints and for a route whose pricing needs
-it (a paid MCP tool: docs/mcp.md). :class:`BufferedBody` reads at most ``limit`` bytes of
-it and keeps the messages it read, so that the app still receives the whole body
-(:meth:`BufferedBody.receive`). :class:`Judge` keeps a paid answer (bounded) for a route whose
-price says whether it was delivered (``judge_response``, e.g. a JSON-RPC error in a 200).
-:func:`read_wsgi` reads a WSGI request's body for the gate's endpoints, a chunked one too.
+it (a paid MCP tool: docs/mcp.md; a price or ``units`` read from the body: docs/protocol.md).
+:class:`BufferedBody` reads at most ``limit`` bytes of it and keeps the messages it read, so
+that the app still receives the whole body (:meth:`BufferedBody.receive`). :class:`Judge`
+keeps a paid answer (bounded) for a route whose price says whether it was delivered
+(``judge_response``, e.g. a JSON-RPC error in a 200). WSGI's twin: ``_wsgi_body.WsgiBody``.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fourmica_x402.gate.lifecycle import BODY_LIMIT
-from fourmica_x402.gate.types import Undelivered
+from fourmica_x402.gate.types import BodyTooLarge, Undelivered
 
-__all__ = ["BufferedBody", "Judge", "Undelivered", "read_wsgi"]
+__all__ = ["BufferedBody", "Judge", "Undelivered"]
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 #: The most of a paid answer kept to judge it (a longer one is judged by its status alone).
@@ -39,6 +39,7 @@ class BufferedBody:
         "_replayed",
         "_size",
         "ended",
+        "too_large",
     )
 
     def __init__(self, receive: Receive, limit: int = BODY_LIMIT) -> None:
@@ -49,6 +50,7 @@ class BufferedBody:
         self._ends: list[Callable[[bool], Any]] = []
         self._messages: list[dict[str, Any]] = []
         self._size, self._done, self._replayed = 0, False, 0
+        self.too_large = False  # pricing asked for it, and it was longer than the limit
 
     def watch(self, send: Any) -> Any:
         """``send``, noting whether the response to this request went out to its end."""
@@ -94,8 +96,13 @@ class BufferedBody:
         return b"".join(m.get("body", b"") for m in self._messages)
 
     async def __call__(self) -> bytes:
-        """The RequestView contract: the body, b"" when longer than the limit."""
-        return (await self.peek()) or b""
+        """The RequestView contract: the body; :class:`BodyTooLarge` when longer than the
+        limit (an empty read would price what the app then reads whole)."""
+        body = await self.peek()
+        if body is None:
+            self.too_large = True
+            raise BodyTooLarge
+        return body
 
     async def receive(self) -> dict[str, Any]:
         """The app's ``receive``: what the gate read, again, then the rest."""
@@ -103,19 +110,6 @@ class BufferedBody:
             self._replayed += 1
             return self._messages[self._replayed - 1]
         return await self._receive()
-
-
-def read_wsgi(environ: dict[str, Any], limit: int) -> bytes:
-    """A WSGI request body, b"" when longer than ``limit``: its ``Content-Length`` bytes, or
-    a chunked body's (no length; the server marks it ``wsgi.input_terminated``) to its end."""
-    length, stream = str(environ.get("CONTENT_LENGTH") or ""), environ["wsgi.input"]
-    if length or not environ.get("wsgi.input_terminated"):
-        size = int(length) if length.isascii() and length.isdigit() else 0
-        return stream.read(size) if 0 < size <= limit else b""
-    data = b""
-    while len(data) <= limit and (chunk := stream.read(limit + 1 - len(data))):
-        data += chunk  # a server's stream may return less than asked
-    return data if len(data) <= limit else b""
 
 
 class Judge:

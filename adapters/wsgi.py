@@ -25,8 +25,8 @@ from fourmica_x402.gate.lifecycle import BODY_LIMIT, PAYMENT_KEY, Meter, Startup
 from fourmica_x402.gate.types import Headers, unshared
 from fourmica_x402.templates import check_raw_paths
 
-from ._body import read_wsgi
 from ._chain import forwarded
+from ._wsgi_body import WsgiBody
 
 __all__ = ["PAYMENT_KEY", "PaymentMiddleware", "request_view"]
 
@@ -56,7 +56,7 @@ def request_view(
         scheme=environ.get("wsgi.url_scheme", "http"),
         host=environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "localhost",
         client=environ.get("REMOTE_ADDR") or None,
-        read_body=partial(read_wsgi, environ, BODY_LIMIT),
+        read_body=WsgiBody(environ, BODY_LIMIT),  # read for pricing: handed back to the app
         resolve=resolve,
     )
 
@@ -104,8 +104,8 @@ class PaymentMiddleware:
         view = request_view(seen, self.resolver(seen))
         outer = nested.outer(environ.get(PAYMENT_KEY), view)  # an outer gate's: on our terms
         outcome = Gate.run_sync(self.gate.before(view, outer))
-        if RESOLVED_KEY in seen:  # what the gate resolved, for the router's check (a copy: back)
-            environ[RESOLVED_KEY] = seen[RESOLVED_KEY]
+        for key in [k for k in (RESOLVED_KEY, "wsgi.input") if k in seen]:  # what the gate
+            environ[key] = seen[key]  # resolved (the router's check), the body it read: a copy
         if isinstance(outcome, Response):
             return answer(start_response, outcome)
         environ[PAYMENT_KEY] = getattr(outcome, "payment", outer)  # paid, granted (docs/)

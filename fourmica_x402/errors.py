@@ -93,6 +93,8 @@ class Reason(StrEnum):
     OPEN_TAB_LIMIT = "open_tab_limit"
     #: A bundled route could not count the units a request buys (400, nothing charged).
     INVALID_UNITS = "invalid_units"
+    #: A route priced by its request body, sent one longer than the gate reads (413).
+    BODY_TOO_LARGE = "body_too_large"
 
 
 class FourmicaError(Exception):

@@ -9,10 +9,29 @@ from django.utils.encoding import escape_uri_path
 from fourmica_x402.gate import Gate, Headers, RequestView
 from fourmica_x402.gate.guards import rerouted
 from fourmica_x402.gate.lifecycle import BODY_LIMIT
+from fourmica_x402.gate.types import BodyTooLarge
 
 from .conf import render
 
-__all__ = ["overridden", "request_view"]
+__all__ = ["DjangoBody", "overridden", "request_view"]
+
+
+class DjangoBody:
+    """``read_body``: ``request.body``, or :class:`BodyTooLarge` when it is (or says it is)
+    longer than the gate reads; never an empty stand-in for a long body (docs/protocol.md)."""
+
+    __slots__ = ("_request", "too_large")
+
+    def __init__(self, request: HttpRequest) -> None:
+        self._request, self.too_large = request, False
+
+    def __call__(self) -> bytes:
+        length = self._request.META.get("CONTENT_LENGTH") or "0"
+        declared = int(length) if length.isascii() and length.isdigit() else 0
+        if declared > BODY_LIMIT or len(body := self._request.body) > BODY_LIMIT:
+            self.too_large = True
+            raise BodyTooLarge
+        return body
 
 
 def overridden(gate: Gate, request: HttpRequest, response: Any) -> Any:
@@ -38,10 +57,6 @@ def request_view(request: HttpRequest, resolve: Callable[[], Any] | None = None)
         raw = (request.scope.get("raw_path") or b"").decode("latin-1")
     raw = raw.partition("?")[0].removeprefix(meta.get("SCRIPT_NAME") or "")
     host = request.get_host()  # a Host ALLOWED_HOSTS refuses: Django's 400, before any 402
-    length = meta.get("CONTENT_LENGTH") or "0"
-    small = (
-        length.isascii() and length.isdigit() and int(length) <= BODY_LIMIT
-    )  # what the gate's endpoints read
     return RequestView(
         method=request.method or "GET",
         path=request.path_info,
@@ -52,6 +67,6 @@ def request_view(request: HttpRequest, resolve: Callable[[], Any] | None = None)
         scheme=request.scheme or "http",
         host=host,
         client=meta.get("REMOTE_ADDR"),
-        read_body=lambda: request.body if small else b"",
+        read_body=DjangoBody(request),  # Django keeps it as .body: the view reads it again
         resolve=resolve,
     )

@@ -26,7 +26,7 @@ from ..networks import (
     format_amount,
     resolve_price,
 )
-from .types import Call, Flow, Payment, RequestView
+from .types import BodyTooLarge, Call, Flow, Payment, RequestView
 
 if TYPE_CHECKING:
     from ..routes import Offer, Route, RouteConfig
@@ -129,7 +129,11 @@ def count(route: Route, request: RequestView) -> Flow:
     try:
         n = yield Call(config.units, (request,), blocking=False)
     except (ValueError, TypeError, KeyError):
-        raise InvalidUnits("could not read how many units this request buys") from None
+        n = InvalidUnits("could not read how many units this request buys")
+    if getattr(request.read_body, "too_large", False):  # it caught BodyTooLarge: not counted
+        raise BodyTooLarge
+    if isinstance(n, InvalidUnits):
+        raise n
     if type(n) is not int:  # a bool, a float, a string: not a count
         raise InvalidUnits(f"units must be a whole number, not {type(n).__name__}")
     if n < 1:

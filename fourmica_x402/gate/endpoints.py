@@ -19,7 +19,7 @@ from .._json import loads
 from ..errors import Unavailable
 from ..networks import chain_named, get_network
 from .challenge import origin
-from .types import Call, Flow, RequestView, Response, error_response
+from .types import BodyTooLarge, Call, Flow, RequestView, Response, error_response
 
 if TYPE_CHECKING:
     from .flow import Gate
@@ -128,7 +128,10 @@ def _guarantee_ids(sub: str) -> tuple[str, str] | None:
 def json_body(request: RequestView) -> Flow:
     if request.read_body is None:
         return None
-    raw = yield Call(request.read_body, (), blocking=False)
+    try:
+        raw = yield Call(request.read_body, (), blocking=False)
+    except BodyTooLarge:
+        return None
     if not raw or len(raw) > 64 * 1024:
         return None
     try:

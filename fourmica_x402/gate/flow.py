@@ -39,6 +39,7 @@ from .throttle import Throttle
 from .types import (
     PASS,
     BodyTap,
+    BodyTooLarge,
     Flow,
     Paid,
     PassThrough,
@@ -338,7 +339,7 @@ class Gate:
                 return refused
         try:
             reqs = yield from requirements(self, route, request)
-        except InvalidUnits as exc:  # the request's own fault, before any payment: 400
+        except (InvalidUnits, BodyTooLarge) as exc:  # the request's own fault, before payment
             return error_response(exc.status, exc.reason, exc.message)
         except Exception:  # a price or payTo callable failed: nothing to charge safely
             log.exception("could not price %s", route.key)  # the why is the seller's: logged

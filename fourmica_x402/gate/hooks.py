@@ -17,7 +17,18 @@ from ..errors import FourmicaError
 from ..routes import Endpoint, Route
 from . import bundles
 from .sse import Unmetered
-from .types import DENY, GRANT, Call, Flow, Granted, Payment, RequestView, Response, error_response
+from .types import (
+    DENY,
+    GRANT,
+    BodyTooLarge,
+    Call,
+    Flow,
+    Granted,
+    Payment,
+    RequestView,
+    Response,
+    error_response,
+)
 
 if TYPE_CHECKING:
     from .flow import Gate
@@ -48,7 +59,7 @@ def protected(
         try:  # the handler reads how many units it serves (docs/protocol.md), as a buyer's
             if route.config.units is not None:
                 payment.units = yield from bundles.count(route, request)
-        except bundles.InvalidUnits as exc:  # the request's own fault: 400, as unpaid
+        except (bundles.InvalidUnits, BodyTooLarge) as exc:  # the request's own fault, as unpaid
             return error_response(exc.status, exc.reason, exc.message)
         except Exception:  # the seller's callable failed: as when pricing a paid request
             log.exception("could not price %s", route.key)

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from ..errors import FourmicaError, Reason
 from ..facilitator import SettleResult
 from ..guarantee import ValidationPolicy
 from ..jobs import JobStage
@@ -66,7 +67,8 @@ class RequestView:
     scheme: str = "http"
     host: str = "localhost"
     client: str | None = None
-    #: Reads the request body (sync or async); only the gate's own endpoints call it.
+    #: Reads the request body (sync or async): all of it, or :class:`BodyTooLarge` past
+    #: ``BODY_LIMIT``; the app is then handed the same bytes (docs/protocol.md, "Minimums…").
     read_body: Callable[[], Any] | None = None
     #: The framework's router: returns the :class:`Endpoint` it resolves this request to, or
     #: None when it will not serve it (404, 405, a redirect). None here = an app with no
@@ -179,6 +181,18 @@ class BodyTap:
 class Undelivered(Exception):
     """A 2xx answer the route says was not delivered (e.g. a JSON-RPC error in a 200, judged by
     the adapter): refunded whatever ``refund_on_error`` says (docs/protocol.md, "Delivery")."""
+
+
+class BodyTooLarge(FourmicaError):
+    """Pricing asked for a request body longer than the gate reads (``BODY_LIMIT``): refused
+    (413), never priced from part of it or from nothing (docs/protocol.md, "Minimums, bundles
+    and prepaid caps"). A body reader that raised it says so with ``too_large`` afterwards."""
+
+    status = 413
+    reason = Reason.BODY_TOO_LARGE
+
+    def __init__(self) -> None:
+        super().__init__("the request body is too large to be priced")
 
 
 class PassThrough:

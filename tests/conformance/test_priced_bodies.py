@@ -1,0 +1,148 @@
+"""Routes priced by their request body (a price or ``units`` callable reading
+``request.read_body()``) on every adapter: the app runs on exactly the bytes the gate priced,
+and a body longer than the gate reads is refused, never priced from nothing
+(docs/protocol.md, "Minimums, bundles and prepaid caps")."""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+from typing import Any
+
+from fourmica_x402.evidence import request_hash
+from fourmica_x402.testing import TestBuyer, payment_header
+from fourmica_x402.wire import decode_payment_required
+
+CHEAP, DEAR = 10_000, 500_000  # "$0.01", "$0.50"
+#: Past the 64 KiB the gate reads: JSON all the same (leading whitespace).
+PADDED = b" " * (70 * 1024) + b'{"model": "dear"}'
+
+
+async def body_of(request: Any) -> bytes:
+    body = request.read_body()  # bytes under WSGI and Django, awaitable under ASGI
+    return await body if inspect.isawaitable(body) else body  # type: ignore[no-any-return]
+
+
+async def by_model(request: Any) -> str:
+    return "$0.50" if b"dear" in await body_of(request) else "$0.01"
+
+
+async def lenient(request: Any) -> str:
+    """A seller's callable that takes an unreadable body for the cheap default."""
+    try:
+        return await by_model(request)
+    except Exception:
+        return "$0.01"
+
+
+async def units(request: Any) -> int:
+    first, again = await body_of(request), await body_of(request)  # read twice: the same
+    assert first == again
+    return int(json.loads(first)["n"])
+
+
+def post(seller: Any, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    """POST /echo with ``body`` as sent, through the adapter's own test client."""
+    client, headers = seller.client, {"content-type": "application/json", **headers}
+    if seller.interface_kind == "starlette":
+        r = client._client.request("POST", "/echo", headers=headers, content=body)
+        return r.status_code, r.content
+    if seller.interface_kind == "werkzeug":
+        environ = {"REMOTE_ADDR": "127.0.0.1"}
+        r = client._client.open(
+            "/echo", method="POST", headers=headers, data=body, environ_base=environ
+        )
+        return r.status_code, r.get_data()
+    kind = headers.pop("content-type")
+    call = client._client.generic("POST", "/echo", data=body, content_type=kind, headers=headers)
+    r = call if client._loop is None else client._loop.run_until_complete(call)
+    return r.status_code, r.content
+
+
+def paid_header(seller: Any, buyer: TestBuyer, body: bytes) -> dict[str, str]:
+    """A valid payment for POST /echo as priced for ``body``."""
+    status, _ = post(seller, body, {})
+    assert status == 402
+    resp = seller.request("POST", "/echo", json=json.loads(body))  # the same terms
+    (req,) = decode_payment_required(resp.headers["payment-required"]).accepts
+    tab = {"x402Version": 2, "userAddress": buyer.address, "paymentRequirements": req.to_dict()}
+    opened = seller.request("POST", "/x402/tab", json=tab)
+    name, value = payment_header(buyer, req, opened.json(), version=2)
+    return {name: value}
+
+
+def made(make_seller: Any, base_routes: dict[str, Any], route: Any) -> Any:
+    seller = make_seller(routes={**base_routes, "POST /echo": route})
+    kinds = {"starlette": "starlette", "fastapi": "starlette", "wsgi": "werkzeug"}
+    seller.interface_kind = kinds.get(seller.kind, "werkzeug" if seller.kind == "flask" else "")
+    return seller
+
+
+def test_a_body_longer_than_the_gate_reads_is_413_never_priced_as_empty(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    """The gate read nothing of a body past 64 KiB and handed the price callable b"": it priced
+    the cheap default, and the handler then read the whole body, the dear request, paid for
+    at the cheap price (on every adapter)."""
+    for price in (by_model, lenient):  # a callable that catches the refusal changes nothing
+        seller = made(make_seller, base_routes, {"price": price})
+        buyer = kit.funded(seller)
+        cheap = paid_header(seller, buyer, b'{"model": "cheap"}')
+        for headers in ({}, cheap):
+            status, body = post(seller, PADDED, headers)
+            assert status == 413, (seller.kind, price.__name__, status, body[:200])
+            assert json.loads(body)["error"] == "body_too_large"
+        assert kit.locked(seller, buyer) == 0 and seller.core.guarantees() == []
+        assert seller.calls["/echo"] == 0
+        status, body = post(seller, b'{"model": "cheap"}', cheap)  # the payment is intact
+        assert status == 200 and json.loads(body) == {"echo": {"model": "cheap"}}
+        assert kit.locked(seller, buyer) == CHEAP
+
+
+def test_a_units_count_from_the_body_leaves_the_body_to_the_handler(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    """Under WSGI (plain, Flask) the gate's read consumed ``wsgi.input``: the handler got an
+    empty body (a 500, a 400) and a second read by the callable got nothing. Now the
+    handler reads the very bytes counted, and the record's hash covers them."""
+    seller = made(make_seller, base_routes, {"price": "$0.01", "units": units, "max_units": 5})
+    buyer = kit.funded(seller)
+    sent = b'{"n": 2, "note": "two units"}'
+    status, body = post(seller, sent, paid_header(seller, buyer, sent))
+    assert status == 200, (seller.kind, status, body[:300])
+    assert json.loads(body) == {"echo": {"n": 2, "note": "two units"}}
+    assert kit.locked(seller, buyer) == 2 * CHEAP and seller.calls["/echo"] == 1
+    (record,) = seller.gate.records.query(payer=buyer.address)
+    assert record.request_hash == request_hash("POST", "/echo", "", sent)
+
+
+def test_a_chunked_wsgi_body_is_priced_whole_or_refused(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    """A chunked body (no Content-Length, ``wsgi.input_terminated``) past 64 KiB: the gate read
+    64 KiB and a byte of it, priced b"" (cheap), and the handler read the rest, a suffix
+    that still parsed as the dear request. Now refused; a short one is served whole."""
+    seller = made(make_seller, base_routes, {"price": by_model})
+    if seller.interface_kind != "werkzeug":
+        return  # ASGI servers and Django hand over a chunked body whole, like any other
+    buyer = kit.funded(seller)
+    cheap = paid_header(seller, buyer, b'{"model": "cheap"}')
+
+    def chunked(body: bytes) -> tuple[int, bytes]:
+        r = seller.client._client.open(
+            "/echo",
+            method="POST",
+            headers={**cheap, "content-type": "application/json", "transfer-encoding": "chunked"},
+            input_stream=io.BytesIO(body),
+            environ_base={"REMOTE_ADDR": "127.0.0.1"},
+            environ_overrides={"wsgi.input_terminated": True},
+        )
+        return r.status_code, r.get_data()
+
+    status, body = chunked(PADDED)
+    assert status == 413 and json.loads(body)["error"] == "body_too_large", (status, body[:200])
+    assert kit.locked(seller, buyer) == 0 and seller.calls["/echo"] == 0
+    status, body = chunked(b'{"model": "cheap"}')
+    assert status == 200 and json.loads(body) == {"echo": {"model": "cheap"}}, body[:300]
+    assert kit.locked(seller, buyer) == CHEAP
