@@ -3,6 +3,7 @@
 from collections.abc import Callable
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest
 from django.utils.encoding import escape_uri_path
 
@@ -28,10 +29,13 @@ class DjangoBody:
     def __call__(self) -> bytes:
         length = self._request.META.get("CONTENT_LENGTH") or "0"
         declared = int(length) if length.isascii() and length.isdigit() else 0
-        if declared > BODY_LIMIT or len(body := self._request.body) > BODY_LIMIT:
-            self.too_large = True
-            raise BodyTooLarge
-        return body
+        try:  # past DATA_UPLOAD_MAX_MEMORY_SIZE Django refuses to read it: too large too
+            if declared <= BODY_LIMIT and len(body := self._request.body) <= BODY_LIMIT:
+                return body
+        except RequestDataTooBig:
+            pass
+        self.too_large = True
+        raise BodyTooLarge
 
 
 def overridden(gate: Gate, request: HttpRequest, response: Any) -> Any:

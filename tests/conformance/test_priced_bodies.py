@@ -146,3 +146,23 @@ def test_a_chunked_wsgi_body_is_priced_whole_or_refused(
     status, body = chunked(b'{"model": "cheap"}')
     assert status == 200 and json.loads(body) == {"echo": {"model": "cheap"}}, body[:300]
     assert kit.locked(seller, buyer) == CHEAP
+
+
+def test_a_body_over_djangos_own_upload_limit_is_413_not_a_500(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    """``request.body`` raises ``RequestDataTooBig`` past ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (a
+    seller's setting below 64 KiB): the price callable raised it, answered 500
+    ``pricing_failed``. It is the buyer's body that is too large: 413, nothing charged."""
+    seller = made(make_seller, base_routes, {"price": by_model})
+    if not seller.kind.startswith("django"):
+        return
+    from django.test import override_settings
+
+    buyer = kit.funded(seller)
+    cheap = paid_header(seller, buyer, b'{"model": "cheap"}')
+    with override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000):
+        for headers in ({}, cheap):
+            status, body = post(seller, b" " * 2000 + b'{"model": "dear"}', headers)
+            assert status == 413 and json.loads(body)["error"] == "body_too_large", body[:200]
+    assert kit.locked(seller, buyer) == 0 and seller.calls["/echo"] == 0
