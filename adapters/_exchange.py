@@ -354,6 +354,14 @@ def app_below(app: Any, dispatch: Any) -> Any:
     return None
 
 
+async def replayed(request: Any, body: Any) -> None:
+    """The body the gate read (``body``), for ``call_next`` below a dispatch that could not run
+    the app itself: Starlette hands on a body its dispatch read with ``request.body()``; one
+    read from ``receive`` is gone, and the app would wait for it until the client left."""
+    if isinstance(body, BufferedBody) and body.read:
+        request._body = await body.peek() or b""
+
+
 class Delegated:
     """A dispatch's answer that runs the app below it itself, with the real ``send`` and the
     body the gate read (``call_next`` would give neither): for a paid request, as one paid

@@ -20,7 +20,7 @@ from fourmica_x402.gate.lifecycle import OWN_HEADERS, PAYMENT_KEY, Meter
 from fourmica_x402.gate.types import PAID_CACHE_CONTROL, for_shared_caches, no_store
 
 from ._dispatch import marked
-from ._exchange import Delegated, app_below, warn_copying_layers
+from ._exchange import Delegated, app_below, replayed, warn_copying_layers
 from ._mounted import mounted_routes
 from ._refusals import answer_refusals, render
 from .asgi import PaymentMiddleware
@@ -114,11 +114,11 @@ def http_middleware(config: PaymentConfig) -> Any:
             return render(state)
         if state is not PASS:
             request.state.payment = request.scope[PAYMENT_KEY] = state.payment
-        stack = request.scope.get("app")
-        body, paid_outside = view.read_body, outer is not None  # its gate meters the stream
+        body, stack = view.read_body, request.scope.get("app")  # (an outer gate meters it all)
         granted = isinstance(state, Granted)  # served free, but private (docs/operations.md)
-        if delegated := Delegated.below(stack, middleware, gate, state, body, paid_outside):
+        if delegated := Delegated.below(stack, middleware, gate, state, body, outer is not None):
             return delegated  # the app below runs here, as under the pure ASGI middleware
+        await replayed(request, body)  # call_next hands on the body the gate read
         state = PASS if isinstance(state, PassThrough) else state
         if state is PASS:
             response = await call_next(request)

@@ -1197,6 +1197,58 @@ def test_a_granted_answer_to_a_body_the_gate_read_is_never_stored_by_shared_cach
     assert "cdn-cache-control" not in resp.headers and core.guarantees() == []
 
 
+def test_a_wrapped_http_middleware_hands_call_next_the_body_its_units_were_read_from(
+    core: Core,
+) -> None:
+    """FastAPI's http middleware wrapped in another function cannot run the app below itself:
+    ``call_next`` serves it, and handed it nothing of a body the gate had read from
+    ``receive`` to count its units. The handler waited for the body until the client left.
+    Now ``call_next`` hands on the very bytes counted."""
+    import httpx
+    from fastapi.responses import JSONResponse
+    from fourmica_x402.adapters.fastapi import http_middleware
+
+    app = FastAPI()
+
+    @app.post("/records")
+    async def records(request: Request) -> JSONResponse:
+        return JSONResponse({"records": (await request.json())["n"]})
+
+    async def units(request: Any) -> int:
+        return int(json.loads(await request.read_body())["n"])
+
+    routes = {"POST /records": {"price": "$0.01", "units": units}}
+    inner = http_middleware(PaymentConfig(pay_to=SELLER, routes=routes, core=core))
+
+    async def wrapped(request: Request, call_next: Any) -> Any:  # the gate cannot find itself
+        return await inner(request, call_next)
+
+    app.middleware("http")(wrapped)
+    buyer = TestBuyer.new()
+    core.deposit(buyer.address, 10**9, network=NETWORK)
+
+    async def run() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            challenged = await client.post("/records", json={"n": 3})
+            (req,) = decode_payment_required(challenged.headers["payment-required"]).accepts
+            version = 2 if "validatorAddress" in req.extra else 1
+            tab = core.open_tab(
+                buyer.address,
+                req.pay_to,
+                network=NETWORK,
+                asset=req.asset,
+                guarantee_version=version,
+            )
+            name, value = payment_header(buyer, req, tab.to_json())
+            paid = client.post("/records", json={"n": 3}, headers={name: value})
+            return await asyncio.wait_for(paid, 10)
+
+    resp = asyncio.run(run())
+    assert resp.status_code == 200 and resp.json() == {"records": 3}
+    assert int(core.position(buyer.address, network=NETWORK).locked) == 30_000
+
+
 def test_a_held_response_outlives_a_wall_clock_step_forward(tmp_path: Any) -> None:
     """The hold moved a deadline once half a timeout had passed on the monotonic clock, while
     the Core sets and expires deadlines by its own (wall) clock: a step forward of the wall
