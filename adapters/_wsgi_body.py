@@ -42,19 +42,19 @@ class WsgiBody:
         length = str(environ.get("CONTENT_LENGTH") or "")
         if stream is None:
             return b""
-        if length or not environ.get("wsgi.input_terminated"):
+        if environ.get("wsgi.input_terminated"):  # chunked: to its end, whatever a
+            want = limit + 1  # Content-Length beside it says (Werkzeug reads it so)
+        else:
             want = int(length) if length.isascii() and length.isdigit() else 0
             if want > limit:  # left unread: the request is refused
                 self.too_large = True
                 return None
-        else:
-            want = limit + 1
         data = b""
         while len(data) < want and (chunk := stream.read(want - len(data))):
             data += chunk  # a server's stream may return less than asked
         if len(data) > limit:  # the request is refused: the app never reads the rest
             self.too_large = True
             return None
-        if want:  # what the app reads now: the bytes the gate read
-            environ["wsgi.input"] = io.BytesIO(data)
+        if want:  # what the app reads now, to its end or by its length: the bytes read
+            environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(data), str(len(data))
         return data

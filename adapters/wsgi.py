@@ -104,8 +104,8 @@ class PaymentMiddleware:
         view = request_view(seen, self.resolver(seen))
         outer = nested.outer(environ.get(PAYMENT_KEY), view)  # an outer gate's: on our terms
         outcome = Gate.run_sync(self.gate.before(view, outer))
-        for key in [k for k in (RESOLVED_KEY, "wsgi.input") if k in seen]:  # what the gate
-            environ[key] = seen[key]  # resolved (the router's check), the body it read: a copy
+        for key in [k for k in (RESOLVED_KEY, "wsgi.input", "CONTENT_LENGTH") if k in seen]:
+            environ[key] = seen[key]  # what the gate resolved, the body it read (``seen``: a copy)
         if isinstance(outcome, Response):
             return answer(start_response, outcome)
         environ[PAYMENT_KEY] = getattr(outcome, "payment", outer)  # paid, granted (docs/)

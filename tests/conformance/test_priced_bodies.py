@@ -166,3 +166,35 @@ def test_a_body_over_djangos_own_upload_limit_is_413_not_a_500(
             status, body = post(seller, b" " * 2000 + b'{"model": "dear"}', headers)
             assert status == 413 and json.loads(body)["error"] == "body_too_large", body[:200]
     assert kit.locked(seller, buyer) == 0 and seller.calls["/echo"] == 0
+
+
+def test_a_chunked_wsgi_body_beside_a_content_length_is_priced_as_the_app_reads_it(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    """``Transfer-Encoding: chunked`` and ``Content-Length: 0`` together (a server that passes
+    both on): the gate read the length's 0 bytes and priced b"", the cheap default, while
+    Flask reads a chunked body to its end: the dear request ran on the cheap payment. Now
+    the gate reads the chunked body whole and hands the app exactly that, its length too."""
+    seller = made(make_seller, base_routes, {"price": by_model})
+    if seller.interface_kind != "werkzeug":
+        return
+    buyer = kit.funded(seller)
+    cheap = paid_header(seller, buyer, b'{"model": "cheap"}')
+    for sent in (b'{"model": "dear"}', b'{"model": "cheap"}'):
+        r = seller.client._client.open(
+            "/echo",
+            method="POST",
+            headers={**cheap, "content-type": "application/json", "transfer-encoding": "chunked"},
+            input_stream=io.BytesIO(sent),
+            environ_base={"REMOTE_ADDR": "127.0.0.1"},
+            environ_overrides={"wsgi.input_terminated": True, "CONTENT_LENGTH": "0"},
+        )
+        status, body = r.status_code, r.get_data()
+        if sent == b'{"model": "dear"}':  # priced dear: the cheap payment matches no offer
+            assert status == 402, (status, body[:300])
+            refused = decode_payment_required(r.headers["payment-required"]).error
+            assert refused == "No matching payment requirements"  # x402's string
+            assert kit.locked(seller, buyer) == 0 and seller.calls["/echo"] == 0
+        else:
+            assert status == 200 and json.loads(body) == {"echo": {"model": "cheap"}}, body
+    assert kit.locked(seller, buyer) == CHEAP
