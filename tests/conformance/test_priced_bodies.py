@@ -36,6 +36,14 @@ async def lenient(request: Any) -> str:
         return "$0.01"
 
 
+async def lenient_units(request: Any) -> int:
+    """Counts one unit, the least, when it cannot read the body."""
+    try:
+        return 50 if b"dear" in await body_of(request) else 1
+    except Exception:
+        return 1
+
+
 async def units(request: Any) -> int:
     first, again = await body_of(request), await body_of(request)  # read twice: the same
     assert first == again
@@ -85,13 +93,17 @@ def test_a_body_longer_than_the_gate_reads_is_413_never_priced_as_empty(
     """The gate read nothing of a body past 64 KiB and handed the price callable b"": it priced
     the cheap default, and the handler then read the whole body, the dear request, paid for
     at the cheap price (on every adapter)."""
-    for price in (by_model, lenient):  # a callable that catches the refusal changes nothing
-        seller = made(make_seller, base_routes, {"price": price})
+    for route in (
+        {"price": by_model},
+        {"price": lenient},
+        {"price": "$0.01", "units": lenient_units},
+    ):
+        seller = made(make_seller, base_routes, route)  # a callable catching the refusal: alike
         buyer = kit.funded(seller)
         cheap = paid_header(seller, buyer, b'{"model": "cheap"}')
         for headers in ({}, cheap):
             status, body = post(seller, PADDED, headers)
-            assert status == 413, (seller.kind, price.__name__, status, body[:200])
+            assert status == 413, (seller.kind, route, status, body[:200])
             assert json.loads(body)["error"] == "body_too_large"
         assert kit.locked(seller, buyer) == 0 and seller.core.guarantees() == []
         assert seller.calls["/echo"] == 0
