@@ -51,6 +51,10 @@ def protected(
         return None
     try:
         verdict = yield Call(gate.config.on_protected_request, (request, route), blocking=False)
+        if getattr(request.read_body, "too_large", False):  # it caught that, and answered
+            raise BodyTooLarge  # on an unread body: never (docs/protocol.md)
+    except BodyTooLarge as exc:  # the buyer's body, too long to judge: as when pricing it
+        return error_response(exc.status, exc.reason, exc.message)
     except Exception:
         log.exception("on_protected_request raised for %s", route.key)
         return seller_failed()

@@ -80,8 +80,8 @@ def paid_header(seller: Any, buyer: TestBuyer, body: bytes) -> dict[str, str]:
     return {name: value}
 
 
-def made(make_seller: Any, base_routes: dict[str, Any], route: Any) -> Any:
-    seller = make_seller(routes={**base_routes, "POST /echo": route})
+def made(make_seller: Any, base_routes: dict[str, Any], route: Any, **options: Any) -> Any:
+    seller = make_seller(routes={**base_routes, "POST /echo": route}, **options)
     kinds = {"starlette": "starlette", "fastapi": "starlette", "wsgi": "werkzeug"}
     seller.interface_kind = kinds.get(seller.kind, "werkzeug" if seller.kind == "flask" else "")
     return seller
@@ -210,3 +210,33 @@ def test_a_chunked_wsgi_body_beside_a_content_length_is_priced_as_the_app_reads_
         else:
             assert status == 200 and json.loads(body) == {"echo": {"model": "cheap"}}, body
     assert kit.locked(seller, buyer) == CHEAP
+
+
+def test_a_hook_reading_a_body_longer_than_the_gate_reads_is_413_not_a_seller_failure(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    """An ``on_protected_request`` hook that grants by the body (a trial plan): past 64 KiB
+    its read raised and the buyer got 503 ``seller_hook_failed`` for a body of its own; and
+    a hook that catches that must not answer on a body nobody read (here: free). Both 413."""
+
+    async def trial(request: Any, route: Any) -> Any:
+        from fourmica_x402.gate import GRANT
+
+        return GRANT if b'"plan": "trial"' in await body_of(request) else None
+
+    async def lenient_trial(request: Any, route: Any) -> Any:
+        try:
+            return await trial(request, route)
+        except Exception:
+            from fourmica_x402.gate import GRANT
+
+            return GRANT  # an unreadable body: taken for a trial
+
+    for hook in (trial, lenient_trial):
+        seller = made(make_seller, base_routes, "$0.50", on_protected_request=hook)
+        status, body = post(seller, b'{"plan": "trial"}', {})
+        assert status == 200, (seller.kind, status, body[:200])  # the hook reads a short body
+        status, body = post(seller, PADDED, {})
+        assert status == 413, (seller.kind, hook.__name__, status, body[:200])
+        assert json.loads(body)["error"] == "body_too_large"
+        assert seller.calls["/echo"] == 1
