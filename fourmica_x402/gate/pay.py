@@ -39,6 +39,7 @@ from .hooks import failure, seller_failed
 from .types import (
     EXPOSE_HEADERS,
     PAID_CACHE_CONTROL,
+    BodyTooLarge,
     Call,
     Flow,
     Paid,
@@ -125,6 +126,8 @@ def paid(
         except PaymentError as exc:
             yield from failure(gate, request, exc)
             return challenge(gate, request, route, requirements, exc.reason, version=version)
+        except BodyTooLarge as exc:  # it read the buyer's body, too long to judge: nothing settled
+            return error_response(exc.status, exc.reason, exc.message)
         except Exception:  # the seller's bug, not the buyer's: nothing settled (docs/operations.md)
             log.exception("before_settle raised for %s", route.key)
             return seller_failed()

@@ -240,3 +240,23 @@ def test_a_hook_reading_a_body_longer_than_the_gate_reads_is_413_not_a_seller_fa
         assert status == 413, (seller.kind, hook.__name__, status, body[:200])
         assert json.loads(body)["error"] == "body_too_large"
         assert seller.calls["/echo"] == 1
+
+
+def test_a_before_settle_hook_reading_too_long_a_body_is_413_not_a_seller_failure(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    """A ``before_settle`` hook that checks the body of a paid request (a static price): past
+    64 KiB its read raised and the buyer got 503 ``seller_hook_failed``. Now 413, nothing
+    settled, and the payment still buys a request of a readable size."""
+
+    async def quota(request: Any, payload: Any, requirements: Any) -> None:
+        assert b"model" in await body_of(request)
+
+    seller = made(make_seller, base_routes, "$0.01", before_settle=quota)
+    buyer = kit.funded(seller)
+    paid = paid_header(seller, buyer, b'{"model": "cheap"}')
+    status, body = post(seller, PADDED, paid)
+    assert status == 413 and json.loads(body)["error"] == "body_too_large", (status, body[:200])
+    assert kit.locked(seller, buyer) == 0 and seller.calls["/echo"] == 0
+    status, body = post(seller, b'{"model": "cheap"}', paid)
+    assert status == 200 and kit.locked(seller, buyer) == CHEAP
