@@ -69,7 +69,7 @@ def request_view(
         scheme=scope.get("scheme", "http"),
         host=host or "localhost",
         client=scope["client"][0] if scope.get("client") else None,
-        read_body=BufferedBody(receive, BODY_LIMIT),  # b"" when longer than the gate reads
+        read_body=BufferedBody(receive, BODY_LIMIT),  # BodyTooLarge past what the gate reads
         resolve=resolve,
     )
 

@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 #: Where adapters keep a request's :class:`~.types.Payment` (WSGI environ, ASGI scope).
 PAYMENT_KEY = "fourmica_x402.payment"
-#: The most of a request body the gate's own endpoints read.
+#: The most of a request body the gate reads (its own endpoints, a price read from the body).
 BODY_LIMIT = 64 * 1024
 #: The gate's response headers that replace a handler's of the same name (not add to it).
 OWN_HEADERS = frozenset(
