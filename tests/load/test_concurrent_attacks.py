@@ -1,14 +1,14 @@
 """Many concurrent valid payments thrown at real servers, each buyer trying to be served twice.
 
 The seller (tests/load/apps/concurrent_seller.py) runs under ``uvicorn --workers 2`` (Starlette)
-and ``gunicorn -w 2 --threads 4`` (Flask) on one SQLite file. Attacks: one payment header sent
-at once to several workers, routes and methods (same price, another price, a free route, a
-HEAD); a tab's consecutive guarantees sent out of order at once by a buyer whose collateral
-covers only some of them; a guarantee signed on another buyer's tab; HTTP/1.1 pipelining of a
-paid request, the same header again on another route and a free request on one connection.
-The oracle reads the Core: each guarantee accepted once, each buyer locked exactly for the
-2xx bodies its client received, the handler run once per accepted guarantee, no 5xx, no
-traceback in the server's log, ``Core.audit() == []``.
+and ``gunicorn -w 2 --threads 4`` (Flask) on one SQLite file, and under uvicorn on PostgreSQL.
+Attacks: one payment header sent at once to several workers, routes and methods (same price,
+another price, a free route, a HEAD); a tab's consecutive guarantees sent out of order at once
+by a buyer whose collateral covers only some of them; a guarantee signed on another buyer's
+tab; HTTP/1.1 pipelining of a paid request, the same header again on another route and a free
+request on one connection. The oracle reads the Core: each guarantee accepted once, each buyer
+locked exactly for the 2xx bodies its client received, the handler run once per accepted
+guarantee, no 5xx, no traceback in the server's log, ``Core.audit() == []``.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def _free_port() -> int:
 
 
 class Seller:
-    def __init__(self, server: str, tmp_path: Path) -> None:
-        self.core_url = f"sqlite:///{tmp_path / 'core.db'}"
+    def __init__(self, server: str, tmp_path: Path, core_url: str | None = None) -> None:
+        self.core_url = core_url or f"sqlite:///{tmp_path / 'core.db'}"
         self.counter = tmp_path / "runs.txt"
         self.log = tmp_path / "seller.log"
         self.port = _free_port()
@@ -156,7 +156,30 @@ def seller(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Seller]:
         yield running
 
 
+@pytest.fixture
+def postgres_seller(postgres_url: str, tmp_path: Path) -> Iterator[Seller]:
+    running = Seller("uvicorn", tmp_path, postgres_url)
+    with running.running():
+        yield running
+
+
 def test_one_header_at_several_workers_routes_and_methods_pays_once(seller: Seller) -> None:
+    _one_header_everywhere(seller)
+
+
+@pytest.mark.postgres
+def test_one_header_everywhere_pays_once_on_postgres(postgres_seller: Seller) -> None:
+    _one_header_everywhere(postgres_seller)
+
+
+@pytest.mark.postgres
+def test_out_of_order_guarantees_pay_up_to_the_collateral_on_postgres(
+    postgres_seller: Seller,
+) -> None:
+    test_a_tabs_guarantees_out_of_order_pay_up_to_the_collateral(postgres_seller)
+
+
+def _one_header_everywhere(seller: Seller) -> None:
     core = Core(seller.core_url)
     offer = seller.offer("GET", "/a")
     buyers = [TestBuyer.new() for _ in range(10)]
