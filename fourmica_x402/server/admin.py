@@ -104,3 +104,11 @@ def redeliver_failed(hooks: Webhooks, call: Call) -> Reply:
     if sub is None or not sub.active:
         return error(404, "not_found", "no such subscription")
     return 200, {"redelivered": hooks.redeliver_failed(sub.subscription_id)}
+
+
+@_admin
+def resume(hooks: Webhooks, call: Call) -> Reply:
+    """``POST /admin/webhooks/{sid}/resume``: a paused subscription's pause ended now."""
+    if not hooks.resume(call.path["sid"]):
+        return error(404, "not_found", "no such subscription")
+    return 200, {"resumed": True}

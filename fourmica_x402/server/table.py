@@ -103,6 +103,7 @@ PATHS: tuple[Path, ...] = (
     Path("/admin/webhooks/deliveries/{did}/redeliver", admin.redeliver, _POST),
     Path("/admin/webhooks/{sid}", admin.unsubscribe, ("DELETE",)),
     Path("/admin/webhooks/{sid}/redeliver", admin.redeliver_failed, _POST),
+    Path("/admin/webhooks/{sid}/resume", admin.resume, _POST),
 )
 
 

@@ -27,7 +27,7 @@ from ..core.schema import migrate
 from ..errors import ConfigurationError
 from .delivery import DeliveryMixin
 from .outbox import MIGRATIONS, OutboxMixin
-from .subscriptions import SubscriptionsMixin
+from .subscriptions import SubscriptionsMixin, _subscription_id
 
 if TYPE_CHECKING:
     from ..core import Core
@@ -114,6 +114,27 @@ class Webhooks(SubscriptionsMixin, OutboxMixin, DeliveryMixin):
         """One round: enqueue new events, then deliver what is due. Returns attempts made."""
         self.enqueue()
         return self.deliver_due(limit)
+
+    def resume(self, subscription_id: str) -> bool:
+        """End a subscription's pause (its receiver is back): its failures in a row are
+        forgotten and its waiting deliveries are due now. False if it is not active."""
+        if not _subscription_id(subscription_id):
+            return False
+        now = self.clock()
+        with self.store.transaction() as tx:
+            if not tx.execute(
+                "UPDATE fx_webhooks SET failures = 0, paused_until = 0 "
+                "WHERE subscription_id = ? AND active = 1",
+                (subscription_id,),
+            ):
+                return False
+            tx.execute(  # not one in flight: its attempt records what the receiver said
+                "UPDATE fx_webhook_deliveries SET next_attempt_at = ? WHERE subscription_id = ? "
+                "AND status = 'pending' AND next_attempt_at > ? AND lease IS NULL",
+                (now, subscription_id, now),
+            )
+        self._wake.set()
+        return True
 
     def _events_waiting(self) -> bool:
         """Whether an event has committed past the outbox's cursor (in any process)."""

@@ -1085,7 +1085,7 @@ def test_webhooks_are_managed_by_the_operator_and_delivered(core: Core) -> None:
     )
 
 
-def test_the_operator_redelivers_failed_webhook_deliveries(core: Core) -> None:
+def test_the_operator_redelivers_and_resumes_webhook_deliveries(core: Core) -> None:
     """A receiver back after an outage: its failed deliveries could be queued again only from
     Python (``Webhooks.redeliver``), not through the service that sends them."""
     from fourmica_x402.webhooks import Webhooks
@@ -1118,9 +1118,13 @@ def test_the_operator_redelivers_failed_webhook_deliveries(core: Core) -> None:
         assert len(pending) == 3
         unknown = client.post("/admin/webhooks/wh_nobody/redeliver", headers=auth)
         assert (unknown.status_code, unknown.json()["error"]) == (404, "not_found")
+        resume = f"/admin/webhooks/{sub['subscription_id']}/resume"
+        assert client.post(resume).status_code == 401
+        assert client.post(resume, headers=auth).json() == {"resumed": True}
         client.delete(f"/admin/webhooks/{sub['subscription_id']}", headers=auth)
-        gone = client.post(bulk, headers=auth)  # removed: nothing of it is sent again
-        assert (gone.status_code, gone.json()["error"]) == (404, "not_found")
+        for removed in (bulk, resume):  # removed: nothing of it is sent again
+            gone = client.post(removed, headers=auth)
+            assert (gone.status_code, gone.json()["error"]) == (404, "not_found")
     finally:
         worker.close()
         failing.close()

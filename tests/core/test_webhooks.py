@@ -857,3 +857,26 @@ def test_max_age_must_be_a_finite_positive_time(core: Core) -> None:
     for bad in (0, -1, float("inf"), float("nan")):
         with pytest.raises(ConfigurationError, match="max_age"):
             Webhooks(core, max_age=bad)
+
+
+def test_an_operator_resumes_a_paused_subscription(
+    core: Core, clock: FakeClock, make_hooks: Callable[..., Webhooks], receiver: Receiver
+) -> None:
+    """A receiver back up: nothing ended its pause before it ran out (up to 300 s), nor did a
+    2xx another worker got meanwhile. ``resume`` makes its waiting deliveries due now."""
+    hooks = make_hooks(base_delay=10, max_delay=300)
+    sub = hooks.subscribe(receiver.url())
+    receiver.statuses.extend([500] * 5)
+    for _ in range(6):
+        deposit(core)
+    assert hooks.run_once() == 5
+    assert hooks.run_once() == 0  # paused
+    assert hooks.resume(sub.subscription_id)
+    resumed = hooks.subscription(sub.subscription_id)
+    assert resumed is not None and (resumed.failures, resumed.paused_until) == (0, 0.0)
+    assert hooks.next_due() == clock()
+    assert hooks.run_once() == 6
+    assert [d.status for d in hooks.deliveries()] == ["delivered"] * 6
+    assert not hooks.resume("wh_nobody") and not hooks.resume("wh_\x00")
+    hooks.unsubscribe(sub.subscription_id)
+    assert not hooks.resume(sub.subscription_id)
