@@ -5,7 +5,10 @@
 route whose price, payTo or ``units`` reads it; that read keeps the bytes and puts them back
 as ``wsgi.input``, so that the app (Flask's ``request.get_data()``, ``request.form``, Django's
 ``request.body``) reads exactly the bytes that were priced, and a second read gets them again.
-A body longer than ``limit`` is not priced at all: :class:`BodyTooLarge` (413).
+A body longer than ``limit`` is not priced at all: :class:`BodyTooLarge` (413); nor is one
+read otherwise than the app would read it (:class:`InvalidBody`, 400): a ``Content-Length``
+that is not a plain number (Werkzeug strips spaces, ``int()`` takes ``+17``), or a stream
+that fails (a broken chunked encoding).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from fourmica_x402.gate.types import BodyTooLarge
+from fourmica_x402.gate.types import BodyTooLarge, InvalidBody
 
 __all__ = ["WsgiBody"]
 
@@ -27,13 +30,19 @@ class WsgiBody:
     def __init__(self, environ: dict[str, Any], limit: int) -> None:
         self._environ, self._limit = environ, limit
         self._body: bytes | None = None
-        self.too_large = False
+        self.too_large: bool | InvalidBody = False  # or what refused it
 
     def __call__(self) -> bytes:
         if self._body is None and not self.too_large:
-            self._body = self._read()
+            try:
+                self._body = self._read()
+            except InvalidBody as exc:
+                self.too_large = exc
+            except Exception as exc:  # the server's stream could not read it (a bad chunk)
+                self.too_large = InvalidBody()
+                raise self.too_large from exc
         if self._body is None:
-            raise BodyTooLarge
+            raise InvalidBody if isinstance(self.too_large, InvalidBody) else BodyTooLarge
         return self._body
 
     def _read(self) -> bytes | None:
@@ -45,7 +54,10 @@ class WsgiBody:
         if environ.get("wsgi.input_terminated"):  # chunked: to its end, whatever a
             want = limit + 1  # Content-Length beside it says (Werkzeug reads it so)
         else:
-            want = int(length) if length.isascii() and length.isdigit() else 0
+            length = length.strip(" \t")  # as Werkzeug reads it; a sign or a list: refused
+            if length and not (length.isascii() and length.isdigit()):
+                raise InvalidBody
+            want = int(length or 0)
             if want > limit:  # left unread: the request is refused
                 self.too_large = True
                 return None

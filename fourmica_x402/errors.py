@@ -95,6 +95,9 @@ class Reason(StrEnum):
     INVALID_UNITS = "invalid_units"
     #: A route priced by its request body, sent one longer than the gate reads (413).
     BODY_TOO_LARGE = "body_too_large"
+    #: A route priced by its request body, sent one that cannot be read as the app would
+    #: read it: a malformed ``Content-Length``, a broken chunked encoding (400).
+    INVALID_BODY = "invalid_body"
 
 
 class FourmicaError(Exception):

@@ -26,7 +26,7 @@ from ..networks import (
     format_amount,
     resolve_price,
 )
-from .types import BodyTooLarge, Call, Flow, Payment, RequestView
+from .types import Call, Flow, Payment, RequestView, body_refused
 
 if TYPE_CHECKING:
     from ..routes import Offer, Route, RouteConfig
@@ -130,8 +130,8 @@ def count(route: Route, request: RequestView) -> Flow:
         n = yield Call(config.units, (request,), blocking=False)
     except (ValueError, TypeError, KeyError):
         n = InvalidUnits("could not read how many units this request buys")
-    if getattr(request.read_body, "too_large", False):  # it caught BodyTooLarge: not counted
-        raise BodyTooLarge
+    if refused := body_refused(request.read_body):  # it caught BodyTooLarge: not counted
+        raise refused
     if isinstance(n, InvalidUnits):
         raise n
     if type(n) is not int:  # a bool, a float, a string: not a count

@@ -32,7 +32,7 @@ from ..wire import (
     encode_header,
 )
 from . import bundles, stages
-from .types import EXPOSE_HEADERS, BodyTooLarge, Call, Flow, RequestView, Response
+from .types import EXPOSE_HEADERS, Call, Flow, RequestView, Response, body_refused
 
 if TYPE_CHECKING:
     from .flow import Gate
@@ -95,8 +95,8 @@ def requirements(gate: Gate, route: Route, request: RequestView) -> Flow:
         if (sliced := route.config.slices) is not None:  # a metered stream: the price per slice
             more = {**(more or {}), "slices": sliced.extra()}
         built.append(offer_requirements(gate, route, offer, base, amount, str(asset), pay_to, more))
-    if getattr(request.read_body, "too_large", False):  # a callable that caught BodyTooLarge
-        raise BodyTooLarge  # priced from an empty or cut body: never (docs/protocol.md)
+    if refused := body_refused(request.read_body):  # a callable that caught BodyTooLarge
+        raise refused  # priced from an empty or cut body: never (docs/protocol.md)
     if _fixed(route):
         if len(route.cache) >= 64:  # the origin comes from the Host header: bounded
             route.cache.clear()

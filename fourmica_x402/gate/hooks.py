@@ -27,6 +27,7 @@ from .types import (
     Payment,
     RequestView,
     Response,
+    body_refused,
     error_response,
 )
 
@@ -51,8 +52,8 @@ def protected(
         return None
     try:
         verdict = yield Call(gate.config.on_protected_request, (request, route), blocking=False)
-        if getattr(request.read_body, "too_large", False):  # it caught that, and answered
-            raise BodyTooLarge  # on an unread body: never (docs/protocol.md)
+        if refused := body_refused(request.read_body):  # it caught that, and answered
+            raise refused  # on an unread body: never (docs/protocol.md)
     except BodyTooLarge as exc:  # the buyer's body, too long to judge: as when pricing it
         return error_response(exc.status, exc.reason, exc.message)
     except Exception:

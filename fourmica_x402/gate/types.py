@@ -195,6 +195,25 @@ class BodyTooLarge(FourmicaError):
         super().__init__("the request body is too large to be priced")
 
 
+class InvalidBody(BodyTooLarge):
+    """Pricing asked for a request body that cannot be read as the app would read it (a
+    ``Content-Length`` not a plain number, a broken chunked encoding): refused (400) where a
+    body too long is, never priced as empty (docs/protocol.md, "Reading the body")."""
+
+    status = 400
+    reason = Reason.INVALID_BODY
+
+    def __init__(self) -> None:
+        FourmicaError.__init__(self, "the request body cannot be read to be priced")
+
+
+def body_refused(read_body: Any) -> BodyTooLarge | None:
+    """What a body reader refused (its ``too_large``: True, or the refusal it raised), for a
+    callable that caught it and answered all the same."""
+    flag = getattr(read_body, "too_large", False)
+    return (type(flag)() if isinstance(flag, BodyTooLarge) else BodyTooLarge()) if flag else None
+
+
 class PassThrough:
     """Not ours to charge: run the app as if the gate were not there."""
 

@@ -260,3 +260,70 @@ def test_a_before_settle_hook_reading_too_long_a_body_is_413_not_a_seller_failur
     assert kit.locked(seller, buyer) == 0 and seller.calls["/echo"] == 0
     status, body = post(seller, b'{"model": "cheap"}', paid)
     assert status == 200 and kit.locked(seller, buyer) == CHEAP
+
+
+def test_a_content_length_the_gate_cannot_parse_is_never_priced_as_empty(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    """Werkzeug's dev server passes ``Content-Length`` on as sent: ``17 `` (Flask strips it,
+    reads 17 bytes) or ``+17`` (``int()`` in a plain WSGI app reads 17). The gate took either
+    for no body, priced b"" (cheap), and the app read the dear request. Now a length with
+    spaces around is read as Flask reads it, and any other is refused 400 ``invalid_body``."""
+    seller = made(make_seller, base_routes, {"price": by_model})
+    if seller.interface_kind != "werkzeug":
+        return  # Django reads its body itself (priced as read); ASGI servers parse lengths
+    buyer = kit.funded(seller)
+    cheap = paid_header(seller, buyer, b'{"model": "cheap"}')
+    dear = b'{"model": "dear"}'
+
+    def sent(length: str) -> tuple[int, bytes]:
+        r = seller.client._client.open(
+            "/echo",
+            method="POST",
+            headers={**cheap, "content-type": "application/json"},
+            input_stream=io.BytesIO(dear),
+            environ_base={"REMOTE_ADDR": "127.0.0.1"},
+            environ_overrides={"CONTENT_LENGTH": length},
+        )
+        return r.status_code, r.get_data()
+
+    status, body = sent(f"{len(dear)} ")
+    assert status == 402, (seller.kind, status, body[:200])  # priced dear: no match
+    for length in (f"+{len(dear)}", f"1_{len(dear) - 10}", f" {len(dear)},{len(dear)}", "-1"):
+        status, body = sent(length)
+        assert status == 400, (seller.kind, length, status, body[:200])
+        assert json.loads(body)["error"] == "invalid_body"
+    assert kit.locked(seller, buyer) == 0 and seller.calls["/echo"] == 0
+
+
+def test_a_chunked_body_the_server_cannot_decode_is_400_not_a_pricing_failure(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    """Werkzeug's dev server decodes a chunked body as it is read, and raises on a chunk it
+    cannot parse (a chunk extension ``11;a=b``): the price callable raised it and the buyer
+    got 500 ``pricing_failed`` for its own malformed request. Now 400 ``invalid_body``, and
+    400 still when the callable catches the error and prices the cheap default."""
+    from werkzeug.serving import DechunkedInput
+
+    for route in ({"price": by_model}, {"price": lenient}):
+        seller = made(make_seller, base_routes, route)
+        if seller.interface_kind != "werkzeug":
+            return
+        buyer = kit.funded(seller)
+        cheap = paid_header(seller, buyer, b'{"model": "cheap"}')
+        for headers in ({}, cheap):
+            wire = io.BytesIO(b'11;a=b\r\n{"model": "dear"}\r\n0\r\n\r\n')
+            r = seller.client._client.open(
+                "/echo",
+                method="POST",
+                headers={**headers, "content-type": "application/json"},
+                environ_base={"REMOTE_ADDR": "127.0.0.1"},
+                environ_overrides={
+                    "wsgi.input": DechunkedInput(wire),
+                    "wsgi.input_terminated": True,
+                },
+            )
+            status, body = r.status_code, r.get_data()
+            assert status == 400, (seller.kind, route, status, body[:200])
+            assert json.loads(body)["error"] == "invalid_body"
+        assert kit.locked(seller, buyer) == 0 and seller.calls["/echo"] == 0
