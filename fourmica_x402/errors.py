@@ -98,6 +98,9 @@ class Reason(StrEnum):
     #: A route priced by its request body, sent one that cannot be read as the app would
     #: read it: a malformed ``Content-Length``, a broken chunked encoding (400).
     INVALID_BODY = "invalid_body"
+    #: Such a route under Django, behind a middleware listed before ours that read the body
+    #: from its stream (``request.POST`` of a multipart form): the seller's setting (500).
+    BODY_READ_BEFORE_GATE = "body_read_before_gate"
 
 
 class FourmicaError(Exception):

@@ -1,12 +1,15 @@
 """A Django request as the gate reads it (:class:`~fourmica_x402.gate.RequestView`)."""
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest
+from django.http.request import RawPostDataException
 from django.utils.encoding import escape_uri_path
 
+from fourmica_x402.errors import FourmicaError, Reason
 from fourmica_x402.gate import Gate, Headers, RequestView
 from fourmica_x402.gate.guards import rerouted
 from fourmica_x402.gate.lifecycle import BODY_LIMIT
@@ -14,7 +17,22 @@ from fourmica_x402.gate.types import BodyTooLarge
 
 from .conf import render
 
-__all__ = ["DjangoBody", "overridden", "request_view"]
+__all__ = ["BodyReadBeforeGate", "DjangoBody", "overridden", "request_view"]
+
+log = logging.getLogger("fourmica_x402.django")
+
+
+class BodyReadBeforeGate(BodyTooLarge):
+    """A middleware listed before ours read the body from its stream (``request.POST`` of a
+    multipart form): none is left to price. The seller's setting: 500, never priced as unread
+    (docs/protocol.md, "Reading the body")."""
+
+    status = 500
+    reason = Reason.BODY_READ_BEFORE_GATE
+
+    def __init__(self) -> None:
+        message = "a middleware listed before fourmica_x402 read the request body"
+        FourmicaError.__init__(self, message)
 
 
 class DjangoBody:
@@ -24,7 +42,8 @@ class DjangoBody:
     __slots__ = ("_request", "too_large")
 
     def __init__(self, request: HttpRequest) -> None:
-        self._request, self.too_large = request, False
+        self._request = request
+        self.too_large: bool | BodyReadBeforeGate = False  # or what refused it
 
     def __call__(self) -> bytes:
         length = self._request.META.get("CONTENT_LENGTH") or "0"
@@ -34,6 +53,10 @@ class DjangoBody:
                 return body
         except RequestDataTooBig:
             pass
+        except RawPostDataException:  # the seller's middleware order, not the buyer's body
+            self.too_large = refused = BodyReadBeforeGate()
+            log.error("%s: list PaymentMiddleware before it to price this body", refused.message)
+            raise refused from None
         self.too_large = True
         raise BodyTooLarge
 
