@@ -133,7 +133,7 @@ class PaymentMiddleware:
 
         try:  # from here on, whatever fails is refunded (meter.finish)
             if "wsgi.input" in environ:  # the body hashed as the handler reads it (operations.md)
-                length = str(environ.get("CONTENT_LENGTH") or "")
+                length = str(environ.get("CONTENT_LENGTH") or "").strip(" \t")  # as Werkzeug
                 size = int(length) if length.isascii() and length.isdigit() else None
                 environ["wsgi.input"] = meter.input(environ["wsgi.input"], size)
             body = self.app(environ, metered_start)

@@ -327,3 +327,32 @@ def test_a_chunked_body_the_server_cannot_decode_is_400_not_a_pricing_failure(
             assert status == 400, (seller.kind, route, status, body[:200])
             assert json.loads(body)["error"] == "invalid_body"
         assert kit.locked(seller, buyer) == 0 and seller.calls["/echo"] == 0
+
+
+def test_a_content_length_with_spaces_is_hashed_as_the_app_reads_it(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    """A static price, ``Content-Length: 18 `` (Werkzeug's dev server passes it on): Flask
+    reads 18 bytes and stops, but the gate's hash of what the handler read did not take the
+    length and waited for an end that never came: the record kept the form with no body
+    (``-``). It now covers the body the handler read (docs/operations.md)."""
+    from fourmica_x402.core.store.deferred import commit_queued
+
+    seller = made(make_seller, base_routes, "$0.01")
+    if seller.interface_kind != "werkzeug":
+        return
+    buyer = kit.funded(seller)
+    sent = b'{"model": "cheap"}'
+    r = seller.client._client.open(
+        "/echo",
+        method="POST",
+        headers={**paid_header(seller, buyer, sent), "content-type": "application/json"},
+        input_stream=io.BytesIO(sent),
+        environ_base={"REMOTE_ADDR": "127.0.0.1"},
+        environ_overrides={"CONTENT_LENGTH": f"{len(sent)} "},
+    )
+    assert r.status_code == 200, (seller.kind, r.status_code, r.get_data()[:200])
+    r.close()
+    commit_queued()
+    (record,) = seller.gate.records.query(payer=buyer.address)
+    assert record.request_hash == request_hash("POST", "/echo", "", sent), seller.kind
