@@ -93,6 +93,9 @@ class Reason(StrEnum):
     OPEN_TAB_LIMIT = "open_tab_limit"
     #: A bundled route could not count the units a request buys (400, nothing charged).
     INVALID_UNITS = "invalid_units"
+    #: A price or payTo callable could not read this request (it raised ``ValueError``,
+    #: ``TypeError`` or ``KeyError``: a field missing or malformed; 400, nothing charged).
+    UNPRICEABLE_REQUEST = "unpriceable_request"
     #: A route priced by its request body, sent one longer than the gate reads (413).
     BODY_TOO_LARGE = "body_too_large"
     #: A route priced by its request body, sent one that cannot be read as the app would

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigurationError, FourmicaError, Reason
+from ..errors import ConfigurationError, Reason
 from ..networks import (
     MAX_AMOUNT,
     Price,
@@ -26,7 +26,7 @@ from ..networks import (
     format_amount,
     resolve_price,
 )
-from .types import Call, Flow, Payment, RequestView, body_refused
+from .types import Call, Flow, Payment, RequestFault, RequestView, body_refused
 
 if TYPE_CHECKING:
     from ..routes import Offer, Route, RouteConfig
@@ -44,10 +44,9 @@ class Terms:
     cap: int | None = None
 
 
-class InvalidUnits(FourmicaError):
+class InvalidUnits(RequestFault):
     """A bundled route could not count what the request buys: answered 400, nothing charged."""
 
-    status = 400
     reason: str = Reason.INVALID_UNITS
 
 

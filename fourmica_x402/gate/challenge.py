@@ -15,7 +15,7 @@ import weakref
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from ..errors import Reason
+from ..errors import FourmicaError, Reason
 from ..facilitator import SettleResult
 from ..guarantee import ValidationPolicy
 from ..networks import find_asset, get_network
@@ -32,7 +32,15 @@ from ..wire import (
     encode_header,
 )
 from . import bundles, stages
-from .types import EXPOSE_HEADERS, Call, Flow, RequestView, Response, body_refused
+from .types import (
+    EXPOSE_HEADERS,
+    Call,
+    Flow,
+    RequestFault,
+    RequestView,
+    Response,
+    body_refused,
+)
 
 if TYPE_CHECKING:
     from .flow import Gate
@@ -76,14 +84,14 @@ def requirements(gate: Gate, route: Route, request: RequestView) -> Flow:
         if amount is None:
             from ..networks import resolve_price
 
-            price = yield Call(offer.price, (request,), blocking=False)  # type: ignore[arg-type]
+            price = yield from _read(offer.price, request)
             token = resolve_price(price, offer.network, offer.asset)
             amount, asset = token.amount, token.asset
         pay_to = offer.pay_to
         if callable(pay_to):
             from .._eth import parse_payee
 
-            pay_to = parse_payee((yield Call(pay_to, (request,), blocking=False)))
+            pay_to = parse_payee((yield from _read(pay_to, request)))
             gate._tabs.advertised(pay_to)  # the tab endpoint opens tabs for it
         more = None
         if route.terms is not None:
@@ -102,6 +110,29 @@ def requirements(gate: Gate, route: Route, request: RequestView) -> Flow:
             route.cache.clear()
         route.cache[key] = built
     return built
+
+
+class UnpriceableRequest(RequestFault):
+    """A price or payTo callable could not read the request: answered 400, nothing charged."""
+
+    reason: str = Reason.UNPRICEABLE_REQUEST
+
+
+def _read(fn: Any, request: RequestView) -> Flow:
+    """What a price or payTo callable says of ``request``. ``ValueError``, ``TypeError`` or
+    ``KeyError`` (a field the request lacks or spells wrongly, a body that is not JSON) are
+    the request's fault, as a ``units`` callable's are (docs/protocol.md); anything else it
+    raises is the seller's (500 ``pricing_failed``). What it answers is checked by the caller:
+    a value no price or address can be made of is the seller's too."""
+    try:
+        return (yield Call(fn, (request,), blocking=False))
+    except (ValueError, TypeError, KeyError) as exc:
+        if refused := body_refused(request.read_body):  # it caught BodyTooLarge, then failed
+            raise refused from None
+        if isinstance(exc, FourmicaError):  # ours, raised through it: as it is
+            raise
+        log.info("a price or payTo callable could not read the request: %r", exc)
+        raise UnpriceableRequest("this request could not be priced: check its fields") from None
 
 
 def is_static(route: Route) -> bool:

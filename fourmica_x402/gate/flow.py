@@ -30,7 +30,6 @@ from ..templates import RouterFailed, path_matcher, specificity
 from ..wire import PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER
 from . import deliver, discovery, drive, endpoints, guards, metered, nested, paths, prices, stages
 from .background import Holds, Reconciler, recover, recover_apart, recover_unsettled
-from .bundles import InvalidUnits
 from .challenge import challenge, requirements
 from .hooks import failure, protected
 from .pay import paid, version_of
@@ -39,11 +38,11 @@ from .throttle import Throttle
 from .types import (
     PASS,
     BodyTap,
-    BodyTooLarge,
     Flow,
     Paid,
     PassThrough,
     Payment,
+    RequestFault,
     RequestView,
     Response,
     error_response,
@@ -339,7 +338,7 @@ class Gate:
                 return refused
         try:
             reqs = yield from requirements(self, route, request)
-        except (InvalidUnits, BodyTooLarge) as exc:  # the request's own fault, before payment
+        except RequestFault as exc:  # the request's own fault (units, a field, its body)
             return error_response(exc.status, exc.reason, exc.message)
         except Exception:  # a price or payTo callable failed: nothing to charge safely
             log.exception("could not price %s", route.key)  # the why is the seller's: logged

@@ -26,7 +26,7 @@ from ..streams import SliceRow, Slices, Streams, as_first, refusal
 from . import after, deliver, settle
 from .challenge import origin, requirements
 from .sse import encode, sse
-from .types import Call, Flow, Paid, Payment, RequestView, Response, error_response
+from .types import Call, Flow, Paid, Payment, RequestFault, RequestView, Response, error_response
 
 if TYPE_CHECKING:
     from ..routes import Route
@@ -403,6 +403,8 @@ def _terms(gate: Gate, route: Route, stream_id: str, request: RequestView) -> Fl
         reqs = yield from requirements(
             gate, local.route if local else route, local.request if local else request
         )
+    except RequestFault as exc:  # the request's own fault (a field, its body): nothing charged
+        return error_response(exc.status, exc.reason, exc.message)
     except Exception:  # a price or payTo callable failed: nothing to charge safely
         log.exception("could not price a slice of %s", route.key)  # the why: logged only
         return error_response(500, "pricing_failed", "could not price this slice")

@@ -183,7 +183,15 @@ class Undelivered(Exception):
     the adapter): refunded whatever ``refund_on_error`` says (docs/protocol.md, "Delivery")."""
 
 
-class BodyTooLarge(FourmicaError):
+class RequestFault(FourmicaError):
+    """The request's own fault, found while pricing it (a count of units, a field a price
+    callable needs, a body too long to read): answered 4xx with its reason, nothing charged
+    (docs/protocol.md)."""
+
+    status = 400
+
+
+class BodyTooLarge(RequestFault):
     """Pricing asked for a request body longer than the gate reads (``BODY_LIMIT``): refused
     (413), never priced from part of it or from nothing (docs/protocol.md, "Minimums, bundles
     and prepaid caps"). A body reader that raised it says so with ``too_large`` afterwards."""

@@ -356,3 +356,36 @@ def test_a_content_length_with_spaces_is_hashed_as_the_app_reads_it(
     commit_queued()
     (record,) = seller.gate.records.query(payer=buyer.address)
     assert record.request_hash == request_hash("POST", "/echo", "", sent), seller.kind
+
+
+async def by_field(request: Any) -> str:
+    """A seller's price table read from the body's JSON: a body that is not JSON, or lacks
+    the field, or names no model of the table raises ValueError, TypeError or KeyError."""
+    return {"cheap": "$0.01", "dear": "$0.50"}[json.loads(await body_of(request))["model"]]
+
+
+async def broken(request: Any) -> str:
+    raise RuntimeError("the seller's price service is down")
+
+
+def test_a_price_callable_that_cannot_read_the_request_is_400_not_a_500(
+    make_seller: Any, base_routes: dict[str, Any], kit: Any
+) -> None:
+    """A price callable reading a field the buyer's request lacks (a body that is no JSON,
+    cut mid-character, a missing or unknown field) answered 500 ``pricing_failed``: a buyer's
+    malformed request told as the seller's failure. It is 400 ``unpriceable_request`` now, as
+    a ``units`` callable's is 400 ``invalid_units``; a callable failing otherwise stays 500."""
+    seller = made(make_seller, base_routes, {"price": by_field})
+    buyer = kit.funded(seller)
+    cheap = paid_header(seller, buyer, b'{"model": "cheap"}')
+    for sent in (b'{"m":"\xff', b"[1, 2]", b'{"other": 1}', b'{"model": "gold"}', b""):
+        for headers in ({}, cheap):
+            status, body = post(seller, sent, headers)
+            assert status == 400, (seller.kind, sent, status, body[:200])
+            assert json.loads(body)["error"] == "unpriceable_request"
+    assert kit.locked(seller, buyer) == 0 and seller.calls["/echo"] == 0
+    status, body = post(seller, b'{"model": "cheap"}', cheap)  # the payment is intact
+    assert status == 200 and kit.locked(seller, buyer) == CHEAP
+    failing = made(make_seller, base_routes, {"price": broken})
+    status, body = post(failing, b'{"model": "cheap"}', {})
+    assert (status, json.loads(body)["error"]) == (500, "pricing_failed")
