@@ -2,13 +2,14 @@
 "Which route is priced"): Django's page cache as the gate must see it — a middleware above ours
 that answers from the cache (``FetchFromCacheMiddleware``, ``CacheMiddleware``) hands out, to
 anyone, a paid page that a view below ours cached (``cache_page`` keeps its copy before ours
-marks the response ``private, no-store``; docs/protocol.md, "Paid responses")."""
+marks the response ``private, no-store``; docs/protocol.md, "Paid responses"); and Django's
+HTTPS and ``www.`` redirects, which must come before ours to redirect before the payment."""
 
 from __future__ import annotations
 
 from django.conf import settings
 
-__all__ = ["cache_misplaced", "places"]
+__all__ = ["cache_misplaced", "places", "redirects_after"]
 
 
 def places(kind: type) -> tuple[int, int] | None:
@@ -29,6 +30,24 @@ def cache_misplaced() -> str | None:
     if found is None or found[0] < found[1]:
         return None
     return "FetchFromCacheMiddleware must come after PaymentMiddleware in MIDDLEWARE"
+
+
+def redirects_after() -> list[str]:
+    """Why a middleware listed after ours redirects requests it was paid for: Django's HTTPS
+    and ``www.`` redirects, which the buyer is refunded, then pays for again at the new URL
+    (docs/architecture.md, "Django: redirects, CSRF, caches and hosts around the middleware")."""
+    from django.middleware.common import CommonMiddleware
+    from django.middleware.security import SecurityMiddleware
+
+    return [
+        f"{kind.__name__} after PaymentMiddleware in MIDDLEWARE redirects paid requests "
+        f"({setting}): they are refunded and paid again at the new URL; list it before ours"
+        for kind, setting in (
+            (SecurityMiddleware, "SECURE_SSL_REDIRECT"),
+            (CommonMiddleware, "PREPEND_WWW"),
+        )
+        if getattr(settings, setting, False) and (at := places(kind)) and at[0] < at[1]
+    ]
 
 
 def _is(name: str, kind: type) -> bool:

@@ -1,7 +1,9 @@
 """System checks (fourmica_x402.E001 no FOURMICA_X402 dict, E002 invalid configuration or
 @paid price, E003 a ROUTES entry naming no URL pattern, E004 a SQLite database in a directory
 that does not exist, E005 LocaleMiddleware after ours with i18n_patterns, E006 a cache
-middleware fetching pages before ours, W001 no PaymentMiddleware in MIDDLEWARE).
+middleware fetching pages before ours, W001 no PaymentMiddleware in MIDDLEWARE, W002 a priced
+POST, PUT, PATCH or DELETE that CsrfViewMiddleware refuses to every buyer, W003 an HTTPS or
+``www.`` redirect after ours).
 
     INSTALLED_APPS = [..., "fourmica_x402.adapters.django"]  # then: manage.py check
 """
@@ -17,9 +19,10 @@ from django.core.checks import CheckMessage, Error, Warning, register
 from fourmica_x402.config import PaymentConfig
 from fourmica_x402.core.store.sqlite import _path_of as sqlite_path
 from fourmica_x402.gate.lifecycle import Endpoints
+from fourmica_x402.routes import RouteTable
 
 from . import conf, i18n
-from ._order import cache_misplaced
+from ._order import cache_misplaced, places, redirects_after
 
 
 class FourmicaX402Config(AppConfig):
@@ -48,7 +51,39 @@ def check_middleware(**kwargs: Any) -> list[CheckMessage]:
     if ours.isdisjoint(getattr(settings, "MIDDLEWARE", None) or ()):
         return [Warning("PaymentMiddleware is not in MIDDLEWARE", id="fourmica_x402.W001")]
     found = [(i18n.locale_misplaced(), "E005"), (cache_misplaced(), "E006")]
-    return [Error(why, id=f"fourmica_x402.{code}") for why, code in found if why is not None]
+    errors = [Error(why, id=f"fourmica_x402.{code}") for why, code in found if why is not None]
+    return errors + [Warning(why, id="fourmica_x402.W003") for why in redirects_after()]
+
+
+#: The methods Django's CSRF check covers.
+_UNSAFE = ("POST", "PUT", "PATCH", "DELETE")
+
+
+@register("fourmica_x402")
+def check_csrf(**kwargs: Any) -> list[CheckMessage]:
+    """A view priced for a method Django's CSRF check covers, and not ``csrf_exempt``: a buyer
+    (an agent, with no CSRF cookie) is refused 403 after paying, refunded, never served
+    (docs/architecture.md, "Django: redirects, CSRF, caches and hosts around the middleware")."""
+    from django.middleware.csrf import CsrfViewMiddleware
+
+    if places(CsrfViewMiddleware) is None:
+        return []
+    try:
+        config = conf.load()
+        table = RouteTable(
+            config.routes, network=config.network, pay_to=config.pay_to, asset=config.asset
+        )
+        found = Endpoints(conf.describe, converter=conf.converter).price(table, conf.patterns())
+    except (ValueError, TypeError):
+        return []  # E002 says why
+    refused = {
+        endpoint.template: ", ".join(methods)
+        for endpoint in found
+        if not getattr(endpoint.key, "csrf_exempt", False)
+        and (methods := [m for m in _UNSAFE if table.for_endpoint(m, endpoint) is not None])
+    }
+    msg = "{} ({}): priced, and CsrfViewMiddleware refuses it to buyers (403, refunded): exempt it"
+    return [Warning(msg.format(*each), id="fourmica_x402.W002") for each in sorted(refused.items())]
 
 
 @register("fourmica_x402")
