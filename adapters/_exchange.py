@@ -329,7 +329,8 @@ def warn_copying_layers(app: Any) -> None:
     """Warn once of a Starlette ``BaseHTTPMiddleware`` below the payment middleware (in the
     app's stack, or in an app its router mounts: a ``Mount``'s or a ``Host``'s): it passes
     on ``call_next``'s copy of each response, which ends a stream the app failed in as if it
-    were complete, so such a paid stream is charged (docs/protocol.md, "Delivery")."""
+    were complete, so such a paid stream is charged (docs/protocol.md, "Delivery"). And of
+    a layer there that redirects or refuses requests itself (HTTPS, ``www.``, a bad Host)."""
     base = getattr(sys.modules.get("starlette.middleware.base"), "BaseHTTPMiddleware", None)
     found = None if base is None else copying_layer(app, base)
     if found is not None:
@@ -341,6 +342,27 @@ def warn_copying_layers(app: Any) -> None:
             "middleware if it does not change responses",
             getattr(dispatch, "__name__", "?") if kind is base else kind.__name__,
         )
+    _warn_answering_layers(app)
+
+
+#: Starlette layers that answer a request themselves (a redirect to HTTPS or ``www.``, a 400
+#: for a bad Host): below the gate they do so after the payment (docs/protocol.md).
+_ANSWERING = (
+    ("starlette.middleware.httpsredirect", "HTTPSRedirectMiddleware"),
+    ("starlette.middleware.trustedhost", "TrustedHostMiddleware"),
+)
+
+
+def _warn_answering_layers(app: Any) -> None:
+    for module, name in _ANSWERING:
+        kind = getattr(sys.modules.get(module), name, None)
+        if kind is not None and copying_layer(app, kind) is not None:
+            logging.getLogger("fourmica_x402.gate").warning(
+                "%s runs below the payment middleware: a request it redirects or refuses is "
+                "challenged and paid for first (then refunded, and paid again at the new URL); "
+                "add it outside the payment middleware",
+                name,
+            )
 
 
 def app_below(app: Any, dispatch: Any) -> Any:
