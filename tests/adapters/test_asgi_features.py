@@ -114,3 +114,41 @@ def test_fastapi_warns_of_a_host_check_added_before_the_gate(
     with caplog.at_level(logging.WARNING), TestClient(app) as client:
         assert client.get("/doc").status_code == 402
     assert _warned(caplog) == (["TrustedHostMiddleware"] if order == "before" else [])
+
+
+def test_a_page_on_another_origin_pays_through_a_cors_layer_outside_the_gate(
+    audited_core: Core,
+) -> None:
+    """A browser sends the payment header only after a preflight, which CORS outside the gate
+    answers (one from a refused origin is 400 and never reaches it); the challenge and the
+    receipt are readable there only when the layer exposes the payment headers."""
+    from starlette.middleware.cors import CORSMiddleware
+
+    runs: list[str] = []
+    exposed = ["PAYMENT-REQUIRED", "PAYMENT-RESPONSE"]
+    cors = Middleware(
+        CORSMiddleware,
+        allow_origins=["https://shop.example"],
+        allow_headers=["*"],
+        expose_headers=exposed,
+    )
+    app = _starlette(audited_core, cors, False, runs)
+    preflight = {"access-control-request-method": "GET"}
+    with TestClient(app) as client:
+        for origin, status in (("https://shop.example", 200), ("https://evil.example", 400)):
+            asked = {
+                **preflight,
+                "origin": origin,
+                "access-control-request-headers": "payment-signature",
+            }
+            assert client.options("/doc", headers=asked).status_code == status
+        page = {"origin": "https://shop.example"}
+        challenge = client.get("/doc", headers=page)
+        assert challenge.status_code == 402
+        assert challenge.headers["access-control-expose-headers"] == ", ".join(exposed)
+        buyer = TestBuyer.new()
+        audited_core.deposit(buyer.address, 10**7, network=NETWORK)
+        paid = client.get("/doc", headers={**page, **paid_headers(client, buyer, challenge)})
+        assert paid.status_code == 200 and "payment-response" in paid.headers
+        assert paid.headers["access-control-allow-origin"] == "https://shop.example"
+    assert runs == ["/doc"] and _outcomes(app, buyer) == ["delivered"]
