@@ -349,3 +349,21 @@ def test_paid_right_on_a_drf_handler_sells_it(core: Core, url: str) -> None:
         buyer, resp = pay(client, core, url)
         assert resp.status_code == 200 and seen[0][1].payer == buyer.address
         assert locked(core, buyer) == 60_000
+
+
+OURS = "fourmica_x402.adapters.django.PaymentMiddleware"
+
+
+def test_drf_views_are_csrf_exempt_so_the_csrf_check_names_none(core: Core) -> None:
+    """DRF exempts its views from Django's CSRF check (its own runs for session logins only):
+    system check W002 names none of them, and a paid POST is served under the check."""
+    from fourmica_x402.adapters.django.checks import check_csrf
+
+    table = {"POST /quotes": "$0.01", "POST /notes": "$0.01", "POST /api/items/": "$0.01"}
+    csrf = ["django.middleware.csrf.CsrfViewMiddleware", OURS]
+    with selling(core, table), override_settings(MIDDLEWARE=csrf):
+        assert check_csrf() == []
+        client = Client(enforce_csrf_checks=True)
+        for url in table:
+            _, resp = pay(client, core, url.split()[1], "POST")
+            assert resp.status_code in (200, 201), (url, resp.status_code)
