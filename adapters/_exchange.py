@@ -359,7 +359,7 @@ def _warn_answering_layers(app: Any) -> None:
         if kind is not None and copying_layer(app, kind) is not None:
             logging.getLogger("fourmica_x402.gate").warning(
                 "%s runs below the payment middleware: a request it redirects or refuses is "
-                "challenged and paid for first (then refunded, and paid again at the new URL); "
+                "challenged and paid for first (then refunded: the new URL asks to be paid again); "
                 "add it outside the payment middleware",
                 name,
             )

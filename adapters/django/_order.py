@@ -34,14 +34,14 @@ def cache_misplaced() -> str | None:
 
 def redirects_after() -> list[str]:
     """Why a middleware listed after ours redirects requests it was paid for: Django's HTTPS
-    and ``www.`` redirects, which the buyer is refunded, then pays for again at the new URL
+    and ``www.`` redirects: refunded, and the new URL asks the buyer to pay again
     (docs/architecture.md, "Django: redirects, CSRF, caches and hosts around the middleware")."""
     from django.middleware.common import CommonMiddleware
     from django.middleware.security import SecurityMiddleware
 
     return [
         f"{kind.__name__} after PaymentMiddleware in MIDDLEWARE redirects paid requests "
-        f"({setting}): they are refunded and paid again at the new URL; list it before ours"
+        f"({setting}): refunded, and the new URL asks for a payment again; list it before ours"
         for kind, setting in (
             (SecurityMiddleware, "SECURE_SSL_REDIRECT"),
             (CommonMiddleware, "PREPEND_WWW"),

@@ -168,8 +168,8 @@ def test_a_redirect_after_ours_is_refunded_and_its_payment_is_not_taken_again(
 ) -> None:
     """Listed after ours, SecurityMiddleware and CommonMiddleware answer a paid request with a
     redirect: refunded. The same payment sent on to the new URL is a replay (402), so the
-    buyer pays once, at the URL the seller serves, but signs twice: the system check says so
-    (W003). Listed before ours, the redirect comes before any challenge."""
+    buyer must sign again at the new URL (this package's client refuses to, within one call):
+    the system check says so (W003). Listed before ours, the redirect comes before any challenge."""
     more = {k: v for k, v in setting.items() if k != "MIDDLEWARE"}
     with selling(core, [OURS, setting["MIDDLEWARE"]], **more):
         assert [m.id for m in check_middleware()] == ["fourmica_x402.W003"]
