@@ -1867,3 +1867,30 @@ def test_a_host_trusted_hosts_refuses_gets_flasks_400_not_the_gates_answers(
     assert all(b"evil.example.net/" not in r.get_data() for r in refused)
     assert b"tabId" not in refused[2].get_data()
     assert "tabId" in client.post("/x402/tab", json=body, headers=host("shop.example.com")).json
+
+
+@pytest.mark.parametrize("per_method", [False, True])
+def test_a_cache_keyed_by_path_serves_a_table_priced_answer_to_a_free_method(
+    core: Core, per_method: bool
+) -> None:
+    """A table entry prices GET on a view that serves POST free: Flask-Caching, keyed by path,
+    answers the free POST with the paid GET's entry (docs/architecture.md, "Flask: auth,
+    limits, CORS and caches around `@paid`"); a key per method, as the docs say, keeps them
+    apart."""
+    from flask_caching import Cache
+
+    app = make_app(pay_to=SELLER, network=NETWORK, core=core, routes={"GET /report": "$0.01"})
+    cache = Cache(app, config={"CACHE_TYPE": "SimpleCache"})
+    FourmicaX402(app)
+    key = (lambda: f"{request.method} {request.path}") if per_method else "view/%s"
+
+    @app.route("/report", methods=["GET", "POST"])
+    @cache.cached(timeout=60, key_prefix=key)
+    def report() -> dict[str, str]:
+        return {"report": "paid content" if request.method == "GET" else "free"}
+
+    client, buyer = app.test_client(), funded(core)
+    resp = client.get("/report", headers=payment_for(client, buyer, "/report"))
+    assert resp.status_code == 200 and resp.get_json() == {"report": "paid content"}
+    free = client.post("/report").get_json()
+    assert free == ({"report": "free"} if per_method else {"report": "paid content"})
