@@ -10,6 +10,7 @@ paywall for a browser (docs/protocol.md, "Envelope" and "Reason codes"). The dis
 from __future__ import annotations
 
 import html
+import inspect
 import logging
 import weakref
 from decimal import Decimal
@@ -129,10 +130,22 @@ def _read(fn: Any, request: RequestView) -> Flow:
     except (ValueError, TypeError, KeyError) as exc:
         if refused := body_refused(request.read_body):  # it caught BodyTooLarge, then failed
             raise refused from None
-        if isinstance(exc, FourmicaError):  # ours, raised through it: as it is
-            raise
+        if isinstance(exc, FourmicaError) or not _takes_request(fn):  # ours; or the seller's
+            raise  # bug, a signature that takes no request: 500, logged as an error
         log.info("a price or payTo callable could not read the request: %r", exc)
         raise UnpriceableRequest("this request could not be priced: check its fields") from None
+
+
+def _takes_request(fn: Any) -> bool:
+    """Whether ``fn`` can be called with the request alone (a TypeError it raised is then its
+    reading of the request, not its signature)."""
+    try:
+        inspect.signature(fn).bind(None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (a builtin): its TypeError is taken as said
+        pass
+    return True
 
 
 def is_static(route: Route) -> bool:

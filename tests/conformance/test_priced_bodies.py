@@ -389,3 +389,27 @@ def test_a_price_callable_that_cannot_read_the_request_is_400_not_a_500(
     failing = made(make_seller, base_routes, {"price": broken})
     status, body = post(failing, b'{"model": "cheap"}', {})
     assert (status, json.loads(body)["error"]) == (500, "pricing_failed")
+
+
+def no_request() -> str:  # the seller's bug: a price callable written to take no request
+    return "$0.01"
+
+
+def two_args(request: Any, tier: str) -> str:  # a payTo callable asking for more than it gets
+    raise AssertionError("never called: it cannot be")
+
+
+def test_a_callable_that_cannot_be_called_with_the_request_is_the_sellers_500(
+    make_seller: Any, base_routes: dict[str, Any], caplog: Any
+) -> None:
+    """A price or payTo callable whose signature takes no request raises TypeError on every
+    request, before reading anything of it: the seller's bug, answered 500 ``pricing_failed``
+    and logged as an error, never 400 ``unpriceable_request`` telling every buyer to fix a
+    request that has nothing wrong (and the seller's log nothing above INFO)."""
+    for route in ({"price": no_request}, {"price": "$0.01", "pay_to": two_args}):
+        seller = made(make_seller, base_routes, route)
+        caplog.clear()
+        status, body = post(seller, b'{"model": "cheap"}', {})
+        assert (status, json.loads(body)["error"]) == (500, "pricing_failed"), seller.kind
+        assert any(r.levelname == "ERROR" for r in caplog.records), seller.kind
+        assert seller.calls["/echo"] == 0
