@@ -83,7 +83,12 @@ def check_csrf(**kwargs: Any) -> list[CheckMessage]:
         and (methods := [m for m in _UNSAFE if table.for_endpoint(m, endpoint) is not None])
     }
     msg = "{} ({}): priced, and CsrfViewMiddleware refuses it to buyers (403, refunded): exempt it"
-    return [Warning(msg.format(*each), id="fourmica_x402.W002") for each in sorted(refused.items())]
+    hint = (  # a view serving GET only, priced for every method, is named too
+        "csrf_exempt it, or price only the methods it serves: @paid(methods=[...]), or a route "
+        "key naming its method ('GET /path')"
+    )
+    each = sorted(refused.items())
+    return [Warning(msg.format(*e), hint=hint, id="fourmica_x402.W002") for e in each]
 
 
 @register("fourmica_x402")

@@ -215,3 +215,23 @@ def test_a_page_a_cache_below_ours_keeps_is_served_only_to_a_buyer_who_paid(core
             assert resp.status_code == 200 and outcomes(client, buyer) == ["delivered"]
             assert client.get("/tabled").status_code == 402
         assert runs == ["/tabled"]  # the second buyer got the kept copy, and paid for it
+
+
+@paid(price="$0.01", methods=["GET"])
+def get_only(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"doc": "paid content"})
+
+
+def test_the_csrf_warning_tells_a_view_serving_get_only_how_to_price_only_that(core: Core) -> None:
+    """``@paid`` on a function view prices every method (Django cannot say which it serves),
+    so the README's GET view, in a project with the default CsrfViewMiddleware, is W002: its
+    hint names the fix for such a view, pricing only its methods, besides ``csrf_exempt``;
+    priced for GET only, it is not named."""
+    with selling(core, [OURS, CSRF]):
+        (note_warning,) = [m for m in run_checks(tags=["fourmica_x402"]) if "/note" in m.msg]
+        assert "methods=[" in (note_warning.hint or "") and "csrf_exempt" in note_warning.hint
+    urls = types.ModuleType("django_features_get_only")
+    urls.urlpatterns = [path("get-only", get_only)]  # type: ignore[attr-defined]
+    sys.modules[urls.__name__] = urls
+    with selling(core, [OURS, CSRF]), override_settings(ROOT_URLCONF=urls.__name__):
+        assert [m for m in run_checks(tags=["fourmica_x402"]) if m.id.endswith("W002")] == []
