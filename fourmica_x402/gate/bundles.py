@@ -127,7 +127,11 @@ def count(route: Route, request: RequestView) -> Flow:
     assert config.units is not None
     try:
         n = yield Call(config.units, (request,), blocking=False)
-    except (ValueError, TypeError, KeyError):
+    except Exception as exc:  # the body's refusal (below) wins over whatever it raised
+        if not body_refused(request.read_body) and not isinstance(
+            exc, (ValueError, TypeError, KeyError)
+        ):
+            raise
         n = InvalidUnits("could not read how many units this request buys")
     if refused := body_refused(request.read_body):  # it caught BodyTooLarge: not counted
         raise refused

@@ -127,9 +127,11 @@ def _read(fn: Any, request: RequestView) -> Flow:
     a value no price or address can be made of is the seller's too."""
     try:
         return (yield Call(fn, (request,), blocking=False))
-    except (ValueError, TypeError, KeyError) as exc:
-        if refused := body_refused(request.read_body):  # it caught BodyTooLarge, then failed
-            raise refused from None
+    except Exception as exc:
+        if refused := body_refused(request.read_body):  # it caught BodyTooLarge, then failed:
+            raise refused from None  # whatever it raised, the body's refusal (4xx) wins
+        if not isinstance(exc, (ValueError, TypeError, KeyError)):
+            raise
         if isinstance(exc, FourmicaError) or not _takes_request(fn):  # ours; or the seller's
             raise  # bug, a signature that takes no request: 500, logged as an error
         log.info("a price or payTo callable could not read the request: %r", exc)

@@ -57,6 +57,8 @@ def protected(
     except BodyTooLarge as exc:  # the buyer's body, too long to judge: as when pricing it
         return error_response(exc.status, exc.reason, exc.message)
     except Exception:
+        if refused := body_refused(request.read_body):  # it caught that, then raised its own
+            return error_response(refused.status, refused.reason, refused.message)
         log.exception("on_protected_request raised for %s", route.key)
         return seller_failed()
     if verdict is GRANT:

@@ -46,6 +46,7 @@ from .types import (
     Payment,
     RequestView,
     Response,
+    body_refused,
     error_response,
     for_shared_caches,
     no_store,
@@ -129,6 +130,8 @@ def paid(
         except BodyTooLarge as exc:  # it read the buyer's body, too long to judge: nothing settled
             return error_response(exc.status, exc.reason, exc.message)
         except Exception:  # the seller's bug, not the buyer's: nothing settled (docs/operations.md)
+            if refused := body_refused(request.read_body):  # unless it failed on a body too long
+                return error_response(refused.status, refused.reason, refused.message)
             log.exception("before_settle raised for %s", route.key)
             return seller_failed()
     policy, delivery = _policy_of(chosen)

@@ -232,7 +232,13 @@ def test_a_hook_reading_a_body_longer_than_the_gate_reads_is_413_not_a_seller_fa
 
             return GRANT  # an unreadable body: taken for a trial
 
-    for hook in (trial, lenient_trial):
+    async def wrapping_trial(request: Any, route: Any) -> Any:
+        try:
+            return await trial(request, route)
+        except Exception as exc:  # its own error: the buyer's body still is what failed
+            raise RuntimeError("could not read the plan") from exc
+
+    for hook in (trial, lenient_trial, wrapping_trial):
         seller = made(make_seller, base_routes, "$0.50", on_protected_request=hook)
         status, body = post(seller, b'{"plan": "trial"}', {})
         assert status == 200, (seller.kind, status, body[:200])  # the hook reads a short body
@@ -252,14 +258,22 @@ def test_a_before_settle_hook_reading_too_long_a_body_is_413_not_a_seller_failur
     async def quota(request: Any, payload: Any, requirements: Any) -> None:
         assert b"model" in await body_of(request)
 
-    seller = made(make_seller, base_routes, "$0.01", before_settle=quota)
-    buyer = kit.funded(seller)
-    paid = paid_header(seller, buyer, b'{"model": "cheap"}')
-    status, body = post(seller, PADDED, paid)
-    assert status == 413 and json.loads(body)["error"] == "body_too_large", (status, body[:200])
-    assert kit.locked(seller, buyer) == 0 and seller.calls["/echo"] == 0
-    status, body = post(seller, b'{"model": "cheap"}', paid)
-    assert status == 200 and kit.locked(seller, buyer) == CHEAP
+    async def wrapping_quota(request: Any, payload: Any, requirements: Any) -> None:
+        try:
+            await quota(request, payload, requirements)
+        except Exception as exc:  # its own error: the buyer's body still is what failed
+            raise RuntimeError("could not check the quota") from exc
+
+    for hook in (quota, wrapping_quota):
+        seller = made(make_seller, base_routes, "$0.01", before_settle=hook)
+        buyer = kit.funded(seller)
+        paid = paid_header(seller, buyer, b'{"model": "cheap"}')
+        status, body = post(seller, PADDED, paid)
+        assert status == 413, (seller.kind, hook.__name__, status, body[:200])
+        assert json.loads(body)["error"] == "body_too_large"
+        assert kit.locked(seller, buyer) == 0 and seller.calls["/echo"] == 0
+        status, body = post(seller, b'{"model": "cheap"}', paid)
+        assert status == 200 and kit.locked(seller, buyer) == CHEAP
 
 
 def test_a_content_length_the_gate_cannot_parse_is_never_priced_as_empty(
@@ -412,4 +426,33 @@ def test_a_callable_that_cannot_be_called_with_the_request_is_the_sellers_500(
         status, body = post(seller, b'{"model": "cheap"}', {})
         assert (status, json.loads(body)["error"]) == (500, "pricing_failed"), seller.kind
         assert any(r.levelname == "ERROR" for r in caplog.records), seller.kind
+        assert seller.calls["/echo"] == 0
+
+
+async def wrapping(request: Any) -> str:
+    """A seller's callable that wraps whatever the read raised in an error of its own."""
+    try:
+        return await by_model(request)
+    except Exception as exc:
+        raise RuntimeError("could not price") from exc
+
+
+async def wrapping_units(request: Any) -> int:
+    try:
+        return 50 if b"dear" in await body_of(request) else 1
+    except Exception as exc:
+        raise LookupError("could not count") from exc
+
+
+def test_a_body_too_long_is_413_whatever_the_callable_raised_on_it(
+    make_seller: Any, base_routes: dict[str, Any]
+) -> None:
+    """A price or units callable that caught the gate's refusal to read a body past 64 KiB and
+    raised an error of its own answered 500 ``pricing_failed``: the buyer's body too long, told
+    as the seller's failure. The refusal wins, as when the callable raises ValueError."""
+    for route in ({"price": wrapping}, {"price": "$0.01", "units": wrapping_units}):
+        seller = made(make_seller, base_routes, route)
+        status, body = post(seller, PADDED, {})
+        assert status == 413, (seller.kind, route, status, body[:200])
+        assert json.loads(body)["error"] == "body_too_large"
         assert seller.calls["/echo"] == 0
