@@ -134,7 +134,7 @@ def _read(fn: Any, request: RequestView) -> Flow:
             raise
         if isinstance(exc, FourmicaError) or not _takes_request(fn):  # ours; or the seller's
             raise  # bug, a signature that takes no request: 500, logged as an error
-        log.info("a price or payTo callable could not read the request: %r", exc)
+        log.info("a price or payTo callable could not read the request: %.200r", exc)
         raise UnpriceableRequest("this request could not be priced: check its fields") from None
 
 

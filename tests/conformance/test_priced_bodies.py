@@ -456,3 +456,16 @@ def test_a_body_too_long_is_413_whatever_the_callable_raised_on_it(
         assert status == 413, (seller.kind, route, status, body[:200])
         assert json.loads(body)["error"] == "body_too_large"
         assert seller.calls["/echo"] == 0
+
+
+def test_a_request_the_callable_cannot_read_is_logged_briefly(
+    make_seller: Any, base_routes: dict[str, Any], caplog: Any
+) -> None:
+    """The KeyError of a field the buyer made up (60 KB of it) went to the seller's log whole,
+    on every such request: a buyer writing what it likes, as much as the gate reads, into the
+    seller's log. The note is cut short; the answer stays 400 ``unpriceable_request``."""
+    seller = made(make_seller, base_routes, {"price": by_field})
+    caplog.set_level("INFO", logger="fourmica_x402")
+    status, body = post(seller, json.dumps({"model": "x" * 60_000}).encode(), {})
+    assert (status, json.loads(body)["error"]) == (400, "unpriceable_request"), seller.kind
+    assert caplog.records and all(len(r.getMessage()) < 1000 for r in caplog.records)
