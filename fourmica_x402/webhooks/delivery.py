@@ -217,11 +217,12 @@ class DeliveryMixin:
         now = self.clock()
         with self.store.transaction() as tx:
             if error is None:
-                # Whoever holds the lease now: the receiver has it, so it is delivered.
+                # Whoever holds the lease now, and failed or not meanwhile (for max_age, under
+                # an attempt that outlived its lease): the receiver has it, so it is delivered.
                 tx.execute(
                     "UPDATE fx_webhook_deliveries SET status = 'delivered', delivered_at = ?, "
                     "last_status_code = ?, last_error = NULL, lease = NULL "
-                    "WHERE delivery_id = ? AND status = 'pending'",
+                    "WHERE delivery_id = ? AND status <> 'delivered'",
                     (now, code, delivery_id),
                 )
                 tx.execute(

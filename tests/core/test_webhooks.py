@@ -880,3 +880,26 @@ def test_an_operator_resumes_a_paused_subscription(
     assert not hooks.resume("wh_nobody") and not hooks.resume("wh_\x00")
     hooks.unsubscribe(sub.subscription_id)
     assert not hooks.resume(sub.subscription_id)
+
+
+def test_a_2xx_after_max_age_failed_the_delivery_under_its_attempt_is_recorded_delivered(
+    core: Core, clock: FakeClock, make_hooks: Callable[..., Webhooks], receiver: Receiver
+) -> None:
+    """An attempt outliving its lease (a worker stalled, or another process's clock ahead) has
+    its delivery failed for age by another worker; the receiver then answers 2xx. The answer
+    was dropped (only a pending delivery could be marked delivered): the log said "not
+    delivered within max_age", and redeliver_failed sent the receiver the event again."""
+    hooks = make_hooks(max_age=20)
+    sub = hooks.subscribe(receiver.url())
+    deposit(core)
+    hooks.enqueue()
+    ((delivery_id, _),) = hooks._due(10)
+    claimed = hooks._claim(delivery_id, "lease-1")
+    assert claimed is not None
+    clock.advance(hooks.lease + 1)  # the lease is over: another worker's round ages it out
+    assert hooks._due(10) == []
+    assert [d.status for d in hooks.deliveries()] == ["failed"]
+    hooks._record(delivery_id, sub.subscription_id, "lease-1", int(claimed[0]), (200, None, None))
+    (delivered,) = hooks.deliveries()
+    assert (delivered.status, delivered.last_error) == ("delivered", None)
+    assert hooks.redeliver_failed(sub.subscription_id) == 0
