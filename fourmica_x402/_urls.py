@@ -16,7 +16,8 @@ PASSWORD_PARAM = re.compile(r"(?i)((?:^|[?&\s])password\s*=\s*)('[^']*'|[^&#\s]*
 SECRET_PARAM = re.compile(
     r"(?i)([?&;](?:api[_-]?key|x-api-key|key|access[_-]?token|auth[_-]?token|id[_-]?token|"
     r"refresh[_-]?token|token|client[_-]?secret|secret|sig|signature|auth|passwd|pwd|"
-    r"session(?:[_-]?id)?)=)([^&#;]*)"
+    r"session(?:[_-]?id)?|private[_-]?token|x-(?:amz|goog)-(?:signature|credential|security-token))"
+    r"=)([^&#;]*)"
 )
 
 #: A URL's host and port with no userinfo: ``name``, ``[v6]``, either with ``:digits``.

@@ -23,6 +23,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .._text import has_control
 from .models import DELIVERY_COLUMNS, Delivery, delivery_from_row
 
 if TYPE_CHECKING:
@@ -162,6 +163,8 @@ class OutboxMixin:
     def redeliver_failed(self, subscription_id: str) -> int:
         """Queue every failed delivery of an active subscription again (a receiver back after
         an outage); returns how many."""
+        if not isinstance(subscription_id, str) or has_control(subscription_id):
+            return 0  # names no subscription (PostgreSQL refuses a U+0000 SQLite would take)
         return self._requeue("subscription_id = ? AND status = 'failed'", subscription_id)
 
     def _requeue(self, where: str, key: object) -> int:

@@ -1076,5 +1076,10 @@ def test_masking_never_moves_a_urls_host() -> None:
             "https://api.example/?tokens=2&monkey=1&key=",
             "https://api.example/?tokens=2&monkey=1&key=***",
         ),
+        # a presigned URL's signature and credential, a private token
+        (
+            "https://b.s3.example/o?X-Amz-Credential=AK%2F1&X-Amz-Signature=ab12&private_token=t",
+            "https://b.s3.example/o?X-Amz-Credential=***&X-Amz-Signature=***&private_token=***",
+        ),
     ):
         assert safe_url(url) == masked, url

@@ -835,6 +835,7 @@ def test_a_dead_receivers_backlog_fails_after_max_age_and_is_redelivered_when_ba
     assert hooks.deliveries(status="pending")[0].delivery_id == failed[0].delivery_id
     assert hooks.redeliver_failed(sub.subscription_id) == 3
     assert hooks.redeliver_failed(sub.subscription_id) == 0
+    assert hooks.redeliver_failed("wh_\x00") == 0  # names none (PostgreSQL refused the NUL)
     assert len(hooks.deliveries(status="pending")) == 4
 
 
@@ -903,3 +904,4 @@ def test_a_2xx_after_max_age_failed_the_delivery_under_its_attempt_is_recorded_d
     (delivered,) = hooks.deliveries()
     assert (delivered.status, delivered.last_error) == ("delivered", None)
     assert hooks.redeliver_failed(sub.subscription_id) == 0
+    assert hooks.redeliver_failed("wh_\x00") == 0  # names none (PostgreSQL refused the NUL)
