@@ -75,10 +75,12 @@ class Reads:
         state: str | None = None,
         cycle_id: int | None = None,
         limit: int = 100,
+        before: str | None = None,
     ) -> list[GuaranteeRecord]:
-        """Recent guarantees, newest first, filtered by participant, state or cycle."""
+        """Recent guarantees, newest first, filtered by participant, state or cycle; ``before``:
+        the id of the last one of the previous page (``unknown_guarantee`` if none has it)."""
         address = parse_address(address) if address else None
-        return self._query(queries.guarantees, address, state, cycle_id, limit)
+        return self._query(queries.guarantees, address, state, cycle_id, limit, before)
 
     # -- clearing cycles -----------------------------------------------------------------------
 

@@ -178,7 +178,8 @@ def accept(
     # The bound again, on the row as locked: another acceptance on this tab may have
     # committed since check() read it (PostgreSQL), and the sum must not overflow.
     total_row = tx.one(
-        "UPDATE fx_tabs SET total_amount = total_amount + ? WHERE tab_id = ? "
+        "UPDATE fx_tabs SET total_amount = total_amount + ?, guarantee_count = guarantee_count + 1 "
+        "WHERE tab_id = ? "
         "AND total_amount <= ? RETURNING total_amount, start_ts, ttl",
         (claims.amount, hex_id(claims.tab_id), INT64_MAX - claims.amount),
     )

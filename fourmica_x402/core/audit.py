@@ -95,12 +95,15 @@ def invariants(tx: Tx) -> list[str]:
     ):
         if int(debits) != int(credits) or int(nets) != 0:
             problems.append(f"cycle {cycle_id}: debits {debits} != credits {credits}")
-    for tab_id, total, summed in tx.all(
-        "SELECT t.tab_id, t.total_amount, COALESCE(SUM(g.amount), 0) FROM fx_tabs t "
-        "LEFT JOIN fx_guarantees g ON g.tab_id = t.tab_id GROUP BY t.tab_id, t.total_amount"
+    for tab_id, total, summed, count, counted in tx.all(
+        "SELECT t.tab_id, t.total_amount, COALESCE(SUM(g.amount), 0), t.guarantee_count, "
+        "COUNT(g.tab_id) FROM fx_tabs t LEFT JOIN fx_guarantees g ON g.tab_id = t.tab_id "
+        "GROUP BY t.tab_id, t.total_amount, t.guarantee_count"
     ):
         if int(total) != int(summed):
             problems.append(f"tab {tab_id}: total {total} != guarantees {summed}")
+        if int(count) != int(counted):  # the per-seller signals read these counts
+            problems.append(f"tab {tab_id}: {count} guarantees counted, {counted} stored")
     matrix = {
         int(r[0]): (int(r[1]), int(r[2]))
         for r in tx.all(

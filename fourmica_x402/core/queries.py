@@ -133,9 +133,15 @@ def guarantee(tx: Tx, guarantee_id: str) -> GuaranteeRecord:
 
 
 def guarantees(
-    tx: Tx, address: str | None, state: str | None, cycle_id: int | None, limit: int
+    tx: Tx,
+    address: str | None,
+    state: str | None,
+    cycle_id: int | None,
+    limit: int,
+    before: str | None = None,
 ) -> list[GuaranteeRecord]:
-    """Newest first; ``address`` already parsed."""
+    """Newest first; ``address`` already parsed; ``before``: the id of the last guarantee of
+    the previous page (keyset pagination through the listing-order index, docs/operations.md)."""
     where: list[str] = []
     params: list[Any] = []
     if address:
@@ -149,14 +155,25 @@ def guarantees(
     if cycle_id is not None:
         where.append("g.cycle_id = ?")
         params.append(cycle_id)
+    if before is not None:
+        at = guarantee_row(
+            tx, "SELECT accepted_at FROM fx_guarantees WHERE guarantee_id = ?", before
+        )
+        where.append(
+            "g.accepted_at <= ? AND (g.accepted_at < ? OR g.guarantee_id COLLATE BINARY > ?)"
+        )
+        params += [at[0], at[0], before]
     sql = _GUARANTEE_SELECT
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql = f"SELECT * FROM ({sql}) AS q"
-    if state:
-        sql += " WHERE state = ?"
+    order = "ORDER BY accepted_at DESC, guarantee_id COLLATE BINARY LIMIT ?"
+    if state:  # the state is derived from the cycle: filtered after the join
+        sql = f"SELECT * FROM ({sql}) AS q WHERE state = ? {order}"
         params.append(state)
-    sql += " ORDER BY accepted_at DESC, guarantee_id COLLATE BINARY LIMIT ?"
+    else:  # in the order of fx_guarantees_recent, read no further than the page
+        sql += " " + order.replace("accepted_at", "g.accepted_at").replace(
+            "guarantee_id", "g.guarantee_id"
+        )
     rows = tx.all(sql, (*params, int(limit)))
     return [_guarantee_record(r) for r in rows]
 

@@ -151,6 +151,18 @@ MIGRATIONS: list[list[str]] = [
         """CREATE INDEX fx_guarantees_cycle ON fx_guarantees (cycle_id, user_address)
             WHERE cycle_id IS NOT NULL""",
     ],
+    # 8: reads that cost their page, not the history (docs/operations.md, "Monitoring
+    # signals"): the newest guarantees through an index in their listing order (appended at
+    # its end on each acceptance), a payer's tabs by address, and each tab's count of
+    # guarantees beside its running total, so the per-seller signals sum tabs, not guarantees.
+    [
+        "CREATE INDEX fx_guarantees_recent ON fx_guarantees "
+        "(accepted_at DESC, guarantee_id COLLATE BINARY)",
+        "CREATE INDEX fx_tabs_user ON fx_tabs (user_address)",
+        "ALTER TABLE fx_tabs ADD COLUMN guarantee_count {int} NOT NULL DEFAULT 0",
+        "UPDATE fx_tabs SET guarantee_count = "
+        "(SELECT COUNT(*) FROM fx_guarantees g WHERE g.tab_id = fx_tabs.tab_id)",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -154,9 +154,11 @@ def _sellers(tx: Tx) -> list[SellerSignals]:
         for i, value in enumerate(values, start=at):
             counts[i] += value
 
+    # From the tabs, not the guarantees: a tab keeps its guarantees' count and running total
+    # (its payer and payee, network and asset are theirs), so a scrape costs the tabs.
     for r in tx.all(
-        "SELECT network, asset, recipient_address, COUNT(*), SUM(amount), "
-        "COUNT(DISTINCT user_address) FROM fx_guarantees "
+        "SELECT network, asset, recipient_address, SUM(guarantee_count), SUM(total_amount), "
+        "COUNT(DISTINCT user_address) FROM fx_tabs WHERE guarantee_count > 0 "
         "GROUP BY network, asset, recipient_address"
     ):
         add(r, 0, *_ints(r, 3))  # guarantees, amount, payers

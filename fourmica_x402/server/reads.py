@@ -45,7 +45,11 @@ def guarantees(service: Service, call: Call) -> Reply:
         address = parse_address(raw) if raw else None
     except ValueError as exc:
         raise bad_request(f"address: {exc}") from None
-    rows = service.core.guarantees(address=address, limit=200)
+    before = call.query.get("before") or None
+    limit = integer(call.query.get("limit") or 200, "limit")
+    if not 1 <= limit <= 200:
+        raise bad_request("limit: from 1 to 200")
+    rows = service.core.guarantees(address=address, limit=limit, before=before)
     return 200, [g.to_dict() for g in rows]
 
 

@@ -1290,6 +1290,10 @@ def _reason(answer: httpx.Response) -> str:
         ("GET", "/api/events?after=abc", None, {}, 400, "invalid_request"),
         ("GET", f"/api/events?after={2**64}", None, {}, 400, "invalid_request"),
         ("GET", "/api/guarantees?address=x", None, {}, 400, "invalid_request"),
+        ("GET", "/api/guarantees?limit=0", None, {}, 400, "invalid_request"),
+        ("GET", "/api/guarantees?limit=201", None, {}, 400, "invalid_request"),
+        ("GET", "/api/guarantees?limit=-1", None, {}, 400, "invalid_request"),
+        ("GET", "/api/guarantees?before=0xnone", None, {}, 404, "unknown_guarantee"),
         ("GET", f"/api/cycles/{2**63}", None, {}, 404, "unknown_cycle"),
         # keyed routes: bodies that are not objects, missing fields, numbers no column holds
         ("POST", "/guarantees/0x01/void", b"[1]", _AUTH, 400, "invalid_request"),

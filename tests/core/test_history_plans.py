@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fourmica_x402.core import Core
 from fourmica_x402.testing import NETWORK, FakeClock, TestBuyer, test_policy
 
@@ -260,5 +262,146 @@ def test_the_default_alert_reads_only_the_cycles_finalised_since_its_last_check(
         assert f"p.cycle_id >= {max(cycles) + 1} " in read  # none of the old cycles
         plan = [str(r[-1]) for r in conn.execute("EXPLAIN QUERY PLAN " + read).fetchall()]
         assert any("fx_cycle_positions_defaulted (cycle_id>?)" in step for step in plan), plan
+    finally:
+        core.close()
+
+
+def _plan(conn: sqlite3.Connection, seen: list[str]) -> list[str]:
+    return [
+        str(row[-1])
+        for s in seen
+        if s.split()[0].upper() in ("SELECT", "WITH")
+        for row in conn.execute("EXPLAIN QUERY PLAN " + s).fetchall()
+    ]
+
+
+def test_the_newest_guarantees_read_only_their_page(tmp_path: Path) -> None:
+    """The dashboard's 25 newest guarantees and each page of ``/api/guarantees`` sorted every
+    guarantee ever accepted to keep the first few (a temporary b-tree of the whole history on
+    each refresh): they are now read in the order of an index and no further than the page,
+    and the next page starts at the key of the previous one's last guarantee (``before``)."""
+    clock = FakeClock(1_800_000_000)
+    core, _ = history(tmp_path, clock)
+    try:
+        conn = core.store._connection()  # type: ignore[attr-defined]
+        last = core.guarantees(limit=5)[-1].guarantee_id
+        for step in (lambda: core.guarantees(limit=5), lambda: core.guarantees(before=last)):
+            with statements(conn) as seen:
+                step()
+            plan = _plan(conn, seen)
+            assert not any("TEMP B-TREE" in p for p in plan), plan
+            assert not [p for p in plan if p.startswith("SCAN") and "_recent" not in p], plan
+    finally:
+        core.close()
+
+
+def test_pages_of_guarantees_walk_the_listing_once(tmp_path: Path) -> None:
+    """Pages chained by ``before`` give the one long listing, ties on the acceptance time
+    (a whole second of them) included; a ``before`` naming no guarantee is refused."""
+    from fourmica_x402.errors import CoreError
+
+    clock = FakeClock(1_800_000_000)
+    core, buyer = history(tmp_path, clock, n=12)  # twelve in one second
+    try:
+        for _ in range(5):
+            clock.advance(1)
+            core.accept(*buyer.pay(core, SELLER, 7))
+        everything = [g.guarantee_id for g in core.guarantees(limit=100)]
+        assert len(everything) == 17
+        pages: list[str] = []
+        before = None
+        while page := core.guarantees(limit=4, before=before):
+            pages += [g.guarantee_id for g in page]
+            before = page[-1].guarantee_id
+        assert pages == everything
+        mine = [g.guarantee_id for g in core.guarantees(address=buyer.address, limit=100)]
+        assert mine == everything
+        assert [
+            g.guarantee_id
+            for g in core.guarantees(address=buyer.address, limit=3, before=everything[5])
+        ] == everything[6:9]
+        try:
+            core.guarantees(before="0x" + "00" * 32)
+        except CoreError as exc:
+            assert (exc.reason, exc.status) == ("unknown_guarantee", 404)
+        else:
+            raise AssertionError("a page after no guarantee")
+    finally:
+        core.close()
+
+
+def test_an_address_finds_its_tabs_as_payer_through_an_index(tmp_path: Path) -> None:
+    """``?address=`` starts from the address's tabs, as payer or payee: the payer side had
+    no index, so each such read went through every tab ever opened."""
+    clock = FakeClock(1_800_000_000)
+    core, buyer = history(tmp_path, clock, n=3)
+    try:
+        conn = core.store._connection()  # type: ignore[attr-defined]
+        with statements(conn) as seen:
+            assert len(core.guarantees(address=buyer.address)) == 3
+        plan = _plan(conn, seen)
+        assert not [p for p in plan if p.startswith("SCAN fx_tabs")], plan
+    finally:
+        core.close()
+
+
+def test_a_scrape_reads_the_tabs_not_every_guarantee(tmp_path: Path) -> None:
+    """``/metrics`` (every 15 s, by every gate and the service) and the dashboard counted and
+    summed every guarantee ever accepted per seller: the tabs keep their guarantees' count
+    and running total, so a scrape reads one row per tab."""
+    clock = FakeClock(1_800_000_000)
+    core, _ = history(tmp_path, clock)
+    try:
+        conn = core.store._connection()  # type: ignore[attr-defined]
+        with statements(conn) as seen:
+            [seller] = core.signals().sellers
+        assert (seller.seller, seller.guarantees, seller.amount, seller.payers) == (
+            SELLER,
+            30,
+            30_000,
+            1,
+        )
+        plan = _plan(conn, seen)
+        assert not [p for p in plan if "fx_guarantees" in p], plan
+    finally:
+        core.close()
+
+
+class _Spy:
+    """A transaction that notes the statements read through it."""
+
+    def __init__(self, tx: Any) -> None:
+        self.tx, self.seen = tx, []  # type: list[tuple[str, Any]]
+
+    def one(self, sql: str, params: Any = ()) -> Any:
+        return self.tx.one(sql, params)
+
+    def all(self, sql: str, params: Any = ()) -> Any:
+        self.seen.append((sql, params))
+        return self.tx.all(sql, params)
+
+
+@pytest.mark.postgres
+def test_postgresql_reads_the_newest_guarantees_in_its_index_order(postgres_url: str) -> None:
+    """On PostgreSQL too the page comes off the index in order (its guarantee ids compared
+    in byte order, as the listing sorts them), never a sort of every guarantee."""
+    from fourmica_x402.core import queries
+
+    clock = FakeClock(1_800_000_000)
+    core = Core(postgres_url, clock=clock)
+    buyer = TestBuyer.new()
+    try:
+        core.deposit(buyer.address, 10**9, network=NETWORK)
+        for _ in range(3):
+            core.accept(*buyer.pay(core, SELLER, 1_000))
+        last = core.guarantees(limit=1)[0].guarantee_id
+        for before in (None, last):
+            with core.store.transaction(write=False) as tx:
+                spy = _Spy(tx)
+                queries.guarantees(spy, None, None, None, 2, before)  # type: ignore[arg-type]
+                [(sql, params)] = spy.seen
+                tx.execute("SET LOCAL enable_seqscan = off")  # as on a table of millions
+                plan = " | ".join(str(r[0]) for r in tx.all("EXPLAIN " + sql, params))
+            assert "fx_guarantees_recent" in plan and "Sort" not in plan, plan
     finally:
         core.close()

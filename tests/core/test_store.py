@@ -720,6 +720,39 @@ def test_guarantee_indexes_leave_out_what_no_read_needs(store_url: str) -> None:
         store.close()
 
 
+def test_the_tabs_count_their_guarantees_from_the_migration_on(store_url: str) -> None:
+    """The per-seller signals read each tab's count of guarantees: a database upgraded with
+    guarantees already stored gets their counts, and the listing's index."""
+    store = open_store(store_url)
+    try:
+        assert migrate(store, target=7) == 7
+        with store.transaction() as tx:
+            tx.many(
+                "INSERT INTO fx_tabs (tab_id, user_address, recipient_address, network, asset, "
+                "guarantee_version, start_ts, ttl, next_req_id, total_amount) "
+                "VALUES (?, ?, '0xs', 'n', 'a', 1, 1, 100, 2, ?)",
+                [("0x1", "0xa", 10), ("0x2", "0xb", 5), ("0x3", "0xa", 0)],
+            )
+            tx.many(
+                "INSERT INTO fx_guarantees (tab_id, req_id, guarantee_id, network, asset, "
+                "user_address, recipient_address, amount, total_amount, ts, version, state, "
+                "accepted_at, claims, signature, scheme) VALUES "
+                "(?, ?, ?, 'n', 'a', ?, '0xs', 5, 5, 1, 1, 'payable', 1.0, '{}', '0x', 'eip712')",
+                [
+                    ("0x1", "0x0", "0xg0", "0xa"),
+                    ("0x1", "0x1", "0xg1", "0xa"),
+                    ("0x2", "0x0", "0xg2", "0xb"),
+                ],
+            )
+        assert migrate(store) == SCHEMA_VERSION
+        assert "fx_guarantees_recent" in _guarantee_indexes(store)
+        with store.transaction(write=False) as tx:
+            counts = tx.all("SELECT tab_id, guarantee_count FROM fx_tabs ORDER BY tab_id")
+        assert [(t, int(c)) for t, c in counts] == [("0x1", 2), ("0x2", 1), ("0x3", 0)]
+    finally:
+        store.close()
+
+
 def test_concurrent_migrations_are_safe(store_url: str) -> None:
     stores = [open_store(store_url) for _ in range(4)]  # as four processes would
     results: list[int] = []
