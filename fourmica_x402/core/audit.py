@@ -104,6 +104,24 @@ def invariants(tx: Tx) -> list[str]:
             problems.append(f"tab {tab_id}: total {total} != guarantees {summed}")
         if int(count) != int(counted):  # the per-seller signals read these counts
             problems.append(f"tab {tab_id}: {count} guarantees counted, {counted} stored")
+    summed_pairs = {
+        (r[0], r[1], r[2]): tuple(int(v) for v in r[3:])
+        for r in tx.all(
+            "SELECT c.network, c.asset, p.payee, COUNT(DISTINCT p.cycle_id), COUNT(*), "
+            "SUM(p.guarantee_count) FROM fx_cycle_pairs p JOIN fx_cycles c "
+            "ON c.cycle_id = p.cycle_id WHERE c.status <> 'open' GROUP BY c.network, c.asset, p.payee"
+        )
+    }
+    kept = {
+        (r[0], r[1], r[2]): tuple(int(v) for v in r[3:])
+        for r in tx.all(
+            "SELECT network, asset, payee, cycles, payers, guarantees FROM fx_seller_cycles"
+        )
+    }
+    if kept != summed_pairs:  # the per-seller cycle signals read these totals
+        problems.append(
+            f"sellers' closed-cycle totals {kept} != their cycles' pairs {summed_pairs}"
+        )
     matrix = {
         int(r[0]): (int(r[1]), int(r[2]))
         for r in tx.all(

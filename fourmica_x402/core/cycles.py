@@ -175,6 +175,16 @@ def close(
         "credit, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
+    # Each payee's closed-cycle totals, added once here (a closed cycle's pairs never change
+    # again): the signals read them instead of every pair of every cycle (docs/operations.md).
+    tx.execute(
+        "INSERT INTO fx_seller_cycles (network, asset, payee, cycles, payers, guarantees) "
+        "SELECT ?, ?, payee, 1, COUNT(*), SUM(guarantee_count) FROM fx_cycle_pairs "
+        "WHERE cycle_id = ? GROUP BY payee ON CONFLICT (network, asset, payee) DO UPDATE SET "
+        "cycles = fx_seller_cycles.cycles + 1, payers = fx_seller_cycles.payers + excluded.payers, "
+        "guarantees = fx_seller_cycles.guarantees + excluded.guarantees",
+        (network, asset, cycle_id),
+    )
     resolve_at = now + config.resolution_delay
     pay_by = resolve_at + config.payment_window
     root = clearing.merkle_root((a, netting.net_of(a)) for a in netting.gross)

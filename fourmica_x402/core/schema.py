@@ -154,7 +154,8 @@ MIGRATIONS: list[list[str]] = [
     # 8: reads that cost their page, not the history (docs/operations.md, "Monitoring
     # signals"): the newest guarantees through an index in their listing order (appended at
     # its end on each acceptance), a payer's tabs by address, and each tab's count of
-    # guarantees beside its running total, so the per-seller signals sum tabs, not guarantees.
+    # guarantees beside its running total, so the per-seller signals sum tabs, not guarantees;
+    # and each payee's closed-cycle totals, instead of every pair of every cycle.
     [
         "CREATE INDEX fx_guarantees_recent ON fx_guarantees "
         "(accepted_at DESC, guarantee_id COLLATE BINARY)",
@@ -162,6 +163,16 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE fx_tabs ADD COLUMN guarantee_count {int} NOT NULL DEFAULT 0",
         "UPDATE fx_tabs SET guarantee_count = "
         "(SELECT COUNT(*) FROM fx_guarantees g WHERE g.tab_id = fx_tabs.tab_id)",
+        # Per payee, its closed cycles' pairs summed at each close: cycles it was paid in,
+        # (cycle, payer) pairs, guarantees.
+        """CREATE TABLE fx_seller_cycles (
+            network TEXT NOT NULL, asset TEXT NOT NULL, payee TEXT NOT NULL,
+            cycles {int} NOT NULL, payers {int} NOT NULL, guarantees {int} NOT NULL,
+            PRIMARY KEY (network, asset, payee))""",
+        "INSERT INTO fx_seller_cycles (network, asset, payee, cycles, payers, guarantees) "
+        "SELECT c.network, c.asset, p.payee, COUNT(DISTINCT p.cycle_id), COUNT(*), "
+        "SUM(p.guarantee_count) FROM fx_cycle_pairs p JOIN fx_cycles c "
+        "ON c.cycle_id = p.cycle_id WHERE c.status <> 'open' GROUP BY c.network, c.asset, p.payee",
     ],
 ]
 

@@ -162,11 +162,9 @@ def _sellers(tx: Tx) -> list[SellerSignals]:
         "GROUP BY network, asset, recipient_address"
     ):
         add(r, 0, *_ints(r, 3))  # guarantees, amount, payers
-    # Closed cycles' pairwise matrix: one row per (cycle, payer, payee), never empty once closed.
+    # Closed cycles' pairwise matrix, summed per payee as each cycle closes.
     for r in tx.all(
-        "SELECT c.network, c.asset, p.payee, COUNT(DISTINCT p.cycle_id), COUNT(*), "
-        "SUM(p.guarantee_count) FROM fx_cycle_pairs p JOIN fx_cycles c ON c.cycle_id = p.cycle_id "
-        "WHERE c.status <> 'open' GROUP BY c.network, c.asset, p.payee"
+        "SELECT network, asset, payee, cycles, payers, guarantees FROM fx_seller_cycles"
     ):
         add(r, 3, *_ints(r, 3))  # cycles, cycle_payers, cycle_guarantees
     # A final cycle's collected no longer changes: a creditor's share is credit − shortfall.

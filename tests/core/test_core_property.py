@@ -76,6 +76,7 @@ class CoreMachine(RuleBasedStateMachine):
                     "fx_events",
                     "fx_cycle_positions",
                     "fx_cycle_pairs",
+                    "fx_seller_cycles",
                     "fx_cycles",
                     "fx_withdrawals",
                     "fx_participants",

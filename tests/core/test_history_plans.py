@@ -347,11 +347,13 @@ def test_an_address_finds_its_tabs_as_payer_through_an_index(tmp_path: Path) -> 
 
 def test_a_scrape_reads_the_tabs_not_every_guarantee(tmp_path: Path) -> None:
     """``/metrics`` (every 15 s, by every gate and the service) and the dashboard counted and
-    summed every guarantee ever accepted per seller: the tabs keep their guarantees' count
-    and running total, so a scrape reads one row per tab."""
+    summed every guarantee ever accepted per seller, and every pair of every closed cycle:
+    the tabs keep their guarantees' count and running total, and each close adds its pairs
+    to its payees' totals, so a scrape reads one row per tab and per seller."""
     clock = FakeClock(1_800_000_000)
     core, _ = history(tmp_path, clock)
     try:
+        core.close_cycle(network=NETWORK)
         conn = core.store._connection()  # type: ignore[attr-defined]
         with statements(conn) as seen:
             [seller] = core.signals().sellers
@@ -361,8 +363,9 @@ def test_a_scrape_reads_the_tabs_not_every_guarantee(tmp_path: Path) -> None:
             30_000,
             1,
         )
+        assert (seller.cycles, seller.cycle_payers, seller.cycle_guarantees) == (1, 1, 20)
         plan = _plan(conn, seen)
-        assert not [p for p in plan if "fx_guarantees" in p], plan
+        assert not [p for p in plan if "fx_guarantees" in p or p.startswith("SCAN p")], plan
     finally:
         core.close()
 

@@ -744,11 +744,23 @@ def test_the_tabs_count_their_guarantees_from_the_migration_on(store_url: str) -
                     ("0x2", "0x0", "0xg2", "0xb"),
                 ],
             )
+            tx.execute(
+                "INSERT INTO fx_cycles (network, asset, status, opened_at, closes_at) "
+                "VALUES ('n', 'a', 'final', 0, 1), ('n', 'a', 'closed', 1, 2), ('n', 'a', 'open', 2, 3)"
+            )
+            tx.many(
+                "INSERT INTO fx_cycle_pairs (cycle_id, payer, payee, amount, guarantee_count) "
+                "VALUES (?, ?, '0xs', 5, ?)",
+                [(1, "0xa", 2), (1, "0xb", 1), (2, "0xa", 4), (3, "0xb", 9)],
+            )
         assert migrate(store) == SCHEMA_VERSION
         assert "fx_guarantees_recent" in _guarantee_indexes(store)
         with store.transaction(write=False) as tx:
             counts = tx.all("SELECT tab_id, guarantee_count FROM fx_tabs ORDER BY tab_id")
         assert [(t, int(c)) for t, c in counts] == [("0x1", 2), ("0x2", 1), ("0x3", 0)]
+        with store.transaction(write=False) as tx:
+            totals = tx.all("SELECT payee, cycles, payers, guarantees FROM fx_seller_cycles")
+        assert [(p, *map(int, n)) for p, *n in totals] == [("0xs", 2, 3, 7)]  # not the open one
     finally:
         store.close()
 
