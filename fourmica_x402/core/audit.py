@@ -118,10 +118,12 @@ def invariants(tx: Tx) -> list[str]:
             "SELECT network, asset, payee, cycles, payers, guarantees FROM fx_seller_cycles"
         )
     }
-    if kept != summed_pairs:  # the per-seller cycle signals read these totals
-        problems.append(
-            f"sellers' closed-cycle totals {kept} != their cycles' pairs {summed_pairs}"
-        )
+    for key in sorted(kept.keys() | summed_pairs.keys()):  # the per-seller cycle signals
+        if kept.get(key, (0, 0, 0)) != summed_pairs.get(key, (0, 0, 0)):  # read these totals
+            problems.append(
+                f"seller {key[2]} on {key[0]} ({key[1]}): closed-cycle totals "
+                f"{kept.get(key)} != its cycles' pairs {summed_pairs.get(key)}"
+            )
     matrix = {
         int(r[0]): (int(r[1]), int(r[2]))
         for r in tx.all(

@@ -765,6 +765,34 @@ def test_the_tabs_count_their_guarantees_from_the_migration_on(store_url: str) -
         store.close()
 
 
+def test_audit_names_each_drifted_count_and_only_it(store_url: str) -> None:
+    """The per-seller signals read counts kept beside the history (each tab's, each seller's
+    closed-cycle totals): one that drifted from the guarantees or pairs is a problem of its
+    own, naming that tab or seller alone (a book has thousands of sellers)."""
+    from fourmica_x402.core import Core
+    from fourmica_x402.testing import NETWORK, FakeClock, TestBuyer
+
+    core = Core(store_url, clock=FakeClock(1_800_000_000))
+    try:
+        buyer, sellers = TestBuyer.new(), [TestBuyer.new().address for _ in range(3)]
+        core.deposit(buyer.address, 10**9, network=NETWORK)
+        tabs = [core.accept(*buyer.pay(core, s, 5)).tab_id for s in sellers]
+        core.close_cycle(network=NETWORK)
+        assert core.audit() == []
+        with core.store.transaction() as tx:
+            tx.execute("UPDATE fx_tabs SET guarantee_count = 2 WHERE tab_id = ?", (hex(tabs[0]),))
+            tx.execute("UPDATE fx_seller_cycles SET guarantees = 3 WHERE payee = ?", (sellers[1],))
+        problems = core.audit()
+        assert len(problems) == 2, problems
+        assert hex(tabs[0]) in problems[0] and sellers[1] in problems[1], problems
+        assert not any(s in problems[1] for s in (sellers[0], sellers[2])), problems
+        with core.store.transaction() as tx:  # a seller whose totals were never added
+            tx.execute("DELETE FROM fx_seller_cycles WHERE payee = ?", (sellers[1],))
+        assert [p for p in core.audit() if sellers[1] in p and sellers[0] not in p]
+    finally:
+        core.close()
+
+
 def test_concurrent_migrations_are_safe(store_url: str) -> None:
     stores = [open_store(store_url) for _ in range(4)]  # as four processes would
     results: list[int] = []
