@@ -1294,6 +1294,12 @@ def _reason(answer: httpx.Response) -> str:
         ("GET", "/api/guarantees?limit=201", None, {}, 400, "invalid_request"),
         ("GET", "/api/guarantees?limit=-1", None, {}, 400, "invalid_request"),
         ("GET", "/api/guarantees?before=0xnone", None, {}, 404, "unknown_guarantee"),
+        ("GET", "/api/guarantees?limit=1e3", None, {}, 400, "invalid_request"),
+        ("GET", f"/api/guarantees?limit={10**30}", None, {}, 400, "invalid_request"),
+        ("GET", "/api/guarantees?limit=%EF%BC%95", None, {}, 400, "invalid_request"),
+        ("GET", "/api/guarantees?limit=5&limit=0", None, {}, 400, "invalid_request"),
+        ("GET", "/api/guarantees?before=0X" + "A" * 64, None, {}, 404, "unknown_guarantee"),
+        ("GET", "/api/guarantees?before=%00", None, {}, 404, "unknown_guarantee"),
         ("GET", f"/api/cycles/{2**63}", None, {}, 404, "unknown_cycle"),
         # keyed routes: bodies that are not objects, missing fields, numbers no column holds
         ("POST", "/guarantees/0x01/void", b"[1]", _AUTH, 400, "invalid_request"),

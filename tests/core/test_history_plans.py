@@ -408,3 +408,26 @@ def test_postgresql_reads_the_newest_guarantees_in_its_index_order(postgres_url:
             assert "fx_guarantees_recent" in plan and "Sort" not in plan, plan
     finally:
         core.close()
+
+
+def test_pages_skip_and_repeat_nothing_while_new_guarantees_arrive(tmp_path: Path) -> None:
+    """A client paging back while buyers keep paying (in the same second as the ten at the
+    start, and later): every guarantee there was at the first page shows up once, none twice;
+    a newer one heads page one."""
+    clock = FakeClock(1_800_000_000)
+    core, buyer = history(tmp_path, clock, n=10)  # ten in one second
+    try:
+        there = {g.guarantee_id for g in core.guarantees(limit=100)}
+        seen: list[str] = []
+        before = None
+        while page := core.guarantees(limit=3, before=before):
+            seen += [g.guarantee_id for g in page]
+            before = page[-1].guarantee_id
+            core.accept(*buyer.pay(core, SELLER, 7))  # in the second of the ten: anywhere in it
+            clock.advance(0.25)
+            new = core.accept(*buyer.pay(core, SELLER, 7)).guarantee_id  # later: page one's head
+            assert core.guarantees(limit=1)[0].guarantee_id == new
+        assert len(seen) == len(set(seen))
+        assert there <= set(seen)
+    finally:
+        core.close()
